@@ -1,0 +1,156 @@
+%% pyport benchmarks: one `NAME VALUE UNIT` line per figure.
+%%
+%% The floor for a call round trip is bench/echo_port.c, a C program that
+%% echoes {packet, 4} frames, driven through the same port settings as a
+%% worker with the same frame bytes, measured in the same run. Ratios are
+%% printed next to each figure they qualify.
+-module(pyport_bench).
+-export([main/0]).
+
+-define(SEQ_CALLS, 20000).
+-define(CONC_SECONDS, 3).
+
+main() ->
+    {ok, _} = application:ensure_all_started(pyport),
+    Echo = priv_file("echo_port"),
+    Worker = priv_file("pyport_worker"),
+    sequential(Echo),
+    concurrent(),
+    big_binary(Echo),
+    int_list(),
+    startup(Worker),
+    halt(0).
+
+%% Sequential round trips, one caller.
+sequential(Echo) ->
+    Frame = iolist_to_binary(pyport_codec:encode_frame(1, 1, [<<"pyport_bench_py">>, <<"identity">>, [1], #{}])),
+    {FloorRate, FP50, FP99} = timed_seq(?SEQ_CALLS, fun(Port) -> echo(Port, Frame) end, Echo),
+    line("floor_echo_roundtrip_rate", FloorRate, "calls/s"),
+    line("floor_echo_roundtrip_p50", FP50, "us"),
+    line("floor_echo_roundtrip_p99", FP99, "us"),
+    lists:foreach(
+      fun({Name, M, F, A}) ->
+              {Rate, P50, P99} = timed_seq(?SEQ_CALLS, fun(_) -> {ok, _} = py:call(M, F, A) end, none),
+              line("call_" ++ Name ++ "_rate", Rate, "calls/s"),
+              line("call_" ++ Name ++ "_p50", P50, "us"),
+              line("call_" ++ Name ++ "_p99", P99, "us"),
+              line("call_" ++ Name ++ "_vs_floor", Rate / FloorRate, "ratio")
+      end, [{"identity", pyport_bench_py, identity, [1]}, {"sqrt", math, sqrt, [16.0]}]).
+
+timed_seq(N, Fun, Echo) ->
+    Port = case Echo of none -> none; _ -> open(Echo, []) end,
+    [Fun(Port) || _ <- lists:seq(1, 1000)],               % warm up
+    Lat = [begin T0 = erlang:monotonic_time(), Fun(Port),
+                 erlang:monotonic_time() - T0 end || _ <- lists:seq(1, N)],
+    Total = lists:sum(Lat),
+    close(Port),
+    Sorted = lists:sort(Lat),
+    {N / to_s(Total), to_us(nth(0.50, Sorted)), to_us(nth(0.99, Sorted))}.
+
+%% 64 callers on a pool of 2 workers for a fixed time.
+concurrent() ->
+    Count = counters:new(1, [write_concurrency]),
+    Stop = erlang:monotonic_time(millisecond) + ?CONC_SECONDS * 1000,
+    Parent = self(),
+    Pids = [spawn_link(fun() -> conc_loop(Count, Stop), Parent ! {done, self()} end)
+            || _ <- lists:seq(1, 64)],
+    [receive {done, P} -> ok end || P <- Pids],
+    line("call_concurrent64_pool2_rate", counters:get(Count, 1) / ?CONC_SECONDS, "calls/s").
+
+conc_loop(Count, Stop) ->
+    case erlang:monotonic_time(millisecond) < Stop of
+        true ->
+            {ok, 7} = py:call(pyport_bench_py, identity, [7]),
+            counters:add(Count, 1, 1),
+            conc_loop(Count, Stop);
+        false ->
+            ok
+    end.
+
+%% 1 MiB binary identity, against the floor echoing the same frame.
+big_binary(Echo) ->
+    Bin = crypto_free_bytes(1 bsl 20),
+    N = 300,
+    Frame = iolist_to_binary(pyport_codec:encode_frame(1, 1, [<<"pyport_bench_py">>, <<"identity">>, [{bytes, Bin}], #{}])),
+    Port = open(Echo, []),
+    {FloorUs, _} = timer:tc(fun() -> [echo(Port, Frame) || _ <- lists:seq(1, N)] end),
+    close(Port),
+    {Us, _} = timer:tc(fun() -> [{ok, Bin} = py:call(pyport_bench_py, identity, [{bytes, Bin}])
+                                 || _ <- lists:seq(1, N)] end),
+    Floor = N / (FloorUs / 1.0e6),
+    Rate = N / (Us / 1.0e6),
+    line("floor_echo_1mib_bandwidth", Floor, "MiB/s"),
+    line("call_identity_1mib_bandwidth", Rate, "MiB/s"),
+    line("call_identity_1mib_vs_floor", Rate / Floor, "ratio").
+
+%% A list of 10,000 integers through identity.
+int_list() ->
+    L = lists:seq(1, 10000),
+    N = 1000,
+    {Us, _} = timer:tc(fun() -> [{ok, L} = py:call(pyport_bench_py, identity, [L])
+                                 || _ <- lists:seq(1, N)] end),
+    line("call_identity_10k_int_list_rate", N / (Us / 1.0e6), "calls/s").
+
+%% From spawning a worker to its first answered call, and an idle worker's RSS.
+startup(Worker) ->
+    Runtime = priv_file("python_runtime"),
+    Frame = pyport_codec:encode_frame(1, 1, [<<"math">>, <<"sqrt">>, [4.0], #{}]),
+    Times = [begin
+                 T0 = erlang:monotonic_time(),
+                 Port = open(Worker, ["--runtime", Runtime]),
+                 {ok, 0, 0, _, HelloRest} = recv_frame(Port),
+                 {ok, [1, _PyVer, OsPid, _Caps]} = pyport_codec:decode_fields(4, HelloRest),
+                 port_command(Port, Frame),
+                 {ok, 16, 1, 1, _} = recv_frame(Port),
+                 T = erlang:monotonic_time() - T0,
+                 Rss = rss_kib(OsPid),
+                 close(Port),
+                 {to_us(T) / 1000, Rss}
+             end || _ <- lists:seq(1, 10)],
+    Ms = lists:sort([T || {T, _} <- Times]),
+    line("worker_start_to_first_call_p50", nth(0.5, Ms), "ms"),
+    line("worker_start_to_first_call_max", lists:last(Ms), "ms"),
+    line("worker_idle_rss", lists:max([R || {_, R} <- Times]), "KiB").
+
+%% Helpers
+
+open(Exe, Args) ->
+    open_port({spawn_executable, Exe},
+              [{args, Args}, {packet, 4}, binary, exit_status, use_stdio]).
+
+close(none) -> ok;
+close(Port) -> catch port_close(Port), ok.
+
+echo(Port, Frame) ->
+    port_command(Port, Frame),
+    receive {Port, {data, _}} -> ok end.
+
+recv_frame(Port) ->
+    receive
+        {Port, {data, Bin}} -> pyport_codec:decode_frame_head(Bin);
+        {Port, {exit_status, S}} -> error({worker_exited, S})
+    after 10000 -> error(timeout)
+    end.
+
+rss_kib(OsPid) ->
+    {ok, Status} = file:read_file("/proc/" ++ integer_to_list(OsPid) ++ "/status"),
+    [_, Rest] = binary:split(Status, <<"VmRSS:">>),
+    [Kb | _] = string:lexemes(Rest, " \t\n"),
+    binary_to_integer(Kb).
+
+priv_file(Name) ->
+    filename:join(code:priv_dir(pyport), Name).
+
+crypto_free_bytes(N) ->
+    << <<(X band 255)>> || X <- lists:seq(1, N) >>.
+
+nth(Q, Sorted) ->
+    lists:nth(max(1, round(Q * length(Sorted))), Sorted).
+
+to_us(Native) -> erlang:convert_time_unit(Native, native, nanosecond) / 1000.
+to_s(Native) -> erlang:convert_time_unit(Native, native, nanosecond) / 1.0e9.
+
+line(Name, Value, Unit) when is_float(Value) ->
+    io:format("~s ~.2f ~s~n", [Name, Value, Unit]);
+line(Name, Value, Unit) ->
+    io:format("~s ~p ~s~n", [Name, Value, Unit]).

@@ -1,0 +1,5 @@
+"""Python functions the benchmarks call."""
+
+
+def identity(value):
+    return value
