@@ -44,6 +44,15 @@ EXT_ATOM, EXT_TUPLE, EXT_BIGINT, EXT_BYTES, EXT_TERM = 1, 2, 3, 4, 5
 INT_MIN, UINT_MAX = -(1 << 63), (1 << 64) - 1
 DEFAULT_TIMEOUT = 60.0
 
+
+class _Default:
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+# A timeout argument meaning "the Worker's own timeout"; None means forever.
+DEFAULT: Any = _Default()
+
 # First byte after 131 in external term format, to tell pids and references
 # from other terms (erts/emulator/beam/external.h).
 _PID_TAGS = {88, 103}          # NEW_PID_EXT, PID_EXT
@@ -284,7 +293,7 @@ class Worker:
                  runtime: str = RUNTIME_DIR, max_frame_size: int | None = None,
                  args: Iterable[str] = (), env: dict | None = None, cwd: str | None = None,
                  stderr: Any = None, on_log: Callable[[str, str], None] | None = None,
-                 timeout: float = DEFAULT_TIMEOUT):
+                 timeout: float | None = DEFAULT_TIMEOUT):
         self.executable = locate_worker(executable)
         self.argv = [self.executable, "--runtime", runtime]
         for p in paths:
@@ -323,7 +332,7 @@ class Worker:
             except Exception:
                 self.kill()
 
-    def close(self, timeout: float | None = None) -> int:
+    def close(self, timeout: float | None = DEFAULT) -> int:
         """Closes the worker's stdin and waits for it to exit; its exit status.
         Kills it (and raises TimeoutError) if it does not exit in time."""
         try:
@@ -332,7 +341,7 @@ class Worker:
             pass
         return self.wait_exit(timeout, kill_on_timeout=True)
 
-    def shutdown(self, timeout: float | None = None) -> int:
+    def shutdown(self, timeout: float | None = DEFAULT) -> int:
         """Sends SHUTDOWN and waits for the worker to exit; its exit status."""
         self.send_frame(SHUTDOWN, 0)
         return self.wait_exit(timeout, kill_on_timeout=True)
@@ -342,14 +351,16 @@ class Worker:
             self.process.kill()
         return self.process.wait()
 
-    def wait_exit(self, timeout: float | None = None, kill_on_timeout: bool = False) -> int:
+    def wait_exit(self, timeout: float | None = DEFAULT, kill_on_timeout: bool = False) -> int:
         try:
-            rc = self.process.wait(self.timeout if timeout is None else timeout)
+            rc = self.process.wait(self._seconds(timeout))
         except subprocess.TimeoutExpired:
             if kill_on_timeout:
                 self.kill()
             raise TimeoutError(f"worker {self.pid} did not exit") from None
         self._reader.join(5)
+        if not self._reader.is_alive():
+            self.process.stdout.close()
         return rc
 
     @property
@@ -365,9 +376,11 @@ class Worker:
 
     def send_bytes(self, data: bytes) -> None:
         """Writes raw bytes (a frame or anything else) to the worker's stdin."""
+        view = memoryview(data)
         with self._write_lock:
             try:
-                self.process.stdin.write(data)
+                while view:  # a raw pipe write may be partial
+                    view = view[self.process.stdin.write(view):]
             except BrokenPipeError:
                 raise WorkerExited(self._exit_status(), "the worker to read a frame") from None
 
@@ -431,8 +444,25 @@ class Worker:
         except subprocess.TimeoutExpired:
             return None
 
+    def _seconds(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is DEFAULT else timeout
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        seconds = self._seconds(timeout)
+        return None if seconds is None else time.monotonic() + seconds
+
+    def _wait_until(self, deadline: float | None, what: str) -> None:
+        """One wait on the condition (held by the caller) for news."""
+        if deadline is None:
+            self._cond.wait()
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no {what} from worker {self.pid}")
+        self._cond.wait(left)
+
     def _take(self, match: Callable[[Frame], bool], timeout: float | None, what: str) -> Frame:
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        deadline = self._deadline(timeout)
         with self._cond:
             while True:
                 ended = False
@@ -448,32 +478,29 @@ class Worker:
                         return item
                 if ended:
                     break
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"no {what} from worker {self.pid}")
-                self._cond.wait(left)
+                self._wait_until(deadline, what)
         raise WorkerExited(self._exit_status(), what)
 
-    def read_frame(self, timeout: float | None = None) -> Frame:
+    def read_frame(self, timeout: float | None = DEFAULT) -> Frame:
         """The next frame that is not LOG and was not taken by ``wait``."""
         return self._take(lambda f: True, timeout, "a frame")
 
-    def wait(self, id: int, timeout: float | None = None) -> Frame:
+    def wait(self, id: int, timeout: float | None = DEFAULT) -> Frame:
         """The answer (RESULT or ERROR) to request ``id``; other frames stay
         queued for later ``wait``/``read_frame`` calls."""
         return self._take(lambda f: f.id == id and f.kind in (RESULT, ERROR), timeout,
                           f"the answer to request {id}")
 
-    def result(self, id: int, timeout: float | None = None) -> Any:
+    def result(self, id: int, timeout: float | None = DEFAULT) -> Any:
         """The value of the answer to ``id``; RemoteError for an ERROR."""
         return value_of(self.wait(id, timeout))
 
     def wait_for_log(self, predicate: Callable[[str, str], bool],
-                     timeout: float | None = None) -> tuple[str, str]:
+                     timeout: float | None = DEFAULT) -> tuple[str, str]:
         """The first LOG line (level, message) for which predicate is true,
         waiting for it if needed (output is relayed asynchronously, so it may
         arrive after the answer of the call that printed it)."""
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        deadline = self._deadline(timeout)
         seen = 0
         with self._cond:
             while True:
@@ -482,16 +509,14 @@ class Worker:
                         return entry
                 seen = len(self.logs)
                 if any(item is _EOF for item in self._incoming):
-                    raise WorkerExited(self._exit_status(), "a LOG line")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"no matching LOG line from worker {self.pid}")
-                self._cond.wait(left)
+                    break
+                self._wait_until(deadline, "matching LOG line")
+        raise WorkerExited(self._exit_status(), "a LOG line")
 
     # -- requests
 
     def call(self, module: str, function: str, args: Iterable = (), kwargs: dict | None = None,
-             timeout: float | None = None) -> Any:
+             timeout: float | None = DEFAULT) -> Any:
         return self.result(self.request(CALL, module, function, list(args), dict(kwargs or {})),
                            timeout)
 
@@ -499,10 +524,10 @@ class Worker:
         self.request(CAST, module, function, list(args), dict(kwargs or {}))
 
     def eval(self, code: str, locals: dict | None = None, ns: int = 0,
-             timeout: float | None = None) -> Any:
+             timeout: float | None = DEFAULT) -> Any:
         return self.result(self.request(EVAL, code, locals, ns), timeout)
 
-    def exec(self, code: str, ns: int = 0, timeout: float | None = None) -> None:
+    def exec(self, code: str, ns: int = 0, timeout: float | None = DEFAULT) -> None:
         return self.result(self.request(EXEC, code, ns), timeout)
 
     def _read_hello(self) -> Hello:
