@@ -1,0 +1,344 @@
+%% @doc Run Python from Erlang: the public API, after erlang_python's `py'.
+%%
+%% Every function answers `{ok, Value}' (or `ok'), a Python exception as
+%% `{error, {Type, Message}}', `{error, timeout}', or `{error, {worker_exited,
+%% Detail}}' when the worker OS process died under the request. Values
+%% convert as described in docs/type-mapping.md. Module and function names
+%% may be atoms, binaries or strings; code may be a binary, a string or
+%% iodata.
+%%
+%% Options (`call/5', `spawn_call/5', `eval/3') are a timeout in
+%% milliseconds, `infinity', or a map with `timeout' and `pool'.
+%%
+%% ```
+%% {ok, 4.0} = py:call(math, sqrt, [16]),
+%% {ok, 25} = py:eval(<<"x * y">>, #{x => 5, y => 5}),
+%% Ctx = py:context(1),
+%% ok = py:exec(Ctx, <<"counter = 41">>),
+%% {ok, 42} = py:eval(Ctx, <<"counter + 1">>).
+%% '''
+-module(py).
+
+-export([call/3, call/4, call/5, call/6,
+         cast/3, cast/4,
+         eval/1, eval/2, eval/3, eval/4,
+         exec/1, exec/2,
+         spawn_call/3, spawn_call/4, spawn_call/5,
+         await/1, await/2,
+         context/0, context/1, context_slot/1,
+         version/0]).
+
+-export_type([context/0, handle/0, name/0, code/0, opts/0, result/0]).
+
+-define(CALL, 1).
+-define(EVAL, 3).
+-define(EXEC, 4).
+-define(DEFAULT_POOL, default).
+%% eval/exec run in the worker's shared globals (PROTOCOL.md, Namespace).
+-define(SHARED_NAMESPACE, 0).
+
+-record(pyport_ctx, {pool :: atom(), slot :: pos_integer()}).
+
+-opaque context() :: #pyport_ctx{}.
+-type handle() :: pyport_request:handle().
+-type name() :: atom() | binary() | string().
+-type code() :: binary() | string() | iodata().
+-type opts() :: timeout() | #{timeout => timeout(), pool => atom()}.
+-type result() :: {ok, term()} | {error, term()}.
+
+%%%===================================================================
+%%% Calls
+%%%===================================================================
+
+%% @doc Calls `Module.Function(*Args)' in the least-loaded worker.
+-spec call(name(), name(), [term()]) -> result().
+call(Module, Function, Args) ->
+    call(Module, Function, Args, #{}, #{}).
+
+%% @doc `call(M, F, Args, Kwargs)': with keyword arguments (a map with atom
+%% or binary keys); `call(Ctx, M, F, Args)': through a context.
+-spec call(context() | name(), name(), [term()] | name(), map() | [term()]) -> result().
+call(#pyport_ctx{} = Ctx, Module, Function, Args) ->
+    call(Ctx, Module, Function, Args, #{}, #{});
+call(Module, Function, Args, Kwargs) ->
+    call(Module, Function, Args, Kwargs, #{}).
+
+%% @doc `call(M, F, Args, Kwargs, Opts)': with options (a timeout or a map);
+%% `call(Ctx, M, F, Args, Kwargs)': through a context.
+-spec call(context() | name(), name(), [term()] | name(), map() | [term()],
+           opts() | map()) -> result().
+call(#pyport_ctx{} = Ctx, Module, Function, Args, Kwargs) ->
+    call(Ctx, Module, Function, Args, Kwargs, #{});
+call(Module, Function, Args, Kwargs, Opts) ->
+    request(fun() ->
+                    {Target, Timeout} = target(Opts),
+                    pyport_request:call(Target, ?CALL,
+                                        call_fields(Module, Function, Args, Kwargs), Timeout)
+            end).
+
+%% @doc Calls through a context, with keyword arguments and options.
+-spec call(context(), name(), name(), [term()], map(), opts()) -> result().
+call(#pyport_ctx{} = Ctx, Module, Function, Args, Kwargs, Opts) ->
+    request(fun() ->
+                    {Target, Timeout} = target(Ctx, Opts),
+                    pyport_request:call(Target, ?CALL,
+                                        call_fields(Module, Function, Args, Kwargs), Timeout)
+            end).
+
+%% @doc Calls `Module.Function(*Args)' without waiting for the result;
+%% `cast(Ctx, M, F, Args)' through a context. An exception is logged.
+-spec cast(context() | name(), name(), [term()] | name(), map() | [term()]) ->
+          ok | {error, term()}.
+cast(#pyport_ctx{pool = Pool, slot = Slot}, Module, Function, Args) ->
+    request(fun() ->
+                    pyport_request:cast({slot, Pool, Slot},
+                                        call_fields(Module, Function, Args, #{}))
+            end);
+cast(Module, Function, Args, Kwargs) ->
+    request(fun() ->
+                    pyport_request:cast({pool, ?DEFAULT_POOL},
+                                        call_fields(Module, Function, Args, Kwargs))
+            end).
+
+%% @doc Calls `Module.Function(*Args)' without waiting for the result.
+-spec cast(name(), name(), [term()]) -> ok | {error, term()}.
+cast(Module, Function, Args) ->
+    cast(Module, Function, Args, #{}).
+
+%%%===================================================================
+%%% Asynchronous calls
+%%%===================================================================
+
+%% @doc Starts a call and returns a handle at once; {@link await/1,2}, in the
+%% same process, collects the result.
+-spec spawn_call(name(), name(), [term()]) -> handle().
+spawn_call(Module, Function, Args) ->
+    spawn_call(Module, Function, Args, #{}, #{}).
+
+%% @doc `spawn_call(M, F, Args, Kwargs)' or `spawn_call(Ctx, M, F, Args)'.
+-spec spawn_call(context() | name(), name(), [term()] | name(), map() | [term()]) -> handle().
+spawn_call(#pyport_ctx{} = Ctx, Module, Function, Args) ->
+    start_request(fun() ->
+                          {Target, Timeout} = target(Ctx, #{}),
+                          pyport_request:start(Target, ?CALL,
+                                               call_fields(Module, Function, Args, #{}),
+                                               Timeout)
+                  end);
+spawn_call(Module, Function, Args, Kwargs) ->
+    spawn_call(Module, Function, Args, Kwargs, #{}).
+
+%% @doc `spawn_call(M, F, Args, Kwargs, Opts)' or `spawn_call(Ctx, M, F,
+%% Args, Kwargs)'. The timeout in `Opts' is the deadline of the request.
+-spec spawn_call(context() | name(), name(), [term()] | name(), map() | [term()],
+                 opts() | map()) -> handle().
+spawn_call(#pyport_ctx{} = Ctx, Module, Function, Args, Kwargs) ->
+    start_request(fun() ->
+                          {Target, Timeout} = target(Ctx, #{}),
+                          pyport_request:start(Target, ?CALL,
+                                               call_fields(Module, Function, Args, Kwargs),
+                                               Timeout)
+                  end);
+spawn_call(Module, Function, Args, Kwargs, Opts) ->
+    start_request(fun() ->
+                          {Target, Timeout} = target(Opts),
+                          pyport_request:start(Target, ?CALL,
+                                               call_fields(Module, Function, Args, Kwargs),
+                                               Timeout)
+                  end).
+
+%% @doc Waits for the result of a {@link spawn_call/3} until its deadline.
+-spec await(handle()) -> result().
+await(Handle) ->
+    pyport_request:await(Handle).
+
+%% @doc Waits at most `Timeout' ms for the result of a {@link spawn_call/3}.
+-spec await(handle(), timeout()) -> result().
+await(Handle, Timeout) when Timeout =:= infinity; is_integer(Timeout), Timeout >= 0 ->
+    pyport_request:await(Handle, Timeout).
+
+%%%===================================================================
+%%% Code
+%%%===================================================================
+
+%% @doc Evaluates one Python expression.
+-spec eval(code()) -> result().
+eval(Code) ->
+    eval(Code, none, #{}).
+
+%% @doc `eval(Code, Locals)': with local variables (a map); `eval(Ctx, Code)':
+%% through a context.
+-spec eval(context() | code(), map() | code()) -> result().
+eval(#pyport_ctx{} = Ctx, Code) ->
+    eval(Ctx, Code, none, #{});
+eval(Code, Locals) when is_map(Locals) ->
+    eval(Code, Locals, #{}).
+
+%% @doc `eval(Code, Locals, Opts)': with a timeout or options; `eval(Ctx,
+%% Code, Locals)': through a context.
+-spec eval(context() | code(), map() | none | code(), opts() | map()) -> result().
+eval(#pyport_ctx{} = Ctx, Code, Locals) ->
+    eval(Ctx, Code, Locals, #{});
+eval(Code, Locals, Opts) when is_map(Locals); Locals =:= none ->
+    request(fun() ->
+                    {Target, Timeout} = target(Opts),
+                    pyport_request:call(Target, ?EVAL, eval_fields(Code, Locals), Timeout)
+            end).
+
+%% @doc Evaluates an expression through a context, with a timeout or options.
+-spec eval(context(), code(), map() | none, opts()) -> result().
+eval(#pyport_ctx{} = Ctx, Code, Locals, Opts) when is_map(Locals); Locals =:= none ->
+    request(fun() ->
+                    {Target, Timeout} = target(Ctx, Opts),
+                    pyport_request:call(Target, ?EVAL, eval_fields(Code, Locals), Timeout)
+            end).
+
+%% @doc Runs Python statements in a worker's shared globals.
+-spec exec(code()) -> ok | {error, term()}.
+exec(Code) ->
+    exec_result(request(fun() ->
+                                pyport_request:call({pool, ?DEFAULT_POOL}, ?EXEC,
+                                                    exec_fields(Code), default)
+                        end)).
+
+%% @doc Runs Python statements through a context: a later {@link eval/2} on
+%% the same context sees the names they define.
+-spec exec(context(), code()) -> ok | {error, term()}.
+exec(#pyport_ctx{pool = Pool, slot = Slot}, Code) ->
+    exec_result(request(fun() ->
+                                pyport_request:call({slot, Pool, Slot}, ?EXEC,
+                                                    exec_fields(Code), default)
+                        end)).
+
+exec_result({ok, _}) -> ok;
+exec_result({error, _} = Error) -> Error.
+
+%%%===================================================================
+%%% Contexts and information
+%%%===================================================================
+
+%% @doc The context of the calling process: always the same worker of the
+%% default pool for the same process.
+-spec context() -> context().
+context() ->
+    Size = pool_size(?DEFAULT_POOL),
+    #pyport_ctx{pool = ?DEFAULT_POOL, slot = erlang:phash2(self(), Size) + 1}.
+
+%% @doc Context `N' (1-based) of the default pool: one worker, and so one
+%% set of Python globals.
+-spec context(pos_integer()) -> context().
+context(N) when is_integer(N), N >= 1 ->
+    case pool_size(?DEFAULT_POOL) of
+        Size when N =< Size -> #pyport_ctx{pool = ?DEFAULT_POOL, slot = N};
+        Size -> erlang:error({bad_context, N, {pool_size, Size}})
+    end.
+
+%% @doc The pool and slot a context routes to.
+-spec context_slot(context()) -> {atom(), pos_integer()}.
+context_slot(#pyport_ctx{pool = Pool, slot = Slot}) ->
+    {Pool, Slot}.
+
+%% @doc The Python version of the default pool's workers, e.g. `<<"3.11.2">>'.
+-spec version() -> {ok, binary()} | {error, term()}.
+version() ->
+    case pyport_pool:info(?DEFAULT_POOL) of
+        {ok, Info} ->
+            case pyport_pool:pick(Info) of
+                {ok, _Slot, Pid} ->
+                    try pyport_worker:info(Pid) of
+                        #{python_version := V} when is_binary(V) -> {ok, V};
+                        #{} -> {error, worker_restarting}
+                    catch
+                        exit:{Reason, _} -> {error, {worker_exited, Reason}}
+                    end;
+                {error, _} = Error ->
+                    Error
+            end;
+        {error, _} = Error ->
+            Error
+    end.
+
+%%%===================================================================
+%%% Internals
+%%%===================================================================
+
+%% Argument problems are thrown as {error, Reason} and returned as such.
+request(Fun) ->
+    try Fun()
+    catch throw:{error, _} = Error -> Error
+    end.
+
+start_request(Fun) ->
+    case request(Fun) of
+        {error, Reason} -> pyport_request:start_failed(Reason);
+        Handle -> Handle
+    end.
+
+pool_size(Pool) ->
+    case pyport_pool:info(Pool) of
+        {ok, #{size := Size}} -> Size;
+        {error, Reason} -> erlang:error(Reason)
+    end.
+
+target(Opts) ->
+    #{pool := Pool, timeout := Timeout} = options(Opts),
+    {{pool, Pool}, Timeout}.
+
+%% A context names its pool; `pool' in the options is not used.
+target(#pyport_ctx{pool = Pool, slot = Slot}, Opts) ->
+    #{timeout := Timeout} = options(Opts),
+    {{slot, Pool, Slot}, Timeout}.
+
+options(Timeout) when Timeout =:= infinity; is_integer(Timeout), Timeout >= 0 ->
+    #{pool => ?DEFAULT_POOL, timeout => Timeout};
+options(Opts) when is_map(Opts) ->
+    maps:fold(fun check_option/3, #{pool => ?DEFAULT_POOL, timeout => default}, Opts);
+options(Other) ->
+    throw({error, {bad_option, Other}}).
+
+check_option(timeout, T, Acc) when T =:= infinity; is_integer(T), T >= 0 ->
+    Acc#{timeout => T};
+check_option(pool, P, Acc) when is_atom(P) ->
+    Acc#{pool => P};
+check_option(Key, Value, _Acc) when Key =:= timeout; Key =:= pool ->
+    throw({error, {invalid_option, Key, Value}});
+check_option(Key, _Value, _Acc) ->
+    throw({error, {bad_option, Key}}).
+
+call_fields(Module, Function, Args, Kwargs) when is_list(Args), is_map(Kwargs) ->
+    [name(Module), name(Function), Args, kwargs(Kwargs)];
+call_fields(_Module, _Function, Args, Kwargs) when is_list(Args) ->
+    throw({error, {invalid_kwargs, Kwargs}});
+call_fields(_Module, _Function, Args, _Kwargs) ->
+    throw({error, {invalid_args, Args}}).
+
+eval_fields(Code, Locals) ->
+    [code(Code), Locals, ?SHARED_NAMESPACE].
+
+exec_fields(Code) ->
+    [code(Code), ?SHARED_NAMESPACE].
+
+name(A) when is_atom(A) -> atom_to_binary(A, utf8);
+name(B) when is_binary(B) -> B;
+name(L) when is_list(L) ->
+    case unicode:characters_to_binary(L) of
+        B when is_binary(B) -> B;
+        _ -> throw({error, {invalid_name, L}})
+    end;
+name(Other) -> throw({error, {invalid_name, Other}}).
+
+%% Python needs str keyword names.
+kwargs(Kwargs) ->
+    maps:fold(fun(K, V, Acc) when is_atom(K) -> Acc#{atom_to_binary(K, utf8) => V};
+                 (K, V, Acc) when is_binary(K) -> Acc#{K => V};
+                 (K, _V, _Acc) -> throw({error, {invalid_kwarg, K}})
+              end, #{}, Kwargs).
+
+code(B) when is_binary(B) -> B;
+code(L) when is_list(L) ->
+    try unicode:characters_to_binary(L) of
+        B when is_binary(B) -> B;
+        _ -> throw({error, {invalid_code, L}})
+    catch
+        error:badarg -> throw({error, {invalid_code, L}})
+    end;
+code(Other) -> throw({error, {invalid_code, Other}}).

@@ -1,0 +1,63 @@
+%% @doc Application-level API of pyport: starting it from a shell, pools,
+%% and what the workers report about themselves.
+-module(pyport).
+
+-export([start/0, start_pool/2, stop_pool/1, pools/0, workers/1, worker_info/1]).
+
+%% @doc Starts pyport and what it needs (for shells and scripts).
+-spec start() -> {ok, [atom()]} | {error, term()}.
+start() ->
+    application:ensure_all_started(pyport).
+
+%% @doc Starts a pool at run time, with the options of a pool in
+%% `sys.config' (see docs/configuration.md).
+-spec start_pool(atom(), map()) -> {ok, pid()} | {error, term()}.
+start_pool(Name, Opts) when is_atom(Name) ->
+    case pyport_config:validate_pool(Name, Opts) of
+        {ok, Valid} -> pyport_pools_sup:start_pool(Name, Valid);
+        {error, _} = Error -> Error
+    end.
+
+%% @doc Stops a pool; requests in flight on it are answered first where the
+%% workers finish them within their shutdown grace period.
+-spec stop_pool(atom()) -> ok | {error, {no_pool, atom()}}.
+stop_pool(Name) ->
+    pyport_pools_sup:stop_pool(Name).
+
+%% @doc The names of the running pools.
+-spec pools() -> [atom()].
+pools() ->
+    [Name || Name <- pyport_pools_sup:pool_names(),
+             element(1, pyport_pool:info(Name)) =:= ok].
+
+%% @doc The worker gen_servers of a pool, by slot.
+-spec workers(atom()) -> {ok, [{pos_integer(), pid()}]} | {error, {no_pool, atom()}}.
+workers(Pool) ->
+    case pyport_pool:info(Pool) of
+        {ok, #{size := Size} = Info} ->
+            {ok, [{Slot, Pid} || Slot <- lists:seq(1, Size),
+                                 {ok, Pid} <- [pyport_pool:worker(Info, Slot)]]};
+        {error, _} = Error ->
+            Error
+    end.
+
+%% @doc What the worker behind a context (or `{Pool, Slot}') reports: its
+%% OS pid, Python version, status, requests pending and queued, restarts.
+-spec worker_info(py:context() | {atom(), pos_integer()}) ->
+          {ok, #{atom() => term()}} | {error, term()}.
+worker_info({Pool, Slot}) when is_atom(Pool), is_integer(Slot) ->
+    case pyport_pool:info(Pool) of
+        {ok, Info} ->
+            case pyport_pool:worker(Info, Slot) of
+                {ok, Pid} ->
+                    try {ok, pyport_worker:info(Pid)}
+                    catch exit:{Reason, _} -> {error, {worker_exited, Reason}}
+                    end;
+                error ->
+                    {error, {no_worker, Pool, Slot}}
+            end;
+        {error, _} = Error ->
+            Error
+    end;
+worker_info(Ctx) ->
+    worker_info(py:context_slot(Ctx)).

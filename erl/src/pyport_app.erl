@@ -1,0 +1,24 @@
+%% @doc The pyport application: checks the configuration, then starts the
+%% supervision tree with every configured pool.
+-module(pyport_app).
+-behaviour(application).
+
+-export([start/2, stop/1]).
+
+%% @doc Starts pyport; a bad configuration fails the start with the reason
+%% from {@link pyport_config}.
+-spec start(application:start_type(), term()) -> {ok, pid()} | {error, term()}.
+start(_Type, _Args) ->
+    case pyport_config:pools() of
+        {ok, Pools} ->
+            pyport_sup:start_link(Pools);
+        {error, Reason} = Error ->
+            logger:error("pyport: invalid configuration: ~tp", [Reason],
+                         #{domain => [pyport]}),
+            Error
+    end.
+
+%% @doc Called after the supervision tree has stopped.
+-spec stop(term()) -> ok.
+stop(_State) ->
+    ok.

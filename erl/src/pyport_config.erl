@@ -1,0 +1,133 @@
+%% @doc Validation of pyport's configuration: the `pools' application
+%% environment and the options of each pool.
+%%
+%% Every key is checked; a mistake is reported with the pool, the key and
+%% the value, so a bad `sys.config' stops `application:start(pyport)' with a
+%% reason a person can act on. See docs/configuration.md.
+-module(pyport_config).
+
+-export([pools/0, validate_pools/1, validate_pool/2, defaults/0]).
+
+-export_type([pool_name/0, pool_opts/0, error_reason/0]).
+
+-type pool_name() :: atom().
+%% A validated pool configuration: every key present.
+-type pool_opts() :: #{size := pos_integer(),
+                       python_path := [binary()],
+                       max_frame_size := pos_integer(),
+                       call_timeout := timeout(),
+                       start_timeout := pos_integer(),
+                       worker := file:filename_all()}.
+-type error_reason() :: {invalid_pools, term()}
+                      | {invalid_pool_name, term()}
+                      | {invalid_pool, pool_name(), term()}
+                      | {unknown_pool_option, pool_name(), term()}
+                      | {invalid_pool_option, pool_name(), atom(), term()}.
+
+-define(MIN_FRAME_SIZE, 1024).
+%% {packet, 4} cannot express a larger frame.
+-define(MAX_FRAME_SIZE, 16#FFFFFFFF).
+
+%% @doc The pools to start: the validated `pools' environment, or one
+%% `default' pool with default options when it is not set.
+-spec pools() -> {ok, #{pool_name() => pool_opts()}} | {error, error_reason()}.
+pools() ->
+    case application:get_env(pyport, pools) of
+        undefined -> validate_pools(#{default => #{}});
+        {ok, Pools} -> validate_pools(Pools)
+    end.
+
+%% @doc Validates a map of pool name to options; returns it with defaults
+%% filled in.
+-spec validate_pools(term()) ->
+          {ok, #{pool_name() => pool_opts()}} | {error, error_reason()}.
+validate_pools(Pools) when is_map(Pools) ->
+    %% Sorted so that the same mistake gives the same error every time.
+    validate_each(lists:sort(maps:to_list(Pools)), #{});
+validate_pools(Other) ->
+    {error, {invalid_pools, Other}}.
+
+validate_each([], Acc) ->
+    {ok, Acc};
+validate_each([{Name, Opts} | Rest], Acc) when is_atom(Name) ->
+    case validate_pool(Name, Opts) of
+        {ok, Valid} -> validate_each(Rest, Acc#{Name => Valid});
+        {error, _} = Error -> Error
+    end;
+validate_each([{Name, _} | _], _Acc) ->
+    {error, {invalid_pool_name, Name}}.
+
+%% @doc Validates one pool's options and fills in the defaults.
+-spec validate_pool(pool_name(), term()) ->
+          {ok, pool_opts()} | {error, error_reason()}.
+validate_pool(Name, Opts) when is_map(Opts) ->
+    Defaults = defaults(),
+    case [K || K <- lists:sort(maps:keys(Opts)), not is_map_key(K, Defaults)] of
+        [Unknown | _] ->
+            {error, {unknown_pool_option, Name, Unknown}};
+        [] ->
+            check_values(Name, lists:sort(maps:to_list(maps:merge(Defaults, Opts))), #{})
+    end;
+validate_pool(Name, Opts) ->
+    {error, {invalid_pool, Name, Opts}}.
+
+check_values(_Name, [], Acc) ->
+    {ok, Acc};
+check_values(Name, [{Key, Value} | Rest], Acc) ->
+    case check(Key, Value) of
+        {ok, Normalised} -> check_values(Name, Rest, Acc#{Key => Normalised});
+        error -> {error, {invalid_pool_option, Name, Key, Value}}
+    end.
+
+%% @doc Every pool option with its default value.
+-spec defaults() -> pool_opts().
+defaults() ->
+    #{size => erlang:system_info(schedulers_online),
+      python_path => [],
+      max_frame_size => 64 * 1024 * 1024,
+      call_timeout => 30000,
+      start_timeout => 10000,
+      worker => default_worker()}.
+
+default_worker() ->
+    case code:priv_dir(pyport) of
+        {error, bad_name} -> "pyport_worker";   % not loaded as an application
+        Priv -> filename:join(Priv, "pyport_worker")
+    end.
+
+check(size, N) when is_integer(N), N > 0 -> {ok, N};
+check(python_path, Dirs) when is_list(Dirs) -> check_path(Dirs, []);
+check(max_frame_size, N)
+  when is_integer(N), N >= ?MIN_FRAME_SIZE, N =< ?MAX_FRAME_SIZE -> {ok, N};
+check(call_timeout, infinity) -> {ok, infinity};
+check(call_timeout, N) when is_integer(N), N >= 0 -> {ok, N};
+check(start_timeout, N) when is_integer(N), N > 0 -> {ok, N};
+check(worker, Path) ->
+    case to_binary(Path) of
+        {ok, <<_, _/binary>> = Bin} -> {ok, Bin};
+        _ -> error
+    end;
+check(_Key, _Value) -> error.
+
+check_path([], Acc) ->
+    {ok, lists:reverse(Acc)};
+check_path([Dir | Rest], Acc) ->
+    case to_binary(Dir) of
+        {ok, <<_, _/binary>> = Bin} -> check_path(Rest, [Bin | Acc]);
+        _ -> error
+    end;
+check_path(_Improper, _Acc) ->
+    error.
+
+%% Paths become binaries: that is what open_port passes on unchanged.
+to_binary(B) when is_binary(B) ->
+    {ok, B};
+to_binary(L) when is_list(L) ->
+    try unicode:characters_to_binary(L) of
+        B when is_binary(B) -> {ok, B};
+        _ -> error
+    catch
+        error:badarg -> error
+    end;
+to_binary(_) ->
+    error.

@@ -1,0 +1,128 @@
+%% @doc One pool's routing data, and how a caller picks a worker from it.
+%%
+%% The `pyport_pool' gen_server owns the pool's ETS table (slot → worker
+%% pid, written by each worker in its init) and publishes, in
+%% `persistent_term' under `{pyport_pool, Name}', everything a caller needs
+%% to route a request without talking to any central process: the table,
+%% a `counters' array of requests in flight per slot, and the pool's
+%% limits. The gen_server itself is never on a call's path.
+%%
+%% In-flight accounting: the caller increments its slot's counter when it
+%% sends a request; the worker decrements it once the request is finished
+%% (answered, dropped, or failed because the OS process died). Counting on
+%% the worker side keeps the figure true when a caller is killed while
+%% waiting or gives up on a worker that is still busy with its request.
+-module(pyport_pool).
+-behaviour(gen_server).
+
+-export([start_link/2, info/1, pick/1, worker/2]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+
+-export_type([info/0]).
+
+%% What callers read from persistent_term.
+-type info() :: #{name := pyport_config:pool_name(),
+                  tab := ets:tid(),
+                  counters := counters:counters_ref(),
+                  size := pos_integer(),
+                  max_frame_size := pos_integer(),
+                  call_timeout := timeout(),
+                  opts := pyport_config:pool_opts()}.
+
+%% Above this size a caller samples two slots instead of reading them all.
+-define(SCAN_ALL_MAX, 8).
+
+%% @doc Starts the pool's routing owner. Workers start after it.
+-spec start_link(pyport_config:pool_name(), pyport_config:pool_opts()) ->
+          {ok, pid()} | {error, term()}.
+start_link(Name, Opts) ->
+    gen_server:start_link(?MODULE, {Name, Opts}, []).
+
+%% @doc The routing data of pool `Name'.
+-spec info(term()) -> {ok, info()} | {error, {no_pool, term()}}.
+info(Name) ->
+    case persistent_term:get({pyport_pool, Name}, undefined) of
+        undefined -> {error, {no_pool, Name}};
+        Info -> {ok, Info}
+    end.
+
+%% @doc Picks the least-loaded live worker of a pool: every slot is read for
+%% small pools, two random slots (the less loaded wins) for larger ones.
+-spec pick(info()) -> {ok, pos_integer(), pid()} | {error, {no_workers, atom()}}.
+pick(#{size := Size, counters := C} = Info) when Size =< ?SCAN_ALL_MAX ->
+    %% Scanning from a varying start spreads idle-time calls over all slots.
+    Start = erlang:unique_integer([positive]) rem Size,
+    Order = [(Start + I) rem Size + 1 || I <- lists:seq(0, Size - 1)],
+    Ranked = lists:keysort(1, [{counters:get(C, Slot), Slot} || Slot <- Order]),
+    first_live(Info, [Slot || {_, Slot} <- Ranked]);
+pick(#{size := Size, counters := C} = Info) ->
+    A = rand:uniform(Size),
+    B = case rand:uniform(Size - 1) of
+            N when N >= A -> N + 1;
+            N -> N
+        end,
+    First = case counters:get(C, A) =< counters:get(C, B) of
+                true -> [A, B];
+                false -> [B, A]
+            end,
+    case first_live(Info, First) of
+        {ok, _, _} = Found -> Found;
+        %% Both sampled slots are between gen_server restarts: try them all.
+        {error, _} -> first_live(Info, lists:seq(1, Size))
+    end.
+
+first_live(#{name := Name}, []) ->
+    {error, {no_workers, Name}};
+first_live(Info, [Slot | Rest]) ->
+    case worker(Info, Slot) of
+        {ok, Pid} -> {ok, Slot, Pid};
+        error -> first_live(Info, Rest)
+    end.
+
+%% @doc The worker pid currently registered for `Slot'.
+-spec worker(info(), pos_integer()) -> {ok, pid()} | error.
+worker(#{tab := Tab}, Slot) ->
+    try ets:lookup_element(Tab, Slot, 2) of
+        Pid -> {ok, Pid}
+    catch
+        %% No entry, or the table went away with a restarting pool.
+        error:badarg -> error
+    end.
+
+%% @private
+-spec init({pyport_config:pool_name(), pyport_config:pool_opts()}) -> {ok, map()}.
+init({Name, #{size := Size, max_frame_size := Max, call_timeout := Timeout} = Opts}) ->
+    %% terminate/2 must run on shutdown to unpublish the pool.
+    process_flag(trap_exit, true),
+    Tab = ets:new(pyport_pool_workers, [set, public, {read_concurrency, true}]),
+    Info = #{name => Name,
+             tab => Tab,
+             counters => counters:new(Size, [write_concurrency]),
+             size => Size,
+             max_frame_size => Max,
+             call_timeout => Timeout,
+             opts => Opts},
+    persistent_term:put({pyport_pool, Name}, Info),
+    {ok, #{name => Name}}.
+
+%% @private
+-spec handle_call(term(), gen_server:from(), map()) -> {reply, {error, unknown_call}, map()}.
+handle_call(_Request, _From, State) ->
+    {reply, {error, unknown_call}, State}.
+
+%% @private
+-spec handle_cast(term(), map()) -> {noreply, map()}.
+handle_cast(_Msg, State) ->
+    {noreply, State}.
+
+%% @private
+-spec handle_info(term(), map()) -> {noreply, map()}.
+handle_info(_Msg, State) ->
+    {noreply, State}.
+
+%% @private
+-spec terminate(term(), map()) -> ok.
+terminate(_Reason, #{name := Name}) ->
+    %% Callers then get {error, {no_pool, Name}} instead of a dead table.
+    _ = persistent_term:erase({pyport_pool, Name}),
+    ok.

@@ -1,0 +1,222 @@
+%% @doc The caller's side of a request: routing, encoding, sending and
+%% waiting, all in the calling process.
+%%
+%% No central process is involved: the caller reads the pool's routing data
+%% (see {@link pyport_pool}), encodes the whole frame itself, monitors the
+%% chosen worker with a reply alias and sends it the frame. The answer comes
+%% back to the alias undecoded and is decoded here, so encoding and decoding
+%% run on the callers' schedulers, not in the worker's gen_server.
+%%
+%% On a timeout the monitor is removed, which deactivates the alias: an
+%% answer that comes later is dropped by the runtime and never reaches the
+%% caller's mailbox.
+-module(pyport_request).
+
+-export([call/4, start/4, start_failed/1, await/1, await/2, cast/2]).
+-export([builtin_exception_types/0]).
+
+-export_type([target/0, handle/0, result/0]).
+
+%% Frame kinds (proto/PROTOCOL.md).
+-define(CALL, 1).
+-define(CAST, 2).
+-define(RESULT, 16).
+-define(ERROR, 17).
+
+%% Where a request goes: the least-loaded worker of a pool, or one slot.
+-type target() :: {pool, pyport_config:pool_name()}
+                | {slot, pyport_config:pool_name(), pos_integer()}.
+-type deadline() :: integer() | infinity.
+%% A request in flight (from {@link start/4}) or one that failed before it
+%% could be sent.
+-opaque handle() :: {pyport_call, reference(), deadline(), pyport_config:pool_name(),
+                     pos_integer()}
+                  | {pyport_call_failed, term()}.
+-type result() :: {ok, term()} | {error, term()}.
+
+%% @doc Sends a request and waits for its answer. `Timeout' `default' means
+%% the pool's `call_timeout'.
+-spec call(target(), pos_integer(), [term()], timeout() | default) -> result().
+call(Target, Kind, Fields, Timeout) ->
+    case start(Target, Kind, Fields, Timeout) of
+        {pyport_call, _, _, _, _} = Handle -> await(Handle);
+        {pyport_call_failed, Reason} -> {error, Reason}
+    end.
+
+%% @doc Sends a request and returns at once; {@link await/1,2} collects the
+%% answer, in the same process.
+-spec start(target(), pos_integer(), [term()], timeout() | default) -> handle().
+start(Target, Kind, Fields, Timeout0) ->
+    Id = erlang:unique_integer([positive]),
+    case prepare(Target, Kind, Id, Fields) of
+        {ok, Pool, Info, Frame} ->
+            Timeout = case Timeout0 of
+                          default -> maps:get(call_timeout, Info);
+                          _ -> Timeout0
+                      end,
+            case route(Target, Info) of
+                {ok, Slot, Pid} ->
+                    Deadline = deadline(Timeout),
+                    %% The worker decrements when the request is finished.
+                    counters:add(maps:get(counters, Info), Slot, 1),
+                    Alias = erlang:monitor(process, Pid, [{alias, reply_demonitor}]),
+                    Pid ! {'$pyport', Alias, Id, Deadline, Frame},
+                    {pyport_call, Alias, Deadline, Pool, Slot};
+                {error, Reason} ->
+                    {pyport_call_failed, Reason}
+            end;
+        {error, Reason} ->
+            {pyport_call_failed, Reason}
+    end.
+
+%% @doc A handle for a request that could not be sent: awaiting it gives
+%% `{error, Reason}'.
+-spec start_failed(term()) -> handle().
+start_failed(Reason) ->
+    {pyport_call_failed, Reason}.
+
+%% @doc Waits for the answer until the request's own deadline.
+-spec await(handle()) -> result().
+await({pyport_call, _, infinity, _, _} = Handle) ->
+    await(Handle, infinity);
+await({pyport_call, _, Deadline, _, _} = Handle) ->
+    await(Handle, max(0, Deadline - now_ms()));
+await({pyport_call_failed, Reason}) ->
+    {error, Reason}.
+
+%% @doc Waits at most `Timeout' ms for the answer. After `{error, timeout}'
+%% the request is abandoned: its answer can no longer arrive.
+-spec await(handle(), timeout()) -> result().
+await({pyport_call, Alias, _Deadline, Pool, Slot}, Timeout) ->
+    receive
+        {Alias, Reply} ->
+            reply(Reply, Pool, Slot);
+        {'DOWN', Alias, process, _, Reason} ->
+            {error, {worker_exited, Reason}}
+    after Timeout ->
+            erlang:demonitor(Alias, [flush]),
+            %% An answer that arrived just before the alias went away is
+            %% still an answer.
+            receive
+                {Alias, Reply} -> reply(Reply, Pool, Slot)
+            after 0 ->
+                    {error, timeout}
+            end
+    end;
+await({pyport_call_failed, Reason}, _Timeout) ->
+    {error, Reason}.
+
+%% @doc Sends a call whose answer nobody waits for (kind CAST, id 0: an
+%% error about the frame itself is logged by the worker's owner).
+-spec cast(target(), [term()]) -> ok | {error, term()}.
+cast(Target, Fields) ->
+    case prepare(Target, ?CAST, 0, Fields) of
+        {ok, _Pool, Info, Frame} ->
+            case route(Target, Info) of
+                {ok, _Slot, Pid} ->
+                    Pid ! {'$pyport_cast', Frame},
+                    ok;
+                {error, _} = Error ->
+                    Error
+            end;
+        {error, _} = Error ->
+            Error
+    end.
+
+%%%===================================================================
+%%% Internals
+%%%===================================================================
+
+prepare(Target, Kind, Id, Fields) ->
+    Pool = pool_of(Target),
+    case pyport_pool:info(Pool) of
+        {ok, #{max_frame_size := Max} = Info} ->
+            try pyport_codec:encode_frame(Kind, Id, Fields) of
+                Frame ->
+                    case iolist_size(Frame) of
+                        Size when Size > Max -> {error, {frame_too_large, Size, Max}};
+                        _ -> {ok, Pool, Info, Frame}
+                    end
+            catch
+                error:{unsupported_term, T} -> {error, {unsupported_term, T}}
+            end;
+        {error, _} = Error ->
+            Error
+    end.
+
+pool_of({pool, Pool}) -> Pool;
+pool_of({slot, Pool, _}) -> Pool.
+
+route({pool, _}, Info) ->
+    pyport_pool:pick(Info);
+route({slot, Pool, Slot}, Info) ->
+    case pyport_pool:worker(Info, Slot) of
+        {ok, Pid} -> {ok, Slot, Pid};
+        error -> {error, {no_worker, Pool, Slot}}
+    end.
+
+reply({?RESULT, Rest}, _Pool, _Slot) ->
+    case pyport_codec:decode_fields(1, Rest) of
+        {ok, [Value]} -> {ok, Value};
+        {error, _} = Error -> Error
+    end;
+reply({?ERROR, Rest}, Pool, Slot) ->
+    case pyport_codec:decode_fields(3, Rest) of
+        {ok, [<<"FrameTooLarge">>, Message, _]} ->
+            {error, {frame_too_large, Message}};
+        {ok, [<<"FrameError">>, Message, _]} ->
+            {error, {frame_error, Message}};
+        {ok, [Type, Message, Traceback]} when is_binary(Type) ->
+            logger:debug("Python ~ts: ~ts~n~ts", [Type, Message, Traceback],
+                         #{pyport_pool => Pool, pyport_slot => Slot,
+                           python_traceback => Traceback, domain => [pyport, python]}),
+            {error, {exception_type(Type), Message}};
+        {ok, Fields} ->
+            {error, {protocol_error, {bad_error_frame, Fields}}};
+        {error, _} = Error ->
+            Error
+    end;
+reply({error, _} = Error, _Pool, _Slot) ->
+    Error.
+
+%% Never creates an atom: hostile code must not fill the atom table.
+exception_type(Name) ->
+    try binary_to_existing_atom(Name, utf8)
+    catch error:badarg -> Name
+    end.
+
+%% @doc Exception type names that arrive as atoms in any node running
+%% pyport: every Python builtin exception (3.11) and a few common ones of
+%% the standard library (json, subprocess, asyncio, io, decimal, pickle).
+%% Listing them here makes the atoms exist as soon as this module is
+%% loaded, which is before any answer is decoded.
+-spec builtin_exception_types() -> [atom()].
+builtin_exception_types() ->
+    ['ArithmeticError', 'AssertionError', 'AttributeError', 'BaseException',
+     'BaseExceptionGroup', 'BlockingIOError', 'BrokenPipeError', 'BufferError',
+     'BytesWarning', 'ChildProcessError', 'ConnectionAbortedError',
+     'ConnectionError', 'ConnectionRefusedError', 'ConnectionResetError',
+     'DeprecationWarning', 'EOFError', 'EncodingWarning', 'EnvironmentError',
+     'Exception', 'ExceptionGroup', 'FileExistsError', 'FileNotFoundError',
+     'FloatingPointError', 'FutureWarning', 'GeneratorExit', 'IOError',
+     'ImportError', 'ImportWarning', 'IndentationError', 'IndexError',
+     'InterruptedError', 'IsADirectoryError', 'KeyError', 'KeyboardInterrupt',
+     'LookupError', 'MemoryError', 'ModuleNotFoundError', 'NameError',
+     'NotADirectoryError', 'NotImplementedError', 'OSError', 'OverflowError',
+     'PendingDeprecationWarning', 'PermissionError', 'ProcessLookupError',
+     'RecursionError', 'ReferenceError', 'ResourceWarning', 'RuntimeError',
+     'RuntimeWarning', 'StopAsyncIteration', 'StopIteration', 'SyntaxError',
+     'SyntaxWarning', 'SystemError', 'SystemExit', 'TabError', 'TimeoutError',
+     'TypeError', 'UnboundLocalError', 'UnicodeDecodeError',
+     'UnicodeEncodeError', 'UnicodeError', 'UnicodeTranslateError',
+     'UnicodeWarning', 'UserWarning', 'ValueError', 'Warning',
+     'ZeroDivisionError', 'JSONDecodeError', 'CalledProcessError',
+     'TimeoutExpired', 'CancelledError', 'InvalidStateError',
+     'IncompleteReadError', 'UnsupportedOperation', 'InvalidOperation',
+     'DivisionByZero', 'PicklingError', 'UnpicklingError'].
+
+deadline(infinity) -> infinity;
+deadline(Timeout) -> now_ms() + Timeout.
+
+now_ms() ->
+    erlang:monotonic_time(millisecond).

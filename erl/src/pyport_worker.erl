@@ -1,0 +1,604 @@
+%% @doc The owner of one worker OS process (`pyport_worker', C++ + CPython).
+%%
+%% The gen_server owns the port and is the supervisor of its OS process:
+%%
+%% <ul>
+%% <li>Requests arrive already encoded by the caller
+%%   (`{'$pyport', Alias, Id, Deadline, Frame}', see {@link pyport_request});
+%%   the frame goes to the port and `Id => {Alias, Deadline}' is remembered.
+%%   An answer is routed by reading only its frame head; the undecoded rest
+%%   goes to the caller's alias, which decodes it on its own scheduler.</li>
+%% <li>When the OS process exits, every request in flight is answered
+%%   `{error, {worker_exited, Detail}}' at once and a new OS process is
+%%   started: at once the first time, then with exponential backoff
+%%   (10 ms doubling to 2 s) while it keeps dying within a second. Requests
+%%   arriving meanwhile wait in a queue for the new process's hello (those
+%%   whose deadline passed are dropped unsent). Five deaths in a row before
+%%   a hello stop the gen_server with `{start_failed, Detail}'; the OTP
+%%   supervisor's restart intensity then bounds the loop. OTP supervisors
+%%   restart without backoff, so they cannot do this job themselves.</li>
+%% <li>`LOG' frames (the worker's stdout/stderr and Python logging) go to
+%%   `logger' with the pool, slot and OS pid as metadata.</li>
+%% </ul>
+%%
+%% The gen_server's pid stays the same across OS-process restarts, so the
+%% pool's routing table only changes when the gen_server itself restarts.
+-module(pyport_worker).
+-behaviour(gen_server).
+
+-export([start_link/3, info/1, os_pid/1]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+-export([exit_detail/1]).
+
+%% Frame kinds (proto/PROTOCOL.md).
+-define(HELLO, 0).
+-define(SHUTDOWN, 15).
+-define(RESULT, 16).
+-define(ERROR, 17).
+-define(LOG, 18).
+
+-define(PROTOCOL_VERSION, 1).
+%% An OS process that lived this long was healthy: its death does not
+%% count as a crash loop.
+-define(STABLE_AFTER_MS, 1000).
+-define(BACKOFF_MIN_MS, 10).
+-define(BACKOFF_MAX_MS, 2000).
+-define(MAX_START_FAILURES, 5).
+%% How long terminate/2 waits for the OS process to exit after SHUTDOWN.
+-define(SHUTDOWN_GRACE_MS, 1000).
+%% How often expired requests are purged from the pending map and queue.
+-define(PURGE_INTERVAL_MS, 1000).
+
+-type deadline() :: integer() | infinity.
+-type status() :: up          % hello received, frames flow
+                | starting    % OS process spawned, waiting for its hello
+                | waiting.    % backing off before the next spawn
+
+-record(state, {
+          pool :: pyport_config:pool_name(),
+          slot :: pos_integer(),
+          opts :: pyport_config:pool_opts(),
+          tab :: ets:tid(),
+          counters :: counters:counters_ref(),
+          status = starting :: status(),
+          port :: port() | undefined,
+          %% OS pid: from the port at spawn, then the one the hello reports.
+          os_pid :: non_neg_integer() | undefined,
+          python_version :: binary() | undefined,
+          capabilities = #{} :: map(),
+          spawned_at = 0 :: integer(),                 % monotonic ms
+          start_timer :: reference() | undefined,      % hello or backoff timer
+          pending = #{} :: #{pos_integer() => {reference(), deadline()}},
+          %% Held while the OS process restarts: {call, Alias, Id, Deadline,
+          %% Frame} or {cast, Frame}, in arrival order.
+          queue = queue:new() :: queue:queue(),
+          backoff = 0 :: non_neg_integer(),            % delay of the next quick restart
+          start_failures = 0 :: non_neg_integer(),     % deaths in a row before a hello
+          restarts = 0 :: non_neg_integer(),
+          last_exit :: term()
+         }).
+
+%%%===================================================================
+%%% API
+%%%===================================================================
+
+%% @doc Starts the owner of slot `Slot' of pool `Pool'. Returns once the OS
+%% process has said hello, or fails with `{worker_start_failed, Detail}'.
+-spec start_link(pyport_config:pool_name(), pos_integer(), pyport_config:pool_opts()) ->
+          {ok, pid()} | {error, term()}.
+start_link(Pool, Slot, Opts) ->
+    gen_server:start_link(?MODULE, {Pool, Slot, Opts}, []).
+
+%% @doc What the worker knows about itself and its OS process.
+-spec info(pid()) -> #{atom() => term()}.
+info(Pid) ->
+    gen_server:call(Pid, info).
+
+%% @doc The OS pid of the worker's current OS process (undefined while it
+%% restarts).
+-spec os_pid(pid()) -> non_neg_integer() | undefined.
+os_pid(Pid) ->
+    maps:get(os_pid, info(Pid)).
+
+%% @doc How an exit status of the OS process is reported: statuses above 128
+%% are deaths by a signal (128 + the Linux signal number).
+-spec exit_detail(non_neg_integer()) ->
+          {exit_status, non_neg_integer()} | {signal, atom() | pos_integer()}.
+exit_detail(Status) when Status > 128 -> {signal, signal_name(Status - 128)};
+exit_detail(Status) -> {exit_status, Status}.
+
+%%%===================================================================
+%%% gen_server callbacks
+%%%===================================================================
+
+%% @private
+-spec init({pyport_config:pool_name(), pos_integer(), pyport_config:pool_opts()}) ->
+          {ok, #state{}} | {stop, term()}.
+init({Pool, Slot, Opts}) ->
+    %% terminate/2 must run on shutdown: it stops the OS process.
+    process_flag(trap_exit, true),
+    case pyport_pool:info(Pool) of
+        {ok, #{tab := Tab, counters := Counters}} ->
+            %% Requests sent to a previous gen_server of this slot died with it.
+            counters:put(Counters, Slot, 0),
+            State0 = #state{pool = Pool, slot = Slot, opts = Opts,
+                            tab = Tab, counters = Counters},
+            case first_start(State0) of
+                {ok, State} ->
+                    true = ets:insert(Tab, {Slot, self()}),
+                    schedule_purge(),
+                    {ok, State};
+                {error, Detail} ->
+                    {stop, {worker_start_failed, Detail}}
+            end;
+        {error, _} = Error ->
+            {stop, Error}
+    end.
+
+%% @private
+-spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
+handle_call(info, _From, State) ->
+    {reply, info_map(State), State};
+handle_call(_Request, _From, State) ->
+    {reply, {error, unknown_call}, State}.
+
+%% @private
+-spec handle_cast(term(), #state{}) -> {noreply, #state{}}.
+handle_cast(_Msg, State) ->
+    {noreply, State}.
+
+%% @private
+-spec handle_info(term(), #state{}) -> {noreply, #state{}} | {stop, term(), #state{}}.
+handle_info({'$pyport', Alias, Id, Deadline, Frame}, State) ->
+    {noreply, request(Alias, Id, Deadline, Frame, State)};
+handle_info({'$pyport_cast', Frame}, #state{status = up, port = Port} = State) ->
+    _ = send_frame(Port, Frame),
+    {noreply, State};
+handle_info({'$pyport_cast', Frame}, #state{queue = Q} = State) ->
+    {noreply, State#state{queue = queue:in({cast, Frame}, Q)}};
+handle_info({Port, {data, Bin}}, #state{port = Port} = State) ->
+    frame(Bin, State);
+handle_info({Port, {exit_status, Status}}, #state{port = Port} = State) ->
+    os_process_died(exit_detail(Status), State);
+handle_info({'EXIT', Port, Reason}, #state{port = Port} = State) ->
+    %% The port closed without an exit status (it normally comes first).
+    os_process_died({port_closed, Reason}, State);
+handle_info({timeout, Timer, hello}, #state{start_timer = Timer, port = Port,
+                                            opts = #{start_timeout := Ms}} = State) ->
+    kill_port(Port, State#state.os_pid),
+    os_process_died({timeout, Ms}, State#state{start_timer = undefined});
+handle_info({timeout, Timer, respawn}, #state{start_timer = Timer} = State) ->
+    respawn(State#state{start_timer = undefined});
+handle_info(purge, State) ->
+    schedule_purge(),
+    {noreply, purge_expired(State)};
+handle_info({Port, _}, State) when is_port(Port) ->
+    %% Data or exit status of a previous OS process of this slot.
+    {noreply, State};
+handle_info({'EXIT', _, _}, State) ->
+    %% A previous port closing; the parent's exit is handled by gen_server.
+    {noreply, State};
+handle_info({timeout, _Timer, _}, State) ->
+    %% A hello or respawn timer that fired just before it was cancelled.
+    {noreply, State};
+handle_info(Msg, State) ->
+    logger:warning("pyport worker ~tp/~b: unexpected message ~tp",
+                   [State#state.pool, State#state.slot, Msg], #{domain => [pyport]}),
+    {noreply, State}.
+
+%% @private
+-spec terminate(term(), #state{}) -> ok.
+terminate(Reason, #state{tab = Tab, slot = Slot} = State0) ->
+    %% Unregister first so that no new caller picks this worker.
+    _ = (catch ets:delete_object(Tab, {Slot, self()})),
+    State = stop_os_process(State0),
+    Detail = case Reason of
+                 normal -> shutdown;
+                 {shutdown, _} -> shutdown;
+                 Other -> Other
+             end,
+    fail_all(Detail, State),
+    ok.
+
+%%%===================================================================
+%%% Requests
+%%%===================================================================
+
+request(Alias, Id, Deadline, Frame, #state{status = Status} = State) ->
+    case expired(Deadline, now_ms()) of
+        true ->
+            %% The caller has given up already; tell it anyway in case it is
+            %% a spawn_call whose await runs longer than the call's timeout.
+            finish(Alias, {error, timeout}, State),
+            State;
+        false when Status =:= up ->
+            _ = send_frame(State#state.port, Frame),
+            State#state{pending = maps:put(Id, {Alias, Deadline}, State#state.pending)};
+        false ->
+            State#state{queue = queue:in({call, Alias, Id, Deadline, Frame}, State#state.queue)}
+    end.
+
+%% A request is finished: answer its caller and count it out of the slot.
+finish(Alias, Reply, #state{counters = C, slot = Slot}) ->
+    Alias ! {Alias, Reply},
+    counters:sub(C, Slot, 1).
+
+%% A closed port raises badarg; its exit status is then already on its way
+%% and will answer the request.
+send_frame(Port, Frame) ->
+    try port_command(Port, Frame)
+    catch error:badarg -> false
+    end.
+
+%% Sends what was queued while the OS process restarted.
+flush_queue(#state{queue = Q} = State) ->
+    Now = now_ms(),
+    State1 = lists:foldl(
+               fun({cast, Frame}, S) ->
+                       _ = send_frame(S#state.port, Frame),
+                       S;
+                  ({call, Alias, _Id, Deadline, _Frame}, S) when is_integer(Deadline),
+                                                                  Deadline < Now ->
+                       finish(Alias, {error, timeout}, S),
+                       S;
+                  ({call, Alias, Id, Deadline, Frame}, S) ->
+                       _ = send_frame(S#state.port, Frame),
+                       S#state{pending = maps:put(Id, {Alias, Deadline}, S#state.pending)}
+               end, State, queue:to_list(Q)),
+    State1#state{queue = queue:new()}.
+
+%% Deadlines that passed: the caller has stopped waiting, so the entry would
+%% otherwise stay until the worker answers, which may be never.
+purge_expired(#state{pending = Pending, queue = Q} = State) ->
+    Now = now_ms(),
+    {Expired, Live} = maps:fold(
+                        fun(Id, {_, Deadline} = V, {E, L}) ->
+                                case expired(Deadline, Now) of
+                                    true -> {[V | E], L};
+                                    false -> {E, maps:put(Id, V, L)}
+                                end
+                        end, {[], #{}}, Pending),
+    [finish(Alias, {error, timeout}, State) || {Alias, _} <- Expired],
+    {Dropped, Kept} = lists:partition(
+                        fun({call, _, _, Deadline, _}) -> expired(Deadline, Now);
+                           ({cast, _}) -> false
+                        end, queue:to_list(Q)),
+    [finish(Alias, {error, timeout}, State) || {call, Alias, _, _, _} <- Dropped],
+    State#state{pending = Live, queue = queue:from_list(Kept)}.
+
+fail_all(Detail, #state{pending = Pending, queue = Q} = State) ->
+    Reply = {error, {worker_exited, Detail}},
+    maps:foreach(fun(_Id, {Alias, _}) -> finish(Alias, Reply, State) end, Pending),
+    [finish(Alias, Reply, State) || {call, Alias, _, _, _} <- queue:to_list(Q)],
+    State#state{pending = #{}, queue = queue:new()}.
+
+%%%===================================================================
+%%% Frames from the worker
+%%%===================================================================
+
+frame(Bin, State) ->
+    case pyport_codec:decode_frame_head(Bin) of
+        {ok, Kind, Id, NFields, Rest} ->
+            frame(Kind, Id, NFields, Rest, State);
+        {error, Why} ->
+            logger:error("pyport worker ~tp/~b: undecodable frame from the worker: ~tp",
+                         [State#state.pool, State#state.slot, Why], metadata(State)),
+            {noreply, State}
+    end.
+
+frame(Kind, Id, 1, Rest, State) when Kind =:= ?RESULT, Id > 0 ->
+    {noreply, answer(Id, {Kind, Rest}, State)};
+frame(Kind, Id, 3, Rest, State) when Kind =:= ?ERROR, Id > 0 ->
+    {noreply, answer(Id, {Kind, Rest}, State)};
+frame(?ERROR, 0, 3, Rest, State) ->
+    %% An error that answers no request (e.g. a frame the worker could not
+    %% read far enough to find its id).
+    case pyport_codec:decode_fields(3, Rest) of
+        {ok, [Type, Message, _Traceback]} ->
+            logger:warning("pyport worker ~tp/~b: ~ts: ~ts",
+                           [State#state.pool, State#state.slot, Type, Message],
+                           metadata(State));
+        {error, Why} ->
+            logger:error("pyport worker ~tp/~b: undecodable ERROR frame: ~tp",
+                         [State#state.pool, State#state.slot, Why], metadata(State))
+    end,
+    {noreply, State};
+frame(?LOG, _Id, 2, Rest, State) ->
+    case pyport_codec:decode_fields(2, Rest) of
+        {ok, [Level, Message]} ->
+            logger:log(log_level(Level), "~ts", [Message],
+                       (metadata(State))#{domain => [pyport, python]});
+        {error, Why} ->
+            logger:error("pyport worker ~tp/~b: undecodable LOG frame: ~tp",
+                         [State#state.pool, State#state.slot, Why], metadata(State))
+    end,
+    {noreply, State};
+frame(?HELLO, 0, 4, Rest, #state{status = starting} = State) ->
+    case hello(Rest, State) of
+        {ok, State1} ->
+            _ = erlang:cancel_timer(State1#state.start_timer),
+            logger:info("pyport worker ~tp/~b: OS process ~b up (Python ~ts)",
+                        [State1#state.pool, State1#state.slot, State1#state.os_pid,
+                         State1#state.python_version], metadata(State1)),
+            {noreply, flush_queue(State1#state{status = up, start_timer = undefined,
+                                              start_failures = 0})};
+        {error, Detail} ->
+            kill_port(State#state.port, State#state.os_pid),
+            _ = erlang:cancel_timer(State#state.start_timer),
+            os_process_died(Detail, State#state{start_timer = undefined})
+    end;
+frame(Kind, Id, NFields, _Rest, State) ->
+    %% A protocol violation by the worker. Whoever waits on Id is answered so
+    %% that no request is left hanging.
+    Why = {unexpected_frame, Kind, Id, NFields},
+    logger:error("pyport worker ~tp/~b: ~tp", [State#state.pool, State#state.slot, Why],
+                 metadata(State)),
+    {noreply, answer(Id, {error, {protocol_error, Why}}, State)}.
+
+answer(Id, Reply, #state{pending = Pending} = State) ->
+    case maps:take(Id, Pending) of
+        {{Alias, _Deadline}, Rest} ->
+            finish(Alias, Reply, State),
+            State#state{pending = Rest};
+        error ->
+            %% Its deadline passed and it was purged: nobody waits for it.
+            State
+    end.
+
+log_level(<<"debug">>) -> debug;
+log_level(<<"info">>) -> info;
+log_level(<<"notice">>) -> notice;
+log_level(<<"warning">>) -> warning;
+log_level(<<"error">>) -> error;
+log_level(_) -> warning.
+
+metadata(#state{pool = Pool, slot = Slot, os_pid = OsPid}) ->
+    #{pyport_pool => Pool, pyport_slot => Slot, os_pid => OsPid, domain => [pyport]}.
+
+%%%===================================================================
+%%% The OS process
+%%%===================================================================
+
+%% The first OS process starts synchronously, so that a pool whose worker
+%% cannot start fails to start, with the reason.
+first_start(State) ->
+    case spawn_os_process(State) of
+        {ok, State1} ->
+            #state{port = Port, opts = #{start_timeout := Ms}} = State1,
+            Deadline = now_ms() + Ms,
+            await_hello(Port, Deadline, State1);
+        {error, _} = Error ->
+            Error
+    end.
+
+await_hello(Port, Deadline, State) ->
+    receive
+        {Port, {data, Bin}} ->
+            case pyport_codec:decode_frame_head(Bin) of
+                {ok, ?HELLO, 0, 4, Rest} ->
+                    case hello(Rest, State) of
+                        {ok, State1} ->
+                            {ok, State1#state{status = up}};
+                        {error, _} = Error ->
+                            kill_port(Port, State#state.os_pid),
+                            Error
+                    end;
+                {ok, ?LOG, _, 2, _} ->
+                    {noreply, State} = frame(Bin, State),
+                    await_hello(Port, Deadline, State);
+                Other ->
+                    kill_port(Port, State#state.os_pid),
+                    {error, {bad_hello, Other}}
+            end;
+        {Port, {exit_status, Status}} ->
+            {error, exit_detail(Status)};
+        {'EXIT', Port, Reason} ->
+            {error, {port_closed, Reason}}
+    after max(0, Deadline - now_ms()) ->
+            kill_port(Port, State#state.os_pid),
+            {error, {timeout, maps:get(start_timeout, State#state.opts)}}
+    end.
+
+hello(Rest, State) ->
+    case pyport_codec:decode_fields(4, Rest) of
+        {ok, [?PROTOCOL_VERSION, PyVersion, OsPid, Caps]}
+          when is_binary(PyVersion), is_integer(OsPid), is_map(Caps) ->
+            check_frame_size(Caps, State),
+            {ok, State#state{python_version = PyVersion, os_pid = OsPid,
+                             capabilities = Caps}};
+        {ok, [Version | _]} when Version =/= ?PROTOCOL_VERSION ->
+            {error, {unsupported_protocol, Version}};
+        {ok, Fields} ->
+            {error, {bad_hello, Fields}};
+        {error, Why} ->
+            {error, {bad_hello, Why}}
+    end.
+
+%% The worker enforces the limit we gave it; a smaller one it announces
+%% would turn requests we accept into FrameTooLarge errors.
+check_frame_size(#{<<"max_frame_size">> := Theirs},
+                 #state{opts = #{max_frame_size := Ours}} = State) when Theirs < Ours ->
+    logger:warning("pyport worker ~tp/~b: worker announces max_frame_size ~b, pool has ~b",
+                   [State#state.pool, State#state.slot, Theirs, Ours], metadata(State));
+check_frame_size(_, _) ->
+    ok.
+
+spawn_os_process(#state{opts = Opts} = State) ->
+    #{worker := Exe, python_path := Path, max_frame_size := Max} = Opts,
+    Args = ["--runtime", runtime_dir()]
+        ++ lists:append([["--path", Dir] || Dir <- Path])
+        ++ ["--max-frame-size", integer_to_list(Max)],
+    PortOpts = [{args, Args}, {packet, 4}, binary, exit_status, use_stdio,
+                %% Never suspend this process on a full pipe: it must stay
+                %% able to route answers, notice exits and run its timers
+                %% while the worker is busy.
+                {busy_limits_port, disabled}],
+    case filelib:is_regular(Exe) of
+        false ->
+            {error, {no_executable, Exe}};
+        true ->
+            try open_port({spawn_executable, Exe}, PortOpts) of
+                Port ->
+                    OsPid = case erlang:port_info(Port, os_pid) of
+                                {os_pid, P} -> P;
+                                undefined -> undefined
+                            end,
+                    {ok, State#state{port = Port, os_pid = OsPid, status = starting,
+                                     python_version = undefined,
+                                     spawned_at = now_ms()}}
+            catch
+                error:Reason -> {error, {cannot_execute, Exe, Reason}}
+            end
+    end.
+
+runtime_dir() ->
+    case code:priv_dir(pyport) of
+        {error, bad_name} -> "python_runtime";
+        Priv -> filename:join(Priv, "python_runtime")
+    end.
+
+%% The OS process is gone (or was given up on): answer everyone waiting on
+%% it, then start the next one or give up.
+os_process_died(Detail, #state{status = Status, spawned_at = Spawned} = State0) ->
+    State1 = fail_all_pending(Detail, State0),
+    Failures = case Status of
+                   up -> 0;
+                   _ -> State1#state.start_failures + 1
+               end,
+    State = State1#state{port = undefined, last_exit = Detail, start_failures = Failures,
+                         restarts = State1#state.restarts + 1},
+    Uptime = now_ms() - Spawned,
+    case Failures >= ?MAX_START_FAILURES of
+        true ->
+            logger:error("pyport worker ~tp/~b: OS process failed ~b times in a row "
+                         "before its hello; giving up: ~tp",
+                         [State#state.pool, State#state.slot, Failures, Detail],
+                         metadata(State)),
+            {stop, {start_failed, Detail}, State};
+        false ->
+            {Delay, Next} = case Status =:= up andalso Uptime >= ?STABLE_AFTER_MS of
+                                true -> {0, ?BACKOFF_MIN_MS};
+                                false -> {State#state.backoff, next_backoff(State#state.backoff)}
+                            end,
+            logger:warning("pyport worker ~tp/~b: OS process ~tp exited (~tp) after ~b ms; "
+                           "restarting in ~b ms",
+                           [State#state.pool, State#state.slot, State#state.os_pid, Detail,
+                            Uptime, Delay], metadata(State)),
+            State2 = State#state{backoff = Next, os_pid = undefined},
+            case Delay of
+                0 ->
+                    respawn(State2);
+                _ ->
+                    Timer = erlang:start_timer(Delay, self(), respawn),
+                    {noreply, State2#state{status = waiting, start_timer = Timer}}
+            end
+    end.
+
+%% Only requests already written to the dead process fail; queued ones wait
+%% for the next process.
+fail_all_pending(Detail, #state{pending = Pending} = State) ->
+    Reply = {error, {worker_exited, Detail}},
+    maps:foreach(fun(_Id, {Alias, _}) -> finish(Alias, Reply, State) end, Pending),
+    State#state{pending = #{}}.
+
+respawn(State) ->
+    case spawn_os_process(State) of
+        {ok, #state{opts = #{start_timeout := Ms}} = State1} ->
+            Timer = erlang:start_timer(Ms, self(), hello),
+            {noreply, State1#state{start_timer = Timer}};
+        {error, Detail} ->
+            os_process_died(Detail, State#state{status = starting, spawned_at = now_ms()})
+    end.
+
+next_backoff(0) -> ?BACKOFF_MIN_MS;
+next_backoff(Ms) -> min(2 * Ms, ?BACKOFF_MAX_MS).
+
+%% Asks the OS process to finish what it has read and exit; kills it if it
+%% is still there after the grace period (e.g. stuck in a loop). Answers
+%% that arrive meanwhile still reach their callers.
+stop_os_process(#state{port = undefined} = State) ->
+    State;
+stop_os_process(#state{port = Port, os_pid = OsPid} = State) ->
+    _ = send_frame(Port, pyport_codec:encode_frame(?SHUTDOWN, 0, [])),
+    Deadline = now_ms() + ?SHUTDOWN_GRACE_MS,
+    case drain_until_exit(Port, Deadline, State) of
+        {exited, State1} ->
+            State1#state{port = undefined};
+        {timeout, State1} ->
+            kill_os_process(OsPid),
+            {_, State2} = drain_until_exit(Port, now_ms() + ?SHUTDOWN_GRACE_MS, State1),
+            catch port_close(Port),
+            State2#state{port = undefined}
+    end.
+
+drain_until_exit(Port, Deadline, State) ->
+    receive
+        {Port, {data, Bin}} ->
+            {noreply, State1} = frame(Bin, State),
+            drain_until_exit(Port, Deadline, State1);
+        {Port, {exit_status, _}} ->
+            {exited, State};
+        {'EXIT', Port, _} ->
+            {exited, State}
+    after max(0, Deadline - now_ms()) ->
+            {timeout, State}
+    end.
+
+kill_port(Port, OsPid) ->
+    kill_os_process(OsPid),
+    catch port_close(Port),
+    ok.
+
+%% Only ever our own child: its pid cannot be reused before we see its exit.
+kill_os_process(OsPid) when is_integer(OsPid), OsPid > 1 ->
+    _ = os:cmd("kill -KILL " ++ integer_to_list(OsPid) ++ " 2>/dev/null"),
+    ok;
+kill_os_process(_) ->
+    ok.
+
+%%%===================================================================
+%%% Helpers
+%%%===================================================================
+
+info_map(#state{} = S) ->
+    #{pool => S#state.pool,
+      slot => S#state.slot,
+      pid => self(),
+      status => S#state.status,
+      os_pid => case S#state.status of up -> S#state.os_pid; _ -> undefined end,
+      python_version => S#state.python_version,
+      capabilities => S#state.capabilities,
+      pending => map_size(S#state.pending),
+      queued => queue:len(S#state.queue),
+      restarts => S#state.restarts,
+      last_exit => S#state.last_exit}.
+
+schedule_purge() ->
+    _ = erlang:send_after(?PURGE_INTERVAL_MS, self(), purge),
+    ok.
+
+expired(infinity, _Now) -> false;
+expired(Deadline, Now) -> Deadline < Now.
+
+now_ms() ->
+    erlang:monotonic_time(millisecond).
+
+%% Linux signal numbers.
+signal_name(1) -> sighup;
+signal_name(2) -> sigint;
+signal_name(3) -> sigquit;
+signal_name(4) -> sigill;
+signal_name(5) -> sigtrap;
+signal_name(6) -> sigabrt;
+signal_name(7) -> sigbus;
+signal_name(8) -> sigfpe;
+signal_name(9) -> sigkill;
+signal_name(10) -> sigusr1;
+signal_name(11) -> sigsegv;
+signal_name(12) -> sigusr2;
+signal_name(13) -> sigpipe;
+signal_name(14) -> sigalrm;
+signal_name(15) -> sigterm;
+signal_name(24) -> sigxcpu;
+signal_name(25) -> sigxfsz;
+signal_name(N) -> N.
