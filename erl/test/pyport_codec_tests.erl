@@ -1,0 +1,604 @@
+%% @doc EUnit tests of pyport_codec: the shared wire vectors in proto/vectors,
+%% exact header forms, frames, and hostile input (which must always give
+%% `{error, {bad_msgpack, _}}', never an exception).
+-module(pyport_codec_tests).
+
+-include_lib("eunit/include/eunit.hrl").
+
+-define(C, pyport_codec).
+
+%%%===================================================================
+%%% Shared vectors (proto/vectors)
+%%%===================================================================
+
+vectors_test_() ->
+    Dir = vectors_dir(),
+    Vectors = read_vectors(Dir),
+    [{atom_to_list(Name) ++ " " ++ Test, Fun}
+     || {Name, Direction, Term} <- Vectors,
+        {Test, Fun} <- vector_tests(Direction, Term, msgpack_file(Dir, Name))].
+
+vector_tests(Direction, Term, Bytes) ->
+    Encode = {"encode", ?_assertEqual(Bytes, enc(Term))},
+    Decode = {"decode", ?_assertMatch({ok, V} when V =:= Term, ?C:decode(Bytes))},
+    case Direction of
+        both -> [Encode, Decode];
+        encode -> [Encode];
+        decode -> [Decode]
+    end.
+
+%% Guards against a vectors file that silently lost entries or directions.
+vectors_complete_test() ->
+    Vectors = read_vectors(vectors_dir()),
+    Names = [Name || {Name, _, _} <- Vectors],
+    ?assertEqual(length(Names), length(lists:usort(Names))),
+    ?assert(length(Vectors) >= 53),
+    [?assert(lists:member(D, [both, encode, decode])) || {_, D, _} <- Vectors],
+    [?assert(lists:member(Name, Names))
+     || Name <- [int_u64_max, int_big_neg, float_nan, bytes_marked, nil_undefined,
+                 atom_utf8, tuple_nested, map_str_key, pid, ref]].
+
+%% Vectors with no Erlang direction (Python sets, bytearray) still decode.
+python_only_vectors_test() ->
+    Dir = vectors_dir(),
+    ?assertEqual({ok, [1, 2]}, ?C:decode(msgpack_file(Dir, set))),
+    ?assertEqual({ok, []}, ?C:decode(msgpack_file(Dir, frozenset_empty))),
+    ?assertEqual({ok, <<"ab">>}, ?C:decode(msgpack_file(Dir, bytearray))).
+
+%%%===================================================================
+%%% Encoding: canonical forms
+%%%===================================================================
+
+int_forms_test_() ->
+    Cases = [{0, <<0>>}, {127, <<127>>},
+             {128, <<16#cc, 128>>}, {255, <<16#cc, 255>>},
+             {256, <<16#cd, 1, 0>>}, {65535, <<16#cd, 255, 255>>},
+             {65536, <<16#ce, 0, 1, 0, 0>>}, {16#FFFFFFFF, <<16#ce, -1:32>>},
+             {16#100000000, <<16#cf, 16#100000000:64>>},
+             {16#FFFFFFFFFFFFFFFF, <<16#cf, -1:64>>},
+             {16#10000000000000000, <<16#c7, 10, 3, 0, 1, 0:64>>},
+             {-1, <<16#ff>>}, {-32, <<16#e0>>},
+             {-33, <<16#d0, -33>>}, {-128, <<16#d0, 16#80>>},
+             {-129, <<16#d1, -129:16>>}, {-32768, <<16#d1, 16#80, 0>>},
+             {-32769, <<16#d2, -32769:32>>}, {-16#80000000, <<16#d2, 16#80, 0:24>>},
+             {-16#80000001, <<16#d3, -16#80000001:64>>},
+             {-16#8000000000000000, <<16#d3, 16#80, 0:56>>},
+             {-16#8000000000000001, <<16#c7, 9, 3, 1, 16#80, 0:48, 1>>}],
+    [{integer_to_list(I), ?_assertEqual(Bytes, enc(I))} || {I, Bytes} <- Cases] ++
+        [{"round trip " ++ integer_to_list(I), ?_assertEqual({ok, I}, ?C:decode(Bytes))}
+         || {I, Bytes} <- Cases].
+
+bigint_test_() ->
+    [%% Magnitude without leading zero bytes, in fixext when 1+len fits one.
+     ?_assertEqual(<<16#c7, 17, 3, 0, 1, 0:(15 * 8)>>, enc(1 bsl 120)),
+     ?_assertEqual(<<16#d8, 3, 0, 16#ff, -1:(14 * 8)>>, enc(1 bsl 120 - 1)),
+     ?_assertEqual(<<16#d8, 3, 1, 16#ff, -1:(14 * 8)>>, enc(-(1 bsl 120 - 1))),
+     [?_assertEqual({ok, I}, ?C:decode(enc(I)))
+      || I <- [1 bsl 64, -(1 bsl 63) - 1, 1 bsl 1000, -(1 bsl 4000) + 7, 10 bsl 200]]].
+
+float_test_() ->
+    [?_assertEqual(<<16#cb, 1.5/float>>, enc(1.5)),
+     ?_assertEqual(<<16#cb, 0:64>>, enc(0.0)),
+     ?_assertEqual(<<16#cb, 1:1, 0:63>>, enc(-0.0)),
+     ?_assertMatch({ok, F} when F =:= -0.0, ?C:decode(<<16#cb, 1:1, 0:63>>)),
+     ?_assertEqual({ok, 5.0e-324}, ?C:decode(enc(5.0e-324))),
+     ?_assertEqual({ok, 1.7976931348623157e308}, ?C:decode(enc(1.7976931348623157e308))),
+     %% float32 is accepted, NaN/infinities in both widths become atoms.
+     ?_assertEqual({ok, 1.5}, ?C:decode(<<16#ca, 1.5:32/float>>)),
+     ?_assertEqual({ok, -0.25}, ?C:decode(<<16#ca, -0.25:32/float>>)),
+     ?_assertEqual({ok, infinity}, ?C:decode(<<16#ca, 16#7f800000:32>>)),
+     ?_assertEqual({ok, neg_infinity}, ?C:decode(<<16#ca, 16#ff800000:32>>)),
+     ?_assertEqual({ok, nan}, ?C:decode(<<16#ca, 16#7fc00000:32>>)),
+     ?_assertEqual({ok, nan}, ?C:decode(<<16#ca, 16#ff800001:32>>)),
+     ?_assertEqual({ok, nan}, ?C:decode(<<16#cb, 16#7ff0000000000001:64>>)),
+     ?_assertEqual({ok, nan}, ?C:decode(<<16#cb, 16#fff8000000000000:64>>)),
+     %% The atoms are atoms on the way out: only a float is a float.
+     ?_assertEqual(<<16#c7, 3, 1, "nan">>, enc(nan)),
+     ?_assertEqual({ok, [nan, 1.0]},
+                   ?C:decode(<<16#92, 16#cb, -1:64, 16#cb, 1.0/float>>))].
+
+binary_forms_test_() ->
+    Sizes = [0, 1, 31, 32, 255, 256, 65535, 65536, 100000],
+    [{integer_to_list(N),
+      fun() ->
+              B = binary:copy(<<"b">>, N),
+              Header = if N < 256 -> <<16#c4, N>>;
+                          N < 65536 -> <<16#c5, N:16>>;
+                          true -> <<16#c6, N:32>>
+                       end,
+              ?assertEqual(<<Header/binary, B/binary>>, enc(B)),
+              ?assertEqual({ok, B}, ?C:decode(enc(B))),
+              %% {bytes, B} is ext 4 and decodes to the plain binary.
+              Bytes = enc({bytes, B}),
+              ?assertEqual(4, ext_code(Bytes)),
+              ?assertEqual({ok, B}, ?C:decode(Bytes))
+      end} || N <- Sizes].
+
+str_forms_test_() ->
+    [?_assertEqual({ok, <<"">>}, ?C:decode(<<16#a0>>)),
+     ?_assertEqual({ok, <<"abc">>}, ?C:decode(<<16#a3, "abc">>)),
+     ?_assertEqual({ok, <<"abc">>}, ?C:decode(<<16#d9, 3, "abc">>)),
+     ?_assertEqual({ok, <<"abc">>}, ?C:decode(<<16#da, 3:16, "abc">>)),
+     ?_assertEqual({ok, <<"abc">>}, ?C:decode(<<16#db, 3:32, "abc">>)),
+     ?_assertEqual({ok, <<"abc">>}, ?C:decode(<<16#c5, 3:16, "abc">>)),
+     ?_assertEqual({ok, <<"abc">>}, ?C:decode(<<16#c6, 3:32, "abc">>)),
+     ?_assertEqual({ok, <<"héllo"/utf8>>}, ?C:decode(<<16#a6, "héllo"/utf8>>))].
+
+%% Large binaries travel by reference in both directions.
+binary_not_copied_test() ->
+    Big = binary:copy(<<"x">>, 1 bsl 20),
+    IoData = ?C:encode(Big),
+    ?assert(lists:any(fun(Part) -> erts_debug:same(Part, Big) end, parts(IoData))),
+    Frame = iolist_to_binary(?C:encode([Big, <<"tail">>])),
+    {ok, [Decoded, _]} = ?C:decode(Frame),
+    ?assertEqual(Big, Decoded),
+    ?assertEqual(byte_size(Frame), binary:referenced_byte_size(Decoded)).
+
+none_test_() ->
+    [?_assertEqual(<<16#c0>>, enc(A)) || A <- [none, nil, undefined]] ++
+        [?_assertEqual({ok, none}, ?C:decode(<<16#c0>>)),
+         ?_assertEqual(<<16#c3>>, enc(true)),
+         ?_assertEqual(<<16#c2>>, enc(false)),
+         ?_assertEqual({ok, [true, false]}, ?C:decode(<<16#92, 16#c3, 16#c2>>))].
+
+atom_test_() ->
+    %% Ext header follows the payload length: fixext 1/2/4/8/16, else ext 8/16.
+    Cases = [{a, 16#d4}, {ok, 16#d5}, {abc, 16#c7}, {abcd, 16#d6},
+             {abcdefgh, 16#d7}, {'abcdefghijklmnop', 16#d8},
+             {'abcdefghijklmnopq', 16#c7},
+             {list_to_atom(lists:duplicate(255, $z)), 16#c7},
+             {list_to_atom(lists:duplicate(255, 16#e9)), 16#c8},      % 510 bytes
+             {list_to_atom(lists:duplicate(255, 16#1F600)), 16#c8}], % 1020 bytes
+    [{atom_to_list(A),
+      fun() ->
+              Bytes = enc(A),
+              ?assertEqual(Header, binary:first(Bytes)),
+              ?assertEqual(1, ext_code(Bytes)),
+              ?assertEqual(atom_to_binary(A, utf8), ext_payload(Bytes)),
+              ?assertEqual({ok, A}, ?C:decode(Bytes))
+      end} || {A, Header} <- Cases].
+
+list_forms_test_() ->
+    [{integer_to_list(N),
+      fun() ->
+              L = lists:seq(1, N),
+              Bytes = enc(L),
+              Header = if N < 16 -> <<(16#90 + N)>>;
+                          N < 65536 -> <<16#dc, N:16>>;
+                          true -> <<16#dd, N:32>>
+                       end,
+              ?assertEqual(Header, binary:part(Bytes, 0, byte_size(Header))),
+              ?assertEqual({ok, L}, ?C:decode(Bytes))
+      end} || N <- [0, 1, 15, 16, 65535, 65536]] ++
+        [?_assertEqual({ok, [1, 2]}, ?C:decode(<<16#dc, 2:16, 1, 2>>)),
+         ?_assertEqual({ok, [1, 2]}, ?C:decode(<<16#dd, 2:32, 1, 2>>)),
+         ?_assertEqual(<<16#92, 16#68, 16#69>>, enc("hi"))].
+
+map_forms_test_() ->
+    [{integer_to_list(N),
+      fun() ->
+              M = maps:from_list([{I, -I} || I <- lists:seq(1, N)]),
+              Bytes = enc(M),
+              Header = if N < 16 -> <<(16#80 + N)>>;
+                          N < 65536 -> <<16#de, N:16>>;
+                          true -> <<16#df, N:32>>
+                       end,
+              %% Pairs follow maps:to_list/1 (also for large hash maps).
+              Body = iolist_to_binary([[enc(K), enc(V)] || {K, V} <- maps:to_list(M)]),
+              ?assertEqual(<<Header/binary, Body/binary>>, Bytes),
+              ?assertEqual({ok, M}, ?C:decode(Bytes))
+      end} || N <- [0, 1, 15, 16, 33, 70000]] ++
+        [?_assertEqual({ok, #{1 => 2}}, ?C:decode(<<16#de, 1:16, 1, 2>>)),
+         ?_assertEqual({ok, #{1 => 2}}, ?C:decode(<<16#df, 1:32, 1, 2>>)),
+         %% A repeated key keeps its last value, as in a Python dict.
+         ?_assertEqual({ok, #{1 => 3}}, ?C:decode(<<16#82, 1, 2, 1, 3>>)),
+         %% str and bin keys are both binaries.
+         ?_assertEqual({ok, #{<<"k">> => 1, <<"j">> => 2}},
+                       ?C:decode(<<16#82, 16#a1, "k", 1, 16#c4, 1, "j", 2>>))].
+
+tuple_test_() ->
+    Big = list_to_tuple(lists:seq(1, 70000)),
+    [?_assertEqual(<<16#d4, 2, 16#90>>, enc({})),
+     ?_assertEqual(<<16#d5, 2, 16#91, 7>>, enc({7})),
+     ?_assertEqual(<<16#c7, 3, 2, 16#92, 7, 8>>, enc({7, 8})),
+     ?_assertEqual({ok, Big}, ?C:decode(enc(Big))),
+     ?_assertEqual(16#c9, binary:first(enc(Big))),
+     ?_assertEqual(16#c8, binary:first(enc(list_to_tuple(lists:seq(1, 300))))),
+     ?_assertEqual({ok, {bytes, 1}}, ?C:decode(enc({bytes, 1}))),
+     ?_assertEqual({ok, {bytes, <<1>>, 2}}, ?C:decode(enc({bytes, <<1>>, 2}))),
+     %% Non-shortest headers around and inside the tuple are accepted.
+     ?_assertEqual({ok, {1, 2}}, ?C:decode(<<16#c8, 5:16, 2, 16#dc, 2:16, 1, 2>>)),
+     ?_assertEqual({ok, {1}}, ?C:decode(<<16#c9, 6:32, 2, 16#dd, 1:32, 1>>)),
+     ?_assertEqual({ok, [{}, {[]}]},
+                   ?C:decode(<<16#92, 16#d4, 2, 16#90, 16#d5, 2, 16#91, 16#90>>))].
+
+ext_forms_test_() ->
+    %% Every ext header form carries every ext type.
+    Atom = <<"abc">>,
+    [?_assertEqual({ok, abc}, ?C:decode(<<16#c7, 3, 1, Atom/binary>>)),
+     ?_assertEqual({ok, abc}, ?C:decode(<<16#c8, 3:16, 1, Atom/binary>>)),
+     ?_assertEqual({ok, abc}, ?C:decode(<<16#c9, 3:32, 1, Atom/binary>>)),
+     ?_assertEqual({ok, <<1, 2, 3, 4, 5, 6, 7, 8>>},
+                   ?C:decode(<<16#d7, 4, 1, 2, 3, 4, 5, 6, 7, 8>>)),
+     ?_assertEqual({ok, 5}, ?C:decode(<<16#d5, 3, 0, 5>>)),     % non-canonical bigint
+     ?_assertEqual({ok, -5}, ?C:decode(<<16#c7, 3, 3, 1, 0, 5>>)),
+     ?_assertEqual({ok, <<>>}, ?C:decode(<<16#c7, 0, 4>>))].
+
+term_test_() ->
+    Self = self(),
+    Ref = make_ref(),
+    Closure = fun() -> Ref end,
+    Terms = [Self, Ref, fun lists:reverse/1, Closure, fun() -> ok end
+             | [P || P <- lists:sublist(erlang:ports(), 1)]],
+    [?_assertEqual({ok, T}, ?C:decode(enc(T))) || T <- Terms] ++
+        [?_assertMatch(<<131, _/binary>>, ext_payload(enc(T))) || T <- Terms] ++
+        [?_assertEqual(5, ext_code(enc(T))) || T <- Terms].
+
+signed_ints_test_() ->
+    %% Non-shortest and signed forms of small values decode to the value.
+    [?_assertEqual({ok, 5}, ?C:decode(B))
+     || B <- [<<16#cc, 5>>, <<16#cd, 5:16>>, <<16#ce, 5:32>>, <<16#cf, 5:64>>,
+              <<16#d0, 5>>, <<16#d1, 5:16>>, <<16#d2, 5:32>>, <<16#d3, 5:64>>]] ++
+        [?_assertEqual({ok, -5}, ?C:decode(B))
+         || B <- [<<16#fb>>, <<16#d0, -5>>, <<16#d1, -5:16>>, <<16#d2, -5:32>>,
+                  <<16#d3, -5:64>>]].
+
+unsupported_term_test_() ->
+    Improper = [1 | 2],
+    [?_assertError({unsupported_term, Improper}, ?C:encode(Improper)),
+     ?_assertError({unsupported_term, Improper}, ?C:encode(#{k => {ok, [Improper]}})),
+     ?_assertError({unsupported_term, [a, b | c]}, ?C:encode([x, [a, b | c]])),
+     ?_assertError({unsupported_term, <<1:3>>}, ?C:encode({<<1:3>>})),
+     ?_assertError({unsupported_term, Improper}, ?C:encode_frame(1, 1, Improper)),
+     ?_assertError({unsupported_term, Improper}, ?C:encode_frame(1, 1, [Improper]))].
+
+%%%===================================================================
+%%% Frames
+%%%===================================================================
+
+frame_exact_bytes_test() ->
+    ?assertEqual(<<16#93, 16, 1, 16#d5, 1, "ok">>,
+                 iolist_to_binary(?C:encode_frame(16, 1, [ok]))),
+    ?assertEqual(<<16#92, 15, 0>>, iolist_to_binary(?C:encode_frame(15, 0, []))).
+
+frame_round_trip_test_() ->
+    Ids = [0, 1, 127, 128, 255, 256, 65535, 65536, 16#FFFFFFFF, 16#100000000,
+           16#FFFFFFFFFFFFFFFF],
+    Fields = [<<"os.path">>, <<"join">>, [<<"a">>, 1], #{<<"sep">> => <<"/">>}],
+    [{"id " ++ integer_to_list(Id),
+      ?_assertEqual({Kind, Id, Fields}, frame_round_trip(Kind, Id, Fields))}
+     || Id <- Ids, Kind <- [1]] ++
+        [?_assertEqual({Kind, 7, []}, frame_round_trip(Kind, 7, []))
+         || Kind <- lists:seq(0, 127)] ++
+        [?_assertEqual({17, 9, lists:seq(1, 20)}, frame_round_trip(17, 9, lists:seq(1, 20))),
+         %% A frame is an ordinary msgpack array.
+         ?_assertEqual({ok, [16, 3, {ok, 1}]},
+                       ?C:decode(iolist_to_binary(?C:encode_frame(16, 3, [{ok, 1}]))))].
+
+frame_head_leaves_fields_undecoded_test() ->
+    Payload = binary:copy(<<"p">>, 1000),
+    Frame = iolist_to_binary(?C:encode_frame(16, 42, [Payload])),
+    {ok, 16, 42, 1, Rest} = ?C:decode_frame_head(Frame),
+    ?assertEqual(iolist_to_binary(?C:encode(Payload)), Rest),
+    %% Even a field that does not decode leaves the head readable.
+    ?assertEqual({ok, 16, 42, 1, <<16#c1>>}, ?C:decode_frame_head(<<16#93, 16, 42, 16#c1>>)).
+
+frame_head_forms_test_() ->
+    %% Any valid msgpack form of the array, kind and id is accepted.
+    [?_assertEqual({ok, 5, 9, 1, <<16#c0>>},
+                   ?C:decode_frame_head(<<16#dc, 3:16, 16#d0, 5, 16#cf, 9:64, 16#c0>>)),
+     ?_assertEqual({ok, 5, 9, 0, <<>>},
+                   ?C:decode_frame_head(<<16#dd, 2:32, 16#cc, 5, 16#d3, 9:64>>)),
+     ?_assertEqual({ok, 5, 16#FFFFFFFFFFFFFFFF, 0, <<>>},
+                   ?C:decode_frame_head(<<16#92, 5, 16#cf, -1:64>>))].
+
+frame_head_errors_test_() ->
+    Bad = fun(Why, Bin) -> ?_assertEqual({error, {bad_frame, Why}}, ?C:decode_frame_head(Bin)) end,
+    [Bad({truncated, 0}, <<>>),
+     Bad({truncated, 0}, <<16#dc, 0>>),
+     Bad({truncated, 0}, <<16#dd, 0, 0, 0>>),
+     Bad(not_an_array, <<16#c0>>),
+     Bad(not_an_array, <<16#80>>),
+     Bad(not_an_array, <<16#c1>>),
+     Bad(not_an_array, <<16#d4, 2, 16#92>>),
+     Bad(missing_kind, <<16#90>>),
+     Bad(missing_id, <<16#91, 1>>),
+     Bad(missing_id, <<16#91>>),
+     Bad(bad_kind, <<16#92, 16#a1, "x", 1>>),
+     Bad(bad_kind, <<16#92, 16#ff, 1>>),
+     Bad(bad_kind, <<16#92, 16#d0, -3, 1>>),
+     Bad(bad_kind, <<16#92, 16#cb, 1.0/float, 1>>),
+     Bad(bad_kind, <<16#92, 16#c7, 9, 3, 0, 1, 0:64, 1>>),     % bigint
+     Bad(bad_id, <<16#92, 1, 16#c0>>),
+     Bad(bad_id, <<16#92, 1, 16#d3, -1:64>>),
+     Bad(bad_id, <<16#92, 1, 16#92, 1, 2>>),
+     Bad({truncated, 1}, <<16#92>>),
+     Bad({truncated, 1}, <<16#92, 16#cc>>),
+     Bad({truncated, 2}, <<16#92, 1>>),
+     Bad({truncated, 2}, <<16#92, 1, 16#cf, 0, 0, 0>>),
+     Bad({truncated, 4}, <<16#dc, 0, 2, 1>>)].
+
+encode_frame_arguments_test_() ->
+    [?_assertError(function_clause, ?C:encode_frame(128, 1, [])),
+     ?_assertError(function_clause, ?C:encode_frame(-1, 1, [])),
+     ?_assertError(function_clause, ?C:encode_frame(1, 1 bsl 64, [])),
+     ?_assertError(function_clause, ?C:encode_frame(1, -1, []))].
+
+decode_fields_test_() ->
+    Fields = iolist_to_binary([?C:encode(F) || F <- [1, <<"two">>, [3]]]),
+    [?_assertEqual({ok, [1, <<"two">>, [3]]}, ?C:decode_fields(3, Fields)),
+     ?_assertEqual({ok, []}, ?C:decode_fields(0, <<>>)),
+     ?_assertEqual({error, {bad_msgpack, {trailing_bytes, 7}}}, ?C:decode_fields(1, Fields)),
+     ?_assertEqual({error, {bad_msgpack, {truncated, 8}}}, ?C:decode_fields(4, Fields)),
+     ?_assertEqual({error, {bad_msgpack, {trailing_bytes, 1}}}, ?C:decode_fields(0, <<1>>)),
+     ?_assertEqual({error, {bad_msgpack, {reserved_byte, 16#c1}}},
+                   ?C:decode_fields(2, <<1, 16#c1>>))].
+
+%%%===================================================================
+%%% Hostile input
+%%%===================================================================
+
+%% msgpack values are prefix-free, so no proper prefix of a value decodes.
+every_truncation_test_() ->
+    Dir = vectors_dir(),
+    Files = filelib:wildcard(filename:join(Dir, "*.msgpack")),
+    ?assert(length(Files) >= 56),
+    [{filename:basename(File),
+      fun() ->
+              {ok, Bin} = file:read_file(File),
+              [?assertMatch({Cut, {error, {bad_msgpack, {truncated, Off}}}}
+                              when Off =< Cut,
+                            {Cut, ?C:decode(binary:part(Bin, 0, Cut))})
+               || Cut <- lists:seq(0, byte_size(Bin) - 1)],
+              %% The same inside a frame, at the field level.
+              Frame = <<16#93, 16, 1, Bin/binary>>,
+              {ok, 16, 1, 1, Rest} = ?C:decode_frame_head(Frame),
+              [?assertMatch({error, {bad_msgpack, {truncated, _}}},
+                            ?C:decode_fields(1, binary:part(Rest, 0, Cut)))
+               || Cut <- lists:seq(0, byte_size(Rest) - 1)],
+              [?assertMatch({error, {bad_frame, _}},
+                            ?C:decode_frame_head(binary:part(Frame, 0, Cut)))
+               || Cut <- lists:seq(0, 2)]
+      end} || File <- Files].
+
+truncated_offset_test_() ->
+    [?_assertEqual({error, {bad_msgpack, {truncated, 0}}}, ?C:decode(<<>>)),
+     ?_assertEqual({error, {bad_msgpack, {truncated, 2}}}, ?C:decode(<<16#92, 1, 16#c4, 5, "ab">>)),
+     ?_assertEqual({error, {bad_msgpack, {truncated, 2}}}, ?C:decode(<<16#92, 1, 16#a5, "ab">>)),
+     ?_assertEqual({error, {bad_msgpack, {truncated, 1}}}, ?C:decode(<<16#91, 16#c7, 9, 1, "ab">>)),
+     ?_assertEqual({error, {bad_msgpack, {truncated, 1}}}, ?C:decode(<<16#91, 16#d6, 2, 16#92, 1>>)),
+     ?_assertEqual({error, {bad_msgpack, {truncated, 3}}}, ?C:decode(<<16#93, 1, 2>>)),
+     ?_assertEqual({error, {bad_msgpack, {truncated, 0}}}, ?C:decode(<<16#dd, 0, 0>>)),
+     %% A header that promises 4 GiB fails at once without allocating it.
+     ?_assertEqual({error, {bad_msgpack, {truncated, 0}}}, ?C:decode(<<16#c6, -1:32, "x">>)),
+     ?_assertEqual({error, {bad_msgpack, {truncated, 6}}}, ?C:decode(<<16#dd, -1:32, 1>>)),
+     ?_assertEqual({error, {bad_msgpack, {truncated, 6}}}, ?C:decode(<<16#df, -1:32, 1>>))].
+
+reserved_byte_test_() ->
+    [?_assertEqual({error, {bad_msgpack, {reserved_byte, 16#c1}}}, ?C:decode(B))
+     || B <- [<<16#c1>>, <<16#c1, 0>>, <<16#92, 1, 16#c1>>, <<16#81, 16#c1, 1>>,
+              <<16#d5, 2, 16#91, 16#c1>>]].
+
+unknown_ext_test_() ->
+    [?_assertEqual({error, {bad_msgpack, {unknown_ext, 0}}}, ?C:decode(<<16#d4, 0, 0>>)),
+     ?_assertEqual({error, {bad_msgpack, {unknown_ext, 6}}}, ?C:decode(<<16#c7, 0, 6>>)),
+     ?_assertEqual({error, {bad_msgpack, {unknown_ext, 127}}}, ?C:decode(<<16#d5, 127, 0, 0>>)),
+     %% msgpack's own timestamp type (-1) is not part of this protocol.
+     ?_assertEqual({error, {bad_msgpack, {unknown_ext, -1}}}, ?C:decode(<<16#d6, -1, 0:32>>)),
+     ?_assertEqual({error, {bad_msgpack, {unknown_ext, 9}}},
+                   ?C:decode(<<16#92, 1, 16#c8, 2:16, 9, 0, 0>>))].
+
+trailing_bytes_test_() ->
+    [?_assertEqual({error, {bad_msgpack, {trailing_bytes, 1}}}, ?C:decode(<<1, 2>>)),
+     ?_assertEqual({error, {bad_msgpack, {trailing_bytes, 3}}}, ?C:decode(<<16#90, 1, 2, 3>>)),
+     ?_assertEqual({error, {bad_msgpack, {trailing_bytes, 1}}},
+                   ?C:decode(<<16#c4, 1, "x", 16#c0>>))].
+
+too_deep_test_() ->
+    Nest = fun(Wrap, Depth) -> lists:foldl(fun(_, T) -> Wrap(T) end, 0, lists:seq(1, Depth)) end,
+    Wraps = [{"arrays", fun(T) -> [T] end},
+             {"maps", fun(T) -> #{k => T} end},
+             {"map keys", fun(T) -> #{T => 1} end},
+             {"tuples", fun(T) -> {T} end},
+             {"mixed", fun([_] = T) -> {T}; ({_} = T) -> #{1 => T}; (T) -> [T] end}],
+    [{Name,
+      fun() ->
+              Ok = Nest(Wrap, 512),
+              ?assertEqual({ok, Ok}, ?C:decode(enc(Ok))),
+              ?assertEqual({error, {bad_msgpack, too_deep}}, ?C:decode(enc(Nest(Wrap, 513)))),
+              ?assertEqual({error, {bad_msgpack, too_deep}}, ?C:decode(enc(Nest(Wrap, 5000))))
+      end} || {Name, Wrap} <- Wraps] ++
+        %% Empty containers count too; headers of every size are checked.
+        [?_assertEqual({error, {bad_msgpack, too_deep}},
+                       ?C:decode(<<(binary:copy(<<16#91>>, 512))/binary, Empty/binary>>))
+         || Empty <- [<<16#90>>, <<16#80>>, <<16#dc, 0:16>>, <<16#dd, 0:32>>,
+                      <<16#de, 0:16>>, <<16#df, 0:32>>, <<16#d4, 2, 16#90>>]].
+
+bad_atom_test_() ->
+    TooLong = binary:copy(<<"a">>, 256),
+    [?_assertEqual({error, {bad_msgpack, {bad_atom, 0}}}, ?C:decode(<<16#d4, 1, 255>>)),
+     ?_assertEqual({error, {bad_msgpack, {bad_atom, 1}}},
+                   ?C:decode(<<16#91, 16#d5, 1, 16#c3, 16#28>>)),
+     ?_assertEqual({error, {bad_msgpack, {bad_atom, 0}}},
+                   ?C:decode(<<16#c8, 256:16, 1, TooLong/binary>>))].
+
+bad_bigint_test_() ->
+    [?_assertEqual({error, {bad_msgpack, {bad_bigint, 0}}}, ?C:decode(B))
+     || B <- [<<16#d4, 3, 0>>,                   % sign only
+              <<16#c7, 0, 3>>,                   % empty
+              <<16#d5, 3, 2, 1>>,                % sign byte neither 0 nor 1
+              %% Larger than any Erlang integer.
+              <<16#c9, (1 bsl 24 + 1):32, 3, 0, (binary:copy(<<255>>, 1 bsl 24))/binary>>]].
+
+bad_tuple_test_() ->
+    [?_assertEqual({error, {bad_msgpack, {bad_tuple, 0}}}, ?C:decode(B))
+     || B <- [<<16#d4, 2, 1>>,                      % payload not an array
+              <<16#c7, 0, 2>>,                      % empty payload
+              <<16#d4, 2, 16#c0>>,
+              <<16#d6, 2, 16#91, 1, 0, 0>>,         % array shorter than payload
+              <<16#d4, 2, 16#91, 1>>,               % array longer than payload
+              <<16#d5, 2, 16#dc, 0, 0>>]] ++        % array header longer than payload
+        [?_assertEqual({error, {bad_msgpack, {bad_tuple, 1}}},
+                       ?C:decode(<<16#91, 16#d5, 2, 16#92, 1, 2>>))].
+
+bad_term_test_() ->
+    Pid = term_to_binary(self()),
+    <<131, PidBody/binary>> = Pid,
+    %% term_to_binary/1 never compresses, and a compressed payload could
+    %% expand to anything, so it is refused unread.
+    Compressed = <<131, 80, (byte_size(PidBody)):32, (zlib:compress(PidBody))/binary>>,
+    %% A pid on a node whose name is not an atom yet: `safe' refuses it, so
+    %% a worker cannot grow the atom table through ext 5.
+    Node = <<"pyport_never_an_atom_", (integer_to_binary(erlang:unique_integer([positive])))/binary,
+             "@nowhere">>,
+    Foreign = <<131, 88, 119, (byte_size(Node)), Node/binary, 1:32, 0:32, 1:32>>,
+    Cases = [<<>>,
+             <<1, 2, 3>>,
+             term_to_binary(42),                         % not a pid, ref, port or fun
+             term_to_binary({self()}),
+             Compressed,
+             <<Pid/binary, 0>>,                          % trailing bytes in the payload
+             binary:part(Pid, 0, byte_size(Pid) - 1),
+             Foreign],
+    [?_assertEqual({error, {bad_msgpack, {bad_term, 0}}},
+                   ?C:decode(iolist_to_binary([ext_header(5, byte_size(E)), E])))
+     || E <- Cases] ++
+        [?_assertEqual(self(), binary_to_term(Compressed)),
+         ?_assertError(badarg, binary_to_existing_atom(Node, utf8))].
+
+%% Random bytes and mutated vectors: every outcome is a value or a clean error.
+random_bytes_test_() ->
+    {timeout, 60,
+     fun() ->
+             Rand = rand:seed_s(exsss, {17, 42, 4711}),
+             Vectors = [element(2, file:read_file(F))
+                        || F <- filelib:wildcard(filename:join(vectors_dir(), "*.msgpack"))],
+             Count = fuzz(Rand, Vectors, 5000, 0),
+             %% Some inputs must have been valid, or the fuzz only hit one path.
+             ?assert(Count > 0)
+     end}.
+
+fuzz(_, _, 0, Ok) ->
+    Ok;
+fuzz(Rand0, Vectors, N, Ok) ->
+    {Bin, Rand} = fuzz_input(Rand0, Vectors),
+    Result = no_crash(fun pyport_codec:decode/1, [Bin]),
+    ?assertMatch({ok, _} when true, ok_or(bad_msgpack, Result)),
+    case no_crash(fun pyport_codec:decode_frame_head/1, [Bin]) of
+        {ok, _, _, NFields, Rest} ->
+            case no_crash(fun pyport_codec:decode_fields/2, [NFields, Rest]) of
+                {ok, Fields} -> ?assertEqual(NFields, length(Fields));
+                {error, {bad_msgpack, _}} -> ok
+            end;
+        {error, {bad_frame, _}} ->
+            ok
+    end,
+    fuzz(Rand, Vectors, N - 1, Ok + case Result of {ok, _} -> 1; _ -> 0 end).
+
+%% Runs F, turning any exception into a test failure that shows the input.
+no_crash(F, Args) ->
+    try
+        apply(F, Args)
+    catch
+        Class:Reason:Stack -> error({crashed, Args, Class, Reason, Stack})
+    end.
+
+ok_or(_, {ok, _} = Ok) -> Ok;
+ok_or(Tag, {error, {Tag, _}}) -> {ok, error}.
+
+fuzz_input(Rand0, Vectors) ->
+    {Choice, Rand1} = rand:uniform_s(3, Rand0),
+    case Choice of
+        1 ->
+            {Len, Rand2} = rand:uniform_s(64, Rand1),
+            random_bytes(Len - 1, Rand2, []);
+        _ ->
+            %% A vector with one byte replaced, inside a frame half the time.
+            {I, Rand2} = rand:uniform_s(length(Vectors), Rand1),
+            V0 = lists:nth(I, Vectors),
+            V = case Choice of
+                    2 -> V0;
+                    3 -> <<16#93, 16, 1, V0/binary>>
+                end,
+            {Pos, Rand3} = rand:uniform_s(byte_size(V), Rand2),
+            {Byte, Rand4} = rand:uniform_s(256, Rand3),
+            <<Pre:(Pos - 1)/binary, _, Post/binary>> = V,
+            {<<Pre/binary, (Byte - 1), Post/binary>>, Rand4}
+    end.
+
+random_bytes(0, Rand, Acc) ->
+    {list_to_binary(Acc), Rand};
+random_bytes(N, Rand0, Acc) ->
+    {B, Rand} = rand:uniform_s(256, Rand0),
+    random_bytes(N - 1, Rand, [B - 1 | Acc]).
+
+%%%===================================================================
+%%% Helpers
+%%%===================================================================
+
+enc(Term) ->
+    iolist_to_binary(?C:encode(Term)).
+
+%% The ext type code of an encoded ext value.
+ext_code(<<H, T, _/binary>>) when H >= 16#d4, H =< 16#d8 -> T;
+ext_code(<<16#c7, _, T, _/binary>>) -> T;
+ext_code(<<16#c8, _:16, T, _/binary>>) -> T;
+ext_code(<<16#c9, _:32, T, _/binary>>) -> T.
+
+ext_payload(<<H, _, P/binary>>) when H >= 16#d4, H =< 16#d8 -> P;
+ext_payload(<<16#c7, N, _, P:N/binary>>) -> P;
+ext_payload(<<16#c8, N:16, _, P:N/binary>>) -> P;
+ext_payload(<<16#c9, N:32, _, P:N/binary>>) -> P.
+
+ext_header(Code, 1) -> <<16#d4, Code>>;
+ext_header(Code, N) when N < 256 -> <<16#c7, N, Code>>;
+ext_header(Code, N) -> <<16#c8, N:16, Code>>.
+
+%% The binaries and bytes an iolist is made of, in order.
+parts(B) when is_binary(B) -> [B];
+parts(I) when is_integer(I) -> [I];
+parts([H | T]) -> parts(H) ++ parts(T);
+parts([]) -> [].
+
+frame_round_trip(Kind, Id, Fields) ->
+    Frame = iolist_to_binary(?C:encode_frame(Kind, Id, Fields)),
+    {ok, Kind, Id, N, Rest} = ?C:decode_frame_head(Frame),
+    {ok, Decoded} = ?C:decode_fields(N, Rest),
+    {Kind, Id, Decoded}.
+
+msgpack_file(Dir, Name) ->
+    {ok, Bin} = file:read_file(filename:join(Dir, atom_to_list(Name) ++ ".msgpack")),
+    Bin.
+
+read_vectors(Dir) ->
+    {ok, Entries} = file:consult(filename:join(Dir, "vectors.eterm")),
+    [{Name, Direction, resolve(Term)} || {Name, Direction, Term} <- Entries].
+
+%% {'$etf', Bytes} stands for binary_to_term(list_to_binary(Bytes)).
+resolve({'$etf', Bytes}) -> binary_to_term(list_to_binary(Bytes));
+resolve(L) when is_list(L) -> [resolve(E) || E <- L];
+resolve(T) when is_tuple(T) -> list_to_tuple(resolve(tuple_to_list(T)));
+resolve(M) when is_map(M) -> maps:from_list(resolve(maps:to_list(M)));
+resolve(X) -> X.
+
+%% proto/vectors of the repository this test belongs to: the first ancestor
+%% of the source (or, when built elsewhere, of the beam) that has it, so it
+%% works from erl/test and from rebar3's _build alike.
+vectors_dir() ->
+    Starts = [filename:dirname(filename:absname(?FILE)),
+              filename:dirname(filename:absname(code:which(?MODULE)))],
+    case lists:filtermap(fun find_vectors/1, Starts) of
+        [Dir | _] -> Dir;
+        [] -> error({vectors_not_found, Starts})
+    end.
+
+find_vectors(Dir) ->
+    Candidate = filename:join([Dir, "proto", "vectors"]),
+    case filelib:is_regular(filename:join(Candidate, "vectors.eterm")) of
+        true -> {true, Candidate};
+        false ->
+            case filename:dirname(Dir) of
+                Dir -> false;
+                Parent -> find_vectors(Parent)
+            end
+    end.
