@@ -185,7 +185,8 @@ def _ext_hook(code: int, data: bytes) -> Any:
             raise ValueError("tuple ext payload is not an array")
         return tuple(items)
     if code == EXT_BIGINT:
-        if len(data) < 2 or data[0] not in (0, 1):
+        # An empty magnitude is a (non-shortest) zero, which decoders accept.
+        if not data or data[0] not in (0, 1):
             raise ValueError(f"malformed bigint ext payload {data!r}")
         mag = int.from_bytes(data[1:], "big")
         return -mag if data[0] else mag
@@ -308,6 +309,7 @@ class Worker:
         self._incoming: collections.deque = collections.deque()   # frames, errors, _EOF
         self._write_lock = threading.Lock()
         self._next_id = 1
+        self.max_frame_size: int | None = None   # from the hello
         self.process = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=stderr, env=env, cwd=cwd, bufsize=0)
         self.pid = self.process.pid
@@ -421,6 +423,14 @@ class Worker:
                 except ProtocolError as e:
                     self._push(e)
                     continue
+                if self.max_frame_size is not None and size > self.max_frame_size:
+                    self._push(ProtocolError(f"{frame.name} frame of {size} bytes exceeds the "
+                                             f"worker's max_frame_size {self.max_frame_size}"))
+                    continue
+                if frame.kind == HELLO:
+                    caps = frame.fields[3]
+                    if type(caps.get("max_frame_size")) is int:
+                        self.max_frame_size = caps["max_frame_size"]
                 if frame.kind == LOG:
                     with self._cond:
                         self.logs.append((frame.fields[0], frame.fields[1]))
@@ -538,6 +548,12 @@ class Worker:
         if hello.version != PROTOCOL_VERSION:
             raise ProtocolError(f"worker speaks protocol version {hello.version}, "
                                 f"not {PROTOCOL_VERSION}")
+        caps = hello.capabilities
+        if (type(caps.get("max_frame_size")) is not int
+                or not isinstance(caps.get("features"), list)
+                or not all(isinstance(f, str) for f in caps["features"])):
+            raise ProtocolError(f"HELLO capabilities need max_frame_size (uint) and features "
+                                f"(array of str): {caps!r}")
         return hello
 
 

@@ -1,0 +1,71 @@
+"""Output of Python, C code and child processes arrives as LOG lines and
+never mixes with frames."""
+import pyport_proto as P
+from wire import assert_in_sync
+
+
+def lines(worker, level=None):
+    return [msg for lvl, msg in worker.logs if level is None or lvl == level]
+
+
+def test_print_a_megabyte(worker):
+    assert worker.call("harness_worker", "print_bytes", [1_000_000]) == 1_000_000
+    worker.wait_for_log(lambda level, msg: msg == "end of print_bytes")
+    assert lines(worker).count("x" * 99) == 10_000
+    assert {lvl for lvl, _ in worker.logs} == {"info"}
+    assert_in_sync(worker)
+
+
+def test_print_while_requests_are_pipelined(worker):
+    ids = [worker.request(P.CALL, "harness_worker", "print_bytes", [20_000], {}) for _ in range(20)]
+    for id in ids:
+        assert worker.result(id) == 20_000
+    worker.wait_for_log(lambda level, msg: lines(worker).count("end of print_bytes") == 20)
+    assert_in_sync(worker)
+
+
+def test_c_level_write_to_fd_1_and_2(worker):
+    worker.call("harness_worker", "write_fd", [1, "straight to fd 1\n"])
+    worker.call("harness_worker", "write_fd", [2, "straight to fd 2\n"])
+    assert worker.wait_for_log(lambda level, msg: msg == "straight to fd 1")[0] == "info"
+    assert worker.wait_for_log(lambda level, msg: msg == "straight to fd 2")[0] == "warning"
+    assert_in_sync(worker)
+
+
+def test_child_process_output(worker):
+    assert worker.call("harness_worker", "run_child", [["echo", "hi"]]) == 0
+    assert worker.call("harness_worker", "run_child", [["sh", "-c", "echo child err >&2"]]) == 0
+    assert worker.wait_for_log(lambda level, msg: msg == "hi")[0] == "info"
+    assert worker.wait_for_log(lambda level, msg: msg == "child err")[0] == "warning"
+    assert_in_sync(worker)
+
+
+def test_child_process_writing_a_megabyte(worker):
+    script = "for i in $(seq 1 20000); do echo child-line-$i; done"
+    assert worker.call("harness_worker", "run_child", [["sh", "-c", script]]) == 0
+    worker.wait_for_log(lambda level, msg: msg == "child-line-20000")
+    assert [m for m in lines(worker) if m.startswith("child-line-")] == \
+        [f"child-line-{i}" for i in range(1, 20001)]
+    assert_in_sync(worker)
+
+
+def test_frame_shaped_bytes_on_stdout_are_text(worker):
+    # What a HELLO or RESULT frame looks like, written to fd 1.
+    fake = b"\x00\x00\x00\x03\x93\x10\x05\xc0 tail\n"
+    worker.call("harness_worker", "write_fd", [1, fake])
+    worker.wait_for_log(lambda level, msg: msg.endswith(" tail"))
+    assert_in_sync(worker)
+
+
+def test_output_that_is_not_utf8_still_arrives(worker):
+    worker.call("harness_worker", "write_fd", [1, b"bad \xff\xfe bytes\n"])
+    level, msg = worker.wait_for_log(lambda level, msg: msg.startswith("bad ") and msg.endswith(" bytes"))
+    assert level == "info"
+    assert_in_sync(worker)
+
+
+def test_output_of_the_last_request_is_not_lost_at_exit(worker):
+    worker.call("harness_worker", "print_bytes", [200_000])
+    assert worker.close() == 0
+    assert "end of print_bytes" in lines(worker)
+    assert lines(worker).count("x" * 99) == 2000
