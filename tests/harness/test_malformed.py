@@ -80,7 +80,6 @@ CASES = [
     ("map claims 4G pairs", raw_call(55, "m", "f")[:-1] + b"\xdf\xff\xff\xff\xff", 55),
     ("reserved byte in args", raw_call(56, "harness_worker", "identity", b"\xc1"), 56),
     ("trailing bytes", encode([P.CALL, 57, "math", "sqrt", [4], {}]) + b"\xc0", 57),
-    ("invalid UTF-8 str", raw_call(58, "harness_worker", "identity", b"\xa2\xff\xfe"), 58),
     ("unknown ext 9", raw_call(59, "harness_worker", "identity", encode_ext(9, b"x")), 59),
     ("negative ext -1", raw_call(60, "harness_worker", "identity", encode_ext(-1, b"\0\0\0\0")), 60),
     ("atom ext not UTF-8", raw_call(61, "harness_worker", "identity", encode_ext(1, b"\xff")), 61),

@@ -24,6 +24,19 @@ def test_print_while_requests_are_pipelined(worker):
     assert_in_sync(worker)
 
 
+def test_output_arrives_while_the_call_is_still_running(worker, tmp_path):
+    # A long call's output must stream out, not wait in the worker until the
+    # call returns (pyport-run's test output, a job's progress in the logger).
+    go = tmp_path / "go"
+    id = worker.request(P.CALL, "harness_worker", "print_then_wait", ["still running", str(go), 60], {})
+    try:
+        worker.wait_for_log(lambda level, msg: msg == "still running", timeout=30)
+    finally:
+        go.touch()
+    assert worker.result(id) is True
+    assert_in_sync(worker)
+
+
 def test_c_level_write_to_fd_1_and_2(worker):
     worker.call("harness_worker", "write_fd", [1, "straight to fd 1\n"])
     worker.call("harness_worker", "write_fd", [2, "straight to fd 2\n"])

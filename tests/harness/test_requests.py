@@ -181,3 +181,24 @@ def test_cast_exception_goes_to_stderr(worker):
     level, line = worker.wait_for_log(lambda level, line: "cast failure 1234" in line)
     assert level == "warning"
     assert_in_sync(worker)
+
+
+def test_frames_split_into_single_bytes(worker):
+    # Pipes deliver frames in arbitrary pieces, down to single bytes.
+    data = b"".join(P.encode_frame(P.EVAL, id, "n", {"n": id}, 0) for id in (1, 2, 3))
+    for i in range(len(data)):
+        worker.send_bytes(data[i:i + 1])
+    assert [worker.read_frame().fields[0] for _ in range(3)] == [1, 2, 3]
+    assert_in_sync(worker)
+
+
+def test_thousand_requests_in_one_write(worker):
+    ids = range(10_000, 11_000)
+    worker.send_bytes(b"".join(P.encode_frame(P.EVAL, id, "n + 1", {"n": id}, 0) for id in ids))
+    got = {}
+    for _ in ids:
+        f = worker.read_frame()
+        assert f.id not in got
+        got[f.id] = f.fields[0]
+    assert got == {id: id + 1 for id in ids}
+    assert_in_sync(worker)

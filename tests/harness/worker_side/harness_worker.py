@@ -67,6 +67,20 @@ def print_bytes(total, line_length=99):
     return total
 
 
+def print_then_wait(line, path, limit):
+    """Prints a line, then waits (up to ``limit`` seconds) for ``path`` to
+    exist, which the harness creates once it has seen the line. True if it
+    appeared."""
+    import time
+    print(line, flush=True)
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def write_fd(fd, data):
     """os.write straight to a descriptor, under Python's buffering."""
     view = memoryview(data.encode() if isinstance(data, str) else data)
