@@ -285,6 +285,9 @@ _EOF = object()
 class Worker:
     """One running ``pyport_worker``, driven through its stdin and stdout.
 
+    ``timeout`` bounds every wait (None: wait forever); the HELLO has its own
+    ``hello_timeout``, so a program that is no worker cannot hang the caller.
+
     A reader thread takes frames off the worker's stdout as they come: LOG
     frames go to ``logs`` (and to ``on_log``, called on the reader thread);
     every other frame waits in arrival order for ``wait``/``read_frame``.
@@ -294,7 +297,7 @@ class Worker:
                  runtime: str = RUNTIME_DIR, max_frame_size: int | None = None,
                  args: Iterable[str] = (), env: dict | None = None, cwd: str | None = None,
                  stderr: Any = None, on_log: Callable[[str, str], None] | None = None,
-                 timeout: float | None = DEFAULT_TIMEOUT):
+                 timeout: float | None = DEFAULT_TIMEOUT, hello_timeout: float = DEFAULT_TIMEOUT):
         self.executable = locate_worker(executable)
         self.argv = [self.executable, "--runtime", runtime]
         for p in paths:
@@ -317,7 +320,7 @@ class Worker:
                                         daemon=True)
         self._reader.start()
         try:
-            self.hello = self._read_hello()
+            self.hello = self._read_hello(hello_timeout)
         except BaseException:
             self.kill()
             raise
@@ -540,8 +543,8 @@ class Worker:
     def exec(self, code: str, ns: int = 0, timeout: float | None = DEFAULT) -> None:
         return self.result(self.request(EXEC, code, ns), timeout)
 
-    def _read_hello(self) -> Hello:
-        frame = self.read_frame()
+    def _read_hello(self, timeout: float) -> Hello:
+        frame = self.read_frame(timeout)
         if frame.kind != HELLO:
             raise ProtocolError(f"first frame is {frame.name}, not HELLO: {frame.fields!r:.200}")
         hello = Hello(*frame.fields)
