@@ -1,0 +1,383 @@
+#include "dispatcher.hpp"
+
+#include "frames.hpp"
+
+namespace pyport {
+namespace {
+
+// UTF-8 of a str; unencodable characters (lone surrogates) are escaped
+// rather than failing, since this text only goes into messages.
+std::string utf8_of(PyObject* str) {
+  PyRef bytes = PyRef::steal(PyUnicode_AsEncodedString(str, "utf-8", "backslashreplace"));
+  if (!bytes) {
+    PyErr_Clear();
+    return "<unencodable text>";
+  }
+  return std::string(PyBytes_AS_STRING(bytes.get()), size_t(PyBytes_GET_SIZE(bytes.get())));
+}
+
+const char* kind_name(uint64_t kind) {
+  switch (kind) {
+    case kCall:
+      return "CALL";
+    case kCast:
+      return "CAST";
+    case kEval:
+      return "EVAL";
+    case kExec:
+      return "EXEC";
+    default:
+      return "SHUTDOWN";
+  }
+}
+
+uint32_t expected_fields(uint64_t kind) {
+  switch (kind) {
+    case kCall:
+    case kCast:
+      return 6;
+    case kEval:
+      return 5;
+    case kExec:
+      return 4;
+    default:
+      return 2;
+  }
+}
+
+}  // namespace
+
+Dispatcher::Dispatcher(Codec& codec, size_t max_frame_size)
+    : codec_(codec), max_frame_size_(max_frame_size) {}
+
+void Dispatcher::handle_frame(const uint8_t* payload, size_t size, ByteBuffer& out) {
+  try {
+    if (size == 0) return frame_error(0, "empty frame", out);
+    mp::Reader r(payload, size);
+    uint32_t fields;
+    uint64_t kind, id = 0;
+    if (!r.read_array_header(fields, "frame")) return frame_error(0, r.error(), out);
+    if (fields < 2) {
+      return frame_error(0, "frame has " + std::to_string(fields) + " elements, needs Kind and Id",
+                         out);
+    }
+    if (!r.read_uint(kind, "Kind")) return frame_error(0, r.error(), out);
+    if (!r.read_uint(id, "Id")) return frame_error(0, r.error(), out);
+    dispatch(r, kind, id, fields, out);
+  } catch (const std::bad_alloc&) {
+    // The answer buffer could not grow: nothing sensible can be written.
+    PyErr_Clear();
+  }
+}
+
+void Dispatcher::dispatch(mp::Reader& r, uint64_t kind, uint64_t id, uint32_t fields,
+                          ByteBuffer& out) {
+  switch (kind) {
+    case kCall:
+    case kCast:
+    case kEval:
+    case kExec:
+    case kShutdown:
+      break;
+    default:
+      if (kind >= 5 && kind <= 14) {
+        return frame_error(
+            id,
+            "frame kind " + std::to_string(kind) + " is reserved and not supported by this worker",
+            out);
+      }
+      return frame_error(id, "unknown frame kind " + std::to_string(kind), out);
+  }
+  if (fields != expected_fields(kind)) {
+    return frame_error(id,
+                       std::string(kind_name(kind)) + " frame has " + std::to_string(fields) +
+                           " elements, expected " + std::to_string(expected_fields(kind)),
+                       out);
+  }
+  switch (kind) {
+    case kCall:
+      return call(r, false, id, out);
+    case kCast:
+      return call(r, true, id, out);
+    case kEval:
+      return eval(r, id, out);
+    case kExec:
+      return exec(r, id, out);
+    default:
+      shutdown_ = true;
+  }
+}
+
+void Dispatcher::call(mp::Reader& r, bool is_cast, uint64_t id, ByteBuffer& out) {
+  std::string_view module, function;
+  if (!r.read_string(module, "Module") || !r.read_string(function, "Function")) {
+    return frame_error(id, r.error(), out);
+  }
+  size_t args_at = r.offset();
+  uint32_t nargs;
+  if (!r.read_array_header(nargs, "Args")) return frame_error(id, r.error(), out);
+  PyRef args = codec_.decode_tuple(r, nargs, args_at);
+  if (!args) return decode_error(id, "Args", out);
+  std::string error;
+  PyRef kwargs = decode_str_map(r, "Kwargs", &error);
+  if (!error.empty()) return frame_error(id, error, out);
+  if (!kwargs) return decode_error(id, "Kwargs", out);
+  if (!r.at_end()) return frame_error(id, "trailing bytes after the CALL frame", out);
+
+  PyRef fn = lookup_function(module, function);
+  PyRef result;
+  if (fn) {
+    PyObject* kw = PyDict_GET_SIZE(kwargs.get()) ? kwargs.get() : nullptr;
+    result = PyRef::steal(PyObject_Call(fn.get(), args.get(), kw));
+  }
+  if (is_cast) {
+    if (!result) report_cast_error(module, function);
+    return;
+  }
+  if (!result) return python_error(id, out);
+  write_result(id, result.get(), out);
+}
+
+void Dispatcher::eval(mp::Reader& r, uint64_t id, ByteBuffer& out) {
+  std::string_view code;
+  if (!r.read_string(code, "Code")) return frame_error(id, r.error(), out);
+  PyRef locals;
+  if (!r.read_nil()) {
+    std::string error;
+    locals = decode_str_map(r, "Locals", &error);
+    if (!error.empty()) return frame_error(id, error, out);
+    if (!locals) return decode_error(id, "Locals", out);
+  }
+  uint64_t ns;
+  if (!r.read_uint(ns, "Namespace")) return frame_error(id, r.error(), out);
+  if (!r.at_end()) return frame_error(id, "trailing bytes after the EVAL frame", out);
+
+  PyRef globals = namespace_globals(ns);
+  PyRef compiled_code = globals ? compiled(code, Py_eval_input) : PyRef();
+  if (!compiled_code) return python_error(id, out);
+  PyRef result = PyRef::steal(
+      PyEval_EvalCode(compiled_code.get(), globals.get(), locals ? locals.get() : globals.get()));
+  if (!result) return python_error(id, out);
+  write_result(id, result.get(), out);
+}
+
+void Dispatcher::exec(mp::Reader& r, uint64_t id, ByteBuffer& out) {
+  std::string_view code;
+  uint64_t ns;
+  if (!r.read_string(code, "Code") || !r.read_uint(ns, "Namespace")) {
+    return frame_error(id, r.error(), out);
+  }
+  if (!r.at_end()) return frame_error(id, "trailing bytes after the EXEC frame", out);
+
+  PyRef globals = namespace_globals(ns);
+  PyRef compiled_code = globals ? compiled(code, Py_file_input) : PyRef();
+  if (!compiled_code) return python_error(id, out);
+  PyRef result = PyRef::steal(PyEval_EvalCode(compiled_code.get(), globals.get(), globals.get()));
+  if (!result) return python_error(id, out);
+  write_result(id, Py_None, out);
+}
+
+PyRef Dispatcher::decode_str_map(mp::Reader& r, const char* what, std::string* error) {
+  size_t start = r.offset();
+  uint32_t n;
+  if (!r.read_map_header(n, what)) {
+    *error = r.error();
+    return {};
+  }
+  if (n > r.remaining() / 2) {
+    *error = std::string("truncated input: ") + what + " of " + std::to_string(n) +
+             " entries has only " + std::to_string(r.remaining()) + " bytes left at byte " +
+             std::to_string(start);
+    return {};
+  }
+  PyRef dict = PyRef::steal(PyDict_New());
+  if (!dict) return {};
+  for (uint32_t i = 0; i < n; ++i) {
+    size_t key_at = r.offset();
+    PyRef key = codec_.decode(r);
+    if (!key) return {};
+    if (!PyUnicode_Check(key.get())) {
+      *error = std::string(what) + " key at byte " + std::to_string(key_at) + " is not a string";
+      return {};
+    }
+    // Names must be exact str: an erlang.Atom key becomes its plain name.
+    if (!PyUnicode_CheckExact(key.get())) {
+      key = PyRef::steal(PyUnicode_FromObject(key.get()));
+      if (!key) return {};
+    }
+    PyRef value = codec_.decode(r);
+    if (!value || PyDict_SetItem(dict.get(), key.get(), value.get()) < 0) return {};
+  }
+  return dict;
+}
+
+// Module and attribute lookups are cached: a CALL names its function by
+// strings, and resolving them costs more than many calls do.
+PyRef Dispatcher::lookup_function(std::string_view module, std::string_view function) {
+  std::string key;
+  key.reserve(module.size() + function.size() + 1);
+  key.append(module).push_back('\0');
+  key.append(function);
+  auto it = functions_.find(key);
+  if (it != functions_.end()) return it->second;
+
+  PyRef obj = import_module(std::string(module));
+  size_t pos = 0;
+  while (obj) {
+    size_t dot = function.find('.', pos);
+    std::string_view part = function.substr(pos, dot == std::string_view::npos ? dot : dot - pos);
+    PyRef name = PyRef::steal(PyUnicode_FromStringAndSize(part.data(), Py_ssize_t(part.size())));
+    obj = name ? PyRef::steal(PyObject_GetAttr(obj.get(), name.get())) : PyRef();
+    if (dot == std::string_view::npos) break;
+    pos = dot + 1;
+  }
+  if (!obj) return {};
+  if (functions_.size() >= kMaxCachedFunctions) functions_.clear();
+  functions_.emplace(std::move(key), obj);
+  return obj;
+}
+
+PyRef Dispatcher::import_module(const std::string& name) {
+  auto it = modules_.find(name);
+  if (it != modules_.end()) return it->second;
+  if (name.find('\0') != std::string::npos) {
+    PyErr_SetString(PyExc_ModuleNotFoundError, "module name contains a NUL byte");
+    return {};
+  }
+  PyRef mod = PyRef::steal(PyImport_ImportModule(name.c_str()));
+  if (mod) modules_.emplace(name, mod);
+  return mod;
+}
+
+// Compiling costs far more than running a typical expression, and
+// owners send the same code strings again and again.
+PyRef Dispatcher::compiled(std::string_view code, int mode) {
+  std::string key;
+  key.reserve(code.size() + 1);
+  key.push_back(mode == Py_eval_input ? 'e' : 'x');
+  key.append(code);
+  auto it = code_.find(key);
+  if (it != code_.end()) {
+    lru_.splice(lru_.end(), lru_, it->second.lru);  // now most recently used
+    return it->second.code;
+  }
+  if (code.find('\0') != std::string_view::npos) {
+    PyErr_SetString(PyExc_SyntaxError, "source code contains a NUL byte");
+    return {};
+  }
+  PyRef obj = PyRef::steal(
+      Py_CompileString(key.c_str() + 1, mode == Py_eval_input ? "<eval>" : "<exec>", mode));
+  if (!obj) return {};
+  if (code_.size() >= kMaxCachedCode) {
+    code_.erase(*lru_.front());
+    lru_.pop_front();
+  }
+  auto [entry, inserted] = code_.emplace(std::move(key), CodeEntry{obj, {}});
+  entry->second.lru = lru_.insert(lru_.end(), &entry->first);
+  return obj;
+}
+
+PyRef Dispatcher::namespace_globals(uint64_t ns) {
+  auto it = namespaces_.find(ns);
+  if (it != namespaces_.end()) return it->second;
+  PyRef globals = PyRef::steal(PyDict_New());
+  if (!globals) return {};
+  PyRef name = PyRef::steal(PyUnicode_FromString("__pyport__"));
+  if (!name || PyDict_SetItemString(globals.get(), "__builtins__", PyEval_GetBuiltins()) < 0 ||
+      PyDict_SetItemString(globals.get(), "__name__", name.get()) < 0) {
+    return {};
+  }
+  namespaces_.emplace(ns, globals);
+  return globals;
+}
+
+void Dispatcher::write_result(uint64_t id, PyObject* value, ByteBuffer& out) {
+  size_t start = begin_frame(out);
+  mp::write_array_header(out, 3);
+  mp::write_uint(out, kResult);
+  mp::write_uint(out, id);
+  size_t head = out.size() - start - 4;
+  switch (codec_.encode(value, out, max_frame_size_ - head)) {
+    case EncodeResult::kOk:
+      end_frame(out, start);
+      return;
+    case EncodeResult::kTooLarge:
+      out.truncate(start);
+      return frame_error_typed(id, "FrameTooLarge",
+                               "the result does not fit in max_frame_size (" +
+                                   std::to_string(max_frame_size_) + " bytes)",
+                               out);
+    case EncodeResult::kError:
+      out.truncate(start);
+      return python_error(id, out);
+  }
+}
+
+void Dispatcher::frame_too_large(uint64_t id, size_t size, ByteBuffer& out) {
+  frame_error_typed(id, "FrameTooLarge",
+                    "frame of " + std::to_string(size) + " bytes exceeds max_frame_size (" +
+                        std::to_string(max_frame_size_) + " bytes)",
+                    out);
+}
+
+void Dispatcher::frame_error(uint64_t id, const std::string& message, ByteBuffer& out) {
+  frame_error_typed(id, "FrameError", message, out);
+}
+
+void Dispatcher::frame_error_typed(uint64_t id, std::string_view type, const std::string& message,
+                                   ByteBuffer& out) {
+  write_error_frame(out, id, type, message, "", max_frame_size_);
+}
+
+void Dispatcher::decode_error(uint64_t id, const char* field, ByteBuffer& out) {
+  if (PyErr_ExceptionMatches(PyExc_ValueError)) {
+    PyError e = PyError::fetch();
+    PyRef text = PyRef::steal(PyObject_Str(e.value.get()));
+    std::string message = std::string("in ") + field + ": " +
+                          (text ? utf8_of(text.get()) : std::string("undecodable value"));
+    PyErr_Clear();
+    return frame_error(id, message, out);
+  }
+  python_error(id, out);
+}
+
+void Dispatcher::python_error(uint64_t id, ByteBuffer& out) {
+  PyError e = PyError::fetch();
+  ExceptionText t = describe(e.value.get());
+  write_error_frame(out, id, t.type, t.message, t.traceback, max_frame_size_);
+}
+
+void Dispatcher::report_cast_error(std::string_view module, std::string_view function) {
+  PyError e = PyError::fetch();
+  ExceptionText t = describe(e.value.get());
+  std::string text = "pyport: cast to " + std::string(module) + "." + std::string(function) +
+                     " failed:\n" +
+                     (t.traceback.empty() ? t.type + ": " + t.message + "\n" : t.traceback);
+  PyObject* err = PySys_GetObject("stderr");  // borrowed
+  PyRef str = PyRef::steal(PyUnicode_DecodeUTF8(text.data(), Py_ssize_t(text.size()), "replace"));
+  if (err && err != Py_None && str && PyFile_WriteObject(str.get(), err, Py_PRINT_RAW) == 0) {
+    return;
+  }
+  PyErr_Clear();  // no usable sys.stderr: nothing else can be done
+}
+
+Dispatcher::ExceptionText Dispatcher::describe(PyObject* exc) {
+  ExceptionText t;
+  PyRef name = PyRef::steal(PyType_GetName(Py_TYPE(exc)));
+  t.type = name ? utf8_of(name.get()) : Py_TYPE(exc)->tp_name;
+  PyRef str = PyRef::steal(PyObject_Str(exc));
+  t.message = str ? utf8_of(str.get()) : "<str() of the exception failed>";
+  if (!format_exception_) {
+    PyRef tb = PyRef::steal(PyImport_ImportModule("traceback"));
+    if (tb) format_exception_ = PyRef::steal(PyObject_GetAttrString(tb.get(), "format_exception"));
+  }
+  PyRef lines =
+      format_exception_ ? PyRef::steal(PyObject_CallOneArg(format_exception_.get(), exc)) : PyRef();
+  PyRef empty = PyRef::steal(PyUnicode_FromStringAndSize("", 0));
+  PyRef joined = lines && empty ? PyRef::steal(PyUnicode_Join(empty.get(), lines.get())) : PyRef();
+  if (joined) t.traceback = utf8_of(joined.get());
+  PyErr_Clear();  // a failure to format only costs the traceback
+  return t;
+}
+
+}  // namespace pyport

@@ -1,0 +1,87 @@
+// Runs the requests of PROTOCOL.md (CALL, CAST, EVAL, EXEC, SHUTDOWN) in
+// the embedded interpreter and writes their answers. Fed one frame payload
+// at a time and writing answer frames into a buffer, it needs no I/O, so it
+// is tested in-process. Every method needs the GIL.
+#pragma once
+
+#include <cstdint>
+#include <list>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+#include "byte_buffer.hpp"
+#include "codec.hpp"
+#include "msgpack_rw.hpp"
+#include "py_ref.hpp"
+
+namespace pyport {
+
+class Dispatcher {
+ public:
+  Dispatcher(Codec& codec, size_t max_frame_size);
+
+  // Handles the payload of one frame; appends its answer (if it has one) to
+  // out as complete frames. Never throws; every request gets exactly one
+  // answer, CAST and SHUTDOWN none.
+  void handle_frame(const uint8_t* payload, size_t size, ByteBuffer& out);
+  // Answers a frame announced as `size` bytes, over the maximum.
+  void frame_too_large(uint64_t id, size_t size, ByteBuffer& out);
+
+  // True once a SHUTDOWN frame was handled.
+  bool shutdown_requested() const { return shutdown_; }
+
+  // Bounds of the caches (see the .cpp for why each exists).
+  static constexpr size_t kMaxCachedCode = 512;
+  static constexpr size_t kMaxCachedFunctions = 4096;
+
+ private:
+  void dispatch(mp::Reader& r, uint64_t kind, uint64_t id, uint32_t fields, ByteBuffer& out);
+  void call(mp::Reader& r, bool is_cast, uint64_t id, ByteBuffer& out);
+  void eval(mp::Reader& r, uint64_t id, ByteBuffer& out);
+  void exec(mp::Reader& r, uint64_t id, ByteBuffer& out);
+
+  // A map of str keys (Kwargs, Locals) as a dict with exact str keys, or
+  // null with *error set (FrameError text) or a Python exception set.
+  PyRef decode_str_map(mp::Reader& r, const char* what, std::string* error);
+  PyRef lookup_function(std::string_view module, std::string_view function);
+  PyRef import_module(const std::string& name);
+  PyRef compiled(std::string_view code, int mode);
+  PyRef namespace_globals(uint64_t ns);
+
+  void write_result(uint64_t id, PyObject* value, ByteBuffer& out);
+  void frame_error(uint64_t id, const std::string& message, ByteBuffer& out);
+  void frame_error_typed(uint64_t id, std::string_view type, const std::string& message,
+                         ByteBuffer& out);
+  // Answers id with the current Python exception (which it clears).
+  void python_error(uint64_t id, ByteBuffer& out);
+  // A failed decode of a field: FrameError for malformed input.
+  void decode_error(uint64_t id, const char* field, ByteBuffer& out);
+  // Writes the current Python exception, with traceback, to sys.stderr.
+  void report_cast_error(std::string_view module, std::string_view function);
+
+  struct ExceptionText {
+    std::string type, message, traceback;
+  };
+  ExceptionText describe(PyObject* exc);
+
+  Codec& codec_;
+  size_t max_frame_size_;
+  bool shutdown_ = false;
+
+  std::unordered_map<std::string, PyRef> modules_;
+  std::unordered_map<std::string, PyRef> functions_;  // "module\0function"
+  std::unordered_map<uint64_t, PyRef> namespaces_;
+
+  // Compiled code by mode + source, least recently used first in lru_.
+  struct CodeEntry {
+    PyRef code;
+    std::list<const std::string*>::iterator lru;
+  };
+  std::unordered_map<std::string, CodeEntry> code_;
+  std::list<const std::string*> lru_;
+
+  PyRef format_exception_;  // traceback.format_exception, imported on first use
+};
+
+}  // namespace pyport

@@ -1,0 +1,110 @@
+#include "log_relay.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "frames.hpp"
+#include "utf8.hpp"
+
+namespace pyport {
+
+int LogRelay::start(FrameWriter& writer, int out_fd, int err_fd) {
+  writer_ = &writer;
+  streams_[0].fd = out_fd;
+  streams_[0].level = "info";
+  streams_[1].fd = err_fd;
+  streams_[1].level = "warning";
+  if (pipe2(wake_, O_CLOEXEC) < 0) return errno;
+  try {
+    thread_ = std::thread(&LogRelay::run, this);
+  } catch (const std::system_error& e) {
+    return e.code().value();
+  }
+  return 0;
+}
+
+void LogRelay::stop() {
+  if (!thread_.joinable()) return;
+  char byte = 0;
+  while (write(wake_[1], &byte, 1) < 0 && errno == EINTR) {
+  }
+  thread_.join();
+  for (int fd : {wake_[0], wake_[1], streams_[0].fd, streams_[1].fd}) {
+    if (fd >= 0) close(fd);
+  }
+  wake_[0] = wake_[1] = streams_[0].fd = streams_[1].fd = -1;
+}
+
+void LogRelay::run() {
+  bool open[2] = {true, true};
+  for (;;) {
+    // poll() skips a negative fd: a stream at end of file.
+    pollfd fds[3] = {{open[0] ? streams_[0].fd : -1, POLLIN, 0},
+                     {open[1] ? streams_[1].fd : -1, POLLIN, 0},
+                     {wake_[0], POLLIN, 0}};
+    int n = poll(fds, 3, -1);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    for (int i = 0; i < 2; ++i) {
+      if (open[i] && (fds[i].revents & (POLLIN | POLLHUP | POLLERR))) {
+        if (!read_some(streams_[i])) {
+          open[i] = false;
+          emit(streams_[i], true);
+        }
+      }
+    }
+    if (fds[2].revents) break;
+  }
+  // Asked to stop: take what the pipes hold now without waiting for more,
+  // since a child process may keep a write end open forever.
+  for (int i = 0; i < 2; ++i) {
+    if (!open[i]) continue;
+    fcntl(streams_[i].fd, F_SETFL, fcntl(streams_[i].fd, F_GETFL) | O_NONBLOCK);
+    while (read_some(streams_[i])) {
+    }
+    emit(streams_[i], true);
+  }
+}
+
+bool LogRelay::read_some(Stream& s) {
+  char chunk[64 * 1024];
+  ssize_t n;
+  do {
+    n = read(s.fd, chunk, sizeof chunk);
+  } while (n < 0 && errno == EINTR);
+  if (n <= 0) return false;
+  s.partial.append(chunk, size_t(n));
+  emit(s, false);
+  return true;
+}
+
+void LogRelay::emit(Stream& s, bool all) {
+  ByteBuffer frames;
+  std::string line;
+  auto* p = reinterpret_cast<const uint8_t*>(s.partial.data());
+  size_t pos = 0, size = s.partial.size();
+  while (pos < size) {
+    const void* nl = std::memchr(p + pos, '\n', size - pos);
+    size_t end = nl ? size_t(static_cast<const uint8_t*>(nl) - p) : size;
+    size_t len = end - pos;
+    if (!nl && !all && len <= kMaxLine) break;  // wait for the rest of the line
+    size_t take = len > kMaxLine ? utf8::cut_point(p + pos, len, kMaxLine) : len;
+    bool whole = take == len;
+    size_t text = take;
+    if (whole && text && p[pos + text - 1] == '\r') --text;
+    line.clear();
+    utf8::append_sanitized(line, p + pos, text);
+    write_log_frame(frames, s.level, line);
+    pos += take + (whole && nl ? 1 : 0);
+  }
+  s.partial.erase(0, pos);
+  if (!frames.empty()) writer_->submit(frames.data(), frames.size());
+}
+
+}  // namespace pyport

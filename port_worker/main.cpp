@@ -1,0 +1,86 @@
+// pyport_worker: one Python context as an Erlang port program.
+// main() prepares the process (parent-death signal, private frame channel,
+// log pipes) and hands over to Worker. See proto/PROTOCOL.md.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "options.hpp"
+#include "worker.hpp"
+
+namespace {
+
+// Moves the frame channel off fds 0 and 1, so that nothing Python, a C
+// extension or a child process does with the standard descriptors can
+// corrupt a frame: fd 0 becomes /dev/null, fds 1 and 2 pipes to the relay.
+bool take_channel(pyport::Channel& ch, std::string& error) {
+  // Make sure 0, 1 and 2 are open, so new descriptors never land on them.
+  for (int fd = 0; fd <= 2; ++fd) {
+    if (fcntl(fd, F_GETFD) < 0) {
+      int null_fd = open("/dev/null", O_RDWR);
+      if (null_fd < 0) return error = "cannot open /dev/null", false;
+      if (null_fd != fd) {
+        dup2(null_fd, fd);
+        close(null_fd);
+      }
+    }
+  }
+  ch.in_fd = fcntl(0, F_DUPFD_CLOEXEC, 3);
+  ch.out_fd = fcntl(1, F_DUPFD_CLOEXEC, 3);
+  ch.diag_fd = fcntl(2, F_DUPFD_CLOEXEC, 3);
+  if (ch.in_fd < 0 || ch.out_fd < 0 || ch.diag_fd < 0) {
+    return error = std::string("cannot duplicate the standard descriptors: ") + strerror(errno),
+           false;
+  }
+  int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  int out_pipe[2], err_pipe[2];
+  if (null_fd < 0 || pipe2(out_pipe, O_CLOEXEC) < 0 || pipe2(err_pipe, O_CLOEXEC) < 0) {
+    return error = std::string("cannot create the log pipes: ") + strerror(errno), false;
+  }
+  // dup2 clears close-on-exec: children inherit fds 0-2 as usual.
+  dup2(null_fd, 0);
+  dup2(out_pipe[1], 1);
+  dup2(err_pipe[1], 2);
+  close(null_fd);
+  close(out_pipe[1]);
+  close(err_pipe[1]);
+  ch.log_out_fd = out_pipe[0];
+  ch.log_err_fd = err_pipe[0];
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  pid_t parent = getppid();
+  pyport::Options options;
+  std::string error = pyport::parse_options(argc, argv, options);
+  if (options.help) {
+    std::fputs(pyport::kUsage, stdout);
+    return 0;
+  }
+  if (!error.empty()) {
+    std::fprintf(stderr, "pyport_worker: %s\n%s", error.c_str(), pyport::kUsage);
+    return 2;
+  }
+
+  // Die with the owner even while Python is busy in a loop that never
+  // returns to read end of input. If the owner is already gone (we were
+  // reparented before asking), leave at once.
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != parent) return 1;
+  signal(SIGPIPE, SIG_IGN);
+
+  pyport::Channel channel;
+  if (!take_channel(channel, error)) {
+    std::fprintf(stderr, "pyport_worker: %s\n", error.c_str());
+    return 1;
+  }
+  pyport::Worker worker(options);
+  return worker.run(channel);
+}

@@ -1,0 +1,27 @@
+// Command line of pyport_worker.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+namespace pyport {
+
+struct Options {
+  std::string runtime_dir;         // the python_runtime directory
+  std::vector<std::string> paths;  // --path entries, in order
+  size_t max_frame_size = 0;       // set by parse_options
+  bool help = false;
+};
+
+extern const char* const kUsage;
+
+// Fills `out` from argv. Returns an empty string, or a message naming what
+// is wrong. A missing --runtime becomes default_runtime_dir().
+std::string parse_options(int argc, const char* const* argv, Options& out);
+
+// <directory of the executable>/python_runtime if it exists, else the
+// source tree's python_runtime (compiled in).
+std::string default_runtime_dir();
+
+}  // namespace pyport

@@ -1,0 +1,622 @@
+#include "codec.hpp"
+
+#include <cstring>
+#include <new>
+#include <string>
+
+#include "utf8.hpp"
+
+namespace pyport {
+namespace {
+
+// The atom cache stops growing here: names past it are still decoded, only
+// not cached, so a stream of distinct names cannot grow memory without bound.
+constexpr size_t kMaxCachedAtoms = 4096;
+
+// ETF tags (second byte after 131) that select Pid and Ref.
+constexpr uint8_t kNewPidExt = 88, kPidExt = 103;
+constexpr uint8_t kNewerRefExt = 90, kNewRefExt = 114, kRefExt = 101;
+
+// The type's __name__, for messages.
+std::string type_name(PyObject* obj) {
+  PyRef name = PyRef::steal(PyType_GetName(Py_TYPE(obj)));
+  const char* s = name ? PyUnicode_AsUTF8(name.get()) : nullptr;
+  if (!s) {
+    PyErr_Clear();
+    return Py_TYPE(obj)->tp_name;
+  }
+  return s;
+}
+
+// A str (one copy from p) when p holds valid UTF-8, else bytes.
+PyObject* new_string(const uint8_t* p, size_t n) {
+  switch (utf8::classify(p, n)) {
+    case utf8::Kind::kAscii: {
+      PyObject* s = PyUnicode_New(Py_ssize_t(n), 127);
+      if (s) std::memcpy(PyUnicode_DATA(s), p, n);
+      return s;
+    }
+    case utf8::Kind::kUtf8:
+      return PyUnicode_DecodeUTF8(reinterpret_cast<const char*>(p), Py_ssize_t(n), "strict");
+    default:
+      return PyBytes_FromStringAndSize(reinterpret_cast<const char*>(p), Py_ssize_t(n));
+  }
+}
+
+// Releases a Py_buffer on scope exit.
+struct BufferView {
+  Py_buffer view{};
+  bool held = false;
+  ~BufferView() {
+    if (held) PyBuffer_Release(&view);
+  }
+};
+
+}  // namespace
+
+// ---- decoding ------------------------------------------------------------
+
+class Codec::Decoder {
+ public:
+  explicit Decoder(Codec& codec) : codec_(codec) {}
+
+  // One value; null on failure, with the reader's error set for malformed
+  // input or a Python exception set otherwise.
+  PyRef value(mp::Reader& r, int depth) {
+    size_t start = r.offset();
+    uint8_t b = 0;
+    if (!r.read_byte(b)) return {};
+    if (b <= 0x7f) return PyRef::steal(PyLong_FromLong(b));
+    if (b >= 0xe0) return PyRef::steal(PyLong_FromLong(int8_t(b)));
+    if (b <= 0x8f) return map(r, b & 0x0f, depth, start);
+    if (b <= 0x9f) return array(r, b & 0x0f, depth, start);
+    if (b <= 0xbf) return string(r, b & 0x1f);
+    uint64_t n = 0;
+    switch (b) {
+      case 0xc0:
+        return PyRef::borrow(Py_None);
+      case 0xc2:
+        return PyRef::borrow(Py_False);
+      case 0xc3:
+        return PyRef::borrow(Py_True);
+      case 0xc4:
+      case 0xc5:
+      case 0xc6:  // bin 8/16/32
+        if (!r.read_be(size_t(1) << (b - 0xc4), n, "bin length")) return {};
+        return string(r, n);
+      case 0xd9:
+      case 0xda:
+      case 0xdb:  // str 8/16/32
+        if (!r.read_be(size_t(1) << (b - 0xd9), n, "str length")) return {};
+        return string(r, n);
+      case 0xc7:
+      case 0xc8:
+      case 0xc9:  // ext 8/16/32
+        if (!r.read_be(size_t(1) << (b - 0xc7), n, "ext length")) return {};
+        return ext(r, n, depth, start);
+      case 0xd4:
+      case 0xd5:
+      case 0xd6:
+      case 0xd7:
+      case 0xd8:  // fixext 1..16
+        return ext(r, size_t(1) << (b - 0xd4), depth, start);
+      case 0xca: {
+        if (!r.read_be(4, n, "float32")) return {};
+        uint32_t bits = uint32_t(n);
+        float f;
+        std::memcpy(&f, &bits, sizeof f);
+        return PyRef::steal(PyFloat_FromDouble(f));
+      }
+      case 0xcb: {
+        if (!r.read_be(8, n, "float64")) return {};
+        double d;
+        std::memcpy(&d, &n, sizeof d);
+        return PyRef::steal(PyFloat_FromDouble(d));
+      }
+      case 0xcc:
+      case 0xcd:
+      case 0xce:
+      case 0xcf:  // uint 8/16/32/64
+        if (!r.read_be(size_t(1) << (b - 0xcc), n, "uint")) return {};
+        return PyRef::steal(PyLong_FromUnsignedLongLong(n));
+      case 0xd0:
+      case 0xd1:
+      case 0xd2:
+      case 0xd3: {  // int 8/16/32/64
+        size_t width = size_t(1) << (b - 0xd0);
+        if (!r.read_be(width, n, "int")) return {};
+        int shift = int(64 - 8 * width);  // sign-extend from `width` bytes
+        return PyRef::steal(PyLong_FromLongLong(int64_t(n << shift) >> shift));
+      }
+      case 0xdc:
+      case 0xdd:  // array 16/32
+        if (!r.read_be(b == 0xdc ? 2 : 4, n, "array length")) return {};
+        return array(r, n, depth, start);
+      case 0xde:
+      case 0xdf:  // map 16/32
+        if (!r.read_be(b == 0xde ? 2 : 4, n, "map length")) return {};
+        return map(r, n, depth, start);
+      default:  // 0xc1
+        r.fail_at(start, "invalid type byte 0xc1");
+        return {};
+    }
+  }
+
+  // The elements of an array (header already read) as a tuple.
+  PyRef tuple_items(mp::Reader& r, uint64_t n, int depth, size_t start) {
+    if (!check_count(r, n, 1, "array", start)) return {};
+    PyRef t = PyRef::steal(PyTuple_New(Py_ssize_t(n)));
+    if (!t) return {};
+    for (uint64_t i = 0; i < n; ++i) {
+      PyRef item = value(r, depth);
+      if (!item) return {};
+      PyTuple_SET_ITEM(t.get(), Py_ssize_t(i), item.release());
+    }
+    return t;
+  }
+
+ private:
+  // Every element takes at least one byte: a count larger than the input
+  // left is malformed, and refusing it early stops a 5-byte header from
+  // allocating gigabytes.
+  static bool check_count(mp::Reader& r, uint64_t n, uint64_t min_bytes, const char* what,
+                          size_t start) {
+    if (n <= r.remaining() / min_bytes) return true;
+    return r.fail_at(start, std::string("truncated input: ") + what + " of " + std::to_string(n) +
+                                (min_bytes == 1 ? " elements" : " entries") + " has only " +
+                                std::to_string(r.remaining()) + " bytes left");
+  }
+
+  static bool check_depth(mp::Reader& r, int depth, size_t start) {
+    if (depth < kMaxDepth) return true;
+    return r.fail_at(start, "nesting deeper than " + std::to_string(kMaxDepth) + " levels");
+  }
+
+  PyRef string(mp::Reader& r, uint64_t n) {
+    const uint8_t* p = nullptr;
+    if (!r.read_raw(n, p, "string")) return {};
+    return PyRef::steal(new_string(p, n));
+  }
+
+  PyRef array(mp::Reader& r, uint64_t n, int depth, size_t start) {
+    if (!check_depth(r, depth, start) || !check_count(r, n, 1, "array", start)) return {};
+    PyRef list = PyRef::steal(PyList_New(Py_ssize_t(n)));
+    if (!list) return {};
+    for (uint64_t i = 0; i < n; ++i) {
+      PyRef item = value(r, depth + 1);
+      if (!item) return {};
+      PyList_SET_ITEM(list.get(), Py_ssize_t(i), item.release());
+    }
+    return list;
+  }
+
+  PyRef map(mp::Reader& r, uint64_t n, int depth, size_t start) {
+    if (!check_depth(r, depth, start) || !check_count(r, n, 2, "map", start)) return {};
+    PyRef dict = PyRef::steal(PyDict_New());
+    if (!dict) return {};
+    for (uint64_t i = 0; i < n; ++i) {
+      size_t key_at = r.offset();
+      PyRef key = value(r, depth + 1);
+      if (!key) return {};
+      PyRef val = value(r, depth + 1);
+      if (!val) return {};
+      if (PyDict_SetItem(dict.get(), key.get(), val.get()) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_TypeError)) return {};
+        PyErr_Clear();  // an unhashable key (a list): malformed for Python
+        r.fail_at(key_at, "map key of type " + type_name(key.get()) + " is unhashable");
+        return {};
+      }
+    }
+    return dict;
+  }
+
+  PyRef ext(mp::Reader& r, uint64_t n, int depth, size_t start) {
+    uint64_t type = 0;
+    const uint8_t* p = nullptr;
+    if (!r.read_be(1, type, "ext type") || !r.read_raw(n, p, "ext payload")) return {};
+    switch (int8_t(type)) {
+      case mp::kExtAtom:
+        if (utf8::classify(p, n) == utf8::Kind::kInvalid) {
+          r.fail_at(start, "atom name is not valid UTF-8");
+          return {};
+        }
+        return codec_.atom(reinterpret_cast<const char*>(p), n);
+      case mp::kExtTuple: {
+        if (!check_depth(r, depth, start)) return {};
+        size_t payload_at = r.offset() - n;
+        mp::Reader inner(p, n, payload_at);
+        uint32_t count;
+        PyRef t;
+        if (inner.read_array_header(count, "tuple payload")) {
+          t = tuple_items(inner, count, depth + 1, payload_at);
+        }
+        if (t && !inner.at_end()) {
+          inner.fail(std::to_string(inner.remaining()) + " bytes after the tuple's array");
+          t.reset();
+        }
+        if (!t && inner.failed()) r.fail_like(inner);
+        return t;
+      }
+      case mp::kExtBigInt: {
+        if (n < 1 || p[0] > 1) {
+          r.fail_at(start, n < 1 ? "bigint without a sign byte" : "bigint sign byte is not 0 or 1");
+          return {};
+        }
+        PyRef mag = PyRef::steal(_PyLong_FromByteArray(p + 1, n - 1, /*little_endian=*/0,
+                                                       /*is_signed=*/0));
+        if (!mag || p[0] == 0) return mag;
+        return PyRef::steal(PyNumber_Negative(mag.get()));
+      }
+      case mp::kExtBytes:
+        return PyRef::steal(PyBytes_FromStringAndSize(reinterpret_cast<const char*>(p), n));
+      case mp::kExtTerm: {
+        if (n < 2 || p[0] != 131) {
+          r.fail_at(start, "term payload is not external term format (starting with 131)");
+          return {};
+        }
+        PyObject* cls = codec_.term_type_.get();
+        if (p[1] == kNewPidExt || p[1] == kPidExt) {
+          cls = codec_.pid_type_.get();
+        } else if (p[1] == kNewerRefExt || p[1] == kNewRefExt || p[1] == kRefExt) {
+          cls = codec_.ref_type_.get();
+        }
+        PyRef etf = PyRef::steal(PyBytes_FromStringAndSize(reinterpret_cast<const char*>(p), n));
+        if (!etf) return {};
+        return PyRef::steal(PyObject_CallOneArg(cls, etf.get()));
+      }
+      default:
+        r.fail_at(start, "unknown ext type " + std::to_string(int8_t(type)));
+        return {};
+    }
+  }
+
+  Codec& codec_;
+};
+
+// Turns a failed decode into the documented exception: the reader's message
+// as ValueError when the input was malformed.
+static PyRef decode_failed(mp::Reader& r) {
+  if (r.failed()) {
+    PyErr_Clear();
+    PyErr_SetString(PyExc_ValueError, r.error().c_str());
+  } else if (!PyErr_Occurred()) {
+    PyErr_SetString(PyExc_SystemError, "msgpack decoding failed without a reason");
+  }
+  return {};
+}
+
+PyRef Codec::decode(mp::Reader& r) {
+  try {
+    PyRef v = Decoder(*this).value(r, 0);
+    return v ? v : decode_failed(r);
+  } catch (const std::bad_alloc&) {
+    PyErr_NoMemory();
+    return {};
+  }
+}
+
+PyRef Codec::decode_tuple(mp::Reader& r, uint32_t count, size_t array_at) {
+  try {
+    PyRef v = Decoder(*this).tuple_items(r, count, 0, array_at);
+    return v ? v : decode_failed(r);
+  } catch (const std::bad_alloc&) {
+    PyErr_NoMemory();
+    return {};
+  }
+}
+
+PyRef Codec::decode_exact(const uint8_t* data, size_t size) {
+  mp::Reader r(data, size);
+  PyRef v = decode(r);
+  if (v && !r.at_end()) {
+    r.fail(std::to_string(r.remaining()) + " trailing bytes after the value");
+    return decode_failed(r);
+  }
+  return v;
+}
+
+PyRef Codec::atom(const char* name, size_t size) {
+  std::string key(name, size);
+  auto it = atoms_.find(key);
+  if (it != atoms_.end()) return it->second;
+  PyRef str = PyRef::steal(PyUnicode_DecodeUTF8(name, Py_ssize_t(size), "strict"));
+  if (!str) return {};
+  PyRef atom = PyRef::steal(PyObject_CallOneArg(atom_type_.get(), str.get()));
+  if (atom && atoms_.size() < kMaxCachedAtoms) atoms_.emplace(std::move(key), atom);
+  return atom;
+}
+
+// ---- encoding ------------------------------------------------------------
+
+class Codec::Encoder {
+ public:
+  Encoder(Codec& codec, ByteBuffer& out, size_t limit_end)
+      : codec_(codec), out_(out), end_(limit_end) {}
+
+  bool too_large = false;
+
+  bool value(PyObject* o, int depth) {
+    // Exact builtin types first: they are nearly every value.
+    PyTypeObject* t = Py_TYPE(o);
+    if (t == &PyUnicode_Type) return str(o);
+    if (t == &PyLong_Type) return integer(o);
+    if (t == &PyFloat_Type) return real(PyFloat_AS_DOUBLE(o));
+    if (o == Py_None) {
+      mp::write_nil(out_);
+      return true;
+    }
+    if (o == Py_True || o == Py_False) {
+      mp::write_bool(out_, o == Py_True);
+      return true;
+    }
+    if (t == &PyList_Type) return list(o, depth);
+    if (t == &PyTuple_Type) return tuple(o, depth);
+    if (t == &PyDict_Type) return dict(o, depth);
+    if (t == &PyBytes_Type) return bin(PyBytes_AS_STRING(o), size_t(PyBytes_GET_SIZE(o)));
+    return other(o, depth);
+  }
+
+ private:
+  // Subclasses and the rarer types, in the order PROTOCOL.md requires
+  // (bool before int, Atom before str).
+  bool other(PyObject* o, int depth) {
+    if (PyObject_TypeCheck(o, reinterpret_cast<PyTypeObject*>(codec_.atom_type_.get()))) {
+      Py_ssize_t n;
+      const char* s = PyUnicode_AsUTF8AndSize(o, &n);
+      return s && ext(mp::kExtAtom, s, size_t(n));
+    }
+    if (PyLong_Check(o)) return integer(o);
+    if (PyFloat_Check(o)) return real(PyFloat_AS_DOUBLE(o));
+    if (PyUnicode_Check(o)) return str(o);
+    if (PyObject_TypeCheck(o, reinterpret_cast<PyTypeObject*>(codec_.term_type_.get()))) {
+      PyRef etf = PyRef::steal(PyObject_GetAttr(o, codec_.etf_name_.get()));
+      if (!etf) return false;
+      if (!PyBytes_Check(etf.get())) {
+        PyErr_Format(PyExc_TypeError, "cannot convert %s with a non-bytes etf to an Erlang term",
+                     type_name(o).c_str());
+        return false;
+      }
+      return ext(mp::kExtTerm, PyBytes_AS_STRING(etf.get()), size_t(PyBytes_GET_SIZE(etf.get())));
+    }
+    if (PyBytes_Check(o)) return bin(PyBytes_AS_STRING(o), size_t(PyBytes_GET_SIZE(o)));
+    if (PyByteArray_Check(o) || PyMemoryView_Check(o)) return buffer(o);
+    if (PyTuple_Check(o)) return tuple(o, depth);
+    if (PyList_Check(o)) return list(o, depth);
+    if (PyDict_Check(o)) return dict(o, depth);
+    if (PyAnySet_Check(o)) return set(o, depth);
+    PyErr_Format(PyExc_TypeError, "cannot convert %s to an Erlang term", type_name(o).c_str());
+    return false;
+  }
+
+  // Checks, before a payload of n bytes is copied, that it can still fit
+  // within the limit, so an oversized result fails without being copied.
+  // Codec::encode checks the exact total at the end.
+  bool room(size_t n) {
+    if (out_.size() <= end_ && n <= end_ - out_.size()) return true;
+    too_large = true;
+    return false;
+  }
+
+  bool length(size_t n, const char* what) {
+    if (n <= UINT32_MAX) return true;
+    PyErr_Format(PyExc_OverflowError, "%s of length %zu is too long for msgpack", what, n);
+    return false;
+  }
+
+  bool container(int depth) {
+    if (depth < kMaxDepth) return true;
+    PyErr_Format(PyExc_TypeError, "cannot convert a value nested deeper than %d levels", kMaxDepth);
+    return false;
+  }
+
+  bool integer(PyObject* o) {
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (!overflow) {
+      if (v == -1 && PyErr_Occurred()) return false;
+      mp::write_int(out_, v);
+      return true;
+    }
+    if (overflow > 0) {
+      unsigned long long u = PyLong_AsUnsignedLongLong(o);
+      if (!(u == static_cast<unsigned long long>(-1) && PyErr_Occurred())) {
+        mp::write_uint(out_, u);
+        return true;
+      }
+      if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return false;
+      PyErr_Clear();
+    }
+    return bigint(o, overflow < 0);
+  }
+
+  // Ext 3: sign byte, then the magnitude big-endian without leading zeros.
+  bool bigint(PyObject* o, bool negative) {
+    PyRef mag = negative ? PyRef::steal(PyNumber_Absolute(o)) : PyRef::borrow(o);
+    if (!mag) return false;
+    size_t bits = _PyLong_NumBits(mag.get());
+    if (bits == size_t(-1) && PyErr_Occurred()) return false;
+    size_t nbytes = (bits + 7) / 8;
+    if (!length(nbytes + 1, "an int") || !room(nbytes)) return false;
+    size_t at = out_.size();
+    mp::write_ext_header(out_, mp::kExtBigInt, uint32_t(nbytes + 1));
+    out_.push_back(negative ? 1 : 0);
+    auto* dst = reinterpret_cast<unsigned char*>(out_.grow(nbytes));
+    auto* lo = reinterpret_cast<PyLongObject*>(mag.get());
+#if PY_VERSION_HEX >= 0x030d0000
+    int rc = _PyLong_AsByteArray(lo, dst, nbytes, /*little_endian=*/0, /*is_signed=*/0, 1);
+#else
+    int rc = _PyLong_AsByteArray(lo, dst, nbytes, /*little_endian=*/0, /*is_signed=*/0);
+#endif
+    if (rc < 0) {
+      out_.truncate(at);
+      return false;
+    }
+    return true;
+  }
+
+  bool real(double d) {
+    mp::write_double(out_, d);
+    return true;
+  }
+
+  bool str(PyObject* o) {
+    Py_ssize_t n;
+    const char* s = PyUnicode_AsUTF8AndSize(o, &n);
+    if (!s || !room(size_t(n)) || !length(size_t(n), "a str")) return false;
+    mp::write_str_header(out_, uint32_t(n));
+    out_.append(s, size_t(n));
+    return true;
+  }
+
+  bool bin(const void* p, size_t n) {
+    if (!room(n) || !length(n, "a bytes")) return false;
+    mp::write_bin_header(out_, uint32_t(n));
+    out_.append(p, n);
+    return true;
+  }
+
+  bool buffer(PyObject* o) {
+    BufferView b;
+    if (PyObject_GetBuffer(o, &b.view, PyBUF_C_CONTIGUOUS) < 0) {
+      PyErr_Clear();
+      PyErr_Format(PyExc_TypeError, "cannot convert non-contiguous %s to an Erlang term",
+                   type_name(o).c_str());
+      return false;
+    }
+    b.held = true;
+    return bin(b.view.buf, size_t(b.view.len));
+  }
+
+  bool ext(int8_t type, const void* p, size_t n) {
+    if (!room(n) || !length(n, "an ext payload")) return false;
+    mp::write_ext_header(out_, type, uint32_t(n));
+    out_.append(p, n);
+    return true;
+  }
+
+  bool list(PyObject* o, int depth) {
+    Py_ssize_t n = PyList_GET_SIZE(o);
+    if (!container(depth) || !length(size_t(n), "a list")) return false;
+    mp::write_array_header(out_, uint32_t(n));
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      // Python code run by an element (a Term subclass property) may shrink
+      // the list: re-check the size and hold the item.
+      if (i >= PyList_GET_SIZE(o)) return changed("list");
+      PyRef item = PyRef::borrow(PyList_GET_ITEM(o, i));
+      if (!value(item.get(), depth + 1)) return false;
+    }
+    return PyList_GET_SIZE(o) == n || changed("list");
+  }
+
+  // Ext 2 around an array. The payload's length is known only after
+  // encoding it, so the widest header is reserved and the payload moved
+  // down when a shorter one fits; payloads over 64 KiB need the widest
+  // header anyway, so a large payload is never moved.
+  bool tuple(PyObject* o, int depth) {
+    Py_ssize_t n = PyTuple_GET_SIZE(o);
+    if (!container(depth) || !length(size_t(n), "a tuple")) return false;
+    size_t at = out_.size();
+    out_.grow(6);
+    mp::write_array_header(out_, uint32_t(n));
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      if (!value(PyTuple_GET_ITEM(o, i), depth + 1)) return false;
+    }
+    size_t payload = out_.size() - at - 6;
+    if (!length(payload, "a tuple's encoding")) return false;
+    size_t header = mp::ext_header_size(uint32_t(payload));
+    uint8_t* base = out_.data() + at;
+    if (header < 6) {
+      std::memmove(base + header, base + 6, payload);
+      out_.truncate(out_.size() - (6 - header));
+    }
+    mp::store_ext_header(base, mp::kExtTuple, uint32_t(payload));
+    return true;
+  }
+
+  bool dict(PyObject* o, int depth) {
+    Py_ssize_t n = PyDict_GET_SIZE(o);
+    if (!container(depth) || !length(size_t(n), "a dict")) return false;
+    mp::write_map_header(out_, uint32_t(n));
+    Py_ssize_t pos = 0, count = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(o, &pos, &k, &v)) {
+      if (++count > n) return changed("dict");
+      PyRef key = PyRef::borrow(k), val = PyRef::borrow(v);
+      if (!value(key.get(), depth + 1) || !value(val.get(), depth + 1)) return false;
+    }
+    return count == n || changed("dict");
+  }
+
+  bool set(PyObject* o, int depth) {
+    Py_ssize_t n = PySet_GET_SIZE(o);
+    if (!container(depth) || !length(size_t(n), "a set")) return false;
+    mp::write_array_header(out_, uint32_t(n));
+    PyRef it = PyRef::steal(PyObject_GetIter(o));
+    if (!it) return false;
+    Py_ssize_t count = 0;
+    while (PyRef item = PyRef::steal(PyIter_Next(it.get()))) {
+      if (++count > n) return changed("set");
+      if (!value(item.get(), depth + 1)) return false;
+    }
+    if (PyErr_Occurred()) return false;
+    return count == n || changed("set");
+  }
+
+  static bool changed(const char* what) {
+    PyErr_Format(PyExc_RuntimeError, "%s changed size during encoding", what);
+    return false;
+  }
+
+  Codec& codec_;
+  ByteBuffer& out_;
+  size_t end_;
+};
+
+EncodeResult Codec::encode(PyObject* obj, ByteBuffer& out, size_t limit) {
+  size_t start = out.size();
+  size_t end = limit > SIZE_MAX - start ? SIZE_MAX : start + limit;
+  Encoder enc(*this, out, end);
+  bool ok;
+  try {
+    ok = enc.value(obj, 0);
+  } catch (const std::bad_alloc&) {
+    PyErr_NoMemory();
+    ok = false;
+  }
+  if (ok && out.size() - start > limit) enc.too_large = true;
+  if (ok && !enc.too_large) return EncodeResult::kOk;
+  out.truncate(start);
+  if (enc.too_large) {
+    PyErr_Clear();  // nothing should be set; be sure
+    return EncodeResult::kTooLarge;
+  }
+  return EncodeResult::kError;
+}
+
+// ---- setup ---------------------------------------------------------------
+
+std::unique_ptr<Codec> Codec::create() {
+  PyRef mod = PyRef::steal(PyImport_ImportModule("erlang._types"));
+  if (!mod) return nullptr;
+  std::unique_ptr<Codec> c(new Codec());
+  struct {
+    PyRef* slot;
+    const char* name;
+  } types[] = {{&c->atom_type_, "Atom"},
+               {&c->term_type_, "Term"},
+               {&c->pid_type_, "Pid"},
+               {&c->ref_type_, "Ref"}};
+  for (auto& t : types) {
+    *t.slot = PyRef::steal(PyObject_GetAttrString(mod.get(), t.name));
+    if (!*t.slot) return nullptr;
+    if (!PyType_Check(t.slot->get())) {
+      PyErr_Format(PyExc_TypeError, "erlang._types.%s is not a class", t.name);
+      return nullptr;
+    }
+  }
+  c->etf_name_ = PyRef::steal(PyUnicode_InternFromString("etf"));
+  if (!c->etf_name_) return nullptr;
+  return c;
+}
+
+}  // namespace pyport

@@ -1,0 +1,418 @@
+// The Python <-> msgpack codec beyond the shared vectors: every format
+// boundary, big integers, nesting limits, unconvertible values, malformed
+// and truncated input.
+#include <random>
+#include <sstream>
+
+#include "helpers.hpp"
+
+using namespace testing;
+using pyport::ByteBuffer;
+using pyport::EncodeResult;
+using pyport::PyRef;
+
+namespace {
+
+Bytes encode_ok(PyObject* v) {
+  ByteBuffer out;
+  EncodeResult r = codec().encode(v, out);
+  BOOST_REQUIRE_MESSAGE(r == EncodeResult::kOk, "encoding " << repr(v) << ": " << take_error());
+  return Bytes(out.data(), out.data() + out.size());
+}
+
+// The exception text of a failed encode; the buffer must be unchanged.
+std::string encode_error(PyObject* v) {
+  ByteBuffer out;
+  out.append("prefix", 6);
+  EncodeResult r = codec().encode(v, out);
+  BOOST_TEST((r == EncodeResult::kError));
+  BOOST_TEST(out.size() == 6u);
+  BOOST_TEST(std::string(reinterpret_cast<char*>(out.data()), out.size()) == "prefix");
+  return take_error();
+}
+
+PyRef decode_ok(const Bytes& b) {
+  PyRef v = codec().decode_exact(b.data(), b.size());
+  BOOST_REQUIRE_MESSAGE(v, "decoding " << hex(b) << ": " << take_error());
+  return v;
+}
+
+std::string decode_error(const Bytes& b) {
+  PyRef v = codec().decode_exact(b.data(), b.size());
+  BOOST_TEST(!v, "decoding " << hex(b) << " should fail but gave " << (v ? repr(v.get()) : ""));
+  return take_error();
+}
+
+void round_trip(PyObject* v) {
+  Bytes b = encode_ok(v);
+  std::string why;
+  BOOST_TEST(msgpack_c_parses(b.data(), b.size(), why), why);
+  PyRef back = decode_ok(b);
+  BOOST_TEST(same_value(back.get(), v, why), why);
+}
+
+Bytes cat(std::initializer_list<Bytes> parts) {
+  Bytes out;
+  for (auto& p : parts)
+    out.insert(out.end(), p.begin(), p.end());
+  return out;
+}
+
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+// msgpack-c's own encoding of an integer (it also picks the shortest form).
+Bytes msgpack_c_int(long long v, bool is_unsigned) {
+  msgpack::sbuffer sb;
+  if (is_unsigned) {
+    msgpack::pack(sb, static_cast<unsigned long long>(v));
+  } else {
+    msgpack::pack(sb, v);
+  }
+  return Bytes(sb.data(), sb.data() + sb.size());
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(codec_values)
+
+BOOST_AUTO_TEST_CASE(integers_at_every_format_boundary_match_msgpack_c) {
+  const char* values[] = {"0",     "1",       "127",    "128",     "255",    "256",      "65535",
+                          "65536", "2**32-1", "2**32",  "2**63-1", "-1",     "-32",      "-33",
+                          "-128",  "-129",    "-32768", "-32769",  "-2**31", "-2**31-1", "-2**63"};
+  for (const char* expr : values) {
+    BOOST_TEST_CONTEXT(expr) {
+      PyRef v = py(expr);
+      long long n = PyLong_AsLongLong(v.get());
+      BOOST_TEST(hex(encode_ok(v.get())) == hex(msgpack_c_int(n, false)));
+      round_trip(v.get());
+    }
+  }
+  for (const char* expr : {"2**63", "2**64-1"}) {
+    BOOST_TEST_CONTEXT(expr) {
+      PyRef v = py(expr);
+      auto u = PyLong_AsUnsignedLongLong(v.get());
+      BOOST_TEST(hex(encode_ok(v.get())) == hex(msgpack_c_int(static_cast<long long>(u), true)));
+      round_trip(v.get());
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(big_integers_use_ext3_outside_64_bits) {
+  // sign byte + 9 magnitude bytes: ext 8 of 10 bytes
+  BOOST_TEST(hex(encode_ok(py("2**64").get())) == "c70a0300010000000000000000");
+  BOOST_TEST(hex(encode_ok(py("-2**63-1").get())) == "c70903018000000000000001");
+  BOOST_TEST(hex(encode_ok(py("-2**64").get())) == "c70a0301010000000000000000");
+  for (const char* expr : {"2**200", "-2**200", "2**64", "-2**63-1", "3**1000", "-(7**300)",
+                           "2**(8*255)", "2**(8*70000)"}) {
+    BOOST_TEST_CONTEXT(expr) {
+      round_trip(py(expr).get());
+    }
+  }
+  // A bigint that fits 64 bits is not canonical, but a decoder accepts it.
+  std::string why;
+  BOOST_TEST(same_value(decode_ok({0xd6, 0x03, 0x01, 0x00, 0x00, 0x05}).get(), py("-5").get(), why),
+             why);
+  BOOST_TEST(contains(decode_error({0xd5, 0x03, 0x02, 0x01}), "sign byte"));
+}
+
+BOOST_AUTO_TEST_CASE(bool_before_int_and_int_subclasses_as_int) {
+  BOOST_TEST(hex(encode_ok(Py_True)) == "c3");
+  BOOST_TEST(hex(encode_ok(Py_False)) == "c2");
+  PyRef e = py("__import__('enum').IntEnum('E', 'A B')(2)");
+  BOOST_TEST(hex(encode_ok(e.get())) == "02");
+}
+
+BOOST_AUTO_TEST_CASE(floats_are_always_float64) {
+  BOOST_TEST(hex(encode_ok(py("1.0").get())) == "cb3ff0000000000000");
+  for (const char* expr : {"0.0", "-0.0", "1e308", "5e-324", "float('inf')", "float('nan')"}) {
+    BOOST_TEST_CONTEXT(expr) {
+      round_trip(py(expr).get());
+    }
+  }
+  // float32 from other encoders is accepted.
+  std::string why;
+  BOOST_TEST(same_value(decode_ok({0xca, 0x3f, 0xc0, 0x00, 0x00}).get(), py("1.5").get(), why),
+             why);
+}
+
+BOOST_AUTO_TEST_CASE(string_headers_at_every_boundary) {
+  struct Case {
+    int len;
+    const char* header;
+  } cases[] = {{0, "a0"},       {31, "bf"},        {32, "d920"},         {255, "d9ff"},
+               {256, "da0100"}, {65535, "daffff"}, {65536, "db00010000"}};
+  for (auto& c : cases) {
+    BOOST_TEST_CONTEXT("str of " << c.len) {
+      PyRef s = py("'s' * " + std::to_string(c.len));
+      Bytes b = encode_ok(s.get());
+      BOOST_TEST(hex(b.data(), b.size() - size_t(c.len)) == c.header);
+      round_trip(s.get());
+    }
+  }
+  struct Case bins[] = {
+      {0, "c400"}, {255, "c4ff"}, {256, "c50100"}, {65535, "c5ffff"}, {65536, "c600010000"}};
+  for (auto& c : bins) {
+    BOOST_TEST_CONTEXT("bytes of " << c.len) {
+      PyRef s = py("b'\\xff' * " + std::to_string(c.len));
+      Bytes b = encode_ok(s.get());
+      BOOST_TEST(hex(b.data(), b.size() - size_t(c.len)) == c.header);
+      if (c.len) round_trip(s.get());  // empty bin decodes as '' (valid UTF-8)
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(text_and_binary_decoding) {
+  std::string why;
+  // bin holding UTF-8 is str, anything else bytes; str is str.
+  BOOST_TEST(same_value(decode_ok({0xc4, 0x02, 0xc3, 0xa9}).get(), py("'\\xe9'").get(), why), why);
+  BOOST_TEST(same_value(decode_ok({0xc4, 0x02, 0xc3, 0x28}).get(), py("b'\\xc3('").get(), why),
+             why);
+  // Surrogates and overlong forms are not valid UTF-8 for Python either.
+  BOOST_TEST(same_value(decode_ok({0xc4, 0x03, 0xed, 0xa0, 0x80}).get(),
+                        py("b'\\xed\\xa0\\x80'").get(), why),
+             why);
+  BOOST_TEST(same_value(decode_ok({0xc4, 0x02, 0xc0, 0xaf}).get(), py("b'\\xc0\\xaf'").get(), why),
+             why);
+  BOOST_TEST(
+      same_value(decode_ok({0xa4, 0xf0, 0x9f, 0x98, 0x80}).get(), py("'\\U0001F600'").get(), why),
+      why);
+  // ext 4 is always bytes, even when it is valid UTF-8.
+  BOOST_TEST(same_value(decode_ok({0xd5, 0x04, 0x61, 0x62}).get(), py("b'ab'").get(), why), why);
+  // Non-shortest forms are accepted.
+  BOOST_TEST(same_value(decode_ok({0xd9, 0x01, 0x78}).get(), py("'x'").get(), why), why);
+  BOOST_TEST(same_value(decode_ok({0xcf, 0, 0, 0, 0, 0, 0, 0, 1}).get(), py("1").get(), why), why);
+  // A str that cannot be UTF-8 encoded is refused, naming the problem.
+  BOOST_TEST(contains(encode_error(py("'\\ud800'").get()), "UnicodeEncodeError"));
+}
+
+BOOST_AUTO_TEST_CASE(a_megabyte_of_bytes_both_ways) {
+  PyRef big = py("bytes(range(256)) * 4096");
+  Bytes b = encode_ok(big.get());
+  BOOST_TEST(b.size() == 5u + (1u << 20));
+  BOOST_TEST(hex(b.data(), 5) == "c600100000");
+  PyRef back = decode_ok(b);
+  BOOST_TEST(PyObject_RichCompareBool(back.get(), big.get(), Py_EQ) == 1);
+  PyRef text = py("'x' * (1 << 20)");
+  PyRef text_back = decode_ok(encode_ok(text.get()));
+  BOOST_TEST(PyUnicode_CheckExact(text_back.get()));
+  BOOST_TEST(PyObject_RichCompareBool(text_back.get(), text.get(), Py_EQ) == 1);
+}
+
+BOOST_AUTO_TEST_CASE(bytes_like_objects_are_bin) {
+  BOOST_TEST(hex(encode_ok(py("bytearray(b'ab')").get())) == "c4026162");
+  BOOST_TEST(hex(encode_ok(py("memoryview(b'abc')[1:]").get())) == "c4026263");
+  BOOST_TEST(hex(encode_ok(py("memoryview(__import__('array').array('H', [1]))").get())) ==
+             "c4020100");
+  std::string err = encode_error(py("memoryview(b'abcd')[::2]").get());
+  BOOST_TEST(contains(err, "TypeError: cannot convert non-contiguous memoryview"), err);
+}
+
+BOOST_AUTO_TEST_CASE(atoms_are_ext1_and_decoded_atoms_are_cached) {
+  PyRef ok = py("erlang.Atom('ok')");
+  Bytes b = encode_ok(ok.get());
+  BOOST_TEST(hex(b) == "d5016f6b");
+  PyRef a1 = decode_ok(b), a2 = decode_ok(b);
+  BOOST_TEST(a1.get() == a2.get());  // the same object from the cache
+  BOOST_TEST(Py_TYPE(a1.get()) == reinterpret_cast<PyTypeObject*>(codec().atom_type()));
+  // A str subclass that is not an Atom is a str.
+  PyRef sub = py("type('S', (str,), {})('hi')");
+  BOOST_TEST(hex(encode_ok(sub.get())) == "a26869");
+  BOOST_TEST(contains(decode_error({0xd5, 0x01, 0xff, 0xfe}), "atom name is not valid UTF-8"));
+}
+
+BOOST_AUTO_TEST_CASE(tuples_use_the_shortest_ext_header_for_their_payload) {
+  // ext 2 around the array: the header depends on the payload's length,
+  // known only after encoding it. Payload lengths 1..70000 cover fixext,
+  // ext8, ext16 and ext32.
+  for (int n : {0, 1, 2, 3, 7, 14, 15, 16, 100, 253, 254, 255, 256, 21844, 21845, 21846, 70000}) {
+    BOOST_TEST_CONTEXT("tuple of " << n << " small ints") {
+      PyRef list = py("[1] * " + std::to_string(n));
+      PyRef tuple = PyRef::steal(PyList_AsTuple(list.get()));
+      Bytes array = encode_ok(list.get());
+      ByteBuffer header;
+      pyport::mp::write_ext_header(header, 2, uint32_t(array.size()));
+      Bytes expected(header.data(), header.data() + header.size());
+      expected.insert(expected.end(), array.begin(), array.end());
+      BOOST_TEST(hex(encode_ok(tuple.get())) == hex(expected));
+      round_trip(tuple.get());
+    }
+  }
+  round_trip(py("((1, ()), [(2,)], {'k': (erlang.Atom('a'), b'\\xff' * 70000)})").get());
+  BOOST_TEST(hex(encode_ok(py("collections.namedtuple('P', 'x y')(1, 2)").get())) ==
+             hex(encode_ok(py("(1, 2)").get())));
+  // The payload must be exactly one array.
+  BOOST_TEST(contains(decode_error({0xd5, 0x02, 0x91, 0x01, 0xc0}), "trailing"));
+  BOOST_TEST(contains(decode_error({0xd5, 0x02, 0x01, 0x01}), "expected an array (tuple payload)"));
+  BOOST_TEST(contains(decode_error({0xd5, 0x02, 0x92, 0x01}), "truncated"));
+}
+
+BOOST_AUTO_TEST_CASE(containers) {
+  for (const char* expr : {"[]", "[1, [2, [3, []]]]", "{}", "{'a': {erlang.Atom('b'): [1, {}]}}",
+                           "{1: 'x', (1, 2): None, erlang.Atom('k'): 2.5}", "[None, True, False]",
+                           "list(range(70000))", "{i: i for i in range(70000)}"}) {
+    BOOST_TEST_CONTEXT(expr) {
+      round_trip(py(expr).get());
+    }
+  }
+  // Sets become arrays; dict and list subclasses become maps and arrays.
+  BOOST_TEST(hex(encode_ok(py("{1, 2}").get())) == "920102");
+  BOOST_TEST(hex(encode_ok(py("frozenset()").get())) == "90");
+  BOOST_TEST(hex(encode_ok(py("collections.OrderedDict(a=1)").get())) == "81a16101");
+  BOOST_TEST(hex(encode_ok(py("collections.defaultdict(int, a=1)").get())) == "81a16101");
+  BOOST_TEST(hex(encode_ok(py("type('L', (list,), {})([1])").get())) == "9101");
+  // A key Python cannot hash is malformed input for Python.
+  std::string err = decode_error({0x81, 0x91, 0x01, 0x02});
+  BOOST_TEST(contains(err, "map key of type list is unhashable at byte 1"), err);
+}
+
+BOOST_AUTO_TEST_CASE(erlang_terms_by_etf_tag) {
+  Bytes pid = read_file(source_path("proto/vectors/pid.msgpack"));
+  Bytes ref = read_file(source_path("proto/vectors/ref.msgpack"));
+  BOOST_TEST(std::string(Py_TYPE(decode_ok(pid).get())->tp_name) == "Pid");
+  BOOST_TEST(std::string(Py_TYPE(decode_ok(ref).get())->tp_name) == "Ref");
+  // A port (ETF tag 89 V4_PORT_EXT) or a fun is an opaque Term.
+  Bytes port = {0xc7, 0x06, 0x05, 131, 89, 100, 0, 1, 'n'};
+  PyRef term = decode_ok(port);
+  BOOST_TEST(std::string(Py_TYPE(term.get())->tp_name) == "Term");
+  BOOST_TEST(hex(encode_ok(term.get())) == hex(port));
+  // The old PID_EXT and REF_EXT tags too.
+  BOOST_TEST(std::string(Py_TYPE(decode_ok({0xd5, 0x05, 131, 103}).get())->tp_name) == "Pid");
+  BOOST_TEST(std::string(Py_TYPE(decode_ok({0xd5, 0x05, 131, 101}).get())->tp_name) == "Ref");
+  BOOST_TEST(std::string(Py_TYPE(decode_ok({0xd5, 0x05, 131, 114}).get())->tp_name) == "Ref");
+  std::string err = decode_error({0xd5, 0x05, 130, 88});
+  BOOST_TEST(contains(err, "not external term format"), err);
+  BOOST_TEST(contains(decode_error({0xd4, 0x05, 131}), "not external term format"));
+}
+
+BOOST_AUTO_TEST_CASE(unconvertible_values_name_their_type) {
+  std::string err = encode_error(py("object()").get());
+  BOOST_TEST(err == "TypeError: cannot convert object to an Erlang term");
+  err = encode_error(py("[1, 2, {'k': (3, decimal.Decimal(1))}]").get());
+  BOOST_TEST(err == "TypeError: cannot convert Decimal to an Erlang term");
+  err = encode_error(py("{'f': len}").get());
+  BOOST_TEST(err == "TypeError: cannot convert builtin_function_or_method to an Erlang term");
+  err = encode_error(py("(x for x in [])").get());
+  BOOST_TEST(err == "TypeError: cannot convert generator to an Erlang term");
+}
+
+BOOST_AUTO_TEST_CASE(nesting_is_limited_to_512_levels_both_ways) {
+  // `depth` containers, each holding the next (innermost: an empty one).
+  auto nested = [](const char* wrap, const char* innermost, int depth) {
+    return py("__import__('functools').reduce(lambda acc, _: " + std::string(wrap) + ", range(" +
+              std::to_string(depth - 1) + "), " + innermost + ")");
+  };
+  // 512 containers deep: fine, both ways, for each kind of container.
+  round_trip(nested("[acc]", "[]", 512).get());
+  round_trip(nested("(acc,)", "()", 512).get());
+  round_trip(nested("{1: acc}", "{}", 512).get());
+  // 513: refused with a clear error.
+  std::string err = encode_error(nested("[acc]", "[]", 513).get());
+  BOOST_TEST(err == "TypeError: cannot convert a value nested deeper than 512 levels");
+  BOOST_TEST(contains(encode_error(nested("(acc,)", "()", 513).get()), "deeper than 512"));
+  BOOST_TEST(contains(encode_error(nested("{1: acc}", "{}", 513).get()), "deeper than 512"));
+  PyRef cyclic = py("(lambda l: (l.append(l), l)[1])([])");
+  BOOST_TEST(contains(encode_error(cyclic.get()), "deeper than 512"));
+  PyList_SetSlice(cyclic.get(), 0, 1, nullptr);  // break the cycle
+
+  Bytes deep(513, 0x91);
+  deep.push_back(0x01);
+  err = decode_error(deep);
+  BOOST_TEST(err == "ValueError: nesting deeper than 512 levels at byte 512");
+  Bytes ok(deep.begin() + 1, deep.end());
+  decode_ok(ok);
+  Bytes tuples = {0x01};
+  for (int i = 0; i < 513; ++i) {
+    Bytes payload = cat({{0x91}, tuples});
+    ByteBuffer h;
+    pyport::mp::write_ext_header(h, 2, uint32_t(payload.size()));
+    tuples = cat({Bytes(h.data(), h.data() + h.size()), payload});
+  }
+  BOOST_TEST(contains(decode_error(tuples), "nesting deeper than 512 levels"));
+}
+
+BOOST_AUTO_TEST_CASE(the_encode_limit_fails_early_and_restores_the_buffer) {
+  PyRef v = py("[b'x' * 1000, 'y' * 1000]");
+  Bytes full = encode_ok(v.get());
+  ByteBuffer out;
+  BOOST_TEST((codec().encode(v.get(), out, full.size()) == EncodeResult::kOk));
+  BOOST_TEST(out.size() == full.size());
+  out.clear();
+  out.append("ab", 2);
+  BOOST_TEST((codec().encode(v.get(), out, full.size() - 1) == EncodeResult::kTooLarge));
+  BOOST_TEST(out.size() == 2u);
+  BOOST_TEST(!PyErr_Occurred());
+  // A value far over the limit is refused before its payload is copied.
+  PyRef big = py("b'z' * (64 << 20)");
+  out.clear();
+  BOOST_TEST((codec().encode(big.get(), out, 1 << 20) == EncodeResult::kTooLarge));
+  BOOST_TEST(out.capacity() < size_t(2 << 20));
+}
+
+BOOST_AUTO_TEST_CASE(malformed_input_is_named_with_its_offset) {
+  BOOST_TEST(decode_error({0xc1}) == "ValueError: invalid type byte 0xc1 at byte 0");
+  BOOST_TEST(decode_error({0x92, 0x01, 0xc1}) == "ValueError: invalid type byte 0xc1 at byte 2");
+  BOOST_TEST(decode_error({0xd4, 0x09, 0x00}) == "ValueError: unknown ext type 9 at byte 0");
+  BOOST_TEST(decode_error({0xd4, 0xff, 0x00}) == "ValueError: unknown ext type -1 at byte 0");
+  BOOST_TEST(decode_error({0x01, 0x02}) ==
+             "ValueError: 1 trailing bytes after the value at byte 1");
+  BOOST_TEST(decode_error({}) ==
+             "ValueError: truncated input: value needs 1 byte, 0 remain at byte 0");
+  // A header announcing more elements than bytes left is refused before
+  // anything is allocated for them.
+  std::string err = decode_error({0xdd, 0xff, 0xff, 0xff, 0xff});
+  BOOST_TEST(err ==
+             "ValueError: truncated input: array of 4294967295 elements has only 0 bytes "
+             "left at byte 0");
+  err = decode_error({0xdf, 0x7f, 0xff, 0xff, 0xff, 0x01});
+  BOOST_TEST(contains(err, "map of 2147483647 entries"), err);
+  err = decode_error({0xc6, 0xff, 0xff, 0xff, 0xff, 0x00});
+  BOOST_TEST(err ==
+             "ValueError: truncated input: string needs 4294967295 bytes, 1 remain at byte 5");
+}
+
+BOOST_AUTO_TEST_CASE(every_truncation_fails_cleanly) {
+  std::vector<Bytes> inputs;
+  for (const char* name : {"int_2_200", "int_u64_max", "float_pi", "str_40", "bin_300",
+                           "tuple_nested", "map_nested", "pid", "list_mixed", "atom_utf8"}) {
+    inputs.push_back(read_file(source_path(std::string("proto/vectors/") + name + ".msgpack")));
+  }
+  inputs.push_back(encode_ok(py("{'a': [1, 2.5, (erlang.Atom('x'), b'\\xff' * 300)], "
+                                "'b': {3: 2**100, 4: 'h\\xe9llo'}}")
+                                 .get()));
+  for (const Bytes& full : inputs) {
+    decode_ok(full);
+    for (size_t n = 0; n < full.size(); ++n) {
+      BOOST_TEST_CONTEXT(hex(full) << " cut to " << n << " bytes") {
+        Bytes cut(full.begin(), full.begin() + long(n));
+        std::string err = decode_error(cut);
+        BOOST_TEST(contains(err, "ValueError: truncated input"), err);
+      }
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(garbage_never_crashes) {
+  std::mt19937 rng(20240611);
+  int failures = 0, values = 0;
+  for (int i = 0; i < 20000; ++i) {
+    Bytes b(rng() % 64);
+    for (auto& byte : b)
+      byte = uint8_t(rng());
+    PyRef v = codec().decode_exact(b.data(), b.size());
+    if (v) {
+      ++values;
+      ByteBuffer out;  // whatever decodes also encodes: every decoded type maps back
+      BOOST_TEST((codec().encode(v.get(), out) == EncodeResult::kOk), take_error());
+    } else {
+      ++failures;
+      std::string err = take_error();
+      BOOST_TEST(contains(err, " at byte "), err);
+    }
+  }
+  BOOST_TEST(failures > 0);
+  BOOST_TEST(values > 0);
+}
+
+BOOST_AUTO_TEST_SUITE_END()

@@ -1,0 +1,393 @@
+// Dispatch of whole frames, in-process: requests are built with msgpack-c
+// (independent of the worker's writer) and every answer is parsed with it.
+#include <map>
+#include <sstream>
+#include <tuple>
+
+#include "dispatcher.hpp"
+#include "frames.hpp"
+#include "helpers.hpp"
+
+using namespace testing;
+using pyport::ByteBuffer;
+using pyport::Dispatcher;
+using pyport::PyRef;
+
+namespace {
+
+using Packer = msgpack::packer<msgpack::sbuffer>;
+using NoKwargs = std::map<std::string, int>;
+const msgpack::type::nil_t kNil{};
+
+template <typename... T>
+Bytes pack(const T&... fields) {
+  msgpack::sbuffer sb;
+  msgpack::pack(sb, std::make_tuple(fields...));
+  return Bytes(sb.data(), sb.data() + sb.size());
+}
+
+// One value as msgpack-c writes it.
+template <typename T>
+Bytes one(const T& v) {
+  msgpack::sbuffer sb;
+  msgpack::pack(sb, v);
+  return Bytes(sb.data(), sb.data() + sb.size());
+}
+
+// Concatenated pieces: hand-made values spliced between packed ones.
+Bytes raw_frame(std::initializer_list<Bytes> parts) {
+  Bytes out;
+  for (auto& p : parts) out.insert(out.end(), p.begin(), p.end());
+  return out;
+}
+
+struct Reply {
+  std::shared_ptr<msgpack::object_handle> oh;
+  const msgpack::object& field(size_t i) const { return oh->get().via.array.ptr[i]; }
+  size_t fields() const { return oh->get().via.array.size; }
+  int kind() const { return field(0).as<int>(); }
+  uint64_t id() const { return field(1).as<uint64_t>(); }
+  std::string text(size_t i) const {
+    std::ostringstream s;
+    s << field(i);
+    return s.str();
+  }
+  std::string str(size_t i) const { return field(i).as<std::string>(); }
+};
+
+// Splits out into frames; each must parse with msgpack-c as one array.
+std::vector<Reply> split(const ByteBuffer& out) {
+  std::vector<Reply> replies;
+  size_t pos = 0;
+  while (pos < out.size()) {
+    BOOST_REQUIRE(out.size() - pos >= 4);
+    size_t n = pyport::mp::load_be32(out.data() + pos);
+    BOOST_REQUIRE(out.size() - pos - 4 >= n);
+    std::string why;
+    BOOST_REQUIRE_MESSAGE(msgpack_c_parses(out.data() + pos + 4, n, why), why);
+    auto oh = std::make_shared<msgpack::object_handle>(
+        msgpack::unpack(reinterpret_cast<const char*>(out.data() + pos + 4), n));
+    BOOST_REQUIRE(oh->get().type == msgpack::type::ARRAY);
+    replies.push_back({oh});
+    pos += 4 + n;
+  }
+  return replies;
+}
+
+std::vector<Reply> run(Dispatcher& d, const Bytes& payload) {
+  ByteBuffer out;
+  d.handle_frame(payload.data(), payload.size(), out);
+  BOOST_TEST(!PyErr_Occurred());
+  return split(out);
+}
+
+// The one answer to payload, which must be a RESULT for id.
+Reply result(Dispatcher& d, const Bytes& payload, uint64_t id) {
+  auto replies = run(d, payload);
+  BOOST_REQUIRE_EQUAL(replies.size(), 1u);
+  const Reply& r = replies[0];
+  BOOST_REQUIRE_MESSAGE(r.kind() == 16, "expected a RESULT, got " << r.oh->get());
+  BOOST_TEST(r.id() == id);
+  BOOST_TEST(r.fields() == 3u);
+  return r;
+}
+
+// The one answer to payload, which must be an ERROR for id of this type.
+Reply error(Dispatcher& d, const Bytes& payload, uint64_t id, const std::string& type) {
+  auto replies = run(d, payload);
+  BOOST_REQUIRE_EQUAL(replies.size(), 1u);
+  const Reply& r = replies[0];
+  BOOST_REQUIRE_MESSAGE(r.kind() == 17, "expected an ERROR, got " << r.oh->get());
+  BOOST_TEST(r.fields() == 5u);
+  BOOST_TEST(r.id() == id);
+  BOOST_TEST(r.str(2) == type);
+  return r;
+}
+
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+constexpr size_t kMax = 64 << 20;
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(dispatcher)
+
+BOOST_AUTO_TEST_CASE(call_returns_the_result) {
+  Dispatcher d(codec(), kMax);
+  Reply r = result(d, pack(1, 1, "math", "sqrt", std::vector<double>{16.0}, NoKwargs{}), 1);
+  BOOST_TEST(r.field(2).as<double>() == 4.0);
+  // Kwargs, dotted modules, dotted attribute paths.
+  r = result(d, pack(1, 2, "builtins", "int", std::make_tuple("ff"),
+                     std::map<std::string, int>{{"base", 16}}),
+             2);
+  BOOST_TEST(r.field(2).as<int>() == 255);
+  r = result(d, pack(1, 3, "os.path", "join", std::make_tuple("a", "b"), NoKwargs{}), 3);
+  BOOST_TEST(r.str(2) == "a/b");
+  r = result(d, pack(1, 4, "builtins", "str.upper", std::make_tuple("abc"), NoKwargs{}), 4);
+  BOOST_TEST(r.str(2) == "ABC");
+  // Ids use the whole 64-bit range.
+  r = result(d, pack(1, 18446744073709551615ull, "builtins", "abs", std::make_tuple(-3),
+                     NoKwargs{}),
+             18446744073709551615ull);
+  BOOST_TEST(r.field(2).as<int>() == 3);
+}
+
+BOOST_AUTO_TEST_CASE(big_integers_atoms_and_tuples_cross_both_ways) {
+  Dispatcher d(codec(), kMax);
+  // abs(-(2**100)): a bigint (ext 3) in and out.
+  Bytes neg = {0xc7, 0x0e, 0x03, 0x01, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  Reply r = result(
+      d, raw_frame({{0x96, 0x01, 0x05}, one("builtins"), one("abs"), {0x91}, neg, {0x80}}), 5);
+  BOOST_REQUIRE(r.field(2).type == msgpack::type::EXT);
+  BOOST_TEST(r.field(2).via.ext.type() == 3);
+  Bytes body(r.field(2).via.ext.data(), r.field(2).via.ext.data() + r.field(2).via.ext.size);
+  BOOST_TEST(hex(body) == "0010000000000000000000000000");
+
+  // An atom and a tuple in Locals arrive as erlang.Atom and tuple, and go
+  // back as ext 1 and ext 2.
+  r = result(d,
+             raw_frame({{0x95, 0x03, 0x06},
+                        one("(type(a).__name__, type(t).__name__, a, t)"),
+                        {0x82, 0xa1, 'a', 0xd5, 0x01, 'o', 'k', 0xa1, 't', 0xd5, 0x02, 0x91, 0x07},
+                        {0x00}}),
+             6);
+  BOOST_REQUIRE(r.field(2).type == msgpack::type::EXT);
+  BOOST_TEST(r.field(2).via.ext.type() == 2);
+  Bytes tuple(r.field(2).via.ext.data(), r.field(2).via.ext.data() + r.field(2).via.ext.size);
+  BOOST_TEST(hex(tuple) == hex(raw_frame({{0x94}, one("Atom"), one("tuple"),
+                                          {0xd5, 0x01, 'o', 'k', 0xd5, 0x02, 0x91, 0x07}})));
+}
+
+BOOST_AUTO_TEST_CASE(python_exceptions_become_error_frames) {
+  Dispatcher d(codec(), kMax);
+  Reply r = error(d, pack(1, 7, "builtins", "int", std::make_tuple("x"), NoKwargs{}), 7,
+                  "ValueError");
+  BOOST_TEST(r.str(3) == "invalid literal for int() with base 10: 'x'");
+  // Raised by C code called from C: no frames, only the exception line.
+  BOOST_TEST(r.str(4) == "ValueError: invalid literal for int() with base 10: 'x'\n");
+  // Raised in Python code: the traceback shows its frames.
+  r = error(d, pack(1, 6, "json", "loads", std::make_tuple("{"), NoKwargs{}), 6,
+            "JSONDecodeError");
+  BOOST_TEST(r.str(3) ==
+             "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)");
+  BOOST_TEST(contains(r.str(4), "Traceback (most recent call last)"));
+  BOOST_TEST(contains(r.str(4), "json/decoder.py"));
+
+  r = error(d, pack(1, 8, "no_such_module_xyz", "f", std::make_tuple(), NoKwargs{}), 8,
+            "ModuleNotFoundError");
+  BOOST_TEST(r.str(3) == "No module named 'no_such_module_xyz'");
+  r = error(d, pack(1, 9, "math", "no_such_fn", std::make_tuple(), NoKwargs{}), 9,
+            "AttributeError");
+  BOOST_TEST(r.str(3) == "module 'math' has no attribute 'no_such_fn'");
+  r = error(d, pack(1, 10, "builtins", "str.nope", std::make_tuple(), NoKwargs{}), 10,
+            "AttributeError");
+  BOOST_TEST(contains(r.str(3), "'nope'"));
+  // A result with no Erlang form: TypeError for that id, nothing else written.
+  r = error(d, pack(1, 11, "builtins", "object", std::make_tuple(), NoKwargs{}), 11, "TypeError");
+  BOOST_TEST(r.str(3) == "cannot convert object to an Erlang term");
+  r = error(d, pack(1, 12, "decimal", "Decimal.from_float", std::make_tuple(1.5), NoKwargs{}), 12,
+            "TypeError");
+  BOOST_TEST(r.str(3) == "cannot convert Decimal to an Erlang term");
+  // BaseExceptions are answered too; the worker does not exit on SystemExit.
+  r = error(d, pack(1, 13, "sys", "exit", std::make_tuple(3), NoKwargs{}), 13, "SystemExit");
+  BOOST_TEST(r.str(3) == "3");
+  BOOST_TEST(!d.shutdown_requested());
+}
+
+BOOST_AUTO_TEST_CASE(eval_and_exec_share_namespaces_by_number) {
+  Dispatcher d(codec(), kMax);
+  Reply r = result(d, pack(3, 1, "1 + 2", kNil, 0), 1);
+  BOOST_TEST(r.field(2).as<int>() == 3);
+  r = result(d, pack(3, 2, "x * y", std::map<std::string, int>{{"x", 6}, {"y", 7}}, 0), 2);
+  BOOST_TEST(r.field(2).as<int>() == 42);
+  r = result(d, pack(4, 3, "z = 5\ndef f(n):\n    return n + z\n", 1), 3);
+  BOOST_TEST(r.field(2).is_nil());
+  r = result(d, pack(3, 4, "f(1)", kNil, 1), 4);
+  BOOST_TEST(r.field(2).as<int>() == 6);
+  r = error(d, pack(3, 5, "z", kNil, 2), 5, "NameError");
+  BOOST_TEST(r.str(3) == "name 'z' is not defined");
+  r = error(d, pack(3, 6, "z", kNil, 0), 6, "NameError");
+  // Locals shadow globals and do not leak into them.
+  r = result(d, pack(3, 7, "z", std::map<std::string, int>{{"z", 9}}, 1), 7);
+  BOOST_TEST(r.field(2).as<int>() == 9);
+  r = result(d, pack(3, 8, "z", kNil, 1), 8);
+  BOOST_TEST(r.field(2).as<int>() == 5);
+  // Builtins are there; __name__ names the namespace's module.
+  r = result(d, pack(3, 9, "len(__name__)", kNil, 77), 9);
+  BOOST_TEST(r.field(2).as<int>() == 10);
+  // Namespace ids use the full 64-bit range.
+  r = result(d, pack(4, 10, "big = 1", 18446744073709551615ull), 10);
+  r = result(d, pack(3, 11, "big", kNil, 18446744073709551615ull), 11);
+  BOOST_TEST(r.field(2).as<int>() == 1);
+  r = error(d, pack(4, 12, "def broken(:\n", 0), 12, "SyntaxError");
+  BOOST_TEST(contains(r.str(4), "SyntaxError"));
+  r = error(d, pack(3, 13, "x = 1", kNil, 0), 13, "SyntaxError");  // a statement
+  r = error(d, pack(4, 14, "raise KeyError('k')", 0), 14, "KeyError");
+  BOOST_TEST(r.str(3) == "'k'");
+  BOOST_TEST(contains(r.str(4), "File \"<exec>\", line 1"));
+}
+
+BOOST_AUTO_TEST_CASE(locals_and_kwargs_keys_become_exact_str) {
+  Dispatcher d(codec(), kMax);
+  // Locals {a (an atom) => 1}: the name is a plain str inside Python.
+  Reply r = result(d,
+                   raw_frame({{0x95, 0x03, 0x01},
+                              one("type([*locals()][0]).__name__"),
+                              {0x81, 0xd4, 0x01, 'a', 0x01},
+                              {0x00}}),
+                   1);
+  BOOST_TEST(r.str(2) == "str");
+  // Kwargs {base (an atom) => 16} works as a keyword.
+  r = result(d,
+             raw_frame({{0x96, 0x01, 0x02}, one("builtins"), one("int"), {0x91}, one("ff"),
+                        {0x81, 0xd6, 0x01, 'b', 'a', 's', 'e', 0x10}}),
+             2);
+  BOOST_TEST(r.field(2).as<int>() == 255);
+}
+
+BOOST_AUTO_TEST_CASE(cast_answers_nothing_and_reports_failures_on_stderr) {
+  Dispatcher d(codec(), kMax);
+  PyRef io = py("__import__('io').StringIO()");
+  PyObject* saved = PySys_GetObject("stderr");
+  PyRef keep = PyRef::borrow(saved);
+  PySys_SetObject("stderr", io.get());
+  auto replies = run(d, pack(2, 5, "sys", "path.append", std::make_tuple("cast-marker"),
+                             NoKwargs{}));
+  BOOST_TEST(replies.empty());
+  replies = run(d, pack(2, 6, "json", "loads", std::make_tuple("{"), NoKwargs{}));
+  BOOST_TEST(replies.empty());
+  replies = run(d, pack(2, 7, "no_such_module_xyz", "f", std::make_tuple(), NoKwargs{}));
+  BOOST_TEST(replies.empty());
+  PySys_SetObject("stderr", keep.get());
+  PyRef text = PyRef::steal(PyObject_CallMethod(io.get(), "getvalue", nullptr));
+  std::string err = PyUnicode_AsUTF8(text.get());
+  BOOST_TEST(contains(err, "pyport: cast to json.loads failed:\nTraceback"), err);
+  BOOST_TEST(contains(err, "JSONDecodeError: Expecting property name"), err);
+  BOOST_TEST(contains(err, "cast to no_such_module_xyz.f failed"), err);
+  Reply r = result(d, pack(3, 8, "__import__('sys').path.count('cast-marker')", kNil, 0), 8);
+  BOOST_TEST(r.field(2).as<int>() == 1);
+  py("__import__('sys').path.remove('cast-marker')");
+}
+
+BOOST_AUTO_TEST_CASE(malformed_frames_get_frame_errors_naming_the_problem) {
+  Dispatcher d(codec(), kMax);
+  struct Case {
+    Bytes payload;
+    uint64_t id;
+    std::string message;
+  } cases[] = {
+      {{}, 0, "empty frame"},
+      {{0x05}, 0, "expected an array (frame), found int at byte 0"},
+      {{0xc1}, 0, "expected an array (frame), found the unused type byte 0xc1 at byte 0"},
+      {{0x91, 0x01}, 0, "frame has 1 elements, needs Kind and Id"},
+      {{0x92, 0xa1, 'x', 0x01}, 0, "expected an unsigned integer (Kind), found str at byte 1"},
+      {{0x92, 0x01, 0xff}, 0, "Id is negative at byte 2"},
+      {{0x92, 0x01}, 0, "truncated input: Id needs 1 byte, 0 remain at byte 2"},
+      {pack(99, 7), 7, "unknown frame kind 99"},
+      {pack(0, 7), 7, "unknown frame kind 0"},
+      {pack(16, 7, 1), 7, "unknown frame kind 16"},
+      {pack(5, 7, 1), 7, "frame kind 5 is reserved and not supported by this worker"},
+      {pack(1, 7, "math"), 7, "CALL frame has 3 elements, expected 6"},
+      {pack(3, 7, "1", kNil), 7, "EVAL frame has 4 elements, expected 5"},
+      {pack(15, 7, 1), 7, "SHUTDOWN frame has 3 elements, expected 2"},
+      {pack(1, 7, 5, "f", std::make_tuple(), NoKwargs{}), 7,
+       "expected a string (Module), found int at byte 3"},
+      {pack(1, 7, "m", "f", 5, NoKwargs{}), 7, "expected an array (Args), found int at byte 7"},
+      {pack(1, 7, "m", "f", std::make_tuple(), 5), 7,
+       "expected a map (Kwargs), found int at byte 8"},
+      {pack(1, 7, "m", "f", std::make_tuple(), std::map<int, int>{{1, 2}}), 7,
+       "Kwargs key at byte 9 is not a string"},
+      {raw_frame({{0x96, 0x01, 0x07, 0xa1, 'm', 0xa1, 'f', 0x92, 0x01, 0xc1, 0x80}}), 7,
+       "in Args: invalid type byte 0xc1 at byte 9"},
+      {raw_frame({{0x96, 0x01, 0x07, 0xa1, 'm', 0xa1, 'f', 0x91, 0x81, 0x91, 0x01, 0x02, 0x80}}),
+       7, "in Args: map key of type list is unhashable at byte 9"},
+      {raw_frame({{0x96, 0x01, 0x07, 0xa1, 'm', 0xa1, 'f', 0x90, 0x80, 0xc0}}), 7,
+       "trailing bytes after the CALL frame"},
+      {raw_frame({{0x96, 0x01, 0x07, 0xa1, 'm', 0xa1, 'f', 0x90, 0x81, 0xa1, 'k', 0xd4, 0x09,
+                   0x00}}),
+       7, "in Kwargs: unknown ext type 9 at byte 11"},
+      {raw_frame({{0x96, 0x01, 0x07, 0xa1, 'm', 0xa1, 'f', 0xdd, 0x7f, 0xff, 0xff, 0xff}}), 7,
+       "in Args: truncated input: array of 2147483647 elements has only 0 bytes left at byte 7"},
+      {pack(3, 7, "1", 5, 0), 7, "expected a map (Locals), found int at byte 5"},
+      {pack(3, 7, "1", kNil, -1), 7, "Namespace is negative at byte 6"},
+      {pack(4, 7, "x = 1", "ns"), 7, "expected an unsigned integer (Namespace), found str at byte 9"},
+  };
+  for (auto& c : cases) {
+    BOOST_TEST_CONTEXT(hex(c.payload)) {
+      Reply r = error(d, c.payload, c.id, "FrameError");
+      BOOST_TEST(r.str(3) == c.message);
+      BOOST_TEST(r.str(4) == "");
+    }
+  }
+  // Nothing else was affected.
+  Reply r = result(d, pack(3, 8, "40 + 2", kNil, 0), 8);
+  BOOST_TEST(r.field(2).as<int>() == 42);
+}
+
+BOOST_AUTO_TEST_CASE(answers_that_do_not_fit_become_frame_too_large) {
+  const size_t max = 1000;
+  Dispatcher d(codec(), max);
+  Reply r = error(d, pack(3, 1, "'x' * 2000", kNil, 0), 1, "FrameTooLarge");
+  BOOST_TEST(r.str(3) == "the result does not fit in max_frame_size (1000 bytes)");
+  // The largest result that fits is sent; one byte more is not. The
+  // payload [16, 2, <str>] takes 1 + 1 + 1 + 3 (str16 header) + n bytes.
+  ByteBuffer out;
+  Bytes fits = pack(3, 2, "'y' * 994", kNil, 0);
+  d.handle_frame(fits.data(), fits.size(), out);
+  BOOST_TEST(out.size() == 4 + 1000u);
+  auto replies = split(out);
+  BOOST_TEST(replies.at(0).kind() == 16);
+  error(d, pack(3, 3, "'y' * 995", kNil, 0), 3, "FrameTooLarge");
+  // An exception with a huge message still fits, cut.
+  r = error(d, pack(4, 4, "raise ValueError('m' * 5000)", 0), 4, "ValueError");
+  BOOST_TEST(contains(r.str(3), "[truncated]"));
+  // A frame announced too large for this worker.
+  out.clear();
+  d.frame_too_large(42, 5000, out);
+  replies = split(out);
+  BOOST_REQUIRE_EQUAL(replies.size(), 1u);
+  BOOST_TEST(replies[0].id() == 42u);
+  BOOST_TEST(replies[0].str(2) == "FrameTooLarge");
+  BOOST_TEST(replies[0].str(3) == "frame of 5000 bytes exceeds max_frame_size (1000 bytes)");
+}
+
+BOOST_AUTO_TEST_CASE(answers_append_to_the_same_buffer_in_order) {
+  Dispatcher d(codec(), kMax);
+  ByteBuffer out;
+  for (int i = 1; i <= 3; ++i) {
+    Bytes p = pack(3, i, "1 + " + std::to_string(i), kNil, 0);
+    d.handle_frame(p.data(), p.size(), out);
+  }
+  Bytes bad = {0x05};
+  d.handle_frame(bad.data(), bad.size(), out);
+  auto replies = split(out);
+  BOOST_REQUIRE_EQUAL(replies.size(), 4u);
+  for (int i = 0; i < 3; ++i) {
+    BOOST_TEST(replies[size_t(i)].id() == uint64_t(i + 1));
+    BOOST_TEST(replies[size_t(i)].field(2).as<int>() == i + 2);
+  }
+  BOOST_TEST(replies[3].kind() == 17);
+}
+
+BOOST_AUTO_TEST_CASE(compiled_code_cache_stays_correct_past_its_bound) {
+  Dispatcher d(codec(), kMax);
+  for (size_t i = 0; i < Dispatcher::kMaxCachedCode + 100; ++i) {
+    Reply r = result(d, pack(3, i + 1, std::to_string(i) + " * 2", kNil, 0), i + 1);
+    BOOST_TEST(r.field(2).as<size_t>() == i * 2);
+  }
+  for (size_t i = 0; i < 10; ++i) {
+    Reply r = result(d, pack(3, 1, std::to_string(i) + " * 2", kNil, 0), 1);
+    BOOST_TEST(r.field(2).as<size_t>() == i * 2);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(shutdown_is_noted_and_unanswered) {
+  Dispatcher d(codec(), kMax);
+  BOOST_TEST(!d.shutdown_requested());
+  BOOST_TEST(run(d, pack(15, 0)).empty());
+  BOOST_TEST(d.shutdown_requested());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
