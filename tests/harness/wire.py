@@ -43,11 +43,8 @@ def expect_error(frame: P.Frame, type: str, id: int) -> P.Frame:
 def assert_in_sync(worker: P.Worker) -> None:
     """A normal call on the worker gets its own answer next: the stream is
     in sync and nothing else is pending."""
-    id = worker.request(P.CALL, "harness_worker", "identity", [["still", "alive", id_marker(worker)]], {})
+    marker = ["still", "alive", worker.pid]
+    id = worker.request(P.CALL, "harness_worker", "identity", [marker], {})
     frame = worker.read_frame()
     assert (frame.kind, frame.id) == (P.RESULT, id), frame
-    assert frame.fields[0] == ["still", "alive", id_marker(worker)]
-
-
-def id_marker(worker: P.Worker) -> int:
-    return worker.pid
+    assert frame.fields[0] == marker
