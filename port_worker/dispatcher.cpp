@@ -61,7 +61,10 @@ void Dispatcher::handle_frame(const uint8_t* payload, size_t size, ByteBuffer& o
       return frame_error(0, "frame has " + std::to_string(fields) + " elements, needs Kind and Id",
                          out);
     }
-    if (!r.read_uint(kind, "Kind")) return frame_error(0, r.error(), out);
+    if (!r.read_uint(kind, "Kind")) {
+      recover_id(payload, size, id);  // answer for the id if it is readable
+      return frame_error(id, r.error(), out);
+    }
     if (!r.read_uint(id, "Id")) return frame_error(0, r.error(), out);
     dispatch(r, kind, id, fields, out);
   } catch (const std::bad_alloc&) {

@@ -1,11 +1,17 @@
-// The worker's output channel. Any thread may submit complete frames; the
-// loop thread writes everything queued in one uv_write, and while a write
-// is in flight new frames collect for the next one. Frames are never
-// interleaved: each submit appends whole frames under the mutex.
+// The worker's output channel, shared by every thread that writes frames:
+// the loop thread (answers), the log relay, and later Python threads.
+//
+// Frames go out with non-blocking write()s under one mutex, from whichever
+// thread submits them, so output streams even while the loop thread is
+// busy running Python. Each submit appends whole frames, so frames never
+// interleave. When the pipe is full the loop thread never waits: what is
+// left is written when libuv reports the pipe writable. Other threads wait
+// for the pipe instead, which gives them backpressure and bounds memory.
 #pragma once
 
 #include <uv.h>
 
+#include <cstdint>
 #include <mutex>
 
 #include "byte_buffer.hpp"
@@ -14,56 +20,67 @@ namespace pyport {
 
 class FrameWriter {
  public:
-  // Called on the loop thread when a write fails (the owner went away);
-  // after it, the writer drops everything.
-  using ErrorCallback = void (*)(void* ctx, int uv_status);
+  // Called on the loop thread, once, after a write failed (the owner went
+  // away); the writer drops everything from then on.
+  using ErrorCallback = void (*)(void* ctx, int error);
 
   FrameWriter() = default;
   FrameWriter(const FrameWriter&) = delete;
   FrameWriter& operator=(const FrameWriter&) = delete;
 
-  // Opens fd on the loop. Holds all frames until start() so that the
-  // HELLO frame goes first. Returns a libuv error code (0 on success).
+  // Takes over fd (made non-blocking) on the loop. Holds every frame until
+  // start(), so that the HELLO goes first. Returns a libuv error code.
   int open(uv_loop_t* loop, int fd, ErrorCallback on_error, void* ctx);
 
-  // Loop thread: puts `first` (the HELLO) ahead of everything queued so far
-  // and starts writing.
+  // Loop thread: puts `first` (the HELLO) ahead of everything submitted so
+  // far and starts writing.
   void start(ByteBuffer& first);
 
-  // Any thread: queues complete frames and wakes the loop.
-  void submit(const uint8_t* frames, size_t size);
-  // Loop thread: queues the frames in `frames` (leaving it empty, its memory
-  // swapped rather than copied when nothing else is queued) and writes.
+  // Loop thread only: queues the frames in `frames` (leaving it empty; its
+  // memory is swapped rather than copied when nothing is queued) and writes
+  // what the pipe takes now. Never blocks.
   void submit_from_loop(ByteBuffer& frames);
 
-  // Loop thread: nothing queued and nothing being written (or writing failed).
-  bool idle();
-  bool failed() const { return failed_; }
+  // Any thread but the loop thread: queues the frames and returns once they
+  // are written (or the channel failed, or the writer closed).
+  void submit(const uint8_t* frames, size_t size);
 
-  // Loop thread: closes the handles; queued frames are dropped. The writer
-  // must live until the loop has run the close callbacks.
+  // Nothing waits to be written (or writing failed).
+  bool idle();
+
+  // Loop thread: drops what is queued and closes the handles and the fd.
+  // The writer must live until the loop has run the close callbacks.
   void close();
 
  private:
+  static void on_writable(uv_poll_t* handle, int status, int events);
   static void on_wake(uv_async_t* handle);
-  static void on_written(uv_write_t* req, int status);
-  void flush();
+  static void on_closed(uv_handle_t* handle);
 
-  uv_pipe_t pipe_{};
-  uv_async_t wake_{};
-  uv_write_t req_{};
+  // With mu_ held: writes what the pipe takes. Sets failed_ on an error.
+  void write_locked();
+  // With mu_ held, on the loop thread: waits for writability if needed.
+  void arm_locked();
+  void fail_locked(int error);
+
+  int fd_ = -1;
+  uv_poll_t poll_{};
+  uv_async_t wake_{};  // tells the loop thread about a failure
   ErrorCallback on_error_ = nullptr;
   void* ctx_ = nullptr;
+  int open_handles_ = 0;
 
   std::mutex mu_;
-  ByteBuffer pending_;   // guarded by mu_
-  bool closed_ = false;  // guarded by mu_
-
-  // Loop thread only.
-  ByteBuffer inflight_;
+  ByteBuffer pending_;  // bytes [sent_, size) still to write
+  size_t sent_ = 0;
+  uint64_t queued_total_ = 0;   // bytes ever queued
+  uint64_t written_total_ = 0;  // bytes ever written
   bool started_ = false;
-  bool writing_ = false;
-  bool failed_ = false;
+  bool closed_ = false;
+  int error_ = 0;  // first write error (a negated errno), 0 if none
+  bool error_reported_ = false;
+
+  bool polling_ = false;  // loop thread only
 };
 
 }  // namespace pyport

@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -12,8 +13,11 @@
 
 namespace pyport {
 
-int LogRelay::start(FrameWriter& writer, int out_fd, int err_fd) {
+int LogRelay::start(FrameWriter& writer, int out_fd, int err_fd, size_t max_frame_size) {
   writer_ = &writer;
+  // A LOG frame is at most 16 bytes besides its text: array header, kind,
+  // id, the level (at most "warning") and a str32 header.
+  max_line_ = std::min(kMaxLine, max_frame_size - 16);
   streams_[0].fd = out_fd;
   streams_[0].level = "info";
   streams_[1].fd = err_fd;
@@ -93,18 +97,30 @@ void LogRelay::emit(Stream& s, bool all) {
     const void* nl = std::memchr(p + pos, '\n', size - pos);
     size_t end = nl ? size_t(static_cast<const uint8_t*>(nl) - p) : size;
     size_t len = end - pos;
-    if (!nl && !all && len <= kMaxLine) break;  // wait for the rest of the line
-    size_t take = len > kMaxLine ? utf8::cut_point(p + pos, len, kMaxLine) : len;
-    bool whole = take == len;
+    if (!nl && !all && len <= max_line_) break;  // wait for the rest of the line
+    size_t take = len > max_line_ ? utf8::cut_point(p + pos, len, max_line_) : len;
+    bool line_end = take == len && nl;
     size_t text = take;
-    if (whole && text && p[pos + text - 1] == '\r') --text;
+    if (line_end && text && p[pos + text - 1] == '\r') --text;
     line.clear();
     utf8::append_sanitized(line, p + pos, text);
-    write_log_frame(frames, s.level, line);
-    pos += take + (whole && nl ? 1 : 0);
+    add_line(frames, s.level, line);
+    pos += take + (line_end ? 1 : 0);
   }
   s.partial.erase(0, pos);
   if (!frames.empty()) writer_->submit(frames.data(), frames.size());
+}
+
+void LogRelay::add_line(ByteBuffer& frames, const char* level, const std::string& line) {
+  // Replacement characters can make the text longer than the raw bytes it
+  // came from, so the text itself is cut again.
+  auto* p = reinterpret_cast<const uint8_t*>(line.data());
+  size_t pos = 0;
+  do {
+    size_t n = utf8::cut_point(p + pos, line.size() - pos, max_line_);
+    write_log_frame(frames, level, std::string_view(line).substr(pos, n));
+    pos += n;
+  } while (pos < line.size());
 }
 
 }  // namespace pyport

@@ -22,8 +22,9 @@ class LogRelay {
   LogRelay& operator=(const LogRelay&) = delete;
 
   // Takes ownership of the read ends of the two pipes: out_fd's lines are
-  // logged at "info", err_fd's at "warning". Returns 0 or an errno value.
-  int start(FrameWriter& writer, int out_fd, int err_fd);
+  // logged at "info", err_fd's at "warning". Lines are cut so that every
+  // LOG frame fits in max_frame_size. Returns 0 or an errno value.
+  int start(FrameWriter& writer, int out_fd, int err_fd, size_t max_frame_size);
 
   // Reads what the pipes hold now, sends it (a last partial line too), and
   // ends the thread. Call after the write ends are closed or redirected.
@@ -42,8 +43,11 @@ class LogRelay {
   // Appends LOG frames for the complete lines in s.partial (all of it when
   // `all`), then submits them.
   void emit(Stream& s, bool all);
+  // Appends LOG frames for one line of valid UTF-8, cut to max_line_.
+  void add_line(ByteBuffer& frames, const char* level, const std::string& line);
 
   FrameWriter* writer_ = nullptr;
+  size_t max_line_ = kMaxLine;
   Stream streams_[2];
   int wake_[2] = {-1, -1};  // a byte on this pipe asks the thread to drain and stop
   std::thread thread_;

@@ -90,7 +90,7 @@ int Worker::run(const Channel& channel) {
   }
   // The relay runs from the start so nothing Python prints while starting
   // can fill a pipe; the writer holds its lines until the HELLO is out.
-  rc = relay_.start(writer_, channel_.log_out_fd, channel_.log_err_fd);
+  rc = relay_.start(writer_, channel_.log_out_fd, channel_.log_err_fd, options_.max_frame_size);
   if (rc) {
     diag(std::string("cannot start the log relay: ") + std::strerror(rc));
     return 1;

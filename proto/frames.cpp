@@ -82,9 +82,12 @@ void write_log_frame(ByteBuffer& out, std::string_view level, std::string_view m
 bool recover_id(const uint8_t* payload, size_t size, uint64_t& id) {
   mp::Reader r(payload, size);
   uint32_t n;
-  uint64_t kind;
-  return r.read_array_header(n, "frame") && n >= 2 && r.read_uint(kind, "Kind") &&
-         r.read_uint(id, "Id");
+  uint64_t v = 0;
+  if (!r.read_array_header(n, "frame") || n < 2 || !r.skip_value() || !r.read_uint(v, "Id")) {
+    return false;
+  }
+  id = v;
+  return true;
 }
 
 std::pair<uint8_t*, size_t> FrameAssembler::prepare() {

@@ -56,7 +56,8 @@ void write_error_frame(ByteBuffer& out, uint64_t id, std::string_view type,
 void write_log_frame(ByteBuffer& out, std::string_view level, std::string_view message);
 
 // Reads the request id from the first bytes of a frame payload: an array
-// header, a kind and an unsigned id. False if they are not there.
+// header, a kind (any value, valid or not) and an unsigned id. False if
+// they are not there.
 bool recover_id(const uint8_t* payload, size_t size, uint64_t& id);
 
 // Cuts an incoming byte stream into frames. The owner reads into prepare()'s

@@ -156,4 +156,73 @@ bool Reader::read_string(std::string_view& s, const char* what) {
   return true;
 }
 
+bool Reader::skip_value(int max_depth) {
+  size_t start = offset();
+  uint8_t b = 0;
+  if (!read_byte(b)) return false;
+  uint64_t n = 0;
+  const uint8_t* p = nullptr;
+  uint64_t items = 0;  // values inside a container
+  if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) return true;
+  if (b <= 0x8f) {
+    items = 2 * uint64_t(b & 0x0f);
+  } else if (b <= 0x9f) {
+    items = b & 0x0f;
+  } else if (b <= 0xbf) {
+    return read_raw(b & 0x1f, p, "str");
+  } else {
+    switch (b) {
+      case 0xc4:
+      case 0xc5:
+      case 0xc6:
+        return read_be(size_t(1) << (b - 0xc4), n, "bin length") && read_raw(n, p, "bin");
+      case 0xd9:
+      case 0xda:
+      case 0xdb:
+        return read_be(size_t(1) << (b - 0xd9), n, "str length") && read_raw(n, p, "str");
+      case 0xc7:
+      case 0xc8:
+      case 0xc9:
+        return read_be(size_t(1) << (b - 0xc7), n, "ext length") && read_raw(n + 1, p, "ext");
+      case 0xd4:
+      case 0xd5:
+      case 0xd6:
+      case 0xd7:
+      case 0xd8:
+        return read_raw(1 + (size_t(1) << (b - 0xd4)), p, "ext");
+      case 0xca:
+        return read_raw(4, p, "float32");
+      case 0xcb:
+        return read_raw(8, p, "float64");
+      case 0xcc:
+      case 0xcd:
+      case 0xce:
+      case 0xcf:
+        return read_raw(size_t(1) << (b - 0xcc), p, "uint");
+      case 0xd0:
+      case 0xd1:
+      case 0xd2:
+      case 0xd3:
+        return read_raw(size_t(1) << (b - 0xd0), p, "int");
+      case 0xdc:
+      case 0xdd:
+        if (!read_be(b == 0xdc ? 2 : 4, items, "array length")) return false;
+        break;
+      case 0xde:
+      case 0xdf:
+        if (!read_be(b == 0xde ? 2 : 4, n, "map length")) return false;
+        items = 2 * n;
+        break;
+      default:
+        return fail_at(start, "invalid type byte 0xc1");
+    }
+  }
+  if (max_depth <= 0) return fail_at(start, "nesting too deep");
+  // Each value takes at least one byte, so this loop ends with the input.
+  for (uint64_t i = 0; i < items; ++i) {
+    if (!skip_value(max_depth - 1)) return false;
+  }
+  return true;
+}
+
 }  // namespace pyport::mp

@@ -249,6 +249,8 @@ class Reader {
   bool read_uint(uint64_t& v, const char* what);
   // A str or bin, returned in place.
   bool read_string(std::string_view& s, const char* what);
+  // Steps over one value of any type (containers at most max_depth deep).
+  bool skip_value(int max_depth = 512);
   // Consumes a nil if one is next; false (without error) otherwise.
   bool read_nil() {
     if (pos_ < size_ && data_[pos_] == 0xc0) {

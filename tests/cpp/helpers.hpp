@@ -61,8 +61,8 @@ inline pyport::PyRef py(const std::string& expr) {
   if (!globals) {
     globals = PyDict_New();
     PyDict_SetItemString(globals, "__builtins__", PyEval_GetBuiltins());
-    pyport::PyRef r = pyport::PyRef::steal(PyRun_String(
-        "import erlang, math, decimal, collections", Py_file_input, globals, globals));
+    pyport::PyRef r = pyport::PyRef::steal(
+        PyRun_String("import erlang, math, decimal, collections", Py_file_input, globals, globals));
     BOOST_REQUIRE_MESSAGE(r, "cannot import erlang: " << take_error());
   }
   pyport::PyRef v =

@@ -37,7 +37,8 @@ Bytes one(const T& v) {
 // Concatenated pieces: hand-made values spliced between packed ones.
 Bytes raw_frame(std::initializer_list<Bytes> parts) {
   Bytes out;
-  for (auto& p : parts) out.insert(out.end(), p.begin(), p.end());
+  for (auto& p : parts)
+    out.insert(out.end(), p.begin(), p.end());
   return out;
 }
 
@@ -119,8 +120,9 @@ BOOST_AUTO_TEST_CASE(call_returns_the_result) {
   Reply r = result(d, pack(1, 1, "math", "sqrt", std::vector<double>{16.0}, NoKwargs{}), 1);
   BOOST_TEST(r.field(2).as<double>() == 4.0);
   // Kwargs, dotted modules, dotted attribute paths.
-  r = result(d, pack(1, 2, "builtins", "int", std::make_tuple("ff"),
-                     std::map<std::string, int>{{"base", 16}}),
+  r = result(d,
+             pack(1, 2, "builtins", "int", std::make_tuple("ff"),
+                  std::map<std::string, int>{{"base", 16}}),
              2);
   BOOST_TEST(r.field(2).as<int>() == 255);
   r = result(d, pack(1, 3, "os.path", "join", std::make_tuple("a", "b"), NoKwargs{}), 3);
@@ -128,8 +130,8 @@ BOOST_AUTO_TEST_CASE(call_returns_the_result) {
   r = result(d, pack(1, 4, "builtins", "str.upper", std::make_tuple("abc"), NoKwargs{}), 4);
   BOOST_TEST(r.str(2) == "ABC");
   // Ids use the whole 64-bit range.
-  r = result(d, pack(1, 18446744073709551615ull, "builtins", "abs", std::make_tuple(-3),
-                     NoKwargs{}),
+  r = result(d,
+             pack(1, 18446744073709551615ull, "builtins", "abs", std::make_tuple(-3), NoKwargs{}),
              18446744073709551615ull);
   BOOST_TEST(r.field(2).as<int>() == 3);
 }
@@ -156,20 +158,21 @@ BOOST_AUTO_TEST_CASE(big_integers_atoms_and_tuples_cross_both_ways) {
   BOOST_REQUIRE(r.field(2).type == msgpack::type::EXT);
   BOOST_TEST(r.field(2).via.ext.type() == 2);
   Bytes tuple(r.field(2).via.ext.data(), r.field(2).via.ext.data() + r.field(2).via.ext.size);
-  BOOST_TEST(hex(tuple) == hex(raw_frame({{0x94}, one("Atom"), one("tuple"),
-                                          {0xd5, 0x01, 'o', 'k', 0xd5, 0x02, 0x91, 0x07}})));
+  BOOST_TEST(
+      hex(tuple) ==
+      hex(raw_frame(
+          {{0x94}, one("Atom"), one("tuple"), {0xd5, 0x01, 'o', 'k', 0xd5, 0x02, 0x91, 0x07}})));
 }
 
 BOOST_AUTO_TEST_CASE(python_exceptions_become_error_frames) {
   Dispatcher d(codec(), kMax);
-  Reply r = error(d, pack(1, 7, "builtins", "int", std::make_tuple("x"), NoKwargs{}), 7,
-                  "ValueError");
+  Reply r =
+      error(d, pack(1, 7, "builtins", "int", std::make_tuple("x"), NoKwargs{}), 7, "ValueError");
   BOOST_TEST(r.str(3) == "invalid literal for int() with base 10: 'x'");
   // Raised by C code called from C: no frames, only the exception line.
   BOOST_TEST(r.str(4) == "ValueError: invalid literal for int() with base 10: 'x'\n");
   // Raised in Python code: the traceback shows its frames.
-  r = error(d, pack(1, 6, "json", "loads", std::make_tuple("{"), NoKwargs{}), 6,
-            "JSONDecodeError");
+  r = error(d, pack(1, 6, "json", "loads", std::make_tuple("{"), NoKwargs{}), 6, "JSONDecodeError");
   BOOST_TEST(r.str(3) ==
              "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)");
   BOOST_TEST(contains(r.str(4), "Traceback (most recent call last)"));
@@ -241,7 +244,11 @@ BOOST_AUTO_TEST_CASE(locals_and_kwargs_keys_become_exact_str) {
   BOOST_TEST(r.str(2) == "str");
   // Kwargs {base (an atom) => 16} works as a keyword.
   r = result(d,
-             raw_frame({{0x96, 0x01, 0x02}, one("builtins"), one("int"), {0x91}, one("ff"),
+             raw_frame({{0x96, 0x01, 0x02},
+                        one("builtins"),
+                        one("int"),
+                        {0x91},
+                        one("ff"),
                         {0x81, 0xd6, 0x01, 'b', 'a', 's', 'e', 0x10}}),
              2);
   BOOST_TEST(r.field(2).as<int>() == 255);
@@ -253,8 +260,8 @@ BOOST_AUTO_TEST_CASE(cast_answers_nothing_and_reports_failures_on_stderr) {
   PyObject* saved = PySys_GetObject("stderr");
   PyRef keep = PyRef::borrow(saved);
   PySys_SetObject("stderr", io.get());
-  auto replies = run(d, pack(2, 5, "sys", "path.append", std::make_tuple("cast-marker"),
-                             NoKwargs{}));
+  auto replies =
+      run(d, pack(2, 5, "sys", "path.append", std::make_tuple("cast-marker"), NoKwargs{}));
   BOOST_TEST(replies.empty());
   replies = run(d, pack(2, 6, "json", "loads", std::make_tuple("{"), NoKwargs{}));
   BOOST_TEST(replies.empty());
@@ -282,7 +289,12 @@ BOOST_AUTO_TEST_CASE(malformed_frames_get_frame_errors_naming_the_problem) {
       {{0x05}, 0, "expected an array (frame), found int at byte 0"},
       {{0xc1}, 0, "expected an array (frame), found the unused type byte 0xc1 at byte 0"},
       {{0x91, 0x01}, 0, "frame has 1 elements, needs Kind and Id"},
-      {{0x92, 0xa1, 'x', 0x01}, 0, "expected an unsigned integer (Kind), found str at byte 1"},
+      // A bad Kind with a readable Id is answered for that Id.
+      {{0x92, 0xa1, 'x', 0x01}, 1, "expected an unsigned integer (Kind), found str at byte 1"},
+      {{0x92, 0xff, 0x02}, 2, "Kind is negative at byte 1"},
+      {{0x92, 0x92, 0x01, 0xc1, 0x03},
+       0,
+       "expected an unsigned integer (Kind), found array at byte 1"},
       {{0x92, 0x01, 0xff}, 0, "Id is negative at byte 2"},
       {{0x92, 0x01}, 0, "truncated input: Id needs 1 byte, 0 remain at byte 2"},
       {pack(99, 7), 7, "unknown frame kind 99"},
@@ -301,18 +313,19 @@ BOOST_AUTO_TEST_CASE(malformed_frames_get_frame_errors_naming_the_problem) {
        "Kwargs key at byte 9 is not a string"},
       {raw_frame({{0x96, 0x01, 0x07, 0xa1, 'm', 0xa1, 'f', 0x92, 0x01, 0xc1, 0x80}}), 7,
        "in Args: invalid type byte 0xc1 at byte 9"},
-      {raw_frame({{0x96, 0x01, 0x07, 0xa1, 'm', 0xa1, 'f', 0x91, 0x81, 0x91, 0x01, 0x02, 0x80}}),
-       7, "in Args: map key of type list is unhashable at byte 9"},
+      {raw_frame({{0x96, 0x01, 0x07, 0xa1, 'm', 0xa1, 'f', 0x91, 0x81, 0x91, 0x01, 0x02, 0x80}}), 7,
+       "in Args: map key of type list is unhashable at byte 9"},
       {raw_frame({{0x96, 0x01, 0x07, 0xa1, 'm', 0xa1, 'f', 0x90, 0x80, 0xc0}}), 7,
        "trailing bytes after the CALL frame"},
-      {raw_frame({{0x96, 0x01, 0x07, 0xa1, 'm', 0xa1, 'f', 0x90, 0x81, 0xa1, 'k', 0xd4, 0x09,
-                   0x00}}),
+      {raw_frame(
+           {{0x96, 0x01, 0x07, 0xa1, 'm', 0xa1, 'f', 0x90, 0x81, 0xa1, 'k', 0xd4, 0x09, 0x00}}),
        7, "in Kwargs: unknown ext type 9 at byte 11"},
       {raw_frame({{0x96, 0x01, 0x07, 0xa1, 'm', 0xa1, 'f', 0xdd, 0x7f, 0xff, 0xff, 0xff}}), 7,
        "in Args: truncated input: array of 2147483647 elements has only 0 bytes left at byte 7"},
       {pack(3, 7, "1", 5, 0), 7, "expected a map (Locals), found int at byte 5"},
       {pack(3, 7, "1", kNil, -1), 7, "Namespace is negative at byte 6"},
-      {pack(4, 7, "x = 1", "ns"), 7, "expected an unsigned integer (Namespace), found str at byte 9"},
+      {pack(4, 7, "x = 1", "ns"), 7,
+       "expected an unsigned integer (Namespace), found str at byte 9"},
   };
   for (auto& c : cases) {
     BOOST_TEST_CONTEXT(hex(c.payload)) {

@@ -93,7 +93,7 @@ msgpack::object_handle parse(const uint8_t* p, size_t n) {
 BOOST_AUTO_TEST_SUITE(frames)
 
 BOOST_AUTO_TEST_CASE(frames_come_out_whole_whatever_the_read_sizes) {
-  std::vector<Bytes> payloads = {call_payload(1, 10), {}, call_payload(2, 300),
+  std::vector<Bytes> payloads = {call_payload(1, 10),    {},     call_payload(2, 300),
                                  call_payload(3, 70000), {0x90}, call_payload(4, 5)};
   Bytes stream;
   for (auto& p : payloads) {
@@ -179,7 +179,16 @@ BOOST_AUTO_TEST_CASE(recover_id_reads_kind_and_id_only) {
   Bytes not_array = {0x01, 0x02};
   BOOST_TEST(!pyport::recover_id(not_array.data(), not_array.size(), id));
   Bytes negative = {0x92, 0x01, 0xff};
+  id = 5;
   BOOST_TEST(!pyport::recover_id(negative.data(), negative.size(), id));
+  BOOST_TEST(id == 5u);  // untouched on failure
+  // The kind may be any value: it is stepped over.
+  // Kind {"k" => [nil], <<0>> => 1.0}, then Id 256.
+  Bytes odd_kind = {0x93, 0x82, 0xa1, 'k', 0x91, 0xc0, 0xc4, 0x01, 0x00, 0xcb, 1,
+                    2,    3,    4,    5,   6,    7,    8,    0xcd, 0x01, 0x00};
+  BOOST_TEST(pyport::recover_id(odd_kind.data(), odd_kind.size(), id));
+  BOOST_TEST(id == 256u);
+  BOOST_TEST(!pyport::recover_id(odd_kind.data(), 12, id));  // cut inside the kind
 }
 
 BOOST_AUTO_TEST_CASE(hello_frame) {
@@ -190,14 +199,17 @@ BOOST_AUTO_TEST_CASE(hello_frame) {
   auto oh = parse(out.data() + 4, out.size() - 4);
   std::ostringstream text;
   text << oh.get();
-  BOOST_TEST(text.str() ==
-             "[0,0,1,\"3.11.2\",4242,{\"max_frame_size\":1048576,\"features\":[\"call\",\"log\"]}]");
+  BOOST_TEST(
+      text.str() ==
+      "[0,0,1,\"3.11.2\",4242,{\"max_frame_size\":1048576,\"features\":[\"call\",\"log\"]}]");
 }
 
 BOOST_AUTO_TEST_CASE(error_frames_are_cut_to_fit_between_characters) {
   std::string message, traceback;
-  for (int i = 0; i < 3000; ++i) message += "\xc3\xa9";  // é
-  for (int i = 0; i < 5000; ++i) traceback += "line\n";
+  for (int i = 0; i < 3000; ++i)
+    message += "\xc3\xa9";  // é
+  for (int i = 0; i < 5000; ++i)
+    traceback += "line\n";
   for (size_t max : {size_t(256), size_t(1000), size_t(9000), size_t(1 << 20)}) {
     BOOST_TEST_CONTEXT("max_frame_size " << max) {
       ByteBuffer out;
@@ -239,7 +251,9 @@ BOOST_AUTO_TEST_CASE(log_frame) {
 
 BOOST_AUTO_TEST_CASE(utf8_helpers) {
   using pyport::utf8::cut_point;
-  const std::string s = "ab\xc3\xa9" "cd\xf0\x9f\x98\x80";
+  const std::string s =
+      "ab\xc3\xa9"
+      "cd\xf0\x9f\x98\x80";
   auto* p = reinterpret_cast<const uint8_t*>(s.data());
   BOOST_TEST(cut_point(p, s.size(), 3) == 2u);  // not inside é
   BOOST_TEST(cut_point(p, s.size(), 4) == 4u);
@@ -248,7 +262,9 @@ BOOST_AUTO_TEST_CASE(utf8_helpers) {
   std::string out;
   const uint8_t bad[] = {'a', 0xff, 'b', 0xed, 0xa0, 0x80};
   pyport::utf8::append_sanitized(out, bad, sizeof bad);
-  BOOST_TEST(out == "a\xef\xbf\xbd" "b\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");
+  BOOST_TEST(out ==
+             "a\xef\xbf\xbd"
+             "b\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");
 }
 
 BOOST_AUTO_TEST_CASE(reader_errors_name_the_field_and_offset) {

@@ -28,9 +28,9 @@ BOOST_AUTO_TEST_CASE(defaults) {
 
 BOOST_AUTO_TEST_CASE(every_option_in_both_spellings) {
   pyport::Options o;
-  BOOST_TEST(parse({"--runtime", kRuntime.c_str(), "--path", "/a", "--path=/b",
-                    "--max-frame-size=4096"},
-                   o) == "");
+  BOOST_TEST(
+      parse({"--runtime", kRuntime.c_str(), "--path", "/a", "--path=/b", "--max-frame-size=4096"},
+            o) == "");
   BOOST_TEST(o.runtime_dir == kRuntime);
   BOOST_TEST((o.paths == std::vector<std::string>{"/a", "/b"}));
   BOOST_TEST(o.max_frame_size == 4096u);

@@ -59,7 +59,8 @@ class Process {
     posix_spawn_file_actions_adddup2(&fa, out[1], 1);
     posix_spawn_file_actions_adddup2(&fa, err[1], 2);
     std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
+    for (auto& a : args)
+      argv.push_back(a.data());
     argv.push_back(nullptr);
     int rc = posix_spawn(&pid_, argv[0], &fa, nullptr, argv.data(), environ);
     posix_spawn_file_actions_destroy(&fa);
@@ -173,8 +174,7 @@ class Process {
         pid_ = -1;
         return status;
       }
-      BOOST_REQUIRE_MESSAGE(std::chrono::steady_clock::now() < deadline,
-                            "the worker did not exit");
+      BOOST_REQUIRE_MESSAGE(std::chrono::steady_clock::now() < deadline, "the worker did not exit");
       usleep(2000);
     }
   }
@@ -182,7 +182,8 @@ class Process {
   std::string stderr_text() {
     char chunk[4096];
     ssize_t n;
-    while ((n = read(err_, chunk, sizeof chunk)) > 0) err_text_.append(chunk, size_t(n));
+    while ((n = read(err_, chunk, sizeof chunk)) > 0)
+      err_text_.append(chunk, size_t(n));
     return err_text_;
   }
 
@@ -302,11 +303,13 @@ BOOST_AUTO_TEST_CASE(long_lines_are_cut_and_a_megabyte_printed_mid_call_cannot_b
   std::string joined;
   p.wait_for_logs([&] {
     joined.clear();
-    for (auto& l : p.logs) joined += l.second;
+    for (auto& l : p.logs)
+      joined += l.second;
     return joined.size() >= 200000;
   });
   BOOST_TEST(p.logs.size() == 4u);
-  for (auto& l : p.logs) BOOST_TEST(l.second.size() <= 65536u);
+  for (auto& l : p.logs)
+    BOOST_TEST(l.second.size() <= 65536u);
   BOOST_TEST(joined == std::string(200000, 'z'));
 
   // 2 MB of output while the loop thread is busy in Python: the relay
@@ -319,6 +322,54 @@ BOOST_AUTO_TEST_CASE(long_lines_are_cut_and_a_megabyte_printed_mid_call_cannot_b
   p.wait_for_logs([&] { return p.logs.size() >= 40000; });
   BOOST_TEST(p.logs.size() == 40000u);
   BOOST_TEST(p.logs.back().second == std::string(50, 'x'));
+}
+
+BOOST_AUTO_TEST_CASE(output_streams_while_the_loop_thread_is_busy_in_python) {
+  Process p({});
+  hello(p);
+  char dir[] = "/tmp/pyport-test-XXXXXX";
+  BOOST_REQUIRE(mkdtemp(dir));
+  std::string go = std::string(dir) + "/go";
+  p.send(pack(4, 1,
+              "import os, time\n"
+              "print('working')\n"
+              "while not os.path.exists(" +
+                  std::string("'") + go +
+                  "'):\n"
+                  "    time.sleep(0.005)\n",
+              0));
+  // The line arrives while the call still runs: nothing else can come first.
+  Frame f;
+  BOOST_REQUIRE(p.next_frame(f));
+  BOOST_TEST(f.kind() == 18);
+  BOOST_TEST(f.str(3) == "working");
+  int fd = open(go.c_str(), O_CREAT | O_WRONLY, 0600);
+  close(fd);
+  BOOST_TEST(p.answer().kind() == 16);
+  unlink(go.c_str());
+  rmdir(dir);
+}
+
+BOOST_AUTO_TEST_CASE(log_lines_fit_a_small_max_frame_size) {
+  Process p({"--max-frame-size", "256"});
+  hello(p);
+  p.send(pack(4, 1, "print('\\xe9' * 1000)\nimport os\nos.write(1, b'\\xff' * 500 + b'\\n')", 0));
+  BOOST_TEST(p.answer().kind() == 16);
+  std::string joined;
+  p.wait_for_logs([&] {
+    joined.clear();
+    for (auto& l : p.logs)
+      joined += l.second;
+    return joined.size() >= 2000 + 1500;
+  });
+  std::string expected;
+  for (int i = 0; i < 1000; ++i)
+    expected += "\xc3\xa9";
+  for (int i = 0; i < 500; ++i)
+    expected += "\xef\xbf\xbd";
+  BOOST_TEST(joined == expected);
+  for (auto& l : p.logs)
+    BOOST_TEST(l.second.size() <= 256u - 16u);
 }
 
 BOOST_AUTO_TEST_CASE(pipelined_requests_and_a_big_frame) {
@@ -393,8 +444,7 @@ BOOST_AUTO_TEST_CASE(shutdown_answers_what_came_before_and_exits_0) {
   hello(p);
   Bytes all;
   for (const Bytes& f : {Process::framed(pack(3, 1, "6 * 7", kNil, 0)),
-                         Process::framed(pack(15, 0)),
-                         Process::framed(pack(3, 2, "1", kNil, 0))}) {
+                         Process::framed(pack(15, 0)), Process::framed(pack(3, 2, "1", kNil, 0))}) {
     all.insert(all.end(), f.begin(), f.end());
   }
   p.send_raw(all);
