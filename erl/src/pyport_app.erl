@@ -3,6 +3,8 @@
 -module(pyport_app).
 -behaviour(application).
 
+-include_lib("kernel/include/logger.hrl").
+
 -export([start/2, stop/1]).
 
 %% @doc Starts pyport; a bad configuration fails the start with the reason
@@ -13,7 +15,7 @@ start(_Type, _Args) ->
         {ok, Pools} ->
             pyport_sup:start_link(Pools);
         {error, Reason} = Error ->
-            logger:error("pyport: invalid configuration: ~tp", [Reason],
+            ?LOG_ERROR("pyport: invalid configuration: ~tp", [Reason],
                          #{domain => [pyport]}),
             Error
     end.

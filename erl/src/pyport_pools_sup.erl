@@ -21,10 +21,20 @@ start_link(Pools) ->
           {ok, pid()} | {error, term()}.
 start_pool(Name, Opts) ->
     case supervisor:start_child(?MODULE, child_spec(Name, Opts)) of
-        {ok, Pid} -> {ok, Pid};
-        {error, {already_started, _}} -> {error, {already_started, Name}};
-        {error, already_present} -> {error, {already_started, Name}};
-        {error, Reason} -> {error, Reason}
+        {ok, Pid} ->
+            {ok, Pid};
+        {error, {already_started, _}} ->
+            {error, {already_started, Name}};
+        {error, already_present} ->
+            %% A pool that gave up earlier: replace it, with the new options.
+            _ = supervisor:delete_child(?MODULE, {pool, Name}),
+            start_pool(Name, Opts);
+        {error, {{shutdown, {failed_to_start_child, _, Reason}}, _}} ->
+            {error, {pool_start_failed, Name, Reason}};
+        {error, {shutdown, {failed_to_start_child, _, Reason}}} ->
+            {error, {pool_start_failed, Name, Reason}};
+        {error, Reason} ->
+            {error, {pool_start_failed, Name, Reason}}
     end.
 
 %% @doc Stops a pool: its workers finish what they have read, then exit.

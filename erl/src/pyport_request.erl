@@ -12,6 +12,8 @@
 %% caller's mailbox.
 -module(pyport_request).
 
+-include_lib("kernel/include/logger.hrl").
+
 -export([call/4, start/4, start_failed/1, await/1, await/2, cast/2]).
 -export([builtin_exception_types/0]).
 
@@ -167,7 +169,7 @@ reply({?ERROR, Rest}, Pool, Slot) ->
         {ok, [<<"FrameError">>, Message, _]} ->
             {error, {frame_error, Message}};
         {ok, [Type, Message, Traceback]} when is_binary(Type) ->
-            logger:debug("Python ~ts: ~ts~n~ts", [Type, Message, Traceback],
+            ?LOG_DEBUG("Python ~ts: ~ts~n~ts", [Type, Message, Traceback],
                          #{pyport_pool => Pool, pyport_slot => Slot,
                            python_traceback => Traceback, domain => [pyport, python]}),
             {error, {exception_type(Type), Message}};

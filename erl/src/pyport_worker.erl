@@ -26,8 +26,10 @@
 -module(pyport_worker).
 -behaviour(gen_server).
 
+-include_lib("kernel/include/logger.hrl").
+
 -export([start_link/3, info/1, os_pid/1]).
--export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2, format_status/1]).
 -export([exit_detail/1]).
 
 %% Frame kinds (proto/PROTOCOL.md).
@@ -35,7 +37,7 @@
 -define(SHUTDOWN, 15).
 -define(RESULT, 16).
 -define(ERROR, 17).
--define(LOG, 18).
+-define(LOG_FRAME, 18).
 
 -define(PROTOCOL_VERSION, 1).
 %% An OS process that lived this long was healthy: its death does not
@@ -182,7 +184,7 @@ handle_info({timeout, _Timer, _}, State) ->
     %% A hello or respawn timer that fired just before it was cancelled.
     {noreply, State};
 handle_info(Msg, State) ->
-    logger:warning("pyport worker ~tp/~b: unexpected message ~tp",
+    ?LOG_WARNING("pyport worker ~tp/~b: unexpected message ~tp",
                    [State#state.pool, State#state.slot, Msg], #{domain => [pyport]}),
     {noreply, State}.
 
@@ -199,6 +201,15 @@ terminate(Reason, #state{tab = Tab, slot = Slot} = State0) ->
              end,
     fail_all(Detail, State),
     ok.
+
+%% @private
+%% Crash reports show how many requests were in flight, not their frames.
+-spec format_status(map()) -> map().
+format_status(#{state := #state{pending = Pending, queue = Q} = State} = Status) ->
+    Status#{state := State#state{pending = {map_size(Pending), requests},
+                                 queue = {queue:len(Q), requests}}};
+format_status(Status) ->
+    Status.
 
 %%%===================================================================
 %%% Requests
@@ -281,7 +292,7 @@ frame(Bin, State) ->
         {ok, Kind, Id, NFields, Rest} ->
             frame(Kind, Id, NFields, Rest, State);
         {error, Why} ->
-            logger:error("pyport worker ~tp/~b: undecodable frame from the worker: ~tp",
+            ?LOG_ERROR("pyport worker ~tp/~b: undecodable frame from the worker: ~tp",
                          [State#state.pool, State#state.slot, Why], metadata(State)),
             {noreply, State}
     end.
@@ -295,21 +306,21 @@ frame(?ERROR, 0, 3, Rest, State) ->
     %% read far enough to find its id).
     case pyport_codec:decode_fields(3, Rest) of
         {ok, [Type, Message, _Traceback]} ->
-            logger:warning("pyport worker ~tp/~b: ~ts: ~ts",
+            ?LOG_WARNING("pyport worker ~tp/~b: ~ts: ~ts",
                            [State#state.pool, State#state.slot, Type, Message],
                            metadata(State));
         {error, Why} ->
-            logger:error("pyport worker ~tp/~b: undecodable ERROR frame: ~tp",
+            ?LOG_ERROR("pyport worker ~tp/~b: undecodable ERROR frame: ~tp",
                          [State#state.pool, State#state.slot, Why], metadata(State))
     end,
     {noreply, State};
-frame(?LOG, _Id, 2, Rest, State) ->
+frame(?LOG_FRAME, _Id, 2, Rest, State) ->
     case pyport_codec:decode_fields(2, Rest) of
         {ok, [Level, Message]} ->
-            logger:log(log_level(Level), "~ts", [Message],
+            ?LOG(log_level(Level), "~ts", [Message],
                        (metadata(State))#{domain => [pyport, python]});
         {error, Why} ->
-            logger:error("pyport worker ~tp/~b: undecodable LOG frame: ~tp",
+            ?LOG_ERROR("pyport worker ~tp/~b: undecodable LOG frame: ~tp",
                          [State#state.pool, State#state.slot, Why], metadata(State))
     end,
     {noreply, State};
@@ -317,7 +328,7 @@ frame(?HELLO, 0, 4, Rest, #state{status = starting} = State) ->
     case hello(Rest, State) of
         {ok, State1} ->
             _ = erlang:cancel_timer(State1#state.start_timer),
-            logger:info("pyport worker ~tp/~b: OS process ~b up (Python ~ts)",
+            ?LOG_INFO("pyport worker ~tp/~b: OS process ~b up (Python ~ts)",
                         [State1#state.pool, State1#state.slot, State1#state.os_pid,
                          State1#state.python_version], metadata(State1)),
             {noreply, flush_queue(State1#state{status = up, start_timer = undefined,
@@ -331,7 +342,7 @@ frame(Kind, Id, NFields, _Rest, State) ->
     %% A protocol violation by the worker. Whoever waits on Id is answered so
     %% that no request is left hanging.
     Why = {unexpected_frame, Kind, Id, NFields},
-    logger:error("pyport worker ~tp/~b: ~tp", [State#state.pool, State#state.slot, Why],
+    ?LOG_ERROR("pyport worker ~tp/~b: ~tp", [State#state.pool, State#state.slot, Why],
                  metadata(State)),
     {noreply, answer(Id, {error, {protocol_error, Why}}, State)}.
 
@@ -383,7 +394,7 @@ await_hello(Port, Deadline, State) ->
                             kill_port(Port, State#state.os_pid),
                             Error
                     end;
-                {ok, ?LOG, _, 2, _} ->
+                {ok, ?LOG_FRAME, _, 2, _} ->
                     {noreply, State} = frame(Bin, State),
                     await_hello(Port, Deadline, State);
                 Other ->
@@ -418,7 +429,7 @@ hello(Rest, State) ->
 %% would turn requests we accept into FrameTooLarge errors.
 check_frame_size(#{<<"max_frame_size">> := Theirs},
                  #state{opts = #{max_frame_size := Ours}} = State) when Theirs < Ours ->
-    logger:warning("pyport worker ~tp/~b: worker announces max_frame_size ~b, pool has ~b",
+    ?LOG_WARNING("pyport worker ~tp/~b: worker announces max_frame_size ~b, pool has ~b",
                    [State#state.pool, State#state.slot, Theirs, Ours], metadata(State));
 check_frame_size(_, _) ->
     ok.
@@ -470,7 +481,7 @@ os_process_died(Detail, #state{status = Status, spawned_at = Spawned} = State0) 
     Uptime = now_ms() - Spawned,
     case Failures >= ?MAX_START_FAILURES of
         true ->
-            logger:error("pyport worker ~tp/~b: OS process failed ~b times in a row "
+            ?LOG_ERROR("pyport worker ~tp/~b: OS process failed ~b times in a row "
                          "before its hello; giving up: ~tp",
                          [State#state.pool, State#state.slot, Failures, Detail],
                          metadata(State)),
@@ -480,7 +491,7 @@ os_process_died(Detail, #state{status = Status, spawned_at = Spawned} = State0) 
                                 true -> {0, ?BACKOFF_MIN_MS};
                                 false -> {State#state.backoff, next_backoff(State#state.backoff)}
                             end,
-            logger:warning("pyport worker ~tp/~b: OS process ~tp exited (~tp) after ~b ms; "
+            ?LOG_WARNING("pyport worker ~tp/~b: OS process ~tp exited (~tp) after ~b ms; "
                            "restarting in ~b ms",
                            [State#state.pool, State#state.slot, State#state.os_pid, Detail,
                             Uptime, Delay], metadata(State)),

@@ -1,0 +1,105 @@
+"""Functions the Erlang Common Test suites call inside real workers."""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import time
+
+_remembered: list = []
+
+
+class KnownToErlang(Exception):
+    """Its name is an atom in the test suite, so it must arrive as an atom."""
+
+
+class PyportNeverAnAtom(Exception):
+    """No Erlang code names this, so it must arrive as a binary."""
+
+
+def identity(value):
+    return value
+
+
+def type_name(value):
+    return type(value).__name__
+
+
+def add(a, b):
+    return a + b
+
+
+def echo_call(*args, **kwargs):
+    """What Python received: positional args and keyword names/values."""
+    return [list(args), kwargs]
+
+
+def sleep(seconds, value=None):
+    time.sleep(seconds)
+    return value
+
+
+def make_bytes(n):
+    return b"\x00" * n
+
+
+def unconvertible():
+    return object()
+
+
+def raise_known(message):
+    raise KnownToErlang(message)
+
+
+def raise_unknown(message):
+    raise PyportNeverAnAtom(message)
+
+
+def remember(value):
+    _remembered.append(value)
+
+
+def remembered():
+    return list(_remembered)
+
+
+def fail_in_cast(message):
+    raise ValueError(message)
+
+
+def print_stdout(n):
+    """Writes n bytes to stdout in one line, returns n."""
+    sys.stdout.write("x" * n + "\n")
+    sys.stdout.flush()
+    return n
+
+
+def wait_for_file(path, limit=120.0):
+    """Blocks this worker until path exists (bounded, so a broken test ends)."""
+    end = time.monotonic() + limit
+    while not os.path.exists(path):
+        if time.monotonic() > end:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.005)
+    return True
+
+
+def crash_when(path, how, status=0):
+    """Waits until path exists, then kills this worker process in the way
+    asked: the test makes its other requests pending first."""
+    wait_for_file(path)
+    if how == "exit":
+        os._exit(status)
+    elif how == "abort":
+        os.abort()
+    elif how == "segv":
+        ctypes.string_at(0)
+    raise ValueError(f"unknown crash {how!r}")
+
+
+def spin_after_touch(path):
+    """Creates path, then keeps the worker busy forever."""
+    with open(path, "w"):
+        pass
+    while True:
+        pass

@@ -1,0 +1,68 @@
+%% A worker must not outlive its VM: a node running pyport is killed with
+%% SIGKILL while its worker is stuck in `while True: pass' (so the worker
+%% never reads its input again), and the worker OS process must go too.
+-module(pyport_vm_kill_SUITE).
+
+-include_lib("common_test/include/ct.hrl").
+-include_lib("stdlib/include/assert.hrl").
+
+-compile([export_all, nowarn_export_all]).
+
+suite() ->
+    [{timetrap, {seconds, 90}}].
+
+all() ->
+    [worker_dies_with_killed_vm].
+
+worker_dies_with_killed_vm(Config) ->
+    Data = filename:join(filename:dirname(code:which(?MODULE)), "pyport_SUITE_data"),
+    Ebin = filename:dirname(code:which(pyport_worker)),
+    {ok, Peer, _Node} = peer:start(#{name => peer:random_name(?MODULE),
+                                     connection => standard_io,
+                                     args => ["-pa", Ebin]}),
+    Flag = list_to_binary(filename:join(?config(priv_dir, Config), "spinning")),
+    ok = peer:call(Peer, application, load, [pyport]),
+    ok = peer:call(Peer, application, set_env,
+                   [pyport, pools, #{default => #{size => 1, python_path => [Data]}}]),
+    {ok, _} = peer:call(Peer, application, ensure_all_started, [pyport]),
+    {ok, #{os_pid := WorkerPid}} = peer:call(Peer, pyport, worker_info, [{default, 1}]),
+    ?assert(os_process_alive(WorkerPid)),
+    %% The worker starts spinning; the call that made it spin waits forever.
+    _ = peer:call(Peer, erlang, spawn,
+                  [py, call, [pyport_test_funcs, spin_after_touch, [Flag], #{},
+                              #{timeout => infinity}]]),
+    wait_until(fun() -> filelib:is_file(Flag) end, worker_not_spinning),
+    VmPid = peer:call(Peer, os, getpid, []),
+    try
+        _ = os:cmd("kill -KILL " ++ VmPid),
+        wait_until(fun() -> not os_process_alive(list_to_integer(VmPid)) end, vm_still_alive),
+        %% Bounded, not timed: the worker is gone well within the poll limit.
+        wait_until(fun() -> not os_process_alive(WorkerPid) end, {worker_outlived_vm, WorkerPid})
+    after
+        %% On failure, do not leave an orphan spinning (it would also hold
+        %% the test run's output open).
+        _ = os:cmd("kill -KILL " ++ integer_to_list(WorkerPid) ++ " 2>/dev/null"),
+        catch peer:stop(Peer)
+    end.
+
+%% A zombie (exited, not yet reaped by whoever inherited it) counts as gone.
+os_process_alive(OsPid) ->
+    case file:read_file("/proc/" ++ integer_to_list(OsPid) ++ "/stat") of
+        {ok, Stat} ->
+            [_, AfterComm] = string:split(Stat, <<") ">>, trailing),
+            not lists:member(binary:first(AfterComm), [$Z, $X]);
+        {error, _} ->
+            false
+    end.
+
+%% Polls Cond every 10 ms for up to 10 s.
+wait_until(Cond, What) ->
+    wait_until(Cond, What, 1000).
+
+wait_until(_Cond, What, 0) ->
+    ct:fail({timeout_waiting_for, What});
+wait_until(Cond, What, N) ->
+    case Cond() of
+        true -> ok;
+        false -> timer:sleep(10), wait_until(Cond, What, N - 1)
+    end.
