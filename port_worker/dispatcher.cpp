@@ -1,6 +1,7 @@
 #include "dispatcher.hpp"
 
 #include "frames.hpp"
+#include "utf8.hpp"
 
 namespace pyport {
 namespace {
@@ -29,6 +30,17 @@ const char* kind_name(uint64_t kind) {
     default:
       return "SHUTDOWN";
   }
+}
+
+// A str or bin field that must be text (a module name, source code).
+bool read_text(mp::Reader& r, std::string_view& s, const char* what) {
+  size_t start = r.offset();
+  if (!r.read_string(s, what)) return false;
+  if (utf8::classify(reinterpret_cast<const uint8_t*>(s.data()), s.size()) ==
+      utf8::Kind::kInvalid) {
+    return r.fail_at(start, std::string(what) + " is not valid UTF-8");
+  }
+  return true;
 }
 
 uint32_t expected_fields(uint64_t kind) {
@@ -91,6 +103,11 @@ void Dispatcher::dispatch(mp::Reader& r, uint64_t kind, uint64_t id, uint32_t fi
       }
       return frame_error(id, "unknown frame kind " + std::to_string(kind), out);
   }
+  // 0 is the id of frames that answer nothing, so no request may use it.
+  if (kind == kShutdown && id != 0) return frame_error(id, "SHUTDOWN must have Id 0", out);
+  if (kind != kShutdown && id == 0) {
+    return frame_error(0, std::string(kind_name(kind)) + " frame needs a non-zero Id", out);
+  }
   if (fields != expected_fields(kind)) {
     return frame_error(id,
                        std::string(kind_name(kind)) + " frame has " + std::to_string(fields) +
@@ -113,7 +130,7 @@ void Dispatcher::dispatch(mp::Reader& r, uint64_t kind, uint64_t id, uint32_t fi
 
 void Dispatcher::call(mp::Reader& r, bool is_cast, uint64_t id, ByteBuffer& out) {
   std::string_view module, function;
-  if (!r.read_string(module, "Module") || !r.read_string(function, "Function")) {
+  if (!read_text(r, module, "Module") || !read_text(r, function, "Function")) {
     return frame_error(id, r.error(), out);
   }
   size_t args_at = r.offset();
@@ -143,7 +160,7 @@ void Dispatcher::call(mp::Reader& r, bool is_cast, uint64_t id, ByteBuffer& out)
 
 void Dispatcher::eval(mp::Reader& r, uint64_t id, ByteBuffer& out) {
   std::string_view code;
-  if (!r.read_string(code, "Code")) return frame_error(id, r.error(), out);
+  if (!read_text(r, code, "Code")) return frame_error(id, r.error(), out);
   PyRef locals;
   if (!r.read_nil()) {
     std::string error;
@@ -167,7 +184,7 @@ void Dispatcher::eval(mp::Reader& r, uint64_t id, ByteBuffer& out) {
 void Dispatcher::exec(mp::Reader& r, uint64_t id, ByteBuffer& out) {
   std::string_view code;
   uint64_t ns;
-  if (!r.read_string(code, "Code") || !r.read_uint(ns, "Namespace")) {
+  if (!read_text(r, code, "Code") || !r.read_uint(ns, "Namespace")) {
     return frame_error(id, r.error(), out);
   }
   if (!r.at_end()) return frame_error(id, "trailing bytes after the EXEC frame", out);
@@ -197,7 +214,7 @@ PyRef Dispatcher::decode_str_map(mp::Reader& r, const char* what, std::string* e
   if (!dict) return {};
   for (uint32_t i = 0; i < n; ++i) {
     size_t key_at = r.offset();
-    PyRef key = codec_.decode(r);
+    PyRef key = codec_.decode(r, 1);  // the map is one level, as for any value
     if (!key) return {};
     if (!PyUnicode_Check(key.get())) {
       *error = std::string(what) + " key at byte " + std::to_string(key_at) + " is not a string";
@@ -208,7 +225,7 @@ PyRef Dispatcher::decode_str_map(mp::Reader& r, const char* what, std::string* e
       key = PyRef::steal(PyUnicode_FromObject(key.get()));
       if (!key) return {};
     }
-    PyRef value = codec_.decode(r);
+    PyRef value = codec_.decode(r, 1);
     if (!value || PyDict_SetItem(dict.get(), key.get(), value.get()) < 0) return {};
   }
   return dict;

@@ -28,9 +28,9 @@ std::string type_name(PyObject* obj) {
   return s;
 }
 
-// A str (one copy from p) when p holds valid UTF-8, else bytes.
-PyObject* new_string(const uint8_t* p, size_t n) {
-  switch (utf8::classify(p, n)) {
+// A str (one copy from p) for text of the given kind, else bytes.
+PyObject* new_string(const uint8_t* p, size_t n, utf8::Kind kind) {
+  switch (kind) {
     case utf8::Kind::kAscii: {
       PyObject* s = PyUnicode_New(Py_ssize_t(n), 127);
       if (s) std::memcpy(PyUnicode_DATA(s), p, n);
@@ -70,7 +70,7 @@ class Codec::Decoder {
     if (b >= 0xe0) return PyRef::steal(PyLong_FromLong(int8_t(b)));
     if (b <= 0x8f) return map(r, b & 0x0f, depth, start);
     if (b <= 0x9f) return array(r, b & 0x0f, depth, start);
-    if (b <= 0xbf) return string(r, b & 0x1f);
+    if (b <= 0xbf) return string(r, b & 0x1f, true, start);
     uint64_t n = 0;
     switch (b) {
       case 0xc0:
@@ -83,12 +83,12 @@ class Codec::Decoder {
       case 0xc5:
       case 0xc6:  // bin 8/16/32
         if (!r.read_be(size_t(1) << (b - 0xc4), n, "bin length")) return {};
-        return string(r, n);
+        return string(r, n, false, start);
       case 0xd9:
       case 0xda:
       case 0xdb:  // str 8/16/32
         if (!r.read_be(size_t(1) << (b - 0xd9), n, "str length")) return {};
-        return string(r, n);
+        return string(r, n, true, start);
       case 0xc7:
       case 0xc8:
       case 0xc9:  // ext 8/16/32
@@ -172,10 +172,16 @@ class Codec::Decoder {
     return r.fail_at(start, "nesting deeper than " + std::to_string(kMaxDepth) + " levels");
   }
 
-  PyRef string(mp::Reader& r, uint64_t n) {
+  // A msgpack str must be UTF-8; a bin is str when it is, else bytes.
+  PyRef string(mp::Reader& r, uint64_t n, bool is_str, size_t start) {
     const uint8_t* p = nullptr;
     if (!r.read_raw(n, p, "string")) return {};
-    return PyRef::steal(new_string(p, n));
+    utf8::Kind kind = utf8::classify(p, n);
+    if (is_str && kind == utf8::Kind::kInvalid) {
+      r.fail_at(start, "str is not valid UTF-8 (arbitrary bytes go in a bin)");
+      return {};
+    }
+    return PyRef::steal(new_string(p, n, kind));
   }
 
   PyRef array(mp::Reader& r, uint64_t n, int depth, size_t start) {
@@ -238,8 +244,9 @@ class Codec::Decoder {
         return t;
       }
       case mp::kExtBigInt: {
-        if (n < 1 || p[0] > 1) {
-          r.fail_at(start, n < 1 ? "bigint without a sign byte" : "bigint sign byte is not 0 or 1");
+        if (n < 2 || p[0] > 1) {
+          r.fail_at(start, n < 2 ? "bigint needs a sign byte and a magnitude"
+                                 : "bigint sign byte is not 0 or 1");
           return {};
         }
         PyRef mag = PyRef::steal(_PyLong_FromByteArray(p + 1, n - 1, /*little_endian=*/0,
@@ -285,9 +292,9 @@ static PyRef decode_failed(mp::Reader& r) {
   return {};
 }
 
-PyRef Codec::decode(mp::Reader& r) {
+PyRef Codec::decode(mp::Reader& r, int depth) {
   try {
-    PyRef v = Decoder(*this).value(r, 0);
+    PyRef v = Decoder(*this).value(r, depth);
     return v ? v : decode_failed(r);
   } catch (const std::bad_alloc&) {
     PyErr_NoMemory();
@@ -297,7 +304,7 @@ PyRef Codec::decode(mp::Reader& r) {
 
 PyRef Codec::decode_tuple(mp::Reader& r, uint32_t count, size_t array_at) {
   try {
-    PyRef v = Decoder(*this).tuple_items(r, count, 0, array_at);
+    PyRef v = Decoder(*this).tuple_items(r, count, 1, array_at);
     return v ? v : decode_failed(r);
   } catch (const std::bad_alloc&) {
     PyErr_NoMemory();

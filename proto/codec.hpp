@@ -33,11 +33,12 @@ class Codec {
   // Decodes the value at the reader's position. On failure returns null with
   // a Python exception set: ValueError for malformed input (its message is
   // the reader's error: what is wrong, at which byte), else whatever Python
-  // raised (MemoryError).
-  PyRef decode(mp::Reader& reader);
+  // raised (MemoryError). `depth` is how many containers enclose the value
+  // (nesting is limited to kMaxDepth containers in all).
+  PyRef decode(mp::Reader& reader, int depth = 0);
   // Decodes the `count` elements of an array whose header (at offset
-  // `array_at`) the caller has read, straight into a tuple of top-level
-  // values: call arguments.
+  // `array_at`) the caller has read, straight into a tuple: call arguments.
+  // The array counts as one level of nesting.
   PyRef decode_tuple(mp::Reader& reader, uint32_t count, size_t array_at);
   // Decodes a buffer that must hold exactly one value.
   PyRef decode_exact(const uint8_t* data, size_t size);

@@ -114,7 +114,12 @@ BOOST_AUTO_TEST_CASE(big_integers_use_ext3_outside_64_bits) {
   std::string why;
   BOOST_TEST(same_value(decode_ok({0xd6, 0x03, 0x01, 0x00, 0x00, 0x05}).get(), py("-5").get(), why),
              why);
-  BOOST_TEST(contains(decode_error({0xd5, 0x03, 0x02, 0x01}), "sign byte"));
+  BOOST_TEST(contains(decode_error({0xd5, 0x03, 0x02, 0x01}), "sign byte is not 0 or 1"));
+  BOOST_TEST(decode_error({0xd4, 0x03, 0x00}) ==
+             "ValueError: bigint needs a sign byte and a magnitude at byte 0");
+  // Leading zero bytes in the magnitude are accepted.
+  BOOST_TEST(same_value(decode_ok({0xd6, 0x03, 0x00, 0x00, 0x00, 0x07}).get(), py("7").get(), why),
+             why);
 }
 
 BOOST_AUTO_TEST_CASE(bool_before_int_and_int_subclasses_as_int) {
@@ -178,6 +183,10 @@ BOOST_AUTO_TEST_CASE(text_and_binary_decoding) {
   BOOST_TEST(
       same_value(decode_ok({0xa4, 0xf0, 0x9f, 0x98, 0x80}).get(), py("'\\U0001F600'").get(), why),
       why);
+  // A str must be UTF-8: arbitrary bytes travel as bin.
+  std::string err = decode_error({0xa2, 0xc3, 0x28});
+  BOOST_TEST(err == "ValueError: str is not valid UTF-8 (arbitrary bytes go in a bin) at byte 0");
+  BOOST_TEST(contains(decode_error({0xd9, 0x01, 0xff}), "str is not valid UTF-8"));
   // ext 4 is always bytes, even when it is valid UTF-8.
   BOOST_TEST(same_value(decode_ok({0xd5, 0x04, 0x61, 0x62}).get(), py("b'ab'").get(), why), why);
   // Non-shortest forms are accepted.

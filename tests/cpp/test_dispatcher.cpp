@@ -303,7 +303,22 @@ BOOST_AUTO_TEST_CASE(malformed_frames_get_frame_errors_naming_the_problem) {
       {pack(5, 7, 1), 7, "frame kind 5 is reserved and not supported by this worker"},
       {pack(1, 7, "math"), 7, "CALL frame has 3 elements, expected 6"},
       {pack(3, 7, "1", kNil), 7, "EVAL frame has 4 elements, expected 5"},
-      {pack(15, 7, 1), 7, "SHUTDOWN frame has 3 elements, expected 2"},
+      {pack(15, 0, 1), 0, "SHUTDOWN frame has 3 elements, expected 2"},
+      {pack(15, 7), 7, "SHUTDOWN must have Id 0"},
+      {pack(1, 0, "math", "sqrt", std::make_tuple(4), NoKwargs{}), 0,
+       "CALL frame needs a non-zero Id"},
+      {pack(2, 0, "math", "sqrt", std::make_tuple(4), NoKwargs{}), 0,
+       "CAST frame needs a non-zero Id"},
+      {pack(3, 0, "1", kNil, 0), 0, "EVAL frame needs a non-zero Id"},
+      {pack(4, 0, "x = 1", 0), 0, "EXEC frame needs a non-zero Id"},
+      {raw_frame({{0x96, 0x01, 0x07, 0xc4, 0x01, 0xff, 0xa1, 'f', 0x90, 0x80}}), 7,
+       "Module is not valid UTF-8 at byte 3"},
+      {raw_frame({{0x94, 0x04, 0x07, 0xa2, 0xc3, 0x28, 0x00}}), 7,
+       "Code is not valid UTF-8 at byte 3"},
+      {raw_frame({{0x96, 0x01, 0x07, 0xa1, 'm', 0xa1, 'f', 0x91, 0xa1, 0xff, 0x80}}), 7,
+       "in Args: str is not valid UTF-8 (arbitrary bytes go in a bin) at byte 8"},
+      {raw_frame({{0x96, 0x01, 0x07, 0xa1, 'm', 0xa1, 'f', 0x91, 0xd4, 0x03, 0x00, 0x80}}), 7,
+       "in Args: bigint needs a sign byte and a magnitude at byte 8"},
       {pack(1, 7, 5, "f", std::make_tuple(), NoKwargs{}), 7,
        "expected a string (Module), found int at byte 3"},
       {pack(1, 7, "m", "f", 5, NoKwargs{}), 7, "expected an array (Args), found int at byte 7"},
@@ -337,6 +352,30 @@ BOOST_AUTO_TEST_CASE(malformed_frames_get_frame_errors_naming_the_problem) {
   // Nothing else was affected.
   Reply r = result(d, pack(3, 8, "40 + 2", kNil, 0), 8);
   BOOST_TEST(r.field(2).as<int>() == 42);
+}
+
+BOOST_AUTO_TEST_CASE(nesting_counts_from_the_frame_fields) {
+  // The Args array is one level, so an argument may hold 511 more.
+  Dispatcher d(codec(), kMax);
+  // builtins.list(arg) where arg is `levels` arrays around an empty one.
+  auto call_with = [](int levels) {
+    Bytes p = raw_frame({{0x96, 0x01, 0x07}, one("builtins"), one("list"), {0x91}});
+    p.insert(p.end(), size_t(levels), 0x91);
+    p.insert(p.end(), {0x90, 0x80});
+    return p;
+  };
+  Reply r = result(d, call_with(510), 7);
+  Reply e = error(d, call_with(511), 7, "FrameError");
+  // The innermost array: the argument starts at byte 18.
+  BOOST_TEST(e.str(3) == "in Args: nesting deeper than 512 levels at byte 529");
+  // Results may be 512 levels deep: the RESULT frame's array is not counted.
+  r = result(
+      d, pack(3, 8, "__import__('functools').reduce(lambda a, _: [a], range(511), [])", kNil, 0),
+      8);
+  e = error(d,
+            pack(3, 9, "__import__('functools').reduce(lambda a, _: [a], range(512), [])", kNil, 0),
+            9, "TypeError");
+  BOOST_TEST(e.str(3) == "cannot convert a value nested deeper than 512 levels");
 }
 
 BOOST_AUTO_TEST_CASE(answers_that_do_not_fit_become_frame_too_large) {
