@@ -108,11 +108,12 @@ await({pyport_call, Alias, _Deadline, Pool, Slot}, Timeout) ->
 await({pyport_call_failed, Reason}, _Timeout) ->
     {error, Reason}.
 
-%% @doc Sends a call whose answer nobody waits for (kind CAST, id 0: an
-%% error about the frame itself is logged by the worker's owner).
+%% @doc Sends a call whose answer nobody waits for (kind CAST). It still
+%% carries a fresh id: the worker refuses id 0 for it, and an error about
+%% the frame itself then names the id (the owner drops it, as nobody waits).
 -spec cast(target(), [term()]) -> ok | {error, term()}.
 cast(Target, Fields) ->
-    case prepare(Target, ?CAST, 0, Fields) of
+    case prepare(Target, ?CAST, erlang:unique_integer([positive]), Fields) of
         {ok, _Pool, Info, Frame} ->
             case route(Target, Info) of
                 {ok, _Slot, Pid} ->

@@ -199,15 +199,15 @@ terminate(Reason, #state{tab = Tab, slot = Slot} = State0) ->
                  {shutdown, _} -> shutdown;
                  Other -> Other
              end,
-    fail_all(Detail, State),
+    _ = fail_all(Detail, State),
     ok.
 
 %% @private
-%% Crash reports show how many requests were in flight, not their frames.
--spec format_status(map()) -> map().
-format_status(#{state := #state{pending = Pending, queue = Q} = State} = Status) ->
-    Status#{state := State#state{pending = {map_size(Pending), requests},
-                                 queue = {queue:len(Q), requests}}};
+%% Crash reports and sys:get_status/1 show a summary (how many requests
+%% were in flight, not their frames).
+-spec format_status(gen_server:format_status()) -> gen_server:format_status().
+format_status(#{state := #state{} = State} = Status) ->
+    Status#{state := info_map(State)};
 format_status(Status) ->
     Status.
 
@@ -352,7 +352,10 @@ answer(Id, Reply, #state{pending = Pending} = State) ->
             finish(Alias, Reply, State),
             State#state{pending = Rest};
         error ->
-            %% Its deadline passed and it was purged: nobody waits for it.
+            %% Its deadline passed and it was purged, or it answers a cast
+            %% (e.g. a FrameError): nobody waits for it.
+            ?LOG_DEBUG("pyport worker ~tp/~b: answer to request ~b that nobody waits for",
+                       [State#state.pool, State#state.slot, Id], metadata(State)),
             State
     end.
 
