@@ -30,7 +30,7 @@ groups() ->
        unconvertible_object, proper_round_trip]},
      {api, [],
       [json_dumps_with_kwargs, kwargs_keys, eval_with_locals, eval_forms, python_exceptions,
-       exception_type_atoms, unknown_module_and_function, import_errors,
+       exception_type_atoms, unknown_module_and_function,
        exec_then_eval_share_globals, context_routing, spawn_call_and_await,
        cast_runs_in_order, call_timeout_leaves_mailbox_empty, eval_timeout,
        frame_too_large, unsupported_term, options_and_pools, version]},
@@ -322,17 +322,6 @@ unknown_module_and_function(_Config) ->
     ?assertMatch({_, _}, binary:match(M, <<"no_such_module_pyport">>)),
     {error, {'AttributeError', A}} = py:call(math, no_such_function, []),
     ?assertMatch({_, _}, binary:match(A, <<"no_such_function">>)).
-
-import_errors(_Config) ->
-    Ctx = py:context(2),
-    {ok, #{os_pid := OsPid}} = pyport:worker_info(Ctx),
-    {error, {'ImportError', Msg}} = py:call(Ctx, pyport_broken_import, f, []),
-    ?assertMatch({_, _}, binary:match(Msg, <<"broken on purpose">>)),
-    {error, {'RuntimeError', Msg2}} = py:call(Ctx, pyport_raises_at_import, f, []),
-    ?assertMatch({_, _}, binary:match(Msg2, <<"fails while importing">>)),
-    %% The same worker process answers the next call.
-    ?assertEqual({ok, 3}, py:call(Ctx, ?F, add, [1, 2])),
-    ?assertMatch({ok, #{os_pid := OsPid}}, pyport:worker_info(Ctx)).
 
 exec_then_eval_share_globals(_Config) ->
     Ctx = py:context(),

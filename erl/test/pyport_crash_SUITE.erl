@@ -19,6 +19,7 @@ all() ->
     [os_exit_status, os_abort, segfault, sigkill_from_outside,
      broken_imports_keep_the_worker, missing_executable_fails_the_pool,
      executable_that_exits_fails_the_pool, silent_executable_times_out,
+     unsupported_protocol_refused, exit_details,
      crash_loop_gives_up, stop_pool_finishes_reads_then_kills_busy_worker].
 
 init_per_suite(Config) ->
@@ -132,7 +133,7 @@ missing_executable_fails_the_pool(_Config) ->
     ?assertEqual([default], pyport:pools()).
 
 executable_that_exits_fails_the_pool(Config) ->
-    Script = script(Config, "exits", "echo 'cannot start: on purpose' >&2\nexit 4\n"),
+    Script = script(Config, "exits", "exit 4\n"),
     ?assertEqual({error, {pool_start_failed, exits, {worker_start_failed, {exit_status, 4}}}},
                  pyport:start_pool(exits, #{size => 1, worker => Script})),
     ?assertEqual([default], pyport:pools()).
@@ -146,6 +147,31 @@ silent_executable_times_out(Config) ->
     OsPid = binary_to_integer(string:trim(PidText)),
     %% The process that never said hello was killed, not left behind.
     wait_until(fun() -> not os_process_alive(OsPid) end, {still_alive, OsPid}).
+
+%% A worker that speaks another protocol version is refused, and stopped.
+unsupported_protocol_refused(Config) ->
+    Hello = iolist_to_binary(pyport_codec:encode_frame(0, 0, [2, <<"3.11.2">>, 1, #{}])),
+    Bytes = <<(byte_size(Hello)):32, Hello/binary>>,
+    Printf = lists:append([io_lib:format("\\~3.8.0b", [B]) || <<B>> <= Bytes]),
+    PidFile = filename:join(?config(priv_dir, Config), "v2.pid"),
+    Script = script(Config, "v2", "echo $$ > " ++ PidFile ++ "\nprintf '" ++ Printf ++
+                        "'\nexec sleep 60\n"),
+    ?assertEqual({error, {pool_start_failed, v2, {worker_start_failed, {unsupported_protocol, 2}}}},
+                 pyport:start_pool(v2, #{size => 1, worker => Script})),
+    {ok, PidText} = file:read_file(PidFile),
+    OsPid = binary_to_integer(string:trim(PidText)),
+    wait_until(fun() -> not os_process_alive(OsPid) end, {still_alive, OsPid}).
+
+%% How an exit status is reported: above 128 it is a signal.
+exit_details(_Config) ->
+    ?assertEqual({exit_status, 0}, pyport_worker:exit_detail(0)),
+    ?assertEqual({exit_status, 128}, pyport_worker:exit_detail(128)),
+    ?assertEqual({signal, sighup}, pyport_worker:exit_detail(129)),
+    ?assertEqual({signal, sigabrt}, pyport_worker:exit_detail(134)),
+    ?assertEqual({signal, sigkill}, pyport_worker:exit_detail(137)),
+    ?assertEqual({signal, sigsegv}, pyport_worker:exit_detail(139)),
+    ?assertEqual({signal, sigterm}, pyport_worker:exit_detail(143)),
+    ?assertEqual({signal, 40}, pyport_worker:exit_detail(168)).
 
 %% A worker whose OS process stops being able to start: five deaths before a
 %% hello stop its gen_server, the pool's supervisor gives up after its
