@@ -109,7 +109,7 @@ cast(Module, Function, Args) ->
 %%% Asynchronous calls
 %%%===================================================================
 
-%% @doc Starts a call and returns a handle at once; {@link await/1,2}, in the
+%% @doc Starts a call and returns a handle at once; {@link await/1} or {@link await/2}, in the
 %% same process, collects the result.
 -spec spawn_call(name(), name(), [term()]) -> handle().
 spawn_call(Module, Function, Args) ->
@@ -147,6 +147,7 @@ spawn_call(Module, Function, Args, Kwargs, Opts) ->
                   end).
 
 %% @doc Waits for the result of a {@link spawn_call/3} until its deadline.
+%% A handle is awaited once, by the process that made it.
 -spec await(handle()) -> result().
 await(Handle) ->
     pyport_request:await(Handle).

@@ -45,7 +45,7 @@ call(Target, Kind, Fields, Timeout) ->
         {pyport_call_failed, Reason} -> {error, Reason}
     end.
 
-%% @doc Sends a request and returns at once; {@link await/1,2} collects the
+%% @doc Sends a request and returns at once; {@link await/1} or {@link await/2} collects the
 %% answer, in the same process.
 -spec start(target(), pos_integer(), [term()], timeout() | default) -> handle().
 start(Target, Kind, Fields, Timeout0) ->
