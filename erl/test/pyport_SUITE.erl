@@ -37,7 +37,7 @@ groups() ->
      {logging, [],
       [print_one_megabyte, cast_exception_is_logged, traceback_logged_at_debug]},
      {load, [],
-      [ten_thousand_callers_pool_of_two]}].
+      [ten_thousand_callers_pool_of_two, sampled_routing_in_a_large_pool]}].
 
 init_per_suite(Config) ->
     Data = test_python_dir(Config),
@@ -554,4 +554,24 @@ ten_thousand_callers_pool_of_two(Config) ->
         ?assertEqual([0, 0], [counters:get(C, S) || S <- [1, 2]])
     after
         ok = pyport:stop_pool(load)
+    end.
+
+%% Above 8 workers a caller samples two slots instead of reading them all:
+%% every call is still answered, and the load spreads.
+sampled_routing_in_a_large_pool(_Config) ->
+    {ok, _} = pyport:start_pool(large, #{size => 10}),
+    try
+        Self = self(),
+        Opts = #{pool => large, timeout => 30000},
+        [spawn_link(fun() -> Self ! {pid, I, py:call(os, getpid, [], #{}, Opts)} end)
+         || I <- lists:seq(1, 1000)],
+        Pids = [receive {pid, I, {ok, P}} -> P
+                after 60000 -> ct:fail({missing_answer, I})
+                end || I <- lists:seq(1, 1000)],
+        {ok, Workers} = pyport:workers(large),
+        OsPids = [maps:get(os_pid, pyport_worker:info(W)) || {_, W} <- Workers],
+        ?assertEqual([], lists:usort(Pids) -- OsPids),
+        ?assert(length(lists:usort(Pids)) > 1)
+    after
+        ok = pyport:stop_pool(large)
     end.
