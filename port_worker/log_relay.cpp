@@ -59,7 +59,7 @@ void LogRelay::run() {
       if (open[i] && (fds[i].revents & (POLLIN | POLLHUP | POLLERR))) {
         if (!read_some(streams_[i])) {
           open[i] = false;
-          emit(streams_[i], true);
+          flush(streams_[i]);
         }
       }
     }
@@ -72,7 +72,7 @@ void LogRelay::run() {
     fcntl(streams_[i].fd, F_SETFL, fcntl(streams_[i].fd, F_GETFL) | O_NONBLOCK);
     while (read_some(streams_[i])) {
     }
-    emit(streams_[i], true);
+    flush(streams_[i]);
   }
 }
 
@@ -83,9 +83,21 @@ bool LogRelay::read_some(Stream& s) {
     n = read(s.fd, chunk, sizeof chunk);
   } while (n < 0 && errno == EINTR);
   if (n <= 0) return false;
-  s.partial.append(chunk, size_t(n));
-  emit(s, false);
+  try {
+    s.partial.append(chunk, size_t(n));
+    emit(s, false);
+  } catch (const std::bad_alloc&) {
+    s.partial.clear();  // out of memory: these lines are lost, later ones are not
+  }
   return true;
+}
+
+void LogRelay::flush(Stream& s) {
+  try {
+    emit(s, true);
+  } catch (const std::bad_alloc&) {
+    s.partial.clear();
+  }
 }
 
 void LogRelay::emit(Stream& s, bool all) {

@@ -43,6 +43,8 @@ class LogRelay {
   // Appends LOG frames for the complete lines in s.partial (all of it when
   // `all`), then submits them.
   void emit(Stream& s, bool all);
+  // emit(s, true), for end of file: the last line may lack its newline.
+  void flush(Stream& s);
   // Appends LOG frames for one line of valid UTF-8, cut to max_line_.
   void add_line(ByteBuffer& frames, const char* level, const std::string& line);
 

@@ -228,7 +228,14 @@ void Worker::on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t*) {
   }
   if (nread == 0) return;
   self->assembler_.commit(size_t(nread));
-  self->process_input();
+  try {
+    self->process_input();
+  } catch (const std::exception& e) {
+    // Only allocation can fail here. An answer may be lost, so the worker
+    // must not go on: its owner answers every open request when it exits.
+    self->diag(std::string("cannot handle frames: ") + e.what() + "; exiting");
+    _exit(1);
+  }
 }
 
 void Worker::process_input() {
