@@ -161,18 +161,18 @@ enc_int(I) ->
 
 enc_bigint(Sign, Magnitude) ->
     Mag = binary:encode_unsigned(Magnitude),
-    [ext_header(?EXT_BIGINT, byte_size(Mag) + 1, Magnitude), Sign | Mag].
+    [ext_header(?EXT_BIGINT, byte_size(Mag) + 1, Magnitude), Sign, Mag].
 
 enc_bin(B) ->
     case byte_size(B) of
-        N when N < 16#100 -> [16#c4, N | B];
-        N when N < 16#10000 -> [<<16#c5, N:16>> | B];
-        N when N < 16#100000000 -> [<<16#c6, N:32>> | B];
+        N when N < 16#100 -> [16#c4, N, B];
+        N when N < 16#10000 -> [<<16#c5, N:16>>, B];
+        N when N < 16#100000000 -> [<<16#c6, N:32>>, B];
         _ -> error({unsupported_term, B})
     end.
 
 enc_ext(Code, Payload, Term) ->
-    [ext_header(Code, byte_size(Payload), Term) | Payload].
+    [ext_header(Code, byte_size(Payload), Term), Payload].
 
 enc_list([]) ->
     16#90;
@@ -331,6 +331,7 @@ d(Bin, _, _, _, _) ->
 
 %% Why d/5 could not read a value at the start of Bin. A complete container
 %% header only fails to match there at the depth limit.
+-spec bad_value(binary()) -> no_return().
 bad_value(<<16#c1, _/binary>>) ->
     ?FAIL({reserved_byte, 16#c1});
 bad_value(<<B, _/binary>>) when B >= 16#80, B < 16#a0 ->
@@ -414,6 +415,7 @@ magnitude(M, Sign) ->
         _ -> {error, bad_bigint}
     end.
 
+-spec ext_failed(term(), binary(), non_neg_integer()) -> no_return().
 ext_failed({unknown_ext, _} = Why, _, _) -> ?FAIL(Why);
 ext_failed(Tag, Bin, Back) -> ?FAIL_AT(Tag, Bin, Back).
 
