@@ -63,26 +63,21 @@ Dispatcher::Dispatcher(Codec& codec, size_t max_frame_size)
     : codec_(codec), max_frame_size_(max_frame_size) {}
 
 void Dispatcher::handle_frame(const uint8_t* payload, size_t size, ByteBuffer& out) {
-  try {
-    if (size == 0) return frame_error(0, "empty frame", out);
-    mp::Reader r(payload, size);
-    uint32_t fields;
-    uint64_t kind, id = 0;
-    if (!r.read_array_header(fields, "frame")) return frame_error(0, r.error(), out);
-    if (fields < 2) {
-      return frame_error(0, "frame has " + std::to_string(fields) + " elements, needs Kind and Id",
-                         out);
-    }
-    if (!r.read_uint(kind, "Kind")) {
-      recover_id(payload, size, id);  // answer for the id if it is readable
-      return frame_error(id, r.error(), out);
-    }
-    if (!r.read_uint(id, "Id")) return frame_error(0, r.error(), out);
-    dispatch(r, kind, id, fields, out);
-  } catch (const std::bad_alloc&) {
-    // The answer buffer could not grow: nothing sensible can be written.
-    PyErr_Clear();
+  if (size == 0) return frame_error(0, "empty frame", out);
+  mp::Reader r(payload, size);
+  uint32_t fields;
+  uint64_t kind, id = 0;
+  if (!r.read_array_header(fields, "frame")) return frame_error(0, r.error(), out);
+  if (fields < 2) {
+    return frame_error(0, "frame has " + std::to_string(fields) + " elements, needs Kind and Id",
+                       out);
   }
+  if (!r.read_uint(kind, "Kind")) {
+    recover_id(payload, size, id);  // answer for the id if it is readable
+    return frame_error(id, r.error(), out);
+  }
+  if (!r.read_uint(id, "Id")) return frame_error(0, r.error(), out);
+  dispatch(r, kind, id, fields, out);
 }
 
 void Dispatcher::dispatch(mp::Reader& r, uint64_t kind, uint64_t id, uint32_t fields,

@@ -22,8 +22,9 @@ class Dispatcher {
   Dispatcher(Codec& codec, size_t max_frame_size);
 
   // Handles the payload of one frame; appends its answer (if it has one) to
-  // out as complete frames. Never throws; every request gets exactly one
-  // answer, CAST and SHUTDOWN none.
+  // out as complete frames: every request gets exactly one answer, CAST and
+  // SHUTDOWN none. Throws std::bad_alloc only if out cannot grow to hold an
+  // answer (Python's own allocation failures become MemoryError answers).
   void handle_frame(const uint8_t* payload, size_t size, ByteBuffer& out);
   // Answers a frame announced as `size` bytes, over the maximum.
   void frame_too_large(uint64_t id, size_t size, ByteBuffer& out);

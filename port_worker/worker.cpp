@@ -66,10 +66,9 @@ std::string current_exception_text() {
   PyError e = PyError::fetch();
   PyRef type = PyRef::steal(PyType_GetName(Py_TYPE(e.value.get())));
   PyRef str = PyRef::steal(PyObject_Str(e.value.get()));
-  std::string text;
   const char* t = type ? PyUnicode_AsUTF8(type.get()) : nullptr;
   const char* s = str ? PyUnicode_AsUTF8(str.get()) : nullptr;
-  text = std::string(t ? t : "exception") + ": " + (s ? s : "");
+  std::string text = std::string(t ? t : "exception") + ": " + (s ? s : "");
   PyErr_Clear();
   return text;
 }

@@ -58,8 +58,10 @@ class GilScope {
 struct PyError {
   PyRef value;  // the exception instance (never null after fetch())
 
-  // Moves the current exception (which must be set) into a PyError.
+  // Moves the current exception into a PyError (a SystemError if none is
+  // set, so that a caller that expected one still reports something).
   static PyError fetch() {
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_SystemError, "error without an exception set");
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
     PyErr_NormalizeException(&type, &value, &tb);
