@@ -106,6 +106,10 @@ class Process {
     close(in_);
     in_ = -1;
   }
+  void close_stdout() {
+    close(out_);
+    out_ = -1;
+  }
 
   // The next frame; false at end of output.
   bool next_frame(Frame& f) {
@@ -501,6 +505,17 @@ BOOST_AUTO_TEST_CASE(atexit_output_is_sent_and_a_lingering_thread_cannot_hold_th
   status = q.wait();
   BOOST_TEST(WIFEXITED(status));
   BOOST_TEST(WEXITSTATUS(status) == 0);
+}
+
+BOOST_AUTO_TEST_CASE(a_worker_whose_output_is_closed_exits) {
+  Process p({});
+  hello(p);
+  p.close_stdout();
+  p.send(pack(1, 1, "math", "sqrt", std::vector<double>{4.0}, NoKwargs{}));
+  int status = p.wait();  // the answer fails with EPIPE: the owner is gone
+  BOOST_TEST(WIFEXITED(status));
+  BOOST_TEST(WEXITSTATUS(status) == 0);
+  BOOST_TEST(p.stderr_text() == "");
 }
 
 BOOST_AUTO_TEST_CASE(bad_arguments_exit_2_with_a_message) {
