@@ -13,9 +13,21 @@ namespace {
 // not cached, so a stream of distinct names cannot grow memory without bound.
 constexpr size_t kMaxCachedAtoms = 4096;
 
-// ETF tags (second byte after 131) that select Pid and Ref.
-constexpr uint8_t kNewPidExt = 88, kPidExt = 103;
-constexpr uint8_t kNewerRefExt = 90, kNewRefExt = 114, kRefExt = 101;
+// ETF tags (the byte after 131) of the terms ext 5 may carry: pids, refs,
+// ports and funs. Anything else (a compressed term: 80) is refused.
+enum EtfTag : uint8_t {
+  kNewPidExt = 88,
+  kPidExt = 103,
+  kNewerRefExt = 90,
+  kNewRefExt = 114,
+  kRefExt = 101,
+  kV4PortExt = 89,
+  kNewPortExt = 120,
+  kPortExt = 102,
+  kNewFunExt = 112,
+  kExportExt = 113,
+  kFunExt = 117,
+};
 
 // The type's __name__, for messages.
 std::string type_name(PyObject* obj) {
@@ -261,11 +273,29 @@ class Codec::Decoder {
           r.fail_at(start, "term payload is not external term format (starting with 131)");
           return {};
         }
-        PyObject* cls = codec_.term_type_.get();
-        if (p[1] == kNewPidExt || p[1] == kPidExt) {
-          cls = codec_.pid_type_.get();
-        } else if (p[1] == kNewerRefExt || p[1] == kNewRefExt || p[1] == kRefExt) {
-          cls = codec_.ref_type_.get();
+        PyObject* cls;
+        switch (p[1]) {
+          case kNewPidExt:
+          case kPidExt:
+            cls = codec_.pid_type_.get();
+            break;
+          case kNewerRefExt:
+          case kNewRefExt:
+          case kRefExt:
+            cls = codec_.ref_type_.get();
+            break;
+          case kV4PortExt:
+          case kNewPortExt:
+          case kPortExt:
+          case kNewFunExt:
+          case kExportExt:
+          case kFunExt:
+            cls = codec_.term_type_.get();
+            break;
+          default:
+            r.fail_at(start, "term payload is not a pid, reference, port or fun (ETF tag " +
+                                 std::to_string(p[1]) + ")");
+            return {};
         }
         PyRef etf = PyRef::steal(PyBytes_FromStringAndSize(reinterpret_cast<const char*>(p), n));
         if (!etf) return {};

@@ -290,7 +290,16 @@ BOOST_AUTO_TEST_CASE(erlang_terms_by_etf_tag) {
   BOOST_TEST(std::string(Py_TYPE(decode_ok({0xd5, 0x05, 131, 103}).get())->tp_name) == "Pid");
   BOOST_TEST(std::string(Py_TYPE(decode_ok({0xd5, 0x05, 131, 101}).get())->tp_name) == "Ref");
   BOOST_TEST(std::string(Py_TYPE(decode_ok({0xd5, 0x05, 131, 114}).get())->tp_name) == "Ref");
-  std::string err = decode_error({0xd5, 0x05, 130, 88});
+  // A fun (NEW_FUN_EXT) and an external fun (EXPORT_EXT) are Terms too.
+  BOOST_TEST(std::string(Py_TYPE(decode_ok({0xd5, 0x05, 131, 112}).get())->tp_name) == "Term");
+  BOOST_TEST(std::string(Py_TYPE(decode_ok({0xd5, 0x05, 131, 113}).get())->tp_name) == "Term");
+  // Any other term, or a compressed one, is refused.
+  std::string err = decode_error({0xd5, 0x05, 131, 97});
+  BOOST_TEST(err ==
+             "ValueError: term payload is not a pid, reference, port or fun (ETF tag 97) "
+             "at byte 0");
+  BOOST_TEST(contains(decode_error({0xd5, 0x05, 131, 80}), "(ETF tag 80)"));
+  err = decode_error({0xd5, 0x05, 130, 88});
   BOOST_TEST(contains(err, "not external term format"), err);
   BOOST_TEST(contains(decode_error({0xd4, 0x05, 131}), "not external term format"));
 }
