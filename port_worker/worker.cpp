@@ -136,7 +136,7 @@ int Worker::run(const Channel& channel) {
   }
   writer_.close();
   uv_run(&loop_, UV_RUN_DEFAULT);  // runs the close callbacks
-  uv_loop_close(&loop_);
+  if (uv_loop_close(&loop_) != 0) diag("the event loop still had open handles at exit");
   return 0;
 }
 
