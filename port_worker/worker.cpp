@@ -8,6 +8,7 @@
 #include <cstring>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #ifndef PYPORT_PYTHON_PROGRAM
 #define PYPORT_PYTHON_PROGRAM "/usr/bin/python3"
