@@ -135,7 +135,11 @@ prepare(Target, Kind, Id, Fields) ->
     case pyport_pool:info(Pool) of
         {ok, #{max_frame_size := Max} = Info} ->
             try pyport_codec:encode_frame(Kind, Id, Fields) of
-                Frame ->
+                Iodata ->
+                    %% A few binaries instead of a deep iolist: the message to
+                    %% the port owner and the port write copy only small
+                    %% parts, while large binaries stay shared by reference.
+                    Frame = erlang:iolist_to_iovec(Iodata),
                     case iolist_size(Frame) of
                         Size when Size > Max -> {error, {frame_too_large, Size, Max}};
                         _ -> {ok, Pool, Info, Frame}

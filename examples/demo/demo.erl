@@ -66,8 +66,8 @@ errors() ->
                                       py:call(demo_tasks, withdraw, [10, 50])),
     {error, {'ModuleNotFoundError', _}} = show("py:call(no_such_module, f, [])",
                                                py:call(no_such_module, f, [])),
-    {error, timeout} = show("py:call(time, sleep, [2], #{}, 100)",
-                            py:call(time, sleep, [2], #{}, 100)),
+    {error, timeout} = show("py:call(time, sleep, [0.5], #{}, 100)",
+                            py:call(time, sleep, [0.5], #{}, 100)),
     {ok, 4.0} = show("and the pool still answers: py:call(math, sqrt, [16])",
                      py:call(math, sqrt, [16])).
 
