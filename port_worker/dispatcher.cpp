@@ -27,6 +27,12 @@ const char* kind_name(uint64_t kind) {
       return "EVAL";
     case kExec:
       return "EXEC";
+    case kCancel:
+      return "CANCEL";
+    case kStreamStart:
+      return "STREAM_START";
+    case kStreamCredit:
+      return "STREAM_CREDIT";
     default:
       return "SHUTDOWN";
   }
@@ -51,13 +57,32 @@ uint32_t expected_fields(uint64_t kind) {
     case kEval:
       return 5;
     case kExec:
+    case kStreamStart:
       return 4;
-    default:
+    case kStreamCredit:
+      return 3;
+    default:  // SHUTDOWN, CANCEL
       return 2;
   }
 }
 
 }  // namespace
+
+bool TaskHooks::load(PyObject* module) {
+  struct {
+    PyRef* slot;
+    const char* name;
+  } names[] = {{&is_awaitable, "is_awaitable_result"},
+               {&start_task, "start_task"},
+               {&start_stream, "start_stream"},
+               {&stream_credit, "stream_credit"},
+               {&cancel, "cancel"}};
+  for (auto& n : names) {
+    *n.slot = PyRef::steal(PyObject_GetAttrString(module, n.name));
+    if (!*n.slot) return false;
+  }
+  return true;
+}
 
 Dispatcher::Dispatcher(Codec& codec, size_t max_frame_size)
     : codec_(codec), max_frame_size_(max_frame_size) {}
@@ -87,10 +112,13 @@ void Dispatcher::dispatch(mp::Reader& r, uint64_t kind, uint64_t id, uint32_t fi
     case kCast:
     case kEval:
     case kExec:
+    case kCancel:
+    case kStreamStart:
+    case kStreamCredit:
     case kShutdown:
       break;
     default:
-      if (kind >= 5 && kind <= 14) {
+      if (kind >= 8 && kind <= 14) {
         return frame_error(
             id,
             "frame kind " + std::to_string(kind) + " is reserved and not supported by this worker",
@@ -118,62 +146,253 @@ void Dispatcher::dispatch(mp::Reader& r, uint64_t kind, uint64_t id, uint32_t fi
       return eval(r, id, out);
     case kExec:
       return exec(r, id, out);
+    case kCancel:
+      return cancel(r, id, out);
+    case kStreamStart:
+      return stream_start(r, id, out);
+    case kStreamCredit:
+      return stream_credit(r, id, out);
     default:
       shutdown_ = true;
   }
 }
 
-void Dispatcher::call(mp::Reader& r, bool is_cast, uint64_t id, ByteBuffer& out) {
-  std::string_view module, function;
-  if (!read_text(r, module, "Module") || !read_text(r, function, "Function")) {
-    return frame_error(id, r.error(), out);
+PyRef Dispatcher::run_call(mp::Reader& r, const char* what, std::string* ferr,
+                           std::string_view* module, std::string_view* function) {
+  if (!read_text(r, *module, "Module") || !read_text(r, *function, "Function")) {
+    *ferr = r.error();
+    return {};
   }
   size_t args_at = r.offset();
   uint32_t nargs;
-  if (!r.read_array_header(nargs, "Args")) return frame_error(id, r.error(), out);
-  PyRef args = codec_.decode_tuple(r, nargs, args_at);
-  if (!args) return decode_error(id, "Args", out);
-  std::string error;
-  PyRef kwargs = decode_str_map(r, "Kwargs", &error);
-  if (!error.empty()) return frame_error(id, error, out);
-  if (!kwargs) return decode_error(id, "Kwargs", out);
-  if (!r.at_end()) return frame_error(id, "trailing bytes after the CALL frame", out);
-
-  PyRef fn = lookup_function(module, function);
-  PyRef result;
-  if (fn) {
-    PyObject* kw = PyDict_GET_SIZE(kwargs.get()) ? kwargs.get() : nullptr;
-    result = PyRef::steal(PyObject_Call(fn.get(), args.get(), kw));
+  if (!r.read_array_header(nargs, "Args")) {
+    *ferr = r.error();
+    return {};
   }
+  PyRef args = codec_.decode_tuple(r, nargs, args_at);
+  if (!args) {
+    decode_failure("Args", ferr);
+    return {};
+  }
+  PyRef kwargs = decode_str_map(r, "Kwargs", ferr);
+  if (!ferr->empty()) return {};
+  if (!kwargs) {
+    decode_failure("Kwargs", ferr);
+    return {};
+  }
+  if (!r.at_end()) {
+    *ferr = std::string("trailing bytes after the ") + what + " frame";
+    return {};
+  }
+  PyRef fn = lookup_function(*module, *function);
+  if (!fn) return {};
+  PyObject* kw = PyDict_GET_SIZE(kwargs.get()) ? kwargs.get() : nullptr;
+  return PyRef::steal(PyObject_Call(fn.get(), args.get(), kw));
+}
+
+PyRef Dispatcher::run_eval(mp::Reader& r, const char* what, std::string* ferr) {
+  std::string_view code;
+  if (!read_text(r, code, "Code")) {
+    *ferr = r.error();
+    return {};
+  }
+  PyRef locals;
+  if (!r.read_nil()) {
+    locals = decode_str_map(r, "Locals", ferr);
+    if (!ferr->empty()) return {};
+    if (!locals) {
+      decode_failure("Locals", ferr);
+      return {};
+    }
+  }
+  uint64_t ns;
+  if (!r.read_uint(ns, "Namespace")) {
+    *ferr = r.error();
+    return {};
+  }
+  if (!r.at_end()) {
+    *ferr = std::string("trailing bytes after the ") + what + " frame";
+    return {};
+  }
+  PyRef globals = namespace_globals(ns);
+  PyRef compiled_code = globals ? compiled(code, Py_eval_input) : PyRef();
+  if (!compiled_code) return {};
+  return PyRef::steal(
+      PyEval_EvalCode(compiled_code.get(), globals.get(), locals ? locals.get() : globals.get()));
+}
+
+void Dispatcher::call(mp::Reader& r, bool is_cast, uint64_t id, ByteBuffer& out) {
+  std::string ferr;
+  std::string_view module, function;
+  PyRef result = run_call(r, is_cast ? "CAST" : "CALL", &ferr, &module, &function);
+  if (!ferr.empty()) return frame_error(id, ferr, out);
   if (is_cast) {
+    if (result && hooks_.start_task && is_awaitable(result.get())) {
+      PyRef rid = PyRef::steal(PyLong_FromUnsignedLongLong(id));
+      result = rid ? PyRef::steal(PyObject_CallFunctionObjArgs(hooks_.start_task.get(), rid.get(),
+                                                               result.get(), Py_False, nullptr))
+                   : PyRef();
+    }
     if (!result) report_cast_error(module, function);
     return;
   }
   if (!result) return python_error(id, out);
-  write_result(id, result.get(), out);
+  deliver(id, std::move(result), out);
 }
 
 void Dispatcher::eval(mp::Reader& r, uint64_t id, ByteBuffer& out) {
-  std::string_view code;
-  if (!read_text(r, code, "Code")) return frame_error(id, r.error(), out);
-  PyRef locals;
-  if (!r.read_nil()) {
-    std::string error;
-    locals = decode_str_map(r, "Locals", &error);
-    if (!error.empty()) return frame_error(id, error, out);
-    if (!locals) return decode_error(id, "Locals", out);
-  }
-  uint64_t ns;
-  if (!r.read_uint(ns, "Namespace")) return frame_error(id, r.error(), out);
-  if (!r.at_end()) return frame_error(id, "trailing bytes after the EVAL frame", out);
-
-  PyRef globals = namespace_globals(ns);
-  PyRef compiled_code = globals ? compiled(code, Py_eval_input) : PyRef();
-  if (!compiled_code) return python_error(id, out);
-  PyRef result = PyRef::steal(
-      PyEval_EvalCode(compiled_code.get(), globals.get(), locals ? locals.get() : globals.get()));
+  std::string ferr;
+  PyRef result = run_eval(r, "EVAL", &ferr);
+  if (!ferr.empty()) return frame_error(id, ferr, out);
   if (!result) return python_error(id, out);
+  deliver(id, std::move(result), out);
+}
+
+bool Dispatcher::is_awaitable(PyObject* value) {
+  if (PyCoro_CheckExact(value)) return true;
+  // The usual results cannot be awaited: no need to ask Python.
+  if (value == Py_None || PyBool_Check(value) || PyLong_CheckExact(value) ||
+      PyFloat_CheckExact(value) || PyUnicode_CheckExact(value) || PyBytes_CheckExact(value) ||
+      PyList_CheckExact(value) || PyTuple_CheckExact(value) || PyDict_CheckExact(value)) {
+    return false;
+  }
+  PyRef answer = PyRef::steal(PyObject_CallOneArg(hooks_.is_awaitable.get(), value));
+  int yes = answer ? PyObject_IsTrue(answer.get()) : -1;
+  if (yes < 0) {
+    PyErr_Clear();  // an object that breaks the check is sent as it is
+    return false;
+  }
+  return yes;
+}
+
+void Dispatcher::deliver(uint64_t id, PyRef value, ByteBuffer& out) {
+  if (hooks_.start_task && is_awaitable(value.get())) {
+    PyRef rid = PyRef::steal(PyLong_FromUnsignedLongLong(id));
+    PyRef done = rid ? PyRef::steal(PyObject_CallFunctionObjArgs(hooks_.start_task.get(), rid.get(),
+                                                                 value.get(), Py_True, nullptr))
+                     : PyRef();
+    if (!done) python_error(id, out);
+    return;  // the task answers when it ends
+  }
+  write_result(id, value.get(), out);
+}
+
+void Dispatcher::cancel(mp::Reader&, uint64_t id, ByteBuffer& out) {
+  if (!hooks_.cancel) return frame_error(id, "CANCEL needs the worker's event loop", out);
+  PyRef rid = PyRef::steal(PyLong_FromUnsignedLongLong(id));
+  PyRef done = rid ? PyRef::steal(PyObject_CallOneArg(hooks_.cancel.get(), rid.get())) : PyRef();
+  // CANCEL is answered by the request it cancels, never by itself.
+  if (!done) PyErr_WriteUnraisable(hooks_.cancel.get());
+}
+
+void Dispatcher::stream_start(mp::Reader& r, uint64_t id, ByteBuffer& out) {
+  if (!hooks_.start_stream)
+    return frame_error(id, "STREAM_START needs the worker's event loop", out);
+  uint64_t credit, sub;
+  uint32_t n;
+  if (!r.read_uint(credit, "Credit") || !r.read_array_header(n, "Request")) {
+    return frame_error(id, r.error(), out);
+  }
+  if (n < 1 || !r.read_uint(sub, "Request kind")) {
+    return frame_error(id, n < 1 ? std::string("STREAM_START Request is empty") : r.error(), out);
+  }
+  std::string ferr;
+  std::string_view module, function;
+  PyRef source;
+  if (sub == kCall && n == 5) {
+    source = run_call(r, "STREAM_START", &ferr, &module, &function);
+  } else if (sub == kEval && n == 4) {
+    source = run_eval(r, "STREAM_START", &ferr);
+  } else {
+    return frame_error(id,
+                       "STREAM_START Request must be [1, Module, Function, Args, Kwargs] or "
+                       "[3, Code, Locals, Namespace]",
+                       out);
+  }
+  if (!ferr.empty()) return frame_error(id, ferr, out);
+  if (!source) return python_error(id, out);
+  PyRef rid = PyRef::steal(PyLong_FromUnsignedLongLong(id));
+  PyRef rcredit = PyRef::steal(PyLong_FromUnsignedLongLong(credit));
+  PyRef done =
+      rid && rcredit
+          ? PyRef::steal(PyObject_CallFunctionObjArgs(hooks_.start_stream.get(), rid.get(),
+                                                      source.get(), rcredit.get(), nullptr))
+          : PyRef();
+  if (!done) python_error(id, out);
+}
+
+void Dispatcher::stream_credit(mp::Reader& r, uint64_t id, ByteBuffer& out) {
+  if (!hooks_.stream_credit) {
+    return frame_error(id, "STREAM_CREDIT needs the worker's event loop", out);
+  }
+  uint64_t n;
+  if (!r.read_uint(n, "Credit")) return frame_error(id, r.error(), out);
+  PyRef rid = PyRef::steal(PyLong_FromUnsignedLongLong(id));
+  PyRef rn = PyRef::steal(PyLong_FromUnsignedLongLong(n));
+  PyRef done = rid && rn ? PyRef::steal(PyObject_CallFunctionObjArgs(hooks_.stream_credit.get(),
+                                                                     rid.get(), rn.get(), nullptr))
+                         : PyRef();
+  if (!done) PyErr_WriteUnraisable(hooks_.stream_credit.get());
+}
+
+bool Dispatcher::answer_future(uint64_t id, PyObject* future, ByteBuffer& out) {
+  if (!cancelled_name_) {
+    cancelled_name_ = PyRef::steal(PyUnicode_InternFromString("cancelled"));
+    exception_name_ = PyRef::steal(PyUnicode_InternFromString("exception"));
+    result_name_ = PyRef::steal(PyUnicode_InternFromString("result"));
+    if (!cancelled_name_ || !exception_name_ || !result_name_) {
+      cancelled_name_.reset();
+      return false;
+    }
+  }
+  PyRef cancelled = PyRef::steal(PyObject_CallMethodNoArgs(future, cancelled_name_.get()));
+  int is_cancelled = cancelled ? PyObject_IsTrue(cancelled.get()) : -1;
+  if (is_cancelled < 0) return false;
+  if (is_cancelled) {
+    write_error_frame(out, id, "CancelledError", "the request was cancelled", "", max_frame_size_);
+    return true;
+  }
+  PyRef exc = PyRef::steal(PyObject_CallMethodNoArgs(future, exception_name_.get()));
+  if (!exc) return false;
+  if (exc.get() != Py_None) {
+    ExceptionText t = describe(exc.get());
+    write_error_frame(out, id, t.type, t.message, t.traceback, max_frame_size_);
+    return true;
+  }
+  PyRef result = PyRef::steal(PyObject_CallMethodNoArgs(future, result_name_.get()));
+  if (!result) return false;
   write_result(id, result.get(), out);
+  return true;
+}
+
+bool Dispatcher::stream_chunk(uint64_t id, PyObject* value, ByteBuffer& out) {
+  size_t start = begin_frame(out);
+  mp::write_array_header(out, 3);
+  mp::write_uint(out, kStreamChunk);
+  mp::write_uint(out, id);
+  size_t head = out.size() - start - 4;
+  switch (codec_.encode(value, out, max_frame_size_ - head)) {
+    case EncodeResult::kOk:
+      end_frame(out, start);
+      return true;
+    case EncodeResult::kTooLarge:
+      out.truncate(start);
+      PyErr_Format(PyExc_ValueError, "a stream item does not fit in max_frame_size (%zu bytes)",
+                   max_frame_size_);
+      return false;
+    case EncodeResult::kError:
+      break;
+  }
+  out.truncate(start);
+  return false;
+}
+
+void Dispatcher::stream_end(uint64_t id, ByteBuffer& out) {
+  size_t start = begin_frame(out);
+  mp::write_array_header(out, 2);
+  mp::write_uint(out, kStreamEnd);
+  mp::write_uint(out, id);
+  end_frame(out, start);
 }
 
 void Dispatcher::exec(mp::Reader& r, uint64_t id, ByteBuffer& out) {
@@ -344,16 +563,13 @@ void Dispatcher::frame_error_typed(uint64_t id, std::string_view type, const std
   write_error_frame(out, id, type, message, "", max_frame_size_);
 }
 
-void Dispatcher::decode_error(uint64_t id, const char* field, ByteBuffer& out) {
-  if (PyErr_ExceptionMatches(PyExc_ValueError)) {
-    PyError e = PyError::fetch();
-    PyRef text = PyRef::steal(PyObject_Str(e.value.get()));
-    std::string message = std::string("in ") + field + ": " +
-                          (text ? utf8_of(text.get()) : std::string("undecodable value"));
-    PyErr_Clear();
-    return frame_error(id, message, out);
-  }
-  python_error(id, out);
+void Dispatcher::decode_failure(const char* field, std::string* ferr) {
+  if (!PyErr_ExceptionMatches(PyExc_ValueError)) return;
+  PyError e = PyError::fetch();
+  PyRef text = PyRef::steal(PyObject_Str(e.value.get()));
+  *ferr = std::string("in ") + field + ": " +
+          (text ? utf8_of(text.get()) : std::string("undecodable value"));
+  PyErr_Clear();
 }
 
 void Dispatcher::python_error(uint64_t id, ByteBuffer& out) {

@@ -1,7 +1,12 @@
-// Runs the requests of PROTOCOL.md (CALL, CAST, EVAL, EXEC, SHUTDOWN) in
-// the embedded interpreter and writes their answers. Fed one frame payload
-// at a time and writing answer frames into a buffer, it needs no I/O, so it
-// is tested in-process. Every method needs the GIL.
+// Runs the requests of PROTOCOL.md (CALL, CAST, EVAL, EXEC, SHUTDOWN,
+// CANCEL, STREAM_START, STREAM_CREDIT) in the embedded interpreter and
+// writes their answers. Fed one frame payload at a time and writing answer
+// frames into a buffer, it needs no I/O, so it is tested in-process. Every
+// method needs the GIL.
+//
+// A request whose value is a coroutine (or an asyncio future) is not
+// answered at once: it is handed to the worker's event loop as a task
+// (TaskHooks), which answers it through answer_future() when it is done.
 #pragma once
 
 #include <cstdint>
@@ -17,9 +22,25 @@
 
 namespace pyport {
 
+// The Python functions (erlang._worker) that run requests on the worker's
+// event loop. Without them coroutines cannot be answered (TypeError) and
+// CANCEL, STREAM_START and STREAM_CREDIT are refused.
+struct TaskHooks {
+  PyRef is_awaitable;   // is_awaitable_result(value) -> bool
+  PyRef start_task;     // start_task(id, awaitable, answer: bool)
+  PyRef start_stream;   // start_stream(id, source, credit)
+  PyRef stream_credit;  // stream_credit(id, n)
+  PyRef cancel;         // cancel(id)
+
+  // Looks them up in `module`; false with a Python exception set.
+  bool load(PyObject* module);
+};
+
 class Dispatcher {
  public:
   Dispatcher(Codec& codec, size_t max_frame_size);
+
+  void set_task_hooks(TaskHooks hooks) { hooks_ = std::move(hooks); }
 
   // Handles the payload of one frame; appends its answer (if it has one) to
   // out as complete frames: every request gets exactly one answer, CAST and
@@ -28,6 +49,17 @@ class Dispatcher {
   void handle_frame(const uint8_t* payload, size_t size, ByteBuffer& out);
   // Answers a frame announced as `size` bytes, over the maximum.
   void frame_too_large(uint64_t id, size_t size, ByteBuffer& out);
+
+  // Answers request id with the outcome of a done future: RESULT with its
+  // result, or ERROR with its exception (CancelledError if it was
+  // cancelled). False with a Python exception set if the future could not
+  // be read.
+  bool answer_future(uint64_t id, PyObject* future, ByteBuffer& out);
+  // STREAM_CHUNK [24, Id, Value]: false with TypeError (unconvertible) or
+  // ValueError (larger than max_frame_size) set, nothing written.
+  bool stream_chunk(uint64_t id, PyObject* value, ByteBuffer& out);
+  // STREAM_END [25, Id].
+  void stream_end(uint64_t id, ByteBuffer& out);
 
   // True once a SHUTDOWN frame was handled.
   bool shutdown_requested() const { return shutdown_; }
@@ -41,6 +73,19 @@ class Dispatcher {
   void call(mp::Reader& r, bool is_cast, uint64_t id, ByteBuffer& out);
   void eval(mp::Reader& r, uint64_t id, ByteBuffer& out);
   void exec(mp::Reader& r, uint64_t id, ByteBuffer& out);
+  void cancel(mp::Reader& r, uint64_t id, ByteBuffer& out);
+  void stream_start(mp::Reader& r, uint64_t id, ByteBuffer& out);
+  void stream_credit(mp::Reader& r, uint64_t id, ByteBuffer& out);
+
+  // What a CALL (from Module on) or an EVAL (from Code on) produces: its
+  // value, or null with either *ferr set (the frame is malformed) or a
+  // Python exception set. `what` names the frame in messages.
+  PyRef run_call(mp::Reader& r, const char* what, std::string* ferr, std::string_view* module,
+                 std::string_view* function);
+  PyRef run_eval(mp::Reader& r, const char* what, std::string* ferr);
+  // Answers id with value, or starts it as a task if it is awaitable.
+  void deliver(uint64_t id, PyRef value, ByteBuffer& out);
+  bool is_awaitable(PyObject* value);
 
   // A map of str keys (Kwargs, Locals) as a dict with exact str keys, or
   // null with *error set (FrameError text) or a Python exception set.
@@ -56,8 +101,10 @@ class Dispatcher {
                          ByteBuffer& out);
   // Answers id with the current Python exception (which it clears).
   void python_error(uint64_t id, ByteBuffer& out);
-  // A failed decode of a field: FrameError for malformed input.
-  void decode_error(uint64_t id, const char* field, ByteBuffer& out);
+  // The FrameError text for a failed decode of a field into *ferr, if the
+  // codec found malformed input (ValueError, which it clears); else the
+  // Python exception stays set.
+  void decode_failure(const char* field, std::string* ferr);
   // Writes the current Python exception, with traceback, to sys.stderr.
   void report_cast_error(std::string_view module, std::string_view function);
 
@@ -68,6 +115,7 @@ class Dispatcher {
 
   Codec& codec_;
   size_t max_frame_size_;
+  TaskHooks hooks_;
   bool shutdown_ = false;
 
   std::unordered_map<std::string, PyRef> modules_;
@@ -83,6 +131,7 @@ class Dispatcher {
   std::list<const std::string*> lru_;
 
   PyRef format_exception_;  // traceback.format_exception, imported on first use
+  PyRef cancelled_name_, exception_name_, result_name_;  // future methods, interned
 };
 
 }  // namespace pyport

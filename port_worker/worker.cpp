@@ -95,17 +95,20 @@ int Worker::run(const Channel& channel) {
     diag(std::string("cannot start the log relay: ") + std::strerror(rc));
     return 1;
   }
-  if (!init_python()) return 1;
+  loop_thread_ = PyThread_get_thread_ident();
+  PyRef serve;
+  if (!init_python(serve)) return 1;
 
   ByteBuffer hello;
   std::string version = Py_GetVersion();
   version = version.substr(0, version.find(' '));
   write_hello_frame(hello, version, uint64_t(getpid()), options_.max_frame_size,
-                    {"call", "cast", "eval", "exec", "log"});
+                    {"call", "cast", "eval", "exec", "log", "asyncio", "stream", "cancel"});
   writer_.start(hello);
 
   uv_pipe_init(&loop_, &in_, 0);
   in_.data = this;
+  input_open_ = true;
   rc = uv_pipe_open(&in_, channel_.in_fd);
   if (rc == 0) rc = uv_read_start(reinterpret_cast<uv_stream_t*>(&in_), on_alloc, on_read);
   if (rc) {
@@ -113,14 +116,24 @@ int Worker::run(const Channel& channel) {
     return 1;
   }
 
-  // The loop waits without the GIL, so Python threads run meanwhile.
-  main_thread_ = PyEval_SaveThread();
-  uv_run(&loop_, UV_RUN_DEFAULT);  // until begin_shutdown() stops it
+  // The main thread now idles in the worker's event loop until SHUTDOWN,
+  // end of input or a failed write. Its poller waits without the GIL, so
+  // Python threads run meanwhile.
+  PyRef done = PyRef::steal(PyObject_CallNoArgs(serve.get()));
+  if (!done) {
+    diag("the worker's event loop failed: " + current_exception_text());
+    _exit(1);
+  }
+  serve.reset();
+  stop_input();
+  writer_.submit_from_loop(replies_);  // what the last tasks answered
 
   {
     ExitWatchdog watchdog(kExitGraceMs, channel_.diag_fd);
+    main_thread_ = PyEval_SaveThread();
     drain_writes();  // answers first, while the owner still reads them
     PyEval_RestoreThread(main_thread_);
+    loop_module::attach(nullptr);
     dispatcher_.reset();
     codec_.reset();
     Py_FinalizeEx();
@@ -141,7 +154,11 @@ int Worker::run(const Channel& channel) {
   return 0;
 }
 
-bool Worker::init_python() {
+bool Worker::init_python(PyRef& serve) {
+  if (PyImport_AppendInittab(loop_module::kName, loop_module::init) < 0) {
+    diag("cannot register the _pyport_loop module");
+    return false;
+  }
   PyConfig config;
   PyConfig_InitPythonConfig(&config);
   config.buffered_stdio = 0;  // print() reaches the relay, and the owner's log, at once
@@ -191,20 +208,36 @@ bool Worker::init_python() {
     return false;
   }
   dispatcher_ = std::make_unique<Dispatcher>(*codec_, options_.max_frame_size);
+  PyRef worker_module = PyRef::steal(PyImport_ImportModule("erlang._worker"));
+  TaskHooks hooks;
+  if (!loop_module::attach(this) || !worker_module || !hooks.load(worker_module.get()) ||
+      !(serve = PyRef::steal(PyObject_GetAttrString(worker_module.get(), "serve")))) {
+    diag("cannot load the worker's event loop (erlang._worker): " + current_exception_text());
+    return false;
+  }
+  dispatcher_->set_task_hooks(std::move(hooks));
   return true;
 }
 
-void Worker::begin_shutdown() {
-  if (stopping_) return;
-  stopping_ = true;
+bool Worker::on_loop_thread() const {
+  return PyThread_get_thread_ident() == loop_thread_;
+}
+
+void Worker::stop_input() {
+  if (!input_open_) return;
+  input_open_ = false;
   uv_read_stop(reinterpret_cast<uv_stream_t*>(&in_));
   uv_close(reinterpret_cast<uv_handle_t*>(&in_), nullptr);
-  uv_stop(&loop_);
 }
 
 void Worker::drain_writes() {
   while (!writer_.idle())
     uv_run(&loop_, UV_RUN_ONCE);
+}
+
+void Worker::before_wait() {
+  // Everything answered since the last wait goes out in one write.
+  if (!replies_.empty()) writer_.submit_from_loop(replies_);
 }
 
 void Worker::on_alloc(uv_handle_t* handle, size_t, uv_buf_t* buf) {
@@ -217,32 +250,29 @@ void Worker::on_alloc(uv_handle_t* handle, size_t, uv_buf_t* buf) {
   }
 }
 
+// Runs inside uv_run, without the GIL: it only takes the bytes in. The
+// frames are handled by the worker loop's input callback, in Python.
 void Worker::on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t*) {
   auto* self = static_cast<Worker*>(stream->data);
   if (nread < 0) {
     // End of input (the owner closed the port) or a broken channel.
     if (nread != UV_EOF)
       self->diag(std::string("reading frames failed: ") + uv_strerror(int(nread)));
-    self->begin_shutdown();
+    uv_read_stop(stream);
+    self->input_eof_ = true;
+    self->input_ready_ = true;
     return;
   }
   if (nread == 0) return;
   self->assembler_.commit(size_t(nread));
-  try {
-    self->process_input();
-  } catch (const std::exception& e) {
-    // Only allocation can fail here. An answer may be lost, so the worker
-    // must not go on: its owner answers every open request when it exits.
-    self->diag(std::string("cannot handle frames: ") + e.what() + "; exiting");
-    _exit(1);
-  }
+  self->input_ready_ = true;
 }
 
-void Worker::process_input() {
-  FrameAssembler::Event ev;
-  if (assembler_.next(ev)) {
-    GilScope gil;
-    do {
+bool Worker::process_input(bool* more) {
+  input_ready_ = false;
+  try {
+    FrameAssembler::Event ev;
+    while (!dispatcher_->shutdown_requested() && assembler_.next(ev)) {
       // The dispatcher decodes a frame completely before running any Python
       // code, so ev.payload is not needed once Python runs.
       if (ev.type == FrameAssembler::Event::kFrame) {
@@ -250,17 +280,52 @@ void Worker::process_input() {
       } else {
         dispatcher_->frame_too_large(ev.id, ev.size, replies_);
       }
-    } while (!dispatcher_->shutdown_requested() && assembler_.next(ev));
+    }
+    assembler_.compact();
+  } catch (const std::exception& e) {
+    // Only allocation can fail here. An answer may be lost, so the worker
+    // must not go on: its owner answers every open request when it exits.
+    diag(std::string("cannot handle frames: ") + e.what() + "; exiting");
+    _exit(1);
   }
-  assembler_.compact();
-  writer_.submit_from_loop(replies_);
-  if (dispatcher_->shutdown_requested()) begin_shutdown();
+  *more = !(dispatcher_->shutdown_requested() || input_eof_ || write_failed_);
+  return true;
+}
+
+bool Worker::answer_future(uint64_t id, PyObject* future) {
+  try {
+    return dispatcher_->answer_future(id, future, replies_);
+  } catch (const std::bad_alloc&) {
+    diag("cannot hold an answer: out of memory; exiting");
+    _exit(1);
+  }
+}
+
+bool Worker::stream_chunk(uint64_t id, PyObject* value) {
+  try {
+    return dispatcher_->stream_chunk(id, value, replies_);
+  } catch (const std::bad_alloc&) {
+    diag("cannot hold a stream chunk: out of memory; exiting");
+    _exit(1);
+  }
+}
+
+bool Worker::stream_end(uint64_t id) {
+  try {
+    dispatcher_->stream_end(id, replies_);
+    return true;
+  } catch (const std::bad_alloc&) {
+    diag("cannot hold a stream end: out of memory; exiting");
+    _exit(1);
+  }
 }
 
 void Worker::on_write_error(void* ctx, int status) {
   auto* self = static_cast<Worker*>(ctx);
   if (status != UV_EPIPE) self->diag(std::string("writing frames failed: ") + uv_strerror(status));
-  self->begin_shutdown();
+  // The owner is gone: the worker loop's input callback stops the worker.
+  self->write_failed_ = true;
+  self->input_ready_ = true;
 }
 
 }  // namespace pyport

@@ -11,6 +11,7 @@
 #include "byte_buffer.hpp"
 #include "codec.hpp"
 #include "dispatcher.hpp"
+#include "event_loop.hpp"
 #include "frame_writer.hpp"
 #include "frames.hpp"
 #include "log_relay.hpp"
@@ -30,7 +31,9 @@ struct Channel {
 // Writes "pyport_worker: <message>\n" to fd (the inherited stderr), if open.
 void write_diag(int fd, const std::string& message);
 
-class Worker {
+// The main thread idles in the worker's asyncio loop (erlang._worker.serve),
+// whose Poller waits on this loop: Worker is its LoopHost.
+class Worker : public LoopHost {
  public:
   // Shutdown (sending the last answers, finalising Python, which waits for
   // non-daemon threads and runs atexit handlers) may take this long; past
@@ -45,11 +48,21 @@ class Worker {
   // status. Call once.
   int run(const Channel& channel);
 
+  // LoopHost (loop thread, GIL held).
+  uv_loop_t* uv_loop() override { return &loop_; }
+  bool on_loop_thread() const override;
+  void before_wait() override;
+  void after_wait() override {}
+  bool input_ready() override { return input_ready_; }
+  bool process_input(bool* more) override;
+  bool answer_future(uint64_t id, PyObject* future) override;
+  bool stream_chunk(uint64_t id, PyObject* value) override;
+  bool stream_end(uint64_t id) override;
+
  private:
-  bool init_python();
-  void begin_shutdown();
+  bool init_python(PyRef& serve);
+  void stop_input();
   void drain_writes();
-  void process_input();
   void diag(const std::string& message) { write_diag(channel_.diag_fd, message); }
 
   static void on_alloc(uv_handle_t* handle, size_t suggested, uv_buf_t* buf);
@@ -64,8 +77,12 @@ class Worker {
   FrameWriter writer_;
   LogRelay relay_;
   FrameAssembler assembler_;
-  ByteBuffer replies_;
-  bool stopping_ = false;
+  ByteBuffer replies_;  // answers not yet handed to the writer
+  bool input_open_ = false;
+  bool input_ready_ = false;  // frames, or end of input, wait for process_input
+  bool input_eof_ = false;
+  bool write_failed_ = false;
+  unsigned long loop_thread_ = 0;
 
   // Python state, used on the loop thread with the GIL.
   std::unique_ptr<Codec> codec_;

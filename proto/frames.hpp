@@ -26,10 +26,15 @@ enum FrameKind : uint8_t {
   kCast = 2,
   kEval = 3,
   kExec = 4,
+  kCancel = 5,
+  kStreamStart = 6,
+  kStreamCredit = 7,
   kShutdown = 15,
   kResult = 16,
   kError = 17,
   kLog = 18,
+  kStreamChunk = 24,
+  kStreamEnd = 25,
 };
 
 // Starts a frame in out: reserves its length prefix and returns where the

@@ -1,0 +1,321 @@
+"""asyncio on libuv: ``ErlangEventLoop`` and the ``erlang`` entry points
+that run coroutines (``run``, ``new_event_loop``, ``install``, ``sleep``,
+``spawn_task``, ``detect_mode``).
+
+``ErlangEventLoop`` is asyncio's own Unix selector event loop (so transports,
+TLS, subprocesses, signal handlers, executors and DNS are the standard
+library's proven code) over a selector whose waiting is done by libuv: one
+``uv_poll_t`` per descriptor and a ``uv_timer_t`` for the timeout, in the
+worker's ``_pyport_loop`` module. The worker's own loop, the one its main
+thread idles in, runs on the worker's libuv loop, so frames from Erlang are
+read and handled by the same loop that runs the tasks.
+"""
+from __future__ import annotations
+
+import asyncio
+import enum
+import heapq
+import selectors
+import sys
+import sysconfig
+import threading
+import time
+from asyncio import base_events as _base_events
+from asyncio import events as _events
+from asyncio import unix_events as _unix_events
+from asyncio.log import logger as _logger
+from typing import Any, Awaitable, Coroutine, Optional, TypeVar
+
+import _pyport_loop
+
+__all__ = [
+    "ErlangEventLoop",
+    "ErlangEventLoopPolicy",
+    "ExecutionMode",
+    "detect_mode",
+    "install",
+    "new_event_loop",
+    "run",
+    "sleep",
+    "spawn_task",
+]
+
+_T = TypeVar("_T")
+
+# The worker's own loop (None outside a worker, or before it started).
+_worker_loop: Optional["ErlangEventLoop"] = None
+
+
+class _UvSelector(selectors._BaseSelectorImpl):
+    """A selector (the ``selectors`` API asyncio uses) whose waiting is done by
+    libuv. Bookkeeping (keys, the fd map, argument checks) is the standard
+    library's; the poller holds one libuv handle per descriptor and returns
+    the keys that became ready."""
+
+    def __init__(self, poller: _pyport_loop.Poller) -> None:
+        super().__init__()
+        self._poller = poller
+
+    def register(self, fileobj, events, data=None):
+        key = super().register(fileobj, events, data)
+        try:
+            self._poller.register(key.fd, events, key)
+        except BaseException:
+            super().unregister(fileobj)
+            raise
+        return key
+
+    def unregister(self, fileobj):
+        key = super().unregister(fileobj)
+        try:
+            self._poller.unregister(key.fd)
+        except (KeyError, ValueError):
+            pass  # the poller is closed, or never took it
+        return key
+
+    def modify(self, fileobj, events, data=None):
+        try:
+            key = self._fd_to_key[self._fileobj_lookup(fileobj)]
+        except KeyError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
+        if events != key.events and (not events or events & ~(selectors.EVENT_READ | selectors.EVENT_WRITE)):
+            raise ValueError(f"Invalid events: {events!r}")
+        if events == key.events and data is key.data:
+            return key
+        key = key._replace(events=events, data=data)
+        try:
+            self._poller.modify(key.fd, events, key)
+        except BaseException:
+            super().unregister(fileobj)
+            raise
+        self._fd_to_key[key.fd] = key
+        return key
+
+    def select(self, timeout=None):
+        return self._poller.poll(timeout)
+
+    def close(self):
+        self._poller.close()
+        super().close()
+
+
+class ErlangEventLoop(_unix_events._UnixSelectorEventLoop):
+    """An asyncio event loop on libuv.
+
+    Everything asyncio's Unix selector loop offers works (TCP, UDP and Unix
+    sockets, TLS and ``start_tls``, ``sock_*``, ``getaddrinfo``,
+    ``run_in_executor``, subprocesses, signal handlers, the exception
+    handler, debug mode), because it is that loop; only the waiting differs.
+    A new loop has a libuv loop of its own; the worker's loop (see
+    ``erlang.get_worker_loop()``) shares the worker's."""
+
+    def __init__(self, *, _worker: bool = False) -> None:
+        self._pyport_poller = _pyport_loop.Poller(worker=_worker)
+        super().__init__(_UvSelector(self._pyport_poller))
+
+    @property
+    def is_worker_loop(self) -> bool:
+        """True for the worker's own loop, the one Erlang's requests run on."""
+        return self._pyport_poller.worker
+
+    # One iteration, as asyncio's BaseEventLoop defines it: drop cancelled
+    # timers, wait for I/O until the next timer (not at all if callbacks are
+    # ready), move due timers to the ready queue and run what was ready.
+    # Unlike the stock version it tolerates being re-entered from one of the
+    # callbacks it runs (erlang.sleep in synchronous code runs the loop while
+    # it sleeps), which may take ready callbacks from under it.
+    def _run_once(self):
+        scheduled = self._scheduled
+        count = len(scheduled)
+        if (count > _base_events._MIN_SCHEDULED_TIMER_HANDLES
+                and self._timer_cancelled_count / count > _base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION):
+            live = []
+            for handle in scheduled:
+                if handle._cancelled:
+                    handle._scheduled = False
+                else:
+                    live.append(handle)
+            heapq.heapify(live)
+            self._scheduled = scheduled = live
+            self._timer_cancelled_count = 0
+        else:
+            while scheduled and scheduled[0]._cancelled:
+                self._timer_cancelled_count -= 1
+                heapq.heappop(scheduled)._scheduled = False
+
+        ready = self._ready
+        if ready or self._stopping:
+            timeout = 0
+        elif scheduled:
+            timeout = min(max(0, scheduled[0]._when - self.time()), _base_events.MAXIMUM_SELECT_TIMEOUT)
+        else:
+            timeout = None
+        event_list = self._selector.select(timeout)
+        self._process_events(event_list)
+        event_list = None  # no cycle through a traceback
+
+        scheduled = self._scheduled
+        end = self.time() + self._clock_resolution
+        while scheduled and scheduled[0]._when < end:
+            handle = heapq.heappop(scheduled)
+            handle._scheduled = False
+            ready.append(handle)
+
+        todo = len(ready)
+        while todo > 0 and ready:
+            todo -= 1
+            handle = ready.popleft()
+            if handle._cancelled:
+                continue
+            if self._debug:
+                try:
+                    self._current_handle = handle
+                    started = self.time()
+                    handle._run()
+                    took = self.time() - started
+                    if took >= self.slow_callback_duration:
+                        _logger.warning("Executing %s took %.3f seconds", _base_events._format_handle(handle), took)
+                finally:
+                    self._current_handle = None
+            else:
+                handle._run()
+        handle = None
+
+    def _pyport_run_for(self, seconds: float) -> None:
+        """Runs this loop for ``seconds`` from inside one of its own callbacks
+        (synchronous code that Erlang called): tasks, I/O and requests go on
+        meanwhile. Ends early if the loop is asked to stop."""
+        if not self.is_running() or self._thread_id != threading.get_ident():
+            time.sleep(seconds)
+            return
+        deadline = self.time() + max(0.0, seconds)
+        wake = self.call_at(deadline, _noop)  # the wait ends at the deadline
+        previous = _events._get_running_loop()
+        _events._set_running_loop(self)
+        try:
+            while not self._stopping and self.time() < deadline:
+                self._run_once()
+        finally:
+            wake.cancel()
+            _events._set_running_loop(previous)
+
+
+def _noop() -> None:
+    pass
+
+
+class ErlangEventLoopPolicy(_unix_events.DefaultEventLoopPolicy):
+    """An event loop policy whose new loops are ``ErlangEventLoop``s. In a
+    worker's main thread the current loop starts as the worker's loop."""
+
+    def new_event_loop(self) -> ErlangEventLoop:
+        return ErlangEventLoop()
+
+
+def new_event_loop() -> ErlangEventLoop:
+    """A new ``ErlangEventLoop`` (for ``asyncio.Runner(loop_factory=...)``,
+    or to manage by hand)."""
+    return ErlangEventLoop()
+
+
+def run(main: Coroutine[Any, Any, _T], *, debug: Optional[bool] = None) -> _T:
+    """Runs a coroutine to completion on a new ``ErlangEventLoop`` and closes
+    the loop, like ``asyncio.run()``: leftover tasks are cancelled, async
+    generators and the default executor shut down. It may be called from
+    synchronous code that Erlang called (``py:call``), not from a coroutine."""
+    if _events._get_running_loop() is not None:
+        raise RuntimeError("erlang.run() cannot be called from a running event loop")
+    with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+        return runner.run(main)
+
+
+def install() -> None:
+    """Makes ``ErlangEventLoop`` the loop asyncio creates (``asyncio.run()``,
+    ``asyncio.new_event_loop()``) by setting ``ErlangEventLoopPolicy``. In
+    the worker's main thread the current event loop stays the worker's."""
+    policy = ErlangEventLoopPolicy()
+    asyncio.set_event_loop_policy(policy)
+    loop = _worker_loop
+    if loop is not None and not loop.is_closed() and threading.current_thread() is threading.main_thread():
+        policy.set_event_loop(loop)
+
+
+def get_worker_loop() -> Optional[ErlangEventLoop]:
+    """The worker's own event loop: where coroutines called from Erlang run
+    and where ``spawn_task`` puts tasks from synchronous code. None outside a
+    worker."""
+    loop = _worker_loop
+    return None if loop is None or loop.is_closed() else loop
+
+
+def sleep(seconds: float) -> Optional[Awaitable[None]]:
+    """Sleeps ``seconds``.
+
+    In a coroutine it returns an awaitable (``await erlang.sleep(0.1)``),
+    like ``asyncio.sleep``. In synchronous code it blocks the caller but not
+    the worker: on the worker's main thread the worker's loop keeps running
+    meanwhile, so other requests, tasks and I/O are served; in other threads
+    it is ``time.sleep``."""
+    if _events._get_running_loop() is not None:
+        return asyncio.sleep(seconds)
+    loop = get_worker_loop()
+    if loop is not None and threading.current_thread() is threading.main_thread():
+        loop._pyport_run_for(seconds)
+    else:
+        time.sleep(seconds)
+    return None
+
+
+def spawn_task(coro: Coroutine[Any, Any, _T], *, name: Optional[str] = None):
+    """Starts ``coro`` as a task without waiting for it, from async or sync code.
+
+    In a coroutine (or a callback) the task goes on the running loop. In
+    synchronous code on the worker's main thread (what ``py:call`` runs) it
+    goes on the worker's loop and starts as soon as the current call
+    returns; both return the ``asyncio.Task``. From another thread it is
+    handed to the worker's loop thread-safely and a
+    ``concurrent.futures.Future`` of its result is returned."""
+    if not asyncio.iscoroutine(coro):
+        raise TypeError(f"a coroutine was expected, got {coro!r}")
+    loop = _events._get_running_loop()
+    if loop is not None:
+        return loop.create_task(coro, name=name)
+    worker = get_worker_loop()
+    if threading.current_thread() is threading.main_thread():
+        if worker is None:
+            raise RuntimeError("spawn_task() outside a coroutine needs the worker's event loop")
+        return worker.create_task(coro, name=name)
+    if worker is None or not worker.is_running():
+        raise RuntimeError("spawn_task() from a thread needs the worker's event loop running")
+    return asyncio.run_coroutine_threadsafe(coro, worker)
+
+
+class ExecutionMode(enum.Enum):
+    """How Python runs in this worker (see ``detect_mode``)."""
+
+    FREE_THREADED = "free_threaded"
+    SUBINTERP = "subinterp"
+    SHARED_GIL = "shared_gil"
+
+
+def detect_mode() -> ExecutionMode:
+    """``FREE_THREADED`` on a Python built without the GIL, ``SUBINTERP`` in
+    a sub-interpreter, else ``SHARED_GIL``. A pyport worker runs the main
+    interpreter of its own process, so its GIL is shared only by its own
+    threads."""
+    if sysconfig.get_config_var("Py_GIL_DISABLED"):
+        return ExecutionMode.FREE_THREADED
+    try:
+        import _interpreters as interpreters  # 3.13+
+    except ImportError:
+        try:
+            import _xxsubinterpreters as interpreters  # 3.8 - 3.12
+        except ImportError:
+            interpreters = None
+    if interpreters is not None:
+        try:
+            if interpreters.get_current() != interpreters.get_main():
+                return ExecutionMode.SUBINTERP
+        except Exception:
+            pass
+    return ExecutionMode.SHARED_GIL

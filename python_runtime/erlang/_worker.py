@@ -1,0 +1,218 @@
+"""The worker's event loop and the requests that run on it as tasks.
+
+The C++ worker calls ``serve()`` once Python is up: the main thread then
+idles in the worker's ``ErlangEventLoop``, and frames from Erlang are
+handled by one of its callbacks. The dispatcher hands over what must outlive
+a callback: a request whose function returned a coroutine (``start_task``),
+a stream (``start_stream``, ``stream_credit``) and cancellations
+(``cancel``). Answers go back through ``_pyport_loop`` (RESULT/ERROR,
+STREAM_CHUNK/STREAM_END frames, PROTOCOL.md).
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import sys
+import traceback
+from asyncio import events as _events
+from typing import Any, Optional
+
+import _pyport_loop
+
+from . import _loop
+
+# Requests and streams in flight on the worker's loop, by request id.
+_tasks: dict[int, asyncio.Future] = {}
+_streams: dict[int, "_Stream"] = {}
+_shutting_down = False
+
+# How long cancelled requests get to finish when the worker shuts down.
+_SHUTDOWN_GRACE = 1.0
+
+
+def is_awaitable_result(value: Any) -> bool:
+    """Whether a request's result is run as a task rather than sent: a
+    coroutine or an asyncio future."""
+    return asyncio.iscoroutine(value) or asyncio.isfuture(value)
+
+
+def start_task(request_id: int, awaitable: Any, answer: bool) -> None:
+    """Runs ``awaitable`` on the worker's loop; when it is done, answers the
+    request (``answer``) or reports a failure on stderr (a cast)."""
+    loop = _loop._worker_loop
+    task = asyncio.ensure_future(awaitable, loop=loop)
+    if answer:
+        _tasks[request_id] = task
+        task.add_done_callback(functools.partial(_answer, request_id))
+    else:
+        task.add_done_callback(_report_cast)
+
+
+def _answer(request_id: int, task: asyncio.Future) -> None:
+    del _tasks[request_id]
+    _pyport_loop.answer(request_id, task)
+
+
+def _report_cast(task: asyncio.Future) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        text = "".join(traceback.format_exception(exc))
+        print(f"pyport: cast coroutine failed:\n{text}", end="", file=sys.stderr)
+
+
+def cancel(request_id: int) -> None:
+    """Cancels the task or stream of a request, if it is still running (its
+    caller gave up). The request is then answered with CancelledError."""
+    task = _tasks.get(request_id)
+    if task is not None:
+        task.cancel()
+
+
+class _Stream:
+    """Sends the items of an iterable or async iterable as STREAM_CHUNK
+    frames, never more than the credit Erlang granted: with no credit left
+    the producer is suspended, so a slow consumer bounds what the worker
+    holds to one item."""
+
+    __slots__ = ("id", "source", "credit", "_waiter")
+
+    def __init__(self, stream_id: int, source: Any, credit: int) -> None:
+        self.id = stream_id
+        self.source = source
+        self.credit = credit
+        self._waiter: Optional[asyncio.Future] = None
+
+    def grant(self, n: int) -> None:
+        self.credit += n
+        waiter = self._waiter
+        if waiter is not None and self.credit > 0 and not waiter.done():
+            waiter.set_result(None)
+
+    async def _send(self, item: Any) -> None:
+        while self.credit <= 0:
+            self._waiter = _loop._worker_loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        self.credit -= 1
+        _pyport_loop.stream_chunk(self.id, item)
+
+    async def run(self) -> None:
+        source = self.source
+        if inspect.isawaitable(source):
+            source = await source
+        if hasattr(source, "__aiter__"):
+            iterator = source.__aiter__()
+            try:
+                async for item in iterator:
+                    await self._send(item)
+            finally:
+                aclose = getattr(iterator, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            return
+        try:
+            iterator = iter(source)
+        except TypeError:
+            raise TypeError(
+                f"a stream needs an iterable, async iterable or generator, got {type(source).__name__}"
+            ) from None
+        try:
+            for item in iterator:
+                await self._send(item)
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+
+def start_stream(stream_id: int, source: Any, credit: int) -> None:
+    """Streams the items of ``source`` (the value a STREAM_START request
+    produced) to Erlang, starting with ``credit`` items of credit."""
+    stream = _Stream(stream_id, source, credit)
+    task = _loop._worker_loop.create_task(stream.run())
+    _streams[stream_id] = stream
+    _tasks[stream_id] = task
+    task.add_done_callback(functools.partial(_end_stream, stream_id))
+
+
+def _end_stream(stream_id: int, task: asyncio.Future) -> None:
+    del _streams[stream_id]
+    del _tasks[stream_id]
+    if not task.cancelled() and task.exception() is None:
+        _pyport_loop.stream_end(stream_id)
+    else:
+        _pyport_loop.answer(stream_id, task)
+
+
+def stream_credit(stream_id: int, n: int) -> None:
+    """Erlang took ``n`` more items of a stream (unknown ids are streams that
+    already ended)."""
+    stream = _streams.get(stream_id)
+    if stream is not None:
+        stream.grant(n)
+
+
+def serve() -> None:
+    """The worker's main thread from its hello to its shutdown: runs the
+    worker's event loop, then cancels what is still running and closes it."""
+    global _shutting_down
+    loop = _loop.ErlangEventLoop(_worker=True)
+    _loop._worker_loop = loop
+
+    def on_input() -> None:
+        global _shutting_down
+        # Synchronous requests run as plain code: no running loop, so they
+        # may start loops of their own (asyncio.run, erlang.run).
+        _events._set_running_loop(None)
+        try:
+            more = _pyport_loop.process_input()
+        finally:
+            _events._set_running_loop(loop)
+        if not more:
+            _shutting_down = True
+            loop.stop()
+
+    import selectors
+
+    loop._pyport_poller.set_input_key(
+        selectors.SelectorKey(None, -1, selectors.EVENT_READ, (asyncio.Handle(on_input, (), loop), None))
+    )
+    asyncio.set_event_loop(loop)
+    try:
+        while not _shutting_down:
+            try:
+                loop.run_forever()
+            except (KeyboardInterrupt, SystemExit) as exc:
+                # Raised by a task or a signal handler, not by a request
+                # (those are answered): the worker goes on.
+                print(f"pyport: {type(exc).__name__} reached the worker's event loop; it goes on",
+                      file=sys.stderr)
+                continue
+            if not _shutting_down:
+                print("pyport: the worker's event loop was stopped by Python code; it goes on",
+                      file=sys.stderr)
+    finally:
+        _finish(loop)
+
+
+def _finish(loop: _loop.ErlangEventLoop) -> None:
+    """Cancels the requests still running (each is answered CancelledError),
+    gives them a moment to finish, then closes the loop."""
+    pending = [t for t in _tasks.values() if not t.done()]
+    for task in pending:
+        task.cancel()
+    try:
+        if pending:
+            loop.run_until_complete(asyncio.wait(pending, timeout=_SHUTDOWN_GRACE))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    except BaseException as exc:  # never keep the worker from exiting
+        print(f"pyport: shutting down the event loop: {exc!r}", file=sys.stderr)
+    finally:
+        asyncio.set_event_loop(None)
+        _loop._worker_loop = None
+        loop.close()
