@@ -36,7 +36,9 @@ PROTOCOL_VERSION = 1
 
 # Frame kinds.
 HELLO, CALL, CAST, EVAL, EXEC, SHUTDOWN = 0, 1, 2, 3, 4, 15
+CANCEL, STREAM_START, STREAM_CREDIT = 5, 6, 7
 RESULT, ERROR, LOG = 16, 17, 18
+STREAM_CHUNK, STREAM_END = 24, 25
 
 # Extension types.
 EXT_ATOM, EXT_TUPLE, EXT_BIGINT, EXT_BYTES, EXT_TERM = 1, 2, 3, 4, 5
@@ -220,7 +222,8 @@ class Frame(NamedTuple):
         return _KIND_NAMES.get(self.kind, f"kind {self.kind}")
 
 
-_KIND_NAMES = {HELLO: "HELLO", RESULT: "RESULT", ERROR: "ERROR", LOG: "LOG"}
+_KIND_NAMES = {HELLO: "HELLO", RESULT: "RESULT", ERROR: "ERROR", LOG: "LOG",
+               STREAM_CHUNK: "STREAM_CHUNK", STREAM_END: "STREAM_END"}
 
 # Field types of the frames a worker may send, after Kind and Id.
 _SHAPES = {
@@ -228,6 +231,8 @@ _SHAPES = {
     RESULT: (object,),
     ERROR: (str, str, str),
     LOG: (str, str),
+    STREAM_CHUNK: (object,),
+    STREAM_END: (),
 }
 
 
@@ -542,6 +547,36 @@ class Worker:
 
     def exec(self, code: str, ns: int = 0, timeout: float | None = DEFAULT) -> None:
         return self.result(self.request(EXEC, code, ns), timeout)
+
+    def stream_start(self, module: str, function: str, args: Iterable = (),
+                     kwargs: dict | None = None, credit: int = 64) -> int:
+        """Starts a stream of module.function(*args, **kwargs) with ``credit``
+        items of credit; returns its id (see ``stream_next``)."""
+        return self.request(STREAM_START, credit, [CALL, module, function, list(args),
+                                                    dict(kwargs or {})])
+
+    def stream_eval(self, code: str, locals: dict | None = None, ns: int = 0,
+                    credit: int = 64) -> int:
+        return self.request(STREAM_START, credit, [EVAL, code, locals, ns])
+
+    def stream_next(self, id: int, timeout: float | None = DEFAULT) -> Frame:
+        """The next frame of stream ``id``: STREAM_CHUNK, STREAM_END or ERROR."""
+        return self._take(lambda f: f.id == id and f.kind in (STREAM_CHUNK, STREAM_END, ERROR),
+                          timeout, f"the next item of stream {id}")
+
+    def stream_collect(self, id: int, credit: int = 64, timeout: float | None = DEFAULT) -> list:
+        """Every item of stream ``id``, granting ``credit`` more each time
+        that many arrived; RemoteError if it ends with an ERROR."""
+        items = []
+        while True:
+            frame = self.stream_next(id, timeout)
+            if frame.kind == STREAM_END:
+                return items
+            if frame.kind == ERROR:
+                value_of(frame)
+            items.append(frame.fields[0])
+            if len(items) % credit == 0:
+                self.send_frame(STREAM_CREDIT, id, credit)
 
     def _read_hello(self, timeout: float) -> Hello:
         frame = self.read_frame(timeout)

@@ -20,6 +20,7 @@ import sys
 import sysconfig
 import threading
 import time
+import warnings
 from asyncio import base_events as _base_events
 from asyncio import events as _events
 from asyncio import unix_events as _unix_events
@@ -111,7 +112,17 @@ class ErlangEventLoop(_unix_events._UnixSelectorEventLoop):
 
     def __init__(self, *, _worker: bool = False) -> None:
         self._pyport_poller = _pyport_loop.Poller(worker=_worker)
+        self._pyport_may_stop = not _worker
         super().__init__(_UvSelector(self._pyport_poller))
+
+    def stop(self) -> None:
+        # The worker's loop runs until the worker shuts down: Python code
+        # that stops it (as it might stop a loop of its own) is told so.
+        if not self._pyport_may_stop:
+            warnings.warn("the worker's event loop runs until the worker shuts down; stop() ignored",
+                          RuntimeWarning, stacklevel=2)
+            return
+        super().stop()
 
     @property
     def is_worker_loop(self) -> bool:
@@ -184,7 +195,8 @@ class ErlangEventLoop(_unix_events._UnixSelectorEventLoop):
     def _pyport_run_for(self, seconds: float) -> None:
         """Runs this loop for ``seconds`` from inside one of its own callbacks
         (synchronous code that Erlang called): tasks, I/O and requests go on
-        meanwhile. Ends early if the loop is asked to stop."""
+        meanwhile. Runs at least one iteration; ends early if the loop is
+        asked to stop."""
         if not self.is_running() or self._thread_id != threading.get_ident():
             time.sleep(seconds)
             return
@@ -193,6 +205,9 @@ class ErlangEventLoop(_unix_events._UnixSelectorEventLoop):
         previous = _events._get_running_loop()
         _events._set_running_loop(self)
         try:
+            # At least one iteration: erlang.sleep(0) lets the loop run once,
+            # as asyncio.sleep(0) does.
+            self._run_once()
             while not self._stopping and self.time() < deadline:
                 self._run_once()
         finally:
@@ -204,9 +219,21 @@ def _noop() -> None:
     pass
 
 
-class ErlangEventLoopPolicy(_unix_events.DefaultEventLoopPolicy):
+class _WorkerEventLoopPolicy(_unix_events.DefaultEventLoopPolicy):
+    """asyncio's default policy, except that in the worker's main thread the
+    current event loop stays the worker's: ``asyncio.run()`` in synchronous
+    code sets it to None when it ends, which would leave
+    ``asyncio.get_event_loop()`` without a loop for the next request."""
+
+    def set_event_loop(self, loop) -> None:
+        if loop is None and threading.current_thread() is threading.main_thread():
+            loop = get_worker_loop()
+        super().set_event_loop(loop)
+
+
+class ErlangEventLoopPolicy(_WorkerEventLoopPolicy):
     """An event loop policy whose new loops are ``ErlangEventLoop``s. In a
-    worker's main thread the current loop starts as the worker's loop."""
+    worker's main thread the current loop is the worker's loop."""
 
     def new_event_loop(self) -> ErlangEventLoop:
         return ErlangEventLoop()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import selectors
 import sys
 import traceback
 from asyncio import events as _events
@@ -157,6 +158,25 @@ def stream_credit(stream_id: int, n: int) -> None:
         stream.grant(n)
 
 
+class _InputHandle(asyncio.Handle):
+    """The callback that handles frames from Erlang. Unlike other handles it
+    may run again while it runs (a request that calls erlang.sleep() runs the
+    loop meanwhile, and frames keep coming), so it does not enter a context
+    of its own: each request runs in the worker's main context, as a
+    synchronous call does."""
+
+    __slots__ = ()
+
+    def _run(self) -> None:
+        try:
+            self._callback(*self._args)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler(
+                {"message": "pyport: handling frames from Erlang failed", "exception": exc, "handle": self})
+
+
 def serve() -> None:
     """The worker's main thread from its hello to its shutdown: runs the
     worker's event loop, then cancels what is still running and closes it."""
@@ -175,13 +195,13 @@ def serve() -> None:
             _events._set_running_loop(loop)
         if not more:
             _shutting_down = True
+            loop._pyport_may_stop = True
             loop.stop()
 
-    import selectors
-
     loop._pyport_poller.set_input_key(
-        selectors.SelectorKey(None, -1, selectors.EVENT_READ, (asyncio.Handle(on_input, (), loop), None))
+        selectors.SelectorKey(None, -1, selectors.EVENT_READ, (_InputHandle(on_input, (), loop), None))
     )
+    asyncio.set_event_loop_policy(_loop._WorkerEventLoopPolicy())
     asyncio.set_event_loop(loop)
     try:
         while not _shutting_down:
@@ -191,10 +211,6 @@ def serve() -> None:
                 # Raised by a task or a signal handler, not by a request
                 # (those are answered): the worker goes on.
                 print(f"pyport: {type(exc).__name__} reached the worker's event loop; it goes on",
-                      file=sys.stderr)
-                continue
-            if not _shutting_down:
-                print("pyport: the worker's event loop was stopped by Python code; it goes on",
                       file=sys.stderr)
     finally:
         _finish(loop)
@@ -206,6 +222,7 @@ def _finish(loop: _loop.ErlangEventLoop) -> None:
     pending = [t for t in _tasks.values() if not t.done()]
     for task in pending:
         task.cancel()
+    loop._pyport_may_stop = True
     try:
         if pending:
             loop.run_until_complete(asyncio.wait(pending, timeout=_SHUTDOWN_GRACE))
