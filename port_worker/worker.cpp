@@ -106,14 +106,25 @@ int Worker::run(const Channel& channel) {
                     {"call", "cast", "eval", "exec", "log", "asyncio", "stream", "cancel"});
   writer_.start(hello);
 
-  uv_pipe_init(&loop_, &in_, 0);
-  in_.data = this;
-  input_open_ = true;
-  rc = uv_pipe_open(&in_, channel_.in_fd);
-  if (rc == 0) rc = uv_read_start(reinterpret_cast<uv_stream_t*>(&in_), on_alloc, on_read);
+  rc = reader_.start(channel_.in_fd);
   if (rc) {
-    diag(std::string("cannot read frames from stdin: ") + uv_strerror(rc));
+    diag(std::string("cannot start the input thread: ") + std::strerror(rc));
     return 1;
+  }
+  // Watched whenever the worker's loop waits: the frame channel (the main
+  // thread reads it itself) and the input thread's doorbell.
+  for (int fd : {reader_.fd(), reader_.wake_fd()}) {
+    uv_poll_t* handle = &input_polls_[input_polls_open_];
+    rc = uv_poll_init(&loop_, handle, fd);
+    if (rc == 0) {
+      ++input_polls_open_;
+      handle->data = this;
+      rc = uv_poll_start(handle, UV_READABLE, on_input);
+    }
+    if (rc) {
+      diag(std::string("cannot wait for frames: ") + uv_strerror(rc));
+      return 1;
+    }
   }
 
   // The main thread now idles in the worker's event loop until SHUTDOWN,
@@ -126,6 +137,7 @@ int Worker::run(const Channel& channel) {
   }
   serve.reset();
   stop_input();
+  reader_.stop();
   writer_.submit_from_loop(replies_);  // what the last tasks answered
 
   {
@@ -151,7 +163,7 @@ int Worker::run(const Channel& channel) {
   writer_.close();
   uv_run(&loop_, UV_RUN_DEFAULT);  // runs the close callbacks
   if (uv_loop_close(&loop_) != 0) diag("the event loop still had open handles at exit");
-  return 0;
+  return exit_status_;
 }
 
 bool Worker::init_python(PyRef& serve) {
@@ -224,10 +236,8 @@ bool Worker::on_loop_thread() const {
 }
 
 void Worker::stop_input() {
-  if (!input_open_) return;
-  input_open_ = false;
-  uv_read_stop(reinterpret_cast<uv_stream_t*>(&in_));
-  uv_close(reinterpret_cast<uv_handle_t*>(&in_), nullptr);
+  while (input_polls_open_)
+    uv_close(reinterpret_cast<uv_handle_t*>(&input_polls_[--input_polls_open_]), nullptr);
 }
 
 void Worker::drain_writes() {
@@ -235,60 +245,73 @@ void Worker::drain_writes() {
     uv_run(&loop_, UV_RUN_ONCE);
 }
 
+// Runs inside uv_run, without the GIL: it only notes that frames wait. They
+// are taken and handled by the worker loop's input callback, in Python.
+void Worker::on_input(uv_poll_t* handle, int status, int) {
+  auto* self = static_cast<Worker*>(handle->data);
+  if (status < 0) {
+    self->fail(std::string("waiting for frames failed: ") + uv_strerror(status));
+    self->stop_input();
+    return;
+  }
+  if (handle == &self->input_polls_[1]) self->reader_.clear_doorbell();
+  self->input_ready_ = true;
+}
+
+void Worker::fail(const std::string& message) {
+  diag(message);
+  exit_status_ = 1;
+  input_done_ = true;
+  input_ready_ = true;
+}
+
 void Worker::before_wait() {
   // Everything answered since the last wait goes out in one write.
   if (!replies_.empty()) writer_.submit_from_loop(replies_);
-}
-
-void Worker::on_alloc(uv_handle_t* handle, size_t, uv_buf_t* buf) {
-  auto* self = static_cast<Worker*>(handle->data);
-  try {
-    auto [p, n] = self->assembler_.prepare();
-    *buf = uv_buf_init(reinterpret_cast<char*>(p), static_cast<unsigned>(n));
-  } catch (const std::bad_alloc&) {
-    *buf = uv_buf_init(nullptr, 0);  // libuv reports UV_ENOBUFS to on_read
-  }
-}
-
-// Runs inside uv_run, without the GIL: it only takes the bytes in. The
-// frames are handled by the worker loop's input callback, in Python.
-void Worker::on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t*) {
-  auto* self = static_cast<Worker*>(stream->data);
-  if (nread < 0) {
-    // End of input (the owner closed the port) or a broken channel.
-    if (nread != UV_EOF)
-      self->diag(std::string("reading frames failed: ") + uv_strerror(int(nread)));
-    uv_read_stop(stream);
-    self->input_eof_ = true;
-    self->input_ready_ = true;
-    return;
-  }
-  if (nread == 0) return;
-  self->assembler_.commit(size_t(nread));
-  self->input_ready_ = true;
+  // Frames taken but not handled yet (a request ran the loop before those
+  // behind it in its batch): handled in this wait's callback.
+  if (batch_.has_next()) input_ready_ = true;
+  reader_.main_idle();
 }
 
 bool Worker::process_input(bool* more) {
   input_ready_ = false;
   try {
-    FrameAssembler::Event ev;
-    while (!dispatcher_->shutdown_requested() && assembler_.next(ev)) {
-      // The dispatcher decodes a frame completely before running any Python
-      // code, so ev.payload is not needed once Python runs.
-      if (ev.type == FrameAssembler::Event::kFrame) {
-        dispatcher_->handle_frame(ev.payload, ev.size, replies_);
-      } else {
-        dispatcher_->frame_too_large(ev.id, ev.size, replies_);
+    bool eof = false;
+    std::string error;
+    reader_.take(batch_, &eof, &error);
+    if (eof && !input_done_) {
+      input_done_ = true;
+      if (!error.empty()) {
+        diag(error);
+        exit_status_ = 1;
       }
     }
-    assembler_.compact();
+    // The channel stays readable at its end: stop watching it.
+    if (input_done_) stop_input();
+    // Every level runs the frames of the one batch in order, so a request
+    // that runs the loop meanwhile (erlang.sleep) does not hold up those
+    // queued behind it.
+    ++depth_;
+    InputBatch::Entry e;
+    while (!dispatcher_->shutdown_requested() && batch_.next(e)) {
+      // The dispatcher decodes a frame completely before running any Python
+      // code, so e.payload is not needed once Python runs (and a nested
+      // take() may move it).
+      if (e.type == InputBatch::Entry::kFrame) {
+        dispatcher_->handle_frame(e.payload, e.size, replies_);
+      } else {
+        dispatcher_->frame_too_large(e.id, e.size, replies_);
+      }
+    }
+    if (--depth_ == 0) batch_.clear();
   } catch (const std::exception& e) {
     // Only allocation can fail here. An answer may be lost, so the worker
     // must not go on: its owner answers every open request when it exits.
     diag(std::string("cannot handle frames: ") + e.what() + "; exiting");
     _exit(1);
   }
-  *more = !(dispatcher_->shutdown_requested() || input_eof_ || write_failed_);
+  *more = !(dispatcher_->shutdown_requested() || input_done_);
   return true;
 }
 
@@ -324,7 +347,7 @@ void Worker::on_write_error(void* ctx, int status) {
   auto* self = static_cast<Worker*>(ctx);
   if (status != UV_EPIPE) self->diag(std::string("writing frames failed: ") + uv_strerror(status));
   // The owner is gone: the worker loop's input callback stops the worker.
-  self->write_failed_ = true;
+  self->input_done_ = true;
   self->input_ready_ = true;
 }
 

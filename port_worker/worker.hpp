@@ -14,6 +14,7 @@
 #include "event_loop.hpp"
 #include "frame_writer.hpp"
 #include "frames.hpp"
+#include "input_reader.hpp"
 #include "log_relay.hpp"
 #include "options.hpp"
 
@@ -40,7 +41,7 @@ class Worker : public LoopHost {
   // it the worker exits anyway, since its owner expects it gone.
   static constexpr int kExitGraceMs = 3000;
 
-  explicit Worker(const Options& options) : options_(options), assembler_(options.max_frame_size) {}
+  explicit Worker(const Options& options) : options_(options), reader_(options.max_frame_size) {}
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
@@ -52,7 +53,7 @@ class Worker : public LoopHost {
   uv_loop_t* uv_loop() override { return &loop_; }
   bool on_loop_thread() const override;
   void before_wait() override;
-  void after_wait() override {}
+  void after_wait() override { reader_.main_busy(); }
   bool input_ready() override { return input_ready_; }
   bool process_input(bool* more) override;
   bool answer_future(uint64_t id, PyObject* future) override;
@@ -63,25 +64,32 @@ class Worker : public LoopHost {
   bool init_python(PyRef& serve);
   void stop_input();
   void drain_writes();
+  void fail(const std::string& message);
   void diag(const std::string& message) { write_diag(channel_.diag_fd, message); }
 
-  static void on_alloc(uv_handle_t* handle, size_t suggested, uv_buf_t* buf);
-  static void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf);
+  static void on_input(uv_poll_t* handle, int status, int events);
   static void on_write_error(void* ctx, int status);
 
   Options options_;
   Channel channel_;
 
   uv_loop_t loop_{};
-  uv_pipe_t in_{};
+  // Watched while the loop waits: the frame channel, and the input thread's
+  // doorbell (see InputReader).
+  uv_poll_t input_polls_[2]{};  // [0] the channel, [1] the doorbell
+  int input_polls_open_ = 0;
   FrameWriter writer_;
   LogRelay relay_;
-  FrameAssembler assembler_;
-  ByteBuffer replies_;  // answers not yet handed to the writer
-  bool input_open_ = false;
-  bool input_ready_ = false;  // frames, or end of input, wait for process_input
-  bool input_eof_ = false;
-  bool write_failed_ = false;
+  InputReader reader_;
+  // Frames taken from the reader and not yet handled. One batch for every
+  // nesting level: a request that runs the loop (erlang.sleep) lets the
+  // frames queued behind it run meanwhile.
+  InputBatch batch_;
+  int depth_ = 0;
+  ByteBuffer replies_;        // answers not yet handed to the writer
+  bool input_ready_ = false;  // the reader has frames, or end of input, for process_input
+  bool input_done_ = false;   // end of input, a failed read or write: the worker stops
+  int exit_status_ = 0;
   unsigned long loop_thread_ = 0;
 
   // Python state, used on the loop thread with the GIL.

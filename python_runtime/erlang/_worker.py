@@ -193,7 +193,7 @@ def serve() -> None:
             more = _pyport_loop.process_input()
         finally:
             _events._set_running_loop(loop)
-        if not more:
+        if not more and not _shutting_down:
             _shutting_down = True
             loop._pyport_may_stop = True
             loop.stop()
