@@ -25,10 +25,16 @@
          exec/1, exec/2,
          spawn_call/3, spawn_call/4, spawn_call/5,
          await/1, await/2,
-         context/0, context/1, context_slot/1,
+         async_call/3, async_call/4, async_await/1, async_await/2,
+         async_gather/1, async_gather/2,
+         stream/3, stream/4, stream_eval/1, stream_eval/2,
+         stream_start/3, stream_start/4, stream_cancel/1,
+         context/0, context/1, context_slot/1, pool_context/2,
          version/0]).
+-export([call_fields/4]).
 
--export_type([context/0, handle/0, name/0, code/0, opts/0, result/0]).
+-export_type([context/0, handle/0, name/0, code/0, opts/0, result/0,
+              async_ref/0, stream_ref/0]).
 
 -define(CALL, 1).
 -define(EVAL, 3).
@@ -45,6 +51,9 @@
 -type code() :: binary() | string() | iodata().
 -type opts() :: timeout() | #{timeout => timeout(), pool => atom()}.
 -type result() :: {ok, term()} | {error, term()}.
+-type async_ref() :: pyport_async:ref().
+-type stream_ref() :: pyport_async:stream_ref().
+-type call_spec() :: {name(), name(), [term()]} | {name(), name(), [term()], map()}.
 
 %%%===================================================================
 %%% Calls
@@ -158,6 +167,155 @@ await(Handle, Timeout) when Timeout =:= infinity; is_integer(Timeout), Timeout >
     pyport_request:await(Handle, Timeout).
 
 %%%===================================================================
+%%% Coroutines
+%%%===================================================================
+
+%% @doc Starts `Module.Function(*Args)' and returns at once; for a coroutine
+%% function it runs as a task on the worker's event loop, concurrently with
+%% other tasks. The outcome arrives as `{py_result, Ref, Result}' ({@link
+%% async_await/1,2} waits for it).
+-spec async_call(name(), name(), [term()]) -> async_ref().
+async_call(Module, Function, Args) ->
+    async_call(Module, Function, Args, #{}).
+
+%% @doc {@link async_call/3} with keyword arguments.
+-spec async_call(name(), name(), [term()], map()) -> async_ref().
+async_call(Module, Function, Args, Kwargs) ->
+    start_task(fun() -> {{pool, ?DEFAULT_POOL}, call_fields(Module, Function, Args, Kwargs)} end).
+
+%% @doc Waits for the result of an {@link async_call/3} until its deadline
+%% (the pool's `call_timeout'). Giving up cancels the task in the worker.
+-spec async_await(async_ref()) -> result().
+async_await(Ref) ->
+    pyport_async:await(py_result, Ref, deadline).
+
+%% @doc Waits at most `Timeout' ms for the result of an {@link
+%% async_call/3}; on `{error, timeout}' the task is cancelled in the worker.
+-spec async_await(async_ref(), timeout()) -> result().
+async_await(Ref, Timeout) when Timeout =:= infinity; is_integer(Timeout), Timeout >= 0 ->
+    pyport_async:await(py_result, Ref, Timeout).
+
+%% @doc Runs calls (`{M, F, Args}' or `{M, F, Args, Kwargs}') concurrently
+%% and returns `{ok, Values}' in the order of `Calls', or the first error in
+%% that order (the calls still running are then cancelled).
+-spec async_gather([call_spec()]) -> {ok, [term()]} | {error, term()}.
+async_gather(Calls) ->
+    gather([async_spec(C) || C <- Calls], deadline).
+
+%% @doc {@link async_gather/1} waiting at most `Timeout' ms in all.
+-spec async_gather([call_spec()], timeout()) -> {ok, [term()]} | {error, term()}.
+async_gather(Calls, Timeout) when Timeout =:= infinity; is_integer(Timeout), Timeout >= 0 ->
+    gather([async_spec(C) || C <- Calls], Timeout).
+
+async_spec({M, F, A}) -> async_call(M, F, A);
+async_spec({M, F, A, Kw}) -> async_call(M, F, A, Kw);
+async_spec(Other) -> erlang:error({badarg, Other}).
+
+gather(Refs, Timeout) ->
+    Deadline = case Timeout of
+                   infinity -> infinity;
+                   deadline -> deadline;
+                   _ -> erlang:monotonic_time(millisecond) + Timeout
+               end,
+    gather(Refs, Deadline, []).
+
+gather([], _Deadline, Acc) ->
+    {ok, lists:reverse(Acc)};
+gather([Ref | Rest], Deadline, Acc) ->
+    Wait = case Deadline of
+               infinity -> infinity;
+               deadline -> deadline;
+               _ -> max(0, Deadline - erlang:monotonic_time(millisecond))
+           end,
+    case pyport_async:await(py_result, Ref, Wait) of
+        {ok, Value} ->
+            gather(Rest, Deadline, [Value | Acc]);
+        {error, _} = Error ->
+            [pyport_async:cancel(R) || R <- Rest],
+            [flush_result(R) || R <- Rest],
+            Error
+    end.
+
+flush_result(Ref) ->
+    receive {py_result, Ref, _} -> ok after 0 -> ok end.
+
+start_task(Build) ->
+    try Build() of
+        {Target, Fields} -> pyport_async:start_task(Target, py_result, {?CALL, Fields}, default)
+    catch
+        throw:{error, Reason} -> pyport_async:failed_task(py_result, Reason)
+    end.
+
+%%%===================================================================
+%%% Streams
+%%%===================================================================
+
+%% @doc Collects the items of `Module.Function(*Args)': a generator, an
+%% async generator, or any (async) iterable; also a coroutine whose value
+%% is one. `{ok, Items}' or `{error, Reason}'.
+-spec stream(name(), name(), [term()]) -> result().
+stream(Module, Function, Args) ->
+    stream(Module, Function, Args, #{}).
+
+%% @doc {@link stream/3} with keyword arguments.
+-spec stream(name(), name(), [term()], map()) -> result().
+stream(Module, Function, Args, Kwargs) ->
+    collect(stream_start(Module, Function, Args, #{kwargs => Kwargs})).
+
+%% @doc Collects the items of a Python expression's value, e.g. a generator
+%% expression: `py:stream_eval(<<"(x * x for x in range(4))">>)'.
+-spec stream_eval(code()) -> result().
+stream_eval(Code) ->
+    stream_eval(Code, #{}).
+
+%% @doc {@link stream_eval/1} with local variables.
+-spec stream_eval(code(), map()) -> result().
+stream_eval(Code, Locals) when is_map(Locals) ->
+    collect(request(fun() ->
+                            pyport_async:stream_start({pool, ?DEFAULT_POOL},
+                                                      {?EVAL, eval_fields(Code, Locals)}, self())
+                    end)).
+
+collect({ok, Ref}) ->
+    pyport_async:collect(Ref, call_timeout(?DEFAULT_POOL));
+collect({error, _} = Error) ->
+    Error.
+
+%% @doc Starts a stream whose items arrive as messages to the calling
+%% process: `{py_stream, Ref, {data, Item}}' for each, then `{py_stream, Ref,
+%% done}' or `{py_stream, Ref, {error, Reason}}'. A consumer that falls
+%% behind suspends the Python producer (credit-based flow control).
+-spec stream_start(name(), name(), [term()]) -> {ok, stream_ref()} | {error, term()}.
+stream_start(Module, Function, Args) ->
+    stream_start(Module, Function, Args, #{}).
+
+%% @doc {@link stream_start/3} with options: `kwargs' (a map) and `pool'.
+-spec stream_start(name(), name(), [term()], map()) -> {ok, stream_ref()} | {error, term()}.
+stream_start(Module, Function, Args, Opts) when is_map(Opts) ->
+    request(fun() ->
+                    Kwargs = maps:get(kwargs, Opts, #{}),
+                    Pool = maps:get(pool, Opts, ?DEFAULT_POOL),
+                    [throw({error, {bad_option, K}}) || K <- maps:keys(Opts),
+                                                       not lists:member(K, [kwargs, pool])],
+                    pyport_async:stream_start({pool, Pool},
+                                              {?CALL, call_fields(Module, Function, Args, Kwargs)},
+                                              self())
+            end).
+
+%% @doc Stops a stream started by {@link stream_start/3,4}: its producer is
+%% cancelled in the worker and no message of it remains in, or later
+%% reaches, the calling process's mailbox.
+-spec stream_cancel(stream_ref()) -> ok.
+stream_cancel(Ref) ->
+    pyport_async:stream_cancel(Ref).
+
+call_timeout(Pool) ->
+    case pyport_pool:info(Pool) of
+        {ok, #{call_timeout := T}} -> T;
+        {error, _} -> infinity
+    end.
+
+%%%===================================================================
 %%% Code
 %%%===================================================================
 
@@ -233,6 +391,11 @@ context(N) when is_integer(N), N >= 1 ->
         Size -> erlang:error({bad_context, N, {pool_size, Size}})
     end.
 
+%% @doc The context of slot `Slot' (1-based) of pool `Pool': one worker.
+-spec pool_context(atom(), pos_integer()) -> context().
+pool_context(Pool, Slot) when is_atom(Pool), is_integer(Slot), Slot >= 1 ->
+    #pyport_ctx{pool = Pool, slot = Slot}.
+
 %% @doc The pool and slot a context routes to.
 -spec context_slot(context()) -> {atom(), pos_integer()}.
 context_slot(#pyport_ctx{pool = Pool, slot = Slot}) ->
@@ -305,6 +468,9 @@ check_option(Key, Value, _Acc) when Key =:= timeout; Key =:= pool ->
 check_option(Key, _Value, _Acc) ->
     throw({error, {bad_option, Key}}).
 
+%% @private The fields of a CALL frame; throws `{error, Reason}' for a bad
+%% argument.
+-spec call_fields(name(), name(), [term()], map()) -> [term()].
 call_fields(Module, Function, Args, Kwargs) when is_list(Args), is_map(Kwargs) ->
     [name(Module), name(Function), Args, kwargs(Kwargs)];
 call_fields(_Module, _Function, Args, Kwargs) when is_list(Args) ->

@@ -6,7 +6,8 @@
 %% reason a person can act on. See docs/configuration.md.
 -module(pyport_config).
 
--export([pools/0, validate_pools/1, validate_pool/2, defaults/0]).
+-export([pools/0, validate_pools/1, validate_pool/2, defaults/0, event_loops/0,
+         validate_event_loops/2]).
 
 -export_type([pool_name/0, pool_opts/0, error_reason/0]).
 
@@ -22,7 +23,8 @@
                       | {invalid_pool_name, term()}
                       | {invalid_pool, pool_name(), term()}
                       | {unknown_pool_option, pool_name(), term()}
-                      | {invalid_pool_option, pool_name(), atom(), term()}.
+                      | {invalid_pool_option, pool_name(), atom(), term()}
+                      | {invalid_env, event_loop_pool | event_loop_pool_size, term()}.
 
 -define(MIN_FRAME_SIZE, 1024).
 %% {packet, 4} cannot express a larger frame.
@@ -36,6 +38,24 @@ pools() ->
         undefined -> validate_pools(#{default => #{}});
         {ok, Pools} -> validate_pools(Pools)
     end.
+
+%% @doc Checks the event loop settings of the application environment
+%% (see {@link py_event_loop_pool}): `event_loop_pool', a pool name, and
+%% `event_loop_pool_size', a positive integer; both optional.
+-spec event_loops() -> ok | {error, error_reason()}.
+event_loops() ->
+    validate_event_loops(application:get_env(pyport, event_loop_pool),
+                         application:get_env(pyport, event_loop_pool_size)).
+
+%% @doc {@link event_loops/0} on given `application:get_env' results.
+-spec validate_event_loops(undefined | {ok, term()}, undefined | {ok, term()}) ->
+          ok | {error, error_reason()}.
+validate_event_loops({ok, Pool}, _) when not is_atom(Pool) ->
+    {error, {invalid_env, event_loop_pool, Pool}};
+validate_event_loops(_, {ok, N}) when not is_integer(N); N < 1 ->
+    {error, {invalid_env, event_loop_pool_size, N}};
+validate_event_loops(_, _) ->
+    ok.
 
 %% @doc Validates a map of pool name to options; returns it with defaults
 %% filled in.

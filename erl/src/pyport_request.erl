@@ -15,9 +15,12 @@
 -include_lib("kernel/include/logger.hrl").
 
 -export([call/4, start/4, start_failed/1, await/1, await/2, cast/2]).
+-export([send/3, decode_reply/3]).
 -export([builtin_exception_types/0]).
 
 -export_type([target/0, handle/0, result/0]).
+
+-type iovec() :: erlang:iovec().
 
 %% Frame kinds (proto/PROTOCOL.md).
 -define(CALL, 1).
@@ -161,6 +164,35 @@ route({slot, Pool, Slot}, Info) ->
         {ok, Pid} -> {ok, Slot, Pid};
         error -> {error, {no_worker, Pool, Slot}}
     end.
+
+%% @doc Routes and encodes a request, then hands it to `Send(Pid, Id, Frame,
+%% CallTimeout)' (which sends the worker's gen_server the message it needs;
+%% CallTimeout is the pool's `call_timeout') after counting it in. Returns
+%% what `Send' returned, or `{error, Reason}' if it could not be sent.
+-spec send(target(), {pos_integer(), [term()]},
+           fun((pid(), pos_integer(), iovec(), timeout()) -> Result)) ->
+          Result | {error, term()}.
+send(Target, {Kind, Fields}, Send) ->
+    Id = erlang:unique_integer([positive]),
+    case prepare(Target, Kind, Id, Fields) of
+        {ok, _Pool, Info, Frame} ->
+            case route(Target, Info) of
+                {ok, Slot, Pid} ->
+                    counters:add(maps:get(counters, Info), Slot, 1),
+                    Send(Pid, Id, Frame, maps:get(call_timeout, Info));
+                {error, _} = Error ->
+                    Error
+            end;
+        {error, _} = Error ->
+            Error
+    end.
+
+%% @doc Decodes an answer the worker's gen_server forwarded undecoded:
+%% `{Kind, Rest}' of a RESULT or ERROR frame.
+-spec decode_reply({pos_integer(), binary()} | {error, term()}, atom(), pos_integer()) ->
+          result().
+decode_reply(Reply, Pool, Slot) ->
+    reply(Reply, Pool, Slot).
 
 reply({?RESULT, Rest}, _Pool, _Slot) ->
     case pyport_codec:decode_fields(1, Rest) of

@@ -19,6 +19,16 @@
 %%   restart without backoff, so they cannot do this job themselves.</li>
 %% <li>`LOG' frames (the worker's stdout/stderr and Python logging) go to
 %%   `logger' with the pool, slot and OS pid as metadata.</li>
+%% <li>Coroutine tasks (`{'$pyport_task', ...}', see {@link pyport_async}) are
+%%   answered with a message `{Tag, Ref, Result}' to the caller's alias, the
+%%   result decoded here since the caller may never run our code to decode
+%%   it. Streams (`{'$pyport_stream', ...}') deliver `{py_stream, Ref, {data,
+%%   Chunk}}', then `done' or `{error, E}', to their consumer, with credit:
+%%   the worker sends at most ?STREAM_WINDOW chunks ahead, and credit is
+%%   topped up only while the consumer's mailbox holds fewer than that, so a
+%%   slow consumer suspends the Python producer instead of filling memory.
+%%   A caller that gives up (`{'$pyport_cancel', Id}', or a deadline that
+%%   passes) gets its task cancelled in the worker with a CANCEL frame.</li>
 %% </ul>
 %%
 %% The gen_server's pid stays the same across OS-process restarts, so the
@@ -28,16 +38,25 @@
 
 -include_lib("kernel/include/logger.hrl").
 
--export([start_link/3, info/1, os_pid/1]).
+-export([start_link/3, info/1, os_pid/1, stream_cancel/2, stream_window/0]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2, format_status/1]).
 -export([exit_detail/1]).
 
 %% Frame kinds (proto/PROTOCOL.md).
 -define(HELLO, 0).
+-define(CANCEL, 5).
+-define(STREAM_CREDIT, 7).
 -define(SHUTDOWN, 15).
 -define(RESULT, 16).
 -define(ERROR, 17).
 -define(LOG_FRAME, 18).
+-define(STREAM_CHUNK, 24).
+-define(STREAM_END, 25).
+
+%% Chunks a stream may have in flight (credit granted, not yet delivered),
+%% and how often credit is reconsidered while a consumer is behind.
+-define(STREAM_WINDOW, 64).
+-define(STREAM_RECHECK_MS, 10).
 
 -define(PROTOCOL_VERSION, 1).
 %% An OS process that lived this long was healthy: its death does not
@@ -52,6 +71,9 @@
 -define(PURGE_INTERVAL_MS, 1000).
 
 -type deadline() :: integer() | infinity.
+-type entry() :: {reference(), deadline()}
+               | {task, reference(), atom(), term(), deadline()}
+               | {stream, pid(), term(), Credit :: non_neg_integer(), Checking :: boolean()}.
 -type status() :: up          % hello received, frames flow
                 | starting    % OS process spawned, waiting for its hello
                 | waiting.    % backing off before the next spawn
@@ -70,9 +92,11 @@
           capabilities = #{} :: map(),
           spawned_at = 0 :: integer(),                 % monotonic ms
           start_timer :: reference() | undefined,      % hello or backoff timer
-          pending = #{} :: #{pos_integer() => {reference(), deadline()}},
+          %% Requests written to the OS process, by id: a call answered raw
+          %% to its alias, a task answered with a message, or a stream.
+          pending = #{} :: #{pos_integer() => entry()},
           %% Held while the OS process restarts: {call, Alias, Id, Deadline,
-          %% Frame} or {cast, Frame}, in arrival order.
+          %% Frame}, {req, Id, Entry, Frame} or {cast, Frame}, in arrival order.
           queue = queue:new() :: queue:queue(),
           backoff = 0 :: non_neg_integer(),            % delay of the next quick restart
           start_failures = 0 :: non_neg_integer(),     % deaths in a row before a hello
@@ -101,6 +125,19 @@ info(Pid) ->
 -spec os_pid(pid()) -> non_neg_integer() | undefined.
 os_pid(Pid) ->
     maps:get(os_pid, info(Pid)).
+
+%% @doc The credit a stream starts with: chunks in flight at most.
+-spec stream_window() -> pos_integer().
+stream_window() ->
+    ?STREAM_WINDOW.
+
+%% @doc Stops stream `Id' (see {@link pyport_async:stream_cancel/1}): once
+%% this returns, the consumer gets no further message for it.
+-spec stream_cancel(pid(), pos_integer()) -> ok.
+stream_cancel(Pid, Id) ->
+    try gen_server:call(Pid, {stream_cancel, Id}, infinity)
+    catch exit:_ -> ok          % the worker is gone, and its streams with it
+    end.
 
 %% @doc How an exit status of the OS process is reported: statuses above 128
 %% are deaths by a signal (128 + the Linux signal number).
@@ -141,6 +178,15 @@ init({Pool, Slot, Opts}) ->
 -spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
 handle_call(info, _From, State) ->
     {reply, info_map(State), State};
+handle_call({stream_cancel, Id}, _From, #state{pending = Pending} = State) ->
+    case maps:take(Id, Pending) of
+        {{stream, _, _, _, _}, Rest} ->
+            cancel_in_worker(Id, State),
+            count_out(State),
+            {reply, ok, State#state{pending = Rest}};
+        _ ->
+            {reply, ok, drop_queued(Id, State)}
+    end;
 handle_call(_Request, _From, State) ->
     {reply, {error, unknown_call}, State}.
 
@@ -153,6 +199,18 @@ handle_cast(_Msg, State) ->
 -spec handle_info(term(), #state{}) -> {noreply, #state{}} | {stop, term(), #state{}}.
 handle_info({'$pyport', Alias, Id, Deadline, Frame}, State) ->
     {noreply, request(Alias, Id, Deadline, Frame, State)};
+handle_info({'$pyport_task', Alias, Tag, Ref, Id, Deadline, Frame}, State) ->
+    {noreply, request(Id, {task, Alias, Tag, Ref, Deadline}, Frame, State)};
+handle_info({'$pyport_stream', Consumer, Ref, Id, Frame}, State) ->
+    {noreply, request(Id, {stream, Consumer, Ref, ?STREAM_WINDOW, false}, Frame, State)};
+handle_info({'$pyport_cancel', Id}, #state{pending = Pending} = State) ->
+    case maps:is_key(Id, Pending) of
+        true -> cancel_in_worker(Id, State);
+        false -> ok
+    end,
+    {noreply, State};
+handle_info({stream_recheck, Id}, State) ->
+    {noreply, stream_recheck(Id, State)};
 handle_info({'$pyport_cast', Frame}, #state{status = up, port = Port} = State) ->
     _ = send_frame(Port, Frame),
     {noreply, State};
@@ -229,10 +287,60 @@ request(Alias, Id, Deadline, Frame, #state{status = Status} = State) ->
             State#state{queue = queue:in({call, Alias, Id, Deadline, Frame}, State#state.queue)}
     end.
 
+%% A task or stream: written at once when the OS process is up, else
+%% queued. Expired tasks are answered `{error, timeout}' unsent.
+request(Id, Entry, Frame, #state{status = Status} = State) ->
+    case expired(entry_deadline(Entry), now_ms()) of
+        true ->
+            finish_entry(Entry, {error, timeout}, State),
+            State;
+        false when Status =:= up ->
+            _ = send_frame(State#state.port, Frame),
+            State#state{pending = maps:put(Id, Entry, State#state.pending)};
+        false ->
+            State#state{queue = queue:in({req, Id, Entry, Frame}, State#state.queue)}
+    end.
+
 %% A request is finished: answer its caller and count it out of the slot.
 finish(Alias, Reply, #state{counters = C, slot = Slot}) ->
     Alias ! {Alias, Reply},
     counters:sub(C, Slot, 1).
+
+%% Answers any kind of entry with a final (decoded) outcome.
+finish_entry({task, Alias, Tag, Ref, _}, Result, State) ->
+    Alias ! {Tag, Ref, Result},
+    count_out(State);
+finish_entry({stream, Consumer, Ref, _, _}, Result, State) ->
+    Consumer ! {py_stream, Ref, stream_end(Result)},
+    count_out(State);
+finish_entry({Alias, _Deadline}, Result, State) ->
+    finish(Alias, Result, State).
+
+stream_end({ok, _}) -> done;
+stream_end({error, _} = Error) -> Error.
+
+count_out(#state{counters = C, slot = Slot}) ->
+    counters:sub(C, Slot, 1).
+
+entry_deadline({_Alias, Deadline}) -> Deadline;
+entry_deadline({task, _, _, _, Deadline}) -> Deadline;
+entry_deadline({stream, _, _, _, _}) -> infinity.
+
+%% The worker cancels the task or stream (it then answers CancelledError,
+%% which nobody may be waiting for any more).
+cancel_in_worker(Id, #state{status = up, port = Port}) ->
+    _ = send_frame(Port, pyport_codec:encode_frame(?CANCEL, Id, [])),
+    ok;
+cancel_in_worker(_Id, _State) ->
+    ok.
+
+%% A queued request that is no longer wanted (its stream was cancelled
+%% before the OS process came up).
+drop_queued(Id, #state{queue = Q} = State) ->
+    Kept = queue:filter(fun({req, I, _, _}) when I =:= Id -> count_out(State), false;
+                           (_) -> true
+                        end, Q),
+    State#state{queue = Kept}.
 
 %% A closed port raises badarg; its exit status is then already on its way
 %% and will answer the request.
@@ -254,7 +362,16 @@ flush_queue(#state{queue = Q} = State) ->
                        S;
                   ({call, Alias, Id, Deadline, Frame}, S) ->
                        _ = send_frame(S#state.port, Frame),
-                       S#state{pending = maps:put(Id, {Alias, Deadline}, S#state.pending)}
+                       S#state{pending = maps:put(Id, {Alias, Deadline}, S#state.pending)};
+                  ({req, Id, Entry, Frame}, S) ->
+                       case expired(entry_deadline(Entry), Now) of
+                           true ->
+                               finish_entry(Entry, {error, timeout}, S),
+                               S;
+                           false ->
+                               _ = send_frame(S#state.port, Frame),
+                               S#state{pending = maps:put(Id, Entry, S#state.pending)}
+                       end
                end, State, queue:to_list(Q)),
     State1#state{queue = queue:new()}.
 
@@ -263,25 +380,35 @@ flush_queue(#state{queue = Q} = State) ->
 purge_expired(#state{pending = Pending, queue = Q} = State) ->
     Now = now_ms(),
     {Expired, Live} = maps:fold(
-                        fun(Id, {_, Deadline} = V, {E, L}) ->
-                                case expired(Deadline, Now) of
-                                    true -> {[V | E], L};
-                                    false -> {E, maps:put(Id, V, L)}
+                        fun(Id, Entry, {E, L}) ->
+                                case expired(entry_deadline(Entry), Now) of
+                                    true -> {[{Id, Entry} | E], L};
+                                    false -> {E, maps:put(Id, Entry, L)}
                                 end
                         end, {[], #{}}, Pending),
-    [finish(Alias, {error, timeout}, State) || {Alias, _} <- Expired],
+    %% Whatever still runs for them in the worker is cancelled (a coroutine;
+    %% a synchronous call cannot be, and finishes unobserved).
+    [begin
+         cancel_in_worker(Id, State),
+         finish_entry(Entry, {error, timeout}, State)
+     end || {Id, Entry} <- Expired],
     {Dropped, Kept} = lists:partition(
                         fun({call, _, _, Deadline, _}) -> expired(Deadline, Now);
+                           ({req, _, Entry, _}) -> expired(entry_deadline(Entry), Now);
                            ({cast, _}) -> false
                         end, queue:to_list(Q)),
-    [finish(Alias, {error, timeout}, State) || {call, Alias, _, _, _} <- Dropped],
+    [finish_queued(Item, {error, timeout}, State) || Item <- Dropped],
     State#state{pending = Live, queue = queue:from_list(Kept)}.
 
-fail_all(Detail, #state{pending = Pending, queue = Q} = State) ->
+finish_queued({call, Alias, _, _, _}, Reply, State) -> finish(Alias, Reply, State);
+finish_queued({req, _, Entry, _}, Reply, State) -> finish_entry(Entry, Reply, State);
+finish_queued({cast, _}, _Reply, _State) -> ok.
+
+fail_all(Detail, #state{queue = Q} = State) ->
     Reply = {error, {worker_exited, Detail}},
-    maps:foreach(fun(_Id, {Alias, _}) -> finish(Alias, Reply, State) end, Pending),
-    [finish(Alias, Reply, State) || {call, Alias, _, _, _} <- queue:to_list(Q)],
-    State#state{pending = #{}, queue = queue:new()}.
+    State1 = fail_all_pending(Detail, State),
+    [finish_queued(Item, Reply, State1) || Item <- queue:to_list(Q)],
+    State1#state{queue = queue:new()}.
 
 %%%===================================================================
 %%% Frames from the worker
@@ -301,6 +428,10 @@ frame(Kind, Id, 1, Rest, State) when Kind =:= ?RESULT, Id > 0 ->
     {noreply, answer(Id, {Kind, Rest}, State)};
 frame(Kind, Id, 3, Rest, State) when Kind =:= ?ERROR, Id > 0 ->
     {noreply, answer(Id, {Kind, Rest}, State)};
+frame(?STREAM_CHUNK, Id, 1, Rest, State) when Id > 0 ->
+    {noreply, stream_chunk(Id, Rest, State)};
+frame(?STREAM_END, Id, 0, _Rest, State) when Id > 0 ->
+    {noreply, answer(Id, {?STREAM_END, <<>>}, State)};
 frame(?ERROR, 0, 3, Rest, State) ->
     %% An error that answers no request (e.g. a frame the worker could not
     %% read far enough to find its id).
@@ -348,8 +479,19 @@ frame(Kind, Id, NFields, _Rest, State) ->
 
 answer(Id, Reply, #state{pending = Pending} = State) ->
     case maps:take(Id, Pending) of
-        {{Alias, _Deadline}, Rest} ->
+        {{Alias, _Deadline}, Rest} when is_reference(Alias) ->
             finish(Alias, Reply, State),
+            State#state{pending = Rest};
+        {{stream, _, _, _, _} = Entry, Rest} when element(1, Reply) =:= ?STREAM_END ->
+            finish_entry(Entry, {ok, done}, State),
+            State#state{pending = Rest};
+        {{stream, _, _, _, _} = Entry, Rest} when element(1, Reply) =:= ?RESULT ->
+            %% A stream is not answered with RESULT: the worker broke the protocol.
+            finish_entry(Entry, {error, {protocol_error, {unexpected_frame, ?RESULT, Id}}}, State),
+            State#state{pending = Rest};
+        {Entry, Rest} ->
+            finish_entry(Entry, pyport_request:decode_reply(Reply, State#state.pool,
+                                                            State#state.slot), State),
             State#state{pending = Rest};
         error ->
             %% Its deadline passed and it was purged, or it answers a cast
@@ -358,6 +500,65 @@ answer(Id, Reply, #state{pending = Pending} = State) ->
                        [State#state.pool, State#state.slot, Id], metadata(State)),
             State
     end.
+
+%% One chunk for its consumer; then credit, if it keeps up.
+stream_chunk(Id, Rest, #state{pending = Pending} = State) ->
+    case maps:get(Id, Pending, undefined) of
+        {stream, Consumer, Ref, Credit, Checking} ->
+            Msg = case pyport_codec:decode_fields(1, Rest) of
+                      {ok, [Value]} -> {data, Value};
+                      {error, _} = Error -> Error
+                  end,
+            Consumer ! {py_stream, Ref, Msg},
+            Entry = {stream, Consumer, Ref, max(0, Credit - 1), Checking},
+            top_up(Id, Entry, State#state{pending = Pending#{Id := Entry}});
+        _ ->
+            %% Cancelled meanwhile, or not a stream: nobody wants it.
+            State
+    end.
+
+%% Grants credit back up to the window once half of it is used, unless the
+%% consumer has a backlog: then it is looked at again shortly, and the
+%% worker (out of credit) suspends its producer meanwhile.
+top_up(_Id, {stream, _, _, _, true}, State) ->
+    State;
+top_up(Id, {stream, Consumer, Ref, Credit, false} = Entry0, State) when Credit =< ?STREAM_WINDOW div 2 ->
+    case backlog(Consumer) of
+        gone ->
+            %% Nobody will read it: stop the producer.
+            cancel_in_worker(Id, State),
+            count_out(State),
+            State#state{pending = maps:remove(Id, State#state.pending)};
+        Backlog when Backlog < ?STREAM_WINDOW ->
+            _ = send_frame(State#state.port,
+                           pyport_codec:encode_frame(?STREAM_CREDIT, Id, [?STREAM_WINDOW - Credit])),
+            Entry = {stream, Consumer, Ref, ?STREAM_WINDOW, false},
+            State#state{pending = (State#state.pending)#{Id := Entry}};
+        _ ->
+            _ = erlang:send_after(?STREAM_RECHECK_MS, self(), {stream_recheck, Id}),
+            Entry = setelement(5, Entry0, true),
+            State#state{pending = (State#state.pending)#{Id := Entry}}
+    end;
+top_up(_Id, _Entry, State) ->
+    State.
+
+stream_recheck(Id, #state{pending = Pending} = State) ->
+    case maps:get(Id, Pending, undefined) of
+        {stream, Consumer, Ref, Credit, true} when State#state.status =:= up ->
+            top_up(Id, {stream, Consumer, Ref, Credit, false}, State);
+        _ ->
+            State
+    end.
+
+%% Messages waiting in a local consumer's mailbox; `gone' if it exited; 0
+%% on another node, where it cannot be looked at.
+backlog(Pid) when node(Pid) =:= node() ->
+    case erlang:process_info(Pid, message_queue_len) of
+        {message_queue_len, N} -> N;
+        undefined -> gone
+    end;
+backlog(_Pid) ->
+    0.
 
 log_level(<<"debug">>) -> debug;
 log_level(<<"info">>) -> info;
@@ -512,7 +713,7 @@ os_process_died(Detail, #state{status = Status, spawned_at = Spawned} = State0) 
 %% for the next process.
 fail_all_pending(Detail, #state{pending = Pending} = State) ->
     Reply = {error, {worker_exited, Detail}},
-    maps:foreach(fun(_Id, {Alias, _}) -> finish(Alias, Reply, State) end, Pending),
+    maps:foreach(fun(_Id, Entry) -> finish_entry(Entry, Reply, State) end, Pending),
     State#state{pending = #{}}.
 
 respawn(State) ->

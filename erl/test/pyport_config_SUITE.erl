@@ -17,10 +17,11 @@ all() ->
 groups() ->
     [{validator, [parallel],
       [defaults_filled_in, valid_values_kept, sizes, python_paths, frame_sizes,
-       timeouts, worker_paths, unknown_keys, malformed_pools]},
+       timeouts, worker_paths, unknown_keys, malformed_pools, event_loop_settings]},
      {application, [],
       [no_pools_means_default_pool, bad_size_stops_start, unknown_key_stops_start,
-       bad_pools_stop_start, missing_worker_stops_start, runtime_pool_options_checked]}].
+       bad_pools_stop_start, missing_worker_stops_start, runtime_pool_options_checked,
+       bad_event_loop_settings_stop_start]}].
 
 init_per_suite(Config) ->
     _ = application:load(pyport),
@@ -36,6 +37,8 @@ init_per_testcase(_Case, Config) ->
 end_per_testcase(_Case, _Config) ->
     _ = application:stop(pyport),
     application:unset_env(pyport, pools),
+    application:unset_env(pyport, event_loop_pool),
+    application:unset_env(pyport, event_loop_pool_size),
     ok.
 
 %%%===================================================================
@@ -127,6 +130,23 @@ no_pools_means_default_pool(_Config) ->
     {ok, Workers} = pyport:workers(default),
     ?assertEqual(erlang:system_info(schedulers_online), length(Workers)),
     ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16])).
+
+event_loop_settings(_Config) ->
+    ?assertEqual(ok, pyport_config:validate_event_loops(undefined, undefined)),
+    ?assertEqual(ok, pyport_config:validate_event_loops({ok, loops}, {ok, 3})),
+    ?assertEqual({error, {invalid_env, event_loop_pool, "loops"}},
+                 pyport_config:validate_event_loops({ok, "loops"}, undefined)),
+    ?assertEqual({error, {invalid_env, event_loop_pool_size, 0}},
+                 pyport_config:validate_event_loops(undefined, {ok, 0})),
+    ?assertEqual({error, {invalid_env, event_loop_pool_size, many}},
+                 pyport_config:validate_event_loops(undefined, {ok, many})).
+
+bad_event_loop_settings_stop_start(_Config) ->
+    application:set_env(pyport, pools, #{default => #{size => 1}}),
+    application:set_env(pyport, event_loop_pool_size, -2),
+    ?assertEqual({error, {{invalid_env, event_loop_pool_size, -2},
+                          {pyport_app, start, [normal, []]}}},
+                 application:start(pyport)).
 
 bad_size_stops_start(_Config) ->
     application:set_env(pyport, pools, #{default => #{size => -1}}),

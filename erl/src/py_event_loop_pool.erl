@@ -1,0 +1,169 @@
+%% @doc Coroutines on a pool of event loops, one per worker, with process
+%% affinity: every task of one calling process goes to the same worker's
+%% loop, so a process's tasks start in the order it created them.
+%%
+%% The loops are the first `event_loop_pool_size' workers (default: all) of
+%% the pool named by `event_loop_pool' (default: `default'), both set in
+%% the `pyport' application environment:
+%%
+%% ```
+%% [{pyport, [{pools, #{default => #{size => 8}}},
+%%            {event_loop_pool_size, 4}]}].
+%% '''
+%%
+%% Results arrive as `{async_result, Ref, Result}'; see {@link
+%% py_event_loop} for the single-loop variant with the same API.
+-module(py_event_loop_pool).
+
+-export([run/3, run/4, create_task/3, create_task/4, await/1, await/2,
+         spawn_task/3, spawn_task/4, get_loop/0, get_stats/0]).
+-export([loops/0, run_on/5, create_task_on/5, spawn_task_on/5]).
+
+-define(CALL, 1).
+-define(CAST, 2).
+-define(DEFAULT_TIMEOUT, 5000).
+
+-type name() :: py:name().
+-type ref() :: pyport_async:ref().
+-type opts() :: #{timeout => timeout(), kwargs => map()}.
+
+%% @doc Runs `Module.Function(*Args)' (a coroutine function, typically) on
+%% the caller's loop and waits for it, at most 5000 ms.
+-spec run(name(), name(), [term()]) -> {ok, term()} | {error, term()}.
+run(Module, Function, Args) ->
+    run(Module, Function, Args, #{}).
+
+%% @doc {@link run/3} with options: `timeout' (ms or `infinity', default
+%% 5000) and `kwargs'. On timeout the task is cancelled in the worker.
+-spec run(name(), name(), [term()], opts()) -> {ok, term()} | {error, term()}.
+run(Module, Function, Args, Opts) ->
+    run_on(target(), Module, Function, Args, Opts).
+
+%% @doc Starts `Module.Function(*Args)' on the caller's loop; returns a
+%% reference to {@link await/1,2}, or to match in `{async_result, Ref,
+%% Result}'.
+-spec create_task(name(), name(), [term()]) -> ref().
+create_task(Module, Function, Args) ->
+    create_task(Module, Function, Args, #{}).
+
+%% @doc {@link create_task/3} with keyword arguments.
+-spec create_task(name(), name(), [term()], map()) -> ref().
+create_task(Module, Function, Args, Kwargs) ->
+    create_task_on(target(), Module, Function, Args, Kwargs).
+
+%% @doc Waits at most 5000 ms for a task's result.
+-spec await(ref()) -> {ok, term()} | {error, term()}.
+await(Ref) ->
+    await(Ref, ?DEFAULT_TIMEOUT).
+
+%% @doc Waits at most `Timeout' ms (or `infinity') for a task's result;
+%% `{error, timeout}' cancels the task in the worker.
+-spec await(ref(), timeout()) -> {ok, term()} | {error, term()}.
+await(Ref, Timeout) when Timeout =:= infinity; is_integer(Timeout), Timeout >= 0 ->
+    pyport_async:await(async_result, Ref, Timeout).
+
+%% @doc Runs `Module.Function(*Args)' on the caller's loop and forgets it
+%% (an exception is logged by the worker).
+-spec spawn_task(name(), name(), [term()]) -> ok | {error, term()}.
+spawn_task(Module, Function, Args) ->
+    spawn_task(Module, Function, Args, #{}).
+
+%% @doc {@link spawn_task/3} with keyword arguments.
+-spec spawn_task(name(), name(), [term()], map()) -> ok | {error, term()}.
+spawn_task(Module, Function, Args, Kwargs) ->
+    spawn_task_on(target(), Module, Function, Args, Kwargs).
+
+%% @doc The loop of the calling process: a context (see {@link py:context/0})
+%% naming its worker, usable with {@link py:call/4} and friends.
+-spec get_loop() -> {ok, py:context()} | {error, term()}.
+get_loop() ->
+    case loops() of
+        {ok, Pool, N} -> {ok, py:pool_context(Pool, slot(N))};
+        {error, _} = Error -> Error
+    end.
+
+%% @doc `num_loops', `pool', `supported' (always true: every worker has an
+%% event loop) and `in_flight', the requests in flight on each loop.
+-spec get_stats() -> #{atom() => term()}.
+get_stats() ->
+    case loops() of
+        {ok, Pool, N} ->
+            {ok, #{counters := C}} = pyport_pool:info(Pool),
+            #{num_loops => N, pool => Pool, supported => true,
+              in_flight => [counters:get(C, Slot) || Slot <- lists:seq(1, N)]};
+        {error, Reason} ->
+            #{num_loops => 0, supported => false, error => Reason}
+    end.
+
+%%%===================================================================
+%%% Shared with py_event_loop
+%%%===================================================================
+
+%% @doc The event loop pool and how many of its workers are loops.
+-spec loops() -> {ok, atom(), pos_integer()} | {error, term()}.
+loops() ->
+    Pool = application:get_env(pyport, event_loop_pool, default),
+    case pyport_pool:info(Pool) of
+        {ok, #{size := Size}} ->
+            case application:get_env(pyport, event_loop_pool_size) of
+                {ok, N} when is_integer(N), N > 0 -> {ok, Pool, min(N, Size)};
+                _ -> {ok, Pool, Size}
+            end;
+        {error, _} = Error ->
+            Error
+    end.
+
+%% @private
+-spec run_on({ok, pyport_request:target()} | {error, term()}, name(), name(), [term()], opts()) ->
+          {ok, term()} | {error, term()}.
+run_on(Target, Module, Function, Args, Opts) when is_map(Opts) ->
+    Timeout = maps:get(timeout, Opts, ?DEFAULT_TIMEOUT),
+    Ref = create_task_on(Target, Module, Function, Args, maps:get(kwargs, Opts, #{})),
+    await(Ref, Timeout).
+
+%% @private
+-spec create_task_on({ok, pyport_request:target()} | {error, term()}, name(), name(), [term()],
+                     map()) -> ref().
+create_task_on({ok, Target}, Module, Function, Args, Kwargs) ->
+    case fields(Module, Function, Args, Kwargs) of
+        {ok, Fields} ->
+            %% No deadline of its own: a task lives until it ends, or until
+            %% whoever awaits it gives up.
+            pyport_async:start_task(Target, async_result, {?CALL, Fields}, infinity);
+        {error, Reason} ->
+            pyport_async:failed_task(async_result, Reason)
+    end;
+create_task_on({error, Reason}, _Module, _Function, _Args, _Kwargs) ->
+    pyport_async:failed_task(async_result, Reason).
+
+%% @private
+-spec spawn_task_on({ok, pyport_request:target()} | {error, term()}, name(), name(), [term()],
+                    map()) -> ok | {error, term()}.
+spawn_task_on({ok, Target}, Module, Function, Args, Kwargs) ->
+    case fields(Module, Function, Args, Kwargs) of
+        {ok, Fields} -> pyport_request:cast(Target, Fields);
+        {error, _} = Error -> Error
+    end;
+spawn_task_on({error, _} = Error, _Module, _Function, _Args, _Kwargs) ->
+    Error.
+
+%%%===================================================================
+%%% Internals
+%%%===================================================================
+
+target() ->
+    case loops() of
+        {ok, Pool, N} -> {ok, {slot, Pool, slot(N)}};
+        {error, _} = Error -> Error
+    end.
+
+%% Affinity: the same process, the same loop.
+slot(N) ->
+    erlang:phash2(self(), N) + 1.
+
+fields(Module, Function, Args, Kwargs) ->
+    try
+        {ok, py:call_fields(Module, Function, Args, Kwargs)}
+    catch
+        throw:{error, _} = Error -> Error
+    end.

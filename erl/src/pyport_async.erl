@@ -1,0 +1,158 @@
+%% @doc The caller's side of coroutine tasks and streams (see
+%% docs/asyncio.md): what {@link py}, {@link py_event_loop} and {@link
+%% py_event_loop_pool} build on.
+%%
+%% A task is a request whose Python function returns a coroutine: it runs
+%% on the worker's event loop and its outcome comes back as a message
+%% `{Tag, Ref, Result}' (`Result' is `{ok, Value}' or `{error, Reason}'),
+%% sent by the worker's gen_server to an alias of the caller, so a caller
+%% that gave up never receives it. Giving up (an await that times out)
+%% cancels the task in the worker.
+%%
+%% A stream runs a generator, async generator or any iterable in the worker
+%% and delivers `{py_stream, Ref, {data, Item}}' for each item, then
+%% `{py_stream, Ref, done}' or `{py_stream, Ref, {error, Reason}}'. The
+%% worker's gen_server grants the worker credit only while the consumer's
+%% mailbox is short, so a slow consumer suspends the Python producer.
+-module(pyport_async).
+
+-export([start_task/4, failed_task/2, await/3, cancel/1, stream_start/3, stream_cancel/1, collect/2]).
+
+-export_type([ref/0, stream_ref/0]).
+
+-define(STREAM_START, 6).
+
+-type deadline() :: integer() | infinity.
+%% A task: the alias its result is sent to, the worker and request id to
+%% cancel it, and its deadline.
+-opaque ref() :: {pyport_task, reference(), pid() | undefined, non_neg_integer(), deadline()}.
+%% A stream: a unique reference, the worker and the request id.
+-opaque stream_ref() :: {pyport_stream, reference(), pid(), pos_integer()}.
+
+%% @doc Starts a request whose answer comes as `{Tag, Ref, Result}'.
+%% `Timeout' (ms, `infinity', or `default' for the pool's `call_timeout')
+%% is the task's own deadline, after which the worker cancels it and the
+%% message says `{error, timeout}'. If it cannot be sent, the message
+%% `{Tag, Ref, {error, Reason}}' is in the caller's mailbox at once.
+-spec start_task(pyport_request:target(), atom(), {pos_integer(), [term()]},
+                 timeout() | default) -> ref().
+start_task(Target, Tag, Request, Timeout) ->
+    Sent = pyport_request:send(
+             Target, Request,
+             fun(Pid, Id, Frame, CallTimeout) ->
+                     Deadline = deadline(case Timeout of
+                                             default -> CallTimeout;
+                                             _ -> Timeout
+                                         end),
+                     Alias = erlang:monitor(process, Pid, [{alias, reply_demonitor}]),
+                     Ref = {pyport_task, Alias, Pid, Id, Deadline},
+                     Pid ! {'$pyport_task', Alias, Tag, Ref, Id, Deadline, Frame},
+                     Ref
+             end),
+    case Sent of
+        {pyport_task, _, _, _, _} = Ref -> Ref;
+        {error, Reason} -> failed_task(Tag, Reason)
+    end.
+
+%% @doc A task that could not start: its `{Tag, Ref, {error, Reason}}' is
+%% in the caller's mailbox at once.
+-spec failed_task(atom(), term()) -> ref().
+failed_task(Tag, Reason) ->
+    Ref = {pyport_task, make_ref(), undefined, 0, infinity},
+    self() ! {Tag, Ref, {error, Reason}},
+    Ref.
+
+%% @doc Waits for a task's `{Tag, Ref, Result}' at most `Timeout' ms
+%% (`deadline': until the task's own deadline). On `{error, timeout}' the
+%% task is cancelled in the worker and its result can no longer arrive.
+-spec await(atom(), ref(), timeout() | deadline) -> {ok, term()} | {error, term()}.
+await(Tag, {pyport_task, _, _, _, Deadline} = Ref, deadline) ->
+    Timeout = case Deadline of
+                  infinity -> infinity;
+                  _ -> max(0, Deadline - erlang:monotonic_time(millisecond))
+              end,
+    await(Tag, Ref, Timeout);
+await(Tag, {pyport_task, Alias, _, _, _} = Ref, Timeout) ->
+    receive
+        {Tag, Ref, Result} ->
+            Result;
+        {'DOWN', Alias, process, _, Reason} ->
+            {error, {worker_exited, Reason}}
+    after Timeout ->
+            cancel(Ref),
+            %% A result that arrived just before the alias went away still counts.
+            receive
+                {Tag, Ref, Result} -> Result
+            after 0 ->
+                    {error, timeout}
+            end
+    end.
+
+%% @doc Gives up on a task: cancels it in the worker and drops its alias (no
+%% result message arrives afterwards, unless it is already queued).
+-spec cancel(ref()) -> ok.
+cancel({pyport_task, Alias, Pid, Id, _}) ->
+    erlang:demonitor(Alias, [flush]),
+    case Pid of
+        undefined -> ok;
+        _ -> Pid ! {'$pyport_cancel', Id}, ok
+    end.
+
+%% @doc Starts a stream of the items of the value `Request' produces: `{1,
+%% [Module, Function, Args, Kwargs]}' (a call) or `{3, [Code, Locals,
+%% Namespace]}' (an expression). Its messages go to the calling process.
+-spec stream_start(pyport_request:target(), {pos_integer(), [term()]}, pid()) ->
+          {ok, stream_ref()} | {error, term()}.
+stream_start(Target, {Kind, Fields}, Consumer) ->
+    Credit = pyport_worker:stream_window(),
+    pyport_request:send(
+      Target, {?STREAM_START, [Credit, [Kind | Fields]]},
+      fun(Pid, Id, Frame, _CallTimeout) ->
+              Ref = {pyport_stream, make_ref(), Pid, Id},
+              Pid ! {'$pyport_stream', Consumer, Ref, Id, Frame},
+              {ok, Ref}
+      end).
+
+%% @doc Stops a stream: the worker cancels its producer (a generator is
+%% closed), and no message of it is left in, or arrives later in, the
+%% calling process's mailbox.
+-spec stream_cancel(stream_ref()) -> ok.
+stream_cancel({pyport_stream, _, Pid, Id} = Ref) ->
+    ok = pyport_worker:stream_cancel(Pid, Id),
+    flush_stream(Ref).
+
+flush_stream(Ref) ->
+    receive
+        {py_stream, Ref, _} -> flush_stream(Ref)
+    after 0 ->
+            ok
+    end.
+
+%% @doc Collects every item of a stream started by the calling process:
+%% `{ok, Items}', or `{error, Reason}' (the stream's error, `{worker_exited,
+%% _}', or `timeout' when no item came for `Timeout' ms, after which the
+%% stream is cancelled).
+-spec collect(stream_ref(), timeout()) -> {ok, [term()]} | {error, term()}.
+collect({pyport_stream, _, Pid, _} = Ref, Timeout) ->
+    Monitor = erlang:monitor(process, Pid),
+    Result = collect(Ref, Monitor, Timeout, []),
+    erlang:demonitor(Monitor, [flush]),
+    Result.
+
+collect(Ref, Monitor, Timeout, Acc) ->
+    receive
+        {py_stream, Ref, {data, Item}} ->
+            collect(Ref, Monitor, Timeout, [Item | Acc]);
+        {py_stream, Ref, done} ->
+            {ok, lists:reverse(Acc)};
+        {py_stream, Ref, {error, _} = Error} ->
+            Error;
+        {'DOWN', Monitor, process, _, Reason} ->
+            {error, {worker_exited, Reason}}
+    after Timeout ->
+            stream_cancel(Ref),
+            {error, timeout}
+    end.
+
+deadline(infinity) -> infinity;
+deadline(Timeout) -> erlang:monotonic_time(millisecond) + Timeout.

@@ -1,0 +1,93 @@
+"""Coroutines and generators for pyport_async_SUITE."""
+import asyncio
+import os
+
+import erlang
+
+events = []
+_arrived = 0
+_all_here = None
+
+
+async def double(x):
+    await asyncio.sleep(0.001)
+    return 2 * x
+
+
+async def fail(message):
+    await asyncio.sleep(0)
+    raise ValueError(message)
+
+
+async def greet(name, *, greeting="hello"):
+    await asyncio.sleep(0)
+    return f"{greeting} {name}"
+
+
+async def barrier(n):
+    """Returns once n calls wait at the same time."""
+    global _arrived, _all_here
+    if _all_here is None:
+        _all_here = asyncio.Event()
+    _arrived += 1
+    if _arrived == n:
+        _all_here.set()
+    await _all_here.wait()
+    return n
+
+
+async def wait_forever(tag):
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        events.append(["cancelled", tag])
+        raise
+
+
+async def record(tag):
+    await asyncio.sleep(0)
+    events.append(["ran", tag])
+    return tag
+
+
+def taken_events():
+    out = list(events)
+    events.clear()
+    return out
+
+
+def os_pid():
+    return os.getpid()
+
+
+def count(n):
+    yield from range(n)
+
+
+async def acount(n):
+    for i in range(n):
+        await asyncio.sleep(0)
+        yield i
+
+
+def count_then_fail(n):
+    yield from range(n)
+    raise RuntimeError(f"failed after {n}")
+
+
+produced = {}
+
+
+def tracked(tag, n):
+    produced[tag] = []
+    try:
+        for i in range(n):
+            produced[tag].append(i)
+            yield i
+    finally:
+        produced[tag].append("closed")
+
+
+def produced_count(tag):
+    items = produced.get(tag, [])
+    return [len([i for i in items if i != "closed"]), "closed" in items]
