@@ -171,12 +171,7 @@ container(T, Acc, P, X, K) when is_tuple(T) ->
             el(tuple_to_list(T), array_header(N, Acc), [], X,
                [{tuple, T, byte_size(Acc), X, P} | K]);
         Size ->
-            Header = ext_header(?EXT_TUPLE, Size, T),
-            Acc1 = if
-                       N < 16#10 -> <<Acc/binary, Header/binary, (16#90 bor N)>>;
-                       true -> array_header(N, <<Acc/binary, Header/binary>>)
-                   end,
-            k(K, scalars(T, 1, N, Acc1), P, X)
+            k(K, scalars(T, 1, N, tuple_header(Size, N, T, Acc)), P, X)
     end;
 container(B, Acc, P, X, K) when is_binary(B) ->
     case byte_size(B) of
@@ -282,6 +277,21 @@ scalars_size(T, I, Size) ->
 %% Acc with elements I..N of T appended, all scalars.
 scalars(T, I, N, Acc) when I =< N -> scalars(T, I + 1, N, scalar(element(I, T), Acc));
 scalars(_, _, _, Acc) -> Acc.
+
+%% Acc with the headers of a tuple of N elements, Size bytes with its array
+%% header: the usual small tuple's in one segment.
+tuple_header(Size, N, _, Acc) when Size < 16#100, N < 16#10 ->
+    Tail = (?EXT_TUPLE bsl 8) bor 16#90 bor N,
+    case Size of
+        1 -> <<Acc/binary, ((16#d4 bsl 16) bor Tail):24>>;
+        2 -> <<Acc/binary, ((16#d5 bsl 16) bor Tail):24>>;
+        4 -> <<Acc/binary, ((16#d6 bsl 16) bor Tail):24>>;
+        8 -> <<Acc/binary, ((16#d7 bsl 16) bor Tail):24>>;
+        16 -> <<Acc/binary, ((16#d8 bsl 16) bor Tail):24>>;
+        _ -> <<Acc/binary, ((16#c7 bsl 24) bor (Size bsl 16) bor Tail):32>>
+    end;
+tuple_header(Size, N, T, Acc) ->
+    array_header(N, <<Acc/binary, (ext_header(?EXT_TUPLE, Size, T))/binary>>).
 
 %% The size of array_header(N, _).
 header_size(N) when N < 16#10 -> 1;
@@ -393,6 +403,35 @@ ext_header(_, _, Term) -> error({unsupported_term, Term}).
 %% where it starts: ?TRUNC(R) for R following its one type byte.
 -define(TRUNC(R), ?FAIL_AT(truncated, R, 1)).
 
+%% The branches of d/6 for one format, R following its type byte: a value V
+%% that Pattern reads, leaving R1; an ext whose header Pattern reads (length
+%% L, or Len when fixed, and type T) in Back bytes with the type byte; a
+%% container whose header is an L of Bits bits, holding Count values.
+-define(VALUE(Pattern),
+        case R of
+            Pattern -> d(R1, N - 1, [V | Acc], D, S, C);
+            _ -> ?TRUNC(R)
+        end).
+-define(EXT(Pattern, Back),
+        case R of
+            Pattern -> ext(R1, L, T, Back, N, Acc, D, S, C);
+            _ -> ?TRUNC(R)
+        end).
+-define(EXT(Pattern, Len, Back),
+        case R of
+            Pattern -> ext(R1, Len, T, Back, N, Acc, D, S, C);
+            _ -> ?TRUNC(R)
+        end).
+-define(OPEN(Bits, Count, Kind),
+        case R of
+            <<L:Bits, R1/binary>> when D < ?MAX_DEPTH ->
+                d(R1, Count, [], D + 1, [{Kind, N - 1, Acc} | S], C);
+            <<_:Bits, _/binary>> ->
+                ?FAIL(too_deep);
+            _ ->
+                ?TRUNC(R)
+        end).
+
 d(<<_/binary>> = Bin, 0, Acc, _, [], _) ->
     {Acc, Bin};
 d(<<_/binary>> = Bin, 0, Acc, D, [{array, N, PAcc} | S], C) ->
@@ -412,36 +451,12 @@ d(<<B, R/binary>>, N, Acc, D, S, C) when B >= 16#c0 ->
         16#c0 -> d(R, N - 1, [none | Acc], D, S, C);
         16#c2 -> d(R, N - 1, [false | Acc], D, S, C);
         16#c3 -> d(R, N - 1, [true | Acc], D, S, C);
-        16#c4 ->
-            case R of
-                <<L, V:L/binary, R1/binary>> -> d(R1, N - 1, [V | Acc], D, S, C);
-                _ -> ?TRUNC(R)
-            end;
-        16#c5 ->
-            case R of
-                <<L:16, V:L/binary, R1/binary>> -> d(R1, N - 1, [V | Acc], D, S, C);
-                _ -> ?TRUNC(R)
-            end;
-        16#c6 ->
-            case R of
-                <<L:32, V:L/binary, R1/binary>> -> d(R1, N - 1, [V | Acc], D, S, C);
-                _ -> ?TRUNC(R)
-            end;
-        16#c7 ->
-            case R of
-                <<L, T:8/signed, R1/binary>> -> ext(R1, L, T, 3, N, Acc, D, S, C);
-                _ -> ?TRUNC(R)
-            end;
-        16#c8 ->
-            case R of
-                <<L:16, T:8/signed, R1/binary>> -> ext(R1, L, T, 4, N, Acc, D, S, C);
-                _ -> ?TRUNC(R)
-            end;
-        16#c9 ->
-            case R of
-                <<L:32, T:8/signed, R1/binary>> -> ext(R1, L, T, 6, N, Acc, D, S, C);
-                _ -> ?TRUNC(R)
-            end;
+        16#c4 -> ?VALUE(<<L, V:L/binary, R1/binary>>);
+        16#c5 -> ?VALUE(<<L:16, V:L/binary, R1/binary>>);
+        16#c6 -> ?VALUE(<<L:32, V:L/binary, R1/binary>>);
+        16#c7 -> ?EXT(<<L, T:8/signed, R1/binary>>, 3);
+        16#c8 -> ?EXT(<<L:16, T:8/signed, R1/binary>>, 4);
+        16#c9 -> ?EXT(<<L:32, T:8/signed, R1/binary>>, 6);
         16#ca ->
             case R of
                 <<V:32/float, R1/binary>> ->
@@ -461,94 +476,26 @@ d(<<B, R/binary>>, N, Acc, D, S, C) when B >= 16#c0 ->
                 _ ->
                     ?TRUNC(R)
             end;
-        16#cc ->
-            case R of
-                <<V, R1/binary>> -> d(R1, N - 1, [V | Acc], D, S, C);
-                _ -> ?TRUNC(R)
-            end;
-        16#cd ->
-            case R of
-                <<V:16, R1/binary>> -> d(R1, N - 1, [V | Acc], D, S, C);
-                _ -> ?TRUNC(R)
-            end;
-        16#ce ->
-            case R of
-                <<V:32, R1/binary>> -> d(R1, N - 1, [V | Acc], D, S, C);
-                _ -> ?TRUNC(R)
-            end;
-        16#cf ->
-            case R of
-                <<V:64, R1/binary>> -> d(R1, N - 1, [V | Acc], D, S, C);
-                _ -> ?TRUNC(R)
-            end;
-        16#d0 ->
-            case R of
-                <<V:8/signed, R1/binary>> -> d(R1, N - 1, [V | Acc], D, S, C);
-                _ -> ?TRUNC(R)
-            end;
-        16#d1 ->
-            case R of
-                <<V:16/signed, R1/binary>> -> d(R1, N - 1, [V | Acc], D, S, C);
-                _ -> ?TRUNC(R)
-            end;
-        16#d2 ->
-            case R of
-                <<V:32/signed, R1/binary>> -> d(R1, N - 1, [V | Acc], D, S, C);
-                _ -> ?TRUNC(R)
-            end;
-        16#d3 ->
-            case R of
-                <<V:64/signed, R1/binary>> -> d(R1, N - 1, [V | Acc], D, S, C);
-                _ -> ?TRUNC(R)
-            end;
-        16#d4 -> fixext(R, 1, N, Acc, D, S, C);
-        16#d5 -> fixext(R, 2, N, Acc, D, S, C);
-        16#d6 -> fixext(R, 4, N, Acc, D, S, C);
-        16#d7 -> fixext(R, 8, N, Acc, D, S, C);
-        16#d8 -> fixext(R, 16, N, Acc, D, S, C);
-        16#d9 ->
-            case R of
-                <<L, V:L/binary, R1/binary>> -> d(R1, N - 1, [V | Acc], D, S, C);
-                _ -> ?TRUNC(R)
-            end;
-        16#da ->
-            case R of
-                <<L:16, V:L/binary, R1/binary>> -> d(R1, N - 1, [V | Acc], D, S, C);
-                _ -> ?TRUNC(R)
-            end;
-        16#db ->
-            case R of
-                <<L:32, V:L/binary, R1/binary>> -> d(R1, N - 1, [V | Acc], D, S, C);
-                _ -> ?TRUNC(R)
-            end;
-        16#dc ->
-            case R of
-                <<L:16, R1/binary>> when D < ?MAX_DEPTH ->
-                    d(R1, L, [], D + 1, [{array, N - 1, Acc} | S], C);
-                <<_:16, _/binary>> -> ?FAIL(too_deep);
-                _ -> ?TRUNC(R)
-            end;
-        16#dd ->
-            case R of
-                <<L:32, R1/binary>> when D < ?MAX_DEPTH ->
-                    d(R1, L, [], D + 1, [{array, N - 1, Acc} | S], C);
-                <<_:32, _/binary>> -> ?FAIL(too_deep);
-                _ -> ?TRUNC(R)
-            end;
-        16#de ->
-            case R of
-                <<L:16, R1/binary>> when D < ?MAX_DEPTH ->
-                    d(R1, 2 * L, [], D + 1, [{map, N - 1, Acc} | S], C);
-                <<_:16, _/binary>> -> ?FAIL(too_deep);
-                _ -> ?TRUNC(R)
-            end;
-        16#df ->
-            case R of
-                <<L:32, R1/binary>> when D < ?MAX_DEPTH ->
-                    d(R1, 2 * L, [], D + 1, [{map, N - 1, Acc} | S], C);
-                <<_:32, _/binary>> -> ?FAIL(too_deep);
-                _ -> ?TRUNC(R)
-            end;
+        16#cc -> ?VALUE(<<V, R1/binary>>);
+        16#cd -> ?VALUE(<<V:16, R1/binary>>);
+        16#ce -> ?VALUE(<<V:32, R1/binary>>);
+        16#cf -> ?VALUE(<<V:64, R1/binary>>);
+        16#d0 -> ?VALUE(<<V:8/signed, R1/binary>>);
+        16#d1 -> ?VALUE(<<V:16/signed, R1/binary>>);
+        16#d2 -> ?VALUE(<<V:32/signed, R1/binary>>);
+        16#d3 -> ?VALUE(<<V:64/signed, R1/binary>>);
+        16#d4 -> ?EXT(<<T:8/signed, R1/binary>>, 1, 2);
+        16#d5 -> ?EXT(<<T:8/signed, R1/binary>>, 2, 2);
+        16#d6 -> ?EXT(<<T:8/signed, R1/binary>>, 4, 2);
+        16#d7 -> ?EXT(<<T:8/signed, R1/binary>>, 8, 2);
+        16#d8 -> ?EXT(<<T:8/signed, R1/binary>>, 16, 2);
+        16#d9 -> ?VALUE(<<L, V:L/binary, R1/binary>>);
+        16#da -> ?VALUE(<<L:16, V:L/binary, R1/binary>>);
+        16#db -> ?VALUE(<<L:32, V:L/binary, R1/binary>>);
+        16#dc -> ?OPEN(16, L, array);
+        16#dd -> ?OPEN(32, L, array);
+        16#de -> ?OPEN(16, 2 * L, map);
+        16#df -> ?OPEN(32, 2 * L, map);
         16#c1 ->
             ?FAIL({reserved_byte, 16#c1});
         _ ->
@@ -570,12 +517,6 @@ d(<<_, _/binary>>, _, _, _, _, _) ->
     ?FAIL(too_deep);
 d(<<>>, _, _, _, _, _) ->
     ?FAIL_SIZE(truncated, 0).
-
-%% fixext 1/2/4/8/16: the type byte, then an L-byte payload.
-fixext(<<T:8/signed, R/binary>>, L, N, Acc, D, S, C) ->
-    ext(R, L, T, 2, N, Acc, D, S, C);
-fixext(R, _, _, _, _, _, _) ->
-    ?TRUNC(R).
 
 %% An ext value of type T with an L-byte payload at the start of Bin,
 %% after a header of Back bytes.
