@@ -17,7 +17,7 @@ suite() ->
     [{timetrap, {seconds, 60}}].
 
 all() ->
-    [{group, async}, {group, event_loop}, {group, streams}, {group, failures}].
+    [{group, async}, {group, event_loop}, {group, streams}, {group, failures}, {group, docs}].
 
 groups() ->
     [{async, [],
@@ -33,7 +33,9 @@ groups() ->
        stream_start_messages, stream_cancel_stops_producer, slow_consumer_bounds_producer,
        dead_consumer_stops_producer]},
      {failures, [],
-      [worker_exit_answers_tasks_and_streams]}].
+      [worker_exit_answers_tasks_and_streams]},
+     {docs, [],
+      [docs_examples]}].
 
 init_per_suite(Config) ->
     Data = filename:join(filename:dirname(code:which(?MODULE)), "pyport_async_SUITE_data"),
@@ -363,4 +365,33 @@ last_stream_message(Ref) ->
         {py_stream, Ref, {data, _}} -> last_stream_message(Ref);
         {py_stream, Ref, Last} -> Last
     after 10000 -> timeout
+    end.
+
+%%%===================================================================
+%%% docs/asyncio.md
+%%%===================================================================
+
+%% Every Erlang example of docs/asyncio.md (but sys.config snippets) runs.
+docs_examples(_Config) ->
+    Doc = find_up(filename:dirname(code:which(?MODULE)), "docs/asyncio.md"),
+    {ok, Text} = file:read_file(Doc),
+    {match, Blocks} = re:run(Text, "^```erlang\n(.*?)^```$", [global, multiline, dotall,
+                                                                {capture, all_but_first, list}]),
+    Run = [B || [B] <- Blocks, not lists:prefix("%% sys.config", B)],
+    ?assert(length(Run) >= 5),
+    lists:foreach(fun(Source) ->
+                          {ok, Tokens, _} = erl_scan:string(Source),
+                          {ok, Exprs} = erl_parse:parse_exprs(Tokens),
+                          try erl_eval:exprs(Exprs, erl_eval:new_bindings())
+                          catch C:R:S -> ct:fail({example_failed, Source, C, R, S})
+                          end,
+                          ?assertEqual([], mailbox())
+                  end, Run).
+
+find_up(Dir, Rel) ->
+    Path = filename:join(Dir, Rel),
+    case filelib:is_regular(Path) of
+        true -> Path;
+        false when Dir =/= "/" -> find_up(filename:dirname(Dir), Rel);
+        false -> ct:fail({not_found, Rel})
     end.
