@@ -19,8 +19,58 @@ main() ->
     big_binary(Echo),
     int_list(),
     codec(),
+    coroutines(),
     startup(Worker),
     halt(0).
+
+%% Coroutine requests: one caller awaiting py:async_call round trips (next
+%% to py:call of the same coroutine), 50 callers on py_event_loop_pool
+%% (each awaiting one task at a time, then 100 at a time), and the wall
+%% time of 1,000 calls that each await asyncio.sleep(1) in one worker.
+coroutines() ->
+    {ok, _} = py:call(pyport_bench_py, anoop, [1]),
+    {Call, _, _} = timed_seq(?SEQ_CALLS, fun(_) -> {ok, _} = py:call(pyport_bench_py, anoop, [1]) end,
+                             none),
+    line("coroutine_call_rate", Call, "calls/s"),
+    {Async, P50, P99} = timed_seq(?SEQ_CALLS,
+                                  fun(_) ->
+                                          {ok, _} = py:async_await(py:async_call(pyport_bench_py, anoop, [1]))
+                                  end, none),
+    line("async_call_roundtrip_rate", Async, "calls/s"),
+    line("async_call_roundtrip_p50", P50, "us"),
+    line("async_call_roundtrip_p99", P99, "us"),
+    line("event_loop_pool_50callers_rate",
+         concurrent_rate(50, fun() -> {ok, _} = py_event_loop_pool:run(pyport_bench_py, anoop, [1]), 1 end),
+         "tasks/s"),
+    line("event_loop_pool_50callers_batch100_rate",
+         concurrent_rate(50, fun() ->
+                                     Refs = [py_event_loop_pool:create_task(pyport_bench_py, anoop, [I])
+                                             || I <- lists:seq(1, 100)],
+                                     [{ok, _} = py_event_loop_pool:await(R) || R <- Refs],
+                                     100
+                             end),
+         "tasks/s"),
+    Ctx = py:context(1),
+    T0 = erlang:monotonic_time(),
+    Hs = [py:spawn_call(Ctx, asyncio, sleep, [1]) || _ <- lists:seq(1, 1000)],
+    [{ok, none} = py:await(H) || H <- Hs],
+    line("sleep1_x1000_one_worker_wall", to_s(erlang:monotonic_time() - T0), "s").
+
+%% Tasks per second done by N callers each repeating Fun (which returns how
+%% many it did) for ?CONC_SECONDS.
+concurrent_rate(N, Fun) ->
+    Count = counters:new(1, [write_concurrency]),
+    Stop = erlang:monotonic_time(millisecond) + ?CONC_SECONDS * 1000,
+    Parent = self(),
+    Loop = fun Loop() ->
+                   case erlang:monotonic_time(millisecond) < Stop of
+                       true -> counters:add(Count, 1, Fun()), Loop();
+                       false -> ok
+                   end
+           end,
+    Pids = [spawn_link(fun() -> Loop(), Parent ! {done, self()} end) || _ <- lists:seq(1, N)],
+    [receive {done, P} -> ok end || P <- Pids],
+    counters:get(Count, 1) / ?CONC_SECONDS.
 
 %% Sequential round trips, one caller.
 sequential(Echo) ->
@@ -50,23 +100,9 @@ timed_seq(N, Fun, Echo) ->
 
 %% 64 callers on a pool of 2 workers for a fixed time.
 concurrent() ->
-    Count = counters:new(1, [write_concurrency]),
-    Stop = erlang:monotonic_time(millisecond) + ?CONC_SECONDS * 1000,
-    Parent = self(),
-    Pids = [spawn_link(fun() -> conc_loop(Count, Stop), Parent ! {done, self()} end)
-            || _ <- lists:seq(1, 64)],
-    [receive {done, P} -> ok end || P <- Pids],
-    line("call_concurrent64_pool2_rate", counters:get(Count, 1) / ?CONC_SECONDS, "calls/s").
-
-conc_loop(Count, Stop) ->
-    case erlang:monotonic_time(millisecond) < Stop of
-        true ->
-            {ok, 7} = py:call(pyport_bench_py, identity, [7]),
-            counters:add(Count, 1, 1),
-            conc_loop(Count, Stop);
-        false ->
-            ok
-    end.
+    line("call_concurrent64_pool2_rate",
+         concurrent_rate(64, fun() -> {ok, 7} = py:call(pyport_bench_py, identity, [7]), 1 end),
+         "calls/s").
 
 %% 1 MiB binary identity, against the floor echoing the same frame.
 big_binary(Echo) ->

@@ -1,0 +1,282 @@
+"""asyncio event loop benchmark: the same program for every loop.
+
+    python3 bench/asyncio_bench.py stock|uvloop     # under /usr/bin/python3
+    tools/pyport-run --exec bench/asyncio_bench.py erlang   # inside a worker
+
+Prints one ``asyncio_<figure>_<loop> VALUE UNIT`` line per figure (see
+bench/asyncio_compare.py, which runs all three and adds the ratios).
+"""
+import asyncio
+import random
+import socket
+import statistics
+import sys
+import time
+
+SECONDS = 1.5  # per timed figure
+
+
+def new_loop(kind):
+    if kind == "stock":
+        return asyncio.SelectorEventLoop()
+    if kind == "uvloop":
+        import uvloop
+        return uvloop.new_event_loop()
+    if kind == "erlang":
+        import erlang
+        return erlang.new_event_loop()
+    raise SystemExit(f"unknown loop {kind!r}: stock, uvloop or erlang")
+
+
+async def call_soon_rate():
+    """Callbacks that each schedule the next one, 10 chains at once."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    count = 0
+    stop_at = time.perf_counter() + SECONDS
+
+    def tick():
+        nonlocal count
+        count += 1
+        if count & 1023 == 0 and time.perf_counter() >= stop_at:
+            if not done.done():
+                done.set_result(None)
+            return
+        if not done.done():
+            loop.call_soon(tick)
+
+    start = time.perf_counter()
+    for _ in range(10):
+        loop.call_soon(tick)
+    await done
+    return count / (time.perf_counter() - start)
+
+
+async def timers_rate():
+    """100,000 timers with delays spread over 0-20 ms."""
+    loop = asyncio.get_running_loop()
+    n = 100_000
+    done = loop.create_future()
+    fired = 0
+
+    def fire():
+        nonlocal fired
+        fired += 1
+        if fired == n:
+            done.set_result(None)
+
+    rnd = random.Random(1)
+    start = time.perf_counter()
+    for _ in range(n):
+        loop.call_later(rnd.random() * 0.02, fire)
+    await done
+    return n / (time.perf_counter() - start)
+
+
+async def timer_latency():
+    """How late a 1 ms call_later fires, measured 1,000 times in a row."""
+    loop = asyncio.get_running_loop()
+    late = []
+    for _ in range(1000):
+        fut = loop.create_future()
+        when = loop.time() + 0.001
+        loop.call_at(when, lambda f=fut: f.set_result(loop.time()))
+        late.append(await fut - when)
+    late.sort()
+    return late[len(late) // 2] * 1e6, late[int(len(late) * 0.99)] * 1e6
+
+
+class EchoServer(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
+class PingClient(asyncio.Protocol):
+    def __init__(self, size, stop_at, done):
+        self.payload = b"x" * size
+        self.size = size
+        self.stop_at = stop_at
+        self.done = done
+        self.got = 0
+        self.trips = 0
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.write(self.payload)
+
+    def data_received(self, data):
+        self.got += len(data)
+        if self.got < self.size:
+            return
+        self.got = 0
+        self.trips += 1
+        if self.trips & 255 == 0 and time.perf_counter() >= self.stop_at:
+            self.transport.close()
+            self.done.set_result(self.trips)
+            return
+        self.transport.write(self.payload)
+
+
+async def tcp_echo(connections):
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(EchoServer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    stop_at = time.perf_counter() + SECONDS
+    dones = []
+    start = time.perf_counter()
+    for _ in range(connections):
+        done = loop.create_future()
+        dones.append(done)
+        transport, _ = await loop.create_connection(
+            lambda d=done: PingClient(64, stop_at, d), "127.0.0.1", port)
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    trips = sum(await asyncio.gather(*dones))
+    elapsed = time.perf_counter() - start
+    server.close()
+    await server.wait_closed()
+    return trips / elapsed
+
+
+class Sink(asyncio.Protocol):
+    def __init__(self, total, done):
+        self.total = total
+        self.left = total
+        self.done = done
+
+    def data_received(self, data):
+        self.left -= len(data)
+        if self.left <= 0 and not self.done.done():
+            self.done.set_result(None)
+
+
+class Source(asyncio.Protocol):
+    def __init__(self, total):
+        self.left = total
+        self.chunk = b"b" * (256 * 1024)
+        self.resume = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.set_write_buffer_limits(high=4 * 1024 * 1024)
+        self.pump()
+
+    def pause_writing(self):
+        self.paused = True
+
+    def resume_writing(self):
+        self.paused = False
+        self.pump()
+
+    def pump(self):
+        self.paused = False
+        while self.left > 0 and not self.paused:
+            self.transport.write(self.chunk)
+            self.left -= len(self.chunk)
+
+
+async def tcp_bulk():
+    loop = asyncio.get_running_loop()
+    total = 2 * 1024 ** 3
+    done = loop.create_future()
+    server = await loop.create_server(lambda: Sink(total, done), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    start = time.perf_counter()
+    transport, _ = await loop.create_connection(lambda: Source(total), "127.0.0.1", port)
+    await done
+    elapsed = time.perf_counter() - start
+    transport.close()
+    server.close()
+    await server.wait_closed()
+    return total / elapsed / 1024 ** 2
+
+
+class UdpEcho(asyncio.DatagramProtocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.transport.sendto(data, addr)
+
+
+class UdpPinger(asyncio.DatagramProtocol):
+    """Keeps 32 datagrams in flight; counts the echoes."""
+
+    def __init__(self, stop_at, done):
+        self.stop_at = stop_at
+        self.done = done
+        self.echoes = 0
+
+    def connection_made(self, transport):
+        self.transport = transport
+        for _ in range(32):
+            transport.sendto(b"u" * 64)
+
+    def datagram_received(self, data, addr):
+        self.echoes += 1
+        if self.echoes & 255 == 0 and time.perf_counter() >= self.stop_at:
+            if not self.done.done():
+                self.done.set_result(self.echoes)
+            return
+        if not self.done.done():
+            self.transport.sendto(data)
+
+
+async def udp_rate():
+    loop = asyncio.get_running_loop()
+    server, _ = await loop.create_datagram_endpoint(UdpEcho, local_addr=("127.0.0.1", 0))
+    done = loop.create_future()
+    start = time.perf_counter()
+    client, _ = await loop.create_datagram_endpoint(
+        lambda: UdpPinger(start + SECONDS, done), remote_addr=server.get_extra_info("sockname"))
+    echoes = await done
+    elapsed = time.perf_counter() - start
+    client.close()
+    server.close()
+    return echoes / elapsed
+
+
+async def gather_tasks():
+    async def noop():
+        await asyncio.sleep(0)
+
+    n = 100_000
+    start = time.perf_counter()
+    await asyncio.gather(*(noop() for _ in range(n)))
+    return n / (time.perf_counter() - start)
+
+
+def main(kind):
+    figures = [
+        ("call_soon", call_soon_rate, "callbacks/s"),
+        ("timers", timers_rate, "timers/s"),
+        ("timer_latency", timer_latency, "us"),
+        ("tcp_echo_1conn", lambda: tcp_echo(1), "roundtrips/s"),
+        ("tcp_echo_16conn", lambda: tcp_echo(16), "roundtrips/s"),
+        ("tcp_bulk", tcp_bulk, "MiB/s"),
+        ("udp_echo", udp_rate, "datagrams/s"),
+        ("gather_100k", gather_tasks, "tasks/s"),
+    ]
+    only = set(sys.argv[2:])
+    loop = new_loop(kind)
+    try:
+        for name, fn, unit in figures:
+            if only and name not in only:
+                continue
+            value = loop.run_until_complete(fn())
+            if name == "timer_latency":
+                p50, p99 = value
+                print(f"asyncio_timer_latency_p50_{kind} {p50:.0f} {unit}", flush=True)
+                print(f"asyncio_timer_latency_p99_{kind} {p99:.0f} {unit}", flush=True)
+            else:
+                print(f"asyncio_{name}_{kind} {value:.0f} {unit}", flush=True)
+    finally:
+        loop.close()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        raise SystemExit(__doc__)
+    main(sys.argv[1])
