@@ -208,6 +208,18 @@ class PollerCore {
     return list;
   }
 
+  // Moves the collected events out as (key, events) pairs, keys referenced:
+  // processing them may unregister descriptors.
+  void take_ready(std::vector<std::pair<PyRef, int>>& out) {
+    out.reserve(ready_.size());
+    for (PollEntry* e : ready_) {
+      out.emplace_back(e->key, e->ready);
+      e->ready = 0;
+      e->queued = false;
+    }
+    ready_.clear();
+  }
+
   // Closes every handle; a private loop is run until they are gone and then
   // closed itself. Idempotent.
   void close() {
@@ -284,10 +296,61 @@ class PollerCore {
 
 // ---------------------------------------------------------------- module
 
+// What run_once() needs from asyncio, looked up once.
+struct LoopNames {
+  PyRef scheduled, ready, stopping, timer_cancelled_count, debug, clock_resolution, when, cancelled,
+      scheduled_flag, remove_reader, remove_writer, append, popleft, run, time, context, callback,
+      args, compact_timers, run_debug;
+  PyRef heappop;          // heapq.heappop
+  PyRef handle_type;      // asyncio.Handle
+  PyRef timer_type;       // asyncio.TimerHandle
+  PyRef callback_failed;  // erlang._loop._callback_failed(handle, exc)
+
+  bool load() {
+    struct {
+      PyRef* slot;
+      const char* name;
+    } names[] = {{&scheduled, "_scheduled"},
+                 {&ready, "_ready"},
+                 {&stopping, "_stopping"},
+                 {&timer_cancelled_count, "_timer_cancelled_count"},
+                 {&debug, "_debug"},
+                 {&clock_resolution, "_clock_resolution"},
+                 {&when, "_when"},
+                 {&cancelled, "_cancelled"},
+                 {&scheduled_flag, "_scheduled"},
+                 {&remove_reader, "_remove_reader"},
+                 {&remove_writer, "_remove_writer"},
+                 {&append, "append"},
+                 {&popleft, "popleft"},
+                 {&run, "_run"},
+                 {&time, "time"},
+                 {&context, "_context"},
+                 {&callback, "_callback"},
+                 {&args, "_args"},
+                 {&compact_timers, "_pyport_compact_timers"},
+                 {&run_debug, "_pyport_run_debug"}};
+    for (auto& n : names) {
+      *n.slot = PyRef::steal(PyUnicode_InternFromString(n.name));
+      if (!*n.slot) return false;
+    }
+    PyRef heapq = PyRef::steal(PyImport_ImportModule("heapq"));
+    PyRef events = heapq ? PyRef::steal(PyImport_ImportModule("asyncio.events")) : PyRef();
+    PyRef loop = events ? PyRef::steal(PyImport_ImportModule("erlang._loop")) : PyRef();
+    if (!loop) return false;
+    heappop = PyRef::steal(PyObject_GetAttrString(heapq.get(), "heappop"));
+    handle_type = PyRef::steal(PyObject_GetAttrString(events.get(), "Handle"));
+    timer_type = PyRef::steal(PyObject_GetAttrString(events.get(), "TimerHandle"));
+    callback_failed = PyRef::steal(PyObject_GetAttrString(loop.get(), "_callback_failed"));
+    return heappop && handle_type && timer_type && callback_failed;
+  }
+};
+
 struct ModuleState {
   LoopHost* host = nullptr;
-  PyObject* poller_type = nullptr;  // strong
-  PyObject* root = nullptr;         // the worker's Poller (borrowed; cleared when it closes)
+  PyObject* poller_type = nullptr;   // strong
+  PyObject* root = nullptr;          // the worker's Poller (borrowed; cleared when it closes)
+  std::unique_ptr<LoopNames> names;  // loaded by the first run_once()
 };
 
 struct PollerObject {
@@ -463,6 +526,31 @@ PyObject* Poller_unregister(PollerObject* self, PyObject* const* args, Py_ssize_
   Py_RETURN_NONE;
 }
 
+// One wait of a usable poller: the worker's hooks around it (answers out,
+// input watched), then signal handlers. *input tells whether frames wait.
+// False with an exception set (a signal handler raised).
+bool wait_for_events(PollerObject* self, double timeout, bool* input) {
+  LoopHost* host = self->is_root ? self->state->host : nullptr;
+  if (self->is_root && !host) {
+    PyErr_SetString(PyExc_RuntimeError, "the worker has gone");
+    return false;
+  }
+  if (host) {
+    host->before_wait();
+    if (host->input_ready()) timeout = 0;
+  }
+  // Keeps self alive while the GIL is released (another thread could drop
+  // the last reference otherwise).
+  PyRef hold = PyRef::borrow(reinterpret_cast<PyObject*>(self));
+  self->core->wait(timeout);
+  if (host) host->after_wait();
+  // A signal handler that raises (KeyboardInterrupt) ends the wait; the
+  // events collected stay queued for the next poll.
+  if (PyErr_CheckSignals() < 0) return false;
+  *input = host && host->input_ready();
+  return true;
+}
+
 PyObject* Poller_poll(PollerObject* self, PyObject* const* args, Py_ssize_t nargs) {
   if (nargs > 1) {
     PyErr_SetString(PyExc_TypeError, "poll() takes at most 1 argument");
@@ -479,25 +567,10 @@ PyObject* Poller_poll(PollerObject* self, PyObject* const* args, Py_ssize_t narg
     if (timeout < 0) timeout = 0;
   }
   if (!check_usable(self)) return nullptr;
-  LoopHost* host = self->is_root ? self->state->host : nullptr;
-  if (self->is_root && !host) {
-    PyErr_SetString(PyExc_RuntimeError, "the worker has gone");
-    return nullptr;
-  }
-  if (host) {
-    host->before_wait();
-    if (host->input_ready()) timeout = 0;
-  }
-  // Keeps self alive while the GIL is released (another thread could drop
-  // the last reference otherwise).
-  PyRef hold = PyRef::borrow(reinterpret_cast<PyObject*>(self));
-  self->core->wait(timeout);
-  if (host) host->after_wait();
-  // A signal handler that raises (KeyboardInterrupt) ends the wait; the
-  // events collected stay queued for the next poll.
-  if (PyErr_CheckSignals() < 0) return nullptr;
+  bool input = false;
+  if (!wait_for_events(self, timeout, &input)) return nullptr;
   if (!self->core || self->core->closed()) return PyList_New(0);
-  bool input = host && self->input_key && host->input_ready();
+  input = input && self->input_key;
   PyObject* list = self->core->take_events(input ? 1 : 0);
   if (list && input) {
     PyObject* item = Py_BuildValue("(Oi)", self->input_key, kRead);
@@ -508,6 +581,222 @@ PyObject* Poller_poll(PollerObject* self, PyObject* const* args, Py_ssize_t narg
     PyList_SET_ITEM(list, PyList_GET_SIZE(list) - 1, item);
   }
   return list;
+}
+
+// ---------------------------------------------------------------- run_once
+
+// Truth of obj.name; -1 with an exception set.
+int attr_true(PyObject* obj, PyObject* name) {
+  PyRef v = PyRef::steal(PyObject_GetAttr(obj, name));
+  return v ? PyObject_IsTrue(v.get()) : -1;
+}
+
+// float(obj.name); NaN with an exception set on failure.
+double attr_float(PyObject* obj, PyObject* name) {
+  PyRef v = PyRef::steal(PyObject_GetAttr(obj, name));
+  return v ? PyFloat_AsDouble(v.get()) : NAN;
+}
+
+bool failed(double v) {
+  return std::isnan(v) && PyErr_Occurred();
+}
+
+// Pops the earliest timer off the heap and marks it unscheduled.
+PyRef pop_timer(LoopNames& n, PyObject* scheduled) {
+  PyRef handle = PyRef::steal(PyObject_CallOneArg(n.heappop.get(), scheduled));
+  if (handle && PyObject_SetAttr(handle.get(), n.scheduled_flag.get(), Py_False) < 0) return {};
+  return handle;
+}
+
+// Drops cancelled timers: all of them when they are many (as asyncio
+// does, in Python: rare), else those at the head of the heap.
+bool drop_cancelled_timers(LoopNames& n, PyObject* loop, PyRef& scheduled) {
+  Py_ssize_t count = PyList_GET_SIZE(scheduled.get());
+  if (count > 100) {
+    PyRef c = PyRef::steal(PyObject_GetAttr(loop, n.timer_cancelled_count.get()));
+    long cancelled = c ? PyLong_AsLong(c.get()) : -1;
+    if (cancelled == -1 && PyErr_Occurred()) return false;
+    if (cancelled * 2 > count) {
+      PyRef done = PyRef::steal(PyObject_CallMethodNoArgs(loop, n.compact_timers.get()));
+      if (!done) return false;
+      scheduled = PyRef::steal(PyObject_GetAttr(loop, n.scheduled.get()));
+      return scheduled && PyList_Check(scheduled.get());
+    }
+  }
+  while (PyList_GET_SIZE(scheduled.get()) > 0) {
+    int cancelled = attr_true(PyList_GET_ITEM(scheduled.get(), 0), n.cancelled.get());
+    if (cancelled < 0) return false;
+    if (!cancelled) break;
+    PyRef c = PyRef::steal(PyObject_GetAttr(loop, n.timer_cancelled_count.get()));
+    PyRef one = PyRef::steal(PyLong_FromLong(1));
+    PyRef less = c && one ? PyRef::steal(PyNumber_Subtract(c.get(), one.get())) : PyRef();
+    if (!less || PyObject_SetAttr(loop, n.timer_cancelled_count.get(), less.get()) < 0)
+      return false;
+    if (!pop_timer(n, scheduled.get())) return false;
+  }
+  return true;
+}
+
+// Runs one ready handle as Handle._run() does. asyncio's own Handle and
+// TimerHandle run here without a Python frame of their own; other handle
+// types (and a context already entered) go through their _run().
+bool run_handle(LoopNames& n, PyObject* handle) {
+  PyTypeObject* type = Py_TYPE(handle);
+  if (type == reinterpret_cast<PyTypeObject*>(n.handle_type.get()) ||
+      type == reinterpret_cast<PyTypeObject*>(n.timer_type.get())) {
+    PyRef context = PyRef::steal(PyObject_GetAttr(handle, n.context.get()));
+    PyRef callback = context ? PyRef::steal(PyObject_GetAttr(handle, n.callback.get())) : PyRef();
+    PyRef args = callback ? PyRef::steal(PyObject_GetAttr(handle, n.args.get())) : PyRef();
+    if (!args) return false;
+    if (PyContext_CheckExact(context.get()) && PyTuple_Check(args.get()) &&
+        PyContext_Enter(context.get()) == 0) {
+      PyRef result = PyRef::steal(PyObject_Call(callback.get(), args.get(), nullptr));
+      PyObject *t = nullptr, *v = nullptr, *tb = nullptr;
+      if (!result) PyErr_Fetch(&t, &v, &tb);
+      PyContext_Exit(context.get());
+      if (result) return true;
+      PyErr_Restore(t, v, tb);
+      if (PyErr_ExceptionMatches(PyExc_SystemExit) ||
+          PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+        return false;
+      }
+      PyError e = PyError::fetch();
+      PyRef reported = PyRef::steal(
+          PyObject_CallFunctionObjArgs(n.callback_failed.get(), handle, e.value.get(), nullptr));
+      return bool(reported);
+    }
+    PyErr_Clear();
+  }
+  PyRef done = PyRef::steal(PyObject_CallMethodNoArgs(handle, n.run.get()));
+  return bool(done);
+}
+
+// loop._run_once() of asyncio's BaseEventLoop, with the poller's events
+// taken directly (no select() list, no _process_events). Tolerates being
+// re-entered from a callback it runs (erlang.sleep in synchronous code).
+PyObject* Poller_run_once(PollerObject* self, PyObject* loop) {
+  ModuleState* st = self->state;
+  if (!st->names) {
+    try {
+      st->names.reset(new LoopNames());
+    } catch (const std::bad_alloc&) {
+      return PyErr_NoMemory();
+    }
+    if (!st->names->load()) {
+      st->names.reset();
+      return nullptr;
+    }
+  }
+  LoopNames& n = *st->names;
+  if (!check_usable(self)) return nullptr;
+
+  PyRef scheduled = PyRef::steal(PyObject_GetAttr(loop, n.scheduled.get()));
+  PyRef ready = scheduled ? PyRef::steal(PyObject_GetAttr(loop, n.ready.get())) : PyRef();
+  if (!ready) return nullptr;
+  if (!PyList_Check(scheduled.get())) {
+    PyErr_SetString(PyExc_TypeError, "loop._scheduled must be a list");
+    return nullptr;
+  }
+  if (!drop_cancelled_timers(n, loop, scheduled)) return nullptr;
+
+  Py_ssize_t waiting = PyObject_Size(ready.get());
+  int stopping = waiting == 0 ? attr_true(loop, n.stopping.get()) : 0;
+  if (waiting < 0 || stopping < 0) return nullptr;
+  double timeout = -1;
+  if (waiting > 0 || stopping) {
+    timeout = 0;
+  } else if (PyList_GET_SIZE(scheduled.get()) > 0) {
+    double when = attr_float(PyList_GET_ITEM(scheduled.get(), 0), n.when.get());
+    if (failed(when)) return nullptr;
+    PyRef now = PyRef::steal(PyObject_CallMethodNoArgs(loop, n.time.get()));
+    double t = now ? PyFloat_AsDouble(now.get()) : NAN;
+    if (failed(t)) return nullptr;
+    timeout = std::min(std::max(0.0, when - t), 86400.0);
+  }
+
+  bool input = false;
+  if (!wait_for_events(self, timeout, &input)) return nullptr;
+  if (!self->core || self->core->closed()) Py_RETURN_NONE;
+
+  // Ready descriptors: their reader/writer handles join the ready queue
+  // (or, cancelled, are removed), as asyncio's _process_events does.
+  std::vector<std::pair<PyRef, int>> events;
+  try {
+    self->core->take_ready(events);
+  } catch (const std::bad_alloc&) {
+    return PyErr_NoMemory();
+  }
+  PyRef append = PyRef::steal(PyObject_GetAttr(ready.get(), n.append.get()));
+  if (!append) return nullptr;
+  for (auto& [key, mask] : events) {
+    PyObject* k = key.get();
+    PyObject* data =
+        PyTuple_Check(k) && PyTuple_GET_SIZE(k) == 4 ? PyTuple_GET_ITEM(k, 3) : nullptr;
+    if (!data || !PyTuple_Check(data) || PyTuple_GET_SIZE(data) != 2) {
+      PyErr_SetString(PyExc_TypeError, "a selector key's data must be (reader, writer)");
+      return nullptr;
+    }
+    PyObject* fileobj = PyTuple_GET_ITEM(k, 0);
+    for (int side = 0; side < 2; ++side) {
+      PyObject* handle = PyTuple_GET_ITEM(data, side);
+      if (!(mask & (side ? kWrite : kRead)) || handle == Py_None) continue;
+      int cancelled = attr_true(handle, n.cancelled.get());
+      if (cancelled < 0) return nullptr;
+      PyRef done = cancelled ? PyRef::steal(PyObject_CallMethodOneArg(
+                                   loop, (side ? n.remove_writer : n.remove_reader).get(), fileobj))
+                             : PyRef::steal(PyObject_CallOneArg(append.get(), handle));
+      if (!done) return nullptr;
+    }
+  }
+  events.clear();
+  if (input && self->input_key) {
+    PyRef done = PyRef::steal(PyObject_CallOneArg(
+        append.get(), PyTuple_GET_ITEM(PyTuple_GET_ITEM(self->input_key, 3), 0)));
+    if (!done) return nullptr;
+  }
+
+  // Timers that are due.
+  if (PyList_GET_SIZE(scheduled.get()) > 0) {
+    PyRef now = PyRef::steal(PyObject_CallMethodNoArgs(loop, n.time.get()));
+    double end = now ? PyFloat_AsDouble(now.get()) : NAN;
+    double resolution = failed(end) ? NAN : attr_float(loop, n.clock_resolution.get());
+    if (failed(resolution)) return nullptr;
+    end += resolution;
+    while (PyList_GET_SIZE(scheduled.get()) > 0) {
+      double when = attr_float(PyList_GET_ITEM(scheduled.get(), 0), n.when.get());
+      if (failed(when)) return nullptr;
+      if (when >= end) break;
+      PyRef handle = pop_timer(n, scheduled.get());
+      PyRef done = handle ? PyRef::steal(PyObject_CallOneArg(append.get(), handle.get())) : PyRef();
+      if (!done) return nullptr;
+    }
+  }
+
+  // What was ready before this iteration's callbacks add more. A nested
+  // iteration may have taken some: stop when the queue is empty.
+  Py_ssize_t todo = PyObject_Size(ready.get());
+  int debug = attr_true(loop, n.debug.get());
+  PyRef popleft = PyRef::steal(PyObject_GetAttr(ready.get(), n.popleft.get()));
+  if (todo < 0 || debug < 0 || !popleft) return nullptr;
+  while (todo-- > 0) {
+    Py_ssize_t left = PyObject_Size(ready.get());
+    if (left <= 0) {
+      if (left < 0) return nullptr;
+      break;
+    }
+    PyRef handle = PyRef::steal(PyObject_CallNoArgs(popleft.get()));
+    if (!handle) return nullptr;
+    int cancelled = attr_true(handle.get(), n.cancelled.get());
+    if (cancelled < 0) return nullptr;
+    if (cancelled) continue;
+    if (debug) {
+      PyRef done = PyRef::steal(PyObject_CallMethodOneArg(loop, n.run_debug.get(), handle.get()));
+      if (!done) return nullptr;
+    } else if (!run_handle(n, handle.get())) {
+      return nullptr;
+    }
+  }
+  Py_RETURN_NONE;
 }
 
 PyObject* Poller_set_input_key(PollerObject* self, PyObject* key) {
@@ -557,6 +846,8 @@ PyMethodDef poller_methods[] = {
     {"poll", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(Poller_poll)),
      METH_FASTCALL,
      "poll(timeout=None) -> [(key, events)]: waits at most timeout seconds (None: no limit)."},
+    {"run_once", reinterpret_cast<PyCFunction>(Poller_run_once), METH_O,
+     "run_once(loop): one iteration of asyncio loop `loop` whose selector this poller is."},
     {"set_input_key", reinterpret_cast<PyCFunction>(Poller_set_input_key), METH_O,
      "set_input_key(key): the worker poller reports key as readable when frames wait."},
     {"close", reinterpret_cast<PyCFunction>(Poller_close), METH_NOARGS,
@@ -669,8 +960,19 @@ int module_traverse(PyObject* module, visitproc visit, void* arg) {
 
 int module_clear(PyObject* module) {
   ModuleState* st = module_state(module);
-  if (st) Py_CLEAR(st->poller_type);
+  if (st) {
+    Py_CLEAR(st->poller_type);
+    st->names.reset();
+  }
   return 0;
+}
+
+void module_free(void* module) {
+  ModuleState* st = module_state(static_cast<PyObject*>(module));
+  if (st) {
+    module_clear(static_cast<PyObject*>(module));
+    st->~ModuleState();
+  }
 }
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT,
@@ -681,7 +983,7 @@ PyModuleDef module_def = {PyModuleDef_HEAD_INIT,
                           nullptr,
                           module_traverse,
                           module_clear,
-                          nullptr};
+                          module_free};
 
 }  // namespace
 

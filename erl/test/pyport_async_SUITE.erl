@@ -118,8 +118,18 @@ async_gather_first_error(_Config) ->
     Calls = [{?F, double, [1]}, {?F, fail, [<<"first">>]}, {?F, fail, [<<"second">>]},
              {?F, wait_forever, [<<"gather">>]}],
     ?assertEqual({error, {'ValueError', <<"first">>}}, py:async_gather(Calls)),
-    timer:sleep(50),
+    %% The call still running was cancelled, and nothing of it reaches us.
+    eventually(fun() -> lists:member([<<"cancelled">>, <<"gather">>], get_all_events()) end,
+               gather_cancellation),
+    erase(events),
     ?assertEqual([], mailbox()).
+
+%% Events of both workers, accumulated in the process dictionary.
+get_all_events() ->
+    All = case get(events) of undefined -> []; E -> E end
+        ++ events(py:context(1)) ++ events(py:context(2)),
+    put(events, All),
+    All.
 
 thousand_coroutines_in_one_worker(_Config) ->
     %% Each call returns only once all 1000 wait at the same time in one

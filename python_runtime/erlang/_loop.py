@@ -23,6 +23,7 @@ import time
 import warnings
 from asyncio import base_events as _base_events
 from asyncio import events as _events
+from asyncio import format_helpers as _format_helpers
 from asyncio import unix_events as _unix_events
 from asyncio.log import logger as _logger
 from typing import Any, Awaitable, Coroutine, Optional, TypeVar
@@ -129,68 +130,38 @@ class ErlangEventLoop(_unix_events._UnixSelectorEventLoop):
         """True for the worker's own loop, the one Erlang's requests run on."""
         return self._pyport_poller.worker
 
-    # One iteration, as asyncio's BaseEventLoop defines it: drop cancelled
-    # timers, wait for I/O until the next timer (not at all if callbacks are
-    # ready), move due timers to the ready queue and run what was ready.
-    # Unlike the stock version it tolerates being re-entered from one of the
-    # callbacks it runs (erlang.sleep in synchronous code runs the loop while
-    # it sleeps), which may take ready callbacks from under it.
+    # One iteration (asyncio's BaseEventLoop._run_once) is done in C++ by
+    # the poller: drop cancelled timers, wait for I/O until the next timer
+    # (not at all if callbacks are ready), queue the handles of ready
+    # descriptors and due timers, run what was ready. It may be re-entered
+    # from a callback it runs (erlang.sleep in synchronous code runs the
+    # loop while it sleeps). The helpers below are its rare paths.
     def _run_once(self):
-        scheduled = self._scheduled
-        count = len(scheduled)
-        if (count > _base_events._MIN_SCHEDULED_TIMER_HANDLES
-                and self._timer_cancelled_count / count > _base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION):
-            live = []
-            for handle in scheduled:
-                if handle._cancelled:
-                    handle._scheduled = False
-                else:
-                    live.append(handle)
-            heapq.heapify(live)
-            self._scheduled = scheduled = live
-            self._timer_cancelled_count = 0
-        else:
-            while scheduled and scheduled[0]._cancelled:
-                self._timer_cancelled_count -= 1
-                heapq.heappop(scheduled)._scheduled = False
+        self._pyport_poller.run_once(self)
 
-        ready = self._ready
-        if ready or self._stopping:
-            timeout = 0
-        elif scheduled:
-            timeout = min(max(0, scheduled[0]._when - self.time()), _base_events.MAXIMUM_SELECT_TIMEOUT)
-        else:
-            timeout = None
-        event_list = self._selector.select(timeout)
-        self._process_events(event_list)
-        event_list = None  # no cycle through a traceback
-
-        scheduled = self._scheduled
-        end = self.time() + self._clock_resolution
-        while scheduled and scheduled[0]._when < end:
-            handle = heapq.heappop(scheduled)
-            handle._scheduled = False
-            ready.append(handle)
-
-        todo = len(ready)
-        while todo > 0 and ready:
-            todo -= 1
-            handle = ready.popleft()
+    def _pyport_compact_timers(self) -> None:
+        """Drops every cancelled timer (when they are most of the heap)."""
+        live = []
+        for handle in self._scheduled:
             if handle._cancelled:
-                continue
-            if self._debug:
-                try:
-                    self._current_handle = handle
-                    started = self.time()
-                    handle._run()
-                    took = self.time() - started
-                    if took >= self.slow_callback_duration:
-                        _logger.warning("Executing %s took %.3f seconds", _base_events._format_handle(handle), took)
-                finally:
-                    self._current_handle = None
+                handle._scheduled = False
             else:
-                handle._run()
-        handle = None
+                live.append(handle)
+        heapq.heapify(live)
+        self._scheduled = live
+        self._timer_cancelled_count = 0
+
+    def _pyport_run_debug(self, handle) -> None:
+        """Runs a handle in debug mode, reporting slow callbacks."""
+        try:
+            self._current_handle = handle
+            started = self.time()
+            handle._run()
+            took = self.time() - started
+            if took >= self.slow_callback_duration:
+                _logger.warning("Executing %s took %.3f seconds", _base_events._format_handle(handle), took)
+        finally:
+            self._current_handle = None
 
     def _pyport_run_for(self, seconds: float) -> None:
         """Runs this loop for ``seconds`` from inside one of its own callbacks
@@ -217,6 +188,16 @@ class ErlangEventLoop(_unix_events._UnixSelectorEventLoop):
 
 def _noop() -> None:
     pass
+
+
+def _callback_failed(handle, exc: BaseException) -> None:
+    """What asyncio's Handle._run does with an exception from a callback:
+    report it to the loop's exception handler."""
+    source = _format_helpers._format_callback_source(handle._callback, handle._args)
+    context = {"message": f"Exception in callback {source}", "exception": exc, "handle": handle}
+    if handle._source_traceback:
+        context["source_traceback"] = handle._source_traceback
+    handle._loop.call_exception_handler(context)
 
 
 class _WorkerEventLoopPolicy(_unix_events.DefaultEventLoopPolicy):
