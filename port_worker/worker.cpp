@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <poll.h>
+
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -96,12 +98,14 @@ int Worker::run(const Channel& channel) {
     return 1;
   }
   if (!init_python()) return 1;
+  link_->bind_main(this);
+  link_->install(reader_);
 
   ByteBuffer hello;
   std::string version = Py_GetVersion();
   version = version.substr(0, version.find(' '));
   write_hello_frame(hello, version, uint64_t(getpid()), options_.max_frame_size,
-                    {"call", "cast", "eval", "exec", "log"});
+                    {"call", "cast", "eval", "exec", "log", "request", "message", "schedule"});
   writer_.start(hello);
 
   rc = reader_.start(channel_.in_fd);
@@ -128,11 +132,13 @@ int Worker::run(const Channel& channel) {
   main_thread_ = PyEval_SaveThread();
   uv_run(&loop_, UV_RUN_DEFAULT);  // until begin_shutdown() stops it
   reader_.stop();
+  link_->close();  // Python threads waiting for Erlang stop waiting
 
   {
     ExitWatchdog watchdog(kExitGraceMs, channel_.diag_fd);
     drain_writes();  // answers first, while the owner still reads them
     PyEval_RestoreThread(main_thread_);
+    bind_erlang_module(nullptr);
     dispatcher_.reset();
     codec_.reset();
     Py_FinalizeEx();
@@ -161,6 +167,10 @@ bool Worker::init_python() {
   config.install_signal_handlers = 1;  // SIGINT raises KeyboardInterrupt
   // As if run as the system python3: sys.executable, prefixes and Debian's
   // dist-packages come out right.
+  if (!register_erlang_module()) {
+    diag("cannot register the _erlang module");
+    return false;
+  }
   PyStatus status = PyConfig_SetBytesString(&config, &config.program_name, PYPORT_PYTHON_PROGRAM);
   char arg0[] = "pyport_worker";
   char* argv[] = {arg0};
@@ -202,6 +212,11 @@ bool Worker::init_python() {
          "': " + current_exception_text());
     return false;
   }
+  link_ = std::make_unique<ErlangLink>(*codec_, writer_, options_.max_frame_size);
+  if (!bind_erlang_module(link_.get())) {
+    diag("cannot load the _erlang module: " + current_exception_text());
+    return false;
+  }
   dispatcher_ = std::make_unique<Dispatcher>(*codec_, options_.max_frame_size);
   return true;
 }
@@ -227,12 +242,16 @@ void Worker::on_input(uv_poll_t* handle, int status, int) {
     return self->begin_shutdown();
   }
   if (handle == &self->input_polls_[1]) self->reader_.clear_doorbell();
+  self->drain_input_or_exit();
+}
+
+void Worker::drain_input_or_exit() noexcept {
   try {
-    self->drain_input();
+    drain_input();
   } catch (const std::exception& e) {
     // Only allocation can fail here. An answer may be lost, so the worker
     // must not go on: its owner answers every open request when it exits.
-    self->diag(std::string("cannot handle frames: ") + e.what() + "; exiting");
+    diag(std::string("cannot handle frames: ") + e.what() + "; exiting");
     _exit(1);
   }
 }
@@ -251,22 +270,74 @@ void Worker::drain_input() {
     GilScope gil;
     ++depth_;
     do {
+      link_->start_request_slice();
       if (e.type == InputBatch::Entry::kFrame) {
         dispatcher_->handle_frame(e.payload, e.size, replies_);
       } else {
         dispatcher_->frame_too_large(e.id, e.size, replies_);
       }
+      if (!dispatcher_->requeued().empty()) reader_.requeue(dispatcher_->requeued());
     } while (!dispatcher_->shutdown_requested() && batch.next(e));
     --depth_;
     reader_.main_idle();
   }
   batch.clear();
   writer_.submit_from_loop(replies_);
-  if (eof && !error.empty()) {
-    diag(error);
-    exit_status_ = 1;
+  if (eof && !input_ended_) {
+    input_ended_ = true;
+    if (!error.empty()) {
+      diag(error);
+      exit_status_ = 1;
+    }
+    link_->close();  // no reply from Erlang can come any more
   }
   if (eof || dispatcher_->shutdown_requested()) begin_shutdown();
+}
+
+void Worker::send(ByteBuffer& frames) {
+  writer_.submit_from_loop(frames);
+}
+
+bool Worker::wait(const std::function<bool()>& ready, Clock::time_point deadline) {
+  // Answers of this turn so far go out first: whoever waits for them may be
+  // what the Erlang side waits for.
+  writer_.submit_from_loop(replies_);
+  PyThreadState* ts = PyEval_SaveThread();
+  // Too deep: only wait (the input thread takes over reading), and leave
+  // requests for the levels above.
+  bool handle_requests = depth_ < kMaxNesting;
+  if (handle_requests) reader_.main_idle();
+  bool done = ready();
+  while (!done && !input_ended_) {
+    int timeout = -1;
+    if (deadline != Clock::time_point::max()) {
+      auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      if (left <= 0) break;
+      timeout = int(std::min<decltype(left)>(left, 1 << 30));
+    }
+    pollfd fds[3] = {{handle_requests ? reader_.fd() : -1, POLLIN, 0},
+                     {reader_.wake_fd(), POLLIN, 0},
+                     {writer_.idle() ? -1 : writer_.fd(), POLLOUT, 0}};
+    if (poll(fds, 3, timeout) < 0 && errno != EINTR) {
+      diag(std::string("waiting for Erlang failed: ") + std::strerror(errno));
+      break;
+    }
+    if (fds[2].revents) writer_.write_from_loop();
+    if (fds[1].revents) reader_.clear_doorbell();
+    if (handle_requests && (fds[0].revents || fds[1].revents)) drain_input_or_exit();
+    done = ready();
+  }
+  if (handle_requests) reader_.main_busy();
+  PyEval_RestoreThread(ts);
+  return done;
+}
+
+bool Worker::requests_waiting() const {
+  if (reader_.requests_waiting()) return true;
+  for (size_t i = 0; i < depth_ && i < batches_.size(); ++i) {
+    if (batches_[i].remaining()) return true;
+  }
+  return false;
 }
 
 void Worker::on_write_error(void* ctx, int status) {

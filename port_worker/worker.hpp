@@ -12,6 +12,8 @@
 #include "byte_buffer.hpp"
 #include "codec.hpp"
 #include "dispatcher.hpp"
+#include "erlang_link.hpp"
+#include "erlang_module.hpp"
 #include "frame_writer.hpp"
 #include "frames.hpp"
 #include "input_reader.hpp"
@@ -32,12 +34,17 @@ struct Channel {
 // Writes "pyport_worker: <message>\n" to fd (the inherited stderr), if open.
 void write_diag(int fd, const std::string& message);
 
-class Worker {
+class Worker : public MainThread {
  public:
   // Shutdown (sending the last answers, finalising Python, which waits for
   // non-daemon threads and runs atexit handlers) may take this long; past
   // it the worker exits anyway, since its owner expects it gone.
   static constexpr int kExitGraceMs = 3000;
+  // Python waiting for Erlang handles requests that arrive meanwhile, each
+  // one level deeper, up to this depth; deeper waits only wait (their
+  // requests are handled once the waits above them end), so a crowd of
+  // callers cannot exhaust the stack.
+  static constexpr size_t kMaxNesting = 100;
 
   explicit Worker(const Options& options) : options_(options), reader_(options.max_frame_size) {}
   Worker(const Worker&) = delete;
@@ -47,6 +54,11 @@ class Worker {
   // status. Call once.
   int run(const Channel& channel);
 
+  // MainThread (erlang_link.hpp), for Python on the main thread.
+  void send(ByteBuffer& frames) override;
+  bool wait(const std::function<bool()>& ready, Clock::time_point deadline) override;
+  bool requests_waiting() const override;
+
  private:
   bool init_python();
   void begin_shutdown();
@@ -54,6 +66,9 @@ class Worker {
   // Handles every frame the input thread has queued, then sends all their
   // answers in one write.
   void drain_input();
+  // drain_input() where an exception must not escape (from libuv and from
+  // Python's calls): out of memory ends the process.
+  void drain_input_or_exit() noexcept;
   void diag(const std::string& message) { write_diag(channel_.diag_fd, message); }
 
   static void on_input(uv_poll_t* handle, int status, int events);
@@ -74,11 +89,13 @@ class Worker {
   size_t depth_ = 0;
   ByteBuffer replies_;
   bool stopping_ = false;
+  bool input_ended_ = false;
   int exit_status_ = 0;
 
   // Python state, used on the loop thread with the GIL.
   std::unique_ptr<Codec> codec_;
   std::unique_ptr<Dispatcher> dispatcher_;
+  std::unique_ptr<ErlangLink> link_;
   PyThreadState* main_thread_ = nullptr;  // saved while the loop waits
 };
 
