@@ -26,10 +26,11 @@ def call_imported(name, *args):
     return namespace["fn"](*args)
 
 
-def error_of(fn, *args):
-    """[exception type, message, reason] of what fn(*args) raises, or None."""
+def error_of(fn, *args, **kwargs):
+    """[exception type, message, reason] of what fn(*args, **kwargs)
+    raises, or None."""
     try:
-        fn(*args)
+        fn(*args, **kwargs)
     except Exception as e:
         return [type(e).__name__, str(e), getattr(e, "reason", None)]
     return None
