@@ -85,7 +85,20 @@ bool TaskHooks::load(PyObject* module) {
 }
 
 Dispatcher::Dispatcher(Codec& codec, size_t max_frame_size)
-    : codec_(codec), max_frame_size_(max_frame_size) {}
+    : codec_(codec), max_frame_size_(max_frame_size) {
+  // Without the erlang package (a bare interpreter) calls just cannot
+  // schedule continuations.
+  PyRef schedule = PyRef::steal(PyImport_ImportModule("erlang._schedule"));
+  if (schedule) {
+    marker_type_ = PyRef::steal(PyObject_GetAttrString(schedule.get(), "ScheduleMarker"));
+    park_ = PyRef::steal(PyObject_GetAttrString(schedule.get(), "park"));
+  }
+  if (!marker_type_ || !park_) {
+    marker_type_.reset();
+    park_.reset();
+  }
+  PyErr_Clear();
+}
 
 void Dispatcher::handle_frame(const uint8_t* payload, size_t size, ByteBuffer& out) {
   if (size == 0) return frame_error(0, "empty frame", out);
@@ -117,6 +130,15 @@ void Dispatcher::dispatch(mp::Reader& r, uint64_t kind, uint64_t id, uint32_t fi
     case kStreamCredit:
     case kShutdown:
       break;
+    case kReply:
+    case kMessage:
+      // Well-formed ones went to their mailbox on the input thread.
+      return frame_error(0,
+                         std::string(kind == kReply ? "REPLY" : "MESSAGE") + " frame for id " +
+                             std::to_string(id) + " has " + std::to_string(fields) +
+                             " elements, expected " + (kind == kReply ? "4" : "3") +
+                             (id == 0 ? ", and its id must not be 0" : ""),
+                         out);
     default:
       if (kind >= 8 && kind <= 14) {
         return frame_error(
@@ -226,6 +248,9 @@ void Dispatcher::call(mp::Reader& r, bool is_cast, uint64_t id, ByteBuffer& out)
   std::string_view module, function;
   PyRef result = run_call(r, is_cast ? "CAST" : "CALL", &ferr, &module, &function);
   if (!ferr.empty()) return frame_error(id, ferr, out);
+  if (result && marker_type_ && Py_TYPE(result.get()) == (PyTypeObject*)marker_type_.get()) {
+    return schedule(result.get(), is_cast, id, out);
+  }
   if (is_cast) {
     if (result && hooks_.start_task && is_awaitable(result.get())) {
       PyRef rid = PyRef::steal(PyLong_FromUnsignedLongLong(id));
@@ -238,6 +263,71 @@ void Dispatcher::call(mp::Reader& r, bool is_cast, uint64_t id, ByteBuffer& out)
   }
   if (!result) return python_error(id, out);
   deliver(id, std::move(result), out);
+}
+
+// erlang.schedule(name, *args): [21, Id, "erlang", [Name, Args]]; the owner
+// runs the registered Erlang function and answers the caller with its
+// result. schedule_py/schedule_inline: the continuation is parked in Python
+// and a CALL to erlang._schedule.resume(Cid) under the original id (CAST for
+// a cast) comes back to this worker, through the owner ("py":
+// [21, Id, "py", Frame]) or straight to the back of the input ("inline").
+void Dispatcher::schedule(PyObject* marker, bool is_cast, uint64_t id, ByteBuffer& out) {
+  PyRef how = PyRef::steal(PyObject_GetAttrString(marker, "how"));
+  const char* how_s = how && PyUnicode_Check(how.get()) ? PyUnicode_AsUTF8(how.get()) : nullptr;
+  if (!how_s) {
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "ScheduleMarker.how must be a str");
+    return is_cast ? report_cast_error("erlang", "schedule") : python_error(id, out);
+  }
+  std::string_view kind = how_s;
+  size_t start = begin_frame(out);
+  if (kind == "erlang") {
+    PyRef what = PyRef::steal(PyObject_GetAttrString(marker, "target"));
+    mp::write_array_header(out, 4);
+    mp::write_uint(out, kSchedule);
+    mp::write_uint(out, id);
+    mp::write_str(out, "erlang");
+    EncodeResult rc = what ? codec_.encode(what.get(), out, max_frame_size_ - (out.size() - start))
+                           : EncodeResult::kError;
+    if (rc == EncodeResult::kOk) {
+      end_frame(out, start);
+      return;
+    }
+    out.truncate(start);
+    if (rc == EncodeResult::kTooLarge) {
+      PyErr_SetString(PyExc_ValueError,
+                      "the arguments of erlang.schedule do not fit in max_frame_size");
+    }
+    return is_cast ? report_cast_error("erlang", "schedule") : python_error(id, out);
+  }
+  out.truncate(start);
+  if (kind != "py" && kind != "inline") {
+    PyErr_Format(PyExc_ValueError, "unknown ScheduleMarker.how '%s'", how_s);
+    return is_cast ? report_cast_error("erlang", "schedule") : python_error(id, out);
+  }
+  PyRef cid = PyRef::steal(PyObject_CallOneArg(park_.get(), marker));
+  uint64_t n = cid ? PyLong_AsUnsignedLongLong(cid.get()) : 0;
+  if (!cid || PyErr_Occurred()) {
+    return is_cast ? report_cast_error("erlang", "schedule") : python_error(id, out);
+  }
+  // The continuation's CALL (or CAST) payload.
+  ByteBuffer call;
+  mp::write_array_header(call, 6);
+  mp::write_uint(call, is_cast ? kCast : kCall);
+  mp::write_uint(call, id);
+  mp::write_str(call, "erlang._schedule");
+  mp::write_str(call, "resume");
+  mp::write_array_header(call, 1);
+  mp::write_uint(call, n);
+  mp::write_map_header(call, 0);
+  if (kind == "inline") return requeued_.add_frame(call.data(), call.size());
+  start = begin_frame(out);
+  mp::write_array_header(out, 4);
+  mp::write_uint(out, kSchedule);
+  mp::write_uint(out, id);
+  mp::write_str(out, "py");
+  mp::write_bin_header(out, uint32_t(call.size()));
+  out.append(call.data(), call.size());
+  end_frame(out, start);
 }
 
 void Dispatcher::eval(mp::Reader& r, uint64_t id, ByteBuffer& out) {

@@ -17,6 +17,7 @@
 
 #include "byte_buffer.hpp"
 #include "codec.hpp"
+#include "input_reader.hpp"
 #include "msgpack_rw.hpp"
 #include "py_ref.hpp"
 
@@ -64,6 +65,11 @@ class Dispatcher {
   // True once a SHUTDOWN frame was handled.
   bool shutdown_requested() const { return shutdown_; }
 
+  // Continuations of calls that returned erlang.schedule_inline(...): CALL
+  // (or CAST) payloads to handle after the requests waiting now. The owner
+  // of the dispatcher moves them to the back of its input.
+  InputBatch& requeued() { return requeued_; }
+
   // Bounds of the caches (see the .cpp for why each exists).
   static constexpr size_t kMaxCachedCode = 512;
   static constexpr size_t kMaxCachedFunctions = 4096;
@@ -96,6 +102,9 @@ class Dispatcher {
   PyRef namespace_globals(uint64_t ns);
 
   void write_result(uint64_t id, PyObject* value, ByteBuffer& out);
+  // A call returned a ScheduleMarker (erlang/_schedule.py): answers with a
+  // SCHEDULE frame, or requeues the continuation.
+  void schedule(PyObject* marker, bool is_cast, uint64_t id, ByteBuffer& out);
   void frame_error(uint64_t id, const std::string& message, ByteBuffer& out);
   void frame_error_typed(uint64_t id, std::string_view type, const std::string& message,
                          ByteBuffer& out);
@@ -132,6 +141,9 @@ class Dispatcher {
 
   PyRef format_exception_;  // traceback.format_exception, imported on first use
   PyRef cancelled_name_, exception_name_, result_name_;  // future methods, interned
+  // erlang._schedule: ScheduleMarker, and park(marker) -> continuation id.
+  PyRef marker_type_, park_;
+  InputBatch requeued_;
 };
 
 }  // namespace pyport

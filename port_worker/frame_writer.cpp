@@ -84,6 +84,12 @@ bool FrameWriter::idle() {
   return error_ || closed_ || sent_ == pending_.size();
 }
 
+void FrameWriter::write_from_loop() {
+  std::lock_guard<std::mutex> lock(mu_);
+  write_locked();
+  arm_locked();
+}
+
 void FrameWriter::write_locked() {
   while (sent_ < pending_.size() && !error_ && !closed_) {
     ssize_t n = write(fd_, pending_.data() + sent_, pending_.size() - sent_);

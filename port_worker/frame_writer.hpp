@@ -47,6 +47,10 @@ class FrameWriter {
 
   // Nothing waits to be written (or writing failed).
   bool idle();
+  // Loop thread, while it waits outside the loop (Python waiting for
+  // Erlang): writes what the pipe takes now of what is queued.
+  void write_from_loop();
+  int fd() const { return fd_; }
 
   // Loop thread: drops what is queued and closes the handles and the fd.
   // The writer must live until the loop has run the close callbacks.

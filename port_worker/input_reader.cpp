@@ -80,6 +80,7 @@ bool InputBatch::next(Entry& e) {
   e.size = size_t(load_be64(p + 9));
   e.payload = e.type == Entry::kFrame ? p + kEntryHead : nullptr;
   read_pos_ += kEntryHead + (e.type == Entry::kFrame ? e.size : 0);
+  ++taken_;
   return true;
 }
 
@@ -88,12 +89,14 @@ void InputBatch::clear() {
   data_.trim(kKeepCapacity);
   read_pos_ = 0;
   count_ = 0;
+  taken_ = 0;
 }
 
 void InputBatch::swap(InputBatch& other) noexcept {
   data_.swap(other.data_);
   std::swap(read_pos_, other.read_pos_);
   std::swap(count_, other.count_);
+  std::swap(taken_, other.taken_);
 }
 
 // ---- InputReader --------------------------------------------------------------
@@ -157,6 +160,14 @@ void InputReader::main_busy() {
 
 void InputReader::main_idle() {
   main_busy_.store(false);
+}
+
+void InputReader::requeue(InputBatch& frames) {
+  std::lock_guard<std::mutex> lock(read_mu_);
+  if (!eof_) read_locked(shared_);
+  shared_.append(frames);
+  queued_.store(shared_.count(), std::memory_order_relaxed);
+  wake_main();
 }
 
 void InputReader::wake_main() {

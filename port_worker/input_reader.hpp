@@ -50,10 +50,10 @@ class InputBatch {
 
   // Iterates: the next entry not yet returned, or false.
   bool next(Entry& e);
-  // Whether next() has an entry left to return.
-  bool has_next() const { return read_pos_ < data_.size(); }
   // Entries added since the last clear().
   size_t count() const { return count_; }
+  // Entries next() has not returned yet.
+  size_t remaining() const { return count_ - taken_; }
   bool empty() const { return count_ == 0; }
   void clear();
   void swap(InputBatch& other) noexcept;
@@ -65,6 +65,7 @@ class InputBatch {
   ByteBuffer data_;
   size_t read_pos_ = 0;
   size_t count_ = 0;
+  size_t taken_ = 0;
 };
 
 // A frame as a handler sees it: kind and id already read.
@@ -127,6 +128,9 @@ class InputReader {
   // Main thread: it is about to run Python, or back to waiting.
   void main_busy();
   void main_idle();
+  // Main thread: puts frames (ending up empty) at the back of the queue,
+  // behind what the channel holds now, and rings the doorbell.
+  void requeue(InputBatch& frames);
   // Makes wake_fd() readable (any thread).
   void wake_main();
   // Whether requests are waiting for the main thread: queued, or still

@@ -1,6 +1,7 @@
 #include "worker.hpp"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -98,12 +99,15 @@ int Worker::run(const Channel& channel) {
   loop_thread_ = PyThread_get_thread_ident();
   PyRef serve;
   if (!init_python(serve)) return 1;
+  link_->bind_main(this);
+  link_->install(reader_);
 
   ByteBuffer hello;
   std::string version = Py_GetVersion();
   version = version.substr(0, version.find(' '));
   write_hello_frame(hello, version, uint64_t(getpid()), options_.max_frame_size,
-                    {"call", "cast", "eval", "exec", "log", "asyncio", "stream", "cancel"});
+                    {"call", "cast", "eval", "exec", "log", "request", "message", "schedule",
+                     "asyncio", "stream", "cancel"});
   writer_.start(hello);
 
   rc = reader_.start(channel_.in_fd);
@@ -138,6 +142,7 @@ int Worker::run(const Channel& channel) {
   serve.reset();
   stop_input();
   reader_.stop();
+  link_->close();  // Python threads waiting for Erlang stop waiting
   writer_.submit_from_loop(replies_);  // what the last tasks answered
 
   {
@@ -146,6 +151,9 @@ int Worker::run(const Channel& channel) {
     drain_writes();  // answers first, while the owner still reads them
     PyEval_RestoreThread(main_thread_);
     loop_module::attach(nullptr);
+    bind_erlang_module(nullptr);
+    get_running_loop_.reset();
+    set_running_loop_.reset();
     dispatcher_.reset();
     codec_.reset();
     Py_FinalizeEx();
@@ -169,6 +177,10 @@ int Worker::run(const Channel& channel) {
 bool Worker::init_python(PyRef& serve) {
   if (PyImport_AppendInittab(loop_module::kName, loop_module::init) < 0) {
     diag("cannot register the _pyport_loop module");
+    return false;
+  }
+  if (!register_erlang_module()) {
+    diag("cannot register the _erlang module");
     return false;
   }
   PyConfig config;
@@ -219,7 +231,21 @@ bool Worker::init_python(PyRef& serve) {
          "': " + current_exception_text());
     return false;
   }
+  link_ = std::make_unique<ErlangLink>(*codec_, writer_, options_.max_frame_size);
+  if (!bind_erlang_module(link_.get())) {
+    diag("cannot load the _erlang module: " + current_exception_text());
+    return false;
+  }
   dispatcher_ = std::make_unique<Dispatcher>(*codec_, options_.max_frame_size);
+  PyRef events = PyRef::steal(PyImport_ImportModule("asyncio.events"));
+  if (events) {
+    get_running_loop_ = PyRef::steal(PyObject_GetAttrString(events.get(), "_get_running_loop"));
+    set_running_loop_ = PyRef::steal(PyObject_GetAttrString(events.get(), "_set_running_loop"));
+  }
+  if (!get_running_loop_ || !set_running_loop_) {
+    diag("cannot load asyncio: " + current_exception_text());
+    return false;
+  }
   PyRef worker_module = PyRef::steal(PyImport_ImportModule("erlang._worker"));
   TaskHooks hooks;
   if (!loop_module::attach(this) || !worker_module || !hooks.load(worker_module.get()) ||
@@ -263,6 +289,7 @@ void Worker::fail(const std::string& message) {
   exit_status_ = 1;
   input_done_ = true;
   input_ready_ = true;
+  link_->close();  // no reply from Erlang can come any more
 }
 
 void Worker::before_wait() {
@@ -270,11 +297,21 @@ void Worker::before_wait() {
   if (!replies_.empty()) writer_.submit_from_loop(replies_);
   // Frames taken but not handled yet (a request ran the loop before those
   // behind it in its batch): handled in this wait's callback.
-  if (batch_.has_next()) input_ready_ = true;
+  if (batch_.remaining() > 0) input_ready_ = true;
   reader_.main_idle();
 }
 
 bool Worker::process_input(bool* more) {
+  handle_frames();
+  *more = !stopping();
+  return true;
+}
+
+bool Worker::stopping() const {
+  return dispatcher_->shutdown_requested() || input_done_;
+}
+
+void Worker::handle_frames() noexcept {
   input_ready_ = false;
   try {
     bool eof = false;
@@ -286,15 +323,24 @@ bool Worker::process_input(bool* more) {
         diag(error);
         exit_status_ = 1;
       }
+      link_->close();  // no reply from Erlang can come any more
     }
     // The channel stays readable at its end: stop watching it.
     if (input_done_) stop_input();
+    // Requests are synchronous code: no running loop while they run, so
+    // they may run loops of their own (asyncio.run, erlang.run), whatever
+    // runs further up the stack.
+    PyRef previous = PyRef::steal(PyObject_CallNoArgs(get_running_loop_.get()));
+    PyRef cleared =
+        previous ? PyRef::steal(PyObject_CallOneArg(set_running_loop_.get(), Py_None)) : PyRef();
+    if (!cleared) PyErr_WriteUnraisable(set_running_loop_.get());
     // Every level runs the frames of the one batch in order, so a request
-    // that runs the loop meanwhile (erlang.sleep) does not hold up those
-    // queued behind it.
+    // that waits (erlang.sleep, erlang.call) does not hold up those queued
+    // behind it.
     ++depth_;
     InputBatch::Entry e;
     while (!dispatcher_->shutdown_requested() && batch_.next(e)) {
+      link_->start_request_slice();
       // The dispatcher decodes a frame completely before running any Python
       // code, so e.payload is not needed once Python runs (and a nested
       // take() may move it).
@@ -303,16 +349,74 @@ bool Worker::process_input(bool* more) {
       } else {
         dispatcher_->frame_too_large(e.id, e.size, replies_);
       }
+      if (!dispatcher_->requeued().empty()) reader_.requeue(dispatcher_->requeued());
     }
     if (--depth_ == 0) batch_.clear();
+    if (previous) {
+      PyRef restored = PyRef::steal(PyObject_CallOneArg(set_running_loop_.get(), previous.get()));
+      if (!restored) PyErr_WriteUnraisable(set_running_loop_.get());
+    }
   } catch (const std::exception& e) {
     // Only allocation can fail here. An answer may be lost, so the worker
     // must not go on: its owner answers every open request when it exits.
     diag(std::string("cannot handle frames: ") + e.what() + "; exiting");
     _exit(1);
   }
-  *more = !(dispatcher_->shutdown_requested() || input_done_);
-  return true;
+  // A nested level (inside erlang.call) may have met the end: the worker
+  // loop must see it to stop.
+  if (stopping()) input_ready_ = true;
+}
+
+void Worker::send(ByteBuffer& frames) {
+  writer_.submit_from_loop(frames);
+}
+
+bool Worker::wait(const std::function<bool()>& ready, Clock::time_point deadline) {
+  // Answers of this turn so far go out first: whoever waits for them may be
+  // what the Erlang side waits for.
+  writer_.submit_from_loop(replies_);
+  PyThreadState* ts = PyEval_SaveThread();
+  // Too deep: only wait (the input thread takes over reading), and leave
+  // requests for the levels above.
+  bool handle_requests = depth_ < kMaxNesting;
+  if (handle_requests) reader_.main_idle();
+  bool done = ready();
+  while (!done && !input_done_) {
+    int timeout = -1;
+    if (deadline != Clock::time_point::max()) {
+      auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      if (left <= 0) break;
+      timeout = int(std::min<decltype(left)>(left, 1 << 30));
+    }
+    // Frames already taken but not handled yet (queued behind the request
+    // that waits) are handled at once.
+    bool queued = handle_requests && batch_.remaining() > 0;
+    pollfd fds[3] = {{handle_requests ? reader_.fd() : -1, POLLIN, 0},
+                     {reader_.wake_fd(), POLLIN, 0},
+                     {writer_.idle() ? -1 : writer_.fd(), POLLOUT, 0}};
+    if (poll(fds, 3, queued ? 0 : timeout) < 0 && errno != EINTR) {
+      diag(std::string("waiting for Erlang failed: ") + std::strerror(errno));
+      break;
+    }
+    if (fds[2].revents) writer_.write_from_loop();
+    if (fds[1].revents) reader_.clear_doorbell();
+    if (handle_requests && (queued || fds[0].revents || fds[1].revents)) {
+      reader_.main_busy();
+      PyEval_RestoreThread(ts);
+      handle_frames();
+      writer_.submit_from_loop(replies_);
+      ts = PyEval_SaveThread();
+      reader_.main_idle();
+    }
+    done = ready();
+  }
+  if (handle_requests) reader_.main_busy();
+  PyEval_RestoreThread(ts);
+  return done;
+}
+
+bool Worker::requests_waiting() const {
+  return reader_.requests_waiting() || batch_.remaining() > 0;
 }
 
 bool Worker::answer_future(uint64_t id, PyObject* future) {

@@ -11,6 +11,8 @@
 #include "byte_buffer.hpp"
 #include "codec.hpp"
 #include "dispatcher.hpp"
+#include "erlang_link.hpp"
+#include "erlang_module.hpp"
 #include "event_loop.hpp"
 #include "frame_writer.hpp"
 #include "frames.hpp"
@@ -33,13 +35,19 @@ struct Channel {
 void write_diag(int fd, const std::string& message);
 
 // The main thread idles in the worker's asyncio loop (erlang._worker.serve),
-// whose Poller waits on this loop: Worker is its LoopHost.
-class Worker : public LoopHost {
+// whose Poller waits on this loop: Worker is its LoopHost. Python waiting
+// for Erlang (erlang.call) waits through it too: it is the link's MainThread.
+class Worker : public LoopHost, public MainThread {
  public:
   // Shutdown (sending the last answers, finalising Python, which waits for
   // non-daemon threads and runs atexit handlers) may take this long; past
   // it the worker exits anyway, since its owner expects it gone.
   static constexpr int kExitGraceMs = 3000;
+  // Python waiting for Erlang handles requests that arrive meanwhile, each
+  // one level deeper, up to this depth; deeper waits only wait (their
+  // requests are handled once the waits above them end), so a crowd of
+  // callers cannot exhaust the stack.
+  static constexpr int kMaxNesting = 100;
 
   explicit Worker(const Options& options) : options_(options), reader_(options.max_frame_size) {}
   Worker(const Worker&) = delete;
@@ -60,11 +68,23 @@ class Worker : public LoopHost {
   bool stream_chunk(uint64_t id, PyObject* value) override;
   bool stream_end(uint64_t id) override;
 
+  // MainThread (erlang_link.hpp), for Python on the main thread.
+  void send(ByteBuffer& frames) override;
+  bool wait(const std::function<bool()>& ready, Clock::time_point deadline) override;
+  bool requests_waiting() const override;
+
  private:
   bool init_python(PyRef& serve);
   void stop_input();
   void drain_writes();
   void fail(const std::string& message);
+  // Takes what the reader has and handles every waiting frame, with no
+  // running asyncio loop (requests are plain synchronous code). Ends the
+  // process if it runs out of memory, since an answer could be lost.
+  void handle_frames() noexcept;
+  // The end of input, a SHUTDOWN or a failed write has been seen: the worker
+  // loop's input callback stops the loop.
+  bool stopping() const;
   void diag(const std::string& message) { write_diag(channel_.diag_fd, message); }
 
   static void on_input(uv_poll_t* handle, int status, int events);
@@ -95,6 +115,8 @@ class Worker : public LoopHost {
   // Python state, used on the loop thread with the GIL.
   std::unique_ptr<Codec> codec_;
   std::unique_ptr<Dispatcher> dispatcher_;
+  std::unique_ptr<ErlangLink> link_;
+  PyRef get_running_loop_, set_running_loop_;  // asyncio's
   PyThreadState* main_thread_ = nullptr;  // saved while the loop waits
 };
 

@@ -29,10 +29,15 @@ enum FrameKind : uint8_t {
   kCancel = 5,
   kStreamStart = 6,
   kStreamCredit = 7,
+  kReply = 9,     // answer to a worker's REQUEST
+  kMessage = 10,  // a term for one of the worker's mailboxes
   kShutdown = 15,
   kResult = 16,
   kError = 17,
   kLog = 18,
+  kRequest = 19,   // the worker asks Erlang; answered by REPLY
+  kNotify = 20,    // the worker tells Erlang; no answer
+  kSchedule = 21,  // answers a CALL/CAST: continue it elsewhere
   kStreamChunk = 24,
   kStreamEnd = 25,
 };

@@ -37,7 +37,9 @@ PROTOCOL_VERSION = 1
 # Frame kinds.
 HELLO, CALL, CAST, EVAL, EXEC, SHUTDOWN = 0, 1, 2, 3, 4, 15
 CANCEL, STREAM_START, STREAM_CREDIT = 5, 6, 7
+REPLY, MESSAGE = 9, 10
 RESULT, ERROR, LOG = 16, 17, 18
+REQUEST, NOTIFY, SCHEDULE = 19, 20, 21
 STREAM_CHUNK, STREAM_END = 24, 25
 
 # Extension types.
@@ -223,6 +225,7 @@ class Frame(NamedTuple):
 
 
 _KIND_NAMES = {HELLO: "HELLO", RESULT: "RESULT", ERROR: "ERROR", LOG: "LOG",
+               REQUEST: "REQUEST", NOTIFY: "NOTIFY", SCHEDULE: "SCHEDULE",
                STREAM_CHUNK: "STREAM_CHUNK", STREAM_END: "STREAM_END"}
 
 # Field types of the frames a worker may send, after Kind and Id.
@@ -231,6 +234,9 @@ _SHAPES = {
     RESULT: (object,),
     ERROR: (str, str, str),
     LOG: (str, str),
+    REQUEST: (str, list),
+    NOTIFY: (str, list),
+    SCHEDULE: (str, object),
     STREAM_CHUNK: (object,),
     STREAM_END: (),
 }
@@ -253,7 +259,7 @@ def parse_frame(payload: bytes) -> Frame:
     fields = value[2:]
     if len(fields) != len(shape) or not all(isinstance(f, t) for f, t in zip(fields, shape)):
         raise ProtocolError(f"{_KIND_NAMES[kind]} frame has wrong fields: {value!r:.200}")
-    if kind in (HELLO, LOG) and id != 0:
+    if kind in (HELLO, LOG, NOTIFY) and id != 0:
         raise ProtocolError(f"{_KIND_NAMES[kind]} frame with id {id}, not 0")
     return Frame(kind, id, fields, payload)
 
@@ -295,13 +301,17 @@ class Worker:
 
     A reader thread takes frames off the worker's stdout as they come: LOG
     frames go to ``logs`` (and to ``on_log``, called on the reader thread);
-    every other frame waits in arrival order for ``wait``/``read_frame``.
+    REQUEST and NOTIFY frames (Python asking Erlang) go to ``on_request``
+    when given (called on the reader thread; it may answer with
+    ``send_frame(REPLY, ...)``); every other frame waits in arrival order
+    for ``wait``/``read_frame``.
     """
 
     def __init__(self, executable: str | None = None, *, paths: Iterable[str] = (),
                  runtime: str = RUNTIME_DIR, max_frame_size: int | None = None,
                  args: Iterable[str] = (), env: dict | None = None, cwd: str | None = None,
                  stderr: Any = None, on_log: Callable[[str, str], None] | None = None,
+                 on_request: Callable[["Frame"], None] | None = None,
                  timeout: float | None = DEFAULT_TIMEOUT, hello_timeout: float = DEFAULT_TIMEOUT):
         self.executable = locate_worker(executable)
         self.argv = [self.executable, "--runtime", runtime]
@@ -313,6 +323,7 @@ class Worker:
         self.timeout = timeout
         self.logs: list[tuple[str, str]] = []
         self.on_log = on_log
+        self.on_request = on_request
         self._cond = threading.Condition()
         self._incoming: collections.deque = collections.deque()   # frames, errors, _EOF
         self._write_lock = threading.Lock()
@@ -445,6 +456,8 @@ class Worker:
                         self._cond.notify_all()
                     if self.on_log is not None:
                         self.on_log(frame.fields[0], frame.fields[1])
+                elif frame.kind in (REQUEST, NOTIFY) and self.on_request is not None:
+                    self.on_request(frame)
                 else:
                     self._push(frame)
         except Exception as e:  # an on_log failure or a read error: report, then stop

@@ -32,6 +32,14 @@
          context/0, context/1, context_slot/1, pool_context/2,
          version/0]).
 -export([call_fields/4]).
+%% Erlang for Python: registered functions, shared state, pub/sub, logging
+%% and tracing (docs/erlang-integration.md).
+-export([register_function/2, register_function/3, unregister_function/1,
+         state_store/2, state_fetch/1, state_remove/1, state_keys/0, state_clear/0,
+         state_incr/1, state_incr/2, state_decr/1, state_decr/2,
+         subscribe/1, unsubscribe/1, publish/2,
+         configure_logging/0, configure_logging/1,
+         enable_tracing/0, disable_tracing/0, get_traces/0, clear_traces/0]).
 
 -export_type([context/0, handle/0, name/0, code/0, opts/0, result/0,
               async_ref/0, stream_ref/0]).
@@ -420,6 +428,125 @@ version() ->
         {error, _} = Error ->
             Error
     end.
+
+%%%===================================================================
+%%% Erlang for Python
+%%%===================================================================
+
+%% @doc Makes `Fun' callable from Python as `erlang.call(Name, ...)' or
+%% `erlang.Name(...)'; it receives Python's arguments as one list.
+-spec register_function(name(), fun(([term()]) -> term())) -> ok | {error, term()}.
+register_function(Name, Fun) ->
+    pyport_registry:register(Name, Fun).
+
+%% @doc Makes `Module:Function(Args)' callable from Python as `Name'.
+-spec register_function(name(), module(), atom()) -> ok | {error, term()}.
+register_function(Name, Module, Function) ->
+    pyport_registry:register(Name, Module, Function).
+
+%% @doc Python can no longer call `Name'.
+-spec unregister_function(name()) -> ok | {error, term()}.
+unregister_function(Name) ->
+    pyport_registry:unregister(Name).
+
+%% @doc Stores `Value' under `Key' in the shared state (Python's
+%% `state_set'; Python's string keys are binaries here).
+-spec state_store(term(), term()) -> ok | {error, {state_full, pos_integer()}}.
+state_store(Key, Value) ->
+    pyport_state:store(Key, Value).
+
+%% @doc The value under `Key' in the shared state.
+-spec state_fetch(term()) -> {ok, term()} | {error, not_found}.
+state_fetch(Key) ->
+    pyport_state:fetch(Key).
+
+%% @doc Removes `Key' from the shared state.
+-spec state_remove(term()) -> ok.
+state_remove(Key) ->
+    pyport_state:remove(Key).
+
+%% @doc Every key of the shared state.
+-spec state_keys() -> [term()].
+state_keys() ->
+    pyport_state:keys().
+
+%% @doc Empties the shared state.
+-spec state_clear() -> ok.
+state_clear() ->
+    pyport_state:clear().
+
+%% @doc Adds 1 to the counter `Key' (missing counts as 0); the new value.
+-spec state_incr(term()) -> integer() | {error, term()}.
+state_incr(Key) ->
+    state_incr(Key, 1).
+
+%% @doc Adds `N' to the counter `Key' atomically; the new value, or an
+%% error when the value is not an integer or the table is full.
+-spec state_incr(term(), integer()) -> integer() | {error, term()}.
+state_incr(Key, N) when is_integer(N) ->
+    case pyport_state:incr(Key, N) of
+        {ok, V} -> V;
+        {error, _} = Error -> Error
+    end.
+
+%% @doc Subtracts 1 from the counter `Key'.
+-spec state_decr(term()) -> integer() | {error, term()}.
+state_decr(Key) ->
+    state_incr(Key, -1).
+
+%% @doc Subtracts `N' from the counter `Key'.
+-spec state_decr(term(), integer()) -> integer() | {error, term()}.
+state_decr(Key, N) when is_integer(N) ->
+    state_incr(Key, -N).
+
+%% @doc Subscribes the calling process to `Topic': it receives `{pubsub,
+%% Topic, Msg}' for everything published there, from Erlang or Python, on
+%% any node. Atoms and strings are topics as binaries.
+-spec subscribe(term()) -> ok.
+subscribe(Topic) ->
+    pyport_pubsub:subscribe(Topic).
+
+%% @doc Ends one subscription of the calling process to `Topic'.
+-spec unsubscribe(term()) -> ok | not_joined.
+unsubscribe(Topic) ->
+    pyport_pubsub:unsubscribe(Topic).
+
+%% @doc Sends `{pubsub, Topic, Msg}' to every subscriber of `Topic'; the
+%% number of subscriptions reached.
+-spec publish(term(), term()) -> non_neg_integer().
+publish(Topic, Msg) ->
+    pyport_pubsub:publish(Topic, Msg).
+
+%% @doc `configure_logging(#{})'.
+-spec configure_logging() -> ok | {error, term()}.
+configure_logging() ->
+    configure_logging(#{}).
+
+%% @doc Python `logging' records of every worker, at `level' (a logger
+%% level, default `info') and above, go to the Erlang `logger'.
+-spec configure_logging(#{level => logger:level()}) -> ok | {error, term()}.
+configure_logging(Opts) ->
+    pyport_logging:configure(Opts).
+
+%% @doc Keeps the spans Python code records (`erlang.Span', `@erlang.trace').
+-spec enable_tracing() -> ok.
+enable_tracing() ->
+    pyport_trace:enable().
+
+%% @doc Stops keeping spans.
+-spec disable_tracing() -> ok.
+disable_tracing() ->
+    pyport_trace:disable().
+
+%% @doc The spans kept, oldest first (maps, see {@link pyport_trace:spans/0}).
+-spec get_traces() -> [map()].
+get_traces() ->
+    pyport_trace:spans().
+
+%% @doc Forgets the spans kept.
+-spec clear_traces() -> ok.
+clear_traces() ->
+    pyport_trace:clear().
 
 %%%===================================================================
 %%% Internals

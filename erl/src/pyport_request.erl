@@ -215,6 +215,10 @@ reply({?ERROR, Rest}, Pool, Slot) ->
         {error, _} = Error ->
             Error
     end;
+reply({schedule, Name, Args}, _Pool, _Slot) ->
+    %% The call ended with erlang.schedule(Name, *Args): its result is the
+    %% registered function's, run here, in the caller.
+    pyport_callback:schedule_erlang(Name, Args);
 reply({error, _} = Error, _Pool, _Slot) ->
     Error.
 
@@ -226,7 +230,8 @@ exception_type(Name) ->
 
 %% @doc Exception type names that arrive as atoms in any node running
 %% pyport: every Python builtin exception (3.11) and a few common ones of
-%% the standard library (json, subprocess, asyncio, io, decimal, pickle).
+%% the standard library (json, subprocess, asyncio, io, decimal, pickle),
+%% and those of the erlang package.
 %% Listing them here makes the atoms exist as soon as this module is
 %% loaded, which is before any answer is decoded.
 -spec builtin_exception_types() -> [atom()].
@@ -252,7 +257,10 @@ builtin_exception_types() ->
      'ZeroDivisionError', 'JSONDecodeError', 'CalledProcessError',
      'TimeoutExpired', 'CancelledError', 'InvalidStateError',
      'IncompleteReadError', 'UnsupportedOperation', 'InvalidOperation',
-     'DivisionByZero', 'PicklingError', 'UnpicklingError'].
+     'DivisionByZero', 'PicklingError', 'UnpicklingError',
+     %% The erlang package's own (docs/erlang-integration.md).
+     'ErlangError', 'UnknownFunctionError', 'ProcessError', 'RpcTimeoutError',
+     'NodeDownError', 'StateFullError'].
 
 deadline(infinity) -> infinity;
 deadline(Timeout) -> now_ms() + Timeout.

@@ -1,8 +1,9 @@
 %% @doc The top supervisor of pyport.
 %%
-%% Children: `pyport_pools_sup' (every pool). The function registry, the
-%% shared state table and the pg scope join here later, before the pools,
-%% so that workers can rely on them.
+%% Children, in start order: `pyport_registry' (Erlang functions Python may
+%% call), `pyport_state' (the shared state and traces tables), the `pg'
+%% scope `pyport' (pub/sub topics), then `pyport_pools_sup' (every pool), so
+%% that workers can rely on the others.
 -module(pyport_sup).
 -behaviour(supervisor).
 
@@ -18,8 +19,11 @@ start_link(Pools) ->
 -spec init(map()) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
 init(Pools) ->
     Flags = #{strategy => one_for_one, intensity => 3, period => 10},
+    Registry = #{id => pyport_registry, start => {pyport_registry, start_link, []}},
+    State = #{id => pyport_state, start => {pyport_state, start_link, []}},
+    PubSub = #{id => pyport_pg, start => {pg, start_link, [pyport]}},
     PoolsSup = #{id => pyport_pools_sup,
                  start => {pyport_pools_sup, start_link, [Pools]},
                  type => supervisor,
                  shutdown => infinity},
-    {ok, {Flags, [PoolsSup]}}.
+    {ok, {Flags, [Registry, State, PubSub, PoolsSup]}}.

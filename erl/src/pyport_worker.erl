@@ -44,12 +44,17 @@
 
 %% Frame kinds (proto/PROTOCOL.md).
 -define(HELLO, 0).
+-define(CAST, 2).
 -define(CANCEL, 5).
 -define(STREAM_CREDIT, 7).
+-define(MESSAGE, 10).
 -define(SHUTDOWN, 15).
 -define(RESULT, 16).
 -define(ERROR, 17).
 -define(LOG_FRAME, 18).
+-define(REQUEST, 19).
+-define(NOTIFY, 20).
+-define(SCHEDULE, 21).
 -define(STREAM_CHUNK, 24).
 -define(STREAM_END, 25).
 
@@ -101,7 +106,12 @@
           backoff = 0 :: non_neg_integer(),            % delay of the next quick restart
           start_failures = 0 :: non_neg_integer(),     % deaths in a row before a hello
           restarts = 0 :: non_neg_integer(),
-          last_exit :: term()
+          last_exit :: term(),
+          %% Python's pub/sub subscriptions: the mailboxes (in the worker)
+          %% subscribed to each topic, and the topics of each mailbox. This
+          %% process joins a topic's pg group once per subscription.
+          subs = #{} :: #{term() => [pos_integer()]},
+          box_topics = #{} :: #{pos_integer() => [term()]}
          }).
 
 %%%===================================================================
@@ -232,6 +242,9 @@ handle_info({timeout, Timer, respawn}, #state{start_timer = Timer} = State) ->
 handle_info(purge, State) ->
     schedule_purge(),
     {noreply, purge_expired(State)};
+handle_info({pubsub, Topic, Msg}, State) ->
+    forward_pubsub(Topic, Msg, State),
+    {noreply, State};
 handle_info({Port, _}, State) when is_port(Port) ->
     %% Data or exit status of a previous OS process of this slot.
     {noreply, State};
@@ -307,14 +320,18 @@ finish(Alias, Reply, #state{counters = C, slot = Slot}) ->
     counters:sub(C, Slot, 1).
 
 %% Answers any kind of entry with a final (decoded) outcome.
-finish_entry({task, Alias, Tag, Ref, _}, Result, State) ->
-    Alias ! {Tag, Ref, Result},
+finish_entry({task, _, _, _, _} = Entry, Result, State) ->
+    finish_task(Entry, Result),
     count_out(State);
 finish_entry({stream, Consumer, Ref, _, _}, Result, State) ->
     Consumer ! {py_stream, Ref, stream_end(Result)},
     count_out(State);
 finish_entry({Alias, _Deadline}, Result, State) ->
     finish(Alias, Result, State).
+
+finish_task({task, Alias, Tag, Ref, _}, Result) ->
+    Alias ! {Tag, Ref, Result},
+    ok.
 
 stream_end({ok, _}) -> done;
 stream_end({error, _} = Error) -> Error.
@@ -455,6 +472,27 @@ frame(?LOG_FRAME, _Id, 2, Rest, State) ->
                          [State#state.pool, State#state.slot, Why], metadata(State))
     end,
     {noreply, State};
+frame(?REQUEST, Id, 2, Rest, #state{port = Port} = State) when Id > 0 ->
+    {noreply, case pyport_callback:request(Id, Rest, callback_context(State)) of
+                  {reply, Result} ->
+                      _ = send_frame(Port, pyport_callback:encode_reply(Id, Result)),
+                      State;
+                  spawned ->
+                      State;
+                  {subscribe, Topic, Box} ->
+                      _ = send_frame(Port, pyport_callback:encode_reply(Id, {ok, none})),
+                      subscribe(Topic, Box, State);
+                  {unsubscribe, Topic, Box} ->
+                      _ = send_frame(Port, pyport_callback:encode_reply(Id, {ok, none})),
+                      unsubscribe(Topic, Box, State)
+              end};
+frame(?NOTIFY, 0, 2, Rest, State) ->
+    {noreply, case pyport_callback:notify(Rest, callback_context(State)) of
+                  ok -> State;
+                  {unsubscribe_all, Box} -> unsubscribe_all(Box, State)
+              end};
+frame(?SCHEDULE, Id, 2, Rest, State) when Id > 0 ->
+    {noreply, schedule(Id, Rest, State)};
 frame(?HELLO, 0, 4, Rest, #state{status = starting} = State) ->
     case hello(Rest, State) of
         {ok, State1} ->
@@ -462,6 +500,7 @@ frame(?HELLO, 0, 4, Rest, #state{status = starting} = State) ->
             ?LOG_INFO("pyport worker ~tp/~b: OS process ~b up (Python ~ts)",
                         [State1#state.pool, State1#state.slot, State1#state.os_pid,
                          State1#state.python_version], metadata(State1)),
+            apply_logging(State1#state.port),
             {noreply, flush_queue(State1#state{status = up, start_timer = undefined,
                                               start_failures = 0})};
         {error, Detail} ->
@@ -476,6 +515,42 @@ frame(Kind, Id, NFields, _Rest, State) ->
     ?LOG_ERROR("pyport worker ~tp/~b: ~tp", [State#state.pool, State#state.slot, Why],
                  metadata(State)),
     {noreply, answer(Id, {error, {protocol_error, Why}}, State)}.
+
+%% A call answered "continue elsewhere" (erlang.schedule and friends).
+schedule(Id, Rest, #state{pending = Pending, port = Port} = State) ->
+    case pyport_codec:decode_fields(2, Rest) of
+        {ok, [<<"erlang">>, [Name, Args]]} when is_list(Args) ->
+            case maps:take(Id, Pending) of
+                {{Alias, _Deadline}, Pending1} when is_reference(Alias) ->
+                    %% The caller runs the function and takes its result.
+                    finish(Alias, {schedule, Name, Args}, State),
+                    State#state{pending = Pending1};
+                {{task, _, _, _, _} = Entry, Pending1} ->
+                    %% Nobody runs code on a task's behalf: the result
+                    %% message comes from a process of its own.
+                    count_out(State),
+                    _ = spawn(fun() ->
+                                      finish_task(Entry, pyport_registry:call(Name, Args))
+                              end),
+                    State#state{pending = Pending1};
+                {_Stream, _} ->
+                    answer(Id, {error, {protocol_error, {schedule_for_a_stream, Id}}}, State);
+                error ->
+                    %% A cast (or a caller that gave up): run it for nobody.
+                    _ = spawn(fun() -> pyport_registry:call(Name, Args) end),
+                    State
+            end;
+        {ok, [<<"py">>, Frame]} when is_binary(Frame) ->
+            %% The continuation goes back to the worker behind everything
+            %% sent so far; the request stays pending under its id.
+            _ = send_frame(Port, Frame),
+            State;
+        Other ->
+            Why = {bad_schedule, Other},
+            ?LOG_ERROR("pyport worker ~tp/~b: ~tp", [State#state.pool, State#state.slot, Why],
+                       metadata(State)),
+            answer(Id, {error, {protocol_error, Why}}, State)
+    end.
 
 answer(Id, Reply, #state{pending = Pending} = State) ->
     case maps:take(Id, Pending) of
@@ -570,6 +645,89 @@ log_level(_) -> warning.
 metadata(#state{pool = Pool, slot = Slot, os_pid = OsPid}) ->
     #{pyport_pool => Pool, pyport_slot => Slot, os_pid => OsPid, domain => [pyport]}.
 
+callback_context(#state{port = Port} = State) ->
+    #{port => Port, meta => metadata(State)}.
+
+%%%===================================================================
+%%% Pub/sub for Python subscriptions
+%%%===================================================================
+
+subscribe(Topic, Box, #state{subs = Subs, box_topics = BoxTopics} = State) ->
+    Boxes = maps:get(Topic, Subs, []),
+    case lists:member(Box, Boxes) of
+        true ->
+            State;
+        false ->
+            ok = pg:join(pyport, Topic, self()),
+            State#state{subs = Subs#{Topic => [Box | Boxes]},
+                        box_topics = BoxTopics#{Box => [Topic | maps:get(Box, BoxTopics, [])]}}
+    end.
+
+unsubscribe(Topic, Box, #state{subs = Subs, box_topics = BoxTopics} = State) ->
+    Boxes = maps:get(Topic, Subs, []),
+    case lists:member(Box, Boxes) of
+        false ->
+            State;
+        true ->
+            _ = pg:leave(pyport, Topic, self()),
+            Subs1 = case lists:delete(Box, Boxes) of
+                        [] -> maps:remove(Topic, Subs);
+                        Left -> Subs#{Topic := Left}
+                    end,
+            BoxTopics1 = case lists:delete(Topic, maps:get(Box, BoxTopics, [])) of
+                             [] -> maps:remove(Box, BoxTopics);
+                             Topics -> BoxTopics#{Box := Topics}
+                         end,
+            State#state{subs = Subs1, box_topics = BoxTopics1}
+    end.
+
+unsubscribe_all(Box, #state{box_topics = BoxTopics} = State) ->
+    lists:foldl(fun(Topic, S) -> unsubscribe(Topic, Box, S) end, State,
+                maps:get(Box, BoxTopics, [])).
+
+%% The OS process is gone, and with it every Python subscription.
+drop_subscriptions(#state{subs = Subs} = State) ->
+    maps:foreach(fun(Topic, Boxes) ->
+                         [pg:leave(pyport, Topic, self()) || _ <- Boxes]
+                 end, Subs),
+    State#state{subs = #{}, box_topics = #{}}.
+
+%% One MESSAGE frame per subscribed mailbox; the term is encoded once.
+forward_pubsub(Topic, Msg, #state{status = up, port = Port, subs = Subs} = State) ->
+    case maps:get(Topic, Subs, []) of
+        [] ->
+            ok;
+        Boxes ->
+            try pyport_codec:encode({Topic, Msg}) of
+                Term ->
+                    %% [10, Box, {Topic, Msg}]: 16#93 is a 3-element array.
+                    _ = [send_frame(Port, [16#93, ?MESSAGE, pyport_codec:encode(Box), Term])
+                         || Box <- Boxes],
+                    ok
+            catch
+                error:{unsupported_term, T} ->
+                    ?LOG_WARNING("pyport worker ~tp/~b: cannot pass a message on topic ~0tp "
+                                 "to Python: ~0tp cannot be converted",
+                                 [State#state.pool, State#state.slot, Topic, T], metadata(State))
+            end
+    end;
+forward_pubsub(_Topic, _Msg, _State) ->
+    ok.
+
+%% Python logging set up by py:configure_logging/0,1 applies to every new
+%% OS process too.
+apply_logging(Port) ->
+    case pyport_logging:python_level() of
+        undefined ->
+            ok;
+        Level ->
+            Id = erlang:unique_integer([positive]),
+            _ = send_frame(Port, pyport_codec:encode_frame(
+                                   ?CAST, Id, [<<"erlang._logging">>, <<"setup_logging">>,
+                                               [Level], #{}])),
+            ok
+    end.
+
 %%%===================================================================
 %%% The OS process
 %%%===================================================================
@@ -593,6 +751,7 @@ await_hello(Port, Deadline, State) ->
                 {ok, ?HELLO, 0, 4, Rest} ->
                     case hello(Rest, State) of
                         {ok, State1} ->
+                            apply_logging(Port),
                             {ok, State1#state{status = up}};
                         {error, _} = Error ->
                             kill_port(Port, State#state.os_pid),
@@ -675,7 +834,7 @@ runtime_dir() ->
 %% The OS process is gone (or was given up on): answer everyone waiting on
 %% it, then start the next one or give up.
 os_process_died(Detail, #state{status = Status, spawned_at = Spawned} = State0) ->
-    State1 = fail_all_pending(Detail, State0),
+    State1 = drop_subscriptions(fail_all_pending(Detail, State0)),
     Failures = case Status of
                    up -> 0;
                    _ -> State1#state.start_failures + 1

@@ -1,10 +1,30 @@
 """The ``erlang`` module of a pyport worker: Erlang's side of the world as
-seen from Python. See docs/type-mapping.md for how values cross over, and
-docs/asyncio.md for the event loop."""
+seen from Python (docs/erlang-integration.md). See docs/type-mapping.md for
+how values cross over, and docs/asyncio.md for the event loop.
+
+Functions registered in Erlang with ``py:register_function/2,3`` are also
+attributes: ``erlang.my_func(1, 2)`` and ``from erlang import my_func``.
+Only registered names resolve; names starting with an underscore never do
+(so probes such as ``hasattr(erlang, '__wrapped__')`` are answered here, with
+no round trip to Erlang)."""
+from ._callbacks import ErlangFunction, async_call, call, cast
+from ._dist import node, nodes, rpc_call, rpc_cast
+from ._errors import (ErlangError, NodeDownError, ProcessError, RpcTimeoutError,
+                      StateFullError, UnknownFunctionError)
+from ._logging import ErlangHandler, setup_logging
+from ._messages import send, whereis
+from ._pubsub import async_receive_pubsub, publish, receive_pubsub, subscribe, unsubscribe
+from ._schedule import (ScheduleMarker, consume_time_slice, schedule, schedule_inline,
+                        schedule_py)
+from ._state import (state_clear, state_decr, state_delete, state_get, state_get_multi,
+                     state_incr, state_keys, state_set)
+from ._tracing import Span, trace
 from ._types import Atom, Pid, Ref, Term
+from . import _callbacks, _link
 
 # The event loop's names load on first use: they need the worker's
-# _pyport_loop module, while the term types also serve tools outside a worker.
+# _pyport_loop module (and asyncio), while the term types also serve tools
+# outside a worker.
 _LOOP_NAMES = frozenset({
     "ErlangEventLoop",
     "ErlangEventLoopPolicy",
@@ -18,17 +38,37 @@ _LOOP_NAMES = frozenset({
     "spawn_task",
 })
 
-__all__ = ["Atom", "Pid", "Ref", "Term", *sorted(_LOOP_NAMES)]
+__all__ = [
+    "Atom", "Pid", "Ref", "Term",
+    "call", "async_call", "cast", "ErlangFunction",
+    "send", "whereis",
+    "state_get", "state_set", "state_delete", "state_incr", "state_decr",
+    "state_get_multi", "state_keys", "state_clear",
+    "publish", "subscribe", "unsubscribe", "receive_pubsub", "async_receive_pubsub",
+    "rpc_call", "rpc_cast", "nodes", "node",
+    "setup_logging", "ErlangHandler", "Span", "trace",
+    "schedule", "schedule_py", "schedule_inline", "consume_time_slice", "ScheduleMarker",
+    "ErlangError", "UnknownFunctionError", "ProcessError", "RpcTimeoutError",
+    "NodeDownError", "StateFullError",
+    *sorted(_LOOP_NAMES),
+]
 
 
-def __getattr__(name):
+def __getattr__(name: str):
+    # Only for names not defined above: the event loop's, loaded now, or a
+    # registered Erlang function.
+    name = str.__str__(name)
     if name in _LOOP_NAMES:
         from . import _loop
 
         value = getattr(_loop, name)
         globals()[name] = value
         return value
-    raise AttributeError(f"module 'erlang' has no attribute {name!r}")
+    if not name.startswith("_") and _link.connected() and _callbacks.registered(name):
+        return ErlangFunction(name)
+    raise AttributeError(f"module 'erlang' has no attribute {name!r}"
+                         + ("" if name.startswith("_") else
+                            f" (and no Erlang function is registered as {name!r})"))
 
 
 def __dir__():

@@ -16,7 +16,6 @@ import inspect
 import selectors
 import sys
 import traceback
-from asyncio import events as _events
 from typing import Any, Optional
 
 import _pyport_loop
@@ -186,13 +185,9 @@ def serve() -> None:
 
     def on_input() -> None:
         global _shutting_down
-        # Synchronous requests run as plain code: no running loop, so they
-        # may start loops of their own (asyncio.run, erlang.run).
-        _events._set_running_loop(None)
-        try:
-            more = _pyport_loop.process_input()
-        finally:
-            _events._set_running_loop(loop)
+        # Synchronous requests run as plain code, with no running loop (the
+        # worker clears it), so they may start loops of their own.
+        more = _pyport_loop.process_input()
         if not more and not _shutting_down:
             _shutting_down = True
             loop._pyport_may_stop = True

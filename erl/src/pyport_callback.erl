@@ -1,0 +1,300 @@
+%% @doc What a worker's Python code asks of Erlang (proto/PROTOCOL.md:
+%% REQUEST, NOTIFY, SCHEDULE), served for the worker's port owner.
+%%
+%% The owner must never block on Python's behalf, since it routes every
+%% answer of its worker. Requests that only touch ETS, `pg' or a local
+%% message (state, publish, send, whereis, lookups) are answered inline;
+%% anything that runs user code or may wait (registered functions, RPC)
+%% runs in a process of its own, which writes the REPLY to the port itself
+%% (any process may write to a port).
+-module(pyport_callback).
+
+-include_lib("kernel/include/logger.hrl").
+
+-export([request/3, notify/2, schedule_erlang/2, encode_reply/2]).
+
+-export_type([context/0, action/0]).
+
+-define(REPLY, 9).
+
+%% What the owner passes in: its port, and logger metadata naming the worker.
+-type context() :: #{port := port(), meta := map()}.
+-type result() :: {ok, term()} | {error, binary(), unicode:chardata(), term()}.
+%% What the owner must do for a request.
+-type action() :: {reply, result()}
+                | {subscribe | unsubscribe, Topic :: term(), Mailbox :: pos_integer()}
+                | spawned.
+
+%% @doc Serves `[19, Id, Op, Args]'.
+-spec request(pos_integer(), binary(), context()) -> action().
+request(Id, Rest, Ctx) ->
+    case pyport_codec:decode_fields(2, Rest) of
+        {ok, [Op, Args]} when is_binary(Op), is_list(Args) ->
+            op(Op, Args, Id, Ctx);
+        {ok, Fields} ->
+            {reply, bad_request(<<"REQUEST needs an operation and a list of arguments">>, Fields)};
+        {error, Why} ->
+            {reply, bad_request(<<"undecodable REQUEST">>, Why)}
+    end.
+
+op(<<"call">>, [Name, Args], Id, Ctx) when is_list(Args) ->
+    in_process(Id, Ctx, fun() -> call_result(pyport_registry:call(Name, Args)) end);
+op(<<"registered">>, [Name], _Id, _Ctx) ->
+    {reply, {ok, pyport_registry:is_registered(Name)}};
+op(<<"state_get">>, [Key], _Id, _Ctx) ->
+    {reply, case pyport_state:fetch(Key) of
+                {ok, V} -> {ok, V};
+                {error, not_found} -> {ok, none}
+            end};
+op(<<"state_set">>, [Key, Value], _Id, _Ctx) ->
+    {reply, state_result(pyport_state:store(Key, Value), Key)};
+op(<<"state_delete">>, [Key], _Id, _Ctx) ->
+    {reply, state_result(pyport_state:remove(Key), Key)};
+op(<<"state_incr">>, [Key, N], _Id, _Ctx) when is_integer(N) ->
+    {reply, state_result(pyport_state:incr(Key, N), Key)};
+op(<<"state_get_multi">>, [Keys], _Id, _Ctx) when is_list(Keys) ->
+    {reply, {ok, pyport_state:get_multi(Keys)}};
+op(<<"state_keys">>, [Prefix], _Id, _Ctx) when is_binary(Prefix) ->
+    {reply, {ok, pyport_state:keys(Prefix)}};
+op(<<"state_clear">>, [], _Id, _Ctx) ->
+    {reply, state_result(pyport_state:clear(), all)};
+op(<<"publish">>, [Topic, Msg], _Id, _Ctx) ->
+    {reply, {ok, pyport_pubsub:publish(Topic, Msg)}};
+op(<<"subscribe">>, [Topic, Box], _Id, _Ctx) when is_integer(Box), Box > 0 ->
+    {subscribe, pyport_pubsub:topic(Topic), Box};
+op(<<"unsubscribe">>, [Topic, Box], _Id, _Ctx) when is_integer(Box), Box > 0 ->
+    {unsubscribe, pyport_pubsub:topic(Topic), Box};
+op(<<"send">>, [Dest, Msg], _Id, _Ctx) ->
+    {reply, send(Dest, Msg)};
+op(<<"whereis">>, [Name], _Id, _Ctx) ->
+    {reply, {ok, case existing_atom(Name) of
+                     {ok, A} -> whereis_or_none(A);
+                     error -> none
+                 end}};
+op(<<"node">>, [], _Id, _Ctx) ->
+    {reply, {ok, node()}};
+op(<<"nodes">>, [], _Id, _Ctx) ->
+    {reply, {ok, nodes()}};
+op(<<"rpc_call">>, [Node, M, F, Args, Timeout0], Id, Ctx)
+  when is_list(Args), is_integer(Timeout0), Timeout0 >= 0; is_list(Args), Timeout0 =:= none ->
+    Timeout = case Timeout0 of none -> infinity; _ -> Timeout0 end,
+    case rpc_target(Node, M, F) of
+        {ok, N, Mod, Fun} ->
+            in_process(Id, Ctx, fun() -> rpc_result(N, Mod, Fun, Args, Timeout) end);
+        {error, _, _, _} = Error ->
+            {reply, Error}
+    end;
+op(Op, Args, _Id, _Ctx) ->
+    {reply, bad_request(<<"unknown request or wrong arguments">>, {Op, Args})}.
+
+%% @doc Serves `[20, 0, Op, Args]': what needs no answer. The owner ends
+%% the subscriptions of a mailbox when told to.
+-spec notify(binary(), context()) -> ok | {unsubscribe_all, pos_integer()}.
+notify(Rest, Ctx) ->
+    case pyport_codec:decode_fields(2, Rest) of
+        {ok, [<<"log">>, [Level, Message, Meta]]} ->
+            log(Level, Message, Meta, Ctx);
+        {ok, [<<"span">>, [Span]]} ->
+            pyport_trace:record(Span, maps:get(meta, Ctx));
+        {ok, [<<"cast">>, [Name, Args]]} when is_list(Args) ->
+            _ = spawn(fun() ->
+                              case pyport_registry:call(Name, Args) of
+                                  {ok, _} -> ok;
+                                  Error -> ?LOG_WARNING("pyport: erlang.cast(~tp) failed: ~tp",
+                                                        [Name, Error], maps:get(meta, Ctx))
+                              end
+                      end),
+            ok;
+        {ok, [<<"rpc_cast">>, [Node, M, F, Args]]} when is_list(Args) ->
+            case rpc_target(Node, M, F) of
+                {ok, N, Mod, Fun} -> erpc:cast(N, Mod, Fun, Args);
+                {error, _, Message, _} -> ?LOG_WARNING("pyport: rpc_cast: ~ts", [Message],
+                                                       maps:get(meta, Ctx))
+            end;
+        {ok, [<<"unsubscribe_all">>, [Box]]} when is_integer(Box) ->
+            {unsubscribe_all, Box};
+        Other ->
+            ?LOG_WARNING("pyport: unknown NOTIFY from the worker: ~tp", [Other],
+                         maps:get(meta, Ctx))
+    end.
+
+%% @doc Runs `erlang.schedule(Name, *Args)' for a caller: the value of the
+%% registered function is the call's result.
+-spec schedule_erlang(term(), [term()]) -> pyport_registry:result().
+schedule_erlang(Name, Args) ->
+    pyport_registry:call(Name, Args).
+
+%% @doc The REPLY frame for a result (an unconvertible value becomes an
+%% error reply naming it).
+-spec encode_reply(pos_integer(), result()) -> iodata().
+encode_reply(Id, {ok, Value}) ->
+    try pyport_codec:encode_frame(?REPLY, Id, [<<"ok">>, Value])
+    catch error:{unsupported_term, T} ->
+            encode_reply(Id, {error, <<"TypeError">>,
+                              io_lib:format("cannot convert ~0tp (in the answer) to a Python value",
+                                            [T]), none})
+    end;
+encode_reply(Id, {error, Type, Message, Reason}) ->
+    Msg = unicode:characters_to_binary(Message),
+    try pyport_codec:encode_frame(?REPLY, Id, [<<"error">>, [Type, Msg, Reason]])
+    catch error:{unsupported_term, _} ->
+            %% The reason as text: it still says what happened.
+            Text = unicode:characters_to_binary(io_lib:format("~0tp", [Reason])),
+            pyport_codec:encode_frame(?REPLY, Id, [<<"error">>, [Type, Msg, Text]])
+    end.
+
+%%%===================================================================
+%%% Internals
+%%%===================================================================
+
+%% Runs Fun in a new process that writes the REPLY to the port. The port
+%% may be gone by then (the worker restarted): nobody waits any more.
+in_process(Id, #{port := Port}, Fun) ->
+    _ = spawn(fun() ->
+                      Frame = encode_reply(Id, Fun()),
+                      try port_command(Port, Frame)
+                      catch error:badarg -> ok
+                      end
+              end),
+    spawned.
+
+call_result({ok, V}) ->
+    {ok, V};
+call_result({error, {unknown_function, Name}}) ->
+    {error, <<"UnknownFunctionError">>,
+     ["no Erlang function is registered as '", Name, "' (py:register_function/2,3)"], Name};
+call_result({error, {erlang_function_failed, Name, {Class, Reason}}}) ->
+    {error, <<"ErlangError">>,
+     io_lib:format("Erlang function '~ts' failed: ~p:~0tp", [Name, Class, Reason]),
+     {Class, Reason}}.
+
+state_result(ok, _Key) -> {ok, none};
+state_result({ok, V}, _Key) -> {ok, V};
+state_result({error, not_an_integer}, Key) ->
+    {error, <<"TypeError">>, io_lib:format("the value of ~0tp is not an integer", [Key]), Key};
+state_result({error, {state_full, Max}}, Key) ->
+    {error, <<"StateFullError">>,
+     io_lib:format("the shared state is full (max_state_entries = ~b); cannot add ~0tp",
+                   [Max, Key]), Max}.
+
+send(Pid, Msg) when is_pid(Pid) ->
+    case node(Pid) =:= node() andalso not is_process_alive(Pid) of
+        true ->
+            {error, <<"ProcessError">>, io_lib:format("process ~p is not alive", [Pid]), Pid};
+        false ->
+            Pid ! Msg,
+            {ok, none}
+    end;
+send({Name, Node} = Dest, Msg) ->
+    case {existing_atom(Name), existing_atom(Node)} of
+        {{ok, N}, {ok, Nd}} when Nd =:= node() ->
+            send(N, Msg);
+        {{ok, N}, {ok, Nd}} ->
+            {N, Nd} ! Msg,
+            {ok, none};
+        _ ->
+            {error, <<"ProcessError">>, io_lib:format("no process ~0tp is known", [Dest]), Dest}
+    end;
+send(Name, Msg) ->
+    case existing_atom(Name) of
+        {ok, A} ->
+            case whereis(A) of
+                undefined ->
+                    {error, <<"ProcessError">>,
+                     io_lib:format("no process is registered as ~0tp", [A]), A};
+                Pid ->
+                    Pid ! Msg,
+                    {ok, none}
+            end;
+        error ->
+            {error, <<"ProcessError">>,
+             io_lib:format("cannot send to ~0tp: not a pid or a registered name", [Name]), Name}
+    end.
+
+whereis_or_none(A) ->
+    case whereis(A) of
+        undefined -> none;
+        Pid -> Pid
+    end.
+
+%% Names from Python become atoms only if the atom exists already: hostile
+%% code must not fill the atom table. A registered process or a connected
+%% node has its atom.
+existing_atom(A) when is_atom(A) -> {ok, A};
+existing_atom(B) when is_binary(B) ->
+    try {ok, binary_to_existing_atom(B, utf8)}
+    catch error:badarg -> error
+    end;
+existing_atom(_) -> error.
+
+%% The node must be known here (its atom exists: it is or was connected);
+%% module and function names become atoms, since they may exist only on
+%% the remote node.
+rpc_target(Node, M, F) ->
+    case existing_atom(Node) of
+        {ok, N} ->
+            case {to_atom(M), to_atom(F)} of
+                {{ok, Mod}, {ok, Fun}} -> {ok, N, Mod, Fun};
+                _ -> {error, <<"ValueError">>, <<"module and function must be strings">>, {M, F}}
+            end;
+        error ->
+            {error, <<"ConnectionError">>,
+             io_lib:format("node ~0tp is not known here (never connected)", [Node]), Node}
+    end.
+
+to_atom(A) when is_atom(A) -> {ok, A};
+to_atom(B) when is_binary(B), byte_size(B) =< 255 ->
+    try {ok, binary_to_atom(B, utf8)} catch error:_ -> error end;
+to_atom(_) -> error.
+
+rpc_result(Node, M, F, Args, Timeout) ->
+    try erpc:call(Node, M, F, Args, Timeout) of
+        V -> {ok, V}
+    catch
+        error:{erpc, timeout} ->
+            {error, <<"TimeoutError">>,
+             io_lib:format("~p:~p on ~p did not answer within ~p ms", [M, F, Node, Timeout]),
+             timeout};
+        error:{erpc, noconnection} ->
+            {error, <<"ConnectionError">>, io_lib:format("node ~p cannot be reached", [Node]),
+             noconnection};
+        error:{exception, Reason, _Stack} ->
+            {error, <<"ErlangError">>,
+             io_lib:format("~p:~p on ~p failed: error:~0tp", [M, F, Node, Reason]),
+             {error, Reason}};
+        exit:{exception, Reason} ->
+            {error, <<"ErlangError">>,
+             io_lib:format("~p:~p on ~p exited: ~0tp", [M, F, Node, Reason]), {exit, Reason}};
+        throw:Value ->
+            {error, <<"ErlangError">>,
+             io_lib:format("~p:~p on ~p threw ~0tp", [M, F, Node, Value]), {throw, Value}};
+        error:{erpc, Other} ->
+            {error, <<"ErlangError">>, io_lib:format("rpc to ~p failed: ~0tp", [Node, Other]),
+             Other}
+    end.
+
+log(Level, Message, Meta, Ctx) ->
+    L = log_level(Level),
+    Extra = case Meta of
+                #{} -> maps:fold(fun(K, V, Acc) -> Acc#{meta_key(K) => V} end, #{}, Meta);
+                _ -> #{}
+            end,
+    ?LOG(L, "~ts", [Message], maps:merge(Extra, (maps:get(meta, Ctx))#{domain => [pyport, python]})).
+
+log_level(<<"debug">>) -> debug;
+log_level(<<"info">>) -> info;
+log_level(<<"notice">>) -> notice;
+log_level(<<"warning">>) -> warning;
+log_level(<<"error">>) -> error;
+log_level(<<"critical">>) -> critical;
+log_level(_) -> warning.
+
+%% The metadata keys the Python handler sends, as atoms; others stay binaries.
+meta_key(<<"logger">>) -> python_logger;
+meta_key(<<"module">>) -> python_module;
+meta_key(<<"function">>) -> python_function;
+meta_key(<<"line">>) -> python_line;
+meta_key(K) -> K.
+
+bad_request(What, Detail) ->
+    {error, <<"ValueError">>, io_lib:format("~ts: ~0tp", [What, Detail]), none}.

@@ -1,0 +1,148 @@
+// Python's side of talking to Erlang: requests the worker makes (REQUEST,
+// answered by REPLY), notices it sends (NOTIFY), and mailboxes that receive
+// terms from Erlang (MESSAGE), per proto/PROTOCOL.md.
+//
+// A request or a subscription owns a mailbox, named by a worker-chosen id.
+// REPLY and MESSAGE frames are put into their mailbox by whichever thread
+// reads them (InputReader handlers, no GIL), so an answer reaches its waiter
+// while Python runs. Waiting depends on the thread:
+//
+// - the main thread waits through MainThread::wait(), which keeps handling
+//   requests from Erlang meanwhile (so an Erlang function may call back into
+//   this worker, to any depth);
+// - any other thread waits on a condition variable with the GIL released;
+// - asyncio code watches a mailbox: its next frame posts a token that a
+//   Python thread collects with next_completion() (see erlang/_async.py).
+#pragma once
+
+#include <Python.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "byte_buffer.hpp"
+#include "codec.hpp"
+#include "frame_writer.hpp"
+#include "input_reader.hpp"
+#include "py_ref.hpp"
+
+namespace pyport {
+
+// What the link needs from the worker's main thread (the loop thread).
+class MainThread {
+ public:
+  using Clock = std::chrono::steady_clock;
+  virtual ~MainThread() = default;
+  // Main thread: sends frames now, without blocking; frames ends up empty.
+  virtual void send(ByteBuffer& frames) = 0;
+  // Main thread, GIL held (released while it waits): handles what arrives
+  // until ready() (called without the GIL) is true, the deadline passes or
+  // no more input can come. Returns ready().
+  virtual bool wait(const std::function<bool()>& ready, Clock::time_point deadline) = 0;
+  // Whether requests from Erlang are waiting to be handled.
+  virtual bool requests_waiting() const = 0;
+};
+
+class ErlangLink {
+ public:
+  using Clock = std::chrono::steady_clock;
+  static constexpr Clock::time_point kForever = Clock::time_point::max();
+
+  ErlangLink(Codec& codec, FrameWriter& writer, size_t max_frame_size);
+  ErlangLink(const ErlangLink&) = delete;
+  ErlangLink& operator=(const ErlangLink&) = delete;
+
+  // Binds the main thread (the calling thread) and its waiting.
+  void bind_main(MainThread* main);
+  // Registers the REPLY and MESSAGE handlers with the reader.
+  void install(InputReader& reader);
+
+  // ---- with the GIL ----
+
+  uint64_t open_mailbox();
+  void close_mailbox(uint64_t id);
+
+  // Sends [19, Id, op, args] and waits for the REPLY: the value of an "ok"
+  // reply, else null with the exception the error factory made (or
+  // ConnectionError when no reply can come). args: a list or tuple.
+  PyRef request(PyObject* op, PyObject* args);
+  // Sends [19, Id, op, args] and returns the mailbox id the REPLY will go
+  // to; collect it with take_reply() once a frame is there.
+  bool start_request(PyObject* op, PyObject* args, uint64_t* id);
+  // The decoded REPLY in mailbox id (closing it): as request() returns.
+  PyRef take_reply(uint64_t id);
+  // Sends [20, 0, op, args]. False with an exception set on failure.
+  bool notify(PyObject* op, PyObject* args);
+
+  // The next term in mailbox id, waiting until the deadline: (True, term),
+  // or (False, None) when none came. Null with an exception on error.
+  PyRef receive(uint64_t id, Clock::time_point deadline);
+  // The next frame of mailbox id posts `token` to the completions (at once
+  // if one is there already).
+  bool watch(uint64_t id, uint64_t token);
+  // Waits (GIL released) for a posted token; 0 once the link is closed.
+  uint64_t next_completion();
+
+  // Counts `percent` of the current request's time slice as used; true
+  // when it is all used and requests are waiting (the count starts over).
+  bool consume_time_slice(long percent);
+  void start_request_slice() { slice_used_ = 0; }
+
+  // ---- any thread ----
+
+  // No more frames will come (end of input, exit): every wait ends; returns
+  // once no thread is inside a wait any more.
+  void close();
+  bool closed();
+
+ private:
+  struct Mailbox {
+    std::deque<ByteBuffer> frames;  // REPLY or MESSAGE payloads
+    std::condition_variable cv;
+    uint64_t watch = 0;  // token posted on the next frame
+    bool main_waiting = false;
+  };
+  using Box = std::shared_ptr<Mailbox>;
+
+  static bool on_frame(void* ctx, const InputFrame& frame);
+  void deliver(const InputFrame& frame);
+
+  // Encodes [kind, id, op, args] into out; false with an exception set.
+  bool encode_frame(ByteBuffer& out, uint8_t kind, uint64_t id, PyObject* op, PyObject* args);
+  // Sends whole frames from any thread; GIL held (released meanwhile).
+  void send(ByteBuffer& frames);
+  Box find(uint64_t id);
+  // Waits for a frame in box; takes it into *frame. GIL held on entry and exit.
+  bool wait_frame(const Box& box, Clock::time_point deadline, ByteBuffer* frame);
+  PyRef decode_reply(const ByteBuffer& frame);
+  void post_locked(uint64_t token);
+  void leave_locked();
+
+  Codec& codec_;
+  FrameWriter& writer_;
+  size_t max_frame_size_;
+  MainThread* main_ = nullptr;
+  std::thread::id main_id_;
+  InputReader* reader_ = nullptr;
+  PyRef error_factory_;  // erlang._errors.from_reply, imported on first use
+  long slice_used_ = 0;
+
+  std::mutex mu_;
+  uint64_t next_id_ = 1;
+  std::unordered_map<uint64_t, Box> boxes_;
+  std::deque<uint64_t> completions_;
+  std::condition_variable completions_cv_;
+  bool closed_ = false;
+  // Threads waiting without the GIL: close() lets them all leave before the
+  // link may go away.
+  int inside_ = 0;
+  std::condition_variable left_cv_;
+};
+
+}  // namespace pyport

@@ -1,0 +1,39 @@
+"""The worker's primitives (the builtin ``_erlang`` module, see
+port_worker/erlang_module.hpp), or stand-ins that say why nothing works in a
+plain Python process."""
+from __future__ import annotations
+
+from typing import Any
+
+try:
+    import _erlang
+except ImportError:  # not inside a pyport worker
+    _erlang = None
+
+_NOT_IN_WORKER = ("this needs a pyport worker: the erlang module talks to Erlang only "
+                  "inside a pyport worker process")
+
+
+def connected() -> bool:
+    """True inside a worker that talks to Erlang."""
+    return _erlang is not None and _erlang.connected()
+
+
+if _erlang is not None:
+    request = _erlang.request
+    notify = _erlang.notify
+    start_request = _erlang.start_request
+    take_reply = _erlang.take_reply
+    open_mailbox = _erlang.open_mailbox
+    close_mailbox = _erlang.close_mailbox
+    receive = _erlang.receive
+    watch = _erlang.watch
+    next_completion = _erlang.next_completion
+    consume_time_slice = _erlang.consume_time_slice
+else:
+    def _unavailable(*_args: Any) -> Any:
+        raise RuntimeError(_NOT_IN_WORKER)
+
+    request = notify = start_request = take_reply = _unavailable
+    open_mailbox = close_mailbox = receive = watch = _unavailable
+    next_completion = consume_time_slice = _unavailable
