@@ -23,7 +23,8 @@ groups() ->
     [{async, [],
       [async_call_and_await, async_call_message, async_call_errors, async_await_timeout_cancels,
        async_gather_in_order, async_gather_first_error, thousand_coroutines_in_one_worker,
-       call_timeout_cancels_coroutine, sync_function_through_async_call]},
+       call_timeout_cancels_coroutine, sync_function_through_async_call,
+       coroutines_call_erlang]},
      {event_loop, [],
       [event_loop_run, event_loop_create_task_and_await, event_loop_message,
        event_loop_await_timeout_cancels, event_loop_spawn_task, event_loop_bad_arguments,
@@ -145,6 +146,18 @@ call_timeout_cancels_coroutine(_Config) ->
     %% The worker's owner cancels what a caller left behind once its
     %% deadline has passed.
     eventually(fun() -> events(Ctx) =:= [[<<"cancelled">>, <<"timed out">>]] end, cancellation).
+
+coroutines_call_erlang(_Config) ->
+    ok = py:register_function(async_suite_double, fun([X]) -> 2 * X end),
+    try
+        %% Many tasks await Erlang at once on one worker's loop.
+        Refs = [py:async_call(?F, ask_erlang, [async_suite_double, N]) || N <- lists:seq(1, 50)],
+        ?assertEqual([{ok, [2 * N, 2 * (N + 1)]} || N <- lists:seq(1, 50)],
+                     [py:async_await(R) || R <- Refs]),
+        ?assertEqual({ok, 14}, py:call(?F, sleep_then_call, [async_suite_double, 7]))
+    after
+        py:unregister_function(async_suite_double)
+    end.
 
 sync_function_through_async_call(_Config) ->
     ?assertEqual({ok, 4.0}, py:async_await(py:async_call(math, sqrt, [16]))).

@@ -91,3 +91,16 @@ def tracked(tag, n):
 def produced_count(tag):
     items = produced.get(tag, [])
     return [len([i for i in items if i != "closed"]), "closed" in items]
+
+
+async def ask_erlang(name, x):
+    """A task that awaits an Erlang function, and also calls it blocking."""
+    awaited = await erlang.async_call(name, x)
+    blocking = erlang.call(name, x + 1)
+    return [awaited, blocking]
+
+
+def sleep_then_call(name, x):
+    """Synchronous: erlang.sleep lets the worker's loop run, then Erlang."""
+    erlang.sleep(0.01)
+    return erlang.call(name, x)
