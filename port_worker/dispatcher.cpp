@@ -456,24 +456,16 @@ bool Dispatcher::answer_future(uint64_t id, PyObject* future, ByteBuffer& out) {
 }
 
 bool Dispatcher::stream_chunk(uint64_t id, PyObject* value, ByteBuffer& out) {
-  size_t start = begin_frame(out);
-  mp::write_array_header(out, 3);
-  mp::write_uint(out, kStreamChunk);
-  mp::write_uint(out, id);
-  size_t head = out.size() - start - 4;
-  switch (codec_.encode(value, out, max_frame_size_ - head)) {
+  switch (write_value_frame(kStreamChunk, id, value, out)) {
     case EncodeResult::kOk:
-      end_frame(out, start);
       return true;
     case EncodeResult::kTooLarge:
-      out.truncate(start);
       PyErr_Format(PyExc_ValueError, "a stream item does not fit in max_frame_size (%zu bytes)",
                    max_frame_size_);
       return false;
     case EncodeResult::kError:
       break;
   }
-  out.truncate(start);
   return false;
 }
 
@@ -615,24 +607,32 @@ PyRef Dispatcher::namespace_globals(uint64_t ns) {
   return globals;
 }
 
-void Dispatcher::write_result(uint64_t id, PyObject* value, ByteBuffer& out) {
+EncodeResult Dispatcher::write_value_frame(uint8_t kind, uint64_t id, PyObject* value,
+                                           ByteBuffer& out) {
   size_t start = begin_frame(out);
   mp::write_array_header(out, 3);
-  mp::write_uint(out, kResult);
+  mp::write_uint(out, kind);
   mp::write_uint(out, id);
   size_t head = out.size() - start - 4;
-  switch (codec_.encode(value, out, max_frame_size_ - head)) {
+  EncodeResult rc = codec_.encode(value, out, max_frame_size_ - head);
+  if (rc == EncodeResult::kOk) {
+    end_frame(out, start);
+  } else {
+    out.truncate(start);
+  }
+  return rc;
+}
+
+void Dispatcher::write_result(uint64_t id, PyObject* value, ByteBuffer& out) {
+  switch (write_value_frame(kResult, id, value, out)) {
     case EncodeResult::kOk:
-      end_frame(out, start);
       return;
     case EncodeResult::kTooLarge:
-      out.truncate(start);
       return frame_error_typed(id, "FrameTooLarge",
                                "the result does not fit in max_frame_size (" +
                                    std::to_string(max_frame_size_) + " bytes)",
                                out);
     case EncodeResult::kError:
-      out.truncate(start);
       return python_error(id, out);
   }
 }

@@ -102,6 +102,9 @@ class Dispatcher {
   PyRef namespace_globals(uint64_t ns);
 
   void write_result(uint64_t id, PyObject* value, ByteBuffer& out);
+  // Writes [kind, Id, Value]; on failure writes nothing (kError: a Python
+  // exception is set).
+  EncodeResult write_value_frame(uint8_t kind, uint64_t id, PyObject* value, ByteBuffer& out);
   // A call returned a ScheduleMarker (erlang/_schedule.py): answers with a
   // SCHEDULE frame, or requeues the continuation.
   void schedule(PyObject* marker, bool is_cast, uint64_t id, ByteBuffer& out);

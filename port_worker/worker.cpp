@@ -142,7 +142,7 @@ int Worker::run(const Channel& channel) {
   serve.reset();
   stop_input();
   reader_.stop();
-  link_->close();  // Python threads waiting for Erlang stop waiting
+  link_->close();                      // Python threads waiting for Erlang stop waiting
   writer_.submit_from_loop(replies_);  // what the last tasks answered
 
   {
@@ -419,32 +419,31 @@ bool Worker::requests_waiting() const {
   return reader_.requests_waiting() || batch_.remaining() > 0;
 }
 
-bool Worker::answer_future(uint64_t id, PyObject* future) {
+// Answers go into replies_, which may need to grow: out of memory an
+// answer would be lost, so the worker exits (its owner answers everyone).
+template <typename Write>
+bool Worker::answering(Write&& write) noexcept {
   try {
-    return dispatcher_->answer_future(id, future, replies_);
+    return write();
   } catch (const std::bad_alloc&) {
     diag("cannot hold an answer: out of memory; exiting");
     _exit(1);
   }
 }
 
+bool Worker::answer_future(uint64_t id, PyObject* future) {
+  return answering([&] { return dispatcher_->answer_future(id, future, replies_); });
+}
+
 bool Worker::stream_chunk(uint64_t id, PyObject* value) {
-  try {
-    return dispatcher_->stream_chunk(id, value, replies_);
-  } catch (const std::bad_alloc&) {
-    diag("cannot hold a stream chunk: out of memory; exiting");
-    _exit(1);
-  }
+  return answering([&] { return dispatcher_->stream_chunk(id, value, replies_); });
 }
 
 bool Worker::stream_end(uint64_t id) {
-  try {
+  return answering([&] {
     dispatcher_->stream_end(id, replies_);
     return true;
-  } catch (const std::bad_alloc&) {
-    diag("cannot hold a stream end: out of memory; exiting");
-    _exit(1);
-  }
+  });
 }
 
 void Worker::on_write_error(void* ctx, int status) {

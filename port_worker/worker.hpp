@@ -78,6 +78,8 @@ class Worker : public LoopHost, public MainThread {
   void stop_input();
   void drain_writes();
   void fail(const std::string& message);
+  template <typename Write>
+  bool answering(Write&& write) noexcept;
   // Takes what the reader has and handles every waiting frame, with no
   // running asyncio loop (requests are plain synchronous code). Ends the
   // process if it runs out of memory, since an answer could be lost.
@@ -117,7 +119,7 @@ class Worker : public LoopHost, public MainThread {
   std::unique_ptr<Dispatcher> dispatcher_;
   std::unique_ptr<ErlangLink> link_;
   PyRef get_running_loop_, set_running_loop_;  // asyncio's
-  PyThreadState* main_thread_ = nullptr;  // saved while the loop waits
+  PyThreadState* main_thread_ = nullptr;       // saved while the loop waits
 };
 
 }  // namespace pyport

@@ -39,7 +39,7 @@
 start_task(Target, Tag, Request, Timeout) ->
     Sent = pyport_request:send(
              Target, Request,
-             fun(Pid, Id, Frame, CallTimeout) ->
+             fun(Pid, Id, Frame, #{call_timeout := CallTimeout}) ->
                      Deadline = deadline(case Timeout of
                                              default -> CallTimeout;
                                              _ -> Timeout
@@ -107,7 +107,7 @@ stream_start(Target, {Kind, Fields}, Consumer) ->
     Credit = pyport_worker:stream_window(),
     pyport_request:send(
       Target, {?STREAM_START, [Credit, [Kind | Fields]]},
-      fun(Pid, Id, Frame, _CallTimeout) ->
+      fun(Pid, Id, Frame, _Where) ->
               Ref = {pyport_stream, make_ref(), Pid, Id},
               Pid ! {'$pyport_stream', Consumer, Ref, Id, Frame},
               {ok, Ref}

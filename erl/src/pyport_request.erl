@@ -21,6 +21,8 @@
 -export_type([target/0, handle/0, result/0]).
 
 -type iovec() :: erlang:iovec().
+-type where() :: #{pool := pyport_config:pool_name(), slot := pos_integer(),
+                   call_timeout := timeout()}.
 
 %% Frame kinds (proto/PROTOCOL.md).
 -define(CALL, 1).
@@ -52,26 +54,20 @@ call(Target, Kind, Fields, Timeout) ->
 %% answer, in the same process.
 -spec start(target(), pos_integer(), [term()], timeout() | default) -> handle().
 start(Target, Kind, Fields, Timeout0) ->
-    Id = erlang:unique_integer([positive]),
-    case prepare(Target, Kind, Id, Fields) of
-        {ok, Pool, Info, Frame} ->
-            Timeout = case Timeout0 of
-                          default -> maps:get(call_timeout, Info);
-                          _ -> Timeout0
-                      end,
-            case route(Target, Info) of
-                {ok, Slot, Pid} ->
-                    Deadline = deadline(Timeout),
-                    %% The worker decrements when the request is finished.
-                    counters:add(maps:get(counters, Info), Slot, 1),
-                    Alias = erlang:monitor(process, Pid, [{alias, reply_demonitor}]),
-                    Pid ! {'$pyport', Alias, Id, Deadline, Frame},
-                    {pyport_call, Alias, Deadline, Pool, Slot};
-                {error, Reason} ->
-                    {pyport_call_failed, Reason}
-            end;
-        {error, Reason} ->
-            {pyport_call_failed, Reason}
+    Sent = send(Target, {Kind, Fields},
+                fun(Pid, Id, Frame, #{pool := Pool, slot := Slot, call_timeout := CallTimeout}) ->
+                        Timeout = case Timeout0 of
+                                      default -> CallTimeout;
+                                      _ -> Timeout0
+                                  end,
+                        Deadline = deadline(Timeout),
+                        Alias = erlang:monitor(process, Pid, [{alias, reply_demonitor}]),
+                        Pid ! {'$pyport', Alias, Id, Deadline, Frame},
+                        {pyport_call, Alias, Deadline, Pool, Slot}
+                end),
+    case Sent of
+        {error, Reason} -> {pyport_call_failed, Reason};
+        Handle -> Handle
     end.
 
 %% @doc A handle for a request that could not be sent: awaiting it gives
@@ -165,21 +161,23 @@ route({slot, Pool, Slot}, Info) ->
         error -> {error, {no_worker, Pool, Slot}}
     end.
 
-%% @doc Routes and encodes a request, then hands it to `Send(Pid, Id, Frame,
-%% CallTimeout)' (which sends the worker's gen_server the message it needs;
-%% CallTimeout is the pool's `call_timeout') after counting it in. Returns
-%% what `Send' returned, or `{error, Reason}' if it could not be sent.
+%% @doc Routes and encodes a request, counts it in (the worker's gen_server
+%% counts it out when it is finished), then hands it to `Send(Pid, Id,
+%% Frame, Where)', which sends the gen_server the message it needs; `Where'
+%% holds the `pool', the `slot' and the pool's `call_timeout'. Returns what
+%% `Send' returned, or `{error, Reason}' if it could not be sent.
 -spec send(target(), {pos_integer(), [term()]},
-           fun((pid(), pos_integer(), iovec(), timeout()) -> Result)) ->
+           fun((pid(), pos_integer(), iovec(), where()) -> Result)) ->
           Result | {error, term()}.
 send(Target, {Kind, Fields}, Send) ->
     Id = erlang:unique_integer([positive]),
     case prepare(Target, Kind, Id, Fields) of
-        {ok, _Pool, Info, Frame} ->
+        {ok, Pool, Info, Frame} ->
             case route(Target, Info) of
                 {ok, Slot, Pid} ->
                     counters:add(maps:get(counters, Info), Slot, 1),
-                    Send(Pid, Id, Frame, maps:get(call_timeout, Info));
+                    Send(Pid, Id, Frame, #{pool => Pool, slot => Slot,
+                                           call_timeout => maps:get(call_timeout, Info)});
                 {error, _} = Error ->
                     Error
             end;
