@@ -116,10 +116,18 @@ loops() ->
 %% @private
 -spec run_on({ok, pyport_request:target()} | {error, term()}, name(), name(), [term()], opts()) ->
           {ok, term()} | {error, term()}.
-run_on(Target, Module, Function, Args, Opts) when is_map(Opts) ->
-    Timeout = maps:get(timeout, Opts, ?DEFAULT_TIMEOUT),
-    Ref = create_task_on(Target, Module, Function, Args, maps:get(kwargs, Opts, #{})),
-    await(Ref, Timeout).
+run_on({ok, Target}, Module, Function, Args, Opts) when is_map(Opts) ->
+    %% No result message is needed: the answer comes undecoded to the
+    %% caller, which decodes it itself, as for py:call.
+    case fields(Module, Function, Args, maps:get(kwargs, Opts, #{})) of
+        {ok, Fields} ->
+            pyport_request:call_cancellable(Target, ?CALL, Fields,
+                                            maps:get(timeout, Opts, ?DEFAULT_TIMEOUT));
+        {error, _} = Error ->
+            Error
+    end;
+run_on({error, _} = Error, _Module, _Function, _Args, _Opts) ->
+    Error.
 
 %% @private
 -spec create_task_on({ok, pyport_request:target()} | {error, term()}, name(), name(), [term()],

@@ -15,7 +15,7 @@
 -include_lib("kernel/include/logger.hrl").
 
 -export([call/4, start/4, start_failed/1, await/1, await/2, cast/2]).
--export([send/3, decode_reply/3]).
+-export([call_cancellable/4, send/3, decode_reply/3]).
 -export([builtin_exception_types/0]).
 
 -export_type([target/0, handle/0, result/0]).
@@ -53,22 +53,44 @@ call(Target, Kind, Fields, Timeout) ->
 %% @doc Sends a request and returns at once; {@link await/1} or {@link await/2} collects the
 %% answer, in the same process.
 -spec start(target(), pos_integer(), [term()], timeout() | default) -> handle().
-start(Target, Kind, Fields, Timeout0) ->
-    Sent = send(Target, {Kind, Fields},
-                fun(Pid, Id, Frame, #{pool := Pool, slot := Slot, call_timeout := CallTimeout}) ->
-                        Timeout = case Timeout0 of
-                                      default -> CallTimeout;
-                                      _ -> Timeout0
-                                  end,
-                        Deadline = deadline(Timeout),
-                        Alias = erlang:monitor(process, Pid, [{alias, reply_demonitor}]),
-                        Pid ! {'$pyport', Alias, Id, Deadline, Frame},
-                        {pyport_call, Alias, Deadline, Pool, Slot}
-                end),
-    case Sent of
+start(Target, Kind, Fields, Timeout) ->
+    case send(Target, {Kind, Fields},
+              fun(Pid, Id, Frame, Where) -> submit(Pid, Id, Frame, Where, Timeout) end) of
         {error, Reason} -> {pyport_call_failed, Reason};
         Handle -> Handle
     end.
+
+%% @doc {@link call/4} for a request that may run as a task in the worker (a
+%% coroutine): a caller that gives up after `Timeout' cancels it there.
+-spec call_cancellable(target(), pos_integer(), [term()], timeout()) -> result().
+call_cancellable(Target, Kind, Fields, Timeout) ->
+    Sent = send(Target, {Kind, Fields},
+                fun(Pid, Id, Frame, Where) ->
+                        {Pid, Id, submit(Pid, Id, Frame, Where, Timeout)}
+                end),
+    case Sent of
+        {Pid, Id, Handle} ->
+            case await(Handle, Timeout) of
+                {error, timeout} = Timedout ->
+                    Pid ! {'$pyport_cancel', Id},
+                    Timedout;
+                Result ->
+                    Result
+            end;
+        {error, _} = Error ->
+            Error
+    end.
+
+%% Hands the frame to the worker's gen_server, answers to come to an alias.
+submit(Pid, Id, Frame, #{pool := Pool, slot := Slot, call_timeout := CallTimeout}, Timeout0) ->
+    Timeout = case Timeout0 of
+                  default -> CallTimeout;
+                  _ -> Timeout0
+              end,
+    Deadline = deadline(Timeout),
+    Alias = erlang:monitor(process, Pid, [{alias, reply_demonitor}]),
+    Pid ! {'$pyport', Alias, Id, Deadline, Frame},
+    {pyport_call, Alias, Deadline, Pool, Slot}.
 
 %% @doc A handle for a request that could not be sent: awaiting it gives
 %% `{error, Reason}'.
