@@ -300,11 +300,12 @@ class PollerCore {
 struct LoopNames {
   PyRef scheduled, ready, stopping, timer_cancelled_count, debug, clock_resolution, when, cancelled,
       scheduled_flag, remove_reader, remove_writer, append, popleft, run, time, context, callback,
-      args, compact_timers, run_debug;
+      args, compact_timers, run_debug, closed, loop_attr, repr_attr, source_traceback, context_kw;
   PyRef heappop;          // heapq.heappop
   PyRef handle_type;      // asyncio.Handle
   PyRef timer_type;       // asyncio.TimerHandle
   PyRef callback_failed;  // erlang._loop._callback_failed(handle, exc)
+  PyRef base_call_soon;   // asyncio.BaseEventLoop.call_soon, for debug mode
 
   bool load() {
     struct {
@@ -329,7 +330,12 @@ struct LoopNames {
                  {&callback, "_callback"},
                  {&args, "_args"},
                  {&compact_timers, "_pyport_compact_timers"},
-                 {&run_debug, "_pyport_run_debug"}};
+                 {&run_debug, "_pyport_run_debug"},
+                 {&closed, "_closed"},
+                 {&loop_attr, "_loop"},
+                 {&repr_attr, "_repr"},
+                 {&source_traceback, "_source_traceback"},
+                 {&context_kw, "context"}};
     for (auto& n : names) {
       *n.slot = PyRef::steal(PyUnicode_InternFromString(n.name));
       if (!*n.slot) return false;
@@ -342,7 +348,10 @@ struct LoopNames {
     handle_type = PyRef::steal(PyObject_GetAttrString(events.get(), "Handle"));
     timer_type = PyRef::steal(PyObject_GetAttrString(events.get(), "TimerHandle"));
     callback_failed = PyRef::steal(PyObject_GetAttrString(loop.get(), "_callback_failed"));
-    return heappop && handle_type && timer_type && callback_failed;
+    PyRef base = PyRef::steal(PyImport_ImportModule("asyncio.base_events"));
+    PyRef cls = base ? PyRef::steal(PyObject_GetAttrString(base.get(), "BaseEventLoop")) : PyRef();
+    base_call_soon = cls ? PyRef::steal(PyObject_GetAttrString(cls.get(), "call_soon")) : PyRef();
+    return heappop && handle_type && timer_type && callback_failed && base_call_soon;
   }
 };
 
@@ -674,20 +683,27 @@ bool run_handle(LoopNames& n, PyObject* handle) {
 // loop._run_once() of asyncio's BaseEventLoop, with the poller's events
 // taken directly (no select() list, no _process_events). Tolerates being
 // re-entered from a callback it runs (erlang.sleep in synchronous code).
-PyObject* Poller_run_once(PollerObject* self, PyObject* loop) {
-  ModuleState* st = self->state;
+// The names, loaded on first use; null with an exception set on failure.
+LoopNames* loop_names(ModuleState* st) {
   if (!st->names) {
     try {
       st->names.reset(new LoopNames());
     } catch (const std::bad_alloc&) {
-      return PyErr_NoMemory();
+      PyErr_NoMemory();
+      return nullptr;
     }
     if (!st->names->load()) {
       st->names.reset();
       return nullptr;
     }
   }
-  LoopNames& n = *st->names;
+  return st->names.get();
+}
+
+PyObject* Poller_run_once(PollerObject* self, PyObject* loop) {
+  LoopNames* names = loop_names(self->state);
+  if (!names) return nullptr;
+  LoopNames& n = *names;
   if (!check_usable(self)) return nullptr;
 
   PyRef scheduled = PyRef::steal(PyObject_GetAttr(loop, n.scheduled.get()));
@@ -799,6 +815,64 @@ PyObject* Poller_run_once(PollerObject* self, PyObject* loop) {
   Py_RETURN_NONE;
 }
 
+// loop.call_soon(callback, *args, context=None) of asyncio's BaseEventLoop
+// for `loop` (args[0]): an asyncio.Handle made without running Python code,
+// appended to the ready queue. Debug mode takes asyncio's own path (its
+// checks and the creation traceback).
+PyObject* Poller_call_soon(PollerObject* self, PyObject* const* args, size_t nargsf,
+                           PyObject* kwnames) {
+  Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  LoopNames* names = loop_names(self->state);
+  if (!names) return nullptr;
+  LoopNames& n = *names;
+  if (nargs < 2) {
+    PyErr_SetString(PyExc_TypeError, "call_soon() needs a callback");
+    return nullptr;
+  }
+  PyObject* loop = args[0];
+  PyObject* context = Py_None;
+  Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+  for (Py_ssize_t i = 0; i < nkw; ++i) {
+    PyObject* key = PyTuple_GET_ITEM(kwnames, i);
+    int is_context = PyUnicode_Compare(key, n.context_kw.get()) == 0;
+    if (!is_context) {
+      PyErr_Format(PyExc_TypeError, "call_soon() got an unexpected keyword argument '%U'", key);
+      return nullptr;
+    }
+    context = args[nargs + i];
+  }
+  int closed = attr_true(loop, n.closed.get());
+  int debug = closed == 0 ? attr_true(loop, n.debug.get()) : 0;
+  if (closed < 0 || debug < 0) return nullptr;
+  if (closed) {
+    PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+    return nullptr;
+  }
+  if (debug) return PyObject_Vectorcall(n.base_call_soon.get(), args, nargsf, kwnames);
+  PyTypeObject* type = reinterpret_cast<PyTypeObject*>(n.handle_type.get());
+  PyRef handle = PyRef::steal(type->tp_alloc(type, 0));
+  PyRef ctx = context == Py_None ? PyRef::steal(PyContext_CopyCurrent()) : PyRef::borrow(context);
+  PyRef cb_args = PyRef::steal(PyTuple_New(nargs - 2));
+  if (!handle || !ctx || !cb_args) return nullptr;
+  for (Py_ssize_t i = 2; i < nargs; ++i)
+    PyTuple_SET_ITEM(cb_args.get(), i - 2, PyRef::borrow(args[i]).release());
+  PyObject* h = handle.get();
+  if (PyObject_SetAttr(h, n.context.get(), ctx.get()) < 0 ||
+      PyObject_SetAttr(h, n.loop_attr.get(), loop) < 0 ||
+      PyObject_SetAttr(h, n.callback.get(), args[1]) < 0 ||
+      PyObject_SetAttr(h, n.args.get(), cb_args.get()) < 0 ||
+      PyObject_SetAttr(h, n.cancelled.get(), Py_False) < 0 ||
+      PyObject_SetAttr(h, n.repr_attr.get(), Py_None) < 0 ||
+      PyObject_SetAttr(h, n.source_traceback.get(), Py_None) < 0) {
+    return nullptr;
+  }
+  PyRef ready = PyRef::steal(PyObject_GetAttr(loop, n.ready.get()));
+  PyRef done =
+      ready ? PyRef::steal(PyObject_CallMethodOneArg(ready.get(), n.append.get(), h)) : PyRef();
+  if (!done) return nullptr;
+  return handle.release();
+}
+
 PyObject* Poller_set_input_key(PollerObject* self, PyObject* key) {
   if (!self->is_root) {
     PyErr_SetString(PyExc_RuntimeError, "only the worker's poller receives frames");
@@ -846,6 +920,9 @@ PyMethodDef poller_methods[] = {
     {"poll", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(Poller_poll)),
      METH_FASTCALL,
      "poll(timeout=None) -> [(key, events)]: waits at most timeout seconds (None: no limit)."},
+    {"call_soon", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(Poller_call_soon)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "call_soon(loop, callback, *args, context=None): loop.call_soon, without Python code."},
     {"run_once", reinterpret_cast<PyCFunction>(Poller_run_once), METH_O,
      "run_once(loop): one iteration of asyncio loop `loop` whose selector this poller is."},
     {"set_input_key", reinterpret_cast<PyCFunction>(Poller_set_input_key), METH_O,

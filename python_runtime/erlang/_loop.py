@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import heapq
 import selectors
 import sys
@@ -115,6 +116,9 @@ class ErlangEventLoop(_unix_events._UnixSelectorEventLoop):
         self._pyport_poller = _pyport_loop.Poller(worker=_worker)
         self._pyport_may_stop = not _worker
         super().__init__(_UvSelector(self._pyport_poller))
+        # asyncio's call_soon, done in C++ (tasks and futures schedule every
+        # step and callback through it).
+        self.call_soon = functools.partial(self._pyport_poller.call_soon, self)
 
     def stop(self) -> None:
         # The worker's loop runs until the worker shuts down: Python code

@@ -346,3 +346,46 @@ def test_add_reader_and_writer(loop):
         assert loop.run_until_complete(got) == b"ping"
         assert loop.remove_reader(a)
         assert not loop.remove_reader(a)
+
+
+def test_call_soon_returns_asyncio_handles_and_honours_context(loop):
+    import contextvars
+
+    var = contextvars.ContextVar("var", default="unset")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "in ctx")
+    seen = []
+    h1 = loop.call_soon(lambda: seen.append(var.get()), context=ctx)
+    h2 = loop.call_soon(seen.append, "args")
+    h3 = loop.call_soon(seen.append, "cancelled")
+    assert all(type(h) is asyncio.Handle for h in (h1, h2, h3))
+    assert h1._context is ctx
+    h3.cancel()
+    assert h3.cancelled()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == ["in ctx", "args"]
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        loop.call_soon(print, colour="red")
+
+
+def test_call_soon_in_debug_mode_checks_the_callback(loop):
+    loop.set_debug(True)
+
+    async def coro():
+        pass
+
+    c = coro()
+    with pytest.raises(TypeError, match="coroutines cannot be used"):
+        loop.call_soon(c)
+    c.close()
+    h = loop.call_soon(print)
+    assert h._source_traceback  # debug mode records where it was made
+    h.cancel()
+
+
+def test_call_soon_on_a_closed_loop():
+    loop = erlang.new_event_loop()
+    loop.close()
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        loop.call_soon(print)
