@@ -11,7 +11,6 @@ from ._callbacks import ErlangFunction, async_call, call, cast
 from ._dist import node, nodes, rpc_call, rpc_cast
 from ._errors import (ErlangError, NodeDownError, ProcessError, RpcTimeoutError,
                       StateFullError, UnknownFunctionError)
-from ._logging import ErlangHandler, setup_logging
 from ._messages import send, whereis
 from ._pubsub import async_receive_pubsub, publish, receive_pubsub, subscribe, unsubscribe
 from ._schedule import (ScheduleMarker, consume_time_slice, schedule, schedule_inline,
@@ -21,6 +20,14 @@ from ._state import (state_clear, state_decr, state_delete, state_get, state_get
 from ._tracing import Span, trace
 from ._types import Atom, Pid, Ref, Term
 from . import _callbacks, _link
+
+
+def setup_logging(level: int | str = "INFO", format: str | None = None) -> None:
+    """Routes the root logger's records at ``level`` and above to the Erlang
+    ``logger`` (see erlang._logging; ``py:configure_logging/1`` calls this in
+    every worker)."""
+    from ._logging import setup_logging as setup
+    setup(level, format)
 
 __all__ = [
     "Atom", "Pid", "Ref", "Term",
@@ -38,8 +45,12 @@ __all__ = [
 
 
 def __getattr__(name: str) -> ErlangFunction:
-    # Only for names not defined above: a registered Erlang function.
+    # Only for names not defined above: a registered Erlang function (and
+    # ErlangHandler, loaded on first use since logging is slow to import).
     name = str.__str__(name)
+    if name == "ErlangHandler":
+        from ._logging import ErlangHandler
+        return ErlangHandler
     if not name.startswith("_") and _link.connected() and _callbacks.registered(name):
         return ErlangFunction(name)
     raise AttributeError(f"module 'erlang' has no attribute {name!r}"
