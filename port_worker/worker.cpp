@@ -327,7 +327,13 @@ bool Worker::wait(const std::function<bool()>& ready, Clock::time_point deadline
     if (handle_requests && (fds[0].revents || fds[1].revents)) drain_input_or_exit();
     done = ready();
   }
-  if (handle_requests) reader_.main_busy();
+  if (handle_requests) {
+    reader_.main_busy();
+  } else if (reader_.queued()) {
+    // This wait cleared the doorbell for requests it did not take: ring it
+    // again for the levels above, which will.
+    reader_.wake_main();
+  }
   PyEval_RestoreThread(ts);
   return done;
 }

@@ -51,8 +51,14 @@ def __getattr__(name: str) -> ErlangFunction:
     if name == "ErlangHandler":
         from ._logging import ErlangHandler
         return ErlangHandler
-    if not name.startswith("_") and _link.connected() and _callbacks.registered(name):
+    if name.startswith("_") or not _link.connected():
+        raise AttributeError(f"module 'erlang' has no attribute {name!r}")
+    try:
+        found = _callbacks.registered(name)
+    except Exception as e:  # Erlang cannot be asked: still an attribute lookup
+        raise AttributeError(f"module 'erlang' has no attribute {name!r} "
+                             f"(cannot ask Erlang: {e})") from e
+    if found:
         return ErlangFunction(name)
-    raise AttributeError(f"module 'erlang' has no attribute {name!r}"
-                         + ("" if name.startswith("_") else
-                            f" (and no Erlang function is registered as {name!r})"))
+    raise AttributeError(f"module 'erlang' has no attribute {name!r} "
+                         f"(and no Erlang function is registered as {name!r})")
