@@ -14,8 +14,9 @@ main() ->
     {ok, _} = application:ensure_all_started(pyport),
     Echo = priv_file("echo_port"),
     Worker = priv_file("pyport_worker"),
-    sequential(Echo),
+    CallRate = sequential(Echo),
     concurrent(),
+    callbacks(CallRate),
     big_binary(Echo),
     int_list(),
     codec(),
@@ -72,7 +73,7 @@ concurrent_rate(N, Fun) ->
     [receive {done, P} -> ok end || P <- Pids],
     counters:get(Count, 1) / ?CONC_SECONDS.
 
-%% Sequential round trips, one caller.
+%% Sequential round trips, one caller; returns the identity call rate.
 sequential(Echo) ->
     Frame = iolist_to_binary(pyport_codec:encode_frame(1, 1, [<<"pyport_bench_py">>, <<"identity">>, [1], #{}])),
     {FloorRate, FP50, FP99} = timed_seq(?SEQ_CALLS, fun(Port) -> echo(Port, Frame) end, Echo),
@@ -86,7 +87,58 @@ sequential(Echo) ->
               line("call_" ++ Name ++ "_p50", P50, "us"),
               line("call_" ++ Name ++ "_p99", P99, "us"),
               line("call_" ++ Name ++ "_vs_floor", Rate / FloorRate, "ratio")
-      end, [{"identity", pyport_bench_py, identity, [1]}, {"sqrt", math, sqrt, [16.0]}]).
+      end, [{"identity", pyport_bench_py, identity, [1]}, {"sqrt", math, sqrt, [16.0]}]),
+    %% The identity call rate: the peer of a Python -> Erlang round trip.
+    {CallRate, _, _} = timed_seq(?SEQ_CALLS, fun(_) -> {ok, _} = py:call(pyport_bench_py, identity, [1]) end,
+                                 none),
+    CallRate.
+
+%% Python -> Erlang: callback round trips (timed inside Python, in a loop),
+%% nested chains Python -> Erlang -> the same worker -> back, state_incr,
+%% and publish to 1,000 Erlang subscribers. Ratios against the sequential
+%% Erlang -> Python call rate of this run.
+callbacks(CallRate) ->
+    Ctx = py:context(1),
+    ok = py:register_function(bench_echo, fun([X]) -> X end),
+    ok = py:register_function(bench_nested, fun([X]) ->
+                                                    {ok, V} = py:call(Ctx, pyport_bench_py, identity, [X]),
+                                                    V
+                                            end),
+    N = ?SEQ_CALLS,
+    {ok, _} = py:call(Ctx, pyport_bench_py, callback_loop, [bench_echo, 1000]),
+    {ok, Rate} = py:call(Ctx, pyport_bench_py, callback_loop, [bench_echo, N]),
+    line("callback_roundtrip_rate", Rate, "calls/s"),
+    line("callback_roundtrip_vs_call", Rate / CallRate, "ratio"),
+    {ok, Nested} = py:call(Ctx, pyport_bench_py, callback_loop, [bench_nested, N div 2]),
+    line("callback_nested_chain_rate", Nested, "chains/s"),
+    {ok, Incr} = py:call(Ctx, pyport_bench_py, state_incr_loop, [<<"bench_counter">>, N]),
+    line("state_incr_from_python_rate", Incr, "calls/s"),
+    line("state_incr_vs_call", Incr / CallRate, "ratio"),
+    publish_to_subscribers(Ctx, 1000, 200),
+    ok = py:unregister_function(bench_echo),
+    ok = py:unregister_function(bench_nested).
+
+%% Python publishes Msgs messages to a topic with Subs Erlang subscribers;
+%% timed until every subscriber has every message.
+publish_to_subscribers(Ctx, Subs, Msgs) ->
+    Topic = <<"bench_topic">>,
+    Self = self(),
+    Pids = [spawn_link(fun() ->
+                               ok = py:subscribe(Topic),
+                               Self ! {subscribed, self()},
+                               count_messages(Msgs),
+                               Self ! {received, self()}
+                       end) || _ <- lists:seq(1, Subs)],
+    [receive {subscribed, P} -> ok end || P <- Pids],
+    T0 = erlang:monotonic_time(),
+    {ok, Msgs} = py:call(Ctx, pyport_bench_py, publish_loop, [Topic, Msgs], #{}, 60000),
+    [receive {received, P} -> ok end || P <- Pids],
+    Seconds = to_s(erlang:monotonic_time() - T0),
+    line("publish_1000_subscribers_delivered_rate", Subs * Msgs / Seconds, "msgs/s"),
+    line("publish_1000_subscribers_publish_rate", Msgs / Seconds, "publishes/s").
+
+count_messages(0) -> ok;
+count_messages(N) -> receive {pubsub, _, _} -> count_messages(N - 1) end.
 
 timed_seq(N, Fun, Echo) ->
     Port = case Echo of none -> none; _ -> open(Echo, []) end,

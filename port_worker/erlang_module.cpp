@@ -21,6 +21,15 @@ ErlangLink* link_of(PyObject* module) {
   return state->link;
 }
 
+// The link, for a function taking two positional arguments.
+ErlangLink* link_of(PyObject* module, Py_ssize_t nargs, const char* signature) {
+  if (nargs != 2) {
+    PyErr_Format(PyExc_TypeError, "%s takes 2 arguments (%zd given)", signature, nargs);
+    return nullptr;
+  }
+  return link_of(module);
+}
+
 // A timeout in seconds (None: forever) as a deadline.
 bool deadline_of(PyObject* timeout, ErlangLink::Clock::time_point* deadline) {
   if (timeout == Py_None) {
@@ -49,20 +58,12 @@ bool id_of(PyObject* arg, uint64_t* id) {
 }
 
 PyObject* request(PyObject* module, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 2) {
-    PyErr_SetString(PyExc_TypeError, "request(op, args) takes 2 arguments");
-    return nullptr;
-  }
-  ErlangLink* link = link_of(module);
+  ErlangLink* link = link_of(module, nargs, "request(op, args)");
   return link ? link->request(args[0], args[1]).release() : nullptr;
 }
 
 PyObject* start_request(PyObject* module, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 2) {
-    PyErr_SetString(PyExc_TypeError, "start_request(op, args) takes 2 arguments");
-    return nullptr;
-  }
-  ErlangLink* link = link_of(module);
+  ErlangLink* link = link_of(module, nargs, "start_request(op, args)");
   uint64_t id;
   if (!link || !link->start_request(args[0], args[1], &id)) return nullptr;
   return PyLong_FromUnsignedLongLong(id);
@@ -76,11 +77,7 @@ PyObject* take_reply(PyObject* module, PyObject* arg) {
 }
 
 PyObject* notify(PyObject* module, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 2) {
-    PyErr_SetString(PyExc_TypeError, "notify(op, args) takes 2 arguments");
-    return nullptr;
-  }
-  ErlangLink* link = link_of(module);
+  ErlangLink* link = link_of(module, nargs, "notify(op, args)");
   if (!link || !link->notify(args[0], args[1])) return nullptr;
   Py_RETURN_NONE;
 }
@@ -99,11 +96,7 @@ PyObject* close_mailbox(PyObject* module, PyObject* arg) {
 }
 
 PyObject* receive(PyObject* module, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 2) {
-    PyErr_SetString(PyExc_TypeError, "receive(mailbox, timeout) takes 2 arguments");
-    return nullptr;
-  }
-  ErlangLink* link = link_of(module);
+  ErlangLink* link = link_of(module, nargs, "receive(mailbox, timeout)");
   uint64_t id;
   ErlangLink::Clock::time_point deadline;
   if (!link || !id_of(args[0], &id) || !deadline_of(args[1], &deadline)) return nullptr;
@@ -111,11 +104,7 @@ PyObject* receive(PyObject* module, PyObject* const* args, Py_ssize_t nargs) {
 }
 
 PyObject* watch(PyObject* module, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 2) {
-    PyErr_SetString(PyExc_TypeError, "watch(mailbox, token) takes 2 arguments");
-    return nullptr;
-  }
-  ErlangLink* link = link_of(module);
+  ErlangLink* link = link_of(module, nargs, "watch(mailbox, token)");
   uint64_t id, token;
   if (!link || !id_of(args[0], &id) || !id_of(args[1], &token)) return nullptr;
   if (token == 0) {

@@ -136,6 +136,8 @@ class InputReader {
   // Whether requests are waiting for the main thread: queued, or still
   // unread in the channel.
   bool requests_waiting() const;
+  // Frames queued for the main thread and not taken yet.
+  size_t queued() const { return queued_.load(std::memory_order_relaxed); }
 
  private:
   void run();

@@ -410,7 +410,13 @@ bool Worker::wait(const std::function<bool()>& ready, Clock::time_point deadline
     }
     done = ready();
   }
-  if (handle_requests) reader_.main_busy();
+  if (handle_requests) {
+    reader_.main_busy();
+  } else if (reader_.queued()) {
+    // This wait cleared the doorbell for requests it did not take: ring it
+    // again for the levels above, which will.
+    reader_.wake_main();
+  }
   PyEval_RestoreThread(ts);
   return done;
 }

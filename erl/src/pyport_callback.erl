@@ -274,20 +274,12 @@ rpc_result(Node, M, F, Args, Timeout) ->
     end.
 
 log(Level, Message, Meta, Ctx) ->
-    L = log_level(Level),
+    L = pyport_logging:level(Level),
     Extra = case Meta of
                 #{} -> maps:fold(fun(K, V, Acc) -> Acc#{meta_key(K) => V} end, #{}, Meta);
                 _ -> #{}
             end,
     ?LOG(L, "~ts", [Message], maps:merge(Extra, (maps:get(meta, Ctx))#{domain => [pyport, python]})).
-
-log_level(<<"debug">>) -> debug;
-log_level(<<"info">>) -> info;
-log_level(<<"notice">>) -> notice;
-log_level(<<"warning">>) -> warning;
-log_level(<<"error">>) -> error;
-log_level(<<"critical">>) -> critical;
-log_level(_) -> warning.
 
 %% The metadata keys the Python handler sends, as atoms; others stay binaries.
 meta_key(<<"logger">>) -> python_logger;

@@ -8,7 +8,7 @@
 %% `[pyport, python]'.
 -module(pyport_logging).
 
--export([configure/1, python_level/0]).
+-export([configure/1, python_level/0, level/1]).
 
 -define(KEY, {?MODULE, level}).
 
@@ -41,6 +41,17 @@ configure(Other) ->
 -spec python_level() -> binary() | undefined.
 python_level() ->
     persistent_term:get(?KEY, undefined).
+
+%% @doc The logger level for a level name from a worker (LOG frames and
+%% Python records); an unknown name is `warning', so nothing is lost.
+-spec level(binary()) -> logger:level().
+level(<<"debug">>) -> debug;
+level(<<"info">>) -> info;
+level(<<"notice">>) -> notice;
+level(<<"warning">>) -> warning;
+level(<<"error">>) -> error;
+level(<<"critical">>) -> critical;
+level(_) -> warning.
 
 setup(Pool, Slot, Level) ->
     case pyport_request:call({slot, Pool, Slot}, 1,

@@ -465,7 +465,7 @@ frame(?ERROR, 0, 3, Rest, State) ->
 frame(?LOG_FRAME, _Id, 2, Rest, State) ->
     case pyport_codec:decode_fields(2, Rest) of
         {ok, [Level, Message]} ->
-            ?LOG(log_level(Level), "~ts", [Message],
+            ?LOG(pyport_logging:level(Level), "~ts", [Message],
                        (metadata(State))#{domain => [pyport, python]});
         {error, Why} ->
             ?LOG_ERROR("pyport worker ~tp/~b: undecodable LOG frame: ~tp",
@@ -634,13 +634,6 @@ backlog(Pid) when node(Pid) =:= node() ->
     end;
 backlog(_Pid) ->
     0.
-
-log_level(<<"debug">>) -> debug;
-log_level(<<"info">>) -> info;
-log_level(<<"notice">>) -> notice;
-log_level(<<"warning">>) -> warning;
-log_level(<<"error">>) -> error;
-log_level(_) -> warning.
 
 metadata(#state{pool = Pool, slot = Slot, os_pid = OsPid}) ->
     #{pyport_pool => Pool, pyport_slot => Slot, os_pid => OsPid, domain => [pyport]}.

@@ -11,7 +11,6 @@ from ._callbacks import ErlangFunction, async_call, call, cast
 from ._dist import node, nodes, rpc_call, rpc_cast
 from ._errors import (ErlangError, NodeDownError, ProcessError, RpcTimeoutError,
                       StateFullError, UnknownFunctionError)
-from ._logging import ErlangHandler, setup_logging
 from ._messages import send, whereis
 from ._pubsub import async_receive_pubsub, publish, receive_pubsub, subscribe, unsubscribe
 from ._schedule import (ScheduleMarker, consume_time_slice, schedule, schedule_inline,
@@ -38,6 +37,15 @@ _LOOP_NAMES = frozenset({
     "spawn_task",
 })
 
+
+def setup_logging(level: int | str = "INFO", format: str | None = None) -> None:
+    """Routes the root logger's records at ``level`` and above to the Erlang
+    ``logger`` (see erlang._logging; ``py:configure_logging/1`` calls this in
+    every worker)."""
+    from ._logging import setup_logging as setup
+    setup(level, format)
+
+
 __all__ = [
     "Atom", "Pid", "Ref", "Term",
     "call", "async_call", "cast", "ErlangFunction",
@@ -55,7 +63,8 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # Only for names not defined above: the event loop's, loaded now, or a
+    # Only for names not defined above: the event loop's and ErlangHandler
+    # (loaded on first use: asyncio and logging are slow to import), or a
     # registered Erlang function.
     name = str.__str__(name)
     if name in _LOOP_NAMES:
@@ -64,11 +73,20 @@ def __getattr__(name: str):
         value = getattr(_loop, name)
         globals()[name] = value
         return value
-    if not name.startswith("_") and _link.connected() and _callbacks.registered(name):
+    if name == "ErlangHandler":
+        from ._logging import ErlangHandler
+        return ErlangHandler
+    if name.startswith("_") or not _link.connected():
+        raise AttributeError(f"module 'erlang' has no attribute {name!r}")
+    try:
+        found = _callbacks.registered(name)
+    except Exception as e:  # Erlang cannot be asked: still an attribute lookup
+        raise AttributeError(f"module 'erlang' has no attribute {name!r} "
+                             f"(cannot ask Erlang: {e})") from e
+    if found:
         return ErlangFunction(name)
-    raise AttributeError(f"module 'erlang' has no attribute {name!r}"
-                         + ("" if name.startswith("_") else
-                            f" (and no Erlang function is registered as {name!r})"))
+    raise AttributeError(f"module 'erlang' has no attribute {name!r} "
+                         f"(and no Erlang function is registered as {name!r})")
 
 
 def __dir__():

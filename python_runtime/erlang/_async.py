@@ -7,10 +7,14 @@ released and hands to the waiting loop with ``call_soon_threadsafe``. The
 loop's own thread then takes the frame and completes the future."""
 from __future__ import annotations
 
-import asyncio
 import itertools
 import threading
-from typing import Any, Callable
+
+# Annotations only: typing is not imported at run time (worker start-up).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import asyncio
+    from typing import Any, Callable
 
 from . import _link
 
@@ -61,6 +65,7 @@ def _forget(token: int) -> None:
 
 async def request(op: str, args: list) -> Any:
     """``_link.request(op, args)`` without blocking the running loop."""
+    import asyncio
     loop = asyncio.get_running_loop()
     future = loop.create_future()
     mailbox = _link.start_request(op, args)
@@ -82,6 +87,7 @@ async def request(op: str, args: list) -> Any:
 
 async def receive(mailbox: int, timeout: float | None) -> tuple[bool, Any]:
     """``_link.receive(mailbox, timeout)`` without blocking the running loop."""
+    import asyncio
     got = _link.receive(mailbox, 0)
     if got[0] or timeout is not None and timeout <= 0:
         return got

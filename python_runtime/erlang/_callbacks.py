@@ -1,7 +1,10 @@
 """Calling Erlang functions registered with ``py:register_function/2,3``."""
 from __future__ import annotations
 
-from typing import Any
+# Annotations only: typing is not imported at run time (worker start-up).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 from . import _async, _link
 

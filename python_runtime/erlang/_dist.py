@@ -2,7 +2,10 @@
 to functions on them."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+# Annotations only: typing is not imported at run time (worker start-up).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Iterable
 
 from . import _link
 from ._types import Atom

@@ -2,7 +2,10 @@
 from Erlang (proto/PROTOCOL.md, REPLY) become them."""
 from __future__ import annotations
 
-from typing import Any
+# Annotations only: typing is not imported at run time (worker start-up).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "ErlangError", "UnknownFunctionError", "ProcessError", "RpcTimeoutError",

@@ -3,7 +3,10 @@ port_worker/erlang_module.hpp), or stand-ins that say why nothing works in a
 plain Python process."""
 from __future__ import annotations
 
-from typing import Any
+# Annotations only: typing is not imported at run time (worker start-up).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 try:
     import _erlang

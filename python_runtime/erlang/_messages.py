@@ -1,7 +1,10 @@
 """Messages to Erlang processes, and finding them."""
 from __future__ import annotations
 
-from typing import Any
+# Annotations only: typing is not imported at run time (worker start-up).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 from . import _link
 from ._types import Pid

@@ -8,10 +8,15 @@ different topics each receive only their own messages. A task's
 subscriptions end when the task does, a thread's when the thread does."""
 from __future__ import annotations
 
-import asyncio
+import sys
 import threading
 import weakref
-from typing import Any
+
+# Annotations only: typing is not imported at run time (worker start-up).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import asyncio
+    from typing import Any
 
 from . import _async, _link
 
@@ -41,10 +46,15 @@ class _Subscriber:
 
 
 _thread = threading.local()
-_tasks: "weakref.WeakKeyDictionary[asyncio.Task, _Subscriber]" = weakref.WeakKeyDictionary()
+_tasks: weakref.WeakKeyDictionary[asyncio.Task, _Subscriber] = weakref.WeakKeyDictionary()
 
 
 def _current_task() -> asyncio.Task | None:
+    # Without asyncio imported there is no task; not importing it here keeps
+    # synchronous code from paying for it.
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return None
     try:
         return asyncio.current_task()
     except RuntimeError:  # no running loop in this thread

@@ -24,7 +24,11 @@ import functools
 import importlib
 import itertools
 import sys
-from typing import Any, Callable
+
+# Annotations only: typing is not imported at run time (worker start-up).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 from . import _link
 

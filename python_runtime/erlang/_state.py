@@ -3,7 +3,10 @@ by every worker and survives worker crashes. Keys are strings (binaries on
 the Erlang side); values are any term."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+# Annotations only: typing is not imported at run time (worker start-up).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Iterable
 
 from . import _link
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import inspect
 import os
 import time
-from typing import Any, Callable
+
+# Annotations only: typing is not imported at run time (worker start-up).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 from . import _link
 
@@ -82,6 +85,7 @@ def trace(name: str | None = None, **attributes: Any) -> Callable[[Callable[...,
     ``name`` (default: the function's qualified name)."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        import inspect  # here, not at import: it is slow to import
         span_name = name or fn.__qualname__
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)

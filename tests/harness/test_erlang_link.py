@@ -231,3 +231,34 @@ def test_end_of_input_while_python_waits_for_erlang(worker):
     next_request(worker, "call")
     # The owner is gone: no reply can come, the worker must not hang.
     assert worker.close() == 0
+
+
+def test_waits_beyond_100_levels_leave_requests_for_the_levels_above(worker):
+    # Each call asks Erlang for 'echo'; the next call is sent only once the
+    # previous one waits, so call k runs k levels deep. At 100 levels (the
+    # worker's limit) a waiting call takes no new requests: those wait until
+    # the levels above them return.
+    limit, extra = 100, 20
+    calls = {}  # CALL id -> index
+    pending = []  # REQUESTs not answered yet, with their index
+    for k in range(limit):
+        calls[call(worker, "call", "echo", k)] = k
+        req = next_request(worker, "call")
+        pending.append(req)
+    assert [r.fields[1][1][0] for r in pending] == list(range(limit))
+    for k in range(limit, limit + extra):
+        calls[call(worker, "call", "echo", k)] = k
+    for req in pending:  # every level may now return
+        reply(worker, req, req.fields[1][1][0])
+    order = []
+    while len(order) < limit + extra:
+        frame = worker.read_frame()
+        if frame.kind == P.REQUEST:
+            reply(worker, frame, frame.fields[1][1][0])
+        else:
+            assert frame.kind == P.RESULT and frame.fields[0] == calls[frame.id]
+            order.append(frame.fields[0])
+    # The deepest level returned first; the extra calls ran only after it.
+    assert order[0] == limit - 1
+    assert sorted(order) == list(range(limit + extra))
+    wire.assert_in_sync(worker)
