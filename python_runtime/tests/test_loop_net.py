@@ -242,6 +242,47 @@ def test_sock_methods():
     assert echoed == b"0123456789"[: len(echoed)] and echoed
 
 
+def test_sock_datagram_methods_and_sendfile(tmp_path):
+    payload = bytes(range(256)) * 1000
+    path = tmp_path / "payload"
+    path.write_bytes(payload)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for s in (a, b):
+            s.bind(("127.0.0.1", 0))
+            s.setblocking(False)
+        with a, b:
+            await loop.sock_sendto(a, b"datagram", b.getsockname())
+            data, addr = await loop.sock_recvfrom(b, 100)
+            buf = bytearray(100)
+            await loop.sock_sendto(b, b"back", addr)
+            n, _ = await loop.sock_recvfrom_into(a, buf)
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        client = socket.socket()
+        client.setblocking(False)
+        with listener, client:
+            accepting = loop.create_task(loop.sock_accept(listener))
+            await loop.sock_connect(client, listener.getsockname())
+            conn, _ = await accepting
+            with conn, open(path, "rb") as f:
+                sent = await loop.sock_sendfile(client, f)
+                client.shutdown(socket.SHUT_WR)
+                got = bytearray()
+                while chunk := await loop.sock_recv(conn, 65536):
+                    got += chunk
+        return data, addr, bytes(buf[:n]), sent, bytes(got)
+
+    data, addr, back, sent, got = run(main())
+    assert data == b"datagram" and back == b"back"
+    assert sent == len(payload) and got == payload
+
+
 def test_connection_refused_is_reported():
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
