@@ -662,7 +662,14 @@ bool run_handle(LoopNames& n, PyObject* handle) {
       PyRef result = PyRef::steal(PyObject_Call(callback.get(), args.get(), nullptr));
       PyObject *t = nullptr, *v = nullptr, *tb = nullptr;
       if (!result) PyErr_Fetch(&t, &v, &tb);
-      PyContext_Exit(context.get());
+      // Leaving fails only if the callback entered the context elsewhere
+      // and left it entered: report that rather than the callback's result.
+      if (PyContext_Exit(context.get()) < 0) {
+        Py_XDECREF(t);
+        Py_XDECREF(v);
+        Py_XDECREF(tb);
+        return false;
+      }
       if (result) return true;
       PyErr_Restore(t, v, tb);
       if (PyErr_ExceptionMatches(PyExc_SystemExit) ||
