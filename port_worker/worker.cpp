@@ -265,7 +265,9 @@ void Worker::drain_input() {
   InputBatch& batch = batches_[depth_];
   reader_.take(batch, &eof, &error);
   InputBatch::Entry e;
-  if (batch.next(e)) {
+  // After SHUTDOWN (read at an outer level, with a wait still going on),
+  // nothing more is handled.
+  if (!dispatcher_->shutdown_requested() && batch.next(e)) {
     reader_.main_busy();
     GilScope gil;
     ++depth_;

@@ -11,12 +11,23 @@
 %% from {@link pyport_config}.
 -spec start(application:start_type(), term()) -> {ok, pid()} | {error, term()}.
 start(_Type, _Args) ->
-    case pyport_config:pools() of
+    case config() of
         {ok, Pools} ->
             pyport_sup:start_link(Pools);
         {error, Reason} = Error ->
             ?LOG_ERROR("pyport: invalid configuration: ~tp", [Reason],
                          #{domain => [pyport]}),
+            Error
+    end.
+
+config() ->
+    case pyport_config:pools() of
+        {ok, Pools} ->
+            case pyport_config:max_state_entries() of
+                {ok, _} -> {ok, Pools};
+                {error, _} = Error -> Error
+            end;
+        {error, _} = Error ->
             Error
     end.
 

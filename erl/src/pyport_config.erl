@@ -6,7 +6,7 @@
 %% reason a person can act on. See docs/configuration.md.
 -module(pyport_config).
 
--export([pools/0, validate_pools/1, validate_pool/2, defaults/0]).
+-export([pools/0, validate_pools/1, validate_pool/2, defaults/0, max_state_entries/0]).
 
 -export_type([pool_name/0, pool_opts/0, error_reason/0]).
 
@@ -22,7 +22,8 @@
                       | {invalid_pool_name, term()}
                       | {invalid_pool, pool_name(), term()}
                       | {unknown_pool_option, pool_name(), term()}
-                      | {invalid_pool_option, pool_name(), atom(), term()}.
+                      | {invalid_pool_option, pool_name(), atom(), term()}
+                      | {invalid_config, max_state_entries, term()}.
 
 -define(MIN_FRAME_SIZE, 1024).
 %% {packet, 4} cannot express a larger frame.
@@ -35,6 +36,15 @@ pools() ->
     case application:get_env(pyport, pools) of
         undefined -> validate_pools(#{default => #{}});
         {ok, Pools} -> validate_pools(Pools)
+    end.
+
+%% @doc The `max_state_entries' environment: a positive integer or
+%% `infinity' (the default). See {@link pyport_state}.
+-spec max_state_entries() -> {ok, pos_integer() | infinity} | {error, error_reason()}.
+max_state_entries() ->
+    case application:get_env(pyport, max_state_entries, infinity) of
+        Max when Max =:= infinity; is_integer(Max), Max > 0 -> {ok, Max};
+        Other -> {error, {invalid_config, max_state_entries, Other}}
     end.
 
 %% @doc Validates a map of pool name to options; returns it with defaults

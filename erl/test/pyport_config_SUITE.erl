@@ -20,7 +20,8 @@ groups() ->
        timeouts, worker_paths, unknown_keys, malformed_pools]},
      {application, [],
       [no_pools_means_default_pool, bad_size_stops_start, unknown_key_stops_start,
-       bad_pools_stop_start, missing_worker_stops_start, runtime_pool_options_checked]}].
+       bad_pools_stop_start, missing_worker_stops_start, runtime_pool_options_checked,
+       bad_max_state_entries_stops_start]}].
 
 init_per_suite(Config) ->
     _ = application:load(pyport),
@@ -36,6 +37,7 @@ init_per_testcase(_Case, Config) ->
 end_per_testcase(_Case, _Config) ->
     _ = application:stop(pyport),
     application:unset_env(pyport, pools),
+    application:unset_env(pyport, max_state_entries),
     ok.
 
 %%%===================================================================
@@ -146,6 +148,18 @@ bad_pools_stop_start(_Config) ->
     ?assertEqual({error, {{invalid_pools, [{default, #{}}]},
                           {pyport_app, start, [normal, []]}}},
                  application:start(pyport)).
+
+bad_max_state_entries_stops_start(_Config) ->
+    application:set_env(pyport, pools, #{default => #{size => 1}}),
+    [begin
+         application:set_env(pyport, max_state_entries, Bad),
+         ?assertEqual({error, {{invalid_config, max_state_entries, Bad},
+                               {pyport_app, start, [normal, []]}}},
+                      application:start(pyport))
+     end || Bad <- [0, -1, many, 1.5]],
+    application:set_env(pyport, max_state_entries, 10),
+    ok = application:start(pyport),
+    ?assertEqual(10, pyport_state:max_entries()).
 
 missing_worker_stops_start(_Config) ->
     Path = <<"/nonexistent/bin/pyport_worker">>,
