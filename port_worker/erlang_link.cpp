@@ -334,9 +334,9 @@ PyRef ErlangLink::decode_reply(const ByteBuffer& frame) {
 // ---- the rest -----------------------------------------------------------------
 
 bool ErlangLink::consume_time_slice(long percent) {
-  slice_used_ += percent;
-  if (slice_used_ < 100) return false;
-  slice_used_ = 0;
+  long used = slice_used_.fetch_add(percent, std::memory_order_relaxed) + percent;
+  if (used < 100) return false;
+  slice_used_.store(0, std::memory_order_relaxed);
   return main_ && main_->requests_waiting();
 }
 

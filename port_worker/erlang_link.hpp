@@ -17,6 +17,7 @@
 
 #include <Python.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -92,7 +93,7 @@ class ErlangLink {
   // Counts `percent` of the current request's time slice as used; true
   // when it is all used and requests are waiting (the count starts over).
   bool consume_time_slice(long percent);
-  void start_request_slice() { slice_used_ = 0; }
+  void start_request_slice() { slice_used_.store(0, std::memory_order_relaxed); }
 
   // ---- any thread ----
 
@@ -131,7 +132,9 @@ class ErlangLink {
   std::thread::id main_id_;
   InputReader* reader_ = nullptr;
   PyRef error_factory_;  // erlang._errors.from_reply, imported on first use
-  long slice_used_ = 0;
+  // Percent of the current request's slice used; any Python thread may
+  // count, the main thread's requests reset it.
+  std::atomic<long> slice_used_{0};
 
   std::mutex mu_;
   uint64_t next_id_ = 1;

@@ -21,15 +21,23 @@ start(_Type, _Args) ->
     end.
 
 config() ->
-    case pyport_config:pools() of
-        {ok, Pools} ->
-            case pyport_config:event_loops() of
-                ok -> {ok, Pools};
-                {error, _} = Error -> Error
-            end;
-        {error, _} = Error ->
-            Error
+    check([fun pyport_config:pools/0,
+           fun() -> ok_or_error(pyport_config:max_state_entries()) end,
+           fun() -> ok_or_error(pyport_config:event_loops()) end], undefined).
+
+%% Runs the checks in order: the first error, else the pools.
+check([], Pools) ->
+    {ok, Pools};
+check([Check | Rest], Pools) ->
+    case Check() of
+        {ok, P} when is_map(P) -> check(Rest, P);
+        ok -> check(Rest, Pools);
+        {error, _} = Error -> Error
     end.
+
+ok_or_error({ok, _}) -> ok;
+ok_or_error(ok) -> ok;
+ok_or_error({error, _} = Error) -> Error.
 
 %% @doc Called after the supervision tree has stopped.
 -spec stop(term()) -> ok.

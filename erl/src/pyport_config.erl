@@ -6,8 +6,8 @@
 %% reason a person can act on. See docs/configuration.md.
 -module(pyport_config).
 
--export([pools/0, validate_pools/1, validate_pool/2, defaults/0, event_loops/0,
-         validate_event_loops/2]).
+-export([pools/0, validate_pools/1, validate_pool/2, defaults/0, max_state_entries/0,
+         event_loops/0, validate_event_loops/2]).
 
 -export_type([pool_name/0, pool_opts/0, error_reason/0]).
 
@@ -24,7 +24,8 @@
                       | {invalid_pool, pool_name(), term()}
                       | {unknown_pool_option, pool_name(), term()}
                       | {invalid_pool_option, pool_name(), atom(), term()}
-                      | {invalid_env, event_loop_pool | event_loop_pool_size, term()}.
+                      | {invalid_config, max_state_entries | event_loop_pool
+                                         | event_loop_pool_size, term()}.
 
 -define(MIN_FRAME_SIZE, 1024).
 %% {packet, 4} cannot express a larger frame.
@@ -39,6 +40,15 @@ pools() ->
         {ok, Pools} -> validate_pools(Pools)
     end.
 
+%% @doc The `max_state_entries' environment: a positive integer or
+%% `infinity' (the default). See {@link pyport_state}.
+-spec max_state_entries() -> {ok, pos_integer() | infinity} | {error, error_reason()}.
+max_state_entries() ->
+    case application:get_env(pyport, max_state_entries, infinity) of
+        Max when Max =:= infinity; is_integer(Max), Max > 0 -> {ok, Max};
+        Other -> {error, {invalid_config, max_state_entries, Other}}
+    end.
+
 %% @doc Checks the event loop settings of the application environment
 %% (see {@link py_event_loop_pool}): `event_loop_pool', a pool name, and
 %% `event_loop_pool_size', a positive integer; both optional.
@@ -51,9 +61,9 @@ event_loops() ->
 -spec validate_event_loops(undefined | {ok, term()}, undefined | {ok, term()}) ->
           ok | {error, error_reason()}.
 validate_event_loops({ok, Pool}, _) when not is_atom(Pool) ->
-    {error, {invalid_env, event_loop_pool, Pool}};
+    {error, {invalid_config, event_loop_pool, Pool}};
 validate_event_loops(_, {ok, N}) when not is_integer(N); N < 1 ->
-    {error, {invalid_env, event_loop_pool_size, N}};
+    {error, {invalid_config, event_loop_pool_size, N}};
 validate_event_loops(_, _) ->
     ok.
 

@@ -129,15 +129,15 @@ room_for(Key) ->
 %% @private
 -spec init([]) -> {ok, []} | {stop, term()}.
 init([]) ->
-    case application:get_env(pyport, max_state_entries, infinity) of
-        Max when Max =:= infinity; is_integer(Max), Max > 0 ->
+    case pyport_config:max_state_entries() of
+        {ok, Max} ->
             persistent_term:put({?MODULE, max_entries}, Max),
             _ = ets:new(?TAB, [named_table, public, set,
                                {read_concurrency, true}, {write_concurrency, true}]),
             pyport_trace:new_table(),
             {ok, []};
-        Other ->
-            {stop, {invalid_config, max_state_entries, Other}}
+        {error, Reason} ->
+            {stop, Reason}
     end.
 
 %% @private

@@ -21,7 +21,7 @@ groups() ->
      {application, [],
       [no_pools_means_default_pool, bad_size_stops_start, unknown_key_stops_start,
        bad_pools_stop_start, missing_worker_stops_start, runtime_pool_options_checked,
-       bad_event_loop_settings_stop_start]}].
+       bad_event_loop_settings_stop_start, bad_max_state_entries_stops_start]}].
 
 init_per_suite(Config) ->
     _ = application:load(pyport),
@@ -39,6 +39,7 @@ end_per_testcase(_Case, _Config) ->
     application:unset_env(pyport, pools),
     application:unset_env(pyport, event_loop_pool),
     application:unset_env(pyport, event_loop_pool_size),
+    application:unset_env(pyport, max_state_entries),
     ok.
 
 %%%===================================================================
@@ -134,17 +135,17 @@ no_pools_means_default_pool(_Config) ->
 event_loop_settings(_Config) ->
     ?assertEqual(ok, pyport_config:validate_event_loops(undefined, undefined)),
     ?assertEqual(ok, pyport_config:validate_event_loops({ok, loops}, {ok, 3})),
-    ?assertEqual({error, {invalid_env, event_loop_pool, "loops"}},
+    ?assertEqual({error, {invalid_config, event_loop_pool, "loops"}},
                  pyport_config:validate_event_loops({ok, "loops"}, undefined)),
-    ?assertEqual({error, {invalid_env, event_loop_pool_size, 0}},
+    ?assertEqual({error, {invalid_config, event_loop_pool_size, 0}},
                  pyport_config:validate_event_loops(undefined, {ok, 0})),
-    ?assertEqual({error, {invalid_env, event_loop_pool_size, many}},
+    ?assertEqual({error, {invalid_config, event_loop_pool_size, many}},
                  pyport_config:validate_event_loops(undefined, {ok, many})).
 
 bad_event_loop_settings_stop_start(_Config) ->
     application:set_env(pyport, pools, #{default => #{size => 1}}),
     application:set_env(pyport, event_loop_pool_size, -2),
-    ?assertEqual({error, {{invalid_env, event_loop_pool_size, -2},
+    ?assertEqual({error, {{invalid_config, event_loop_pool_size, -2},
                           {pyport_app, start, [normal, []]}}},
                  application:start(pyport)).
 
@@ -166,6 +167,18 @@ bad_pools_stop_start(_Config) ->
     ?assertEqual({error, {{invalid_pools, [{default, #{}}]},
                           {pyport_app, start, [normal, []]}}},
                  application:start(pyport)).
+
+bad_max_state_entries_stops_start(_Config) ->
+    application:set_env(pyport, pools, #{default => #{size => 1}}),
+    [begin
+         application:set_env(pyport, max_state_entries, Bad),
+         ?assertEqual({error, {{invalid_config, max_state_entries, Bad},
+                               {pyport_app, start, [normal, []]}}},
+                      application:start(pyport))
+     end || Bad <- [0, -1, many, 1.5]],
+    application:set_env(pyport, max_state_entries, 10),
+    ok = application:start(pyport),
+    ?assertEqual(10, pyport_state:max_entries()).
 
 missing_worker_stops_start(_Config) ->
     Path = <<"/nonexistent/bin/pyport_worker">>,
