@@ -26,6 +26,8 @@ enum FrameKind : uint8_t {
   kCast = 2,
   kEval = 3,
   kExec = 4,
+  kInterrupt = 8,
+  kControl = 11,
   kShutdown = 15,
   kResult = 16,
   kError = 17,
