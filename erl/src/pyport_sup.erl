@@ -1,8 +1,10 @@
 %% @doc The top supervisor of pyport.
 %%
-%% Children: `pyport_pools_sup' (every pool). The function registry, the
-%% shared state table and the pg scope join here later, before the pools,
-%% so that workers can rely on them.
+%% Children: the `pg' scope `pyport' (cluster-wide pool membership), then
+%% `pyport_pools_sup' (every pool). The function registry and the shared
+%% state table join here later, before the pools, so that workers can rely
+%% on them. The supervisor process owns the table of requests in flight to
+%% other nodes (see {@link pyport_cluster}).
 -module(pyport_sup).
 -behaviour(supervisor).
 
@@ -17,9 +19,12 @@ start_link(Pools) ->
 %% @private
 -spec init(map()) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
 init(Pools) ->
-    Flags = #{strategy => one_for_one, intensity => 3, period => 10},
+    ok = pyport_cluster:inflight_table(),
+    Flags = #{strategy => rest_for_one, intensity => 3, period => 10},
+    Pg = #{id => pg,
+           start => {pg, start_link, [pyport_cluster:scope()]}},
     PoolsSup = #{id => pyport_pools_sup,
                  start => {pyport_pools_sup, start_link, [Pools]},
                  type => supervisor,
                  shutdown => infinity},
-    {ok, {Flags, [PoolsSup]}}.
+    {ok, {Flags, [Pg, PoolsSup]}}.

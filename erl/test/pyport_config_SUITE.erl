@@ -57,7 +57,8 @@ defaults_filled_in(_Config) ->
 valid_values_kept(_Config) ->
     In = #{size => 3, python_path => ["a", <<"b">>], max_frame_size => 1024,
            call_timeout => infinity, start_timeout => 1, worker => "/opt/w"},
-    ?assertEqual({ok, In#{python_path => [<<"a">>, <<"b">>], worker => <<"/opt/w">>}},
+    ?assertEqual({ok, maps:merge(pyport_config:defaults(),
+                                 In#{python_path => [<<"a">>, <<"b">>], worker => <<"/opt/w">>})},
                  pyport_config:validate_pool(p, In)).
 
 sizes(_Config) ->
