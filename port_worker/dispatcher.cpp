@@ -64,10 +64,31 @@ uint32_t expected_fields(uint64_t kind) {
   }
 }
 
+// The span in which a request's Python code runs and may be interrupted
+// (see Interrupts). Ends at done() or at the end of the scope.
+class RunScope {
+ public:
+  RunScope(Interrupts* interrupts, uint64_t id)
+      : interrupts_(interrupts), started_(!interrupts || interrupts->begin(id)) {}
+  ~RunScope() { done(); }
+  RunScope(const RunScope&) = delete;
+  RunScope& operator=(const RunScope&) = delete;
+  // False: interrupted before it started; it must not run.
+  bool started() const { return started_; }
+  void done() {
+    if (interrupts_ && started_) interrupts_->end();
+    started_ = false;
+  }
+
+ private:
+  Interrupts* interrupts_;
+  bool started_;
+};
+
 }  // namespace
 
-Dispatcher::Dispatcher(Codec& codec, size_t max_frame_size)
-    : codec_(codec), max_frame_size_(max_frame_size) {}
+Dispatcher::Dispatcher(Codec& codec, size_t max_frame_size, Interrupts* interrupts)
+    : codec_(codec), max_frame_size_(max_frame_size), interrupts_(interrupts) {}
 
 void Dispatcher::handle_frame(const uint8_t* payload, size_t size, ByteBuffer& out) {
   if (size == 0) return frame_error(0, "empty frame", out);
@@ -154,12 +175,15 @@ void Dispatcher::call(mp::Reader& r, bool is_cast, uint64_t id, ByteBuffer& out)
   if (!kwargs) return decode_error(id, "Kwargs", out);
   if (!r.at_end()) return frame_error(id, "trailing bytes after the CALL frame", out);
 
+  RunScope running(interrupts_, id);
+  if (!running.started()) return is_cast ? void() : interrupted_before_start(id, out);
   PyRef fn = lookup_function(module, function);
   PyRef result;
   if (fn) {
     PyObject* kw = PyDict_GET_SIZE(kwargs.get()) ? kwargs.get() : nullptr;
     result = PyRef::steal(PyObject_Call(fn.get(), args.get(), kw));
   }
+  running.done();
   if (is_cast) {
     if (!result) report_cast_error(module, function);
     return;
@@ -182,6 +206,8 @@ void Dispatcher::eval(mp::Reader& r, uint64_t id, ByteBuffer& out) {
   if (!r.read_uint(ns, "Namespace")) return frame_error(id, r.error(), out);
   if (!r.at_end()) return frame_error(id, "trailing bytes after the EVAL frame", out);
 
+  RunScope running(interrupts_, id);
+  if (!running.started()) return interrupted_before_start(id, out);
   PyRef globals = namespace_globals(ns);
   // Compiled alone first: syntax errors name the user's text, not a wrapper.
   PyRef compiled_code = globals ? compiled(code, Py_eval_input) : PyRef();
@@ -215,6 +241,7 @@ void Dispatcher::eval(mp::Reader& r, uint64_t id, ByteBuffer& out) {
   } else {
     result = PyRef::steal(PyEval_EvalCode(compiled_code.get(), globals.get(), globals.get()));
   }
+  running.done();
   if (!result) return python_error(id, out);
   write_result(id, result.get(), out);
 }
@@ -240,10 +267,13 @@ void Dispatcher::exec(mp::Reader& r, uint64_t id, ByteBuffer& out) {
   }
   if (!r.at_end()) return frame_error(id, "trailing bytes after the EXEC frame", out);
 
+  RunScope running(interrupts_, id);
+  if (!running.started()) return interrupted_before_start(id, out);
   PyRef globals = namespace_globals(ns);
   PyRef compiled_code = globals ? compiled(code, Py_file_input) : PyRef();
   if (!compiled_code) return python_error(id, out);
   PyRef result = PyRef::steal(PyEval_EvalCode(compiled_code.get(), globals.get(), globals.get()));
+  running.done();
   if (!result) return python_error(id, out);
   write_result(id, Py_None, out);
 }
@@ -481,6 +511,12 @@ void Dispatcher::frame_too_large(uint64_t id, size_t size, ByteBuffer& out) {
                     "frame of " + std::to_string(size) + " bytes exceeds max_frame_size (" +
                         std::to_string(max_frame_size_) + " bytes)",
                     out);
+}
+
+void Dispatcher::interrupted_before_start(uint64_t id, ByteBuffer& out) {
+  write_error_frame(out, id, "KeyboardInterrupt",
+                    "request " + std::to_string(id) + " was interrupted before it started", "",
+                    max_frame_size_);
 }
 
 void Dispatcher::frame_error(uint64_t id, const std::string& message, ByteBuffer& out) {

@@ -13,6 +13,7 @@
 
 #include "byte_buffer.hpp"
 #include "codec.hpp"
+#include "interrupts.hpp"
 #include "msgpack_rw.hpp"
 #include "py_ref.hpp"
 
@@ -20,7 +21,9 @@ namespace pyport {
 
 class Dispatcher {
  public:
-  Dispatcher(Codec& codec, size_t max_frame_size);
+  // Requests mark their running span in `interrupts` (if given), so that
+  // INTERRUPT can reach them.
+  Dispatcher(Codec& codec, size_t max_frame_size, Interrupts* interrupts = nullptr);
 
   // Handles the payload of one frame; appends its answer (if it has one) to
   // out as complete frames: every request gets exactly one answer, CAST and
@@ -66,6 +69,7 @@ class Dispatcher {
 
   void write_result(uint64_t id, PyObject* value, ByteBuffer& out);
   void frame_error(uint64_t id, const std::string& message, ByteBuffer& out);
+  void interrupted_before_start(uint64_t id, ByteBuffer& out);
   void frame_error_typed(uint64_t id, std::string_view type, const std::string& message,
                          ByteBuffer& out);
   // Answers id with the current Python exception (which it clears).
@@ -82,6 +86,7 @@ class Dispatcher {
 
   Codec& codec_;
   size_t max_frame_size_;
+  Interrupts* interrupts_;
   bool shutdown_ = false;
 
   // The str objects naming a CALL's module and attribute path, by

@@ -190,7 +190,7 @@ bool Worker::init_python() {
          "': " + current_exception_text());
     return false;
   }
-  dispatcher_ = std::make_unique<Dispatcher>(*codec_, options_.max_frame_size);
+  dispatcher_ = std::make_unique<Dispatcher>(*codec_, options_.max_frame_size, &interrupts_);
   return true;
 }
 

@@ -13,6 +13,7 @@
 #include "dispatcher.hpp"
 #include "frame_writer.hpp"
 #include "frames.hpp"
+#include "interrupts.hpp"
 #include "log_relay.hpp"
 #include "options.hpp"
 
@@ -58,6 +59,8 @@ class Worker {
 
   Options options_;
   Channel channel_;
+  // First: it blocks SIGINT before any thread exists (see Interrupts).
+  Interrupts interrupts_;
 
   uv_loop_t loop_{};
   uv_pipe_t in_{};

@@ -1,7 +1,10 @@
 // Dispatch of whole frames, in-process: requests are built with msgpack-c
 // (independent of the worker's writer) and every answer is parsed with it.
+#include <atomic>
+#include <chrono>
 #include <map>
 #include <sstream>
+#include <thread>
 #include <tuple>
 
 #include "dispatcher.hpp"
@@ -552,6 +555,109 @@ BOOST_AUTO_TEST_CASE(shutdown_is_noted_and_unanswered) {
   BOOST_TEST(!d.shutdown_requested());
   BOOST_TEST(run(d, pack(15, 0)).empty());
   BOOST_TEST(d.shutdown_requested());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// INTERRUPT as the worker delivers it: another thread asks, the request
+// running on this thread gets KeyboardInterrupt, and no other request does.
+BOOST_AUTO_TEST_SUITE(interrupts)
+
+namespace {
+
+// The worker installs Python's SIGINT handler; this test process does not.
+void python_handles_sigint() {
+  py("__import__('signal').signal(2, __import__('signal').default_int_handler)");
+}
+
+// Calls interrupts.interrupt(id) from another thread after `ms`.
+std::thread interrupt_later(pyport::Interrupts& interrupts, uint64_t id, int ms) {
+  return std::thread([&interrupts, id, ms] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    interrupts.interrupt(id);
+  });
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(running_code_and_blocking_calls_are_interrupted) {
+  python_handles_sigint();
+  pyport::Interrupts interrupts;
+  Dispatcher d(codec(), kMax, &interrupts);
+  auto t0 = std::chrono::steady_clock::now();
+  std::thread t = interrupt_later(interrupts, 1, 200);
+  Reply r = error(d, pack(4, 1, "while True: pass", 0), 1, "KeyboardInterrupt");
+  t.join();
+  t = interrupt_later(interrupts, 2, 200);
+  r = error(d, pack(1, 2, "time", "sleep", std::make_tuple(30), NoKwargs{}), 2,
+            "KeyboardInterrupt");
+  t.join();
+  t = interrupt_later(interrupts, 3, 200);
+  r = error(d, pack(3, 3, "__import__('time').sleep(30)", kNil, 0), 3, "KeyboardInterrupt");
+  t.join();
+  // Far below the 30 s the calls would take.
+  BOOST_TEST((std::chrono::steady_clock::now() - t0 < std::chrono::seconds(20)));
+  // Code may catch it and answer normally.
+  t = interrupt_later(interrupts, 4, 200);
+  r = result(d,
+             pack(4, 4,
+                  "try:\n    __import__('time').sleep(30)\nexcept KeyboardInterrupt:\n"
+                  "    caught = 1\n",
+                  7),
+             4);
+  t.join();
+  r = result(d, pack(3, 5, "caught", kNil, 7), 5);
+  BOOST_TEST(r.field(2).as<int>() == 1);
+}
+
+BOOST_AUTO_TEST_CASE(an_interrupt_before_the_start_answers_without_running) {
+  python_handles_sigint();
+  pyport::Interrupts interrupts;
+  Dispatcher d(codec(), kMax, &interrupts);
+  interrupts.interrupt(11);
+  Reply r = error(d, pack(4, 11, "ran = True", 8), 11, "KeyboardInterrupt");
+  BOOST_TEST(r.str(3) == "request 11 was interrupted before it started");
+  error(d, pack(3, 12, "ran", kNil, 8), 12, "NameError");
+  // Once: the same id again runs.
+  result(d, pack(4, 11, "ran = True", 8), 11);
+  // A cast interrupted before it starts does nothing, and answers nothing.
+  interrupts.interrupt(13);
+  BOOST_TEST(run(d, pack(2, 13, "builtins", "print", std::make_tuple("x"), NoKwargs{})).empty());
+}
+
+BOOST_AUTO_TEST_CASE(an_interrupt_never_reaches_another_request) {
+  python_handles_sigint();
+  pyport::Interrupts interrupts;
+  Dispatcher d(codec(), kMax, &interrupts);
+  // Odd requests are interrupted at random points, often as they finish;
+  // even requests must always complete.
+  std::atomic<uint64_t> current{0};
+  std::atomic<bool> stop{false};
+  std::thread spammer([&] {
+    while (!stop) {
+      uint64_t id = current.load();
+      if (id % 2 == 1) interrupts.interrupt(id);
+      std::this_thread::yield();
+    }
+  });
+  int interrupted = 0;
+  for (uint64_t id = 1; id <= 3000; ++id) {
+    current = id;
+    auto replies = run(d, pack(3, id, "sum(range(20000))", kNil, 0));
+    BOOST_REQUIRE_EQUAL(replies.size(), 1u);
+    if (id % 2 == 0) {
+      BOOST_REQUIRE_MESSAGE(replies[0].kind() == 16,
+                            "request " << id << ": " << replies[0].oh->get());
+      BOOST_TEST(replies[0].field(2).as<int>() == 199990000);
+    } else if (replies[0].kind() == 17) {
+      BOOST_TEST(replies[0].str(2) == "KeyboardInterrupt");
+      ++interrupted;
+    }
+  }
+  stop = true;
+  spammer.join();
+  BOOST_TEST_MESSAGE(interrupted << " of 1500 odd requests interrupted");
+  BOOST_TEST(!PyErr_Occurred());
 }
 
 BOOST_AUTO_TEST_SUITE_END()
