@@ -101,21 +101,35 @@ int Worker::run(const Channel& channel) {
   std::string version = Py_GetVersion();
   version = version.substr(0, version.find(' '));
   write_hello_frame(hello, version, uint64_t(getpid()), options_.max_frame_size,
-                    {"call", "cast", "eval", "exec", "log"});
+                    {"call", "cast", "eval", "exec", "log", "interrupt", "control"});
   writer_.start(hello);
 
-  uv_pipe_init(&loop_, &in_, 0);
-  in_.data = this;
-  rc = uv_pipe_open(&in_, channel_.in_fd);
-  if (rc == 0) rc = uv_read_start(reinterpret_cast<uv_stream_t*>(&in_), on_alloc, on_read);
+  // INTERRUPT must act while Python runs on this thread.
+  reader_.set_handler(kInterrupt, on_interrupt_frame, this);
+  rc = reader_.start(channel_.in_fd);
   if (rc) {
-    diag(std::string("cannot read frames from stdin: ") + uv_strerror(rc));
+    diag(std::string("cannot start the input thread: ") + std::strerror(rc));
     return 1;
   }
+  for (int fd : {reader_.fd(), reader_.wake_fd()}) {
+    uv_poll_t* handle = &input_polls_[input_polls_open_];
+    rc = uv_poll_init(&loop_, handle, fd);
+    if (rc == 0) {
+      ++input_polls_open_;
+      handle->data = this;
+      rc = uv_poll_start(handle, UV_READABLE, on_input);
+    }
+    if (rc) {
+      diag(std::string("cannot wait for frames: ") + uv_strerror(rc));
+      return 1;
+    }
+  }
+  reader_.main_idle();
 
   // The loop waits without the GIL, so Python threads run meanwhile.
   main_thread_ = PyEval_SaveThread();
   uv_run(&loop_, UV_RUN_DEFAULT);  // until begin_shutdown() stops it
+  reader_.stop();
 
   {
     ExitWatchdog watchdog(kExitGraceMs, channel_.diag_fd);
@@ -138,7 +152,7 @@ int Worker::run(const Channel& channel) {
   writer_.close();
   uv_run(&loop_, UV_RUN_DEFAULT);  // runs the close callbacks
   if (uv_loop_close(&loop_) != 0) diag("the event loop still had open handles at exit");
-  return 0;
+  return exit_status_;
 }
 
 bool Worker::init_python() {
@@ -197,8 +211,8 @@ bool Worker::init_python() {
 void Worker::begin_shutdown() {
   if (stopping_) return;
   stopping_ = true;
-  uv_read_stop(reinterpret_cast<uv_stream_t*>(&in_));
-  uv_close(reinterpret_cast<uv_handle_t*>(&in_), nullptr);
+  while (input_polls_open_)
+    uv_close(reinterpret_cast<uv_handle_t*>(&input_polls_[--input_polls_open_]), nullptr);
   uv_stop(&loop_);
 }
 
@@ -207,29 +221,16 @@ void Worker::drain_writes() {
     uv_run(&loop_, UV_RUN_ONCE);
 }
 
-void Worker::on_alloc(uv_handle_t* handle, size_t, uv_buf_t* buf) {
+void Worker::on_input(uv_poll_t* handle, int status, int) {
   auto* self = static_cast<Worker*>(handle->data);
-  try {
-    auto [p, n] = self->assembler_.prepare();
-    *buf = uv_buf_init(reinterpret_cast<char*>(p), static_cast<unsigned>(n));
-  } catch (const std::bad_alloc&) {
-    *buf = uv_buf_init(nullptr, 0);  // libuv reports UV_ENOBUFS to on_read
+  if (status < 0) {
+    self->diag(std::string("waiting for frames failed: ") + uv_strerror(status));
+    self->exit_status_ = 1;
+    return self->begin_shutdown();
   }
-}
-
-void Worker::on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t*) {
-  auto* self = static_cast<Worker*>(stream->data);
-  if (nread < 0) {
-    // End of input (the owner closed the port) or a broken channel.
-    if (nread != UV_EOF)
-      self->diag(std::string("reading frames failed: ") + uv_strerror(int(nread)));
-    self->begin_shutdown();
-    return;
-  }
-  if (nread == 0) return;
-  self->assembler_.commit(size_t(nread));
+  if (handle == &self->input_polls_[1]) self->reader_.clear_doorbell();
   try {
-    self->process_input();
+    self->drain_input();
   } catch (const std::exception& e) {
     // Only allocation can fail here. An answer may be lost, so the worker
     // must not go on: its owner answers every open request when it exits.
@@ -238,23 +239,44 @@ void Worker::on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t*) {
   }
 }
 
-void Worker::process_input() {
-  FrameAssembler::Event ev;
-  if (assembler_.next(ev)) {
+void Worker::drain_input() {
+  bool eof = false;
+  std::string error;
+  // Each nesting level (Python waiting for Erlang handles requests that
+  // arrive meanwhile) has a batch of its own, kept for reuse.
+  if (depth_ == batches_.size()) batches_.emplace_back();
+  InputBatch& batch = batches_[depth_];
+  reader_.take(batch, &eof, &error);
+  InputBatch::Entry e;
+  if (batch.next(e)) {
+    reader_.main_busy();
     GilScope gil;
+    ++depth_;
     do {
-      // The dispatcher decodes a frame completely before running any Python
-      // code, so ev.payload is not needed once Python runs.
-      if (ev.type == FrameAssembler::Event::kFrame) {
-        dispatcher_->handle_frame(ev.payload, ev.size, replies_);
+      if (e.type == InputBatch::Entry::kFrame) {
+        dispatcher_->handle_frame(e.payload, e.size, replies_);
       } else {
-        dispatcher_->frame_too_large(ev.id, ev.size, replies_);
+        dispatcher_->frame_too_large(e.id, e.size, replies_);
       }
-    } while (!dispatcher_->shutdown_requested() && assembler_.next(ev));
+    } while (!dispatcher_->shutdown_requested() && batch.next(e));
+    --depth_;
+    reader_.main_idle();
   }
-  assembler_.compact();
+  batch.clear();
   writer_.submit_from_loop(replies_);
-  if (dispatcher_->shutdown_requested()) begin_shutdown();
+  if (eof && !error.empty()) {
+    diag(error);
+    exit_status_ = 1;
+  }
+  if (eof || dispatcher_->shutdown_requested()) begin_shutdown();
+}
+
+// [8, Id]: Id names the request to interrupt. Anything else goes to the
+// dispatcher, which answers it with a FrameError.
+bool Worker::on_interrupt_frame(void* ctx, const InputFrame& frame) {
+  if (frame.fields != 2 || frame.id == 0) return false;
+  static_cast<Worker*>(ctx)->interrupts_.interrupt(frame.id);
+  return true;
 }
 
 void Worker::on_write_error(void* ctx, int status) {

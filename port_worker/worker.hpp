@@ -5,6 +5,7 @@
 #include <Python.h>
 #include <uv.h>
 
+#include <deque>
 #include <memory>
 #include <string>
 
@@ -13,6 +14,7 @@
 #include "dispatcher.hpp"
 #include "frame_writer.hpp"
 #include "frames.hpp"
+#include "input_reader.hpp"
 #include "interrupts.hpp"
 #include "log_relay.hpp"
 #include "options.hpp"
@@ -38,7 +40,7 @@ class Worker {
   // it the worker exits anyway, since its owner expects it gone.
   static constexpr int kExitGraceMs = 3000;
 
-  explicit Worker(const Options& options) : options_(options), assembler_(options.max_frame_size) {}
+  explicit Worker(const Options& options) : options_(options), reader_(options.max_frame_size) {}
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
@@ -50,12 +52,14 @@ class Worker {
   bool init_python();
   void begin_shutdown();
   void drain_writes();
-  void process_input();
+  // Handles every frame the input thread has queued, then sends all their
+  // answers in one write.
+  void drain_input();
   void diag(const std::string& message) { write_diag(channel_.diag_fd, message); }
 
-  static void on_alloc(uv_handle_t* handle, size_t suggested, uv_buf_t* buf);
-  static void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf);
+  static void on_input(uv_poll_t* handle, int status, int events);
   static void on_write_error(void* ctx, int status);
+  static bool on_interrupt_frame(void* ctx, const InputFrame& frame);
 
   Options options_;
   Channel channel_;
@@ -63,12 +67,18 @@ class Worker {
   Interrupts interrupts_;
 
   uv_loop_t loop_{};
-  uv_pipe_t in_{};
+  // Watched while the loop waits: the frame channel, and the input thread's
+  // doorbell (see InputReader).
+  uv_poll_t input_polls_[2]{};  // [0] the channel, [1] the doorbell
+  int input_polls_open_ = 0;
   FrameWriter writer_;
   LogRelay relay_;
-  FrameAssembler assembler_;
+  InputReader reader_;
+  std::deque<InputBatch> batches_;  // frames being handled, one batch per nesting level
+  size_t depth_ = 0;
   ByteBuffer replies_;
   bool stopping_ = false;
+  int exit_status_ = 0;
 
   // Python state, used on the loop thread with the GIL.
   std::unique_ptr<Codec> codec_;

@@ -1,0 +1,289 @@
+#include "input_reader.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <system_error>
+
+#include "msgpack_rw.hpp"
+
+namespace pyport {
+
+namespace {
+
+constexpr size_t kEntryHead = 1 + 8 + 8;  // type, id, size
+constexpr size_t kKeepCapacity = 1 << 20;
+
+uint64_t load_be64(const uint8_t* p) {
+  return uint64_t(mp::load_be32(p)) << 32 | mp::load_be32(p + 4);
+}
+
+void ring(int fd) {
+  uint64_t one = 1;
+  while (write(fd, &one, sizeof one) < 0 && errno == EINTR) {
+  }
+}
+
+void clear_ring(int fd) {
+  uint64_t count;
+  while (read(fd, &count, sizeof count) < 0 && errno == EINTR) {
+  }
+}
+
+bool parse_head(const uint8_t* payload, size_t size, InputFrame& f) {
+  mp::Reader r(payload, size);
+  if (!r.read_array_header(f.fields, "frame") || f.fields < 2 || !r.read_uint(f.kind, "Kind") ||
+      !r.read_uint(f.id, "Id")) {
+    return false;
+  }
+  f.payload = payload;
+  f.size = size;
+  f.rest = r.offset();
+  return true;
+}
+
+}  // namespace
+
+// ---- InputBatch ---------------------------------------------------------------
+
+void InputBatch::add(Entry::Type type, uint64_t id, const uint8_t* payload, size_t size) {
+  uint8_t* p = data_.grow(kEntryHead + (payload ? size : 0));
+  p[0] = type;
+  mp::store_be64(p + 1, id);
+  mp::store_be64(p + 9, size);
+  if (payload && size) std::memcpy(p + kEntryHead, payload, size);
+  ++count_;
+}
+
+void InputBatch::append(InputBatch& other) {
+  if (other.empty()) return;
+  if (empty()) {
+    swap(other);
+  } else {
+    data_.append(other.data_.data(), other.data_.size());
+    count_ += other.count_;
+  }
+  other.clear();
+}
+
+bool InputBatch::next(Entry& e) {
+  if (read_pos_ >= data_.size()) return false;
+  const uint8_t* p = data_.data() + read_pos_;
+  e.type = Entry::Type(p[0]);
+  e.id = load_be64(p + 1);
+  e.size = size_t(load_be64(p + 9));
+  e.payload = e.type == Entry::kFrame ? p + kEntryHead : nullptr;
+  read_pos_ += kEntryHead + (e.type == Entry::kFrame ? e.size : 0);
+  return true;
+}
+
+void InputBatch::clear() {
+  data_.clear();
+  data_.trim(kKeepCapacity);
+  read_pos_ = 0;
+  count_ = 0;
+}
+
+void InputBatch::swap(InputBatch& other) noexcept {
+  data_.swap(other.data_);
+  std::swap(read_pos_, other.read_pos_);
+  std::swap(count_, other.count_);
+}
+
+// ---- InputReader --------------------------------------------------------------
+
+InputReader::~InputReader() {
+  stop();
+  for (int fd : {wake_fd_, stop_fd_, timer_fd_}) {
+    if (fd >= 0) close(fd);
+  }
+}
+
+void InputReader::set_handler(uint8_t kind, Handler fn, void* ctx) {
+  if (kind < kMaxKinds) handlers_[kind] = {fn, ctx};
+}
+
+int InputReader::start(int fd) {
+  fd_ = fd;
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) return errno;
+  wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake_fd_ < 0) return errno;
+  stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (stop_fd_ < 0) return errno;
+  timer_fd_ = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+  if (timer_fd_ < 0) return errno;
+  try {
+    thread_ = std::thread(&InputReader::run, this);
+  } catch (const std::system_error& e) {
+    return e.code().value();
+  }
+  return 0;
+}
+
+void InputReader::stop() {
+  if (!thread_.joinable()) return;
+  ring(stop_fd_);
+  thread_.join();
+}
+
+void InputReader::clear_doorbell() {
+  // Cleared before taking, so that a frame queued after the take rings
+  // again (publish() rings after queueing).
+  clear_ring(wake_fd_);
+  rung_.store(false);
+}
+
+void InputReader::take(InputBatch& batch, bool* eof, std::string* error) {
+  std::lock_guard<std::mutex> lock(read_mu_);
+  batch.append(shared_);
+  queued_.store(0, std::memory_order_relaxed);
+  if (!eof_) read_locked(batch);
+  *eof = eof_;
+  if (eof_) *error = error_;
+}
+
+void InputReader::main_busy() {
+  busy_seq_.fetch_add(1, std::memory_order_relaxed);
+  main_busy_.store(true);
+  if (!timer_armed_.exchange(true)) arm_timer();
+}
+
+void InputReader::main_idle() {
+  main_busy_.store(false);
+}
+
+void InputReader::wake_main() {
+  if (!rung_.exchange(true)) ring(wake_fd_);
+}
+
+bool InputReader::requests_waiting() const {
+  if (queued_.load(std::memory_order_relaxed) > 0) return true;
+  int unread = 0;
+  return ioctl(fd_, FIONREAD, &unread) == 0 && unread > 0;
+}
+
+void InputReader::arm_timer() {
+  itimerspec spec{};
+  spec.it_value.tv_nsec = long(kTakeOverMs) * 1000000L;
+  timerfd_settime(timer_fd_, 0, &spec, nullptr);
+}
+
+// The timer is armed when the main thread starts a batch (if it is not
+// armed already) and re-armed here while the main thread stays busy, so a
+// worker that is busy with short requests costs one tick per kTakeOverMs
+// and an idle worker none.
+void InputReader::on_tick() {
+  uint64_t expirations;
+  while (read(timer_fd_, &expirations, sizeof expirations) < 0 && errno == EINTR) {
+  }
+  timer_armed_.store(false);
+  if (!main_busy_.load()) return;  // main_busy() arms it again
+  uint64_t seq = busy_seq_.load(std::memory_order_relaxed);
+  if (seq == tick_seq_) {
+    // Busy with the same batch since the previous tick: read in its place.
+    taken_over_.store(true);
+    return;
+  }
+  tick_seq_ = seq;
+  if (!timer_armed_.exchange(true)) arm_timer();
+}
+
+void InputReader::run() {
+  for (;;) {
+    bool reading = taken_over_.load();
+    pollfd fds[3] = {
+        {stop_fd_, POLLIN, 0}, {timer_fd_, POLLIN, 0}, {reading ? fd_ : -1, POLLIN, 0}};
+    if (poll(fds, 3, -1) < 0) {
+      if (errno == EINTR) continue;
+      std::lock_guard<std::mutex> lock(read_mu_);
+      finish_locked(std::string("waiting for frames failed: ") + std::strerror(errno));
+      return;
+    }
+    if (fds[0].revents) return;
+    if (fds[1].revents) on_tick();
+    if (fds[2].revents) {
+      std::lock_guard<std::mutex> lock(read_mu_);
+      if (!eof_) {
+        try {
+          read_locked(staged_);
+          publish();
+        } catch (const std::bad_alloc&) {
+          finish_locked("out of memory reading frames");
+        }
+      }
+      // At end of input the channel stays readable: stop watching it.
+      if (eof_ || !main_busy_.load()) taken_over_.store(false);
+    }
+  }
+}
+
+bool InputReader::read_locked(InputBatch& requests) {
+  bool from_input = &requests == &staged_;
+  for (;;) {
+    auto [p, room] = assembler_.prepare();
+    ssize_t n = read(fd_, p, room);
+    if (n > 0) {
+      assembler_.commit(size_t(n));
+      route(requests, from_input);
+      if (size_t(n) < room) return true;  // probably all there is
+      continue;
+    }
+    if (n == 0) {
+      finish_locked("");
+      return false;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
+    finish_locked(std::string("reading frames failed: ") + std::strerror(errno));
+    return false;
+  }
+}
+
+void InputReader::route(InputBatch& requests, bool from_input) {
+  FrameAssembler::Event ev;
+  while (assembler_.next(ev)) {
+    if (ev.type == FrameAssembler::Event::kOversized) {
+      requests.add_oversized(ev.id, ev.size);
+      continue;
+    }
+    InputFrame f;
+    if (parse_head(ev.payload, ev.size, f) && f.kind < kMaxKinds && handlers_[f.kind].fn) {
+      if (from_input) publish();  // the frames before this one first
+      if (handlers_[f.kind].fn(handlers_[f.kind].ctx, f)) continue;
+    }
+    requests.add_frame(ev.payload, ev.size);
+  }
+  assembler_.compact();
+}
+
+// Hands what the input thread read to the main thread in one go: one lock
+// and at most one doorbell ring however many frames a read brought.
+void InputReader::publish() {
+  if (staged_.empty()) return;
+  shared_.append(staged_);
+  queued_.store(shared_.count(), std::memory_order_relaxed);
+  wake_main();
+}
+
+void InputReader::finish_locked(std::string error) {
+  if (eof_) return;
+  eof_ = true;
+  error_ = std::move(error);
+  try {
+    publish();
+  } catch (const std::bad_alloc&) {
+    error_ = "out of memory queueing frames";
+  }
+  // Rung even when nothing was queued: the main thread must learn of it.
+  rung_.store(true);
+  ring(wake_fd_);
+}
+
+}  // namespace pyport

@@ -1,0 +1,179 @@
+// Reading the frame channel, whatever the main thread is doing.
+//
+// Two threads may read the channel, one at a time, under one lock:
+//
+// - the main thread, whenever it waits (idle in its loop, or waiting for an
+//   answer from Erlang): a request then runs without a thread hop, as fast
+//   as if the main thread were the only reader;
+// - the input thread, while the main thread is busy running Python: it
+//   starts reading when a batch of requests has kept the main thread busy
+//   for about kTakeOverMs, and leaves the channel to the main thread again
+//   once that is back to waiting.
+//
+// Whoever reads routes each frame as it arrives:
+//
+// - requests for Python (CALL, CAST, EVAL, EXEC, SHUTDOWN, frames that do
+//   not parse, oversized frames) go, in order, to the main thread, which
+//   takes them all at once with take();
+// - frames of a kind with a registered handler go to that handler at once
+//   (replies to the worker's own requests to Erlang; control frames that
+//   must act on running Python), see set_handler();
+// - end of input (or a read error) comes after the last frame, so the main
+//   thread answers what it has and then exits.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "byte_buffer.hpp"
+#include "frames.hpp"
+
+namespace pyport {
+
+// Frames read and not yet handled, in arrival order.
+class InputBatch {
+ public:
+  struct Entry {
+    enum Type : uint8_t { kFrame, kOversized } type;
+    uint64_t id;             // kOversized: the id recovered from its first bytes (or 0)
+    const uint8_t* payload;  // kFrame: the msgpack array; valid until the batch changes
+    size_t size;             // payload size (kOversized: the announced size)
+  };
+
+  void add_frame(const uint8_t* payload, size_t size) { add(Entry::kFrame, 0, payload, size); }
+  void add_oversized(uint64_t id, size_t size) { add(Entry::kOversized, id, nullptr, size); }
+  // Moves other's entries to the end of this batch (other ends up empty).
+  void append(InputBatch& other);
+
+  // Iterates: the next entry not yet returned, or false.
+  bool next(Entry& e);
+  // Entries added since the last clear().
+  size_t count() const { return count_; }
+  bool empty() const { return count_ == 0; }
+  void clear();
+  void swap(InputBatch& other) noexcept;
+
+ private:
+  void add(Entry::Type type, uint64_t id, const uint8_t* payload, size_t size);
+
+  // Entries back to back: type (1 byte), id (8), size (8), payload bytes.
+  ByteBuffer data_;
+  size_t read_pos_ = 0;
+  size_t count_ = 0;
+};
+
+// A frame as a handler sees it: kind and id already read.
+struct InputFrame {
+  uint64_t kind;
+  uint64_t id;
+  uint32_t fields;         // elements of the frame's array, Kind and Id included
+  const uint8_t* payload;  // the whole msgpack array
+  size_t size;
+  size_t rest;  // offset in payload of the first field after Id
+};
+
+class InputReader {
+ public:
+  // Called for each frame of the kind it was registered for, by the thread
+  // that read it: the input thread while Python runs on the main thread, or
+  // the main thread while it waits, never with the GIL held by the caller.
+  // Returns true when it has handled the frame; false queues the frame for
+  // the main thread like any request (which then answers it, e.g. with a
+  // FrameError). Every frame read before it is already queued when it runs.
+  // It must return quickly, since nothing is read meanwhile, and must not
+  // take the GIL (the main thread may hold it for as long as Python runs);
+  // it may do what needs no GIL: PyErr_SetInterruptEx, signalling a waiting
+  // thread, wake_main().
+  using Handler = bool (*)(void* ctx, const InputFrame& frame);
+  // Kinds are positive fixints (PROTOCOL.md).
+  static constexpr size_t kMaxKinds = 128;
+  // How long one batch of requests keeps the main thread busy before the
+  // input thread reads in its place.
+  static constexpr int kTakeOverMs = 1;
+
+  explicit InputReader(size_t max_frame_size) : assembler_(max_frame_size) {}
+  ~InputReader();
+  InputReader(const InputReader&) = delete;
+  InputReader& operator=(const InputReader&) = delete;
+
+  // Before start(): frames of `kind` go to fn(ctx, frame).
+  void set_handler(uint8_t kind, Handler fn, void* ctx);
+
+  // Takes fd (made non-blocking; the reader does not close it) and starts
+  // the input thread. The main thread counts as busy until main_idle().
+  // Returns 0 or an errno value.
+  int start(int fd);
+  // Ends the input thread and joins it.
+  void stop();
+
+  // What the main thread watches while it waits: the channel itself (when
+  // readable, take() reads it) and the doorbell rung when the input thread
+  // queued frames or a handler called wake_main().
+  int fd() const { return fd_; }
+  int wake_fd() const { return wake_fd_; }
+
+  // Main thread, when wake_fd() is readable: clears it. Call before take().
+  void clear_doorbell();
+  // Main thread: appends to batch every queued entry, then what the channel
+  // holds now (without blocking), in arrival order. Once *eof is true no
+  // more entries will come; *error then holds why reading stopped (empty at
+  // a plain end of file). Throws std::bad_alloc when memory runs out.
+  void take(InputBatch& batch, bool* eof, std::string* error);
+  // Main thread: it is about to run Python, or back to waiting.
+  void main_busy();
+  void main_idle();
+  // Makes wake_fd() readable (any thread).
+  void wake_main();
+  // Whether requests are waiting for the main thread: queued, or still
+  // unread in the channel.
+  bool requests_waiting() const;
+
+ private:
+  void run();
+  // With read_mu_ held: reads what the channel holds now, routing requests
+  // into `requests`. Returns false at end of input or on an error (eof_ is
+  // then set).
+  bool read_locked(InputBatch& requests);
+  // From_input: requests is staged_, published before a handler runs.
+  void route(InputBatch& requests, bool from_input);
+  // Input thread, with read_mu_ held: hands staged_ to the main thread.
+  void publish();
+  void finish_locked(std::string error);
+  void arm_timer();
+  void on_tick();
+
+  struct HandlerEntry {
+    Handler fn = nullptr;
+    void* ctx = nullptr;
+  };
+  HandlerEntry handlers_[kMaxKinds];
+
+  int fd_ = -1;
+  int wake_fd_ = -1;   // eventfd: the main thread's doorbell
+  int stop_fd_ = -1;   // eventfd: asks the input thread to end
+  int timer_fd_ = -1;  // timerfd: when to check whether the main thread is stuck busy
+  std::thread thread_;
+
+  // Reading and routing, by either thread, and what the input thread hands
+  // to the main thread.
+  std::mutex read_mu_;
+  FrameAssembler assembler_;
+  InputBatch staged_;  // input thread: what one read produced
+  InputBatch shared_;  // queued for the main thread
+  bool eof_ = false;
+  std::string error_;
+  std::atomic<size_t> queued_{0};
+  std::atomic<bool> rung_{false};  // wake_fd_ holds an unread ring
+
+  // The main thread's state, and the input thread's view of it.
+  std::atomic<bool> main_busy_{true};
+  std::atomic<uint64_t> busy_seq_{0};  // batches started
+  std::atomic<bool> timer_armed_{false};
+  std::atomic<bool> taken_over_{false};  // input thread reads in the main thread's place
+  uint64_t tick_seq_ = 0;                // input thread: busy_seq_ at the previous tick
+};
+
+}  // namespace pyport
