@@ -41,7 +41,7 @@
          spawn_call/3, spawn_call/4, spawn_call/5,
          await/1, await/2, interrupt/1,
          parallel/1, parallel/2,
-         context/0, context/1, context_slot/1,
+         context/0, context/1, context/2, context_slot/1,
          bind/0, bind/1, unbind/0, unbind/1, is_bound/0, is_bound/1,
          reload/1, reload/2, memory_stats/0, memory_stats/1, gc/0, gc/1, gc/2,
          version/0]).
@@ -309,6 +309,14 @@ context() ->
 context(N) when is_integer(N), N >= 1 ->
     case pool_size(?DEFAULT_POOL) of
         Size when N =< Size -> #pyport_ctx{pool = ?DEFAULT_POOL, slot = N};
+        Size -> erlang:error({bad_context, N, {pool_size, Size}})
+    end.
+
+%% @doc Context `N' (1-based) of pool `Pool'.
+-spec context(atom(), pos_integer()) -> context().
+context(Pool, N) when is_atom(Pool), is_integer(N), N >= 1 ->
+    case pool_size(Pool) of
+        Size when N =< Size -> #pyport_ctx{pool = Pool, slot = N};
         Size -> erlang:error({bad_context, N, {pool_size, Size}})
     end.
 

@@ -502,6 +502,9 @@ frame(?HELLO, 0, 4, Rest, #state{status = starting} = State) ->
         {ok, State1} -> initialize(State1);
         {error, Detail} -> start_failed(Detail, State)
     end;
+frame(?HELLO, 0, 4, _Rest, #state{status = stopping} = State) ->
+    %% A process that started as the pool began to stop: terminate/2 stops it.
+    {noreply, State};
 frame(Kind, Id, NFields, _Rest, State) ->
     %% A protocol violation by the worker. Whoever waits on Id is answered so
     %% that no request is left hanging.
