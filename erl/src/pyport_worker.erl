@@ -114,7 +114,7 @@
           recycle_reason :: term(),
           recycle_waiters = [] :: [gen_server:from()],
           served = 0 :: non_neg_integer(),             % answered, all OS processes
-          served_here = 0 :: non_neg_integer(),        % answered by this OS process
+          sent_here = 0 :: non_neg_integer(),          % requests written to this OS process
           rss_checked_at = 0 :: integer(),
           %% Process-bound namespaces: monitor => namespace, and back.
           ns_by_monitor = #{} :: #{reference() => pos_integer()},
@@ -226,7 +226,7 @@ handle_info({'$pyport', Alias, Id, Deadline, Frame}, State) ->
     {noreply, request(Alias, Id, Deadline, Frame, State)};
 handle_info({'$pyport_cast', Frame}, #state{status = up, port = Port} = State) ->
     _ = send_frame(Port, Frame),
-    {noreply, State};
+    {noreply, sent(State)};
 handle_info({'$pyport_cast', _Frame}, #state{status = stopping} = State) ->
     {noreply, State};
 handle_info({'$pyport_cast', Frame}, #state{queue = Q} = State) ->
@@ -340,9 +340,18 @@ request(Alias, Id, Deadline, Frame, #state{status = Status} = State) ->
             State;
         false when Status =:= up ->
             _ = send_frame(State#state.port, Frame),
-            State#state{pending = maps:put(Id, {Alias, Deadline}, State#state.pending)};
+            sent(State#state{pending = maps:put(Id, {Alias, Deadline}, State#state.pending)});
         false ->
             State#state{queue = queue:in({call, Alias, Id, Deadline, Frame}, State#state.queue)}
+    end.
+
+%% A request went to the OS process: max_requests reached means it takes
+%% no more (they queue for the next one) and is recycled once idle.
+sent(#state{sent_here = N, opts = #{max_requests := Max}} = State) ->
+    State1 = State#state{sent_here = N + 1},
+    case is_integer(Max) andalso N + 1 >= Max of
+        true -> start_drain({max_requests, Max}, State1);
+        false -> State1
     end.
 
 %% A request is finished: answer its caller (unless it gave up) and count
@@ -360,22 +369,27 @@ send_frame(Port, Frame) ->
     catch error:badarg -> false
     end.
 
-%% Sends what was queued while the OS process restarted.
+%% Sends what was queued while the OS process restarted (up to what it
+%% may take before it is recycled; the rest waits for the next one).
 flush_queue(#state{queue = Q} = State) ->
-    Now = now_ms(),
-    State1 = lists:foldl(
-               fun({cast, Frame}, S) ->
-                       _ = send_frame(S#state.port, Frame),
-                       S;
-                  ({call, Alias, _Id, Deadline, _Frame}, S) when is_integer(Deadline),
-                                                                  Deadline < Now ->
-                       finish(Alias, {error, timeout}, S),
-                       S;
-                  ({call, Alias, Id, Deadline, Frame}, S) ->
-                       _ = send_frame(S#state.port, Frame),
-                       S#state{pending = maps:put(Id, {Alias, Deadline}, S#state.pending)}
-               end, State, queue:to_list(Q)),
-    State1#state{queue = queue:new()}.
+    flush_queue(queue:out(Q), now_ms(), State#state{queue = queue:new()}).
+
+flush_queue({empty, _}, _Now, State) ->
+    State;
+flush_queue({{value, Item}, Rest}, _Now, #state{status = Status} = State) when Status =/= up ->
+    %% max_requests reached: the rest stays queued, in order.
+    State#state{queue = queue:join(queue:in_r(Item, Rest), State#state.queue)};
+flush_queue({{value, {cast, Frame}}, Rest}, Now, State) ->
+    _ = send_frame(State#state.port, Frame),
+    flush_queue(queue:out(Rest), Now, sent(State));
+flush_queue({{value, {call, Alias, _Id, Deadline, _Frame}}, Rest}, Now, State)
+  when is_integer(Deadline), Deadline < Now ->
+    finish(Alias, {error, timeout}, State),
+    flush_queue(queue:out(Rest), Now, State);
+flush_queue({{value, {call, Alias, Id, Deadline, Frame}}, Rest}, Now, State) ->
+    _ = send_frame(State#state.port, Frame),
+    State1 = State#state{pending = maps:put(Id, {Alias, Deadline}, State#state.pending)},
+    flush_queue(queue:out(Rest), Now, sent(State1)).
 
 %% The caller of request Id stopped waiting (its timeout passed).
 cancel(Id, #state{pending = Pending, queue = Q} = State) ->
@@ -526,8 +540,7 @@ answer(Id, Reply, #state{pending = Pending} = State0) ->
     case maps:take(Id, Pending) of
         {{Alias, _Deadline}, Rest} ->
             finish(Alias, Reply, State),
-            after_answer(State#state{pending = Rest, served = State#state.served + 1,
-                                     served_here = State#state.served_here + 1});
+            after_answer(State#state{pending = Rest, served = State#state.served + 1});
         error ->
             case maps:take(Id, State#state.internal) of
                 {Purpose, Rest} ->
@@ -540,11 +553,7 @@ answer(Id, Reply, #state{pending = Pending} = State0) ->
             end
     end.
 
-%% Limits checked after each answer: max_requests, max_rss; and the end of
-%% a drain.
-after_answer(#state{status = up, served_here = Served,
-                    opts = #{max_requests := Max}} = State) when is_integer(Max), Served >= Max ->
-    {noreply, start_drain({max_requests, Max}, State)};
+%% After each answer: the max_rss check, and the end of a drain.
 after_answer(#state{status = up, opts = #{max_rss := MaxRss}} = State) when is_integer(MaxRss) ->
     Now = now_ms(),
     case Now - State#state.rss_checked_at >= ?RSS_CHECK_INTERVAL_MS of
@@ -719,7 +728,8 @@ spawn_os_process(#state{opts = Opts} = State) ->
         {ok, Port, OsPid} ->
             {ok, State#state{port = Port, os_pid = OsPid, status = starting,
                              python_version = undefined, kill_reason = undefined,
-                             served_here = 0, spawned_at = now_ms()}};
+                             sent_here = 0, spawned_at = now_ms(),
+                             rss_checked_at = now_ms() - ?RSS_CHECK_INTERVAL_MS}};
         {error, _} = Error ->
             Error
     end.
