@@ -115,6 +115,7 @@
           recycle_waiters = [] :: [gen_server:from()],
           served = 0 :: non_neg_integer(),             % answered, all OS processes
           sent_here = 0 :: non_neg_integer(),          % requests written to this OS process
+          answered_here = 0 :: non_neg_integer(),      % and answered by it
           rss_checked_at = 0 :: integer(),
           %% Process-bound namespaces: monitor => namespace, and back.
           ns_by_monitor = #{} :: #{reference() => pos_integer()},
@@ -224,7 +225,8 @@ handle_cast(_Msg, State) ->
 -spec handle_info(term(), #state{}) -> {noreply, #state{}} | {stop, term(), #state{}}.
 handle_info({'$pyport', Alias, Id, Deadline, Frame}, State) ->
     {noreply, request(Alias, Id, Deadline, Frame, State)};
-handle_info({'$pyport_cast', Frame}, #state{status = up, port = Port} = State) ->
+handle_info({'$pyport_cast', Frame}, #state{status = up, port = Port, kill_timers = Timers} = State)
+  when map_size(Timers) =:= 0 ->
     _ = send_frame(Port, Frame),
     {noreply, sent(State)};
 handle_info({'$pyport_cast', _Frame}, #state{status = stopping} = State) ->
@@ -338,10 +340,12 @@ request(Alias, Id, Deadline, Frame, #state{status = Status} = State) ->
             %% a spawn_call whose await runs longer than the call's timeout.
             finish(Alias, {error, timeout}, State),
             State;
-        false when Status =:= up ->
+        false when Status =:= up, map_size(State#state.kill_timers) =:= 0 ->
             _ = send_frame(State#state.port, Frame),
             sent(State#state{pending = maps:put(Id, {Alias, Deadline}, State#state.pending)});
         false ->
+            %% Restarting, draining, or stuck in code whose caller gave up:
+            %% held until the OS process (this one or the next) takes work.
             State#state{queue = queue:in({call, Alias, Id, Deadline, Frame}, State#state.queue)}
     end.
 
@@ -527,20 +531,25 @@ frame(Kind, Id, NFields, _Rest, State) ->
                  metadata(State)),
     answer(Id, {error, {protocol_error, Why}}, State).
 
-answer(Id, Reply, #state{pending = Pending} = State0) ->
+answer(Id, Reply, State0) ->
     State = case maps:take(Id, State0#state.kill_timers) of
                 {Timer, Timers} ->
                     cancel_timer(Timer),
                     S = State0#state{kill_timers = Timers},
                     update_availability(S),
-                    S;
+                    %% No longer stuck: what was held meanwhile goes out.
+                    case map_size(Timers) =:= 0 andalso S#state.status =:= up of
+                        true -> flush_queue(S);
+                        false -> S
+                    end;
                 error ->
                     State0
             end,
-    case maps:take(Id, Pending) of
+    case maps:take(Id, State#state.pending) of
         {{Alias, _Deadline}, Rest} ->
             finish(Alias, Reply, State),
-            after_answer(State#state{pending = Rest, served = State#state.served + 1});
+            after_answer(State#state{pending = Rest, served = State#state.served + 1,
+                                     answered_here = State#state.answered_here + 1});
         error ->
             case maps:take(Id, State#state.internal) of
                 {Purpose, Rest} ->
@@ -728,7 +737,7 @@ spawn_os_process(#state{opts = Opts} = State) ->
         {ok, Port, OsPid} ->
             {ok, State#state{port = Port, os_pid = OsPid, status = starting,
                              python_version = undefined, kill_reason = undefined,
-                             sent_here = 0, spawned_at = now_ms(),
+                             sent_here = 0, answered_here = 0, spawned_at = now_ms(),
                              rss_checked_at = now_ms() - ?RSS_CHECK_INTERVAL_MS}};
         {error, _} = Error ->
             Error
@@ -767,8 +776,12 @@ os_process_died(Detail0, #state{status = Status, spawned_at = Spawned} = State0)
                          metadata(State)),
             {stop, {start_failed, Detail}, State};
         true ->
+            %% A process that lived a while, that answered requests, or that
+            %% the gen_server killed was healthy: it is replaced at once.
+            %% Only processes that die before doing any work back off.
             Quick = WasUp andalso
-                (Uptime >= ?STABLE_AFTER_MS orelse State0#state.kill_reason =/= undefined),
+                (Uptime >= ?STABLE_AFTER_MS orelse State0#state.answered_here > 0
+                 orelse State0#state.kill_reason =/= undefined),
             {Delay, Next} = case Quick of
                                 true -> {0, ?BACKOFF_MIN_MS};
                                 false -> {State#state.backoff, next_backoff(State#state.backoff)}

@@ -154,3 +154,26 @@ def memory_bomb():
     chunks = []
     while True:
         chunks.append(bytearray(16 << 20))
+
+
+def c_call_ignoring_signals(path):
+    """Creates path, then sits in a C function that holds the GIL with
+    SIGINT blocked: nothing Python can do interrupts it."""
+    import signal
+    with open(path, "w"):
+        pass
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+    ctypes.PyDLL(None).sleep(1000000)
+
+
+def small_object_bomb():
+    """Many small objects until memory runs out."""
+    hoard = []
+    while True:
+        hoard.append(list(range(10000)))
+
+
+def string_doubling_bomb():
+    s = "x"
+    while True:
+        s = s + s
