@@ -12,7 +12,8 @@
 %% `{cluster, Pool}' picks the node with the fewest requests in flight per
 %% worker: exact for the local node (its counters), and for a remote node
 %% the requests this node has in flight there, which is what one node can
-%% know without asking. Ties go to the local node.
+%% know without asking. Ties go to the local node, else to a random one of
+%% the tied nodes.
 -module(pyport_cluster).
 
 -export([scope/0, join/1, serving_nodes/1, pick_node/1, call/5, start/5, await/2, cast/3,
@@ -65,9 +66,9 @@ pick_node(Pool) ->
         [] ->
             {error, {no_pool, {cluster, Pool}}};
         Nodes ->
-            Ranked = lists:sort([{load(Pool, Node, Workers), Node =/= node(), Node}
+            Ranked = lists:sort([{load(Pool, Node, Workers), Node =/= node(), rand:uniform(), Node}
                                  || {Node, Workers} <- Nodes]),
-            {_, _, Node} = hd(Ranked),
+            {_, _, _, Node} = hd(Ranked),
             {ok, Node}
     end.
 
