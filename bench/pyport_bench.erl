@@ -18,6 +18,7 @@ main() ->
     concurrent(),
     big_binary(Echo),
     int_list(),
+    codec(),
     startup(Worker),
     cpu_scaling(),
     worker_death(),
@@ -93,6 +94,39 @@ int_list() ->
     N = 1000,
     {Us, _} = timer:tc(fun() -> repeat(N, fun() -> {ok, L} = py:call(pyport_bench_py, identity, [L]) end) end),
     line("call_identity_10k_int_list_rate", N / (Us / 1.0e6), "calls/s").
+
+%% The Erlang codec alone, per term, each in a fresh process with nothing
+%% kept alive; the peer is the runtime's own C codec (external term format)
+%% on the same term.
+codec() ->
+    lists:foreach(
+      fun({Name, Term}) ->
+              Bin = iolist_to_binary(pyport_codec:encode(Term)),
+              Etf = term_to_binary(Term),
+              Enc = per_call_us(fun() -> erlang:iolist_to_iovec(pyport_codec:encode(Term)) end),
+              Dec = per_call_us(fun() -> {ok, _} = pyport_codec:decode(Bin) end),
+              line("codec_encode_" ++ Name, Enc, "us"),
+              line("codec_encode_" ++ Name ++ "_vs_term_to_binary",
+                   Enc / per_call_us(fun() -> term_to_binary(Term) end), "ratio"),
+              line("codec_decode_" ++ Name, Dec, "us"),
+              line("codec_decode_" ++ Name ++ "_vs_binary_to_term",
+                   Dec / per_call_us(fun() -> binary_to_term(Etf) end), "ratio")
+      end,
+      [{"10k_int_list", lists:seq(1, 10000)},
+       {"1k_atom_key_maps", [#{id => I, name => <<"user">>, active => true, score => I * 1.5}
+                             || I <- lists:seq(1, 1000)]}]).
+
+%% Mean time of Fun over 200 runs in a fresh process, best of 5.
+per_call_us(Fun) ->
+    N = 200,
+    lists:min(
+      [begin
+           {Pid, Ref} = spawn_monitor(fun() ->
+                                              {Us, ok} = timer:tc(fun() -> repeat(N, Fun) end),
+                                              exit({us, Us / N})
+                                      end),
+           receive {'DOWN', Ref, process, Pid, {us, Us}} -> Us end
+       end || _ <- lists:seq(1, 5)]).
 
 %% From spawning a worker to its first answered call, and an idle worker's RSS.
 startup(Worker) ->

@@ -5,10 +5,11 @@
 %% anything a worker sends. Decoding never raises for bad input; it returns
 %% `{error, {bad_msgpack, Why}}' (or `{bad_frame, Why}' for a frame head).
 %%
-%% Encoding builds iodata: headers are small binaries or single bytes, payload
-%% binaries are kept by reference, so a large binary is never copied here.
-%% Decoding walks the binary left to right with one clause per msgpack format
-%% and returns sub-binaries that share the input (no data is copied).
+%% Encoding appends to one binary; large payload binaries are kept by
+%% reference beside it, so a large binary is never copied here.
+%% Decoding walks the binary left to right in one loop, dispatching on each
+%% type byte, and returns sub-binaries that share the input (no data is
+%% copied).
 -module(pyport_codec).
 
 -export([encode/1, decode/1,
@@ -29,8 +30,17 @@
 %% Containers (arrays, maps, tuples) nest at most this deep.
 -define(MAX_DEPTH, 512).
 
+%% Binaries up to this size are copied into the encoder's output, larger
+%% ones are referenced: measured, copying 4 KiB costs less than a part of
+%% the output more (and the port copies small parts anyway).
+-define(INLINE_MAX, 4096).
+
 -define(U64_MAX, 16#FFFFFFFFFFFFFFFF).
 -define(I64_MIN, -16#8000000000000000).
+
+%% Integers written as a positive fixint, and as a uint 16.
+-define(IS_FIXINT(I), is_integer(I), I >= 0, I < 16#80).
+-define(IS_U16(I), is_integer(I), I >= 16#100, I < 16#10000).
 
 %% Thrown inside the decoder, caught by the exported functions.
 %% `{?MODULE, Why}' is reported as is; `{?MODULE, Tag, Remaining}' becomes
@@ -50,12 +60,12 @@
 %% (an improper list, a bitstring that is not a binary); T is the offending part.
 -spec encode(term()) -> iodata().
 encode(Term) ->
-    [enc(Term)].
+    e(Term, <<>>, [], 0, []).
 
 %% @doc Decode exactly one value occupying the whole binary.
 -spec decode(binary()) -> {ok, term()} | {error, {bad_msgpack, Why :: term()}}.
 decode(Bin) when is_binary(Bin) ->
-    try d(Bin, 1, [], 0, []) of
+    try d(Bin, 1, [], 0, [], #{}) of
         {[Value], <<>>} ->
             {ok, Value};
         {_, Rest} ->
@@ -72,10 +82,8 @@ decode(Bin) when is_binary(Bin) ->
 encode_frame(Kind, Id, Fields)
   when is_integer(Kind), Kind >= 0, Kind =< 127,
        is_integer(Id), Id >= 0, Id =< ?U64_MAX ->
-    N = try length(Fields)
-        catch error:badarg -> error({unsupported_term, Fields})
-        end,
-    [array_header(N + 2), Kind, enc_int(Id) | enc_elems(Fields)].
+    Head = array_header(list_length(Fields) + 2, <<>>),
+    el(Fields, int(Id, <<Head/binary, Kind>>), [], 0, []).
 
 %% @doc Read only the head of a frame (array length, Kind, Id); the fields
 %% stay undecoded in Rest so the port owner can route a reply cheaply.
@@ -104,7 +112,7 @@ decode_frame_head(Bin) when is_binary(Bin) ->
 -spec decode_fields(non_neg_integer(), binary()) ->
           {ok, [term()]} | {error, {bad_msgpack, Why :: term()}}.
 decode_fields(N, Bin) when is_integer(N), N >= 0, is_binary(Bin) ->
-    try d(Bin, N, [], 0, []) of
+    try d(Bin, N, [], 0, [], #{}) of
         {Reversed, <<>>} ->
             {ok, lists:reverse(Reversed)};
         {_, Rest} ->
@@ -118,104 +126,256 @@ decode_fields(N, Bin) when is_integer(N), N >= 0, is_binary(Bin) ->
 %%% Encoding
 %%%===================================================================
 
-%% Single bytes stand for themselves in iodata, so fixints and one-byte
-%% markers cost no binary at all.
-enc(I) when is_integer(I) -> enc_int(I);
-enc(B) when is_binary(B) -> enc_bin(B);
-enc(true) -> 16#c3;
-enc(false) -> 16#c2;
-enc(none) -> 16#c0;
-enc(nil) -> 16#c0;
-enc(undefined) -> 16#c0;
-enc(A) when is_atom(A) -> enc_ext(?EXT_ATOM, atom_to_binary(A, utf8), A);
-enc(F) when is_float(F) -> <<16#cb, F/float>>;
-enc(L) when is_list(L) -> enc_list(L);
-enc(M) when is_map(M) -> enc_map(M);
-enc({bytes, B}) when is_binary(B) -> enc_ext(?EXT_BYTES, B, B);
-enc(T) when is_tuple(T) -> enc_tuple(T);
-enc(T) when is_pid(T); is_reference(T); is_port(T); is_function(T) ->
+%% The encoder appends to one binary, which the runtime extends in place, so
+%% a scalar costs the bytes written rather than a small binary and a cons
+%% cell per header, and a large output is not a large iolist for the
+%% garbage collector to copy. What cannot be appended is kept aside as a
+%% part to insert at an offset of that binary: a payload larger than
+%% ?INLINE_MAX bytes (so it is never copied), and the ext header of a tuple
+%% holding containers, whose size is known only once they are written.
+%%
+%%   e(Term, Acc, Parts, X, K)
+%%
+%% appends Term to Acc, then goes on with K, the stack of what remains of
+%% the enclosing containers (see k/4). Parts holds {Offset, Part}, newest
+%% first (a tuple's own parts are nested in a list, see k/4); X counts the
+%% bytes in Parts. The loop is tail-recursive so that it can carry all of
+%% this without returning it from every value.
+e(T, Acc, P, X, K) ->
+    case scalar(T, Acc) of
+        false -> container(T, Acc, P, X, K);
+        Acc1 -> k(K, Acc1, P, X)
+    end.
+
+%% Acc with the scalar T appended, or false for anything else (containers,
+%% binaries of 256 bytes or more, ext 4 and 5, bad terms).
+scalar(I, Acc) when is_integer(I) -> int(I, Acc);
+scalar(B, Acc) when is_binary(B), byte_size(B) < 16#100 ->
+    <<Acc/binary, 16#c4, (byte_size(B)), B/binary>>;
+scalar(A, Acc) when is_atom(A) -> atom(A, Acc);
+scalar(F, Acc) when is_float(F) -> <<Acc/binary, 16#cb, F/float>>;
+scalar(_, _) -> false.
+
+container(L, Acc, P, X, K) when is_list(L) ->
+    el(L, array_header(list_length(L), Acc), P, X, K);
+container(M, Acc, P, X, K) when is_map(M) ->
+    pairs(maps:to_list(M), map_header(map_size(M), Acc), P, X, K);
+container({bytes, B}, Acc, P, X, K) when is_binary(B) ->
+    payload(?EXT_BYTES, B, B, Acc, P, X, K);
+container(T, Acc, P, X, K) when is_tuple(T) ->
+    N = tuple_size(T),
+    case scalars_size(T, N, header_size(N)) of
+        false ->
+            %% The tuple's parts start afresh, so that k/4 finds them to
+            %% put its header in front.
+            el(tuple_to_list(T), array_header(N, Acc), [], X,
+               [{tuple, T, byte_size(Acc), X, P} | K]);
+        Size ->
+            k(K, scalars(T, 1, N, tuple_header(Size, N, T, Acc)), P, X)
+    end;
+container(B, Acc, P, X, K) when is_binary(B) ->
+    case byte_size(B) of
+        N when N < 16#10000 -> data(B, <<Acc/binary, 16#c5, N:16>>, P, X, K);
+        N when N < 16#100000000 -> data(B, <<Acc/binary, 16#c6, N:32>>, P, X, K);
+        _ -> error({unsupported_term, B})
+    end;
+container(T, Acc, P, X, K) when is_pid(T); is_reference(T); is_port(T); is_function(T) ->
     %% minor_version 1 is term_to_binary/1's format on OTP 25 and keeps the
     %% bytes stable on later releases (which default to UTF-8 atom tags).
-    enc_ext(?EXT_TERM, term_to_binary(T, [{minor_version, 1}]), T);
-enc(T) ->
+    payload(?EXT_TERM, term_to_binary(T, [{minor_version, 1}]), T, Acc, P, X, K);
+container(T, _, _, _, _) ->
     error({unsupported_term, T}).
 
-enc_int(I) when I >= 0 ->
-    if
-        I < 16#80 -> I;
-        I < 16#100 -> [16#cc, I];
-        I < 16#10000 -> <<16#cd, I:16>>;
-        I < 16#100000000 -> <<16#ce, I:32>>;
-        I =< ?U64_MAX -> <<16#cf, I:64>>;
-        true -> enc_bigint(0, I)
+%% The elements of a list. Scalars, the most frequent elements, skip the
+%% trip through K. Neighbouring integers of the same small form (a list of
+%% numbers) share a segment: ?CD(A, B) is uint 16 A then uint 16 B.
+-define(CD(A, B), ((16#cd bsl 40) bor (A bsl 24) bor (16#cd bsl 16) bor B):48).
+el([A, B, C, D | T], Acc, P, X, K) when ?IS_U16(A), ?IS_U16(B), ?IS_U16(C), ?IS_U16(D) ->
+    el(T, <<Acc/binary, ?CD(A, B), ?CD(C, D)>>, P, X, K);
+el([A, B | T], Acc, P, X, K) when ?IS_U16(A), ?IS_U16(B) ->
+    el(T, <<Acc/binary, ?CD(A, B)>>, P, X, K);
+el([A, B | T], Acc, P, X, K) when ?IS_FIXINT(A), ?IS_FIXINT(B) ->
+    el(T, <<Acc/binary, ((A bsl 8) bor B):16>>, P, X, K);
+el([H | T], Acc, P, X, K) ->
+    case scalar(H, Acc) of
+        false -> container(H, Acc, P, X, [T | K]);
+        Acc1 -> el(T, Acc1, P, X, K)
     end;
-enc_int(I) ->
+el([], Acc, P, X, K) ->
+    k(K, Acc, P, X).
+
+%% The pairs of a map, likewise.
+pairs([{Key, V} | T], Acc, P, X, K) ->
+    case scalar(Key, Acc) of
+        false ->
+            container(Key, Acc, P, X, [[V], {pairs, T} | K]);
+        Acc1 ->
+            case scalar(V, Acc1) of
+                false -> container(V, Acc1, P, X, [{pairs, T} | K]);
+                Acc2 -> pairs(T, Acc2, P, X, K)
+            end
+    end;
+pairs([], Acc, P, X, K) ->
+    k(K, Acc, P, X).
+
+%% Continue after a complete value with the rest of its container.
+k([L | K], Acc, P, X) when is_list(L) ->
+    el(L, Acc, P, X, K);
+k([{pairs, T} | K], Acc, P, X) ->
+    pairs(T, Acc, P, X, K);
+k([{tuple, T, Start, StartX, OuterP} | K], Acc, P, X) ->
+    Header = ext_header(?EXT_TUPLE, byte_size(Acc) - Start + X - StartX, T),
+    %% Nesting the tuple's parts keeps this O(1); parts/3 flattens them.
+    Inserted = case P of
+                   [] -> [{Start, Header} | OuterP];
+                   _ -> [P, {Start, Header} | OuterP]
+               end,
+    k(K, Acc, Inserted, X + byte_size(Header));
+k([], Acc, [], _) ->
+    Acc;
+k([], Acc, P, _) ->
+    parts(Acc, 0, oldest_first(P, [])).
+
+%% Acc cut at the parts' offsets, with the parts in between.
+parts(Acc, From, [{From, Part} | T]) ->
+    [Part | parts(Acc, From, T)];
+parts(Acc, From, [{At, Part} | T]) ->
+    [binary:part(Acc, From, At - From), Part | parts(Acc, At, T)];
+parts(Acc, From, []) when From =:= byte_size(Acc) ->
+    [];
+parts(Acc, From, []) ->
+    [binary:part(Acc, From, byte_size(Acc) - From)].
+
+%% Parts in the order they go out. A nested list (a tuple's parts) is newer
+%% than the tuple's header that follows it in P, and goes after it.
+oldest_first([L | T], Out) when is_list(L) -> oldest_first(T, oldest_first(L, Out));
+oldest_first([Part | T], Out) -> oldest_first(T, [Part | Out]);
+oldest_first([], Out) -> Out.
+
+%% The encoded size of elements 1..I of T plus Size when they are all
+%% scalars that scalar/2 would append, else false. Lets a tuple of scalars
+%% (the usual tuple) get its header before its elements.
+scalars_size(_, 0, Size) ->
+    Size;
+scalars_size(T, I, Size) ->
+    case element(I, T) of
+        E when is_integer(E), E >= -16#20, E < 16#80 -> scalars_size(T, I - 1, Size + 1);
+        E when is_integer(E), E >= -16#80, E < 16#100 -> scalars_size(T, I - 1, Size + 2);
+        E when is_integer(E), E >= -16#8000, E < 16#10000 -> scalars_size(T, I - 1, Size + 3);
+        E when is_integer(E), E >= -16#80000000, E < 16#100000000 -> scalars_size(T, I - 1, Size + 5);
+        E when is_integer(E), E >= ?I64_MIN, E =< ?U64_MAX -> scalars_size(T, I - 1, Size + 9);
+        E when is_float(E) -> scalars_size(T, I - 1, Size + 9);
+        E when is_binary(E), byte_size(E) < 16#100 -> scalars_size(T, I - 1, Size + 2 + byte_size(E));
+        E when E =:= true; E =:= false; E =:= none; E =:= nil; E =:= undefined ->
+            scalars_size(T, I - 1, Size + 1);
+        E when is_atom(E) ->
+            L = byte_size(atom_to_binary(E, utf8)),
+            scalars_size(T, I - 1, Size + L + byte_size(ext_header(?EXT_ATOM, L, E)));
+        _ -> false
+    end.
+
+%% Acc with elements I..N of T appended, all scalars.
+scalars(T, I, N, Acc) when I =< N -> scalars(T, I + 1, N, scalar(element(I, T), Acc));
+scalars(_, _, _, Acc) -> Acc.
+
+%% Acc with the headers of a tuple of N elements, Size bytes with its array
+%% header: the usual small tuple's in one segment.
+tuple_header(Size, N, _, Acc) when Size < 16#100, N < 16#10 ->
+    Tail = (?EXT_TUPLE bsl 8) bor 16#90 bor N,
+    case Size of
+        1 -> <<Acc/binary, ((16#d4 bsl 16) bor Tail):24>>;
+        2 -> <<Acc/binary, ((16#d5 bsl 16) bor Tail):24>>;
+        4 -> <<Acc/binary, ((16#d6 bsl 16) bor Tail):24>>;
+        8 -> <<Acc/binary, ((16#d7 bsl 16) bor Tail):24>>;
+        16 -> <<Acc/binary, ((16#d8 bsl 16) bor Tail):24>>;
+        _ -> <<Acc/binary, ((16#c7 bsl 24) bor (Size bsl 16) bor Tail):32>>
+    end;
+tuple_header(Size, N, T, Acc) ->
+    array_header(N, <<Acc/binary, (ext_header(?EXT_TUPLE, Size, T))/binary>>).
+
+%% The size of array_header(N, _).
+header_size(N) when N < 16#10 -> 1;
+header_size(N) when N < 16#10000 -> 3;
+header_size(_) -> 5.
+
+%% Each form up to 5 bytes is one integer segment: on OTP 25 a binary
+%% costs per segment, not per byte.
+int(I, Acc) when I >= 0 ->
     if
-        I >= -16#20 -> I + 16#100;
-        I >= -16#80 -> [16#d0, I + 16#100];
-        I >= -16#8000 -> <<16#d1, I:16>>;
-        I >= -16#80000000 -> <<16#d2, I:32>>;
-        I >= ?I64_MIN -> <<16#d3, I:64>>;
-        true -> enc_bigint(1, -I)
+        I < 16#80 -> <<Acc/binary, I>>;
+        I < 16#100 -> <<Acc/binary, (16#cc00 bor I):16>>;
+        I < 16#10000 -> <<Acc/binary, (16#cd0000 bor I):24>>;
+        I < 16#100000000 -> <<Acc/binary, ((16#ce bsl 32) bor I):40>>;
+        I =< ?U64_MAX -> <<Acc/binary, 16#cf, I:64>>;
+        true -> bigint(I, Acc)
+    end;
+int(I, Acc) ->
+    if
+        I >= -16#20 -> <<Acc/binary, I>>;
+        I >= -16#80 -> <<Acc/binary, (16#d000 bor (I band 16#ff)):16>>;
+        I >= -16#8000 -> <<Acc/binary, (16#d10000 bor (I band 16#ffff)):24>>;
+        I >= -16#80000000 -> <<Acc/binary, ((16#d2 bsl 32) bor (I band 16#ffffffff)):40>>;
+        I >= ?I64_MIN -> <<Acc/binary, 16#d3, I:64>>;
+        true -> bigint(I, Acc)
     end.
 
-enc_bigint(Sign, Magnitude) ->
-    Mag = binary:encode_unsigned(Magnitude),
-    [ext_header(?EXT_BIGINT, byte_size(Mag) + 1, Magnitude), Sign, Mag].
+%% An integer beyond 64 bits: ext 3, sign byte then the magnitude.
+bigint(I, Acc) when I > 0 -> ext(?EXT_BIGINT, <<0, (binary:encode_unsigned(I))/binary>>, I, Acc);
+bigint(I, Acc) -> ext(?EXT_BIGINT, <<1, (binary:encode_unsigned(-I))/binary>>, I, Acc).
 
-enc_bin(B) ->
-    case byte_size(B) of
-        N when N < 16#100 -> [16#c4, N, B];
-        N when N < 16#10000 -> [<<16#c5, N:16>>, B];
-        N when N < 16#100000000 -> [<<16#c6, N:32>>, B];
-        _ -> error({unsupported_term, B})
+%% Ext Code with payload B.
+payload(Code, B, _, Acc, P, X, K) when byte_size(B) =< ?INLINE_MAX ->
+    k(K, ext(Code, B, B, Acc), P, X);
+payload(Code, B, Term, Acc, P, X, K) ->
+    data(B, <<Acc/binary, (ext_header(Code, byte_size(B), Term))/binary>>, P, X, K).
+
+%% Acc followed by B: copied when small, else referenced.
+data(B, Acc, P, X, K) when byte_size(B) =< ?INLINE_MAX ->
+    k(K, <<Acc/binary, B/binary>>, P, X);
+data(B, Acc, P, X, K) ->
+    k(K, Acc, [{byte_size(Acc), B} | P], X + byte_size(B)).
+
+atom(true, Acc) -> <<Acc/binary, 16#c3>>;
+atom(false, Acc) -> <<Acc/binary, 16#c2>>;
+atom(none, Acc) -> <<Acc/binary, 16#c0>>;
+atom(nil, Acc) -> <<Acc/binary, 16#c0>>;
+atom(undefined, Acc) -> <<Acc/binary, 16#c0>>;
+atom(A, Acc) ->
+    %% At most 255 characters: always copied.
+    ext(?EXT_ATOM, atom_to_binary(A, utf8), A, Acc).
+
+list_length(L) ->
+    try length(L)
+    catch error:badarg -> error({unsupported_term, L})
     end.
 
-enc_ext(Code, Payload, Term) ->
-    [ext_header(Code, byte_size(Payload), Term), Payload].
+array_header(N, Acc) when N < 16#10 -> <<Acc/binary, (16#90 bor N)>>;
+array_header(N, Acc) when N < 16#10000 -> <<Acc/binary, 16#dc, N:16>>;
+array_header(N, Acc) when N < 16#100000000 -> <<Acc/binary, 16#dd, N:32>>.
 
-enc_list([]) ->
-    16#90;
-enc_list(L) ->
-    N = try length(L)
-        catch error:badarg -> error({unsupported_term, L})
-        end,
-    [array_header(N) | enc_elems(L)].
+map_header(N, Acc) when N < 16#10 -> <<Acc/binary, (16#80 bor N)>>;
+map_header(N, Acc) when N < 16#10000 -> <<Acc/binary, 16#de, N:16>>;
+map_header(N, Acc) when N < 16#100000000 -> <<Acc/binary, 16#df, N:32>>.
 
-enc_elems([H | T]) -> [enc(H) | enc_elems(T)];
-enc_elems([]) -> [].
+%% Acc with ext Code appended, header and payload P in one go for the
+%% frequent sizes (atoms); Term is what an error names.
+ext(Code, P, Term, Acc) ->
+    case byte_size(P) of
+        1 -> <<Acc/binary, 16#d4, Code, P/binary>>;
+        2 -> <<Acc/binary, 16#d5, Code, P/binary>>;
+        4 -> <<Acc/binary, 16#d6, Code, P/binary>>;
+        8 -> <<Acc/binary, 16#d7, Code, P/binary>>;
+        16 -> <<Acc/binary, 16#d8, Code, P/binary>>;
+        N when N < 16#100 -> <<Acc/binary, 16#c7, N, Code, P/binary>>;
+        N -> <<Acc/binary, (ext_header(Code, N, Term))/binary, P/binary>>
+    end.
 
-enc_map(M) ->
-    [map_header(map_size(M)) | enc_pairs(maps:to_list(M))].
-
-enc_pairs([{K, V} | T]) -> [enc(K), enc(V) | enc_pairs(T)];
-enc_pairs([]) -> [].
-
-%% The ext header needs the payload size, so the elements are encoded first
-%% and measured once.
-enc_tuple(T) ->
-    N = tuple_size(T),
-    Payload = [array_header(N) | enc_tuple_elems(T, 1, N)],
-    [ext_header(?EXT_TUPLE, iolist_size(Payload), T) | Payload].
-
-enc_tuple_elems(T, I, N) when I =< N ->
-    [enc(element(I, T)) | enc_tuple_elems(T, I + 1, N)];
-enc_tuple_elems(_, _, _) ->
-    [].
-
-array_header(N) when N < 16#10 -> 16#90 bor N;
-array_header(N) when N < 16#10000 -> <<16#dc, N:16>>;
-array_header(N) when N < 16#100000000 -> <<16#dd, N:32>>.
-
-map_header(N) when N < 16#10 -> 16#80 bor N;
-map_header(N) when N < 16#10000 -> <<16#de, N:16>>;
-map_header(N) when N < 16#100000000 -> <<16#df, N:32>>.
-
-ext_header(Code, 1, _) -> [16#d4, Code];
-ext_header(Code, 2, _) -> [16#d5, Code];
-ext_header(Code, 4, _) -> [16#d6, Code];
-ext_header(Code, 8, _) -> [16#d7, Code];
-ext_header(Code, 16, _) -> [16#d8, Code];
+%% The header of an N-byte ext payload.
+ext_header(Code, 1, _) -> <<16#d4, Code>>;
+ext_header(Code, 2, _) -> <<16#d5, Code>>;
+ext_header(Code, 4, _) -> <<16#d6, Code>>;
+ext_header(Code, 8, _) -> <<16#d7, Code>>;
+ext_header(Code, 16, _) -> <<16#d8, Code>>;
 ext_header(Code, N, _) when N < 16#100 -> <<16#c7, N, Code>>;
 ext_header(Code, N, _) when N < 16#10000 -> <<16#c8, N:16, Code>>;
 ext_header(Code, N, _) when N < 16#100000000 -> <<16#c9, N:32, Code>>;
@@ -229,144 +389,169 @@ ext_header(_, _, Term) -> error({unsupported_term, Term}).
 %% context for the whole input instead of building a {Value, Rest} pair and
 %% a sub-binary per value:
 %%
-%%   d(Bin, N, Acc, D, Stack)
+%%   d(Bin, N, Acc, D, Stack, C)
 %%
 %% N values are still to be read into Acc (reversed) for the container being
 %% filled, D containers are open, Stack holds the open containers' parents as
 %% {array | map, N, Acc} or {tuple, N, Acc, End, Start}. The outermost
 %% "container" is the caller's list of N values with an empty Stack.
-%% A clause that does not match for lack of bytes falls through to the last
-%% one, which reports the value as truncated where it starts.
-d(<<_/binary>> = Bin, 0, Acc, _, []) ->
+%% (The last argument, C, is a cache of atoms: see ext/9.)
+%%
+%% The type byte is read once and dispatched by one case on its value; a
+%% clause per format would make the compiler try the formats one after the
+%% other. A value whose bytes are missing is reported truncated
+%% where it starts: ?TRUNC(R) for R following its one type byte.
+-define(TRUNC(R), ?FAIL_AT(truncated, R, 1)).
+
+%% The branches of d/6 for one format, R following its type byte: a value V
+%% that Pattern reads, leaving R1; an ext whose header Pattern reads (length
+%% L, or Len when fixed, and type T) in Back bytes with the type byte; a
+%% container whose header is an L of Bits bits, holding Count values.
+-define(VALUE(Pattern),
+        case R of
+            Pattern -> d(R1, N - 1, [V | Acc], D, S, C);
+            _ -> ?TRUNC(R)
+        end).
+-define(EXT(Pattern, Back),
+        case R of
+            Pattern -> ext(R1, L, T, Back, N, Acc, D, S, C);
+            _ -> ?TRUNC(R)
+        end).
+-define(EXT(Pattern, Len, Back),
+        case R of
+            Pattern -> ext(R1, Len, T, Back, N, Acc, D, S, C);
+            _ -> ?TRUNC(R)
+        end).
+-define(OPEN(Bits, Count, Kind),
+        case R of
+            <<L:Bits, R1/binary>> when D < ?MAX_DEPTH ->
+                d(R1, Count, [], D + 1, [{Kind, N - 1, Acc} | S], C);
+            <<_:Bits, _/binary>> ->
+                ?FAIL(too_deep);
+            _ ->
+                ?TRUNC(R)
+        end).
+
+d(<<_/binary>> = Bin, 0, Acc, _, [], _) ->
     {Acc, Bin};
-d(<<_/binary>> = Bin, 0, Acc, D, [{array, N, PAcc} | S]) ->
-    d(Bin, N, [lists:reverse(Acc) | PAcc], D - 1, S);
-d(<<_/binary>> = Bin, 0, Acc, D, [{map, N, PAcc} | S]) ->
-    d(Bin, N, [to_map(Acc, []) | PAcc], D - 1, S);
-d(<<_/binary>> = Bin, 0, Acc, D, [{tuple, N, PAcc, End, Start} | S]) ->
+d(<<_/binary>> = Bin, 0, Acc, D, [{array, N, PAcc} | S], C) ->
+    d(Bin, N, [lists:reverse(Acc) | PAcc], D - 1, S, C);
+d(<<_/binary>> = Bin, 0, Acc, D, [{map, N, PAcc} | S], C) ->
+    d(Bin, N, [to_map(Acc, []) | PAcc], D - 1, S, C);
+d(<<_/binary>> = Bin, 0, Acc, D, [{tuple, N, PAcc, End, Start} | S], C) ->
     %% The array must fill the ext payload exactly.
     case byte_size(Bin) of
-        End -> d(Bin, N, [list_to_tuple(lists:reverse(Acc)) | PAcc], D - 1, S);
+        End -> d(Bin, N, [list_to_tuple(lists:reverse(Acc)) | PAcc], D - 1, S, C);
         _ -> ?FAIL_SIZE(bad_tuple, Start)
     end;
-d(<<B, R/binary>>, N, Acc, D, S) when B < 16#80 ->
-    d(R, N - 1, [B | Acc], D, S);
-d(<<B, R/binary>>, N, Acc, D, S) when B >= 16#e0 ->
-    d(R, N - 1, [B - 16#100 | Acc], D, S);
-d(<<B, R/binary>>, N, Acc, D, S) when B < 16#90, D < ?MAX_DEPTH ->
-    d(R, 2 * (B - 16#80), [], D + 1, [{map, N - 1, Acc} | S]);
-d(<<B, R/binary>>, N, Acc, D, S) when B < 16#a0, D < ?MAX_DEPTH ->
-    d(R, B - 16#90, [], D + 1, [{array, N - 1, Acc} | S]);
-d(<<B, R/binary>>, N, Acc, D, S) when B >= 16#a0, B < 16#c0 ->
-    raw(R, B - 16#a0, 1, N, Acc, D, S);
-d(<<16#c0, R/binary>>, N, Acc, D, S) ->
-    d(R, N - 1, [none | Acc], D, S);
-d(<<16#c2, R/binary>>, N, Acc, D, S) ->
-    d(R, N - 1, [false | Acc], D, S);
-d(<<16#c3, R/binary>>, N, Acc, D, S) ->
-    d(R, N - 1, [true | Acc], D, S);
-d(<<16#c4, L, V:L/binary, R/binary>>, N, Acc, D, S) ->
-    d(R, N - 1, [V | Acc], D, S);
-d(<<16#c5, L:16, V:L/binary, R/binary>>, N, Acc, D, S) ->
-    d(R, N - 1, [V | Acc], D, S);
-d(<<16#c6, L:32, V:L/binary, R/binary>>, N, Acc, D, S) ->
-    d(R, N - 1, [V | Acc], D, S);
-d(<<16#c7, L, T:8/signed, R/binary>>, N, Acc, D, S) ->
-    ext(R, L, T, 3, N, Acc, D, S);
-d(<<16#c8, L:16, T:8/signed, R/binary>>, N, Acc, D, S) ->
-    ext(R, L, T, 4, N, Acc, D, S);
-d(<<16#c9, L:32, T:8/signed, R/binary>>, N, Acc, D, S) ->
-    ext(R, L, T, 6, N, Acc, D, S);
-d(<<16#ca, V:32/float, R/binary>>, N, Acc, D, S) ->
-    d(R, N - 1, [V | Acc], D, S);
-d(<<16#ca, Sign:1, 16#ff:8, Fraction:23, R/binary>>, N, Acc, D, S) ->
-    %% NaN and the infinities do not match as a float: read their bits.
-    d(R, N - 1, [non_finite(Sign, Fraction) | Acc], D, S);
-d(<<16#cb, V:64/float, R/binary>>, N, Acc, D, S) ->
-    d(R, N - 1, [V | Acc], D, S);
-d(<<16#cb, Sign:1, 16#7ff:11, Fraction:52, R/binary>>, N, Acc, D, S) ->
-    d(R, N - 1, [non_finite(Sign, Fraction) | Acc], D, S);
-d(<<16#cc, V, R/binary>>, N, Acc, D, S) ->
-    d(R, N - 1, [V | Acc], D, S);
-d(<<16#cd, V:16, R/binary>>, N, Acc, D, S) ->
-    d(R, N - 1, [V | Acc], D, S);
-d(<<16#ce, V:32, R/binary>>, N, Acc, D, S) ->
-    d(R, N - 1, [V | Acc], D, S);
-d(<<16#cf, V:64, R/binary>>, N, Acc, D, S) ->
-    d(R, N - 1, [V | Acc], D, S);
-d(<<16#d0, V:8/signed, R/binary>>, N, Acc, D, S) ->
-    d(R, N - 1, [V | Acc], D, S);
-d(<<16#d1, V:16/signed, R/binary>>, N, Acc, D, S) ->
-    d(R, N - 1, [V | Acc], D, S);
-d(<<16#d2, V:32/signed, R/binary>>, N, Acc, D, S) ->
-    d(R, N - 1, [V | Acc], D, S);
-d(<<16#d3, V:64/signed, R/binary>>, N, Acc, D, S) ->
-    d(R, N - 1, [V | Acc], D, S);
-d(<<16#d4, T:8/signed, R/binary>>, N, Acc, D, S) ->
-    ext(R, 1, T, 2, N, Acc, D, S);
-d(<<16#d5, T:8/signed, R/binary>>, N, Acc, D, S) ->
-    ext(R, 2, T, 2, N, Acc, D, S);
-d(<<16#d6, T:8/signed, R/binary>>, N, Acc, D, S) ->
-    ext(R, 4, T, 2, N, Acc, D, S);
-d(<<16#d7, T:8/signed, R/binary>>, N, Acc, D, S) ->
-    ext(R, 8, T, 2, N, Acc, D, S);
-d(<<16#d8, T:8/signed, R/binary>>, N, Acc, D, S) ->
-    ext(R, 16, T, 2, N, Acc, D, S);
-d(<<16#d9, L, V:L/binary, R/binary>>, N, Acc, D, S) ->
-    d(R, N - 1, [V | Acc], D, S);
-d(<<16#da, L:16, V:L/binary, R/binary>>, N, Acc, D, S) ->
-    d(R, N - 1, [V | Acc], D, S);
-d(<<16#db, L:32, V:L/binary, R/binary>>, N, Acc, D, S) ->
-    d(R, N - 1, [V | Acc], D, S);
-d(<<16#dc, L:16, R/binary>>, N, Acc, D, S) when D < ?MAX_DEPTH ->
-    d(R, L, [], D + 1, [{array, N - 1, Acc} | S]);
-d(<<16#dd, L:32, R/binary>>, N, Acc, D, S) when D < ?MAX_DEPTH ->
-    d(R, L, [], D + 1, [{array, N - 1, Acc} | S]);
-d(<<16#de, L:16, R/binary>>, N, Acc, D, S) when D < ?MAX_DEPTH ->
-    d(R, 2 * L, [], D + 1, [{map, N - 1, Acc} | S]);
-d(<<16#df, L:32, R/binary>>, N, Acc, D, S) when D < ?MAX_DEPTH ->
-    d(R, 2 * L, [], D + 1, [{map, N - 1, Acc} | S]);
-d(Bin, _, _, _, _) ->
-    bad_value(Bin).
-
-%% Why d/5 could not read a value at the start of Bin. A complete container
-%% header only fails to match there at the depth limit.
--spec bad_value(binary()) -> no_return().
-bad_value(<<16#c1, _/binary>>) ->
-    ?FAIL({reserved_byte, 16#c1});
-bad_value(<<B, _/binary>>) when B >= 16#80, B < 16#a0 ->
+d(<<B, R/binary>>, N, Acc, D, S, C) when B < 16#80 ->
+    d(R, N - 1, [B | Acc], D, S, C);
+d(<<B, R/binary>>, N, Acc, D, S, C) when B >= 16#c0 ->
+    case B of
+        16#c0 -> d(R, N - 1, [none | Acc], D, S, C);
+        16#c2 -> d(R, N - 1, [false | Acc], D, S, C);
+        16#c3 -> d(R, N - 1, [true | Acc], D, S, C);
+        16#c4 -> ?VALUE(<<L, V:L/binary, R1/binary>>);
+        16#c5 -> ?VALUE(<<L:16, V:L/binary, R1/binary>>);
+        16#c6 -> ?VALUE(<<L:32, V:L/binary, R1/binary>>);
+        16#c7 -> ?EXT(<<L, T:8/signed, R1/binary>>, 3);
+        16#c8 -> ?EXT(<<L:16, T:8/signed, R1/binary>>, 4);
+        16#c9 -> ?EXT(<<L:32, T:8/signed, R1/binary>>, 6);
+        16#ca ->
+            case R of
+                <<V:32/float, R1/binary>> ->
+                    d(R1, N - 1, [V | Acc], D, S, C);
+                <<Sign:1, 16#ff:8, Fraction:23, R1/binary>> ->
+                    %% NaN and the infinities do not match as a float.
+                    d(R1, N - 1, [non_finite(Sign, Fraction) | Acc], D, S, C);
+                _ ->
+                    ?TRUNC(R)
+            end;
+        16#cb ->
+            case R of
+                <<V:64/float, R1/binary>> ->
+                    d(R1, N - 1, [V | Acc], D, S, C);
+                <<Sign:1, 16#7ff:11, Fraction:52, R1/binary>> ->
+                    d(R1, N - 1, [non_finite(Sign, Fraction) | Acc], D, S, C);
+                _ ->
+                    ?TRUNC(R)
+            end;
+        16#cc -> ?VALUE(<<V, R1/binary>>);
+        16#cd -> ?VALUE(<<V:16, R1/binary>>);
+        16#ce -> ?VALUE(<<V:32, R1/binary>>);
+        16#cf -> ?VALUE(<<V:64, R1/binary>>);
+        16#d0 -> ?VALUE(<<V:8/signed, R1/binary>>);
+        16#d1 -> ?VALUE(<<V:16/signed, R1/binary>>);
+        16#d2 -> ?VALUE(<<V:32/signed, R1/binary>>);
+        16#d3 -> ?VALUE(<<V:64/signed, R1/binary>>);
+        16#d4 -> ?EXT(<<T:8/signed, R1/binary>>, 1, 2);
+        16#d5 -> ?EXT(<<T:8/signed, R1/binary>>, 2, 2);
+        16#d6 -> ?EXT(<<T:8/signed, R1/binary>>, 4, 2);
+        16#d7 -> ?EXT(<<T:8/signed, R1/binary>>, 8, 2);
+        16#d8 -> ?EXT(<<T:8/signed, R1/binary>>, 16, 2);
+        16#d9 -> ?VALUE(<<L, V:L/binary, R1/binary>>);
+        16#da -> ?VALUE(<<L:16, V:L/binary, R1/binary>>);
+        16#db -> ?VALUE(<<L:32, V:L/binary, R1/binary>>);
+        16#dc -> ?OPEN(16, L, array);
+        16#dd -> ?OPEN(32, L, array);
+        16#de -> ?OPEN(16, 2 * L, map);
+        16#df -> ?OPEN(32, 2 * L, map);
+        16#c1 ->
+            ?FAIL({reserved_byte, 16#c1});
+        _ ->
+            %% 16#e0..16#ff: negative fixint.
+            d(R, N - 1, [B - 16#100 | Acc], D, S, C)
+    end;
+d(<<B, R/binary>>, N, Acc, D, S, C) when B >= 16#a0 ->
+    L = B - 16#a0,
+    case R of
+        <<V:L/binary, R1/binary>> -> d(R1, N - 1, [V | Acc], D, S, C);
+        _ -> ?TRUNC(R)
+    end;
+d(<<B, R/binary>>, N, Acc, D, S, C) when D < ?MAX_DEPTH ->
+    case B < 16#90 of
+        true -> d(R, 2 * (B - 16#80), [], D + 1, [{map, N - 1, Acc} | S], C);
+        false -> d(R, B - 16#90, [], D + 1, [{array, N - 1, Acc} | S], C)
+    end;
+d(<<_, _/binary>>, _, _, _, _, _) ->
     ?FAIL(too_deep);
-bad_value(<<B, _:16, _/binary>>) when B =:= 16#dc; B =:= 16#de ->
-    ?FAIL(too_deep);
-bad_value(<<B, _:32, _/binary>>) when B =:= 16#dd; B =:= 16#df ->
-    ?FAIL(too_deep);
-bad_value(Bin) ->
-    ?FAIL_AT(truncated, Bin, 0).
-
-%% A fixstr payload of L bytes: a sub-binary of the input, not a copy.
-raw(Bin, L, Back, N, Acc, D, S) ->
-    case Bin of
-        <<V:L/binary, R/binary>> -> d(R, N - 1, [V | Acc], D, S);
-        _ -> ?FAIL_AT(truncated, Bin, Back)
-    end.
+d(<<>>, _, _, _, _, _) ->
+    ?FAIL_SIZE(truncated, 0).
 
 %% An ext value of type T with an L-byte payload at the start of Bin,
 %% after a header of Back bytes.
-ext(<<_/binary>> = Bin, L, ?EXT_TUPLE, Back, N, Acc, D, S) ->
-    tuple(Bin, L, Back, N, Acc, D, S);
-ext(Bin, L, T, Back, N, Acc, D, S) ->
+ext(<<_/binary>> = Bin, L, ?EXT_TUPLE, Back, N, Acc, D, S, C) ->
+    tuple(Bin, L, Back, N, Acc, D, S, C);
+ext(Bin, L, ?EXT_ATOM, Back, N, Acc, D, S, C) ->
+    %% C caches the atoms made so far: binary_to_atom/2 locks the atom
+    %% table, and a list of records repeats the same few names.
+    case Bin of
+        <<Name:L/binary, R/binary>> ->
+            case C of
+                #{Name := A} ->
+                    d(R, N - 1, [A | Acc], D, S, C);
+                #{} ->
+                    case ext_value(?EXT_ATOM, Name) of
+                        {error, Why} -> ext_failed(Why, Bin, Back);
+                        A -> d(R, N - 1, [A | Acc], D, S, C#{Name => A})
+                    end
+            end;
+        _ ->
+            ?FAIL_AT(truncated, Bin, Back)
+    end;
+ext(Bin, L, T, Back, N, Acc, D, S, C) ->
     case Bin of
         <<P:L/binary, R/binary>> ->
             case ext_value(T, P) of
                 {error, Why} -> ext_failed(Why, Bin, Back);
-                V -> d(R, N - 1, [V | Acc], D, S)
+                V -> d(R, N - 1, [V | Acc], D, S, C)
             end;
         _ ->
             ?FAIL_AT(truncated, Bin, Back)
     end.
 
 %% A tuple's payload is exactly one array: its elements.
-tuple(Bin, L, Back, N, Acc, D, S) when D < ?MAX_DEPTH ->
+tuple(Bin, L, Back, N, Acc, D, S, C) when D < ?MAX_DEPTH ->
     Size = byte_size(Bin),
     Start = Size + Back,
     End = Size - L,
@@ -375,15 +560,15 @@ tuple(Bin, L, Back, N, Acc, D, S) when D < ?MAX_DEPTH ->
         _ when End < 0 ->
             ?FAIL_SIZE(truncated, Start);
         <<B, R/binary>> when B >= 16#90, B =< 16#9f ->
-            d(R, B - 16#90, [], D + 1, [Frame | S]);
+            d(R, B - 16#90, [], D + 1, [Frame | S], C);
         <<16#dc, Len:16, R/binary>> ->
-            d(R, Len, [], D + 1, [Frame | S]);
+            d(R, Len, [], D + 1, [Frame | S], C);
         <<16#dd, Len:32, R/binary>> ->
-            d(R, Len, [], D + 1, [Frame | S]);
+            d(R, Len, [], D + 1, [Frame | S], C);
         _ ->
             ?FAIL_SIZE(bad_tuple, Start)
     end;
-tuple(_, _, _, _, _, _, _) ->
+tuple(_, _, _, _, _, _, _, _) ->
     ?FAIL(too_deep).
 
 %% The value of a non-tuple ext, or {error, Why}: no such value is a tuple.

@@ -27,6 +27,9 @@
 %%%===================================================================
 
 roundtrip_test_() -> quickcheck(prop_roundtrip()).
+canonical_bytes_test_() -> quickcheck(prop_canonical_bytes()).
+number_list_bytes_test_() -> quickcheck(prop_number_list_bytes()).
+frame_bytes_test_() -> quickcheck(prop_frame_bytes()).
 deep_roundtrip_test_() -> quickcheck(prop_deep_roundtrip()).
 frame_roundtrip_test_() -> quickcheck(prop_frame_roundtrip()).
 truncation_test_() -> quickcheck(prop_truncation()).
@@ -46,6 +49,22 @@ quickcheck(Prop) ->
 %% Every term of the mapping decodes to its normal form.
 prop_roundtrip() ->
     ?FORALL(T, term(), ?C:decode(encode(T)) =:= {ok, normalise(T)}).
+
+%% The encoder writes exactly the canonical bytes of PROTOCOL.md, as the
+%% plain reference encoder below does, whatever its shortcuts.
+prop_canonical_bytes() ->
+    ?FORALL(T, term(), encode(T) =:= reference(T)).
+
+%% Lists of numbers, whose neighbouring integers the encoder writes
+%% together when they share a form: every mix and alignment of forms.
+prop_number_list_bytes() ->
+    ?FORALL(L, proper_types:list(number_of_some_form()), encode(L) =:= reference(L)).
+
+prop_frame_bytes() ->
+    ?FORALL({Kind, Id, Fields},
+            {proper_types:range(0, 127), frame_id(), proper_types:list(term())},
+            iolist_to_binary(?C:encode_frame(Kind, Id, Fields))
+            =:= reference([Kind, Id | Fields])).
 
 %% Nesting up to the protocol's 512 levels survives the trip.
 prop_deep_roundtrip() ->
@@ -208,6 +227,17 @@ handle() ->
        ?LET(I, proper_types:integer(), fun() -> I end)
        | Ports]).
 
+number_of_some_form() ->
+    proper_types:frequency(
+      [{3, proper_types:range(0, 127)},
+       {1, proper_types:range(128, 255)},
+       {3, proper_types:range(256, 65535)},
+       {1, proper_types:range(65536, 16#FFFFFFFF)},
+       {1, proper_types:range(-32, -1)},
+       {1, proper_types:range(-70000, -33)},
+       {1, int()},
+       {1, float()}]).
+
 frame_id() ->
     proper_types:oneof(
       [proper_types:range(0, 1000),
@@ -232,3 +262,58 @@ normalise(T) when is_tuple(T) -> list_to_tuple(normalise(tuple_to_list(T)));
 normalise(M) when is_map(M) ->
     maps:from_list([{normalise(K), normalise(V)} || {K, V} <- maps:to_list(M)]);
 normalise(X) -> X.
+
+%%%===================================================================
+%%% Reference encoder
+%%%===================================================================
+
+%% PROTOCOL.md's canonical bytes of a term, written as plainly as possible
+%% (one value at a time, no shortcuts) to check the real encoder against.
+reference(T) ->
+    iolist_to_binary([ref(T)]).
+
+ref(I) when is_integer(I), I >= 0, I < 16#80 -> <<I>>;
+ref(I) when is_integer(I), I >= 0, I < 16#100 -> <<16#cc, I>>;
+ref(I) when is_integer(I), I >= 0, I < 16#10000 -> <<16#cd, I:16>>;
+ref(I) when is_integer(I), I >= 0, I < 16#100000000 -> <<16#ce, I:32>>;
+ref(I) when is_integer(I), I >= 0, I < 1 bsl 64 -> <<16#cf, I:64>>;
+ref(I) when is_integer(I), I >= 0 -> ref_ext(3, [0, binary:encode_unsigned(I)]);
+ref(I) when is_integer(I), I >= -16#20 -> <<I:8>>;
+ref(I) when is_integer(I), I >= -16#80 -> <<16#d0, I:8>>;
+ref(I) when is_integer(I), I >= -16#8000 -> <<16#d1, I:16>>;
+ref(I) when is_integer(I), I >= -16#80000000 -> <<16#d2, I:32>>;
+ref(I) when is_integer(I), I >= -(1 bsl 63) -> <<16#d3, I:64>>;
+ref(I) when is_integer(I) -> ref_ext(3, [1, binary:encode_unsigned(-I)]);
+ref(F) when is_float(F) -> <<16#cb, F/float>>;
+ref(B) when is_binary(B), byte_size(B) < 16#100 -> [16#c4, byte_size(B), B];
+ref(B) when is_binary(B), byte_size(B) < 16#10000 -> [<<16#c5, (byte_size(B)):16>>, B];
+ref(B) when is_binary(B) -> [<<16#c6, (byte_size(B)):32>>, B];
+ref(true) -> 16#c3;
+ref(false) -> 16#c2;
+ref(A) when A =:= none; A =:= nil; A =:= undefined -> 16#c0;
+ref(A) when is_atom(A) -> ref_ext(1, atom_to_binary(A, utf8));
+ref(L) when is_list(L) -> [ref_header(16#90, 16#dc, length(L)) | [ref(E) || E <- L]];
+ref(M) when is_map(M) ->
+    [ref_header(16#80, 16#de, map_size(M)) | [[ref(K), ref(V)] || {K, V} <- maps:to_list(M)]];
+ref({bytes, B}) when is_binary(B) -> ref_ext(4, B);
+ref(T) when is_tuple(T) -> ref_ext(2, ref(tuple_to_list(T)));
+ref(T) -> ref_ext(5, term_to_binary(T, [{minor_version, 1}])).
+
+%% fix, 16-bit or 32-bit header of an array (16#90, 16#dc) or map (16#80, 16#de).
+ref_header(Fix, _, N) when N < 16 -> Fix + N;
+ref_header(_, Marker, N) when N < 16#10000 -> <<Marker, N:16>>;
+ref_header(_, Marker, N) -> <<(Marker + 1), N:32>>.
+
+ref_ext(Code, Payload) ->
+    P = iolist_to_binary(Payload),
+    Header = case byte_size(P) of
+                 1 -> <<16#d4, Code>>;
+                 2 -> <<16#d5, Code>>;
+                 4 -> <<16#d6, Code>>;
+                 8 -> <<16#d7, Code>>;
+                 16 -> <<16#d8, Code>>;
+                 N when N < 16#100 -> <<16#c7, N, Code>>;
+                 N when N < 16#10000 -> <<16#c8, N:16, Code>>;
+                 N -> <<16#c9, N:32, Code>>
+             end,
+    [Header, P].

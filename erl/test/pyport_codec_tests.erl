@@ -134,6 +134,34 @@ binary_not_copied_test() ->
     ?assertEqual(Big, Decoded),
     ?assertEqual(byte_size(Frame), binary:referenced_byte_size(Decoded)).
 
+%% Wherever they are: each large binary is one of the output's parts, and
+%% the bytes around them (headers whose sizes count them) are right.
+binary_not_copied_anywhere_test_() ->
+    A = binary:copy(<<"a">>, 100000),
+    B = binary:copy(<<"b">>, 70000),
+    Terms = [{"list", [1, A, 2, B, 3]},
+             {"tuple", {ok, A}},
+             {"tuple of tuples", {{A, 1}, [x, {B}], {}}},
+             {"nested tuples", {{{A}, B}}},
+             {"bytes", [{bytes, A}, {tag, {bytes, B}}]},
+             {"map", #{A => B, k => {A, [B]}}},
+             {"adjacent", [A, B, {A, B}, [A], B]}],
+    [{Name,
+      fun() ->
+              IoData = ?C:encode(Term),
+              Parts = parts(IoData),
+              [?assert(lists:any(fun(Part) -> erts_debug:same(Part, Big) end, Parts))
+               || Big <- [A, B], contains(Term, Big)],
+              Bin = iolist_to_binary(IoData),
+              ?assertEqual({ok, pyport_codec_prop_tests:normalise(Term)}, ?C:decode(Bin))
+      end} || {Name, Term} <- Terms] ++
+        [?_test(begin
+                    Frame = ?C:encode_frame(1, 7, [<<"m">>, <<"f">>, [A], #{}]),
+                    ?assert(lists:any(fun(Part) -> erts_debug:same(Part, A) end, parts(Frame))),
+                    ?assertMatch({1, 7, [<<"m">>, <<"f">>, [A], #{}]},
+                                 frame_round_trip(1, 7, [<<"m">>, <<"f">>, [A], #{}]))
+                end)].
+
 none_test_() ->
     [?_assertEqual(<<16#c0>>, enc(A)) || A <- [none, nil, undefined]] ++
         [?_assertEqual({ok, none}, ?C:decode(<<16#c0>>)),
@@ -422,6 +450,19 @@ bad_atom_test_() ->
      ?_assertEqual({error, {bad_msgpack, {bad_atom, 0}}},
                    ?C:decode(<<16#c8, 256:16, 1, TooLong/binary>>))].
 
+%% The decoder caches the atoms it makes: repeats and near-names stay right,
+%% and a bad name is refused where it is, cached names or not.
+atom_repeat_test_() ->
+    Records = [#{id => I, name => <<"n">>, active => true, 'ab' => a, 'abc' => ab}
+               || I <- lists:seq(1, 50)],
+    [?_assertEqual({ok, Records}, ?C:decode(enc(Records))),
+     ?_assertEqual({ok, [ok, ok, okk, ok, 'ok ']}, ?C:decode(enc([ok, ok, okk, ok, 'ok ']))),
+     ?_assertEqual({error, {bad_msgpack, {bad_atom, 9}}},
+                   ?C:decode(<<16#94, 16#d5, 1, "ok", 16#d5, 1, "ok", 16#d5, 1, 16#c3, 16#28,
+                               16#d5, 1, "ok">>)),
+     ?_assertEqual({error, {bad_msgpack, {truncated, 9}}},
+                   ?C:decode(<<16#93, 16#d5, 1, "ok", 16#d5, 1, "ok", 16#d5, 1, "o">>))].
+
 bad_bigint_test_() ->
     [?_assertEqual({error, {bad_msgpack, {bad_bigint, 0}}}, ?C:decode(B))
      || B <- [<<16#d4, 3, 0>>,                   % sign only
@@ -553,6 +594,13 @@ ext_payload(<<16#c9, N:32, _, P:N/binary>>) -> P.
 ext_header(Code, 1) -> <<16#d4, Code>>;
 ext_header(Code, N) when N < 256 -> <<16#c7, N, Code>>;
 ext_header(Code, N) -> <<16#c8, N:16, Code>>.
+
+%% Whether Big is somewhere in Term.
+contains(Big, Big) -> true;
+contains(L, Big) when is_list(L) -> lists:any(fun(E) -> contains(E, Big) end, L);
+contains(T, Big) when is_tuple(T) -> contains(tuple_to_list(T), Big);
+contains(M, Big) when is_map(M) -> contains(maps:to_list(M), Big);
+contains(_, _) -> false.
 
 %% The binaries and bytes an iolist is made of, in order.
 parts(B) when is_binary(B) -> [B];
