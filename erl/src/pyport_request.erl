@@ -159,7 +159,7 @@ await({pyport_call_failed, Reason}, _Timeout) ->
     {error, Reason}.
 
 %% @doc Asks the worker running a request to raise KeyboardInterrupt in it.
-%% The request then answers (usually `{error, {\'KeyboardInterrupt\', _}}'),
+%% The request then answers (usually with a KeyboardInterrupt error),
 %% or, if the Python code cannot be interrupted, the worker is killed after
 %% the pool's `kill_after' and the answer is `{error, {worker_exited,
 %% {interrupt_timeout, Ms}}}'. A request that has finished is not affected.

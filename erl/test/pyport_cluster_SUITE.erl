@@ -20,16 +20,11 @@ all() ->
 
 init_per_suite(Config) ->
     ok = distributed(),
-    Data = filename:join(filename:dirname(code:which(?MODULE)), "pyport_SUITE_data"),
-    _ = application:load(pyport),
-    application:set_env(pyport, pools, #{default => #{size => 1, python_path => [Data]}}),
-    {ok, _} = application:ensure_all_started(pyport),
-    [{python_dir, Data} | Config].
+    ok = pyport_test_util:start(#{default => #{size => 1}}),
+    [{python_dir, pyport_test_util:python_dir()} | Config].
 
 end_per_suite(_Config) ->
-    ok = application:stop(pyport),
-    application:unset_env(pyport, pools),
-    ok.
+    pyport_test_util:stop().
 
 init_per_testcase(_Case, Config) ->
     %% Two peers serving the pool `shared'; this node does not.
@@ -39,8 +34,7 @@ init_per_testcase(_Case, Config) ->
 
 end_per_testcase(_Case, Config) ->
     [catch peer:stop(P) || {P, _} <- ?config(peers, Config)],
-    [ok = pyport:stop_pool(P) || P <- pyport:pools(), P =/= default],
-    ok.
+    pyport_test_util:stop_other_pools().
 
 %% The test node must be distributed; a random name, since other runs may
 %% use this machine at the same time.
@@ -183,12 +177,4 @@ node_of(OsPid, PeerB, PeerC, B, C) ->
     end.
 
 wait_until(Cond) ->
-    wait_until(Cond, 1000).
-
-wait_until(_Cond, 0) ->
-    ct:fail(condition_never_true);
-wait_until(Cond, N) ->
-    case Cond() of
-        true -> ok;
-        false -> timer:sleep(10), wait_until(Cond, N - 1)
-    end.
+    pyport_test_util:wait_until(Cond).

@@ -22,23 +22,17 @@ all() ->
     [chaos, runaway_busy_loop, runaway_sleep, runaway_c_call_ignoring_signals, memory_bombs].
 
 init_per_suite(Config) ->
-    Data = filename:join(filename:dirname(code:which(?MODULE)), "pyport_SUITE_data"),
-    _ = application:load(pyport),
-    application:set_env(pyport, pools, #{default => #{size => 1, python_path => [Data]}}),
-    {ok, _} = application:ensure_all_started(pyport),
-    [{python_dir, Data} | Config].
+    ok = pyport_test_util:start(#{default => #{size => 1}}),
+    [{python_dir, pyport_test_util:python_dir()} | Config].
 
 end_per_suite(_Config) ->
-    ok = application:stop(pyport),
-    application:unset_env(pyport, pools),
-    ok.
+    pyport_test_util:stop().
 
 init_per_testcase(_Case, Config) ->
     Config.
 
 end_per_testcase(_Case, _Config) ->
-    [ok = pyport:stop_pool(P) || P <- pyport:pools(), P =/= default],
-    ok.
+    pyport_test_util:stop_other_pools().
 
 %%%===================================================================
 %%% Chaos
@@ -184,8 +178,7 @@ runaway(How, Outcome, Config) ->
                                            kill_after => ?KILL_AFTER_MS}),
     Opts = #{pool => runaway, timeout => 500},
     {ok, #{os_pid := OsPid}} = pyport:worker_info({runaway, 1}),
-    Flag = list_to_binary(filename:join(?config(priv_dir, Config),
-                                        "run-" ++ integer_to_list(erlang:unique_integer([positive])))),
+    Flag = pyport_test_util:flag(Config),
     Result = case How of
                  c_call -> py:call(?F, c_call_ignoring_signals, [Flag], #{}, Opts);
                  _ -> py:call(?F, runaway_after_touch, [Flag, How], #{}, Opts)
@@ -228,7 +221,7 @@ memory_bombs(Config) ->
 %%%===================================================================
 
 wait_until(Cond) ->
-    wait_until_value(fun() -> Cond() orelse false end).
+    pyport_test_util:wait_until(Cond, 3000).
 
 %% Polls every 20 ms for up to 30 s until Fun returns something other
 %% than false.

@@ -20,23 +20,17 @@ all() ->
      stop_pool_drains_then_kills, application_stop_drains_every_worker].
 
 init_per_suite(Config) ->
-    Data = filename:join(filename:dirname(code:which(?MODULE)), "pyport_SUITE_data"),
-    _ = application:load(pyport),
-    application:set_env(pyport, pools, #{default => #{size => 1, python_path => [Data]}}),
-    {ok, _} = application:ensure_all_started(pyport),
-    [{python_dir, Data} | Config].
+    ok = pyport_test_util:start(#{default => #{size => 1}}),
+    [{python_dir, pyport_test_util:python_dir()} | Config].
 
 end_per_suite(_Config) ->
-    _ = application:stop(pyport),
-    application:unset_env(pyport, pools),
-    ok.
+    pyport_test_util:stop().
 
 init_per_testcase(_Case, Config) ->
     Config.
 
 end_per_testcase(_Case, _Config) ->
-    [ok = pyport:stop_pool(P) || P <- pyport:pools(), P =/= default],
-    ok.
+    pyport_test_util:stop_other_pools().
 
 pool(Name, Opts, Config) ->
     {ok, _} = pyport:start_pool(Name, maps:merge(#{size => 1, python_path => [?config(python_dir, Config)]},
@@ -227,8 +221,7 @@ application_stop_drains_every_worker(Config) ->
 %%%===================================================================
 
 flag(Config) ->
-    list_to_binary(filename:join(?config(priv_dir, Config),
-                                 "flag-" ++ integer_to_list(erlang:unique_integer([positive])))).
+    pyport_test_util:flag(Config).
 
 os_pid(Pool) when is_atom(Pool) ->
     os_pid({Pool, 1});
@@ -241,21 +234,10 @@ in_flight(Pool, Slot) ->
     maps:get(in_flight, lists:nth(Slot, Ws)).
 
 async(Fun) ->
-    Self = self(),
-    Ref = make_ref(),
-    spawn_link(fun() -> Self ! {Ref, Fun()} end),
-    Ref.
+    pyport_test_util:async(Fun).
 
 await(Ref) ->
-    receive {Ref, R} -> R after 60000 -> ct:fail(no_answer) end.
+    pyport_test_util:await(Ref).
 
 wait_until(Cond) ->
-    wait_until(Cond, 2000).
-
-wait_until(_Cond, 0) ->
-    ct:fail(condition_never_true);
-wait_until(Cond, N) ->
-    case Cond() of
-        true -> ok;
-        false -> timer:sleep(10), wait_until(Cond, N - 1)
-    end.
+    pyport_test_util:wait_until(Cond).

@@ -21,23 +21,17 @@ all() ->
      memory_stats_and_gc_per_worker, sys_config_pools].
 
 init_per_suite(Config) ->
-    Data = filename:join(filename:dirname(code:which(?MODULE)), "pyport_SUITE_data"),
-    _ = application:load(pyport),
-    application:set_env(pyport, pools, #{default => #{size => 1, python_path => [Data]}}),
-    {ok, _} = application:ensure_all_started(pyport),
-    [{python_dir, Data} | Config].
+    ok = pyport_test_util:start(#{default => #{size => 1}}),
+    [{python_dir, pyport_test_util:python_dir()} | Config].
 
 end_per_suite(_Config) ->
-    ok = application:stop(pyport),
-    application:unset_env(pyport, pools),
-    ok.
+    pyport_test_util:stop().
 
 init_per_testcase(_Case, Config) ->
     Config.
 
 end_per_testcase(_Case, _Config) ->
-    [ok = pyport:stop_pool(P) || P <- pyport:pools(), P =/= default],
-    ok.
+    pyport_test_util:stop_other_pools().
 
 %%%===================================================================
 %%% Pools
@@ -246,12 +240,8 @@ os_pid({Pool, Slot}) ->
     {ok, #{os_pid := P}} = pyport:worker_info({Pool, Slot}),
     P.
 
-%% The OS pid once the worker is up again (undefined while it restarts).
 up_os_pid(Pool, Slot) ->
-    case pyport:worker_info({Pool, Slot}) of
-        {ok, #{os_pid := P, status := up}} -> P;
-        _ -> undefined
-    end.
+    pyport_test_util:os_pid({Pool, Slot}).
 
 in_flight(Pool, Slot) ->
     {ok, #{workers := Ws}} = pyport:pool_info(Pool),
@@ -290,12 +280,4 @@ strip_common([X | P], [X | B], Acc) -> strip_common(P, B, [X | Acc]);
 strip_common(P, B, Acc) -> {lists:reverse(Acc), P, B}.
 
 wait_until(Cond) ->
-    wait_until(Cond, 1000).
-
-wait_until(_Cond, 0) ->
-    ct:fail(condition_never_true);
-wait_until(Cond, N) ->
-    case Cond() of
-        true -> ok;
-        false -> timer:sleep(10), wait_until(Cond, N - 1)
-    end.
+    pyport_test_util:wait_until(Cond).

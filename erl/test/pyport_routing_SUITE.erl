@@ -21,16 +21,11 @@ all() ->
      parallel_returns_results_in_order, parallel_spreads_over_workers, option_errors].
 
 init_per_suite(Config) ->
-    Data = filename:join(filename:dirname(code:which(?MODULE)), "pyport_SUITE_data"),
-    _ = application:load(pyport),
-    application:set_env(pyport, pools, #{default => #{size => 2, python_path => [Data]}}),
-    {ok, _} = application:ensure_all_started(pyport),
-    [{python_dir, Data} | Config].
+    ok = pyport_test_util:start(#{default => #{size => 2}}),
+    Config.
 
 end_per_suite(_Config) ->
-    ok = application:stop(pyport),
-    application:unset_env(pyport, pools),
-    ok.
+    pyport_test_util:stop().
 
 init_per_testcase(_Case, Config) ->
     Config.
@@ -44,16 +39,16 @@ end_per_testcase(_Case, _Config) ->
 %%%===================================================================
 
 least_loaded_avoids_a_busy_worker(Config) ->
-    Flag = flag(Config),
+    Flag = pyport_test_util:flag(Config),
     {ok, Busy} = os_pid_of(1),
     {ok, Free} = os_pid_of(2),
-    Blocker = spawn_call_in(fun() -> py:call(py:context(1), ?F, wait_for_file, [Flag]) end),
+    Blocker = pyport_test_util:async(fun() -> py:call(py:context(1), ?F, wait_for_file, [Flag]) end),
     wait_until(fun() -> in_flight(1) =:= 1 end),
     %% Every call while slot 1 is busy goes to slot 2.
     Pids = [begin {ok, P} = py:call(os, getpid, []), P end || _ <- lists:seq(1, 20)],
     ?assertEqual([Free], lists:usort(Pids)),
     ok = file:write_file(Flag, <<>>),
-    ?assertEqual({ok, true}, receive_result(Blocker)),
+    ?assertEqual({ok, true}, pyport_test_util:await(Blocker)),
     ?assertNotEqual(Busy, Free).
 
 %%%===================================================================
@@ -258,10 +253,6 @@ option_errors(_Config) ->
 %%% Helpers
 %%%===================================================================
 
-flag(Config) ->
-    list_to_binary(filename:join(?config(priv_dir, Config),
-                                 "flag-" ++ integer_to_list(erlang:unique_integer([positive])))).
-
 os_pid_of(Slot) ->
     case pyport:worker_info({default, Slot}) of
         {ok, #{os_pid := P}} when is_integer(P) -> {ok, P};
@@ -292,23 +283,5 @@ total_monitored_namespaces() ->
     {ok, Ws} = pyport:workers(default),
     lists:sum([maps:get(namespaces, pyport_worker:info(P)) || {_, P} <- Ws]).
 
-spawn_call_in(Fun) ->
-    Self = self(),
-    Ref = make_ref(),
-    spawn_link(fun() -> Self ! {Ref, Fun()} end),
-    Ref.
-
-receive_result(Ref) ->
-    receive {Ref, R} -> R after 30000 -> timeout end.
-
-%% Polls Cond every 10 ms for up to 10 s.
 wait_until(Cond) ->
-    wait_until(Cond, 1000).
-
-wait_until(_Cond, 0) ->
-    ct:fail(condition_never_true);
-wait_until(Cond, N) ->
-    case Cond() of
-        true -> ok;
-        false -> timer:sleep(10), wait_until(Cond, N - 1)
-    end.
+    pyport_test_util:wait_until(Cond).

@@ -60,7 +60,8 @@ void check_value(PyObject* value) {
   pyport::ByteBuffer second = encoded(v2.get(), "a round-tripped value does not encode");
   pyport::PyRef v3 = decoded(second);
   pyport::ByteBuffer third = encoded(v3.get(), "a round-tripped value does not encode");
-  if (second.size() != third.size() || std::memcmp(second.data(), third.data(), second.size()) != 0) {
+  if (second.size() != third.size() ||
+      std::memcmp(second.data(), third.data(), second.size()) != 0) {
     fail("the wire form changes after its first round trip");
   }
 }
