@@ -236,7 +236,7 @@ handle_info({'$pyport_cast', Frame}, #state{queue = Q} = State) ->
 handle_info({'$pyport_cancel', Id}, State) ->
     {noreply, cancel(Id, State)};
 handle_info({'$pyport_interrupt', Id}, State) ->
-    {noreply, interrupt(Id, State)};
+    {noreply, interrupt_on_request(Id, State)};
 handle_info({'$pyport_ns', Owner, Ns}, State) ->
     {noreply, register_namespace(Owner, Ns, State)};
 handle_info({'$pyport_ns_drop', Ns}, #state{monitor_by_ns = ByNs} = State) ->
@@ -427,6 +427,23 @@ interrupt(Id, #state{pending = Pending, kill_timers = Timers, port = Port} = Sta
             State#state{kill_timers = Timers#{Id => Timer}};
         false ->
             State
+    end.
+
+%% py:interrupt/1: a request still held here is answered without being sent,
+%% as the worker answers one interrupted before it started.
+interrupt_on_request(Id, #state{pending = Pending, queue = Q} = State) ->
+    case is_map_key(Id, Pending) of
+        true ->
+            interrupt(Id, State);
+        false ->
+            {Hit, Kept} = lists:partition(fun({call, _, I, _, _}) -> I =:= Id;
+                                             (_) -> false
+                                          end, queue:to_list(Q)),
+            Message = iolist_to_binary(io_lib:format("request ~b was interrupted before it started",
+                                                     [Id])),
+            [finish(Alias, {error, {'KeyboardInterrupt', Message}}, State)
+             || {call, Alias, _, _, _} <- Hit],
+            State#state{queue = queue:from_list(Kept)}
     end.
 
 kill_unresponsive(Id, #state{opts = #{kill_after := Ms}} = State) ->

@@ -124,6 +124,17 @@ interrupt_a_spawned_call(Config) ->
     wait_until(fun() -> filelib:is_file(Flag) end),
     ok = py:interrupt(H),
     ?assertMatch({error, {'KeyboardInterrupt', _}}, py:await(H)),
+    %% A call waiting behind another one does not run at all.
+    Gate = flag(Config),
+    Busy = py:spawn_call(?F, wait_for_file, [Gate], #{}, Opts),
+    Queued = py:spawn_call(?F, remember, [queued_ran], #{}, Opts),
+    ok = py:interrupt(Queued),
+    ok = file:write_file(Gate, <<>>),
+    ?assertEqual({ok, true}, py:await(Busy)),
+    {error, {'KeyboardInterrupt', Why}} = py:await(Queued),
+    ?assertMatch({_, _}, binary:match(Why, <<"interrupted before it started">>)),
+    {ok, Seen} = py:call(?F, remembered, [], #{}, Opts),
+    ?assertNot(lists:member(queued_ran, Seen)),
     %% A finished call is not affected.
     H2 = py:spawn_call(?F, add, [1, 2], #{}, Opts),
     ?assertEqual({ok, 3}, py:await(H2)),
