@@ -762,8 +762,9 @@ spawn_os_process(#state{opts = Opts} = State) ->
 
 %% The OS process is gone (or was given up on): answer everyone waiting on
 %% it, then start the next one or give up.
-os_process_died(_Detail, #state{status = stopping} = State) ->
-    {noreply, State#state{port = undefined}};
+os_process_died(Detail, #state{status = stopping} = State) ->
+    %% Stopping: no new process; requests it had are answered now.
+    {noreply, (fail_all_pending(Detail, State))#state{port = undefined}};
 os_process_died(Detail0, #state{status = Status, spawned_at = Spawned} = State0) ->
     Detail = case State0#state.kill_reason of
                  undefined -> Detail0;
