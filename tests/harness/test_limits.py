@@ -1,5 +1,6 @@
 """Resource limits a worker applies to itself (--max-memory, --cpu-seconds,
 --max-open-files): what Python sees when it reaches them."""
+import os
 import signal
 import subprocess
 
@@ -10,11 +11,18 @@ from pyport_proto import RemoteError
 from wire import assert_in_sync
 
 
+# AddressSanitizer reserves terabytes of address space for its shadow
+# memory: no worker built with it can run under RLIMIT_AS.
+needs_no_asan = pytest.mark.skipif(os.environ.get("PYPORT_SANITIZED") == "1",
+                                   reason="an address-space limit cannot hold an ASan build")
+
+
 def rlimits(worker):
     return worker.eval("[__import__('resource').getrlimit(getattr(__import__('resource'), n))"
                        " for n in ('RLIMIT_AS', 'RLIMIT_CPU', 'RLIMIT_NOFILE')]")
 
 
+@needs_no_asan
 def test_limits_are_applied(spawn):
     w = spawn(args=["--max-memory", str(512 << 20), "--cpu-seconds", "100",
                     "--max-open-files", "64"])
@@ -30,6 +38,7 @@ def test_no_limits_by_default(worker):
     assert as_[0] == infinity and cpu[0] == infinity
 
 
+@needs_no_asan
 def test_memory_limit_is_a_memory_error_and_the_worker_goes_on(spawn):
     w = spawn(args=["--max-memory", str(400 << 20)])
     with pytest.raises(RemoteError) as e:
