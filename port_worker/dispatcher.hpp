@@ -1,8 +1,8 @@
-// Runs the requests of PROTOCOL.md (CALL, CAST, EVAL, EXEC, SHUTDOWN,
-// CANCEL, STREAM_START, STREAM_CREDIT) in the embedded interpreter and
-// writes their answers. Fed one frame payload at a time and writing answer
-// frames into a buffer, it needs no I/O, so it is tested in-process. Every
-// method needs the GIL.
+// Runs the requests of PROTOCOL.md (CALL, CAST, EVAL, EXEC, CONTROL,
+// SHUTDOWN, INTERRUPT, CANCEL, STREAM_START, STREAM_CREDIT) in the embedded
+// interpreter and writes their answers. Fed one frame payload at a time and
+// writing answer frames into a buffer, it needs no I/O, so it is tested
+// in-process. Every method needs the GIL.
 //
 // A request whose value is a coroutine (or an asyncio future) is not
 // answered at once: it is handed to the worker's event loop as a task
@@ -14,10 +14,12 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <vector>
 
 #include "byte_buffer.hpp"
 #include "codec.hpp"
 #include "input_reader.hpp"
+#include "interrupts.hpp"
 #include "msgpack_rw.hpp"
 #include "py_ref.hpp"
 
@@ -39,7 +41,9 @@ struct TaskHooks {
 
 class Dispatcher {
  public:
-  Dispatcher(Codec& codec, size_t max_frame_size);
+  // Requests mark their running span in `interrupts` (if given), so that
+  // INTERRUPT can reach them.
+  Dispatcher(Codec& codec, size_t max_frame_size, Interrupts* interrupts = nullptr);
 
   void set_task_hooks(TaskHooks hooks) { hooks_ = std::move(hooks); }
 
@@ -70,25 +74,32 @@ class Dispatcher {
   // of the dispatcher moves them to the back of its input.
   InputBatch& requeued() { return requeued_; }
 
+  // How many namespaces (EVAL/EXEC globals) exist, the shared one included
+  // once used.
+  size_t namespace_count() const { return namespaces_.size(); }
+
   // Bounds of the caches (see the .cpp for why each exists).
   static constexpr size_t kMaxCachedCode = 512;
-  static constexpr size_t kMaxCachedFunctions = 4096;
+  static constexpr size_t kMaxCachedNames = 4096;
 
  private:
   void dispatch(mp::Reader& r, uint64_t kind, uint64_t id, uint32_t fields, ByteBuffer& out);
   void call(mp::Reader& r, bool is_cast, uint64_t id, ByteBuffer& out);
   void eval(mp::Reader& r, uint64_t id, ByteBuffer& out);
   void exec(mp::Reader& r, uint64_t id, ByteBuffer& out);
+  void control(mp::Reader& r, uint64_t id, ByteBuffer& out);
   void cancel(mp::Reader& r, uint64_t id, ByteBuffer& out);
   void stream_start(mp::Reader& r, uint64_t id, ByteBuffer& out);
   void stream_credit(mp::Reader& r, uint64_t id, ByteBuffer& out);
 
   // What a CALL (from Module on) or an EVAL (from Code on) produces: its
-  // value, or null with either *ferr set (the frame is malformed) or a
+  // value, or null with either *ferr set (the frame is malformed),
+  // *interrupted set (interrupted before it started: it did not run) or a
   // Python exception set. `what` names the frame in messages.
-  PyRef run_call(mp::Reader& r, const char* what, std::string* ferr, std::string_view* module,
-                 std::string_view* function);
-  PyRef run_eval(mp::Reader& r, const char* what, std::string* ferr);
+  PyRef run_call(mp::Reader& r, uint64_t id, const char* what, std::string* ferr,
+                 std::string_view* module, std::string_view* function, bool* interrupted);
+  PyRef run_eval(mp::Reader& r, uint64_t id, const char* what, std::string* ferr,
+                 bool* interrupted);
   // Answers id with value, or starts it as a task if it is awaitable.
   void deliver(uint64_t id, PyRef value, ByteBuffer& out);
   bool is_awaitable(PyObject* value);
@@ -97,9 +108,17 @@ class Dispatcher {
   // null with *error set (FrameError text) or a Python exception set.
   PyRef decode_str_map(mp::Reader& r, const char* what, std::string* error);
   PyRef lookup_function(std::string_view module, std::string_view function);
-  PyRef import_module(const std::string& name);
+  // Code compiled from source: Py_eval_input, Py_file_input, or an
+  // expression wrapped to take `names` as keyword-only arguments.
   PyRef compiled(std::string_view code, int mode);
+  PyRef compiled_with_locals(std::string_view code, const std::vector<std::string>& names);
+  PyRef cache_code(std::string key, PyRef code);
   PyRef namespace_globals(uint64_t ns);
+  // 1 if name can be a parameter name (an identifier, not a keyword), 0 if
+  // not, -1 with an exception set.
+  int is_parameter_name(PyObject* name);
+  // A function of python_runtime/pyport_runtime/worker.py.
+  PyRef runtime_function(const char* name);
 
   void write_result(uint64_t id, PyObject* value, ByteBuffer& out);
   // Writes [kind, Id, Value]; on failure writes nothing (kError: a Python
@@ -109,10 +128,13 @@ class Dispatcher {
   // SCHEDULE frame, or requeues the continuation.
   void schedule(PyObject* marker, bool is_cast, uint64_t id, ByteBuffer& out);
   void frame_error(uint64_t id, const std::string& message, ByteBuffer& out);
+  void interrupted_before_start(uint64_t id, ByteBuffer& out);
   void frame_error_typed(uint64_t id, std::string_view type, const std::string& message,
                          ByteBuffer& out);
   // Answers id with the current Python exception (which it clears).
   void python_error(uint64_t id, ByteBuffer& out);
+  // A failed decode of a field: FrameError for malformed input.
+  void decode_error(uint64_t id, const char* field, ByteBuffer& out);
   // The FrameError text for a failed decode of a field into *ferr, if the
   // codec found malformed input (ValueError, which it clears); else the
   // Python exception stays set.
@@ -127,11 +149,19 @@ class Dispatcher {
 
   Codec& codec_;
   size_t max_frame_size_;
+  Interrupts* interrupts_;
   TaskHooks hooks_;
   bool shutdown_ = false;
 
-  std::unordered_map<std::string, PyRef> modules_;
-  std::unordered_map<std::string, PyRef> functions_;  // "module\0function"
+  // The str objects naming a CALL's module and attribute path, by
+  // "module\0function". Only names are cached: the module is looked up in
+  // sys.modules and the attributes read on every call, so a reloaded or
+  // monkeypatched function is what runs.
+  struct FunctionNames {
+    PyRef module;
+    std::vector<PyRef> path;
+  };
+  std::unordered_map<std::string, FunctionNames> names_;
   std::unordered_map<uint64_t, PyRef> namespaces_;
 
   // Compiled code by mode + source, least recently used first in lru_.
@@ -143,6 +173,8 @@ class Dispatcher {
   std::list<const std::string*> lru_;
 
   PyRef format_exception_;  // traceback.format_exception, imported on first use
+  PyRef runtime_;           // pyport_runtime.worker, imported on first use
+  PyRef keywords_;          // frozenset(keyword.kwlist), made on first use
   PyRef cancelled_name_, exception_name_, result_name_;  // future methods, interned
   // erlang._schedule: ScheduleMarker, and park(marker) -> continuation id.
   PyRef marker_type_, park_;

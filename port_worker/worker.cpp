@@ -106,10 +106,12 @@ int Worker::run(const Channel& channel) {
   std::string version = Py_GetVersion();
   version = version.substr(0, version.find(' '));
   write_hello_frame(hello, version, uint64_t(getpid()), options_.max_frame_size,
-                    {"call", "cast", "eval", "exec", "log", "request", "message", "schedule",
-                     "asyncio", "stream", "cancel"});
+                    {"call", "cast", "eval", "exec", "log", "interrupt", "control", "request",
+                     "message", "schedule", "asyncio", "stream", "cancel"});
   writer_.start(hello);
 
+  // INTERRUPT must act while Python runs on this thread.
+  reader_.set_handler(kInterrupt, on_interrupt_frame, this);
   rc = reader_.start(channel_.in_fd);
   if (rc) {
     diag(std::string("cannot start the input thread: ") + std::strerror(rc));
@@ -236,7 +238,7 @@ bool Worker::init_python(PyRef& serve) {
     diag("cannot load the _erlang module: " + current_exception_text());
     return false;
   }
-  dispatcher_ = std::make_unique<Dispatcher>(*codec_, options_.max_frame_size);
+  dispatcher_ = std::make_unique<Dispatcher>(*codec_, options_.max_frame_size, &interrupts_);
   PyRef events = PyRef::steal(PyImport_ImportModule("asyncio.events"));
   if (events) {
     get_running_loop_ = PyRef::steal(PyObject_GetAttrString(events.get(), "_get_running_loop"));
@@ -450,6 +452,18 @@ bool Worker::stream_end(uint64_t id) {
     dispatcher_->stream_end(id, replies_);
     return true;
   });
+}
+
+// [8, Id]: Id names the request to interrupt. Anything else goes to the
+// dispatcher, which answers it with a FrameError.
+//
+// The frame also goes on to the main thread: a request that became a task
+// (its function returned a coroutine) runs no Python code of its own
+// between steps, so the dispatcher cancels its task instead.
+bool Worker::on_interrupt_frame(void* ctx, const InputFrame& frame) {
+  if (frame.fields != 2 || frame.id == 0) return false;
+  static_cast<Worker*>(ctx)->interrupts_.interrupt(frame.id);
+  return false;
 }
 
 void Worker::on_write_error(void* ctx, int status) {

@@ -17,6 +17,7 @@
 #include "frame_writer.hpp"
 #include "frames.hpp"
 #include "input_reader.hpp"
+#include "interrupts.hpp"
 #include "log_relay.hpp"
 #include "options.hpp"
 
@@ -91,9 +92,12 @@ class Worker : public LoopHost, public MainThread {
 
   static void on_input(uv_poll_t* handle, int status, int events);
   static void on_write_error(void* ctx, int status);
+  static bool on_interrupt_frame(void* ctx, const InputFrame& frame);
 
   Options options_;
   Channel channel_;
+  // First: it blocks SIGINT before any thread exists (see Interrupts).
+  Interrupts interrupts_;
 
   uv_loop_t loop_{};
   // Watched while the loop waits: the frame channel, and the input thread's

@@ -29,8 +29,10 @@ enum FrameKind : uint8_t {
   kCancel = 5,
   kStreamStart = 6,
   kStreamCredit = 7,
+  kInterrupt = 8,
   kReply = 9,     // answer to a worker's REQUEST
   kMessage = 10,  // a term for one of the worker's mailboxes
+  kControl = 11,
   kShutdown = 15,
   kResult = 16,
   kError = 17,

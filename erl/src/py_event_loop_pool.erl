@@ -78,7 +78,7 @@ spawn_task(Module, Function, Args, Kwargs) ->
 -spec get_loop() -> {ok, py:context()} | {error, term()}.
 get_loop() ->
     case loops() of
-        {ok, Pool, N} -> {ok, py:pool_context(Pool, slot(N))};
+        {ok, Pool, N} -> {ok, py:context(Pool, slot(N))};
         {error, _} = Error -> Error
     end.
 
@@ -118,11 +118,11 @@ loops() ->
           {ok, term()} | {error, term()}.
 run_on({ok, Target}, Module, Function, Args, Opts) when is_map(Opts) ->
     %% No result message is needed: the answer comes undecoded to the
-    %% caller, which decodes it itself, as for py:call.
+    %% caller, which decodes it itself, as for py:call; a caller that gives
+    %% up has the worker's owner interrupt it, which cancels the task.
     case fields(Module, Function, Args, maps:get(kwargs, Opts, #{})) of
         {ok, Fields} ->
-            pyport_request:call_cancellable(Target, ?CALL, Fields,
-                                            maps:get(timeout, Opts, ?DEFAULT_TIMEOUT));
+            pyport_request:call(Target, ?CALL, Fields, maps:get(timeout, Opts, ?DEFAULT_TIMEOUT));
         {error, _} = Error ->
             Error
     end;

@@ -23,7 +23,8 @@ groups() ->
     [{async, [],
       [async_call_and_await, async_call_message, async_call_errors, async_await_timeout_cancels,
        async_gather_in_order, async_gather_first_error, thousand_coroutines_in_one_worker,
-       call_timeout_cancels_coroutine, sync_function_through_async_call,
+       call_timeout_cancels_coroutine, interrupted_coroutine_is_cancelled_not_killed,
+       sync_function_through_async_call,
        coroutines_call_erlang]},
      {event_loop, [],
       [event_loop_run, event_loop_create_task_and_await, event_loop_message,
@@ -157,6 +158,27 @@ coroutines_call_erlang(_Config) ->
         ?assertEqual({ok, 14}, py:call(?F, sleep_then_call, [async_suite_double, 7]))
     after
         py:unregister_function(async_suite_double)
+    end.
+
+%% A caller that gives up has the owner interrupt its request (and kill the
+%% OS process if no answer comes within kill_after); a coroutine request is
+%% cancelled instead, answers at once, and the worker lives on.
+interrupted_coroutine_is_cancelled_not_killed(_Config) ->
+    Data = filename:join(filename:dirname(code:which(?MODULE)), "pyport_async_SUITE_data"),
+    {ok, _} = pyport:start_pool(async_kill, #{size => 1, python_path => [Data], kill_after => 200}),
+    try
+        Ctx = py:context(async_kill, 1),
+        {ok, #{os_pid := OsPid, restarts := Restarts}} = pyport:worker_info(Ctx),
+        ?assertEqual({error, timeout},
+                     py:call(Ctx, ?F, wait_forever, [<<"interrupted">>], #{}, 50)),
+        eventually(fun() -> events(Ctx) =:= [[<<"cancelled">>, <<"interrupted">>]] end,
+                   cancellation),
+        timer:sleep(400),   % past kill_after
+        ?assertMatch({ok, #{os_pid := OsPid, restarts := Restarts, interrupted := 0}},
+                     pyport:worker_info(Ctx)),
+        ?assertEqual({ok, 4}, py:call(Ctx, ?F, double, [2]))
+    after
+        pyport:stop_pool(async_kill)
     end.
 
 sync_function_through_async_call(_Config) ->
