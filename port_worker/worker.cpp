@@ -310,7 +310,8 @@ bool Worker::wait(const std::function<bool()>& ready, Clock::time_point deadline
   bool handle_requests = depth_ < kMaxNesting;
   if (handle_requests) reader_.main_idle();
   bool done = ready();
-  while (!done && !input_ended_) {
+  // A wait that takes no requests cannot see end of input in them: it asks.
+  while (!done && !input_ended_ && (handle_requests || !reader_.ended())) {
     int timeout = -1;
     if (deadline != Clock::time_point::max()) {
       auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
