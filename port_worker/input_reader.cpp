@@ -286,6 +286,7 @@ void InputReader::publish() {
 void InputReader::finish_locked(std::string error) {
   if (eof_) return;
   eof_ = true;
+  ended_.store(true);
   error_ = std::move(error);
   try {
     publish();

@@ -138,6 +138,9 @@ class InputReader {
   bool requests_waiting() const;
   // Frames queued for the main thread and not taken yet.
   size_t queued() const { return queued_.load(std::memory_order_relaxed); }
+  // Reading has ended (end of input or an error), whether or not the main
+  // thread has taken everything yet.
+  bool ended() const { return ended_.load(); }
 
  private:
   void run();
@@ -174,6 +177,7 @@ class InputReader {
   bool eof_ = false;
   std::string error_;
   std::atomic<size_t> queued_{0};
+  std::atomic<bool> ended_{false};
   std::atomic<bool> rung_{false};  // wake_fd_ holds an unread ring
 
   // The main thread's state, and the input thread's view of it.

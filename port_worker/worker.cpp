@@ -154,6 +154,10 @@ int Worker::run(const Channel& channel) {
     PyEval_RestoreThread(main_thread_);
     loop_module::attach(nullptr);
     bind_erlang_module(nullptr);
+    // The link holds Python objects: they must go before the interpreter
+    // (no thread can be inside it: close() waited for them to leave, and
+    // with the module unbound no new call reaches it).
+    link_.reset();
     get_running_loop_.reset();
     set_running_loop_.reset();
     dispatcher_.reset();
@@ -383,7 +387,8 @@ bool Worker::wait(const std::function<bool()>& ready, Clock::time_point deadline
   bool handle_requests = depth_ < kMaxNesting;
   if (handle_requests) reader_.main_idle();
   bool done = ready();
-  while (!done && !input_done_) {
+  // A wait that takes no requests cannot see end of input in them: it asks.
+  while (!done && !input_done_ && (handle_requests || !reader_.ended())) {
     int timeout = -1;
     if (deadline != Clock::time_point::max()) {
       auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();

@@ -55,8 +55,8 @@ record(_Other, _Meta) ->
 
 %% @doc The spans kept, oldest start first. Keys are atoms (`name',
 %% `trace_id', `span_id', `parent_id', `start_us', `end_us', `duration_us',
-%% `status', `attributes', `events', `error'), plus the worker's `pool',
-%% `slot' and `os_pid'.
+%% `status', `attributes', `events', `error'), plus the worker's `pyport_pool',
+%% `pyport_slot' and `os_pid' (and `domain').
 -spec spans() -> [map()].
 spans() ->
     [Span || {_, Span} <- ets:tab2list(?TAB)].

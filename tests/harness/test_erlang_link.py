@@ -262,3 +262,12 @@ def test_waits_beyond_100_levels_leave_requests_for_the_levels_above(worker):
     assert order[0] == limit - 1
     assert sorted(order) == list(range(limit + extra))
     wire.assert_in_sync(worker)
+
+
+def test_end_of_input_while_waits_are_100_levels_deep(worker):
+    # The deepest wait takes no requests, so it must learn of the end of
+    # input by itself; every level then fails with ConnectionError.
+    for k in range(100):
+        call(worker, "call", "echo", k)
+        next_request(worker, "call")
+    assert worker.close() == 0
