@@ -31,3 +31,55 @@ def publish_loop(topic, n):
     for i in range(n):
         publish(topic, i)
     return n
+
+
+def cpu_work(n):
+    """Pure-Python CPU work: holds the GIL the whole time."""
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
+
+
+def cpu_work_in_threads(threads, calls, n):
+    """The in-process peer of pool scaling: `calls` cpu_work(n) spread over
+    `threads` Python threads of this one process (one GIL). Seconds taken."""
+    import threading
+    import time
+
+    per_thread = calls // threads
+
+    def run():
+        for _ in range(per_thread):
+            cpu_work(n)
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    t0 = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return time.perf_counter() - t0
+
+
+def die_later(seconds, path):
+    """Returns at once; `seconds` later this worker writes the wall-clock
+    time (ns) to path and kills itself with SIGKILL."""
+    import os
+    import signal
+    import threading
+    import time
+
+    def die():
+        with open(path, "w") as f:
+            f.write(str(time.time_ns()))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Timer(seconds, die).start()
+    return True
+
+
+def sleep(seconds):
+    import time
+    time.sleep(seconds)
+    return seconds

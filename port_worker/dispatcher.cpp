@@ -1,5 +1,7 @@
 #include "dispatcher.hpp"
 
+#include <algorithm>
+
 #include "frames.hpp"
 #include "utf8.hpp"
 
@@ -27,6 +29,10 @@ const char* kind_name(uint64_t kind) {
       return "EVAL";
     case kExec:
       return "EXEC";
+    case kControl:
+      return "CONTROL";
+    case kInterrupt:
+      return "INTERRUPT";
     default:
       return "SHUTDOWN";
   }
@@ -51,16 +57,38 @@ uint32_t expected_fields(uint64_t kind) {
     case kEval:
       return 5;
     case kExec:
+    case kControl:
       return 4;
     default:
       return 2;
   }
 }
 
+// The span in which a request's Python code runs and may be interrupted
+// (see Interrupts). Ends at done() or at the end of the scope.
+class RunScope {
+ public:
+  RunScope(Interrupts* interrupts, uint64_t id)
+      : interrupts_(interrupts), started_(!interrupts || interrupts->begin(id)) {}
+  ~RunScope() { done(); }
+  RunScope(const RunScope&) = delete;
+  RunScope& operator=(const RunScope&) = delete;
+  // False: interrupted before it started; it must not run.
+  bool started() const { return started_; }
+  void done() {
+    if (interrupts_ && started_) interrupts_->end();
+    started_ = false;
+  }
+
+ private:
+  Interrupts* interrupts_;
+  bool started_;
+};
+
 }  // namespace
 
-Dispatcher::Dispatcher(Codec& codec, size_t max_frame_size)
-    : codec_(codec), max_frame_size_(max_frame_size) {
+Dispatcher::Dispatcher(Codec& codec, size_t max_frame_size, Interrupts* interrupts)
+    : codec_(codec), max_frame_size_(max_frame_size), interrupts_(interrupts) {
   // Without the erlang package (a bare interpreter) calls just cannot
   // schedule continuations.
   PyRef schedule = PyRef::steal(PyImport_ImportModule("erlang._schedule"));
@@ -100,6 +128,8 @@ void Dispatcher::dispatch(mp::Reader& r, uint64_t kind, uint64_t id, uint32_t fi
     case kCast:
     case kEval:
     case kExec:
+    case kControl:
+    case kInterrupt:
     case kShutdown:
       break;
     case kReply:
@@ -140,6 +170,12 @@ void Dispatcher::dispatch(mp::Reader& r, uint64_t kind, uint64_t id, uint32_t fi
       return eval(r, id, out);
     case kExec:
       return exec(r, id, out);
+    case kControl:
+      return control(r, id, out);
+    case kInterrupt:
+      // Frames reach the dispatcher one after another, so the request this
+      // names has finished (or never existed): nothing to interrupt.
+      return;
     default:
       shutdown_ = true;
   }
@@ -161,12 +197,15 @@ void Dispatcher::call(mp::Reader& r, bool is_cast, uint64_t id, ByteBuffer& out)
   if (!kwargs) return decode_error(id, "Kwargs", out);
   if (!r.at_end()) return frame_error(id, "trailing bytes after the CALL frame", out);
 
+  RunScope running(interrupts_, id);
+  if (!running.started()) return is_cast ? void() : interrupted_before_start(id, out);
   PyRef fn = lookup_function(module, function);
   PyRef result;
   if (fn) {
     PyObject* kw = PyDict_GET_SIZE(kwargs.get()) ? kwargs.get() : nullptr;
     result = PyRef::steal(PyObject_Call(fn.get(), args.get(), kw));
   }
+  running.done();
   if (result && marker_type_ && Py_TYPE(result.get()) == (PyTypeObject*)marker_type_.get()) {
     return schedule(result.get(), is_cast, id, out);
   }
@@ -257,13 +296,57 @@ void Dispatcher::eval(mp::Reader& r, uint64_t id, ByteBuffer& out) {
   if (!r.read_uint(ns, "Namespace")) return frame_error(id, r.error(), out);
   if (!r.at_end()) return frame_error(id, "trailing bytes after the EVAL frame", out);
 
+  RunScope running(interrupts_, id);
+  if (!running.started()) return interrupted_before_start(id, out);
   PyRef globals = namespace_globals(ns);
+  // Compiled alone first: syntax errors name the user's text, not a wrapper.
   PyRef compiled_code = globals ? compiled(code, Py_eval_input) : PyRef();
   if (!compiled_code) return python_error(id, out);
-  PyRef result = PyRef::steal(
-      PyEval_EvalCode(compiled_code.get(), globals.get(), locals ? locals.get() : globals.get()));
+  PyRef result;
+  if (locals && PyDict_GET_SIZE(locals.get())) {
+    // Locals become keyword-only parameters of a lambda around the
+    // expression: nested scopes (comprehensions, lambdas) see them, and the
+    // namespace's globals never do. Keys that cannot be parameter names
+    // could not be referred to by the expression either.
+    std::vector<std::string> names;
+    PyRef kwargs = PyRef::steal(PyDict_New());
+    if (!kwargs) return python_error(id, out);
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(locals.get(), &pos, &key, &value)) {
+      int usable = is_parameter_name(key);
+      if (usable < 0) return python_error(id, out);
+      if (!usable) continue;
+      Py_ssize_t n;
+      const char* s = PyUnicode_AsUTF8AndSize(key, &n);
+      if (!s || PyDict_SetItem(kwargs.get(), key, value) < 0) return python_error(id, out);
+      names.emplace_back(s, size_t(n));
+    }
+    std::sort(names.begin(), names.end());
+    PyRef wrapped = compiled_with_locals(code, names);
+    PyRef fn = wrapped ? PyRef::steal(PyEval_EvalCode(wrapped.get(), globals.get(), globals.get()))
+                       : PyRef();
+    PyRef noargs = fn ? PyRef::steal(PyTuple_New(0)) : PyRef();
+    if (noargs) result = PyRef::steal(PyObject_Call(fn.get(), noargs.get(), kwargs.get()));
+  } else {
+    result = PyRef::steal(PyEval_EvalCode(compiled_code.get(), globals.get(), globals.get()));
+  }
+  running.done();
   if (!result) return python_error(id, out);
   write_result(id, result.get(), out);
+}
+
+int Dispatcher::is_parameter_name(PyObject* name) {
+  int ident = PyUnicode_IsIdentifier(name);
+  if (ident <= 0) return ident;
+  if (!keywords_) {
+    PyRef kw = PyRef::steal(PyImport_ImportModule("keyword"));
+    PyRef list = kw ? PyRef::steal(PyObject_GetAttrString(kw.get(), "kwlist")) : PyRef();
+    keywords_ = list ? PyRef::steal(PyFrozenSet_New(list.get())) : PyRef();
+    if (!keywords_) return -1;
+  }
+  int kw = PySet_Contains(keywords_.get(), name);
+  return kw < 0 ? -1 : !kw;
 }
 
 void Dispatcher::exec(mp::Reader& r, uint64_t id, ByteBuffer& out) {
@@ -274,12 +357,56 @@ void Dispatcher::exec(mp::Reader& r, uint64_t id, ByteBuffer& out) {
   }
   if (!r.at_end()) return frame_error(id, "trailing bytes after the EXEC frame", out);
 
+  RunScope running(interrupts_, id);
+  if (!running.started()) return interrupted_before_start(id, out);
   PyRef globals = namespace_globals(ns);
   PyRef compiled_code = globals ? compiled(code, Py_file_input) : PyRef();
   if (!compiled_code) return python_error(id, out);
   PyRef result = PyRef::steal(PyEval_EvalCode(compiled_code.get(), globals.get(), globals.get()));
+  running.done();
   if (!result) return python_error(id, out);
   write_result(id, Py_None, out);
+}
+
+// CONTROL: [11, Id, Op, Arg]. Operations on the worker itself rather than
+// on user code; see PROTOCOL.md for each Op.
+void Dispatcher::control(mp::Reader& r, uint64_t id, ByteBuffer& out) {
+  std::string_view op;
+  if (!read_text(r, op, "Op")) return frame_error(id, r.error(), out);
+  PyRef arg = codec_.decode(r);
+  if (!arg) return decode_error(id, "Arg", out);
+  if (!r.at_end()) return frame_error(id, "trailing bytes after the CONTROL frame", out);
+
+  PyRef result;
+  if (op == "drop_namespace") {
+    if (!PyLong_Check(arg.get()) || Py_SIZE(arg.get()) < 0) {
+      return frame_error(id, "drop_namespace needs a namespace number", out);
+    }
+    uint64_t ns = PyLong_AsUnsignedLongLong(arg.get());
+    if (PyErr_Occurred()) {
+      PyErr_Clear();
+      return frame_error(id, "drop_namespace needs a namespace number below 2^64", out);
+    }
+    // Dropping the globals frees what only they refer to.
+    result = PyRef::borrow(namespaces_.erase(ns) ? Py_True : Py_False);
+  } else if (op == "gc" || op == "memory_stats" || op == "reload") {
+    if (op == "reload" && !PyUnicode_Check(arg.get())) {
+      return frame_error(id, "reload needs a module name", out);
+    }
+    const char* fn_name = op == "gc" ? "collect" : op == "memory_stats" ? "memory_stats" : "reload";
+    PyRef fn = runtime_function(fn_name);
+    if (fn) result = PyRef::steal(PyObject_CallOneArg(fn.get(), arg.get()));
+    if (result && op == "memory_stats") {
+      PyRef count = PyRef::steal(PyLong_FromSize_t(namespaces_.size()));
+      if (!count || PyDict_SetItemString(result.get(), "namespaces", count.get()) < 0) {
+        result.reset();
+      }
+    }
+  } else {
+    return frame_error(id, "unknown CONTROL operation '" + std::string(op) + "'", out);
+  }
+  if (!result) return python_error(id, out);
+  write_result(id, result.get(), out);
 }
 
 PyRef Dispatcher::decode_str_map(mp::Reader& r, const char* what, std::string* error) {
@@ -316,42 +443,51 @@ PyRef Dispatcher::decode_str_map(mp::Reader& r, const char* what, std::string* e
   return dict;
 }
 
-// Module and attribute lookups are cached: a CALL names its function by
-// strings, and resolving them costs more than many calls do.
+// A CALL names its function by strings. Making str objects from them costs
+// more than many calls do, so the names are cached; the objects they name
+// are not: the module comes from sys.modules and the attributes are read
+// on every call, which is a few dict lookups, so a function replaced by
+// importlib.reload or by monkeypatching is the one that runs.
 PyRef Dispatcher::lookup_function(std::string_view module, std::string_view function) {
   std::string key;
   key.reserve(module.size() + function.size() + 1);
   key.append(module).push_back('\0');
   key.append(function);
-  auto it = functions_.find(key);
-  if (it != functions_.end()) return it->second;
-
-  PyRef obj = import_module(std::string(module));
-  size_t pos = 0;
-  while (obj) {
-    size_t dot = function.find('.', pos);
-    std::string_view part = function.substr(pos, dot == std::string_view::npos ? dot : dot - pos);
-    PyRef name = PyRef::steal(PyUnicode_FromStringAndSize(part.data(), Py_ssize_t(part.size())));
-    obj = name ? PyRef::steal(PyObject_GetAttr(obj.get(), name.get())) : PyRef();
-    if (dot == std::string_view::npos) break;
-    pos = dot + 1;
+  auto it = names_.find(key);
+  if (it == names_.end()) {
+    if (module.find('\0') != std::string_view::npos) {
+      PyErr_SetString(PyExc_ModuleNotFoundError, "module name contains a NUL byte");
+      return {};
+    }
+    FunctionNames names;
+    names.module =
+        PyRef::steal(PyUnicode_FromStringAndSize(module.data(), Py_ssize_t(module.size())));
+    if (!names.module) return {};
+    size_t pos = 0;
+    for (;;) {
+      size_t dot = function.find('.', pos);
+      std::string_view part = function.substr(pos, dot == std::string_view::npos ? dot : dot - pos);
+      PyObject* name = PyUnicode_FromStringAndSize(part.data(), Py_ssize_t(part.size()));
+      if (!name) return {};
+      PyUnicode_InternInPlace(&name);  // attribute lookups compare by identity first
+      names.path.push_back(PyRef::steal(name));
+      if (dot == std::string_view::npos) break;
+      pos = dot + 1;
+    }
+    if (names_.size() >= kMaxCachedNames) names_.clear();
+    it = names_.emplace(std::move(key), std::move(names)).first;
   }
-  if (!obj) return {};
-  if (functions_.size() >= kMaxCachedFunctions) functions_.clear();
-  functions_.emplace(std::move(key), obj);
+  const FunctionNames& names = it->second;
+  PyRef obj = PyRef::steal(PyImport_GetModule(names.module.get()));
+  if (!obj) {
+    if (PyErr_Occurred()) return {};
+    obj = PyRef::steal(PyImport_Import(names.module.get()));
+  }
+  for (const PyRef& attr : names.path) {
+    if (!obj) break;
+    obj = PyRef::steal(PyObject_GetAttr(obj.get(), attr.get()));
+  }
   return obj;
-}
-
-PyRef Dispatcher::import_module(const std::string& name) {
-  auto it = modules_.find(name);
-  if (it != modules_.end()) return it->second;
-  if (name.find('\0') != std::string::npos) {
-    PyErr_SetString(PyExc_ModuleNotFoundError, "module name contains a NUL byte");
-    return {};
-  }
-  PyRef mod = PyRef::steal(PyImport_ImportModule(name.c_str()));
-  if (mod) modules_.emplace(name, mod);
-  return mod;
 }
 
 // Compiling costs far more than running a typical expression, and
@@ -373,13 +509,55 @@ PyRef Dispatcher::compiled(std::string_view code, int mode) {
   PyRef obj = PyRef::steal(
       Py_CompileString(key.c_str() + 1, mode == Py_eval_input ? "<eval>" : "<exec>", mode));
   if (!obj) return {};
+  return cache_code(std::move(key), std::move(obj));
+}
+
+// The source must already have compiled alone (see eval()).
+PyRef Dispatcher::compiled_with_locals(std::string_view code,
+                                       const std::vector<std::string>& names) {
+  std::string key = "l";
+  for (const std::string& n : names)
+    key.append(n).push_back(',');
+  key.push_back('\0');
+  key.append(code);
+  auto it = code_.find(key);
+  if (it != code_.end()) {
+    lru_.splice(lru_.end(), lru_, it->second.lru);
+    return it->second.code;
+  }
+  PyRef fn = runtime_function("compile_with_locals");
+  PyRef source =
+      fn ? PyRef::steal(PyUnicode_FromStringAndSize(code.data(), Py_ssize_t(code.size())))
+         : PyRef();
+  PyRef list = source ? PyRef::steal(PyList_New(Py_ssize_t(names.size()))) : PyRef();
+  if (!list) return {};
+  for (size_t i = 0; i < names.size(); ++i) {
+    PyObject* n = PyUnicode_FromStringAndSize(names[i].data(), Py_ssize_t(names[i].size()));
+    if (!n) return {};
+    PyList_SET_ITEM(list.get(), Py_ssize_t(i), n);  // steals n
+  }
+  PyRef obj =
+      PyRef::steal(PyObject_CallFunctionObjArgs(fn.get(), source.get(), list.get(), nullptr));
+  if (!obj) return {};
+  return cache_code(std::move(key), std::move(obj));
+}
+
+PyRef Dispatcher::cache_code(std::string key, PyRef code) {
   if (code_.size() >= kMaxCachedCode) {
     code_.erase(*lru_.front());
     lru_.pop_front();
   }
-  auto [entry, inserted] = code_.emplace(std::move(key), CodeEntry{obj, {}});
+  auto [entry, inserted] = code_.emplace(std::move(key), CodeEntry{code, {}});
   entry->second.lru = lru_.insert(lru_.end(), &entry->first);
-  return obj;
+  return code;
+}
+
+PyRef Dispatcher::runtime_function(const char* name) {
+  if (!runtime_) {
+    runtime_ = PyRef::steal(PyImport_ImportModule("pyport_runtime.worker"));
+    if (!runtime_) return {};
+  }
+  return PyRef::steal(PyObject_GetAttrString(runtime_.get(), name));
 }
 
 PyRef Dispatcher::namespace_globals(uint64_t ns) {
@@ -423,6 +601,12 @@ void Dispatcher::frame_too_large(uint64_t id, size_t size, ByteBuffer& out) {
                     "frame of " + std::to_string(size) + " bytes exceeds max_frame_size (" +
                         std::to_string(max_frame_size_) + " bytes)",
                     out);
+}
+
+void Dispatcher::interrupted_before_start(uint64_t id, ByteBuffer& out) {
+  write_error_frame(out, id, "KeyboardInterrupt",
+                    "request " + std::to_string(id) + " was interrupted before it started", "",
+                    max_frame_size_);
 }
 
 void Dispatcher::frame_error(uint64_t id, const std::string& message, ByteBuffer& out) {

@@ -1,5 +1,5 @@
-// Runs the requests of PROTOCOL.md (CALL, CAST, EVAL, EXEC, SHUTDOWN) in
-// the embedded interpreter and writes their answers. Fed one frame payload
+// Runs the requests of PROTOCOL.md (CALL, CAST, EVAL, EXEC, CONTROL,
+// SHUTDOWN) in the embedded interpreter and writes their answers. Fed one frame payload
 // at a time and writing answer frames into a buffer, it needs no I/O, so it
 // is tested in-process. Every method needs the GIL.
 #pragma once
@@ -9,10 +9,12 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <vector>
 
 #include "byte_buffer.hpp"
 #include "codec.hpp"
 #include "input_reader.hpp"
+#include "interrupts.hpp"
 #include "msgpack_rw.hpp"
 #include "py_ref.hpp"
 
@@ -20,7 +22,9 @@ namespace pyport {
 
 class Dispatcher {
  public:
-  Dispatcher(Codec& codec, size_t max_frame_size);
+  // Requests mark their running span in `interrupts` (if given), so that
+  // INTERRUPT can reach them.
+  Dispatcher(Codec& codec, size_t max_frame_size, Interrupts* interrupts = nullptr);
 
   // Handles the payload of one frame; appends its answer (if it has one) to
   // out as complete frames: every request gets exactly one answer, CAST and
@@ -33,6 +37,10 @@ class Dispatcher {
   // True once a SHUTDOWN frame was handled.
   bool shutdown_requested() const { return shutdown_; }
 
+  // How many namespaces (EVAL/EXEC globals) exist, the shared one included
+  // once used.
+  size_t namespace_count() const { return namespaces_.size(); }
+
   // Continuations of calls that returned erlang.schedule_inline(...): CALL
   // (or CAST) payloads to handle after the requests waiting now. The owner
   // of the dispatcher moves them to the back of its input.
@@ -40,27 +48,37 @@ class Dispatcher {
 
   // Bounds of the caches (see the .cpp for why each exists).
   static constexpr size_t kMaxCachedCode = 512;
-  static constexpr size_t kMaxCachedFunctions = 4096;
+  static constexpr size_t kMaxCachedNames = 4096;
 
  private:
   void dispatch(mp::Reader& r, uint64_t kind, uint64_t id, uint32_t fields, ByteBuffer& out);
   void call(mp::Reader& r, bool is_cast, uint64_t id, ByteBuffer& out);
   void eval(mp::Reader& r, uint64_t id, ByteBuffer& out);
   void exec(mp::Reader& r, uint64_t id, ByteBuffer& out);
+  void control(mp::Reader& r, uint64_t id, ByteBuffer& out);
 
   // A map of str keys (Kwargs, Locals) as a dict with exact str keys, or
   // null with *error set (FrameError text) or a Python exception set.
   PyRef decode_str_map(mp::Reader& r, const char* what, std::string* error);
   PyRef lookup_function(std::string_view module, std::string_view function);
-  PyRef import_module(const std::string& name);
+  // Code compiled from source: Py_eval_input, Py_file_input, or an
+  // expression wrapped to take `names` as keyword-only arguments.
   PyRef compiled(std::string_view code, int mode);
+  PyRef compiled_with_locals(std::string_view code, const std::vector<std::string>& names);
+  PyRef cache_code(std::string key, PyRef code);
   PyRef namespace_globals(uint64_t ns);
+  // 1 if name can be a parameter name (an identifier, not a keyword), 0 if
+  // not, -1 with an exception set.
+  int is_parameter_name(PyObject* name);
+  // A function of python_runtime/pyport_runtime/worker.py.
+  PyRef runtime_function(const char* name);
 
   void write_result(uint64_t id, PyObject* value, ByteBuffer& out);
   // A call returned a ScheduleMarker (erlang/_schedule.py): answers with a
   // SCHEDULE frame, or requeues the continuation.
   void schedule(PyObject* marker, bool is_cast, uint64_t id, ByteBuffer& out);
   void frame_error(uint64_t id, const std::string& message, ByteBuffer& out);
+  void interrupted_before_start(uint64_t id, ByteBuffer& out);
   void frame_error_typed(uint64_t id, std::string_view type, const std::string& message,
                          ByteBuffer& out);
   // Answers id with the current Python exception (which it clears).
@@ -77,10 +95,18 @@ class Dispatcher {
 
   Codec& codec_;
   size_t max_frame_size_;
+  Interrupts* interrupts_;
   bool shutdown_ = false;
 
-  std::unordered_map<std::string, PyRef> modules_;
-  std::unordered_map<std::string, PyRef> functions_;  // "module\0function"
+  // The str objects naming a CALL's module and attribute path, by
+  // "module\0function". Only names are cached: the module is looked up in
+  // sys.modules and the attributes read on every call, so a reloaded or
+  // monkeypatched function is what runs.
+  struct FunctionNames {
+    PyRef module;
+    std::vector<PyRef> path;
+  };
+  std::unordered_map<std::string, FunctionNames> names_;
   std::unordered_map<uint64_t, PyRef> namespaces_;
 
   // Compiled code by mode + source, least recently used first in lru_.
@@ -92,6 +118,8 @@ class Dispatcher {
   std::list<const std::string*> lru_;
 
   PyRef format_exception_;  // traceback.format_exception, imported on first use
+  PyRef runtime_;           // pyport_runtime.worker, imported on first use
+  PyRef keywords_;          // frozenset(keyword.kwlist), made on first use
   // erlang._schedule: ScheduleMarker, and park(marker) -> continuation id.
   PyRef marker_type_, park_;
   InputBatch requeued_;

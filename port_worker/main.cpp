@@ -2,6 +2,7 @@
 // main() prepares the process (parent-death signal, private frame channel,
 // log pipes) and hands over to Worker. See proto/PROTOCOL.md.
 #include <fcntl.h>
+#include <malloc.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <unistd.h>
@@ -75,6 +76,22 @@ int main(int argc, char** argv) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != parent) return 1;
   signal(SIGPIPE, SIG_IGN);
+  // Out of the owner's process group: a Ctrl-C at the terminal of the VM
+  // must not raise KeyboardInterrupt in every worker. SIGINT reaches a
+  // worker only as an INTERRUPT of one request (PROTOCOL.md).
+  setpgid(0, 0);
+
+  error = pyport::apply_limits(options);
+  if (!error.empty()) {
+    std::fprintf(stderr, "pyport_worker: %s\n", error.c_str());
+    return 1;
+  }
+  if (options.max_memory) {
+    // glibc reserves 64 MiB of address space per thread arena; under an
+    // address-space limit those reservations, not Python's data, would
+    // decide when MemoryError comes.
+    mallopt(M_ARENA_MAX, 2);
+  }
 
   pyport::Channel channel;
   if (!take_channel(channel, error)) {

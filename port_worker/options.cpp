@@ -1,5 +1,6 @@
 #include "options.hpp"
 
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -17,10 +18,14 @@ namespace pyport {
 
 const char* const kUsage =
     "usage: pyport_worker [--runtime DIR] [--path DIR]... [--max-frame-size BYTES]\n"
+    "                     [--max-memory BYTES] [--cpu-seconds N] [--max-open-files N]\n"
     "  --runtime DIR          the python_runtime directory (default: next to the\n"
     "                         executable, else the source tree's)\n"
     "  --path DIR             put DIR on sys.path (after the runtime); repeatable\n"
     "  --max-frame-size N     largest frame taken or sent, in bytes (default 67108864)\n"
+    "  --max-memory BYTES     address-space limit (RLIMIT_AS): Python raises MemoryError\n"
+    "  --cpu-seconds N        CPU-time limit (RLIMIT_CPU): the worker dies with SIGXCPU\n"
+    "  --max-open-files N     descriptor limit (RLIMIT_NOFILE)\n"
     "Speaks {packet,4} msgpack frames on stdin/stdout; see proto/PROTOCOL.md.\n";
 
 namespace {
@@ -29,6 +34,32 @@ bool is_dir(const std::string& path) {
   struct stat st;
   return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
+
+// A decimal number in [min, max], digits only.
+bool parse_number(const std::string& value, uint64_t min, uint64_t max, uint64_t& out) {
+  if (value.empty() || value[0] < '0' || value[0] > '9') return false;
+  errno = 0;
+  char* end = nullptr;
+  unsigned long long n = std::strtoull(value.c_str(), &end, 10);
+  if (*end || errno == ERANGE || n < min || n > max) return false;
+  out = n;
+  return true;
+}
+
+struct Limit {
+  const char* option;
+  int resource;
+  uint64_t Options::*field;
+  uint64_t min;
+  const char* unit;
+};
+
+// The smallest values still let Python start and run.
+const Limit kLimits[] = {
+    {"--max-memory", RLIMIT_AS, &Options::max_memory, uint64_t(32) << 20, "bytes"},
+    {"--cpu-seconds", RLIMIT_CPU, &Options::cpu_seconds, 1, "seconds"},
+    {"--max-open-files", RLIMIT_NOFILE, &Options::max_open_files, 16, "descriptors"},
+};
 
 }  // namespace
 
@@ -56,7 +87,10 @@ std::string parse_options(int argc, const char* const* argv, Options& out) {
     std::string value;
     size_t eq = arg.find('=');
     std::string name = arg.substr(0, eq);
-    if (name != "--runtime" && name != "--path" && name != "--max-frame-size") {
+    const Limit* limit = nullptr;
+    for (const Limit& l : kLimits)
+      if (name == l.option) limit = &l;
+    if (!limit && name != "--runtime" && name != "--path" && name != "--max-frame-size") {
       return "unknown argument '" + arg + "'";
     }
     if (eq != std::string::npos) {
@@ -72,12 +106,14 @@ std::string parse_options(int argc, const char* const* argv, Options& out) {
       have_runtime = true;
     } else if (name == "--path") {
       out.paths.push_back(value);
+    } else if (limit) {
+      if (!parse_number(value, limit->min, UINT64_MAX, out.*(limit->field))) {
+        return std::string(limit->option) + " must be a number of " + limit->unit + ", at least " +
+               std::to_string(limit->min) + ", not '" + value + "'";
+      }
     } else {
-      errno = 0;
-      char* end = nullptr;
-      unsigned long long n = std::strtoull(value.c_str(), &end, 10);
-      if (value[0] < '0' || value[0] > '9' || *end || errno == ERANGE || n < kMinMaxFrameSize ||
-          n > kMaxMaxFrameSize) {
+      uint64_t n;
+      if (!parse_number(value, kMinMaxFrameSize, kMaxMaxFrameSize, n)) {
         return "--max-frame-size must be a number of bytes from " +
                std::to_string(kMinMaxFrameSize) + " to " + std::to_string(kMaxMaxFrameSize) +
                ", not '" + value + "'";
@@ -88,6 +124,29 @@ std::string parse_options(int argc, const char* const* argv, Options& out) {
   if (!have_runtime) out.runtime_dir = default_runtime_dir();
   if (!is_dir(out.runtime_dir)) {
     return "runtime directory '" + out.runtime_dir + "' does not exist";
+  }
+  return "";
+}
+
+std::string apply_limits(const Options& options) {
+  for (const Limit& l : kLimits) {
+    uint64_t value = options.*(l.field);
+    if (!value) continue;
+    struct rlimit rl;
+    if (getrlimit(l.resource, &rl) != 0) return std::string("getrlimit: ") + strerror(errno);
+    rlim_t want = rlim_t(value);
+    // An unprivileged process cannot raise its hard limit: stay below it.
+    if (rl.rlim_max != RLIM_INFINITY && want > rl.rlim_max) want = rl.rlim_max;
+    rl.rlim_cur = want;
+    // RLIMIT_CPU: SIGXCPU at the soft limit (fatal: Python does not handle
+    // it), SIGKILL a second later should the process catch it.
+    if (l.resource == RLIMIT_CPU && (rl.rlim_max == RLIM_INFINITY || want < rl.rlim_max)) {
+      rl.rlim_max = want + 1;
+    }
+    if (setrlimit(l.resource, &rl) != 0) {
+      return std::string("cannot apply ") + l.option + " " + std::to_string(value) + ": " +
+             strerror(errno);
+    }
   }
   return "";
 }

@@ -105,9 +105,12 @@ int Worker::run(const Channel& channel) {
   std::string version = Py_GetVersion();
   version = version.substr(0, version.find(' '));
   write_hello_frame(hello, version, uint64_t(getpid()), options_.max_frame_size,
-                    {"call", "cast", "eval", "exec", "log", "request", "message", "schedule"});
+                    {"call", "cast", "eval", "exec", "log", "interrupt", "control", "request",
+                     "message", "schedule"});
   writer_.start(hello);
 
+  // INTERRUPT must act while Python runs on this thread.
+  reader_.set_handler(kInterrupt, on_interrupt_frame, this);
   rc = reader_.start(channel_.in_fd);
   if (rc) {
     diag(std::string("cannot start the input thread: ") + std::strerror(rc));
@@ -217,7 +220,7 @@ bool Worker::init_python() {
     diag("cannot load the _erlang module: " + current_exception_text());
     return false;
   }
-  dispatcher_ = std::make_unique<Dispatcher>(*codec_, options_.max_frame_size);
+  dispatcher_ = std::make_unique<Dispatcher>(*codec_, options_.max_frame_size, &interrupts_);
   return true;
 }
 
@@ -300,7 +303,8 @@ void Worker::send(ByteBuffer& frames) {
   writer_.submit_from_loop(frames);
 }
 
-bool Worker::wait(const std::function<bool()>& ready, Clock::time_point deadline) {
+MainThread::WaitResult Worker::wait(const std::function<bool()>& ready,
+                                    Clock::time_point deadline) {
   // Answers of this turn so far go out first: whoever waits for them may be
   // what the Erlang side waits for.
   writer_.submit_from_loop(replies_);
@@ -309,27 +313,46 @@ bool Worker::wait(const std::function<bool()>& ready, Clock::time_point deadline
   // requests for the levels above.
   bool handle_requests = depth_ < kMaxNesting;
   if (handle_requests) reader_.main_idle();
-  bool done = ready();
+  WaitResult result = WaitResult::kClosed;
   // A wait that takes no requests cannot see end of input in them: it asks.
-  while (!done && !input_ended_ && (handle_requests || !reader_.ended())) {
+  while (!input_ended_ && (handle_requests || !reader_.ended())) {
+    if (ready()) {
+      result = WaitResult::kReady;
+      break;
+    }
     int timeout = -1;
     if (deadline != Clock::time_point::max()) {
       auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
-      if (left <= 0) break;
+      if (left <= 0) {
+        result = WaitResult::kTimeout;
+        break;
+      }
       timeout = int(std::min<decltype(left)>(left, 1 << 30));
     }
     pollfd fds[3] = {{handle_requests ? reader_.fd() : -1, POLLIN, 0},
                      {reader_.wake_fd(), POLLIN, 0},
                      {writer_.idle() ? -1 : writer_.fd(), POLLOUT, 0}};
-    if (poll(fds, 3, timeout) < 0 && errno != EINTR) {
-      diag(std::string("waiting for Erlang failed: ") + std::strerror(errno));
-      break;
+    if (poll(fds, 3, timeout) < 0) {
+      if (errno != EINTR) {
+        diag(std::string("waiting for Erlang failed: ") + std::strerror(errno));
+        break;
+      }
+      // A signal: INTERRUPT of the request that waits (SIGINT) must raise
+      // KeyboardInterrupt in it now, not once Erlang answers.
+      PyEval_RestoreThread(ts);
+      int rc = PyErr_CheckSignals();
+      ts = PyEval_SaveThread();
+      if (rc < 0) {
+        result = WaitResult::kInterrupted;
+        break;
+      }
+      continue;
     }
     if (fds[2].revents) writer_.write_from_loop();
     if (fds[1].revents) reader_.clear_doorbell();
     if (handle_requests && (fds[0].revents || fds[1].revents)) drain_input_or_exit();
-    done = ready();
   }
+  if (result == WaitResult::kClosed && ready()) result = WaitResult::kReady;
   if (handle_requests) {
     reader_.main_busy();
   } else if (reader_.queued()) {
@@ -338,7 +361,7 @@ bool Worker::wait(const std::function<bool()>& ready, Clock::time_point deadline
     reader_.wake_main();
   }
   PyEval_RestoreThread(ts);
-  return done;
+  return result;
 }
 
 bool Worker::requests_waiting() const {
@@ -347,6 +370,14 @@ bool Worker::requests_waiting() const {
     if (batches_[i].remaining()) return true;
   }
   return false;
+}
+
+// [8, Id]: Id names the request to interrupt. Anything else goes to the
+// dispatcher, which answers it with a FrameError.
+bool Worker::on_interrupt_frame(void* ctx, const InputFrame& frame) {
+  if (frame.fields != 2 || frame.id == 0) return false;
+  static_cast<Worker*>(ctx)->interrupts_.interrupt(frame.id);
+  return true;
 }
 
 void Worker::on_write_error(void* ctx, int status) {

@@ -17,6 +17,7 @@
 #include "frame_writer.hpp"
 #include "frames.hpp"
 #include "input_reader.hpp"
+#include "interrupts.hpp"
 #include "log_relay.hpp"
 #include "options.hpp"
 
@@ -56,7 +57,7 @@ class Worker : public MainThread {
 
   // MainThread (erlang_link.hpp), for Python on the main thread.
   void send(ByteBuffer& frames) override;
-  bool wait(const std::function<bool()>& ready, Clock::time_point deadline) override;
+  WaitResult wait(const std::function<bool()>& ready, Clock::time_point deadline) override;
   bool requests_waiting() const override;
 
  private:
@@ -73,9 +74,12 @@ class Worker : public MainThread {
 
   static void on_input(uv_poll_t* handle, int status, int events);
   static void on_write_error(void* ctx, int status);
+  static bool on_interrupt_frame(void* ctx, const InputFrame& frame);
 
   Options options_;
   Channel channel_;
+  // First: it blocks SIGINT before any thread exists (see Interrupts).
+  Interrupts interrupts_;
 
   uv_loop_t loop_{};
   // Watched while the loop waits: the frame channel, and the input thread's

@@ -26,8 +26,10 @@ enum FrameKind : uint8_t {
   kCast = 2,
   kEval = 3,
   kExec = 4,
+  kInterrupt = 8,
   kReply = 9,     // answer to a worker's REQUEST
   kMessage = 10,  // a term for one of the worker's mailboxes
+  kControl = 11,
   kShutdown = 15,
   kResult = 16,
   kError = 17,

@@ -35,7 +35,7 @@ from erlang import Atom, Pid, Ref, Term  # noqa: E402  (needs the path above)
 PROTOCOL_VERSION = 1
 
 # Frame kinds.
-HELLO, CALL, CAST, EVAL, EXEC, SHUTDOWN = 0, 1, 2, 3, 4, 15
+HELLO, CALL, CAST, EVAL, EXEC, INTERRUPT, CONTROL, SHUTDOWN = 0, 1, 2, 3, 4, 8, 11, 15
 REPLY, MESSAGE = 9, 10
 RESULT, ERROR, LOG = 16, 17, 18
 REQUEST, NOTIFY, SCHEDULE = 19, 20, 21
@@ -555,6 +555,13 @@ class Worker:
 
     def exec(self, code: str, ns: int = 0, timeout: float | None = DEFAULT) -> None:
         return self.result(self.request(EXEC, code, ns), timeout)
+
+    def control(self, op: str, arg: Any = None, timeout: float | None = DEFAULT) -> Any:
+        return self.result(self.request(CONTROL, op, arg), timeout)
+
+    def interrupt(self, id: int) -> None:
+        """Asks the worker to raise KeyboardInterrupt in request ``id``."""
+        self.send_frame(INTERRUPT, id)
 
     def _read_hello(self, timeout: float) -> Hello:
         frame = self.read_frame(timeout)

@@ -7,8 +7,23 @@
 %% may be atoms, binaries or strings; code may be a binary, a string or
 %% iodata.
 %%
-%% Options (`call/5', `spawn_call/5', `eval/3') are a timeout in
-%% milliseconds, `infinity', or a map with `timeout' and `pool'.
+%% Options (`call/5', `spawn_call/5', `eval/3', `cast/5', `exec/2',
+%% `parallel/2') are a timeout in milliseconds, `infinity', or a map:
+%% <ul>
+%% <li>`timeout': milliseconds or `infinity' (default: the pool's
+%%   `call_timeout'). When it passes, the Python code is interrupted.</li>
+%% <li>`pool': a pool name, or `{cluster, Name}' for the least-loaded node
+%%   serving that pool (see docs/pools.md).</li>
+%% <li>`shard': any term; every call with the same key goes to the same
+%%   worker of the pool, also after that worker restarts.</li>
+%% <li>`node': run the call on that node's pool.</li>
+%% </ul>
+%%
+%% Routing without a context: a shard key if given; else the worker the
+%% process is bound to ({@link bind/0}); else the least-loaded worker.
+%% `eval' and `exec' without a context or shard run in the calling
+%% process's own namespace on one worker (kept for all its eval/exec, freed
+%% when it exits).
 %%
 %% ```
 %% {ok, 4.0} = py:call(math, sqrt, [16]),
@@ -20,12 +35,15 @@
 -module(py).
 
 -export([call/3, call/4, call/5, call/6,
-         cast/3, cast/4,
+         cast/3, cast/4, cast/5,
          eval/1, eval/2, eval/3, eval/4,
-         exec/1, exec/2,
+         exec/1, exec/2, exec/3,
          spawn_call/3, spawn_call/4, spawn_call/5,
-         await/1, await/2,
-         context/0, context/1, context_slot/1,
+         await/1, await/2, interrupt/1,
+         parallel/1, parallel/2,
+         context/0, context/1, context/2, context_slot/1,
+         bind/0, bind/1, unbind/0, unbind/1, is_bound/0, is_bound/1,
+         reload/1, reload/2, memory_stats/0, memory_stats/1, gc/0, gc/1, gc/2,
          version/0]).
 %% Erlang for Python: registered functions, shared state, pub/sub, logging
 %% and tracing (docs/erlang-integration.md).
@@ -41,6 +59,7 @@
 -define(CALL, 1).
 -define(EVAL, 3).
 -define(EXEC, 4).
+-define(CONTROL, 11).
 -define(DEFAULT_POOL, default).
 %% eval/exec run in the worker's shared globals (PROTOCOL.md, Namespace).
 -define(SHARED_NAMESPACE, 0).
@@ -51,7 +70,10 @@
 -type handle() :: pyport_request:handle().
 -type name() :: atom() | binary() | string().
 -type code() :: binary() | string() | iodata().
--type opts() :: timeout() | #{timeout => timeout(), pool => atom()}.
+-type opts() :: timeout() | #{timeout => timeout(),
+                               pool => atom() | {cluster, atom()},
+                               shard => term(),
+                               node => node()}.
 -type result() :: {ok, term()} | {error, term()}.
 
 %%%===================================================================
@@ -103,9 +125,14 @@ cast(#pyport_ctx{pool = Pool, slot = Slot}, Module, Function, Args) ->
                                         call_fields(Module, Function, Args, #{}))
             end);
 cast(Module, Function, Args, Kwargs) ->
+    cast(Module, Function, Args, Kwargs, #{}).
+
+%% @doc A cast with options (`pool', `shard', `node'; a timeout is not used).
+-spec cast(name(), name(), [term()], map(), opts()) -> ok | {error, term()}.
+cast(Module, Function, Args, Kwargs, Opts) ->
     request(fun() ->
-                    pyport_request:cast({pool, ?DEFAULT_POOL},
-                                        call_fields(Module, Function, Args, Kwargs))
+                    {Target, _Timeout} = target(Opts),
+                    pyport_request:cast(Target, call_fields(Module, Function, Args, Kwargs))
             end).
 
 %% @doc Calls `Module.Function(*Args)' without waiting for the result.
@@ -161,9 +188,51 @@ await(Handle) ->
     pyport_request:await(Handle).
 
 %% @doc Waits at most `Timeout' ms for the result of a {@link spawn_call/3}.
+%% After `{error, timeout}' the call is abandoned and interrupted.
 -spec await(handle(), timeout()) -> result().
 await(Handle, Timeout) when Timeout =:= infinity; is_integer(Timeout), Timeout >= 0 ->
     pyport_request:await(Handle, Timeout).
+
+%% @doc Raises KeyboardInterrupt in the Python code of a call started with
+%% {@link spawn_call/3}; its {@link await/1} then gets the outcome: usually
+%% `{error, {KeyboardInterrupt, Message}}', or `{error, {worker_exited,
+%% {interrupt_timeout, Ms}}}' if the code could not be interrupted within
+%% the pool's `kill_after' and the worker was replaced. A call that has
+%% finished is not affected.
+-spec interrupt(handle()) -> ok | {error, not_local}.
+interrupt(Handle) ->
+    pyport_request:interrupt(Handle).
+
+%% @doc Runs the calls spread over the default pool's workers and returns
+%% their results in order: `{ok, [{ok, Value} | {error, Reason}]}'.
+-spec parallel([{name(), name(), [term()]} | {name(), name(), [term()], map()}]) ->
+          {ok, [result()]}.
+parallel(Calls) ->
+    parallel(Calls, #{}).
+
+%% @doc {@link parallel/1} with options (`pool', `timeout': the deadline of
+%% every call).
+-spec parallel([{name(), name(), [term()]} | {name(), name(), [term()], map()}], opts()) ->
+          {ok, [result()]} | {error, term()}.
+parallel(Calls, Opts) when is_list(Calls) ->
+    case request(fun() -> options(Opts) end) of
+        #{pool := Pool, timeout := Timeout} when is_atom(Pool) ->
+            %% Each start counts into its slot, so least-loaded picks spread
+            %% the calls over every worker.
+            Handles = [start_request(fun() ->
+                                             pyport_request:start({pool, Pool}, ?CALL,
+                                                                  parallel_fields(Call), Timeout)
+                                     end) || Call <- Calls],
+            {ok, [pyport_request:await(H) || H <- Handles]};
+        #{pool := Pool} ->
+            {error, {invalid_option, pool, Pool}};
+        {error, _} = Error ->
+            Error
+    end.
+
+parallel_fields({M, F, A}) -> call_fields(M, F, A, #{});
+parallel_fields({M, F, A, Kw}) -> call_fields(M, F, A, Kw);
+parallel_fields(Other) -> throw({error, {invalid_call, Other}}).
 
 %%%===================================================================
 %%% Code
@@ -189,8 +258,8 @@ eval(#pyport_ctx{} = Ctx, Code, Locals) ->
     eval(Ctx, Code, Locals, #{});
 eval(Code, Locals, Opts) when is_map(Locals); Locals =:= none ->
     request(fun() ->
-                    {Target, Timeout} = target(Opts),
-                    pyport_request:call(Target, ?EVAL, eval_fields(Code, Locals), Timeout)
+                    {Target, Timeout, Ns} = code_target(Opts),
+                    pyport_request:call(Target, ?EVAL, eval_fields(Code, Locals, Ns), Timeout)
             end).
 
 %% @doc Evaluates an expression through a context, with a timeout or options.
@@ -198,24 +267,34 @@ eval(Code, Locals, Opts) when is_map(Locals); Locals =:= none ->
 eval(#pyport_ctx{} = Ctx, Code, Locals, Opts) when is_map(Locals); Locals =:= none ->
     request(fun() ->
                     {Target, Timeout} = target(Ctx, Opts),
-                    pyport_request:call(Target, ?EVAL, eval_fields(Code, Locals), Timeout)
+                    pyport_request:call(Target, ?EVAL,
+                                        eval_fields(Code, Locals, ?SHARED_NAMESPACE), Timeout)
             end).
 
-%% @doc Runs Python statements in a worker's shared globals.
+%% @doc Runs Python statements in the calling process's namespace: a later
+%% {@link eval/1} from the same process sees the names they define.
 -spec exec(code()) -> ok | {error, term()}.
 exec(Code) ->
+    exec(Code, #{}).
+
+%% @doc `exec(Ctx, Code)': through a context (a later {@link eval/2} on the
+%% same context sees the names); `exec(Code, Opts)': with options.
+-spec exec(context() | code(), code() | opts()) -> ok | {error, term()}.
+exec(#pyport_ctx{} = Ctx, Code) ->
+    exec(Ctx, Code, #{});
+exec(Code, Opts) ->
     exec_result(request(fun() ->
-                                pyport_request:call({pool, ?DEFAULT_POOL}, ?EXEC,
-                                                    exec_fields(Code), default)
+                                {Target, Timeout, Ns} = code_target(Opts),
+                                pyport_request:call(Target, ?EXEC, exec_fields(Code, Ns), Timeout)
                         end)).
 
-%% @doc Runs Python statements through a context: a later {@link eval/2} on
-%% the same context sees the names they define.
--spec exec(context(), code()) -> ok | {error, term()}.
-exec(#pyport_ctx{pool = Pool, slot = Slot}, Code) ->
+%% @doc Runs Python statements through a context, with options (a timeout).
+-spec exec(context(), code(), opts()) -> ok | {error, term()}.
+exec(#pyport_ctx{} = Ctx, Code, Opts) ->
     exec_result(request(fun() ->
-                                pyport_request:call({slot, Pool, Slot}, ?EXEC,
-                                                    exec_fields(Code), default)
+                                {Target, Timeout} = target(Ctx, Opts),
+                                pyport_request:call(Target, ?EXEC,
+                                                    exec_fields(Code, ?SHARED_NAMESPACE), Timeout)
                         end)).
 
 exec_result({ok, _}) -> ok;
@@ -241,10 +320,162 @@ context(N) when is_integer(N), N >= 1 ->
         Size -> erlang:error({bad_context, N, {pool_size, Size}})
     end.
 
+%% @doc Context `N' (1-based) of pool `Pool'.
+-spec context(atom(), pos_integer()) -> context().
+context(Pool, N) when is_atom(Pool), is_integer(N), N >= 1 ->
+    case pool_size(Pool) of
+        Size when N =< Size -> #pyport_ctx{pool = Pool, slot = N};
+        Size -> erlang:error({bad_context, N, {pool_size, Size}})
+    end.
+
 %% @doc The pool and slot a context routes to.
 -spec context_slot(context()) -> {atom(), pos_integer()}.
 context_slot(#pyport_ctx{pool = Pool, slot = Slot}) ->
     {Pool, Slot}.
+
+%% @doc Binds the calling process to one worker of the default pool: every
+%% call, eval and exec of the process goes there until {@link unbind/0} or
+%% the process exits, so Python state it creates stays reachable.
+-spec bind() -> ok | {error, term()}.
+bind() ->
+    bind(?DEFAULT_POOL).
+
+%% @doc Binds the calling process to one worker of `Pool'.
+-spec bind(atom()) -> ok | {error, term()}.
+bind(Pool) when is_atom(Pool) ->
+    pyport_affinity:bind(Pool).
+
+%% @doc Ends the binding to the default pool and frees the process's
+%% namespace there.
+-spec unbind() -> ok.
+unbind() ->
+    unbind(?DEFAULT_POOL).
+
+%% @doc Ends the binding to `Pool' and frees the process's namespace there.
+-spec unbind(atom()) -> ok.
+unbind(Pool) when is_atom(Pool) ->
+    pyport_affinity:unbind(Pool).
+
+%% @doc Whether the calling process is bound to a worker of the default pool.
+-spec is_bound() -> boolean().
+is_bound() ->
+    is_bound(?DEFAULT_POOL).
+
+%% @doc Whether the calling process is bound to a worker of `Pool'.
+-spec is_bound(atom()) -> boolean().
+is_bound(Pool) ->
+    pyport_affinity:bound_slot(Pool) =/= undefined.
+
+%% @doc Reloads `Module' in every worker of the default pool.
+-spec reload(name()) -> ok | {error, [{pos_integer(), term()}]}.
+reload(Module) ->
+    reload(Module, #{}).
+
+%% @doc Reloads `Module' in every worker of a pool (`#{pool => Name}'), one
+%% worker after another. A worker that has not imported it has nothing to
+%% do (it imports the new code when asked). A module that cannot be
+%% re-run in a process (a C extension) is reloaded by recycling the
+%% worker, gracefully, one at a time, so the pool keeps serving. Errors
+%% (the new code raises) are returned per slot; those workers keep the old
+%% code.
+-spec reload(name(), opts()) -> ok | {error, term()}.
+reload(Module, Opts) ->
+    case request(fun() -> {name(Module), options(Opts)} end) of
+        {Name, #{pool := Pool, timeout := Timeout}} when is_atom(Pool) ->
+            case pyport:workers(Pool) of
+                {ok, Workers} ->
+                    Errors = lists:foldr(
+                               fun({Slot, Pid}, Acc) ->
+                                       case reload_slot(Pool, Slot, Pid, Name, Timeout) of
+                                           ok -> Acc;
+                                           Error -> [{Slot, Error} | Acc]
+                                       end
+                               end, [], Workers),
+                    case Errors of
+                        [] -> ok;
+                        _ -> {error, Errors}
+                    end;
+                {error, _} = Error ->
+                    Error
+            end;
+        {_, #{pool := Pool}} ->
+            {error, {invalid_option, pool, Pool}};
+        {error, _} = Error ->
+            Error
+    end.
+
+reload_slot(Pool, Slot, Pid, Name, Timeout) ->
+    case control(Pool, Slot, <<"reload">>, Name, Timeout) of
+        {ok, <<"needs_restart">>} ->
+            try pyport_worker:recycle(Pid, recycle_timeout(Timeout))
+            catch exit:{Reason, _} -> {error, {worker_exited, Reason}}
+            end;
+        {ok, _ReloadedOrNotLoaded} ->
+            ok;
+        {error, _} = Error ->
+            Error
+    end.
+
+recycle_timeout(default) -> 60000;
+recycle_timeout(T) -> T.
+
+%% @doc Memory statistics of every worker of the default pool, by slot:
+%% RSS, Python's garbage collector, tracemalloc figures while it traces,
+%% and how many namespaces exist (see docs/pools.md).
+-spec memory_stats() -> {ok, #{pos_integer() => map() | {error, term()}}} | {error, term()}.
+memory_stats() ->
+    memory_stats(#{}).
+
+%% @doc {@link memory_stats/0} for a pool (`#{pool => Name}').
+-spec memory_stats(opts()) -> {ok, #{pos_integer() => map() | {error, term()}}} | {error, term()}.
+memory_stats(Opts) ->
+    each_worker(<<"memory_stats">>, none, Opts).
+
+%% @doc Runs Python's garbage collector in every worker of the default
+%% pool: the number of unreachable objects found, by slot.
+-spec gc() -> {ok, #{pos_integer() => non_neg_integer() | {error, term()}}} | {error, term()}.
+gc() ->
+    gc(#{}).
+
+%% @doc `gc(Generation)' (0, 1 or 2) or `gc(Opts)'.
+-spec gc(0..2 | opts()) ->
+          {ok, #{pos_integer() => non_neg_integer() | {error, term()}}} | {error, term()}.
+gc(Generation) when is_integer(Generation) ->
+    gc(Generation, #{});
+gc(Opts) ->
+    each_worker(<<"gc">>, none, Opts).
+
+%% @doc One generation, in every worker of a pool.
+-spec gc(0..2, opts()) ->
+          {ok, #{pos_integer() => non_neg_integer() | {error, term()}}} | {error, term()}.
+gc(Generation, Opts) when is_integer(Generation) ->
+    each_worker(<<"gc">>, Generation, Opts).
+
+%% CONTROL Op on every worker of a pool, concurrently.
+each_worker(Op, Arg, Opts) ->
+    case request(fun() -> options(Opts) end) of
+        #{pool := Pool, timeout := Timeout} when is_atom(Pool) ->
+            case pyport:workers(Pool) of
+                {ok, Workers} ->
+                    Handles = [{Slot, pyport_request:start({slot, Pool, Slot}, ?CONTROL,
+                                                           [Op, Arg], Timeout)}
+                               || {Slot, _} <- Workers],
+                    {ok, maps:from_list([{Slot, unwrap(pyport_request:await(H))}
+                                         || {Slot, H} <- Handles])};
+                {error, _} = Error ->
+                    Error
+            end;
+        #{pool := Pool} ->
+            {error, {invalid_option, pool, Pool}};
+        {error, _} = Error ->
+            Error
+    end.
+
+unwrap({ok, Value}) -> Value;
+unwrap({error, _} = Error) -> Error.
+
+control(Pool, Slot, Op, Arg, Timeout) ->
+    pyport_request:call({slot, Pool, Slot}, ?CONTROL, [Op, Arg], Timeout).
 
 %% @doc The Python version of the default pool's workers, e.g. `<<"3.11.2">>'.
 -spec version() -> {ok, binary()} | {error, term()}.
@@ -407,9 +638,50 @@ pool_size(Pool) ->
         {error, Reason} -> erlang:error(Reason)
     end.
 
+%% Where a call goes, and its timeout.
 target(Opts) ->
-    #{pool := Pool, timeout := Timeout} = options(Opts),
-    {{pool, Pool}, Timeout}.
+    #{timeout := Timeout} = O = options(Opts),
+    {remote(O, local_call_target(O)), Timeout}.
+
+%% Where an eval/exec goes, its timeout and its namespace: the calling
+%% process's own, unless another route was asked for.
+code_target(Opts) ->
+    #{pool := Pool, timeout := Timeout} = O = options(Opts),
+    case O of
+        #{node := Node} when Node =/= node() ->
+            {remote(O, local_call_target(O)), Timeout, ?SHARED_NAMESPACE};
+        #{shard := _} ->
+            {remote(O, local_call_target(O)), Timeout, ?SHARED_NAMESPACE};
+        _ when not is_atom(Pool) ->
+            {remote(O, local_call_target(O)), Timeout, ?SHARED_NAMESPACE};
+        _ ->
+            case pyport_affinity:namespace(Pool) of
+                {ok, Slot, Ns} -> {{slot, Pool, Slot}, Timeout, Ns};
+                {error, _} = Error -> throw(Error)
+            end
+    end.
+
+local_call_target(#{pool := {cluster, Pool}}) ->
+    {cluster, Pool};
+local_call_target(#{pool := Pool, shard := Key}) ->
+    {shard, Pool, Key};
+local_call_target(#{pool := Pool}) ->
+    case pyport_affinity:bound_slot(Pool) of
+        undefined -> {pool, Pool};
+        Slot -> {slot, Pool, Slot}
+    end.
+
+remote(#{node := Node}, {cluster, _}) ->
+    throw({error, {invalid_option, node, Node}});
+remote(#{node := Node, pool := Pool} = O, _Local) when Node =/= node() ->
+    %% A binding is to a local worker: another node routes by itself.
+    Local = case O of
+                #{shard := Key} -> {shard, Pool, Key};
+                #{} -> {pool, Pool}
+            end,
+    {node, Node, Local};
+remote(_O, Local) ->
+    Local.
 
 %% A context names its pool; `pool' in the options is not used.
 target(#pyport_ctx{pool = Pool, slot = Slot}, Opts) ->
@@ -419,7 +691,11 @@ target(#pyport_ctx{pool = Pool, slot = Slot}, Opts) ->
 options(Timeout) when Timeout =:= infinity; is_integer(Timeout), Timeout >= 0 ->
     #{pool => ?DEFAULT_POOL, timeout => Timeout};
 options(Opts) when is_map(Opts) ->
-    maps:fold(fun check_option/3, #{pool => ?DEFAULT_POOL, timeout => default}, Opts);
+    O = maps:fold(fun check_option/3, #{pool => ?DEFAULT_POOL, timeout => default}, Opts),
+    case O of
+        #{pool := {cluster, _}, shard := Key} -> throw({error, {invalid_option, shard, Key}});
+        _ -> O
+    end;
 options(Other) ->
     throw({error, {bad_option, Other}}).
 
@@ -427,7 +703,13 @@ check_option(timeout, T, Acc) when T =:= infinity; is_integer(T), T >= 0 ->
     Acc#{timeout => T};
 check_option(pool, P, Acc) when is_atom(P) ->
     Acc#{pool => P};
-check_option(Key, Value, _Acc) when Key =:= timeout; Key =:= pool ->
+check_option(pool, {cluster, P} = C, Acc) when is_atom(P) ->
+    Acc#{pool => C};
+check_option(shard, Key, Acc) ->
+    Acc#{shard => Key};
+check_option(node, N, Acc) when is_atom(N) ->
+    Acc#{node => N};
+check_option(Key, Value, _Acc) when Key =:= timeout; Key =:= pool; Key =:= node ->
     throw({error, {invalid_option, Key, Value}});
 check_option(Key, _Value, _Acc) ->
     throw({error, {bad_option, Key}}).
@@ -439,11 +721,11 @@ call_fields(_Module, _Function, Args, Kwargs) when is_list(Args) ->
 call_fields(_Module, _Function, Args, _Kwargs) ->
     throw({error, {invalid_args, Args}}).
 
-eval_fields(Code, Locals) ->
-    [code(Code), Locals, ?SHARED_NAMESPACE].
+eval_fields(Code, Locals, Ns) ->
+    [code(Code), Locals, Ns].
 
-exec_fields(Code) ->
-    [code(Code), ?SHARED_NAMESPACE].
+exec_fields(Code, Ns) ->
+    [code(Code), Ns].
 
 name(A) when is_atom(A) -> atom_to_binary(A, utf8);
 name(B) when is_binary(B) -> B;

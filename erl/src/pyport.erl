@@ -2,7 +2,7 @@
 %% and what the workers report about themselves.
 -module(pyport).
 
--export([start/0, start_pool/2, stop_pool/1, pools/0, workers/1, worker_info/1]).
+-export([start/0, start_pool/2, stop_pool/1, pools/0, workers/1, worker_info/1, pool_info/1]).
 
 %% @doc Starts pyport and what it needs (for shells and scripts).
 -spec start() -> {ok, [atom()]} | {error, term()}.
@@ -40,6 +40,35 @@ workers(Pool) ->
         {error, _} = Error ->
             Error
     end.
+
+%% @doc What each worker of a pool is doing: per slot its gen_server pid,
+%% OS pid, status, requests in flight, requests served (all its OS
+%% processes), OS-process restarts and recycles, and resident memory.
+-spec pool_info(atom()) -> {ok, #{name := atom(), size := pos_integer(),
+                                  workers := [#{atom() => term()}]}} |
+                           {error, {no_pool, atom()}}.
+pool_info(Pool) ->
+    case pyport_pool:info(Pool) of
+        {ok, #{size := Size, counters := C} = Info} ->
+            Workers = [worker_summary(Slot, pyport_pool:worker(Info, Slot), C)
+                       || Slot <- lists:seq(1, Size)],
+            {ok, #{name => Pool, size => Size, workers => Workers}};
+        {error, _} = Error ->
+            Error
+    end.
+
+worker_summary(Slot, {ok, Pid}, C) ->
+    Base = #{slot => Slot, pid => Pid, in_flight => counters:get(C, Slot)},
+    try pyport_worker:info(Pid) of
+        #{os_pid := OsPid, status := Status, served := Served, restarts := Restarts,
+          recycles := Recycles} ->
+            Base#{os_pid => OsPid, status => Status, served => Served, restarts => Restarts,
+                  recycles => Recycles, rss_bytes => pyport_os:rss_bytes(OsPid)}
+    catch
+        exit:{Reason, _} -> Base#{status => {down, Reason}}
+    end;
+worker_summary(Slot, error, _C) ->
+    #{slot => Slot, status => down}.
 
 %% @doc What the worker behind a context (or `{Pool, Slot}') reports: its
 %% OS pid, Python version, status, requests pending and queued, restarts.

@@ -5,7 +5,7 @@
 
 -include_lib("kernel/include/logger.hrl").
 
--export([start/2, stop/1]).
+-export([start/2, prep_stop/1, stop/1]).
 
 %% @doc Starts pyport; a bad configuration fails the start with the reason
 %% from {@link pyport_config}.
@@ -30,6 +30,14 @@ config() ->
         {error, _} = Error ->
             Error
     end.
+
+%% @doc Before the tree stops: every worker of every pool starts draining at
+%% once (finishing what it has read), so stopping takes one
+%% `shutdown_timeout' at most, not one per worker.
+-spec prep_stop(term()) -> term().
+prep_stop(State) ->
+    [pyport_pools_sup:drain(Pool) || Pool <- pyport_pools_sup:pool_names()],
+    State.
 
 %% @doc Called after the supervision tree has stopped.
 -spec stop(term()) -> ok.

@@ -17,7 +17,20 @@
                        max_frame_size := pos_integer(),
                        call_timeout := timeout(),
                        start_timeout := pos_integer(),
-                       worker := file:filename_all()}.
+                       worker := file:filename_all(),
+                       env := [{string(), string() | false}],
+                       cd := binary() | undefined,
+                       imports := [binary()],
+                       init_code := binary() | undefined,
+                       venv := binary() | undefined,
+                       max_inflight := pos_integer() | infinity,
+                       kill_after := non_neg_integer() | infinity,
+                       max_requests := pos_integer() | infinity,
+                       max_memory := pos_integer() | infinity,
+                       max_rss := pos_integer() | infinity,
+                       cpu_seconds := pos_integer() | infinity,
+                       max_open_files := pos_integer() | infinity,
+                       shutdown_timeout := non_neg_integer()}.
 -type error_reason() :: {invalid_pools, term()}
                       | {invalid_pool_name, term()}
                       | {invalid_pool, pool_name(), term()}
@@ -26,6 +39,10 @@
                       | {invalid_config, max_state_entries, term()}.
 
 -define(MIN_FRAME_SIZE, 1024).
+%% The smallest limits a worker accepts (port_worker/options.cpp): below
+%% them Python cannot start.
+-define(MIN_MAX_MEMORY, 32 * 1024 * 1024).
+-define(MIN_OPEN_FILES, 16).
 %% {packet, 4} cannot express a larger frame.
 -define(MAX_FRAME_SIZE, 16#FFFFFFFF).
 
@@ -97,7 +114,20 @@ defaults() ->
       max_frame_size => 64 * 1024 * 1024,
       call_timeout => 30000,
       start_timeout => 10000,
-      worker => default_worker()}.
+      worker => default_worker(),
+      env => [],
+      cd => undefined,
+      imports => [],
+      init_code => undefined,
+      venv => undefined,
+      max_inflight => infinity,
+      kill_after => 5000,
+      max_requests => infinity,
+      max_memory => infinity,
+      max_rss => infinity,
+      cpu_seconds => infinity,
+      max_open_files => infinity,
+      shutdown_timeout => 5000}.
 
 default_worker() ->
     case code:priv_dir(pyport) of
@@ -117,7 +147,114 @@ check(worker, Path) ->
         {ok, <<_, _/binary>> = Bin} -> {ok, Bin};
         _ -> error
     end;
+check(env, Env) when is_map(Env) -> check_env(maps:to_list(Env), []);
+check(env, Env) when is_list(Env) -> check_env(Env, []);
+check(cd, undefined) -> {ok, undefined};
+check(cd, Dir) -> existing_dir(Dir);
+check(imports, Modules) when is_list(Modules) -> check_names(Modules, []);
+check(init_code, undefined) -> {ok, undefined};
+check(init_code, Code) ->
+    case to_binary(Code) of
+        {ok, Bin} -> {ok, Bin};
+        error -> error
+    end;
+check(venv, undefined) -> {ok, undefined};
+check(venv, Dir) ->
+    case existing_dir(Dir) of
+        {ok, Bin} ->
+            %% What `python -m venv' always writes; without it this is no venv.
+            case filelib:is_regular(filename:join(Bin, "pyvenv.cfg")) of
+                true -> {ok, Bin};
+                false -> error
+            end;
+        error ->
+            error
+    end;
+check(kill_after, infinity) -> {ok, infinity};
+check(kill_after, N) when is_integer(N), N >= 0 -> {ok, N};
+check(shutdown_timeout, N) when is_integer(N), N >= 0 -> {ok, N};
+check(Key, infinity) when Key =:= max_inflight; Key =:= max_requests; Key =:= max_memory;
+                          Key =:= max_rss; Key =:= cpu_seconds; Key =:= max_open_files ->
+    {ok, infinity};
+check(max_memory, N) when is_integer(N), N >= ?MIN_MAX_MEMORY -> {ok, N};
+check(max_open_files, N) when is_integer(N), N >= ?MIN_OPEN_FILES -> {ok, N};
+check(Key, N) when (Key =:= max_inflight orelse Key =:= max_requests orelse
+                    Key =:= max_rss orelse Key =:= cpu_seconds), is_integer(N), N > 0 ->
+    {ok, N};
 check(_Key, _Value) -> error.
+
+%% Environment variables for the worker: name => value, or false to unset.
+check_env([], Acc) ->
+    {ok, lists:reverse(Acc)};
+check_env([{Name, Value} | Rest], Acc) ->
+    case {env_name(Name), Value} of
+        {{ok, N}, false} when N =/= "" -> check_env(Rest, [{N, false} | Acc]);
+        {{ok, N}, _} when N =/= "" ->
+            case env_string(Value) of
+                {ok, V} -> check_env(Rest, [{N, V} | Acc]);
+                error -> error
+            end;
+        _ ->
+            error
+    end;
+check_env(_, _Acc) ->
+    error.
+
+env_name(Name) ->
+    case env_string(Name) of
+        {ok, N} ->
+            case lists:member($=, N) of
+                true -> error;
+                false -> {ok, N}
+            end;
+        error ->
+            error
+    end.
+
+%% open_port wants env names and values as strings without NUL (and names
+%% without '=').
+env_string(A) when is_atom(A) -> env_string(atom_to_binary(A, utf8));
+env_string(S) ->
+    case to_binary(S) of
+        {ok, Bin} ->
+            case binary:match(Bin, [<<0>>]) of
+                nomatch -> {ok, unicode:characters_to_list(Bin)};
+                _ -> error
+            end;
+        error ->
+            error
+    end.
+
+check_names([], Acc) ->
+    {ok, lists:reverse(Acc)};
+check_names([Name | Rest], Acc) ->
+    Bin = case is_atom(Name) of
+              true -> {ok, atom_to_binary(Name, utf8)};
+              false -> to_binary(Name)
+          end,
+    %% Dotted Python identifiers: each becomes `import <name>' in the worker.
+    case Bin of
+        {ok, B} ->
+            case re:run(B, "^[A-Za-z_][A-Za-z0-9_]*(\\.[A-Za-z_][A-Za-z0-9_]*)*$") of
+                {match, _} -> check_names(Rest, [B | Acc]);
+                nomatch -> error
+            end;
+        error ->
+            error
+    end;
+check_names(_Improper, _Acc) ->
+    error.
+
+existing_dir(Dir) ->
+    case to_binary(Dir) of
+        {ok, <<_, _/binary>> = Bin} ->
+            case filelib:is_dir(Bin) of
+                true -> {ok, Bin};
+                false -> error
+            end;
+        _ ->
+            error
+    end.
 
 check_path([], Acc) ->
     {ok, lists:reverse(Acc)};

@@ -12,10 +12,17 @@
 %% (answered, dropped, or failed because the OS process died). Counting on
 %% the worker side keeps the figure true when a caller is killed while
 %% waiting or gives up on a worker that is still busy with its request.
+%%
+%% Availability: a worker that is draining (to be recycled) or stuck in a
+%% request its caller gave up on marks its slot unavailable in an `atomics'
+%% array; least-loaded routing skips such slots while any other is
+%% available. Explicit routes (a context, a shard key, a binding) still
+%% reach them: the worker holds those requests until it is back.
+
 -module(pyport_pool).
 -behaviour(gen_server).
 
--export([start_link/2, info/1, pick/1, worker/2]).
+-export([start_link/2, info/1, pick/1, worker/2, shard_slot/2, set_available/3]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
 -export_type([info/0]).
@@ -24,6 +31,8 @@
 -type info() :: #{name := pyport_config:pool_name(),
                   tab := ets:tid(),
                   counters := counters:counters_ref(),
+                  unavailable := atomics:atomics_ref(),
+                  max_inflight := pos_integer() | infinity,
                   size := pos_integer(),
                   max_frame_size := pos_integer(),
                   call_timeout := timeout(),
@@ -48,28 +57,49 @@ info(Name) ->
 
 %% @doc Picks the least-loaded live worker of a pool: every slot is read for
 %% small pools, two random slots (the less loaded wins) for larger ones.
+%% Slots marked unavailable come last.
 -spec pick(info()) -> {ok, pos_integer(), pid()} | {error, {no_workers, atom()}}.
-pick(#{size := Size, counters := C} = Info) when Size =< ?SCAN_ALL_MAX ->
+pick(#{size := Size} = Info) when Size =< ?SCAN_ALL_MAX ->
     %% Scanning from a varying start spreads idle-time calls over all slots.
     Start = erlang:unique_integer([positive]) rem Size,
     Order = [(Start + I) rem Size + 1 || I <- lists:seq(0, Size - 1)],
-    Ranked = lists:keysort(1, [{counters:get(C, Slot), Slot} || Slot <- Order]),
+    Ranked = lists:keysort(1, [{load(Info, Slot), Slot} || Slot <- Order]),
     first_live(Info, [Slot || {_, Slot} <- Ranked]);
-pick(#{size := Size, counters := C} = Info) ->
+pick(#{size := Size} = Info) ->
     A = rand:uniform(Size),
     B = case rand:uniform(Size - 1) of
             N when N >= A -> N + 1;
             N -> N
         end,
-    First = case counters:get(C, A) =< counters:get(C, B) of
+    First = case load(Info, A) =< load(Info, B) of
                 true -> [A, B];
                 false -> [B, A]
             end,
-    case first_live(Info, First) of
-        {ok, _, _} = Found -> Found;
-        %% Both sampled slots are between gen_server restarts: try them all.
-        {error, _} -> first_live(Info, lists:seq(1, Size))
+    case [S || S <- First, available(Info, S)] of
+        [] ->
+            pick_any(Info);
+        Available ->
+            case first_live(Info, Available) of
+                {ok, _, _} = Found -> Found;
+                %% The sampled slots are between gen_server restarts.
+                {error, _} -> pick_any(Info)
+            end
     end.
+
+%% Every slot, ranked: the fallback of sampling.
+pick_any(#{size := Size} = Info) ->
+    Ranked = lists:keysort(1, [{load(Info, Slot), Slot} || Slot <- lists:seq(1, Size)]),
+    first_live(Info, [Slot || {_, Slot} <- Ranked]).
+
+%% Requests in flight, with unavailable slots ranked after all others.
+load(#{counters := C} = Info, Slot) ->
+    case available(Info, Slot) of
+        true -> counters:get(C, Slot);
+        false -> {unavailable, counters:get(C, Slot)}
+    end.
+
+available(#{unavailable := U}, Slot) ->
+    atomics:get(U, Slot) =:= 0.
 
 first_live(#{name := Name}, []) ->
     {error, {no_workers, Name}};
@@ -78,6 +108,28 @@ first_live(Info, [Slot | Rest]) ->
         {ok, Pid} -> {ok, Slot, Pid};
         error -> first_live(Info, Rest)
     end.
+
+%% @doc Marks a slot available to least-loaded routing, or not.
+-spec set_available(info(), pos_integer(), boolean()) -> ok.
+set_available(#{unavailable := U}, Slot, true) -> atomics:put(U, Slot, 0);
+set_available(#{unavailable := U}, Slot, false) -> atomics:put(U, Slot, 1).
+
+%% @doc The slot (1..Size) of a shard key: jump consistent hashing (Lamping
+%% and Veach) of the key's portable hash. The same key gives the same slot
+%% on every node and across worker restarts; keys spread evenly; and when
+%% a pool grows from N to N+1 slots only 1/(N+1) of the keys move.
+-spec shard_slot(term(), pos_integer()) -> pos_integer().
+shard_slot(Key, Size) ->
+    %% phash2 gives 32 bits; two of them make the 64-bit key jump needs.
+    Hash = (erlang:phash2(Key, 1 bsl 32) bsl 32) bor erlang:phash2({pyport, Key}, 1 bsl 32),
+    jump(Hash, -1, 0, Size) + 1.
+
+jump(_Key, B, J, Buckets) when J >= Buckets ->
+    B;
+jump(Key0, _B, J, Buckets) ->
+    Key = (Key0 * 2862933555777941757 + 1) band 16#FFFFFFFFFFFFFFFF,
+    Next = trunc((J + 1) * ((1 bsl 31) / ((Key bsr 33) + 1))),
+    jump(Key, J, Next, Buckets).
 
 %% @doc The worker pid currently registered for `Slot'.
 -spec worker(info(), pos_integer()) -> {ok, pid()} | error.
@@ -91,13 +143,16 @@ worker(#{tab := Tab}, Slot) ->
 
 %% @private
 -spec init({pyport_config:pool_name(), pyport_config:pool_opts()}) -> {ok, map()}.
-init({Name, #{size := Size, max_frame_size := Max, call_timeout := Timeout} = Opts}) ->
+init({Name, #{size := Size, max_frame_size := Max, call_timeout := Timeout,
+              max_inflight := MaxInflight} = Opts}) ->
     %% terminate/2 must run on shutdown to unpublish the pool.
     process_flag(trap_exit, true),
     Tab = ets:new(pyport_pool_workers, [set, public, {read_concurrency, true}]),
     Info = #{name => Name,
              tab => Tab,
              counters => counters:new(Size, [write_concurrency]),
+             unavailable => atomics:new(Size, []),
+             max_inflight => MaxInflight,
              size => Size,
              max_frame_size => Max,
              call_timeout => Timeout,

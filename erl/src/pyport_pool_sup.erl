@@ -10,8 +10,9 @@
 
 -export([start_link/2, init/1]).
 
-%% The worker waits up to 1 s for its OS process to exit, then kills it.
--define(WORKER_SHUTDOWN, 5000).
+%% Beyond the pool's shutdown_timeout (the OS process finishing its
+%% requests), the time the worker takes to kill it and see it gone.
+-define(KILL_MARGIN_MS, 2000).
 
 %% @doc Starts the pool `Name' with validated options.
 -spec start_link(pyport_config:pool_name(), pyport_config:pool_opts()) ->
@@ -22,13 +23,13 @@ start_link(Name, Opts) ->
 %% @private
 -spec init({pyport_config:pool_name(), pyport_config:pool_opts()}) ->
           {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
-init({Name, #{size := Size} = Opts}) ->
+init({Name, #{size := Size, shutdown_timeout := Grace} = Opts}) ->
     Flags = #{strategy => rest_for_one, intensity => 5, period => 10},
     Pool = #{id => pool,
              start => {pyport_pool, start_link, [Name, Opts]},
              shutdown => 5000},
     Workers = [#{id => {worker, Slot},
                  start => {pyport_worker, start_link, [Name, Slot, Opts]},
-                 shutdown => ?WORKER_SHUTDOWN}
+                 shutdown => Grace + ?KILL_MARGIN_MS}
                || Slot <- lists:seq(1, Size)],
     {ok, {Flags, [Pool | Workers]}}.

@@ -8,7 +8,7 @@
 -module(pyport_pools_sup).
 -behaviour(supervisor).
 
--export([start_link/1, init/1, start_pool/2, stop_pool/1, pool_names/0]).
+-export([start_link/1, init/1, start_pool/2, stop_pool/1, pool_names/0, drain/1]).
 
 %% @doc Starts the supervisor and every pool in `Pools' (already validated).
 -spec start_link(#{pyport_config:pool_name() => pyport_config:pool_opts()}) ->
@@ -40,12 +40,22 @@ start_pool(Name, Opts) ->
 %% @doc Stops a pool: its workers finish what they have read, then exit.
 -spec stop_pool(pyport_config:pool_name()) -> ok | {error, {no_pool, term()}}.
 stop_pool(Name) ->
+    drain(Name),
     case supervisor:terminate_child(?MODULE, {pool, Name}) of
         ok ->
             _ = supervisor:delete_child(?MODULE, {pool, Name}),
             ok;
         {error, not_found} ->
             {error, {no_pool, Name}}
+    end.
+
+%% @doc Asks every worker of a pool to finish what it has read and stop,
+%% all at once; the supervisor then stops them one by one.
+-spec drain(pyport_config:pool_name()) -> ok.
+drain(Name) ->
+    case pyport:workers(Name) of
+        {ok, Workers} -> lists:foreach(fun({_, Pid}) -> pyport_worker:stop_async(Pid) end, Workers);
+        {error, _} -> ok
     end.
 
 %% @doc The names of the pools this supervisor knows (running or not).

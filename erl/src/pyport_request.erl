@@ -9,12 +9,15 @@
 %%
 %% On a timeout the monitor is removed, which deactivates the alias: an
 %% answer that comes later is dropped by the runtime and never reaches the
-%% caller's mailbox.
+%% caller's mailbox. The worker is told, so it interrupts the Python code
+%% (see {@link pyport_worker}).
+%%
+%% Targets on another node run there (see {@link pyport_cluster}).
 -module(pyport_request).
 
 -include_lib("kernel/include/logger.hrl").
 
--export([call/4, start/4, start_failed/1, await/1, await/2, cast/2]).
+-export([call/4, start/4, start_failed/1, await/1, await/2, interrupt/1, cast/2]).
 -export([builtin_exception_types/0]).
 
 -export_type([target/0, handle/0, result/0]).
@@ -25,29 +28,52 @@
 -define(RESULT, 16).
 -define(ERROR, 17).
 
-%% Where a request goes: the least-loaded worker of a pool, or one slot.
--type target() :: {pool, pyport_config:pool_name()}
-                | {slot, pyport_config:pool_name(), pos_integer()}.
+%% Where a request goes: the least-loaded worker of a pool, one slot, the
+%% slot of a shard key; on another node, or on the least-loaded node of a
+%% pool in the cluster.
+-type local_target() :: {pool, pyport_config:pool_name()}
+                      | {slot, pyport_config:pool_name(), pos_integer()}
+                      | {shard, pyport_config:pool_name(), term()}.
+-type target() :: local_target()
+                | {node, node(), local_target()}
+                | {cluster, pyport_config:pool_name()}.
 -type deadline() :: integer() | infinity.
 %% A request in flight (from {@link start/4}) or one that failed before it
 %% could be sent.
 -opaque handle() :: {pyport_call, reference(), deadline(), pyport_config:pool_name(),
-                     pos_integer()}
+                     pos_integer(), pid(), pos_integer()}
+                  | pyport_cluster:handle()
                   | {pyport_call_failed, term()}.
 -type result() :: {ok, term()} | {error, term()}.
 
 %% @doc Sends a request and waits for its answer. `Timeout' `default' means
 %% the pool's `call_timeout'.
 -spec call(target(), pos_integer(), [term()], timeout() | default) -> result().
+call({node, Node, Target}, Kind, Fields, Timeout) when Node =/= node() ->
+    pyport_cluster:call(Node, Target, Kind, Fields, Timeout);
+call({cluster, Pool}, Kind, Fields, Timeout) ->
+    case pyport_cluster:pick_node(Pool) of
+        {ok, Node} -> call({node, Node, {pool, Pool}}, Kind, Fields, Timeout);
+        {error, _} = Error -> Error
+    end;
 call(Target, Kind, Fields, Timeout) ->
     case start(Target, Kind, Fields, Timeout) of
-        {pyport_call, _, _, _, _} = Handle -> await(Handle);
-        {pyport_call_failed, Reason} -> {error, Reason}
+        {pyport_call_failed, Reason} -> {error, Reason};
+        Handle -> await(Handle)
     end.
 
 %% @doc Sends a request and returns at once; {@link await/1} or {@link await/2} collects the
 %% answer, in the same process.
 -spec start(target(), pos_integer(), [term()], timeout() | default) -> handle().
+start({node, Node, Target}, Kind, Fields, Timeout) when Node =/= node() ->
+    pyport_cluster:start(Node, Target, Kind, Fields, Timeout);
+start({node, _Local, Target}, Kind, Fields, Timeout) ->
+    start(Target, Kind, Fields, Timeout);
+start({cluster, Pool}, Kind, Fields, Timeout) ->
+    case pyport_cluster:pick_node(Pool) of
+        {ok, Node} -> start({node, Node, {pool, Pool}}, Kind, Fields, Timeout);
+        {error, Reason} -> {pyport_call_failed, Reason}
+    end;
 start(Target, Kind, Fields, Timeout0) ->
     Id = erlang:unique_integer([positive]),
     case prepare(Target, Kind, Id, Fields) of
@@ -58,17 +84,35 @@ start(Target, Kind, Fields, Timeout0) ->
                       end,
             case route(Target, Info) of
                 {ok, Slot, Pid} ->
-                    Deadline = deadline(Timeout),
-                    %% The worker decrements when the request is finished.
-                    counters:add(maps:get(counters, Info), Slot, 1),
-                    Alias = erlang:monitor(process, Pid, [{alias, reply_demonitor}]),
-                    Pid ! {'$pyport', Alias, Id, Deadline, Frame},
-                    {pyport_call, Alias, Deadline, Pool, Slot};
+                    case admit(Info, Slot) of
+                        ok ->
+                            Deadline = deadline(Timeout),
+                            Alias = erlang:monitor(process, Pid, [{alias, reply_demonitor}]),
+                            Pid ! {'$pyport', Alias, Id, Deadline, Frame},
+                            {pyport_call, Alias, Deadline, Pool, Slot, Pid, Id};
+                        {error, Reason} ->
+                            {pyport_call_failed, Reason}
+                    end;
                 {error, Reason} ->
                     {pyport_call_failed, Reason}
             end;
         {error, Reason} ->
             {pyport_call_failed, Reason}
+    end.
+
+%% Counts the request into its slot (the worker counts it out when it is
+%% finished), unless the slot is at the pool's max_inflight. Counting first
+%% and checking after means concurrent callers never overshoot the limit.
+admit(#{counters := C, max_inflight := infinity}, Slot) ->
+    counters:add(C, Slot, 1);
+admit(#{counters := C, max_inflight := Max}, Slot) ->
+    counters:add(C, Slot, 1),
+    case counters:get(C, Slot) > Max of
+        true ->
+            counters:sub(C, Slot, 1),
+            {error, overloaded};
+        false ->
+            ok
     end.
 
 %% @doc A handle for a request that could not be sent: awaiting it gives
@@ -79,17 +123,20 @@ start_failed(Reason) ->
 
 %% @doc Waits for the answer until the request's own deadline.
 -spec await(handle()) -> result().
-await({pyport_call, _, infinity, _, _} = Handle) ->
+await({pyport_call, _, infinity, _, _, _, _} = Handle) ->
     await(Handle, infinity);
-await({pyport_call, _, Deadline, _, _} = Handle) ->
+await({pyport_call, _, Deadline, _, _, _, _} = Handle) ->
     await(Handle, max(0, Deadline - now_ms()));
+await({pyport_remote, _, _, _} = Handle) ->
+    pyport_cluster:await(Handle, deadline);
 await({pyport_call_failed, Reason}) ->
     {error, Reason}.
 
 %% @doc Waits at most `Timeout' ms for the answer. After `{error, timeout}'
-%% the request is abandoned: its answer can no longer arrive.
+%% the request is abandoned: its answer can no longer arrive, and the
+%% worker interrupts it.
 -spec await(handle(), timeout()) -> result().
-await({pyport_call, Alias, _Deadline, Pool, Slot}, Timeout) ->
+await({pyport_call, Alias, _Deadline, Pool, Slot, Pid, Id}, Timeout) ->
     receive
         {Alias, Reply} ->
             reply(Reply, Pool, Slot);
@@ -102,16 +149,42 @@ await({pyport_call, Alias, _Deadline, Pool, Slot}, Timeout) ->
             receive
                 {Alias, Reply} -> reply(Reply, Pool, Slot)
             after 0 ->
+                    Pid ! {'$pyport_cancel', Id},
                     {error, timeout}
             end
     end;
+await({pyport_remote, _, _, _} = Handle, Timeout) ->
+    pyport_cluster:await(Handle, Timeout);
 await({pyport_call_failed, Reason}, _Timeout) ->
     {error, Reason}.
+
+%% @doc Asks the worker running a request to raise KeyboardInterrupt in it.
+%% The request then answers (usually with a KeyboardInterrupt error),
+%% or, if the Python code cannot be interrupted, the worker is killed after
+%% the pool's `kill_after' and the answer is `{error, {worker_exited,
+%% {interrupt_timeout, Ms}}}'. A request that has finished is not affected.
+-spec interrupt(handle()) -> ok | {error, not_local}.
+interrupt({pyport_call, _Alias, _Deadline, _Pool, _Slot, Pid, Id}) ->
+    Pid ! {'$pyport_interrupt', Id},
+    ok;
+interrupt({pyport_call_failed, _}) ->
+    ok;
+interrupt({pyport_remote, _, _, _}) ->
+    {error, not_local}.
 
 %% @doc Sends a call whose answer nobody waits for (kind CAST). It still
 %% carries a fresh id: the worker refuses id 0 for it, and an error about
 %% the frame itself then names the id (the owner drops it, as nobody waits).
 -spec cast(target(), [term()]) -> ok | {error, term()}.
+cast({node, Node, Target}, Fields) when Node =/= node() ->
+    pyport_cluster:cast(Node, Target, Fields);
+cast({node, _Local, Target}, Fields) ->
+    cast(Target, Fields);
+cast({cluster, Pool}, Fields) ->
+    case pyport_cluster:pick_node(Pool) of
+        {ok, Node} -> cast({node, Node, {pool, Pool}}, Fields);
+        {error, _} = Error -> Error
+    end;
 cast(Target, Fields) ->
     case prepare(Target, ?CAST, erlang:unique_integer([positive]), Fields) of
         {ok, _Pool, Info, Frame} ->
@@ -152,7 +225,8 @@ prepare(Target, Kind, Id, Fields) ->
     end.
 
 pool_of({pool, Pool}) -> Pool;
-pool_of({slot, Pool, _}) -> Pool.
+pool_of({slot, Pool, _}) -> Pool;
+pool_of({shard, Pool, _}) -> Pool.
 
 route({pool, _}, Info) ->
     pyport_pool:pick(Info);
@@ -160,7 +234,9 @@ route({slot, Pool, Slot}, Info) ->
     case pyport_pool:worker(Info, Slot) of
         {ok, Pid} -> {ok, Slot, Pid};
         error -> {error, {no_worker, Pool, Slot}}
-    end.
+    end;
+route({shard, Pool, Key}, #{size := Size} = Info) ->
+    route({slot, Pool, pyport_pool:shard_slot(Key, Size)}, Info).
 
 reply({?RESULT, Rest}, _Pool, _Slot) ->
     case pyport_codec:decode_fields(1, Rest) of

@@ -8,15 +8,28 @@
 %%   the frame goes to the port and `Id => {Alias, Deadline}' is remembered.
 %%   An answer is routed by reading only its frame head; the undecoded rest
 %%   goes to the caller's alias, which decodes it on its own scheduler.</li>
+%% <li>A request whose caller gave up (its timeout passed) is interrupted:
+%%   the worker raises KeyboardInterrupt in it. If the worker has not
+%%   answered it within the pool's `kill_after', the OS process is killed
+%%   and replaced; meanwhile the slot takes no least-loaded traffic.</li>
 %% <li>When the OS process exits, every request in flight is answered
 %%   `{error, {worker_exited, Detail}}' at once and a new OS process is
 %%   started: at once the first time, then with exponential backoff
 %%   (10 ms doubling to 2 s) while it keeps dying within a second. Requests
-%%   arriving meanwhile wait in a queue for the new process's hello (those
-%%   whose deadline passed are dropped unsent). Five deaths in a row before
-%%   a hello stop the gen_server with `{start_failed, Detail}'; the OTP
+%%   arriving meanwhile wait in a queue for the new process (those whose
+%%   deadline passed are dropped unsent). Five deaths in a row before a
+%%   hello stop the gen_server with `{start_failed, Detail}'; the OTP
 %%   supervisor's restart intensity then bounds the loop. OTP supervisors
 %%   restart without backoff, so they cannot do this job themselves.</li>
+%% <li>A new OS process runs the pool's `imports' and `init_code' before it
+%%   takes requests; a failure there is a failed start.</li>
+%% <li>Recycling (after `max_requests', above `max_rss', or asked for) is
+%%   graceful: the slot leaves least-loaded routing, the requests in flight
+%%   finish, the OS process exits and a new one starts; requests routed to
+%%   the slot meanwhile wait for it.</li>
+%% <li>Process-bound namespaces: a caller registers its namespace here; the
+%%   gen_server monitors the caller and frees the namespace in the worker
+%%   (`CONTROL drop_namespace') when it exits.</li>
 %% <li>`LOG' frames (the worker's stdout/stderr and Python logging) go to
 %%   `logger' with the pool, slot and OS pid as metadata.</li>
 %% </ul>
@@ -28,14 +41,17 @@
 
 -include_lib("kernel/include/logger.hrl").
 
--export([start_link/3, info/1, os_pid/1]).
+-export([start_link/3, info/1, os_pid/1, recycle/2, stop_async/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2, format_status/1]).
 -export([exit_detail/1]).
 
 %% Frame kinds (proto/PROTOCOL.md).
 -define(HELLO, 0).
 -define(CAST, 2).
+-define(EXEC, 4).
+-define(INTERRUPT, 8).
 -define(MESSAGE, 10).
+-define(CONTROL, 11).
 -define(SHUTDOWN, 15).
 -define(RESULT, 16).
 -define(ERROR, 17).
@@ -51,37 +67,64 @@
 -define(BACKOFF_MIN_MS, 10).
 -define(BACKOFF_MAX_MS, 2000).
 -define(MAX_START_FAILURES, 5).
-%% How long terminate/2 waits for the OS process to exit after SHUTDOWN.
--define(SHUTDOWN_GRACE_MS, 1000).
 %% How often expired requests are purged from the pending map and queue.
 -define(PURGE_INTERVAL_MS, 1000).
+%% The RSS of the OS process is read after an answer at most this often.
+-define(RSS_CHECK_INTERVAL_MS, 100).
+%% After SHUTDOWN and the grace period, how long a killed process may take
+%% to be reported gone.
+-define(KILL_GRACE_MS, 1000).
 
 -type deadline() :: integer() | infinity.
--type status() :: up          % hello received, frames flow
-                | starting    % OS process spawned, waiting for its hello
-                | waiting.    % backing off before the next spawn
+-type status() :: starting      % OS process spawned, waiting for its hello
+                | initializing  % hello received, imports and init_code running
+                | up            % frames flow
+                | draining      % to be recycled: in-flight requests finish first
+                | recycling     % SHUTDOWN sent, waiting for the exit
+                | waiting       % backing off before the next spawn
+                | stopping      % the pool stops: no new process
+                | failed.       % the first start failed (init/1 only)
 
 -record(state, {
           pool :: pyport_config:pool_name(),
           slot :: pos_integer(),
           opts :: pyport_config:pool_opts(),
-          tab :: ets:tid(),
-          counters :: counters:counters_ref(),
+          info :: pyport_pool:info(),
           status = starting :: status(),
+          %% init/1 starts the first OS process synchronously: its failure
+          %% is returned, not retried.
+          first = true :: boolean(),
           port :: port() | undefined,
           %% OS pid: from the port at spawn, then the one the hello reports.
           os_pid :: non_neg_integer() | undefined,
           python_version :: binary() | undefined,
           capabilities = #{} :: map(),
           spawned_at = 0 :: integer(),                 % monotonic ms
-          start_timer :: reference() | undefined,      % hello or backoff timer
-          pending = #{} :: #{pos_integer() => {reference(), deadline()}},
+          start_timer :: reference() | undefined,      % hello/init or backoff timer
+          %% Requests written to the port. `abandoned': its caller gave up.
+          pending = #{} :: #{pos_integer() => {reference() | abandoned, deadline()}},
+          %% Requests the gen_server itself made (init steps, namespace drops).
+          internal = #{} :: #{pos_integer() => term()},
+          %% INTERRUPT sent: the OS process dies if no answer comes in time.
+          kill_timers = #{} :: #{pos_integer() => reference()},
+          %% Why the gen_server killed the current OS process, if it did.
+          kill_reason :: term(),
           %% Held while the OS process restarts: {call, Alias, Id, Deadline,
           %% Frame} or {cast, Frame}, in arrival order.
           queue = queue:new() :: queue:queue(),
           backoff = 0 :: non_neg_integer(),            % delay of the next quick restart
           start_failures = 0 :: non_neg_integer(),     % deaths in a row before a hello
           restarts = 0 :: non_neg_integer(),
+          recycles = 0 :: non_neg_integer(),
+          recycle_reason :: term(),
+          recycle_waiters = [] :: [gen_server:from()],
+          served = 0 :: non_neg_integer(),             % answered, all OS processes
+          sent_here = 0 :: non_neg_integer(),          % requests written to this OS process
+          answered_here = 0 :: non_neg_integer(),      % and answered by it
+          rss_checked_at = 0 :: integer(),
+          %% Process-bound namespaces: monitor => namespace, and back.
+          ns_by_monitor = #{} :: #{reference() => pos_integer()},
+          monitor_by_ns = #{} :: #{pos_integer() => reference()},
           last_exit :: term(),
           %% Python's pub/sub subscriptions: the mailboxes (in the worker)
           %% subscribed to each topic, and the topics of each mailbox. This
@@ -95,7 +138,8 @@
 %%%===================================================================
 
 %% @doc Starts the owner of slot `Slot' of pool `Pool'. Returns once the OS
-%% process has said hello, or fails with `{worker_start_failed, Detail}'.
+%% process is ready (hello received, init code run), or fails with
+%% `{worker_start_failed, Detail}'.
 -spec start_link(pyport_config:pool_name(), pos_integer(), pyport_config:pool_opts()) ->
           {ok, pid()} | {error, term()}.
 start_link(Pool, Slot, Opts) ->
@@ -112,12 +156,24 @@ info(Pid) ->
 os_pid(Pid) ->
     maps:get(os_pid, info(Pid)).
 
-%% @doc How an exit status of the OS process is reported: statuses above 128
-%% are deaths by a signal (128 + the Linux signal number).
+%% @doc Replaces the OS process gracefully (see the module doc) and returns
+%% once the new one is ready.
+-spec recycle(pid(), timeout()) -> ok.
+recycle(Pid, Timeout) ->
+    gen_server:call(Pid, recycle, Timeout).
+
+%% @doc Starts stopping: the OS process finishes what it has read and
+%% exits, and is not replaced. Used to drain every worker of a pool at once
+%% before the supervisor stops them one by one.
+-spec stop_async(pid()) -> ok.
+stop_async(Pid) ->
+    gen_server:cast(Pid, stop).
+
+%% @doc See {@link pyport_os:exit_detail/1}.
 -spec exit_detail(non_neg_integer()) ->
           {exit_status, non_neg_integer()} | {signal, atom() | pos_integer()}.
-exit_detail(Status) when Status > 128 -> {signal, signal_name(Status - 128)};
-exit_detail(Status) -> {exit_status, Status}.
+exit_detail(Status) ->
+    pyport_os:exit_detail(Status).
 
 %%%===================================================================
 %%% gen_server callbacks
@@ -130,16 +186,17 @@ init({Pool, Slot, Opts}) ->
     %% terminate/2 must run on shutdown: it stops the OS process.
     process_flag(trap_exit, true),
     case pyport_pool:info(Pool) of
-        {ok, #{tab := Tab, counters := Counters}} ->
+        {ok, #{tab := Tab, counters := Counters} = Info} ->
             %% Requests sent to a previous gen_server of this slot died with it.
             counters:put(Counters, Slot, 0),
-            State0 = #state{pool = Pool, slot = Slot, opts = Opts,
-                            tab = Tab, counters = Counters},
+            State0 = #state{pool = Pool, slot = Slot, opts = Opts, info = Info},
             case first_start(State0) of
                 {ok, State} ->
                     true = ets:insert(Tab, {Slot, self()}),
+                    pyport_pool:set_available(Info, Slot, true),
+                    pyport_cluster:join(Pool),
                     schedule_purge(),
-                    {ok, State};
+                    {ok, State#state{first = false}};
                 {error, Detail} ->
                     {stop, {worker_start_failed, Detail}}
             end;
@@ -148,14 +205,29 @@ init({Pool, Slot, Opts}) ->
     end.
 
 %% @private
--spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
+-spec handle_call(term(), gen_server:from(), #state{}) ->
+          {reply, term(), #state{}} | {noreply, #state{}}.
 handle_call(info, _From, State) ->
     {reply, info_map(State), State};
+handle_call(recycle, From, #state{recycle_waiters = Waiters} = State) ->
+    State1 = State#state{recycle_waiters = [From | Waiters]},
+    case State#state.status of
+        up -> {noreply, start_drain(requested, State1)};
+        %% Already on its way to a new OS process: answer when it is ready.
+        _ -> {noreply, State1}
+    end;
 handle_call(_Request, _From, State) ->
     {reply, {error, unknown_call}, State}.
 
 %% @private
 -spec handle_cast(term(), #state{}) -> {noreply, #state{}}.
+handle_cast(stop, #state{status = Status, port = Port} = State) ->
+    case Port =/= undefined andalso lists:member(Status, [up, draining, initializing]) of
+        true -> _ = send_frame(Port, pyport_codec:encode_frame(?SHUTDOWN, 0, []));
+        false -> ok
+    end,
+    pyport_pool:set_available(State#state.info, State#state.slot, false),
+    {noreply, State#state{status = stopping}};
 handle_cast(_Msg, State) ->
     {noreply, State}.
 
@@ -163,30 +235,69 @@ handle_cast(_Msg, State) ->
 -spec handle_info(term(), #state{}) -> {noreply, #state{}} | {stop, term(), #state{}}.
 handle_info({'$pyport', Alias, Id, Deadline, Frame}, State) ->
     {noreply, request(Alias, Id, Deadline, Frame, State)};
-handle_info({'$pyport_cast', Frame}, #state{status = up, port = Port} = State) ->
+handle_info({'$pyport_cast', Frame}, #state{status = up, port = Port, kill_timers = Timers} = State)
+  when map_size(Timers) =:= 0 ->
     _ = send_frame(Port, Frame),
+    {noreply, sent(State)};
+handle_info({'$pyport_cast', _Frame}, #state{status = stopping} = State) ->
     {noreply, State};
 handle_info({'$pyport_cast', Frame}, #state{queue = Q} = State) ->
     {noreply, State#state{queue = queue:in({cast, Frame}, Q)}};
+handle_info({'$pyport_cancel', Id}, State) ->
+    {noreply, cancel(Id, State)};
+handle_info({'$pyport_interrupt', Id}, State) ->
+    {noreply, interrupt_on_request(Id, State)};
+handle_info({'$pyport_ns', Owner, Ns}, State) ->
+    {noreply, register_namespace(Owner, Ns, State)};
+handle_info({'$pyport_ns_drop', Ns}, #state{monitor_by_ns = ByNs} = State) ->
+    case maps:take(Ns, ByNs) of
+        {Mon, Rest} ->
+            erlang:demonitor(Mon, [flush]),
+            {noreply, drop_namespace(Ns, State#state{
+                                           monitor_by_ns = Rest,
+                                           ns_by_monitor = maps:remove(Mon, State#state.ns_by_monitor)})};
+        error ->
+            {noreply, State}
+    end;
+handle_info({'DOWN', Mon, process, _, _}, #state{ns_by_monitor = ByMon} = State) ->
+    case maps:take(Mon, ByMon) of
+        {Ns, Rest} ->
+            {noreply, drop_namespace(Ns, State#state{
+                                           ns_by_monitor = Rest,
+                                           monitor_by_ns = maps:remove(Ns, State#state.monitor_by_ns)})};
+        error ->
+            {noreply, State}
+    end;
 handle_info({Port, {data, Bin}}, #state{port = Port} = State) ->
     frame(Bin, State);
 handle_info({Port, {exit_status, Status}}, #state{port = Port} = State) ->
-    os_process_died(exit_detail(Status), State);
+    os_process_died(pyport_os:exit_detail(Status), State);
 handle_info({'EXIT', Port, Reason}, #state{port = Port} = State) ->
     %% The port closed without an exit status (it normally comes first).
     os_process_died({port_closed, Reason}, State);
-handle_info({timeout, Timer, hello}, #state{start_timer = Timer, port = Port,
+handle_info({timeout, Timer, hello}, #state{start_timer = Timer,
                                             opts = #{start_timeout := Ms}} = State) ->
-    kill_port(Port, State#state.os_pid),
-    os_process_died({timeout, Ms}, State#state{start_timer = undefined});
-handle_info({timeout, Timer, respawn}, #state{start_timer = Timer} = State) ->
-    respawn(State#state{start_timer = undefined});
-handle_info(purge, State) ->
-    schedule_purge(),
-    {noreply, purge_expired(State)};
+    start_failed({timeout, Ms}, State#state{start_timer = undefined});
+handle_info({timeout, Timer, respawn}, #state{start_timer = Timer, status = Status} = State) ->
+    case Status of
+        stopping -> {noreply, State#state{start_timer = undefined}};
+        _ -> respawn(State#state{start_timer = undefined})
+    end;
+handle_info({timeout, Timer, {kill, Id}}, #state{kill_timers = Timers} = State) ->
+    case Timers of
+        #{Id := Timer} -> kill_unresponsive(Id, State);
+        #{} -> {noreply, State}
+    end;
+handle_info({timeout, Timer, recycle_kill}, #state{start_timer = Timer, status = recycling} = State) ->
+    %% SHUTDOWN was not honoured in time (e.g. a thread that never ends).
+    pyport_os:kill(State#state.os_pid),
+    {noreply, State#state{start_timer = undefined}};
 handle_info({pubsub, Topic, Msg}, State) ->
     forward_pubsub(Topic, Msg, State),
     {noreply, State};
+handle_info(purge, State) ->
+    schedule_purge(),
+    {noreply, purge_expired(State)};
 handle_info({Port, _}, State) when is_port(Port) ->
     %% Data or exit status of a previous OS process of this slot.
     {noreply, State};
@@ -194,7 +305,8 @@ handle_info({'EXIT', _, _}, State) ->
     %% A previous port closing; the parent's exit is handled by gen_server.
     {noreply, State};
 handle_info({timeout, _Timer, _}, State) ->
-    %% A hello or respawn timer that fired just before it was cancelled.
+    %% A timer that fired just before it was cancelled, or of a previous
+    %% OS process.
     {noreply, State};
 handle_info(Msg, State) ->
     ?LOG_WARNING("pyport worker ~tp/~b: unexpected message ~tp",
@@ -203,16 +315,19 @@ handle_info(Msg, State) ->
 
 %% @private
 -spec terminate(term(), #state{}) -> ok.
-terminate(Reason, #state{tab = Tab, slot = Slot} = State0) ->
+terminate(Reason, #state{info = #{tab := Tab}, slot = Slot} = State0) ->
     %% Unregister first so that no new caller picks this worker.
     _ = (catch ets:delete_object(Tab, {Slot, self()})),
     State = stop_os_process(State0),
     Detail = case Reason of
                  normal -> shutdown;
+                 shutdown -> shutdown;
                  {shutdown, _} -> shutdown;
                  Other -> Other
              end,
     _ = fail_all(Detail, State),
+    [gen_server:reply(From, {error, {worker_exited, Detail}})
+     || From <- State#state.recycle_waiters],
     ok.
 
 %% @private
@@ -228,6 +343,9 @@ format_status(Status) ->
 %%% Requests
 %%%===================================================================
 
+request(Alias, _Id, _Deadline, _Frame, #state{status = stopping} = State) ->
+    finish(Alias, {error, {worker_exited, shutdown}}, State),
+    State;
 request(Alias, Id, Deadline, Frame, #state{status = Status} = State) ->
     case expired(Deadline, now_ms()) of
         true ->
@@ -235,15 +353,29 @@ request(Alias, Id, Deadline, Frame, #state{status = Status} = State) ->
             %% a spawn_call whose await runs longer than the call's timeout.
             finish(Alias, {error, timeout}, State),
             State;
-        false when Status =:= up ->
+        false when Status =:= up, map_size(State#state.kill_timers) =:= 0 ->
             _ = send_frame(State#state.port, Frame),
-            State#state{pending = maps:put(Id, {Alias, Deadline}, State#state.pending)};
+            sent(State#state{pending = maps:put(Id, {Alias, Deadline}, State#state.pending)});
         false ->
+            %% Restarting, draining, or stuck in code whose caller gave up:
+            %% held until the OS process (this one or the next) takes work.
             State#state{queue = queue:in({call, Alias, Id, Deadline, Frame}, State#state.queue)}
     end.
 
-%% A request is finished: answer its caller and count it out of the slot.
-finish(Alias, Reply, #state{counters = C, slot = Slot}) ->
+%% A request went to the OS process: max_requests reached means it takes
+%% no more (they queue for the next one) and is recycled once idle.
+sent(#state{sent_here = N, opts = #{max_requests := Max}} = State) ->
+    State1 = State#state{sent_here = N + 1},
+    case is_integer(Max) andalso N + 1 >= Max of
+        true -> start_drain({max_requests, Max}, State1);
+        false -> State1
+    end.
+
+%% A request is finished: answer its caller (unless it gave up) and count
+%% it out of the slot.
+finish(abandoned, _Reply, #state{info = #{counters := C}, slot = Slot}) ->
+    counters:sub(C, Slot, 1);
+finish(Alias, Reply, #state{info = #{counters := C}, slot = Slot}) ->
     Alias ! {Alias, Reply},
     counters:sub(C, Slot, 1).
 
@@ -254,47 +386,123 @@ send_frame(Port, Frame) ->
     catch error:badarg -> false
     end.
 
-%% Sends what was queued while the OS process restarted.
+%% Sends what was queued while the OS process restarted (up to what it
+%% may take before it is recycled; the rest waits for the next one).
 flush_queue(#state{queue = Q} = State) ->
-    Now = now_ms(),
-    State1 = lists:foldl(
-               fun({cast, Frame}, S) ->
-                       _ = send_frame(S#state.port, Frame),
-                       S;
-                  ({call, Alias, _Id, Deadline, _Frame}, S) when is_integer(Deadline),
-                                                                  Deadline < Now ->
-                       finish(Alias, {error, timeout}, S),
-                       S;
-                  ({call, Alias, Id, Deadline, Frame}, S) ->
-                       _ = send_frame(S#state.port, Frame),
-                       S#state{pending = maps:put(Id, {Alias, Deadline}, S#state.pending)}
-               end, State, queue:to_list(Q)),
-    State1#state{queue = queue:new()}.
+    flush_queue(queue:out(Q), now_ms(), State#state{queue = queue:new()}).
 
-%% Deadlines that passed: the caller has stopped waiting, so the entry would
-%% otherwise stay until the worker answers, which may be never.
+flush_queue({empty, _}, _Now, State) ->
+    State;
+flush_queue({{value, Item}, Rest}, _Now, #state{status = Status} = State) when Status =/= up ->
+    %% max_requests reached: the rest stays queued, in order.
+    State#state{queue = queue:join(queue:in_r(Item, Rest), State#state.queue)};
+flush_queue({{value, {cast, Frame}}, Rest}, Now, State) ->
+    _ = send_frame(State#state.port, Frame),
+    flush_queue(queue:out(Rest), Now, sent(State));
+flush_queue({{value, {call, Alias, _Id, Deadline, _Frame}}, Rest}, Now, State)
+  when is_integer(Deadline), Deadline < Now ->
+    finish(Alias, {error, timeout}, State),
+    flush_queue(queue:out(Rest), Now, State);
+flush_queue({{value, {call, Alias, Id, Deadline, Frame}}, Rest}, Now, State) ->
+    _ = send_frame(State#state.port, Frame),
+    State1 = State#state{pending = maps:put(Id, {Alias, Deadline}, State#state.pending)},
+    flush_queue(queue:out(Rest), Now, sent(State1)).
+
+%% The caller of request Id stopped waiting (its timeout passed).
+cancel(Id, #state{pending = Pending, queue = Q} = State) ->
+    case Pending of
+        #{Id := {abandoned, _}} ->
+            State;
+        #{Id := {_Alias, Deadline}} ->
+            interrupt(Id, State#state{pending = Pending#{Id := {abandoned, Deadline}}});
+        #{} ->
+            %% Not sent yet: it never will be.
+            {Dropped, Kept} = lists:partition(fun({call, _, I, _, _}) -> I =:= Id;
+                                                 (_) -> false
+                                              end, queue:to_list(Q)),
+            [finish(abandoned, none, State) || _ <- Dropped],
+            State#state{queue = queue:from_list(Kept)}
+    end.
+
+%% Asks the worker to raise KeyboardInterrupt in request Id; if it has not
+%% answered within kill_after, the OS process is killed.
+interrupt(Id, #state{pending = Pending, kill_timers = Timers, port = Port} = State) ->
+    case is_map_key(Id, Pending) andalso not is_map_key(Id, Timers) of
+        true ->
+            _ = send_frame(Port, pyport_codec:encode_frame(?INTERRUPT, Id, [])),
+            Timer = case State#state.opts of
+                        #{kill_after := infinity} -> undefined;
+                        #{kill_after := Ms} -> erlang:start_timer(Ms, self(), {kill, Id})
+                    end,
+            %% Busy with code its caller gave up on: no least-loaded traffic
+            %% until it answers.
+            pyport_pool:set_available(State#state.info, State#state.slot, false),
+            State#state{kill_timers = Timers#{Id => Timer}};
+        false ->
+            State
+    end.
+
+%% py:interrupt/1: a request still held here is answered without being sent,
+%% as the worker answers one interrupted before it started.
+interrupt_on_request(Id, #state{pending = Pending, queue = Q} = State) ->
+    case is_map_key(Id, Pending) of
+        true ->
+            interrupt(Id, State);
+        false ->
+            {Hit, Kept} = lists:partition(fun({call, _, I, _, _}) -> I =:= Id;
+                                             (_) -> false
+                                          end, queue:to_list(Q)),
+            Message = iolist_to_binary(io_lib:format("request ~b was interrupted before it started",
+                                                     [Id])),
+            [finish(Alias, {error, {'KeyboardInterrupt', Message}}, State)
+             || {call, Alias, _, _, _} <- Hit],
+            State#state{queue = queue:from_list(Kept)}
+    end.
+
+kill_unresponsive(Id, #state{opts = #{kill_after := Ms}} = State) ->
+    ?LOG_WARNING("pyport worker ~tp/~b: request ~b did not stop within ~b ms of its "
+                   "interrupt; killing OS process ~tp",
+                   [State#state.pool, State#state.slot, Id, Ms, State#state.os_pid],
+                   metadata(State)),
+    pyport_os:kill(State#state.os_pid),
+    {noreply, State#state{kill_reason = {interrupt_timeout, Ms}}}.
+
+%% Deadlines that passed: the caller has stopped waiting (a killed caller
+%% could not say so), so the request is abandoned and interrupted.
 purge_expired(#state{pending = Pending, queue = Q} = State) ->
     Now = now_ms(),
-    {Expired, Live} = maps:fold(
-                        fun(Id, {_, Deadline} = V, {E, L}) ->
+    Expired = maps:fold(fun(Id, {Alias, Deadline}, Acc) when Alias =/= abandoned ->
                                 case expired(Deadline, Now) of
-                                    true -> {[V | E], L};
-                                    false -> {E, maps:put(Id, V, L)}
-                                end
-                        end, {[], #{}}, Pending),
-    [finish(Alias, {error, timeout}, State) || {Alias, _} <- Expired],
+                                    true -> [{Id, Alias} | Acc];
+                                    false -> Acc
+                                end;
+                           (_Id, _Abandoned, Acc) ->
+                                Acc
+                        end, [], Pending),
+    State1 = lists:foldl(fun({Id, Alias}, S) ->
+                                 Alias ! {Alias, {error, timeout}},
+                                 cancel(Id, S)
+                         end, State, Expired),
     {Dropped, Kept} = lists:partition(
                         fun({call, _, _, Deadline, _}) -> expired(Deadline, Now);
                            ({cast, _}) -> false
                         end, queue:to_list(Q)),
-    [finish(Alias, {error, timeout}, State) || {call, Alias, _, _, _} <- Dropped],
-    State#state{pending = Live, queue = queue:from_list(Kept)}.
+    [finish(Alias, {error, timeout}, State1) || {call, Alias, _, _, _} <- Dropped],
+    State1#state{queue = queue:from_list(Kept)}.
 
-fail_all(Detail, #state{pending = Pending, queue = Q} = State) ->
+fail_all(Detail, #state{queue = Q} = State0) ->
+    State = fail_all_pending(Detail, State0),
+    Reply = {error, {worker_exited, Detail}},
+    [finish(Alias, Reply, State) || {call, Alias, _, _, _} <- queue:to_list(Q)],
+    State#state{queue = queue:new()}.
+
+%% Only requests already written to the dead process fail; queued ones wait
+%% for the next process.
+fail_all_pending(Detail, #state{pending = Pending, kill_timers = Timers} = State) ->
     Reply = {error, {worker_exited, Detail}},
     maps:foreach(fun(_Id, {Alias, _}) -> finish(Alias, Reply, State) end, Pending),
-    [finish(Alias, Reply, State) || {call, Alias, _, _, _} <- queue:to_list(Q)],
-    State#state{pending = #{}, queue = queue:new()}.
+    maps:foreach(fun(_Id, Timer) -> cancel_timer(Timer) end, Timers),
+    State#state{pending = #{}, kill_timers = #{}, internal = #{}}.
 
 %%%===================================================================
 %%% Frames from the worker
@@ -311,9 +519,9 @@ frame(Bin, State) ->
     end.
 
 frame(Kind, Id, 1, Rest, State) when Kind =:= ?RESULT, Id > 0 ->
-    {noreply, answer(Id, {Kind, Rest}, State)};
+    answer(Id, {Kind, Rest}, State);
 frame(Kind, Id, 3, Rest, State) when Kind =:= ?ERROR, Id > 0 ->
-    {noreply, answer(Id, {Kind, Rest}, State)};
+    answer(Id, {Kind, Rest}, State);
 frame(?ERROR, 0, 3, Rest, State) ->
     %% An error that answers no request (e.g. a frame the worker could not
     %% read far enough to find its id).
@@ -357,49 +565,42 @@ frame(?NOTIFY, 0, 2, Rest, State) ->
                   {unsubscribe_all, Box} -> unsubscribe_all(Box, State)
               end};
 frame(?SCHEDULE, Id, 2, Rest, State) when Id > 0 ->
-    {noreply, schedule(Id, Rest, State)};
+    schedule(Id, Rest, State);
 frame(?HELLO, 0, 4, Rest, #state{status = starting} = State) ->
     case hello(Rest, State) of
-        {ok, State1} ->
-            _ = erlang:cancel_timer(State1#state.start_timer),
-            ?LOG_INFO("pyport worker ~tp/~b: OS process ~b up (Python ~ts)",
-                        [State1#state.pool, State1#state.slot, State1#state.os_pid,
-                         State1#state.python_version], metadata(State1)),
-            apply_logging(State1#state.port),
-            {noreply, flush_queue(State1#state{status = up, start_timer = undefined,
-                                              start_failures = 0})};
-        {error, Detail} ->
-            kill_port(State#state.port, State#state.os_pid),
-            _ = erlang:cancel_timer(State#state.start_timer),
-            os_process_died(Detail, State#state{start_timer = undefined})
+        {ok, State1} -> initialize(State1);
+        {error, Detail} -> start_failed(Detail, State)
     end;
+frame(?HELLO, 0, 4, _Rest, #state{status = stopping} = State) ->
+    %% A process that started as the pool began to stop: terminate/2 stops it.
+    {noreply, State};
 frame(Kind, Id, NFields, _Rest, State) ->
     %% A protocol violation by the worker. Whoever waits on Id is answered so
     %% that no request is left hanging.
     Why = {unexpected_frame, Kind, Id, NFields},
     ?LOG_ERROR("pyport worker ~tp/~b: ~tp", [State#state.pool, State#state.slot, Why],
                  metadata(State)),
-    {noreply, answer(Id, {error, {protocol_error, Why}}, State)}.
+    answer(Id, {error, {protocol_error, Why}}, State).
 
 %% A call answered "continue elsewhere" (erlang.schedule and friends).
-schedule(Id, Rest, #state{pending = Pending, port = Port} = State) ->
+schedule(Id, Rest, #state{port = Port} = State) ->
     case pyport_codec:decode_fields(2, Rest) of
         {ok, [<<"erlang">>, [Name, Args]]} when is_list(Args) ->
-            case maps:take(Id, Pending) of
-                {{Alias, _Deadline}, Pending1} ->
-                    %% The caller runs the function and takes its result.
-                    finish(Alias, {schedule, Name, Args}, State),
-                    State#state{pending = Pending1};
-                error ->
+            case is_map_key(Id, State#state.pending) of
+                true ->
+                    %% The request is answered: its caller runs the function
+                    %% and takes its result.
+                    answer(Id, {schedule, Name, Args}, State);
+                false ->
                     %% A cast (or a caller that gave up): run it for nobody.
                     _ = spawn(fun() -> pyport_registry:call(Name, Args) end),
-                    State
+                    {noreply, State}
             end;
         {ok, [<<"py">>, Frame]} when is_binary(Frame) ->
             %% The continuation goes back to the worker behind everything
-            %% sent so far; the request stays pending under its id.
+            %% sent so far; the request stays in flight under its id.
             _ = send_frame(Port, Frame),
-            State;
+            {noreply, State};
         Other ->
             Why = {bad_schedule, Other},
             ?LOG_ERROR("pyport worker ~tp/~b: ~tp", [State#state.pool, State#state.slot, Why],
@@ -407,18 +608,56 @@ schedule(Id, Rest, #state{pending = Pending, port = Port} = State) ->
             answer(Id, {error, {protocol_error, Why}}, State)
     end.
 
-answer(Id, Reply, #state{pending = Pending} = State) ->
-    case maps:take(Id, Pending) of
+answer(Id, Reply, State0) ->
+    State = case maps:take(Id, State0#state.kill_timers) of
+                {Timer, Timers} ->
+                    cancel_timer(Timer),
+                    S = State0#state{kill_timers = Timers},
+                    update_availability(S),
+                    %% No longer stuck: what was held meanwhile goes out.
+                    case map_size(Timers) =:= 0 andalso S#state.status =:= up of
+                        true -> flush_queue(S);
+                        false -> S
+                    end;
+                error ->
+                    State0
+            end,
+    case maps:take(Id, State#state.pending) of
         {{Alias, _Deadline}, Rest} ->
             finish(Alias, Reply, State),
-            State#state{pending = Rest};
+            after_answer(State#state{pending = Rest, served = State#state.served + 1,
+                                     answered_here = State#state.answered_here + 1});
         error ->
-            %% Its deadline passed and it was purged, or it answers a cast
-            %% (e.g. a FrameError): nobody waits for it.
-            ?LOG_DEBUG("pyport worker ~tp/~b: answer to request ~b that nobody waits for",
-                       [State#state.pool, State#state.slot, Id], metadata(State)),
-            State
+            case maps:take(Id, State#state.internal) of
+                {Purpose, Rest} ->
+                    internal_answer(Purpose, Reply, State#state{internal = Rest});
+                error ->
+                    %% It answers a cast (e.g. a FrameError): nobody waits for it.
+                    ?LOG_DEBUG("pyport worker ~tp/~b: answer to request ~b that nobody waits for",
+                               [State#state.pool, State#state.slot, Id], metadata(State)),
+                    {noreply, State}
+            end
     end.
+
+%% After each answer: the max_rss check, and the end of a drain.
+after_answer(#state{status = up, opts = #{max_rss := MaxRss}} = State) when is_integer(MaxRss) ->
+    Now = now_ms(),
+    case Now - State#state.rss_checked_at >= ?RSS_CHECK_INTERVAL_MS of
+        true ->
+            State1 = State#state{rss_checked_at = Now},
+            case pyport_os:rss_bytes(State#state.os_pid) of
+                Rss when is_integer(Rss), Rss > MaxRss ->
+                    {noreply, start_drain({max_rss, Rss, MaxRss}, State1)};
+                _ ->
+                    {noreply, State1}
+            end;
+        false ->
+            {noreply, State}
+    end;
+after_answer(#state{status = draining} = State) ->
+    {noreply, maybe_drained(State)};
+after_answer(State) ->
+    {noreply, State}.
 
 metadata(#state{pool = Pool, slot = Slot, os_pid = OsPid}) ->
     #{pyport_pool => Pool, pyport_slot => Slot, os_pid => OsPid, domain => [pyport]}.
@@ -436,7 +675,7 @@ subscribe(Topic, Box, #state{subs = Subs, box_topics = BoxTopics} = State) ->
         true ->
             State;
         false ->
-            ok = pg:join(pyport, Topic, self()),
+            ok = pyport_pubsub:subscribe(Topic, self()),
             State#state{subs = Subs#{Topic => [Box | Boxes]},
                         box_topics = BoxTopics#{Box => [Topic | maps:get(Box, BoxTopics, [])]}}
     end.
@@ -447,7 +686,7 @@ unsubscribe(Topic, Box, #state{subs = Subs, box_topics = BoxTopics} = State) ->
         false ->
             State;
         true ->
-            _ = pg:leave(pyport, Topic, self()),
+            _ = pyport_pubsub:unsubscribe(Topic, self()),
             Subs1 = case lists:delete(Box, Boxes) of
                         [] -> maps:remove(Topic, Subs);
                         Left -> Subs#{Topic := Left}
@@ -466,7 +705,7 @@ unsubscribe_all(Box, #state{box_topics = BoxTopics} = State) ->
 %% The OS process is gone, and with it every Python subscription.
 drop_subscriptions(#state{subs = Subs} = State) ->
     maps:foreach(fun(Topic, Boxes) ->
-                         [pg:leave(pyport, Topic, self()) || _ <- Boxes]
+                         [pyport_pubsub:unsubscribe(Topic, self()) || _ <- Boxes]
                  end, Subs),
     State#state{subs = #{}, box_topics = #{}}.
 
@@ -507,6 +746,52 @@ apply_logging(Port) ->
     end.
 
 %%%===================================================================
+%%% Requests the gen_server makes: init steps, namespace drops
+%%%===================================================================
+
+internal_request(Kind, Fields, Purpose, #state{port = Port, internal = Internal} = State) ->
+    Id = erlang:unique_integer([positive]),
+    _ = send_frame(Port, pyport_codec:encode_frame(Kind, Id, Fields)),
+    State#state{internal = Internal#{Id => Purpose}}.
+
+internal_answer({init, _Step}, {?RESULT, _}, State) ->
+    init_done(State);
+internal_answer({init, Step}, {?ERROR, Rest}, State) ->
+    start_failed({init_failed, Step, error_text(Rest)}, State);
+internal_answer({init, Step}, {error, _} = Error, State) ->
+    start_failed({init_failed, Step, Error}, State);
+internal_answer({drop_namespace, _Ns}, _Reply, State) ->
+    {noreply, State}.
+
+init_done(#state{internal = Internal} = State) ->
+    case lists:any(fun({init, _}) -> true; (_) -> false end, maps:values(Internal)) of
+        true -> {noreply, State};
+        false -> ready(State)
+    end.
+
+error_text(Rest) ->
+    case pyport_codec:decode_fields(3, Rest) of
+        {ok, [Type, Message, _]} -> {Type, Message};
+        {error, _} = Error -> Error
+    end.
+
+%% Frees a namespace in the worker, if the OS process that has it still
+%% runs (a new one starts with none).
+drop_namespace(Ns, #state{status = Status} = State) when Status =:= up; Status =:= draining ->
+    internal_request(?CONTROL, [<<"drop_namespace">>, Ns], {drop_namespace, Ns}, State);
+drop_namespace(_Ns, State) ->
+    State.
+
+register_namespace(Owner, Ns, #state{monitor_by_ns = ByNs, ns_by_monitor = ByMon} = State) ->
+    case is_map_key(Ns, ByNs) of
+        true ->
+            State;
+        false ->
+            Mon = erlang:monitor(process, Owner),
+            State#state{monitor_by_ns = ByNs#{Ns => Mon}, ns_by_monitor = ByMon#{Mon => Ns}}
+    end.
+
+%%%===================================================================
 %%% The OS process
 %%%===================================================================
 
@@ -514,36 +799,24 @@ apply_logging(Port) ->
 %% cannot start fails to start, with the reason.
 first_start(State) ->
     case spawn_os_process(State) of
-        {ok, State1} ->
-            #state{port = Port, opts = #{start_timeout := Ms}} = State1,
-            Deadline = now_ms() + Ms,
-            await_hello(Port, Deadline, State1);
+        {ok, #state{port = Port, opts = #{start_timeout := Ms}} = State1} ->
+            await_ready(Port, now_ms() + Ms, State1);
         {error, _} = Error ->
             Error
     end.
 
-await_hello(Port, Deadline, State) ->
+%% Runs the frame handling of a live worker until the OS process is ready
+%% or has failed.
+await_ready(Port, Deadline, State) ->
     receive
         {Port, {data, Bin}} ->
-            case pyport_codec:decode_frame_head(Bin) of
-                {ok, ?HELLO, 0, 4, Rest} ->
-                    case hello(Rest, State) of
-                        {ok, State1} ->
-                            apply_logging(Port),
-                            {ok, State1#state{status = up}};
-                        {error, _} = Error ->
-                            kill_port(Port, State#state.os_pid),
-                            Error
-                    end;
-                {ok, ?LOG_FRAME, _, 2, _} ->
-                    {noreply, State} = frame(Bin, State),
-                    await_hello(Port, Deadline, State);
-                Other ->
-                    kill_port(Port, State#state.os_pid),
-                    {error, {bad_hello, Other}}
+            case frame(Bin, State) of
+                {noreply, #state{status = up} = S} -> {ok, S};
+                {noreply, #state{status = failed, last_exit = Detail}} -> {error, Detail};
+                {noreply, S} -> await_ready(Port, Deadline, S)
             end;
         {Port, {exit_status, Status}} ->
-            {error, exit_detail(Status)};
+            {error, pyport_os:exit_detail(Status)};
         {'EXIT', Port, Reason} ->
             {error, {port_closed, Reason}}
     after max(0, Deadline - now_ms()) ->
@@ -575,60 +848,96 @@ check_frame_size(#{<<"max_frame_size">> := Theirs},
 check_frame_size(_, _) ->
     ok.
 
-spawn_os_process(#state{opts = Opts} = State) ->
-    #{worker := Exe, python_path := Path, max_frame_size := Max} = Opts,
-    Args = ["--runtime", runtime_dir()]
-        ++ lists:append([["--path", Dir] || Dir <- Path])
-        ++ ["--max-frame-size", integer_to_list(Max)],
-    PortOpts = [{args, Args}, {packet, 4}, binary, exit_status, use_stdio,
-                %% Never suspend this process on a full pipe: it must stay
-                %% able to route answers, notice exits and run its timers
-                %% while the worker is busy.
-                {busy_limits_port, disabled}],
-    case filelib:is_regular(Exe) of
-        false ->
-            {error, {no_executable, Exe}};
-        true ->
-            try open_port({spawn_executable, Exe}, PortOpts) of
-                Port ->
-                    OsPid = case erlang:port_info(Port, os_pid) of
-                                {os_pid, P} -> P;
-                                undefined -> undefined
-                            end,
-                    {ok, State#state{port = Port, os_pid = OsPid, status = starting,
-                                     python_version = undefined,
-                                     spawned_at = now_ms()}}
-            catch
-                error:Reason -> {error, {cannot_execute, Exe, Reason}}
-            end
+%% After the hello: the pool's imports and init code, then ready.
+initialize(#state{opts = #{imports := Imports, init_code := Code}} = State0) ->
+    apply_logging(State0#state.port),
+    State = State0#state{status = initializing},
+    Steps = [{{import, M}, <<"import ", M/binary>>} || M <- Imports]
+        ++ [{init_code, Code} || Code =/= undefined],
+    case Steps of
+        [] ->
+            ready(State);
+        _ ->
+            {noreply, lists:foldl(fun({Step, Src}, S) ->
+                                          internal_request(?EXEC, [Src, 0], {init, Step}, S)
+                                  end, State, Steps)}
     end.
 
-runtime_dir() ->
-    case code:priv_dir(pyport) of
-        {error, bad_name} -> "python_runtime";
-        Priv -> filename:join(Priv, "python_runtime")
+ready(#state{first = true} = State) ->
+    %% init/1 publishes the worker.
+    cancel_timer(State#state.start_timer),
+    {noreply, State#state{status = up, start_timer = undefined, start_failures = 0}};
+ready(State0) ->
+    cancel_timer(State0#state.start_timer),
+    ?LOG_INFO("pyport worker ~tp/~b: OS process ~b up (Python ~ts)",
+                [State0#state.pool, State0#state.slot, State0#state.os_pid,
+                 State0#state.python_version], metadata(State0)),
+    State = flush_queue(State0#state{status = up, start_timer = undefined, start_failures = 0}),
+    update_availability(State),
+    [gen_server:reply(From, ok) || From <- State#state.recycle_waiters],
+    {noreply, State#state{recycle_waiters = []}}.
+
+%% The hello or the init code failed, or never came.
+start_failed(Detail, #state{first = true} = State) ->
+    kill_port(State#state.port, State#state.os_pid),
+    {noreply, State#state{status = failed, port = undefined, last_exit = Detail}};
+start_failed(Detail, State) ->
+    kill_port(State#state.port, State#state.os_pid),
+    cancel_timer(State#state.start_timer),
+    os_process_died(Detail, State#state{start_timer = undefined}).
+
+spawn_os_process(#state{opts = Opts} = State) ->
+    case pyport_os:open(Opts) of
+        {ok, Port, OsPid} ->
+            {ok, State#state{port = Port, os_pid = OsPid, status = starting,
+                             python_version = undefined, kill_reason = undefined,
+                             sent_here = 0, answered_here = 0, spawned_at = now_ms(),
+                             rss_checked_at = now_ms() - ?RSS_CHECK_INTERVAL_MS}};
+        {error, _} = Error ->
+            Error
     end.
 
 %% The OS process is gone (or was given up on): answer everyone waiting on
 %% it, then start the next one or give up.
-os_process_died(Detail, #state{status = Status, spawned_at = Spawned} = State0) ->
+os_process_died(Detail, #state{status = stopping} = State) ->
+    %% Stopping: no new process; requests it had are answered now.
+    {noreply, (drop_subscriptions(fail_all_pending(Detail, State)))#state{port = undefined}};
+os_process_died(Detail0, #state{status = Status, spawned_at = Spawned} = State0) ->
+    Detail = case State0#state.kill_reason of
+                 undefined -> Detail0;
+                 Reason -> Reason
+             end,
     State1 = drop_subscriptions(fail_all_pending(Detail, State0)),
-    Failures = case Status of
-                   up -> 0;
-                   _ -> State1#state.start_failures + 1
+    cancel_timer(State1#state.start_timer),
+    WasUp = lists:member(Status, [up, draining, recycling]),
+    Failures = case WasUp of
+                   true -> 0;
+                   false -> State1#state.start_failures + 1
                end,
     State = State1#state{port = undefined, last_exit = Detail, start_failures = Failures,
-                         restarts = State1#state.restarts + 1},
+                         start_timer = undefined, restarts = State1#state.restarts + 1},
+    pyport_pool:set_available(State#state.info, State#state.slot, false),
     Uptime = now_ms() - Spawned,
-    case Failures >= ?MAX_START_FAILURES of
-        true ->
+    if
+        Status =:= recycling ->
+            ?LOG_INFO("pyport worker ~tp/~b: OS process ~tp recycled (~tp)",
+                        [State#state.pool, State#state.slot, State#state.os_pid,
+                         State#state.recycle_reason], metadata(State)),
+            respawn(State#state{os_pid = undefined, recycles = State#state.recycles + 1});
+        Failures >= ?MAX_START_FAILURES ->
             ?LOG_ERROR("pyport worker ~tp/~b: OS process failed ~b times in a row "
-                         "before its hello; giving up: ~tp",
+                         "before it was ready; giving up: ~tp",
                          [State#state.pool, State#state.slot, Failures, Detail],
                          metadata(State)),
             {stop, {start_failed, Detail}, State};
-        false ->
-            {Delay, Next} = case Status =:= up andalso Uptime >= ?STABLE_AFTER_MS of
+        true ->
+            %% A process that lived a while, that answered requests, or that
+            %% the gen_server killed was healthy: it is replaced at once.
+            %% Only processes that die before doing any work back off.
+            Quick = WasUp andalso
+                (Uptime >= ?STABLE_AFTER_MS orelse State0#state.answered_here > 0
+                 orelse State0#state.kill_reason =/= undefined),
+            {Delay, Next} = case Quick of
                                 true -> {0, ?BACKOFF_MIN_MS};
                                 false -> {State#state.backoff, next_backoff(State#state.backoff)}
                             end,
@@ -646,13 +955,6 @@ os_process_died(Detail, #state{status = Status, spawned_at = Spawned} = State0) 
             end
     end.
 
-%% Only requests already written to the dead process fail; queued ones wait
-%% for the next process.
-fail_all_pending(Detail, #state{pending = Pending} = State) ->
-    Reply = {error, {worker_exited, Detail}},
-    maps:foreach(fun(_Id, {Alias, _}) -> finish(Alias, Reply, State) end, Pending),
-    State#state{pending = #{}}.
-
 respawn(State) ->
     case spawn_os_process(State) of
         {ok, #state{opts = #{start_timeout := Ms}} = State1} ->
@@ -665,20 +967,44 @@ respawn(State) ->
 next_backoff(0) -> ?BACKOFF_MIN_MS;
 next_backoff(Ms) -> min(2 * Ms, ?BACKOFF_MAX_MS).
 
+%% Recycling: no new frames for the OS process (they queue), and no
+%% least-loaded traffic, until what it runs has finished.
+start_drain(Reason, #state{status = up} = State) ->
+    ?LOG_INFO("pyport worker ~tp/~b: recycling OS process ~tp (~tp)",
+                [State#state.pool, State#state.slot, State#state.os_pid, Reason],
+                metadata(State)),
+    pyport_pool:set_available(State#state.info, State#state.slot, false),
+    maybe_drained(State#state{status = draining, recycle_reason = Reason});
+start_drain(_Reason, State) ->
+    State.
+
+maybe_drained(#state{status = draining, pending = Pending, internal = Internal} = State)
+  when map_size(Pending) =:= 0, map_size(Internal) =:= 0 ->
+    _ = send_frame(State#state.port, pyport_codec:encode_frame(?SHUTDOWN, 0, [])),
+    #{shutdown_timeout := Grace} = State#state.opts,
+    Timer = erlang:start_timer(Grace, self(), recycle_kill),
+    State#state{status = recycling, start_timer = Timer};
+maybe_drained(State) ->
+    State.
+
+%% Least-loaded routing takes the slot while it is up and not stuck in a
+%% request its caller gave up on.
+update_availability(#state{status = Status, kill_timers = Timers, info = Info, slot = Slot}) ->
+    pyport_pool:set_available(Info, Slot, Status =:= up andalso map_size(Timers) =:= 0).
+
 %% Asks the OS process to finish what it has read and exit; kills it if it
-%% is still there after the grace period (e.g. stuck in a loop). Answers
-%% that arrive meanwhile still reach their callers.
+%% is still there after the pool's shutdown_timeout (e.g. stuck in a loop).
+%% Answers that arrive meanwhile still reach their callers.
 stop_os_process(#state{port = undefined} = State) ->
     State;
-stop_os_process(#state{port = Port, os_pid = OsPid} = State) ->
+stop_os_process(#state{port = Port, os_pid = OsPid, opts = #{shutdown_timeout := Grace}} = State) ->
     _ = send_frame(Port, pyport_codec:encode_frame(?SHUTDOWN, 0, [])),
-    Deadline = now_ms() + ?SHUTDOWN_GRACE_MS,
-    case drain_until_exit(Port, Deadline, State) of
+    case drain_until_exit(Port, now_ms() + Grace, State) of
         {exited, State1} ->
             State1#state{port = undefined};
         {timeout, State1} ->
-            kill_os_process(OsPid),
-            {_, State2} = drain_until_exit(Port, now_ms() + ?SHUTDOWN_GRACE_MS, State1),
+            pyport_os:kill(OsPid),
+            {_, State2} = drain_until_exit(Port, now_ms() + ?KILL_GRACE_MS, State1),
             catch port_close(Port),
             State2#state{port = undefined}
     end.
@@ -686,8 +1012,10 @@ stop_os_process(#state{port = Port, os_pid = OsPid} = State) ->
 drain_until_exit(Port, Deadline, State) ->
     receive
         {Port, {data, Bin}} ->
-            {noreply, State1} = frame(Bin, State),
-            drain_until_exit(Port, Deadline, State1);
+            case frame(Bin, State) of
+                {noreply, State1} -> drain_until_exit(Port, Deadline, State1);
+                {stop, _, State1} -> drain_until_exit(Port, Deadline, State1)
+            end;
         {Port, {exit_status, _}} ->
             {exited, State};
         {'EXIT', Port, _} ->
@@ -696,16 +1024,11 @@ drain_until_exit(Port, Deadline, State) ->
             {timeout, State}
     end.
 
-kill_port(Port, OsPid) ->
-    kill_os_process(OsPid),
-    catch port_close(Port),
-    ok.
-
-%% Only ever our own child: its pid cannot be reused before we see its exit.
-kill_os_process(OsPid) when is_integer(OsPid), OsPid > 1 ->
-    _ = os:cmd("kill -KILL " ++ integer_to_list(OsPid) ++ " 2>/dev/null"),
+kill_port(undefined, _OsPid) ->
     ok;
-kill_os_process(_) ->
+kill_port(Port, OsPid) ->
+    pyport_os:kill(OsPid),
+    catch port_close(Port),
     ok.
 
 %%%===================================================================
@@ -717,40 +1040,30 @@ info_map(#state{} = S) ->
       slot => S#state.slot,
       pid => self(),
       status => S#state.status,
-      os_pid => case S#state.status of up -> S#state.os_pid; _ -> undefined end,
+      os_pid => case S#state.status of
+                    Up when Up =:= up; Up =:= draining; Up =:= recycling -> S#state.os_pid;
+                    _ -> undefined
+                end,
       python_version => S#state.python_version,
       capabilities => S#state.capabilities,
       pending => map_size(S#state.pending),
       queued => queue:len(S#state.queue),
+      interrupted => map_size(S#state.kill_timers),
+      served => S#state.served,
       restarts => S#state.restarts,
+      recycles => S#state.recycles,
+      namespaces => map_size(S#state.monitor_by_ns),
       last_exit => S#state.last_exit}.
 
 schedule_purge() ->
     _ = erlang:send_after(?PURGE_INTERVAL_MS, self(), purge),
     ok.
 
+cancel_timer(undefined) -> ok;
+cancel_timer(Timer) -> _ = erlang:cancel_timer(Timer, [{async, true}, {info, false}]), ok.
+
 expired(infinity, _Now) -> false;
 expired(Deadline, Now) -> Deadline < Now.
 
 now_ms() ->
     erlang:monotonic_time(millisecond).
-
-%% Linux signal numbers.
-signal_name(1) -> sighup;
-signal_name(2) -> sigint;
-signal_name(3) -> sigquit;
-signal_name(4) -> sigill;
-signal_name(5) -> sigtrap;
-signal_name(6) -> sigabrt;
-signal_name(7) -> sigbus;
-signal_name(8) -> sigfpe;
-signal_name(9) -> sigkill;
-signal_name(10) -> sigusr1;
-signal_name(11) -> sigsegv;
-signal_name(12) -> sigusr2;
-signal_name(13) -> sigpipe;
-signal_name(14) -> sigalrm;
-signal_name(15) -> sigterm;
-signal_name(24) -> sigxcpu;
-signal_name(25) -> sigxfsz;
-signal_name(N) -> N.

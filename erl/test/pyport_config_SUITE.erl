@@ -17,7 +17,7 @@ all() ->
 groups() ->
     [{validator, [parallel],
       [defaults_filled_in, valid_values_kept, sizes, python_paths, frame_sizes,
-       timeouts, worker_paths, unknown_keys, malformed_pools]},
+       timeouts, worker_paths, unknown_keys, malformed_pools, python_settings, limits]},
      {application, [],
       [no_pools_means_default_pool, bad_size_stops_start, unknown_key_stops_start,
        bad_pools_stop_start, missing_worker_stops_start, runtime_pool_options_checked,
@@ -59,7 +59,8 @@ defaults_filled_in(_Config) ->
 valid_values_kept(_Config) ->
     In = #{size => 3, python_path => ["a", <<"b">>], max_frame_size => 1024,
            call_timeout => infinity, start_timeout => 1, worker => "/opt/w"},
-    ?assertEqual({ok, In#{python_path => [<<"a">>, <<"b">>], worker => <<"/opt/w">>}},
+    ?assertEqual({ok, maps:merge(pyport_config:defaults(),
+                                 In#{python_path => [<<"a">>, <<"b">>], worker => <<"/opt/w">>})},
                  pyport_config:validate_pool(p, In)).
 
 sizes(_Config) ->
@@ -117,6 +118,48 @@ malformed_pools(_Config) ->
                  pyport_config:validate_pools(#{b => #{size => 0}, a => #{size => 0}})),
     {ok, Pools} = pyport_config:validate_pools(#{a => #{size => 1}, b => #{}}),
     ?assertEqual([a, b], lists:sort(maps:keys(Pools))).
+
+python_settings(Config) ->
+    Dir = ?config(priv_dir, Config),
+    Bad = fun(Key, V) -> ?assertEqual({error, {invalid_pool_option, p, Key, V}},
+                                      pyport_config:validate_pool(p, #{Key => V}))
+          end,
+    %% env: a map or list of names to values (or false: unset).
+    ?assertMatch({ok, #{env := [{"A", "1"}, {"B", false}]}},
+                 pyport_config:validate_pool(p, #{env => #{"A" => "1", <<"B">> => false}})),
+    ?assertMatch({ok, #{env := [{"X", "y"}]}}, pyport_config:validate_pool(p, #{env => [{'X', <<"y">>}]})),
+    [Bad(env, V) || V <- [#{"" => "x"}, #{"A=B" => "x"}, #{"A" => 1}, [{"A"}], "A=1",
+                          #{"A" => <<0>>}]],
+    %% cd: an existing directory.
+    ?assertMatch({ok, #{cd := _}}, pyport_config:validate_pool(p, #{cd => Dir})),
+    [Bad(cd, V) || V <- ["/nonexistent/dir", 42, ""]],
+    %% imports: dotted module names.
+    ?assertMatch({ok, #{imports := [<<"json">>, <<"os.path">>, <<"_x1">>]}},
+                 pyport_config:validate_pool(p, #{imports => [json, "os.path", <<"_x1">>]})),
+    [Bad(imports, V) || V <- [json, ["1abc"], ["a..b"], ["a;import os"], [""], [42]]],
+    %% init_code: text.
+    ?assertMatch({ok, #{init_code := <<"x = 1">>}}, pyport_config:validate_pool(p, #{init_code => "x = 1"})),
+    Bad(init_code, 42),
+    %% venv: a directory with pyvenv.cfg.
+    [Bad(venv, V) || V <- [Dir, "/nonexistent", 7]].
+
+limits(_Config) ->
+    Bad = fun(Key, V) -> ?assertEqual({error, {invalid_pool_option, p, Key, V}},
+                                      pyport_config:validate_pool(p, #{Key => V}))
+          end,
+    Good = fun(Key, V) -> ?assertMatch({ok, #{Key := V}}, pyport_config:validate_pool(p, #{Key => V})) end,
+    [Good(K, infinity) || K <- [max_inflight, kill_after, max_requests, max_memory, max_rss,
+                                cpu_seconds, max_open_files]],
+    [Good(K, 1) || K <- [max_inflight, max_requests, max_rss, cpu_seconds]],
+    Good(kill_after, 0),
+    Good(shutdown_timeout, 0),
+    Good(max_memory, 32 * 1024 * 1024),
+    Good(max_open_files, 16),
+    [Bad(K, V) || K <- [max_inflight, max_requests, max_rss, cpu_seconds], V <- [0, -1, 1.5, lots]],
+    [Bad(K, V) || K <- [kill_after, shutdown_timeout], V <- [-1, 1.5, never]],
+    Bad(shutdown_timeout, infinity),
+    Bad(max_memory, 1000),
+    Bad(max_open_files, 3).
 
 %%%===================================================================
 %%% application:start

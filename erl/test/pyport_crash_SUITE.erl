@@ -258,13 +258,7 @@ kill_9(OsPid) ->
 
 %% A zombie (exited, not yet reaped by whoever inherited it) counts as gone.
 os_process_alive(OsPid) ->
-    case file:read_file("/proc/" ++ integer_to_list(OsPid) ++ "/stat") of
-        {ok, Stat} ->
-            [_, AfterComm] = string:split(Stat, <<") ">>, trailing),
-            not lists:member(binary:first(AfterComm), [$Z, $X]);
-        {error, _} ->
-            false
-    end.
+    pyport_os:alive(OsPid).
 
 %% Polls Cond every 10 ms for up to 10 s.
 wait_until(Cond, What) ->

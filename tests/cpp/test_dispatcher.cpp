@@ -1,7 +1,10 @@
 // Dispatch of whole frames, in-process: requests are built with msgpack-c
 // (independent of the worker's writer) and every answer is parsed with it.
+#include <atomic>
+#include <chrono>
 #include <map>
 #include <sstream>
+#include <thread>
 #include <tuple>
 
 #include "dispatcher.hpp"
@@ -232,6 +235,118 @@ BOOST_AUTO_TEST_CASE(eval_and_exec_share_namespaces_by_number) {
   BOOST_TEST(contains(r.str(4), "File \"<exec>\", line 1"));
 }
 
+BOOST_AUTO_TEST_CASE(locals_are_seen_by_nested_scopes_and_never_by_globals) {
+  Dispatcher d(codec(), kMax);
+  using IntMap = std::map<std::string, int>;
+  Reply r = result(d, pack(3, 1, "[x * i for i in range(3)]", IntMap{{"x", 2}}, 5), 1);
+  BOOST_TEST(r.text(2) == "[0,2,4]");
+  r = result(d, pack(3, 2, "(lambda: x + y)()", IntMap{{"x", 2}, {"y", 3}}, 5), 2);
+  BOOST_TEST(r.field(2).as<int>() == 5);
+  r = result(d, pack(3, 3, "sum(x for _ in range(4))", IntMap{{"x", 3}}, 5), 3);
+  BOOST_TEST(r.field(2).as<int>() == 12);
+  r = result(d, pack(3, 4, "{k: x for k in 'ab'}", IntMap{{"x", 1}}, 5), 4);
+  BOOST_TEST(r.text(2) == "{\"a\":1,\"b\":1}");
+  // Globals of the namespace are still seen, and locals shadow them.
+  result(d, pack(4, 5, "g = 10\nx = 100", 5), 5);
+  r = result(d, pack(3, 6, "[g + x for _ in range(2)]", IntMap{{"x", 1}}, 5), 6);
+  BOOST_TEST(r.text(2) == "[11,11]");
+  r = result(d, pack(3, 7, "x", kNil, 5), 7);
+  BOOST_TEST(r.field(2).as<int>() == 100);
+  // Nothing leaks into globals, walrus included.
+  result(d, pack(3, 8, "(w := y + 1)", IntMap{{"y", 1}}, 6), 8);
+  error(d, pack(3, 9, "y", kNil, 6), 9, "NameError");
+  error(d, pack(3, 10, "w", kNil, 6), 10, "NameError");
+  // Keys that cannot be names (a keyword, not an identifier) are ignored.
+  r = result(d, pack(3, 11, "sorted(locals())", IntMap{{"class", 1}, {"a-b", 2}, {"ok", 3}}, 6),
+             11);
+  BOOST_TEST(r.text(2) == "[\"ok\"]");
+  // Syntax errors name the user's text, not the wrapper.
+  r = error(d, pack(3, 12, "x +", IntMap{{"x", 1}}, 6), 12, "SyntaxError");
+  BOOST_TEST(!contains(r.str(4), "lambda"));
+  // The same code with other local names compiles anew.
+  r = result(d, pack(3, 13, "[v for _ in range(1)]", IntMap{{"v", 7}}, 6), 13);
+  BOOST_TEST(r.text(2) == "[7]");
+  r = error(d, pack(3, 14, "[v for _ in range(1)]", IntMap{{"u", 7}}, 6), 14, "NameError");
+}
+
+BOOST_AUTO_TEST_CASE(calls_see_reloaded_and_monkeypatched_functions) {
+  Dispatcher d(codec(), kMax);
+  result(d,
+         pack(4, 1,
+              "import sys, types\nm = types.ModuleType('pp_patch')\n"
+              "m.f = lambda: 1\nsys.modules['pp_patch'] = m\n",
+              0),
+         1);
+  Reply r = result(d, pack(1, 2, "pp_patch", "f", std::make_tuple(), NoKwargs{}), 2);
+  BOOST_TEST(r.field(2).as<int>() == 1);
+  result(d, pack(4, 3, "m.f = lambda: 2", 0), 3);
+  r = result(d, pack(1, 4, "pp_patch", "f", std::make_tuple(), NoKwargs{}), 4);
+  BOOST_TEST(r.field(2).as<int>() == 2);
+  // A new module object under the same name is found too.
+  result(d,
+         pack(4, 5,
+              "m2 = types.ModuleType('pp_patch')\nm2.f = lambda: 3\n"
+              "sys.modules['pp_patch'] = m2",
+              0),
+         5);
+  r = result(d, pack(1, 6, "pp_patch", "f", std::make_tuple(), NoKwargs{}), 6);
+  BOOST_TEST(r.field(2).as<int>() == 3);
+  result(d, pack(4, 7, "del sys.modules['pp_patch']", 0), 7);
+  error(d, pack(1, 8, "pp_patch", "f", std::make_tuple(), NoKwargs{}), 8, "ModuleNotFoundError");
+}
+
+BOOST_AUTO_TEST_CASE(control_operations) {
+  Dispatcher d(codec(), kMax);
+  // gc: the number of objects collected, for all generations or one.
+  result(d, pack(4, 1, "class C: pass\nc = C(); c.me = c; del c", 3), 1);
+  Reply r = result(d, pack(11, 2, "gc", kNil), 2);
+  BOOST_TEST(r.field(2).as<int>() >= 1);
+  r = result(d, pack(11, 3, "gc", 0), 3);
+  BOOST_TEST(r.field(2).type == msgpack::type::POSITIVE_INTEGER);
+  r = error(d, pack(11, 4, "gc", 7), 4, "ValueError");
+  BOOST_TEST(contains(r.str(3), "0, 1 or 2"));
+  // memory_stats: a map with the RSS and how many namespaces exist.
+  r = result(d, pack(11, 5, "memory_stats", kNil), 5);
+  auto stats = r.field(2).as<std::map<std::string, msgpack::object>>();
+  BOOST_TEST(stats.at("rss_bytes").as<uint64_t>() > 1000000u);
+  BOOST_TEST(stats.at("max_rss_bytes").as<uint64_t>() > 0u);
+  BOOST_TEST(stats.at("namespaces").as<int>() == 1);
+  BOOST_TEST(stats.count("gc_count") == 1u);
+  BOOST_TEST(d.namespace_count() == 1u);
+  // drop_namespace frees the globals: true once, then false.
+  r = result(d, pack(11, 6, "drop_namespace", 3), 6);
+  BOOST_TEST(r.field(2).as<bool>() == true);
+  r = result(d, pack(11, 7, "drop_namespace", 3), 7);
+  BOOST_TEST(r.field(2).as<bool>() == false);
+  BOOST_TEST(d.namespace_count() == 0u);
+  error(d, pack(3, 8, "C", kNil, 3), 8, "NameError");
+  r = error(d, pack(11, 9, "drop_namespace", "x"), 9, "FrameError");
+  BOOST_TEST(contains(r.str(3), "namespace number"));
+  r = error(d, pack(11, 10, "drop_namespace", -1), 10, "FrameError");
+  // reload: of a module never imported, and of one that cannot be re-run.
+  r = result(d, pack(11, 11, "reload", "pp_never_imported"), 11);
+  BOOST_TEST(r.str(2) == "not_loaded");
+  r = result(d, pack(11, 12, "reload", "sys"), 12);
+  BOOST_TEST(r.str(2) == "needs_restart");
+  r = result(d, pack(11, 13, "reload", "json"), 13);
+  BOOST_TEST(r.str(2) == "reloaded");
+  r = error(d, pack(11, 14, "reload", 5), 14, "FrameError");
+  r = error(d, pack(11, 15, "no_such_op", kNil), 15, "FrameError");
+  BOOST_TEST(r.str(3) == "unknown CONTROL operation 'no_such_op'");
+  r = error(d, pack(11, 16, "gc"), 16, "FrameError");
+  BOOST_TEST(r.str(3) == "CONTROL frame has 3 elements, expected 4");
+  BOOST_TEST(run(d, pack(11, 0, "gc", kNil)).size() == 1u);  // id 0: a FrameError
+}
+
+BOOST_AUTO_TEST_CASE(interrupt_of_a_finished_request_is_ignored) {
+  Dispatcher d(codec(), kMax);
+  BOOST_TEST(run(d, pack(8, 42)).empty());
+  error(d, pack(8, 0), 0, "FrameError");
+  error(d, pack(8, 42, 1), 42, "FrameError");
+  Reply r = result(d, pack(3, 1, "1", kNil, 0), 1);
+  BOOST_TEST(r.field(2).as<int>() == 1);
+}
+
 BOOST_AUTO_TEST_CASE(locals_and_kwargs_keys_become_exact_str) {
   Dispatcher d(codec(), kMax);
   // Locals {a (an atom) => 1}: the name is a plain str inside Python.
@@ -440,6 +555,109 @@ BOOST_AUTO_TEST_CASE(shutdown_is_noted_and_unanswered) {
   BOOST_TEST(!d.shutdown_requested());
   BOOST_TEST(run(d, pack(15, 0)).empty());
   BOOST_TEST(d.shutdown_requested());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// INTERRUPT as the worker delivers it: another thread asks, the request
+// running on this thread gets KeyboardInterrupt, and no other request does.
+BOOST_AUTO_TEST_SUITE(interrupts)
+
+namespace {
+
+// The worker installs Python's SIGINT handler; this test process does not.
+void python_handles_sigint() {
+  py("__import__('signal').signal(2, __import__('signal').default_int_handler)");
+}
+
+// Calls interrupts.interrupt(id) from another thread after `ms`.
+std::thread interrupt_later(pyport::Interrupts& interrupts, uint64_t id, int ms) {
+  return std::thread([&interrupts, id, ms] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    interrupts.interrupt(id);
+  });
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(running_code_and_blocking_calls_are_interrupted) {
+  python_handles_sigint();
+  pyport::Interrupts interrupts;
+  Dispatcher d(codec(), kMax, &interrupts);
+  auto t0 = std::chrono::steady_clock::now();
+  std::thread t = interrupt_later(interrupts, 1, 200);
+  Reply r = error(d, pack(4, 1, "while True: pass", 0), 1, "KeyboardInterrupt");
+  t.join();
+  t = interrupt_later(interrupts, 2, 200);
+  r = error(d, pack(1, 2, "time", "sleep", std::make_tuple(30), NoKwargs{}), 2,
+            "KeyboardInterrupt");
+  t.join();
+  t = interrupt_later(interrupts, 3, 200);
+  r = error(d, pack(3, 3, "__import__('time').sleep(30)", kNil, 0), 3, "KeyboardInterrupt");
+  t.join();
+  // Far below the 30 s the calls would take.
+  BOOST_TEST((std::chrono::steady_clock::now() - t0 < std::chrono::seconds(20)));
+  // Code may catch it and answer normally.
+  t = interrupt_later(interrupts, 4, 200);
+  r = result(d,
+             pack(4, 4,
+                  "try:\n    __import__('time').sleep(30)\nexcept KeyboardInterrupt:\n"
+                  "    caught = 1\n",
+                  7),
+             4);
+  t.join();
+  r = result(d, pack(3, 5, "caught", kNil, 7), 5);
+  BOOST_TEST(r.field(2).as<int>() == 1);
+}
+
+BOOST_AUTO_TEST_CASE(an_interrupt_before_the_start_answers_without_running) {
+  python_handles_sigint();
+  pyport::Interrupts interrupts;
+  Dispatcher d(codec(), kMax, &interrupts);
+  interrupts.interrupt(11);
+  Reply r = error(d, pack(4, 11, "ran = True", 8), 11, "KeyboardInterrupt");
+  BOOST_TEST(r.str(3) == "request 11 was interrupted before it started");
+  error(d, pack(3, 12, "ran", kNil, 8), 12, "NameError");
+  // Once: the same id again runs.
+  result(d, pack(4, 11, "ran = True", 8), 11);
+  // A cast interrupted before it starts does nothing, and answers nothing.
+  interrupts.interrupt(13);
+  BOOST_TEST(run(d, pack(2, 13, "builtins", "print", std::make_tuple("x"), NoKwargs{})).empty());
+}
+
+BOOST_AUTO_TEST_CASE(an_interrupt_never_reaches_another_request) {
+  python_handles_sigint();
+  pyport::Interrupts interrupts;
+  Dispatcher d(codec(), kMax, &interrupts);
+  // Odd requests are interrupted at random points, often as they finish;
+  // even requests must always complete.
+  std::atomic<uint64_t> current{0};
+  std::atomic<bool> stop{false};
+  std::thread spammer([&] {
+    while (!stop) {
+      uint64_t id = current.load();
+      if (id % 2 == 1) interrupts.interrupt(id);
+      std::this_thread::yield();
+    }
+  });
+  int interrupted = 0;
+  for (uint64_t id = 1; id <= 3000; ++id) {
+    current = id;
+    auto replies = run(d, pack(3, id, "sum(range(20000))", kNil, 0));
+    BOOST_REQUIRE_EQUAL(replies.size(), 1u);
+    if (id % 2 == 0) {
+      BOOST_REQUIRE_MESSAGE(replies[0].kind() == 16,
+                            "request " << id << ": " << replies[0].oh->get());
+      BOOST_TEST(replies[0].field(2).as<int>() == 199990000);
+    } else if (replies[0].kind() == 17) {
+      BOOST_TEST(replies[0].str(2) == "KeyboardInterrupt");
+      ++interrupted;
+    }
+  }
+  stop = true;
+  spammer.join();
+  BOOST_TEST_MESSAGE(interrupted << " of 1500 odd requests interrupted");
+  BOOST_TEST(!PyErr_Occurred());
 }
 
 BOOST_AUTO_TEST_SUITE_END()

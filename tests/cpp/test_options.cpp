@@ -55,4 +55,24 @@ BOOST_AUTO_TEST_CASE(bad_arguments_are_named) {
   }
 }
 
+BOOST_AUTO_TEST_CASE(limits) {
+  pyport::Options o;
+  BOOST_TEST(parse({}, o) == "");
+  BOOST_TEST(o.max_memory == 0u);
+  BOOST_TEST(o.cpu_seconds == 0u);
+  BOOST_TEST(o.max_open_files == 0u);
+  BOOST_TEST(parse({"--max-memory", "1073741824", "--cpu-seconds=30", "--max-open-files", "256"},
+                   o) == "");
+  BOOST_TEST(o.max_memory == 1073741824u);
+  BOOST_TEST(o.cpu_seconds == 30u);
+  BOOST_TEST(o.max_open_files == 256u);
+  BOOST_TEST(parse({"--max-memory", "1000"}, o) ==
+             "--max-memory must be a number of bytes, at least 33554432, not '1000'");
+  BOOST_TEST(parse({"--cpu-seconds", "0"}, o) ==
+             "--cpu-seconds must be a number of seconds, at least 1, not '0'");
+  BOOST_TEST(parse({"--max-open-files", "-1"}, o) ==
+             "--max-open-files must be a number of descriptors, at least 16, not '-1'");
+  BOOST_TEST(parse({"--max-open-files"}, o) == "--max-open-files needs a value");
+}
+
 BOOST_AUTO_TEST_SUITE_END()

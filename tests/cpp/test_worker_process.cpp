@@ -244,7 +244,7 @@ BOOST_AUTO_TEST_CASE(hello_call_and_exit_0_at_end_of_input) {
   caps << h.field(5);
   BOOST_TEST(caps.str() ==
              "{\"max_frame_size\":67108864,\"features\":[\"call\",\"cast\",\"eval\",\"exec\","
-             "\"log\",\"request\",\"message\",\"schedule\"]}");
+             "\"log\",\"interrupt\",\"control\",\"request\",\"message\",\"schedule\"]}");
   p.send(pack(1, 1, "math", "sqrt", std::vector<double>{16.0}, NoKwargs{}));
   Frame r = p.answer();
   BOOST_TEST(r.kind() == 16);

@@ -113,6 +113,42 @@ def test_bad_frames_back_to_back(worker):
     assert_in_sync(worker)
 
 
+REQUEST_KINDS = (P.CALL, P.CAST, P.EVAL, P.EXEC, P.INTERRUPT, P.CONTROL, P.SHUTDOWN)
+# Kinds that answer nothing (or stop the worker): a mutated frame that
+# turns into one of these is left out.
+SILENT_KINDS = (P.CAST, P.INTERRUPT, P.SHUTDOWN)
+
+
+def test_mutated_requests(worker):
+    # Valid requests with random bytes changed, a fake owner sending them
+    # back to back: one answer each (an error naming the problem, or a
+    # result when the mutation left a valid request), in order, no crash.
+    rng = random.Random(20251122)
+    bases = [P.encode_frame(P.CALL, 7, "harness_worker", "identity", [[1, "two", {"three": 3.0}]], {})[4:],
+             P.encode_frame(P.EVAL, 8, "x + 1", {"x": 41}, 0)[4:],
+             P.encode_frame(P.EXEC, 9, "y = [1, 2]", 3)[4:],
+             P.encode_frame(P.CONTROL, 10, "gc", None)[4:]]
+    payloads = []
+    while len(payloads) < 400:
+        payload = bytearray(rng.choice(bases))
+        for _ in range(rng.randint(1, 4)):
+            payload[rng.randrange(len(payload))] = rng.randrange(256)
+        try:
+            value = P.decode(bytes(payload))
+        except Exception:
+            value = None
+        if isinstance(value, list) and value and value[0] in SILENT_KINDS:
+            continue
+        payloads.append(bytes(payload))
+    worker.send_bytes(b"".join(frame(p) for p in payloads))
+    for payload in payloads:
+        f = worker.read_frame()
+        assert f.kind in (P.RESULT, P.ERROR), (payload, f)
+        if f.kind == P.ERROR:
+            assert f.fields[0] and f.fields[1], (payload, f)
+    assert_in_sync(worker)
+
+
 def test_random_garbage(worker):
     rng = random.Random(20240601)  # fixed: a failure can be replayed
     payloads = []
@@ -123,7 +159,7 @@ def test_random_garbage(worker):
         except Exception:
             value = None
         # Keep only payloads that cannot be a valid request by accident.
-        if not (isinstance(value, list) and len(value) >= 2 and value[0] in (P.CALL, P.CAST, P.EVAL, P.EXEC, P.SHUTDOWN)):
+        if not (isinstance(value, list) and len(value) >= 2 and value[0] in REQUEST_KINDS):
             payloads.append(payload)
     worker.send_bytes(b"".join(frame(p) for p in payloads))
     for _ in payloads:

@@ -103,3 +103,77 @@ def spin_after_touch(path):
         pass
     while True:
         pass
+
+
+def getpid_after(seconds):
+    """The worker's OS pid, after keeping it busy for a while."""
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def cpu_work(n):
+    """Pure-Python CPU work: holds the GIL the whole time."""
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
+
+
+def runaway_after_touch(path, how):
+    """Creates path, then runs away in the way asked: a busy loop, a sleep
+    that never ends, or a sleep with SIGINT blocked (code that ignores
+    interrupts, like a C library that masks signals)."""
+    with open(path, "w"):
+        pass
+    if how == "spin":
+        while True:
+            pass
+    elif how == "sleep":
+        time.sleep(1e9)
+    elif how == "masked":
+        import signal
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+        time.sleep(1e9)
+    raise ValueError(f"unknown runaway {how!r}")
+
+
+_hoard: list = []
+
+
+def hoard(megabytes):
+    """Keeps megabytes of touched memory alive in this worker."""
+    block = bytearray(megabytes << 20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    _hoard.append(block)
+    return len(_hoard)
+
+
+def memory_bomb():
+    """Allocates until Python cannot."""
+    chunks = []
+    while True:
+        chunks.append(bytearray(16 << 20))
+
+
+def c_call_ignoring_signals(path):
+    """Creates path, then sits in a C function that holds the GIL with
+    SIGINT blocked: nothing Python can do interrupts it."""
+    import signal
+    with open(path, "w"):
+        pass
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+    ctypes.PyDLL(None).sleep(1000000)
+
+
+def small_object_bomb():
+    """Many small objects until memory runs out."""
+    hoard = []
+    while True:
+        hoard.append(list(range(10000)))
+
+
+def string_doubling_bomb():
+    s = "x"
+    while True:
+        s = s + s

@@ -1,0 +1,136 @@
+%% @doc The worker OS process as the operating system sees it: how it is
+%% spawned from a pool's options, how it is killed, what its exit status
+%% means, and how much memory it holds.
+-module(pyport_os).
+
+-export([open/1, kill/1, exit_detail/1, rss_bytes/1, alive/1]).
+
+%% @doc Spawns a worker OS process for a pool's options. The port speaks
+%% `{packet, 4}' frames; see proto/PROTOCOL.md.
+-spec open(pyport_config:pool_opts()) ->
+          {ok, port(), non_neg_integer() | undefined} | {error, term()}.
+open(#{worker := Exe} = Opts) ->
+    PortOpts = [{args, args(Opts)}, {packet, 4}, binary, exit_status, use_stdio,
+                %% Never suspend the owner on a full pipe: it must stay able
+                %% to route answers, notice exits and run its timers while
+                %% the worker is busy.
+                {busy_limits_port, disabled}]
+        ++ env(Opts) ++ cd(Opts),
+    case filelib:is_regular(Exe) of
+        false ->
+            {error, {no_executable, Exe}};
+        true ->
+            try open_port({spawn_executable, Exe}, PortOpts) of
+                Port ->
+                    OsPid = case erlang:port_info(Port, os_pid) of
+                                {os_pid, P} -> P;
+                                undefined -> undefined
+                            end,
+                    {ok, Port, OsPid}
+            catch
+                error:Reason -> {error, {cannot_execute, Exe, Reason}}
+            end
+    end.
+
+args(#{python_path := Path, max_frame_size := Max, venv := Venv} = Opts) ->
+    %% Absolute: the worker may run in another directory (`cd').
+    Dirs = [filename:absname(Dir) || Dir <- Path ++ venv_site_packages(Venv)],
+    ["--runtime", runtime_dir()]
+        ++ lists:append([["--path", Dir] || Dir <- Dirs])
+        ++ ["--max-frame-size", integer_to_list(Max)]
+        ++ limit("--max-memory", maps:get(max_memory, Opts))
+        ++ limit("--cpu-seconds", maps:get(cpu_seconds, Opts))
+        ++ limit("--max-open-files", maps:get(max_open_files, Opts)).
+
+limit(_Flag, infinity) -> [];
+limit(Flag, N) -> [Flag, integer_to_list(N)].
+
+%% A venv is activated the way its site module would: its site-packages on
+%% sys.path and VIRTUAL_ENV set (subprocesses of the worker then find the
+%% venv's bin/ first on PATH too).
+venv_site_packages(undefined) ->
+    [];
+venv_site_packages(Venv) ->
+    lists:sort(filelib:wildcard(binary_to_list(filename:join(Venv, "lib/python3*/site-packages")))).
+
+env(#{env := Env, venv := undefined}) ->
+    [{env, Env} || Env =/= []];
+env(#{env := Env, venv := Venv}) ->
+    Dir = filename:absname(unicode:characters_to_list(Venv)),
+    Path = filename:join(Dir, "bin") ++ ":" ++ os:getenv("PATH", ""),
+    [{env, [{"VIRTUAL_ENV", Dir}, {"PATH", Path} | Env]}].
+
+cd(#{cd := undefined}) -> [];
+cd(#{cd := Dir}) -> [{cd, Dir}].
+
+runtime_dir() ->
+    case code:priv_dir(pyport) of
+        {error, bad_name} -> "python_runtime";
+        Priv -> filename:join(Priv, "python_runtime")
+    end.
+
+%% @doc Sends SIGKILL. Only ever used on the owner's own child, whose pid
+%% cannot be reused before the owner has seen its exit status.
+-spec kill(non_neg_integer() | undefined) -> ok.
+kill(OsPid) when is_integer(OsPid), OsPid > 1 ->
+    _ = os:cmd("kill -KILL " ++ integer_to_list(OsPid) ++ " 2>/dev/null"),
+    ok;
+kill(_) ->
+    ok.
+
+%% @doc How an exit status of the OS process is reported: statuses above 128
+%% are deaths by a signal (128 + the Linux signal number).
+-spec exit_detail(non_neg_integer()) ->
+          {exit_status, non_neg_integer()} | {signal, atom() | pos_integer()}.
+exit_detail(Status) when Status > 128 -> {signal, signal_name(Status - 128)};
+exit_detail(Status) -> {exit_status, Status}.
+
+%% @doc The resident set size of a process, from /proc.
+-spec rss_bytes(non_neg_integer() | undefined) -> non_neg_integer() | undefined.
+rss_bytes(OsPid) when is_integer(OsPid) ->
+    case file:read_file("/proc/" ++ integer_to_list(OsPid) ++ "/status") of
+        {ok, Status} ->
+            case binary:split(Status, <<"VmRSS:">>) of
+                [_, Rest] ->
+                    [Kb | _] = string:lexemes(Rest, " \t\n"),
+                    binary_to_integer(Kb) * 1024;
+                _ ->
+                    undefined                    % a zombie has no memory
+            end;
+        {error, _} ->
+            undefined
+    end;
+rss_bytes(undefined) ->
+    undefined.
+
+%% @doc True while a process exists and has not exited (a zombie, exited
+%% but not yet reaped, counts as gone).
+-spec alive(non_neg_integer()) -> boolean().
+alive(OsPid) ->
+    case file:read_file("/proc/" ++ integer_to_list(OsPid) ++ "/stat") of
+        {ok, Stat} ->
+            [_, AfterComm] = string:split(Stat, <<") ">>, trailing),
+            not lists:member(binary:first(AfterComm), [$Z, $X]);
+        {error, _} ->
+            false
+    end.
+
+%% Linux signal numbers.
+signal_name(1) -> sighup;
+signal_name(2) -> sigint;
+signal_name(3) -> sigquit;
+signal_name(4) -> sigill;
+signal_name(5) -> sigtrap;
+signal_name(6) -> sigabrt;
+signal_name(7) -> sigbus;
+signal_name(8) -> sigfpe;
+signal_name(9) -> sigkill;
+signal_name(10) -> sigusr1;
+signal_name(11) -> sigsegv;
+signal_name(12) -> sigusr2;
+signal_name(13) -> sigpipe;
+signal_name(14) -> sigalrm;
+signal_name(15) -> sigterm;
+signal_name(24) -> sigxcpu;
+signal_name(25) -> sigxfsz;
+signal_name(N) -> N.

@@ -1,0 +1,109 @@
+#include "interrupts.hpp"
+
+#include <Python.h>
+#include <signal.h>
+#include <time.h>
+
+#include <algorithm>
+
+namespace pyport {
+namespace {
+
+void set_sigint_blocked(bool blocked) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(blocked ? SIG_BLOCK : SIG_UNBLOCK, &set, nullptr);
+}
+
+}  // namespace
+
+Interrupts::Interrupts() : main_(pthread_self()) {
+  set_sigint_blocked(true);
+}
+
+bool Interrupts::begin(uint64_t id) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = std::find(early_.begin(), early_.end(), id);
+    if (it != early_.end()) {
+      early_.erase(it);
+      return false;
+    }
+    running_.push_back({id, false, false});
+  }
+  set_sigint_blocked(false);
+  return true;
+}
+
+void Interrupts::end() {
+  // Blocked first: from here a SIGINT sent for this request stays pending
+  // (or has already run Python's handler), and is discarded below.
+  set_sigint_blocked(true);
+  bool was_signalled = false;
+  bool nested = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!running_.empty()) {
+      was_signalled = running_.back().signalled;
+      running_.pop_back();
+    }
+    nested = !running_.empty();
+  }
+  if (was_signalled) discard_pending();
+  if (nested) {
+    // Back in the outer request: interrupted now if that was asked for
+    // meanwhile (the signal waits, blocked, until the unblock below).
+    std::lock_guard<std::mutex> lock(mu_);
+    Running& outer = running_.back();
+    if (outer.requested && !outer.signalled) signal_locked(outer);
+    outer.requested = false;
+  }
+  if (nested) set_sigint_blocked(false);
+}
+
+void Interrupts::interrupt(uint64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!running_.empty() && running_.back().id == id) {
+    if (!running_.back().signalled) signal_locked(running_.back());
+    return;
+  }
+  for (Running& r : running_) {
+    if (r.id == id) {
+      // An outer request, waiting on a nested one: interrupted once it
+      // runs again.
+      r.requested = true;
+      return;
+    }
+  }
+  if (early_.size() >= kMaxEarly) early_.pop_front();
+  early_.push_back(id);
+}
+
+void Interrupts::signal_locked(Running& r) {
+  r.signalled = true;
+  pthread_kill(main_, SIGINT);
+}
+
+// The main thread, SIGINT blocked: a SIGINT still pending is taken out of
+// the kernel, and one whose C handler already ran (Python notes it and
+// raises KeyboardInterrupt at the next check) is consumed here.
+void Interrupts::discard_pending() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  struct timespec zero = {0, 0};
+  while (sigtimedwait(&set, nullptr, &zero) == SIGINT) {
+  }
+  if (PyErr_CheckSignals() < 0) {
+    if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+      PyErr_Clear();
+    } else {
+      // Another signal handler of the program raised: report, as Python
+      // does for errors nobody can catch.
+      PyErr_WriteUnraisable(nullptr);
+    }
+  }
+}
+
+}  // namespace pyport
