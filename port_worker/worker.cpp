@@ -332,13 +332,20 @@ MainThread::WaitResult Worker::wait(const std::function<bool()>& ready,
     pollfd fds[3] = {{handle_requests ? reader_.fd() : -1, POLLIN, 0},
                      {reader_.wake_fd(), POLLIN, 0},
                      {writer_.idle() ? -1 : writer_.fd(), POLLOUT, 0}};
-    if (poll(fds, 3, timeout) < 0) {
-      if (errno != EINTR) {
-        diag(std::string("waiting for Erlang failed: ") + std::strerror(errno));
-        break;
-      }
-      // A signal: INTERRUPT of the request that waits (SIGINT) must raise
-      // KeyboardInterrupt in it now, not once Erlang answers.
+    int n = poll(fds, 3, timeout);
+    if (n < 0 && errno != EINTR) {
+      diag(std::string("waiting for Erlang failed: ") + std::strerror(errno));
+      break;
+    }
+    if (n > 0) {
+      if (fds[2].revents) writer_.write_from_loop();
+      if (fds[1].revents) reader_.clear_doorbell();
+      if (handle_requests && (fds[0].revents || fds[1].revents)) drain_input_or_exit();
+    }
+    // INTERRUPT of the request that waits (its SIGINT interrupted the poll,
+    // or came while this thread read the frame) raises KeyboardInterrupt in
+    // it now, not once Erlang answers.
+    if (n < 0 || interrupts_.innermost_signalled()) {
       PyEval_RestoreThread(ts);
       int rc = PyErr_CheckSignals();
       ts = PyEval_SaveThread();
@@ -346,11 +353,7 @@ MainThread::WaitResult Worker::wait(const std::function<bool()>& ready,
         result = WaitResult::kInterrupted;
         break;
       }
-      continue;
     }
-    if (fds[2].revents) writer_.write_from_loop();
-    if (fds[1].revents) reader_.clear_doorbell();
-    if (handle_requests && (fds[0].revents || fds[1].revents)) drain_input_or_exit();
   }
   if (result == WaitResult::kClosed && ready()) result = WaitResult::kReady;
   if (handle_requests) {
