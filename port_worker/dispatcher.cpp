@@ -104,7 +104,8 @@ bool TaskHooks::load(PyObject* module) {
                {&start_task, "start_task"},
                {&start_stream, "start_stream"},
                {&stream_credit, "stream_credit"},
-               {&cancel, "cancel"}};
+               {&cancel, "cancel"},
+               {&tasks, "_tasks"}};
   for (auto& n : names) {
     *n.slot = PyRef::steal(PyObject_GetAttrString(module, n.name));
     if (!*n.slot) return false;
@@ -203,8 +204,10 @@ void Dispatcher::dispatch(mp::Reader& r, uint64_t kind, uint64_t id, uint32_t fi
     case kInterrupt:
       // Frames reach the dispatcher one after another, so the request this
       // names is not running Python code now (the input thread interrupted
-      // it if it was). If it became a task, the task is cancelled.
-      if (hooks_.cancel) cancel(r, id, out);
+      // it if it was, or it waits further up this stack and is about to see
+      // its KeyboardInterrupt: no Python code may run here first, or it
+      // would take it). If it became a task, the task is cancelled.
+      if (is_task(id)) cancel(r, id, out);
       return;
     case kCancel:
       return cancel(r, id, out);
@@ -412,6 +415,15 @@ void Dispatcher::eval(mp::Reader& r, uint64_t id, ByteBuffer& out) {
   if (interrupted) return interrupted_before_start(id, out);
   if (!result) return python_error(id, out);
   deliver(id, std::move(result), out);
+}
+
+// A dict lookup of an int key: no Python code runs.
+bool Dispatcher::is_task(uint64_t id) {
+  if (!hooks_.tasks || !PyDict_Check(hooks_.tasks.get())) return false;
+  PyRef key = PyRef::steal(PyLong_FromUnsignedLongLong(id));
+  int found = key ? PyDict_Contains(hooks_.tasks.get(), key.get()) : -1;
+  if (found < 0) PyErr_Clear();
+  return found > 0;
 }
 
 bool Dispatcher::is_awaitable(PyObject* value) {

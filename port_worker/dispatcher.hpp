@@ -34,6 +34,7 @@ struct TaskHooks {
   PyRef start_stream;   // start_stream(id, source, credit)
   PyRef stream_credit;  // stream_credit(id, n)
   PyRef cancel;         // cancel(id)
+  PyRef tasks;          // the dict of running tasks and streams, by request id
 
   // Looks them up in `module`; false with a Python exception set.
   bool load(PyObject* module);
@@ -103,6 +104,8 @@ class Dispatcher {
   // Answers id with value, or starts it as a task if it is awaitable.
   void deliver(uint64_t id, PyRef value, ByteBuffer& out);
   bool is_awaitable(PyObject* value);
+  // Whether request id runs as a task or stream now.
+  bool is_task(uint64_t id);
 
   // A map of str keys (Kwargs, Locals) as a dict with exact str keys, or
   // null with *error set (FrameError text) or a Python exception set.

@@ -153,9 +153,11 @@ PyRef ErlangLink::request(PyObject* op, PyObject* args) {
   if (!start_request(op, args, &id)) return {};
   Box box = find(id);
   ByteBuffer frame;
-  bool got = box && wait_frame(box, kForever, &frame);
+  int got = box ? wait_frame(box, kForever, &frame) : 0;
+  // The reply of an interrupted wait, if it comes, finds no mailbox.
   close_mailbox(id);
-  if (!got) return PyRef::steal(connection_error("no reply from Erlang"));
+  if (got < 0) return {};
+  if (got == 0) return PyRef::steal(connection_error("no reply from Erlang"));
   return decode_reply(frame);
 }
 
@@ -186,7 +188,7 @@ bool ErlangLink::notify(PyObject* op, PyObject* args) {
 
 // ---- waiting ------------------------------------------------------------------
 
-bool ErlangLink::wait_frame(const Box& box, Clock::time_point deadline, ByteBuffer* frame) {
+int ErlangLink::wait_frame(const Box& box, Clock::time_point deadline, ByteBuffer* frame) {
   auto take = [&] {
     if (box->frames.empty()) return false;
     *frame = std::move(box->frames.front());
@@ -196,11 +198,11 @@ bool ErlangLink::wait_frame(const Box& box, Clock::time_point deadline, ByteBuff
   if (main_ && std::this_thread::get_id() == main_id_) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (take()) return true;
-      if (closed_) return false;
+      if (take()) return 1;
+      if (closed_) return 0;
       box->main_waiting = true;
     }
-    main_->wait(
+    MainThread::WaitResult result = main_->wait(
         [&] {
           std::lock_guard<std::mutex> lock(mu_);
           return !box->frames.empty() || closed_;
@@ -208,7 +210,8 @@ bool ErlangLink::wait_frame(const Box& box, Clock::time_point deadline, ByteBuff
         deadline);
     std::lock_guard<std::mutex> lock(mu_);
     box->main_waiting = false;
-    return take();
+    if (result == MainThread::WaitResult::kInterrupted) return -1;
+    return take() ? 1 : 0;
   }
   bool got;
   PyThreadState* ts = PyEval_SaveThread();
@@ -225,7 +228,7 @@ bool ErlangLink::wait_frame(const Box& box, Clock::time_point deadline, ByteBuff
     leave_locked();
   }
   PyEval_RestoreThread(ts);
-  return got;
+  return got ? 1 : 0;
 }
 
 void ErlangLink::leave_locked() {
@@ -239,7 +242,9 @@ PyRef ErlangLink::receive(uint64_t id, Clock::time_point deadline) {
     return {};
   }
   ByteBuffer frame;
-  if (!wait_frame(box, deadline, &frame)) {
+  int got = wait_frame(box, deadline, &frame);
+  if (got < 0) return {};
+  if (got == 0) {
     if (closed()) return PyRef::steal(connection_error("no more messages"));
     return PyRef::steal(Py_BuildValue("(OO)", Py_False, Py_None));
   }

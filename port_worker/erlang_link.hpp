@@ -42,10 +42,16 @@ class MainThread {
   virtual ~MainThread() = default;
   // Main thread: sends frames now, without blocking; frames ends up empty.
   virtual void send(ByteBuffer& frames) = 0;
+  enum class WaitResult {
+    kReady,        // ready() is true
+    kTimeout,      // the deadline passed
+    kClosed,       // no more input can come
+    kInterrupted,  // a signal handler raised (KeyboardInterrupt): the exception is set
+  };
   // Main thread, GIL held (released while it waits): handles what arrives
-  // until ready() (called without the GIL) is true, the deadline passes or
-  // no more input can come. Returns ready().
-  virtual bool wait(const std::function<bool()>& ready, Clock::time_point deadline) = 0;
+  // until ready() (called without the GIL) is true, the deadline passes, no
+  // more input can come, or a signal handler raises.
+  virtual WaitResult wait(const std::function<bool()>& ready, Clock::time_point deadline) = 0;
   // Whether requests from Erlang are waiting to be handled.
   virtual bool requests_waiting() const = 0;
 };
@@ -119,8 +125,10 @@ class ErlangLink {
   // Sends whole frames from any thread; GIL held (released meanwhile).
   void send(ByteBuffer& frames);
   Box find(uint64_t id);
-  // Waits for a frame in box; takes it into *frame. GIL held on entry and exit.
-  bool wait_frame(const Box& box, Clock::time_point deadline, ByteBuffer* frame);
+  // Waits for a frame in box and takes it into *frame: 1 when it came, 0
+  // when none did (deadline, or the link closed), -1 with an exception set
+  // (the wait was interrupted). GIL held on entry and exit.
+  int wait_frame(const Box& box, Clock::time_point deadline, ByteBuffer* frame);
   PyRef decode_reply(const ByteBuffer& frame);
   void post_locked(uint64_t token);
   void leave_locked();

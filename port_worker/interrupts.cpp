@@ -80,6 +80,11 @@ void Interrupts::interrupt(uint64_t id) {
   early_.push_back(id);
 }
 
+bool Interrupts::innermost_signalled() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return !running_.empty() && running_.back().signalled;
+}
+
 void Interrupts::signal_locked(Running& r) {
   r.signalled = true;
   pthread_kill(main_, SIGINT);

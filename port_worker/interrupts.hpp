@@ -44,6 +44,10 @@ class Interrupts {
 
   // Any thread, without the GIL: interrupt request `id`.
   void interrupt(uint64_t id);
+  // Whether the innermost running request was sent its SIGINT: a wait
+  // inside it (for Erlang) then lets Python raise KeyboardInterrupt, even
+  // when the signal arrived before the wait blocked.
+  bool innermost_signalled();
 
  private:
   struct Running {

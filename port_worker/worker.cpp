@@ -322,8 +322,10 @@ void Worker::handle_frames() noexcept {
   try {
     bool eof = false;
     std::string error;
-    reader_.take(batch_, &eof, &error);
-    if (eof && !input_done_) {
+    // Frame handlers (INTERRUPT, REPLY) run inside take() and must not be
+    // called with the GIL held (see InputReader::Handler).
+    Py_BEGIN_ALLOW_THREADS reader_.take(batch_, &eof, &error);
+    Py_END_ALLOW_THREADS if (eof && !input_done_) {
       input_done_ = true;
       if (!error.empty()) {
         diag(error);
@@ -377,7 +379,8 @@ void Worker::send(ByteBuffer& frames) {
   writer_.submit_from_loop(frames);
 }
 
-bool Worker::wait(const std::function<bool()>& ready, Clock::time_point deadline) {
+MainThread::WaitResult Worker::wait(const std::function<bool()>& ready,
+                                    Clock::time_point deadline) {
   // Answers of this turn so far go out first: whoever waits for them may be
   // what the Erlang side waits for.
   writer_.submit_from_loop(replies_);
@@ -386,13 +389,20 @@ bool Worker::wait(const std::function<bool()>& ready, Clock::time_point deadline
   // requests for the levels above.
   bool handle_requests = depth_ < kMaxNesting;
   if (handle_requests) reader_.main_idle();
-  bool done = ready();
+  WaitResult result = WaitResult::kClosed;
   // A wait that takes no requests cannot see end of input in them: it asks.
-  while (!done && !input_done_ && (handle_requests || !reader_.ended())) {
+  while (!input_done_ && (handle_requests || !reader_.ended())) {
+    if (ready()) {
+      result = WaitResult::kReady;
+      break;
+    }
     int timeout = -1;
     if (deadline != Clock::time_point::max()) {
       auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
-      if (left <= 0) break;
+      if (left <= 0) {
+        result = WaitResult::kTimeout;
+        break;
+      }
       timeout = int(std::min<decltype(left)>(left, 1 << 30));
     }
     // Frames already taken but not handled yet (queued behind the request
@@ -401,13 +411,16 @@ bool Worker::wait(const std::function<bool()>& ready, Clock::time_point deadline
     pollfd fds[3] = {{handle_requests ? reader_.fd() : -1, POLLIN, 0},
                      {reader_.wake_fd(), POLLIN, 0},
                      {writer_.idle() ? -1 : writer_.fd(), POLLOUT, 0}};
-    if (poll(fds, 3, queued ? 0 : timeout) < 0 && errno != EINTR) {
+    int n = poll(fds, 3, queued ? 0 : timeout);
+    if (n < 0 && errno != EINTR) {
       diag(std::string("waiting for Erlang failed: ") + std::strerror(errno));
       break;
     }
-    if (fds[2].revents) writer_.write_from_loop();
-    if (fds[1].revents) reader_.clear_doorbell();
-    if (handle_requests && (queued || fds[0].revents || fds[1].revents)) {
+    if (n > 0) {
+      if (fds[2].revents) writer_.write_from_loop();
+      if (fds[1].revents) reader_.clear_doorbell();
+    }
+    if (handle_requests && (queued || (n > 0 && (fds[0].revents || fds[1].revents)))) {
       reader_.main_busy();
       PyEval_RestoreThread(ts);
       handle_frames();
@@ -415,8 +428,20 @@ bool Worker::wait(const std::function<bool()>& ready, Clock::time_point deadline
       ts = PyEval_SaveThread();
       reader_.main_idle();
     }
-    done = ready();
+    // INTERRUPT of the request that waits (its SIGINT interrupted the poll,
+    // or came while this thread read the frame) raises KeyboardInterrupt in
+    // it now, not once Erlang answers.
+    if (n < 0 || interrupts_.innermost_signalled()) {
+      PyEval_RestoreThread(ts);
+      int rc = PyErr_CheckSignals();
+      ts = PyEval_SaveThread();
+      if (rc < 0) {
+        result = WaitResult::kInterrupted;
+        break;
+      }
+    }
   }
+  if (result == WaitResult::kClosed && ready()) result = WaitResult::kReady;
   if (handle_requests) {
     reader_.main_busy();
   } else if (reader_.queued()) {
@@ -425,7 +450,7 @@ bool Worker::wait(const std::function<bool()>& ready, Clock::time_point deadline
     reader_.wake_main();
   }
   PyEval_RestoreThread(ts);
-  return done;
+  return result;
 }
 
 bool Worker::requests_waiting() const {

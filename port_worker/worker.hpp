@@ -71,7 +71,7 @@ class Worker : public LoopHost, public MainThread {
 
   // MainThread (erlang_link.hpp), for Python on the main thread.
   void send(ByteBuffer& frames) override;
-  bool wait(const std::function<bool()>& ready, Clock::time_point deadline) override;
+  WaitResult wait(const std::function<bool()>& ready, Clock::time_point deadline) override;
   bool requests_waiting() const override;
 
  private:

@@ -1,5 +1,7 @@
 %% @doc Publish/subscribe shared by Erlang processes and Python code, on the
 %% `pg' scope `pyport' (started by pyport_sup), so topics span the cluster.
+%% Topic `T' is the group `{pyport_topic, T}', apart from the pools'
+%% membership groups in the same scope.
 %%
 %% A subscriber receives `{pubsub, Topic, Message}'. Python subscriptions
 %% are held by the worker's port owner, which joins the topic's group once
@@ -14,6 +16,7 @@
          topic/1]).
 
 -define(SCOPE, pyport).
+-define(GROUP(Topic), {pyport_topic, Topic}).
 
 %% @doc Subscribes the calling process to `Topic'.
 -spec subscribe(term()) -> ok.
@@ -23,7 +26,7 @@ subscribe(Topic) ->
 %% @doc Subscribes `Pid' (a local process) to `Topic'.
 -spec subscribe(term(), pid()) -> ok.
 subscribe(Topic, Pid) ->
-    pg:join(?SCOPE, topic(Topic), Pid).
+    pg:join(?SCOPE, ?GROUP(topic(Topic)), Pid).
 
 %% @doc Ends one subscription of the calling process to `Topic'.
 -spec unsubscribe(term()) -> ok | not_joined.
@@ -33,7 +36,7 @@ unsubscribe(Topic) ->
 %% @doc Ends one subscription of `Pid' to `Topic'.
 -spec unsubscribe(term(), pid()) -> ok | not_joined.
 unsubscribe(Topic, Pid) ->
-    pg:leave(?SCOPE, topic(Topic), Pid).
+    pg:leave(?SCOPE, ?GROUP(topic(Topic)), Pid).
 
 %% @doc Sends `{pubsub, Topic, Message}' to every subscriber of `Topic' on
 %% every node; returns the number of subscriptions reached (a process
@@ -42,7 +45,7 @@ unsubscribe(Topic, Pid) ->
 -spec publish(term(), term()) -> non_neg_integer().
 publish(Topic0, Message) ->
     Topic = topic(Topic0),
-    Members = pg:get_members(?SCOPE, Topic),
+    Members = pg:get_members(?SCOPE, ?GROUP(Topic)),
     Msg = {pubsub, Topic, Message},
     _ = [Pid ! Msg || Pid <- lists:usort(Members)],
     length(Members).
@@ -50,7 +53,7 @@ publish(Topic0, Message) ->
 %% @doc The processes subscribed to `Topic' (with repeats).
 -spec members(term()) -> [pid()].
 members(Topic) ->
-    pg:get_members(?SCOPE, topic(Topic)).
+    pg:get_members(?SCOPE, ?GROUP(topic(Topic))).
 
 %% @doc The normal form of a topic: atoms and strings become binaries.
 -spec topic(term()) -> term().

@@ -1,11 +1,11 @@
 %% @doc The top supervisor of pyport.
 %%
-%% Children, in start order: `pyport_registry' (Erlang functions Python may
-%% call), `pyport_state' (the shared state and traces tables), the `pg'
-%% scope `pyport' (pub/sub topics and cluster-wide pool membership), then
-%% `pyport_pools_sup' (every pool), so that workers can rely on the others.
-%% The supervisor process owns the table of requests in flight to other
-%% nodes (see {@link pyport_cluster}).
+%% Children, in start order (rest_for_one: a child's restart restarts
+%% those after it, which rely on it): `pyport_state' (the shared state and
+%% traces tables), `pyport_registry' (Erlang functions Python may call), the
+%% `pg' scope `pyport' (cluster-wide pool membership and pub/sub topics),
+%% then `pyport_pools_sup' (every pool). The supervisor process owns the
+%% table of requests in flight to other nodes (see {@link pyport_cluster}).
 -module(pyport_sup).
 -behaviour(supervisor).
 
@@ -22,12 +22,12 @@ start_link(Pools) ->
 init(Pools) ->
     ok = pyport_cluster:inflight_table(),
     Flags = #{strategy => rest_for_one, intensity => 3, period => 10},
-    Registry = #{id => pyport_registry, start => {pyport_registry, start_link, []}},
     State = #{id => pyport_state, start => {pyport_state, start_link, []}},
+    Registry = #{id => pyport_registry, start => {pyport_registry, start_link, []}},
     Pg = #{id => pg,
            start => {pg, start_link, [pyport_cluster:scope()]}},
     PoolsSup = #{id => pyport_pools_sup,
                  start => {pyport_pools_sup, start_link, [Pools]},
                  type => supervisor,
                  shutdown => infinity},
-    {ok, {Flags, [Registry, State, Pg, PoolsSup]}}.
+    {ok, {Flags, [State, Registry, Pg, PoolsSup]}}.

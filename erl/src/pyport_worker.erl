@@ -705,7 +705,7 @@ frame(?NOTIFY, 0, 2, Rest, State) ->
                   {unsubscribe_all, Box} -> unsubscribe_all(Box, State)
               end};
 frame(?SCHEDULE, Id, 2, Rest, State) when Id > 0 ->
-    {noreply, schedule(Id, Rest, State)};
+    schedule(Id, Rest, State);
 frame(?HELLO, 0, 4, Rest, #state{status = starting} = State) ->
     case hello(Rest, State) of
         {ok, State1} -> initialize(State1);
@@ -754,43 +754,39 @@ answer(Id, Reply, State0) ->
     end.
 
 %% A call answered "continue elsewhere" (erlang.schedule and friends).
-schedule(Id, Rest, #state{pending = Pending, port = Port} = State) ->
+schedule(Id, Rest, #state{port = Port} = State) ->
     case pyport_codec:decode_fields(2, Rest) of
         {ok, [<<"erlang">>, [Name, Args]]} when is_list(Args) ->
-            case maps:take(Id, Pending) of
-                {{Alias, _Deadline}, Pending1} when is_reference(Alias) ->
-                    %% The caller runs the function and takes its result.
-                    finish(Alias, {schedule, Name, Args}, State),
-                    State#state{pending = Pending1};
-                {{task, _, _, _, _} = Entry, Pending1} ->
-                    %% Nobody runs code on a task's behalf: the result
+            case maps:get(Id, State#state.pending, undefined) of
+                {task, _, _, _, _} = Entry ->
+                    %% Nobody runs code on a task's behalf: its result
                     %% message comes from a process of its own.
+                    _ = spawn(fun() -> finish_task(Entry, pyport_registry:call(Name, Args)) end),
                     count_out(State),
-                    _ = spawn(fun() ->
-                                      finish_task(Entry, pyport_registry:call(Name, Args))
-                              end),
-                    State#state{pending = Pending1};
-                {_Stream, _} ->
-                    {noreply, State1} =
-                        answer(Id, {error, {protocol_error, {schedule_for_a_stream, Id}}}, State),
-                    State1;
-                error ->
+                    {noreply, State#state{pending = maps:remove(Id, State#state.pending)}};
+                {stream, _, _, _, _} ->
+                    answer(Id, {error, {protocol_error, {schedule_for_a_stream, Id}}}, State);
+                {_Alias, _Deadline} ->
+                    %% The request is answered: its caller runs the function
+                    %% and takes its result.
+                    answer(Id, {schedule, Name, Args}, State);
+                undefined ->
                     %% A cast (or a caller that gave up): run it for nobody.
                     _ = spawn(fun() -> pyport_registry:call(Name, Args) end),
-                    State
+                    {noreply, State}
             end;
         {ok, [<<"py">>, Frame]} when is_binary(Frame) ->
             %% The continuation goes back to the worker behind everything
-            %% sent so far; the request stays pending under its id.
+            %% sent so far; the request stays in flight under its id.
             _ = send_frame(Port, Frame),
-            State;
+            {noreply, State};
         Other ->
             Why = {bad_schedule, Other},
             ?LOG_ERROR("pyport worker ~tp/~b: ~tp", [State#state.pool, State#state.slot, Why],
                        metadata(State)),
-            {noreply, State1} = answer(Id, {error, {protocol_error, Why}}, State),
-            State1
+            answer(Id, {error, {protocol_error, Why}}, State)
     end.
+
 
 %% The final answer of a request: raw to a call's alias; decoded for a task
 %% or a stream (whose END is its normal end).
@@ -900,7 +896,7 @@ subscribe(Topic, Box, #state{subs = Subs, box_topics = BoxTopics} = State) ->
         true ->
             State;
         false ->
-            ok = pg:join(pyport, Topic, self()),
+            ok = pyport_pubsub:subscribe(Topic, self()),
             State#state{subs = Subs#{Topic => [Box | Boxes]},
                         box_topics = BoxTopics#{Box => [Topic | maps:get(Box, BoxTopics, [])]}}
     end.
@@ -911,7 +907,7 @@ unsubscribe(Topic, Box, #state{subs = Subs, box_topics = BoxTopics} = State) ->
         false ->
             State;
         true ->
-            _ = pg:leave(pyport, Topic, self()),
+            _ = pyport_pubsub:unsubscribe(Topic, self()),
             Subs1 = case lists:delete(Box, Boxes) of
                         [] -> maps:remove(Topic, Subs);
                         Left -> Subs#{Topic := Left}
@@ -930,7 +926,7 @@ unsubscribe_all(Box, #state{box_topics = BoxTopics} = State) ->
 %% The OS process is gone, and with it every Python subscription.
 drop_subscriptions(#state{subs = Subs} = State) ->
     maps:foreach(fun(Topic, Boxes) ->
-                         [pg:leave(pyport, Topic, self()) || _ <- Boxes]
+                         [pyport_pubsub:unsubscribe(Topic, self()) || _ <- Boxes]
                  end, Subs),
     State#state{subs = #{}, box_topics = #{}}.
 

@@ -119,7 +119,7 @@ topics_span_the_cluster(Config) ->
 
 %% On the peer: subscribes to Topic and sends what it gets to Parent.
 forwarder(Parent, Topic) ->
-    ok = pg:join(pyport, Topic, self()),
+    ok = pyport_pubsub:subscribe(Topic),
     Parent ! {subscribed, self()},
     forward(Parent).
 

@@ -29,7 +29,7 @@ groups() ->
        async_call_does_not_block_the_loop]},
      {reentrancy, [],
       [callback_chain_of_depth_10, python_threads_call_erlang_concurrently,
-       thousand_callbacks_from_hundred_callers]},
+       thousand_callbacks_from_hundred_callers, interrupt_a_call_waiting_for_erlang]},
      {messages, [],
       [send_to_pid_and_name, send_to_dead_pid_is_a_process_error, whereis_finds_registered_names,
        pids_and_refs_stay_equal_after_round_trips]},
@@ -188,6 +188,20 @@ thousand_callbacks_from_hundred_callers(_Config) ->
             || C <- lists:seq(1, 100)],
     Results = [receive {P, C, R} -> {C, R} after 90000 -> ct:fail(timeout) end || P <- Pids],
     [?assertEqual({ok, [{C, I} || I <- lists:seq(0, 9)]}, R) || {C, R} <- Results].
+
+interrupt_a_call_waiting_for_erlang(_Config) ->
+    %% The Erlang function never answers: py:interrupt/1 still ends the call.
+    Self = self(),
+    ok = py:register_function(hang, fun(_) -> Self ! {hanging, self()}, receive stop -> ok end end),
+    Ctx = ctx(),
+    {ok, OsPid} = py:call(Ctx, ?F, os_pid, []),
+    Handle = py:spawn_call(Ctx, ?F, call, [hang]),
+    Hanging = receive {hanging, P} -> P after 10000 -> ct:fail(not_called) end,
+    ok = py:interrupt(Handle),
+    ?assertMatch({error, {'KeyboardInterrupt', _}}, py:await(Handle)),
+    %% The same OS process goes on.
+    ?assertEqual({ok, OsPid}, py:call(Ctx, ?F, os_pid, [])),
+    Hanging ! stop.
 
 %%%===================================================================
 %%% Messages

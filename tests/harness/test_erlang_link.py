@@ -271,3 +271,14 @@ def test_end_of_input_while_waits_are_100_levels_deep(worker):
         call(worker, "call", "echo", k)
         next_request(worker, "call")
     assert worker.close() == 0
+
+
+def test_interrupt_reaches_a_request_waiting_for_erlang(worker):
+    id = call(worker, "call", "never_answered")
+    req = next_request(worker, "call")
+    worker.send_frame(P.INTERRUPT, id)
+    frame = worker.wait(id)
+    assert (frame.kind, frame.fields[0]) == (P.ERROR, "KeyboardInterrupt")
+    # The reply that comes too late finds nobody and changes nothing.
+    reply(worker, req, "too late")
+    wire.assert_in_sync(worker)
