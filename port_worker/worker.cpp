@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -389,29 +390,54 @@ MainThread::WaitResult Worker::wait(const std::function<bool()>& ready,
   // requests for the levels above.
   bool handle_requests = depth_ < kMaxNesting;
   if (handle_requests) reader_.main_idle();
+  // INTERRUPT of the request that waits sends SIGINT to this thread; it
+  // must end the wait at once, not once Erlang answers. SIGINT stays blocked
+  // but inside ppoll, so one that comes between the check and the wait is
+  // not lost; ppoll gets the mask this wait began with, so a wait outside
+  // any request (SIGINT blocked) stays deaf to it.
+  sigset_t sigint, entry_mask;
+  sigemptyset(&sigint);
+  sigaddset(&sigint, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &sigint, &entry_mask);
   WaitResult result = WaitResult::kClosed;
-  // A wait that takes no requests cannot see end of input in them: it asks.
-  while (!input_done_ && (handle_requests || !reader_.ended())) {
+  for (;;) {
+    pthread_sigmask(SIG_BLOCK, &sigint, nullptr);  // requests run meanwhile unblock it
+    if (interrupts_.innermost_signalled()) {
+      PyEval_RestoreThread(ts);
+      int rc = PyErr_CheckSignals();
+      ts = PyEval_SaveThread();
+      if (rc < 0) {
+        result = WaitResult::kInterrupted;
+        break;
+      }
+    }
+    // A wait that takes no requests cannot see end of input in them: it asks.
+    if (input_done_ || (!handle_requests && reader_.ended())) break;
     if (ready()) {
       result = WaitResult::kReady;
       break;
     }
-    int timeout = -1;
+    timespec left_ts{};
+    timespec* timeout = nullptr;
     if (deadline != Clock::time_point::max()) {
-      auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
-      if (left <= 0) {
+      auto left = deadline - Clock::now();
+      if (left <= Clock::duration::zero()) {
         result = WaitResult::kTimeout;
         break;
       }
-      timeout = int(std::min<decltype(left)>(left, 1 << 30));
+      auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
+      left_ts.tv_sec = time_t(ns / 1000000000);
+      left_ts.tv_nsec = long(ns % 1000000000);
+      timeout = &left_ts;
     }
     // Frames already taken but not handled yet (queued behind the request
     // that waits) are handled at once.
     bool queued = handle_requests && batch_.remaining() > 0;
+    timespec zero{};
     pollfd fds[3] = {{handle_requests ? reader_.fd() : -1, POLLIN, 0},
                      {reader_.wake_fd(), POLLIN, 0},
                      {writer_.idle() ? -1 : writer_.fd(), POLLOUT, 0}};
-    int n = poll(fds, 3, queued ? 0 : timeout);
+    int n = ppoll(fds, 3, queued ? &zero : timeout, &entry_mask);
     if (n < 0 && errno != EINTR) {
       diag(std::string("waiting for Erlang failed: ") + std::strerror(errno));
       break;
@@ -428,19 +454,8 @@ MainThread::WaitResult Worker::wait(const std::function<bool()>& ready,
       ts = PyEval_SaveThread();
       reader_.main_idle();
     }
-    // INTERRUPT of the request that waits (its SIGINT interrupted the poll,
-    // or came while this thread read the frame) raises KeyboardInterrupt in
-    // it now, not once Erlang answers.
-    if (n < 0 || interrupts_.innermost_signalled()) {
-      PyEval_RestoreThread(ts);
-      int rc = PyErr_CheckSignals();
-      ts = PyEval_SaveThread();
-      if (rc < 0) {
-        result = WaitResult::kInterrupted;
-        break;
-      }
-    }
   }
+  pthread_sigmask(SIG_SETMASK, &entry_mask, nullptr);
   if (result == WaitResult::kClosed && ready()) result = WaitResult::kReady;
   if (handle_requests) {
     reader_.main_busy();
