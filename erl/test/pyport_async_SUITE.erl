@@ -25,7 +25,7 @@ groups() ->
        async_gather_in_order, async_gather_first_error, thousand_coroutines_in_one_worker,
        call_timeout_cancels_coroutine, interrupted_coroutine_is_cancelled_not_killed,
        sync_function_through_async_call,
-       coroutines_call_erlang]},
+       coroutines_call_erlang, awaited_erlang_function_calls_back]},
      {event_loop, [],
       [event_loop_run, event_loop_create_task_and_await, event_loop_message,
        event_loop_await_timeout_cancels, event_loop_spawn_task, event_loop_bad_arguments,
@@ -179,6 +179,25 @@ interrupted_coroutine_is_cancelled_not_killed(_Config) ->
         ?assertEqual({ok, 4}, py:call(Ctx, ?F, double, [2]))
     after
         pyport:stop_pool(async_kill)
+    end.
+
+%% A coroutine request awaits an Erlang function (erlang.async_call) on the
+%% worker's loop, which goes on handling requests: the function may call
+%% back into the very same worker, sync and coroutine functions alike.
+awaited_erlang_function_calls_back(_Config) ->
+    Ctx = py:context(2),
+    ok = py:register_function(async_suite_reenter,
+                              fun([X]) ->
+                                      {ok, T} = py:call(Ctx, ?F, triple, [X]),
+                                      {ok, D} = py:call(Ctx, ?F, double, [T]),
+                                      D
+                              end),
+    try
+        ?assertEqual({ok, 42}, py:call(Ctx, ?F, await_erlang, [async_suite_reenter, 7])),
+        Refs = [py:async_call(?F, await_erlang, [async_suite_reenter, N]) || N <- lists:seq(1, 20)],
+        ?assertEqual([{ok, 6 * N} || N <- lists:seq(1, 20)], [py:async_await(R) || R <- Refs])
+    after
+        py:unregister_function(async_suite_reenter)
     end.
 
 sync_function_through_async_call(_Config) ->

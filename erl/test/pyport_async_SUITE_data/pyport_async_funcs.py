@@ -104,3 +104,13 @@ def sleep_then_call(name, x):
     """Synchronous: erlang.sleep lets the worker's loop run, then Erlang."""
     erlang.sleep(0.01)
     return erlang.call(name, x)
+
+
+def triple(x):
+    return 3 * x
+
+
+async def await_erlang(name, x):
+    """A coroutine request awaiting an Erlang function without blocking the
+    worker's loop (so that function may call back into this worker)."""
+    return await erlang.async_call(name, x)
