@@ -5,6 +5,7 @@
 #include <Python.h>
 #include <uv.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -35,9 +36,11 @@ struct Channel {
 // Writes "pyport_worker: <message>\n" to fd (the inherited stderr), if open.
 void write_diag(int fd, const std::string& message);
 
-// The main thread idles in the worker's asyncio loop (erlang._worker.serve),
-// whose Poller waits on this loop: Worker is its LoopHost. Python waiting
-// for Erlang (erlang.call) waits through it too: it is the link's MainThread.
+// The main thread idles in a plain libuv loop (idle()) and answers requests
+// from there until something needs asyncio; then the worker's asyncio loop
+// (erlang._worker.serve) takes over, whose Poller waits on the same libuv
+// loop: Worker is its LoopHost. Python waiting for Erlang (erlang.call)
+// waits through it too: it is the link's MainThread.
 class Worker : public LoopHost, public MainThread {
  public:
   // Shutdown (sending the last answers, finalising Python, which waits for
@@ -68,6 +71,8 @@ class Worker : public LoopHost, public MainThread {
   bool answer_future(uint64_t id, PyObject* future) override;
   bool stream_chunk(uint64_t id, PyObject* value) override;
   bool stream_end(uint64_t id) override;
+  void loop_started() override { loop_started_ = true; }
+  void request_loop() override;
 
   // MainThread (erlang_link.hpp), for Python on the main thread.
   void send(ByteBuffer& frames) override;
@@ -75,7 +80,15 @@ class Worker : public LoopHost, public MainThread {
   bool requests_waiting() const override;
 
  private:
-  bool init_python(PyRef& serve);
+  bool init_python();
+  // Waits and handles requests on the plain libuv loop until the worker's
+  // asyncio loop exists or the worker must stop.
+  void idle();
+  // Starts the worker's asyncio loop if a thread asked for it.
+  void start_requested_loop();
+  // Clears asyncio's running loop for the requests handle_frames() runs;
+  // returns the previous one (null when none, or asyncio not imported).
+  PyRef clear_running_loop();
   void stop_input();
   void drain_writes();
   void fail(const std::string& message);
@@ -112,9 +125,11 @@ class Worker : public LoopHost, public MainThread {
   // frames queued behind it run meanwhile.
   InputBatch batch_;
   int depth_ = 0;
-  ByteBuffer replies_;        // answers not yet handed to the writer
-  bool input_ready_ = false;  // the reader has frames, or end of input, for process_input
-  bool input_done_ = false;   // end of input, a failed read or write: the worker stops
+  ByteBuffer replies_;         // answers not yet handed to the writer
+  bool input_ready_ = false;   // the reader has frames, or end of input, for process_input
+  bool input_done_ = false;    // end of input, a failed read or write: the worker stops
+  bool loop_started_ = false;  // the worker's asyncio loop exists (erlang._worker)
+  std::atomic<bool> loop_requested_{false};  // a thread waits for it to exist
   int exit_status_ = 0;
   unsigned long loop_thread_ = 0;
 
@@ -122,8 +137,10 @@ class Worker : public LoopHost, public MainThread {
   std::unique_ptr<Codec> codec_;
   std::unique_ptr<Dispatcher> dispatcher_;
   std::unique_ptr<ErlangLink> link_;
-  PyRef get_running_loop_, set_running_loop_;  // asyncio's
-  PyThreadState* main_thread_ = nullptr;       // saved while the loop waits
+  PyRef get_running_loop_, set_running_loop_;  // asyncio's, once it is imported
+  PyRef asyncio_events_name_;
+  PyRef serve_, ensure_loop_;             // erlang._worker's
+  PyThreadState* main_thread_ = nullptr;  // saved while the loop waits
 };
 
 }  // namespace pyport
