@@ -141,6 +141,15 @@ int Worker::run(const Channel& channel) {
   // A thread that waits for the loop gets it, and sees it end.
   start_requested_loop();
   if (loop_started_) {
+    // From now on the dispatcher calls the loop's own functions (erlang.
+    // _worker's check that the loop runs first).
+    TaskHooks hooks;
+    PyRef running = PyRef::steal(PyImport_ImportModule("erlang._worker_async"));
+    if (running && hooks.load(running.get())) {
+      dispatcher_->set_task_hooks(std::move(hooks));
+    } else {
+      PyErr_WriteUnraisable(nullptr);
+    }
     // Also when stopping: it answers the tasks still running.
     PyRef done = PyRef::steal(PyObject_CallNoArgs(serve_.get()));
     if (!done) {

@@ -78,6 +78,11 @@
 %% Chunks a stream may have in flight (credit granted, not yet delivered),
 %% and how often credit is reconsidered while a consumer is behind.
 -define(STREAM_WINDOW, 64).
+%% Requests held to go out together (send_request/3) fit in this many
+%% bytes, and in the pool's max_frame_size.
+-define(BATCH_MAX_BYTES, 262144).
+-define(HELD, '$pyport_held').
+-define(FLUSH_SENT, '$pyport_flush_sent').
 -define(STREAM_RECHECK_MS, 10).
 
 -define(PROTOCOL_VERSION, 1).
@@ -286,7 +291,7 @@ handle_info({'$pyport', Alias, Id, Deadline, Frame}, State) ->
     {noreply, request(Alias, Id, Deadline, Frame, State)};
 handle_info({'$pyport_cast', Frame}, #state{status = up, port = Port, kill_timers = Timers} = State)
   when map_size(Timers) =:= 0 ->
-    _ = send_frame(Port, Frame),
+    send_request(Port, Frame, State),
     {noreply, sent(State)};
 handle_info({'$pyport_cast', _Frame}, #state{status = stopping} = State) ->
     {noreply, State};
@@ -296,6 +301,10 @@ handle_info({'$pyport_task', Alias, Tag, Ref, Id, Deadline, Frame}, State) ->
     {noreply, request(Id, {task, Alias, Tag, Ref, Deadline}, Frame, State)};
 handle_info({'$pyport_stream', Consumer, Ref, Id, Frame}, State) ->
     {noreply, request(Id, {stream, Consumer, Ref, ?STREAM_WINDOW, false}, Frame, State)};
+handle_info('$pyport_flush', State) ->
+    erase(?FLUSH_SENT),
+    flush_held(),
+    {noreply, State};
 handle_info({stream_recheck, Id}, State) ->
     {noreply, stream_recheck(Id, State)};
 handle_info({pubsub, Topic, Msg}, State) ->
@@ -409,7 +418,7 @@ request(Alias, Id, Deadline, Frame, #state{status = Status} = State) ->
             finish(Alias, {error, timeout}, State),
             State;
         false when Status =:= up, map_size(State#state.kill_timers) =:= 0 ->
-            _ = send_frame(State#state.port, Frame),
+            send_request(State#state.port, Frame, State),
             sent(State#state{pending = maps:put(Id, {Alias, Deadline}, State#state.pending)});
         false ->
             %% Restarting, draining, or stuck in code whose caller gave up:
@@ -445,7 +454,7 @@ request(Id, Entry, Frame, #state{status = Status} = State) ->
             finish_entry(Entry, {error, timeout}, State),
             State;
         false when Status =:= up, map_size(State#state.kill_timers) =:= 0 ->
-            _ = send_frame(State#state.port, Frame),
+            send_request(State#state.port, Frame, State),
             sent(State#state{pending = maps:put(Id, Entry, State#state.pending)});
         false ->
             State#state{queue = queue:in({req, Id, Entry, Frame}, State#state.queue)}
@@ -491,10 +500,53 @@ drop_queued(Id, #state{queue = Q} = State) ->
     State#state{queue = Kept}.
 
 %% A closed port raises badarg; its exit status is then already on its way
-%% and will answer the request.
+%% and will answer the request. Held requests go first.
 send_frame(Port, Frame) ->
+    flush_held(),
+    write(Port, Frame).
+
+write(Port, Frame) ->
     try port_command(Port, Frame)
     catch error:badarg -> false
+    end.
+
+%% Requests that arrive together reach the worker in one write, which it
+%% reads at once: while more messages wait in the mailbox, a request's
+%% frame is held (in the process dictionary: it is not state, only a write
+%% put off within this burst of messages). The held frames go out as one
+%% BATCH frame once the mailbox is empty (the '$pyport_flush' message sent
+%% to self when the first was held), or before any other frame
+%% (send_frame/2), so frames always reach the worker in the order they
+%% were sent.
+send_request(Port, Frame, #state{opts = #{max_frame_size := Max}}) ->
+    case process_info(self(), message_queue_len) of
+        {message_queue_len, 0} ->
+            send_frame(Port, Frame);
+        _ ->
+            hold(Port, Frame, iolist_size(Frame) + 5, min(Max, ?BATCH_MAX_BYTES) - 8)
+    end.
+
+hold(Port, Frame, Size, Limit) ->
+    case get(?HELD) of
+        {Port, Bytes, Frames} when Bytes + Size =< Limit ->
+            put(?HELD, {Port, Bytes + Size, [Frame | Frames]});
+        _ when Size > Limit ->
+            send_frame(Port, Frame);
+        _ ->
+            flush_held(),
+            put(?HELD, {Port, Size, [Frame]}),
+            case get(?FLUSH_SENT) of
+                true -> ok;
+                _ -> put(?FLUSH_SENT, true), self() ! '$pyport_flush'
+            end
+    end,
+    ok.
+
+flush_held() ->
+    case erase(?HELD) of
+        undefined -> ok;
+        {Port, _, [Frame]} -> write(Port, Frame);
+        {Port, _, Frames} -> write(Port, pyport_codec:encode_batch(lists:reverse(Frames)))
     end.
 
 %% Sends what was queued while the OS process restarted (up to what it

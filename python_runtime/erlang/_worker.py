@@ -54,9 +54,16 @@ def is_awaitable_result(value: Any) -> bool:
         value._asyncio_future_blocking is not None
 
 
+_async_module = None
+
+
 def _async():
-    from . import _worker_async
-    return _worker_async
+    """erlang._worker_async, imported (with asyncio) on first use."""
+    global _async_module
+    if _async_module is None:
+        from . import _worker_async
+        _async_module = _worker_async
+    return _async_module
 
 
 def ensure_loop():
@@ -137,6 +144,9 @@ def take_spawned_early() -> list:
         _spawned_early.clear()
     return early
 
+
+# The hooks the C++ dispatcher calls (TaskHooks). Once the loop runs, the
+# worker takes them from _worker_async instead, which needs no check.
 
 def start_task(request_id: int, awaitable: Any, answer: bool) -> None:
     """Runs ``awaitable`` on the worker's loop (started if need be); when it

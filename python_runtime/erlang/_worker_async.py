@@ -12,13 +12,23 @@ import selectors
 import sys
 import threading
 import traceback
+import types
 from asyncio import events as _events
 from asyncio import futures as _futures
+from asyncio import tasks as _asyncio_tasks
 from typing import Any, Optional
 
 import _pyport_loop
 
 from . import _loop, _worker
+
+# The dispatcher's hooks (C++ TaskHooks) once the loop runs: these, with
+# start_task and start_stream below.
+_tasks = _worker._tasks
+cancel = _worker.cancel
+is_awaitable_result = _worker.is_awaitable_result
+_Task = _asyncio_tasks.Task
+_CoroutineType = types.CoroutineType
 
 _streams: dict[int, "_Stream"] = {}
 _shutting_down = False
@@ -118,17 +128,25 @@ def spawn_threadsafe(loop, coro, name, future):
 
 
 def start_task(request_id: int, awaitable: Any, answer: bool) -> None:
+    """Runs ``awaitable`` on the worker's loop; when it is done, answers the
+    request (``answer``) or reports a failure on stderr (a cast)."""
     loop = _loop._worker_loop
-    task = asyncio.ensure_future(awaitable, loop=loop)
+    if (type(awaitable) is _CoroutineType and loop._task_factory is None and not loop._closed
+            and not loop._debug):
+        # What loop.create_task() does for a plain coroutine, without the
+        # Python frames around it (every coroutine request comes here).
+        task = _Task(awaitable, loop=loop)
+    else:
+        task = asyncio.ensure_future(awaitable, loop=loop)
     if answer:
-        _worker._tasks[request_id] = task
+        _tasks[request_id] = task
         task.add_done_callback(functools.partial(_answer, request_id))
     else:
         task.add_done_callback(_report_cast)
 
 
 def _answer(request_id: int, task: asyncio.Future) -> None:
-    del _worker._tasks[request_id]
+    del _tasks[request_id]
     _pyport_loop.answer(request_id, task)
 
 
@@ -201,6 +219,8 @@ class _Stream:
 
 
 def start_stream(stream_id: int, source: Any, credit: int) -> None:
+    """Streams the items of ``source`` (the value a STREAM_START request
+    produced) to Erlang, starting with ``credit`` items of credit."""
     stream = _Stream(stream_id, source, credit)
     task = _loop._worker_loop.create_task(stream.run())
     _streams[stream_id] = stream
