@@ -159,6 +159,7 @@ int Worker::run(const Channel& channel) {
   }
   serve_.reset();
   ensure_loop_.reset();
+  complete_on_loop_.reset();
   stop_input();
   reader_.stop();
   link_->close();                      // Python threads waiting for Erlang stop waiting
@@ -383,12 +384,13 @@ void Worker::before_wait() {
   if (!replies_.empty()) writer_.submit_from_loop(replies_);
   // Frames taken but not handled yet (a request ran the loop before those
   // behind it in its batch): handled in this wait's callback.
-  if (batch_.remaining() > 0) input_ready_ = true;
+  if (batch_.remaining() > 0 || loop_completions_) input_ready_ = true;
   reader_.main_idle();
 }
 
 bool Worker::process_input(bool* more) {
   handle_frames();
+  run_loop_completions();
   *more = !stopping();
   return true;
 }
@@ -543,6 +545,49 @@ MainThread::WaitResult Worker::wait(const std::function<bool()>& ready,
   }
   PyEval_RestoreThread(ts);
   return result;
+}
+
+void Worker::loop_completions_posted() {
+  // The main thread posts while it reads frames: it looks before it waits
+  // (before_wait). Another thread rings its doorbell.
+  if (on_loop_thread()) {
+    loop_completions_ = true;
+  } else {
+    reader_.wake_main();
+  }
+}
+
+void Worker::run_loop_completions() {
+  loop_completions_ = false;
+  std::vector<uint64_t> tokens;
+  try {
+    link_->take_loop_completions(tokens);
+  } catch (const std::bad_alloc&) {
+    diag("cannot hold the completions of the event loop: out of memory; exiting");
+    _exit(1);
+  }
+  if (tokens.empty()) return;
+  if (!complete_on_loop_) {
+    PyRef module = PyRef::steal(PyImport_ImportModule("erlang._async"));
+    complete_on_loop_ =
+        module ? PyRef::steal(PyObject_GetAttrString(module.get(), "_complete_on_loop")) : PyRef();
+    if (!complete_on_loop_) {
+      PyErr_WriteUnraisable(nullptr);
+      return;
+    }
+  }
+  PyRef list = PyRef::steal(PyList_New(Py_ssize_t(tokens.size())));
+  for (size_t i = 0; list && i < tokens.size(); ++i) {
+    PyObject* token = PyLong_FromUnsignedLongLong(tokens[i]);
+    if (!token) {
+      list.reset();
+      break;
+    }
+    PyList_SET_ITEM(list.get(), Py_ssize_t(i), token);
+  }
+  PyRef done =
+      list ? PyRef::steal(PyObject_CallOneArg(complete_on_loop_.get(), list.get())) : PyRef();
+  if (!done) PyErr_WriteUnraisable(complete_on_loop_.get());
 }
 
 bool Worker::requests_waiting() const {

@@ -78,6 +78,7 @@ class Worker : public LoopHost, public MainThread {
   void send(ByteBuffer& frames) override;
   WaitResult wait(const std::function<bool()>& ready, Clock::time_point deadline) override;
   bool requests_waiting() const override;
+  void loop_completions_posted() override;
 
  private:
   bool init_python();
@@ -89,6 +90,9 @@ class Worker : public LoopHost, public MainThread {
   // Clears asyncio's running loop for the requests handle_frames() runs;
   // returns the previous one (null when none, or asyncio not imported).
   PyRef clear_running_loop();
+  // Hands the tokens posted for the worker's event loop (ErlangLink::
+  // watch_on_loop) to erlang._async, which completes their futures.
+  void run_loop_completions();
   void stop_input();
   void drain_writes();
   void fail(const std::string& message);
@@ -130,6 +134,7 @@ class Worker : public LoopHost, public MainThread {
   bool input_done_ = false;    // end of input, a failed read or write: the worker stops
   bool loop_started_ = false;  // the worker's asyncio loop exists (erlang._worker)
   std::atomic<bool> loop_requested_{false};  // a thread waits for it to exist
+  bool loop_completions_ = false;            // the main thread posted some for itself
   int exit_status_ = 0;
   unsigned long loop_thread_ = 0;
 
@@ -140,6 +145,7 @@ class Worker : public LoopHost, public MainThread {
   PyRef get_running_loop_, set_running_loop_;  // asyncio's, once it is imported
   PyRef asyncio_events_name_;
   PyRef serve_, ensure_loop_;             // erlang._worker's
+  PyRef complete_on_loop_;                // erlang._async._complete_on_loop
   PyThreadState* main_thread_ = nullptr;  // saved while the loop waits
 };
 

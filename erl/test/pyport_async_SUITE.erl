@@ -24,6 +24,7 @@ groups() ->
       [async_call_and_await, async_call_message, async_call_errors, async_await_timeout_cancels,
        async_gather_in_order, async_gather_first_error, thousand_coroutines_in_one_worker,
        call_timeout_cancels_coroutine, interrupted_coroutine_is_cancelled_not_killed,
+       interrupt_while_the_loop_starts,
        sync_function_through_async_call,
        coroutines_call_erlang, awaited_erlang_function_calls_back]},
      {event_loop, [],
@@ -169,6 +170,9 @@ interrupted_coroutine_is_cancelled_not_killed(_Config) ->
     try
         Ctx = py:context(async_kill, 1),
         {ok, #{os_pid := OsPid, restarts := Restarts}} = pyport:worker_info(Ctx),
+        %% The worker's loop starts with the first coroutine: what is
+        %% interrupted here is a coroutine already running on it.
+        ?assertEqual({ok, ok}, py:call(Ctx, asyncio, sleep, [0, ok])),
         ?assertEqual({error, timeout},
                      py:call(Ctx, ?F, wait_forever, [<<"interrupted">>], #{}, 50)),
         eventually(fun() -> events(Ctx) =:= [[<<"cancelled">>, <<"interrupted">>]] end,
@@ -180,6 +184,32 @@ interrupted_coroutine_is_cancelled_not_killed(_Config) ->
     after
         pyport:stop_pool(async_kill)
     end.
+
+%% The first coroutine request starts the worker's loop (importing asyncio);
+%% a caller that gives up meanwhile has its request interrupted, which must
+%% never leave asyncio half-imported: the worker serves coroutines after it,
+%% and is not killed for it.
+interrupt_while_the_loop_starts(_Config) ->
+    Data = filename:join(filename:dirname(code:which(?MODULE)), "pyport_async_SUITE_data"),
+    [begin
+         Pool = list_to_atom("async_start_" ++ integer_to_list(Ms)),
+         {ok, _} = pyport:start_pool(Pool, #{size => 1, python_path => [Data], kill_after => 200}),
+         try
+             Ctx = py:context(Pool, 1),
+             {ok, #{os_pid := OsPid, restarts := Restarts}} = pyport:worker_info(Ctx),
+             ?assertEqual({error, timeout},
+                          py:call(Ctx, ?F, wait_forever, [<<"early">>], #{}, Ms)),
+             ?assertEqual({ok, 4}, py:call(Ctx, ?F, double, [2])),
+             ?assertEqual({ok, true},
+                          py:eval(Ctx, <<"__import__('erlang').get_worker_loop().is_running()">>)),
+             timer:sleep(400),   % past kill_after
+             ?assertMatch({ok, #{os_pid := OsPid, restarts := Restarts, interrupted := 0}},
+                          pyport:worker_info(Ctx))
+         after
+             pyport:stop_pool(Pool)
+         end
+     end || Ms <- [1, 5, 20]],
+    ok.
 
 %% A coroutine request awaits an Erlang function (erlang.async_call) on the
 %% worker's loop, which goes on handling requests: the function may call

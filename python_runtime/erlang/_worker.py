@@ -77,7 +77,7 @@ def ensure_loop():
     if _pyport_loop.on_main_thread():
         global _start_error
         try:
-            loop = _async().start()
+            loop = _start_uninterrupted()
         except BaseException as exc:
             _start_error = exc
             raise
@@ -89,6 +89,21 @@ def ensure_loop():
     loop = _async_loop()
     if loop is None and not _finished:
         raise RuntimeError(f"the worker's event loop could not start: {_start_error!r}")
+    return loop
+
+
+def _start_uninterrupted():
+    """Imports asyncio and starts the loop with SIGINT (INTERRUPT of the
+    running request) held back: a KeyboardInterrupt in the middle of an
+    import would leave asyncio half-imported for good. One that came before
+    is raised when SIGINT is blocked, one that comes meanwhile when it is
+    unblocked: either way before or after the start, never inside it."""
+    import signal
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        loop = _async().start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
     return loop
 
 
@@ -152,8 +167,13 @@ def start_task(request_id: int, awaitable: Any, answer: bool) -> None:
     """Runs ``awaitable`` on the worker's loop (started if need be); when it
     is done, answers the request (``answer``) or reports a failure on
     stderr (a cast)."""
-    if ensure_loop() is None:
-        raise RuntimeError("the worker is shutting down")
+    try:
+        if ensure_loop() is None:
+            raise RuntimeError("the worker is shutting down")
+    except BaseException:
+        if isinstance(awaitable, types.CoroutineType):
+            awaitable.close()  # it never ran: no "never awaited" warning
+        raise
     _async().start_task(request_id, awaitable, answer)
 
 
