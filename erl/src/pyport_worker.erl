@@ -355,6 +355,15 @@ handle_info({timeout, Timer, {kill, Id}}, #state{kill_timers = Timers} = State) 
         #{Id := Timer} -> kill_unresponsive(Id, State);
         #{} -> {noreply, State}
     end;
+handle_info({timeout, Timer, drain_timeout}, #state{start_timer = Timer, status = draining} = State) ->
+    %% What still runs after shutdown_timeout (a task or stream that never
+    %% ends) must not keep the OS process from being recycled: it is
+    %% cancelled, which answers it CancelledError (synchronous requests
+    %% ignore CANCEL: their callers' timeouts interrupt them).
+    ?LOG_INFO("pyport worker ~tp/~b: cancelling ~b requests still running while recycling",
+              [State#state.pool, State#state.slot, map_size(State#state.pending)], metadata(State)),
+    _ = [cancel_in_worker(Id, State) || Id <- maps:keys(State#state.pending)],
+    {noreply, State#state{start_timer = undefined}};
 handle_info({timeout, Timer, recycle_kill}, #state{start_timer = Timer, status = recycling} = State) ->
     %% SHUTDOWN was not honoured in time (e.g. a thread that never ends).
     pyport_os:kill(State#state.os_pid),
@@ -1248,12 +1257,15 @@ start_drain(Reason, #state{status = up} = State) ->
                 [State#state.pool, State#state.slot, State#state.os_pid, Reason],
                 metadata(State)),
     pyport_pool:set_available(State#state.info, State#state.slot, false),
-    maybe_drained(State#state{status = draining, recycle_reason = Reason});
+    #{shutdown_timeout := Grace} = State#state.opts,
+    Timer = erlang:start_timer(Grace, self(), drain_timeout),
+    maybe_drained(State#state{status = draining, recycle_reason = Reason, start_timer = Timer});
 start_drain(_Reason, State) ->
     State.
 
 maybe_drained(#state{status = draining, pending = Pending, internal = Internal} = State)
   when map_size(Pending) =:= 0, map_size(Internal) =:= 0 ->
+    cancel_timer(State#state.start_timer),  % the drain_timeout
     _ = send_frame(State#state.port, pyport_codec:encode_frame(?SHUTDOWN, 0, [])),
     #{shutdown_timeout := Grace} = State#state.opts,
     Timer = erlang:start_timer(Grace, self(), recycle_kill),

@@ -36,7 +36,7 @@ groups() ->
        stream_start_messages, stream_cancel_stops_producer, slow_consumer_bounds_producer,
        dead_consumer_stops_producer]},
      {failures, [],
-      [worker_exit_answers_tasks_and_streams]},
+      [worker_exit_answers_tasks_and_streams, endless_task_and_stream_do_not_block_recycling]},
      {docs, [],
       [docs_examples]}].
 
@@ -453,6 +453,38 @@ worker_exit_answers_tasks_and_streams(_Config) ->
     ?assertEqual({error, {worker_exited, {signal, sigkill}}}, last_stream_message(Stream)),
     %% The restarted worker serves again.
     eventually(fun() -> py:call(Ctx, ?F, double, [1]) =:= {ok, 2} end, restart).
+
+%% max_requests recycles a worker once what it runs has finished; a task
+%% or a stream that never ends is cancelled shutdown_timeout after the
+%% recycling began, so the worker is recycled all the same.
+endless_task_and_stream_do_not_block_recycling(_Config) ->
+    Data = filename:join(filename:dirname(code:which(?MODULE)), "pyport_async_SUITE_data"),
+    {ok, _} = pyport:start_pool(async_recycle, #{size => 1, python_path => [Data],
+                                                 max_requests => 3, shutdown_timeout => 300}),
+    try
+        Ctx = py:context(async_recycle, 1),
+        {ok, #{os_pid := OsPid, recycles := 0}} = pyport:worker_info(Ctx),
+        Task = pyport_async:start_task({slot, async_recycle, 1}, py_result,
+                                       {1, py:call_fields(?F, wait_forever, [<<"endless">>], #{})},
+                                       infinity),
+        {ok, Stream} = pyport_async:stream_start({slot, async_recycle, 1},
+                                                 {1, py:call_fields(itertools, count, [], #{})},
+                                                 self()),
+        receive {py_stream, Stream, {data, 0}} -> ok after 10000 -> ct:fail(no_data) end,
+        %% The third request: the worker takes no more and drains.
+        ?assertEqual({ok, 4}, py:call(Ctx, ?F, double, [2])),
+        ?assertMatch({error, {'CancelledError', _}}, py:async_await(Task, 10000)),
+        ?assertMatch({error, {'CancelledError', _}}, last_stream_message(Stream)),
+        eventually(fun() ->
+                           case pyport:worker_info(Ctx) of
+                               {ok, #{os_pid := New, recycles := 1, status := up}} -> New =/= OsPid;
+                               _ -> false
+                           end
+                   end, recycled),
+        ?assertEqual({ok, 6}, py:call(Ctx, ?F, double, [3]))
+    after
+        pyport:stop_pool(async_recycle)
+    end.
 
 last_stream_message(Ref) ->
     receive
