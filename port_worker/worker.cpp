@@ -150,6 +150,14 @@ int Worker::run(const Channel& channel) {
     } else {
       PyErr_WriteUnraisable(nullptr);
     }
+    PyRef check = running
+                      ? PyRef::steal(PyObject_GetAttrString(running.get(), "_interrupt_running"))
+                      : PyRef();
+    if (!check) {
+      PyErr_WriteUnraisable(nullptr);
+    } else if (int err = task_interrupter_.start(std::move(check), loop_thread_)) {
+      diag(std::string("cannot start the task interrupter: ") + std::strerror(err));
+    }
     // Also when stopping: it answers the tasks still running.
     PyRef done = PyRef::steal(PyObject_CallNoArgs(serve_.get()));
     if (!done) {
@@ -157,6 +165,7 @@ int Worker::run(const Channel& channel) {
       _exit(1);
     }
   }
+  task_interrupter_.stop();
   serve_.reset();
   ensure_loop_.reset();
   complete_on_loop_.reset();
@@ -629,7 +638,10 @@ bool Worker::stream_end(uint64_t id) {
 // between steps, so the dispatcher cancels its task instead.
 bool Worker::on_interrupt_frame(void* ctx, const InputFrame& frame) {
   if (frame.fields != 2 || frame.id == 0) return false;
-  static_cast<Worker*>(ctx)->interrupts_.interrupt(frame.id);
+  auto* self = static_cast<Worker*>(ctx);
+  self->interrupts_.interrupt(frame.id);
+  // A task step that runs on and on cannot be reached by SIGINT.
+  self->task_interrupter_.request(frame.id);
   return false;
 }
 

@@ -21,6 +21,7 @@
 #include "interrupts.hpp"
 #include "log_relay.hpp"
 #include "options.hpp"
+#include "task_interrupter.hpp"
 
 namespace pyport {
 
@@ -124,6 +125,8 @@ class Worker : public LoopHost, public MainThread {
   FrameWriter writer_;
   LogRelay relay_;
   InputReader reader_;
+  // Interrupts task steps of the worker's event loop, once it runs.
+  TaskInterrupter task_interrupter_;
   // Frames taken from the reader and not yet handled. One batch for every
   // nesting level: a request that runs the loop (erlang.sleep) lets the
   // frames queued behind it run meanwhile.

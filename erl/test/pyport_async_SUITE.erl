@@ -24,7 +24,7 @@ groups() ->
       [async_call_and_await, async_call_message, async_call_errors, async_await_timeout_cancels,
        async_gather_in_order, async_gather_first_error, thousand_coroutines_in_one_worker,
        call_timeout_cancels_coroutine, interrupted_coroutine_is_cancelled_not_killed,
-       interrupt_while_the_loop_starts,
+       interrupt_while_the_loop_starts, runaway_coroutine_is_interrupted_not_killed,
        sync_function_through_async_call,
        coroutines_call_erlang, awaited_erlang_function_calls_back]},
      {event_loop, [],
@@ -183,6 +183,29 @@ interrupted_coroutine_is_cancelled_not_killed(_Config) ->
         ?assertEqual({ok, 4}, py:call(Ctx, ?F, double, [2]))
     after
         pyport:stop_pool(async_kill)
+    end.
+
+%% A coroutine whose step never returns to the loop: the caller that gives
+%% up has it interrupted (KeyboardInterrupt inside that step), so the
+%% worker is not killed after kill_after, and its other tasks go on.
+runaway_coroutine_is_interrupted_not_killed(_Config) ->
+    Data = filename:join(filename:dirname(code:which(?MODULE)), "pyport_async_SUITE_data"),
+    {ok, _} = pyport:start_pool(async_runaway, #{size => 1, python_path => [Data], kill_after => 1000}),
+    try
+        Ctx = py:context(async_runaway, 1),
+        ?assertEqual({ok, ok}, py:call(Ctx, asyncio, sleep, [0, ok])),
+        {ok, #{os_pid := OsPid, restarts := Restarts}} = pyport:worker_info(Ctx),
+        Bystander = pyport_async:start_task({slot, async_runaway, 1}, py_result,
+                                            {1, py:call_fields(?F, double, [21], #{})}, infinity),
+        ?assertEqual({error, timeout}, py:call(Ctx, ?F, runaway, [<<"r">>], #{}, 200)),
+        ?assertEqual({ok, 42}, py:async_await(Bystander, 10000)),
+        ?assertEqual({ok, 4}, py:call(Ctx, ?F, double, [2])),
+        timer:sleep(1300),   % past kill_after
+        ?assertMatch({ok, #{os_pid := OsPid, restarts := Restarts, interrupted := 0}},
+                     pyport:worker_info(Ctx)),
+        ?assertEqual({ok, [[<<"spinning">>, <<"r">>]]}, py:call(Ctx, ?F, taken_events, []))
+    after
+        pyport:stop_pool(async_runaway)
     end.
 
 %% The first coroutine request starts the worker's loop (importing asyncio);

@@ -32,6 +32,9 @@ _CoroutineType = types.CoroutineType
 
 _streams: dict[int, "_Stream"] = {}
 _shutting_down = False
+# The request whose running task step the worker interrupts (see
+# _interrupt_running): its KeyboardInterrupt is expected to reach serve().
+_interrupting: Optional[int] = None
 # sys.get_asyncgen_hooks() from before the loop started to run.
 _saved_agen_hooks: Optional[tuple] = None
 
@@ -243,6 +246,19 @@ def stream_credit(stream_id: int, n: int) -> None:
         stream.grant(n)
 
 
+def _interrupt_running(request_id: int) -> bool:
+    """Called by the worker's task interrupter (another thread, GIL held)
+    for an INTERRUPT: whether the task of ``request_id`` is the one running
+    a step now, in which case the worker raises KeyboardInterrupt in it."""
+    global _interrupting
+    task = _tasks.get(request_id)
+    loop = _loop._worker_loop
+    if task is None or loop is None or asyncio.current_task(loop) is not task:
+        return False
+    _interrupting = request_id
+    return True
+
+
 def serve() -> None:
     """The worker's main thread from the start of its loop to its shutdown:
     runs the loop, then cancels what is still running and closes it."""
@@ -254,7 +270,12 @@ def serve() -> None:
                 loop.run_forever()
             except (KeyboardInterrupt, SystemExit) as exc:
                 # Raised by a task or a signal handler, not by a request
-                # (those are answered): the worker goes on.
+                # (those are answered): the worker goes on. An interrupted
+                # task step ends here too; its request answers for it.
+                global _interrupting
+                if isinstance(exc, KeyboardInterrupt) and _interrupting is not None:
+                    _interrupting = None
+                    continue
                 print(f"pyport: {type(exc).__name__} reached the worker's event loop; it goes on",
                       file=sys.stderr)
     finally:
