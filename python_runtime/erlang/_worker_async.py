@@ -249,7 +249,12 @@ def stream_credit(stream_id: int, n: int) -> None:
 def _interrupt_running(request_id: int) -> bool:
     """Called by the worker's task interrupter (another thread, GIL held)
     for an INTERRUPT: whether the task of ``request_id`` is the one running
-    a step now, in which case the worker raises KeyboardInterrupt in it."""
+    a step now, in which case the worker raises KeyboardInterrupt in it.
+
+    The main thread gave up the GIL inside that step: in its bytecode, or
+    in a call it made (a blocking one), and the exception is raised when it
+    next checks, which is in that step either way (a call returning to
+    bytecode checks at once), never in another task."""
     global _interrupting
     task = _tasks.get(request_id)
     loop = _loop._worker_loop

@@ -1,5 +1,7 @@
 """The worker's event loop seen from its pipes: coroutine requests as tasks,
 CANCEL, streams with credit, and what a shutdown does to tasks in flight."""
+import time
+
 import pytest
 
 import pyport_proto as P
@@ -206,6 +208,7 @@ def test_interrupt_reaches_a_task_step_that_never_returns(worker):
     other = worker.request(P.CALL, "harness_async", "wait_forever", ["bystander"], {})
     id = worker.request(P.CALL, "harness_async", "runaway", ["spinning"], {})
     worker.wait_for_log(lambda level, line: line == "spinning")
+    time.sleep(0.2)  # well inside its loop
     worker.interrupt(id)
     frame = worker.wait(id, timeout=30)
     assert (frame.kind, frame.fields[0]) == (P.ERROR, "KeyboardInterrupt")
