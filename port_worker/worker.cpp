@@ -138,6 +138,7 @@ int Worker::run(const Channel& channel) {
   // not even imported), then in the worker's asyncio loop once something
   // started it. Both wait without the GIL, so Python threads run meanwhile.
   idle();
+  interrupts_.idle();
   // A thread that waits for the loop gets it, and sees it end.
   start_requested_loop();
   if (loop_started_) {
@@ -447,7 +448,13 @@ void Worker::handle_frames() noexcept {
       }
       if (!dispatcher_->requeued().empty()) reader_.requeue(dispatcher_->requeued());
     }
-    if (--depth_ == 0) batch_.clear();
+    if (--depth_ == 0) {
+      batch_.clear();
+      // The event loop's callbacks run next: no SIGINT for them. The plain
+      // idle loop only waits, so SIGINT may stay unblocked (it checks for
+      // signals after each wait).
+      if (loop_started_) interrupts_.idle();
+    }
     if (previous) {
       PyRef restored = PyRef::steal(PyObject_CallOneArg(set_running_loop_.get(), previous.get()));
       if (!restored) PyErr_WriteUnraisable(set_running_loop_.get());
