@@ -12,6 +12,8 @@
 #include <memory>
 #include <new>
 
+#include <structmember.h>
+
 #include "py_ref.hpp"
 
 namespace pyport {
@@ -32,6 +34,37 @@ struct Names {
       high_water, protocol_paused, maybe_pause, maybe_resume, write_drained, write_lost, max_size,
       address, family, connected, addr_cache, error_received, datagram_received, backlog,
       slow_sendto, slow_read_ready, sendto_ready;
+  // asyncio.transports._FlowControlMixin keeps _loop, _protocol_paused and
+  // _high_water in __slots__: read at their offsets.
+  PyRef flow_type;
+  Py_ssize_t loop_offset = -1, paused_offset = -1, high_offset = -1;
+
+  bool load_slots() {
+    PyRef mod = PyRef::steal(PyImport_ImportModule("asyncio.transports"));
+    flow_type = mod ? PyRef::steal(PyObject_GetAttrString(mod.get(), "_FlowControlMixin")) : PyRef();
+    if (!flow_type) return false;
+    if (!PyType_Check(flow_type.get())) {
+      PyErr_SetString(PyExc_TypeError, "asyncio.transports._FlowControlMixin is not a class");
+      return false;
+    }
+    PyObject* dict = reinterpret_cast<PyTypeObject*>(flow_type.get())->tp_dict;
+    struct {
+      Py_ssize_t* slot;
+      const char* name;
+    } slots[] = {{&loop_offset, "_loop"},
+                 {&paused_offset, "_protocol_paused"},
+                 {&high_offset, "_high_water"}};
+    for (auto& sl : slots) {
+      PyObject* descr = PyDict_GetItemString(dict, sl.name);
+      if (!descr || !Py_IS_TYPE(descr, &PyMemberDescr_Type) ||
+          reinterpret_cast<PyMemberDescrObject*>(descr)->d_member->type != T_OBJECT_EX) {
+        PyErr_Format(PyExc_TypeError, "asyncio's _FlowControlMixin.%s is not a slot", sl.name);
+        return false;
+      }
+      *sl.slot = reinterpret_cast<PyMemberDescrObject*>(descr)->d_member->offset;
+    }
+    return true;
+  }
 
   bool load() {
     struct {
@@ -59,7 +92,7 @@ struct Names {
                  {&maybe_resume, "_maybe_resume_protocol"},
                  {&write_drained, "_pyport_write_drained"},
                  {&write_lost, "_pyport_write_lost"},
-                 {&max_size, "max_size"},
+                 {&max_size, "_pyport_max_size"},
                  {&address, "_address"},
                  {&family, "_pyport_family"},
                  {&connected, "_pyport_connected"},
@@ -74,7 +107,7 @@ struct Names {
       *n.slot = PyRef::steal(PyUnicode_InternFromString(n.name));
       if (!*n.slot) return false;
     }
-    return true;
+    return load_slots();
   }
 };
 
@@ -92,8 +125,32 @@ ModuleState* state_of(PyTypeObject* defining_class) {
 
 // ---------------------------------------------------------------- helpers
 
+// obj.name. The transports' state lives in the instance dict (asyncio's
+// code sets it there), so it is read from there first: a generic lookup
+// would search the long MRO of the transport classes for a descriptor.
+// None of the names read here is a data descriptor of those classes.
 PyRef attr(PyObject* obj, const PyRef& name) {
+  PyObject** dict = _PyObject_GetDictPtr(obj);
+  if (dict && *dict) {
+    PyObject* v = PyDict_GetItemWithError(*dict, name.get());
+    if (v) return PyRef::borrow(v);
+    if (PyErr_Occurred()) return {};
+  }
   return PyRef::steal(PyObject_GetAttr(obj, name.get()));
+}
+
+// A _FlowControlMixin slot of `obj` (null with AttributeError if unset).
+PyRef slot(PyObject* obj, const Names& n, Py_ssize_t offset, const char* name) {
+  if (!PyObject_TypeCheck(obj, reinterpret_cast<PyTypeObject*>(n.flow_type.get()))) {
+    PyErr_SetString(PyExc_TypeError, "not an asyncio flow-controlled transport");
+    return {};
+  }
+  PyObject* v = *reinterpret_cast<PyObject**>(reinterpret_cast<char*>(obj) + offset);
+  if (!v) {
+    PyErr_Format(PyExc_AttributeError, "transport has no attribute '%s'", name);
+    return {};
+  }
+  return PyRef::borrow(v);
 }
 
 // Truth of obj.name; -1 with an exception set.
@@ -408,8 +465,9 @@ PyObject* Stream_read_ready(PyObject* self, PyTypeObject* cls, PyObject* const*,
 // Calls transport._maybe_pause_protocol() once the buffer is over the high
 // water mark (it pauses the protocol if it is not paused yet).
 bool check_pause(PyObject* self, const Names& n, WriteBufferObject* wb) {
-  Py_ssize_t high;
-  if (!attr_size(self, n.high_water, &high)) return false;
+  PyRef high_obj = slot(self, n, n.high_offset, "_high_water");
+  Py_ssize_t high = high_obj ? PyLong_AsSsize_t(high_obj.get()) : -1;
+  if (high == -1 && PyErr_Occurred()) return false;
   if (wb->size <= high) return true;
   PyRef done = PyRef::steal(call_method(self, n.maybe_pause));
   return bool(done);
@@ -456,8 +514,8 @@ PyObject* Stream_write(PyObject* self, PyTypeObject* cls, PyObject* const* args,
       sent = 0;
     }
     if (sent == view.len) Py_RETURN_NONE;
-    PyRef loop = attr(self, n.loop);
-    PyRef cb = loop ? attr(self, n.write_ready) : PyRef();
+    PyRef loop = slot(self, n, n.loop_offset, "_loop");
+    PyRef cb = loop ? PyRef::steal(PyObject_GetAttr(self, n.write_ready.get())) : PyRef();
     PyRef fd_obj = cb ? PyRef::steal(PyLong_FromLong(fd)) : PyRef();
     PyRef added =
         fd_obj ? PyRef::steal(call_method(loop.get(), n.add_writer, fd_obj.get(), cb.get()))
@@ -483,7 +541,7 @@ PyObject* Stream_write_ready(PyObject* self, PyTypeObject* cls, PyObject* const*
   int fd;
   if (!wb || !attr_fd(self, n, &fd)) return nullptr;
   PyRef fd_obj = PyRef::steal(PyLong_FromLong(fd));
-  PyRef loop = fd_obj ? attr(self, n.loop) : PyRef();
+  PyRef loop = fd_obj ? slot(self, n, n.loop_offset, "_loop") : PyRef();
   if (!loop) return nullptr;
   if (wb->size > 0) {
     iovec iov[kMaxIov];
@@ -516,7 +574,8 @@ PyObject* Stream_write_ready(PyObject* self, PyTypeObject* cls, PyObject* const*
     }
     wb_consume(wb, sent);
   }
-  int paused = attr_true(self, n.protocol_paused);
+  PyRef paused_obj = slot(self, n, n.paused_offset, "_protocol_paused");
+  int paused = paused_obj ? PyObject_IsTrue(paused_obj.get()) : -1;
   if (paused < 0) return nullptr;
   if (paused) {
     PyRef done = PyRef::steal(call_method(self, n.maybe_resume));  // may write more
@@ -731,11 +790,9 @@ PyObject* Datagram_sendto(PyObject* self, PyTypeObject* cls, PyObject* const* ar
   Names* names = st ? names_of(st) : nullptr;
   if (!names) return nullptr;
   const Names& n = *names;
-  PyRef slow = attr(self, n.slow_sendto);
-  if (!slow) return nullptr;
   auto take_slow_path = [&]() -> PyObject* {
-    PyRef bound = PyRef::steal(PyMethod_New(slow.get(), self));
-    return bound ? PyObject_Vectorcall(bound.get(), args, size_t(nargs), kwnames) : nullptr;
+    PyRef slow = PyRef::steal(PyObject_GetAttr(self, n.slow_sendto.get()));  // bound
+    return slow ? PyObject_Vectorcall(slow.get(), args, size_t(nargs), kwnames) : nullptr;
   };
   if (nargs < 1 || nargs > 2 || (kwnames && PyTuple_GET_SIZE(kwnames))) return take_slow_path();
   PyObject* data = args[0];

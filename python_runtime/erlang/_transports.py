@@ -37,6 +37,7 @@ class SocketTransport(_pyport_transports.StreamMethods, _selector_events._Select
                  waiter: Optional[asyncio.Future] = None, extra: Optional[dict] = None,
                  server: Optional[asyncio.AbstractServer] = None) -> None:
         self._pyport_buffered = False
+        self._pyport_max_size = self.max_size  # what one recv may read
         super().__init__(loop, sock, protocol, waiter, extra, server)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
@@ -72,6 +73,7 @@ class DatagramTransport(_pyport_transports.DatagramMethods, _selector_events._Se
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: asyncio.BaseProtocol,
                  address: Any = None, waiter: Optional[asyncio.Future] = None,
                  extra: Optional[dict] = None) -> None:
+        self._pyport_max_size = self.max_size  # the largest datagram received whole
         super().__init__(loop, sock, protocol, address, waiter, extra)
         family = sock.family
         self._pyport_family = int(family) if family in (socket.AF_INET, socket.AF_INET6) else 0
