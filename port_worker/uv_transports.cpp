@@ -3,16 +3,16 @@
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <structmember.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
 #include <deque>
 #include <memory>
 #include <new>
-
-#include <structmember.h>
 
 #include "py_ref.hpp"
 
@@ -28,93 +28,82 @@ constexpr Py_ssize_t kBigRead = 64 * 1024;
 constexpr Py_ssize_t kSmallRead = 16 * 1024;
 constexpr int kMaxIov = 64;
 
-struct Names {
-  PyRef conn_lost, protocol, sock_fd, buffer, buffered, fatal_error, on_eof, data_received,
-      get_buffer, buffer_updated, eof, empty_waiter, loop, add_writer, remove_writer, write_ready,
-      high_water, protocol_paused, maybe_pause, maybe_resume, write_drained, write_lost, max_size,
-      address, family, connected, addr_cache, error_received, datagram_received, backlog,
-      slow_sendto, slow_read_ready, sendto_ready;
-  // asyncio.transports._FlowControlMixin keeps _loop, _protocol_paused and
-  // _high_water in __slots__: read at their offsets.
-  PyRef flow_type;
-  Py_ssize_t loop_offset = -1, paused_offset = -1, high_offset = -1;
+// The state the C++ methods use, stored in the transport object itself
+// after asyncio's _FlowControlMixin slots. asyncio's Python code reads and
+// sets the same attributes (_conn_lost, _eof, _protocol, ...) through the
+// member descriptors of StreamBase/DatagramBase, so both sides share it.
+struct StreamFields {
+  PyObject* protocol;      // _protocol
+  PyObject* empty_waiter;  // _empty_waiter
+  PyObject* buffer;        // _buffer (a WriteBuffer)
+  Py_ssize_t conn_lost;    // _conn_lost
+  Py_ssize_t max_size;     // _pyport_max_size: what one recv may read
+  int sock_fd;             // _sock_fd
+  char eof;                // _eof
+  char buffered;           // _pyport_buffered: the protocol is a BufferedProtocol
+  char big_reads;          // recent reads were large (see kBigRead)
+};
 
-  bool load_slots() {
-    PyRef mod = PyRef::steal(PyImport_ImportModule("asyncio.transports"));
-    flow_type = mod ? PyRef::steal(PyObject_GetAttrString(mod.get(), "_FlowControlMixin")) : PyRef();
-    if (!flow_type) return false;
-    if (!PyType_Check(flow_type.get())) {
-      PyErr_SetString(PyExc_TypeError, "asyncio.transports._FlowControlMixin is not a class");
-      return false;
-    }
-    PyObject* dict = reinterpret_cast<PyTypeObject*>(flow_type.get())->tp_dict;
-    struct {
-      Py_ssize_t* slot;
-      const char* name;
-    } slots[] = {{&loop_offset, "_loop"},
-                 {&paused_offset, "_protocol_paused"},
-                 {&high_offset, "_high_water"}};
-    for (auto& sl : slots) {
-      PyObject* descr = PyDict_GetItemString(dict, sl.name);
-      if (!descr || !Py_IS_TYPE(descr, &PyMemberDescr_Type) ||
-          reinterpret_cast<PyMemberDescrObject*>(descr)->d_member->type != T_OBJECT_EX) {
-        PyErr_Format(PyExc_TypeError, "asyncio's _FlowControlMixin.%s is not a slot", sl.name);
-        return false;
-      }
-      *sl.slot = reinterpret_cast<PyMemberDescrObject*>(descr)->d_member->offset;
-    }
-    return true;
-  }
+struct DatagramFields {
+  PyObject* protocol;   // _protocol
+  PyObject* buffer;     // _buffer (asyncio's deque of datagrams waiting)
+  PyObject* address;    // _address (the remote address, or None)
+  PyObject* last_addr;  // _pyport_last_addr: Python form of `last`
+  Py_ssize_t conn_lost;  // _conn_lost
+  Py_ssize_t max_size;   // _pyport_max_size: the largest datagram received whole
+  int sock_fd;           // _sock_fd
+  int family;            // _pyport_family: AF_INET, AF_INET6, or 0 (asyncio's path)
+  char connected;        // _pyport_connected: the socket has a peer (send, not sendto)
+  // The last socket address sent to or received from: an echo server
+  // answers the address it just received from, a client sends to the same
+  // address again and again.
+  socklen_t last_len;
+  sockaddr_storage last;
+};
+
+struct Names {
+  PyRef fatal_error, on_eof, data_received, get_buffer, buffer_updated, add_writer, remove_writer,
+      write_ready, maybe_pause, maybe_resume, write_drained, write_lost, error_received,
+      datagram_received, backlog, slow_sendto, slow_read_ready, set_exception;
 
   bool load() {
     struct {
       PyRef* slot;
       const char* name;
-    } names[] = {{&conn_lost, "_conn_lost"},
-                 {&protocol, "_protocol"},
-                 {&sock_fd, "_sock_fd"},
-                 {&buffer, "_buffer"},
-                 {&buffered, "_pyport_buffered"},
-                 {&fatal_error, "_fatal_error"},
+    } names[] = {{&fatal_error, "_fatal_error"},
                  {&on_eof, "_read_ready__on_eof"},
                  {&data_received, "data_received"},
                  {&get_buffer, "get_buffer"},
                  {&buffer_updated, "buffer_updated"},
-                 {&eof, "_eof"},
-                 {&empty_waiter, "_empty_waiter"},
-                 {&loop, "_loop"},
                  {&add_writer, "_add_writer"},
                  {&remove_writer, "_remove_writer"},
                  {&write_ready, "_write_ready"},
-                 {&high_water, "_high_water"},
-                 {&protocol_paused, "_protocol_paused"},
                  {&maybe_pause, "_maybe_pause_protocol"},
                  {&maybe_resume, "_maybe_resume_protocol"},
                  {&write_drained, "_pyport_write_drained"},
                  {&write_lost, "_pyport_write_lost"},
-                 {&max_size, "_pyport_max_size"},
-                 {&address, "_address"},
-                 {&family, "_pyport_family"},
-                 {&connected, "_pyport_connected"},
-                 {&addr_cache, "_pyport_addr"},
                  {&error_received, "error_received"},
                  {&datagram_received, "datagram_received"},
                  {&backlog, "_pyport_backlog"},
                  {&slow_sendto, "_pyport_slow_sendto"},
                  {&slow_read_ready, "_pyport_slow_read_ready"},
-                 {&sendto_ready, "_sendto_ready"}};
+                 {&set_exception, "set_exception"}};
     for (auto& n : names) {
       *n.slot = PyRef::steal(PyUnicode_InternFromString(n.name));
       if (!*n.slot) return false;
     }
-    return load_slots();
+    return true;
   }
 };
 
 struct ModuleState {
   PyObject* write_buffer_type = nullptr;  // strong
-  PyObject* addr_cache_type = nullptr;    // strong
-  std::unique_ptr<Names> names;
+  Names names;
+  // Where StreamFields/DatagramFields start in a transport: the size of
+  // asyncio's _FlowControlMixin instances. And its slots _loop,
+  // _protocol_paused, _high_water.
+  Py_ssize_t fields_offset = 0;
+  Py_ssize_t loop_offset = 0, paused_offset = 0, high_offset = 0;
   // Only touched with the GIL held and never across a call into Python.
   std::unique_ptr<char[]> scratch;
 };
@@ -123,60 +112,19 @@ ModuleState* state_of(PyTypeObject* defining_class) {
   return static_cast<ModuleState*>(PyType_GetModuleState(defining_class));
 }
 
+template <typename Fields>
+Fields& fields(PyObject* self, const ModuleState* st) {
+  return *reinterpret_cast<Fields*>(reinterpret_cast<char*>(self) + st->fields_offset);
+}
+
+// A _FlowControlMixin slot of a transport (null with AttributeError if unset).
+PyObject* slot(PyObject* self, Py_ssize_t offset, const char* name) {
+  PyObject* v = *reinterpret_cast<PyObject**>(reinterpret_cast<char*>(self) + offset);
+  if (!v) PyErr_Format(PyExc_AttributeError, "the transport has no attribute '%s'", name);
+  return v;
+}
+
 // ---------------------------------------------------------------- helpers
-
-// obj.name. The transports' state lives in the instance dict (asyncio's
-// code sets it there), so it is read from there first: a generic lookup
-// would search the long MRO of the transport classes for a descriptor.
-// None of the names read here is a data descriptor of those classes.
-PyRef attr(PyObject* obj, const PyRef& name) {
-  PyObject** dict = _PyObject_GetDictPtr(obj);
-  if (dict && *dict) {
-    PyObject* v = PyDict_GetItemWithError(*dict, name.get());
-    if (v) return PyRef::borrow(v);
-    if (PyErr_Occurred()) return {};
-  }
-  return PyRef::steal(PyObject_GetAttr(obj, name.get()));
-}
-
-// A _FlowControlMixin slot of `obj` (null with AttributeError if unset).
-PyRef slot(PyObject* obj, const Names& n, Py_ssize_t offset, const char* name) {
-  if (!PyObject_TypeCheck(obj, reinterpret_cast<PyTypeObject*>(n.flow_type.get()))) {
-    PyErr_SetString(PyExc_TypeError, "not an asyncio flow-controlled transport");
-    return {};
-  }
-  PyObject* v = *reinterpret_cast<PyObject**>(reinterpret_cast<char*>(obj) + offset);
-  if (!v) {
-    PyErr_Format(PyExc_AttributeError, "transport has no attribute '%s'", name);
-    return {};
-  }
-  return PyRef::borrow(v);
-}
-
-// Truth of obj.name; -1 with an exception set.
-int attr_true(PyObject* obj, const PyRef& name) {
-  PyRef v = attr(obj, name);
-  return v ? PyObject_IsTrue(v.get()) : -1;
-}
-
-// obj.name as a Py_ssize_t; false with an exception set.
-bool attr_size(PyObject* obj, const PyRef& name, Py_ssize_t* out) {
-  PyRef v = attr(obj, name);
-  if (!v) return false;
-  *out = PyLong_AsSsize_t(v.get());
-  return !(*out == -1 && PyErr_Occurred());
-}
-
-bool attr_fd(PyObject* obj, const Names& n, int* fd) {
-  Py_ssize_t v;
-  if (!attr_size(obj, n.sock_fd, &v)) return false;
-  if (v < 0 || v > INT32_MAX) {
-    PyErr_SetString(PyExc_ValueError, "the transport has no socket");
-    return false;
-  }
-  *fd = int(v);
-  return true;
-}
 
 PyObject* call_method(PyObject* obj, const PyRef& name, PyObject* a = nullptr,
                       PyObject* b = nullptr) {
@@ -210,7 +158,7 @@ PyError os_error(int err) {
 // What asyncio's transports do with an exception from the protocol or the
 // socket: SystemExit and KeyboardInterrupt propagate (null), anything else
 // goes to transport._fatal_error(exc, message).
-PyObject* fatal_error(PyObject* self, const Names& n, PyError e, const char* message) {
+PyObject* fatal_error(PyObject* self, const Names& n, const PyError& e, const char* message) {
   PyRef msg = PyRef::steal(PyUnicode_FromString(message));
   if (!msg) return nullptr;
   return call_method(self, n.fatal_error, e.value.get(), msg.get());
@@ -222,20 +170,16 @@ PyObject* fatal_current(PyObject* self, const Names& n, const char* message) {
   return fatal_error(self, n, PyError::fetch(), message);
 }
 
-Names* names_of(ModuleState* st) {
-  if (!st->names) {
-    try {
-      st->names.reset(new Names());
-    } catch (const std::bad_alloc&) {
-      PyErr_NoMemory();
-      return nullptr;
-    }
-    if (!st->names->load()) {
-      st->names.reset();
-      return nullptr;
-    }
+bool no_args(const char* name, Py_ssize_t nargs, PyObject* kwnames, Py_ssize_t want) {
+  if (nargs != want || (kwnames && PyTuple_GET_SIZE(kwnames))) {
+    PyErr_Format(PyExc_TypeError, "%s() takes %zd positional arguments", name, want);
+    return false;
   }
-  return st->names.get();
+  return true;
+}
+
+PyObject* none() {
+  Py_RETURN_NONE;
 }
 
 // ---------------------------------------------------------------- WriteBuffer
@@ -252,7 +196,6 @@ struct Segment {
 struct WriteBufferObject {
   PyObject_HEAD std::deque<Segment>* segments;
   Py_ssize_t size;
-  bool big_reads;  // the stream's recent reads were large (see kBigRead)
 };
 
 void wb_clear(WriteBufferObject* self) {
@@ -354,68 +297,61 @@ PyType_Slot write_buffer_slots[] = {
 PyType_Spec write_buffer_spec = {"_pyport_transports.WriteBuffer", sizeof(WriteBufferObject), 0,
                                  Py_TPFLAGS_DEFAULT, write_buffer_slots};
 
-WriteBufferObject* buffer_of(PyObject* self, ModuleState* st, const Names& n, PyRef& holder) {
-  holder = attr(self, n.buffer);
-  if (!holder) return nullptr;
-  if (Py_TYPE(holder.get()) != reinterpret_cast<PyTypeObject*>(st->write_buffer_type)) {
+// The stream's WriteBuffer (null with an exception set if _buffer is not one).
+WriteBufferObject* buffer_of(const StreamFields& f, const ModuleState* st) {
+  if (!f.buffer || Py_TYPE(f.buffer) != reinterpret_cast<PyTypeObject*>(st->write_buffer_type)) {
     PyErr_SetString(PyExc_TypeError, "the transport's _buffer must be a WriteBuffer");
     return nullptr;
   }
-  return reinterpret_cast<WriteBufferObject*>(holder.get());
+  return reinterpret_cast<WriteBufferObject*>(f.buffer);
+}
+
+PyObject* protocol_of(PyObject* protocol) {
+  if (!protocol) PyErr_SetString(PyExc_AttributeError, "the transport has no protocol");
+  return protocol;
 }
 
 // ---------------------------------------------------------------- stream methods
 
-bool no_args(const char* name, Py_ssize_t nargs, PyObject* kwnames, Py_ssize_t want) {
-  if (nargs != want || (kwnames && PyTuple_GET_SIZE(kwnames))) {
-    PyErr_Format(PyExc_TypeError, "%s() takes %zd positional arguments", name, want);
-    return false;
-  }
-  return true;
-}
-
 // data_received(recv(...)), reading into the scratch buffer or, for bulk
 // data, straight into the bytes object handed over.
-PyObject* read_data(PyObject* self, ModuleState* st, const Names& n, int fd,
-                    PyObject* protocol) {
-  PyRef holder;
-  WriteBufferObject* wb = buffer_of(self, st, n, holder);
-  Py_ssize_t max_size;
-  if (!wb || !attr_size(self, n.max_size, &max_size)) return nullptr;
-  if (max_size <= 0) max_size = kScratch;
+PyObject* read_data(PyObject* self, ModuleState* st, StreamFields& f, PyObject* protocol) {
+  const Names& n = st->names;
+  Py_ssize_t max_size = f.max_size > 0 ? f.max_size : kScratch;
   PyRef data;
   ssize_t got;
-  if (wb->big_reads || max_size > kScratch) {
+  if (f.big_reads || max_size > kScratch) {
     data = PyRef::steal(PyBytes_FromStringAndSize(nullptr, max_size));
     if (!data) return nullptr;
-    got = recv(fd, PyBytes_AS_STRING(data.get()), size_t(max_size), 0);
+    got = recv(f.sock_fd, PyBytes_AS_STRING(data.get()), size_t(max_size), 0);
     if (got > 0) {
-      if (got < kSmallRead) wb->big_reads = false;
+      if (got < kSmallRead) f.big_reads = false;
       PyObject* raw = data.release();
       if (_PyBytes_Resize(&raw, got) < 0) return nullptr;
       data = PyRef::steal(raw);
     }
   } else {
-    got = recv(fd, st->scratch.get(), size_t(max_size), 0);
+    got = recv(f.sock_fd, st->scratch.get(), size_t(max_size), 0);
     if (got > 0) {
-      if (got >= kBigRead) wb->big_reads = true;
+      if (got >= kBigRead) f.big_reads = true;
       data = PyRef::steal(PyBytes_FromStringAndSize(st->scratch.get(), got));
       if (!data) return nullptr;
     }
   }
   if (got < 0) {
     int err = errno;
-    if (would_block(err)) Py_RETURN_NONE;
+    if (would_block(err)) return none();
     return fatal_error(self, n, os_error(err), "Fatal read error on socket transport");
   }
   if (got == 0) return call_method(self, n.on_eof);
   PyRef done = PyRef::steal(call_method(protocol, n.data_received, data.get()));
   if (!done) return fatal_current(self, n, "Fatal error: protocol.data_received() call failed.");
-  Py_RETURN_NONE;
+  return none();
 }
 
 // get_buffer(-1), recv_into it, buffer_updated(n): BufferedProtocol.
-PyObject* read_buffered(PyObject* self, const Names& n, int fd, PyObject* protocol) {
+PyObject* read_buffered(PyObject* self, const ModuleState* st, int fd, PyObject* protocol) {
+  const Names& n = st->names;
   static const char* get_failed = "Fatal error: protocol.get_buffer() call failed.";
   PyRef minus_one = PyRef::steal(PyLong_FromLong(-1));
   if (!minus_one) return nullptr;
@@ -435,7 +371,7 @@ PyObject* read_buffered(PyObject* self, const Names& n, int fd, PyObject* protoc
   int err = errno;
   PyBuffer_Release(&view);
   if (got < 0) {
-    if (would_block(err)) Py_RETURN_NONE;
+    if (would_block(err)) return none();
     return fatal_error(self, n, os_error(err), "Fatal read error on socket transport");
   }
   if (got == 0) return call_method(self, n.on_eof);
@@ -443,69 +379,60 @@ PyObject* read_buffered(PyObject* self, const Names& n, int fd, PyObject* protoc
   if (!count) return nullptr;
   PyRef done = PyRef::steal(call_method(protocol, n.buffer_updated, count.get()));
   if (!done) return fatal_current(self, n, "Fatal error: protocol.buffer_updated() call failed.");
-  Py_RETURN_NONE;
+  return none();
 }
 
 PyObject* Stream_read_ready(PyObject* self, PyTypeObject* cls, PyObject* const*, Py_ssize_t nargs,
                             PyObject* kwnames) {
   ModuleState* st = state_of(cls);
-  Names* names = st ? names_of(st) : nullptr;
-  if (!names || !no_args("_read_ready", nargs, kwnames, 0)) return nullptr;
-  const Names& n = *names;
-  int lost = attr_true(self, n.conn_lost);
-  if (lost) return lost < 0 ? nullptr : (Py_INCREF(Py_None), Py_None);
-  int fd;
-  PyRef protocol = attr(self, n.protocol);
-  int buffered = protocol ? attr_true(self, n.buffered) : -1;
-  if (buffered < 0 || !attr_fd(self, n, &fd)) return nullptr;
-  return buffered ? read_buffered(self, n, fd, protocol.get())
-                  : read_data(self, st, n, fd, protocol.get());
+  if (!st || !no_args("_read_ready", nargs, kwnames, 0)) return nullptr;
+  auto& f = fields<StreamFields>(self, st);
+  if (f.conn_lost) return none();
+  // The protocol is held: it may be replaced (set_protocol) while it runs.
+  PyRef protocol = PyRef::borrow(protocol_of(f.protocol));
+  if (!protocol) return nullptr;
+  return f.buffered ? read_buffered(self, st, f.sock_fd, protocol.get())
+                    : read_data(self, st, f, protocol.get());
 }
 
 // Calls transport._maybe_pause_protocol() once the buffer is over the high
 // water mark (it pauses the protocol if it is not paused yet).
-bool check_pause(PyObject* self, const Names& n, WriteBufferObject* wb) {
-  PyRef high_obj = slot(self, n, n.high_offset, "_high_water");
-  Py_ssize_t high = high_obj ? PyLong_AsSsize_t(high_obj.get()) : -1;
+bool check_pause(PyObject* self, const ModuleState* st, const WriteBufferObject* wb) {
+  PyObject* high_obj = slot(self, st->high_offset, "_high_water");
+  Py_ssize_t high = high_obj ? PyLong_AsSsize_t(high_obj) : -1;
   if (high == -1 && PyErr_Occurred()) return false;
   if (wb->size <= high) return true;
-  PyRef done = PyRef::steal(call_method(self, n.maybe_pause));
+  PyRef done = PyRef::steal(call_method(self, st->names.maybe_pause));
   return bool(done);
 }
 
 PyObject* Stream_write(PyObject* self, PyTypeObject* cls, PyObject* const* args, Py_ssize_t nargs,
                        PyObject* kwnames) {
   ModuleState* st = state_of(cls);
-  Names* names = st ? names_of(st) : nullptr;
-  if (!names || !no_args("write", nargs, kwnames, 1)) return nullptr;
-  const Names& n = *names;
+  if (!st || !no_args("write", nargs, kwnames, 1)) return nullptr;
+  const Names& n = st->names;
+  auto& f = fields<StreamFields>(self, st);
   PyObject* data = args[0];
   if (!is_bytes_like(data)) return not_bytes_like(data);
-  int eof = attr_true(self, n.eof);
-  if (eof) {
-    if (eof > 0) PyErr_SetString(PyExc_RuntimeError, "Cannot call write() after write_eof()");
+  if (f.eof) {
+    PyErr_SetString(PyExc_RuntimeError, "Cannot call write() after write_eof()");
     return nullptr;
   }
-  PyRef waiter = attr(self, n.empty_waiter);
-  if (!waiter) return nullptr;
-  if (waiter.get() != Py_None) {
+  if (f.empty_waiter && f.empty_waiter != Py_None) {
     PyErr_SetString(PyExc_RuntimeError, "unable to write; sendfile is in progress");
     return nullptr;
   }
   Py_buffer view;
   if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) return nullptr;
   std::unique_ptr<Py_buffer, void (*)(Py_buffer*)> release(&view, PyBuffer_Release);
-  if (view.len == 0) Py_RETURN_NONE;
-  int lost = attr_true(self, n.conn_lost);
-  if (lost) return lost < 0 ? nullptr : call_method(self, n.write_lost);
-  PyRef holder;
-  WriteBufferObject* wb = buffer_of(self, st, n, holder);
+  if (view.len == 0) return none();
+  if (f.conn_lost) return call_method(self, n.write_lost);
+  PyRef holder = PyRef::borrow(f.buffer);
+  WriteBufferObject* wb = buffer_of(f, st);
   if (!wb) return nullptr;
-  int fd;
-  if (!attr_fd(self, n, &fd)) return nullptr;
   if (wb->size == 0) {
     // Send at once; buffer only what the socket did not take.
-    ssize_t sent = send(fd, view.buf, size_t(view.len), MSG_NOSIGNAL);
+    ssize_t sent = send(f.sock_fd, view.buf, size_t(view.len), MSG_NOSIGNAL);
     if (sent < 0) {
       int err = errno;
       if (!would_block(err)) {
@@ -513,35 +440,32 @@ PyObject* Stream_write(PyObject* self, PyTypeObject* cls, PyObject* const* args,
       }
       sent = 0;
     }
-    if (sent == view.len) Py_RETURN_NONE;
-    PyRef loop = slot(self, n, n.loop_offset, "_loop");
+    if (sent == view.len) return none();
+    PyRef loop = PyRef::borrow(slot(self, st->loop_offset, "_loop"));
     PyRef cb = loop ? PyRef::steal(PyObject_GetAttr(self, n.write_ready.get())) : PyRef();
-    PyRef fd_obj = cb ? PyRef::steal(PyLong_FromLong(fd)) : PyRef();
+    PyRef fd = cb ? PyRef::steal(PyLong_FromLong(f.sock_fd)) : PyRef();
     PyRef added =
-        fd_obj ? PyRef::steal(call_method(loop.get(), n.add_writer, fd_obj.get(), cb.get()))
-               : PyRef();
+        fd ? PyRef::steal(call_method(loop.get(), n.add_writer, fd.get(), cb.get())) : PyRef();
     if (!added || !wb_append(wb, data, view, sent)) return nullptr;
   } else if (!wb_append(wb, data, view, 0)) {
     return nullptr;
   }
-  if (!check_pause(self, n, wb)) return nullptr;
-  Py_RETURN_NONE;
+  if (!check_pause(self, st, wb)) return nullptr;
+  return none();
 }
 
 PyObject* Stream_write_ready(PyObject* self, PyTypeObject* cls, PyObject* const*,
                              Py_ssize_t nargs, PyObject* kwnames) {
   ModuleState* st = state_of(cls);
-  Names* names = st ? names_of(st) : nullptr;
-  if (!names || !no_args("_write_ready", nargs, kwnames, 0)) return nullptr;
-  const Names& n = *names;
-  int lost = attr_true(self, n.conn_lost);
-  if (lost) return lost < 0 ? nullptr : (Py_INCREF(Py_None), Py_None);
-  PyRef holder;
-  WriteBufferObject* wb = buffer_of(self, st, n, holder);
-  int fd;
-  if (!wb || !attr_fd(self, n, &fd)) return nullptr;
-  PyRef fd_obj = PyRef::steal(PyLong_FromLong(fd));
-  PyRef loop = fd_obj ? slot(self, n, n.loop_offset, "_loop") : PyRef();
+  if (!st || !no_args("_write_ready", nargs, kwnames, 0)) return nullptr;
+  const Names& n = st->names;
+  auto& f = fields<StreamFields>(self, st);
+  if (f.conn_lost) return none();
+  PyRef holder = PyRef::borrow(f.buffer);
+  WriteBufferObject* wb = buffer_of(f, st);
+  if (!wb) return nullptr;
+  PyRef fd = PyRef::steal(PyLong_FromLong(f.sock_fd));
+  PyRef loop = fd ? PyRef::borrow(slot(self, st->loop_offset, "_loop")) : PyRef();
   if (!loop) return nullptr;
   if (wb->size > 0) {
     iovec iov[kMaxIov];
@@ -555,38 +479,38 @@ PyObject* Stream_write_ready(PyObject* self, PyTypeObject* cls, PyObject* const*
     msghdr msg{};
     msg.msg_iov = iov;
     msg.msg_iovlen = size_t(count);
-    ssize_t sent = sendmsg(fd, &msg, MSG_NOSIGNAL);
+    ssize_t sent = sendmsg(f.sock_fd, &msg, MSG_NOSIGNAL);
     if (sent < 0) {
       int err = errno;
-      if (would_block(err)) Py_RETURN_NONE;
+      if (would_block(err)) return none();
       PyError e = os_error(err);
-      PyRef removed = PyRef::steal(call_method(loop.get(), n.remove_writer, fd_obj.get()));
+      PyRef removed = PyRef::steal(call_method(loop.get(), n.remove_writer, fd.get()));
       if (!removed) return nullptr;
       wb_clear(wb);
-      PyRef reported = PyRef::steal(fatal_error(self, n, e, "Fatal write error on socket transport"));
+      PyRef reported =
+          PyRef::steal(fatal_error(self, n, e, "Fatal write error on socket transport"));
       if (!reported) return nullptr;
-      PyRef waiter = attr(self, n.empty_waiter);
-      if (!waiter) return nullptr;
-      if (waiter.get() != Py_None) {
-        return PyObject_CallMethod(waiter.get(), "set_exception", "O", e.value.get());
+      PyObject* waiter = f.empty_waiter;
+      if (waiter && waiter != Py_None) {
+        return call_method(PyRef::borrow(waiter).get(), n.set_exception, e.value.get());
       }
-      Py_RETURN_NONE;
+      return none();
     }
     wb_consume(wb, sent);
   }
-  PyRef paused_obj = slot(self, n, n.paused_offset, "_protocol_paused");
-  int paused = paused_obj ? PyObject_IsTrue(paused_obj.get()) : -1;
+  PyObject* paused_obj = slot(self, st->paused_offset, "_protocol_paused");
+  int paused = paused_obj ? PyObject_IsTrue(paused_obj) : -1;
   if (paused < 0) return nullptr;
   if (paused) {
     PyRef done = PyRef::steal(call_method(self, n.maybe_resume));  // may write more
     if (!done) return nullptr;
   }
   if (wb->size == 0) {
-    PyRef removed = PyRef::steal(call_method(loop.get(), n.remove_writer, fd_obj.get()));
+    PyRef removed = PyRef::steal(call_method(loop.get(), n.remove_writer, fd.get()));
     if (!removed) return nullptr;
     return call_method(self, n.write_drained);
   }
-  Py_RETURN_NONE;
+  return none();
 }
 
 constexpr int kMethodFlags = METH_METHOD | METH_FASTCALL | METH_KEYWORDS;
@@ -605,75 +529,16 @@ PyMethodDef stream_methods[] = {
      "The descriptor is writable: flush the buffer."},
     {nullptr, nullptr, 0, nullptr}};
 
-PyType_Slot stream_slots[] = {
-    {Py_tp_doc, const_cast<char*>("The C++ methods of erlang._transports.SocketTransport.")},
-    {Py_tp_methods, stream_methods},
-    {0, nullptr}};
-
-PyType_Spec stream_spec = {"_pyport_transports.StreamMethods", 0, 0,
-                           Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE, stream_slots};
-
 // ---------------------------------------------------------------- datagrams
-
-// The last socket address sent to or received from, with its Python form:
-// an echo server answers the address it just received from, a client sends
-// to the same address again and again.
-struct AddrCacheObject {
-  PyObject_HEAD PyObject* addr;  // tuple or null
-  sockaddr_storage storage;
-  socklen_t len;
-};
-
-PyObject* AddrCache_new(PyTypeObject* type, PyObject*, PyObject*) {
-  return type->tp_alloc(type, 0);
-}
-
-int AddrCache_traverse(AddrCacheObject* self, visitproc visit, void* arg) {
-  Py_VISIT(Py_TYPE(self));
-  Py_VISIT(self->addr);
-  return 0;
-}
-
-int AddrCache_clear(AddrCacheObject* self) {
-  Py_CLEAR(self->addr);
-  return 0;
-}
-
-void AddrCache_dealloc(AddrCacheObject* self) {
-  PyTypeObject* type = Py_TYPE(self);
-  PyObject_GC_UnTrack(self);
-  Py_CLEAR(self->addr);
-  type->tp_free(self);
-  Py_DECREF(type);
-}
-
-PyType_Slot addr_cache_slots[] = {
-    {Py_tp_doc, const_cast<char*>("A datagram transport's last socket address.")},
-    {Py_tp_new, reinterpret_cast<void*>(AddrCache_new)},
-    {Py_tp_dealloc, reinterpret_cast<void*>(AddrCache_dealloc)},
-    {Py_tp_traverse, reinterpret_cast<void*>(AddrCache_traverse)},
-    {Py_tp_clear, reinterpret_cast<void*>(AddrCache_clear)},
-    {0, nullptr}};
-
-PyType_Spec addr_cache_spec = {"_pyport_transports.AddrCache", sizeof(AddrCacheObject), 0,
-                               Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, addr_cache_slots};
-
-AddrCacheObject* cache_of(PyObject* self, ModuleState* st, const Names& n, PyRef& holder) {
-  holder = attr(self, n.addr_cache);
-  if (!holder) return nullptr;
-  if (Py_TYPE(holder.get()) != reinterpret_cast<PyTypeObject*>(st->addr_cache_type)) {
-    PyErr_SetString(PyExc_TypeError, "the transport's _pyport_addr must be an AddrCache");
-    return nullptr;
-  }
-  return reinterpret_cast<AddrCacheObject*>(holder.get());
-}
 
 // The Python form of an IPv4/IPv6 address, as the socket module gives it.
 PyObject* make_address(const sockaddr_storage& ss) {
   char host[NI_MAXHOST];
   if (ss.ss_family == AF_INET) {
     const auto& a = reinterpret_cast<const sockaddr_in&>(ss);
-    if (!inet_ntop(AF_INET, &a.sin_addr, host, sizeof host)) return PyErr_SetFromErrno(PyExc_OSError);
+    if (!inet_ntop(AF_INET, &a.sin_addr, host, sizeof host)) {
+      return PyErr_SetFromErrno(PyExc_OSError);
+    }
     return Py_BuildValue("(si)", host, int(ntohs(a.sin_port)));
   }
   const auto& a = reinterpret_cast<const sockaddr_in6&>(ss);
@@ -687,9 +552,10 @@ PyObject* make_address(const sockaddr_storage& ss) {
                        unsigned(a.sin6_scope_id));
 }
 
-// Numeric (host, port[, flowinfo[, scope_id]]) for `family` into the cache.
-// 1 parsed, 0 not numeric (asyncio's path resolves it), -1 error set.
-int parse_address(PyObject* addr, int family, AddrCacheObject* cache) {
+// A numeric (host, port[, flowinfo[, scope_id]]) of the socket's family
+// into the last-address cache. 1 parsed, 0 not numeric (asyncio's path
+// resolves it or says why not), -1 error set.
+int parse_address(PyObject* addr, DatagramFields& f) {
   if (!PyTuple_Check(addr) || PyTuple_GET_SIZE(addr) < 2) return 0;
   PyObject* host = PyTuple_GET_ITEM(addr, 0);
   PyObject* port_obj = PyTuple_GET_ITEM(addr, 1);
@@ -701,7 +567,7 @@ int parse_address(PyObject* addr, int family, AddrCacheObject* cache) {
   if (port < 0 || port > 65535) return 0;
   sockaddr_storage ss{};
   socklen_t len;
-  if (family == AF_INET) {
+  if (f.family == AF_INET) {
     if (PyTuple_GET_SIZE(addr) != 2) return 0;
     auto& a = reinterpret_cast<sockaddr_in&>(ss);
     if (inet_pton(AF_INET, text, &a.sin_addr) != 1) return 0;
@@ -715,69 +581,61 @@ int parse_address(PyObject* addr, int family, AddrCacheObject* cache) {
     unsigned long flow = 0, scope = 0;
     if (PyTuple_GET_SIZE(addr) > 2) {
       flow = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(addr, 2));
-      if (flow == (unsigned long)-1 && PyErr_Occurred()) return -1;
+      if (flow == static_cast<unsigned long>(-1) && PyErr_Occurred()) return -1;
     }
     if (PyTuple_GET_SIZE(addr) > 3) {
       scope = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(addr, 3));
-      if (scope == (unsigned long)-1 && PyErr_Occurred()) return -1;
+      if (scope == static_cast<unsigned long>(-1) && PyErr_Occurred()) return -1;
     }
-    if (flow > 0xfffff || scope > 0xffffffffUL) return 0;  // let the socket module say why
+    if (flow > 0xfffff || scope > 0xffffffffUL) return 0;
     a.sin6_family = AF_INET6;
     a.sin6_port = htons(uint16_t(port));
     a.sin6_flowinfo = htonl(uint32_t(flow));
     a.sin6_scope_id = uint32_t(scope);
     len = sizeof a;
   }
-  cache->storage = ss;
-  cache->len = len;
+  f.last = ss;
+  f.last_len = len;
   Py_INCREF(addr);
-  Py_XSETREF(cache->addr, addr);
+  Py_XSETREF(f.last_addr, addr);
   return 1;
 }
 
 PyObject* Datagram_read_ready(PyObject* self, PyTypeObject* cls, PyObject* const*,
                               Py_ssize_t nargs, PyObject* kwnames) {
   ModuleState* st = state_of(cls);
-  Names* names = st ? names_of(st) : nullptr;
-  if (!names || !no_args("_read_ready", nargs, kwnames, 0)) return nullptr;
-  const Names& n = *names;
-  int lost = attr_true(self, n.conn_lost);
-  if (lost) return lost < 0 ? nullptr : (Py_INCREF(Py_None), Py_None);
-  Py_ssize_t family, max_size;
-  if (!attr_size(self, n.family, &family) || !attr_size(self, n.max_size, &max_size)) {
-    return nullptr;
-  }
-  if ((family != AF_INET && family != AF_INET6) || max_size <= 0 || max_size > kScratch) {
+  if (!st || !no_args("_read_ready", nargs, kwnames, 0)) return nullptr;
+  const Names& n = st->names;
+  auto& f = fields<DatagramFields>(self, st);
+  if (f.conn_lost) return none();
+  if ((f.family != AF_INET && f.family != AF_INET6) || f.max_size <= 0 || f.max_size > kScratch) {
     return call_method(self, n.slow_read_ready);
   }
-  PyRef holder;
-  AddrCacheObject* cache = cache_of(self, st, n, holder);
-  int fd;
-  PyRef protocol = cache ? attr(self, n.protocol) : PyRef();
-  if (!protocol || !attr_fd(self, n, &fd)) return nullptr;
+  PyRef protocol = PyRef::borrow(protocol_of(f.protocol));
+  if (!protocol) return nullptr;
   sockaddr_storage ss;
   socklen_t len = sizeof ss;
-  ssize_t got = recvfrom(fd, st->scratch.get(), size_t(max_size), 0,
+  ssize_t got = recvfrom(f.sock_fd, st->scratch.get(), size_t(f.max_size), 0,
                          reinterpret_cast<sockaddr*>(&ss), &len);
   if (got < 0) {
     int err = errno;
-    if (would_block(err)) Py_RETURN_NONE;
+    if (would_block(err)) return none();
     PyError e = os_error(err);
     return call_method(protocol.get(), n.error_received, e.value.get());
   }
   PyRef data = PyRef::steal(PyBytes_FromStringAndSize(st->scratch.get(), got));
   if (!data) return nullptr;
   PyRef addr;
-  if (cache->addr && len == cache->len && std::memcmp(&ss, &cache->storage, len) == 0) {
-    addr = PyRef::borrow(cache->addr);
+  if (f.last_addr && len == f.last_len && std::memcmp(&ss, &f.last, len) == 0) {
+    addr = PyRef::borrow(f.last_addr);
   } else if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
     addr = PyRef::steal(make_address(ss));
     if (!addr) return nullptr;
-    cache->storage = ss;
-    cache->len = len;
-    Py_XSETREF(cache->addr, PyRef(addr).release());
+    f.last = ss;
+    f.last_len = len;
+    Py_XSETREF(f.last_addr, PyRef(addr).release());
   } else {
-    addr = PyRef::borrow(Py_None);  // no address (an unnamed peer)
+    addr = PyRef::borrow(Py_None);  // an unnamed peer
   }
   // As in asyncio, an exception from datagram_received reaches the loop's
   // exception handler (the callback failed), not _fatal_error.
@@ -787,74 +645,63 @@ PyObject* Datagram_read_ready(PyObject* self, PyTypeObject* cls, PyObject* const
 PyObject* Datagram_sendto(PyObject* self, PyTypeObject* cls, PyObject* const* args,
                           Py_ssize_t nargs, PyObject* kwnames) {
   ModuleState* st = state_of(cls);
-  Names* names = st ? names_of(st) : nullptr;
-  if (!names) return nullptr;
-  const Names& n = *names;
-  auto take_slow_path = [&]() -> PyObject* {
+  if (!st) return nullptr;
+  const Names& n = st->names;
+  auto& f = fields<DatagramFields>(self, st);
+  // The unusual cases keep asyncio's code: odd arguments, a transport lost
+  // or with a backlog, a socket that is not IP, an address to resolve.
+  auto asyncio_sendto = [&]() -> PyObject* {
     PyRef slow = PyRef::steal(PyObject_GetAttr(self, n.slow_sendto.get()));  // bound
     return slow ? PyObject_Vectorcall(slow.get(), args, size_t(nargs), kwnames) : nullptr;
   };
-  if (nargs < 1 || nargs > 2 || (kwnames && PyTuple_GET_SIZE(kwnames))) return take_slow_path();
+  if (nargs < 1 || nargs > 2 || (kwnames && PyTuple_GET_SIZE(kwnames))) return asyncio_sendto();
   PyObject* data = args[0];
   PyObject* addr = nargs == 2 ? args[1] : Py_None;
   if (!is_bytes_like(data)) return not_bytes_like(data);
-  // The unusual cases keep asyncio's code: a transport lost or with a
-  // backlog, a socket that is not IP, an address that needs resolving.
-  int lost = attr_true(self, n.conn_lost);
-  PyRef backlog = lost == 0 ? attr(self, n.buffer) : PyRef();
-  if (!backlog) return lost > 0 ? take_slow_path() : nullptr;
-  int waiting = PyObject_IsTrue(backlog.get());
-  if (waiting < 0) return nullptr;
-  Py_ssize_t family;
-  if (!attr_size(self, n.family, &family)) return nullptr;
-  if (waiting || (family != AF_INET && family != AF_INET6)) return take_slow_path();
-  PyRef remote = attr(self, n.address);
-  int connected = remote ? attr_true(self, n.connected) : -1;
-  if (connected < 0) return nullptr;
-  if (remote.get() != Py_None && PyObject_IsTrue(remote.get()) == 1) {
-    if (addr != Py_None) {
-      int same = PyObject_RichCompareBool(addr, remote.get(), Py_EQ);
+  if (f.conn_lost || (f.family != AF_INET && f.family != AF_INET6) || !f.buffer) {
+    return asyncio_sendto();
+  }
+  Py_ssize_t backlog = PyObject_Size(f.buffer);
+  if (backlog) return backlog < 0 ? nullptr : asyncio_sendto();
+  if (f.address && f.address != Py_None) {
+    if (addr != Py_None && addr != f.address) {
+      int same = PyObject_RichCompareBool(addr, f.address, Py_EQ);
       if (same < 0) return nullptr;
-      if (!same) return take_slow_path();  // raises ValueError as asyncio does
+      if (!same) return asyncio_sendto();  // raises ValueError, as asyncio does
     }
-    addr = remote.get();
+    addr = f.address;
   }
   Py_buffer view;
   if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) return nullptr;
   std::unique_ptr<Py_buffer, void (*)(Py_buffer*)> release(&view, PyBuffer_Release);
-  if (view.len == 0) Py_RETURN_NONE;
-  PyRef holder;
-  AddrCacheObject* cache = nullptr;
-  int fd;
-  if (!attr_fd(self, n, &fd)) return nullptr;
+  if (view.len == 0) return none();
+  PyRef held_addr = PyRef::borrow(addr);
   ssize_t sent;
-  if (connected) {
-    sent = send(fd, view.buf, size_t(view.len), 0);
+  if (f.connected) {
+    sent = send(f.sock_fd, view.buf, size_t(view.len), 0);
   } else {
-    cache = cache_of(self, st, n, holder);
-    if (!cache) return nullptr;
-    int known = cache->addr && cache->addr == addr;
-    if (!known && cache->addr && PyTuple_CheckExact(addr)) {
-      known = PyObject_RichCompareBool(addr, cache->addr, Py_EQ);
+    int known = f.last_addr && f.last_addr == addr;
+    if (!known && f.last_addr && PyTuple_CheckExact(addr)) {
+      known = PyObject_RichCompareBool(addr, f.last_addr, Py_EQ);
       if (known < 0) return nullptr;
     }
     if (!known) {
-      int parsed = parse_address(addr, int(family), cache);
+      int parsed = parse_address(addr, f);
       if (parsed < 0) return nullptr;
-      if (!parsed) return take_slow_path();
+      if (!parsed) return asyncio_sendto();
     }
-    sent = sendto(fd, view.buf, size_t(view.len), 0,
-                  reinterpret_cast<const sockaddr*>(&cache->storage), cache->len);
+    sent = sendto(f.sock_fd, view.buf, size_t(view.len), 0,
+                  reinterpret_cast<const sockaddr*>(&f.last), f.last_len);
   }
-  if (sent >= 0) Py_RETURN_NONE;
+  if (sent >= 0) return none();
   int err = errno;
-  if (would_block(err)) return call_method(self, n.backlog, data, addr);
-  PyRef protocol = attr(self, n.protocol);
+  if (would_block(err)) return call_method(self, n.backlog, data, held_addr.get());
+  PyRef protocol = PyRef::borrow(protocol_of(f.protocol));
   if (!protocol) return nullptr;
   PyError e = os_error(err);
   PyRef done = PyRef::steal(call_method(protocol.get(), n.error_received, e.value.get()));
   if (!done) return nullptr;
-  Py_RETURN_NONE;
+  return none();
 }
 
 PyMethodDef datagram_methods[] = {
@@ -864,14 +711,6 @@ PyMethodDef datagram_methods[] = {
      "sendto(data, addr=None): sends a datagram (to the remote address if connected)."},
     {nullptr, nullptr, 0, nullptr}};
 
-PyType_Slot datagram_slots[] = {
-    {Py_tp_doc, const_cast<char*>("The C++ methods of erlang._transports.DatagramTransport.")},
-    {Py_tp_methods, datagram_methods},
-    {0, nullptr}};
-
-PyType_Spec datagram_spec = {"_pyport_transports.DatagramMethods", 0, 0,
-                             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE, datagram_slots};
-
 // ---------------------------------------------------------------- module
 
 ModuleState* module_state(PyObject* module) {
@@ -880,20 +719,13 @@ ModuleState* module_state(PyObject* module) {
 
 int module_traverse(PyObject* module, visitproc visit, void* arg) {
   ModuleState* st = module_state(module);
-  if (st) {
-    Py_VISIT(st->write_buffer_type);
-    Py_VISIT(st->addr_cache_type);
-  }
+  if (st) Py_VISIT(st->write_buffer_type);
   return 0;
 }
 
 int module_clear(PyObject* module) {
   ModuleState* st = module_state(module);
-  if (st) {
-    Py_CLEAR(st->write_buffer_type);
-    Py_CLEAR(st->addr_cache_type);
-    st->names.reset();
-  }
+  if (st) Py_CLEAR(st->write_buffer_type);
   return 0;
 }
 
@@ -915,12 +747,84 @@ PyModuleDef module_def = {PyModuleDef_HEAD_INIT,
                           module_clear,
                           module_free};
 
-bool add_type(PyObject* module, PyType_Spec* spec, const char* name, PyObject** keep) {
-  PyRef type = PyRef::steal(PyType_FromModuleAndSpec(module, spec, nullptr));
-  if (!type || PyModule_AddObjectRef(module, name, type.get()) < 0) return false;
-  if (keep) *keep = type.release();
+// Finds asyncio's _FlowControlMixin: its instance size (where our fields
+// go) and the offsets of the slots the methods read.
+bool load_flow_control(ModuleState* st, PyRef& flow) {
+  PyRef mod = PyRef::steal(PyImport_ImportModule("asyncio.transports"));
+  flow = mod ? PyRef::steal(PyObject_GetAttrString(mod.get(), "_FlowControlMixin")) : PyRef();
+  if (!flow) return false;
+  if (!PyType_Check(flow.get())) {
+    PyErr_SetString(PyExc_TypeError, "asyncio.transports._FlowControlMixin is not a class");
+    return false;
+  }
+  auto* type = reinterpret_cast<PyTypeObject*>(flow.get());
+  st->fields_offset = type->tp_basicsize;
+  struct {
+    Py_ssize_t* slot;
+    const char* name;
+  } slots[] = {{&st->loop_offset, "_loop"},
+               {&st->paused_offset, "_protocol_paused"},
+               {&st->high_offset, "_high_water"}};
+  for (auto& sl : slots) {
+    PyObject* descr = PyDict_GetItemString(type->tp_dict, sl.name);
+    if (!descr || !Py_IS_TYPE(descr, &PyMemberDescr_Type) ||
+        reinterpret_cast<PyMemberDescrObject*>(descr)->d_member->type != T_OBJECT_EX) {
+      PyErr_Format(PyExc_TypeError, "asyncio's _FlowControlMixin.%s is not a slot", sl.name);
+      return false;
+    }
+    *sl.slot = reinterpret_cast<PyMemberDescrObject*>(descr)->d_member->offset;
+  }
   return true;
 }
+
+#define FIELD(type, name, kind, field) \
+  { name, kind, base + Py_ssize_t(offsetof(type, field)), 0, nullptr }
+
+// A class derived from _FlowControlMixin whose instances carry `Fields`
+// (exposed as `members`) and whose methods are `methods`. Instances are
+// collected and freed by the interpreter's own code for heap classes (the
+// object members are listed, nothing else needs freeing).
+bool add_base(PyObject* module, PyObject* flow, const char* qualname, const char* attr,
+              int fields_size, PyMemberDef* members, PyMethodDef* methods) {
+  auto* flow_type = reinterpret_cast<PyTypeObject*>(flow);
+  PyType_Slot slots[] = {{Py_tp_members, members}, {Py_tp_methods, methods}, {0, nullptr}};
+  PyType_Spec spec = {qualname, int(flow_type->tp_basicsize) + fields_size, 0,
+                      Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE, slots};
+  PyRef bases = PyRef::steal(PyTuple_Pack(1, flow));
+  PyRef type = bases ? PyRef::steal(PyType_FromModuleAndSpec(module, &spec, bases.get())) : PyRef();
+  return type && PyModule_AddObjectRef(module, attr, type.get()) == 0;
+}
+
+bool add_transport_bases(PyObject* module, ModuleState* st, PyObject* flow) {
+  Py_ssize_t base = st->fields_offset;
+  PyMemberDef stream_members[] = {
+      FIELD(StreamFields, "_protocol", T_OBJECT_EX, protocol),
+      FIELD(StreamFields, "_empty_waiter", T_OBJECT_EX, empty_waiter),
+      FIELD(StreamFields, "_buffer", T_OBJECT_EX, buffer),
+      FIELD(StreamFields, "_conn_lost", T_PYSSIZET, conn_lost),
+      FIELD(StreamFields, "_pyport_max_size", T_PYSSIZET, max_size),
+      FIELD(StreamFields, "_sock_fd", T_INT, sock_fd),
+      FIELD(StreamFields, "_eof", T_BOOL, eof),
+      FIELD(StreamFields, "_pyport_buffered", T_BOOL, buffered),
+      {nullptr, 0, 0, 0, nullptr}};
+  PyMemberDef datagram_members[] = {
+      FIELD(DatagramFields, "_protocol", T_OBJECT_EX, protocol),
+      FIELD(DatagramFields, "_buffer", T_OBJECT_EX, buffer),
+      FIELD(DatagramFields, "_address", T_OBJECT_EX, address),
+      FIELD(DatagramFields, "_pyport_last_addr", T_OBJECT_EX, last_addr),
+      FIELD(DatagramFields, "_conn_lost", T_PYSSIZET, conn_lost),
+      FIELD(DatagramFields, "_pyport_max_size", T_PYSSIZET, max_size),
+      FIELD(DatagramFields, "_sock_fd", T_INT, sock_fd),
+      FIELD(DatagramFields, "_pyport_family", T_INT, family),
+      FIELD(DatagramFields, "_pyport_connected", T_BOOL, connected),
+      {nullptr, 0, 0, 0, nullptr}};
+  return add_base(module, flow, "_pyport_transports.StreamBase", "StreamBase",
+                  int(sizeof(StreamFields)), stream_members, stream_methods) &&
+         add_base(module, flow, "_pyport_transports.DatagramBase", "DatagramBase",
+                  int(sizeof(DatagramFields)), datagram_members, datagram_methods);
+}
+
+#undef FIELD
 
 }  // namespace
 
@@ -933,10 +837,12 @@ PyObject* init() {
   new (st) ModuleState();
   st->scratch.reset(new (std::nothrow) char[kScratch]);
   if (!st->scratch) return PyErr_NoMemory();
-  if (!add_type(module.get(), &write_buffer_spec, "WriteBuffer", &st->write_buffer_type) ||
-      !add_type(module.get(), &addr_cache_spec, "AddrCache", &st->addr_cache_type) ||
-      !add_type(module.get(), &stream_spec, "StreamMethods", nullptr) ||
-      !add_type(module.get(), &datagram_spec, "DatagramMethods", nullptr)) {
+  if (!st->names.load()) return nullptr;
+  PyRef wb = PyRef::steal(PyType_FromModuleAndSpec(module.get(), &write_buffer_spec, nullptr));
+  if (!wb || PyModule_AddObjectRef(module.get(), "WriteBuffer", wb.get()) < 0) return nullptr;
+  st->write_buffer_type = wb.release();
+  PyRef flow;
+  if (!load_flow_control(st, flow) || !add_transport_bases(module.get(), st, flow.get())) {
     return nullptr;
   }
   return module.release();

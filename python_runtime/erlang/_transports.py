@@ -27,7 +27,7 @@ import _pyport_transports
 __all__ = ["SocketTransport", "DatagramTransport"]
 
 
-class SocketTransport(_pyport_transports.StreamMethods, _selector_events._SelectorSocketTransport):
+class SocketTransport(_pyport_transports.StreamBase, _selector_events._SelectorSocketTransport):
     """A stream socket transport (TCP or Unix) whose ``_read_ready``,
     ``write`` and ``_write_ready`` are C++."""
 
@@ -62,7 +62,7 @@ class SocketTransport(_pyport_transports.StreamMethods, _selector_events._Select
             self._sock.shutdown(socket.SHUT_WR)
 
 
-class DatagramTransport(_pyport_transports.DatagramMethods, _selector_events._SelectorDatagramTransport):
+class DatagramTransport(_pyport_transports.DatagramBase, _selector_events._SelectorDatagramTransport):
     """A datagram transport whose ``_read_ready`` and ``sendto`` are C++ for
     IPv4 and IPv6 sockets."""
 
@@ -78,7 +78,6 @@ class DatagramTransport(_pyport_transports.DatagramMethods, _selector_events._Se
         family = sock.family
         self._pyport_family = int(family) if family in (socket.AF_INET, socket.AF_INET6) else 0
         self._pyport_connected = bool(self._extra.get("peername"))
-        self._pyport_addr = _pyport_transports.AddrCache()
 
     def _pyport_backlog(self, data: Any, addr: Any) -> None:
         """The socket would block: keep the datagram (and those after it) for
