@@ -48,17 +48,20 @@ struct DatagramFields {
   PyObject* protocol;   // _protocol
   PyObject* buffer;     // _buffer (asyncio's deque of datagrams waiting)
   PyObject* address;    // _address (the remote address, or None)
-  PyObject* last_addr;  // _pyport_last_addr: Python form of `last`
+  PyObject* last_addr;  // _pyport_last_addr: the address as sendto() was given it
+  PyObject* from_addr;  // _pyport_from_addr: Python form of `from`, as recvfrom gives it
   Py_ssize_t conn_lost;  // _conn_lost
   Py_ssize_t max_size;   // _pyport_max_size: the largest datagram received whole
   int sock_fd;           // _sock_fd
   int family;            // _pyport_family: AF_INET, AF_INET6, or 0 (asyncio's path)
   char connected;        // _pyport_connected: the socket has a peer (send, not sendto)
-  // The last socket address sent to or received from: an echo server
-  // answers the address it just received from, a client sends to the same
-  // address again and again.
-  socklen_t last_len;
-  sockaddr_storage last;
+  // The last socket address sent to and the last received from: a client
+  // sends to the same address again and again, a server answers the address
+  // it just received from. Two caches, as the same socket address has
+  // several Python forms ((host, port) or (host, port, flow, scope) for IPv6)
+  // and datagram_received must get the socket module's.
+  socklen_t last_len, from_len;
+  sockaddr_storage last, from;
 };
 
 struct Names {
@@ -626,14 +629,14 @@ PyObject* Datagram_read_ready(PyObject* self, PyTypeObject* cls, PyObject* const
   PyRef data = PyRef::steal(PyBytes_FromStringAndSize(st->scratch.get(), got));
   if (!data) return nullptr;
   PyRef addr;
-  if (f.last_addr && len == f.last_len && std::memcmp(&ss, &f.last, len) == 0) {
-    addr = PyRef::borrow(f.last_addr);
+  if (f.from_addr && len == f.from_len && std::memcmp(&ss, &f.from, len) == 0) {
+    addr = PyRef::borrow(f.from_addr);
   } else if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
     addr = PyRef::steal(make_address(ss));
     if (!addr) return nullptr;
-    f.last = ss;
-    f.last_len = len;
-    Py_XSETREF(f.last_addr, PyRef(addr).release());
+    f.from = ss;
+    f.from_len = len;
+    Py_XSETREF(f.from_addr, PyRef(addr).release());
   } else {
     addr = PyRef::borrow(Py_None);  // an unnamed peer
   }
@@ -679,6 +682,10 @@ PyObject* Datagram_sendto(PyObject* self, PyTypeObject* cls, PyObject* const* ar
   ssize_t sent;
   if (f.connected) {
     sent = send(f.sock_fd, view.buf, size_t(view.len), 0);
+  } else if (f.from_addr && addr == f.from_addr) {
+    // An answer to the last sender.
+    sent = sendto(f.sock_fd, view.buf, size_t(view.len), 0,
+                  reinterpret_cast<const sockaddr*>(&f.from), f.from_len);
   } else {
     int known = f.last_addr && f.last_addr == addr;
     if (!known && f.last_addr && PyTuple_CheckExact(addr)) {
@@ -812,6 +819,7 @@ bool add_transport_bases(PyObject* module, ModuleState* st, PyObject* flow) {
       FIELD(DatagramFields, "_buffer", T_OBJECT_EX, buffer),
       FIELD(DatagramFields, "_address", T_OBJECT_EX, address),
       FIELD(DatagramFields, "_pyport_last_addr", T_OBJECT_EX, last_addr),
+      FIELD(DatagramFields, "_pyport_from_addr", T_OBJECT_EX, from_addr),
       FIELD(DatagramFields, "_conn_lost", T_PYSSIZET, conn_lost),
       FIELD(DatagramFields, "_pyport_max_size", T_PYSSIZET, max_size),
       FIELD(DatagramFields, "_sock_fd", T_INT, sock_fd),
