@@ -683,3 +683,29 @@ def test_udp_errors_reach_the_protocol_and_the_exception_handler():
     assert kind is DatagramTransport
     assert refused and isinstance(refused[0], ConnectionRefusedError)
     assert isinstance(errors[0]["exception"], KeyError)
+
+
+def test_transports_take_part_in_garbage_collection():
+    import gc
+    import weakref
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server, transport, client, peer = await tcp_pair(Collect, Collect)
+        udp, udp_proto = await loop.create_datagram_endpoint(Datagrams, local_addr=("127.0.0.1", 0))
+        # The state kept in C++ fields is visible to the collector.
+        seen = (client in gc.get_referents(transport), udp_proto in gc.get_referents(udp))
+        refs = [weakref.ref(t) for t in (transport, peer.transport, udp)]
+        transport.close()
+        udp.close()
+        await client.lost
+        await peer.lost
+        await udp_proto.lost
+        server.close()
+        await server.wait_closed()
+        return seen, refs
+
+    seen, refs = run(main())
+    gc.collect()
+    assert seen == (True, True)
+    assert [r() for r in refs] == [None, None, None]
