@@ -45,11 +45,11 @@ struct StreamFields {
 };
 
 struct DatagramFields {
-  PyObject* protocol;   // _protocol
-  PyObject* buffer;     // _buffer (asyncio's deque of datagrams waiting)
-  PyObject* address;    // _address (the remote address, or None)
-  PyObject* last_addr;  // _pyport_last_addr: the address as sendto() was given it
-  PyObject* from_addr;  // _pyport_from_addr: Python form of `from`, as recvfrom gives it
+  PyObject* protocol;    // _protocol
+  PyObject* buffer;      // _buffer (asyncio's deque of datagrams waiting)
+  PyObject* address;     // _address (the remote address, or None)
+  PyObject* last_addr;   // _pyport_last_addr: the address as sendto() was given it
+  PyObject* from_addr;   // _pyport_from_addr: Python form of `from`, as recvfrom gives it
   Py_ssize_t conn_lost;  // _conn_lost
   Py_ssize_t max_size;   // _pyport_max_size: the largest datagram received whole
   int sock_fd;           // _sock_fd
@@ -220,8 +220,8 @@ bool wb_append(WriteBufferObject* self, PyObject* data, const Py_buffer& view, P
     owner = PyRef::borrow(data);
     start = static_cast<const char*>(view.buf) + offset;
   } else {
-    owner = PyRef::steal(PyBytes_FromStringAndSize(static_cast<const char*>(view.buf) + offset,
-                                                   view.len - offset));
+    owner = PyRef::steal(
+        PyBytes_FromStringAndSize(static_cast<const char*>(view.buf) + offset, view.len - offset));
     if (!owner) return false;
     start = PyBytes_AS_STRING(owner.get());
   }
@@ -284,10 +284,9 @@ PyObject* WriteBuffer_clear(WriteBufferObject* self, PyObject*) {
   Py_RETURN_NONE;
 }
 
-PyMethodDef write_buffer_methods[] = {
-    {"clear", reinterpret_cast<PyCFunction>(WriteBuffer_clear), METH_NOARGS,
-     "clear(): drops every byte waiting."},
-    {nullptr, nullptr, 0, nullptr}};
+PyMethodDef write_buffer_methods[] = {{"clear", reinterpret_cast<PyCFunction>(WriteBuffer_clear),
+                                       METH_NOARGS, "clear(): drops every byte waiting."},
+                                      {nullptr, nullptr, 0, nullptr}};
 
 PyType_Slot write_buffer_slots[] = {
     {Py_tp_doc, const_cast<char*>("The bytes a stream transport has not sent yet.")},
@@ -457,8 +456,8 @@ PyObject* Stream_write(PyObject* self, PyTypeObject* cls, PyObject* const* args,
   return none();
 }
 
-PyObject* Stream_write_ready(PyObject* self, PyTypeObject* cls, PyObject* const*,
-                             Py_ssize_t nargs, PyObject* kwnames) {
+PyObject* Stream_write_ready(PyObject* self, PyTypeObject* cls, PyObject* const*, Py_ssize_t nargs,
+                             PyObject* kwnames) {
   ModuleState* st = state_of(cls);
   if (!st || !no_args("_write_ready", nargs, kwnames, 0)) return nullptr;
   const Names& n = st->names;
@@ -545,8 +544,8 @@ PyObject* make_address(const sockaddr_storage& ss) {
     return Py_BuildValue("(si)", host, int(ntohs(a.sin_port)));
   }
   const auto& a = reinterpret_cast<const sockaddr_in6&>(ss);
-  int rc = getnameinfo(reinterpret_cast<const sockaddr*>(&ss), sizeof a, host, sizeof host,
-                       nullptr, 0, NI_NUMERICHOST);
+  int rc = getnameinfo(reinterpret_cast<const sockaddr*>(&ss), sizeof a, host, sizeof host, nullptr,
+                       0, NI_NUMERICHOST);
   if (rc) {
     PyErr_Format(PyExc_OSError, "cannot format an IPv6 address: %s", gai_strerror(rc));
     return nullptr;
@@ -604,8 +603,8 @@ int parse_address(PyObject* addr, DatagramFields& f) {
   return 1;
 }
 
-PyObject* Datagram_read_ready(PyObject* self, PyTypeObject* cls, PyObject* const*,
-                              Py_ssize_t nargs, PyObject* kwnames) {
+PyObject* Datagram_read_ready(PyObject* self, PyTypeObject* cls, PyObject* const*, Py_ssize_t nargs,
+                              PyObject* kwnames) {
   ModuleState* st = state_of(cls);
   if (!st || !no_args("_read_ready", nargs, kwnames, 0)) return nullptr;
   const Names& n = st->names;
@@ -744,15 +743,16 @@ void module_free(void* module) {
   }
 }
 
-PyModuleDef module_def = {PyModuleDef_HEAD_INIT,
-                          "_pyport_transports",
-                          "C++ hot paths of erlang._transports (see port_worker/uv_transports.hpp).",
-                          sizeof(ModuleState),
-                          nullptr,
-                          nullptr,
-                          module_traverse,
-                          module_clear,
-                          module_free};
+PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    "_pyport_transports",
+    "C++ hot paths of erlang._transports (see port_worker/uv_transports.hpp).",
+    sizeof(ModuleState),
+    nullptr,
+    nullptr,
+    module_traverse,
+    module_clear,
+    module_free};
 
 // Finds asyncio's _FlowControlMixin: its instance size (where our fields
 // go) and the offsets of the slots the methods read.
@@ -804,16 +804,15 @@ bool add_base(PyObject* module, PyObject* flow, const char* qualname, const char
 
 bool add_transport_bases(PyObject* module, ModuleState* st, PyObject* flow) {
   Py_ssize_t base = st->fields_offset;
-  PyMemberDef stream_members[] = {
-      FIELD(StreamFields, "_protocol", T_OBJECT_EX, protocol),
-      FIELD(StreamFields, "_empty_waiter", T_OBJECT_EX, empty_waiter),
-      FIELD(StreamFields, "_buffer", T_OBJECT_EX, buffer),
-      FIELD(StreamFields, "_conn_lost", T_PYSSIZET, conn_lost),
-      FIELD(StreamFields, "_pyport_max_size", T_PYSSIZET, max_size),
-      FIELD(StreamFields, "_sock_fd", T_INT, sock_fd),
-      FIELD(StreamFields, "_eof", T_BOOL, eof),
-      FIELD(StreamFields, "_pyport_buffered", T_BOOL, buffered),
-      {nullptr, 0, 0, 0, nullptr}};
+  PyMemberDef stream_members[] = {FIELD(StreamFields, "_protocol", T_OBJECT_EX, protocol),
+                                  FIELD(StreamFields, "_empty_waiter", T_OBJECT_EX, empty_waiter),
+                                  FIELD(StreamFields, "_buffer", T_OBJECT_EX, buffer),
+                                  FIELD(StreamFields, "_conn_lost", T_PYSSIZET, conn_lost),
+                                  FIELD(StreamFields, "_pyport_max_size", T_PYSSIZET, max_size),
+                                  FIELD(StreamFields, "_sock_fd", T_INT, sock_fd),
+                                  FIELD(StreamFields, "_eof", T_BOOL, eof),
+                                  FIELD(StreamFields, "_pyport_buffered", T_BOOL, buffered),
+                                  {nullptr, 0, 0, 0, nullptr}};
   PyMemberDef datagram_members[] = {
       FIELD(DatagramFields, "_protocol", T_OBJECT_EX, protocol),
       FIELD(DatagramFields, "_buffer", T_OBJECT_EX, buffer),

@@ -709,3 +709,27 @@ def test_transports_take_part_in_garbage_collection():
     gc.collect()
     assert seen == (True, True)
     assert [r() for r in refs] == [None, None, None]
+
+
+def test_loop_sendfile_over_a_native_transport(tmp_path):
+    path = tmp_path / "payload.bin"
+    payload = os.urandom(300_000)
+    path.write_bytes(payload)
+
+    async def main():
+        server, transport, client, peer = await tcp_pair(Collect, Collect)
+        assert isinstance(transport, SocketTransport)
+        transport.write(b"head:")  # sendfile waits for buffered data first
+        with open(path, "rb") as f:
+            sent = await asyncio.get_running_loop().sendfile(transport, f)
+        transport.write(b":tail")
+        await peer.wait_for(len(payload) + 10)
+        transport.close()
+        await client.lost
+        server.close()
+        await server.wait_closed()
+        return sent, bytes(peer.data)
+
+    sent, data = run(main())
+    assert sent == len(payload)
+    assert data == b"head:" + payload + b":tail"
