@@ -27,6 +27,8 @@ constexpr Py_ssize_t kScratch = 256 * 1024;
 constexpr Py_ssize_t kBigRead = 64 * 1024;
 constexpr Py_ssize_t kSmallRead = 16 * 1024;
 constexpr int kMaxIov = 64;
+constexpr int kDatagramsPerEvent = 32;
+constexpr int kReadsPerEvent = 32;
 
 // The state the C++ methods use, stored in the transport object itself
 // after asyncio's _FlowControlMixin slots. asyncio's Python code reads and
@@ -40,6 +42,8 @@ struct StreamFields {
   Py_ssize_t max_size;     // _pyport_max_size: what one recv may read
   int sock_fd;             // _sock_fd
   char eof;                // _eof
+  char closing;            // _closing
+  char paused;             // _paused: reading paused
   char buffered;           // _pyport_buffered: the protocol is a BufferedProtocol
   char big_reads;          // recent reads were large (see kBigRead)
 };
@@ -317,7 +321,8 @@ PyObject* protocol_of(PyObject* protocol) {
 
 // data_received(recv(...)), reading into the scratch buffer or, for bulk
 // data, straight into the bytes object handed over.
-PyObject* read_data(PyObject* self, ModuleState* st, StreamFields& f, PyObject* protocol) {
+PyObject* read_data(PyObject* self, ModuleState* st, StreamFields& f, PyObject* protocol,
+                    bool* full) {
   const Names& n = st->names;
   Py_ssize_t max_size = f.max_size > 0 ? f.max_size : kScratch;
   PyRef data;
@@ -346,13 +351,15 @@ PyObject* read_data(PyObject* self, ModuleState* st, StreamFields& f, PyObject* 
     return fatal_error(self, n, os_error(err), "Fatal read error on socket transport");
   }
   if (got == 0) return call_method(self, n.on_eof);
+  *full = got == max_size;
   PyRef done = PyRef::steal(call_method(protocol, n.data_received, data.get()));
   if (!done) return fatal_current(self, n, "Fatal error: protocol.data_received() call failed.");
   return none();
 }
 
 // get_buffer(-1), recv_into it, buffer_updated(n): BufferedProtocol.
-PyObject* read_buffered(PyObject* self, const ModuleState* st, int fd, PyObject* protocol) {
+PyObject* read_buffered(PyObject* self, const ModuleState* st, int fd, PyObject* protocol,
+                        bool* full) {
   const Names& n = st->names;
   static const char* get_failed = "Fatal error: protocol.get_buffer() call failed.";
   PyRef minus_one = PyRef::steal(PyLong_FromLong(-1));
@@ -377,6 +384,7 @@ PyObject* read_buffered(PyObject* self, const ModuleState* st, int fd, PyObject*
     return fatal_error(self, n, os_error(err), "Fatal read error on socket transport");
   }
   if (got == 0) return call_method(self, n.on_eof);
+  *full = got == view.len;
   PyRef count = PyRef::steal(PyLong_FromSsize_t(got));
   if (!count) return nullptr;
   PyRef done = PyRef::steal(call_method(protocol, n.buffer_updated, count.get()));
@@ -389,12 +397,22 @@ PyObject* Stream_read_ready(PyObject* self, PyTypeObject* cls, PyObject* const*,
   ModuleState* st = state_of(cls);
   if (!st || !no_args("_read_ready", nargs, kwnames, 0)) return nullptr;
   auto& f = fields<StreamFields>(self, st);
-  if (f.conn_lost) return none();
-  // The protocol is held: it may be replaced (set_protocol) while it runs.
-  PyRef protocol = PyRef::borrow(protocol_of(f.protocol));
-  if (!protocol) return nullptr;
-  return f.buffered ? read_buffered(self, st, f.sock_fd, protocol.get())
-                    : read_data(self, st, f, protocol.get());
+  // While reads fill the buffer more is likely waiting: read again (up to
+  // kReadsPerEvent times, as libuv does) rather than wait for the next loop
+  // iteration, unless the protocol paused reading or the transport closed.
+  // (The first read is done whatever the state, as asyncio does for an
+  // event queued before the protocol paused or closed.)
+  for (int i = 0; i < kReadsPerEvent && !f.conn_lost && (i == 0 || !(f.closing || f.paused)); ++i) {
+    // The protocol is held: it may be replaced (set_protocol) while it runs.
+    PyRef protocol = PyRef::borrow(protocol_of(f.protocol));
+    if (!protocol) return nullptr;
+    bool full = false;
+    PyRef done = PyRef::steal(f.buffered ? read_buffered(self, st, f.sock_fd, protocol.get(), &full)
+                                         : read_data(self, st, f, protocol.get(), &full));
+    if (!done) return nullptr;
+    if (!full) break;
+  }
+  return none();
 }
 
 // Calls transport._maybe_pause_protocol() once the buffer is over the high
@@ -603,6 +621,30 @@ int parse_address(PyObject* addr, DatagramFields& f) {
   return 1;
 }
 
+// One received datagram to the protocol: false with an exception set (from
+// datagram_received, which reaches the loop's exception handler as in
+// asyncio, or a failure to build the arguments).
+bool deliver_datagram(const ModuleState* st, DatagramFields& f, PyObject* protocol,
+                      const sockaddr_storage& ss, socklen_t len, ssize_t got) {
+  PyRef data = PyRef::steal(PyBytes_FromStringAndSize(st->scratch.get(), got));
+  if (!data) return false;
+  PyRef addr;
+  if (f.from_addr && len == f.from_len && std::memcmp(&ss, &f.from, len) == 0) {
+    addr = PyRef::borrow(f.from_addr);
+  } else if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
+    addr = PyRef::steal(make_address(ss));
+    if (!addr) return false;
+    f.from = ss;
+    f.from_len = len;
+    Py_XSETREF(f.from_addr, PyRef(addr).release());
+  } else {
+    addr = PyRef::borrow(Py_None);  // an unnamed peer
+  }
+  PyRef done =
+      PyRef::steal(call_method(protocol, st->names.datagram_received, data.get(), addr.get()));
+  return bool(done);
+}
+
 PyObject* Datagram_read_ready(PyObject* self, PyTypeObject* cls, PyObject* const*, Py_ssize_t nargs,
                               PyObject* kwnames) {
   ModuleState* st = state_of(cls);
@@ -613,35 +655,25 @@ PyObject* Datagram_read_ready(PyObject* self, PyTypeObject* cls, PyObject* const
   if ((f.family != AF_INET && f.family != AF_INET6) || f.max_size <= 0 || f.max_size > kScratch) {
     return call_method(self, n.slow_read_ready);
   }
-  PyRef protocol = PyRef::borrow(protocol_of(f.protocol));
-  if (!protocol) return nullptr;
-  sockaddr_storage ss;
-  socklen_t len = sizeof ss;
-  ssize_t got = recvfrom(f.sock_fd, st->scratch.get(), size_t(f.max_size), 0,
-                         reinterpret_cast<sockaddr*>(&ss), &len);
-  if (got < 0) {
-    int err = errno;
-    if (would_block(err)) return none();
-    PyError e = os_error(err);
-    return call_method(protocol.get(), n.error_received, e.value.get());
+  // Up to kDatagramsPerEvent datagrams per readiness event, as libuv does:
+  // one loop iteration then serves a burst. Each goes to the protocol
+  // before the next is read; the transport being closed meanwhile ends it.
+  for (int i = 0; i < kDatagramsPerEvent && !f.conn_lost; ++i) {
+    PyRef protocol = PyRef::borrow(protocol_of(f.protocol));
+    if (!protocol) return nullptr;
+    sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    ssize_t got = recvfrom(f.sock_fd, st->scratch.get(), size_t(f.max_size), 0,
+                           reinterpret_cast<sockaddr*>(&ss), &len);
+    if (got < 0) {
+      int err = errno;
+      if (would_block(err)) break;
+      PyError e = os_error(err);
+      return call_method(protocol.get(), n.error_received, e.value.get());
+    }
+    if (!deliver_datagram(st, f, protocol.get(), ss, len, got)) return nullptr;
   }
-  PyRef data = PyRef::steal(PyBytes_FromStringAndSize(st->scratch.get(), got));
-  if (!data) return nullptr;
-  PyRef addr;
-  if (f.from_addr && len == f.from_len && std::memcmp(&ss, &f.from, len) == 0) {
-    addr = PyRef::borrow(f.from_addr);
-  } else if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
-    addr = PyRef::steal(make_address(ss));
-    if (!addr) return nullptr;
-    f.from = ss;
-    f.from_len = len;
-    Py_XSETREF(f.from_addr, PyRef(addr).release());
-  } else {
-    addr = PyRef::borrow(Py_None);  // an unnamed peer
-  }
-  // As in asyncio, an exception from datagram_received reaches the loop's
-  // exception handler (the callback failed), not _fatal_error.
-  return call_method(protocol.get(), n.datagram_received, data.get(), addr.get());
+  return none();
 }
 
 PyObject* Datagram_sendto(PyObject* self, PyTypeObject* cls, PyObject* const* args,
@@ -811,6 +843,8 @@ bool add_transport_bases(PyObject* module, ModuleState* st, PyObject* flow) {
                                   FIELD(StreamFields, "_pyport_max_size", T_PYSSIZET, max_size),
                                   FIELD(StreamFields, "_sock_fd", T_INT, sock_fd),
                                   FIELD(StreamFields, "_eof", T_BOOL, eof),
+                                  FIELD(StreamFields, "_closing", T_BOOL, closing),
+                                  FIELD(StreamFields, "_paused", T_BOOL, paused),
                                   FIELD(StreamFields, "_pyport_buffered", T_BOOL, buffered),
                                   {nullptr, 0, 0, 0, nullptr}};
   PyMemberDef datagram_members[] = {

@@ -733,3 +733,48 @@ def test_loop_sendfile_over_a_native_transport(tmp_path):
     sent, data = run(main())
     assert sent == len(payload)
     assert data == b"head:" + payload + b":tail"
+
+
+def test_pause_reading_inside_a_callback_stops_delivery_at_once():
+    payload = os.urandom(100_000)
+
+    class Pausing(asyncio.BufferedProtocol):
+        """Receives into a small buffer (so each read fills it and more is
+        waiting) and pauses reading after every piece."""
+
+        def __init__(self):
+            self.buf = bytearray(100)
+            self.data = bytearray()
+            self.deliveries = 0
+
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def get_buffer(self, sizehint):
+            return self.buf
+
+        def buffer_updated(self, nbytes):
+            self.data += self.buf[:nbytes]
+            self.deliveries += 1
+            self.transport.pause_reading()
+
+    async def main():
+        server, transport, client, peer = await tcp_pair(Pausing, Collect)
+        assert isinstance(peer.transport, SocketTransport)
+        transport.write(payload)
+        while not peer.deliveries:
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.05)  # more is waiting in the socket meanwhile
+        while_paused = peer.deliveries
+        while len(peer.data) < len(payload):
+            peer.transport.resume_reading()
+            await asyncio.sleep(0)
+        transport.close()
+        await client.lost
+        server.close()
+        await server.wait_closed()
+        return while_paused, bytes(peer.data)
+
+    while_paused, data = run(main())
+    assert while_paused == 1
+    assert data == payload
