@@ -297,17 +297,71 @@ class PollerCore {
   bool waiting_ = false;
 };
 
+// ---------------------------------------------------------------- Handle, TimerHandle
+
+// The handles call_soon and call_at make are subclasses of asyncio's Handle
+// and TimerHandle (so isinstance, every method and repr are asyncio's)
+// that add nothing but C slot functions: the generic ones of Python
+// classes walk the member lists on every GC pass and deallocation.
+int native_handle_traverse(PyObject* self, visitproc visit, void* arg) {
+  Py_VISIT(Py_TYPE(self));
+  int rc = 0;
+  each_slot(self, [&](PyObject*& slot) {
+    if (!rc && slot) rc = visit(slot, arg);
+  });
+  return rc;
+}
+
+int native_handle_clear(PyObject* self) {
+  each_slot(self, [](PyObject*& slot) { Py_CLEAR(slot); });
+  return 0;
+}
+
+void native_handle_dealloc(PyObject* self) {
+  PyTypeObject* type = Py_TYPE(self);
+  PyObject_GC_UnTrack(self);
+  if (type->tp_weaklistoffset &&
+      *reinterpret_cast<PyObject**>(reinterpret_cast<char*>(self) + type->tp_weaklistoffset)) {
+    PyObject_ClearWeakRefs(self);
+  }
+  native_handle_clear(self);
+  type->tp_free(self);
+  Py_DECREF(type);
+}
+
+PyType_Slot native_handle_slots[] = {
+    {Py_tp_doc, const_cast<char*>("An asyncio.Handle made by an ErlangEventLoop.")},
+    {Py_tp_traverse, reinterpret_cast<void*>(native_handle_traverse)},
+    {Py_tp_clear, reinterpret_cast<void*>(native_handle_clear)},
+    {Py_tp_dealloc, reinterpret_cast<void*>(native_handle_dealloc)},
+    {0, nullptr}};
+
+PyType_Spec native_handle_spec = {"_pyport_loop.Handle", 0, 0,
+                                  Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, native_handle_slots};
+PyType_Spec native_timer_spec = {"_pyport_loop.TimerHandle", 0, 0,
+                                 Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, native_handle_slots};
+
+// Our subclass of `base`, or `base` itself when its instances are not
+// plain slots. Null with an exception set.
+PyRef native_handle_type(PyObject* module, PyType_Spec* spec, const PyRef& base) {
+  if (!plain_slots_layout(reinterpret_cast<PyTypeObject*>(base.get()))) return base;
+  return PyRef::steal(PyType_FromModuleAndSpec(module, spec, base.get()));
+}
+
 // ---------------------------------------------------------------- module
 
 // What the loop needs from asyncio, looked up once.
 struct LoopNames {
   PyRef stopping, cancelled, remove_reader, remove_writer, run, run_debug, call_at_py,
-      call_later_py, context_kw;
+      call_later_py, context_kw, task_name;
+  PyRef task_kwnames;     // ("loop", "name", "context")
+  PyRef tasks_dict;       // asyncio.tasks.__dict__: Task is looked up per call, as asyncio does
+  PyRef base_create_task; // asyncio.BaseEventLoop.create_task, for debug mode and factories
   PyRef callback_failed;  // erlang._loop._callback_failed(handle, exc)
   PyRef base_call_soon;   // asyncio.BaseEventLoop.call_soon, for debug mode
   HandleLayout layout;
 
-  bool load() {
+  bool load(PyObject* module) {
     struct {
       PyRef* slot;
       const char* name;
@@ -319,19 +373,30 @@ struct LoopNames {
                  {&run_debug, "_pyport_run_debug"},
                  {&call_at_py, "_pyport_call_at"},
                  {&call_later_py, "_pyport_call_later"},
-                 {&context_kw, "context"}};
+                 {&context_kw, "context"},
+                 {&task_name, "Task"}};
     for (auto& n : names) {
       *n.slot = PyRef::steal(PyUnicode_InternFromString(n.name));
       if (!*n.slot) return false;
     }
     if (!layout.load()) return false;
+    layout.new_handle_type = native_handle_type(module, &native_handle_spec, layout.handle_type);
+    layout.new_timer_type = layout.new_handle_type
+                                ? native_handle_type(module, &native_timer_spec, layout.timer_type)
+                                : PyRef();
+    if (!layout.new_timer_type) return false;
     PyRef loop = PyRef::steal(PyImport_ImportModule("erlang._loop"));
     callback_failed =
         loop ? PyRef::steal(PyObject_GetAttrString(loop.get(), "_callback_failed")) : PyRef();
     PyRef base = callback_failed ? PyRef::steal(PyImport_ImportModule("asyncio.base_events")) : PyRef();
     PyRef cls = base ? PyRef::steal(PyObject_GetAttrString(base.get(), "BaseEventLoop")) : PyRef();
     base_call_soon = cls ? PyRef::steal(PyObject_GetAttrString(cls.get(), "call_soon")) : PyRef();
-    return bool(base_call_soon);
+    base_create_task =
+        base_call_soon ? PyRef::steal(PyObject_GetAttrString(cls.get(), "create_task")) : PyRef();
+    PyRef tasks = base_create_task ? PyRef::steal(PyImport_ImportModule("asyncio.tasks")) : PyRef();
+    tasks_dict = tasks ? PyRef::borrow(PyModule_GetDict(tasks.get())) : PyRef();
+    task_kwnames = tasks_dict ? PyRef::steal(Py_BuildValue("(sss)", "loop", "name", "context")) : PyRef();
+    return bool(task_kwnames);
   }
 };
 
@@ -349,7 +414,7 @@ ModuleState* module_state(PyObject* module) {
 }
 
 // The names, loaded on first use; null with an exception set on failure.
-LoopNames* loop_names(ModuleState* st) {
+LoopNames* loop_names(ModuleState* st, PyObject* module) {
   if (!st->names) {
     try {
       st->names.reset(new LoopNames());
@@ -357,7 +422,7 @@ LoopNames* loop_names(ModuleState* st) {
       PyErr_NoMemory();
       return nullptr;
     }
-    if (!st->names->load()) {
+    if (!st->names->load(module)) {
       st->names.reset();
       return nullptr;
     }
@@ -611,6 +676,7 @@ struct PollerObject {
   PyObject* ready;   // ReadyObject
   PyObject* timers;  // TimersObject
   LoopNames* names;
+  PyObject* task_factory;  // the bound loop's _task_factory
   int loop_closed;
   int debug;
   double clock_resolution;
@@ -672,7 +738,7 @@ PyObject* Poller_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
       return nullptr;
     }
   }
-  LoopNames* names = loop_names(st);
+  LoopNames* names = loop_names(st, module);
   if (!names) return nullptr;
   PyRef obj = PyRef::steal(type->tp_alloc(type, 0));
   if (!obj) return nullptr;
@@ -708,6 +774,7 @@ int Poller_traverse(PollerObject* self, visitproc visit, void* arg) {
   Py_VISIT(self->loop);
   Py_VISIT(self->ready);
   Py_VISIT(self->timers);
+  Py_VISIT(self->task_factory);
   return self->core ? self->core->traverse(visit, arg) : 0;
 }
 
@@ -716,6 +783,7 @@ int Poller_clear(PollerObject* self) {
   Py_CLEAR(self->loop);
   Py_CLEAR(self->ready);
   Py_CLEAR(self->timers);
+  Py_CLEAR(self->task_factory);
   return 0;
 }
 
@@ -932,7 +1000,7 @@ PyObject* Poller_call_soon(PollerObject* self, PyObject* const* args, size_t nar
     stack.insert(stack.end(), args, args + total);
     return PyObject_Vectorcall(n.base_call_soon.get(), stack.data(), size_t(nargs) + 1, kwnames);
   }
-  PyRef handle = make_handle(n.layout, n.layout.handle_type.get(), loop, args[0], args + 1,
+  PyRef handle = make_handle(n.layout, n.layout.new_handle_type.get(), loop, args[0], args + 1,
                              nargs - 1, context);
   if (!handle || !as<ReadyObject>(self->ready)->q->push(handle.get())) return nullptr;
   return handle.release();
@@ -985,7 +1053,7 @@ PyObject* schedule_timer(PollerObject* self, bool later, PyObject* const* args, 
   }
   const HandleLayout& l = n.layout;
   PyRef timer =
-      make_handle(l, l.timer_type.get(), loop, args[1], args + 2, nargs - 2, context);
+      make_handle(l, l.new_timer_type.get(), loop, args[1], args + 2, nargs - 2, context);
   if (!timer) return nullptr;
   HandleLayout::set(timer.get(), l.when, when_obj.get());
   HandleLayout::set(timer.get(), l.scheduled, Py_False);
@@ -1002,6 +1070,60 @@ PyObject* Poller_call_at(PollerObject* self, PyObject* const* args, size_t nargs
 PyObject* Poller_call_later(PollerObject* self, PyObject* const* args, size_t nargsf,
                             PyObject* kwnames) {
   return schedule_timer(self, true, args, nargsf, kwnames);
+}
+
+// loop.create_task(coro, *, name=None, context=None) of the bound loop:
+// asyncio's Task made directly. Debug mode and task factories take
+// asyncio's own path.
+PyObject* Poller_create_task(PollerObject* self, PyObject* const* args, size_t nargsf,
+                             PyObject* kwnames) {
+  PyObject* loop = bound_loop(self);
+  if (!loop) return nullptr;
+  LoopNames& n = *self->names;
+  if (self->debug || self->task_factory) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t total = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+    std::vector<PyObject*> stack;
+    try {
+      stack.reserve(size_t(total) + 1);
+    } catch (const std::bad_alloc&) {
+      return PyErr_NoMemory();
+    }
+    stack.push_back(loop);
+    stack.insert(stack.end(), args, args + total);
+    return PyObject_Vectorcall(n.base_create_task.get(), stack.data(), size_t(nargs) + 1, kwnames);
+  }
+  Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  if (nargs != 1) {
+    PyErr_Format(PyExc_TypeError, "create_task() takes 1 positional argument (%zd given)", nargs);
+    return nullptr;
+  }
+  PyObject *name = Py_None, *context = Py_None;
+  Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+  for (Py_ssize_t i = 0; i < nkw; ++i) {
+    PyObject* key = PyTuple_GET_ITEM(kwnames, i);
+    if (PyUnicode_CompareWithASCIIString(key, "name") == 0) {
+      name = args[nargs + i];
+    } else if (PyUnicode_CompareWithASCIIString(key, "context") == 0) {
+      context = args[nargs + i];
+    } else {
+      PyErr_Format(PyExc_TypeError, "create_task() got an unexpected keyword argument '%U'", key);
+      return nullptr;
+    }
+  }
+  PyObject* coro = args[0];
+  if (self->loop_closed) {
+    PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+    return nullptr;
+  }
+  PyObject* task_type = PyDict_GetItemWithError(n.tasks_dict.get(), n.task_name.get());
+  if (!task_type) {
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_AttributeError, "asyncio.tasks has no Task");
+    return nullptr;
+  }
+  PyRef hold = PyRef::borrow(task_type);
+  PyObject* call[] = {coro, loop, name, context};
+  return PyObject_Vectorcall(task_type, call, 1, n.task_kwnames.get());
 }
 
 // ---------------------------------------------------------------- run_once
@@ -1049,9 +1171,7 @@ bool drop_cancelled_timers(LoopNames& n, TimerHeap& heap) {
 // types (and a context already entered) go through their _run().
 bool run_handle(LoopNames& n, PyObject* handle) {
   const HandleLayout& l = n.layout;
-  PyTypeObject* type = Py_TYPE(handle);
-  if (type == reinterpret_cast<PyTypeObject*>(l.handle_type.get()) ||
-      type == reinterpret_cast<PyTypeObject*>(l.timer_type.get())) {
+  if (l.runs_natively(handle)) {
     // Held: the callback may cancel its own handle, which drops them.
     PyRef context = PyRef::borrow(l.get(handle, l.context));
     PyRef callback = PyRef::borrow(l.get(handle, l.callback));
@@ -1241,6 +1361,15 @@ PyObject* Poller_get_timers(PollerObject* self, void*) {
   return PyRef::borrow(self->timers).release();
 }
 
+PyObject* Poller_get_task_factory(PollerObject* self, void*) {
+  return PyRef::borrow(self->task_factory ? self->task_factory : Py_None).release();
+}
+
+int Poller_set_task_factory(PollerObject* self, PyObject* value, void*) {
+  Py_XSETREF(self->task_factory, value && value != Py_None ? PyRef::borrow(value).release() : nullptr);
+  return 0;
+}
+
 PyObject* Poller_get_loop_closed(PollerObject* self, void*) {
   return PyBool_FromLong(self->loop_closed);
 }
@@ -1284,6 +1413,9 @@ PyMethodDef poller_methods[] = {
      "call_soon(callback, *args, context=None): loop.call_soon, without Python code."},
     {"run_once", reinterpret_cast<PyCFunction>(Poller_run_once), METH_NOARGS,
      "run_once(): one iteration (BaseEventLoop._run_once) of the bound loop."},
+    {"create_task", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(Poller_create_task)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "create_task(coro, *, name=None, context=None): loop.create_task, without Python code."},
     {"bind", reinterpret_cast<PyCFunction>(Poller_bind), METH_O,
      "bind(loop): the asyncio loop this poller is the selector, ready queue and timers of."},
     {"call_at", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(Poller_call_at)),
@@ -1310,6 +1442,8 @@ PyGetSetDef poller_getset[] = {
      reinterpret_cast<setter>(Poller_set_loop_closed), "The bound loop's _closed.", nullptr},
     {"debug", reinterpret_cast<getter>(Poller_get_debug), reinterpret_cast<setter>(Poller_set_debug),
      "The bound loop's _debug.", nullptr},
+    {"task_factory", reinterpret_cast<getter>(Poller_get_task_factory),
+     reinterpret_cast<setter>(Poller_set_task_factory), "The bound loop's _task_factory.", nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr}};
 
 PyType_Slot poller_slots[] = {

@@ -29,11 +29,23 @@ namespace pyport {
 struct HandleLayout {
   PyRef handle_type;  // asyncio.events.Handle
   PyRef timer_type;   // asyncio.events.TimerHandle
+  // The types call_soon/call_at make: subclasses of the two above with a
+  // C traverse/clear/dealloc (see make_native_handle_type), or asyncio's
+  // own classes when their layout is not the plain one those need.
+  PyRef new_handle_type, new_timer_type;
   Py_ssize_t callback = 0, args = 0, cancelled = 0, loop = 0, source_traceback = 0, repr = 0,
              context = 0, scheduled = 0, when = 0;
 
   // False with a Python exception set.
   bool load();
+
+  // Whether asyncio's Handle/TimerHandle or our subclasses of them are
+  // exactly o's type: those are run without calling their _run().
+  bool runs_natively(PyObject* o) const {
+    PyObject* t = reinterpret_cast<PyObject*>(Py_TYPE(o));
+    return t == new_handle_type.get() || t == new_timer_type.get() || t == handle_type.get() ||
+           t == timer_type.get();
+  }
 
   bool is_handle(PyObject* o) const {
     return PyObject_TypeCheck(o, reinterpret_cast<PyTypeObject*>(handle_type.get()));
@@ -104,6 +116,41 @@ inline bool HandleLayout::load() {
          slot_offset(h, "_source_traceback", &source_traceback) &&
          slot_offset(h, "_repr", &repr) && slot_offset(h, "_context", &context) &&
          slot_offset(t, "_scheduled", &scheduled) && slot_offset(t, "_when", &when);
+}
+
+// Whether instances of `type` hold nothing but object slots (listed in
+// tp_members along the MRO) and a weak reference list: then the generic
+// traverse/clear/dealloc below handle them completely.
+inline bool plain_slots_layout(PyTypeObject* type) {
+  if (type->tp_dictoffset != 0 || type->tp_itemsize != 0) return false;
+  Py_ssize_t first = Py_ssize_t(sizeof(PyObject));
+  Py_ssize_t words = (type->tp_basicsize - first) / Py_ssize_t(sizeof(PyObject*));
+  if (words <= 0 || first + words * Py_ssize_t(sizeof(PyObject*)) != type->tp_basicsize) return false;
+  std::vector<bool> covered(size_t(words), false);
+  auto cover = [&](Py_ssize_t offset) {
+    Py_ssize_t i = (offset - first) / Py_ssize_t(sizeof(PyObject*));
+    if (offset < first || i >= words || (offset - first) % Py_ssize_t(sizeof(PyObject*))) return false;
+    covered[size_t(i)] = true;
+    return true;
+  };
+  if (type->tp_weaklistoffset && !cover(type->tp_weaklistoffset)) return false;
+  for (PyTypeObject* t = type; t && t != &PyBaseObject_Type; t = t->tp_base) {
+    for (PyMemberDef* m = t->tp_members; m && m->name; ++m) {
+      if (m->type != T_OBJECT_EX || !cover(m->offset)) return false;
+    }
+  }
+  return std::all_of(covered.begin(), covered.end(), [](bool c) { return c; });
+}
+
+// The object slots of a plain-slots instance (see plain_slots_layout).
+template <class F>
+void each_slot(PyObject* o, F f) {
+  PyTypeObject* type = Py_TYPE(o);
+  char* base = reinterpret_cast<char*>(o);
+  for (Py_ssize_t off = Py_ssize_t(sizeof(PyObject)); off < type->tp_basicsize;
+       off += Py_ssize_t(sizeof(PyObject*))) {
+    if (off != type->tp_weaklistoffset) f(*reinterpret_cast<PyObject**>(base + off));
+  }
 }
 
 // loop._ready: handles waiting to run, in order.

@@ -131,6 +131,8 @@ class ErlangEventLoop(_unix_events._UnixSelectorEventLoop):
             self.call_at = poller.call_at
             if cls.call_later is _base_events.BaseEventLoop.call_later and cls.time is _base_events.BaseEventLoop.time:
                 self.call_later = poller.call_later
+        if cls.create_task is ErlangEventLoop.create_task:
+            self.create_task = poller.create_task
         if cls._run_once is ErlangEventLoop._run_once:
             self._run_once = poller.run_once
 
@@ -142,6 +144,12 @@ class ErlangEventLoop(_unix_events._UnixSelectorEventLoop):
     _timer_cancelled_count = property(
         operator.attrgetter("_pyport_poller.scheduled.cancelled_count"),
         lambda self, value: setattr(self._pyport_poller.scheduled, "cancelled_count", value))
+
+    _task_factory = property(operator.attrgetter("_pyport_poller.task_factory"),
+                             lambda self, value: setattr(self._pyport_poller, "task_factory", value))
+
+    def create_task(self, coro, *, name=None, context=None):
+        return self._pyport_poller.create_task(coro, name=name, context=context)
 
     def call_soon(self, callback, *args, context=None):
         return self._pyport_poller.call_soon(callback, *args, context=context)
