@@ -356,11 +356,11 @@ PyRef native_handle_type(PyObject* module, PyType_Spec* spec, const PyRef& base)
 struct LoopNames {
   PyRef stopping, cancelled, remove_reader, remove_writer, run, run_debug, call_at_py,
       call_later_py, context_kw, task_name;
-  PyRef task_kwnames;     // ("loop", "name", "context")
-  PyRef tasks_dict;       // asyncio.tasks.__dict__: Task is looked up per call, as asyncio does
-  PyRef base_create_task; // asyncio.BaseEventLoop.create_task, for debug mode and factories
-  PyRef callback_failed;  // erlang._loop._callback_failed(handle, exc)
-  PyRef base_call_soon;   // asyncio.BaseEventLoop.call_soon, for debug mode
+  PyRef task_kwnames;      // ("loop", "name", "context")
+  PyRef tasks_dict;        // asyncio.tasks.__dict__: Task is looked up per call, as asyncio does
+  PyRef base_create_task;  // asyncio.BaseEventLoop.create_task, for debug mode and factories
+  PyRef callback_failed;   // erlang._loop._callback_failed(handle, exc)
+  PyRef base_call_soon;    // asyncio.BaseEventLoop.call_soon, for debug mode
   HandleLayout layout;
 
   bool load(PyObject* module) {
@@ -390,14 +390,16 @@ struct LoopNames {
     PyRef loop = PyRef::steal(PyImport_ImportModule("erlang._loop"));
     callback_failed =
         loop ? PyRef::steal(PyObject_GetAttrString(loop.get(), "_callback_failed")) : PyRef();
-    PyRef base = callback_failed ? PyRef::steal(PyImport_ImportModule("asyncio.base_events")) : PyRef();
+    PyRef base =
+        callback_failed ? PyRef::steal(PyImport_ImportModule("asyncio.base_events")) : PyRef();
     PyRef cls = base ? PyRef::steal(PyObject_GetAttrString(base.get(), "BaseEventLoop")) : PyRef();
     base_call_soon = cls ? PyRef::steal(PyObject_GetAttrString(cls.get(), "call_soon")) : PyRef();
     base_create_task =
         base_call_soon ? PyRef::steal(PyObject_GetAttrString(cls.get(), "create_task")) : PyRef();
     PyRef tasks = base_create_task ? PyRef::steal(PyImport_ImportModule("asyncio.tasks")) : PyRef();
     tasks_dict = tasks ? PyRef::borrow(PyModule_GetDict(tasks.get())) : PyRef();
-    task_kwnames = tasks_dict ? PyRef::steal(Py_BuildValue("(sss)", "loop", "name", "context")) : PyRef();
+    task_kwnames =
+        tasks_dict ? PyRef::steal(Py_BuildValue("(sss)", "loop", "name", "context")) : PyRef();
     return bool(task_kwnames);
   }
 };
@@ -526,10 +528,9 @@ PyType_Slot ready_slots[] = {
     {Py_sq_length, reinterpret_cast<void*>(Ready_len)},
     {0, nullptr}};
 
-PyType_Spec ready_spec = {"_pyport_loop.ReadyQueue", sizeof(ReadyObject), 0,
-                          Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
-                              Py_TPFLAGS_DISALLOW_INSTANTIATION,
-                          ready_slots};
+PyType_Spec ready_spec = {
+    "_pyport_loop.ReadyQueue", sizeof(ReadyObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION, ready_slots};
 
 // A float `when` for the heap: NaN sorts first (asyncio runs such a timer
 // at once); -1 with an exception set when `when` is not a number.
@@ -624,11 +625,10 @@ PyMethodDef timers_methods[] = {
     {"clear", reinterpret_cast<PyCFunction>(Timers_clear), METH_NOARGS, "clear()"},
     {nullptr, nullptr, 0, nullptr}};
 
-PyGetSetDef timers_getset[] = {
-    {"cancelled_count", reinterpret_cast<getter>(Timers_get_cancelled),
-     reinterpret_cast<setter>(Timers_set_cancelled), "Cancelled timers still on the heap.",
-     nullptr},
-    {nullptr, nullptr, nullptr, nullptr, nullptr}};
+PyGetSetDef timers_getset[] = {{"cancelled_count", reinterpret_cast<getter>(Timers_get_cancelled),
+                                reinterpret_cast<setter>(Timers_set_cancelled),
+                                "Cancelled timers still on the heap.", nullptr},
+                               {nullptr, nullptr, nullptr, nullptr, nullptr}};
 
 PyType_Slot timers_slots[] = {
     {Py_tp_doc, const_cast<char*>("The timers of an ErlangEventLoop (loop._scheduled).")},
@@ -642,10 +642,9 @@ PyType_Slot timers_slots[] = {
     {Py_sq_length, reinterpret_cast<void*>(Timers_len)},
     {0, nullptr}};
 
-PyType_Spec timers_spec = {"_pyport_loop.TimerHeap", sizeof(TimersObject), 0,
-                           Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
-                               Py_TPFLAGS_DISALLOW_INSTANTIATION,
-                           timers_slots};
+PyType_Spec timers_spec = {
+    "_pyport_loop.TimerHeap", sizeof(TimersObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION, timers_slots};
 
 // A new, empty ReadyQueue or TimerHeap object; null with an exception set.
 template <class Obj, class Container>
@@ -740,6 +739,10 @@ PyObject* Poller_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
       return nullptr;
     }
   }
+  if (!st->ready_type || !st->timers_type) {
+    PyErr_SetString(PyExc_RuntimeError, "the _pyport_loop module is finalized");
+    return nullptr;
+  }
   LoopNames* names = loop_names(st, module);
   if (!names) return nullptr;
   PyRef obj = PyRef::steal(type->tp_alloc(type, 0));
@@ -750,8 +753,8 @@ PyObject* Poller_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
   self->is_root = worker;
   self->owner_thread = PyThread_get_thread_ident();
   self->ready = new_container<ReadyObject>(st->ready_type, &ReadyObject::q);
-  self->timers = self->ready ? new_container<TimersObject>(st->timers_type, &TimersObject::heap)
-                             : nullptr;
+  self->timers =
+      self->ready ? new_container<TimersObject>(st->timers_type, &TimersObject::heap) : nullptr;
   if (!self->timers) return nullptr;
   as<TimersObject>(self->timers)->names = names;
   std::string error;
@@ -926,6 +929,7 @@ double monotonic_now() {
 
 // The loop this poller serves; null with an exception set before bind().
 PyObject* bound_loop(PollerObject* self) {
+  // tp_clear drops the loop before the queues, so a loop means queues too.
   if (!self->loop) PyErr_SetString(PyExc_RuntimeError, "the poller serves no event loop");
   return self->loop;
 }
@@ -1020,8 +1024,7 @@ PyObject* schedule_timer(PollerObject* self, bool later, PyObject* const* args, 
   PyObject* context;
   if (!loop || !context_kw(n, what, args, nargs, kwnames, &context)) return nullptr;
   if (nargs < 2) {
-    PyErr_Format(PyExc_TypeError, "%s() needs a %s and a callback", what,
-                 later ? "delay" : "time");
+    PyErr_Format(PyExc_TypeError, "%s() needs a %s and a callback", what, later ? "delay" : "time");
     return nullptr;
   }
   PyObject* at = args[0];
@@ -1054,8 +1057,7 @@ PyObject* schedule_timer(PollerObject* self, bool later, PyObject* const* args, 
     when_obj = PyRef::borrow(at);
   }
   const HandleLayout& l = n.layout;
-  PyRef timer =
-      make_handle(l, l.new_timer_type.get(), loop, args[1], args + 2, nargs - 2, context);
+  PyRef timer = make_handle(l, l.new_timer_type.get(), loop, args[1], args + 2, nargs - 2, context);
   if (!timer) return nullptr;
   HandleLayout::set(timer.get(), l.when, when_obj.get());
   HandleLayout::set(timer.get(), l.scheduled, Py_False);
@@ -1180,9 +1182,9 @@ bool run_handle(LoopNames& n, PyObject* handle) {
     PyRef args = PyRef::borrow(l.get(handle, l.args));
     if (context && callback && args && PyContext_CheckExact(context.get()) &&
         PyTuple_CheckExact(args.get()) && PyContext_Enter(context.get()) == 0) {
-      PyRef result = PyRef::steal(PyObject_Vectorcall(callback.get(),
-                                                      &PyTuple_GET_ITEM(args.get(), 0),
-                                                      size_t(PyTuple_GET_SIZE(args.get())), nullptr));
+      PyRef result =
+          PyRef::steal(PyObject_Vectorcall(callback.get(), &PyTuple_GET_ITEM(args.get(), 0),
+                                           size_t(PyTuple_GET_SIZE(args.get())), nullptr));
       PyObject *t = nullptr, *v = nullptr, *tb = nullptr;
       if (!result) PyErr_Fetch(&t, &v, &tb);
       // Leaving fails only if the callback entered the context elsewhere
@@ -1368,7 +1370,8 @@ PyObject* Poller_get_task_factory(PollerObject* self, void*) {
 }
 
 int Poller_set_task_factory(PollerObject* self, PyObject* value, void*) {
-  Py_XSETREF(self->task_factory, value && value != Py_None ? PyRef::borrow(value).release() : nullptr);
+  Py_XSETREF(self->task_factory,
+             value && value != Py_None ? PyRef::borrow(value).release() : nullptr);
   return 0;
 }
 
@@ -1442,8 +1445,8 @@ PyGetSetDef poller_getset[] = {
      "The timer heap (the bound loop's _scheduled).", nullptr},
     {"loop_closed", reinterpret_cast<getter>(Poller_get_loop_closed),
      reinterpret_cast<setter>(Poller_set_loop_closed), "The bound loop's _closed.", nullptr},
-    {"debug", reinterpret_cast<getter>(Poller_get_debug), reinterpret_cast<setter>(Poller_set_debug),
-     "The bound loop's _debug.", nullptr},
+    {"debug", reinterpret_cast<getter>(Poller_get_debug),
+     reinterpret_cast<setter>(Poller_set_debug), "The bound loop's _debug.", nullptr},
     {"task_factory", reinterpret_cast<getter>(Poller_get_task_factory),
      reinterpret_cast<setter>(Poller_set_task_factory), "The bound loop's _task_factory.", nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr}};
@@ -1556,7 +1559,8 @@ int module_clear(PyObject* module) {
     Py_CLEAR(st->poller_type);
     Py_CLEAR(st->ready_type);
     Py_CLEAR(st->timers_type);
-    st->names.reset();
+    // The names stay until module_free: pollers and timer heaps still
+    // alive point to them, and they keep the module alive through their types.
   }
   return 0;
 }
@@ -1565,6 +1569,7 @@ void module_free(void* module) {
   ModuleState* st = module_state(static_cast<PyObject*>(module));
   if (st) {
     module_clear(static_cast<PyObject*>(module));
+    st->names.reset();
     st->~ModuleState();
   }
 }

@@ -101,21 +101,23 @@ inline bool HandleLayout::load() {
   PyRef events = PyRef::steal(PyImport_ImportModule("asyncio.events"));
   if (!events) return false;
   handle_type = PyRef::steal(PyObject_GetAttrString(events.get(), "Handle"));
-  timer_type = handle_type ? PyRef::steal(PyObject_GetAttrString(events.get(), "TimerHandle")) : PyRef();
+  timer_type =
+      handle_type ? PyRef::steal(PyObject_GetAttrString(events.get(), "TimerHandle")) : PyRef();
   if (!timer_type) return false;
   if (!PyType_Check(handle_type.get()) || !PyType_Check(timer_type.get()) ||
       !PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(timer_type.get()),
                         reinterpret_cast<PyTypeObject*>(handle_type.get()))) {
-    PyErr_SetString(PyExc_TypeError, "asyncio.events.Handle/TimerHandle are not the expected classes");
+    PyErr_SetString(PyExc_TypeError,
+                    "asyncio.events.Handle/TimerHandle are not the expected classes");
     return false;
   }
   PyObject* h = handle_type.get();
   PyObject* t = timer_type.get();
   return slot_offset(h, "_callback", &callback) && slot_offset(h, "_args", &args) &&
          slot_offset(h, "_cancelled", &cancelled) && slot_offset(h, "_loop", &loop) &&
-         slot_offset(h, "_source_traceback", &source_traceback) &&
-         slot_offset(h, "_repr", &repr) && slot_offset(h, "_context", &context) &&
-         slot_offset(t, "_scheduled", &scheduled) && slot_offset(t, "_when", &when);
+         slot_offset(h, "_source_traceback", &source_traceback) && slot_offset(h, "_repr", &repr) &&
+         slot_offset(h, "_context", &context) && slot_offset(t, "_scheduled", &scheduled) &&
+         slot_offset(t, "_when", &when);
 }
 
 // Whether instances of `type` hold nothing but object slots (listed in
@@ -125,11 +127,13 @@ inline bool plain_slots_layout(PyTypeObject* type) {
   if (type->tp_dictoffset != 0 || type->tp_itemsize != 0) return false;
   Py_ssize_t first = Py_ssize_t(sizeof(PyObject));
   Py_ssize_t words = (type->tp_basicsize - first) / Py_ssize_t(sizeof(PyObject*));
-  if (words <= 0 || first + words * Py_ssize_t(sizeof(PyObject*)) != type->tp_basicsize) return false;
+  if (words <= 0 || first + words * Py_ssize_t(sizeof(PyObject*)) != type->tp_basicsize)
+    return false;
   std::vector<bool> covered(size_t(words), false);
   auto cover = [&](Py_ssize_t offset) {
     Py_ssize_t i = (offset - first) / Py_ssize_t(sizeof(PyObject*));
-    if (offset < first || i >= words || (offset - first) % Py_ssize_t(sizeof(PyObject*))) return false;
+    if (offset < first || i >= words || (offset - first) % Py_ssize_t(sizeof(PyObject*)))
+      return false;
     covered[size_t(i)] = true;
     return true;
   };
@@ -184,11 +188,12 @@ class ReadyQueue {
     q_.pop_front();
     return h;
   }
-  // The handles are released after the queue is empty: a finalizer they
-  // run may queue new ones.
+  // Each handle is released once it is out of the queue (a finalizer it
+  // runs may queue new ones, which stay). Allocates nothing.
   void clear() {
-    std::deque<PyRef> old;
-    old.swap(q_);
+    for (size_t n = q_.size(); n > 0 && !q_.empty(); --n) {
+      PyRef gone = pop();
+    }
   }
   template <class F>
   void each(F f) const {

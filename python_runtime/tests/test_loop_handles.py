@@ -334,3 +334,25 @@ def test_subclasses_keep_their_overrides():
     finally:
         loop.close()
     assert calls == ["call_at", "call_soon"]
+
+
+def test_task_steps_and_future_callbacks_take_the_native_path(loop):
+    # asyncio's C Task and Future schedule through loop.call_soon with a
+    # context: those handles must be the loop's own C ones.
+    native_handle = type(loop.call_soon(print))
+    loop._ready.clear()
+    assert native_handle is not asyncio.Handle and issubclass(native_handle, asyncio.Handle)
+
+    async def step():
+        await asyncio.sleep(0)
+
+    task = loop.create_task(step())
+    [first] = list(loop._ready)
+    assert type(first) is native_handle and first._callback.__self__ is task
+    fut = loop.create_future()
+    fut.add_done_callback(lambda f: None)
+    fut.set_result(1)
+    assert all(type(h) is native_handle for h in loop._ready)
+    timer = loop.call_later(10, print)
+    assert type(timer) is not asyncio.TimerHandle and isinstance(timer, asyncio.TimerHandle)
+    loop.run_until_complete(task)
