@@ -934,6 +934,22 @@ PyObject* bound_loop(PollerObject* self) {
   return self->loop;
 }
 
+// func(loop, *args, **kwargs) for a vectorcall's args: asyncio's own
+// (Python) method for the cases the C versions hand over.
+PyObject* call_unbound(PyObject* func, PyObject* loop, PyObject* const* args, Py_ssize_t nargs,
+                       PyObject* kwnames) {
+  Py_ssize_t total = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+  std::vector<PyObject*> stack;
+  try {
+    stack.reserve(size_t(total) + 1);
+  } catch (const std::bad_alloc&) {
+    return PyErr_NoMemory();
+  }
+  stack.push_back(loop);
+  stack.insert(stack.end(), args, args + total);
+  return PyObject_Vectorcall(func, stack.data(), size_t(nargs) + 1, kwnames);
+}
+
 // A Handle (or TimerHandle) as Handle.__init__ makes it outside debug mode:
 // callback(*args) to run in `context` (a copy of the current one if None).
 PyRef make_handle(const HandleLayout& l, PyObject* type, PyObject* loop, PyObject* callback,
@@ -994,17 +1010,7 @@ PyObject* Poller_call_soon(PollerObject* self, PyObject* const* args, size_t nar
     return nullptr;
   }
   if (self->debug) {
-    // BaseEventLoop.call_soon(loop, *args, **kw), args shifted by one.
-    Py_ssize_t total = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
-    std::vector<PyObject*> stack;
-    try {
-      stack.reserve(size_t(total) + 1);
-    } catch (const std::bad_alloc&) {
-      return PyErr_NoMemory();
-    }
-    stack.push_back(loop);
-    stack.insert(stack.end(), args, args + total);
-    return PyObject_Vectorcall(n.base_call_soon.get(), stack.data(), size_t(nargs) + 1, kwnames);
+    return call_unbound(n.base_call_soon.get(), loop, args, nargs, kwnames);
   }
   PyRef handle = make_handle(n.layout, n.layout.new_handle_type.get(), loop, args[0], args + 1,
                              nargs - 1, context);
@@ -1085,17 +1091,7 @@ PyObject* Poller_create_task(PollerObject* self, PyObject* const* args, size_t n
   if (!loop) return nullptr;
   LoopNames& n = *self->names;
   if (self->debug || self->task_factory) {
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    Py_ssize_t total = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
-    std::vector<PyObject*> stack;
-    try {
-      stack.reserve(size_t(total) + 1);
-    } catch (const std::bad_alloc&) {
-      return PyErr_NoMemory();
-    }
-    stack.push_back(loop);
-    stack.insert(stack.end(), args, args + total);
-    return PyObject_Vectorcall(n.base_create_task.get(), stack.data(), size_t(nargs) + 1, kwnames);
+    return call_unbound(n.base_create_task.get(), loop, args, PyVectorcall_NARGS(nargsf), kwnames);
   }
   Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
   if (nargs != 1) {
