@@ -294,6 +294,10 @@ class PollerCore {
   uv_timer_t* timer_ = nullptr;                  // freed in its close callback
   std::unordered_map<int, PollEntry*> entries_;  // owned until closed
   std::vector<PollEntry*> ready_;
+
+ public:
+  // Room for take_ready's output kept between iterations (see queue_io).
+  std::vector<std::pair<PyRef, int>> scratch;
   bool waiting_ = false;
 };
 
@@ -1212,7 +1216,11 @@ bool run_handle(LoopNames& n, PyObject* handle) {
 // cancelled, unregisters them), as asyncio's _process_events does.
 bool queue_io(PollerObject* self, PyObject* loop, ReadyQueue& ready, bool input) {
   LoopNames& n = *self->names;
+  // The events are moved out (with their keys referenced: handling one may
+  // unregister others) into a buffer that is reused, not allocated, per
+  // iteration.
   std::vector<std::pair<PyRef, int>> events;
+  events.swap(self->core->scratch);
   try {
     self->core->take_ready(events);
   } catch (const std::bad_alloc&) {
@@ -1242,6 +1250,8 @@ bool queue_io(PollerObject* self, PyObject* loop, ReadyQueue& ready, bool input)
       }
     }
   }
+  events.clear();
+  if (self->core) events.swap(self->core->scratch);
   if (input && self->input_key) {
     return ready.push(PyTuple_GET_ITEM(PyTuple_GET_ITEM(self->input_key, 3), 0));
   }
