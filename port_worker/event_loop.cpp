@@ -2,10 +2,15 @@
 
 #include <fcntl.h>
 #include <structmember.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <climits>
 #include <cmath>
+#include <cstring>
+#include <ctime>
 #include <memory>
 #include <new>
 #include <string>
@@ -53,8 +58,20 @@ struct PollEntry {
   static void on_closed(uv_handle_t* h) { delete static_cast<PollEntry*>(h->data); }
 };
 
-void on_timer_closed(uv_handle_t* h) {
-  delete reinterpret_cast<uv_timer_t*>(h);
+void on_wake_closed(uv_handle_t* h) {
+  delete reinterpret_cast<uv_poll_t*>(h);
+}
+
+// How much of a timed wait is spent polling instead of sleeping: a sleeping
+// thread wakes some tens of microseconds after its deadline, so the wait
+// sleeps until this long before it and polls the rest, and a timer fires
+// within a microsecond or two of its time, never early.
+constexpr int64_t kPollLastNs = 250'000;
+
+int64_t monotonic_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
 }
 
 // The C++ side of one Poller: its descriptors, the events they collected and
@@ -77,12 +94,33 @@ class PollerCore {
       }
       core->loop_ = core->private_loop_.get();
     }
-    core->timer_ = new uv_timer_t();
-    uv_timer_init(core->loop_, core->timer_);
+    // The wake-up for timed waits: a timerfd (nanosecond deadlines, where
+    // libuv's timers count whole milliseconds) watched like any descriptor.
+    core->wake_fd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (core->wake_fd_ < 0) {
+      error = std::string("cannot create a timerfd: ") + std::strerror(errno);
+      return nullptr;
+    }
+    core->wake_ = new uv_poll_t();
+    int rc = uv_poll_init(core->loop_, core->wake_, core->wake_fd_);
+    if (rc == 0) {
+      core->wake_->data = core.get();
+      rc = uv_poll_start(core->wake_, UV_READABLE, on_wake);
+    } else {
+      delete core->wake_;  // not initialised: nothing for libuv to close
+      core->wake_ = nullptr;
+    }
+    if (rc) {
+      error = std::string("cannot watch a timerfd: ") + uv_strerror(rc);
+      return nullptr;
+    }
     return core;
   }
 
-  ~PollerCore() { close(); }
+  ~PollerCore() {
+    close();
+    if (wake_fd_ >= 0) ::close(wake_fd_);
+  }
 
   bool closed() const { return loop_ == nullptr; }
   bool waiting() const { return waiting_; }
@@ -168,19 +206,13 @@ class PollerCore {
     else if (timeout < 0) {
       uv_run(loop_, UV_RUN_ONCE);
     }
+    else if (timeout * 1e9 <= double(kPollLastNs) || !arm_wake(timeout)) {
+      uv_run(loop_, UV_RUN_NOWAIT);  // the caller polls again until it is time
+    }
     else {
-      // Whole milliseconds only (libuv's resolution), rounded down: the last
-      // fraction is waited by asyncio calling again with timeout 0, so a
-      // timer fires on time rather than up to a millisecond late.
-      double ms = std::floor(timeout * 1000.0);
-      if (ms < 1) {
-        uv_run(loop_, UV_RUN_NOWAIT);
-      } else {
-        uv_update_time(loop_);
-        uv_timer_start(timer_, on_timer, ms > 1e12 ? uint64_t(1e12) : uint64_t(ms), 0);
-        uv_run(loop_, UV_RUN_ONCE);
-        uv_timer_stop(timer_);
-      }
+      // An earlier wake-up left armed fires once, spuriously, later on: the
+      // caller just goes round again.
+      uv_run(loop_, UV_RUN_ONCE);
     }
     Py_END_ALLOW_THREADS waiting_ = false;
   }
@@ -231,8 +263,8 @@ class PollerCore {
       close_entry(e);
     entries_.clear();
     ready_.clear();
-    uv_close(reinterpret_cast<uv_handle_t*>(timer_), on_timer_closed);
-    timer_ = nullptr;
+    if (wake_) uv_close(reinterpret_cast<uv_handle_t*>(wake_), on_wake_closed);
+    wake_ = nullptr;
     if (private_loop_) {
       uv_run(private_loop_.get(), UV_RUN_DEFAULT);  // only close callbacks are left
       if (uv_loop_close(private_loop_.get()) != 0) {
@@ -266,7 +298,22 @@ class PollerCore {
     uv_close(reinterpret_cast<uv_handle_t*>(&e->handle), PollEntry::on_closed);
   }
 
-  static void on_timer(uv_timer_t*) {}  // ends uv_run's wait; nothing to do
+  // Arms the wake-up kPollLastNs before `timeout` seconds from now.
+  bool arm_wake(double timeout) {
+    double ns = std::min(timeout, 1e9) * 1e9 - double(kPollLastNs);
+    int64_t at = monotonic_ns() + int64_t(ns);
+    itimerspec spec{};
+    spec.it_value.tv_sec = time_t(at / 1'000'000'000);
+    spec.it_value.tv_nsec = long(at % 1'000'000'000);
+    return timerfd_settime(wake_fd_, TFD_TIMER_ABSTIME, &spec, nullptr) == 0;
+  }
+
+  // The timerfd fired: uv_run returns; reading it makes it quiet again.
+  static void on_wake(uv_poll_t* h, int, int) {
+    uint64_t expirations;
+    ssize_t n = read(static_cast<PollerCore*>(h->data)->wake_fd_, &expirations, sizeof expirations);
+    (void)n;  // EAGAIN: already read
+  }
 
   static void on_poll(uv_poll_t* h, int status, int uv_events) {
     auto* e = static_cast<PollEntry*>(h->data);
@@ -291,7 +338,8 @@ class PollerCore {
 
   uv_loop_t* loop_ = nullptr;
   std::unique_ptr<uv_loop_t> private_loop_;
-  uv_timer_t* timer_ = nullptr;                  // freed in its close callback
+  int wake_fd_ = -1;                             // timerfd; closed with the core
+  uv_poll_t* wake_ = nullptr;                    // watches it; freed in its close callback
   std::unordered_map<int, PollEntry*> entries_;  // owned until closed
   std::vector<PollEntry*> ready_;
 
