@@ -6,11 +6,12 @@ that run coroutines (``run``, ``new_event_loop``, ``install``, ``sleep``,
 TLS, subprocesses, signal handlers, executors and DNS are the standard
 library's proven code) over a selector whose waiting is done by libuv: one
 ``uv_poll_t`` per descriptor and a timerfd for the timeout, in the
-worker's ``_pyport_loop`` module. Its ready queue, timer heap, ``call_soon``,
-``call_at``, ``call_later``, ``create_task`` and ``_run_once`` are C++ there
-too, making asyncio's own handle and task objects. The worker's own loop, the one its main
-thread idles in, runs on the worker's libuv loop, so frames from Erlang are
-read and handled by the same loop that runs the tasks.
+worker's ``_pyport_loop`` module. Its ready queue, timer heap,
+``call_soon``, ``call_at``, ``call_later``, ``create_task`` and
+``_run_once`` are C++ there too, making asyncio's own handle and task
+objects. The worker's own loop, the one its main thread idles in, runs on
+the worker's libuv loop, so frames from Erlang are read and handled by the
+same loop that runs the tasks.
 """
 from __future__ import annotations
 
