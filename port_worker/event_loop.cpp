@@ -1207,10 +1207,12 @@ bool drop_cancelled_timers(LoopNames& n, TimerHeap& heap) {
     if (compacted) heap.set_cancelled_count(0);
   }
   while (!heap.empty()) {
-    PyObject* h = heap.top().handle.get();
-    int cancelled = l.cancelled_of(h);
+    // Held: a _cancelled that is no bool runs Python code, which may change the heap.
+    PyRef h = heap.top().handle;
+    int cancelled = l.cancelled_of(h.get());
     if (cancelled < 0) return false;
     if (!cancelled) break;
+    if (heap.empty() || heap.top().handle.get() != h.get()) continue;
     if (heap.cancelled_count() > 0) heap.set_cancelled_count(heap.cancelled_count() - 1);
     PyRef gone = heap.pop();
     HandleLayout::set(gone.get(), l.scheduled, Py_False);

@@ -104,6 +104,14 @@ class _UvSelector(selectors._BaseSelectorImpl):
         super().close()
 
 
+class _NoPoller:
+    """The poller attributes of a loop whose __init__ failed: a closed loop."""
+
+    loop_closed = True
+    debug = False
+    task_factory = None
+
+
 class ErlangEventLoop(_unix_events._UnixSelectorEventLoop):
     """An asyncio event loop on libuv.
 
@@ -138,6 +146,11 @@ class ErlangEventLoop(_unix_events._UnixSelectorEventLoop):
             self.create_task = poller.create_task
         if cls._run_once is ErlangEventLoop._run_once:
             self._run_once = poller.run_once
+        if cls._timer_handle_cancelled is ErlangEventLoop._timer_handle_cancelled:
+            self._timer_handle_cancelled = poller.scheduled.note_cancelled
+
+    # What a loop whose __init__ failed reads (its __del__ asks is_closed()).
+    _pyport_poller = _NoPoller()
 
     # The loop's flags live in the poller, where C++ reads them.
     _closed = property(operator.attrgetter("_pyport_poller.loop_closed"),

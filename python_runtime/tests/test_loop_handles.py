@@ -356,3 +356,26 @@ def test_task_steps_and_future_callbacks_take_the_native_path(loop):
     timer = loop.call_later(10, print)
     assert type(timer) is not asyncio.TimerHandle and isinstance(timer, asyncio.TimerHandle)
     loop.run_until_complete(task)
+
+
+def test_a_loop_that_failed_to_start_is_closed_quietly(monkeypatch):
+    import sys
+    import threading
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    failed = []
+
+    def make():
+        # Only the worker's main thread may make the worker's loop.
+        try:
+            erlang.ErlangEventLoop(_worker=True)
+        except RuntimeError as e:
+            failed.append(str(e))
+
+    t = threading.Thread(target=make)
+    t.start()
+    t.join()
+    gc.collect()  # the half-made loop's __del__ sees a closed loop
+    assert len(failed) == 1 and "main thread" in failed[0]
+    assert unraisable == []
