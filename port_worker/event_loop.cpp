@@ -409,6 +409,7 @@ struct LoopNames {
   PyRef stopping, cancelled, remove_reader, remove_writer, run, run_debug, call_at_py,
       call_later_py, context_kw, task_name;
   PyRef task_kwnames;      // ("loop", "name", "context")
+  PyRef loop_kwnames;      // ("loop",)
   PyRef tasks_dict;        // asyncio.tasks.__dict__: Task is looked up per call, as asyncio does
   PyRef base_create_task;  // asyncio.BaseEventLoop.create_task, for debug mode and factories
   PyRef callback_failed;   // erlang._loop._callback_failed(handle, exc)
@@ -452,7 +453,8 @@ struct LoopNames {
     tasks_dict = tasks ? PyRef::borrow(PyModule_GetDict(tasks.get())) : PyRef();
     task_kwnames =
         tasks_dict ? PyRef::steal(Py_BuildValue("(sss)", "loop", "name", "context")) : PyRef();
-    return bool(task_kwnames);
+    loop_kwnames = task_kwnames ? PyRef::steal(Py_BuildValue("(s)", "loop")) : PyRef();
+    return bool(loop_kwnames);
   }
 };
 
@@ -1175,7 +1177,11 @@ PyObject* Poller_create_task(PollerObject* self, PyObject* const* args, size_t n
   }
   PyRef hold = PyRef::borrow(task_type);
   PyObject* call[] = {coro, loop, name, context};
-  return PyObject_Vectorcall(task_type, call, 1, n.task_kwnames.get());
+  // name=None and context=None are Task's defaults: not passing them spares
+  // their parsing.
+  bool defaults = name == Py_None && context == Py_None;
+  return PyObject_Vectorcall(task_type, call, 1,
+                             (defaults ? n.loop_kwnames : n.task_kwnames).get());
 }
 
 // ---------------------------------------------------------------- run_once
