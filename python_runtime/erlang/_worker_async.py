@@ -15,7 +15,6 @@ import traceback
 import types
 from asyncio import events as _events
 from asyncio import futures as _futures
-from asyncio import tasks as _asyncio_tasks
 from typing import Any, Optional
 
 import _pyport_loop
@@ -27,7 +26,6 @@ from . import _loop, _worker
 _tasks = _worker._tasks
 cancel = _worker.cancel
 is_awaitable_result = _worker.is_awaitable_result
-_Task = _asyncio_tasks.Task
 _CoroutineType = types.CoroutineType
 
 _streams: dict[int, "_Stream"] = {}
@@ -134,11 +132,8 @@ def start_task(request_id: int, awaitable: Any, answer: bool) -> None:
     """Runs ``awaitable`` on the worker's loop; when it is done, answers the
     request (``answer``) or reports a failure on stderr (a cast)."""
     loop = _loop._worker_loop
-    if (type(awaitable) is _CoroutineType and loop._task_factory is None and not loop._closed
-            and not loop._debug):
-        # What loop.create_task() does for a plain coroutine, without the
-        # Python frames around it (every coroutine request comes here).
-        task = _Task(awaitable, loop=loop)
+    if type(awaitable) is _CoroutineType:
+        task = loop.create_task(awaitable)  # C++ (see _loop.py)
     else:
         task = asyncio.ensure_future(awaitable, loop=loop)
     if answer:
