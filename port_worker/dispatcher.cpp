@@ -110,6 +110,22 @@ bool TaskHooks::load(PyObject* module) {
     *n.slot = PyRef::steal(PyObject_GetAttrString(module, n.name));
     if (!*n.slot) return false;
   }
+  struct {
+    PyRef* slot;
+    const char* name;
+  } optional[] = {{&loop, "request_loop"}, {&answer, "answer_request"}, {&partial, "partial"}};
+  for (auto& n : optional) {
+    if (PyObject_HasAttrString(module, n.name)) {
+      *n.slot = PyRef::steal(PyObject_GetAttrString(module, n.name));
+      if (!*n.slot) return false;
+    }
+    if (*n.slot && n.slot->get() == Py_None) n.slot->reset();
+  }
+  if (!loop || !answer || !partial) {
+    loop.reset();
+    answer.reset();
+    partial.reset();
+  }
   return true;
 }
 
@@ -450,6 +466,7 @@ bool Dispatcher::is_awaitable(PyObject* value) {
 }
 
 void Dispatcher::deliver(uint64_t id, PyRef value, ByteBuffer& out) {
+  if (hooks_.loop && PyCoro_CheckExact(value.get())) return start_coroutine(id, value.get(), out);
   if (hooks_.start_task && is_awaitable(value.get())) {
     PyRef rid = PyRef::steal(PyLong_FromUnsignedLongLong(id));
     PyRef done = rid ? PyRef::steal(PyObject_CallFunctionObjArgs(hooks_.start_task.get(), rid.get(),
@@ -459,6 +476,45 @@ void Dispatcher::deliver(uint64_t id, PyRef value, ByteBuffer& out) {
     return;  // the task answers when it ends
   }
   write_result(id, value.get(), out);
+}
+
+// What erlang._worker_async.start_task does for a coroutine that answers:
+// loop.create_task(coro), kept in the tasks dict (for CANCEL and
+// INTERRUPT), answered by answer_future when done.
+void Dispatcher::start_coroutine(uint64_t id, PyObject* coro, ByteBuffer& out) {
+  if (!create_task_name_) {
+    create_task_name_ = PyRef::steal(PyUnicode_InternFromString("create_task"));
+    add_done_callback_name_ = PyRef::steal(PyUnicode_InternFromString("add_done_callback"));
+    cancel_name_ = PyRef::steal(PyUnicode_InternFromString("cancel"));
+    if (!create_task_name_ || !add_done_callback_name_ || !cancel_name_) {
+      create_task_name_.reset();
+      return python_error(id, out);
+    }
+  }
+  PyRef task =
+      PyRef::steal(PyObject_CallMethodOneArg(hooks_.loop.get(), create_task_name_.get(), coro));
+  if (!task) return python_error(id, out);
+  PyRef rid = PyRef::steal(PyLong_FromUnsignedLongLong(id));
+  PyRef done = rid ? PyRef::steal(PyObject_CallFunctionObjArgs(
+                         hooks_.partial.get(), hooks_.answer.get(), rid.get(), nullptr))
+                   : PyRef();
+  if (done && PyDict_SetItem(hooks_.tasks.get(), rid.get(), task.get()) == 0) {
+    PyRef added = PyRef::steal(
+        PyObject_CallMethodOneArg(task.get(), add_done_callback_name_.get(), done.get()));
+    if (added) return;  // the task answers when it ends
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (PyDict_DelItem(hooks_.tasks.get(), rid.get()) < 0) PyErr_Clear();
+    PyErr_Restore(type, value, tb);
+  }
+  // Nothing would answer the task: it is cancelled, the request answered
+  // with the error.
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  PyRef cancelled = PyRef::steal(PyObject_CallMethodNoArgs(task.get(), cancel_name_.get()));
+  if (!cancelled) PyErr_Clear();
+  PyErr_Restore(type, value, tb);
+  python_error(id, out);
 }
 
 void Dispatcher::cancel(mp::Reader&, uint64_t id, ByteBuffer& out) {
@@ -522,6 +578,15 @@ void Dispatcher::stream_credit(mp::Reader& r, uint64_t id, ByteBuffer& out) {
 }
 
 bool Dispatcher::answer_future(uint64_t id, PyObject* future, ByteBuffer& out) {
+  if (hooks_.loop) {
+    // A task start_coroutine made leaves the tasks dict as it is answered
+    // (callers from Python removed theirs already).
+    PyRef rid = PyRef::steal(PyLong_FromUnsignedLongLong(id));
+    if (!rid) return false;
+    PyObject* task = PyDict_GetItemWithError(hooks_.tasks.get(), rid.get());  // borrowed
+    if (!task && PyErr_Occurred()) return false;
+    if (task == future && PyDict_DelItem(hooks_.tasks.get(), rid.get()) < 0) return false;
+  }
   if (!cancelled_name_) {
     cancelled_name_ = PyRef::steal(PyUnicode_InternFromString("cancelled"));
     exception_name_ = PyRef::steal(PyUnicode_InternFromString("exception"));

@@ -35,6 +35,13 @@ struct TaskHooks {
   PyRef stream_credit;  // stream_credit(id, n)
   PyRef cancel;         // cancel(id)
   PyRef tasks;          // the dict of running tasks and streams, by request id
+  // Optional (erlang._worker_async once the loop runs): the loop, whose
+  // create_task runs a coroutine request, _pyport_loop.answer and
+  // functools.partial, which make its done callback: then no Python code
+  // of pyport's runs to start or answer such a request.
+  PyRef loop;
+  PyRef answer;
+  PyRef partial;
 
   // Looks them up in `module`; false with a Python exception set.
   bool load(PyObject* module);
@@ -103,6 +110,9 @@ class Dispatcher {
                  bool* interrupted);
   // Answers id with value, or starts it as a task if it is awaitable.
   void deliver(uint64_t id, PyRef value, ByteBuffer& out);
+  // deliver() of a coroutine once the loop runs: the task start_task
+  // would make, made here.
+  void start_coroutine(uint64_t id, PyObject* coro, ByteBuffer& out);
   bool is_awaitable(PyObject* value);
   // Whether request id runs as a task or stream now.
   bool is_task(uint64_t id);
@@ -179,6 +189,7 @@ class Dispatcher {
   PyRef runtime_;           // pyport_runtime.worker, imported on first use
   PyRef keywords_;          // frozenset(keyword.kwlist), made on first use
   PyRef cancelled_name_, exception_name_, result_name_;  // future methods, interned
+  PyRef create_task_name_, add_done_callback_name_, cancel_name_;  // interned on first use
   // erlang._schedule: ScheduleMarker, and park(marker) -> continuation id.
   PyRef marker_type_, park_;
   InputBatch requeued_;

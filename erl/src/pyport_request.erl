@@ -2,15 +2,16 @@
 %% waiting, all in the calling process.
 %%
 %% No central process is involved: the caller reads the pool's routing data
-%% (see {@link pyport_pool}), encodes the whole frame itself, monitors the
-%% chosen worker with a reply alias and sends it the frame. The answer comes
-%% back to the alias undecoded and is decoded here, so encoding and decoding
-%% run on the callers' schedulers, not in the worker's gen_server.
+%% (see {@link pyport_pool}), encodes the whole frame itself and sends it
+%% to the chosen worker with a one-shot reply alias. The answer comes back
+%% to the alias undecoded and is decoded here, so encoding and decoding run
+%% on the callers' schedulers, not in the worker's gen_server. The caller
+%% monitors the worker's gen_server only once an answer is slow to come.
 %%
-%% On a timeout the monitor is removed, which deactivates the alias: an
-%% answer that comes later is dropped by the runtime and never reaches the
-%% caller's mailbox. The worker is told, so it interrupts the Python code
-%% (see {@link pyport_worker}).
+%% On a timeout the alias is deactivated: an answer that comes later is
+%% dropped by the runtime and never reaches the caller's mailbox. The
+%% worker is told, so it interrupts the Python code (see {@link
+%% pyport_worker}).
 %%
 %% Targets on another node run there (see {@link pyport_cluster}).
 -module(pyport_request).
@@ -32,6 +33,10 @@
 -define(CAST, 2).
 -define(RESULT, 16).
 -define(ERROR, 17).
+
+%% How long a caller waits for an answer before it monitors the worker's
+%% owner (see await/2).
+-define(UNWATCHED_MS, 10).
 
 %% Where a request goes: the least-loaded worker of a pool, one slot, the
 %% slot of a shard key; on another node, or on the least-loaded node of a
@@ -87,7 +92,8 @@ start(Target, Kind, Fields, Timeout0) ->
                                       _ -> Timeout0
                                   end,
                         Deadline = deadline(Timeout),
-                        Alias = erlang:monitor(process, Pid, [{alias, reply_demonitor}]),
+                        %% A one-shot alias, not yet a monitor: see await/2.
+                        Alias = erlang:alias([reply]),
                         Pid ! {'$pyport', Alias, Id, Deadline, Frame},
                         {pyport_call, Alias, Deadline, Pool, Slot, Pid, Id}
                 end),
@@ -132,27 +138,50 @@ await({pyport_call_failed, Reason}) ->
 %% the request is abandoned: its answer can no longer arrive, and the
 %% worker interrupts it.
 -spec await(handle(), timeout()) -> result().
-await({pyport_call, Alias, _Deadline, Pool, Slot, Pid, Id}, Timeout) ->
+await({pyport_call, Alias, _Deadline, Pool, Slot, _Pid, _Id} = Handle, Timeout) ->
+    %% Most answers come before the owner is watched at all: monitoring it
+    %% at once would cost the owner a monitor and a demonitor signal per
+    %% request. An owner that died meanwhile is noticed all the same, as a
+    %% monitor of a dead process fires at once.
+    Unwatched = case Timeout of
+                    infinity -> ?UNWATCHED_MS;
+                    _ -> min(Timeout, ?UNWATCHED_MS)
+                end,
     receive
         {Alias, Reply} ->
+            reply(Reply, Pool, Slot)
+    after Unwatched ->
+            watched(Handle, remaining(Timeout, Unwatched))
+    end;
+await({pyport_remote, _, _, _} = Handle, Timeout) ->
+    pyport_cluster:await(Handle, Timeout);
+await({pyport_call_failed, Reason}, _Timeout) ->
+    {error, Reason}.
+
+remaining(infinity, _) -> infinity;
+remaining(Timeout, Waited) -> Timeout - Waited.
+
+watched({pyport_call, Alias, _Deadline, Pool, Slot, Pid, Id}, Timeout) ->
+    Monitor = erlang:monitor(process, Pid),
+    receive
+        {Alias, Reply} ->
+            erlang:demonitor(Monitor, [flush]),
             reply(Reply, Pool, Slot);
-        {'DOWN', Alias, process, _, Reason} ->
+        {'DOWN', Monitor, process, _, Reason} ->
+            erlang:unalias(Alias),
             {error, {worker_exited, Reason}}
     after Timeout ->
-            erlang:demonitor(Alias, [flush]),
-            %% An answer that arrived just before the alias went away is
-            %% still an answer.
+            %% Once the alias is gone a later answer is dropped by the
+            %% runtime; one that arrived just before is still an answer.
+            erlang:unalias(Alias),
+            erlang:demonitor(Monitor, [flush]),
             receive
                 {Alias, Reply} -> reply(Reply, Pool, Slot)
             after 0 ->
                     Pid ! {'$pyport_cancel', Id},
                     {error, timeout}
             end
-    end;
-await({pyport_remote, _, _, _} = Handle, Timeout) ->
-    pyport_cluster:await(Handle, Timeout);
-await({pyport_call_failed, Reason}, _Timeout) ->
-    {error, Reason}.
+    end.
 
 %% @doc Asks the worker running a request to raise KeyboardInterrupt in it.
 %% The request then answers (usually with a KeyboardInterrupt error),

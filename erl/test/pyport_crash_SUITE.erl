@@ -20,7 +20,8 @@ all() ->
      broken_imports_keep_the_worker, missing_executable_fails_the_pool,
      executable_that_exits_fails_the_pool, silent_executable_times_out,
      unsupported_protocol_refused, exit_details,
-     crash_loop_gives_up, stop_pool_finishes_reads_then_kills_busy_worker].
+     crash_loop_gives_up, stop_pool_finishes_reads_then_kills_busy_worker,
+     owner_killed_while_callers_wait].
 
 init_per_suite(Config) ->
     Data = filename:join(filename:dirname(code:which(?MODULE)), "pyport_SUITE_data"),
@@ -241,6 +242,45 @@ stop_pool_finishes_reads_then_kills_busy_worker(Config) ->
     after 10000 -> ct:fail(no_busy_answer)
     end,
     wait_until(fun() -> not os_process_alive(OsPid) end, {still_alive, OsPid}).
+
+%% The worker's gen_server itself killed: callers are answered {error,
+%% {worker_exited, _}} whether it died before they started to watch it (a
+%% caller monitors only once an answer is slow, see pyport_request) or
+%% after, and even with no timeout.
+owner_killed_while_callers_wait(Config) ->
+    {ok, _} = pyport:start_pool(owner_kill, #{size => 1,
+                                              python_path => [?config(python_dir, Config)]}),
+    Ctx = py:context(owner_kill, 1),
+    ?assertEqual({ok, up}, py:call(Ctx, ?F, identity, [up], #{}, #{})),
+    {ok, Info} = pyport_pool:info(owner_kill),
+    {ok, Owner} = pyport_pool:worker(Info, 1),
+    Self = self(),
+    Call = fun() ->
+                   spawn_link(fun() ->
+                                      H = py:spawn_call(Ctx, ?F, sleep, [30]),
+                                      Self ! {sent, self()},
+                                      R = py:await(H, infinity),
+                                      {messages, Extra} = process_info(self(), messages),
+                                      Self ! {answer, self(), R, Extra}
+                              end)
+           end,
+    Sent = fun(Ps) -> [receive {sent, P} -> P end || P <- Ps] end,
+    Watching = Sent([Call() || _ <- lists:seq(1, 4)]),
+    wait_for_pending(Ctx, 4),
+    timer:sleep(100),                   % these four monitor the owner by now
+    %% These four are held, unless late, before they start to.
+    Fresh = [begin erlang:suspend_process(P), P end
+             || P <- Sent([Call() || _ <- lists:seq(1, 4)])],
+    exit(Owner, kill),
+    [erlang:resume_process(P) || P <- Fresh],
+    Answers = [receive {answer, P, R, Extra} -> {R, Extra}
+               after 10000 -> ct:fail({no_answer, P})
+               end || P <- Watching ++ Fresh],
+    [?assertMatch({{error, {worker_exited, _}}, []}, A) || A <- Answers],
+    %% The slot gets a new gen_server and OS process, which answers.
+    wait_until(fun() -> {ok, up} =:= py:call(Ctx, ?F, identity, [up], #{}, #{}) end,
+               owner_not_back),
+    ok = pyport:stop_pool(owner_kill).
 
 %%%===================================================================
 %%% Helpers

@@ -39,6 +39,13 @@ _saved_agen_hooks: Optional[tuple] = None
 # How long cancelled requests get to finish when the worker shuts down.
 _SHUTDOWN_GRACE = 1.0
 
+# For the dispatcher (C++), which starts a coroutine request itself as
+# start_task below would: request_loop.create_task(coro), answered by
+# partial(answer_request, request_id) when done. Set by start().
+request_loop: Optional[_loop.ErlangEventLoop] = None
+answer_request = _pyport_loop.answer
+partial = functools.partial
+
 
 class _InputHandle(asyncio.Handle):
     """The callback that handles frames from Erlang. Unlike other handles it
@@ -64,8 +71,9 @@ def start() -> _loop.ErlangEventLoop:
     running state, as ``run_forever`` does before its first iteration:
     requests may be running further up the stack, which see it running;
     the worker then calls ``serve()``, which runs it."""
-    global _saved_agen_hooks
+    global _saved_agen_hooks, request_loop
     loop = _loop.ErlangEventLoop(_worker=True)
+    request_loop = loop
 
     def on_input() -> None:
         global _shutting_down
