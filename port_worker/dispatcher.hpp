@@ -188,7 +188,7 @@ class Dispatcher {
   PyRef format_exception_;  // traceback.format_exception, imported on first use
   PyRef runtime_;           // pyport_runtime.worker, imported on first use
   PyRef keywords_;          // frozenset(keyword.kwlist), made on first use
-  PyRef cancelled_name_, exception_name_, result_name_;  // future methods, interned
+  PyRef cancelled_name_, exception_name_, result_name_;            // future methods, interned
   PyRef create_task_name_, add_done_callback_name_, cancel_name_;  // interned on first use
   // erlang._schedule: ScheduleMarker, and park(marker) -> continuation id.
   PyRef marker_type_, park_;
