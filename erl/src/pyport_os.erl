@@ -75,10 +75,12 @@ environment(#{env := Env, venv := Venv}) ->
 cd(#{cd := undefined}) -> [];
 cd(#{cd := Dir}) -> [{cd, Dir}].
 
+%% Absolute: a sandboxed worker changes to its private directory before it
+%% loads the runtime.
 runtime_dir() ->
     case code:priv_dir(pyport) of
-        {error, bad_name} -> "python_runtime";
-        Priv -> filename:join(Priv, "python_runtime")
+        {error, bad_name} -> filename:absname("python_runtime");
+        Priv -> filename:absname(filename:join(Priv, "python_runtime"))
     end.
 
 %% @doc Sends SIGKILL. Only ever used on the owner's own child, whose pid

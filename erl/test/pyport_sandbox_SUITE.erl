@@ -282,7 +282,7 @@ workdir_removed_after_kill(Config) ->
     ?assert(filelib:is_dir(NewDir)),
     %% A graceful stop leaves nothing either.
     ok = pyport:stop_pool(killed),
-    ?assertNot(filelib:is_dir(NewDir)).
+    pyport_test_util:wait_until(fun() -> not filelib:is_dir(NewDir) end).
 
 env_only_what_the_pool_names(Config) ->
     true = os:putenv("PYPORT_SANDBOX_KEPT", "kept"),
