@@ -270,19 +270,36 @@ warm_worker_recycled_after_failed_job(Config) ->
 
 workdir_removed_after_kill(Config) ->
     start(killed, #{size => 1}, Config),
-    {ok, #{workers := [#{os_pid := OsPid, sandbox := #{workdir := Dir}}]}} = pyport:pool_info(killed),
-    {ok, Dir, _} = pyport:run_job(killed, #{code => <<"import os\nopen('f', 'w').write('x')\n"
-                                                       "os.getcwd().encode()">>}),
-    ?assert(filelib:is_regular(filename:join(Dir, "f"))),
-    pyport_os:kill(OsPid),
-    pyport_test_util:wait_until(fun() -> not filelib:is_dir(Dir) end),
-    pyport_test_util:wait_until(fun() -> is_integer(pyport_test_util:os_pid({killed, 1})) end),
-    {ok, #{workers := [#{sandbox := #{workdir := NewDir}}]}} = pyport:pool_info(killed),
-    ?assertNotEqual(Dir, NewDir),
-    ?assert(filelib:is_dir(NewDir)),
+    %% The worker killed: its keeper (parent) removes the directory.
+    Dir1 = workdir_with_a_file(killed),
+    pyport_os:kill(pyport_test_util:os_pid({killed, 1})),
+    pyport_test_util:wait_until(fun() -> not filelib:is_dir(Dir1) end),
+    %% The keeper killed (the worker dies with it): the owner removes it.
+    Dir2 = workdir_with_a_file(killed),
+    ?assertNotEqual(Dir1, Dir2),
+    Keeper = parent_pid(pyport_test_util:os_pid({killed, 1})),
+    pyport_os:kill(Keeper),
+    pyport_test_util:wait_until(fun() -> not filelib:is_dir(Dir2) end),
     %% A graceful stop leaves nothing either.
+    Dir3 = workdir_with_a_file(killed),
     ok = pyport:stop_pool(killed),
-    pyport_test_util:wait_until(fun() -> not filelib:is_dir(NewDir) end).
+    pyport_test_util:wait_until(fun() -> not filelib:is_dir(Dir3) end).
+
+%% The working directory of the pool's (new) worker, once it is up, with a
+%% file the worker wrote in it.
+workdir_with_a_file(Pool) ->
+    pyport_test_util:wait_until(fun() -> is_integer(pyport_test_util:os_pid({Pool, 1})) end),
+    {ok, #{workers := [#{sandbox := #{workdir := Dir}}]}} = pyport:pool_info(Pool),
+    ?assertEqual({ok, Dir}, py:eval(<<"open('f', 'w').write('x') and __import__('os').getcwd().encode()">>,
+                                    none, #{pool => Pool})),
+    ?assert(filelib:is_regular(filename:join(Dir, "f"))),
+    Dir.
+
+parent_pid(OsPid) ->
+    {ok, Stat} = file:read_file("/proc/" ++ integer_to_list(OsPid) ++ "/stat"),
+    [_, AfterComm] = string:split(Stat, <<") ">>, trailing),
+    [_State, PPid | _] = binary:split(AfterComm, <<" ">>, [global]),
+    binary_to_integer(PPid).
 
 env_only_what_the_pool_names(Config) ->
     true = os:putenv("PYPORT_SANDBOX_KEPT", "kept"),
