@@ -27,6 +27,7 @@
 #include <memory>
 
 #include "codec.hpp"
+#include "erlang_module.hpp"
 #include "msgpack_rw.hpp"
 
 extern char** environ;
@@ -550,14 +551,14 @@ std::string Sandbox::apply_seccomp(bool forbid_fork, bool job_layer) {
     }
   }
   if (forbid_fork) {
-    // vfork-style calls (posix_spawn, os.system, subprocess) run with every
-    // signal blocked, so SIGSYS would kill the process: those fail with
-    // EPERM, and erlang._jobs names them from Python's audit events.
-    constexpr uint64_t kVfork = CLONE_VFORK;
-    f.trap("fork");
-    f.rule(SCMP_ACT_ERRNO(EPERM), "vfork");
-    f.trap("clone", SCMP_A0(SCMP_CMP_MASKED_EQ, uint64_t(CLONE_THREAD) | kVfork, 0));
-    f.rule(SCMP_ACT_ERRNO(EPERM), "clone", SCMP_A0(SCMP_CMP_MASKED_EQ, kVfork, kVfork));
+    // Process creation fails with EPERM rather than trapping: libc and
+    // CPython create processes with every signal blocked (posix_spawn,
+    // vfork, subprocess's fork fallback), where SIGSYS would kill the whole
+    // process. erlang._jobs names these refusals from Python's audit events.
+    const uint32_t refuse = SCMP_ACT_ERRNO(EPERM);
+    f.rule(refuse, "fork");
+    f.rule(refuse, "vfork");
+    f.rule(refuse, "clone", SCMP_A0(SCMP_CMP_MASKED_EQ, uint64_t(CLONE_THREAD), 0));
   }
   if (!f.ok()) return f.error().empty() ? "seccomp: cannot create a filter" : f.error();
   int rc = seccomp_load(f.ctx());
@@ -750,6 +751,8 @@ PyObject* enter_job(PyObject* module, PyObject* args) {
   }
   Sandbox* sandbox = sandbox_of(module);
   if (!sandbox) return nullptr;
+  // The child has no channel to Erlang: the erlang API says so at once.
+  if (!bind_erlang_module(nullptr)) return nullptr;
   std::string job_dir;
   std::string error = sandbox->enter_job(result_fd, out_fd, err_fd, pid_t(zygote), job_dir);
   if (!error.empty()) {
