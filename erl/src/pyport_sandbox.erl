@@ -34,6 +34,8 @@
 %% The smallest limits a worker accepts (port_worker/options.cpp).
 -define(MIN_MAX_MEMORY, 32 * 1024 * 1024).
 -define(MIN_OPEN_FILES, 16).
+%% RLIMIT_NPROC counts threads: a warm worker runs a few of its own.
+-define(MIN_PROCESSES, 8).
 -define(MIB, 1024 * 1024).
 
 %% @doc The restrictions that can be relaxed one by one, in the order their
@@ -92,8 +94,8 @@ check(Key, infinity) when Key =:= max_memory; Key =:= cpu_seconds; Key =:= max_o
     {ok, infinity};
 check(max_memory, N) when is_integer(N), N >= ?MIN_MAX_MEMORY -> {ok, N};
 check(max_open_files, N) when is_integer(N), N >= ?MIN_OPEN_FILES -> {ok, N};
-check(Key, N) when (Key =:= cpu_seconds orelse Key =:= max_file_size
-                    orelse Key =:= max_processes), is_integer(N), N > 0 ->
+check(max_processes, N) when is_integer(N), N >= ?MIN_PROCESSES -> {ok, N};
+check(Key, N) when (Key =:= cpu_seconds orelse Key =:= max_file_size), is_integer(N), N > 0 ->
     {ok, N};
 check(workdir_parent, undefined) ->
     {ok, undefined};

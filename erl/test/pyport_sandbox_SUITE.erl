@@ -192,7 +192,7 @@ job_semantics(Config) ->
     start(semantics, #{}, Config),
     ?assertMatch({ok, 42, #{stdout := <<>>, stderr := <<>>}},
                  pyport:run_job(semantics, #{code => <<"x = input * 2\nx">>, input => 21})),
-    ?assertMatch({ok, [1, 2], _}, pyport:run_job(semantics, #{code => <<"result = [1, 2]\nprint('no')">>})),
+    ?assertMatch({ok, [1, 2], _}, pyport:run_job(semantics, #{code => <<"result = [1, 2]\nx = 3">>})),
     ?assertMatch({ok, none, _}, pyport:run_job(semantics, #{code => "y = 1"})),
     {ok, none, Stats} = pyport:run_job(semantics, #{code => <<"import sys\nprint('out')\n"
                                                              "print('err', file=sys.stderr)\n"
@@ -271,29 +271,31 @@ warm_worker_recycled_after_failed_job(Config) ->
 workdir_removed_after_kill(Config) ->
     start(killed, #{size => 1}, Config),
     %% The worker killed: its keeper (parent) removes the directory.
-    Dir1 = workdir_with_a_file(killed),
-    pyport_os:kill(pyport_test_util:os_pid({killed, 1})),
+    {Pid1, Dir1} = workdir_with_a_file(killed, undefined),
+    pyport_os:kill(Pid1),
     pyport_test_util:wait_until(fun() -> not filelib:is_dir(Dir1) end),
     %% The keeper killed (the worker dies with it): the owner removes it.
-    Dir2 = workdir_with_a_file(killed),
+    {Pid2, Dir2} = workdir_with_a_file(killed, Pid1),
     ?assertNotEqual(Dir1, Dir2),
-    Keeper = parent_pid(pyport_test_util:os_pid({killed, 1})),
-    pyport_os:kill(Keeper),
+    pyport_os:kill(parent_pid(Pid2)),
     pyport_test_util:wait_until(fun() -> not filelib:is_dir(Dir2) end),
     %% A graceful stop leaves nothing either.
-    Dir3 = workdir_with_a_file(killed),
+    {_, Dir3} = workdir_with_a_file(killed, Pid2),
     ok = pyport:stop_pool(killed),
     pyport_test_util:wait_until(fun() -> not filelib:is_dir(Dir3) end).
 
-%% The working directory of the pool's (new) worker, once it is up, with a
-%% file the worker wrote in it.
-workdir_with_a_file(Pool) ->
-    pyport_test_util:wait_until(fun() -> is_integer(pyport_test_util:os_pid({Pool, 1})) end),
-    {ok, #{workers := [#{sandbox := #{workdir := Dir}}]}} = pyport:pool_info(Pool),
+%% The OS pid and working directory of the pool's worker once a process
+%% other than Old is up, with a file the worker wrote in the directory.
+workdir_with_a_file(Pool, Old) ->
+    pyport_test_util:wait_until(fun() ->
+                                        P = pyport_test_util:os_pid({Pool, 1}),
+                                        is_integer(P) andalso P =/= Old
+                                end),
+    {ok, #{workers := [#{os_pid := OsPid, sandbox := #{workdir := Dir}}]}} = pyport:pool_info(Pool),
     ?assertEqual({ok, Dir}, py:eval(<<"open('f', 'w').write('x') and __import__('os').getcwd().encode()">>,
                                     none, #{pool => Pool})),
     ?assert(filelib:is_regular(filename:join(Dir, "f"))),
-    Dir.
+    {OsPid, Dir}.
 
 parent_pid(OsPid) ->
     {ok, Stat} = file:read_file("/proc/" ++ integer_to_list(OsPid) ++ "/stat"),
