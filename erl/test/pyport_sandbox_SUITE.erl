@@ -23,12 +23,13 @@ all() ->
      job_semantics, exception_keeps_output, pool_info_reports_sandbox,
      fresh_jobs_are_isolated, warm_worker_recycled_after_failed_job,
      workdir_removed_after_kill, env_only_what_the_pool_names, imports_preloaded,
-     concurrent_fresh_jobs].
+     concurrent_fresh_jobs, relaxations_reach_the_worker, stricter_limit_wins,
+     warm_cpu_limit, fresh_cpu_limit, warm_worker_recycled_near_cpu_budget].
 
 groups() ->
     Hostile = [connect_localhost, bind_port, exec_sh, fork_loop, allocate_10gb, spin_forever,
                write_10gb, write_outside_workdir, read_parent_environment, kill_parent,
-               ctypes_raw_syscall, print_100mb],
+               ctypes_raw_syscall, print_100mb, segfault],
     [{warm, [], Hostile}, {fresh, [], Hostile}].
 
 init_per_suite(Config) ->
@@ -163,6 +164,16 @@ print_100mb(Config) ->
                       "for _ in range(100):\n"
                       "    sys.stdout.write(chunk)\n">>,
             {output_limit, ?MIB}).
+
+segfault(Config) ->
+    %% A crash in C code: in a warm pool it takes the worker (replaced), in
+    %% a fresh pool only the job's child.
+    Expected = case ?config(fresh, Config) of
+                   true -> {crashed, #{signal => sigsegv}};
+                   false -> {worker_exited, {signal, sigsegv}}
+               end,
+    hostile(Config, <<"import ctypes
+ctypes.string_at(0)">>, Expected).
 
 %%%===================================================================
 %%% Pool options and reports
@@ -326,6 +337,66 @@ concurrent_fresh_jobs(Config) ->
     Quick = [pyport:run_job(parallel, #{code => <<"input">>, input => I}) || I <- lists:seq(1, 5)],
     ?assertMatch([{ok, 1, _}, {ok, 2, _}, {ok, 3, _}, {ok, 4, _}, {ok, 5, _}], Quick),
     ?assertMatch({ok, <<"slow">>, _}, pyport_test_util:await(Slow)).
+
+relaxations_reach_the_worker(Config) ->
+    start(relaxed, #{sandbox => #{network => true, exec => true}}, Config),
+    {ok, #{workers := [#{sandbox := #{allowed := Allowed, net_ns := NetNs}}]}} =
+        pyport:pool_info(relaxed),
+    ?assertEqual([exec, network], lists:sort(Allowed)),
+    ?assertEqual(false, NetNs),
+    ?assertMatch({ok, <<"ok">>, _}, pyport:run_job(relaxed, #{code => <<"import socket
+"
+                                                                 "socket.socket().close()
+"
+                                                                 "'ok'">>})),
+    %% Only what was relaxed: process creation is still refused.
+    ?assertEqual({error, {forbidden, <<"clone">>}},
+                 pyport:run_job(relaxed, #{code => <<"import os
+os.fork()">>})).
+
+stricter_limit_wins(Config) ->
+    start(strict, #{max_memory => 256 * ?MIB, cpu_seconds => 30,
+                    sandbox => #{max_open_files => 64}, max_open_files => 128}, Config),
+    {ok, #{workers := [#{sandbox := #{rlimits := Rlimits}}]}} = pyport:pool_info(strict),
+    ?assertMatch(#{as := 268435456, cpu := 30, nofile := 64}, Rlimits),
+    ?assertEqual({error, {memory_limit, 256 * ?MIB}},
+                 pyport:run_job(strict, #{code => <<"b = bytearray(512 * 1024 ** 2)">>})).
+
+warm_cpu_limit(Config) ->
+    %% A warm worker's CPU seconds are its lifetime's: the job that runs
+    %% into the limit fails with it, and the next runs in a new worker.
+    start(cpu_warm, #{sandbox => #{cpu_seconds => 1}}, Config),
+    ?assertEqual({error, {cpu_limit, 1}},
+                 pyport:run_job(cpu_warm, #{code => <<"while True: pass">>, timeout => 20000})),
+    ?assertMatch({ok, 2, _}, pyport:run_job(cpu_warm, #{code => <<"1 + 1">>})).
+
+fresh_cpu_limit(Config) ->
+    start(cpu_fresh, #{fresh_worker => true, sandbox => #{cpu_seconds => 1}}, Config),
+    ZygotePid = pyport_test_util:os_pid({cpu_fresh, 1}),
+    ?assertEqual({error, {cpu_limit, 1}},
+                 pyport:run_job(cpu_fresh, #{code => <<"while True: pass">>, timeout => 20000})),
+    ?assertMatch({ok, 2, _}, pyport:run_job(cpu_fresh, #{code => <<"1 + 1">>})),
+    ?assertEqual(ZygotePid, pyport_test_util:os_pid({cpu_fresh, 1})).
+
+warm_worker_recycled_near_cpu_budget(Config) ->
+    %% Past half of its CPU seconds after a job, a warm worker is replaced
+    %% before the limit can kill an innocent job.
+    start(budget, #{sandbox => #{cpu_seconds => 2}}, Config),
+    OsPid = pyport_test_util:os_pid({budget, 1}),
+    Burn = <<"import time
+"
+             "t = time.process_time()
+"
+             "while time.process_time() - t < 1.1:
+"
+             "    pass
+">>,
+    ?assertMatch({ok, none, _}, pyport:run_job(budget, #{code => Burn, timeout => 20000})),
+    pyport_test_util:wait_until(fun() ->
+                                        P = pyport_test_util:os_pid({budget, 1}),
+                                        is_integer(P) andalso P =/= OsPid
+                                end),
+    {ok, #{workers := [#{recycles := 1}]}} = pyport:pool_info(budget).
 
 %%%===================================================================
 %%% Helpers
