@@ -535,8 +535,10 @@ std::string Sandbox::apply_seccomp(bool forbid_fork, bool job_layer) {
     // clone3's flags are in memory a filter cannot read: ENOSYS makes glibc
     // fall back to clone, whose flags it can.
     f.rule(SCMP_ACT_ERRNO(ENOSYS), "clone3");
-    // The SIGSYS handler stays: what names a refusal.
-    f.trap("rt_sigaction", SCMP_A0_32(SCMP_CMP_EQ, SIGSYS), SCMP_A1(SCMP_CMP_NE, 0));
+    // The SIGSYS handler stays: it names refusals. EPERM, not a trap: a
+    // vfork child resets every handler with all signals blocked.
+    f.rule(SCMP_ACT_ERRNO(EPERM), "rt_sigaction", SCMP_A0_32(SCMP_CMP_EQ, SIGSYS),
+           SCMP_A1(SCMP_CMP_NE, 0));
     f.trap("ioctl", SCMP_A1_32(SCMP_CMP_EQ, TIOCSTI));
     f.trap("ioctl", SCMP_A1_32(SCMP_CMP_EQ, TIOCLINUX));
     if (!(options_.sandbox_allow & kAllowNetwork)) {

@@ -75,8 +75,8 @@ class _Capture(io.TextIOBase):
 # events of the calls that create processes name the refusal. (Through
 # ctypes, process creation just fails with EPERM, unnamed.)
 
-_PROCESS_EVENTS = ("os.fork", "os.forkpty", "os.system", "os.posix_spawn", "os.spawn",
-                   "subprocess.Popen", "pty.spawn")
+_FORK_EVENTS = ("os.fork", "os.forkpty")
+_EXEC_EVENTS = ("os.system", "os.posix_spawn", "os.spawn", "subprocess.Popen", "pty.spawn")
 
 _audit = {"armed": False, "names": {}, "seen": None}
 
@@ -94,10 +94,15 @@ def _install_audit(report: dict) -> None:
     allowed = set(report.get("allowed", ()))
     if not report.get("seccomp"):
         return
-    name = "clone" if "fork" not in allowed else "execve" if "exec" not in allowed else None
-    if name is None:
+    names = {}
+    if "exec" not in allowed:
+        # With fork allowed, exec runs in a vfork child that SIGSYS kills.
+        names.update((e, "execve") for e in _EXEC_EVENTS)
+    if "fork" not in allowed:
+        names.update((e, "clone") for e in _FORK_EVENTS + _EXEC_EVENTS)
+    if not names:
         return
-    _audit["names"] = {e: name for e in _PROCESS_EVENTS}
+    _audit["names"] = names
     sys.addaudithook(_audit_hook)
 
 
