@@ -57,11 +57,23 @@ venv_site_packages(undefined) ->
 venv_site_packages(Venv) ->
     lists:sort(filelib:wildcard(binary_to_list(filename:join(Venv, "lib/python3*/site-packages")))).
 
-env(Opts) ->
+env(#{sandbox := false} = Opts) ->
     case environment(Opts) of
         [] -> [];
         Env -> [{env, Env}]
-    end.
+    end;
+env(#{sandbox := #{env_keep := Keep}} = Opts) ->
+    %% The node's variables never reach a sandboxed worker, not even in
+    %% the memory where the kernel puts a new program's environment (which
+    %% clearing it later leaves behind, readable through ctypes).
+    Env = environment(Opts),
+    Set = [Name || {Name, _} <- Env],
+    Unset = [{Name, false} || Name <- node_env_names(), not lists:member(Name, Keep),
+                              not lists:member(Name, Set)],
+    [{env, Unset ++ Env}].
+
+node_env_names() ->
+    [Name || Var <- os:getenv(), [Name | _] <- [string:split(Var, "=")], Name =/= ""].
 
 %% What the pool sets in the worker's environment. A sandboxed worker
 %% clears its environment and keeps only this (passed as --env flags too).

@@ -117,16 +117,27 @@ write_outside_workdir(Config) ->
     ?assertNot(filelib:is_file(Target)).
 
 read_parent_environment(Config) ->
-    %% The node's environment, through the job's own and through /proc.
-    Code = <<"import os\n"
+    %% The node's environment: through the job's own, through /proc, and in
+    %% the job's own memory where the kernel put the environment the
+    %% process started with (argv[0] up to the executable's name, at the top
+    %% of the stack), which clearing the environment does not erase.
+    Code = <<"import ctypes, os\n"
              "try:\n"
              "    seen = open('/proc/%d/environ' % input, 'rb').read()\n"
              "except OSError as e:\n"
              "    seen = type(e).__name__\n"
-             "(any('SECRET' in k for k in os.environ), seen)\n">>,
-    {ok, {InEnv, Seen}, _} = job(Config, #{code => Code, input => list_to_integer(os:getpid())}),
+             "libc = ctypes.CDLL(None)\n"
+             "libc.getauxval.restype = ctypes.c_ulong\n"
+             "start = ctypes.c_void_p.in_dll(libc, 'program_invocation_name').value\n"
+             "end = libc.getauxval(31)\n"
+             "initial = ctypes.string_at(start, end - start)\n"
+             "(any('SECRET' in k for k in os.environ), seen, b'hunter2' in initial,\n"
+             " b'--runtime' in initial)\n">>,
+    {ok, {InEnv, Seen, InMemory, FoundArgv}, _} =
+        job(Config, #{code => Code, input => list_to_integer(os:getpid())}),
     ?assertEqual(false, InEnv),
     ?assert(lists:member(Seen, [<<"PermissionError">>, <<"FileNotFoundError">>])),
+    ?assertEqual({false, true}, {InMemory, FoundArgv}),
     follow_ups(Config).
 
 kill_parent(Config) ->
