@@ -153,14 +153,23 @@ map_reply({error, _} = Error, _Opts) ->
 %% budget, is replaced.
 after_job(_Result, _Pid, #{fresh_worker := true}) ->
     ok;
+after_job({error, Reason}, Pid, Opts) ->
+    case damaging(Reason) of
+        true -> pyport_worker:recycle_async(Pid, {job_failed, Reason});
+        false -> check_cpu_budget(Pid, Opts)
+    end;
 after_job({ok, _, _}, Pid, Opts) ->
-    check_cpu_budget(Pid, Opts);
-after_job({error, {exception, _}}, Pid, Opts) ->
-    check_cpu_budget(Pid, Opts);
-after_job({error, {worker_exited, _}}, _Pid, _Opts) ->
-    ok;                                 % replaced already
-after_job({error, Reason}, Pid, _Opts) ->
-    pyport_worker:recycle_async(Pid, {job_failed, Reason}).
+    check_cpu_budget(Pid, Opts).
+
+%% Failures after which the worker's state is unknown. Not: a Python
+%% exception (the job's own business), a request that was never run
+%% (overloaded, bad_job), a worker already gone.
+damaging(timeout) -> true;
+damaging({Limit, _}) when Limit =:= memory_limit; Limit =:= cpu_limit;
+                          Limit =:= file_size_limit; Limit =:= output_limit;
+                          Limit =:= process_limit; Limit =:= forbidden; Limit =:= crashed ->
+    true;
+damaging(_) -> false.
 
 check_cpu_budget(Pid, Opts) ->
     case pyport_sandbox:effective_limit(cpu_seconds, Opts) of
