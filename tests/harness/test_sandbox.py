@@ -527,3 +527,11 @@ def test_a_refusal_with_sigsys_blocked_kills_only_the_fresh_child(spawn):
             "socket.socket()")
     assert job(w, "fresh", code)[:2] == forbidden("unknown")
     assert_healthy(w, "fresh")
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="x32 syscalls exist on x86_64 only")
+def test_x32_syscalls_kill_the_fresh_child(spawn):
+    w = start(spawn, "fresh")
+    code = "import ctypes\nctypes.CDLL(None).syscall(0x40000000 | 41, 2, 1, 0)"  # x32 socket
+    assert job(w, "fresh", code)[:2] == forbidden("unknown")
+    assert_healthy(w, "fresh")
