@@ -77,6 +77,17 @@ int main(int argc, char** argv) {
   // sandbox.hpp), which is then its parent.
   std::unique_ptr<pyport::Sandbox> sandbox;
   if (options.sandbox) {
+    // The values of --env are the job's, not every local user's: blank
+    // them in /proc/<pid>/cmdline (options holds copies).
+    for (int i = 1; i < argc; ++i) {
+      char* value = nullptr;
+      if (std::strncmp(argv[i], "--env=", 6) == 0) {
+        value = std::strchr(argv[i] + 6, '=');
+      } else if (std::strcmp(argv[i], "--env") == 0 && i + 1 < argc) {
+        value = std::strchr(argv[++i], '=');
+      }
+      if (value) std::memset(value + 1, 0, std::strlen(value + 1));
+    }
     sandbox = std::make_unique<pyport::Sandbox>(options);
     error = sandbox->enter_early();
     if (!error.empty()) {

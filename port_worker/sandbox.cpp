@@ -212,10 +212,24 @@ void remove_tree_at(int dir_fd, const char* name, int depth) {
   unlinkat(dir_fd, name, AT_REMOVEDIR);
 }
 
-// The keeper: waits for the worker, removes its working directory, exits
-// as the worker did (the port owner sees the worker's status). It holds no
-// descriptor of the frame channel, so the owner sees end of file as soon
-// as the worker is gone.
+// The direct children of the calling (single-threaded) process.
+std::vector<pid_t> children_of_self() {
+  std::vector<pid_t> found;
+  std::string path = "/proc/self/task/" + std::to_string(getpid()) + "/children";
+  FILE* f = fopen(path.c_str(), "re");
+  if (!f) return found;
+  long pid;
+  while (fscanf(f, "%ld", &pid) == 1)
+    found.push_back(pid_t(pid));
+  fclose(f);
+  return found;
+}
+
+// The keeper: waits for the worker, ends whatever the worker's jobs left
+// running, removes its working directory, exits as the worker did (the
+// port owner sees the worker's status). It is the subreaper of everything
+// the worker starts, and holds no descriptor of the frame channel, so the
+// owner sees end of file as soon as the worker is gone.
 [[noreturn]] void run_keeper(pid_t worker, const std::string& workdir) {
   sigset_t set;
   sigemptyset(&set);
@@ -233,12 +247,27 @@ void remove_tree_at(int dir_fd, const char* name, int depth) {
   }
   syscall(SYS_close_range, 3u, ~0u, 0u);
   int status = 0;
-  for (;;) {
+  bool done = false;
+  while (!done) {
     siginfo_t info;
     int sig = sigwaitinfo(&set, &info);
     if (sig == SIGTERM || sig == SIGHUP) kill(worker, SIGKILL);
-    pid_t done = waitpid(worker, &status, WNOHANG);
-    if (done == worker || (done < 0 && errno == ECHILD)) break;
+    int st;
+    pid_t pid;
+    while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+      if (pid == worker) status = st, done = true;
+    }
+    if (pid < 0 && errno == ECHILD) done = true;
+  }
+  // Orphans of the worker's jobs (fork allowed) came to the keeper: end
+  // them, and those they leave in turn.
+  for (int round = 0; round < 10000; ++round) {
+    std::vector<pid_t> left = children_of_self();
+    if (left.empty()) break;
+    for (pid_t pid : left)
+      kill(pid, SIGKILL);
+    while (waitpid(-1, nullptr, 0) > 0) {
+    }
   }
   size_t slash = workdir.rfind('/');
   int parent =
@@ -301,6 +330,10 @@ std::string Sandbox::enter_early() {
     if (const char* v = getenv(name.c_str())) env.push_back(name + "=" + v);
   }
   env.insert(env.end(), options_.env.begin(), options_.env.end());
+  // clearenv() forgets the strings but they stay in the initial stack
+  // (and /proc/self/environ shows that memory): wipe them first.
+  for (char** e = environ; e && *e; ++e)
+    memset(*e, 0, strlen(*e));
   if (clearenv() != 0) return "cannot clear the environment";
   for (const std::string& kv : env)
     putenv(strdup(kv.c_str()));
@@ -331,6 +364,7 @@ std::string Sandbox::enter_early() {
 
   // The keeper stays the parent; the worker goes on in the child.
   pid_t keeper = getpid();
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
   pid_t child = fork();
   if (child < 0) {
     rmdir(path.data());
@@ -552,6 +586,12 @@ std::string Sandbox::apply_seccomp(bool forbid_fork, bool job_layer) {
       f.trap("execveat");
     }
   }
+  // What a job forks stays in the group that is ended after it: the job's
+  // own group in a fresh child, the worker's in a warm worker.
+  if (job_layer || (!options_.zygote && (options_.sandbox_allow & kAllowFork))) {
+    f.trap("setsid");
+    f.trap("setpgid");
+  }
   if (forbid_fork) {
     // Process creation fails with EPERM rather than trapping: libc and
     // CPython create processes with every signal blocked (posix_spawn,
@@ -588,6 +628,9 @@ std::string Sandbox::enter_job(int result_fd, int out_fd, int err_fd, pid_t zygo
   if (syscall(SYS_close_range, 4u, ~0u, 0u) != 0) return errno_text("close_range");
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != zygote) _exit(1);
+  // A process group of its own, which the job cannot leave (the job's
+  // filter refuses setsid and setpgid): the zygote ends it whole.
+  if (setpgid(0, 0) != 0) return errno_text("setpgid");
   g_forbidden.store(-1);
 
   job_dir = report_.workdir + "/job-" + std::to_string(getpid());
@@ -609,9 +652,7 @@ std::string Sandbox::enter_job(int result_fd, int out_fd, int err_fd, pid_t zygo
     if (error.empty()) error = rules.restrict_self();
     if (!error.empty()) return error;
   }
-  if (report_.seccomp && !(options_.sandbox_allow & kAllowFork)) {
-    error = apply_seccomp(true, true);
-  }
+  if (report_.seccomp) error = apply_seccomp(!(options_.sandbox_allow & kAllowFork), true);
   return error;
 }
 

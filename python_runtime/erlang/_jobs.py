@@ -77,20 +77,27 @@ class _Capture(io.TextIOBase):
 
 _FORK_EVENTS = ("os.fork", "os.forkpty")
 _EXEC_EVENTS = ("os.system", "os.posix_spawn", "os.spawn", "subprocess.Popen", "pty.spawn")
+_SPAWN_EVENTS = frozenset(_FORK_EVENTS + _EXEC_EVENTS)
 
-_audit = {"armed": False, "names": {}, "seen": None}
+_audit: dict[str, Any] = {"armed": False, "names": {}, "seen": None, "spawned": False,
+                          "installed": False}
 
 
 def _audit_hook(event: str, args: tuple) -> None:
-    if _audit["armed"] and _audit["seen"] is None:
-        name = _audit["names"].get(event)
-        if name is not None:
-            _audit["seen"] = name
+    if _audit["armed"] and event in _SPAWN_EVENTS:
+        _audit["spawned"] = True
+        if _audit["seen"] is None:
+            _audit["seen"] = _audit["names"].get(event)
 
 
 def _install_audit(report: dict) -> None:
-    if _audit["names"] or report is None:
+    if _audit["installed"] or report is None:
         return
+    _audit["installed"] = True
+    _audit["fork_allowed"] = "fork" in report.get("allowed", ())
+    # Also how a refused fork under --max-processes is told from other
+    # EAGAIN errors.
+    sys.addaudithook(_audit_hook)
     allowed = set(report.get("allowed", ()))
     if not report.get("seccomp"):
         return
@@ -100,15 +107,13 @@ def _install_audit(report: dict) -> None:
         names.update((e, "execve") for e in _EXEC_EVENTS)
     if "fork" not in allowed:
         names.update((e, "clone") for e in _FORK_EVENTS + _EXEC_EVENTS)
-    if not names:
-        return
     _audit["names"] = names
-    sys.addaudithook(_audit_hook)
 
 
 def _arm() -> None:
     _pyport_sandbox.take_forbidden()
     _audit["seen"] = None
+    _audit["spawned"] = False
     _audit["armed"] = True
 
 
@@ -151,6 +156,17 @@ def _execute(code: Any, input: Any, settings: dict) -> tuple[Atom, Any]:
     except (SyntaxError, ValueError) as exc:
         return ERROR, _exception_reason(exc)
     ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, "input": input}
+    owner = os.getpid()
+    try:
+        return _run_code(body, last, ns, settings)
+    finally:
+        if os.getpid() != owner:
+            # A process the job forked (fork allowed), back from the job's
+            # code: it must not go on as the worker or the job's child.
+            os._exit(0)
+
+
+def _run_code(body: Any, last: Any, ns: dict, settings: dict) -> tuple[Atom, Any]:
     try:
         exec(body, ns)
         value = eval(last, ns) if last is not None else ns.get("result")
@@ -165,6 +181,10 @@ def _execute(code: Any, input: Any, settings: dict) -> tuple[Atom, Any]:
     except BaseException as exc:  # noqa: BLE001 - every failure of the job is its result
         if isinstance(exc, OSError) and exc.errno == errno.EFBIG and settings["max_file_size"]:
             return ERROR, (Atom("file_size_limit"), settings["max_file_size"])
+        if settings["max_processes"] and (
+                (isinstance(exc, BlockingIOError) and _audit["spawned"])
+                or (isinstance(exc, RuntimeError) and str(exc) == "can't start new thread")):
+            return ERROR, (Atom("process_limit"), settings["max_processes"])
         return ERROR, _exception_reason(exc)
     return OK, value
 
@@ -176,6 +196,45 @@ def _stats(stdout: bytes, stderr: bytes, cpu_ms: int, max_rss: int, wall_ms: int
 
 def _max_rss(ru: Any) -> int:
     return int(ru.ru_maxrss) * 1024
+
+
+def _group_members(pgid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] != b"Z" and int(fields[2]) == pgid:
+                found.append(int(entry))
+    return found
+
+
+def _end_strays() -> None:
+    """Ends what a warm job forked (fork allowed): every other process of
+    the worker's group, which a job's processes cannot leave (the filter
+    refuses setsid and setpgid), and reaps them, since zombies count
+    against --max-processes. Orphans among them go to the keeper, which
+    reaps them."""
+    me = os.getpid()
+    for _ in range(1000):
+        strays = [pid for pid in _group_members(os.getpgid(0)) if pid != me]
+        for pid in strays:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+        if not strays:
+            return
 
 
 def _run_warm(code: Any, input: Any, settings: dict) -> tuple:
@@ -192,6 +251,8 @@ def _run_warm(code: Any, input: Any, settings: dict) -> tuple:
     finally:
         sys.stdout, sys.stderr = saved
         forbidden = _disarm()
+        if _audit.get("fork_allowed"):
+            _end_strays()
     if forbidden is not None:
         status, value = ERROR, (Atom("forbidden"), forbidden)
     stats = _stats(out.value(), err.value(), int((time.thread_time() - cpu0) * 1000),
@@ -330,6 +391,12 @@ async def _run_fresh(code: Any, input: Any, settings: dict, timeout: int | None)
     finally:
         if timer is not None:
             timer.cancel()
+        # Whatever the job started (fork allowed) goes with it: its group,
+        # while the unreaped child still holds the group's id.
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
         _, wstatus, ru = os.wait4(pid, 0)
         wall_ms = int((time.monotonic() - wall0) * 1000)
         for p in open_pipes:
