@@ -146,6 +146,10 @@ map_reply({error, {worker_exited, {signal, sigxcpu}}}, Opts) ->
     {error, {cpu_limit, pyport_sandbox:effective_limit(cpu_seconds, Opts)}};
 map_reply({error, {worker_exited, {signal, sigxfsz}}}, #{sandbox := #{max_file_size := Max}}) ->
     {error, {file_size_limit, Max}};
+map_reply({error, {worker_exited, {signal, sigsys}}}, _Opts) ->
+    %% The filter kills the process for a call it cannot name (another
+    %% ABI's, e.g. x32), as a zygote reports for a fresh job.
+    {error, {forbidden, <<"unknown">>}};
 map_reply({error, _} = Error, _Opts) ->
     Error.
 

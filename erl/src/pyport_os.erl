@@ -178,4 +178,5 @@ signal_name(14) -> sigalrm;
 signal_name(15) -> sigterm;
 signal_name(24) -> sigxcpu;
 signal_name(25) -> sigxfsz;
+signal_name(31) -> sigsys;
 signal_name(N) -> N.

@@ -189,6 +189,8 @@ map_reply_test() ->
                  pyport_job:map_reply({error, {worker_exited, {signal, sigxcpu}}}, Opts)),
     ?assertEqual({error, {file_size_limit, 1000}},
                  pyport_job:map_reply({error, {worker_exited, {signal, sigxfsz}}}, Opts)),
+    ?assertEqual({error, {forbidden, <<"unknown">>}},
+                 pyport_job:map_reply({error, {worker_exited, {signal, sigsys}}}, Opts)),
     ?assertEqual({error, {worker_exited, {signal, sigkill}}},
                  pyport_job:map_reply({error, {worker_exited, {signal, sigkill}}}, Opts)),
     ?assertEqual({error, {bad_job_reply, 7}}, pyport_job:map_reply({ok, 7}, Opts)).
