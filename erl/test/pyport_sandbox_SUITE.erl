@@ -24,7 +24,8 @@ all() ->
      fresh_jobs_are_isolated, warm_worker_recycled_after_failed_job,
      workdir_removed_after_kill, env_only_what_the_pool_names, imports_preloaded,
      concurrent_fresh_jobs, relaxations_reach_the_worker, stricter_limit_wins,
-     warm_cpu_limit, fresh_cpu_limit, warm_worker_recycled_near_cpu_budget].
+     warm_cpu_limit, fresh_cpu_limit, warm_worker_recycled_near_cpu_budget,
+     fork_bomb_with_fork_allowed].
 
 groups() ->
     Hostile = [connect_localhost, bind_port, exec_sh, fork_loop, allocate_10gb, spin_forever,
@@ -411,6 +412,38 @@ warm_worker_recycled_near_cpu_budget(Config) ->
                                         is_integer(P) andalso P =/= OsPid
                                 end),
     {ok, #{workers := [#{recycles := 1}]}} = pyport:pool_info(budget).
+
+fork_bomb_with_fork_allowed(Config) ->
+    %% With process creation relaxed, max_processes bounds a fork bomb, and
+    %% nothing it started outlives the job.
+    [begin
+         Pool = list_to_atom("bomb_" ++ atom_to_list(Mode)),
+         start(Pool, #{fresh_worker => Mode =:= fresh,
+                       sandbox => #{fork => true, max_processes => 16}}, Config),
+         ?assertEqual({error, {process_limit, 16}},
+                      pyport:run_job(Pool, #{code => <<"import os, time\n"
+                                                        "while True:\n"
+                                                        "    if os.fork() == 0:\n"
+                                                        "        time.sleep(60)\n"
+                                                        "        os._exit(0)\n">>,
+                                             timeout => 20000})),
+         ?assertMatch({ok, 2, _}, pyport:run_job(Pool, #{code => <<"1 + 1">>})),
+         %% The sleeping children are gone: the worker has none left, and
+         %% its keeper (which inherits orphans) has only the worker.
+         OsPid = pyport_test_util:os_pid({Pool, 1}),
+         Keeper = parent_pid(OsPid),
+         pyport_test_util:wait_until(fun() ->
+                                             children(OsPid) =:= [] andalso
+                                                 children(Keeper) =:= [integer_to_list(OsPid)]
+                                     end)
+     end || Mode <- [warm, fresh]].
+
+children(OsPid) ->
+    Path = "/proc/" ++ integer_to_list(OsPid) ++ "/task/" ++ integer_to_list(OsPid) ++ "/children",
+    case file:read_file(Path) of
+        {ok, Bin} -> string:lexemes(binary_to_list(Bin), " \n");
+        {error, _} -> []
+    end.
 
 %%%===================================================================
 %%% Helpers
