@@ -194,3 +194,10 @@ map_reply_test() ->
     ?assertEqual({error, {worker_exited, {signal, sigkill}}},
                  pyport_job:map_reply({error, {worker_exited, {signal, sigkill}}}, Opts)),
     ?assertEqual({error, {bad_job_reply, 7}}, pyport_job:map_reply({ok, 7}, Opts)).
+
+%% What RLIMIT_CPU counts, read for the CPU budget of warm workers.
+cpu_seconds_test() ->
+    Used = pyport_os:cpu_seconds(list_to_integer(os:getpid())),
+    ?assert(is_float(Used) andalso Used >= 0.0),
+    ?assertEqual(undefined, pyport_os:cpu_seconds(undefined)),
+    ?assertEqual(undefined, pyport_os:cpu_seconds(999999999)).
