@@ -25,7 +25,7 @@ all() ->
      workdir_removed_after_kill, env_only_what_the_pool_names, imports_preloaded,
      concurrent_fresh_jobs, relaxations_reach_the_worker, stricter_limit_wins,
      warm_cpu_limit, fresh_cpu_limit, warm_worker_recycled_near_cpu_budget,
-     fork_bomb_with_fork_allowed].
+     fork_bomb_with_fork_allowed, warm_job_that_ignores_its_interrupt_is_killed].
 
 groups() ->
     Hostile = [connect_localhost, bind_port, exec_sh, fork_loop, allocate_10gb, spin_forever,
@@ -412,6 +412,22 @@ warm_worker_recycled_near_cpu_budget(Config) ->
                                         is_integer(P) andalso P =/= OsPid
                                 end),
     {ok, #{workers := [#{recycles := 1}]}} = pyport:pool_info(budget).
+
+warm_job_that_ignores_its_interrupt_is_killed(Config) ->
+    %% Blocks SIGINT and sleeps in C: the interrupt at its timeout cannot
+    %% stop it, so the worker is killed after kill_after and replaced.
+    start(stubborn, #{kill_after => 500}, Config),
+    OsPid = pyport_test_util:os_pid({stubborn, 1}),
+    ?assertEqual({error, timeout},
+                 pyport:run_job(stubborn, #{code => <<"import ctypes, signal\n"
+                                                     "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])\n"
+                                                     "ctypes.CDLL(None).sleep(60)\n">>,
+                                            timeout => 300})),
+    ?assertMatch({ok, 2, _}, pyport:run_job(stubborn, #{code => <<"1 + 1">>})),
+    ?assertNotEqual(OsPid, pyport_test_util:os_pid({stubborn, 1})),
+    %% Killed, not recycled once the sleep ended.
+    ?assertMatch({ok, #{last_exit := {interrupt_timeout, 500}, recycles := 0}},
+                 pyport:worker_info({stubborn, 1})).
 
 fork_bomb_with_fork_allowed(Config) ->
     %% With process creation relaxed, max_processes bounds a fork bomb, and
