@@ -3,7 +3,7 @@
 %% means, and how much memory it holds.
 -module(pyport_os).
 
--export([open/1, args/1, kill/1, exit_detail/1, rss_bytes/1, cpu_seconds/1, alive/1]).
+-export([open/1, args/1, kill/1, remove_tree/1, exit_detail/1, rss_bytes/1, cpu_seconds/1, alive/1]).
 
 %% @doc Spawns a worker OS process for a pool's options. The port speaks
 %% `{packet, 4}' frames; see proto/PROTOCOL.md.
@@ -103,6 +103,30 @@ kill(OsPid) when is_integer(OsPid), OsPid > 1 ->
     ok;
 kill(_) ->
     ok.
+
+%% @doc Removes a directory tree that untrusted code may have written, as
+%% the node's user (often root). `rm -rf' never follows a symbolic link
+%% and opens each directory relative to its parent, so links a job left,
+%% or swaps in while this runs, cannot send the removal elsewhere;
+%% file:del_dir_r/1 checks then acts by path. Without rm, del_dir_r.
+-spec remove_tree(binary()) -> ok.
+remove_tree(Dir) ->
+    case os:find_executable("rm", "/usr/bin:/bin") of
+        false ->
+            _ = file:del_dir_r(Dir),
+            ok;
+        Rm ->
+            Port = open_port({spawn_executable, Rm},
+                             [{args, ["-rf", "--one-file-system", "--", Dir]}, exit_status,
+                              stderr_to_stdout]),
+            wait_exit(Port)
+    end.
+
+wait_exit(Port) ->
+    receive
+        {Port, {exit_status, _}} -> ok;
+        {Port, {data, _}} -> wait_exit(Port)
+    end.
 
 %% @doc How an exit status of the OS process is reported: statuses above 128
 %% are deaths by a signal (128 + the Linux signal number).

@@ -1305,7 +1305,7 @@ remove_workdir(#state{capabilities = Caps, opts = Opts}) ->
         undefined ->
             ok;
         Dir ->
-            _ = spawn(fun() -> file:del_dir_r(Dir) end),
+            _ = spawn(fun() -> pyport_os:remove_tree(Dir) end),
             ok
     end.
 

@@ -201,3 +201,21 @@ cpu_seconds_test() ->
     ?assert(is_float(Used) andalso Used >= 0.0),
     ?assertEqual(undefined, pyport_os:cpu_seconds(undefined)),
     ?assertEqual(undefined, pyport_os:cpu_seconds(999999999)).
+
+%% A tree with a link to outside it: the link goes, its target stays.
+remove_tree_test() ->
+    Base = filename:join(filename:basedir(user_cache, "pyport-test"), "rm-" ++ os:getpid()),
+    Outside = filename:join(Base, "outside"),
+    Tree = filename:join(Base, "pyport-job-x"),
+    ok = filelib:ensure_dir(filename:join([Tree, "sub", "x"])),
+    ok = filelib:ensure_dir(filename:join(Outside, "x")),
+    ok = file:write_file(filename:join(Outside, "keep"), <<"k">>),
+    ok = file:write_file(filename:join([Tree, "sub", "f"]), <<"f">>),
+    ok = file:make_symlink(Outside, filename:join(Tree, "link")),
+    try
+        ok = pyport_os:remove_tree(list_to_binary(Tree)),
+        ?assertNot(filelib:is_dir(Tree)),
+        ?assert(filelib:is_regular(filename:join(Outside, "keep")))
+    after
+        file:del_dir_r(Base)
+    end.
