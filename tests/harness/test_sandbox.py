@@ -75,8 +75,8 @@ def sandbox_of(w):
     return w.hello.capabilities[Atom("sandbox")]
 
 
-def children_of(pid):
-    found = []
+def processes():
+    """(pid, state, ppid, pgid) of every process, from /proc."""
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
@@ -84,9 +84,11 @@ def children_of(pid):
                     fields = f.read().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[1]) == pid:
-                found.append(int(entry))
-    return found
+            yield int(entry), fields[0], int(fields[1]), int(fields[2])
+
+
+def children_of(pid):
+    return [p for p, _, ppid, _ in processes() if ppid == pid]
 
 
 @pytest.fixture
@@ -596,17 +598,7 @@ def test_a_fork_bomb_meets_the_process_limit(spawn, mode):
 
 
 def process_group(pgid):
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                members.append(int(entry))
-    return members
+    return [p for p, state, _, group in processes() if group == pgid and state != "Z"]
 
 
 def test_what_a_fresh_job_forked_goes_with_it(spawn):
@@ -654,4 +646,15 @@ def test_fresh_jobs_live_in_the_zygotes_pid_namespace(spawn):
     assert ppid == 1 and pid != host_pid
     with open(f"/proc/{host_pid}/stat") if os.path.exists(f"/proc/{host_pid}") else open("/dev/null") as f:
         f.read()
+    assert_healthy(w, "fresh")
+
+
+def test_allow_exec_only(spawn):
+    w = start(spawn, "fresh", "--sandbox-allow", "exec")
+    # The child becomes echo: its output arrives, but no result.
+    status, reason, stats = job(w, "fresh", "import os\nos.execv('/bin/echo', ['echo', 'hi'])")
+    assert (status, reason) == ("error", (Atom("crashed"), {"exit_status": 0}))
+    assert stats["stdout"] == "hi\n"
+    # Creating a process stays forbidden.
+    assert job(w, "fresh", "import subprocess\nsubprocess.run(['/bin/true'])")[:2] == forbidden("clone")
     assert_healthy(w, "fresh")
