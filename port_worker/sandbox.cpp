@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/capability.h>
+#include <poll.h>
 #include <pwd.h>
 #include <sched.h>
 #include <seccomp.h>
@@ -362,8 +363,26 @@ std::string Sandbox::enter_early() {
     return errno_text("cannot give the working directory to the sandbox's uid");
   }
 
+  // A zygote is the init of a pid namespace of its own, its jobs' (init
+  // ignores signals it has no handler for, when they come from inside:
+  // jobs cannot signal it, nor see anything outside). A warm worker stays
+  // out: it would ignore RLIMIT_CPU's SIGXCPU.
+  bool namespaces = !(options_.sandbox_allow & kAllowNamespaces);
+  if (!options_.zygote) {
+    if (namespaces) unavailable("pid_ns", "only a zygote runs in a pid namespace (as its init)");
+  } else if (namespaces && simulated_missing("namespaces")) {
+    unavailable("pid_ns", "simulated for a test (--sandbox-test-unavailable namespaces)");
+  } else if (namespaces) {
+    // Without a user namespace (made later, by the worker) only root can.
+    if (unshare(CLONE_NEWPID) == 0) {
+      report_.pid_ns = true;
+    } else {
+      unavailable("pid_ns", std::string("unshare(CLONE_NEWPID): ") + strerror(errno));
+    }
+  }
+
   // The keeper stays the parent; the worker goes on in the child.
-  pid_t keeper = getpid();
+  pid_t keeper = report_.pid_ns ? 0 : getpid();  // its pid as the child sees it
   prctl(PR_SET_CHILD_SUBREAPER, 1);
   pid_t child = fork();
   if (child < 0) {
@@ -373,6 +392,9 @@ std::string Sandbox::enter_early() {
   if (child > 0) run_keeper(child, report_.workdir);
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != keeper) _exit(1);
+  // The pid the owner knows (/proc is the host's: "self" is that pid).
+  char self[32] = {};
+  host_pid_ = readlink("/proc/self", self, sizeof self - 1) > 0 ? pid_t(atol(self)) : getpid();
 
   if (drop) {
     if (setgroups(0, nullptr) != 0 || setresgid(gid, gid, gid) != 0 ||
@@ -392,23 +414,23 @@ std::string Sandbox::enter_early() {
 
 std::string Sandbox::enter_namespaces(uid_t uid, gid_t gid) {
   bool keep_privileges = options_.sandbox_allow & kAllowPrivileges;
-  report_.pid_ns = false;
-  // A pid namespace makes its first process init, which ignores the
-  // signals resource limits send (SIGXCPU): not used.
-  unavailable("pid_ns",
-              "not used: the worker would be its namespace's init, which ignores "
-              "SIGXCPU and other default-action signals");
   if (options_.sandbox_allow & kAllowNamespaces) {
     if (!keep_privileges && !drop_capabilities()) return errno_text("cannot drop capabilities");
     return "";
   }
   int others = CLONE_NEWIPC | CLONE_NEWNS;
   if (!(options_.sandbox_allow & kAllowNetwork)) others |= CLONE_NEWNET;
-  if (simulated_missing("namespaces")) {
-    for (const char* ns : {"user_ns", "net_ns", "ipc_ns", "mount_ns"}) {
-      if (std::string(ns) != "net_ns" || (others & CLONE_NEWNET))
-        unavailable(ns, "simulated for a test (--sandbox-test-unavailable namespaces)");
+  const char* const kNamespaces[] = {"user_ns", "net_ns", "ipc_ns", "mount_ns"};
+  auto missing = [&](const std::string& why, bool user_too) {
+    for (const char* ns : kNamespaces) {
+      std::string name = ns;
+      if ((name == "user_ns" && !user_too) || (name == "net_ns" && !(others & CLONE_NEWNET)))
+        continue;
+      unavailable(ns, why);
     }
+  };
+  if (simulated_missing("namespaces")) {
+    missing("simulated for a test (--sandbox-test-unavailable namespaces)", true);
     if (!keep_privileges && !drop_capabilities()) return errno_text("cannot drop capabilities");
     return "";
   }
@@ -436,10 +458,7 @@ std::string Sandbox::enter_namespaces(uid_t uid, gid_t gid) {
       report_.ipc_ns = report_.mount_ns = true;
       report_.net_ns = others & CLONE_NEWNET;
     } else {
-      std::string why = std::string("unshare: ") + strerror(errno);
-      unavailable("ipc_ns", why);
-      unavailable("mount_ns", why);
-      if (others & CLONE_NEWNET) unavailable("net_ns", why);
+      missing(std::string("unshare: ") + strerror(errno), false);
     }
   }
   prctl(PR_SET_DUMPABLE, 0);
@@ -614,7 +633,7 @@ std::string Sandbox::apply_seccomp(bool forbid_fork, bool job_layer) {
 }
 
 std::string Sandbox::enter_job(int result_fd, int out_fd, int err_fd, pid_t zygote,
-                               std::string& job_dir) {
+                               const std::string& job_name, std::string& job_dir) {
   // The descriptors first: from here on nothing can reach the frame channel.
   int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (null_fd < 0) return errno_text("cannot open /dev/null");
@@ -633,7 +652,10 @@ std::string Sandbox::enter_job(int result_fd, int out_fd, int err_fd, pid_t zygo
   if (setpgid(0, 0) != 0) return errno_text("setpgid");
   g_forbidden.store(-1);
 
-  job_dir = report_.workdir + "/job-" + std::to_string(getpid());
+  if (job_name.empty() || job_name.find('/') != std::string::npos || job_name[0] == '.') {
+    return "bad job directory name '" + job_name + "'";
+  }
+  job_dir = report_.workdir + "/" + job_name;
   if (mkdir(job_dir.c_str(), 0700) != 0) return errno_text("cannot create the job's directory");
   if (chdir(job_dir.c_str()) != 0) return errno_text("cannot enter the job's directory");
   setenv("TMPDIR", job_dir.c_str(), 1);
@@ -789,7 +811,8 @@ PyObject* take_forbidden(PyObject*, PyObject*) {
 
 PyObject* enter_job(PyObject* module, PyObject* args) {
   int result_fd, out_fd, err_fd, zygote;
-  if (!PyArg_ParseTuple(args, "iiii:enter_job", &result_fd, &out_fd, &err_fd, &zygote)) {
+  const char* name;
+  if (!PyArg_ParseTuple(args, "iiiis:enter_job", &result_fd, &out_fd, &err_fd, &zygote, &name)) {
     return nullptr;
   }
   Sandbox* sandbox = sandbox_of(module);
@@ -797,7 +820,7 @@ PyObject* enter_job(PyObject* module, PyObject* args) {
   // The child has no channel to Erlang: the erlang API says so at once.
   if (!bind_erlang_module(nullptr)) return nullptr;
   std::string job_dir;
-  std::string error = sandbox->enter_job(result_fd, out_fd, err_fd, pid_t(zygote), job_dir);
+  std::string error = sandbox->enter_job(result_fd, out_fd, err_fd, pid_t(zygote), name, job_dir);
   if (!error.empty()) {
     PyErr_SetString(PyExc_OSError, error.c_str());
     return nullptr;
@@ -838,7 +861,7 @@ PyMethodDef kMethods[] = {
     {"take_forbidden", take_forbidden, METH_NOARGS,
      "the first syscall the filter refused since the last call, or None"},
     {"enter_job", enter_job, METH_VARARGS,
-     "enter_job(result_fd, out_fd, err_fd, zygote_pid) -> the job's directory (in a fork)"},
+     "enter_job(result_fd, out_fd, err_fd, zygote_pid, name) -> the job's directory (in a fork)"},
     {"encode", encode, METH_O, "encode(value) -> bytes, as a frame would carry it"},
     {"decode", decode, METH_O, "decode(bytes) -> value (one msgpack value, untrusted)"},
     {nullptr, nullptr, 0, nullptr},

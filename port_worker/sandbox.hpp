@@ -58,9 +58,14 @@ class Sandbox {
   // becomes /dev/null, 1 and 2 out_fd and err_fd, 3 result_fd; every other
   // descriptor is closed (the frame channel above all). Returns an empty
   // string and the job's directory in `job_dir`, or what failed.
-  std::string enter_job(int result_fd, int out_fd, int err_fd, pid_t zygote, std::string& job_dir);
+  // `job_name` names the job's directory inside the working directory.
+  std::string enter_job(int result_fd, int out_fd, int err_fd, pid_t zygote,
+                        const std::string& job_name, std::string& job_dir);
 
   const Options& options() const { return options_; }
+  // The worker's pid as its owner sees it (a zygote is 1 in its own pid
+  // namespace).
+  pid_t host_pid() const { return host_pid_; }
   const SandboxReport& report() const { return report_; }
   // The report as a msgpack map with atom keys (PROTOCOL.md, HELLO).
   void write_report(ByteBuffer& out) const;
@@ -80,6 +85,7 @@ class Sandbox {
 
   Options options_;
   SandboxReport report_;
+  pid_t host_pid_ = 0;
 };
 
 // Before Py_Initialize: makes `import _pyport_sandbox` work (the Python

@@ -119,7 +119,8 @@ int Worker::run(const Channel& channel) {
   version = version.substr(0, version.find(' '));
   ByteBuffer report;
   if (sandbox_) sandbox_->write_report(report);
-  write_hello_frame(hello, version, uint64_t(getpid()), options_.max_frame_size,
+  write_hello_frame(hello, version, uint64_t(sandbox_ ? sandbox_->host_pid() : getpid()),
+                    options_.max_frame_size,
                     {"call", "cast", "eval", "exec", "log", "interrupt", "control", "request",
                      "message", "schedule", "asyncio", "stream", "cancel"},
                     sandbox_ ? &report : nullptr);

@@ -19,6 +19,7 @@ import asyncio
 import builtins
 import errno
 import io
+import itertools
 import os
 import shutil
 import signal
@@ -263,11 +264,12 @@ def _run_warm(code: Any, input: Any, settings: dict) -> tuple:
 
 # ---- fresh jobs: a child of the zygote ----
 
-def _child(code: Any, input: Any, settings: dict, fds: tuple[int, int, int], zygote: int) -> None:
+def _child(code: Any, input: Any, settings: dict, fds: tuple[int, int, int], zygote: int,
+           name: str) -> None:
     """In the forked child: confine, run, send the outcome on fd 3, exit."""
     status = _CHILD_FAILED
     try:
-        job_dir = _pyport_sandbox.enter_job(fds[0], fds[1], fds[2], zygote)
+        job_dir = _pyport_sandbox.enter_job(fds[0], fds[1], fds[2], zygote, name)
         for name in ("TMPDIR", "HOME", "PWD"):
             os.environ[name] = job_dir
         # The zygote's event loop is not the job's (its descriptors are closed).
@@ -330,6 +332,7 @@ class _Pipe:
         return b"".join(self.parts)
 
 
+_job_numbers = itertools.count(1)
 _SIGNAL_NAMES = {s.value: s.name.lower() for s in signal.Signals}
 
 
@@ -337,10 +340,13 @@ async def _run_fresh(code: Any, input: Any, settings: dict, timeout: int | None)
     loop = asyncio.get_running_loop()
     pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(3)]  # result, stdout, stderr
     zygote = os.getpid()
+    # The job's directory in the working directory (its pid is the child's
+    # in the jobs' pid namespace, not the zygote's view of it).
+    name = f"job-{next(_job_numbers)}"
     wall0 = time.monotonic()
     pid = os.fork()
     if pid == 0:
-        _child(code, input, settings, tuple(w for _, w in pipes), zygote)
+        _child(code, input, settings, tuple(w for _, w in pipes), zygote, name)
     for _, w in pipes:
         os.close(w)
     why: list[Any] = []  # what the zygote did to the child, if anything
@@ -398,6 +404,13 @@ async def _run_fresh(code: Any, input: Any, settings: dict, timeout: int | None)
         except OSError:
             pass
         _, wstatus, ru = os.wait4(pid, 0)
+        # The group's orphans came to the zygote (the init of the jobs' pid
+        # namespace): reaped here, so they do not pile up as zombies.
+        while True:
+            try:
+                os.waitid(os.P_PGID, pid, os.WEXITED)
+            except ChildProcessError:
+                break
         wall_ms = int((time.monotonic() - wall0) * 1000)
         for p in open_pipes:
             loop.remove_reader(p.fd)
@@ -405,7 +418,7 @@ async def _run_fresh(code: Any, input: Any, settings: dict, timeout: int | None)
             os.close(p.fd)
         loop.remove_reader(pidfd)
         os.close(pidfd)
-        shutil.rmtree(os.path.join(settings["workdir"], f"job-{pid}"), ignore_errors=True)
+        shutil.rmtree(os.path.join(settings["workdir"], name), ignore_errors=True)
     check_output()
     stats = _stats(out.value(), err.value(), int((ru.ru_utime + ru.ru_stime) * 1000),
                    _max_rss(ru), wall_ms)

@@ -75,8 +75,8 @@ def sandbox_of(w):
     return w.hello.capabilities[Atom("sandbox")]
 
 
-def children_of(pid):
-    found = []
+def processes():
+    """(pid, state, ppid, pgid) of every process, from /proc."""
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
@@ -84,9 +84,11 @@ def children_of(pid):
                     fields = f.read().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[1]) == pid:
-                found.append(int(entry))
-    return found
+            yield int(entry), fields[0], int(fields[1]), int(fields[2])
+
+
+def children_of(pid):
+    return [p for p, _, ppid, _ in processes() if ppid == pid]
 
 
 @pytest.fixture
@@ -147,7 +149,12 @@ def test_hello_reports_what_is_in_force(spawn, mode):
         if ns == "user_ns" or os.geteuid() != 0:
             assert s[ns] is userns, ns
         assert s[ns] or ns in unavailable, ns
-    assert s["pid_ns"] is False and "pid_ns" in unavailable
+    if mode == "fresh":
+        # The jobs' pid namespace (the zygote stays out of it).
+        assert s["pid_ns"] is (userns or os.geteuid() == 0 and s["mount_ns"])
+        assert s["pid_ns"] or "pid_ns" in unavailable
+    else:
+        assert s["pid_ns"] is False and "pid_ns" in unavailable
     assert s["allowed"] == []
     assert s["rlimits"] == {"as": 2 * GIB, "cpu": Atom("infinity"), "nofile": Atom("infinity"),
                             "fsize": 1000000, "nproc": 64}
@@ -164,7 +171,7 @@ def test_hello_reports_what_is_in_force(spawn, mode):
     assert ("Seccomp:\t2" in status_text) is s["seccomp"]
     assert fsize == 1000000
     if mode == "fresh":
-        assert cwd == f"{s['workdir']}/job-{cwd.rsplit('-', 1)[1]}"
+        assert cwd.startswith(f"{s['workdir']}/job-")
 
 
 def test_a_plain_worker_reports_no_sandbox_and_refuses_jobs(worker):
@@ -285,10 +292,11 @@ def test_ten_gigabytes_is_a_memory_limit(spawn, mode):
 
 def test_spinning_fresh_job_times_out_and_the_zygote_goes_on(spawn):
     w = start(spawn, "fresh")
+    own = children_of(w.hello.os_pid)  # the jobs' pid namespace's init, if any
     status, reason, stats = job(w, "fresh", "while True:\n    pass", timeout=500)
     assert (status, reason) == ("error", "timeout")
     assert stats["wall_ms"] >= 500
-    assert children_of(w.hello.os_pid) == []
+    assert children_of(w.hello.os_pid) == own
     assert_healthy(w, "fresh")
 
 
@@ -390,9 +398,18 @@ def test_the_parents_environment_is_out_of_reach(spawn, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_killing_the_parent_fails(spawn, mode):
     w = start(spawn, mode)
-    for target in ["os.getppid()", str(os.getpid()), "1"]:
+    worker, keeper = w.hello.os_pid, w.pid
+    # Processes outside the job's reach: the keeper, this test, and for a
+    # fresh job the zygote (by its pid outside the job's pid namespace).
+    for target in [keeper, os.getpid()] + ([worker] if mode == "fresh" else []):
         status, (reason, info), _ = job(w, mode, f"import os, signal\nos.kill({target}, signal.SIGKILL)")
-        assert (status, reason, info["type"]) == ("error", "exception", "PermissionError"), target
+        assert (status, reason) == ("error", "exception"), target
+        assert info["type"] in ("PermissionError", "ProcessLookupError"), target
+    status, (reason, info), _ = job(w, mode, "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)")
+    assert (status, reason) == ("error", "exception") or mode == "fresh"
+    # In a fresh job's namespace, pid 1 is its init, which ignores the signal.
+    job(w, mode, "import os, signal\nos.kill(1, signal.SIGKILL)")
+    assert os.path.exists(f"/proc/{keeper}")
     assert_healthy(w, mode)
 
 
@@ -443,16 +460,17 @@ def test_fresh_jobs_run_concurrently_in_one_zygote(spawn):
 
 def test_a_cancelled_fresh_job_takes_its_child_along(spawn):
     w = start(spawn, "fresh")
+    zygote = w.hello.os_pid
+    own = children_of(zygote)  # the jobs' pid namespace's init, if any
     id = w.request(P.CALL, "erlang._jobs", "run_job",
                    ["while True:\n    pass", None, {Atom("fresh"): True}], {})
-    zygote = w.hello.os_pid
-    while not children_of(zygote):
+    while children_of(zygote) == own:
         pass
     w.send_frame(P.CANCEL, id)
     with pytest.raises(P.RemoteError) as e:
         w.result(id)
     assert e.value.type == "CancelledError"
-    assert children_of(zygote) == []
+    assert children_of(zygote) == own
     assert_healthy(w, "fresh")
 
 
@@ -519,7 +537,7 @@ def test_allow_namespaces(spawn):
     w = start(spawn, "warm", "--sandbox-allow", "namespaces")
     s = sandbox_of(w)
     assert not any(s[ns] for ns in ("user_ns", "net_ns", "ipc_ns", "mount_ns"))
-    assert set(dict(s["unavailable"])) <= {"pid_ns"}
+    assert s["pid_ns"] is False and s["unavailable"] == []
 
 
 def test_allow_seccomp(spawn):
@@ -580,17 +598,7 @@ def test_a_fork_bomb_meets_the_process_limit(spawn, mode):
 
 
 def process_group(pgid):
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                members.append(int(entry))
-    return members
+    return [p for p, state, _, group in processes() if group == pgid and state != "Z"]
 
 
 def test_what_a_fresh_job_forked_goes_with_it(spawn):
@@ -625,3 +633,28 @@ def test_what_a_warm_job_forked_goes_with_it(spawn):
     assert gone(orphan)
     assert job(w, "warm", "import os\nos.setsid()")[:2] == forbidden("setsid")
     assert_healthy(w, "warm")
+
+
+def test_fresh_jobs_live_in_the_zygotes_pid_namespace(spawn):
+    w = start(spawn, "fresh")
+    if not sandbox_of(w)["pid_ns"]:
+        pytest.skip("no pid namespace here: " + dict(sandbox_of(w)["unavailable"])["pid_ns"])
+    status, (ppid, pid, host_pid), _ = job(
+        w, "fresh", "import os\n(os.getppid(), os.getpid(), int(os.readlink('/proc/self')))")
+    assert status == "ok"
+    # The zygote is the namespace's init; the job's pids are the namespace's.
+    assert ppid == 1 and pid != host_pid
+    with open(f"/proc/{host_pid}/stat") if os.path.exists(f"/proc/{host_pid}") else open("/dev/null") as f:
+        f.read()
+    assert_healthy(w, "fresh")
+
+
+def test_allow_exec_only(spawn):
+    w = start(spawn, "fresh", "--sandbox-allow", "exec")
+    # The child becomes echo: its output arrives, but no result.
+    status, reason, stats = job(w, "fresh", "import os\nos.execv('/bin/echo', ['echo', 'hi'])")
+    assert (status, reason) == ("error", (Atom("crashed"), {"exit_status": 0}))
+    assert stats["stdout"] == "hi\n"
+    # Creating a process stays forbidden.
+    assert job(w, "fresh", "import subprocess\nsubprocess.run(['/bin/true'])")[:2] == forbidden("clone")
+    assert_healthy(w, "fresh")
