@@ -66,10 +66,12 @@ env(#{sandbox := #{env_keep := Keep}} = Opts) ->
     %% The node's variables never reach a sandboxed worker, not even in
     %% the memory where the kernel puts a new program's environment (which
     %% clearing it later leaves behind, readable through ctypes).
+    %% TMPDIR stays: the worker makes its directory there (when the pool
+    %% names no workdir_parent), then points TMPDIR at that directory.
     Env = environment(Opts),
     Set = [Name || {Name, _} <- Env],
     Unset = [{Name, false} || Name <- node_env_names(), not lists:member(Name, Keep),
-                              not lists:member(Name, Set)],
+                              not lists:member(Name, Set), Name =/= "TMPDIR"],
     [{env, Unset ++ Env}].
 
 node_env_names() ->

@@ -25,7 +25,8 @@ all() ->
      workdir_removed_after_kill, env_only_what_the_pool_names, imports_preloaded,
      concurrent_fresh_jobs, relaxations_reach_the_worker, stricter_limit_wins,
      warm_cpu_limit, fresh_cpu_limit, warm_worker_recycled_near_cpu_budget,
-     fork_bomb_with_fork_allowed, warm_job_that_ignores_its_interrupt_is_killed].
+     fork_bomb_with_fork_allowed, warm_job_that_ignores_its_interrupt_is_killed,
+     workdir_in_the_nodes_tmpdir_or_workdir_parent].
 
 groups() ->
     Hostile = [connect_localhost, bind_port, exec_sh, fork_loop, allocate_10gb, spin_forever,
@@ -343,6 +344,31 @@ env_only_what_the_pool_names(Config) ->
     ?assertNot(is_map_key(<<?SECRET>>, Env)),
     ?assertNot(is_map_key(<<"PATH_TO_NODE_ONLY">>, Env)),
     os:unsetenv("PYPORT_SANDBOX_KEPT").
+
+workdir_in_the_nodes_tmpdir_or_workdir_parent(Config) ->
+    Tmp = filename:join(?config(priv_dir, Config), "tmp"),
+    Parent = filename:join(?config(priv_dir, Config), "parent"),
+    ok = file:make_dir(Tmp),
+    ok = file:make_dir(Parent),
+    Saved = os:getenv("TMPDIR"),
+    true = os:putenv("TMPDIR", Tmp),
+    try
+        start(in_tmp, #{}, Config),
+        start(in_parent, #{sandbox => #{workdir_parent => Parent}}, Config)
+    after
+        case Saved of
+            false -> os:unsetenv("TMPDIR");
+            _ -> os:putenv("TMPDIR", Saved)
+        end
+    end,
+    [begin
+         {ok, #{workers := [#{sandbox := #{workdir := Dir}}]}} = pyport:pool_info(Pool),
+         ?assertEqual(list_to_binary(Expected), filename:dirname(Dir)),
+         %% Inside, TMPDIR is the job's own directory.
+         ?assertEqual({ok, Dir, ok}, setelement(3, pyport:run_job(Pool, #{code => <<"import os\n"
+                                                                                 "os.environ['TMPDIR'].encode()">>}),
+                                              ok))
+     end || {Pool, Expected} <- [{in_tmp, Tmp}, {in_parent, Parent}]].
 
 imports_preloaded(Config) ->
     start(preloaded, #{imports => [json], fresh_worker => true}, Config),
