@@ -256,6 +256,13 @@ def _run_warm(code: Any, input: Any, settings: dict) -> tuple:
             _end_strays()
     if forbidden is not None:
         status, value = ERROR, (Atom("forbidden"), forbidden)
+    elif status == OK:
+        # A result with no Erlang form is the job's error, not the request's
+        # (a fresh job's is found the same way, by encoding it).
+        try:
+            _pyport_sandbox.encode(value)
+        except Exception as exc:  # noqa: BLE001
+            status, value = ERROR, _exception_reason(exc)
     stats = _stats(out.value(), err.value(), int((time.thread_time() - cpu0) * 1000),
                    _max_rss(resource.getrusage(resource.RUSAGE_SELF)),
                    int((time.monotonic() - wall0) * 1000))

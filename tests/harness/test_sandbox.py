@@ -228,6 +228,9 @@ def test_a_job_is_a_notebook_cell(spawn, mode):
     assert set(stats) == {"stdout", "stderr", "cpu_ms", "max_rss", "wall_ms"}
     status, (reason, info), _ = job(w, mode, "1 +")
     assert (status, reason, info["type"]) == ("error", "exception", "SyntaxError")
+    status, (reason, info), _ = job(w, mode, "len")
+    assert (status, reason, info["type"]) == ("error", "exception", "TypeError")
+    assert "cannot convert" in info["message"]
     status, (reason, text), _ = job(w, mode, "1", timeout=0)
     assert (status, reason) == ("error", "bad_job") and "timeout" in text
 
