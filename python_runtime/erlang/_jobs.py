@@ -351,7 +351,14 @@ async def _run_fresh(code: Any, input: Any, settings: dict, timeout: int | None)
     # in the jobs' pid namespace, not the zygote's view of it).
     name = f"job-{next(_job_numbers)}"
     wall0 = time.monotonic()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        # The zygote cannot start the job (out of memory or processes): the
+        # request fails, not the job.
+        for fd in (fd for pair in pipes for fd in pair):
+            os.close(fd)
+        raise
     if pid == 0:
         _child(code, input, settings, tuple(w for _, w in pipes), zygote, name)
     for _, w in pipes:
@@ -376,7 +383,14 @@ async def _run_fresh(code: Any, input: Any, settings: dict, timeout: int | None)
             stop((Atom("output_limit"), budget))
 
     exited = loop.create_future()
-    pidfd = os.pidfd_open(pid)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        for r, _ in pipes:
+            os.close(r)
+        raise
 
     def on_exit() -> None:
         loop.remove_reader(pidfd)
