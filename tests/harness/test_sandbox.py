@@ -417,7 +417,7 @@ def test_killing_the_parent_fails(spawn, mode):
             assert reason == "exception", target
             assert info["type"] in ("PermissionError", "ProcessLookupError"), target
     status, (reason, info), _ = job(w, mode, "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)")
-    assert (status, reason) == ("error", "exception") or mode == "fresh"
+    assert status == "error" or mode == "fresh"
     # In a fresh job's namespace, pid 1 is its init, which ignores the signal.
     job(w, mode, "import os, signal\nos.kill(1, signal.SIGKILL)")
     assert os.path.exists(f"/proc/{keeper}")
@@ -548,7 +548,8 @@ def test_allow_namespaces(spawn):
     w = start(spawn, "warm", "--sandbox-allow", "namespaces")
     s = sandbox_of(w)
     assert not any(s[ns] for ns in ("user_ns", "net_ns", "ipc_ns", "mount_ns"))
-    assert s["pid_ns"] is False and s["unavailable"] == []
+    assert s["pid_ns"] is False
+    assert not set(dict(s["unavailable"])) & {"user_ns", "net_ns", "ipc_ns", "mount_ns", "pid_ns"}
 
 
 def test_allow_seccomp(spawn):
