@@ -607,6 +607,18 @@ std::string Sandbox::apply_seccomp(bool forbid_fork, bool job_layer) {
   }
   // What a job forks stays in the group that is ended after it: the job's
   // own group in a fresh child, the worker's in a warm worker.
+  // Without Landlock's signal scoping (ABI < 6), a process that creates
+  // none may signal only itself: not the keeper, the VM, or another worker
+  // of the same uid. (Fresh jobs are in a pid namespace besides, where
+  // there is one.)
+  if (forbid_fork && report_.landlock < 6) {
+    uint64_t self = uint64_t(getpid());
+    for (const char* name :
+         {"kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_open"}) {
+      f.trap(name, SCMP_A0_32(SCMP_CMP_GT, self));
+      f.trap(name, SCMP_A0_32(SCMP_CMP_LT, self));
+    }
+  }
   if (job_layer || (!options_.zygote && (options_.sandbox_allow & kAllowFork))) {
     f.trap("setsid");
     f.trap("setpgid");

@@ -256,6 +256,13 @@ def _run_warm(code: Any, input: Any, settings: dict) -> tuple:
             _end_strays()
     if forbidden is not None:
         status, value = ERROR, (Atom("forbidden"), forbidden)
+    elif status == OK:
+        # A result with no Erlang form is the job's error, not the request's
+        # (a fresh job's is found the same way, by encoding it).
+        try:
+            _pyport_sandbox.encode(value)
+        except Exception as exc:  # noqa: BLE001
+            status, value = ERROR, _exception_reason(exc)
     stats = _stats(out.value(), err.value(), int((time.thread_time() - cpu0) * 1000),
                    _max_rss(resource.getrusage(resource.RUSAGE_SELF)),
                    int((time.monotonic() - wall0) * 1000))
@@ -344,7 +351,14 @@ async def _run_fresh(code: Any, input: Any, settings: dict, timeout: int | None)
     # in the jobs' pid namespace, not the zygote's view of it).
     name = f"job-{next(_job_numbers)}"
     wall0 = time.monotonic()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        # The zygote cannot start the job (out of memory or processes): the
+        # request fails, not the job.
+        for fd in (fd for pair in pipes for fd in pair):
+            os.close(fd)
+        raise
     if pid == 0:
         _child(code, input, settings, tuple(w for _, w in pipes), zygote, name)
     for _, w in pipes:
@@ -369,7 +383,14 @@ async def _run_fresh(code: Any, input: Any, settings: dict, timeout: int | None)
             stop((Atom("output_limit"), budget))
 
     exited = loop.create_future()
-    pidfd = os.pidfd_open(pid)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        for r, _ in pipes:
+            os.close(r)
+        raise
 
     def on_exit() -> None:
         loop.remove_reader(pidfd)
