@@ -12,6 +12,8 @@
 #include <thread>
 #include <vector>
 
+#include "uv_transports.hpp"
+
 #ifndef PYPORT_PYTHON_PROGRAM
 #define PYPORT_PYTHON_PROGRAM "/usr/bin/python3"
 #endif
@@ -199,6 +201,10 @@ int Worker::run(const Channel& channel) {
 bool Worker::init_python(PyRef& serve) {
   if (PyImport_AppendInittab(loop_module::kName, loop_module::init) < 0) {
     diag("cannot register the _pyport_loop module");
+    return false;
+  }
+  if (PyImport_AppendInittab(transports_module::kName, transports_module::init) < 0) {
+    diag("cannot register the _pyport_transports module");
     return false;
   }
   if (!register_erlang_module() || !register_sandbox_module()) {

@@ -23,13 +23,17 @@ import threading
 import time
 import warnings
 from asyncio import base_events as _base_events
+from asyncio import constants as _constants
 from asyncio import events as _events
 from asyncio import format_helpers as _format_helpers
+from asyncio import sslproto as _sslproto
 from asyncio import unix_events as _unix_events
 from asyncio.log import logger as _logger
 from typing import Any, Awaitable, Coroutine, Optional, TypeVar
 
 import _pyport_loop
+
+from erlang._transports import DatagramTransport, SocketTransport
 
 __all__ = [
     "ErlangEventLoop",
@@ -128,6 +132,26 @@ class ErlangEventLoop(_unix_events._UnixSelectorEventLoop):
                           RuntimeWarning, stacklevel=2)
             return
         super().stop()
+
+    # The transports asyncio's loop would make, with their hot paths in C++
+    # (erlang/_transports.py): create_connection, create_server,
+    # connect_accepted_socket, the Unix variants, TLS (ssl= and start_tls
+    # wrap them) and create_datagram_endpoint all come through here.
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        return SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, *, server_side=False,
+                            server_hostname=None, extra=None, server=None,
+                            ssl_handshake_timeout=_constants.SSL_HANDSHAKE_TIMEOUT,
+                            ssl_shutdown_timeout=_constants.SSL_SHUTDOWN_TIMEOUT):
+        ssl_protocol = _sslproto.SSLProtocol(self, protocol, sslcontext, waiter, server_side, server_hostname,
+                                             ssl_handshake_timeout=ssl_handshake_timeout,
+                                             ssl_shutdown_timeout=ssl_shutdown_timeout)
+        SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
+
+    def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
+        return DatagramTransport(self, sock, protocol, address, waiter, extra)
 
     @property
     def is_worker_loop(self) -> bool:

@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 import erlang
+from erlang._transports import SocketTransport
 
 run = erlang.run
 
@@ -473,6 +474,8 @@ def test_tls_client_and_server(certificate):
             reader, writer = await asyncio.open_connection(
                 "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost")
             tls = writer.get_extra_info("ssl_object")
+            # TLS runs on the loop's own socket transport.
+            assert isinstance(writer.transport._ssl_protocol._transport, SocketTransport)
             writer.write(b"hello\n")
             line = await reader.readline()
             writer.close()
@@ -517,8 +520,10 @@ def test_start_tls_upgrades_a_plain_connection(certificate):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"STARTTLS\n")
             assert await reader.readline() == b"OK\n"
+            assert isinstance(writer.transport, SocketTransport)
             await writer.start_tls(client_ctx, server_hostname="localhost")
             assert writer.get_extra_info("ssl_object") is not None
+            assert isinstance(writer.transport._ssl_protocol._transport, SocketTransport)
             writer.write(b"secret\n")
             line = await reader.readline()
             writer.close()
