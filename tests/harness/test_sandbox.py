@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -483,8 +484,10 @@ def test_a_cancelled_fresh_job_takes_its_child_along(spawn):
     own = children_of(zygote)  # the jobs' pid namespace's init, if any
     id = w.request(P.CALL, "erlang._jobs", "run_job",
                    ["while True:\n    pass", None, {Atom("fresh"): True}], {})
+    deadline = time.monotonic() + 60
     while children_of(zygote) == own:
-        pass
+        assert time.monotonic() < deadline, "the job's child never started"
+        time.sleep(0.01)
     w.send_frame(P.CANCEL, id)
     with pytest.raises(P.RemoteError) as e:
         w.result(id)
