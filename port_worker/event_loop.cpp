@@ -1,15 +1,23 @@
 #include "event_loop.hpp"
 
 #include <fcntl.h>
+#include <structmember.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <climits>
 #include <cmath>
+#include <cstring>
+#include <ctime>
 #include <memory>
 #include <new>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
+#include "loop_queues.hpp"
 #include "py_ref.hpp"
 
 namespace pyport {
@@ -50,8 +58,20 @@ struct PollEntry {
   static void on_closed(uv_handle_t* h) { delete static_cast<PollEntry*>(h->data); }
 };
 
-void on_timer_closed(uv_handle_t* h) {
-  delete reinterpret_cast<uv_timer_t*>(h);
+void on_wake_closed(uv_handle_t* h) {
+  delete reinterpret_cast<uv_poll_t*>(h);
+}
+
+// How much of a timed wait is spent polling instead of sleeping: a sleeping
+// thread wakes some tens of microseconds after its deadline, so the wait
+// sleeps until this long before it and polls the rest, and a timer fires
+// within a microsecond or two of its time, never early.
+constexpr int64_t kPollLastNs = 250'000;
+
+int64_t monotonic_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
 }
 
 // The C++ side of one Poller: its descriptors, the events they collected and
@@ -74,12 +94,33 @@ class PollerCore {
       }
       core->loop_ = core->private_loop_.get();
     }
-    core->timer_ = new uv_timer_t();
-    uv_timer_init(core->loop_, core->timer_);
+    // The wake-up for timed waits: a timerfd (nanosecond deadlines, where
+    // libuv's timers count whole milliseconds) watched like any descriptor.
+    core->wake_fd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (core->wake_fd_ < 0) {
+      error = std::string("cannot create a timerfd: ") + std::strerror(errno);
+      return nullptr;
+    }
+    core->wake_ = new uv_poll_t();
+    int rc = uv_poll_init(core->loop_, core->wake_, core->wake_fd_);
+    if (rc == 0) {
+      core->wake_->data = core.get();
+      rc = uv_poll_start(core->wake_, UV_READABLE, on_wake);
+    } else {
+      delete core->wake_;  // not initialised: nothing for libuv to close
+      core->wake_ = nullptr;
+    }
+    if (rc) {
+      error = std::string("cannot watch a timerfd: ") + uv_strerror(rc);
+      return nullptr;
+    }
     return core;
   }
 
-  ~PollerCore() { close(); }
+  ~PollerCore() {
+    close();
+    if (wake_fd_ >= 0) ::close(wake_fd_);
+  }
 
   bool closed() const { return loop_ == nullptr; }
   bool waiting() const { return waiting_; }
@@ -165,19 +206,13 @@ class PollerCore {
     else if (timeout < 0) {
       uv_run(loop_, UV_RUN_ONCE);
     }
+    else if (timeout * 1e9 <= double(kPollLastNs) || !arm_wake(timeout)) {
+      uv_run(loop_, UV_RUN_NOWAIT);  // the caller polls again until it is time
+    }
     else {
-      // Whole milliseconds only (libuv's resolution), rounded down: the last
-      // fraction is waited by asyncio calling again with timeout 0, so a
-      // timer fires on time rather than up to a millisecond late.
-      double ms = std::floor(timeout * 1000.0);
-      if (ms < 1) {
-        uv_run(loop_, UV_RUN_NOWAIT);
-      } else {
-        uv_update_time(loop_);
-        uv_timer_start(timer_, on_timer, ms > 1e12 ? uint64_t(1e12) : uint64_t(ms), 0);
-        uv_run(loop_, UV_RUN_ONCE);
-        uv_timer_stop(timer_);
-      }
+      // An earlier wake-up left armed fires once, spuriously, later on: the
+      // caller just goes round again.
+      uv_run(loop_, UV_RUN_ONCE);
     }
     Py_END_ALLOW_THREADS waiting_ = false;
   }
@@ -228,8 +263,8 @@ class PollerCore {
       close_entry(e);
     entries_.clear();
     ready_.clear();
-    uv_close(reinterpret_cast<uv_handle_t*>(timer_), on_timer_closed);
-    timer_ = nullptr;
+    if (wake_) uv_close(reinterpret_cast<uv_handle_t*>(wake_), on_wake_closed);
+    wake_ = nullptr;
     if (private_loop_) {
       uv_run(private_loop_.get(), UV_RUN_DEFAULT);  // only close callbacks are left
       if (uv_loop_close(private_loop_.get()) != 0) {
@@ -263,7 +298,22 @@ class PollerCore {
     uv_close(reinterpret_cast<uv_handle_t*>(&e->handle), PollEntry::on_closed);
   }
 
-  static void on_timer(uv_timer_t*) {}  // ends uv_run's wait; nothing to do
+  // Arms the wake-up kPollLastNs before `timeout` seconds from now.
+  bool arm_wake(double timeout) {
+    double ns = std::min(timeout, 1e9) * 1e9 - double(kPollLastNs);
+    int64_t at = monotonic_ns() + int64_t(ns);
+    itimerspec spec{};
+    spec.it_value.tv_sec = time_t(at / 1'000'000'000);
+    spec.it_value.tv_nsec = long(at % 1'000'000'000);
+    return timerfd_settime(wake_fd_, TFD_TIMER_ABSTIME, &spec, nullptr) == 0;
+  }
+
+  // The timerfd fired: uv_run returns; reading it makes it quiet again.
+  static void on_wake(uv_poll_t* h, int, int) {
+    uint64_t expirations;
+    ssize_t n = read(static_cast<PollerCore*>(h->data)->wake_fd_, &expirations, sizeof expirations);
+    (void)n;  // EAGAIN: already read
+  }
 
   static void on_poll(uv_poll_t* h, int status, int uv_events) {
     auto* e = static_cast<PollEntry*>(h->data);
@@ -288,79 +338,385 @@ class PollerCore {
 
   uv_loop_t* loop_ = nullptr;
   std::unique_ptr<uv_loop_t> private_loop_;
-  uv_timer_t* timer_ = nullptr;                  // freed in its close callback
+  int wake_fd_ = -1;                             // timerfd; closed with the core
+  uv_poll_t* wake_ = nullptr;                    // watches it; freed in its close callback
   std::unordered_map<int, PollEntry*> entries_;  // owned until closed
   std::vector<PollEntry*> ready_;
+
+ public:
+  // Room for take_ready's output kept between iterations (see queue_io).
+  std::vector<std::pair<PyRef, int>> scratch;
   bool waiting_ = false;
 };
 
+// ---------------------------------------------------------------- Handle, TimerHandle
+
+// The handles call_soon and call_at make are subclasses of asyncio's Handle
+// and TimerHandle (so isinstance, every method and repr are asyncio's)
+// that add nothing but C slot functions: the generic ones of Python
+// classes walk the member lists on every GC pass and deallocation.
+int native_handle_traverse(PyObject* self, visitproc visit, void* arg) {
+  Py_VISIT(Py_TYPE(self));
+  int rc = 0;
+  // Most slots hold None, bools, floats or strings, which the collector
+  // ignores anyway: skipping them here saves a call each, on every pass.
+  each_slot(self, [&](PyObject*& slot) {
+    if (!rc && slot && PyType_IS_GC(Py_TYPE(slot))) rc = visit(slot, arg);
+  });
+  return rc;
+}
+
+int native_handle_clear(PyObject* self) {
+  each_slot(self, [](PyObject*& slot) { Py_CLEAR(slot); });
+  return 0;
+}
+
+void native_handle_dealloc(PyObject* self) {
+  PyTypeObject* type = Py_TYPE(self);
+  PyObject_GC_UnTrack(self);
+  if (type->tp_weaklistoffset &&
+      *reinterpret_cast<PyObject**>(reinterpret_cast<char*>(self) + type->tp_weaklistoffset)) {
+    PyObject_ClearWeakRefs(self);
+  }
+  native_handle_clear(self);
+  type->tp_free(self);
+  Py_DECREF(type);
+}
+
+PyType_Slot native_handle_slots[] = {
+    {Py_tp_doc, const_cast<char*>("An asyncio.Handle made by an ErlangEventLoop.")},
+    {Py_tp_traverse, reinterpret_cast<void*>(native_handle_traverse)},
+    {Py_tp_clear, reinterpret_cast<void*>(native_handle_clear)},
+    {Py_tp_dealloc, reinterpret_cast<void*>(native_handle_dealloc)},
+    {0, nullptr}};
+
+PyType_Spec native_handle_spec = {"_pyport_loop.Handle", 0, 0,
+                                  Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, native_handle_slots};
+PyType_Spec native_timer_spec = {"_pyport_loop.TimerHandle", 0, 0,
+                                 Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, native_handle_slots};
+
+// Our subclass of `base`, or `base` itself when its instances are not
+// plain slots. Null with an exception set.
+PyRef native_handle_type(PyObject* module, PyType_Spec* spec, const PyRef& base) {
+  if (!plain_slots_layout(reinterpret_cast<PyTypeObject*>(base.get()))) return base;
+  return PyRef::steal(PyType_FromModuleAndSpec(module, spec, base.get()));
+}
+
 // ---------------------------------------------------------------- module
 
-// What run_once() needs from asyncio, looked up once.
+// What the loop needs from asyncio, looked up once.
 struct LoopNames {
-  PyRef scheduled, ready, stopping, timer_cancelled_count, debug, clock_resolution, when, cancelled,
-      scheduled_flag, remove_reader, remove_writer, append, popleft, run, time, context, callback,
-      args, compact_timers, run_debug, closed, loop_attr, repr_attr, source_traceback, context_kw;
-  PyRef heappop;          // heapq.heappop
-  PyRef handle_type;      // asyncio.Handle
-  PyRef timer_type;       // asyncio.TimerHandle
-  PyRef callback_failed;  // erlang._loop._callback_failed(handle, exc)
-  PyRef base_call_soon;   // asyncio.BaseEventLoop.call_soon, for debug mode
+  PyRef stopping, cancelled, remove_reader, remove_writer, run, run_debug, call_at_py,
+      call_later_py, context_kw, task_name;
+  PyRef task_kwnames;      // ("loop", "name", "context")
+  PyRef loop_kwnames;      // ("loop",)
+  PyRef tasks_dict;        // asyncio.tasks.__dict__: Task is looked up per call, as asyncio does
+  PyRef base_create_task;  // asyncio.BaseEventLoop.create_task, for debug mode and factories
+  PyRef callback_failed;   // erlang._loop._callback_failed(handle, exc)
+  PyRef base_call_soon;    // asyncio.BaseEventLoop.call_soon, for debug mode
+  HandleLayout layout;
 
-  bool load() {
+  bool load(PyObject* module) {
     struct {
       PyRef* slot;
       const char* name;
-    } names[] = {{&scheduled, "_scheduled"},
-                 {&ready, "_ready"},
-                 {&stopping, "_stopping"},
-                 {&timer_cancelled_count, "_timer_cancelled_count"},
-                 {&debug, "_debug"},
-                 {&clock_resolution, "_clock_resolution"},
-                 {&when, "_when"},
+    } names[] = {{&stopping, "_stopping"},
                  {&cancelled, "_cancelled"},
-                 {&scheduled_flag, "_scheduled"},
                  {&remove_reader, "_remove_reader"},
                  {&remove_writer, "_remove_writer"},
-                 {&append, "append"},
-                 {&popleft, "popleft"},
                  {&run, "_run"},
-                 {&time, "time"},
-                 {&context, "_context"},
-                 {&callback, "_callback"},
-                 {&args, "_args"},
-                 {&compact_timers, "_pyport_compact_timers"},
                  {&run_debug, "_pyport_run_debug"},
-                 {&closed, "_closed"},
-                 {&loop_attr, "_loop"},
-                 {&repr_attr, "_repr"},
-                 {&source_traceback, "_source_traceback"},
-                 {&context_kw, "context"}};
+                 {&call_at_py, "_pyport_call_at"},
+                 {&call_later_py, "_pyport_call_later"},
+                 {&context_kw, "context"},
+                 {&task_name, "Task"}};
     for (auto& n : names) {
       *n.slot = PyRef::steal(PyUnicode_InternFromString(n.name));
       if (!*n.slot) return false;
     }
-    PyRef heapq = PyRef::steal(PyImport_ImportModule("heapq"));
-    PyRef events = heapq ? PyRef::steal(PyImport_ImportModule("asyncio.events")) : PyRef();
-    PyRef loop = events ? PyRef::steal(PyImport_ImportModule("erlang._loop")) : PyRef();
-    if (!loop) return false;
-    heappop = PyRef::steal(PyObject_GetAttrString(heapq.get(), "heappop"));
-    handle_type = PyRef::steal(PyObject_GetAttrString(events.get(), "Handle"));
-    timer_type = PyRef::steal(PyObject_GetAttrString(events.get(), "TimerHandle"));
-    callback_failed = PyRef::steal(PyObject_GetAttrString(loop.get(), "_callback_failed"));
-    PyRef base = PyRef::steal(PyImport_ImportModule("asyncio.base_events"));
+    if (!layout.load()) return false;
+    layout.new_handle_type = native_handle_type(module, &native_handle_spec, layout.handle_type);
+    layout.new_timer_type = layout.new_handle_type
+                                ? native_handle_type(module, &native_timer_spec, layout.timer_type)
+                                : PyRef();
+    if (!layout.new_timer_type) return false;
+    PyRef loop = PyRef::steal(PyImport_ImportModule("erlang._loop"));
+    callback_failed =
+        loop ? PyRef::steal(PyObject_GetAttrString(loop.get(), "_callback_failed")) : PyRef();
+    PyRef base =
+        callback_failed ? PyRef::steal(PyImport_ImportModule("asyncio.base_events")) : PyRef();
     PyRef cls = base ? PyRef::steal(PyObject_GetAttrString(base.get(), "BaseEventLoop")) : PyRef();
     base_call_soon = cls ? PyRef::steal(PyObject_GetAttrString(cls.get(), "call_soon")) : PyRef();
-    return heappop && handle_type && timer_type && callback_failed && base_call_soon;
+    base_create_task =
+        base_call_soon ? PyRef::steal(PyObject_GetAttrString(cls.get(), "create_task")) : PyRef();
+    PyRef tasks = base_create_task ? PyRef::steal(PyImport_ImportModule("asyncio.tasks")) : PyRef();
+    tasks_dict = tasks ? PyRef::borrow(PyModule_GetDict(tasks.get())) : PyRef();
+    task_kwnames =
+        tasks_dict ? PyRef::steal(Py_BuildValue("(sss)", "loop", "name", "context")) : PyRef();
+    loop_kwnames = task_kwnames ? PyRef::steal(Py_BuildValue("(s)", "loop")) : PyRef();
+    return bool(loop_kwnames);
   }
 };
 
 struct ModuleState {
   LoopHost* host = nullptr;
   PyObject* poller_type = nullptr;   // strong
+  PyObject* ready_type = nullptr;    // strong
+  PyObject* timers_type = nullptr;   // strong
   PyObject* root = nullptr;          // the worker's Poller (borrowed; cleared when it closes)
-  std::unique_ptr<LoopNames> names;  // loaded by the first run_once()
+  std::unique_ptr<LoopNames> names;  // loaded by the first poller
 };
+
+ModuleState* module_state(PyObject* module) {
+  return static_cast<ModuleState*>(PyModule_GetState(module));
+}
+
+// The names, loaded on first use; null with an exception set on failure.
+LoopNames* loop_names(ModuleState* st, PyObject* module) {
+  if (!st->names) {
+    try {
+      st->names.reset(new LoopNames());
+    } catch (const std::bad_alloc&) {
+      PyErr_NoMemory();
+      return nullptr;
+    }
+    if (!st->names->load(module)) {
+      st->names.reset();
+      return nullptr;
+    }
+  }
+  return st->names.get();
+}
+
+// ---------------------------------------------------------------- ReadyQueue, TimerHeap
+
+// loop._ready of an ErlangEventLoop: what asyncio's code does with its
+// deque (append, popleft, clear, len) works on it.
+struct ReadyObject {
+  PyObject_HEAD ReadyQueue* q;
+};
+
+// loop._scheduled: the timer heap (len, clear, iteration; push for timers
+// made in Python).
+struct TimersObject {
+  PyObject_HEAD TimerHeap* heap;
+  LoopNames* names;
+};
+
+template <class T>
+T* as(PyObject* o) {
+  return reinterpret_cast<T*>(o);
+}
+
+PyObject* Ready_append(ReadyObject* self, PyObject* handle) {
+  if (!self->q->push(handle)) return nullptr;
+  Py_RETURN_NONE;
+}
+
+PyObject* Ready_popleft(ReadyObject* self, PyObject*) {
+  if (self->q->empty()) {
+    PyErr_SetString(PyExc_IndexError, "pop from an empty ready queue");
+    return nullptr;
+  }
+  return self->q->pop().release();
+}
+
+PyObject* Ready_clear(ReadyObject* self, PyObject*) {
+  self->q->clear();
+  Py_RETURN_NONE;
+}
+
+Py_ssize_t Ready_len(ReadyObject* self) {
+  return Py_ssize_t(self->q->size());
+}
+
+// A list of what a container holds, for iteration and repr.
+template <class C>
+PyObject* snapshot(const C& c) {
+  PyObject* list = PyList_New(Py_ssize_t(c.size()));
+  if (!list) return nullptr;
+  Py_ssize_t i = 0;
+  c.each([&](PyObject* h) { PyList_SET_ITEM(list, i++, PyRef::borrow(h).release()); });
+  return list;
+}
+
+PyObject* Ready_iter(ReadyObject* self) {
+  PyRef list = PyRef::steal(snapshot(*self->q));
+  return list ? PyObject_GetIter(list.get()) : nullptr;
+}
+
+int Ready_traverse(ReadyObject* self, visitproc visit, void* arg) {
+  Py_VISIT(Py_TYPE(self));
+  if (self->q) self->q->each([&](PyObject* h) { visit(h, arg); });
+  return 0;
+}
+
+int Ready_clear_gc(ReadyObject* self) {
+  if (self->q) self->q->clear();
+  return 0;
+}
+
+void Ready_dealloc(ReadyObject* self) {
+  PyTypeObject* type = Py_TYPE(self);
+  PyObject_GC_UnTrack(self);
+  if (self->q) self->q->clear();
+  delete self->q;
+  type->tp_free(self);
+  Py_DECREF(type);
+}
+
+PyMethodDef ready_methods[] = {
+    {"append", reinterpret_cast<PyCFunction>(Ready_append), METH_O, "append(handle)"},
+    {"popleft", reinterpret_cast<PyCFunction>(Ready_popleft), METH_NOARGS, "popleft() -> handle"},
+    {"clear", reinterpret_cast<PyCFunction>(Ready_clear), METH_NOARGS, "clear()"},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyType_Slot ready_slots[] = {
+    {Py_tp_doc, const_cast<char*>("The ready queue of an ErlangEventLoop (loop._ready).")},
+    {Py_tp_dealloc, reinterpret_cast<void*>(Ready_dealloc)},
+    {Py_tp_traverse, reinterpret_cast<void*>(Ready_traverse)},
+    {Py_tp_clear, reinterpret_cast<void*>(Ready_clear_gc)},
+    {Py_tp_iter, reinterpret_cast<void*>(Ready_iter)},
+    {Py_tp_methods, ready_methods},
+    {Py_mp_length, reinterpret_cast<void*>(Ready_len)},
+    {Py_sq_length, reinterpret_cast<void*>(Ready_len)},
+    {0, nullptr}};
+
+PyType_Spec ready_spec = {
+    "_pyport_loop.ReadyQueue", sizeof(ReadyObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION, ready_slots};
+
+// A float `when` for the heap: NaN sorts first (asyncio runs such a timer
+// at once); -1 with an exception set when `when` is not a number.
+bool when_of(PyObject* obj, double* when) {
+  *when = PyFloat_AsDouble(obj);
+  if (*when == -1.0 && PyErr_Occurred()) return false;
+  if (std::isnan(*when)) *when = -HUGE_VAL;
+  return true;
+}
+
+// Puts a TimerHandle (scheduled from Python) on the heap.
+PyObject* Timers_push(TimersObject* self, PyObject* timer) {
+  const HandleLayout& l = self->names->layout;
+  if (!l.is_timer(timer)) {
+    PyErr_Format(PyExc_TypeError, "an asyncio.TimerHandle was expected, got %R", timer);
+    return nullptr;
+  }
+  PyObject* when_obj = HandleLayout::get(timer, l.when);
+  double when;
+  if (!when_obj) {
+    PyErr_SetString(PyExc_AttributeError, "the timer has no _when");
+    return nullptr;
+  }
+  if (!when_of(when_obj, &when) || !self->heap->push(when, timer)) return nullptr;
+  HandleLayout::set(timer, l.scheduled, Py_True);
+  Py_RETURN_NONE;
+}
+
+// loop._timer_handle_cancelled(handle): counts cancelled timers still on
+// the heap, so that run_once knows when to compact it.
+PyObject* Timers_note_cancelled(TimersObject* self, PyObject* timer) {
+  const HandleLayout& l = self->names->layout;
+  if (l.is_timer(timer)) {
+    PyObject* scheduled = HandleLayout::get(timer, l.scheduled);
+    int on_heap = scheduled ? PyObject_IsTrue(scheduled) : 0;
+    if (on_heap < 0) return nullptr;
+    if (on_heap) self->heap->note_cancelled();
+  }
+  Py_RETURN_NONE;
+}
+
+PyObject* Timers_clear(TimersObject* self, PyObject*) {
+  self->heap->clear();
+  Py_RETURN_NONE;
+}
+
+Py_ssize_t Timers_len(TimersObject* self) {
+  return Py_ssize_t(self->heap->size());
+}
+
+PyObject* Timers_iter(TimersObject* self) {
+  PyRef list = PyRef::steal(snapshot(*self->heap));
+  return list ? PyObject_GetIter(list.get()) : nullptr;
+}
+
+PyObject* Timers_get_cancelled(TimersObject* self, void*) {
+  return PyLong_FromSsize_t(self->heap->cancelled_count());
+}
+
+int Timers_set_cancelled(TimersObject* self, PyObject* value, void*) {
+  Py_ssize_t n = value ? PyLong_AsSsize_t(value) : 0;
+  if (n == -1 && PyErr_Occurred()) return -1;
+  self->heap->set_cancelled_count(n < 0 ? 0 : n);
+  return 0;
+}
+
+int Timers_traverse(TimersObject* self, visitproc visit, void* arg) {
+  Py_VISIT(Py_TYPE(self));
+  if (self->heap) self->heap->each([&](PyObject* h) { visit(h, arg); });
+  return 0;
+}
+
+int Timers_clear_gc(TimersObject* self) {
+  if (self->heap) self->heap->clear();
+  return 0;
+}
+
+void Timers_dealloc(TimersObject* self) {
+  PyTypeObject* type = Py_TYPE(self);
+  PyObject_GC_UnTrack(self);
+  if (self->heap) self->heap->clear();
+  delete self->heap;
+  type->tp_free(self);
+  Py_DECREF(type);
+}
+
+PyMethodDef timers_methods[] = {
+    {"push", reinterpret_cast<PyCFunction>(Timers_push), METH_O,
+     "push(timer): schedules an asyncio.TimerHandle at timer.when()."},
+    {"note_cancelled", reinterpret_cast<PyCFunction>(Timers_note_cancelled), METH_O,
+     "note_cancelled(timer): a timer on the heap was cancelled."},
+    {"clear", reinterpret_cast<PyCFunction>(Timers_clear), METH_NOARGS, "clear()"},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyGetSetDef timers_getset[] = {{"cancelled_count", reinterpret_cast<getter>(Timers_get_cancelled),
+                                reinterpret_cast<setter>(Timers_set_cancelled),
+                                "Cancelled timers still on the heap.", nullptr},
+                               {nullptr, nullptr, nullptr, nullptr, nullptr}};
+
+PyType_Slot timers_slots[] = {
+    {Py_tp_doc, const_cast<char*>("The timers of an ErlangEventLoop (loop._scheduled).")},
+    {Py_tp_dealloc, reinterpret_cast<void*>(Timers_dealloc)},
+    {Py_tp_traverse, reinterpret_cast<void*>(Timers_traverse)},
+    {Py_tp_clear, reinterpret_cast<void*>(Timers_clear_gc)},
+    {Py_tp_iter, reinterpret_cast<void*>(Timers_iter)},
+    {Py_tp_methods, timers_methods},
+    {Py_tp_getset, timers_getset},
+    {Py_mp_length, reinterpret_cast<void*>(Timers_len)},
+    {Py_sq_length, reinterpret_cast<void*>(Timers_len)},
+    {0, nullptr}};
+
+PyType_Spec timers_spec = {
+    "_pyport_loop.TimerHeap", sizeof(TimersObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION, timers_slots};
+
+// A new, empty ReadyQueue or TimerHeap object; null with an exception set.
+template <class Obj, class Container>
+PyObject* new_container(PyObject* type, Container* Obj::*member) {
+  std::unique_ptr<Container> c;
+  try {
+    c.reset(new Container());
+  } catch (const std::bad_alloc&) {
+    return PyErr_NoMemory();
+  }
+  PyTypeObject* t = reinterpret_cast<PyTypeObject*>(type);
+  PyObject* self = t->tp_alloc(t, 0);
+  if (!self) return nullptr;
+  as<Obj>(self)->*member = c.release();
+  return self;
+}
+
+// ---------------------------------------------------------------- Poller
 
 struct PollerObject {
   PyObject_HEAD PollerCore* core;
@@ -368,11 +724,18 @@ struct PollerObject {
   bool is_root;
   PyObject* input_key;  // root: the pseudo key reported when frames wait
   unsigned long owner_thread;
+  // The asyncio loop whose selector this is (bind()), its ready queue and
+  // timers, and the loop's _closed / _debug flags (kept here so the hot
+  // paths read plain ints).
+  PyObject* loop;
+  PyObject* ready;   // ReadyObject
+  PyObject* timers;  // TimersObject
+  LoopNames* names;
+  PyObject* task_factory;  // the bound loop's _task_factory
+  int loop_closed;
+  int debug;
+  double clock_resolution;
 };
-
-ModuleState* module_state(PyObject* module) {
-  return static_cast<ModuleState*>(PyModule_GetState(module));
-}
 
 bool check_usable(PollerObject* self) {
   if (!self->core || self->core->closed()) {
@@ -430,44 +793,63 @@ PyObject* Poller_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
       return nullptr;
     }
   }
-  auto* self = reinterpret_cast<PollerObject*>(type->tp_alloc(type, 0));
-  if (!self) return nullptr;
+  if (!st->ready_type || !st->timers_type) {
+    PyErr_SetString(PyExc_RuntimeError, "the _pyport_loop module is finalized");
+    return nullptr;
+  }
+  LoopNames* names = loop_names(st, module);
+  if (!names) return nullptr;
+  PyRef obj = PyRef::steal(type->tp_alloc(type, 0));
+  if (!obj) return nullptr;
+  auto* self = as<PollerObject>(obj.get());
   self->state = st;
+  self->names = names;
   self->is_root = worker;
   self->owner_thread = PyThread_get_thread_ident();
+  self->ready = new_container<ReadyObject>(st->ready_type, &ReadyObject::q);
+  self->timers =
+      self->ready ? new_container<TimersObject>(st->timers_type, &TimersObject::heap) : nullptr;
+  if (!self->timers) return nullptr;
+  as<TimersObject>(self->timers)->names = names;
   std::string error;
   std::unique_ptr<PollerCore> core;
   try {
     core = PollerCore::create(worker ? st->host->uv_loop() : nullptr, error);
   } catch (const std::bad_alloc&) {
-    Py_DECREF(self);
     return PyErr_NoMemory();
   }
   if (!core) {
-    Py_DECREF(self);
     PyErr_SetString(PyExc_OSError, error.c_str());
     return nullptr;
   }
   self->core = core.release();
-  if (worker) st->root = reinterpret_cast<PyObject*>(self);
-  return reinterpret_cast<PyObject*>(self);
+  if (worker) st->root = obj.get();
+  return obj.release();
 }
 
 int Poller_traverse(PollerObject* self, visitproc visit, void* arg) {
   Py_VISIT(Py_TYPE(self));
   Py_VISIT(self->input_key);
+  Py_VISIT(self->loop);
+  Py_VISIT(self->ready);
+  Py_VISIT(self->timers);
+  Py_VISIT(self->task_factory);
   return self->core ? self->core->traverse(visit, arg) : 0;
 }
 
 int Poller_clear(PollerObject* self) {
   close_poller(self);
+  Py_CLEAR(self->loop);
+  Py_CLEAR(self->ready);
+  Py_CLEAR(self->timers);
+  Py_CLEAR(self->task_factory);
   return 0;
 }
 
 void Poller_dealloc(PollerObject* self) {
   PyTypeObject* type = Py_TYPE(self);
   PyObject_GC_UnTrack(self);
-  close_poller(self);
+  Poller_clear(self);
   type->tp_free(self);
   Py_DECREF(type);
 }
@@ -592,6 +974,216 @@ PyObject* Poller_poll(PollerObject* self, PyObject* const* args, Py_ssize_t narg
   return list;
 }
 
+// ---------------------------------------------------------------- handles
+
+// time.monotonic(), which BaseEventLoop.time() is, to the same bit.
+double monotonic_now() {
+  return _PyTime_AsSecondsDouble(_PyTime_GetMonotonicClock());
+}
+
+// The loop this poller serves; null with an exception set before bind().
+PyObject* bound_loop(PollerObject* self) {
+  // tp_clear drops the loop before the queues, so a loop means queues too.
+  if (!self->loop) PyErr_SetString(PyExc_RuntimeError, "the poller serves no event loop");
+  return self->loop;
+}
+
+// func(loop, *args, **kwargs) for a vectorcall's args: asyncio's own
+// (Python) method for the cases the C versions hand over.
+PyObject* call_unbound(PyObject* func, PyObject* loop, PyObject* const* args, Py_ssize_t nargs,
+                       PyObject* kwnames) {
+  Py_ssize_t total = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+  std::vector<PyObject*> stack;
+  try {
+    stack.reserve(size_t(total) + 1);
+  } catch (const std::bad_alloc&) {
+    return PyErr_NoMemory();
+  }
+  stack.push_back(loop);
+  stack.insert(stack.end(), args, args + total);
+  return PyObject_Vectorcall(func, stack.data(), size_t(nargs) + 1, kwnames);
+}
+
+// A Handle (or TimerHandle) as Handle.__init__ makes it outside debug mode:
+// callback(*args) to run in `context` (a copy of the current one if None).
+PyRef make_handle(const HandleLayout& l, PyObject* type, PyObject* loop, PyObject* callback,
+                  PyObject* const* args, Py_ssize_t nargs, PyObject* context) {
+  PyRef ctx = context == Py_None ? PyRef::steal(PyContext_CopyCurrent()) : PyRef::borrow(context);
+  PyRef cb_args = ctx ? PyRef::steal(PyTuple_New(nargs)) : PyRef();
+  if (!cb_args) return {};
+  for (Py_ssize_t i = 0; i < nargs; ++i)
+    PyTuple_SET_ITEM(cb_args.get(), i, PyRef::borrow(args[i]).release());
+  PyTypeObject* t = reinterpret_cast<PyTypeObject*>(type);
+  PyRef handle = PyRef::steal(t->tp_alloc(t, 0));
+  if (!handle) return {};
+  PyObject* h = handle.get();
+  HandleLayout::set(h, l.context, ctx.get());
+  HandleLayout::set(h, l.loop, loop);
+  HandleLayout::set(h, l.callback, callback);
+  HandleLayout::set(h, l.args, cb_args.get());
+  HandleLayout::set(h, l.cancelled, Py_False);
+  HandleLayout::set(h, l.repr, Py_None);
+  HandleLayout::set(h, l.source_traceback, Py_None);
+  return handle;
+}
+
+// The context= keyword of call_soon/call_at/call_later; false with an
+// exception set for any other keyword.
+bool context_kw(LoopNames& n, const char* what, PyObject* const* args, Py_ssize_t nargs,
+                PyObject* kwnames, PyObject** context) {
+  *context = Py_None;
+  Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+  for (Py_ssize_t i = 0; i < nkw; ++i) {
+    PyObject* key = PyTuple_GET_ITEM(kwnames, i);
+    if (key != n.context_kw.get() && PyUnicode_Compare(key, n.context_kw.get()) != 0) {
+      if (!PyErr_Occurred())
+        PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", what, key);
+      return false;
+    }
+    *context = args[nargs + i];
+  }
+  return true;
+}
+
+// loop.call_soon(callback, *args, context=None) of the bound loop: a
+// Handle made and queued without running Python code. Debug mode takes
+// asyncio's own path (its checks and the creation traceback).
+PyObject* Poller_call_soon(PollerObject* self, PyObject* const* args, size_t nargsf,
+                           PyObject* kwnames) {
+  Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  LoopNames& n = *self->names;
+  PyObject* loop = bound_loop(self);
+  PyObject* context;
+  if (!loop || !context_kw(n, "call_soon", args, nargs, kwnames, &context)) return nullptr;
+  if (nargs < 1) {
+    PyErr_SetString(PyExc_TypeError, "call_soon() needs a callback");
+    return nullptr;
+  }
+  if (self->loop_closed) {
+    PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+    return nullptr;
+  }
+  if (self->debug) {
+    return call_unbound(n.base_call_soon.get(), loop, args, nargs, kwnames);
+  }
+  PyRef handle = make_handle(n.layout, n.layout.new_handle_type.get(), loop, args[0], args + 1,
+                             nargs - 1, context);
+  if (!handle || !as<ReadyObject>(self->ready)->q->push(handle.get())) return nullptr;
+  return handle.release();
+}
+
+// call_at (later=false) or call_later (later=true) of the bound loop: a
+// TimerHandle on the C++ heap. Debug mode, and `when`s that are not plain
+// numbers, go through the loop's Python version of asyncio's code.
+PyObject* schedule_timer(PollerObject* self, bool later, PyObject* const* args, size_t nargsf,
+                         PyObject* kwnames) {
+  Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  LoopNames& n = *self->names;
+  const char* what = later ? "call_later" : "call_at";
+  PyObject* loop = bound_loop(self);
+  PyObject* context;
+  if (!loop || !context_kw(n, what, args, nargs, kwnames, &context)) return nullptr;
+  if (nargs < 2) {
+    PyErr_Format(PyExc_TypeError, "%s() needs a %s and a callback", what, later ? "delay" : "time");
+    return nullptr;
+  }
+  PyObject* at = args[0];
+  if (at == Py_None) {
+    PyErr_SetString(PyExc_TypeError, later ? "delay must not be None" : "when cannot be None");
+    return nullptr;
+  }
+  if (self->loop_closed) {
+    PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+    return nullptr;
+  }
+  if (self->debug || !(PyFloat_CheckExact(at) || PyLong_CheckExact(at))) {
+    PyRef rest = PyRef::steal(PyTuple_New(nargs - 2));
+    if (!rest) return nullptr;
+    for (Py_ssize_t i = 2; i < nargs; ++i)
+      PyTuple_SET_ITEM(rest.get(), i - 2, PyRef::borrow(args[i]).release());
+    PyObject* call[] = {loop, at, args[1], rest.get(), context};
+    return PyObject_VectorcallMethod((later ? n.call_later_py : n.call_at_py).get(), call,
+                                     5 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr);
+  }
+  double when;
+  if (!when_of(at, &when)) return nullptr;
+  PyRef when_obj;
+  if (later) {
+    when = monotonic_now() + when;
+    when_obj = PyRef::steal(PyFloat_FromDouble(when));
+    if (!when_obj) return nullptr;
+    if (std::isnan(when)) when = -HUGE_VAL;
+  } else {
+    when_obj = PyRef::borrow(at);
+  }
+  const HandleLayout& l = n.layout;
+  PyRef timer = make_handle(l, l.new_timer_type.get(), loop, args[1], args + 2, nargs - 2, context);
+  if (!timer) return nullptr;
+  HandleLayout::set(timer.get(), l.when, when_obj.get());
+  HandleLayout::set(timer.get(), l.scheduled, Py_False);
+  if (!as<TimersObject>(self->timers)->heap->push(when, timer.get())) return nullptr;
+  HandleLayout::set(timer.get(), l.scheduled, Py_True);
+  return timer.release();
+}
+
+PyObject* Poller_call_at(PollerObject* self, PyObject* const* args, size_t nargsf,
+                         PyObject* kwnames) {
+  return schedule_timer(self, false, args, nargsf, kwnames);
+}
+
+PyObject* Poller_call_later(PollerObject* self, PyObject* const* args, size_t nargsf,
+                            PyObject* kwnames) {
+  return schedule_timer(self, true, args, nargsf, kwnames);
+}
+
+// loop.create_task(coro, *, name=None, context=None) of the bound loop:
+// asyncio's Task made directly. Debug mode and task factories take
+// asyncio's own path.
+PyObject* Poller_create_task(PollerObject* self, PyObject* const* args, size_t nargsf,
+                             PyObject* kwnames) {
+  PyObject* loop = bound_loop(self);
+  if (!loop) return nullptr;
+  LoopNames& n = *self->names;
+  if (self->debug || self->task_factory) {
+    return call_unbound(n.base_create_task.get(), loop, args, PyVectorcall_NARGS(nargsf), kwnames);
+  }
+  Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  if (nargs != 1) {
+    PyErr_Format(PyExc_TypeError, "create_task() takes 1 positional argument (%zd given)", nargs);
+    return nullptr;
+  }
+  PyObject *name = Py_None, *context = Py_None;
+  Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+  for (Py_ssize_t i = 0; i < nkw; ++i) {
+    PyObject* key = PyTuple_GET_ITEM(kwnames, i);
+    if (PyUnicode_CompareWithASCIIString(key, "name") == 0) {
+      name = args[nargs + i];
+    } else if (PyUnicode_CompareWithASCIIString(key, "context") == 0) {
+      context = args[nargs + i];
+    } else {
+      PyErr_Format(PyExc_TypeError, "create_task() got an unexpected keyword argument '%U'", key);
+      return nullptr;
+    }
+  }
+  PyObject* coro = args[0];
+  if (self->loop_closed) {
+    PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+    return nullptr;
+  }
+  PyObject* task_type = PyDict_GetItemWithError(n.tasks_dict.get(), n.task_name.get());
+  if (!task_type) {
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_AttributeError, "asyncio.tasks has no Task");
+    return nullptr;
+  }
+  PyRef hold = PyRef::borrow(task_type);
+  PyObject* call[] = {coro, loop, name, context};
+  // name=None and context=None are Task's defaults: not passing them spares
+  // their parsing.
+  bool defaults = name == Py_None && context == Py_None;
+  return PyObject_Vectorcall(task_type, call, 1,
+                             (defaults ? n.loop_kwnames : n.task_kwnames).get());
+}
+
 // ---------------------------------------------------------------- run_once
 
 // Truth of obj.name; -1 with an exception set.
@@ -600,48 +1192,36 @@ int attr_true(PyObject* obj, PyObject* name) {
   return v ? PyObject_IsTrue(v.get()) : -1;
 }
 
-// float(obj.name); NaN with an exception set on failure.
-double attr_float(PyObject* obj, PyObject* name) {
-  PyRef v = PyRef::steal(PyObject_GetAttr(obj, name));
-  return v ? PyFloat_AsDouble(v.get()) : NAN;
+// handle._cancelled of any handle; -1 with an exception set.
+int is_cancelled(LoopNames& n, PyObject* handle) {
+  return n.layout.is_handle(handle) ? n.layout.cancelled_of(handle)
+                                    : attr_true(handle, n.cancelled.get());
 }
 
-bool failed(double v) {
-  return std::isnan(v) && PyErr_Occurred();
-}
-
-// Pops the earliest timer off the heap and marks it unscheduled.
-PyRef pop_timer(LoopNames& n, PyObject* scheduled) {
-  PyRef handle = PyRef::steal(PyObject_CallOneArg(n.heappop.get(), scheduled));
-  if (handle && PyObject_SetAttr(handle.get(), n.scheduled_flag.get(), Py_False) < 0) return {};
-  return handle;
-}
-
-// Drops cancelled timers: all of them when they are many (as asyncio
-// does, in Python: rare), else those at the head of the heap.
-bool drop_cancelled_timers(LoopNames& n, PyObject* loop, PyRef& scheduled) {
-  Py_ssize_t count = PyList_GET_SIZE(scheduled.get());
-  if (count > 100) {
-    PyRef c = PyRef::steal(PyObject_GetAttr(loop, n.timer_cancelled_count.get()));
-    long cancelled = c ? PyLong_AsLong(c.get()) : -1;
-    if (cancelled == -1 && PyErr_Occurred()) return false;
-    if (cancelled * 2 > count) {
-      PyRef done = PyRef::steal(PyObject_CallMethodNoArgs(loop, n.compact_timers.get()));
-      if (!done) return false;
-      scheduled = PyRef::steal(PyObject_GetAttr(loop, n.scheduled.get()));
-      return scheduled && PyList_Check(scheduled.get());
-    }
+// Drops cancelled timers: all of them when they are most of a large heap
+// (as asyncio does), else those at its head.
+bool drop_cancelled_timers(LoopNames& n, TimerHeap& heap) {
+  const HandleLayout& l = n.layout;
+  size_t count = heap.size();
+  // asyncio's _MIN_SCHEDULED_TIMER_HANDLES and _MIN_CANCELLED_TIMER_HANDLES_FRACTION.
+  if (count > 100 && size_t(heap.cancelled_count()) * 2 > count) {
+    bool compacted = heap.remove_if([&](PyObject* h) {
+      if (l.get(h, l.cancelled) != Py_True) return false;
+      HandleLayout::set(h, l.scheduled, Py_False);
+      return true;
+    });
+    if (compacted) heap.set_cancelled_count(0);
   }
-  while (PyList_GET_SIZE(scheduled.get()) > 0) {
-    int cancelled = attr_true(PyList_GET_ITEM(scheduled.get(), 0), n.cancelled.get());
+  while (!heap.empty()) {
+    // Held: a _cancelled that is no bool runs Python code, which may change the heap.
+    PyRef h = heap.top().handle;
+    int cancelled = l.cancelled_of(h.get());
     if (cancelled < 0) return false;
     if (!cancelled) break;
-    PyRef c = PyRef::steal(PyObject_GetAttr(loop, n.timer_cancelled_count.get()));
-    PyRef one = PyRef::steal(PyLong_FromLong(1));
-    PyRef less = c && one ? PyRef::steal(PyNumber_Subtract(c.get(), one.get())) : PyRef();
-    if (!less || PyObject_SetAttr(loop, n.timer_cancelled_count.get(), less.get()) < 0)
-      return false;
-    if (!pop_timer(n, scheduled.get())) return false;
+    if (heap.empty() || heap.top().handle.get() != h.get()) continue;
+    if (heap.cancelled_count() > 0) heap.set_cancelled_count(heap.cancelled_count() - 1);
+    PyRef gone = heap.pop();
+    HandleLayout::set(gone.get(), l.scheduled, Py_False);
   }
   return true;
 }
@@ -650,16 +1230,17 @@ bool drop_cancelled_timers(LoopNames& n, PyObject* loop, PyRef& scheduled) {
 // TimerHandle run here without a Python frame of their own; other handle
 // types (and a context already entered) go through their _run().
 bool run_handle(LoopNames& n, PyObject* handle) {
-  PyTypeObject* type = Py_TYPE(handle);
-  if (type == reinterpret_cast<PyTypeObject*>(n.handle_type.get()) ||
-      type == reinterpret_cast<PyTypeObject*>(n.timer_type.get())) {
-    PyRef context = PyRef::steal(PyObject_GetAttr(handle, n.context.get()));
-    PyRef callback = context ? PyRef::steal(PyObject_GetAttr(handle, n.callback.get())) : PyRef();
-    PyRef args = callback ? PyRef::steal(PyObject_GetAttr(handle, n.args.get())) : PyRef();
-    if (!args) return false;
-    if (PyContext_CheckExact(context.get()) && PyTuple_Check(args.get()) &&
-        PyContext_Enter(context.get()) == 0) {
-      PyRef result = PyRef::steal(PyObject_Call(callback.get(), args.get(), nullptr));
+  const HandleLayout& l = n.layout;
+  if (l.runs_natively(handle)) {
+    // Held: the callback may cancel its own handle, which drops them.
+    PyRef context = PyRef::borrow(l.get(handle, l.context));
+    PyRef callback = PyRef::borrow(l.get(handle, l.callback));
+    PyRef args = PyRef::borrow(l.get(handle, l.args));
+    if (context && callback && args && PyContext_CheckExact(context.get()) &&
+        PyTuple_CheckExact(args.get()) && PyContext_Enter(context.get()) == 0) {
+      PyRef result =
+          PyRef::steal(PyObject_Vectorcall(callback.get(), &PyTuple_GET_ITEM(args.get(), 0),
+                                           size_t(PyTuple_GET_SIZE(args.get())), nullptr));
       PyObject *t = nullptr, *v = nullptr, *tb = nullptr;
       if (!result) PyErr_Fetch(&t, &v, &tb);
       // Leaving fails only if the callback entered the context elsewhere
@@ -687,133 +1268,105 @@ bool run_handle(LoopNames& n, PyObject* handle) {
   return bool(done);
 }
 
-// loop._run_once() of asyncio's BaseEventLoop, with the poller's events
-// taken directly (no select() list, no _process_events). Tolerates being
-// re-entered from a callback it runs (erlang.sleep in synchronous code).
-// The names, loaded on first use; null with an exception set on failure.
-LoopNames* loop_names(ModuleState* st) {
-  if (!st->names) {
-    try {
-      st->names.reset(new LoopNames());
-    } catch (const std::bad_alloc&) {
-      PyErr_NoMemory();
-      return nullptr;
-    }
-    if (!st->names->load()) {
-      st->names.reset();
-      return nullptr;
-    }
-  }
-  return st->names.get();
-}
-
-PyObject* Poller_run_once(PollerObject* self, PyObject* loop) {
-  LoopNames* names = loop_names(self->state);
-  if (!names) return nullptr;
-  LoopNames& n = *names;
-  if (!check_usable(self)) return nullptr;
-
-  PyRef scheduled = PyRef::steal(PyObject_GetAttr(loop, n.scheduled.get()));
-  PyRef ready = scheduled ? PyRef::steal(PyObject_GetAttr(loop, n.ready.get())) : PyRef();
-  if (!ready) return nullptr;
-  if (!PyList_Check(scheduled.get())) {
-    PyErr_SetString(PyExc_TypeError, "loop._scheduled must be a list");
-    return nullptr;
-  }
-  if (!drop_cancelled_timers(n, loop, scheduled)) return nullptr;
-
-  Py_ssize_t waiting = PyObject_Size(ready.get());
-  int stopping = waiting == 0 ? attr_true(loop, n.stopping.get()) : 0;
-  if (waiting < 0 || stopping < 0) return nullptr;
-  double timeout = -1;
-  if (waiting > 0 || stopping) {
-    timeout = 0;
-  } else if (PyList_GET_SIZE(scheduled.get()) > 0) {
-    double when = attr_float(PyList_GET_ITEM(scheduled.get(), 0), n.when.get());
-    if (failed(when)) return nullptr;
-    PyRef now = PyRef::steal(PyObject_CallMethodNoArgs(loop, n.time.get()));
-    double t = now ? PyFloat_AsDouble(now.get()) : NAN;
-    if (failed(t)) return nullptr;
-    timeout = std::min(std::max(0.0, when - t), 86400.0);
-  }
-
-  bool input = false;
-  if (!wait_for_events(self, timeout, &input)) return nullptr;
-  if (!self->core || self->core->closed()) Py_RETURN_NONE;
-
-  // Ready descriptors: their reader/writer handles join the ready queue
-  // (or, cancelled, are removed), as asyncio's _process_events does.
+// Queues the reader/writer handles of the descriptors that became ready (or,
+// cancelled, unregisters them), as asyncio's _process_events does.
+bool queue_io(PollerObject* self, PyObject* loop, ReadyQueue& ready, bool input) {
+  LoopNames& n = *self->names;
+  // The events are moved out (with their keys referenced: handling one may
+  // unregister others) into a buffer that is reused, not allocated, per
+  // iteration.
   std::vector<std::pair<PyRef, int>> events;
+  events.swap(self->core->scratch);
   try {
     self->core->take_ready(events);
   } catch (const std::bad_alloc&) {
-    return PyErr_NoMemory();
+    PyErr_NoMemory();
+    return false;
   }
-  PyRef append = PyRef::steal(PyObject_GetAttr(ready.get(), n.append.get()));
-  if (!append) return nullptr;
   for (auto& [key, mask] : events) {
     PyObject* k = key.get();
     PyObject* data =
         PyTuple_Check(k) && PyTuple_GET_SIZE(k) == 4 ? PyTuple_GET_ITEM(k, 3) : nullptr;
     if (!data || !PyTuple_Check(data) || PyTuple_GET_SIZE(data) != 2) {
       PyErr_SetString(PyExc_TypeError, "a selector key's data must be (reader, writer)");
-      return nullptr;
+      return false;
     }
     PyObject* fileobj = PyTuple_GET_ITEM(k, 0);
     for (int side = 0; side < 2; ++side) {
       PyObject* handle = PyTuple_GET_ITEM(data, side);
       if (!(mask & (side ? kWrite : kRead)) || handle == Py_None) continue;
-      int cancelled = attr_true(handle, n.cancelled.get());
-      if (cancelled < 0) return nullptr;
-      PyRef done = cancelled ? PyRef::steal(PyObject_CallMethodOneArg(
-                                   loop, (side ? n.remove_writer : n.remove_reader).get(), fileobj))
-                             : PyRef::steal(PyObject_CallOneArg(append.get(), handle));
-      if (!done) return nullptr;
+      int cancelled = is_cancelled(n, handle);
+      if (cancelled < 0) return false;
+      if (cancelled) {
+        PyRef done = PyRef::steal(PyObject_CallMethodOneArg(
+            loop, (side ? n.remove_writer : n.remove_reader).get(), fileobj));
+        if (!done) return false;
+      } else if (!ready.push(handle)) {
+        return false;
+      }
     }
   }
   events.clear();
+  if (self->core) events.swap(self->core->scratch);
   if (input && self->input_key) {
-    PyRef done = PyRef::steal(PyObject_CallOneArg(
-        append.get(), PyTuple_GET_ITEM(PyTuple_GET_ITEM(self->input_key, 3), 0)));
-    if (!done) return nullptr;
+    return ready.push(PyTuple_GET_ITEM(PyTuple_GET_ITEM(self->input_key, 3), 0));
+  }
+  return true;
+}
+
+// loop._run_once() of asyncio's BaseEventLoop on the C++ ready queue and
+// timer heap, with the poller's events taken directly (no select() list,
+// no _process_events). Tolerates being re-entered from a callback it runs
+// (erlang.sleep in synchronous code).
+PyObject* Poller_run_once(PollerObject* self, PyObject*) {
+  PyObject* loop_ptr = bound_loop(self);
+  if (!loop_ptr || !check_usable(self)) return nullptr;
+  LoopNames& n = *self->names;
+  const HandleLayout& l = n.layout;
+  // Held: a callback may close the loop or drop it.
+  PyRef loop = PyRef::borrow(loop_ptr);
+  PyRef ready_obj = PyRef::borrow(self->ready);
+  PyRef timers_obj = PyRef::borrow(self->timers);
+  ReadyQueue& ready = *as<ReadyObject>(ready_obj.get())->q;
+  TimerHeap& timers = *as<TimersObject>(timers_obj.get())->heap;
+
+  if (!drop_cancelled_timers(n, timers)) return nullptr;
+  int stopping = ready.empty() ? attr_true(loop.get(), n.stopping.get()) : 0;
+  if (stopping < 0) return nullptr;
+  double timeout = -1;
+  if (!ready.empty() || stopping) {
+    timeout = 0;
+  } else if (!timers.empty()) {
+    // asyncio's MAXIMUM_SELECT_TIMEOUT is a day.
+    timeout = std::min(std::max(0.0, timers.top().when - monotonic_now()), 86400.0);
   }
 
-  // Timers that are due.
-  if (PyList_GET_SIZE(scheduled.get()) > 0) {
-    PyRef now = PyRef::steal(PyObject_CallMethodNoArgs(loop, n.time.get()));
-    double end = now ? PyFloat_AsDouble(now.get()) : NAN;
-    double resolution = failed(end) ? NAN : attr_float(loop, n.clock_resolution.get());
-    if (failed(resolution)) return nullptr;
-    end += resolution;
-    while (PyList_GET_SIZE(scheduled.get()) > 0) {
-      double when = attr_float(PyList_GET_ITEM(scheduled.get(), 0), n.when.get());
-      if (failed(when)) return nullptr;
-      if (when >= end) break;
-      PyRef handle = pop_timer(n, scheduled.get());
-      PyRef done = handle ? PyRef::steal(PyObject_CallOneArg(append.get(), handle.get())) : PyRef();
-      if (!done) return nullptr;
+  bool input = false;
+  if (!wait_for_events(self, timeout, &input)) return nullptr;
+  if (!self->core || self->core->closed()) Py_RETURN_NONE;
+  if (!queue_io(self, loop.get(), ready, input)) return nullptr;
+
+  // Timers that are due (within the clock's resolution, as asyncio).
+  if (!timers.empty()) {
+    double end = monotonic_now() + self->clock_resolution;
+    while (!timers.empty() && timers.top().when < end) {
+      PyRef timer = timers.pop();
+      HandleLayout::set(timer.get(), l.scheduled, Py_False);
+      if (!ready.push(std::move(timer))) return nullptr;
     }
   }
 
   // What was ready before this iteration's callbacks add more. A nested
   // iteration may have taken some: stop when the queue is empty.
-  Py_ssize_t todo = PyObject_Size(ready.get());
-  int debug = attr_true(loop, n.debug.get());
-  PyRef popleft = PyRef::steal(PyObject_GetAttr(ready.get(), n.popleft.get()));
-  if (todo < 0 || debug < 0 || !popleft) return nullptr;
-  while (todo-- > 0) {
-    Py_ssize_t left = PyObject_Size(ready.get());
-    if (left <= 0) {
-      if (left < 0) return nullptr;
-      break;
-    }
-    PyRef handle = PyRef::steal(PyObject_CallNoArgs(popleft.get()));
-    if (!handle) return nullptr;
-    int cancelled = attr_true(handle.get(), n.cancelled.get());
+  size_t todo = ready.size();
+  while (todo-- > 0 && !ready.empty()) {
+    PyRef handle = ready.pop();
+    int cancelled = is_cancelled(n, handle.get());
     if (cancelled < 0) return nullptr;
     if (cancelled) continue;
-    if (debug) {
-      PyRef done = PyRef::steal(PyObject_CallMethodOneArg(loop, n.run_debug.get(), handle.get()));
+    if (self->debug) {
+      PyRef done =
+          PyRef::steal(PyObject_CallMethodOneArg(loop.get(), n.run_debug.get(), handle.get()));
       if (!done) return nullptr;
     } else if (!run_handle(n, handle.get())) {
       return nullptr;
@@ -822,62 +1375,15 @@ PyObject* Poller_run_once(PollerObject* self, PyObject* loop) {
   Py_RETURN_NONE;
 }
 
-// loop.call_soon(callback, *args, context=None) of asyncio's BaseEventLoop
-// for `loop` (args[0]): an asyncio.Handle made without running Python code,
-// appended to the ready queue. Debug mode takes asyncio's own path (its
-// checks and the creation traceback).
-PyObject* Poller_call_soon(PollerObject* self, PyObject* const* args, size_t nargsf,
-                           PyObject* kwnames) {
-  Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-  LoopNames* names = loop_names(self->state);
-  if (!names) return nullptr;
-  LoopNames& n = *names;
-  if (nargs < 2) {
-    PyErr_SetString(PyExc_TypeError, "call_soon() needs a callback");
-    return nullptr;
-  }
-  PyObject* loop = args[0];
-  PyObject* context = Py_None;
-  Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-  for (Py_ssize_t i = 0; i < nkw; ++i) {
-    PyObject* key = PyTuple_GET_ITEM(kwnames, i);
-    int is_context = PyUnicode_Compare(key, n.context_kw.get()) == 0;
-    if (!is_context) {
-      PyErr_Format(PyExc_TypeError, "call_soon() got an unexpected keyword argument '%U'", key);
-      return nullptr;
-    }
-    context = args[nargs + i];
-  }
-  int closed = attr_true(loop, n.closed.get());
-  int debug = closed == 0 ? attr_true(loop, n.debug.get()) : 0;
-  if (closed < 0 || debug < 0) return nullptr;
-  if (closed) {
-    PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
-    return nullptr;
-  }
-  if (debug) return PyObject_Vectorcall(n.base_call_soon.get(), args, nargsf, kwnames);
-  PyTypeObject* type = reinterpret_cast<PyTypeObject*>(n.handle_type.get());
-  PyRef handle = PyRef::steal(type->tp_alloc(type, 0));
-  PyRef ctx = context == Py_None ? PyRef::steal(PyContext_CopyCurrent()) : PyRef::borrow(context);
-  PyRef cb_args = PyRef::steal(PyTuple_New(nargs - 2));
-  if (!handle || !ctx || !cb_args) return nullptr;
-  for (Py_ssize_t i = 2; i < nargs; ++i)
-    PyTuple_SET_ITEM(cb_args.get(), i - 2, PyRef::borrow(args[i]).release());
-  PyObject* h = handle.get();
-  if (PyObject_SetAttr(h, n.context.get(), ctx.get()) < 0 ||
-      PyObject_SetAttr(h, n.loop_attr.get(), loop) < 0 ||
-      PyObject_SetAttr(h, n.callback.get(), args[1]) < 0 ||
-      PyObject_SetAttr(h, n.args.get(), cb_args.get()) < 0 ||
-      PyObject_SetAttr(h, n.cancelled.get(), Py_False) < 0 ||
-      PyObject_SetAttr(h, n.repr_attr.get(), Py_None) < 0 ||
-      PyObject_SetAttr(h, n.source_traceback.get(), Py_None) < 0) {
-    return nullptr;
-  }
-  PyRef ready = PyRef::steal(PyObject_GetAttr(loop, n.ready.get()));
-  PyRef done =
-      ready ? PyRef::steal(PyObject_CallMethodOneArg(ready.get(), n.append.get(), h)) : PyRef();
-  if (!done) return nullptr;
-  return handle.release();
+// bind(loop): the asyncio loop this poller is the selector of.
+PyObject* Poller_bind(PollerObject* self, PyObject* loop) {
+  PyRef res = PyRef::steal(PyObject_GetAttrString(loop, "_clock_resolution"));
+  double resolution = res ? PyFloat_AsDouble(res.get()) : -1.0;
+  if (resolution == -1.0 && PyErr_Occurred()) return nullptr;
+  self->clock_resolution = resolution;
+  Py_INCREF(loop);
+  Py_XSETREF(self->loop, loop);
+  Py_RETURN_NONE;
 }
 
 PyObject* Poller_set_input_key(PollerObject* self, PyObject* key) {
@@ -913,6 +1419,48 @@ PyObject* Poller_get_worker(PollerObject* self, void*) {
   return PyBool_FromLong(self->is_root);
 }
 
+PyObject* Poller_get_ready(PollerObject* self, void*) {
+  return PyRef::borrow(self->ready).release();
+}
+
+PyObject* Poller_get_timers(PollerObject* self, void*) {
+  return PyRef::borrow(self->timers).release();
+}
+
+PyObject* Poller_get_task_factory(PollerObject* self, void*) {
+  return PyRef::borrow(self->task_factory ? self->task_factory : Py_None).release();
+}
+
+int Poller_set_task_factory(PollerObject* self, PyObject* value, void*) {
+  Py_XSETREF(self->task_factory,
+             value && value != Py_None ? PyRef::borrow(value).release() : nullptr);
+  return 0;
+}
+
+PyObject* Poller_get_loop_closed(PollerObject* self, void*) {
+  return PyBool_FromLong(self->loop_closed);
+}
+
+PyObject* Poller_get_debug(PollerObject* self, void*) {
+  return PyBool_FromLong(self->debug);
+}
+
+// Truth of a flag being set; -1 with an exception set.
+int set_flag(PyObject* value, int* flag) {
+  int v = value ? PyObject_IsTrue(value) : 0;
+  if (v < 0) return -1;
+  *flag = v;
+  return 0;
+}
+
+int Poller_set_loop_closed(PollerObject* self, PyObject* value, void*) {
+  return set_flag(value, &self->loop_closed);
+}
+
+int Poller_set_debug(PollerObject* self, PyObject* value, void*) {
+  return set_flag(value, &self->debug);
+}
+
 Py_ssize_t Poller_len(PollerObject* self) {
   return self->core ? Py_ssize_t(self->core->size()) : 0;
 }
@@ -929,9 +1477,20 @@ PyMethodDef poller_methods[] = {
      "poll(timeout=None) -> [(key, events)]: waits at most timeout seconds (None: no limit)."},
     {"call_soon", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(Poller_call_soon)),
      METH_FASTCALL | METH_KEYWORDS,
-     "call_soon(loop, callback, *args, context=None): loop.call_soon, without Python code."},
-    {"run_once", reinterpret_cast<PyCFunction>(Poller_run_once), METH_O,
-     "run_once(loop): one iteration of asyncio loop `loop` whose selector this poller is."},
+     "call_soon(callback, *args, context=None): loop.call_soon, without Python code."},
+    {"run_once", reinterpret_cast<PyCFunction>(Poller_run_once), METH_NOARGS,
+     "run_once(): one iteration (BaseEventLoop._run_once) of the bound loop."},
+    {"create_task", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(Poller_create_task)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "create_task(coro, *, name=None, context=None): loop.create_task, without Python code."},
+    {"bind", reinterpret_cast<PyCFunction>(Poller_bind), METH_O,
+     "bind(loop): the asyncio loop this poller is the selector, ready queue and timers of."},
+    {"call_at", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(Poller_call_at)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "call_at(when, callback, *args, context=None): loop.call_at, without Python code."},
+    {"call_later", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(Poller_call_later)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "call_later(delay, callback, *args, context=None): loop.call_later, without Python code."},
     {"set_input_key", reinterpret_cast<PyCFunction>(Poller_set_input_key), METH_O,
      "set_input_key(key): the worker poller reports key as readable when frames wait."},
     {"close", reinterpret_cast<PyCFunction>(Poller_close), METH_NOARGS,
@@ -942,6 +1501,16 @@ PyGetSetDef poller_getset[] = {
     {"closed", reinterpret_cast<getter>(Poller_get_closed), nullptr, "True once closed.", nullptr},
     {"worker", reinterpret_cast<getter>(Poller_get_worker), nullptr,
      "True for the worker's own loop (frames from Erlang arrive through it).", nullptr},
+    {"ready", reinterpret_cast<getter>(Poller_get_ready), nullptr,
+     "The ready queue (the bound loop's _ready).", nullptr},
+    {"scheduled", reinterpret_cast<getter>(Poller_get_timers), nullptr,
+     "The timer heap (the bound loop's _scheduled).", nullptr},
+    {"loop_closed", reinterpret_cast<getter>(Poller_get_loop_closed),
+     reinterpret_cast<setter>(Poller_set_loop_closed), "The bound loop's _closed.", nullptr},
+    {"debug", reinterpret_cast<getter>(Poller_get_debug),
+     reinterpret_cast<setter>(Poller_set_debug), "The bound loop's _debug.", nullptr},
+    {"task_factory", reinterpret_cast<getter>(Poller_get_task_factory),
+     reinterpret_cast<setter>(Poller_set_task_factory), "The bound loop's _task_factory.", nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr}};
 
 PyType_Slot poller_slots[] = {
@@ -1038,7 +1607,11 @@ PyMethodDef module_methods[] = {
 
 int module_traverse(PyObject* module, visitproc visit, void* arg) {
   ModuleState* st = module_state(module);
-  if (st) Py_VISIT(st->poller_type);
+  if (st) {
+    Py_VISIT(st->poller_type);
+    Py_VISIT(st->ready_type);
+    Py_VISIT(st->timers_type);
+  }
   return 0;
 }
 
@@ -1046,7 +1619,10 @@ int module_clear(PyObject* module) {
   ModuleState* st = module_state(module);
   if (st) {
     Py_CLEAR(st->poller_type);
-    st->names.reset();
+    Py_CLEAR(st->ready_type);
+    Py_CLEAR(st->timers_type);
+    // The names stay until module_free: pollers and timer heaps still
+    // alive point to them, and they keep the module alive through their types.
   }
   return 0;
 }
@@ -1055,6 +1631,7 @@ void module_free(void* module) {
   ModuleState* st = module_state(static_cast<PyObject*>(module));
   if (st) {
     module_clear(static_cast<PyObject*>(module));
+    st->names.reset();
     st->~ModuleState();
   }
 }
@@ -1079,7 +1656,12 @@ PyObject* init() {
   ModuleState* st = module_state(module);
   new (st) ModuleState();
   st->poller_type = PyType_FromModuleAndSpec(module, &poller_spec, nullptr);
-  if (!st->poller_type || PyModule_AddObjectRef(module, "Poller", st->poller_type) < 0 ||
+  st->ready_type = PyType_FromModuleAndSpec(module, &ready_spec, nullptr);
+  st->timers_type = PyType_FromModuleAndSpec(module, &timers_spec, nullptr);
+  if (!st->poller_type || !st->ready_type || !st->timers_type ||
+      PyModule_AddObjectRef(module, "Poller", st->poller_type) < 0 ||
+      PyModule_AddObjectRef(module, "ReadyQueue", st->ready_type) < 0 ||
+      PyModule_AddObjectRef(module, "TimerHeap", st->timers_type) < 0 ||
       PyModule_AddIntConstant(module, "EVENT_READ", kRead) < 0 ||
       PyModule_AddIntConstant(module, "EVENT_WRITE", kWrite) < 0) {
     Py_DECREF(module);

@@ -2,10 +2,15 @@
 //
 // Its Poller is the selector behind asyncio's BaseSelectorEventLoop: one
 // uv_poll_t per registered descriptor, and poll(timeout) runs one libuv
-// iteration (with a uv_timer for the timeout) and returns the (key, events)
-// pairs the poll callbacks collected. libuv callbacks never run Python: they
-// only record readiness, so uv_run is never re-entered and the loop can wait
-// without the GIL.
+// iteration (a timerfd, watched too, ends timed waits) and returns the
+// (key, events) pairs the poll callbacks collected. libuv callbacks never
+// run Python: they only record readiness, so uv_run is never re-entered and
+// the loop can wait without the GIL.
+//
+// The Poller is also the asyncio loop's engine once bound to it: its ready
+// queue and timer heap (loop._ready / loop._scheduled, see loop_queues.hpp),
+// call_soon / call_at / call_later / create_task, and run_once, asyncio's
+// _run_once in C++.
 //
 // The worker's own loop (the one the main thread idles in) is the Poller
 // made with worker=True: it runs on the worker's libuv loop, so frames from

@@ -5,17 +5,19 @@ that run coroutines (``run``, ``new_event_loop``, ``install``, ``sleep``,
 ``ErlangEventLoop`` is asyncio's own Unix selector event loop (so transports,
 TLS, subprocesses, signal handlers, executors and DNS are the standard
 library's proven code) over a selector whose waiting is done by libuv: one
-``uv_poll_t`` per descriptor and a ``uv_timer_t`` for the timeout, in the
-worker's ``_pyport_loop`` module. The worker's own loop, the one its main
-thread idles in, runs on the worker's libuv loop, so frames from Erlang are
-read and handled by the same loop that runs the tasks.
+``uv_poll_t`` per descriptor and a timerfd for the timeout, in the
+worker's ``_pyport_loop`` module. Its ready queue, timer heap,
+``call_soon``, ``call_at``, ``call_later``, ``create_task`` and
+``_run_once`` are C++ there too, making asyncio's own handle and task
+objects. The worker's own loop, the one its main thread idles in, runs on
+the worker's libuv loop, so frames from Erlang are read and handled by the
+same loop that runs the tasks.
 """
 from __future__ import annotations
 
 import asyncio
 import enum
-import functools
-import heapq
+import operator
 import selectors
 import sys
 import sysconfig
@@ -106,6 +108,14 @@ class _UvSelector(selectors._BaseSelectorImpl):
         super().close()
 
 
+class _NoPoller:
+    """The poller attributes of a loop whose __init__ failed: a closed loop."""
+
+    loop_closed = True
+    debug = False
+    task_factory = None
+
+
 class ErlangEventLoop(_unix_events._UnixSelectorEventLoop):
     """An asyncio event loop on libuv.
 
@@ -117,12 +127,82 @@ class ErlangEventLoop(_unix_events._UnixSelectorEventLoop):
     ``erlang.get_worker_loop()``) shares the worker's."""
 
     def __init__(self, *, _worker: bool = False) -> None:
-        self._pyport_poller = _pyport_loop.Poller(worker=_worker)
+        poller = _pyport_loop.Poller(worker=_worker)
+        self._pyport_poller = poller
         self._pyport_may_stop = not _worker
-        super().__init__(_UvSelector(self._pyport_poller))
-        # asyncio's call_soon, done in C++ (tasks and futures schedule every
-        # step and callback through it).
-        self.call_soon = functools.partial(self._pyport_poller.call_soon, self)
+        super().__init__(_UvSelector(poller))
+        # The ready queue and the timer heap are C++ (the poller's); asyncio's
+        # code uses them as it uses its deque and heap list.
+        self._ready = poller.ready
+        self._scheduled = poller.scheduled
+        poller.bind(self)
+        # The hot entry points, without a Python frame (tasks and futures
+        # schedule every step and callback through call_soon), unless a
+        # subclass overrides them.
+        cls = type(self)
+        if cls.call_soon is ErlangEventLoop.call_soon:
+            self.call_soon = poller.call_soon
+        if cls.call_at is ErlangEventLoop.call_at:
+            self.call_at = poller.call_at
+            if cls.call_later is _base_events.BaseEventLoop.call_later and cls.time is _base_events.BaseEventLoop.time:
+                self.call_later = poller.call_later
+        if cls.create_task is ErlangEventLoop.create_task:
+            self.create_task = poller.create_task
+        if cls._run_once is ErlangEventLoop._run_once:
+            self._run_once = poller.run_once
+        if cls._timer_handle_cancelled is ErlangEventLoop._timer_handle_cancelled:
+            self._timer_handle_cancelled = poller.scheduled.note_cancelled
+
+    # What a loop whose __init__ failed reads (its __del__ asks is_closed()).
+    _pyport_poller = _NoPoller()
+
+    # The loop's flags live in the poller, where C++ reads them.
+    _closed = property(operator.attrgetter("_pyport_poller.loop_closed"),
+                       lambda self, value: setattr(self._pyport_poller, "loop_closed", value))
+    _debug = property(operator.attrgetter("_pyport_poller.debug"),
+                      lambda self, value: setattr(self._pyport_poller, "debug", value))
+    _timer_cancelled_count = property(
+        operator.attrgetter("_pyport_poller.scheduled.cancelled_count"),
+        lambda self, value: setattr(self._pyport_poller.scheduled, "cancelled_count", value))
+
+    _task_factory = property(operator.attrgetter("_pyport_poller.task_factory"),
+                             lambda self, value: setattr(self._pyport_poller, "task_factory", value))
+
+    def create_task(self, coro, *, name=None, context=None):
+        return self._pyport_poller.create_task(coro, name=name, context=context)
+
+    def call_soon(self, callback, *args, context=None):
+        return self._pyport_poller.call_soon(callback, *args, context=context)
+
+    def call_at(self, when, callback, *args, context=None):
+        return self._pyport_poller.call_at(when, callback, *args, context=context)
+
+    def _timer_handle_cancelled(self, handle) -> None:
+        self._pyport_poller.scheduled.note_cancelled(handle)
+
+    def _pyport_call_at(self, when, callback, args, context):
+        """asyncio's call_at onto the C++ heap: debug mode (its checks and
+        the creation traceback) and ``when``s that are not int or float."""
+        if when is None:
+            raise TypeError("when cannot be None")
+        self._check_closed()
+        if self._debug:
+            self._check_thread()
+            self._check_callback(callback, "call_at")
+        timer = _events.TimerHandle(when, callback, args, self, context)
+        if timer._source_traceback:
+            del timer._source_traceback[-1]  # this method
+        self._pyport_poller.scheduled.push(timer)
+        return timer
+
+    def _pyport_call_later(self, delay, callback, args, context):
+        """asyncio's call_later, for the cases of ``_pyport_call_at``."""
+        if delay is None:
+            raise TypeError("delay must not be None")
+        timer = self._pyport_call_at(self.time() + delay, callback, args, context)
+        if timer._source_traceback:
+            del timer._source_traceback[-1]  # this method
+        return timer
 
     def stop(self) -> None:
         # The worker's loop runs until the worker shuts down: Python code
@@ -159,25 +239,13 @@ class ErlangEventLoop(_unix_events._UnixSelectorEventLoop):
         return self._pyport_poller.worker
 
     # One iteration (asyncio's BaseEventLoop._run_once) is done in C++ by
-    # the poller: drop cancelled timers, wait for I/O until the next timer
-    # (not at all if callbacks are ready), queue the handles of ready
-    # descriptors and due timers, run what was ready. It may be re-entered
-    # from a callback it runs (erlang.sleep in synchronous code runs the
-    # loop while it sleeps). The helpers below are its rare paths.
+    # the poller on its ready queue and timer heap: drop cancelled timers,
+    # wait for I/O until the next timer (not at all if callbacks are ready),
+    # queue the handles of ready descriptors and due timers, run what was
+    # ready. It may be re-entered from a callback it runs (erlang.sleep in
+    # synchronous code runs the loop while it sleeps).
     def _run_once(self):
-        self._pyport_poller.run_once(self)
-
-    def _pyport_compact_timers(self) -> None:
-        """Drops every cancelled timer (when they are most of the heap)."""
-        live = []
-        for handle in self._scheduled:
-            if handle._cancelled:
-                handle._scheduled = False
-            else:
-                live.append(handle)
-        heapq.heapify(live)
-        self._scheduled = live
-        self._timer_cancelled_count = 0
+        self._pyport_poller.run_once()
 
     def _pyport_run_debug(self, handle) -> None:
         """Runs a handle in debug mode, reporting slow callbacks."""

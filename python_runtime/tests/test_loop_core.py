@@ -358,8 +358,11 @@ def test_call_soon_returns_asyncio_handles_and_honours_context(loop):
     h1 = loop.call_soon(lambda: seen.append(var.get()), context=ctx)
     h2 = loop.call_soon(seen.append, "args")
     h3 = loop.call_soon(seen.append, "cancelled")
-    assert all(type(h) is asyncio.Handle for h in (h1, h2, h3))
-    assert h1._context is ctx
+    # asyncio Handles (a C subclass of asyncio.Handle) with asyncio's methods.
+    assert all(isinstance(h, asyncio.Handle) and not isinstance(h, asyncio.TimerHandle)
+               for h in (h1, h2, h3))
+    assert h1._context is ctx  # (Handle.get_context() is Python 3.12)
+    assert repr(h2).startswith("<Handle ") and "'args'" in repr(h2)
     h3.cancel()
     assert h3.cancelled()
     loop.call_soon(loop.stop)
