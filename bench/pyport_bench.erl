@@ -26,7 +26,7 @@ main() ->
     big_binary(Echo),
     int_list(),
     codec(),
-    coroutines(),
+    coroutines(CallRate),
     startup(Worker),
     cpu_scaling(),
     worker_death(),
@@ -38,9 +38,10 @@ main() ->
 
 %% Coroutine requests: one caller awaiting py:async_call round trips (next
 %% to py:call of the same coroutine), 50 callers on py_event_loop_pool
-%% (each awaiting one task at a time, then 100 at a time), and the wall
-%% time of 1,000 calls that each await asyncio.sleep(1) in one worker.
-coroutines() ->
+%% (each awaiting one task at a time, then 100 at a time), a plain call
+%% once the workers' loops run, and the wall time of 1,000 calls that each
+%% await asyncio.sleep(1) in one worker.
+coroutines(CallRate) ->
     {ok, _} = py:call(pyport_bench_py, anoop, [1]),
     {Call, _, _} = timed_seq(?SEQ_CALLS, fun(_) -> {ok, _} = py:call(pyport_bench_py, anoop, [1]) end,
                              none),
@@ -63,6 +64,13 @@ coroutines() ->
                                      100
                              end),
          "tasks/s"),
+    %% Workers start without asyncio (the sequential lines above ran so); now
+    %% their loops run: a plain call goes through the loop's iteration.
+    {LoopCall, LoopP50, _} = timed_seq(?SEQ_CALLS, fun(_) -> {ok, _} = py:call(pyport_bench_py, identity, [1]) end,
+                                       none),
+    line("call_identity_loop_running_rate", LoopCall, "calls/s"),
+    line("call_identity_loop_running_p50", LoopP50, "us"),
+    line("call_identity_loop_running_vs_loop_idle", LoopCall / CallRate, "ratio"),
     Ctx = py:context(1),
     T0 = erlang:monotonic_time(),
     Hs = [py:spawn_call(Ctx, asyncio, sleep, [1]) || _ <- lists:seq(1, 1000)],

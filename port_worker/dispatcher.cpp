@@ -170,8 +170,14 @@ void Dispatcher::dispatch(mp::Reader& r, uint64_t kind, uint64_t id, uint32_t fi
                              " elements, expected " + (kind == kReply ? "4" : "3") +
                              (id == 0 ? ", and its id must not be 0" : ""),
                          out);
+    case kBatch:
+      // Well-formed ones were taken apart by the input reader.
+      return frame_error(0,
+                         "malformed BATCH frame: expected [12, 0, Frames], Frames an array of "
+                         "bins each holding one frame that is not a BATCH",
+                         out);
     default:
-      if (kind >= 12 && kind <= 14) {
+      if (kind >= 13 && kind <= 14) {
         return frame_error(
             id,
             "frame kind " + std::to_string(kind) + " is reserved and not supported by this worker",

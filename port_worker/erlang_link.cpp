@@ -69,6 +69,7 @@ void ErlangLink::deliver(const InputFrame& frame) {
   ByteBuffer copy;
   copy.append(frame.payload, frame.size);
   bool wake_main = false;
+  bool for_loop = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = boxes_.find(frame.id);
@@ -77,16 +78,26 @@ void ErlangLink::deliver(const InputFrame& frame) {
     if (it == boxes_.end()) return;
     Mailbox& box = *it->second;
     box.frames.push_back(std::move(copy));
-    if (box.watch) {
-      post_locked(box.watch);
-      box.watch = 0;
-    }
+    for_loop = post_watch_locked(box);
     box.cv.notify_all();
     // The main thread reads for itself while it waits; another reader must
     // ring its doorbell.
     wake_main = box.main_waiting && std::this_thread::get_id() != main_id_;
   }
+  if (for_loop && main_) main_->loop_completions_posted();
   if (wake_main && reader_) reader_->wake_main();
+}
+
+bool ErlangLink::post_watch_locked(Mailbox& box) {
+  uint64_t token = box.watch;
+  if (!token) return false;
+  box.watch = 0;
+  if (box.watch_on_loop) {
+    loop_completions_.push_back(token);  // reserved in watch_on_loop()
+    return true;
+  }
+  post_locked(token);
+  return false;
 }
 
 void ErlangLink::post_locked(uint64_t token) {
@@ -279,6 +290,42 @@ bool ErlangLink::watch(uint64_t id, uint64_t token) {
     it->second->watch = token;
   }
   return true;
+}
+
+bool ErlangLink::watch_on_loop(uint64_t id, uint64_t token) {
+  bool posted = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = boxes_.find(id);
+    if (it == boxes_.end()) {
+      PyErr_Format(PyExc_KeyError, "no mailbox %llu", static_cast<unsigned long long>(id));
+      return false;
+    }
+    try {
+      // Posting happens on the reading thread, where allocation must not fail.
+      loop_completions_.reserve(loop_completions_.size() + 1);
+    } catch (const std::bad_alloc&) {
+      PyErr_NoMemory();
+      return false;
+    }
+    Mailbox& box = *it->second;
+    box.watch = token;
+    box.watch_on_loop = true;
+    if (!box.frames.empty() || closed_) posted = post_watch_locked(box);
+  }
+  if (posted && main_) main_->loop_completions_posted();
+  return true;
+}
+
+void ErlangLink::take_loop_completions(std::vector<uint64_t>& out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (closed_) {
+    for (auto& [id, box] : boxes_)
+      if (box->watch_on_loop) post_watch_locked(*box);
+  }
+  // Copied, not swapped: the reserved capacity stays (see watch_on_loop).
+  out.assign(loop_completions_.begin(), loop_completions_.end());
+  loop_completions_.clear();
 }
 
 uint64_t ErlangLink::next_completion() {

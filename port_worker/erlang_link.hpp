@@ -12,7 +12,10 @@
 //   this worker, to any depth);
 // - any other thread waits on a condition variable with the GIL released;
 // - asyncio code watches a mailbox: its next frame posts a token that a
-//   Python thread collects with next_completion() (see erlang/_async.py).
+//   Python thread collects with next_completion() (see erlang/_async.py),
+//   or, for the worker's own event loop, that the main thread takes in the
+//   loop's input callback (watch_on_loop(), take_loop_completions()): no
+//   thread hop.
 #pragma once
 
 #include <Python.h>
@@ -26,6 +29,7 @@
 #include <mutex>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include "byte_buffer.hpp"
 #include "codec.hpp"
@@ -54,6 +58,9 @@ class MainThread {
   virtual WaitResult wait(const std::function<bool()>& ready, Clock::time_point deadline) = 0;
   // Whether requests from Erlang are waiting to be handled.
   virtual bool requests_waiting() const = 0;
+  // Tokens were posted for the main thread (watch_on_loop): it must take
+  // them soon. Any thread, without the GIL.
+  virtual void loop_completions_posted() = 0;
 };
 
 class ErlangLink {
@@ -95,6 +102,12 @@ class ErlangLink {
   bool watch(uint64_t id, uint64_t token);
   // Waits (GIL released) for a posted token; 0 once the link is closed.
   uint64_t next_completion();
+  // As watch(), but the token is posted for the main thread, which takes
+  // it with take_loop_completions() (the worker's event loop's waiters).
+  bool watch_on_loop(uint64_t id, uint64_t token);
+  // Main thread: the tokens posted for it since the last call (all watched
+  // ones once the link is closed: no frame can come for them any more).
+  void take_loop_completions(std::vector<uint64_t>& out);
 
   // Counts `percent` of the current request's time slice as used; true
   // when it is all used and requests are waiting (the count starts over).
@@ -112,7 +125,8 @@ class ErlangLink {
   struct Mailbox {
     std::deque<ByteBuffer> frames;  // REPLY or MESSAGE payloads
     std::condition_variable cv;
-    uint64_t watch = 0;  // token posted on the next frame
+    uint64_t watch = 0;          // token posted on the next frame
+    bool watch_on_loop = false;  // ... for the main thread
     bool main_waiting = false;
   };
   using Box = std::shared_ptr<Mailbox>;
@@ -130,6 +144,9 @@ class ErlangLink {
   // (the wait was interrupted). GIL held on entry and exit.
   int wait_frame(const Box& box, Clock::time_point deadline, ByteBuffer* frame);
   PyRef decode_reply(const ByteBuffer& frame);
+  // Posts a mailbox's watch token where it belongs; true when it went to
+  // the main thread (which must then be told, after the lock is released).
+  bool post_watch_locked(Mailbox& box);
   void post_locked(uint64_t token);
   void leave_locked();
 
@@ -148,6 +165,7 @@ class ErlangLink {
   uint64_t next_id_ = 1;
   std::unordered_map<uint64_t, Box> boxes_;
   std::deque<uint64_t> completions_;
+  std::vector<uint64_t> loop_completions_;  // for the main thread
   std::condition_variable completions_cv_;
   bool closed_ = false;
   // Threads waiting without the GIL: close() lets them all leave before the

@@ -115,6 +115,14 @@ PyObject* watch(PyObject* module, PyObject* const* args, Py_ssize_t nargs) {
   Py_RETURN_NONE;
 }
 
+PyObject* watch_on_loop(PyObject* module, PyObject* const* args, Py_ssize_t nargs) {
+  ErlangLink* link = link_of(module, nargs, "watch_on_loop(mailbox, token)");
+  uint64_t id, token;
+  if (!link || !id_of(args[0], &id) || !id_of(args[1], &token)) return nullptr;
+  if (!link->watch_on_loop(id, token)) return nullptr;
+  Py_RETURN_NONE;
+}
+
 PyObject* next_completion(PyObject* module, PyObject*) {
   ErlangLink* link = link_of(module);
   return link ? PyLong_FromUnsignedLongLong(link->next_completion()) : nullptr;
@@ -151,6 +159,9 @@ PyMethodDef kMethods[] = {
      "receive(id, timeout) -> (True, term) or (False, None)"},
     {"watch", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(watch)), METH_FASTCALL,
      "watch(id, token): post token when the mailbox has a frame"},
+    {"watch_on_loop", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(watch_on_loop)),
+     METH_FASTCALL,
+     "watch_on_loop(id, token): the worker's event loop gets token when the mailbox has a frame"},
     {"next_completion", next_completion, METH_NOARGS,
      "the next posted token (waits); 0 once the link is closed"},
     {"consume_time_slice", consume_time_slice, METH_O,

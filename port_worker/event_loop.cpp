@@ -1587,6 +1587,28 @@ PyObject* mod_stream_end(PyObject* module, PyObject* arg) {
   Py_RETURN_NONE;
 }
 
+PyObject* mod_worker_loop_started(PyObject* module, PyObject*) {
+  LoopHost* host = host_of(module);
+  if (!host) return nullptr;
+  host->loop_started();
+  Py_RETURN_NONE;
+}
+
+PyObject* mod_request_worker_loop(PyObject* module, PyObject*) {
+  ModuleState* st = module_state(module);
+  if (!st || !st->host) {
+    PyErr_SetString(PyExc_RuntimeError, "not running inside a pyport worker");
+    return nullptr;
+  }
+  st->host->request_loop();
+  Py_RETURN_NONE;
+}
+
+PyObject* mod_on_main_thread(PyObject* module, PyObject*) {
+  ModuleState* st = module_state(module);
+  return PyBool_FromLong(st && st->host && st->host->on_loop_thread());
+}
+
 PyObject* mod_in_worker(PyObject* module, PyObject*) {
   ModuleState* st = module_state(module);
   return PyBool_FromLong(st && st->host);
@@ -1601,6 +1623,12 @@ PyMethodDef module_methods[] = {
     {"stream_chunk", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(mod_stream_chunk)),
      METH_FASTCALL, "stream_chunk(id, value): sends one item of stream id."},
     {"stream_end", mod_stream_end, METH_O, "stream_end(id): ends stream id."},
+    {"worker_loop_started", mod_worker_loop_started, METH_NOARGS,
+     "worker_loop_started(): the worker's asyncio loop exists now (main thread)."},
+    {"request_worker_loop", mod_request_worker_loop, METH_NOARGS,
+     "request_worker_loop(): asks the main thread to start the worker's loop (any thread)."},
+    {"on_main_thread", mod_on_main_thread, METH_NOARGS,
+     "on_main_thread() -> bool: whether this is the worker's main thread."},
     {"in_worker", mod_in_worker, METH_NOARGS,
      "in_worker() -> bool: whether a pyport worker hosts this interpreter."},
     {nullptr, nullptr, 0, nullptr}};

@@ -52,6 +52,13 @@ class LoopHost {
   // when the value cannot be sent (TypeError, or ValueError when too large).
   virtual bool stream_chunk(uint64_t id, PyObject* value) = 0;
   virtual bool stream_end(uint64_t id) = 0;
+
+  // The worker's asyncio loop is made on first use (erlang._worker): the
+  // main thread idles in plain libuv until then. loop_started() (loop
+  // thread) says it now exists; request_loop() (any thread, GIL held) asks
+  // the main thread to make it as soon as it is idle or waits for Erlang.
+  virtual void loop_started() = 0;
+  virtual void request_loop() = 0;
 };
 
 namespace loop_module {

@@ -265,13 +265,45 @@ void InputReader::route(InputBatch& requests, bool from_input) {
       continue;
     }
     InputFrame f;
-    if (parse_head(ev.payload, ev.size, f) && f.kind < kMaxKinds && handlers_[f.kind].fn) {
-      if (from_input) publish();  // the frames before this one first
-      if (handlers_[f.kind].fn(handlers_[f.kind].ctx, f)) continue;
-    }
-    requests.add_frame(ev.payload, ev.size);
+    bool parsed = parse_head(ev.payload, ev.size, f);
+    if (parsed && f.kind == kBatch && route_batch(f, requests, from_input)) continue;
+    route_frame(ev.payload, ev.size, parsed ? &f : nullptr, requests, from_input);
   }
   assembler_.compact();
+}
+
+void InputReader::route_frame(const uint8_t* payload, size_t size, const InputFrame* f,
+                              InputBatch& requests, bool from_input) {
+  if (f && f->kind < kMaxKinds && handlers_[f->kind].fn) {
+    if (from_input) publish();  // the frames before this one first
+    if (handlers_[f->kind].fn(handlers_[f->kind].ctx, *f)) return;
+  }
+  requests.add_frame(payload, size);
+}
+
+bool InputReader::route_batch(const InputFrame& batch, InputBatch& requests, bool from_input) {
+  if (batch.id != 0 || batch.fields != 3) return false;
+  // Checked whole before anything is routed: a malformed BATCH goes to the
+  // dispatcher as it is (a FrameError), never half-handled.
+  for (int pass = 0; pass < 2; ++pass) {
+    mp::Reader r(batch.payload + batch.rest, batch.size - batch.rest);
+    uint32_t n = 0;
+    if (!r.read_array_header(n, "Frames")) return false;
+    for (uint32_t i = 0; i < n; ++i) {
+      std::string_view frame;
+      InputFrame f;
+      if (!r.read_string(frame, "Frame")) return false;
+      auto* p = reinterpret_cast<const uint8_t*>(frame.data());
+      bool parsed = parse_head(p, frame.size(), f);
+      if (pass == 0) {
+        if (parsed && f.kind == kBatch) return false;
+      } else {
+        route_frame(p, frame.size(), parsed ? &f : nullptr, requests, from_input);
+      }
+    }
+    if (r.offset() != batch.size - batch.rest) return false;
+  }
+  return true;
 }
 
 // Hands what the input thread read to the main thread in one go: one lock

@@ -150,6 +150,13 @@ class InputReader {
   bool read_locked(InputBatch& requests);
   // From_input: requests is staged_, published before a handler runs.
   void route(InputBatch& requests, bool from_input);
+  // One frame (f: its head, or null if it has none that parses) to its
+  // handler or into requests.
+  void route_frame(const uint8_t* payload, size_t size, const InputFrame* f, InputBatch& requests,
+                   bool from_input);
+  // The frames of a BATCH, each routed as if it had come on its own; false
+  // (nothing routed) if the BATCH is malformed.
+  bool route_batch(const InputFrame& batch, InputBatch& requests, bool from_input);
   // Input thread, with read_mu_ held: hands staged_ to the main thread.
   void publish();
   void finish_locked(std::string error);

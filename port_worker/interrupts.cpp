@@ -32,17 +32,19 @@ bool Interrupts::begin(uint64_t id) {
     }
     running_.push_back({id, false, false});
   }
-  set_sigint_blocked(false);
+  // A nested request runs inside a wait for Erlang, which blocked SIGINT.
+  bool nested = running_.size() > 1;
+  if (nested || !unblocked_) set_sigint_blocked(false);
+  unblocked_ = true;
   return true;
 }
 
 void Interrupts::end() {
-  // Blocked first: from here a SIGINT sent for this request stays pending
-  // (or has already run Python's handler), and is discarded below.
-  set_sigint_blocked(true);
   bool was_signalled = false;
   bool nested = false;
   {
+    // Once it is off the list no SIGINT is sent for it; one sent before
+    // marked it signalled.
     std::lock_guard<std::mutex> lock(mu_);
     if (!running_.empty()) {
       was_signalled = running_.back().signalled;
@@ -50,7 +52,13 @@ void Interrupts::end() {
     }
     nested = !running_.empty();
   }
-  if (was_signalled) discard_pending();
+  if (was_signalled) {
+    // Blocked: a SIGINT still on its way stays pending (or has already run
+    // Python's handler), and is discarded here.
+    set_sigint_blocked(true);
+    unblocked_ = false;
+    discard_pending();
+  }
   if (nested) {
     // Back in the outer request: interrupted now if that was asked for
     // meanwhile (the signal waits, blocked, until the unblock below).
@@ -59,7 +67,16 @@ void Interrupts::end() {
     if (outer.requested && !outer.signalled) signal_locked(outer);
     outer.requested = false;
   }
-  if (nested) set_sigint_blocked(false);
+  if (nested && !unblocked_) {
+    set_sigint_blocked(false);
+    unblocked_ = true;
+  }
+}
+
+void Interrupts::idle() {
+  if (!unblocked_) return;
+  set_sigint_blocked(true);
+  unblocked_ = false;
 }
 
 void Interrupts::interrupt(uint64_t id) {

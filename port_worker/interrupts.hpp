@@ -40,7 +40,12 @@ class Interrupts {
   bool begin(uint64_t id);
   // Main thread, with the GIL: the request of the matching begin() is done.
   // A KeyboardInterrupt meant for it that is still pending is discarded.
+  // SIGINT may stay unblocked until idle(), so that the requests of one
+  // batch do not each pay two system calls for it.
   void end();
+  // Main thread: no request runs any more (the batch is done): SIGINT is
+  // blocked again.
+  void idle();
 
   // Any thread, without the GIL: interrupt request `id`.
   void interrupt(uint64_t id);
@@ -59,6 +64,7 @@ class Interrupts {
   void discard_pending();
 
   pthread_t main_;
+  bool unblocked_ = false;  // main thread only: SIGINT is unblocked on it
   std::mutex mu_;
   std::vector<Running> running_;  // innermost last; changed by the main thread only
   std::deque<uint64_t> early_;

@@ -110,8 +110,7 @@ int Worker::run(const Channel& channel) {
     return 1;
   }
   loop_thread_ = PyThread_get_thread_ident();
-  PyRef serve;
-  if (!init_python(serve)) return 1;
+  if (!init_python()) return 1;
   if (sandbox_ && (!enter_sandbox() || !start_relay())) return 1;
   link_->bind_main(this);
   link_->install(reader_);
@@ -151,15 +150,43 @@ int Worker::run(const Channel& channel) {
     }
   }
 
-  // The main thread now idles in the worker's event loop until SHUTDOWN,
-  // end of input or a failed write. Its poller waits without the GIL, so
-  // Python threads run meanwhile.
-  PyRef done = PyRef::steal(PyObject_CallNoArgs(serve.get()));
-  if (!done) {
-    diag("the worker's event loop failed: " + current_exception_text());
-    _exit(1);
+  // The main thread now idles until SHUTDOWN, end of input or a failed
+  // write: in plain libuv while only synchronous requests come (asyncio is
+  // not even imported), then in the worker's asyncio loop once something
+  // started it. Both wait without the GIL, so Python threads run meanwhile.
+  idle();
+  interrupts_.idle();
+  // A thread that waits for the loop gets it, and sees it end.
+  start_requested_loop();
+  if (loop_started_) {
+    // From now on the dispatcher calls the loop's own functions (erlang.
+    // _worker's check that the loop runs first).
+    TaskHooks hooks;
+    PyRef running = PyRef::steal(PyImport_ImportModule("erlang._worker_async"));
+    if (running && hooks.load(running.get())) {
+      dispatcher_->set_task_hooks(std::move(hooks));
+    } else {
+      PyErr_WriteUnraisable(nullptr);
+    }
+    PyRef check = running
+                      ? PyRef::steal(PyObject_GetAttrString(running.get(), "_interrupt_running"))
+                      : PyRef();
+    if (!check) {
+      PyErr_WriteUnraisable(nullptr);
+    } else if (int err = task_interrupter_.start(std::move(check), loop_thread_)) {
+      diag(std::string("cannot start the task interrupter: ") + std::strerror(err));
+    }
+    // Also when stopping: it answers the tasks still running.
+    PyRef done = PyRef::steal(PyObject_CallNoArgs(serve_.get()));
+    if (!done) {
+      diag("the worker's event loop failed: " + current_exception_text());
+      _exit(1);
+    }
   }
-  serve.reset();
+  task_interrupter_.stop();
+  serve_.reset();
+  ensure_loop_.reset();
+  complete_on_loop_.reset();
   stop_input();
   reader_.stop();
   link_->close();                      // Python threads waiting for Erlang stop waiting
@@ -178,6 +205,7 @@ int Worker::run(const Channel& channel) {
     link_.reset();
     get_running_loop_.reset();
     set_running_loop_.reset();
+    asyncio_events_name_.reset();
     dispatcher_.reset();
     codec_.reset();
     Py_FinalizeEx();
@@ -198,7 +226,7 @@ int Worker::run(const Channel& channel) {
   return exit_status_;
 }
 
-bool Worker::init_python(PyRef& serve) {
+bool Worker::init_python() {
   if (PyImport_AppendInittab(loop_module::kName, loop_module::init) < 0) {
     diag("cannot register the _pyport_loop module");
     return false;
@@ -266,19 +294,13 @@ bool Worker::init_python(PyRef& serve) {
     return false;
   }
   dispatcher_ = std::make_unique<Dispatcher>(*codec_, options_.max_frame_size, &interrupts_);
-  PyRef events = PyRef::steal(PyImport_ImportModule("asyncio.events"));
-  if (events) {
-    get_running_loop_ = PyRef::steal(PyObject_GetAttrString(events.get(), "_get_running_loop"));
-    set_running_loop_ = PyRef::steal(PyObject_GetAttrString(events.get(), "_set_running_loop"));
-  }
-  if (!get_running_loop_ || !set_running_loop_) {
-    diag("cannot load asyncio: " + current_exception_text());
-    return false;
-  }
+  // erlang._worker does not import asyncio: that happens when the worker's
+  // asyncio loop is first needed.
   PyRef worker_module = PyRef::steal(PyImport_ImportModule("erlang._worker"));
   TaskHooks hooks;
   if (!loop_module::attach(this) || !worker_module || !hooks.load(worker_module.get()) ||
-      !(serve = PyRef::steal(PyObject_GetAttrString(worker_module.get(), "serve")))) {
+      !(serve_ = PyRef::steal(PyObject_GetAttrString(worker_module.get(), "serve"))) ||
+      !(ensure_loop_ = PyRef::steal(PyObject_GetAttrString(worker_module.get(), "ensure_loop")))) {
     diag("cannot load the worker's event loop (erlang._worker): " + current_exception_text());
     return false;
   }
@@ -309,6 +331,74 @@ bool Worker::enter_sandbox() {
     return false;
   }
   return true;
+}
+
+void Worker::idle() {
+  while (!loop_started_ && !stopping()) {
+    before_wait();
+    if (!input_ready_ && !loop_requested_.load()) {
+      main_thread_ = PyEval_SaveThread();
+      uv_run(&loop_, UV_RUN_ONCE);
+      PyEval_RestoreThread(main_thread_);
+    }
+    after_wait();
+    // Handlers that Python code installed with signal.signal().
+    if (PyErr_CheckSignals() < 0) {
+      std::string text = current_exception_text();
+      diag(text + " reached the worker's idle loop; it goes on");
+    }
+    start_requested_loop();
+    if (input_ready_) handle_frames();
+  }
+}
+
+void Worker::request_loop() {
+  loop_requested_.store(true);
+  reader_.wake_main();
+}
+
+void Worker::start_requested_loop() {
+  if (!loop_requested_.exchange(false) || loop_started_) return;
+  // The thread that asked waits for the outcome, which ensure_loop reports
+  // to it (failures too): nothing to report here.
+  PyRef loop = PyRef::steal(PyObject_CallNoArgs(ensure_loop_.get()));
+  if (!loop) PyErr_WriteUnraisable(ensure_loop_.get());
+}
+
+PyRef Worker::clear_running_loop() {
+  if (!get_running_loop_) {
+    // A running loop needs asyncio: until it is imported there is none.
+    if (!asyncio_events_name_) {
+      asyncio_events_name_ = PyRef::steal(PyUnicode_InternFromString("asyncio.events"));
+      if (!asyncio_events_name_) {
+        PyErr_WriteUnraisable(nullptr);
+        return {};
+      }
+    }
+    PyObject* found = PyDict_GetItemWithError(PyImport_GetModuleDict(), asyncio_events_name_.get());
+    if (!found) {
+      if (PyErr_Occurred()) PyErr_WriteUnraisable(nullptr);
+      return {};
+    }
+    PyRef events = PyRef::borrow(found);
+    get_running_loop_ = PyRef::steal(PyObject_GetAttrString(events.get(), "_get_running_loop"));
+    set_running_loop_ = PyRef::steal(PyObject_GetAttrString(events.get(), "_set_running_loop"));
+    if (!get_running_loop_ || !set_running_loop_) {
+      get_running_loop_.reset();
+      set_running_loop_.reset();
+      PyErr_WriteUnraisable(nullptr);
+      return {};
+    }
+  }
+  PyRef previous = PyRef::steal(PyObject_CallNoArgs(get_running_loop_.get()));
+  if (!previous) {
+    PyErr_WriteUnraisable(get_running_loop_.get());
+    return {};
+  }
+  if (previous.get() == Py_None) return {};
+  PyRef cleared = PyRef::steal(PyObject_CallOneArg(set_running_loop_.get(), Py_None));
+  if (!cleared) PyErr_WriteUnraisable(set_running_loop_.get());
+  return previous;
 }
 
 bool Worker::on_loop_thread() const {
@@ -351,12 +441,13 @@ void Worker::before_wait() {
   if (!replies_.empty()) writer_.submit_from_loop(replies_);
   // Frames taken but not handled yet (a request ran the loop before those
   // behind it in its batch): handled in this wait's callback.
-  if (batch_.remaining() > 0) input_ready_ = true;
+  if (batch_.remaining() > 0 || loop_completions_) input_ready_ = true;
   reader_.main_idle();
 }
 
 bool Worker::process_input(bool* more) {
   handle_frames();
+  run_loop_completions();
   *more = !stopping();
   return true;
 }
@@ -386,10 +477,7 @@ void Worker::handle_frames() noexcept {
     // Requests are synchronous code: no running loop while they run, so
     // they may run loops of their own (asyncio.run, erlang.run), whatever
     // runs further up the stack.
-    PyRef previous = PyRef::steal(PyObject_CallNoArgs(get_running_loop_.get()));
-    PyRef cleared =
-        previous ? PyRef::steal(PyObject_CallOneArg(set_running_loop_.get(), Py_None)) : PyRef();
-    if (!cleared) PyErr_WriteUnraisable(set_running_loop_.get());
+    PyRef previous = clear_running_loop();
     // Every level runs the frames of the one batch in order, so a request
     // that waits (erlang.sleep, erlang.call) does not hold up those queued
     // behind it.
@@ -407,7 +495,13 @@ void Worker::handle_frames() noexcept {
       }
       if (!dispatcher_->requeued().empty()) reader_.requeue(dispatcher_->requeued());
     }
-    if (--depth_ == 0) batch_.clear();
+    if (--depth_ == 0) {
+      batch_.clear();
+      // The event loop's callbacks run next: no SIGINT for them. The plain
+      // idle loop only waits, so SIGINT may stay unblocked (it checks for
+      // signals after each wait).
+      if (loop_started_) interrupts_.idle();
+    }
     if (previous) {
       PyRef restored = PyRef::steal(PyObject_CallOneArg(set_running_loop_.get(), previous.get()));
       if (!restored) PyErr_WriteUnraisable(set_running_loop_.get());
@@ -496,6 +590,7 @@ MainThread::WaitResult Worker::wait(const std::function<bool()>& ready,
     if (handle_requests && (queued || (n > 0 && (fds[0].revents || fds[1].revents)))) {
       reader_.main_busy();
       PyEval_RestoreThread(ts);
+      start_requested_loop();
       handle_frames();
       writer_.submit_from_loop(replies_);
       ts = PyEval_SaveThread();
@@ -513,6 +608,49 @@ MainThread::WaitResult Worker::wait(const std::function<bool()>& ready,
   }
   PyEval_RestoreThread(ts);
   return result;
+}
+
+void Worker::loop_completions_posted() {
+  // The main thread posts while it reads frames: it looks before it waits
+  // (before_wait). Another thread rings its doorbell.
+  if (on_loop_thread()) {
+    loop_completions_ = true;
+  } else {
+    reader_.wake_main();
+  }
+}
+
+void Worker::run_loop_completions() {
+  loop_completions_ = false;
+  std::vector<uint64_t> tokens;
+  try {
+    link_->take_loop_completions(tokens);
+  } catch (const std::bad_alloc&) {
+    diag("cannot hold the completions of the event loop: out of memory; exiting");
+    _exit(1);
+  }
+  if (tokens.empty()) return;
+  if (!complete_on_loop_) {
+    PyRef module = PyRef::steal(PyImport_ImportModule("erlang._async"));
+    complete_on_loop_ =
+        module ? PyRef::steal(PyObject_GetAttrString(module.get(), "_complete_on_loop")) : PyRef();
+    if (!complete_on_loop_) {
+      PyErr_WriteUnraisable(nullptr);
+      return;
+    }
+  }
+  PyRef list = PyRef::steal(PyList_New(Py_ssize_t(tokens.size())));
+  for (size_t i = 0; list && i < tokens.size(); ++i) {
+    PyObject* token = PyLong_FromUnsignedLongLong(tokens[i]);
+    if (!token) {
+      list.reset();
+      break;
+    }
+    PyList_SET_ITEM(list.get(), Py_ssize_t(i), token);
+  }
+  PyRef done =
+      list ? PyRef::steal(PyObject_CallOneArg(complete_on_loop_.get(), list.get())) : PyRef();
+  if (!done) PyErr_WriteUnraisable(complete_on_loop_.get());
 }
 
 bool Worker::requests_waiting() const {
@@ -554,7 +692,10 @@ bool Worker::stream_end(uint64_t id) {
 // between steps, so the dispatcher cancels its task instead.
 bool Worker::on_interrupt_frame(void* ctx, const InputFrame& frame) {
   if (frame.fields != 2 || frame.id == 0) return false;
-  static_cast<Worker*>(ctx)->interrupts_.interrupt(frame.id);
+  auto* self = static_cast<Worker*>(ctx);
+  self->interrupts_.interrupt(frame.id);
+  // A task step that runs on and on cannot be reached by SIGINT.
+  self->task_interrupter_.request(frame.id);
   return false;
 }
 

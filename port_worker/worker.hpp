@@ -5,6 +5,7 @@
 #include <Python.h>
 #include <uv.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -21,6 +22,7 @@
 #include "log_relay.hpp"
 #include "options.hpp"
 #include "sandbox.hpp"
+#include "task_interrupter.hpp"
 
 namespace pyport {
 
@@ -36,9 +38,11 @@ struct Channel {
 // Writes "pyport_worker: <message>\n" to fd (the inherited stderr), if open.
 void write_diag(int fd, const std::string& message);
 
-// The main thread idles in the worker's asyncio loop (erlang._worker.serve),
-// whose Poller waits on this loop: Worker is its LoopHost. Python waiting
-// for Erlang (erlang.call) waits through it too: it is the link's MainThread.
+// The main thread idles in a plain libuv loop (idle()) and answers requests
+// from there until something needs asyncio; then the worker's asyncio loop
+// (erlang._worker.serve) takes over, whose Poller waits on the same libuv
+// loop: Worker is its LoopHost. Python waiting for Erlang (erlang.call)
+// waits through it too: it is the link's MainThread.
 class Worker : public LoopHost, public MainThread {
  public:
   // Shutdown (sending the last answers, finalising Python, which waits for
@@ -71,16 +75,30 @@ class Worker : public LoopHost, public MainThread {
   bool answer_future(uint64_t id, PyObject* future) override;
   bool stream_chunk(uint64_t id, PyObject* value) override;
   bool stream_end(uint64_t id) override;
+  void loop_started() override { loop_started_ = true; }
+  void request_loop() override;
 
   // MainThread (erlang_link.hpp), for Python on the main thread.
   void send(ByteBuffer& frames) override;
   WaitResult wait(const std::function<bool()>& ready, Clock::time_point deadline) override;
   bool requests_waiting() const override;
+  void loop_completions_posted() override;
 
  private:
-  bool init_python(PyRef& serve);
+  bool init_python();
   // Imports the --preload modules, then confines the process (sandbox.hpp).
   bool enter_sandbox();
+  // Waits and handles requests on the plain libuv loop until the worker's
+  // asyncio loop exists or the worker must stop.
+  void idle();
+  // Starts the worker's asyncio loop if a thread asked for it.
+  void start_requested_loop();
+  // Clears asyncio's running loop for the requests handle_frames() runs;
+  // returns the previous one (null when none, or asyncio not imported).
+  PyRef clear_running_loop();
+  // Hands the tokens posted for the worker's event loop (ErlangLink::
+  // watch_on_loop) to erlang._async, which completes their futures.
+  void run_loop_completions();
   void stop_input();
   void drain_writes();
   void fail(const std::string& message);
@@ -113,14 +131,19 @@ class Worker : public LoopHost, public MainThread {
   FrameWriter writer_;
   LogRelay relay_;
   InputReader reader_;
+  // Interrupts task steps of the worker's event loop, once it runs.
+  TaskInterrupter task_interrupter_;
   // Frames taken from the reader and not yet handled. One batch for every
   // nesting level: a request that runs the loop (erlang.sleep) lets the
   // frames queued behind it run meanwhile.
   InputBatch batch_;
   int depth_ = 0;
-  ByteBuffer replies_;        // answers not yet handed to the writer
-  bool input_ready_ = false;  // the reader has frames, or end of input, for process_input
-  bool input_done_ = false;   // end of input, a failed read or write: the worker stops
+  ByteBuffer replies_;         // answers not yet handed to the writer
+  bool input_ready_ = false;   // the reader has frames, or end of input, for process_input
+  bool input_done_ = false;    // end of input, a failed read or write: the worker stops
+  bool loop_started_ = false;  // the worker's asyncio loop exists (erlang._worker)
+  std::atomic<bool> loop_requested_{false};  // a thread waits for it to exist
+  bool loop_completions_ = false;            // the main thread posted some for itself
   int exit_status_ = 0;
   unsigned long loop_thread_ = 0;
 
@@ -128,8 +151,11 @@ class Worker : public LoopHost, public MainThread {
   std::unique_ptr<Codec> codec_;
   std::unique_ptr<Dispatcher> dispatcher_;
   std::unique_ptr<ErlangLink> link_;
-  PyRef get_running_loop_, set_running_loop_;  // asyncio's
-  PyThreadState* main_thread_ = nullptr;       // saved while the loop waits
+  PyRef get_running_loop_, set_running_loop_;  // asyncio's, once it is imported
+  PyRef asyncio_events_name_;
+  PyRef serve_, ensure_loop_;             // erlang._worker's
+  PyRef complete_on_loop_;                // erlang._async._complete_on_loop
+  PyThreadState* main_thread_ = nullptr;  // saved while the loop waits
 };
 
 }  // namespace pyport

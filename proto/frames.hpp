@@ -33,6 +33,7 @@ enum FrameKind : uint8_t {
   kReply = 9,     // answer to a worker's REQUEST
   kMessage = 10,  // a term for one of the worker's mailboxes
   kControl = 11,
+  kBatch = 12,  // several frames in one: [12, 0, [Frame (bin), ...]]
   kShutdown = 15,
   kResult = 16,
   kError = 17,

@@ -13,7 +13,7 @@
 -module(pyport_codec).
 
 -export([encode/1, decode/1,
-         encode_frame/3, decode_frame_head/1, decode_fields/2]).
+         encode_frame/3, encode_batch/1, decode_frame_head/1, decode_fields/2]).
 
 -export_type([frame_kind/0, frame_id/0]).
 
@@ -84,6 +84,18 @@ encode_frame(Kind, Id, Fields)
        is_integer(Id), Id >= 0, Id =< ?U64_MAX ->
     Head = array_header(list_length(Fields) + 2, <<>>),
     el(Fields, int(Id, <<Head/binary, Kind>>), [], 0, []).
+
+%% @doc Several encoded frames as one BATCH frame `[12, 0, [Frame, ...]]',
+%% each frame a bin (proto/PROTOCOL.md): the worker handles them as if
+%% they had come one by one.
+-spec encode_batch([iodata()]) -> iodata().
+encode_batch(Frames) ->
+    [array_header(length(Frames), <<16#93, 12, 0>>)
+     | [[bin_header(iolist_size(F)), F] || F <- Frames]].
+
+bin_header(N) when N < 16#100 -> <<16#c4, N>>;
+bin_header(N) when N < 16#10000 -> <<16#c5, N:16>>;
+bin_header(N) when N < 16#100000000 -> <<16#c6, N:32>>.
 
 %% @doc Read only the head of a frame (array length, Kind, Id); the fields
 %% stay undecoded in Rest so the port owner can route a reply cheaply.

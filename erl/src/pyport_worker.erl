@@ -82,6 +82,11 @@
 %% Chunks a stream may have in flight (credit granted, not yet delivered),
 %% and how often credit is reconsidered while a consumer is behind.
 -define(STREAM_WINDOW, 64).
+%% Requests held to go out together (send_request/3) fit in this many
+%% bytes, and in the pool's max_frame_size.
+-define(BATCH_MAX_BYTES, 262144).
+-define(HELD, '$pyport_held').
+-define(FLUSH_SENT, '$pyport_flush_sent').
 -define(STREAM_RECHECK_MS, 10).
 
 -define(PROTOCOL_VERSION, 1).
@@ -299,7 +304,7 @@ handle_info({'$pyport', Alias, Id, Deadline, Frame}, State) ->
     {noreply, request(Alias, Id, Deadline, Frame, State)};
 handle_info({'$pyport_cast', Frame}, #state{status = up, port = Port, kill_timers = Timers} = State)
   when map_size(Timers) =:= 0 ->
-    _ = send_frame(Port, Frame),
+    send_request(Port, Frame, State),
     {noreply, sent(State)};
 handle_info({'$pyport_cast', _Frame}, #state{status = stopping} = State) ->
     {noreply, State};
@@ -309,6 +314,10 @@ handle_info({'$pyport_task', Alias, Tag, Ref, Id, Deadline, Frame}, State) ->
     {noreply, request(Id, {task, Alias, Tag, Ref, Deadline}, Frame, State)};
 handle_info({'$pyport_stream', Consumer, Ref, Id, Frame}, State) ->
     {noreply, request(Id, {stream, Consumer, Ref, ?STREAM_WINDOW, false}, Frame, State)};
+handle_info('$pyport_flush', State) ->
+    erase(?FLUSH_SENT),
+    flush_held(),
+    {noreply, State};
 handle_info({stream_recheck, Id}, State) ->
     {noreply, stream_recheck(Id, State)};
 handle_info({pubsub, Topic, Msg}, State) ->
@@ -359,6 +368,15 @@ handle_info({timeout, Timer, {kill, Id}}, #state{kill_timers = Timers} = State) 
         #{Id := Timer} -> kill_unresponsive(Id, State);
         #{} -> {noreply, State}
     end;
+handle_info({timeout, Timer, drain_timeout}, #state{start_timer = Timer, status = draining} = State) ->
+    %% What still runs after shutdown_timeout (a task or stream that never
+    %% ends) must not keep the OS process from being recycled: it is
+    %% cancelled, which answers it CancelledError (synchronous requests
+    %% ignore CANCEL: their callers' timeouts interrupt them).
+    ?LOG_INFO("pyport worker ~tp/~b: cancelling ~b requests still running while recycling",
+              [State#state.pool, State#state.slot, map_size(State#state.pending)], metadata(State)),
+    _ = [cancel_in_worker(Id, State) || Id <- maps:keys(State#state.pending)],
+    {noreply, State#state{start_timer = undefined}};
 handle_info({timeout, Timer, recycle_kill}, #state{start_timer = Timer, status = recycling} = State) ->
     %% SHUTDOWN was not honoured in time (e.g. a thread that never ends).
     pyport_os:kill(State#state.os_pid),
@@ -423,7 +441,7 @@ request(Alias, Id, Deadline, Frame, #state{status = Status} = State) ->
             finish(Alias, {error, timeout}, State),
             State;
         false when Status =:= up, map_size(State#state.kill_timers) =:= 0 ->
-            _ = send_frame(State#state.port, Frame),
+            send_request(State#state.port, Frame, State),
             sent(State#state{pending = maps:put(Id, {Alias, Deadline}, State#state.pending)});
         false ->
             %% Restarting, draining, or stuck in code whose caller gave up:
@@ -459,7 +477,7 @@ request(Id, Entry, Frame, #state{status = Status} = State) ->
             finish_entry(Entry, {error, timeout}, State),
             State;
         false when Status =:= up, map_size(State#state.kill_timers) =:= 0 ->
-            _ = send_frame(State#state.port, Frame),
+            send_request(State#state.port, Frame, State),
             sent(State#state{pending = maps:put(Id, Entry, State#state.pending)});
         false ->
             State#state{queue = queue:in({req, Id, Entry, Frame}, State#state.queue)}
@@ -505,10 +523,53 @@ drop_queued(Id, #state{queue = Q} = State) ->
     State#state{queue = Kept}.
 
 %% A closed port raises badarg; its exit status is then already on its way
-%% and will answer the request.
+%% and will answer the request. Held requests go first.
 send_frame(Port, Frame) ->
+    flush_held(),
+    write(Port, Frame).
+
+write(Port, Frame) ->
     try port_command(Port, Frame)
     catch error:badarg -> false
+    end.
+
+%% Requests that arrive together reach the worker in one write, which it
+%% reads at once: while more messages wait in the mailbox, a request's
+%% frame is held (in the process dictionary: it is not state, only a write
+%% put off within this burst of messages). The held frames go out as one
+%% BATCH frame once the mailbox is empty (the '$pyport_flush' message sent
+%% to self when the first was held), or before any other frame
+%% (send_frame/2), so frames always reach the worker in the order they
+%% were sent.
+send_request(Port, Frame, #state{opts = #{max_frame_size := Max}}) ->
+    case process_info(self(), message_queue_len) of
+        {message_queue_len, 0} ->
+            send_frame(Port, Frame);
+        _ ->
+            hold(Port, Frame, iolist_size(Frame) + 5, min(Max, ?BATCH_MAX_BYTES) - 8)
+    end.
+
+hold(Port, Frame, Size, Limit) ->
+    case get(?HELD) of
+        {Port, Bytes, Frames} when Bytes + Size =< Limit ->
+            put(?HELD, {Port, Bytes + Size, [Frame | Frames]});
+        _ when Size > Limit ->
+            send_frame(Port, Frame);
+        _ ->
+            flush_held(),
+            put(?HELD, {Port, Size, [Frame]}),
+            case get(?FLUSH_SENT) of
+                true -> ok;
+                _ -> put(?FLUSH_SENT, true), self() ! '$pyport_flush'
+            end
+    end,
+    ok.
+
+flush_held() ->
+    case erase(?HELD) of
+        undefined -> ok;
+        {Port, _, [Frame]} -> write(Port, Frame);
+        {Port, _, Frames} -> write(Port, pyport_codec:encode_batch(lists:reverse(Frames)))
     end.
 
 %% Sends what was queued while the OS process restarted (up to what it
@@ -1216,12 +1277,15 @@ start_drain(Reason, #state{status = up} = State) ->
                 [State#state.pool, State#state.slot, State#state.os_pid, Reason],
                 metadata(State)),
     pyport_pool:set_available(State#state.info, State#state.slot, false),
-    maybe_drained(State#state{status = draining, recycle_reason = Reason});
+    #{shutdown_timeout := Grace} = State#state.opts,
+    Timer = erlang:start_timer(Grace, self(), drain_timeout),
+    maybe_drained(State#state{status = draining, recycle_reason = Reason, start_timer = Timer});
 start_drain(_Reason, State) ->
     State.
 
 maybe_drained(#state{status = draining, pending = Pending, internal = Internal} = State)
   when map_size(Pending) =:= 0, map_size(Internal) =:= 0 ->
+    cancel_timer(State#state.start_timer),  % the drain_timeout
     _ = send_frame(State#state.port, pyport_codec:encode_frame(?SHUTDOWN, 0, [])),
     #{shutdown_timeout := Grace} = State#state.opts,
     Timer = erlang:start_timer(Grace, self(), recycle_kill),

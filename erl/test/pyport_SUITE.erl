@@ -32,7 +32,7 @@ groups() ->
       [json_dumps_with_kwargs, kwargs_keys, eval_with_locals, eval_forms, python_exceptions,
        exception_type_atoms, unknown_module_and_function,
        exec_then_eval_share_globals, context_routing, spawn_call_and_await,
-       cast_runs_in_order, call_timeout_leaves_mailbox_empty, eval_timeout,
+       cast_runs_in_order, burst_of_requests_in_order, call_timeout_leaves_mailbox_empty, eval_timeout,
        frame_too_large, unsupported_term, options_and_pools, version]},
      {logging, [],
       [print_one_megabyte, cast_exception_is_logged, traceback_logged_at_debug]},
@@ -371,6 +371,26 @@ cast_runs_in_order(_Config) ->
     ?assertEqual(ok, py:cast(math, sqrt, [4])),
     ?assertEqual(ok, py:cast(?F, echo_call, [1], #{k => 2})),
     ?assertEqual({error, {unsupported_term, [1 | 2]}}, py:cast(?F, identity, [[1 | 2]])).
+
+%% Requests that reach the worker's owner together go to the worker in one
+%% write (a BATCH frame): still each is answered, in the order sent.
+burst_of_requests_in_order(_Config) ->
+    Ctx = py:context(2),
+    {ok, #{tab := Tab}} = pyport_pool:info(default),
+    [{2, Owner}] = ets:lookup(Tab, 2),
+    Tag = make_ref(),
+    ok = sys:suspend(Owner),
+    Handles = try
+                  [begin
+                       ok = py:cast(Ctx, ?F, remember, [{Tag, I}]),
+                       py:spawn_call(Ctx, ?F, identity, [I])
+                   end || I <- lists:seq(1, 200)]
+              after
+                  sys:resume(Owner)
+              end,
+    ?assertEqual([{ok, I} || I <- lists:seq(1, 200)], [py:await(H) || H <- Handles]),
+    {ok, Seen} = py:call(Ctx, ?F, remembered, []),
+    ?assertEqual([{Tag, I} || I <- lists:seq(1, 200)], [X || {T, _} = X <- Seen, T =:= Tag]).
 
 call_timeout_leaves_mailbox_empty(_Config) ->
     Ctx = py:context(1),

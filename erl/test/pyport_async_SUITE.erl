@@ -24,6 +24,7 @@ groups() ->
       [async_call_and_await, async_call_message, async_call_errors, async_await_timeout_cancels,
        async_gather_in_order, async_gather_first_error, thousand_coroutines_in_one_worker,
        call_timeout_cancels_coroutine, interrupted_coroutine_is_cancelled_not_killed,
+       interrupt_while_the_loop_starts, runaway_coroutine_is_interrupted_not_killed,
        sync_function_through_async_call,
        coroutines_call_erlang, awaited_erlang_function_calls_back]},
      {event_loop, [],
@@ -35,7 +36,7 @@ groups() ->
        stream_start_messages, stream_cancel_stops_producer, slow_consumer_bounds_producer,
        dead_consumer_stops_producer]},
      {failures, [],
-      [worker_exit_answers_tasks_and_streams]},
+      [worker_exit_answers_tasks_and_streams, endless_task_and_stream_do_not_block_recycling]},
      {docs, [],
       [docs_examples]}].
 
@@ -169,6 +170,9 @@ interrupted_coroutine_is_cancelled_not_killed(_Config) ->
     try
         Ctx = py:context(async_kill, 1),
         {ok, #{os_pid := OsPid, restarts := Restarts}} = pyport:worker_info(Ctx),
+        %% The worker's loop starts with the first coroutine: what is
+        %% interrupted here is a coroutine already running on it.
+        ?assertEqual({ok, ok}, py:call(Ctx, asyncio, sleep, [0, ok])),
         ?assertEqual({error, timeout},
                      py:call(Ctx, ?F, wait_forever, [<<"interrupted">>], #{}, 50)),
         eventually(fun() -> events(Ctx) =:= [[<<"cancelled">>, <<"interrupted">>]] end,
@@ -180,6 +184,55 @@ interrupted_coroutine_is_cancelled_not_killed(_Config) ->
     after
         pyport:stop_pool(async_kill)
     end.
+
+%% A coroutine whose step never returns to the loop: the caller that gives
+%% up has it interrupted (KeyboardInterrupt inside that step), so the
+%% worker is not killed after kill_after, and its other tasks go on.
+runaway_coroutine_is_interrupted_not_killed(_Config) ->
+    Data = filename:join(filename:dirname(code:which(?MODULE)), "pyport_async_SUITE_data"),
+    {ok, _} = pyport:start_pool(async_runaway, #{size => 1, python_path => [Data], kill_after => 1000}),
+    try
+        Ctx = py:context(async_runaway, 1),
+        ?assertEqual({ok, ok}, py:call(Ctx, asyncio, sleep, [0, ok])),
+        {ok, #{os_pid := OsPid, restarts := Restarts}} = pyport:worker_info(Ctx),
+        Bystander = pyport_async:start_task({slot, async_runaway, 1}, py_result,
+                                            {1, py:call_fields(?F, double, [21], #{})}, infinity),
+        ?assertEqual({error, timeout}, py:call(Ctx, ?F, runaway, [<<"r">>], #{}, 200)),
+        ?assertEqual({ok, 42}, py:async_await(Bystander, 10000)),
+        ?assertEqual({ok, 4}, py:call(Ctx, ?F, double, [2])),
+        timer:sleep(1300),   % past kill_after
+        ?assertMatch({ok, #{os_pid := OsPid, restarts := Restarts, interrupted := 0}},
+                     pyport:worker_info(Ctx)),
+        ?assertEqual({ok, [[<<"spinning">>, <<"r">>]]}, py:call(Ctx, ?F, taken_events, []))
+    after
+        pyport:stop_pool(async_runaway)
+    end.
+
+%% The first coroutine request starts the worker's loop (importing asyncio);
+%% a caller that gives up meanwhile has its request interrupted, which must
+%% never leave asyncio half-imported: the worker serves coroutines after it,
+%% and is not killed for it.
+interrupt_while_the_loop_starts(_Config) ->
+    Data = filename:join(filename:dirname(code:which(?MODULE)), "pyport_async_SUITE_data"),
+    [begin
+         Pool = list_to_atom("async_start_" ++ integer_to_list(Ms)),
+         {ok, _} = pyport:start_pool(Pool, #{size => 1, python_path => [Data], kill_after => 200}),
+         try
+             Ctx = py:context(Pool, 1),
+             {ok, #{os_pid := OsPid, restarts := Restarts}} = pyport:worker_info(Ctx),
+             ?assertEqual({error, timeout},
+                          py:call(Ctx, ?F, wait_forever, [<<"early">>], #{}, Ms)),
+             ?assertEqual({ok, 4}, py:call(Ctx, ?F, double, [2])),
+             ?assertEqual({ok, true},
+                          py:eval(Ctx, <<"__import__('erlang').get_worker_loop().is_running()">>)),
+             timer:sleep(400),   % past kill_after
+             ?assertMatch({ok, #{os_pid := OsPid, restarts := Restarts, interrupted := 0}},
+                          pyport:worker_info(Ctx))
+         after
+             pyport:stop_pool(Pool)
+         end
+     end || Ms <- [1, 5, 20]],
+    ok.
 
 %% A coroutine request awaits an Erlang function (erlang.async_call) on the
 %% worker's loop, which goes on handling requests: the function may call
@@ -423,6 +476,38 @@ worker_exit_answers_tasks_and_streams(_Config) ->
     ?assertEqual({error, {worker_exited, {signal, sigkill}}}, last_stream_message(Stream)),
     %% The restarted worker serves again.
     eventually(fun() -> py:call(Ctx, ?F, double, [1]) =:= {ok, 2} end, restart).
+
+%% max_requests recycles a worker once what it runs has finished; a task
+%% or a stream that never ends is cancelled shutdown_timeout after the
+%% recycling began, so the worker is recycled all the same.
+endless_task_and_stream_do_not_block_recycling(_Config) ->
+    Data = filename:join(filename:dirname(code:which(?MODULE)), "pyport_async_SUITE_data"),
+    {ok, _} = pyport:start_pool(async_recycle, #{size => 1, python_path => [Data],
+                                                 max_requests => 3, shutdown_timeout => 300}),
+    try
+        Ctx = py:context(async_recycle, 1),
+        {ok, #{os_pid := OsPid, recycles := 0}} = pyport:worker_info(Ctx),
+        Task = pyport_async:start_task({slot, async_recycle, 1}, py_result,
+                                       {1, py:call_fields(?F, wait_forever, [<<"endless">>], #{})},
+                                       infinity),
+        {ok, Stream} = pyport_async:stream_start({slot, async_recycle, 1},
+                                                 {1, py:call_fields(itertools, count, [], #{})},
+                                                 self()),
+        receive {py_stream, Stream, {data, 0}} -> ok after 10000 -> ct:fail(no_data) end,
+        %% The third request: the worker takes no more and drains.
+        ?assertEqual({ok, 4}, py:call(Ctx, ?F, double, [2])),
+        ?assertMatch({error, {'CancelledError', _}}, py:async_await(Task, 10000)),
+        ?assertMatch({error, {'CancelledError', _}}, last_stream_message(Stream)),
+        eventually(fun() ->
+                           case pyport:worker_info(Ctx) of
+                               {ok, #{os_pid := New, recycles := 1, status := up}} -> New =/= OsPid;
+                               _ -> false
+                           end
+                   end, recycled),
+        ?assertEqual({ok, 6}, py:call(Ctx, ?F, double, [3]))
+    after
+        pyport:stop_pool(async_recycle)
+    end.
 
 last_stream_message(Ref) ->
     receive

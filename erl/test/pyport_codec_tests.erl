@@ -289,6 +289,20 @@ frame_exact_bytes_test() ->
                  iolist_to_binary(?C:encode_frame(16, 1, [ok]))),
     ?assertEqual(<<16#92, 15, 0>>, iolist_to_binary(?C:encode_frame(15, 0, []))).
 
+%% BATCH [12, 0, [Frame, ...]]: each frame a bin of its exact bytes.
+batch_exact_bytes_test() ->
+    A = ?C:encode_frame(2, 5, [<<"m">>, <<"f">>, [], #{}]),
+    B = [<<16#92, 5>>, [<<7>>]],
+    Bin = iolist_to_binary(?C:encode_batch([A, B])),
+    ABin = iolist_to_binary(A),
+    ?assertEqual(<<16#93, 12, 0, 16#92, 16#c4, (byte_size(ABin)), ABin/binary,
+                   16#c4, 3, 16#92, 5, 7>>, Bin),
+    ?assertEqual(<<16#93, 12, 0, 16#90>>, iolist_to_binary(?C:encode_batch([]))),
+    {ok, [12, 0, [ABin, <<16#92, 5, 7>>]]} = ?C:decode(Bin),
+    Big = binary:copy(<<0>>, 70000),
+    <<16#93, 12, 0, 16#91, 16#c6, 70000:32, Big/binary>> =
+        iolist_to_binary(?C:encode_batch([Big])).
+
 frame_round_trip_test_() ->
     Ids = [0, 1, 127, 128, 255, 256, 65535, 65536, 16#FFFFFFFF, 16#100000000,
            16#FFFFFFFFFFFFFFFF],

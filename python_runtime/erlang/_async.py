@@ -2,9 +2,13 @@
 
 A request's reply (or a mailbox's next message) lands in a mailbox on the
 worker's reading thread. The mailbox is *watched*: its next frame posts a
-token, which one daemon thread (started on first use) collects with the GIL
-released and hands to the waiting loop with ``call_soon_threadsafe``. The
-loop's own thread then takes the frame and completes the future."""
+token. For the worker's own event loop the token goes straight to the
+worker's main thread, which hands it to ``_complete_on_loop`` from the
+loop's input callback: no other thread is involved. For any other loop
+(``asyncio.run``, loops in threads) one daemon thread (started on first
+use) collects tokens with the GIL released and hands each to its loop with
+``call_soon_threadsafe``. Either way the loop's own thread then takes the
+frame and completes the future."""
 from __future__ import annotations
 
 import itertools
@@ -23,6 +27,8 @@ _tokens = itertools.count(1)
 # token -> (loop, callback run on that loop)
 _waiting: dict[int, tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = {}
 _router: threading.Thread | None = None
+# token -> (loop, callback): waiters on the worker's own loop (main thread only).
+_loop_waiting: dict[int, tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = {}
 
 
 def _route() -> None:
@@ -49,6 +55,15 @@ def _when_ready(mailbox: int, loop: asyncio.AbstractEventLoop, callback: Callabl
     """Runs callback on loop once mailbox has a frame (or the link closed)."""
     global _router
     token = next(_tokens)
+    if getattr(loop, "is_worker_loop", False):
+        # Only the worker's main thread runs that loop: no lock, no thread.
+        _loop_waiting[token] = (loop, callback)
+        try:
+            _link.watch_on_loop(mailbox, token)
+        except BaseException:
+            del _loop_waiting[token]
+            raise
+        return token
     with _lock:
         _waiting[token] = (loop, callback)
         if _router is None or not _router.is_alive():
@@ -59,8 +74,24 @@ def _when_ready(mailbox: int, loop: asyncio.AbstractEventLoop, callback: Callabl
 
 
 def _forget(token: int) -> None:
-    with _lock:
-        _waiting.pop(token, None)
+    if _loop_waiting.pop(token, None) is None:
+        with _lock:
+            _waiting.pop(token, None)
+
+
+def _complete_on_loop(tokens: list[int]) -> None:
+    """The worker's main thread, in its loop's input callback: the mailboxes
+    watched for these tokens have a frame (or the link closed)."""
+    for token in tokens:
+        entry = _loop_waiting.pop(token, None)
+        if entry is None:  # its waiter gave up
+            continue
+        loop, callback = entry
+        try:
+            callback()
+        except Exception as exc:
+            loop.call_exception_handler({"message": "pyport: completing an Erlang reply failed",
+                                         "exception": exc})
 
 
 async def request(op: str, args: list) -> Any:

@@ -31,6 +31,7 @@ if _erlang is not None:
     close_mailbox = _erlang.close_mailbox
     receive = _erlang.receive
     watch = _erlang.watch
+    watch_on_loop = _erlang.watch_on_loop
     next_completion = _erlang.next_completion
     consume_time_slice = _erlang.consume_time_slice
 else:
@@ -38,5 +39,5 @@ else:
         raise RuntimeError(_NOT_IN_WORKER)
 
     request = notify = start_request = take_reply = _unavailable
-    open_mailbox = close_mailbox = receive = watch = _unavailable
+    open_mailbox = close_mailbox = receive = watch = watch_on_loop = _unavailable
     next_completion = consume_time_slice = _unavailable

@@ -51,7 +51,8 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-# The worker's own loop (None outside a worker, or before it started).
+# The worker's own loop (None outside a worker, or before it started:
+# erlang._worker starts it on first use).
 _worker_loop: Optional["ErlangEventLoop"] = None
 
 
@@ -304,7 +305,7 @@ class _WorkerEventLoopPolicy(_unix_events.DefaultEventLoopPolicy):
 
     def set_event_loop(self, loop) -> None:
         if loop is None and threading.current_thread() is threading.main_thread():
-            loop = get_worker_loop()
+            loop = _started_worker_loop()
         super().set_event_loop(loop)
 
 
@@ -339,15 +340,26 @@ def install() -> None:
     the worker's main thread the current event loop stays the worker's."""
     policy = ErlangEventLoopPolicy()
     asyncio.set_event_loop_policy(policy)
-    loop = _worker_loop
-    if loop is not None and not loop.is_closed() and threading.current_thread() is threading.main_thread():
+    loop = _started_worker_loop()
+    if loop is not None and threading.current_thread() is threading.main_thread():
         policy.set_event_loop(loop)
 
 
 def get_worker_loop() -> Optional[ErlangEventLoop]:
     """The worker's own event loop: where coroutines called from Erlang run
     and where ``spawn_task`` puts tasks from synchronous code. None outside a
-    worker."""
+    worker. A worker starts it on first use: in another thread than the
+    worker's main thread, the first call waits until the main thread has
+    started it (as soon as it is idle or waits for Erlang)."""
+    loop = _worker_loop
+    if loop is None and _pyport_loop.in_worker():
+        from . import _worker
+        loop = _worker.ensure_loop()
+    return None if loop is None or loop.is_closed() else loop
+
+
+def _started_worker_loop() -> Optional[ErlangEventLoop]:
+    """The worker's loop if it has started (never starts it)."""
     loop = _worker_loop
     return None if loop is None or loop.is_closed() else loop
 
@@ -362,8 +374,8 @@ def sleep(seconds: float) -> Optional[Awaitable[None]]:
     it is ``time.sleep``."""
     if _events._get_running_loop() is not None:
         return asyncio.sleep(seconds)
-    loop = get_worker_loop()
-    if loop is not None and threading.current_thread() is threading.main_thread():
+    loop = get_worker_loop() if threading.current_thread() is threading.main_thread() else None
+    if loop is not None:
         loop._pyport_run_for(seconds)
     else:
         time.sleep(seconds)
@@ -384,14 +396,17 @@ def spawn_task(coro: Coroutine[Any, Any, _T], *, name: Optional[str] = None):
     loop = _events._get_running_loop()
     if loop is not None:
         return loop.create_task(coro, name=name)
-    worker = get_worker_loop()
     if threading.current_thread() is threading.main_thread():
+        worker = get_worker_loop()
         if worker is None:
             raise RuntimeError("spawn_task() outside a coroutine needs the worker's event loop")
         return worker.create_task(coro, name=name)
-    if worker is None or not worker.is_running():
+    if not _pyport_loop.in_worker():
         raise RuntimeError("spawn_task() from a thread needs the worker's event loop running")
-    return asyncio.run_coroutine_threadsafe(coro, worker)
+    # Never waits for the loop to start (the main thread may be waiting
+    # for this thread).
+    from . import _worker
+    return _worker.spawn_from_thread(coro, name)
 
 
 class ExecutionMode(enum.Enum):

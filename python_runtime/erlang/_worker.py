@@ -1,66 +1,188 @@
-"""The worker's event loop and the requests that run on it as tasks.
+"""What the C++ worker calls to run requests on its event loop, and the
+lazy start of that loop.
 
-The C++ worker calls ``serve()`` once Python is up: the main thread then
-idles in the worker's ``ErlangEventLoop``, and frames from Erlang are
-handled by one of its callbacks. The dispatcher hands over what must outlive
-a callback: a request whose function returned a coroutine (``start_task``),
-a stream (``start_stream``, ``stream_credit``) and cancellations
-(``cancel``). Answers go back through ``_pyport_loop`` (RESULT/ERROR,
-STREAM_CHUNK/STREAM_END frames, PROTOCOL.md).
+A worker starts without asyncio: its main thread idles in plain libuv and
+answers synchronous requests from there. The worker's ``ErlangEventLoop``
+is made the first time something needs it: a request whose value is a
+coroutine (``start_task``), a stream (``start_stream``), or Python code
+asking for the loop (``erlang.get_worker_loop()``, ``erlang.spawn_task``,
+``erlang.sleep`` in synchronous code). ``ensure_loop()`` then imports
+asyncio, makes the loop and puts it in the running state at once (so code
+that started it sees it running, as it always did); the C++ worker calls
+``serve()`` as soon as the current request returns, and the main thread
+idles in the loop from then on. This module imports no asyncio itself
+(``_worker_async`` holds the code that needs it).
+
+Answers go back through ``_pyport_loop`` (RESULT/ERROR, STREAM_CHUNK/
+STREAM_END frames, PROTOCOL.md).
 """
 from __future__ import annotations
 
-import asyncio
-import functools
-import inspect
-import selectors
+import _collections_abc
 import sys
-import traceback
-from typing import Any, Optional
+import types
 
 import _pyport_loop
 
-from . import _loop
+# Annotations only: typing is not imported at run time (worker start-up).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # Requests and streams in flight on the worker's loop, by request id.
-_tasks: dict[int, asyncio.Future] = {}
-_streams: dict[int, "_Stream"] = {}
-_shutting_down = False
+_tasks: dict[int, Any] = {}
 
-# How long cancelled requests get to finish when the worker shuts down.
-_SHUTDOWN_GRACE = 1.0
+# What asyncio.iscoroutine() accepts (CPython 3.11), checked without
+# importing asyncio.
+_COROUTINE_TYPES = (types.CoroutineType, types.GeneratorType, _collections_abc.Coroutine)
+
+# Threads waiting for the loop to start: a threading.Event, made on demand,
+# and spawn_task() calls from threads made before it existed.
+_started = None
+_start_error: BaseException | None = None
+_spawned_early: list = []
+# The loop has ended (the worker shuts down): it does not start again.
+_finished = False
 
 
 def is_awaitable_result(value: Any) -> bool:
     """Whether a request's result is run as a task rather than sent: a
-    coroutine or an asyncio future."""
-    return asyncio.iscoroutine(value) or asyncio.isfuture(value)
+    coroutine or an asyncio future (as asyncio.iscoroutine/isfuture say)."""
+    if isinstance(value, _COROUTINE_TYPES):
+        return True
+    return getattr(type(value), "_asyncio_future_blocking", None) is not None and \
+        value._asyncio_future_blocking is not None
 
+
+_async_module = None
+
+
+def _async():
+    """erlang._worker_async, imported (with asyncio) on first use."""
+    global _async_module
+    if _async_module is None:
+        from . import _worker_async
+        _async_module = _worker_async
+    return _async_module
+
+
+def ensure_loop():
+    """The worker's event loop, started if it was not yet. On the main
+    thread it starts here; another thread asks the main thread and waits
+    until it has started it (it does as soon as it is idle or waits for
+    Erlang)."""
+    loop = _async_loop()
+    if loop is not None or _finished:
+        return loop
+    if _pyport_loop.on_main_thread():
+        global _start_error
+        try:
+            loop = _start_uninterrupted()
+        except BaseException as exc:
+            _start_error = exc
+            raise
+        finally:
+            if _started is not None:
+                _started.set()
+        return loop
+    _wait_for_start()
+    loop = _async_loop()
+    if loop is None and not _finished:
+        raise RuntimeError(f"the worker's event loop could not start: {_start_error!r}")
+    return loop
+
+
+def _start_uninterrupted():
+    """Imports asyncio and starts the loop with SIGINT (INTERRUPT of the
+    running request) held back: a KeyboardInterrupt in the middle of an
+    import would leave asyncio half-imported for good. One that came before
+    is raised when SIGINT is blocked, one that comes meanwhile when it is
+    unblocked: either way before or after the start, never inside it."""
+    import signal
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        loop = _async().start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    return loop
+
+
+def _async_loop():
+    """The worker's loop if it has started (None before)."""
+    module = sys.modules.get("erlang._loop")
+    return None if module is None else module._worker_loop
+
+
+def _wait_for_start() -> None:
+    global _started
+    import threading
+    with _lock():
+        if _started is None:
+            _started = threading.Event()
+        started = _started
+    if _async_loop() is None:
+        _pyport_loop.request_worker_loop()
+        started.wait()
+
+
+_thread_lock = None
+
+
+def _lock():
+    global _thread_lock
+    if _thread_lock is None:
+        import threading
+        _thread_lock = threading.Lock()
+    return _thread_lock
+
+
+def spawn_from_thread(coro, name):
+    """``erlang.spawn_task`` from a thread other than the main one: a
+    ``concurrent.futures.Future`` of the task's result. Never waits: before
+    the loop exists the coroutine waits for it, and the main thread is
+    asked to start it."""
+    import concurrent.futures
+    future = concurrent.futures.Future()
+    with _lock():
+        loop = _async_loop()
+        if loop is None:
+            _spawned_early.append((coro, name, future))
+    if loop is None:
+        _pyport_loop.request_worker_loop()
+        return future
+    return _async().spawn_threadsafe(loop, coro, name, future)
+
+
+def take_spawned_early() -> list:
+    with _lock():
+        early = list(_spawned_early)
+        _spawned_early.clear()
+    return early
+
+
+# The hooks the C++ dispatcher calls (TaskHooks). Once the loop runs, the
+# worker takes them from _worker_async instead, which needs no check.
 
 def start_task(request_id: int, awaitable: Any, answer: bool) -> None:
-    """Runs ``awaitable`` on the worker's loop; when it is done, answers the
-    request (``answer``) or reports a failure on stderr (a cast)."""
-    loop = _loop._worker_loop
-    task = asyncio.ensure_future(awaitable, loop=loop)
-    if answer:
-        _tasks[request_id] = task
-        task.add_done_callback(functools.partial(_answer, request_id))
-    else:
-        task.add_done_callback(_report_cast)
+    """Runs ``awaitable`` on the worker's loop (started if need be); when it
+    is done, answers the request (``answer``) or reports a failure on
+    stderr (a cast)."""
+    try:
+        if ensure_loop() is None:
+            raise RuntimeError("the worker is shutting down")
+    except BaseException:
+        if isinstance(awaitable, types.CoroutineType):
+            awaitable.close()  # it never ran: no "never awaited" warning
+        raise
+    _async().start_task(request_id, awaitable, answer)
 
 
-def _answer(request_id: int, task: asyncio.Future) -> None:
-    del _tasks[request_id]
-    _pyport_loop.answer(request_id, task)
-
-
-def _report_cast(task: asyncio.Future) -> None:
-    if task.cancelled():
-        return
-    exc = task.exception()
-    if exc is not None:
-        text = "".join(traceback.format_exception(exc))
-        print(f"pyport: cast coroutine failed:\n{text}", end="", file=sys.stderr)
+def start_stream(stream_id: int, source: Any, credit: int) -> None:
+    """Streams the items of ``source`` (the value a STREAM_START request
+    produced) to Erlang, starting with ``credit`` items of credit."""
+    if ensure_loop() is None:
+        raise RuntimeError("the worker is shutting down")
+    _async().start_stream(stream_id, source, credit)
 
 
 def cancel(request_id: int) -> None:
@@ -71,160 +193,15 @@ def cancel(request_id: int) -> None:
         task.cancel()
 
 
-class _Stream:
-    """Sends the items of an iterable or async iterable as STREAM_CHUNK
-    frames, never more than the credit Erlang granted: with no credit left
-    the producer is suspended, so a slow consumer bounds what the worker
-    holds to one item."""
-
-    __slots__ = ("id", "source", "credit", "_waiter")
-
-    def __init__(self, stream_id: int, source: Any, credit: int) -> None:
-        self.id = stream_id
-        self.source = source
-        self.credit = credit
-        self._waiter: Optional[asyncio.Future] = None
-
-    def grant(self, n: int) -> None:
-        self.credit += n
-        waiter = self._waiter
-        if waiter is not None and self.credit > 0 and not waiter.done():
-            waiter.set_result(None)
-
-    async def _send(self, item: Any) -> None:
-        while self.credit <= 0:
-            self._waiter = _loop._worker_loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        self.credit -= 1
-        _pyport_loop.stream_chunk(self.id, item)
-
-    async def run(self) -> None:
-        source = self.source
-        if inspect.isawaitable(source):
-            source = await source
-        if hasattr(source, "__aiter__"):
-            iterator = source.__aiter__()
-            try:
-                async for item in iterator:
-                    await self._send(item)
-            finally:
-                aclose = getattr(iterator, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-            return
-        try:
-            iterator = iter(source)
-        except TypeError:
-            raise TypeError(
-                f"a stream needs an iterable, async iterable or generator, got {type(source).__name__}"
-            ) from None
-        try:
-            for item in iterator:
-                await self._send(item)
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
-
-
-def start_stream(stream_id: int, source: Any, credit: int) -> None:
-    """Streams the items of ``source`` (the value a STREAM_START request
-    produced) to Erlang, starting with ``credit`` items of credit."""
-    stream = _Stream(stream_id, source, credit)
-    task = _loop._worker_loop.create_task(stream.run())
-    _streams[stream_id] = stream
-    _tasks[stream_id] = task
-    task.add_done_callback(functools.partial(_end_stream, stream_id))
-
-
-def _end_stream(stream_id: int, task: asyncio.Future) -> None:
-    del _streams[stream_id]
-    del _tasks[stream_id]
-    if not task.cancelled() and task.exception() is None:
-        _pyport_loop.stream_end(stream_id)
-    else:
-        _pyport_loop.answer(stream_id, task)
-
-
 def stream_credit(stream_id: int, n: int) -> None:
     """Erlang took ``n`` more items of a stream (unknown ids are streams that
-    already ended)."""
-    stream = _streams.get(stream_id)
-    if stream is not None:
-        stream.grant(n)
-
-
-class _InputHandle(asyncio.Handle):
-    """The callback that handles frames from Erlang. Unlike other handles it
-    may run again while it runs (a request that calls erlang.sleep() runs the
-    loop meanwhile, and frames keep coming), so it does not enter a context
-    of its own: each request runs in the worker's main context, as a
-    synchronous call does."""
-
-    __slots__ = ()
-
-    def _run(self) -> None:
-        try:
-            self._callback(*self._args)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler(
-                {"message": "pyport: handling frames from Erlang failed", "exception": exc, "handle": self})
+    already ended, or never were: then asyncio is not even imported)."""
+    if _tasks:
+        _async().stream_credit(stream_id, n)
 
 
 def serve() -> None:
-    """The worker's main thread from its hello to its shutdown: runs the
-    worker's event loop, then cancels what is still running and closes it."""
-    global _shutting_down
-    loop = _loop.ErlangEventLoop(_worker=True)
-    _loop._worker_loop = loop
-
-    def on_input() -> None:
-        global _shutting_down
-        # Synchronous requests run as plain code, with no running loop (the
-        # worker clears it), so they may start loops of their own.
-        more = _pyport_loop.process_input()
-        if not more and not _shutting_down:
-            _shutting_down = True
-            loop._pyport_may_stop = True
-            loop.stop()
-
-    loop._pyport_poller.set_input_key(
-        selectors.SelectorKey(None, -1, selectors.EVENT_READ, (_InputHandle(on_input, (), loop), None))
-    )
-    asyncio.set_event_loop_policy(_loop._WorkerEventLoopPolicy())
-    asyncio.set_event_loop(loop)
-    try:
-        while not _shutting_down:
-            try:
-                loop.run_forever()
-            except (KeyboardInterrupt, SystemExit) as exc:
-                # Raised by a task or a signal handler, not by a request
-                # (those are answered): the worker goes on.
-                print(f"pyport: {type(exc).__name__} reached the worker's event loop; it goes on",
-                      file=sys.stderr)
-    finally:
-        _finish(loop)
-
-
-def _finish(loop: _loop.ErlangEventLoop) -> None:
-    """Cancels the requests still running (each is answered CancelledError),
-    gives them a moment to finish, then closes the loop."""
-    pending = [t for t in _tasks.values() if not t.done()]
-    for task in pending:
-        task.cancel()
-    loop._pyport_may_stop = True
-    try:
-        if pending:
-            loop.run_until_complete(asyncio.wait(pending, timeout=_SHUTDOWN_GRACE))
-        loop.run_until_complete(loop.shutdown_asyncgens())
-    except BaseException as exc:  # never keep the worker from exiting
-        print(f"pyport: shutting down the event loop: {exc!r}", file=sys.stderr)
-    finally:
-        asyncio.set_event_loop(None)
-        _loop._worker_loop = None
-        loop.close()
+    """Called by the worker once its loop has started: the main thread idles
+    in it until the worker shuts down, then what still runs is cancelled
+    and the loop closed."""
+    _async().serve()

@@ -415,7 +415,11 @@ BOOST_AUTO_TEST_CASE(malformed_frames_get_frame_errors_naming_the_problem) {
       {pack(99, 7), 7, "unknown frame kind 99"},
       {pack(0, 7), 7, "unknown frame kind 0"},
       {pack(16, 7, 1), 7, "unknown frame kind 16"},
-      {pack(12, 7, 1), 7, "frame kind 12 is reserved and not supported by this worker"},
+      {pack(13, 7, 1), 7, "frame kind 13 is reserved and not supported by this worker"},
+      // A BATCH reaches the dispatcher only when the reader could not take it apart.
+      {pack(12, 7, 1), 0,
+       "malformed BATCH frame: expected [12, 0, Frames], Frames an array of bins each holding one "
+       "frame that is not a BATCH"},
       {pack(1, 7, "math"), 7, "CALL frame has 3 elements, expected 6"},
       {pack(3, 7, "1", kNil), 7, "EVAL frame has 4 elements, expected 5"},
       {pack(15, 0, 1), 0, "SHUTDOWN frame has 3 elements, expected 2"},

@@ -1,5 +1,7 @@
 """The worker's event loop seen from its pipes: coroutine requests as tasks,
 CANCEL, streams with credit, and what a shutdown does to tasks in flight."""
+import time
+
 import pytest
 
 import pyport_proto as P
@@ -199,3 +201,31 @@ def test_end_of_input_answers_tasks_in_flight(worker):
             worker.result(i)
         assert e.value.type == "CancelledError"
     assert worker.wait_exit() == 0
+
+
+def test_interrupt_reaches_a_task_step_that_never_returns(worker):
+    # Another task waits meanwhile: only the runaway one is interrupted.
+    other = worker.request(P.CALL, "harness_async", "wait_forever", ["bystander"], {})
+    id = worker.request(P.CALL, "harness_async", "runaway", ["spinning"], {})
+    worker.wait_for_log(lambda level, line: line == "spinning")
+    time.sleep(0.2)  # well inside its loop
+    worker.interrupt(id)
+    frame = worker.wait(id, timeout=30)
+    assert (frame.kind, frame.fields[0]) == (P.ERROR, "KeyboardInterrupt")
+    # The loop goes on: the bystander still waits, and can be cancelled.
+    assert worker.call("harness_async", "double", [4]) == 8
+    assert not any("reached the worker's event loop" in line for _, line in worker.logs)
+    worker.send_frame(P.CANCEL, other)
+    with pytest.raises(RemoteError) as e:
+        worker.result(other)
+    assert e.value.type == "CancelledError"
+    assert_in_sync(worker)
+
+
+def test_interrupt_of_a_task_waiting_on_the_loop_cancels_it(worker):
+    id = worker.request(P.CALL, "harness_async", "wait_forever", ["waits"], {})
+    worker.call("erlang", "sleep", [0])  # it has started and waits
+    worker.interrupt(id)
+    frame = worker.wait(id, timeout=30)
+    assert (frame.kind, frame.fields[0]) == (P.ERROR, "CancelledError")
+    assert_in_sync(worker)

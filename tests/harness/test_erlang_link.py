@@ -111,6 +111,33 @@ def test_async_call_raises_the_error_reply(worker):
     assert worker.result(id) == ["UnknownFunctionError", "no 'missing'"]
 
 
+def test_async_call_on_the_worker_loop_needs_no_thread(worker):
+    n = 5
+    id = call(worker, "async_calls_on_the_worker_loop", n)
+    requests = [next_request(worker, "call") for _ in range(n)]
+    # Answered in reverse order: each reply reaches its own waiter.
+    for r in reversed(requests):
+        _name, [i] = r.fields[1]
+        reply(worker, r, i * i)
+    results, router = worker.result(id)
+    assert results == [i * i for i in range(n)]
+    assert router is False
+
+
+def test_async_call_on_the_worker_loop_raises_the_error_reply(worker):
+    id = call(worker, "async_error_on_the_worker_loop")
+    reply_error(worker, next_request(worker, "call"), "UnknownFunctionError", "no 'missing'")
+    assert worker.result(id) == ["UnknownFunctionError", "no 'missing'"]
+
+
+def test_a_reply_after_the_worker_loop_waiter_gave_up_is_dropped(worker):
+    id = call(worker, "async_call_given_up", "slow")
+    r = next_request(worker, "call")
+    assert worker.result(id) == "gave up"
+    reply(worker, r, "too late")
+    wire.assert_in_sync(worker)
+
+
 def test_a_reply_nobody_waits_for_is_dropped(worker):
     worker.send_frame(P.REPLY, 987654, "ok", "late")
     worker.send_frame(P.MESSAGE, 987655, "for nobody")

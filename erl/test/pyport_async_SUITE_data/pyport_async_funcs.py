@@ -114,3 +114,11 @@ async def await_erlang(name, x):
     """A coroutine request awaiting an Erlang function without blocking the
     worker's loop (so that function may call back into this worker)."""
     return await erlang.async_call(name, x)
+
+
+async def runaway(tag):
+    """A task step that never returns to the loop."""
+    await asyncio.sleep(0)
+    events.append(["spinning", tag])
+    while True:
+        pass

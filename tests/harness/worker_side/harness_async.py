@@ -114,3 +114,12 @@ async def async_source(n):
     """A coroutine whose value is the iterable to stream."""
     await asyncio.sleep(0)
     return [f"item {i}" for i in range(n)]
+
+
+async def runaway(tag):
+    """A task step that never returns to the loop."""
+    await asyncio.sleep(0)
+    print(tag, flush=True)
+    while True:
+        pass
+

@@ -134,3 +134,27 @@ def log_and_span():
         with erlang.Span("inner"):
             pass
     return True
+
+
+async def async_calls_on_the_worker_loop(n):
+    """n concurrent erlang.async_call in a coroutine request (the worker's
+    own loop); also says whether a helper thread was involved."""
+    import threading
+    results = await asyncio.gather(*(erlang.async_call("square", i) for i in range(n)))
+    router = any(t.name == "erlang-async-router" for t in threading.enumerate())
+    return [results, router]
+
+
+async def async_error_on_the_worker_loop():
+    try:
+        await erlang.async_call("missing")
+    except erlang.UnknownFunctionError as e:
+        return [type(e).__name__, str(e)]
+
+
+async def async_call_given_up(name):
+    """Awaits an Erlang call with a timeout that passes first."""
+    try:
+        await asyncio.wait_for(erlang.async_call(name), 0.05)
+    except asyncio.TimeoutError:
+        return "gave up"
