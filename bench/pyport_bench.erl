@@ -5,7 +5,13 @@
 %% worker with the same frame bytes, measured in the same run. Ratios are
 %% printed next to each figure they qualify.
 -module(pyport_bench).
--export([main/0]).
+-export([main/0, main/1]).
+
+%% One part only: `-run pyport_bench main sandbox_jobs`.
+main(["sandbox_jobs"]) ->
+    {ok, _} = application:ensure_all_started(pyport),
+    sandbox_jobs(),
+    halt(0).
 
 -define(SEQ_CALLS, 20000).
 -define(CONC_SECONDS, 3).
@@ -27,6 +33,7 @@ main() ->
     sharded(),
     remote(),
     soak(),
+    sandbox_jobs(),
     halt(0).
 
 %% Coroutine requests: one caller awaiting py:async_call round trips (next
@@ -69,6 +76,88 @@ coroutines(CallRate) ->
     Hs = [py:spawn_call(Ctx, asyncio, sleep, [1]) || _ <- lists:seq(1, 1000)],
     [{ok, none} = py:await(H) || H <- Hs],
     line("sleep1_x1000_one_worker_wall", to_s(erlang:monotonic_time() - T0), "s").
+
+%% Untrusted jobs (pyport:run_job/2): latency of a trivial job in a warm
+%% sandboxed worker (floor: a plain py:call to an unsandboxed worker), in a
+%% child forked by a zygote (floor: fork + exit + wait in an unsandboxed
+%% worker), and in a new sandboxed worker started for it (floor: starting
+%% an unsandboxed pool of one and calling it); jobs/s on a fresh_worker
+%% pool of 2 with 8 callers (floor: two unsandboxed workers forking and
+%% reaping children as fast as they can).
+-define(JOB, #{code => <<"input + 1">>, input => 1}).
+
+sandbox_jobs() ->
+    Path = ["bench"],
+    {ok, _} = pyport:start_pool(jobs_warm, #{size => 1, sandbox => true, python_path => Path}),
+    {ok, _} = pyport:start_pool(jobs_fresh, #{size => 1, sandbox => true, fresh_worker => true,
+                                              python_path => Path}),
+    Warm = job_latency_ms(2000, fun() -> {ok, 2, _} = pyport:run_job(jobs_warm, ?JOB) end),
+    Plain = job_latency_ms(2000, fun() -> {ok, 1} = py:call(pyport_bench_py, identity, [1]) end),
+    line("job_warm_sandboxed_p50", Warm * 1000, "us"),
+    line("floor_unsandboxed_call_p50", Plain * 1000, "us"),
+    Fresh = job_latency_ms(300, fun() -> {ok, 2, _} = pyport:run_job(jobs_fresh, ?JOB) end),
+    {ok, Fork} = py:call(pyport_bench_py, fork_exit_ms, [300]),
+    line("job_zygote_fork_p50", Fresh, "ms"),
+    line("floor_bare_fork_exit_wait_p50", Fork, "ms"),
+    ok = pyport:stop_pool(jobs_warm),
+    ok = pyport:stop_pool(jobs_fresh),
+    SandboxOpts = pool_opts(#{sandbox => true, python_path => Path}),
+    JobFrame = pyport_codec:encode_frame(1, 1, [<<"erlang._jobs">>, <<"run_job">>,
+                                                [<<"input + 1">>, 1, #{fresh => false}], #{}]),
+    Process = median([spawn_and_call(SandboxOpts, JobFrame) || _ <- lists:seq(1, 10)]),
+    BareOpts = pool_opts(#{python_path => Path}),
+    CallFrame = pyport_codec:encode_frame(1, 1, [<<"pyport_bench_py">>, <<"identity">>, [1], #{}]),
+    Bare = median([spawn_and_call(BareOpts, CallFrame) || _ <- lists:seq(1, 10)]),
+    line("job_fresh_process_p50", Process, "ms"),
+    line("floor_unsandboxed_worker_start_and_call_p50", Bare, "ms"),
+    PoolProcess = median([start_and_run(#{sandbox => true, python_path => Path},
+                                        fun(P) -> {ok, 2, _} = pyport:run_job(P, ?JOB) end)
+                          || _ <- lists:seq(1, 5)]),
+    line("job_fresh_process_with_new_pool_p50", PoolProcess, "ms"),
+    {ok, _} = pyport:start_pool(jobs_fresh2, #{size => 2, sandbox => true, fresh_worker => true,
+                                               python_path => Path}),
+    Rate = concurrent_rate(8, fun() -> {ok, 2, _} = pyport:run_job(jobs_fresh2, ?JOB), 1 end),
+    ok = pyport:stop_pool(jobs_fresh2),
+    {ok, Rates} = py:parallel([{pyport_bench_py, fork_exit_rate, [float(?CONC_SECONDS)]}
+                               || _ <- [1, 2]], #{timeout => 60000}),
+    Forks = lists:sum([R || {ok, R} <- Rates]),
+    line("jobs_fresh_worker_pool2_rate", Rate, "jobs/s"),
+    line("floor_fork_exit_wait_2procs_rate", Forks, "forks/s").
+
+%% Median latency of Fun in ms, after a warm-up.
+job_latency_ms(N, Fun) ->
+    repeat(min(N, 200), Fun),
+    median([begin T0 = erlang:monotonic_time(), Fun(), to_us(erlang:monotonic_time() - T0) / 1000 end
+            || _ <- lists:seq(1, N)]).
+
+pool_opts(Opts) ->
+    {ok, Valid} = pyport_config:validate_pool(bench, Opts),
+    Valid.
+
+%% ms from spawning a worker OS process with a pool's options (its exact
+%% command line) to the answer of its first request, Frame.
+spawn_and_call(Opts, Frame) ->
+    T0 = erlang:monotonic_time(),
+    {ok, Port, _} = pyport_os:open(Opts),
+    {ok, 0, 0, _, HelloRest} = recv_frame(Port),
+    {ok, [1, _PyVer, OsPid, _Caps]} = pyport_codec:decode_fields(4, HelloRest),
+    port_command(Port, Frame),
+    {ok, 16, 1, 1, _} = recv_frame(Port),
+    T = to_us(erlang:monotonic_time() - T0) / 1000,
+    pyport_os:kill(OsPid),
+    close(Port),
+    T.
+
+%% ms from starting a pool of one with Opts (supervisor, gen_server, OS
+%% process) to Run's answer.
+start_and_run(Opts, Run) ->
+    Pool = jobs_once,
+    T0 = erlang:monotonic_time(),
+    {ok, _} = pyport:start_pool(Pool, Opts#{size => 1}),
+    Run(Pool),
+    T = to_us(erlang:monotonic_time() - T0) / 1000,
+    ok = pyport:stop_pool(Pool),
+    T.
 
 %% Tasks per second done by N callers each repeating Fun (which returns how
 %% many it did) for ?CONC_SECONDS.

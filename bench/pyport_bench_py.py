@@ -88,3 +88,33 @@ def sleep(seconds):
     import time
     time.sleep(seconds)
     return seconds
+
+
+def fork_exit_ms(n):
+    """The floor of a fresh job: median ms of fork + _exit + waitpid in
+    this (unsandboxed) process."""
+    import os
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        times.append(time.perf_counter() - started)
+    times.sort()
+    return times[len(times) // 2] * 1000
+
+
+def fork_exit_rate(seconds):
+    """fork + _exit + waitpid per second, one process, for `seconds`."""
+    import os
+    count = 0
+    stop = time.perf_counter() + seconds
+    while time.perf_counter() < stop:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        count += 1
+    return count / seconds

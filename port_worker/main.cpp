@@ -10,8 +10,10 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 
 #include "options.hpp"
+#include "sandbox.hpp"
 #include "worker.hpp"
 
 namespace {
@@ -70,6 +72,31 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  // A sandboxed worker starts confining itself while it has one thread; it
+  // runs in a child of the process the owner started (the keeper, see
+  // sandbox.hpp), which is then its parent.
+  std::unique_ptr<pyport::Sandbox> sandbox;
+  if (options.sandbox) {
+    // The values of --env are the job's, not every local user's: blank
+    // them in /proc/<pid>/cmdline (options holds copies).
+    for (int i = 1; i < argc; ++i) {
+      char* value = nullptr;
+      if (std::strncmp(argv[i], "--env=", 6) == 0) {
+        value = std::strchr(argv[i] + 6, '=');
+      } else if (std::strcmp(argv[i], "--env") == 0 && i + 1 < argc) {
+        value = std::strchr(argv[++i], '=');
+      }
+      if (value) std::memset(value + 1, 0, std::strlen(value + 1));
+    }
+    sandbox = std::make_unique<pyport::Sandbox>(options);
+    error = sandbox->enter_early();
+    if (!error.empty()) {
+      std::fprintf(stderr, "pyport_worker: sandbox: %s\n", error.c_str());
+      return 1;
+    }
+    parent = getppid();
+  }
+
   // Die with the owner even while Python is busy in a loop that never
   // returns to read end of input. If the owner is already gone (we were
   // reparented before asking), leave at once.
@@ -81,7 +108,8 @@ int main(int argc, char** argv) {
   // worker only as an INTERRUPT of one request (PROTOCOL.md).
   setpgid(0, 0);
 
-  error = pyport::apply_limits(options);
+  error = pyport::apply_limits(
+      options, options.zygote ? pyport::LimitScope::kProcess : pyport::LimitScope::kAll);
   if (!error.empty()) {
     std::fprintf(stderr, "pyport_worker: %s\n", error.c_str());
     return 1;
@@ -98,6 +126,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "pyport_worker: %s\n", error.c_str());
     return 1;
   }
-  pyport::Worker worker(options);
+  pyport::Worker worker(options, sandbox.get());
   return worker.run(channel);
 }

@@ -16,9 +16,16 @@
 
 namespace pyport {
 
+const char* const kSandboxAllowNames[7] = {"network",    "exec",    "fork",      "filesystem",
+                                           "namespaces", "seccomp", "privileges"};
+
 const char* const kUsage =
     "usage: pyport_worker [--runtime DIR] [--path DIR]... [--max-frame-size BYTES]\n"
     "                     [--max-memory BYTES] [--cpu-seconds N] [--max-open-files N]\n"
+    "                     [--max-file-size BYTES] [--max-processes N]\n"
+    "                     [--sandbox | --zygote] [--sandbox-allow WHAT]... [--preload MODULE]...\n"
+    "                     [--workdir-parent DIR] [--env NAME=VALUE]... [--env-keep NAME]...\n"
+    "                     [--max-output BYTES]\n"
     "  --runtime DIR          the python_runtime directory (default: next to the\n"
     "                         executable, else the source tree's)\n"
     "  --path DIR             put DIR on sys.path (after the runtime); repeatable\n"
@@ -26,6 +33,17 @@ const char* const kUsage =
     "  --max-memory BYTES     address-space limit (RLIMIT_AS): Python raises MemoryError\n"
     "  --cpu-seconds N        CPU-time limit (RLIMIT_CPU): the worker dies with SIGXCPU\n"
     "  --max-open-files N     descriptor limit (RLIMIT_NOFILE)\n"
+    "  --max-file-size BYTES  largest file the worker may write (RLIMIT_FSIZE)\n"
+    "  --max-processes N      processes and threads of the worker's uid (RLIMIT_NPROC)\n"
+    "  --sandbox              confine the worker before it says HELLO (docs/pyport-run.md)\n"
+    "  --zygote               a sandboxed worker that forks a confined child per fresh job\n"
+    "  --sandbox-allow WHAT   relax one restriction: network, exec, fork, filesystem,\n"
+    "                         namespaces, seccomp or privileges; repeatable\n"
+    "  --preload MODULE       import MODULE before confinement; repeatable\n"
+    "  --workdir-parent DIR   where the private working directory goes ($TMPDIR or /tmp)\n"
+    "  --env NAME=VALUE       set in the sandbox's otherwise empty environment; repeatable\n"
+    "  --env-keep NAME        keep NAME from the inherited environment; repeatable\n"
+    "  --max-output BYTES     stdout+stderr a job may print (default 1048576)\n"
     "Speaks {packet,4} msgpack frames on stdin/stdout; see proto/PROTOCOL.md.\n";
 
 namespace {
@@ -59,7 +77,31 @@ const Limit kLimits[] = {
     {"--max-memory", RLIMIT_AS, &Options::max_memory, uint64_t(32) << 20, "bytes"},
     {"--cpu-seconds", RLIMIT_CPU, &Options::cpu_seconds, 1, "seconds"},
     {"--max-open-files", RLIMIT_NOFILE, &Options::max_open_files, 16, "descriptors"},
+    {"--max-file-size", RLIMIT_FSIZE, &Options::max_file_size, 1, "bytes"},
+    {"--max-processes", RLIMIT_NPROC, &Options::max_processes, 1, "processes"},
 };
+
+bool in_scope(int resource, LimitScope scope) {
+  bool per_job = resource == RLIMIT_CPU || resource == RLIMIT_FSIZE || resource == RLIMIT_NPROC;
+  return scope == LimitScope::kAll || (scope == LimitScope::kJob) == per_job;
+}
+
+// An environment variable name: no '=', not empty.
+bool valid_env_name(const std::string& name) {
+  return !name.empty() && name.find('=') == std::string::npos;
+}
+
+// Options that take a value, besides the limits.
+const char* const kValued[] = {"--runtime",
+                               "--path",
+                               "--max-frame-size",
+                               "--sandbox-allow",
+                               "--preload",
+                               "--workdir-parent",
+                               "--env",
+                               "--env-keep",
+                               "--max-output",
+                               "--sandbox-test-unavailable"};
 
 }  // namespace
 
@@ -84,15 +126,21 @@ std::string parse_options(int argc, const char* const* argv, Options& out) {
       out.help = true;
       return "";
     }
-    std::string value;
     size_t eq = arg.find('=');
     std::string name = arg.substr(0, eq);
+    if (eq == std::string::npos && (name == "--sandbox" || name == "--zygote")) {
+      out.sandbox = true;
+      if (name == "--zygote") out.zygote = true;
+      continue;
+    }
     const Limit* limit = nullptr;
     for (const Limit& l : kLimits)
       if (name == l.option) limit = &l;
-    if (!limit && name != "--runtime" && name != "--path" && name != "--max-frame-size") {
-      return "unknown argument '" + arg + "'";
-    }
+    bool valued = false;
+    for (const char* v : kValued)
+      if (name == v) valued = true;
+    if (!limit && !valued) return "unknown argument '" + arg + "'";
+    std::string value;
     if (eq != std::string::npos) {
       value = arg.substr(eq + 1);
     } else if (i + 1 < argc) {
@@ -111,6 +159,40 @@ std::string parse_options(int argc, const char* const* argv, Options& out) {
         return std::string(limit->option) + " must be a number of " + limit->unit + ", at least " +
                std::to_string(limit->min) + ", not '" + value + "'";
       }
+    } else if (name == "--sandbox-allow") {
+      unsigned bit = 0;
+      for (unsigned b = 0; b < 7; ++b)
+        if (value == kSandboxAllowNames[b]) bit = 1u << b;
+      if (!bit) {
+        return "--sandbox-allow takes network, exec, fork, filesystem, namespaces, seccomp or "
+               "privileges, not '" +
+               value + "'";
+      }
+      out.sandbox_allow |= bit;
+    } else if (name == "--preload") {
+      out.preload.push_back(value);
+    } else if (name == "--workdir-parent") {
+      if (value[0] != '/') return "--workdir-parent must be an absolute path, not '" + value + "'";
+      out.workdir_parent = value;
+    } else if (name == "--env") {
+      size_t at = value.find('=');
+      if (at == std::string::npos || !valid_env_name(value.substr(0, at))) {
+        return "--env takes NAME=VALUE, not '" + value + "'";
+      }
+      out.env.push_back(value);
+    } else if (name == "--env-keep") {
+      if (!valid_env_name(value)) return "--env-keep takes a variable name, not '" + value + "'";
+      out.env_keep.push_back(value);
+    } else if (name == "--max-output") {
+      if (!parse_number(value, 0, UINT64_MAX, out.max_output)) {
+        return "--max-output must be a number of bytes, not '" + value + "'";
+      }
+    } else if (name == "--sandbox-test-unavailable") {
+      if (value != "landlock" && value != "namespaces" && value != "seccomp") {
+        return "--sandbox-test-unavailable takes landlock, namespaces or seccomp, not '" + value +
+               "'";
+      }
+      out.test_unavailable.push_back(value);
     } else {
       uint64_t n;
       if (!parse_number(value, kMinMaxFrameSize, kMaxMaxFrameSize, n)) {
@@ -125,13 +207,23 @@ std::string parse_options(int argc, const char* const* argv, Options& out) {
   if (!is_dir(out.runtime_dir)) {
     return "runtime directory '" + out.runtime_dir + "' does not exist";
   }
+  if (!out.sandbox) {
+    if (out.sandbox_allow || !out.preload.empty() || !out.workdir_parent.empty() ||
+        !out.env.empty() || !out.env_keep.empty() || !out.test_unavailable.empty()) {
+      return "--sandbox-allow, --preload, --workdir-parent, --env and --env-keep need --sandbox "
+             "or --zygote";
+    }
+  }
+  if (!out.workdir_parent.empty() && !is_dir(out.workdir_parent)) {
+    return "--workdir-parent '" + out.workdir_parent + "' is not a directory";
+  }
   return "";
 }
 
-std::string apply_limits(const Options& options) {
+std::string apply_limits(const Options& options, LimitScope scope) {
   for (const Limit& l : kLimits) {
     uint64_t value = options.*(l.field);
-    if (!value) continue;
+    if (!value || !in_scope(l.resource, scope)) continue;
     struct rlimit rl;
     if (getrlimit(l.resource, &rl) != 0) return std::string("getrlimit: ") + strerror(errno);
     rlim_t want = rlim_t(value);

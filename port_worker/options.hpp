@@ -8,20 +8,57 @@
 
 namespace pyport {
 
+// What --sandbox-allow relaxes, one restriction each (see docs/pyport-run.md).
+enum SandboxAllow : unsigned {
+  kAllowNetwork = 1u << 0,     // AF_INET/AF_INET6 sockets, the host's network namespace
+  kAllowExec = 1u << 1,        // execve, execveat
+  kAllowFork = 1u << 2,        // process creation (threads are always allowed)
+  kAllowFilesystem = 1u << 3,  // no Landlock
+  kAllowNamespaces = 1u << 4,  // no user/net/ipc/mount/pid namespaces
+  kAllowSeccomp = 1u << 5,     // no syscall filter at all
+  kAllowPrivileges = 1u << 6,  // keep the uid (root stays root)
+};
+
+// The names of the SandboxAllow bits, in bit order.
+extern const char* const kSandboxAllowNames[7];
+
 struct Options {
   std::string runtime_dir;         // the python_runtime directory
   std::vector<std::string> paths;  // --path entries, in order
   size_t max_frame_size = 0;       // set by parse_options
-  // Resource limits the worker applies to itself at start; 0 is no limit.
+  // Resource limits; 0 is no limit. A warm worker applies all of them to
+  // itself at start; a zygote applies memory and descriptors to itself and
+  // the rest to each job's child only.
   uint64_t max_memory = 0;      // bytes of address space (RLIMIT_AS)
   uint64_t cpu_seconds = 0;     // CPU time (RLIMIT_CPU)
   uint64_t max_open_files = 0;  // descriptors (RLIMIT_NOFILE)
+  uint64_t max_file_size = 0;   // bytes a file may grow to (RLIMIT_FSIZE)
+  uint64_t max_processes = 0;   // processes and threads of the uid (RLIMIT_NPROC)
+  // The sandbox (port_worker/sandbox.hpp).
+  bool sandbox = false;               // --sandbox, or --zygote
+  bool zygote = false;                // --zygote
+  unsigned sandbox_allow = 0;         // SandboxAllow bits
+  std::vector<std::string> preload;   // modules imported before confinement
+  std::string workdir_parent;         // empty: $TMPDIR, else /tmp
+  std::vector<std::string> env;       // NAME=VALUE
+  std::vector<std::string> env_keep;  // NAME
+  uint64_t max_output = 1 << 20;      // bytes of stdout+stderr per job
+  // Test only (--sandbox-test-unavailable): act as if the kernel lacked
+  // this layer ("landlock", "namespaces", "seccomp").
+  std::vector<std::string> test_unavailable;
   bool help = false;
 };
 
-// Applies the resource limits of `options`. Returns an empty string, or
-// what could not be applied.
-std::string apply_limits(const Options& options);
+// Which resource limits apply_limits sets.
+enum class LimitScope {
+  kAll,      // a plain or warm sandboxed worker: every limit, on itself
+  kProcess,  // a zygote: address space and descriptors
+  kJob,      // a zygote's job child: CPU, file size, processes
+};
+
+// Applies the resource limits of `options` in `scope`. Returns an empty
+// string, or what could not be applied.
+std::string apply_limits(const Options& options, LimitScope scope = LimitScope::kAll);
 
 extern const char* const kUsage;
 

@@ -94,22 +94,37 @@ int Worker::run(const Channel& channel) {
   }
   // The relay runs from the start so nothing Python prints while starting
   // can fill a pipe; the writer holds its lines until the HELLO is out.
-  rc = relay_.start(writer_, channel_.log_out_fd, channel_.log_err_fd, options_.max_frame_size);
-  if (rc) {
-    diag(std::string("cannot start the log relay: ") + std::strerror(rc));
+  // A sandboxed worker starts it once confined, since Landlock binds only
+  // the thread that restricts itself and those it starts later: its pipes
+  // get room for what Python prints meanwhile.
+  auto start_relay = [this] {
+    int rc =
+        relay_.start(writer_, channel_.log_out_fd, channel_.log_err_fd, options_.max_frame_size);
+    if (rc) diag(std::string("cannot start the log relay: ") + std::strerror(rc));
+    return rc == 0;
+  };
+  if (sandbox_) {
+    for (int fd : {1, 2})
+      fcntl(fd, F_SETPIPE_SZ, 1 << 20);
+  } else if (!start_relay()) {
     return 1;
   }
   loop_thread_ = PyThread_get_thread_ident();
   if (!init_python()) return 1;
+  if (sandbox_ && (!enter_sandbox() || !start_relay())) return 1;
   link_->bind_main(this);
   link_->install(reader_);
 
   ByteBuffer hello;
   std::string version = Py_GetVersion();
   version = version.substr(0, version.find(' '));
-  write_hello_frame(hello, version, uint64_t(getpid()), options_.max_frame_size,
+  ByteBuffer report;
+  if (sandbox_) sandbox_->write_report(report);
+  write_hello_frame(hello, version, uint64_t(sandbox_ ? sandbox_->host_pid() : getpid()),
+                    options_.max_frame_size,
                     {"call", "cast", "eval", "exec", "log", "interrupt", "control", "request",
-                     "message", "schedule", "asyncio", "stream", "cancel"});
+                     "message", "schedule", "asyncio", "stream", "cancel"},
+                    sandbox_ ? &report : nullptr);
   writer_.start(hello);
 
   // INTERRUPT must act while Python runs on this thread.
@@ -220,8 +235,8 @@ bool Worker::init_python() {
     diag("cannot register the _pyport_transports module");
     return false;
   }
-  if (!register_erlang_module()) {
-    diag("cannot register the _erlang module");
+  if (!register_erlang_module() || !register_sandbox_module()) {
+    diag("cannot register the _erlang and _pyport_sandbox modules");
     return false;
   }
   PyConfig config;
@@ -273,8 +288,9 @@ bool Worker::init_python() {
     return false;
   }
   link_ = std::make_unique<ErlangLink>(*codec_, writer_, options_.max_frame_size);
-  if (!bind_erlang_module(link_.get())) {
-    diag("cannot load the _erlang module: " + current_exception_text());
+  if (!bind_erlang_module(link_.get()) ||
+      !bind_sandbox_module(sandbox_, codec_.get(), options_.max_frame_size)) {
+    diag("cannot load the _erlang and _pyport_sandbox modules: " + current_exception_text());
     return false;
   }
   dispatcher_ = std::make_unique<Dispatcher>(*codec_, options_.max_frame_size, &interrupts_);
@@ -289,6 +305,31 @@ bool Worker::init_python() {
     return false;
   }
   dispatcher_->set_task_hooks(std::move(hooks));
+  return true;
+}
+
+bool Worker::enter_sandbox() {
+  for (const std::string& name : options_.preload) {
+    PyRef module = PyRef::steal(PyImport_ImportModule(name.c_str()));
+    if (!module) {
+      diag("cannot preload " + name + ": " + current_exception_text());
+      return false;
+    }
+  }
+  // Python reads modules from sys.path (absolute directories) after this.
+  std::vector<std::string> read_paths;
+  PyObject* path = PySys_GetObject("path");  // borrowed
+  for (Py_ssize_t i = 0; path && PyList_Check(path) && i < PyList_GET_SIZE(path); ++i) {
+    PyObject* entry = PyList_GET_ITEM(path, i);
+    const char* s = PyUnicode_Check(entry) ? PyUnicode_AsUTF8(entry) : nullptr;
+    if (s && s[0] == '/') read_paths.emplace_back(s);
+    PyErr_Clear();
+  }
+  std::string error = sandbox_->enter_late(read_paths);
+  if (!error.empty()) {
+    diag("sandbox: " + error);
+    return false;
+  }
   return true;
 }
 

@@ -21,6 +21,7 @@
 #include "interrupts.hpp"
 #include "log_relay.hpp"
 #include "options.hpp"
+#include "sandbox.hpp"
 #include "task_interrupter.hpp"
 
 namespace pyport {
@@ -54,7 +55,9 @@ class Worker : public LoopHost, public MainThread {
   // callers cannot exhaust the stack.
   static constexpr int kMaxNesting = 100;
 
-  explicit Worker(const Options& options) : options_(options), reader_(options.max_frame_size) {}
+  // `sandbox`: the sandbox main() began (enter_early), or null.
+  explicit Worker(const Options& options, Sandbox* sandbox = nullptr)
+      : options_(options), sandbox_(sandbox), reader_(options.max_frame_size) {}
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
@@ -83,6 +86,8 @@ class Worker : public LoopHost, public MainThread {
 
  private:
   bool init_python();
+  // Imports the --preload modules, then confines the process (sandbox.hpp).
+  bool enter_sandbox();
   // Waits and handles requests on the plain libuv loop until the worker's
   // asyncio loop exists or the worker must stop.
   void idle();
@@ -113,6 +118,7 @@ class Worker : public LoopHost, public MainThread {
   static bool on_interrupt_frame(void* ctx, const InputFrame& frame);
 
   Options options_;
+  Sandbox* sandbox_;
   Channel channel_;
   // First: it blocks SIGINT before any thread exists (see Interrupts).
   Interrupts interrupts_;

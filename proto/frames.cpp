@@ -14,7 +14,8 @@ size_t end_frame(ByteBuffer& out, size_t start) {
 }
 
 void write_hello_frame(ByteBuffer& out, std::string_view python_version, uint64_t os_pid,
-                       size_t max_frame_size, const std::vector<std::string_view>& features) {
+                       size_t max_frame_size, const std::vector<std::string_view>& features,
+                       const ByteBuffer* sandbox) {
   size_t start = begin_frame(out);
   mp::write_array_header(out, 6);
   mp::write_uint(out, kHello);
@@ -22,13 +23,19 @@ void write_hello_frame(ByteBuffer& out, std::string_view python_version, uint64_
   mp::write_uint(out, kProtocolVersion);
   mp::write_str(out, python_version);
   mp::write_uint(out, os_pid);
-  mp::write_map_header(out, 2);
+  mp::write_map_header(out, sandbox ? 3 : 2);
   mp::write_str(out, "max_frame_size");
   mp::write_uint(out, max_frame_size);
   mp::write_str(out, "features");
   mp::write_array_header(out, uint32_t(features.size()));
   for (auto f : features)
     mp::write_str(out, f);
+  if (sandbox) {
+    constexpr std::string_view kKey = "sandbox";
+    mp::write_ext_header(out, mp::kExtAtom, uint32_t(kKey.size()));
+    out.append(kKey.data(), kKey.size());
+    out.append(sandbox->data(), sandbox->size());
+  }
   end_frame(out, start);
 }
 

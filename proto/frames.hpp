@@ -55,9 +55,12 @@ inline size_t begin_frame(ByteBuffer& out) {
 // Fills in the length prefix; returns the payload size.
 size_t end_frame(ByteBuffer& out, size_t start);
 
-// Writes [0, 0, Version, PythonVersion, OsPid, Capabilities].
+// Writes [0, 0, Version, PythonVersion, OsPid, Capabilities]. `sandbox`,
+// when given, is the encoded value of the capabilities' `sandbox` entry
+// (an atom key).
 void write_hello_frame(ByteBuffer& out, std::string_view python_version, uint64_t os_pid,
-                       size_t max_frame_size, const std::vector<std::string_view>& features);
+                       size_t max_frame_size, const std::vector<std::string_view>& features,
+                       const ByteBuffer* sandbox = nullptr);
 
 // Writes [17, Id, Type, Message, Traceback]. Message and traceback are cut
 // (between characters, marked "[truncated]") so the frame fits in

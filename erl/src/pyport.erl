@@ -2,7 +2,8 @@
 %% and what the workers report about themselves.
 -module(pyport).
 
--export([start/0, start_pool/2, stop_pool/1, pools/0, workers/1, worker_info/1, pool_info/1]).
+-export([start/0, start_pool/2, stop_pool/1, pools/0, workers/1, worker_info/1, pool_info/1,
+         run_job/2]).
 
 %% @doc Starts pyport and what it needs (for shells and scripts).
 -spec start() -> {ok, [atom()]} | {error, term()}.
@@ -43,32 +44,65 @@ workers(Pool) ->
 
 %% @doc What each worker of a pool is doing: per slot its gen_server pid,
 %% OS pid, status, requests in flight, requests served (all its OS
-%% processes), OS-process restarts and recycles, and resident memory.
+%% processes), OS-process restarts and recycles, and resident memory; for
+%% a sandboxed pool also `sandbox': the confinement the worker reported it
+%% got (docs/security.md), `undefined' while it has not reported.
 -spec pool_info(atom()) -> {ok, #{name := atom(), size := pos_integer(),
                                   workers := [#{atom() => term()}]}} |
                            {error, {no_pool, atom()}}.
 pool_info(Pool) ->
     case pyport_pool:info(Pool) of
         {ok, #{size := Size, counters := C} = Info} ->
-            Workers = [worker_summary(Slot, pyport_pool:worker(Info, Slot), C)
+            Sandboxed = maps:get(sandbox, maps:get(opts, Info)) =/= false,
+            Workers = [worker_summary(Slot, pyport_pool:worker(Info, Slot), C, Sandboxed)
                        || Slot <- lists:seq(1, Size)],
             {ok, #{name => Pool, size => Size, workers => Workers}};
         {error, _} = Error ->
             Error
     end.
 
-worker_summary(Slot, {ok, Pid}, C) ->
+worker_summary(Slot, {ok, Pid}, C, Sandboxed) ->
     Base = #{slot => Slot, pid => Pid, in_flight => counters:get(C, Slot)},
     try pyport_worker:info(Pid) of
         #{os_pid := OsPid, status := Status, served := Served, restarts := Restarts,
-          recycles := Recycles} ->
-            Base#{os_pid => OsPid, status => Status, served => Served, restarts => Restarts,
-                  recycles => Recycles, rss_bytes => pyport_os:rss_bytes(OsPid)}
+          recycles := Recycles, sandbox := Sandbox} ->
+            Summary = Base#{os_pid => OsPid, status => Status, served => Served,
+                            restarts => Restarts, recycles => Recycles,
+                            rss_bytes => pyport_os:rss_bytes(OsPid)},
+            case Sandboxed of
+                true -> Summary#{sandbox => Sandbox};
+                false -> Summary
+            end
     catch
         exit:{Reason, _} -> Base#{status => {down, Reason}}
     end;
-worker_summary(Slot, error, _C) ->
+worker_summary(Slot, error, _C, _Sandboxed) ->
     #{slot => Slot, status => down}.
+
+%% @doc Runs untrusted Python source on a sandboxed pool (docs/security.md).
+%%
+%% The job is a map: `code' (required: Python source, run like a notebook
+%% cell with `input' bound to the job's `input'; its value is that of the
+%% last statement if it is an expression, else the variable `result', else
+%% None), `input' (any term, default `none'), `timeout' (ms; default: the
+%% pool's `call_timeout').
+%%
+%% Returns `{ok, Result, Stats}' with `Stats' = `#{stdout, stderr, cpu_ms,
+%% max_rss, wall_ms}', or `{error, Reason}': `timeout', `{memory_limit,
+%% Bytes}', `{cpu_limit, Seconds}', `{file_size_limit, Bytes}',
+%% `{output_limit, Bytes}', `{process_limit, N}', `{forbidden, Syscall}',
+%% `{exception, #{type, message, traceback, stdout, stderr}}', `{crashed,
+%% Detail}', `{bad_job, Why}', `{no_pool, Pool}', `{not_sandboxed, Pool}',
+%% `{worker_exited, Detail}'.
+%%
+%% ```
+%% {ok, 42, #{stdout := <<"hi\n">>}} =
+%%     pyport:run_job(jobs, #{code => <<"print('hi')\ninput * 2">>, input => 21}).
+%% '''
+-spec run_job(atom(), pyport_job:job()) ->
+          {ok, term(), pyport_job:stats()} | {error, pyport_job:reason()}.
+run_job(Pool, Job) ->
+    pyport_job:run(Pool, Job).
 
 %% @doc What the worker behind a context (or `{Pool, Slot}') reports: its
 %% OS pid, Python version, status, requests pending and queued, restarts.

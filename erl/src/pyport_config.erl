@@ -8,6 +8,8 @@
 
 -export([pools/0, validate_pools/1, validate_pool/2, defaults/0, max_state_entries/0,
          event_loops/0, validate_event_loops/2]).
+%% Shared with pyport_sandbox, which checks the `sandbox' option.
+-export([to_binary/1, env_name/1]).
 
 -export_type([pool_name/0, pool_opts/0, error_reason/0]).
 
@@ -31,12 +33,16 @@
                        max_rss := pos_integer() | infinity,
                        cpu_seconds := pos_integer() | infinity,
                        max_open_files := pos_integer() | infinity,
-                       shutdown_timeout := non_neg_integer()}.
+                       shutdown_timeout := non_neg_integer(),
+                       sandbox := pyport_sandbox:sandbox(),
+                       fresh_worker := boolean()}.
 -type error_reason() :: {invalid_pools, term()}
                       | {invalid_pool_name, term()}
                       | {invalid_pool, pool_name(), term()}
                       | {unknown_pool_option, pool_name(), term()}
-                      | {invalid_pool_option, pool_name(), atom(), term()}
+                      | {invalid_pool_option, pool_name(), atom() | {sandbox, term()}, term()}
+                      | {unknown_sandbox_option, pool_name(), term()}
+                      | {pool_option_requires, pool_name(), fresh_worker, sandbox}
                       | {invalid_config, max_state_entries | event_loop_pool
                                          | event_loop_pool_size, term()}.
 
@@ -113,13 +119,27 @@ validate_pool(Name, Opts) when is_map(Opts) ->
         [Unknown | _] ->
             {error, {unknown_pool_option, Name, Unknown}};
         [] ->
-            check_values(Name, lists:sort(maps:to_list(maps:merge(Defaults, Opts))), #{})
+            case check_values(Name, lists:sort(maps:to_list(maps:merge(Defaults, Opts))), #{}) of
+                {ok, #{fresh_worker := true, sandbox := false}} ->
+                    %% A zygote is a sandbox's fast path; unconfined it
+                    %% would only be slower.
+                    {error, {pool_option_requires, Name, fresh_worker, sandbox}};
+                Result ->
+                    Result
+            end
     end;
 validate_pool(Name, Opts) ->
     {error, {invalid_pool, Name, Opts}}.
 
 check_values(_Name, [], Acc) ->
     {ok, Acc};
+check_values(Name, [{sandbox, Value} | Rest], Acc) ->
+    case pyport_sandbox:validate(Value) of
+        {ok, Sandbox} -> check_values(Name, Rest, Acc#{sandbox => Sandbox});
+        {error, {unknown, Key}} -> {error, {unknown_sandbox_option, Name, Key}};
+        {error, {invalid, sandbox, V}} -> {error, {invalid_pool_option, Name, sandbox, V}};
+        {error, {invalid, Key, V}} -> {error, {invalid_pool_option, Name, {sandbox, Key}, V}}
+    end;
 check_values(Name, [{Key, Value} | Rest], Acc) ->
     case check(Key, Value) of
         {ok, Normalised} -> check_values(Name, Rest, Acc#{Key => Normalised});
@@ -147,7 +167,9 @@ defaults() ->
       max_rss => infinity,
       cpu_seconds => infinity,
       max_open_files => infinity,
-      shutdown_timeout => 5000}.
+      shutdown_timeout => 5000,
+      sandbox => false,
+      fresh_worker => false}.
 
 default_worker() ->
     case code:priv_dir(pyport) of
@@ -193,6 +215,7 @@ check(venv, Dir) ->
 check(kill_after, infinity) -> {ok, infinity};
 check(kill_after, N) when is_integer(N), N >= 0 -> {ok, N};
 check(shutdown_timeout, N) when is_integer(N), N >= 0 -> {ok, N};
+check(fresh_worker, B) when is_boolean(B) -> {ok, B};
 check(Key, infinity) when Key =:= max_inflight; Key =:= max_requests; Key =:= max_memory;
                           Key =:= max_rss; Key =:= cpu_seconds; Key =:= max_open_files ->
     {ok, infinity};
@@ -220,6 +243,8 @@ check_env([{Name, Value} | Rest], Acc) ->
 check_env(_, _Acc) ->
     error.
 
+%% @doc An environment variable name as open_port takes it.
+-spec env_name(term()) -> {ok, string()} | error.
 env_name(Name) ->
     case env_string(Name) of
         {ok, N} ->
@@ -286,7 +311,8 @@ check_path([Dir | Rest], Acc) ->
 check_path(_Improper, _Acc) ->
     error.
 
-%% Paths become binaries: that is what open_port passes on unchanged.
+%% @doc Paths become binaries: that is what open_port passes on unchanged.
+-spec to_binary(term()) -> {ok, binary()} | error.
 to_binary(B) when is_binary(B) ->
     {ok, B};
 to_binary(L) when is_list(L) ->

@@ -3,7 +3,7 @@
 %% means, and how much memory it holds.
 -module(pyport_os).
 
--export([open/1, kill/1, exit_detail/1, rss_bytes/1, alive/1]).
+-export([open/1, args/1, kill/1, remove_tree/1, exit_detail/1, rss_bytes/1, cpu_seconds/1, alive/1]).
 
 %% @doc Spawns a worker OS process for a pool's options. The port speaks
 %% `{packet, 4}' frames; see proto/PROTOCOL.md.
@@ -32,15 +32,19 @@ open(#{worker := Exe} = Opts) ->
             end
     end.
 
+%% @doc The worker's command line for a pool's options (without the
+%% executable).
+-spec args(pyport_config:pool_opts()) -> [string()].
 args(#{python_path := Path, max_frame_size := Max, venv := Venv} = Opts) ->
     %% Absolute: the worker may run in another directory (`cd').
     Dirs = [filename:absname(Dir) || Dir <- Path ++ venv_site_packages(Venv)],
     ["--runtime", runtime_dir()]
         ++ lists:append([["--path", Dir] || Dir <- Dirs])
         ++ ["--max-frame-size", integer_to_list(Max)]
-        ++ limit("--max-memory", maps:get(max_memory, Opts))
-        ++ limit("--cpu-seconds", maps:get(cpu_seconds, Opts))
-        ++ limit("--max-open-files", maps:get(max_open_files, Opts)).
+        ++ limit("--max-memory", pyport_sandbox:effective_limit(max_memory, Opts))
+        ++ limit("--cpu-seconds", pyport_sandbox:effective_limit(cpu_seconds, Opts))
+        ++ limit("--max-open-files", pyport_sandbox:effective_limit(max_open_files, Opts))
+        ++ pyport_sandbox:args(Opts, environment(Opts)).
 
 limit(_Flag, infinity) -> [];
 limit(Flag, N) -> [Flag, integer_to_list(N)].
@@ -53,20 +57,44 @@ venv_site_packages(undefined) ->
 venv_site_packages(Venv) ->
     lists:sort(filelib:wildcard(binary_to_list(filename:join(Venv, "lib/python3*/site-packages")))).
 
-env(#{env := Env, venv := undefined}) ->
-    [{env, Env} || Env =/= []];
-env(#{env := Env, venv := Venv}) ->
+env(#{sandbox := false} = Opts) ->
+    case environment(Opts) of
+        [] -> [];
+        Env -> [{env, Env}]
+    end;
+env(#{sandbox := #{env_keep := Keep}} = Opts) ->
+    %% The node's variables never reach a sandboxed worker, not even in
+    %% the memory where the kernel puts a new program's environment (which
+    %% clearing it later leaves behind, readable through ctypes).
+    %% TMPDIR stays: the worker makes its directory there (when the pool
+    %% names no workdir_parent), then points TMPDIR at that directory.
+    Env = environment(Opts),
+    Set = [Name || {Name, _} <- Env],
+    Unset = [{Name, false} || Name <- node_env_names(), not lists:member(Name, Keep),
+                              not lists:member(Name, Set), Name =/= "TMPDIR"],
+    [{env, Unset ++ Env}].
+
+node_env_names() ->
+    [Name || Var <- os:getenv(), [Name | _] <- [string:split(Var, "=")], Name =/= ""].
+
+%% What the pool sets in the worker's environment. A sandboxed worker
+%% clears its environment and keeps only this (passed as --env flags too).
+environment(#{env := Env, venv := undefined}) ->
+    Env;
+environment(#{env := Env, venv := Venv}) ->
     Dir = filename:absname(unicode:characters_to_list(Venv)),
     Path = filename:join(Dir, "bin") ++ ":" ++ os:getenv("PATH", ""),
-    [{env, [{"VIRTUAL_ENV", Dir}, {"PATH", Path} | Env]}].
+    [{"VIRTUAL_ENV", Dir}, {"PATH", Path} | Env].
 
 cd(#{cd := undefined}) -> [];
 cd(#{cd := Dir}) -> [{cd, Dir}].
 
+%% Absolute: a sandboxed worker changes to its private directory before it
+%% loads the runtime.
 runtime_dir() ->
     case code:priv_dir(pyport) of
-        {error, bad_name} -> "python_runtime";
-        Priv -> filename:join(Priv, "python_runtime")
+        {error, bad_name} -> filename:absname("python_runtime");
+        Priv -> filename:absname(filename:join(Priv, "python_runtime"))
     end.
 
 %% @doc Sends SIGKILL. Only ever used on the owner's own child, whose pid
@@ -77,6 +105,30 @@ kill(OsPid) when is_integer(OsPid), OsPid > 1 ->
     ok;
 kill(_) ->
     ok.
+
+%% @doc Removes a directory tree that untrusted code may have written, as
+%% the node's user (often root). `rm -rf' never follows a symbolic link
+%% and opens each directory relative to its parent, so links a job left,
+%% or swaps in while this runs, cannot send the removal elsewhere;
+%% file:del_dir_r/1 checks then acts by path. Without rm, del_dir_r.
+-spec remove_tree(binary()) -> ok.
+remove_tree(Dir) ->
+    case os:find_executable("rm", "/usr/bin:/bin") of
+        false ->
+            _ = file:del_dir_r(Dir),
+            ok;
+        Rm ->
+            Port = open_port({spawn_executable, Rm},
+                             [{args, ["-rf", "--one-file-system", "--", Dir]}, exit_status,
+                              stderr_to_stdout]),
+            wait_exit(Port)
+    end.
+
+wait_exit(Port) ->
+    receive
+        {Port, {exit_status, _}} -> ok;
+        {Port, {data, _}} -> wait_exit(Port)
+    end.
 
 %% @doc How an exit status of the OS process is reported: statuses above 128
 %% are deaths by a signal (128 + the Linux signal number).
@@ -101,6 +153,25 @@ rss_bytes(OsPid) when is_integer(OsPid) ->
             undefined
     end;
 rss_bytes(undefined) ->
+    undefined.
+
+%% @doc The CPU time (user + system) a process has used, in seconds, from
+%% /proc; what RLIMIT_CPU counts.
+-spec cpu_seconds(non_neg_integer() | undefined) -> float() | undefined.
+cpu_seconds(OsPid) when is_integer(OsPid) ->
+    case file:read_file("/proc/" ++ integer_to_list(OsPid) ++ "/stat") of
+        {ok, Stat} ->
+            %% Fields after the command name (which may hold spaces): state
+            %% is field 3, utime and stime are fields 14 and 15, in clock
+            %% ticks (USER_HZ, 100 on Linux).
+            [_, AfterComm] = string:split(Stat, <<") ">>, trailing),
+            Fields = binary:split(AfterComm, <<" ">>, [global]),
+            Ticks = binary_to_integer(lists:nth(12, Fields)) + binary_to_integer(lists:nth(13, Fields)),
+            Ticks / 100;
+        {error, _} ->
+            undefined
+    end;
+cpu_seconds(undefined) ->
     undefined.
 
 %% @doc True while a process exists and has not exited (a zombie, exited
@@ -133,4 +204,5 @@ signal_name(14) -> sigalrm;
 signal_name(15) -> sigterm;
 signal_name(24) -> sigxcpu;
 signal_name(25) -> sigxfsz;
+signal_name(31) -> sigsys;
 signal_name(N) -> N.

@@ -22,7 +22,11 @@
 %%   supervisor's restart intensity then bounds the loop. OTP supervisors
 %%   restart without backoff, so they cannot do this job themselves.</li>
 %% <li>A new OS process runs the pool's `imports' and `init_code' before it
-%%   takes requests; a failure there is a failed start.</li>
+%%   takes requests; a failure there is a failed start. A sandboxed worker
+%%   imports them before its sandbox closes (`--preload', see {@link
+%%   pyport_sandbox}); its init code runs confined.</li>
+%% <li>A sandboxed worker's private working directory (named in its hello)
+%%   is removed here if its OS process died without removing it.</li>
 %% <li>Recycling (after `max_requests', above `max_rss', or asked for) is
 %%   graceful: the slot leaves least-loaded routing, the requests in flight
 %%   finish, the OS process exits and a new one starts; requests routed to
@@ -51,7 +55,7 @@
 
 -include_lib("kernel/include/logger.hrl").
 
--export([start_link/3, info/1, os_pid/1, recycle/2, stop_async/1, stream_cancel/2,
+-export([start_link/3, info/1, os_pid/1, recycle/2, recycle_async/2, stop_async/1, stream_cancel/2,
          stream_window/0]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2, format_status/1]).
 -export([exit_detail/1]).
@@ -194,6 +198,13 @@ os_pid(Pid) ->
 recycle(Pid, Timeout) ->
     gen_server:call(Pid, recycle, Timeout).
 
+%% @doc Replaces the OS process gracefully, without waiting: e.g. after a
+%% sandboxed job failed in it (see {@link pyport_job}). Does nothing if the
+%% OS process is already being replaced.
+-spec recycle_async(pid(), term()) -> ok.
+recycle_async(Pid, Reason) ->
+    gen_server:cast(Pid, {recycle, Reason}).
+
 %% @doc Starts stopping: the OS process finishes what it has read and
 %% exits, and is not replaced. Used to drain every worker of a pool at once
 %% before the supervisor stops them one by one.
@@ -282,6 +293,8 @@ handle_cast(stop, #state{status = Status, port = Port} = State) ->
     end,
     pyport_pool:set_available(State#state.info, State#state.slot, false),
     {noreply, State#state{status = stopping}};
+handle_cast({recycle, Reason}, #state{status = up} = State) ->
+    {noreply, start_drain(Reason, State)};
 handle_cast(_Msg, State) ->
     {noreply, State}.
 
@@ -392,6 +405,7 @@ terminate(Reason, #state{info = #{tab := Tab}, slot = Slot} = State0) ->
     %% Unregister first so that no new caller picks this worker.
     _ = (catch ets:delete_object(Tab, {Slot, self()})),
     State = stop_os_process(State0),
+    remove_workdir(State),
     Detail = case Reason of
                  normal -> shutdown;
                  shutdown -> shutdown;
@@ -1131,8 +1145,12 @@ check_frame_size(_, _) ->
     ok.
 
 %% After the hello: the pool's imports and init code, then ready.
-initialize(#state{opts = #{imports := Imports, init_code := Code}} = State0) ->
+initialize(#state{opts = #{imports := Imports0, init_code := Code} = Opts} = State0) ->
     State = State0#state{status = initializing},
+    Imports = case Opts of
+                  #{sandbox := false} -> Imports0;
+                  #{} -> []                       % preloaded (pyport_sandbox:args/2)
+              end,
     Steps = [{{import, M}, <<"import ", M/binary>>} || M <- Imports]
         ++ [{init_code, Code} || Code =/= undefined],
     case Steps of
@@ -1184,6 +1202,7 @@ spawn_os_process(#state{opts = Opts} = State) ->
 %% it, then start the next one or give up.
 os_process_died(Detail, #state{status = stopping} = State) ->
     %% Stopping: no new process; requests it had are answered now.
+    remove_workdir(State),
     {noreply, (drop_subscriptions(fail_all_pending(Detail, State)))#state{port = undefined}};
 os_process_died(Detail0, #state{status = Status, spawned_at = Spawned} = State0) ->
     Detail = case State0#state.kill_reason of
@@ -1191,6 +1210,7 @@ os_process_died(Detail0, #state{status = Status, spawned_at = Spawned} = State0)
                  Reason -> Reason
              end,
     State1 = drop_subscriptions(fail_all_pending(Detail, State0)),
+    remove_workdir(State1),
     cancel_timer(State1#state.start_timer),
     WasUp = lists:member(Status, [up, draining, recycling]),
     Failures = case WasUp of
@@ -1339,7 +1359,19 @@ info_map(#state{} = S) ->
       restarts => S#state.restarts,
       recycles => S#state.recycles,
       namespaces => map_size(S#state.monitor_by_ns),
-      last_exit => S#state.last_exit}.
+      last_exit => S#state.last_exit,
+      sandbox => pyport_sandbox:report(S#state.capabilities)}.
+
+%% A dead sandboxed worker's private directory, unless it removed it
+%% itself. In another process: a big tree must not hold up requests.
+remove_workdir(#state{capabilities = Caps, opts = Opts}) ->
+    case pyport_sandbox:workdir(pyport_sandbox:report(Caps), Opts) of
+        undefined ->
+            ok;
+        Dir ->
+            _ = spawn(fun() -> pyport_os:remove_tree(Dir) end),
+            ok
+    end.
 
 schedule_purge() ->
     _ = erlang:send_after(?PURGE_INTERVAL_MS, self(), purge),

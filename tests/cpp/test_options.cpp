@@ -75,4 +75,59 @@ BOOST_AUTO_TEST_CASE(limits) {
   BOOST_TEST(parse({"--max-open-files"}, o) == "--max-open-files needs a value");
 }
 
+BOOST_AUTO_TEST_CASE(sandbox_flags) {
+  pyport::Options o;
+  BOOST_TEST(parse({}, o) == "");
+  BOOST_TEST(!o.sandbox);
+  BOOST_TEST(!o.zygote);
+  BOOST_TEST(o.max_output == 1u << 20);
+  BOOST_TEST(
+      parse({"--sandbox", "--sandbox-allow", "network", "--sandbox-allow=privileges", "--preload",
+             "json", "--preload=numpy", "--workdir-parent", "/tmp", "--env", "A=1=2", "--env-keep",
+             "LANG", "--max-output", "0", "--max-file-size", "4096", "--max-processes=8"},
+            o) == "");
+  BOOST_TEST(o.sandbox);
+  BOOST_TEST(!o.zygote);
+  BOOST_TEST(o.sandbox_allow == (pyport::kAllowNetwork | pyport::kAllowPrivileges));
+  BOOST_TEST((o.preload == std::vector<std::string>{"json", "numpy"}));
+  BOOST_TEST(o.workdir_parent == "/tmp");
+  BOOST_TEST((o.env == std::vector<std::string>{"A=1=2"}));
+  BOOST_TEST((o.env_keep == std::vector<std::string>{"LANG"}));
+  BOOST_TEST(o.max_output == 0u);
+  BOOST_TEST(o.max_file_size == 4096u);
+  BOOST_TEST(o.max_processes == 8u);
+  BOOST_TEST(parse({"--zygote"}, o) == "");
+  BOOST_TEST((o.sandbox && o.zygote));
+  for (unsigned b = 0; b < 7; ++b) {
+    BOOST_TEST(parse({"--sandbox", "--sandbox-allow", pyport::kSandboxAllowNames[b]}, o) == "");
+    BOOST_TEST(o.sandbox_allow == 1u << b);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(bad_sandbox_flags_are_named) {
+  pyport::Options o;
+  BOOST_TEST(parse({"--sandbox", "--sandbox-allow", "all"}, o) ==
+             "--sandbox-allow takes network, exec, fork, filesystem, namespaces, seccomp or "
+             "privileges, not 'all'");
+  BOOST_TEST(parse({"--sandbox", "--env", "NOVALUE"}, o) ==
+             "--env takes NAME=VALUE, not 'NOVALUE'");
+  BOOST_TEST(parse({"--sandbox", "--env", "=x"}, o) == "--env takes NAME=VALUE, not '=x'");
+  BOOST_TEST(parse({"--sandbox", "--env-keep", "A=B"}, o) ==
+             "--env-keep takes a variable name, not 'A=B'");
+  BOOST_TEST(parse({"--sandbox", "--workdir-parent", "tmp"}, o) ==
+             "--workdir-parent must be an absolute path, not 'tmp'");
+  BOOST_TEST(parse({"--sandbox", "--workdir-parent", "/nonexistent/dir"}, o) ==
+             "--workdir-parent '/nonexistent/dir' is not a directory");
+  BOOST_TEST(parse({"--sandbox", "--max-output", "lots"}, o) ==
+             "--max-output must be a number of bytes, not 'lots'");
+  BOOST_TEST(parse({"--max-file-size", "0"}, o) ==
+             "--max-file-size must be a number of bytes, at least 1, not '0'");
+  BOOST_TEST(parse({"--preload", "json"}, o) ==
+             "--sandbox-allow, --preload, --workdir-parent, --env and --env-keep need --sandbox "
+             "or --zygote");
+  BOOST_TEST(parse({"--sandbox=yes"}, o) == "unknown argument '--sandbox=yes'");
+  BOOST_TEST(parse({"--sandbox", "--sandbox-test-unavailable", "apparmor"}, o) ==
+             "--sandbox-test-unavailable takes landlock, namespaces or seccomp, not 'apparmor'");
+}
+
 BOOST_AUTO_TEST_SUITE_END()

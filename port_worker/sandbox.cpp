@@ -1,0 +1,913 @@
+#include "sandbox.hpp"
+
+#include <Python.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/capability.h>
+#include <poll.h>
+#include <pwd.h>
+#include <sched.h>
+#include <seccomp.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#include "codec.hpp"
+#include "erlang_module.hpp"
+#include "msgpack_rw.hpp"
+
+extern char** environ;
+
+namespace pyport {
+
+namespace {
+
+// ---- Landlock (its uapi, spelled out: Debian 12's headers predate ABI 4) ----
+
+constexpr uint64_t kFsExecute = 1ull << 0;
+constexpr uint64_t kFsWriteFile = 1ull << 1;
+constexpr uint64_t kFsReadFile = 1ull << 2;
+constexpr uint64_t kFsReadDir = 1ull << 3;
+constexpr uint64_t kFsRemoveDir = 1ull << 4;
+constexpr uint64_t kFsRemoveFile = 1ull << 5;
+constexpr uint64_t kFsMakeChar = 1ull << 6;
+constexpr uint64_t kFsMakeDir = 1ull << 7;
+constexpr uint64_t kFsMakeReg = 1ull << 8;
+constexpr uint64_t kFsMakeSock = 1ull << 9;
+constexpr uint64_t kFsMakeFifo = 1ull << 10;
+constexpr uint64_t kFsMakeBlock = 1ull << 11;
+constexpr uint64_t kFsMakeSym = 1ull << 12;
+constexpr uint64_t kFsRefer = 1ull << 13;     // ABI 2
+constexpr uint64_t kFsTruncate = 1ull << 14;  // ABI 3
+constexpr uint64_t kFsIoctlDev = 1ull << 15;  // ABI 5
+constexpr uint64_t kNetBindTcp = 1ull << 0;   // ABI 4
+constexpr uint64_t kNetConnectTcp = 1ull << 1;
+constexpr uint64_t kScopeAbstractUnix = 1ull << 0;  // ABI 6
+constexpr uint64_t kScopeSignal = 1ull << 1;
+constexpr int kRulePathBeneath = 1;
+constexpr unsigned kCreateRulesetVersion = 1u << 0;
+
+struct RulesetAttr {
+  uint64_t handled_access_fs;
+  uint64_t handled_access_net;
+  uint64_t scoped;
+};
+
+struct __attribute__((packed)) PathBeneathAttr {
+  uint64_t allowed_access;
+  int32_t parent_fd;
+};
+
+int landlock_abi() {
+  long v = syscall(SYS_landlock_create_ruleset, nullptr, 0, kCreateRulesetVersion);
+  return v < 0 ? -errno : int(v);
+}
+
+// Every filesystem right the kernel's ABI knows.
+uint64_t fs_rights(int abi) {
+  uint64_t all = (kFsMakeSym << 1) - 1;
+  if (abi >= 2) all |= kFsRefer;
+  if (abi >= 3) all |= kFsTruncate;
+  if (abi >= 5) all |= kFsIoctlDev;
+  return all;
+}
+
+constexpr uint64_t kFsWriteRights = kFsWriteFile | kFsRemoveDir | kFsRemoveFile | kFsMakeChar |
+                                    kFsMakeDir | kFsMakeReg | kFsMakeSock | kFsMakeFifo |
+                                    kFsMakeBlock | kFsMakeSym | kFsRefer | kFsTruncate;
+constexpr uint64_t kFsFileRights =
+    kFsExecute | kFsWriteFile | kFsReadFile | kFsTruncate | kFsIoctlDev;
+
+class Ruleset {
+ public:
+  Ruleset(int abi, uint64_t fs, uint64_t net, uint64_t scoped) : fs_(fs) {
+    RulesetAttr attr{fs, abi >= 4 ? net : 0, abi >= 6 ? scoped : 0};
+    size_t size = abi >= 6 ? sizeof attr : abi >= 4 ? 2 * sizeof(uint64_t) : sizeof(uint64_t);
+    fd_ = int(syscall(SYS_landlock_create_ruleset, &attr, size, 0));
+  }
+  ~Ruleset() {
+    if (fd_ >= 0) close(fd_);
+  }
+  Ruleset(const Ruleset&) = delete;
+  Ruleset& operator=(const Ruleset&) = delete;
+  int fd() const { return fd_; }
+
+  // Allows `access` beneath path. A path that does not exist is skipped
+  // (/lib64 on some systems); any other failure is an error.
+  std::string allow(const std::string& path, uint64_t access) {
+    int pfd = open(path.c_str(), O_PATH | O_CLOEXEC);
+    if (pfd < 0) {
+      if (errno == ENOENT || errno == ENOTDIR) return "";
+      return "Landlock: cannot open " + path + ": " + strerror(errno);
+    }
+    struct stat st;
+    if (fstat(pfd, &st) == 0 && !S_ISDIR(st.st_mode)) access &= kFsFileRights;
+    PathBeneathAttr rule{access & fs_, pfd};
+    long rc = syscall(SYS_landlock_add_rule, fd_, kRulePathBeneath, &rule, 0);
+    int err = errno;
+    close(pfd);
+    if (rc < 0) return "Landlock: cannot add a rule for " + path + ": " + strerror(err);
+    return "";
+  }
+
+  std::string restrict_self() {
+    if (syscall(SYS_landlock_restrict_self, fd_, 0) < 0) {
+      return std::string("Landlock: restrict_self: ") + strerror(errno);
+    }
+    return "";
+  }
+
+ private:
+  int fd_ = -1;
+  uint64_t fs_;
+};
+
+// ---- seccomp: refusals are named through SIGSYS ----
+
+// The first syscall refused since the last take_forbidden(): written by the
+// SIGSYS handler, so a lock-free global is the only possible shape.
+std::atomic<int> g_forbidden{-1};
+
+void on_sigsys(int, siginfo_t* info, void* context) {
+  int none = -1;
+  g_forbidden.compare_exchange_strong(none, info->si_syscall);
+  // The syscall was not made: its result is what the handler leaves in the
+  // return register.
+  auto* uc = static_cast<ucontext_t*>(context);
+#if defined(__x86_64__)
+  uc->uc_mcontext.gregs[REG_RAX] = -EPERM;
+#elif defined(__aarch64__)
+  uc->uc_mcontext.regs[0] = uint64_t(-EPERM);
+#else
+#error "the SIGSYS handler needs the return register of this architecture"
+#endif
+}
+
+// A libseccomp filter under construction.
+class Filter {
+ public:
+  Filter() : ctx_(seccomp_init(SCMP_ACT_ALLOW)) {}
+  ~Filter() {
+    if (ctx_) seccomp_release(ctx_);
+  }
+  Filter(const Filter&) = delete;
+  Filter& operator=(const Filter&) = delete;
+  bool ok() const { return ctx_ && error_.empty(); }
+  const std::string& error() const { return error_; }
+  scmp_filter_ctx ctx() const { return ctx_; }
+
+  template <typename... Args>
+  void rule(uint32_t action, const char* name, Args... args) {
+    if (!ctx_ || !error_.empty()) return;
+    int nr = seccomp_syscall_resolve_name(name);
+    if (nr == __NR_SCMP_ERROR) return;  // not a syscall of this architecture
+    const scmp_arg_cmp cmps[] = {args..., scmp_arg_cmp{}};
+    int rc = seccomp_rule_add_array(ctx_, action, nr, unsigned(sizeof...(Args)), cmps);
+    if (rc < 0) error_ = std::string("seccomp: rule for ") + name + ": " + strerror(-rc);
+  }
+  template <typename... Args>
+  void trap(const char* name, Args... args) {
+    rule(SCMP_ACT_TRAP, name, args...);
+  }
+
+ private:
+  scmp_filter_ctx ctx_;
+  std::string error_;
+};
+
+// ---- the keeper ----
+
+// Removes the tree under dir_fd/name without following symbolic links, so
+// whatever a job left there (links to elsewhere included) cannot redirect
+// the removal.
+void remove_tree_at(int dir_fd, const char* name, int depth) {
+  if (unlinkat(dir_fd, name, 0) == 0 || errno == ENOENT) return;
+  if (depth > 256) return;
+  int fd = openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return;
+  DIR* dir = fdopendir(fd);
+  if (!dir) {
+    close(fd);
+    return;
+  }
+  while (dirent* e = readdir(dir)) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+    remove_tree_at(dirfd(dir), e->d_name, depth + 1);
+  }
+  closedir(dir);
+  unlinkat(dir_fd, name, AT_REMOVEDIR);
+}
+
+// The direct children of the calling (single-threaded) process.
+std::vector<pid_t> children_of_self() {
+  std::vector<pid_t> found;
+  std::string path = "/proc/self/task/" + std::to_string(getpid()) + "/children";
+  FILE* f = fopen(path.c_str(), "re");
+  if (!f) return found;
+  long pid;
+  while (fscanf(f, "%ld", &pid) == 1)
+    found.push_back(pid_t(pid));
+  fclose(f);
+  return found;
+}
+
+// The keeper: waits for the worker, ends whatever the worker's jobs left
+// running, removes its working directory, exits as the worker did (the
+// port owner sees the worker's status). It is the subreaper of everything
+// the worker starts, and holds no descriptor of the frame channel, so the
+// owner sees end of file as soon as the worker is gone.
+[[noreturn]] void run_keeper(pid_t worker, const std::string& workdir) {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int sig : {SIGCHLD, SIGTERM, SIGHUP})
+    sigaddset(&set, sig);
+  sigprocmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGINT, SIG_IGN);
+  signal(SIGQUIT, SIG_IGN);
+  // The owner gone: the keeper ends the worker, then cleans up.
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
+  int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null_fd >= 0) {
+    dup2(null_fd, 0);
+    dup2(null_fd, 1);
+  }
+  syscall(SYS_close_range, 3u, ~0u, 0u);
+  int status = 0;
+  bool done = false;
+  while (!done) {
+    siginfo_t info;
+    int sig = sigwaitinfo(&set, &info);
+    if (sig == SIGTERM || sig == SIGHUP) kill(worker, SIGKILL);
+    int st;
+    pid_t pid;
+    while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+      if (pid == worker) status = st, done = true;
+    }
+    if (pid < 0 && errno == ECHILD) done = true;
+  }
+  // Orphans of the worker's jobs (fork allowed) came to the keeper: end
+  // them, and those they leave in turn.
+  for (int round = 0; round < 10000; ++round) {
+    std::vector<pid_t> left = children_of_self();
+    if (left.empty()) break;
+    for (pid_t pid : left)
+      kill(pid, SIGKILL);
+    while (waitpid(-1, nullptr, 0) > 0) {
+    }
+  }
+  size_t slash = workdir.rfind('/');
+  int parent =
+      open(slash == 0 ? "/" : workdir.substr(0, slash).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (parent >= 0) remove_tree_at(parent, workdir.c_str() + slash + 1, 0);
+  if (WIFSIGNALED(status)) {
+    int sig = WTERMSIG(status);
+    struct rlimit no_core = {0, 0};
+    setrlimit(RLIMIT_CORE, &no_core);
+    signal(sig, SIG_DFL);
+    sigset_t one;
+    sigemptyset(&one);
+    sigaddset(&one, sig);
+    sigprocmask(SIG_UNBLOCK, &one, nullptr);
+    raise(sig);
+    _exit(128 + sig);
+  }
+  _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 1);
+}
+
+bool write_file(const char* path, const std::string& text) {
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  bool ok = write(fd, text.data(), text.size()) == ssize_t(text.size());
+  close(fd);
+  return ok;
+}
+
+bool drop_capabilities() {
+  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct data[2] = {};
+  return syscall(SYS_capset, &header, data) == 0;
+}
+
+std::string errno_text(const char* what) {
+  return std::string(what) + ": " + strerror(errno);
+}
+
+void write_atom(ByteBuffer& out, std::string_view name) {
+  mp::write_ext_header(out, mp::kExtAtom, uint32_t(name.size()));
+  out.append(name.data(), name.size());
+}
+
+}  // namespace
+
+bool Sandbox::simulated_missing(const char* layer) const {
+  for (const std::string& l : options_.test_unavailable)
+    if (l == layer) return true;
+  return false;
+}
+
+std::string Sandbox::enter_early() {
+  // The environment: only what was named (read before it is cleared).
+  const char* tmpdir = getenv("TMPDIR");
+  std::string parent = !options_.workdir_parent.empty() ? options_.workdir_parent
+                       : tmpdir && *tmpdir              ? tmpdir
+                                                        : "/tmp";
+  std::vector<std::string> env;
+  for (const std::string& name : options_.env_keep) {
+    if (const char* v = getenv(name.c_str())) env.push_back(name + "=" + v);
+  }
+  env.insert(env.end(), options_.env.begin(), options_.env.end());
+  // clearenv() forgets the strings but they stay in the initial stack
+  // (and /proc/self/environ shows that memory): wipe them first.
+  for (char** e = environ; e && *e; ++e)
+    memset(*e, 0, strlen(*e));
+  if (clearenv() != 0) return "cannot clear the environment";
+  for (const std::string& kv : env)
+    putenv(strdup(kv.c_str()));
+  if (!getenv("PATH")) setenv("PATH", "/usr/local/bin:/usr/bin:/bin", 1);
+
+  // The sandbox's uid: root becomes nobody unless privileges are allowed.
+  uid_t uid = getuid();
+  gid_t gid = getgid();
+  bool drop = geteuid() == 0 && !(options_.sandbox_allow & kAllowPrivileges);
+  if (drop) {
+    struct passwd* pw = getpwnam("nobody");
+    uid = pw ? pw->pw_uid : 65534;
+    gid = pw ? pw->pw_gid : 65534;
+  }
+
+  // The private working directory, owned by the sandbox's uid.
+  std::string templ = parent + (parent.back() == '/' ? "" : "/") + "pyport-job-XXXXXX";
+  std::vector<char> path(templ.begin(), templ.end());
+  path.push_back('\0');
+  if (!mkdtemp(path.data())) {
+    return "cannot create the working directory in " + parent + ": " + strerror(errno);
+  }
+  report_.workdir = path.data();
+  if (drop && chown(path.data(), uid, gid) != 0) {
+    rmdir(path.data());
+    return errno_text("cannot give the working directory to the sandbox's uid");
+  }
+
+  // A zygote is the init of a pid namespace of its own, its jobs' (init
+  // ignores signals it has no handler for, when they come from inside:
+  // jobs cannot signal it, nor see anything outside). A warm worker stays
+  // out: it would ignore RLIMIT_CPU's SIGXCPU.
+  bool namespaces = !(options_.sandbox_allow & kAllowNamespaces);
+  if (!options_.zygote) {
+    if (namespaces) unavailable("pid_ns", "only a zygote runs in a pid namespace (as its init)");
+  } else if (namespaces && simulated_missing("namespaces")) {
+    unavailable("pid_ns", "simulated for a test (--sandbox-test-unavailable namespaces)");
+  } else if (namespaces) {
+    // Without a user namespace (made later, by the worker) only root can.
+    if (unshare(CLONE_NEWPID) == 0) {
+      report_.pid_ns = true;
+    } else {
+      unavailable("pid_ns", std::string("unshare(CLONE_NEWPID): ") + strerror(errno));
+    }
+  }
+
+  // The keeper stays the parent; the worker goes on in the child.
+  pid_t keeper = report_.pid_ns ? 0 : getpid();  // its pid as the child sees it
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
+  pid_t child = fork();
+  if (child < 0) {
+    rmdir(path.data());
+    return errno_text("cannot fork the keeper");
+  }
+  if (child > 0) run_keeper(child, report_.workdir);
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != keeper) _exit(1);
+  // The pid the owner knows (/proc is the host's: "self" is that pid).
+  char self[32] = {};
+  host_pid_ = readlink("/proc/self", self, sizeof self - 1) > 0 ? pid_t(atol(self)) : getpid();
+
+  if (drop) {
+    if (setgroups(0, nullptr) != 0 || setresgid(gid, gid, gid) != 0 ||
+        setresuid(uid, uid, uid) != 0) {
+      return errno_text("cannot switch to the sandbox's uid");
+    }
+  }
+  report_.uid = long(getuid());
+  std::string error = enter_namespaces(uid, gid);
+  if (!error.empty()) return error;
+  if (chdir(report_.workdir.c_str()) != 0) return errno_text("cannot enter the working directory");
+  setenv("TMPDIR", report_.workdir.c_str(), 1);
+  setenv("HOME", report_.workdir.c_str(), 1);
+  setenv("PWD", report_.workdir.c_str(), 1);
+  return "";
+}
+
+std::string Sandbox::enter_namespaces(uid_t uid, gid_t gid) {
+  bool keep_privileges = options_.sandbox_allow & kAllowPrivileges;
+  if (options_.sandbox_allow & kAllowNamespaces) {
+    if (!keep_privileges && !drop_capabilities()) return errno_text("cannot drop capabilities");
+    return "";
+  }
+  int others = CLONE_NEWIPC | CLONE_NEWNS;
+  if (!(options_.sandbox_allow & kAllowNetwork)) others |= CLONE_NEWNET;
+  const char* const kNamespaces[] = {"user_ns", "net_ns", "ipc_ns", "mount_ns"};
+  auto missing = [&](const std::string& why, bool user_too) {
+    for (const char* ns : kNamespaces) {
+      std::string name = ns;
+      if ((name == "user_ns" && !user_too) || (name == "net_ns" && !(others & CLONE_NEWNET)))
+        continue;
+      unavailable(ns, why);
+    }
+  };
+  if (simulated_missing("namespaces")) {
+    missing("simulated for a test (--sandbox-test-unavailable namespaces)", true);
+    if (!keep_privileges && !drop_capabilities()) return errno_text("cannot drop capabilities");
+    return "";
+  }
+  // /proc/self/uid_map belongs to root once the uid changed, unless the
+  // process is dumpable.
+  prctl(PR_SET_DUMPABLE, 1);
+  bool user_ns = unshare(CLONE_NEWUSER | others) == 0;
+  int user_errno = errno;
+  if (user_ns) {
+    // Inside, the same ids as outside: files the job writes belong to the
+    // sandbox's uid on the host too.
+    std::string um = std::to_string(uid) + " " + std::to_string(uid) + " 1";
+    std::string gm = std::to_string(gid) + " " + std::to_string(gid) + " 1";
+    if (!write_file("/proc/self/setgroups", "deny") || !write_file("/proc/self/uid_map", um) ||
+        !write_file("/proc/self/gid_map", gm)) {
+      prctl(PR_SET_DUMPABLE, 0);
+      return errno_text("cannot map the sandbox's uid in its user namespace");
+    }
+    report_.user_ns = report_.ipc_ns = report_.mount_ns = true;
+    report_.net_ns = others & CLONE_NEWNET;
+  } else {
+    unavailable("user_ns", std::string("unshare(CLONE_NEWUSER): ") + strerror(user_errno));
+    // Without a user namespace only a privileged process may make the others.
+    if (unshare(others) == 0) {
+      report_.ipc_ns = report_.mount_ns = true;
+      report_.net_ns = others & CLONE_NEWNET;
+    } else {
+      missing(std::string("unshare: ") + strerror(errno), false);
+    }
+  }
+  prctl(PR_SET_DUMPABLE, 0);
+  // Mounts made in the worker's namespace never reach the host's.
+  if (report_.mount_ns && mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
+    return errno_text("cannot make the mount namespace private");
+  }
+  if (!keep_privileges && !drop_capabilities()) return errno_text("cannot drop capabilities");
+  return "";
+}
+
+std::string Sandbox::enter_late(const std::vector<std::string>& read_paths) {
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return errno_text("PR_SET_NO_NEW_PRIVS");
+  report_.no_new_privs = true;
+  std::string error = apply_landlock(read_paths);
+  if (error.empty())
+    error = apply_seccomp(!options_.zygote && !(options_.sandbox_allow & kAllowFork), false);
+  return error;
+}
+
+std::string Sandbox::apply_landlock(const std::vector<std::string>& read_paths) {
+  if (options_.sandbox_allow & kAllowFilesystem) return "";
+  int abi = simulated_missing("landlock") ? -ENOSYS : landlock_abi();
+  if (abi <= 0) {
+    std::string why = simulated_missing("landlock")
+                          ? "simulated for a test (--sandbox-test-unavailable landlock)"
+                      : abi == -ENOSYS     ? "the kernel has no Landlock"
+                      : abi == -EOPNOTSUPP ? "Landlock is disabled (boot parameter lsm=)"
+                                           : std::string(strerror(-abi));
+    unavailable("landlock", why);
+    return "";
+  }
+  uint64_t fs = fs_rights(abi);
+  uint64_t net = (options_.sandbox_allow & kAllowNetwork) ? 0 : kNetBindTcp | kNetConnectTcp;
+  Ruleset rules(abi, fs, net, kScopeAbstractUnix | kScopeSignal);
+  if (rules.fd() < 0) return errno_text("Landlock: create_ruleset");
+  constexpr uint64_t kRead = kFsReadFile | kFsReadDir | kFsExecute;
+  std::vector<std::string> readable = {"/usr",  "/lib", "/lib32", "/lib64", "/libx32", "/bin",
+                                       "/sbin", "/etc", "/proc",  "/sys",   "/dev"};
+  readable.insert(readable.end(), read_paths.begin(), read_paths.end());
+  uint64_t own = fs & ~(kFsMakeChar | kFsMakeBlock);
+  if (!(options_.sandbox_allow & kAllowExec)) own &= ~kFsExecute;
+  std::string error;
+  for (const std::string& p : readable) {
+    if (error.empty()) error = rules.allow(p, kRead);
+  }
+  if (error.empty()) error = rules.allow("/dev/null", kFsFileRights & ~kFsExecute);
+  if (error.empty()) error = rules.allow(report_.workdir, own);
+  if (error.empty()) error = rules.restrict_self();
+  if (!error.empty()) return error;
+  report_.landlock = abi;
+  if (abi < 6)
+    unavailable("landlock_scope", "Landlock ABI " + std::to_string(abi) +
+                                      " < 6: signals and abstract sockets are not scoped");
+  if (abi < 4 && net)
+    unavailable("landlock_net", "Landlock ABI " + std::to_string(abi) +
+                                    " < 4: TCP bind/connect are not restricted by Landlock");
+  return "";
+}
+
+std::string Sandbox::apply_seccomp(bool forbid_fork, bool job_layer) {
+  if (options_.sandbox_allow & kAllowSeccomp) return "";
+  if (simulated_missing("seccomp")) {
+    if (!job_layer)
+      unavailable("seccomp", "simulated for a test (--sandbox-test-unavailable seccomp)");
+    return "";
+  }
+  if (!job_layer) {
+    struct sigaction sa {};
+    sa.sa_sigaction = on_sigsys;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGSYS, &sa, nullptr) != 0) return errno_text("cannot handle SIGSYS");
+  }
+  Filter f;
+  seccomp_attr_set(f.ctx(), SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS);
+  seccomp_attr_set(f.ctx(), SCMP_FLTATR_CTL_TSYNC, 1);
+  if (!job_layer) {
+    for (const char* name : {"ptrace",
+                             "process_vm_readv",
+                             "process_vm_writev",
+                             "pidfd_getfd",
+                             "mount",
+                             "umount2",
+                             "pivot_root",
+                             "chroot",
+                             "unshare",
+                             "setns",
+                             "open_tree",
+                             "move_mount",
+                             "fsopen",
+                             "fsmount",
+                             "fspick",
+                             "fsconfig",
+                             "mount_setattr",
+                             "init_module",
+                             "finit_module",
+                             "delete_module",
+                             "kexec_load",
+                             "kexec_file_load",
+                             "add_key",
+                             "request_key",
+                             "keyctl",
+                             "bpf",
+                             "perf_event_open",
+                             "userfaultfd",
+                             "io_uring_setup",
+                             "io_uring_enter",
+                             "io_uring_register",
+                             "reboot",
+                             "swapon",
+                             "swapoff",
+                             "acct",
+                             "open_by_handle_at",
+                             "name_to_handle_at",
+                             "iopl",
+                             "ioperm",
+                             "syslog",
+                             "quotactl",
+                             "vhangup"}) {
+      f.trap(name);
+    }
+    for (uint64_t ns : {CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWIPC,
+                        CLONE_NEWUTS, CLONE_NEWCGROUP}) {
+      f.trap("clone", SCMP_A0(SCMP_CMP_MASKED_EQ, ns, ns));
+    }
+    // clone3's flags are in memory a filter cannot read: ENOSYS makes glibc
+    // fall back to clone, whose flags it can.
+    f.rule(SCMP_ACT_ERRNO(ENOSYS), "clone3");
+    // The SIGSYS handler stays: it names refusals. EPERM, not a trap: a
+    // vfork child resets every handler with all signals blocked.
+    f.rule(SCMP_ACT_ERRNO(EPERM), "rt_sigaction", SCMP_A0_32(SCMP_CMP_EQ, SIGSYS),
+           SCMP_A1(SCMP_CMP_NE, 0));
+    f.trap("ioctl", SCMP_A1_32(SCMP_CMP_EQ, TIOCSTI));
+    f.trap("ioctl", SCMP_A1_32(SCMP_CMP_EQ, TIOCLINUX));
+    if (!(options_.sandbox_allow & kAllowNetwork)) {
+      f.trap("socket", SCMP_A0_32(SCMP_CMP_NE, AF_UNIX));
+      f.trap("socketpair", SCMP_A0_32(SCMP_CMP_NE, AF_UNIX));
+    } else {
+      f.trap("socket", SCMP_A0_32(SCMP_CMP_EQ, AF_PACKET));
+    }
+    if (!(options_.sandbox_allow & kAllowExec)) {
+      f.trap("execve");
+      f.trap("execveat");
+    }
+  }
+  // What a job forks stays in the group that is ended after it: the job's
+  // own group in a fresh child, the worker's in a warm worker.
+  // Without Landlock's signal scoping (ABI < 6), a process that creates
+  // none may signal only itself: not the keeper, the VM, or another worker
+  // of the same uid. (Fresh jobs are in a pid namespace besides, where
+  // there is one.)
+  if (forbid_fork && report_.landlock < 6) {
+    uint64_t self = uint64_t(getpid());
+    for (const char* name :
+         {"kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_open"}) {
+      f.trap(name, SCMP_A0_32(SCMP_CMP_GT, self));
+      f.trap(name, SCMP_A0_32(SCMP_CMP_LT, self));
+    }
+  }
+  if (job_layer || (!options_.zygote && (options_.sandbox_allow & kAllowFork))) {
+    f.trap("setsid");
+    f.trap("setpgid");
+  }
+  if (forbid_fork) {
+    // Process creation fails with EPERM rather than trapping: libc and
+    // CPython create processes with every signal blocked (posix_spawn,
+    // vfork, subprocess's fork fallback), where SIGSYS would kill the whole
+    // process. erlang._jobs names these refusals from Python's audit events.
+    const uint32_t refuse = SCMP_ACT_ERRNO(EPERM);
+    f.rule(refuse, "fork");
+    f.rule(refuse, "vfork");
+    f.rule(refuse, "clone", SCMP_A0(SCMP_CMP_MASKED_EQ, uint64_t(CLONE_THREAD), 0));
+  }
+  if (!f.ok()) return f.error().empty() ? "seccomp: cannot create a filter" : f.error();
+  int rc = seccomp_load(f.ctx());
+  if (rc < 0) {
+    if (job_layer) return std::string("seccomp: load: ") + strerror(-rc);
+    unavailable("seccomp", std::string("seccomp_load: ") + strerror(-rc));
+    return "";
+  }
+  if (!job_layer) report_.seccomp = true;
+  return "";
+}
+
+std::string Sandbox::enter_job(int result_fd, int out_fd, int err_fd, pid_t zygote,
+                               const std::string& job_name, std::string& job_dir) {
+  // The descriptors first: from here on nothing can reach the frame channel.
+  int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (null_fd < 0) return errno_text("cannot open /dev/null");
+  // Out of the way of 0-3 before they are assigned.
+  int fds[3] = {fcntl(result_fd, F_DUPFD_CLOEXEC, 10), fcntl(out_fd, F_DUPFD_CLOEXEC, 10),
+                fcntl(err_fd, F_DUPFD_CLOEXEC, 10)};
+  if (fds[0] < 0 || fds[1] < 0 || fds[2] < 0) return errno_text("cannot move the job's pipes");
+  if (dup2(null_fd, 0) < 0 || dup2(fds[1], 1) < 0 || dup2(fds[2], 2) < 0 || dup2(fds[0], 3) < 0) {
+    return errno_text("cannot set up the job's descriptors");
+  }
+  if (syscall(SYS_close_range, 4u, ~0u, 0u) != 0) return errno_text("close_range");
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != zygote) _exit(1);
+  // A process group of its own, which the job cannot leave (the job's
+  // filter refuses setsid and setpgid): the zygote ends it whole.
+  if (setpgid(0, 0) != 0) return errno_text("setpgid");
+  g_forbidden.store(-1);
+
+  if (job_name.empty() || job_name.find('/') != std::string::npos || job_name[0] == '.') {
+    return "bad job directory name '" + job_name + "'";
+  }
+  job_dir = report_.workdir + "/" + job_name;
+  if (mkdir(job_dir.c_str(), 0700) != 0) return errno_text("cannot create the job's directory");
+  if (chdir(job_dir.c_str()) != 0) return errno_text("cannot enter the job's directory");
+  setenv("TMPDIR", job_dir.c_str(), 1);
+  setenv("HOME", job_dir.c_str(), 1);
+  setenv("PWD", job_dir.c_str(), 1);
+  std::string error = apply_limits(options_, LimitScope::kJob);
+  if (!error.empty()) return error;
+  if (report_.landlock > 0) {
+    // A nested layer: writes only in the job's directory; a domain of its
+    // own, so the job cannot signal the zygote.
+    uint64_t fs = fs_rights(report_.landlock) & kFsWriteRights;
+    Ruleset rules(report_.landlock, fs, 0, kScopeAbstractUnix | kScopeSignal);
+    if (rules.fd() < 0) return errno_text("Landlock: create_ruleset");
+    error = rules.allow(job_dir, fs & ~(kFsMakeChar | kFsMakeBlock));
+    if (error.empty()) error = rules.allow("/dev/null", fs & kFsFileRights);
+    if (error.empty()) error = rules.restrict_self();
+    if (!error.empty()) return error;
+  }
+  if (report_.seccomp) error = apply_seccomp(!(options_.sandbox_allow & kAllowFork), true);
+  return error;
+}
+
+std::string Sandbox::take_forbidden() {
+  int nr = g_forbidden.exchange(-1);
+  if (nr < 0) return "";
+  char* name = seccomp_syscall_resolve_num_arch(SCMP_ARCH_NATIVE, nr);
+  std::string result = name ? name : "syscall " + std::to_string(nr);
+  free(name);
+  return result;
+}
+
+void Sandbox::write_report(ByteBuffer& out) const {
+  mp::write_map_header(out, 14);
+  write_atom(out, "mode");
+  write_atom(out, options_.zygote ? "zygote" : "worker");
+  auto flag = [&](const char* key, bool value) {
+    write_atom(out, key);
+    mp::write_bool(out, value);
+  };
+  flag("seccomp", report_.seccomp);
+  write_atom(out, "landlock");
+  if (report_.landlock > 0) {
+    mp::write_uint(out, uint64_t(report_.landlock));
+  } else {
+    mp::write_bool(out, false);
+  }
+  flag("no_new_privs", report_.no_new_privs);
+  flag("user_ns", report_.user_ns);
+  flag("net_ns", report_.net_ns);
+  flag("pid_ns", report_.pid_ns);
+  flag("ipc_ns", report_.ipc_ns);
+  flag("mount_ns", report_.mount_ns);
+  write_atom(out, "uid");
+  mp::write_int(out, report_.uid);
+  write_atom(out, "workdir");
+  mp::write_str(out, report_.workdir);
+  write_atom(out, "rlimits");
+  const std::pair<const char*, uint64_t> limits[] = {{"as", options_.max_memory},
+                                                     {"cpu", options_.cpu_seconds},
+                                                     {"nofile", options_.max_open_files},
+                                                     {"fsize", options_.max_file_size},
+                                                     {"nproc", options_.max_processes}};
+  mp::write_map_header(out, 5);
+  for (const auto& [key, value] : limits) {
+    write_atom(out, key);
+    if (value) {
+      mp::write_uint(out, value);
+    } else {
+      write_atom(out, "infinity");
+    }
+  }
+  write_atom(out, "allowed");
+  uint32_t n = 0;
+  for (unsigned b = 0; b < 7; ++b)
+    n += (options_.sandbox_allow >> b) & 1;
+  mp::write_array_header(out, n);
+  for (unsigned b = 0; b < 7; ++b)
+    if (options_.sandbox_allow & (1u << b)) write_atom(out, kSandboxAllowNames[b]);
+  write_atom(out, "unavailable");
+  mp::write_array_header(out, uint32_t(report_.unavailable.size()));
+  for (const auto& [layer, why] : report_.unavailable) {
+    // A tuple is ext 2 whose payload is the msgpack array of its elements.
+    ByteBuffer tuple;
+    mp::write_array_header(tuple, 2);
+    write_atom(tuple, layer);
+    mp::write_str(tuple, why);
+    mp::write_ext_header(out, mp::kExtTuple, uint32_t(tuple.size()));
+    out.append(tuple.data(), tuple.size());
+  }
+}
+
+// ---- the _pyport_sandbox module ----
+
+namespace {
+
+struct ModuleState {
+  Sandbox* sandbox;
+  Codec* codec;
+  size_t max_frame_size;
+};
+
+ModuleState* state_of(PyObject* module) {
+  return static_cast<ModuleState*>(PyModule_GetState(module));
+}
+
+Sandbox* sandbox_of(PyObject* module) {
+  ModuleState* s = state_of(module);
+  if (!s || !s->sandbox) {
+    PyErr_SetString(PyExc_RuntimeError,
+                    "this worker is not sandboxed (start it with --sandbox or --zygote)");
+    return nullptr;
+  }
+  return s->sandbox;
+}
+
+Codec* codec_of(PyObject* module) {
+  ModuleState* s = state_of(module);
+  if (!s || !s->codec) {
+    PyErr_SetString(PyExc_RuntimeError, "this needs a pyport worker");
+    return nullptr;
+  }
+  return s->codec;
+}
+
+PyObject* report(PyObject* module, PyObject*) {
+  ModuleState* s = state_of(module);
+  if (!s || !s->sandbox) Py_RETURN_NONE;
+  Codec* codec = codec_of(module);
+  if (!codec) return nullptr;
+  ByteBuffer out;
+  s->sandbox->write_report(out);
+  return codec->decode_exact(out.data(), out.size()).release();
+}
+
+PyObject* settings(PyObject* module, PyObject*) {
+  ModuleState* s = state_of(module);
+  if (!s || !s->sandbox) Py_RETURN_NONE;
+  const Options& o = s->sandbox->options();
+  return Py_BuildValue(
+      "{s:O,s:K,s:K,s:K,s:K,s:K,s:n,s:s}", "zygote", o.zygote ? Py_True : Py_False, "max_output",
+      (unsigned long long)o.max_output, "max_memory", (unsigned long long)o.max_memory,
+      "cpu_seconds", (unsigned long long)o.cpu_seconds, "max_file_size",
+      (unsigned long long)o.max_file_size, "max_processes", (unsigned long long)o.max_processes,
+      "max_frame_size", Py_ssize_t(s->max_frame_size), "workdir",
+      s->sandbox->report().workdir.c_str());
+}
+
+PyObject* take_forbidden(PyObject*, PyObject*) {
+  std::string name = Sandbox::take_forbidden();
+  if (name.empty()) Py_RETURN_NONE;
+  return PyUnicode_FromStringAndSize(name.data(), Py_ssize_t(name.size()));
+}
+
+PyObject* enter_job(PyObject* module, PyObject* args) {
+  int result_fd, out_fd, err_fd, zygote;
+  const char* name;
+  if (!PyArg_ParseTuple(args, "iiiis:enter_job", &result_fd, &out_fd, &err_fd, &zygote, &name)) {
+    return nullptr;
+  }
+  Sandbox* sandbox = sandbox_of(module);
+  if (!sandbox) return nullptr;
+  // The child has no channel to Erlang: the erlang API says so at once.
+  if (!bind_erlang_module(nullptr)) return nullptr;
+  std::string job_dir;
+  std::string error = sandbox->enter_job(result_fd, out_fd, err_fd, pid_t(zygote), name, job_dir);
+  if (!error.empty()) {
+    PyErr_SetString(PyExc_OSError, error.c_str());
+    return nullptr;
+  }
+  return PyUnicode_DecodeFSDefault(job_dir.c_str());
+}
+
+PyObject* encode(PyObject* module, PyObject* obj) {
+  Codec* codec = codec_of(module);
+  if (!codec) return nullptr;
+  ByteBuffer out;
+  EncodeResult r = codec->encode(obj, out, state_of(module)->max_frame_size);
+  if (r == EncodeResult::kError) return nullptr;
+  if (r == EncodeResult::kTooLarge) {
+    PyErr_Format(PyExc_ValueError, "the value's encoding passes %zu bytes",
+                 state_of(module)->max_frame_size);
+    return nullptr;
+  }
+  return PyBytes_FromStringAndSize(reinterpret_cast<const char*>(out.data()),
+                                   Py_ssize_t(out.size()));
+}
+
+// Untrusted bytes (from a job's child): a codec of its own, so whatever
+// atoms they name do not stay cached in the zygote.
+PyObject* decode(PyObject*, PyObject* data) {
+  Py_buffer view;
+  if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) return nullptr;
+  std::unique_ptr<Codec> codec = Codec::create();
+  PyRef value = codec ? codec->decode_exact(static_cast<const uint8_t*>(view.buf), size_t(view.len))
+                      : PyRef();
+  PyBuffer_Release(&view);
+  return value.release();
+}
+
+PyMethodDef kMethods[] = {
+    {"report", report, METH_NOARGS, "the sandbox report of HELLO (a dict), or None"},
+    {"settings", settings, METH_NOARGS, "the worker's job limits (a dict), or None"},
+    {"take_forbidden", take_forbidden, METH_NOARGS,
+     "the first syscall the filter refused since the last call, or None"},
+    {"enter_job", enter_job, METH_VARARGS,
+     "enter_job(result_fd, out_fd, err_fd, zygote_pid, name) -> the job's directory (in a fork)"},
+    {"encode", encode, METH_O, "encode(value) -> bytes, as a frame would carry it"},
+    {"decode", decode, METH_O, "decode(bytes) -> value (one msgpack value, untrusted)"},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyModuleDef kModule = {
+    PyModuleDef_HEAD_INIT,
+    "_pyport_sandbox",
+    "The worker's sandbox, for erlang._jobs (see port_worker/sandbox.hpp).",
+    sizeof(ModuleState),
+    kMethods,
+    nullptr,
+    nullptr,
+    nullptr,
+    nullptr,
+};
+
+PyObject* init_module() {
+  PyObject* module = PyModule_Create(&kModule);
+  if (module) *state_of(module) = ModuleState{nullptr, nullptr, 0};
+  return module;
+}
+
+}  // namespace
+
+bool register_sandbox_module() {
+  return PyImport_AppendInittab("_pyport_sandbox", init_module) == 0;
+}
+
+bool bind_sandbox_module(Sandbox* sandbox, Codec* codec, size_t max_frame_size) {
+  PyRef module = PyRef::steal(PyImport_ImportModule("_pyport_sandbox"));
+  if (!module) return false;
+  *state_of(module.get()) = ModuleState{sandbox, codec, max_frame_size};
+  return true;
+}
+
+}  // namespace pyport
