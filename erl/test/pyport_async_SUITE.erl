@@ -25,7 +25,7 @@ groups() ->
        async_gather_in_order, async_gather_first_error, thousand_coroutines_in_one_worker,
        call_timeout_cancels_coroutine, interrupted_coroutine_is_cancelled_not_killed,
        interrupt_while_the_loop_starts, runaway_coroutine_is_interrupted_not_killed,
-       sync_function_through_async_call,
+       sync_function_through_async_call, coroutine_requests_use_the_task_factory,
        coroutines_call_erlang, awaited_erlang_function_calls_back]},
      {event_loop, [],
       [event_loop_run, event_loop_create_task_and_await, event_loop_message,
@@ -351,6 +351,26 @@ pool_get_loop_and_stats(_Config) ->
     ?assertMatch({default, Slot} when Slot =:= 1; Slot =:= 2, py:context_slot(Loop1)),
     Stats = py_event_loop_pool:get_stats(),
     ?assertMatch(#{num_loops := 2, supported := true, pool := default, in_flight := [_, _]}, Stats).
+
+%% A coroutine request runs as loop.create_task would run it, task factory
+%% included; a factory that fails answers the request with its error, and
+%% the worker goes on.
+coroutine_requests_use_the_task_factory(_Config) ->
+    Ctx = py:context(1),
+    ?assertEqual({ok, 4}, py:call(Ctx, ?F, double, [2], #{}, #{})),    % the loop runs
+    try
+        ?assertEqual({ok, 0}, py:call(Ctx, ?F, set_task_factory, [<<"count">>], #{}, #{})),
+        ?assertEqual({ok, 6}, py:call(Ctx, ?F, double, [3], #{}, #{})),
+        ?assertEqual({ok, 8}, py_event_loop:run(?F, double, [4], #{})),
+        ?assertMatch({ok, N} when N >= 1, py:call(Ctx, ?F, set_task_factory, [<<"fail">>], #{}, #{})),
+        ?assertEqual({error, {'RuntimeError', <<"no tasks here">>}},
+                     py:call(Ctx, ?F, double, [5], #{}, #{})),
+        ?assertEqual({error, {'RuntimeError', <<"no tasks here">>}},
+                     py:await(py:spawn_call(Ctx, ?F, double, [5]), 5000))
+    after
+        py:call(Ctx, ?F, set_task_factory, [<<"none">>], #{}, #{})
+    end,
+    ?assertEqual({ok, 10}, py:call(Ctx, ?F, double, [5], #{}, #{})).
 
 pool_size_setting(_Config) ->
     try

@@ -122,3 +122,24 @@ async def runaway(tag):
     events.append(["spinning", tag])
     while True:
         pass
+
+
+_factory_tasks = []
+
+
+def set_task_factory(kind):
+    """The worker loop's task factory: "count" makes tasks and counts them,
+    "fail" refuses to, "none" is the default."""
+    loop = erlang.get_worker_loop()
+
+    def counting(loop, coro, **kwargs):
+        task = asyncio.Task(coro, loop=loop, **kwargs)
+        _factory_tasks.append(task)
+        return task
+
+    def failing(loop, coro, **kwargs):
+        coro.close()
+        raise RuntimeError("no tasks here")
+
+    loop.set_task_factory({"count": counting, "fail": failing, "none": None}[kind])
+    return len(_factory_tasks)
