@@ -15,13 +15,11 @@ are those of docs/pyport-run.md ("Jobs").
 from __future__ import annotations
 
 import ast
-import asyncio
 import builtins
 import errno
 import io
 import itertools
 import os
-import shutil
 import signal
 import sys
 import time
@@ -274,6 +272,8 @@ def _run_warm(code: Any, input: Any, settings: dict) -> tuple:
 def _child(code: Any, input: Any, settings: dict, fds: tuple[int, int, int], zygote: int,
            name: str) -> None:
     """In the forked child: confine, run, send the outcome on fd 3, exit."""
+    import asyncio  # already loaded: the zygote's loop forked this child
+
     status = _CHILD_FAILED
     try:
         job_dir = _pyport_sandbox.enter_job(fds[0], fds[1], fds[2], zygote, name)
@@ -344,6 +344,11 @@ _SIGNAL_NAMES = {s.value: s.name.lower() for s in signal.Signals}
 
 
 async def _run_fresh(code: Any, input: Any, settings: dict, timeout: int | None) -> tuple:
+    # Imported here, not at the top: a warm worker never needs asyncio, and
+    # importing it costs a new sandboxed worker tens of ms before its first job.
+    import asyncio
+    import shutil
+
     loop = asyncio.get_running_loop()
     pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(3)]  # result, stdout, stderr
     zygote = os.getpid()
