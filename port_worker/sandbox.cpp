@@ -21,7 +21,10 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <climits>
+#include <initializer_list>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -192,14 +195,32 @@ class Filter {
 
 // ---- the keeper ----
 
+std::string errno_text(const char* what) {
+  return std::string(what) + ": " + strerror(errno);
+}
+
 // Removes the tree under dir_fd/name without following symbolic links, so
 // whatever a job left there (links to elsewhere included) cannot redirect
-// the removal.
+// the removal. A directory the job made unreadable (mode 000) is opened by
+// O_PATH, which needs no permission, and given back its owner's rights
+// through its /proc/self/fd link: the exact inode, never a path a job could
+// swap for a link.
 void remove_tree_at(int dir_fd, const char* name, int depth) {
   if (unlinkat(dir_fd, name, 0) == 0 || errno == ENOENT) return;
   if (depth > 256) return;
   int fd = openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0 && errno == EACCES) {
+    int path_fd = openat(dir_fd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (path_fd >= 0) {
+      std::string link = "/proc/self/fd/" + std::to_string(path_fd);
+      chmod(link.c_str(), 0700);
+      close(path_fd);
+    }
+    fd = openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  }
   if (fd < 0) return;
+  // Entries of a directory without write or search rights cannot go.
+  fchmod(fd, 0700);
   DIR* dir = fdopendir(fd);
   if (!dir) {
     close(fd);
@@ -226,54 +247,29 @@ std::vector<pid_t> children_of_self() {
   return found;
 }
 
-// The keeper: waits for the worker, ends whatever the worker's jobs left
-// running, removes its working directory, exits as the worker did (the
-// port owner sees the worker's status). It is the subreaper of everything
-// the worker starts, and holds no descriptor of the frame channel, so the
-// owner sees end of file as soon as the worker is gone.
-[[noreturn]] void run_keeper(pid_t worker, const std::string& workdir) {
-  sigset_t set;
-  sigemptyset(&set);
-  for (int sig : {SIGCHLD, SIGTERM, SIGHUP})
-    sigaddset(&set, sig);
-  sigprocmask(SIG_BLOCK, &set, nullptr);
-  signal(SIGINT, SIG_IGN);
-  signal(SIGQUIT, SIG_IGN);
-  // The owner gone: the keeper ends the worker, then cleans up.
-  prctl(PR_SET_PDEATHSIG, SIGTERM);
-  int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
-  if (null_fd >= 0) {
-    dup2(null_fd, 0);
-    dup2(null_fd, 1);
-  }
-  syscall(SYS_close_range, 3u, ~0u, 0u);
-  int status = 0;
-  bool done = false;
-  while (!done) {
-    siginfo_t info;
-    int sig = sigwaitinfo(&set, &info);
-    if (sig == SIGTERM || sig == SIGHUP) kill(worker, SIGKILL);
-    int st;
-    pid_t pid;
-    while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
-      if (pid == worker) status = st, done = true;
-    }
-    if (pid < 0 && errno == ECHILD) done = true;
-  }
-  // Orphans of the worker's jobs (fork allowed) came to the keeper: end
-  // them, and those they leave in turn.
-  for (int round = 0; round < 10000; ++round) {
-    std::vector<pid_t> left = children_of_self();
-    if (left.empty()) break;
-    for (pid_t pid : left)
-      kill(pid, SIGKILL);
-    while (waitpid(-1, nullptr, 0) > 0) {
-    }
-  }
-  size_t slash = workdir.rfind('/');
-  int parent =
-      open(slash == 0 ? "/" : workdir.substr(0, slash).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (parent >= 0) remove_tree_at(parent, workdir.c_str() + slash + 1, 0);
+bool write_file(const char* path, const std::string& text) {
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  bool ok = write(fd, text.data(), text.size()) == ssize_t(text.size());
+  close(fd);
+  return ok;
+}
+
+std::string read_small_file(const std::string& path) {
+  std::string text;
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return text;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof buf)) > 0)
+    text.append(buf, size_t(n));
+  close(fd);
+  return text;
+}
+
+// Dies with `status` as the process it relays did: the same exit code, or
+// the same signal (re-raised, without a core dump).
+[[noreturn]] void exit_as(int status) {
   if (WIFSIGNALED(status)) {
     int sig = WTERMSIG(status);
     struct rlimit no_core = {0, 0};
@@ -289,12 +285,296 @@ std::vector<pid_t> children_of_self() {
   _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 1);
 }
 
-bool write_file(const char* path, const std::string& text) {
-  int fd = open(path, O_WRONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  bool ok = write(fd, text.data(), text.size()) == ssize_t(text.size());
-  close(fd);
-  return ok;
+// ---- the worker's cgroup (made by the keeper while it is privileged) ----
+
+// One cgroup per worker, in the memory and pids controllers (cgroup v1, as
+// mounted at /sys/fs/cgroup/{memory,pids}, or v2's unified tree): it counts
+// every page the worker and its jobs charge (anonymous memory, memfd, SysV
+// and POSIX shared memory, tmpfs files, page cache) and every task. The
+// keeper joins it only around the fork, so everything the worker starts is
+// in it and nothing else.
+class WorkerCgroup {
+ public:
+  // Returns an empty string, or why there is none (the rlimits then stand
+  // alone).
+  std::string create(const Options& options, const std::string& name) {
+    if (!options.max_memory && !options.max_processes) return "no memory or process limit to count";
+    std::string v2 = own_path("0::");
+    std::string controllers = read_small_file("/sys/fs/cgroup/cgroup.controllers");
+    if (!controllers.empty()) {
+      if (controllers.find("memory") == std::string::npos) return "cgroup v2 without memory";
+      std::string dir = "/sys/fs/cgroup" + v2 + "/" + name;
+      if (mkdir(dir.c_str(), 0755) != 0) return errno_text(("cannot create " + dir).c_str());
+      dirs_.push_back(dir);
+      version_ = 2;
+      if (options.max_memory) {
+        if (!write_file((dir + "/memory.max").c_str(), std::to_string(options.max_memory)))
+          return fail("memory.max");
+        write_file((dir + "/memory.swap.max").c_str(), "0");
+      }
+      if (options.max_processes &&
+          !write_file((dir + "/pids.max").c_str(), std::to_string(options.max_processes)))
+        return fail("pids.max");
+      return "";
+    }
+    std::string mem_parent = "/sys/fs/cgroup/memory" + own_path("memory");
+    std::string pids_parent = "/sys/fs/cgroup/pids" + own_path("pids");
+    if (access((mem_parent + "/cgroup.procs").c_str(), W_OK) != 0)
+      return "no writable cgroup v1 memory controller (" + mem_parent + ")";
+    std::string mem = mem_parent + "/" + name;
+    if (mkdir(mem.c_str(), 0755) != 0) return errno_text(("cannot create " + mem).c_str());
+    dirs_.push_back(mem);
+    version_ = 1;
+    if (options.max_memory) {
+      if (!write_file((mem + "/memory.limit_in_bytes").c_str(), std::to_string(options.max_memory)))
+        return fail("memory.limit_in_bytes");
+      // Swap may not extend it (the file exists with swap accounting only).
+      write_file((mem + "/memory.memsw.limit_in_bytes").c_str(), std::to_string(options.max_memory));
+    }
+    if (options.max_processes) {
+      std::string pids = pids_parent + "/" + name;
+      if (access((pids_parent + "/cgroup.procs").c_str(), W_OK) == 0 &&
+          mkdir(pids.c_str(), 0755) == 0) {
+        dirs_.push_back(pids);
+        if (!write_file((pids + "/pids.max").c_str(), std::to_string(options.max_processes)))
+          return fail("pids.max");
+        pids_ = true;
+      }
+    }
+    return "";
+  }
+  int version() const { return version_; }
+  bool counts_pids() const { return version_ == 2 || pids_; }
+  // Moves the calling process in (true) or back where it was (false).
+  bool join(bool in) {
+    std::string self = std::to_string(getpid());
+    bool ok = true;
+    for (size_t i = 0; i < dirs_.size(); ++i) {
+      std::string target = in ? dirs_[i] : parent_of(dirs_[i]);
+      ok = write_file((target + "/cgroup.procs").c_str(), self) && ok;
+    }
+    return ok;
+  }
+  // Once every task in it is gone.
+  void remove() {
+    for (auto it = dirs_.rbegin(); it != dirs_.rend(); ++it) {
+      for (int i = 0; i < 100 && rmdir(it->c_str()) != 0 && errno == EBUSY; ++i)
+        usleep(1000);
+    }
+    dirs_.clear();
+  }
+
+ private:
+  // This process's cgroup path in one hierarchy ("memory", or "0::" for v2).
+  static std::string own_path(const std::string& controller) {
+    std::string text = read_small_file("/proc/self/cgroup");
+    size_t pos = 0;
+    while (pos < text.size()) {
+      size_t end = text.find('\n', pos);
+      if (end == std::string::npos) end = text.size();
+      std::string line = text.substr(pos, end - pos);
+      pos = end + 1;
+      if (controller == "0::") {
+        if (line.rfind("0::", 0) == 0) return trim(line.substr(3));
+        continue;
+      }
+      size_t a = line.find(':'), b = line.find(':', a + 1);
+      if (a == std::string::npos || b == std::string::npos) continue;
+      std::string list = "," + line.substr(a + 1, b - a - 1) + ",";
+      if (list.find("," + controller + ",") != std::string::npos) return trim(line.substr(b + 1));
+    }
+    return "";
+  }
+  static std::string trim(std::string p) {
+    if (p == "/") return "";
+    while (!p.empty() && p.back() == '/')
+      p.pop_back();
+    return p;
+  }
+  static std::string parent_of(const std::string& dir) { return dir.substr(0, dir.rfind('/')); }
+  std::string fail(const char* file) {
+    std::string why = errno_text((std::string("cannot write ") + file).c_str());
+    return why;
+  }
+
+  std::vector<std::string> dirs_;
+  int version_ = 0;
+  bool pids_ = false;
+};
+
+// ---- the keeper's watch over the worker's limits ----
+
+// A job that lowers its worker's limits (descriptors to 4, CPU to 1 s) or
+// its priority breaks the worker for every later job: the keeper, outside
+// the sandbox, checks them every second and replaces a worker whose limits
+// are not what it started with (the pool starts a new one).
+struct LimitWatch {
+  const Options* options = nullptr;
+  LimitScope scope = LimitScope::kAll;
+  InheritedLimits inherited{};
+  int nice = 0;
+  int policy = SCHED_OTHER;
+  int pid_fd = -1;  // the worker writes its host pid here once confined
+  pid_t worker = 0;
+
+  // What is wrong with the worker, or an empty string.
+  std::string check() {
+    if (worker <= 0 && pid_fd >= 0) {
+      char buf[32] = {};
+      ssize_t n = read(pid_fd, buf, sizeof buf - 1);
+      if (n > 0) worker = pid_t(atol(buf));
+      if (n >= 0) {  // the pid, or end of file (the worker is unconfined or gone)
+        close(pid_fd);
+        pid_fd = -1;
+      }
+    }
+    if (worker <= 0) return "";
+    std::string changed = limits_changed(worker, *options, scope, inherited);
+    if (!changed.empty()) return changed;
+    errno = 0;
+    int now = getpriority(PRIO_PROCESS, id_t(worker));
+    if (errno == 0 && now != nice) return "its nice value is " + std::to_string(now);
+    int pol = sched_getscheduler(worker);
+    if (pol >= 0 && (pol & ~SCHED_RESET_ON_FORK) != policy)
+      return "its scheduling policy is " + std::to_string(pol);
+    return "";
+  }
+};
+
+// The keeper: waits for the worker, ends whatever the worker's jobs left
+// running, removes its working directory and cgroup, exits as the worker
+// did (the port owner sees the worker's status). It is the subreaper of
+// everything the worker starts, and holds no descriptor of the frame
+// channel, so the owner sees end of file as soon as the worker is gone.
+[[noreturn]] void run_keeper(pid_t worker, const std::string& workdir, WorkerCgroup& cgroup,
+                             LimitWatch& watch) {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int sig : {SIGCHLD, SIGTERM, SIGHUP})
+    sigaddset(&set, sig);
+  sigprocmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGINT, SIG_IGN);
+  signal(SIGQUIT, SIG_IGN);
+  // The owner gone: the keeper ends the worker, then cleans up.
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
+  int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null_fd >= 0) {
+    dup2(null_fd, 0);
+    dup2(null_fd, 1);
+  }
+  // Keeps fd 2 (its complaints reach the owner's log) and the watch's pipe.
+  if (watch.pid_fd >= 0) {
+    int moved = fcntl(watch.pid_fd, F_DUPFD_CLOEXEC, 3);
+    close(watch.pid_fd);
+    if (moved != 3) {
+      dup2(moved, 3);
+      close(moved);
+    }
+    watch.pid_fd = 3;
+    fcntl(3, F_SETFL, O_NONBLOCK);
+    syscall(SYS_close_range, 4u, ~0u, 0u);
+  } else {
+    syscall(SYS_close_range, 3u, ~0u, 0u);
+  }
+  int status = 0;
+  bool done = false;
+  const struct timespec second = {1, 0};
+  while (!done) {
+    siginfo_t info;
+    int sig = sigtimedwait(&set, &info, &second);
+    if (sig == SIGTERM || sig == SIGHUP) kill(worker, SIGKILL);
+    if (sig < 0) {
+      std::string wrong = watch.check();
+      if (!wrong.empty()) {
+        dprintf(2, "pyport_worker: keeper: replacing the worker (pid %ld): %s\n",
+                long(watch.worker), wrong.c_str());
+        kill(worker, SIGKILL);
+      }
+    }
+    int st;
+    pid_t pid;
+    while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+      if (pid == worker) status = st, done = true;
+    }
+    if (pid < 0 && errno == ECHILD) done = true;
+  }
+  // Orphans of the worker's jobs (fork allowed, no pid namespace) came to
+  // the keeper: end them, and those they leave in turn.
+  for (int round = 0; round < 10000; ++round) {
+    std::vector<pid_t> left = children_of_self();
+    if (left.empty()) break;
+    for (pid_t pid : left)
+      kill(pid, SIGKILL);
+    while (waitpid(-1, nullptr, 0) > 0) {
+    }
+  }
+  size_t slash = workdir.rfind('/');
+  int parent =
+      open(slash == 0 ? "/" : workdir.substr(0, slash).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (parent >= 0) remove_tree_at(parent, workdir.c_str() + slash + 1, 0);
+  cgroup.remove();
+  exit_as(status);
+}
+
+// Points fds 0 and 1 at /dev/null, moves `fd` to 3 and closes every other
+// descriptor but 2: a process that only waits holds no end of the frame
+// channel (the owner sees end of file as soon as the worker is gone).
+void keep_only(int fd) {
+  int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null_fd >= 0) {
+    dup2(null_fd, 0);
+    dup2(null_fd, 1);
+  }
+  if (fd != 3) {
+    dup2(fd, 3);
+  }
+  syscall(SYS_close_range, 4u, ~0u, 0u);
+}
+
+// Between the keeper and the worker, in the sandbox's user namespace: made
+// the pid namespace, whose init is its only child. Exits as the worker did:
+// the status comes on `status_fd` from a warm worker's init (an init cannot
+// re-raise a signal on itself), else is the child's own.
+[[noreturn]] void run_relay(pid_t child, int status_fd) {
+  keep_only(status_fd);
+  status_fd = 3;
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGINT, SIG_IGN);
+  signal(SIGQUIT, SIG_IGN);
+  int status = 0;
+  for (;;) {
+    pid_t pid = waitpid(child, &status, 0);
+    if (pid == child || (pid < 0 && errno != EINTR)) break;
+  }
+  int reported;
+  if (status_fd >= 0 && read(status_fd, &reported, sizeof reported) == ssize_t(sizeof reported))
+    status = reported;
+  exit_as(status);
+}
+
+// A warm worker's pid namespace's init (pid 1; the worker is pid 2, so the
+// kernel sends it RLIMIT_CPU's SIGXCPU, which it would not send an init):
+// reaps whatever is orphaned in the namespace, and when the worker exits
+// passes its status to the relay and exits, which ends every process left
+// in the namespace.
+[[noreturn]] void run_ns_init(pid_t worker, int status_fd) {
+  sigset_t set;
+  sigfillset(&set);
+  sigprocmask(SIG_BLOCK, &set, nullptr);
+  keep_only(status_fd);  // nothing of the worker's: no channel, no pipe
+  status_fd = 3;
+  for (;;) {
+    int st;
+    pid_t pid = waitpid(-1, &st, 0);
+    if (pid == worker) {
+      (void)!write(status_fd, &st, sizeof st);
+      _exit(0);
+    }
+    if (pid < 0 && errno != EINTR) _exit(1);
+  }
 }
 
 bool drop_capabilities() {
@@ -303,13 +583,82 @@ bool drop_capabilities() {
   return syscall(SYS_capset, &header, data) == 0;
 }
 
-std::string errno_text(const char* what) {
-  return std::string(what) + ": " + strerror(errno);
-}
-
 void write_atom(ByteBuffer& out, std::string_view name) {
   mp::write_ext_header(out, mp::kExtAtom, uint32_t(name.size()));
   out.append(name.data(), name.size());
+}
+
+// The pool's environment, sent by the owner as one {packet,4} frame on
+// stdin before anything else: NAME=VALUE entries separated by NUL bytes.
+std::string read_env_frame(std::vector<std::string>& env) {
+  auto read_all = [](void* buf, size_t len) {
+    auto* p = static_cast<char*>(buf);
+    while (len > 0) {
+      ssize_t n = read(0, p, len);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return false;
+      p += n;
+      len -= size_t(n);
+    }
+    return true;
+  };
+  uint8_t head[4];
+  if (!read_all(head, 4)) return "--env-stdin: no environment frame on stdin";
+  uint32_t size = uint32_t(head[0]) << 24 | uint32_t(head[1]) << 16 | uint32_t(head[2]) << 8 | head[3];
+  if (size > (1u << 20)) return "--env-stdin: the environment frame passes 1 MiB";
+  std::string payload(size, '\0');
+  if (size && !read_all(payload.data(), size)) return "--env-stdin: the environment frame is cut";
+  size_t pos = 0;
+  while (pos < payload.size()) {
+    size_t end = payload.find('\0', pos);
+    if (end == std::string::npos) end = payload.size();
+    std::string kv = payload.substr(pos, end - pos);
+    pos = end + 1;
+    if (kv.empty()) continue;
+    size_t eq = kv.find('=');
+    if (eq == 0 || eq == std::string::npos)
+      return "--env-stdin: an entry is not NAME=VALUE: '" + kv.substr(0, 64) + "'";
+    env.push_back(kv);
+  }
+  // Not left in this process's memory longer than needed.
+  explicit_bzero(payload.data(), payload.size());
+  return "";
+}
+
+// ---- the job's view of the filesystem ----
+
+struct MountAttr {
+  uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
+constexpr uint64_t kMountAttrRdonly = 0x1, kMountAttrNosuid = 0x2, kMountAttrNodev = 0x4,
+                   kMountAttrNoexec = 0x8;
+
+// Sets flags on the mount at `path` (and every mount below it): flags are
+// only added, so flags the host locked stay as they are.
+std::string set_mount_attr(const std::string& path, uint64_t attrs, bool recursive) {
+  MountAttr attr{attrs, 0, 0, 0};
+  if (syscall(SYS_mount_setattr, AT_FDCWD, path.c_str(),
+              recursive ? unsigned(AT_RECURSIVE) : 0u, &attr, sizeof attr) != 0) {
+    return errno_text(("mount_setattr " + path).c_str());
+  }
+  return "";
+}
+
+// Makes every missing directory of `path` (absolute, below the new root's
+// tmpfs; never below a bind mount, see build_view).
+std::string make_dirs(const std::string& path, mode_t mode = 0755) {
+  for (size_t pos = 1; pos <= path.size(); ++pos) {
+    if (pos != path.size() && path[pos] != '/') continue;
+    std::string part = path.substr(0, pos);
+    if (mkdir(part.c_str(), mode) != 0 && errno != EEXIST)
+      return errno_text(("cannot create " + part).c_str());
+  }
+  return "";
+}
+
+bool is_below(const std::string& path, const std::string& dir) {
+  return path == dir || (path.size() > dir.size() && path.compare(0, dir.size(), dir) == 0 &&
+                         (dir == "/" || path[dir.size()] == '/'));
 }
 
 }  // namespace
@@ -320,7 +669,17 @@ bool Sandbox::simulated_missing(const char* layer) const {
   return false;
 }
 
+// A uid and gid of its own for each worker of a node that runs as root:
+// the base plus the keeper's pid (unique while the worker lives; nothing
+// it owns outlives it). Above the ranges that SSSD/AD id mapping and
+// useradd hand out, below 2^31 for tools that read ids as signed.
+constexpr uint32_t kIsolatedIdBase = 0x7F000000u;
+
 std::string Sandbox::enter_early() {
+  if (options_.env_stdin) {
+    std::string error = read_env_frame(options_.env);
+    if (!error.empty()) return error;
+  }
   // The environment: only what was named (read before it is cleared).
   const char* tmpdir = getenv("TMPDIR");
   std::string parent = !options_.workdir_parent.empty() ? options_.workdir_parent
@@ -338,17 +697,19 @@ std::string Sandbox::enter_early() {
   if (clearenv() != 0) return "cannot clear the environment";
   for (const std::string& kv : env)
     putenv(strdup(kv.c_str()));
+  for (std::string& kv : options_.env)
+    explicit_bzero(kv.data(), kv.size());
+  options_.env.clear();
   if (!getenv("PATH")) setenv("PATH", "/usr/local/bin:/usr/bin:/bin", 1);
 
-  // The sandbox's uid: root becomes nobody unless privileges are allowed.
+  // The sandbox's uid: root gives each worker an identity of its own (no
+  // other process on the host has it, so no uid-based permission check
+  // lets a job act on another pool's worker or the node), unless
+  // privileges are allowed. Without root, the node's uid.
   uid_t uid = getuid();
   gid_t gid = getgid();
   bool drop = geteuid() == 0 && !(options_.sandbox_allow & kAllowPrivileges);
-  if (drop) {
-    struct passwd* pw = getpwnam("nobody");
-    uid = pw ? pw->pw_uid : 65534;
-    gid = pw ? pw->pw_gid : 65534;
-  }
+  if (drop) uid = gid = kIsolatedIdBase + uint32_t(getpid());
 
   // The private working directory, owned by the sandbox's uid.
   std::string templ = parent + (parent.back() == '/' ? "" : "/") + "pyport-job-XXXXXX";
@@ -363,36 +724,50 @@ std::string Sandbox::enter_early() {
     return errno_text("cannot give the working directory to the sandbox's uid");
   }
 
-  // A zygote is the init of a pid namespace of its own, its jobs' (init
-  // ignores signals it has no handler for, when they come from inside:
-  // jobs cannot signal it, nor see anything outside). A warm worker stays
-  // out: it would ignore RLIMIT_CPU's SIGXCPU.
-  bool namespaces = !(options_.sandbox_allow & kAllowNamespaces);
-  if (!options_.zygote) {
-    if (namespaces) unavailable("pid_ns", "only a zygote runs in a pid namespace (as its init)");
-  } else if (namespaces && simulated_missing("namespaces")) {
-    unavailable("pid_ns", "simulated for a test (--sandbox-test-unavailable namespaces)");
-  } else if (namespaces) {
-    // Without a user namespace (made later, by the worker) only root can.
-    if (unshare(CLONE_NEWPID) == 0) {
-      report_.pid_ns = true;
-    } else {
-      unavailable("pid_ns", std::string("unshare(CLONE_NEWPID): ") + strerror(errno));
-    }
+  // The cgroup, while the keeper still may make one.
+  WorkerCgroup cgroup;
+  std::string why = cgroup.create(options_, report_.workdir.substr(report_.workdir.rfind('/') + 1));
+  if (!why.empty()) {
+    cgroup.remove();
+    cgroup = WorkerCgroup();
+    unavailable("cgroup", why + " (the rlimits stand alone)");
   }
+  report_.cgroup = cgroup.version();
+  report_.cgroup_pids = cgroup.counts_pids();
 
-  // The keeper stays the parent; the worker goes on in the child.
-  pid_t keeper = report_.pid_ns ? 0 : getpid();  // its pid as the child sees it
+  // The keeper stays the parent; the rest goes on in the child.
+  LimitWatch watch;
+  watch.options = &options_;
+  watch.scope = options_.zygote ? LimitScope::kProcess : LimitScope::kAll;
+  watch.inherited = current_limits();
+  errno = 0;
+  int nice = getpriority(PRIO_PROCESS, 0);
+  watch.nice = errno ? 0 : nice;
+  watch.policy = sched_getscheduler(0) & ~SCHED_RESET_ON_FORK;
+  int pid_pipe[2];
+  if (pipe2(pid_pipe, O_CLOEXEC) != 0) return errno_text("pipe");
+  pid_t keeper = getpid();
   prctl(PR_SET_CHILD_SUBREAPER, 1);
+  if (cgroup.version() && !cgroup.join(true)) {
+    rmdir(path.data());
+    return errno_text("cannot enter the worker's cgroup");
+  }
   pid_t child = fork();
   if (child < 0) {
     rmdir(path.data());
     return errno_text("cannot fork the keeper");
   }
-  if (child > 0) run_keeper(child, report_.workdir);
+  if (child > 0) {
+    if (cgroup.version()) cgroup.join(false);
+    close(pid_pipe[1]);
+    watch.pid_fd = pid_pipe[0];
+    run_keeper(child, report_.workdir, cgroup, watch);
+  }
+  close(pid_pipe[0]);
+  watch_fd_ = pid_pipe[1];
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != keeper) _exit(1);
-  // The pid the owner knows (/proc is the host's: "self" is that pid).
+  // The pid the owner knows, were this the worker (/proc is the host's).
   char self[32] = {};
   host_pid_ = readlink("/proc/self", self, sizeof self - 1) > 0 ? pid_t(atol(self)) : getpid();
 
@@ -405,6 +780,8 @@ std::string Sandbox::enter_early() {
   report_.uid = long(getuid());
   std::string error = enter_namespaces(uid, gid);
   if (!error.empty()) return error;
+  error = enter_pid_namespace();
+  if (!error.empty()) return error;
   if (chdir(report_.workdir.c_str()) != 0) return errno_text("cannot enter the working directory");
   setenv("TMPDIR", report_.workdir.c_str(), 1);
   setenv("HOME", report_.workdir.c_str(), 1);
@@ -412,12 +789,56 @@ std::string Sandbox::enter_early() {
   return "";
 }
 
-std::string Sandbox::enter_namespaces(uid_t uid, gid_t gid) {
-  bool keep_privileges = options_.sandbox_allow & kAllowPrivileges;
-  if (options_.sandbox_allow & kAllowNamespaces) {
-    if (!keep_privileges && !drop_capabilities()) return errno_text("cannot drop capabilities");
+// Every worker in a pid namespace of its own, made in the sandbox's user
+// namespace (so the worker may mount a /proc of it): the process that
+// makes it stays outside as a relay; its child is the namespace's init. A
+// zygote is that init itself (jobs cannot signal it, and it reaps their
+// orphans); a warm worker is the init's child, pid 2 (an init would not
+// get RLIMIT_CPU's SIGXCPU). Whatever is left in the namespace dies with
+// its init.
+std::string Sandbox::enter_pid_namespace() {
+  if (options_.sandbox_allow & kAllowNamespaces) return "";
+  if (simulated_missing("namespaces")) {
+    unavailable("pid_ns", "simulated for a test (--sandbox-test-unavailable namespaces)");
     return "";
   }
+  if (unshare(CLONE_NEWPID) != 0) {
+    unavailable("pid_ns", std::string("unshare(CLONE_NEWPID): ") + strerror(errno));
+    return "";
+  }
+  report_.pid_ns = true;
+  int status_pipe[2];
+  if (pipe2(status_pipe, O_CLOEXEC) != 0) return errno_text("pipe");
+  pid_t relay = getpid();
+  pid_t init = fork();
+  if (init < 0) return errno_text("cannot fork the pid namespace's init");
+  if (init > 0) {
+    close(status_pipe[1]);
+    close(watch_fd_);
+    run_relay(init, status_pipe[0]);
+  }
+  close(status_pipe[0]);
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != 0 && getppid() != relay) _exit(1);
+  if (options_.zygote) {
+    close(status_pipe[1]);
+    char self[32] = {};
+    host_pid_ = readlink("/proc/self", self, sizeof self - 1) > 0 ? pid_t(atol(self)) : getpid();
+    return "";
+  }
+  pid_t worker = fork();
+  if (worker < 0) return errno_text("cannot fork the worker in its pid namespace");
+  if (worker > 0) run_ns_init(worker, status_pipe[1]);
+  close(status_pipe[1]);
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != 1) _exit(1);
+  char self[32] = {};
+  host_pid_ = readlink("/proc/self", self, sizeof self - 1) > 0 ? pid_t(atol(self)) : getpid();
+  return "";
+}
+
+std::string Sandbox::enter_namespaces(uid_t uid, gid_t gid) {
+  if (options_.sandbox_allow & kAllowNamespaces) return "";
   int others = CLONE_NEWIPC | CLONE_NEWNS;
   if (!(options_.sandbox_allow & kAllowNetwork)) others |= CLONE_NEWNET;
   const char* const kNamespaces[] = {"user_ns", "net_ns", "ipc_ns", "mount_ns"};
@@ -431,7 +852,6 @@ std::string Sandbox::enter_namespaces(uid_t uid, gid_t gid) {
   };
   if (simulated_missing("namespaces")) {
     missing("simulated for a test (--sandbox-test-unavailable namespaces)", true);
-    if (!keep_privileges && !drop_capabilities()) return errno_text("cannot drop capabilities");
     return "";
   }
   // /proc/self/uid_map belongs to root once the uid changed, unless the
@@ -466,17 +886,172 @@ std::string Sandbox::enter_namespaces(uid_t uid, gid_t gid) {
   if (report_.mount_ns && mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
     return errno_text("cannot make the mount namespace private");
   }
-  if (!keep_privileges && !drop_capabilities()) return errno_text("cannot drop capabilities");
   return "";
 }
 
 std::string Sandbox::enter_late(const std::vector<std::string>& read_paths) {
+  // The filesystem view needs the capabilities the user namespace gave;
+  // none is kept past it.
+  std::string error = build_view(read_paths);
+  if (!error.empty()) return error;
+  if (!(options_.sandbox_allow & kAllowPrivileges) && !drop_capabilities())
+    return errno_text("cannot drop capabilities");
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return errno_text("PR_SET_NO_NEW_PRIVS");
   report_.no_new_privs = true;
-  std::string error = apply_landlock(read_paths);
+  error = apply_landlock(read_paths);
   if (error.empty())
     error = apply_seccomp(!options_.zygote && !(options_.sandbox_allow & kAllowFork), false);
+  if (error.empty() && watch_fd_ >= 0) {
+    // Confined, limits applied: the keeper watches them from now on.
+    std::string pid = std::to_string(host_pid_);
+    (void)!write(watch_fd_, pid.data(), pid.size());
+    close(watch_fd_);
+    watch_fd_ = -1;
+  }
   return error;
+}
+
+// The job's filesystem: a new root holding only what a job needs, so
+// nothing else of the host can be named (no host /tmp, /run, /home, UNIX
+// sockets, other users' files): a small read-only tmpfs with the system
+// directories and the pool's Python paths bound read-only, /dev with
+// null, zero, full, random and urandom, a /proc of the worker's own pid
+// namespace, and the working directory, a tmpfs of --max-disk bytes (which
+// the memory cgroup counts too).
+std::string Sandbox::build_view(const std::vector<std::string>& read_paths) {
+  if (!report_.mount_ns) {
+    if (!(options_.sandbox_allow & kAllowNamespaces)) {
+      unavailable("mount_view", "no mount namespace: the host's filesystem stays visible");
+      if (options_.max_disk) unavailable("max_disk", "no mount namespace for a tmpfs");
+    }
+    return "";
+  }
+  const std::string& work = report_.workdir;
+  // The new root is built on the working directory's mount point (an empty
+  // host directory only this worker uses), then made /.
+  const std::string& root = work;
+  if (mount("pyport-root", root.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755") != 0)
+    return errno_text("cannot mount the new root");
+  auto bind = [&](const std::string& src, bool recursive) -> std::string {
+    struct stat st;
+    if (lstat(src.c_str(), &st) != 0) return "";  // not on this system
+    std::string target = root + src;
+    std::string error = make_dirs(target.substr(0, target.rfind('/')));
+    if (!error.empty()) return error;
+    if (S_ISLNK(st.st_mode)) {
+      char link[4096];
+      ssize_t n = readlink(src.c_str(), link, sizeof link - 1);
+      if (n <= 0) return "";
+      link[n] = 0;
+      if (symlink(link, target.c_str()) != 0 && errno != EEXIST)
+        return errno_text(("cannot link " + target).c_str());
+      return "";
+    }
+    if (S_ISDIR(st.st_mode)) {
+      if (mkdir(target.c_str(), 0755) != 0 && errno != EEXIST)
+        return errno_text(("cannot create " + target).c_str());
+    } else {
+      int fd = open(target.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+      if (fd < 0) return errno_text(("cannot create " + target).c_str());
+      close(fd);
+    }
+    if (mount(src.c_str(), target.c_str(), nullptr, MS_BIND | (recursive ? MS_REC : 0), nullptr) !=
+        0)
+      return errno_text(("cannot bind " + src).c_str());
+    uint64_t attrs = kMountAttrRdonly | kMountAttrNosuid;
+    if (!S_ISCHR(st.st_mode)) attrs |= kMountAttrNodev;
+    return set_mount_attr(target, attrs, recursive);
+  };
+  std::string error;
+  std::vector<std::string> bound;
+  for (const char* dir : {"/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc"}) {
+    if (error.empty()) error = bind(dir, true);
+    bound.emplace_back(dir);
+  }
+  // Secrets of the host in /etc (password hashes, host keys, TLS keys):
+  // covered by an empty file or directory, not even their size shows.
+  if (error.empty()) error = make_dirs(root + "/.hidden");
+  if (error.empty()) {
+    int fd = open((root + "/.hidden-file").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0444);
+    if (fd < 0) error = errno_text("cannot create the empty file");
+    if (fd >= 0) close(fd);
+  }
+  for (const char* secret : {"/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-",
+                             "/etc/ssh", "/etc/ssl/private", "/etc/sudoers", "/etc/sudoers.d"}) {
+    struct stat st;
+    if (!error.empty() || lstat(secret, &st) != 0 || S_ISLNK(st.st_mode)) continue;
+    std::string empty = root + (S_ISDIR(st.st_mode) ? "/.hidden" : "/.hidden-file");
+    if (mount(empty.c_str(), (root + secret).c_str(), nullptr, MS_BIND, nullptr) != 0)
+      error = errno_text(("cannot hide " + std::string(secret)).c_str());
+    if (error.empty()) error = set_mount_attr(root + secret, kMountAttrRdonly, false);
+  }
+  // The Python paths: each at its own path, unless a directory bound
+  // already holds it (binding inside a bind would write to the host).
+  std::vector<std::string> extra;
+  for (const std::string& p : read_paths) {
+    char real[PATH_MAX];
+    if (!realpath(p.c_str(), real)) continue;
+    extra.emplace_back(p);
+    if (p != real) extra.emplace_back(real);
+  }
+  std::sort(extra.begin(), extra.end());
+  for (const std::string& p : extra) {
+    bool covered = false;
+    for (const std::string& b : bound)
+      covered = covered || is_below(p, b);
+    char real[PATH_MAX];
+    if (!covered && realpath(p.c_str(), real)) {
+      for (const std::string& b : bound)
+        covered = covered || is_below(real, b);
+    }
+    if (covered || is_below(work, p) || is_below(p, work)) continue;
+    if (error.empty()) error = bind(p, true);
+    bound.push_back(p);
+  }
+  if (error.empty()) error = make_dirs(root + "/dev");
+  for (const char* dev : {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"}) {
+    if (error.empty()) error = bind(dev, false);
+  }
+  for (const auto& [link, to] : std::initializer_list<std::pair<const char*, const char*>>{
+           {"/dev/fd", "/proc/self/fd"},
+           {"/dev/stdin", "/proc/self/fd/0"},
+           {"/dev/stdout", "/proc/self/fd/1"},
+           {"/dev/stderr", "/proc/self/fd/2"},
+           {"/dev/shm", work.c_str()}}) {
+    if (error.empty() && symlink(to, (root + link).c_str()) != 0)
+      error = errno_text(("cannot link " + std::string(link)).c_str());
+  }
+  // The CPU topology (os.cpu_count, BLAS libraries); nothing else of /sys.
+  if (error.empty()) error = bind("/sys/devices/system/cpu", false);
+  if (error.empty() && report_.pid_ns) {
+    error = make_dirs(root + "/proc");
+    if (error.empty() && mount("proc", (root + "/proc").c_str(), "proc",
+                               MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0)
+      error = errno_text("cannot mount /proc");
+  }
+  if (error.empty() && !report_.pid_ns) {
+    unavailable("proc", "no pid namespace of its own: the view has no /proc");
+  }
+  if (error.empty()) error = make_dirs(root + work);
+  if (error.empty()) {
+    std::string opts = "mode=0700";
+    if (options_.max_disk) opts += ",size=" + std::to_string(options_.max_disk);
+    unsigned long flags = MS_NOSUID | MS_NODEV;
+    if (!(options_.sandbox_allow & kAllowExec)) flags |= MS_NOEXEC;
+    if (mount("pyport-work", (root + work).c_str(), "tmpfs", flags, opts.c_str()) != 0)
+      error = errno_text("cannot mount the working directory");
+  }
+  if (error.empty()) error = set_mount_attr(root, kMountAttrRdonly, false);
+  if (!error.empty()) return error;
+  // pivot_root(".", "."): the old root stays stacked under the new one
+  // until it is detached.
+  if (chdir(root.c_str()) != 0) return errno_text("chdir to the new root");
+  if (syscall(SYS_pivot_root, ".", ".") != 0) return errno_text("pivot_root");
+  if (umount2(".", MNT_DETACH) != 0) return errno_text("cannot detach the host's root");
+  if (chdir(work.c_str()) != 0) return errno_text("cannot enter the working directory");
+  report_.mount_view = true;
+  report_.max_disk = options_.max_disk;
+  return "";
 }
 
 std::string Sandbox::apply_landlock(const std::vector<std::string>& read_paths) {
@@ -592,6 +1167,22 @@ std::string Sandbox::apply_seccomp(bool forbid_fork, bool job_layer) {
     // vfork child resets every handler with all signals blocked.
     f.rule(SCMP_ACT_ERRNO(EPERM), "rt_sigaction", SCMP_A0_32(SCMP_CMP_EQ, SIGSYS),
            SCMP_A1(SCMP_CMP_NE, 0));
+    // Calls that act on a process named by pid: the caller only (0). A job
+    // reaches no other tenant's worker, zygote, or the node, whatever the
+    // uids and namespaces would allow.
+    for (const char* name : {"prlimit64", "sched_setscheduler", "sched_setparam",
+                             "sched_setaffinity", "sched_setattr", "migrate_pages", "move_pages"}) {
+      f.trap(name, SCMP_A0_32(SCMP_CMP_NE, 0));
+    }
+    // Priorities: of the calling process only (PRIO_PROCESS, who 0;
+    // PRIO_USER would reach every process of the uid).
+    f.trap("setpriority", SCMP_A0_32(SCMP_CMP_NE, PRIO_PROCESS));
+    f.trap("setpriority", SCMP_A1_32(SCMP_CMP_NE, 0));
+    constexpr uint32_t kIoprioWhoProcess = 1;
+    f.trap("ioprio_set", SCMP_A0_32(SCMP_CMP_NE, kIoprioWhoProcess));
+    f.trap("ioprio_set", SCMP_A1_32(SCMP_CMP_NE, 0));
+    for (const char* name : {"process_madvise", "process_mrelease", "kcmp"})
+      f.trap(name);
     f.trap("ioctl", SCMP_A1_32(SCMP_CMP_EQ, TIOCSTI));
     f.trap("ioctl", SCMP_A1_32(SCMP_CMP_EQ, TIOCLINUX));
     if (!(options_.sandbox_allow & kAllowNetwork)) {
@@ -700,7 +1291,7 @@ std::string Sandbox::take_forbidden() {
 }
 
 void Sandbox::write_report(ByteBuffer& out) const {
-  mp::write_map_header(out, 14);
+  mp::write_map_header(out, 17);
   write_atom(out, "mode");
   write_atom(out, options_.zygote ? "zygote" : "worker");
   auto flag = [&](const char* key, bool value) {
@@ -724,6 +1315,20 @@ void Sandbox::write_report(ByteBuffer& out) const {
   mp::write_int(out, report_.uid);
   write_atom(out, "workdir");
   mp::write_str(out, report_.workdir);
+  // What counts the job's memory and processes: a cgroup, else rlimits.
+  write_atom(out, "cgroup");
+  if (report_.cgroup) {
+    write_atom(out, report_.cgroup == 2 ? "v2" : "v1");
+  } else {
+    mp::write_bool(out, false);
+  }
+  flag("mount_view", report_.mount_view);
+  write_atom(out, "max_disk");
+  if (report_.max_disk) {
+    mp::write_uint(out, report_.max_disk);
+  } else {
+    mp::write_bool(out, false);
+  }
   write_atom(out, "rlimits");
   const std::pair<const char*, uint64_t> limits[] = {{"as", options_.max_memory},
                                                      {"cpu", options_.cpu_seconds},

@@ -20,6 +20,7 @@
 // never silently skipped.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -38,6 +39,10 @@ struct SandboxReport {
   bool user_ns = false, net_ns = false, pid_ns = false, ipc_ns = false, mount_ns = false;
   long uid = -1;
   std::string workdir;
+  int cgroup = 0;            // the cgroup version counting memory (1 or 2), 0 for none
+  bool cgroup_pids = false;  // the cgroup counts tasks too (pids.max)
+  bool mount_view = false;   // the job's own root (pivot_root), no host path beyond it
+  uint64_t max_disk = 0;     // bytes of the working directory's tmpfs, 0 for none
   // Layer name (an atom on the wire) and why it is not in force.
   std::vector<std::pair<std::string, std::string>> unavailable;
 };
@@ -80,12 +85,15 @@ class Sandbox {
     report_.unavailable.emplace_back(layer, std::move(why));
   }
   std::string enter_namespaces(uid_t uid, gid_t gid);
+  std::string enter_pid_namespace();
+  std::string build_view(const std::vector<std::string>& read_paths);
   std::string apply_landlock(const std::vector<std::string>& read_paths);
   std::string apply_seccomp(bool forbid_fork, bool job_layer);
 
   Options options_;
   SandboxReport report_;
   pid_t host_pid_ = 0;
+  int watch_fd_ = -1;  // the keeper's pipe: the worker's host pid, once confined
 };
 
 // Before Py_Initialize: makes `import _pyport_sandbox` work (the Python
