@@ -919,6 +919,9 @@ std::string Sandbox::enter_late(const std::vector<std::string>& read_paths) {
 // namespace, and the working directory, a tmpfs of --max-disk bytes (which
 // the memory cgroup counts too).
 std::string Sandbox::build_view(const std::vector<std::string>& read_paths) {
+  // `filesystem` relaxes the whole filesystem restriction: the host's
+  // files, as the uid may reach them (no view, no Landlock).
+  if (options_.sandbox_allow & kAllowFilesystem) return "";
   if (!report_.mount_ns) {
     if (!(options_.sandbox_allow & kAllowNamespaces)) {
       unavailable("mount_view", "no mount namespace: the host's filesystem stays visible");
