@@ -151,12 +151,11 @@ def test_hello_reports_what_is_in_force(spawn, mode):
         if ns == "user_ns" or os.geteuid() != 0:
             assert s[ns] is userns, ns
         assert s[ns] or ns in unavailable, ns
-    if mode == "fresh":
-        # The jobs' pid namespace (the zygote stays out of it).
-        assert s["pid_ns"] is (userns or os.geteuid() == 0 and s["mount_ns"])
-        assert s["pid_ns"] or "pid_ns" in unavailable
-    else:
-        assert s["pid_ns"] is False and "pid_ns" in unavailable
+    # Every worker has a pid namespace (a warm one is pid 2 under an init).
+    assert s["pid_ns"] is (userns or os.geteuid() == 0 and s["mount_ns"])
+    assert s["pid_ns"] or "pid_ns" in unavailable
+    assert s["mount_view"] is s["mount_ns"]
+    assert s["cgroup"] in ("v1", "v2", False) and (s["cgroup"] or "cgroup" in unavailable)
     assert s["allowed"] == []
     assert s["rlimits"] == {"as": Atom("infinity") if asan else 2 * GIB, "cpu": Atom("infinity"), "nofile": Atom("infinity"),
                             "fsize": 1000000, "nproc": 64}
