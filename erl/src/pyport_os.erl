@@ -3,7 +3,7 @@
 %% means, and how much memory it holds.
 -module(pyport_os).
 
--export([open/1, args/1, kill/1, remove_tree/1, exit_detail/1, rss_bytes/1, cpu_seconds/1, alive/1]).
+-export([open/1, args/1, environment/1, kill/1, remove_tree/1, exit_detail/1, rss_bytes/1, cpu_seconds/1, alive/1]).
 
 %% @doc Spawns a worker OS process for a pool's options. The port speaks
 %% `{packet, 4}' frames; see proto/PROTOCOL.md.
@@ -22,6 +22,7 @@ open(#{worker := Exe} = Opts) ->
         true ->
             try open_port({spawn_executable, Exe}, PortOpts) of
                 Port ->
+                    send_env(Port, Opts),
                     OsPid = case erlang:port_info(Port, os_pid) of
                                 {os_pid, P} -> P;
                                 undefined -> undefined
@@ -31,6 +32,14 @@ open(#{worker := Exe} = Opts) ->
                 error:Reason -> {error, {cannot_execute, Exe, Reason}}
             end
     end.
+
+%% A sandboxed worker's environment goes over its stdin, first thing
+%% (pyport_sandbox:args/2): nobody else can read that pipe.
+send_env(_Port, #{sandbox := false}) ->
+    ok;
+send_env(Port, Opts) ->
+    true = port_command(Port, pyport_sandbox:env_frame(environment(Opts))),
+    ok.
 
 %% @doc The worker's command line for a pool's options (without the
 %% executable).
@@ -62,23 +71,25 @@ env(#{sandbox := false} = Opts) ->
         [] -> [];
         Env -> [{env, Env}]
     end;
-env(#{sandbox := #{env_keep := Keep}} = Opts) ->
+env(#{sandbox := #{env_keep := Keep}}) ->
     %% The node's variables never reach a sandboxed worker, not even in
     %% the memory where the kernel puts a new program's environment (which
     %% clearing it later leaves behind, readable through ctypes).
     %% TMPDIR stays: the worker makes its directory there (when the pool
     %% names no workdir_parent), then points TMPDIR at that directory.
-    Env = environment(Opts),
-    Set = [Name || {Name, _} <- Env],
+    %% The pool's own variables are not set here either: they come on the
+    %% worker's stdin (send_env/2), never in a process environment that
+    %% /proc/<pid>/environ shows.
     Unset = [{Name, false} || Name <- node_env_names(), not lists:member(Name, Keep),
-                              not lists:member(Name, Set), Name =/= "TMPDIR"],
-    [{env, Unset ++ Env}].
+                              Name =/= "TMPDIR"],
+    [{env, Unset}].
 
 node_env_names() ->
     [Name || Var <- os:getenv(), [Name | _] <- [string:split(Var, "=")], Name =/= ""].
 
-%% What the pool sets in the worker's environment. A sandboxed worker
-%% clears its environment and keeps only this (passed as --env flags too).
+%% @doc What the pool sets in the worker's environment. A sandboxed worker
+%% clears its environment and keeps only this (sent on its stdin).
+-spec environment(pyport_config:pool_opts()) -> [{string(), string() | false}].
 environment(#{env := Env, venv := undefined}) ->
     Env;
 environment(#{env := Env, venv := Venv}) ->
