@@ -457,6 +457,8 @@ struct LimitWatch {
   signal(SIGQUIT, SIG_IGN);
   // The owner gone: the keeper ends the worker, then cleans up.
   prctl(PR_SET_PDEATHSIG, SIGTERM);
+  // It read the pool's environment: no process of its uid reads its memory.
+  prctl(PR_SET_DUMPABLE, 0);
   int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
   if (null_fd >= 0) {
     dup2(null_fd, 0);
