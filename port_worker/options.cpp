@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -282,18 +283,50 @@ InheritedLimits current_limits() {
   return out;
 }
 
+namespace {
+
+// A process's limits from /proc/<pid>/limits, which anyone may read (a
+// root keeper in a container often lacks CAP_SYS_RESOURCE, which
+// prlimit() on another uid's process needs). False if it is gone.
+bool read_proc_limits(pid_t pid, struct rlimit (&out)[5]) {
+  static const char* const kLabels[5] = {"Max address space", "Max cpu time", "Max open files",
+                                         "Max file size", "Max processes"};
+  std::string path = "/proc/" + std::to_string(pid) + "/limits";
+  FILE* f = fopen(path.c_str(), "re");
+  if (!f) return false;
+  char line[256];
+  int found = 0;
+  while (fgets(line, sizeof line, f)) {
+    for (size_t i = 0; i < 5; ++i) {
+      size_t n = strlen(kLabels[i]);
+      if (strncmp(line, kLabels[i], n) != 0 || line[n] != ' ') continue;
+      char soft[32] = {}, hard[32] = {};
+      if (sscanf(line + 26, "%31s %31s", soft, hard) != 2) continue;
+      auto value = [](const char* v) {
+        return strcmp(v, "unlimited") == 0 ? RLIM_INFINITY : rlim_t(strtoull(v, nullptr, 10));
+      };
+      out[i] = {value(soft), value(hard)};
+      ++found;
+    }
+  }
+  fclose(f);
+  return found == 5;
+}
+
+}  // namespace
+
 std::string limits_changed(pid_t pid, const Options& options, LimitScope scope,
                            const InheritedLimits& inherited) {
+  struct rlimit now[5];
+  if (!read_proc_limits(pid, now)) return "";  // gone
   for (size_t i = 0; i < 5; ++i) {
     const Limit& l = kLimits[i];
     struct rlimit expect = {rlim_t(inherited.values[i].cur), rlim_t(inherited.values[i].max)};
     uint64_t value = options.*(l.field);
     if (value && in_scope(l.resource, scope)) expect = wanted_limit(l, value, expect);
-    struct rlimit now;
-    if (prlimit(pid, __rlimit_resource(l.resource), nullptr, &now) != 0) return "";  // gone
-    if (now.rlim_cur != expect.rlim_cur || now.rlim_max != expect.rlim_max) {
-      return std::string(l.option) + " is " + std::to_string(now.rlim_cur) + "/" +
-             std::to_string(now.rlim_max) + ", not " + std::to_string(expect.rlim_cur) + "/" +
+    if (now[i].rlim_cur != expect.rlim_cur || now[i].rlim_max != expect.rlim_max) {
+      return std::string(l.option) + " is " + std::to_string(now[i].rlim_cur) + "/" +
+             std::to_string(now[i].rlim_max) + ", not " + std::to_string(expect.rlim_cur) + "/" +
              std::to_string(expect.rlim_max);
     }
   }

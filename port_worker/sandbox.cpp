@@ -1188,6 +1188,14 @@ std::string Sandbox::apply_seccomp(bool forbid_fork, bool job_layer) {
     f.trap("ioprio_set", SCMP_A1_32(SCMP_CMP_NE, 0));
     for (const char* name : {"process_madvise", "process_mrelease", "kcmp"})
       f.trap(name);
+    // Without a cgroup nothing counts the pages of a memfd, a SysV shared
+    // memory segment or message queue once they are not mapped (RLIMIT_AS
+    // counts only mappings): none may be made. (POSIX shared memory is
+    // files in /dev/shm, the working directory's tmpfs: max_disk.)
+    if (!report_.cgroup && options_.max_memory) {
+      for (const char* name : {"memfd_create", "shmget", "msgget"})
+        f.trap(name);
+    }
     f.trap("ioctl", SCMP_A1_32(SCMP_CMP_EQ, TIOCSTI));
     f.trap("ioctl", SCMP_A1_32(SCMP_CMP_EQ, TIOCLINUX));
     if (!(options_.sandbox_allow & kAllowNetwork)) {
