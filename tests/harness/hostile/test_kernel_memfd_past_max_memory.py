@@ -7,17 +7,20 @@ a cgroup (an unprivileged node on cgroup v1), memfd_create is refused."""
 from kernel_fixtures import *  # noqa: F401,F403
 import pytest
 
+# Many memfds, each under max_file_size (RLIMIT_FSIZE bounds one memfd).
 MEMFD = """import os
-fd = os.memfd_create('hoard')
+fds = []
 chunk = b'x' * (1 << 20)
-for _ in range(input):
-    os.write(fd, chunk)
+for i in range(input):
+    if i % 16 == 0:
+        fds.append(os.memfd_create('hoard'))
+    os.write(fds[-1], chunk)
 'held'"""
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_memfd_past_max_memory_ends_the_worker(start, mode, node_process):
-    w = start(mode, "--max-memory", str(128 * MIB))
+    w = start(mode, "--max-memory", str(128 * MIB), "--max-file-size", str(64 * MIB))
     if not sandbox_of(w)["cgroup"]:
         # No cgroup (an unprivileged node): nothing would count a memfd,
         # so none may be made.
