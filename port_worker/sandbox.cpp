@@ -291,8 +291,9 @@ std::string read_small_file(const std::string& path) {
 // mounted at /sys/fs/cgroup/{memory,pids}, or v2's unified tree): it counts
 // every page the worker and its jobs charge (anonymous memory, memfd, SysV
 // and POSIX shared memory, tmpfs files, page cache) and every task. The
-// keeper joins it only around the fork, so everything the worker starts is
-// in it and nothing else.
+// keeper joins it before the fork, so everything the worker starts is in
+// it, and leaves it only to remove it. The limits are the pool's
+// max_memory and max_processes for the worker and all its jobs together.
 class WorkerCgroup {
  public:
   // Returns an empty string, or why there is none (the rlimits then stand
@@ -313,7 +314,7 @@ class WorkerCgroup {
         write_file((dir + "/memory.swap.max").c_str(), "0");
       }
       if (options.max_processes &&
-          !write_file((dir + "/pids.max").c_str(), std::to_string(options.max_processes)))
+          !write_file((dir + "/pids.max").c_str(), std::to_string(pids_max(options))))
         return fail("pids.max");
       return "";
     }
@@ -336,7 +337,7 @@ class WorkerCgroup {
       if (access((pids_parent + "/cgroup.procs").c_str(), W_OK) == 0 &&
           mkdir(pids.c_str(), 0755) == 0) {
         dirs_.push_back(pids);
-        if (!write_file((pids + "/pids.max").c_str(), std::to_string(options.max_processes)))
+        if (!write_file((pids + "/pids.max").c_str(), std::to_string(pids_max(options))))
           return fail("pids.max");
         pids_ = true;
       }
@@ -391,6 +392,9 @@ class WorkerCgroup {
       p.pop_back();
     return p;
   }
+  // max_processes counts the worker's processes and threads; the keeper,
+  // the relay and the pid namespace's init are in the cgroup too.
+  static uint64_t pids_max(const Options& options) { return options.max_processes + 3; }
   static std::string parent_of(const std::string& dir) { return dir.substr(0, dir.rfind('/')); }
   std::string fail(const char* file) {
     std::string why = errno_text((std::string("cannot write ") + file).c_str());
@@ -514,7 +518,10 @@ struct LimitWatch {
   int parent =
       open(slash == 0 ? "/" : workdir.substr(0, slash).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (parent >= 0) remove_tree_at(parent, workdir.c_str() + slash + 1, 0);
-  cgroup.remove();
+  if (cgroup.version()) {
+    cgroup.join(false);
+    cgroup.remove();
+  }
   exit_as(status);
 }
 
@@ -760,7 +767,9 @@ std::string Sandbox::enter_early() {
     return errno_text("cannot fork the keeper");
   }
   if (child > 0) {
-    if (cgroup.version()) cgroup.join(false);
+    // The keeper stays in the cgroup until the end (a few hundred KiB, one
+    // task): each move of a task between cgroups costs an RCU grace period
+    // (about 10 ms on cgroup v1), one of them on the worker's start.
     close(pid_pipe[1]);
     watch.pid_fd = pid_pipe[0];
     run_keeper(child, report_.workdir, cgroup, watch);
