@@ -1,7 +1,6 @@
 #include "sandbox.hpp"
 
 #include <Python.h>
-#include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/capability.h>
@@ -32,6 +31,7 @@
 
 #include "codec.hpp"
 #include "erlang_module.hpp"
+#include "keeper.hpp"
 #include "msgpack_rw.hpp"
 
 extern char** environ;
@@ -193,59 +193,12 @@ class Filter {
   std::string error_;
 };
 
-// ---- the keeper ----
+// ---- the sandbox's side of the keeper (keeper.hpp) ----
 
 std::string errno_text(const char* what) {
   return std::string(what) + ": " + strerror(errno);
 }
 
-// Removes the tree under dir_fd/name without following symbolic links, so
-// whatever a job left there (links to elsewhere included) cannot redirect
-// the removal. A directory the job made unreadable (mode 000) is opened by
-// O_PATH, which needs no permission, and given back its owner's rights
-// through its /proc/self/fd link: the exact inode, never a path a job could
-// swap for a link.
-void remove_tree_at(int dir_fd, const char* name, int depth) {
-  if (unlinkat(dir_fd, name, 0) == 0 || errno == ENOENT) return;
-  if (depth > 256) return;
-  int fd = openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  if (fd < 0 && errno == EACCES) {
-    int path_fd = openat(dir_fd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (path_fd >= 0) {
-      std::string link = "/proc/self/fd/" + std::to_string(path_fd);
-      chmod(link.c_str(), 0700);
-      close(path_fd);
-    }
-    fd = openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  }
-  if (fd < 0) return;
-  // Entries of a directory without write or search rights cannot go.
-  fchmod(fd, 0700);
-  DIR* dir = fdopendir(fd);
-  if (!dir) {
-    close(fd);
-    return;
-  }
-  while (dirent* e = readdir(dir)) {
-    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-    remove_tree_at(dirfd(dir), e->d_name, depth + 1);
-  }
-  closedir(dir);
-  unlinkat(dir_fd, name, AT_REMOVEDIR);
-}
-
-// The direct children of the calling (single-threaded) process.
-std::vector<pid_t> children_of_self() {
-  std::vector<pid_t> found;
-  std::string path = "/proc/self/task/" + std::to_string(getpid()) + "/children";
-  FILE* f = fopen(path.c_str(), "re");
-  if (!f) return found;
-  long pid;
-  while (fscanf(f, "%ld", &pid) == 1)
-    found.push_back(pid_t(pid));
-  fclose(f);
-  return found;
-}
 
 bool write_file(const char* path, const std::string& text) {
   int fd = open(path, O_WRONLY | O_CLOEXEC);
@@ -445,85 +398,21 @@ struct LimitWatch {
   }
 };
 
-// The keeper: waits for the worker, ends whatever the worker's jobs left
-// running, removes its working directory and cgroup, exits as the worker
-// did (the port owner sees the worker's status). It is the subreaper of
-// everything the worker starts, and holds no descriptor of the frame
-// channel, so the owner sees end of file as soon as the worker is gone.
-[[noreturn]] void run_keeper(pid_t worker, const std::string& workdir, WorkerCgroup& cgroup,
-                             LimitWatch& watch) {
-  sigset_t set;
-  sigemptyset(&set);
-  for (int sig : {SIGCHLD, SIGTERM, SIGHUP})
-    sigaddset(&set, sig);
-  sigprocmask(SIG_BLOCK, &set, nullptr);
-  signal(SIGINT, SIG_IGN);
-  signal(SIGQUIT, SIG_IGN);
-  // The owner gone: the keeper ends the worker, then cleans up.
-  prctl(PR_SET_PDEATHSIG, SIGTERM);
-  // It read the pool's environment: no process of its uid reads its memory.
-  prctl(PR_SET_DUMPABLE, 0);
-  int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
-  if (null_fd >= 0) {
-    dup2(null_fd, 0);
-    dup2(null_fd, 1);
-  }
-  // Keeps fd 2 (its complaints reach the owner's log) and the watch's pipe.
-  if (watch.pid_fd >= 0) {
-    int moved = fcntl(watch.pid_fd, F_DUPFD_CLOEXEC, 3);
-    close(watch.pid_fd);
-    if (moved != 3) {
-      dup2(moved, 3);
-      close(moved);
-    }
-    watch.pid_fd = 3;
-    fcntl(3, F_SETFL, O_NONBLOCK);
-    syscall(SYS_close_range, 4u, ~0u, 0u);
-  } else {
-    syscall(SYS_close_range, 3u, ~0u, 0u);
-  }
-  int status = 0;
-  bool done = false;
-  const struct timespec second = {1, 0};
-  while (!done) {
-    siginfo_t info;
-    int sig = sigtimedwait(&set, &info, &second);
-    if (sig == SIGTERM || sig == SIGHUP) kill(worker, SIGKILL);
-    if (sig < 0) {
-      std::string wrong = watch.check();
-      if (!wrong.empty()) {
-        dprintf(2, "pyport_worker: keeper: replacing the worker (pid %ld): %s\n",
-                long(watch.worker), wrong.c_str());
-        kill(worker, SIGKILL);
-      }
-    }
-    int st;
-    pid_t pid;
-    while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
-      if (pid == worker) status = st, done = true;
-    }
-    if (pid < 0 && errno == ECHILD) done = true;
-  }
-  // Orphans of the worker's jobs (fork allowed, no pid namespace) came to
-  // the keeper: end them, and those they leave in turn.
-  for (int round = 0; round < 10000; ++round) {
-    std::vector<pid_t> left = children_of_self();
-    if (left.empty()) break;
-    for (pid_t pid : left)
-      kill(pid, SIGKILL);
-    while (waitpid(-1, nullptr, 0) > 0) {
+// The keeper's side of a sandbox: the limit watch, and the cgroup removed
+// once the worker and everything it started are gone.
+class SandboxKeeper : public KeeperHooks {
+ public:
+  WorkerCgroup cgroup;
+  LimitWatch watch;
+  int fd() const override { return watch.pid_fd; }
+  std::string check() override { return watch.check(); }
+  void after_worker() override {
+    if (cgroup.version()) {
+      cgroup.join(false);
+      cgroup.remove();
     }
   }
-  size_t slash = workdir.rfind('/');
-  int parent =
-      open(slash == 0 ? "/" : workdir.substr(0, slash).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (parent >= 0) remove_tree_at(parent, workdir.c_str() + slash + 1, 0);
-  if (cgroup.version()) {
-    cgroup.join(false);
-    cgroup.remove();
-  }
-  exit_as(status);
-}
+};
 
 // Points fds 0 and 1 at /dev/null, moves `fd` to 3 and closes every other
 // descriptor but 2: a process that only waits holds no end of the frame
@@ -744,8 +633,13 @@ std::string Sandbox::enter_early() {
   report_.cgroup = cgroup.version();
   report_.cgroup_pids = cgroup.counts_pids();
 
-  // The keeper stays the parent; the rest goes on in the child.
-  LimitWatch watch;
+  // The keeper (keeper.hpp) stays the parent; the worker goes on in the
+  // child, still root until the uid drop below, so the keeper can remove
+  // the working directory whatever the sandbox's uid left in it. It
+  // watches the worker's limits, and removes the cgroup at the end.
+  SandboxKeeper hooks;
+  hooks.cgroup = std::move(cgroup);
+  LimitWatch& watch = hooks.watch;
   watch.options = &options_;
   watch.scope = options_.zygote ? LimitScope::kProcess : LimitScope::kAll;
   watch.inherited = current_limits();
@@ -755,29 +649,25 @@ std::string Sandbox::enter_early() {
   watch.policy = sched_getscheduler(0) & ~SCHED_RESET_ON_FORK;
   int pid_pipe[2];
   if (pipe2(pid_pipe, O_CLOEXEC) != 0) return errno_text("pipe");
-  pid_t keeper = getpid();
-  prctl(PR_SET_CHILD_SUBREAPER, 1);
-  if (cgroup.version() && !cgroup.join(true)) {
+  watch.pid_fd = pid_pipe[0];
+  fcntl(pid_pipe[0], F_SETFL, O_NONBLOCK);
+  // The keeper stays in the cgroup until the end (a few hundred KiB, one
+  // task): each move of a task between cgroups costs an RCU grace period
+  // (about 10 ms on cgroup v1), one of them on the worker's start.
+  if (hooks.cgroup.version() && !hooks.cgroup.join(true)) {
     rmdir(path.data());
     return errno_text("cannot enter the worker's cgroup");
   }
-  pid_t child = fork();
-  if (child < 0) {
+  // It read the pool's environment: no process of its uid reads its memory.
+  prctl(PR_SET_DUMPABLE, 0);
+  std::string error = start_keeper(report_.workdir, &hooks);
+  if (!error.empty()) {
     rmdir(path.data());
-    return errno_text("cannot fork the keeper");
-  }
-  if (child > 0) {
-    // The keeper stays in the cgroup until the end (a few hundred KiB, one
-    // task): each move of a task between cgroups costs an RCU grace period
-    // (about 10 ms on cgroup v1), one of them on the worker's start.
-    close(pid_pipe[1]);
-    watch.pid_fd = pid_pipe[0];
-    run_keeper(child, report_.workdir, cgroup, watch);
+    hooks.after_worker();
+    return error;
   }
   close(pid_pipe[0]);
   watch_fd_ = pid_pipe[1];
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (getppid() != keeper) _exit(1);
   // The pid the owner knows, were this the worker (/proc is the host's).
   char self[32] = {};
   host_pid_ = readlink("/proc/self", self, sizeof self - 1) > 0 ? pid_t(atol(self)) : getpid();
@@ -789,7 +679,7 @@ std::string Sandbox::enter_early() {
     }
   }
   report_.uid = long(getuid());
-  std::string error = enter_namespaces(uid, gid);
+  error = enter_namespaces(uid, gid);
   if (!error.empty()) return error;
   error = enter_pid_namespace();
   if (!error.empty()) return error;
@@ -831,6 +721,10 @@ std::string Sandbox::enter_pid_namespace() {
   close(status_pipe[0]);
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != 0 && getppid() != relay) _exit(1);
+  // A session and process group of its own (a warm worker ends the rest of
+  // its group after a job: never its relay).
+  setsid();
+  keeper_is_now(0);  // the relay, outside the namespace
   if (options_.zygote) {
     close(status_pipe[1]);
     char self[32] = {};
@@ -843,6 +737,8 @@ std::string Sandbox::enter_pid_namespace() {
   close(status_pipe[1]);
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != 1) _exit(1);
+  setsid();
+  keeper_is_now(1);  // the namespace's init
   char self[32] = {};
   host_pid_ = readlink("/proc/self", self, sizeof self - 1) > 0 ? pid_t(atol(self)) : getpid();
   return "";
