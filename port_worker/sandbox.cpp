@@ -898,7 +898,20 @@ std::string Sandbox::build_view(const std::vector<std::string>& read_paths) {
   // The Python paths: each at its own path, unless a directory bound
   // already holds it (binding inside a bind would write to the host).
   std::vector<std::string> extra;
-  for (const std::string& p : read_paths) {
+  std::vector<std::string> wanted = read_paths;
+  // With exec allowed, the programs on PATH too (a venv's bin/).
+  const char* path_env = getenv("PATH");
+  if ((options_.sandbox_allow & kAllowExec) && path_env) {
+    std::string list = path_env;
+    for (size_t pos = 0; pos <= list.size();) {
+      size_t end = list.find(':', pos);
+      if (end == std::string::npos) end = list.size();
+      std::string dir = list.substr(pos, end - pos);
+      if (!dir.empty() && dir[0] == '/') wanted.push_back(dir);
+      pos = end + 1;
+    }
+  }
+  for (const std::string& p : wanted) {
     char real[PATH_MAX];
     if (!realpath(p.c_str(), real)) continue;
     extra.emplace_back(p);

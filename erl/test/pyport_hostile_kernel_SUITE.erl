@@ -347,18 +347,28 @@ start_user_peer() ->
             {error, "cannot create the test user " ?USER};
         Uid ->
             Gid = string:trim(os:cmd("id -g " ?USER)),
-            Erl = filename:join([code:root_dir(), "bin", "erl"]),
             Setpriv = os:find_executable("setpriv"),
-            Paths = lists:append([["-pa", D] || D <- code:get_path(), filelib:is_dir(D)]),
-            {ok, Peer, _} = peer:start(#{connection => standard_io,
-                                         exec => {Setpriv, ["--reuid=" ++ Uid, "--regid=" ++ Gid,
-                                                            "--clear-groups", "--inh-caps=-all",
-                                                            Erl]},
-                                         env => [{"HOME", "/tmp"}],
-                                         args => ["-setcookie", "pyport-ct-peer-cookie" | Paths]}),
-            "pyport-hostile" = peer:call(Peer, os, cmd, ["id -un | tr -d '\\n'"]),
-            ok = peer:call(Peer, application, load, [pyport]),
-            ok = peer:call(Peer, application, set_env, [pyport, pools, #{}]),
-            {ok, _} = peer:call(Peer, application, ensure_all_started, [pyport]),
-            {ok, Peer}
+            As = Setpriv ++ " --reuid=" ++ Uid ++ " --regid=" ++ Gid ++ " --clear-groups ",
+            %% A checkout below a private home directory is out of the user's reach.
+            Needed = [code:lib_dir(pyport, ebin), filename:join(code:priv_dir(pyport), "pyport_worker"),
+                      filename:dirname(code:which(?MODULE))],
+            case [D || D <- Needed, os:cmd(As ++ "test -r '" ++ D ++ "' && echo ok") =/= "ok\n"] of
+                [] -> start_user_peer(Setpriv, Uid, Gid);
+                [Blocked | _] -> {error, "the test user " ?USER " cannot read " ++ Blocked}
+            end
     end.
+
+start_user_peer(Setpriv, Uid, Gid) ->
+    Erl = filename:join([code:root_dir(), "bin", "erl"]),
+    Paths = lists:append([["-pa", D] || D <- code:get_path(), filelib:is_dir(D)]),
+    {ok, Peer, _} = peer:start(#{connection => standard_io,
+                                 exec => {Setpriv, ["--reuid=" ++ Uid, "--regid=" ++ Gid,
+                                                    "--clear-groups", "--inh-caps=-all",
+                                                    Erl]},
+                                 env => [{"HOME", "/tmp"}],
+                                 args => ["-setcookie", "pyport-ct-peer-cookie" | Paths]}),
+    "pyport-hostile" = peer:call(Peer, os, cmd, ["id -un | tr -d '\\n'"]),
+    ok = peer:call(Peer, application, load, [pyport]),
+    ok = peer:call(Peer, application, set_env, [pyport, pools, #{}]),
+    {ok, _} = peer:call(Peer, application, ensure_all_started, [pyport]),
+    {ok, Peer}.

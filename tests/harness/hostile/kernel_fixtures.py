@@ -81,12 +81,29 @@ def world_tmp():
     shutil.rmtree(path, ignore_errors=True)
 
 
+def unreadable_for(user: pwd.struct_passwd) -> str | None:
+    """A file the worker needs that the test user cannot reach (a checkout
+    below a private home directory), or None."""
+    needs = [P.locate_worker(None), os.path.join(P.RUNTIME_DIR, "erlang", "__init__.py"),
+             os.path.join(HARNESS, "worker_side")]
+    for path in needs:
+        r = subprocess.run(["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
+                            "--clear-groups", "test", "-r", path])
+        if r.returncode != 0:
+            return path
+    return None
+
+
 @pytest.fixture(params=NODES)
 def node(request, world_tmp):
     if os.geteuid() != 0:
         if request.param == "root":
             pytest.skip("the tests run unprivileged: no root node")
         return Node("root", world_tmp)  # the tests' own user is the unprivileged node
+    if request.param == "user":
+        blocked = unreadable_for(hostile_user())
+        if blocked:
+            pytest.skip(f"the test user {TEST_USER} cannot read {blocked} (a private checkout)")
     return Node(request.param, world_tmp)
 
 
