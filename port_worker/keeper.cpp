@@ -270,9 +270,11 @@ void close_all_but(int a, int b, int c = -1) {
   bool done = false;
   time_t checked = time(nullptr);
   while (!done) {
-    pollfd fds[2] = {{sfd, POLLIN, 0}, {diag_read, POLLIN, 0}};
-    int rc = poll(fds, diag_open ? 2 : 1, sfd >= 0 && !hooks ? -1 : hooks ? 1000 : 100);
+    int hook_fd = hooks ? hooks->fd() : -1;
+    pollfd fds[3] = {{sfd, POLLIN, 0}, {diag_open ? diag_read : -1, POLLIN, 0}, {hook_fd, POLLIN, 0}};
+    int rc = poll(fds, 3, sfd >= 0 && !hooks ? -1 : hooks ? 1000 : 100);
     if (rc < 0 && errno != EINTR) break;
+    if (hook_fd >= 0 && (fds[2].revents & (POLLIN | POLLHUP | POLLERR))) hooks->on_readable();
     if (hooks && time(nullptr) != checked) {
       checked = time(nullptr);
       std::string wrong = hooks->check();

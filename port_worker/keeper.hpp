@@ -37,8 +37,10 @@ namespace pyport {
 class KeeperHooks {
  public:
   virtual ~KeeperHooks() = default;
-  // A descriptor the keeper keeps open for the hooks (-1: none).
+  // A descriptor the keeper keeps open and polls for the hooks (-1: none,
+  // or no more): on_readable() when it is readable or closed.
   virtual int fd() const { return -1; }
+  virtual void on_readable() {}
   // Called about once a second while the worker runs: why the worker must
   // be ended (the keeper kills it and says why on stderr), or "".
   virtual std::string check() { return ""; }

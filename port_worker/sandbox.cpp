@@ -299,6 +299,13 @@ class WorkerCgroup {
   }
   int version() const { return version_; }
   bool counts_pids() const { return version_ == 2 || pids_; }
+  // Moves process `pid` (all its threads) in.
+  bool move(pid_t pid) {
+    bool ok = true;
+    for (const std::string& dir : dirs_)
+      ok = write_file((dir + "/cgroup.procs").c_str(), std::to_string(pid)) && ok;
+    return ok;
+  }
   // Moves the calling process in (true) or back where it was (false).
   bool join(bool in) {
     std::string self = std::to_string(getpid());
@@ -345,9 +352,9 @@ class WorkerCgroup {
       p.pop_back();
     return p;
   }
-  // max_processes counts the worker's processes and threads; the keeper,
-  // the relay and the pid namespace's init are in the cgroup too.
-  static uint64_t pids_max(const Options& options) { return options.max_processes + 3; }
+  // max_processes counts the worker's processes and threads (the keeper,
+  // the relay and the pid namespace's init stay out of the cgroup).
+  static uint64_t pids_max(const Options& options) { return options.max_processes; }
   static std::string parent_of(const std::string& dir) { return dir.substr(0, dir.rfind('/')); }
   std::string fail(const char* file) {
     std::string why = errno_text((std::string("cannot write ") + file).c_str());
@@ -371,20 +378,10 @@ struct LimitWatch {
   InheritedLimits inherited{};
   int nice = 0;
   int policy = SCHED_OTHER;
-  int pid_fd = -1;  // the worker writes its host pid here once confined
-  pid_t worker = 0;
+  pid_t worker = 0;  // set once the worker is confined
 
   // What is wrong with the worker, or an empty string.
-  std::string check() {
-    if (worker <= 0 && pid_fd >= 0) {
-      char buf[32] = {};
-      ssize_t n = read(pid_fd, buf, sizeof buf - 1);
-      if (n > 0) worker = pid_t(atol(buf));
-      if (n >= 0) {  // the pid, or end of file (the worker is unconfined or gone)
-        close(pid_fd);
-        pid_fd = -1;
-      }
-    }
+  std::string check() const {
     if (worker <= 0) return "";
     std::string changed = limits_changed(worker, *options, scope, inherited);
     if (!changed.empty()) return changed;
@@ -398,20 +395,44 @@ struct LimitWatch {
   }
 };
 
-// The keeper's side of a sandbox: the limit watch, and the cgroup removed
-// once the worker and everything it started are gone.
+// The keeper's side of a sandbox. The worker speaks on a socketpair:
+// "P<pid>" as soon as it exists (its host pid: the keeper moves it into
+// the cgroup and answers one byte, while the worker starts Python, so the
+// move's RCU grace period costs no start time), "C" once it is confined
+// with its limits applied (the limit watch starts).
 class SandboxKeeper : public KeeperHooks {
  public:
   WorkerCgroup cgroup;
   LimitWatch watch;
-  int fd() const override { return watch.pid_fd; }
+  int channel = -1;
+
+  int fd() const override { return channel; }
   std::string check() override { return watch.check(); }
-  void after_worker() override {
-    if (cgroup.version()) {
-      cgroup.join(false);
-      cgroup.remove();
+  void on_readable() override {
+    char buf[64];
+    ssize_t n = read(channel, buf, sizeof buf - 1);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (n <= 0) {  // the worker closed it (confined) or is gone
+      close(channel);
+      channel = -1;
+      return;
+    }
+    buf[n] = '\0';
+    for (char* p = buf; *p; ++p) {
+      if (*p == 'P') {
+        pid = pid_t(strtol(p + 1, &p, 10));
+        --p;
+        if (cgroup.version()) cgroup.move(pid);
+        (void)!write(channel, "k", 1);
+      } else if (*p == 'C') {
+        watch.worker = pid;
+      }
     }
   }
+  void after_worker() override { cgroup.remove(); }
+
+ private:
+  pid_t pid = 0;
 };
 
 // Points fds 0 and 1 at /dev/null, moves `fd` to 3 and closes every other
@@ -647,17 +668,11 @@ std::string Sandbox::enter_early() {
   int nice = getpriority(PRIO_PROCESS, 0);
   watch.nice = errno ? 0 : nice;
   watch.policy = sched_getscheduler(0) & ~SCHED_RESET_ON_FORK;
-  int pid_pipe[2];
-  if (pipe2(pid_pipe, O_CLOEXEC) != 0) return errno_text("pipe");
-  watch.pid_fd = pid_pipe[0];
-  fcntl(pid_pipe[0], F_SETFL, O_NONBLOCK);
-  // The keeper stays in the cgroup until the end (a few hundred KiB, one
-  // task): each move of a task between cgroups costs an RCU grace period
-  // (about 10 ms on cgroup v1), one of them on the worker's start.
-  if (hooks.cgroup.version() && !hooks.cgroup.join(true)) {
-    rmdir(path.data());
-    return errno_text("cannot enter the worker's cgroup");
-  }
+  int channel[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, channel) != 0)
+    return errno_text("socketpair");
+  hooks.channel = channel[0];
+  fcntl(channel[0], F_SETFL, O_NONBLOCK);
   // It read the pool's environment: no process of its uid reads its memory.
   prctl(PR_SET_DUMPABLE, 0);
   std::string error = start_keeper(report_.workdir, &hooks);
@@ -666,8 +681,8 @@ std::string Sandbox::enter_early() {
     hooks.after_worker();
     return error;
   }
-  close(pid_pipe[0]);
-  watch_fd_ = pid_pipe[1];
+  close(channel[0]);
+  keeper_fd_ = channel[1];
   // The pid the owner knows, were this the worker (/proc is the host's).
   char self[32] = {};
   host_pid_ = readlink("/proc/self", self, sizeof self - 1) > 0 ? pid_t(atol(self)) : getpid();
@@ -683,11 +698,18 @@ std::string Sandbox::enter_early() {
   if (!error.empty()) return error;
   error = enter_pid_namespace();
   if (!error.empty()) return error;
+  announce_to_keeper();
   if (chdir(report_.workdir.c_str()) != 0) return errno_text("cannot enter the working directory");
   setenv("TMPDIR", report_.workdir.c_str(), 1);
   setenv("HOME", report_.workdir.c_str(), 1);
   setenv("PWD", report_.workdir.c_str(), 1);
   return "";
+}
+
+void Sandbox::announce_to_keeper() {
+  if (keeper_fd_ < 0) return;
+  std::string message = "P" + std::to_string(host_pid_) + "\n";
+  (void)!write(keeper_fd_, message.data(), message.size());
 }
 
 // Every worker in a pid namespace of its own, made in the sandbox's user
@@ -715,7 +737,7 @@ std::string Sandbox::enter_pid_namespace() {
   if (init < 0) return errno_text("cannot fork the pid namespace's init");
   if (init > 0) {
     close(status_pipe[1]);
-    close(watch_fd_);
+    close(keeper_fd_);
     run_relay(init, status_pipe[0]);
   }
   close(status_pipe[0]);
@@ -797,6 +819,15 @@ std::string Sandbox::enter_namespaces(uid_t uid, gid_t gid) {
 }
 
 std::string Sandbox::enter_late(const std::vector<std::string>& read_paths) {
+  if (keeper_fd_ >= 0) {
+    // The keeper moved the worker into its cgroup meanwhile (its answer).
+    char ack;
+    if (read(keeper_fd_, &ack, 1) != 1) return "the keeper did not move the worker into its cgroup";
+  }
+  // Its own cgroup namespace: /proc/self/cgroup shows "/", not the host's
+  // cgroup tree.
+  if (report_.cgroup && report_.user_ns && unshare(CLONE_NEWCGROUP) != 0)
+    return errno_text("unshare(CLONE_NEWCGROUP)");
   // The filesystem view needs the capabilities the user namespace gave;
   // none is kept past it.
   std::string error = build_view(read_paths);
@@ -808,12 +839,11 @@ std::string Sandbox::enter_late(const std::vector<std::string>& read_paths) {
   error = apply_landlock(read_paths);
   if (error.empty())
     error = apply_seccomp(!options_.zygote && !(options_.sandbox_allow & kAllowFork), false);
-  if (error.empty() && watch_fd_ >= 0) {
+  if (error.empty() && keeper_fd_ >= 0) {
     // Confined, limits applied: the keeper watches them from now on.
-    std::string pid = std::to_string(host_pid_);
-    (void)!write(watch_fd_, pid.data(), pid.size());
-    close(watch_fd_);
-    watch_fd_ = -1;
+    (void)!write(keeper_fd_, "C", 1);
+    close(keeper_fd_);
+    keeper_fd_ = -1;
   }
   return error;
 }

@@ -93,7 +93,9 @@ class Sandbox {
   Options options_;
   SandboxReport report_;
   pid_t host_pid_ = 0;
-  int watch_fd_ = -1;  // the keeper's pipe: the worker's host pid, once confined
+  int keeper_fd_ = -1;  // the socketpair to the keeper (SandboxKeeper in sandbox.cpp)
+  // Tells the keeper the worker's host pid (it moves it into the cgroup).
+  void announce_to_keeper();
 };
 
 // Before Py_Initialize: makes `import _pyport_sandbox` work (the Python
