@@ -34,6 +34,10 @@ NODES = ["root", "user"]
 MIB = 1 << 20
 COOKIE = "pyport-hostile-cookie-5e1f"
 
+# An address-space limit cannot hold an ASan build (it reserves terabytes).
+needs_no_asan = pytest.mark.skipif(os.environ.get("PYPORT_SANITIZED") == "1",
+                                   reason="an address-space limit cannot hold an ASan build")
+
 
 def hostile_user() -> pwd.struct_passwd:
     """The unprivileged node's user, created on first use."""
@@ -207,6 +211,6 @@ def wait_for(predicate, timeout=5.0):
     return True
 
 
-__all__ = ["os", "time", "P", "Atom", "MODES", "NODES", "MIB", "COOKIE", "Node", "world_tmp", "node", "start",
+__all__ = ["os", "time", "P", "Atom", "needs_no_asan", "MODES", "NODES", "MIB", "COOKIE", "Node", "world_tmp", "node", "start",
            "node_process", "job", "forbidden", "assert_healthy", "sandbox_of", "state_of",
            "tenants", "in_namespace_of", "wait_for", "assert_oom_killed", "hostile_user", "signal", "stat"]

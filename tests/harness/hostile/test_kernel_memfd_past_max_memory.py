@@ -18,6 +18,7 @@ for i in range(input):
 'held'"""
 
 
+@needs_no_asan
 @pytest.mark.parametrize("mode", MODES)
 def test_a_memfd_past_max_memory_ends_the_worker(start, mode, node_process):
     w = start(mode, "--max-memory", str(128 * MIB), "--max-file-size", str(64 * MIB))

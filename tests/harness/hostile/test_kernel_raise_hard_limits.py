@@ -17,6 +17,7 @@ for name in ('RLIMIT_AS', 'RLIMIT_FSIZE', 'RLIMIT_NOFILE', 'RLIMIT_CPU', 'RLIMIT
 out"""
 
 
+@needs_no_asan
 @pytest.mark.parametrize("mode", MODES)
 def test_a_job_cannot_raise_its_hard_limits(start, mode):
     w = start(mode, "--max-memory", str(256 * MIB), "--max-file-size", str(MIB),

@@ -21,6 +21,7 @@ for _ in range(input // 16):
 'held'"""
 
 
+@needs_no_asan
 @pytest.mark.parametrize("mode", MODES)
 def test_shared_memory_past_max_memory_ends_the_worker(start, mode, node_process):
     w = start(mode, "--max-memory", str(128 * MIB))
