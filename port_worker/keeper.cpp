@@ -13,11 +13,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <algorithm>
 #include <utility>
 #include <vector>
 
@@ -271,7 +271,8 @@ void close_all_but(int a, int b, int c = -1) {
   time_t checked = time(nullptr);
   while (!done) {
     int hook_fd = hooks ? hooks->fd() : -1;
-    pollfd fds[3] = {{sfd, POLLIN, 0}, {diag_open ? diag_read : -1, POLLIN, 0}, {hook_fd, POLLIN, 0}};
+    pollfd fds[3] = {
+        {sfd, POLLIN, 0}, {diag_open ? diag_read : -1, POLLIN, 0}, {hook_fd, POLLIN, 0}};
     int rc = poll(fds, 3, sfd >= 0 && !hooks ? -1 : hooks ? 1000 : 100);
     if (rc < 0 && errno != EINTR) break;
     if (hook_fd >= 0 && (fds[2].revents & (POLLIN | POLLHUP | POLLERR))) hooks->on_readable();

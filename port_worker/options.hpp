@@ -1,9 +1,9 @@
 // Command line of pyport_worker.
 #pragma once
 
+#include <sys/types.h>
 #include <cstddef>
 #include <cstdint>
-#include <sys/types.h>
 #include <string>
 #include <vector>
 

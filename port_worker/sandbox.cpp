@@ -22,11 +22,11 @@
 
 #include <algorithm>
 #include <atomic>
-#include <climits>
-#include <initializer_list>
 #include <cerrno>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
 
 #include "codec.hpp"
@@ -199,7 +199,6 @@ std::string errno_text(const char* what) {
   return std::string(what) + ": " + strerror(errno);
 }
 
-
 bool write_file(const char* path, const std::string& text) {
   int fd = open(path, O_WRONLY | O_CLOEXEC);
   if (fd < 0) return false;
@@ -283,7 +282,8 @@ class WorkerCgroup {
       if (!write_file((mem + "/memory.limit_in_bytes").c_str(), std::to_string(options.max_memory)))
         return fail("memory.limit_in_bytes");
       // Swap may not extend it (the file exists with swap accounting only).
-      write_file((mem + "/memory.memsw.limit_in_bytes").c_str(), std::to_string(options.max_memory));
+      write_file((mem + "/memory.memsw.limit_in_bytes").c_str(),
+                 std::to_string(options.max_memory));
     }
     if (options.max_processes) {
       std::string pids = pids_parent + "/" + name;
@@ -523,7 +523,8 @@ std::string read_env_frame(std::vector<std::string>& env) {
   };
   uint8_t head[4];
   if (!read_all(head, 4)) return "--env-stdin: no environment frame on stdin";
-  uint32_t size = uint32_t(head[0]) << 24 | uint32_t(head[1]) << 16 | uint32_t(head[2]) << 8 | head[3];
+  uint32_t size =
+      uint32_t(head[0]) << 24 | uint32_t(head[1]) << 16 | uint32_t(head[2]) << 8 | head[3];
   if (size > (1u << 20)) return "--env-stdin: the environment frame passes 1 MiB";
   std::string payload(size, '\0');
   if (size && !read_all(payload.data(), size)) return "--env-stdin: the environment frame is cut";
@@ -556,8 +557,8 @@ constexpr uint64_t kMountAttrRdonly = 0x1, kMountAttrNosuid = 0x2, kMountAttrNod
 // only added, so flags the host locked stay as they are.
 std::string set_mount_attr(const std::string& path, uint64_t attrs, bool recursive) {
   MountAttr attr{attrs, 0, 0, 0};
-  if (syscall(SYS_mount_setattr, AT_FDCWD, path.c_str(),
-              recursive ? unsigned(AT_RECURSIVE) : 0u, &attr, sizeof attr) != 0) {
+  if (syscall(SYS_mount_setattr, AT_FDCWD, path.c_str(), recursive ? unsigned(AT_RECURSIVE) : 0u,
+              &attr, sizeof attr) != 0) {
     return errno_text(("mount_setattr " + path).c_str());
   }
   return "";
