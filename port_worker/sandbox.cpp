@@ -256,9 +256,16 @@ class WorkerCgroup {
     std::string controllers = read_small_file("/sys/fs/cgroup/cgroup.controllers");
     if (!controllers.empty()) {
       if (controllers.find("memory") == std::string::npos) return "cgroup v2 without memory";
-      std::string dir = "/sys/fs/cgroup" + v2 + "/" + name;
+      std::string parent = "/sys/fs/cgroup" + v2;
+      // The controllers must be enabled for the node's cgroup's children
+      // (v2 allows that only where no process sits in the parent itself:
+      // put the node in a cgroup of its own).
+      write_file((parent + "/cgroup.subtree_control").c_str(), "+memory +pids");
+      std::string dir = parent + "/" + name;
       if (mkdir(dir.c_str(), 0755) != 0) return errno_text(("cannot create " + dir).c_str());
       dirs_.push_back(dir);
+      if (access((dir + "/memory.max").c_str(), W_OK) != 0)
+        return "cgroup v2: " + parent + " does not delegate the memory controller";
       version_ = 2;
       if (options.max_memory) {
         if (!write_file((dir + "/memory.max").c_str(), std::to_string(options.max_memory)))
@@ -306,16 +313,6 @@ class WorkerCgroup {
       ok = write_file((dir + "/cgroup.procs").c_str(), std::to_string(pid)) && ok;
     return ok;
   }
-  // Moves the calling process in (true) or back where it was (false).
-  bool join(bool in) {
-    std::string self = std::to_string(getpid());
-    bool ok = true;
-    for (size_t i = 0; i < dirs_.size(); ++i) {
-      std::string target = in ? dirs_[i] : parent_of(dirs_[i]);
-      ok = write_file((target + "/cgroup.procs").c_str(), self) && ok;
-    }
-    return ok;
-  }
   // Once every task in it is gone.
   void remove() {
     for (auto it = dirs_.rbegin(); it != dirs_.rend(); ++it) {
@@ -355,7 +352,6 @@ class WorkerCgroup {
   // max_processes counts the worker's processes and threads (the keeper,
   // the relay and the pid namespace's init stay out of the cgroup).
   static uint64_t pids_max(const Options& options) { return options.max_processes; }
-  static std::string parent_of(const std::string& dir) { return dir.substr(0, dir.rfind('/')); }
   std::string fail(const char* file) {
     std::string why = errno_text((std::string("cannot write ") + file).c_str());
     return why;
@@ -422,7 +418,13 @@ class SandboxKeeper : public KeeperHooks {
       if (*p == 'P') {
         pid = pid_t(strtol(p + 1, &p, 10));
         --p;
-        if (cgroup.version()) cgroup.move(pid);
+        // Not in its cgroup: no answer, the worker gives up (never a
+        // worker that the report says is counted and is not).
+        if (cgroup.version() && !cgroup.move(pid)) {
+          close(channel);
+          channel = -1;
+          return;
+        }
         (void)!write(channel, "k", 1);
       } else if (*p == 'C') {
         watch.worker = pid;
@@ -653,7 +655,8 @@ std::string Sandbox::enter_early() {
     unavailable("cgroup", why + " (the rlimits stand alone)");
   }
   report_.cgroup = cgroup.version();
-  report_.cgroup_pids = cgroup.counts_pids();
+  if (cgroup.version() && options_.max_processes && !cgroup.counts_pids())
+    unavailable("cgroup_pids", "no writable pids controller: RLIMIT_NPROC stands alone");
 
   // The keeper (keeper.hpp) stays the parent; the worker goes on in the
   // child, still root until the uid drop below, so the keeper can remove

@@ -40,7 +40,6 @@ struct SandboxReport {
   long uid = -1;
   std::string workdir;
   int cgroup = 0;            // the cgroup version counting memory (1 or 2), 0 for none
-  bool cgroup_pids = false;  // the cgroup counts tasks too (pids.max)
   bool mount_view = false;   // the job's own root (pivot_root), no host path beyond it
   uint64_t max_disk = 0;     // bytes of the working directory's tmpfs, 0 for none
   // Layer name (an atom on the wire) and why it is not in force.
