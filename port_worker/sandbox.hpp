@@ -1,17 +1,22 @@
 // The sandbox of a worker started with --sandbox or --zygote: kernel
 // confinement applied before any untrusted code runs.
 //
-// In order (docs/pyport-run.md, "Worker flags"):
+// In order (docs/design.md, "The sandbox inside a worker"):
 //  1. enter_early(), first thing in main(), while the process has a single
-//     thread (unshare(CLONE_NEWUSER) requires it): a scrubbed environment,
-//     the private working directory, the keeper (keeper.hpp: a parent that waits
-//     for the worker, removes the working directory and exits with the
-//     worker's status), the unprivileged uid, the namespaces.
-//  2. resource limits (main.cpp, apply_limits).
+//     thread (unshare(CLONE_NEWUSER) requires it): the pool's environment
+//     (--env-stdin), a scrubbed environment, the private working directory,
+//     the worker's cgroup, the keeper (keeper.hpp, with the sandbox's
+//     hooks: it moves the worker into the cgroup, watches its limits,
+//     removes the working directory and the cgroup, exits with the
+//     worker's status), the worker's own uid, the user, network, IPC and
+//     mount namespaces, then a pid namespace: a relay stays outside, the
+//     zygote is its init, a warm worker is pid 2 under a minimal init.
+//  2. resource limits, hard = soft (main.cpp, apply_limits).
 //  3. enter_late(), after Python started and the --preload modules were
 //     imported, before any other thread exists (Landlock binds the calling
-//     thread and the threads it starts later): no_new_privs, Landlock, and
-//     the seccomp filter last.
+//     thread and the threads it starts later): the cgroup namespace, the
+//     private root (pivot_root; the --max-disk tmpfs; its own /proc), no
+//     capabilities, no_new_privs, Landlock, and the seccomp filter last.
 //  4. In a zygote, enter_job() in each job's child: its own descriptors,
 //     working directory, rlimits, a nested Landlock layer and a second
 //     seccomp filter forbidding process creation.
