@@ -18,7 +18,7 @@
 -export([raise_hard_limits/1, node_untouchable/1, other_pool_untouchable/1,
          memfd_past_max_memory/1, files_past_max_disk/1, node_cookie_unreadable/1,
          other_pool_env_unreadable/1, host_unix_socket_unreachable/1,
-         stat_outside_the_view/1, pool_info_reports_the_layers/1]).
+         stat_outside_the_view/1, pool_info_reports_the_layers/1, damaged_worker_replaced/1]).
 
 -define(USER, "pyport-hostile").
 -define(MIB, 1048576).
@@ -31,7 +31,7 @@ groups() ->
     Cases = [pool_info_reports_the_layers, raise_hard_limits, node_untouchable,
              other_pool_untouchable, memfd_past_max_memory, files_past_max_disk,
              node_cookie_unreadable, other_pool_env_unreadable, host_unix_socket_unreachable,
-             stat_outside_the_view],
+             stat_outside_the_view, damaged_worker_replaced],
     Modes = [{warm, [], Cases}, {fresh, [], Cases}],
     [{root, [], [{group, warm}, {group, fresh}]},
      {user, [], [{group, warm}, {group, fresh}]} | Modes].
@@ -264,6 +264,30 @@ stat_outside_the_view(Config) ->
                        after
                            file:delete(File)
                        end
+               end).
+
+damaged_worker_replaced(Config) ->
+    %% A worker (a zygote: its pool broke for good when a job set its open
+    %% files to 4) whose limits changed: jobs cannot do that any more, so
+    %% the change is made from outside, by a process of the worker's uid.
+    %% Its keeper ends it within a second; the pool starts a new one.
+    Fresh = ?config(fresh, Config),
+    {OsPid, Uid} = at(Config, fun() ->
+                                      {ok, #{workers := [#{os_pid := P, sandbox := #{uid := U}}]}} =
+                                          pyport:pool_info(jobs),
+                                      {P, U}
+                              end),
+    U = integer_to_list(Uid),
+    Out = os:cmd("setpriv --reuid=" ++ U ++ " --regid=" ++ U ++ " --clear-groups prlimit "
+                 "--nofile=16:16 --pid=" ++ integer_to_list(OsPid) ++ " && echo done"),
+    ?assertEqual("done\n", Out),
+    at(Config, fun() ->
+                       pyport_test_util:wait_until(
+                         fun() ->
+                                 P = pyport_test_util:os_pid({jobs, 1}),
+                                 is_integer(P) andalso P =/= OsPid
+                         end, 500),
+                       ?assertMatch({ok, 42, _}, run(jobs, Fresh, <<"6 * 7">>))
                end).
 
 %%%===================================================================
