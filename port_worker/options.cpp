@@ -72,6 +72,11 @@ struct Limit {
   const char* unit;
 };
 
+// The largest value of any limit: below RLIM_INFINITY (which would lift
+// the limit), and --cpu-seconds + 1 (its hard limit) cannot wrap. The
+// owner checks the same bound (pyport_config.erl).
+constexpr uint64_t kMaxLimit = uint64_t(1) << 62;
+
 // The smallest values still let Python start and run.
 const Limit kLimits[] = {
     {"--max-memory", RLIMIT_AS, &Options::max_memory, uint64_t(32) << 20, "bytes"},
@@ -155,9 +160,10 @@ std::string parse_options(int argc, const char* const* argv, Options& out) {
     } else if (name == "--path") {
       out.paths.push_back(value);
     } else if (limit) {
-      if (!parse_number(value, limit->min, UINT64_MAX, out.*(limit->field))) {
-        return std::string(limit->option) + " must be a number of " + limit->unit + ", at least " +
-               std::to_string(limit->min) + ", not '" + value + "'";
+      if (!parse_number(value, limit->min, kMaxLimit, out.*(limit->field))) {
+        return std::string(limit->option) + " must be a number of " + limit->unit + " from " +
+               std::to_string(limit->min) + " to " + std::to_string(kMaxLimit) + ", not '" + value +
+               "'";
       }
     } else if (name == "--sandbox-allow") {
       unsigned bit = 0;

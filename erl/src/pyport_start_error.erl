@@ -1,0 +1,69 @@
+%% @doc Why a worker OS process could not start, in terms of the pool's
+%% configuration (see docs/configuration.md, Errors).
+%%
+%% A worker that fails before its hello (an option it refuses, a limit it
+%% cannot apply, Python that cannot initialise in the environment it was
+%% given, a sandbox preload that fails) first writes an `ERROR' frame with
+%% id 0 and type `StartError': its message, and what is at fault, the
+%% command-line option it names or the stage that failed (PROTOCOL.md).
+%% This module maps that back to the pool key, so the start fails with
+%% `{config_error, Key, Message}' instead of a bare exit status. A process
+%% that dies while it runs an `imports' module or the `init_code'
+%% (`sys.exit' is an exception, `os._exit' is not) fails with
+%% `{init_failed, Step, ExitDetail}'.
+-module(pyport_start_error).
+
+-export([from_frame/2, detail/3]).
+
+-export_type([detail/0]).
+
+-type detail() :: {config_error, atom(), binary()}
+                | {init_failed, init_code | {import, binary()}, term()}
+                | term().
+
+%% @doc The reason in a worker's `StartError' frame (the fields after the
+%% id), with the key of `Opts' it is about; `error' for any other frame.
+-spec from_frame(binary(), map()) -> {ok, {config_error, atom(), binary()}} | error.
+from_frame(Rest, Opts) ->
+    case pyport_codec:decode_fields(3, Rest) of
+        {ok, [<<"StartError">>, Message, Where]} when is_binary(Message), is_binary(Where) ->
+            {ok, {config_error, key(Where, Opts), Message}};
+        _ ->
+            error
+    end.
+
+%% @doc What a start that ended with `Exit' (an exit detail) failed of: the
+%% worker's own reason when it gave one, else the init step that was
+%% running (`undefined' when none), else `Exit' itself.
+-spec detail(term(), undefined | {config_error, atom(), binary()},
+             undefined | init_code | {import, binary()}) -> detail().
+detail(_Exit, {config_error, _, _} = Reported, _Step) ->
+    Reported;
+detail(Exit, undefined, undefined) ->
+    Exit;
+detail(Exit, undefined, Step) ->
+    {init_failed, Step, Exit}.
+
+%% The worker's command-line options (pyport_os, pyport_sandbox) and the
+%% pool keys they come from.
+key(<<"--max-memory">>, _) -> max_memory;
+key(<<"--cpu-seconds">>, _) -> cpu_seconds;
+key(<<"--max-open-files">>, _) -> max_open_files;
+key(<<"--max-frame-size">>, _) -> max_frame_size;
+key(<<"--path">>, _) -> python_path;
+key(<<"--preload">>, _) -> imports;
+key(<<"--runtime">>, _) -> worker;
+key(<<"--", _/binary>>, _) -> sandbox;          % the sandbox's own options
+key(<<"sandbox">>, _) -> sandbox;
+key(<<"python">>, Opts) ->
+    %% Python itself did not start: what the pool changed in its
+    %% environment is the likely cause, else the installation.
+    Env = maps:get(env, Opts, []),
+    case {[N || {"PYTHON" ++ _ = N, _} <- Env], maps:get(venv, Opts, undefined), Env} of
+        {[_ | _], _, _} -> env;
+        {[], Venv, _} when Venv =/= undefined -> venv;
+        {[], _, [_ | _]} -> env;
+        {[], _, []} -> worker
+    end;
+key(_, _) ->
+    worker.
