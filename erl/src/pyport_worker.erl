@@ -326,6 +326,14 @@ handle_info({stream_recheck, Id}, State) ->
 handle_info({pubsub, Topic, Msg}, State) ->
     forward_pubsub(Topic, Msg, State),
     {noreply, State};
+handle_info({'$pyport_pending', Id, Probe}, State) ->
+    %% An await asks whether request Id can still be answered (see
+    %% pyport_async:await/3); silence means yes.
+    case pending_for_caller(Id, State) of
+        true -> ok;
+        false -> Probe ! {Probe, not_pending}
+    end,
+    {noreply, State};
 handle_info({'$pyport_cancel', Id}, State) ->
     {noreply, cancel(Id, State)};
 handle_info({'$pyport_interrupt', Id}, State) ->
@@ -605,6 +613,16 @@ flush_queue({{value, {req, Id, Entry, Frame}}, Rest}, Now, State) ->
             _ = send_frame(State#state.port, Frame),
             State1 = State#state{pending = maps:put(Id, Entry, State#state.pending)},
             flush_queue(queue:out(Rest), Now, sent(State1))
+    end.
+
+pending_for_caller(Id, #state{pending = Pending, queue = Q}) ->
+    case Pending of
+        #{Id := {abandoned, _}} -> false;
+        #{Id := _} -> true;
+        #{} -> lists:any(fun({call, _, I, _, _}) -> I =:= Id;
+                            ({req, I, _, _}) -> I =:= Id;
+                            (_) -> false
+                         end, queue:to_list(Q))
     end.
 
 %% The caller of request Id stopped waiting (its timeout passed).
