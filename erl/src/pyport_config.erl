@@ -156,8 +156,8 @@ check_values(Name, [{Key, Value} | Rest], Acc) ->
 
 %% @doc The largest value of each integer option: what the runtime can
 %% take (a `receive ... after' or `gen_server:call' timeout is at most
-%% 2^32-1 ms, about 49.7 days; the worker takes a limit up to 2^62,
-%% port_worker/options.cpp), and a pool size the node can hold (every
+%% 2^32-1 ms, about 49.7 days; the worker takes a limit up to 2^62, CPU
+%% seconds up to 2^32-1, port_worker/options.cpp), and a pool size the node can hold (every
 %% worker is a process, a port and an OS process).
 -spec max_value(atom()) -> pos_integer() | undefined.
 max_value(Key) when Key =:= call_timeout; Key =:= start_timeout; Key =:= kill_after;
@@ -166,7 +166,11 @@ max_value(Key) when Key =:= call_timeout; Key =:= start_timeout; Key =:= kill_af
 max_value(size) ->
     Machine = min(erlang:system_info(port_limit), erlang:system_info(process_limit)) div 4,
     max(1, min(?MAX_POOL_SIZE, Machine));
-max_value(Key) when Key =:= max_memory; Key =:= cpu_seconds; Key =:= max_open_files;
+max_value(cpu_seconds) ->
+    %% The kernel counts CPU time in nanoseconds in 64 bits: beyond this it
+    %% wraps into an instant SIGXCPU.
+    16#FFFFFFFF;
+max_value(Key) when Key =:= max_memory; Key =:= max_open_files;
                     Key =:= max_inflight; Key =:= max_requests; Key =:= max_rss ->
     ?MAX_LIMIT;
 max_value(_Key) ->

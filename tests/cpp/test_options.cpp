@@ -70,16 +70,16 @@ BOOST_AUTO_TEST_CASE(limits) {
       parse({"--max-memory", "1000"}, o) ==
       "--max-memory must be a number of bytes from 33554432 to 4611686018427387904, not '1000'");
   BOOST_TEST(parse({"--cpu-seconds", "0"}, o) ==
-             "--cpu-seconds must be a number of seconds from 1 to 4611686018427387904, not '0'");
+             "--cpu-seconds must be a number of seconds from 1 to 4294967295, not '0'");
   BOOST_TEST(
       parse({"--max-open-files", "-1"}, o) ==
       "--max-open-files must be a number of descriptors from 16 to 4611686018427387904, not '-1'");
   BOOST_TEST(parse({"--max-open-files"}, o) == "--max-open-files needs a value");
   // Above 2^62 (or beyond 64 bits) is refused, not wrapped or taken as "no limit".
   BOOST_TEST(parse({"--max-memory", "4611686018427387904"}, o) == "");
-  BOOST_TEST(parse({"--cpu-seconds", "4611686018427387905"}, o) ==
-             "--cpu-seconds must be a number of seconds from 1 to 4611686018427387904, not "
-             "'4611686018427387905'");
+  BOOST_TEST(parse({"--cpu-seconds", "4294967295"}, o) == "");
+  BOOST_TEST(parse({"--cpu-seconds", "4294967296"}, o) ==
+             "--cpu-seconds must be a number of seconds from 1 to 4294967295, not '4294967296'");
   BOOST_TEST(parse({"--max-memory", "36893488147419103232"}, o) ==
              "--max-memory must be a number of bytes from 33554432 to 4611686018427387904, not "
              "'36893488147419103232'");
