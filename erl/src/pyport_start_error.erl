@@ -7,7 +7,10 @@
 %% id 0 and type `StartError': its message, and what is at fault, the
 %% command-line option it names or the stage that failed (PROTOCOL.md).
 %% This module maps that back to the pool key, so the start fails with
-%% `{config_error, Key, Message}' instead of a bare exit status. A process
+%% `{config_error, Key, Message}' instead of a bare exit status; a
+%% sandboxed pool's `imports' module that fails before the hello gives the
+%% same `{init_failed, {import, Name}, {Type, Message}}' as an unsandboxed
+%% pool's. A process
 %% that dies while it runs an `imports' module or the `init_code'
 %% (`sys.exit' is an exception, `os._exit' is not) fails with
 %% `{init_failed, Step, ExitDetail}'.
@@ -15,17 +18,30 @@
 
 -export([from_frame/2, detail/3]).
 
--export_type([detail/0]).
+-export_type([detail/0, reported/0]).
 
--type detail() :: {config_error, atom(), binary()}
+-type reported() :: {config_error, atom(), binary()}
+                  | {init_failed, {import, binary()}, {binary(), binary()}}.
+-type detail() :: reported()
                 | {init_failed, init_code | {import, binary()}, term()}
                 | term().
 
 %% @doc The reason in a worker's `StartError' frame (the fields after the
 %% id), with the key of `Opts' it is about; `error' for any other frame.
--spec from_frame(binary(), map()) -> {ok, {config_error, atom(), binary()}} | error.
+-spec from_frame(binary(), map()) -> {ok, reported()} | error.
 from_frame(Rest, Opts) ->
     case pyport_codec:decode_fields(3, Rest) of
+        {ok, [<<"StartError">>, <<"--preload ", Failure/binary>> = Message, <<"--preload">>]} ->
+            %% "--preload Name: Type: Message" (port_worker/worker.cpp).
+            case binary:split(Failure, <<": ">>) of
+                [Name, Error] ->
+                    case binary:split(Error, <<": ">>) of
+                        [Type, Text] -> {ok, {init_failed, {import, Name}, {Type, Text}}};
+                        [Text] -> {ok, {init_failed, {import, Name}, {<<"ImportError">>, Text}}}
+                    end;
+                [_] ->
+                    {ok, {config_error, imports, Message}}
+            end;
         {ok, [<<"StartError">>, Message, Where]} when is_binary(Message), is_binary(Where) ->
             {ok, {config_error, key(Where, Opts), Message}};
         _ ->
@@ -35,9 +51,9 @@ from_frame(Rest, Opts) ->
 %% @doc What a start that ended with `Exit' (an exit detail) failed of: the
 %% worker's own reason when it gave one, else the init step that was
 %% running (`undefined' when none), else `Exit' itself.
--spec detail(term(), undefined | {config_error, atom(), binary()},
+-spec detail(term(), undefined | reported(),
              undefined | init_code | {import, binary()}) -> detail().
-detail(_Exit, {config_error, _, _} = Reported, _Step) ->
+detail(_Exit, Reported, _Step) when Reported =/= undefined ->
     Reported;
 detail(Exit, undefined, undefined) ->
     Exit;

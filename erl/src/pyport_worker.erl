@@ -146,7 +146,7 @@
           kill_reason :: term(),
           %% Why the current OS process cannot start, as it said before its
           %% hello (see pyport_start_error).
-          start_error :: undefined | {config_error, atom(), binary()},
+          start_error :: undefined | pyport_start_error:reported(),
           %% Held while the OS process restarts: {call, Alias, Id, Deadline,
           %% Frame}, {req, Id, Entry, Frame} (tasks, streams) or {cast,
           %% Frame}, in arrival order.
