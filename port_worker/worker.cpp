@@ -37,10 +37,10 @@ void write_diag(int fd, const std::string& message) {
 
 void report_start_failure(int fd, const std::string& message, const std::string& stage) {
   if (fd < 0) return;
-  // The option the message is about: its first "--name".
+  // The option the message is about: given, or its first "--name".
   std::string where = stage;
   size_t at = message.find("--");
-  if (at != std::string::npos) {
+  if (stage.rfind("--", 0) != 0 && at != std::string::npos) {
     size_t end = message.find_first_of(" '=:", at);
     where = message.substr(at, end == std::string::npos ? std::string::npos : end - at);
   }
@@ -142,7 +142,8 @@ int Worker::run(const Channel& channel) {
     return 1;
   }
   if (sandbox_ && (!enter_sandbox() || !start_relay())) {
-    report_start_failure(channel_.out_fd, last_diag_, "sandbox");
+    report_start_failure(channel_.out_fd, last_diag_,
+                         failed_option_.empty() ? "sandbox" : failed_option_);
     return 1;
   }
   link_->bind_main(this);
@@ -353,7 +354,8 @@ bool Worker::enter_sandbox() {
   for (const std::string& name : options_.preload) {
     PyRef module = PyRef::steal(PyImport_ImportModule(name.c_str()));
     if (!module) {
-      diag("--preload " + name + ": " + current_exception_text());
+      diag("cannot preload " + name + ": " + current_exception_text());
+      failed_option_ = "--preload";
       return false;
     }
   }

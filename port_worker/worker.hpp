@@ -40,8 +40,9 @@ void write_diag(int fd, const std::string& message);
 
 // Before its HELLO, tells the owner why the worker cannot start: an ERROR
 // frame with id 0, type "StartError", the message, and in the traceback
-// field what is at fault: the command-line option the message names
-// ("--max-memory"), or `stage` ("python", "sandbox") when it names none.
+// field what is at fault: `stage` if it is an option ("--preload"), else
+// the option the message names ("--max-memory"), else `stage` ("python",
+// "sandbox").
 // Written at once to fd (the frame channel), which nothing else writes yet.
 void report_start_failure(int fd, const std::string& message, const std::string& stage);
 
@@ -155,7 +156,8 @@ class Worker : public LoopHost, public MainThread {
   std::atomic<bool> loop_requested_{false};  // a thread waits for it to exist
   bool loop_completions_ = false;            // the main thread posted some for itself
   int exit_status_ = 0;
-  std::string last_diag_;  // the reason a start failed, for report_start_failure
+  std::string last_diag_;      // the reason a start failed, for report_start_failure
+  std::string failed_option_;  // the option at fault in last_diag_, if the message does not say
   unsigned long loop_thread_ = 0;
 
   // Python state, used on the loop thread with the GIL.

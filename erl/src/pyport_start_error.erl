@@ -31,8 +31,9 @@
 -spec from_frame(binary(), map()) -> {ok, reported()} | error.
 from_frame(Rest, Opts) ->
     case pyport_codec:decode_fields(3, Rest) of
-        {ok, [<<"StartError">>, <<"--preload ", Failure/binary>> = Message, <<"--preload">>]} ->
-            %% "--preload Name: Type: Message" (port_worker/worker.cpp).
+        {ok, [<<"StartError">>, <<"cannot preload ", Failure/binary>> = Message,
+              <<"--preload">>]} ->
+            %% "cannot preload Name: Type: Message" (port_worker/worker.cpp).
             case binary:split(Failure, <<": ">>) of
                 [Name, Error] ->
                     case binary:split(Error, <<": ">>) of
