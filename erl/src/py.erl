@@ -610,9 +610,7 @@ reload(Module, Opts) ->
 reload_slot(Pool, Slot, Pid, Name, Timeout) ->
     case control(Pool, Slot, <<"reload">>, Name, Timeout) of
         {ok, <<"needs_restart">>} ->
-            try pyport_worker:recycle(Pid, recycle_timeout(Timeout))
-            catch exit:{Reason, _} -> {error, {worker_exited, Reason}}
-            end;
+            recycle(Pid, pyport_request:deadline(recycle_timeout(Timeout)));
         {ok, _ReloadedOrNotLoaded} ->
             ok;
         {error, _} = Error ->
@@ -621,6 +619,26 @@ reload_slot(Pool, Slot, Pid, Name, Timeout) ->
 
 recycle_timeout(default) -> 60000;
 recycle_timeout(T) -> T.
+
+%% pyport_worker:recycle/2, with a wait of any length (a gen_server call
+%% takes at most 2^32-1 ms: longer ones are waited in pieces).
+recycle(Pid, Deadline) ->
+    recycle_wait(gen_server:send_request(Pid, recycle), Deadline).
+
+recycle_wait(ReqId, Deadline) ->
+    case pyport_request:wait_ms(Deadline) of
+        Ms when Ms =:= infinity; Ms < 16#FFFFFFFF ->
+            recycle_reply(gen_server:receive_response(ReqId, Ms));
+        Ms ->
+            case gen_server:wait_response(ReqId, Ms) of
+                timeout -> recycle_wait(ReqId, Deadline);
+                Reply -> recycle_reply(Reply)
+            end
+    end.
+
+recycle_reply({reply, Reply}) -> Reply;
+recycle_reply({error, {Reason, _ServerRef}}) -> {error, {worker_exited, Reason}};
+recycle_reply(timeout) -> {error, timeout}.
 
 %% @doc Memory statistics of every worker of the default pool, by slot:
 %% RSS, Python's garbage collector, tracemalloc figures while it traces,

@@ -65,6 +65,11 @@ huge_timeouts_do_not_crash_the_caller(_Config) ->
     ?assertEqual({ok, [0, 1]},
                  py:stream_eval(<<"(__import__('time').sleep(0.02) or i for i in range(2))">>,
                                 #{}, #{timeout => ?HUGE})),
+    %% A C module is reloaded by recycling the worker: a gen_server call.
+    {ok, #{recycles := Recycles}} = pyport:worker_info(py:context(1)),
+    ?assertEqual({ok, 2.0}, py:call(math, sqrt, [4])),
+    ?assertEqual(ok, py:reload(math, #{timeout => ?HUGE})),
+    ?assertMatch({ok, #{recycles := R}} when R > Recycles, pyport:worker_info(py:context(1))),
     %% Nothing is left in the mailbox.
     ?assertEqual({messages, []}, process_info(self(), messages)).
 
