@@ -26,7 +26,7 @@
 -export([call/4, start/4, start_failed/1, await/1, await/2, interrupt/1, cast/2]).
 -export([send/3, decode_reply/3]).
 -export([builtin_exception_types/0]).
--export([deadline/1, wait_ms/1, claim/2]).
+-export([deadline/1, wait_ms/1]).
 
 -export_type([target/0, handle/0, result/0]).
 
@@ -169,13 +169,10 @@ claimed(Handle, Wait) ->
         {error, _} = Error -> Error
     end.
 
-%% @doc Checks that the calling process is `Owner' and takes the
-%% process dictionary mark `Key' (`none': nothing to take).
--spec claim(pid(), term()) -> ok | {error, not_owner | already_awaited}.
+%% The calling process must be `Owner'; it takes the process dictionary
+%% mark `Key'.
 claim(Owner, _Key) when Owner =/= self() ->
     {error, not_owner};
-claim(_Owner, none) ->
-    ok;
 claim(_Owner, Key) ->
     case erase(Key) of
         pending -> ok;

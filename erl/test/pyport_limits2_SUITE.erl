@@ -35,15 +35,25 @@ end_per_suite(_Config) ->
     pyport_test_util:stop().
 
 init_per_testcase(_Case, Config) ->
-    [{processes, erlang:system_info(process_count)} | Config].
+    [{processes, erlang:system_info(process_count)}, {ports, length(erlang:ports())} | Config].
 
 end_per_testcase(_Case, Config) ->
     pyport_test_util:stop_other_pools(),
-    %% Nothing the case did may leave processes behind (a little slack for
-    %% processes of the runtime that come and go).
-    pyport_test_util:wait_until(
-      fun() -> erlang:system_info(process_count) =< ?config(processes, Config) + 2 end),
-    ok.
+    %% Nothing the case did may leave processes or ports behind (a little
+    %% slack for processes of the runtime that come and go).
+    Before = {?config(processes, Config) + 2, ?config(ports, Config)},
+    case settled(Before, 500) of
+        ok -> ok;
+        {leaked, After} -> {fail, {leaked, #{before => Before, 'after' => After}}}
+    end.
+
+settled({Processes, Ports} = Before, Tries) ->
+    Now = {erlang:system_info(process_count), length(erlang:ports())},
+    case Now of
+        {P, Q} when P =< Processes, Q =< Ports -> ok;
+        _ when Tries > 1 -> timer:sleep(10), settled(Before, Tries - 1);
+        _ -> {leaked, Now}
+    end.
 
 %%%===================================================================
 %%% Item 8: timeouts of any size
