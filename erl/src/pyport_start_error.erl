@@ -20,7 +20,7 @@
 
 -export_type([detail/0, reported/0]).
 
--type reported() :: {config_error, atom(), binary()}
+-type reported() :: {config_error, atom() | {sandbox, atom()}, binary()}
                   | {init_failed, {import, binary()}, {binary(), binary()}}.
 -type detail() :: reported()
                 | {init_failed, init_code | {import, binary()}, term()}
@@ -63,14 +63,20 @@ detail(Exit, undefined, Step) ->
 
 %% The worker's command-line options (pyport_os, pyport_sandbox) and the
 %% pool keys they come from.
-key(<<"--max-memory">>, _) -> max_memory;
-key(<<"--cpu-seconds">>, _) -> cpu_seconds;
-key(<<"--max-open-files">>, _) -> max_open_files;
+key(<<"--max-memory">>, Opts) -> limit(max_memory, Opts);
+key(<<"--cpu-seconds">>, Opts) -> limit(cpu_seconds, Opts);
+key(<<"--max-open-files">>, Opts) -> limit(max_open_files, Opts);
 key(<<"--max-frame-size">>, _) -> max_frame_size;
 key(<<"--path">>, _) -> python_path;
 key(<<"--preload">>, _) -> imports;
 key(<<"--runtime">>, _) -> worker;
-key(<<"--", _/binary>>, _) -> sandbox;          % the sandbox's own options
+key(<<"--env">>, _) -> env;
+key(<<"--max-file-size">>, _) -> {sandbox, max_file_size};
+key(<<"--max-processes">>, _) -> {sandbox, max_processes};
+key(<<"--max-output">>, _) -> {sandbox, max_output};
+key(<<"--workdir-parent">>, _) -> {sandbox, workdir_parent};
+key(<<"--env-keep">>, _) -> {sandbox, env_keep};
+key(<<"--", _/binary>>, _) -> sandbox;
 key(<<"sandbox">>, _) -> sandbox;
 key(<<"python">>, Opts) ->
     %% Python itself did not start: what the pool changed in its
@@ -84,3 +90,9 @@ key(<<"python">>, Opts) ->
     end;
 key(_, _) ->
     worker.
+
+%% A sandboxed worker gets the smaller of the pool's and the sandbox's
+%% limit; the pool's is checked to the worker's bounds (pyport_config), so
+%% a refused one is the sandbox's.
+limit(Key, #{sandbox := #{}}) -> {sandbox, Key};
+limit(Key, _Opts) -> Key.

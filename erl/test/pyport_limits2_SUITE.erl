@@ -22,6 +22,7 @@ all() ->
     [huge_timeouts_do_not_crash_the_caller, timeout_options_are_bounded,
      limit_options_are_bounded, pool_size_is_bounded,
      worker_reports_why_it_cannot_start, python_start_failure_names_env,
+     sandbox_limits_the_worker_refuses_are_named,
      init_code_that_exits_names_init_code,
      stream_collection_is_bounded, stream_bytes_are_bounded, stream_default_bytes_follow_the_pool,
      await_from_another_process_is_not_owner, second_await_answers_at_once,
@@ -148,6 +149,18 @@ python_start_failure_names_env(_Config) ->
         pyport:start_pool(home, #{size => 1, env => #{"PYTHONHOME" => "/nonexistent/pyhome"}}),
     ?assertMatch({_, _}, binary:match(Message, <<"cannot start Python">>)),
     ?assertMatch({_, _}, binary:match(Message, <<"PYTHONHOME=/nonexistent/pyhome">>)).
+
+%% The sandbox map's own limits are checked by the worker (refused before
+%% it is confined): the error names the sandbox key.
+sandbox_limits_the_worker_refuses_are_named(_Config) ->
+    {error, {pool_start_failed, sb, {worker_start_failed,
+                                     {config_error, {sandbox, cpu_seconds}, M1}}}} =
+        pyport:start_pool(sb, #{size => 1, sandbox => #{cpu_seconds => 1 bsl 40}}),
+    ?assertMatch({_, _}, binary:match(M1, integer_to_binary(1 bsl 40))),
+    {error, {pool_start_failed, sb, {worker_start_failed,
+                                     {config_error, {sandbox, max_processes}, _}}}} =
+        pyport:start_pool(sb, #{size => 1, sandbox => #{max_processes => 1 bsl 63}}),
+    ?assertEqual([default], pyport:pools()).
 
 init_code_that_exits_names_init_code(_Config) ->
     ?assertEqual({error, {pool_start_failed, osexit,
