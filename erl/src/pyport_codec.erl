@@ -498,11 +498,30 @@ ext_header(_, _, Term) -> error({unsupported_term, Term}).
 -define(OPEN(Bits, Kind),
         case R of
             <<L:Bits, R1/binary>> when D < ?MAX_DEPTH ->
-                open(Kind, L, R1, N, Acc, D, S, C, T, W);
+                ?CHARGE(R1, ?COUNT(Kind, L), ?COUNT(Kind, L), ?WORDS(Kind, L),
+                        {Kind, N - 1, Acc});
             <<_:Bits, _/binary>> ->
                 ?FAIL(too_deep);
             _ ->
                 ?TRUNC(R)
+        end).
+%% Values in a container of L, and the heap words charged for them: a list
+%% cell is 2 words; a flatmap is 2 words a pair and a few, a hash map
+%% nearer 4; a tuple 1 word an element and its header.
+-define(COUNT(Kind, L), (case Kind of map -> 2 * (L); _ -> L end)).
+-define(WORDS(Kind, L), (case Kind of array -> 2 * (L); map -> 4 * (L) + 4 end)).
+%% Opens a container of Count values, Terms and Words within the budgets,
+%% as d/8 goes on with R1. Inline, so that the match context is kept.
+-define(CHARGE(R1, Count, Terms, Words, Frame),
+        case (Terms) =< T andalso (Words) =< W of
+            true -> d(R1, Count, [], D + 1, [Frame | S], C, T - (Terms), W - (Words));
+            false -> charge(R1, Count, Terms, Words, Frame, D, S, C, T, W)
+        end).
+%% A float takes 2 heap words.
+-define(FLOAT(V, R1),
+        case W >= 2 of
+            true -> d(R1, N - 1, [V | Acc], D, S, C, T, W - 2);
+            false -> too_large(max_decoded_bytes, C)
         end).
 
 d(<<_/binary>> = Bin, 0, Acc, _, [], _, _, _) ->
@@ -533,7 +552,7 @@ d(<<B, R/binary>>, N, Acc, D, S, C, T, W) when B >= 16#c0 ->
         16#ca ->
             case R of
                 <<V:32/float, R1/binary>> ->
-                    float(V, R1, N, Acc, D, S, C, T, W);
+                    ?FLOAT(V, R1);
                 <<Sign:1, 16#ff:8, Fraction:23, R1/binary>> ->
                     %% NaN and the infinities do not match as a float.
                     d(R1, N - 1, [non_finite(Sign, Fraction) | Acc], D, S, C, T, W);
@@ -543,7 +562,7 @@ d(<<B, R/binary>>, N, Acc, D, S, C, T, W) when B >= 16#c0 ->
         16#cb ->
             case R of
                 <<V:64/float, R1/binary>> ->
-                    float(V, R1, N, Acc, D, S, C, T, W);
+                    ?FLOAT(V, R1);
                 <<Sign:1, 16#7ff:11, Fraction:52, R1/binary>> ->
                     d(R1, N - 1, [non_finite(Sign, Fraction) | Acc], D, S, C, T, W);
                 _ ->
@@ -578,50 +597,34 @@ d(<<B, R/binary>>, N, Acc, D, S, C, T, W) when B >= 16#c0 ->
     end;
 d(<<B, R/binary>>, N, Acc, D, S, C, T, W) when B >= 16#a0 ->
     L = B - 16#a0,
-    case R of
-        <<V:L/binary, R1/binary>> when W >= 2 + ((L + 7) bsr 3) ->
-            d(R1, N - 1, [V | Acc], D, S, C, T, W - 2 - ((L + 7) bsr 3));
-        <<_:L/binary, _/binary>> -> too_large(max_decoded_bytes, C);
-        _ -> ?TRUNC(R)
-    end;
+    %% At most 31 bytes: copied to the heap.
+    ?VALUE(<<V:L/binary, R1/binary>>, 2 + ((L + 7) bsr 3));
+d(<<B, R/binary>>, N, Acc, D, S, C, T, W) when B < 16#90, D < ?MAX_DEPTH ->
+    L = B - 16#80,
+    ?CHARGE(R, 2 * L, 2 * L, 4 * L + 4, {map, N - 1, Acc});
 d(<<B, R/binary>>, N, Acc, D, S, C, T, W) when D < ?MAX_DEPTH ->
-    case B < 16#90 of
-        true -> open(map, B - 16#80, R, N, Acc, D, S, C, T, W);
-        false -> open(array, B - 16#90, R, N, Acc, D, S, C, T, W)
-    end;
+    L = B - 16#90,
+    ?CHARGE(R, L, L, 2 * L, {array, N - 1, Acc});
 d(<<_, _/binary>>, _, _, _, _, _, _, _) ->
     ?FAIL(too_deep);
 d(<<>>, _, _, _, _, _, _, _) ->
     ?FAIL_SIZE(truncated, 0).
 
-%% Opens an array of L values or a map of L pairs whose elements start at R,
-%% once the budgets allow it.
-open(array, L, R, N, Acc, D, S, C, T, W) ->
-    Charged = charged(L, R),
-    charge(R, L, Charged, 2 * Charged, {array, N - 1, Acc}, D, S, C, T, W);
-open(map, L, R, N, Acc, D, S, C, T, W) ->
-    Charged = charged(2 * L, R),
-    %% A flatmap is 2 words per pair and a few; a hash map nearer 4.
-    charge(R, 2 * L, Charged, 2 * Charged + 4, {map, N - 1, Acc}, D, S, C, T, W).
-
-%% The elements that can be there: each takes at least one byte, so a
-%% header claiming more is truncated, which the decode will find where the
-%% bytes end (having built no more than the bytes hold).
-charged(Count, R) ->
-    min(Count, byte_size(R)).
-
+%% A container past a budget, unless its header claims more values than
+%% there are bytes left (each takes at least one): then it is truncated,
+%% and only the values the bytes can hold are charged, so that the decode
+%% finds the truncation where the bytes end, having built no more.
 charge(R, Count, Terms, Words, Frame, D, S, C, T, W) ->
+    Fit = byte_size(R),
+    {Terms1, Words1} = case Count > Fit of
+                           true -> {min(Terms, Fit), Words * Fit div max(1, Count) + 4};
+                           false -> {Terms, Words}
+                       end,
     if
-        Terms > T -> too_large(max_result_terms, C);
-        Words > W -> too_large(max_decoded_bytes, C);
-        true -> d(R, Count, [], D + 1, [Frame | S], C, T - Terms, W - Words)
+        Terms1 > T -> too_large(max_result_terms, C);
+        Words1 > W -> too_large(max_decoded_bytes, C);
+        true -> d(R, Count, [], D + 1, [Frame | S], C, T - Terms1, W - Words1)
     end.
-
-%% A float takes 2 heap words.
-float(V, R, N, Acc, D, S, C, T, W) when W >= 2 ->
-    d(R, N - 1, [V | Acc], D, S, C, T, W - 2);
-float(_, _, _, _, _, _, C, _, _) ->
-    too_large(max_decoded_bytes, C).
 
 %% An ext value of type Ty with an L-byte payload at the start of Bin,
 %% after a header of Back bytes.
@@ -680,22 +683,16 @@ tuple(Bin, L, Back, N, Acc, D, S, C, T, W) when D < ?MAX_DEPTH ->
         _ when End < 0 ->
             ?FAIL_SIZE(truncated, Start);
         <<B, R/binary>> when B >= 16#90, B =< 16#9f ->
-            tuple_open(R, B - 16#90, Frame, D, S, C, T, W);
+            ?CHARGE(R, B - 16#90, B - 16#90, B - 16#90 + 1, Frame);
         <<16#dc, Len:16, R/binary>> ->
-            tuple_open(R, Len, Frame, D, S, C, T, W);
+            ?CHARGE(R, Len, Len, Len + 1, Frame);
         <<16#dd, Len:32, R/binary>> ->
-            tuple_open(R, Len, Frame, D, S, C, T, W);
+            ?CHARGE(R, Len, Len, Len + 1, Frame);
         _ ->
             ?FAIL_SIZE(bad_tuple, Start)
     end;
 tuple(_, _, _, _, _, _, _, _, _, _) ->
     ?FAIL(too_deep).
-
-%% A tuple is 1 word per element and its header (the list its elements
-%% are gathered in first is garbage at once).
-tuple_open(R, Len, Frame, D, S, C, T, W) ->
-    Charged = charged(Len, R),
-    charge(R, Len, Charged, Charged + 1, Frame, D, S, C, T, W).
 
 -spec too_large(max_result_terms | max_decoded_bytes, map()) -> no_return().
 too_large(Key, #{'$limits' := #{max_terms := Terms, max_bytes := Bytes}}) ->
