@@ -25,7 +25,7 @@
 -module(pyport_atoms).
 
 -export([node_budget/0, pool_budget/2, no_new_atoms/0, to_atom/2, exception_type/2,
-         info/0, pool_info/1]).
+         info/0, pool_info/1, protocol_atoms/0]).
 
 -export_type([budget/0, pool_setting/0]).
 
@@ -145,6 +145,29 @@ reserve([{Counter, Limit} | Rest], Taken) ->
             [atomics:sub(C, 1, 1) || C <- [Counter | Taken]],
             {spent, Limit}
     end.
+
+%% @doc The atoms pyport's own worker code sends (proto/PROTOCOL.md: the
+%% sandbox report in HELLO; python_runtime/erlang/_jobs.py: job results,
+%% limits, stats and signal names). Listing them here makes them exist as
+%% soon as this module is loaded, which is when the first pool starts,
+%% before any worker says hello: so they never draw on a budget, and a
+%% sandboxed pool (no new atoms) gets them all the same.
+-spec protocol_atoms() -> [atom()].
+protocol_atoms() ->
+    [%% HELLO: the sandbox report.
+     sandbox, mode, worker, zygote, seccomp, landlock, landlock_scope, landlock_net,
+     no_new_privs, user_ns, net_ns, pid_ns, ipc_ns, mount_ns, namespaces, uid, workdir,
+     rlimits, as, cpu, nofile, fsize, nproc, infinity, allowed, unavailable,
+     network, exec, fork, filesystem, privileges,
+     %% Jobs.
+     ok, error, exception, type, message, traceback, stdout, stderr, cpu_ms, max_rss,
+     wall_ms, bad_job, output_limit, memory_limit, file_size_limit, process_limit,
+     cpu_limit, forbidden, crashed, signal, exit_status, timeout, cancelled,
+     result_too_large,
+     sighup, sigint, sigquit, sigill, sigtrap, sigabrt, sigbus, sigfpe, sigkill, sigusr1,
+     sigsegv, sigusr2, sigpipe, sigalrm, sigterm, sigstkflt, sigchld, sigcont, sigstop,
+     sigtstp, sigttin, sigttou, sigurg, sigxcpu, sigxfsz, sigvtalrm, sigprof, sigwinch,
+     sigio, sigpwr, sigsys, sigrtmin, sigrtmax].
 
 %%%===================================================================
 %%% Introspection

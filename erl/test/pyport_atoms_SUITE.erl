@@ -26,8 +26,35 @@ suite() ->
     [{timetrap, {seconds, 60}}].
 
 all() ->
-    [two_million_atoms_in_one_call, new_atoms_in_100_calls, atom_dict_keys,
-     distinct_exception_classes, rpc_call_new_names, small_values_30mb].
+    [options_are_validated, two_million_atoms_in_one_call, new_atoms_in_100_calls,
+     atom_dict_keys, job_on_a_sandboxed_pool, distinct_exception_classes,
+     rpc_call_new_names, small_values_30mb].
+
+%%%===================================================================
+%%% Options
+%%%===================================================================
+
+options_are_validated(_Config) ->
+    Bad = [{max_new_atoms, -1}, {max_new_atoms, erlang:system_info(atom_limit)},
+           {max_new_atoms, infinity}, {max_result_terms, 0}, {max_result_terms, 1 bsl 59},
+           {max_result_terms, many}, {max_decoded_bytes, 1023}, {max_decoded_bytes, 1.0e9}],
+    [?assertEqual({error, {invalid_pool_option, p, K, V}}, pyport_config:validate_pool(p, #{K => V}))
+     || {K, V} <- Bad],
+    ?assertMatch({ok, #{max_new_atoms := default, max_result_terms := auto,
+                        max_decoded_bytes := auto}}, pyport_config:validate_pool(p, #{})),
+    ?assertMatch({ok, #{max_new_atoms := 0, max_result_terms := infinity,
+                        max_decoded_bytes := 1024}},
+                 pyport_config:validate_pool(p, #{max_new_atoms => 0, max_result_terms => infinity,
+                                                  max_decoded_bytes => 1024})),
+    ?assertMatch({ok, #{max_new_atoms := node}}, pyport_config:validate_pool(p, #{max_new_atoms => node})),
+    %% The node's budget, in the application environment.
+    ok = application:set_env(pyport, max_new_atoms, -5),
+    try
+        ?assertEqual({error, {invalid_config, max_new_atoms, -5}}, pyport_config:max_new_atoms())
+    after
+        application:unset_env(pyport, max_new_atoms)
+    end,
+    ?assertEqual({ok, ?NODE_BUDGET}, pyport_config:max_new_atoms()).
 
 %%%===================================================================
 %%% Atoms
@@ -88,6 +115,21 @@ atom_dict_keys(Config) ->
     assert_serves(P, none),
     stop_peer(P).
 
+%% A job on a sandboxed pool (no new atoms by default) returning 2 million
+%% new atoms: refused at the first.
+job_on_a_sandboxed_pool(Config) ->
+    P = start_peer(Config, #{pools => #{jobs => #{size => 1, sandbox => true}}}),
+    Before = before(P),
+    Code = <<"import erlang\n[erlang.Atom(f'job_{i}') for i in range(2000000)]">>,
+    ?assertEqual({error, {atom_limit, <<"job_0">>, 0}},
+                 peer:call(P, pyport, run_job, [jobs, #{code => Code, timeout => 50000}], 55000)),
+    After = measure(P),
+    report(job_on_a_sandboxed_pool, Before, After),
+    assert_atoms_grew(Before, After, 0),
+    ?assertMatch({ok, [ok, 2], _}, peer:call(P, pyport, run_job,
+                                            [jobs, #{code => <<"import erlang\n[erlang.Atom('ok'), 2]">>}])),
+    stop_peer(P).
+
 %% 100,000 exception classes, each new: the first 10,000 arrive as atoms,
 %% the rest as binaries; builtin ones stay atoms.
 distinct_exception_classes(Config) ->
@@ -109,6 +151,8 @@ distinct_exception_classes(Config) ->
 %% exist: each name is an atom to make, counted in the pool's budget.
 rpc_call_new_names(Config) ->
     P = start_peer(Config, #{pools => #{default => #{size => 1, max_new_atoms => 1000}}}),
+    %% The first rpc_call loads what an undef error needs.
+    {ok, <<"ErlangError">>} = pcall(P, default, ?F, rpc_undef, []),
     Before = before(P),
     {ok, #{<<"limited">> := Limited, <<"other">> := Other, <<"first">> := First}} =
         pcall(P, default, ?F, rpc_new_names, [<<"r">>, 3000]),

@@ -66,3 +66,13 @@ def atoms_named(names: list[str]) -> list[Any]:
 def existing_keys() -> dict[Any, int]:
     """A dict whose atom keys exist in every node."""
     return {erlang.Atom("ok"): 1, erlang.Atom("error"): 2}
+
+
+def rpc_undef() -> str:
+    """An rpc_call of a function that does not exist, named by atoms that
+    do: the exception's type name."""
+    try:
+        erlang.rpc_call(erlang.node(), "lists", "ok", [])
+    except erlang.ErlangError as e:
+        return type(e).__name__
+    return "no error"
