@@ -38,7 +38,6 @@
 
 -define(NODE_KEY, {?MODULE, node}).
 -define(POOL_KEY(Pool), {?MODULE, pool, Pool}).
--define(DEFAULT_NODE_LIMIT, 10000).
 
 %%%===================================================================
 %%% Budgets
@@ -115,9 +114,7 @@ new_atom(Name, Budget) ->
         true ->
             case reserve(Budget, []) of
                 ok ->
-                    Atom = binary_to_atom(Name, utf8),
-                    atomics:add(node_counter(), 2, 1),
-                    {ok, Atom};
+                    {ok, binary_to_atom(Name, utf8)};
                 {spent, Limit} ->
                     {error, {atom_limit, Name, Limit}}
             end
@@ -173,14 +170,12 @@ protocol_atoms() ->
 %%% Introspection
 %%%===================================================================
 
-%% @doc The node's budget: `limit' (the application environment now),
-%% `used' (new atoms counted in it) and `created' (new atoms pyport made
-%% for any pool since the node started).
--spec info() -> #{limit := non_neg_integer(), used := non_neg_integer(),
-                  created := non_neg_integer()}.
+%% @doc The node's budget: `limit' (the application environment now) and
+%% `used': the new atoms pyport made for any pool since the node started
+%% (every new atom counts in the node's budget).
+-spec info() -> #{limit := non_neg_integer(), used := non_neg_integer()}.
 info() ->
-    C = node_counter(),
-    #{limit => node_limit(), used => atomics:get(C, 1), created => atomics:get(C, 2)}.
+    #{limit => node_limit(), used => atomics:get(node_counter(), 1)}.
 
 %% @doc New atoms counted in a pool's own budget (0 for a pool without
 %% one, or that never made one).
@@ -201,9 +196,8 @@ node_limit() ->
         {error, _} -> 0
     end.
 
-%% Index 1: used of the node's budget; 2: every new atom made.
 node_counter() ->
-    counter(?NODE_KEY, 2).
+    counter(?NODE_KEY, 1).
 
 pool_counter(Pool) ->
     counter(?POOL_KEY(Pool), 1).
