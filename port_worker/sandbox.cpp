@@ -696,6 +696,9 @@ std::string Sandbox::enter_early() {
         setresuid(uid, uid, uid) != 0) {
       return errno_text("cannot switch to the sandbox's uid");
     }
+    // The uid switch cleared the parent-death signal: this process (the
+    // relay, or the worker) must still die with its keeper.
+    if (!die_with_keeper()) _exit(1);
   }
   report_.uid = long(getuid());
   error = enter_namespaces(uid, gid);

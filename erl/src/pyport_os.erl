@@ -122,8 +122,14 @@ kill(_) ->
 %% and opens each directory relative to its parent, so links a job left,
 %% or swaps in while this runs, cannot send the removal elsewhere;
 %% file:del_dir_r/1 checks then acts by path. Without rm, del_dir_r.
+%% A sandboxed worker's cgroups (named like its directory) go too, should
+%% its keeper have died before it removed them.
 -spec remove_tree(binary()) -> ok.
 remove_tree(Dir) ->
+    remove_dir_tree(Dir),
+    pyport_sandbox:remove_cgroups(filename:basename(Dir)).
+
+remove_dir_tree(Dir) ->
     case os:find_executable("rm", "/usr/bin:/bin") of
         false ->
             _ = file:del_dir_r(Dir),

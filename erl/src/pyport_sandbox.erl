@@ -13,7 +13,7 @@
 -module(pyport_sandbox).
 
 -export([defaults/0, validate/1, capabilities/0, args/2, effective_limit/2,
-         report/1, workdir/2, env_frame/1]).
+         report/1, workdir/2, env_frame/1, remove_cgroups/1, cgroup_dirs/1]).
 
 -export_type([sandbox/0]).
 
@@ -217,3 +217,51 @@ workdir(#{workdir := Dir}, #{sandbox := #{workdir_parent := Parent}}) when is_bi
     end;
 workdir(_Report, _Opts) ->
     undefined.
+
+%% @doc Removes the cgroups a dead worker's keeper made (named like its
+%% working directory, `pyport-job-*', below this node's own cgroup in each
+%% hierarchy), should the keeper have died before it could. The worker's
+%% processes die with their keeper, a moment after it: a cgroup still busy
+%% is tried again for up to 2 s (the caller runs this in a process of its
+%% own).
+-spec remove_cgroups(binary()) -> ok.
+remove_cgroups(Name) ->
+    _ = [del_cgroup(Dir, 100) || Dir <- cgroup_dirs(Name)],
+    ok.
+
+del_cgroup(Dir, Tries) ->
+    case file:del_dir(Dir) of
+        {error, ebusy} when Tries > 1 ->
+            timer:sleep(20),
+            del_cgroup(Dir, Tries - 1);
+        _ ->
+            ok
+    end.
+
+%% @doc Where the keeper of a worker whose working directory is named Name
+%% makes its cgroups (cgroup v1's memory and pids hierarchies, v2's tree).
+-spec cgroup_dirs(binary()) -> [file:filename_all()].
+cgroup_dirs(<<"pyport-job-", _/binary>> = Name) ->
+    case file:read_file("/proc/self/cgroup") of
+        {ok, Text} ->
+            lists:append([cgroup_dir(binary:split(Line, <<":">>, [global]), Name)
+                          || Line <- binary:split(Text, <<"\n">>, [global, trim])]);
+        {error, _} ->
+            []
+    end;
+cgroup_dirs(_) ->
+    [].
+
+cgroup_dir([<<"0">>, <<>>, Own], Name) ->
+    case filelib:is_regular("/sys/fs/cgroup/cgroup.controllers") of
+        true -> [filename:join([<<"/sys/fs/cgroup">>, strip(Own), Name])];
+        false -> []                             % v1: the unified tree has no controller
+    end;
+cgroup_dir([_, Controllers, Own], Name) ->
+    [filename:join([<<"/sys/fs/cgroup">>, C, strip(Own), Name])
+     || C <- binary:split(Controllers, <<",">>, [global]), C =:= <<"memory">> orelse C =:= <<"pids">>];
+cgroup_dir(_, _Name) ->
+    [].
+
+strip(<<"/", Rest/binary>>) -> Rest;
+strip(Path) -> Path.

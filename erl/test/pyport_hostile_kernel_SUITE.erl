@@ -18,7 +18,8 @@
 -export([raise_hard_limits/1, node_untouchable/1, other_pool_untouchable/1,
          memfd_past_max_memory/1, files_past_max_disk/1, node_cookie_unreadable/1,
          other_pool_env_unreadable/1, host_unix_socket_unreachable/1,
-         stat_outside_the_view/1, pool_info_reports_the_layers/1, damaged_worker_replaced/1]).
+         stat_outside_the_view/1, pool_info_reports_the_layers/1, damaged_worker_replaced/1,
+         killed_keeper_leaves_nothing/1]).
 
 -define(USER, "pyport-hostile").
 -define(MIB, 1048576).
@@ -33,7 +34,7 @@ groups() ->
              node_cookie_unreadable, other_pool_env_unreadable, host_unix_socket_unreachable,
              stat_outside_the_view, damaged_worker_replaced],
     Modes = [{warm, [], Cases}, {fresh, [], Cases}],
-    [{root, [], [{group, warm}, {group, fresh}]},
+    [{root, [], [{group, warm}, {group, fresh}, killed_keeper_leaves_nothing]},
      {user, [], [{group, warm}, {group, fresh}]} | Modes].
 
 init_per_suite(Config) ->
@@ -77,8 +78,14 @@ end_per_testcase(_Case, Config) ->
     %% The node and the other pool are untouched, whatever the case did.
     Fresh = ?config(fresh, Config),
     After = at(Config, fun() ->
-                               {ok, 42, _} = run(other, Fresh, <<"6 * 7">>),
-                               {ok, 4.0} = py:call(math, sqrt, [16.0], #{}, #{pool => other}),
+                               case Fresh of
+                                   undefined ->         % outside the warm/fresh groups
+                                       ok;
+                                   _ ->
+                                       {ok, 42, _} = run(other, Fresh, <<"6 * 7">>),
+                                       {ok, 4.0} = py:call(math, sqrt, [16.0], #{},
+                                                           #{pool => other})
+                               end,
                                node_state()
                        end),
     ?assertEqual(?config(before, Config), After),
@@ -290,8 +297,43 @@ damaged_worker_replaced(Config) ->
                        ?assertMatch({ok, 42, _}, run(jobs, Fresh, <<"6 * 7">>))
                end).
 
+killed_keeper_leaves_nothing(_Config) ->
+    %% The keeper SIGKILLed (it removes the working directory and the
+    %% cgroups when the worker goes; here it cannot): the worker's processes
+    %% die with it, and the owner removes the directory and the cgroups.
+    {ok, _} = pyport:start_pool(doomed, pool(false, #{})),
+    try
+        {ok, #{workers := [#{os_pid := OsPid, sandbox := #{workdir := Dir, cgroup := v1}}]}} =
+            pyport:pool_info(doomed),
+        Cgroups = pyport_sandbox:cgroup_dirs(filename:basename(Dir)),
+        ?assertMatch([_, _], Cgroups),
+        ?assert(lists:all(fun filelib:is_dir/1, Cgroups)),
+        Keeper = keeper_of(OsPid),
+        pyport_os:kill(Keeper),
+        pyport_test_util:wait_until(
+          fun() -> not filelib:is_dir(Dir) andalso not lists:any(fun filelib:is_dir/1, Cgroups)
+                       andalso not pyport_os:alive(OsPid) end, 500)
+    after
+        pyport:stop_pool(doomed)
+    end.
+
 %%%===================================================================
 %%% Helpers
+
+%% The keeper: the worker's ancestor that the node's port program started
+%% (its parent is erl_child_setup).
+keeper_of(Pid) ->
+    Parent = parent_of(Pid),
+    case file:read_file("/proc/" ++ integer_to_list(Parent) ++ "/comm") of
+        {ok, <<"erl_child_setup", _/binary>>} -> Pid;
+        {ok, _} -> keeper_of(Parent)
+    end.
+
+parent_of(Pid) ->
+    {ok, Stat} = file:read_file("/proc/" ++ integer_to_list(Pid) ++ "/stat"),
+    [_, AfterComm] = string:split(Stat, <<") ">>, trailing),
+    [_State, PPid | _] = binary:split(AfterComm, <<" ">>, [global]),
+    binary_to_integer(PPid).
 %%%===================================================================
 
 pool(Fresh, Sandbox) ->
