@@ -35,7 +35,8 @@
                        max_open_files := pos_integer() | infinity,
                        shutdown_timeout := non_neg_integer(),
                        sandbox := pyport_sandbox:sandbox(),
-                       fresh_worker := boolean()}.
+                       fresh_worker := boolean(),
+                       log_rate := pyport_worker_log:rate()}.
 -type error_reason() :: {invalid_pools, term()}
                       | {invalid_pool_name, term()}
                       | {invalid_pool, pool_name(), term()}
@@ -169,7 +170,8 @@ defaults() ->
       max_open_files => infinity,
       shutdown_timeout => 5000,
       sandbox => false,
-      fresh_worker => false}.
+      fresh_worker => false,
+      log_rate => pyport_worker_log:default_rate()}.
 
 default_worker() ->
     case code:priv_dir(pyport) of
@@ -216,6 +218,7 @@ check(kill_after, infinity) -> {ok, infinity};
 check(kill_after, N) when is_integer(N), N >= 0 -> {ok, N};
 check(shutdown_timeout, N) when is_integer(N), N >= 0 -> {ok, N};
 check(fresh_worker, B) when is_boolean(B) -> {ok, B};
+check(log_rate, Rate) -> pyport_worker_log:validate_rate(Rate);
 check(Key, infinity) when Key =:= max_inflight; Key =:= max_requests; Key =:= max_memory;
                           Key =:= max_rss; Key =:= cpu_seconds; Key =:= max_open_files ->
     {ok, infinity};
