@@ -16,8 +16,6 @@
 %% Deciding to drop costs no decoding: a dropped frame is only counted.
 -module(pyport_worker_log).
 
--include_lib("kernel/include/logger.hrl").
-
 -export([new/1, admit/2, log_frame/3, error_frame/3, report/5, note/3, default_rate/0,
          validate_rate/1]).
 
@@ -30,6 +28,18 @@
 %% A report of the owner's own counts as a line of this many bytes.
 -define(REPORT_BYTES, 200).
 -define(NOTE_AFTER_MS, 1000).
+
+%% Logged as pyport_worker's own events, as before this module was split
+%% out of it: a logger module level set for pyport_worker still applies.
+-define(WLOG(Level, Format, Args, Meta),
+        case logger:allow(Level, pyport_worker) of
+            true ->
+                logger:macro_log(#{mfa => {pyport_worker, ?FUNCTION_NAME, ?FUNCTION_ARITY},
+                                   line => ?LINE, file => ?FILE},
+                                 Level, Format, Args, Meta);
+            false ->
+                ok
+        end).
 
 -record(log, {
           rate :: rate(),
@@ -104,11 +114,11 @@ log_frame(Fields, Meta, Log0) ->
         {true, Log} ->
             case pyport_codec:decode_fields(2, Fields) of
                 {ok, [Level, Message]} when is_binary(Level), is_binary(Message) ->
-                    ?LOG(pyport_logging:level(Level), "~ts", [Message],
-                         Meta#{domain => [pyport, python]});
+                    ?WLOG(pyport_logging:level(Level), "~ts", [Message],
+                          Meta#{domain => [pyport, python]});
                 Other ->
-                    ?LOG_ERROR("pyport worker ~tp/~b: undecodable LOG frame: ~0tp",
-                               [pool(Meta), slot(Meta), Other], Meta)
+                    ?WLOG(error, "pyport worker ~tp/~b: undecodable LOG frame: ~0tp",
+                          [pool(Meta), slot(Meta), Other], Meta)
             end,
             Log;
         {false, Log} ->
@@ -123,11 +133,11 @@ error_frame(Fields, Meta, Log0) ->
         {true, Log} ->
             case pyport_codec:decode_fields(3, Fields) of
                 {ok, [Type, Message, _Traceback]} when is_binary(Type), is_binary(Message) ->
-                    ?LOG_WARNING("pyport worker ~tp/~b: ~ts: ~ts",
-                                 [pool(Meta), slot(Meta), Type, Message], Meta);
+                    ?WLOG(warning, "pyport worker ~tp/~b: ~ts: ~ts",
+                          [pool(Meta), slot(Meta), Type, Message], Meta);
                 Other ->
-                    ?LOG_ERROR("pyport worker ~tp/~b: undecodable ERROR frame: ~0tp",
-                               [pool(Meta), slot(Meta), Other], Meta)
+                    ?WLOG(error, "pyport worker ~tp/~b: undecodable ERROR frame: ~0tp",
+                          [pool(Meta), slot(Meta), Other], Meta)
             end,
             Log;
         {false, Log} ->
@@ -141,7 +151,7 @@ error_frame(Fields, Meta, Log0) ->
 report(Level, Format, Args, Meta, Log0) ->
     case admit(?REPORT_BYTES, Log0) of
         {true, Log} ->
-            ?LOG(Level, "pyport worker ~tp/~b: " ++ Format, [pool(Meta), slot(Meta) | Args], Meta),
+            ?WLOG(Level, "pyport worker ~tp/~b: " ++ Format, [pool(Meta), slot(Meta) | Args], Meta),
             Log;
         {false, Log} ->
             Log
@@ -152,9 +162,9 @@ report(Level, Format, Args, Meta, Log0) ->
 -spec note({timeout, reference(), log_note}, logger:metadata(), state()) -> state().
 note({timeout, Timer, log_note}, Meta, #log{note_timer = Timer} = Log) ->
     #log{dropped_lines = Lines, dropped_bytes = Bytes, rate = Rate} = Log,
-    ?LOG_WARNING("pyport worker ~tp/~b: ~b lines (~b bytes) of worker output dropped: "
-                 "above log_rate ~0tp a second",
-                 [pool(Meta), slot(Meta), Lines, Bytes, Rate], Meta),
+    ?WLOG(warning, "pyport worker ~tp/~b: ~b lines (~b bytes) of worker output dropped: "
+          "above log_rate ~0tp a second",
+          [pool(Meta), slot(Meta), Lines, Bytes, Rate], Meta),
     Log#log{dropped_lines = 0, dropped_bytes = 0, note_timer = undefined};
 note(_Stale, _Meta, Log) ->
     Log.
