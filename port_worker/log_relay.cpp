@@ -141,7 +141,12 @@ void LogRelay::run() {
 int LogRelay::send_note(bool force) {
   if (!rate_.dropped_lines()) return -1;
   auto now = LogRate::Clock::now();
+  if (!force && now < next_note_) {
+    auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(next_note_ - now);
+    return int(wait.count()) + 1;
+  }
   if (!force && !rate_.take(kNoteBytes, now)) return rate_.ms_until(kNoteBytes, now);
+  next_note_ = now + std::chrono::seconds(1);
   std::string note = "pyport: " + std::to_string(rate_.dropped_lines()) + " lines (" +
                      std::to_string(rate_.dropped_bytes()) +
                      " bytes) of output dropped: above the log rate of " +

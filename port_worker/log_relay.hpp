@@ -88,14 +88,15 @@ class LogRelay {
   void flush(Stream& s);
   // Appends LOG frames for one line of valid UTF-8, cut to max_line_.
   void add_line(ByteBuffer& frames, const char* level, const std::string& line);
-  // Sends the note of what was dropped, once the rate lets it through (or
-  // always, when `force`). Returns the poll timeout until it can be sent:
-  // -1 when nothing is left to say.
+  // Sends the note of what was dropped, once the rate lets it through and
+  // at most once a second (or always, when `force`). Returns the poll
+  // timeout until it can be sent: -1 when nothing is left to say.
   int send_note(bool force);
 
   FrameWriter* writer_ = nullptr;
   size_t max_line_ = kMaxLine;
   LogRate rate_;
+  LogRate::Clock::time_point next_note_{};
   Stream streams_[2];
   int wake_[2] = {-1, -1};  // a byte on this pipe asks the thread to drain and stop
   std::thread thread_;

@@ -127,10 +127,9 @@ def print_flood(seconds: float) -> bool:
     once."""
     def run() -> None:
         end = time.monotonic() + seconds
-        line = "flooding the log " + "p" * 60 + "\n"
+        block = ("flooding the log " + "p" * 60 + "\n") * 1000
         while time.monotonic() < end:
-            for _ in range(100):
-                sys.stdout.write(line)
+            sys.stdout.write(block)
             sys.stdout.flush()
     threading.Thread(target=run, daemon=True).start()
     return True
