@@ -745,23 +745,19 @@ fail_all_pending(Detail, #state{pending = Pending, kill_timers = Timers} = State
 %% than this process reads.
 data(_Bin, #state{framer = discard} = State) ->
     {noreply, State};
-data(Bin, #state{framer = Framer, consumed = Consumed} = State0) ->
-    State = State0#state{consumed = Consumed + byte_size(Bin)},
+data(Bin, #state{port = Port, framer = Framer, consumed = Consumed} = State) ->
     case pyport_framer:feed(Bin, Framer) of
         {ok, Frames, Framer1} ->
-            case frames(Frames, State#state{framer = Framer1}) of
-                {noreply, #state{port = Port} = S} when Port =:= State#state.port ->
-                    check_backlog(S);
-                Other ->
-                    Other
+            case frames(Frames, State#state{framer = Framer1,
+                                            consumed = Consumed + byte_size(Bin)}) of
+                {noreply, #state{port = Port} = S} -> check_backlog(S);
+                Other -> Other
             end;
         {error, Why, Frames} ->
             %% Frames that came whole before the bad header still count.
             case frames(Frames, State#state{framer = discard}) of
-                {noreply, #state{port = Port} = S} when Port =:= State#state.port ->
-                    broken(Why, S);
-                Other ->
-                    Other
+                {noreply, #state{port = Port} = S} -> broken(Why, S);
+                Other -> Other
             end
     end.
 
@@ -1402,9 +1398,9 @@ drain_until_exit(Port, Deadline, State) ->
         {Port, {data, Bin}} ->
             %% Terminating: a worker that breaks the protocol now is killed
             %% and not replaced (`stopping').
-            case data(Bin, State#state{status = stopping}) of
-                {_, #state{port = Port} = State1} -> drain_until_exit(Port, Deadline, State1);
-                {_, State1} -> {exited, State1#state{port = Port}}
+            case state_of(data(Bin, State#state{status = stopping})) of
+                #state{port = Port} = State1 -> drain_until_exit(Port, Deadline, State1);
+                State1 -> {exited, State1#state{port = Port}}
             end;
         {Port, {exit_status, _}} ->
             {exited, State};
@@ -1413,6 +1409,9 @@ drain_until_exit(Port, Deadline, State) ->
     after max(0, Deadline - now_ms()) ->
             {timeout, State}
     end.
+
+state_of({noreply, State}) -> State;
+state_of({stop, _Reason, State}) -> State.
 
 kill_port(undefined, _OsPid) ->
     ok;
