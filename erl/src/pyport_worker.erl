@@ -37,7 +37,7 @@
 %% <li>Frames are cut from the port's byte stream here ({@link
 %%   pyport_framer}): a header above the pool's `max_frame_size', a frame
 %%   that does not decode, or a worker writing faster than this process
-%%   can read (more than ?BACKLOG_MIN_BYTES + 2 × max_frame_size unread)
+%%   can read (more than 16 MiB + 2 × max_frame_size unread)
 %%   gets the OS process killed and replaced, its requests answered
 %%   `{error, {worker_exited, Why}}'.</li>
 %% <li>`LOG' frames (the worker's stdout/stderr and Python logging) go to

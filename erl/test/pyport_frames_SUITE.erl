@@ -350,10 +350,11 @@ assert_replaced(Pool, OsPid, Detail) ->
     end,
     pyport_test_util:wait_until(fun() -> not pyport_os:alive(OsPid) end).
 
-%% What must not leak through a broken worker: ports, processes, ETS tables.
+%% What must not leak through a broken worker: ports, processes, ETS
+%% tables, atoms.
 node_counts() ->
     #{ports => length(erlang:ports()), processes => erlang:system_info(process_count),
-      ets => length(ets:all())}.
+      ets => length(ets:all()), atoms => erlang:system_info(atom_count)}.
 
 owner(Pool) ->
     {ok, #{pid := Pid}} = pyport:worker_info({Pool, 1}),
