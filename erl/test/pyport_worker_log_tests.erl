@@ -45,5 +45,24 @@ validate_rate_test() ->
      || Bad <- [0, #{lines => 0}, #{bytes => -1}, #{lines => 1.0}, #{lines => 1 bsl 63},
                 #{other => 1}, [{lines, 1}]]].
 
+%% The worker's relay gets the pool's rate on its command line.
+log_rate_argv_test() ->
+    Flags = fun(Opts) ->
+                    {ok, Pool} = pyport_config:validate_pool(p, Opts),
+                    log_flags(pyport_os:args(Pool))
+            end,
+    ?assertEqual(["--log-lines", "1000", "--log-bytes", "1048576"], Flags(#{})),
+    ?assertEqual(["--log-lines", "5", "--log-bytes", "1048576"], Flags(#{log_rate => #{lines => 5}})),
+    ?assertEqual(["--log-bytes", "10"], Flags(#{log_rate => #{lines => infinity, bytes => 10}})),
+    ?assertEqual([], Flags(#{log_rate => infinity})),
+    ?assertEqual(["--log-lines", "1000", "--log-bytes", "1048576"], Flags(#{sandbox => true})).
+
+log_flags([Flag, Value | Rest]) when Flag =:= "--log-lines"; Flag =:= "--log-bytes" ->
+    [Flag, Value | log_flags(Rest)];
+log_flags([_ | Rest]) ->
+    log_flags(Rest);
+log_flags([]) ->
+    [].
+
 flush_timers() ->
     receive {timeout, _, log_note} -> flush_timers() after 0 -> ok end.
