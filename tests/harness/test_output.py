@@ -149,7 +149,11 @@ def test_dropped_output_is_noted_at_exit(spawn):
 
 def test_log_rate_options_are_checked():
     exe = P.locate_worker(None)
-    for bad in (["--log-lines", "0"], ["--log-bytes", "x"]):
-        out = subprocess.run([exe, *bad], capture_output=True, text=True, timeout=30)
-        assert out.returncode == 2
-        assert bad[0] + " must be a positive number" in out.stderr
+    for flag, value in (("--log-lines", "0"), ("--log-bytes", "x")):
+        r = subprocess.run([exe, flag, value], capture_output=True, timeout=30)
+        assert r.returncode == 2
+        assert f"{flag} must be a positive number, not '{value}'" in r.stderr.decode(errors="replace")
+        # The StartError frame on stdout names the option at fault.
+        size = int.from_bytes(r.stdout[:4], "big")
+        frame = P.parse_frame(r.stdout[4:4 + size])
+        assert (frame.kind, frame.id, frame.fields[0], frame.fields[2]) == (P.ERROR, 0, "StartError", flag)
