@@ -27,6 +27,7 @@ const char* const kUsage =
     "                     [--sandbox | --zygote] [--sandbox-allow WHAT]... [--preload MODULE]...\n"
     "                     [--workdir-parent DIR] [--env NAME=VALUE]... [--env-keep NAME]...\n"
     "                     [--max-output BYTES] [--max-disk BYTES] [--env-stdin]\n"
+    "                     [--log-lines N] [--log-bytes BYTES]\n"
     "  --runtime DIR          the python_runtime directory (default: next to the\n"
     "                         executable, else the source tree's)\n"
     "  --path DIR             put DIR on sys.path (after the runtime); repeatable\n"
@@ -48,6 +49,9 @@ const char* const kUsage =
     "  --max-disk BYTES       size of the private working directory (a tmpfs)\n"
     "  --env-stdin            read NAME=VALUE pairs (NUL-separated, in one {packet,4}\n"
     "                         frame) from stdin before anything else\n"
+    "  --log-lines N          lines of stdout+stderr sent as LOG frames a second, the\n"
+    "                         rest dropped and counted (default: no limit)\n"
+    "  --log-bytes BYTES      bytes of them a second (default: no limit)\n"
     "Speaks {packet,4} msgpack frames on stdin/stdout; see proto/PROTOCOL.md.\n";
 
 namespace {
@@ -114,7 +118,9 @@ const char* const kValued[] = {"--runtime",
                                "--env-keep",
                                "--max-output",
                                "--max-disk",
-                               "--sandbox-test-unavailable"};
+                               "--sandbox-test-unavailable",
+                               "--log-lines",
+                               "--log-bytes"};
 
 }  // namespace
 
@@ -209,6 +215,11 @@ std::string parse_options(int argc, const char* const* argv, Options& out) {
       // Room for Python's own small files (bytecode caches, a job's dir).
       if (!parse_number(value, 1 << 20, UINT64_MAX, out.max_disk)) {
         return "--max-disk must be a number of bytes, at least 1048576, not '" + value + "'";
+      }
+    } else if (name == "--log-lines" || name == "--log-bytes") {
+      if (!parse_number(value, 1, UINT64_MAX,
+                        name == "--log-lines" ? out.log_lines : out.log_bytes)) {
+        return name + " must be a positive number, not '" + value + "'";
       }
     } else if (name == "--sandbox-test-unavailable") {
       if (value != "landlock" && value != "namespaces" && value != "seccomp") {

@@ -50,6 +50,9 @@ struct Options {
   // --env-stdin: the NAME=VALUE pairs come in one {packet,4} frame on stdin
   // before anything else (never on argv, which /proc shows to everyone).
   bool env_stdin = false;
+  // What the log relay sends a second (--log-lines, --log-bytes); 0 is no limit.
+  uint64_t log_lines = 0;
+  uint64_t log_bytes = 0;
   // Test only (--sandbox-test-unavailable): act as if the kernel lacked
   // this layer ("landlock", "namespaces", "seccomp").
   std::vector<std::string> test_unavailable;
