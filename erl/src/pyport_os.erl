@@ -34,12 +34,13 @@ open(#{worker := Exe} = Opts) ->
             end
     end.
 
-%% A sandboxed worker's environment goes over its stdin, first thing
-%% (pyport_sandbox:args/2): nobody else can read that pipe.
+%% A sandboxed worker's environment goes over its stdin, first thing, in
+%% one length-prefixed frame (pyport_sandbox:args/2): nobody else can read
+%% that pipe.
 send_env(_Port, #{sandbox := false}) ->
     ok;
 send_env(Port, Opts) ->
-    true = port_command(Port, pyport_sandbox:env_frame(environment(Opts))),
+    true = port_command(Port, pyport_framer:frame(pyport_sandbox:env_frame(environment(Opts)))),
     ok.
 
 %% @doc The worker's command line for a pool's options (without the
