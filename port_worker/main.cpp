@@ -109,7 +109,7 @@ int main(int argc, char** argv) {
   setpgid(0, 0);
 
   error = pyport::apply_limits(
-      options, options.zygote ? pyport::LimitScope::kProcess : pyport::LimitScope::kAll);
+      options, options.sandbox ? pyport::LimitScope::kProcess : pyport::LimitScope::kAll);
   if (!error.empty()) {
     std::fprintf(stderr, "pyport_worker: %s\n", error.c_str());
     return 1;
