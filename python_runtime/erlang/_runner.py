@@ -457,33 +457,19 @@ async def run_async(runner: Runner, timeout_ms: int | None) -> None:
 # ---- leftovers ----
 
 
-def _group_members(pgid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[2]) == pgid:
-                found.append(int(entry))
-    return found
-
-
 def end_group(pgid: int) -> None:
     """Kills and reaps what a job forked (fork allowed): its group, which
     its processes cannot leave (the job's filter refuses setsid and
-    setpgid). Orphans among them come to the worker, a subreaper."""
-    for _ in range(1000):
-        members = _group_members(pgid)
-        if not members:
+    setpgid). Orphans among them come to the worker (a subreaper, or the
+    init of a zygote's pid namespace). Done when no process, not even a
+    zombie, is left in the group."""
+    for _ in range(2000):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
             return
-        for pid in members:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        except OSError:
+            return
         while True:
             try:
                 pid, _ = os.waitpid(-pgid, os.WNOHANG)
@@ -491,7 +477,7 @@ def end_group(pgid: int) -> None:
                 break
             if pid == 0:
                 break
-        time.sleep(0.001)
+        time.sleep(0.0005)
 
 
 def remove_tree(path: str) -> None:
