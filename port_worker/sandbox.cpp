@@ -2,10 +2,12 @@
 
 #include <Python.h>
 #include <dirent.h>
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/capability.h>
 #include <poll.h>
+#include <pthread.h>
 #include <pwd.h>
 #include <sched.h>
 #include <seccomp.h>
@@ -1010,6 +1012,49 @@ PyObject* start_runner(PyObject* module, PyObject* arg) {
   return Py_BuildValue("(iiii)", job[1], result[0], out[0], err[0]);
 }
 
+// glibc's record of the calling thread's id (what its fork() sets in the
+// child), located through libthread_db's description of struct pthread and
+// checked against gettid(); null where that does not hold.
+pid_t* own_tid_record() {
+  static pid_t* record = []() -> pid_t* {
+    const auto* desc = static_cast<const uint32_t*>(dlsym(RTLD_DEFAULT, "_thread_db_pthread_tid"));
+    if (!desc || desc[0] != 8 * sizeof(pid_t) || desc[1] != 1) return nullptr;
+    auto* at = reinterpret_cast<pid_t*>(reinterpret_cast<char*>(pthread_self()) + desc[2]);
+    return *at == pid_t(syscall(SYS_gettid)) ? at : nullptr;
+  }();
+  return record;
+}
+
+// In the (single-threaded) template: forks a runner as its sibling, the
+// worker's child (CLONE_PARENT), so the worker reaps it: one fork, no
+// middle process. As fork() does, the child's glibc thread record gets its
+// own id (CLONE_CHILD_SETTID). None where that record cannot be found (the
+// caller then forks twice); 0 in the child, its pid in the template.
+PyObject* fork_sibling(PyObject*, PyObject*) {
+  pid_t* tid = own_tid_record();
+  if (!tid) Py_RETURN_NONE;
+  PyOS_BeforeFork();
+  unsigned long flags = CLONE_PARENT | CLONE_CHILD_SETTID | SIGCHLD;
+#if defined(__x86_64__)
+  long pid = syscall(SYS_clone, flags, nullptr, nullptr, tid, nullptr);
+#elif defined(__aarch64__)
+  long pid = syscall(SYS_clone, flags, nullptr, nullptr, nullptr, tid);
+#else
+#error "fork_sibling needs the clone argument order of this architecture"
+#endif
+  if (pid == 0) {
+    PyOS_AfterFork_Child();
+    return PyLong_FromLong(0);
+  }
+  int err = errno;
+  PyOS_AfterFork_Parent();
+  if (pid < 0) {
+    errno = err;
+    return PyErr_SetFromErrno(PyExc_OSError);
+  }
+  return PyLong_FromLong(pid);
+}
+
 // In the template: the next request, as (name, (job, result, out, err)),
 // or None when the worker is gone.
 PyObject* next_runner_request(PyObject*, PyObject* arg) {
@@ -1095,6 +1140,8 @@ PyMethodDef kMethods[] = {
      "(in a runner)"},
     {"start_runner", start_runner, METH_O,
      "start_runner(name) -> (job_w, result_r, out_r, err_r): asks the template for a runner"},
+    {"fork_sibling", fork_sibling, METH_NOARGS,
+     "fork_sibling() -> 0 in the child, its pid, or None (in the template)"},
     {"next_runner_request", next_runner_request, METH_O,
      "next_runner_request(fd) -> (name, fds) or None (in the template)"},
     {"encode", encode, METH_O, "encode(value) -> bytes, as a frame would carry it"},

@@ -250,20 +250,23 @@ def _fork_allowed() -> bool:
     return "fork" in (_pyport_sandbox.report() or {}).get("allowed", ())
 
 
-def _run_warm(runner: _runner.Runner, settings: dict, budget: int, timeout: int | None) -> tuple:
+def _run_warm(runners: _runner.Runners, runner: _runner.Runner, settings: dict, budget: int,
+              timeout: int | None) -> tuple:
     try:
         _runner.run_blocking(runner, timeout)
     finally:
         runner.finish(_fork_allowed())
+        runners.replenish()
     return _result(runner, settings, budget)
 
 
-async def _run_fresh(runner: _runner.Runner, settings: dict, budget: int,
-                     timeout: int | None) -> tuple:
+async def _run_fresh(runners: _runner.Runners, runner: _runner.Runner, settings: dict,
+                     budget: int, timeout: int | None) -> tuple:
     try:
         await _runner.run_async(runner, timeout)
     finally:
         runner.finish(_fork_allowed())
+        runners.replenish()
     return _result(runner, settings, budget)
 
 
@@ -310,5 +313,5 @@ def run_job(code: Any, input: Any = None, options: dict | None = None) -> Any:
             _stats(b"", b"", 0, 0, 0)
     runner.send(job, budget, settings["max_frame_size"])
     if fresh:
-        return _run_fresh(runner, settings, budget, timeout)
-    return _run_warm(runner, settings, budget, timeout)
+        return _run_fresh(_runners, runner, settings, budget, timeout)
+    return _run_warm(_runners, runner, settings, budget, timeout)

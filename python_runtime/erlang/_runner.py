@@ -76,9 +76,19 @@ def template(sock: int, worker: int) -> NoReturn:
 
 def _fork_runner(name: str, fds: tuple[int, int, int, int], worker: int) -> None:
     try:
-        middle = os.fork()
+        pid = _pyport_sandbox.fork_sibling()
     except OSError:
         return  # no runner: the worker sees its pipes close
+    if pid == 0:
+        _run(name, fds, worker)
+    if pid is not None:
+        return
+    # Without a sibling fork: a middle process that forks the runner and
+    # exits, so the worker (a subreaper) adopts it.
+    try:
+        middle = os.fork()
+    except OSError:
+        return
     if middle == 0:
         status = 0
         try:
@@ -358,12 +368,12 @@ class Runners:
         return Runner(f"job-{next(self._names)}", self._workdir)
 
     def take(self) -> Runner:
-        """A runner for a job (a spare, else a new one), and a new spare."""
-        runner = self._spares.pop(0) if self._spares else self._start()
-        self.replenish()
-        return runner
+        """A runner for a job: a spare, else a new one."""
+        return self._spares.pop(0) if self._spares else self._start()
 
     def replenish(self) -> None:
+        """Starts spares (after a job: not while it runs, competing with it
+        for the machine)."""
         while len(self._spares) < self.SPARES:
             try:
                 self._spares.append(self._start())
