@@ -5,6 +5,8 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <pwd.h>
@@ -12,6 +14,7 @@
 #include <seccomp.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -216,6 +219,22 @@ std::string errno_text(const char* what) {
 void write_atom(ByteBuffer& out, std::string_view name) {
   mp::write_ext_header(out, mp::kExtAtom, uint32_t(name.size()));
   out.append(name.data(), name.size());
+}
+
+// The BPF program of a filter, as seccomp(SECCOMP_SET_MODE_FILTER) takes it.
+std::string export_filter(scmp_filter_ctx ctx, std::vector<uint8_t>& out) {
+  int fd = int(syscall(SYS_memfd_create, "seccomp", unsigned(MFD_CLOEXEC)));
+  if (fd < 0) return errno_text("memfd_create");
+  int rc = seccomp_export_bpf(ctx, fd);
+  off_t size = rc == 0 ? lseek(fd, 0, SEEK_END) : -1;
+  out.resize(size > 0 ? size_t(size) : 0);
+  bool ok = size > 0 && pread(fd, out.data(), out.size(), 0) == ssize_t(out.size());
+  close(fd);
+  if (!ok) {
+    out.clear();
+    return rc < 0 ? std::string("seccomp_export_bpf: ") + strerror(-rc) : "cannot read the filter";
+  }
+  return "";
 }
 
 }  // namespace
@@ -425,7 +444,8 @@ std::string Sandbox::apply_landlock(const std::vector<std::string>& read_paths) 
   return "";
 }
 
-std::string Sandbox::apply_seccomp(bool forbid_fork, bool job_layer) {
+std::string Sandbox::apply_seccomp(bool forbid_fork, bool job_layer,
+                                   std::vector<uint8_t>* exported) {
   if (options_.sandbox_allow & kAllowSeccomp) return "";
   if (simulated_missing("seccomp")) {
     if (!job_layer)
@@ -547,6 +567,7 @@ std::string Sandbox::apply_seccomp(bool forbid_fork, bool job_layer) {
     f.rule(refuse, "clone", SCMP_A0(SCMP_CMP_MASKED_EQ, uint64_t(CLONE_THREAD), 0));
   }
   if (!f.ok()) return f.error().empty() ? "seccomp: cannot create a filter" : f.error();
+  if (exported) return export_filter(f.ctx(), *exported);
   int rc = seccomp_load(f.ctx());
   if (rc < 0) {
     if (job_layer) return std::string("seccomp: load: ") + strerror(-rc);
@@ -618,6 +639,13 @@ void Sandbox::run_template(int fd, pid_t worker) {
   }
   template_ = true;
   std::string error = apply_seccomp(false, false);
+  // Every runner's job layer is the same filter (unless it names the
+  // runner's pid: no Landlock signal scoping): compiled once, here.
+  bool job_forbid_fork = !(options_.sandbox_allow & kAllowFork);
+  if (error.empty() && report_.seccomp && !(job_forbid_fork && report_.landlock < 6) &&
+      !apply_seccomp(job_forbid_fork, true, &job_filter_).empty()) {
+    job_filter_.clear();  // each runner compiles its own
+  }
   if (error.empty()) {
     PyRef module = PyRef::steal(PyImport_ImportModule("erlang._runner"));
     PyRef done = module ? PyRef::steal(PyObject_CallMethod(module.get(), "template", "ii", 3,
@@ -697,7 +725,15 @@ std::string Sandbox::enter_job(int job_fd, int result_fd, int out_fd, int err_fd
   }
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != worker) _exit(1);
-  if (report_.seccomp) error = apply_seccomp(!(options_.sandbox_allow & kAllowFork), true);
+  if (report_.seccomp && !job_filter_.empty()) {
+    sock_fprog prog{uint16_t(job_filter_.size() / sizeof(sock_filter)),
+                    reinterpret_cast<sock_filter*>(job_filter_.data())};
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0u, &prog) != 0) {
+      return errno_text("seccomp: the job layer");
+    }
+  } else if (report_.seccomp) {
+    error = apply_seccomp(!(options_.sandbox_allow & kAllowFork), true);
+  }
   return error;
 }
 

@@ -24,6 +24,7 @@
 // never silently skipped.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -88,7 +89,10 @@ class Sandbox {
   }
   std::string enter_namespaces(uid_t uid, gid_t gid);
   std::string apply_landlock(const std::vector<std::string>& read_paths);
-  std::string apply_seccomp(bool forbid_fork, bool job_layer);
+  // With `exported`, the filter's BPF program goes there instead of being
+  // loaded (a runner's job layer, compiled once by the template).
+  std::string apply_seccomp(bool forbid_fork, bool job_layer,
+                            std::vector<uint8_t>* exported = nullptr);
   std::string start_template(const std::vector<std::string>& read_paths);
   [[noreturn]] void run_template(int fd, pid_t worker);
 
@@ -102,6 +106,7 @@ class Sandbox {
   bool job_ipc_ns_ = false;
   int template_fd_ = -1;
   bool template_ = false;
+  std::vector<uint8_t> job_filter_;  // the job layer's BPF, when it is the same for every runner
 };
 
 // Before Py_Initialize: makes `import _pyport_sandbox` work (the Python
