@@ -620,9 +620,18 @@ std::string Sandbox::start_template(const std::vector<std::string>& read_paths) 
     return errno_text("cannot fork the job template");
   }
   template_fd_ = sv[0];
-  // Runners are the template's grandchildren: their parent exits at once,
-  // and the worker adopts them (wait4, pidfd, rusage, as its own).
+  // Runners are the worker's children (the template forks them as its
+  // siblings, or through a middle process, and the worker adopts them):
+  // wait4, pidfd, rusage; and the orphans of jobs that fork come here.
   if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) return errno_text("PR_SET_CHILD_SUBREAPER");
+  // The first runners start now, while the worker says HELLO.
+  PyRef module = PyRef::steal(PyImport_ImportModule("erlang._runner"));
+  PyRef done = module ? PyRef::steal(PyObject_CallMethod(module.get(), "prestart", nullptr)) : PyRef();
+  if (!done) {
+    std::string why = "cannot start the job runners";
+    PyErr_Print();
+    return why;
+  }
   return "";
 }
 

@@ -196,7 +196,6 @@ def run_here(data: bytes) -> bytes:
 # ---- in the worker ----
 
 _SIGNAL_NAMES = {s.value: s.name.lower() for s in signal.Signals}
-_runners: _runner.Runners | None = None
 
 
 def _outcome(runner: _runner.Runner, settings: dict, budget: int) -> tuple[Atom, Any]:
@@ -282,7 +281,6 @@ def run_job(code: Any, input: Any = None, options: dict | None = None) -> Any:
     passes), ``fresh`` (bool), ``max_output`` (bytes). A fresh job returns
     a coroutine, so the worker runs it as a task and goes on answering
     meanwhile."""
-    global _runners
     settings = _pyport_sandbox.settings()
     if settings is None:
         return _bad_job("this worker is not sandboxed (start it with --sandbox or --zygote)")
@@ -304,14 +302,13 @@ def run_job(code: Any, input: Any = None, options: dict | None = None) -> Any:
     if fresh and not settings["zygote"]:
         return _bad_job("fresh jobs need a worker started with --zygote")
     job = _pyport_sandbox.encode((code, input))
-    if _runners is None:
-        _runners = _runner.Runners(settings["workdir"])
+    runners = _runner.runners()
     try:
-        runner = _runners.take()
+        runner = runners.take()
     except OSError as exc:
         return ERROR, (Atom("no_runner"), f"the worker could not start a process for the job: {exc}"), \
             _stats(b"", b"", 0, 0, 0)
     runner.send(job, budget, settings["max_frame_size"])
     if fresh:
-        return _run_fresh(_runners, runner, settings, budget, timeout)
-    return _run_warm(_runners, runner, settings, budget, timeout)
+        return _run_fresh(runners, runner, settings, budget, timeout)
+    return _run_warm(runners, runner, settings, budget, timeout)

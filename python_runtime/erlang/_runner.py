@@ -381,6 +381,23 @@ class Runners:
                 return  # out of descriptors: the next job asks again
 
 
+_runners: Runners | None = None
+
+
+def runners() -> Runners:
+    """The worker's runners."""
+    global _runners
+    if _runners is None:
+        _runners = Runners(_pyport_sandbox.settings()["workdir"])
+    return _runners
+
+
+def prestart() -> None:
+    """Called by the worker once its template is forked, before HELLO: the
+    first job finds runners ready."""
+    runners().replenish()
+
+
 def run_blocking(runner: Runner, timeout_ms: int | None) -> None:
     """Drives a runner until its job is done, in the calling thread (a warm
     job: the worker runs one at a time). KeyboardInterrupt (the request was
