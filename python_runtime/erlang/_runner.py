@@ -479,6 +479,16 @@ async def run_async(runner: Runner, timeout_ms: int | None) -> None:
             timer.cancel()
         for fd, writable in watched.items():
             (loop.remove_writer if writable else loop.remove_reader)(fd)
+    # Its end, awaited here rather than in finish()'s wait4: other jobs'
+    # tasks go on meanwhile.
+    runner._kill()
+    if runner.pidfd >= 0 and not runner.exited:
+        exited = loop.create_future()
+        loop.add_reader(runner.pidfd, lambda: exited.done() or exited.set_result(None))
+        try:
+            await exited
+        finally:
+            loop.remove_reader(runner.pidfd)
 
 
 # ---- leftovers ----
