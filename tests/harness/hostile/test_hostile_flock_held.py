@@ -5,7 +5,7 @@ descriptors, which end with the job: the next job takes the same locks at
 once."""
 import pytest
 
-from hostile_kit import MODES, WHO, assert_gone, assert_healthy, job, start
+from hostile_kit import MODES, NODES, WHO, assert_gone, assert_healthy, job, start
 
 ATTACK = WHO + r"""
 import erlang, fcntl, threading, time
@@ -24,9 +24,10 @@ fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
 """
 
 
+@pytest.mark.parametrize("node", NODES)
 @pytest.mark.parametrize("mode", MODES)
-def test_a_lock_left_behind_is_released_with_its_job(spawn, mode):
-    w = start(spawn, mode)
+def test_a_lock_left_behind_is_released_with_its_job(spawn, mode, node):
+    w = start(spawn, mode, node)
     status, pid, _ = job(w, mode, ATTACK)
     assert status == "ok", pid
     assert_gone(int(pid))

@@ -7,7 +7,7 @@ own output: the next request gets its genuine answer."""
 import pytest
 
 import pyport_proto as P
-from hostile_kit import MODES, assert_healthy, job, start
+from hostile_kit import MODES, NODES, assert_healthy, job, start
 
 ATTACK = r"""
 import os
@@ -33,9 +33,10 @@ result = (mine, written, theirs)
 """
 
 
+@pytest.mark.parametrize("node", NODES)
 @pytest.mark.parametrize("mode", MODES)
-def test_a_job_cannot_answer_another_request(spawn, mode):
-    w = start(spawn, mode)
+def test_a_job_cannot_answer_another_request(spawn, mode, node):
+    w = start(spawn, mode, node)
     # RESULT frames for the ids of the requests that follow the job's.
     forged = b"".join(P.encode_frame(P.RESULT, w._next_id + n, "forged") for n in range(1, 8))
     status, (mine, written, theirs), stats = job(w, mode, ATTACK, forged)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from hostile_kit import MODES, assert_healthy, job, start, start_job
+from hostile_kit import MODES, NODES, assert_healthy, job, start, start_job
 
 VICTIM = "# {secret}\nimport time\ntime.sleep({sleep})\nlen(input)"
 
@@ -55,9 +55,10 @@ for line in lines:
 """
 
 
+@pytest.mark.parametrize("node", NODES)
 @pytest.mark.parametrize("mode", MODES)
-def test_no_job_finds_another_jobs_data_in_its_memory(spawn, mode):
-    w = start(spawn, mode)
+def test_no_job_finds_another_jobs_data_in_its_memory(spawn, mode, node):
+    w = start(spawn, mode, node)
     secret = "SECRET-" + secrets.token_hex(16)
     needle = (secret[:12].encode(), hashlib.sha256(secret.encode()).digest(), len(secret))
     victim_code = VICTIM.format(secret=secret, sleep=2 if mode == "fresh" else 0)

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from hostile_kit import MODES, WHO, assert_gone, assert_healthy, job, start, workdir
+from hostile_kit import MODES, NODES, WHO, assert_gone, assert_healthy, job, start, workdir
 
 ATTACK = WHO + r"""
 os.makedirs('a/b/c')
@@ -22,9 +22,10 @@ result = (result, os.path.basename(here))
 """
 
 
+@pytest.mark.parametrize("node", NODES)
 @pytest.mark.parametrize("mode", MODES)
-def test_what_a_job_made_is_removed_whatever_its_modes(spawn, mode):
-    w = start(spawn, mode)
+def test_what_a_job_made_is_removed_whatever_its_modes(spawn, mode, node):
+    w = start(spawn, mode, node)
     status, (pid, name), _ = job(w, mode, ATTACK)
     assert status == "ok"
     assert_gone(int(pid))

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from hostile_kit import MODES, assert_healthy, job, start, start_job, workdir
+from hostile_kit import MODES, NODES, assert_healthy, job, start, start_job, workdir
 
 HOLD = r"""
 import os, time
@@ -37,9 +37,10 @@ for attempt in ['..'] + [f'../job-{k}' for k in range(max(1, n - 3), n + 4) if k
 """
 
 
+@pytest.mark.parametrize("node", NODES)
 @pytest.mark.parametrize("mode", MODES)
-def test_a_job_cannot_read_its_neighbours(spawn, mode):
-    w = start(spawn, mode)
+def test_a_job_cannot_read_its_neighbours(spawn, mode, node):
+    w = start(spawn, mode, node)
     # After a first job the worker keeps runners ready, each in its own
     # directory: neighbours for the snooper.
     assert job(w, mode, "1")[:2] == ("ok", 1)

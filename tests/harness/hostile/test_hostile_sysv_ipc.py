@@ -5,7 +5,7 @@ its own, gone with it: the next job finds neither the keys nor any object
 at all (/proc/sysvipc lists its namespace's)."""
 import pytest
 
-from hostile_kit import MODES, WHO, assert_gone, assert_healthy, job, start
+from hostile_kit import MODES, NODES, WHO, assert_gone, assert_healthy, job, start
 
 LEAVE = WHO + r"""
 import ctypes
@@ -34,9 +34,10 @@ listed = [open(f'/proc/sysvipc/{kind}').read().splitlines()[1:] for kind in ('sh
 """
 
 
+@pytest.mark.parametrize("node", NODES)
 @pytest.mark.parametrize("mode", MODES)
-def test_ipc_objects_do_not_outlive_their_job(spawn, mode):
-    w = start(spawn, mode)
+def test_ipc_objects_do_not_outlive_their_job(spawn, mode, node):
+    w = start(spawn, mode, node)
     status, pid, _ = job(w, mode, LEAVE)
     assert status == "ok", pid
     assert_gone(int(pid))

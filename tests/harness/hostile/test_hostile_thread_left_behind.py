@@ -6,7 +6,7 @@ process of its own that ends with its job: the thread dies with it, and
 the next job's answer is its own."""
 import pytest
 
-from hostile_kit import MODES, WHO, assert_gone, assert_healthy, job, start
+from hostile_kit import MODES, NODES, WHO, assert_gone, assert_healthy, job, start
 
 ATTACK = WHO + r"""
 import os, threading, time, struct
@@ -28,9 +28,10 @@ result
 """
 
 
+@pytest.mark.parametrize("node", NODES)
 @pytest.mark.parametrize("mode", MODES)
-def test_a_thread_left_behind_dies_with_its_job(spawn, mode):
-    w = start(spawn, mode)
+def test_a_thread_left_behind_dies_with_its_job(spawn, mode, node):
+    w = start(spawn, mode, node)
     status, pid, _ = job(w, mode, ATTACK)
     assert status == "ok"
     assert_gone(int(pid))

@@ -5,7 +5,7 @@ belong to the job's process, which ends with the job: the next jobs, run
 while the timers would have fired, finish."""
 import pytest
 
-from hostile_kit import MODES, WHO, assert_gone, assert_healthy, job, start
+from hostile_kit import MODES, NODES, WHO, assert_gone, assert_healthy, job, start
 
 ATTACK = WHO + r"""
 import ctypes, signal
@@ -29,9 +29,10 @@ result
 """
 
 
+@pytest.mark.parametrize("node", NODES)
 @pytest.mark.parametrize("mode", MODES)
-def test_a_timer_left_behind_dies_with_its_job(spawn, mode):
-    w = start(spawn, mode)
+def test_a_timer_left_behind_dies_with_its_job(spawn, mode, node):
+    w = start(spawn, mode, node)
     status, pid, _ = job(w, mode, ATTACK)
     assert status == "ok", pid
     assert_gone(int(pid))
