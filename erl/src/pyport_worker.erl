@@ -245,6 +245,8 @@ init({Pool, Slot, Opts}) ->
         {ok, #{tab := Tab, counters := Counters} = Info} ->
             %% Requests sent to a previous gen_server of this slot died with it.
             counters:put(Counters, Slot, 0),
+            %% What the worker sends is decoded here under its pool's limits.
+            pyport_limits:set_process(maps:get(decode_limits, Info)),
             State0 = #state{pool = Pool, slot = Slot, opts = Opts, info = Info},
             case first_start(State0) of
                 {ok, State} ->
