@@ -219,7 +219,7 @@ def _outcome(runner: _runner.Runner, settings: dict, budget: int) -> tuple[Atom,
         if isinstance(outcome, tuple) and len(outcome) == 2 and outcome[0] in (OK, ERROR):
             return Atom(outcome[0]), outcome[1]
     if runner.rusage is None:
-        return ERROR, (Atom("crashed"), {Atom("runner"): "not reaped"})
+        return ERROR, (Atom("no_runner"), "the job's process could not be reaped")
     wstatus, ru = runner.status, runner.rusage
     if os.WIFSIGNALED(wstatus):
         sig = os.WTERMSIG(wstatus)
