@@ -12,7 +12,7 @@ fresh job (``fresh=True``, in a worker started with ``--zygote``) runs the
 same way as a task of the worker's event loop, many at once.
 
 Returns ``(ok, Result, Stats)`` or ``(error, Reason, Stats)``; the reasons
-are those of docs/pyport-run.md ("Jobs").
+are those of docs/design.md ("Jobs").
 """
 from __future__ import annotations
 
