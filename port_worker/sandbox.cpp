@@ -582,8 +582,8 @@ std::string Sandbox::apply_seccomp(bool forbid_fork, bool job_layer,
 
 // Directories every job may read (and execute from), besides the pool's
 // Python paths: the worker's own Landlock layer narrows them further.
-const char* const kJobReadable[] = {"/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin",
-                                    "/sbin", "/etc", "/proc", "/sys",   "/dev"};
+const char* const kJobReadable[] = {"/usr",  "/lib", "/lib32", "/lib64", "/libx32", "/bin",
+                                    "/sbin", "/etc", "/proc",  "/sys",   "/dev"};
 
 std::string Sandbox::start_template(const std::vector<std::string>& read_paths) {
   // What a runner may read: never the working directory as a whole (other
@@ -626,7 +626,8 @@ std::string Sandbox::start_template(const std::vector<std::string>& read_paths) 
   if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) return errno_text("PR_SET_CHILD_SUBREAPER");
   // The first runners start now, while the worker says HELLO.
   PyRef module = PyRef::steal(PyImport_ImportModule("erlang._runner"));
-  PyRef done = module ? PyRef::steal(PyObject_CallMethod(module.get(), "prestart", nullptr)) : PyRef();
+  PyRef done =
+      module ? PyRef::steal(PyObject_CallMethod(module.get(), "prestart", nullptr)) : PyRef();
   if (!done) {
     std::string why = "cannot start the job runners";
     PyErr_Print();
@@ -657,9 +658,9 @@ void Sandbox::run_template(int fd, pid_t worker) {
   }
   if (error.empty()) {
     PyRef module = PyRef::steal(PyImport_ImportModule("erlang._runner"));
-    PyRef done = module ? PyRef::steal(PyObject_CallMethod(module.get(), "template", "ii", 3,
-                                                           int(worker)))
-                        : PyRef();
+    PyRef done =
+        module ? PyRef::steal(PyObject_CallMethod(module.get(), "template", "ii", 3, int(worker)))
+               : PyRef();
     PyErr_Print();
     error = "erlang._runner.template returned";
   }
@@ -916,8 +917,8 @@ PyObject* start_runner(PyObject* module, PyObject* arg) {
   const char* name = PyUnicode_AsUTF8AndSize(arg, &size);
   if (!name) return nullptr;
   int job[2] = {-1, -1}, result[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};
-  if (pipe2(job, O_CLOEXEC) != 0 || pipe2(result, O_CLOEXEC) != 0 ||
-      pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) {
+  if (pipe2(job, O_CLOEXEC) != 0 || pipe2(result, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0 ||
+      pipe2(err, O_CLOEXEC) != 0) {
     PyErr_SetFromErrno(PyExc_OSError);
     close_all({job[0], job[1], result[0], result[1], out[0], out[1], err[0], err[1]});
     return nullptr;
