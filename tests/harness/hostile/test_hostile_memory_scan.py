@@ -6,12 +6,18 @@ made before the worker read its first frame, which never sees a job's
 data: scanning all of its own readable memory finds nothing of the job
 before it (fresh: still running next to it; warm: just finished)."""
 import hashlib
+import os
 import secrets
 import time
 
 import pytest
 
 from hostile_kit import MODES, NODES, assert_healthy, job, start, start_job
+
+# ASan's interceptors check every buffer the scan hands to write(2) against
+# its shadow memory (terabytes, mostly redzones): not a scan it allows.
+pytestmark = pytest.mark.skipif(os.environ.get("PYPORT_SANITIZED") == "1",
+                                reason="an ASan build's memory cannot be scanned from inside")
 
 VICTIM = "# {secret}\nimport time\ntime.sleep({sleep})\nlen(input)"
 
