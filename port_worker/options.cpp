@@ -25,7 +25,7 @@ const char* const kUsage =
     "                     [--max-file-size BYTES] [--max-processes N]\n"
     "                     [--sandbox | --zygote] [--sandbox-allow WHAT]... [--preload MODULE]...\n"
     "                     [--workdir-parent DIR] [--env NAME=VALUE]... [--env-keep NAME]...\n"
-    "                     [--max-output BYTES]\n"
+    "                     [--max-output BYTES] [--log-lines N] [--log-bytes BYTES]\n"
     "  --runtime DIR          the python_runtime directory (default: next to the\n"
     "                         executable, else the source tree's)\n"
     "  --path DIR             put DIR on sys.path (after the runtime); repeatable\n"
@@ -44,6 +44,9 @@ const char* const kUsage =
     "  --env NAME=VALUE       set in the sandbox's otherwise empty environment; repeatable\n"
     "  --env-keep NAME        keep NAME from the inherited environment; repeatable\n"
     "  --max-output BYTES     stdout+stderr a job may print (default 1048576)\n"
+    "  --log-lines N          lines of stdout+stderr sent as LOG frames a second, the\n"
+    "                         rest dropped and counted (default: no limit)\n"
+    "  --log-bytes BYTES      bytes of them a second (default: no limit)\n"
     "Speaks {packet,4} msgpack frames on stdin/stdout; see proto/PROTOCOL.md.\n";
 
 namespace {
@@ -69,16 +72,24 @@ struct Limit {
   int resource;
   uint64_t Options::*field;
   uint64_t min;
+  uint64_t max;
   const char* unit;
 };
 
+// The largest value of a limit: below RLIM_INFINITY (which would lift the
+// limit). CPU seconds stop sooner: the kernel counts them in nanoseconds
+// in 64 bits, and a larger value wraps into an instant SIGXCPU. The owner
+// checks the same bounds (pyport_config.erl).
+constexpr uint64_t kMaxLimit = uint64_t(1) << 62;
+constexpr uint64_t kMaxCpuSeconds = 0xffffffffu;
+
 // The smallest values still let Python start and run.
 const Limit kLimits[] = {
-    {"--max-memory", RLIMIT_AS, &Options::max_memory, uint64_t(32) << 20, "bytes"},
-    {"--cpu-seconds", RLIMIT_CPU, &Options::cpu_seconds, 1, "seconds"},
-    {"--max-open-files", RLIMIT_NOFILE, &Options::max_open_files, 16, "descriptors"},
-    {"--max-file-size", RLIMIT_FSIZE, &Options::max_file_size, 1, "bytes"},
-    {"--max-processes", RLIMIT_NPROC, &Options::max_processes, 1, "processes"},
+    {"--max-memory", RLIMIT_AS, &Options::max_memory, uint64_t(32) << 20, kMaxLimit, "bytes"},
+    {"--cpu-seconds", RLIMIT_CPU, &Options::cpu_seconds, 1, kMaxCpuSeconds, "seconds"},
+    {"--max-open-files", RLIMIT_NOFILE, &Options::max_open_files, 16, kMaxLimit, "descriptors"},
+    {"--max-file-size", RLIMIT_FSIZE, &Options::max_file_size, 1, kMaxLimit, "bytes"},
+    {"--max-processes", RLIMIT_NPROC, &Options::max_processes, 1, kMaxLimit, "processes"},
 };
 
 bool in_scope(int resource, LimitScope scope) {
@@ -101,7 +112,9 @@ const char* const kValued[] = {"--runtime",
                                "--env",
                                "--env-keep",
                                "--max-output",
-                               "--sandbox-test-unavailable"};
+                               "--sandbox-test-unavailable",
+                               "--log-lines",
+                               "--log-bytes"};
 
 }  // namespace
 
@@ -155,9 +168,10 @@ std::string parse_options(int argc, const char* const* argv, Options& out) {
     } else if (name == "--path") {
       out.paths.push_back(value);
     } else if (limit) {
-      if (!parse_number(value, limit->min, UINT64_MAX, out.*(limit->field))) {
-        return std::string(limit->option) + " must be a number of " + limit->unit + ", at least " +
-               std::to_string(limit->min) + ", not '" + value + "'";
+      if (!parse_number(value, limit->min, limit->max, out.*(limit->field))) {
+        return std::string(limit->option) + " must be a number of " + limit->unit + " from " +
+               std::to_string(limit->min) + " to " + std::to_string(limit->max) + ", not '" +
+               value + "'";
       }
     } else if (name == "--sandbox-allow") {
       unsigned bit = 0;
@@ -186,6 +200,11 @@ std::string parse_options(int argc, const char* const* argv, Options& out) {
     } else if (name == "--max-output") {
       if (!parse_number(value, 0, UINT64_MAX, out.max_output)) {
         return "--max-output must be a number of bytes, not '" + value + "'";
+      }
+    } else if (name == "--log-lines" || name == "--log-bytes") {
+      if (!parse_number(value, 1, UINT64_MAX,
+                        name == "--log-lines" ? out.log_lines : out.log_bytes)) {
+        return name + " must be a positive number, not '" + value + "'";
       }
     } else if (name == "--sandbox-test-unavailable") {
       if (value != "landlock" && value != "namespaces" && value != "seccomp") {

@@ -34,8 +34,15 @@
 %% <li>Process-bound namespaces: a caller registers its namespace here; the
 %%   gen_server monitors the caller and frees the namespace in the worker
 %%   (`CONTROL drop_namespace') when it exits.</li>
+%% <li>Frames are cut from the port's byte stream here ({@link
+%%   pyport_framer}): a header above the pool's `max_frame_size', a frame
+%%   that does not decode, or a worker writing faster than this process
+%%   can read (more than 16 MiB + 2 × max_frame_size unread)
+%%   gets the OS process killed and replaced, its requests answered
+%%   `{error, {worker_exited, Why}}'.</li>
 %% <li>`LOG' frames (the worker's stdout/stderr and Python logging) go to
-%%   `logger' with the pool, slot and OS pid as metadata.</li>
+%%   `logger' with the pool, slot and OS pid as metadata, within the pool's
+%%   `log_rate' ({@link pyport_worker_log}).</li>
 %% <li>Coroutine tasks (`{'$pyport_task', ...}', see {@link pyport_async}) are
 %%   answered with a message `{Tag, Ref, Result}' to the caller's alias, the
 %%   result decoded here since the caller may never run our code to decode
@@ -103,6 +110,11 @@
 %% After SHUTDOWN and the grace period, how long a killed process may take
 %% to be reported gone.
 -define(KILL_GRACE_MS, 1000).
+%% A worker may be this far (plus two max_frame_size) ahead of this process
+%% in bytes written to the channel and not read yet; beyond, it floods.
+-define(BACKLOG_MIN_BYTES, 16 * 1024 * 1024).
+%% Messages in the mailbox below which the backlog is not even measured.
+-define(BACKLOG_CHECK_MSGS, 64).
 
 -type deadline() :: integer() | infinity.
 %% A request written to the OS process: a call answered raw to its alias
@@ -130,6 +142,12 @@
           %% is returned, not retried.
           first = true :: boolean(),
           port :: port() | undefined,
+          %% The current port's frames being cut from its bytes
+          %% (`discard' once it broke the protocol and is being killed),
+          %% and how many bytes of it this process has taken.
+          framer :: pyport_framer:state() | discard | undefined,
+          consumed = 0 :: non_neg_integer(),
+          log :: pyport_worker_log:state(),
           %% OS pid: from the port at spawn, then the one the hello reports.
           os_pid :: non_neg_integer() | undefined,
           python_version :: binary() | undefined,
@@ -144,6 +162,9 @@
           kill_timers = #{} :: #{pos_integer() => reference()},
           %% Why the gen_server killed the current OS process, if it did.
           kill_reason :: term(),
+          %% Why the current OS process cannot start, as it said before its
+          %% hello (see pyport_start_error).
+          start_error :: undefined | pyport_start_error:reported(),
           %% Held while the OS process restarts: {call, Alias, Id, Deadline,
           %% Frame}, {req, Id, Entry, Frame} (tasks, streams) or {cast,
           %% Frame}, in arrival order.
@@ -247,7 +268,8 @@ init({Pool, Slot, Opts}) ->
             counters:put(Counters, Slot, 0),
             %% What the worker sends is decoded here under its pool's limits.
             pyport_limits:set_process(maps:get(decode_limits, Info)),
-            State0 = #state{pool = Pool, slot = Slot, opts = Opts, info = Info},
+            State0 = #state{pool = Pool, slot = Slot, opts = Opts, info = Info,
+                            log = pyport_worker_log:new(maps:get(log_rate, Opts, default))},
             case first_start(State0) of
                 {ok, State} ->
                     true = ets:insert(Tab, {Slot, self()}),
@@ -325,6 +347,14 @@ handle_info({stream_recheck, Id}, State) ->
 handle_info({pubsub, Topic, Msg}, State) ->
     forward_pubsub(Topic, Msg, State),
     {noreply, State};
+handle_info({'$pyport_pending', Id, Probe}, State) ->
+    %% An await asks whether request Id can still be answered (see
+    %% pyport_async:await/3); silence means yes.
+    case pending_for_caller(Id, State) of
+        true -> ok;
+        false -> Probe ! {Probe, not_pending}
+    end,
+    {noreply, State};
 handle_info({'$pyport_cancel', Id}, State) ->
     {noreply, cancel(Id, State)};
 handle_info({'$pyport_interrupt', Id}, State) ->
@@ -351,7 +381,9 @@ handle_info({'DOWN', Mon, process, _, _}, #state{ns_by_monitor = ByMon} = State)
             {noreply, State}
     end;
 handle_info({Port, {data, Bin}}, #state{port = Port} = State) ->
-    frame(Bin, State);
+    data(Bin, State);
+handle_info({timeout, _Timer, log_note} = Msg, State) ->
+    {noreply, State#state{log = pyport_worker_log:note(Msg, metadata(State), State#state.log)}};
 handle_info({Port, {exit_status, Status}}, #state{port = Port} = State) ->
     os_process_died(pyport_os:exit_detail(Status), State);
 handle_info({'EXIT', Port, Reason}, #state{port = Port} = State) ->
@@ -531,7 +563,7 @@ send_frame(Port, Frame) ->
     write(Port, Frame).
 
 write(Port, Frame) ->
-    try port_command(Port, Frame)
+    try port_command(Port, pyport_framer:frame(Frame))
     catch error:badarg -> false
     end.
 
@@ -604,6 +636,16 @@ flush_queue({{value, {req, Id, Entry, Frame}}, Rest}, Now, State) ->
             _ = send_frame(State#state.port, Frame),
             State1 = State#state{pending = maps:put(Id, Entry, State#state.pending)},
             flush_queue(queue:out(Rest), Now, sent(State1))
+    end.
+
+pending_for_caller(Id, #state{pending = Pending, queue = Q}) ->
+    case Pending of
+        #{Id := {abandoned, _}} -> false;
+        #{Id := _} -> true;
+        #{} -> lists:any(fun({call, _, I, _, _}) -> I =:= Id;
+                            ({req, I, _, _}) -> I =:= Id;
+                            (_) -> false
+                         end, queue:to_list(Q))
     end.
 
 %% The caller of request Id stopped waiting (its timeout passed).
@@ -721,14 +763,78 @@ fail_all_pending(Detail, #state{pending = Pending, kill_timers = Timers} = State
 %%% Frames from the worker
 %%%===================================================================
 
+%% Bytes from the port: the frames they complete, in order. A worker that
+%% breaks the framing is killed (broken/2); so is one that writes faster
+%% than this process reads.
+data(_Bin, #state{framer = discard} = State) ->
+    {noreply, State};
+data(Bin, #state{port = Port, framer = Framer, consumed = Consumed} = State) ->
+    case pyport_framer:feed(Bin, Framer) of
+        {ok, Frames, Framer1} ->
+            case frames(Frames, State#state{framer = Framer1,
+                                            consumed = Consumed + byte_size(Bin)}) of
+                {noreply, #state{port = Port} = S} -> check_backlog(S);
+                Other -> Other
+            end;
+        {error, Why, Frames} ->
+            %% Frames that came whole before the bad header still count.
+            case frames(Frames, State#state{framer = discard}) of
+                {noreply, #state{port = Port} = S} -> broken(Why, S);
+                Other -> Other
+            end
+    end.
+
+frames([], State) ->
+    {noreply, State};
+frames([Bin | Rest], #state{port = Port} = State) ->
+    case frame(Bin, State) of
+        {noreply, #state{port = Port, framer = Framer} = S} when Framer =/= discard ->
+            frames(Rest, S);
+        Other ->
+            %% The OS process was given up on (or the owner stops): what
+            %% else it sent is moot.
+            Other
+    end.
+
+%% The port's driver reads whatever the worker writes and queues it here
+%% as messages, with no flow control: a worker writing faster than this
+%% process handles frames would grow the mailbox without bound. The bytes
+%% the port has read minus those taken here are what waits; measured only
+%% once the mailbox is long, since port_info/2 is a round trip.
+check_backlog(#state{port = Port, consumed = Consumed,
+                     opts = #{max_frame_size := Max}} = State) ->
+    case process_info(self(), message_queue_len) of
+        {message_queue_len, N} when N > ?BACKLOG_CHECK_MSGS ->
+            Limit = ?BACKLOG_MIN_BYTES + 2 * Max,
+            case erlang:port_info(Port, input) of
+                {input, In} when In - Consumed > Limit ->
+                    broken({flooding, #{unread_bytes => In - Consumed, limit => Limit,
+                                        messages => N}}, State);
+                _ ->
+                    {noreply, State}
+            end;
+        _ ->
+            {noreply, State}
+    end.
+
+%% The worker broke the channel: its OS process is killed and replaced at
+%% once (the port is closed: nothing more it wrote is read), and every
+%% request it had is answered `{error, {worker_exited, Why}}'.
+broken(Why, #state{status = Status} = State) when Status =:= starting; Status =:= initializing ->
+    start_failed(Why, State#state{framer = discard});
+broken(Why, State) ->
+    ?LOG_ERROR("pyport worker ~tp/~b: killing OS process ~tp: ~tp",
+               [State#state.pool, State#state.slot, State#state.os_pid, Why], metadata(State)),
+    kill_port(State#state.port, State#state.os_pid),
+    os_process_died(Why, State#state{framer = discard, kill_reason = Why}).
+
 frame(Bin, State) ->
     case pyport_codec:decode_frame_head(Bin) of
         {ok, Kind, Id, NFields, Rest} ->
             frame(Kind, Id, NFields, Rest, State);
         {error, Why} ->
-            ?LOG_ERROR("pyport worker ~tp/~b: undecodable frame from the worker: ~tp",
-                         [State#state.pool, State#state.slot, Why], metadata(State)),
-            {noreply, State}
+            %% Out of step with the worker: nothing after this can be trusted.
+            broken(Why, State)
     end.
 
 frame(Kind, Id, 1, Rest, State) when Kind =:= ?RESULT, Id > 0 ->
@@ -739,29 +845,16 @@ frame(?STREAM_CHUNK, Id, 1, Rest, State) when Id > 0 ->
     {noreply, stream_chunk(Id, Rest, State)};
 frame(?STREAM_END, Id, 0, _Rest, State) when Id > 0 ->
     answer(Id, {?STREAM_END, <<>>}, State);
+frame(?ERROR, 0, 3, Rest, #state{status = starting} = State) ->
+    %% Before the hello: why the process is about to exit, if it says so.
+    case pyport_start_error:from_frame(Rest, State#state.opts) of
+        {ok, Reason} -> {noreply, State#state{start_error = Reason}};
+        error -> log_error_frame(Rest, State)
+    end;
 frame(?ERROR, 0, 3, Rest, State) ->
-    %% An error that answers no request (e.g. a frame the worker could not
-    %% read far enough to find its id).
-    case pyport_codec:decode_fields(3, Rest) of
-        {ok, [Type, Message, _Traceback]} ->
-            ?LOG_WARNING("pyport worker ~tp/~b: ~ts: ~ts",
-                           [State#state.pool, State#state.slot, Type, Message],
-                           metadata(State));
-        {error, Why} ->
-            ?LOG_ERROR("pyport worker ~tp/~b: undecodable ERROR frame: ~tp",
-                         [State#state.pool, State#state.slot, Why], metadata(State))
-    end,
-    {noreply, State};
-frame(?LOG_FRAME, _Id, 2, Rest, State) ->
-    case pyport_codec:decode_fields(2, Rest) of
-        {ok, [Level, Message]} ->
-            ?LOG(pyport_logging:level(Level), "~ts", [Message],
-                       (metadata(State))#{domain => [pyport, python]});
-        {error, Why} ->
-            ?LOG_ERROR("pyport worker ~tp/~b: undecodable LOG frame: ~tp",
-                         [State#state.pool, State#state.slot, Why], metadata(State))
-    end,
-    {noreply, State};
+    log_error_frame(Rest, State);
+frame(?LOG_FRAME, _Id, 2, Rest, #state{log = Log} = State) ->
+    {noreply, State#state{log = pyport_worker_log:log_frame(Rest, metadata(State), Log)}};
 frame(?REQUEST, Id, 2, Rest, #state{port = Port} = State) when Id > 0 ->
     {noreply, case pyport_callback:request(Id, Rest, callback_context(State)) of
                   {reply, Result} ->
@@ -776,11 +869,14 @@ frame(?REQUEST, Id, 2, Rest, #state{port = Port} = State) when Id > 0 ->
                       _ = send_frame(Port, pyport_callback:encode_reply(Id, {ok, none})),
                       unsubscribe(Topic, Box, State)
               end};
+frame(?NOTIFY, 0, 2, <<16#a3, "log", _/binary>> = Rest, #state{log = Log} = State) ->
+    %% A Python logging record ([<<"log">>, ...]): within the same log_rate.
+    case pyport_worker_log:admit(byte_size(Rest), Log) of
+        {true, Log1} -> notify(Rest, State#state{log = Log1});
+        {false, Log1} -> {noreply, State#state{log = Log1}}
+    end;
 frame(?NOTIFY, 0, 2, Rest, State) ->
-    {noreply, case pyport_callback:notify(Rest, callback_context(State)) of
-                  ok -> State;
-                  {unsubscribe_all, Box} -> unsubscribe_all(Box, State)
-              end};
+    notify(Rest, State);
 frame(?SCHEDULE, Id, 2, Rest, State) when Id > 0 ->
     schedule(Id, Rest, State);
 frame(?HELLO, 0, 4, Rest, #state{status = starting} = State) ->
@@ -795,9 +891,19 @@ frame(Kind, Id, NFields, _Rest, State) ->
     %% A protocol violation by the worker. Whoever waits on Id is answered so
     %% that no request is left hanging.
     Why = {unexpected_frame, Kind, Id, NFields},
-    ?LOG_ERROR("pyport worker ~tp/~b: ~tp", [State#state.pool, State#state.slot, Why],
-                 metadata(State)),
-    answer(Id, {error, {protocol_error, Why}}, State).
+    Log = pyport_worker_log:report(error, "~tp", [Why], metadata(State), State#state.log),
+    answer(Id, {error, {protocol_error, Why}}, State#state{log = Log}).
+
+notify(Rest, State) ->
+    {noreply, case pyport_callback:notify(Rest, callback_context(State)) of
+                  ok -> State;
+                  {unsubscribe_all, Box} -> unsubscribe_all(Box, State)
+              end}.
+
+%% An error that answers no request (e.g. a frame the worker could not
+%% read far enough to find its id): logged within the pool's log_rate.
+log_error_frame(Rest, #state{log = Log} = State) ->
+    {noreply, State#state{log = pyport_worker_log:error_frame(Rest, metadata(State), Log)}}.
 
 answer(Id, Reply, State0) ->
     State = case maps:take(Id, State0#state.kill_timers) of
@@ -1108,13 +1214,13 @@ first_start(State) ->
 await_ready(Port, Deadline, State) ->
     receive
         {Port, {data, Bin}} ->
-            case frame(Bin, State) of
+            case data(Bin, State) of
                 {noreply, #state{status = up} = S} -> {ok, S};
                 {noreply, #state{status = failed, last_exit = Detail}} -> {error, Detail};
                 {noreply, S} -> await_ready(Port, Deadline, S)
             end;
         {Port, {exit_status, Status}} ->
-            {error, pyport_os:exit_detail(Status)};
+            {error, start_detail(pyport_os:exit_detail(Status), State)};
         {'EXIT', Port, Reason} ->
             {error, {port_closed, Reason}}
     after max(0, Deadline - now_ms()) ->
@@ -1193,7 +1299,10 @@ spawn_os_process(#state{opts = Opts} = State) ->
     case pyport_os:open(Opts) of
         {ok, Port, OsPid} ->
             {ok, State#state{port = Port, os_pid = OsPid, status = starting,
+                             framer = pyport_framer:new(maps:get(max_frame_size, Opts)),
+                             consumed = 0,
                              python_version = undefined, kill_reason = undefined,
+                             start_error = undefined,
                              sent_here = 0, answered_here = 0, spawned_at = now_ms(),
                              rss_checked_at = now_ms() - ?RSS_CHECK_INTERVAL_MS}};
         {error, _} = Error ->
@@ -1208,7 +1317,7 @@ os_process_died(Detail, #state{status = stopping} = State) ->
     {noreply, (drop_subscriptions(fail_all_pending(Detail, State)))#state{port = undefined}};
 os_process_died(Detail0, #state{status = Status, spawned_at = Spawned} = State0) ->
     Detail = case State0#state.kill_reason of
-                 undefined -> Detail0;
+                 undefined -> start_detail(Detail0, State0);
                  Reason -> Reason
              end,
     State1 = drop_subscriptions(fail_all_pending(Detail, State0)),
@@ -1259,6 +1368,20 @@ os_process_died(Detail0, #state{status = Status, spawned_at = Spawned} = State0)
                     {noreply, State2#state{status = waiting, start_timer = Timer}}
             end
     end.
+
+%% An OS process that died before it was ready: the reason it gave, or
+%% the init step it was running (see pyport_start_error).
+start_detail(Exit, #state{status = starting, start_error = Reported}) ->
+    pyport_start_error:detail(Exit, Reported, undefined);
+start_detail(Exit, #state{status = initializing, internal = Internal}) ->
+    %% Init steps run in the order sent, which is the order of their ids.
+    Steps = lists:sort([{Id, Step} || {Id, {init, Step}} <- maps:to_list(Internal)]),
+    pyport_start_error:detail(Exit, undefined, case Steps of
+                                                   [{_, Step} | _] -> Step;
+                                                   [] -> undefined
+                                               end);
+start_detail(Exit, _State) ->
+    Exit.
 
 respawn(State) ->
     case spawn_os_process(State) of
@@ -1320,9 +1443,11 @@ stop_os_process(#state{port = Port, os_pid = OsPid, opts = #{shutdown_timeout :=
 drain_until_exit(Port, Deadline, State) ->
     receive
         {Port, {data, Bin}} ->
-            case frame(Bin, State) of
-                {noreply, State1} -> drain_until_exit(Port, Deadline, State1);
-                {stop, _, State1} -> drain_until_exit(Port, Deadline, State1)
+            %% Terminating: a worker that breaks the protocol now is killed
+            %% and not replaced (`stopping').
+            case state_of(data(Bin, State#state{status = stopping})) of
+                #state{port = Port} = State1 -> drain_until_exit(Port, Deadline, State1);
+                State1 -> {exited, State1#state{port = Port}}
             end;
         {Port, {exit_status, _}} ->
             {exited, State};
@@ -1331,6 +1456,9 @@ drain_until_exit(Port, Deadline, State) ->
     after max(0, Deadline - now_ms()) ->
             {timeout, State}
     end.
+
+state_of({noreply, State}) -> State;
+state_of({stop, _Reason, State}) -> State.
 
 kill_port(undefined, _OsPid) ->
     ok;
