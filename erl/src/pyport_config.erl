@@ -35,13 +35,17 @@
                        max_open_files := pos_integer() | infinity,
                        shutdown_timeout := non_neg_integer(),
                        sandbox := pyport_sandbox:sandbox(),
-                       fresh_worker := boolean()}.
+                       fresh_worker := boolean(),
+                       grants := pyport_grants:spec(),
+                       max_callbacks := pos_integer()}.
 -type error_reason() :: {invalid_pools, term()}
                       | {invalid_pool_name, term()}
                       | {invalid_pool, pool_name(), term()}
                       | {unknown_pool_option, pool_name(), term()}
-                      | {invalid_pool_option, pool_name(), atom() | {sandbox, term()}, term()}
+                      | {invalid_pool_option, pool_name(), atom() | {sandbox | grants, term()},
+                         term()}
                       | {unknown_sandbox_option, pool_name(), term()}
+                      | {unknown_grants_option, pool_name(), term()}
                       | {pool_option_requires, pool_name(), fresh_worker, sandbox}
                       | {invalid_config, max_state_entries | event_loop_pool
                                          | event_loop_pool_size, term()}.
@@ -124,6 +128,9 @@ validate_pool(Name, Opts) when is_map(Opts) ->
                     %% A zygote is a sandbox's fast path; unconfined it
                     %% would only be slower.
                     {error, {pool_option_requires, Name, fresh_worker, sandbox}};
+                {ok, #{grants := default, sandbox := Sandbox} = Valid} ->
+                    %% Nothing granted to a sandbox, everything otherwise.
+                    {ok, Valid#{grants := pyport_grants:default(Sandbox)}};
                 Result ->
                     Result
             end
@@ -139,6 +146,13 @@ check_values(Name, [{sandbox, Value} | Rest], Acc) ->
         {error, {unknown, Key}} -> {error, {unknown_sandbox_option, Name, Key}};
         {error, {invalid, sandbox, V}} -> {error, {invalid_pool_option, Name, sandbox, V}};
         {error, {invalid, Key, V}} -> {error, {invalid_pool_option, Name, {sandbox, Key}, V}}
+    end;
+check_values(Name, [{grants, Value} | Rest], Acc) ->
+    case pyport_grants:validate(Value) of
+        {ok, Grants} -> check_values(Name, Rest, Acc#{grants => Grants});
+        {error, {unknown, Key}} -> {error, {unknown_grants_option, Name, Key}};
+        {error, {invalid, grants, V}} -> {error, {invalid_pool_option, Name, grants, V}};
+        {error, {invalid, Key, V}} -> {error, {invalid_pool_option, Name, {grants, Key}, V}}
     end;
 check_values(Name, [{Key, Value} | Rest], Acc) ->
     case check(Key, Value) of
@@ -169,7 +183,10 @@ defaults() ->
       max_open_files => infinity,
       shutdown_timeout => 5000,
       sandbox => false,
-      fresh_worker => false}.
+      fresh_worker => false,
+      %% all without a sandbox, nothing with one (pyport_grants).
+      grants => default,
+      max_callbacks => 4096}.
 
 default_worker() ->
     case code:priv_dir(pyport) of
@@ -216,6 +233,7 @@ check(kill_after, infinity) -> {ok, infinity};
 check(kill_after, N) when is_integer(N), N >= 0 -> {ok, N};
 check(shutdown_timeout, N) when is_integer(N), N >= 0 -> {ok, N};
 check(fresh_worker, B) when is_boolean(B) -> {ok, B};
+check(max_callbacks, N) when is_integer(N), N > 0, N =< 16#FFFFFFF -> {ok, N};
 check(Key, infinity) when Key =:= max_inflight; Key =:= max_requests; Key =:= max_memory;
                           Key =:= max_rss; Key =:= cpu_seconds; Key =:= max_open_files ->
     {ok, infinity};

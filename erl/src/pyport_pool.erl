@@ -36,6 +36,7 @@
                   size := pos_integer(),
                   max_frame_size := pos_integer(),
                   call_timeout := timeout(),
+                  grants := pyport_grants:grants(),
                   opts := pyport_config:pool_opts()}.
 
 %% Above this size a caller samples two slots instead of reading them all.
@@ -156,6 +157,8 @@ init({Name, #{size := Size, max_frame_size := Max, call_timeout := Timeout,
              size => Size,
              max_frame_size => Max,
              call_timeout => Timeout,
+             %% What the pool's Python code may reach (checked per frame).
+             grants => pyport_grants:new(Name, Opts),
              opts => Opts},
     persistent_term:put({pyport_pool, Name}, Info),
     {ok, #{name => Name}}.

@@ -166,7 +166,10 @@
           %% subscribed to each topic, and the topics of each mailbox. This
           %% process joins a topic's pg group once per subscription.
           subs = #{} :: #{term() => [pos_integer()]},
-          box_topics = #{} :: #{pos_integer() => [term()]}
+          box_topics = #{} :: #{pos_integer() => [term()]},
+          %% Runs, bounds and ends the processes serving Python's calls
+          %% into Erlang (pyport_callback_keeper).
+          keeper :: pid() | undefined
          }).
 
 %%%===================================================================
@@ -245,7 +248,11 @@ init({Pool, Slot, Opts}) ->
         {ok, #{tab := Tab, counters := Counters} = Info} ->
             %% Requests sent to a previous gen_server of this slot died with it.
             counters:put(Counters, Slot, 0),
-            State0 = #state{pool = Pool, slot = Slot, opts = Opts, info = Info},
+            {ok, Keeper} = pyport_callback_keeper:start_link(
+                             maps:get(max_callbacks, Opts,
+                                      maps:get(max_callbacks, pyport_config:defaults())),
+                             #{domain => [pyport], pyport_pool => Pool, pyport_slot => Slot}),
+            State0 = #state{pool = Pool, slot = Slot, opts = Opts, info = Info, keeper = Keeper},
             case first_start(State0) of
                 {ok, State} ->
                     true = ets:insert(Tab, {Slot, self()}),
@@ -387,6 +394,9 @@ handle_info(purge, State) ->
 handle_info({Port, _}, State) when is_port(Port) ->
     %% Data or exit status of a previous OS process of this slot.
     {noreply, State};
+handle_info({'EXIT', Keeper, Reason}, #state{keeper = Keeper} = State) ->
+    %% Without its keeper no callback of Python's would be answered.
+    {stop, {callback_keeper_exited, Reason}, State};
 handle_info({'EXIT', _, _}, State) ->
     %% A previous port closing; the parent's exit is handled by gen_server.
     {noreply, State};
@@ -761,9 +771,10 @@ frame(?LOG_FRAME, _Id, 2, Rest, State) ->
     end,
     {noreply, State};
 frame(?REQUEST, Id, 2, Rest, #state{port = Port} = State) when Id > 0 ->
-    {noreply, case pyport_callback:request(Id, Rest, callback_context(State)) of
+    Ctx = callback_context(State),
+    {noreply, case pyport_callback:request(Id, Rest, Ctx) of
                   {reply, Result} ->
-                      _ = send_frame(Port, pyport_callback:encode_reply(Id, Result)),
+                      _ = send_frame(Port, pyport_callback:reply_frame(Id, Result, Ctx)),
                       State;
                   spawned ->
                       State;
@@ -780,7 +791,10 @@ frame(?NOTIFY, 0, 2, Rest, State) ->
                   {unsubscribe_all, Box} -> unsubscribe_all(Box, State)
               end};
 frame(?SCHEDULE, Id, 2, Rest, State) when Id > 0 ->
-    schedule(Id, Rest, State);
+    case pyport_callback:schedule_check(Rest, callback_context(State)) of
+        ok -> schedule(Id, Rest, State);
+        {error, _} = Refused -> answer(Id, Refused, State)
+    end;
 frame(?HELLO, 0, 4, Rest, #state{status = starting} = State) ->
     case hello(Rest, State) of
         {ok, State1} -> initialize(State1);
@@ -847,7 +861,7 @@ schedule(Id, Rest, #state{port = Port} = State) ->
                     answer(Id, {schedule, Name, Args}, State);
                 undefined ->
                     %% A cast (or a caller that gave up): run it for nobody.
-                    _ = spawn(fun() -> pyport_registry:call(Name, Args) end),
+                    pyport_callback:schedule_cast(Name, Args, callback_context(State)),
                     {noreply, State}
             end;
         {ok, [<<"py">>, Frame]} when is_binary(Frame) ->
@@ -958,8 +972,10 @@ backlog(Pid) when node(Pid) =:= node() ->
 backlog(_Pid) ->
     0.
 
-callback_context(#state{port = Port} = State) ->
-    #{port => Port, meta => metadata(State)}.
+callback_context(#state{port = Port, info = #{grants := Grants}, keeper = Keeper,
+                        opts = #{max_frame_size := Max}} = State) ->
+    #{port => Port, meta => metadata(State), grants => Grants, keeper => Keeper,
+      max_frame_size => Max}.
 
 %%%===================================================================
 %%% Pub/sub for Python subscriptions
