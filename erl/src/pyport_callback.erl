@@ -255,7 +255,9 @@ run_cast(What, #{port := Port, keeper := Keeper}, Fun) ->
     pyport_callback_keeper:run(Keeper, #{kind => cast, port => Port, id => 0, what => What,
                                          run => Fun}).
 
-%% A name from Python, for messages: bounded, never an atom.
+%% A name from Python, for messages: bounded, never a new atom.
+quoted(Name) when is_atom(Name) ->
+    quoted(atom_to_binary(Name, utf8));
 quoted(Name) when is_binary(Name), byte_size(Name) =< 200 ->
     case unicode:characters_to_binary(Name) of
         Name -> ["'", Name, "'"];
