@@ -36,7 +36,8 @@
                        shutdown_timeout := non_neg_integer(),
                        sandbox := pyport_sandbox:sandbox(),
                        fresh_worker := boolean(),
-                       grants := pyport_grants:spec(),
+                       %% default: resolved at pool start (pyport_grants:new/2).
+                       grants := pyport_grants:spec() | default,
                        max_callbacks := pos_integer()}.
 -type error_reason() :: {invalid_pools, term()}
                       | {invalid_pool_name, term()}
@@ -128,9 +129,6 @@ validate_pool(Name, Opts) when is_map(Opts) ->
                     %% A zygote is a sandbox's fast path; unconfined it
                     %% would only be slower.
                     {error, {pool_option_requires, Name, fresh_worker, sandbox}};
-                {ok, #{grants := default, sandbox := Sandbox} = Valid} ->
-                    %% Nothing granted to a sandbox, everything otherwise.
-                    {ok, Valid#{grants := pyport_grants:default(Sandbox)}};
                 Result ->
                     Result
             end

@@ -225,10 +225,17 @@ grants_option_is_validated(_Config) ->
                  pyport_config:validate_pool(bad, #{grants => everything})),
     ?assertEqual({error, {invalid_pool_option, bad, max_callbacks, 0}},
                  pyport_config:validate_pool(bad, #{max_callbacks => 0})),
-    {ok, #{grants := all}} = pyport_config:validate_pool(ok, #{}),
-    {ok, #{grants := #{functions := [], rpc := false, send := []}}} =
-        pyport_config:validate_pool(ok, #{sandbox => true}),
+    %% Unset, grants are decided at pool start: all without a sandbox,
+    %% nothing with one.
+    {ok, #{grants := default} = Open} = pyport_config:validate_pool(ok, #{}),
+    ?assertEqual(all, pyport_grants:new(ok, Open)),
+    {ok, #{grants := default} = Boxed} = pyport_config:validate_pool(ok, #{sandbox => true}),
+    ?assertMatch(#{functions := F, rpc := false, send := S} when map_size(F) =:= 0 andalso
+                                                                map_size(S) =:= 0,
+                 pyport_grants:new(ok, Boxed)),
     {ok, #{grants := all}} = pyport_config:validate_pool(ok, #{sandbox => true, grants => all}),
+    {ok, #{grants := #{functions := [], rpc := false}}} =
+        pyport_config:validate_pool(ok, #{grants => none}),
     {ok, #{grants := #{functions := [<<"f">>], rpc := [{<<"lists">>, <<"reverse">>}]}}} =
         pyport_config:validate_pool(ok, #{grants => #{functions => [f], rpc => [{lists, reverse}]}}).
 
