@@ -49,5 +49,7 @@ def cancel(mailbox: int) -> None:
     the process that serves the request (NOTIFY ``cancel``). A reply
     already on its way finds no mailbox and is dropped."""
     close_mailbox(mailbox)
-    if connected():
+    try:
         notify("cancel", [mailbox])
+    except ConnectionError:  # the link closed: nothing serves it any more
+        pass
