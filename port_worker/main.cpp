@@ -1,6 +1,6 @@
 // pyport_worker: one Python context as an Erlang port program.
-// main() prepares the process (parent-death signal, private frame channel,
-// log pipes) and hands over to Worker. See proto/PROTOCOL.md.
+// main() prepares the process (the keeper, private frame channel, log
+// pipes) and hands over to Worker. See proto/PROTOCOL.md.
 #include <fcntl.h>
 #include <malloc.h>
 #include <signal.h>
@@ -12,17 +12,15 @@
 #include <cstring>
 #include <memory>
 
+#include "keeper.hpp"
 #include "options.hpp"
 #include "sandbox.hpp"
 #include "worker.hpp"
 
 namespace {
 
-// Moves the frame channel off fds 0 and 1, so that nothing Python, a C
-// extension or a child process does with the standard descriptors can
-// corrupt a frame: fd 0 becomes /dev/null, fds 1 and 2 pipes to the relay.
-bool take_channel(pyport::Channel& ch, std::string& error) {
-  // Make sure 0, 1 and 2 are open, so new descriptors never land on them.
+// Makes sure 0, 1 and 2 are open, so new descriptors never land on them.
+bool open_standard_fds(std::string& error) {
   for (int fd = 0; fd <= 2; ++fd) {
     if (fcntl(fd, F_GETFD) < 0) {
       int null_fd = open("/dev/null", O_RDWR);
@@ -33,6 +31,14 @@ bool take_channel(pyport::Channel& ch, std::string& error) {
       }
     }
   }
+  return true;
+}
+
+// Moves the frame channel off fds 0 and 1, so that nothing Python, a C
+// extension or a child process does with the standard descriptors can
+// corrupt a frame: fd 0 becomes /dev/null, fds 1 and 2 pipes to the relay.
+// fd 2 was the pipe to the keeper (keeper.hpp): it stays as diag_fd.
+bool take_channel(pyport::Channel& ch, std::string& error) {
   ch.in_fd = fcntl(0, F_DUPFD_CLOEXEC, 3);
   ch.out_fd = fcntl(1, F_DUPFD_CLOEXEC, 3);
   ch.diag_fd = fcntl(2, F_DUPFD_CLOEXEC, 3);
@@ -60,7 +66,6 @@ bool take_channel(pyport::Channel& ch, std::string& error) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  pid_t parent = getppid();
   pyport::Options options;
   std::string error = pyport::parse_options(argc, argv, options);
   if (options.help) {
@@ -72,9 +77,13 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  // A sandboxed worker starts confining itself while it has one thread; it
-  // runs in a child of the process the owner started (the keeper, see
-  // sandbox.hpp), which is then its parent.
+  if (!open_standard_fds(error)) {
+    std::fprintf(stderr, "pyport_worker: %s\n", error.c_str());
+    return 1;
+  }
+  // Every worker runs in a child of the process the owner started, its
+  // keeper (keeper.hpp). A sandboxed worker starts confining itself while
+  // it has one thread, and forks its keeper on the way.
   std::unique_ptr<pyport::Sandbox> sandbox;
   if (options.sandbox) {
     // The values of --env are the job's, not every local user's: blank
@@ -94,19 +103,21 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "pyport_worker: sandbox: %s\n", error.c_str());
       return 1;
     }
-    parent = getppid();
+    // The uid drop cleared the parent-death signal.
+    if (!pyport::die_with_keeper()) return 1;
+  } else {
+    error = pyport::start_keeper("");
+    if (!error.empty()) {
+      std::fprintf(stderr, "pyport_worker: %s\n", error.c_str());
+      return 1;
+    }
   }
-
-  // Die with the owner even while Python is busy in a loop that never
-  // returns to read end of input. If the owner is already gone (we were
-  // reparented before asking), leave at once.
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (getppid() != parent) return 1;
+  // The keeper set the parent-death signal (the worker dies with it, even
+  // while Python is busy in a loop that never returns to read end of
+  // input) and put the worker in a session and process group of its own:
+  // a Ctrl-C at the terminal of the VM never reaches a worker; SIGINT
+  // comes only as an INTERRUPT of one request (PROTOCOL.md).
   signal(SIGPIPE, SIG_IGN);
-  // Out of the owner's process group: a Ctrl-C at the terminal of the VM
-  // must not raise KeyboardInterrupt in every worker. SIGINT reaches a
-  // worker only as an INTERRUPT of one request (PROTOCOL.md).
-  setpgid(0, 0);
 
   error = pyport::apply_limits(
       options, options.zygote ? pyport::LimitScope::kProcess : pyport::LimitScope::kAll);

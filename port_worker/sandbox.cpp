@@ -1,7 +1,6 @@
 #include "sandbox.hpp"
 
 #include <Python.h>
-#include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/capability.h>
@@ -29,6 +28,7 @@
 
 #include "codec.hpp"
 #include "erlang_module.hpp"
+#include "keeper.hpp"
 #include "msgpack_rw.hpp"
 
 extern char** environ;
@@ -190,105 +190,6 @@ class Filter {
   std::string error_;
 };
 
-// ---- the keeper ----
-
-// Removes the tree under dir_fd/name without following symbolic links, so
-// whatever a job left there (links to elsewhere included) cannot redirect
-// the removal.
-void remove_tree_at(int dir_fd, const char* name, int depth) {
-  if (unlinkat(dir_fd, name, 0) == 0 || errno == ENOENT) return;
-  if (depth > 256) return;
-  int fd = openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  if (fd < 0) return;
-  DIR* dir = fdopendir(fd);
-  if (!dir) {
-    close(fd);
-    return;
-  }
-  while (dirent* e = readdir(dir)) {
-    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-    remove_tree_at(dirfd(dir), e->d_name, depth + 1);
-  }
-  closedir(dir);
-  unlinkat(dir_fd, name, AT_REMOVEDIR);
-}
-
-// The direct children of the calling (single-threaded) process.
-std::vector<pid_t> children_of_self() {
-  std::vector<pid_t> found;
-  std::string path = "/proc/self/task/" + std::to_string(getpid()) + "/children";
-  FILE* f = fopen(path.c_str(), "re");
-  if (!f) return found;
-  long pid;
-  while (fscanf(f, "%ld", &pid) == 1)
-    found.push_back(pid_t(pid));
-  fclose(f);
-  return found;
-}
-
-// The keeper: waits for the worker, ends whatever the worker's jobs left
-// running, removes its working directory, exits as the worker did (the
-// port owner sees the worker's status). It is the subreaper of everything
-// the worker starts, and holds no descriptor of the frame channel, so the
-// owner sees end of file as soon as the worker is gone.
-[[noreturn]] void run_keeper(pid_t worker, const std::string& workdir) {
-  sigset_t set;
-  sigemptyset(&set);
-  for (int sig : {SIGCHLD, SIGTERM, SIGHUP})
-    sigaddset(&set, sig);
-  sigprocmask(SIG_BLOCK, &set, nullptr);
-  signal(SIGINT, SIG_IGN);
-  signal(SIGQUIT, SIG_IGN);
-  // The owner gone: the keeper ends the worker, then cleans up.
-  prctl(PR_SET_PDEATHSIG, SIGTERM);
-  int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
-  if (null_fd >= 0) {
-    dup2(null_fd, 0);
-    dup2(null_fd, 1);
-  }
-  syscall(SYS_close_range, 3u, ~0u, 0u);
-  int status = 0;
-  bool done = false;
-  while (!done) {
-    siginfo_t info;
-    int sig = sigwaitinfo(&set, &info);
-    if (sig == SIGTERM || sig == SIGHUP) kill(worker, SIGKILL);
-    int st;
-    pid_t pid;
-    while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
-      if (pid == worker) status = st, done = true;
-    }
-    if (pid < 0 && errno == ECHILD) done = true;
-  }
-  // Orphans of the worker's jobs (fork allowed) came to the keeper: end
-  // them, and those they leave in turn.
-  for (int round = 0; round < 10000; ++round) {
-    std::vector<pid_t> left = children_of_self();
-    if (left.empty()) break;
-    for (pid_t pid : left)
-      kill(pid, SIGKILL);
-    while (waitpid(-1, nullptr, 0) > 0) {
-    }
-  }
-  size_t slash = workdir.rfind('/');
-  int parent =
-      open(slash == 0 ? "/" : workdir.substr(0, slash).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (parent >= 0) remove_tree_at(parent, workdir.c_str() + slash + 1, 0);
-  if (WIFSIGNALED(status)) {
-    int sig = WTERMSIG(status);
-    struct rlimit no_core = {0, 0};
-    setrlimit(RLIMIT_CORE, &no_core);
-    signal(sig, SIG_DFL);
-    sigset_t one;
-    sigemptyset(&one);
-    sigaddset(&one, sig);
-    sigprocmask(SIG_UNBLOCK, &one, nullptr);
-    raise(sig);
-    _exit(128 + sig);
-  }
-  _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 1);
-}
-
 bool write_file(const char* path, const std::string& text) {
   int fd = open(path, O_WRONLY | O_CLOEXEC);
   if (fd < 0) return false;
@@ -381,17 +282,14 @@ std::string Sandbox::enter_early() {
     }
   }
 
-  // The keeper stays the parent; the worker goes on in the child.
-  pid_t keeper = report_.pid_ns ? 0 : getpid();  // its pid as the child sees it
-  prctl(PR_SET_CHILD_SUBREAPER, 1);
-  pid_t child = fork();
-  if (child < 0) {
+  // The keeper (keeper.hpp) stays the parent; the worker goes on in the
+  // child, still root until the uid drop below, so the keeper can remove
+  // the working directory whatever the sandbox's uid left in it.
+  std::string error = start_keeper(report_.workdir);
+  if (!error.empty()) {
     rmdir(path.data());
-    return errno_text("cannot fork the keeper");
+    return error;
   }
-  if (child > 0) run_keeper(child, report_.workdir);
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (getppid() != keeper) _exit(1);
   // The pid the owner knows (/proc is the host's: "self" is that pid).
   char self[32] = {};
   host_pid_ = readlink("/proc/self", self, sizeof self - 1) > 0 ? pid_t(atol(self)) : getpid();
@@ -403,7 +301,7 @@ std::string Sandbox::enter_early() {
     }
   }
   report_.uid = long(getuid());
-  std::string error = enter_namespaces(uid, gid);
+  error = enter_namespaces(uid, gid);
   if (!error.empty()) return error;
   if (chdir(report_.workdir.c_str()) != 0) return errno_text("cannot enter the working directory");
   setenv("TMPDIR", report_.workdir.c_str(), 1);

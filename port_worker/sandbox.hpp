@@ -4,7 +4,7 @@
 // In order (docs/pyport-run.md, "Worker flags"):
 //  1. enter_early(), first thing in main(), while the process has a single
 //     thread (unshare(CLONE_NEWUSER) requires it): a scrubbed environment,
-//     the private working directory, the keeper (a parent process that waits
+//     the private working directory, the keeper (keeper.hpp: a parent that waits
 //     for the worker, removes the working directory and exits with the
 //     worker's status), the unprivileged uid, the namespaces.
 //  2. resource limits (main.cpp, apply_limits).
