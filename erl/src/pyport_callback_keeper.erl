@@ -127,13 +127,14 @@ handle_info({'DOWN', Mon, port, Port, _}, #st{ports = Ports, by_id = ById} = St)
         #{} ->
             {noreply, St}
     end;
-handle_info({timeout, _TRef, {deadline, Pid}}, #st{runners = R} = St) ->
+handle_info({timeout, _TRef, {deadline, Pid, Ms}}, #st{runners = R} = St) ->
     case R of
         #{Pid := #runner{key = Key, what = What}} ->
             unlink(Pid),
             exit(Pid, kill),
             reply_error(Key, {error, <<"TimeoutError">>,
-                              io_lib:format("~ts did not answer in time", [What]), timeout}),
+                              io_lib:format("~ts did not answer within ~b ms", [What, Ms]),
+                              timeout}),
             {noreply, forget(Pid, St)};
         #{} ->
             {noreply, St}
@@ -179,7 +180,7 @@ start(#{kind := Kind, port := Port, id := Id, what := What} = Job,
             Timer = case maps:get(timeout, Job, infinity) of
                         infinity -> undefined;
                         Ms when Ms > 16#FFFFFFFF -> undefined;    % beyond any timer: never
-                        Ms -> erlang:start_timer(Ms, self(), {deadline, Pid})
+                        Ms -> erlang:start_timer(Ms, self(), {deadline, Pid, Ms})
                     end,
             St1 = St#st{runners = R#{Pid => #runner{key = Key, what = What, timer = Timer}}},
             case Key of

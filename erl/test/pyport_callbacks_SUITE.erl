@@ -19,7 +19,7 @@ suite() ->
 all() ->
     [timed_out_callers_leave_no_process, cancelled_task_leaves_no_process,
      killed_callback_raises_at_once, crashed_callback_raises_at_once,
-     oversize_answer_names_the_size, callback_limit, worker_death_ends_its_callbacks,
+     oversize_answer_names_the_size, callback_limit, local_rpc_call_ends_at_its_timeout, worker_death_ends_its_callbacks,
      owner_death_ends_its_callbacks].
 
 init_per_suite(Config) ->
@@ -132,6 +132,17 @@ callback_limit(Config) ->
     %% Once they end, there is room again.
     pyport_test_util:wait_until(fun() -> keeper_count(bounded) =:= 0 end),
     ?assertEqual({ok, [done, done]}, py:call(?F, many_async_calls, [slow, 2], #{}, #{pool => bounded})).
+
+%% A local rpc_call runs in its callback process, which ends at the
+%% call's timeout: nothing is left running the function.
+local_rpc_call_ends_at_its_timeout(_Config) ->
+    Before = length(processes()),
+    {ok, [<<"RpcTimeoutError">>, Msg, Secs]} = py:call(?F, local_rpc_timeout, [100]),
+    ?assertEqual(iolist_to_binary(io_lib:format("rpc_call timer:sleep on ~p did not answer "
+                                                "within 100 ms", [node()])), Msg),
+    ?assert(Secs < 2.0),
+    ?assertEqual(0, keeper_count(default)),
+    pyport_test_util:wait_until(fun() -> length(processes()) =< Before end).
 
 %% The worker's OS process dies: the processes serving it end.
 worker_death_ends_its_callbacks(_Config) ->

@@ -49,3 +49,13 @@ def state_get_caught(key: str) -> list:
         return ["ok", len(erlang.state_get(key))]
     except Exception as e:
         return [type(e).__name__, str(e), getattr(e, "reason", None)]
+
+
+def local_rpc_timeout(timeout_ms: int) -> list:
+    """rpc_call to this node of a function that outlasts the timeout."""
+    start = time.monotonic()
+    try:
+        erlang.rpc_call(erlang.node(), "timer", "sleep", [60000], timeout_ms)
+        return ["ok"]
+    except Exception as e:
+        return [type(e).__name__, str(e), time.monotonic() - start]
