@@ -26,7 +26,8 @@
 %% the pool's grants, the worker's callback keeper and the largest frame the
 %% worker reads.
 -type context() :: #{port := port(), meta := map(), grants := pyport_grants:grants(),
-                     keeper := pid(), max_frame_size := pos_integer()}.
+                     keeper := pyport_callback_keeper:keeper(),
+                     max_frame_size := pos_integer()}.
 -type result() :: {ok, term()} | {error, binary(), unicode:chardata(), term()}.
 %% What the owner must do for a request.
 -type action() :: {reply, result()}
@@ -237,9 +238,9 @@ encode_reply(Id, {error, Type, Message, Reason}) ->
 %%% Internals
 %%%===================================================================
 
-%% Runs Fun in a process of the worker's keeper, which writes the REPLY
-%% to the port (checked against max_frame_size). The port may be gone by
-%% then (the worker restarted): nobody waits any more.
+%% Runs Fun in a process of its own, watched by the worker's keeper, which
+%% writes the REPLY to the port (checked against max_frame_size). The port
+%% may be gone by then (the worker restarted): nobody waits any more.
 in_process(Id, #{port := Port, keeper := Keeper, max_frame_size := Max}, What, Timeout, Fun) ->
     Run = fun() ->
                   Frame = reply_frame(Id, Fun(), Max),
@@ -247,13 +248,25 @@ in_process(Id, #{port := Port, keeper := Keeper, max_frame_size := Max}, What, T
                   catch error:badarg -> ok
                   end
           end,
-    pyport_callback_keeper:run(Keeper, #{kind => reply, port => Port, id => Id, what => What,
-                                         run => Run, timeout => Timeout}),
-    spawned.
+    case pyport_callback_keeper:run(Keeper, {Port, Id}, What, Timeout, Run) of
+        ok -> spawned;
+        {error, too_many} -> {reply, too_many(What, Keeper)}
+    end.
 
-run_cast(What, #{port := Port, keeper := Keeper}, Fun) ->
-    pyport_callback_keeper:run(Keeper, #{kind => cast, port => Port, id => 0, what => What,
-                                         run => Fun}).
+run_cast(What, #{port := Port, keeper := Keeper, meta := Meta}, Fun) ->
+    case pyport_callback_keeper:run(Keeper, {cast, Port}, What, infinity, Fun) of
+        ok ->
+            ok;
+        {error, too_many} ->
+            {error, _, Message, _} = too_many(What, Keeper),
+            ?LOG_WARNING("pyport: ~ts; dropped", [Message], Meta)
+    end.
+
+too_many(What, {_, _, Max}) ->
+    {error, <<"ErlangError">>,
+     io_lib:format("~ts refused: this worker has ~b Erlang callback processes running "
+                   "already (max_callbacks)", [What, Max]),
+     {too_many_callbacks, Max}}.
 
 %% A name from Python, for messages: bounded, never a new atom.
 quoted(Name) when is_atom(Name) ->

@@ -1,16 +1,18 @@
 %% @doc The processes that serve one worker's Python calls into Erlang
 %% (`erlang.call', `rpc_call', `erlang.cast', ...; see {@link
-%% pyport_callback}): they are started here, counted, and ended when nobody
-%% can take their answer any more.
+%% pyport_callback}): they are counted, watched, and ended when nobody can
+%% take their answer any more.
 %%
-%% One keeper per worker owner, linked to it. For each callback that runs
-%% Erlang code it starts a linked process (a runner), which computes the
-%% answer and writes the REPLY to the port itself. The keeper:
+%% One keeper per worker owner, linked to it. The owner starts each
+%% callback process (a runner) itself, so that the keeper is never on the
+%% path of an answer: {@link run/5} counts it against the pool's
+%% `max_callbacks' (an `atomics' counter shared with the keeper) and
+%% spawns it. The runner's first act is to link to the keeper and announce
+%% itself; it then computes the answer and writes the REPLY to the port.
+%% Its announcement and its exit signal come from the same process, so the
+%% keeper always learns of a runner before its end. The keeper:
 %%
 %% <ul>
-%% <li>bounds the runners of its worker to the pool's `max_callbacks': past
-%%   it a request is answered with an error at once, a cast is dropped
-%%   with a log line;</li>
 %% <li>answers a runner that exits without answering (killed, or crashed
 %%   outside the function's own error handling) with an error REPLY naming
 %%   the exit reason, so Python raises at once;</li>
@@ -25,104 +27,131 @@
 
 -include_lib("kernel/include/logger.hrl").
 
--export([start_link/2, run/2, cancel/3, count/1]).
+-export([start_link/2, run/5, cancel/3, count/1, is_keeper/2]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
--export_type([job/0]).
+-export_type([keeper/0, key/0]).
 
-%% A callback to run. `reply': the REPLY `id' goes to `port'; `cast': no
-%% answer. `what' names it in errors ("erlang.call('f')").
--type job() :: #{kind := reply | cast,
-                 port := port(),
-                 id := non_neg_integer(),
-                 what := unicode:chardata(),
-                 run := fun(() -> term()),
-                 timeout => timeout()}.
+%% What the owner holds: the keeper, the count of runners, the limit.
+-type keeper() :: {pid(), atomics:atomics_ref(), pos_integer()}.
+%% A runner that answers REQUEST `Id' on `Port', or a cast (no answer).
+-type key() :: {port(), pos_integer()} | {cast, port()}.
 
--record(runner, {key :: {port(), pos_integer()} | cast,
+-record(runner, {key :: key(),
                  what :: unicode:chardata(),
                  timer :: reference() | undefined}).
 
--record(st, {max :: pos_integer(),
+-record(st, {count :: atomics:atomics_ref(),
              meta :: map(),
              runners = #{} :: #{pid() => #runner{}},
              by_id = #{} :: #{{port(), pos_integer()} => pid()},
-             ports = #{} :: #{port() => reference()}}).
+             ports = #{} :: #{port() => reference()},
+             %% Cancels that came before their runner announced itself
+             %% (runner and owner are different senders), with when.
+             early_cancels = #{} :: #{{port(), pos_integer()} => integer()}}).
+
+%% An early cancel whose runner never came (it had ended already) is
+%% forgotten after this long.
+-define(EARLY_CANCEL_MS, 10000).
 
 %% @doc Starts the keeper of the calling worker owner (linked to it).
--spec start_link(pos_integer(), map()) -> {ok, pid()}.
+-spec start_link(pos_integer(), map()) -> {ok, keeper()}.
 start_link(Max, Meta) ->
-    gen_server:start_link(?MODULE, {Max, Meta}, []).
+    Count = atomics:new(1, [{signed, true}]),
+    {ok, Pid} = gen_server:start_link(?MODULE, {Count, Meta}, []),
+    {ok, {Pid, Count, Max}}.
 
-%% @doc Runs a callback (asynchronously: the answer, or its error, goes to
-%% the port).
--spec run(pid(), job()) -> ok.
-run(Keeper, Job) ->
-    gen_server:cast(Keeper, {run, Job}).
+%% @doc Starts a runner for `Key' (in the owner): `Fun' runs in a new
+%% process the keeper watches. `{error, too_many}' past `max_callbacks'
+%% (nothing is started).
+-spec run(keeper(), key(), unicode:chardata(), timeout(), fun(() -> term())) ->
+          ok | {error, too_many}.
+run({Keeper, Count, Max}, Key, What, Timeout, Fun) ->
+    case atomics:add_get(Count, 1, 1) > Max of
+        true ->
+            atomics:sub(Count, 1, 1),
+            {error, too_many};
+        false ->
+            _ = spawn(fun() ->
+                              %% Linked before any user code runs: the
+                              %% keeper's end is the runner's end.
+                              link(Keeper),
+                              Keeper ! {'$pyport_runner', self(), Key, What, Timeout},
+                              Fun()
+                      end),
+            ok
+    end.
 
 %% @doc Python gave up on request `Id' of `Port': its runner is killed.
--spec cancel(pid(), port(), pos_integer()) -> ok.
-cancel(Keeper, Port, Id) ->
+-spec cancel(keeper(), port(), pos_integer()) -> ok.
+cancel({Keeper, _, _}, Port, Id) ->
     gen_server:cast(Keeper, {cancel, Port, Id}).
 
-%% @doc How many runners are alive.
--spec count(pid()) -> non_neg_integer().
-count(Keeper) ->
+%% @doc How many runners are alive (or starting): what `max_callbacks'
+%% bounds. From the owner's handle or the keeper's pid.
+-spec count(keeper() | pid()) -> non_neg_integer().
+count({_, Count, _}) ->
+    atomics:get(Count, 1);
+count(Keeper) when is_pid(Keeper) ->
     gen_server:call(Keeper, count).
+
+%% @doc Whether `Pid' is this keeper (for the owner's 'EXIT' handling).
+-spec is_keeper(pid(), keeper() | undefined) -> boolean().
+is_keeper(Pid, {Pid, _, _}) -> true;
+is_keeper(_Pid, _) -> false.
 
 %%%===================================================================
 %%% gen_server callbacks
 %%%===================================================================
 
 %% @private
--spec init({pos_integer(), map()}) -> {ok, #st{}}.
-init({Max, Meta}) ->
+-spec init({atomics:atomics_ref(), map()}) -> {ok, #st{}}.
+init({Count, Meta}) ->
     %% Runners are linked: their end comes as 'EXIT', and the owner's end
     %% (our parent) reaches terminate/2.
     process_flag(trap_exit, true),
-    {ok, #st{max = Max, meta = Meta}}.
+    {ok, #st{count = Count, meta = Meta}}.
 
 %% @private
 -spec handle_call(term(), gen_server:from(), #st{}) -> {reply, term(), #st{}}.
-handle_call(count, _From, #st{runners = R} = St) ->
-    {reply, map_size(R), St};
+handle_call(count, _From, #st{count = Count} = St) ->
+    {reply, atomics:get(Count, 1), St};
 handle_call(_Req, _From, St) ->
     {reply, {error, unknown_call}, St}.
 
 %% @private
 -spec handle_cast(term(), #st{}) -> {noreply, #st{}}.
-handle_cast({run, Job}, St) ->
-    {noreply, start(Job, St)};
-handle_cast({cancel, Port, Id}, #st{by_id = ById} = St) ->
+handle_cast({cancel, Port, Id}, #st{by_id = ById, early_cancels = Early} = St) ->
     case ById of
         #{{Port, Id} := Pid} ->
             %% No answer: nobody waits for one.
-            unlink(Pid),
-            exit(Pid, kill),
-            {noreply, forget(Pid, St)};
+            {noreply, kill(Pid, St)};
         #{} ->
-            {noreply, St}
+            %% Its runner may not have announced itself yet, or it ended.
+            {noreply, purge_early(St#st{early_cancels = Early#{{Port, Id} => now_ms()}})}
     end;
 handle_cast(_Msg, St) ->
     {noreply, St}.
 
 %% @private
 -spec handle_info(term(), #st{}) -> {noreply, #st{}}.
+handle_info({'$pyport_runner', Pid, Key, What, Timeout}, St) ->
+    {noreply, started(Pid, Key, What, Timeout, St)};
 handle_info({'EXIT', Pid, Reason}, #st{runners = R} = St) ->
     case R of
         #{Pid := Runner} ->
             ended(Runner, Reason, St),
             {noreply, forget(Pid, St)};
         #{} ->
-            {noreply, St}       % cancelled or timed out already
+            {noreply, St}       % killed by us already
     end;
-handle_info({'DOWN', Mon, port, Port, _}, #st{ports = Ports, by_id = ById} = St) ->
+handle_info({'DOWN', Mon, port, Port, _}, #st{ports = Ports, runners = R} = St) ->
     %% The OS process is gone: its callbacks' answers have nowhere to go.
     case Ports of
         #{Port := Mon} ->
-            Pids = [Pid || {{P, _}, Pid} <- maps:to_list(ById), P =:= Port],
-            [begin unlink(Pid), exit(Pid, kill) end || Pid <- Pids],
-            St1 = lists:foldl(fun forget/2, St, Pids),
+            Pids = [Pid || {Pid, #runner{key = {P, Id}}} <- maps:to_list(R),
+                           P =:= Port, is_integer(Id)],
+            St1 = lists:foldl(fun kill/2, St, Pids),
             {noreply, St1#st{ports = maps:remove(Port, Ports)}};
         #{} ->
             {noreply, St}
@@ -130,12 +159,10 @@ handle_info({'DOWN', Mon, port, Port, _}, #st{ports = Ports, by_id = ById} = St)
 handle_info({timeout, _TRef, {deadline, Pid, Ms}}, #st{runners = R} = St) ->
     case R of
         #{Pid := #runner{key = Key, what = What}} ->
-            unlink(Pid),
-            exit(Pid, kill),
             reply_error(Key, {error, <<"TimeoutError">>,
                               io_lib:format("~ts did not answer within ~b ms", [What, Ms]),
                               timeout}),
-            {noreply, forget(Pid, St)};
+            {noreply, kill(Pid, St)};
         #{} ->
             {noreply, St}
     end;
@@ -154,45 +181,26 @@ terminate(_Reason, #st{runners = R}) ->
 %%% Internals
 %%%===================================================================
 
-start(#{kind := Kind, port := Port, id := Id, what := What} = Job,
-      #st{max = Max, runners = R, by_id = ById} = St) ->
-    Key = case Kind of
-              reply -> {Port, Id};
-              cast -> cast
-          end,
-    if
-        map_size(R) >= Max ->
-            refuse(Key, What, {error, <<"ErlangError">>,
-                               io_lib:format("~ts refused: this worker has ~b Erlang callback "
-                                             "processes running already (max_callbacks)",
-                                             [What, Max]),
-                               {too_many_callbacks, Max}}, St),
-            St;
-        Key =/= cast andalso is_map_key(Key, ById) ->
-            %% Ids in flight are unique (proto/PROTOCOL.md): a worker that
-            %% reuses one gets no second process for it.
-            refuse(Key, What, {error, <<"ValueError">>,
-                               io_lib:format("request id ~b is already in flight", [Id]),
-                               {duplicate_id, Id}}, St),
-            St;
-        true ->
-            Pid = spawn_link(maps:get(run, Job)),
-            Timer = case maps:get(timeout, Job, infinity) of
+started(Pid, {cast, _} = Key, What, _Timeout, #st{runners = R} = St) ->
+    St#st{runners = R#{Pid => #runner{key = Key, what = What}}};
+started(Pid, {Port, _} = Key, What, Timeout, #st{runners = R, by_id = ById,
+                                                   early_cancels = Early} = St) ->
+    Runner = #runner{key = Key, what = What},
+    St1 = watch_port(Port, St#st{runners = R#{Pid => Runner}}),
+    case maps:take(Key, Early) of
+        {_, Early1} ->
+            %% Python gave up before it started.
+            kill(Pid, St1#st{early_cancels = Early1});
+        error ->
+            Timer = case Timeout of
                         infinity -> undefined;
                         Ms when Ms > 16#FFFFFFFF -> undefined;    % beyond any timer: never
                         Ms -> erlang:start_timer(Ms, self(), {deadline, Pid, Ms})
                     end,
-            St1 = St#st{runners = R#{Pid => #runner{key = Key, what = What, timer = Timer}}},
-            case Key of
-                cast -> St1;
-                _ -> watch_port(Port, St1#st{by_id = ById#{Key => Pid}})
-            end
+            %% Ids in flight are unique (proto/PROTOCOL.md); a worker that
+            %% reuses one can cancel only the latest (all are counted).
+            St1#st{runners = R#{Pid => Runner#runner{timer = Timer}}, by_id = ById#{Key => Pid}}
     end.
-
-refuse(cast, What, {error, _, Message, _}, #st{meta = Meta}) ->
-    ?LOG_WARNING("pyport: ~ts; dropped (~ts)", [Message, What], Meta);
-refuse(Key, _What, Error, _St) ->
-    reply_error(Key, Error).
 
 watch_port(Port, #st{ports = Ports} = St) ->
     case is_map_key(Port, Ports) of
@@ -200,14 +208,35 @@ watch_port(Port, #st{ports = Ports} = St) ->
         false -> St#st{ports = Ports#{Port => erlang:monitor(port, Port)}}
     end.
 
-forget(Pid, #st{runners = R, by_id = ById} = St) ->
+%% Ends a runner without an answer of its own (unlinked first: its exit
+%% signal is not needed).
+kill(Pid, St) ->
+    unlink(Pid),
+    exit(Pid, kill),
+    forget(Pid, St).
+
+forget(Pid, #st{runners = R, by_id = ById, count = Count} = St) ->
     case maps:take(Pid, R) of
         {#runner{key = Key, timer = Timer}, R1} ->
             _ = Timer =/= undefined andalso erlang:cancel_timer(Timer),
-            St#st{runners = R1, by_id = maps:remove(Key, ById)};
+            atomics:sub(Count, 1, 1),
+            ById1 = case ById of
+                        #{Key := Pid} -> maps:remove(Key, ById);
+                        #{} -> ById
+                    end,
+            St#st{runners = R1, by_id = ById1};
         error ->
             St
     end.
+
+purge_early(#st{early_cancels = Early} = St) when map_size(Early) < 64 ->
+    St;
+purge_early(#st{early_cancels = Early} = St) ->
+    Old = now_ms() - ?EARLY_CANCEL_MS,
+    St#st{early_cancels = maps:filter(fun(_, T) -> T > Old end, Early)}.
+
+now_ms() ->
+    erlang:monotonic_time(millisecond).
 
 %% A runner ended. One that answered ends `normal'; any other end means
 %% its REPLY was not written (or may not have been: a kill just after the
@@ -215,7 +244,7 @@ forget(Pid, #st{runners = R, by_id = ById} = St) ->
 %% dropped there).
 ended(_Runner, normal, _St) ->
     ok;
-ended(#runner{key = cast, what = What}, Reason, #st{meta = Meta}) ->
+ended(#runner{key = {cast, _}, what = What}, Reason, #st{meta = Meta}) ->
     ?LOG_WARNING("pyport: ~ts exited: ~0tp", [What, small(Reason)], Meta);
 ended(#runner{key = Key, what = What}, Reason, _St) ->
     reply_error(Key, {error, <<"ErlangError">>,
@@ -230,7 +259,7 @@ small(Reason) ->
         false -> unicode:characters_to_binary(io_lib:format("~0tp", [Reason], [{chars_limit, 2000}]))
     end.
 
-reply_error(cast, _Error) ->
+reply_error({cast, _}, _Error) ->
     ok;
 reply_error({Port, Id}, Error) ->
     try port_command(Port, pyport_callback:encode_reply(Id, Error))

@@ -169,7 +169,7 @@
           box_topics = #{} :: #{pos_integer() => [term()]},
           %% Runs, bounds and ends the processes serving Python's calls
           %% into Erlang (pyport_callback_keeper).
-          keeper :: pid() | undefined
+          keeper :: pyport_callback_keeper:keeper() | undefined
          }).
 
 %%%===================================================================
@@ -394,12 +394,13 @@ handle_info(purge, State) ->
 handle_info({Port, _}, State) when is_port(Port) ->
     %% Data or exit status of a previous OS process of this slot.
     {noreply, State};
-handle_info({'EXIT', Keeper, Reason}, #state{keeper = Keeper} = State) ->
-    %% Without its keeper no callback of Python's would be answered.
-    {stop, {callback_keeper_exited, Reason}, State};
-handle_info({'EXIT', _, _}, State) ->
+handle_info({'EXIT', Pid, Reason}, State) ->
     %% A previous port closing; the parent's exit is handled by gen_server.
-    {noreply, State};
+    case pyport_callback_keeper:is_keeper(Pid, State#state.keeper) of
+        %% Without its keeper no callback of Python's would be watched.
+        true -> {stop, {callback_keeper_exited, Reason}, State};
+        false -> {noreply, State}
+    end;
 handle_info({timeout, _Timer, _}, State) ->
     %% A timer that fired just before it was cancelled, or of a previous
     %% OS process.
