@@ -189,7 +189,10 @@ def test_the_tests_run_in_a_child_of_the_runner(tmp_path):
 
         def test_where():
             with open({str(report)!r}, "w") as f:
-                f.write(f"{{os.getpid()}} {{os.getppid()}}")
+                # The worker's parent is its keeper, the runner's child.
+                with open(f"/proc/{{os.getppid()}}/stat") as stat:
+                    keeper_parent = stat.read().rsplit(")", 1)[1].split()[1]
+                f.write(f"{{os.getpid()}} {{keeper_parent}}")
     """)
     runner = subprocess.Popen([PYPORT_RUN, str(target)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
