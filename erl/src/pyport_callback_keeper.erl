@@ -121,14 +121,14 @@ handle_call(_Req, _From, St) ->
 
 %% @private
 -spec handle_cast(term(), #st{}) -> {noreply, #st{}}.
-handle_cast({cancel, Port, Id}, #st{by_id = ById, early_cancels = Early} = St) ->
+handle_cast({cancel, Port, Id}, #st{by_id = ById} = St) ->
     case ById of
         #{{Port, Id} := Pid} ->
             %% No answer: nobody waits for one.
             {noreply, kill(Pid, St)};
         #{} ->
             %% Its runner may not have announced itself yet, or it ended.
-            {noreply, purge_early(St#st{early_cancels = Early#{{Port, Id} => now_ms()}})}
+            {noreply, early_cancel({Port, Id}, St)}
     end;
 handle_cast(_Msg, St) ->
     {noreply, St}.
@@ -229,11 +229,17 @@ forget(Pid, #st{runners = R, by_id = ById, count = Count} = St) ->
             St
     end.
 
-purge_early(#st{early_cancels = Early} = St) when map_size(Early) < 64 ->
-    St;
-purge_early(#st{early_cancels = Early} = St) ->
+%% A cancel is kept for a runner still to announce itself: there are no
+%% more of those than runners counted but not announced, so a worker that
+%% sends cancels for ids nobody serves cannot grow this map. Kept ones
+%% whose runner never came (it had ended already) expire.
+early_cancel(Key, #st{early_cancels = Early0, count = Count, runners = R} = St) ->
     Old = now_ms() - ?EARLY_CANCEL_MS,
-    St#st{early_cancels = maps:filter(fun(_, T) -> T > Old end, Early)}.
+    Early = maps:filter(fun(_, T) -> T > Old end, Early0),
+    case map_size(Early) < atomics:get(Count, 1) - map_size(R) of
+        true -> St#st{early_cancels = Early#{Key => now_ms()}};
+        false -> St#st{early_cancels = Early}
+    end.
 
 now_ms() ->
     erlang:monotonic_time(millisecond).
