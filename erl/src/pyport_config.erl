@@ -7,9 +7,11 @@
 -module(pyport_config).
 
 -export([pools/0, validate_pools/1, validate_pool/2, defaults/0, max_state_entries/0,
-         event_loops/0, validate_event_loops/2]).
+         event_loops/0, validate_event_loops/2, max_new_atoms/0]).
 %% Shared with pyport_sandbox, which checks the `sandbox' option.
 -export([to_binary/1, env_name/1]).
+%% The bounds of integer options (docs/configuration.md).
+-export([max_value/1]).
 
 -export_type([pool_name/0, pool_opts/0, error_reason/0]).
 
@@ -38,7 +40,10 @@
                        fresh_worker := boolean(),
                        %% default: resolved at pool start (pyport_grants:new/2).
                        grants := pyport_grants:spec() | default,
-                       max_callbacks := pos_integer()}.
+                       max_callbacks := pos_integer(),
+                       max_new_atoms := pyport_atoms:pool_setting(),
+                       max_result_terms := pos_integer() | infinity | auto,
+                       max_decoded_bytes := pos_integer() | infinity | auto}.
 -type error_reason() :: {invalid_pools, term()}
                       | {invalid_pool_name, term()}
                       | {invalid_pool, pool_name(), term()}
@@ -49,7 +54,7 @@
                       | {unknown_grants_option, pool_name(), term()}
                       | {pool_option_requires, pool_name(), fresh_worker, sandbox}
                       | {invalid_config, max_state_entries | event_loop_pool
-                                         | event_loop_pool_size, term()}.
+                                         | event_loop_pool_size | max_new_atoms, term()}.
 
 -define(MIN_FRAME_SIZE, 1024).
 %% The smallest limits a worker accepts (port_worker/options.cpp): below
@@ -58,6 +63,15 @@
 -define(MIN_OPEN_FILES, 16).
 %% {packet, 4} cannot express a larger frame.
 -define(MAX_FRAME_SIZE, 16#FFFFFFFF).
+%% The largest timeout `receive ... after' takes.
+-define(MAX_TIMEOUT, 16#FFFFFFFF).
+%% The largest limit the worker takes (port_worker/options.cpp).
+-define(MAX_LIMIT, 1 bsl 62).
+%% The most workers in one pool, whatever the node's limits allow.
+-define(MAX_POOL_SIZE, 4096).
+%% Decode limits the codec counts down as small integers; larger is
+%% `infinity' in effect.
+-define(MAX_DECODE_LIMIT, (1 bsl 58)).
 
 %% @doc The pools to start: the validated `pools' environment, or one
 %% `default' pool with default options when it is not set.
@@ -76,6 +90,25 @@ max_state_entries() ->
         Max when Max =:= infinity; is_integer(Max), Max > 0 -> {ok, Max};
         Other -> {error, {invalid_config, max_state_entries, Other}}
     end.
+
+%% @doc The `max_new_atoms' environment: how many new atoms pyport may
+%% create from what workers send, for the node's life (see
+%% {@link pyport_atoms}); default 10000, at most half the atom table.
+-spec max_new_atoms() -> {ok, non_neg_integer()} | {error, error_reason()}.
+max_new_atoms() ->
+    case application:get_env(pyport, max_new_atoms, 10000) of
+        N when is_integer(N), N >= 0 ->
+            case N =< max_atom_budget() of
+                true -> {ok, N};
+                false -> {error, {invalid_config, max_new_atoms, N}}
+            end;
+        Other ->
+            {error, {invalid_config, max_new_atoms, Other}}
+    end.
+
+%% A budget of new atoms never reaches half the atom table.
+max_atom_budget() ->
+    erlang:system_info(atom_limit) div 2.
 
 %% @doc Checks the event loop settings of the application environment
 %% (see {@link py_event_loop_pool}): `event_loop_pool', a pool name, and
@@ -153,10 +186,40 @@ check_values(Name, [{grants, Value} | Rest], Acc) ->
         {error, {invalid, Key, V}} -> {error, {invalid_pool_option, Name, {grants, Key}, V}}
     end;
 check_values(Name, [{Key, Value} | Rest], Acc) ->
-    case check(Key, Value) of
+    case in_range(Key, Value) andalso check(Key, Value) of
         {ok, Normalised} -> check_values(Name, Rest, Acc#{Key => Normalised});
-        error -> {error, {invalid_pool_option, Name, Key, Value}}
+        _ -> {error, {invalid_pool_option, Name, Key, Value}}
     end.
+
+%% @doc The largest value of each integer option: what the runtime can
+%% take (a `receive ... after' or `gen_server:call' timeout is at most
+%% 2^32-1 ms, about 49.7 days; the worker takes a limit up to 2^62, CPU
+%% seconds up to 2^32-1, port_worker/options.cpp), and a pool size the
+%% node can hold (every worker is a process, a port and OS processes).
+-spec max_value(atom()) -> pos_integer() | undefined.
+max_value(Key) when Key =:= call_timeout; Key =:= start_timeout; Key =:= kill_after;
+                    Key =:= shutdown_timeout ->
+    ?MAX_TIMEOUT;
+max_value(size) ->
+    Machine = min(erlang:system_info(port_limit), erlang:system_info(process_limit)) div 4,
+    max(1, min(?MAX_POOL_SIZE, Machine));
+max_value(cpu_seconds) ->
+    %% The kernel counts CPU time in nanoseconds in 64 bits: beyond this it
+    %% wraps into an instant SIGXCPU.
+    16#FFFFFFFF;
+max_value(Key) when Key =:= max_memory; Key =:= max_open_files;
+                    Key =:= max_inflight; Key =:= max_requests; Key =:= max_rss ->
+    ?MAX_LIMIT;
+max_value(_Key) ->
+    undefined.
+
+in_range(Key, N) when is_integer(N) ->
+    case max_value(Key) of
+        undefined -> true;
+        Max -> N =< Max
+    end;
+in_range(_Key, _Value) ->
+    true.
 
 %% @doc Every pool option with its default value.
 -spec defaults() -> pool_opts().
@@ -184,7 +247,10 @@ defaults() ->
       fresh_worker => false,
       %% all without a sandbox, nothing with one (pyport_grants).
       grants => default,
-      max_callbacks => 4096}.
+      max_callbacks => 4096,
+      max_new_atoms => default,
+      max_result_terms => auto,
+      max_decoded_bytes => auto}.
 
 default_worker() ->
     case code:priv_dir(pyport) of
@@ -232,6 +298,18 @@ check(kill_after, N) when is_integer(N), N >= 0 -> {ok, N};
 check(shutdown_timeout, N) when is_integer(N), N >= 0 -> {ok, N};
 check(fresh_worker, B) when is_boolean(B) -> {ok, B};
 check(max_callbacks, N) when is_integer(N), N > 0, N =< 16#FFFFFFF -> {ok, N};
+check(max_new_atoms, S) when S =:= default; S =:= node -> {ok, S};
+check(max_new_atoms, N) when is_integer(N), N >= 0 ->
+    case N =< max_atom_budget() of
+        true -> {ok, N};
+        false -> error
+    end;
+check(Key, S) when (Key =:= max_result_terms orelse Key =:= max_decoded_bytes),
+                   (S =:= auto orelse S =:= infinity) ->
+    {ok, S};
+check(max_result_terms, N) when is_integer(N), N > 0, N =< ?MAX_DECODE_LIMIT -> {ok, N};
+check(max_decoded_bytes, N)
+  when is_integer(N), N >= ?MIN_FRAME_SIZE, N =< ?MAX_DECODE_LIMIT -> {ok, N};
 check(Key, infinity) when Key =:= max_inflight; Key =:= max_requests; Key =:= max_memory;
                           Key =:= max_rss; Key =:= cpu_seconds; Key =:= max_open_files ->
     {ok, infinity};
