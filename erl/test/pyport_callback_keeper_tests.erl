@@ -8,7 +8,7 @@
 
 with_keeper(Max, Test) ->
     process_flag(trap_exit, true),
-    Port = open_port({spawn, "cat"}, [binary, {packet, 4}]),
+    Port = open_port({spawn, "cat"}, [binary, stream]),
     {ok, Keeper} = pyport_callback_keeper:start_link(Max, #{}),
     try Test(Keeper, Port)
     after
@@ -29,7 +29,8 @@ wait_count(Keeper, N, Tries) ->
     end.
 
 reply(Port) ->
-    receive {Port, {data, Bin}} ->
+    %% A stream, as worker ports are: the frame carries its own length.
+    receive {Port, {data, <<Len:32, Bin:Len/binary>>}} ->
             {ok, ?REPLY, Id, 2, Rest} = pyport_codec:decode_frame_head(Bin),
             {ok, Fields} = pyport_codec:decode_fields(2, Rest),
             {Id, Fields}
@@ -108,7 +109,7 @@ a_deadline_ends_the_runner_with_a_timeout_error_test() ->
 the_owner_ending_ends_every_runner_test() ->
     Self = self(),
     Owner = spawn(fun() ->
-                          Port = open_port({spawn, "cat"}, [binary, {packet, 4}]),
+                          Port = open_port({spawn, "cat"}, [binary, stream]),
                           {ok, Keeper} = pyport_callback_keeper:start_link(10, #{}),
                           ok = pyport_callback_keeper:run(Keeper, {cast, Port}, "cast", infinity,
                                                           fun() -> Self ! {runner, self()}, hang() end),

@@ -1,9 +1,12 @@
 %% A sandboxed pool's Python code reaches nothing in Erlang that its pool
 %% was not granted (docs/security.md, "Grants"), whatever it sends: each
-%% attack is made from a warm sandboxed job (pyport:run_job/2) and from
-%% py:call on the same pool, and each case checks the exact error and that
+%% attack is made through py:call on the pool (the pool's own code, which
+%% holds the frame channel), and each case checks the exact error and that
 %% the node was not touched (init alive, no os:cmd ran, no function ran, no
-%% state written, no message published).
+%% state written, no message published). Jobs (pyport:run_job/2) run in
+%% runner processes with no channel at all: every attack made from a job,
+%% warm or fresh, on a pool granted nothing or granted much, reaches
+%% nothing (jobs_reach_nothing).
 %%
 %% Attacks live in pyport_grants_SUITE_data/grants_attacks.py.
 -module(pyport_grants_SUITE).
@@ -19,13 +22,13 @@ suite() ->
     [{timetrap, {seconds, 60}}].
 
 all() ->
-    [{group, job}, {group, call}, granted_names_work, schedule_of_a_function_not_granted,
+    [{group, call}, jobs_reach_nothing, granted_names_work, schedule_of_a_function_not_granted,
      pool_without_sandbox_is_granted_all, grants_option_is_validated].
 
 groups() ->
     Attacks = [rpc_call_os_cmd, rpc_cast_os_cmd, notify_frame_written_to_the_channel,
                send_to_init, state_set, publish, call_a_function_not_granted],
-    [{job, [], Attacks}, {call, [], Attacks}].
+    [{call, [], Attacks}].
 
 init_per_suite(Config) ->
     Data = filename:join(filename:dirname(code:which(?MODULE)), "pyport_grants_SUITE_data"),
@@ -63,7 +66,7 @@ end_per_testcase(_Case, _Config) ->
     ok.
 
 %%%===================================================================
-%%% Attacks (warm job and py:call)
+%%% Attacks (py:call on the pool)
 %%%===================================================================
 
 rpc_call_os_cmd(Config) ->
@@ -73,19 +76,10 @@ rpc_call_os_cmd(Config) ->
     %% To another node name: refused before any node is looked at.
     ?assertEqual([<<"PermissionError">>, <<"pool jobs is not granted rpc_call erlang:halt">>],
                  attack(Config, rpc_call, [<<"erlang">>, <<"halt">>, []])),
-    %% Uncaught, a job fails with the exception.
-    case ?config(via, Config) of
-        job ->
-            {error, {exception, E}} =
-                pyport:run_job(jobs, #{code => <<"import erlang\n"
-                                                 "erlang.rpc_call(erlang.node(), 'os', 'cmd', ['id'])">>}),
-            ?assertMatch(#{type := <<"PermissionError">>,
-                           message := <<"pool jobs is not granted rpc_call os:cmd">>}, E);
-        call ->
-            ?assertEqual({error, {'PermissionError', <<"pool jobs is not granted rpc_call os:cmd">>}},
-                         py:eval(<<"__import__('erlang').rpc_call(__import__('erlang').node(), "
-                                   "'os', 'cmd', ['id'])">>, #{}, #{pool => jobs}))
-    end,
+    %% Uncaught, the call fails with the exception.
+    ?assertEqual({error, {'PermissionError', <<"pool jobs is not granted rpc_call os:cmd">>}},
+                 py:eval(<<"__import__('erlang').rpc_call(__import__('erlang').node(), "
+                           "'os', 'cmd', ['id'])">>, #{}, #{pool => jobs})),
     node_untouched(Config).
 
 rpc_cast_os_cmd(Config) ->
@@ -192,9 +186,50 @@ granted_names_work(Config) ->
     ?assertEqual([<<"ok">>, [3, 2, 1]], Call(rpc_call, [<<"lists">>, <<"reverse">>, [[1, 2, 3]]])),
     ?assertEqual([<<"PermissionError">>, <<"pool granted is not granted rpc_call os:cmd">>],
                  Call(rpc_call_os_cmd, [?config(marker, Config)])),
-    %% A job of the pool has the same grants.
-    ?assertMatch({ok, 42, _},
+    %% A job of the pool has no channel to the node: not even the grants.
+    ?assertMatch({error, {exception, #{type := <<"RuntimeError">>}}},
                  pyport:run_job(granted, #{code => <<"import erlang\nerlang.call('double', 21)">>})),
+    node_untouched(Config).
+
+%% Every attack, from a job: warm and fresh, on a pool granted nothing and
+%% on one granted functions, state, topics, sends and RPC.
+jobs_reach_nothing(Config) ->
+    Marker = ?config(marker, Config),
+    Attacks = [{rpc_call_os_cmd, [Marker]}, {rpc_call, [<<"lists">>, <<"reverse">>, [[1]]]},
+               {rpc_cast_os_cmd, [Marker]}, {send_init, []}, {send, [grants_sink, hi]},
+               {state_set, [<<"job:x">>, 1]}, {publish, [<<"news">>, hi]},
+               {call, [double, 1]}, {cast, [secret_fn, 1]}],
+    %% Pools of their own: the call group's attacks write frames into
+    %% every pipe of the `jobs' worker, its job template's included.
+    Data = ?config(data, Config),
+    Grants = #{functions => [double, secret_fn], state_prefixes => [<<"job:">>],
+               topics => [news], send => [grants_sink], rpc => true},
+    {ok, _} = pyport:start_pool(warm_jobs, #{size => 1, sandbox => true, python_path => [Data]}),
+    {ok, _} = pyport:start_pool(granted_jobs, #{size => 1, sandbox => true, python_path => [Data],
+                                                grants => Grants}),
+    {ok, _} = pyport:start_pool(fresh_jobs, #{size => 1, sandbox => true, fresh_worker => true,
+                                              python_path => [Data], grants => Grants}),
+    try
+        [begin
+             Code = iolist_to_binary(["import grants_attacks\n"
+                                      "result = grants_attacks.", atom_to_binary(F), "(*input)"]),
+             {ok, R, _} = pyport:run_job(Pool, #{code => Code, input => Args}),
+             ?assertMatch({_, _, [<<"RuntimeError">>, _]}, {Pool, F, R}),
+             %% Frames written to every pipe the job can find reach no
+             %% node: the only pipes a job holds are its own (the frames
+             %% can spoil only its own outcome).
+             Refused = refused(Pool),
+             Wrote = pyport:run_job(Pool, #{code => <<"import grants_attacks\n"
+                                                     "result = grants_attacks.notify_by_fd(*input)">>,
+                                            input => [atom_to_binary(node()), Marker]}),
+             ct:log("~p: notify_by_fd as a job: ~p", [Pool, Wrote]),
+             timer:sleep(20),
+             ?assertEqual({Pool, Refused}, {Pool, refused(Pool)})
+         end || Pool <- [warm_jobs, granted_jobs, fresh_jobs], {F, Args} <- Attacks]
+    after
+        [pyport:stop_pool(P) || P <- [warm_jobs, granted_jobs, fresh_jobs]]
+    end,
+    ?assertEqual({error, not_found}, pyport_state:fetch(<<"job:x">>)),
     node_untouched(Config).
 
 schedule_of_a_function_not_granted(Config) ->
@@ -243,18 +278,10 @@ grants_option_is_validated(_Config) ->
 %%% Helpers
 %%%===================================================================
 
-%% Runs grants_attacks:F(Args...) on pool `jobs', as a warm job or a py:call.
-attack(Config, F, Args) ->
-    case ?config(via, Config) of
-        job ->
-            Code = iolist_to_binary(["import grants_attacks\n"
-                                     "result = grants_attacks.", atom_to_binary(F), "(*input)"]),
-            {ok, R, _} = pyport:run_job(jobs, #{code => Code, input => Args}),
-            R;
-        call ->
-            {ok, R} = py:call(?A, F, Args, #{}, #{pool => jobs}),
-            R
-    end.
+%% Runs grants_attacks:F(Args...) on pool `jobs' through py:call.
+attack(_Config, F, Args) ->
+    {ok, R} = py:call(?A, F, Args, #{}, #{pool => jobs}),
+    R.
 
 refused(Pool) ->
     {ok, #{grants := Grants}} = pyport_pool:info(Pool),
