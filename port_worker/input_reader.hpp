@@ -91,11 +91,19 @@ class InputReader {
   // it may do what needs no GIL: PyErr_SetInterruptEx, signalling a waiting
   // thread, wake_main().
   using Handler = bool (*)(void* ctx, const InputFrame& frame);
+  // Called once, by the thread that saw it, when reading ends (end of
+  // input or a read error): the owner is gone, so what runs should stop.
+  // Same constraints as a Handler.
+  using EndHandler = void (*)(void* ctx);
   // Kinds are positive fixints (PROTOCOL.md).
   static constexpr size_t kMaxKinds = 128;
   // How long one batch of requests keeps the main thread busy before the
   // input thread reads in its place.
   static constexpr int kTakeOverMs = 1;
+  // How long after reading ended the process may still run before the
+  // input thread kills it (SIGKILL; the keeper then ends its children):
+  // Python that ignores its KeyboardInterrupt must not outlive its owner.
+  static constexpr int kEndGraceMs = 1000;
 
   explicit InputReader(size_t max_frame_size) : assembler_(max_frame_size) {}
   ~InputReader();
@@ -104,6 +112,9 @@ class InputReader {
 
   // Before start(): frames of `kind` go to fn(ctx, frame).
   void set_handler(uint8_t kind, Handler fn, void* ctx);
+  // Before start(): fn(ctx) runs when reading ends (see EndHandler), and
+  // the process is killed kEndGraceMs later unless stop() came first.
+  void set_end_handler(EndHandler fn, void* ctx) { end_handler_ = {fn, ctx}; }
 
   // Takes fd (made non-blocking; the reader does not close it) and starts
   // the input thread. The main thread counts as busy until main_idle().
@@ -168,11 +179,16 @@ class InputReader {
     void* ctx = nullptr;
   };
   HandlerEntry handlers_[kMaxKinds];
+  struct {
+    EndHandler fn = nullptr;
+    void* ctx = nullptr;
+  } end_handler_;
 
   int fd_ = -1;
   int wake_fd_ = -1;   // eventfd: the main thread's doorbell
   int stop_fd_ = -1;   // eventfd: asks the input thread to end
   int timer_fd_ = -1;  // timerfd: when to check whether the main thread is stuck busy
+  int end_fd_ = -1;    // timerfd: armed when reading ends; the process dies when it fires
   std::thread thread_;
 
   // Reading and routing, by either thread, and what the input thread hands

@@ -129,6 +129,10 @@ int Worker::run(const Channel& channel) {
 
   // INTERRUPT must act while Python runs on this thread.
   reader_.set_handler(kInterrupt, on_interrupt_frame, this);
+  // The owner gone: what runs is interrupted (the input thread kills the
+  // worker if that is not enough, input_reader.hpp).
+  reader_.set_end_handler([](void* ctx) { static_cast<Worker*>(ctx)->interrupts_.interrupt_all(); },
+                          this);
   rc = reader_.start(channel_.in_fd);
   if (rc) {
     diag(std::string("cannot start the input thread: ") + std::strerror(rc));

@@ -379,7 +379,7 @@ handle_info({timeout, Timer, drain_timeout}, #state{start_timer = Timer, status 
     {noreply, State#state{start_timer = undefined}};
 handle_info({timeout, Timer, recycle_kill}, #state{start_timer = Timer, status = recycling} = State) ->
     %% SHUTDOWN was not honoured in time (e.g. a thread that never ends).
-    pyport_os:kill(State#state.os_pid),
+    pyport_os:kill(State#state.port),
     {noreply, State#state{start_timer = undefined}};
 handle_info(purge, State) ->
     schedule_purge(),
@@ -667,7 +667,7 @@ kill_unresponsive(Id, #state{opts = #{kill_after := Ms}} = State) ->
                    "interrupt; killing OS process ~tp",
                    [State#state.pool, State#state.slot, Id, Ms, State#state.os_pid],
                    metadata(State)),
-    pyport_os:kill(State#state.os_pid),
+    pyport_os:kill(State#state.port),
     {noreply, State#state{kill_reason = {interrupt_timeout, Ms}}}.
 
 %% Deadlines that passed: the caller has stopped waiting (a killed caller
@@ -1278,7 +1278,7 @@ start_drain(Reason, #state{status = up} = State) ->
                 metadata(State)),
     pyport_pool:set_available(State#state.info, State#state.slot, false),
     #{shutdown_timeout := Grace} = State#state.opts,
-    Timer = erlang:start_timer(Grace, self(), drain_timeout),
+    Timer = grace_timer(Grace, drain_timeout),
     maybe_drained(State#state{status = draining, recycle_reason = Reason, start_timer = Timer});
 start_drain(_Reason, State) ->
     State.
@@ -1288,7 +1288,7 @@ maybe_drained(#state{status = draining, pending = Pending, internal = Internal} 
     cancel_timer(State#state.start_timer),  % the drain_timeout
     _ = send_frame(State#state.port, pyport_codec:encode_frame(?SHUTDOWN, 0, [])),
     #{shutdown_timeout := Grace} = State#state.opts,
-    Timer = erlang:start_timer(Grace, self(), recycle_kill),
+    Timer = grace_timer(Grace, recycle_kill),
     State#state{status = recycling, start_timer = Timer};
 maybe_drained(State) ->
     State.
@@ -1303,13 +1303,13 @@ update_availability(#state{status = Status, kill_timers = Timers, info = Info, s
 %% Answers that arrive meanwhile still reach their callers.
 stop_os_process(#state{port = undefined} = State) ->
     State;
-stop_os_process(#state{port = Port, os_pid = OsPid, opts = #{shutdown_timeout := Grace}} = State) ->
+stop_os_process(#state{port = Port, opts = #{shutdown_timeout := Grace}} = State) ->
     _ = send_frame(Port, pyport_codec:encode_frame(?SHUTDOWN, 0, [])),
     case drain_until_exit(Port, now_ms() + Grace, State) of
         {exited, State1} ->
             State1#state{port = undefined};
         {timeout, State1} ->
-            pyport_os:kill(OsPid),
+            pyport_os:kill(Port),
             {_, State2} = drain_until_exit(Port, now_ms() + ?KILL_GRACE_MS, State1),
             catch port_close(Port),
             State2#state{port = undefined}
@@ -1326,16 +1326,32 @@ drain_until_exit(Port, Deadline, State) ->
             {exited, State};
         {'EXIT', Port, _} ->
             {exited, State}
-    after max(0, Deadline - now_ms()) ->
-            {timeout, State}
+    after wait_ms(Deadline) ->
+            %% A deadline beyond what `after' takes is waited for in steps.
+            case Deadline - now_ms() of
+                Left when Left > 0 -> drain_until_exit(Port, Deadline, State);
+                _ -> {timeout, State}
+            end
     end.
 
 kill_port(undefined, _OsPid) ->
     ok;
-kill_port(Port, OsPid) ->
-    pyport_os:kill(OsPid),
+kill_port(Port, _OsPid) ->
+    pyport_os:kill(Port),
     catch port_close(Port),
     ok.
+
+%% How long `receive ... after' may wait for a deadline: at most what it
+%% accepts (2^32 - 1 ms).
+wait_ms(Deadline) ->
+    min(max(0, Deadline - now_ms()), 16#FFFFFFFF).
+
+%% A timer for a grace period that may exceed what timers take: one beyond
+%% it never fires (undefined), as if infinite.
+grace_timer(Ms, Msg) when Ms =< 16#FFFFFFFF ->
+    erlang:start_timer(Ms, self(), Msg);
+grace_timer(_Ms, _Msg) ->
+    undefined.
 
 %%%===================================================================
 %%% Helpers
