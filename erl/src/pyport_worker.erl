@@ -166,7 +166,9 @@
           %% subscribed to each topic, and the topics of each mailbox. This
           %% process joins a topic's pg group once per subscription.
           subs = #{} :: #{term() => [pos_integer()]},
-          box_topics = #{} :: #{pos_integer() => [term()]}
+          box_topics = #{} :: #{pos_integer() => [term()]},
+          %% The last check of the slot's in-flight counter (pyport_inflight).
+          inflight_check :: pyport_inflight:snapshot()
          }).
 
 %%%===================================================================
@@ -242,18 +244,22 @@ init({Pool, Slot, Opts}) ->
     %% terminate/2 must run on shutdown: it stops the OS process.
     process_flag(trap_exit, true),
     case pyport_pool:info(Pool) of
-        {ok, #{tab := Tab, counters := Counters} = Info} ->
-            %% Requests sent to a previous gen_server of this slot died with it.
-            counters:put(Counters, Slot, 0),
+        {ok, #{tab := Tab} = Info} ->
+            %% Registered at once: requests routed here meanwhile wait in
+            %% the mailbox instead of going to the dead pid of a previous
+            %% gen_server of this slot. Those sent to it died with it: the
+            %% slot's count starts from zero (see pyport_inflight).
+            true = ets:insert(Tab, {Slot, self()}),
+            pyport_inflight:reset(Info, Slot),
             State0 = #state{pool = Pool, slot = Slot, opts = Opts, info = Info},
             case first_start(State0) of
                 {ok, State} ->
-                    true = ets:insert(Tab, {Slot, self()}),
                     pyport_pool:set_available(Info, Slot, true),
                     pyport_cluster:join(Pool),
                     schedule_purge(),
                     {ok, State#state{first = false}};
                 {error, Detail} ->
+                    _ = ets:delete_object(Tab, {Slot, self()}),
                     {stop, {worker_start_failed, Detail}}
             end;
         {error, _} = Error ->
@@ -381,9 +387,12 @@ handle_info({timeout, Timer, recycle_kill}, #state{start_timer = Timer, status =
     %% SHUTDOWN was not honoured in time (e.g. a thread that never ends).
     pyport_os:kill(State#state.port),
     {noreply, State#state{start_timer = undefined}};
-handle_info(purge, State) ->
+handle_info(purge, State0) ->
     schedule_purge(),
-    {noreply, purge_expired(State)};
+    State = purge_expired(State0),
+    Check = pyport_inflight:check(State#state.info, State#state.slot, held(State),
+                                  State#state.inflight_check),
+    {noreply, State#state{inflight_check = Check}};
 handle_info({Port, _}, State) when is_port(Port) ->
     %% Data or exit status of a previous OS process of this slot.
     {noreply, State};
@@ -502,6 +511,12 @@ stream_end({error, _} = Error) -> Error.
 
 count_out(#state{info = #{counters := C}, slot = Slot}) ->
     counters:sub(C, Slot, 1).
+
+%% The requests held that callers counted in (casts are not), and a figure
+%% that grows with every request taken: what pyport_inflight:check/4 needs.
+held(#state{pending = Pending, queue = Q, served = Served, sent_here = Sent}) ->
+    Queued = length([E || E <- queue:to_list(Q), element(1, E) =/= cast]),
+    {map_size(Pending) + Queued, Served + Sent}.
 
 entry_deadline({_Alias, Deadline}) -> Deadline;
 entry_deadline({task, _, _, _, Deadline}) -> Deadline;
@@ -1263,6 +1278,19 @@ respawn(State) ->
         {ok, #state{opts = #{start_timeout := Ms}} = State1} ->
             Timer = erlang:start_timer(Ms, self(), hello),
             {noreply, State1#state{start_timer = Timer}};
+        {error, {cannot_execute, _, Why} = Detail} when Why =:= emfile; Why =:= enfile;
+                                                         Why =:= eagain; Why =:= enomem ->
+            %% The node is out of descriptors or memory for a while: not a
+            %% failure of the worker, so it does not count towards giving
+            %% up. Retried with backoff (2 s at most), so the slot serves
+            %% again soon after the resource is back.
+            Next = next_backoff(State#state.backoff),
+            ?LOG_WARNING("pyport worker ~tp/~b: cannot start an OS process (~tp); "
+                         "retrying in ~b ms", [State#state.pool, State#state.slot, Detail, Next],
+                         metadata(State)),
+            Timer = erlang:start_timer(Next, self(), respawn),
+            {noreply, State#state{status = waiting, start_timer = Timer, backoff = Next,
+                                  last_exit = Detail}};
         {error, Detail} ->
             os_process_died(Detail, State#state{status = starting, spawned_at = now_ms()})
     end.
