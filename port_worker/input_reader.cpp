@@ -209,6 +209,32 @@ void InputReader::on_tick() {
   if (!timer_armed_.exchange(true)) arm_timer();
 }
 
+void InputReader::arm_end_timer(int ms) {
+  itimerspec spec{};
+  spec.it_value.tv_sec = ms / 1000;
+  spec.it_value.tv_nsec = long(ms % 1000) * 1000000L;
+  timerfd_settime(end_fd_, 0, &spec, nullptr);
+}
+
+// Reading ended and the worker is still here (stop() not called): first,
+// kEndInterruptMs after, the Python still running is interrupted (a main
+// thread that is back to waiting is on its way out and is left alone);
+// then, kEndGraceMs after the end, the process is killed: Python that
+// ignores KeyboardInterrupt, a thread that never ends. Nobody can use its
+// answers any more.
+void InputReader::on_end() {
+  uint64_t expirations;
+  while (read(end_fd_, &expirations, sizeof expirations) < 0 && errno == EINTR) {
+  }
+  if (!end_interrupted_) {
+    end_interrupted_ = true;
+    if (end_handler_.fn && main_busy_.load()) end_handler_.fn(end_handler_.ctx);
+    arm_end_timer(kEndGraceMs - kEndInterruptMs);
+    return;
+  }
+  kill(getpid(), SIGKILL);
+}
+
 void InputReader::run() {
   for (;;) {
     bool reading = taken_over_.load();
@@ -223,12 +249,7 @@ void InputReader::run() {
       return;
     }
     if (fds[0].revents) return;
-    if (fds[3].revents) {
-      // Reading ended kEndGraceMs ago and the worker is still not done
-      // (Python that ignores KeyboardInterrupt, a thread that never ends):
-      // nobody can use its answers any more.
-      kill(getpid(), SIGKILL);
-    }
+    if (fds[3].revents) on_end();
     if (fds[1].revents) on_tick();
     if (fds[2].revents) {
       std::lock_guard<std::mutex> lock(read_mu_);
@@ -339,11 +360,8 @@ void InputReader::finish_locked(std::string error) {
   // Rung even when nothing was queued: the main thread must learn of it.
   rung_.store(true);
   ring(wake_fd_);
-  itimerspec grace{};
-  grace.it_value.tv_sec = kEndGraceMs / 1000;
-  grace.it_value.tv_nsec = long(kEndGraceMs % 1000) * 1000000L;
-  timerfd_settime(end_fd_, 0, &grace, nullptr);
-  if (end_handler_.fn) end_handler_.fn(end_handler_.ctx);
+  // The input thread acts on it (on_end()), whoever saw it.
+  arm_end_timer(kEndInterruptMs);
 }
 
 }  // namespace pyport

@@ -91,18 +91,22 @@ class InputReader {
   // it may do what needs no GIL: PyErr_SetInterruptEx, signalling a waiting
   // thread, wake_main().
   using Handler = bool (*)(void* ctx, const InputFrame& frame);
-  // Called once, by the thread that saw it, when reading ends (end of
-  // input or a read error): the owner is gone, so what runs should stop.
-  // Same constraints as a Handler.
+  // Called once, by the input thread, when reading ended (end of input or
+  // a read error) kEndInterruptMs ago and the main thread still runs
+  // Python: the owner is gone, so what runs should stop. Same constraints
+  // as a Handler.
   using EndHandler = void (*)(void* ctx);
   // Kinds are positive fixints (PROTOCOL.md).
   static constexpr size_t kMaxKinds = 128;
   // How long one batch of requests keeps the main thread busy before the
   // input thread reads in its place.
   static constexpr int kTakeOverMs = 1;
-  // How long after reading ended the process may still run before the
-  // input thread kills it (SIGKILL; the keeper then ends its children):
-  // Python that ignores its KeyboardInterrupt must not outlive its owner.
+  // After reading ended: when Python still running is interrupted (the
+  // main thread gets this long to notice the end by itself), and when the
+  // input thread kills the process (SIGKILL; the keeper then ends its
+  // children): Python that ignores its KeyboardInterrupt must not outlive
+  // its owner.
+  static constexpr int kEndInterruptMs = 100;
   static constexpr int kEndGraceMs = 1000;
 
   explicit InputReader(size_t max_frame_size) : assembler_(max_frame_size) {}
@@ -112,8 +116,9 @@ class InputReader {
 
   // Before start(): frames of `kind` go to fn(ctx, frame).
   void set_handler(uint8_t kind, Handler fn, void* ctx);
-  // Before start(): fn(ctx) runs when reading ends (see EndHandler), and
-  // the process is killed kEndGraceMs later unless stop() came first.
+  // Before start(): fn(ctx) runs after reading ended (see EndHandler), and
+  // the process is killed kEndGraceMs after the end unless stop() came
+  // first.
   void set_end_handler(EndHandler fn, void* ctx) { end_handler_ = {fn, ctx}; }
 
   // Takes fd (made non-blocking; the reader does not close it) and starts
@@ -173,6 +178,8 @@ class InputReader {
   void finish_locked(std::string error);
   void arm_timer();
   void on_tick();
+  void arm_end_timer(int ms);
+  void on_end();
 
   struct HandlerEntry {
     Handler fn = nullptr;
@@ -209,6 +216,7 @@ class InputReader {
   std::atomic<bool> timer_armed_{false};
   std::atomic<bool> taken_over_{false};  // input thread reads in the main thread's place
   uint64_t tick_seq_ = 0;                // input thread: busy_seq_ at the previous tick
+  bool end_interrupted_ = false;         // input thread: on_end() has run once
 };
 
 }  // namespace pyport

@@ -74,7 +74,8 @@ worker_summary(Slot, {ok, Pid}, C, Sandboxed) ->
                 false -> Summary
             end
     catch
-        exit:{Reason, _} -> Base#{status => {down, Reason}}
+        exit:{Reason, _} -> Base#{status => {down, Reason}};
+        exit:Reason -> Base#{status => {down, Reason}}
     end;
 worker_summary(Slot, error, _C, _Sandboxed) ->
     #{slot => Slot, status => down}.
@@ -106,6 +107,9 @@ run_job(Pool, Job) ->
 
 %% @doc What the worker behind a context (or `{Pool, Slot}') reports: its
 %% OS pid, Python version, status, requests pending and queued, restarts.
+%% Answers in every state: `{error, {no_worker, Pool, Slot}}' while the
+%% slot has no gen_server, `{error, {worker_exited, Reason}}' if it died
+%% just before.
 -spec worker_info(py:context() | {atom(), pos_integer()}) ->
           {ok, #{atom() => term()}} | {error, term()}.
 worker_info({Pool, Slot}) when is_atom(Pool), is_integer(Slot) ->
@@ -114,7 +118,9 @@ worker_info({Pool, Slot}) when is_atom(Pool), is_integer(Slot) ->
             case pyport_pool:worker(Info, Slot) of
                 {ok, Pid} ->
                     try {ok, pyport_worker:info(Pid)}
-                    catch exit:{Reason, _} -> {error, {worker_exited, Reason}}
+                    catch
+                        exit:{Reason, _} -> {error, {worker_exited, Reason}};
+                        exit:Reason -> {error, {worker_exited, Reason}}
                     end;
                 error ->
                     {error, {no_worker, Pool, Slot}}

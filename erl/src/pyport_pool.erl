@@ -12,6 +12,9 @@
 %% (answered, dropped, or failed because the OS process died). Counting on
 %% the worker side keeps the figure true when a caller is killed while
 %% waiting or gives up on a worker that is still busy with its request.
+%% A worker gen_server that is killed cannot count out what it held: its
+%% successor resets the slot and corrects it when quiet
+%% ({@link pyport_inflight}).
 %%
 %% Availability: a worker that is draining (to be recycled) or stuck in a
 %% request its caller gave up on marks its slot unavailable in an `atomics'
