@@ -93,6 +93,11 @@ int run_reaper() {
       send(it->second, SIGCONT);
       send(it->second, SIGTERM);
       forget(targets, id);
+    } else if (sscanf(line, "x %llu", &id) == 1) {
+      auto it = targets.find(id);
+      if (it == targets.end()) continue;
+      send(it->second, SIGKILL);
+      forget(targets, id);
     } else if (sscanf(line, "f %llu", &id) == 1) {
       forget(targets, id);
     }

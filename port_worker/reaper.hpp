@@ -10,6 +10,7 @@
 //   k <Id>         kill: SIGCONT then SIGTERM to that keeper, which kills
 //                  the worker and everything it started (keeper.hpp);
 //                  then forget it
+//   x <Id>         SIGKILL that process, then forget it
 //   f <Id>         forget it
 //
 // It writes nothing, and exits at end of input. Where the kernel has no

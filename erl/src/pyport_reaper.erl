@@ -109,7 +109,7 @@ handle_cast({kill, Port}, #state{ports = Ports} = State) ->
     end;
 handle_cast({kill_os_pid, OsPid}, #state{next_id = Id} = State) ->
     %% Watched and killed at once, under an id of its own.
-    command(State, ["w ", integer_to_list(Id), $\s, integer_to_list(OsPid), "\nk ",
+    command(State, ["w ", integer_to_list(Id), $\s, integer_to_list(OsPid), "\nx ",
                     integer_to_list(Id), $\n]),
     {noreply, State#state{next_id = Id + 1}};
 handle_cast(_Msg, State) ->
