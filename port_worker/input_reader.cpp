@@ -361,7 +361,7 @@ void InputReader::finish_locked(std::string error) {
   rung_.store(true);
   ring(wake_fd_);
   // The input thread acts on it (on_end()), whoever saw it.
-  arm_end_timer(kEndInterruptMs);
+  if (end_handler_.fn) arm_end_timer(kEndInterruptMs);
 }
 
 }  // namespace pyport

@@ -118,7 +118,7 @@ class InputReader {
   void set_handler(uint8_t kind, Handler fn, void* ctx);
   // Before start(): fn(ctx) runs after reading ended (see EndHandler), and
   // the process is killed kEndGraceMs after the end unless stop() came
-  // first.
+  // first. Without it, reading ends with no such consequence.
   void set_end_handler(EndHandler fn, void* ctx) { end_handler_ = {fn, ctx}; }
 
   // Takes fd (made non-blocking; the reader does not close it) and starts
