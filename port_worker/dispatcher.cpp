@@ -1,5 +1,8 @@
 #include "dispatcher.hpp"
 
+#include <pthread.h>
+#include <signal.h>
+
 #include <algorithm>
 
 #include "frames.hpp"
@@ -745,6 +748,24 @@ PyRef Dispatcher::decode_str_map(mp::Reader& r, const char* what, std::string* e
   return dict;
 }
 
+// The first request for a module imports it. A KeyboardInterrupt (the
+// INTERRUPT of a request whose caller gave up) landing inside that import
+// would leave the module, or packages it imports such as asyncio,
+// half-initialised in sys.modules for every later request. So SIGINT is
+// held back while the worker imports: an interrupt that came before is
+// raised here, one that comes meanwhile right after the import. A module
+// whose import never ends is ended by the owner's kill_after.
+PyRef Dispatcher::import_uninterrupted(PyObject* module) {
+  sigset_t sigint, held;
+  sigemptyset(&sigint);
+  sigaddset(&sigint, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &sigint, &held);
+  PyRef obj;
+  if (PyErr_CheckSignals() == 0) obj = PyRef::steal(PyImport_Import(module));
+  pthread_sigmask(SIG_SETMASK, &held, nullptr);
+  return obj;
+}
+
 // A CALL names its function by strings. Making str objects from them costs
 // more than many calls do, so the names are cached; the objects they name
 // are not: the module comes from sys.modules and the attributes are read
@@ -783,7 +804,7 @@ PyRef Dispatcher::lookup_function(std::string_view module, std::string_view func
   PyRef obj = PyRef::steal(PyImport_GetModule(names.module.get()));
   if (!obj) {
     if (PyErr_Occurred()) return {};
-    obj = PyRef::steal(PyImport_Import(names.module.get()));
+    obj = import_uninterrupted(names.module.get());
   }
   for (const PyRef& attr : names.path) {
     if (!obj) break;

@@ -121,6 +121,7 @@ class Dispatcher {
   // null with *error set (FrameError text) or a Python exception set.
   PyRef decode_str_map(mp::Reader& r, const char* what, std::string* error);
   PyRef lookup_function(std::string_view module, std::string_view function);
+  PyRef import_uninterrupted(PyObject* module);
   // Code compiled from source: Py_eval_input, Py_file_input, or an
   // expression wrapped to take `names` as keyword-only arguments.
   PyRef compiled(std::string_view code, int mode);

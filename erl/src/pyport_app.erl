@@ -23,7 +23,8 @@ start(_Type, _Args) ->
 config() ->
     check([fun pyport_config:pools/0,
            fun() -> ok_or_error(pyport_config:max_state_entries()) end,
-           fun() -> ok_or_error(pyport_config:event_loops()) end], undefined).
+           fun() -> ok_or_error(pyport_config:event_loops()) end,
+           fun() -> ok_or_error(pyport_config:max_new_atoms()) end], undefined).
 
 %% Runs the checks in order: the first error, else the pools.
 check([], Pools) ->

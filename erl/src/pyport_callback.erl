@@ -235,6 +235,8 @@ rpc_target(Node, M, F) ->
         {ok, N} ->
             case {to_atom(M), to_atom(F)} of
                 {{ok, Mod}, {ok, Fun}} -> {ok, N, Mod, Fun};
+                {{error, {atom_limit, _, _} = Why}, _} -> atom_limit_error(Why);
+                {_, {error, {atom_limit, _, _} = Why}} -> atom_limit_error(Why);
                 _ -> {error, <<"ValueError">>, <<"module and function must be strings">>, {M, F}}
             end;
         error ->
@@ -242,10 +244,22 @@ rpc_target(Node, M, F) ->
              io_lib:format("node ~0tp is not known here (never connected)", [Node]), Node}
     end.
 
+%% A name that is not an atom yet becomes one only within the pool's budget
+%% of new atoms (pyport_atoms; this runs in the worker's port owner, whose
+%% limits are its pool's).
 to_atom(A) when is_atom(A) -> {ok, A};
-to_atom(B) when is_binary(B), byte_size(B) =< 255 ->
-    try {ok, binary_to_atom(B, utf8)} catch error:_ -> error end;
+to_atom(B) when is_binary(B) ->
+    case pyport_atoms:to_atom(B, maps:get(atoms, pyport_limits:process())) of
+        {ok, A} -> {ok, A};
+        {error, {atom_limit, _, _}} = Error -> Error;
+        {error, bad_atom} -> error
+    end;
 to_atom(_) -> error.
+
+atom_limit_error({atom_limit, Name, Limit} = Why) ->
+    {error, <<"ErlangError">>,
+     io_lib:format("cannot make the atom '~ts': the budget of ~b new atoms is spent "
+                   "(max_new_atoms)", [Name, Limit]), Why}.
 
 rpc_result(Node, M, F, Args, Timeout) ->
     try erpc:call(Node, M, F, Args, Timeout) of

@@ -4,6 +4,11 @@
 %% Pure Erlang on purpose: a NIF could crash the VM, and the VM must survive
 %% anything a worker sends. Decoding never raises for bad input; it returns
 %% `{error, {bad_msgpack, Why}}' (or `{bad_frame, Why}' for a frame head).
+%% Nor does it cost the node more than its limits (pyport_limits): new
+%% atoms only within a budget (`{error, {atom_limit, Name, Limit}}' past
+%% it) and a decoded value no larger than `max_result_terms' and
+%% `max_decoded_bytes' (`{error, {result_too_large, Key, Limit}}'),
+%% refused before it is built.
 %%
 %% Encoding appends to one binary; large payload binaries are kept by
 %% reference beside it, so a large binary is never copied here.
@@ -12,10 +17,19 @@
 %% copied).
 -module(pyport_codec).
 
--export([encode/1, decode/1,
-         encode_frame/3, encode_batch/1, decode_frame_head/1, decode_fields/2]).
+-export([encode/1, decode/1, decode/2,
+         encode_frame/3, encode_batch/1, decode_frame_head/1, decode_fields/2,
+         decode_fields/3]).
 
--export_type([frame_kind/0, frame_id/0]).
+-export_type([frame_kind/0, frame_id/0, decode_error/0]).
+
+%% A value that is not msgpack (or not ours), or one past the limits: a
+%% new atom past the atom budget (pyport_atoms), a value with more
+%% elements or more heap than the decode may build (pyport_limits).
+-type decode_error() :: {bad_msgpack, Why :: term()}
+                      | {atom_limit, Name :: binary(), Limit :: non_neg_integer()}
+                      | {result_too_large, max_result_terms | max_decoded_bytes,
+                         Limit :: pos_integer()}.
 
 -type frame_kind() :: 0..127.
 -type frame_id() :: 0..16#FFFFFFFFFFFFFFFF.
@@ -50,6 +64,8 @@
 -define(FAIL(Why), throw({?MODULE, Why})).
 -define(FAIL_SIZE(Tag, Remaining), throw({?MODULE, Tag, Remaining})).
 -define(FAIL_AT(Tag, At, Back), ?FAIL_SIZE(Tag, byte_size(At) + (Back))).
+%% Thrown with a limit's error, returned as is.
+-define(LIMIT, pyport_codec_limit).
 
 %%%===================================================================
 %%% API
@@ -62,17 +78,20 @@
 encode(Term) ->
     e(Term, <<>>, [], 0, []).
 
-%% @doc Decode exactly one value occupying the whole binary.
--spec decode(binary()) -> {ok, term()} | {error, {bad_msgpack, Why :: term()}}.
+%% @doc Decode exactly one value occupying the whole binary, within this
+%% process's limits ({@link pyport_limits:process/0}).
+-spec decode(binary()) -> {ok, term()} | {error, decode_error()}.
 decode(Bin) when is_binary(Bin) ->
-    try d(Bin, 1, [], 0, [], #{}) of
-        {[Value], <<>>} ->
-            {ok, Value};
-        {_, Rest} ->
-            {error, {bad_msgpack, {trailing_bytes, byte_size(Rest)}}}
-    catch
-        throw:Failure when element(1, Failure) =:= ?MODULE ->
-            {error, {bad_msgpack, why(Failure, Bin)}}
+    decode(Bin, pyport_limits:process()).
+
+%% @doc Decode exactly one value occupying the whole binary, within `Limits':
+%% past them the error names the atom or the limit, and nothing larger
+%% than the limits allow was built.
+-spec decode(binary(), pyport_limits:limits()) -> {ok, term()} | {error, decode_error()}.
+decode(Bin, Limits) when is_binary(Bin) ->
+    case decode_values(1, Bin, Limits) of
+        {ok, [Value]} -> {ok, Value};
+        {error, _} = Error -> Error
     end.
 
 %% @doc Encode a whole frame, msgpack array `[Kind, Id | Fields]', without the
@@ -120,19 +139,37 @@ decode_frame_head(Bin) when is_binary(Bin) ->
     end.
 
 %% @doc Decode exactly N consecutive values that make up all of Rest
-%% (the fields after a frame head). Offsets in errors count from Rest's start.
--spec decode_fields(non_neg_integer(), binary()) ->
-          {ok, [term()]} | {error, {bad_msgpack, Why :: term()}}.
-decode_fields(N, Bin) when is_integer(N), N >= 0, is_binary(Bin) ->
-    try d(Bin, N, [], 0, [], #{}) of
+%% (the fields after a frame head), within this process's limits.
+%% Offsets in errors count from Rest's start.
+-spec decode_fields(non_neg_integer(), binary()) -> {ok, [term()]} | {error, decode_error()}.
+decode_fields(N, Bin) ->
+    decode_fields(N, Bin, pyport_limits:process()).
+
+%% @doc {@link decode_fields/2} within `Limits'.
+-spec decode_fields(non_neg_integer(), binary(), pyport_limits:limits()) ->
+          {ok, [term()]} | {error, decode_error()}.
+decode_fields(N, Bin, Limits) when is_integer(N), N >= 0, is_binary(Bin) ->
+    case decode_values(N, Bin, Limits) of
+        {ok, Reversed} -> {ok, lists:reverse(Reversed)};
+        {error, _} = Error -> Error
+    end.
+
+decode_values(N, Bin, #{max_terms := Terms, max_bytes := Bytes} = Limits) ->
+    try d(Bin, N, [], 0, [], #{'$limits' => Limits}, budget(Terms), budget(Bytes) bsr 3) of
         {Reversed, <<>>} ->
-            {ok, lists:reverse(Reversed)};
+            {ok, Reversed};
         {_, Rest} ->
             {error, {bad_msgpack, {trailing_bytes, byte_size(Rest)}}}
     catch
+        throw:{?LIMIT, Reason} ->
+            {error, Reason};
         throw:Failure when element(1, Failure) =:= ?MODULE ->
             {error, {bad_msgpack, why(Failure, Bin)}}
     end.
+
+%% `infinity' as a number that stays a small integer as it is counted down.
+budget(infinity) -> 1 bsl 58;
+budget(N) -> N.
 
 %%%===================================================================
 %%% Encoding
@@ -401,13 +438,23 @@ ext_header(_, _, Term) -> error({unsupported_term, Term}).
 %% context for the whole input instead of building a {Value, Rest} pair and
 %% a sub-binary per value:
 %%
-%%   d(Bin, N, Acc, D, Stack, C)
+%%   d(Bin, N, Acc, D, Stack, C, T, W)
 %%
 %% N values are still to be read into Acc (reversed) for the container being
 %% filled, D containers are open, Stack holds the open containers' parents as
 %% {array | map, N, Acc} or {tuple, N, Acc, End, Start}. The outermost
 %% "container" is the caller's list of N values with an empty Stack.
-%% (The last argument, C, is a cache of atoms: see ext/9.)
+%% C is a cache of atoms (see ext/11) which also holds the limits under
+%% '$limits'; T and W are what is left of the budgets: values (elements
+%% of containers) and heap words.
+%%
+%% Budget: a container is charged when its header is read, before any of
+%% its elements is built: one value per element, and the words its cells
+%% take (2 per list cell, 1 per tuple element, 2 per map key or value, and
+%% a few for the container). A scalar that takes heap words (a float, a
+%% binary, a large integer) is charged as it is read. A fixint, nil, a
+%% boolean or an atom takes none. So no value past the budget is ever
+%% built: a 30 MB array of fixints is refused at its header.
 %%
 %% The type byte is read once and dispatched by one case on its value; a
 %% clause per format would make the compiler try the formats one after the
@@ -415,155 +462,219 @@ ext_header(_, _, Term) -> error({unsupported_term, Term}).
 %% where it starts: ?TRUNC(R) for R following its one type byte.
 -define(TRUNC(R), ?FAIL_AT(truncated, R, 1)).
 
-%% The branches of d/6 for one format, R following its type byte: a value V
-%% that Pattern reads, leaving R1; an ext whose header Pattern reads (length
-%% L, or Len when fixed, and type T) in Back bytes with the type byte; a
-%% container whose header is an L of Bits bits, holding Count values.
+%% Heap words of a binary of L bytes matched out of the input: a copy on
+%% the heap up to 64 bytes, a sub-binary of the input above.
+-define(BIN_WORDS(L), (case (L) =< 64 of true -> 2 + (((L) + 7) bsr 3); false -> 6 end)).
+
+%% The branches of d/8 for one format, R following its type byte: a value V
+%% that Pattern reads, leaving R1 (taking Words heap words); an ext whose
+%% header Pattern reads (length L, or Len when fixed, and type T) in Back
+%% bytes with the type byte; a container whose header is an L of Bits
+%% bits, holding Count values.
 -define(VALUE(Pattern),
         case R of
-            Pattern -> d(R1, N - 1, [V | Acc], D, S, C);
+            Pattern -> d(R1, N - 1, [V | Acc], D, S, C, T, W);
+            _ -> ?TRUNC(R)
+        end).
+-define(VALUE(Pattern, Words),
+        case R of
+            Pattern ->
+                case W - (Words) of
+                    W1 when W1 >= 0 -> d(R1, N - 1, [V | Acc], D, S, C, T, W1);
+                    _ -> too_large(max_decoded_bytes, C)
+                end;
             _ -> ?TRUNC(R)
         end).
 -define(EXT(Pattern, Back),
         case R of
-            Pattern -> ext(R1, L, T, Back, N, Acc, D, S, C);
+            Pattern -> ext(R1, L, Ty, Back, N, Acc, D, S, C, T, W);
             _ -> ?TRUNC(R)
         end).
 -define(EXT(Pattern, Len, Back),
         case R of
-            Pattern -> ext(R1, Len, T, Back, N, Acc, D, S, C);
+            Pattern -> ext(R1, Len, Ty, Back, N, Acc, D, S, C, T, W);
             _ -> ?TRUNC(R)
         end).
--define(OPEN(Bits, Count, Kind),
+-define(OPEN(Bits, Kind),
         case R of
             <<L:Bits, R1/binary>> when D < ?MAX_DEPTH ->
-                d(R1, Count, [], D + 1, [{Kind, N - 1, Acc} | S], C);
+                ?CHARGE(R1, ?COUNT(Kind, L), ?COUNT(Kind, L), ?WORDS(Kind, L),
+                        {Kind, N - 1, Acc});
             <<_:Bits, _/binary>> ->
                 ?FAIL(too_deep);
             _ ->
                 ?TRUNC(R)
         end).
+%% Values in a container of L, and the heap words charged for them: a list
+%% cell is 2 words; a flatmap is 2 words a pair and a few, a hash map
+%% nearer 4; a tuple 1 word an element and its header.
+-define(COUNT(Kind, L), (case Kind of map -> 2 * (L); _ -> L end)).
+-define(WORDS(Kind, L), (case Kind of array -> 2 * (L); map -> 4 * (L) + 4 end)).
+%% Opens a container of Count values, Terms and Words within the budgets,
+%% as d/8 goes on with R1. Inline, so that the match context is kept.
+-define(CHARGE(R1, Count, Terms, Words, Frame),
+        case (Terms) =< T andalso (Words) =< W of
+            true -> d(R1, Count, [], D + 1, [Frame | S], C, T - (Terms), W - (Words));
+            false -> charge(R1, Count, Terms, Words, Frame, D, S, C, T, W)
+        end).
+%% A float takes 2 heap words.
+-define(FLOAT(V, R1),
+        case W >= 2 of
+            true -> d(R1, N - 1, [V | Acc], D, S, C, T, W - 2);
+            false -> too_large(max_decoded_bytes, C)
+        end).
 
-d(<<_/binary>> = Bin, 0, Acc, _, [], _) ->
+d(<<_/binary>> = Bin, 0, Acc, _, [], _, _, _) ->
     {Acc, Bin};
-d(<<_/binary>> = Bin, 0, Acc, D, [{array, N, PAcc} | S], C) ->
-    d(Bin, N, [lists:reverse(Acc) | PAcc], D - 1, S, C);
-d(<<_/binary>> = Bin, 0, Acc, D, [{map, N, PAcc} | S], C) ->
-    d(Bin, N, [to_map(Acc, []) | PAcc], D - 1, S, C);
-d(<<_/binary>> = Bin, 0, Acc, D, [{tuple, N, PAcc, End, Start} | S], C) ->
+d(<<_/binary>> = Bin, 0, Acc, D, [{array, N, PAcc} | S], C, T, W) ->
+    d(Bin, N, [lists:reverse(Acc) | PAcc], D - 1, S, C, T, W);
+d(<<_/binary>> = Bin, 0, Acc, D, [{map, N, PAcc} | S], C, T, W) ->
+    d(Bin, N, [to_map(Acc, []) | PAcc], D - 1, S, C, T, W);
+d(<<_/binary>> = Bin, 0, Acc, D, [{tuple, N, PAcc, End, Start} | S], C, T, W) ->
     %% The array must fill the ext payload exactly.
     case byte_size(Bin) of
-        End -> d(Bin, N, [list_to_tuple(lists:reverse(Acc)) | PAcc], D - 1, S, C);
+        End -> d(Bin, N, [list_to_tuple(lists:reverse(Acc)) | PAcc], D - 1, S, C, T, W);
         _ -> ?FAIL_SIZE(bad_tuple, Start)
     end;
-d(<<B, R/binary>>, N, Acc, D, S, C) when B < 16#80 ->
-    d(R, N - 1, [B | Acc], D, S, C);
-d(<<B, R/binary>>, N, Acc, D, S, C) when B >= 16#c0 ->
+d(<<B, R/binary>>, N, Acc, D, S, C, T, W) when B < 16#80 ->
+    d(R, N - 1, [B | Acc], D, S, C, T, W);
+d(<<B, R/binary>>, N, Acc, D, S, C, T, W) when B >= 16#c0 ->
     case B of
-        16#c0 -> d(R, N - 1, [none | Acc], D, S, C);
-        16#c2 -> d(R, N - 1, [false | Acc], D, S, C);
-        16#c3 -> d(R, N - 1, [true | Acc], D, S, C);
-        16#c4 -> ?VALUE(<<L, V:L/binary, R1/binary>>);
-        16#c5 -> ?VALUE(<<L:16, V:L/binary, R1/binary>>);
-        16#c6 -> ?VALUE(<<L:32, V:L/binary, R1/binary>>);
-        16#c7 -> ?EXT(<<L, T:8/signed, R1/binary>>, 3);
-        16#c8 -> ?EXT(<<L:16, T:8/signed, R1/binary>>, 4);
-        16#c9 -> ?EXT(<<L:32, T:8/signed, R1/binary>>, 6);
+        16#c0 -> d(R, N - 1, [none | Acc], D, S, C, T, W);
+        16#c2 -> d(R, N - 1, [false | Acc], D, S, C, T, W);
+        16#c3 -> d(R, N - 1, [true | Acc], D, S, C, T, W);
+        16#c4 -> ?VALUE(<<L, V:L/binary, R1/binary>>, ?BIN_WORDS(L));
+        16#c5 -> ?VALUE(<<L:16, V:L/binary, R1/binary>>, ?BIN_WORDS(L));
+        16#c6 -> ?VALUE(<<L:32, V:L/binary, R1/binary>>, ?BIN_WORDS(L));
+        16#c7 -> ?EXT(<<L, Ty:8/signed, R1/binary>>, 3);
+        16#c8 -> ?EXT(<<L:16, Ty:8/signed, R1/binary>>, 4);
+        16#c9 -> ?EXT(<<L:32, Ty:8/signed, R1/binary>>, 6);
         16#ca ->
             case R of
                 <<V:32/float, R1/binary>> ->
-                    d(R1, N - 1, [V | Acc], D, S, C);
+                    ?FLOAT(V, R1);
                 <<Sign:1, 16#ff:8, Fraction:23, R1/binary>> ->
                     %% NaN and the infinities do not match as a float.
-                    d(R1, N - 1, [non_finite(Sign, Fraction) | Acc], D, S, C);
+                    d(R1, N - 1, [non_finite(Sign, Fraction) | Acc], D, S, C, T, W);
                 _ ->
                     ?TRUNC(R)
             end;
         16#cb ->
             case R of
                 <<V:64/float, R1/binary>> ->
-                    d(R1, N - 1, [V | Acc], D, S, C);
+                    ?FLOAT(V, R1);
                 <<Sign:1, 16#7ff:11, Fraction:52, R1/binary>> ->
-                    d(R1, N - 1, [non_finite(Sign, Fraction) | Acc], D, S, C);
+                    d(R1, N - 1, [non_finite(Sign, Fraction) | Acc], D, S, C, T, W);
                 _ ->
                     ?TRUNC(R)
             end;
         16#cc -> ?VALUE(<<V, R1/binary>>);
         16#cd -> ?VALUE(<<V:16, R1/binary>>);
         16#ce -> ?VALUE(<<V:32, R1/binary>>);
-        16#cf -> ?VALUE(<<V:64, R1/binary>>);
+        %% Beyond 59 bits an integer is 2 words on the heap.
+        16#cf -> ?VALUE(<<V:64, R1/binary>>, 2);
         16#d0 -> ?VALUE(<<V:8/signed, R1/binary>>);
         16#d1 -> ?VALUE(<<V:16/signed, R1/binary>>);
         16#d2 -> ?VALUE(<<V:32/signed, R1/binary>>);
-        16#d3 -> ?VALUE(<<V:64/signed, R1/binary>>);
-        16#d4 -> ?EXT(<<T:8/signed, R1/binary>>, 1, 2);
-        16#d5 -> ?EXT(<<T:8/signed, R1/binary>>, 2, 2);
-        16#d6 -> ?EXT(<<T:8/signed, R1/binary>>, 4, 2);
-        16#d7 -> ?EXT(<<T:8/signed, R1/binary>>, 8, 2);
-        16#d8 -> ?EXT(<<T:8/signed, R1/binary>>, 16, 2);
-        16#d9 -> ?VALUE(<<L, V:L/binary, R1/binary>>);
-        16#da -> ?VALUE(<<L:16, V:L/binary, R1/binary>>);
-        16#db -> ?VALUE(<<L:32, V:L/binary, R1/binary>>);
-        16#dc -> ?OPEN(16, L, array);
-        16#dd -> ?OPEN(32, L, array);
-        16#de -> ?OPEN(16, 2 * L, map);
-        16#df -> ?OPEN(32, 2 * L, map);
+        16#d3 -> ?VALUE(<<V:64/signed, R1/binary>>, 2);
+        16#d4 -> ?EXT(<<Ty:8/signed, R1/binary>>, 1, 2);
+        16#d5 -> ?EXT(<<Ty:8/signed, R1/binary>>, 2, 2);
+        16#d6 -> ?EXT(<<Ty:8/signed, R1/binary>>, 4, 2);
+        16#d7 -> ?EXT(<<Ty:8/signed, R1/binary>>, 8, 2);
+        16#d8 -> ?EXT(<<Ty:8/signed, R1/binary>>, 16, 2);
+        16#d9 -> ?VALUE(<<L, V:L/binary, R1/binary>>, ?BIN_WORDS(L));
+        16#da -> ?VALUE(<<L:16, V:L/binary, R1/binary>>, ?BIN_WORDS(L));
+        16#db -> ?VALUE(<<L:32, V:L/binary, R1/binary>>, ?BIN_WORDS(L));
+        16#dc -> ?OPEN(16, array);
+        16#dd -> ?OPEN(32, array);
+        16#de -> ?OPEN(16, map);
+        16#df -> ?OPEN(32, map);
         16#c1 ->
             ?FAIL({reserved_byte, 16#c1});
         _ ->
             %% 16#e0..16#ff: negative fixint.
-            d(R, N - 1, [B - 16#100 | Acc], D, S, C)
+            d(R, N - 1, [B - 16#100 | Acc], D, S, C, T, W)
     end;
-d(<<B, R/binary>>, N, Acc, D, S, C) when B >= 16#a0 ->
+d(<<B, R/binary>>, N, Acc, D, S, C, T, W) when B >= 16#a0 ->
     L = B - 16#a0,
-    case R of
-        <<V:L/binary, R1/binary>> -> d(R1, N - 1, [V | Acc], D, S, C);
-        _ -> ?TRUNC(R)
-    end;
-d(<<B, R/binary>>, N, Acc, D, S, C) when D < ?MAX_DEPTH ->
-    case B < 16#90 of
-        true -> d(R, 2 * (B - 16#80), [], D + 1, [{map, N - 1, Acc} | S], C);
-        false -> d(R, B - 16#90, [], D + 1, [{array, N - 1, Acc} | S], C)
-    end;
-d(<<_, _/binary>>, _, _, _, _, _) ->
+    %% At most 31 bytes: copied to the heap.
+    ?VALUE(<<V:L/binary, R1/binary>>, 2 + ((L + 7) bsr 3));
+d(<<B, R/binary>>, N, Acc, D, S, C, T, W) when B < 16#90, D < ?MAX_DEPTH ->
+    L = B - 16#80,
+    ?CHARGE(R, 2 * L, 2 * L, 4 * L + 4, {map, N - 1, Acc});
+d(<<B, R/binary>>, N, Acc, D, S, C, T, W) when D < ?MAX_DEPTH ->
+    L = B - 16#90,
+    ?CHARGE(R, L, L, 2 * L, {array, N - 1, Acc});
+d(<<_, _/binary>>, _, _, _, _, _, _, _) ->
     ?FAIL(too_deep);
-d(<<>>, _, _, _, _, _) ->
+d(<<>>, _, _, _, _, _, _, _) ->
     ?FAIL_SIZE(truncated, 0).
 
-%% An ext value of type T with an L-byte payload at the start of Bin,
+%% A container past a budget, unless its header claims more values than
+%% there are bytes left (each takes at least one): then it is truncated,
+%% and only the values the bytes can hold are charged, so that the decode
+%% finds the truncation where the bytes end, having built no more.
+charge(R, Count, Terms, Words, Frame, D, S, C, T, W) ->
+    Fit = byte_size(R),
+    {Terms1, Words1} = case Count > Fit of
+                           true -> {min(Terms, Fit), Words * Fit div max(1, Count) + 4};
+                           false -> {Terms, Words}
+                       end,
+    if
+        Terms1 > T -> too_large(max_result_terms, C);
+        Words1 > W -> too_large(max_decoded_bytes, C);
+        true -> d(R, Count, [], D + 1, [Frame | S], C, T - Terms1, W - Words1)
+    end.
+
+%% An ext value of type Ty with an L-byte payload at the start of Bin,
 %% after a header of Back bytes.
-ext(<<_/binary>> = Bin, L, ?EXT_TUPLE, Back, N, Acc, D, S, C) ->
-    tuple(Bin, L, Back, N, Acc, D, S, C);
-ext(Bin, L, ?EXT_ATOM, Back, N, Acc, D, S, C) ->
+ext(<<_/binary>> = Bin, L, ?EXT_TUPLE, Back, N, Acc, D, S, C, T, W) ->
+    tuple(Bin, L, Back, N, Acc, D, S, C, T, W);
+ext(Bin, L, ?EXT_ATOM, Back, N, Acc, D, S, C, T, W) ->
     %% C caches the atoms made so far: binary_to_atom/2 locks the atom
     %% table, and a list of records repeats the same few names.
     case Bin of
         <<Name:L/binary, R/binary>> ->
             case C of
                 #{Name := A} ->
-                    d(R, N - 1, [A | Acc], D, S, C);
-                #{} ->
-                    case ext_value(?EXT_ATOM, Name) of
-                        {error, Why} -> ext_failed(Why, Bin, Back);
-                        A -> d(R, N - 1, [A | Acc], D, S, C#{Name => A})
+                    d(R, N - 1, [A | Acc], D, S, C, T, W);
+                #{'$limits' := #{atoms := Budget}} ->
+                    case pyport_atoms:to_atom(Name, Budget) of
+                        {ok, A} -> d(R, N - 1, [A | Acc], D, S, C#{Name => A}, T, W);
+                        {error, bad_atom} -> ext_failed(bad_atom, Bin, Back);
+                        {error, {atom_limit, _, _} = Limit} -> throw({?LIMIT, Limit})
                     end
             end;
         _ ->
             ?FAIL_AT(truncated, Bin, Back)
     end;
-ext(Bin, L, T, Back, N, Acc, D, S, C) ->
+ext(Bin, L, Ty, Back, N, Acc, D, S, C, T, W) ->
     case Bin of
         <<P:L/binary, R/binary>> ->
-            case ext_value(T, P) of
-                {error, Why} -> ext_failed(Why, Bin, Back);
-                V -> d(R, N - 1, [V | Acc], D, S, C)
+            Words = ext_words(Ty, P),
+            if
+                Words > W -> too_large(max_decoded_bytes, C);
+                true ->
+                    case ext_value(Ty, P) of
+                        {error, Why} -> ext_failed(Why, Bin, Back);
+                        V -> d(R, N - 1, [V | Acc], D, S, C, T, W - Words)
+                    end
             end;
         _ ->
             ?FAIL_AT(truncated, Bin, Back)
     end.
 
+%% Heap words of an ext value, known before it is built: for a fun (whose
+%% environment may hold any term) the most its external format can expand
+%% to, 2 words a byte.
+ext_words(?EXT_BIGINT, P) -> 1 + ((byte_size(P) + 6) bsr 3);
+ext_words(?EXT_BYTES, P) -> ?BIN_WORDS(byte_size(P));
+ext_words(?EXT_TERM, <<131, Tag, _/binary>> = P)
+  when Tag =:= 112; Tag =:= 113; Tag =:= 117 -> 8 + 2 * byte_size(P);
+ext_words(_, _) -> 8.
+
 %% A tuple's payload is exactly one array: its elements.
-tuple(Bin, L, Back, N, Acc, D, S, C) when D < ?MAX_DEPTH ->
+tuple(Bin, L, Back, N, Acc, D, S, C, T, W) when D < ?MAX_DEPTH ->
     Size = byte_size(Bin),
     Start = Size + Back,
     End = Size - L,
@@ -572,25 +683,27 @@ tuple(Bin, L, Back, N, Acc, D, S, C) when D < ?MAX_DEPTH ->
         _ when End < 0 ->
             ?FAIL_SIZE(truncated, Start);
         <<B, R/binary>> when B >= 16#90, B =< 16#9f ->
-            d(R, B - 16#90, [], D + 1, [Frame | S], C);
+            ?CHARGE(R, B - 16#90, B - 16#90, B - 16#90 + 1, Frame);
         <<16#dc, Len:16, R/binary>> ->
-            d(R, Len, [], D + 1, [Frame | S], C);
+            ?CHARGE(R, Len, Len, Len + 1, Frame);
         <<16#dd, Len:32, R/binary>> ->
-            d(R, Len, [], D + 1, [Frame | S], C);
+            ?CHARGE(R, Len, Len, Len + 1, Frame);
         _ ->
             ?FAIL_SIZE(bad_tuple, Start)
     end;
-tuple(_, _, _, _, _, _, _, _) ->
+tuple(_, _, _, _, _, _, _, _, _, _) ->
     ?FAIL(too_deep).
 
-%% The value of a non-tuple ext, or {error, Why}: no such value is a tuple.
-ext_value(?EXT_ATOM, Name) ->
-    try
-        binary_to_atom(Name, utf8)
-    catch
-        %% Not UTF-8 (badarg) or longer than 255 characters (system_limit).
-        error:_ -> {error, bad_atom}
-    end;
+-spec too_large(max_result_terms | max_decoded_bytes, map()) -> no_return().
+too_large(Key, #{'$limits' := #{max_terms := Terms, max_bytes := Bytes}}) ->
+    Max = case Key of
+              max_result_terms -> Terms;
+              max_decoded_bytes -> Bytes
+          end,
+    throw({?LIMIT, {result_too_large, Key, Max}}).
+
+%% The value of a non-tuple, non-atom ext, or {error, Why}: no such value
+%% is a tuple.
 ext_value(?EXT_BIGINT, <<0, M/binary>>) when M =/= <<>> ->
     magnitude(M, 1);
 ext_value(?EXT_BIGINT, <<1, M/binary>>) when M =/= <<>> ->

@@ -7,7 +7,7 @@
 -module(pyport_config).
 
 -export([pools/0, validate_pools/1, validate_pool/2, defaults/0, max_state_entries/0,
-         event_loops/0, validate_event_loops/2]).
+         event_loops/0, validate_event_loops/2, max_new_atoms/0]).
 %% Shared with pyport_sandbox, which checks the `sandbox' option.
 -export([to_binary/1, env_name/1]).
 
@@ -35,7 +35,10 @@
                        max_open_files := pos_integer() | infinity,
                        shutdown_timeout := non_neg_integer(),
                        sandbox := pyport_sandbox:sandbox(),
-                       fresh_worker := boolean()}.
+                       fresh_worker := boolean(),
+                       max_new_atoms := pyport_atoms:pool_setting(),
+                       max_result_terms := pos_integer() | infinity | auto,
+                       max_decoded_bytes := pos_integer() | infinity | auto}.
 -type error_reason() :: {invalid_pools, term()}
                       | {invalid_pool_name, term()}
                       | {invalid_pool, pool_name(), term()}
@@ -44,7 +47,7 @@
                       | {unknown_sandbox_option, pool_name(), term()}
                       | {pool_option_requires, pool_name(), fresh_worker, sandbox}
                       | {invalid_config, max_state_entries | event_loop_pool
-                                         | event_loop_pool_size, term()}.
+                                         | event_loop_pool_size | max_new_atoms, term()}.
 
 -define(MIN_FRAME_SIZE, 1024).
 %% The smallest limits a worker accepts (port_worker/options.cpp): below
@@ -53,6 +56,9 @@
 -define(MIN_OPEN_FILES, 16).
 %% {packet, 4} cannot express a larger frame.
 -define(MAX_FRAME_SIZE, 16#FFFFFFFF).
+%% Decode limits the codec counts down as small integers; larger is
+%% `infinity' in effect.
+-define(MAX_DECODE_LIMIT, (1 bsl 58)).
 
 %% @doc The pools to start: the validated `pools' environment, or one
 %% `default' pool with default options when it is not set.
@@ -71,6 +77,25 @@ max_state_entries() ->
         Max when Max =:= infinity; is_integer(Max), Max > 0 -> {ok, Max};
         Other -> {error, {invalid_config, max_state_entries, Other}}
     end.
+
+%% @doc The `max_new_atoms' environment: how many new atoms pyport may
+%% create from what workers send, for the node's life (see
+%% {@link pyport_atoms}); default 10000, at most half the atom table.
+-spec max_new_atoms() -> {ok, non_neg_integer()} | {error, error_reason()}.
+max_new_atoms() ->
+    case application:get_env(pyport, max_new_atoms, 10000) of
+        N when is_integer(N), N >= 0 ->
+            case N =< max_atom_budget() of
+                true -> {ok, N};
+                false -> {error, {invalid_config, max_new_atoms, N}}
+            end;
+        Other ->
+            {error, {invalid_config, max_new_atoms, Other}}
+    end.
+
+%% A budget of new atoms never reaches half the atom table.
+max_atom_budget() ->
+    erlang:system_info(atom_limit) div 2.
 
 %% @doc Checks the event loop settings of the application environment
 %% (see {@link py_event_loop_pool}): `event_loop_pool', a pool name, and
@@ -169,7 +194,10 @@ defaults() ->
       max_open_files => infinity,
       shutdown_timeout => 5000,
       sandbox => false,
-      fresh_worker => false}.
+      fresh_worker => false,
+      max_new_atoms => default,
+      max_result_terms => auto,
+      max_decoded_bytes => auto}.
 
 default_worker() ->
     case code:priv_dir(pyport) of
@@ -216,6 +244,18 @@ check(kill_after, infinity) -> {ok, infinity};
 check(kill_after, N) when is_integer(N), N >= 0 -> {ok, N};
 check(shutdown_timeout, N) when is_integer(N), N >= 0 -> {ok, N};
 check(fresh_worker, B) when is_boolean(B) -> {ok, B};
+check(max_new_atoms, S) when S =:= default; S =:= node -> {ok, S};
+check(max_new_atoms, N) when is_integer(N), N >= 0 ->
+    case N =< max_atom_budget() of
+        true -> {ok, N};
+        false -> error
+    end;
+check(Key, S) when (Key =:= max_result_terms orelse Key =:= max_decoded_bytes),
+                   (S =:= auto orelse S =:= infinity) ->
+    {ok, S};
+check(max_result_terms, N) when is_integer(N), N > 0, N =< ?MAX_DECODE_LIMIT -> {ok, N};
+check(max_decoded_bytes, N)
+  when is_integer(N), N >= ?MIN_FRAME_SIZE, N =< ?MAX_DECODE_LIMIT -> {ok, N};
 check(Key, infinity) when Key =:= max_inflight; Key =:= max_requests; Key =:= max_memory;
                           Key =:= max_rss; Key =:= cpu_seconds; Key =:= max_open_files ->
     {ok, infinity};

@@ -25,7 +25,8 @@
 -module(pyport_pool).
 -behaviour(gen_server).
 
--export([start_link/2, info/1, pick/1, worker/2, shard_slot/2, set_available/3]).
+-export([start_link/2, info/1, pick/1, worker/2, shard_slot/2, set_available/3,
+         decode_limits/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
 -export_type([info/0]).
@@ -39,6 +40,7 @@
                   size := pos_integer(),
                   max_frame_size := pos_integer(),
                   call_timeout := timeout(),
+                  decode_limits := pyport_limits:limits(),
                   opts := pyport_config:pool_opts()}.
 
 %% Above this size a caller samples two slots instead of reading them all.
@@ -56,6 +58,15 @@ info(Name) ->
     case persistent_term:get({pyport_pool, Name}, undefined) of
         undefined -> {error, {no_pool, Name}};
         Info -> {ok, Info}
+    end.
+
+%% @doc What decoding an answer of pool `Name' may cost (see {@link
+%% pyport_limits}); for a pool that is gone, the defaults without new atoms.
+-spec decode_limits(term()) -> pyport_limits:limits().
+decode_limits(Name) ->
+    case persistent_term:get({pyport_pool, Name}, undefined) of
+        #{decode_limits := Limits} -> Limits;
+        undefined -> pyport_limits:existing_atoms_only(pyport_limits:default())
     end.
 
 %% @doc Picks the least-loaded live worker of a pool: every slot is read for
@@ -159,6 +170,7 @@ init({Name, #{size := Size, max_frame_size := Max, call_timeout := Timeout,
              size => Size,
              max_frame_size => Max,
              call_timeout => Timeout,
+             decode_limits => pyport_limits:of_pool(Name, Opts),
              opts => Opts},
     persistent_term:put({pyport_pool, Name}, Info),
     {ok, #{name => Name}}.

@@ -299,13 +299,14 @@ send(Target, {Kind, Fields}, Send) ->
 decode_reply(Reply, Pool, Slot) ->
     reply(Reply, Pool, Slot).
 
-reply({?RESULT, Rest}, _Pool, _Slot) ->
-    case pyport_codec:decode_fields(1, Rest) of
+reply({?RESULT, Rest}, Pool, _Slot) ->
+    case pyport_codec:decode_fields(1, Rest, pyport_pool:decode_limits(Pool)) of
         {ok, [Value]} -> {ok, Value};
         {error, _} = Error -> Error
     end;
 reply({?ERROR, Rest}, Pool, Slot) ->
-    case pyport_codec:decode_fields(3, Rest) of
+    Limits = pyport_pool:decode_limits(Pool),
+    case pyport_codec:decode_fields(3, Rest, Limits) of
         {ok, [<<"FrameTooLarge">>, Message, _]} ->
             {error, {frame_too_large, Message}};
         {ok, [<<"FrameError">>, Message, _]} ->
@@ -314,7 +315,7 @@ reply({?ERROR, Rest}, Pool, Slot) ->
             ?LOG_DEBUG("Python ~ts: ~ts~n~ts", [Type, Message, Traceback],
                          #{pyport_pool => Pool, pyport_slot => Slot,
                            python_traceback => Traceback, domain => [pyport, python]}),
-            {error, {exception_type(Type), Message}};
+            {error, {pyport_atoms:exception_type(Type, maps:get(atoms, Limits)), Message}};
         {ok, Fields} ->
             {error, {protocol_error, {bad_error_frame, Fields}}};
         {error, _} = Error ->
@@ -326,12 +327,6 @@ reply({schedule, Name, Args}, _Pool, _Slot) ->
     pyport_callback:schedule_erlang(Name, Args);
 reply({error, _} = Error, _Pool, _Slot) ->
     Error.
-
-%% Never creates an atom: hostile code must not fill the atom table.
-exception_type(Name) ->
-    try binary_to_existing_atom(Name, utf8)
-    catch error:badarg -> Name
-    end.
 
 %% @doc Exception type names that arrive as atoms in any node running
 %% pyport: every Python builtin exception (3.11) and a few common ones of

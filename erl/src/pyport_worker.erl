@@ -251,6 +251,8 @@ init({Pool, Slot, Opts}) ->
             %% slot's count starts from zero (see pyport_inflight).
             true = ets:insert(Tab, {Slot, self()}),
             pyport_inflight:reset(Info, Slot),
+            %% What the worker sends is decoded here under its pool's limits.
+            pyport_limits:set_process(maps:get(decode_limits, Info)),
             State0 = #state{pool = Pool, slot = Slot, opts = Opts, info = Info},
             case first_start(State0) of
                 {ok, State} ->

@@ -297,12 +297,22 @@ python_exceptions(_Config) ->
     ?assertMatch({error, {'TypeError', _}}, py:call(?F, add, [1, <<"a">>])),
     ?assertMatch({error, {'KeyError', _}}, py:eval(<<"{}['missing']">>)).
 
-exception_type_atoms(_Config) ->
+exception_type_atoms(Config) ->
     %% An exception name that exists as an atom arrives as that atom...
     ?assertEqual({error, {'KnownToErlang', <<"known">>}}, py:call(?F, raise_known, [<<"known">>])),
-    %% ...any other as a binary, so Python cannot fill the atom table.
+    %% ...a new one becomes an atom within the pool's budget of new atoms
+    %% (pyport_atoms_SUITE tests the budgets)...
+    New = <<"PyportNewError", (integer_to_binary(erlang:unique_integer([positive])))/binary>>,
+    {error, {NewType, <<"x">>}} =
+        py:eval(<<"(_ for _ in ()).throw(type('", New/binary, "', (Exception,), {})('x'))">>),
+    ?assertEqual(New, atom_to_binary(NewType)),
+    %% ...and where there is none (a sandboxed pool's default), arrives as a
+    %% binary, so Python cannot fill the atom table.
+    {ok, _} = pyport:start_pool(no_new_atoms, #{size => 1, max_new_atoms => 0,
+                                               python_path => [test_python_dir(Config)]}),
     ?assertEqual({error, {<<"PyportNeverAnAtom">>, <<"unknown">>}},
-                 py:call(?F, raise_unknown, [<<"unknown">>])),
+                 py:call(?F, raise_unknown, [<<"unknown">>], #{}, #{pool => no_new_atoms})),
+    ok = pyport:stop_pool(no_new_atoms),
     %% Every builtin exception of the worker's Python is an atom in the node,
     %% whether or not any code here names it.
     {ok, Names} = py:eval(<<"[n for n, c in vars(__import__('builtins')).items() if isinstance(c, type) "

@@ -35,6 +35,8 @@ frame_roundtrip_test_() -> quickcheck(prop_frame_roundtrip()).
 truncation_test_() -> quickcheck(prop_truncation()).
 mutation_test_() -> quickcheck(prop_mutation()).
 random_bytes_test_() -> quickcheck(prop_random_bytes()).
+budget_bytes_test_() -> quickcheck(prop_budget_bytes()).
+budget_terms_test_() -> quickcheck(prop_budget_terms()).
 
 %% long_result makes a failing property return its counterexample, which
 %% assertEqual then shows.
@@ -127,6 +129,39 @@ encode(T) ->
 %%%===================================================================
 %%% Generators
 %%%===================================================================
+
+%% The decode budget in bytes is never less than the heap the value takes
+%% (erts_debug:flat_size/1, in words): whatever the limit, a value that
+%% gets through fits it, and one that does not is refused by name.
+prop_budget_bytes() ->
+    ?FORALL({T, Bytes}, {term(), proper_types:range(0, 8192)},
+            case ?C:decode(encode(T), limits(infinity, Bytes)) of
+                {ok, V} -> 8 * erts_debug:flat_size(V) =< Bytes;
+                {error, {result_too_large, max_decoded_bytes, Bytes}} -> true;
+                _ -> false
+            end).
+
+%% The budget of values is exact: the elements of every list, tuple and
+%% map (a key and a value are two).
+prop_budget_terms() ->
+    ?FORALL(T, term(),
+            begin
+                %% Counted as written: normalising may merge map keys.
+                N = elements_in(T),
+                ?C:decode(encode(T), limits(N, infinity)) =:= {ok, normalise(T)} andalso
+                    (N =:= 0 orelse ?C:decode(encode(T), limits(N - 1, infinity)) =:=
+                         {error, {result_too_large, max_result_terms, N - 1}})
+            end).
+
+limits(Terms, Bytes) ->
+    #{atoms => pyport_atoms:no_new_atoms(), max_terms => Terms, max_bytes => Bytes}.
+
+elements_in({bytes, B}) when is_binary(B) -> 0;
+elements_in(L) when is_list(L) -> length(L) + lists:sum([elements_in(E) || E <- L]);
+elements_in(T) when is_tuple(T) -> elements_in(tuple_to_list(T));
+elements_in(M) when is_map(M) ->
+    2 * map_size(M) + lists:sum([elements_in(K) + elements_in(V) || {K, V} <- maps:to_list(M)]);
+elements_in(_) -> 0.
 
 %% @doc A PropEr generator of Erlang terms over the whole term mapping:
 %% integers of every width (also beyond 64 bits), floats, binaries,

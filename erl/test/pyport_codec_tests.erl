@@ -521,6 +521,208 @@ bad_term_test_() ->
         [?_assertEqual(self(), binary_to_term(Compressed)),
          ?_assertError(badarg, binary_to_existing_atom(Node, utf8))].
 
+%%%===================================================================
+%%% Limits: the decode budget and the atom budget (pyport_limits, pyport_atoms)
+%%%===================================================================
+
+%% Limits with the given sizes and no new atoms.
+limits(Terms, Bytes) ->
+    #{atoms => pyport_atoms:no_new_atoms(), max_terms => Terms, max_bytes => Bytes}.
+
+limits(Terms, Bytes, Atoms) ->
+    (limits(Terms, Bytes))#{atoms := Atoms}.
+
+too_large(Key, Max) ->
+    {error, {result_too_large, Key, Max}}.
+
+%% Every element of a container is a value; a scalar result is none.
+terms_budget_test_() ->
+    L100 = enc(lists:seq(1, 100)),
+    Nested = enc(lists:duplicate(1000, [1])),
+    [?_assertMatch({ok, [_ | _]}, ?C:decode(L100, limits(100, infinity))),
+     ?_assertEqual(too_large(max_result_terms, 99), ?C:decode(L100, limits(99, infinity))),
+     ?_assertEqual({ok, 7}, ?C:decode(enc(7), limits(1, 1024))),
+     %% Containers add up: 1000 lists of one.
+     ?_assertMatch({ok, _}, ?C:decode(Nested, limits(2000, infinity))),
+     ?_assertEqual(too_large(max_result_terms, 1999), ?C:decode(Nested, limits(1999, infinity))),
+     %% A key and a value are two; a tuple's elements count.
+     ?_assertMatch({ok, _}, ?C:decode(enc(#{a => 1, b => 2}), limits(4, infinity))),
+     ?_assertEqual(too_large(max_result_terms, 3),
+                   ?C:decode(enc(#{a => 1, b => 2}), limits(3, infinity))),
+     ?_assertEqual(too_large(max_result_terms, 2), ?C:decode(enc({1, 2, 3}), limits(2, infinity))),
+     %% decode_fields: the fields themselves are not counted.
+     ?_assertEqual({ok, [1, [2]]}, ?C:decode_fields(2, <<1, 16#91, 2>>, limits(1, infinity)))].
+
+%% A header claiming more values than there are bytes is truncated, not
+%% too large, and what the bytes can hold is all that is built.
+claimed_count_test_() ->
+    [?_assertEqual({error, {bad_msgpack, {truncated, 8}}},
+                   ?C:decode(<<16#dd, 30000000:32, 1, 2, 3>>, limits(10, infinity))),
+     ?_assertEqual({error, {bad_msgpack, {truncated, 8}}},
+                   ?C:decode(<<16#df, 30000000:32, 1, 2, 3>>, limits(10, infinity))),
+     ?_assertEqual(too_large(max_result_terms, 2),
+                   ?C:decode(<<16#dd, 30000000:32, 1, 2, 3>>, limits(2, infinity)))].
+
+%% A 30 MB list of fixints is refused at its header, before anything is
+%% built: the decoding process's heap stays small (it would be 480 MB).
+refused_before_built_test_() ->
+    {timeout, 30,
+     fun() ->
+             Bin = <<16#dd, 30000000:32, (binary:copy(<<1>>, 30000000))/binary>>,
+             {Result, Heap} = in_process(fun() -> ?C:decode(Bin) end),
+             ?assertEqual(too_large(max_result_terms, 64 * 1024 * 1024 div 16), Result),
+             ?assert(Heap < 100000, {heap_words, Heap}),
+             %% By bytes too, and as it goes: 3 M strings of one character
+             %% pass the header (48 MB of cells) and are refused where
+             %% their own heap binaries pass 64 MB.
+             Strings = <<16#dd, 3000000:32, (binary:copy(<<16#a1, $a>>, 3000000))/binary>>,
+             {Result2, Heap2} = in_process(fun() -> ?C:decode(Strings, limits(infinity, 64 bsl 20)) end),
+             ?assertEqual(too_large(max_decoded_bytes, 64 bsl 20), Result2),
+             ?assert(Heap2 < 64 bsl 20, {heap_words, Heap2})
+     end}.
+
+%% Runs Fun in a fresh process: its result and that process's heap (words)
+%% right after.
+in_process(Fun) ->
+    Self = self(),
+    Pid = spawn(fun() ->
+                        R = Fun(),
+                        {total_heap_size, H} = process_info(self(), total_heap_size),
+                        Self ! {self(), R, H}
+                end),
+    receive {Pid, R, H} -> {R, H} end.
+
+%% What each kind of value is charged: heap words, 8 bytes each.
+bytes_budget_test_() ->
+    Cases = [{lists:seq(1, 100), 200},                       % list cells
+             {lists:duplicate(100, <<"a">>), 200 + 100 * 3}, % heap binaries of 1 byte
+             {lists:duplicate(100, 1.5), 200 + 100 * 2},     % floats
+             {[1 bsl 62], 2 + 2},                            % beyond a small integer
+             {{1, 2, 3}, 4},                                 % tuple
+             {#{a => 1}, 4 + 4},                             % map
+             {[a, b, c], 6}],                                % atoms take no heap
+    lists:append(
+      [[?_assertMatch({ok, _}, ?C:decode(enc(T), limits(infinity, 8 * Words))),
+        ?_assertMatch({error, {result_too_large, max_decoded_bytes, _}},
+                      ?C:decode(enc(T), limits(infinity, 8 * Words - 1)))]
+       || {T, Words} <- Cases]) ++
+        %% A large binary is a sub-binary of the frame: its data is not
+        %% charged (the frame is bounded by max_frame_size).
+        [?_assertMatch({ok, _}, ?C:decode(enc(binary:copy(<<0>>, 1 bsl 20)), limits(1, 6 * 8)))].
+
+%% Atoms: existing ones always decode; new ones only within the budget.
+atom_budget_test_() ->
+    {setup,
+     fun() -> application:load(pyport) end,
+     fun(_) -> application:unset_env(pyport, max_new_atoms) end,
+     fun(_) ->
+             [fun existing_atoms_need_no_budget/0, fun pool_budget_counts/0,
+              fun node_budget_bounds_every_pool/0, fun sandboxed_pools_make_none/0,
+              fun exception_types/0, fun concurrent_decoders_share_a_budget/0]
+     end}.
+
+new_name(Prefix) ->
+    <<Prefix/binary, (integer_to_binary(erlang:unique_integer([positive])))/binary>>.
+
+%% A new atom's bytes: ext 1 with the name.
+atom_bytes(Name) ->
+    <<(ext_header(1, byte_size(Name)))/binary, Name/binary>>.
+
+existing_atoms_need_no_budget() ->
+    New = new_name(<<"pyport_no_budget_">>),
+    None = limits(infinity, infinity),
+    ?assertEqual({ok, [ok, error]}, ?C:decode(enc([ok, error]), None)),
+    ?assertEqual({error, {atom_limit, New, 0}}, ?C:decode(atom_bytes(New), None)),
+    %% As a map key too, and the atom was not made.
+    ?assertEqual({error, {atom_limit, New, 0}},
+                 ?C:decode(<<16#81, (atom_bytes(New))/binary, 1>>, None)),
+    ?assertError(badarg, binary_to_existing_atom(New, utf8)),
+    %% A name that cannot be an atom is bad, whatever the budget.
+    ?assertEqual({error, {bad_msgpack, {bad_atom, 0}}}, ?C:decode(<<16#d4, 1, 255>>, None)).
+
+pool_budget_counts() ->
+    Pool = binary_to_atom(new_name(<<"pyport_test_pool_">>)),
+    Limits = limits(infinity, infinity, pyport_atoms:pool_budget(Pool, #{max_new_atoms => 3})),
+    [A, B, C, D] = [new_name(<<"pyport_pool_atom_">>) || _ <- lists:seq(1, 4)],
+    Before = erlang:system_info(atom_count),
+    ?assertEqual({error, {atom_limit, D, 3}},
+                 ?C:decode(<<16#94, (atom_bytes(A))/binary, (atom_bytes(B))/binary,
+                             (atom_bytes(C))/binary, (atom_bytes(D))/binary>>, Limits)),
+    ?assertEqual(3, erlang:system_info(atom_count) - Before),
+    ?assertEqual(#{used => 3}, pyport_atoms:pool_info(Pool)),
+    %% Made once, they exist: no budget needed any more.
+    ?assertMatch({ok, [_, _, _]},
+                 ?C:decode(<<16#93, (atom_bytes(A))/binary, (atom_bytes(B))/binary,
+                             (atom_bytes(C))/binary>>, Limits)),
+    ?assertEqual({error, {atom_limit, D, 3}}, ?C:decode(atom_bytes(D), Limits)).
+
+node_budget_bounds_every_pool() ->
+    #{used := Used} = pyport_atoms:info(),
+    ok = application:set_env(pyport, max_new_atoms, Used + 2),
+    try
+        Pool = binary_to_atom(new_name(<<"pyport_test_pool_">>)),
+        %% The pool's own budget is larger, the node's is what is left.
+        Limits = limits(infinity, infinity, pyport_atoms:pool_budget(Pool, #{max_new_atoms => 100})),
+        [A, B, C] = [new_name(<<"pyport_node_atom_">>) || _ <- lists:seq(1, 3)],
+        ?assertMatch({ok, _}, ?C:decode(atom_bytes(A), Limits)),
+        ?assertMatch({ok, _}, ?C:decode(atom_bytes(B), Limits)),
+        ?assertEqual({error, {atom_limit, C, Used + 2}}, ?C:decode(atom_bytes(C), Limits)),
+        %% A refused atom leaves both counts as they were.
+        ?assertEqual(#{used => 2}, pyport_atoms:pool_info(Pool)),
+        ?assertMatch(#{used := U} when U =:= Used + 2, pyport_atoms:info())
+    after
+        application:unset_env(pyport, max_new_atoms)
+    end.
+
+sandboxed_pools_make_none() ->
+    New = new_name(<<"pyport_sandboxed_">>),
+    Budget = pyport_atoms:pool_budget(sandboxed, #{sandbox => #{}, max_new_atoms => default}),
+    ?assertEqual({error, {atom_limit, New, 0}},
+                 ?C:decode(atom_bytes(New), limits(infinity, infinity, Budget))),
+    %% Unless the pool says otherwise.
+    Allowed = pyport_atoms:pool_budget(sandboxed, #{sandbox => #{}, max_new_atoms => node}),
+    ?assertMatch({ok, _}, ?C:decode(atom_bytes(New), limits(infinity, infinity, Allowed))).
+
+exception_types() ->
+    Pool = binary_to_atom(new_name(<<"pyport_test_pool_">>)),
+    Budget = pyport_atoms:pool_budget(Pool, #{max_new_atoms => 1}),
+    [A, B] = [new_name(<<"PyportError">>) || _ <- [1, 2]],
+    ?assertEqual('ValueError', pyport_atoms:exception_type(<<"ValueError">>, Budget)),
+    TypeA = pyport_atoms:exception_type(A, Budget),
+    ?assert(is_atom(TypeA)),
+    ?assertEqual(A, atom_to_binary(TypeA)),
+    %% Past the budget the name arrives as text, and is not made.
+    ?assertEqual(B, pyport_atoms:exception_type(B, Budget)),
+    ?assertError(badarg, binary_to_existing_atom(B, utf8)).
+
+%% Many decoders at once never make more than the budget.
+concurrent_decoders_share_a_budget() ->
+    Pool = binary_to_atom(new_name(<<"pyport_test_pool_">>)),
+    Limits = limits(infinity, infinity, pyport_atoms:pool_budget(Pool, #{max_new_atoms => 50})),
+    Self = self(),
+    Before = erlang:system_info(atom_count),
+    Pids = [spawn(fun() ->
+                          Made = length([ok || _ <- lists:seq(1, 20),
+                                               {ok, _} <- [?C:decode(atom_bytes(new_name(<<"pyport_race_">>)),
+                                                                     Limits)]]),
+                          Self ! {self(), Made}
+                  end) || _ <- lists:seq(1, 8)],
+    Made = lists:sum([receive {P, M} -> M end || P <- Pids]),
+    ?assert(Made =< 50 andalso Made >= 40, {made, Made}),
+    ?assertEqual(Made, erlang:system_info(atom_count) - Before),
+    ?assertEqual(#{used => Made}, pyport_atoms:pool_info(Pool)).
+
+%% A process's own limits (a port owner's, its pool's) apply to the
+%% decodes that name none.
+process_limits_test() ->
+    Self = self(),
+    spawn(fun() ->
+                  ok = pyport_limits:set_process(limits(2, infinity)),
+                  Self ! {limited, ?C:decode(enc([1, 2, 3]))}
+          end),
+    receive {limited, R} -> ?assertEqual(too_large(max_result_terms, 2), R) end,
+    ?assertMatch({ok, [1, 2, 3]}, ?C:decode(enc([1, 2, 3]))).
+
 %% Random bytes and mutated vectors: every outcome is a value or a clean error.
 random_bytes_test_() ->
     {timeout, 60,

@@ -74,7 +74,7 @@ chaos(Config) ->
      end || {_, P} <- Pids],
     {ok, #{tab := Tab}} = pyport_pool:info(chaos),
     ?assertEqual(4, ets:info(Tab, size)),
-    %% Two OS processes per worker: its keeper and itself.
+    %% Each worker is two OS processes: its keeper and the Python process.
     ?assertEqual(length(WorkersBefore) + 2 * 4, length(worker_processes(Worker))),
     ok = pyport:stop_pool(chaos),
     %% No orphan OS process, no port left open, nothing in our mailbox.

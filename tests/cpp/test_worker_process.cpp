@@ -27,6 +27,18 @@ using namespace testing;
 
 namespace {
 
+pid_t parent_of(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  size_t close = text.rfind(')');
+  if (close == std::string::npos) return -1;
+  std::istringstream rest(text.substr(close + 1));
+  std::string state;
+  pid_t ppid = -1;
+  rest >> state >> ppid;
+  return ppid;
+}
+
 constexpr int kHangGuardMs = 30000;
 
 template <typename... T>
@@ -226,19 +238,6 @@ Frame hello(Process& p) {
   return f;
 }
 
-// The parent of a process, from /proc/<pid>/stat (-1 if unknown).
-pid_t parent_of(pid_t pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-  size_t paren = text.rfind(')');
-  if (paren == std::string::npos) return -1;
-  std::istringstream rest(text.substr(paren + 1));
-  std::string state;
-  long ppid = -1;
-  rest >> state >> ppid;
-  return pid_t(ppid);
-}
-
 bool contains(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;
 }
@@ -254,7 +253,7 @@ BOOST_AUTO_TEST_CASE(hello_call_and_exit_0_at_end_of_input) {
   BOOST_TEST(h.id() == 0u);
   BOOST_TEST(h.field(2).as<int>() == 1);
   BOOST_TEST(h.str(3).rfind("3.", 0) == 0u);
-  // The worker's own pid: a child of the process started, its keeper.
+  // The Python process is the child of the one started (its keeper).
   BOOST_TEST(parent_of(h.field(4).as<pid_t>()) == p.pid());
   std::ostringstream caps;
   caps << h.field(5);

@@ -2,15 +2,19 @@
 import re
 
 
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
 def test_hello_fields(worker):
     hello = worker.hello
     assert hello.version == 1
     assert re.fullmatch(r"3\.\d+\.\d+\S*", hello.python_version), hello.python_version
-    # The worker's own pid: a child of the process we started (its keeper,
-    # port_worker/keeper.hpp), with no shell or wrapper in between.
-    with open(f"/proc/{hello.os_pid}/stat") as f:
-        parent = int(f.read().rsplit(")", 1)[1].split()[1])
-    assert parent == worker.pid
+    # The Python process is the only child of the process we started (its
+    # keeper, which reaps whatever the worker leaves behind): no shell.
+    assert hello.os_pid != worker.pid
+    assert parent_of(hello.os_pid) == worker.pid
     caps = hello.capabilities
     assert caps["max_frame_size"] == 67108864
     assert all(isinstance(f, str) for f in caps["features"])

@@ -90,3 +90,18 @@ def test_malformed_interrupts_are_frame_errors(worker):
     frame = worker.read_frame()
     assert (frame.kind, frame.id, frame.fields[0]) == (P.ERROR, 0, "FrameError")
     assert_in_sync(worker)
+
+
+def test_an_interrupt_never_lands_inside_a_module_import(worker):
+    """A caller giving up while its request imports the module (here a
+    package that, like asyncio, cannot be imported again after a failed
+    import) interrupts the request once the import is done: the module
+    stays whole for every later request."""
+    id = worker.request(P.CALL, "harness_slow_pkg", "value", [], {})
+    worker.wait_for_log(lambda level, line: line == "importing harness_slow_pkg")
+    worker.interrupt(id)
+    frame = worker.wait(id, timeout=GUARD)
+    assert frame.kind == P.ERROR and frame.fields[0] == "KeyboardInterrupt"
+    again = worker.request(P.CALL, "harness_slow_pkg", "value", [], {})
+    assert worker.result(again) == 42
+    assert_in_sync(worker)

@@ -188,18 +188,18 @@ def test_the_tests_run_in_a_child_of_the_runner(tmp_path):
         import os
 
         def test_where():
-            # The worker's parent is its keeper, the process the runner started.
-            with open(f"/proc/{{os.getppid()}}/stat") as f:
-                keeper_parent = int(f.read().rsplit(")", 1)[1].split()[1])
             with open({str(report)!r}, "w") as f:
+                # The worker's parent is its keeper, the runner's child.
+                with open(f"/proc/{{os.getppid()}}/stat") as stat:
+                    keeper_parent = stat.read().rsplit(")", 1)[1].split()[1]
                 f.write(f"{{os.getpid()}} {{keeper_parent}}")
     """)
     runner = subprocess.Popen([PYPORT_RUN, str(target)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     out, err = runner.communicate(timeout=300)
     assert runner.returncode == 0, out + err
-    pid, grandparent = map(int, report.read_text().split())
-    assert grandparent == runner.pid and pid != runner.pid
+    pid, ppid = map(int, report.read_text().split())
+    assert ppid == runner.pid and pid != runner.pid
     assert f"worker pid {pid}," in out
 
 
