@@ -18,14 +18,20 @@
 
 -include_lib("kernel/include/logger.hrl").
 
--export([start_link/0, watch/2, kill/1, kill_os_pid/1, watched/0]).
+-export([start_link/0, watch/2, kill/1, kill_os_pid/1, watched/0, helper_os_pid/0]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+
+%% A helper that dies sooner than this after it started is not restarted
+%% here: the reaper exits and its supervisor takes over.
+-define(MIN_HELPER_LIFE_MS, 1000).
 
 -record(state, {
           helper :: port() | undefined,
           next_id = 1 :: pos_integer(),
           %% Watched ports: their helper id and monitor.
-          ports = #{} :: #{port() => {pos_integer(), reference()}}
+          ports = #{} :: #{port() => {pos_integer(), reference()}},
+          %% When the helper was last started (monotonic ms).
+          started_at = 0 :: integer()
          }).
 
 %% @doc Starts the reaper and its helper port.
@@ -63,24 +69,23 @@ watched() ->
 %% @private
 -spec init([]) -> {ok, #state{}}.
 init([]) ->
-    Exe = helper_executable(),
-    Helper = try open_port({spawn_executable, Exe},
-                           [{args, ["--reaper"]}, exit_status, use_stdio, binary])
-             catch error:Reason ->
-                     %% Workers still end when their input closes (they
-                     %% interrupt what runs and kill themselves after a
-                     %% grace period), only later.
-                     ?LOG_ERROR("pyport: cannot start the reaper helper ~ts: ~tp; "
-                                "workers will not be killed from the node",
-                                [Exe, Reason], #{domain => [pyport]}),
-                     undefined
-             end,
-    {ok, #state{helper = Helper}}.
+    {ok, #state{helper = open_helper(), started_at = now_ms()}}.
+
+%% @doc The OS pid of the helper (for tests), or undefined.
+-spec helper_os_pid() -> non_neg_integer() | undefined.
+helper_os_pid() ->
+    gen_server:call(?MODULE, helper_os_pid).
 
 %% @private
 -spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
 handle_call(watched, _From, #state{ports = Ports} = State) ->
     {reply, map_size(Ports), State};
+handle_call(helper_os_pid, _From, #state{helper = Helper} = State) ->
+    OsPid = case Helper =/= undefined andalso erlang:port_info(Helper, os_pid) of
+                {os_pid, P} -> P;
+                _ -> undefined
+            end,
+    {reply, OsPid, State};
 handle_call(_Request, _From, State) ->
     {reply, {error, unknown_call}, State}.
 
@@ -98,6 +103,12 @@ handle_cast({watch, Port, OsPid}, #state{ports = Ports, next_id = Id} = State) -
             command(State, ["w ", integer_to_list(Id), $\s, integer_to_list(OsPid), $\n]),
             {noreply, State#state{next_id = Id + 1, ports = Ports#{Port => {Id, Mon}}}}
     end;
+handle_cast({kill, Port}, #state{helper = undefined} = State) ->
+    %% No helper: closing the port ends the worker all the same, only
+    %% later (at end of input it interrupts what runs, and kills itself
+    %% 1 s after if that was not enough; its keeper ends the rest).
+    _ = (catch erlang:port_close(Port)),
+    {noreply, State};
 handle_cast({kill, Port}, #state{ports = Ports} = State) ->
     case maps:take(Port, Ports) of
         {{Id, Mon}, Rest} ->
@@ -126,11 +137,31 @@ handle_info({'DOWN', _Mon, port, Port, _}, #state{ports = Ports} = State) ->
         error ->
             {noreply, State}
     end;
-handle_info({Helper, {exit_status, Status}}, #state{helper = Helper} = State) ->
-    {stop, {reaper_helper_exited, Status}, State#state{helper = undefined}};
+handle_info({Helper, {exit_status, Status}}, #state{helper = Helper, started_at = At} = State) ->
+    case now_ms() - At < ?MIN_HELPER_LIFE_MS of
+        true -> {stop, {reaper_helper_exited, Status}, State#state{helper = undefined}};
+        false -> helper_exited(Status, State)
+    end;
 handle_info({Helper, {data, _}}, #state{helper = Helper} = State) ->
     {noreply, State};
 handle_info(_Msg, State) ->
+    {noreply, State}.
+
+helper_exited(Status, #state{ports = Ports} = State0) ->
+    %% Killed from outside: a new helper watches the same ports (each with
+    %% a new pidfd; the ports are still open, so their processes are ours).
+    ?LOG_WARNING("pyport: the reaper helper exited (status ~b); restarting it",
+                 [Status], #{domain => [pyport]}),
+    State = State0#state{helper = open_helper(), started_at = now_ms()},
+    maps:foreach(fun(Port, {Id, _}) ->
+                         case erlang:port_info(Port, os_pid) of
+                             {os_pid, OsPid} when is_integer(OsPid) ->
+                                 command(State, ["w ", integer_to_list(Id), $\s,
+                                                 integer_to_list(OsPid), $\n]);
+                             _ ->
+                                 ok
+                         end
+                 end, Ports),
     {noreply, State}.
 
 %% @private
@@ -144,6 +175,21 @@ command(#state{helper = Helper}, Line) ->
     %% The helper reads what it is sent before it could fill a pipe.
     _ = (catch port_command(Helper, Line)),
     ok.
+
+open_helper() ->
+    Exe = helper_executable(),
+    try open_port({spawn_executable, Exe}, [{args, ["--reaper"]}, exit_status, use_stdio, binary])
+    catch error:Reason ->
+            %% Workers still end when their port closes (they interrupt what
+            %% runs and kill themselves after a grace period), only later.
+            ?LOG_ERROR("pyport: cannot start the reaper helper ~ts: ~tp; "
+                       "workers are stopped by closing their ports",
+                       [Exe, Reason], #{domain => [pyport]}),
+            undefined
+    end.
+
+now_ms() ->
+    erlang:monotonic_time(millisecond).
 
 helper_executable() ->
     case code:priv_dir(pyport) of

@@ -12,7 +12,8 @@
 
 -export([all/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2, end_per_testcase/2]).
 -export([forked_child_outlives_worker/1, owner_killed_spinning/1, owner_killed_sleeping/1,
-         owner_killed_without_the_reaper/1, stop_pool_with_calls_in_flight/1,
+         owner_killed_without_the_reaper/1, reaper_helper_killed/1,
+         stop_pool_with_calls_in_flight/1,
          huge_shutdown_timeout/1, kill_under_load_counters/1, kill_every_process_of_the_tree/1,
          introspection_in_every_state/1, out_of_file_descriptors/1, workers_have_no_tty/1]).
 
@@ -21,7 +22,8 @@
 
 all() ->
     [forked_child_outlives_worker, owner_killed_spinning, owner_killed_sleeping,
-     owner_killed_without_the_reaper, stop_pool_with_calls_in_flight, huge_shutdown_timeout,
+     owner_killed_without_the_reaper, reaper_helper_killed, stop_pool_with_calls_in_flight,
+     huge_shutdown_timeout,
      kill_under_load_counters, introspection_in_every_state, kill_every_process_of_the_tree,
      out_of_file_descriptors, workers_have_no_tty].
 
@@ -86,6 +88,25 @@ owner_killed_without_the_reaper(Config) ->
     try owner_killed(stubborn, Config)
     after sys:resume(Reaper)
     end.
+
+%% The helper killed from outside: the reaper starts another, which
+%% watches the workers already running (nothing else restarts).
+reaper_helper_killed(Config) ->
+    Reaper = whereis(pyport_reaper),
+    Tag = start_pool(helper_killed, #{size => 1}, Config),
+    Worker = wait_up({helper_killed, 1}),
+    Helper = pyport_reaper:helper_os_pid(),
+    %% Not right after the reaper started: it would give up on its helper.
+    timer:sleep(1100),
+    pyport_os:kill(Helper),
+    wait_until(fun() -> not lists:member(pyport_reaper:helper_os_pid(), [Helper, undefined]) end),
+    ?assertEqual(Reaper, whereis(pyport_reaper)),
+    ?assertEqual(Worker, pyport_test_util:os_pid({helper_killed, 1})),
+    Keeper = parent(Worker),
+    exit(owner(helper_killed, 1), kill),
+    wait_until(fun() -> not pyport_os:alive(Worker) andalso not pyport_os:alive(Keeper) end, 250),
+    New = wait_new_worker({helper_killed, 1}, Worker),
+    ?assertEqual(lists:sort([parent(New), New]), tagged(Tag)).
 
 owner_killed(Fun, Config) ->
     Tag = start_pool(owner_killed, #{size => 1, kill_after => infinity}, Config),
@@ -259,6 +280,7 @@ kill_with_calls_in_flight(Path, Opts) ->
     wait_until(fun() -> length(tagged(Tag)) =:= 4 end),
     Ets = length(ets:all()),
     Procs = erlang:system_info(process_count),
+    Ports = length(erlang:ports()),
     Callers = [spawn_caller(tree, 3000) || _ <- lists:seq(1, 10)],
     timer:sleep(200),
     Victim = child_pid(pyport_sup, Path),
@@ -276,6 +298,7 @@ kill_with_calls_in_flight(Path, Opts) ->
     wait_until(fun() -> length(tagged(Tag)) =:= 4 end),
     wait_until(fun() -> length(ets:all()) =:= Ets end),
     wait_until(fun() -> erlang:system_info(process_count) =< Procs end),
+    wait_until(fun() -> length(erlang:ports()) =:= Ports end),
     ok.
 
 %%%===================================================================
