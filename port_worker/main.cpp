@@ -76,6 +76,8 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (!error.empty()) {
+    // fd 1 is still the frame channel: the owner learns why.
+    pyport::report_start_failure(1, error, "options");
     std::fprintf(stderr, "pyport_worker: %s\n%s", error.c_str(), pyport::kUsage);
     return 2;
   }
@@ -103,6 +105,7 @@ int main(int argc, char** argv) {
     sandbox = std::make_unique<pyport::Sandbox>(options);
     error = sandbox->enter_early();
     if (!error.empty()) {
+      pyport::report_start_failure(1, "sandbox: " + error, "sandbox");
       std::fprintf(stderr, "pyport_worker: sandbox: %s\n", error.c_str());
       return 1;
     }
@@ -125,6 +128,7 @@ int main(int argc, char** argv) {
   error = pyport::apply_limits(
       options, options.zygote ? pyport::LimitScope::kProcess : pyport::LimitScope::kAll);
   if (!error.empty()) {
+    pyport::report_start_failure(1, error, "limits");
     std::fprintf(stderr, "pyport_worker: %s\n", error.c_str());
     return 1;
   }

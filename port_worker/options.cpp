@@ -69,16 +69,24 @@ struct Limit {
   int resource;
   uint64_t Options::*field;
   uint64_t min;
+  uint64_t max;
   const char* unit;
 };
 
+// The largest value of a limit: below RLIM_INFINITY (which would lift the
+// limit). CPU seconds stop sooner: the kernel counts them in nanoseconds
+// in 64 bits, and a larger value wraps into an instant SIGXCPU. The owner
+// checks the same bounds (pyport_config.erl).
+constexpr uint64_t kMaxLimit = uint64_t(1) << 62;
+constexpr uint64_t kMaxCpuSeconds = 0xffffffffu;
+
 // The smallest values still let Python start and run.
 const Limit kLimits[] = {
-    {"--max-memory", RLIMIT_AS, &Options::max_memory, uint64_t(32) << 20, "bytes"},
-    {"--cpu-seconds", RLIMIT_CPU, &Options::cpu_seconds, 1, "seconds"},
-    {"--max-open-files", RLIMIT_NOFILE, &Options::max_open_files, 16, "descriptors"},
-    {"--max-file-size", RLIMIT_FSIZE, &Options::max_file_size, 1, "bytes"},
-    {"--max-processes", RLIMIT_NPROC, &Options::max_processes, 1, "processes"},
+    {"--max-memory", RLIMIT_AS, &Options::max_memory, uint64_t(32) << 20, kMaxLimit, "bytes"},
+    {"--cpu-seconds", RLIMIT_CPU, &Options::cpu_seconds, 1, kMaxCpuSeconds, "seconds"},
+    {"--max-open-files", RLIMIT_NOFILE, &Options::max_open_files, 16, kMaxLimit, "descriptors"},
+    {"--max-file-size", RLIMIT_FSIZE, &Options::max_file_size, 1, kMaxLimit, "bytes"},
+    {"--max-processes", RLIMIT_NPROC, &Options::max_processes, 1, kMaxLimit, "processes"},
 };
 
 bool in_scope(int resource, LimitScope scope) {
@@ -155,9 +163,10 @@ std::string parse_options(int argc, const char* const* argv, Options& out) {
     } else if (name == "--path") {
       out.paths.push_back(value);
     } else if (limit) {
-      if (!parse_number(value, limit->min, UINT64_MAX, out.*(limit->field))) {
-        return std::string(limit->option) + " must be a number of " + limit->unit + ", at least " +
-               std::to_string(limit->min) + ", not '" + value + "'";
+      if (!parse_number(value, limit->min, limit->max, out.*(limit->field))) {
+        return std::string(limit->option) + " must be a number of " + limit->unit + " from " +
+               std::to_string(limit->min) + " to " + std::to_string(limit->max) + ", not '" +
+               value + "'";
       }
     } else if (name == "--sandbox-allow") {
       unsigned bit = 0;

@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "utf8.hpp"
 #include "uv_transports.hpp"
 
 #ifndef PYPORT_PYTHON_PROGRAM
@@ -25,6 +26,32 @@ void write_diag(int fd, const std::string& message) {
   std::string line = "pyport_worker: " + message + "\n";
   const char* p = line.data();
   size_t left = line.size();
+  while (left) {
+    ssize_t n = write(fd, p, left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    p += n;
+    left -= size_t(n);
+  }
+}
+
+void report_start_failure(int fd, const std::string& message, const std::string& stage) {
+  if (fd < 0) return;
+  // The option the message is about: given, or its first "--name".
+  std::string where = stage;
+  size_t at = message.find("--");
+  if (stage.rfind("--", 0) != 0 && at != std::string::npos) {
+    size_t end = message.find_first_of(" '=:", at);
+    where = message.substr(at, end == std::string::npos ? std::string::npos : end - at);
+  }
+  // Paths and environment values in it may be any bytes.
+  std::string text, at_fault;
+  utf8::append_sanitized(text, reinterpret_cast<const uint8_t*>(message.data()), message.size());
+  utf8::append_sanitized(at_fault, reinterpret_cast<const uint8_t*>(where.data()), where.size());
+  ByteBuffer frame;
+  write_error_frame(frame, 0, "StartError", text, at_fault, kMinMaxFrameSize * 16);
+  const uint8_t* p = frame.data();
+  size_t left = frame.size();
   while (left) {
     ssize_t n = write(fd, p, left);
     if (n < 0 && errno == EINTR) continue;
@@ -110,8 +137,15 @@ int Worker::run(const Channel& channel) {
     return 1;
   }
   loop_thread_ = PyThread_get_thread_ident();
-  if (!init_python()) return 1;
-  if (sandbox_ && (!enter_sandbox() || !start_relay())) return 1;
+  if (!init_python()) {
+    report_start_failure(channel_.out_fd, last_diag_, "python");
+    return 1;
+  }
+  if (sandbox_ && (!enter_sandbox() || !start_relay())) {
+    report_start_failure(channel_.out_fd, last_diag_,
+                         failed_option_.empty() ? "sandbox" : failed_option_);
+    return 1;
+  }
   link_->bind_main(this);
   link_->install(reader_);
 
@@ -257,7 +291,15 @@ bool Worker::init_python() {
   if (!PyStatus_Exception(status)) status = Py_InitializeFromConfig(&config);
   PyConfig_Clear(&config);
   if (PyStatus_Exception(status)) {
-    diag(std::string("cannot start Python: ") + (status.err_msg ? status.err_msg : "unknown"));
+    // Usually the environment's doing: say what it had.
+    std::string env;
+    for (const char* name : {"PYTHONHOME", "PYTHONPATH"}) {
+      const char* value = getenv(name);
+      if (value) env += std::string(env.empty() ? " (" : ", ") + name + "=" + value;
+    }
+    if (!env.empty()) env += ")";
+    diag(std::string("cannot start Python: ") + (status.err_msg ? status.err_msg : "unknown") +
+         env);
     return false;
   }
 
@@ -317,6 +359,7 @@ bool Worker::enter_sandbox() {
     PyRef module = PyRef::steal(PyImport_ImportModule(name.c_str()));
     if (!module) {
       diag("cannot preload " + name + ": " + current_exception_text());
+      failed_option_ = "--preload";
       return false;
     }
   }

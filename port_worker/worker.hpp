@@ -38,6 +38,14 @@ struct Channel {
 // Writes "pyport_worker: <message>\n" to fd (the inherited stderr), if open.
 void write_diag(int fd, const std::string& message);
 
+// Before its HELLO, tells the owner why the worker cannot start: an ERROR
+// frame with id 0, type "StartError", the message, and in the traceback
+// field what is at fault: `stage` if it is an option ("--preload"), else
+// the option the message names ("--max-memory"), else `stage` ("python",
+// "sandbox").
+// Written at once to fd (the frame channel), which nothing else writes yet.
+void report_start_failure(int fd, const std::string& message, const std::string& stage);
+
 // The main thread idles in a plain libuv loop (idle()) and answers requests
 // from there until something needs asyncio; then the worker's asyncio loop
 // (erlang._worker.serve) takes over, whose Poller waits on the same libuv
@@ -111,7 +119,10 @@ class Worker : public LoopHost, public MainThread {
   // The end of input, a SHUTDOWN or a failed write has been seen: the worker
   // loop's input callback stops the loop.
   bool stopping() const;
-  void diag(const std::string& message) { write_diag(channel_.diag_fd, message); }
+  void diag(const std::string& message) {
+    last_diag_ = message;
+    write_diag(channel_.diag_fd, message);
+  }
 
   static void on_input(uv_poll_t* handle, int status, int events);
   static void on_write_error(void* ctx, int status);
@@ -145,6 +156,8 @@ class Worker : public LoopHost, public MainThread {
   std::atomic<bool> loop_requested_{false};  // a thread waits for it to exist
   bool loop_completions_ = false;            // the main thread posted some for itself
   int exit_status_ = 0;
+  std::string last_diag_;      // the reason a start failed, for report_start_failure
+  std::string failed_option_;  // the option at fault in last_diag_, if the message does not say
   unsigned long loop_thread_ = 0;
 
   // Python state, used on the loop thread with the GIL.

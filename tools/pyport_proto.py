@@ -601,6 +601,14 @@ class Worker:
 
     def _read_hello(self, timeout: float) -> Hello:
         frame = self.read_frame(timeout)
+        if frame.kind == ERROR and frame.id == 0 and frame.fields[0] == "StartError":
+            # The worker says why it cannot start, then exits.
+            message, at_fault = frame.fields[1], frame.fields[2]
+            try:
+                rc = self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                rc = None
+            raise WorkerExited(rc, f"its HELLO ({at_fault}: {message})")
         if frame.kind != HELLO:
             raise ProtocolError(f"first frame is {frame.name}, not HELLO: {frame.fields!r:.200}")
         hello = Hello(*frame.fields)

@@ -42,7 +42,7 @@
          await/1, await/2, interrupt/1,
          async_call/3, async_call/4, async_await/1, async_await/2,
          async_gather/1, async_gather/2,
-         stream/3, stream/4, stream_eval/1, stream_eval/2,
+         stream/3, stream/4, stream/5, stream_eval/1, stream_eval/2, stream_eval/3,
          stream_start/3, stream_start/4, stream_cancel/1,
          parallel/1, parallel/2,
          context/0, context/1, context/2, context_slot/1,
@@ -84,6 +84,9 @@
 -type async_ref() :: pyport_async:ref().
 -type stream_ref() :: pyport_async:stream_ref().
 -type call_spec() :: {name(), name(), [term()]} | {name(), name(), [term()], map()}.
+-type stream_opts() :: #{pool => atom(), timeout => timeout(),
+                         max_items => pos_integer() | infinity,
+                         max_bytes => pos_integer() | infinity}.
 
 %%%===================================================================
 %%% Calls
@@ -329,7 +332,8 @@ start_task(Build) ->
 
 %% @doc Collects the items of `Module.Function(*Args)': a generator, an
 %% async generator, or any (async) iterable; also a coroutine whose value
-%% is one. `{ok, Items}' or `{error, Reason}'.
+%% is one. `{ok, Items}' or `{error, Reason}'. Collection is bounded (see
+%% {@link stream/5}); {@link stream_start/3} streams without collecting.
 -spec stream(name(), name(), [term()]) -> result().
 stream(Module, Function, Args) ->
     stream(Module, Function, Args, #{}).
@@ -337,7 +341,21 @@ stream(Module, Function, Args) ->
 %% @doc {@link stream/3} with keyword arguments.
 -spec stream(name(), name(), [term()], map()) -> result().
 stream(Module, Function, Args, Kwargs) ->
-    collect(stream_start(Module, Function, Args, #{kwargs => Kwargs})).
+    stream(Module, Function, Args, Kwargs, #{}).
+
+%% @doc {@link stream/4} with options: `pool'; `timeout', the longest wait
+%% for the next item (default: the pool's `call_timeout'); `max_items'
+%% (default 1000000) and `max_bytes' (default: the pool's
+%% `max_frame_size'; the items' `erlang:external_size/1' summed), each a
+%% positive integer or `infinity'. Past a limit the generator is closed in
+%% the worker and the answer is `{error, {stream_too_large, Key, Limit}}'.
+-spec stream(name(), name(), [term()], map(), stream_opts()) -> result().
+stream(Module, Function, Args, Kwargs, Opts) ->
+    collect_stream(Opts, fun(Pool) ->
+                                 pyport_async:stream_start(
+                                   {pool, Pool},
+                                   {?CALL, call_fields(Module, Function, Args, Kwargs)}, self())
+                         end).
 
 %% @doc Collects the items of a Python expression's value, e.g. a generator
 %% expression: `py:stream_eval(<<"(x * x for x in range(4))">>)'.
@@ -347,17 +365,49 @@ stream_eval(Code) ->
 
 %% @doc {@link stream_eval/1} with local variables.
 -spec stream_eval(code(), map()) -> result().
-stream_eval(Code, Locals) when is_map(Locals) ->
-    collect(request(fun() ->
-                            pyport_async:stream_start(
-                              {pool, ?DEFAULT_POOL},
-                              {?EVAL, eval_fields(Code, Locals, ?SHARED_NAMESPACE)}, self())
-                    end)).
+stream_eval(Code, Locals) ->
+    stream_eval(Code, Locals, #{}).
 
-collect({ok, Ref}) ->
-    pyport_async:collect(Ref, call_timeout(?DEFAULT_POOL));
-collect({error, _} = Error) ->
-    Error.
+%% @doc {@link stream_eval/2} with the options of {@link stream/5}.
+-spec stream_eval(code(), map(), stream_opts()) -> result().
+stream_eval(Code, Locals, Opts) when is_map(Locals) ->
+    collect_stream(Opts, fun(Pool) ->
+                                 pyport_async:stream_start(
+                                   {pool, Pool},
+                                   {?EVAL, eval_fields(Code, Locals, ?SHARED_NAMESPACE)}, self())
+                         end).
+
+collect_stream(Opts, Start) ->
+    request(fun() ->
+                    #{pool := Pool} = O = stream_options(Opts),
+                    case pyport_pool:info(Pool) of
+                        {ok, Info} ->
+                            Limits = maps:merge(pyport_async:collect_limits(Info),
+                                                maps:with([max_items, max_bytes], O)),
+                            Timeout = maps:get(timeout, O, maps:get(call_timeout, Info)),
+                            case Start(Pool) of
+                                {ok, Ref} -> pyport_async:collect(Ref, Timeout, Limits);
+                                {error, _} = Error -> Error
+                            end;
+                        {error, _} = Error ->
+                            Error
+                    end
+            end).
+
+stream_options(Opts) when is_map(Opts) ->
+    maps:fold(fun(pool, P, Acc) when is_atom(P) -> Acc#{pool => P};
+                 (timeout, T, Acc) when T =:= infinity; is_integer(T), T >= 0 -> Acc#{timeout => T};
+                 (K, V, Acc) when (K =:= max_items orelse K =:= max_bytes),
+                                  (V =:= infinity orelse is_integer(V) andalso V > 0) ->
+                      Acc#{K => V};
+                 (K, V, _Acc) when K =:= pool; K =:= timeout; K =:= max_items;
+                                   K =:= max_bytes ->
+                      throw({error, {invalid_option, K, V}});
+                 (K, _V, _Acc) ->
+                      throw({error, {bad_option, K}})
+              end, #{pool => ?DEFAULT_POOL}, Opts);
+stream_options(Other) ->
+    throw({error, {bad_option, Other}}).
 
 %% @doc Starts a stream whose items arrive as messages to the calling
 %% process: `{py_stream, Ref, {data, Item}}' for each, then `{py_stream, Ref,
@@ -386,12 +436,6 @@ stream_start(Module, Function, Args, Opts) when is_map(Opts) ->
 -spec stream_cancel(stream_ref()) -> ok.
 stream_cancel(Ref) ->
     pyport_async:stream_cancel(Ref).
-
-call_timeout(Pool) ->
-    case pyport_pool:info(Pool) of
-        {ok, #{call_timeout := T}} -> T;
-        {error, _} -> infinity
-    end.
 
 %%%===================================================================
 %%% Code
@@ -566,9 +610,7 @@ reload(Module, Opts) ->
 reload_slot(Pool, Slot, Pid, Name, Timeout) ->
     case control(Pool, Slot, <<"reload">>, Name, Timeout) of
         {ok, <<"needs_restart">>} ->
-            try pyport_worker:recycle(Pid, recycle_timeout(Timeout))
-            catch exit:{Reason, _} -> {error, {worker_exited, Reason}}
-            end;
+            recycle(Pid, pyport_request:deadline(recycle_timeout(Timeout)));
         {ok, _ReloadedOrNotLoaded} ->
             ok;
         {error, _} = Error ->
@@ -577,6 +619,26 @@ reload_slot(Pool, Slot, Pid, Name, Timeout) ->
 
 recycle_timeout(default) -> 60000;
 recycle_timeout(T) -> T.
+
+%% pyport_worker:recycle/2, with a wait of any length (a gen_server call
+%% takes at most 2^32-1 ms: longer ones are waited in pieces).
+recycle(Pid, Deadline) ->
+    recycle_wait(gen_server:send_request(Pid, recycle), Deadline).
+
+recycle_wait(ReqId, Deadline) ->
+    case pyport_request:wait_ms(Deadline) of
+        Ms when Ms =:= infinity; Ms < 16#FFFFFFFF ->
+            recycle_reply(gen_server:receive_response(ReqId, Ms));
+        Ms ->
+            case gen_server:wait_response(ReqId, Ms) of
+                timeout -> recycle_wait(ReqId, Deadline);
+                Reply -> recycle_reply(Reply)
+            end
+    end.
+
+recycle_reply({reply, Reply}) -> Reply;
+recycle_reply({error, {Reason, _ServerRef}}) -> {error, {worker_exited, Reason}};
+recycle_reply(timeout) -> {error, timeout}.
 
 %% @doc Memory statistics of every worker of the default pool, by slot:
 %% RSS, Python's garbage collector, tracemalloc figures while it traces,

@@ -16,18 +16,31 @@
 %% mailbox is short, so a slow consumer suspends the Python producer.
 -module(pyport_async).
 
--export([start_task/4, failed_task/2, await/3, cancel/1, stream_start/3, stream_cancel/1, collect/2]).
+-export([start_task/4, failed_task/2, await/3, cancel/1, stream_start/3, stream_cancel/1, collect/2,
+         collect/3, collect_limits/1]).
 
--export_type([ref/0, stream_ref/0]).
+-export_type([ref/0, stream_ref/0, collect_limits/0]).
+
+%% The most items a collected stream may have, by default.
+-define(MAX_ITEMS, 1000000).
 
 -define(STREAM_START, 6).
 
 -type deadline() :: integer() | infinity.
+%% How long an await waits before it asks the worker whether the task is
+%% still pending (see await/3).
+-define(UNCHECKED_MS, 10).
+
 %% A task: the alias its result is sent to, the worker and request id to
-%% cancel it, and its deadline.
--opaque ref() :: {pyport_task, reference(), pid() | undefined, non_neg_integer(), deadline()}.
+%% cancel it, its deadline, and the process that started it.
+-opaque ref() :: {pyport_task, reference(), pid() | undefined, non_neg_integer(), deadline(),
+                  Owner :: pid()}.
 %% A stream: a unique reference, the worker and the request id.
 -opaque stream_ref() :: {pyport_stream, reference(), pid(), pos_integer()}.
+%% How much of a stream {@link collect/3} holds at most: items, and bytes
+%% (their external size, `erlang:external_size/1', summed).
+-type collect_limits() :: #{max_items := pos_integer() | infinity,
+                            max_bytes := pos_integer() | infinity}.
 
 %% @doc Starts a request whose answer comes as `{Tag, Ref, Result}'.
 %% `Timeout' (ms, `infinity', or `default' for the pool's `call_timeout')
@@ -45,12 +58,12 @@ start_task(Target, Tag, Request, Timeout) ->
                                              _ -> Timeout
                                          end),
                      Alias = erlang:monitor(process, Pid, [{alias, reply_demonitor}]),
-                     Ref = {pyport_task, Alias, Pid, Id, Deadline},
+                     Ref = {pyport_task, Alias, Pid, Id, Deadline, self()},
                      Pid ! {'$pyport_task', Alias, Tag, Ref, Id, Deadline, Frame},
                      Ref
              end),
     case Sent of
-        {pyport_task, _, _, _, _} = Ref -> Ref;
+        {pyport_task, _, _, _, _, _} = Ref -> Ref;
         {error, Reason} -> failed_task(Tag, Reason)
     end.
 
@@ -58,40 +71,83 @@ start_task(Target, Tag, Request, Timeout) ->
 %% in the caller's mailbox at once.
 -spec failed_task(atom(), term()) -> ref().
 failed_task(Tag, Reason) ->
-    Ref = {pyport_task, make_ref(), undefined, 0, infinity},
+    Ref = {pyport_task, make_ref(), undefined, 0, infinity, self()},
     self() ! {Tag, Ref, {error, Reason}},
     Ref.
 
 %% @doc Waits for a task's `{Tag, Ref, Result}' at most `Timeout' ms
 %% (`deadline': until the task's own deadline). On `{error, timeout}' the
 %% task is cancelled in the worker and its result can no longer arrive.
+%% Only the process that started the task may await it (`{error,
+%% not_owner}' at once, the task goes on); a task whose result was already
+%% taken answers `{error, already_awaited}' at once.
 -spec await(atom(), ref(), timeout() | deadline) -> {ok, term()} | {error, term()}.
-await(Tag, {pyport_task, _, _, _, Deadline} = Ref, deadline) ->
-    Timeout = case Deadline of
-                  infinity -> infinity;
-                  _ -> max(0, Deadline - erlang:monotonic_time(millisecond))
-              end,
-    await(Tag, Ref, Timeout);
-await(Tag, {pyport_task, Alias, _, _, _} = Ref, Timeout) ->
+await(_Tag, {pyport_task, _, _, _, _, Owner}, _Timeout) when Owner =/= self() ->
+    {error, not_owner};
+await(Tag, {pyport_task, _, _, _, Deadline, _} = Ref, deadline) ->
+    await_until(Tag, Ref, Deadline);
+await(Tag, Ref, Timeout) ->
+    await_until(Tag, Ref, pyport_request:deadline(Timeout)).
+
+await_until(Tag, {pyport_task, Alias, Pid, _, _, _} = Ref, Deadline) ->
     receive
         {Tag, Ref, Result} ->
             Result;
         {'DOWN', Alias, process, _, Reason} ->
             {error, {worker_exited, Reason}}
-    after Timeout ->
-            cancel(Ref),
-            %% A result that arrived just before the alias went away still counts.
-            receive
-                {Tag, Ref, Result} -> Result
-            after 0 ->
-                    {error, timeout}
+    after min(?UNCHECKED_MS, pyport_request:wait_ms(Deadline)) ->
+            %% Slow, or already taken: the worker's gen_server says
+            %% `not_pending' if it no longer has the task, after the result
+            %% if it sent one (its messages arrive in order).
+            case Pid of
+                undefined ->
+                    %% A task that never started: its result was in the
+                    %% mailbox from the start.
+                    {error, already_awaited};
+                _ ->
+                    Probe = erlang:alias([reply]),
+                    Pid ! {'$pyport_pending', task_id(Ref), Probe},
+                    Monitor = erlang:monitor(process, Pid),
+                    Result = checked_wait(Tag, Ref, Probe, Monitor, Deadline),
+                    erlang:unalias(Probe),
+                    erlang:demonitor(Monitor, [flush]),
+                    receive {Probe, _} -> ok after 0 -> ok end,
+                    Result
             end
     end.
+
+checked_wait(Tag, {pyport_task, Alias, _, _, _, _} = Ref, Probe, Monitor, Deadline) ->
+    receive
+        {Tag, Ref, Result} ->
+            Result;
+        {'DOWN', Alias, process, _, Reason} ->
+            {error, {worker_exited, Reason}};
+        {'DOWN', Monitor, process, _, Reason} ->
+            {error, {worker_exited, Reason}};
+        {Probe, not_pending} ->
+            {error, already_awaited}
+    after pyport_request:wait_ms(Deadline) ->
+            case Deadline =/= infinity andalso Deadline =< erlang:monotonic_time(millisecond) of
+                true ->
+                    cancel(Ref),
+                    %% A result that arrived just before the alias went
+                    %% away still counts.
+                    receive
+                        {Tag, Ref, Result} -> Result
+                    after 0 ->
+                            {error, timeout}
+                    end;
+                false ->
+                    checked_wait(Tag, Ref, Probe, Monitor, Deadline)
+            end
+    end.
+
+task_id({pyport_task, _, _, Id, _, _}) -> Id.
 
 %% @doc Gives up on a task: cancels it in the worker and drops its alias (no
 %% result message arrives afterwards, unless it is already queued).
 -spec cancel(ref()) -> ok.
-cancel({pyport_task, Alias, Pid, Id, _}) ->
+cancel({pyport_task, Alias, Pid, Id, _, _}) ->
     erlang:demonitor(Alias, [flush]),
     case Pid of
         undefined -> ok;
@@ -131,28 +187,62 @@ flush_stream(Ref) ->
 %% @doc Collects every item of a stream started by the calling process:
 %% `{ok, Items}', or `{error, Reason}' (the stream's error, `{worker_exited,
 %% _}', or `timeout' when no item came for `Timeout' ms, after which the
-%% stream is cancelled).
+%% stream is cancelled). At most the default limits are collected (see
+%% {@link collect_limits/1}).
 -spec collect(stream_ref(), timeout()) -> {ok, [term()]} | {error, term()}.
-collect({pyport_stream, _, Pid, _} = Ref, Timeout) ->
+collect(Ref, Timeout) ->
+    collect(Ref, Timeout, collect_limits(pyport_config:defaults())).
+
+%% @doc {@link collect/2} with limits: past `max_items' items or
+%% `max_bytes' bytes the stream is cancelled in the worker (a generator is
+%% closed) and the answer is `{error, {stream_too_large, Key, Limit}}'.
+-spec collect(stream_ref(), timeout(), collect_limits()) -> {ok, [term()]} | {error, term()}.
+collect({pyport_stream, _, Pid, _} = Ref, Timeout, Limits) ->
     Monitor = erlang:monitor(process, Pid),
-    Result = collect(Ref, Monitor, Timeout, []),
+    Result = collect(Ref, Monitor, Timeout, Limits, {0, 0, []}),
     erlang:demonitor(Monitor, [flush]),
     Result.
 
-collect(Ref, Monitor, Timeout, Acc) ->
+%% @doc The default collection limits for a pool's options: a million
+%% items, and as many bytes as the pool's `max_frame_size' (what one call
+%% may return).
+-spec collect_limits(#{max_frame_size := pos_integer(), _ => _}) -> collect_limits().
+collect_limits(#{max_frame_size := Bytes}) ->
+    #{max_items => ?MAX_ITEMS, max_bytes => Bytes}.
+
+collect(Ref, Monitor, Timeout, Limits, Acc) ->
+    next_item(Ref, Monitor, Timeout, Limits, Acc, pyport_request:deadline(Timeout)).
+
+next_item(Ref, Monitor, Timeout, Limits, {N, Bytes, Items} = Acc, Deadline) ->
     receive
         {py_stream, Ref, {data, Item}} ->
-            collect(Ref, Monitor, Timeout, [Item | Acc]);
+            Acc1 = {N + 1, Bytes + erlang:external_size(Item), [Item | Items]},
+            case over(Acc1, Limits) of
+                false ->
+                    collect(Ref, Monitor, Timeout, Limits, Acc1);
+                {Key, Max} ->
+                    stream_cancel(Ref),
+                    {error, {stream_too_large, Key, Max}}
+            end;
         {py_stream, Ref, done} ->
-            {ok, lists:reverse(Acc)};
+            {ok, lists:reverse(Items)};
         {py_stream, Ref, {error, _} = Error} ->
             Error;
         {'DOWN', Monitor, process, _, Reason} ->
             {error, {worker_exited, Reason}}
-    after Timeout ->
-            stream_cancel(Ref),
-            {error, timeout}
+    after pyport_request:wait_ms(Deadline) ->
+            case Deadline =/= infinity andalso Deadline =< erlang:monotonic_time(millisecond) of
+                true ->
+                    stream_cancel(Ref),
+                    {error, timeout};
+                false ->
+                    next_item(Ref, Monitor, Timeout, Limits, Acc, Deadline)
+            end
     end.
+
+over({N, _, _}, #{max_items := Max}) when is_integer(Max), N > Max -> {max_items, Max};
+over({_, Bytes, _}, #{max_bytes := Max}) when is_integer(Max), Bytes > Max -> {max_bytes, Max};
+over(_, _) -> false.
 
 deadline(infinity) -> infinity;
 deadline(Timeout) -> erlang:monotonic_time(millisecond) + Timeout.

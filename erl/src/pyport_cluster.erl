@@ -9,6 +9,13 @@
 %% answered `{error, {nodedown, Node}}'; `pg' drops that node's members, so
 %% later `{cluster, Pool}' calls go to live nodes.
 %%
+%% A remote call answers at the caller's own timeout, whatever the other
+%% node does (a node that is frozen or slow to be noticed as down): the
+%% remote node is given the same timeout, and the caller stops waiting when
+%% it passes. `default' is the pool's `call_timeout' as configured on the
+%% calling node, or the default `call_timeout' when the pool is not
+%% configured here.
+%%
 %% `{cluster, Pool}' picks the node with the fewest requests in flight per
 %% worker: exact for the local node (its counters), and for a remote node
 %% the requests this node has in flight there, which is what one node can
@@ -23,11 +30,8 @@
 
 -define(SCOPE, pyport).
 -define(INFLIGHT, pyport_remote_inflight).
-%% Beyond the call's own timeout (which the remote node enforces), how long
-%% to wait for its answer to travel back.
--define(TRANSIT_MS, 5000).
-
--type handle() :: {pyport_remote, erpc:request_id(), node(), integer() | infinity}.
+-type handle() :: {pyport_remote, erpc:request_id(), node(), integer() | infinity,
+                   Owner :: pid()}.
 
 %% @doc The pg scope pyport's pools join.
 -spec scope() -> atom().
@@ -87,15 +91,14 @@ inflight(Node) ->
     catch error:badarg -> 0
     end.
 
-%% @doc Runs `pyport_request:call(Target, Kind, Fields, Timeout)' on Node.
+%% @doc Runs `pyport_request:call(Target, Kind, Fields, Timeout)' on Node;
+%% answers within `Timeout' here too.
 -spec call(node(), pyport_request:target(), pos_integer(), [term()], timeout() | default) ->
           pyport_request:result().
 call(Node, Target, Kind, Fields, Timeout) ->
     track(Node, 1),
-    try erpc:call(Node, pyport_request, call, [Target, Kind, Fields, Timeout],
-                  transit(Timeout))
-    catch
-        Class:Reason -> remote_error(Node, Class, Reason)
+    try
+        await(start(Node, Target, Kind, Fields, Timeout), deadline)
     after
         track(Node, -1)
     end.
@@ -103,26 +106,36 @@ call(Node, Target, Kind, Fields, Timeout) ->
 %% @doc Starts the same on Node; {@link await/2} collects the answer.
 -spec start(node(), pyport_request:target(), pos_integer(), [term()], timeout() | default) ->
           handle().
-start(Node, Target, Kind, Fields, Timeout) ->
+start(Node, Target, Kind, Fields, Timeout0) ->
+    Timeout = timeout(Target, Timeout0),
     ReqId = erpc:send_request(Node, pyport_request, call, [Target, Kind, Fields, Timeout]),
-    Deadline = case transit(Timeout) of
-                   infinity -> infinity;
-                   Ms -> erlang:monotonic_time(millisecond) + Ms
-               end,
-    {pyport_remote, ReqId, Node, Deadline}.
+    {pyport_remote, ReqId, Node, pyport_request:deadline(Timeout), self()}.
 
 %% @doc Waits for a request started with {@link start/5}: at most until its
-%% deadline, or `Timeout' ms (`deadline' for the deadline alone).
+%% deadline, or `Timeout' ms (`deadline' for the deadline alone). At the
+%% end of the wait the request is abandoned: no answer arrives later.
 -spec await(handle(), timeout() | deadline) -> pyport_request:result().
-await({pyport_remote, ReqId, Node, Deadline}, Timeout) ->
-    Ms = case {Deadline, Timeout} of
-             {infinity, deadline} -> infinity;
-             {_, deadline} -> max(0, Deadline - erlang:monotonic_time(millisecond));
-             {_, T} -> T
-         end,
-    try erpc:receive_response(ReqId, Ms)
+await({pyport_remote, ReqId, Node, Deadline0, _Owner}, Timeout) ->
+    Deadline = case Timeout of
+                   deadline -> Deadline0;
+                   _ -> pyport_request:deadline(Timeout)
+               end,
+    try wait(ReqId, Deadline)
     catch
         Class:Reason -> remote_error(Node, Class, Reason)
+    end.
+
+%% erpc takes at most 2^32-1 ms per wait: longer ones go in pieces, and
+%% the last one abandons the request.
+wait(ReqId, Deadline) ->
+    case pyport_request:wait_ms(Deadline) of
+        Ms when Ms =:= infinity; Ms < 16#FFFFFFFF ->
+            erpc:receive_response(ReqId, Ms);
+        Ms ->
+            case erpc:wait_response(ReqId, Ms) of
+                {response, Result} -> Result;
+                no_response -> wait(ReqId, Deadline)
+            end
     end.
 
 %% @doc A cast run on Node.
@@ -130,9 +143,19 @@ await({pyport_remote, ReqId, Node, Deadline}, Timeout) ->
 cast(Node, Target, Fields) ->
     erpc:cast(Node, pyport_request, cast, [Target, Fields]).
 
-transit(default) -> infinity;
-transit(infinity) -> infinity;
-transit(Ms) -> Ms + ?TRANSIT_MS.
+%% The timeout both nodes use: `default' is resolved here, so that the
+%% caller knows when to stop waiting.
+timeout(Target, default) ->
+    case pyport_pool:info(pool_of(Target)) of
+        {ok, #{call_timeout := T}} -> T;
+        {error, _} -> maps:get(call_timeout, pyport_config:defaults())
+    end;
+timeout(_Target, Timeout) ->
+    Timeout.
+
+pool_of({pool, Pool}) -> Pool;
+pool_of({slot, Pool, _}) -> Pool;
+pool_of({shard, Pool, _}) -> Pool.
 
 track(Node, Incr) ->
     try ets:update_counter(?INFLIGHT, Node, Incr, {Node, 0}) of

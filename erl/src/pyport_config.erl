@@ -10,6 +10,8 @@
          event_loops/0, validate_event_loops/2, max_new_atoms/0]).
 %% Shared with pyport_sandbox, which checks the `sandbox' option.
 -export([to_binary/1, env_name/1]).
+%% The bounds of integer options (docs/configuration.md).
+-export([max_value/1]).
 
 -export_type([pool_name/0, pool_opts/0, error_reason/0]).
 
@@ -56,6 +58,12 @@
 -define(MIN_OPEN_FILES, 16).
 %% {packet, 4} cannot express a larger frame.
 -define(MAX_FRAME_SIZE, 16#FFFFFFFF).
+%% The largest timeout `receive ... after' takes.
+-define(MAX_TIMEOUT, 16#FFFFFFFF).
+%% The largest limit the worker takes (port_worker/options.cpp).
+-define(MAX_LIMIT, 1 bsl 62).
+%% The most workers in one pool, whatever the node's limits allow.
+-define(MAX_POOL_SIZE, 4096).
 %% Decode limits the codec counts down as small integers; larger is
 %% `infinity' in effect.
 -define(MAX_DECODE_LIMIT, (1 bsl 58)).
@@ -166,10 +174,40 @@ check_values(Name, [{sandbox, Value} | Rest], Acc) ->
         {error, {invalid, Key, V}} -> {error, {invalid_pool_option, Name, {sandbox, Key}, V}}
     end;
 check_values(Name, [{Key, Value} | Rest], Acc) ->
-    case check(Key, Value) of
+    case in_range(Key, Value) andalso check(Key, Value) of
         {ok, Normalised} -> check_values(Name, Rest, Acc#{Key => Normalised});
-        error -> {error, {invalid_pool_option, Name, Key, Value}}
+        _ -> {error, {invalid_pool_option, Name, Key, Value}}
     end.
+
+%% @doc The largest value of each integer option: what the runtime can
+%% take (a `receive ... after' or `gen_server:call' timeout is at most
+%% 2^32-1 ms, about 49.7 days; the worker takes a limit up to 2^62, CPU
+%% seconds up to 2^32-1, port_worker/options.cpp), and a pool size the
+%% node can hold (every worker is a process, a port and OS processes).
+-spec max_value(atom()) -> pos_integer() | undefined.
+max_value(Key) when Key =:= call_timeout; Key =:= start_timeout; Key =:= kill_after;
+                    Key =:= shutdown_timeout ->
+    ?MAX_TIMEOUT;
+max_value(size) ->
+    Machine = min(erlang:system_info(port_limit), erlang:system_info(process_limit)) div 4,
+    max(1, min(?MAX_POOL_SIZE, Machine));
+max_value(cpu_seconds) ->
+    %% The kernel counts CPU time in nanoseconds in 64 bits: beyond this it
+    %% wraps into an instant SIGXCPU.
+    16#FFFFFFFF;
+max_value(Key) when Key =:= max_memory; Key =:= max_open_files;
+                    Key =:= max_inflight; Key =:= max_requests; Key =:= max_rss ->
+    ?MAX_LIMIT;
+max_value(_Key) ->
+    undefined.
+
+in_range(Key, N) when is_integer(N) ->
+    case max_value(Key) of
+        undefined -> true;
+        Max -> N =< Max
+    end;
+in_range(_Key, _Value) ->
+    true.
 
 %% @doc Every pool option with its default value.
 -spec defaults() -> pool_opts().

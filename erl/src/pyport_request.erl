@@ -13,6 +13,11 @@
 %% worker is told, so it interrupts the Python code (see {@link
 %% pyport_worker}).
 %%
+%% A handle from {@link start/4} is awaited once, by the process that
+%% started it: another process gets `{error, not_owner}' (and the call goes
+%% on), a second await `{error, already_awaited}', both at once. Waits of
+%% any length work, also beyond the 2^32-1 ms a `receive ... after' takes.
+%%
 %% Targets on another node run there (see {@link pyport_cluster}).
 -module(pyport_request).
 
@@ -21,6 +26,7 @@
 -export([call/4, start/4, start_failed/1, await/1, await/2, interrupt/1, cast/2]).
 -export([send/3, decode_reply/3]).
 -export([builtin_exception_types/0]).
+-export([deadline/1, wait_ms/1]).
 
 -export_type([target/0, handle/0, result/0]).
 
@@ -37,6 +43,9 @@
 %% How long a caller waits for an answer before it monitors the worker's
 %% owner (see await/2).
 -define(UNWATCHED_MS, 10).
+%% The longest single `receive ... after'; longer waits are cut in such
+%% pieces.
+-define(MAX_AFTER_MS, 16#FFFFFFFF).
 
 %% Where a request goes: the least-loaded worker of a pool, one slot, the
 %% slot of a shard key; on another node, or on the least-loaded node of a
@@ -51,7 +60,7 @@
 %% A request in flight (from {@link start/4}) or one that failed before it
 %% could be sent.
 -opaque handle() :: {pyport_call, reference(), deadline(), pyport_config:pool_name(),
-                     pos_integer(), pid(), pos_integer()}
+                     pos_integer(), pid(), pos_integer(), Owner :: pid()}
                   | pyport_cluster:handle()
                   | {pyport_call_failed, term()}.
 -type result() :: {ok, term()} | {error, term()}.
@@ -67,24 +76,33 @@ call({cluster, Pool}, Kind, Fields, Timeout) ->
         {error, _} = Error -> Error
     end;
 call(Target, Kind, Fields, Timeout) ->
-    case start(Target, Kind, Fields, Timeout) of
+    %% The handle never leaves this function: no owner or await checks.
+    case start_untracked(Target, Kind, Fields, Timeout) of
         {pyport_call_failed, Reason} -> {error, Reason};
-        Handle -> await(Handle)
+        {pyport_call, _, Deadline, _, _, _, _, _} = Handle -> wait(Handle, remaining(Deadline))
     end.
 
 %% @doc Sends a request and returns at once; {@link await/1} or {@link await/2} collects the
-%% answer, in the same process.
+%% answer, once, in the same process.
 -spec start(target(), pos_integer(), [term()], timeout() | default) -> handle().
-start({node, Node, Target}, Kind, Fields, Timeout) when Node =/= node() ->
+start(Target, Kind, Fields, Timeout) ->
+    Handle = start_untracked(Target, Kind, Fields, Timeout),
+    case handle_key(Handle) of
+        none -> ok;
+        Key -> put(Key, pending)
+    end,
+    Handle.
+
+start_untracked({node, Node, Target}, Kind, Fields, Timeout) when Node =/= node() ->
     pyport_cluster:start(Node, Target, Kind, Fields, Timeout);
-start({node, _Local, Target}, Kind, Fields, Timeout) ->
-    start(Target, Kind, Fields, Timeout);
-start({cluster, Pool}, Kind, Fields, Timeout) ->
+start_untracked({node, _Local, Target}, Kind, Fields, Timeout) ->
+    start_untracked(Target, Kind, Fields, Timeout);
+start_untracked({cluster, Pool}, Kind, Fields, Timeout) ->
     case pyport_cluster:pick_node(Pool) of
-        {ok, Node} -> start({node, Node, {pool, Pool}}, Kind, Fields, Timeout);
+        {ok, Node} -> start_untracked({node, Node, {pool, Pool}}, Kind, Fields, Timeout);
         {error, Reason} -> {pyport_call_failed, Reason}
     end;
-start(Target, Kind, Fields, Timeout0) ->
+start_untracked(Target, Kind, Fields, Timeout0) ->
     Sent = send(Target, {Kind, Fields},
                 fun(Pid, Id, Frame, #{pool := Pool, slot := Slot, call_timeout := CallTimeout}) ->
                         Timeout = case Timeout0 of
@@ -95,7 +113,7 @@ start(Target, Kind, Fields, Timeout0) ->
                         %% A one-shot alias, not yet a monitor: see await/2.
                         Alias = erlang:alias([reply]),
                         Pid ! {'$pyport', Alias, Id, Deadline, Frame},
-                        {pyport_call, Alias, Deadline, Pool, Slot, Pid, Id}
+                        {pyport_call, Alias, Deadline, Pool, Slot, Pid, Id, self()}
                 end),
     case Sent of
         {error, Reason} -> {pyport_call_failed, Reason};
@@ -125,12 +143,10 @@ start_failed(Reason) ->
 
 %% @doc Waits for the answer until the request's own deadline.
 -spec await(handle()) -> result().
-await({pyport_call, _, infinity, _, _, _, _} = Handle) ->
-    await(Handle, infinity);
-await({pyport_call, _, Deadline, _, _, _, _} = Handle) ->
-    await(Handle, max(0, Deadline - now_ms()));
-await({pyport_remote, _, _, _} = Handle) ->
-    pyport_cluster:await(Handle, deadline);
+await({pyport_call, _, Deadline, _, _, _, _, _} = Handle) ->
+    claimed(Handle, fun() -> wait(Handle, remaining(Deadline)) end);
+await({pyport_remote, _, _, _, _} = Handle) ->
+    claimed(Handle, fun() -> pyport_cluster:await(Handle, deadline) end);
 await({pyport_call_failed, Reason}) ->
     {error, Reason}.
 
@@ -138,7 +154,42 @@ await({pyport_call_failed, Reason}) ->
 %% the request is abandoned: its answer can no longer arrive, and the
 %% worker interrupts it.
 -spec await(handle(), timeout()) -> result().
-await({pyport_call, Alias, _Deadline, Pool, Slot, _Pid, _Id} = Handle, Timeout) ->
+await({pyport_call, _, _, _, _, _, _, _} = Handle, Timeout) ->
+    claimed(Handle, fun() -> wait(Handle, Timeout) end);
+await({pyport_remote, _, _, _, _} = Handle, Timeout) ->
+    claimed(Handle, fun() -> pyport_cluster:await(Handle, Timeout) end);
+await({pyport_call_failed, Reason}, _Timeout) ->
+    {error, Reason}.
+
+%% A handle is awaited by its owner, once: the mark start/4 left in the
+%% owner's process dictionary goes with the first await.
+claimed(Handle, Wait) ->
+    case claim(handle_owner(Handle), handle_key(Handle)) of
+        ok -> Wait();
+        {error, _} = Error -> Error
+    end.
+
+%% The calling process must be `Owner'; it takes the process dictionary
+%% mark `Key'.
+claim(Owner, _Key) when Owner =/= self() ->
+    {error, not_owner};
+claim(_Owner, Key) ->
+    case erase(Key) of
+        pending -> ok;
+        undefined -> {error, already_awaited}
+    end.
+
+handle_owner({pyport_call, _, _, _, _, _, _, Owner}) -> Owner;
+handle_owner({pyport_remote, _, _, _, Owner}) -> Owner.
+
+handle_key({pyport_call, Alias, _, _, _, _, _, _}) -> {?MODULE, Alias};
+handle_key({pyport_remote, ReqId, _, _, _}) -> {?MODULE, ReqId};
+handle_key({pyport_call_failed, _}) -> none.
+
+remaining(infinity) -> infinity;
+remaining(Deadline) -> max(0, Deadline - now_ms()).
+
+wait({pyport_call, Alias, _Deadline, Pool, Slot, _Pid, _Id, _Owner} = Handle, Timeout) ->
     %% Most answers come before the owner is watched at all: monitoring it
     %% at once would cost the owner a monitor and a demonitor signal per
     %% request. An owner that died meanwhile is noticed all the same, as a
@@ -151,18 +202,16 @@ await({pyport_call, Alias, _Deadline, Pool, Slot, _Pid, _Id} = Handle, Timeout) 
         {Alias, Reply} ->
             reply(Reply, Pool, Slot)
     after Unwatched ->
-            watched(Handle, remaining(Timeout, Unwatched))
-    end;
-await({pyport_remote, _, _, _} = Handle, Timeout) ->
-    pyport_cluster:await(Handle, Timeout);
-await({pyport_call_failed, Reason}, _Timeout) ->
-    {error, Reason}.
+            watched(Handle, deadline(remaining_after(Timeout, Unwatched)))
+    end.
 
-remaining(infinity, _) -> infinity;
-remaining(Timeout, Waited) -> Timeout - Waited.
+remaining_after(infinity, _) -> infinity;
+remaining_after(Timeout, Waited) -> Timeout - Waited.
 
-watched({pyport_call, Alias, _Deadline, Pool, Slot, Pid, Id}, Timeout) ->
-    Monitor = erlang:monitor(process, Pid),
+watched({pyport_call, _, _, _, _, Pid, _, _} = Handle, Deadline) ->
+    watched(Handle, erlang:monitor(process, Pid), Deadline).
+
+watched({pyport_call, Alias, _, Pool, Slot, Pid, Id, _} = Handle, Monitor, Deadline) ->
     receive
         {Alias, Reply} ->
             erlang:demonitor(Monitor, [flush]),
@@ -170,18 +219,32 @@ watched({pyport_call, Alias, _Deadline, Pool, Slot, Pid, Id}, Timeout) ->
         {'DOWN', Monitor, process, _, Reason} ->
             erlang:unalias(Alias),
             {error, {worker_exited, Reason}}
-    after Timeout ->
-            %% Once the alias is gone a later answer is dropped by the
-            %% runtime; one that arrived just before is still an answer.
-            erlang:unalias(Alias),
-            erlang:demonitor(Monitor, [flush]),
-            receive
-                {Alias, Reply} -> reply(Reply, Pool, Slot)
-            after 0 ->
-                    Pid ! {'$pyport_cancel', Id},
-                    {error, timeout}
+    after wait_ms(Deadline) ->
+            case remaining(Deadline) of
+                0 ->
+                    %% Once the alias is gone a later answer is dropped by
+                    %% the runtime; one that arrived just before is still an
+                    %% answer.
+                    erlang:unalias(Alias),
+                    erlang:demonitor(Monitor, [flush]),
+                    receive
+                        {Alias, Reply} -> reply(Reply, Pool, Slot)
+                    after 0 ->
+                            Pid ! {'$pyport_cancel', Id},
+                            {error, timeout}
+                    end;
+                _ ->
+                    %% A wait longer than one `after' can be.
+                    watched(Handle, Monitor, Deadline)
             end
     end.
+
+%% @doc The `after' value of a wait until `Deadline' (monotonic ms): never
+%% more than a `receive' takes; the waiter checks the deadline again when
+%% it passes.
+-spec wait_ms(deadline()) -> timeout().
+wait_ms(infinity) -> infinity;
+wait_ms(Deadline) -> min(?MAX_AFTER_MS, max(0, Deadline - now_ms())).
 
 %% @doc Asks the worker running a request to raise KeyboardInterrupt in it.
 %% The request then answers (usually with a KeyboardInterrupt error),
@@ -189,12 +252,12 @@ watched({pyport_call, Alias, _Deadline, Pool, Slot, Pid, Id}, Timeout) ->
 %% the pool's `kill_after' and the answer is `{error, {worker_exited,
 %% {interrupt_timeout, Ms}}}'. A request that has finished is not affected.
 -spec interrupt(handle()) -> ok | {error, not_local}.
-interrupt({pyport_call, _Alias, _Deadline, _Pool, _Slot, Pid, Id}) ->
+interrupt({pyport_call, _Alias, _Deadline, _Pool, _Slot, Pid, Id, _Owner}) ->
     Pid ! {'$pyport_interrupt', Id},
     ok;
 interrupt({pyport_call_failed, _}) ->
     ok;
-interrupt({pyport_remote, _, _, _}) ->
+interrupt({pyport_remote, _, _, _, _}) ->
     {error, not_local}.
 
 %% @doc Sends a call whose answer nobody waits for (kind CAST). It still
@@ -362,6 +425,8 @@ builtin_exception_types() ->
      'ErlangError', 'UnknownFunctionError', 'ProcessError', 'RpcTimeoutError',
      'NodeDownError', 'StateFullError'].
 
+%% @doc The monotonic time (ms) `Timeout' ms from now.
+-spec deadline(timeout()) -> deadline().
 deadline(infinity) -> infinity;
 deadline(Timeout) -> now_ms() + Timeout.
 

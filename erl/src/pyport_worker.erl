@@ -144,6 +144,9 @@
           kill_timers = #{} :: #{pos_integer() => reference()},
           %% Why the gen_server killed the current OS process, if it did.
           kill_reason :: term(),
+          %% Why the current OS process cannot start, as it said before its
+          %% hello (see pyport_start_error).
+          start_error :: undefined | pyport_start_error:reported(),
           %% Held while the OS process restarts: {call, Alias, Id, Deadline,
           %% Frame}, {req, Id, Entry, Frame} (tasks, streams) or {cast,
           %% Frame}, in arrival order.
@@ -330,6 +333,14 @@ handle_info({stream_recheck, Id}, State) ->
     {noreply, stream_recheck(Id, State)};
 handle_info({pubsub, Topic, Msg}, State) ->
     forward_pubsub(Topic, Msg, State),
+    {noreply, State};
+handle_info({'$pyport_pending', Id, Probe}, State) ->
+    %% An await asks whether request Id can still be answered (see
+    %% pyport_async:await/3); silence means yes.
+    case pending_for_caller(Id, State) of
+        true -> ok;
+        false -> Probe ! {Probe, not_pending}
+    end,
     {noreply, State};
 handle_info({'$pyport_cancel', Id}, State) ->
     {noreply, cancel(Id, State)};
@@ -621,6 +632,16 @@ flush_queue({{value, {req, Id, Entry, Frame}}, Rest}, Now, State) ->
             flush_queue(queue:out(Rest), Now, sent(State1))
     end.
 
+pending_for_caller(Id, #state{pending = Pending, queue = Q}) ->
+    case Pending of
+        #{Id := {abandoned, _}} -> false;
+        #{Id := _} -> true;
+        #{} -> lists:any(fun({call, _, I, _, _}) -> I =:= Id;
+                            ({req, I, _, _}) -> I =:= Id;
+                            (_) -> false
+                         end, queue:to_list(Q))
+    end.
+
 %% The caller of request Id stopped waiting (its timeout passed).
 cancel(Id, #state{pending = Pending, queue = Q} = State) ->
     case Pending of
@@ -754,19 +775,14 @@ frame(?STREAM_CHUNK, Id, 1, Rest, State) when Id > 0 ->
     {noreply, stream_chunk(Id, Rest, State)};
 frame(?STREAM_END, Id, 0, _Rest, State) when Id > 0 ->
     answer(Id, {?STREAM_END, <<>>}, State);
+frame(?ERROR, 0, 3, Rest, #state{status = starting} = State) ->
+    %% Before the hello: why the process is about to exit, if it says so.
+    case pyport_start_error:from_frame(Rest, State#state.opts) of
+        {ok, Reason} -> {noreply, State#state{start_error = Reason}};
+        error -> log_error_frame(Rest, State)
+    end;
 frame(?ERROR, 0, 3, Rest, State) ->
-    %% An error that answers no request (e.g. a frame the worker could not
-    %% read far enough to find its id).
-    case pyport_codec:decode_fields(3, Rest) of
-        {ok, [Type, Message, _Traceback]} ->
-            ?LOG_WARNING("pyport worker ~tp/~b: ~ts: ~ts",
-                           [State#state.pool, State#state.slot, Type, Message],
-                           metadata(State));
-        {error, Why} ->
-            ?LOG_ERROR("pyport worker ~tp/~b: undecodable ERROR frame: ~tp",
-                         [State#state.pool, State#state.slot, Why], metadata(State))
-    end,
-    {noreply, State};
+    log_error_frame(Rest, State);
 frame(?LOG_FRAME, _Id, 2, Rest, State) ->
     case pyport_codec:decode_fields(2, Rest) of
         {ok, [Level, Message]} ->
@@ -813,6 +829,20 @@ frame(Kind, Id, NFields, _Rest, State) ->
     ?LOG_ERROR("pyport worker ~tp/~b: ~tp", [State#state.pool, State#state.slot, Why],
                  metadata(State)),
     answer(Id, {error, {protocol_error, Why}}, State).
+
+%% An error that answers no request (e.g. a frame the worker could not
+%% read far enough to find its id).
+log_error_frame(Rest, State) ->
+    case pyport_codec:decode_fields(3, Rest) of
+        {ok, [Type, Message, _Traceback]} ->
+            ?LOG_WARNING("pyport worker ~tp/~b: ~ts: ~ts",
+                           [State#state.pool, State#state.slot, Type, Message],
+                           metadata(State));
+        {error, Why} ->
+            ?LOG_ERROR("pyport worker ~tp/~b: undecodable ERROR frame: ~tp",
+                         [State#state.pool, State#state.slot, Why], metadata(State))
+    end,
+    {noreply, State}.
 
 answer(Id, Reply, State0) ->
     State = case maps:take(Id, State0#state.kill_timers) of
@@ -1129,7 +1159,7 @@ await_ready(Port, Deadline, State) ->
                 {noreply, S} -> await_ready(Port, Deadline, S)
             end;
         {Port, {exit_status, Status}} ->
-            {error, pyport_os:exit_detail(Status)};
+            {error, start_detail(pyport_os:exit_detail(Status), State)};
         {'EXIT', Port, Reason} ->
             {error, {port_closed, Reason}}
     after max(0, Deadline - now_ms()) ->
@@ -1209,6 +1239,7 @@ spawn_os_process(#state{opts = Opts} = State) ->
         {ok, Port, OsPid} ->
             {ok, State#state{port = Port, os_pid = OsPid, status = starting,
                              python_version = undefined, kill_reason = undefined,
+                             start_error = undefined,
                              sent_here = 0, answered_here = 0, spawned_at = now_ms(),
                              rss_checked_at = now_ms() - ?RSS_CHECK_INTERVAL_MS}};
         {error, _} = Error ->
@@ -1223,7 +1254,7 @@ os_process_died(Detail, #state{status = stopping} = State) ->
     {noreply, (drop_subscriptions(fail_all_pending(Detail, State)))#state{port = undefined}};
 os_process_died(Detail0, #state{status = Status, spawned_at = Spawned} = State0) ->
     Detail = case State0#state.kill_reason of
-                 undefined -> Detail0;
+                 undefined -> start_detail(Detail0, State0);
                  Reason -> Reason
              end,
     State1 = drop_subscriptions(fail_all_pending(Detail, State0)),
@@ -1274,6 +1305,20 @@ os_process_died(Detail0, #state{status = Status, spawned_at = Spawned} = State0)
                     {noreply, State2#state{status = waiting, start_timer = Timer}}
             end
     end.
+
+%% An OS process that died before it was ready: the reason it gave, or
+%% the init step it was running (see pyport_start_error).
+start_detail(Exit, #state{status = starting, start_error = Reported}) ->
+    pyport_start_error:detail(Exit, Reported, undefined);
+start_detail(Exit, #state{status = initializing, internal = Internal}) ->
+    %% Init steps run in the order sent, which is the order of their ids.
+    Steps = lists:sort([{Id, Step} || {Id, {init, Step}} <- maps:to_list(Internal)]),
+    pyport_start_error:detail(Exit, undefined, case Steps of
+                                                   [{_, Step} | _] -> Step;
+                                                   [] -> undefined
+                                               end);
+start_detail(Exit, _State) ->
+    Exit.
 
 respawn(State) ->
     case spawn_os_process(State) of

@@ -219,8 +219,12 @@ config_errors(_Config) ->
                  pyport:start_pool(bad, #{sandbox => #{workdir_parent => "/no/such/dir"}})),
     ?assertEqual({error, {pool_option_requires, bad, fresh_worker, sandbox}},
                  pyport:start_pool(bad, #{fresh_worker => true})),
-    %% A preloaded module that cannot be imported: the worker never starts.
-    ?assertEqual({error, {pool_start_failed, bad, {worker_start_failed, {exit_status, 1}}}},
+    %% A preloaded module that cannot be imported: the worker never starts,
+    %% and says why, as an unsandboxed pool would.
+    ?assertEqual({error, {pool_start_failed, bad,
+                          {worker_start_failed,
+                           {init_failed, {import, <<"no_such_module_x">>},
+                            {<<"ModuleNotFoundError">>, <<"No module named 'no_such_module_x'">>}}}}},
                  pyport:start_pool(bad, #{size => 1, sandbox => true, imports => [no_such_module_x]})),
     ?assertEqual([default], pyport:pools()).
 

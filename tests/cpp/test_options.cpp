@@ -66,13 +66,23 @@ BOOST_AUTO_TEST_CASE(limits) {
   BOOST_TEST(o.max_memory == 1073741824u);
   BOOST_TEST(o.cpu_seconds == 30u);
   BOOST_TEST(o.max_open_files == 256u);
-  BOOST_TEST(parse({"--max-memory", "1000"}, o) ==
-             "--max-memory must be a number of bytes, at least 33554432, not '1000'");
+  BOOST_TEST(
+      parse({"--max-memory", "1000"}, o) ==
+      "--max-memory must be a number of bytes from 33554432 to 4611686018427387904, not '1000'");
   BOOST_TEST(parse({"--cpu-seconds", "0"}, o) ==
-             "--cpu-seconds must be a number of seconds, at least 1, not '0'");
-  BOOST_TEST(parse({"--max-open-files", "-1"}, o) ==
-             "--max-open-files must be a number of descriptors, at least 16, not '-1'");
+             "--cpu-seconds must be a number of seconds from 1 to 4294967295, not '0'");
+  BOOST_TEST(
+      parse({"--max-open-files", "-1"}, o) ==
+      "--max-open-files must be a number of descriptors from 16 to 4611686018427387904, not '-1'");
   BOOST_TEST(parse({"--max-open-files"}, o) == "--max-open-files needs a value");
+  // Above 2^62 (or beyond 64 bits) is refused, not wrapped or taken as "no limit".
+  BOOST_TEST(parse({"--max-memory", "4611686018427387904"}, o) == "");
+  BOOST_TEST(parse({"--cpu-seconds", "4294967295"}, o) == "");
+  BOOST_TEST(parse({"--cpu-seconds", "4294967296"}, o) ==
+             "--cpu-seconds must be a number of seconds from 1 to 4294967295, not '4294967296'");
+  BOOST_TEST(parse({"--max-memory", "36893488147419103232"}, o) ==
+             "--max-memory must be a number of bytes from 33554432 to 4611686018427387904, not "
+             "'36893488147419103232'");
 }
 
 BOOST_AUTO_TEST_CASE(sandbox_flags) {
@@ -121,7 +131,7 @@ BOOST_AUTO_TEST_CASE(bad_sandbox_flags_are_named) {
   BOOST_TEST(parse({"--sandbox", "--max-output", "lots"}, o) ==
              "--max-output must be a number of bytes, not 'lots'");
   BOOST_TEST(parse({"--max-file-size", "0"}, o) ==
-             "--max-file-size must be a number of bytes, at least 1, not '0'");
+             "--max-file-size must be a number of bytes from 1 to 4611686018427387904, not '0'");
   BOOST_TEST(parse({"--preload", "json"}, o) ==
              "--sandbox-allow, --preload, --workdir-parent, --env and --env-keep need --sandbox "
              "or --zygote");

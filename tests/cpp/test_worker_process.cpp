@@ -536,7 +536,14 @@ BOOST_AUTO_TEST_CASE(a_worker_whose_output_is_closed_exits) {
 
 BOOST_AUTO_TEST_CASE(bad_arguments_exit_2_with_a_message) {
   Process p({"--frobnicate"});
-  BOOST_TEST(p.rest().empty());
+  // Instead of its HELLO the worker says why it cannot start (PROTOCOL.md).
+  std::vector<Frame> frames = p.rest();
+  BOOST_REQUIRE_EQUAL(frames.size(), 1u);
+  BOOST_TEST(frames[0].kind() == 17);
+  BOOST_TEST(frames[0].id() == 0u);
+  BOOST_TEST(frames[0].str(2) == "StartError");
+  BOOST_TEST(frames[0].str(3) == "unknown argument '--frobnicate'");
+  BOOST_TEST(frames[0].str(4) == "--frobnicate");
   int status = p.wait();
   BOOST_TEST(WIFEXITED(status));
   BOOST_TEST(WEXITSTATUS(status) == 2);

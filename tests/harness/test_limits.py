@@ -74,6 +74,28 @@ def test_cpu_limit_kills_the_worker(spawn):
 @pytest.mark.parametrize("arg,value", [("--max-memory", "1000"), ("--cpu-seconds", "0"),
                                        ("--max-open-files", "x")])
 def test_bad_limits_are_refused(arg, value):
-    r = subprocess.run([P.locate_worker(), arg, value], capture_output=True, text=True, timeout=30)
+    # stdout is the frame channel: it carries the StartError frame (bytes).
+    r = subprocess.run([P.locate_worker(), arg, value], capture_output=True, text=True,
+                       errors="replace", timeout=30)
     assert r.returncode == 2
     assert arg in r.stderr and f"not '{value}'" in r.stderr
+
+
+def test_a_refused_limit_is_reported_in_a_frame():
+    # Before its HELLO the worker tells the owner why it exits: an ERROR
+    # frame with id 0, type StartError, and the option at fault.
+    too_big = str(1 << 63)
+    r = subprocess.run([P.locate_worker(), "--max-memory", too_big], capture_output=True,
+                       timeout=30)
+    assert r.returncode == 2
+    size = int.from_bytes(r.stdout[:4], "big")
+    frame = P.parse_frame(r.stdout[4:4 + size])
+    assert (frame.kind, frame.id, frame.fields[0], frame.fields[2]) == \
+        (P.ERROR, 0, "StartError", "--max-memory")
+    assert too_big in frame.fields[1]
+
+
+def test_a_start_failure_is_a_worker_exit_with_the_reason(spawn):
+    with pytest.raises(P.WorkerExited) as e:
+        spawn(args=["--cpu-seconds", str(1 << 32)])
+    assert e.value.returncode == 2 and "--cpu-seconds" in str(e.value)

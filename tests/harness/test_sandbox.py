@@ -200,13 +200,14 @@ def test_a_kernel_without_landlock_is_reported(spawn):
 @pytest.mark.parametrize("flag,value", [("--preload", "m"), ("--env", "A=b"),
                                         ("--sandbox-allow", "exec"), ("--workdir-parent", "/tmp")])
 def test_sandbox_flags_need_sandbox(flag, value):
-    r = subprocess.run([P.locate_worker(), flag, value], capture_output=True, text=True)
+    r = subprocess.run([P.locate_worker(), flag, value], capture_output=True, text=True,
+                       errors="replace")
     assert r.returncode == 2 and "need --sandbox or --zygote" in r.stderr
 
 
 def test_bad_allow_is_named():
     r = subprocess.run([P.locate_worker(), "--sandbox", "--sandbox-allow", "everything"],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, errors="replace")
     assert r.returncode == 2
     assert "--sandbox-allow takes network, exec, fork" in r.stderr and "'everything'" in r.stderr
 
@@ -685,7 +686,8 @@ def test_allow_exec_only(spawn):
 
 def test_a_module_that_cannot_be_preloaded_is_named():
     r = subprocess.run([P.locate_worker(), "--sandbox", "--preload", "no_such_module_here"],
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       errors="replace", timeout=60)
     assert r.returncode == 1
     assert "cannot preload no_such_module_here: ModuleNotFoundError" in r.stderr
 
