@@ -378,12 +378,17 @@ workers_have_no_tty(Config) ->
     {Peer, _} = start_peer(["/usr/bin/python3", "-c", Pty], Config),
     try
         ok = peer:call(Peer, application, set_env,
-                       [pyport, pools, #{tty => pool_opts(tty, #{size => 1}, Config)}]),
+                       [pyport, pools, #{tty => pool_opts(tty, #{size => 1}, Config),
+                                         tty_sandboxed => pool_opts(tty_sandboxed,
+                                                                    #{size => 1, sandbox => true},
+                                                                    Config)}]),
         {ok, _} = peer:call(Peer, application, ensure_all_started, [pyport]),
         NodeStderr = fd_target(list_to_integer(peer:call(Peer, os, getpid, [])), 2),
         ?assertMatch("/dev/pts/" ++ _, NodeStderr),
         [Keeper, Worker] = tagged(tag(tty)),
         ?assertEqual(Keeper, parent(Worker)),
+        %% A sandboxed worker wipes its environment (no tag): found by pid.
+        {ok, #{os_pid := Confined}} = peer:call(Peer, pyport, worker_info, [{tty_sandboxed, 1}]),
         [begin
              Targets = [fd_target(P, Fd) || Fd <- fds(P)],
              ct:log("~b: ~p", [P, Targets]),
@@ -391,10 +396,11 @@ workers_have_no_tty(Config) ->
              ?assertEqual([], [T || "/dev/pts/" ++ _ = T <- Targets] ++
                               [T || "/dev/tty" ++ _ = T <- Targets]),
              ?assertEqual(0, tty_nr(P))
-         end || P <- [Keeper, Worker]],
+         end || P <- [Keeper, Worker, parent(Confined), Confined]],
         %% From inside: no descriptor is a terminal, /dev/tty cannot be opened.
-        ?assertEqual({ok, {[], false}},
-                     peer:call(Peer, py, call, [?H, terminals, [], #{}, #{pool => tty}]))
+        [?assertEqual({ok, {[], false}},
+                      peer:call(Peer, py, call, [?H, terminals, [], #{}, #{pool => Pool}]))
+         || Pool <- [tty, tty_sandboxed]]
     after
         peer:stop(Peer)
     end.
