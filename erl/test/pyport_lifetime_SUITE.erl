@@ -15,7 +15,8 @@
          owner_killed_without_the_reaper/1, reaper_helper_killed/1,
          stop_pool_with_calls_in_flight/1,
          huge_shutdown_timeout/1, kill_under_load_counters/1, kill_every_process_of_the_tree/1,
-         introspection_in_every_state/1, out_of_file_descriptors/1, workers_have_no_tty/1]).
+         introspection_in_every_state/1, out_of_file_descriptors/1, workers_have_no_tty/1,
+         vm_killed_with_a_daemon_running/1]).
 
 -define(H, lifetime_helpers).
 -define(TAG_VAR, "PYPORT_LIFETIME_TAG").
@@ -25,7 +26,7 @@ all() ->
      owner_killed_without_the_reaper, reaper_helper_killed, stop_pool_with_calls_in_flight,
      huge_shutdown_timeout,
      kill_under_load_counters, introspection_in_every_state, kill_every_process_of_the_tree,
-     out_of_file_descriptors, workers_have_no_tty].
+     out_of_file_descriptors, workers_have_no_tty, vm_killed_with_a_daemon_running].
 
 init_per_suite(Config) ->
     Data = ?config(data_dir, Config),
@@ -403,6 +404,36 @@ workers_have_no_tty(Config) ->
          || Pool <- [tty, tty_sandboxed]]
     after
         peer:stop(Peer)
+    end.
+
+%%%===================================================================
+%%% The VM killed
+%%%===================================================================
+
+%% kill -9 of the node: the keeper's parent-death signal has it kill the
+%% worker (busy) and the daemon the worker started.
+vm_killed_with_a_daemon_running(Config) ->
+    {Peer, _} = start_peer(["/bin/sh", "-c", "exec \"$0\" \"$@\""], Config),
+    Tag = tag(vm_killed),
+    try
+        ok = peer:call(Peer, application, set_env,
+                       [pyport, pools, #{vm_killed => pool_opts(vm_killed, #{size => 1}, Config)}]),
+        {ok, _} = peer:call(Peer, application, ensure_all_started, [pyport]),
+        {ok, Daemon} = peer:call(Peer, py, call,
+                                 [?H, fork_daemon, [path(Config)], #{}, #{pool => vm_killed}]),
+        Busy = path(Config),
+        _ = peer:call(Peer, erlang, spawn,
+                      [py, call, [?H, spin, [Busy], #{}, #{pool => vm_killed, timeout => infinity}]]),
+        wait_until(fun() -> filelib:is_regular(Busy) end),
+        Tree = tagged(Tag),
+        ?assertEqual(3, length(Tree)),
+        ?assert(lists:member(Daemon, Tree)),
+        VmPid = list_to_integer(peer:call(Peer, os, getpid, [])),
+        pyport_os:kill(VmPid),
+        wait_until(fun() -> tagged(Tag) =:= [] end, 300)
+    after
+        [pyport_os:kill(P) || P <- tagged(Tag)],
+        catch peer:stop(Peer)
     end.
 
 fds(OsPid) ->
