@@ -25,7 +25,7 @@ const char* const kUsage =
     "                     [--max-file-size BYTES] [--max-processes N]\n"
     "                     [--sandbox | --zygote] [--sandbox-allow WHAT]... [--preload MODULE]...\n"
     "                     [--workdir-parent DIR] [--env NAME=VALUE]... [--env-keep NAME]...\n"
-    "                     [--max-output BYTES]\n"
+    "                     [--max-output BYTES] [--log-lines N] [--log-bytes BYTES]\n"
     "  --runtime DIR          the python_runtime directory (default: next to the\n"
     "                         executable, else the source tree's)\n"
     "  --path DIR             put DIR on sys.path (after the runtime); repeatable\n"
@@ -44,6 +44,9 @@ const char* const kUsage =
     "  --env NAME=VALUE       set in the sandbox's otherwise empty environment; repeatable\n"
     "  --env-keep NAME        keep NAME from the inherited environment; repeatable\n"
     "  --max-output BYTES     stdout+stderr a job may print (default 1048576)\n"
+    "  --log-lines N          lines of stdout+stderr sent as LOG frames a second, the\n"
+    "                         rest dropped and counted (default: no limit)\n"
+    "  --log-bytes BYTES      bytes of them a second (default: no limit)\n"
     "Speaks {packet,4} msgpack frames on stdin/stdout; see proto/PROTOCOL.md.\n";
 
 namespace {
@@ -109,7 +112,9 @@ const char* const kValued[] = {"--runtime",
                                "--env",
                                "--env-keep",
                                "--max-output",
-                               "--sandbox-test-unavailable"};
+                               "--sandbox-test-unavailable",
+                               "--log-lines",
+                               "--log-bytes"};
 
 }  // namespace
 
@@ -195,6 +200,11 @@ std::string parse_options(int argc, const char* const* argv, Options& out) {
     } else if (name == "--max-output") {
       if (!parse_number(value, 0, UINT64_MAX, out.max_output)) {
         return "--max-output must be a number of bytes, not '" + value + "'";
+      }
+    } else if (name == "--log-lines" || name == "--log-bytes") {
+      if (!parse_number(value, 1, UINT64_MAX,
+                        name == "--log-lines" ? out.log_lines : out.log_bytes)) {
+        return name + " must be a positive number, not '" + value + "'";
       }
     } else if (name == "--sandbox-test-unavailable") {
       if (value != "landlock" && value != "namespaces" && value != "seccomp") {

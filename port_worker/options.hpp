@@ -43,6 +43,9 @@ struct Options {
   std::vector<std::string> env;       // NAME=VALUE
   std::vector<std::string> env_keep;  // NAME
   uint64_t max_output = 1 << 20;      // bytes of stdout+stderr per job
+  // What the log relay sends a second (--log-lines, --log-bytes); 0 is no limit.
+  uint64_t log_lines = 0;
+  uint64_t log_bytes = 0;
   // Test only (--sandbox-test-unavailable): act as if the kernel lacked
   // this layer ("landlock", "namespaces", "seccomp").
   std::vector<std::string> test_unavailable;

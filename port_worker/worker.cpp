@@ -125,8 +125,8 @@ int Worker::run(const Channel& channel) {
   // the thread that restricts itself and those it starts later: its pipes
   // get room for what Python prints meanwhile.
   auto start_relay = [this] {
-    int rc =
-        relay_.start(writer_, channel_.log_out_fd, channel_.log_err_fd, options_.max_frame_size);
+    int rc = relay_.start(writer_, channel_.log_out_fd, channel_.log_err_fd,
+                          options_.max_frame_size, LogRate(options_.log_lines, options_.log_bytes));
     if (rc) diag(std::string("cannot start the log relay: ") + std::strerror(rc));
     return rc == 0;
   };

@@ -152,7 +152,7 @@ encode_reply(Id, {error, Type, Message, Reason}) ->
 in_process(Id, #{port := Port}, Fun) ->
     _ = spawn(fun() ->
                       Frame = encode_reply(Id, Fun()),
-                      try port_command(Port, Frame)
+                      try port_command(Port, pyport_framer:frame(Frame))
                       catch error:badarg -> ok
                       end
               end),

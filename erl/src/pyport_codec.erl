@@ -95,7 +95,7 @@ decode(Bin, Limits) when is_binary(Bin) ->
     end.
 
 %% @doc Encode a whole frame, msgpack array `[Kind, Id | Fields]', without the
-%% 4-byte length (the port adds it with `{packet, 4}').
+%% 4-byte length (pyport_framer:frame/1 adds it when the frame is written).
 -spec encode_frame(Kind :: frame_kind(), Id :: frame_id(), Fields :: [term()]) ->
           iodata().
 encode_frame(Kind, Id, Fields)

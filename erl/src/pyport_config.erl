@@ -38,6 +38,7 @@
                        shutdown_timeout := non_neg_integer(),
                        sandbox := pyport_sandbox:sandbox(),
                        fresh_worker := boolean(),
+                       log_rate := pyport_worker_log:rate(),
                        max_new_atoms := pyport_atoms:pool_setting(),
                        max_result_terms := pos_integer() | infinity | auto,
                        max_decoded_bytes := pos_integer() | infinity | auto}.
@@ -233,6 +234,7 @@ defaults() ->
       shutdown_timeout => 5000,
       sandbox => false,
       fresh_worker => false,
+      log_rate => pyport_worker_log:default_rate(),
       max_new_atoms => default,
       max_result_terms => auto,
       max_decoded_bytes => auto}.
@@ -282,6 +284,7 @@ check(kill_after, infinity) -> {ok, infinity};
 check(kill_after, N) when is_integer(N), N >= 0 -> {ok, N};
 check(shutdown_timeout, N) when is_integer(N), N >= 0 -> {ok, N};
 check(fresh_worker, B) when is_boolean(B) -> {ok, B};
+check(log_rate, Rate) -> pyport_worker_log:validate_rate(Rate);
 check(max_new_atoms, S) when S =:= default; S =:= node -> {ok, S};
 check(max_new_atoms, N) when is_integer(N), N >= 0 ->
     case N =< max_atom_budget() of

@@ -5,12 +5,13 @@
 
 -export([open/1, args/1, kill/1, remove_tree/1, exit_detail/1, rss_bytes/1, cpu_seconds/1, alive/1]).
 
-%% @doc Spawns a worker OS process for a pool's options. The port speaks
-%% `{packet, 4}' frames; see proto/PROTOCOL.md.
+%% @doc Spawns a worker OS process for a pool's options. The port is a
+%% byte stream: the owner cuts frames itself ({@link pyport_framer}), so
+%% that a length header is checked before the VM buffers what it claims.
 -spec open(pyport_config:pool_opts()) ->
           {ok, port(), non_neg_integer() | undefined} | {error, term()}.
 open(#{worker := Exe} = Opts) ->
-    PortOpts = [{args, args(Opts)}, {packet, 4}, binary, exit_status, use_stdio,
+    PortOpts = [{args, args(Opts)}, stream, binary, exit_status, use_stdio,
                 %% Never suspend the owner on a full pipe: it must stay able
                 %% to route answers, notice exits and run its timers while
                 %% the worker is busy.
@@ -44,10 +45,18 @@ args(#{python_path := Path, max_frame_size := Max, venv := Venv} = Opts) ->
     ["--runtime", runtime_dir()]
         ++ lists:append([["--path", Dir] || Dir <- Dirs])
         ++ ["--max-frame-size", integer_to_list(Max)]
+        ++ log_rate(maps:get(log_rate, Opts, default))
         ++ limit("--max-memory", pyport_sandbox:effective_limit(max_memory, Opts))
         ++ limit("--cpu-seconds", pyport_sandbox:effective_limit(cpu_seconds, Opts))
         ++ limit("--max-open-files", pyport_sandbox:effective_limit(max_open_files, Opts))
         ++ pyport_sandbox:args(Opts, environment(Opts)).
+
+%% The worker's log relay drops output above the pool's log_rate at the
+%% source (pyport_worker_log drops what bypasses the relay).
+log_rate(default) -> log_rate(pyport_worker_log:default_rate());
+log_rate(infinity) -> [];
+log_rate(#{lines := Lines, bytes := Bytes}) ->
+    limit("--log-lines", Lines) ++ limit("--log-bytes", Bytes).
 
 limit(_Flag, infinity) -> [];
 limit(Flag, N) -> [Flag, integer_to_list(N)].

@@ -76,6 +76,8 @@ key(<<"--max-processes">>, _) -> {sandbox, max_processes};
 key(<<"--max-output">>, _) -> {sandbox, max_output};
 key(<<"--workdir-parent">>, _) -> {sandbox, workdir_parent};
 key(<<"--env-keep">>, _) -> {sandbox, env_keep};
+key(<<"--log-lines">>, _) -> log_rate;
+key(<<"--log-bytes">>, _) -> log_rate;
 key(<<"--", _/binary>>, _) -> sandbox;
 key(<<"sandbox">>, _) -> sandbox;
 key(<<"python">>, Opts) ->

@@ -34,8 +34,15 @@
 %% <li>Process-bound namespaces: a caller registers its namespace here; the
 %%   gen_server monitors the caller and frees the namespace in the worker
 %%   (`CONTROL drop_namespace') when it exits.</li>
+%% <li>Frames are cut from the port's byte stream here ({@link
+%%   pyport_framer}): a header above the pool's `max_frame_size', a frame
+%%   that does not decode, or a worker writing faster than this process
+%%   can read (more than 16 MiB + 2 × max_frame_size unread)
+%%   gets the OS process killed and replaced, its requests answered
+%%   `{error, {worker_exited, Why}}'.</li>
 %% <li>`LOG' frames (the worker's stdout/stderr and Python logging) go to
-%%   `logger' with the pool, slot and OS pid as metadata.</li>
+%%   `logger' with the pool, slot and OS pid as metadata, within the pool's
+%%   `log_rate' ({@link pyport_worker_log}).</li>
 %% <li>Coroutine tasks (`{'$pyport_task', ...}', see {@link pyport_async}) are
 %%   answered with a message `{Tag, Ref, Result}' to the caller's alias, the
 %%   result decoded here since the caller may never run our code to decode
@@ -103,6 +110,11 @@
 %% After SHUTDOWN and the grace period, how long a killed process may take
 %% to be reported gone.
 -define(KILL_GRACE_MS, 1000).
+%% A worker may be this far (plus two max_frame_size) ahead of this process
+%% in bytes written to the channel and not read yet; beyond, it floods.
+-define(BACKLOG_MIN_BYTES, 16 * 1024 * 1024).
+%% Messages in the mailbox below which the backlog is not even measured.
+-define(BACKLOG_CHECK_MSGS, 64).
 
 -type deadline() :: integer() | infinity.
 %% A request written to the OS process: a call answered raw to its alias
@@ -130,6 +142,12 @@
           %% is returned, not retried.
           first = true :: boolean(),
           port :: port() | undefined,
+          %% The current port's frames being cut from its bytes
+          %% (`discard' once it broke the protocol and is being killed),
+          %% and how many bytes of it this process has taken.
+          framer :: pyport_framer:state() | discard | undefined,
+          consumed = 0 :: non_neg_integer(),
+          log :: pyport_worker_log:state(),
           %% OS pid: from the port at spawn, then the one the hello reports.
           os_pid :: non_neg_integer() | undefined,
           python_version :: binary() | undefined,
@@ -256,7 +274,8 @@ init({Pool, Slot, Opts}) ->
             pyport_inflight:reset(Info, Slot),
             %% What the worker sends is decoded here under its pool's limits.
             pyport_limits:set_process(maps:get(decode_limits, Info)),
-            State0 = #state{pool = Pool, slot = Slot, opts = Opts, info = Info},
+            State0 = #state{pool = Pool, slot = Slot, opts = Opts, info = Info,
+                            log = pyport_worker_log:new(maps:get(log_rate, Opts, default))},
             case first_start(State0) of
                 {ok, State} ->
                     pyport_pool:set_available(Info, Slot, true),
@@ -368,7 +387,9 @@ handle_info({'DOWN', Mon, process, _, _}, #state{ns_by_monitor = ByMon} = State)
             {noreply, State}
     end;
 handle_info({Port, {data, Bin}}, #state{port = Port} = State) ->
-    frame(Bin, State);
+    data(Bin, State);
+handle_info({timeout, _Timer, log_note} = Msg, State) ->
+    {noreply, State#state{log = pyport_worker_log:note(Msg, metadata(State), State#state.log)}};
 handle_info({Port, {exit_status, Status}}, #state{port = Port} = State) ->
     os_process_died(pyport_os:exit_detail(Status), State);
 handle_info({'EXIT', Port, Reason}, #state{port = Port} = State) ->
@@ -557,7 +578,7 @@ send_frame(Port, Frame) ->
     write(Port, Frame).
 
 write(Port, Frame) ->
-    try port_command(Port, Frame)
+    try port_command(Port, pyport_framer:frame(Frame))
     catch error:badarg -> false
     end.
 
@@ -757,14 +778,78 @@ fail_all_pending(Detail, #state{pending = Pending, kill_timers = Timers} = State
 %%% Frames from the worker
 %%%===================================================================
 
+%% Bytes from the port: the frames they complete, in order. A worker that
+%% breaks the framing is killed (broken/2); so is one that writes faster
+%% than this process reads.
+data(_Bin, #state{framer = discard} = State) ->
+    {noreply, State};
+data(Bin, #state{port = Port, framer = Framer, consumed = Consumed} = State) ->
+    case pyport_framer:feed(Bin, Framer) of
+        {ok, Frames, Framer1} ->
+            case frames(Frames, State#state{framer = Framer1,
+                                            consumed = Consumed + byte_size(Bin)}) of
+                {noreply, #state{port = Port} = S} -> check_backlog(S);
+                Other -> Other
+            end;
+        {error, Why, Frames} ->
+            %% Frames that came whole before the bad header still count.
+            case frames(Frames, State#state{framer = discard}) of
+                {noreply, #state{port = Port} = S} -> broken(Why, S);
+                Other -> Other
+            end
+    end.
+
+frames([], State) ->
+    {noreply, State};
+frames([Bin | Rest], #state{port = Port} = State) ->
+    case frame(Bin, State) of
+        {noreply, #state{port = Port, framer = Framer} = S} when Framer =/= discard ->
+            frames(Rest, S);
+        Other ->
+            %% The OS process was given up on (or the owner stops): what
+            %% else it sent is moot.
+            Other
+    end.
+
+%% The port's driver reads whatever the worker writes and queues it here
+%% as messages, with no flow control: a worker writing faster than this
+%% process handles frames would grow the mailbox without bound. The bytes
+%% the port has read minus those taken here are what waits; measured only
+%% once the mailbox is long, since port_info/2 is a round trip.
+check_backlog(#state{port = Port, consumed = Consumed,
+                     opts = #{max_frame_size := Max}} = State) ->
+    case process_info(self(), message_queue_len) of
+        {message_queue_len, N} when N > ?BACKLOG_CHECK_MSGS ->
+            Limit = ?BACKLOG_MIN_BYTES + 2 * Max,
+            case erlang:port_info(Port, input) of
+                {input, In} when In - Consumed > Limit ->
+                    broken({flooding, #{unread_bytes => In - Consumed, limit => Limit,
+                                        messages => N}}, State);
+                _ ->
+                    {noreply, State}
+            end;
+        _ ->
+            {noreply, State}
+    end.
+
+%% The worker broke the channel: its OS process is killed and replaced at
+%% once (the port is closed: nothing more it wrote is read), and every
+%% request it had is answered `{error, {worker_exited, Why}}'.
+broken(Why, #state{status = Status} = State) when Status =:= starting; Status =:= initializing ->
+    start_failed(Why, State#state{framer = discard});
+broken(Why, State) ->
+    ?LOG_ERROR("pyport worker ~tp/~b: killing OS process ~tp: ~tp",
+               [State#state.pool, State#state.slot, State#state.os_pid, Why], metadata(State)),
+    kill_port(State#state.port, State#state.os_pid),
+    os_process_died(Why, State#state{framer = discard, kill_reason = Why}).
+
 frame(Bin, State) ->
     case pyport_codec:decode_frame_head(Bin) of
         {ok, Kind, Id, NFields, Rest} ->
             frame(Kind, Id, NFields, Rest, State);
         {error, Why} ->
-            ?LOG_ERROR("pyport worker ~tp/~b: undecodable frame from the worker: ~tp",
-                         [State#state.pool, State#state.slot, Why], metadata(State)),
-            {noreply, State}
+            %% Out of step with the worker: nothing after this can be trusted.
+            broken(Why, State)
     end.
 
 frame(Kind, Id, 1, Rest, State) when Kind =:= ?RESULT, Id > 0 ->
@@ -783,16 +868,8 @@ frame(?ERROR, 0, 3, Rest, #state{status = starting} = State) ->
     end;
 frame(?ERROR, 0, 3, Rest, State) ->
     log_error_frame(Rest, State);
-frame(?LOG_FRAME, _Id, 2, Rest, State) ->
-    case pyport_codec:decode_fields(2, Rest) of
-        {ok, [Level, Message]} ->
-            ?LOG(pyport_logging:level(Level), "~ts", [Message],
-                       (metadata(State))#{domain => [pyport, python]});
-        {error, Why} ->
-            ?LOG_ERROR("pyport worker ~tp/~b: undecodable LOG frame: ~tp",
-                         [State#state.pool, State#state.slot, Why], metadata(State))
-    end,
-    {noreply, State};
+frame(?LOG_FRAME, _Id, 2, Rest, #state{log = Log} = State) ->
+    {noreply, State#state{log = pyport_worker_log:log_frame(Rest, metadata(State), Log)}};
 frame(?REQUEST, Id, 2, Rest, #state{port = Port} = State) when Id > 0 ->
     {noreply, case pyport_callback:request(Id, Rest, callback_context(State)) of
                   {reply, Result} ->
@@ -807,11 +884,14 @@ frame(?REQUEST, Id, 2, Rest, #state{port = Port} = State) when Id > 0 ->
                       _ = send_frame(Port, pyport_callback:encode_reply(Id, {ok, none})),
                       unsubscribe(Topic, Box, State)
               end};
+frame(?NOTIFY, 0, 2, <<16#a3, "log", _/binary>> = Rest, #state{log = Log} = State) ->
+    %% A Python logging record ([<<"log">>, ...]): within the same log_rate.
+    case pyport_worker_log:admit(byte_size(Rest), Log) of
+        {true, Log1} -> notify(Rest, State#state{log = Log1});
+        {false, Log1} -> {noreply, State#state{log = Log1}}
+    end;
 frame(?NOTIFY, 0, 2, Rest, State) ->
-    {noreply, case pyport_callback:notify(Rest, callback_context(State)) of
-                  ok -> State;
-                  {unsubscribe_all, Box} -> unsubscribe_all(Box, State)
-              end};
+    notify(Rest, State);
 frame(?SCHEDULE, Id, 2, Rest, State) when Id > 0 ->
     schedule(Id, Rest, State);
 frame(?HELLO, 0, 4, Rest, #state{status = starting} = State) ->
@@ -826,23 +906,19 @@ frame(Kind, Id, NFields, _Rest, State) ->
     %% A protocol violation by the worker. Whoever waits on Id is answered so
     %% that no request is left hanging.
     Why = {unexpected_frame, Kind, Id, NFields},
-    ?LOG_ERROR("pyport worker ~tp/~b: ~tp", [State#state.pool, State#state.slot, Why],
-                 metadata(State)),
-    answer(Id, {error, {protocol_error, Why}}, State).
+    Log = pyport_worker_log:report(error, "~tp", [Why], metadata(State), State#state.log),
+    answer(Id, {error, {protocol_error, Why}}, State#state{log = Log}).
+
+notify(Rest, State) ->
+    {noreply, case pyport_callback:notify(Rest, callback_context(State)) of
+                  ok -> State;
+                  {unsubscribe_all, Box} -> unsubscribe_all(Box, State)
+              end}.
 
 %% An error that answers no request (e.g. a frame the worker could not
-%% read far enough to find its id).
-log_error_frame(Rest, State) ->
-    case pyport_codec:decode_fields(3, Rest) of
-        {ok, [Type, Message, _Traceback]} ->
-            ?LOG_WARNING("pyport worker ~tp/~b: ~ts: ~ts",
-                           [State#state.pool, State#state.slot, Type, Message],
-                           metadata(State));
-        {error, Why} ->
-            ?LOG_ERROR("pyport worker ~tp/~b: undecodable ERROR frame: ~tp",
-                         [State#state.pool, State#state.slot, Why], metadata(State))
-    end,
-    {noreply, State}.
+%% read far enough to find its id): logged within the pool's log_rate.
+log_error_frame(Rest, #state{log = Log} = State) ->
+    {noreply, State#state{log = pyport_worker_log:error_frame(Rest, metadata(State), Log)}}.
 
 answer(Id, Reply, State0) ->
     State = case maps:take(Id, State0#state.kill_timers) of
@@ -1153,7 +1229,7 @@ first_start(State) ->
 await_ready(Port, Deadline, State) ->
     receive
         {Port, {data, Bin}} ->
-            case frame(Bin, State) of
+            case data(Bin, State) of
                 {noreply, #state{status = up} = S} -> {ok, S};
                 {noreply, #state{status = failed, last_exit = Detail}} -> {error, Detail};
                 {noreply, S} -> await_ready(Port, Deadline, S)
@@ -1238,6 +1314,8 @@ spawn_os_process(#state{opts = Opts} = State) ->
     case pyport_os:open(Opts) of
         {ok, Port, OsPid} ->
             {ok, State#state{port = Port, os_pid = OsPid, status = starting,
+                             framer = pyport_framer:new(maps:get(max_frame_size, Opts)),
+                             consumed = 0,
                              python_version = undefined, kill_reason = undefined,
                              start_error = undefined,
                              sent_here = 0, answered_here = 0, spawned_at = now_ms(),
@@ -1393,9 +1471,11 @@ stop_os_process(#state{port = Port, opts = #{shutdown_timeout := Grace}} = State
 drain_until_exit(Port, Deadline, State) ->
     receive
         {Port, {data, Bin}} ->
-            case frame(Bin, State) of
-                {noreply, State1} -> drain_until_exit(Port, Deadline, State1);
-                {stop, _, State1} -> drain_until_exit(Port, Deadline, State1)
+            %% Terminating: a worker that breaks the protocol now is killed
+            %% and not replaced (`stopping').
+            case state_of(data(Bin, State#state{status = stopping})) of
+                #state{port = Port} = State1 -> drain_until_exit(Port, Deadline, State1);
+                State1 -> {exited, State1#state{port = Port}}
             end;
         {Port, {exit_status, _}} ->
             {exited, State};
@@ -1408,6 +1488,9 @@ drain_until_exit(Port, Deadline, State) ->
                 _ -> {timeout, State}
             end
     end.
+
+state_of({noreply, State}) -> State;
+state_of({stop, _Reason, State}) -> State.
 
 kill_port(undefined, _OsPid) ->
     ok;

@@ -12,10 +12,18 @@ pool(Opts) ->
     {ok, Valid} = pyport_config:validate_pool(p, Opts),
     Valid.
 
-%% The command line after `--runtime Dir'.
+%% The command line after `--runtime Dir', without the log rate flags
+%% (pyport_worker_log_tests checks those).
 argv(Opts) ->
     ["--runtime", _ | Rest] = pyport_os:args(pool(Opts)),
-    Rest.
+    without_log_rate(Rest).
+
+without_log_rate([Flag, _ | Rest]) when Flag =:= "--log-lines"; Flag =:= "--log-bytes" ->
+    without_log_rate(Rest);
+without_log_rate([Arg | Rest]) ->
+    [Arg | without_log_rate(Rest)];
+without_log_rate([]) ->
+    [].
 
 defaults_test() ->
     #{sandbox := false, fresh_worker := false} = pool(#{}),

@@ -1,0 +1,209 @@
+%% @doc What a worker asks the node to log, within the pool's `log_rate'.
+%%
+%% LOG frames (the worker's stdout and stderr, cut into lines by its log
+%% relay), Python `logging' records and the owner's own reports about
+%% frames a worker should not have sent all cost the node a `logger' event.
+%% A worker printing as fast as it can, or hostile code writing LOG frames
+%% straight to the channel, must not flood the log nor slow the owner that
+%% routes answers; so each worker's owner admits them through a token
+%% bucket: `lines' a second and `bytes' a second, with a burst of two
+%% seconds' worth. (The worker's log relay applies the same rate with a
+%% burst of one second, so the honest worker's output never reaches this
+%% limit: it catches only what bypasses the relay.) What is dropped is
+%% counted, and reported in one warning at most once a second:
+%% `"N lines (B bytes) of worker output dropped: above log_rate ..."'.
+%%
+%% Deciding to drop costs no decoding: a dropped frame is only counted.
+-module(pyport_worker_log).
+
+-export([new/1, admit/2, log_frame/3, error_frame/3, report/5, note/3, default_rate/0,
+         validate_rate/1]).
+
+-export_type([state/0, rate/0]).
+
+-type rate() :: infinity | #{lines := pos_integer() | infinity, bytes := pos_integer() | infinity}.
+
+%% Seconds of rate the bucket holds.
+-define(BURST_SECONDS, 2).
+%% A report of the owner's own counts as a line of this many bytes.
+-define(REPORT_BYTES, 200).
+-define(NOTE_AFTER_MS, 1000).
+
+%% Logged as pyport_worker's own events, as before this module was split
+%% out of it: a logger module level set for pyport_worker still applies.
+-define(WLOG(Level, Format, Args, Meta),
+        case logger:allow(Level, pyport_worker) of
+            true ->
+                logger:macro_log(#{mfa => {pyport_worker, ?FUNCTION_NAME, ?FUNCTION_ARITY},
+                                   line => ?LINE, file => ?FILE},
+                                 Level, Format, Args, Meta);
+            false ->
+                ok
+        end).
+
+-record(log, {
+          rate :: rate(),
+          lines = 0.0 :: float(),                  % tokens
+          bytes = 0.0 :: float(),
+          at :: integer(),                         % ms of the last refill
+          dropped_lines = 0 :: non_neg_integer(),
+          dropped_bytes = 0 :: non_neg_integer(),
+          note_timer :: reference() | undefined
+         }).
+
+-opaque state() :: #log{}.
+
+%% @doc The `log_rate' of a pool that sets none.
+-spec default_rate() -> rate().
+default_rate() ->
+    #{lines => 1000, bytes => 1024 * 1024}.
+
+%% @doc Checks a pool's `log_rate': `infinity', or a map of `lines' and
+%% `bytes' a second (each a positive integer or `infinity'; one left out
+%% keeps its default).
+-spec validate_rate(term()) -> {ok, rate()} | error.
+validate_rate(infinity) ->
+    {ok, infinity};
+validate_rate(#{} = Rate) ->
+    Valid = fun(infinity) -> true;
+               (N) -> is_integer(N) andalso N > 0 andalso N < 1 bsl 63
+            end,
+    case maps:merge(default_rate(), Rate) of
+        #{lines := Lines, bytes := Bytes} = Full when map_size(Full) =:= 2 ->
+            case Valid(Lines) andalso Valid(Bytes) of
+                true -> {ok, Full};
+                false -> error
+            end;
+        _ ->
+            error
+    end;
+validate_rate(_) ->
+    error.
+
+%% @doc A full bucket for a pool's `log_rate' (`default': default_rate()).
+-spec new(rate() | default) -> state().
+new(default) ->
+    new(default_rate());
+new(infinity) ->
+    #log{rate = infinity, at = now_ms()};
+new(Rate) ->
+    #log{rate = Rate, lines = capacity(Rate, lines), bytes = capacity(Rate, bytes), at = now_ms()}.
+
+%% @doc Whether a line of `Bytes' bytes may be logged now; if not, it is
+%% counted as dropped.
+-spec admit(non_neg_integer(), state()) -> {boolean(), state()}.
+admit(_Bytes, #log{rate = infinity} = Log) ->
+    {true, Log};
+admit(Bytes, #log{rate = Rate} = Log0) ->
+    #log{lines = Lines, bytes = Tokens} = Log = refill(Log0),
+    %% A line longer than the whole bucket needs only a full bucket.
+    Cost = min(float(Bytes), capacity(Rate, bytes)),
+    case Lines >= 1.0 andalso Tokens >= Cost of
+        true ->
+            {true, Log#log{lines = Lines - 1.0, bytes = Tokens - Cost}};
+        false ->
+            {false, schedule_note(Log#log{dropped_lines = Log#log.dropped_lines + 1,
+                                          dropped_bytes = Log#log.dropped_bytes + Bytes})}
+    end.
+
+%% @doc A LOG frame's fields (`[Level, Message]', undecoded): logged at its
+%% level in the domain `[pyport, python]', or dropped.
+-spec log_frame(binary(), logger:metadata(), state()) -> state().
+log_frame(Fields, Meta, Log0) ->
+    case admit(byte_size(Fields), Log0) of
+        {true, Log} ->
+            case pyport_codec:decode_fields(2, Fields) of
+                {ok, [Level, Message]} when is_binary(Level), is_binary(Message) ->
+                    ?WLOG(pyport_logging:level(Level), "~ts", [Message],
+                          Meta#{domain => [pyport, python]});
+                Other ->
+                    ?WLOG(error, "pyport worker ~tp/~b: undecodable LOG frame: ~0tp",
+                          [pool(Meta), slot(Meta), Other], Meta)
+            end,
+            Log;
+        {false, Log} ->
+            Log
+    end.
+
+%% @doc An ERROR frame that answers no request (`[Type, Message,
+%% Traceback]', undecodable): a warning, or dropped.
+-spec error_frame(binary(), logger:metadata(), state()) -> state().
+error_frame(Fields, Meta, Log0) ->
+    case admit(byte_size(Fields), Log0) of
+        {true, Log} ->
+            case pyport_codec:decode_fields(3, Fields) of
+                {ok, [Type, Message, _Traceback]} when is_binary(Type), is_binary(Message) ->
+                    ?WLOG(warning, "pyport worker ~tp/~b: ~ts: ~ts",
+                          [pool(Meta), slot(Meta), Type, Message], Meta);
+                Other ->
+                    ?WLOG(error, "pyport worker ~tp/~b: undecodable ERROR frame: ~0tp",
+                          [pool(Meta), slot(Meta), Other], Meta)
+            end,
+            Log;
+        {false, Log} ->
+            Log
+    end.
+
+%% @doc The owner's own report about something the worker sent, prefixed
+%% with the pool and slot; within the same rate, since the worker decides
+%% how often it happens.
+-spec report(logger:level(), io:format(), [term()], logger:metadata(), state()) -> state().
+report(Level, Format, Args, Meta, Log0) ->
+    case admit(?REPORT_BYTES, Log0) of
+        {true, Log} ->
+            ?WLOG(Level, "pyport worker ~tp/~b: " ++ Format, [pool(Meta), slot(Meta) | Args], Meta),
+            Log;
+        {false, Log} ->
+            Log
+    end.
+
+%% @doc The note timer fired (`{timeout, Timer, log_note}' to the owner):
+%% says how much was dropped since the last note.
+-spec note({timeout, reference(), log_note}, logger:metadata(), state()) -> state().
+note({timeout, Timer, log_note}, Meta, #log{note_timer = Timer} = Log) ->
+    #log{dropped_lines = Lines, dropped_bytes = Bytes, rate = Rate} = Log,
+    ?WLOG(warning, "pyport worker ~tp/~b: ~b lines (~b bytes) of worker output dropped: "
+          "above log_rate ~0tp a second",
+          [pool(Meta), slot(Meta), Lines, Bytes, Rate], Meta),
+    Log#log{dropped_lines = 0, dropped_bytes = 0, note_timer = undefined};
+note(_Stale, _Meta, Log) ->
+    Log.
+
+%%%===================================================================
+%%% Internals
+%%%===================================================================
+
+refill(#log{rate = Rate, lines = Lines, bytes = Bytes, at = At} = Log) ->
+    Now = now_ms(),
+    case Now - At of
+        0 ->
+            Log;
+        Ms ->
+            Log#log{lines = min(capacity(Rate, lines), Lines + per_ms(Rate, lines) * Ms),
+                    bytes = min(capacity(Rate, bytes), Bytes + per_ms(Rate, bytes) * Ms),
+                    at = Now}
+    end.
+
+%% Infinity is a bucket too large to empty.
+capacity(#{} = Rate, Key) ->
+    case maps:get(Key, Rate) of
+        infinity -> 1.0e300;
+        N -> float(N * ?BURST_SECONDS)
+    end.
+
+per_ms(#{} = Rate, Key) ->
+    case maps:get(Key, Rate) of
+        infinity -> 1.0e300;
+        N -> N / 1000
+    end.
+
+schedule_note(#log{note_timer = undefined} = Log) ->
+    Log#log{note_timer = erlang:start_timer(?NOTE_AFTER_MS, self(), log_note)};
+schedule_note(Log) ->
+    Log.
+
+pool(Meta) -> maps:get(pyport_pool, Meta, undefined).
+slot(Meta) -> maps:get(pyport_slot, Meta, 0).
+
+now_ms() ->
+    erlang:monotonic_time(millisecond).
