@@ -314,7 +314,8 @@ bool Worker::init_python() {
     }
   }
 
-  // Fatal crash reports go to the owner's stderr, which outlives the worker.
+  // Fatal crash reports go to the keeper, which outlives the worker (and
+  // copies them to the node's stderr, keeper.hpp).
   if (channel_.diag_fd >= 0) {
     PyRef fh = PyRef::steal(PyImport_ImportModule("faulthandler"));
     PyRef enable = fh ? PyRef::steal(PyObject_GetAttrString(fh.get(), "enable")) : PyRef();

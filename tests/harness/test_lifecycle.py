@@ -92,9 +92,11 @@ def test_a_child_that_outlives_the_worker_does_not_hold_its_pipes(worker, tmp_pa
     # The child holds the frame channel (fork keeps close-on-exec fds); the
     # keeper kills it once the worker exits, so end of file comes at once.
     pidfile = tmp_path / "child"
+    # Written whole, then renamed: the worker exits only once it is there.
     worker.request(P.EXEC, "import os, time\n"
                            "if os.fork() == 0:\n"
-                           f"    open({str(pidfile)!r}, 'w').write(str(os.getpid()))\n"
+                           f"    open({str(pidfile) + '.tmp'!r}, 'w').write(str(os.getpid()))\n"
+                           f"    os.rename({str(pidfile) + '.tmp'!r}, {str(pidfile)!r})\n"
                            "    time.sleep(1000)\n"
                            "    os._exit(0)\n"
                            "while not os.path.exists(" + repr(str(pidfile)) + "):\n"
@@ -112,11 +114,12 @@ def test_sigterm_to_the_keeper_ends_the_worker_and_its_children(worker, tmp_path
     worker.request(P.EXEC, "import os, time\n"
                            "if os.fork() == 0:\n"
                            "    os.setsid()\n"
-                           f"    open({str(pidfile)!r}, 'w').write(str(os.getpid()))\n"
+                           f"    open({str(pidfile) + '.tmp'!r}, 'w').write(str(os.getpid()))\n"
+                           f"    os.rename({str(pidfile) + '.tmp'!r}, {str(pidfile)!r})\n"
                            "    time.sleep(1000)\n"
                            "    os._exit(0)\n", 0)
-    for _ in range(2000):
-        if pidfile.exists() and pidfile.read_text():
+    for _ in range(5000):
+        if pidfile.exists():
             break
         time.sleep(0.001)
     child = int(pidfile.read_text())
