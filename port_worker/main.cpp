@@ -126,7 +126,7 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
 
   error = pyport::apply_limits(
-      options, options.zygote ? pyport::LimitScope::kProcess : pyport::LimitScope::kAll);
+      options, options.sandbox ? pyport::LimitScope::kProcess : pyport::LimitScope::kAll);
   if (!error.empty()) {
     pyport::report_start_failure(1, error, "limits");
     std::fprintf(stderr, "pyport_worker: %s\n", error.c_str());

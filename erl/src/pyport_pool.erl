@@ -40,6 +40,7 @@
                   size := pos_integer(),
                   max_frame_size := pos_integer(),
                   call_timeout := timeout(),
+                  grants := pyport_grants:grants(),
                   decode_limits := pyport_limits:limits(),
                   opts := pyport_config:pool_opts()}.
 
@@ -170,6 +171,8 @@ init({Name, #{size := Size, max_frame_size := Max, call_timeout := Timeout,
              size => Size,
              max_frame_size => Max,
              call_timeout => Timeout,
+             %% What the pool's Python code may reach (checked per frame).
+             grants => pyport_grants:new(Name, Opts),
              decode_limits => pyport_limits:of_pool(Name, Opts),
              opts => Opts},
     persistent_term:put({pyport_pool, Name}, Info),

@@ -189,7 +189,10 @@
           subs = #{} :: #{term() => [pos_integer()]},
           box_topics = #{} :: #{pos_integer() => [term()]},
           %% The last check of the slot's in-flight counter (pyport_inflight).
-          inflight_check :: pyport_inflight:snapshot()
+          inflight_check :: pyport_inflight:snapshot(),
+          %% Runs, bounds and ends the processes serving Python's calls
+          %% into Erlang (pyport_callback_keeper).
+          keeper :: pyport_callback_keeper:keeper() | undefined
          }).
 
 %%%===================================================================
@@ -274,7 +277,11 @@ init({Pool, Slot, Opts}) ->
             pyport_inflight:reset(Info, Slot),
             %% What the worker sends is decoded here under its pool's limits.
             pyport_limits:set_process(maps:get(decode_limits, Info)),
-            State0 = #state{pool = Pool, slot = Slot, opts = Opts, info = Info,
+            {ok, Keeper} = pyport_callback_keeper:start_link(
+                             maps:get(max_callbacks, Opts,
+                                      maps:get(max_callbacks, pyport_config:defaults())),
+                             #{domain => [pyport], pyport_pool => Pool, pyport_slot => Slot}),
+            State0 = #state{pool = Pool, slot = Slot, opts = Opts, info = Info, keeper = Keeper,
                             log = pyport_worker_log:new(maps:get(log_rate, Opts, default))},
             case first_start(State0) of
                 {ok, State} ->
@@ -430,9 +437,13 @@ handle_info(purge, State0) ->
 handle_info({Port, _}, State) when is_port(Port) ->
     %% Data or exit status of a previous OS process of this slot.
     {noreply, State};
-handle_info({'EXIT', _, _}, State) ->
+handle_info({'EXIT', Pid, Reason}, State) ->
     %% A previous port closing; the parent's exit is handled by gen_server.
-    {noreply, State};
+    case pyport_callback_keeper:is_keeper(Pid, State#state.keeper) of
+        %% Without its keeper no callback of Python's would be watched.
+        true -> {stop, {callback_keeper_exited, Reason}, State};
+        false -> {noreply, State}
+    end;
 handle_info({timeout, _Timer, _}, State) ->
     %% A timer that fired just before it was cancelled, or of a previous
     %% OS process.
@@ -871,9 +882,10 @@ frame(?ERROR, 0, 3, Rest, State) ->
 frame(?LOG_FRAME, _Id, 2, Rest, #state{log = Log} = State) ->
     {noreply, State#state{log = pyport_worker_log:log_frame(Rest, metadata(State), Log)}};
 frame(?REQUEST, Id, 2, Rest, #state{port = Port} = State) when Id > 0 ->
-    {noreply, case pyport_callback:request(Id, Rest, callback_context(State)) of
+    Ctx = callback_context(State),
+    {noreply, case pyport_callback:request(Id, Rest, Ctx) of
                   {reply, Result} ->
-                      _ = send_frame(Port, pyport_callback:encode_reply(Id, Result)),
+                      _ = send_frame(Port, pyport_callback:reply_frame(Id, Result, Ctx)),
                       State;
                   spawned ->
                       State;
@@ -893,7 +905,10 @@ frame(?NOTIFY, 0, 2, <<16#a3, "log", _/binary>> = Rest, #state{log = Log} = Stat
 frame(?NOTIFY, 0, 2, Rest, State) ->
     notify(Rest, State);
 frame(?SCHEDULE, Id, 2, Rest, State) when Id > 0 ->
-    schedule(Id, Rest, State);
+    case pyport_callback:schedule_check(Rest, callback_context(State)) of
+        ok -> schedule(Id, Rest, State);
+        {error, _} = Refused -> answer(Id, Refused, State)
+    end;
 frame(?HELLO, 0, 4, Rest, #state{status = starting} = State) ->
     case hello(Rest, State) of
         {ok, State1} -> initialize(State1);
@@ -970,7 +985,7 @@ schedule(Id, Rest, #state{port = Port} = State) ->
                     answer(Id, {schedule, Name, Args}, State);
                 undefined ->
                     %% A cast (or a caller that gave up): run it for nobody.
-                    _ = spawn(fun() -> pyport_registry:call(Name, Args) end),
+                    pyport_callback:schedule_cast(Name, Args, callback_context(State)),
                     {noreply, State}
             end;
         {ok, [<<"py">>, Frame]} when is_binary(Frame) ->
@@ -1081,8 +1096,10 @@ backlog(Pid) when node(Pid) =:= node() ->
 backlog(_Pid) ->
     0.
 
-callback_context(#state{port = Port} = State) ->
-    #{port => Port, meta => metadata(State)}.
+callback_context(#state{port = Port, info = #{grants := Grants}, keeper = Keeper,
+                        opts = #{max_frame_size := Max}} = State) ->
+    #{port => Port, meta => metadata(State), grants => Grants, keeper => Keeper,
+      max_frame_size => Max}.
 
 %%%===================================================================
 %%% Pub/sub for Python subscriptions
