@@ -176,7 +176,7 @@ init({Name, #{size := Size, max_frame_size := Max, call_timeout := Timeout,
              decode_limits => pyport_limits:of_pool(Name, Opts),
              opts => Opts},
     persistent_term:put({pyport_pool, Name}, Info),
-    {ok, #{name => Name}}.
+    {ok, #{name => Name, tab => Tab}}.
 
 %% @private
 -spec handle_call(term(), gen_server:from(), map()) -> {reply, {error, unknown_call}, map()}.
@@ -195,7 +195,12 @@ handle_info(_Msg, State) ->
 
 %% @private
 -spec terminate(term(), map()) -> ok.
-terminate(_Reason, #{name := Name}) ->
-    %% Callers then get {error, {no_pool, Name}} instead of a dead table.
-    _ = persistent_term:erase({pyport_pool, Name}),
+terminate(_Reason, #{name := Name, tab := Tab}) ->
+    %% Callers then get {error, {no_pool, Name}} instead of a dead table;
+    %% unless a new incarnation of the pool published itself meanwhile (its
+    %% supervisor killed, this one stopping while the next one started).
+    case persistent_term:get({pyport_pool, Name}, undefined) of
+        #{tab := Tab} -> _ = persistent_term:erase({pyport_pool, Name});
+        _ -> ok
+    end,
     ok.

@@ -15,7 +15,8 @@
          owner_killed_without_the_reaper/1, reaper_helper_killed/1,
          stop_pool_with_calls_in_flight/1,
          huge_shutdown_timeout/1, kill_under_load_counters/1, kill_every_process_of_the_tree/1,
-         introspection_in_every_state/1, out_of_file_descriptors/1, workers_have_no_tty/1,
+         introspection_in_every_state/1, introspection_while_starting/1,
+         out_of_file_descriptors/1, workers_have_no_tty/1,
          vm_killed_with_a_daemon_running/1]).
 
 -define(H, lifetime_helpers).
@@ -25,7 +26,8 @@ all() ->
     [forked_child_outlives_worker, owner_killed_spinning, owner_killed_sleeping,
      owner_killed_without_the_reaper, reaper_helper_killed, stop_pool_with_calls_in_flight,
      huge_shutdown_timeout,
-     kill_under_load_counters, introspection_in_every_state, kill_every_process_of_the_tree,
+     kill_under_load_counters, introspection_in_every_state, introspection_while_starting,
+     kill_every_process_of_the_tree,
      out_of_file_descriptors, workers_have_no_tty, vm_killed_with_a_daemon_running].
 
 init_per_suite(Config) ->
@@ -262,6 +264,20 @@ introspection_in_every_state(Config) ->
     ?assertMatch({error, {worker_exited, _}}, pyport:worker_info({seen, 2})),
     {ok, _} = supervisor:restart_child(pool_sup(seen), {worker, 2}),
     Check(restarted).
+
+%% A gen_server starting its first OS process (slow init code) answers no
+%% call until it is up: introspection says so within a second instead.
+introspection_while_starting(Config) ->
+    start_pool(slow, #{size => 1, init_code => <<"import time\ntime.sleep(2.5)">>,
+                       start_timeout => 10000}, Config),
+    Old = owner(slow, 1),
+    exit(Old, kill),
+    wait_until(fun() -> Old =/= (catch owner(slow, 1)) end),
+    T0 = now_ms(),
+    ?assertMatch({ok, #{status := starting}}, pyport:worker_info({slow, 1})),
+    ?assertMatch({ok, #{workers := [#{slot := 1, status := starting}]}}, pyport:pool_info(slow)),
+    ?assert(now_ms() - T0 < 2400),
+    wait_until(fun() -> pyport_test_util:os_pid({slow, 1}) =/= undefined end).
 
 %%%===================================================================
 %%% The supervision tree: every process killed in turn
