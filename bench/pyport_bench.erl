@@ -141,7 +141,7 @@ spawn_and_call(Opts, Frame) ->
     {ok, Port, _} = pyport_os:open(Opts),
     {ok, 0, 0, _, HelloRest} = recv_frame(Port),
     {ok, [1, _PyVer, OsPid, _Caps]} = pyport_codec:decode_fields(4, HelloRest),
-    port_command(Port, Frame),
+    port_command(Port, pyport_framer:frame(Frame)),
     {ok, 16, 1, 1, _} = recv_frame(Port),
     T = to_us(erlang:monotonic_time() - T0) / 1000,
     pyport_os:kill(OsPid),
@@ -322,7 +322,7 @@ startup(Worker) ->
                  Port = open(Worker, ["--runtime", Runtime]),
                  {ok, 0, 0, _, HelloRest} = recv_frame(Port),
                  {ok, [1, _PyVer, OsPid, _Caps]} = pyport_codec:decode_fields(4, HelloRest),
-                 port_command(Port, Frame),
+                 port_command(Port, pyport_framer:frame(Frame)),
                  {ok, 16, 1, 1, _} = recv_frame(Port),
                  T = erlang:monotonic_time() - T0,
                  Rss = rss_kib(OsPid),
@@ -540,9 +540,18 @@ echo(Port, Frame) ->
     port_command(Port, Frame),
     receive {Port, {data, _}} -> ok end.
 
+%% The next frame from a worker port (a stream: pyport_os:open/1 leaves
+%% the framing to the owner, as pyport_worker does with pyport_framer).
 recv_frame(Port) ->
+    recv_frame(Port, pyport_framer:new(1 bsl 30)).
+
+recv_frame(Port, Framer) ->
     receive
-        {Port, {data, Bin}} -> pyport_codec:decode_frame_head(Bin);
+        {Port, {data, Bin}} ->
+            case pyport_framer:feed(Bin, Framer) of
+                {ok, [Frame | _], _} -> pyport_codec:decode_frame_head(Frame);
+                {ok, [], Framer1} -> recv_frame(Port, Framer1)
+            end;
         {Port, {exit_status, S}} -> error({worker_exited, S})
     after 10000 -> error(timeout)
     end.

@@ -165,9 +165,14 @@ PyRef ErlangLink::request(PyObject* op, PyObject* args) {
   Box box = find(id);
   ByteBuffer frame;
   int got = box ? wait_frame(box, kForever, &frame) : 0;
-  // The reply of an interrupted wait, if it comes, finds no mailbox.
+  if (got < 0) {
+    // Interrupted (the caller of this Python code gave up): the Erlang
+    // process serving the request is ended; its reply, if one is on its
+    // way, finds no mailbox.
+    cancel_request(id);
+    return {};
+  }
   close_mailbox(id);
-  if (got < 0) return {};
   if (got == 0) return PyRef::steal(connection_error("no reply from Erlang"));
   return decode_reply(frame);
 }
@@ -195,6 +200,21 @@ bool ErlangLink::notify(PyObject* op, PyObject* args) {
   if (!encode_frame(out, kNotify, 0, op, args)) return false;
   send(out);
   return true;
+}
+
+void ErlangLink::cancel_request(uint64_t id) {
+  close_mailbox(id);
+  if (closed()) return;  // nobody serves it any more
+  ByteBuffer out;
+  size_t start = begin_frame(out);
+  mp::write_array_header(out, 4);
+  mp::write_uint(out, kNotify);
+  mp::write_uint(out, 0);
+  mp::write_str(out, "cancel");
+  mp::write_array_header(out, 1);
+  mp::write_uint(out, id);
+  end_frame(out, start);
+  send(out);
 }
 
 // ---- waiting ------------------------------------------------------------------

@@ -93,6 +93,10 @@ class ErlangLink {
   PyRef take_reply(uint64_t id);
   // Sends [20, 0, op, args]. False with an exception set on failure.
   bool notify(PyObject* op, PyObject* args);
+  // Python gave up on request id: closes its mailbox and sends
+  // [20, 0, "cancel", [id]] so that Erlang ends whatever serves it. Safe
+  // with an exception set (it calls no Python).
+  void cancel_request(uint64_t id);
 
   // The next term in mailbox id, waiting until the deadline: (True, term),
   // or (False, None) when none came. Null with an exception on error.

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/timerfd.h>
@@ -103,7 +104,7 @@ void InputBatch::swap(InputBatch& other) noexcept {
 
 InputReader::~InputReader() {
   stop();
-  for (int fd : {wake_fd_, stop_fd_, timer_fd_}) {
+  for (int fd : {wake_fd_, stop_fd_, timer_fd_, end_fd_}) {
     if (fd >= 0) close(fd);
   }
 }
@@ -122,6 +123,8 @@ int InputReader::start(int fd) {
   if (stop_fd_ < 0) return errno;
   timer_fd_ = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
   if (timer_fd_ < 0) return errno;
+  end_fd_ = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+  if (end_fd_ < 0) return errno;
   try {
     thread_ = std::thread(&InputReader::run, this);
   } catch (const std::system_error& e) {
@@ -206,18 +209,47 @@ void InputReader::on_tick() {
   if (!timer_armed_.exchange(true)) arm_timer();
 }
 
+void InputReader::arm_end_timer(int ms) {
+  itimerspec spec{};
+  spec.it_value.tv_sec = ms / 1000;
+  spec.it_value.tv_nsec = long(ms % 1000) * 1000000L;
+  timerfd_settime(end_fd_, 0, &spec, nullptr);
+}
+
+// Reading ended and the worker is still here (stop() not called): first,
+// kEndInterruptMs after, the Python still running is interrupted (a main
+// thread that is back to waiting is on its way out and is left alone);
+// then, kEndGraceMs after the end, the process is killed: Python that
+// ignores KeyboardInterrupt, a thread that never ends. Nobody can use its
+// answers any more.
+void InputReader::on_end() {
+  uint64_t expirations;
+  while (read(end_fd_, &expirations, sizeof expirations) < 0 && errno == EINTR) {
+  }
+  if (!end_interrupted_) {
+    end_interrupted_ = true;
+    if (end_handler_.fn && main_busy_.load()) end_handler_.fn(end_handler_.ctx);
+    arm_end_timer(kEndGraceMs - kEndInterruptMs);
+    return;
+  }
+  kill(getpid(), SIGKILL);
+}
+
 void InputReader::run() {
   for (;;) {
     bool reading = taken_over_.load();
-    pollfd fds[3] = {
-        {stop_fd_, POLLIN, 0}, {timer_fd_, POLLIN, 0}, {reading ? fd_ : -1, POLLIN, 0}};
-    if (poll(fds, 3, -1) < 0) {
+    pollfd fds[4] = {{stop_fd_, POLLIN, 0},
+                     {timer_fd_, POLLIN, 0},
+                     {reading ? fd_ : -1, POLLIN, 0},
+                     {end_fd_, POLLIN, 0}};
+    if (poll(fds, 4, -1) < 0) {
       if (errno == EINTR) continue;
       std::lock_guard<std::mutex> lock(read_mu_);
       finish_locked(std::string("waiting for frames failed: ") + std::strerror(errno));
       return;
     }
     if (fds[0].revents) return;
+    if (fds[3].revents) on_end();
     if (fds[1].revents) on_tick();
     if (fds[2].revents) {
       std::lock_guard<std::mutex> lock(read_mu_);
@@ -328,6 +360,8 @@ void InputReader::finish_locked(std::string error) {
   // Rung even when nothing was queued: the main thread must learn of it.
   rung_.store(true);
   ring(wake_fd_);
+  // The input thread acts on it (on_end()), whoever saw it.
+  if (end_handler_.fn) arm_end_timer(kEndInterruptMs);
 }
 
 }  // namespace pyport

@@ -91,11 +91,23 @@ class InputReader {
   // it may do what needs no GIL: PyErr_SetInterruptEx, signalling a waiting
   // thread, wake_main().
   using Handler = bool (*)(void* ctx, const InputFrame& frame);
+  // Called once, by the input thread, when reading ended (end of input or
+  // a read error) kEndInterruptMs ago and the main thread still runs
+  // Python: the owner is gone, so what runs should stop. Same constraints
+  // as a Handler.
+  using EndHandler = void (*)(void* ctx);
   // Kinds are positive fixints (PROTOCOL.md).
   static constexpr size_t kMaxKinds = 128;
   // How long one batch of requests keeps the main thread busy before the
   // input thread reads in its place.
   static constexpr int kTakeOverMs = 1;
+  // After reading ended: when Python still running is interrupted (the
+  // main thread gets this long to notice the end by itself), and when the
+  // input thread kills the process (SIGKILL; the keeper then ends its
+  // children): Python that ignores its KeyboardInterrupt must not outlive
+  // its owner.
+  static constexpr int kEndInterruptMs = 100;
+  static constexpr int kEndGraceMs = 1000;
 
   explicit InputReader(size_t max_frame_size) : assembler_(max_frame_size) {}
   ~InputReader();
@@ -104,6 +116,10 @@ class InputReader {
 
   // Before start(): frames of `kind` go to fn(ctx, frame).
   void set_handler(uint8_t kind, Handler fn, void* ctx);
+  // Before start(): fn(ctx) runs after reading ended (see EndHandler), and
+  // the process is killed kEndGraceMs after the end unless stop() came
+  // first. Without it, reading ends with no such consequence.
+  void set_end_handler(EndHandler fn, void* ctx) { end_handler_ = {fn, ctx}; }
 
   // Takes fd (made non-blocking; the reader does not close it) and starts
   // the input thread. The main thread counts as busy until main_idle().
@@ -162,17 +178,24 @@ class InputReader {
   void finish_locked(std::string error);
   void arm_timer();
   void on_tick();
+  void arm_end_timer(int ms);
+  void on_end();
 
   struct HandlerEntry {
     Handler fn = nullptr;
     void* ctx = nullptr;
   };
   HandlerEntry handlers_[kMaxKinds];
+  struct {
+    EndHandler fn = nullptr;
+    void* ctx = nullptr;
+  } end_handler_;
 
   int fd_ = -1;
   int wake_fd_ = -1;   // eventfd: the main thread's doorbell
   int stop_fd_ = -1;   // eventfd: asks the input thread to end
   int timer_fd_ = -1;  // timerfd: when to check whether the main thread is stuck busy
+  int end_fd_ = -1;    // timerfd: armed when reading ends; the process dies when it fires
   std::thread thread_;
 
   // Reading and routing, by either thread, and what the input thread hands
@@ -193,6 +216,7 @@ class InputReader {
   std::atomic<bool> timer_armed_{false};
   std::atomic<bool> taken_over_{false};  // input thread reads in the main thread's place
   uint64_t tick_seq_ = 0;                // input thread: busy_seq_ at the previous tick
+  bool end_interrupted_ = false;         // input thread: on_end() has run once
 };
 
 }  // namespace pyport

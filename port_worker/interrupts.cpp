@@ -97,6 +97,14 @@ void Interrupts::interrupt(uint64_t id) {
   early_.push_back(id);
 }
 
+void Interrupts::interrupt_all() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (running_.empty()) return;
+  for (Running& r : running_)
+    r.requested = true;
+  if (!running_.back().signalled) signal_locked(running_.back());
+}
+
 bool Interrupts::innermost_signalled() {
   std::lock_guard<std::mutex> lock(mu_);
   return !running_.empty() && running_.back().signalled;

@@ -49,6 +49,9 @@ class Interrupts {
 
   // Any thread, without the GIL: interrupt request `id`.
   void interrupt(uint64_t id);
+  // Any thread, without the GIL: interrupt every request running (the
+  // innermost now, the outer ones as they resume). At end of input.
+  void interrupt_all();
   // Whether the innermost running request was sent its SIGINT: a wait
   // inside it (for Erlang) then lets Python raise KeyboardInterrupt, even
   // when the signal arrived before the wait blocked.

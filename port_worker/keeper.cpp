@@ -254,7 +254,9 @@ void close_all_but(int a, int b, int c = -1) {
   signal(SIGPIPE, SIG_IGN);
   // The node gone (its child-setup process, our parent): end the worker.
   prctl(PR_SET_PDEATHSIG, SIGTERM);
-  int node_stderr = fcntl(2, F_DUPFD_CLOEXEC, 3);
+  // Diagnostics are copied to the node's stderr when that is a file or a
+  // pipe (a log); a terminal is never kept, so nothing can reach it.
+  int node_stderr = isatty(2) ? -1 : fcntl(2, F_DUPFD_CLOEXEC, 3);
   int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
   if (null_fd >= 0) {
     for (int fd = 0; fd <= 2; ++fd)

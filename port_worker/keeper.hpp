@@ -16,11 +16,12 @@
 //    child that outlives the worker can never keep the port's pipes open;
 //  - SIGTERM or SIGHUP (from the node's reaper, or the parent-death signal
 //    when the node goes) make it kill the worker first, then do the same;
-//  - its own fds 0-2 are /dev/null (no tty). The worker's fd 2 starts as a
-//    pipe to the keeper, which copies what arrives there (early start
-//    errors, fatal crash reports) to the node's stderr with control bytes
-//    replaced and a rate limit: the worker never holds the node's stderr,
-//    so it cannot reach the node's terminal.
+//  - its own fds 0-2 are /dev/null. The worker's fd 2 starts as a pipe to
+//    the keeper, which copies what arrives there (early start errors, fatal
+//    crash reports) to the node's stderr, with control bytes replaced and a
+//    rate limit, when that stderr is a file or a pipe; a terminal is never
+//    kept. The worker never holds the node's stderr: it cannot reach the
+//    node's terminal.
 //
 // The keeper and the worker are in a session of their own, without a
 // controlling terminal; the worker leads its own process group.

@@ -14,6 +14,7 @@
 
 #include "keeper.hpp"
 #include "options.hpp"
+#include "reaper.hpp"
 #include "sandbox.hpp"
 #include "worker.hpp"
 
@@ -66,6 +67,8 @@ bool take_channel(pyport::Channel& ch, std::string& error) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // The node's process killer (reaper.hpp), not a worker.
+  if (argc == 2 && std::strcmp(argv[1], "--reaper") == 0) return pyport::run_reaper();
   pyport::Options options;
   std::string error = pyport::parse_options(argc, argv, options);
   if (options.help) {
@@ -123,7 +126,7 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
 
   error = pyport::apply_limits(
-      options, options.zygote ? pyport::LimitScope::kProcess : pyport::LimitScope::kAll);
+      options, options.sandbox ? pyport::LimitScope::kProcess : pyport::LimitScope::kAll);
   if (!error.empty()) {
     pyport::report_start_failure(1, error, "limits");
     std::fprintf(stderr, "pyport_worker: %s\n", error.c_str());

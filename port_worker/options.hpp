@@ -61,9 +61,9 @@ struct Options {
 
 // Which resource limits apply_limits sets.
 enum class LimitScope {
-  kAll,      // a plain or warm sandboxed worker: every limit, on itself
-  kProcess,  // a zygote: address space and descriptors
-  kJob,      // a zygote's job child: CPU, file size, processes
+  kAll,      // a plain worker: every limit, on itself
+  kProcess,  // a sandboxed worker (jobs run in runners): address space and descriptors
+  kJob,      // a job's runner: CPU, file size, processes
 };
 
 // Applies the resource limits of `options` in `scope`, hard limit = soft

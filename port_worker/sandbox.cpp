@@ -1,15 +1,20 @@
 #include "sandbox.hpp"
 
 #include <Python.h>
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <pwd.h>
 #include <sched.h>
 #include <seccomp.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -24,6 +29,7 @@
 #include <atomic>
 #include <cerrno>
 #include <climits>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
@@ -566,6 +572,22 @@ std::string set_mount_attr(const std::string& path, uint64_t attrs, bool recursi
   return "";
 }
 
+// The BPF program of a filter, as seccomp(SECCOMP_SET_MODE_FILTER) takes it.
+std::string export_filter(scmp_filter_ctx ctx, std::vector<uint8_t>& out) {
+  int fd = int(syscall(SYS_memfd_create, "seccomp", unsigned(MFD_CLOEXEC)));
+  if (fd < 0) return errno_text("memfd_create");
+  int rc = seccomp_export_bpf(ctx, fd);
+  off_t size = rc == 0 ? lseek(fd, 0, SEEK_END) : -1;
+  out.resize(size > 0 ? size_t(size) : 0);
+  bool ok = size > 0 && pread(fd, out.data(), out.size(), 0) == ssize_t(out.size());
+  close(fd);
+  if (!ok) {
+    out.clear();
+    return rc < 0 ? std::string("seccomp_export_bpf: ") + strerror(-rc) : "cannot read the filter";
+  }
+  return "";
+}
+
 // Makes every missing directory of `path` (absolute, below the new root's
 // tmpfs; never below a bind mount, see build_view).
 std::string make_dirs(const std::string& path, mode_t mode = 0755) {
@@ -666,7 +688,8 @@ std::string Sandbox::enter_early() {
   hooks.cgroup = std::move(cgroup);
   LimitWatch& watch = hooks.watch;
   watch.options = &options_;
-  watch.scope = options_.zygote ? LimitScope::kProcess : LimitScope::kAll;
+  // What main.cpp applies to a sandboxed worker itself (the rest is per job).
+  watch.scope = LimitScope::kProcess;
   watch.inherited = current_limits();
   errno = 0;
   int nice = getpriority(PRIO_PROCESS, 0);
@@ -844,6 +867,9 @@ std::string Sandbox::enter_late(const std::vector<std::string>& read_paths) {
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return errno_text("PR_SET_NO_NEW_PRIVS");
   report_.no_new_privs = true;
   error = apply_landlock(read_paths);
+  // Jobs run in runners forked by a template made now: under the worker's
+  // Landlock domain, with a filter of its own (it must fork).
+  if (error.empty()) error = start_template(read_paths);
   if (error.empty())
     error = apply_seccomp(!options_.zygote && !(options_.sandbox_allow & kAllowFork), false);
   if (error.empty() && keeper_fd_ >= 0) {
@@ -1054,7 +1080,8 @@ std::string Sandbox::apply_landlock(const std::vector<std::string>& read_paths) 
   return "";
 }
 
-std::string Sandbox::apply_seccomp(bool forbid_fork, bool job_layer) {
+std::string Sandbox::apply_seccomp(bool forbid_fork, bool job_layer,
+                                   std::vector<uint8_t>* exported) {
   if (options_.sandbox_allow & kAllowSeccomp) return "";
   if (simulated_missing("seccomp")) {
     if (!job_layer)
@@ -1080,7 +1107,6 @@ std::string Sandbox::apply_seccomp(bool forbid_fork, bool job_layer) {
                              "umount2",
                              "pivot_root",
                              "chroot",
-                             "unshare",
                              "setns",
                              "open_tree",
                              "move_mount",
@@ -1115,6 +1141,13 @@ std::string Sandbox::apply_seccomp(bool forbid_fork, bool job_layer) {
                              "quotactl",
                              "vhangup"}) {
       f.trap(name);
+    }
+    // The template's runners make their own IPC namespace (and the user
+    // namespace it needs) before their job layer, which refuses unshare.
+    if (template_) {
+      f.trap("unshare", SCMP_A0_32(SCMP_CMP_NE, uint32_t(CLONE_NEWUSER | CLONE_NEWIPC)));
+    } else {
+      f.trap("unshare");
     }
     for (uint64_t ns : {CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWIPC,
                         CLONE_NEWUTS, CLONE_NEWCGROUP}) {
@@ -1178,7 +1211,8 @@ std::string Sandbox::apply_seccomp(bool forbid_fork, bool job_layer) {
       f.trap(name, SCMP_A0_32(SCMP_CMP_LT, self));
     }
   }
-  if (job_layer || (!options_.zygote && (options_.sandbox_allow & kAllowFork))) {
+  if (job_layer) f.trap("unshare");
+  if (job_layer || (!template_ && !options_.zygote && (options_.sandbox_allow & kAllowFork))) {
     f.trap("setsid");
     f.trap("setpgid");
   }
@@ -1193,6 +1227,7 @@ std::string Sandbox::apply_seccomp(bool forbid_fork, bool job_layer) {
     f.rule(refuse, "clone", SCMP_A0(SCMP_CMP_MASKED_EQ, uint64_t(CLONE_THREAD), 0));
   }
   if (!f.ok()) return f.error().empty() ? "seccomp: cannot create a filter" : f.error();
+  if (exported) return export_filter(f.ctx(), *exported);
   int rc = seccomp_load(f.ctx());
   if (rc < 0) {
     if (job_layer) return std::string("seccomp: load: ") + strerror(-rc);
@@ -1203,23 +1238,113 @@ std::string Sandbox::apply_seccomp(bool forbid_fork, bool job_layer) {
   return "";
 }
 
-std::string Sandbox::enter_job(int result_fd, int out_fd, int err_fd, pid_t zygote,
+// ---- job runners ----
+
+// Directories every job may read (and execute from), besides the pool's
+// Python paths: the worker's own Landlock layer narrows them further.
+const char* const kJobReadable[] = {"/usr",  "/lib", "/lib32", "/lib64", "/libx32", "/bin",
+                                    "/sbin", "/etc", "/proc",  "/sys",   "/dev"};
+
+std::string Sandbox::start_template(const std::vector<std::string>& read_paths) {
+  // What a runner may read: never the working directory as a whole (other
+  // jobs' directories are in it), so no path at or above it.
+  const std::string& work = report_.workdir;
+  for (const char* p : kJobReadable)
+    job_read_paths_.emplace_back(p);
+  for (const std::string& p : read_paths) {
+    bool above = work.compare(0, p.size(), p) == 0 &&
+                 (work.size() == p.size() || p.back() == '/' || work[p.size()] == '/');
+    if (!above) job_read_paths_.push_back(p);
+  }
+  // A user namespace of its own lets each runner make an IPC namespace of
+  // its own; where the worker could not make one, neither can a runner.
+  // Not with `privileges`: the job would lose the node's uid (unmapped).
+  job_ipc_ns_ = report_.user_ns && !(options_.sandbox_allow & kAllowPrivileges);
+
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+    return errno_text("cannot create the job template's socket");
+  }
+  pid_t worker = getpid();
+  PyOS_BeforeFork();
+  pid_t pid = fork();
+  if (pid == 0) {
+    PyOS_AfterFork_Child();
+    close(sv[0]);
+    run_template(sv[1], worker);
+  }
+  PyOS_AfterFork_Parent();
+  close(sv[1]);
+  if (pid < 0) {
+    close(sv[0]);
+    return errno_text("cannot fork the job template");
+  }
+  template_fd_ = sv[0];
+  // Runners are the worker's children (the template forks them as its
+  // siblings, or through a middle process, and the worker adopts them):
+  // wait4, pidfd, rusage; and the orphans of jobs that fork come here.
+  if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) return errno_text("PR_SET_CHILD_SUBREAPER");
+  // The first runners start now, while the worker says HELLO.
+  PyRef module = PyRef::steal(PyImport_ImportModule("erlang._runner"));
+  PyRef done =
+      module ? PyRef::steal(PyObject_CallMethod(module.get(), "prestart", nullptr)) : PyRef();
+  if (!done) {
+    std::string why = "cannot start the job runners";
+    PyErr_Print();
+    return why;
+  }
+  return "";
+}
+
+void Sandbox::run_template(int fd, pid_t worker) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != worker) _exit(1);
+  // Nothing of the frame channel, the owner's stderr or the log pipes'
+  // read ends: the socket (fd 3), /dev/null, and stderr for diagnostics.
+  int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null_fd < 0 || dup2(null_fd, 0) < 0 || dup2(null_fd, 1) < 0 || dup2(fd, 3) < 0 ||
+      syscall(SYS_close_range, 4u, ~0u, 0u) != 0) {
+    std::fprintf(stderr, "pyport_worker: job template: %s\n", strerror(errno));
+    _exit(1);
+  }
+  template_ = true;
+  std::string error = apply_seccomp(false, false);
+  // Every runner's job layer is the same filter (unless it names the
+  // runner's pid: no Landlock signal scoping): compiled once, here.
+  bool job_forbid_fork = !(options_.sandbox_allow & kAllowFork);
+  if (error.empty() && report_.seccomp && !(job_forbid_fork && report_.landlock < 6) &&
+      !apply_seccomp(job_forbid_fork, true, &job_filter_).empty()) {
+    job_filter_.clear();  // each runner compiles its own
+  }
+  if (error.empty()) {
+    PyRef module = PyRef::steal(PyImport_ImportModule("erlang._runner"));
+    PyRef done =
+        module ? PyRef::steal(PyObject_CallMethod(module.get(), "template", "ii", 3, int(worker)))
+               : PyRef();
+    PyErr_Print();
+    error = "erlang._runner.template returned";
+  }
+  std::fprintf(stderr, "pyport_worker: job template: %s\n", error.c_str());
+  _exit(1);
+}
+
+std::string Sandbox::enter_job(int job_fd, int result_fd, int out_fd, int err_fd, pid_t worker,
                                const std::string& job_name, std::string& job_dir) {
-  // The descriptors first: from here on nothing can reach the frame channel.
+  // The descriptors first: from here on nothing but the job's own pipes.
   int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (null_fd < 0) return errno_text("cannot open /dev/null");
-  // Out of the way of 0-3 before they are assigned.
-  int fds[3] = {fcntl(result_fd, F_DUPFD_CLOEXEC, 10), fcntl(out_fd, F_DUPFD_CLOEXEC, 10),
-                fcntl(err_fd, F_DUPFD_CLOEXEC, 10)};
-  if (fds[0] < 0 || fds[1] < 0 || fds[2] < 0) return errno_text("cannot move the job's pipes");
-  if (dup2(null_fd, 0) < 0 || dup2(fds[1], 1) < 0 || dup2(fds[2], 2) < 0 || dup2(fds[0], 3) < 0) {
+  // Out of the way of 0-4 before they are assigned.
+  int fds[4] = {fcntl(job_fd, F_DUPFD_CLOEXEC, 10), fcntl(result_fd, F_DUPFD_CLOEXEC, 10),
+                fcntl(out_fd, F_DUPFD_CLOEXEC, 10), fcntl(err_fd, F_DUPFD_CLOEXEC, 10)};
+  for (int fd : fds)
+    if (fd < 0) return errno_text("cannot move the job's pipes");
+  if (dup2(null_fd, 0) < 0 || dup2(fds[2], 1) < 0 || dup2(fds[3], 2) < 0 || dup2(fds[1], 3) < 0 ||
+      dup2(fds[0], 4) < 0) {
     return errno_text("cannot set up the job's descriptors");
   }
-  if (syscall(SYS_close_range, 4u, ~0u, 0u) != 0) return errno_text("close_range");
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (getppid() != zygote) _exit(1);
+  if (syscall(SYS_close_range, 5u, ~0u, 0u) != 0) return errno_text("close_range");
   // A process group of its own, which the job cannot leave (the job's
-  // filter refuses setsid and setpgid): the zygote ends it whole.
+  // filter refuses setsid and setpgid): the worker ends it whole.
   if (setpgid(0, 0) != 0) return errno_text("setpgid");
   g_forbidden.store(-1);
 
@@ -1232,20 +1357,53 @@ std::string Sandbox::enter_job(int result_fd, int out_fd, int err_fd, pid_t zygo
   setenv("TMPDIR", job_dir.c_str(), 1);
   setenv("HOME", job_dir.c_str(), 1);
   setenv("PWD", job_dir.c_str(), 1);
+  // SysV IPC objects and POSIX message queues of its own, gone with it.
+  // (The uid stays unmapped in the new user namespace: the kernel's ids
+  // are unchanged, the job sees 65534. Its capabilities there go at once.)
+  if (job_ipc_ns_) {
+    if (unshare(CLONE_NEWUSER | CLONE_NEWIPC) != 0) {
+      return errno_text("cannot make the job's IPC namespace (unshare)");
+    }
+    if (!drop_capabilities()) return errno_text("cannot drop capabilities");
+  }
   std::string error = apply_limits(options_, LimitScope::kJob);
   if (!error.empty()) return error;
   if (report_.landlock > 0) {
-    // A nested layer: writes only in the job's directory; a domain of its
-    // own, so the job cannot signal the zygote.
-    uint64_t fs = fs_rights(report_.landlock) & kFsWriteRights;
+    // A nested layer (layers intersect): reads of the system directories
+    // and the pool's paths, everything in the job's own directory, nothing
+    // of the rest of the working directory (other jobs'); a domain of its
+    // own, so the job cannot signal the worker or another job.
+    uint64_t fs = fs_rights(report_.landlock);
     Ruleset rules(report_.landlock, fs, 0, kScopeAbstractUnix | kScopeSignal);
     if (rules.fd() < 0) return errno_text("Landlock: create_ruleset");
-    error = rules.allow(job_dir, fs & ~(kFsMakeChar | kFsMakeBlock));
-    if (error.empty()) error = rules.allow("/dev/null", fs & kFsFileRights);
+    constexpr uint64_t kRead = kFsReadFile | kFsReadDir | kFsExecute;
+    uint64_t own = fs & ~(kFsMakeChar | kFsMakeBlock);
+    if (!(options_.sandbox_allow & kAllowExec)) own &= ~kFsExecute;
+    for (const std::string& p : job_read_paths_) {
+      if (error.empty()) error = rules.allow(p, kRead);
+    }
+    if (error.empty()) error = rules.allow(job_dir, own);
+    if (error.empty()) error = rules.allow("/dev/null", kFsFileRights & ~kFsExecute);
     if (error.empty()) error = rules.restrict_self();
     if (!error.empty()) return error;
   }
-  if (report_.seccomp) error = apply_seccomp(!(options_.sandbox_allow & kAllowFork), true);
+  // The template's child that forked this runner exits at once: wait to be
+  // the worker's, then die with it.
+  for (int i = 0; getppid() != worker; ++i) {
+    if (i > 20000) return "the worker did not adopt the job's runner";
+    usleep(50);
+  }
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != worker) _exit(1);
+  if (report_.seccomp && !job_filter_.empty()) {
+    sock_fprog prog{uint16_t(job_filter_.size() / sizeof(sock_filter)),
+                    reinterpret_cast<sock_filter*>(job_filter_.data())};
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0u, &prog) != 0) {
+      return errno_text("seccomp: the job layer");
+    }
+  } else if (report_.seccomp) {
+    error = apply_seccomp(!(options_.sandbox_allow & kAllowFork), true);
+  }
   return error;
 }
 
@@ -1395,22 +1553,172 @@ PyObject* take_forbidden(PyObject*, PyObject*) {
 }
 
 PyObject* enter_job(PyObject* module, PyObject* args) {
-  int result_fd, out_fd, err_fd, zygote;
+  int job_fd, result_fd, out_fd, err_fd, worker;
   const char* name;
-  if (!PyArg_ParseTuple(args, "iiiis:enter_job", &result_fd, &out_fd, &err_fd, &zygote, &name)) {
+  if (!PyArg_ParseTuple(args, "iiiiis:enter_job", &job_fd, &result_fd, &out_fd, &err_fd, &worker,
+                        &name)) {
     return nullptr;
   }
   Sandbox* sandbox = sandbox_of(module);
   if (!sandbox) return nullptr;
-  // The child has no channel to Erlang: the erlang API says so at once.
+  // A runner has no channel to Erlang: the erlang API says so at once.
   if (!bind_erlang_module(nullptr)) return nullptr;
   std::string job_dir;
-  std::string error = sandbox->enter_job(result_fd, out_fd, err_fd, pid_t(zygote), name, job_dir);
+  std::string error =
+      sandbox->enter_job(job_fd, result_fd, out_fd, err_fd, pid_t(worker), name, job_dir);
   if (!error.empty()) {
     PyErr_SetString(PyExc_OSError, error.c_str());
     return nullptr;
   }
   return PyUnicode_DecodeFSDefault(job_dir.c_str());
+}
+
+void close_all(std::initializer_list<int> fds) {
+  for (int fd : fds)
+    if (fd >= 0) close(fd);
+}
+
+// In the worker: asks the template for a runner. Returns the worker's ends
+// of the runner's pipes (job in, result, stdout, stderr), close-on-exec.
+PyObject* start_runner(PyObject* module, PyObject* arg) {
+  Sandbox* sandbox = sandbox_of(module);
+  if (!sandbox) return nullptr;
+  if (sandbox->template_fd() < 0) {
+    PyErr_SetString(PyExc_RuntimeError, "this worker has no job template");
+    return nullptr;
+  }
+  Py_ssize_t size;
+  const char* name = PyUnicode_AsUTF8AndSize(arg, &size);
+  if (!name) return nullptr;
+  int job[2] = {-1, -1}, result[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};
+  if (pipe2(job, O_CLOEXEC) != 0 || pipe2(result, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0 ||
+      pipe2(err, O_CLOEXEC) != 0) {
+    PyErr_SetFromErrno(PyExc_OSError);
+    close_all({job[0], job[1], result[0], result[1], out[0], out[1], err[0], err[1]});
+    return nullptr;
+  }
+  int theirs[4] = {job[0], result[1], out[1], err[1]};
+  union {
+    char buf[CMSG_SPACE(sizeof theirs)];
+    cmsghdr align;
+  } control{};
+  iovec iov{const_cast<char*>(name), size_t(size)};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.buf;
+  msg.msg_controllen = sizeof control.buf;
+  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+  cmsg->cmsg_level = SOL_SOCKET;
+  cmsg->cmsg_type = SCM_RIGHTS;
+  cmsg->cmsg_len = CMSG_LEN(sizeof theirs);
+  std::memcpy(CMSG_DATA(cmsg), theirs, sizeof theirs);
+  ssize_t sent;
+  Py_BEGIN_ALLOW_THREADS;
+  do {
+    sent = sendmsg(sandbox->template_fd(), &msg, MSG_NOSIGNAL);
+  } while (sent < 0 && errno == EINTR);
+  Py_END_ALLOW_THREADS;
+  int send_errno = errno;
+  close_all({job[0], result[1], out[1], err[1]});
+  if (sent < 0) {
+    close_all({job[1], result[0], out[0], err[0]});
+    errno = send_errno;
+    PyErr_SetFromErrno(PyExc_OSError);
+    return nullptr;
+  }
+  return Py_BuildValue("(iiii)", job[1], result[0], out[0], err[0]);
+}
+
+// glibc's record of the calling thread's id (what its fork() sets in the
+// child), located through libthread_db's description of struct pthread and
+// checked against gettid(); null where that does not hold.
+pid_t* own_tid_record() {
+  static pid_t* record = []() -> pid_t* {
+    const auto* desc = static_cast<const uint32_t*>(dlsym(RTLD_DEFAULT, "_thread_db_pthread_tid"));
+    if (!desc || desc[0] != 8 * sizeof(pid_t) || desc[1] != 1) return nullptr;
+    auto* at = reinterpret_cast<pid_t*>(reinterpret_cast<char*>(pthread_self()) + desc[2]);
+    return *at == pid_t(syscall(SYS_gettid)) ? at : nullptr;
+  }();
+  return record;
+}
+
+// In the (single-threaded) template: forks a runner as its sibling, the
+// worker's child (CLONE_PARENT), so the worker reaps it: one fork, no
+// middle process. As fork() does, the child's glibc thread record gets its
+// own id (CLONE_CHILD_SETTID). None where that record cannot be found (the
+// caller then forks twice); 0 in the child, its pid in the template.
+PyObject* fork_sibling(PyObject*, PyObject*) {
+  pid_t* tid = own_tid_record();
+  if (!tid) Py_RETURN_NONE;
+  PyOS_BeforeFork();
+  unsigned long flags = CLONE_PARENT | CLONE_CHILD_SETTID | SIGCHLD;
+#if defined(__x86_64__)
+  long pid = syscall(SYS_clone, flags, nullptr, nullptr, tid, nullptr);
+#elif defined(__aarch64__)
+  long pid = syscall(SYS_clone, flags, nullptr, nullptr, nullptr, tid);
+#else
+#error "fork_sibling needs the clone argument order of this architecture"
+#endif
+  if (pid == 0) {
+    PyOS_AfterFork_Child();
+    return PyLong_FromLong(0);
+  }
+  int err = errno;
+  PyOS_AfterFork_Parent();
+  if (pid < 0) {
+    errno = err;
+    return PyErr_SetFromErrno(PyExc_OSError);
+  }
+  return PyLong_FromLong(pid);
+}
+
+// In the template: the next request, as (name, (job, result, out, err)),
+// or None when the worker is gone.
+PyObject* next_runner_request(PyObject*, PyObject* arg) {
+  int fd = PyLong_AsLong(arg);
+  if (fd < 0 && PyErr_Occurred()) return nullptr;
+  for (;;) {
+    char name[256];
+    int fds[4];
+    union {
+      char buf[CMSG_SPACE(sizeof fds)];
+      cmsghdr align;
+    } control{};
+    iovec iov{name, sizeof name - 1};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof control.buf;
+    ssize_t n;
+    Py_BEGIN_ALLOW_THREADS;
+    n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+    Py_END_ALLOW_THREADS;
+    if (n < 0 && errno == EINTR) {
+      if (PyErr_CheckSignals() < 0) return nullptr;
+      continue;
+    }
+    if (n <= 0) Py_RETURN_NONE;
+    cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+    size_t count = 0;
+    if (cmsg && cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS) {
+      count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      std::memcpy(fds, CMSG_DATA(cmsg), std::min(count, size_t(4)) * sizeof(int));
+    }
+    if (count != 4 || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+      for (size_t i = 0; i < std::min(count, size_t(4)); ++i)
+        close(fds[i]);
+      continue;  // not a request of the worker's: nothing to start
+    }
+    PyObject* text = PyUnicode_DecodeUTF8(name, Py_ssize_t(n), "replace");
+    if (!text) {
+      for (int f : fds)
+        close(f);
+      return nullptr;
+    }
+    return Py_BuildValue("(N(iiii))", text, fds[0], fds[1], fds[2], fds[3]);
+  }
 }
 
 PyObject* encode(PyObject* module, PyObject* obj) {
@@ -1446,7 +1754,14 @@ PyMethodDef kMethods[] = {
     {"take_forbidden", take_forbidden, METH_NOARGS,
      "the first syscall the filter refused since the last call, or None"},
     {"enter_job", enter_job, METH_VARARGS,
-     "enter_job(result_fd, out_fd, err_fd, zygote_pid, name) -> the job's directory (in a fork)"},
+     "enter_job(job_fd, result_fd, out_fd, err_fd, worker_pid, name) -> the job's directory "
+     "(in a runner)"},
+    {"start_runner", start_runner, METH_O,
+     "start_runner(name) -> (job_w, result_r, out_r, err_r): asks the template for a runner"},
+    {"fork_sibling", fork_sibling, METH_NOARGS,
+     "fork_sibling() -> 0 in the child, its pid, or None (in the template)"},
+    {"next_runner_request", next_runner_request, METH_O,
+     "next_runner_request(fd) -> (name, fds) or None (in the template)"},
     {"encode", encode, METH_O, "encode(value) -> bytes, as a frame would carry it"},
     {"decode", decode, METH_O, "decode(bytes) -> value (one msgpack value, untrusted)"},
     {nullptr, nullptr, 0, nullptr},

@@ -17,9 +17,13 @@
 //     thread and the threads it starts later): the cgroup namespace, the
 //     private root (pivot_root; the --max-disk tmpfs; its own /proc), no
 //     capabilities, no_new_privs, Landlock, and the seccomp filter last.
-//  4. In a zygote, enter_job() in each job's child: its own descriptors,
-//     working directory, rlimits, a nested Landlock layer and a second
-//     seccomp filter forbidding process creation.
+//  4. Within enter_late, between Landlock and seccomp, the job template is
+//     forked (start_template): a copy of the worker that never reads a frame
+//     nor holds the frame channel, and forks one runner per job on request
+//     (python_runtime/erlang/_runner.py). The worker sees no job's code run.
+//  5. enter_job() in each runner: its own descriptors, working directory,
+//     IPC (and user) namespace, rlimits, a nested Landlock layer and a
+//     second seccomp filter.
 //
 // A layer the kernel refuses is reported (report(): HELLO's `sandbox` map),
 // never silently skipped.
@@ -63,13 +67,16 @@ class Sandbox {
   // Step 3. `read_paths` are directories Python reads modules from
   // (sys.path), readable besides the system directories.
   std::string enter_late(const std::vector<std::string>& read_paths);
-  // Step 4, in the child of a zygote, right after fork(). The child's fd 0
-  // becomes /dev/null, 1 and 2 out_fd and err_fd, 3 result_fd; every other
-  // descriptor is closed (the frame channel above all). Returns an empty
-  // string and the job's directory in `job_dir`, or what failed.
-  // `job_name` names the job's directory inside the working directory.
-  std::string enter_job(int result_fd, int out_fd, int err_fd, pid_t zygote,
+  // Step 5, in a job runner (a grandchild of the template, adopted by the
+  // worker, whose pid is `worker`). The runner's fd 0 becomes /dev/null,
+  // 1 and 2 out_fd and err_fd, 3 result_fd, 4 job_fd; every other
+  // descriptor is closed. Returns an empty string and the job's directory
+  // in `job_dir`, or what failed. `job_name` names the job's directory
+  // inside the working directory.
+  std::string enter_job(int job_fd, int result_fd, int out_fd, int err_fd, pid_t worker,
                         const std::string& job_name, std::string& job_dir);
+  // The worker's end of the socket to its job template (-1: none).
+  int template_fd() const { return template_fd_; }
 
   const Options& options() const { return options_; }
   // The worker's pid as its owner sees it (a zygote is 1 in its own pid
@@ -92,7 +99,12 @@ class Sandbox {
   std::string enter_pid_namespace();
   std::string build_view(const std::vector<std::string>& read_paths);
   std::string apply_landlock(const std::vector<std::string>& read_paths);
-  std::string apply_seccomp(bool forbid_fork, bool job_layer);
+  // With `exported`, the filter's BPF program goes there instead of being
+  // loaded (a runner's job layer, compiled once by the template).
+  std::string apply_seccomp(bool forbid_fork, bool job_layer,
+                            std::vector<uint8_t>* exported = nullptr);
+  std::string start_template(const std::vector<std::string>& read_paths);
+  [[noreturn]] void run_template(int fd, pid_t worker);
 
   Options options_;
   SandboxReport report_;
@@ -100,6 +112,14 @@ class Sandbox {
   int keeper_fd_ = -1;  // the socketpair to the keeper (SandboxKeeper in sandbox.cpp)
   // Tells the keeper the worker's host pid (it moves it into the cgroup).
   void announce_to_keeper();
+  // Job runners: what their Landlock layer lets them read (besides their
+  // own directory), whether each gets its own IPC namespace, the socket
+  // to the template, and whether this process is the template.
+  std::vector<std::string> job_read_paths_;
+  bool job_ipc_ns_ = false;
+  int template_fd_ = -1;
+  bool template_ = false;
+  std::vector<uint8_t> job_filter_;  // the job layer's BPF, when it is the same for every runner
 };
 
 // Before Py_Initialize: makes `import _pyport_sandbox` work (the Python

@@ -163,6 +163,10 @@ int Worker::run(const Channel& channel) {
 
   // INTERRUPT must act while Python runs on this thread.
   reader_.set_handler(kInterrupt, on_interrupt_frame, this);
+  // The owner gone: what runs is interrupted (the input thread kills the
+  // worker if that is not enough, input_reader.hpp).
+  reader_.set_end_handler([](void* ctx) { static_cast<Worker*>(ctx)->interrupts_.interrupt_all(); },
+                          this);
   rc = reader_.start(channel_.in_fd);
   if (rc) {
     diag(std::string("cannot start the input thread: ") + std::strerror(rc));
@@ -310,7 +314,8 @@ bool Worker::init_python() {
     }
   }
 
-  // Fatal crash reports go to the owner's stderr, which outlives the worker.
+  // Fatal crash reports go to the keeper, which outlives the worker (and
+  // copies them to the node's stderr, keeper.hpp).
   if (channel_.diag_fd >= 0) {
     PyRef fh = PyRef::steal(PyImport_ImportModule("faulthandler"));
     PyRef enable = fh ? PyRef::steal(PyObject_GetAttrString(fh.get(), "enable")) : PyRef();

@@ -32,7 +32,7 @@ struct Channel {
   int out_fd = -1;      // frames to the owner (private, close-on-exec)
   int log_out_fd = -1;  // read end of the pipe behind fd 1
   int log_err_fd = -1;  // read end of the pipe behind fd 2
-  int diag_fd = -1;     // the stderr inherited from the owner, or -1
+  int diag_fd = -1;     // the pipe to the keeper (keeper.hpp), or -1
 };
 
 // Writes "pyport_worker: <message>\n" to fd (the inherited stderr), if open.

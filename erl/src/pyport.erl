@@ -5,6 +5,9 @@
 -export([start/0, start_pool/2, stop_pool/1, pools/0, workers/1, worker_info/1, pool_info/1,
          run_job/2]).
 
+%% How long introspection waits for a worker's gen_server.
+-define(INFO_TIMEOUT_MS, 1000).
+
 %% @doc Starts pyport and what it needs (for shells and scripts).
 -spec start() -> {ok, [atom()]} | {error, term()}.
 start() ->
@@ -63,18 +66,20 @@ pool_info(Pool) ->
 
 worker_summary(Slot, {ok, Pid}, C, Sandboxed) ->
     Base = #{slot => Slot, pid => Pid, in_flight => counters:get(C, Slot)},
-    try pyport_worker:info(Pid) of
-        #{os_pid := OsPid, status := Status, served := Served, restarts := Restarts,
-          recycles := Recycles, sandbox := Sandbox} ->
+    case ask_worker(Pid) of
+        {ok, #{os_pid := OsPid, status := Status, served := Served, restarts := Restarts,
+               recycles := Recycles, sandbox := Sandbox}} ->
             Summary = Base#{os_pid => OsPid, status => Status, served => Served,
                             restarts => Restarts, recycles => Recycles,
                             rss_bytes => pyport_os:rss_bytes(OsPid)},
             case Sandboxed of
                 true -> Summary#{sandbox => Sandbox};
                 false -> Summary
-            end
-    catch
-        exit:{Reason, _} -> Base#{status => {down, Reason}}
+            end;
+        {busy, Status} ->
+            Base#{status => Status};
+        {down, Reason} ->
+            Base#{status => {down, Reason}}
     end;
 worker_summary(Slot, error, _C, _Sandboxed) ->
     #{slot => Slot, status => down}.
@@ -106,6 +111,11 @@ run_job(Pool, Job) ->
 
 %% @doc What the worker behind a context (or `{Pool, Slot}') reports: its
 %% OS pid, Python version, status, requests pending and queued, restarts.
+%% Answers in every state: `{error, {no_worker, Pool, Slot}}' while the
+%% slot has no gen_server, `{error, {worker_exited, Reason}}' if it died
+%% just before, and only `pool', `slot', `pid' and `status' (`starting',
+%% `stopping' or `busy') while its gen_server starts or stops an OS
+%% process and cannot answer within a second.
 -spec worker_info(py:context() | {atom(), pos_integer()}) ->
           {ok, #{atom() => term()}} | {error, term()}.
 worker_info({Pool, Slot}) when is_atom(Pool), is_integer(Slot) ->
@@ -113,8 +123,11 @@ worker_info({Pool, Slot}) when is_atom(Pool), is_integer(Slot) ->
         {ok, Info} ->
             case pyport_pool:worker(Info, Slot) of
                 {ok, Pid} ->
-                    try {ok, pyport_worker:info(Pid)}
-                    catch exit:{Reason, _} -> {error, {worker_exited, Reason}}
+                    case ask_worker(Pid) of
+                        {ok, _} = Answer -> Answer;
+                        {busy, Status} ->
+                            {ok, #{pool => Pool, slot => Slot, pid => Pid, status => Status}};
+                        {down, Reason} -> {error, {worker_exited, Reason}}
                     end;
                 error ->
                     {error, {no_worker, Pool, Slot}}
@@ -124,3 +137,28 @@ worker_info({Pool, Slot}) when is_atom(Pool), is_integer(Slot) ->
     end;
 worker_info(Ctx) ->
     worker_info(py:context_slot(Ctx)).
+
+%% A worker's gen_server answers between messages; while it starts its
+%% first OS process (init/1) or stops one (terminate/2) it cannot, and is
+%% reported as doing that rather than waited for.
+ask_worker(Pid) ->
+    try {ok, gen_server:call(Pid, info, ?INFO_TIMEOUT_MS)}
+    catch
+        exit:{timeout, _} -> {busy, busy_status(Pid)};
+        exit:{Reason, _} -> {down, Reason};
+        exit:Reason -> {down, Reason}
+    end.
+
+busy_status(Pid) ->
+    case erlang:process_info(Pid, current_stacktrace) of
+        {current_stacktrace, Stack} ->
+            Functions = [{M, F} || {M, F, _, _} <- Stack],
+            case {lists:member({pyport_worker, init}, Functions),
+                  lists:member({pyport_worker, terminate}, Functions)} of
+                {true, _} -> starting;
+                {_, true} -> stopping;
+                _ -> busy
+            end;
+        undefined ->
+            busy
+    end.

@@ -161,7 +161,7 @@ protocol_atoms() ->
      ok, error, exception, type, message, traceback, stdout, stderr, cpu_ms, max_rss,
      wall_ms, bad_job, output_limit, memory_limit, file_size_limit, process_limit,
      cpu_limit, forbidden, crashed, signal, exit_status, timeout, cancelled,
-     result_too_large,
+     result_too_large, no_runner,
      sighup, sigint, sigquit, sigill, sigtrap, sigabrt, sigbus, sigfpe, sigkill, sigusr1,
      sigsegv, sigusr2, sigpipe, sigalrm, sigterm, sigstkflt, sigchld, sigcont, sigstop,
      sigtstp, sigttin, sigttou, sigurg, sigxcpu, sigxfsz, sigvtalrm, sigprof, sigwinch,

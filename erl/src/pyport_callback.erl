@@ -6,19 +6,28 @@
 %% message (state, publish, send, whereis, lookups) are answered inline;
 %% anything that runs user code or may wait (registered functions, RPC)
 %% runs in a process of its own, which writes the REPLY to the port itself
-%% (any process may write to a port).
+%% (any process may write to a port). Those processes are started, bounded
+%% and ended by the worker's {@link pyport_callback_keeper}.
+%%
+%% The worker is not trusted: before anything is served, the pool's
+%% {@link pyport_grants} decide whether the operation is granted.
 -module(pyport_callback).
 
 -include_lib("kernel/include/logger.hrl").
 
--export([request/3, notify/2, schedule_erlang/2, encode_reply/2]).
+-export([request/3, notify/2, schedule_check/2, schedule_cast/3, schedule_erlang/2,
+         encode_reply/2, reply_frame/3]).
 
 -export_type([context/0, action/0]).
 
 -define(REPLY, 9).
 
-%% What the owner passes in: its port, and logger metadata naming the worker.
--type context() :: #{port := port(), meta := map()}.
+%% What the owner passes in: its port, logger metadata naming the worker,
+%% the pool's grants, the worker's callback keeper and the largest frame the
+%% worker reads.
+-type context() :: #{port := port(), meta := map(), grants := pyport_grants:grants(),
+                     keeper := pyport_callback_keeper:keeper(),
+                     max_frame_size := pos_integer()}.
 -type result() :: {ok, term()} | {error, binary(), unicode:chardata(), term()}.
 %% What the owner must do for a request.
 -type action() :: {reply, result()}
@@ -30,7 +39,14 @@
 request(Id, Rest, Ctx) ->
     case pyport_codec:decode_fields(2, Rest) of
         {ok, [Op, Args]} when is_binary(Op), is_list(Args) ->
-            op(Op, Args, Id, Ctx);
+            Grants = maps:get(grants, Ctx),
+            case pyport_grants:request(Op, Args, Grants) of
+                ok ->
+                    op(Op, Args, Id, Ctx);
+                Refusal ->
+                    pyport_grants:refused(Grants, request),
+                    {reply, pyport_grants:error_reply(Grants, Refusal)}
+            end;
         {ok, Fields} ->
             {reply, bad_request(<<"REQUEST needs an operation and a list of arguments">>, Fields)};
         {error, Why} ->
@@ -38,9 +54,12 @@ request(Id, Rest, Ctx) ->
     end.
 
 op(<<"call">>, [Name, Args], Id, Ctx) when is_list(Args) ->
-    in_process(Id, Ctx, fun() -> call_result(pyport_registry:call(Name, Args)) end);
-op(<<"registered">>, [Name], _Id, _Ctx) ->
-    {reply, {ok, pyport_registry:is_registered(Name)}};
+    in_process(Id, Ctx, ["erlang.call(", quoted(Name), ")"], infinity,
+               fun() -> call_result(pyport_registry:call(Name, Args)) end);
+op(<<"registered">>, [Name], _Id, #{grants := Grants}) ->
+    %% A function the pool is not granted is not there for it.
+    {reply, {ok, pyport_grants:function(Name, Grants) =:= ok
+                 andalso pyport_registry:is_registered(Name)}};
 op(<<"state_get">>, [Key], _Id, _Ctx) ->
     {reply, case pyport_state:fetch(Key) of
                 {ok, V} -> {ok, V};
@@ -79,8 +98,15 @@ op(<<"rpc_call">>, [Node, M, F, Args, Timeout0], Id, Ctx)
   when is_list(Args), is_integer(Timeout0), Timeout0 >= 0; is_list(Args), Timeout0 =:= none ->
     Timeout = case Timeout0 of none -> infinity; _ -> Timeout0 end,
     case rpc_target(Node, M, F) of
+        {ok, N, Mod, Fun} when N =:= node() ->
+            %% Run in the runner itself (erpc would start a process of its
+            %% own for a timeout, which outlives a killed runner); the
+            %% keeper ends it at its timeout.
+            in_process(Id, Ctx, rpc_what(<<"rpc_call">>, N, Mod, Fun), Timeout,
+                       fun() -> rpc_result(N, Mod, Fun, Args, infinity) end);
         {ok, N, Mod, Fun} ->
-            in_process(Id, Ctx, fun() -> rpc_result(N, Mod, Fun, Args, Timeout) end);
+            in_process(Id, Ctx, rpc_what(<<"rpc_call">>, N, Mod, Fun), infinity,
+                       fun() -> rpc_result(N, Mod, Fun, Args, Timeout) end);
         {error, _, _, _} = Error ->
             {reply, Error}
     end;
@@ -90,39 +116,104 @@ op(Op, Args, _Id, _Ctx) ->
 %% @doc Serves `[20, 0, Op, Args]': what needs no answer. The owner ends
 %% the subscriptions of a mailbox when told to.
 -spec notify(binary(), context()) -> ok | {unsubscribe_all, pos_integer()}.
-notify(Rest, Ctx) ->
+notify(Rest, #{grants := Grants, meta := Meta} = Ctx) ->
     case pyport_codec:decode_fields(2, Rest) of
-        {ok, [<<"log">>, [Level, Message, Meta]]} ->
-            log(Level, Message, Meta, Ctx);
-        {ok, [<<"span">>, [Span]]} ->
-            pyport_trace:record(Span, maps:get(meta, Ctx));
-        {ok, [<<"cast">>, [Name, Args]]} when is_list(Args) ->
-            _ = spawn(fun() ->
-                              case pyport_registry:call(Name, Args) of
-                                  {ok, _} -> ok;
-                                  Error -> ?LOG_WARNING("pyport: erlang.cast(~tp) failed: ~tp",
-                                                        [Name, Error], maps:get(meta, Ctx))
-                              end
-                      end),
-            ok;
-        {ok, [<<"rpc_cast">>, [Node, M, F, Args]]} when is_list(Args) ->
-            case rpc_target(Node, M, F) of
-                {ok, N, Mod, Fun} -> erpc:cast(N, Mod, Fun, Args);
-                {error, _, Message, _} -> ?LOG_WARNING("pyport: rpc_cast: ~ts", [Message],
-                                                       maps:get(meta, Ctx))
+        {ok, [Op, Args]} when is_binary(Op) ->
+            case pyport_grants:notify(Op, Args, Grants) of
+                ok ->
+                    notify_op(Op, Args, Ctx);
+                Refusal ->
+                    pyport_grants:refused(Grants, {notify, Refusal, Meta})
             end;
-        {ok, [<<"unsubscribe_all">>, [Box]]} when is_integer(Box) ->
-            {unsubscribe_all, Box};
         Other ->
-            ?LOG_WARNING("pyport: unknown NOTIFY from the worker: ~tp", [Other],
-                         maps:get(meta, Ctx))
+            ?LOG_WARNING("pyport: unknown NOTIFY from the worker: ~0tp", [Other], Meta)
     end.
+
+notify_op(<<"log">>, [Level, Message, Meta], Ctx) ->
+    log(Level, Message, Meta, Ctx);
+notify_op(<<"span">>, [Span], Ctx) ->
+    pyport_trace:record(Span, maps:get(meta, Ctx));
+notify_op(<<"cast">>, [Name, Args], Ctx) when is_list(Args) ->
+    run_cast(["erlang.cast(", quoted(Name), ")"], Ctx,
+             fun() ->
+                     case pyport_registry:call(Name, Args) of
+                         {ok, _} -> ok;
+                         Error -> ?LOG_WARNING("pyport: erlang.cast(~tp) failed: ~tp",
+                                               [Name, Error], maps:get(meta, Ctx))
+                     end
+             end);
+notify_op(<<"rpc_cast">>, [Node, M, F, Args], Ctx) when is_list(Args) ->
+    case rpc_target(Node, M, F) of
+        {ok, N, Mod, Fun} when N =:= node() ->
+            %% Counted against the worker's callbacks like any local process.
+            run_cast(rpc_what(<<"rpc_cast">>, N, Mod, Fun), Ctx,
+                     fun() -> erlang:apply(Mod, Fun, Args) end);
+        {ok, N, Mod, Fun} ->
+            erpc:cast(N, Mod, Fun, Args);
+        {error, _, Message, _} ->
+            ?LOG_WARNING("pyport: rpc_cast: ~ts", [Message], maps:get(meta, Ctx))
+    end;
+notify_op(<<"unsubscribe_all">>, [Box], _Ctx) when is_integer(Box) ->
+    {unsubscribe_all, Box};
+notify_op(<<"cancel">>, [Id], #{keeper := Keeper, port := Port}) when is_integer(Id), Id > 0 ->
+    %% Python gave up on request Id (interrupted, timed out, cancelled):
+    %% whatever serves it is ended.
+    pyport_callback_keeper:cancel(Keeper, Port, Id);
+notify_op(Op, Args, Ctx) ->
+    ?LOG_WARNING("pyport: unknown NOTIFY from the worker: ~0tp",
+                 [{Op, Args}], maps:get(meta, Ctx)).
+
+%% @doc The grant check of a `[21, Id, Kind, Payload]' SCHEDULE frame: a
+%% registered function the pool is not granted is refused (the request is
+%% answered with the error).
+-spec schedule_check(binary(), context()) -> ok | {error, {'PermissionError', binary()}}.
+schedule_check(_Rest, #{grants := all}) ->
+    ok;
+schedule_check(Rest, #{grants := Grants}) ->
+    case pyport_codec:decode_fields(2, Rest) of
+        {ok, [<<"erlang">>, [Name | _]]} ->
+            case pyport_grants:function(Name, Grants) of
+                ok ->
+                    ok;
+                Refusal ->
+                    pyport_grants:refused(Grants, request),
+                    {error, _, Message, _} = pyport_grants:error_reply(Grants, Refusal),
+                    {error, {'PermissionError', Message}}
+            end;
+        _ ->
+            ok                          % not a function: the owner handles it
+    end.
+
+%% @doc `erlang.schedule(Name, *Args)' whose caller is gone (or a cast):
+%% run for nobody, as a counted callback of the worker.
+-spec schedule_cast(term(), [term()], context()) -> ok.
+schedule_cast(Name, Args, Ctx) ->
+    run_cast(["erlang.schedule(", quoted(Name), ")"], Ctx,
+             fun() -> pyport_registry:call(Name, Args) end).
 
 %% @doc Runs `erlang.schedule(Name, *Args)' for a caller: the value of the
 %% registered function is the call's result.
 -spec schedule_erlang(term(), [term()]) -> pyport_registry:result().
 schedule_erlang(Name, Args) ->
     pyport_registry:call(Name, Args).
+
+%% @doc The REPLY frame for a result, as {@link encode_reply/2}, that the
+%% worker can read: an answer over the pool's `max_frame_size' becomes an
+%% error reply naming its size.
+-spec reply_frame(pos_integer(), result(), context() | pos_integer()) -> iodata().
+reply_frame(Id, Result, #{max_frame_size := Max}) ->
+    reply_frame(Id, Result, Max);
+reply_frame(Id, Result, Max) ->
+    Frame = encode_reply(Id, Result),
+    case iolist_size(Frame) of
+        Size when Size > Max ->
+            encode_reply(Id, {error, <<"ValueError">>,
+                              io_lib:format("the answer is ~b bytes encoded, over the worker's "
+                                            "max_frame_size (~b bytes)", [Size, Max]),
+                              {frame_too_large, Size, Max}});
+        _ ->
+            Frame
+    end.
 
 %% @doc The REPLY frame for a result (an unconvertible value becomes an
 %% error reply naming it).
@@ -147,16 +238,49 @@ encode_reply(Id, {error, Type, Message, Reason}) ->
 %%% Internals
 %%%===================================================================
 
-%% Runs Fun in a new process that writes the REPLY to the port. The port
+%% Runs Fun in a process of its own, watched by the worker's keeper, which
+%% writes the REPLY to the port (checked against max_frame_size). The port
 %% may be gone by then (the worker restarted): nobody waits any more.
-in_process(Id, #{port := Port}, Fun) ->
-    _ = spawn(fun() ->
-                      Frame = encode_reply(Id, Fun()),
-                      try port_command(Port, pyport_framer:frame(Frame))
-                      catch error:badarg -> ok
-                      end
-              end),
-    spawned.
+in_process(Id, #{port := Port, keeper := Keeper, max_frame_size := Max}, What, Timeout, Fun) ->
+    Run = fun() ->
+                  Frame = reply_frame(Id, Fun(), Max),
+                  try port_command(Port, pyport_framer:frame(Frame))
+                  catch error:badarg -> ok
+                  end
+          end,
+    case pyport_callback_keeper:run(Keeper, {Port, Id}, What, Timeout, Run) of
+        ok -> spawned;
+        {error, too_many} -> {reply, too_many(What, Keeper)}
+    end.
+
+run_cast(What, #{port := Port, keeper := Keeper, meta := Meta}, Fun) ->
+    case pyport_callback_keeper:run(Keeper, {cast, Port}, What, infinity, Fun) of
+        ok ->
+            ok;
+        {error, too_many} ->
+            {error, _, Message, _} = too_many(What, Keeper),
+            ?LOG_WARNING("pyport: ~ts; dropped", [Message], Meta)
+    end.
+
+too_many(What, {_, _, Max}) ->
+    {error, <<"ErlangError">>,
+     io_lib:format("~ts refused: this worker has ~b Erlang callback processes running "
+                   "already (max_callbacks)", [What, Max]),
+     {too_many_callbacks, Max}}.
+
+%% A name from Python, for messages: bounded, never a new atom.
+quoted(Name) when is_atom(Name) ->
+    quoted(atom_to_binary(Name, utf8));
+quoted(Name) when is_binary(Name), byte_size(Name) =< 200 ->
+    case unicode:characters_to_binary(Name) of
+        Name -> ["'", Name, "'"];
+        _ -> io_lib:format("~0p", [Name])
+    end;
+quoted(Name) ->
+    io_lib:format("~0tp", [Name], [{chars_limit, 200}]).
+
+rpc_what(Op, Node, M, F) ->
+    io_lib:format("~ts ~p:~p on ~p", [Op, M, F, Node]).
 
 call_result({ok, V}) ->
     {ok, V};

@@ -39,6 +39,9 @@
                        sandbox := pyport_sandbox:sandbox(),
                        fresh_worker := boolean(),
                        log_rate := pyport_worker_log:rate(),
+                       %% default: resolved at pool start (pyport_grants:new/2).
+                       grants := pyport_grants:spec() | default,
+                       max_callbacks := pos_integer(),
                        max_new_atoms := pyport_atoms:pool_setting(),
                        max_result_terms := pos_integer() | infinity | auto,
                        max_decoded_bytes := pos_integer() | infinity | auto}.
@@ -46,8 +49,10 @@
                       | {invalid_pool_name, term()}
                       | {invalid_pool, pool_name(), term()}
                       | {unknown_pool_option, pool_name(), term()}
-                      | {invalid_pool_option, pool_name(), atom() | {sandbox, term()}, term()}
+                      | {invalid_pool_option, pool_name(), atom() | {sandbox | grants, term()},
+                         term()}
                       | {unknown_sandbox_option, pool_name(), term()}
+                      | {unknown_grants_option, pool_name(), term()}
                       | {pool_option_requires, pool_name(), fresh_worker, sandbox}
                       | {invalid_config, max_state_entries | event_loop_pool
                                          | event_loop_pool_size | max_new_atoms, term()}.
@@ -174,6 +179,13 @@ check_values(Name, [{sandbox, Value} | Rest], Acc) ->
         {error, {invalid, sandbox, V}} -> {error, {invalid_pool_option, Name, sandbox, V}};
         {error, {invalid, Key, V}} -> {error, {invalid_pool_option, Name, {sandbox, Key}, V}}
     end;
+check_values(Name, [{grants, Value} | Rest], Acc) ->
+    case pyport_grants:validate(Value) of
+        {ok, Grants} -> check_values(Name, Rest, Acc#{grants => Grants});
+        {error, {unknown, Key}} -> {error, {unknown_grants_option, Name, Key}};
+        {error, {invalid, grants, V}} -> {error, {invalid_pool_option, Name, grants, V}};
+        {error, {invalid, Key, V}} -> {error, {invalid_pool_option, Name, {grants, Key}, V}}
+    end;
 check_values(Name, [{Key, Value} | Rest], Acc) ->
     case in_range(Key, Value) andalso check(Key, Value) of
         {ok, Normalised} -> check_values(Name, Rest, Acc#{Key => Normalised});
@@ -235,6 +247,9 @@ defaults() ->
       sandbox => false,
       fresh_worker => false,
       log_rate => pyport_worker_log:default_rate(),
+      %% all without a sandbox, nothing with one (pyport_grants).
+      grants => default,
+      max_callbacks => 4096,
       max_new_atoms => default,
       max_result_terms => auto,
       max_decoded_bytes => auto}.
@@ -285,6 +300,7 @@ check(kill_after, N) when is_integer(N), N >= 0 -> {ok, N};
 check(shutdown_timeout, N) when is_integer(N), N >= 0 -> {ok, N};
 check(fresh_worker, B) when is_boolean(B) -> {ok, B};
 check(log_rate, Rate) -> pyport_worker_log:validate_rate(Rate);
+check(max_callbacks, N) when is_integer(N), N > 0, N =< 16#FFFFFFF -> {ok, N};
 check(max_new_atoms, S) when S =:= default; S =:= node -> {ok, S};
 check(max_new_atoms, N) when is_integer(N), N >= 0 ->
     case N =< max_atom_budget() of

@@ -6,20 +6,17 @@
 %% forks for this job alone. The call goes through the normal request path
 %% (a call to one slot), so it is answered exactly once.
 %%
-%% Timeouts: in a warm worker the job's timeout is the call's; when it
-%% passes the job is interrupted (KeyboardInterrupt) and the worker killed
-%% if it does not stop within the pool's `kill_after'. A zygote enforces
-%% the timeout itself (SIGKILL to the child); the call waits a little
-%% longer so that the zygote's answer, which carries the job's output,
-%% comes first.
+%% Where it runs: never in the worker, which holds the port's descriptors,
+%% but in a runner process of its own that the worker starts from its job
+%% template (python_runtime/erlang/_runner.py), confined further, that
+%% runs this one job and exits. A runner speaks only to its worker, which
+%% alone writes frames: a job can only ever answer its own request.
 %%
-%% Recycling: a warm worker in which a job failed for anything but a Python
-%% exception (a timeout, a limit, a forbidden operation) may be left in any
-%% state by that job, so it is replaced (gracefully: other requests in it
-%% finish first). A warm worker that has used half its CPU-seconds budget
-%% (RLIMIT_CPU counts the whole life of the process) is replaced too,
-%% before the limit kills an innocent job. A zygote runs no job code and is
-%% only replaced if it stops answering.
+%% Timeouts: the worker enforces a job's timeout itself (SIGKILL to the
+%% runner) and answers `{error, timeout}' with what the job printed; the
+%% call waits a little longer so that the worker's answer comes first. The
+%% worker stays: no job code ran in it, so a failed job never costs a
+%% worker (the next job gets a fresh runner anyway).
 -module(pyport_job).
 
 -export([run/2, shape/2, map_reply/2]).
@@ -39,6 +36,7 @@
                 | {exception, #{type := binary(), message := binary(), traceback := binary(),
                                 stdout := binary(), stderr := binary()}}
                 | {crashed, map()}
+                | {no_runner, binary()}
                 | {bad_job, binary()}
                 | {no_pool, term()}
                 | {not_sandboxed, atom()}
@@ -47,9 +45,9 @@
                 | term().
 
 -define(CALL, 1).
-%% How much longer than a fresh job's timeout the call waits for the
-%% zygote's own timeout answer.
--define(FRESH_GRACE_MS, 2000).
+%% How much longer than a job's timeout the call waits for the worker's
+%% own timeout answer.
+-define(GRACE_MS, 2000).
 
 %% @doc Runs a job on pool `Pool'; see {@link pyport:run_job/2}.
 -spec run(atom(), job()) -> {ok, term(), stats()} | {error, reason()}.
@@ -71,7 +69,7 @@ run(#{name := Pool, opts := Opts} = Info, Fields, CallTimeout) ->
         {ok, Slot, Pid} ->
             Reply = pyport_request:call({slot, Pool, Slot}, ?CALL, Fields, CallTimeout),
             Result = map_reply(Reply, Opts),
-            after_job(Result, Pid, Opts),
+            after_job(Result, Pid),
             Result;
         {error, _} = Error ->
             Error
@@ -101,7 +99,7 @@ shape(#{code := Code} = Job, #{call_timeout := DefaultTimeout, fresh_worker := F
                               end,
                     Fields = py:call_fields(<<"erlang._jobs">>, <<"run_job">>,
                                             [Src, maps:get(input, Job, none), Options], #{}),
-                    {ok, Fields, call_timeout(Timeout, Fresh)}
+                    {ok, Fields, call_timeout(Timeout)}
             end
     end;
 shape(Job, _Opts) when is_map(Job) ->
@@ -109,9 +107,8 @@ shape(Job, _Opts) when is_map(Job) ->
 shape(Job, _Opts) ->
     bad_job("a job is a map with code, input and timeout: ~0tp", [Job]).
 
-call_timeout(infinity, _Fresh) -> infinity;
-call_timeout(Ms, true) -> Ms + ?FRESH_GRACE_MS;
-call_timeout(Ms, false) -> Ms.
+call_timeout(infinity) -> infinity;
+call_timeout(Ms) -> Ms + ?GRACE_MS.
 
 code(Code) ->
     try unicode:characters_to_binary(Code) of
@@ -153,39 +150,10 @@ map_reply({error, {worker_exited, {signal, sigsys}}}, _Opts) ->
 map_reply({error, _} = Error, _Opts) ->
     Error.
 
-%% A warm worker that a job may have damaged, or that is near its CPU
-%% budget, is replaced.
-after_job(_Result, _Pid, #{fresh_worker := true}) ->
-    ok;
-after_job({error, Reason}, Pid, Opts) ->
-    case damaging(Reason) of
-        true -> pyport_worker:recycle_async(Pid, {job_failed, Reason});
-        false -> check_cpu_budget(Pid, Opts)
-    end;
-after_job({ok, _, _}, Pid, Opts) ->
-    check_cpu_budget(Pid, Opts).
-
-%% Failures after which the worker's state is unknown. Not: a Python
-%% exception (the job's own business), a request that was never run
-%% (overloaded, bad_job), a worker already gone.
-damaging(timeout) -> true;
-damaging({Limit, _}) when Limit =:= memory_limit; Limit =:= cpu_limit;
-                          Limit =:= file_size_limit; Limit =:= output_limit;
-                          Limit =:= process_limit; Limit =:= forbidden; Limit =:= crashed ->
-    true;
-damaging(_) -> false.
-
-check_cpu_budget(Pid, Opts) ->
-    case pyport_sandbox:effective_limit(cpu_seconds, Opts) of
-        infinity ->
-            ok;
-        Budget ->
-            try pyport_os:cpu_seconds(pyport_worker:os_pid(Pid)) of
-                Used when is_float(Used), Used >= Budget / 2 ->
-                    pyport_worker:recycle_async(Pid, {cpu_budget, Used, Budget});
-                _ ->
-                    ok
-            catch
-                exit:_ -> ok                    % the worker is gone
-            end
-    end.
+%% A worker that cannot start runners any more (its template is gone, or
+%% it is out of processes) is replaced, gracefully; a failed job costs
+%% nothing else.
+after_job({error, {no_runner, _}}, Pid) ->
+    pyport_worker:recycle_async(Pid, no_runner);
+after_job(_Result, _Pid) ->
+    ok.

@@ -28,6 +28,9 @@ open(#{worker := Exe} = Opts) ->
                                 {os_pid, P} -> P;
                                 undefined -> undefined
                             end,
+                    %% Its process tree ends when the port closes, however
+                    %% the owner ends.
+                    ok = pyport_reaper:watch(Port, OsPid),
                     {ok, Port, OsPid}
             catch
                 error:Reason -> {error, {cannot_execute, Exe, Reason}}
@@ -118,12 +121,16 @@ runtime_dir() ->
         Priv -> filename:absname(filename:join(Priv, "python_runtime"))
     end.
 
-%% @doc Sends SIGKILL. Only ever used on the owner's own child, whose pid
-%% cannot be reused before the owner has seen its exit status.
--spec kill(non_neg_integer() | undefined) -> ok.
+%% @doc Kills a worker's whole OS process tree: given its port, through
+%% the worker's keeper (the port's OS process, which kills the worker and
+%% everything it started, then exits with the worker's status); given an
+%% OS pid, that process alone (SIGKILL; for tests and operators). Needs no
+%% new descriptor and no shell: {@link pyport_reaper}'s helper does it.
+-spec kill(port() | non_neg_integer() | undefined) -> ok.
+kill(Port) when is_port(Port) ->
+    pyport_reaper:kill(Port);
 kill(OsPid) when is_integer(OsPid), OsPid > 1 ->
-    _ = os:cmd("kill -KILL " ++ integer_to_list(OsPid) ++ " 2>/dev/null"),
-    ok;
+    pyport_reaper:kill_os_pid(OsPid);
 kill(_) ->
     ok.
 

@@ -12,6 +12,9 @@
 %% (answered, dropped, or failed because the OS process died). Counting on
 %% the worker side keeps the figure true when a caller is killed while
 %% waiting or gives up on a worker that is still busy with its request.
+%% A worker gen_server that is killed cannot count out what it held: its
+%% successor resets the slot and corrects it when quiet
+%% ({@link pyport_inflight}).
 %%
 %% Availability: a worker that is draining (to be recycled) or stuck in a
 %% request its caller gave up on marks its slot unavailable in an `atomics'
@@ -37,6 +40,7 @@
                   size := pos_integer(),
                   max_frame_size := pos_integer(),
                   call_timeout := timeout(),
+                  grants := pyport_grants:grants(),
                   decode_limits := pyport_limits:limits(),
                   opts := pyport_config:pool_opts()}.
 
@@ -167,10 +171,12 @@ init({Name, #{size := Size, max_frame_size := Max, call_timeout := Timeout,
              size => Size,
              max_frame_size => Max,
              call_timeout => Timeout,
+             %% What the pool's Python code may reach (checked per frame).
+             grants => pyport_grants:new(Name, Opts),
              decode_limits => pyport_limits:of_pool(Name, Opts),
              opts => Opts},
     persistent_term:put({pyport_pool, Name}, Info),
-    {ok, #{name => Name}}.
+    {ok, #{name => Name, tab => Tab}}.
 
 %% @private
 -spec handle_call(term(), gen_server:from(), map()) -> {reply, {error, unknown_call}, map()}.
@@ -189,7 +195,12 @@ handle_info(_Msg, State) ->
 
 %% @private
 -spec terminate(term(), map()) -> ok.
-terminate(_Reason, #{name := Name}) ->
-    %% Callers then get {error, {no_pool, Name}} instead of a dead table.
-    _ = persistent_term:erase({pyport_pool, Name}),
+terminate(_Reason, #{name := Name, tab := Tab}) ->
+    %% Callers then get {error, {no_pool, Name}} instead of a dead table;
+    %% unless a new incarnation of the pool published itself meanwhile (its
+    %% supervisor killed, this one stopping while the next one started).
+    case persistent_term:get({pyport_pool, Name}, undefined) of
+        #{tab := Tab} -> _ = persistent_term:erase({pyport_pool, Name});
+        _ -> ok
+    end,
     ok.

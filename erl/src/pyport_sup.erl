@@ -1,7 +1,9 @@
 %% @doc The top supervisor of pyport.
 %%
 %% Children, in start order (rest_for_one: a child's restart restarts
-%% those after it, which rely on it): `pyport_state' (the shared state and
+%% those after it, which rely on it): `pyport_reaper' (ends the OS process
+%% tree of every worker whose port closes; first, so that no worker runs
+%% unwatched), `pyport_state' (the shared state and
 %% traces tables), `pyport_registry' (Erlang functions Python may call), the
 %% `pg' scope `pyport' (cluster-wide pool membership and pub/sub topics),
 %% then `pyport_pools_sup' (every pool). The supervisor process owns the
@@ -22,6 +24,7 @@ start_link(Pools) ->
 init(Pools) ->
     ok = pyport_cluster:inflight_table(),
     Flags = #{strategy => rest_for_one, intensity => 3, period => 10},
+    Reaper = #{id => pyport_reaper, start => {pyport_reaper, start_link, []}},
     State = #{id => pyport_state, start => {pyport_state, start_link, []}},
     Registry = #{id => pyport_registry, start => {pyport_registry, start_link, []}},
     Pg = #{id => pg,
@@ -30,4 +33,4 @@ init(Pools) ->
                  start => {pyport_pools_sup, start_link, [Pools]},
                  type => supervisor,
                  shutdown => infinity},
-    {ok, {Flags, [State, Registry, Pg, PoolsSup]}}.
+    {ok, {Flags, [Reaper, State, Registry, Pg, PoolsSup]}}.

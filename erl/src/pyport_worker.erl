@@ -187,7 +187,12 @@
           %% subscribed to each topic, and the topics of each mailbox. This
           %% process joins a topic's pg group once per subscription.
           subs = #{} :: #{term() => [pos_integer()]},
-          box_topics = #{} :: #{pos_integer() => [term()]}
+          box_topics = #{} :: #{pos_integer() => [term()]},
+          %% The last check of the slot's in-flight counter (pyport_inflight).
+          inflight_check :: pyport_inflight:snapshot(),
+          %% Runs, bounds and ends the processes serving Python's calls
+          %% into Erlang (pyport_callback_keeper).
+          keeper :: pyport_callback_keeper:keeper() | undefined
          }).
 
 %%%===================================================================
@@ -263,21 +268,29 @@ init({Pool, Slot, Opts}) ->
     %% terminate/2 must run on shutdown: it stops the OS process.
     process_flag(trap_exit, true),
     case pyport_pool:info(Pool) of
-        {ok, #{tab := Tab, counters := Counters} = Info} ->
-            %% Requests sent to a previous gen_server of this slot died with it.
-            counters:put(Counters, Slot, 0),
+        {ok, #{tab := Tab} = Info} ->
+            %% Registered at once: requests routed here meanwhile wait in
+            %% the mailbox instead of going to the dead pid of a previous
+            %% gen_server of this slot. Those sent to it died with it: the
+            %% slot's count starts from zero (see pyport_inflight).
+            true = ets:insert(Tab, {Slot, self()}),
+            pyport_inflight:reset(Info, Slot),
             %% What the worker sends is decoded here under its pool's limits.
             pyport_limits:set_process(maps:get(decode_limits, Info)),
-            State0 = #state{pool = Pool, slot = Slot, opts = Opts, info = Info,
+            {ok, Keeper} = pyport_callback_keeper:start_link(
+                             maps:get(max_callbacks, Opts,
+                                      maps:get(max_callbacks, pyport_config:defaults())),
+                             #{domain => [pyport], pyport_pool => Pool, pyport_slot => Slot}),
+            State0 = #state{pool = Pool, slot = Slot, opts = Opts, info = Info, keeper = Keeper,
                             log = pyport_worker_log:new(maps:get(log_rate, Opts, default))},
             case first_start(State0) of
                 {ok, State} ->
-                    true = ets:insert(Tab, {Slot, self()}),
                     pyport_pool:set_available(Info, Slot, true),
                     pyport_cluster:join(Pool),
                     schedule_purge(),
                     {ok, State#state{first = false}};
                 {error, Detail} ->
+                    _ = ets:delete_object(Tab, {Slot, self()}),
                     {stop, {worker_start_failed, Detail}}
             end;
         {error, _} = Error ->
@@ -413,17 +426,24 @@ handle_info({timeout, Timer, drain_timeout}, #state{start_timer = Timer, status 
     {noreply, State#state{start_timer = undefined}};
 handle_info({timeout, Timer, recycle_kill}, #state{start_timer = Timer, status = recycling} = State) ->
     %% SHUTDOWN was not honoured in time (e.g. a thread that never ends).
-    pyport_os:kill(State#state.os_pid),
+    pyport_os:kill(State#state.port),
     {noreply, State#state{start_timer = undefined}};
-handle_info(purge, State) ->
+handle_info(purge, State0) ->
     schedule_purge(),
-    {noreply, purge_expired(State)};
+    State = purge_expired(State0),
+    Check = pyport_inflight:check(State#state.info, State#state.slot, held(State),
+                                  State#state.inflight_check),
+    {noreply, State#state{inflight_check = Check}};
 handle_info({Port, _}, State) when is_port(Port) ->
     %% Data or exit status of a previous OS process of this slot.
     {noreply, State};
-handle_info({'EXIT', _, _}, State) ->
+handle_info({'EXIT', Pid, Reason}, State) ->
     %% A previous port closing; the parent's exit is handled by gen_server.
-    {noreply, State};
+    case pyport_callback_keeper:is_keeper(Pid, State#state.keeper) of
+        %% Without its keeper no callback of Python's would be watched.
+        true -> {stop, {callback_keeper_exited, Reason}, State};
+        false -> {noreply, State}
+    end;
 handle_info({timeout, _Timer, _}, State) ->
     %% A timer that fired just before it was cancelled, or of a previous
     %% OS process.
@@ -536,6 +556,12 @@ stream_end({error, _} = Error) -> Error.
 
 count_out(#state{info = #{counters := C}, slot = Slot}) ->
     counters:sub(C, Slot, 1).
+
+%% The requests held that callers counted in (casts are not), and a figure
+%% that grows with every request taken: what pyport_inflight:check/4 needs.
+held(#state{pending = Pending, queue = Q, served = Served, sent_here = Sent}) ->
+    Queued = length([E || E <- queue:to_list(Q), element(1, E) =/= cast]),
+    {map_size(Pending) + Queued, Served + Sent}.
 
 entry_deadline({_Alias, Deadline}) -> Deadline;
 entry_deadline({task, _, _, _, Deadline}) -> Deadline;
@@ -711,7 +737,7 @@ kill_unresponsive(Id, #state{opts = #{kill_after := Ms}} = State) ->
                    "interrupt; killing OS process ~tp",
                    [State#state.pool, State#state.slot, Id, Ms, State#state.os_pid],
                    metadata(State)),
-    pyport_os:kill(State#state.os_pid),
+    pyport_os:kill(State#state.port),
     {noreply, State#state{kill_reason = {interrupt_timeout, Ms}}}.
 
 %% Deadlines that passed: the caller has stopped waiting (a killed caller
@@ -856,9 +882,10 @@ frame(?ERROR, 0, 3, Rest, State) ->
 frame(?LOG_FRAME, _Id, 2, Rest, #state{log = Log} = State) ->
     {noreply, State#state{log = pyport_worker_log:log_frame(Rest, metadata(State), Log)}};
 frame(?REQUEST, Id, 2, Rest, #state{port = Port} = State) when Id > 0 ->
-    {noreply, case pyport_callback:request(Id, Rest, callback_context(State)) of
+    Ctx = callback_context(State),
+    {noreply, case pyport_callback:request(Id, Rest, Ctx) of
                   {reply, Result} ->
-                      _ = send_frame(Port, pyport_callback:encode_reply(Id, Result)),
+                      _ = send_frame(Port, pyport_callback:reply_frame(Id, Result, Ctx)),
                       State;
                   spawned ->
                       State;
@@ -878,7 +905,10 @@ frame(?NOTIFY, 0, 2, <<16#a3, "log", _/binary>> = Rest, #state{log = Log} = Stat
 frame(?NOTIFY, 0, 2, Rest, State) ->
     notify(Rest, State);
 frame(?SCHEDULE, Id, 2, Rest, State) when Id > 0 ->
-    schedule(Id, Rest, State);
+    case pyport_callback:schedule_check(Rest, callback_context(State)) of
+        ok -> schedule(Id, Rest, State);
+        {error, _} = Refused -> answer(Id, Refused, State)
+    end;
 frame(?HELLO, 0, 4, Rest, #state{status = starting} = State) ->
     case hello(Rest, State) of
         {ok, State1} -> initialize(State1);
@@ -955,7 +985,7 @@ schedule(Id, Rest, #state{port = Port} = State) ->
                     answer(Id, {schedule, Name, Args}, State);
                 undefined ->
                     %% A cast (or a caller that gave up): run it for nobody.
-                    _ = spawn(fun() -> pyport_registry:call(Name, Args) end),
+                    pyport_callback:schedule_cast(Name, Args, callback_context(State)),
                     {noreply, State}
             end;
         {ok, [<<"py">>, Frame]} when is_binary(Frame) ->
@@ -1066,8 +1096,10 @@ backlog(Pid) when node(Pid) =:= node() ->
 backlog(_Pid) ->
     0.
 
-callback_context(#state{port = Port} = State) ->
-    #{port => Port, meta => metadata(State)}.
+callback_context(#state{port = Port, info = #{grants := Grants}, keeper = Keeper,
+                        opts = #{max_frame_size := Max}} = State) ->
+    #{port => Port, meta => metadata(State), grants => Grants, keeper => Keeper,
+      max_frame_size => Max}.
 
 %%%===================================================================
 %%% Pub/sub for Python subscriptions
@@ -1388,6 +1420,19 @@ respawn(State) ->
         {ok, #state{opts = #{start_timeout := Ms}} = State1} ->
             Timer = erlang:start_timer(Ms, self(), hello),
             {noreply, State1#state{start_timer = Timer}};
+        {error, {cannot_execute, _, Why} = Detail} when Why =:= emfile; Why =:= enfile;
+                                                         Why =:= eagain; Why =:= enomem ->
+            %% The node is out of descriptors or memory for a while: not a
+            %% failure of the worker, so it does not count towards giving
+            %% up. Retried with backoff (2 s at most), so the slot serves
+            %% again soon after the resource is back.
+            Next = next_backoff(State#state.backoff),
+            ?LOG_WARNING("pyport worker ~tp/~b: cannot start an OS process (~tp); "
+                         "retrying in ~b ms", [State#state.pool, State#state.slot, Detail, Next],
+                         metadata(State)),
+            Timer = erlang:start_timer(Next, self(), respawn),
+            {noreply, State#state{status = waiting, start_timer = Timer, backoff = Next,
+                                  last_exit = Detail}};
         {error, Detail} ->
             os_process_died(Detail, State#state{status = starting, spawned_at = now_ms()})
     end.
@@ -1403,7 +1448,7 @@ start_drain(Reason, #state{status = up} = State) ->
                 metadata(State)),
     pyport_pool:set_available(State#state.info, State#state.slot, false),
     #{shutdown_timeout := Grace} = State#state.opts,
-    Timer = erlang:start_timer(Grace, self(), drain_timeout),
+    Timer = grace_timer(Grace, drain_timeout),
     maybe_drained(State#state{status = draining, recycle_reason = Reason, start_timer = Timer});
 start_drain(_Reason, State) ->
     State.
@@ -1413,7 +1458,7 @@ maybe_drained(#state{status = draining, pending = Pending, internal = Internal} 
     cancel_timer(State#state.start_timer),  % the drain_timeout
     _ = send_frame(State#state.port, pyport_codec:encode_frame(?SHUTDOWN, 0, [])),
     #{shutdown_timeout := Grace} = State#state.opts,
-    Timer = erlang:start_timer(Grace, self(), recycle_kill),
+    Timer = grace_timer(Grace, recycle_kill),
     State#state{status = recycling, start_timer = Timer};
 maybe_drained(State) ->
     State.
@@ -1428,13 +1473,13 @@ update_availability(#state{status = Status, kill_timers = Timers, info = Info, s
 %% Answers that arrive meanwhile still reach their callers.
 stop_os_process(#state{port = undefined} = State) ->
     State;
-stop_os_process(#state{port = Port, os_pid = OsPid, opts = #{shutdown_timeout := Grace}} = State) ->
+stop_os_process(#state{port = Port, opts = #{shutdown_timeout := Grace}} = State) ->
     _ = send_frame(Port, pyport_codec:encode_frame(?SHUTDOWN, 0, [])),
     case drain_until_exit(Port, now_ms() + Grace, State) of
         {exited, State1} ->
             State1#state{port = undefined};
         {timeout, State1} ->
-            pyport_os:kill(OsPid),
+            pyport_os:kill(Port),
             {_, State2} = drain_until_exit(Port, now_ms() + ?KILL_GRACE_MS, State1),
             catch port_close(Port),
             State2#state{port = undefined}
@@ -1453,8 +1498,12 @@ drain_until_exit(Port, Deadline, State) ->
             {exited, State};
         {'EXIT', Port, _} ->
             {exited, State}
-    after max(0, Deadline - now_ms()) ->
-            {timeout, State}
+    after wait_ms(Deadline) ->
+            %% A deadline beyond what `after' takes is waited for in steps.
+            case Deadline - now_ms() of
+                Left when Left > 0 -> drain_until_exit(Port, Deadline, State);
+                _ -> {timeout, State}
+            end
     end.
 
 state_of({noreply, State}) -> State;
@@ -1462,10 +1511,22 @@ state_of({stop, _Reason, State}) -> State.
 
 kill_port(undefined, _OsPid) ->
     ok;
-kill_port(Port, OsPid) ->
-    pyport_os:kill(OsPid),
+kill_port(Port, _OsPid) ->
+    pyport_os:kill(Port),
     catch port_close(Port),
     ok.
+
+%% How long `receive ... after' may wait for a deadline: at most what it
+%% accepts (2^32 - 1 ms).
+wait_ms(Deadline) ->
+    min(max(0, Deadline - now_ms()), 16#FFFFFFFF).
+
+%% A timer for a grace period that may exceed what timers take: one beyond
+%% it never fires (undefined), as if infinite.
+grace_timer(Ms, Msg) when Ms =< 16#FFFFFFFF ->
+    erlang:start_timer(Ms, self(), Msg);
+grace_timer(_Ms, _Msg) ->
+    undefined.
 
 %%%===================================================================
 %%% Helpers

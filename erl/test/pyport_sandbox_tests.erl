@@ -165,7 +165,7 @@ shape_test() ->
     Fresh = pool(#{sandbox => #{max_output => 99}, fresh_worker => true}),
     ?assertEqual({ok, [<<"erlang._jobs">>, <<"run_job">>,
                        [<<"x = 1">>, none, #{fresh => false, max_output => ?MIB, timeout => 4000}],
-                       #{}], 4000},
+                       #{}], 6000},
                  pyport_job:shape(#{code => "x = 1"}, Warm)),
     ?assertEqual({ok, [<<"erlang._jobs">>, <<"run_job">>,
                        [<<"input">>, {1, 2}, #{fresh => true, max_output => 99, timeout => 500}],

@@ -112,8 +112,16 @@ async def request(op: str, args: list) -> Any:
             if not future.done():
                 future.set_result(value)
 
-    _when_ready(mailbox, loop, complete)
-    return await future
+    token = _when_ready(mailbox, loop, complete)
+    try:
+        return await future
+    except BaseException:
+        if not future.done() or future.cancelled():
+            # Given up before the reply came (the task was cancelled): the
+            # Erlang side ends what serves it, and nothing waits here.
+            _forget(token)
+            _link.cancel(mailbox)
+        raise
 
 
 async def receive(mailbox: int, timeout: float | None) -> tuple[bool, Any]:

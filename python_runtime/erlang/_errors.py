@@ -53,7 +53,9 @@ _BY_NAME: dict[str, type[Exception]] = {
     "StateFullError": StateFullError,
 }
 # Argument errors found on the Erlang side are the ordinary Python ones.
-_BUILTIN: dict[str, type[Exception]] = {"TypeError": TypeError, "ValueError": ValueError}
+# PermissionError: the pool's grants refused the request (docs/security.md).
+_BUILTIN: dict[str, type[Exception]] = {"TypeError": TypeError, "ValueError": ValueError,
+                                        "PermissionError": PermissionError}
 
 
 def from_reply(type_name: str, message: str, reason: Any) -> Exception:

@@ -3,67 +3,34 @@
 A job is a notebook cell: its source runs in a fresh ``__main__``-like
 namespace with ``input`` bound; its result is the value of its last
 statement when that is an expression, else its variable ``result``, else
-None. It runs either in the worker itself (warm: the worker is confined
-already, see port_worker/sandbox.hpp) or, with ``fresh=True`` in a worker
-started with ``--zygote``, in a child forked for it alone, which confines
-itself further before the job's code runs (its own directory, rlimits, a
-nested Landlock layer, no process creation).
+None. It never runs in the worker, which holds the port's descriptors: it
+runs in a *runner*, a process of its own forked for it alone from the
+worker's job template, confined further before the job's code or input
+reaches it (see erlang._runner). A warm job (``fresh=False``) runs in the
+runner the worker keeps ready, one at a time, the worker waiting for it; a
+fresh job (``fresh=True``, in a worker started with ``--zygote``) runs the
+same way as a task of the worker's event loop, many at once.
 
 Returns ``(ok, Result, Stats)`` or ``(error, Reason, Stats)``; the reasons
-are those of docs/pyport-run.md ("Jobs").
+are those of docs/design.md ("Jobs").
 """
 from __future__ import annotations
 
-import ast
 import builtins
 import errno
-import io
-import itertools
 import os
 import signal
 import sys
-import time
-import traceback
 from typing import Any
 
 import _pyport_sandbox
 
+from . import _runner
 from ._types import Atom
 
 __all__ = ["run_job"]
 
 OK, ERROR = Atom("ok"), Atom("error")
-_CHILD_FAILED = 70  # exit status of a child that could not confine itself
-
-
-class _OutputLimit(BaseException):
-    """Raised in a warm job that printed more than its share; a
-    BaseException, so ``except Exception`` in the job does not swallow it."""
-
-
-class _Capture(io.TextIOBase):
-    """sys.stdout/sys.stderr of a warm job: keeps what fits in the job's
-    budget (shared by both streams), then raises _OutputLimit."""
-
-    def __init__(self, budget: list[int]) -> None:
-        self._budget = budget
-        self._parts: list[bytes] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, s: str) -> int:
-        data = s.encode("utf-8", "surrogateescape")
-        if len(data) > self._budget[0]:
-            self._parts.append(data[: self._budget[0]])
-            self._budget[0] = 0
-            raise _OutputLimit()
-        self._budget[0] -= len(data)
-        self._parts.append(data)
-        return len(s)
-
-    def value(self) -> bytes:
-        return b"".join(self._parts)
 
 
 # ---- naming refusals that cannot trap ----
@@ -121,9 +88,11 @@ def _disarm() -> str | None:
     return _pyport_sandbox.take_forbidden() or _audit["seen"]
 
 
-# ---- running the code (in the worker, or in a fresh child) ----
+# ---- running the code (in a runner) ----
 
 def _exception_reason(exc: BaseException) -> tuple:
+    import traceback
+
     tb = exc.__traceback__
     # The runner's own frames are not the job's business.
     while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
@@ -137,8 +106,9 @@ def _exception_reason(exc: BaseException) -> tuple:
 
 
 def _execute(code: Any, input: Any, settings: dict) -> tuple[Atom, Any]:
-    """Runs the job's code; (ok, Result) or (error, Reason). KeyboardInterrupt
-    (the Erlang side gave up on a warm job) goes through."""
+    """Runs the job's code; (ok, Result) or (error, Reason)."""
+    import ast
+
     if isinstance(code, (bytes, bytearray, memoryview)):
         try:
             code = bytes(code).decode("utf-8")
@@ -161,7 +131,7 @@ def _execute(code: Any, input: Any, settings: dict) -> tuple[Atom, Any]:
     finally:
         if os.getpid() != owner:
             # A process the job forked (fork allowed), back from the job's
-            # code: it must not go on as the worker or the job's child.
+            # code: it must not go on as the job's runner.
             os._exit(0)
 
 
@@ -169,10 +139,6 @@ def _run_code(body: Any, last: Any, ns: dict, settings: dict) -> tuple[Atom, Any
     try:
         exec(body, ns)
         value = eval(last, ns) if last is not None else ns.get("result")
-    except KeyboardInterrupt:
-        raise
-    except _OutputLimit:
-        return ERROR, (Atom("output_limit"), settings["max_output"])
     except MemoryError as exc:
         if settings["max_memory"]:
             return ERROR, (Atom("memory_limit"), settings["max_memory"])
@@ -197,266 +163,64 @@ def _max_rss(ru: Any) -> int:
     return int(ru.ru_maxrss) * 1024
 
 
-def _group_members(pgid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if fields[0] != b"Z" and int(fields[2]) == pgid:
-                found.append(int(entry))
-    return found
+# ---- in the runner ----
 
-
-def _end_strays() -> None:
-    """Ends what a warm job forked (fork allowed): every other process of
-    the worker's group, which a job's processes cannot leave (the filter
-    refuses setsid and setpgid), and reaps them, since zombies count
-    against --max-processes. Orphans among them go to the keeper, which
-    reaps them."""
-    me = os.getpid()
-    for _ in range(1000):
-        strays = [pid for pid in _group_members(os.getpgid(0)) if pid != me]
-        for pid in strays:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        while True:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-        if not strays:
-            return
-
-
-def _run_warm(code: Any, input: Any, settings: dict) -> tuple:
-    import resource
-
-    budget = [settings["max_output"]]
-    out, err = _Capture(budget), _Capture(budget)
-    saved = sys.stdout, sys.stderr
-    wall0, cpu0 = time.monotonic(), time.thread_time()
+def warm_up() -> None:
+    """Runs a trivial job in a runner waiting for its own: the pages a job
+    touches are copied from the template now, not on the job's time."""
+    settings = _pyport_sandbox.settings()
+    _install_audit(_pyport_sandbox.report())
     _arm()
-    sys.stdout, sys.stderr = out, err
-    try:
-        status, value = _execute(code, input, settings)
-    finally:
-        sys.stdout, sys.stderr = saved
-        forbidden = _disarm()
-        if _audit.get("fork_allowed"):
-            _end_strays()
+    outcome = _execute("x = [input]\nx", None, settings)
+    _disarm()
+    _pyport_sandbox.decode(_pyport_sandbox.encode(outcome))
+
+
+def run_here(data: bytes) -> bytes:
+    """Runs the job the worker sent (msgpack ``(code, input)``) in this
+    runner; its outcome, encoded."""
+    code, input = _pyport_sandbox.decode(data)
+    settings = _pyport_sandbox.settings()
+    _install_audit(_pyport_sandbox.report())
+    _arm()
+    outcome = _execute(code, input, settings)
+    forbidden = _disarm()
     if forbidden is not None:
-        status, value = ERROR, (Atom("forbidden"), forbidden)
-    elif status == OK:
-        # A result with no Erlang form is the job's error, not the request's
-        # (a fresh job's is found the same way, by encoding it).
-        try:
-            _pyport_sandbox.encode(value)
-        except Exception as exc:  # noqa: BLE001
-            status, value = ERROR, _exception_reason(exc)
-    stats = _stats(out.value(), err.value(), int((time.thread_time() - cpu0) * 1000),
-                   _max_rss(resource.getrusage(resource.RUSAGE_SELF)),
-                   int((time.monotonic() - wall0) * 1000))
-    return status, value, stats
-
-
-# ---- fresh jobs: a child of the zygote ----
-
-def _child(code: Any, input: Any, settings: dict, fds: tuple[int, int, int], zygote: int,
-           name: str) -> None:
-    """In the forked child: confine, run, send the outcome on fd 3, exit."""
-    import asyncio  # already loaded: the zygote's loop forked this child
-
-    status = _CHILD_FAILED
+        outcome = ERROR, (Atom("forbidden"), forbidden)
     try:
-        job_dir = _pyport_sandbox.enter_job(fds[0], fds[1], fds[2], zygote, name)
-        for name in ("TMPDIR", "HOME", "PWD"):
-            os.environ[name] = job_dir
-        # The zygote's event loop is not the job's (its descriptors are closed).
-        asyncio.events._set_running_loop(None)
-        asyncio.set_event_loop_policy(None)
-        _arm()
-        outcome = _execute(code, input, settings)
-        forbidden = _disarm()
-        if forbidden is not None:
-            outcome = ERROR, (Atom("forbidden"), forbidden)
-        try:
-            data = _pyport_sandbox.encode(outcome)
-        except Exception as exc:  # noqa: BLE001 - an unencodable result is the job's error
-            data = _pyport_sandbox.encode((ERROR, _exception_reason(exc)))
-        view = memoryview(data)
-        while view:
-            view = view[os.write(3, view):]
-        status = 0
-    except BaseException:  # noqa: BLE001 - the child must never return into the zygote
-        try:
-            traceback.print_exc()
-        except BaseException:  # noqa: BLE001
-            pass
-    finally:
-        os._exit(status)
+        return _pyport_sandbox.encode(outcome)
+    except Exception as exc:  # noqa: BLE001 - an unencodable result is the job's error
+        return _pyport_sandbox.encode((ERROR, _exception_reason(exc)))
 
 
-class _Pipe:
-    """The zygote's end of one of a child's pipes, read as data comes."""
+# ---- in the worker ----
 
-    def __init__(self, fd: int, cap: int, on_over: Any) -> None:
-        self.fd = fd
-        self.cap = cap
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.over = False
-        self._on_over = on_over
-        os.set_blocking(fd, False)
-
-    def read(self) -> bool:
-        """Reads what is there; False at end of file."""
-        while True:
-            try:
-                data = os.read(self.fd, 65536)
-            except BlockingIOError:
-                return True
-            except OSError:
-                return False
-            if not data:
-                return False
-            keep = max(0, min(len(data), self.cap - self.size))
-            if keep:
-                self.parts.append(data[:keep])
-            self.size += len(data)
-            if self.size > self.cap and not self.over:
-                self.over = True
-                self._on_over()
-
-    def value(self) -> bytes:
-        return b"".join(self.parts)
-
-
-_job_numbers = itertools.count(1)
 _SIGNAL_NAMES = {s.value: s.name.lower() for s in signal.Signals}
 
 
-async def _run_fresh(code: Any, input: Any, settings: dict, timeout: int | None) -> tuple:
-    # Imported here, not at the top: a warm worker never needs asyncio, and
-    # importing it costs a new sandboxed worker tens of ms before its first job.
-    import asyncio
-    import shutil
-
-    loop = asyncio.get_running_loop()
-    pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(3)]  # result, stdout, stderr
-    zygote = os.getpid()
-    # The job's directory in the working directory (its pid is the child's
-    # in the jobs' pid namespace, not the zygote's view of it).
-    name = f"job-{next(_job_numbers)}"
-    wall0 = time.monotonic()
-    try:
-        pid = os.fork()
-    except OSError:
-        # The zygote cannot start the job (out of memory or processes): the
-        # request fails, not the job.
-        for fd in (fd for pair in pipes for fd in pair):
-            os.close(fd)
-        raise
-    if pid == 0:
-        _child(code, input, settings, tuple(w for _, w in pipes), zygote, name)
-    for _, w in pipes:
-        os.close(w)
-    why: list[Any] = []  # what the zygote did to the child, if anything
-
-    def stop(reason: Any) -> None:
-        if not why:
-            why.append(reason)
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    budget = settings["max_output"]
-    result = _Pipe(pipes[0][0], settings["max_frame_size"], lambda: stop(Atom("result_too_large")))
-    out = _Pipe(pipes[1][0], budget, lambda: None)
-    err = _Pipe(pipes[2][0], budget, lambda: None)
-
-    def check_output() -> None:
-        if out.size + err.size > budget:
-            stop((Atom("output_limit"), budget))
-
-    exited = loop.create_future()
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        for r, _ in pipes:
-            os.close(r)
-        raise
-
-    def on_exit() -> None:
-        loop.remove_reader(pidfd)
-        if not exited.done():
-            exited.set_result(None)
-
-    def reader(p: _Pipe):
-        def on_readable() -> None:
-            if not p.read():
-                loop.remove_reader(p.fd)
-            check_output()
-        return on_readable
-
-    open_pipes = [result, out, err]
-    for p in open_pipes:
-        loop.add_reader(p.fd, reader(p))
-    loop.add_reader(pidfd, on_exit)
-    timer = loop.call_later(timeout / 1000, stop, Atom("timeout")) if timeout else None
-    try:
-        await exited
-    except BaseException:
-        # The caller gave up (cancelled): the child goes too.
-        stop(Atom("cancelled"))
-        raise
-    finally:
-        if timer is not None:
-            timer.cancel()
-        # Whatever the job started (fork allowed) goes with it: its group,
-        # while the unreaped child still holds the group's id.
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except OSError:
-            pass
-        _, wstatus, ru = os.wait4(pid, 0)
-        # The group's orphans came to the zygote (the init of the jobs' pid
-        # namespace): reaped here, so they do not pile up as zombies.
-        while True:
-            try:
-                os.waitid(os.P_PGID, pid, os.WEXITED)
-            except ChildProcessError:
-                break
-        wall_ms = int((time.monotonic() - wall0) * 1000)
-        for p in open_pipes:
-            loop.remove_reader(p.fd)
-            p.read()  # what the child wrote before it died
-            os.close(p.fd)
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
-        shutil.rmtree(os.path.join(settings["workdir"], name), ignore_errors=True)
-    check_output()
-    stats = _stats(out.value(), err.value(), int((ru.ru_utime + ru.ru_stime) * 1000),
-                   _max_rss(ru), wall_ms)
-    return (*_fresh_outcome(why, wstatus, ru, result, settings), stats)
-
-
-def _fresh_outcome(why: list, wstatus: int, ru: Any, result: _Pipe, settings: dict) -> tuple:
-    if why and why[0] != Atom("result_too_large"):
-        return ERROR, why[0]
-    if why:
+def _outcome(runner: _runner.Runner, settings: dict, budget: int) -> tuple[Atom, Any]:
+    why = runner.why
+    if runner.no_runner:
+        return ERROR, (Atom("no_runner"), "the worker could not start a process for the job")
+    if runner.output_over:
+        return ERROR, (Atom("output_limit"), budget)
+    if why == _runner.TIMEOUT:
+        return ERROR, Atom("timeout")
+    if why == _runner.CANCELLED:
+        return ERROR, Atom("cancelled")
+    if why == _runner.RESULT_TOO_LARGE:
         return ERROR, _exception_reason(
             ValueError(f"the job's result passes {settings['max_frame_size']} bytes"))
+    if runner.outcome is not None:
+        try:
+            outcome = _pyport_sandbox.decode(runner.outcome)
+        except Exception:  # noqa: BLE001 - the runner's bytes are untrusted
+            outcome = None
+        if isinstance(outcome, tuple) and len(outcome) == 2 and outcome[0] in (OK, ERROR):
+            return Atom(outcome[0]), outcome[1]
+    if runner.rusage is None:
+        return ERROR, (Atom("no_runner"), "the job's process could not be reaped")
+    wstatus, ru = runner.status, runner.rusage
     if os.WIFSIGNALED(wstatus):
         sig = os.WTERMSIG(wstatus)
         cpu = settings["cpu_seconds"]
@@ -466,20 +230,43 @@ def _fresh_outcome(why: list, wstatus: int, ru: Any, result: _Pipe, settings: di
         if sig == signal.SIGXFSZ and settings["max_file_size"]:
             return ERROR, (Atom("file_size_limit"), settings["max_file_size"])
         if sig == signal.SIGSYS:
-            # Refused while SIGSYS was blocked: the kernel killed the child
+            # Refused while SIGSYS was blocked: the kernel killed the runner
             # without the handler naming the syscall.
             return ERROR, (Atom("forbidden"), "unknown")
         return ERROR, (Atom("crashed"), {Atom("signal"): Atom(_SIGNAL_NAMES.get(sig, f"signal{sig}"))})
-    code = os.WEXITSTATUS(wstatus)
-    data = result.value()
-    if code == 0 and data:
-        try:
-            outcome = _pyport_sandbox.decode(data)
-        except Exception:  # noqa: BLE001 - the child's bytes are untrusted
-            outcome = None
-        if isinstance(outcome, tuple) and len(outcome) == 2 and outcome[0] in (OK, ERROR):
-            return Atom(outcome[0]), outcome[1]
-    return ERROR, (Atom("crashed"), {Atom("exit_status"): code})
+    return ERROR, (Atom("crashed"), {Atom("exit_status"): os.WEXITSTATUS(wstatus)})
+
+
+def _result(runner: _runner.Runner, settings: dict, budget: int) -> tuple:
+    ru = runner.rusage
+    cpu_ms = int((ru.ru_utime + ru.ru_stime) * 1000) if ru is not None else 0
+    max_rss = _max_rss(ru) if ru is not None else 0
+    stats = _stats(bytes(runner.out), bytes(runner.err), cpu_ms, max_rss, runner.wall_ms)
+    return (*_outcome(runner, settings, budget), stats)
+
+
+def _fork_allowed() -> bool:
+    return "fork" in (_pyport_sandbox.report() or {}).get("allowed", ())
+
+
+def _run_warm(runners: _runner.Runners, runner: _runner.Runner, settings: dict, budget: int,
+              timeout: int | None) -> tuple:
+    try:
+        _runner.run_blocking(runner, timeout)
+    finally:
+        runner.finish(_fork_allowed())
+        runners.replenish()
+    return _result(runner, settings, budget)
+
+
+async def _run_fresh(runners: _runner.Runners, runner: _runner.Runner, settings: dict,
+                     budget: int, timeout: int | None) -> tuple:
+    try:
+        await _runner.run_async(runner, timeout)
+    finally:
+        runner.finish(_fork_allowed())
+        runners.replenish()
+    return _result(runner, settings, budget)
 
 
 # ---- the entry point ----
@@ -490,10 +277,10 @@ def _bad_job(text: str) -> tuple:
 
 def run_job(code: Any, input: Any = None, options: dict | None = None) -> Any:
     """Runs untrusted ``code`` with ``input`` bound; see the module's doc.
-    ``options``: ``timeout`` (ms; enforced here for fresh jobs, by the
-    Erlang side for warm ones), ``fresh`` (bool), ``max_output`` (bytes).
-    A fresh job returns a coroutine, so the worker runs it as a task and
-    goes on answering meanwhile."""
+    ``options``: ``timeout`` (ms; the worker kills the job's runner when it
+    passes), ``fresh`` (bool), ``max_output`` (bytes). A fresh job returns
+    a coroutine, so the worker runs it as a task and goes on answering
+    meanwhile."""
     settings = _pyport_sandbox.settings()
     if settings is None:
         return _bad_job("this worker is not sandboxed (start it with --sandbox or --zygote)")
@@ -505,14 +292,23 @@ def run_job(code: Any, input: Any = None, options: dict | None = None) -> Any:
     if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool)
                                 or timeout <= 0):
         return _bad_job(f"timeout must be a positive integer of milliseconds, not {timeout!r}")
+    budget = settings["max_output"]
     if "max_output" in options:
         m = options["max_output"]
         if not isinstance(m, int) or isinstance(m, bool) or m < 0:
             return _bad_job(f"max_output must be a number of bytes, not {m!r}")
-        settings["max_output"] = min(m, settings["max_output"])
-    _install_audit(_pyport_sandbox.report())
-    if options.get("fresh", False):
-        if not settings["zygote"]:
-            return _bad_job("fresh jobs need a worker started with --zygote")
-        return _run_fresh(code, input, settings, timeout)
-    return _run_warm(code, input, settings)
+        budget = min(m, budget)
+    fresh = bool(options.get("fresh", False))
+    if fresh and not settings["zygote"]:
+        return _bad_job("fresh jobs need a worker started with --zygote")
+    job = _pyport_sandbox.encode((code, input))
+    runners = _runner.runners()
+    try:
+        runner = runners.take()
+    except OSError as exc:
+        return ERROR, (Atom("no_runner"), f"the worker could not start a process for the job: {exc}"), \
+            _stats(b"", b"", 0, 0, 0)
+    runner.send(job, budget, settings["max_frame_size"])
+    if fresh:
+        return _run_fresh(runners, runner, settings, budget, timeout)
+    return _run_warm(runners, runner, settings, budget, timeout)

@@ -41,3 +41,15 @@ else:
     request = notify = start_request = take_reply = _unavailable
     open_mailbox = close_mailbox = receive = watch = watch_on_loop = _unavailable
     next_completion = consume_time_slice = _unavailable
+
+
+def cancel(mailbox: int) -> None:
+    """Gives up on the request whose reply goes to ``mailbox`` (from
+    ``start_request``): the mailbox is closed, and Erlang is told to end
+    the process that serves the request (NOTIFY ``cancel``). A reply
+    already on its way finds no mailbox and is dropped."""
+    close_mailbox(mailbox)
+    try:
+        notify("cancel", [mailbox])
+    except ConnectionError:  # the link closed: nothing serves it any more
+        pass

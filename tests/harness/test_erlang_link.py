@@ -130,10 +130,17 @@ def test_async_call_on_the_worker_loop_raises_the_error_reply(worker):
     assert worker.result(id) == ["UnknownFunctionError", "no 'missing'"]
 
 
+def next_cancel(worker, request):
+    """The notice that Python gave up on request (Erlang ends what serves it)."""
+    frame = worker.read_frame()
+    assert (frame.kind, frame.id, frame.fields) == (P.NOTIFY, 0, ["cancel", [request.id]]), frame
+
+
 def test_a_reply_after_the_worker_loop_waiter_gave_up_is_dropped(worker):
     id = call(worker, "async_call_given_up", "slow")
     r = next_request(worker, "call")
     assert worker.result(id) == "gave up"
+    next_cancel(worker, r)
     reply(worker, r, "too late")
     wire.assert_in_sync(worker)
 
@@ -306,6 +313,7 @@ def test_interrupt_reaches_a_request_waiting_for_erlang(worker):
     worker.send_frame(P.INTERRUPT, id)
     frame = worker.wait(id)
     assert (frame.kind, frame.fields[0]) == (P.ERROR, "KeyboardInterrupt")
+    next_cancel(worker, req)
     # The reply that comes too late finds nobody and changes nothing.
     reply(worker, req, "too late")
     wire.assert_in_sync(worker)

@@ -1,7 +1,9 @@
 """The worker reads its input while Python runs (port_worker/input_reader.hpp):
 requests pile up in the worker, not in the pipe, and end of input is seen
-while a call is still running."""
+while a call is still running (and interrupts it: the owner is gone)."""
+import signal
 import threading
+import time
 
 import pyport_proto as P
 
@@ -39,16 +41,29 @@ def test_requests_are_read_while_python_runs(worker, tmp_path):
         assert (frame.kind, frame.id, frame.fields[0]) == (P.RESULT, id, PAYLOAD)
 
 
-def test_end_of_input_while_python_runs_still_answers_the_call(worker, tmp_path):
+def test_end_of_input_while_python_runs_interrupts_the_call(worker, tmp_path):
+    # The owner is gone: the call running is interrupted, not waited for.
     gate = tmp_path / "gate"
     busy = _busy_call(worker, gate)
     later = worker.request(P.EVAL, "6 * 7", None, 0)
     worker.process.stdin.close()
+    frame = worker.wait(busy, timeout=HANG_GUARD)
     gate.touch()
-    assert P.value_of(worker.wait(busy)) is True
+    assert (frame.kind, frame.fields[0]) == (P.ERROR, "KeyboardInterrupt")
     # Frames read before end of input are answered too.
     assert worker.result(later) == 42
     assert worker.wait_exit() == 0
+
+
+def test_end_of_input_kills_python_that_ignores_its_interrupt(worker):
+    # Only a kill ends it: the input thread does that after its grace period.
+    code = "while True:\n    try:\n        time.sleep(100)\n    except KeyboardInterrupt:\n        pass"
+    worker.request(P.EXEC, "import time\nprint('stubborn', flush=True)\n" + code, 0)
+    worker.wait_for_log(lambda level, line: line == "stubborn")
+    start = time.monotonic()
+    worker.process.stdin.close()
+    assert worker.wait_exit() == -signal.SIGKILL
+    assert time.monotonic() - start < 5
 
 
 def test_shutdown_read_while_python_runs_exits_after_the_call(worker, tmp_path):

@@ -1,5 +1,7 @@
 """How a worker ends: end of input, SHUTDOWN, and crashes seen from its pipes."""
+import os
 import signal
+import time
 
 import pytest
 
@@ -84,3 +86,43 @@ def test_pending_requests_are_not_answered_by_a_dead_worker(worker):
     with pytest.raises(P.WorkerExited) as e:
         worker.read_frame()
     assert e.value.returncode == 9
+
+
+def test_a_child_that_outlives_the_worker_does_not_hold_its_pipes(worker, tmp_path):
+    # The child holds the frame channel (fork keeps close-on-exec fds); the
+    # keeper kills it once the worker exits, so end of file comes at once.
+    pidfile = tmp_path / "child"
+    # Written whole, then renamed: the worker exits only once it is there.
+    worker.request(P.EXEC, "import os, time\n"
+                           "if os.fork() == 0:\n"
+                           f"    open({str(pidfile) + '.tmp'!r}, 'w').write(str(os.getpid()))\n"
+                           f"    os.rename({str(pidfile) + '.tmp'!r}, {str(pidfile)!r})\n"
+                           "    time.sleep(1000)\n"
+                           "    os._exit(0)\n"
+                           "while not os.path.exists(" + repr(str(pidfile)) + "):\n"
+                           "    time.sleep(0.001)\n"
+                           "os._exit(5)", 0)
+    start = time.monotonic()
+    assert worker.wait_exit() == 5
+    assert time.monotonic() - start < 2
+    child = int(pidfile.read_text())
+    assert not os.path.exists(f"/proc/{child}")  # killed and reaped
+
+
+def test_sigterm_to_the_keeper_ends_the_worker_and_its_children(worker, tmp_path):
+    pidfile = tmp_path / "child"
+    worker.request(P.EXEC, "import os, time\n"
+                           "if os.fork() == 0:\n"
+                           "    os.setsid()\n"
+                           f"    open({str(pidfile) + '.tmp'!r}, 'w').write(str(os.getpid()))\n"
+                           f"    os.rename({str(pidfile) + '.tmp'!r}, {str(pidfile)!r})\n"
+                           "    time.sleep(1000)\n"
+                           "    os._exit(0)\n", 0)
+    for _ in range(5000):
+        if pidfile.exists():
+            break
+        time.sleep(0.001)
+    child = int(pidfile.read_text())
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.wait_exit() == -signal.SIGKILL  # the worker's own status
+    assert not os.path.exists(f"/proc/{child}")

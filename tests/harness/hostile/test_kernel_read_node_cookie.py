@@ -24,6 +24,7 @@ def test_the_node_command_line_is_out_of_reach(start, mode, node_process):
     status, (reason, info), _ = job(w, mode, code, node_process.pid)
     assert (status, reason, info["type"]) == ("error", "exception", "FileNotFoundError")
     assert job(w, mode, SCAN, COOKIE)[:2] == ("ok", [])
-    # Only the worker's own processes are in its /proc.
+    # Only the worker's own processes are in its /proc (the worker, a warm
+    # worker's init, the job template, the runners: a few small pids).
     status, pids, _ = job(w, mode, "[int(p) for p in __import__('os').listdir('/proc') if p.isdigit()]")
-    assert status == "ok" and max(pids) < 64 and len(pids) <= 3
+    assert status == "ok" and 1 in pids and max(pids) < 64 and len(pids) <= 8
