@@ -233,8 +233,7 @@ introspection_in_every_state(Config) ->
                     [case pyport:worker_info({seen, S}) of
                          {ok, #{status := _}} -> ok;
                          {error, {worker_exited, _}} -> ok;
-                         %% Between two gen_servers (pyport_pool_sup is
-                         %% rest_for_one: slot 2 restarts after slot 1).
+                         %% Between two gen_servers of the slot.
                          {error, {no_worker, seen, S}} -> ok
                      end || S <- [1, 2]],
                     ct:log("~p: ~p", [Why, Ws])
@@ -290,7 +289,8 @@ kill_every_process_of_the_tree(Config) ->
     Targets = [[pyport_reaper], [pyport_state], [pyport_registry], [pg],
                [pyport_pools_sup], [pyport_pools_sup, {pool, tree}],
                [pyport_pools_sup, {pool, tree}, pool],
-               [pyport_pools_sup, {pool, tree}, {worker, 1}]],
+               [pyport_pools_sup, {pool, tree}, workers],
+               [pyport_pools_sup, {pool, tree}, workers, {worker, 1}]],
     try
         lists:foreach(fun(Path) -> kill_with_calls_in_flight(Path, Opts) end, Targets)
     after
@@ -522,7 +522,7 @@ owner(Pool, Slot) ->
     Pid.
 
 pool_sup(Pool) ->
-    child_pid(pyport_sup, [pyport_pools_sup, {pool, Pool}]).
+    child_pid(pyport_sup, [pyport_pools_sup, {pool, Pool}, workers]).
 
 child_pid(Sup, []) ->
     Sup;
