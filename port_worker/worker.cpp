@@ -21,18 +21,26 @@
 
 namespace pyport {
 
-void write_diag(int fd, const std::string& message) {
-  if (fd < 0) return;
-  std::string line = "pyport_worker: " + message + "\n";
-  const char* p = line.data();
-  size_t left = line.size();
-  while (left) {
-    ssize_t n = write(fd, p, left);
+namespace {
+
+// Best effort: the descriptor may be gone or full, and nobody can be told.
+void write_all(int fd, const void* data, size_t size) {
+  const char* p = static_cast<const char*>(data);
+  while (size) {
+    ssize_t n = write(fd, p, size);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return;
     p += n;
-    left -= size_t(n);
+    size -= size_t(n);
   }
+}
+
+}  // namespace
+
+void write_diag(int fd, const std::string& message) {
+  if (fd < 0) return;
+  std::string line = "pyport_worker: " + message + "\n";
+  write_all(fd, line.data(), line.size());
 }
 
 void report_start_failure(int fd, const std::string& message, const std::string& stage) {
@@ -50,15 +58,7 @@ void report_start_failure(int fd, const std::string& message, const std::string&
   utf8::append_sanitized(at_fault, reinterpret_cast<const uint8_t*>(where.data()), where.size());
   ByteBuffer frame;
   write_error_frame(frame, 0, "StartError", text, at_fault, kMinMaxFrameSize * 16);
-  const uint8_t* p = frame.data();
-  size_t left = frame.size();
-  while (left) {
-    ssize_t n = write(fd, p, left);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;
-    p += n;
-    left -= size_t(n);
-  }
+  write_all(fd, frame.data(), frame.size());
 }
 
 namespace {

@@ -29,13 +29,15 @@ start_pool(Name, Opts) ->
             %% A pool that gave up earlier: replace it, with the new options.
             _ = supervisor:delete_child(?MODULE, {pool, Name}),
             start_pool(Name, Opts);
-        {error, {{shutdown, {failed_to_start_child, _, Reason}}, _}} ->
-            {error, {pool_start_failed, Name, Reason}};
-        {error, {shutdown, {failed_to_start_child, _, Reason}}} ->
-            {error, {pool_start_failed, Name, Reason}};
         {error, Reason} ->
-            {error, {pool_start_failed, Name, Reason}}
+            {error, {pool_start_failed, Name, start_failure(Reason)}}
     end.
+
+%% Why the child that failed first failed, through the nested supervisors
+%% (pool supervisor, workers' supervisor, worker).
+start_failure({{shutdown, {failed_to_start_child, _, Reason}}, _}) -> start_failure(Reason);
+start_failure({shutdown, {failed_to_start_child, _, Reason}}) -> start_failure(Reason);
+start_failure(Reason) -> Reason.
 
 %% @doc Stops a pool: its workers finish what they have read, then exit.
 -spec stop_pool(pyport_config:pool_name()) -> ok | {error, {no_pool, term()}}.

@@ -11,7 +11,7 @@
 -include_lib("stdlib/include/assert.hrl").
 
 -export([all/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2, end_per_testcase/2]).
--export([forked_child_outlives_worker/1, owner_killed_spinning/1, owner_killed_sleeping/1,
+-export([forked_child_outlives_worker/1, a_killed_owner_costs_only_its_slot/1, owner_killed_spinning/1, owner_killed_sleeping/1,
          owner_killed_without_the_reaper/1, reaper_helper_killed/1,
          stop_pool_with_calls_in_flight/1,
          huge_shutdown_timeout/1, kill_under_load_counters/1, kill_every_process_of_the_tree/1,
@@ -27,7 +27,7 @@ all() ->
      owner_killed_without_the_reaper, reaper_helper_killed, stop_pool_with_calls_in_flight,
      huge_shutdown_timeout,
      kill_under_load_counters, introspection_in_every_state, introspection_while_starting,
-     kill_every_process_of_the_tree,
+     kill_every_process_of_the_tree, a_killed_owner_costs_only_its_slot,
      out_of_file_descriptors, workers_have_no_tty, vm_killed_with_a_daemon_running].
 
 init_per_suite(Config) ->
@@ -233,8 +233,7 @@ introspection_in_every_state(Config) ->
                     [case pyport:worker_info({seen, S}) of
                          {ok, #{status := _}} -> ok;
                          {error, {worker_exited, _}} -> ok;
-                         %% Between two gen_servers (pyport_pool_sup is
-                         %% rest_for_one: slot 2 restarts after slot 1).
+                         %% Between two gen_servers of the slot.
                          {error, {no_worker, seen, S}} -> ok
                      end || S <- [1, 2]],
                     ct:log("~p: ~p", [Why, Ws])
@@ -290,12 +289,35 @@ kill_every_process_of_the_tree(Config) ->
     Targets = [[pyport_reaper], [pyport_state], [pyport_registry], [pg],
                [pyport_pools_sup], [pyport_pools_sup, {pool, tree}],
                [pyport_pools_sup, {pool, tree}, pool],
-               [pyport_pools_sup, {pool, tree}, {worker, 1}]],
+               [pyport_pools_sup, {pool, tree}, workers],
+               [pyport_pools_sup, {pool, tree}, workers, {worker, 1}]],
     try
         lists:foreach(fun(Path) -> kill_with_calls_in_flight(Path, Opts) end, Targets)
     after
         restart_app(#{default => pool_opts(default, #{size => 1}, Config)})
     end.
+
+%% One worker's gen_server killed: the other slots' gen_servers, OS
+%% processes and calls in flight carry on (its supervisor is one_for_one).
+a_killed_owner_costs_only_its_slot(Config) ->
+    start_pool(slots, #{size => 3}, Config),
+    [wait_up({slots, S}) || S <- [1, 2, 3]],
+    Owners = [owner(slots, S) || S <- [1, 2, 3]],
+    OsPids = [pyport_test_util:os_pid({slots, S}) || S <- [2, 3]],
+    Self = self(),
+    Naps = [spawn_link(fun() -> Self ! {nap, S, py:call(py:context(slots, S), ?H, nap, [0.5])} end)
+            || S <- [2, 3]],
+    timer:sleep(100),
+    exit(hd(Owners), kill),
+    [receive {nap, S, R} -> ?assertEqual({S, {ok, 0.5}}, {S, R}) after 10000 -> ct:fail(no_answer) end
+     || S <- [2, 3]],
+    ?assertEqual(2, length(Naps)),
+    ?assertEqual(tl(Owners), [owner(slots, S) || S <- [2, 3]]),
+    ?assertEqual(OsPids, [pyport_test_util:os_pid({slots, S}) || S <- [2, 3]]),
+    wait_until(fun() -> hd(Owners) =/= (catch owner(slots, 1)) end),
+    wait_up({slots, 1}),
+    ?assertEqual({ok, 0.0}, py:call(py:context(slots, 1), ?H, nap, [0.0])),
+    ok = pyport:stop_pool(slots).
 
 kill_with_calls_in_flight(Path, Opts) ->
     %% A fresh tree each time: pyport_sup allows 3 restarts in 10 s.
@@ -522,7 +544,7 @@ owner(Pool, Slot) ->
     Pid.
 
 pool_sup(Pool) ->
-    child_pid(pyport_sup, [pyport_pools_sup, {pool, Pool}]).
+    child_pid(pyport_sup, [pyport_pools_sup, {pool, Pool}, workers]).
 
 child_pid(Sup, []) ->
     Sup;
