@@ -7,11 +7,13 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -32,12 +34,26 @@ constexpr int kMaxKillRounds = 10000;
 
 // Removes the tree under dir_fd/name without following symbolic links, so
 // whatever a job left there (links to elsewhere included) cannot redirect
-// the removal.
+// the removal. A directory made unreadable (mode 000: an unprivileged
+// keeper could not descend) is opened by O_PATH, which needs no right, and
+// given back its owner's rights through its /proc/self/fd link: the exact
+// inode, never a path a job could swap for a link.
 void remove_tree_at(int dir_fd, const char* name, int depth) {
   if (unlinkat(dir_fd, name, 0) == 0 || errno == ENOENT) return;
   if (depth > 256) return;
   int fd = openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0 && errno == EACCES) {
+    int path_fd = openat(dir_fd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (path_fd >= 0) {
+      std::string link = "/proc/self/fd/" + std::to_string(path_fd);
+      chmod(link.c_str(), 0700);
+      close(path_fd);
+    }
+    fd = openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  }
   if (fd < 0) return;
+  // Its entries go only if it may be written and searched.
+  fchmod(fd, 0700);
   DIR* dir = fdopendir(fd);
   if (!dir) {
     close(fd);
@@ -199,11 +215,12 @@ class DiagCopier {
 // inside a new pid namespace).
 pid_t g_keeper_seen = -1;
 
-// Closes every descriptor from 3 up except `a` and `b` (-1: none).
-void close_all_but(int a, int b) {
-  if (a > b) std::swap(a, b);
+// Closes every descriptor from 3 up except `a`, `b` and `c` (-1: none).
+void close_all_but(int a, int b, int c = -1) {
+  int keeps[3] = {a, b, c};
+  std::sort(keeps, keeps + 3);
   unsigned from = 3;
-  for (int keep : {a, b}) {
+  for (int keep : keeps) {
     if (keep < int(from)) continue;
     if (keep > int(from)) syscall(SYS_close_range, from, unsigned(keep - 1), 0u);
     from = unsigned(keep) + 1;
@@ -231,7 +248,7 @@ void close_all_but(int a, int b) {
 
 // The keeper's life after the fork. `signals` are blocked already.
 [[noreturn]] void run_keeper(pid_t worker, const sigset_t& signals, int diag_read,
-                             const std::string& workdir) {
+                             const std::string& workdir, KeeperHooks* hooks) {
   signal(SIGINT, SIG_IGN);
   signal(SIGQUIT, SIG_IGN);
   signal(SIGPIPE, SIG_IGN);
@@ -246,17 +263,29 @@ void close_all_but(int a, int b) {
       dup2(null_fd, fd);
   }
   // Only what the loop uses stays open: no descriptor of the frame channel.
-  close_all_but(diag_read, node_stderr);
+  close_all_but(diag_read, node_stderr, hooks ? hooks->fd() : -1);
 
   int sfd = signalfd(-1, &signals, SFD_CLOEXEC | SFD_NONBLOCK);
   DiagCopier diag(diag_read, node_stderr);
   bool diag_open = diag_read >= 0;
   int status = 0;
   bool done = false;
+  time_t checked = time(nullptr);
   while (!done) {
-    pollfd fds[2] = {{sfd, POLLIN, 0}, {diag_read, POLLIN, 0}};
-    int rc = poll(fds, diag_open ? 2 : 1, sfd >= 0 ? -1 : 100);
+    int hook_fd = hooks ? hooks->fd() : -1;
+    pollfd fds[3] = {
+        {sfd, POLLIN, 0}, {diag_open ? diag_read : -1, POLLIN, 0}, {hook_fd, POLLIN, 0}};
+    int rc = poll(fds, 3, sfd >= 0 && !hooks ? -1 : hooks ? 1000 : 100);
     if (rc < 0 && errno != EINTR) break;
+    if (hook_fd >= 0 && (fds[2].revents & (POLLIN | POLLHUP | POLLERR))) hooks->on_readable();
+    if (hooks && time(nullptr) != checked) {
+      checked = time(nullptr);
+      std::string wrong = hooks->check();
+      if (!wrong.empty()) {
+        dprintf(node_stderr, "pyport_worker: keeper: ending the worker: %s\n", wrong.c_str());
+        kill(worker, SIGKILL);
+      }
+    }
     if (diag_open && (fds[1].revents & (POLLIN | POLLHUP | POLLERR))) diag_open = diag.pump();
     if (sfd >= 0 && (fds[0].revents & POLLIN)) {
       signalfd_siginfo info;
@@ -278,12 +307,13 @@ void close_all_but(int a, int b) {
   if (diag_open) diag.drain();
   kill_descendants(worker);
   remove_workdir(workdir);
+  if (hooks) hooks->after_worker();
   exit_like(status);
 }
 
 }  // namespace
 
-std::string start_keeper(const std::string& workdir) {
+std::string start_keeper(const std::string& workdir, KeeperHooks* hooks) {
   // The worker's stderr until it has its own relay: a pipe to the keeper.
   int diag[2];
   if (pipe2(diag, O_CLOEXEC) != 0) {
@@ -311,7 +341,7 @@ std::string start_keeper(const std::string& workdir) {
   }
   if (child > 0) {
     close(diag[1]);
-    run_keeper(child, signals, diag[0], workdir);
+    run_keeper(child, signals, diag[0], workdir, hooks);
   }
   // The worker.
   sigprocmask(SIG_SETMASK, &old, nullptr);
@@ -325,6 +355,10 @@ std::string start_keeper(const std::string& workdir) {
   // A session and process group of its own: the keeper kills the group.
   setsid();
   return "";
+}
+
+void keeper_is_now(pid_t parent) {
+  g_keeper_seen = parent;
 }
 
 bool die_with_keeper() {

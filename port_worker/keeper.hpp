@@ -27,9 +27,27 @@
 // controlling terminal; the worker leads its own process group.
 #pragma once
 
+#include <sys/types.h>
+
 #include <string>
 
 namespace pyport {
+
+// What a sandbox adds to its keeper's loop (sandbox.cpp): called in the
+// keeper, which stays privileged and outside the sandbox.
+class KeeperHooks {
+ public:
+  virtual ~KeeperHooks() = default;
+  // A descriptor the keeper keeps open and polls for the hooks (-1: none,
+  // or no more): on_readable() when it is readable or closed.
+  virtual int fd() const { return -1; }
+  virtual void on_readable() {}
+  // Called about once a second while the worker runs: why the worker must
+  // be ended (the keeper kills it and says why on stderr), or "".
+  virtual std::string check() { return ""; }
+  // Once the worker and all its descendants are gone.
+  virtual void after_worker() {}
+};
 
 // Forks the worker off the calling process, which must be single-threaded.
 // Returns only in the worker: an empty string, or why no worker could be
@@ -42,7 +60,14 @@ namespace pyport {
 //
 // A caller that made a pid namespace (unshare(CLONE_NEWPID)) before the
 // call gets the worker as that namespace's init.
-std::string start_keeper(const std::string& workdir);
+//
+// `hooks` (may be null) stay the keeper's for its whole life.
+std::string start_keeper(const std::string& workdir, KeeperHooks* hooks = nullptr);
+
+// In the worker, after it forked again (sandbox.cpp: a relay, a pid
+// namespace's init): its parent, as it sees it, is the process whose death
+// die_with_keeper() watches from now on.
+void keeper_is_now(pid_t parent);
 
 // In the worker: sets the parent-death signal (SIGKILL when the keeper
 // dies) again, as a change of uid clears it; false if the keeper is gone

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -25,7 +26,8 @@ const char* const kUsage =
     "                     [--max-file-size BYTES] [--max-processes N]\n"
     "                     [--sandbox | --zygote] [--sandbox-allow WHAT]... [--preload MODULE]...\n"
     "                     [--workdir-parent DIR] [--env NAME=VALUE]... [--env-keep NAME]...\n"
-    "                     [--max-output BYTES] [--log-lines N] [--log-bytes BYTES]\n"
+    "                     [--max-output BYTES] [--max-disk BYTES] [--env-stdin]\n"
+    "                     [--log-lines N] [--log-bytes BYTES]\n"
     "  --runtime DIR          the python_runtime directory (default: next to the\n"
     "                         executable, else the source tree's)\n"
     "  --path DIR             put DIR on sys.path (after the runtime); repeatable\n"
@@ -44,6 +46,9 @@ const char* const kUsage =
     "  --env NAME=VALUE       set in the sandbox's otherwise empty environment; repeatable\n"
     "  --env-keep NAME        keep NAME from the inherited environment; repeatable\n"
     "  --max-output BYTES     stdout+stderr a job may print (default 1048576)\n"
+    "  --max-disk BYTES       size of the private working directory (a tmpfs)\n"
+    "  --env-stdin            read NAME=VALUE pairs (NUL-separated, in one {packet,4}\n"
+    "                         frame) from stdin before anything else\n"
     "  --log-lines N          lines of stdout+stderr sent as LOG frames a second, the\n"
     "                         rest dropped and counted (default: no limit)\n"
     "  --log-bytes BYTES      bytes of them a second (default: no limit)\n"
@@ -112,6 +117,7 @@ const char* const kValued[] = {"--runtime",
                                "--env",
                                "--env-keep",
                                "--max-output",
+                               "--max-disk",
                                "--sandbox-test-unavailable",
                                "--log-lines",
                                "--log-bytes"};
@@ -141,6 +147,10 @@ std::string parse_options(int argc, const char* const* argv, Options& out) {
     }
     size_t eq = arg.find('=');
     std::string name = arg.substr(0, eq);
+    if (eq == std::string::npos && name == "--env-stdin") {
+      out.env_stdin = true;
+      continue;
+    }
     if (eq == std::string::npos && (name == "--sandbox" || name == "--zygote")) {
       out.sandbox = true;
       if (name == "--zygote") out.zygote = true;
@@ -201,6 +211,11 @@ std::string parse_options(int argc, const char* const* argv, Options& out) {
       if (!parse_number(value, 0, UINT64_MAX, out.max_output)) {
         return "--max-output must be a number of bytes, not '" + value + "'";
       }
+    } else if (name == "--max-disk") {
+      // Room for Python's own small files (bytecode caches, a job's dir).
+      if (!parse_number(value, 1 << 20, UINT64_MAX, out.max_disk)) {
+        return "--max-disk must be a number of bytes, at least 1048576, not '" + value + "'";
+      }
     } else if (name == "--log-lines" || name == "--log-bytes") {
       if (!parse_number(value, 1, UINT64_MAX,
                         name == "--log-lines" ? out.log_lines : out.log_bytes)) {
@@ -228,9 +243,10 @@ std::string parse_options(int argc, const char* const* argv, Options& out) {
   }
   if (!out.sandbox) {
     if (out.sandbox_allow || !out.preload.empty() || !out.workdir_parent.empty() ||
-        !out.env.empty() || !out.env_keep.empty() || !out.test_unavailable.empty()) {
-      return "--sandbox-allow, --preload, --workdir-parent, --env and --env-keep need --sandbox "
-             "or --zygote";
+        !out.env.empty() || !out.env_keep.empty() || !out.test_unavailable.empty() ||
+        out.max_disk || out.env_stdin) {
+      return "--sandbox-allow, --preload, --workdir-parent, --env, --env-stdin, --env-keep and "
+             "--max-disk need --sandbox or --zygote";
     }
   }
   if (!out.workdir_parent.empty() && !is_dir(out.workdir_parent)) {
@@ -239,24 +255,99 @@ std::string parse_options(int argc, const char* const* argv, Options& out) {
   return "";
 }
 
+namespace {
+
+// The limit apply_limits sets for `l`, given the limit inherited.
+struct rlimit wanted_limit(const Limit& l, uint64_t value, struct rlimit rl) {
+  rlim_t want = rlim_t(value);
+  // An unprivileged process cannot raise its hard limit: stay below it.
+  if (rl.rlim_max != RLIM_INFINITY && want > rl.rlim_max) want = rl.rlim_max;
+  struct rlimit out = {want, want};
+  // RLIMIT_CPU: SIGXCPU at the soft limit (fatal: Python does not handle
+  // it), SIGKILL a second later should the process catch it. The one
+  // second is all a job can add by raising its soft limit.
+  if (l.resource == RLIMIT_CPU && (rl.rlim_max == RLIM_INFINITY || want < rl.rlim_max)) {
+    out.rlim_max = want + 1;
+  }
+  return out;
+}
+
+}  // namespace
+
 std::string apply_limits(const Options& options, LimitScope scope) {
   for (const Limit& l : kLimits) {
     uint64_t value = options.*(l.field);
     if (!value || !in_scope(l.resource, scope)) continue;
     struct rlimit rl;
     if (getrlimit(l.resource, &rl) != 0) return std::string("getrlimit: ") + strerror(errno);
-    rlim_t want = rlim_t(value);
-    // An unprivileged process cannot raise its hard limit: stay below it.
-    if (rl.rlim_max != RLIM_INFINITY && want > rl.rlim_max) want = rl.rlim_max;
-    rl.rlim_cur = want;
-    // RLIMIT_CPU: SIGXCPU at the soft limit (fatal: Python does not handle
-    // it), SIGKILL a second later should the process catch it.
-    if (l.resource == RLIMIT_CPU && (rl.rlim_max == RLIM_INFINITY || want < rl.rlim_max)) {
-      rl.rlim_max = want + 1;
-    }
-    if (setrlimit(l.resource, &rl) != 0) {
+    // Hard = soft: a job that raises its soft limit gets EPERM (a soft
+    // limit alone is only advice to the process it limits).
+    struct rlimit want = wanted_limit(l, value, rl);
+    if (setrlimit(l.resource, &want) != 0) {
       return std::string("cannot apply ") + l.option + " " + std::to_string(value) + ": " +
              strerror(errno);
+    }
+  }
+  return "";
+}
+
+InheritedLimits current_limits() {
+  InheritedLimits out{};
+  for (size_t i = 0; i < 5; ++i) {
+    struct rlimit rl {
+      RLIM_INFINITY, RLIM_INFINITY
+    };
+    getrlimit(kLimits[i].resource, &rl);
+    out.values[i] = {uint64_t(rl.rlim_cur), uint64_t(rl.rlim_max)};
+  }
+  return out;
+}
+
+namespace {
+
+// A process's limits from /proc/<pid>/limits, which anyone may read (a
+// root keeper in a container often lacks CAP_SYS_RESOURCE, which
+// prlimit() on another uid's process needs). False if it is gone.
+bool read_proc_limits(pid_t pid, struct rlimit (&out)[5]) {
+  static const char* const kLabels[5] = {"Max address space", "Max cpu time", "Max open files",
+                                         "Max file size", "Max processes"};
+  std::string path = "/proc/" + std::to_string(pid) + "/limits";
+  FILE* f = fopen(path.c_str(), "re");
+  if (!f) return false;
+  char line[256];
+  int found = 0;
+  while (fgets(line, sizeof line, f)) {
+    for (size_t i = 0; i < 5; ++i) {
+      size_t n = strlen(kLabels[i]);
+      if (strncmp(line, kLabels[i], n) != 0 || line[n] != ' ') continue;
+      char soft[32] = {}, hard[32] = {};
+      if (sscanf(line + 26, "%31s %31s", soft, hard) != 2) continue;
+      auto value = [](const char* v) {
+        return strcmp(v, "unlimited") == 0 ? RLIM_INFINITY : rlim_t(strtoull(v, nullptr, 10));
+      };
+      out[i] = {value(soft), value(hard)};
+      ++found;
+    }
+  }
+  fclose(f);
+  return found == 5;
+}
+
+}  // namespace
+
+std::string limits_changed(pid_t pid, const Options& options, LimitScope scope,
+                           const InheritedLimits& inherited) {
+  struct rlimit now[5];
+  if (!read_proc_limits(pid, now)) return "";  // gone
+  for (size_t i = 0; i < 5; ++i) {
+    const Limit& l = kLimits[i];
+    struct rlimit expect = {rlim_t(inherited.values[i].cur), rlim_t(inherited.values[i].max)};
+    uint64_t value = options.*(l.field);
+    if (value && in_scope(l.resource, scope)) expect = wanted_limit(l, value, expect);
+    if (now[i].rlim_cur != expect.rlim_cur || now[i].rlim_max != expect.rlim_max) {
+      return std::string(l.option) + " is " + std::to_string(now[i].rlim_cur) + "/" +
+             std::to_string(now[i].rlim_max) + ", not " + std::to_string(expect.rlim_cur) + "/" +
+             std::to_string(expect.rlim_max);
     }
   }
   return "";

@@ -1,6 +1,7 @@
 // Command line of pyport_worker.
 #pragma once
 
+#include <sys/types.h>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -43,6 +44,12 @@ struct Options {
   std::vector<std::string> env;       // NAME=VALUE
   std::vector<std::string> env_keep;  // NAME
   uint64_t max_output = 1 << 20;      // bytes of stdout+stderr per job
+  // Bytes of the private working directory (a tmpfs of this size in the
+  // worker's mount namespace); 0: no tmpfs, the host directory as before.
+  uint64_t max_disk = 0;
+  // --env-stdin: the NAME=VALUE pairs come in one {packet,4} frame on stdin
+  // before anything else (never on argv, which /proc shows to everyone).
+  bool env_stdin = false;
   // What the log relay sends a second (--log-lines, --log-bytes); 0 is no limit.
   uint64_t log_lines = 0;
   uint64_t log_bytes = 0;
@@ -59,9 +66,24 @@ enum class LimitScope {
   kJob,      // a job's runner: CPU, file size, processes
 };
 
-// Applies the resource limits of `options` in `scope`. Returns an empty
-// string, or what could not be applied.
+// Applies the resource limits of `options` in `scope`, hard limit = soft
+// limit (RLIMIT_CPU: hard = soft + 1 s, for SIGXCPU before SIGKILL), so the
+// limited process cannot raise them. Returns an empty string, or what could
+// not be applied.
 std::string apply_limits(const Options& options, LimitScope scope = LimitScope::kAll);
+
+// Whether process `pid`'s limits in `scope` still are what apply_limits
+// gave it, starting from `inherited` (the limits it started with, in the
+// order of the resources below: AS, CPU, NOFILE, FSIZE, NPROC). Returns an
+// empty string, or the first limit that differs.
+struct InheritedLimits {
+  struct rlimit_pair {
+    uint64_t cur, max;
+  } values[5];
+};
+InheritedLimits current_limits();
+std::string limits_changed(pid_t pid, const Options& options, LimitScope scope,
+                           const InheritedLimits& inherited);
 
 extern const char* const kUsage;
 

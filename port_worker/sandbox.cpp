@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -198,6 +199,12 @@ class Filter {
   std::string error_;
 };
 
+// ---- the sandbox's side of the keeper (keeper.hpp) ----
+
+std::string errno_text(const char* what) {
+  return std::string(what) + ": " + strerror(errno);
+}
+
 bool write_file(const char* path, const std::string& text) {
   int fd = open(path, O_WRONLY | O_CLOEXEC);
   if (fd < 0) return false;
@@ -206,19 +213,363 @@ bool write_file(const char* path, const std::string& text) {
   return ok;
 }
 
+std::string read_small_file(const std::string& path) {
+  std::string text;
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return text;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof buf)) > 0)
+    text.append(buf, size_t(n));
+  close(fd);
+  return text;
+}
+
+// Dies with `status` as the process it relays did: the same exit code, or
+// the same signal (re-raised, without a core dump).
+[[noreturn]] void exit_as(int status) {
+  if (WIFSIGNALED(status)) {
+    int sig = WTERMSIG(status);
+    struct rlimit no_core = {0, 0};
+    setrlimit(RLIMIT_CORE, &no_core);
+    signal(sig, SIG_DFL);
+    sigset_t one;
+    sigemptyset(&one);
+    sigaddset(&one, sig);
+    sigprocmask(SIG_UNBLOCK, &one, nullptr);
+    raise(sig);
+    _exit(128 + sig);
+  }
+  _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 1);
+}
+
+// ---- the worker's cgroup (made by the keeper while it is privileged) ----
+
+// One cgroup per worker, in the memory and pids controllers (cgroup v1, as
+// mounted at /sys/fs/cgroup/{memory,pids}, or v2's unified tree): it counts
+// every page the worker and its jobs charge (anonymous memory, memfd, SysV
+// and POSIX shared memory, tmpfs files, page cache) and every task. The
+// keeper joins it before the fork, so everything the worker starts is in
+// it, and leaves it only to remove it. The limits are the pool's
+// max_memory and max_processes for the worker and all its jobs together.
+class WorkerCgroup {
+ public:
+  // Returns an empty string, or why there is none (the rlimits then stand
+  // alone).
+  std::string create(const Options& options, const std::string& name) {
+    if (!options.max_memory && !options.max_processes) return "no memory or process limit to count";
+    std::string v2 = own_path("0::");
+    std::string controllers = read_small_file("/sys/fs/cgroup/cgroup.controllers");
+    if (!controllers.empty()) {
+      if (controllers.find("memory") == std::string::npos) return "cgroup v2 without memory";
+      std::string parent = "/sys/fs/cgroup" + v2;
+      // The controllers must be enabled for the node's cgroup's children
+      // (v2 allows that only where no process sits in the parent itself:
+      // put the node in a cgroup of its own).
+      write_file((parent + "/cgroup.subtree_control").c_str(), "+memory +pids");
+      std::string dir = parent + "/" + name;
+      if (mkdir(dir.c_str(), 0755) != 0) return errno_text(("cannot create " + dir).c_str());
+      dirs_.push_back(dir);
+      if (access((dir + "/memory.max").c_str(), W_OK) != 0)
+        return "cgroup v2: " + parent + " does not delegate the memory controller";
+      version_ = 2;
+      if (options.max_memory) {
+        if (!write_file((dir + "/memory.max").c_str(), std::to_string(options.max_memory)))
+          return fail("memory.max");
+        write_file((dir + "/memory.swap.max").c_str(), "0");
+      }
+      if (options.max_processes &&
+          !write_file((dir + "/pids.max").c_str(), std::to_string(pids_max(options))))
+        return fail("pids.max");
+      return "";
+    }
+    std::string mem_parent = "/sys/fs/cgroup/memory" + own_path("memory");
+    std::string pids_parent = "/sys/fs/cgroup/pids" + own_path("pids");
+    if (access((mem_parent + "/cgroup.procs").c_str(), W_OK) != 0)
+      return "no writable cgroup v1 memory controller (" + mem_parent + ")";
+    std::string mem = mem_parent + "/" + name;
+    if (mkdir(mem.c_str(), 0755) != 0) return errno_text(("cannot create " + mem).c_str());
+    dirs_.push_back(mem);
+    version_ = 1;
+    if (options.max_memory) {
+      if (!write_file((mem + "/memory.limit_in_bytes").c_str(), std::to_string(options.max_memory)))
+        return fail("memory.limit_in_bytes");
+      // Swap may not extend it (the file exists with swap accounting only).
+      write_file((mem + "/memory.memsw.limit_in_bytes").c_str(),
+                 std::to_string(options.max_memory));
+    }
+    if (options.max_processes) {
+      std::string pids = pids_parent + "/" + name;
+      if (access((pids_parent + "/cgroup.procs").c_str(), W_OK) == 0 &&
+          mkdir(pids.c_str(), 0755) == 0) {
+        dirs_.push_back(pids);
+        if (!write_file((pids + "/pids.max").c_str(), std::to_string(pids_max(options))))
+          return fail("pids.max");
+        pids_ = true;
+      }
+    }
+    return "";
+  }
+  int version() const { return version_; }
+  bool counts_pids() const { return version_ == 2 || pids_; }
+  // Moves process `pid` (all its threads) in.
+  bool move(pid_t pid) {
+    bool ok = true;
+    for (const std::string& dir : dirs_)
+      ok = write_file((dir + "/cgroup.procs").c_str(), std::to_string(pid)) && ok;
+    return ok;
+  }
+  // Once every task in it is gone.
+  void remove() {
+    for (auto it = dirs_.rbegin(); it != dirs_.rend(); ++it) {
+      for (int i = 0; i < 100 && rmdir(it->c_str()) != 0 && errno == EBUSY; ++i)
+        usleep(1000);
+    }
+    dirs_.clear();
+  }
+
+ private:
+  // This process's cgroup path in one hierarchy ("memory", or "0::" for v2).
+  static std::string own_path(const std::string& controller) {
+    std::string text = read_small_file("/proc/self/cgroup");
+    size_t pos = 0;
+    while (pos < text.size()) {
+      size_t end = text.find('\n', pos);
+      if (end == std::string::npos) end = text.size();
+      std::string line = text.substr(pos, end - pos);
+      pos = end + 1;
+      if (controller == "0::") {
+        if (line.rfind("0::", 0) == 0) return trim(line.substr(3));
+        continue;
+      }
+      size_t a = line.find(':'), b = line.find(':', a + 1);
+      if (a == std::string::npos || b == std::string::npos) continue;
+      std::string list = "," + line.substr(a + 1, b - a - 1) + ",";
+      if (list.find("," + controller + ",") != std::string::npos) return trim(line.substr(b + 1));
+    }
+    return "";
+  }
+  static std::string trim(std::string p) {
+    if (p == "/") return "";
+    while (!p.empty() && p.back() == '/')
+      p.pop_back();
+    return p;
+  }
+  // max_processes counts the worker's processes and threads (the keeper,
+  // the relay and the pid namespace's init stay out of the cgroup).
+  static uint64_t pids_max(const Options& options) { return options.max_processes; }
+  std::string fail(const char* file) {
+    std::string why = errno_text((std::string("cannot write ") + file).c_str());
+    return why;
+  }
+
+  std::vector<std::string> dirs_;
+  int version_ = 0;
+  bool pids_ = false;
+};
+
+// ---- the keeper's watch over the worker's limits ----
+
+// A job that lowers its worker's limits (descriptors to 4, CPU to 1 s) or
+// its priority breaks the worker for every later job: the keeper, outside
+// the sandbox, checks them every second and replaces a worker whose limits
+// are not what it started with (the pool starts a new one).
+struct LimitWatch {
+  const Options* options = nullptr;
+  LimitScope scope = LimitScope::kAll;
+  InheritedLimits inherited{};
+  int nice = 0;
+  int policy = SCHED_OTHER;
+  pid_t worker = 0;  // set once the worker is confined
+
+  // What is wrong with the worker, or an empty string.
+  std::string check() const {
+    if (worker <= 0) return "";
+    std::string changed = limits_changed(worker, *options, scope, inherited);
+    if (!changed.empty()) return changed;
+    errno = 0;
+    int now = getpriority(PRIO_PROCESS, id_t(worker));
+    if (errno == 0 && now != nice) return "its nice value is " + std::to_string(now);
+    int pol = sched_getscheduler(worker);
+    if (pol >= 0 && (pol & ~SCHED_RESET_ON_FORK) != policy)
+      return "its scheduling policy is " + std::to_string(pol);
+    return "";
+  }
+};
+
+// The keeper's side of a sandbox. The worker speaks on a socketpair:
+// "P<pid>" as soon as it exists (its host pid: the keeper moves it into
+// the cgroup and answers one byte, while the worker starts Python, so the
+// move's RCU grace period costs no start time), "C" once it is confined
+// with its limits applied (the limit watch starts).
+class SandboxKeeper : public KeeperHooks {
+ public:
+  WorkerCgroup cgroup;
+  LimitWatch watch;
+  int channel = -1;
+
+  int fd() const override { return channel; }
+  std::string check() override { return watch.check(); }
+  void on_readable() override {
+    char buf[64];
+    ssize_t n = read(channel, buf, sizeof buf - 1);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (n <= 0) {  // the worker closed it (confined) or is gone
+      close(channel);
+      channel = -1;
+      return;
+    }
+    buf[n] = '\0';
+    for (char* p = buf; *p; ++p) {
+      if (*p == 'P') {
+        pid = pid_t(strtol(p + 1, &p, 10));
+        --p;
+        // Not in its cgroup: no answer, the worker gives up (never a
+        // worker that the report says is counted and is not).
+        if (cgroup.version() && !cgroup.move(pid)) {
+          close(channel);
+          channel = -1;
+          return;
+        }
+        (void)!write(channel, "k", 1);
+      } else if (*p == 'C') {
+        watch.worker = pid;
+      }
+    }
+  }
+  void after_worker() override { cgroup.remove(); }
+
+ private:
+  pid_t pid = 0;
+};
+
+// Points fds 0 and 1 at /dev/null, moves `fd` to 3 and closes every other
+// descriptor but 2: a process that only waits holds no end of the frame
+// channel (the owner sees end of file as soon as the worker is gone).
+void keep_only(int fd) {
+  int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null_fd >= 0) {
+    dup2(null_fd, 0);
+    dup2(null_fd, 1);
+  }
+  if (fd != 3) {
+    dup2(fd, 3);
+  }
+  syscall(SYS_close_range, 4u, ~0u, 0u);
+}
+
+// Between the keeper and the worker, in the sandbox's user namespace: made
+// the pid namespace, whose init is its only child. Exits as the worker did:
+// the status comes on `status_fd` from a warm worker's init (an init cannot
+// re-raise a signal on itself), else is the child's own.
+[[noreturn]] void run_relay(pid_t child, int status_fd) {
+  keep_only(status_fd);
+  status_fd = 3;
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGINT, SIG_IGN);
+  signal(SIGQUIT, SIG_IGN);
+  int status = 0;
+  for (;;) {
+    pid_t pid = waitpid(child, &status, 0);
+    if (pid == child || (pid < 0 && errno != EINTR)) break;
+  }
+  int reported;
+  if (status_fd >= 0 && read(status_fd, &reported, sizeof reported) == ssize_t(sizeof reported))
+    status = reported;
+  exit_as(status);
+}
+
+// A warm worker's pid namespace's init (pid 1; the worker is pid 2, so the
+// kernel sends it RLIMIT_CPU's SIGXCPU, which it would not send an init):
+// reaps whatever is orphaned in the namespace, and when the worker exits
+// passes its status to the relay and exits, which ends every process left
+// in the namespace.
+[[noreturn]] void run_ns_init(pid_t worker, int status_fd) {
+  sigset_t set;
+  sigfillset(&set);
+  sigprocmask(SIG_BLOCK, &set, nullptr);
+  keep_only(status_fd);  // nothing of the worker's: no channel, no pipe
+  status_fd = 3;
+  for (;;) {
+    int st;
+    pid_t pid = waitpid(-1, &st, 0);
+    if (pid == worker) {
+      (void)!write(status_fd, &st, sizeof st);
+      _exit(0);
+    }
+    if (pid < 0 && errno != EINTR) _exit(1);
+  }
+}
+
 bool drop_capabilities() {
   __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
   __user_cap_data_struct data[2] = {};
   return syscall(SYS_capset, &header, data) == 0;
 }
 
-std::string errno_text(const char* what) {
-  return std::string(what) + ": " + strerror(errno);
-}
-
 void write_atom(ByteBuffer& out, std::string_view name) {
   mp::write_ext_header(out, mp::kExtAtom, uint32_t(name.size()));
   out.append(name.data(), name.size());
+}
+
+// The pool's environment, sent by the owner as one {packet,4} frame on
+// stdin before anything else: NAME=VALUE entries separated by NUL bytes.
+std::string read_env_frame(std::vector<std::string>& env) {
+  auto read_all = [](void* buf, size_t len) {
+    auto* p = static_cast<char*>(buf);
+    while (len > 0) {
+      ssize_t n = read(0, p, len);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return false;
+      p += n;
+      len -= size_t(n);
+    }
+    return true;
+  };
+  uint8_t head[4];
+  if (!read_all(head, 4)) return "--env-stdin: no environment frame on stdin";
+  uint32_t size =
+      uint32_t(head[0]) << 24 | uint32_t(head[1]) << 16 | uint32_t(head[2]) << 8 | head[3];
+  if (size > (1u << 20)) return "--env-stdin: the environment frame passes 1 MiB";
+  std::string payload(size, '\0');
+  if (size && !read_all(payload.data(), size)) return "--env-stdin: the environment frame is cut";
+  size_t pos = 0;
+  while (pos < payload.size()) {
+    size_t end = payload.find('\0', pos);
+    if (end == std::string::npos) end = payload.size();
+    std::string kv = payload.substr(pos, end - pos);
+    pos = end + 1;
+    if (kv.empty()) continue;
+    size_t eq = kv.find('=');
+    if (eq == 0 || eq == std::string::npos)
+      return "--env-stdin: an entry is not NAME=VALUE: '" + kv.substr(0, 64) + "'";
+    env.push_back(kv);
+  }
+  // Not left in this process's memory longer than needed.
+  explicit_bzero(payload.data(), payload.size());
+  return "";
+}
+
+// ---- the job's view of the filesystem ----
+
+struct MountAttr {
+  uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
+constexpr uint64_t kMountAttrRdonly = 0x1, kMountAttrNosuid = 0x2, kMountAttrNodev = 0x4,
+                   kMountAttrNoexec = 0x8;
+
+// Sets flags on the mount at `path` (and every mount below it): flags are
+// only added, so flags the host locked stay as they are.
+std::string set_mount_attr(const std::string& path, uint64_t attrs, bool recursive) {
+  MountAttr attr{attrs, 0, 0, 0};
+  if (syscall(SYS_mount_setattr, AT_FDCWD, path.c_str(), recursive ? unsigned(AT_RECURSIVE) : 0u,
+              &attr, sizeof attr) != 0) {
+    return errno_text(("mount_setattr " + path).c_str());
+  }
+  return "";
 }
 
 // The BPF program of a filter, as seccomp(SECCOMP_SET_MODE_FILTER) takes it.
@@ -237,6 +588,23 @@ std::string export_filter(scmp_filter_ctx ctx, std::vector<uint8_t>& out) {
   return "";
 }
 
+// Makes every missing directory of `path` (absolute, below the new root's
+// tmpfs; never below a bind mount, see build_view).
+std::string make_dirs(const std::string& path, mode_t mode = 0755) {
+  for (size_t pos = 1; pos <= path.size(); ++pos) {
+    if (pos != path.size() && path[pos] != '/') continue;
+    std::string part = path.substr(0, pos);
+    if (mkdir(part.c_str(), mode) != 0 && errno != EEXIST)
+      return errno_text(("cannot create " + part).c_str());
+  }
+  return "";
+}
+
+bool is_below(const std::string& path, const std::string& dir) {
+  return path == dir || (path.size() > dir.size() && path.compare(0, dir.size(), dir) == 0 &&
+                         (dir == "/" || path[dir.size()] == '/'));
+}
+
 }  // namespace
 
 bool Sandbox::simulated_missing(const char* layer) const {
@@ -245,7 +613,17 @@ bool Sandbox::simulated_missing(const char* layer) const {
   return false;
 }
 
+// A uid and gid of its own for each worker of a node that runs as root:
+// the base plus the keeper's pid (unique while the worker lives; nothing
+// it owns outlives it). Above the ranges that SSSD/AD id mapping and
+// useradd hand out, below 2^31 for tools that read ids as signed.
+constexpr uint32_t kIsolatedIdBase = 0x7F000000u;
+
 std::string Sandbox::enter_early() {
+  if (options_.env_stdin) {
+    std::string error = read_env_frame(options_.env);
+    if (!error.empty()) return error;
+  }
   // The environment: only what was named (read before it is cleared).
   const char* tmpdir = getenv("TMPDIR");
   std::string parent = !options_.workdir_parent.empty() ? options_.workdir_parent
@@ -263,17 +641,19 @@ std::string Sandbox::enter_early() {
   if (clearenv() != 0) return "cannot clear the environment";
   for (const std::string& kv : env)
     putenv(strdup(kv.c_str()));
+  for (std::string& kv : options_.env)
+    explicit_bzero(kv.data(), kv.size());
+  options_.env.clear();
   if (!getenv("PATH")) setenv("PATH", "/usr/local/bin:/usr/bin:/bin", 1);
 
-  // The sandbox's uid: root becomes nobody unless privileges are allowed.
+  // The sandbox's uid: root gives each worker an identity of its own (no
+  // other process on the host has it, so no uid-based permission check
+  // lets a job act on another pool's worker or the node), unless
+  // privileges are allowed. Without root, the node's uid.
   uid_t uid = getuid();
   gid_t gid = getgid();
   bool drop = geteuid() == 0 && !(options_.sandbox_allow & kAllowPrivileges);
-  if (drop) {
-    struct passwd* pw = getpwnam("nobody");
-    uid = pw ? pw->pw_uid : 65534;
-    gid = pw ? pw->pw_gid : 65534;
-  }
+  if (drop) uid = gid = kIsolatedIdBase + uint32_t(getpid());
 
   // The private working directory, owned by the sandbox's uid.
   std::string templ = parent + (parent.back() == '/' ? "" : "/") + "pyport-job-XXXXXX";
@@ -288,33 +668,49 @@ std::string Sandbox::enter_early() {
     return errno_text("cannot give the working directory to the sandbox's uid");
   }
 
-  // A zygote is the init of a pid namespace of its own, its jobs' (init
-  // ignores signals it has no handler for, when they come from inside:
-  // jobs cannot signal it, nor see anything outside). A warm worker stays
-  // out: it would ignore RLIMIT_CPU's SIGXCPU.
-  bool namespaces = !(options_.sandbox_allow & kAllowNamespaces);
-  if (!options_.zygote) {
-    if (namespaces) unavailable("pid_ns", "only a zygote runs in a pid namespace (as its init)");
-  } else if (namespaces && simulated_missing("namespaces")) {
-    unavailable("pid_ns", "simulated for a test (--sandbox-test-unavailable namespaces)");
-  } else if (namespaces) {
-    // Without a user namespace (made later, by the worker) only root can.
-    if (unshare(CLONE_NEWPID) == 0) {
-      report_.pid_ns = true;
-    } else {
-      unavailable("pid_ns", std::string("unshare(CLONE_NEWPID): ") + strerror(errno));
-    }
+  // The cgroup, while the keeper still may make one.
+  WorkerCgroup cgroup;
+  std::string why = cgroup.create(options_, report_.workdir.substr(report_.workdir.rfind('/') + 1));
+  if (!why.empty()) {
+    cgroup.remove();
+    cgroup = WorkerCgroup();
+    unavailable("cgroup", why + " (the rlimits stand alone)");
   }
+  report_.cgroup = cgroup.version();
+  if (cgroup.version() && options_.max_processes && !cgroup.counts_pids())
+    unavailable("cgroup_pids", "no writable pids controller: RLIMIT_NPROC stands alone");
 
   // The keeper (keeper.hpp) stays the parent; the worker goes on in the
   // child, still root until the uid drop below, so the keeper can remove
-  // the working directory whatever the sandbox's uid left in it.
-  std::string error = start_keeper(report_.workdir);
+  // the working directory whatever the sandbox's uid left in it. It
+  // watches the worker's limits, and removes the cgroup at the end.
+  SandboxKeeper hooks;
+  hooks.cgroup = std::move(cgroup);
+  LimitWatch& watch = hooks.watch;
+  watch.options = &options_;
+  // What main.cpp applies to a sandboxed worker itself (the rest is per job).
+  watch.scope = LimitScope::kProcess;
+  watch.inherited = current_limits();
+  errno = 0;
+  int nice = getpriority(PRIO_PROCESS, 0);
+  watch.nice = errno ? 0 : nice;
+  watch.policy = sched_getscheduler(0) & ~SCHED_RESET_ON_FORK;
+  int channel[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, channel) != 0)
+    return errno_text("socketpair");
+  hooks.channel = channel[0];
+  fcntl(channel[0], F_SETFL, O_NONBLOCK);
+  // It read the pool's environment: no process of its uid reads its memory.
+  prctl(PR_SET_DUMPABLE, 0);
+  std::string error = start_keeper(report_.workdir, &hooks);
   if (!error.empty()) {
     rmdir(path.data());
+    hooks.after_worker();
     return error;
   }
-  // The pid the owner knows (/proc is the host's: "self" is that pid).
+  close(channel[0]);
+  keeper_fd_ = channel[1];
+  // The pid the owner knows, were this the worker (/proc is the host's).
   char self[32] = {};
   host_pid_ = readlink("/proc/self", self, sizeof self - 1) > 0 ? pid_t(atol(self)) : getpid();
 
@@ -323,10 +719,16 @@ std::string Sandbox::enter_early() {
         setresuid(uid, uid, uid) != 0) {
       return errno_text("cannot switch to the sandbox's uid");
     }
+    // The uid switch cleared the parent-death signal: this process (the
+    // relay, or the worker) must still die with its keeper.
+    if (!die_with_keeper()) _exit(1);
   }
   report_.uid = long(getuid());
   error = enter_namespaces(uid, gid);
   if (!error.empty()) return error;
+  error = enter_pid_namespace();
+  if (!error.empty()) return error;
+  announce_to_keeper();
   if (chdir(report_.workdir.c_str()) != 0) return errno_text("cannot enter the working directory");
   setenv("TMPDIR", report_.workdir.c_str(), 1);
   setenv("HOME", report_.workdir.c_str(), 1);
@@ -334,12 +736,68 @@ std::string Sandbox::enter_early() {
   return "";
 }
 
-std::string Sandbox::enter_namespaces(uid_t uid, gid_t gid) {
-  bool keep_privileges = options_.sandbox_allow & kAllowPrivileges;
-  if (options_.sandbox_allow & kAllowNamespaces) {
-    if (!keep_privileges && !drop_capabilities()) return errno_text("cannot drop capabilities");
+void Sandbox::announce_to_keeper() {
+  if (keeper_fd_ < 0) return;
+  std::string message = "P" + std::to_string(host_pid_) + "\n";
+  (void)!write(keeper_fd_, message.data(), message.size());
+}
+
+// Every worker in a pid namespace of its own, made in the sandbox's user
+// namespace (so the worker may mount a /proc of it): the process that
+// makes it stays outside as a relay; its child is the namespace's init. A
+// zygote is that init itself (jobs cannot signal it, and it reaps their
+// orphans); a warm worker is the init's child, pid 2 (an init would not
+// get RLIMIT_CPU's SIGXCPU). Whatever is left in the namespace dies with
+// its init.
+std::string Sandbox::enter_pid_namespace() {
+  if (options_.sandbox_allow & kAllowNamespaces) return "";
+  if (simulated_missing("namespaces")) {
+    unavailable("pid_ns", "simulated for a test (--sandbox-test-unavailable namespaces)");
     return "";
   }
+  if (unshare(CLONE_NEWPID) != 0) {
+    unavailable("pid_ns", std::string("unshare(CLONE_NEWPID): ") + strerror(errno));
+    return "";
+  }
+  report_.pid_ns = true;
+  int status_pipe[2];
+  if (pipe2(status_pipe, O_CLOEXEC) != 0) return errno_text("pipe");
+  pid_t relay = getpid();
+  pid_t init = fork();
+  if (init < 0) return errno_text("cannot fork the pid namespace's init");
+  if (init > 0) {
+    close(status_pipe[1]);
+    close(keeper_fd_);
+    run_relay(init, status_pipe[0]);
+  }
+  close(status_pipe[0]);
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != 0 && getppid() != relay) _exit(1);
+  // A session and process group of its own (a warm worker ends the rest of
+  // its group after a job: never its relay).
+  setsid();
+  keeper_is_now(0);  // the relay, outside the namespace
+  if (options_.zygote) {
+    close(status_pipe[1]);
+    char self[32] = {};
+    host_pid_ = readlink("/proc/self", self, sizeof self - 1) > 0 ? pid_t(atol(self)) : getpid();
+    return "";
+  }
+  pid_t worker = fork();
+  if (worker < 0) return errno_text("cannot fork the worker in its pid namespace");
+  if (worker > 0) run_ns_init(worker, status_pipe[1]);
+  close(status_pipe[1]);
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != 1) _exit(1);
+  setsid();
+  keeper_is_now(1);  // the namespace's init
+  char self[32] = {};
+  host_pid_ = readlink("/proc/self", self, sizeof self - 1) > 0 ? pid_t(atol(self)) : getpid();
+  return "";
+}
+
+std::string Sandbox::enter_namespaces(uid_t uid, gid_t gid) {
+  if (options_.sandbox_allow & kAllowNamespaces) return "";
   int others = CLONE_NEWIPC | CLONE_NEWNS;
   if (!(options_.sandbox_allow & kAllowNetwork)) others |= CLONE_NEWNET;
   const char* const kNamespaces[] = {"user_ns", "net_ns", "ipc_ns", "mount_ns"};
@@ -353,7 +811,6 @@ std::string Sandbox::enter_namespaces(uid_t uid, gid_t gid) {
   };
   if (simulated_missing("namespaces")) {
     missing("simulated for a test (--sandbox-test-unavailable namespaces)", true);
-    if (!keep_privileges && !drop_capabilities()) return errno_text("cannot drop capabilities");
     return "";
   }
   // /proc/self/uid_map belongs to root once the uid changed, unless the
@@ -388,20 +845,199 @@ std::string Sandbox::enter_namespaces(uid_t uid, gid_t gid) {
   if (report_.mount_ns && mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
     return errno_text("cannot make the mount namespace private");
   }
-  if (!keep_privileges && !drop_capabilities()) return errno_text("cannot drop capabilities");
   return "";
 }
 
 std::string Sandbox::enter_late(const std::vector<std::string>& read_paths) {
+  if (keeper_fd_ >= 0) {
+    // The keeper moved the worker into its cgroup meanwhile (its answer).
+    char ack;
+    if (read(keeper_fd_, &ack, 1) != 1) return "the keeper did not move the worker into its cgroup";
+  }
+  // Its own cgroup namespace: /proc/self/cgroup shows "/", not the host's
+  // cgroup tree.
+  if (report_.cgroup && report_.user_ns && unshare(CLONE_NEWCGROUP) != 0)
+    return errno_text("unshare(CLONE_NEWCGROUP)");
+  // The filesystem view needs the capabilities the user namespace gave;
+  // none is kept past it.
+  std::string error = build_view(read_paths);
+  if (!error.empty()) return error;
+  if (!(options_.sandbox_allow & kAllowPrivileges) && !drop_capabilities())
+    return errno_text("cannot drop capabilities");
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return errno_text("PR_SET_NO_NEW_PRIVS");
   report_.no_new_privs = true;
-  std::string error = apply_landlock(read_paths);
+  error = apply_landlock(read_paths);
   // Jobs run in runners forked by a template made now: under the worker's
   // Landlock domain, with a filter of its own (it must fork).
   if (error.empty()) error = start_template(read_paths);
   if (error.empty())
     error = apply_seccomp(!options_.zygote && !(options_.sandbox_allow & kAllowFork), false);
+  if (error.empty() && keeper_fd_ >= 0) {
+    // Confined, limits applied: the keeper watches them from now on.
+    (void)!write(keeper_fd_, "C", 1);
+    close(keeper_fd_);
+    keeper_fd_ = -1;
+  }
   return error;
+}
+
+// The job's filesystem: a new root holding only what a job needs, so
+// nothing else of the host can be named (no host /tmp, /run, /home, UNIX
+// sockets, other users' files): a small read-only tmpfs with the system
+// directories and the pool's Python paths bound read-only, /dev with
+// null, zero, full, random and urandom, a /proc of the worker's own pid
+// namespace, and the working directory, a tmpfs of --max-disk bytes (which
+// the memory cgroup counts too).
+std::string Sandbox::build_view(const std::vector<std::string>& read_paths) {
+  // `filesystem` relaxes the whole filesystem restriction: the host's
+  // files, as the uid may reach them (no view, no Landlock).
+  if (options_.sandbox_allow & kAllowFilesystem) return "";
+  if (!report_.mount_ns) {
+    if (!(options_.sandbox_allow & kAllowNamespaces)) {
+      unavailable("mount_view", "no mount namespace: the host's filesystem stays visible");
+      if (options_.max_disk) unavailable("max_disk", "no mount namespace for a tmpfs");
+    }
+    return "";
+  }
+  const std::string& work = report_.workdir;
+  // The new root is built on the working directory's mount point (an empty
+  // host directory only this worker uses), then made /.
+  const std::string& root = work;
+  if (mount("pyport-root", root.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755") != 0)
+    return errno_text("cannot mount the new root");
+  auto bind = [&](const std::string& src, bool recursive) -> std::string {
+    struct stat st;
+    if (lstat(src.c_str(), &st) != 0) return "";  // not on this system
+    std::string target = root + src;
+    std::string error = make_dirs(target.substr(0, target.rfind('/')));
+    if (!error.empty()) return error;
+    if (S_ISLNK(st.st_mode)) {
+      char link[4096];
+      ssize_t n = readlink(src.c_str(), link, sizeof link - 1);
+      if (n <= 0) return "";
+      link[n] = 0;
+      if (symlink(link, target.c_str()) != 0 && errno != EEXIST)
+        return errno_text(("cannot link " + target).c_str());
+      return "";
+    }
+    if (S_ISDIR(st.st_mode)) {
+      if (mkdir(target.c_str(), 0755) != 0 && errno != EEXIST)
+        return errno_text(("cannot create " + target).c_str());
+    } else {
+      int fd = open(target.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+      if (fd < 0) return errno_text(("cannot create " + target).c_str());
+      close(fd);
+    }
+    if (mount(src.c_str(), target.c_str(), nullptr, MS_BIND | (recursive ? MS_REC : 0), nullptr) !=
+        0)
+      return errno_text(("cannot bind " + src).c_str());
+    uint64_t attrs = kMountAttrRdonly | kMountAttrNosuid;
+    if (!S_ISCHR(st.st_mode)) attrs |= kMountAttrNodev;
+    return set_mount_attr(target, attrs, recursive);
+  };
+  std::string error;
+  std::vector<std::string> bound;
+  for (const char* dir : {"/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc"}) {
+    if (error.empty()) error = bind(dir, true);
+    bound.emplace_back(dir);
+  }
+  // Secrets of the host in /etc (password hashes, host keys, TLS keys):
+  // covered by an empty file or directory, not even their size shows.
+  if (error.empty()) error = make_dirs(root + "/.hidden");
+  if (error.empty()) {
+    int fd = open((root + "/.hidden-file").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0444);
+    if (fd < 0) error = errno_text("cannot create the empty file");
+    if (fd >= 0) close(fd);
+  }
+  for (const char* secret : {"/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-",
+                             "/etc/ssh", "/etc/ssl/private", "/etc/sudoers", "/etc/sudoers.d"}) {
+    struct stat st;
+    if (!error.empty() || lstat(secret, &st) != 0 || S_ISLNK(st.st_mode)) continue;
+    std::string empty = root + (S_ISDIR(st.st_mode) ? "/.hidden" : "/.hidden-file");
+    if (mount(empty.c_str(), (root + secret).c_str(), nullptr, MS_BIND, nullptr) != 0)
+      error = errno_text(("cannot hide " + std::string(secret)).c_str());
+    if (error.empty()) error = set_mount_attr(root + secret, kMountAttrRdonly, false);
+  }
+  // The Python paths: each at its own path, unless a directory bound
+  // already holds it (binding inside a bind would write to the host).
+  std::vector<std::string> extra;
+  std::vector<std::string> wanted = read_paths;
+  // With exec allowed, the programs on PATH too (a venv's bin/).
+  const char* path_env = getenv("PATH");
+  if ((options_.sandbox_allow & kAllowExec) && path_env) {
+    std::string list = path_env;
+    for (size_t pos = 0; pos <= list.size();) {
+      size_t end = list.find(':', pos);
+      if (end == std::string::npos) end = list.size();
+      std::string dir = list.substr(pos, end - pos);
+      if (!dir.empty() && dir[0] == '/') wanted.push_back(dir);
+      pos = end + 1;
+    }
+  }
+  for (const std::string& p : wanted) {
+    char real[PATH_MAX];
+    if (!realpath(p.c_str(), real)) continue;
+    extra.emplace_back(p);
+    if (p != real) extra.emplace_back(real);
+  }
+  std::sort(extra.begin(), extra.end());
+  for (const std::string& p : extra) {
+    bool covered = false;
+    for (const std::string& b : bound)
+      covered = covered || is_below(p, b);
+    char real[PATH_MAX];
+    if (!covered && realpath(p.c_str(), real)) {
+      for (const std::string& b : bound)
+        covered = covered || is_below(real, b);
+    }
+    if (covered || is_below(work, p) || is_below(p, work)) continue;
+    if (error.empty()) error = bind(p, true);
+    bound.push_back(p);
+  }
+  if (error.empty()) error = make_dirs(root + "/dev");
+  for (const char* dev : {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"}) {
+    if (error.empty()) error = bind(dev, false);
+  }
+  for (const auto& [link, to] : std::initializer_list<std::pair<const char*, const char*>>{
+           {"/dev/fd", "/proc/self/fd"},
+           {"/dev/stdin", "/proc/self/fd/0"},
+           {"/dev/stdout", "/proc/self/fd/1"},
+           {"/dev/stderr", "/proc/self/fd/2"},
+           {"/dev/shm", work.c_str()}}) {
+    if (error.empty() && symlink(to, (root + link).c_str()) != 0)
+      error = errno_text(("cannot link " + std::string(link)).c_str());
+  }
+  // The CPU topology (os.cpu_count, BLAS libraries); nothing else of /sys.
+  if (error.empty()) error = bind("/sys/devices/system/cpu", false);
+  if (error.empty() && report_.pid_ns) {
+    error = make_dirs(root + "/proc");
+    if (error.empty() && mount("proc", (root + "/proc").c_str(), "proc",
+                               MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0)
+      error = errno_text("cannot mount /proc");
+  }
+  if (error.empty() && !report_.pid_ns) {
+    unavailable("proc", "no pid namespace of its own: the view has no /proc");
+  }
+  if (error.empty()) error = make_dirs(root + work);
+  if (error.empty()) {
+    std::string opts = "mode=0700";
+    if (options_.max_disk) opts += ",size=" + std::to_string(options_.max_disk);
+    unsigned long flags = MS_NOSUID | MS_NODEV;
+    if (!(options_.sandbox_allow & kAllowExec)) flags |= MS_NOEXEC;
+    if (mount("pyport-work", (root + work).c_str(), "tmpfs", flags, opts.c_str()) != 0)
+      error = errno_text("cannot mount the working directory");
+  }
+  if (error.empty()) error = set_mount_attr(root, kMountAttrRdonly, false);
+  if (!error.empty()) return error;
+  // pivot_root(".", "."): the old root stays stacked under the new one
+  // until it is detached.
+  if (chdir(root.c_str()) != 0) return errno_text("chdir to the new root");
+  if (syscall(SYS_pivot_root, ".", ".") != 0) return errno_text("pivot_root");
+  if (umount2(".", MNT_DETACH) != 0) return errno_text("cannot detach the host's root");
+  if (chdir(work.c_str()) != 0) return errno_text("cannot enter the working directory");
+  report_.mount_view = true;
+  report_.max_disk = options_.max_disk;
+  return "";
 }
 
 std::string Sandbox::apply_landlock(const std::vector<std::string>& read_paths) {
@@ -524,6 +1160,30 @@ std::string Sandbox::apply_seccomp(bool forbid_fork, bool job_layer,
     // vfork child resets every handler with all signals blocked.
     f.rule(SCMP_ACT_ERRNO(EPERM), "rt_sigaction", SCMP_A0_32(SCMP_CMP_EQ, SIGSYS),
            SCMP_A1(SCMP_CMP_NE, 0));
+    // Calls that act on a process named by pid: the caller only (0). A job
+    // reaches no other tenant's worker, zygote, or the node, whatever the
+    // uids and namespaces would allow.
+    for (const char* name : {"prlimit64", "sched_setscheduler", "sched_setparam",
+                             "sched_setaffinity", "sched_setattr", "migrate_pages", "move_pages"}) {
+      f.trap(name, SCMP_A0_32(SCMP_CMP_NE, 0));
+    }
+    // Priorities: of the calling process only (PRIO_PROCESS, who 0;
+    // PRIO_USER would reach every process of the uid).
+    f.trap("setpriority", SCMP_A0_32(SCMP_CMP_NE, PRIO_PROCESS));
+    f.trap("setpriority", SCMP_A1_32(SCMP_CMP_NE, 0));
+    constexpr uint32_t kIoprioWhoProcess = 1;
+    f.trap("ioprio_set", SCMP_A0_32(SCMP_CMP_NE, kIoprioWhoProcess));
+    f.trap("ioprio_set", SCMP_A1_32(SCMP_CMP_NE, 0));
+    for (const char* name : {"process_madvise", "process_mrelease", "kcmp"})
+      f.trap(name);
+    // Without a cgroup nothing counts the pages of a memfd, a SysV shared
+    // memory segment or message queue once they are not mapped (RLIMIT_AS
+    // counts only mappings): none may be made. (POSIX shared memory is
+    // files in /dev/shm, the working directory's tmpfs: max_disk.)
+    if (!report_.cgroup && options_.max_memory) {
+      for (const char* name : {"memfd_create", "shmget", "msgget"})
+        f.trap(name);
+    }
     f.trap("ioctl", SCMP_A1_32(SCMP_CMP_EQ, TIOCSTI));
     f.trap("ioctl", SCMP_A1_32(SCMP_CMP_EQ, TIOCLINUX));
     if (!(options_.sandbox_allow & kAllowNetwork)) {
@@ -757,7 +1417,7 @@ std::string Sandbox::take_forbidden() {
 }
 
 void Sandbox::write_report(ByteBuffer& out) const {
-  mp::write_map_header(out, 14);
+  mp::write_map_header(out, 17);
   write_atom(out, "mode");
   write_atom(out, options_.zygote ? "zygote" : "worker");
   auto flag = [&](const char* key, bool value) {
@@ -781,6 +1441,20 @@ void Sandbox::write_report(ByteBuffer& out) const {
   mp::write_int(out, report_.uid);
   write_atom(out, "workdir");
   mp::write_str(out, report_.workdir);
+  // What counts the job's memory and processes: a cgroup, else rlimits.
+  write_atom(out, "cgroup");
+  if (report_.cgroup) {
+    write_atom(out, report_.cgroup == 2 ? "v2" : "v1");
+  } else {
+    mp::write_bool(out, false);
+  }
+  flag("mount_view", report_.mount_view);
+  write_atom(out, "max_disk");
+  if (report_.max_disk) {
+    mp::write_uint(out, report_.max_disk);
+  } else {
+    mp::write_bool(out, false);
+  }
   write_atom(out, "rlimits");
   const std::pair<const char*, uint64_t> limits[] = {{"as", options_.max_memory},
                                                      {"cpu", options_.cpu_seconds},

@@ -1,17 +1,22 @@
 // The sandbox of a worker started with --sandbox or --zygote: kernel
 // confinement applied before any untrusted code runs.
 //
-// In order (docs/pyport-run.md, "Worker flags"):
+// In order (docs/design.md, "The sandbox inside a worker"):
 //  1. enter_early(), first thing in main(), while the process has a single
-//     thread (unshare(CLONE_NEWUSER) requires it): a scrubbed environment,
-//     the private working directory, the keeper (keeper.hpp: a parent that waits
-//     for the worker, removes the working directory and exits with the
-//     worker's status), the unprivileged uid, the namespaces.
-//  2. resource limits (main.cpp, apply_limits).
+//     thread (unshare(CLONE_NEWUSER) requires it): the pool's environment
+//     (--env-stdin), a scrubbed environment, the private working directory,
+//     the worker's cgroup, the keeper (keeper.hpp, with the sandbox's
+//     hooks: it moves the worker into the cgroup, watches its limits,
+//     removes the working directory and the cgroup, exits with the
+//     worker's status), the worker's own uid, the user, network, IPC and
+//     mount namespaces, then a pid namespace: a relay stays outside, the
+//     zygote is its init, a warm worker is pid 2 under a minimal init.
+//  2. resource limits, hard = soft (main.cpp, apply_limits).
 //  3. enter_late(), after Python started and the --preload modules were
 //     imported, before any other thread exists (Landlock binds the calling
-//     thread and the threads it starts later): no_new_privs, Landlock, and
-//     the seccomp filter last.
+//     thread and the threads it starts later): the cgroup namespace, the
+//     private root (pivot_root; the --max-disk tmpfs; its own /proc), no
+//     capabilities, no_new_privs, Landlock, and the seccomp filter last.
 //  4. Within enter_late, between Landlock and seccomp, the job template is
 //     forked (start_template): a copy of the worker that never reads a frame
 //     nor holds the frame channel, and forks one runner per job on request
@@ -43,6 +48,9 @@ struct SandboxReport {
   bool user_ns = false, net_ns = false, pid_ns = false, ipc_ns = false, mount_ns = false;
   long uid = -1;
   std::string workdir;
+  int cgroup = 0;            // the cgroup version counting memory (1 or 2), 0 for none
+  bool mount_view = false;   // the job's own root (pivot_root), no host path beyond it
+  uint64_t max_disk = 0;     // bytes of the working directory's tmpfs, 0 for none
   // Layer name (an atom on the wire) and why it is not in force.
   std::vector<std::pair<std::string, std::string>> unavailable;
 };
@@ -88,6 +96,8 @@ class Sandbox {
     report_.unavailable.emplace_back(layer, std::move(why));
   }
   std::string enter_namespaces(uid_t uid, gid_t gid);
+  std::string enter_pid_namespace();
+  std::string build_view(const std::vector<std::string>& read_paths);
   std::string apply_landlock(const std::vector<std::string>& read_paths);
   // With `exported`, the filter's BPF program goes there instead of being
   // loaded (a runner's job layer, compiled once by the template).
@@ -99,6 +109,9 @@ class Sandbox {
   Options options_;
   SandboxReport report_;
   pid_t host_pid_ = 0;
+  int keeper_fd_ = -1;  // the socketpair to the keeper (SandboxKeeper in sandbox.cpp)
+  // Tells the keeper the worker's host pid (it moves it into the cgroup).
+  void announce_to_keeper();
   // Job runners: what their Landlock layer lets them read (besides their
   // own directory), whether each gets its own IPC namespace, the socket
   // to the template, and whether this process is the template.

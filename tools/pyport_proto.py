@@ -313,7 +313,8 @@ class Worker:
                  args: Iterable[str] = (), env: dict | None = None, cwd: str | None = None,
                  stderr: Any = None, on_log: Callable[[str, str], None] | None = None,
                  on_request: Callable[["Frame"], None] | None = None,
-                 timeout: float | None = DEFAULT_TIMEOUT, hello_timeout: float = DEFAULT_TIMEOUT):
+                 timeout: float | None = DEFAULT_TIMEOUT, hello_timeout: float = DEFAULT_TIMEOUT,
+                 env_frame: dict | None = None):
         self.executable = locate_worker(executable)
         self.argv = [self.executable, "--runtime", runtime]
         for p in paths:
@@ -333,6 +334,10 @@ class Worker:
         self.process = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=stderr, env=env, cwd=cwd, bufsize=0)
         self.pid = self.process.pid
+        if env_frame is not None:
+            # --env-stdin: the sandbox's environment, first thing on stdin.
+            payload = b"\0".join(f"{k}={v}".encode() for k, v in env_frame.items())
+            self.process.stdin.write(struct.pack(">I", len(payload)) + payload)
         self._reader = threading.Thread(target=self._read_loop, name=f"pyport-reader-{self.pid}",
                                         daemon=True)
         self._reader.start()

@@ -156,6 +156,7 @@ protocol_atoms() ->
      no_new_privs, user_ns, net_ns, pid_ns, ipc_ns, mount_ns, namespaces, uid, workdir,
      rlimits, as, cpu, nofile, fsize, nproc, infinity, allowed, unavailable,
      network, exec, fork, filesystem, privileges,
+     cgroup, v1, v2, cgroup_pids, mount_view, max_disk, proc,
      %% Jobs.
      ok, error, exception, type, message, traceback, stdout, stderr, cpu_ms, max_rss,
      wall_ms, bad_job, output_limit, memory_limit, file_size_limit, process_limit,

@@ -3,7 +3,7 @@
 %% means, and how much memory it holds.
 -module(pyport_os).
 
--export([open/1, args/1, kill/1, remove_tree/1, exit_detail/1, rss_bytes/1, cpu_seconds/1, alive/1]).
+-export([open/1, args/1, environment/1, kill/1, remove_tree/1, exit_detail/1, rss_bytes/1, cpu_seconds/1, alive/1]).
 
 %% @doc Spawns a worker OS process for a pool's options. The port is a
 %% byte stream: the owner cuts frames itself ({@link pyport_framer}), so
@@ -23,6 +23,7 @@ open(#{worker := Exe} = Opts) ->
         true ->
             try open_port({spawn_executable, Exe}, PortOpts) of
                 Port ->
+                    send_env(Port, Opts),
                     OsPid = case erlang:port_info(Port, os_pid) of
                                 {os_pid, P} -> P;
                                 undefined -> undefined
@@ -35,6 +36,15 @@ open(#{worker := Exe} = Opts) ->
                 error:Reason -> {error, {cannot_execute, Exe, Reason}}
             end
     end.
+
+%% A sandboxed worker's environment goes over its stdin, first thing, in
+%% one length-prefixed frame (pyport_sandbox:args/2): nobody else can read
+%% that pipe.
+send_env(_Port, #{sandbox := false}) ->
+    ok;
+send_env(Port, Opts) ->
+    true = port_command(Port, pyport_framer:frame(pyport_sandbox:env_frame(environment(Opts)))),
+    ok.
 
 %% @doc The worker's command line for a pool's options (without the
 %% executable).
@@ -74,23 +84,25 @@ env(#{sandbox := false} = Opts) ->
         [] -> [];
         Env -> [{env, Env}]
     end;
-env(#{sandbox := #{env_keep := Keep}} = Opts) ->
+env(#{sandbox := #{env_keep := Keep}}) ->
     %% The node's variables never reach a sandboxed worker, not even in
     %% the memory where the kernel puts a new program's environment (which
     %% clearing it later leaves behind, readable through ctypes).
     %% TMPDIR stays: the worker makes its directory there (when the pool
     %% names no workdir_parent), then points TMPDIR at that directory.
-    Env = environment(Opts),
-    Set = [Name || {Name, _} <- Env],
+    %% The pool's own variables are not set here either: they come on the
+    %% worker's stdin (send_env/2), never in a process environment that
+    %% /proc/<pid>/environ shows.
     Unset = [{Name, false} || Name <- node_env_names(), not lists:member(Name, Keep),
-                              not lists:member(Name, Set), Name =/= "TMPDIR"],
-    [{env, Unset ++ Env}].
+                              Name =/= "TMPDIR"],
+    [{env, Unset}].
 
 node_env_names() ->
     [Name || Var <- os:getenv(), [Name | _] <- [string:split(Var, "=")], Name =/= ""].
 
-%% What the pool sets in the worker's environment. A sandboxed worker
-%% clears its environment and keeps only this (passed as --env flags too).
+%% @doc What the pool sets in the worker's environment. A sandboxed worker
+%% clears its environment and keeps only this (sent on its stdin).
+-spec environment(pyport_config:pool_opts()) -> [{string(), string() | false}].
 environment(#{env := Env, venv := undefined}) ->
     Env;
 environment(#{env := Env, venv := Venv}) ->
@@ -127,8 +139,14 @@ kill(_) ->
 %% and opens each directory relative to its parent, so links a job left,
 %% or swaps in while this runs, cannot send the removal elsewhere;
 %% file:del_dir_r/1 checks then acts by path. Without rm, del_dir_r.
+%% A sandboxed worker's cgroups (named like its directory) go too, should
+%% its keeper have died before it removed them.
 -spec remove_tree(binary()) -> ok.
 remove_tree(Dir) ->
+    remove_dir_tree(Dir),
+    pyport_sandbox:remove_cgroups(filename:basename(Dir)).
+
+remove_dir_tree(Dir) ->
     case os:find_executable("rm", "/usr/bin:/bin") of
         false ->
             _ = file:del_dir_r(Dir),

@@ -13,7 +13,7 @@
 -module(pyport_sandbox).
 
 -export([defaults/0, validate/1, capabilities/0, args/2, effective_limit/2,
-         report/1, workdir/2]).
+         report/1, workdir/2, env_frame/1, remove_cgroups/1, cgroup_dirs/1]).
 
 -export_type([sandbox/0]).
 
@@ -28,6 +28,7 @@
                      max_file_size := pos_integer() | infinity,
                      max_processes := pos_integer() | infinity,
                      max_output := pos_integer(),
+                     max_disk := pos_integer() | infinity,
                      workdir_parent := binary() | undefined,
                      env_keep := [string()]}.
 
@@ -36,6 +37,8 @@
 -define(MIN_OPEN_FILES, 16).
 %% RLIMIT_NPROC counts threads: a warm worker runs a few of its own.
 -define(MIN_PROCESSES, 8).
+%% The private working directory holds Python's small files too.
+-define(MIN_DISK, 1024 * 1024).
 -define(MIB, 1024 * 1024).
 
 %% @doc The restrictions that can be relaxed one by one, in the order their
@@ -54,6 +57,7 @@ defaults() ->
                  max_file_size => 64 * ?MIB,
                  max_processes => 256,           % per uid: threads count too
                  max_output => ?MIB,
+                 max_disk => 64 * ?MIB,          % a tmpfs: counted as memory too
                  workdir_parent => undefined,
                  env_keep => []}).
 
@@ -90,11 +94,12 @@ check(Key, Value) when is_boolean(Value) ->
     end;
 check(max_output, N) when is_integer(N), N > 0 -> {ok, N};
 check(Key, infinity) when Key =:= max_memory; Key =:= cpu_seconds; Key =:= max_open_files;
-                          Key =:= max_file_size; Key =:= max_processes ->
+                          Key =:= max_file_size; Key =:= max_processes; Key =:= max_disk ->
     {ok, infinity};
 check(max_memory, N) when is_integer(N), N >= ?MIN_MAX_MEMORY -> {ok, N};
 check(max_open_files, N) when is_integer(N), N >= ?MIN_OPEN_FILES -> {ok, N};
 check(max_processes, N) when is_integer(N), N >= ?MIN_PROCESSES -> {ok, N};
+check(max_disk, N) when is_integer(N), N >= ?MIN_DISK -> {ok, N};
 check(Key, N) when (Key =:= cpu_seconds orelse Key =:= max_file_size), is_integer(N), N > 0 ->
     {ok, N};
 check(workdir_parent, undefined) ->
@@ -142,12 +147,15 @@ min_limit(A, B) -> min(A, B).
 
 %% @doc The worker flags of a pool's sandbox (after the common ones, which
 %% carry the effective limits): none without a sandbox. The pool's
-%% `imports' are preloaded before the sandbox closes, and its environment
-%% (`Env': the pool's `env' and a venv's variables) is all the worker keeps.
+%% `imports' are preloaded before the sandbox closes. Its environment (the
+%% pool's `env' and a venv's variables) is all the worker keeps; it never
+%% travels on the command line, which every local user may read in /proc:
+%% `--env-stdin' makes the worker read it first thing from its stdin, where
+%% pyport_os:open/1 writes env_frame/1.
 -spec args(pyport_config:pool_opts(), [{string(), string() | false}]) -> [string()].
 args(#{sandbox := false}, _Env) ->
     [];
-args(#{sandbox := Sandbox, fresh_worker := Fresh, imports := Imports}, Env) ->
+args(#{sandbox := Sandbox, fresh_worker := Fresh, imports := Imports}, _Env) ->
     Mode = case Fresh of
                true -> "--zygote";
                false -> "--sandbox"
@@ -158,17 +166,25 @@ args(#{sandbox := Sandbox, fresh_worker := Fresh, imports := Imports}, Env) ->
         ++ limit("--max-file-size", maps:get(max_file_size, Sandbox))
         ++ limit("--max-processes", maps:get(max_processes, Sandbox))
         ++ ["--max-output", integer_to_list(maps:get(max_output, Sandbox))]
+        ++ limit("--max-disk", maps:get(max_disk, Sandbox, 64 * ?MIB))
         ++ case maps:get(workdir_parent, Sandbox) of
                undefined -> [];
                Dir -> ["--workdir-parent", unicode:characters_to_list(Dir)]
            end
         ++ lists:append([["--preload", unicode:characters_to_list(M)] || M <- Imports])
-        ++ lists:append([["--env", Name ++ "=" ++ Value]
-                         || {Name, Value} <- Env, Value =/= false])
+        ++ ["--env-stdin"]
         ++ lists:append([["--env-keep", Name] || Name <- maps:get(env_keep, Sandbox)]).
 
 limit(_Flag, infinity) -> [];
 limit(Flag, N) -> [Flag, integer_to_list(N)].
+
+%% @doc The payload of the one frame a sandboxed worker reads from its stdin
+%% before anything else (`--env-stdin'): NAME=VALUE entries, NUL-separated.
+%% Names and values hold no NUL (pyport_config checks the pool's `env').
+-spec env_frame([{string(), string() | false}]) -> binary().
+env_frame(Env) ->
+    unicode:characters_to_binary(lists:join([0], [Name ++ "=" ++ Value
+                                                  || {Name, Value} <- Env, Value =/= false])).
 
 %% @doc The `sandbox' report of a worker's hello capabilities, if any.
 -spec report(map()) -> map() | undefined.
@@ -201,3 +217,51 @@ workdir(#{workdir := Dir}, #{sandbox := #{workdir_parent := Parent}}) when is_bi
     end;
 workdir(_Report, _Opts) ->
     undefined.
+
+%% @doc Removes the cgroups a dead worker's keeper made (named like its
+%% working directory, `pyport-job-*', below this node's own cgroup in each
+%% hierarchy), should the keeper have died before it could. The worker's
+%% processes die with their keeper, a moment after it: a cgroup still busy
+%% is tried again for up to 2 s (the caller runs this in a process of its
+%% own).
+-spec remove_cgroups(binary()) -> ok.
+remove_cgroups(Name) ->
+    _ = [del_cgroup(Dir, 100) || Dir <- cgroup_dirs(Name)],
+    ok.
+
+del_cgroup(Dir, Tries) ->
+    case file:del_dir(Dir) of
+        {error, ebusy} when Tries > 1 ->
+            timer:sleep(20),
+            del_cgroup(Dir, Tries - 1);
+        _ ->
+            ok
+    end.
+
+%% @doc Where the keeper of a worker whose working directory is named Name
+%% makes its cgroups (cgroup v1's memory and pids hierarchies, v2's tree).
+-spec cgroup_dirs(binary()) -> [file:filename_all()].
+cgroup_dirs(<<"pyport-job-", _/binary>> = Name) ->
+    case file:read_file("/proc/self/cgroup") of
+        {ok, Text} ->
+            lists:append([cgroup_dir(binary:split(Line, <<":">>, [global]), Name)
+                          || Line <- binary:split(Text, <<"\n">>, [global, trim])]);
+        {error, _} ->
+            []
+    end;
+cgroup_dirs(_) ->
+    [].
+
+cgroup_dir([<<"0">>, <<>>, Own], Name) ->
+    case filelib:is_regular("/sys/fs/cgroup/cgroup.controllers") of
+        true -> [filename:join([<<"/sys/fs/cgroup">>, strip(Own), Name])];
+        false -> []                             % v1: the unified tree has no controller
+    end;
+cgroup_dir([_, Controllers, Own], Name) ->
+    [filename:join([<<"/sys/fs/cgroup">>, C, strip(Own), Name])
+     || C <- binary:split(Controllers, <<",">>, [global]), C =:= <<"memory">> orelse C =:= <<"pids">>];
+cgroup_dir(_, _Name) ->
+    [].
+
+strip(<<"/", Rest/binary>>) -> Rest;
+strip(Path) -> Path.

@@ -32,6 +32,7 @@ defaults_test() ->
                    namespaces => false, seccomp => false, privileges => false,
                    max_memory => 1024 * ?MIB, cpu_seconds => 60, max_open_files => 256,
                    max_file_size => 64 * ?MIB, max_processes => 256, max_output => ?MIB,
+                   max_disk => 64 * ?MIB,
                    workdir_parent => undefined, env_keep => []}, Sandbox),
     %% A map keeps the defaults for what it does not name.
     #{sandbox := Relaxed} = pool(#{sandbox => #{network => true, max_output => 10}}),
@@ -48,7 +49,7 @@ sandbox_true_argv_test() ->
                   "--max-memory", "1073741824", "--cpu-seconds", "60", "--max-open-files", "256",
                   "--sandbox",
                   "--max-file-size", "67108864", "--max-processes", "256",
-                  "--max-output", "1048576"],
+                  "--max-output", "1048576", "--max-disk", "67108864", "--env-stdin"],
                  argv(#{sandbox => true})).
 
 fresh_worker_argv_test() ->
@@ -61,7 +62,7 @@ relaxations_argv_test() ->
     Argv = argv(#{sandbox => #{privileges => true, network => true, seccomp => true,
                                exec => true, fork => true, filesystem => true,
                                namespaces => true, max_file_size => infinity,
-                               max_processes => 8, max_output => 100,
+                               max_processes => 8, max_output => 100, max_disk => infinity,
                                workdir_parent => Dir, env_keep => ["LANG", 'TZ']},
                   imports => [json, "os.path"],
                   env => [{"A", "1"}, {"B", false}]}),
@@ -73,23 +74,28 @@ relaxations_argv_test() ->
                   "--max-processes", "8", "--max-output", "100",
                   "--workdir-parent", Dir,
                   "--preload", "json", "--preload", "os.path",
-                  "--env", "A=1",
+                  "--env-stdin",
                   "--env-keep", "LANG", "--env-keep", "TZ"],
                  lists:nthtail(8, Argv)).
 
 %% A sandboxed worker clears its environment: the pool's `env' and a
-%% venv's variables reach it as flags.
-env_passed_as_flags_test() ->
+%% venv's variables reach it, but never on the command line (/proc shows it to every local user): it is
+%% the first frame on the worker's stdin.
+env_passed_on_stdin_test() ->
     Argv = argv(#{sandbox => true, env => #{"LANG" => "C"}}),
-    ?assertEqual(["--env", "LANG=C"], lists:nthtail(length(Argv) - 2, Argv)),
+    ?assertEqual(["--env-stdin"], lists:nthtail(length(Argv) - 1, Argv)),
+    ?assertNot(lists:any(fun(A) -> string:find(A, "LANG") =/= nomatch end, Argv)),
+    ?assertEqual(<<"LANG=C", 0, "X=", 195, 169>>,  % UTF-8, as open_port encodes env
+                 pyport_sandbox:env_frame([{"LANG", "C"}, {"B", false}, {"X", [233]}])),
     Venv = filename:join(filename:basedir(user_cache, "pyport-test"),
                          "venv-" ++ os:getpid()),
     ok = filelib:ensure_dir(filename:join(Venv, "x")),
     ok = file:write_file(filename:join(Venv, "pyvenv.cfg"), <<>>),
     try
-        VenvArgv = argv(#{sandbox => true, venv => Venv}),
-        ?assertMatch(["--env", "VIRTUAL_ENV=" ++ _, "--env", "PATH=" ++ _],
-                     lists:nthtail(length(VenvArgv) - 4, VenvArgv))
+        {ok, Opts} = pyport_config:validate_pool(t, #{sandbox => true, venv => Venv}),
+        Frame = pyport_sandbox:env_frame(pyport_os:environment(Opts)),
+        ?assertMatch([<<"VIRTUAL_ENV=", _/binary>>, <<"PATH=", _/binary>>],
+                     binary:split(Frame, <<0>>, [global]))
     after
         file:del_dir_r(Venv)
     end.

@@ -1,4 +1,8 @@
 // pyport_worker's command line.
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <boost/test/unit_test.hpp>
 #include <initializer_list>
 #include <string>
@@ -108,10 +112,49 @@ BOOST_AUTO_TEST_CASE(sandbox_flags) {
   BOOST_TEST(o.max_processes == 8u);
   BOOST_TEST(parse({"--zygote"}, o) == "");
   BOOST_TEST((o.sandbox && o.zygote));
+  BOOST_TEST(!o.env_stdin);
+  BOOST_TEST(o.max_disk == 0u);
+  BOOST_TEST(parse({"--sandbox", "--env-stdin", "--max-disk=1048576"}, o) == "");
+  BOOST_TEST(o.env_stdin);
+  BOOST_TEST(o.max_disk == 1048576u);
   for (unsigned b = 0; b < 7; ++b) {
     BOOST_TEST(parse({"--sandbox", "--sandbox-allow", pyport::kSandboxAllowNames[b]}, o) == "");
     BOOST_TEST(o.sandbox_allow == 1u << b);
   }
+}
+
+// In a child: apply_limits() sets hard = soft, so the limited process
+// cannot raise them again (RLIMIT_CPU: hard = soft + 1 s); limits_changed()
+// sees what was applied as unchanged, and a lowered limit as changed.
+BOOST_AUTO_TEST_CASE(limits_are_hard) {
+  pid_t child = fork();
+  BOOST_REQUIRE(child >= 0);
+  if (child == 0) {
+    pyport::Options o;
+    if (!parse({"--max-open-files", "64", "--cpu-seconds", "30", "--max-file-size", "65536"}, o)
+             .empty())
+      _exit(10);
+    pyport::InheritedLimits before = pyport::current_limits();
+    if (!pyport::apply_limits(o).empty()) _exit(11);
+    struct rlimit rl;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    if (rl.rlim_cur != 64 || rl.rlim_max != 64) _exit(12);
+    getrlimit(RLIMIT_CPU, &rl);
+    if (rl.rlim_cur != 30 || rl.rlim_max != 31) _exit(13);
+    struct rlimit up = {128, 128};
+    if (geteuid() != 0 && setrlimit(RLIMIT_NOFILE, &up) == 0) _exit(14);
+    if (!pyport::limits_changed(getpid(), o, pyport::LimitScope::kAll, before).empty()) _exit(15);
+    struct rlimit down = {32, 32};
+    setrlimit(RLIMIT_NOFILE, &down);
+    if (pyport::limits_changed(getpid(), o, pyport::LimitScope::kAll, before)
+            .find("--max-open-files is 32/32") != 0)
+      _exit(16);
+    _exit(0);
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  BOOST_TEST(WIFEXITED(status));
+  BOOST_TEST(WEXITSTATUS(status) == 0);
 }
 
 BOOST_AUTO_TEST_CASE(bad_sandbox_flags_are_named) {
@@ -133,8 +176,13 @@ BOOST_AUTO_TEST_CASE(bad_sandbox_flags_are_named) {
   BOOST_TEST(parse({"--max-file-size", "0"}, o) ==
              "--max-file-size must be a number of bytes from 1 to 4611686018427387904, not '0'");
   BOOST_TEST(parse({"--preload", "json"}, o) ==
-             "--sandbox-allow, --preload, --workdir-parent, --env and --env-keep need --sandbox "
-             "or --zygote");
+             "--sandbox-allow, --preload, --workdir-parent, --env, --env-stdin, --env-keep and "
+             "--max-disk need --sandbox or --zygote");
+  BOOST_TEST(parse({"--env-stdin"}, o) ==
+             "--sandbox-allow, --preload, --workdir-parent, --env, --env-stdin, --env-keep and "
+             "--max-disk need --sandbox or --zygote");
+  BOOST_TEST(parse({"--sandbox", "--max-disk", "1000"}, o) ==
+             "--max-disk must be a number of bytes, at least 1048576, not '1000'");
   BOOST_TEST(parse({"--sandbox=yes"}, o) == "unknown argument '--sandbox=yes'");
   BOOST_TEST(parse({"--sandbox", "--sandbox-test-unavailable", "apparmor"}, o) ==
              "--sandbox-test-unavailable takes landlock, namespaces or seccomp, not 'apparmor'");

@@ -21,9 +21,13 @@ from pyport_proto import Atom
 MODES = ["warm", "fresh"]
 NODES = ["root", "unprivileged"]
 
-# What a job returns to say which process ran it: its pid as the host sees
-# it (/proc is the host's, also in a fresh job's pid namespace).
+# What a job returns to say which process ran it: its pid in its worker's
+# pid namespace (the job's /proc is that namespace's own); assert_gone
+# finds it among the processes of the workers started here.
 WHO = "import os\nresult = os.readlink('/proc/self')\n"
+
+# Keepers (the Worker's own pid) of the workers started by start().
+_keepers: set[int] = set()
 
 
 _wrappers: dict[str, str] = {}
@@ -57,7 +61,9 @@ def start(spawn, mode, node="root", *args):
             import pytest
             pytest.skip("setpriv (util-linux) is not installed")
         kwargs["executable"] = _unprivileged_worker()
-    return spawn(args=["--zygote" if mode == "fresh" else "--sandbox", *args], **kwargs)
+    w = spawn(args=["--zygote" if mode == "fresh" else "--sandbox", *args], **kwargs)
+    _keepers.add(w.pid)
+    return w
 
 
 def options(mode, **extra):
@@ -77,10 +83,38 @@ def start_job(w, mode, code, input=None, **extra):
     return w.request(P.CALL, "erlang._jobs", "run_job", [code, input, options(mode, **extra)], {})
 
 
+def host_pids(nspid) -> list:
+    """The processes (host pids) of the workers started here whose pid in
+    their worker's pid namespace is `nspid` (the innermost NSpid)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                pass
+    found = []
+    frontier = [k for k in _keepers if k in parents]
+    while frontier:
+        pid = frontier.pop()
+        for child in [p for p, pp in parents.items() if pp == pid]:
+            frontier.append(child)
+            try:
+                with open(f"/proc/{child}/status") as f:
+                    nspids = [line.split()[1:] for line in f if line.startswith("NSpid:")][0]
+            except (OSError, IndexError):
+                continue
+            if int(nspids[-1]) == int(nspid) and len(nspids) > 1:
+                found.append(child)
+    return found
+
+
 def assert_gone(pid, timeout=10):
-    """The process is gone (not even a zombie)."""
+    """The job's process (its pid in its worker's namespace) is gone, not
+    even a zombie."""
     deadline = time.monotonic() + timeout
-    while os.path.exists(f"/proc/{pid}"):
+    while host_pids(pid):
         assert time.monotonic() < deadline, f"process {pid} outlived its job"
         time.sleep(0.01)
 
@@ -94,3 +128,14 @@ def assert_healthy(w, mode):
 
 def workdir(w):
     return w.hello.capabilities[Atom("sandbox")]["workdir"]
+
+
+def listdir(w, path):
+    """A directory as the worker sees it (its working directory is a tmpfs
+    in its own mount namespace: the host's is empty), listed by the worker
+    itself, not by a job."""
+    return w.call("os", "listdir", [path])
+
+
+def lexists(w, path):
+    return w.call("os.path", "lexists", [path])

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from hostile_kit import MODES, NODES, WHO, assert_gone, assert_healthy, job, start, workdir
+from hostile_kit import MODES, NODES, WHO, assert_gone, assert_healthy, job, lexists, start, workdir
 
 ATTACK = WHO + r"""
 os.makedirs('a/b/c')
@@ -29,6 +29,6 @@ def test_what_a_job_made_is_removed_whatever_its_modes(spawn, mode, node):
     status, (pid, name), _ = job(w, mode, ATTACK)
     assert status == "ok"
     assert_gone(int(pid))
-    assert not os.path.lexists(os.path.join(workdir(w), name))
+    assert not lexists(w, os.path.join(workdir(w), name))
     assert os.path.isdir("/etc/ssl")  # the link was removed, not followed
     assert_healthy(w, mode)

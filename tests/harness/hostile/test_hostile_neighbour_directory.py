@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from hostile_kit import MODES, NODES, assert_healthy, job, start, start_job, workdir
+from hostile_kit import MODES, NODES, assert_healthy, job, listdir, lexists, start, start_job, workdir
 
 HOLD = r"""
 import os, time
@@ -45,7 +45,7 @@ def test_a_job_cannot_read_its_neighbours(spawn, mode, node):
     # directory: neighbours for the snooper.
     assert job(w, mode, "1")[:2] == ("ok", 1)
     end = time.monotonic() + 10
-    while len(os.listdir(workdir(w))) < 2:
+    while len(listdir(w, workdir(w))) < 2:
         assert time.monotonic() < end
         time.sleep(0.01)
     holder = None
@@ -53,8 +53,8 @@ def test_a_job_cannot_read_its_neighbours(spawn, mode, node):
         holder = start_job(w, mode, HOLD, "the neighbour's secret")
         # The holder's file is there before the snooper looks.
         end = time.monotonic() + 10
-        while not any(os.path.exists(os.path.join(workdir(w), d, "secret"))
-                      for d in os.listdir(workdir(w))):
+        while not any(lexists(w, os.path.join(workdir(w), d, "secret"))
+                      for d in listdir(w, workdir(w))):
             assert time.monotonic() < end
             time.sleep(0.01)
     status, (me, seen), _ = job(w, mode, SNOOP)
