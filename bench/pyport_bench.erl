@@ -320,10 +320,10 @@ startup(Worker) ->
     Times = [begin
                  T0 = erlang:monotonic_time(),
                  Port = open(Worker, ["--runtime", Runtime]),
-                 {ok, 0, 0, _, HelloRest} = recv_frame(Port),
+                 {ok, 0, 0, _, HelloRest} = recv_packet(Port),
                  {ok, [1, _PyVer, OsPid, _Caps]} = pyport_codec:decode_fields(4, HelloRest),
-                 port_command(Port, pyport_framer:frame(Frame)),
-                 {ok, 16, 1, 1, _} = recv_frame(Port),
+                 port_command(Port, Frame),
+                 {ok, 16, 1, 1, _} = recv_packet(Port),
                  T = erlang:monotonic_time() - T0,
                  Rss = rss_kib(OsPid),
                  close(Port),
@@ -534,7 +534,7 @@ open(Exe, Args) ->
               [{args, Args}, {packet, 4}, binary, exit_status, use_stdio]).
 
 close(none) -> ok;
-close(Port) -> catch port_close(Port), ok.
+close(Port) -> erase({frames, Port}), catch port_close(Port), ok.
 
 echo(Port, Frame) ->
     port_command(Port, Frame),
@@ -542,16 +542,32 @@ echo(Port, Frame) ->
 
 %% The next frame from a worker port (a stream: pyport_os:open/1 leaves
 %% the framing to the owner, as pyport_worker does with pyport_framer).
+%% Frames and bytes read ahead wait in the process dictionary.
 recv_frame(Port) ->
-    recv_frame(Port, pyport_framer:new(1 bsl 30)).
+    case get({frames, Port}) of
+        {[Frame | More], Framer} ->
+            put({frames, Port}, {More, Framer}),
+            pyport_codec:decode_frame_head(Frame);
+        {[], Framer} ->
+            recv_frame(Port, Framer);
+        undefined ->
+            recv_frame(Port, pyport_framer:new(1 bsl 30))
+    end.
+
+%% The next frame from a port opened here, with {packet, 4}.
+recv_packet(Port) ->
+    receive
+        {Port, {data, Bin}} -> pyport_codec:decode_frame_head(Bin);
+        {Port, {exit_status, S}} -> error({worker_exited, S})
+    after 10000 -> error(timeout)
+    end.
 
 recv_frame(Port, Framer) ->
     receive
         {Port, {data, Bin}} ->
-            case pyport_framer:feed(Bin, Framer) of
-                {ok, [Frame | _], _} -> pyport_codec:decode_frame_head(Frame);
-                {ok, [], Framer1} -> recv_frame(Port, Framer1)
-            end;
+            {ok, Frames, Framer1} = pyport_framer:feed(Bin, Framer),
+            put({frames, Port}, {Frames, Framer1}),
+            recv_frame(Port);
         {Port, {exit_status, S}} -> error({worker_exited, S})
     after 10000 -> error(timeout)
     end.
