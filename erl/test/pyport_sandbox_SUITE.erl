@@ -31,7 +31,8 @@ all() ->
 groups() ->
     Hostile = [connect_localhost, bind_port, exec_sh, fork_loop, allocate_10gb, spin_forever,
                write_10gb, write_outside_workdir, read_parent_environment, kill_parent,
-               ctypes_raw_syscall, other_abi_syscall, print_100mb, segfault],
+               ctypes_raw_syscall, other_abi_syscall, print_100mb, segfault,
+               realtime_signal],
     [{warm, [], Hostile}, {fresh, [], Hostile}].
 
 init_per_suite(Config) ->
@@ -198,6 +199,12 @@ segfault(Config) ->
     %% A crash in C code takes only the job's runner, warm or fresh.
     hostile(Config, <<"import ctypes
 ctypes.string_at(0)">>, {crashed, #{signal => sigsegv}}).
+
+realtime_signal(Config) ->
+    %% A signal without a name is reported by its number: a sandboxed pool
+    %% may create no atom (its atom budget is 0), so no `signal37'.
+    hostile(Config, <<"import os, signal
+os.kill(os.getpid(), signal.SIGRTMIN + 3)">>, {crashed, #{signal => 37}}).
 
 %%%===================================================================
 %%% Pool options and reports

@@ -233,7 +233,11 @@ def _outcome(runner: _runner.Runner, settings: dict, budget: int) -> tuple[Atom,
             # Refused while SIGSYS was blocked: the kernel killed the runner
             # without the handler naming the syscall.
             return ERROR, (Atom("forbidden"), "unknown")
-        return ERROR, (Atom("crashed"), {Atom("signal"): Atom(_SIGNAL_NAMES.get(sig, f"signal{sig}"))})
+        # A signal without a name (a real-time one) goes by its number: an
+        # atom `signalN` would not exist in the node, which makes none for
+        # a sandboxed pool.
+        name = _SIGNAL_NAMES.get(sig)
+        return ERROR, (Atom("crashed"), {Atom("signal"): sig if name is None else Atom(name)})
     return ERROR, (Atom("crashed"), {Atom("exit_status"): os.WEXITSTATUS(wstatus)})
 
 
