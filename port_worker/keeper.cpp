@@ -228,24 +228,6 @@ void close_all_but(int a, int b, int c = -1) {
   syscall(SYS_close_range, from, ~0u, 0u);
 }
 
-// Exits as the worker did: the same code, or death by the same signal
-// (without a core dump of the keeper).
-[[noreturn]] void exit_like(int status) {
-  if (WIFSIGNALED(status)) {
-    int sig = WTERMSIG(status);
-    struct rlimit no_core = {0, 0};
-    setrlimit(RLIMIT_CORE, &no_core);
-    signal(sig, SIG_DFL);
-    sigset_t one;
-    sigemptyset(&one);
-    sigaddset(&one, sig);
-    sigprocmask(SIG_UNBLOCK, &one, nullptr);
-    raise(sig);
-    _exit(128 + sig);
-  }
-  _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 1);
-}
-
 // The keeper's life after the fork. `signals` are blocked already.
 [[noreturn]] void run_keeper(pid_t worker, const sigset_t& signals, int diag_read,
                              const std::string& workdir, KeeperHooks* hooks) {
@@ -308,10 +290,26 @@ void close_all_but(int a, int b, int c = -1) {
   kill_descendants(worker);
   remove_workdir(workdir);
   if (hooks) hooks->after_worker();
-  exit_like(status);
+  exit_as(status);
 }
 
 }  // namespace
+
+[[noreturn]] void exit_as(int status) {
+  if (WIFSIGNALED(status)) {
+    int sig = WTERMSIG(status);
+    struct rlimit no_core = {0, 0};
+    setrlimit(RLIMIT_CORE, &no_core);
+    signal(sig, SIG_DFL);
+    sigset_t one;
+    sigemptyset(&one);
+    sigaddset(&one, sig);
+    sigprocmask(SIG_UNBLOCK, &one, nullptr);
+    raise(sig);
+    _exit(128 + sig);
+  }
+  _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 1);
+}
 
 std::string start_keeper(const std::string& workdir, KeeperHooks* hooks) {
   // The worker's stderr until it has its own relay: a pipe to the keeper.

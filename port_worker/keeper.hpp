@@ -74,4 +74,10 @@ void keeper_is_now(pid_t parent);
 // already (the worker should exit).
 bool die_with_keeper();
 
+// Exits as a waited-for process did (`status` from waitpid): the same exit
+// code, or death by the same signal, re-raised without a core dump. The
+// keeper and the sandbox's relay end this way, so the port owner sees the
+// worker's own status.
+[[noreturn]] void exit_as(int status);
+
 }  // namespace pyport

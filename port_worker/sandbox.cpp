@@ -225,24 +225,6 @@ std::string read_small_file(const std::string& path) {
   return text;
 }
 
-// Dies with `status` as the process it relays did: the same exit code, or
-// the same signal (re-raised, without a core dump).
-[[noreturn]] void exit_as(int status) {
-  if (WIFSIGNALED(status)) {
-    int sig = WTERMSIG(status);
-    struct rlimit no_core = {0, 0};
-    setrlimit(RLIMIT_CORE, &no_core);
-    signal(sig, SIG_DFL);
-    sigset_t one;
-    sigemptyset(&one);
-    sigaddset(&one, sig);
-    sigprocmask(SIG_UNBLOCK, &one, nullptr);
-    raise(sig);
-    _exit(128 + sig);
-  }
-  _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 1);
-}
-
 // ---- the worker's cgroup (made by the keeper while it is privileged) ----
 
 // One cgroup per worker, in the memory and pids controllers (cgroup v1, as
