@@ -109,53 +109,45 @@ admit(Bytes, #log{rate = Rate} = Log0) ->
 %% @doc A LOG frame's fields (`[Level, Message]', undecoded): logged at its
 %% level in the domain `[pyport, python]', or dropped.
 -spec log_frame(binary(), logger:metadata(), state()) -> state().
-log_frame(Fields, Meta, Log0) ->
-    case admit(byte_size(Fields), Log0) of
-        {true, Log} ->
-            case pyport_codec:decode_fields(2, Fields) of
-                {ok, [Level, Message]} when is_binary(Level), is_binary(Message) ->
-                    ?WLOG(pyport_logging:level(Level), "~ts", [Message],
-                          Meta#{domain => [pyport, python]});
-                Other ->
-                    ?WLOG(error, "pyport worker ~tp/~b: undecodable LOG frame: ~0tp",
-                          [pool(Meta), slot(Meta), Other], Meta)
-            end,
-            Log;
-        {false, Log} ->
-            Log
-    end.
+log_frame(Fields, Meta, Log) ->
+    if_admitted(byte_size(Fields), Log,
+                fun(Max) ->
+                        case pyport_codec:decode_fields(2, Fields) of
+                            {ok, [Level, Message]} when is_binary(Level), is_binary(Message) ->
+                                ?WLOG(pyport_logging:level(Level), "~ts", [cut(Message, Max)],
+                                      Meta#{domain => [pyport, python]});
+                            Other ->
+                                undecodable("LOG", Other, Meta)
+                        end
+                end).
 
 %% @doc An ERROR frame that answers no request (`[Type, Message,
 %% Traceback]', undecodable): a warning, or dropped.
 -spec error_frame(binary(), logger:metadata(), state()) -> state().
-error_frame(Fields, Meta, Log0) ->
-    case admit(byte_size(Fields), Log0) of
-        {true, Log} ->
-            case pyport_codec:decode_fields(3, Fields) of
-                {ok, [Type, Message, _Traceback]} when is_binary(Type), is_binary(Message) ->
-                    ?WLOG(warning, "pyport worker ~tp/~b: ~ts: ~ts",
-                          [pool(Meta), slot(Meta), Type, Message], Meta);
-                Other ->
-                    ?WLOG(error, "pyport worker ~tp/~b: undecodable ERROR frame: ~0tp",
-                          [pool(Meta), slot(Meta), Other], Meta)
-            end,
-            Log;
-        {false, Log} ->
-            Log
-    end.
+error_frame(Fields, Meta, Log) ->
+    if_admitted(byte_size(Fields), Log,
+                fun(Max) ->
+                        case pyport_codec:decode_fields(3, Fields) of
+                            {ok, [Type, Message, _Traceback]} when is_binary(Type),
+                                                                   is_binary(Message) ->
+                                ?WLOG(warning, "pyport worker ~tp/~b: ~ts: ~ts",
+                                      [pool(Meta), slot(Meta), cut(Type, Max), cut(Message, Max)],
+                                      Meta);
+                            Other ->
+                                undecodable("ERROR", Other, Meta)
+                        end
+                end).
 
 %% @doc The owner's own report about something the worker sent, prefixed
 %% with the pool and slot; within the same rate, since the worker decides
 %% how often it happens.
 -spec report(logger:level(), io:format(), [term()], logger:metadata(), state()) -> state().
-report(Level, Format, Args, Meta, Log0) ->
-    case admit(?REPORT_BYTES, Log0) of
-        {true, Log} ->
-            ?WLOG(Level, "pyport worker ~tp/~b: " ++ Format, [pool(Meta), slot(Meta) | Args], Meta),
-            Log;
-        {false, Log} ->
-            Log
-    end.
+report(Level, Format, Args, Meta, Log) ->
+    if_admitted(?REPORT_BYTES, Log,
+                fun(_Max) ->
+                        ?WLOG(Level, "pyport worker ~tp/~b: " ++ Format,
+                              [pool(Meta), slot(Meta) | Args], Meta)
+                end).
 
 %% @doc The note timer fired (`{timeout, Timer, log_note}' to the owner):
 %% says how much was dropped since the last note.
@@ -172,6 +164,31 @@ note(_Stale, _Meta, Log) ->
 %%%===================================================================
 %%% Internals
 %%%===================================================================
+
+%% Emit(MaxBytes) logs, if the rate admits a line of Bytes bytes. A line
+%% longer than the whole bucket costs a full bucket and is cut to that many
+%% bytes: a worker cannot hand the logger a max_frame_size line.
+if_admitted(Bytes, Log0, Emit) ->
+    case admit(Bytes, Log0) of
+        {true, #log{rate = Rate} = Log} ->
+            _ = Emit(case Rate of
+                         infinity -> infinity;
+                         _ -> trunc(capacity(Rate, bytes))
+                     end),
+            Log;
+        {false, Log} ->
+            Log
+    end.
+
+cut(Text, Max) when is_integer(Max), byte_size(Text) > Max ->
+    [binary:part(Text, 0, Max), io_lib:format(" ... (~b bytes cut)", [byte_size(Text) - Max])];
+cut(Text, _Max) ->
+    Text.
+
+%% What a hostile worker sent in place of a record: shown, bounded.
+undecodable(Kind, Other, Meta) ->
+    ?WLOG(error, "pyport worker ~tp/~b: undecodable ~s frame: ~0tP",
+          [pool(Meta), slot(Meta), Kind, Other, 8], Meta).
 
 refill(#log{rate = Rate, lines = Lines, bytes = Bytes, at = At} = Log) ->
     Now = now_ms(),

@@ -4,6 +4,8 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
+-export([log/2]).  % the logger handler of long_line_is_cut_test
+
 admit_n(N, Bytes, Log) ->
     lists:foldl(fun(_, {Yes, L}) ->
                         case pyport_worker_log:admit(Bytes, L) of
@@ -66,3 +68,28 @@ log_flags([]) ->
 
 flush_timers() ->
     receive {timeout, _, log_note} -> flush_timers() after 0 -> ok end.
+
+%% A LOG line longer than the bucket (here 2 x 1000 bytes) is logged cut to
+%% the bucket's size, never whole: a hostile worker cannot hand the logger
+%% a max_frame_size line.
+long_line_is_cut_test() ->
+    Self = self(),
+    Id = pyport_worker_log_tests_capture,
+    ok = logger:add_handler(Id, ?MODULE, #{config => Self, level => all}),
+    try
+        Message = binary:copy(<<"x">>, 100000),
+        Fields = iolist_to_binary([pyport_codec:encode(<<"warning">>), pyport_codec:encode(Message)]),
+        Log = pyport_worker_log:new(#{lines => infinity, bytes => 1000}),
+        _ = pyport_worker_log:log_frame(Fields, #{pyport_pool => p, pyport_slot => 1}, Log),
+        Text = receive {logged, T} -> T after 2000 -> error(not_logged) end,
+        ?assertEqual(binary:copy(<<"x">>, 2000), binary:part(Text, 0, 2000)),
+        ?assertEqual(<<" ... (98000 bytes cut)">>, binary:part(Text, 2000, byte_size(Text) - 2000))
+    after
+        logger:remove_handler(Id)
+    end.
+
+%% logger handler callback: sends the formatted message to the test.
+log(#{msg := {Format, Args}, meta := #{pyport_pool := p}}, #{config := Pid}) ->
+    Pid ! {logged, unicode:characters_to_binary(io_lib:format(Format, Args))};
+log(_Event, _Config) ->
+    ok.
