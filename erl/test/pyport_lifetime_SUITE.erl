@@ -67,7 +67,8 @@ forked_child_outlives_worker(Config) ->
     New = wait_new_worker({fork_child, 1}, Worker),
     Elapsed = now_ms() - T0,
     ct:comment("slot back in ~b ms", [Elapsed]),
-    ?assert(Elapsed < 1000),
+    %% Before the keeper: never (the children hold the pipes for good).
+    ?assert(Elapsed < 5000),
     [?assertNot(pyport_os:alive(P)) || P <- [Keeper, Worker, Child, Daemon]],
     ?assertEqual(lists:sort([parent(New), New]), tagged(Tag)),
     ?assertEqual({ok, 0.0}, py:call(Ctx, ?H, nap, [0.0])).
