@@ -459,7 +459,7 @@ version(_Config) ->
 %%%===================================================================
 
 print_one_megabyte(_Config) ->
-    with_log_capture(info, fun() ->
+    pyport_test_util:with_log_capture(info, fun() ->
         N = 1 bsl 20,
         ?assertEqual({ok, N}, py:call(?F, print_stdout, [N])),
         ?assertEqual({ok, 3}, py:call(?F, add, [1, 2])),
@@ -475,7 +475,7 @@ print_one_megabyte(_Config) ->
     end).
 
 cast_exception_is_logged(_Config) ->
-    with_log_capture(info, fun() ->
+    pyport_test_util:with_log_capture(info, fun() ->
         Token = <<"cast failure ", (integer_to_binary(erlang:unique_integer([positive])))/binary>>,
         Ctx = py:context(1),
         ok = py:cast(Ctx, ?F, fail_in_cast, [Token]),
@@ -493,7 +493,7 @@ cast_exception_is_logged(_Config) ->
 traceback_logged_at_debug(_Config) ->
     ok = logger:set_module_level(pyport_request, debug),
     try
-        with_log_capture(debug, fun() ->
+        pyport_test_util:with_log_capture(debug, fun() ->
             {error, {'ZeroDivisionError', _}} = py:eval(<<"1/0">>),
             [Tb] = collect_log(fun(#{level := debug, meta := #{python_traceback := T}}) -> {true, T};
                                   (_) -> false
@@ -504,26 +504,6 @@ traceback_logged_at_debug(_Config) ->
         logger:unset_module_level(pyport_request)
     end.
 
-%% Runs Fun with a logger handler that sends every event to this process;
-%% other handlers see nothing below notice meanwhile, so the CT logs stay
-%% readable.
-with_log_capture(Level, Fun) ->
-    Others = [{Id, L} || Id <- logger:get_handler_ids(),
-                         {ok, #{level := L}} <- [logger:get_handler_config(Id)]],
-    [logger:set_handler_config(Id, level, notice) || {Id, _} <- Others],
-    ok = logger:set_module_level([pyport_worker], Level),
-    ok = logger:add_handler(pyport_ct_capture, ?MODULE, #{level => all, config => #{pid => self()}}),
-    try Fun()
-    after
-        _ = logger:remove_handler(pyport_ct_capture),
-        logger:unset_module_level([pyport_worker]),
-        [logger:set_handler_config(Id, level, L) || {Id, L} <- Others],
-        flush_logs()
-    end.
-
-%% logger handler callback.
-log(Event, #{config := #{pid := Pid}}) ->
-    Pid ! {pyport_ct_log, Event}.
 
 %% Collects what Select keeps until their sizes (or count, for non-binaries)
 %% reach Want.
@@ -537,7 +517,7 @@ collect_log(Select, Want, Deadline, Acc) ->
             lists:reverse(Acc);
         false ->
             receive
-                {pyport_ct_log, Event} ->
+                {pyport_test_log, Event} ->
                     case Select(Event) of
                         {true, X} -> collect_log(Select, Want, Deadline, [X | Acc]);
                         false -> collect_log(Select, Want, Deadline, Acc)
@@ -549,11 +529,6 @@ collect_log(Select, Want, Deadline, Acc) ->
 
 amount([B | _] = Acc) when is_binary(B) -> lists:sum([byte_size(X) || X <- Acc]);
 amount(Acc) -> length(Acc).
-
-flush_logs() ->
-    receive {pyport_ct_log, _} -> flush_logs()
-    after 0 -> ok
-    end.
 
 %%%===================================================================
 %%% Load

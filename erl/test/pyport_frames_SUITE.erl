@@ -236,7 +236,7 @@ vm_hwm() ->
 print_flood_does_not_starve_callers(Config) ->
     start_pool(flood, #{}, Config),
     Owner = owner(flood),
-    with_log_capture(fun() ->
+    pyport_test_util:with_log_capture(info, fun() ->
         ?assertEqual({ok, true}, call(flood, ?H, print_flood, [?FLOOD_SECONDS])),
         Until = now_ms() + ?FLOOD_SECONDS * 1000,
         Sampler = start_mailbox_sampler(Owner),
@@ -280,7 +280,7 @@ call_loop(Until, Calls, Errors, MaxLatency) ->
 hostile_log_frames_dropped_with_note(Config) ->
     start_pool(flood, #{log_rate => #{lines => 100, bytes => infinity}}, Config),
     OsPid = pyport_test_util:os_pid({flood, 1}),
-    with_log_capture(fun() ->
+    pyport_test_util:with_log_capture(info, fun() ->
         T0 = now_ms(),
         ?assertEqual({ok, 5000}, call(flood, ?H, paced_log_frames, [5000, 10])),
         Seconds = (now_ms() - T0) / 1000,
@@ -385,29 +385,6 @@ stop_sampler(Sampler) ->
     Sampler ! {stop, self()},
     receive {max_queue, Max} -> Max after 5000 -> ct:fail(sampler_hung) end.
 
-%% Captures every logger event (the module level of pyport_worker applies
-%% to worker output) while Fun runs.
-with_log_capture(Fun) ->
-    Others = [{Id, L} || Id <- logger:get_handler_ids(),
-                         {ok, #{level := L}} <- [logger:get_handler_config(Id)]],
-    [logger:set_handler_config(Id, level, error) || {Id, _} <- Others],
-    ok = logger:set_module_level([pyport_worker], info),
-    ok = logger:add_handler(pyport_frames_capture, ?MODULE,
-                            #{level => all, config => #{pid => self()}}),
-    try Fun()
-    after
-        _ = logger:remove_handler(pyport_frames_capture),
-        logger:unset_module_level([pyport_worker]),
-        [logger:set_handler_config(Id, level, L) || {Id, L} <- Others],
-        flush_logs()
-    end.
-
-%% logger handler callback.
-log(Event, #{config := #{pid := Pid}}) ->
-    Pid ! {pyport_frames_log, Event}.
-
-flush_logs() ->
-    receive {pyport_frames_log, _} -> flush_logs() after 0 -> ok end.
 
 event_text(#{msg := {string, S}}) ->
     unicode:characters_to_binary(S);
@@ -424,7 +401,7 @@ collect_notes(Marker, Ms) ->
 
 collect_notes(Marker, Deadline, Acc) ->
     receive
-        {pyport_frames_log, Event} ->
+        {pyport_test_log, Event} ->
             Text = event_text(Event),
             case binary:match(Text, Marker) of
                 nomatch ->
@@ -448,7 +425,7 @@ logged_lines(Marker) ->
 
 logged_lines(Marker, N) ->
     receive
-        {Tag, Event} when Tag =:= pyport_frames_log; Tag =:= pyport_frames_other ->
+        {Tag, Event} when Tag =:= pyport_test_log; Tag =:= pyport_frames_other ->
             case binary:match(event_text(Event), Marker) of
                 nomatch -> logged_lines(Marker, N);
                 _ -> logged_lines(Marker, N + 1)

@@ -3,7 +3,9 @@
 -module(pyport_test_util).
 
 -export([python_dir/0, start/1, stop/0, stop_other_pools/0, wait_until/1, wait_until/2, async/1, await/1,
-         flag/1, os_pid/1]).
+         flag/1, os_pid/1, with_log_capture/2, flush_logs/0]).
+%% logger handler callback of with_log_capture/2.
+-export([log/2]).
 
 %% @doc The suites' Python modules (pyport_SUITE_data), next to the beams.
 -spec python_dir() -> string().
@@ -70,3 +72,32 @@ os_pid({Pool, Slot}) ->
         {ok, #{os_pid := P, status := up}} -> P;
         _ -> undefined
     end.
+
+%% @doc Runs Fun with a logger handler that sends every event to this
+%% process as `{pyport_test_log, Event}', pyport_worker's events from
+%% `Level' up; the other handlers see only errors meanwhile, so that the CT
+%% logs stay readable.
+-spec with_log_capture(logger:level(), fun(() -> T)) -> T.
+with_log_capture(Level, Fun) ->
+    Others = [{Id, L} || Id <- logger:get_handler_ids(),
+                         {ok, #{level := L}} <- [logger:get_handler_config(Id)]],
+    [logger:set_handler_config(Id, level, error) || {Id, _} <- Others],
+    ok = logger:set_module_level([pyport_worker], Level),
+    ok = logger:add_handler(pyport_test_capture, ?MODULE,
+                            #{level => all, config => #{pid => self()}}),
+    try Fun()
+    after
+        _ = logger:remove_handler(pyport_test_capture),
+        logger:unset_module_level([pyport_worker]),
+        [logger:set_handler_config(Id, level, L) || {Id, L} <- Others],
+        flush_logs()
+    end.
+
+-spec log(logger:log_event(), logger:handler_config()) -> term().
+log(Event, #{config := #{pid := Pid}}) ->
+    Pid ! {pyport_test_log, Event}.
+
+%% @doc Drops the captured events still in the mailbox.
+-spec flush_logs() -> ok.
+flush_logs() ->
+    receive {pyport_test_log, _} -> flush_logs() after 0 -> ok end.
