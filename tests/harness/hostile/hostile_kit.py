@@ -83,9 +83,8 @@ def start_job(w, mode, code, input=None, **extra):
     return w.request(P.CALL, "erlang._jobs", "run_job", [code, input, options(mode, **extra)], {})
 
 
-def host_pids(nspid) -> list:
-    """The processes (host pids) of the workers started here whose pid in
-    their worker's pid namespace is `nspid` (the innermost NSpid)."""
+def parent_map() -> dict:
+    """Every process of the host: pid -> parent pid."""
     parents = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -93,7 +92,14 @@ def host_pids(nspid) -> list:
                 with open(f"/proc/{entry}/stat") as f:
                     parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
             except OSError:
-                pass
+                pass  # gone meanwhile
+    return parents
+
+
+def host_pids(nspid) -> list:
+    """The processes (host pids) of the workers started here whose pid in
+    their worker's pid namespace is `nspid` (the innermost NSpid)."""
+    parents = parent_map()
     found = []
     frontier = [k for k in _keepers if k in parents]
     while frontier:

@@ -7,6 +7,8 @@ erl/test/pyport_hostile_kernel_SUITE.erl, killed_keeper_leaves_nothing.)"""
 from kernel_fixtures import *  # noqa: F401,F403
 import pytest
 
+from hostile_kit import parent_map
+
 
 @pytest.mark.parametrize("mode", MODES)
 def test_nothing_outlives_a_killed_keeper(start, mode):
@@ -30,14 +32,7 @@ def test_nothing_outlives_a_killed_keeper(start, mode):
 
 
 def descendants(root: int) -> list[int]:
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                pass
+    parents = parent_map()
     found, frontier = [], [root]
     while frontier:
         pid = frontier.pop()
