@@ -4,6 +4,7 @@
 
 -export([start/0, start_pool/2, stop_pool/1, pools/0, workers/1, worker_info/1, pool_info/1,
          run_job/2]).
+-export([resize_pool/2]).
 
 %% How long introspection waits for a worker's gen_server.
 -define(INFO_TIMEOUT_MS, 1000).
@@ -27,6 +28,16 @@ start_pool(Name, Opts) when is_atom(Name) ->
 -spec stop_pool(atom()) -> ok | {error, {no_pool, atom()}}.
 stop_pool(Name) ->
     pyport_pools_sup:stop_pool(Name).
+
+%% @doc Resizes a pool at run time to `N' workers (docs/pools.md,
+%% "Resizing"): growing returns once the new workers take requests;
+%% shrinking returns at once, the leaving workers finishing what they hold
+%% before they stop. Errors: `{no_pool, Pool}', `{invalid_pool_size, Pool,
+%% N}' (not an integer), `{pool_size_out_of_range, Pool, N, {Lo, Hi}}',
+%% `{worker_start_failed, Slot, Detail}' (the pool keeps its size).
+-spec resize_pool(atom(), pos_integer()) -> ok | {error, term()}.
+resize_pool(Pool, N) ->
+    pyport_pool:resize(Pool, N).
 
 %% @doc The names of the running pools.
 -spec pools() -> [atom()].

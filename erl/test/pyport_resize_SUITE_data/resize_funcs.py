@@ -1,0 +1,8 @@
+"""Functions for pyport_resize_SUITE: each answer names the OS process that gave it."""
+import os
+import time
+
+
+def work(seconds, value):
+    time.sleep(seconds)
+    return [os.getpid(), value]
