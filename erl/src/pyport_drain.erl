@@ -12,21 +12,29 @@
 %% reading the routing data and counting itself in; the worker's stop
 %% still answers it (`{error, {worker_exited, shutdown}}'), never loses it.
 %%
+%% Requests end by themselves (a call at its deadline, interrupted and if
+%% need be killed, see {@link pyport_worker}); coroutine tasks and streams
+%% still running `shutdown_timeout' ms after the leave began are cancelled
+%% then, as when recycling, so that one that never ends cannot keep the
+%% worker.
+%%
 %% While leaving, the worker starts no recycle (it is about to stop
 %% anyway), and a recycle already under way does not start a new OS
 %% process unless requests wait for one.
 -module(pyport_drain).
 
--export([leave/3, rejoin/2, check/4]).
+-export([leave/3, rejoin/2, check/4, overdue/2]).
 
 -export_type([leaving/0]).
 
 %% How often a leaving worker looks at whether it is done.
 -define(CHECK_MS, 100).
 
-%% A check under way: its tag, and what the last check saw (requests
-%% received so far), or `reported'.
--opaque leaving() :: {reference(), non_neg_integer() | undefined | reported}.
+%% A check under way: its tag; what the last check saw (requests received
+%% so far, or `reported'), when the leave began, whether what runs was
+%% cancelled.
+-opaque leaving() :: {reference(), #{last := non_neg_integer() | undefined | reported,
+                                     since := integer(), cancelled := boolean()}}.
 
 %% @doc Starts leaving: out of least-loaded routing and of the pool's
 %% `pg' group; the first check is scheduled.
@@ -34,7 +42,8 @@
 leave(Info, Pool, Slot) ->
     pyport_pool:set_available(Info, Slot, false),
     leave_group(Pool),
-    schedule({make_ref(), undefined}).
+    schedule({make_ref(), #{last => undefined, since => erlang:monotonic_time(millisecond),
+                            cancelled => false}}).
 
 %% @doc Taken back (the pool grew again before the worker stopped).
 -spec rejoin(leaving(), pyport_config:pool_name()) -> ok.
@@ -48,16 +57,28 @@ rejoin(_Leaving, Pool) ->
 %% once done.
 -spec check(leaving(), pyport_pool:info(), pos_integer(),
             {{non_neg_integer(), non_neg_integer()}, boolean()}) -> leaving().
-check({_Ref, reported} = Leaving, _Info, _Slot, _Held) ->
+check({_Ref, #{last := reported}} = Leaving, _Info, _Slot, _Held) ->
     Leaving;
-check({Ref, Last}, #{counters := C, owner := Owner}, Slot, {{Held, Received}, Idle}) ->
+check({Ref, #{last := Last} = L}, #{counters := C, owner := Owner}, Slot,
+      {{Held, Received}, Idle}) ->
     case Held =:= 0 andalso Idle andalso counters:get(C, Slot) =< 0 andalso Received =:= Last of
         true ->
             Owner ! {'$pyport_drained', Slot, self()},
-            {Ref, reported};
+            {Ref, L#{last := reported}};
         false ->
-            schedule({Ref, Received})
+            schedule({Ref, L#{last := Received}})
     end.
+
+%% @doc Whether the tasks and streams still running are to be cancelled
+%% now (once: `Grace' ms after the leave began).
+-spec overdue(leaving(), non_neg_integer()) -> {boolean(), leaving()}.
+overdue({Ref, #{cancelled := false, since := Since} = L}, Grace) ->
+    case erlang:monotonic_time(millisecond) - Since >= Grace of
+        true -> {true, {Ref, L#{cancelled := true}}};
+        false -> {false, {Ref, L}}
+    end;
+overdue(Leaving, _Grace) ->
+    {false, Leaving}.
 
 schedule({Ref, _} = Leaving) ->
     _ = erlang:send_after(?CHECK_MS, self(), {'$pyport_leave_check', Ref}),

@@ -161,6 +161,10 @@ pick(#{size := Size} = Info) ->
                 true -> [A, B];
                 false -> [B, A]
             end,
+    case Info of
+        #{elastic := true} -> pyport_autoscale:busy_hint(Info, load(Info, hd(First)));
+        #{} -> ok
+    end,
     case [S || S <- First, available(Info, S)] of
         [] ->
             pick_any(Info);

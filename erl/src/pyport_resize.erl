@@ -102,7 +102,7 @@ start_slots([Slot | Rest], Info, Sup, Started) ->
             Pid ! '$pyport_rejoin',
             start_slots(Rest, Info, Sup, Started);
         none ->
-            case supervisor:start_child(Sup, pyport_workers_sup:child_spec(Info, Slot)) of
+            case sup(fun() -> supervisor:start_child(Sup, pyport_workers_sup:child_spec(Info, Slot)) end) of
                 {ok, _} -> start_slots(Rest, Info, Sup, [Slot | Started]);
                 {error, Reason} -> {error, Slot, start_detail(Reason), Started}
             end
@@ -158,14 +158,26 @@ handle_info(Msg, #{name := Name, auto := Auto0} = State) ->
     end.
 
 stop_slot(Sup, Slot) ->
-    _ = supervisor:terminate_child(Sup, {worker, Slot}),
-    _ = supervisor:delete_child(Sup, {worker, Slot}),
+    _ = sup(fun() -> supervisor:terminate_child(Sup, {worker, Slot}) end),
+    _ = sup(fun() -> supervisor:delete_child(Sup, {worker, Slot}) end),
     ok.
 
 child_pid(Sup, Slot) ->
-    case [Pid || {{worker, S}, Pid, _, _} <- supervisor:which_children(Sup), S =:= Slot] of
-        [Pid] when is_pid(Pid) -> {ok, Pid};
-        _ -> none
+    case sup(fun() -> supervisor:which_children(Sup) end) of
+        Children when is_list(Children) ->
+            case [Pid || {{worker, S}, Pid, _, _} <- Children, S =:= Slot] of
+                [Pid] when is_pid(Pid) -> {ok, Pid};
+                _ -> none
+            end;
+        {error, _} ->
+            none
+    end.
+
+%% The workers' supervisor may be stopping (the pool stops) or restarting:
+%% a call to it that fails is an error, not a crash of the routing owner.
+sup(Fun) ->
+    try Fun()
+    catch exit:Reason -> {error, {workers_supervisor, Reason}}
     end.
 
 %% The workers' supervisor announces itself as it starts; should the

@@ -440,8 +440,12 @@ handle_info('$pyport_rejoin', State) ->
     rejoin(State);
 handle_info({'$pyport_leave_check', Ref}, #state{leaving = {Ref, _} = Leaving} = State) ->
     Idle = queue:is_empty(State#state.queue) andalso map_size(State#state.internal) =:= 0,
-    {noreply, State#state{leaving = pyport_drain:check(Leaving, State#state.info, State#state.slot,
-                                                       {held(State), Idle})}};
+    Checked = pyport_drain:check(Leaving, State#state.info, State#state.slot, {held(State), Idle}),
+    {Overdue, Leaving1} = pyport_drain:overdue(Checked, maps:get(shutdown_timeout, State#state.opts)),
+    %% Tasks and streams that outlast the grace are cancelled, as when
+    %% recycling (synchronous calls ignore CANCEL: their deadlines end them).
+    _ = [cancel_in_worker(Id, State) || Overdue, Id <- maps:keys(State#state.pending)],
+    {noreply, State#state{leaving = Leaving1}};
 handle_info({'$pyport_leave_check', _}, State) ->
     {noreply, State};
 handle_info(purge, State0) ->
