@@ -30,10 +30,10 @@
 %% How often a leaving worker looks at whether it is done.
 -define(CHECK_MS, 100).
 
-%% A check under way: its tag; what the last check saw (requests received
+%% A check under way (the worker matches the tag): its tag; what the last check saw (requests received
 %% so far, or `reported'), when the leave began, whether what runs was
 %% cancelled.
--opaque leaving() :: {reference(), #{last := non_neg_integer() | undefined | reported,
+-type leaving() :: {reference(), #{last := non_neg_integer() | undefined | reported,
                                      since := integer(), cancelled := boolean()}}.
 
 %% @doc Starts leaving: out of least-loaded routing and of the pool's

@@ -19,7 +19,7 @@ all() ->
      shard_movement_bound, shard_routing_follows_the_size, resize_errors,
      failed_grow_keeps_the_size, affinity_moves_when_its_slot_drains,
      recycle_during_drain_does_not_resurrect, grow_back_while_draining,
-     sandboxed_pool_resized].
+     leaving_worker_cancels_a_stream_that_never_ends, sandboxed_pool_resized].
 
 init_per_suite(Config) ->
     ok = pyport_test_util:start(#{default => #{size => 1}}),
@@ -77,7 +77,9 @@ grow_under_load(Config) ->
 %% to, new calls go to slot 1 only, and the leaving workers then stop
 %% (their ports, OS processes, pg membership and children gone).
 shrink_with_calls_in_flight(Config) ->
-    {ok, _} = start(shrink, #{size => 4}, Config),
+    %% A short shutdown_timeout: stopping a worker that still runs a call
+    %% would kill it, so only the drain can answer these calls.
+    {ok, _} = start(shrink, #{size => 4, shutdown_timeout => 100}, Config),
     Slots = [1, 2, 3, 4],
     OsPids = [pyport_test_util:os_pid({shrink, S}) || S <- Slots],
     Ports = length(erlang:ports()),
@@ -252,7 +254,7 @@ bound_on_top(Parent, Tries) ->
 %% the pool shrinks below it answers the call, then stops: no new OS
 %% process, and the slot does not come back.
 recycle_during_drain_does_not_resurrect(Config) ->
-    {ok, _} = start(recyc, #{size => 2}, Config),
+    {ok, _} = start(recyc, #{size => 2, shutdown_timeout => 100}, Config),
     {ok, W2} = pyport_pool:worker(element(2, pyport_pool:info(recyc)), 2),
     Os2 = pyport_test_util:os_pid({recyc, 2}),
     Ref = pyport_test_util:async(fun() -> py:call(py:context(recyc, 2), ?M, work, [0.8, long]) end),
@@ -262,7 +264,9 @@ recycle_during_drain_does_not_resurrect(Config) ->
     ok = pyport:resize_pool(recyc, 1),
     ?assertEqual({ok, [Os2, long]}, pyport_test_util:await(Ref)),
     Mon = erlang:monitor(process, W2),
-    receive {'DOWN', Mon, _, _, _} -> ok after 20000 -> ct:fail(leaving_worker_never_stopped) end,
+    %% Until it is gone, it never starts another OS process.
+    Seen = watch_statuses(W2, Mon, []),
+    ?assertEqual([], [S || S <- Seen, lists:member(S, [starting, initializing, up, waiting])]),
     wait_until(fun() -> not os_alive(Os2) end),
     %% Still one slot, a while later.
     timer:sleep(300),
@@ -271,9 +275,17 @@ recycle_during_drain_does_not_resurrect(Config) ->
     ?assertEqual(1, length(pg:get_local_members(pyport, {pyport_pool, recyc}))),
     ?assertEqual(0, in_flight(recyc, 2)).
 
+watch_statuses(Pid, Mon, Acc) ->
+    receive
+        {'DOWN', Mon, _, _, _} -> lists:usort(Acc)
+    after 5 ->
+            Status = try maps:get(status, pyport_worker:info(Pid)) catch exit:_ -> gone end,
+            watch_statuses(Pid, Mon, [Status | Acc])
+    end.
+
 %% Growing again while a slot drains takes that worker back.
 grow_back_while_draining(Config) ->
-    {ok, _} = start(back, #{size => 2}, Config),
+    {ok, _} = start(back, #{size => 2, shutdown_timeout => 100}, Config),
     {ok, W2} = pyport_pool:worker(element(2, pyport_pool:info(back)), 2),
     Ref = pyport_test_util:async(fun() -> py:call(py:context(back, 2), ?M, work, [0.8, x]) end),
     wait_until(fun() -> in_flight(back, 2) =:= 1 end),
@@ -286,6 +298,32 @@ grow_back_while_draining(Config) ->
     ?assertEqual({ok, W2}, pyport_pool:worker(element(2, pyport_pool:info(back)), 2)),
     ?assertMatch(#{leaving := false, status := up}, pyport_worker:info(W2)),
     ?assertEqual(2, length(pg:get_local_members(pyport, {pyport_pool, back}))).
+
+%% A stream that never ends cannot keep a leaving worker: it is
+%% cancelled shutdown_timeout ms after the drain began; the stream on the
+%% slot that stays goes on.
+leaving_worker_cancels_a_stream_that_never_ends(Config) ->
+    {ok, _} = start(streams, #{size => 2, shutdown_timeout => 500}, Config),
+    {ok, S1} = py:stream_start(?M, forever, [], #{pool => streams}),
+    wait_until(fun() -> in_flight(streams, 1) + in_flight(streams, 2) =:= 1 end),
+    {ok, S2} = py:stream_start(?M, forever, [], #{pool => streams}),
+    wait_until(fun() -> {in_flight(streams, 1), in_flight(streams, 2)} =:= {1, 1} end),
+    T0 = erlang:monotonic_time(millisecond),
+    ok = pyport:resize_pool(streams, 1),
+    {Ended, Error} = receive {py_stream, R, {error, E}} -> {R, E} after 20000 -> ct:fail(never_cancelled) end,
+    ?assert(erlang:monotonic_time(millisecond) - T0 >= 400),
+    ?assertMatch({'CancelledError', _}, Error),
+    wait_until(fun() -> children(streams) =:= 1 end),
+    [Other] = [S || S <- [S1, S2], S =/= Ended],
+    %% The other stream still flows.
+    flush_stream(Other),
+    receive {py_stream, Other, {data, 1}} -> ok after 5000 -> ct:fail(other_stream_stopped) end,
+    ok = py:stream_cancel(Other),
+    flush_stream(Other),
+    flush_stream(Ended).
+
+flush_stream(Ref) ->
+    receive {py_stream, Ref, _} -> flush_stream(Ref) after 0 -> ok end.
 
 %% A sandboxed pool grows and shrinks like any other, when sandboxing is
 %% available here.
