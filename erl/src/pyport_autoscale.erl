@@ -10,7 +10,7 @@
 %% call: the gen_server hears of it once per worker started, not once per
 %% call. Calls with a shard key or a context do not count (they cannot go
 %% to a new worker).</li>
-%% <li>Shrinking: every `idle_timeout' / 4 (10 ms to 1 s) the gen_server
+%% <li>Shrinking: every `idle_timeout' / 4 (50 ms to 1 s) the gen_server
 %% looks at the workers above `min': one that answered nothing and held
 %% nothing for `idle_timeout' ms is idle. The idle slots at the top of
 %% the pool are removed (jump hashing needs the top slots to go first;
@@ -25,7 +25,7 @@
 
 -export_type([state/0]).
 
--define(CHECK_MIN_MS, 10).
+-define(CHECK_MIN_MS, 50).
 -define(CHECK_MAX_MS, 1000).
 %% How long a worker has to answer the idle check before it counts as busy.
 -define(ASK_MS, 200).
