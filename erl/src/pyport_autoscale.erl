@@ -120,13 +120,17 @@ resized(ok, '$pyport_grow', Name, State) ->
 resized({error, Reason}, Msg, Name, State) ->
     ?LOG_WARNING("pyport pool ~tp: resizing on ~tp failed: ~tp", [Name, Msg, Reason],
                  #{domain => [pyport], pyport_pool => Name}),
-    case Msg of
-        '$pyport_grow' -> _ = erlang:send_after(?RETRY_MS, self(), '$pyport_grow_retry');
-        _ -> ok
-    end,
+    retry_later(Msg),
     State;
 resized(ok, _Msg, _Name, State) ->
     State.
+
+%% The growth flag stays up (no call asks again) until the retry.
+retry_later('$pyport_grow') ->
+    _ = erlang:send_after(?RETRY_MS, self(), '$pyport_grow_retry'),
+    ok;
+retry_later(_Msg) ->
+    ok.
 
 lower_flag(#{control := Control}) ->
     atomics:put(Control, 2, 0).
