@@ -90,11 +90,7 @@ call_done(Pool, Slot, Result, Native) ->
             Us = erlang:convert_time_unit(Native, native, microsecond),
             Ops = [{?CALLS, 1}, {outcome_pos(Result), 1}, {?LATENCY_SUM_US, Us},
                    {bucket(Us, ?FIRST_BOUND_US, ?FIRST_BUCKET), 1}],
-            try ets:update_counter(Tab, Slot, Ops, empty_row(Slot)) of
-                _ -> ok
-            catch
-                error:badarg -> ok               % the pool is gone
-            end;
+            update(Tab, Slot, Ops);
         undefined ->
             ok
     end.
@@ -128,13 +124,23 @@ recycled(Pool, Slot, Reason) ->
 bump(Pool, Slot, Ops) ->
     case persistent_term:get(?KEY(Pool), undefined) of
         {_, Tab} ->
+            update(Tab, Slot, Ops);
+        undefined ->
+            ok
+    end.
+
+%% The row exists once the slot's worker started: the default row is
+%% built only when it does not (a slot that shrank away meanwhile).
+update(Tab, Slot, Ops) ->
+    try ets:update_counter(Tab, Slot, Ops) of
+        _ -> ok
+    catch
+        error:badarg ->
             try ets:update_counter(Tab, Slot, Ops, empty_row(Slot)) of
                 _ -> ok
             catch
-                error:badarg -> ok
-            end;
-        undefined ->
-            ok
+                error:badarg -> ok               % the pool is gone
+            end
     end.
 
 bump_key(Pool, Key) ->
