@@ -18,7 +18,7 @@ suite() ->
 all() ->
     [counts_outcomes_and_latency, overloaded_is_counted, spawn_call_is_counted,
      survives_restarts, recycles_by_reason, dropped_with_the_pool, stats_of_all_pools,
-     no_telemetry_nothing_loaded, call_events, error_events, worker_events,
+     no_telemetry_nothing_loaded, call_events, error_events, worker_events, job_events,
      failing_handler_does_not_fail_a_call].
 
 init_per_suite(Config) ->
@@ -245,6 +245,20 @@ worker_events(_Config) ->
     ok = pyport_worker:recycle(Pid, 10000),
     ?assertMatch([{[pyport, worker, recycle], _, #{reason := requested, kind := requested}},
                   {[pyport, worker, start], _, _}], events()).
+
+job_events(_Config) ->
+    {module, telemetry} = code:ensure_loaded(telemetry),
+    {ok, _} = pyport:start_pool(cells, #{size => 1, sandbox => true}),
+    attach([[pyport, job, start], [pyport, job, stop]]),
+    {ok, 42, _} = pyport:run_job(cells, #{code => <<"input * 2">>, input => 21}),
+    [{[pyport, job, start], #{monotonic_time := T0}, #{pool := cells, slot := 1}},
+     {[pyport, job, stop], #{duration := D, monotonic_time := T1},
+      #{pool := cells, slot := 1, result := ok}}] = events(),
+    ?assertEqual(T1 - T0, D),
+    {error, {exception, _}} = pyport:run_job(cells, #{code => <<"1/0">>}),
+    ?assertMatch([{[pyport, job, start], _, _},
+                  {[pyport, job, stop], _, #{result := error, reason := {exception, _}}}],
+                 events()).
 
 failing_handler_does_not_fail_a_call(_Config) ->
     {module, telemetry} = code:ensure_loaded(telemetry),
