@@ -265,15 +265,17 @@ exit_detail(Status) ->
 -spec init({pyport_config:pool_name(), pos_integer(), pyport_config:pool_opts()}) ->
           {ok, #state{}} | {stop, term()}.
 init({Pool, Slot, Opts0}) ->
+    %% terminate/2 must run on shutdown: it stops the OS process.
+    process_flag(trap_exit, true),
     %% The slot's own environment (pyport_slot_env), for all its OS processes.
     case pyport_slot_env:resolve(maps:get(env, Opts0, []), Slot) of
-        {ok, Env} -> init_slot(Pool, Slot, Opts0#{env => Env});
+        {ok, Env} -> init(Pool, Slot, Opts0#{env => Env});
         {error, Why} -> {stop, {worker_start_failed, Why}}
     end.
 
-init_slot(Pool, Slot, Opts) ->
-    %% terminate/2 must run on shutdown: it stops the OS process.
-    process_flag(trap_exit, true),
+%% Named init too: pyport:worker_info/1 tells a gen_server starting its
+%% first OS process by pyport_worker:init in its stack.
+init(Pool, Slot, Opts) ->
     case pyport_pool:info(Pool) of
         {ok, #{tab := Tab} = Info} ->
             pyport_stats:attach(Info, Slot),
