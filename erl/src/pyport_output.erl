@@ -85,8 +85,15 @@ notify(Fields, {InFlight, Meta}, Log0) ->
             case pyport_codec:decode_fields(2, Fields) of
                 {ok, [<<"output">>, [Id, Text, Newline]]} when is_integer(Id), is_binary(Text),
                                                                is_boolean(Newline) ->
-                    deliver(Id, pyport_worker_log:cut(Text, Max), Newline, InFlight, Meta),
-                    Log;
+                    case is_binary(unicode:characters_to_binary(Text)) of
+                        true ->
+                            deliver(Id, pyport_worker_log:cut(Text, Max), Newline, InFlight, Meta),
+                            Log;
+                        false ->
+                            %% Python sends str: this did not come from print.
+                            pyport_worker_log:report(error, "output line is not UTF-8", [], Meta,
+                                                     Log)
+                    end;
                 Other ->
                     pyport_worker_log:report(error, "undecodable output frame: ~0tP", [Other, 8],
                                              Meta, Log)

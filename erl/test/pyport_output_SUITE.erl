@@ -84,7 +84,10 @@ stderr_and_partial_lines(_Config) ->
         capture(fun() -> py:call(?F, to_stderr, [<<"on stderr">>], #{}, #{output => caller}) end),
     %% A line without its newline still comes, when the call ends.
     {{ok, true}, <<"unfinished">>, []} =
-        capture(fun() -> py:call(?F, partial, [<<"unfinished">>], #{}, #{output => caller}) end).
+        capture(fun() -> py:call(?F, partial, [<<"unfinished">>], #{}, #{output => caller}) end),
+    %% A str that is not valid Unicode is shown escaped, not an error.
+    {{ok, true}, <<"bad \\udcff char\n">>, []} =
+        capture(fun() -> py:call(?F, surrogate, [], #{}, #{output => caller}) end).
 
 tasks_interleave(Config) ->
     start_pool(tasks, #{}, Config),
@@ -149,7 +152,14 @@ forged_lines_go_to_logger(_Config) ->
     ?assert(lists:member(<<"forged">>, Logged)),
     %% A frame that is not [Id, Text, Newline] is reported, not delivered.
     {{ok, true}, <<>>, _} =
-        capture(fun() -> py:call(?F, forge, [<<"not an id">>, <<"x">>], #{}, #{output => caller}) end).
+        capture(fun() -> py:call(?F, forge, [<<"not an id">>, <<"x">>], #{}, #{output => caller}) end),
+    %% Its own request, but bytes that are not UTF-8: not for a terminal.
+    {{ok, true}, <<>>, _} =
+        capture(fun() -> py:call(?F, forge, [none, {bytes, <<255, 0>>}], #{},
+                                 #{output => caller}) end),
+    %% ... while its own request with text is delivered.
+    {{ok, true}, <<"mine\n">>, []} =
+        capture(fun() -> py:call(?F, forge, [none, <<"mine">>], #{}, #{output => caller}) end).
 
 nothing_left_behind(Config) ->
     start_pool(clean, #{}, Config),

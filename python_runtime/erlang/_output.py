@@ -80,10 +80,22 @@ def _add(request: int, text: str) -> None:
 
 
 def _send(request: int, line: str, newline: bool) -> None:
-    while len(line) > _MAX_LINE:
-        _link.notify("output", [request, line[:_MAX_LINE], False])
-        line = line[_MAX_LINE:]
-    _link.notify("output", [request, line, newline])
+    if not line.isascii():
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: shown, as stdout would
+            line = line.encode("utf-8", "backslashreplace").decode("utf-8")
+    try:
+        while len(line) > _MAX_LINE:
+            _link.notify("output", [request, line[:_MAX_LINE], False])
+            line = line[_MAX_LINE:]
+        _link.notify("output", [request, line, newline])
+    except ConnectionError:
+        # The link is closing (the worker shuts down): the log relay may
+        # still take it.
+        stream = sys.__stdout__
+        if stream is not None:
+            stream.write(line + "\n" if newline else line)
 
 
 def _flush(request: int) -> None:

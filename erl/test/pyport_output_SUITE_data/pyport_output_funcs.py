@@ -39,8 +39,11 @@ def long_line(n):
 
 
 def forge(request_id, text):
-    """Hostile: an output line for a request that is not this one."""
-    from erlang import _link
+    """Hostile: an output line for a request that is not this one (or,
+    request_id None, for this one, with text of any type)."""
+    from erlang import _link, _output
+    if request_id is None:
+        request_id = _output._request.get()
     _link.notify("output", [request_id, text, True])
     return True
 
@@ -56,4 +59,9 @@ def sleep_printing(text, seconds):
     import time
     print(text)
     time.sleep(seconds)
+    return True
+
+
+def surrogate():
+    print("bad \udcff char")
     return True
