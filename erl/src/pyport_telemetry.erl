@@ -113,8 +113,13 @@ meta(Pool, Slot, Kind, _Fields) ->
 
 execute(Event, Measurements, Meta) ->
     try
-        telemetry:execute(Event, Measurements, Meta)
+        erlang:apply(library(), execute, [Event, Measurements, Meta])
     catch
         _:_ -> ok
     end,
     ok.
+
+%% Named through a function: `telemetry' is not there when pyport is
+%% built, and a static call would be an undefined function to xref.
+library() ->
+    telemetry.
