@@ -72,9 +72,11 @@
 %% @doc Sends a request and waits for its answer. `Timeout' `default' means
 %% the pool's `call_timeout'.
 -spec call(target(), pos_integer(), [term()], timeout() | default) -> result().
-call({output, _Output, {node, Node, _} = Target}, Kind, Fields, Timeout) when Node =/= node() ->
-    %% Another node's worker has no way to this caller's group leader.
-    call(Target, Kind, Fields, Timeout);
+call({output, _, _} = Target, Kind, Fields, Timeout) ->
+    case output_target(Target) of
+        {output, _, _} = Local -> call_local(Local, Kind, Fields, Timeout);
+        Other -> call(Other, Kind, Fields, Timeout)
+    end;
 call({node, Node, Target}, Kind, Fields, Timeout) when Node =/= node() ->
     pyport_cluster:call(Node, Target, Kind, Fields, Timeout);
 call({cluster, Pool}, Kind, Fields, Timeout) ->
@@ -83,6 +85,9 @@ call({cluster, Pool}, Kind, Fields, Timeout) ->
         {error, _} = Error -> Error
     end;
 call(Target, Kind, Fields, Timeout) ->
+    call_local(Target, Kind, Fields, Timeout).
+
+call_local(Target, Kind, Fields, Timeout) ->
     %% The handle never leaves this function: no owner or await checks.
     Start = erlang:monotonic_time(),
     case start_untracked(Target, Kind, Fields, Timeout, Start) of
@@ -120,9 +125,11 @@ start(Target, Kind, Fields, Timeout) ->
     end,
     Handle.
 
-start_untracked({output, _Output, {node, Node, _} = Target}, Kind, Fields, Timeout, Start)
-  when Node =/= node() ->
-    start_untracked(Target, Kind, Fields, Timeout, Start);
+start_untracked({output, _, _} = Target0, Kind, Fields, Timeout, Start) ->
+    case output_target(Target0) of
+        {output, _, _} = Local -> start_local(Local, Kind, Fields, Timeout, Start);
+        Other -> start_untracked(Other, Kind, Fields, Timeout, Start)
+    end;
 start_untracked({node, Node, Target}, Kind, Fields, Timeout, _Start) when Node =/= node() ->
     pyport_cluster:start(Node, Target, Kind, Fields, Timeout);
 start_untracked({node, _Local, Target}, Kind, Fields, Timeout, Start) ->
@@ -132,7 +139,10 @@ start_untracked({cluster, Pool}, Kind, Fields, Timeout, Start) ->
         {ok, Node} -> start_untracked({node, Node, {pool, Pool}}, Kind, Fields, Timeout, Start);
         {error, Reason} -> {pyport_call_failed, Reason}
     end;
-start_untracked(Target0, Kind, Fields, Timeout0, Start) ->
+start_untracked(Target, Kind, Fields, Timeout, Start) ->
+    start_local(Target, Kind, Fields, Timeout, Start).
+
+start_local(Target0, Kind, Fields, Timeout0, Start) ->
     {Output, Target} = output_of(Target0),
     Sent = send(Target, {Kind, Fields},
                 fun(Pid, Id, Frame, #{pool := Pool, slot := Slot, call_timeout := CallTimeout} = Where) ->
@@ -143,14 +153,14 @@ start_untracked(Target0, Kind, Fields, Timeout0, Start) ->
                         Deadline = deadline(Timeout),
                         %% A one-shot alias, not yet a monitor: see await/2.
                         Alias = erlang:alias([reply]),
-                        case Where of
-                            #{output := caller} ->
-                                %% Ahead of the request: the owner knows
-                                %% where its first line goes.
-                                Pid ! {'$pyport_output', Id, group_leader()};
-                            #{} ->
-                                ok
-                        end,
+                        _ = case Where of
+                                #{output := caller} ->
+                                    %% Ahead of the request: the owner
+                                    %% knows where its first line goes.
+                                    Pid ! {'$pyport_output', Id, group_leader()};
+                                #{} ->
+                                    ok
+                            end,
                         Pid ! {'$pyport', Alias, Id, Deadline, Frame},
                         case what(Kind, Fields) of
                             none -> ok;
@@ -166,6 +176,14 @@ start_untracked(Target0, Kind, Fields, Timeout0, Start) ->
 %% A call's own `output' option, if it has one (`default': the pool's).
 output_of({output, Output, Target}) -> {Output, Target};
 output_of(Target) -> {default, Target}.
+
+%% The `output' option stays with a target on this node only: a worker of
+%% another node has no way to this caller's group leader.
+output_target({output, Output, {node, Node, Target}}) when Node =:= node() ->
+    output_target({output, Output, Target});
+output_target({output, _, {Local, _}} = Target) when Local =:= pool -> Target;
+output_target({output, _, {Local, _, _}} = Target) when Local =:= slot; Local =:= shard -> Target;
+output_target({output, _, Target}) -> Target.
 
 %% Counts the request into its slot (the worker counts it out when it is
 %% finished), unless the slot is at the pool's max_inflight. Counting first

@@ -18,7 +18,7 @@ suite() ->
 all() ->
     [per_call_output, default_goes_to_logger, pool_option, stderr_and_partial_lines,
      tasks_interleave, threads_go_to_logger, rate_limited, long_line_is_cut,
-     forged_lines_go_to_logger, nothing_left_behind, invalid_options].
+     forged_lines_go_to_logger, nothing_left_behind, routes, invalid_options].
 
 init_per_suite(Config) ->
     ok = pyport_test_util:start(#{default => #{size => 1,
@@ -181,6 +181,19 @@ nothing_left_behind(Config) ->
     pyport_os:kill(pyport_test_util:os_pid({clean, 1})),
     ?assertMatch({error, {worker_exited, _}}, pyport_test_util:await(Ref)),
     ?assertEqual(undefined, outputs(Pid)).
+
+routes(_Config) ->
+    %% This node named: as a local call.
+    {{ok, 1}, <<"here\n">>, []} =
+        capture(fun() -> py:call(?F, shout, [<<"here">>], #{}, #{node => node(), output => caller}) end),
+    %% A shard key.
+    {{ok, 1}, <<"shard\n">>, []} =
+        capture(fun() -> py:call(?F, shout, [<<"shard">>], #{}, #{shard => k, output => caller}) end),
+    %% The cluster: the call may run on another node, so its output is logged.
+    {{ok, 1}, <<>>, Logged} =
+        capture(fun() -> py:call(?F, shout, [<<"anywhere">>], #{},
+                                 #{pool => {cluster, default}, output => caller}) end),
+    ?assert(lists:member(<<"anywhere">>, Logged)).
 
 invalid_options(_Config) ->
     ?assertEqual({error, {invalid_option, output, loud}},
