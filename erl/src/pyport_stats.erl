@@ -231,7 +231,10 @@ stats(Pool) ->
                       {RoutingTab, T} -> T;
                       _ -> undefined
                   end,
-            Workers = [worker_stats(Tab, Info, Slot) || Slot <- slots(Tab, Size)],
+            Slots = slots(Tab, Size),
+            Queued = queued(Info, Slots),
+            Workers = [worker_stats(Tab, Info, Slot, maps:get(Slot, Queued))
+                       || Slot <- Slots],
             {ok, (totals(Workers))#{pool => Pool, size => Size, workers => Workers}};
         {error, _} = Error ->
             %% A pool stopped: what it counted goes with it.
@@ -248,7 +251,7 @@ slots(Tab, Size) ->
     Counted = ets:select(Tab, [{'$1', [{is_integer, {element, 1, '$1'}}], [{element, 1, '$1'}]}]),
     lists:usort(lists:seq(1, Size) ++ Counted).
 
-worker_stats(Tab, Info, Slot) ->
+worker_stats(Tab, Info, Slot, Queued) ->
     Row = case Tab =/= undefined andalso ets:lookup(Tab, Slot) of
               [R] -> R;
               _ -> empty_row(Slot)
@@ -272,7 +275,7 @@ worker_stats(Tab, Info, Slot) ->
       owner_starts => element(?STARTS, Row),
       latency => #{buckets_us => Latency, sum_us => element(?LATENCY_SUM_US, Row)},
       in_flight => in_flight(Info, Slot),
-      queued => queued(Info, Slot)}.
+      queued => Queued}.
 
 reasons(undefined, _Slot, _What) ->
     #{};
@@ -284,18 +287,26 @@ in_flight(#{counters := C, size := Size}, Slot) when Slot =< Size ->
 in_flight(_Info, _Slot) ->
     0.
 
-%% Requests the worker holds while its OS process restarts or drains;
-%% `unknown' if its gen_server is too busy to say.
-queued(Info, Slot) ->
-    case pyport_pool:worker(Info, Slot) of
-        {ok, Pid} ->
-            try gen_server:call(Pid, info, ?INFO_TIMEOUT_MS) of
-                #{queued := Q} -> Q
-            catch
-                exit:_ -> unknown
-            end;
-        error ->
-            0
+%% Requests each worker holds while its OS process restarts or drains,
+%% by slot; `unknown' for a gen_server too busy to say in time. All are
+%% asked at once: a few busy workers cost one wait, not one each.
+queued(Info, Slots) ->
+    Asked = [{Slot, case pyport_pool:worker(Info, Slot) of
+                        {ok, Pid} -> gen_server:send_request(Pid, info);
+                        error -> none
+                    end} || Slot <- Slots],
+    Deadline = erlang:monotonic_time(millisecond) + ?INFO_TIMEOUT_MS,
+    maps:from_list([{Slot, answer(Request, Deadline)} || {Slot, Request} <- Asked]).
+
+answer(none, _Deadline) ->
+    0;
+answer(Request, Deadline) ->
+    %% An answer that comes too late is dropped (the request's alias is
+    %% gone), never left in this process's mailbox.
+    Left = max(0, Deadline - erlang:monotonic_time(millisecond)),
+    case gen_server:receive_response(Request, Left) of
+        {reply, #{queued := Q}} -> Q;
+        _ -> unknown
     end.
 
 totals(Workers) ->

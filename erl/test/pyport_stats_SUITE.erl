@@ -17,7 +17,7 @@ suite() ->
 
 all() ->
     [counts_outcomes_and_latency, overloaded_is_counted, spawn_call_is_counted,
-     survives_restarts, recycles_by_reason, dropped_with_the_pool, stats_of_all_pools,
+     survives_restarts, queued_while_restarting, recycles_by_reason, dropped_with_the_pool, stats_of_all_pools,
      no_telemetry_nothing_loaded, call_events, error_events, worker_events, job_events,
      failing_handler_does_not_fail_a_call].
 
@@ -135,6 +135,18 @@ survives_restarts(_Config) ->
     {ok, 3} = py:call(?F, add, [1, 2], #{}, #{pool => restarted}),
     ?assertMatch(#{calls := 2, ok := 2, restarts := 1, owner_starts := 2},
                  worker(restarted, 1)).
+
+queued_while_restarting(_Config) ->
+    %% A slow init: calls made while the OS process restarts wait in the
+    %% worker's queue.
+    start_pool(slow, #{init_code => <<"import time\ntime.sleep(3)">>}),
+    pyport_os:kill(pyport_test_util:os_pid({slow, 1})),
+    pyport_test_util:wait_until(fun() -> maps:get(restarts, stats(slow)) =:= 1 end),
+    Handles = [py:spawn_call(?F, add, [N, 1], #{}, #{pool => slow}) || N <- [1, 2]],
+    #{queued := Queued, in_flight := InFlight} = stats(slow),
+    ?assertEqual({2, 2}, {Queued, InFlight}),
+    ?assertEqual([{ok, 2}, {ok, 3}], [py:await(H) || H <- Handles]),
+    ?assertMatch(#{queued := 0, in_flight := 0, ok := 2}, stats(slow)).
 
 recycles_by_reason(_Config) ->
     start_pool(recycled, #{max_requests => 2}),
