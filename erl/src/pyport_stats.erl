@@ -14,7 +14,7 @@
 %% A pool started again under the same name starts from zero.
 -module(pyport_stats).
 
--export([attach/2, call_done/4, rejected/3, interrupted/2, restarted/3, recycled/3,
+-export([attach/2, call_done/4, rejected/3, interrupted/2, os_process_ended/5,
          stats/0, stats/1, buckets/0, error_kind/1, recycle_kind/1, restart_kind/1]).
 
 -export_type([pool_stats/0, outcome/0]).
@@ -107,19 +107,24 @@ rejected(Pool, Slot, overloaded) ->
 interrupted(Pool, Slot) ->
     bump(Pool, Slot, [{?INTERRUPTS, 1}]).
 
-%% @doc The OS process of `Slot' died and is replaced; why (see
-%% {@link restart_kind/1}).
--spec restarted(atom(), pos_integer(), term()) -> ok.
-restarted(Pool, Slot, Reason) ->
-    bump(Pool, Slot, [{?RESTARTS, 1}]),
-    bump_key(Pool, {Slot, restart, restart_kind(Reason)}).
-
-%% @doc The OS process of `Slot' was recycled; why (see {@link
-%% recycle_kind/1}).
--spec recycled(atom(), pos_integer(), term()) -> ok.
-recycled(Pool, Slot, Reason) ->
-    bump(Pool, Slot, [{?RECYCLES, 1}]),
-    bump_key(Pool, {Slot, recycle, recycle_kind(Reason)}).
+%% @doc The OS process of `Slot' ended after `UptimeMs': it died
+%% (`{exited, Detail}') or was recycled (`{recycled, Reason}'). Counted
+%% with the kind of its reason ({@link restart_kind/1}, {@link
+%% recycle_kind/1}), and told to telemetry (`[pyport, worker, exit]' or
+%% `[pyport, worker, recycle]').
+-spec os_process_ended(atom(), pos_integer(), non_neg_integer() | undefined, integer(),
+                       {exited | recycled, term()}) -> ok.
+os_process_ended(Pool, Slot, OsPid, UptimeMs, {How, Reason}) ->
+    {Counter, What, Kind, Event} = case How of
+                                       exited -> {?RESTARTS, restart, restart_kind(Reason), exit};
+                                       recycled -> {?RECYCLES, recycle, recycle_kind(Reason),
+                                                    recycle}
+                                   end,
+    bump(Pool, Slot, [{Counter, 1}]),
+    bump_key(Pool, {Slot, What, Kind}),
+    pyport_telemetry:worker_event(Event, #{uptime_ms => UptimeMs},
+                                  #{pool => Pool, slot => Slot, os_pid => OsPid,
+                                    reason => Reason, kind => Kind}).
 
 bump(Pool, Slot, Ops) ->
     case persistent_term:get(?KEY(Pool), undefined) of

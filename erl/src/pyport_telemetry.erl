@@ -16,7 +16,7 @@
 %% it; pyport also catches whatever escapes.
 -module(pyport_telemetry).
 
--export([enabled/0, call_start/5, call_stop/6, worker_event/3, job_start/3, job_stop/4]).
+-export([enabled/0, call_start/5, call_stop/6, worker_ready/5, worker_event/3, job_start/3, job_stop/4]).
 
 %% @doc Whether events are emitted now (`telemetry' is loaded).
 -spec enabled() -> boolean().
@@ -57,6 +57,14 @@ call_stop(Pool, Slot, Kind, Fields, StartTime, Result) ->
         false ->
             ok
     end.
+
+%% @doc `[pyport, worker, start]': an OS process is ready, `Ms' after it
+%% was spawned.
+-spec worker_ready(atom(), pos_integer(), non_neg_integer() | undefined, binary() | undefined,
+                   integer()) -> ok.
+worker_ready(Pool, Slot, OsPid, PythonVersion, Ms) ->
+    worker_event(start, #{duration_ms => Ms},
+                 #{pool => Pool, slot => Slot, os_pid => OsPid, python_version => PythonVersion}).
 
 %% @doc `[pyport, worker, Event]' (`start', `exit' or `recycle') with
 %% `Meta' (pool, slot, os_pid, ...).

@@ -1058,26 +1058,10 @@ after_answer(#state{status = draining} = State) ->
 after_answer(State) ->
     {noreply, State}.
 
-%% Stats and telemetry events of the OS process's life (pyport_stats,
-%% pyport_telemetry).
+%% The telemetry event of an OS process ready (pyport_telemetry).
 observe_ready(#state{pool = Pool, slot = Slot, os_pid = OsPid, spawned_at = Spawned,
                      python_version = Version}) ->
-    pyport_telemetry:worker_event(start, #{duration_ms => now_ms() - Spawned},
-                                  #{pool => Pool, slot => Slot, os_pid => OsPid,
-                                    python_version => Version}).
-
-observe_exit(recycling, _Detail, Uptime, #state{pool = Pool, slot = Slot} = State) ->
-    Reason = State#state.recycle_reason,
-    pyport_stats:recycled(Pool, Slot, Reason),
-    pyport_telemetry:worker_event(recycle, #{uptime_ms => Uptime},
-                                  #{pool => Pool, slot => Slot, os_pid => State#state.os_pid,
-                                    reason => Reason,
-                                    kind => pyport_stats:recycle_kind(Reason)});
-observe_exit(_Status, Detail, Uptime, #state{pool = Pool, slot = Slot} = State) ->
-    pyport_stats:restarted(Pool, Slot, Detail),
-    pyport_telemetry:worker_event(exit, #{uptime_ms => Uptime},
-                                  #{pool => Pool, slot => Slot, os_pid => State#state.os_pid,
-                                    reason => Detail, kind => pyport_stats:restart_kind(Detail)}).
+    pyport_telemetry:worker_ready(Pool, Slot, OsPid, Version, now_ms() - Spawned).
 
 metadata(#state{pool = Pool, slot = Slot, os_pid = OsPid}) ->
     #{pyport_pool => Pool, pyport_slot => Slot, os_pid => OsPid, domain => [pyport]}.
@@ -1411,7 +1395,12 @@ os_process_died(Detail0, #state{status = Status, spawned_at = Spawned} = State0)
                          start_timer = undefined, restarts = State1#state.restarts + 1},
     pyport_pool:set_available(State#state.info, State#state.slot, false),
     Uptime = now_ms() - Spawned,
-    observe_exit(Status, Detail, Uptime, State),
+    %% Counted, and a telemetry event (pyport_stats).
+    pyport_stats:os_process_ended(State#state.pool, State#state.slot, State#state.os_pid, Uptime,
+                                  case Status of
+                                      recycling -> {recycled, State#state.recycle_reason};
+                                      _ -> {exited, Detail}
+                                  end),
     if
         Status =:= recycling ->
             ?LOG_INFO("pyport worker ~tp/~b: OS process ~tp recycled (~tp)",
