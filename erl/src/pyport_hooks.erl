@@ -61,8 +61,6 @@
 -type provider() :: {port(), Owner :: pid(), Pool :: atom(), Slot :: pos_integer()}.
 -type result() :: {ok, term()} | {error, term()}.
 -type next() :: {value, term()} | done | {error, term()}.
-%% Who asks: Erlang code, or a worker (its port, owner, pool and slot).
--type caller() :: erlang | {python, provider()}.
 
 %%%===================================================================
 %%% Registration
