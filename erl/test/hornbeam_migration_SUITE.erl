@@ -17,7 +17,7 @@ suite() ->
     [{timetrap, {seconds, 60}}].
 
 all() ->
-    [hornbeam_application, ml_cache_is_bounded].
+    [hornbeam_application, ml_cache_is_bounded, hornbeam_dist_from_erlang].
 
 init_per_suite(Config) ->
     _ = application:load(pyport),
@@ -150,3 +150,17 @@ ml_cache_is_bounded(_Config) ->
     ?assertEqual({ok, [3, <<"CCC">>]}, py:eval(ctx(1), <<"hornbeam_app.embed_cached('ccc')">>)),
     ?assertEqual(1, length(hornbeam_state:keys(<<"ml:">>))),
     ok = py:exec(ctx(1), <<"hornbeam_ml.set_max_entries(10000)">>).
+
+hornbeam_dist_from_erlang(_Config) ->
+    ?assertEqual({ok, 3}, hornbeam_dist:rpc_call(node(), erlang, abs, [-3], 5000)),
+    ?assertEqual({ok, 3}, hornbeam_dist:rpc_call(atom_to_binary(node()), <<"erlang">>, "abs",
+                                                 [-3], 5000)),
+    ?assertMatch({error, {'EXIT', {undef, _}}},
+                 hornbeam_dist:rpc_call(node(), hb_no_such_module, f, [], 5000)),
+    Self = self(),
+    ok = hornbeam_dist:rpc_cast(node(), erlang, send, [Self, cast_arrived]),
+    receive cast_arrived -> ok after 5000 -> ct:fail(no_cast) end,
+    ?assertEqual(node(), hornbeam_dist:node()),
+    ?assertEqual(erlang:nodes(connected), hornbeam_dist:connected_nodes()),
+    ?assertEqual(erlang:nodes(known), hornbeam_dist:nodes()),
+    ?assertMatch({error, {invalid_name, _}}, hornbeam_dist:rpc_call(node(), {m}, f, [], 100)).
