@@ -466,7 +466,8 @@ open_stream(Target, P, A, Args, Kwargs, Owner) ->
             Error
     end.
 
-%% In the stream's process: runs the handler; `{ok, Next}' with Next/0.
+%% In the stream's process: runs the handler; `{ok, Next}' with Next/0, and
+%% for a Python stream the fun that cancels it.
 open({erlang, F}, P, A, Args, Kwargs) ->
     case run({erlang, F}, P, A, Args, Kwargs) of
         {ok, {ok, Gen}} when is_function(Gen, 0) -> {ok, Gen};
@@ -487,7 +488,8 @@ open(Target, P, A, Args, Kwargs) ->
             %% The first item, or the handler's error, before answering.
             case Next() of
                 {error, _} = Error -> Error;
-                First -> {ok, prefetched(First, Next)}
+                done -> {ok, prefetched(done, Next)};
+                First -> {ok, prefetched(First, Next), fun() -> pyport_async:stream_cancel(Ref) end}
             end;
         {error, _} = Error ->
             Error
@@ -538,6 +540,13 @@ stream_proc(Open, Opener, Owner, Idle) ->
         {ok, Next} ->
             Opener ! {opened, self(), ok},
             serve(Next, Idle, OwnerRef);
+        {ok, Next, Cancel} ->
+            Opener ! {opened, self(), ok},
+            %% Ended early (idle, or its reader gone): the producer stops now.
+            case serve(Next, Idle, OwnerRef) of
+                finished -> ok;
+                ended -> Cancel()
+            end;
         {error, _} = Error ->
             Opener ! {opened, self(), Error}
     end.
@@ -551,12 +560,12 @@ serve(Next, Idle, OwnerRef) ->
             From ! {Ref, Item},
             case Item of
                 {value, _} -> serve(Next, Idle, OwnerRef);
-                _ -> ok
+                _ -> finished
             end;
         {'DOWN', OwnerRef, _, _, _} ->
-            ok
+            ended
     after Idle ->
-            ok
+            ended
     end.
 
 %%%===================================================================

@@ -300,9 +300,11 @@ python_streams(_Config) ->
 
 streams_are_closed(_Config) ->
     {ok, true} = py:call(ctx(1), ?M, register, [<<"counter">>]),
-    %% A Python reader that stops early closes the stream.
+    %% A Python reader that stops early closes the stream, and the
+    %% generator in the worker that holds the hook.
     ?assertEqual({ok, 0}, py:call(ctx(2), ?M, stream_first, [<<"counter">>, <<"chunks">>, 1000])),
     pyport_test_util:wait_until(fun() -> ets:info(pyport_hook_streams, size) =:= 0 end),
+    pyport_test_util:wait_until(fun() -> closed() =:= 1 end),
     %% An Erlang reader's stream ends with it.
     Parent = self(),
     Reader = spawn(fun() ->
@@ -313,7 +315,12 @@ streams_are_closed(_Config) ->
     receive {first, First} -> ?assertEqual({value, 0}, First) after 10000 -> ct:fail(no_first) end,
     ?assertEqual(1, ets:info(pyport_hook_streams, size)),
     exit(Reader, kill),
-    pyport_test_util:wait_until(fun() -> ets:info(pyport_hook_streams, size) =:= 0 end).
+    pyport_test_util:wait_until(fun() -> ets:info(pyport_hook_streams, size) =:= 0 end),
+    pyport_test_util:wait_until(fun() -> closed() =:= 2 end).
+
+closed() ->
+    {ok, N} = hornbeam_hooks:execute(<<"counter">>, <<"closed_count">>, [], #{}),
+    N.
 
 hook_ends_with_its_worker(_Config) ->
     {ok, true} = py:call(ctx(1), ?M, register, [<<"counter">>]),
@@ -412,6 +419,7 @@ stream_cap_and_idle_end(_Config) ->
     ?assertMatch({_, _}, binary:match(Msg, <<"too_many_streams">>)),
     %% Nobody reads them: they end after stream_idle (1 s here).
     pyport_test_util:wait_until(fun() -> ets:info(pyport_hook_streams, size) =:= 0 end),
+    pyport_test_util:wait_until(fun() -> closed() =:= 3 end),
     ?assertEqual({ok, [0, 1]}, py:call(ctx(2), ?M, stream, [<<"counter">>, <<"chunks">>, 2])).
 
 hooks_need_full_grants(Config) ->

@@ -16,6 +16,10 @@ class Counter:
 
     def __init__(self):
         self.n = 0
+        self.closed = 0
+
+    def closed_count(self):
+        return self.closed
 
     def bump(self, by=1):
         self.n += by
@@ -28,8 +32,11 @@ class Counter:
         raise ValueError(text)
 
     def chunks(self, n):
-        for i in range(n):
-            yield i
+        try:
+            for i in range(n):
+                yield i
+        finally:
+            self.closed += 1
 
     def broken_chunks(self):
         yield 1
