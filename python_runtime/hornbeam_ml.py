@@ -5,10 +5,17 @@ shares them (docs/erlang-integration.md, "Cached inference").
 The cache is bounded: at most ``MAX_ENTRIES`` results (10000; set it, or
 call ``set_max_entries``) are stored; past that a result is computed and
 returned but not stored. ``cache_clear`` removes the entries under a
-prefix and lets the cache fill again."""
+prefix and lets the cache fill again. A full shared state
+(``max_state_entries``) is no error here: the result is not stored.
+
+Default keys hash the input: bytes as they are, a string's UTF-8, an array
+(anything with ``tobytes`` and ``shape``, e.g. numpy) its type, shape,
+dtype and bytes, anything else its ``str()``."""
 from __future__ import annotations
 
 import hashlib
+
+import erlang
 
 from hornbeam_erlang import state_delete, state_get, state_incr, state_keys, state_set
 
@@ -38,6 +45,10 @@ def set_max_entries(n: int) -> None:
 def _cache_key(prefix: str, input_data: Any) -> str:
     if isinstance(input_data, (bytes, bytearray, memoryview)):
         data = bytes(input_data)
+    elif hasattr(input_data, "tobytes") and hasattr(input_data, "shape"):
+        # An array's str() elides its middle: hash all of it, with its form.
+        form = f"{type(input_data).__name__}{input_data.shape}{getattr(input_data, 'dtype', '')}"
+        data = form.encode() + input_data.tobytes()
     else:
         data = (input_data if isinstance(input_data, str) else str(input_data)).encode(
             "utf-8", "surrogatepass")
@@ -70,9 +81,10 @@ def cached_inference(fn: Callable[[Any], T], input_data: Any, cache_key: str | N
     if result is not None and _reserve():
         try:
             state_set(key, _storable(result))
-        except Exception:
+        except Exception as e:
             state_incr(_ENTRIES, -1)  # not stored: give the room back
-            raise
+            if not isinstance(e, erlang.StateFullError):
+                raise
     return result
 
 

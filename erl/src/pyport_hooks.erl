@@ -482,9 +482,9 @@ open(Target, P, A, Args, Kwargs) ->
               end,
     Fields = py_fields(<<"_hook_stream">>, P, A, Args, Kwargs),
     case pyport_async:stream_start(Target, {?CALL, Fields}, self()) of
-        {ok, {pyport_stream, _, WorkerPid, _} = Ref} ->
-            Monitor = erlang:monitor(process, WorkerPid),
-            Next = fun() -> py_next(Ref, Monitor, Timeout) end,
+        {ok, Ref} ->
+            %% A worker that exits ends its streams with {error, {worker_exited, _}}.
+            Next = fun() -> py_next(Ref, Timeout) end,
             %% The first item, or the handler's error, before answering.
             case Next() of
                 {error, _} = Error -> Error;
@@ -495,12 +495,11 @@ open(Target, P, A, Args, Kwargs) ->
             Error
     end.
 
-py_next(Ref, Monitor, Timeout) ->
+py_next(Ref, Timeout) ->
     receive
         {py_stream, Ref, {data, Item}} -> {value, Item};
         {py_stream, Ref, done} -> done;
-        {py_stream, Ref, {error, _} = Error} -> Error;
-        {'DOWN', Monitor, process, _, Reason} -> {error, {worker_exited, Reason}}
+        {py_stream, Ref, {error, _} = Error} -> Error
     after Timeout ->
             pyport_async:stream_cancel(Ref),
             {error, timeout}

@@ -149,7 +149,24 @@ ml_cache_is_bounded(_Config) ->
     ?assertEqual(0, hornbeam_state:get(<<"ml_cache_entries">>)),
     ?assertEqual({ok, [3, <<"CCC">>]}, py:eval(ctx(1), <<"hornbeam_app.embed_cached('ccc')">>)),
     ?assertEqual(1, length(hornbeam_state:keys(<<"ml:">>))),
-    ok = py:exec(ctx(1), <<"hornbeam_ml.set_max_entries(10000)">>).
+    ok = py:exec(ctx(1), <<"hornbeam_ml.set_max_entries(10000)">>),
+    %% Arrays that differ only where str() elides them are two inputs.
+    ok = py:exec(ctx(1), <<"import numpy\n"
+                           "a = numpy.zeros(5000); b = a.copy(); b[2500] = 1\n"
+                           "runs = []\n"
+                           "f = lambda x: runs.append(1) or float(x.sum())\n"
+                           "got = [hornbeam_ml.cached_inference(f, x) for x in (a, b, a, b)]\n">>),
+    ?assertEqual({ok, [[0.0, 1.0, 0.0, 1.0], 2]}, py:eval(ctx(1), <<"[got, len(runs)]">>)),
+    %% A full shared state is no error: the result is not stored.
+    Key = {pyport_state, max_entries},
+    Old = persistent_term:get(Key),
+    persistent_term:put(Key, hornbeam_state:size()),
+    try
+        ?assertEqual({ok, [4, <<"DDDD">>]},
+                     py:eval(ctx(1), <<"hornbeam_app.embed_cached('dddd')">>))
+    after
+        persistent_term:put(Key, Old)
+    end.
 
 hornbeam_dist_from_erlang(_Config) ->
     ?assertEqual({ok, 3}, hornbeam_dist:rpc_call(node(), erlang, abs, [-3], 5000)),
