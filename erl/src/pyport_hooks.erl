@@ -45,6 +45,8 @@
 -define(TASKS, pyport_hook_tasks).
 -define(STREAMS, pyport_hook_streams).
 -define(MAX_PATH, 255).
+%% The longest wait a `receive ... after' takes (a longer one waits this).
+-define(MAX_AFTER, 16#FFFFFFFF).
 -define(PY_MODULE, <<"hornbeam_erlang">>).
 -define(CALL, 1).
 -define(DEFAULT_POOL, default).
@@ -182,7 +184,7 @@ await_result(TaskId, Timeout) when Timeout =:= infinity; is_integer(Timeout), Ti
                     Result;
                 {'DOWN', Ref, process, _, _} ->
                     {error, task_not_found}
-            after Timeout ->
+            after min(Timeout, ?MAX_AFTER) ->         % infinity too: 49 days
                     erlang:demonitor(Ref, [flush]),
                     exit(Pid, kill),
                     receive {Ref, Result} -> Result after 0 -> {error, timeout} end
