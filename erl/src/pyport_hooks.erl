@@ -590,8 +590,8 @@ init([]) ->
             _ = ets:new(?TASKS, [named_table, protected, set, {read_concurrency, true}]),
             _ = ets:new(?STREAMS, [named_table, protected, set, {read_concurrency, true}]),
             {ok, #st{limits = Limits}};
-        {error, _} = Error ->
-            {stop, Error}
+        {error, Reason} ->
+            {stop, Reason}
     end.
 
 limits_from_env(Env) when is_map(Env) ->

@@ -29,7 +29,7 @@ groups() ->
        hook_ends_with_its_worker, two_providers_and_unregister, erlang_reg_replaces_python]},
      {bounds, [],
       [hook_cap_per_worker, hostile_hook_names, task_cap, stream_cap_and_idle_end,
-       hooks_need_full_grants]}].
+       hooks_need_full_grants, bad_hooks_config_stops_the_start]}].
 
 init_per_suite(Config) ->
     Data = ?config(data_dir, Config),
@@ -435,4 +435,23 @@ hooks_need_full_grants(Config) ->
         ?assertMatch({_, _}, binary:match(Msg, <<"grants">>))
     after
         pyport:stop_pool(granted)
+    end.
+
+%% Last: it restarts pyport.
+bad_hooks_config_stops_the_start(_Config) ->
+    {ok, Good} = application:get_env(pyport, hooks),
+    ok = application:stop(pyport),
+    try
+        [begin
+             application:set_env(pyport, hooks, Bad),
+             {error, Why} = application:ensure_all_started(pyport),
+             ?assertMatch({_, _}, binary:match(iolist_to_binary(io_lib:format("~p", [Why])),
+                                               Expected))
+         end || {Bad, Expected} <- [{#{max_per_worker => 0}, <<"{invalid_config,{hooks,max_per_worker},0}">>},
+                                    {#{stream_idle => x}, <<"{invalid_config,{hooks,stream_idle},x}">>},
+                                    {#{nope => 1}, <<"{invalid_config,{hooks,unknown_key},nope}">>},
+                                    {[], <<"{invalid_config,hooks,[]}">>}]]
+    after
+        application:set_env(pyport, hooks, Good),
+        {ok, _} = application:ensure_all_started(pyport)
     end.
