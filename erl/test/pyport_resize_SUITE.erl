@@ -16,6 +16,7 @@ suite() ->
 
 all() ->
     [grow_under_load, shrink_with_calls_in_flight, on_demand_growth_and_idle_shrink,
+     overloaded_elastic_pool_grows,
      shard_movement_bound, shard_routing_follows_the_size, resize_errors,
      failed_grow_keeps_the_size, affinity_moves_when_its_slot_drains,
      recycle_during_drain_does_not_resurrect, grow_back_while_draining,
@@ -136,6 +137,16 @@ busy_loop(Stop, Acc) ->
         true -> busy_loop(Stop, [py:call(?M, work, [0.05, x], #{}, #{pool => elastic}) | Acc]);
         false -> Acc
     end.
+
+%% Every worker at max_inflight: the call is refused (overloaded), and
+%% the pool grows, so that the next one is taken.
+overloaded_elastic_pool_grows(Config) ->
+    {ok, _} = start(capped, #{min => 1, max => 2, max_inflight => 1, idle_timeout => 60000}, Config),
+    H = py:spawn_call(?M, work, [1.0, first], #{}, #{pool => capped}),
+    ?assertEqual({error, overloaded}, py:call(?M, work, [0, second], #{}, #{pool => capped})),
+    wait_until(fun() -> pool_size(capped) =:= 2 end),
+    ?assertMatch({ok, [_, second]}, py:call(?M, work, [0, second], #{}, #{pool => capped})),
+    ?assertMatch({ok, [_, first]}, py:await(H)).
 
 %% Jump hashing: from N to N + 1 slots, about 1/(N + 1) of the keys move,
 %% and only to the new slot.
