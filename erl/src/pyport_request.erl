@@ -23,7 +23,7 @@
 
 -include_lib("kernel/include/logger.hrl").
 
--export([call/4, start/4, start_failed/1, await/1, await/2, interrupt/1, cast/2]).
+-export([call/4, call/5, start/4, start_failed/1, await/1, await/2, interrupt/1, cast/2]).
 -export([send/3, decode_reply/3]).
 -export([builtin_exception_types/0]).
 -export([deadline/1, wait_ms/1]).
@@ -46,6 +46,10 @@
 %% The longest single `receive ... after'; longer waits are cut in such
 %% pieces.
 -define(MAX_AFTER_MS, 16#FFFFFFFF).
+%% Frame kind WITH (a request with options) and the process dictionary
+%% mark of a call that wants tracebacks in its errors (call/5).
+-define(WITH, 13).
+-define(TRACEBACK, '$pyport_traceback').
 
 %% Where a request goes: the least-loaded worker of a pool, one slot, the
 %% slot of a shard key; on another node, or on the least-loaded node of a
@@ -76,10 +80,37 @@ call({cluster, Pool}, Kind, Fields, Timeout) ->
         {error, _} = Error -> Error
     end;
 call(Target, Kind, Fields, Timeout) ->
+    call(Target, Kind, Fields, Timeout, #{}).
+
+%% @doc {@link call/4} with extras (pyport_objects): `before_send', a fun
+%% `(WorkerPid, Pool, Slot) -> ok | {error, _}' run once the worker is
+%% chosen and before the frame goes (an error stops it); `traceback',
+%% errors as `{error, {Type, Message, Traceback}}'. `Kind' may be `{13,
+%% Options, InnerKind}': the request wrapped in a WITH frame (PROTOCOL.md).
+-spec call(target(), pos_integer() | {pos_integer(), map(), pos_integer()}, [term()],
+           timeout() | default, map()) -> result().
+call({node, Node, Target}, Kind, Fields, Timeout, _Extra) when Node =/= node() ->
+    pyport_cluster:call(Node, Target, Kind, Fields, Timeout);
+call({cluster, Pool}, Kind, Fields, Timeout, Extra) ->
+    case pyport_cluster:pick_node(Pool) of
+        {ok, Node} -> call({node, Node, {pool, Pool}}, Kind, Fields, Timeout, Extra);
+        {error, _} = Error -> Error
+    end;
+call({node, _Local, Target}, Kind, Fields, Timeout, Extra) ->
+    call(Target, Kind, Fields, Timeout, Extra);
+call(Target, Kind, Fields, Timeout, Extra) ->
     %% The handle never leaves this function: no owner or await checks.
-    case start_untracked(Target, Kind, Fields, Timeout) of
-        {pyport_call_failed, Reason} -> {error, Reason};
-        {pyport_call, _, Deadline, _, _, _, _, _} = Handle -> wait(Handle, remaining(Deadline))
+    case start_untracked(Target, Kind, Fields, Timeout, maps:get(before_send, Extra, none)) of
+        {pyport_call_failed, Reason} ->
+            {error, Reason};
+        {pyport_call, _, Deadline, _, _, _, _, _} = Handle ->
+            case maps:get(traceback, Extra, false) of
+                true ->
+                    put(?TRACEBACK, true),
+                    try wait(Handle, remaining(Deadline)) after erase(?TRACEBACK) end;
+                false ->
+                    wait(Handle, remaining(Deadline))
+            end
     end.
 
 %% @doc Sends a request and returns at once; {@link await/1} or {@link await/2} collects the
@@ -103,8 +134,25 @@ start_untracked({cluster, Pool}, Kind, Fields, Timeout) ->
         {error, Reason} -> {pyport_call_failed, Reason}
     end;
 start_untracked(Target, Kind, Fields, Timeout0) ->
+    start_untracked(Target, Kind, Fields, Timeout0, none).
+
+start_untracked(Target, Kind, Fields, Timeout0, BeforeSend) ->
     Sent = send(Target, {Kind, Fields},
-                fun(Pid, Id, Frame, #{pool := Pool, slot := Slot, call_timeout := CallTimeout}) ->
+                fun(Pid, Id, Frame, #{pool := Pool, slot := Slot} = Where) ->
+                        case before_send(BeforeSend, Pid, Pool, Slot) of
+                            ok -> send_call(Pid, Id, Frame, Where, Timeout0);
+                            {error, _} = Error -> Error
+                        end
+                end),
+    case Sent of
+        {error, Reason} -> {pyport_call_failed, Reason};
+        Handle -> Handle
+    end.
+
+before_send(none, _Pid, _Pool, _Slot) -> ok;
+before_send(Fun, Pid, Pool, Slot) -> Fun(Pid, Pool, Slot).
+
+send_call(Pid, Id, Frame, #{pool := Pool, slot := Slot, call_timeout := CallTimeout}, Timeout0) ->
                         Timeout = case Timeout0 of
                                       default -> CallTimeout;
                                       _ -> Timeout0
@@ -113,12 +161,7 @@ start_untracked(Target, Kind, Fields, Timeout0) ->
                         %% A one-shot alias, not yet a monitor: see await/2.
                         Alias = erlang:alias([reply]),
                         Pid ! {'$pyport', Alias, Id, Deadline, Frame},
-                        {pyport_call, Alias, Deadline, Pool, Slot, Pid, Id, self()}
-                end),
-    case Sent of
-        {error, Reason} -> {pyport_call_failed, Reason};
-        Handle -> Handle
-    end.
+                        {pyport_call, Alias, Deadline, Pool, Slot, Pid, Id, self()}.
 
 %% Counts the request into its slot (the worker counts it out when it is
 %% finished), unless the slot is at the pool's max_inflight. Counting first
@@ -273,7 +316,13 @@ cast({cluster, Pool}, Fields) ->
         {ok, Node} -> cast({node, Node, {pool, Pool}}, Fields);
         {error, _} = Error -> Error
     end;
-cast(Target, Fields) ->
+cast(Target0, Fields) ->
+    case pyport_objects:route(Target0, Fields) of
+        {ok, Target} -> cast_routed(Target, Fields);
+        {error, _} = Error -> Error
+    end.
+
+cast_routed(Target, Fields) ->
     case prepare(Target, ?CAST, erlang:unique_integer([positive]), Fields) of
         {ok, _Pool, Info, Frame} ->
             case route(Target, Info) of
@@ -295,7 +344,7 @@ prepare(Target, Kind, Id, Fields) ->
     Pool = pool_of(Target),
     case pyport_pool:info(Pool) of
         {ok, #{max_frame_size := Max} = Info} ->
-            try pyport_codec:encode_frame(Kind, Id, Fields) of
+            try encode_frame(Kind, Id, Fields) of
                 Iodata ->
                     %% A few binaries instead of a deep iolist: the message to
                     %% the port owner and the port write copy only small
@@ -311,6 +360,12 @@ prepare(Target, Kind, Id, Fields) ->
         {error, _} = Error ->
             Error
     end.
+
+%% A request wrapped with options is a WITH frame around the whole request.
+encode_frame({?WITH, Options, Kind}, Id, Fields) ->
+    pyport_codec:encode_with(Id, Options, pyport_codec:encode_frame(Kind, Id, Fields));
+encode_frame(Kind, Id, Fields) ->
+    pyport_codec:encode_frame(Kind, Id, Fields).
 
 pool_of({pool, Pool}) -> Pool;
 pool_of({slot, Pool, _}) -> Pool;
@@ -335,23 +390,38 @@ route({shard, Pool, Key}, #{size := Size} = Info) ->
 -spec send(target(), {pos_integer(), [term()]},
            fun((pid(), pos_integer(), iovec(), where()) -> Result)) ->
           Result | {error, term()}.
-send(Target, {Kind, Fields}, Send) ->
+send(Target0, {Kind, Fields}, Send) ->
     Id = erlang:unique_integer([positive]),
-    case prepare(Target, Kind, Id, Fields) of
-        {ok, Pool, Info, Frame} ->
+    %% A request carrying object handles goes to their worker, if the
+    %% caller may use them (pyport_objects).
+    Prepared = case pyport_objects:route(Target0, Fields) of
+                   {ok, Target1} -> {Target1, prepare(Target1, Kind, Id, Fields)};
+                   {error, _} = Refused -> {Target0, Refused}
+               end,
+    case Prepared of
+        {Target, {ok, Pool, Info, Frame}} ->
             case route(Target, Info) of
                 {ok, Slot, Pid} ->
                     case admit(Info, Slot) of
                         ok ->
-                            Send(Pid, Id, Frame, #{pool => Pool, slot => Slot,
-                                                   call_timeout => maps:get(call_timeout, Info)});
+                            case Send(Pid, Id, Frame,
+                                      #{pool => Pool, slot => Slot,
+                                        call_timeout => maps:get(call_timeout, Info)}) of
+                                {error, _} = NotSent ->
+                                    %% Not sent: the worker will not count it out.
+                                    #{counters := C} = Info,
+                                    counters:sub(C, Slot, 1),
+                                    NotSent;
+                                Sent ->
+                                    Sent
+                            end;
                         {error, _} = Error ->
                             Error
                     end;
                 {error, _} = Error ->
                     Error
             end;
-        {error, _} = Error ->
+        {_, {error, _} = Error} ->
             Error
     end.
 
@@ -375,10 +445,16 @@ reply({?ERROR, Rest}, Pool, Slot) ->
         {ok, [<<"FrameError">>, Message, _]} ->
             {error, {frame_error, Message}};
         {ok, [Type, Message, Traceback]} when is_binary(Type) ->
-            ?LOG_DEBUG("Python ~ts: ~ts~n~ts", [Type, Message, Traceback],
-                         #{pyport_pool => Pool, pyport_slot => Slot,
-                           python_traceback => Traceback, domain => [pyport, python]}),
-            {error, {pyport_atoms:exception_type(Type, maps:get(atoms, Limits)), Message}};
+            %% Always in the log; in the error too when the call asked
+            %% (call/5, `traceback').
+            ?LOG_NOTICE("Python ~ts: ~ts~n~ts", [Type, Message, Traceback],
+                        #{pyport_pool => Pool, pyport_slot => Slot,
+                          python_traceback => Traceback, domain => [pyport, python]}),
+            TypeTerm = pyport_atoms:exception_type(Type, maps:get(atoms, Limits)),
+            case get(?TRACEBACK) of
+                true -> {error, {TypeTerm, Message, Traceback}};
+                _ -> {error, {TypeTerm, Message}}
+            end;
         {ok, Fields} ->
             {error, {protocol_error, {bad_error_frame, Fields}}};
         {error, _} = Error ->

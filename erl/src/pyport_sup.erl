@@ -27,10 +27,11 @@ init(Pools) ->
     Reaper = #{id => pyport_reaper, start => {pyport_reaper, start_link, []}},
     State = #{id => pyport_state, start => {pyport_state, start_link, []}},
     Registry = #{id => pyport_registry, start => {pyport_registry, start_link, []}},
+    Objects = #{id => pyport_objects, start => {pyport_objects, start_link, []}},
     Pg = #{id => pg,
            start => {pg, start_link, [pyport_cluster:scope()]}},
     PoolsSup = #{id => pyport_pools_sup,
                  start => {pyport_pools_sup, start_link, [Pools]},
                  type => supervisor,
                  shutdown => infinity},
-    {ok, {Flags, [Reaper, State, Registry, Pg, PoolsSup]}}.
+    {ok, {Flags, [Reaper, State, Registry, Objects, Pg, PoolsSup]}}.
