@@ -27,7 +27,7 @@
 -behaviour(gen_server).
 
 -export([start_link/0, is_ref/1, call/5, check_option/2, route/2, release/1, encode_ref/1,
-         count/1, info/1]).
+         count/1, info/1, ndarray_tag/0]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
 
 -export_type([ref/0]).
@@ -131,6 +131,13 @@ info({?TAG, Id, _, _, _, OsPid} = H) ->
         none ->
             {error, {stale_ref, H}}
     end.
+
+%% @doc The atom that tags a numpy array in the `array' form, `{ndarray,
+%% Shape, Dtype, Bytes}': named here so that it exists in every node
+%% running pyport and decoding it never costs the atom budget.
+-spec ndarray_tag() -> ndarray.
+ndarray_tag() ->
+    ndarray.
 
 %%%===================================================================
 %%% The calling side

@@ -106,15 +106,20 @@ def convert(value: Any, str_fallback: bool = False, numpy: str = "bytes", depth:
         return value
     if depth >= _MAX_DEPTH:
         raise TypeError(f"cannot convert a value nested deeper than {_MAX_DEPTH} levels")
+    # Loops rather than comprehensions: one Python frame per level, so the
+    # 512 levels fit in the interpreter's recursion limit.
     t = type(value)
-    if t is list or t is tuple or isinstance(value, (list, tuple)):
-        items = [convert(v, str_fallback, numpy, depth + 1) for v in value]
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = []
+        for v in value:
+            items.append(convert(v, str_fallback, numpy, depth + 1))
         return tuple(items) if isinstance(value, tuple) else items
     if isinstance(value, dict):
-        return {convert(k, str_fallback, numpy, depth + 1): convert(v, str_fallback, numpy, depth + 1)
-                for k, v in value.items()}
-    if isinstance(value, (set, frozenset)):
-        return [convert(v, str_fallback, numpy, depth + 1) for v in value]
+        out = {}
+        for k, v in value.items():
+            out[convert(k, str_fallback, numpy, depth + 1)] = convert(v, str_fallback, numpy,
+                                                                      depth + 1)
+        return out
     if t.__module__ == "numpy" and t.__name__ == "ndarray" or _is_ndarray(value):
         if numpy == "list":
             return convert(value.tolist(), str_fallback, numpy, depth + 1)
