@@ -18,6 +18,7 @@ handle it does not own.
 from __future__ import annotations
 
 import os
+import types
 
 # Annotations only: typing is not imported at run time (worker start-up).
 TYPE_CHECKING = False
@@ -73,8 +74,7 @@ def apply(value: Any, options: dict) -> Any:
     """What a request run with options (a WITH frame) answers: ``value``
     kept (``keep``: the answer is ``[Id, OsPid]``) or converted with
     ``str_fallback``/``numpy``. An awaitable is awaited first."""
-    from . import _worker
-    if _worker.is_awaitable_result(value):
+    if isinstance(value, types.CoroutineType) or hasattr(type(value), "__await__"):
         return _apply_later(value, options)
     return _apply_now(value, options)
 
