@@ -16,7 +16,7 @@ all() ->
     [lifecycle, eval_and_coroutine_results_kept, failed_call_keeps_nothing,
      handles_route_to_their_worker, owner_exit_frees_objects, cap_per_worker,
      stale_after_worker_restart, forged_and_replayed_handles_refused,
-     worker_cannot_send_an_object_id, call_options].
+     worker_cannot_send_an_object_id, call_options, type_mapping_doc_example].
 
 init_per_suite(Config) ->
     ok = pyport_test_util:start(#{default => #{size => 2},
@@ -206,6 +206,20 @@ call_options(_Config) ->
                  py:call(math, sqrt, [4], #{}, #{return => object})),
     ?assertEqual({error, {invalid_option, numpy, matrix}},
                  py:eval(<<"1">>, #{}, #{numpy => matrix})).
+
+%% The example of docs/type-mapping.md, "Objects kept in the worker", as
+%% written there.
+type_mapping_doc_example(_Config) ->
+    {ok, Counter} = py:call(collections, 'Counter', [[<<"a">>, <<"b">>, <<"a">>]], #{},
+                            #{return => ref}),
+    {ok, [{<<"a">>, 2}]} = py:call_method(Counter, most_common, [1]),
+    {ok, 2} = py:call(builtins, len, [Counter]),
+    ok = py:release(Counter),
+    {ok, <<"<object object at 0x", _/binary>>} =
+        py:eval(<<"object()">>, #{}, #{str_fallback => true}),
+    {error, {'ValueError', <<"math domain error">>, Tb}} =
+        py:call(math, sqrt, [-1], #{}, #{traceback => true}),
+    true = is_binary(Tb).
 
 worker_pid(Slot) ->
     {ok, Info} = pyport_pool:info(default),
