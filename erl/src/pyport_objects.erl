@@ -26,8 +26,10 @@
 -module(pyport_objects).
 -behaviour(gen_server).
 
--export([start_link/0, is_ref/1, call/5, check_option/2, route/2, release/1, encode_ref/1,
-         count/1, info/1, ndarray_tag/0]).
+-export([start_link/0, is_ref/1, call/5, check_option/2, release/1, count/1, info/1,
+         ndarray_tag/0]).
+%% For pyport_request and pyport_codec: handles found while encoding.
+-export([collecting/1, encode_ref/1, target/2]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
 
 -export_type([ref/0]).
@@ -37,6 +39,8 @@
 -define(WITH, 13).
 -define(CALL, 1).
 -define(DEFAULT_MAX_OBJECTS, 10000).
+%% Process dictionary: the handles encoded while a request is prepared.
+-define(COLLECT, '$pyport_object_refs').
 
 %% `{?TAG, Id, Pool, Slot, WorkerPid, OsPid}': OsPid is the worker OS
 %% process that stored it (its incarnation, for information: the check is
@@ -86,15 +90,27 @@ call(Target, Kind, Fields, Timeout, Opts) when is_map(Opts) ->
 call(Target, Kind, Fields, Timeout, _Opts) ->
     stale(pyport_request:call(Target, Kind, Fields, Timeout), Fields).
 
-%% @doc Where a request carrying `Fields' must go: `{ok, Target}' as given
-%% when it carries no handle, the handles' worker when it does, or the
-%% reason a handle may not be used by the calling process.
--spec route(pyport_request:target(), [term()]) -> {ok, pyport_request:target()} | {error, term()}.
-route(Target, Fields) ->
-    case refs(Fields, []) of
-        [] -> {ok, Target};
-        Refs -> route_refs(Refs, none)
+%% @private Runs `Encode' noting the handles it encodes: `{Result,
+%% Handles}'. Only then does a handle that may not be used raise
+%% `error({pyport_object, Reason})' in the encoder; elsewhere it is an
+%% unsupported term.
+-spec collecting(fun(() -> Result)) -> {Result, [ref()]}.
+collecting(Encode) ->
+    put(?COLLECT, []),
+    try Encode() of
+        Result -> {Result, get(?COLLECT)}
+    after
+        erase(?COLLECT)
     end.
+
+%% @private Where a request carrying `Refs' (checked by encode_ref/1) must
+%% go: `Target' when none, else the worker that holds them.
+-spec target(pyport_request:target(), [ref()]) ->
+          {ok, pyport_request:target()} | {error, term()}.
+target(Target, []) ->
+    {ok, Target};
+target(_Target, Refs) ->
+    route_refs(Refs, none).
 
 %% @doc Releases a handle: its object is dropped in the worker. Only the
 %% owner may; releasing twice is `ok'.
@@ -107,12 +123,21 @@ release({?TAG, Id, _, _, _, _} = H) when is_integer(Id) ->
     end.
 
 %% @private The id an ext 6 carries, for pyport_codec: only the owner's
-%% live handles encode; anything else is an unsupported term.
+%% live handles encode. While collecting (a request being prepared) a
+%% refusal says why; elsewhere the term is just not encodable.
 -spec encode_ref(term()) -> {ok, pos_integer()} | error.
-encode_ref({?TAG, Id, _, _, _, _}) when is_integer(Id) ->
-    case lookup(Id) of
-        {ok, Owner, _, _, _} when Owner =:= self() -> {ok, Id};
-        _ -> error
+encode_ref({?TAG, Id, _, _, _, _} = H) when is_integer(Id) ->
+    Self = self(),
+    Verdict = case lookup(Id) of
+                  {ok, Self, _, _, _} -> ok;
+                  {ok, _, _, _, _} -> {not_owner, H};
+                  none -> {stale_ref, H}
+              end,
+    case {Verdict, get(?COLLECT)} of
+        {ok, undefined} -> {ok, Id};
+        {ok, Refs} -> put(?COLLECT, [H | Refs]), {ok, Id};
+        {_, undefined} -> error;
+        {Reason, _} -> error({pyport_object, Reason})
     end;
 encode_ref(_) ->
     error.
@@ -246,12 +271,9 @@ route_refs([], {Pid, Pool, Slot, H}) ->
             stale_now(Pid, H)
     end;
 route_refs([{?TAG, Id, _, _, _, _} = H | T], Seen) ->
-    Self = self(),
     case lookup(Id) of
         none ->
             {error, {stale_ref, H}};
-        {ok, Owner, _, _, _} when Owner =/= Self ->
-            {error, {not_owner, H}};
         {ok, _, Pid, Pool, Slot} ->
             case Seen of
                 none -> route_refs(T, {Pid, Pool, Slot, H});

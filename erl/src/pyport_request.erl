@@ -317,14 +317,8 @@ cast({cluster, Pool}, Fields) ->
         {error, _} = Error -> Error
     end;
 cast(Target0, Fields) ->
-    case pyport_objects:route(Target0, Fields) of
-        {ok, Target} -> cast_routed(Target, Fields);
-        {error, _} = Error -> Error
-    end.
-
-cast_routed(Target, Fields) ->
-    case prepare(Target, ?CAST, erlang:unique_integer([positive]), Fields) of
-        {ok, _Pool, Info, Frame} ->
+    case prepare(Target0, ?CAST, erlang:unique_integer([positive]), Fields) of
+        {ok, Target, _Pool, Info, Frame} ->
             case route(Target, Info) of
                 {ok, _Slot, Pid} ->
                     Pid ! {'$pyport_cast', Frame},
@@ -340,25 +334,45 @@ cast_routed(Target, Fields) ->
 %%% Internals
 %%%===================================================================
 
-prepare(Target, Kind, Id, Fields) ->
-    Pool = pool_of(Target),
-    case pyport_pool:info(Pool) of
-        {ok, #{max_frame_size := Max} = Info} ->
-            try encode_frame(Kind, Id, Fields) of
-                Iodata ->
-                    %% A few binaries instead of a deep iolist: the message to
-                    %% the port owner and the port write copy only small
-                    %% parts, while large binaries stay shared by reference.
-                    Frame = erlang:iolist_to_iovec(Iodata),
-                    case iolist_size(Frame) of
-                        Size when Size > Max -> {error, {frame_too_large, Size, Max}};
-                        _ -> {ok, Pool, Info, Frame}
+%% Encodes the frame and checks its size against the pool's limit. A
+%% request whose fields hold object handles goes to their worker: the
+%% encoder checks each handle (the caller owns it, it is live) and names
+%% it, and the target becomes that worker (pyport_objects), at no cost to
+%% requests without handles.
+prepare(Target0, Kind, Id, Fields) ->
+    Pool0 = pool_of(Target0),
+    case pyport_pool:info(Pool0) of
+        {ok, Info0} ->
+            try pyport_objects:collecting(fun() -> encode_frame(Kind, Id, Fields) end) of
+                {Iodata, Refs} ->
+                    case pyport_objects:target(Target0, Refs) of
+                        {ok, Target0} -> sized(Target0, Pool0, Info0, Iodata);
+                        {ok, Target} -> sized_in(Target, Iodata);
+                        {error, _} = Refused -> Refused
                     end
             catch
-                error:{unsupported_term, T} -> {error, {unsupported_term, T}}
+                error:{unsupported_term, T} -> {error, {unsupported_term, T}};
+                error:{pyport_object, Reason} -> {error, Reason}
             end;
         {error, _} = Error ->
             Error
+    end.
+
+sized_in(Target, Iodata) ->
+    Pool = pool_of(Target),
+    case pyport_pool:info(Pool) of
+        {ok, Info} -> sized(Target, Pool, Info, Iodata);
+        {error, _} = Error -> Error
+    end.
+
+sized(Target, Pool, #{max_frame_size := Max} = Info, Iodata) ->
+    %% A few binaries instead of a deep iolist: the message to the port
+    %% owner and the port write copy only small parts, while large binaries
+    %% stay shared by reference.
+    Frame = erlang:iolist_to_iovec(Iodata),
+    case iolist_size(Frame) of
+        Size when Size > Max -> {error, {frame_too_large, Size, Max}};
+        _ -> {ok, Target, Pool, Info, Frame}
     end.
 
 %% A request wrapped with options is a WITH frame around the whole request.
@@ -392,14 +406,8 @@ route({shard, Pool, Key}, #{size := Size} = Info) ->
           Result | {error, term()}.
 send(Target0, {Kind, Fields}, Send) ->
     Id = erlang:unique_integer([positive]),
-    %% A request carrying object handles goes to their worker, if the
-    %% caller may use them (pyport_objects).
-    Prepared = case pyport_objects:route(Target0, Fields) of
-                   {ok, Target1} -> {Target1, prepare(Target1, Kind, Id, Fields)};
-                   {error, _} = Refused -> {Target0, Refused}
-               end,
-    case Prepared of
-        {Target, {ok, Pool, Info, Frame}} ->
+    case prepare(Target0, Kind, Id, Fields) of
+        {ok, Target, Pool, Info, Frame} ->
             case route(Target, Info) of
                 {ok, Slot, Pid} ->
                     case admit(Info, Slot) of
@@ -421,7 +429,7 @@ send(Target0, {Kind, Fields}, Send) ->
                 {error, _} = Error ->
                     Error
             end;
-        {_, {error, _} = Error} ->
+        {error, _} = Error ->
             Error
     end.
 
