@@ -30,6 +30,8 @@
          ndarray_tag/0]).
 %% For pyport_request and pyport_codec: handles found while encoding.
 -export([collecting/1, encode_ref/1, target/2]).
+%% For pyport_worker: its OS process exited.
+-export([worker_exited/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
 
 -export_type([ref/0]).
@@ -142,6 +144,12 @@ encode_ref({?TAG, Id, _, _, _, _} = H) when is_integer(Id) ->
 encode_ref(_) ->
     error.
 
+%% @private The OS process of the worker `Pid' exited: its objects are
+%% gone, their handles are stale (and no longer count against the cap).
+-spec worker_exited(pid()) -> ok.
+worker_exited(Pid) ->
+    gen_server:cast(?MODULE, {worker_gone, Pid, exited}).
+
 %% @doc How many handles live for the worker `Pid' (a pool's gen_server).
 -spec count(pid()) -> non_neg_integer().
 count(Pid) ->
@@ -172,24 +180,38 @@ keep(Target, Kind, Fields, Timeout, With, Extra) ->
     Id = erlang:unique_integer([positive]),
     Self = self(),
     Reserve = fun(Pid, Pool, Slot) ->
+                      put({?MODULE, Id}, {Pool, Slot}),
                       gen_server:call(?MODULE, {reserve, Id, Self, Pid, Pool, Slot,
                                                 max_objects(Pool)})
               end,
     case pyport_request:call(Target, {?WITH, With#{<<"keep">> => Id}, Kind}, Fields, Timeout,
                              Extra#{before_send => Reserve}) of
         {ok, [Id, OsPid]} when is_integer(OsPid) ->
+            Where = erase({?MODULE, Id}),
             case lookup(Id) of
-                {ok, _, Pid, Pool, Slot} -> {ok, {?TAG, Id, Pool, Slot, Pid, OsPid}};
-                none -> {error, {stale_ref, Id}}  % the worker went meanwhile
+                {ok, _, Pid, Pool, Slot} ->
+                    {ok, {?TAG, Id, Pool, Slot, Pid, OsPid}};
+                none ->
+                    %% The worker restarted while the request was on its
+                    %% way (its handles were dropped): the new process has
+                    %% it, nobody may use it, so it goes.
+                    {Pool, Slot} = Where,
+                    _ = pyport_request:cast({slot, Pool, Slot}, release_fields([Id])),
+                    {error, {stale_ref, Id}}
             end;
         {ok, Other} ->
+            _ = erase({?MODULE, Id}),
             forget(Id),
             {error, {protocol_error, {bad_keep_answer, Other}}};
         {error, _} = Error ->
             %% Nothing kept (or kept after the caller gave up): released.
+            _ = erase({?MODULE, Id}),
             forget(Id),
             Error
     end.
+
+release_fields(Ids) ->
+    [<<"erlang._objects">>, <<"release">>, Ids, #{}].
 
 forget(Id) ->
     case lookup(Id) of
@@ -285,7 +307,7 @@ route_refs([{?TAG, Id, _, _, _, _} = H | T], Seen) ->
 %% The worker's gen_server is gone (its pool restarted it): every handle
 %% of it is stale.
 stale_now(Pid, H) ->
-    gen_server:cast(?MODULE, {worker_gone, Pid}),
+    gen_server:cast(?MODULE, {worker_gone, Pid, gone}),
     {error, {stale_ref, H}}.
 
 lookup(Id) ->
@@ -324,7 +346,7 @@ handle_call({reserve, Id, Owner, Pid, Pool, Slot, Max}, _From, #{owners := Os, c
                            counts := Cs#{Pid => N + 1}}}
     end;
 handle_call({release, Id}, _From, S) ->
-    {reply, ok, drop([Id], S)};
+    {reply, ok, drop([Id], true, S)};
 handle_call({count, Pid}, _From, #{counts := Cs} = S) ->
     {reply, maps:get(Pid, Cs, 0), S};
 handle_call(_Msg, _From, S) ->
@@ -332,9 +354,10 @@ handle_call(_Msg, _From, S) ->
 
 %% @private
 -spec handle_cast(term(), map()) -> {noreply, map()}.
-handle_cast({worker_gone, Pid}, S) ->
+handle_cast({worker_gone, Pid, Why}, S) ->
     Ids = ets:select(?TAB, [{{'$1', '_', Pid, '_', '_'}, [], ['$1']}]),
-    {noreply, drop(Ids, S)};
+    %% An OS process that exited took its objects along: nothing to tell.
+    {noreply, drop(Ids, Why =/= exited, S)};
 handle_cast(_Msg, S) ->
     {noreply, S}.
 
@@ -342,7 +365,7 @@ handle_cast(_Msg, S) ->
 -spec handle_info(term(), map()) -> {noreply, map()}.
 handle_info({'DOWN', Mon, process, Owner, _}, #{owners := Os} = S) ->
     case Os of
-        #{Owner := {Mon, Ids}} -> {noreply, drop(maps:keys(Ids), S)};
+        #{Owner := {Mon, Ids}} -> {noreply, drop(maps:keys(Ids), true, S)};
         #{} -> {noreply, S}
     end;
 handle_info(_Msg, S) ->
@@ -350,13 +373,12 @@ handle_info(_Msg, S) ->
 
 %% Forgets the ids and tells each worker to drop its objects (one CAST per
 %% worker: no answer, nothing waits).
-drop(Ids, S0) ->
+drop(Ids, Tell, S0) ->
     {ByWorker, S} = lists:foldl(fun drop_one/2, {#{}, S0}, Ids),
-    maps:foreach(fun({Pool, Slot, _Pid}, Dropped) ->
-                         _ = pyport_request:cast({slot, Pool, Slot},
-                                                 [<<"erlang._objects">>, <<"release">>, Dropped,
-                                                  #{}])
-                 end, ByWorker),
+    Tell andalso maps:foreach(fun({Pool, Slot, _Pid}, Dropped) ->
+                                      _ = pyport_request:cast({slot, Pool, Slot},
+                                                              release_fields(Dropped))
+                              end, ByWorker),
     S.
 
 drop_one(Id, {ByWorker, #{owners := Os, counts := Cs} = S}) ->

@@ -143,6 +143,7 @@ cap_per_worker(_Config) ->
 
 stale_after_worker_restart(_Config) ->
     {ok, H} = new_list(2, [1, 2, 3]),
+    ?assertEqual(1, pyport_objects:count(worker_pid(2))),
     OsPid = pyport_test_util:os_pid({default, 2}),
     _ = os:cmd("kill -9 " ++ integer_to_list(OsPid)),
     pyport_test_util:wait_until(
@@ -152,10 +153,13 @@ stale_after_worker_restart(_Config) ->
                   _ -> false
               end
       end),
+    %% Dropped on the node as the OS process exited (no longer counted).
+    pyport_test_util:wait_until(fun() -> pyport_objects:count(worker_pid(2)) =:= 0 end),
     ?assertEqual({error, {stale_ref, H}}, py:call(builtins, len, [H])),
-    %% Dropped on the node too: the next use is refused before sending.
     ?assertEqual({error, {stale_ref, H}}, py:to_term(H)),
-    ok = py:release(H).
+    ok = py:release(H),
+    %% The worker kept only what its new process made.
+    ?assertEqual(0, kept(2)).
 
 forged_and_replayed_handles_refused(_Config) ->
     {ok, H} = new_list(1, [<<"secret">>]),
