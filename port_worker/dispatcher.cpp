@@ -363,7 +363,8 @@ void Dispatcher::call(mp::Reader& r, bool is_cast, uint64_t id, ByteBuffer& out)
   if (!ferr.empty()) return frame_error(id, ferr, out);
   if (interrupted) return is_cast ? void() : interrupted_before_start(id, out);
   // A request that keeps its value keeps a marker too.
-  bool keeping = with_options_ && with_id_ == id && PyDict_GetItemString(with_options_.get(), "keep");
+  bool keeping =
+      with_options_ && with_id_ == id && PyDict_GetItemString(with_options_.get(), "keep");
   if (result && marker_type_ && !keeping &&
       PyObject_TypeCheck(result.get(), reinterpret_cast<PyTypeObject*>(marker_type_.get()))) {
     return schedule(result.get(), is_cast, id, out);
@@ -509,8 +510,8 @@ void Dispatcher::deliver(uint64_t id, PyRef value, ByteBuffer& out) {
   if (with_options_ && with_id_ == id) {
     PyRef options = std::move(with_options_);
     with_options_.reset();
-    value = PyRef::steal(PyObject_CallFunctionObjArgs(objects_apply_.get(), value.get(),
-                                                      options.get(), nullptr));
+    value = PyRef::steal(
+        PyObject_CallFunctionObjArgs(objects_apply_.get(), value.get(), options.get(), nullptr));
     if (!value) return python_error(id, out);
   }
   if (hooks_.loop && PyCoro_CheckExact(value.get())) return start_coroutine(id, value.get(), out);

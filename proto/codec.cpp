@@ -274,7 +274,8 @@ class Codec::Decoder {
           return {};
         }
         uint64_t oid = 0;
-        for (size_t i = 0; i < 8; ++i) oid = (oid << 8) | p[i];
+        for (size_t i = 0; i < 8; ++i)
+          oid = (oid << 8) | p[i];
         return codec_.kept_object(oid);
       }
       case mp::kExtTerm: {

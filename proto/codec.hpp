@@ -65,7 +65,7 @@ class Codec {
 
   PyRef atom_type_, term_type_, pid_type_, ref_type_;
   PyRef objects_, stale_error_;  // erlang._objects._table and StaleRefError
-  PyRef etf_name_;  // interned "etf"
+  PyRef etf_name_;               // interned "etf"
   std::unordered_map<std::string, PyRef> atoms_;
 };
 

@@ -121,18 +121,19 @@ BOOST_AUTO_TEST_SUITE(dispatcher)
 BOOST_AUTO_TEST_CASE(with_frames_keep_or_convert_the_value) {
   Dispatcher d(codec(), kMax);
   Bytes call = pack(1, 5, "builtins", "list", std::make_tuple(std::make_tuple(1, 2)), NoKwargs{});
-  Bytes keep = pack(13, 5, std::map<std::string, int>{{"keep", 900}},
-                    msgpack::type::raw_ref(reinterpret_cast<const char*>(call.data()),
-                                           uint32_t(call.size())));
+  Bytes keep = pack(
+      13, 5, std::map<std::string, int>{{"keep", 900}},
+      msgpack::type::raw_ref(reinterpret_cast<const char*>(call.data()), uint32_t(call.size())));
   // msgpack-c packs raw_ref as str; the worker takes str or bin.
   Reply r = result(d, keep, 5);
   BOOST_TEST(r.field(2).via.array.ptr[0].as<int>() == 900);
   PyRef count = py("__import__('erlang._objects', fromlist=['count']).count()");
   BOOST_TEST(PyLong_AsLong(count.get()) == 1);
   // The kept list as an argument (ext 6 id 900).
-  Bytes len = raw_frame({{0x96, 0x01, 0x06, 0xa8}, Bytes{'b', 'u', 'i', 'l', 't', 'i', 'n', 's'},
-                         {0xa3, 'l', 'e', 'n', 0x91, 0xd7, 0x06, 0, 0, 0, 0, 0, 0, 0x03, 0x84,
-                          0x80}});
+  Bytes len =
+      raw_frame({{0x96, 0x01, 0x06, 0xa8},
+                 Bytes{'b', 'u', 'i', 'l', 't', 'i', 'n', 's'},
+                 {0xa3, 'l', 'e', 'n', 0x91, 0xd7, 0x06, 0, 0, 0, 0, 0, 0, 0x03, 0x84, 0x80}});
   r = result(d, len, 6);
   BOOST_TEST(r.field(2).as<int>() == 2);
   py("__import__('erlang._objects', fromlist=['release']).release(900)");
@@ -140,15 +141,15 @@ BOOST_AUTO_TEST_CASE(with_frames_keep_or_convert_the_value) {
   // str_fallback converts what the codec cannot.
   Bytes obj = pack(3, 7, "object()", kNil, 0);
   error(d, obj, 7, "TypeError");
-  Bytes fallback = pack(13, 7, std::map<std::string, bool>{{"str_fallback", true}},
-                        msgpack::type::raw_ref(reinterpret_cast<const char*>(obj.data()),
-                                               uint32_t(obj.size())));
+  Bytes fallback =
+      pack(13, 7, std::map<std::string, bool>{{"str_fallback", true}},
+           msgpack::type::raw_ref(reinterpret_cast<const char*>(obj.data()), uint32_t(obj.size())));
   r = result(d, fallback, 7);
   BOOST_TEST(contains(r.str(2), "<object object at"));
   // The inner frame must be a CALL or EVAL with the same id.
-  Bytes other = pack(13, 8, NoKwargs{},
-                     msgpack::type::raw_ref(reinterpret_cast<const char*>(obj.data()),
-                                            uint32_t(obj.size())));
+  Bytes other =
+      pack(13, 8, NoKwargs{},
+           msgpack::type::raw_ref(reinterpret_cast<const char*>(obj.data()), uint32_t(obj.size())));
   r = error(d, other, 8, "FrameError");
   BOOST_TEST(contains(r.str(3), "same Id"));
 }
