@@ -995,14 +995,16 @@ call_method(Ref, Method, Args) ->
 %% {@link call/5} (`return => ref' keeps the result in the worker too,
 %% `timeout', `str_fallback', `numpy', `traceback').
 -spec call_method(pyport_objects:ref(), name(), [term()], map()) -> result().
-call_method(Ref, Method, Args, Opts) when is_map(Opts) ->
-    call(<<"erlang._objects">>, <<"call_method">>, [Ref, name_of(Method) | Args],
-         maps:get(kwargs, Opts, #{}), maps:remove(kwargs, Opts)).
+call_method(Ref, Method, Args, Opts) when is_list(Args), is_map(Opts) ->
+    with_name(Method, fun(M) ->
+                              call(<<"erlang._objects">>, <<"call_method">>, [Ref, M | Args],
+                                   maps:get(kwargs, Opts, #{}), maps:remove(kwargs, Opts))
+                      end).
 
 %% @doc `getattr(Obj, Name)', converted.
 -spec getattr(pyport_objects:ref(), name()) -> result().
 getattr(Ref, Name) ->
-    call(builtins, getattr, [Ref, name_of(Name)]).
+    with_name(Name, fun(N) -> call(builtins, getattr, [Ref, N]) end).
 
 %% @doc The object itself, converted to a term.
 -spec to_term(pyport_objects:ref()) -> result().
@@ -1021,5 +1023,5 @@ is_ref(Term) ->
 release(Ref) ->
     pyport_objects:release(Ref).
 
-name_of(Name) ->
-    request(fun() -> name(Name) end).
+with_name(Name, Fun) ->
+    request(fun() -> Fun(name(Name)) end).

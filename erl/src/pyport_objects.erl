@@ -176,6 +176,11 @@ ndarray_tag() ->
 %%% The calling side
 %%%===================================================================
 
+keep({node, Node, _}, _Kind, _Fields, _Timeout, _With, _Extra) when Node =/= node() ->
+    %% The handle table is this node's: a handle is made for a local worker.
+    {error, {invalid_option, return, ref}};
+keep({cluster, _}, _Kind, _Fields, _Timeout, _With, _Extra) ->
+    {error, {invalid_option, return, ref}};
 keep(Target, Kind, Fields, Timeout, With, Extra) ->
     Id = erlang:unique_integer([positive]),
     Self = self(),

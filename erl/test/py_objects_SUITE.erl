@@ -209,7 +209,14 @@ call_options(_Config) ->
     ?assertEqual({error, {invalid_option, return, object}},
                  py:call(math, sqrt, [4], #{}, #{return => object})),
     ?assertEqual({error, {invalid_option, numpy, matrix}},
-                 py:eval(<<"1">>, #{}, #{numpy => matrix})).
+                 py:eval(<<"1">>, #{}, #{numpy => matrix})),
+    %% Handles are made for local workers only.
+    ?assertEqual({error, {invalid_option, return, ref}},
+                 py:call(builtins, list, [], #{}, #{return => ref, pool => {cluster, default}})),
+    {ok, H} = new_list(1, []),
+    ?assertEqual({error, {invalid_name, 42}}, py:getattr(H, 42)),
+    ?assertEqual({error, {invalid_name, 42}}, py:call_method(H, 42, [])),
+    ok = py:release(H).
 
 %% The example of docs/type-mapping.md, "Objects kept in the worker", as
 %% written there.
