@@ -50,6 +50,8 @@
          reload/1, reload/2, memory_stats/0, memory_stats/1, gc/0, gc/1, gc/2,
          version/0]).
 -export([call_fields/4]).
+%% Objects kept in the worker: the section at the end of the file.
+-export([call_method/3, call_method/4, getattr/2, to_term/1, is_ref/1, release/1]).
 %% Erlang for Python: registered functions, shared state, pub/sub, logging
 %% and tracing (docs/erlang-integration.md).
 -export([register_function/2, register_function/3, unregister_function/1,
@@ -114,8 +116,8 @@ call(#pyport_ctx{} = Ctx, Module, Function, Args, Kwargs) ->
 call(Module, Function, Args, Kwargs, Opts) ->
     request(fun() ->
                     {Target, Timeout} = target(Opts),
-                    pyport_request:call(Target, ?CALL,
-                                        call_fields(Module, Function, Args, Kwargs), Timeout)
+                    pyport_objects:call(Target, ?CALL,
+                                        call_fields(Module, Function, Args, Kwargs), Timeout, Opts)
             end).
 
 %% @doc Calls through a context, with keyword arguments and options.
@@ -123,8 +125,8 @@ call(Module, Function, Args, Kwargs, Opts) ->
 call(#pyport_ctx{} = Ctx, Module, Function, Args, Kwargs, Opts) ->
     request(fun() ->
                     {Target, Timeout} = target(Ctx, Opts),
-                    pyport_request:call(Target, ?CALL,
-                                        call_fields(Module, Function, Args, Kwargs), Timeout)
+                    pyport_objects:call(Target, ?CALL,
+                                        call_fields(Module, Function, Args, Kwargs), Timeout, Opts)
             end).
 
 %% @doc Calls `Module.Function(*Args)' without waiting for the result;
@@ -462,7 +464,7 @@ eval(#pyport_ctx{} = Ctx, Code, Locals) ->
 eval(Code, Locals, Opts) when is_map(Locals); Locals =:= none ->
     request(fun() ->
                     {Target, Timeout, Ns} = code_target(Opts),
-                    pyport_request:call(Target, ?EVAL, eval_fields(Code, Locals, Ns), Timeout)
+                    pyport_objects:call(Target, ?EVAL, eval_fields(Code, Locals, Ns), Timeout, Opts)
             end).
 
 %% @doc Evaluates an expression through a context, with a timeout or options.
@@ -470,8 +472,8 @@ eval(Code, Locals, Opts) when is_map(Locals); Locals =:= none ->
 eval(#pyport_ctx{} = Ctx, Code, Locals, Opts) when is_map(Locals); Locals =:= none ->
     request(fun() ->
                     {Target, Timeout} = target(Ctx, Opts),
-                    pyport_request:call(Target, ?EVAL,
-                                        eval_fields(Code, Locals, ?SHARED_NAMESPACE), Timeout)
+                    pyport_objects:call(Target, ?EVAL,
+                                        eval_fields(Code, Locals, ?SHARED_NAMESPACE), Timeout, Opts)
             end).
 
 %% @doc Runs Python statements in the calling process's namespace: a later
@@ -932,6 +934,10 @@ check_option(node, N, Acc) when is_atom(N) ->
     Acc#{node => N};
 check_option(output, Where, Acc) when Where =:= caller; Where =:= logger ->
     Acc#{output => Where};
+check_option(Key, Value, Acc) when Key =:= return; Key =:= str_fallback; Key =:= numpy;
+                                   Key =:= traceback ->
+    ok = pyport_objects:check_option(Key, Value),
+    Acc#{Key => Value};
 check_option(Key, Value, _Acc) when Key =:= timeout; Key =:= pool; Key =:= node;
                                     Key =:= output ->
     throw({error, {invalid_option, Key, Value}});
@@ -985,3 +991,46 @@ code(Other) -> throw({error, {invalid_code, Other}}).
 %% A call's own `output' option travels with its target.
 with_output(#{output := Where}, Target) -> {output, Where, Target};
 with_output(_Opts, Target) -> Target.
+
+%% ---- objects kept in the worker (pyport_objects) ----
+
+%% @doc `Obj.Method(*Args)' in the worker that holds `Obj' (a handle from
+%% `py:call(..., #{return => ref})'); the result converted.
+-spec call_method(pyport_objects:ref(), name(), [term()]) -> result().
+call_method(Ref, Method, Args) ->
+    call_method(Ref, Method, Args, #{}).
+
+%% @doc {@link call_method/3} with options: `kwargs' (a map), and those of
+%% {@link call/5} (`return => ref' keeps the result in the worker too,
+%% `timeout', `str_fallback', `numpy', `traceback').
+-spec call_method(pyport_objects:ref(), name(), [term()], map()) -> result().
+call_method(Ref, Method, Args, Opts) when is_list(Args), is_map(Opts) ->
+    with_name(Method, fun(M) ->
+                              call(<<"erlang._objects">>, <<"call_method">>, [Ref, M | Args],
+                                   maps:get(kwargs, Opts, #{}), maps:remove(kwargs, Opts))
+                      end).
+
+%% @doc `getattr(Obj, Name)', converted.
+-spec getattr(pyport_objects:ref(), name()) -> result().
+getattr(Ref, Name) ->
+    with_name(Name, fun(N) -> call(builtins, getattr, [Ref, N]) end).
+
+%% @doc The object itself, converted to a term.
+-spec to_term(pyport_objects:ref()) -> result().
+to_term(Ref) ->
+    call(<<"erlang._objects">>, <<"identity">>, [Ref]).
+
+%% @doc Whether `Term' is a handle (its shape: it may be released, or
+%% another process's).
+-spec is_ref(term()) -> boolean().
+is_ref(Term) ->
+    pyport_objects:is_ref(Term).
+
+%% @doc Drops the object in its worker now (it goes anyway when the owner
+%% exits). Only the owner may; a second release is `ok'.
+-spec release(pyport_objects:ref()) -> ok | {error, term()}.
+release(Ref) ->
+    pyport_objects:release(Ref).
+
+with_name(Name, Fun) ->
+    request(fun() -> Fun(name(Name)) end).

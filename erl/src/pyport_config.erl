@@ -48,6 +48,8 @@
                        %% default: resolved at pool start (pyport_grants:new/2).
                        grants := pyport_grants:spec() | default,
                        max_callbacks := pos_integer(),
+                       max_objects := pos_integer(),
+                       str_fallback := boolean(),
                        max_new_atoms := pyport_atoms:pool_setting(),
                        max_result_terms := pos_integer() | infinity | auto,
                        max_decoded_bytes := pos_integer() | infinity | auto,
@@ -268,6 +270,8 @@ defaults() ->
       %% all without a sandbox, nothing with one (pyport_grants).
       grants => default,
       max_callbacks => 4096,
+      max_objects => 10000,
+      str_fallback => false,
       max_new_atoms => default,
       max_result_terms => auto,
       max_decoded_bytes => auto,
@@ -322,6 +326,8 @@ check(shutdown_timeout, N) when is_integer(N), N >= 0 -> {ok, N};
 check(fresh_worker, B) when is_boolean(B) -> {ok, B};
 check(log_rate, Rate) -> pyport_worker_log:validate_rate(Rate);
 check(max_callbacks, N) when is_integer(N), N > 0, N =< 16#FFFFFFF -> {ok, N};
+check(max_objects, N) when is_integer(N), N > 0, N =< 16#FFFFFFF -> {ok, N};
+check(str_fallback, B) when is_boolean(B) -> {ok, B};
 check(max_new_atoms, S) when S =:= default; S =:= node -> {ok, S};
 check(max_new_atoms, N) when is_integer(N), N >= 0 ->
     case N =< max_atom_budget() of

@@ -1404,6 +1404,8 @@ os_process_died(Detail0, #state{status = Status, spawned_at = Spawned} = State0)
                  Reason -> Reason
              end,
     State1 = drop_subscriptions(fail_all_pending(Detail, State0)),
+    %% The objects it kept for Erlang died with it (pyport_objects).
+    pyport_objects:worker_exited(self()),
     remove_workdir(State1),
     cancel_timer(State1#state.start_timer),
     WasUp = lists:member(Status, [up, draining, recycling]),
