@@ -27,10 +27,12 @@ init(Pools) ->
     Reaper = #{id => pyport_reaper, start => {pyport_reaper, start_link, []}},
     State = #{id => pyport_state, start => {pyport_state, start_link, []}},
     Registry = #{id => pyport_registry, start => {pyport_registry, start_link, []}},
+    %% Channels, buffers and shared dicts Python reaches by token.
+    Handles = #{id => pyport_handles, start => {pyport_handles, start_link, []}},
     Pg = #{id => pg,
            start => {pg, start_link, [pyport_cluster:scope()]}},
     PoolsSup = #{id => pyport_pools_sup,
                  start => {pyport_pools_sup, start_link, [Pools]},
                  type => supervisor,
                  shutdown => infinity},
-    {ok, {Flags, [Reaper, State, Registry, Pg, PoolsSup]}}.
+    {ok, {Flags, [Reaper, State, Registry, Handles, Pg, PoolsSup]}}.
