@@ -104,7 +104,7 @@ py_request(Pid, <<"read">>, [Max0, Wait]) when is_integer(Max0), is_boolean(Wait
               false -> Max0
           end,
     case call(Pid, {read, Max}) of
-        {<<>>, false} when Wait, Max > 0 ->
+        {{bytes, <<>>}, false} when Wait, Max > 0 ->
             {wait, <<"a buffer read">>,
              fun() ->
                      case call(Pid, {wait_read, Max}, infinity) of
@@ -180,9 +180,9 @@ handle_call({read, Max}, _From, S) ->
     {reply, Answer, S1};
 handle_call({wait_read, Max}, {Pid, _} = From, S) ->
     case read(Max, S) of
-        {{<<>>, false}, S1} when S1#st.reader =:= undefined ->
+        {{{bytes, <<>>}, false}, S1} when S1#st.reader =:= undefined ->
             {noreply, S1#st{reader = {{From, Max}, erlang:monitor(process, Pid)}}};
-        {{<<>>, false}, S1} ->
+        {{{bytes, <<>>}, false}, S1} ->
             {reply, reader_exists, S1};
         {Answer, S1} ->
             {reply, Answer, S1}
@@ -259,7 +259,8 @@ read(Max, S) ->
     S1 = admit(S#st{chunks = Chunks, size = S#st.size - Taken}),
     Bin = iolist_to_binary(lists:reverse(Parts)),
     Eof = S1#st.eof andalso S1#st.size =:= 0 andalso queue:is_empty(S1#st.writers),
-    {{Bin, Eof}, S1}.
+    %% bytes in Python even when they are valid UTF-8
+    {{{bytes, Bin}, Eof}, S1}.
 
 take(0, Chunks, Acc, N) ->
     {Acc, Chunks, N};
@@ -279,7 +280,7 @@ serve_reader(#st{reader = undefined} = S) ->
     S;
 serve_reader(#st{reader = {{From, Max}, MRef}} = S) ->
     case read(Max, S) of
-        {{<<>>, false}, S1} ->
+        {{{bytes, <<>>}, false}, S1} ->
             S1;
         {Answer, S1} ->
             erlang:demonitor(MRef, [flush]),
