@@ -4,7 +4,8 @@
 %% those after it, which rely on it): `pyport_reaper' (ends the OS process
 %% tree of every worker whose port closes; first, so that no worker runs
 %% unwatched), `pyport_state' (the shared state and
-%% traces tables), `pyport_registry' (Erlang functions Python may call), the
+%% traces tables), `pyport_registry' (Erlang functions Python may call),
+%% `pyport_handles' (channels, buffers and shared dicts by token), the
 %% `pg' scope `pyport' (cluster-wide pool membership and pub/sub topics),
 %% then `pyport_pools_sup' (every pool). The supervisor process owns the
 %% table of requests in flight to other nodes (see {@link pyport_cluster}).
