@@ -15,7 +15,7 @@
 -behaviour(gen_server).
 
 -export([new/2, send/2, py_send/2, close/1, info/1, try_receive/1, recv/2]).
--export([py_request/3, default_max_size/0]).
+-export([py_request/4, default_max_size/0]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
 
 -export_type([handle/0, kind/0]).
@@ -117,10 +117,11 @@ recv({py_byte_channel, Pid, _}, Timeout) ->
     end.
 
 %% @doc Serves a Python request on channel `Pid' (see pyport_handles).
--spec py_request(pid(), term(), [term()]) ->
+%% Only a byte channel carries bytes from Python.
+-spec py_request(pid(), kind(), term(), [term()]) ->
           {reply, pyport_callback:result()}
           | {wait, unicode:chardata(), fun(() -> pyport_callback:result())}.
-py_request(Pid, <<"recv">>, [TimeoutMs]) when is_integer(TimeoutMs) ->
+py_request(Pid, _Kind, <<"recv">>, [TimeoutMs]) when is_integer(TimeoutMs) ->
     case call(Pid, {take, python}) of
         empty when TimeoutMs =/= 0 ->
             Timeout = case TimeoutMs < 0 of true -> infinity; false -> TimeoutMs end,
@@ -130,19 +131,19 @@ py_request(Pid, <<"recv">>, [TimeoutMs]) when is_integer(TimeoutMs) ->
         Taken ->
             {reply, {ok, Taken}}
     end;
-py_request(Pid, <<"send">>, [Data]) when is_binary(Data) ->
+py_request(Pid, byte_channel, <<"send">>, [Data]) when is_binary(Data) ->
     {reply, {ok, case py_send(Pid, Data) of
                      {error, closed} -> closed;
                      Answer -> Answer
                  end}};
-py_request(Pid, <<"close">>, []) ->
+py_request(Pid, _Kind, <<"close">>, []) ->
     {reply, {ok, close(Pid)}};
-py_request(Pid, <<"info">>, []) ->
+py_request(Pid, _Kind, <<"info">>, []) ->
     {reply, {ok, case call(Pid, info) of
                      #{} = Info -> Info;
                      {error, closed} -> #{size => 0, max_size => 0, closed => true}
                  end}};
-py_request(_Pid, Verb, Args) ->
+py_request(_Pid, _Kind, Verb, Args) ->
     {reply, {error, <<"ValueError">>,
              io_lib:format("unknown channel request ~0tp with ~0tp", [Verb, Args],
                            [{chars_limit, 200}]),

@@ -71,8 +71,8 @@ count() ->
 -spec request(term(), term(), [term()]) -> action().
 request(Verb, Token, Args) ->
     case lookup(Token) of
-        {ok, channel, Pid, _} -> pyport_channel:py_request(Pid, Verb, Args);
-        {ok, byte_channel, Pid, _} -> pyport_channel:py_request(Pid, Verb, Args);
+        {ok, channel, Pid, _} -> pyport_channel:py_request(Pid, channel, Verb, Args);
+        {ok, byte_channel, Pid, _} -> pyport_channel:py_request(Pid, byte_channel, Verb, Args);
         {ok, buffer, Pid, _} -> pyport_buffer:py_request(Pid, Verb, Args);
         {ok, shared_dict, Pid, Tab} -> pyport_shared_dict:py_request(Pid, Tab, Verb, Args);
         error -> {reply, unknown_handle()}

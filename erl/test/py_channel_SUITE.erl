@@ -12,7 +12,8 @@ all() ->
     [new_send_info_close, python_receives_in_order, busy_when_full, receive_waits_for_send,
      receive_timeout_and_try, async_iteration, reply_to_sender, one_waiter_at_a_time,
      unsupported_term_refused, owner_exit_frees, forged_or_bad_handle,
-     worker_killed_while_receiving, bytes_both_ways, bytes_bounds, bytes_erlang_recv].
+     worker_killed_while_receiving, interrupted_receive_loses_nothing, hostile_requests,
+     many_waiters_bounded, bytes_both_ways, bytes_bounds, bytes_erlang_recv, throughput].
 
 init_per_suite(Config) ->
     Data = ?config(data_dir, Config),
@@ -234,3 +235,60 @@ bytes_erlang_recv(_Config) ->
     timer:sleep(50),
     ?assertEqual({error, timeout}, py_byte_channel:recv(Ch, 10)),
     py_byte_channel:close(Ch).
+
+interrupted_receive_loses_nothing(_Config) ->
+    {ok, Ch} = py_channel:new(),
+    %% The call times out: Python's wait is interrupted, its waiter ends.
+    ?assertEqual({error, timeout}, py:call(chan_mod, recv_one, [Ch, -1], #{}, 300)),
+    timer:sleep(100),
+    ok = py_channel:send(Ch, kept),
+    ?assertEqual({ok, {<<"got">>, kept}}, py:call(ctx(1), chan_mod, recv_one, [Ch, 1000])),
+    py_channel:close(Ch).
+
+hostile_requests(_Config) ->
+    {ok, Ch} = py_channel:new(#{max_size => 1000}),
+    {py_channel, _, Token} = Ch,
+    Atoms0 = erlang:system_info(atom_count),
+    Procs0 = erlang:system_info(process_count),
+    {ok, Answers} = py:call(ctx(1), chan_mod, hostile, [Token]),
+    ct:log("~p", [Answers]),
+    %% Unknown token, junk verbs and arguments: ValueError (Channel turns an
+    %% unknown token into ChannelClosed); a term channel takes no bytes from
+    %% Python; a buffer verb on a channel is junk.
+    ?assertEqual([<<"ValueError">>, <<"ValueError">>, <<"ValueError">>, <<"ValueError">>,
+                  <<"ValueError">>, <<"ValueError">>, <<"ValueError">>], norm(Answers)),
+    ?assertMatch(#{size := 0}, py_channel:info(Ch)),
+    ?assertEqual(Atoms0, erlang:system_info(atom_count)),
+    ?assert(erlang:system_info(process_count) =< Procs0 + 1),
+    py_channel:close(Ch).
+
+norm(Answers) ->
+    [case A of
+         closed -> <<"closed">>;
+         B when is_binary(B) -> B;
+         Other -> Other
+     end || A <- Answers].
+
+many_waiters_bounded(_Config) ->
+    {ok, Ch} = py_channel:new(),
+    Procs0 = erlang:system_info(process_count),
+    Ref = async_call(many_waiters, [Ch, 20]),
+    timer:sleep(500),
+    %% One thread waits (one runner process in the node), 19 were refused.
+    ?assert(erlang:system_info(process_count) =< Procs0 + 3),
+    ok = py_channel:send(Ch, only),
+    {ok, Results} = pyport_test_util:await(Ref),
+    ?assertEqual({[{<<"got">>, only}], 19}, Results),
+    py_channel:close(Ch).
+
+throughput(_Config) ->
+    %% Not a benchmark: a number for the record, and no item lost.
+    N = 5000,
+    {ok, Ch} = py_channel:new(),
+    T0 = erlang:monotonic_time(microsecond),
+    Ref = async_call(collect, [Ch]),
+    [ok = py_channel:send(Ch, I) || I <- lists:seq(1, N)],
+    ok = py_channel:close(Ch),
+    ?assertEqual({ok, lists:seq(1, N)}, pyport_test_util:await(Ref)),
+    Us = erlang:monotonic_time(microsecond) - T0,
+    ct:log("~b items through a channel in ~b ms (~b items/s)", [N, Us div 1000, N * 1000000 div max(Us, 1)]).

@@ -86,3 +86,46 @@ def byte_try(ch):
 async def byte_async(ch):
     b = ByteChannel(ch)
     return [c async for c in b]
+
+
+def hostile(token):
+    """Requests no well-behaved Channel sends: each is answered, none
+    reaches anything."""
+    from erlang import _link
+    out = []
+    for verb, tok, args in [("recv", "0" * 32, [0]), ("bogus", token, []),
+                            ("recv", token, ["x"]), ("send", token, [b"x" * 100]),
+                            ("recv", 5, [0]), ("recv", token, [0, 1]),
+                            ("read", token, [10, True])]:
+        try:
+            out.append(_link.request("handle", [verb, tok, args]))
+        except Exception as e:
+            out.append(type(e).__name__)
+    return out
+
+
+def many_waiters(ch, n):
+    """n threads wait on one channel at once: one waits, the others are
+    refused at once."""
+    import threading
+    results = []
+    lock = threading.Lock()
+
+    def wait():
+        r = recv_one_thread(ch)
+        with lock:
+            results.append(r)
+
+    threads = [threading.Thread(target=wait) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [r for r in results if r != "refused"], results.count("refused")
+
+
+def recv_one_thread(ch):
+    try:
+        return ("got", Channel(ch).receive(10000))
+    except RuntimeError:
+        return "refused"
