@@ -1,6 +1,6 @@
 %% @doc erlang_python's `py_import': modules imported and `sys.path'
-%% entries added in every worker of every pool, now and in every worker
-%% started later (restarts included). A thin facade over {@link
+%% entries added in every worker of every pool that is not sandboxed, now
+%% and in every worker started later (restarts included). A thin facade over {@link
 %% pyport_preload}; see docs/channels.md.
 %%
 %% ```

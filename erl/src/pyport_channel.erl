@@ -26,7 +26,6 @@
 
 -type kind() :: channel | byte_channel.
 -opaque handle() :: {py_channel | py_byte_channel, pid(), pyport_handles:token()}.
--type direction() :: python | erlang.
 -type info() :: #{size := non_neg_integer(), max_size := non_neg_integer(),
                   closed := boolean()}.
 

@@ -13,7 +13,7 @@
 %% start error (a configuration error).
 -module(pyport_preload).
 
--export([first_steps/1, later_steps/1, everywhere/3, in_pool/4, python_str/1]).
+-export([first_steps/1, later_steps/2, everywhere/3, in_pool/4, python_str/1]).
 -export([imports/0, add_import/2, clear_imports/0, paths/0, add_paths/1, clear_paths/0,
          code/0, set_code/1, venv/1, set_venv/2]).
 
@@ -36,11 +36,18 @@ first_steps(Opts) ->
                Dir -> [{venv, venv_src(Dir)}]
            end,
     Venv ++ [{{path, P}, tolerant(<<"py_import:add_path">>, path_src(P))}
-             || P <- paths()].
+             || P <- paths(), not sandboxed(Opts)].
 
 %% @doc Steps after the pool's own: the recorded imports, a venv activated
-%% for the pool with `py:activate_venv/1', the preload code.
--spec later_steps(atom()) -> [step()].
+%% for the pool with `py:activate_venv/1', the preload code. A sandboxed
+%% pool runs only what its own configuration names.
+-spec later_steps(atom(), map()) -> [step()].
+later_steps(Pool, Opts) ->
+    case sandboxed(Opts) of
+        true -> [];
+        false -> later_steps(Pool)
+    end.
+
 later_steps(Pool) ->
     Venv = case venv(Pool) of
                undefined -> [];
@@ -52,12 +59,12 @@ later_steps(Pool) ->
         ++ [{preload, tolerant(<<"py_preload">>, preload_src(C))} || C <- [code()], C =/= undefined].
 
 %% @doc Runs `Code' (statements, in each worker's shared namespace) in
-%% every worker of `Pools' (`all': every pool), concurrently: `ok', or the
-%% failures by pool and slot.
+%% every worker of `Pools' (`all': every pool that is not sandboxed),
+%% concurrently: `ok', or the failures by pool and slot.
 -spec everywhere(all | [atom()], binary(), timeout()) ->
           ok | {error, [{atom(), pos_integer(), term()}]}.
 everywhere(all, Code, Timeout) ->
-    everywhere(pyport:pools(), Code, Timeout);
+    everywhere([P || P <- pyport:pools(), not sandboxed(P)], Code, Timeout);
 everywhere(Pools, Code, Timeout) ->
     Results = lists:append([in_pool(Pool, ?EXEC, [Code, 0], Timeout) || Pool <- Pools]),
     case [{Pool, Slot, E} || {Pool, Slot, {error, _} = E} <- Results] of
@@ -76,6 +83,16 @@ in_pool(Pool, Kind, Fields, Timeout) ->
             [{Pool, Slot, pyport_request:await(H)} || {Slot, H} <- Handles];
         {error, _} = Error ->
             [{Pool, 0, Error}]
+    end.
+
+%% A sandboxed pool (by its options or its name) runs only what its own
+%% configuration names: node-wide imports, paths and preload code stay out.
+sandboxed(#{sandbox := Sandbox}) -> Sandbox =/= false;
+sandboxed(Opts) when is_map(Opts) -> false;
+sandboxed(Pool) when is_atom(Pool) ->
+    case pyport_pool:info(Pool) of
+        {ok, #{opts := Opts}} -> sandboxed(Opts);
+        _ -> false
     end.
 
 %%%===================================================================

@@ -1296,7 +1296,7 @@ initialize(#state{opts = #{imports := Imports0, init_code := Code} = Opts} = Sta
     Steps = pyport_preload:first_steps(Opts)
         ++ [{{import, M}, <<"import ", M/binary>>} || M <- Imports]
         ++ [{init_code, Code} || Code =/= undefined]
-        ++ pyport_preload:later_steps(State0#state.pool),
+        ++ pyport_preload:later_steps(State0#state.pool, Opts),
     case Steps of
         [] ->
             ready(State);
