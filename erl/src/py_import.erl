@@ -14,8 +14,6 @@
          all_imports/0, import_list/0, clear_imports/0,
          add_path/1, add_paths/1, all_paths/0, clear_paths/0, is_path_added/1]).
 
--define(TIMEOUT, 30000).
-
 -type name() :: atom() | binary() | string().
 
 %% @doc Imports `Module' in every worker now and records it for new ones.
@@ -29,19 +27,8 @@ ensure_imported(Module) ->
 ensure_imported(Module, Function) ->
     ensure(bin(Module), bin(Function)).
 
-ensure(<<"__main__">>, _) ->
-    {error, main_not_cacheable};
 ensure(M, F) ->
-    Src = <<"import importlib\n_m = importlib.import_module(",
-            (pyport_preload:python_str(M))/binary, ")\n",
-            (case F of
-                 all -> <<>>;
-                 _ -> <<"getattr(_m, ", (pyport_preload:python_str(F))/binary, ")\n">>
-             end)/binary, "del _m\n">>,
-    case pyport_preload:everywhere(all, Src, ?TIMEOUT) of
-        ok -> pyport_preload:add_import(M, F);
-        Error -> Error
-    end.
+    pyport_preload:ensure_imported(M, F).
 
 %% @doc Whether `Module' was recorded (by itself or for a function).
 -spec is_imported(name()) -> boolean().
@@ -81,14 +68,7 @@ add_path(Path) ->
 %% @doc {@link add_path/1} for several (the first ends up first).
 -spec add_paths([name()]) -> ok | {error, term()}.
 add_paths(Paths) ->
-    Bins = [bin(P) || P <- Paths],
-    ok = pyport_preload:add_paths(Bins),
-    Src = iolist_to_binary(
-            [<<"import sys\n">>
-             | [<<"_p = ", (pyport_preload:python_str(P))/binary, "\n"
-                  "if _p in sys.path: sys.path.remove(_p)\n"
-                  "sys.path.insert(0, _p)\n">> || P <- lists:reverse(Bins)]]),
-    pyport_preload:everywhere(all, Src, ?TIMEOUT).
+    pyport_preload:add_paths_now([bin(P) || P <- Paths]).
 
 %% @doc The added paths, in insertion order.
 -spec all_paths() -> [binary()].

@@ -14,6 +14,7 @@
 -module(pyport_preload).
 
 -export([first_steps/1, later_steps/2, everywhere/3, in_pool/4, python_str/1]).
+-export([ensure_imported/2, add_paths_now/1, venv_src/1]).
 -export([imports/0, add_import/2, clear_imports/0, paths/0, add_paths/1, clear_paths/0,
          code/0, set_code/1, venv/1, set_venv/2]).
 
@@ -95,6 +96,25 @@ sandboxed(Pool) when is_atom(Pool) ->
         _ -> false
     end.
 
+%% @doc Imports `M' (and checks `M.F') in every worker now; recorded for
+%% later workers only if it worked everywhere.
+-spec ensure_imported(binary(), binary() | all) ->
+          ok | {error, main_not_cacheable | [{atom(), pos_integer(), term()}]}.
+ensure_imported(<<"__main__">>, _) ->
+    {error, main_not_cacheable};
+ensure_imported(M, F) ->
+    case everywhere(all, import_src(M, F), 30000) of
+        ok -> add_import(M, F);
+        Error -> Error
+    end.
+
+%% @doc Records `sys.path' entries and puts them first in every worker now
+%% (the first of `Ps' ends up first).
+-spec add_paths_now([binary()]) -> ok | {error, [{atom(), pos_integer(), term()}]}.
+add_paths_now(Ps) ->
+    ok = add_paths(Ps),
+    everywhere(all, iolist_to_binary([path_src(P) || P <- lists:reverse(Ps)]), 30000).
+
 %%%===================================================================
 %%% Records
 %%%===================================================================
@@ -173,6 +193,9 @@ import_src(M, F) ->
 preload_src(Code) ->
     <<"exec(compile(", (python_str(Code))/binary, ", '<py_preload>', 'exec'), globals())\n">>.
 
+%% @doc Python that activates the venv `Dir' (erlang._venv), raising
+%% when it cannot be used by this worker's Python.
+-spec venv_src(binary()) -> binary().
 venv_src(Dir) ->
     <<"import erlang._venv\nerlang._venv.activate(", (python_str(Dir))/binary, ")\n">>.
 

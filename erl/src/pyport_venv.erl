@@ -61,9 +61,7 @@ activate(Pool, Path0) ->
         false ->
             {error, {invalid_venv, <<Path/binary, " has no pyvenv.cfg: it is not a venv">>}};
         true ->
-            Src = <<"import erlang._venv\nerlang._venv.activate(",
-                    (pyport_preload:python_str(Path))/binary, ")\n">>,
-            case pyport_preload:everywhere([Pool], Src, ?TIMEOUT) of
+            case pyport_preload:everywhere([Pool], pyport_preload:venv_src(Path), ?TIMEOUT) of
                 ok ->
                     pyport_preload:set_venv(Pool, Path);
                 {error, [{_, _, {error, Why}} | _]} ->

@@ -9,7 +9,7 @@
 
 all() ->
     [paths_and_imports_everywhere, failed_import_not_recorded, function_imports,
-     later_workers_and_restarts, preload_for_new_workers, clear].
+     later_workers_and_restarts, preload_for_new_workers, sandboxed_pool_untouched, clear].
 
 init_per_suite(Config) ->
     Dir = filename:join(?config(priv_dir, Config), "mods"),
@@ -124,3 +124,18 @@ clear(Config) ->
     ?assertEqual(undefined, py_preload:get_code()),
     %% Running workers keep what they imported.
     ?assertEqual({ok, true}, modules_loaded(py:context(1))).
+
+sandboxed_pool_untouched(Config) ->
+    {ok, _} = pyport:start_pool(sb, #{size => 1, sandbox => true}),
+    ok = py_import:add_path(?config(mods, Config)),
+    ok = py_import:ensure_imported(imp_probe),
+    ok = py_preload:set_code(<<"import sys\nsys.pyport_preload_marker = 1\n">>),
+    Probe = <<"('imp_probe' in __import__('sys').modules, "
+              "hasattr(__import__('sys'), 'pyport_preload_marker'))">>,
+    ?assertEqual({ok, {false, false}}, in_worker(py:context(sb, 1), Probe)),
+    %% Nor when it starts after them.
+    ok = pyport:stop_pool(sb),
+    {ok, _} = pyport:start_pool(sb, #{size => 1, sandbox => true}),
+    ?assertEqual({ok, {false, false}}, in_worker(py:context(sb, 1), Probe)),
+    {ok, _} = pyport:start_pool(plain, #{size => 1}),
+    ?assertEqual({ok, {true, true}}, in_worker(py:context(plain, 1), Probe)).
