@@ -30,7 +30,7 @@
              written = 0 :: non_neg_integer(),      % all bytes accepted
              eof = false :: boolean(),              % the writer closed
              py_closed = false :: boolean(),        % Python closed it
-             reader :: undefined | {gen_server:from(), reference()},
+             reader :: undefined | {{gen_server:from(), non_neg_integer()}, reference()},
              %% Writes waiting for room, oldest first.
              writers = queue:new() :: queue:queue({gen_server:from(), binary(),
                                                   reference() | undefined})}).
@@ -249,7 +249,7 @@ admit(S) ->
 reply_writer({From, _, TRef}, Answer) ->
     case TRef of
         undefined -> ok;
-        _ -> erlang:cancel_timer(TRef)
+        _ -> _ = erlang:cancel_timer(TRef), ok
     end,
     gen_server:reply(From, Answer).
 
