@@ -2,7 +2,8 @@
 %% byte channels, buffers and shared dicts (docs/channels.md).
 %%
 %% Each object is a process of its own, made by an Erlang caller (Python
-%% never makes one) and owned by it: it ends when its owner exits. Python
+%% never makes one) and owned by it: it ends when its owner exits, and
+%% with this server (so at pyport's stop). Python
 %% holds only the object's token, 128 random bits that stand for it: a
 %% worker reaches the objects whose handle it was given, and no other (it
 %% cannot guess a token, and a pid it names is never messaged). This
@@ -90,6 +91,9 @@ unknown_handle() ->
 %% @private
 -spec init([]) -> {ok, #{reference() => token()}}.
 init([]) ->
+    %% Objects are linked: they end with this server (at pyport's stop, or
+    %% if it fails and its table is lost); their own ends are 'DOWN's.
+    process_flag(trap_exit, true),
     _ = ets:new(?TAB, [named_table, protected, set, {read_concurrency, true}]),
     {ok, #{}}.
 
@@ -97,6 +101,7 @@ init([]) ->
 -spec handle_call(term(), gen_server:from(), map()) -> {reply, term(), map()}.
 handle_call({add, Token, Kind, Pid, Extra}, _From, Refs) ->
     true = ets:insert_new(?TAB, {Token, Kind, Pid, Extra}),
+    true = link(Pid),
     {reply, ok, Refs#{erlang:monitor(process, Pid) => Token}};
 handle_call(_Request, _From, Refs) ->
     {reply, {error, unknown_call}, Refs}.
@@ -116,5 +121,7 @@ handle_info({'DOWN', Ref, process, _, _}, Refs) ->
         error ->
             {noreply, Refs}
     end;
+handle_info({'EXIT', _, _}, Refs) ->
+    {noreply, Refs};
 handle_info(_Msg, Refs) ->
     {noreply, Refs}.

@@ -4,10 +4,11 @@
 %% those after it, which rely on it): `pyport_reaper' (ends the OS process
 %% tree of every worker whose port closes; first, so that no worker runs
 %% unwatched), `pyport_state' (the shared state and
-%% traces tables), `pyport_registry' (Erlang functions Python may call),
-%% `pyport_handles' (channels, buffers and shared dicts by token), the
+%% traces tables), `pyport_registry' (Erlang functions Python may call), the
 %% `pg' scope `pyport' (cluster-wide pool membership and pub/sub topics),
-%% then `pyport_pools_sup' (every pool). The supervisor process owns the
+%% `pyport_pools_sup' (every pool), then `pyport_handles' (channels, buffers
+%% and shared dicts by token; a worker asking for an unknown token while it
+%% restarts gets an error). The supervisor process owns the
 %% table of requests in flight to other nodes (see {@link pyport_cluster}).
 -module(pyport_sup).
 -behaviour(supervisor).
@@ -28,7 +29,8 @@ init(Pools) ->
     Reaper = #{id => pyport_reaper, start => {pyport_reaper, start_link, []}},
     State = #{id => pyport_state, start => {pyport_state, start_link, []}},
     Registry = #{id => pyport_registry, start => {pyport_registry, start_link, []}},
-    %% Channels, buffers and shared dicts Python reaches by token.
+    %% Channels, buffers and shared dicts Python reaches by token. Last:
+    %% nothing depends on it at start, and its restart restarts nothing.
     Handles = #{id => pyport_handles, start => {pyport_handles, start_link, []}},
     Pg = #{id => pg,
            start => {pg, start_link, [pyport_cluster:scope()]}},
@@ -36,4 +38,4 @@ init(Pools) ->
                  start => {pyport_pools_sup, start_link, [Pools]},
                  type => supervisor,
                  shutdown => infinity},
-    {ok, {Flags, [Reaper, State, Registry, Handles, Pg, PoolsSup]}}.
+    {ok, {Flags, [Reaper, State, Registry, Pg, PoolsSup, Handles]}}.

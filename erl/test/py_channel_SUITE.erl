@@ -13,7 +13,8 @@ all() ->
      receive_timeout_and_try, async_iteration, reply_to_sender, one_waiter_at_a_time,
      unsupported_term_refused, owner_exit_frees, forged_or_bad_handle,
      worker_killed_while_receiving, interrupted_receive_loses_nothing, hostile_requests,
-     many_waiters_bounded, bytes_both_ways, bytes_bounds, bytes_erlang_recv, throughput].
+     many_waiters_bounded, bytes_both_ways, bytes_bounds, bytes_erlang_recv, throughput,
+     objects_end_with_pyport].
 
 init_per_suite(Config) ->
     Data = ?config(data_dir, Config),
@@ -292,3 +293,15 @@ throughput(_Config) ->
     ?assertEqual({ok, lists:seq(1, N)}, pyport_test_util:await(Ref)),
     Us = erlang:monotonic_time(microsecond) - T0,
     ct:log("~b items through a channel in ~b ms (~b items/s)", [N, Us div 1000, N * 1000000 div max(Us, 1)]).
+
+%% Last: stops pyport. Objects do not outlive the application.
+objects_end_with_pyport(_Config) ->
+    {ok, Ch} = py_channel:new(),
+    {ok, Buf} = py_buffer:new(),
+    {ok, D} = py:shared_dict_new(),
+    Pids = [element(2, Ch), element(2, Buf), element(2, D)],
+    ?assert(lists:all(fun erlang:is_process_alive/1, Pids)),
+    pyport_test_util:stop(),
+    ?assertNot(lists:any(fun erlang:is_process_alive/1, Pids)),
+    ?assertEqual({error, closed}, py_channel:send(Ch, x)),
+    ok = pyport_test_util:start(#{default => #{size => 2}}).
