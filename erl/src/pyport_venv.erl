@@ -65,8 +65,13 @@ activate(Pool, Path0) ->
                 ok ->
                     pyport_preload:set_venv(Pool, Path);
                 {error, [{_, _, {error, Why}} | _]} ->
-                    %% Where it applied, it is taken back.
-                    _ = deactivate(Pool),
+                    %% Where it applied, it is taken back: the venv active
+                    %% before (if any) is active again everywhere.
+                    _ = case pyport_preload:venv(Pool) of
+                            undefined -> deactivate(Pool);
+                            Prev -> pyport_preload:everywhere([Pool], pyport_preload:venv_src(Prev),
+                                                              ?TIMEOUT)
+                        end,
                     {error, {invalid_venv, Why}}
             end
     end.

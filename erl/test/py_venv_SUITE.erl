@@ -82,7 +82,12 @@ other_python_refused(Config) ->
     ?assertMatch({_, _}, binary:match(Text, <<"venv">>)),
     ?assertMatch({_, _}, binary:match(Text, <<"made for Python 3.9.2">>)),
     ?assertMatch({error, {invalid_venv, _}}, py:activate_venv(Other)),
-    ?assertEqual({ok, #{<<"active">> => false}}, py:venv_info()).
+    ?assertEqual({ok, #{<<"active">> => false}}, py:venv_info()),
+    %% A refused venv leaves the one active before in place.
+    ok = py:activate_venv(?config(venv, Config)),
+    ?assertMatch({error, {invalid_venv, _}}, py:activate_venv(Other)),
+    ?assertMatch({ok, #{<<"active">> := true}}, py:venv_info()),
+    ?assertEqual({ok, {true, <<"from a .pth">>}}, imports_from_venv(py:context(2))).
 
 activate_and_deactivate(Config) ->
     Venv = ?config(venv, Config),
