@@ -868,7 +868,7 @@ pool_size(Pool) ->
 %% Where a call goes, and its timeout.
 target(Opts) ->
     #{timeout := Timeout} = O = options(Opts),
-    {remote(O, local_call_target(O)), Timeout}.
+    {with_output(O, remote(O, local_call_target(O))), Timeout}.
 
 %% Where an eval/exec goes, its timeout and its namespace: the calling
 %% process's own, unless another route was asked for.
@@ -912,8 +912,8 @@ remote(_O, Local) ->
 
 %% A context names its pool; `pool' in the options is not used.
 target(#pyport_ctx{pool = Pool, slot = Slot}, Opts) ->
-    #{timeout := Timeout} = options(Opts),
-    {{slot, Pool, Slot}, Timeout}.
+    #{timeout := Timeout} = O = options(Opts),
+    {with_output(O, {slot, Pool, Slot}), Timeout}.
 
 options(Timeout) when Timeout =:= infinity; is_integer(Timeout), Timeout >= 0 ->
     #{pool => ?DEFAULT_POOL, timeout => Timeout};
@@ -936,7 +936,10 @@ check_option(shard, Key, Acc) ->
     Acc#{shard => Key};
 check_option(node, N, Acc) when is_atom(N) ->
     Acc#{node => N};
-check_option(Key, Value, _Acc) when Key =:= timeout; Key =:= pool; Key =:= node ->
+check_option(output, Where, Acc) when Where =:= caller; Where =:= logger ->
+    Acc#{output => Where};
+check_option(Key, Value, _Acc) when Key =:= timeout; Key =:= pool; Key =:= node;
+                                    Key =:= output ->
     throw({error, {invalid_option, Key, Value}});
 check_option(Key, _Value, _Acc) ->
     throw({error, {bad_option, Key}}).
@@ -1070,3 +1073,9 @@ dup_fd(_Fd) ->
     {error, {not_supported, <<"dup_fd: workers are separate OS processes; a descriptor of the "
                               "node means nothing in them (pass a socket path or a port number "
                               "to Python instead)">>}}.
+
+%% ---- output (pyport_output) ----
+
+%% A call's own `output' option travels with its target.
+with_output(#{output := Where}, Target) -> {output, Where, Target};
+with_output(_Opts, Target) -> Target.

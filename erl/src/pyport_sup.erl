@@ -4,7 +4,8 @@
 %% those after it, which rely on it): `pyport_reaper' (ends the OS process
 %% tree of every worker whose port closes; first, so that no worker runs
 %% unwatched), `pyport_state' (the shared state and
-%% traces tables), `pyport_registry' (Erlang functions Python may call), the
+%% traces tables), `pyport_registry' (Erlang functions Python may call),
+%% `pyport_hooks' (hooks by app path, see {@link pyport_hooks}), the
 %% `pg' scope `pyport' (cluster-wide pool membership and pub/sub topics),
 %% `pyport_pools_sup' (every pool), then `pyport_handles' (channels, buffers
 %% and shared dicts by token; a worker asking for an unknown token while it
@@ -29,6 +30,7 @@ init(Pools) ->
     Reaper = #{id => pyport_reaper, start => {pyport_reaper, start_link, []}},
     State = #{id => pyport_state, start => {pyport_state, start_link, []}},
     Registry = #{id => pyport_registry, start => {pyport_registry, start_link, []}},
+    Hooks = #{id => pyport_hooks, start => {pyport_hooks, start_link, []}},
     %% Channels, buffers and shared dicts Python reaches by token. Last:
     %% nothing depends on it at start, and its restart restarts nothing.
     Handles = #{id => pyport_handles, start => {pyport_handles, start_link, []}},
@@ -38,4 +40,4 @@ init(Pools) ->
                  start => {pyport_pools_sup, start_link, [Pools]},
                  type => supervisor,
                  shutdown => infinity},
-    {ok, {Flags, [Reaper, State, Registry, Pg, PoolsSup, Handles]}}.
+    {ok, {Flags, [Reaper, State, Registry, Hooks, Pg, PoolsSup, Handles]}}.
