@@ -61,6 +61,12 @@
          configure_logging/0, configure_logging/1,
          enable_tracing/0, disable_tracing/0, get_traces/0, clear_traces/0]).
 
+%% Channels, buffers, shared state, imports and venvs (section at the end).
+-export([shared_dict_new/0, shared_dict_get/2, shared_dict_get/3, shared_dict_set/3,
+         shared_dict_del/2, shared_dict_keys/1, shared_dict_destroy/1,
+         ensure_venv/2, ensure_venv/3, activate_venv/1, deactivate_venv/0, venv_info/0,
+         tracemalloc_start/0, tracemalloc_start/1, tracemalloc_stop/0, dup_fd/1]).
+
 -export_type([context/0, handle/0, name/0, code/0, opts/0, result/0,
               async_ref/0, stream_ref/0]).
 
@@ -985,6 +991,94 @@ code(L) when is_list(L) ->
         error:badarg -> throw({error, {invalid_code, L}})
     end;
 code(Other) -> throw({error, {invalid_code, Other}}).
+
+%% ---- channels, buffers, shared state, imports and venvs (docs/channels.md) ----
+
+%% @doc A dict shared by Erlang and every worker (`erlang.SharedDict(h)'
+%% in Python), owned by the caller: freed when it exits.
+-spec shared_dict_new() -> {ok, pyport_shared_dict:handle()} | {error, term()}.
+shared_dict_new() ->
+    pyport_shared_dict:new(#{}).
+
+%% @doc The value of a binary key, or `undefined'.
+-spec shared_dict_get(pyport_shared_dict:handle(), binary()) -> term().
+shared_dict_get(Dict, Key) ->
+    pyport_shared_dict:get(Dict, Key, undefined).
+
+-spec shared_dict_get(pyport_shared_dict:handle(), binary(), term()) -> term().
+shared_dict_get(Dict, Key, Default) ->
+    pyport_shared_dict:get(Dict, Key, Default).
+
+%% @doc `{error, {shared_dict_full, entries | bytes, Max}}' past its limits.
+-spec shared_dict_set(pyport_shared_dict:handle(), binary(), term()) -> ok | {error, term()}.
+shared_dict_set(Dict, Key, Value) ->
+    pyport_shared_dict:set(Dict, Key, Value).
+
+-spec shared_dict_del(pyport_shared_dict:handle(), binary()) -> ok.
+shared_dict_del(Dict, Key) ->
+    pyport_shared_dict:del(Dict, Key).
+
+-spec shared_dict_keys(pyport_shared_dict:handle()) -> [binary()].
+shared_dict_keys(Dict) ->
+    pyport_shared_dict:keys(Dict).
+
+%% @doc Frees it now (idempotent); later use raises `badarg'.
+-spec shared_dict_destroy(pyport_shared_dict:handle()) -> ok.
+shared_dict_destroy(Dict) ->
+    pyport_shared_dict:destroy(Dict).
+
+%% @doc Makes a venv (Debian's `python3 -m venv') unless it exists,
+%% installs `Req' offline only, and activates it for the default pool.
+-spec ensure_venv(unicode:chardata(), term()) -> ok | {error, term()}.
+ensure_venv(Path, Req) ->
+    pyport_venv:ensure(Path, Req, []).
+
+%% @doc With options: `{python, Exe}', `force', `{installer, pip | uv}',
+%% `{extras, [Name]}', `{find_links, WheelDir}'.
+-spec ensure_venv(unicode:chardata(), term(), list()) -> ok | {error, term()}.
+ensure_venv(Path, Req, Opts) ->
+    pyport_venv:ensure(Path, Req, Opts).
+
+%% @doc Activates a venv in every worker of the default pool, now and in
+%% those started later.
+-spec activate_venv(unicode:chardata()) -> ok | {error, {invalid_venv, term()}}.
+activate_venv(Path) ->
+    pyport_venv:activate(?DEFAULT_POOL, Path).
+
+-spec deactivate_venv() -> ok.
+deactivate_venv() ->
+    pyport_venv:deactivate(?DEFAULT_POOL).
+
+%% @doc `{ok, #{<<"active">> => true, <<"venv_path">>, <<"site_packages">>,
+%% <<"sys_path">>}}' or `{ok, #{<<"active">> => false}}'.
+-spec venv_info() -> {ok, map()} | {error, term()}.
+venv_info() ->
+    pyport_venv:info(?DEFAULT_POOL).
+
+%% @doc Starts `tracemalloc' in every worker of the default pool.
+-spec tracemalloc_start() -> ok | {error, term()}.
+tracemalloc_start() ->
+    tracemalloc_start(1).
+
+-spec tracemalloc_start(pos_integer()) -> ok | {error, term()}.
+tracemalloc_start(NFrames) when is_integer(NFrames), NFrames > 0 ->
+    pyport_preload:everywhere([?DEFAULT_POOL],
+                              iolist_to_binary(["import tracemalloc\ntracemalloc.start(",
+                                                integer_to_list(NFrames), ")\n"]), 30000);
+tracemalloc_start(NFrames) ->
+    {error, {invalid_nframes, NFrames}}.
+
+-spec tracemalloc_stop() -> ok | {error, term()}.
+tracemalloc_stop() ->
+    pyport_preload:everywhere([?DEFAULT_POOL], <<"import tracemalloc\ntracemalloc.stop()\n">>, 30000).
+
+%% @doc Not provided: a descriptor of the node is not one of a worker,
+%% which is another OS process.
+-spec dup_fd(integer()) -> {error, {not_supported, binary()}}.
+dup_fd(_Fd) ->
+    {error, {not_supported, <<"dup_fd: workers are separate OS processes; a descriptor of the "
+                              "node means nothing in them (pass a socket path or a port number "
+                              "to Python instead)">>}}.
 
 %% ---- output (pyport_output) ----
 

@@ -10,7 +10,9 @@
 %% owners and workers; its restart restarts the pools, whose workers hold
 %% the objects), the
 %% `pg' scope `pyport' (cluster-wide pool membership and pub/sub topics),
-%% then `pyport_pools_sup' (every pool). The supervisor process owns the
+%% `pyport_pools_sup' (every pool), then `pyport_handles' (channels, buffers
+%% and shared dicts by token; a worker asking for an unknown token while it
+%% restarts gets an error). The supervisor process owns the
 %% table of requests in flight to other nodes (see {@link pyport_cluster}).
 -module(pyport_sup).
 -behaviour(supervisor).
@@ -33,10 +35,13 @@ init(Pools) ->
     Registry = #{id => pyport_registry, start => {pyport_registry, start_link, []}},
     Hooks = #{id => pyport_hooks, start => {pyport_hooks, start_link, []}},
     Objects = #{id => pyport_objects, start => {pyport_objects, start_link, []}},
+    %% Channels, buffers and shared dicts Python reaches by token. Last:
+    %% nothing depends on it at start, and its restart restarts nothing.
+    Handles = #{id => pyport_handles, start => {pyport_handles, start_link, []}},
     Pg = #{id => pg,
            start => {pg, start_link, [pyport_cluster:scope()]}},
     PoolsSup = #{id => pyport_pools_sup,
                  start => {pyport_pools_sup, start_link, [Pools]},
                  type => supervisor,
                  shutdown => infinity},
-    {ok, {Flags, [Reaper, State, Registry, Hooks, Objects, Pg, PoolsSup]}}.
+    {ok, {Flags, [Reaper, State, Registry, Hooks, Objects, Pg, PoolsSup, Handles]}}.

@@ -1340,8 +1340,12 @@ initialize(#state{opts = #{imports := Imports0, init_code := Code} = Opts} = Sta
                   #{sandbox := false} -> Imports0;
                   #{} -> []                       % preloaded (pyport_sandbox:args/2)
               end,
-    Steps = [{{import, M}, <<"import ", M/binary>>} || M <- Imports]
-        ++ [{init_code, Code} || Code =/= undefined],
+    %% Around the pool's own steps: its venv and py_import's paths first,
+    %% py_import's imports, an activated venv and py_preload's code last.
+    Steps = pyport_preload:first_steps(Opts)
+        ++ [{{import, M}, <<"import ", M/binary>>} || M <- Imports]
+        ++ [{init_code, Code} || Code =/= undefined]
+        ++ pyport_preload:later_steps(State0#state.pool, Opts),
     case Steps of
         [] ->
             ready(State);

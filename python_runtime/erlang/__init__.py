@@ -34,7 +34,14 @@ _API = {
     **dict.fromkeys(["ErlangEventLoop", "ErlangEventLoopPolicy", "ExecutionMode", "detect_mode",
                      "get_worker_loop", "install", "new_event_loop", "run", "sleep",
                      "spawn_task", "EventLoopPolicy", "get_event_loop_policy"], "_loop"),
+    # Channels, buffers and shared dicts (docs/channels.md).
+    **dict.fromkeys(["Channel", "ChannelClosed", "ByteChannel", "ByteChannelClosed",
+                     "reply"], "_channels"),
+    "PyBuffer": "_buffers",
+    "SharedDict": "_shared_dict",
 }
+# erlang_python's importable submodules, also reachable as attributes.
+_SUBMODULES = frozenset(["channel", "byte_channel"])
 
 __all__ = ["Atom", "Pid", "Ref", "Term", "atom", *_API]
 
@@ -58,6 +65,8 @@ def __getattr__(name):
         value = getattr(import_module(f"{__name__}.{module}"), name)
         globals()[name] = value  # found directly from now on
         return value
+    if name in _SUBMODULES:
+        return import_module(f"{__name__}.{name}")
     return _registered_function(name)
 
 
