@@ -185,6 +185,8 @@ def test_transport_closed_mid_write():
         def connection_lost(self, exc):
             self.lost.set_result(exc)
 
+    written = []
+
     async def main():
         loop = asyncio.get_running_loop()
         sinks = []
@@ -194,6 +196,7 @@ def test_transport_closed_mid_write():
         chunk = b"y" * 65536
         for _ in range(4096):  # until the socket takes no more (its size is the kernel's)
             transport.write(chunk)
+            written.append(len(chunk))
             if transport.get_write_buffer_size() > 0:
                 break
         assert transport.get_write_buffer_size() > 0
@@ -214,7 +217,7 @@ def test_transport_closed_mid_write():
     # The peer saw the connection end (reset or end of file) after only a
     # part of what was queued.
     assert peer_exc is None or isinstance(peer_exc, ConnectionResetError)
-    assert sum(received) < 64 * 65536
+    assert sum(received) < sum(written)
 
 
 def test_sock_methods():
