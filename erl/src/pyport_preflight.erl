@@ -54,8 +54,9 @@ check(Priv) ->
         ok ->
             ok;
         {error, Problem} ->
-            ?LOG_ERROR("pyport cannot start on this machine: ~ts", [format_error(Problem)],
-                       #{domain => [pyport]}),
+            %% No domain [pyport] here: OTP's default handler drops events
+            %% of a domain it does not know, and this one must be seen.
+            ?LOG_ERROR("pyport cannot start on this machine: ~ts", [format_error(Problem)]),
             {error, {preflight, Problem}}
     end.
 
