@@ -13,7 +13,7 @@
 -include_lib("kernel/include/file.hrl").
 -include_lib("kernel/include/logger.hrl").
 
--export([check/0, check/1, format_error/1]).
+-export([check/0, check/1, check/2, format_error/1]).
 
 -export_type([problem/0]).
 
@@ -45,11 +45,16 @@ check() ->
 %% @doc Checks the worker and the Python runtime in `Priv'.
 -spec check(file:filename_all()) -> ok | {error, {preflight, problem()}}.
 check(Priv) ->
+    check(Priv, ?RUN_TIMEOUT).
+
+%% @doc As {@link check/1}, giving `pyport_worker --help' `Timeout' ms.
+-spec check(file:filename_all(), pos_integer()) -> ok | {error, {preflight, problem()}}.
+check(Priv, Timeout) ->
     Worker = filename:join(Priv, "pyport_worker"),
     Steps = [fun() -> executable(Worker) end,
              fun() -> runtime(filename:join(Priv, "python_runtime")) end,
              fun() -> stdlib(filename:join(Priv, "pyport_build.config")) end,
-             fun() -> runs(Worker) end],
+             fun() -> runs(Worker, Timeout) end],
     case first_problem(Steps) of
         ok ->
             ok;
@@ -80,7 +85,7 @@ format_error({python_stdlib_missing, Dir, Vsn, Package}) ->
 format_error({worker_failed, W, Status, Output}) ->
     flat("~ts --help exited with status ~b: ~ts", [W, Status, Output]);
 format_error({worker_timeout, W}) ->
-    flat("~ts --help did not finish within ~b ms", [W, ?RUN_TIMEOUT]).
+    flat("~ts --help did not finish in time", [W]).
 
 %% ---- the checks -----------------------------------------------------------
 
@@ -132,10 +137,10 @@ stdlib(_, _) ->
 %% The dynamic loader refuses a binary whose libraries are missing before
 %% main() runs; `--help' returns before Python starts, so this costs
 %% milliseconds.
-runs(W) ->
+runs(W, Timeout) ->
     try open_port({spawn_executable, W},
                   [{args, ["--help"]}, exit_status, stderr_to_stdout, binary, in]) of
-        Port -> collect(W, Port, <<>>, erlang:monotonic_time(millisecond) + ?RUN_TIMEOUT)
+        Port -> collect(W, Port, <<>>, erlang:monotonic_time(millisecond) + Timeout)
     catch
         error:Reason -> {error, {worker_failed, W, -1, atom_bin(Reason)}}
     end.
@@ -153,6 +158,12 @@ collect(W, Port, Acc, Deadline) ->
         {Port, {exit_status, Status}} ->
             {error, failure(W, Status, Acc)}
     after Left ->
+        %% Closing the port would leave the process running: kill it (the
+        %% reaper is not started yet; this path is rare enough for a shell).
+        case erlang:port_info(Port, os_pid) of
+            {os_pid, OsPid} -> _ = os:cmd("kill -9 " ++ integer_to_list(OsPid));
+            undefined -> ok
+        end,
         catch port_close(Port),
         {error, {worker_timeout, W}}
     end.

@@ -7,11 +7,11 @@
 -export([all/0, init_per_testcase/2, end_per_testcase/2]).
 -export([shipped_priv_passes/1, worker_missing/1, worker_not_executable/1,
          runtime_missing/1, missing_shared_library/1, stdlib_missing/1,
-         worker_fails/1, app_start_fails_with_the_reason/1]).
+         worker_fails/1, worker_hangs/1, app_start_fails_with_the_reason/1]).
 
 all() ->
     [shipped_priv_passes, worker_missing, worker_not_executable, runtime_missing,
-     missing_shared_library, stdlib_missing, worker_fails,
+     missing_shared_library, stdlib_missing, worker_fails, worker_hangs,
      app_start_fails_with_the_reason].
 
 init_per_testcase(_Case, Config) ->
@@ -79,6 +79,21 @@ worker_fails(Config) ->
     ok = file:change_mode(W, 8#755),
     {error, {preflight, {worker_failed, W, 3, Out}}} = pyport_preflight:check(Priv),
     ?assert(byte_size(Out) =< 16384).
+
+%% A worker that never returns from --help is given up on, and killed.
+worker_hangs(Config) ->
+    Priv = ?config(priv, Config),
+    W = filename:join(Priv, "pyport_worker"),
+    PidFile = filename:join(?config(priv_dir, Config), "hang.pid"),
+    ok = file:write_file(W, ["#!/bin/sh\necho $$ > '", PidFile, "'\nexec sleep 60\n"]),
+    ok = file:change_mode(W, 8#755),
+    T0 = erlang:monotonic_time(millisecond),
+    ?assertEqual({error, {preflight, {worker_timeout, W}}}, pyport_preflight:check(Priv, 300)),
+    %% Well before the sleep would have ended.
+    ?assert(erlang:monotonic_time(millisecond) - T0 < 30000),
+    {ok, Pid} = file:read_file(PidFile),
+    Proc = "/proc/" ++ string:trim(binary_to_list(Pid)),
+    ok = pyport_test_util:wait_until(fun() -> not filelib:is_dir(Proc) end).
 
 %% The application refuses to start, with the problem as the reason, in a
 %% peer node whose pyport has a broken priv/.
