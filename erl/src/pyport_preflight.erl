@@ -160,10 +160,10 @@ collect(W, Port, Acc, Deadline) ->
     after Left ->
         %% Closing the port would leave the process running: kill it (the
         %% reaper is not started yet; this path is rare enough for a shell).
-        case erlang:port_info(Port, os_pid) of
-            {os_pid, OsPid} -> _ = os:cmd("kill -9 " ++ integer_to_list(OsPid));
-            undefined -> ok
-        end,
+        _ = case erlang:port_info(Port, os_pid) of
+                {os_pid, OsPid} -> os:cmd("kill -9 " ++ integer_to_list(OsPid));
+                undefined -> ok
+            end,
         catch port_close(Port),
         {error, {worker_timeout, W}}
     end.
