@@ -20,7 +20,10 @@ exclude =
       [:sandbox]
   end
 
-# pyport logs every Python exception at debug level: the failure tests raise many.
+# pyport logs every Python exception at debug level: the failure tests
+# raise many. Elixir's Logger (for capture_log) is not one of pyport's
+# applications: start it here.
+{:ok, _} = Application.ensure_all_started(:logger)
 Logger.configure(level: :info)
 ExUnit.start(exclude: exclude)
 # The workers stop before the VM does.
