@@ -4,7 +4,8 @@ defmodule Pyport.JobTest do
   @moduletag :sandbox
 
   setup_all do
-    start_supervised!({Pyport.Pool, name: :ex_cells, size: 1, sandbox: true})
+    # A keyword list where pyport takes a map.
+    start_supervised!({Pyport.Pool, name: :ex_cells, size: 1, sandbox: [max_output: 4096]})
     :ok
   end
 
@@ -40,15 +41,23 @@ defmodule Pyport.JobTest do
              Pyport.Job.run(:ex_cells, "while True: pass", timeout: 500)
 
     assert {:error, %Pyport.Error{reason: {:forbidden, "socket"}} = e} =
-             Pyport.Job.run(:ex_cells, "import socket\nsocket.create_connection(('127.0.0.1', 80))")
+             Pyport.Job.run(
+               :ex_cells,
+               "import socket\nsocket.create_connection(('127.0.0.1', 80))"
+             )
 
     assert e.type == nil
     assert Exception.message(e) =~ "forbidden"
 
+    assert {:error, %Pyport.Error{reason: {:output_limit, 4096}}} =
+             Pyport.Job.run(:ex_cells, "print('x' * 100_000)")
+
     assert {:error, %Pyport.Error{reason: {:bad_job, _}}} =
              Pyport.Job.run(:ex_cells, "1", timeout: -5)
 
-    assert {:error, %Pyport.Error{reason: {:bad_job, _}}} = Pyport.Job.run(:ex_cells, "1", bogus: 1)
+    assert {:error, %Pyport.Error{reason: {:bad_job, _}}} =
+             Pyport.Job.run(:ex_cells, "1", bogus: 1)
+
     # The worker stays: the next job runs.
     assert {:ok, %{value: 2}} = Pyport.Job.run(:ex_cells, "1 + 1")
   end

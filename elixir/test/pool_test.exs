@@ -34,8 +34,10 @@ defmodule Pyport.PoolTest do
 
     {:ok, sup} = Supervisor.start_link(children, strategy: :one_for_one)
 
-    assert [{{Pyport.Pool, :ex_tree2}, _, :worker, [Pyport.Pool]},
-            {{Pyport.Pool, :ex_tree}, _, :worker, [Pyport.Pool]}] = Supervisor.which_children(sup)
+    assert [
+             {{Pyport.Pool, :ex_tree2}, _, :worker, [Pyport.Pool]},
+             {{Pyport.Pool, :ex_tree}, _, :worker, [Pyport.Pool]}
+           ] = Supervisor.which_children(sup)
 
     assert {:ok, os_pid} = Pyport.call(:ex_helpers, :getpid, [], pool: :ex_tree)
     assert {:ok, 2} = Pyport.call(:operator, :add, [1, 1], pool: :ex_tree2)
@@ -101,7 +103,12 @@ defmodule Pyport.PoolTest do
 
     assert {:ok, 3} = Pyport.call(:operator, :add, [1, 2], pool: :ex_killed)
     # One pool of that name, the new child's.
-    assert [_] = for({{:pool, :ex_killed}, _, _, _} <- Supervisor.which_children(:pyport_pools_sup), do: :x)
+    assert [_] =
+             for(
+               {{:pool, :ex_killed}, _, _, _} <- Supervisor.which_children(:pyport_pools_sup),
+               do: :x
+             )
+
     :ok = Supervisor.stop(sup)
     refute :ex_killed in :pyport.pools()
   end
@@ -117,7 +124,8 @@ defmodule Pyport.PoolTest do
 
     assert {:error,
             {:shutdown,
-             {:failed_to_start_child, {Pyport.Pool, :ex_bad}, {:invalid_pool_option, :ex_bad, :size, 0}}}} =
+             {:failed_to_start_child, {Pyport.Pool, :ex_bad},
+              {:invalid_pool_option, :ex_bad, :size, 0}}}} =
              Supervisor.start_link([{Pyport.Pool, name: :ex_bad, size: 0}], strategy: :one_for_one)
 
     # A configured pool taken over by no one: still running.
@@ -126,9 +134,12 @@ defmodule Pyport.PoolTest do
   end
 
   test "child_spec" do
-    assert %{id: {Pyport.Pool, :p}, start: {Pyport.Pool, :start_link, [[name: :p, size: 1]]},
-             shutdown: :infinity, restart: :permanent} =
-             Pyport.Pool.child_spec(name: :p, size: 1)
+    assert %{
+             id: {Pyport.Pool, :p},
+             start: {Pyport.Pool, :start_link, [[name: :p, size: 1]]},
+             shutdown: :infinity,
+             restart: :permanent
+           } = Pyport.Pool.child_spec(name: :p, size: 1)
 
     assert_raise KeyError, fn -> Pyport.Pool.child_spec(size: 1) end
   end

@@ -172,7 +172,10 @@ defmodule PyportTest do
       assert Pyport.eval!("6 * 7") == 42
       assert Pyport.exec!("ex_x = 1") == :ok
       assert_raise Pyport.Error, ~r/^SyntaxError: /, fn -> Pyport.eval!("1 +") end
-      assert_raise Pyport.Error, ~r/^ValueError: v/, fn -> Pyport.exec!("raise ValueError('v')") end
+
+      assert_raise Pyport.Error, ~r/^ValueError: v/, fn ->
+        Pyport.exec!("raise ValueError('v')")
+      end
     end
 
     test "a context is one worker's shared globals, for every process" do
@@ -184,7 +187,9 @@ defmodule PyportTest do
                |> Task.await()
 
       assert {:ok, pid} = Pyport.call(:ex_helpers, :getpid, [], context: ctx)
-      assert {:ok, ^pid} = Pyport.call(:ex_helpers, :getpid, [], context: Pyport.context(:default, 2))
+
+      assert {:ok, ^pid} =
+               Pyport.call(:ex_helpers, :getpid, [], context: Pyport.context(:default, 2))
     end
   end
 

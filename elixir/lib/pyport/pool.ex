@@ -12,7 +12,8 @@ defmodule Pyport.Pool do
   then `Pyport.call(:model, :predict, [x], pool: :ml)`. Every option but
   `:name` is a pool option of docs/configuration.md (`:size`,
   `:python_path`, `:call_timeout`, `:env`, `:imports`, `:sandbox`, ...);
-  keyword lists stand for maps (`sandbox: [max_memory: 512 * 1024 * 1024]`).
+  the options pyport takes as maps (`sandbox`, `grants`, `log_rate`) may be
+  keyword lists: `sandbox: [max_memory: 512 * 1024 * 1024]`.
 
   ## How it is supervised
 
@@ -129,12 +130,16 @@ defmodule Pyport.Pool do
     :exit, {:noproc, _} -> {:error, {:pyport_not_started, name}}
   end
 
-  # Keyword lists where pyport takes maps (the pool's options, sandbox).
+  # The options pyport takes as maps may be given as keyword lists.
+  @map_options [:sandbox, :grants, :log_rate]
+
   defp pool_opts(opts) do
-    opts
-    |> Map.new(fn
-      {:sandbox, sandbox} when is_list(sandbox) -> {:sandbox, Map.new(sandbox)}
-      {key, value} -> {key, value}
+    Map.new(opts, fn
+      {key, [{_, _} | _] = value} when key in @map_options ->
+        {key, if(Keyword.keyword?(value), do: Map.new(value), else: value)}
+
+      {key, value} ->
+        {key, value}
     end)
   end
 end
