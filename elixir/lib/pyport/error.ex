@@ -43,7 +43,7 @@ defmodule Pyport.Error do
         }
 
   # pyport's own reasons shaped like a Python exception ({Name, Text}).
-  @pyport_reasons [:frame_too_large, :no_runner, :bad_job, :forbidden]
+  @pyport_reasons [:frame_too_large, :no_runner, :bad_job, :forbidden, :worker_exited, :crashed]
 
   @doc """
   The error for a reason returned by pyport's Erlang API (`py`, `pyport`).
@@ -85,6 +85,18 @@ defmodule Pyport.Error do
 
   defp describe({:worker_exited, detail}),
     do: "the worker OS process exited while serving the request: #{inspect(detail)}"
+
+  defp describe(:overloaded),
+    do: "every worker of the pool has max_inflight requests in flight"
+
+  defp describe({:atom_limit, name, limit}),
+    do: "the result would create the atom #{inspect(name)} past the atom budget (#{limit})"
+
+  defp describe({:result_too_large, key, limit}),
+    do: "the result is larger than the pool's #{key} (#{limit})"
+
+  defp describe({:frame_too_large, size, max}),
+    do: "the request is #{size} bytes, more than the pool's max_frame_size (#{max})"
 
   defp describe({:no_pool, pool}), do: "no pool named #{inspect(pool)} is running"
   defp describe({:not_sandboxed, pool}), do: "pool #{inspect(pool)} is not sandboxed"
