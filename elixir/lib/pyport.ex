@@ -89,9 +89,9 @@ defmodule Pyport do
       iex> Pyport.call("os.path", :join, ["a", "b"])
       {:ok, "a/b"}
 
-      iex> {:error, %Pyport.Error{type: "ModuleNotFoundError"}} = Pyport.call(:no_such_module, :f, [])
-      iex> :ok
-      :ok
+      iex> {:error, error} = Pyport.call(:no_such_module, :f, [])
+      iex> error.type
+      "ModuleNotFoundError"
   """
   @spec call(name(), name(), list(), [call_option()]) :: result()
   def call(module, function, args, opts \\ []) do

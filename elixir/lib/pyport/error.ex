@@ -27,10 +27,9 @@ defmodule Pyport.Error do
       iex> Exception.message(error)
       "ZeroDivisionError: division by zero"
 
-      iex> {:error, %Pyport.Error{type: nil, reason: :timeout}} =
-      ...>   Pyport.call(:time, :sleep, [5], timeout: 100)
-      iex> :ok
-      :ok
+      iex> {:error, error} = Pyport.call(:time, :sleep, [5], timeout: 100)
+      iex> {error.type, error.reason}
+      {nil, :timeout}
   """
 
   defexception [:type, :message, :traceback, :reason]
