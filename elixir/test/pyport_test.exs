@@ -138,6 +138,10 @@ defmodule PyportTest do
       assert {:ok, %{"born" => "1815-12-10", "name" => "ada", "tags" => [:math]}} =
                Pyport.eval("{str(k): v for k, v in u.items()}", locals: [u: user])
 
+      # A struct's fields as keyword arguments.
+      assert {:ok, [[], %{"name" => "ada", "born" => "1815-12-10", "tags" => [:math]}]} =
+               Pyport.call(:ex_helpers, :echo, [], kwargs: user)
+
       # In kwargs and locals too.
       assert {:ok, [[], %{"when" => "2024-01-01"}]} =
                Pyport.call(:ex_helpers, :echo, [], kwargs: [when: ~D[2024-01-01]])

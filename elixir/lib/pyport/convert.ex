@@ -74,14 +74,15 @@ defmodule Pyport.Convert do
 
   @doc """
   Keyword arguments (a keyword list or a map) as the map pyport takes. A
-  keyword list's first value for a key wins, as with `Keyword.get/2`.
+  keyword list's first value for a key wins, as with `Keyword.get/2`; a
+  struct gives its fields.
   Anything else is passed on for pyport to refuse (`{:invalid_kwargs, _}`).
 
       iex> Pyport.Convert.kwargs(indent: 2, sort_keys: true)
       %{indent: 2, sort_keys: true}
   """
   @spec kwargs(keyword() | map() | term()) :: map() | term()
-  def kwargs(kwargs) when is_map(kwargs) and not is_struct(kwargs), do: to_python(kwargs)
+  def kwargs(kwargs) when is_map(kwargs), do: to_python(kwargs)
 
   def kwargs(kwargs) when is_list(kwargs) do
     if Keyword.keyword?(kwargs) do
