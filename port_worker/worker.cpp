@@ -137,7 +137,9 @@ int Worker::run(const Channel& channel) {
     return 1;
   }
   loop_thread_ = PyThread_get_thread_ident();
-  if (!init_python()) {
+  if (warm_) {
+    enable_faulthandler();
+  } else if (!init_python()) {
     report_start_failure(channel_.out_fd, last_diag_, "python");
     return 1;
   }
@@ -314,19 +316,7 @@ bool Worker::init_python() {
     }
   }
 
-  // Fatal crash reports go to the keeper, which outlives the worker (and
-  // copies them to the node's stderr, keeper.hpp).
-  if (channel_.diag_fd >= 0) {
-    PyRef fh = PyRef::steal(PyImport_ImportModule("faulthandler"));
-    PyRef enable = fh ? PyRef::steal(PyObject_GetAttrString(fh.get(), "enable")) : PyRef();
-    PyRef args = PyRef::steal(PyTuple_New(0));
-    PyRef kwargs =
-        PyRef::steal(Py_BuildValue("{s:i,s:O}", "file", channel_.diag_fd, "all_threads", Py_True));
-    PyRef done = enable && args && kwargs
-                     ? PyRef::steal(PyObject_Call(enable.get(), args.get(), kwargs.get()))
-                     : PyRef();
-    if (!done) diag("cannot enable faulthandler: " + current_exception_text());
-  }
+  enable_faulthandler();
 
   codec_ = Codec::create();
   if (!codec_) {
@@ -353,6 +343,42 @@ bool Worker::init_python() {
   }
   dispatcher_->set_task_hooks(std::move(hooks));
   return true;
+}
+
+void Worker::enable_faulthandler() {
+  // Fatal crash reports go to the keeper, which outlives the worker (and
+  // copies them to the node's stderr, keeper.hpp).
+  if (channel_.diag_fd >= 0) {
+    PyRef fh = PyRef::steal(PyImport_ImportModule("faulthandler"));
+    PyRef enable = fh ? PyRef::steal(PyObject_GetAttrString(fh.get(), "enable")) : PyRef();
+    PyRef args = PyRef::steal(PyTuple_New(0));
+    PyRef kwargs =
+        PyRef::steal(Py_BuildValue("{s:i,s:O}", "file", channel_.diag_fd, "all_threads", Py_True));
+    PyRef done = enable && args && kwargs
+                     ? PyRef::steal(PyObject_Call(enable.get(), args.get(), kwargs.get()))
+                     : PyRef();
+    if (!done) diag("cannot enable faulthandler: " + current_exception_text());
+  }
+}
+
+std::string Worker::prepare_warm(const std::string& init_code) {
+  loop_thread_ = PyThread_get_thread_ident();
+  if (!init_python()) return last_diag_;
+  for (const std::string& name : options_.preload) {
+    PyRef module = PyRef::steal(PyImport_ImportModule(name.c_str()));
+    if (!module) return "cannot import " + name + ": " + current_exception_text();
+  }
+  if (!init_code.empty()) {
+    PyRef globals = dispatcher_->shared_namespace();
+    PyRef code =
+        globals ? PyRef::steal(Py_CompileString(init_code.c_str(), "<init_code>", Py_file_input))
+                : PyRef();
+    PyRef done =
+        code ? PyRef::steal(PyEval_EvalCode(code.get(), globals.get(), globals.get())) : PyRef();
+    if (!done) return "init_code failed: " + current_exception_text();
+  }
+  warm_ = true;
+  return "";
 }
 
 bool Worker::enter_sandbox() {
