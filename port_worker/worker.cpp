@@ -377,6 +377,12 @@ std::string Worker::prepare_warm(const std::string& init_code) {
         code ? PyRef::steal(PyEval_EvalCode(code.get(), globals.get(), globals.get())) : PyRef();
     if (!done) return "init_code failed: " + current_exception_text();
   }
+  // What exists now moves to the collector's permanent generation: a
+  // collection in a forked worker then never writes to (and so copies)
+  // the pages the zygote's objects share.
+  PyRef gc = PyRef::steal(PyImport_ImportModule("gc"));
+  PyRef frozen = gc ? PyRef::steal(PyObject_CallMethod(gc.get(), "freeze", nullptr)) : PyRef();
+  if (!frozen) return "cannot freeze the zygote's objects: " + current_exception_text();
   warm_ = true;
   return "";
 }
