@@ -66,7 +66,8 @@ open_worker(Pool, #{worker := Exe} = Opts) ->
 %% least as long as the caller, or its OS process).
 -spec ensure(atom(), pyport_config:pool_opts()) -> {ok, string()} | {error, term()}.
 ensure(Pool, Opts) ->
-    ensure(Pool, Opts, 3).
+    %% A zygote that just ended may still be listed for a moment.
+    ensure(Pool, Opts, 50).
 
 ensure(_Pool, _Opts, 0) ->
     {error, {warm_start, zygote_unavailable}};
@@ -86,7 +87,9 @@ ensure(Pool, Opts, Tries) ->
                 {ok, Path} -> {ok, binary_to_list(Path)}
             catch
                 %% It ended meanwhile (its zygote died): start another.
-                exit:_ -> ensure(Pool, Opts, Tries - 1)
+                exit:_ ->
+                    timer:sleep(10),
+                    ensure(Pool, Opts, Tries - 1)
             end;
         {error, {warm_start, _} = Why} ->
             {error, Why};
