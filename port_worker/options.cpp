@@ -259,7 +259,7 @@ std::string parse_options(int argc, const char* const* argv, Options& out) {
     if (out.sandbox_allow || (!out.preload.empty() && !out.warm_zygote) ||
         !out.workdir_parent.empty() || !out.env.empty() || !out.env_keep.empty() ||
         !out.test_unavailable.empty() || out.max_disk || out.env_stdin) {
-      return "--sandbox-allow, --preload (but with --warm-zygote), --workdir-parent, --env, "
+      return "--sandbox-allow, --preload, --workdir-parent, --env, "
              "--env-stdin, --env-keep and "
              "--max-disk need --sandbox or --zygote";
     }
