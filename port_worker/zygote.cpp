@@ -80,6 +80,22 @@ std::string other_threads() {
   return std::to_string(count) + " (" + names + ")";
 }
 
+// The names of Python's threads other than the main one, if threading is
+// imported ("" if none), for the message that refuses them.
+std::string python_threads() {
+  PyObject* modules = PyImport_GetModuleDict();  // borrowed
+  PyObject* threading = modules ? PyDict_GetItemString(modules, "threading") : nullptr;
+  if (!threading) return "";
+  PyRef names =
+      PyRef::steal(PyRun_String("', '.join(t.name for t in enumerate() if t is not main_thread())",
+                                // Run in threading's own namespace: its enumerate and main_thread.
+                                Py_eval_input, PyModule_GetDict(threading), nullptr));
+  const char* text = names ? PyUnicode_AsUTF8(names.get()) : nullptr;
+  std::string out = text ? text : "";
+  PyErr_Clear();
+  return out;
+}
+
 // In a warm worker's keeper: the connection to the worker's port process.
 class WarmHooks : public KeeperHooks {
  public:
@@ -215,6 +231,8 @@ int run_warm_zygote(Worker& worker) {
   }
   std::string threads = other_threads();
   if (!threads.empty()) {
+    std::string named = python_threads();
+    if (!named.empty()) threads += ", Python threads: " + named;
     write_line(say, "ERROR threads running in the zygote after imports and init_code: " + threads +
                         "; threads do not survive a fork, so a warm_start pool needs a "
                         "single-threaded zygote (start threads lazily, in each worker)");
@@ -342,6 +360,9 @@ void run_warm_port(const std::string& socket_path) {
       signalfd_siginfo info;
       while (read(sfd, &info, sizeof info) == ssize_t(sizeof info)) {
       }
+      // No keeper yet (a zygote that does not answer): nothing to wait for;
+      // a keeper forked meanwhile sees the connection end and ends too.
+      if (got == 0) exit_as(SIGKILL);
       // The keeper sees the end of the connection and kills the worker.
       if (!shut) shutdown(conn, SHUT_WR);
       shut = true;

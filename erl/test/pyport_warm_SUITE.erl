@@ -14,12 +14,12 @@
 -export([serves_calls_imported_once/1, crashed_worker_replaced_warm/1,
          zygote_killed_workers_go_on/1, threads_at_fork_refused/1,
          init_code_error_named/1, sandbox_conflict_refused/1,
-         stop_leaves_no_process/1, shared_memory_bound/1]).
+         stop_leaves_no_process/1, shared_memory_bound/1, stopped_zygote_no_hang/1]).
 
 all() ->
     [serves_calls_imported_once, crashed_worker_replaced_warm, zygote_killed_workers_go_on,
      threads_at_fork_refused, init_code_error_named, sandbox_conflict_refused,
-     stop_leaves_no_process, shared_memory_bound].
+     stop_leaves_no_process, shared_memory_bound, stopped_zygote_no_hang].
 
 init_per_suite(Config) ->
     ok = pyport_test_util:start(#{}),
@@ -101,13 +101,15 @@ zygote_killed_workers_go_on(Config) ->
 
 threads_at_fork_refused(Config) ->
     Code = <<"import threading, time\n"
-             "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n">>,
+             "threading.Thread(target=time.sleep, args=(60,), daemon=True,\n"
+             "                 name='ticker').start()\n">>,
     {error, Reason} = pyport:start_pool(warm_threads,
                                          (opts(Config))#{size => 2, init_code => Code}),
     Text = lists:flatten(io_lib:format("~tp", [Reason])),
     ct:comment("~ts", [Text]),
     ?assertNotEqual(nomatch, string:find(Text, "threads running in the zygote")),
     ?assertNotEqual(nomatch, string:find(Text, "threads do not survive a fork")),
+    ?assertNotEqual(nomatch, string:find(Text, "Python threads: ticker")),
     ?assertNot(lists:member(warm_threads, pyport:pools())).
 
 init_code_error_named(Config) ->
@@ -160,6 +162,34 @@ shared_memory_bound(Config) ->
     ?assert(Cold > 24 * 1024),
     %% Four warm workers together hold less than one cold one.
     ?assert(lists:sum(Uss) < Cold).
+
+%% A zygote that does not answer (stopped) delays new workers, never
+%% hangs them: the start times out, the port process ends at once, the
+%% other workers serve, and the slot comes back once the zygote runs.
+stopped_zygote_no_hang(Config) ->
+    {Opts, _Log} = start(warm_stopped, #{size => 2, start_timeout => 1000}, Config),
+    Zygote = pyport_zygote:os_pid(warm_stopped, Opts),
+    {ok, W1} = py:call(py:context(warm_stopped, 1), warm_probe, pid, []),
+    [] = os:cmd("kill -STOP " ++ integer_to_list(Zygote)),
+    Before = warm_ports(),
+    try
+        {error, {worker_exited, _}} = py:exec(py:context(warm_stopped, 1),
+                                               <<"import os\nos._exit(0)">>, #{timeout => 10000}),
+        %% The port process waiting for the stopped zygote goes when its
+        %% start times out.
+        ok = pyport_test_util:wait_until(fun() -> warm_ports() -- Before =/= [] end),
+        [Waiting] = warm_ports() -- Before,
+        ok = pyport_test_util:wait_until(fun() -> not pyport_os:alive(Waiting) end, 1000),
+        ?assertEqual({ok, 42}, py:eval(py:context(warm_stopped, 2), <<"X + 1">>))
+    after
+        os:cmd("kill -CONT " ++ integer_to_list(Zygote))
+    end,
+    New = wait_new_worker({warm_stopped, 1}, W1),
+    ?assertEqual({ok, New}, py:call(py:context(warm_stopped, 1), warm_probe, pid, [])).
+
+%% The warm workers' port processes (`pyport_worker --warm-from ...').
+warm_ports() ->
+    [list_to_integer(P) || P <- string:lexemes(os:cmd("pgrep -f -- '--warm-from '"), "\n")].
 
 %%%===================================================================
 %%% Helpers
