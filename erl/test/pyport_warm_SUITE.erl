@@ -129,7 +129,11 @@ sandbox_conflict_refused(_Config) ->
                  pyport_config:validate_pool(p, #{warm_start => yes})).
 
 stop_leaves_no_process(Config) ->
+    Ports0 = length(erlang:ports()),
+    Dirs0 = socket_dirs(),
     {Opts, _Log} = start(warm_stop, #{size => 3}, Config),
+    [_] = socket_dirs() -- Dirs0,
+    [_] = zygote_servers(),
     Zygote = pyport_zygote:os_pid(warm_stop, Opts),
     Workers = [begin {ok, P} = py:call(py:context(warm_stop, I), warm_probe, pid, []), P end
                || I <- [1, 2, 3]],
@@ -141,7 +145,21 @@ stop_leaves_no_process(Config) ->
                 end || I <- [1, 2, 3]],
     ok = pyport:stop_pool(warm_stop),
     All = [Zygote | Workers ++ Keepers ++ Children],
-    ok = pyport_test_util:wait_until(fun() -> not lists:any(fun pyport_os:alive/1, All) end).
+    ok = pyport_test_util:wait_until(fun() -> not lists:any(fun pyport_os:alive/1, All) end),
+    %% Nothing left in the node or on disk either.
+    ok = pyport_test_util:wait_until(fun() -> zygote_servers() =:= [] end),
+    ok = pyport_test_util:wait_until(fun() -> length(erlang:ports()) =< Ports0 end),
+    ok = pyport_test_util:wait_until(fun() -> socket_dirs() -- Dirs0 =:= [] end).
+
+zygote_servers() ->
+    [P || P <- processes(), {pyport_zygote, init, _} <- [proc_lib:initial_call(P)]].
+
+socket_dirs() ->
+    Tmp = case os:getenv("TMPDIR") of
+              [$/ | _] = T -> T;
+              _ -> "/tmp"
+          end,
+    filelib:wildcard(filename:join(Tmp, "pyport-warm-*")).
 
 %% Generous bounds only (the machine is shared); bench/pyport_bench.erl
 %% has the figures. Each worker's unique memory (USS) must be far below
