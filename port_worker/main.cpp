@@ -93,7 +93,8 @@ int main(int argc, char** argv) {
   if (options.warm_zygote) {
     warm = std::make_unique<pyport::Worker>(options);
     int status = pyport::run_warm_zygote(*warm);
-    if (status >= 0) return status;
+    // The zygote ends as it is: no Python to finalise for anyone.
+    if (status >= 0) _exit(status);
     // A worker forked by the zygote, under its keeper: goes on below.
   }
   // Every worker runs in a child of the process the owner started, its
