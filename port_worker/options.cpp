@@ -53,8 +53,9 @@ const char* const kUsage =
     "  --log-lines N          lines of stdout+stderr sent as LOG frames a second, the\n"
     "                         rest dropped and counted (default: no limit)\n"
     "  --log-bytes BYTES      bytes of them a second (default: no limit)\n"
-    "  --warm-zygote          a warm pool's zygote: reads init_code ({packet,4}) on\n"
-    "                         stdin, imports the --preload modules, says READY <socket>\n"
+    "  --warm-zygote          a warm pool's zygote: reads a prelude and init_code (each\n"
+    "                         {packet,4}) on stdin, imports the --preload modules,\n"
+    "                         says READY <socket>\n"
     "  --warm-from SOCKET     a warm worker's port process: the zygote at SOCKET forks\n"
     "                         the worker on this process's stdin and stdout\n"
     "Speaks {packet,4} msgpack frames on stdin/stdout; see proto/PROTOCOL.md.\n";

@@ -361,22 +361,24 @@ void Worker::enable_faulthandler() {
   }
 }
 
-std::string Worker::prepare_warm(const std::string& init_code) {
+std::string Worker::prepare_warm(const std::string& prelude, const std::string& init_code) {
   loop_thread_ = PyThread_get_thread_ident();
   if (!init_python()) return last_diag_;
+  auto run = [this](const std::string& text, const char* name) {
+    if (text.empty()) return true;
+    PyRef globals = dispatcher_->shared_namespace();
+    PyRef code =
+        globals ? PyRef::steal(Py_CompileString(text.c_str(), name, Py_file_input)) : PyRef();
+    PyRef done =
+        code ? PyRef::steal(PyEval_EvalCode(code.get(), globals.get(), globals.get())) : PyRef();
+    return bool(done);
+  };
+  if (!run(prelude, "<venv>")) return "venv activation failed: " + current_exception_text();
   for (const std::string& name : options_.preload) {
     PyRef module = PyRef::steal(PyImport_ImportModule(name.c_str()));
     if (!module) return "cannot import " + name + ": " + current_exception_text();
   }
-  if (!init_code.empty()) {
-    PyRef globals = dispatcher_->shared_namespace();
-    PyRef code =
-        globals ? PyRef::steal(Py_CompileString(init_code.c_str(), "<init_code>", Py_file_input))
-                : PyRef();
-    PyRef done =
-        code ? PyRef::steal(PyEval_EvalCode(code.get(), globals.get(), globals.get())) : PyRef();
-    if (!done) return "init_code failed: " + current_exception_text();
-  }
+  if (!run(init_code, "<init_code>")) return "init_code failed: " + current_exception_text();
   // What exists now moves to the collector's permanent generation: a
   // collection in a forked worker then never writes to (and so copies)
   // the pages the zygote's objects share.

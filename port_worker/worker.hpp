@@ -74,10 +74,11 @@ class Worker : public LoopHost, public MainThread {
   int run(const Channel& channel);
 
   // A warm pool's zygote (zygote.hpp), before any fork: starts Python,
-  // imports the --preload modules and runs `init_code` in namespace 0.
-  // Returns an empty string, or why the zygote cannot serve. run() in a
-  // process forked afterwards skips what was done here.
-  std::string prepare_warm(const std::string& init_code);
+  // runs `prelude` (a venv's activation), imports the --preload modules and
+  // runs `init_code`, both in namespace 0. Returns an empty string, or why
+  // the zygote cannot serve. run() in a process forked afterwards skips
+  // what was done here.
+  std::string prepare_warm(const std::string& prelude, const std::string& init_code);
 
   // LoopHost (loop thread, GIL held).
   uv_loop_t* uv_loop() override { return &loop_; }

@@ -206,25 +206,29 @@ int run_warm_zygote(Worker& worker) {
   dup2(null_fd, 2);
   close(null_fd);
 
-  // The init_code: a 4-byte big-endian length, then the text.
-  uint8_t head[4];
-  if (!read_exact(0, head, 4)) {
-    write_line(say, "ERROR cannot read the init_code from stdin");
-    return 1;
-  }
-  uint32_t size = uint32_t(head[0]) << 24 | uint32_t(head[1]) << 16 | uint32_t(head[2]) << 8 |
-                  uint32_t(head[3]);
-  if (size > kMaxInitCode) {
-    write_line(say, "ERROR init_code too large: " + std::to_string(size) + " bytes");
-    return 1;
-  }
-  std::string code(size, '\0');
-  if (size && !read_exact(0, &code[0], size)) {
-    write_line(say, "ERROR cannot read the init_code from stdin");
-    return 1;
+  // Two texts, each a 4-byte big-endian length and the text: the venv's
+  // activation (or nothing), then the init_code.
+  std::string texts[2];
+  for (std::string& text : texts) {
+    uint8_t head[4];
+    if (!read_exact(0, head, 4)) {
+      write_line(say, "ERROR cannot read the init_code from stdin");
+      return 1;
+    }
+    uint32_t size = uint32_t(head[0]) << 24 | uint32_t(head[1]) << 16 | uint32_t(head[2]) << 8 |
+                    uint32_t(head[3]);
+    if (size > kMaxInitCode) {
+      write_line(say, "ERROR init_code too large: " + std::to_string(size) + " bytes");
+      return 1;
+    }
+    text.assign(size, '\0');
+    if (size && !read_exact(0, &text[0], size)) {
+      write_line(say, "ERROR cannot read the init_code from stdin");
+      return 1;
+    }
   }
 
-  std::string error = worker.prepare_warm(code);
+  std::string error = worker.prepare_warm(texts[0], texts[1]);
   if (!error.empty()) {
     write_line(say, "ERROR " + error);
     return 1;

@@ -6,7 +6,8 @@
 // Three kinds of process, each with one job:
 //
 //  - the zygote (`--warm-zygote`), one per pool, its own port: starts
-//    Python, reads the init_code from its stdin, prepares (Worker::
+//    Python, reads a venv's activation and the init_code from its stdin,
+//    prepares (Worker::
 //    prepare_warm), refuses if more than one thread runs (threads do not
 //    survive a fork), listens on a unix socket in a private directory and
 //    says "READY <path>" on its stdout. It exits at end of its stdin.

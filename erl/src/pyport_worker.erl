@@ -1344,9 +1344,10 @@ initialize(#state{opts = #{imports := Imports0, init_code := Code} = Opts} = Sta
     %% Around the pool's own steps: its venv and py_import's paths first,
     %% py_import's imports, an activated venv and py_preload's code last.
     %% A warm pool's own steps ran in its zygote (pyport_zygote).
-    Steps = pyport_preload:first_steps(Opts)
+    Warm = maps:get(warm_start, Opts, false),
+    Steps = [S || {Tag, _} = S <- pyport_preload:first_steps(Opts), not (Warm andalso Tag =:= venv)]
         ++ [{{import, M}, <<"import ", M/binary>>} || M <- Imports]
-        ++ [{init_code, Code} || Code =/= undefined, maps:get(warm_start, Opts, false) =/= true]
+        ++ [{init_code, Code} || Code =/= undefined, not Warm]
         ++ pyport_preload:later_steps(State0#state.pool, Opts),
     case Steps of
         [] ->

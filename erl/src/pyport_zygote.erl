@@ -137,7 +137,14 @@ init({Pool, Group, #{worker := Exe, start_timeout := Timeout} = Opts, Client}) -
                        undefined -> <<>>;
                        C -> C
                    end,
-            true = port_command(Port, [<<(byte_size(Code)):32>>, Code]),
+            %% A venv is activated before the imports, as in a cold worker
+            %% (pyport_preload:first_steps/1).
+            Prelude = case maps:get(venv, Opts, undefined) of
+                          undefined -> <<>>;
+                          Venv -> pyport_preload:venv_src(Venv)
+                      end,
+            true = port_command(Port, [<<(byte_size(Prelude)):32>>, Prelude,
+                                       <<(byte_size(Code)):32>>, Code]),
             case await_ready(Port, erlang:monotonic_time(millisecond) + Timeout) of
                 {ok, Path} ->
                     ok = pg:join(pyport_cluster:scope(), Group, self()),

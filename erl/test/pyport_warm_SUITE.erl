@@ -14,12 +14,14 @@
 -export([serves_calls_imported_once/1, crashed_worker_replaced_warm/1,
          zygote_killed_workers_go_on/1, threads_at_fork_refused/1,
          init_code_error_named/1, sandbox_conflict_refused/1,
-         stop_leaves_no_process/1, shared_memory_bound/1, stopped_zygote_no_hang/1]).
+         stop_leaves_no_process/1, shared_memory_bound/1, stopped_zygote_no_hang/1,
+         venv_activated_in_zygote/1]).
 
 all() ->
     [serves_calls_imported_once, crashed_worker_replaced_warm, zygote_killed_workers_go_on,
      threads_at_fork_refused, init_code_error_named, sandbox_conflict_refused,
-     stop_leaves_no_process, shared_memory_bound, stopped_zygote_no_hang].
+     stop_leaves_no_process, shared_memory_bound, stopped_zygote_no_hang,
+     venv_activated_in_zygote].
 
 init_per_suite(Config) ->
     ok = pyport_test_util:start(#{}),
@@ -204,6 +206,28 @@ stopped_zygote_no_hang(Config) ->
     end,
     New = wait_new_worker({warm_stopped, 1}, W1),
     ?assertEqual({ok, New}, py:call(py:context(warm_stopped, 1), warm_probe, pid, [])).
+
+%% A pool's venv is activated in the zygote before its imports, .pth
+%% files included (a module only a .pth makes importable).
+venv_activated_in_zygote(Config) ->
+    Priv = ?config(priv_dir, Config),
+    Venv = filename:join(Priv, "venv"),
+    Port = open_port({spawn_executable, "/usr/bin/python3"},
+                     [{args, ["-m", "venv", "--without-pip", Venv]}, exit_status]),
+    receive {Port, {exit_status, 0}} -> ok after 60000 -> ct:fail(venv_not_made) end,
+    [SP] = filelib:wildcard(filename:join(Venv, "lib/python3*/site-packages")),
+    Src = filename:join(Priv, "pth_src"),
+    ok = filelib:ensure_dir(filename:join(Src, "x")),
+    ok = file:write_file(filename:join(Src, "warm_pthmod.py"), <<"VALUE = 'via .pth'\n">>),
+    ok = file:write_file(filename:join(SP, "warm.pth"), [Src, "\n"]),
+    {ok, _} = pyport:start_pool(warm_venv, #{size => 2, warm_start => true, venv => Venv,
+                                             imports => [<<"warm_pthmod">>]}),
+    [?assertEqual({ok, {true, <<"via .pth">>}},
+                  py:eval(py:context(warm_venv, I),
+                          <<"('warm_pthmod' in __import__('sys').modules, "
+                            "__import__('warm_pthmod').VALUE)">>)) || I <- [1, 2]],
+    ?assertEqual({ok, list_to_binary(Venv)},
+                 py:eval(py:context(warm_venv, 1), <<"__import__('os').environ['VIRTUAL_ENV']">>)).
 
 %% The warm workers' port processes (`pyport_worker --warm-from ...').
 warm_ports() ->
