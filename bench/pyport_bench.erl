@@ -366,7 +366,14 @@ warm_pools() ->
                                                          atom_to_list(Name))) ++ "_kib", Uss, "KiB"),
                  line("pool_pss_" ++ tl(lists:dropwhile(fun(C) -> C =/= $_ end,
                                                          atom_to_list(Name))) ++ "_kib", Pss, "KiB")
-             end || {Name, _, _} <- Kinds];
+             end || {Name, _, _} <- Kinds],
+            Median = fun(Name) -> nth(0.5, lists:sort([T || R <- Rounds, {N, T, _, _} <- R,
+                                                            N =:= Name])) end,
+            {_, _, Uss1, _} = lists:keyfind(pool_1, 1, lists:last(Rounds)),
+            {_, _, UssWarm, _} = lists:keyfind(pool_8_warm, 1, lists:last(Rounds)),
+            %% Targets (issue 15): both at most 2.
+            line("pool_start_8_warm_vs_1", Median(pool_8_warm) / Median(pool_1), "ratio"),
+            line("pool_uss_8_warm_vs_1", UssWarm / max(1, Uss1), "ratio");
         _ ->
             io:format("# pool_start_8_warm_ms skipped: numpy is not installed "
                       "(apt-get install python3-numpy)~n")
