@@ -71,8 +71,11 @@
 -define(SHARED_NAMESPACE, 0).
 
 -record(pyport_ctx, {pool :: atom(), slot :: pos_integer()}).
+-define(IS_CTX(C), (is_pid(C) orelse is_record(C, pyport_ctx))).
 
--opaque context() :: #pyport_ctx{}.
+%% A context: a pid (a worker's gen_server, or a dedicated context from
+%% py_context:new/1), or the record older pyport code got from context/1,2.
+-type context() :: pid() | #pyport_ctx{}.
 -type handle() :: pyport_request:handle().
 -type name() :: atom() | binary() | string().
 -type code() :: binary() | string() | iodata().
@@ -81,6 +84,7 @@
                                shard => term(),
                                node => node()}.
 -type result() :: {ok, term()} | {error, term()}.
+-type ctx_opts() :: timeout() | #{timeout => timeout(), namespace => process | shared}.
 -type async_ref() :: pyport_async:ref().
 -type stream_ref() :: pyport_async:stream_ref().
 -type call_spec() :: {name(), name(), [term()]} | {name(), name(), [term()], map()}.
@@ -98,49 +102,73 @@ call(Module, Function, Args) ->
     call(Module, Function, Args, #{}, #{}).
 
 %% @doc `call(M, F, Args, Kwargs)': with keyword arguments (a map with atom
-%% or binary keys); `call(Ctx, M, F, Args)': through a context.
+%% or binary keys); `call(Ctx, M, F, Args)': through a context, no timeout
+%% (as erlang_python); `call(Pool, M, F, Args)': on pool `Pool'. The fourth
+%% argument tells them apart: a map is keyword arguments, a list the
+%% arguments of a routed call.
 -spec call(context() | name(), name(), [term()] | name(), map() | [term()]) -> result().
-call(#pyport_ctx{} = Ctx, Module, Function, Args) ->
-    call(Ctx, Module, Function, Args, #{}, #{});
+call(Ctx, Module, Function, Args) when ?IS_CTX(Ctx) ->
+    call(Ctx, Module, Function, Args, #{}, infinity);
+call(Pool, Module, Function, Args) when is_atom(Pool), is_list(Args) ->
+    call(Module, Function, Args, #{}, #{pool => Pool});
 call(Module, Function, Args, Kwargs) ->
     call(Module, Function, Args, Kwargs, #{}).
 
 %% @doc `call(M, F, Args, Kwargs, Opts)': with options (a timeout or a map);
-%% `call(Ctx, M, F, Args, Kwargs)': through a context.
+%% `call(Ctx, M, F, Args, Opts)': through a context, `Opts' a map read as
+%% erlang_python reads it (`kwargs', default `#{}'; `timeout', default
+%% `infinity'; other keys ignored) or a timeout; `call(Pool, M, F, Args,
+%% Kwargs)': on pool `Pool'. A context-less call without a `pool' option
+%% goes to the pool registered for its module or function ({@link
+%% register_pool/2}), else `default'.
 -spec call(context() | name(), name(), [term()] | name(), map() | [term()],
            opts() | map()) -> result().
-call(#pyport_ctx{} = Ctx, Module, Function, Args, Kwargs) ->
-    call(Ctx, Module, Function, Args, Kwargs, #{});
+call(Ctx, Module, Function, Args, Opts) when ?IS_CTX(Ctx), is_map(Opts) ->
+    call(Ctx, Module, Function, Args, maps:get(kwargs, Opts, #{}),
+         maps:get(timeout, Opts, infinity));
+call(Ctx, Module, Function, Args, Timeout) when ?IS_CTX(Ctx) ->
+    call(Ctx, Module, Function, Args, #{}, Timeout);
+call(Pool, Module, Function, Args, Kwargs) when is_atom(Pool), is_list(Args), is_map(Kwargs) ->
+    call(Module, Function, Args, Kwargs, #{pool => Pool});
 call(Module, Function, Args, Kwargs, Opts) ->
     request(fun() ->
-                    {Target, Timeout} = target(Opts),
-                    pyport_request:call(Target, ?CALL,
-                                        call_fields(Module, Function, Args, Kwargs), Timeout)
+                    {Target, Timeout} = target(registered_pool(Module, Function, Opts)),
+                    Fields = call_fields(Module, Function, Args, Kwargs),
+                    {Target1, Fields1} = main_route(Target, Fields),
+                    pyport_request:call(Target1, ?CALL, Fields1, Timeout)
             end).
 
-%% @doc Calls through a context, with keyword arguments and options.
+%% @doc Calls through a context, with keyword arguments and options (a
+%% timeout, default `infinity', or a map with `timeout').
 -spec call(context(), name(), name(), [term()], map(), opts()) -> result().
-call(#pyport_ctx{} = Ctx, Module, Function, Args, Kwargs, Opts) ->
+call(Ctx, Module, Function, Args, Kwargs, Opts) when ?IS_CTX(Ctx) ->
     request(fun() ->
                     {Target, Timeout} = target(Ctx, Opts),
-                    pyport_request:call(Target, ?CALL,
-                                        call_fields(Module, Function, Args, Kwargs), Timeout)
+                    Fields = call_fields(Module, Function, Args, Kwargs),
+                    {Target1, Fields1} = main_route(Target, Fields),
+                    pyport_request:call(Target1, ?CALL, Fields1, Timeout)
             end).
 
 %% @doc Calls `Module.Function(*Args)' without waiting for the result;
 %% `cast(Ctx, M, F, Args)' through a context. An exception is logged.
 -spec cast(context() | name(), name(), [term()] | name(), map() | [term()]) ->
           ok | {error, term()}.
-cast(#pyport_ctx{pool = Pool, slot = Slot}, Module, Function, Args) ->
-    request(fun() ->
-                    pyport_request:cast({slot, Pool, Slot},
-                                        call_fields(Module, Function, Args, #{}))
-            end);
+cast(Ctx, Module, Function, Args) when ?IS_CTX(Ctx) ->
+    cast(Ctx, Module, Function, Args, #{});
 cast(Module, Function, Args, Kwargs) ->
     cast(Module, Function, Args, Kwargs, #{}).
 
-%% @doc A cast with options (`pool', `shard', `node'; a timeout is not used).
--spec cast(name(), name(), [term()], map(), opts()) -> ok | {error, term()}.
+%% @doc `cast(M, F, Args, Kwargs, Opts)': a cast with options (`pool',
+%% `shard', `node'; a timeout is not used); `cast(Ctx, M, F, Args, Kwargs)':
+%% through a context.
+-spec cast(context() | name(), name(), [term()] | name(), map() | [term()], opts() | map()) ->
+          ok | {error, term()}.
+cast(Ctx, Module, Function, Args, Kwargs) when ?IS_CTX(Ctx) ->
+    request(fun() ->
+                    {Pool, Slot} = ctx_slot(Ctx),
+                    pyport_request:cast({slot, Pool, Slot},
+                                        call_fields(Module, Function, Args, Kwargs))
+            end);
 cast(Module, Function, Args, Kwargs, Opts) ->
     request(fun() ->
                     {Target, _Timeout} = target(Opts),
@@ -164,7 +192,7 @@ spawn_call(Module, Function, Args) ->
 
 %% @doc `spawn_call(M, F, Args, Kwargs)' or `spawn_call(Ctx, M, F, Args)'.
 -spec spawn_call(context() | name(), name(), [term()] | name(), map() | [term()]) -> handle().
-spawn_call(#pyport_ctx{} = Ctx, Module, Function, Args) ->
+spawn_call(Ctx, Module, Function, Args) when ?IS_CTX(Ctx) ->
     start_request(fun() ->
                           {Target, Timeout} = target(Ctx, #{}),
                           pyport_request:start(Target, ?CALL,
@@ -178,7 +206,7 @@ spawn_call(Module, Function, Args, Kwargs) ->
 %% Args, Kwargs)'. The timeout in `Opts' is the deadline of the request.
 -spec spawn_call(context() | name(), name(), [term()] | name(), map() | [term()],
                  opts() | map()) -> handle().
-spawn_call(#pyport_ctx{} = Ctx, Module, Function, Args, Kwargs) ->
+spawn_call(Ctx, Module, Function, Args, Kwargs) when ?IS_CTX(Ctx) ->
     start_request(fun() ->
                           {Target, Timeout} = target(Ctx, #{}),
                           pyport_request:start(Target, ?CALL,
@@ -449,29 +477,32 @@ eval(Code) ->
 %% @doc `eval(Code, Locals)': with local variables (a map); `eval(Ctx, Code)':
 %% through a context.
 -spec eval(context() | code(), map() | code()) -> result().
-eval(#pyport_ctx{} = Ctx, Code) ->
-    eval(Ctx, Code, none, #{});
+eval(Ctx, Code) when ?IS_CTX(Ctx) ->
+    eval(Ctx, Code, none, infinity);
 eval(Code, Locals) when is_map(Locals) ->
     eval(Code, Locals, #{}).
 
 %% @doc `eval(Code, Locals, Opts)': with a timeout or options; `eval(Ctx,
 %% Code, Locals)': through a context.
 -spec eval(context() | code(), map() | none | code(), opts() | map()) -> result().
-eval(#pyport_ctx{} = Ctx, Code, Locals) ->
-    eval(Ctx, Code, Locals, #{});
+eval(Ctx, Code, Locals) when ?IS_CTX(Ctx) ->
+    eval(Ctx, Code, Locals, infinity);
 eval(Code, Locals, Opts) when is_map(Locals); Locals =:= none ->
     request(fun() ->
                     {Target, Timeout, Ns} = code_target(Opts),
                     pyport_request:call(Target, ?EVAL, eval_fields(Code, Locals, Ns), Timeout)
             end).
 
-%% @doc Evaluates an expression through a context, with a timeout or options.
--spec eval(context(), code(), map() | none, opts()) -> result().
-eval(#pyport_ctx{} = Ctx, Code, Locals, Opts) when is_map(Locals); Locals =:= none ->
+%% @doc Evaluates an expression through a context, with a timeout (default
+%% `infinity') or options: `timeout', and `namespace': `process' (the
+%% default: the calling process's own globals on that context, as
+%% erlang_python's `py:eval/2,3') or `shared' (the context's shared
+%% globals, as `py_context:eval').
+-spec eval(context(), code(), map() | none, ctx_opts()) -> result().
+eval(Ctx, Code, Locals, Opts) when ?IS_CTX(Ctx), is_map(Locals) orelse Locals =:= none ->
     request(fun() ->
-                    {Target, Timeout} = target(Ctx, Opts),
-                    pyport_request:call(Target, ?EVAL,
-                                        eval_fields(Code, Locals, ?SHARED_NAMESPACE), Timeout)
+                    {Target, Timeout, Ns} = ctx_code_target(Ctx, Opts),
+                    pyport_request:call(Target, ?EVAL, eval_fields(Code, Locals, Ns), Timeout)
             end).
 
 %% @doc Runs Python statements in the calling process's namespace: a later
@@ -483,21 +514,21 @@ exec(Code) ->
 %% @doc `exec(Ctx, Code)': through a context (a later {@link eval/2} on the
 %% same context sees the names); `exec(Code, Opts)': with options.
 -spec exec(context() | code(), code() | opts()) -> ok | {error, term()}.
-exec(#pyport_ctx{} = Ctx, Code) ->
-    exec(Ctx, Code, #{});
+exec(Ctx, Code) when ?IS_CTX(Ctx) ->
+    exec(Ctx, Code, infinity);
 exec(Code, Opts) ->
     exec_result(request(fun() ->
                                 {Target, Timeout, Ns} = code_target(Opts),
                                 pyport_request:call(Target, ?EXEC, exec_fields(Code, Ns), Timeout)
                         end)).
 
-%% @doc Runs Python statements through a context, with options (a timeout).
--spec exec(context(), code(), opts()) -> ok | {error, term()}.
-exec(#pyport_ctx{} = Ctx, Code, Opts) ->
+%% @doc Runs Python statements through a context, in the calling process's
+%% own globals there (or the shared ones: options as {@link eval/4}).
+-spec exec(context(), code(), ctx_opts()) -> ok | {error, term()}.
+exec(Ctx, Code, Opts) when ?IS_CTX(Ctx) ->
     exec_result(request(fun() ->
-                                {Target, Timeout} = target(Ctx, Opts),
-                                pyport_request:call(Target, ?EXEC,
-                                                    exec_fields(Code, ?SHARED_NAMESPACE), Timeout)
+                                {Target, Timeout, Ns} = ctx_code_target(Ctx, Opts),
+                                pyport_request:call(Target, ?EXEC, exec_fields(Code, Ns), Timeout)
                         end)).
 
 exec_result({ok, _}) -> ok;
@@ -507,34 +538,44 @@ exec_result({error, _} = Error) -> Error.
 %%% Contexts and information
 %%%===================================================================
 
-%% @doc The context of the calling process: always the same worker of the
-%% default pool for the same process.
--spec context() -> context().
+%% @doc The context of the calling process: the pid of the same worker of
+%% the default pool every time for the same process (the one it is bound
+%% to, else one chosen by the process's pid).
+-spec context() -> pid().
 context() ->
-    Size = pool_size(?DEFAULT_POOL),
-    #pyport_ctx{pool = ?DEFAULT_POOL, slot = erlang:phash2(self(), Size) + 1}.
+    Slot = case pyport_affinity:bound_slot(?DEFAULT_POOL) of
+               undefined -> erlang:phash2(self(), pool_size(?DEFAULT_POOL)) + 1;
+               Bound -> Bound
+           end,
+    context_pid(?DEFAULT_POOL, Slot).
 
 %% @doc Context `N' (1-based) of the default pool: one worker, and so one
-%% set of Python globals.
--spec context(pos_integer()) -> context().
+%% interpreter.
+-spec context(pos_integer()) -> pid().
 context(N) when is_integer(N), N >= 1 ->
-    case pool_size(?DEFAULT_POOL) of
-        Size when N =< Size -> #pyport_ctx{pool = ?DEFAULT_POOL, slot = N};
+    context(?DEFAULT_POOL, N).
+
+%% @doc Context `N' (1-based) of pool `Pool'.
+-spec context(atom(), pos_integer()) -> pid().
+context(Pool, N) when is_atom(Pool), is_integer(N), N >= 1 ->
+    case pool_size(Pool) of
+        Size when N =< Size -> context_pid(Pool, N);
         Size -> erlang:error({bad_context, N, {pool_size, Size}})
     end.
 
-%% @doc Context `N' (1-based) of pool `Pool'.
--spec context(atom(), pos_integer()) -> context().
-context(Pool, N) when is_atom(Pool), is_integer(N), N >= 1 ->
-    case pool_size(Pool) of
-        Size when N =< Size -> #pyport_ctx{pool = Pool, slot = N};
-        Size -> erlang:error({bad_context, N, {pool_size, Size}})
+context_pid(Pool, Slot) ->
+    case pyport_contexts:context_pid(Pool, Slot) of
+        {ok, Pid} -> Pid;
+        {error, Reason} -> erlang:error(Reason)
     end.
 
 %% @doc The pool and slot a context routes to.
 -spec context_slot(context()) -> {atom(), pos_integer()}.
-context_slot(#pyport_ctx{pool = Pool, slot = Slot}) ->
-    {Pool, Slot}.
+context_slot(Ctx) ->
+    case request(fun() -> ctx_slot(Ctx) end) of
+        {error, Reason} -> erlang:error(Reason);
+        Slot -> Slot
+    end.
 
 %% @doc Binds the calling process to one worker of the default pool: every
 %% call, eval and exec of the process goes there until {@link unbind/0} or
@@ -904,10 +945,90 @@ remote(#{node := Node, pool := Pool} = O, _Local) when Node =/= node() ->
 remote(_O, Local) ->
     Local.
 
-%% A context names its pool; `pool' in the options is not used.
-target(#pyport_ctx{pool = Pool, slot = Slot}, Opts) ->
-    #{timeout := Timeout} = options(Opts),
+%% A context names its pool and slot; its timeout is `infinity' unless
+%% given (erlang_python's default for context calls).
+target(Ctx, Opts) ->
+    {Pool, Slot} = ctx_slot(Ctx),
+    #{timeout := Timeout} = ctx_options(Opts),
     {{slot, Pool, Slot}, Timeout}.
+
+ctx_code_target(Ctx, Opts) ->
+    {Pool, Slot} = ctx_slot(Ctx),
+    #{timeout := Timeout, namespace := Which} = ctx_options(Opts),
+    case Which of
+        shared ->
+            {{slot, Pool, Slot}, Timeout, ?SHARED_NAMESPACE};
+        process ->
+            case pyport_namespaces:namespace(Pool, Slot) of
+                {ok, Ns} -> {{slot, Pool, Slot}, Timeout, Ns};
+                {error, _} = Error -> throw(Error)
+            end
+    end.
+
+ctx_options(Timeout) when Timeout =:= infinity; is_integer(Timeout), Timeout >= 0 ->
+    #{timeout => Timeout, namespace => process};
+ctx_options(Opts) when is_map(Opts) ->
+    maps:fold(fun(timeout, T, Acc) when T =:= infinity; is_integer(T), T >= 0 ->
+                      Acc#{timeout => T};
+                 (namespace, N, Acc) when N =:= process; N =:= shared ->
+                      Acc#{namespace => N};
+                 (K, V, _Acc) when K =:= timeout; K =:= namespace ->
+                      throw({error, {invalid_option, K, V}});
+                 (_K, _V, Acc) ->
+                      %% erlang_python ignores other keys (pool, kwargs...).
+                      Acc
+              end, #{timeout => infinity, namespace => process}, Opts);
+ctx_options(Other) ->
+    throw({error, {bad_option, Other}}).
+
+%% The pool and slot of a context; throws {error, _} for a dead or unknown
+%% one.
+ctx_slot(#pyport_ctx{pool = Pool, slot = Slot}) ->
+    {Pool, Slot};
+ctx_slot(Pid) when is_pid(Pid) ->
+    case pyport_contexts:resolve(Pid) of
+        {ok, Pool, Slot} -> {Pool, Slot};
+        {error, _} = Error -> throw(Error)
+    end;
+ctx_slot(Other) ->
+    throw({error, {invalid_context, Other}}).
+
+%% A context-less call's pool: the `pool' option, else the registration
+%% of its module or function (register_pool/2), else `default'.
+registered_pool(Module, Function, Opts) when is_map(Opts) ->
+    case is_map_key(pool, Opts) of
+        true -> Opts;
+        false -> registered(Module, Function, Opts)
+    end;
+registered_pool(Module, Function, Timeout) ->
+    registered(Module, Function, #{timeout => Timeout}).
+
+registered(Module, Function, Opts) ->
+    case pyport_contexts:lookup_pool(safe_name(Module), safe_name(Function)) of
+        ?DEFAULT_POOL -> Opts;
+        Pool -> Opts#{pool => Pool}
+    end.
+
+safe_name(N) when is_atom(N); is_binary(N) -> N;
+safe_name(N) -> try name(N) catch throw:_ -> <<>> end.
+
+%% `'__main__'' names the caller's py:exec namespace on the worker the call
+%% goes to (erlang_python's meaning); a context-less call goes to the
+%% worker that namespace is on.
+main_route(Target, [<<"__main__">> | _] = Fields) ->
+    case Target of
+        {slot, Pool, Slot} ->
+            {Target, pyport_namespaces:main_call(Pool, Slot, Fields)};
+        {pool, Pool} ->
+            case pyport_affinity:namespace_slot(Pool) of
+                undefined -> {Target, Fields};
+                Slot -> {{slot, Pool, Slot}, pyport_namespaces:main_call(Pool, Slot, Fields)}
+            end;
+        _ ->
+            {Target, Fields}
+    end;
+main_route(Target, Fields) ->
+    {Target, Fields}.
 
 options(Timeout) when Timeout =:= infinity; is_integer(Timeout), Timeout >= 0 ->
     #{pool => ?DEFAULT_POOL, timeout => Timeout};

@@ -14,7 +14,7 @@
 %% namespace starts again empty, as every Python state of that worker does.
 -module(pyport_affinity).
 
--export([bind/1, unbind/1, bound_slot/1, namespace/1]).
+-export([bind/1, bind/2, unbind/1, bound_slot/1, namespace/1, namespace_slot/1]).
 
 -define(BIND(Pool), {'$pyport_bind', Pool}).
 -define(NS(Pool), {'$pyport_ns', Pool}).
@@ -41,11 +41,8 @@ bind(Pool) ->
 unbind(Pool) ->
     _ = erase(?BIND(Pool)),
     case erase(?NS(Pool)) of
-        {_Slot, Ns, Worker} ->
-            Worker ! {'$pyport_ns_drop', Ns},
-            ok;
-        undefined ->
-            ok
+        Slot when is_integer(Slot) -> pyport_namespaces:drop(Pool, Slot);
+        undefined -> ok
     end.
 
 %% @doc The slot the calling process is bound to on `Pool', if any.
@@ -58,45 +55,36 @@ bound_slot(Pool) ->
 -spec namespace(pyport_config:pool_name()) ->
           {ok, pos_integer(), pos_integer()} | {error, term()}.
 namespace(Pool) ->
-    case pyport_pool:info(Pool) of
-        {ok, Info} ->
-            case get(?NS(Pool)) of
-                {Slot, Ns, Worker} ->
-                    case pyport_pool:worker(Info, Slot) of
-                        {ok, Worker} -> {ok, Slot, Ns};
-                        %% A new gen_server for the slot: register with it.
-                        {ok, New} -> register(Pool, Slot, Ns, New);
-                        error -> {error, {no_worker, Pool, Slot}}
-                    end;
-                undefined ->
-                    case slot_for_new_affinity(Pool) of
-                        {ok, Slot} ->
-                            case pyport_pool:worker(Info, Slot) of
-                                {ok, Worker} ->
-                                    register(Pool, Slot, erlang:unique_integer([positive]), Worker);
-                                error ->
-                                    {error, {no_worker, Pool, Slot}}
-                            end;
-                        {error, _} = Error ->
-                            Error
-                    end
+    case slot_for_new_affinity(Pool) of
+        {ok, Slot} ->
+            case pyport_namespaces:namespace(Pool, Slot) of
+                {ok, Ns} ->
+                    put(?NS(Pool), Slot),
+                    {ok, Slot, Ns};
+                {error, _} = Error ->
+                    Error
             end;
         {error, _} = Error ->
             Error
     end.
 
-%% The message goes before any request of this process to that worker, so
-%% the worker monitors the process before it runs code in the namespace.
-register(Pool, Slot, Ns, Worker) ->
-    Worker ! {'$pyport_ns', self(), Ns},
-    put(?NS(Pool), {Slot, Ns, Worker}),
-    {ok, Slot, Ns}.
+%% @doc The slot of the calling process's namespace on `Pool', if any.
+-spec namespace_slot(pyport_config:pool_name()) -> pos_integer() | undefined.
+namespace_slot(Pool) ->
+    get(?NS(Pool)).
+
+%% @doc Binds the calling process to slot `Slot' of `Pool' (a context it
+%% chose, see py_context_router:bind_context/2).
+-spec bind(pyport_config:pool_name(), pos_integer()) -> ok.
+bind(Pool, Slot) ->
+    put(?BIND(Pool), Slot),
+    ok.
 
 slot_for_new_affinity(Pool) ->
     case {get(?BIND(Pool)), get(?NS(Pool))} of
         {Slot, _} when is_integer(Slot) ->
             {ok, Slot};
-        {undefined, {Slot, _, _}} ->
+        {undefined, Slot} when is_integer(Slot) ->
             {ok, Slot};
         {undefined, undefined} ->
             case pyport_pool:info(Pool) of

@@ -33,4 +33,7 @@ init(Pools) ->
                  start => {pyport_pools_sup, start_link, [Pools]},
                  type => supervisor,
                  shutdown => infinity},
-    {ok, {Flags, [Reaper, State, Registry, Pg, PoolsSup]}}.
+    %% Context pids and pool registrations (erlang_python's contexts); it
+    %% stops dedicated contexts' pools, so it goes after the pools.
+    Contexts = #{id => pyport_contexts, start => {pyport_contexts, start_link, []}},
+    {ok, {Flags, [Reaper, State, Registry, Pg, PoolsSup, Contexts]}}.

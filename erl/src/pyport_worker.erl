@@ -318,6 +318,15 @@ handle_call({stream_cancel, Id}, _From, #state{pending = Pending} = State) ->
         _ ->
             {reply, ok, drop_queued(Id, State)}
     end;
+handle_call({'$pyport_ns_register', Owner, Ns}, _From,
+            #state{monitor_by_ns = ByNs, opts = Opts} = State) ->
+    %% The pool's max_namespaces bounds the monitors here and the globals
+    %% in the worker (see pyport_namespaces).
+    Max = maps:get(max_namespaces, Opts, 10000),
+    case is_map_key(Ns, ByNs) orelse map_size(ByNs) < Max of
+        true -> {reply, ok, register_namespace(Owner, Ns, State)};
+        false -> {reply, {error, {too_many_namespaces, Max}}, State}
+    end;
 handle_call(_Request, _From, State) ->
     {reply, {error, unknown_call}, State}.
 
