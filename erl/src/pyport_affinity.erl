@@ -14,7 +14,7 @@
 %% namespace starts again empty, as every Python state of that worker does.
 -module(pyport_affinity).
 
--export([bind/1, bind/2, unbind/1, bound_slot/1, namespace/1, namespace_slot/1]).
+-export([bind/1, bind/2, unbind/1, unbind_keep_namespace/1, bound_slot/1, namespace/1, namespace_slot/1]).
 
 -define(BIND(Pool), {'$pyport_bind', Pool}).
 -define(NS(Pool), {'$pyport_ns', Pool}).
@@ -44,6 +44,13 @@ unbind(Pool) ->
         Slot when is_integer(Slot) -> pyport_namespaces:drop(Pool, Slot);
         undefined -> ok
     end.
+
+%% @doc Removes the binding only: the process's namespace stays (as
+%% erlang_python's `py_context_router:unbind_context/0,1').
+-spec unbind_keep_namespace(pyport_config:pool_name()) -> ok.
+unbind_keep_namespace(Pool) ->
+    _ = erase(?BIND(Pool)),
+    ok.
 
 %% @doc The slot the calling process is bound to on `Pool', if any.
 -spec bound_slot(pyport_config:pool_name()) -> pos_integer() | undefined.

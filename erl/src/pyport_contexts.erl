@@ -10,7 +10,8 @@
 %% `py:start_contexts/0,1', `py_context_router', `py_context:new/1'); one
 %% found by its pool and slot later is added then.
 %%
-%% This gen_server owns the tables, hands out the names of dedicated
+%% This gen_server owns the tables (and `pyport_tasks', see {@link
+%% pyport_async}), hands out the names of dedicated
 %% contexts' pools from a bounded set (`pyport_context_1' ...
 %% `pyport_context_<max_contexts>', app env `max_contexts', default 256,
 %% so no path creates atoms without a bound), and monitors every dedicated
@@ -23,7 +24,8 @@
 -module(pyport_contexts).
 -behaviour(gen_server).
 
--export([start_link/0, context_pid/2, resolve/1, add_dedicated/1,
+-export([start_link/0, context_pid/2, contexts/1, resolve/1, add_dedicated/1, start_pool/2,
+         interrupt/1, memory_stats/1, start_loop/2, stop_loop/1, loop_running/1,
          register_pool/2, unregister_pool/1, lookup_pool/2, list_pool_registrations/0]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
 
@@ -54,6 +56,100 @@ context_pid(Pool, Slot) ->
             Error
     end.
 
+%% @doc The context pids of a pool, by slot order.
+-spec contexts(atom()) -> {ok, [pid()]} | {error, term()}.
+contexts(Pool) ->
+    case pyport:workers(Pool) of
+        {ok, Workers} ->
+            [remember(Pid, Pool, Slot) || {Slot, Pid} <- Workers],
+            {ok, [Pid || {_, Pid} <- Workers]};
+        {error, _} = Error ->
+            Error
+    end.
+
+%% @doc Starts pool `Pool' with `Size' workers (`default': the pool's
+%% configured size, else the number of schedulers) unless it runs; its
+%% context pids, or `{error, {context_start_failed, Pool, Size, Reason}}'.
+-spec start_pool(atom(), pos_integer() | default) -> {ok, [pid()]} | {error, term()}.
+start_pool(Pool, Size) ->
+    case pyport_pool:info(Pool) of
+        {ok, _} ->
+            contexts(Pool);
+        {error, _} ->
+            Configured = case pyport_config:pools() of
+                             {ok, #{Pool := Opts}} -> Opts;
+                             _ -> #{}
+                         end,
+            Opts1 = case Size of
+                        default -> Configured;
+                        N when is_integer(N), N > 0 -> Configured#{size => N};
+                        Bad -> Configured#{size => Bad}
+                    end,
+            %% The options of a configured pool are validated ones: only
+            %% the keys given by hand are checked again.
+            case pyport:start_pool(Pool, maps:with(user_keys(Opts1), Opts1)) of
+                {ok, _} ->
+                    contexts(Pool);
+                {error, {already_started, _}} ->
+                    contexts(Pool);
+                {error, {pool_start_failed, _, Reason}} ->
+                    {error, {context_start_failed, Pool, Size, Reason}};
+                {error, Reason} ->
+                    {error, {context_start_failed, Pool, Size, Reason}}
+            end
+    end.
+
+user_keys(Opts) ->
+    Defaults = pyport_config:defaults(),
+    [K || {K, V} <- maps:to_list(Opts), maps:get(K, Defaults, make_ref()) =/= V].
+
+%% @doc Raises KeyboardInterrupt in the calls a context runs now: `ok', or
+%% `not_running'.
+-spec interrupt(pid() | term()) -> ok | not_running | {error, term()}.
+interrupt(Ctx) ->
+    Slot = case Ctx of
+               Pid when is_pid(Pid) -> resolve(Pid);
+               _ -> {ok, element(2, Ctx), element(3, Ctx)}   % #pyport_ctx{}
+           end,
+    case Slot of
+        {ok, Pool, N} ->
+            case current_worker(Pool, N) of
+                {ok, Worker} ->
+                    try gen_server:call(Worker, '$pyport_interrupt_running', 5000)
+                    catch exit:_ -> not_running
+                    end;
+                _ ->
+                    not_running
+            end;
+        {error, _} ->
+            not_running
+    end.
+
+%% @doc A worker's memory statistics in erlang_python's shape: atom keys,
+%% `gc_count' and `gc_threshold' as tuples.
+-spec memory_stats(map()) -> #{atom() => term()}.
+memory_stats(Stats) ->
+    maps:fold(fun(K, V, Acc) ->
+                      case stat_key(K) of
+                          undefined -> Acc;
+                          Key when is_list(V), (Key =:= gc_count orelse Key =:= gc_threshold) ->
+                              Acc#{Key => list_to_tuple(V)};
+                          Key ->
+                              Acc#{Key => V}
+                      end
+              end, #{}, Stats).
+
+stat_key(<<"gc_stats">>) -> gc_stats;
+stat_key(<<"gc_count">>) -> gc_count;
+stat_key(<<"gc_threshold">>) -> gc_threshold;
+stat_key(<<"traced_memory_current">>) -> traced_memory_current;
+stat_key(<<"traced_memory_peak">>) -> traced_memory_peak;
+stat_key(<<"rss_bytes">>) -> rss_bytes;
+stat_key(<<"max_rss_bytes">>) -> max_rss_bytes;
+stat_key(<<"gc_enabled">>) -> gc_enabled;
+stat_key(<<"namespaces">>) -> namespaces;
+stat_key(_) -> undefined.
+
 %% @doc The pool and slot a context pid stands for. A context whose process
 %% is gone is `{error, {context_died, Reason}}'.
 -spec resolve(pid()) -> {ok, atom(), pos_integer()} | {error, term()}.
@@ -77,14 +173,34 @@ resolve(Pid) when is_pid(Pid) ->
 add_dedicated(Pid) ->
     gen_server:call(?MODULE, {add_dedicated, Pid}).
 
+%% @doc Marks the event loop of context `Ctx' as started for `Owner'
+%% (py_context:start_loop/1,2). Every worker's loop runs all the time; this
+%% keeps erlang_python's protocol: one owner at a time, told `{py_loop_exit,
+%% Ctx, {ok, <<"stopped">>}}' by {@link stop_loop/1}, and the mark goes
+%% when the owner exits.
+-spec start_loop(pid(), pid()) -> ok | {error, already_running}.
+start_loop(Ctx, Owner) ->
+    gen_server:call(?MODULE, {start_loop, Ctx, Owner}).
+
+%% @doc Ends the mark of {@link start_loop/2}: `ok' (the owner is told) or
+%% `{error, no_loop}'.
+-spec stop_loop(pid()) -> ok | {error, no_loop}.
+stop_loop(Ctx) ->
+    gen_server:call(?MODULE, {stop_loop, Ctx}).
+
+%% @doc Whether {@link start_loop/2} marked `Ctx'.
+-spec loop_running(pid()) -> boolean().
+loop_running(Ctx) ->
+    gen_server:call(?MODULE, {loop_running, Ctx}).
+
 %% @doc Routes context-less calls of `Module' (or of `{Module, Function}')
 %% to `Pool'.
 -spec register_pool(atom(), name() | {name(), name()}) -> ok.
-register_pool(Pool, {Module, Function}) when is_atom(Pool) ->
-    true = ets:insert(?ROUTES, {{key(Module), key(Function)}, Pool}),
+register_pool(Pool, {Module, Function} = Key) when is_atom(Pool) ->
+    true = ets:insert(?ROUTES, {{key(Module), key(Function)}, Pool, Key}),
     ok;
 register_pool(Pool, Module) when is_atom(Pool) ->
-    true = ets:insert(?ROUTES, {{key(Module), '_'}, Pool}),
+    true = ets:insert(?ROUTES, {{key(Module), '_'}, Pool, {Module, '_'}}),
     ok.
 
 %% @doc Removes a registration made by {@link register_pool/2}.
@@ -101,28 +217,26 @@ unregister_pool(Module) ->
 -spec lookup_pool(name(), name()) -> atom().
 lookup_pool(Module, Function) ->
     case ets:info(?ROUTES, size) of
-        0 ->
-            default;
-        undefined ->
-            default;
-        _ ->
+        N when is_integer(N), N > 0 ->
             M = key(Module),
             case ets:lookup(?ROUTES, {M, key(Function)}) of
-                [{_, Pool}] ->
+                [{_, Pool, _}] ->
                     Pool;
                 [] ->
                     case ets:lookup(?ROUTES, {M, '_'}) of
-                        [{_, Pool}] -> Pool;
+                        [{_, Pool, _}] -> Pool;
                         [] -> default
                     end
-            end
+            end;
+        _ ->
+            default
     end.
 
 %% @doc Every registration: `[{{Module, Function | '_'}, Pool}]', names as
-%% binaries.
--spec list_pool_registrations() -> [{{binary(), binary() | '_'}, atom()}].
+%% they were registered.
+-spec list_pool_registrations() -> [{{name(), name() | '_'}, atom()}].
 list_pool_registrations() ->
-    ets:tab2list(?ROUTES).
+    [{Key, Pool} || {_, Pool, Key} <- ets:tab2list(?ROUTES)].
 
 %%%===================================================================
 %%% gen_server
@@ -133,11 +247,13 @@ list_pool_registrations() ->
 init([]) ->
     _ = ets:new(?TAB, [named_table, public, set, {read_concurrency, true}]),
     _ = ets:new(?ROUTES, [named_table, public, set, {read_concurrency, true}]),
+    %% Tasks in flight (pyport_async): written by every caller.
+    _ = ets:new(pyport_tasks, [named_table, public, set, {write_concurrency, true}]),
     Max = case application:get_env(pyport, max_contexts, ?DEFAULT_MAX_CONTEXTS) of
               N when is_integer(N), N > 0, N =< 65536 -> N;
               _ -> ?DEFAULT_MAX_CONTEXTS
           end,
-    {ok, #{free => lists:seq(1, Max), max => Max, owners => #{}}}.
+    {ok, #{free => lists:seq(1, Max), max => Max, owners => #{}, loops => #{}}}.
 
 %% @private
 -spec handle_call(term(), gen_server:from(), map()) -> {reply, term(), map()}.
@@ -148,6 +264,25 @@ handle_call({add_dedicated, Pid}, _From, #{free := [N | Free], owners := Owners}
     {reply, {ok, Name}, State#{free := Free, owners := Owners#{Mon => {Pid, N, Name}}}};
 handle_call({add_dedicated, _Pid}, _From, #{free := [], max := Max} = State) ->
     {reply, {error, {too_many_contexts, Max}}, State};
+handle_call({start_loop, Ctx, Owner}, _From, #{loops := Loops} = State) ->
+    case is_map_key(Ctx, Loops) of
+        true ->
+            {reply, {error, already_running}, State};
+        false ->
+            Mon = erlang:monitor(process, Owner),
+            {reply, ok, State#{loops := Loops#{Ctx => {Owner, Mon}}}}
+    end;
+handle_call({stop_loop, Ctx}, _From, #{loops := Loops} = State) ->
+    case maps:take(Ctx, Loops) of
+        {{Owner, Mon}, Rest} ->
+            erlang:demonitor(Mon, [flush]),
+            Owner ! {py_loop_exit, Ctx, {ok, <<"stopped">>}},
+            {reply, ok, State#{loops := Rest}};
+        error ->
+            {reply, {error, no_loop}, State}
+    end;
+handle_call({loop_running, Ctx}, _From, #{loops := Loops} = State) ->
+    {reply, is_map_key(Ctx, Loops), State};
 handle_call(_Request, _From, State) ->
     {reply, {error, unknown_call}, State}.
 
@@ -164,9 +299,11 @@ handle_info({'DOWN', Mon, process, _, _}, #{owners := Owners, free := Free} = St
             %% However the context died, its worker goes with it.
             _ = pyport:stop_pool(Name),
             true = ets:delete(?TAB, Pid),
-            {noreply, State#{owners := Rest, free := [N | Free]}};
+            {noreply, State#{owners := Rest, free := [N | Free], loops := forget_loop(Pid, State)}};
         error ->
-            {noreply, State}
+            %% A loop owner that exited: its loop mark goes.
+            Loops = maps:filter(fun(_Ctx, {_Owner, M}) -> M =/= Mon end, maps:get(loops, State)),
+            {noreply, State#{loops := Loops}}
     end;
 handle_info(_Msg, State) ->
     {noreply, State}.
@@ -174,6 +311,12 @@ handle_info(_Msg, State) ->
 %%%===================================================================
 %%% Internals
 %%%===================================================================
+
+forget_loop(Ctx, #{loops := Loops}) ->
+    case maps:take(Ctx, Loops) of
+        {{_Owner, Mon}, Rest} -> erlang:demonitor(Mon, [flush]), Rest;
+        error -> Loops
+    end.
 
 %% One row per slot: a restarted gen_server's row replaces the old one.
 remember(Pid, Pool, Slot) ->
@@ -213,4 +356,8 @@ find(Pid) ->
 
 key(A) when is_atom(A) -> atom_to_binary(A, utf8);
 key(B) when is_binary(B) -> B;
-key(L) when is_list(L) -> unicode:characters_to_binary(L).
+key(L) when is_list(L) ->
+    case unicode:characters_to_binary(L) of
+        B when is_binary(B) -> B;
+        _ -> erlang:error({invalid_name, L})
+    end.

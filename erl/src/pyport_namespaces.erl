@@ -13,7 +13,7 @@
 %% as all Python state of that worker does.
 -module(pyport_namespaces).
 
--export([namespace/2, lookup/2, drop/2, main_call/3]).
+-export([namespace/2, lookup/2, drop/2, main_call/3, route_main/2, route_main_shared/2]).
 
 -define(NS(Pool, Slot), {'$pyport_ns', Pool, Slot}).
 %% How long registering a namespace may wait for the worker's gen_server.
@@ -63,6 +63,29 @@ main_call(Pool, Slot, [<<"__main__">>, F, Args, Kwargs]) ->
     end;
 main_call(_Pool, _Slot, Fields) ->
     Fields.
+
+%% @doc Where a call goes and its fields, `'__main__'' resolved: on a slot,
+%% the caller's namespace there; for a pool, the slot the caller's
+%% namespace is on (if any) and that namespace.
+-spec route_main(pyport_request:target(), [term()]) -> {pyport_request:target(), [term()]}.
+route_main({slot, Pool, Slot} = Target, [<<"__main__">> | _] = Fields) ->
+    {Target, main_call(Pool, Slot, Fields)};
+route_main({pool, Pool} = Target, [<<"__main__">> | _] = Fields) ->
+    case pyport_affinity:namespace_slot(Pool) of
+        undefined -> {Target, Fields};
+        Slot -> {{slot, Pool, Slot}, main_call(Pool, Slot, Fields)}
+    end;
+route_main(Target, Fields) ->
+    {Target, Fields}.
+
+%% @doc As {@link route_main/2}, `'__main__'' being the worker's shared
+%% namespace (what `py_context:exec/2' defines).
+-spec route_main_shared(pyport_request:target(), [term()]) ->
+          {pyport_request:target(), [term()]}.
+route_main_shared(Target, [<<"__main__">>, F, Args, Kwargs]) ->
+    {Target, [<<"erlang._namespaces">>, <<"call">>, [0, F, Args, Kwargs], #{}]};
+route_main_shared(Target, Fields) ->
+    {Target, Fields}.
 
 register(Pool, Slot, Ns, Worker) ->
     try gen_server:call(Worker, {'$pyport_ns_register', self(), Ns}, ?REGISTER_TIMEOUT_MS) of
