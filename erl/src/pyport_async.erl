@@ -27,17 +27,15 @@
 -define(STREAM_START, 6).
 
 %% Tasks in flight: ref => worker, request id, deadline, owner. A row is
-%% written when a task starts and deleted when its result is sent (by the
+%% written when a task starts and deleted once its result is sent (by the
 %% worker's gen_server), awaited or cancelled, so the table holds only
-%% tasks in flight. Owned by pyport_contexts.
+%% tasks in flight (and those of a worker gen_server that was killed, until
+%% they are awaited). Owned by pyport_contexts.
 -define(TASKS, pyport_tasks).
 
 %% How long an await waits before it asks the worker whether the task is
 %% still pending (see await/3).
 -define(UNCHECKED_MS, 10).
-%% A task without a row has sent its result (or never existed): its
-%% message is waited for this long at most.
--define(FINISHED_WAIT_MS, 1000).
 
 %% A task: a plain reference (erlang_python code checks is_reference/1).
 %% It is also the alias its result is sent to, and a monitor of the worker.
@@ -110,16 +108,12 @@ await(Tag, Ref, Timeout) when is_reference(Ref) ->
             true = ets:delete(?TASKS, Ref),
             Result;
         [] ->
-            %% Its result was sent (it may still be on its way), or the
-            %% task never started.
-            Wait = case Timeout of
-                       deadline -> ?FINISHED_WAIT_MS;
-                       infinity -> ?FINISHED_WAIT_MS;
-                       T -> min(T, ?FINISHED_WAIT_MS)
-                   end,
+            %% Its result was sent before its row went (or it never
+            %% started: the message was there from the start), so it is in
+            %% the mailbox unless it was taken already.
             receive
                 {Tag, Ref, Result} -> Result
-            after Wait ->
+            after 0 ->
                     {error, already_awaited}
             end
     end;

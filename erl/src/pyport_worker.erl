@@ -566,9 +566,9 @@ finish_entry({Alias, _Deadline}, Result, State) ->
     finish(Alias, Result, State).
 
 finish_task({task, Alias, Tag, Ref, _}, Result) ->
-    pyport_async:task_finished(Ref),
     Alias ! {Tag, Ref, Result},
-    ok.
+    %% After the message: an await that finds no row finds the message.
+    pyport_async:task_finished(Ref).
 
 stream_end({ok, _}) -> done;
 stream_end({error, _} = Error) -> Error.

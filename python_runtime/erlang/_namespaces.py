@@ -5,8 +5,8 @@ name, so code defined there can be pickled, introspected (``dataclasses``,
 ``typing.get_type_hints``, ``inspect.getmodule``) and found again by name; and
 ``erlang`` is bound in it, as in erlang_python, so ``py:eval(<<"erlang.call(
 ...)">>)`` works without an import. Namespace 0 is the worker's shared one;
-the others belong to one Erlang process each (on one worker) and are dropped
-when it exits. The node bounds how many exist (pool option
+the others belong to one Erlang process each (on one worker), start as a
+copy of the shared one's names, and are dropped when the process exits. The node bounds how many exist (pool option
 ``max_namespaces``): this module only keeps them.
 """
 
@@ -36,6 +36,14 @@ def globals_for(ns: int) -> dict[str, Any]:
         module = types.ModuleType(module_name(ns))
         module.__dict__["__builtins__"] = __builtins__
         module.__dict__["erlang"] = erlang
+        shared = _spaces.get(0)
+        if ns != 0 and shared is not None:
+            # A process's namespace starts with what the shared one holds
+            # (the pool's imports and init code, preloaded code), as
+            # erlang_python's per-process environments inherit preload.
+            for key, value in shared.__dict__.items():
+                if not (key.startswith("__") and key.endswith("__")):
+                    module.__dict__[key] = value
         _spaces[ns] = module
         sys.modules[module.__name__] = module
     return module.__dict__
