@@ -196,13 +196,15 @@ cast(Module, Function, Args) ->
 
 %% @doc Starts a call and returns a reference at once; the result arrives
 %% as the message `{py_response, Ref, Result}' ({@link await/1,2} waits for
-%% it, in the same process).
--spec spawn_call(name(), name(), [term()]) -> reference().
+%% it, in the same process). A call to another node (option `node', or a
+%% `{cluster, Pool}' pool) returns a handle for {@link await/1,2} instead.
+-spec spawn_call(name(), name(), [term()]) -> reference() | handle().
 spawn_call(Module, Function, Args) ->
     spawn_call(Module, Function, Args, #{}, #{}).
 
 %% @doc `spawn_call(M, F, Args, Kwargs)' or `spawn_call(Ctx, M, F, Args)'.
--spec spawn_call(context() | name(), name(), [term()] | name(), map() | [term()]) -> reference().
+-spec spawn_call(context() | name(), name(), [term()] | name(), map() | [term()]) ->
+          reference() | handle().
 spawn_call(Ctx, Module, Function, Args) when ?IS_CTX(Ctx) ->
     spawn_call(Ctx, Module, Function, Args, #{});
 spawn_call(Module, Function, Args, Kwargs) ->
@@ -212,7 +214,7 @@ spawn_call(Module, Function, Args, Kwargs) ->
 %% Args, Kwargs)'. The timeout in `Opts' is the deadline of the request
 %% (default: the pool's `call_timeout'; through a context `infinity').
 -spec spawn_call(context() | name(), name(), [term()] | name(), map() | [term()],
-                 opts() | map()) -> reference().
+                 opts() | map()) -> reference() | handle().
 spawn_call(Ctx, Module, Function, Args, Kwargs) when ?IS_CTX(Ctx) ->
     start_task(py_response,
                fun() ->
@@ -362,9 +364,18 @@ async_spec({M, F, A, Kw}) -> async_call(M, F, A, Kw);
 async_spec(Other) -> erlang:error({badarg, Other}).
 
 %% A task whose `Build' fails has its error message in the mailbox at once.
+%% A spawn_call on another node is a request handle ({@link await/1,2}
+%% takes both): its result cannot come as a message from this node.
 start_task(Tag, Build) ->
     try Build() of
-        {Target, Fields, Timeout} -> pyport_async:start_task(Target, Tag, {?CALL, Fields}, Timeout)
+        {{node, Node, _} = Target, Fields, Timeout} when Tag =:= py_response, Node =/= node() ->
+            pyport_request:start(Target, ?CALL, Fields, Timeout);
+        {{cluster, _} = Target, Fields, Timeout} when Tag =:= py_response ->
+            pyport_request:start(Target, ?CALL, Fields, Timeout);
+        {{node, _, Local}, Fields, Timeout} ->
+            pyport_async:start_task(Local, Tag, {?CALL, Fields}, Timeout);
+        {Target, Fields, Timeout} ->
+            pyport_async:start_task(Target, Tag, {?CALL, Fields}, Timeout)
     catch
         throw:{error, Reason} -> pyport_async:failed_task(Tag, Reason)
     end.
