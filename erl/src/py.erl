@@ -127,8 +127,7 @@ call(Module, Function, Args, Kwargs) ->
 -spec call(context() | name(), name(), [term()] | name(), map() | [term()],
            opts() | map()) -> result().
 call(Ctx, Module, Function, Args, Opts) when ?IS_CTX(Ctx), is_map(Opts) ->
-    call(Ctx, Module, Function, Args, maps:get(kwargs, Opts, #{}),
-         maps:get(timeout, Opts, infinity));
+    call(Ctx, Module, Function, Args, maps:get(kwargs, Opts, #{}), maps:remove(kwargs, Opts));
 call(Ctx, Module, Function, Args, Timeout) when ?IS_CTX(Ctx) ->
     call(Ctx, Module, Function, Args, #{}, Timeout);
 call(Pool, Module, Function, Args, Kwargs) when is_atom(Pool), is_list(Args), is_map(Kwargs) ->

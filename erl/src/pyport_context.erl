@@ -33,9 +33,11 @@ start(Opts, Link) when is_map(Opts) ->
     case check(Opts) of
         {ok, PoolOpts} ->
             Args = {PoolOpts, maps:get(preload, Opts, undefined), self(), Link},
-            case Link of
-                link -> gen_server:start_link(?MODULE, Args, [{timeout, ?START_TIMEOUT_MS}]);
-                nolink -> gen_server:start(?MODULE, Args, [{timeout, ?START_TIMEOUT_MS}])
+            %% Linked by the creator itself, not as a gen_server parent: a
+            %% parent's exit would stop it whatever the reason.
+            case gen_server:start(?MODULE, Args, [{timeout, ?START_TIMEOUT_MS}]) of
+                {ok, Pid} when Link =:= link -> true = link(Pid), {ok, Pid};
+                Other -> Other
             end;
         {error, _} = Error ->
             Error

@@ -32,6 +32,8 @@
 -define(TAB, pyport_contexts).
 -define(ROUTES, pyport_pool_routes).
 -define(DEFAULT_MAX_CONTEXTS, 256).
+%% Context pids kept per slot (its current gen_server and earlier ones).
+-define(KEEP, 4).
 
 -type name() :: atom() | binary() | string().
 
@@ -155,12 +157,14 @@ stat_key(_) -> undefined.
 -spec resolve(pid()) -> {ok, atom(), pos_integer()} | {error, term()}.
 resolve(Pid) when is_pid(Pid) ->
     case ets:lookup(?TAB, Pid) of
-        [{Pid, Pool, Slot, worker}] ->
-            case current_worker(Pool, Slot) of
-                {ok, Pid} -> {ok, Pool, Slot};
+        [{Pid, Pool, Slot, worker, _Seq}] ->
+            %% A slot's context outlives a restart of its gen_server, as the
+            %% slot's other routes do; it ends with its pool.
+            case pyport_pool:info(Pool) of
+                {ok, #{size := Size}} when Slot =< Size -> {ok, Pool, Slot};
                 _ -> {error, {context_died, noproc}}
             end;
-        [{Pid, Pool, Slot, dedicated}] ->
+        [{Pid, Pool, Slot, dedicated, _}] ->
             {ok, Pool, Slot};
         [] ->
             find(Pid)
@@ -260,7 +264,7 @@ init([]) ->
 handle_call({add_dedicated, Pid}, _From, #{free := [N | Free], owners := Owners} = State) ->
     Name = list_to_atom("pyport_context_" ++ integer_to_list(N)),
     Mon = erlang:monitor(process, Pid),
-    true = ets:insert(?TAB, {Pid, Name, 1, dedicated}),
+    true = ets:insert(?TAB, {Pid, Name, 1, dedicated, 0}),
     {reply, {ok, Name}, State#{free := Free, owners := Owners#{Mon => {Pid, N, Name}}}};
 handle_call({add_dedicated, _Pid}, _From, #{free := [], max := Max} = State) ->
     {reply, {error, {too_many_contexts, Max}}, State};
@@ -318,14 +322,18 @@ forget_loop(Ctx, #{loops := Loops}) ->
         error -> Loops
     end.
 
-%% One row per slot: a restarted gen_server's row replaces the old one.
+%% A slot keeps the rows of its last few gen_servers (a context pid stays
+%% usable across a restart of its gen_server); older ones go, so the table
+%% stays bounded by the slots.
 remember(Pid, Pool, Slot) ->
     case ets:lookup(?TAB, Pid) of
         [_] ->
             ok;
         [] ->
-            _ = ets:match_delete(?TAB, {'_', Pool, Slot, worker}),
-            true = ets:insert(?TAB, {Pid, Pool, Slot, worker}),
+            Old = lists:sort([{Seq, P} || [P, Seq] <- ets:match(?TAB, {'$1', Pool, Slot, worker, '$2'})]),
+            [true = ets:delete(?TAB, P) || {_, P} <- lists:sublist(Old, max(0, length(Old) - ?KEEP + 1))],
+            true = ets:insert(?TAB, {Pid, Pool, Slot, worker,
+                                     erlang:unique_integer([monotonic])}),
             ok
     end.
 
