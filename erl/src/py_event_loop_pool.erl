@@ -162,8 +162,9 @@ run_on({ok, Target}, Module, Function, Args, Opts) when is_map(Opts) ->
     %% caller, which decodes it itself, as for py:call; a caller that gives
     %% up has the worker's owner interrupt it, which cancels the task.
     case fields(Module, Function, Args, maps:get(kwargs, Opts, #{})) of
-        {ok, Fields} ->
-            pyport_request:call(Target, ?CALL, Fields, maps:get(timeout, Opts, ?DEFAULT_TIMEOUT));
+        {ok, Fields0} ->
+            {Target1, Fields} = pyport_namespaces:route_main(Target, Fields0),
+            pyport_request:call(Target1, ?CALL, Fields, maps:get(timeout, Opts, ?DEFAULT_TIMEOUT));
         {error, _} = Error ->
             Error
     end;
