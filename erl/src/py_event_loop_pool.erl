@@ -124,13 +124,17 @@ eval(LoopRef, Code) ->
     py:eval(LoopRef, Code).
 
 %% @doc `num_loops', `pool', `supported' (always true: every worker has an
-%% event loop) and `in_flight', the requests in flight on each loop.
+%% event loop), `owngil_enabled' (always true: every loop has an
+%% interpreter and GIL of its own) and `in_flight', the requests in flight
+%% on each loop.
 -spec get_stats() -> #{atom() => term()}.
 get_stats() ->
     case loops() of
         {ok, Pool, N} ->
             {ok, #{counters := C}} = pyport_pool:info(Pool),
-            #{num_loops => N, pool => Pool, supported => true,
+            %% owngil_enabled: every loop runs in an interpreter (and
+            %% process) of its own, what erlang_python's OWN_GIL mode gives.
+            #{num_loops => N, pool => Pool, supported => true, owngil_enabled => true,
               in_flight => [counters:get(C, Slot) || Slot <- lists:seq(1, N)]};
         {error, Reason} ->
             #{num_loops => 0, supported => false, error => Reason}
