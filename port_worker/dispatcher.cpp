@@ -893,13 +893,13 @@ PyRef Dispatcher::namespace_globals(uint64_t ns) {
   // A namespace is a module of erlang._namespaces (registered in
   // sys.modules, `erlang` bound); a bare interpreter gets a plain dict.
   PyRef globals;
-  PyRef make = namespaces_module("globals_for");
+  PyRef make = namespaces_module("create");
   if (make) {
     PyRef n = PyRef::steal(PyLong_FromUnsignedLongLong(ns));
     globals = n ? PyRef::steal(PyObject_CallOneArg(make.get(), n.get())) : PyRef();
     if (!globals) return {};
     if (!PyDict_Check(globals.get())) {
-      PyErr_SetString(PyExc_TypeError, "erlang._namespaces.globals_for must return a dict");
+      PyErr_SetString(PyExc_TypeError, "erlang._namespaces.create must return a dict");
       return {};
     }
   } else {

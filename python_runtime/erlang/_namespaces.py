@@ -29,23 +29,23 @@ def module_name(ns: int) -> str:
     return SHARED_NAME if ns == 0 else f"__pyport_ns_{ns}__"
 
 
-def globals_for(ns: int) -> dict[str, Any]:
-    """The globals of namespace ``ns``, created empty on first use."""
-    module = _spaces.get(ns)
-    if module is None:
-        module = types.ModuleType(module_name(ns))
-        module.__dict__["__builtins__"] = __builtins__
-        module.__dict__["erlang"] = erlang
-        shared = _spaces.get(0)
-        if ns != 0 and shared is not None:
-            # A process's namespace starts with what the shared one holds
-            # (the pool's imports and init code, preloaded code), as
-            # erlang_python's per-process environments inherit preload.
-            for key, value in shared.__dict__.items():
-                if not (key.startswith("__") and key.endswith("__")):
-                    module.__dict__[key] = value
-        _spaces[ns] = module
-        sys.modules[module.__name__] = module
+def create(ns: int) -> dict[str, Any]:
+    """The globals of a new namespace ``ns`` (the worker's dispatcher asks
+    once per namespace; one left by an earlier dispatcher is replaced)."""
+    drop(ns)
+    module = types.ModuleType(module_name(ns))
+    module.__dict__["__builtins__"] = __builtins__
+    module.__dict__["erlang"] = erlang
+    shared = _spaces.get(0)
+    if ns != 0 and shared is not None:
+        # A process's namespace starts with what the shared one holds (the
+        # pool's imports and init code, preloaded code), as erlang_python's
+        # per-process environments inherit preload.
+        for key, value in shared.__dict__.items():
+            if not (key.startswith("__") and key.endswith("__")):
+                module.__dict__[key] = value
+    _spaces[ns] = module
+    sys.modules[module.__name__] = module
     return module.__dict__
 
 
