@@ -87,7 +87,9 @@
                                shard => term(),
                                node => node()}.
 -type result() :: {ok, term()} | {error, term()}.
--type ctx_opts() :: timeout() | #{timeout => timeout(), namespace => process | shared}.
+%% Options through a context: erlang_python ignores keys it does not know.
+-type ctx_opts() :: timeout() | #{timeout => timeout(), namespace => process | shared,
+                                  atom() => term()}.
 -type async_ref() :: pyport_async:ref().
 -type stream_ref() :: pyport_async:stream_ref().
 -type call_spec() :: {name(), name(), [term()]} | {name(), name(), [term()], map()}.
@@ -144,7 +146,7 @@ call(Module, Function, Args, Kwargs, Opts) ->
 %% timeout, default `infinity', or a map with `timeout' and `namespace':
 %% where `'__main__'' is looked up, `process' (default, the caller's
 %% {@link exec/2} namespace) or `shared' (the context's shared globals)).
--spec call(context(), name(), name(), [term()], map(), opts()) -> result().
+-spec call(context(), name(), name(), [term()], map(), ctx_opts()) -> result().
 call(Ctx, Module, Function, Args, Kwargs, Opts) when ?IS_CTX(Ctx) ->
     request(fun() ->
                     {Target, Timeout} = target(Ctx, Opts),
