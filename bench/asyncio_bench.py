@@ -86,6 +86,31 @@ async def timer_latency():
     return late[len(late) // 2] * 1e6, late[int(len(late) * 0.99)] * 1e6
 
 
+async def sleep_cost():
+    """500 sleeps of 1 ms in a row: the loop's CPU time (this thread) and its
+    iterations, the cost of being punctual."""
+    loop = asyncio.get_running_loop()
+    count = 0
+    original = getattr(loop, "_run_once", None)  # uvloop's is not Python's
+
+    def counting_run_once():
+        nonlocal count
+        count += 1
+        original()
+
+    if original:
+        loop._run_once = counting_run_once
+    try:
+        cpu = time.thread_time()
+        for _ in range(500):
+            await asyncio.sleep(0.001)
+        cpu = time.thread_time() - cpu
+    finally:
+        if original:
+            del loop._run_once
+    return cpu * 1e3, count if original else None
+
+
 class EchoServer(asyncio.Protocol):
     def connection_made(self, transport):
         self.transport = transport
@@ -253,6 +278,7 @@ def main(kind):
         ("call_soon", call_soon_rate, "callbacks/s"),
         ("timers", timers_rate, "timers/s"),
         ("timer_latency", timer_latency, "us"),
+        ("sleep_1ms_x500", sleep_cost, "ms"),
         ("tcp_echo_1conn", lambda: tcp_echo(1), "roundtrips/s"),
         ("tcp_echo_16conn", lambda: tcp_echo(16), "roundtrips/s"),
         ("tcp_bulk", tcp_bulk, "MiB/s"),
@@ -270,6 +296,11 @@ def main(kind):
                 p50, p99 = value
                 print(f"asyncio_timer_latency_p50_{kind} {p50:.0f} {unit}", flush=True)
                 print(f"asyncio_timer_latency_p99_{kind} {p99:.0f} {unit}", flush=True)
+            elif name == "sleep_1ms_x500":
+                cpu_ms, iterations = value
+                print(f"asyncio_sleep_1ms_x500_cpu_{kind} {cpu_ms:.1f} ms", flush=True)
+                if iterations is not None:
+                    print(f"asyncio_sleep_1ms_x500_iterations_{kind} {iterations} iterations", flush=True)
             else:
                 print(f"asyncio_{name}_{kind} {value:.0f} {unit}", flush=True)
     finally:

@@ -34,8 +34,8 @@ def run(kind, figures):
 def main(figures):
     by_loop = {kind: run(kind, figures) for kind in ("stock", "uvloop", "erlang")}
     for name, (value, unit) in by_loop["erlang"].items():
-        if unit == "us":
-            continue  # latencies: compare the raw figures
+        if unit in ("us", "ms", "iterations"):
+            continue  # latencies and costs: compare the raw figures
         for peer in ("uvloop", "stock"):
             other = by_loop[peer].get(name)
             if other and other[0]:

@@ -7,10 +7,14 @@
 -module(pyport_bench).
 -export([main/0, main/1]).
 
-%% One part only: `-run pyport_bench main sandbox_jobs`.
+%% One part only: `-run pyport_bench main sandbox_jobs` (or idle_worker).
 main(["sandbox_jobs"]) ->
     {ok, _} = application:ensure_all_started(pyport),
     sandbox_jobs(),
+    halt(0);
+main(["idle_worker"]) ->
+    {ok, _} = application:ensure_all_started(pyport),
+    idle_worker(),
     halt(0).
 
 -define(SEQ_CALLS, 20000).
@@ -27,6 +31,7 @@ main() ->
     int_list(),
     codec(),
     coroutines(CallRate),
+    idle_worker(),
     startup(Worker),
     cpu_scaling(),
     worker_death(),
@@ -514,6 +519,31 @@ soak() ->
     line("soak_worker_rss_start", Start div 1024, "KiB"),
     line("soak_worker_rss_end", End div 1024, "KiB"),
     line("soak_worker_rss_end_vs_start", End / Start, "ratio").
+
+%% The CPU time every thread of every default-pool worker uses in 10 s of
+%% idleness, once their asyncio loops have run (a timed wait must sleep in
+%% the kernel, not poll). Floor: 0.
+idle_worker() ->
+    {ok, #{workers := Ws}} = pyport:pool_info(default),
+    Pids = [P || #{os_pid := P} <- Ws, is_integer(P)],
+    [{ok, _} = py:call(pyport_bench_py, anoop, [1]) || _ <- Ws],
+    timer:sleep(500),
+    Before = [task_cpu_ns(P) || P <- Pids],
+    timer:sleep(10000),
+    After = [task_cpu_ns(P) || P <- Pids],
+    Worst = lists:max([A - B || {A, B} <- lists:zip(After, Before)]),
+    line("idle_worker_cpu_10s", Worst / 1000, "us"),
+    line("idle_worker_cpu_10s_floor", 0, "us").
+
+%% Nanoseconds on the CPU, all threads of OS process Pid (schedstat).
+task_cpu_ns(Pid) ->
+    Dir = "/proc/" ++ integer_to_list(Pid) ++ "/task",
+    {ok, Tids} = file:list_dir(Dir),
+    lists:sum([begin
+                   {ok, Bin} = file:read_file(filename:join([Dir, T, "schedstat"])),
+                   [Ns | _] = binary:split(Bin, <<" ">>),
+                   binary_to_integer(Ns)
+               end || T <- Tids]).
 
 pool_rss(Pool) ->
     {ok, #{workers := Ws}} = pyport:pool_info(Pool),

@@ -62,12 +62,6 @@ void on_wake_closed(uv_handle_t* h) {
   delete reinterpret_cast<uv_poll_t*>(h);
 }
 
-// How much of a timed wait is spent polling instead of sleeping: a sleeping
-// thread wakes some tens of microseconds after its deadline, so the wait
-// sleeps until this long before it and polls the rest, and a timer fires
-// within a microsecond or two of its time, never early.
-constexpr int64_t kPollLastNs = 250'000;
-
 int64_t monotonic_ns() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -206,11 +200,14 @@ class PollerCore {
     else if (timeout < 0) {
       uv_run(loop_, UV_RUN_ONCE);
     }
-    else if (timeout * 1e9 <= double(kPollLastNs) || !arm_wake(timeout)) {
-      uv_run(loop_, UV_RUN_NOWAIT);  // the caller polls again until it is time
+    else if (!arm_wake(timeout)) {
+      uv_run(loop_, UV_RUN_NOWAIT);  // no timerfd: the caller polls again until it is time
     }
     else {
-      // An earlier wake-up left armed fires once, spuriously, later on: the
+      // The whole wait sleeps in the kernel: the timerfd fires at the
+      // deadline itself (nanoseconds, no timer slack), so a timer is late
+      // only by the thread's wake-up, and an idle loop costs no CPU. An
+      // earlier wake-up left armed fires once, spuriously, later on: the
       // caller just goes round again.
       uv_run(loop_, UV_RUN_ONCE);
     }
@@ -298,9 +295,10 @@ class PollerCore {
     uv_close(reinterpret_cast<uv_handle_t*>(&e->handle), PollEntry::on_closed);
   }
 
-  // Arms the wake-up kPollLastNs before `timeout` seconds from now.
+  // Arms the wake-up `timeout` seconds from now (never earlier: asyncio
+  // counts a timer as due only once its time has come).
   bool arm_wake(double timeout) {
-    double ns = std::min(timeout, 1e9) * 1e9 - double(kPollLastNs);
+    double ns = std::ceil(std::min(timeout, 1e9) * 1e9);
     int64_t at = monotonic_ns() + int64_t(ns);
     itimerspec spec{};
     spec.it_value.tv_sec = time_t(at / 1'000'000'000);

@@ -369,17 +369,23 @@ async_spec(Other) -> erlang:error({badarg, Other}).
 %% takes both): its result cannot come as a message from this node.
 start_task(Tag, Build) ->
     try Build() of
-        {{node, Node, _} = Target, Fields, Timeout} when Tag =:= py_response, Node =/= node() ->
-            pyport_request:start(Target, ?CALL, Fields, Timeout);
-        {{cluster, _} = Target, Fields, Timeout} when Tag =:= py_response ->
-            pyport_request:start(Target, ?CALL, Fields, Timeout);
-        {{node, _, Local}, Fields, Timeout} ->
-            pyport_async:start_task(Local, Tag, {?CALL, Fields}, Timeout);
         {Target, Fields, Timeout} ->
-            pyport_async:start_task(Target, Tag, {?CALL, Fields}, Timeout)
+            case Tag =:= py_response andalso remote_target(Target) of
+                true -> pyport_request:start(Target, ?CALL, Fields, Timeout);
+                false -> pyport_async:start_task(local_target(Target), Tag, {?CALL, Fields}, Timeout)
+            end
     catch
         throw:{error, Reason} -> pyport_async:failed_task(Tag, Reason)
     end.
+
+remote_target({output, _, Target}) -> remote_target(Target);
+remote_target({node, Node, _}) -> Node =/= node();
+remote_target({cluster, _}) -> true;
+remote_target(_) -> false.
+
+local_target({output, Output, Target}) -> {output, Output, local_target(Target)};
+local_target({node, _, Target}) -> Target;
+local_target(Target) -> Target.
 
 %%%===================================================================
 %%% Streams
@@ -1009,7 +1015,7 @@ pool_size(Pool) ->
 %% Where a call goes, and its timeout.
 target(Opts) ->
     #{timeout := Timeout} = O = options(Opts),
-    {remote(O, local_call_target(O)), Timeout}.
+    {with_output(O, remote(O, local_call_target(O))), Timeout}.
 
 %% Where an eval/exec goes, its timeout and its namespace: the calling
 %% process's own, unless another route was asked for.
@@ -1055,8 +1061,8 @@ remote(_O, Local) ->
 %% given (erlang_python's default for context calls).
 target(Ctx, Opts) ->
     {Pool, Slot} = ctx_slot(Ctx),
-    #{timeout := Timeout} = ctx_options(Opts),
-    {{slot, Pool, Slot}, Timeout}.
+    #{timeout := Timeout} = O = ctx_options(Opts),
+    {with_output(O, {slot, Pool, Slot}), Timeout}.
 
 ctx_code_target(Ctx, Opts) ->
     {Pool, Slot} = ctx_slot(Ctx),
@@ -1078,7 +1084,9 @@ ctx_options(Opts) when is_map(Opts) ->
                       Acc#{timeout => T};
                  (namespace, N, Acc) when N =:= process; N =:= shared ->
                       Acc#{namespace => N};
-                 (K, V, _Acc) when K =:= timeout; K =:= namespace ->
+                 (output, W, Acc) when W =:= caller; W =:= logger ->
+                      Acc#{output => W};
+                 (K, V, _Acc) when K =:= timeout; K =:= namespace; K =:= output ->
                       throw({error, {invalid_option, K, V}});
                  (_K, _V, Acc) ->
                       %% erlang_python ignores other keys (pool, kwargs...).
@@ -1142,7 +1150,10 @@ check_option(shard, Key, Acc) ->
     Acc#{shard => Key};
 check_option(node, N, Acc) when is_atom(N) ->
     Acc#{node => N};
-check_option(Key, Value, _Acc) when Key =:= timeout; Key =:= pool; Key =:= node ->
+check_option(output, Where, Acc) when Where =:= caller; Where =:= logger ->
+    Acc#{output => Where};
+check_option(Key, Value, _Acc) when Key =:= timeout; Key =:= pool; Key =:= node;
+                                    Key =:= output ->
     throw({error, {invalid_option, Key, Value}});
 check_option(Key, _Value, _Acc) ->
     throw({error, {bad_option, Key}}).
@@ -1188,3 +1199,9 @@ code(L) when is_list(L) ->
         error:badarg -> throw({error, {invalid_code, L}})
     end;
 code(Other) -> throw({error, {invalid_code, Other}}).
+
+%% ---- output (pyport_output) ----
+
+%% A call's own `output' option travels with its target.
+with_output(#{output := Where}, Target) -> {output, Where, Target};
+with_output(_Opts, Target) -> Target.

@@ -75,6 +75,9 @@ route_main({pool, Pool} = Target, [<<"__main__">> | _] = Fields) ->
         undefined -> {Target, Fields};
         Slot -> {{slot, Pool, Slot}, main_call(Pool, Slot, Fields)}
     end;
+route_main({output, Output, Inner}, Fields) ->
+    {Target, Fields1} = route_main(Inner, Fields),
+    {{output, Output, Target}, Fields1};
 route_main(Target, Fields) ->
     {Target, Fields}.
 
