@@ -197,15 +197,15 @@ cast(Module, Function, Args) ->
 
 %% @doc Starts a call and returns a reference at once; the result arrives
 %% as the message `{py_response, Ref, Result}' ({@link await/1,2} waits for
-%% it, in the same process). A call to another node (option `node', or a
-%% `{cluster, Pool}' pool) returns a handle for {@link await/1,2} instead.
--spec spawn_call(name(), name(), [term()]) -> reference() | handle().
+%% it, in the same process). The call is made by a helper process (see
+%% {@link pyport_spawn}).
+-spec spawn_call(name(), name(), [term()]) -> reference().
 spawn_call(Module, Function, Args) ->
     spawn_call(Module, Function, Args, #{}, #{}).
 
 %% @doc `spawn_call(M, F, Args, Kwargs)' or `spawn_call(Ctx, M, F, Args)'.
 -spec spawn_call(context() | name(), name(), [term()] | name(), map() | [term()]) ->
-          reference() | handle().
+          reference().
 spawn_call(Ctx, Module, Function, Args) when ?IS_CTX(Ctx) ->
     spawn_call(Ctx, Module, Function, Args, #{});
 spawn_call(Module, Function, Args, Kwargs) ->
@@ -215,29 +215,38 @@ spawn_call(Module, Function, Args, Kwargs) ->
 %% Args, Kwargs)'. The timeout in `Opts' is the deadline of the request
 %% (default: the pool's `call_timeout'; through a context `infinity').
 -spec spawn_call(context() | name(), name(), [term()] | name(), map() | [term()],
-                 opts() | map()) -> reference() | handle().
+                 opts() | map()) -> reference().
 spawn_call(Ctx, Module, Function, Args, Kwargs) when ?IS_CTX(Ctx) ->
-    start_task(py_response,
-               fun() ->
-                       {Target, Timeout} = target(Ctx, infinity),
-                       {Target1, Fields} = main_route(Target,
-                                                      call_fields(Module, Function, Args, Kwargs)),
-                       {Target1, Fields, Timeout}
-               end);
+    start_spawn(fun() ->
+                        {Target, Timeout} = target(Ctx, infinity),
+                        {Target1, Fields} = main_route(Target,
+                                                       call_fields(Module, Function, Args, Kwargs)),
+                        {Target1, Fields, Timeout}
+                end);
 spawn_call(Module, Function, Args, Kwargs, Opts) ->
-    start_task(py_response,
-               fun() ->
-                       {Target, Timeout} = target(registered_pool(Module, Function, Opts)),
-                       {Target1, Fields} = main_route(Target,
-                                                      call_fields(Module, Function, Args, Kwargs)),
-                       {Target1, Fields, Timeout}
-               end).
+    start_spawn(fun() ->
+                        {Target, Timeout} = target(registered_pool(Module, Function, Opts)),
+                        {Target1, Fields} = main_route(Target,
+                                                       call_fields(Module, Function, Args, Kwargs)),
+                        {Target1, Fields, Timeout}
+                end).
+
+%% A call whose arguments are wrong answers at once, as a message too.
+start_spawn(Build) ->
+    try Build() of
+        {Target, Fields, Timeout} -> pyport_spawn:start(Target, Fields, Timeout)
+    catch
+        throw:{error, Reason} ->
+            Ref = make_ref(),
+            self() ! {py_response, Ref, {error, Reason}},
+            Ref
+    end.
 
 %% @doc Waits for the result of a {@link spawn_call/3} until its deadline.
 %% A call is awaited once, by the process that made it.
 -spec await(reference() | handle()) -> result().
 await(Ref) when is_reference(Ref) ->
-    pyport_async:await(py_response, Ref, deadline);
+    pyport_spawn:await(Ref, deadline);
 await(Handle) ->
     pyport_request:await(Handle).
 
@@ -246,7 +255,7 @@ await(Handle) ->
 -spec await(reference() | handle(), timeout()) -> result().
 await(Ref, Timeout) when is_reference(Ref), Timeout =:= infinity;
                          is_reference(Ref), is_integer(Timeout), Timeout >= 0 ->
-    pyport_async:await(py_response, Ref, Timeout);
+    pyport_spawn:await(Ref, Timeout);
 await(Handle, Timeout) when Timeout =:= infinity; is_integer(Timeout), Timeout >= 0 ->
     pyport_request:await(Handle, Timeout).
 
@@ -261,7 +270,10 @@ await(Handle, Timeout) when Timeout =:= infinity; is_integer(Timeout), Timeout >
 interrupt(Ctx) when ?IS_CTX(Ctx) ->
     pyport_contexts:interrupt(Ctx);
 interrupt(Ref) when is_reference(Ref) ->
-    pyport_async:interrupt(Ref);
+    case pyport_spawn:is_spawn(Ref) of
+        true -> pyport_spawn:interrupt(Ref);
+        false -> pyport_async:interrupt(Ref)
+    end;
 interrupt(Handle) ->
     pyport_request:interrupt(Handle).
 
@@ -365,27 +377,12 @@ async_spec({M, F, A, Kw}) -> async_call(M, F, A, Kw);
 async_spec(Other) -> erlang:error({badarg, Other}).
 
 %% A task whose `Build' fails has its error message in the mailbox at once.
-%% A spawn_call on another node is a request handle ({@link await/1,2}
-%% takes both): its result cannot come as a message from this node.
 start_task(Tag, Build) ->
     try Build() of
-        {Target, Fields, Timeout} ->
-            case Tag =:= py_response andalso remote_target(Target) of
-                true -> pyport_request:start(Target, ?CALL, Fields, Timeout);
-                false -> pyport_async:start_task(local_target(Target), Tag, {?CALL, Fields}, Timeout)
-            end
+        {Target, Fields, Timeout} -> pyport_async:start_task(Target, Tag, {?CALL, Fields}, Timeout)
     catch
         throw:{error, Reason} -> pyport_async:failed_task(Tag, Reason)
     end.
-
-remote_target({output, _, Target}) -> remote_target(Target);
-remote_target({node, Node, _}) -> Node =/= node();
-remote_target({cluster, _}) -> true;
-remote_target(_) -> false.
-
-local_target({output, Output, Target}) -> {output, Output, local_target(Target)};
-local_target({node, _, Target}) -> Target;
-local_target(Target) -> Target.
 
 %%%===================================================================
 %%% Streams
