@@ -97,6 +97,9 @@ task_finished(_Ref) ->
 -spec await(atom(), ref(), timeout() | deadline) -> {ok, term()} | {error, term()}.
 await(Tag, Ref, Timeout) when is_reference(Ref) ->
     case ets:lookup(?TASKS, Ref) of
+        [{Ref, _, spawn, _, _}] ->
+            %% A py:spawn_call reference (pyport_spawn), not a task.
+            {error, {invalid_ref, Ref}};
         [{Ref, _Pid, _Id, _Deadline, Owner}] when Owner =/= self() ->
             {error, not_owner};
         [{Ref, Pid, Id, Deadline, _}] ->
@@ -171,7 +174,7 @@ checked_wait(Tag, Ref, Pid, Id, Probe, Monitor, Deadline) ->
 -spec cancel(ref()) -> ok.
 cancel(Ref) when is_reference(Ref) ->
     case ets:lookup(?TASKS, Ref) of
-        [{Ref, Pid, Id, _, Owner}] when Owner =:= self() -> cancel(Ref, Pid, Id);
+        [{Ref, Pid, Id, _, Owner}] when Owner =:= self(), is_integer(Id) -> cancel(Ref, Pid, Id);
         _ -> ok
     end.
 
@@ -186,7 +189,8 @@ cancel(Ref, Pid, Id) ->
 -spec interrupt(ref()) -> ok.
 interrupt(Ref) when is_reference(Ref) ->
     case ets:lookup(?TASKS, Ref) of
-        [{Ref, Pid, Id, _, _}] -> Pid ! {'$pyport_interrupt', Id}, ok;
+        [{Ref, Pid, Id, _, _}] when is_integer(Id) -> Pid ! {'$pyport_interrupt', Id}, ok;
+        [_] -> ok;
         [] -> ok
     end.
 
