@@ -20,17 +20,27 @@
 %% </ul>
 %%
 %% Routing without a context: a shard key if given; else the worker the
-%% process is bound to ({@link bind/0}); else the least-loaded worker.
-%% `eval' and `exec' without a context or shard run in the calling
-%% process's own namespace on one worker (kept for all its eval/exec, freed
-%% when it exits).
+%% process is bound to ({@link bind/0}); else the pool registered for the
+%% module or function ({@link register_pool/2}), its least-loaded worker.
+%% `eval' and `exec' without a shard run in the calling process's own
+%% namespace on one worker (kept for all its eval/exec, freed when it
+%% exits); through a context, in its own namespace on that context's worker
+%% (see {@link pyport_namespaces}).
+%%
+%% A context is a pid (erlang_python's): a pool worker's, from {@link
+%% context/0,1} or {@link start_contexts/0,1}, or a dedicated one from
+%% `py_context:new/1'. Calls through a context wait without limit unless
+%% given a timeout; their options map is erlang_python's (`kwargs',
+%% `timeout'); `call(Pool, M, F, Args)' and `call(Pool, M, F, Args, Kwargs)'
+%% run on a named pool.
 %%
 %% ```
 %% {ok, 4.0} = py:call(math, sqrt, [16]),
 %% {ok, 25} = py:eval(<<"x * y">>, #{x => 5, y => 5}),
 %% Ctx = py:context(1),
-%% ok = py:exec(Ctx, <<"counter = 41">>),
-%% {ok, 42} = py:eval(Ctx, <<"counter + 1">>).
+%% ok = py:exec(Ctx, <<"def inc(x):\n    return x + 1\n">>),
+%% {ok, 42} = py:call(Ctx, '__main__', inc, [41], #{timeout => 5000}),
+%% {ok, 4.0} = py:call(default, math, sqrt, [16]).
 %% '''
 -module(py).
 
