@@ -69,7 +69,16 @@ pool_and_ctx_call_forms(_Config) ->
     ?assertEqual({ok, <<"[1]">>}, py:call(json, dumps, [[1]], #{})),
     ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16], #{}, #{timeout => 5000})),
     ?assertEqual({ok, <<"{\"a\": 1}">>},
-                 py:call(Ctx, json, dumps, [#{a => 1}], #{sort_keys => true}, 5000)).
+                 py:call(Ctx, json, dumps, [#{a => 1}], #{sort_keys => true}, 5000)),
+    %% cast through a context: the worker runs it, nobody waits.
+    ok = py:cast(Ctx, builtins, exec, [<<"import builtins; builtins.compat_cast_one = 1">>, #{}]),
+    ok = py:cast(Ctx, builtins, exec, [<<"import builtins; builtins.compat_cast_two = 2">>, #{}],
+                 #{}),
+    pyport_test_util:wait_until(
+      fun() ->
+              py:eval(Ctx, <<"[getattr(__import__('builtins'), n, 0)"
+                             " for n in ('compat_cast_one', 'compat_cast_two')]">>) =:= {ok, [1, 2]}
+      end).
 
 options_map_of_the_ctx_form(_Config) ->
     Ctx = py:context(2),
