@@ -12,6 +12,11 @@
 %% The worker's gen_server monitors the process and frees the namespace
 %% when it exits or unbinds. If the worker's OS process restarts, the
 %% namespace starts again empty, as every Python state of that worker does.
+%%
+%% When the pool shrinks below a binding's or a namespace's slot (see
+%% {@link pyport_resize}), the process's next call moves it to a slot the
+%% pool still has, the least-loaded one, as if its worker had restarted:
+%% the old namespace is freed, the new one starts empty.
 -module(pyport_affinity).
 
 -export([bind/1, bind/2, unbind/1, unbind_keep_namespace/1, bound_slot/1, namespace/1, namespace_slot/1]).
@@ -52,22 +57,57 @@ unbind_keep_namespace(Pool) ->
     _ = erase(?BIND(Pool)),
     ok.
 
-%% @doc The slot the calling process is bound to on `Pool', if any.
+%% @doc The slot the calling process is bound to on `Pool', if any; a
+%% binding to a slot the pool no longer has moves to one it has.
 -spec bound_slot(pyport_config:pool_name()) -> pos_integer() | undefined.
 bound_slot(Pool) ->
-    get(?BIND(Pool)).
+    case get(?BIND(Pool)) of
+        undefined ->
+            undefined;
+        Slot ->
+            case pyport_pool:in_service(Pool, Slot) of
+                true -> Slot;
+                false -> rebind(Pool, Slot)
+            end
+    end.
+
+rebind(Pool, Old) ->
+    _ = erase(?BIND(Pool)),
+    case slot_for_new_affinity(Pool) of
+        {ok, Slot} ->
+            put(?BIND(Pool), Slot),
+            Slot;
+        {error, _} ->
+            %% No pool (or no worker) to move to: calls say so.
+            put(?BIND(Pool), Old),
+            Old
+    end.
 
 %% @doc The slot and namespace number of the calling process's namespace
 %% on `Pool', created (and registered with its worker) on first use.
 -spec namespace(pyport_config:pool_name()) ->
           {ok, pos_integer(), pos_integer()} | {error, term()}.
 namespace(Pool) ->
+    case get(?NS(Pool)) of
+        Slot when is_integer(Slot) ->
+            case pyport_pool:in_service(Pool, Slot) of
+                true ->
+                    ok;
+                false ->
+                    %% The pool shrank below it: freed, and made again.
+                    ok = pyport_namespaces:drop(Pool, Slot),
+                    _ = erase(?NS(Pool)),
+                    ok
+            end;
+        undefined ->
+            ok
+    end,
     case slot_for_new_affinity(Pool) of
-        {ok, Slot} ->
-            case pyport_namespaces:namespace(Pool, Slot) of
+        {ok, Slot1} ->
+            case pyport_namespaces:namespace(Pool, Slot1) of
                 {ok, Ns} ->
-                    put(?NS(Pool), Slot),
-                    {ok, Slot, Ns};
+                    put(?NS(Pool), Slot1),
+                    {ok, Slot1, Ns};
                 {error, _} = Error ->
                     Error
             end;
@@ -88,19 +128,25 @@ bind(Pool, Slot) ->
     ok.
 
 slot_for_new_affinity(Pool) ->
-    case {get(?BIND(Pool)), get(?NS(Pool))} of
+    case {bound_slot(Pool), get(?NS(Pool))} of
         {Slot, _} when is_integer(Slot) ->
             {ok, Slot};
         {undefined, Slot} when is_integer(Slot) ->
-            {ok, Slot};
+            case pyport_pool:in_service(Pool, Slot) of
+                true -> {ok, Slot};
+                false -> least_loaded(Pool)
+            end;
         {undefined, undefined} ->
-            case pyport_pool:info(Pool) of
-                {ok, Info} ->
-                    case pyport_pool:pick(Info) of
-                        {ok, Slot, _Pid} -> {ok, Slot};
-                        {error, _} = Error -> Error
-                    end;
-                {error, _} = Error ->
-                    Error
-            end
+            least_loaded(Pool)
+    end.
+
+least_loaded(Pool) ->
+    case pyport_pool:info(Pool) of
+        {ok, Info} ->
+            case pyport_pool:pick(Info) of
+                {ok, Slot, _Pid} -> {ok, Slot};
+                {error, _} = Error -> Error
+            end;
+        {error, _} = Error ->
+            Error
     end.
