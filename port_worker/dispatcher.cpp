@@ -449,8 +449,12 @@ void Dispatcher::eval(mp::Reader& r, uint64_t id, ByteBuffer& out) {
   if (!ferr.empty()) return frame_error(id, ferr, out);
   if (interrupted) return interrupted_before_start(id, out);
   if (!result) return python_error(id, out);
-  // erlang.schedule*() markers work from an expression as from a call.
-  if (marker_type_ && Py_TYPE(result.get()) == (PyTypeObject*)marker_type_.get()) {
+  // erlang.schedule*() markers work from an expression as from a call
+  // (unless the request keeps its value in the worker).
+  bool keeping =
+      with_options_ && with_id_ == id && PyDict_GetItemString(with_options_.get(), "keep");
+  if (marker_type_ && !keeping &&
+      PyObject_TypeCheck(result.get(), reinterpret_cast<PyTypeObject*>(marker_type_.get()))) {
     return schedule(result.get(), false, id, out);
   }
   deliver(id, std::move(result), out);

@@ -159,10 +159,11 @@ resolve(Pid) when is_pid(Pid) ->
     case ets:lookup(?TAB, Pid) of
         [{Pid, Pool, Slot, worker, _Seq}] ->
             %% A slot's context outlives a restart of its gen_server, as the
-            %% slot's other routes do; it ends with its pool.
+            %% slot's other routes do (a slot a shrunk pool no longer has is
+            %% `{no_worker, Pool, Slot}'); it ends with its pool.
             case pyport_pool:info(Pool) of
-                {ok, #{size := Size}} when Slot =< Size -> {ok, Pool, Slot};
-                _ -> {error, {context_died, noproc}}
+                {ok, _} -> {ok, Pool, Slot};
+                {error, _} -> {error, {context_died, noproc}}
             end;
         [{Pid, Pool, Slot, dedicated, _}] ->
             {ok, Pool, Slot};
