@@ -465,6 +465,14 @@ existing_dir(Dir) ->
 
 check_path([], Acc) ->
     {ok, lists:reverse(Acc)};
+%% {priv, App, SubDir}: a directory in an application's priv/, wherever a
+%% release put it.
+check_path([{priv, App, Sub} | Rest], Acc)
+  when is_atom(App), is_list(Sub) orelse is_binary(Sub) ->
+    case code:priv_dir(App) of
+        {error, bad_name} -> error;
+        Priv -> check_path([filename:join(Priv, Sub) | Rest], Acc)
+    end;
 check_path([Dir | Rest], Acc) ->
     case to_binary(Dir) of
         {ok, <<_, _/binary>> = Bin} -> check_path(Rest, [Bin | Acc]);
