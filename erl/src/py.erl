@@ -126,13 +126,14 @@ call(Module, Function, Args) ->
 
 %% @doc `call(M, F, Args, Kwargs)': with keyword arguments (a map with atom
 %% or binary keys); `call(Ctx, M, F, Args)': through a context, no timeout
-%% (as erlang_python); `call(Pool, M, F, Args)': on pool `Pool'. The fourth
-%% argument tells them apart: a map is keyword arguments, a list the
-%% arguments of a routed call.
+%% (as erlang_python); `call(Pool, M, F, Args)': on pool `Pool'. The third
+%% argument tells them apart: a function name (atom or binary) there is the
+%% pool form, a list the arguments of `call(M, F, Args, Kwargs)'.
 -spec call(context() | name(), name(), [term()] | name(), map() | [term()]) -> result().
 call(Ctx, Module, Function, Args) when ?IS_CTX(Ctx) ->
     call(Ctx, Module, Function, Args, #{}, infinity);
-call(Pool, Module, Function, Args) when is_atom(Pool), is_list(Args) ->
+call(Pool, Module, Function, Args) when is_atom(Pool), is_atom(Function) orelse is_binary(Function),
+                                        is_list(Args) ->
     call(Module, Function, Args, #{}, #{pool => Pool});
 call(Module, Function, Args, Kwargs) ->
     call(Module, Function, Args, Kwargs, #{}).
@@ -150,7 +151,8 @@ call(Ctx, Module, Function, Args, Opts) when ?IS_CTX(Ctx), is_map(Opts) ->
     call(Ctx, Module, Function, Args, maps:get(kwargs, Opts, #{}), maps:remove(kwargs, Opts));
 call(Ctx, Module, Function, Args, Timeout) when ?IS_CTX(Ctx) ->
     call(Ctx, Module, Function, Args, #{}, Timeout);
-call(Pool, Module, Function, Args, Kwargs) when is_atom(Pool), is_list(Args), is_map(Kwargs) ->
+call(Pool, Module, Function, Args, Kwargs) when is_atom(Pool), is_atom(Function) orelse is_binary(Function),
+                                                is_list(Args), is_map(Kwargs) ->
     call(Module, Function, Args, Kwargs, #{pool => Pool});
 call(Module, Function, Args, Kwargs, Opts) ->
     request(fun() ->

@@ -62,6 +62,11 @@ pool_and_ctx_call_forms(_Config) ->
     ?assertEqual({ok, <<"{\"a\": 1, \"b\": 2}">>},
                  py:call(default, json, dumps, [#{b => 2, a => 1}], #{sort_keys => true})),
     ?assertEqual({error, {no_pool, nowhere}}, py:call(nowhere, math, sqrt, [16])),
+    %% The third argument tells the forms apart: a name there is the pool
+    %% form, a list the arguments of call(M, F, Args, Kwargs).
+    ?assertEqual({error, {invalid_kwargs, [1]}}, py:call(math, sqrt, [4], [1])),
+    ?assertEqual({error, {invalid_kwargs, [1]}}, py:call(math, sqrt, [4], [1], #{})),
+    ?assertEqual({ok, 4.0}, py:call(default, <<"math">>, <<"sqrt">>, [16])),
     Ctx = py:context(1),
     ?assertEqual({ok, 4.0}, py:call(Ctx, math, sqrt, [16])),
     %% pyport's own forms still work.
