@@ -308,9 +308,11 @@ defmodule Pyport do
 
   defp with_context(ctx, _fun), do: {:error, {:invalid_option, :context, ctx}}
 
-  # This API's contexts are one worker's shared globals, for every process
-  # (:py's own default is the calling process's namespace there).
-  defp shared(py_opts) when is_map(py_opts), do: Map.put(py_opts, :namespace, :shared)
+  # This API's contexts are one worker's shared globals, for every process,
+  # with the pool's call_timeout (:py's own defaults through a context are
+  # the calling process's namespace and no timeout).
+  defp shared(py_opts) when is_map(py_opts),
+    do: py_opts |> Map.put(:namespace, :shared) |> Map.put_new(:timeout, :default)
   defp shared(py_opts), do: py_opts
 
   defp result(:ok), do: :ok

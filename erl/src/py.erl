@@ -106,8 +106,8 @@
                                node => node()}.
 -type result() :: {ok, term()} | {error, term()}.
 %% Options through a context: erlang_python ignores keys it does not know.
--type ctx_opts() :: timeout() | #{timeout => timeout(), namespace => process | shared,
-                                  atom() => term()}.
+-type ctx_opts() :: timeout() | #{timeout => timeout() | default,
+                                  namespace => process | shared, atom() => term()}.
 -type async_ref() :: pyport_async:ref().
 -type stream_ref() :: pyport_async:stream_ref().
 -type call_spec() :: {name(), name(), [term()]} | {name(), name(), [term()], map()}.
@@ -163,7 +163,9 @@ call(Module, Function, Args, Kwargs, Opts) ->
             end).
 
 %% @doc Calls through a context, with keyword arguments and options (a
-%% timeout, default `infinity', or a map with `timeout' and `namespace':
+%% timeout, default `infinity', or a map with `timeout' (also `default':
+%% the pool's `call_timeout'), the conversion options of {@link
+%% pyport_objects} and `namespace':
 %% where `'__main__'' is looked up, `process' (default, the caller's
 %% {@link exec/2} namespace) or `shared' (the context's shared globals)).
 -spec call(context(), name(), name(), [term()], map(), ctx_opts()) -> result().
@@ -1097,7 +1099,9 @@ ctx_code_target(Ctx, Opts) ->
 ctx_options(Timeout) when Timeout =:= infinity; is_integer(Timeout), Timeout >= 0 ->
     #{timeout => Timeout, namespace => process};
 ctx_options(Opts) when is_map(Opts) ->
-    maps:fold(fun(timeout, T, Acc) when T =:= infinity; is_integer(T), T >= 0 ->
+    maps:fold(fun(timeout, T, Acc) when T =:= infinity; T =:= default;
+                                        is_integer(T), T >= 0 ->
+                      %% default: the pool's call_timeout (pyport's).
                       Acc#{timeout => T};
                  (namespace, N, Acc) when N =:= process; N =:= shared ->
                       Acc#{namespace => N};

@@ -106,7 +106,9 @@ ctx_timeout_default_is_infinity(_Config) ->
     Ctx = py:context(short, 1),
     ?assertEqual({ok, none}, py:call(Ctx, time, sleep, [0.5])),
     ?assertEqual({ok, none}, py:call(Ctx, time, sleep, [0.5], #{})),
-    ?assertEqual({ok, 1}, py:eval(Ctx, <<"__import__('time').sleep(0.5) or 1">>)).
+    ?assertEqual({ok, 1}, py:eval(Ctx, <<"__import__('time').sleep(0.5) or 1">>)),
+    %% pyport's `default': the pool's call_timeout.
+    ?assertEqual({error, timeout}, py:call(Ctx, time, sleep, [0.5], #{timeout => default})).
 
 registered_pools_route_calls(_Config) ->
     {ok, [IoCtx]} = py_context_router:start_pool(io_pool, 1),
