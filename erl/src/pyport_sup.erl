@@ -44,4 +44,8 @@ init(Pools) ->
                  start => {pyport_pools_sup, start_link, [Pools]},
                  type => supervisor,
                  shutdown => infinity},
-    {ok, {Flags, [Reaper, State, Registry, Hooks, Objects, Pg, PoolsSup, Handles]}}.
+    %% Context pids, pool registrations and tasks in flight (erlang_python's
+    %% contexts, pyport_contexts); it stops dedicated contexts' pools, so it
+    %% goes after the pools.
+    Contexts = #{id => pyport_contexts, start => {pyport_contexts, start_link, []}},
+    {ok, {Flags, [Reaper, State, Registry, Hooks, Objects, Pg, PoolsSup, Contexts, Handles]}}.
