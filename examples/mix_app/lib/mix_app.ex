@@ -1,22 +1,33 @@
 defmodule MixApp do
   @moduledoc """
   The example's API: Python from this application's priv/python and from
-  the standard library, through pyport (`:py`).
+  the standard library, through pyport's Elixir API (`Pyport`).
   """
 
   @doc "greeting.hello(name), from priv/python/greeting.py."
   @spec greet(String.t()) :: {:ok, String.t()} | {:error, term()}
-  def greet(name), do: :py.call(:greeting, :hello, [name])
+  def greet(name), do: Pyport.call(:greeting, :hello, [name])
 
   @doc "statistics.mean(numbers), from Python's standard library."
   @spec mean([number()]) :: {:ok, float()} | {:error, term()}
-  def mean(numbers), do: :py.call(:statistics, :mean, [numbers])
+  def mean(numbers), do: Pyport.call(:statistics, :mean, [numbers])
+
+  @doc "math.sqrt(x), raising `Pyport.Error` for what Python refuses."
+  @spec sqrt!(number()) :: float()
+  def sqrt!(x), do: Pyport.call!(:math, :sqrt, [x])
 
   @doc "What the tests expect of a running node: `:ok` or the first mismatch."
   @spec check() :: :ok | {:mismatch, term()}
   def check do
-    case {greet("release"), mean([1, 2, 3, 4])} do
-      {{:ok, "Hello, release, from Python"}, {:ok, 2.5}} -> :ok
+    refused =
+      try do
+        sqrt!(-1)
+      rescue
+        e in Pyport.Error -> e.type
+      end
+
+    case {greet("release"), mean([1, 2, 3, 4]), sqrt!(16), refused} do
+      {{:ok, "Hello, release, from Python"}, {:ok, 2.5}, 4.0, "ValueError"} -> :ok
       other -> {:mismatch, other}
     end
   end
