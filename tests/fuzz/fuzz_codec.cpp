@@ -33,10 +33,13 @@ constexpr size_t kMaxFrame = 4096;
   std::abort();
 }
 
-// The only exceptions a failed decode may leave.
+// The only exceptions a failed decode may leave: a malformed or oversized
+// value, or (LookupError: erlang._objects.StaleRefError) an object id this
+// worker does not hold.
 void expect_decode_error() {
   if (!PyErr_Occurred()) fail("decode failed without an exception");
-  if (!PyErr_ExceptionMatches(PyExc_ValueError) && !PyErr_ExceptionMatches(PyExc_MemoryError)) {
+  if (!PyErr_ExceptionMatches(PyExc_ValueError) && !PyErr_ExceptionMatches(PyExc_MemoryError) &&
+      !PyErr_ExceptionMatches(PyExc_LookupError)) {
     fail("decode failed with an unexpected exception");
   }
   PyErr_Clear();
