@@ -1,0 +1,461 @@
+#define PY_SSIZE_T_CLEAN
+#include "http_request_parser.hpp"
+
+#include <http_parser.h>
+
+#include <climits>
+#include <cstring>
+#include <new>
+#include <string>
+
+#include "py_ref.hpp"
+
+namespace pyport {
+namespace {
+
+enum Event { kHead = 0, kBody = 1, kEnd = 2, kError = 3 };
+
+struct ParserObject {
+  PyObject_HEAD
+  http_parser parser;
+  // Limits (0: none).
+  size_t max_line;
+  size_t max_headers;
+  size_t max_header_bytes;
+  unsigned long long max_body;
+  // The request being read.
+  std::string* url;
+  std::string* field;
+  std::string* value;
+  PyObject* headers;  // list of (name, value) bytes pairs, or null
+  size_t header_count;
+  size_t header_bytes;
+  unsigned long long body_bytes;
+  bool in_value;  // the last header callback was a value
+  bool expect_continue;
+  // Where callbacks put their events; set during feed() only.
+  PyObject* events;
+  // Set when a callback refuses the request (a limit): the status to answer.
+  int refuse_status;
+  const char* refuse_reason;
+  bool python_error;  // a callback failed with a Python exception set
+  bool failed;        // an ERROR was returned: nothing more is parsed
+  bool in_message;    // a request is partly read
+};
+
+ParserObject* self_of(http_parser* p) { return static_cast<ParserObject*>(p->data); }
+
+int refuse(ParserObject* self, int status, const char* reason) {
+  self->refuse_status = status;
+  self->refuse_reason = reason;
+  return 1;
+}
+
+bool append(ParserObject* self, PyObject* event) {
+  if (!event) return false;
+  int rc = PyList_Append(self->events, event);
+  Py_DECREF(event);
+  return rc == 0;
+}
+
+// Trims optional whitespace (SP, HTAB) at both ends.
+void trim(std::string& s) {
+  size_t b = 0, e = s.size();
+  while (b < e && (s[b] == ' ' || s[b] == '\t')) ++b;
+  while (e > b && (s[e - 1] == ' ' || s[e - 1] == '\t')) --e;
+  if (b != 0 || e != s.size()) s = s.substr(b, e - b);
+}
+
+bool iequals(const std::string& s, const char* lit) {
+  size_t n = std::strlen(lit);
+  if (s.size() != n) return false;
+  for (size_t i = 0; i < n; ++i) {
+    char c = s[i];
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    if (c != lit[i]) return false;
+  }
+  return true;
+}
+
+// Ends the header being read: appends (name, value) to the list.
+int finish_header(ParserObject* self) {
+  if (self->field->empty()) return 0;
+  for (char& c : *self->field) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  }
+  trim(*self->value);
+  if (*self->field == "expect" && iequals(*self->value, "100-continue")) {
+    self->expect_continue = true;
+  }
+  PyObject* pair = Py_BuildValue("(y#y#)", self->field->data(),
+                                 static_cast<Py_ssize_t>(self->field->size()),
+                                 self->value->data(), static_cast<Py_ssize_t>(self->value->size()));
+  if (!pair || PyList_Append(self->headers, pair) < 0) {
+    Py_XDECREF(pair);
+    self->python_error = true;
+    return 1;
+  }
+  Py_DECREF(pair);
+  self->field->clear();
+  self->value->clear();
+  return 0;
+}
+
+int on_message_begin(http_parser* p) {
+  ParserObject* self = self_of(p);
+  self->url->clear();
+  self->field->clear();
+  self->value->clear();
+  Py_XDECREF(self->headers);
+  self->headers = PyList_New(0);
+  if (!self->headers) {
+    self->python_error = true;
+    return 1;
+  }
+  self->header_count = 0;
+  self->header_bytes = 0;
+  self->body_bytes = 0;
+  self->in_value = false;
+  self->expect_continue = false;
+  self->in_message = true;
+  return 0;
+}
+
+int on_url(http_parser* p, const char* at, size_t len) {
+  ParserObject* self = self_of(p);
+  if (self->max_line && self->url->size() + len > self->max_line) {
+    return refuse(self, 414, "request target too long");
+  }
+  self->url->append(at, len);
+  return 0;
+}
+
+int on_header_field(http_parser* p, const char* at, size_t len) {
+  ParserObject* self = self_of(p);
+  if (self->in_value || self->field->empty()) {
+    if (self->in_value && finish_header(self)) return 1;
+    self->in_value = false;
+    if (self->max_headers && ++self->header_count > self->max_headers) {
+      return refuse(self, 431, "too many header fields");
+    }
+  }
+  self->header_bytes += len;
+  if (self->max_header_bytes && self->header_bytes > self->max_header_bytes) {
+    return refuse(self, 431, "header fields too large");
+  }
+  self->field->append(at, len);
+  return 0;
+}
+
+int on_header_value(http_parser* p, const char* at, size_t len) {
+  ParserObject* self = self_of(p);
+  self->in_value = true;
+  self->header_bytes += len;
+  if (self->max_header_bytes && self->header_bytes > self->max_header_bytes) {
+    return refuse(self, 431, "header fields too large");
+  }
+  self->value->append(at, len);
+  return 0;
+}
+
+// Percent-decodes `in` (the path part of the target) into `out`.
+void percent_decode(const char* in, size_t n, std::string& out) {
+  auto hex = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  out.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (in[i] == '%' && i + 2 < n) {
+      int h = hex(in[i + 1]), l = hex(in[i + 2]);
+      if (h >= 0 && l >= 0) {
+        out.push_back(static_cast<char>(h * 16 + l));
+        i += 2;
+        continue;
+      }
+    }
+    out.push_back(in[i]);
+  }
+}
+
+int on_headers_complete(http_parser* p) {
+  ParserObject* self = self_of(p);
+  if (self->in_value && finish_header(self)) return 1;
+  self->in_value = false;
+  unsigned long long length = p->content_length;
+  bool chunked = (p->flags & F_CHUNKED) != 0;
+  bool has_length = !chunked && length != ULLONG_MAX;
+  if (self->max_body && has_length && length > self->max_body) {
+    return refuse(self, 413, "request body too large");
+  }
+  // The target: origin-form "/path?query", or absolute-form "http://h/p?q".
+  const std::string& url = *self->url;
+  const char* path = url.data();
+  size_t path_len = url.size();
+  const char* query = "";
+  size_t query_len = 0;
+  if (!url.empty() && url[0] != '/' && url != "*") {
+    http_parser_url u;
+    http_parser_url_init(&u);
+    if (http_parser_parse_url(url.data(), url.size(), 0, &u) != 0) {
+      return refuse(self, 400, "invalid request target");
+    }
+    if (u.field_set & (1 << UF_PATH)) {
+      path = url.data() + u.field_data[UF_PATH].off;
+      path_len = u.field_data[UF_PATH].len;
+    } else {
+      path = "/";
+      path_len = 1;
+    }
+    if (u.field_set & (1 << UF_QUERY)) {
+      query = url.data() + u.field_data[UF_QUERY].off;
+      query_len = u.field_data[UF_QUERY].len;
+    }
+  } else {
+    const void* q = std::memchr(url.data(), '?', url.size());
+    if (q) {
+      size_t at = static_cast<const char*>(q) - url.data();
+      path_len = at;
+      query = url.data() + at + 1;
+      query_len = url.size() - at - 1;
+    }
+    const void* hash = std::memchr(query, '#', query_len);
+    if (hash) query_len = static_cast<const char*>(hash) - query;
+  }
+  PyRef decoded;
+  if (std::memchr(path, '%', path_len)) {
+    std::string bytes;
+    percent_decode(path, path_len, bytes);
+    decoded = PyRef::steal(PyUnicode_DecodeUTF8(bytes.data(), bytes.size(), "replace"));
+  } else {
+    decoded = PyRef::steal(PyUnicode_DecodeUTF8(path, path_len, "replace"));
+  }
+  if (!decoded) {
+    self->python_error = true;
+    return 1;
+  }
+  const char* version = p->http_major == 1 && p->http_minor == 1   ? "1.1"
+                        : p->http_major == 1 && p->http_minor == 0 ? "1.0"
+                                                                   : nullptr;
+  if (!version) return refuse(self, 505, "HTTP version not supported");
+  long long content_length = has_length ? static_cast<long long>(length) : -1;
+  PyObject* event = Py_BuildValue(
+      "(isOy#y#OsOOL)", static_cast<int>(kHead), http_method_str(static_cast<http_method>(p->method)),
+      decoded.get(), path, static_cast<Py_ssize_t>(path_len), query, static_cast<Py_ssize_t>(query_len),
+      self->headers, version, http_should_keep_alive(p) ? Py_True : Py_False,
+      self->expect_continue ? Py_True : Py_False, content_length);
+  Py_CLEAR(self->headers);
+  if (!append(self, event)) {
+    self->python_error = true;
+    return 1;
+  }
+  return 0;
+}
+
+int on_body(http_parser* p, const char* at, size_t len) {
+  ParserObject* self = self_of(p);
+  self->body_bytes += len;
+  if (self->max_body && self->body_bytes > self->max_body) {
+    return refuse(self, 413, "request body too large");
+  }
+  if (!append(self, Py_BuildValue("(iy#)", static_cast<int>(kBody), at, static_cast<Py_ssize_t>(len)))) {
+    self->python_error = true;
+    return 1;
+  }
+  return 0;
+}
+
+int on_message_complete(http_parser* p) {
+  ParserObject* self = self_of(p);
+  self->in_message = false;
+  if (!append(self, Py_BuildValue("(i)", static_cast<int>(kEnd)))) {
+    self->python_error = true;
+    return 1;
+  }
+  return 0;
+}
+
+http_parser_settings make_settings() {
+  http_parser_settings s;
+  http_parser_settings_init(&s);
+  s.on_message_begin = on_message_begin;
+  s.on_url = on_url;
+  s.on_header_field = on_header_field;
+  s.on_header_value = on_header_value;
+  s.on_headers_complete = on_headers_complete;
+  s.on_body = on_body;
+  s.on_message_complete = on_message_complete;
+  return s;
+}
+
+const http_parser_settings kSettings = make_settings();
+
+PyObject* error_event(int status, const char* reason) {
+  return Py_BuildValue("(iis)", static_cast<int>(kError), status, reason);
+}
+
+int parser_init(PyObject* obj, PyObject* args, PyObject* kwargs) {
+  auto* self = reinterpret_cast<ParserObject*>(obj);
+  static const char* kw[] = {"max_request_line", "max_headers", "max_header_bytes", "max_body",
+                             nullptr};
+  Py_ssize_t line = 8190, headers = 100, header_bytes = 65536;
+  long long body = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|nnnL", const_cast<char**>(kw), &line, &headers,
+                                   &header_bytes, &body)) {
+    return -1;
+  }
+  if (line < 0 || headers < 0 || header_bytes < 0 || body < 0) {
+    PyErr_SetString(PyExc_ValueError, "limits must be >= 0 (0: no limit)");
+    return -1;
+  }
+  http_parser_init(&self->parser, HTTP_REQUEST);
+  self->parser.data = self;
+  self->max_line = static_cast<size_t>(line);
+  self->max_headers = static_cast<size_t>(headers);
+  self->max_header_bytes = static_cast<size_t>(header_bytes);
+  self->max_body = static_cast<unsigned long long>(body);
+  if (!self->url) {
+    self->url = new (std::nothrow) std::string();
+    self->field = new (std::nothrow) std::string();
+    self->value = new (std::nothrow) std::string();
+    if (!self->url || !self->field || !self->value) {
+      PyErr_NoMemory();
+      return -1;
+    }
+  }
+  self->failed = false;
+  return 0;
+}
+
+void parser_dealloc(PyObject* obj) {
+  auto* self = reinterpret_cast<ParserObject*>(obj);
+  delete self->url;
+  delete self->field;
+  delete self->value;
+  Py_XDECREF(self->headers);
+  PyTypeObject* type = Py_TYPE(obj);
+  type->tp_free(obj);
+  Py_DECREF(type);
+}
+
+// feed(data) -> list of events (see the header).
+PyObject* parser_feed(PyObject* obj, PyObject* arg) {
+  auto* self = reinterpret_cast<ParserObject*>(obj);
+  if (!self->url) {
+    PyErr_SetString(PyExc_RuntimeError, "Parser not initialised");
+    return nullptr;
+  }
+  PyRef events = PyRef::steal(PyList_New(0));
+  if (!events) return nullptr;
+  if (self->failed || self->parser.upgrade) return events.release();
+  Py_buffer view;
+  if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return nullptr;
+  self->events = events.get();
+  self->refuse_status = 0;
+  self->python_error = false;
+  // An empty feed is end of input: a request cut short is an error.
+  size_t n = http_parser_execute(&self->parser, &kSettings, static_cast<const char*>(view.buf),
+                                 static_cast<size_t>(view.len));
+  PyBuffer_Release(&view);
+  self->events = nullptr;
+  if (self->python_error) return nullptr;
+  http_errno err = HTTP_PARSER_ERRNO(&self->parser);
+  if (self->refuse_status) {
+    self->failed = true;
+    PyObject* e = error_event(self->refuse_status, self->refuse_reason);
+    if (!e || PyList_Append(events.get(), e) < 0) {
+      Py_XDECREF(e);
+      return nullptr;
+    }
+    Py_DECREF(e);
+  } else if (err != HPE_OK) {
+    self->failed = true;
+    int status = err == HPE_HEADER_OVERFLOW ? 431 : 400;
+    PyObject* e = error_event(status, http_errno_description(err));
+    if (!e || PyList_Append(events.get(), e) < 0) {
+      Py_XDECREF(e);
+      return nullptr;
+    }
+    Py_DECREF(e);
+  } else if (!self->parser.upgrade && n != static_cast<size_t>(view.len)) {
+    self->failed = true;
+    PyObject* e = error_event(400, "unparsed input");
+    if (!e || PyList_Append(events.get(), e) < 0) {
+      Py_XDECREF(e);
+      return nullptr;
+    }
+    Py_DECREF(e);
+  }
+  return events.release();
+}
+
+// Whether the parser sits between requests (nothing of a next one read):
+// where a connection may close quietly at end of input or idle timeout.
+PyObject* parser_idle(PyObject* obj, void*) {
+  auto* self = reinterpret_cast<ParserObject*>(obj);
+  return PyBool_FromLong(!self->in_message);
+}
+
+PyObject* parser_upgrade(PyObject* obj, void*) {
+  auto* self = reinterpret_cast<ParserObject*>(obj);
+  return PyBool_FromLong(self->parser.upgrade);
+}
+
+PyMethodDef parser_methods[] = {
+    {"feed", parser_feed, METH_O,
+     "feed(data) -> list of events: (0, method, path, raw_path, query_string, headers, "
+     "http_version, keep_alive, expect_continue, content_length), (1, body), (2,), "
+     "(3, status, reason)"},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyGetSetDef parser_getset[] = {
+    {"idle", parser_idle, nullptr, "no request is partly read", nullptr},
+    {"upgrade", parser_upgrade, nullptr, "the last request asked to upgrade (or CONNECT)", nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr}};
+
+PyType_Slot parser_slots[] = {{Py_tp_init, reinterpret_cast<void*>(parser_init)},
+                              {Py_tp_dealloc, reinterpret_cast<void*>(parser_dealloc)},
+                              {Py_tp_methods, parser_methods},
+                              {Py_tp_getset, parser_getset},
+                              {Py_tp_doc, const_cast<char*>("An HTTP/1.1 request stream parser.")},
+                              {0, nullptr}};
+
+PyType_Spec parser_spec = {"_pyport_http.Parser", sizeof(ParserObject), 0, Py_TPFLAGS_DEFAULT,
+                           parser_slots};
+
+PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    "_pyport_http",
+    "HTTP/1.1 request parsing on libhttp-parser (see port_worker/http_request_parser.hpp).",
+    -1,
+    nullptr,
+    nullptr,
+    nullptr,
+    nullptr,
+    nullptr};
+
+}  // namespace
+
+namespace http_module {
+
+PyObject* init() {
+  PyRef module = PyRef::steal(PyModule_Create(&module_def));
+  if (!module) return nullptr;
+  PyObject* type = PyType_FromSpec(&parser_spec);
+  if (!type || PyModule_AddObject(module.get(), "Parser", type) < 0) {
+    Py_XDECREF(type);
+    return nullptr;
+  }
+  if (PyModule_AddIntConstant(module.get(), "HEAD", kHead) < 0 ||
+      PyModule_AddIntConstant(module.get(), "BODY", kBody) < 0 ||
+      PyModule_AddIntConstant(module.get(), "END", kEnd) < 0 ||
+      PyModule_AddIntConstant(module.get(), "ERROR", kError) < 0) {
+    return nullptr;
+  }
+  return module.release();
+}
+
+}  // namespace http_module
+}  // namespace pyport
