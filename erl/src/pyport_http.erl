@@ -29,6 +29,9 @@
                     root_path, lifespan]).
 
 -define(REGISTRY(Name), {?MODULE, Name}).
+-define(START_TIMEOUT_MS, 10000).
+%% How long stop/1 lets requests in flight finish.
+-define(STOP_GRACE_MS, 5000).
 
 %% @doc Starts HTTP pool `Name': `Opts' are the pool's options (docs/
 %% configuration.md; `workers' is the pool's `size') plus the server's
@@ -75,10 +78,26 @@ maybe_start(Name, Http, Pool0) ->
 start_pool(Name, App, Bind, Pool) ->
     case pyport:start_pool(Name, Pool) of
         {ok, Pid} ->
-            persistent_term:put(?REGISTRY(Name), #{app => App, bind => Bind}),
-            {ok, Pid};
+            %% Each worker listens once its lifespan startup is done: wait
+            %% for all, so a startup.failed fails the start.
+            Timeout = maps:get(start_timeout, Pool, ?START_TIMEOUT_MS),
+            case wait_serving(Name, Timeout) of
+                ok ->
+                    persistent_term:put(?REGISTRY(Name), #{app => App, bind => Bind}),
+                    {ok, Pid};
+                {error, Reason} ->
+                    _ = pyport:stop_pool(Name),
+                    {error, start_error(Name, Reason)}
+            end;
         {error, Reason} ->
             {error, start_error(Name, Reason)}
+    end.
+
+wait_serving(Name, Timeout) ->
+    {ok, Workers} = pyport:workers(Name),
+    case [E || {error, _} = E <- each_worker(Name, Workers, wait_serving, [], Timeout)] of
+        [] -> ok;
+        [Error | _] -> Error
     end.
 
 %% The pool reports the init code's exception; say it is the app's start.
@@ -92,6 +111,7 @@ find_message(_, 0) ->
     error;
 find_message(#{message := M}, _) when is_binary(M) -> {ok, M};
 find_message(#{<<"message">> := M}, _) when is_binary(M) -> {ok, M};
+find_message({init_failed, init_code, {_Type, M}}, _) when is_binary(M) -> {ok, M};
 find_message({python_error, _Type, M, _Tb}, _) when is_binary(M) -> {ok, M};
 find_message(T, N) when is_tuple(T) ->
     find_message(tuple_to_list(T), N - 1);
@@ -116,6 +136,15 @@ stop(Name) when is_atom(Name) ->
             {error, {no_http, Name}};
         _ ->
             persistent_term:erase(?REGISTRY(Name)),
+            %% Listeners closed, requests in flight finished (up to the
+            %% grace period), lifespan shutdown run; then the pool stops.
+            Grace = ?STOP_GRACE_MS,
+            case pyport:workers(Name) of
+                {ok, Workers} ->
+                    each_worker(Name, Workers, stop, [Grace / 1000], Grace + 2000);
+                {error, _} ->
+                    ok
+            end,
             _ = pyport:stop_pool(Name),
             ok
     end.
@@ -133,6 +162,18 @@ info(Name) when is_atom(Name) ->
                 {error, _} -> {error, {no_http, Name}}
             end
     end.
+
+%% Calls erlang._http:Function(Args...) on every worker at once.
+each_worker(Name, Workers, Function, Args, Timeout) ->
+    Ctxs = [py:context(Name, Slot) || {Slot, _} <- Workers],
+    Monitors = [spawn_monitor(fun() ->
+                                      exit({result, py:call(Ctx, 'erlang._http', Function, Args,
+                                                            #{}, #{timeout => Timeout})})
+                              end) || Ctx <- Ctxs],
+    [receive
+         {'DOWN', Ref, process, Pid, {result, R}} -> R;
+         {'DOWN', Ref, process, Pid, Other} -> {error, Other}
+     end || {Pid, Ref} <- Monitors].
 
 %% ---- options ---------------------------------------------------------------
 

@@ -632,7 +632,9 @@ class HttpServer:
         self.connections: set[HttpConnection] = set()
         self.server: Optional[asyncio.base_events.Server] = None
         self.state: Optional[dict] = None
-        self.requests = 0
+        self.serving: Optional[asyncio.Task] = None
+        self._lifespan_inbox: Optional[asyncio.Queue] = None
+        self._lifespan_task: Optional[asyncio.Task] = None
 
     async def serve(self) -> None:
         if self.cfg["lifespan"] != "off":
@@ -671,10 +673,10 @@ class HttpServer:
         self._lifespan_task = self.loop.create_task(run())
         try:
             message = await outcome
-        except Exception:
+        except Exception as exc:
             if self.cfg["lifespan"] == "on":
-                log.exception("lifespan startup failed")
-                raise
+                log.error("lifespan startup failed: %r", exc)
+                raise RuntimeError(f"lifespan startup failed: {exc!r}") from None
             self.state = None  # auto: the app does not do lifespan
             return
         if message["type"] == "lifespan.startup.failed":
@@ -682,6 +684,32 @@ class HttpServer:
             log.error("lifespan startup failed: %s", text)
             raise RuntimeError(f"lifespan startup failed: {text}")
         self.state = state
+        # Shutdown (stop()) goes to the same task through the same inbox.
+        self._lifespan_inbox = inbox
+
+    async def stop(self, grace: float) -> None:
+        """Closes the listener, lets requests in flight finish for up to
+        `grace` seconds, closes the connections, runs lifespan shutdown."""
+        if self.server is not None:
+            self.server.close()
+        elif self.serving is not None:
+            self.serving.cancel()
+        self.sock.close()
+        deadline = self.loop.time() + grace
+        for conn in list(self.connections):
+            if not conn.pipeline and not conn.lost:
+                conn._close()
+        while any(c.pipeline for c in self.connections) and self.loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            if not conn.lost:
+                conn.transport.abort()
+        if self._lifespan_inbox is not None:
+            self._lifespan_inbox.put_nowait({"type": "lifespan.shutdown"})
+            try:
+                await asyncio.wait_for(self._lifespan_task, max(0.1, deadline - self.loop.time()))
+            except BaseException:
+                log.warning("lifespan shutdown did not finish in time")
 
 
 _servers: list[HttpServer] = []
@@ -702,7 +730,7 @@ def start(app_spec: str, bind: str, options: Optional[dict] = None) -> None:
     loop = _worker.ensure_loop()
     server = HttpServer(app, sock, cfg, loop)
     _servers.append(server)
-    task = loop.create_task(server.serve())
+    task = server.serving = loop.create_task(server.serve())
 
     def started(t: asyncio.Task) -> None:
         if t.cancelled() or t.exception() is not None:
@@ -711,6 +739,23 @@ def start(app_spec: str, bind: str, options: Optional[dict] = None) -> None:
             sock.close()
 
     task.add_done_callback(started)
+
+
+async def wait_serving() -> bool:
+    """Waits until this worker's servers listen (lifespan startup done);
+    raises the reason one did not start (the app's startup.failed message)."""
+    for server in _servers:
+        if server.serving is not None:
+            await asyncio.shield(server.serving)
+    return True
+
+
+async def stop(grace: float = 5.0) -> bool:
+    """Stops this worker's servers (pyport_http:stop/1, before the pool)."""
+    servers = list(_servers)
+    _servers.clear()
+    await asyncio.gather(*(s.stop(grace) for s in servers), return_exceptions=True)
+    return True
 
 
 def server_info() -> list[dict]:
