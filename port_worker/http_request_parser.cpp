@@ -16,8 +16,7 @@ namespace {
 enum Event { kHead = 0, kBody = 1, kEnd = 2, kError = 3 };
 
 struct ParserObject {
-  PyObject_HEAD
-  http_parser parser;
+  PyObject_HEAD http_parser parser;
   // Limits (0: none).
   size_t max_line;
   size_t max_headers;
@@ -43,7 +42,9 @@ struct ParserObject {
   bool in_message;    // a request is partly read
 };
 
-ParserObject* self_of(http_parser* p) { return static_cast<ParserObject*>(p->data); }
+ParserObject* self_of(http_parser* p) {
+  return static_cast<ParserObject*>(p->data);
+}
 
 int refuse(ParserObject* self, int status, const char* reason) {
   self->refuse_status = status;
@@ -61,8 +62,10 @@ bool append(ParserObject* self, PyObject* event) {
 // Trims optional whitespace (SP, HTAB) at both ends.
 void trim(std::string& s) {
   size_t b = 0, e = s.size();
-  while (b < e && (s[b] == ' ' || s[b] == '\t')) ++b;
-  while (e > b && (s[e - 1] == ' ' || s[e - 1] == '\t')) --e;
+  while (b < e && (s[b] == ' ' || s[b] == '\t'))
+    ++b;
+  while (e > b && (s[e - 1] == ' ' || s[e - 1] == '\t'))
+    --e;
   if (b != 0 || e != s.size()) s = s.substr(b, e - b);
 }
 
@@ -77,19 +80,35 @@ bool iequals(const std::string& s, const char* lit) {
   return true;
 }
 
-// Ends the header being read: appends (name, value) to the list.
+// RFC 9110 token characters (a field name).
+bool is_tchar(unsigned char c) {
+  if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) return true;
+  return c != 0 && std::strchr("!#$%&'*+-.^_`|~", c) != nullptr;
+}
+
+// Ends the header being read: appends (name, value) to the list. A name
+// that is no token ("Host :" included, a smuggling vector) or a value with
+// control characters is refused.
 int finish_header(ParserObject* self) {
   if (self->field->empty()) return 0;
   for (char& c : *self->field) {
+    if (!is_tchar(static_cast<unsigned char>(c))) {
+      return refuse(self, 400, "invalid header field name");
+    }
     if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  }
+  for (char c : *self->value) {
+    auto u = static_cast<unsigned char>(c);
+    if ((u < 0x20 && u != '\t') || u == 0x7f)
+      return refuse(self, 400, "invalid header field value");
   }
   trim(*self->value);
   if (*self->field == "expect" && iequals(*self->value, "100-continue")) {
     self->expect_continue = true;
   }
-  PyObject* pair = Py_BuildValue("(y#y#)", self->field->data(),
-                                 static_cast<Py_ssize_t>(self->field->size()),
-                                 self->value->data(), static_cast<Py_ssize_t>(self->value->size()));
+  PyObject* pair =
+      Py_BuildValue("(y#y#)", self->field->data(), static_cast<Py_ssize_t>(self->field->size()),
+                    self->value->data(), static_cast<Py_ssize_t>(self->value->size()));
   if (!pair || PyList_Append(self->headers, pair) < 0) {
     Py_XDECREF(pair);
     self->python_error = true;
@@ -241,11 +260,12 @@ int on_headers_complete(http_parser* p) {
                                                                    : nullptr;
   if (!version) return refuse(self, 505, "HTTP version not supported");
   long long content_length = has_length ? static_cast<long long>(length) : -1;
-  PyObject* event = Py_BuildValue(
-      "(isOy#y#OsOOL)", static_cast<int>(kHead), http_method_str(static_cast<http_method>(p->method)),
-      decoded.get(), path, static_cast<Py_ssize_t>(path_len), query, static_cast<Py_ssize_t>(query_len),
-      self->headers, version, http_should_keep_alive(p) ? Py_True : Py_False,
-      self->expect_continue ? Py_True : Py_False, content_length);
+  PyObject* event =
+      Py_BuildValue("(isOy#y#OsOOL)", static_cast<int>(kHead),
+                    http_method_str(static_cast<http_method>(p->method)), decoded.get(), path,
+                    static_cast<Py_ssize_t>(path_len), query, static_cast<Py_ssize_t>(query_len),
+                    self->headers, version, http_should_keep_alive(p) ? Py_True : Py_False,
+                    self->expect_continue ? Py_True : Py_False, content_length);
   Py_CLEAR(self->headers);
   if (!append(self, event)) {
     self->python_error = true;
@@ -260,7 +280,8 @@ int on_body(http_parser* p, const char* at, size_t len) {
   if (self->max_body && self->body_bytes > self->max_body) {
     return refuse(self, 413, "request body too large");
   }
-  if (!append(self, Py_BuildValue("(iy#)", static_cast<int>(kBody), at, static_cast<Py_ssize_t>(len)))) {
+  if (!append(self,
+              Py_BuildValue("(iy#)", static_cast<int>(kBody), at, static_cast<Py_ssize_t>(len)))) {
     self->python_error = true;
     return 1;
   }

@@ -496,7 +496,7 @@ class HttpConnection(asyncio.Protocol):
             "http_version": version,
             "method": method,
             "scheme": "http",
-            "path": root + path if root else path,
+            "path": path,  # as uvicorn 0.17 and Starlette 0.26 (Debian's) expect
             "raw_path": raw_path,
             "query_string": query,
             "root_path": root,
