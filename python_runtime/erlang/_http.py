@@ -146,6 +146,8 @@ def bind_socket(bind: str, backlog: int) -> socket.socket:
         try:
             sock.bind(address)
         except OSError as exc:
+            if exc.errno is None:
+                raise OSError(f"bind {bind!r}: {exc}") from None
             raise OSError(exc.errno, f"bind {bind!r}: {exc.strerror}") from None
         sock.listen(backlog)
         sock.setblocking(False)

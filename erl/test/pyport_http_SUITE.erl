@@ -1,0 +1,208 @@
+%% HTTP pools through the Erlang API (pyport:start_http/2, stop_http/1,
+%% http_info/1; docs/http.md): the forms of `bind', every start error, and
+%% a worker killed under load while the other keeps serving. The protocol
+%% itself is tested in tests/harness/test_http.py.
+-module(pyport_http_SUITE).
+
+-include_lib("common_test/include/ct.hrl").
+-include_lib("stdlib/include/assert.hrl").
+
+-compile([export_all, nowarn_export_all]).
+
+suite() ->
+    [{timetrap, {seconds, 60}}].
+
+all() ->
+    [serve_info_stop, bind_forms, start_errors, lifespan_startup_failed,
+     worker_killed_under_load].
+
+init_per_suite(Config) ->
+    _ = application:load(pyport),
+    {ok, _} = application:ensure_all_started(pyport),
+    Config.
+
+end_per_suite(_Config) ->
+    _ = application:stop(pyport),
+    ok.
+
+data_dir(Config) ->
+    ?config(data_dir, Config).
+
+opts(Config, More) ->
+    maps:merge(#{app => "http_ct_app:app", workers => 1, python_path => [data_dir(Config)]},
+               More).
+
+free_port() ->
+    {ok, S} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}}]),
+    {ok, Port} = inet:port(S),
+    gen_tcp:close(S),
+    Port.
+
+%% One request on a fresh connection: {ok, Status, Body} or {error, Why}.
+get(Address, Port, Path) ->
+    Family = case Address of
+                 {local, _} -> [local];
+                 {_, _, _, _, _, _, _, _} -> [inet6];
+                 _ -> []
+             end,
+    case gen_tcp:connect(Address, Port, [binary, {active, false} | Family], 5000) of
+        {ok, S} ->
+            ok = gen_tcp:send(S, ["GET ", Path, " HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"]),
+            R = read_all(S, <<>>),
+            gen_tcp:close(S),
+            case R of
+                {ok, <<"HTTP/1.1 ", Code:3/binary, _/binary>> = Resp} ->
+                    [_, Body] = binary:split(Resp, <<"\r\n\r\n">>),
+                    {ok, binary_to_integer(Code), Body};
+                {ok, Other} -> {error, {bad_response, Other}};
+                {error, _} = E -> E
+            end;
+        {error, _} = E ->
+            E
+    end.
+
+read_all(S, Acc) ->
+    case gen_tcp:recv(S, 0, 5000) of
+        {ok, B} -> read_all(S, <<Acc/binary, B/binary>>);
+        {error, closed} -> {ok, Acc};
+        {error, _} = E -> E
+    end.
+
+%%%===================================================================
+
+serve_info_stop(Config) ->
+    Port = free_port(),
+    Bind = "127.0.0.1:" ++ integer_to_list(Port),
+    {ok, _} = pyport:start_http(web_a, opts(Config, #{bind => Bind, workers => 2})),
+    {ok, 200, Pid} = get({127, 0, 0, 1}, Port, "/"),
+    ?assert(binary_to_integer(Pid) > 0),
+    {ok, Info} = pyport:http_info(web_a),
+    ?assertMatch(#{app := <<"http_ct_app:app">>, bind := <<"127.0.0.1:", _/binary>>}, Info),
+    ?assertEqual(2, length(maps:get(workers, Info))),
+    ?assertEqual({error, {already_started, web_a}},
+                 pyport:start_http(web_a, opts(Config, #{bind => Bind}))),
+    ok = pyport:stop_http(web_a),
+    ?assertEqual({error, {no_http, web_a}}, pyport:http_info(web_a)),
+    ?assertEqual({error, {no_http, web_a}}, pyport:stop_http(web_a)),
+    ?assertEqual({error, econnrefused}, get({127, 0, 0, 1}, Port, "/")),
+    ?assertNot(lists:member(web_a, pyport:pools())).
+
+bind_forms(Config) ->
+    %% A port number alone is 127.0.0.1:Port.
+    P1 = free_port(),
+    {ok, _} = pyport:start_http(web_b1, opts(Config, #{bind => P1})),
+    {ok, 200, _} = get({127, 0, 0, 1}, P1, "/"),
+    ok = pyport:stop_http(web_b1),
+    %% A unix socket path.
+    %% (priv_dir is too long for sun_path's 108 bytes)
+    Path = "/tmp/pyport-http-" ++ integer_to_list(erlang:unique_integer([positive])) ++ ".sock",
+    {ok, _} = pyport:start_http(web_b2, opts(Config, #{bind => Path})),
+    {ok, 200, _} = get({local, Path}, 0, "/"),
+    ok = pyport:stop_http(web_b2),
+    file:delete(Path),
+    %% IPv6, where the host has it.
+    case gen_tcp:listen(0, [inet6, {ip, {0, 0, 0, 0, 0, 0, 0, 1}}]) of
+        {ok, S6} ->
+            {ok, P6} = inet:port(S6),
+            gen_tcp:close(S6),
+            {ok, _} = pyport:start_http(web_b3,
+                                        opts(Config, #{bind => "[::1]:" ++ integer_to_list(P6)})),
+            {ok, 200, _} = get({0, 0, 0, 0, 0, 0, 0, 1}, P6, "/"),
+            ok = pyport:stop_http(web_b3);
+        {error, _} ->
+            ct:comment("no IPv6 loopback: [::1] not tried")
+    end.
+
+start_errors(Config) ->
+    Port = free_port(),
+    Bind = "127.0.0.1:" ++ integer_to_list(Port),
+    ?assertEqual({error, {missing_http_option, web_e, app}},
+                 pyport:start_http(web_e, maps:remove(app, opts(Config, #{bind => Bind})))),
+    ?assertEqual({error, {invalid_http_option, web_e, app, "no_colon"}},
+                 pyport:start_http(web_e, opts(Config, #{app => "no_colon", bind => Bind}))),
+    [?assertMatch({error, {bad_bind, web_e, B, _}},
+                  pyport:start_http(web_e, opts(Config, #{bind => B})))
+     || B <- ["127.0.0.1:notaport", "300.1.1.1:80", "example.com:80", "127.0.0.1:0",
+              "[::1:80", 70000]],
+    ?assertEqual({error, {invalid_http_option, web_e, max_body, -1}},
+                 pyport:start_http(web_e, opts(Config, #{bind => Bind, max_body => -1}))),
+    ?assertEqual({error, {invalid_http_option, web_e, lifespan, maybe}},
+                 pyport:start_http(web_e, opts(Config, #{bind => Bind, lifespan => maybe}))),
+    %% Pool options are the pool's to check.
+    ?assertMatch({error, {invalid_pool_option, web_e, size, 0}},
+                 pyport:start_http(web_e, maps:remove(workers,
+                                                       opts(Config, #{bind => Bind, size => 0})))),
+    %% In use by another program.
+    {ok, L} = gen_tcp:listen(Port, [{ip, {127, 0, 0, 1}}]),
+    ?assertEqual({error, {address_in_use, web_e, list_to_binary(Bind)}},
+                 pyport:start_http(web_e, opts(Config, #{bind => Bind}))),
+    gen_tcp:close(L),
+    %% The app: module missing, attribute missing, not callable.
+    {error, {app_failed, web_e, M1}} =
+        pyport:start_http(web_e, opts(Config, #{bind => Bind, app => "no_such_mod_q:app"})),
+    ?assertNotEqual(nomatch, string:find(M1, "cannot import module 'no_such_mod_q'")),
+    {error, {app_failed, web_e, M2}} =
+        pyport:start_http(web_e, opts(Config, #{bind => Bind, app => "http_ct_app:nope"})),
+    ?assertNotEqual(nomatch, string:find(M2, "has no attribute 'nope'")),
+    {error, {app_failed, web_e, M3}} =
+        pyport:start_http(web_e, opts(Config, #{bind => Bind, app => "http_ct_app:not_callable"})),
+    ?assertNotEqual(nomatch, string:find(M3, "is not callable")),
+    %% Nothing left behind: no pool, and the address is free.
+    ?assertNot(lists:member(web_e, pyport:pools())),
+    ?assertEqual({error, {no_http, web_e}}, pyport:http_info(web_e)),
+    {ok, L2} = gen_tcp:listen(Port, [{ip, {127, 0, 0, 1}}]),
+    gen_tcp:close(L2).
+
+lifespan_startup_failed(Config) ->
+    Port = free_port(),
+    Opts = opts(Config, #{bind => Port, app => "http_ct_app:failing_startup", lifespan => on,
+                          workers => 2}),
+    {error, {app_failed, web_l, Message}} = pyport:start_http(web_l, Opts),
+    ?assertNotEqual(nomatch, string:find(Message, "the cache is unreachable")),
+    ?assertNot(lists:member(web_l, pyport:pools())),
+    ?assertEqual({error, econnrefused}, get({127, 0, 0, 1}, Port, "/")).
+
+%% Two workers under load from 8 clients; one worker's OS process is
+%% killed. Only connections that worker held fail; the other worker serves
+%% on, and the pool's replacement serves again.
+worker_killed_under_load(Config) ->
+    Port = free_port(),
+    {ok, _} = pyport:start_http(web_k, opts(Config, #{bind => Port, workers => 2})),
+    Victim = pyport_test_util:os_pid({web_k, 1}),
+    Other = pyport_test_util:os_pid({web_k, 2}),
+    Self = self(),
+    Stop = erlang:monotonic_time(millisecond) + 3000,
+    Clients = [spawn_link(fun() -> Self ! {self(), load(Port, Stop, [])} end)
+               || _ <- lists:seq(1, 8)],
+    timer:sleep(1000),
+    os:cmd("kill -9 " ++ integer_to_list(Victim)),
+    KilledAt = erlang:monotonic_time(millisecond),
+    Results = lists:append([receive {C, R} -> R after 20000 -> ct:fail(client_stuck) end
+                            || C <- Clients]),
+    Errors = [E || {_, {error, _} = E} <- Results],
+    After = [binary_to_integer(P) || {T, {ok, 200, P}} <- Results, T > KilledAt + 100],
+    ct:comment("~b requests, ~b failed", [length(Results), length(Errors)]),
+    %% At most the connections the killed worker held or had queued.
+    ?assert(length(Errors) =< 16, Errors),
+    %% The other worker answered after the kill.
+    ?assert(lists:member(Other, After)),
+    ?assertNot(lists:member(Victim, After)),
+    %% The slot came back and serves.
+    pyport_test_util:wait_until(fun() ->
+                                        P = pyport_test_util:os_pid({web_k, 1}),
+                                        P =/= undefined andalso P =/= Victim
+                                end),
+    New = pyport_test_util:os_pid({web_k, 1}),
+    pyport_test_util:wait_until(
+      fun() -> lists:member(integer_to_binary(New), [B || _ <- lists:seq(1, 10),
+                                                          {ok, 200, B} <- [get({127, 0, 0, 1}, Port, "/")]])
+      end, 100),
+    ok = pyport:stop_http(web_k).
+
+load(Port, Stop, Acc) ->
+    case erlang:monotonic_time(millisecond) > Stop of
+        true -> Acc;
+        false ->
+            R = get({127, 0, 0, 1}, Port, "/slow"),
+            load(Port, Stop, [{erlang:monotonic_time(millisecond), R} | Acc])
+    end.
