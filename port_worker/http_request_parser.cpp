@@ -4,6 +4,7 @@
 #include <http_parser.h>
 
 #include <climits>
+#include <cstdio>
 #include <cstring>
 #include <new>
 #include <string>
@@ -446,12 +447,128 @@ PyType_Slot parser_slots[] = {{Py_tp_init, reinterpret_cast<void*>(parser_init)}
 PyType_Spec parser_spec = {"_pyport_http.Parser", sizeof(ParserObject), 0, Py_TPFLAGS_DEFAULT,
                            parser_slots};
 
+// ---- response heads ----------------------------------------------------------
+
+bool ascii_iequals(const char* a, Py_ssize_t n, const char* lit) {
+  if (static_cast<size_t>(n) != std::strlen(lit)) return false;
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    char c = a[i];
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    if (c != lit[i]) return false;
+  }
+  return true;
+}
+
+bool has_crlf(const char* p, Py_ssize_t n) {
+  return std::memchr(p, '\r', n) != nullptr || std::memchr(p, '\n', n) != nullptr;
+}
+
+enum HeadFlags { kChunkedDeclared = 1, kClose = 2 };
+
+// response_head(status, reason, headers, date) -> (head, content_length, flags):
+// the status line and header lines of an ASGI http.response.start, without
+// the blank line. `connection` headers are left out (flags & 2: the app
+// asked to close), `date` added unless the app set one; content_length is
+// the app's Content-Length (-1: none); flags & 1: it set Transfer-Encoding.
+PyObject* response_head(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 4) {
+    PyErr_SetString(PyExc_TypeError, "response_head(status, reason, headers, date)");
+    return nullptr;
+  }
+  long status = PyLong_AsLong(args[0]);
+  if (status == -1 && PyErr_Occurred()) return nullptr;
+  char* reason;
+  Py_ssize_t reason_len;
+  char* date;
+  Py_ssize_t date_len;
+  if (PyBytes_AsStringAndSize(args[1], &reason, &reason_len) < 0 ||
+      PyBytes_AsStringAndSize(args[3], &date, &date_len) < 0) {
+    return nullptr;
+  }
+  std::string head;
+  head.reserve(256);
+  char line[32];
+  int n = std::snprintf(line, sizeof line, "HTTP/1.1 %ld ", status);
+  head.append(line, static_cast<size_t>(n));
+  head.append(reason, static_cast<size_t>(reason_len));
+  head.append("\r\n");
+  long long content_length = -1;
+  int flags = 0;
+  bool has_date = false;
+  PyRef seq = PyRef::steal(PySequence_Fast(args[2], "response headers must be a sequence"));
+  if (!seq) return nullptr;
+  Py_ssize_t count = PySequence_Fast_GET_SIZE(seq.get());
+  PyObject** items = PySequence_Fast_ITEMS(seq.get());
+  for (Py_ssize_t i = 0; i < count; ++i) {
+    PyRef pair = PyRef::steal(PySequence_Fast(items[i], "a response header must be a pair"));
+    if (!pair) return nullptr;
+    if (PySequence_Fast_GET_SIZE(pair.get()) != 2) {
+      PyErr_SetString(PyExc_ValueError, "a response header must be a (name, value) pair");
+      return nullptr;
+    }
+    PyObject* name = PySequence_Fast_GET_ITEM(pair.get(), 0);
+    PyObject* value = PySequence_Fast_GET_ITEM(pair.get(), 1);
+    if (!PyBytes_Check(name) || !PyBytes_Check(value)) {
+      PyErr_SetString(PyExc_TypeError, "response header names and values must be bytes");
+      return nullptr;
+    }
+    const char* np = PyBytes_AS_STRING(name);
+    Py_ssize_t nn = PyBytes_GET_SIZE(name);
+    const char* vp = PyBytes_AS_STRING(value);
+    Py_ssize_t vn = PyBytes_GET_SIZE(value);
+    if (nn == 0 || has_crlf(np, nn) || has_crlf(vp, vn) || std::memchr(np, ':', nn)) {
+      PyErr_SetString(PyExc_ValueError, "response header name empty, or with ':', CR or LF");
+      return nullptr;
+    }
+    if (ascii_iequals(np, nn, "content-length")) {
+      long long v = 0;
+      if (vn == 0 || vn > 18) v = -1;
+      for (Py_ssize_t k = 0; k < vn && v >= 0; ++k) {
+        if (vp[k] < '0' || vp[k] > '9') {
+          v = -1;
+        } else {
+          v = v * 10 + (vp[k] - '0');
+        }
+      }
+      if (v < 0) {
+        PyErr_Format(PyExc_ValueError, "bad content-length %R", value);
+        return nullptr;
+      }
+      content_length = v;
+    } else if (ascii_iequals(np, nn, "transfer-encoding")) {
+      flags |= kChunkedDeclared;
+    } else if (ascii_iequals(np, nn, "connection")) {
+      if (ascii_iequals(vp, vn, "close")) flags |= kClose;
+      continue;  // the server writes its own
+    } else if (ascii_iequals(np, nn, "date")) {
+      has_date = true;
+    }
+    head.append(np, static_cast<size_t>(nn));
+    head.append(": ");
+    head.append(vp, static_cast<size_t>(vn));
+    head.append("\r\n");
+  }
+  if (!has_date) {
+    head.append("date: ");
+    head.append(date, static_cast<size_t>(date_len));
+    head.append("\r\n");
+  }
+  return Py_BuildValue("(y#Li)", head.data(), static_cast<Py_ssize_t>(head.size()), content_length,
+                       flags);
+}
+
+PyMethodDef module_methods[] = {
+    {"response_head", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(response_head)),
+     METH_FASTCALL,
+     "response_head(status, reason, headers, date) -> (head, content_length, flags)"},
+    {nullptr, nullptr, 0, nullptr}};
+
 PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     "_pyport_http",
     "HTTP/1.1 request parsing on libhttp-parser (see port_worker/http_request_parser.hpp).",
     -1,
-    nullptr,
+    module_methods,
     nullptr,
     nullptr,
     nullptr,
@@ -472,7 +589,9 @@ PyObject* init() {
   if (PyModule_AddIntConstant(module.get(), "HEAD", kHead) < 0 ||
       PyModule_AddIntConstant(module.get(), "BODY", kBody) < 0 ||
       PyModule_AddIntConstant(module.get(), "END", kEnd) < 0 ||
-      PyModule_AddIntConstant(module.get(), "ERROR", kError) < 0) {
+      PyModule_AddIntConstant(module.get(), "ERROR", kError) < 0 ||
+      PyModule_AddIntConstant(module.get(), "HEAD_CHUNKED", kChunkedDeclared) < 0 ||
+      PyModule_AddIntConstant(module.get(), "HEAD_CLOSE", kClose) < 0) {
     return nullptr;
   }
   return module.release();

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from typing import Any, Awaitable, Callable, Optional
 
-from _pyport_http import BODY, END, HEAD, Parser
+from _pyport_http import BODY, END, HEAD, HEAD_CHUNKED, HEAD_CLOSE, Parser, response_head
 
 __all__ = ["start", "load_app", "bind_socket", "ClientDisconnected", "server_info"]
 
@@ -302,36 +302,13 @@ class _Request:
         if status < 200:
             raise ValueError("1xx responses are the server's (use 100-continue)")
         self.no_body = status in (204, 304)
-        self.chunked_declared = False
-        reason = _reasons.get(status, b"")
-        head = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-        has_date = False
-        for name, value in message.get("headers", ()):
-            if type(name) is not bytes or type(value) is not bytes:
-                raise TypeError("response header names and values must be bytes")
-            if b"\n" in name or b"\r" in name or b"\n" in value or b"\r" in value:
-                raise ValueError("response header with CR or LF")
-            lower = name.lower()
-            if lower == b"content-length":
-                try:
-                    self.length_left = int(value)
-                except ValueError:
-                    raise ValueError(f"bad content-length {value!r}") from None
-            elif lower == b"transfer-encoding":
-                self.chunked_declared = True
-                self.chunked = True
-            elif lower == b"connection":
-                if value.lower() == b"close":
-                    self.keep_alive = False
-                continue  # the server's own, below
-            elif lower == b"date":
-                has_date = True
-            head.append(b"%b: %b\r\n" % (name, value))
-        if self.no_body:
-            self.chunked = False
-        if not has_date:
-            head.append(b"date: %b\r\n" % _date())
-        self._head = head
+        head, self.length_left, flags = response_head(
+            status, _reasons.get(status, b""), message.get("headers", ()), _date())
+        self.chunked_declared = bool(flags & HEAD_CHUNKED)
+        if flags & HEAD_CLOSE:
+            self.keep_alive = False
+        self.chunked = self.chunked_declared and not self.no_body
+        self._head = [head]
 
     async def run(self, app: ASGIApp) -> None:
         try:
@@ -394,6 +371,8 @@ class HttpConnection(asyncio.Protocol):
         self.drain_waiters: list[asyncio.Future] = []
         self.buffered = 0
         self.timer: Optional[asyncio.TimerHandle] = None
+        self.deadline: Optional[float] = None  # loop time, or None: no timeout now
+        self.deadline_kind = ""
         self.client: Any = None
         self.server_addr: Any = None
 
@@ -408,7 +387,7 @@ class HttpConnection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._arm(self.cfg["keepalive_timeout"], self._idle_timeout)
+        self._arm(self.cfg["keepalive_timeout"], "idle")
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -459,7 +438,7 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self.lost = True
         self.server.connections.discard(self)
-        self._disarm()
+        self._stop_timer()
         # Requests not yet started never run: nobody can get their answer.
         self.pipeline = deque(r for r in self.pipeline if r.task is not None)
         for item in self.pipeline:
@@ -577,10 +556,13 @@ class HttpConnection(asyncio.Protocol):
 
     def _close(self) -> None:
         self.closing = True
-        self._disarm()
+        self._stop_timer()
         self.transport.close()
 
     # -- timeouts -------------------------------------------------------------
+
+    # One timer per connection, rescheduled lazily: a request moves the
+    # deadline, not the timer (no call_later/cancel per request).
 
     def _update_timer(self) -> None:
         if self.closing or self.lost:
@@ -588,32 +570,44 @@ class HttpConnection(asyncio.Protocol):
         if self.pipeline:
             self._disarm()  # the app has the request; body_timeout is receive()'s
         elif self.parser.idle:
-            self._arm(self.cfg["keepalive_timeout"], self._idle_timeout)
-        elif self.timer is None or self.timer_kind != "header":
-            self._arm(self.cfg["header_timeout"], self._header_timeout, "header")
+            self._arm(self.cfg["keepalive_timeout"], "idle")
+        elif self.deadline is None or self.deadline_kind != "header":
+            self._arm(self.cfg["header_timeout"], "header")
 
-    timer_kind = ""
-
-    def _arm(self, seconds: float, callback: Callable[[], None], kind: str = "idle") -> None:
-        self._disarm()
-        self.timer = self.loop.call_later(seconds, callback)
-        self.timer_kind = kind
+    def _arm(self, seconds: float, kind: str) -> None:
+        when = self.loop.time() + seconds
+        self.deadline = when
+        self.deadline_kind = kind
+        t = self.timer
+        if t is None or t.when() > when:
+            if t is not None:
+                t.cancel()
+            self.timer = self.loop.call_at(when, self._on_timer)
 
     def _disarm(self) -> None:
+        self.deadline = None
+        self.deadline_kind = ""
+
+    def _stop_timer(self) -> None:
+        self._disarm()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-            self.timer_kind = ""
 
-    def _idle_timeout(self) -> None:
+    def _on_timer(self) -> None:
         self.timer = None
-        if not self.pipeline and not self.lost:
-            self._close()
-
-    def _header_timeout(self) -> None:
-        self.timer = None
-        if not self.lost:
+        when = self.deadline
+        if when is None or self.lost or self.closing:
+            return
+        if self.loop.time() < when:
+            self.timer = self.loop.call_at(when, self._on_timer)
+            return
+        kind = self.deadline_kind
+        self._disarm()
+        if kind == "header":
             self.fail(408, "request head not received in time")
+        elif not self.pipeline:
+            self._close()
 
 
 def _address(addr: Any) -> Any:
