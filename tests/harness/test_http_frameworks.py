@@ -1,0 +1,44 @@
+"""A real framework on the HTTP server: Debian's Starlette 0.26 (routing,
+JSON, forms where python3-multipart is installed, uploads, streaming/server-sent events, lifespan state,
+background tasks)."""
+import json
+import subprocess
+
+import pytest
+
+from test_http import serve  # noqa: F401  (the fixture)
+
+starlette_missing = subprocess.run(["/usr/bin/python3", "-c", "import starlette"],
+                                   capture_output=True).returncode != 0
+multipart_missing = subprocess.run(["/usr/bin/python3", "-c", "import multipart"],
+                                   capture_output=True).returncode != 0
+pytestmark = pytest.mark.skipif(starlette_missing,
+                                reason="starlette not installed (python3-starlette)")
+
+
+def test_starlette_app(serve):
+    s = serve("http_starlette_app:app", lifespan="on")
+    status, _, body = s.get("/items/42?q=x")
+    assert status == 200
+    assert json.loads(body) == {"id": 42, "q": "x", "state": {"started": True}}
+    assert s.get("/items/notanint")[0] == 404
+    assert s.get("/upload")[0] == 405
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    status, _, body = s.get("/upload", method="POST", body=payload,
+                            headers={"Content-Type": "application/octet-stream"})
+    assert json.loads(body) == {"size": len(payload), "type": "application/octet-stream"}
+    # Form parsing needs python3-multipart (not a pyport dependency): Starlette
+    # raises, and the app's exception is a 500.
+    if multipart_missing:
+        assert s.get("/form", method="POST", body="a=1")[0] == 500
+    else:
+        status, _, body = s.get("/form", method="POST", body="a=1&b=two+words",
+                                headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert json.loads(body) == {"a": "1", "b": "two words"}
+    status, headers, body = s.get("/sse")
+    assert dict(headers)["content-type"].startswith("text/event-stream")
+    assert body == b"".join(b"data: %d\n\n" % i for i in range(5))
+    assert s.get("/background")[2] == b"queued"
+    assert json.loads(s.get("/done")[2]) == ["background"]
+    assert s.worker.call("erlang._http", "stop", [2.0]) is True
+    assert s.worker.eval("__import__('http_starlette_app').done") == ["background", "shutdown"]
