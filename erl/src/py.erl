@@ -862,7 +862,7 @@ pool_size(Pool) ->
 %% Where a call goes, and its timeout.
 target(Opts) ->
     #{timeout := Timeout} = O = options(Opts),
-    {remote(O, local_call_target(O)), Timeout}.
+    {with_output(O, remote(O, local_call_target(O))), Timeout}.
 
 %% Where an eval/exec goes, its timeout and its namespace: the calling
 %% process's own, unless another route was asked for.
@@ -906,8 +906,8 @@ remote(_O, Local) ->
 
 %% A context names its pool; `pool' in the options is not used.
 target(#pyport_ctx{pool = Pool, slot = Slot}, Opts) ->
-    #{timeout := Timeout} = options(Opts),
-    {{slot, Pool, Slot}, Timeout}.
+    #{timeout := Timeout} = O = options(Opts),
+    {with_output(O, {slot, Pool, Slot}), Timeout}.
 
 options(Timeout) when Timeout =:= infinity; is_integer(Timeout), Timeout >= 0 ->
     #{pool => ?DEFAULT_POOL, timeout => Timeout};
@@ -930,7 +930,10 @@ check_option(shard, Key, Acc) ->
     Acc#{shard => Key};
 check_option(node, N, Acc) when is_atom(N) ->
     Acc#{node => N};
-check_option(Key, Value, _Acc) when Key =:= timeout; Key =:= pool; Key =:= node ->
+check_option(output, Where, Acc) when Where =:= caller; Where =:= logger ->
+    Acc#{output => Where};
+check_option(Key, Value, _Acc) when Key =:= timeout; Key =:= pool; Key =:= node;
+                                    Key =:= output ->
     throw({error, {invalid_option, Key, Value}});
 check_option(Key, _Value, _Acc) ->
     throw({error, {bad_option, Key}}).
@@ -976,3 +979,9 @@ code(L) when is_list(L) ->
         error:badarg -> throw({error, {invalid_code, L}})
     end;
 code(Other) -> throw({error, {invalid_code, Other}}).
+
+%% ---- output (pyport_output) ----
+
+%% A call's own `output' option travels with its target.
+with_output(#{output := Where}, Target) -> {output, Where, Target};
+with_output(_Opts, Target) -> Target.

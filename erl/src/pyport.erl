@@ -4,6 +4,7 @@
 
 -export([start/0, start_pool/2, stop_pool/1, pools/0, workers/1, worker_info/1, pool_info/1,
          run_job/2]).
+-export([stats/0, stats/1]).
 %% HTTP pools (pyport_http, docs/http.md).
 -export([start_http/2, stop_http/1, http_info/1]).
 
@@ -28,7 +29,24 @@ start_pool(Name, Opts) when is_atom(Name) ->
 %% workers finish them within their shutdown grace period.
 -spec stop_pool(atom()) -> ok | {error, {no_pool, atom()}}.
 stop_pool(Name) ->
-    pyport_pools_sup:stop_pool(Name).
+    Stopped = pyport_pools_sup:stop_pool(Name),
+    %% Its stats went with it (pyport_stats).
+    _ = pyport_stats:stats(Name),
+    Stopped.
+
+%% @doc Counters of every running pool, by name: see {@link stats/1}.
+-spec stats() -> #{atom() => pyport_stats:pool_stats()}.
+stats() ->
+    pyport_stats:stats().
+
+%% @doc Counters of a pool since it started, in total and per worker
+%% (`workers'): calls, `ok', `errors' by kind, `timeouts', `interrupts',
+%% OS-process `restarts' and `recycles' with their reasons, requests
+%% `in_flight' and `queued' now, and a latency histogram. They survive
+%% worker restarts and go when the pool stops. See docs/metrics.md.
+-spec stats(atom()) -> {ok, pyport_stats:pool_stats()} | {error, {no_pool, atom()}}.
+stats(Pool) ->
+    pyport_stats:stats(Pool).
 
 %% @doc The names of the running pools.
 -spec pools() -> [atom()].

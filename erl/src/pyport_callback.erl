@@ -75,10 +75,21 @@ op(<<"state_get_multi">>, [Keys], _Id, _Ctx) when is_list(Keys) ->
     {reply, {ok, pyport_state:get_multi(Keys)}};
 op(<<"state_keys">>, [Prefix], _Id, _Ctx) when is_binary(Prefix) ->
     {reply, {ok, pyport_state:keys(Prefix)}};
+op(<<"state_keys">>, [none], _Id, _Ctx) ->
+    %% Hornbeam's state_keys(None): every key, of any type.
+    {reply, {ok, pyport_state:keys()}};
 op(<<"state_clear">>, [], _Id, _Ctx) ->
     {reply, state_result(pyport_state:clear(), all)};
 op(<<"publish">>, [Topic, Msg], _Id, _Ctx) ->
     {reply, {ok, pyport_pubsub:publish(Topic, Msg)}};
+op(<<"publish">>, [Topic, Msg, <<"as_given">>], _Id, _Ctx) ->
+    %% Hornbeam's publish: the topic is not normalised (an atom stays one).
+    {reply, {ok, pyport_pubsub:broadcast(Topic, Msg)}};
+op(<<"hook">>, [Sub, HookArgs], Id, Ctx) when is_binary(Sub), is_list(HookArgs) ->
+    case pyport_hooks:python_request(Sub, HookArgs, Ctx) of
+        {run, What, Fun} -> in_process(Id, Ctx, What, infinity, Fun);
+        {reply, _} = Reply -> Reply
+    end;
 op(<<"subscribe">>, [Topic, Box], _Id, _Ctx) when is_integer(Box), Box > 0 ->
     {subscribe, pyport_pubsub:topic(Topic), Box};
 op(<<"unsubscribe">>, [Topic, Box], _Id, _Ctx) when is_integer(Box), Box > 0 ->
@@ -153,6 +164,8 @@ notify_op(<<"rpc_cast">>, [Node, M, F, Args], Ctx) when is_list(Args) ->
         {error, _, Message, _} ->
             ?LOG_WARNING("pyport: rpc_cast: ~ts", [Message], maps:get(meta, Ctx))
     end;
+notify_op(<<"hook">>, [Sub, HookArgs], Ctx) when is_binary(Sub), is_list(HookArgs) ->
+    pyport_hooks:python_notify(Sub, HookArgs, Ctx);
 notify_op(<<"unsubscribe_all">>, [Box], _Ctx) when is_integer(Box) ->
     {unsubscribe_all, Box};
 notify_op(<<"cancel">>, [Id], #{keeper := Keeper, port := Port}) when is_integer(Id), Id > 0 ->

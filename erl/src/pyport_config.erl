@@ -12,6 +12,8 @@
 -export([to_binary/1, env_name/1]).
 %% The bounds of integer options (docs/configuration.md).
 -export([max_value/1]).
+%% Per-slot environments, resolved by each worker (pyport_slot_env).
+-export([validate_env/1]).
 
 -export_type([pool_name/0, pool_opts/0, error_reason/0]).
 
@@ -23,7 +25,7 @@
                        call_timeout := timeout(),
                        start_timeout := pos_integer(),
                        worker := file:filename_all(),
-                       env := [{string(), string() | false}],
+                       env := pyport_slot_env:spec(),
                        cd := binary() | undefined,
                        imports := [binary()],
                        init_code := binary() | undefined,
@@ -44,7 +46,8 @@
                        max_callbacks := pos_integer(),
                        max_new_atoms := pyport_atoms:pool_setting(),
                        max_result_terms := pos_integer() | infinity | auto,
-                       max_decoded_bytes := pos_integer() | infinity | auto}.
+                       max_decoded_bytes := pos_integer() | infinity | auto,
+                       output := logger | caller}.
 -type error_reason() :: {invalid_pools, term()}
                       | {invalid_pool_name, term()}
                       | {invalid_pool, pool_name(), term()}
@@ -252,7 +255,9 @@ defaults() ->
       max_callbacks => 4096,
       max_new_atoms => default,
       max_result_terms => auto,
-      max_decoded_bytes => auto}.
+      max_decoded_bytes => auto,
+      %% Where a call's print output goes (pyport_output).
+      output => logger}.
 
 default_worker() ->
     case code:priv_dir(pyport) of
@@ -272,8 +277,8 @@ check(worker, Path) ->
         {ok, <<_, _/binary>> = Bin} -> {ok, Bin};
         _ -> error
     end;
-check(env, Env) when is_map(Env) -> check_env(maps:to_list(Env), []);
-check(env, Env) when is_list(Env) -> check_env(Env, []);
+check(env, Env) -> pyport_slot_env:validate(Env);
+check(output, Where) when Where =:= logger; Where =:= caller -> {ok, Where};
 check(cd, undefined) -> {ok, undefined};
 check(cd, Dir) -> existing_dir(Dir);
 check(imports, Modules) when is_list(Modules) -> check_names(Modules, []);
@@ -322,6 +327,13 @@ check(Key, N) when (Key =:= max_inflight orelse Key =:= max_requests orelse
                     Key =:= max_rss orelse Key =:= cpu_seconds), is_integer(N), N > 0 ->
     {ok, N};
 check(_Key, _Value) -> error.
+
+%% @doc Environment variables for a worker: a map or list of name =>
+%% value (or `false' to unset), as a list of strings open_port takes.
+-spec validate_env(term()) -> {ok, [{string(), string() | false}]} | error.
+validate_env(Env) when is_map(Env) -> check_env(maps:to_list(Env), []);
+validate_env(Env) when is_list(Env) -> check_env(Env, []);
+validate_env(_) -> error.
 
 %% Environment variables for the worker: name => value, or false to unset.
 check_env([], Acc) ->

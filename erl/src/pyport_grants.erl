@@ -192,6 +192,8 @@ request(<<"node">>, [], _G) -> ok;
 request(<<"nodes">>, [], #{rpc := false}) -> {refused, <<"nodes (it needs rpc)">>};
 request(<<"nodes">>, [], _G) -> ok;
 request(<<"rpc_call">>, [_Node, M, F | _], G) -> rpc(<<"rpc_call">>, M, F, G);
+%% Hooks reach code in other workers and in the node (pyport_hooks).
+request(<<"hook">>, _, _G) -> {refused, <<"hooks (they need grants => all)">>};
 request(Op, _Args, _G) ->
     %% An unknown operation, or known with the wrong arguments: nothing is
     %% reached, and pyport_callback answers what is wrong with it.

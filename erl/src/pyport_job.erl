@@ -67,8 +67,11 @@ run(Pool, Job) ->
 run(#{name := Pool, opts := Opts} = Info, Fields, CallTimeout) ->
     case pyport_pool:pick(Info) of
         {ok, Slot, Pid} ->
+            Start = erlang:monotonic_time(),
+            pyport_telemetry:job_start(Pool, Slot, Start),
             Reply = pyport_request:call({slot, Pool, Slot}, ?CALL, Fields, CallTimeout),
             Result = map_reply(Reply, Opts),
+            pyport_telemetry:job_stop(Pool, Slot, Start, Result),
             after_job(Result, Pid),
             Result;
         {error, _} = Error ->

@@ -32,11 +32,13 @@
 
 -type iovec() :: erlang:iovec().
 -type where() :: #{pool := pyport_config:pool_name(), slot := pos_integer(),
-                   call_timeout := timeout()}.
+                   call_timeout := timeout(), output := logger | caller}.
 
 %% Frame kinds (proto/PROTOCOL.md).
 -define(CALL, 1).
 -define(CAST, 2).
+-define(EVAL, 3).
+-define(EXEC, 4).
 -define(RESULT, 16).
 -define(ERROR, 17).
 
@@ -55,7 +57,9 @@
                       | {shard, pyport_config:pool_name(), term()}.
 -type target() :: local_target()
                 | {node, node(), local_target()}
-                | {cluster, pyport_config:pool_name()}.
+                | {cluster, pyport_config:pool_name()}
+                %% A call's own `output' option (pyport_output).
+                | {output, logger | caller, target()}.
 -type deadline() :: integer() | infinity.
 %% A request in flight (from {@link start/4}) or one that failed before it
 %% could be sent.
@@ -68,6 +72,11 @@
 %% @doc Sends a request and waits for its answer. `Timeout' `default' means
 %% the pool's `call_timeout'.
 -spec call(target(), pos_integer(), [term()], timeout() | default) -> result().
+call({output, _, _} = Target, Kind, Fields, Timeout) ->
+    case output_target(Target) of
+        {output, _, _} = Local -> call_local(Local, Kind, Fields, Timeout);
+        Other -> call(Other, Kind, Fields, Timeout)
+    end;
 call({node, Node, Target}, Kind, Fields, Timeout) when Node =/= node() ->
     pyport_cluster:call(Node, Target, Kind, Fields, Timeout);
 call({cluster, Pool}, Kind, Fields, Timeout) ->
@@ -76,35 +85,67 @@ call({cluster, Pool}, Kind, Fields, Timeout) ->
         {error, _} = Error -> Error
     end;
 call(Target, Kind, Fields, Timeout) ->
+    call_local(Target, Kind, Fields, Timeout).
+
+call_local(Target, Kind, Fields, Timeout) ->
     %% The handle never leaves this function: no owner or await checks.
-    case start_untracked(Target, Kind, Fields, Timeout) of
-        {pyport_call_failed, Reason} -> {error, Reason};
-        {pyport_call, _, Deadline, _, _, _, _, _} = Handle -> wait(Handle, remaining(Deadline))
+    Start = erlang:monotonic_time(),
+    case start_untracked(Target, Kind, Fields, Timeout, Start) of
+        {pyport_call_failed, Reason} ->
+            {error, Reason};
+        {pyport_call, _, Deadline, Pool, Slot, _, _, _} = Handle ->
+            observed(Pool, Slot, what(Kind, Fields), Start, wait(Handle, remaining(Deadline)))
     end.
+
+%% What a request is, for stats and telemetry: user code (call, eval,
+%% exec) is observed; CONTROL (py:gc, memory stats ...) is not.
+what(Kind, [Module, Function | _]) when Kind =:= ?CALL -> {Kind, [Module, Function]};
+what(Kind, _Fields) when Kind =:= ?EVAL; Kind =:= ?EXEC -> {Kind, []};
+what(_Kind, _Fields) -> none.
+
+%% Counts a finished request (pyport_stats) and emits its telemetry stop
+%% or exception event; returns its result.
+observed(_Pool, _Slot, none, _Start, Result) ->
+    Result;
+observed(Pool, Slot, {Kind, Fields}, Start, Result) ->
+    pyport_stats:call_done(Pool, Slot, Result, erlang:monotonic_time() - Start),
+    pyport_telemetry:call_stop(Pool, Slot, Kind, Fields, Start, Result),
+    Result.
 
 %% @doc Sends a request and returns at once; {@link await/1} or {@link await/2} collects the
 %% answer, once, in the same process.
 -spec start(target(), pos_integer(), [term()], timeout() | default) -> handle().
 start(Target, Kind, Fields, Timeout) ->
-    Handle = start_untracked(Target, Kind, Fields, Timeout),
+    Start = erlang:monotonic_time(),
+    Handle = start_untracked(Target, Kind, Fields, Timeout, Start),
     case handle_key(Handle) of
         none -> ok;
-        Key -> put(Key, pending)
+        %% What await/1,2 needs to count the call when it ends.
+        Key -> put(Key, {pending, what(Kind, Fields), Start})
     end,
     Handle.
 
-start_untracked({node, Node, Target}, Kind, Fields, Timeout) when Node =/= node() ->
+start_untracked({output, _, _} = Target0, Kind, Fields, Timeout, Start) ->
+    case output_target(Target0) of
+        {output, _, _} = Local -> start_local(Local, Kind, Fields, Timeout, Start);
+        Other -> start_untracked(Other, Kind, Fields, Timeout, Start)
+    end;
+start_untracked({node, Node, Target}, Kind, Fields, Timeout, _Start) when Node =/= node() ->
     pyport_cluster:start(Node, Target, Kind, Fields, Timeout);
-start_untracked({node, _Local, Target}, Kind, Fields, Timeout) ->
-    start_untracked(Target, Kind, Fields, Timeout);
-start_untracked({cluster, Pool}, Kind, Fields, Timeout) ->
+start_untracked({node, _Local, Target}, Kind, Fields, Timeout, Start) ->
+    start_untracked(Target, Kind, Fields, Timeout, Start);
+start_untracked({cluster, Pool}, Kind, Fields, Timeout, Start) ->
     case pyport_cluster:pick_node(Pool) of
-        {ok, Node} -> start_untracked({node, Node, {pool, Pool}}, Kind, Fields, Timeout);
+        {ok, Node} -> start_untracked({node, Node, {pool, Pool}}, Kind, Fields, Timeout, Start);
         {error, Reason} -> {pyport_call_failed, Reason}
     end;
-start_untracked(Target, Kind, Fields, Timeout0) ->
+start_untracked(Target, Kind, Fields, Timeout, Start) ->
+    start_local(Target, Kind, Fields, Timeout, Start).
+
+start_local(Target0, Kind, Fields, Timeout0, Start) ->
+    {Output, Target} = output_of(Target0),
     Sent = send(Target, {Kind, Fields},
-                fun(Pid, Id, Frame, #{pool := Pool, slot := Slot, call_timeout := CallTimeout}) ->
+                fun(Pid, Id, Frame, #{pool := Pool, slot := Slot, call_timeout := CallTimeout} = Where) ->
                         Timeout = case Timeout0 of
                                       default -> CallTimeout;
                                       _ -> Timeout0
@@ -112,24 +153,49 @@ start_untracked(Target, Kind, Fields, Timeout0) ->
                         Deadline = deadline(Timeout),
                         %% A one-shot alias, not yet a monitor: see await/2.
                         Alias = erlang:alias([reply]),
+                        _ = case Where of
+                                #{output := caller} ->
+                                    %% Ahead of the request: the owner
+                                    %% knows where its first line goes.
+                                    Pid ! {'$pyport_output', Id, group_leader()};
+                                #{} ->
+                                    ok
+                            end,
                         Pid ! {'$pyport', Alias, Id, Deadline, Frame},
+                        case what(Kind, Fields) of
+                            none -> ok;
+                            {K, F} -> pyport_telemetry:call_start(Pool, Slot, K, F, Start)
+                        end,
                         {pyport_call, Alias, Deadline, Pool, Slot, Pid, Id, self()}
-                end),
+                end, Output),
     case Sent of
         {error, Reason} -> {pyport_call_failed, Reason};
         Handle -> Handle
     end.
+
+%% A call's own `output' option, if it has one (`default': the pool's).
+output_of({output, Output, Target}) -> {Output, Target};
+output_of(Target) -> {default, Target}.
+
+%% The `output' option stays with a target on this node only: a worker of
+%% another node has no way to this caller's group leader.
+output_target({output, Output, {node, Node, Target}}) when Node =:= node() ->
+    output_target({output, Output, Target});
+output_target({output, _, {Local, _}} = Target) when Local =:= pool -> Target;
+output_target({output, _, {Local, _, _}} = Target) when Local =:= slot; Local =:= shard -> Target;
+output_target({output, _, Target}) -> Target.
 
 %% Counts the request into its slot (the worker counts it out when it is
 %% finished), unless the slot is at the pool's max_inflight. Counting first
 %% and checking after means concurrent callers never overshoot the limit.
 admit(#{counters := C, max_inflight := infinity}, Slot) ->
     counters:add(C, Slot, 1);
-admit(#{counters := C, max_inflight := Max}, Slot) ->
+admit(#{counters := C, max_inflight := Max, name := Pool}, Slot) ->
     counters:add(C, Slot, 1),
     case counters:get(C, Slot) > Max of
         true ->
             counters:sub(C, Slot, 1),
+            pyport_stats:rejected(Pool, Slot, overloaded),
             {error, overloaded};
         false ->
             ok
@@ -143,10 +209,12 @@ start_failed(Reason) ->
 
 %% @doc Waits for the answer until the request's own deadline.
 -spec await(handle()) -> result().
-await({pyport_call, _, Deadline, _, _, _, _, _} = Handle) ->
-    claimed(Handle, fun() -> wait(Handle, remaining(Deadline)) end);
+await({pyport_call, _, Deadline, Pool, Slot, _, _, _} = Handle) ->
+    claimed(Handle, fun(What, Start) ->
+                            observed(Pool, Slot, What, Start, wait(Handle, remaining(Deadline)))
+                    end);
 await({pyport_remote, _, _, _, _} = Handle) ->
-    claimed(Handle, fun() -> pyport_cluster:await(Handle, deadline) end);
+    claimed(Handle, fun(_, _) -> pyport_cluster:await(Handle, deadline) end);
 await({pyport_call_failed, Reason}) ->
     {error, Reason}.
 
@@ -154,10 +222,12 @@ await({pyport_call_failed, Reason}) ->
 %% the request is abandoned: its answer can no longer arrive, and the
 %% worker interrupts it.
 -spec await(handle(), timeout()) -> result().
-await({pyport_call, _, _, _, _, _, _, _} = Handle, Timeout) ->
-    claimed(Handle, fun() -> wait(Handle, Timeout) end);
+await({pyport_call, _, _, Pool, Slot, _, _, _} = Handle, Timeout) ->
+    claimed(Handle, fun(What, Start) ->
+                            observed(Pool, Slot, What, Start, wait(Handle, Timeout))
+                    end);
 await({pyport_remote, _, _, _, _} = Handle, Timeout) ->
-    claimed(Handle, fun() -> pyport_cluster:await(Handle, Timeout) end);
+    claimed(Handle, fun(_, _) -> pyport_cluster:await(Handle, Timeout) end);
 await({pyport_call_failed, Reason}, _Timeout) ->
     {error, Reason}.
 
@@ -165,7 +235,7 @@ await({pyport_call_failed, Reason}, _Timeout) ->
 %% owner's process dictionary goes with the first await.
 claimed(Handle, Wait) ->
     case claim(handle_owner(Handle), handle_key(Handle)) of
-        ok -> Wait();
+        {ok, What, Start} -> Wait(What, Start);
         {error, _} = Error -> Error
     end.
 
@@ -175,7 +245,7 @@ claim(Owner, _Key) when Owner =/= self() ->
     {error, not_owner};
 claim(_Owner, Key) ->
     case erase(Key) of
-        pending -> ok;
+        {pending, What, Start} -> {ok, What, Start};
         undefined -> {error, already_awaited}
     end.
 
@@ -264,6 +334,9 @@ interrupt({pyport_remote, _, _, _, _}) ->
 %% carries a fresh id: the worker refuses id 0 for it, and an error about
 %% the frame itself then names the id (the owner drops it, as nobody waits).
 -spec cast(target(), [term()]) -> ok | {error, term()}.
+cast({output, _Output, Target}, Fields) ->
+    %% Nobody waits for a cast: its output goes to the log.
+    cast(Target, Fields);
 cast({node, Node, Target}, Fields) when Node =/= node() ->
     pyport_cluster:cast(Node, Target, Fields);
 cast({node, _Local, Target}, Fields) ->
@@ -274,8 +347,8 @@ cast({cluster, Pool}, Fields) ->
         {error, _} = Error -> Error
     end;
 cast(Target, Fields) ->
-    case prepare(Target, ?CAST, erlang:unique_integer([positive]), Fields) of
-        {ok, _Pool, Info, Frame} ->
+    case prepare(Target, ?CAST, erlang:unique_integer([positive]), Fields, logger) of
+        {ok, _Pool, Info, Frame, _} ->
             case route(Target, Info) of
                 {ok, _Slot, Pid} ->
                     Pid ! {'$pyport_cast', Frame},
@@ -291,10 +364,19 @@ cast(Target, Fields) ->
 %%% Internals
 %%%===================================================================
 
-prepare(Target, Kind, Id, Fields) ->
+prepare(Target, Kind0, Id, Fields0, Output0) ->
     Pool = pool_of(Target),
     case pyport_pool:info(Pool) of
-        {ok, #{max_frame_size := Max} = Info} ->
+        {ok, #{max_frame_size := Max, opts := Opts} = Info} ->
+            Output = case Output0 of
+                         _ when Kind0 =/= ?CALL -> logger;     % eval, exec, control
+                         default -> maps:get(output, Opts, logger);
+                         _ -> Output0
+                     end,
+            {Kind, Fields} = case Output of
+                                 caller -> pyport_output:call_fields(Id, Kind0, Fields0);
+                                 logger -> {Kind0, Fields0}
+                             end,
             try pyport_codec:encode_frame(Kind, Id, Fields) of
                 Iodata ->
                     %% A few binaries instead of a deep iolist: the message to
@@ -303,7 +385,7 @@ prepare(Target, Kind, Id, Fields) ->
                     Frame = erlang:iolist_to_iovec(Iodata),
                     case iolist_size(Frame) of
                         Size when Size > Max -> {error, {frame_too_large, Size, Max}};
-                        _ -> {ok, Pool, Info, Frame}
+                        _ -> {ok, Pool, Info, Frame, Output}
                     end
             catch
                 error:{unsupported_term, T} -> {error, {unsupported_term, T}}
@@ -335,15 +417,22 @@ route({shard, Pool, Key}, #{size := Size} = Info) ->
 -spec send(target(), {pos_integer(), [term()]},
            fun((pid(), pos_integer(), iovec(), where()) -> Result)) ->
           Result | {error, term()}.
-send(Target, {Kind, Fields}, Send) ->
+send({output, _Output, Target}, Request, Send) ->
+    %% Tasks and streams answer through their owner: their output is logged.
+    send(Target, Request, Send, logger);
+send(Target, Request, Send) ->
+    send(Target, Request, Send, logger).
+
+%% `Output': the call's own output option, `default' for the pool's.
+send(Target, {Kind, Fields}, Send, Output0) ->
     Id = erlang:unique_integer([positive]),
-    case prepare(Target, Kind, Id, Fields) of
-        {ok, Pool, Info, Frame} ->
+    case prepare(Target, Kind, Id, Fields, Output0) of
+        {ok, Pool, Info, Frame, Output} ->
             case route(Target, Info) of
                 {ok, Slot, Pid} ->
                     case admit(Info, Slot) of
                         ok ->
-                            Send(Pid, Id, Frame, #{pool => Pool, slot => Slot,
+                            Send(Pid, Id, Frame, #{pool => Pool, slot => Slot, output => Output,
                                                    call_timeout => maps:get(call_timeout, Info)});
                         {error, _} = Error ->
                             Error

@@ -19,6 +19,8 @@
 
 -export([start_link/0, store/2, fetch/1, remove/1, keys/0, keys/1, clear/0,
          incr/2, get_multi/1, max_entries/0]).
+%% For hornbeam_state: the keys found, many at once, the size.
+-export([fetch_found/1, store_multi/1, size/0]).
 -export([init/1, handle_call/3, handle_cast/2]).
 
 -define(TAB, pyport_state).
@@ -51,6 +53,40 @@ fetch(Key) ->
 -spec get_multi([term()]) -> [term()].
 get_multi(Keys) ->
     [case ets:lookup(?TAB, K) of [{_, V}] -> V; [] -> undefined end || K <- Keys].
+
+%% @doc The keys of `Keys' that hold a value, with their values.
+-spec fetch_found([term()]) -> #{term() => term()}.
+fetch_found(Keys) ->
+    lists:foldl(fun(K, Acc) ->
+                        case ets:lookup(?TAB, K) of
+                            [{_, V}] -> Acc#{K => V};
+                            [] -> Acc
+                        end
+                end, #{}, Keys).
+
+%% @doc Stores every `{Key, Value}' at once; none if the new keys among them
+%% do not fit under `max_state_entries'.
+-spec store_multi([{term(), term()}]) -> ok | {error, {state_full, pos_integer()}}.
+store_multi(Pairs) when is_list(Pairs) ->
+    New = length(lists:usort([K || {K, _} <- Pairs, not ets:member(?TAB, K)])),
+    case max_entries() of
+        Max when is_integer(Max), New > 0 ->
+            case ets:info(?TAB, size) + New =< Max of
+                true -> insert(Pairs);
+                false -> {error, {state_full, Max}}
+            end;
+        _ ->
+            insert(Pairs)
+    end.
+
+insert(Pairs) ->
+    true = ets:insert(?TAB, [{K, V} || {K, V} <- Pairs]),
+    ok.
+
+%% @doc How many keys the table holds.
+-spec size() -> non_neg_integer().
+size() ->
+    ets:info(?TAB, size).
 
 %% @doc Removes `Key'.
 -spec remove(term()) -> ok.

@@ -4,7 +4,8 @@
 %% those after it, which rely on it): `pyport_reaper' (ends the OS process
 %% tree of every worker whose port closes; first, so that no worker runs
 %% unwatched), `pyport_state' (the shared state and
-%% traces tables), `pyport_registry' (Erlang functions Python may call), the
+%% traces tables), `pyport_registry' (Erlang functions Python may call),
+%% `pyport_hooks' (hooks by app path, see {@link pyport_hooks}), the
 %% `pg' scope `pyport' (cluster-wide pool membership and pub/sub topics),
 %% then `pyport_pools_sup' (every pool). The supervisor process owns the
 %% table of requests in flight to other nodes (see {@link pyport_cluster}).
@@ -27,10 +28,11 @@ init(Pools) ->
     Reaper = #{id => pyport_reaper, start => {pyport_reaper, start_link, []}},
     State = #{id => pyport_state, start => {pyport_state, start_link, []}},
     Registry = #{id => pyport_registry, start => {pyport_registry, start_link, []}},
+    Hooks = #{id => pyport_hooks, start => {pyport_hooks, start_link, []}},
     Pg = #{id => pg,
            start => {pg, start_link, [pyport_cluster:scope()]}},
     PoolsSup = #{id => pyport_pools_sup,
                  start => {pyport_pools_sup, start_link, [Pools]},
                  type => supervisor,
                  shutdown => infinity},
-    {ok, {Flags, [Reaper, State, Registry, Pg, PoolsSup]}}.
+    {ok, {Flags, [Reaper, State, Registry, Hooks, Pg, PoolsSup]}}.

@@ -264,11 +264,21 @@ exit_detail(Status) ->
 %% @private
 -spec init({pyport_config:pool_name(), pos_integer(), pyport_config:pool_opts()}) ->
           {ok, #state{}} | {stop, term()}.
-init({Pool, Slot, Opts}) ->
+init({Pool, Slot, Opts0}) ->
     %% terminate/2 must run on shutdown: it stops the OS process.
     process_flag(trap_exit, true),
+    %% The slot's own environment (pyport_slot_env), for all its OS processes.
+    case pyport_slot_env:resolve(maps:get(env, Opts0, []), Slot) of
+        {ok, Env} -> init(Pool, Slot, Opts0#{env => Env});
+        {error, Why} -> {stop, {worker_start_failed, Why}}
+    end.
+
+%% Named init too: pyport:worker_info/1 tells a gen_server starting its
+%% first OS process by pyport_worker:init in its stack.
+init(Pool, Slot, Opts) ->
     case pyport_pool:info(Pool) of
         {ok, #{tab := Tab} = Info} ->
+            pyport_stats:attach(Info, Slot),
             %% Registered at once: requests routed here meanwhile wait in
             %% the mailbox instead of going to the dead pid of a previous
             %% gen_server of this slot. Those sent to it died with it: the
@@ -339,6 +349,12 @@ handle_cast(_Msg, State) ->
 -spec handle_info(term(), #state{}) -> {noreply, #state{}} | {stop, term(), #state{}}.
 handle_info({'$pyport', Alias, Id, Deadline, Frame}, State) ->
     {noreply, request(Alias, Id, Deadline, Frame, State)};
+handle_info({'$pyport_output', Id, GroupLeader}, State) ->
+    pyport_output:expect(Id, GroupLeader),
+    {noreply, State};
+handle_info({io_reply, _, _}, State) ->
+    %% A group leader took a line of pyport_output's: nothing waits for it.
+    {noreply, State};
 handle_info({'$pyport_cast', Frame}, #state{status = up, port = Port, kill_timers = Timers} = State)
   when map_size(Timers) =:= 0 ->
     send_request(Port, Frame, State),
@@ -431,6 +447,7 @@ handle_info({timeout, Timer, recycle_kill}, #state{start_timer = Timer, status =
 handle_info(purge, State0) ->
     schedule_purge(),
     State = purge_expired(State0),
+    pyport_output:retain(fun(Id) -> pending_for_caller(Id, State) end),
     Check = pyport_inflight:check(State#state.info, State#state.slot, held(State),
                                   State#state.inflight_check),
     {noreply, State#state{inflight_check = Check}};
@@ -703,6 +720,7 @@ interrupt(Id, #state{pending = Pending, kill_timers = Timers, port = Port} = Sta
     case is_map_key(Id, Pending) andalso not is_map_key(Id, Timers) of
         true ->
             _ = send_frame(Port, pyport_codec:encode_frame(?INTERRUPT, Id, [])),
+            pyport_stats:interrupted(State#state.pool, State#state.slot),
             Timer = case State#state.opts of
                         #{kill_after := infinity} -> undefined;
                         #{kill_after := Ms} -> erlang:start_timer(Ms, self(), {kill, Id})
@@ -783,6 +801,7 @@ fail_all_pending(Detail, #state{pending = Pending, kill_timers = Timers} = State
     Reply = {error, {worker_exited, Detail}},
     maps:foreach(fun(_Id, Entry) -> finish_entry(Entry, Reply, State) end, Pending),
     maps:foreach(fun(_Id, Timer) -> cancel_timer(Timer) end, Timers),
+    pyport_output:retain(fun(Id) -> not is_map_key(Id, Pending) end),
     State#state{pending = #{}, kill_timers = #{}, internal = #{}}.
 
 %%%===================================================================
@@ -902,6 +921,10 @@ frame(?NOTIFY, 0, 2, <<16#a3, "log", _/binary>> = Rest, #state{log = Log} = Stat
         {true, Log1} -> notify(Rest, State#state{log = Log1});
         {false, Log1} -> {noreply, State#state{log = Log1}}
     end;
+frame(?NOTIFY, 0, 2, <<16#a6, "output", _/binary>> = Rest, #state{log = Log} = State) ->
+    %% A line a call printed for its caller's group leader (pyport_output).
+    InFlight = fun(Id) -> is_map_key(Id, State#state.pending) end,
+    {noreply, State#state{log = pyport_output:notify(Rest, {InFlight, metadata(State)}, Log)}};
 frame(?NOTIFY, 0, 2, Rest, State) ->
     notify(Rest, State);
 frame(?SCHEDULE, Id, 2, Rest, State) when Id > 0 ->
@@ -951,6 +974,7 @@ answer(Id, Reply, State0) ->
             end,
     case maps:take(Id, State#state.pending) of
         {Entry, Rest} ->
+            pyport_output:forget(Id),
             answer_entry(Id, Entry, Reply, State),
             after_answer(State#state{pending = Rest, served = State#state.served + 1,
                                      answered_here = State#state.answered_here + 1});
@@ -1033,6 +1057,11 @@ after_answer(#state{status = draining} = State) ->
     {noreply, maybe_drained(State)};
 after_answer(State) ->
     {noreply, State}.
+
+%% The telemetry event of an OS process ready (pyport_telemetry).
+observe_ready(#state{pool = Pool, slot = Slot, os_pid = OsPid, spawned_at = Spawned,
+                     python_version = Version}) ->
+    pyport_telemetry:worker_ready(Pool, Slot, OsPid, Version, now_ms() - Spawned).
 
 metadata(#state{pool = Pool, slot = Slot, os_pid = OsPid}) ->
     #{pyport_pool => Pool, pyport_slot => Slot, os_pid => OsPid, domain => [pyport]}.
@@ -1304,10 +1333,12 @@ initialize(#state{opts = #{imports := Imports0, init_code := Code} = Opts} = Sta
 
 ready(#state{first = true} = State) ->
     %% init/1 publishes the worker.
+    observe_ready(State),
     apply_logging(State#state.port),
     cancel_timer(State#state.start_timer),
     {noreply, State#state{status = up, start_timer = undefined, start_failures = 0}};
 ready(State0) ->
+    observe_ready(State0),
     apply_logging(State0#state.port),
     cancel_timer(State0#state.start_timer),
     ?LOG_INFO("pyport worker ~tp/~b: OS process ~b up (Python ~ts)",
@@ -1364,6 +1395,12 @@ os_process_died(Detail0, #state{status = Status, spawned_at = Spawned} = State0)
                          start_timer = undefined, restarts = State1#state.restarts + 1},
     pyport_pool:set_available(State#state.info, State#state.slot, false),
     Uptime = now_ms() - Spawned,
+    %% Counted, and a telemetry event (pyport_stats).
+    pyport_stats:os_process_ended(State#state.pool, State#state.slot, State#state.os_pid, Uptime,
+                                  case Status of
+                                      recycling -> {recycled, State#state.recycle_reason};
+                                      _ -> {exited, Detail}
+                                  end),
     if
         Status =:= recycling ->
             ?LOG_INFO("pyport worker ~tp/~b: OS process ~tp recycled (~tp)",

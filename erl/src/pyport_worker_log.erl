@@ -18,6 +18,8 @@
 
 -export([new/1, admit/2, log_frame/3, error_frame/3, report/5, note/3, default_rate/0,
          validate_rate/1]).
+%% For output sent to a caller's group leader (pyport_output).
+-export([admit_line/2, cut/2, emit/3]).
 
 -export_type([state/0, rate/0]).
 
@@ -161,6 +163,39 @@ note({timeout, Timer, log_note}, Meta, #log{note_timer = Timer} = Log) ->
 note(_Stale, _Meta, Log) ->
     Log.
 
+%% @doc {@link admit/2}, and the most bytes of the line that may be
+%% passed on (the bucket's size: see if_admitted/3).
+-spec admit_line(non_neg_integer(), state()) ->
+          {true, pos_integer() | infinity, state()} | {false, state()}.
+admit_line(Bytes, Log0) ->
+    case admit(Bytes, Log0) of
+        {true, #log{rate = infinity} = Log} -> {true, infinity, Log};
+        {true, #log{rate = Rate} = Log} -> {true, trunc(capacity(Rate, bytes)), Log};
+        {false, Log} -> {false, Log}
+    end.
+
+%% @doc A line logged like the worker's stdout (already admitted).
+-spec emit(logger:level(), unicode:chardata(), logger:metadata()) -> ok.
+emit(Level, Text, Meta) ->
+    ?WLOG(Level, "~ts", [Text], Meta#{domain => [pyport, python]}),
+    ok.
+
+%% @doc `Text' cut to `Max' bytes, saying how much was cut.
+-spec cut(binary(), pos_integer() | infinity) -> unicode:chardata().
+cut(Text, Max) when is_integer(Max), byte_size(Text) > Max ->
+    Keep = char_start(Text, Max, 3),
+    [binary:part(Text, 0, Keep), io_lib:format(" ... (~b bytes cut)", [byte_size(Text) - Keep])];
+cut(Text, _Max) ->
+    Text.
+
+%% Cut before a UTF-8 character, not inside it (a group leader refuses
+%% broken UTF-8); at most 3 bytes back, as in valid UTF-8.
+char_start(Text, N, Back) when N > 0, Back > 0, binary_part(Text, N, 1) >= <<16#80>>,
+                                binary_part(Text, N, 1) < <<16#C0>> ->
+    char_start(Text, N - 1, Back - 1);
+char_start(_Text, N, _Back) ->
+    N.
+
 %%%===================================================================
 %%% Internals
 %%%===================================================================
@@ -179,11 +214,6 @@ if_admitted(Bytes, Log0, Emit) ->
         {false, Log} ->
             Log
     end.
-
-cut(Text, Max) when is_integer(Max), byte_size(Text) > Max ->
-    [binary:part(Text, 0, Max), io_lib:format(" ... (~b bytes cut)", [byte_size(Text) - Max])];
-cut(Text, _Max) ->
-    Text.
 
 %% What a hostile worker sent in place of a record: shown, bounded.
 undecodable(Kind, Other, Meta) ->
