@@ -247,12 +247,16 @@ class _Request:
             raise RuntimeError("http.response.body after the response ended")
         body = message.get("body", b"")
         more = message.get("more_body", False)
+        bodyless = self.no_body or self.method_head
+        if not bodyless and 0 <= self.length_left < len(body):
+            raise RuntimeError("response body longer than its content-length")
         head = self._head
         if head is not None:
             self._head = None
             if not more and self.length_left < 0 and not self.chunked_declared:
-                # The whole body at once: Content-Length rather than chunks.
-                if not self.no_body or self.method_head:
+                # The whole body at once: Content-Length rather than chunks
+                # (HEAD: the length the body would have had).
+                if not self.no_body:
                     head.append(b"content-length: %d\r\n" % len(body))
             elif self.length_left < 0 and not self.no_body:
                 if self.scope["http_version"] == "1.1":
@@ -263,17 +267,17 @@ class _Request:
             if not self.keep_alive:
                 head.append(b"connection: close\r\n")
             head.append(b"\r\n")
-            if body and not self.no_body and not self.method_head:
+            if body and not bodyless:
                 if self.chunked:
                     head.append(b"%x\r\n" % len(body))
                     head.append(body)
                     head.append(b"\r\n")
                 else:
                     head.append(body)
-            if not more and self.chunked:
+            if not more and self.chunked and not bodyless:
                 head.append(b"0\r\n\r\n")
             conn.transport.write(b"".join(head))
-        elif not self.no_body and not self.method_head:
+        elif not bodyless:
             if self.chunked:
                 if body:
                     conn.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
@@ -281,11 +285,8 @@ class _Request:
                     conn.transport.write(b"0\r\n\r\n")
             elif body:
                 conn.transport.write(body)
-        if not self.no_body and not self.method_head and self.length_left >= 0:
+        if not bodyless and self.length_left >= 0:
             self.length_left -= len(body)
-            if self.length_left < 0:
-                # More than its Content-Length: the connection cannot go on.
-                self.keep_alive = False
         if not more:
             self.complete = True
             if self.length_left > 0:
@@ -321,17 +322,22 @@ class _Request:
                 self.conn.request_done(self)
                 return
             log.exception("ASGI app failed on %s %s", self.scope["method"], self.scope["path"])
-            if not self.started and not self.conn.lost:
+            if (not self.started or self._head is not None) and not self.conn.lost:
+                # Nothing written yet (a started response's head waits for
+                # its first body): the failure can still be a 500.
                 self.started = True
+                self._head = None
                 self.conn.transport.write(_error_response(500, "the application failed"))
                 self.complete = True
             self.keep_alive = False
         else:
             if self.broken and not self.started:
                 self._answer_broken()
-            elif not self.started and not self.conn.lost:
+            elif (not self.started or self._head is not None) and not self.conn.lost:
                 log.error("ASGI app returned without a response on %s %s",
                           self.scope["method"], self.scope["path"])
+                self.started = True
+                self._head = None
                 self.conn.transport.write(_error_response(500, "the application sent no response"))
                 self.keep_alive = False
                 self.complete = True

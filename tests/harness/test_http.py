@@ -370,9 +370,22 @@ def test_app_exception_is_500_with_traceback_logged(serve):
     assert s.get("/stream?n=1")[0] == 200  # the worker serves on
 
 
-def test_no_response_is_500(serve):
+@pytest.mark.parametrize("path", ["/none", "/start-only", "/start-then-fail", "/too-long"])
+def test_no_valid_response_is_500(serve, path):
+    # No response, a start without a body, a failure after the start but
+    # before any body, a body longer than its Content-Length: nothing was
+    # written yet, so the client gets a 500 (and the connection closes).
     s = serve()
-    assert s.get("/none")[0] == 500
+    out = raw_exchange(s, b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+    assert status_of(out) == 500 and out.count(b"HTTP/1.1") == 1
+    assert b"abcdef" not in out
+
+
+def test_head_of_a_chunked_response_has_no_body(serve):
+    s = serve()
+    out = raw_exchange(s, b"HEAD /head-chunked HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert status_of(out) == 200 and b"transfer-encoding: chunked" in out.lower()
+    assert out.index(b"\r\n\r\n") + 4 == len(out), out  # nothing after the head
 
 
 def test_failure_after_the_response_started_cuts_the_connection(serve):

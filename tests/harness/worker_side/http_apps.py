@@ -129,6 +129,19 @@ async def app(scope, receive, send):
         await send({"type": "http.response.body", "body": b"body-not-sent"})
     elif path == "/none":
         return
+    elif path == "/start-only":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+    elif path == "/start-then-fail":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("failed between start and body")
+    elif path == "/too-long":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"3")]})
+        await send({"type": "http.response.body", "body": b"abcdef"})
+    elif path == "/head-chunked":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"transfer-encoding", b"chunked")]})
+        await send({"type": "http.response.body", "body": b"abc"})
     elif path == "/cookies":
         await _reply(send, 200, b"c", [(b"set-cookie", b"a=1"), (b"set-cookie", b"b=2")])
     elif path == "/sleep":
