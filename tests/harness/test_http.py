@@ -1,6 +1,7 @@
 """The HTTP server of HTTP pools (erlang._http on _pyport_http, docs/http.md),
 driven directly: a worker runs erlang._http.start() as an HTTP pool's init
 code does, and clients talk to it with http.client and raw sockets."""
+import ast
 import http.client
 import json
 import socket
@@ -517,3 +518,94 @@ def test_app_errors_name_the_app(spawn, app, message):
     with pytest.raises(pyport_proto.RemoteError) as e:
         w.exec(f"import erlang._http\nerlang._http.start({app!r}, '127.0.0.1:{free_port()}', {{}})")
     assert message in str(e.value)
+
+
+# -- the parser alone ----------------------------------------------------------------
+
+SPLIT_CORPUS = (
+    b"POST /a%20b?x=1 HTTP/1.1\r\nHost: h\r\nX-Long-Header-Name: some value  \r\n"
+    b"Content-Length: 5\r\n\r\nhello"
+    b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\nX-A: 2\r\n\r\n"
+    b"3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n"
+    b"GET http://example.com/abs/path?q=%41 HTTP/1.1\r\nHost: example.com\r\n\r\n"
+    b"GET / HTTP/1.0\r\n\r\n"
+)
+
+
+def test_parser_gives_the_same_events_however_the_bytes_are_split(worker):
+    # Requests split anywhere (one byte at a time, then in 7-byte pieces)
+    # parse to the same events as in one piece: callbacks that span reads
+    # are joined.
+    code = f"""
+import _pyport_http
+data = {SPLIT_CORPUS!r}
+
+def run(step):
+    p = _pyport_http.Parser()
+    events = []
+    for i in range(0, len(data), step):
+        events += p.feed(data[i:i + step])
+    merged = []
+    for e in events:
+        if e[0] == _pyport_http.BODY and merged and merged[-1][0] == _pyport_http.BODY:
+            merged[-1] = (e[0], merged[-1][1] + e[1])
+        else:
+            merged.append(e)
+    return merged
+
+whole = run(len(data))
+"""
+    worker.exec(code)
+    whole = ast.literal_eval(worker.eval("repr(whole)"))  # bytes stay bytes
+    assert worker.eval("run(1) == whole and run(7) == whole") is True
+    heads = [e for e in whole if e[0] == 0]
+    assert [(h[1], h[2], h[3], h[4]) for h in heads] == [
+        ("POST", "/a b", b"/a%20b", b"x=1"),
+        ("POST", "/c", b"/c", b""),
+        ("GET", "/abs/path", b"/abs/path", b"q=%41"),
+        ("GET", "/", b"/", b""),
+    ]
+    assert heads[0][5] == [(b"host", b"h"), (b"x-long-header-name", b"some value"),
+                           (b"content-length", b"5")]
+    assert heads[1][5][1:] == [(b"x-a", b"1"), (b"x-a", b"2")]
+    assert [h[6] for h in heads] == ["1.1", "1.1", "1.1", "1.0"]
+    assert [h[7] for h in heads] == [True, True, True, False]  # keep-alive
+    assert [h[9] for h in heads] == [5, -1, -1, -1]  # content length
+    bodies = [e[1] for e in whole if e[0] == 1]
+    assert bodies == [b"hello", b"abc0123456789abcdef"]
+    assert sum(1 for e in whole if e[0] == 2) == 4
+
+
+def test_large_upload_and_download_keep_the_worker_small(serve):
+    # 200 MB up and 200 MB down on one connection: the worker's RSS grows by
+    # far less (bodies stream through bounded buffers).
+    s = serve(max_body=0)
+    pid = s.worker.hello.os_pid
+
+    def rss():
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) * 1024
+
+    before = rss()
+    size = 200 << 20
+    with s.sock(timeout=60) as sock:
+        sock.sendall(b"POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+        chunk = b"z" * (1 << 20)
+        for _ in range(size >> 20):
+            sock.sendall(chunk)
+        rd = Reader(sock)
+        status, _, body = rd.response()
+        assert (status, body) == (200, str(size).encode())
+        sock.sendall(b"GET /big?size=%d HTTP/1.1\r\nHost: x\r\n\r\n" % size)
+        line = rd.f.readline()
+        assert line.startswith(b"HTTP/1.1 200")
+        while rd.f.readline() != CRLF:
+            pass
+        got = 0
+        while got < size:
+            b = rd.f.read1(1 << 20)
+            assert b
+            got += len(b)
+    assert got == size
+    grown = rss() - before
+    assert grown < 64 << 20, grown

@@ -127,6 +127,17 @@ async def app(scope, receive, send):
         code = int(scope["query_string"].split(b"=")[1])
         await send({"type": "http.response.start", "status": code, "headers": []})
         await send({"type": "http.response.body", "body": b"body-not-sent"})
+    elif path == "/count":
+        # Reads the body, keeps only its length.
+        n = 0
+        while True:
+            m = await receive()
+            if m["type"] != "http.request":
+                return
+            n += len(m["body"])
+            if not m.get("more_body"):
+                break
+        await _reply(send, 200, str(n).encode())
     elif path == "/none":
         return
     elif path == "/start-only":
