@@ -25,7 +25,7 @@
 %% The server's own options, their defaults (`erlang._http.DEFAULTS' has
 %% the same) and checks; every other key is a pool option.
 -define(HTTP_KEYS, [app, bind, workers, max_request_line, max_headers, max_header_bytes,
-                    max_body, header_timeout, body_timeout, keepalive_timeout, backlog,
+                    max_body, header_timeout, body_timeout, keepalive_timeout, write_timeout, backlog,
                     root_path, lifespan]).
 
 -define(REGISTRY(Name), {?MODULE, Name}).
@@ -214,7 +214,8 @@ check_server(Name, [{K, N} | T], Acc)
         orelse K =:= max_body orelse K =:= backlog), is_integer(N), N >= 0, N < 1 bsl 40 ->
     check_server(Name, T, Acc#{K => N});
 check_server(Name, [{K, Ms} | T], Acc)
-  when (K =:= header_timeout orelse K =:= body_timeout orelse K =:= keepalive_timeout),
+  when (K =:= header_timeout orelse K =:= body_timeout orelse K =:= keepalive_timeout
+        orelse K =:= write_timeout),
        is_integer(Ms), Ms > 0, Ms =< 16#FFFFFFFF ->
     %% Milliseconds here, seconds in Python.
     check_server(Name, T, Acc#{K => {float, Ms / 1000}});

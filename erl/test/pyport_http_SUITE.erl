@@ -73,7 +73,10 @@ read_all(S, Acc) ->
 serve_info_stop(Config) ->
     Port = free_port(),
     Bind = "127.0.0.1:" ++ integer_to_list(Port),
+    Ports0 = length(erlang:ports()),
+    Procs0 = erlang:system_info(process_count),
     {ok, _} = pyport:start_http(web_a, opts(Config, #{bind => Bind, workers => 2})),
+    OsPids = [pyport_test_util:os_pid({web_a, S}) || S <- [1, 2]],
     {ok, 200, Pid} = get({127, 0, 0, 1}, Port, "/"),
     ?assert(binary_to_integer(Pid) > 0),
     {ok, Info} = pyport:http_info(web_a),
@@ -85,7 +88,13 @@ serve_info_stop(Config) ->
     ?assertEqual({error, {no_http, web_a}}, pyport:http_info(web_a)),
     ?assertEqual({error, {no_http, web_a}}, pyport:stop_http(web_a)),
     ?assertEqual({error, econnrefused}, get({127, 0, 0, 1}, Port, "/")),
-    ?assertNot(lists:member(web_a, pyport:pools())).
+    ?assertNot(lists:member(web_a, pyport:pools())),
+    %% Nothing left: ports, processes, OS processes.
+    pyport_test_util:wait_until(fun() -> length(erlang:ports()) =< Ports0 end),
+    pyport_test_util:wait_until(fun() -> erlang:system_info(process_count) =< Procs0 + 2 end),
+    pyport_test_util:wait_until(
+      fun() -> lists:all(fun(P) -> not filelib:is_dir("/proc/" ++ integer_to_list(P)) end, OsPids)
+      end).
 
 bind_forms(Config) ->
     %% A port number alone is 127.0.0.1:Port.

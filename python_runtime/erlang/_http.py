@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "header_timeout": 10.0,         # s to read a request head once it started (408)
     "body_timeout": 30.0,           # s the app waits for the next piece of body (408)
     "keepalive_timeout": 5.0,       # s an idle keep-alive connection stays open
+    "write_timeout": 30.0,          # s send() may wait for a client that does not read
     "backlog": 1024,
     "root_path": "",
     "lifespan": "auto",             # auto | on | off
@@ -469,7 +470,22 @@ class HttpConnection(asyncio.Protocol):
             return
         w = self.loop.create_future()
         self.drain_waiters.append(w)
-        await w
+        timer = self.loop.call_later(self.cfg["write_timeout"], self._write_timeout, w)
+        try:
+            await w
+        finally:
+            timer.cancel()
+        if self.lost:
+            raise ClientDisconnected("the client has disconnected")
+
+    def _write_timeout(self, waiter: asyncio.Future) -> None:
+        # A client that reads nothing for write_timeout: the connection is
+        # cut, the app's send() raises ClientDisconnected.
+        if not waiter.done() and not self.lost:
+            log.info("HTTP client %s read nothing for %ss: connection aborted", self.client,
+                     self.cfg["write_timeout"])
+            self.closing = True
+            self.transport.abort()
 
     # -- requests -----------------------------------------------------------
 

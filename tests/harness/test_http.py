@@ -455,6 +455,25 @@ def test_an_app_that_does_not_read_pauses_reading(serve):
     assert (status, body) == (200, str(size).encode())
 
 
+def test_a_client_that_does_not_read_is_cut_after_write_timeout(serve):
+    s = serve(write_timeout=0.5)
+    with s.sock(timeout=30) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(b"GET /flood HTTP/1.1\r\nHost: x\r\n\r\n")
+        # reads nothing: the app's send() blocks, then the server cuts
+        assert wait_for(lambda: "flood-raised" in events(s), 20), events(s)
+        got = b""
+        while True:
+            try:
+                b = sock.recv(1 << 20)
+            except ConnectionResetError:
+                break
+            if not b:
+                break
+            got += b
+    assert got.startswith(b"HTTP/1.1 200") and not got.endswith(b"0\r\n\r\n")
+
+
 # -- timeouts --------------------------------------------------------------------
 
 

@@ -100,6 +100,15 @@ async def app(scope, receive, send):
         if m["type"] == "http.request":
             m = await receive()
         events.append(m["type"])
+    elif path == "/flood":
+        # 64 KiB pieces as fast as the client takes them, until it goes.
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        piece = b"f" * 65536
+        try:
+            while True:
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+        except OSError:
+            events.append("flood-raised")
     elif path == "/hold":
         # Reads nothing until /release is called.
         if hold is None:
