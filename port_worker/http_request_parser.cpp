@@ -33,6 +33,7 @@ struct ParserObject {
   unsigned long long body_bytes;
   bool in_value;  // the last header callback was a value
   bool expect_continue;
+  int host_count;
   // Where callbacks put their events; set during feed() only.
   PyObject* events;
   // Set when a callback refuses the request (a limit): the status to answer.
@@ -106,6 +107,8 @@ int finish_header(ParserObject* self) {
   trim(*self->value);
   if (*self->field == "expect" && iequals(*self->value, "100-continue")) {
     self->expect_continue = true;
+  } else if (*self->field == "host" && ++self->host_count > 1) {
+    return refuse(self, 400, "more than one Host header");
   }
   PyObject* pair =
       Py_BuildValue("(y#y#)", self->field->data(), static_cast<Py_ssize_t>(self->field->size()),
@@ -137,6 +140,7 @@ int on_message_begin(http_parser* p) {
   self->body_bytes = 0;
   self->in_value = false;
   self->expect_continue = false;
+  self->host_count = 0;
   self->in_message = true;
   return 0;
 }
@@ -260,6 +264,8 @@ int on_headers_complete(http_parser* p) {
                         : p->http_major == 1 && p->http_minor == 0 ? "1.0"
                                                                    : nullptr;
   if (!version) return refuse(self, 505, "HTTP version not supported");
+  // RFC 9112 3.2: an HTTP/1.1 request without Host is refused.
+  if (self->host_count == 0 && p->http_minor == 1) return refuse(self, 400, "no Host header");
   long long content_length = has_length ? static_cast<long long>(length) : -1;
   PyObject* event =
       Py_BuildValue("(isOy#y#OsOOL)", static_cast<int>(kHead),

@@ -341,8 +341,13 @@ def test_body_too_large_chunked(serve):
     b"\x00\x01 nonsense\r\n\r\n",
     # a space before the colon
     b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+    # HTTP/1.1 without Host, and with two
+    b"GET / HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    # a NUL inside a header value
+    b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\x00c\r\n\r\n",
 ], ids=["cl-and-te", "two-lengths", "bad-chunk-size", "te-not-chunked", "garbage",
-        "space-before-colon"])
+        "space-before-colon", "no-host", "two-hosts", "nul-in-value"])
 def test_smuggling_and_malformed_refused(serve, request_bytes):
     s = serve()
     out = raw_exchange(s, request_bytes)
@@ -544,7 +549,7 @@ def test_app_errors_name_the_app(spawn, app, message):
 SPLIT_CORPUS = (
     b"POST /a%20b?x=1 HTTP/1.1\r\nHost: h\r\nX-Long-Header-Name: some value  \r\n"
     b"Content-Length: 5\r\n\r\nhello"
-    b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\nX-A: 2\r\n\r\n"
+    b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\nHost: h\r\nX-A: 1\r\nX-A: 2\r\n\r\n"
     b"3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n"
     b"GET http://example.com/abs/path?q=%41 HTTP/1.1\r\nHost: example.com\r\n\r\n"
     b"GET / HTTP/1.0\r\n\r\n"
@@ -586,7 +591,7 @@ whole = run(len(data))
     ]
     assert heads[0][5] == [(b"host", b"h"), (b"x-long-header-name", b"some value"),
                            (b"content-length", b"5")]
-    assert heads[1][5][1:] == [(b"x-a", b"1"), (b"x-a", b"2")]
+    assert heads[1][5][2:] == [(b"x-a", b"1"), (b"x-a", b"2")]
     assert [h[6] for h in heads] == ["1.1", "1.1", "1.1", "1.0"]
     assert [h[7] for h in heads] == [True, True, True, False]  # keep-alive
     assert [h[9] for h in heads] == [5, -1, -1, -1]  # content length
