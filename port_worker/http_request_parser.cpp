@@ -16,6 +16,34 @@ namespace {
 
 enum Event { kHead = 0, kBody = 1, kEnd = 2, kError = 3 };
 
+// Interned scope keys and values, made at module init.
+enum Key {
+  kKeyMethod,
+  kKeyPath,
+  kKeyRawPath,
+  kKeyQueryString,
+  kKeyHeaders,
+  kKeyHttpVersion,
+  kKeyExtensions,
+  kValue11,
+  kValue10,
+  kKeyCount
+};
+const char* const kKeyNames[kKeyCount] = {"method",       "path",    "raw_path",
+                                          "query_string", "headers", "http_version",
+                                          "extensions",   "1.1",     "1.0"};
+PyObject* keys[kKeyCount];
+
+// The method names as str, made once each.
+PyObject* method_name(unsigned method) {
+  static PyObject* names[64];
+  if (method >= 64) return nullptr;
+  if (!names[method]) {
+    names[method] = PyUnicode_InternFromString(http_method_str(static_cast<http_method>(method)));
+  }
+  return names[method];
+}
+
 struct ParserObject {
   PyObject_HEAD http_parser parser;
   // Limits (0: none).
@@ -39,9 +67,10 @@ struct ParserObject {
   // Set when a callback refuses the request (a limit): the status to answer.
   int refuse_status;
   const char* refuse_reason;
-  bool python_error;  // a callback failed with a Python exception set
-  bool failed;        // an ERROR was returned: nothing more is parsed
-  bool in_message;    // a request is partly read
+  bool python_error;         // a callback failed with a Python exception set
+  bool failed;               // an ERROR was returned: nothing more is parsed
+  bool in_message;           // a request is partly read
+  PyObject* scope_template;  // dict copied into each request's scope, or null
 };
 
 ParserObject* self_of(http_parser* p) {
@@ -267,12 +296,29 @@ int on_headers_complete(http_parser* p) {
   // RFC 9112 3.2: an HTTP/1.1 request without Host is refused.
   if (self->host_count == 0 && p->http_minor == 1) return refuse(self, 400, "no Host header");
   long long content_length = has_length ? static_cast<long long>(length) : -1;
-  PyObject* event =
-      Py_BuildValue("(isOy#y#OsOOL)", static_cast<int>(kHead),
-                    http_method_str(static_cast<http_method>(p->method)), decoded.get(), path,
-                    static_cast<Py_ssize_t>(path_len), query, static_cast<Py_ssize_t>(query_len),
-                    self->headers, version, http_should_keep_alive(p) ? Py_True : Py_False,
-                    self->expect_continue ? Py_True : Py_False, content_length);
+  // The ASGI scope: a copy of the connection's template (type, asgi,
+  // scheme, root_path, client, server) with this request's fields.
+  PyRef scope =
+      PyRef::steal(self->scope_template ? PyDict_Copy(self->scope_template) : PyDict_New());
+  PyRef raw = PyRef::steal(PyBytes_FromStringAndSize(path, static_cast<Py_ssize_t>(path_len)));
+  PyRef qs = PyRef::steal(PyBytes_FromStringAndSize(query, static_cast<Py_ssize_t>(query_len)));
+  PyRef extensions = PyRef::steal(PyDict_New());
+  PyObject* method = method_name(p->method);
+  if (!scope || !raw || !qs || !extensions || !method ||
+      PyDict_SetItem(scope.get(), keys[kKeyMethod], method) < 0 ||
+      PyDict_SetItem(scope.get(), keys[kKeyPath], decoded.get()) < 0 ||
+      PyDict_SetItem(scope.get(), keys[kKeyRawPath], raw.get()) < 0 ||
+      PyDict_SetItem(scope.get(), keys[kKeyQueryString], qs.get()) < 0 ||
+      PyDict_SetItem(scope.get(), keys[kKeyHeaders], self->headers) < 0 ||
+      PyDict_SetItem(scope.get(), keys[kKeyHttpVersion],
+                     p->http_minor == 1 ? keys[kValue11] : keys[kValue10]) < 0 ||
+      PyDict_SetItem(scope.get(), keys[kKeyExtensions], extensions.get()) < 0) {
+    self->python_error = true;
+    return 1;
+  }
+  PyObject* event = Py_BuildValue("(iOOOL)", static_cast<int>(kHead), scope.get(),
+                                  http_should_keep_alive(p) ? Py_True : Py_False,
+                                  self->expect_continue ? Py_True : Py_False, content_length);
   Py_CLEAR(self->headers);
   if (!append(self, event)) {
     self->python_error = true;
@@ -326,14 +372,17 @@ PyObject* error_event(int status, const char* reason) {
 
 int parser_init(PyObject* obj, PyObject* args, PyObject* kwargs) {
   auto* self = reinterpret_cast<ParserObject*>(obj);
-  static const char* kw[] = {"max_request_line", "max_headers", "max_header_bytes", "max_body",
-                             nullptr};
+  static const char* kw[] = {"max_request_line", "max_headers", "max_header_bytes",
+                             "max_body",         "scope",       nullptr};
   Py_ssize_t line = 8190, headers = 100, header_bytes = 65536;
   long long body = 0;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|nnnL", const_cast<char**>(kw), &line, &headers,
-                                   &header_bytes, &body)) {
+  PyObject* scope = nullptr;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|nnnLO!", const_cast<char**>(kw), &line, &headers,
+                                   &header_bytes, &body, &PyDict_Type, &scope)) {
     return -1;
   }
+  Py_XINCREF(scope);
+  Py_XSETREF(self->scope_template, scope);
   if (line < 0 || headers < 0 || header_bytes < 0 || body < 0) {
     PyErr_SetString(PyExc_ValueError, "limits must be >= 0 (0: no limit)");
     return -1;
@@ -363,6 +412,7 @@ void parser_dealloc(PyObject* obj) {
   delete self->field;
   delete self->value;
   Py_XDECREF(self->headers);
+  Py_XDECREF(self->scope_template);
   PyTypeObject* type = Py_TYPE(obj);
   type->tp_free(obj);
   Py_DECREF(type);
@@ -433,9 +483,8 @@ PyObject* parser_upgrade(PyObject* obj, void*) {
 
 PyMethodDef parser_methods[] = {
     {"feed", parser_feed, METH_O,
-     "feed(data) -> list of events: (0, method, path, raw_path, query_string, headers, "
-     "http_version, keep_alive, expect_continue, content_length), (1, body), (2,), "
-     "(3, status, reason)"},
+     "feed(data) -> list of events: (0, scope, keep_alive, expect_continue, content_length), "
+     "(1, body), (2,), (3, status, reason)"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyGetSetDef parser_getset[] = {
@@ -587,6 +636,9 @@ namespace http_module {
 PyObject* init() {
   PyRef module = PyRef::steal(PyModule_Create(&module_def));
   if (!module) return nullptr;
+  for (int i = 0; i < kKeyCount; ++i) {
+    if (!keys[i] && !(keys[i] = PyUnicode_InternFromString(kKeyNames[i]))) return nullptr;
+  }
   PyObject* type = PyType_FromSpec(&parser_spec);
   if (!type || PyModule_AddObject(module.get(), "Parser", type) < 0) {
     Py_XDECREF(type);

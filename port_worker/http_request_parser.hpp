@@ -4,15 +4,17 @@
 //
 // A Parser is fed the bytes a connection reads and returns what they
 // complete, in order, as tuples the server turns into ASGI messages:
-//   (HEAD, method, raw_path, query_string, headers, http_version,
-//    keep_alive, expect_continue, content_length)   a request's head
+//   (HEAD, scope, keep_alive, expect_continue, content_length)
+//                                                   a request's head
 //   (BODY, bytes)                                   a piece of its body
 //   (END,)                                          its end
 //   (ERROR, status, reason)                         the stream is broken:
 //                                                   answer status, close
-// Header names come lower-cased, names and values as bytes, values
-// without surrounding whitespace; query_string and raw_path are bytes
-// (ASGI types them so). Limits (request line, header count and bytes,
+// `scope` is the request's ASGI http scope: a copy of the Parser's `scope`
+// template (the connection's fields) with method, path (percent- and
+// UTF-8-decoded), raw_path and query_string (bytes), headers (a list of
+// (name, value) bytes pairs, names lower-cased, values trimmed),
+// http_version and a new extensions dict. Limits (request line, header count and bytes,
 // body bytes) are checked here, so an oversized request never builds
 // Python objects. The smuggling cases libhttp-parser refuses
 // (Content-Length with Transfer-Encoding, repeated Content-Length, a bad

@@ -366,8 +366,7 @@ class HttpConnection(asyncio.Protocol):
         self.cfg = server.cfg
         self.loop = server.loop
         self.transport: Any = None
-        self.parser = Parser(self.cfg["max_request_line"], self.cfg["max_headers"],
-                             self.cfg["max_header_bytes"], self.cfg["max_body"])
+        self.parser: Any = None  # made in connection_made (the scope needs the addresses)
         self.pipeline: deque[_Request] = deque()  # read, not yet answered, in order
         self.pending_error: Optional[tuple[int, str]] = None
         self.reading: Optional[_Request] = None  # the request whose body is being read
@@ -390,6 +389,19 @@ class HttpConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
         self.client = _address(transport.get_extra_info("peername"))
         self.server_addr = _address(transport.get_extra_info("sockname"))
+        # What every request's scope on this connection shares; the parser
+        # copies it and adds the request's own fields (see _pyport_http).
+        template = {
+            "type": "http",
+            "asgi": ASGI_VERSION,
+            "scheme": "http",
+            "root_path": self.cfg["root_path"],
+            "client": self.client,
+            "server": self.server_addr,
+        }
+        cfg = self.cfg
+        self.parser = Parser(cfg["max_request_line"], cfg["max_headers"], cfg["max_header_bytes"],
+                             cfg["max_body"], template)
         self.server.connections.add(self)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family != socket.AF_UNIX:
@@ -490,27 +502,11 @@ class HttpConnection(asyncio.Protocol):
     # -- requests -----------------------------------------------------------
 
     def _head(self, ev: tuple) -> None:
-        (_, method, path, raw_path, query, headers, version, keep_alive, expect,
-         _length) = ev
-        root = self.cfg["root_path"]
-        scope = {
-            "type": "http",
-            "asgi": ASGI_VERSION,
-            "http_version": version,
-            "method": method,
-            "scheme": "http",
-            "path": path,  # as uvicorn 0.17 and Starlette 0.26 (Debian's) expect
-            "raw_path": raw_path,
-            "query_string": query,
-            "root_path": root,
-            "headers": headers,
-            "client": self.client,
-            "server": self.server_addr,
-            "extensions": {},
-        }
+        # ev[1]: the scope, made in C++ from self.scope_template.
+        scope = ev[1]
         if self.server.state is not None:
             scope["state"] = self.server.state.copy()
-        req = _Request(self, scope, keep_alive, expect)
+        req = _Request(self, scope, ev[2], ev[3])
         self.reading = req
         self.pipeline.append(req)
         if len(self.pipeline) == 1:

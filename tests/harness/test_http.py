@@ -583,18 +583,19 @@ whole = run(len(data))
     whole = ast.literal_eval(worker.eval("repr(whole)"))  # bytes stay bytes
     assert worker.eval("run(1) == whole and run(7) == whole") is True
     heads = [e for e in whole if e[0] == 0]
-    assert [(h[1], h[2], h[3], h[4]) for h in heads] == [
+    scopes = [h[1] for h in heads]
+    assert [(c["method"], c["path"], c["raw_path"], c["query_string"]) for c in scopes] == [
         ("POST", "/a b", b"/a%20b", b"x=1"),
         ("POST", "/c", b"/c", b""),
         ("GET", "/abs/path", b"/abs/path", b"q=%41"),
         ("GET", "/", b"/", b""),
     ]
-    assert heads[0][5] == [(b"host", b"h"), (b"x-long-header-name", b"some value"),
-                           (b"content-length", b"5")]
-    assert heads[1][5][2:] == [(b"x-a", b"1"), (b"x-a", b"2")]
-    assert [h[6] for h in heads] == ["1.1", "1.1", "1.1", "1.0"]
-    assert [h[7] for h in heads] == [True, True, True, False]  # keep-alive
-    assert [h[9] for h in heads] == [5, -1, -1, -1]  # content length
+    assert scopes[0]["headers"] == [(b"host", b"h"), (b"x-long-header-name", b"some value"),
+                                    (b"content-length", b"5")]
+    assert scopes[1]["headers"][2:] == [(b"x-a", b"1"), (b"x-a", b"2")]
+    assert [c["http_version"] for c in scopes] == ["1.1", "1.1", "1.1", "1.0"]
+    assert [h[2] for h in heads] == [True, True, True, False]  # keep-alive
+    assert [h[4] for h in heads] == [5, -1, -1, -1]  # content length
     bodies = [e[1] for e in whole if e[0] == 1]
     assert bodies == [b"hello", b"abc0123456789abcdef"]
     assert sum(1 for e in whole if e[0] == 2) == 4
