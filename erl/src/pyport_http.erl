@@ -25,8 +25,8 @@
 %% The server's own options, their defaults (`erlang._http.DEFAULTS' has
 %% the same) and checks; every other key is a pool option.
 -define(HTTP_KEYS, [app, bind, workers, max_request_line, max_headers, max_header_bytes,
-                    max_body, header_timeout, body_timeout, keepalive_timeout, write_timeout, backlog,
-                    root_path, lifespan]).
+                    max_body, header_timeout, body_timeout, keepalive_timeout, write_timeout, request_timeout, backlog,
+                    root_path, lifespan, access_log]).
 
 -define(REGISTRY(Name), {?MODULE, Name}).
 -define(START_TIMEOUT_MS, 10000).
@@ -215,10 +215,14 @@ check_server(Name, [{K, N} | T], Acc)
     check_server(Name, T, Acc#{K => N});
 check_server(Name, [{K, Ms} | T], Acc)
   when (K =:= header_timeout orelse K =:= body_timeout orelse K =:= keepalive_timeout
-        orelse K =:= write_timeout),
+        orelse K =:= write_timeout orelse K =:= request_timeout),
        is_integer(Ms), Ms > 0, Ms =< 16#FFFFFFFF ->
     %% Milliseconds here, seconds in Python.
     check_server(Name, T, Acc#{K => {float, Ms / 1000}});
+check_server(Name, [{access_log, B} | T], Acc) when is_boolean(B) ->
+    check_server(Name, T, Acc#{access_log => B});
+check_server(Name, [{request_timeout, infinity} | T], Acc) ->
+    check_server(Name, T, Acc#{request_timeout => 0});
 check_server(Name, [{lifespan, L} | T], Acc) when L =:= auto; L =:= on; L =:= off ->
     check_server(Name, T, Acc#{lifespan => atom_to_binary(L)});
 check_server(Name, [{root_path, P} | T], Acc) ->
@@ -306,6 +310,8 @@ init_code(User, App, Bind, Server) ->
     end.
 
 py_value({float, F}) -> float_to_binary(F, [short]);
+py_value(true) -> <<"True">>;
+py_value(false) -> <<"False">>;
 py_value(N) when is_integer(N) -> integer_to_binary(N);
 py_value(B) when is_binary(B) -> py_str(B).
 

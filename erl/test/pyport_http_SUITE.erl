@@ -13,7 +13,7 @@ suite() ->
     [{timetrap, {seconds, 60}}].
 
 all() ->
-    [serve_info_stop, bind_forms, start_errors, lifespan_startup_failed,
+    [serve_info_stop, bind_forms, start_errors, lifespan_startup_failed, access_log,
      worker_killed_under_load].
 
 init_per_suite(Config) ->
@@ -135,6 +135,10 @@ start_errors(Config) ->
               "[::1:80", 70000]],
     ?assertEqual({error, {invalid_http_option, web_e, max_body, -1}},
                  pyport:start_http(web_e, opts(Config, #{bind => Bind, max_body => -1}))),
+    ?assertEqual({error, {invalid_http_option, web_e, access_log, yes}},
+                 pyport:start_http(web_e, opts(Config, #{bind => Bind, access_log => yes}))),
+    ?assertEqual({error, {invalid_http_option, web_e, request_timeout, 0}},
+                 pyport:start_http(web_e, opts(Config, #{bind => Bind, request_timeout => 0}))),
     ?assertEqual({error, {invalid_http_option, web_e, lifespan, maybe}},
                  pyport:start_http(web_e, opts(Config, #{bind => Bind, lifespan => maybe}))),
     %% Pool options are the pool's to check.
@@ -170,6 +174,44 @@ lifespan_startup_failed(Config) ->
     ?assertNotEqual(nomatch, string:find(Message, "the cache is unreachable")),
     ?assertNot(lists:member(web_l, pyport:pools())),
     ?assertEqual({error, econnrefused}, get({127, 0, 0, 1}, Port, "/")).
+
+%% access_log => true: one record per response in the node's logger.
+access_log(Config) ->
+    Port = free_port(),
+    {ok, _} = pyport:start_http(web_log, opts(Config, #{bind => Port, access_log => true})),
+    #{level := Primary} = logger:get_primary_config(),
+    ok = logger:set_primary_config(level, info),
+    ok = logger:add_handler(http_access_capture, ?MODULE,
+                            #{level => info, config => #{pid => self()}}),
+    try
+        {ok, 200, _} = get({127, 0, 0, 1}, Port, "/?x=1"),
+        Line = receive_access_line(5000),
+        ?assertNotEqual(nomatch, string:find(Line, "\"GET /?x=1 HTTP/1.1\" 200 "), Line)
+    after
+        _ = logger:remove_handler(http_access_capture),
+        logger:set_primary_config(level, Primary)
+    end,
+    ok = pyport:stop_http(web_log).
+
+receive_access_line(Timeout) ->
+    receive
+        {access_event, #{msg := Msg} = E} ->
+            Text = case Msg of
+                       {string, S} -> unicode:characters_to_binary(S);
+                       {report, _} -> <<>>;
+                       {Format, Args} -> unicode:characters_to_binary(io_lib:format(Format, Args))
+                   end,
+            case string:find(Text, "HTTP/1.1\" ") of
+                nomatch -> receive_access_line(Timeout);
+                _ -> ct:pal("~p", [E]), Text
+            end
+    after Timeout ->
+        ct:fail(no_access_log_record)
+    end.
+
+%% logger handler callback (access_log/1).
+log(Event, #{config := #{pid := Pid}}) ->
+    Pid ! {access_event, Event}.
 
 %% Two workers under load from 8 clients; one worker's OS process is
 %% killed. Only connections that worker held fail; the other worker serves

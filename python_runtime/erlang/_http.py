@@ -41,9 +41,11 @@ DEFAULTS: dict[str, Any] = {
     "body_timeout": 30.0,           # s the app waits for the next piece of body (408)
     "keepalive_timeout": 5.0,       # s an idle keep-alive connection stays open
     "write_timeout": 30.0,          # s send() may wait for a client that does not read
+    "request_timeout": 30.0,        # s until the response starts (504 after); 0: none
     "backlog": 1024,
     "root_path": "",
     "lifespan": "auto",             # auto | on | off
+    "access_log": False,            # one INFO record per response (logger pyport.http.access)
 }
 
 # Flow control: the app's send() waits while the transport holds more than
@@ -164,7 +166,7 @@ class _Request:
     __slots__ = ("conn", "scope", "method_head", "keep_alive", "expect_continue", "chunks",
                  "buffered", "body_done", "delivered_end", "waiter", "started", "complete",
                  "status", "chunked", "no_body", "task", "length_left", "chunked_declared", "_head",
-                 "broken")
+                 "broken", "timed_out", "started_at", "sent_bytes")
 
     def __init__(self, conn: "HttpConnection", scope: dict, keep_alive: bool,
                  expect_continue: bool) -> None:
@@ -188,6 +190,9 @@ class _Request:
         self.chunked_declared = False
         self._head: Optional[list] = None
         self.broken = False  # the stream broke while its body was read
+        self.timed_out = False  # request_timeout passed before the response started
+        self.started_at = 0.0
+        self.sent_bytes = 0
 
     def wake(self) -> None:
         w = self.waiter
@@ -278,6 +283,8 @@ class _Request:
             if not more and self.chunked and not bodyless:
                 head.append(b"0\r\n\r\n")
             conn.transport.write(b"".join(head))
+            if conn.deadline_kind == "request":
+                conn._disarm()  # the response started: request_timeout is met
         elif not bodyless:
             if self.chunked:
                 if body:
@@ -286,8 +293,10 @@ class _Request:
                     conn.transport.write(b"0\r\n\r\n")
             elif body:
                 conn.transport.write(body)
-        if not bodyless and self.length_left >= 0:
-            self.length_left -= len(body)
+        if not bodyless:
+            self.sent_bytes += len(body)
+            if self.length_left >= 0:
+                self.length_left -= len(body)
         if not more:
             self.complete = True
             if self.length_left > 0:
@@ -313,23 +322,28 @@ class _Request:
         self._head = [head]
 
     async def run(self, app: ASGIApp) -> None:
+        conn = self.conn
+        self.started_at = conn.loop.time()
         try:
             await app(self.scope, self.receive, self.send)
         except ClientDisconnected:
             pass
-        except BaseException:
+        except BaseException as exc:
             if self.broken and not self.started:
                 self._answer_broken()
+                self.conn.request_done(self)
+                return
+            if self.timed_out and isinstance(exc, asyncio.CancelledError):
+                log.warning("ASGI app did not respond within %ss to %s %s: cancelled, 504",
+                            conn.cfg["request_timeout"], self.scope["method"], self.scope["path"])
+                self._write_error(504, "the application did not respond in time")
                 self.conn.request_done(self)
                 return
             log.exception("ASGI app failed on %s %s", self.scope["method"], self.scope["path"])
             if (not self.started or self._head is not None) and not self.conn.lost:
                 # Nothing written yet (a started response's head waits for
                 # its first body): the failure can still be a 500.
-                self.started = True
-                self._head = None
-                self.conn.transport.write(_error_response(500, "the application failed"))
-                self.complete = True
+                self._write_error(500, "the application failed")
             self.keep_alive = False
         else:
             if self.broken and not self.started:
@@ -337,22 +351,32 @@ class _Request:
             elif (not self.started or self._head is not None) and not self.conn.lost:
                 log.error("ASGI app returned without a response on %s %s",
                           self.scope["method"], self.scope["path"])
-                self.started = True
-                self._head = None
-                self.conn.transport.write(_error_response(500, "the application sent no response"))
-                self.keep_alive = False
-                self.complete = True
+                self._write_error(500, "the application sent no response")
         if not self.complete:
             self.keep_alive = False
         self.conn.request_done(self)
 
+    def _timeout(self) -> None:
+        # Only while nothing was written: a response that has started
+        # (a stream, server-sent events) runs as long as it likes.
+        if (not self.started or self._head is not None) and not self.complete \
+                and self.task is not None and not self.conn.lost:
+            self.timed_out = True
+            self.task.cancel()
+
     def _answer_broken(self) -> None:
         # The request could not be read to its end: the stream's error.
+        self._write_error(*(self.conn.pending_error or (400, "bad request")))
+
+    def _write_error(self, status: int, text: str) -> None:
+        """Answers with the server's own error response (nothing of the
+        app's was written) and ends the connection after it."""
         self.started = self.complete = True
+        self._head = None
+        self.status = status
         self.keep_alive = False
-        status, reason = self.conn.pending_error or (400, "bad request")
         if not self.conn.lost:
-            self.conn.transport.write(_error_response(status, reason))
+            self.conn.transport.write(_error_response(status, text))
 
 
 
@@ -514,6 +538,8 @@ class HttpConnection(asyncio.Protocol):
 
     def _start(self, req: _Request) -> None:
         req.task = self.loop.create_task(req.run(self.app))
+        if self.cfg["request_timeout"] > 0:
+            self._arm(self.cfg["request_timeout"], "request")
 
     def unbuffer(self, n: int) -> None:
         self.buffered -= n
@@ -533,6 +559,8 @@ class HttpConnection(asyncio.Protocol):
             self.pipeline.popleft()
         self.unbuffer(req.buffered)
         req.buffered = 0
+        if self.cfg["access_log"]:
+            _access_log(self, req)
         if self.lost:
             return
         if req.broken or not req.keep_alive or not req.body_done:
@@ -586,7 +614,10 @@ class HttpConnection(asyncio.Protocol):
         if self.closing or self.lost:
             return
         if self.pipeline:
-            self._disarm()  # the app has the request; body_timeout is receive()'s
+            # The app has the request: request_timeout runs until its
+            # response starts; body_timeout is receive()'s.
+            if self.deadline_kind != "request":
+                self._disarm()
         elif self.parser.idle:
             self._arm(self.cfg["keepalive_timeout"], "idle")
         elif self.deadline is None or self.deadline_kind != "header":
@@ -622,10 +653,38 @@ class HttpConnection(asyncio.Protocol):
             return
         kind = self.deadline_kind
         self._disarm()
-        if kind == "header":
+        if kind == "request":
+            if self.pipeline:
+                self.pipeline[0]._timeout()
+        elif kind == "header":
             self.fail(408, "request head not received in time")
         elif not self.pipeline:
             self._close()
+
+
+access_log = logging.getLogger("pyport.http.access")
+
+
+def _enable_access_log() -> None:
+    # Straight to the Erlang logger at INFO, whatever the root logger's
+    # level (py:configure_logging sets that one for everything).
+    from ._logging import ErlangHandler
+    access_log.setLevel(logging.INFO)
+    access_log.propagate = False
+    if not any(isinstance(h, ErlangHandler) for h in access_log.handlers):
+        access_log.addHandler(ErlangHandler())
+
+
+def _access_log(conn: HttpConnection, req: _Request) -> None:
+    scope = req.scope
+    client = f"{conn.client[0]}:{conn.client[1]}" if conn.client else "-"
+    status = req.status if req.complete else 0  # 0: cut before the response ended
+    path = scope["raw_path"].decode("latin-1")
+    if scope["query_string"]:
+        path += "?" + scope["query_string"].decode("latin-1")
+    access_log.info('%s "%s %s HTTP/%s" %d %d %.1fms', client, scope["method"], path,
+                    scope["http_version"], status, req.sent_bytes,
+                    (conn.loop.time() - req.started_at) * 1000)
 
 
 def _address(addr: Any) -> Any:
@@ -739,6 +798,8 @@ def start(app_spec: str, bind: str, options: Optional[dict] = None) -> None:
             raise ValueError(f"unknown HTTP option {key!r}")
         cfg[key] = value
     app = load_app(app_spec)
+    if cfg["access_log"]:
+        _enable_access_log()
     sock = bind_socket(bind, cfg["backlog"])
     from . import _worker
     loop = _worker.ensure_loop()

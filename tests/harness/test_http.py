@@ -479,6 +479,29 @@ def test_a_client_that_does_not_read_is_cut_after_write_timeout(serve):
     assert got.startswith(b"HTTP/1.1 200") and not got.endswith(b"0\r\n\r\n")
 
 
+def test_access_log(spawn):
+    # One INFO record per response to Erlang's logger (a NOTIFY "log" frame).
+    records = []
+
+    def on_request(frame):
+        if frame.fields[0] == "log":
+            records.append(frame.fields[1])
+
+    w = spawn(on_request=on_request)
+    port = free_port()
+    w.exec("import erlang._http\n"
+           f"erlang._http.start('http_apps:app', '127.0.0.1:{port}', {{'access_log': True}})")
+    w.call("erlang._http", "wait_serving")
+    s = Server(w, port)
+    s.get("/stream?n=2")
+    s.get("/fail")
+    assert wait_for(lambda: len(records) >= 2), records
+    lines = [r[1] for r in records if r[0] == "info"]
+    assert any('"GET /stream?n=2 HTTP/1.1" 200 14 ' in m for m in lines), records
+    assert any('"GET /fail HTTP/1.1" 500 0 ' in m for m in lines), records
+    assert all(r[2]["logger"] == "pyport.http.access" for r in records if r[0] == "info")
+
+
 # -- timeouts --------------------------------------------------------------------
 
 
@@ -493,6 +516,27 @@ def test_body_timeout(serve):
     s = serve(body_timeout=0.3)
     out = raw_exchange(s, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
     assert status_of(out) == 408
+
+
+def test_request_timeout_is_504_and_the_task_is_cancelled(serve):
+    s = serve(request_timeout=0.3)
+    out = raw_exchange(s, b"GET /sleep?s=30 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status_of(out) == 504
+    assert wait_for(lambda: any("504" in m for _, m in s.worker.logs))
+    # A response that started runs on past the timeout.
+    status, _, body = s.get("/stream?n=3")
+    assert status == 200
+    with s.sock() as sock:
+        sock.sendall(b"GET /forever HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.8)
+        data = b""
+        while data.count(b"tick") < 50:
+            data += sock.recv(65536)
+        assert data.startswith(b"HTTP/1.1 200")
+    # Pipelined: each request gets its own time.
+    out = raw_exchange(s, b"GET /sleep?s=0.2 HTTP/1.1\r\nHost: x\r\n\r\n"
+                       b"GET /sleep?s=0.2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert out.count(b"HTTP/1.1 200") == 2
 
 
 def test_keepalive_timeout_closes_idle_connections(serve):
