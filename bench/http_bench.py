@@ -1,7 +1,7 @@
 """Hello-world ASGI requests/s, p99 latency and server CPU per request with wrk: a pyport worker
 serving bench/http_hello_app.py (erlang._http, as an HTTP pool's worker
-does) against uvicorn + uvloop + httptools, 1 worker each, same run, same
-wrk settings. One `NAME VALUE UNIT` line per figure, then the ratio.
+does) against uvicorn + uvloop + httptools, at 1 and 2 workers, same run,
+same wrk settings. One `NAME VALUE UNIT` line per figure, then the ratio.
 
     /usr/bin/python3 bench/http_bench.py [SECONDS] [CONNECTIONS] [ROUNDS]
 
@@ -37,19 +37,22 @@ def wait_listening(port: int, seconds: float = 20.0) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
-def wrk(port: int, seconds: int, connections: int, pid: int) -> tuple[float, float, float]:
-    """(requests/s, p99 ms, server CPU µs per request)."""
-    cpu0 = cpu_seconds(pid)
+def wrk(port: int, seconds: int, connections: int, pids: list[int]) -> tuple[float, float, float]:
+    """(requests/s, p99 ms, servers' CPU µs per request)."""
+    cpu0 = cpu_seconds(pids)
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
                           f"http://127.0.0.1:{port}/"], check=True, capture_output=True,
                          text=True).stdout
-    cpu = cpu_seconds(pid) - cpu0
+    cpu = cpu_seconds(pids) - cpu0
     total = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
@@ -60,32 +63,83 @@ def wrk(port: int, seconds: int, connections: int, pid: int) -> tuple[float, flo
 
 
 class Pyport:
-    def __init__(self) -> None:
+    """`workers` pyport workers serving one port, as an HTTP pool's do."""
+
+    def __init__(self, workers: int) -> None:
         import pyport_proto
         self.port = free_port()
-        self.w = pyport_proto.Worker(None, paths=[HERE])
-        self.w.exec("import erlang._http\n"
-                    f"erlang._http.start('http_hello_app:app', '127.0.0.1:{self.port}', {{}})")
-        self.w.call("erlang._http", "wait_serving")
-        self.pid = self.w.hello.os_pid
+        self.ws = []
+        for _ in range(workers):
+            w = pyport_proto.Worker(None, paths=[HERE])
+            self.ws.append(w)
+            w.exec("import erlang._http\n"
+                   f"erlang._http.start('http_hello_app:app', '127.0.0.1:{self.port}', {{}})")
+            w.call("erlang._http", "wait_serving")
+        self.pids = [w.hello.os_pid for w in self.ws]
 
     def close(self) -> None:
-        self.w.kill()
+        for w in self.ws:
+            w.kill()
 
 
 class Uvicorn:
-    def __init__(self) -> None:
+    def __init__(self, workers: int) -> None:
         self.port = free_port()
+        more = ["--workers", str(workers)] if workers > 1 else []
         self.p = subprocess.Popen(["/usr/bin/python3", "-m", "uvicorn", "--loop", "uvloop",
                                    "--http", "httptools", "--no-access-log", "--log-level",
-                                   "warning", "--port", str(self.port), "http_hello_app:app"],
-                                  cwd=HERE)
-        self.pid = self.p.pid
+                                   "warning", "--port", str(self.port), *more,
+                                   "http_hello_app:app"], cwd=HERE)
         wait_listening(self.port)
+        self.pids = [self.p.pid]
+        if workers > 1:  # the serving processes are the supervisor's children
+            deadline = time.monotonic() + 20
+            while True:
+                with open(f"/proc/{self.p.pid}/task/{self.p.pid}/children") as f:
+                    kids = [int(x) for x in f.read().split()]
+                if len(kids) >= workers or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            self.pids += kids
 
     def close(self) -> None:
         self.p.kill()
         self.p.wait()
+        # --workers: the children die with their parent's pipe; reap them.
+        for pid in self.pids[1:]:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+
+
+def measure(workers: int, seconds: int, connections: int, rounds: int) -> None:
+    servers = {"pyport": Pyport(workers), "uvicorn_uvloop": Uvicorn(workers)}
+    try:
+        for s in servers.values():
+            wrk(s.port, 1, connections, s.pids)  # warm up
+        # Alternating rounds, best of each: the machine is shared, and a
+        # round that another load slowed says nothing about the server.
+        best: dict[str, tuple[float, float, float]] = {}
+        for _ in range(rounds):
+            for name, s in servers.items():
+                r = wrk(s.port, seconds, connections, s.pids)
+                b = best.get(name)
+                best[name] = r if b is None else (max(b[0], r[0]), min(b[1], r[1]),
+                                                   min(b[2], r[2]))
+    finally:
+        for s in servers.values():
+            s.close()
+    tag = f"http_hello_{workers}w"
+    for name in servers:
+        print(f"{tag}_{name} {best[name][0]:.0f} req/s", flush=True)
+    for name in servers:
+        print(f"{tag}_{name}_p99 {best[name][1]:.2f} ms", flush=True)
+    for name in servers:
+        print(f"{tag}_{name}_cpu {best[name][2]:.1f} us/request", flush=True)
+    ours, theirs = best["pyport"], best["uvicorn_uvloop"]
+    print(f"{tag}_pyport_vs_uvicorn {ours[0] / theirs[0]:.2f} ratio", flush=True)
+    print(f"{tag}_pyport_vs_uvicorn_cpu {theirs[2] / ours[2]:.2f} ratio", flush=True)
 
 
 def main(argv: list[str]) -> None:
@@ -101,31 +155,8 @@ def main(argv: list[str]) -> None:
         print("# http_bench: skipped, uvicorn/uvloop/httptools missing "
               "(apt-get install python3-uvicorn python3-uvloop python3-httptools)")
         return
-    servers = {"pyport": Pyport(), "uvicorn_uvloop": Uvicorn()}
-    try:
-        for s in servers.values():
-            wrk(s.port, 1, connections, s.pid)  # warm up
-        # Alternating rounds, best of each: the machine is shared, and a
-        # round that another load slowed says nothing about the server.
-        best: dict[str, tuple[float, float, float]] = {}
-        for _ in range(rounds):
-            for name, s in servers.items():
-                r = wrk(s.port, seconds, connections, s.pid)
-                b = best.get(name)
-                best[name] = r if b is None else (max(b[0], r[0]), min(b[1], r[1]),
-                                                   min(b[2], r[2]))
-    finally:
-        for s in servers.values():
-            s.close()
-    for name in servers:
-        print(f"http_hello_1w_{name} {best[name][0]:.0f} req/s", flush=True)
-    for name in servers:
-        print(f"http_hello_1w_{name}_p99 {best[name][1]:.2f} ms", flush=True)
-    for name in servers:
-        print(f"http_hello_1w_{name}_cpu {best[name][2]:.1f} us/request", flush=True)
-    ours, theirs = best["pyport"], best["uvicorn_uvloop"]
-    print(f"http_hello_1w_pyport_vs_uvicorn {ours[0] / theirs[0]:.2f} ratio", flush=True)
-    print(f"http_hello_1w_pyport_vs_uvicorn_cpu {theirs[2] / ours[2]:.2f} ratio", flush=True)
+    for workers in (1, 2):
+        measure(workers, seconds, connections, rounds)
 
 
 if __name__ == "__main__":
