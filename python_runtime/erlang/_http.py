@@ -214,7 +214,10 @@ class _Request:
             if self.body_done and not self.delivered_end:
                 self.delivered_end = True
                 return {"type": "http.request", "body": b"", "more_body": False}
-            if conn.lost or self.broken or (self.delivered_end and self.complete):
+            # After the body: the response's end, or the client's (its
+            # close, even a half-close: it sends nothing more), is the
+            # disconnect a long-polling or streaming app waits for.
+            if conn.lost or self.broken or (self.delivered_end and (self.complete or conn.eof)):
                 return {"type": "http.disconnect"}
             if not self.body_done and self.expect_continue and not self.started:
                 self.expect_continue = False
@@ -395,6 +398,7 @@ class HttpConnection(asyncio.Protocol):
         self.pending_error: Optional[tuple[int, str]] = None
         self.reading: Optional[_Request] = None  # the request whose body is being read
         self.lost = False
+        self.eof = False  # the client sent FIN
         self.closing = False
         self.read_paused = False
         self.write_paused = False
@@ -467,16 +471,18 @@ class HttpConnection(asyncio.Protocol):
             self._pause()
 
     def eof_received(self) -> bool:
-        # The client sends no more; requests already read are answered.
+        # The client sends no more; requests already read are answered
+        # (it may only have half-closed), and apps waiting in receive()
+        # after their body get http.disconnect.
+        self.eof = True
+        for item in self.pipeline:
+            item.wake()
         if self.reading is not None or not self.parser.idle:
             self.fail(400, "request cut short")
             return True
         if not self.pipeline:
             self.transport.close()
-            return True
-        for item in self.pipeline:
-            item.keep_alive = False
-        return True
+        return True  # request_done closes after the last response
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self.lost = True
@@ -572,6 +578,9 @@ class HttpConnection(asyncio.Protocol):
             self._start(self.pipeline[0])
         elif self.pending_error is not None:
             self._answer_error(*self.pending_error)
+            return
+        elif self.eof:
+            self._close()
             return
         self.unbuffer(0)
         self._update_timer()

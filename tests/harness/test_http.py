@@ -409,6 +409,29 @@ def test_client_gone_mid_response(serve):
     assert wait_for(lambda: events(s)[-2:] == ["send-raised", "http.disconnect"]), events(s)
 
 
+def test_client_close_is_http_disconnect_for_a_waiting_app(serve):
+    s = serve()
+    with s.sock() as sock:
+        sock.sendall(b"GET /wait-disconnect HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.2)
+    assert wait_for(lambda: ["waited", "http.disconnect"] in events(s)), events(s)
+
+
+def test_half_closed_client_still_gets_its_responses(serve):
+    s = serve()
+    with s.sock() as sock:
+        sock.sendall(b"GET /sleep?s=0.2 HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+        sock.shutdown(socket.SHUT_WR)
+        out = b""
+        while True:
+            b = sock.recv(65536)
+            if not b:
+                break
+            out += b
+    assert out.count(b"HTTP/1.1 200") == 2 and out.endswith(b"hi")
+
+
 # -- flow control ----------------------------------------------------------------
 
 

@@ -109,6 +109,11 @@ async def app(scope, receive, send):
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
         except OSError:
             events.append("flood-raised")
+    elif path == "/wait-disconnect":
+        # Long-poll: reads its body, then waits for the client to go.
+        await _read_body(receive)
+        m = await receive()
+        events.append(("waited", m["type"]))
     elif path == "/hold":
         # Reads nothing until /release is called.
         if hold is None:
