@@ -245,8 +245,8 @@ class _Request:
         if kind == "http.response.start":
             if self.started:
                 raise RuntimeError("http.response.start sent twice")
+            self._start(message)  # raises on a bad message: nothing started
             self.started = True
-            self._start(message)
             return
         if kind != "http.response.body":
             raise ValueError(f"unexpected ASGI message type {kind!r} for an http scope")

@@ -376,11 +376,13 @@ def test_app_exception_is_500_with_traceback_logged(serve):
     assert s.get("/stream?n=1")[0] == 200  # the worker serves on
 
 
-@pytest.mark.parametrize("path", ["/none", "/start-only", "/start-then-fail", "/too-long"])
+@pytest.mark.parametrize("path", ["/none", "/start-only", "/start-then-fail", "/too-long",
+                                  "/status?c=1000", "/status?c=103"])
 def test_no_valid_response_is_500(serve, path):
     # No response, a start without a body, a failure after the start but
-    # before any body, a body longer than its Content-Length: nothing was
-    # written yet, so the client gets a 500 (and the connection closes).
+    # before any body, a body longer than its Content-Length, a bad status:
+    # nothing was written yet, so the client gets a 500 (and the connection
+    # closes).
     s = serve()
     out = raw_exchange(s, b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
     assert status_of(out) == 500 and out.count(b"HTTP/1.1") == 1
