@@ -697,8 +697,10 @@ def _access_log(conn: HttpConnection, req: _Request) -> None:
 
 
 def _address(addr: Any) -> Any:
+    # A tuple (as uvicorn gives it): shared by the connection's scopes, so
+    # it must not be mutable.
     if isinstance(addr, tuple) and len(addr) >= 2:
-        return [addr[0], addr[1]]
+        return (addr[0], addr[1])
     return None
 
 
