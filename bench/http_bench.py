@@ -142,6 +142,42 @@ def measure(workers: int, seconds: int, connections: int, rounds: int) -> None:
     print(f"{tag}_pyport_vs_uvicorn_cpu {theirs[2] / ours[2]:.2f} ratio", flush=True)
 
 
+def rss(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) * 1024
+    return total
+
+
+def idle_memory(n: int) -> None:
+    """Bytes of server RSS per idle keep-alive connection (n connections,
+    one request each, then left open), pyport vs uvicorn, 1 worker."""
+    for name, cls in (("pyport", Pyport), ("uvicorn_uvloop", Uvicorn)):
+        s = cls(1)
+        socks = []
+        try:
+            # Warm: one connection and request first, so the first
+            # connection's one-off allocations are not counted.
+            warm = socket.create_connection(("127.0.0.1", s.port))
+            warm.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            warm.recv(65536)
+            before = rss(s.pids)
+            for _ in range(n):
+                c = socket.create_connection(("127.0.0.1", s.port))
+                c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                socks.append(c)
+            for c in socks:
+                c.recv(65536)
+            time.sleep(0.5)
+            per = (rss(s.pids) - before) / n
+            print(f"http_idle_keepalive_{name} {per:.0f} bytes/connection", flush=True)
+        finally:
+            for c in socks:
+                c.close()
+            s.close()
+
+
 def main(argv: list[str]) -> None:
     seconds = int(argv[0]) if argv else 3
     connections = int(argv[1]) if len(argv) > 1 else 50
@@ -157,6 +193,7 @@ def main(argv: list[str]) -> None:
         return
     for workers in (1, 2):
         measure(workers, seconds, connections, rounds)
+    idle_memory(2000)
 
 
 if __name__ == "__main__":
