@@ -35,4 +35,7 @@ init(Pools) ->
                  start => {pyport_pools_sup, start_link, [Pools]},
                  type => supervisor,
                  shutdown => infinity},
-    {ok, {Flags, [Reaper, State, Registry, Hooks, Pg, PoolsSup]}}.
+    %% The `http' environment's HTTP pools (pyport_http_boot), after the pools.
+    HttpBoot = #{id => pyport_http_boot, start => {pyport_http_boot, start_link, []},
+                 shutdown => 15000},
+    {ok, {Flags, [Reaper, State, Registry, Hooks, Pg, PoolsSup, HttpBoot]}}.

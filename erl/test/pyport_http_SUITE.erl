@@ -14,7 +14,7 @@ suite() ->
 
 all() ->
     [serve_info_stop, bind_forms, start_errors, lifespan_startup_failed, access_log,
-     worker_killed_under_load].
+     from_app_env, worker_killed_under_load].
 
 init_per_suite(Config) ->
     _ = application:load(pyport),
@@ -174,6 +174,30 @@ lifespan_startup_failed(Config) ->
     ?assertNotEqual(nomatch, string:find(Message, "the cache is unreachable")),
     ?assertNot(lists:member(web_l, pyport:pools())),
     ?assertEqual({error, econnrefused}, get({127, 0, 0, 1}, Port, "/")).
+
+%% `{http, #{Name => Opts}}' in pyport's environment: started with pyport,
+%% stopped with it; a pool that cannot start fails pyport's start.
+from_app_env(Config) ->
+    ok = application:stop(pyport),
+    Port = free_port(),
+    try
+        application:set_env(pyport, http, #{web_env => opts(Config, #{bind => Port})}),
+        {ok, _} = application:ensure_all_started(pyport),
+        {ok, 200, _} = get({127, 0, 0, 1}, Port, "/"),
+        {ok, #{app := <<"http_ct_app:app">>}} = pyport:http_info(web_env),
+        ok = application:stop(pyport),
+        ?assertEqual({error, econnrefused}, get({127, 0, 0, 1}, Port, "/")),
+        application:set_env(pyport, http,
+                            #{web_env => opts(Config, #{bind => Port, app => "nope_zz:app"})}),
+        {error, {pyport, Why}} = application:ensure_all_started(pyport),
+        ?assertMatch({{shutdown, {failed_to_start_child, pyport_http_boot,
+                                  {http, web_env, {app_failed, web_env, _}}}}, _},
+                     Why),
+        ?assertEqual({error, econnrefused}, get({127, 0, 0, 1}, Port, "/"))
+    after
+        application:unset_env(pyport, http),
+        {ok, _} = application:ensure_all_started(pyport)
+    end.
 
 %% access_log => true: one record per response in the node's logger.
 access_log(Config) ->
