@@ -1,6 +1,7 @@
-"""A real framework on the HTTP server: Debian's Starlette 0.26 (routing,
-JSON, forms where python3-multipart is installed, uploads, streaming/server-sent events, lifespan state,
-background tasks)."""
+"""Real frameworks on the HTTP server: Debian's Starlette 0.26 (routing,
+JSON, forms where python3-multipart is installed, uploads, server-sent
+events, lifespan state, background tasks) and FastAPI 0.92 (path and query parameters, pydantic
+bodies, validation errors, HTTPException, startup events, OpenAPI)."""
 import json
 import subprocess
 
@@ -42,3 +43,27 @@ def test_starlette_app(serve):
     assert json.loads(s.get("/done")[2]) == ["background"]
     assert s.worker.call("erlang._http", "stop", [2.0]) is True
     assert s.worker.eval("__import__('http_starlette_app').done") == ["background", "shutdown"]
+
+
+fastapi_missing = subprocess.run(["/usr/bin/python3", "-c", "import fastapi"],
+                                 capture_output=True).returncode != 0
+
+
+@pytest.mark.skipif(fastapi_missing, reason="fastapi not installed (python3-fastapi)")
+def test_fastapi_app(serve):
+    s = serve("http_fastapi_app:app", lifespan="on")
+    status, _, body = s.get("/items/7?q=abc")
+    assert (status, json.loads(body)) == (200, {"item_id": 7, "q": "abc", "started": ["startup"]})
+    status, _, body = s.get("/items/0")
+    assert (status, json.loads(body)) == (404, {"detail": "no item 0"})
+    status, _, body = s.get("/items/x")
+    assert status == 422 and json.loads(body)["detail"][0]["loc"] == ["path", "item_id"]
+    status, _, body = s.get("/items", method="POST",
+                            body=json.dumps({"name": "pen", "price": 1.5, "tags": ["a"]}),
+                            headers={"Content-Type": "application/json"})
+    assert (status, json.loads(body)) == (200, {"name": "pen", "total": 3.0, "tags": ["a"]})
+    status, _, body = s.get("/items", method="POST", body=b"{not json",
+                            headers={"Content-Type": "application/json"})
+    assert status == 422
+    status, _, body = s.get("/openapi.json")
+    assert status == 200 and "/items/{item_id}" in json.loads(body)["paths"]
