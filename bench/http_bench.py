@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -46,12 +47,18 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def wrk(port: int, seconds: int, connections: int, pids: list[int]) -> tuple[float, float, float]:
+# wrk's script for the POST figure: a 1 KiB JSON body.
+POST_LUA = os.path.join(HERE, "http_post_1k.lua")
+
+
+def wrk(port: int, seconds: int, connections: int, pids: list[int], path: str = "/",
+        post: bool = False) -> tuple[float, float, float]:
     """(requests/s, p99 ms, servers' CPU µs per request)."""
     cpu0 = cpu_seconds(pids)
+    script = ["-s", POST_LUA] if post else []
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
-                          f"http://127.0.0.1:{port}/"], check=True, capture_output=True,
-                         text=True).stdout
+                          *script, f"http://127.0.0.1:{port}{path}"], check=True,
+                         capture_output=True, text=True).stdout
     cpu = cpu_seconds(pids) - cpu0
     total = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -65,7 +72,7 @@ def wrk(port: int, seconds: int, connections: int, pids: list[int]) -> tuple[flo
 class Pyport:
     """`workers` pyport workers serving one port, as an HTTP pool's do."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, app: str = "http_hello_app:app") -> None:
         import pyport_proto
         self.port = free_port()
         self.ws = []
@@ -73,7 +80,7 @@ class Pyport:
             w = pyport_proto.Worker(None, paths=[HERE])
             self.ws.append(w)
             w.exec("import erlang._http\n"
-                   f"erlang._http.start('http_hello_app:app', '127.0.0.1:{self.port}', {{}})")
+                   f"erlang._http.start({app!r}, '127.0.0.1:{self.port}', {{}})")
             w.call("erlang._http", "wait_serving")
         self.pids = [w.hello.os_pid for w in self.ws]
 
@@ -83,13 +90,13 @@ class Pyport:
 
 
 class Uvicorn:
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, app: str = "http_hello_app:app") -> None:
         self.port = free_port()
         more = ["--workers", str(workers)] if workers > 1 else []
         self.p = subprocess.Popen(["/usr/bin/python3", "-m", "uvicorn", "--loop", "uvloop",
                                    "--http", "httptools", "--no-access-log", "--log-level",
                                    "warning", "--port", str(self.port), *more,
-                                   "http_hello_app:app"], cwd=HERE)
+                                   app], cwd=HERE)
         wait_listening(self.port)
         self.pids = [self.p.pid]
         if workers > 1:  # the serving processes are the supervisor's children
@@ -113,24 +120,30 @@ class Uvicorn:
                 pass
 
 
-def measure(workers: int, seconds: int, connections: int, rounds: int) -> None:
-    servers = {"pyport": Pyport(workers), "uvicorn_uvloop": Uvicorn(workers)}
+def measure(workers: int, seconds: int, connections: int, rounds: int,
+            figure: str = "hello", app: str = "http_hello_app:app", path: str = "/",
+            post: bool = False) -> None:
+    servers = {"pyport": Pyport(workers, app), "uvicorn_uvloop": Uvicorn(workers, app)}
     try:
         for s in servers.values():
-            wrk(s.port, 1, connections, s.pids)  # warm up
+            status = urllib.request.urlopen(
+                urllib.request.Request(f"http://127.0.0.1:{s.port}{path}",
+                                       data=b"{}" if post else None)).status
+            assert status == 200, (figure, status)
+            wrk(s.port, 1, connections, s.pids, path, post)  # warm up
         # Alternating rounds, best of each: the machine is shared, and a
         # round that another load slowed says nothing about the server.
         best: dict[str, tuple[float, float, float]] = {}
         for _ in range(rounds):
             for name, s in servers.items():
-                r = wrk(s.port, seconds, connections, s.pids)
+                r = wrk(s.port, seconds, connections, s.pids, path, post)
                 b = best.get(name)
                 best[name] = r if b is None else (max(b[0], r[0]), min(b[1], r[1]),
                                                    min(b[2], r[2]))
     finally:
         for s in servers.values():
             s.close()
-    tag = f"http_hello_{workers}w"
+    tag = f"http_{figure}_{workers}w"
     for name in servers:
         print(f"{tag}_{name} {best[name][0]:.0f} req/s", flush=True)
     for name in servers:
@@ -193,6 +206,13 @@ def main(argv: list[str]) -> None:
         return
     for workers in (1, 2):
         measure(workers, seconds, connections, rounds)
+    measure(1, seconds, connections, rounds, "post_1k_echo", "http_hello_app:echo", "/", True)
+    if subprocess.run(["/usr/bin/python3", "-c", "import fastapi"],
+                      capture_output=True).returncode == 0:
+        measure(1, seconds, connections, rounds, "fastapi_json", "http_fastapi_app:app",
+                "/items/42?q=x")
+    else:
+        print("# http_bench: FastAPI figure skipped (apt-get install python3-fastapi)")
     idle_memory(2000)
 
 

@@ -7,3 +7,18 @@ async def app(scope, receive, send):
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": b"Hello, world!"})
+
+
+async def echo(scope, receive, send):
+    """POST: answers the request body as JSON (the 1 KiB echo figure)."""
+    if scope["type"] != "http":
+        return
+    body = b""
+    more = True
+    while more:
+        m = await receive()
+        body += m.get("body", b"")
+        more = m.get("more_body", False)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
