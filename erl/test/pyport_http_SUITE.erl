@@ -14,7 +14,7 @@ suite() ->
 
 all() ->
     [serve_info_stop, bind_forms, start_errors, lifespan_startup_failed, access_log,
-     from_app_env, worker_killed_under_load].
+     from_app_env, wsgi_pool, worker_killed_under_load].
 
 init_per_suite(Config) ->
     _ = application:load(pyport),
@@ -135,6 +135,10 @@ start_errors(Config) ->
               "[::1:80", 70000]],
     ?assertEqual({error, {invalid_http_option, web_e, max_body, -1}},
                  pyport:start_http(web_e, opts(Config, #{bind => Bind, max_body => -1}))),
+    ?assertEqual({error, {invalid_http_option, web_e, interface, cgi}},
+                 pyport:start_http(web_e, opts(Config, #{bind => Bind, interface => cgi}))),
+    ?assertEqual({error, {invalid_http_option, web_e, wsgi_threads, 0}},
+                 pyport:start_http(web_e, opts(Config, #{bind => Bind, wsgi_threads => 0}))),
     ?assertEqual({error, {invalid_http_option, web_e, access_log, yes}},
                  pyport:start_http(web_e, opts(Config, #{bind => Bind, access_log => yes}))),
     ?assertEqual({error, {invalid_http_option, web_e, request_timeout, 0}},
@@ -198,6 +202,19 @@ from_app_env(Config) ->
         application:unset_env(pyport, http),
         {ok, _} = application:ensure_all_started(pyport)
     end.
+
+%% A WSGI app, detected (interface => auto) and forced.
+wsgi_pool(Config) ->
+    Port = free_port(),
+    {ok, _} = pyport:start_http(web_w, opts(Config, #{bind => Port,
+                                                      app => "http_ct_app:wsgi_app"})),
+    {ok, 200, <<"wsgi ", _/binary>>} = get({127, 0, 0, 1}, Port, "/"),
+    ok = pyport:stop_http(web_w),
+    {ok, _} = pyport:start_http(web_w, opts(Config, #{bind => Port, interface => wsgi,
+                                                      wsgi_threads => 2,
+                                                      app => "http_ct_app:wsgi_app"})),
+    {ok, 200, <<"wsgi ", _/binary>>} = get({127, 0, 0, 1}, Port, "/"),
+    ok = pyport:stop_http(web_w).
 
 %% access_log => true: one record per response in the node's logger.
 access_log(Config) ->

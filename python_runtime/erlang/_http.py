@@ -46,6 +46,8 @@ DEFAULTS: dict[str, Any] = {
     "root_path": "",
     "lifespan": "auto",             # auto | on | off
     "access_log": False,            # one INFO record per response (logger pyport.http.access)
+    "interface": "auto",            # asgi | wsgi | auto (erlang._wsgi.is_wsgi)
+    "wsgi_threads": 8,              # threads running a WSGI app's requests
 }
 
 # Flow control: the app's send() waits while the transport holds more than
@@ -788,6 +790,9 @@ class HttpServer:
         for conn in list(self.connections):
             if not conn.lost:
                 conn.transport.abort()
+        shutdown = getattr(self.app, "shutdown", None)  # the WSGI adapter's threads
+        if shutdown is not None:
+            shutdown()
         if self._lifespan_inbox is not None:
             self._lifespan_inbox.put_nowait({"type": "lifespan.shutdown"})
             try:
@@ -809,6 +814,15 @@ def start(app_spec: str, bind: str, options: Optional[dict] = None) -> None:
             raise ValueError(f"unknown HTTP option {key!r}")
         cfg[key] = value
     app = load_app(app_spec)
+    interface = cfg["interface"]
+    if interface not in ("asgi", "wsgi", "auto"):
+        raise ValueError(f"interface {interface!r}: expected asgi, wsgi or auto")
+    from . import _wsgi
+    if interface == "wsgi" or (interface == "auto" and _wsgi.is_wsgi(app)):
+        if cfg["lifespan"] == "on":
+            raise ValueError(f"app {app_spec!r}: lifespan => on needs an ASGI app (this is WSGI)")
+        cfg["lifespan"] = "off"
+        app = _wsgi.WsgiAdapter(app, int(cfg["wsgi_threads"]))
     if cfg["access_log"]:
         _enable_access_log()
     sock = bind_socket(bind, cfg["backlog"])

@@ -23,3 +23,8 @@ async def failing_startup(scope, receive, send):
 
 
 not_callable = 42
+
+
+def wsgi_app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"wsgi %d" % os.getpid()]
