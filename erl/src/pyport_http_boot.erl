@@ -21,6 +21,7 @@ start_link() ->
     end.
 
 %% @private
+-spec init(#{atom() => map()}) -> {ok, [atom()]} | {stop, {http, atom(), term()}}.
 init(Http) ->
     process_flag(trap_exit, true),
     start_all(lists:sort(maps:to_list(Http)), []).
@@ -40,14 +41,17 @@ start_all([{Name, Opts} | Rest], Started) ->
     end.
 
 %% @private
+-spec handle_call(term(), gen_server:from(), [atom()]) -> {reply, {error, unknown_call}, [atom()]}.
 handle_call(_Request, _From, Names) ->
     {reply, {error, unknown_call}, Names}.
 
 %% @private
+-spec handle_cast(term(), [atom()]) -> {noreply, [atom()]}.
 handle_cast(_Msg, Names) ->
     {noreply, Names}.
 
 %% @private
+-spec terminate(term(), [atom()]) -> ok.
 terminate(_Reason, Names) ->
     [pyport_http:stop(N) || N <- Names],
     ok.
