@@ -1,7 +1,9 @@
 """Real frameworks on the HTTP server: Debian's Starlette 0.26 (routing,
 JSON, forms where python3-multipart is installed, uploads, server-sent
-events, lifespan state, background tasks) and FastAPI 0.92 (path and query parameters, pydantic
-bodies, validation errors, HTTPException, startup events, OpenAPI)."""
+events, lifespan state, background tasks), FastAPI 0.92 (path and query
+parameters, pydantic bodies, validation errors, HTTPException, startup
+events, OpenAPI) and Flask 2.2 over WSGI (routing, JSON, forms, a 3 MiB upload, streaming,
+cookies)."""
 import json
 import subprocess
 
@@ -67,3 +69,23 @@ def test_fastapi_app(serve):
     assert status == 422
     status, _, body = s.get("/openapi.json")
     assert status == 200 and "/items/{item_id}" in json.loads(body)["paths"]
+
+
+flask_missing = subprocess.run(["/usr/bin/python3", "-c", "import flask"],
+                               capture_output=True).returncode != 0
+
+
+@pytest.mark.skipif(flask_missing, reason="flask not installed (python3-flask)")
+def test_flask_app(serve):
+    s = serve("http_flask_app:app")  # WSGI, detected
+    status, _, body = s.get("/items/5?q=z")
+    assert (status, json.loads(body)) == (200, {"item_id": 5, "q": "z"})
+    assert s.get("/items/x")[0] == 404
+    status, _, body = s.get("/form", method="POST", body="a=1&b=two+words",
+                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert json.loads(body) == {"a": "1", "b": "two words"}
+    payload = b"u" * (3 << 20)
+    assert json.loads(s.get("/upload", method="POST", body=payload)[2]) == {"size": len(payload)}
+    assert s.get("/stream")[2] == b"line 0\nline 1\nline 2\n"
+    _, headers, _ = s.get("/cookie")
+    assert sorted(v.split(";")[0] for k, v in headers if k.lower() == "set-cookie") == ["a=1", "b=2"]
