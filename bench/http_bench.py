@@ -90,9 +90,11 @@ class Pyport:
 
 
 class Uvicorn:
-    def __init__(self, workers: int, app: str = "http_hello_app:app") -> None:
+    def __init__(self, workers: int, app: str = "http_hello_app:app",
+                 interface: str = "asgi3") -> None:
         self.port = free_port()
         more = ["--workers", str(workers)] if workers > 1 else []
+        more += ["--interface", interface]
         self.p = subprocess.Popen(["/usr/bin/python3", "-m", "uvicorn", "--loop", "uvloop",
                                    "--http", "httptools", "--no-access-log", "--log-level",
                                    "warning", "--port", str(self.port), *more,
@@ -120,10 +122,36 @@ class Uvicorn:
                 pass
 
 
+class Gunicorn(Uvicorn):
+    """gunicorn's sync worker (WSGI)."""
+
+    def __init__(self, workers: int, app: str) -> None:
+        self.port = free_port()
+        self.p = subprocess.Popen(["/usr/bin/python3", "-m", "gunicorn", "-k", "sync", "-w",
+                                   str(workers), "-b", f"127.0.0.1:{self.port}",
+                                   "--log-level", "warning", app], cwd=HERE)
+        wait_listening(self.port)
+        deadline = time.monotonic() + 20
+        while True:  # the workers are the arbiter's children
+            with open(f"/proc/{self.p.pid}/task/{self.p.pid}/children") as f:
+                kids = [int(x) for x in f.read().split()]
+            if len(kids) >= workers or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        self.pids = [self.p.pid, *kids]
+
+
 def measure(workers: int, seconds: int, connections: int, rounds: int,
             figure: str = "hello", app: str = "http_hello_app:app", path: str = "/",
-            post: bool = False) -> None:
-    servers = {"pyport": Pyport(workers, app), "uvicorn_uvloop": Uvicorn(workers, app)}
+            post: bool = False, wsgi: bool = False) -> None:
+    if wsgi:
+        servers = {"pyport": Pyport(workers, app),
+                   "uvicorn_uvloop": Uvicorn(workers, app, "wsgi")}
+        if shutil.which("gunicorn") or subprocess.run(
+                ["/usr/bin/python3", "-c", "import gunicorn"], capture_output=True).returncode == 0:
+            servers["gunicorn_sync"] = Gunicorn(workers, app)
+    else:
+        servers = {"pyport": Pyport(workers, app), "uvicorn_uvloop": Uvicorn(workers, app)}
     try:
         for s in servers.values():
             status = urllib.request.urlopen(
@@ -150,9 +178,12 @@ def measure(workers: int, seconds: int, connections: int, rounds: int,
         print(f"{tag}_{name}_p99 {best[name][1]:.2f} ms", flush=True)
     for name in servers:
         print(f"{tag}_{name}_cpu {best[name][2]:.1f} us/request", flush=True)
-    ours, theirs = best["pyport"], best["uvicorn_uvloop"]
-    print(f"{tag}_pyport_vs_uvicorn {ours[0] / theirs[0]:.2f} ratio", flush=True)
-    print(f"{tag}_pyport_vs_uvicorn_cpu {theirs[2] / ours[2]:.2f} ratio", flush=True)
+    ours = best["pyport"]
+    for name, peer in (("uvicorn_uvloop", "uvicorn"), ("gunicorn_sync", "gunicorn")):
+        if name in best:
+            theirs = best[name]
+            print(f"{tag}_pyport_vs_{peer} {ours[0] / theirs[0]:.2f} ratio", flush=True)
+            print(f"{tag}_pyport_vs_{peer}_cpu {theirs[2] / ours[2]:.2f} ratio", flush=True)
 
 
 def rss(pids: list[int]) -> int:
@@ -207,6 +238,7 @@ def main(argv: list[str]) -> None:
     for workers in (1, 2):
         measure(workers, seconds, connections, rounds)
     measure(1, seconds, connections, rounds, "post_1k_echo", "http_hello_app:echo", "/", True)
+    measure(1, seconds, connections, rounds, "wsgi_hello", "http_hello_app:wsgi", wsgi=True)
     if subprocess.run(["/usr/bin/python3", "-c", "import fastapi"],
                       capture_output=True).returncode == 0:
         measure(1, seconds, connections, rounds, "fastapi_json", "http_fastapi_app:app",

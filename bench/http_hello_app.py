@@ -22,3 +22,9 @@ async def echo(scope, receive, send):
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})
+
+
+def wsgi(environ, start_response):
+    """The WSGI hello world."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"Hello, world!"]

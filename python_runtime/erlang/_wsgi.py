@@ -190,7 +190,12 @@ class WsgiAdapter:
         def call(coro: Any) -> Any:
             return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
-        await loop.run_in_executor(self.pool, _Run(self.app, scope, receive, send, call).run)
+        run = _Run(self.app, scope, receive, send, call)
+        last = await loop.run_in_executor(self.pool, run.run)
+        # The response's last messages go out from here, on the loop: no
+        # hop back from the thread for them.
+        for message in last:
+            await send(message)
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -233,35 +238,42 @@ class _Run:
         self.headers = out
         return self.write
 
-    def _send_head(self) -> None:
-        if self.status is None:
-            raise AssertionError("the WSGI app sent a body before start_response")
-        self.head_sent = True
-        self.call(self.send({"type": "http.response.start", "status": self.status,
-                             "headers": self.headers}))
+    async def _send_all(self, messages: list) -> None:
+        for m in messages:
+            await self.send(m)
+
+    def _messages(self, body: bytes, more: bool) -> list:
+        messages = []
+        if not self.head_sent:
+            if self.status is None:
+                raise AssertionError("the WSGI app sent a body before start_response")
+            self.head_sent = True
+            messages.append({"type": "http.response.start", "status": self.status,
+                             "headers": self.headers})
+        messages.append({"type": "http.response.body", "body": body, "more_body": more})
+        return messages
+
+    def _send(self, body: bytes, more: bool) -> None:
+        """Sends a piece of the body, the head with it the first time: one
+        hop to the loop for both."""
+        self.call(self._send_all(self._messages(body, more)))
 
     def write(self, data: bytes) -> None:
-        if not self.head_sent:
-            self._send_head()
         if data:
-            self.call(self.send({"type": "http.response.body", "body": bytes(data),
-                                 "more_body": True}))
+            self._send(bytes(data), True)
 
-    def run(self) -> None:
+    def run(self) -> list:
+        """Runs the app on this thread; returns the response's last
+        messages, for the loop to send."""
         result: Iterable = self.app(_environ(self.scope, self.input), self.start_response)
         try:
             if isinstance(result, (list, tuple)) and not self.head_sent:
                 # The whole body known: one message, so a Content-Length.
-                body = b"".join(result)
-                self._send_head()
-                self.call(self.send({"type": "http.response.body", "body": body}))
-                return
+                return self._messages(b"".join(result), False)
             for chunk in result:
                 if chunk:
                     self.write(chunk)
-            if not self.head_sent:
-                self._send_head()
-            self.call(self.send({"type": "http.response.body", "body": b""}))
+            return self._messages(b"", False)
         finally:
             close = getattr(result, "close", None)
             if close is not None:
