@@ -40,6 +40,8 @@ const char* kind_name(uint64_t kind) {
       return "CANCEL";
     case kStreamStart:
       return "STREAM_START";
+    case kWith:
+      return "WITH";
     case kStreamCredit:
       return "STREAM_CREDIT";
     default:
@@ -68,6 +70,7 @@ uint32_t expected_fields(uint64_t kind) {
     case kExec:
     case kControl:
     case kStreamStart:
+    case kWith:
       return 4;
     case kStreamCredit:
       return 3;
@@ -179,6 +182,7 @@ void Dispatcher::dispatch(mp::Reader& r, uint64_t kind, uint64_t id, uint32_t fi
     case kStreamStart:
     case kStreamCredit:
     case kShutdown:
+    case kWith:
       break;
     case kReply:
     case kMessage:
@@ -196,7 +200,7 @@ void Dispatcher::dispatch(mp::Reader& r, uint64_t kind, uint64_t id, uint32_t fi
                          "bins each holding one frame that is not a BATCH",
                          out);
     default:
-      if (kind >= 13 && kind <= 14) {
+      if (kind == 14) {
         return frame_error(
             id,
             "frame kind " + std::to_string(kind) + " is reserved and not supported by this worker",
@@ -240,6 +244,8 @@ void Dispatcher::dispatch(mp::Reader& r, uint64_t kind, uint64_t id, uint32_t fi
       return stream_start(r, id, out);
     case kStreamCredit:
       return stream_credit(r, id, out);
+    case kWith:
+      return with_options(r, id, out);
     default:
       shutdown_ = true;
   }
@@ -356,7 +362,11 @@ void Dispatcher::call(mp::Reader& r, bool is_cast, uint64_t id, ByteBuffer& out)
       run_call(r, id, is_cast ? "CAST" : "CALL", &ferr, &module, &function, &interrupted);
   if (!ferr.empty()) return frame_error(id, ferr, out);
   if (interrupted) return is_cast ? void() : interrupted_before_start(id, out);
-  if (result && marker_type_ && Py_TYPE(result.get()) == (PyTypeObject*)marker_type_.get()) {
+  // A request that keeps its value keeps a marker too.
+  bool keeping =
+      with_options_ && with_id_ == id && PyDict_GetItemString(with_options_.get(), "keep");
+  if (result && marker_type_ && !keeping &&
+      PyObject_TypeCheck(result.get(), reinterpret_cast<PyTypeObject*>(marker_type_.get()))) {
     return schedule(result.get(), is_cast, id, out);
   }
   if (is_cast) {
@@ -468,7 +478,42 @@ bool Dispatcher::is_awaitable(PyObject* value) {
   return yes;
 }
 
+void Dispatcher::with_options(mp::Reader& r, uint64_t id, ByteBuffer& out) {
+  if (with_options_) return frame_error(id, "a WITH frame cannot hold another WITH", out);
+  std::string ferr;
+  PyRef options = decode_str_map(r, "Options", &ferr);
+  if (!ferr.empty()) return frame_error(id, ferr, out);
+  if (!options) return decode_error(id, "Options", out);
+  std::string_view inner;
+  if (!r.read_string(inner, "Frame")) return frame_error(id, r.error(), out);
+  if (!r.at_end()) return frame_error(id, "trailing bytes after the WITH frame", out);
+  auto* p = reinterpret_cast<const uint8_t*>(inner.data());
+  mp::Reader head(p, inner.size());
+  uint32_t fields;
+  uint64_t kind = 0, inner_id = 0;
+  if (!head.read_array_header(fields, "WITH Frame") || !head.read_uint(kind, "Kind") ||
+      !head.read_uint(inner_id, "Id") || (kind != kCall && kind != kEval) || inner_id != id) {
+    return frame_error(id, "the Frame of a WITH must be a CALL or an EVAL with the same Id", out);
+  }
+  if (!objects_apply_) {
+    PyRef mod = PyRef::steal(PyImport_ImportModule("erlang._objects"));
+    objects_apply_ = mod ? PyRef::steal(PyObject_GetAttrString(mod.get(), "apply")) : PyRef();
+    if (!objects_apply_) return python_error(id, out);
+  }
+  with_options_ = std::move(options);
+  with_id_ = id;
+  handle_frame(p, inner.size(), out);
+  with_options_.reset();
+}
+
 void Dispatcher::deliver(uint64_t id, PyRef value, ByteBuffer& out) {
+  if (with_options_ && with_id_ == id) {
+    PyRef options = std::move(with_options_);
+    with_options_.reset();
+    value = PyRef::steal(
+        PyObject_CallFunctionObjArgs(objects_apply_.get(), value.get(), options.get(), nullptr));
+    if (!value) return python_error(id, out);
+  }
   if (hooks_.loop && PyCoro_CheckExact(value.get())) return start_coroutine(id, value.get(), out);
   if (hooks_.start_task && is_awaitable(value.get())) {
     PyRef rid = PyRef::steal(PyLong_FromUnsignedLongLong(id));

@@ -99,6 +99,9 @@ class Dispatcher {
   void cancel(mp::Reader& r, uint64_t id, ByteBuffer& out);
   void stream_start(mp::Reader& r, uint64_t id, ByteBuffer& out);
   void stream_credit(mp::Reader& r, uint64_t id, ByteBuffer& out);
+  // WITH: the inner CALL or EVAL, its value passed through
+  // erlang._objects.apply(value, Options) (keep it, convert it).
+  void with_options(mp::Reader& r, uint64_t id, ByteBuffer& out);
 
   // What a CALL (from Module on) or an EVAL (from Code on) produces: its
   // value, or null with either *ferr set (the frame is malformed),
@@ -194,6 +197,10 @@ class Dispatcher {
   // erlang._schedule: ScheduleMarker, and park(marker) -> continuation id.
   PyRef marker_type_, park_;
   InputBatch requeued_;
+  // The Options of the WITH request being handled (its inner frame runs
+  // synchronously inside with_options()), and erlang._objects.apply.
+  PyRef with_options_, objects_apply_;
+  uint64_t with_id_ = 0;
 };
 
 }  // namespace pyport

@@ -268,6 +268,16 @@ class Codec::Decoder {
       }
       case mp::kExtBytes:
         return PyRef::steal(PyBytes_FromStringAndSize(reinterpret_cast<const char*>(p), n));
+      case mp::kExtObject: {
+        if (n != 8) {
+          r.fail_at(start, "object payload is not an 8-byte id");
+          return {};
+        }
+        uint64_t oid = 0;
+        for (size_t i = 0; i < 8; ++i)
+          oid = (oid << 8) | p[i];
+        return codec_.kept_object(oid);
+      }
       case mp::kExtTerm: {
         if (n < 2 || p[0] != 131) {
           r.fail_at(start, "term payload is not external term format (starting with 131)");
@@ -363,6 +373,20 @@ PyRef Codec::atom(const char* name, size_t size) {
   return atom;
 }
 
+PyRef Codec::kept_object(uint64_t id) {
+  PyRef key = PyRef::steal(PyLong_FromUnsignedLongLong(id));
+  if (!key) return {};
+  PyObject* obj = PyDict_GetItemWithError(objects_.get(), key.get());  // borrowed
+  if (obj) return PyRef::borrow(obj);
+  if (!PyErr_Occurred()) {
+    PyErr_Format(stale_error_.get(),
+                 "object %llu is not held by this worker (it was released, or the worker "
+                 "restarted since)",
+                 static_cast<unsigned long long>(id));
+  }
+  return {};
+}
+
 // ---- encoding ------------------------------------------------------------
 
 class Codec::Encoder {
@@ -421,8 +445,60 @@ class Codec::Encoder {
     if (PyList_Check(o)) return list(o, depth);
     if (PyDict_Check(o)) return dict(o, depth);
     if (PyAnySet_Check(o)) return set(o, depth);
+    return number_or_buffer(o);
+  }
+
+  // Objects that are numbers or bytes without being int, float or bytes:
+  // numpy scalars and arrays, Decimal, array.array, anything with
+  // __index__, __float__ or the buffer protocol (docs/type-mapping.md).
+  bool number_or_buffer(PyObject* o) {
+    const char* tp = Py_TYPE(o)->tp_name;
+    // numpy.bool_ (numpy.bool in numpy 2) has no __index__ to rely on.
+    if (std::strcmp(tp, "numpy.bool_") == 0 || std::strcmp(tp, "numpy.bool") == 0) {
+      int truth = PyObject_IsTrue(o);
+      if (truth < 0) return false;
+      mp::write_bool(out_, truth);
+      return true;
+    }
+    if (PyObject_CheckBuffer(o)) {
+      BufferView b;
+      if (PyObject_GetBuffer(o, &b.view, PyBUF_FULL_RO) == 0) {
+        b.held = true;
+        // A 0-dimensional buffer is a scalar (numpy.int64(5)): a number.
+        if (b.view.ndim != 0) return contiguous_bin(b.view);
+      } else {
+        PyErr_Clear();
+      }
+    }
+    if (PyIndex_Check(o)) {
+      PyRef i = PyRef::steal(PyNumber_Index(o));
+      if (i) return integer(i.get());
+      if (!PyErr_ExceptionMatches(PyExc_TypeError)) return false;
+      PyErr_Clear();
+    }
+    if (Py_TYPE(o)->tp_as_number && Py_TYPE(o)->tp_as_number->nb_float) {
+      PyRef f = PyRef::steal(PyNumber_Float(o));
+      if (f) return real(PyFloat_AsDouble(f.get()));
+      if (!PyErr_ExceptionMatches(PyExc_TypeError)) return false;
+      PyErr_Clear();
+    }
     PyErr_Format(PyExc_TypeError, "cannot convert %s to an Erlang term", type_name(o).c_str());
     return false;
+  }
+
+  // The buffer's bytes in C order, copied straight from a strided view.
+  bool contiguous_bin(Py_buffer& view) {
+    size_t n = size_t(view.len);
+    if (PyBuffer_IsContiguous(&view, 'C')) return bin(view.buf, n);
+    if (!room(n) || !length(n, "a buffer")) return false;
+    mp::write_bin_header(out_, uint32_t(n));
+    size_t at = out_.size();
+    void* dst = out_.grow(n);
+    if (PyBuffer_ToContiguous(dst, &view, view.len, 'C') < 0) {
+      out_.truncate(at);
+      return false;
+    }
+    return true;
   }
 
   // Checks, before a payload of n bytes is copied, that it can still fit
@@ -514,14 +590,9 @@ class Codec::Encoder {
 
   bool buffer(PyObject* o) {
     BufferView b;
-    if (PyObject_GetBuffer(o, &b.view, PyBUF_C_CONTIGUOUS) < 0) {
-      PyErr_Clear();
-      PyErr_Format(PyExc_TypeError, "cannot convert non-contiguous %s to an Erlang term",
-                   type_name(o).c_str());
-      return false;
-    }
+    if (PyObject_GetBuffer(o, &b.view, PyBUF_FULL_RO) < 0) return false;
     b.held = true;
-    return bin(b.view.buf, size_t(b.view.len));
+    return contiguous_bin(b.view);
   }
 
   bool ext(int8_t type, const void* p, size_t n) {
@@ -653,6 +724,15 @@ std::unique_ptr<Codec> Codec::create() {
   }
   c->etf_name_ = PyRef::steal(PyUnicode_InternFromString("etf"));
   if (!c->etf_name_) return nullptr;
+  PyRef objects = PyRef::steal(PyImport_ImportModule("erlang._objects"));
+  if (!objects) return nullptr;
+  c->objects_ = PyRef::steal(PyObject_GetAttrString(objects.get(), "_table"));
+  c->stale_error_ = PyRef::steal(PyObject_GetAttrString(objects.get(), "StaleRefError"));
+  if (!c->objects_ || !c->stale_error_) return nullptr;
+  if (!PyDict_Check(c->objects_.get())) {
+    PyErr_SetString(PyExc_TypeError, "erlang._objects._table is not a dict");
+    return nullptr;
+  }
   return c;
 }
 

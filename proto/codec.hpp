@@ -59,8 +59,13 @@ class Codec {
   // decoding them must be fast. Returns null with an exception set.
   PyRef atom(const char* name, size_t size);
 
+  // The object an ext 6 names, from erlang._objects's table; null with
+  // StaleRefError set when the worker does not hold it.
+  PyRef kept_object(uint64_t id);
+
   PyRef atom_type_, term_type_, pid_type_, ref_type_;
-  PyRef etf_name_;  // interned "etf"
+  PyRef objects_, stale_error_;  // erlang._objects._table and StaleRefError
+  PyRef etf_name_;               // interned "etf"
   std::unordered_map<std::string, PyRef> atoms_;
 };
 

@@ -34,6 +34,7 @@ enum FrameKind : uint8_t {
   kMessage = 10,  // a term for one of the worker's mailboxes
   kControl = 11,
   kBatch = 12,  // several frames in one: [12, 0, [Frame (bin), ...]]
+  kWith = 13,   // a CALL or EVAL with options: [13, Id, Options, Frame (bin)]
   kShutdown = 15,
   kResult = 16,
   kError = 17,

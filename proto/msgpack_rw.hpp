@@ -13,7 +13,14 @@
 namespace pyport::mp {
 
 // Ext type codes of PROTOCOL.md ("Extension types").
-enum ExtType : int8_t { kExtAtom = 1, kExtTuple = 2, kExtBigInt = 3, kExtBytes = 4, kExtTerm = 5 };
+enum ExtType : int8_t {
+  kExtAtom = 1,
+  kExtTuple = 2,
+  kExtBigInt = 3,
+  kExtBytes = 4,
+  kExtTerm = 5,
+  kExtObject = 6,  // Erlang -> worker only: an object the worker keeps (8-byte id)
+};
 
 inline void store_be16(uint8_t* p, uint16_t v) {
   p[0] = uint8_t(v >> 8);

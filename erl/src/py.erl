@@ -50,6 +50,8 @@
          reload/1, reload/2, memory_stats/0, memory_stats/1, gc/0, gc/1, gc/2,
          version/0]).
 -export([call_fields/4]).
+%% Objects kept in the worker: the section at the end of the file.
+-export([call_method/3, call_method/4, getattr/2, to_term/1, is_ref/1, release/1]).
 %% Erlang for Python: registered functions, shared state, pub/sub, logging
 %% and tracing (docs/erlang-integration.md).
 -export([register_function/2, register_function/3, unregister_function/1,
@@ -58,6 +60,12 @@
          subscribe/1, unsubscribe/1, publish/2,
          configure_logging/0, configure_logging/1,
          enable_tracing/0, disable_tracing/0, get_traces/0, clear_traces/0]).
+
+%% Channels, buffers, shared state, imports and venvs (section at the end).
+-export([shared_dict_new/0, shared_dict_get/2, shared_dict_get/3, shared_dict_set/3,
+         shared_dict_del/2, shared_dict_keys/1, shared_dict_destroy/1,
+         ensure_venv/2, ensure_venv/3, activate_venv/1, deactivate_venv/0, venv_info/0,
+         tracemalloc_start/0, tracemalloc_start/1, tracemalloc_stop/0, dup_fd/1]).
 
 -export_type([context/0, handle/0, name/0, code/0, opts/0, result/0,
               async_ref/0, stream_ref/0]).
@@ -114,8 +122,8 @@ call(#pyport_ctx{} = Ctx, Module, Function, Args, Kwargs) ->
 call(Module, Function, Args, Kwargs, Opts) ->
     request(fun() ->
                     {Target, Timeout} = target(Opts),
-                    pyport_request:call(Target, ?CALL,
-                                        call_fields(Module, Function, Args, Kwargs), Timeout)
+                    pyport_objects:call(Target, ?CALL,
+                                        call_fields(Module, Function, Args, Kwargs), Timeout, Opts)
             end).
 
 %% @doc Calls through a context, with keyword arguments and options.
@@ -123,8 +131,8 @@ call(Module, Function, Args, Kwargs, Opts) ->
 call(#pyport_ctx{} = Ctx, Module, Function, Args, Kwargs, Opts) ->
     request(fun() ->
                     {Target, Timeout} = target(Ctx, Opts),
-                    pyport_request:call(Target, ?CALL,
-                                        call_fields(Module, Function, Args, Kwargs), Timeout)
+                    pyport_objects:call(Target, ?CALL,
+                                        call_fields(Module, Function, Args, Kwargs), Timeout, Opts)
             end).
 
 %% @doc Calls `Module.Function(*Args)' without waiting for the result;
@@ -462,7 +470,7 @@ eval(#pyport_ctx{} = Ctx, Code, Locals) ->
 eval(Code, Locals, Opts) when is_map(Locals); Locals =:= none ->
     request(fun() ->
                     {Target, Timeout, Ns} = code_target(Opts),
-                    pyport_request:call(Target, ?EVAL, eval_fields(Code, Locals, Ns), Timeout)
+                    pyport_objects:call(Target, ?EVAL, eval_fields(Code, Locals, Ns), Timeout, Opts)
             end).
 
 %% @doc Evaluates an expression through a context, with a timeout or options.
@@ -470,8 +478,8 @@ eval(Code, Locals, Opts) when is_map(Locals); Locals =:= none ->
 eval(#pyport_ctx{} = Ctx, Code, Locals, Opts) when is_map(Locals); Locals =:= none ->
     request(fun() ->
                     {Target, Timeout} = target(Ctx, Opts),
-                    pyport_request:call(Target, ?EVAL,
-                                        eval_fields(Code, Locals, ?SHARED_NAMESPACE), Timeout)
+                    pyport_objects:call(Target, ?EVAL,
+                                        eval_fields(Code, Locals, ?SHARED_NAMESPACE), Timeout, Opts)
             end).
 
 %% @doc Runs Python statements in the calling process's namespace: a later
@@ -932,6 +940,10 @@ check_option(node, N, Acc) when is_atom(N) ->
     Acc#{node => N};
 check_option(output, Where, Acc) when Where =:= caller; Where =:= logger ->
     Acc#{output => Where};
+check_option(Key, Value, Acc) when Key =:= return; Key =:= str_fallback; Key =:= numpy;
+                                   Key =:= traceback ->
+    ok = pyport_objects:check_option(Key, Value),
+    Acc#{Key => Value};
 check_option(Key, Value, _Acc) when Key =:= timeout; Key =:= pool; Key =:= node;
                                     Key =:= output ->
     throw({error, {invalid_option, Key, Value}});
@@ -980,8 +992,139 @@ code(L) when is_list(L) ->
     end;
 code(Other) -> throw({error, {invalid_code, Other}}).
 
+%% ---- channels, buffers, shared state, imports and venvs (docs/channels.md) ----
+
+%% @doc A dict shared by Erlang and every worker (`erlang.SharedDict(h)'
+%% in Python), owned by the caller: freed when it exits.
+-spec shared_dict_new() -> {ok, pyport_shared_dict:handle()} | {error, term()}.
+shared_dict_new() ->
+    pyport_shared_dict:new(#{}).
+
+%% @doc The value of a binary key, or `undefined'.
+-spec shared_dict_get(pyport_shared_dict:handle(), binary()) -> term().
+shared_dict_get(Dict, Key) ->
+    pyport_shared_dict:get(Dict, Key, undefined).
+
+-spec shared_dict_get(pyport_shared_dict:handle(), binary(), term()) -> term().
+shared_dict_get(Dict, Key, Default) ->
+    pyport_shared_dict:get(Dict, Key, Default).
+
+%% @doc `{error, {shared_dict_full, entries | bytes, Max}}' past its limits.
+-spec shared_dict_set(pyport_shared_dict:handle(), binary(), term()) -> ok | {error, term()}.
+shared_dict_set(Dict, Key, Value) ->
+    pyport_shared_dict:set(Dict, Key, Value).
+
+-spec shared_dict_del(pyport_shared_dict:handle(), binary()) -> ok.
+shared_dict_del(Dict, Key) ->
+    pyport_shared_dict:del(Dict, Key).
+
+-spec shared_dict_keys(pyport_shared_dict:handle()) -> [binary()].
+shared_dict_keys(Dict) ->
+    pyport_shared_dict:keys(Dict).
+
+%% @doc Frees it now (idempotent); later use raises `badarg'.
+-spec shared_dict_destroy(pyport_shared_dict:handle()) -> ok.
+shared_dict_destroy(Dict) ->
+    pyport_shared_dict:destroy(Dict).
+
+%% @doc Makes a venv (Debian's `python3 -m venv') unless it exists,
+%% installs `Req' offline only, and activates it for the default pool.
+-spec ensure_venv(unicode:chardata(), term()) -> ok | {error, term()}.
+ensure_venv(Path, Req) ->
+    pyport_venv:ensure(Path, Req, []).
+
+%% @doc With options: `{python, Exe}', `force', `{installer, pip | uv}',
+%% `{extras, [Name]}', `{find_links, WheelDir}'.
+-spec ensure_venv(unicode:chardata(), term(), list()) -> ok | {error, term()}.
+ensure_venv(Path, Req, Opts) ->
+    pyport_venv:ensure(Path, Req, Opts).
+
+%% @doc Activates a venv in every worker of the default pool, now and in
+%% those started later.
+-spec activate_venv(unicode:chardata()) -> ok | {error, {invalid_venv, term()}}.
+activate_venv(Path) ->
+    pyport_venv:activate(?DEFAULT_POOL, Path).
+
+-spec deactivate_venv() -> ok.
+deactivate_venv() ->
+    pyport_venv:deactivate(?DEFAULT_POOL).
+
+%% @doc `{ok, #{<<"active">> => true, <<"venv_path">>, <<"site_packages">>,
+%% <<"sys_path">>}}' or `{ok, #{<<"active">> => false}}'.
+-spec venv_info() -> {ok, map()} | {error, term()}.
+venv_info() ->
+    pyport_venv:info(?DEFAULT_POOL).
+
+%% @doc Starts `tracemalloc' in every worker of the default pool.
+-spec tracemalloc_start() -> ok | {error, term()}.
+tracemalloc_start() ->
+    tracemalloc_start(1).
+
+-spec tracemalloc_start(pos_integer()) -> ok | {error, term()}.
+tracemalloc_start(NFrames) when is_integer(NFrames), NFrames > 0 ->
+    pyport_preload:everywhere([?DEFAULT_POOL],
+                              iolist_to_binary(["import tracemalloc\ntracemalloc.start(",
+                                                integer_to_list(NFrames), ")\n"]), 30000);
+tracemalloc_start(NFrames) ->
+    {error, {invalid_nframes, NFrames}}.
+
+-spec tracemalloc_stop() -> ok | {error, term()}.
+tracemalloc_stop() ->
+    pyport_preload:everywhere([?DEFAULT_POOL], <<"import tracemalloc\ntracemalloc.stop()\n">>, 30000).
+
+%% @doc Not provided: a descriptor of the node is not one of a worker,
+%% which is another OS process.
+-spec dup_fd(integer()) -> {error, {not_supported, binary()}}.
+dup_fd(_Fd) ->
+    {error, {not_supported, <<"dup_fd: workers are separate OS processes; a descriptor of the "
+                              "node means nothing in them (pass a socket path or a port number "
+                              "to Python instead)">>}}.
+
 %% ---- output (pyport_output) ----
 
 %% A call's own `output' option travels with its target.
 with_output(#{output := Where}, Target) -> {output, Where, Target};
 with_output(_Opts, Target) -> Target.
+
+%% ---- objects kept in the worker (pyport_objects) ----
+
+%% @doc `Obj.Method(*Args)' in the worker that holds `Obj' (a handle from
+%% `py:call(..., #{return => ref})'); the result converted.
+-spec call_method(pyport_objects:ref(), name(), [term()]) -> result().
+call_method(Ref, Method, Args) ->
+    call_method(Ref, Method, Args, #{}).
+
+%% @doc {@link call_method/3} with options: `kwargs' (a map), and those of
+%% {@link call/5} (`return => ref' keeps the result in the worker too,
+%% `timeout', `str_fallback', `numpy', `traceback').
+-spec call_method(pyport_objects:ref(), name(), [term()], map()) -> result().
+call_method(Ref, Method, Args, Opts) when is_list(Args), is_map(Opts) ->
+    with_name(Method, fun(M) ->
+                              call(<<"erlang._objects">>, <<"call_method">>, [Ref, M | Args],
+                                   maps:get(kwargs, Opts, #{}), maps:remove(kwargs, Opts))
+                      end).
+
+%% @doc `getattr(Obj, Name)', converted.
+-spec getattr(pyport_objects:ref(), name()) -> result().
+getattr(Ref, Name) ->
+    with_name(Name, fun(N) -> call(builtins, getattr, [Ref, N]) end).
+
+%% @doc The object itself, converted to a term.
+-spec to_term(pyport_objects:ref()) -> result().
+to_term(Ref) ->
+    call(<<"erlang._objects">>, <<"identity">>, [Ref]).
+
+%% @doc Whether `Term' is a handle (its shape: it may be released, or
+%% another process's).
+-spec is_ref(term()) -> boolean().
+is_ref(Term) ->
+    pyport_objects:is_ref(Term).
+
+%% @doc Drops the object in its worker now (it goes anyway when the owner
+%% exits). Only the owner may; a second release is `ok'.
+-spec release(pyport_objects:ref()) -> ok | {error, term()}.
+release(Ref) ->
+    pyport_objects:release(Ref).
+
+with_name(Name, Fun) ->
+    request(fun() -> Fun(name(Name)) end).

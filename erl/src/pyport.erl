@@ -4,6 +4,7 @@
 
 -export([start/0, start_pool/2, stop_pool/1, pools/0, workers/1, worker_info/1, pool_info/1,
          run_job/2]).
+-export([resize_pool/2]).
 -export([stats/0, stats/1]).
 %% HTTP pools (pyport_http, docs/http.md).
 -export([start_http/2, stop_http/1, http_info/1]).
@@ -47,6 +48,16 @@ stats() ->
 -spec stats(atom()) -> {ok, pyport_stats:pool_stats()} | {error, {no_pool, atom()}}.
 stats(Pool) ->
     pyport_stats:stats(Pool).
+
+%% @doc Resizes a pool at run time to `N' workers (docs/pools.md,
+%% "Resizing"): growing returns once the new workers take requests;
+%% shrinking returns at once, the leaving workers finishing what they hold
+%% before they stop. Errors: `{no_pool, Pool}', `{invalid_pool_size, Pool,
+%% N}' (not an integer), `{pool_size_out_of_range, Pool, N, {Lo, Hi}}',
+%% `{worker_start_failed, Slot, Detail}' (the pool keeps its size).
+-spec resize_pool(atom(), pos_integer()) -> ok | {error, term()}.
+resize_pool(Pool, N) ->
+    pyport_pool:resize(Pool, N).
 
 %% @doc The names of the running pools.
 -spec pools() -> [atom()].

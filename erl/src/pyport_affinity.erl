@@ -12,6 +12,11 @@
 %% The worker's gen_server monitors the process and frees the namespace
 %% when it exits or unbinds. If the worker's OS process restarts, the
 %% namespace starts again empty, as every Python state of that worker does.
+%%
+%% When the pool shrinks below a binding's or a namespace's slot (see
+%% {@link pyport_resize}), the process's next call moves it to a slot the
+%% pool still has, the least-loaded one, as if its worker had restarted:
+%% the old namespace is freed, the new one starts empty.
 -module(pyport_affinity).
 
 -export([bind/1, unbind/1, bound_slot/1, namespace/1]).
@@ -48,10 +53,31 @@ unbind(Pool) ->
             ok
     end.
 
-%% @doc The slot the calling process is bound to on `Pool', if any.
+%% @doc The slot the calling process is bound to on `Pool', if any; a
+%% binding to a slot the pool no longer has moves to one it has.
 -spec bound_slot(pyport_config:pool_name()) -> pos_integer() | undefined.
 bound_slot(Pool) ->
-    get(?BIND(Pool)).
+    case get(?BIND(Pool)) of
+        undefined ->
+            undefined;
+        Slot ->
+            case pyport_pool:in_service(Pool, Slot) of
+                true -> Slot;
+                false -> rebind(Pool, Slot)
+            end
+    end.
+
+rebind(Pool, Old) ->
+    _ = erase(?BIND(Pool)),
+    case slot_for_new_affinity(Pool) of
+        {ok, Slot} ->
+            put(?BIND(Pool), Slot),
+            Slot;
+        {error, _} ->
+            %% No pool (or no worker) to move to: calls say so.
+            put(?BIND(Pool), Old),
+            Old
+    end.
 
 %% @doc The slot and namespace number of the calling process's namespace
 %% on `Pool', created (and registered with its worker) on first use.
@@ -61,6 +87,11 @@ namespace(Pool) ->
     case pyport_pool:info(Pool) of
         {ok, Info} ->
             case get(?NS(Pool)) of
+                {Slot, Ns, Worker} when Slot > map_get(size, Info) ->
+                    %% The pool shrank below it: freed, and made again.
+                    Worker ! {'$pyport_ns_drop', Ns},
+                    _ = erase(?NS(Pool)),
+                    namespace(Pool);
                 {Slot, Ns, Worker} ->
                     case pyport_pool:worker(Info, Slot) of
                         {ok, Worker} -> {ok, Slot, Ns};
@@ -93,19 +124,25 @@ register(Pool, Slot, Ns, Worker) ->
     {ok, Slot, Ns}.
 
 slot_for_new_affinity(Pool) ->
-    case {get(?BIND(Pool)), get(?NS(Pool))} of
+    case {bound_slot(Pool), get(?NS(Pool))} of
         {Slot, _} when is_integer(Slot) ->
             {ok, Slot};
         {undefined, {Slot, _, _}} ->
-            {ok, Slot};
+            case pyport_pool:in_service(Pool, Slot) of
+                true -> {ok, Slot};
+                false -> least_loaded(Pool)
+            end;
         {undefined, undefined} ->
-            case pyport_pool:info(Pool) of
-                {ok, Info} ->
-                    case pyport_pool:pick(Info) of
-                        {ok, Slot, _Pid} -> {ok, Slot};
-                        {error, _} = Error -> Error
-                    end;
-                {error, _} = Error ->
-                    Error
-            end
+            least_loaded(Pool)
+    end.
+
+least_loaded(Pool) ->
+    case pyport_pool:info(Pool) of
+        {ok, Info} ->
+            case pyport_pool:pick(Info) of
+                {ok, Slot, _Pid} -> {ok, Slot};
+                {error, _} = Error -> Error
+            end;
+        {error, _} = Error ->
+            Error
     end.

@@ -13,7 +13,11 @@
 start(_Type, _Args) ->
     case config() of
         {ok, Pools} ->
-            pyport_sup:start_link(Pools);
+            %% The shipped worker must run here (pyport_preflight).
+            case pyport_preflight:check() of
+                ok -> pyport_sup:start_link(Pools);
+                {error, _} = Error -> Error
+            end;
         {error, Reason} = Error ->
             ?LOG_ERROR("pyport: invalid configuration: ~tp", [Reason],
                          #{domain => [pyport]}),

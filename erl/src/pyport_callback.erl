@@ -121,6 +121,12 @@ op(<<"rpc_call">>, [Node, M, F, Args, Timeout0], Id, Ctx)
         {error, _, _, _} = Error ->
             {reply, Error}
     end;
+op(<<"handle">>, [Verb, Token, HArgs], Id, Ctx) when is_list(HArgs) ->
+    %% Channels, buffers, shared dicts: reached only through their token.
+    case pyport_handles:request(Verb, Token, HArgs) of
+        {wait, What, Fun} -> in_process(Id, Ctx, What, infinity, Fun);
+        {reply, _} = Reply -> Reply
+    end;
 op(Op, Args, _Id, _Ctx) ->
     {reply, bad_request(<<"unknown request or wrong arguments">>, {Op, Args})}.
 

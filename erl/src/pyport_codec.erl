@@ -18,7 +18,7 @@
 -module(pyport_codec).
 
 -export([encode/1, decode/1, decode/2,
-         encode_frame/3, encode_batch/1, decode_frame_head/1, decode_fields/2,
+         encode_frame/3, encode_batch/1, encode_with/3, decode_frame_head/1, decode_fields/2,
          decode_fields/3]).
 
 -export_type([frame_kind/0, frame_id/0, decode_error/0]).
@@ -40,6 +40,8 @@
 -define(EXT_BIGINT, 3).
 -define(EXT_BYTES, 4).
 -define(EXT_TERM, 5).
+%% Erlang -> worker only: an object the worker keeps (8-byte id).
+-define(EXT_OBJECT, 6).
 
 %% Containers (arrays, maps, tuples) nest at most this deep.
 -define(MAX_DEPTH, 512).
@@ -111,6 +113,13 @@ encode_frame(Kind, Id, Fields)
 encode_batch(Frames) ->
     [array_header(length(Frames), <<16#93, 12, 0>>)
      | [[bin_header(iolist_size(F)), F] || F <- Frames]].
+
+%% @doc A WITH frame `[13, Id, Options, Frame]' (proto/PROTOCOL.md): the
+%% encoded CALL or EVAL `Frame' (same id) run with `Options', a map of
+%% binary keys.
+-spec encode_with(frame_id(), #{binary() => term()}, iodata()) -> iodata().
+encode_with(Id, Options, Frame) when is_map(Options) ->
+    [int(Id, <<16#94, 13>>), encode(Options), bin_header(iolist_size(Frame)), Frame].
 
 bin_header(N) when N < 16#100 -> <<16#c4, N>>;
 bin_header(N) when N < 16#10000 -> <<16#c5, N:16>>;
@@ -211,6 +220,13 @@ container(M, Acc, P, X, K) when is_map(M) ->
     pairs(maps:to_list(M), map_header(map_size(M), Acc), P, X, K);
 container({bytes, B}, Acc, P, X, K) when is_binary(B) ->
     payload(?EXT_BYTES, B, B, Acc, P, X, K);
+container({'$pyport_object', _, _, _, _, _} = H, Acc, P, X, K) ->
+    %% A handle the calling process owns (pyport_objects) is its object's
+    %% id; anything else shaped like one is refused, never sent.
+    case pyport_objects:encode_ref(H) of
+        {ok, Id} -> k(K, <<Acc/binary, 16#d7, ?EXT_OBJECT, Id:64>>, P, X);
+        error -> error({unsupported_term, H})
+    end;
 container(T, Acc, P, X, K) when is_tuple(T) ->
     N = tuple_size(T),
     case scalars_size(T, N, header_size(N)) of

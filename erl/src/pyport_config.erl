@@ -20,6 +20,10 @@
 -type pool_name() :: atom().
 %% A validated pool configuration: every key present.
 -type pool_opts() :: #{size := pos_integer(),
+                       %% An elastic pool's bounds; `undefined' for a fixed one.
+                       min := pos_integer() | undefined,
+                       max := pos_integer() | undefined,
+                       idle_timeout := pos_integer(),
                        python_path := [binary()],
                        max_frame_size := pos_integer(),
                        call_timeout := timeout(),
@@ -44,6 +48,8 @@
                        %% default: resolved at pool start (pyport_grants:new/2).
                        grants := pyport_grants:spec() | default,
                        max_callbacks := pos_integer(),
+                       max_objects := pos_integer(),
+                       str_fallback := boolean(),
                        max_new_atoms := pyport_atoms:pool_setting(),
                        max_result_terms := pos_integer() | infinity | auto,
                        max_decoded_bytes := pos_integer() | infinity | auto,
@@ -166,8 +172,10 @@ validate_pool(Name, Opts) when is_map(Opts) ->
                     %% A zygote is a sandbox's fast path; unconfined it
                     %% would only be slower.
                     {error, {pool_option_requires, Name, fresh_worker, sandbox}};
-                Result ->
-                    Result
+                {ok, Valid} ->
+                    elastic(Name, Opts, Valid);
+                Error ->
+                    Error
             end
     end;
 validate_pool(Name, Opts) ->
@@ -175,6 +183,8 @@ validate_pool(Name, Opts) ->
 
 check_values(_Name, [], Acc) ->
     {ok, Acc};
+check_values(Name, [{Key, undefined} | Rest], Acc) when Key =:= min; Key =:= max ->
+    check_values(Name, Rest, Acc#{Key => undefined});
 check_values(Name, [{sandbox, Value} | Rest], Acc) ->
     case pyport_sandbox:validate(Value) of
         {ok, Sandbox} -> check_values(Name, Rest, Acc#{sandbox => Sandbox});
@@ -204,6 +214,10 @@ check_values(Name, [{Key, Value} | Rest], Acc) ->
 max_value(Key) when Key =:= call_timeout; Key =:= start_timeout; Key =:= kill_after;
                     Key =:= shutdown_timeout ->
     ?MAX_TIMEOUT;
+max_value(Key) when Key =:= min; Key =:= max ->
+    max_value(size);
+max_value(idle_timeout) ->
+    ?MAX_TIMEOUT;
 max_value(size) ->
     Machine = min(erlang:system_info(port_limit), erlang:system_info(process_limit)) div 4,
     max(1, min(?MAX_POOL_SIZE, Machine));
@@ -229,6 +243,9 @@ in_range(_Key, _Value) ->
 -spec defaults() -> pool_opts().
 defaults() ->
     #{size => erlang:system_info(schedulers_online),
+      min => undefined,
+      max => undefined,
+      idle_timeout => 60000,
       python_path => [],
       max_frame_size => 64 * 1024 * 1024,
       call_timeout => 30000,
@@ -253,6 +270,8 @@ defaults() ->
       %% all without a sandbox, nothing with one (pyport_grants).
       grants => default,
       max_callbacks => 4096,
+      max_objects => 10000,
+      str_fallback => false,
       max_new_atoms => default,
       max_result_terms => auto,
       max_decoded_bytes => auto,
@@ -265,7 +284,8 @@ default_worker() ->
         Priv -> filename:join(Priv, "pyport_worker")
     end.
 
-check(size, N) when is_integer(N), N > 0 -> {ok, N};
+check(Key, N) when (Key =:= size orelse Key =:= min orelse Key =:= max orelse
+                    Key =:= idle_timeout), is_integer(N), N > 0 -> {ok, N};
 check(python_path, Dirs) when is_list(Dirs) -> check_path(Dirs, []);
 check(max_frame_size, N)
   when is_integer(N), N >= ?MIN_FRAME_SIZE, N =< ?MAX_FRAME_SIZE -> {ok, N};
@@ -306,6 +326,8 @@ check(shutdown_timeout, N) when is_integer(N), N >= 0 -> {ok, N};
 check(fresh_worker, B) when is_boolean(B) -> {ok, B};
 check(log_rate, Rate) -> pyport_worker_log:validate_rate(Rate);
 check(max_callbacks, N) when is_integer(N), N > 0, N =< 16#FFFFFFF -> {ok, N};
+check(max_objects, N) when is_integer(N), N > 0, N =< 16#FFFFFFF -> {ok, N};
+check(str_fallback, B) when is_boolean(B) -> {ok, B};
 check(max_new_atoms, S) when S =:= default; S =:= node -> {ok, S};
 check(max_new_atoms, N) when is_integer(N), N >= 0 ->
     case N =< max_atom_budget() of
@@ -327,6 +349,32 @@ check(Key, N) when (Key =:= max_inflight orelse Key =:= max_requests orelse
                     Key =:= max_rss orelse Key =:= cpu_seconds), is_integer(N), N > 0 ->
     {ok, N};
 check(_Key, _Value) -> error.
+
+%% An elastic pool (`min' or `max' given): `size' is where it starts,
+%% `min' by default; `min' defaults to `size' if given, else 1; `max' to
+%% the larger of `min' and `size'. Then min =< size =< max.
+elastic(_Name, Opts, #{min := undefined, max := undefined} = Valid)
+  when not is_map_key(min, Opts), not is_map_key(max, Opts) ->
+    {ok, Valid};
+elastic(Name, Opts, Valid) ->
+    Min = case Valid of
+              #{min := undefined} when is_map_key(size, Opts) -> maps:get(size, Valid);
+              #{min := undefined} -> 1;
+              #{min := M} -> M
+          end,
+    Size = case is_map_key(size, Opts) of
+               true -> maps:get(size, Valid);
+               false -> Min
+           end,
+    Max = case Valid of
+              #{max := undefined} -> max(Min, Size);
+              #{max := X} -> X
+          end,
+    if
+        Min > Max -> {error, {invalid_pool_option, Name, min, Min}};
+        Size < Min; Size > Max -> {error, {invalid_pool_option, Name, size, Size}};
+        true -> {ok, Valid#{size := Size, min := Min, max := Max}}
+    end.
 
 %% @doc Environment variables for a worker: a map or list of name =>
 %% value (or `false' to unset), as a list of strings open_port takes.
@@ -412,6 +460,14 @@ existing_dir(Dir) ->
 
 check_path([], Acc) ->
     {ok, lists:reverse(Acc)};
+%% {priv, App, SubDir}: a directory in an application's priv/, wherever a
+%% release put it.
+check_path([{priv, App, Sub} | Rest], Acc)
+  when is_atom(App), is_list(Sub) orelse is_binary(Sub) ->
+    case code:priv_dir(App) of
+        {error, bad_name} -> error;
+        Priv -> check_path([filename:join(Priv, Sub) | Rest], Acc)
+    end;
 check_path([Dir | Rest], Acc) ->
     case to_binary(Dir) of
         {ok, <<_, _/binary>> = Bin} -> check_path(Rest, [Bin | Acc]);

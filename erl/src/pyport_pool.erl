@@ -21,12 +21,19 @@
 %% array; least-loaded routing skips such slots while any other is
 %% available. Explicit routes (a context, a shard key, a binding) still
 %% reach them: the worker holds those requests until it is back.
+%%
+%% Size: the pool routes over slots 1..`size'. The gen_server changes it
+%% at run time ({@link resize/2}, and on demand between `min' and `max',
+%% see {@link pyport_resize} and {@link pyport_autoscale}) by publishing a
+%% new `info()'; the counters and availability arrays are allocated for
+%% the largest size a pool may have, so they never change. A slot above
+%% `size' takes no new routed request (its worker drains and stops).
 
 -module(pyport_pool).
 -behaviour(gen_server).
 
--export([start_link/2, info/1, pick/1, worker/2, shard_slot/2, set_available/3,
-         decode_limits/1]).
+-export([start_link/2, start_link/3, info/1, pick/1, worker/2, shard_slot/2, set_available/3,
+         decode_limits/1, resize/2, in_service/2, target/1, capacity/0]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
 -export_type([info/0]).
@@ -38,6 +45,13 @@
                   unavailable := atomics:atomics_ref(),
                   max_inflight := pos_integer() | infinity,
                   size := pos_integer(),
+                  %% The size the pool is heading for (1) and the on-demand
+                  %% growth flag (2); see pyport_resize.
+                  control := atomics:atomics_ref(),
+                  owner := pid(),
+                  %% min < max: workers started on demand, stopped when idle.
+                  elastic := boolean(),
+                  max := pos_integer(),
                   max_frame_size := pos_integer(),
                   call_timeout := timeout(),
                   grants := pyport_grants:grants(),
@@ -47,11 +61,61 @@
 %% Above this size a caller samples two slots instead of reading them all.
 -define(SCAN_ALL_MAX, 8).
 
+%% The node's largest pool: the arrays of every pool have this many slots.
+-define(CAPACITY, pyport_config:max_value(size)).
+%% Elastic pools up to this size compare every slot on each call.
+-define(SCAN_ELASTIC_MAX, 64).
+
 %% @doc Starts the pool's routing owner. Workers start after it.
 -spec start_link(pyport_config:pool_name(), pyport_config:pool_opts()) ->
           {ok, pid()} | {error, term()}.
 start_link(Name, Opts) ->
-    gen_server:start_link(?MODULE, {Name, Opts}, []).
+    start_link(Name, Opts, undefined).
+
+%% @doc Starts the pool's routing owner under supervisor `PoolSup'.
+-spec start_link(pyport_config:pool_name(), pyport_config:pool_opts(), pid() | undefined) ->
+          {ok, pid()} | {error, term()}.
+start_link(Name, Opts, PoolSup) ->
+    gen_server:start_link(?MODULE, {Name, Opts, PoolSup}, []).
+
+%% @doc The most slots any pool may have (`pyport_config:max_value(size)').
+-spec capacity() -> pos_integer().
+capacity() ->
+    ?CAPACITY.
+
+%% @doc Resizes pool `Name' to `N' workers: growing starts the new
+%% workers and returns once they take requests; shrinking takes the slots
+%% above `N' out of routing at once and returns, their workers finishing
+%% what they hold before they stop (see {@link pyport_resize}).
+-spec resize(term(), term()) -> ok | {error, term()}.
+resize(Name, N) ->
+    case info(Name) of
+        {ok, #{owner := Owner} = Info} ->
+            case pyport_resize:check_size(Info, N) of
+                ok ->
+                    try gen_server:call(Owner, {resize, N}, infinity)
+                    catch exit:_ -> {error, {no_pool, Name}}
+                    end;
+                {error, _} = Error ->
+                    Error
+            end;
+        {error, _} = Error ->
+            Error
+    end.
+
+%% @doc Whether `Slot' is one the pool routes to now (not above its size).
+-spec in_service(pyport_config:pool_name(), pos_integer()) -> boolean().
+in_service(Name, Slot) ->
+    case persistent_term:get({pyport_pool, Name}, undefined) of
+        #{size := Size} -> Slot =< Size;
+        undefined -> false
+    end.
+
+%% @doc The size the pool is heading for: a worker of a slot above it
+%% leaves the pool.
+-spec target(info()) -> pos_integer().
+target(#{control := Control}) ->
+    atomics:get(Control, 1).
 
 %% @doc The routing data of pool `Name'.
 -spec info(term()) -> {ok, info()} | {error, {no_pool, term()}}.
@@ -74,6 +138,13 @@ decode_limits(Name) ->
 %% small pools, two random slots (the less loaded wins) for larger ones.
 %% Slots marked unavailable come last.
 -spec pick(info()) -> {ok, pos_integer(), pid()} | {error, {no_workers, atom()}}.
+pick(#{elastic := true, size := Size} = Info) when Size =< ?SCAN_ELASTIC_MAX ->
+    %% Ties go to the lowest slot, so that the top slots fall idle (and
+    %% stop) when the load drops; a busy least-loaded worker asks for one
+    %% more (pyport_autoscale).
+    Ranked = lists:keysort(1, [{load(Info, Slot), Slot} || Slot <- lists:seq(1, Size)]),
+    pyport_autoscale:busy_hint(Info, element(1, hd(Ranked))),
+    first_live(Info, [Slot || {_, Slot} <- Ranked]);
 pick(#{size := Size} = Info) when Size =< ?SCAN_ALL_MAX ->
     %% Scanning from a varying start spreads idle-time calls over all slots.
     Start = erlang:unique_integer([positive]) rem Size,
@@ -90,6 +161,10 @@ pick(#{size := Size} = Info) ->
                 true -> [A, B];
                 false -> [B, A]
             end,
+    case Info of
+        #{elastic := true} -> pyport_autoscale:busy_hint(Info, load(Info, hd(First)));
+        #{} -> ok
+    end,
     case [S || S <- First, available(Info, S)] of
         [] ->
             pick_any(Info);
@@ -147,7 +222,10 @@ jump(Key0, _B, J, Buckets) ->
     jump(Key, J, Next, Buckets).
 
 %% @doc The worker pid currently registered for `Slot'.
+%% A slot above the pool's size has none: its worker is leaving.
 -spec worker(info(), pos_integer()) -> {ok, pid()} | error.
+worker(#{size := Size}, Slot) when Slot > Size ->
+    error;
 worker(#{tab := Tab}, Slot) ->
     try ets:lookup_element(Tab, Slot, 2) of
         Pid -> {ok, Pid}
@@ -157,18 +235,27 @@ worker(#{tab := Tab}, Slot) ->
     end.
 
 %% @private
--spec init({pyport_config:pool_name(), pyport_config:pool_opts()}) -> {ok, map()}.
+-spec init({pyport_config:pool_name(), pyport_config:pool_opts(), pid() | undefined}) ->
+          {ok, map()}.
 init({Name, #{size := Size, max_frame_size := Max, call_timeout := Timeout,
-              max_inflight := MaxInflight} = Opts}) ->
+              max_inflight := MaxInflight} = Opts, PoolSup}) ->
     %% terminate/2 must run on shutdown to unpublish the pool.
     process_flag(trap_exit, true),
     Tab = ets:new(pyport_pool_workers, [set, public, {read_concurrency, true}]),
+    Capacity = max(Size, ?CAPACITY),
+    Control = atomics:new(2, []),
+    atomics:put(Control, 1, Size),
+    {Min, MaxSize} = pyport_autoscale:bounds(Opts),
     Info = #{name => Name,
              tab => Tab,
-             counters => counters:new(Size, [write_concurrency]),
-             unavailable => atomics:new(Size, []),
+             counters => counters:new(Capacity, [write_concurrency]),
+             unavailable => atomics:new(Capacity, []),
              max_inflight => MaxInflight,
              size => Size,
+             control => Control,
+             owner => self(),
+             elastic => Min < MaxSize,
+             max => MaxSize,
              max_frame_size => Max,
              call_timeout => Timeout,
              %% What the pool's Python code may reach (checked per frame).
@@ -176,10 +263,13 @@ init({Name, #{size := Size, max_frame_size := Max, call_timeout := Timeout,
              decode_limits => pyport_limits:of_pool(Name, Opts),
              opts => Opts},
     persistent_term:put({pyport_pool, Name}, Info),
-    {ok, #{name => Name, tab => Tab}}.
+    {ok, pyport_resize:new(Name, Tab, PoolSup, pyport_autoscale:new(Opts))}.
 
 %% @private
--spec handle_call(term(), gen_server:from(), map()) -> {reply, {error, unknown_call}, map()}.
+-spec handle_call(term(), gen_server:from(), map()) -> {reply, term(), map()}.
+handle_call({resize, N}, _From, State) ->
+    {Reply, State1} = pyport_resize:resize(N, State),
+    {reply, Reply, State1};
 handle_call(_Request, _From, State) ->
     {reply, {error, unknown_call}, State}.
 
@@ -190,8 +280,8 @@ handle_cast(_Msg, State) ->
 
 %% @private
 -spec handle_info(term(), map()) -> {noreply, map()}.
-handle_info(_Msg, State) ->
-    {noreply, State}.
+handle_info(Msg, State) ->
+    {noreply, pyport_resize:handle_info(Msg, State)}.
 
 %% @private
 -spec terminate(term(), map()) -> ok.

@@ -10,8 +10,6 @@
 
 -export([start_link/2, init/1]).
 
-%% Beyond the pool's shutdown_timeout (the OS process finishing its
-%% requests), the time the worker takes to kill it and see it gone.
 %% @doc Starts the pool `Name' with validated options.
 -spec start_link(pyport_config:pool_name(), pyport_config:pool_opts()) ->
           supervisor:startlink_ret().
@@ -24,7 +22,7 @@ start_link(Name, Opts) ->
 init({Name, Opts}) ->
     Flags = #{strategy => rest_for_one, intensity => 5, period => 10},
     Pool = #{id => pool,
-             start => {pyport_pool, start_link, [Name, Opts]},
+             start => {pyport_pool, start_link, [Name, Opts, self()]},
              shutdown => 5000},
     Workers = #{id => workers,
                 start => {pyport_workers_sup, start_link, [Name, Opts]},

@@ -23,7 +23,7 @@
 
 -include_lib("kernel/include/logger.hrl").
 
--export([call/4, start/4, start_failed/1, await/1, await/2, interrupt/1, cast/2]).
+-export([call/4, call/5, start/4, start_failed/1, await/1, await/2, interrupt/1, cast/2]).
 -export([send/3, decode_reply/3]).
 -export([builtin_exception_types/0]).
 -export([deadline/1, wait_ms/1]).
@@ -48,6 +48,10 @@
 %% The longest single `receive ... after'; longer waits are cut in such
 %% pieces.
 -define(MAX_AFTER_MS, 16#FFFFFFFF).
+%% Frame kind WITH (a request with options) and the process dictionary
+%% mark of a call that wants tracebacks in its errors (call/5).
+-define(WITH, 13).
+-define(TRACEBACK, '$pyport_traceback').
 
 %% Where a request goes: the least-loaded worker of a pool, one slot, the
 %% slot of a shard key; on another node, or on the least-loaded node of a
@@ -72,33 +76,53 @@
 %% @doc Sends a request and waits for its answer. `Timeout' `default' means
 %% the pool's `call_timeout'.
 -spec call(target(), pos_integer(), [term()], timeout() | default) -> result().
-call({output, _, _} = Target, Kind, Fields, Timeout) ->
+call(Target, Kind, Fields, Timeout) ->
+    call(Target, Kind, Fields, Timeout, #{}).
+
+%% @doc {@link call/4} with extras (pyport_objects): `before_send', a fun
+%% `(WorkerPid, Pool, Slot) -> ok | {error, _}' run once the worker is
+%% chosen and before the frame goes (an error stops it); `traceback',
+%% errors as `{error, {Type, Message, Traceback}}'. `Kind' may be `{13,
+%% Options, InnerKind}': the request wrapped in a WITH frame (PROTOCOL.md).
+-spec call(target(), pos_integer() | {pos_integer(), map(), pos_integer()}, [term()],
+           timeout() | default, map()) -> result().
+call({output, _, _} = Target, Kind, Fields, Timeout, Extra) ->
     case output_target(Target) of
-        {output, _, _} = Local -> call_local(Local, Kind, Fields, Timeout);
-        Other -> call(Other, Kind, Fields, Timeout)
+        {output, _, _} = Local -> call_local(Local, Kind, Fields, Timeout, Extra);
+        Other -> call(Other, Kind, Fields, Timeout, Extra)
     end;
-call({node, Node, Target}, Kind, Fields, Timeout) when Node =/= node() ->
+call({node, Node, Target}, Kind, Fields, Timeout, _Extra) when Node =/= node() ->
     pyport_cluster:call(Node, Target, Kind, Fields, Timeout);
-call({cluster, Pool}, Kind, Fields, Timeout) ->
+call({cluster, Pool}, Kind, Fields, Timeout, Extra) ->
     case pyport_cluster:pick_node(Pool) of
-        {ok, Node} -> call({node, Node, {pool, Pool}}, Kind, Fields, Timeout);
+        {ok, Node} -> call({node, Node, {pool, Pool}}, Kind, Fields, Timeout, Extra);
         {error, _} = Error -> Error
     end;
-call(Target, Kind, Fields, Timeout) ->
-    call_local(Target, Kind, Fields, Timeout).
+call({node, _Local, Target}, Kind, Fields, Timeout, Extra) ->
+    call(Target, Kind, Fields, Timeout, Extra);
+call(Target, Kind, Fields, Timeout, Extra) ->
+    call_local(Target, Kind, Fields, Timeout, Extra).
 
-call_local(Target, Kind, Fields, Timeout) ->
+call_local(Target, Kind, Fields, Timeout, Extra) ->
     %% The handle never leaves this function: no owner or await checks.
     Start = erlang:monotonic_time(),
-    case start_untracked(Target, Kind, Fields, Timeout, Start) of
+    case start_untracked(Target, Kind, Fields, Timeout, Start, maps:get(before_send, Extra, none)) of
         {pyport_call_failed, Reason} ->
             {error, Reason};
         {pyport_call, _, Deadline, Pool, Slot, _, _, _} = Handle ->
-            observed(Pool, Slot, what(Kind, Fields), Start, wait(Handle, remaining(Deadline)))
+            Result = case maps:get(traceback, Extra, false) of
+                         true ->
+                             put(?TRACEBACK, true),
+                             try wait(Handle, remaining(Deadline)) after erase(?TRACEBACK) end;
+                         false ->
+                             wait(Handle, remaining(Deadline))
+                     end,
+            observed(Pool, Slot, what(Kind, Fields), Start, Result)
     end.
 
 %% What a request is, for stats and telemetry: user code (call, eval,
 %% exec) is observed; CONTROL (py:gc, memory stats ...) is not.
+what({?WITH, _Options, Kind}, Fields) -> what(Kind, Fields);
 what(Kind, [Module, Function | _]) when Kind =:= ?CALL -> {Kind, [Module, Function]};
 what(Kind, _Fields) when Kind =:= ?EVAL; Kind =:= ?EXEC -> {Kind, []};
 what(_Kind, _Fields) -> none.
@@ -117,7 +141,7 @@ observed(Pool, Slot, {Kind, Fields}, Start, Result) ->
 -spec start(target(), pos_integer(), [term()], timeout() | default) -> handle().
 start(Target, Kind, Fields, Timeout) ->
     Start = erlang:monotonic_time(),
-    Handle = start_untracked(Target, Kind, Fields, Timeout, Start),
+    Handle = start_untracked(Target, Kind, Fields, Timeout, Start, none),
     case handle_key(Handle) of
         none -> ok;
         %% What await/1,2 needs to count the call when it ends.
@@ -125,53 +149,67 @@ start(Target, Kind, Fields, Timeout) ->
     end,
     Handle.
 
-start_untracked({output, _, _} = Target0, Kind, Fields, Timeout, Start) ->
+%% `BeforeSend': see call/5.
+start_untracked({output, _, _} = Target0, Kind, Fields, Timeout, Start, BeforeSend) ->
     case output_target(Target0) of
-        {output, _, _} = Local -> start_local(Local, Kind, Fields, Timeout, Start);
-        Other -> start_untracked(Other, Kind, Fields, Timeout, Start)
+        {output, _, _} = Local -> start_local(Local, Kind, Fields, Timeout, Start, BeforeSend);
+        Other -> start_untracked(Other, Kind, Fields, Timeout, Start, BeforeSend)
     end;
-start_untracked({node, Node, Target}, Kind, Fields, Timeout, _Start) when Node =/= node() ->
+start_untracked({node, Node, Target}, Kind, Fields, Timeout, _Start, _BeforeSend)
+  when Node =/= node() ->
     pyport_cluster:start(Node, Target, Kind, Fields, Timeout);
-start_untracked({node, _Local, Target}, Kind, Fields, Timeout, Start) ->
-    start_untracked(Target, Kind, Fields, Timeout, Start);
-start_untracked({cluster, Pool}, Kind, Fields, Timeout, Start) ->
+start_untracked({node, _Local, Target}, Kind, Fields, Timeout, Start, BeforeSend) ->
+    start_untracked(Target, Kind, Fields, Timeout, Start, BeforeSend);
+start_untracked({cluster, Pool}, Kind, Fields, Timeout, Start, BeforeSend) ->
     case pyport_cluster:pick_node(Pool) of
-        {ok, Node} -> start_untracked({node, Node, {pool, Pool}}, Kind, Fields, Timeout, Start);
-        {error, Reason} -> {pyport_call_failed, Reason}
+        {ok, Node} ->
+            start_untracked({node, Node, {pool, Pool}}, Kind, Fields, Timeout, Start, BeforeSend);
+        {error, Reason} ->
+            {pyport_call_failed, Reason}
     end;
-start_untracked(Target, Kind, Fields, Timeout, Start) ->
-    start_local(Target, Kind, Fields, Timeout, Start).
+start_untracked(Target, Kind, Fields, Timeout, Start, BeforeSend) ->
+    start_local(Target, Kind, Fields, Timeout, Start, BeforeSend).
 
-start_local(Target0, Kind, Fields, Timeout0, Start) ->
+start_local(Target0, Kind, Fields, Timeout0, Start, BeforeSend) ->
     {Output, Target} = output_of(Target0),
     Sent = send(Target, {Kind, Fields},
-                fun(Pid, Id, Frame, #{pool := Pool, slot := Slot, call_timeout := CallTimeout} = Where) ->
-                        Timeout = case Timeout0 of
-                                      default -> CallTimeout;
-                                      _ -> Timeout0
-                                  end,
-                        Deadline = deadline(Timeout),
-                        %% A one-shot alias, not yet a monitor: see await/2.
-                        Alias = erlang:alias([reply]),
-                        _ = case Where of
-                                #{output := caller} ->
-                                    %% Ahead of the request: the owner
-                                    %% knows where its first line goes.
-                                    Pid ! {'$pyport_output', Id, group_leader()};
-                                #{} ->
-                                    ok
-                            end,
-                        Pid ! {'$pyport', Alias, Id, Deadline, Frame},
-                        case what(Kind, Fields) of
-                            none -> ok;
-                            {K, F} -> pyport_telemetry:call_start(Pool, Slot, K, F, Start)
-                        end,
-                        {pyport_call, Alias, Deadline, Pool, Slot, Pid, Id, self()}
+                fun(Pid, Id, Frame, #{pool := Pool, slot := Slot} = Where) ->
+                        case before_send(BeforeSend, Pid, Pool, Slot) of
+                            ok -> send_call(Pid, Id, Frame, Where, Timeout0, what(Kind, Fields), Start);
+                            {error, _} = Error -> Error
+                        end
                 end, Output),
     case Sent of
         {error, Reason} -> {pyport_call_failed, Reason};
         Handle -> Handle
     end.
+
+before_send(none, _Pid, _Pool, _Slot) -> ok;
+before_send(Fun, Pid, Pool, Slot) -> Fun(Pid, Pool, Slot).
+
+send_call(Pid, Id, Frame, #{pool := Pool, slot := Slot, call_timeout := CallTimeout} = Where,
+          Timeout0, What, Start) ->
+    Timeout = case Timeout0 of
+                  default -> CallTimeout;
+                  _ -> Timeout0
+              end,
+    Deadline = deadline(Timeout),
+    %% A one-shot alias, not yet a monitor: see await/2.
+    Alias = erlang:alias([reply]),
+    _ = case Where of
+            #{output := caller} ->
+                %% Ahead of the request: the owner knows where its first
+                %% line goes.
+                Pid ! {'$pyport_output', Id, group_leader()};
+            #{} ->
+                ok
+        end,
+    Pid ! {'$pyport', Alias, Id, Deadline, Frame},
+    case What of
+        none -> ok;
+        {K, F} -> pyport_telemetry:call_start(Pool, Slot, K, F, Start)
+    end,
+    {pyport_call, Alias, Deadline, Pool, Slot, Pid, Id, self()}.
 
 %% A call's own `output' option, if it has one (`default': the pool's).
 output_of({output, Output, Target}) -> {Output, Target};
@@ -346,9 +384,9 @@ cast({cluster, Pool}, Fields) ->
         {ok, Node} -> cast({node, Node, {pool, Pool}}, Fields);
         {error, _} = Error -> Error
     end;
-cast(Target, Fields) ->
-    case prepare(Target, ?CAST, erlang:unique_integer([positive]), Fields, logger) of
-        {ok, _Pool, Info, Frame, _} ->
+cast(Target0, Fields) ->
+    case prepare(Target0, ?CAST, erlang:unique_integer([positive]), Fields, logger) of
+        {ok, Target, _Pool, Info, Frame, _} ->
             case route(Target, Info) of
                 {ok, _Slot, Pid} ->
                     Pid ! {'$pyport_cast', Frame},
@@ -364,10 +402,15 @@ cast(Target, Fields) ->
 %%% Internals
 %%%===================================================================
 
-prepare(Target, Kind0, Id, Fields0, Output0) ->
-    Pool = pool_of(Target),
-    case pyport_pool:info(Pool) of
-        {ok, #{max_frame_size := Max, opts := Opts} = Info} ->
+%% Encodes the frame and checks its size against the pool's limit. A
+%% request whose fields hold object handles goes to their worker: the
+%% encoder checks each handle (the caller owns it, it is live) and names
+%% it, and the target becomes that worker (pyport_objects), at no cost to
+%% requests without handles. `Output0': the call's own output option.
+prepare(Target0, Kind0, Id, Fields0, Output0) ->
+    Pool0 = pool_of(Target0),
+    case pyport_pool:info(Pool0) of
+        {ok, #{opts := Opts} = Info0} ->
             Output = case Output0 of
                          _ when Kind0 =/= ?CALL -> logger;     % eval, exec, control
                          default -> maps:get(output, Opts, logger);
@@ -377,22 +420,47 @@ prepare(Target, Kind0, Id, Fields0, Output0) ->
                                  caller -> pyport_output:call_fields(Id, Kind0, Fields0);
                                  logger -> {Kind0, Fields0}
                              end,
-            try pyport_codec:encode_frame(Kind, Id, Fields) of
-                Iodata ->
-                    %% A few binaries instead of a deep iolist: the message to
-                    %% the port owner and the port write copy only small
-                    %% parts, while large binaries stay shared by reference.
-                    Frame = erlang:iolist_to_iovec(Iodata),
-                    case iolist_size(Frame) of
-                        Size when Size > Max -> {error, {frame_too_large, Size, Max}};
-                        _ -> {ok, Pool, Info, Frame, Output}
+            try pyport_objects:collecting(fun() -> encode_frame(Kind, Id, Fields) end) of
+                {Iodata, Refs} ->
+                    Sized = case pyport_objects:target(Target0, Refs) of
+                                {ok, Target0} -> sized(Target0, Pool0, Info0, Iodata);
+                                {ok, Target} -> sized_in(Target, Iodata);
+                                {error, _} = Refused -> Refused
+                            end,
+                    case Sized of
+                        {ok, T, Pool, Info, Frame} -> {ok, T, Pool, Info, Frame, Output};
+                        {error, _} = Error -> Error
                     end
             catch
-                error:{unsupported_term, T} -> {error, {unsupported_term, T}}
+                error:{unsupported_term, T} -> {error, {unsupported_term, T}};
+                error:{pyport_object, Reason} -> {error, Reason}
             end;
         {error, _} = Error ->
             Error
     end.
+
+sized_in(Target, Iodata) ->
+    Pool = pool_of(Target),
+    case pyport_pool:info(Pool) of
+        {ok, Info} -> sized(Target, Pool, Info, Iodata);
+        {error, _} = Error -> Error
+    end.
+
+sized(Target, Pool, #{max_frame_size := Max} = Info, Iodata) ->
+    %% A few binaries instead of a deep iolist: the message to the port
+    %% owner and the port write copy only small parts, while large binaries
+    %% stay shared by reference.
+    Frame = erlang:iolist_to_iovec(Iodata),
+    case iolist_size(Frame) of
+        Size when Size > Max -> {error, {frame_too_large, Size, Max}};
+        _ -> {ok, Target, Pool, Info, Frame}
+    end.
+
+%% A request wrapped with options is a WITH frame around the whole request.
+encode_frame({?WITH, Options, Kind}, Id, Fields) ->
+    pyport_codec:encode_with(Id, Options, pyport_codec:encode_frame(Kind, Id, Fields));
+encode_frame(Kind, Id, Fields) ->
+    pyport_codec:encode_frame(Kind, Id, Fields).
 
 pool_of({pool, Pool}) -> Pool;
 pool_of({slot, Pool, _}) -> Pool;
@@ -427,13 +495,22 @@ send(Target, Request, Send) ->
 send(Target, {Kind, Fields}, Send, Output0) ->
     Id = erlang:unique_integer([positive]),
     case prepare(Target, Kind, Id, Fields, Output0) of
-        {ok, Pool, Info, Frame, Output} ->
-            case route(Target, Info) of
+        {ok, Target1, Pool, Info, Frame, Output} ->
+            case route(Target1, Info) of
                 {ok, Slot, Pid} ->
                     case admit(Info, Slot) of
                         ok ->
-                            Send(Pid, Id, Frame, #{pool => Pool, slot => Slot, output => Output,
-                                                   call_timeout => maps:get(call_timeout, Info)});
+                            case Send(Pid, Id, Frame,
+                                      #{pool => Pool, slot => Slot, output => Output,
+                                        call_timeout => maps:get(call_timeout, Info)}) of
+                                {error, _} = NotSent ->
+                                    %% Not sent: the worker will not count it out.
+                                    #{counters := C} = Info,
+                                    counters:sub(C, Slot, 1),
+                                    NotSent;
+                                Sent ->
+                                    Sent
+                            end;
                         {error, _} = Error ->
                             Error
                     end;
@@ -464,10 +541,16 @@ reply({?ERROR, Rest}, Pool, Slot) ->
         {ok, [<<"FrameError">>, Message, _]} ->
             {error, {frame_error, Message}};
         {ok, [Type, Message, Traceback]} when is_binary(Type) ->
-            ?LOG_DEBUG("Python ~ts: ~ts~n~ts", [Type, Message, Traceback],
-                         #{pyport_pool => Pool, pyport_slot => Slot,
-                           python_traceback => Traceback, domain => [pyport, python]}),
-            {error, {pyport_atoms:exception_type(Type, maps:get(atoms, Limits)), Message}};
+            %% Always in the log; in the error too when the call asked
+            %% (call/5, `traceback').
+            ?LOG_NOTICE("Python ~ts: ~ts~n~ts", [Type, Message, Traceback],
+                        #{pyport_pool => Pool, pyport_slot => Slot,
+                          python_traceback => Traceback, domain => [pyport, python]}),
+            TypeTerm = pyport_atoms:exception_type(Type, maps:get(atoms, Limits)),
+            case get(?TRACEBACK) of
+                true -> {error, {TypeTerm, Message, Traceback}};
+                _ -> {error, {TypeTerm, Message}}
+            end;
         {ok, Fields} ->
             {error, {protocol_error, {bad_error_frame, Fields}}};
         {error, _} = Error ->

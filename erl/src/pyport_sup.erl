@@ -5,9 +5,14 @@
 %% tree of every worker whose port closes; first, so that no worker runs
 %% unwatched), `pyport_state' (the shared state and
 %% traces tables), `pyport_registry' (Erlang functions Python may call),
-%% `pyport_hooks' (hooks by app path, see {@link pyport_hooks}), the
+%% `pyport_hooks' (hooks by app path, see {@link pyport_hooks}),
+%% `pyport_objects' (handles of Python objects kept in workers: their
+%% owners and workers; its restart restarts the pools, whose workers hold
+%% the objects), the
 %% `pg' scope `pyport' (cluster-wide pool membership and pub/sub topics),
-%% then `pyport_pools_sup' (every pool). The supervisor process owns the
+%% `pyport_pools_sup' (every pool), then `pyport_handles' (channels, buffers
+%% and shared dicts by token; a worker asking for an unknown token while it
+%% restarts gets an error). The supervisor process owns the
 %% table of requests in flight to other nodes (see {@link pyport_cluster}).
 -module(pyport_sup).
 -behaviour(supervisor).
@@ -29,6 +34,10 @@ init(Pools) ->
     State = #{id => pyport_state, start => {pyport_state, start_link, []}},
     Registry = #{id => pyport_registry, start => {pyport_registry, start_link, []}},
     Hooks = #{id => pyport_hooks, start => {pyport_hooks, start_link, []}},
+    Objects = #{id => pyport_objects, start => {pyport_objects, start_link, []}},
+    %% Channels, buffers and shared dicts Python reaches by token. Last:
+    %% nothing depends on it at start, and its restart restarts nothing.
+    Handles = #{id => pyport_handles, start => {pyport_handles, start_link, []}},
     Pg = #{id => pg,
            start => {pg, start_link, [pyport_cluster:scope()]}},
     PoolsSup = #{id => pyport_pools_sup,
@@ -38,4 +47,4 @@ init(Pools) ->
     %% The `http' environment's HTTP pools (pyport_http_boot), after the pools.
     HttpBoot = #{id => pyport_http_boot, start => {pyport_http_boot, start_link, []},
                  shutdown => 15000},
-    {ok, {Flags, [Reaper, State, Registry, Hooks, Pg, PoolsSup, HttpBoot]}}.
+    {ok, {Flags, [Reaper, State, Registry, Hooks, Objects, Pg, PoolsSup, Handles, HttpBoot]}}.

@@ -192,7 +192,9 @@
           inflight_check :: pyport_inflight:snapshot(),
           %% Runs, bounds and ends the processes serving Python's calls
           %% into Erlang (pyport_callback_keeper).
-          keeper :: pyport_callback_keeper:keeper() | undefined
+          keeper :: pyport_callback_keeper:keeper() | undefined,
+          %% Leaving the pool, which shrank below this slot (pyport_drain).
+          leaving = false :: false | pyport_drain:leaving()
          }).
 
 %%%===================================================================
@@ -298,7 +300,8 @@ init(Pool, Slot, Opts) ->
                     pyport_pool:set_available(Info, Slot, true),
                     pyport_cluster:join(Pool),
                     schedule_purge(),
-                    {ok, State#state{first = false}};
+                    %% A restart of a slot the pool is shrinking away from.
+                    {ok, leave_if_beyond_target(State#state{first = false})};
                 {error, Detail} ->
                     _ = ets:delete_object(Tab, {Slot, self()}),
                     {stop, {worker_start_failed, Detail}}
@@ -312,6 +315,9 @@ init(Pool, Slot, Opts) ->
           {reply, term(), #state{}} | {noreply, #state{}}.
 handle_call(info, _From, State) ->
     {reply, info_map(State), State};
+handle_call(recycle, _From, #state{leaving = Leaving} = State) when Leaving =/= false ->
+    %% About to stop: a new OS process would serve nobody.
+    {reply, ok, State};
 handle_call(recycle, From, #state{recycle_waiters = Waiters} = State) ->
     State1 = State#state{recycle_waiters = [From | Waiters]},
     case State#state.status of
@@ -444,6 +450,20 @@ handle_info({timeout, Timer, recycle_kill}, #state{start_timer = Timer, status =
     %% SHUTDOWN was not honoured in time (e.g. a thread that never ends).
     pyport_os:kill(State#state.port),
     {noreply, State#state{start_timer = undefined}};
+handle_info('$pyport_leave', State) ->
+    {noreply, leave(State)};
+handle_info('$pyport_rejoin', State) ->
+    rejoin(State);
+handle_info({'$pyport_leave_check', Ref}, #state{leaving = {Ref, _} = Leaving} = State) ->
+    Idle = queue:is_empty(State#state.queue) andalso map_size(State#state.internal) =:= 0,
+    Checked = pyport_drain:check(Leaving, State#state.info, State#state.slot, {held(State), Idle}),
+    {Overdue, Leaving1} = pyport_drain:overdue(Checked, maps:get(shutdown_timeout, State#state.opts)),
+    %% Tasks and streams that outlast the grace are cancelled, as when
+    %% recycling (synchronous calls ignore CANCEL: their deadlines end them).
+    _ = [cancel_in_worker(Id, State) || Overdue, Id <- maps:keys(State#state.pending)],
+    {noreply, State#state{leaving = Leaving1}};
+handle_info({'$pyport_leave_check', _}, State) ->
+    {noreply, State};
 handle_info(purge, State0) ->
     schedule_purge(),
     State = purge_expired(State0),
@@ -1320,8 +1340,12 @@ initialize(#state{opts = #{imports := Imports0, init_code := Code} = Opts} = Sta
                   #{sandbox := false} -> Imports0;
                   #{} -> []                       % preloaded (pyport_sandbox:args/2)
               end,
-    Steps = [{{import, M}, <<"import ", M/binary>>} || M <- Imports]
-        ++ [{init_code, Code} || Code =/= undefined],
+    %% Around the pool's own steps: its venv and py_import's paths first,
+    %% py_import's imports, an activated venv and py_preload's code last.
+    Steps = pyport_preload:first_steps(Opts)
+        ++ [{{import, M}, <<"import ", M/binary>>} || M <- Imports]
+        ++ [{init_code, Code} || Code =/= undefined]
+        ++ pyport_preload:later_steps(State0#state.pool, Opts),
     case Steps of
         [] ->
             ready(State);
@@ -1384,6 +1408,8 @@ os_process_died(Detail0, #state{status = Status, spawned_at = Spawned} = State0)
                  Reason -> Reason
              end,
     State1 = drop_subscriptions(fail_all_pending(Detail, State0)),
+    %% The objects it kept for Erlang died with it (pyport_objects).
+    pyport_objects:worker_exited(self()),
     remove_workdir(State1),
     cancel_timer(State1#state.start_timer),
     WasUp = lists:member(Status, [up, draining, recycling]),
@@ -1402,6 +1428,14 @@ os_process_died(Detail0, #state{status = Status, spawned_at = Spawned} = State0)
                                       _ -> {exited, Detail}
                                   end),
     if
+        Status =:= recycling, State#state.leaving =/= false ->
+            %% Leaving the pool: a new OS process only for requests that
+            %% wait for one.
+            State3 = State#state{os_pid = undefined, recycles = State#state.recycles + 1},
+            case queue:is_empty(State#state.queue) of
+                true -> {noreply, State3#state{status = stopping}};
+                false -> respawn(State3)
+            end;
         Status =:= recycling ->
             ?LOG_INFO("pyport worker ~tp/~b: OS process ~tp recycled (~tp)",
                         [State#state.pool, State#state.slot, State#state.os_pid,
@@ -1479,7 +1513,7 @@ next_backoff(Ms) -> min(2 * Ms, ?BACKOFF_MAX_MS).
 
 %% Recycling: no new frames for the OS process (they queue), and no
 %% least-loaded traffic, until what it runs has finished.
-start_drain(Reason, #state{status = up} = State) ->
+start_drain(Reason, #state{status = up, leaving = false} = State) ->
     ?LOG_INFO("pyport worker ~tp/~b: recycling OS process ~tp (~tp)",
                 [State#state.pool, State#state.slot, State#state.os_pid, Reason],
                 metadata(State)),
@@ -1502,8 +1536,37 @@ maybe_drained(State) ->
 
 %% Least-loaded routing takes the slot while it is up and not stuck in a
 %% request its caller gave up on.
-update_availability(#state{status = Status, kill_timers = Timers, info = Info, slot = Slot}) ->
-    pyport_pool:set_available(Info, Slot, Status =:= up andalso map_size(Timers) =:= 0).
+update_availability(#state{status = Status, kill_timers = Timers, info = Info, slot = Slot,
+                           leaving = Leaving}) ->
+    pyport_pool:set_available(Info, Slot, Status =:= up andalso map_size(Timers) =:= 0
+                              andalso Leaving =:= false).
+
+%% Leaving: see pyport_drain.
+leave(#state{leaving = false, info = Info, pool = Pool, slot = Slot} = State) ->
+    ?LOG_INFO("pyport worker ~tp/~b: leaving the pool (it shrank)", [Pool, Slot], metadata(State)),
+    State#state{leaving = pyport_drain:leave(Info, Pool, Slot)};
+leave(State) ->
+    State.
+
+rejoin(#state{leaving = false} = State) ->
+    {noreply, State};
+rejoin(#state{leaving = Leaving, pool = Pool} = State0) ->
+    pyport_drain:rejoin(Leaving, Pool),
+    State = State0#state{leaving = false},
+    case State of
+        #state{status = stopping, port = undefined} ->
+            %% Its OS process ended in a recycle while leaving.
+            respawn(State#state{status = starting});
+        _ ->
+            update_availability(State),
+            {noreply, State}
+    end.
+
+leave_if_beyond_target(#state{info = Info, slot = Slot} = State) ->
+    case Slot > pyport_pool:target(Info) of
+        true -> leave(State);
+        false -> State
+    end.
 
 %% Asks the OS process to finish what it has read and exit; kills it if it
 %% is still there after the pool's shutdown_timeout (e.g. stuck in a loop).
@@ -1587,6 +1650,7 @@ info_map(#state{} = S) ->
       restarts => S#state.restarts,
       recycles => S#state.recycles,
       namespaces => map_size(S#state.monitor_by_ns),
+      leaving => S#state.leaving =/= false,
       last_exit => S#state.last_exit,
       sandbox => pyport_sandbox:report(S#state.capabilities)}.
 

@@ -35,7 +35,7 @@ groups() ->
        cast_runs_in_order, burst_of_requests_in_order, call_timeout_leaves_mailbox_empty, eval_timeout,
        frame_too_large, unsupported_term, options_and_pools, version]},
      {logging, [],
-      [print_one_megabyte, cast_exception_is_logged, traceback_logged_at_debug]},
+      [print_one_megabyte, cast_exception_is_logged, traceback_always_logged]},
      {load, [],
       [ten_thousand_callers_pool_of_two, sampled_routing_in_a_large_pool]}].
 
@@ -490,19 +490,15 @@ cast_exception_is_logged(_Config) ->
         ?assertMatch(#{pyport_pool := default, pyport_slot := 1, os_pid := OsPid}, Meta)
     end).
 
-traceback_logged_at_debug(_Config) ->
-    ok = logger:set_module_level(pyport_request, debug),
-    try
-        pyport_test_util:with_log_capture(debug, fun() ->
-            {error, {'ZeroDivisionError', _}} = py:eval(<<"1/0">>),
-            [Tb] = collect_log(fun(#{level := debug, meta := #{python_traceback := T}}) -> {true, T};
-                                  (_) -> false
-                               end, 1, 5000),
-            ?assertMatch({_, _}, binary:match(Tb, <<"ZeroDivisionError">>))
-        end)
-    after
-        logger:unset_module_level(pyport_request)
-    end.
+traceback_always_logged(_Config) ->
+    %% At notice, the default level: in the log without asking for it.
+    pyport_test_util:with_log_capture(notice, fun() ->
+        {error, {'ZeroDivisionError', _}} = py:eval(<<"1/0">>),
+        [Tb] = collect_log(fun(#{level := notice, meta := #{python_traceback := T}}) -> {true, T};
+                              (_) -> false
+                           end, 1, 5000),
+        ?assertMatch({_, _}, binary:match(Tb, <<"ZeroDivisionError">>))
+    end).
 
 
 %% Collects what Select keeps until their sizes (or count, for non-binaries)

@@ -77,7 +77,14 @@ python_paths(_Config) ->
                   pyport_config:validate_pool(p, #{python_path => V}))
      || V <- ["not/a/list/of/dirs", <<"dir">>, [42], [""], [<<>>], [dir], ["ok" | bad]]],
     ?assertMatch({ok, #{python_path := [<<"/x/ünï"/utf8>>]}},
-                 pyport_config:validate_pool(p, #{python_path => ["/x/ünï"]})).
+                 pyport_config:validate_pool(p, #{python_path => ["/x/ünï"]})),
+    %% {priv, App, Dir}: in that application's priv/, wherever it is installed.
+    Priv = list_to_binary(filename:join(code:priv_dir(pyport), "python")),
+    ?assertMatch({ok, #{python_path := [Priv, <<"b">>]}},
+                 pyport_config:validate_pool(p, #{python_path => [{priv, pyport, "python"}, "b"]})),
+    [?assertEqual({error, {invalid_pool_option, p, python_path, V}},
+                  pyport_config:validate_pool(p, #{python_path => V}))
+     || V <- [[{priv, no_such_app_loaded, "python"}], [{priv, pyport, 42}], [{priv, "pyport", "x"}]]].
 
 frame_sizes(_Config) ->
     [?assertEqual({error, {invalid_pool_option, p, max_frame_size, V}},

@@ -13,7 +13,7 @@ rest of the API is loaded on first use: a worker that never talks to Erlang
 pays nothing for it."""
 from importlib import import_module
 
-from ._types import Atom, Pid, Ref, Term
+from ._types import Atom, Pid, Ref, Term, atom
 
 # Public name -> the submodule that defines it.
 _API = {
@@ -27,15 +27,35 @@ _API = {
     **dict.fromkeys(["setup_logging", "ErlangHandler"], "_logging"),
     **dict.fromkeys(["Span", "trace"], "_tracing"),
     **dict.fromkeys(["schedule", "schedule_py", "schedule_inline", "consume_time_slice",
-                     "ScheduleMarker"], "_schedule"),
+                     "ScheduleMarker", "InlineScheduleMarker"], "_schedule"),
     **dict.fromkeys(["ErlangError", "UnknownFunctionError", "ProcessError", "RpcTimeoutError",
-                     "NodeDownError", "StateFullError"], "_errors"),
+                     "NodeDownError", "StateFullError", "ErlangTypeError", "ErlangValueError",
+                     "ErlangPermissionError"], "_errors"),
     **dict.fromkeys(["ErlangEventLoop", "ErlangEventLoopPolicy", "ExecutionMode", "detect_mode",
                      "get_worker_loop", "install", "new_event_loop", "run", "sleep",
-                     "spawn_task"], "_loop"),
+                     "spawn_task", "EventLoopPolicy", "get_event_loop_policy"], "_loop"),
+    # Channels, buffers and shared dicts (docs/channels.md).
+    **dict.fromkeys(["Channel", "ChannelClosed", "ByteChannel", "ByteChannelClosed",
+                     "reply"], "_channels"),
+    "PyBuffer": "_buffers",
+    "SharedDict": "_shared_dict",
 }
+# erlang_python's importable submodules, also reachable as attributes.
+_SUBMODULES = frozenset(["channel", "byte_channel"])
 
-__all__ = ["Atom", "Pid", "Ref", "Term", *_API]
+__all__ = ["Atom", "Pid", "Ref", "Term", "atom", *_API]
+
+# In a worker, asyncio's policy becomes ErlangEventLoopPolicy as asyncio is
+# imported (erlang_python installs it at start; see erlang._policy).
+try:
+    import _pyport_loop as _in_worker_probe
+except ImportError:  # plain Python (tests, tools)
+    pass
+else:
+    if _in_worker_probe.in_worker():
+        from ._policy import watch as _watch_asyncio
+        _watch_asyncio()
+    del _in_worker_probe
 
 
 def __getattr__(name):
@@ -45,6 +65,8 @@ def __getattr__(name):
         value = getattr(import_module(f"{__name__}.{module}"), name)
         globals()[name] = value  # found directly from now on
         return value
+    if name in _SUBMODULES:
+        return import_module(f"{__name__}.{name}")
     return _registered_function(name)
 
 

@@ -40,7 +40,9 @@ from erlang._transports import DatagramTransport, SocketTransport
 __all__ = [
     "ErlangEventLoop",
     "ErlangEventLoopPolicy",
+    "EventLoopPolicy",
     "ExecutionMode",
+    "get_event_loop_policy",
     "detect_mode",
     "install",
     "new_event_loop",
@@ -317,6 +319,28 @@ class ErlangEventLoopPolicy(_WorkerEventLoopPolicy):
         return ErlangEventLoop()
 
 
+# erlang_python's alias.
+EventLoopPolicy = ErlangEventLoopPolicy
+
+
+def get_event_loop_policy() -> ErlangEventLoopPolicy:
+    """A new ``ErlangEventLoopPolicy`` (as erlang_python's does; asyncio's
+    current policy is ``asyncio.get_event_loop_policy()``)."""
+    return ErlangEventLoopPolicy()
+
+
+def install_worker_policy() -> None:
+    """Makes ``ErlangEventLoopPolicy`` asyncio's policy in a worker, as
+    erlang_python does at start, unless code already chose one: then
+    ``asyncio.run()`` and ``asyncio.new_event_loop()`` make
+    ``ErlangEventLoop``s. Called when asyncio is first imported in a worker
+    (erlang._policy), so a worker that never uses asyncio never loads it."""
+    policy = _events._event_loop_policy
+    if policy is None or type(policy) in (_unix_events.DefaultEventLoopPolicy,
+                                          _WorkerEventLoopPolicy):
+        asyncio.set_event_loop_policy(ErlangEventLoopPolicy())
+
+
 def new_event_loop() -> ErlangEventLoop:
     """A new ``ErlangEventLoop`` (for ``asyncio.Runner(loop_factory=...)``,
     or to manage by hand)."""
@@ -438,3 +462,7 @@ def detect_mode() -> ExecutionMode:
         except Exception:
             pass
     return ExecutionMode.SHARED_GIL
+
+
+if _pyport_loop.in_worker():
+    install_worker_policy()

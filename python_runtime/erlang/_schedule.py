@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 from . import _link
 
-__all__ = ["ScheduleMarker", "schedule", "schedule_py", "schedule_inline", "consume_time_slice"]
+__all__ = ["ScheduleMarker", "InlineScheduleMarker", "schedule", "schedule_py", "schedule_inline", "consume_time_slice"]
 
 
 class ScheduleMarker:
@@ -48,6 +48,16 @@ class ScheduleMarker:
 
     def __repr__(self) -> str:
         return f"ScheduleMarker({self.how!r})"
+
+
+class InlineScheduleMarker(ScheduleMarker):
+    """What ``schedule_inline`` returns (erlang_python has a class of its
+    own for it); a ``ScheduleMarker`` with ``how`` "inline"."""
+
+    __slots__ = ()
+
+    def __init__(self, target: Any) -> None:
+        super().__init__("inline", target)
 
 
 def schedule(name: str, *args: Any) -> ScheduleMarker:
@@ -71,7 +81,8 @@ def _resolve(module: str, func: str, caller_globals: dict) -> Callable[..., Any]
 
 def _continuation(how: str, module: str, func: str, args: Any, kwargs: Any) -> ScheduleMarker:
     fn = _resolve(module, func, sys._getframe(2).f_globals)
-    return ScheduleMarker(how, functools.partial(fn, *(args or ()), **(kwargs or {})))
+    target = functools.partial(fn, *(args or ()), **(kwargs or {}))
+    return InlineScheduleMarker(target) if how == "inline" else ScheduleMarker(how, target)
 
 
 def schedule_py(module: str, func: str, args: Any = None, kwargs: Any = None) -> ScheduleMarker:
@@ -81,7 +92,8 @@ def schedule_py(module: str, func: str, args: Any = None, kwargs: Any = None) ->
     return _continuation("py", module, func, args, kwargs)
 
 
-def schedule_inline(module: str, func: str, args: Any = None, kwargs: Any = None) -> ScheduleMarker:
+def schedule_inline(module: str, func: str, args: Any = None,
+                    kwargs: Any = None) -> InlineScheduleMarker:
     """Return this from a handler: it continues as ``module.func(*args,
     **kwargs)`` once the requests already waiting in this worker have run."""
     return _continuation("inline", module, func, args, kwargs)

@@ -45,6 +45,11 @@ class Span:
         self.events.append({"name": name, "time_us": time.time_ns() // 1000,
                             "attributes": attributes})
 
+    def event(self, name: str, **attributes: Any) -> None:
+        """erlang_python's name for ``add_event``: records a point in time
+        (with attributes) inside the span."""
+        self.add_event(name, **attributes)
+
     def __enter__(self) -> "Span":
         parent = _current.get()
         self.trace_id = parent.trace_id if parent else _new_id()

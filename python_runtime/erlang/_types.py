@@ -19,6 +19,26 @@ class Atom(str):
         return f"Atom({str.__repr__(self)})"
 
 
+# Erlang's limit on an atom's name, in characters.
+MAX_ATOM_CHARS = 255
+
+
+def atom(name: str) -> Atom:
+    """``erlang.atom('ok')``: the ``Atom`` named ``name`` (erlang_python's
+    constructor; ``Atom('ok')`` is the same). ValueError for a name longer
+    than Erlang allows (255 characters); TypeError for a non-str. Making
+    one costs the node nothing: an atom is created only if it is sent to
+    Erlang, within the atom budget (docs/type-mapping.md)."""
+    if isinstance(name, Atom):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"erlang.atom() needs a str, not {type(name).__name__}")
+    if len(name) > MAX_ATOM_CHARS:
+        raise ValueError(f"an atom name has at most {MAX_ATOM_CHARS} characters, "
+                         f"this one has {len(name)}")
+    return Atom(name)
+
+
 class Term:
     """An opaque Erlang term (port, fun, ...) held in external term format.
 

@@ -118,6 +118,42 @@ constexpr size_t kMax = 64 << 20;
 
 BOOST_AUTO_TEST_SUITE(dispatcher)
 
+BOOST_AUTO_TEST_CASE(with_frames_keep_or_convert_the_value) {
+  Dispatcher d(codec(), kMax);
+  Bytes call = pack(1, 5, "builtins", "list", std::make_tuple(std::make_tuple(1, 2)), NoKwargs{});
+  Bytes keep = pack(
+      13, 5, std::map<std::string, int>{{"keep", 900}},
+      msgpack::type::raw_ref(reinterpret_cast<const char*>(call.data()), uint32_t(call.size())));
+  // msgpack-c packs raw_ref as str; the worker takes str or bin.
+  Reply r = result(d, keep, 5);
+  BOOST_TEST(r.field(2).via.array.ptr[0].as<int>() == 900);
+  PyRef count = py("__import__('erlang._objects', fromlist=['count']).count()");
+  BOOST_TEST(PyLong_AsLong(count.get()) == 1);
+  // The kept list as an argument (ext 6 id 900).
+  Bytes len =
+      raw_frame({{0x96, 0x01, 0x06, 0xa8},
+                 Bytes{'b', 'u', 'i', 'l', 't', 'i', 'n', 's'},
+                 {0xa3, 'l', 'e', 'n', 0x91, 0xd7, 0x06, 0, 0, 0, 0, 0, 0, 0x03, 0x84, 0x80}});
+  r = result(d, len, 6);
+  BOOST_TEST(r.field(2).as<int>() == 2);
+  py("__import__('erlang._objects', fromlist=['release']).release(900)");
+  r = error(d, len, 6, "StaleRefError");
+  // str_fallback converts what the codec cannot.
+  Bytes obj = pack(3, 7, "object()", kNil, 0);
+  error(d, obj, 7, "TypeError");
+  Bytes fallback =
+      pack(13, 7, std::map<std::string, bool>{{"str_fallback", true}},
+           msgpack::type::raw_ref(reinterpret_cast<const char*>(obj.data()), uint32_t(obj.size())));
+  r = result(d, fallback, 7);
+  BOOST_TEST(contains(r.str(2), "<object object at"));
+  // The inner frame must be a CALL or EVAL with the same id.
+  Bytes other =
+      pack(13, 8, NoKwargs{},
+           msgpack::type::raw_ref(reinterpret_cast<const char*>(obj.data()), uint32_t(obj.size())));
+  r = error(d, other, 8, "FrameError");
+  BOOST_TEST(contains(r.str(3), "same Id"));
+}
+
 BOOST_AUTO_TEST_CASE(call_returns_the_result) {
   Dispatcher d(codec(), kMax);
   Reply r = result(d, pack(1, 1, "math", "sqrt", std::vector<double>{16.0}, NoKwargs{}), 1);
@@ -193,9 +229,9 @@ BOOST_AUTO_TEST_CASE(python_exceptions_become_error_frames) {
   // A result with no Erlang form: TypeError for that id, nothing else written.
   r = error(d, pack(1, 11, "builtins", "object", std::make_tuple(), NoKwargs{}), 11, "TypeError");
   BOOST_TEST(r.str(3) == "cannot convert object to an Erlang term");
-  r = error(d, pack(1, 12, "decimal", "Decimal.from_float", std::make_tuple(1.5), NoKwargs{}), 12,
+  r = error(d, pack(1, 12, "builtins", "complex", std::make_tuple(1.5), NoKwargs{}), 12,
             "TypeError");
-  BOOST_TEST(r.str(3) == "cannot convert Decimal to an Erlang term");
+  BOOST_TEST(r.str(3) == "cannot convert complex to an Erlang term");
   // BaseExceptions are answered too; the worker does not exit on SystemExit.
   r = error(d, pack(1, 13, "sys", "exit", std::make_tuple(3), NoKwargs{}), 13, "SystemExit");
   BOOST_TEST(r.str(3) == "3");
@@ -415,7 +451,8 @@ BOOST_AUTO_TEST_CASE(malformed_frames_get_frame_errors_naming_the_problem) {
       {pack(99, 7), 7, "unknown frame kind 99"},
       {pack(0, 7), 7, "unknown frame kind 0"},
       {pack(16, 7, 1), 7, "unknown frame kind 16"},
-      {pack(13, 7, 1), 7, "frame kind 13 is reserved and not supported by this worker"},
+      {pack(14, 7, 1), 7, "frame kind 14 is reserved and not supported by this worker"},
+      {pack(13, 7, 1), 7, "WITH frame has 3 elements, expected 4"},
       // A BATCH reaches the dispatcher only when the reader could not take it apart.
       {pack(12, 7, 1), 0,
        "malformed BATCH frame: expected [12, 0, Frames], Frames an array of bins each holding one "
