@@ -14,7 +14,7 @@ suite() ->
 
 all() ->
     [serve_info_stop, bind_forms, start_errors, lifespan_startup_failed, access_log,
-     from_app_env, wsgi_pool, worker_killed_under_load].
+     from_app_env, wsgi_pool, hornbeam_start, worker_killed_under_load].
 
 init_per_suite(Config) ->
     _ = application:load(pyport),
@@ -215,6 +215,33 @@ wsgi_pool(Config) ->
                                                       app => "http_ct_app:wsgi_app"})),
     {ok, 200, <<"wsgi ", _/binary>>} = get({127, 0, 0, 1}, Port, "/"),
     ok = pyport:stop_http(web_w).
+
+%% Hornbeam's entry points and option names.
+hornbeam_start(Config) ->
+    Port = free_port(),
+    Dir = data_dir(Config),
+    %% WSGI by default, `application' by default.
+    ?assertMatch({ok, #{app := <<"http_ct_app:application">>, interface := wsgi,
+                        keepalive_timeout := 3000, workers := 2, python_path := [Dir],
+                        request_timeout := 5000}},
+                 pyport_http_hornbeam:options("http_ct_app", #{keepalive => 3, num_contexts => 2,
+                                                               pythonpath => [Dir],
+                                                               timeout => 5000,
+                                                               num_acceptors => 100})),
+    ?assertEqual({error, {unsupported_hornbeam_option, mounts, []}},
+                 hornbeam:start("m:a", #{mounts => []})),
+    ?assertEqual({error, {unknown_hornbeam_option, colour, blue}},
+                 hornbeam:start("m:a", #{colour => blue})),
+    {ok, _} = hornbeam:start("http_ct_app:wsgi_app",
+                             #{bind => "127.0.0.1:" ++ integer_to_list(Port), pythonpath => [Dir],
+                               workers => 1}),
+    {ok, 200, <<"wsgi ", _/binary>>} = get({127, 0, 0, 1}, Port, "/"),
+    ok = hornbeam:stop(),
+    {ok, _} = hornbeam:start("http_ct_app:app", #{bind => Port, worker_class => asgi,
+                                                  pythonpath => [Dir], workers => 1}),
+    {ok, 200, _} = get({127, 0, 0, 1}, Port, "/"),
+    ok = hornbeam:stop(),
+    ?assertEqual({error, {no_http, hornbeam_http}}, hornbeam:stop()).
 
 %% access_log => true: one record per response in the node's logger.
 access_log(Config) ->
