@@ -14,7 +14,7 @@ suite() ->
 
 all() ->
     [serve_info_stop, bind_forms, start_errors, lifespan_startup_failed, access_log,
-     from_app_env, wsgi_pool, hornbeam_start, worker_killed_under_load].
+     from_app_env, wsgi_pool, hornbeam_start, py_asgi_and_py_wsgi, worker_killed_under_load].
 
 init_per_suite(Config) ->
     _ = application:load(pyport),
@@ -242,6 +242,34 @@ hornbeam_start(Config) ->
     {ok, 200, _} = get({127, 0, 0, 1}, Port, "/"),
     ok = hornbeam:stop(),
     ?assertEqual({error, {no_http, hornbeam_http}}, hornbeam:stop()).
+
+%% erlang_python's runners: one request on a pool, for an Erlang server.
+py_asgi_and_py_wsgi(Config) ->
+    {ok, _} = pyport:start_pool(web_run, #{size => 1, python_path => [data_dir(Config)]}),
+    try
+        Scope = #{type => <<"http">>, method => <<"post">>, path => <<"/caf\xc3\xa9"/utf8>>,
+                  query_string => <<"a=1">>,
+                  headers => [[<<"X-Thing">>, <<"v">>], [<<"host">>, <<"h">>]]},
+        {ok, {201, Headers, Body}} =
+            py_asgi:run(<<"http_ct_app">>, <<"asgi_echo">>, Scope, <<"hello">>,
+                        #{pool => web_run}),
+        ?assertEqual([{<<"x-a">>, <<"1">>}, {<<"x-a">>, <<"2">>}], Headers),
+        ?assertEqual($!, binary:last(Body)),
+        Json = binary:part(Body, 0, byte_size(Body) - 1),
+        ?assertNotEqual(nomatch, binary:match(Json, <<"\"body\": \"hello\"">>)),
+        ?assertNotEqual(nomatch, binary:match(Json, <<"\"method\": \"POST\"">>)),
+        ?assertNotEqual(nomatch, binary:match(Json, <<"\"qs_is_bytes\": true">>)),
+        ?assertNotEqual(nomatch, binary:match(Json, <<"[\"x-thing\", \"v\"]">>)),
+        ?assertMatch({error, _}, py_asgi:run(<<"http_ct_app">>, <<"nope">>, Scope, <<>>,
+                                             #{pool => web_run})),
+        Environ = #{<<"REQUEST_METHOD">> => <<"POST">>, <<"PATH_INFO">> => <<"/p">>,
+                    <<"HTTP_X_THING">> => <<"t">>, <<"wsgi.input">> => <<"body!">>},
+        {ok, {<<"202 Accepted">>, WHeaders, <<"/p;t;body!">>}} =
+            py_wsgi:run(<<"http_ct_app">>, <<"wsgi_echo">>, Environ, #{pool => web_run}),
+        ?assertEqual([<<"a=1">>, <<"b=2">>], [V || {<<"Set-Cookie">>, V} <- WHeaders])
+    after
+        ok = pyport:stop_pool(web_run)
+    end.
 
 %% access_log => true: one record per response in the node's logger.
 access_log(Config) ->
