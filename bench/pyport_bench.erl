@@ -15,6 +15,10 @@ main(["sandbox_jobs"]) ->
 main(["idle_worker"]) ->
     {ok, _} = application:ensure_all_started(pyport),
     idle_worker(),
+    halt(0);
+main(["warm_pools"]) ->
+    {ok, _} = application:ensure_all_started(pyport),
+    warm_pools(),
     halt(0).
 
 -define(SEQ_CALLS, 20000).
@@ -33,6 +37,7 @@ main() ->
     coroutines(CallRate),
     idle_worker(),
     startup(Worker),
+    warm_pools(),
     cpu_scaling(),
     worker_death(),
     sharded(),
@@ -338,6 +343,66 @@ startup(Worker) ->
     line("worker_start_to_first_call_p50", nth(0.5, Ms), "ms"),
     line("worker_start_to_first_call_max", lists:last(Ms), "ms"),
     line("worker_idle_rss", lists:max([R || {_, R} <- Times]), "KiB").
+
+%% Pools whose workers import numpy (Debian's python3-numpy, ~30 MB):
+%% the time pyport:start_pool/2 takes for 1 worker, 8 cold workers and 8
+%% warm ones (`warm_start', forked from a zygote that imported numpy once;
+%% the zygote's start included), alternating, the median of 3 rounds; and
+%% the workers' unique memory (USS: Private_Clean + Private_Dirty of
+%% /proc/PID/smaps_rollup), summed over the pool, with the PSS of the whole
+%% pool (the zygote's included) beside it.
+warm_pools() ->
+    case os:cmd("/usr/bin/python3 -c 'import numpy' 2>&1 && echo ok") of
+        "ok\n" ->
+            Kinds = [{pool_1, 1, false}, {pool_8_cold, 8, false}, {pool_8_warm, 8, true}],
+            Rounds = [[warm_round(K) || K <- Kinds] || _ <- [1, 2, 3]],
+            [begin
+                 Ms = lists:sort([T || R <- Rounds, {N, T, _, _} <- R, N =:= Name]),
+                 {_, _, Uss, Pss} = lists:keyfind(Name, 1, lists:last(Rounds)),
+                 line("pool_start_" ++ tl(lists:dropwhile(fun(C) -> C =/= $_ end,
+                                                           atom_to_list(Name))) ++ "_ms",
+                      nth(0.5, Ms), "ms"),
+                 line("pool_uss_" ++ tl(lists:dropwhile(fun(C) -> C =/= $_ end,
+                                                         atom_to_list(Name))) ++ "_kib", Uss, "KiB"),
+                 line("pool_pss_" ++ tl(lists:dropwhile(fun(C) -> C =/= $_ end,
+                                                         atom_to_list(Name))) ++ "_kib", Pss, "KiB")
+             end || {Name, _, _} <- Kinds],
+            Median = fun(Name) -> nth(0.5, lists:sort([T || R <- Rounds, {N, T, _, _} <- R,
+                                                            N =:= Name])) end,
+            {_, _, Uss1, _} = lists:keyfind(pool_1, 1, lists:last(Rounds)),
+            {_, _, UssWarm, _} = lists:keyfind(pool_8_warm, 1, lists:last(Rounds)),
+            %% Targets (issue 15): both at most 2.
+            line("pool_start_8_warm_vs_1", Median(pool_8_warm) / Median(pool_1), "ratio"),
+            line("pool_uss_8_warm_vs_1", UssWarm / max(1, Uss1), "ratio");
+        _ ->
+            io:format("# pool_start_8_warm_ms skipped: numpy is not installed "
+                      "(apt-get install python3-numpy)~n")
+    end.
+
+warm_round({Name, Size, Warm}) ->
+    Opts = #{size => Size, warm_start => Warm, imports => [<<"numpy">>],
+             init_code => <<"import numpy\n_a = numpy.arange(1000).sum()\n">>},
+    T0 = erlang:monotonic_time(),
+    {ok, _} = pyport:start_pool(Name, Opts),
+    Ms = to_us(erlang:monotonic_time() - T0) / 1000,
+    Pids = [P || I <- lists:seq(1, Size),
+                 {ok, #{os_pid := P}} <- [pyport:worker_info({Name, I})]],
+    {ok, Valid} = pyport_config:validate_pool(Name, Opts),
+    Zygote = [Z || Warm, Z <- [pyport_zygote:os_pid(Name, Valid)], is_integer(Z)],
+    Uss = lists:sum([smaps_kib(P, ["Private_Clean", "Private_Dirty"]) || P <- Pids]),
+    Pss = lists:sum([smaps_kib(P, ["Pss"]) || P <- Pids ++ Zygote]),
+    ok = pyport:stop_pool(Name),
+    {Name, Ms, Uss, Pss}.
+
+smaps_kib(Pid, Keys) ->
+    case file:read_file("/proc/" ++ integer_to_list(Pid) ++ "/smaps_rollup") of
+        {ok, Bin} ->
+            lists:sum([list_to_integer(V) || Line <- string:split(binary_to_list(Bin), "\n", all),
+                                             [K, V, "kB"] <- [string:lexemes(Line, ": ")],
+                                             lists:member(K, Keys)]);
+        _ ->
+            0
+    end.
 
 %% A CPU-bound function (pure Python, holding its GIL) on pools of 1 and 2
 %% workers, 4 callers; the peer is the same work on 1 and 2 threads of one

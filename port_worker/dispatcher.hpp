@@ -85,6 +85,9 @@ class Dispatcher {
   // How many namespaces (EVAL/EXEC globals) exist, the shared one included
   // once used.
   size_t namespace_count() const { return namespaces_.size(); }
+  // The globals of namespace 0, where EXEC with Ns 0 runs (a warm pool's
+  // zygote runs the pool's init_code there: zygote.hpp).
+  PyRef shared_namespace() { return namespace_globals(0); }
 
   // Bounds of the caches (see the .cpp for why each exists).
   static constexpr size_t kMaxCachedCode = 512;

@@ -235,7 +235,7 @@ void close_all_but(int a, int b, int c = -1) {
   signal(SIGQUIT, SIG_IGN);
   signal(SIGPIPE, SIG_IGN);
   // The node gone (its child-setup process, our parent): end the worker.
-  prctl(PR_SET_PDEATHSIG, SIGTERM);
+  if (!hooks || hooks->dies_with_parent()) prctl(PR_SET_PDEATHSIG, SIGTERM);
   // Diagnostics are copied to the node's stderr when that is a file or a
   // pipe (a log); a terminal is never kept, so nothing can reach it.
   int node_stderr = isatty(2) ? -1 : fcntl(2, F_DUPFD_CLOEXEC, 3);
@@ -290,6 +290,7 @@ void close_all_but(int a, int b, int c = -1) {
   kill_descendants(worker);
   remove_workdir(workdir);
   if (hooks) hooks->after_worker();
+  if (hooks) hooks->on_exit(status);
   exit_as(status);
 }
 

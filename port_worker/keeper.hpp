@@ -47,6 +47,12 @@ class KeeperHooks {
   virtual std::string check() { return ""; }
   // Once the worker and all its descendants are gone.
   virtual void after_worker() {}
+  // Whether the keeper ends the worker when its own parent dies (a warm
+  // worker's keeper outlives the pool's zygote, its parent: zygote.hpp).
+  virtual bool dies_with_parent() const { return true; }
+  // Last thing before the keeper exits as the worker did (`status` from
+  // waitpid): a warm worker's keeper tells its port process (zygote.hpp).
+  virtual void on_exit(int /*status*/) {}
 };
 
 // Forks the worker off the calling process, which must be single-threaded.

@@ -17,6 +17,7 @@
 #include "reaper.hpp"
 #include "sandbox.hpp"
 #include "worker.hpp"
+#include "zygote.hpp"
 
 namespace {
 
@@ -86,6 +87,16 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "pyport_worker: %s\n", error.c_str());
     return 1;
   }
+  // A warm worker's port process: its keeper is the zygote's (zygote.hpp).
+  if (!options.warm_from.empty()) pyport::run_warm_port(options.warm_from);
+  std::unique_ptr<pyport::Worker> warm;
+  if (options.warm_zygote) {
+    warm = std::make_unique<pyport::Worker>(options);
+    int status = pyport::run_warm_zygote(*warm);
+    // The zygote ends as it is: no Python to finalise for anyone.
+    if (status >= 0) _exit(status);
+    // A worker forked by the zygote, under its keeper: goes on below.
+  }
   // Every worker runs in a child of the process the owner started, its
   // keeper (keeper.hpp). A sandboxed worker starts confining itself while
   // it has one thread, and forks its keeper on the way.
@@ -111,7 +122,7 @@ int main(int argc, char** argv) {
     }
     // The uid drop cleared the parent-death signal.
     if (!pyport::die_with_keeper()) return 1;
-  } else {
+  } else if (!warm) {
     error = pyport::start_keeper("");
     if (!error.empty()) {
       std::fprintf(stderr, "pyport_worker: %s\n", error.c_str());
@@ -144,6 +155,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "pyport_worker: %s\n", error.c_str());
     return 1;
   }
+  if (warm) return warm->run(channel);
   pyport::Worker worker(options, sandbox.get());
   return worker.run(channel);
 }

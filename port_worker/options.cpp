@@ -28,6 +28,7 @@ const char* const kUsage =
     "                     [--workdir-parent DIR] [--env NAME=VALUE]... [--env-keep NAME]...\n"
     "                     [--max-output BYTES] [--max-disk BYTES] [--env-stdin]\n"
     "                     [--log-lines N] [--log-bytes BYTES]\n"
+    "                     [--warm-zygote | --warm-from SOCKET]\n"
     "  --runtime DIR          the python_runtime directory (default: next to the\n"
     "                         executable, else the source tree's)\n"
     "  --path DIR             put DIR on sys.path (after the runtime); repeatable\n"
@@ -52,6 +53,11 @@ const char* const kUsage =
     "  --log-lines N          lines of stdout+stderr sent as LOG frames a second, the\n"
     "                         rest dropped and counted (default: no limit)\n"
     "  --log-bytes BYTES      bytes of them a second (default: no limit)\n"
+    "  --warm-zygote          a warm pool's zygote: reads a prelude and init_code (each\n"
+    "                         {packet,4}) on stdin, imports the --preload modules,\n"
+    "                         says READY <socket>\n"
+    "  --warm-from SOCKET     a warm worker's port process: the zygote at SOCKET forks\n"
+    "                         the worker on this process's stdin and stdout\n"
     "Speaks {packet,4} msgpack frames on stdin/stdout; see proto/PROTOCOL.md.\n";
 
 namespace {
@@ -120,7 +126,8 @@ const char* const kValued[] = {"--runtime",
                                "--max-disk",
                                "--sandbox-test-unavailable",
                                "--log-lines",
-                               "--log-bytes"};
+                               "--log-bytes",
+                               "--warm-from"};
 
 }  // namespace
 
@@ -147,6 +154,10 @@ std::string parse_options(int argc, const char* const* argv, Options& out) {
     }
     size_t eq = arg.find('=');
     std::string name = arg.substr(0, eq);
+    if (eq == std::string::npos && name == "--warm-zygote") {
+      out.warm_zygote = true;
+      continue;
+    }
     if (eq == std::string::npos && name == "--env-stdin") {
       out.env_stdin = true;
       continue;
@@ -195,6 +206,9 @@ std::string parse_options(int argc, const char* const* argv, Options& out) {
       out.sandbox_allow |= bit;
     } else if (name == "--preload") {
       out.preload.push_back(value);
+    } else if (name == "--warm-from") {
+      if (value[0] != '/') return "--warm-from must be an absolute path, not '" + value + "'";
+      out.warm_from = value;
     } else if (name == "--workdir-parent") {
       if (value[0] != '/') return "--workdir-parent must be an absolute path, not '" + value + "'";
       out.workdir_parent = value;
@@ -241,11 +255,13 @@ std::string parse_options(int argc, const char* const* argv, Options& out) {
   if (!is_dir(out.runtime_dir)) {
     return "runtime directory '" + out.runtime_dir + "' does not exist";
   }
+  if (out.warm_zygote && out.sandbox) return "--warm-zygote cannot be combined with --sandbox";
   if (!out.sandbox) {
-    if (out.sandbox_allow || !out.preload.empty() || !out.workdir_parent.empty() ||
-        !out.env.empty() || !out.env_keep.empty() || !out.test_unavailable.empty() ||
-        out.max_disk || out.env_stdin) {
-      return "--sandbox-allow, --preload, --workdir-parent, --env, --env-stdin, --env-keep and "
+    if (out.sandbox_allow || (!out.preload.empty() && !out.warm_zygote) ||
+        !out.workdir_parent.empty() || !out.env.empty() || !out.env_keep.empty() ||
+        !out.test_unavailable.empty() || out.max_disk || out.env_stdin) {
+      return "--sandbox-allow, --preload, --workdir-parent, --env, "
+             "--env-stdin, --env-keep and "
              "--max-disk need --sandbox or --zygote";
     }
   }

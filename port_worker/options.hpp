@@ -56,6 +56,10 @@ struct Options {
   // Test only (--sandbox-test-unavailable): act as if the kernel lacked
   // this layer ("landlock", "namespaces", "seccomp").
   std::vector<std::string> test_unavailable;
+  // Warm pools (zygote.hpp): --warm-zygote makes this process a pool's
+  // zygote; --warm-from SOCKET makes it a warm worker's port process.
+  bool warm_zygote = false;
+  std::string warm_from;
   bool help = false;
 };
 

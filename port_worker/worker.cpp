@@ -138,7 +138,9 @@ int Worker::run(const Channel& channel) {
     return 1;
   }
   loop_thread_ = PyThread_get_thread_ident();
-  if (!init_python()) {
+  if (warm_) {
+    enable_faulthandler();
+  } else if (!init_python()) {
     report_start_failure(channel_.out_fd, last_diag_, "python");
     return 1;
   }
@@ -319,19 +321,7 @@ bool Worker::init_python() {
     }
   }
 
-  // Fatal crash reports go to the keeper, which outlives the worker (and
-  // copies them to the node's stderr, keeper.hpp).
-  if (channel_.diag_fd >= 0) {
-    PyRef fh = PyRef::steal(PyImport_ImportModule("faulthandler"));
-    PyRef enable = fh ? PyRef::steal(PyObject_GetAttrString(fh.get(), "enable")) : PyRef();
-    PyRef args = PyRef::steal(PyTuple_New(0));
-    PyRef kwargs =
-        PyRef::steal(Py_BuildValue("{s:i,s:O}", "file", channel_.diag_fd, "all_threads", Py_True));
-    PyRef done = enable && args && kwargs
-                     ? PyRef::steal(PyObject_Call(enable.get(), args.get(), kwargs.get()))
-                     : PyRef();
-    if (!done) diag("cannot enable faulthandler: " + current_exception_text());
-  }
+  enable_faulthandler();
 
   codec_ = Codec::create();
   if (!codec_) {
@@ -358,6 +348,50 @@ bool Worker::init_python() {
   }
   dispatcher_->set_task_hooks(std::move(hooks));
   return true;
+}
+
+void Worker::enable_faulthandler() {
+  // Fatal crash reports go to the keeper, which outlives the worker (and
+  // copies them to the node's stderr, keeper.hpp).
+  if (channel_.diag_fd >= 0) {
+    PyRef fh = PyRef::steal(PyImport_ImportModule("faulthandler"));
+    PyRef enable = fh ? PyRef::steal(PyObject_GetAttrString(fh.get(), "enable")) : PyRef();
+    PyRef args = PyRef::steal(PyTuple_New(0));
+    PyRef kwargs =
+        PyRef::steal(Py_BuildValue("{s:i,s:O}", "file", channel_.diag_fd, "all_threads", Py_True));
+    PyRef done = enable && args && kwargs
+                     ? PyRef::steal(PyObject_Call(enable.get(), args.get(), kwargs.get()))
+                     : PyRef();
+    if (!done) diag("cannot enable faulthandler: " + current_exception_text());
+  }
+}
+
+std::string Worker::prepare_warm(const std::string& prelude, const std::string& init_code) {
+  loop_thread_ = PyThread_get_thread_ident();
+  if (!init_python()) return last_diag_;
+  auto run = [this](const std::string& text, const char* name) {
+    if (text.empty()) return true;
+    PyRef globals = dispatcher_->shared_namespace();
+    PyRef code =
+        globals ? PyRef::steal(Py_CompileString(text.c_str(), name, Py_file_input)) : PyRef();
+    PyRef done =
+        code ? PyRef::steal(PyEval_EvalCode(code.get(), globals.get(), globals.get())) : PyRef();
+    return bool(done);
+  };
+  if (!run(prelude, "<venv>")) return "venv activation failed: " + current_exception_text();
+  for (const std::string& name : options_.preload) {
+    PyRef module = PyRef::steal(PyImport_ImportModule(name.c_str()));
+    if (!module) return "cannot import " + name + ": " + current_exception_text();
+  }
+  if (!run(init_code, "<init_code>")) return "init_code failed: " + current_exception_text();
+  // What exists now moves to the collector's permanent generation: a
+  // collection in a forked worker then never writes to (and so copies)
+  // the pages the zygote's objects share.
+  PyRef gc = PyRef::steal(PyImport_ImportModule("gc"));
+  PyRef frozen = gc ? PyRef::steal(PyObject_CallMethod(gc.get(), "freeze", nullptr)) : PyRef();
+  if (!frozen) return "cannot freeze the zygote's objects: " + current_exception_text();
+  warm_ = true;
+  return "";
 }
 
 bool Worker::enter_sandbox() {

@@ -73,6 +73,13 @@ class Worker : public LoopHost, public MainThread {
   // status. Call once.
   int run(const Channel& channel);
 
+  // A warm pool's zygote (zygote.hpp), before any fork: starts Python,
+  // runs `prelude` (a venv's activation), imports the --preload modules and
+  // runs `init_code`, both in namespace 0. Returns an empty string, or why
+  // the zygote cannot serve. run() in a process forked afterwards skips
+  // what was done here.
+  std::string prepare_warm(const std::string& prelude, const std::string& init_code);
+
   // LoopHost (loop thread, GIL held).
   uv_loop_t* uv_loop() override { return &loop_; }
   bool on_loop_thread() const override;
@@ -94,6 +101,8 @@ class Worker : public LoopHost, public MainThread {
 
  private:
   bool init_python();
+  // Sends fatal crash reports to the keeper (channel_.diag_fd).
+  void enable_faulthandler();
   // Imports the --preload modules, then confines the process (sandbox.hpp).
   bool enter_sandbox();
   // Waits and handles requests on the plain libuv loop until the worker's
@@ -156,6 +165,7 @@ class Worker : public LoopHost, public MainThread {
   std::atomic<bool> loop_requested_{false};  // a thread waits for it to exist
   bool loop_completions_ = false;            // the main thread posted some for itself
   int exit_status_ = 0;
+  bool warm_ = false;          // Python started by prepare_warm() before a fork
   std::string last_diag_;      // the reason a start failed, for report_start_failure
   std::string failed_option_;  // the option at fault in last_diag_, if the message does not say
   unsigned long loop_thread_ = 0;

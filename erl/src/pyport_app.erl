@@ -11,6 +11,7 @@
 %% from {@link pyport_config}.
 -spec start(application:start_type(), term()) -> {ok, pid()} | {error, term()}.
 start(_Type, _Args) ->
+    ok = pyport_log_domain:install(),
     case config() of
         {ok, Pools} ->
             %% The shipped worker must run here (pyport_preflight).
@@ -55,4 +56,4 @@ prep_stop(State) ->
 %% @doc Called after the supervision tree has stopped.
 -spec stop(term()) -> ok.
 stop(_State) ->
-    ok.
+    pyport_log_domain:remove().

@@ -44,6 +44,7 @@
                        shutdown_timeout := non_neg_integer(),
                        sandbox := pyport_sandbox:sandbox(),
                        fresh_worker := boolean(),
+                       warm_start := boolean(),
                        log_rate := pyport_worker_log:rate(),
                        %% default: resolved at pool start (pyport_grants:new/2).
                        grants := pyport_grants:spec() | default,
@@ -63,6 +64,7 @@
                       | {unknown_sandbox_option, pool_name(), term()}
                       | {unknown_grants_option, pool_name(), term()}
                       | {pool_option_requires, pool_name(), fresh_worker, sandbox}
+                      | {pool_options_conflict, pool_name(), warm_start, sandbox}
                       | {invalid_config, max_state_entries | event_loop_pool
                                          | event_loop_pool_size | max_new_atoms, term()}.
 
@@ -168,6 +170,10 @@ validate_pool(Name, Opts) when is_map(Opts) ->
             {error, {unknown_pool_option, Name, Unknown}};
         [] ->
             case check_values(Name, lists:sort(maps:to_list(maps:merge(Defaults, Opts))), #{}) of
+                {ok, #{warm_start := true, sandbox := #{}}} ->
+                    %% A sandbox confines each worker as it starts; a warm
+                    %% worker starts as a fork of an unconfined zygote.
+                    {error, {pool_options_conflict, Name, warm_start, sandbox}};
                 {ok, #{fresh_worker := true, sandbox := false}} ->
                     %% A zygote is a sandbox's fast path; unconfined it
                     %% would only be slower.
@@ -266,6 +272,7 @@ defaults() ->
       shutdown_timeout => 5000,
       sandbox => false,
       fresh_worker => false,
+      warm_start => false,
       log_rate => pyport_worker_log:default_rate(),
       %% all without a sandbox, nothing with one (pyport_grants).
       grants => default,
@@ -324,6 +331,7 @@ check(kill_after, infinity) -> {ok, infinity};
 check(kill_after, N) when is_integer(N), N >= 0 -> {ok, N};
 check(shutdown_timeout, N) when is_integer(N), N >= 0 -> {ok, N};
 check(fresh_worker, B) when is_boolean(B) -> {ok, B};
+check(warm_start, B) when is_boolean(B) -> {ok, B};
 check(log_rate, Rate) -> pyport_worker_log:validate_rate(Rate);
 check(max_callbacks, N) when is_integer(N), N > 0, N =< 16#FFFFFFF -> {ok, N};
 check(max_objects, N) when is_integer(N), N > 0, N =< 16#FFFFFFF -> {ok, N};

@@ -1337,14 +1337,17 @@ check_frame_size(_, _) ->
 initialize(#state{opts = #{imports := Imports0, init_code := Code} = Opts} = State0) ->
     State = State0#state{status = initializing},
     Imports = case Opts of
+                  #{warm_start := true} -> [];    % done in the zygote (pyport_zygote)
                   #{sandbox := false} -> Imports0;
                   #{} -> []                       % preloaded (pyport_sandbox:args/2)
               end,
     %% Around the pool's own steps: its venv and py_import's paths first,
     %% py_import's imports, an activated venv and py_preload's code last.
-    Steps = pyport_preload:first_steps(Opts)
+    %% A warm pool's own steps ran in its zygote (pyport_zygote).
+    Warm = maps:get(warm_start, Opts, false),
+    Steps = [S || {Tag, _} = S <- pyport_preload:first_steps(Opts), not (Warm andalso Tag =:= venv)]
         ++ [{{import, M}, <<"import ", M/binary>>} || M <- Imports]
-        ++ [{init_code, Code} || Code =/= undefined]
+        ++ [{init_code, Code} || Code =/= undefined, not Warm]
         ++ pyport_preload:later_steps(State0#state.pool, Opts),
     case Steps of
         [] ->
@@ -1383,7 +1386,11 @@ start_failed(Detail, State) ->
     os_process_died(Detail, State#state{start_timer = undefined}).
 
 spawn_os_process(#state{opts = Opts} = State) ->
-    case pyport_os:open(Opts) of
+    Opened = case Opts of
+                 #{warm_start := true} -> pyport_zygote:open_worker(State#state.pool, Opts);
+                 #{} -> pyport_os:open(Opts)
+             end,
+    case Opened of
         {ok, Port, OsPid} ->
             {ok, State#state{port = Port, os_pid = OsPid, status = starting,
                              framer = pyport_framer:new(maps:get(max_frame_size, Opts)),
