@@ -41,8 +41,18 @@
 -spec start(atom(), map()) -> {ok, pid()} | {error, error_reason()}.
 start(Name, Opts) when is_atom(Name), is_map(Opts) ->
     case persistent_term:get(?REGISTRY(Name), undefined) of
-        undefined -> start_new(Name, Opts);
-        _ -> {error, {already_started, Name}}
+        undefined ->
+            start_new(Name, Opts);
+        _ ->
+            case lists:member(Name, pyport:pools()) of
+                true ->
+                    {error, {already_started, Name}};
+                false ->
+                    %% Its pool is gone (stopped with stop_pool/1, or given
+                    %% up by its supervisor): the name is free again.
+                    persistent_term:erase(?REGISTRY(Name)),
+                    start_new(Name, Opts)
+            end
     end;
 start(Name, Opts) ->
     {error, {invalid_http_option, Name, options, Opts}}.

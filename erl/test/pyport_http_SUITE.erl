@@ -76,7 +76,6 @@ serve_info_stop(Config) ->
     Ports0 = length(erlang:ports()),
     Procs0 = erlang:system_info(process_count),
     {ok, _} = pyport:start_http(web_a, opts(Config, #{bind => Bind, workers => 2})),
-    OsPids = [pyport_test_util:os_pid({web_a, S}) || S <- [1, 2]],
     {ok, 200, Pid} = get({127, 0, 0, 1}, Port, "/"),
     ?assert(binary_to_integer(Pid) > 0),
     {ok, Info} = pyport:http_info(web_a),
@@ -84,6 +83,10 @@ serve_info_stop(Config) ->
     ?assertEqual(2, length(maps:get(workers, Info))),
     ?assertEqual({error, {already_started, web_a}},
                  pyport:start_http(web_a, opts(Config, #{bind => Bind}))),
+    %% A pool stopped by stop_pool/1 frees the name.
+    ok = pyport:stop_pool(web_a),
+    {ok, _} = pyport:start_http(web_a, opts(Config, #{bind => Bind, workers => 2})),
+    OsPids = [pyport_test_util:os_pid({web_a, S}) || S <- [1, 2]],
     ok = pyport:stop_http(web_a),
     ?assertEqual({error, {no_http, web_a}}, pyport:http_info(web_a)),
     ?assertEqual({error, {no_http, web_a}}, pyport:stop_http(web_a)),
