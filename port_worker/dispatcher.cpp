@@ -449,6 +449,14 @@ void Dispatcher::eval(mp::Reader& r, uint64_t id, ByteBuffer& out) {
   if (!ferr.empty()) return frame_error(id, ferr, out);
   if (interrupted) return interrupted_before_start(id, out);
   if (!result) return python_error(id, out);
+  // erlang.schedule*() markers work from an expression as from a call
+  // (unless the request keeps its value in the worker).
+  bool keeping =
+      with_options_ && with_id_ == id && PyDict_GetItemString(with_options_.get(), "keep");
+  if (marker_type_ && !keeping &&
+      PyObject_TypeCheck(result.get(), reinterpret_cast<PyTypeObject*>(marker_type_.get()))) {
+    return schedule(result.get(), false, id, out);
+  }
   deliver(id, std::move(result), out);
 }
 
@@ -738,7 +746,7 @@ void Dispatcher::control(mp::Reader& r, uint64_t id, ByteBuffer& out) {
       return frame_error(id, "drop_namespace needs a namespace number below 2^64", out);
     }
     // Dropping the globals frees what only they refer to.
-    result = PyRef::borrow(namespaces_.erase(ns) ? Py_True : Py_False);
+    result = PyRef::borrow(drop_namespace(ns) ? Py_True : Py_False);
   } else if (op == "gc" || op == "memory_stats" || op == "reload") {
     if (op == "reload" && !PyUnicode_Check(arg.get())) {
       return frame_error(id, "reload needs a module name", out);
@@ -931,15 +939,47 @@ PyRef Dispatcher::runtime_function(const char* name) {
 PyRef Dispatcher::namespace_globals(uint64_t ns) {
   auto it = namespaces_.find(ns);
   if (it != namespaces_.end()) return it->second;
-  PyRef globals = PyRef::steal(PyDict_New());
-  if (!globals) return {};
-  PyRef name = PyRef::steal(PyUnicode_FromString("__pyport__"));
-  if (!name || PyDict_SetItemString(globals.get(), "__builtins__", PyEval_GetBuiltins()) < 0 ||
-      PyDict_SetItemString(globals.get(), "__name__", name.get()) < 0) {
-    return {};
+  // A namespace is a module of erlang._namespaces (registered in
+  // sys.modules, `erlang` bound); a bare interpreter gets a plain dict.
+  PyRef globals;
+  PyRef make = namespaces_module("create");
+  if (make) {
+    PyRef n = PyRef::steal(PyLong_FromUnsignedLongLong(ns));
+    globals = n ? PyRef::steal(PyObject_CallOneArg(make.get(), n.get())) : PyRef();
+    if (!globals) return {};
+    if (!PyDict_Check(globals.get())) {
+      PyErr_SetString(PyExc_TypeError, "erlang._namespaces.create must return a dict");
+      return {};
+    }
+  } else {
+    PyErr_Clear();
+    globals = PyRef::steal(PyDict_New());
+    PyRef name = PyRef::steal(PyUnicode_FromString("__pyport__"));
+    if (!globals || !name ||
+        PyDict_SetItemString(globals.get(), "__builtins__", PyEval_GetBuiltins()) < 0 ||
+        PyDict_SetItemString(globals.get(), "__name__", name.get()) < 0) {
+      return {};
+    }
   }
   namespaces_.emplace(ns, globals);
   return globals;
+}
+
+bool Dispatcher::drop_namespace(uint64_t ns) {
+  if (!namespaces_.erase(ns)) return false;
+  PyRef drop = namespaces_module("drop");
+  PyRef n = drop ? PyRef::steal(PyLong_FromUnsignedLongLong(ns)) : PyRef();
+  PyRef done = n ? PyRef::steal(PyObject_CallOneArg(drop.get(), n.get())) : PyRef();
+  if (!done) PyErr_Clear();  // a bare interpreter: the dict alone held it
+  return true;
+}
+
+PyRef Dispatcher::namespaces_module(const char* name) {
+  if (!namespaces_mod_) {
+    namespaces_mod_ = PyRef::steal(PyImport_ImportModule("erlang._namespaces"));
+    if (!namespaces_mod_) return {};
+  }
+  return PyRef::steal(PyObject_GetAttrString(namespaces_mod_.get(), name));
 }
 
 EncodeResult Dispatcher::write_value_frame(uint8_t kind, uint64_t id, PyObject* value,

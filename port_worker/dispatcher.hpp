@@ -134,6 +134,10 @@ class Dispatcher {
   PyRef compiled_with_locals(std::string_view code, const std::vector<std::string>& names);
   PyRef cache_code(std::string key, PyRef code);
   PyRef namespace_globals(uint64_t ns);
+  // Forgets namespace ns here and in erlang._namespaces; false if unknown.
+  bool drop_namespace(uint64_t ns);
+  // A function of python_runtime/erlang/_namespaces.py (null if absent).
+  PyRef namespaces_module(const char* name);
   // 1 if name can be a parameter name (an identifier, not a keyword), 0 if
   // not, -1 with an exception set.
   int is_parameter_name(PyObject* name);
@@ -183,6 +187,7 @@ class Dispatcher {
   };
   std::unordered_map<std::string, FunctionNames> names_;
   std::unordered_map<uint64_t, PyRef> namespaces_;
+  PyRef namespaces_mod_;
 
   // Compiled code by mode + source, least recently used first in lru_.
   struct CodeEntry {

@@ -101,7 +101,7 @@ defmodule Pyport do
 
     case ours do
       %{context: ctx} ->
-        with_context(ctx, &:py.call(&1, module, function, args, kwargs, py_opts))
+        with_context(ctx, &:py.call(&1, module, function, args, kwargs, shared(py_opts)))
 
       _ ->
         :py.call(module, function, args, kwargs, py_opts)
@@ -143,7 +143,7 @@ defmodule Pyport do
 
     with {:ok, locals} <- locals(ours) do
       case ours do
-        %{context: ctx} -> with_context(ctx, &:py.eval(&1, code, locals, py_opts))
+        %{context: ctx} -> with_context(ctx, &:py.eval(&1, code, locals, shared(py_opts)))
         _ -> :py.eval(code, locals, py_opts)
       end
     end
@@ -173,7 +173,7 @@ defmodule Pyport do
     {ours, py_opts} = split(opts, [:context])
 
     case ours do
-      %{context: ctx} -> with_context(ctx, &:py.exec(&1, code, py_opts))
+      %{context: ctx} -> with_context(ctx, &:py.exec(&1, code, shared(py_opts)))
       _ -> :py.exec(code, py_opts)
     end
     |> result()
@@ -302,8 +302,18 @@ defmodule Pyport do
 
   defp locals(_ours), do: {:ok, :none}
 
-  defp with_context(ctx, fun) when Record.is_record(ctx, :pyport_ctx), do: fun.(ctx)
+  # A context is a pid (older pyport: a record).
+  defp with_context(ctx, fun) when is_pid(ctx) or Record.is_record(ctx, :pyport_ctx),
+    do: fun.(ctx)
+
   defp with_context(ctx, _fun), do: {:error, {:invalid_option, :context, ctx}}
+
+  # This API's contexts are one worker's shared globals, for every process,
+  # with the pool's call_timeout (:py's own defaults through a context are
+  # the calling process's namespace and no timeout).
+  defp shared(py_opts) when is_map(py_opts),
+    do: py_opts |> Map.put(:namespace, :shared) |> Map.put_new(:timeout, :default)
+  defp shared(py_opts), do: py_opts
 
   defp result(:ok), do: :ok
   defp result({:ok, value}), do: {:ok, Convert.from_python(value)}

@@ -20,17 +20,27 @@
 %% </ul>
 %%
 %% Routing without a context: a shard key if given; else the worker the
-%% process is bound to ({@link bind/0}); else the least-loaded worker.
-%% `eval' and `exec' without a context or shard run in the calling
-%% process's own namespace on one worker (kept for all its eval/exec, freed
-%% when it exits).
+%% process is bound to ({@link bind/0}); else the pool registered for the
+%% module or function ({@link register_pool/2}), its least-loaded worker.
+%% `eval' and `exec' without a shard run in the calling process's own
+%% namespace on one worker (kept for all its eval/exec, freed when it
+%% exits); through a context, in its own namespace on that context's worker
+%% (see {@link pyport_namespaces}).
+%%
+%% A context is a pid (erlang_python's): a pool worker's, from {@link
+%% context/0,1} or {@link start_contexts/0,1}, or a dedicated one from
+%% `py_context:new/1'. Calls through a context wait without limit unless
+%% given a timeout; their options map is erlang_python's (`kwargs',
+%% `timeout'); `call(Pool, M, F, Args)' and `call(Pool, M, F, Args, Kwargs)'
+%% run on a named pool.
 %%
 %% ```
 %% {ok, 4.0} = py:call(math, sqrt, [16]),
 %% {ok, 25} = py:eval(<<"x * y">>, #{x => 5, y => 5}),
 %% Ctx = py:context(1),
-%% ok = py:exec(Ctx, <<"counter = 41">>),
-%% {ok, 42} = py:eval(Ctx, <<"counter + 1">>).
+%% ok = py:exec(Ctx, <<"def inc(x):\n    return x + 1\n">>),
+%% {ok, 42} = py:call(Ctx, '__main__', inc, [41], #{timeout => 5000}),
+%% {ok, 4.0} = py:call(default, math, sqrt, [16]).
 %% '''
 -module(py).
 
@@ -49,6 +59,9 @@
          bind/0, bind/1, unbind/0, unbind/1, is_bound/0, is_bound/1,
          reload/1, reload/2, memory_stats/0, memory_stats/1, gc/0, gc/1, gc/2,
          version/0]).
+%% erlang_python's contexts and pool registrations (pyport_contexts).
+-export([start_contexts/0, start_contexts/1, stop_contexts/0, contexts_started/0,
+         register_pool/2, unregister_pool/1, execution_mode/0, subinterp_supported/0]).
 -export([call_fields/4]).
 %% Objects kept in the worker: the section at the end of the file.
 -export([call_method/3, call_method/4, getattr/2, to_term/1, is_ref/1, release/1]).
@@ -79,8 +92,11 @@
 -define(SHARED_NAMESPACE, 0).
 
 -record(pyport_ctx, {pool :: atom(), slot :: pos_integer()}).
+-define(IS_CTX(C), (is_pid(C) orelse is_record(C, pyport_ctx))).
 
--opaque context() :: #pyport_ctx{}.
+%% A context: a pid (a worker's gen_server, or a dedicated context from
+%% py_context:new/1), or the record older pyport code got from context/1,2.
+-type context() :: pid() | #pyport_ctx{}.
 -type handle() :: pyport_request:handle().
 -type name() :: atom() | binary() | string().
 -type code() :: binary() | string() | iodata().
@@ -89,6 +105,9 @@
                                shard => term(),
                                node => node()}.
 -type result() :: {ok, term()} | {error, term()}.
+%% Options through a context: erlang_python ignores keys it does not know.
+-type ctx_opts() :: timeout() | #{timeout => timeout() | default,
+                                  namespace => process | shared, atom() => term()}.
 -type async_ref() :: pyport_async:ref().
 -type stream_ref() :: pyport_async:stream_ref().
 -type call_spec() :: {name(), name(), [term()]} | {name(), name(), [term()], map()}.
@@ -106,49 +125,83 @@ call(Module, Function, Args) ->
     call(Module, Function, Args, #{}, #{}).
 
 %% @doc `call(M, F, Args, Kwargs)': with keyword arguments (a map with atom
-%% or binary keys); `call(Ctx, M, F, Args)': through a context.
+%% or binary keys); `call(Ctx, M, F, Args)': through a context, no timeout
+%% (as erlang_python); `call(Pool, M, F, Args)': on pool `Pool'. The third
+%% argument tells them apart: a function name (atom or binary) there is the
+%% pool form, a list the arguments of `call(M, F, Args, Kwargs)'.
 -spec call(context() | name(), name(), [term()] | name(), map() | [term()]) -> result().
-call(#pyport_ctx{} = Ctx, Module, Function, Args) ->
-    call(Ctx, Module, Function, Args, #{}, #{});
+call(Ctx, Module, Function, Args) when ?IS_CTX(Ctx) ->
+    call(Ctx, Module, Function, Args, #{}, infinity);
+call(Pool, Module, Function, Args) when is_atom(Pool), is_atom(Function) orelse is_binary(Function),
+                                        is_list(Args) ->
+    call(Module, Function, Args, #{}, #{pool => Pool});
 call(Module, Function, Args, Kwargs) ->
     call(Module, Function, Args, Kwargs, #{}).
 
 %% @doc `call(M, F, Args, Kwargs, Opts)': with options (a timeout or a map);
-%% `call(Ctx, M, F, Args, Kwargs)': through a context.
+%% `call(Ctx, M, F, Args, Opts)': through a context, `Opts' a map read as
+%% erlang_python reads it (`kwargs', default `#{}'; `timeout', default
+%% `infinity'; other keys ignored) or a timeout; `call(Pool, M, F, Args,
+%% Kwargs)': on pool `Pool'. A context-less call without a `pool' option
+%% goes to the pool registered for its module or function ({@link
+%% register_pool/2}), else `default'.
 -spec call(context() | name(), name(), [term()] | name(), map() | [term()],
            opts() | map()) -> result().
-call(#pyport_ctx{} = Ctx, Module, Function, Args, Kwargs) ->
-    call(Ctx, Module, Function, Args, Kwargs, #{});
+call(Ctx, Module, Function, Args, Opts) when ?IS_CTX(Ctx), is_map(Opts) ->
+    call(Ctx, Module, Function, Args, maps:get(kwargs, Opts, #{}), maps:remove(kwargs, Opts));
+call(Ctx, Module, Function, Args, Timeout) when ?IS_CTX(Ctx) ->
+    call(Ctx, Module, Function, Args, #{}, Timeout);
+call(Pool, Module, Function, Args, Kwargs) when is_atom(Pool), is_atom(Function) orelse is_binary(Function),
+                                                is_list(Args), is_map(Kwargs) ->
+    call(Module, Function, Args, Kwargs, #{pool => Pool});
 call(Module, Function, Args, Kwargs, Opts) ->
     request(fun() ->
-                    {Target, Timeout} = target(Opts),
-                    pyport_objects:call(Target, ?CALL,
-                                        call_fields(Module, Function, Args, Kwargs), Timeout, Opts)
+                    {Target, Timeout} = target(registered_pool(Module, Function, Opts)),
+                    Fields = call_fields(Module, Function, Args, Kwargs),
+                    {Target1, Fields1} = main_route(Target, Fields),
+                    pyport_objects:call(Target1, ?CALL, Fields1, Timeout, Opts)
             end).
 
-%% @doc Calls through a context, with keyword arguments and options.
--spec call(context(), name(), name(), [term()], map(), opts()) -> result().
-call(#pyport_ctx{} = Ctx, Module, Function, Args, Kwargs, Opts) ->
+%% @doc Calls through a context, with keyword arguments and options (a
+%% timeout, default `infinity', or a map with `timeout' (also `default':
+%% the pool's `call_timeout'), the conversion options of {@link
+%% pyport_objects} and `namespace':
+%% where `'__main__'' is looked up, `process' (default, the caller's
+%% {@link exec/2} namespace) or `shared' (the context's shared globals)).
+-spec call(context(), name(), name(), [term()], map(), ctx_opts()) -> result().
+call(Ctx, Module, Function, Args, Kwargs, Opts) when ?IS_CTX(Ctx) ->
     request(fun() ->
                     {Target, Timeout} = target(Ctx, Opts),
-                    pyport_objects:call(Target, ?CALL,
-                                        call_fields(Module, Function, Args, Kwargs), Timeout, Opts)
+                    Fields = call_fields(Module, Function, Args, Kwargs),
+                    {Target1, Fields1} = case ctx_options(Opts) of
+                                             #{namespace := shared} ->
+                                                 pyport_namespaces:route_main_shared(Target, Fields);
+                                             #{} ->
+                                                 main_route(Target, Fields)
+                                         end,
+                    pyport_objects:call(Target1, ?CALL, Fields1, Timeout, Opts)
             end).
 
 %% @doc Calls `Module.Function(*Args)' without waiting for the result;
 %% `cast(Ctx, M, F, Args)' through a context. An exception is logged.
 -spec cast(context() | name(), name(), [term()] | name(), map() | [term()]) ->
           ok | {error, term()}.
-cast(#pyport_ctx{pool = Pool, slot = Slot}, Module, Function, Args) ->
-    request(fun() ->
-                    pyport_request:cast({slot, Pool, Slot},
-                                        call_fields(Module, Function, Args, #{}))
-            end);
+cast(Ctx, Module, Function, Args) when ?IS_CTX(Ctx) ->
+    cast(Ctx, Module, Function, Args, #{});
 cast(Module, Function, Args, Kwargs) ->
     cast(Module, Function, Args, Kwargs, #{}).
 
-%% @doc A cast with options (`pool', `shard', `node'; a timeout is not used).
--spec cast(name(), name(), [term()], map(), opts()) -> ok | {error, term()}.
+%% @doc `cast(M, F, Args, Kwargs, Opts)': a cast with options (`pool',
+%% `shard', `node'; a timeout is not used); `cast(Ctx, M, F, Args, Kwargs)':
+%% through a context.
+-spec cast(context() | name(), name(), [term()] | name(), map() | [term()], opts() | map()) ->
+          ok | {error, term()}.
+cast(Ctx, Module, Function, Args, Kwargs) when ?IS_CTX(Ctx) ->
+    request(fun() ->
+                    {Pool, Slot} = ctx_slot(Ctx),
+                    pyport_request:cast({slot, Pool, Slot},
+                                        call_fields(Module, Function, Args, Kwargs))
+            end);
 cast(Module, Function, Args, Kwargs, Opts) ->
     request(fun() ->
                     {Target, _Timeout} = target(Opts),
@@ -164,74 +217,106 @@ cast(Module, Function, Args) ->
 %%% Asynchronous calls
 %%%===================================================================
 
-%% @doc Starts a call and returns a handle at once; {@link await/1} or {@link await/2}, in the
-%% same process, collects the result.
--spec spawn_call(name(), name(), [term()]) -> handle().
+%% @doc Starts a call and returns a reference at once; the result arrives
+%% as the message `{py_response, Ref, Result}' ({@link await/1,2} waits for
+%% it, in the same process). The call is made by a helper process (see
+%% {@link pyport_spawn}).
+-spec spawn_call(name(), name(), [term()]) -> reference().
 spawn_call(Module, Function, Args) ->
     spawn_call(Module, Function, Args, #{}, #{}).
 
 %% @doc `spawn_call(M, F, Args, Kwargs)' or `spawn_call(Ctx, M, F, Args)'.
--spec spawn_call(context() | name(), name(), [term()] | name(), map() | [term()]) -> handle().
-spawn_call(#pyport_ctx{} = Ctx, Module, Function, Args) ->
-    start_request(fun() ->
-                          {Target, Timeout} = target(Ctx, #{}),
-                          pyport_request:start(Target, ?CALL,
-                                               call_fields(Module, Function, Args, #{}),
-                                               Timeout)
-                  end);
+-spec spawn_call(context() | name(), name(), [term()] | name(), map() | [term()]) ->
+          reference().
+spawn_call(Ctx, Module, Function, Args) when ?IS_CTX(Ctx) ->
+    spawn_call(Ctx, Module, Function, Args, #{});
 spawn_call(Module, Function, Args, Kwargs) ->
     spawn_call(Module, Function, Args, Kwargs, #{}).
 
 %% @doc `spawn_call(M, F, Args, Kwargs, Opts)' or `spawn_call(Ctx, M, F,
-%% Args, Kwargs)'. The timeout in `Opts' is the deadline of the request.
+%% Args, Kwargs)'. The timeout in `Opts' is the deadline of the request
+%% (default: the pool's `call_timeout'; through a context `infinity').
 -spec spawn_call(context() | name(), name(), [term()] | name(), map() | [term()],
-                 opts() | map()) -> handle().
-spawn_call(#pyport_ctx{} = Ctx, Module, Function, Args, Kwargs) ->
-    start_request(fun() ->
-                          {Target, Timeout} = target(Ctx, #{}),
-                          pyport_request:start(Target, ?CALL,
-                                               call_fields(Module, Function, Args, Kwargs),
-                                               Timeout)
-                  end);
+                 opts() | map()) -> reference().
+spawn_call(Ctx, Module, Function, Args, Kwargs) when ?IS_CTX(Ctx) ->
+    start_spawn(fun() ->
+                        {Target, Timeout} = target(Ctx, infinity),
+                        {Target1, Fields} = main_route(Target,
+                                                       call_fields(Module, Function, Args, Kwargs)),
+                        {Target1, Fields, Timeout}
+                end);
 spawn_call(Module, Function, Args, Kwargs, Opts) ->
-    start_request(fun() ->
-                          {Target, Timeout} = target(Opts),
-                          pyport_request:start(Target, ?CALL,
-                                               call_fields(Module, Function, Args, Kwargs),
-                                               Timeout)
-                  end).
+    start_spawn(fun() ->
+                        {Target, Timeout} = target(registered_pool(Module, Function, Opts)),
+                        {Target1, Fields} = main_route(Target,
+                                                       call_fields(Module, Function, Args, Kwargs)),
+                        {Target1, Fields, Timeout}
+                end).
+
+%% A call whose arguments are wrong answers at once, as a message too.
+start_spawn(Build) ->
+    try Build() of
+        {Target, Fields, Timeout} -> pyport_spawn:start(Target, Fields, Timeout)
+    catch
+        throw:{error, Reason} ->
+            Ref = make_ref(),
+            self() ! {py_response, Ref, {error, Reason}},
+            Ref
+    end.
 
 %% @doc Waits for the result of a {@link spawn_call/3} until its deadline.
-%% A handle is awaited once, by the process that made it.
--spec await(handle()) -> result().
+%% A call is awaited once, by the process that made it.
+-spec await(reference() | handle()) -> result().
+await(Ref) when is_reference(Ref) ->
+    pyport_spawn:await(Ref, deadline);
 await(Handle) ->
     pyport_request:await(Handle).
 
 %% @doc Waits at most `Timeout' ms for the result of a {@link spawn_call/3}.
 %% After `{error, timeout}' the call is abandoned and interrupted.
--spec await(handle(), timeout()) -> result().
+-spec await(reference() | handle(), timeout()) -> result().
+await(Ref, Timeout) when is_reference(Ref), Timeout =:= infinity;
+                         is_reference(Ref), is_integer(Timeout), Timeout >= 0 ->
+    pyport_spawn:await(Ref, Timeout);
 await(Handle, Timeout) when Timeout =:= infinity; is_integer(Timeout), Timeout >= 0 ->
     pyport_request:await(Handle, Timeout).
 
-%% @doc Raises KeyboardInterrupt in the Python code of a call started with
-%% {@link spawn_call/3}; its {@link await/1} then gets the outcome: usually
+%% @doc `interrupt(Ctx)': raises KeyboardInterrupt in the calls running on
+%% that context now: `ok', or `not_running' if none runs. `interrupt(Ref)':
+%% in the call started by {@link spawn_call/3} (`ok', also when it has
+%% finished). The interrupted call then answers for itself, usually
 %% `{error, {KeyboardInterrupt, Message}}', or `{error, {worker_exited,
 %% {interrupt_timeout, Ms}}}' if the code could not be interrupted within
-%% the pool's `kill_after' and the worker was replaced. A call that has
-%% finished is not affected.
--spec interrupt(handle()) -> ok | {error, not_local}.
+%% the pool's `kill_after' and the worker was replaced.
+-spec interrupt(context() | reference() | handle()) -> ok | not_running | {error, term()}.
+interrupt(Ctx) when ?IS_CTX(Ctx) ->
+    pyport_contexts:interrupt(Ctx);
+interrupt(Ref) when is_reference(Ref) ->
+    case pyport_spawn:is_spawn(Ref) of
+        true -> pyport_spawn:interrupt(Ref);
+        false -> pyport_async:interrupt(Ref)
+    end;
 interrupt(Handle) ->
     pyport_request:interrupt(Handle).
 
-%% @doc Runs the calls spread over the default pool's workers and returns
-%% their results in order: `{ok, [{ok, Value} | {error, Reason}]}'.
+%% @doc Runs the calls spread over the default pool's workers, all at once:
+%% `{ok, Values}' in the order of `Calls', or the first error in that order
+%% (as erlang_python).
 -spec parallel([{name(), name(), [term()]} | {name(), name(), [term()], map()}]) ->
-          {ok, [result()]}.
+          {ok, [term()]} | {error, term()}.
 parallel(Calls) ->
-    parallel(Calls, #{}).
+    case parallel(Calls, #{}) of
+        {ok, Results} -> first_error(Results, []);
+        {error, _} = Error -> Error
+    end.
+
+first_error([], Acc) -> {ok, lists:reverse(Acc)};
+first_error([{ok, V} | Rest], Acc) -> first_error(Rest, [V | Acc]);
+first_error([{error, _} = Error | _], _Acc) -> Error.
 
 %% @doc {@link parallel/1} with options (`pool', `timeout': the deadline of
-%% every call).
+%% every call), answering every call's outcome: `{ok, [{ok, Value} |
+%% {error, Reason}]}'.
 -spec parallel([{name(), name(), [term()]} | {name(), name(), [term()], map()}], opts()) ->
           {ok, [result()]} | {error, term()}.
 parallel(Calls, Opts) when is_list(Calls) ->
@@ -258,10 +343,10 @@ parallel_fields(Other) -> throw({error, {invalid_call, Other}}).
 %%% Coroutines
 %%%===================================================================
 
-%% @doc Starts `Module.Function(*Args)' and returns at once; for a coroutine
-%% function it runs as a task on the worker's event loop, concurrently with
-%% other tasks. The outcome arrives as `{py_result, Ref, Result}' ({@link
-%% async_await/1,2} waits for it).
+%% @doc Starts `Module.Function(*Args)' and returns a reference at once; for
+%% a coroutine function it runs as a task on the worker's event loop,
+%% concurrently with other tasks. The outcome arrives as `{async_result,
+%% Ref, Result}' ({@link async_await/1,2} waits for it).
 -spec async_call(name(), name(), [term()]) -> async_ref().
 async_call(Module, Function, Args) ->
     async_call(Module, Function, Args, #{}).
@@ -269,69 +354,56 @@ async_call(Module, Function, Args) ->
 %% @doc {@link async_call/3} with keyword arguments.
 -spec async_call(name(), name(), [term()], map()) -> async_ref().
 async_call(Module, Function, Args, Kwargs) ->
-    start_task(fun() -> {{pool, ?DEFAULT_POOL}, call_fields(Module, Function, Args, Kwargs)} end).
+    start_task(async_result,
+               fun() ->
+                       Pool = pyport_contexts:lookup_pool(safe_name(Module), safe_name(Function)),
+                       {Target, Fields} = main_route({pool, Pool},
+                                                     call_fields(Module, Function, Args, Kwargs)),
+                       {Target, Fields, default}
+               end).
 
 %% @doc Waits for the result of an {@link async_call/3} until its deadline
-%% (the pool's `call_timeout'). Giving up cancels the task in the worker.
+%% (the pool's `call_timeout', 30000 ms by default). Giving up cancels the
+%% task in the worker.
 -spec async_await(async_ref()) -> result().
 async_await(Ref) ->
-    pyport_async:await(py_result, Ref, deadline).
+    pyport_async:await(async_result, Ref, deadline).
 
 %% @doc Waits at most `Timeout' ms for the result of an {@link
 %% async_call/3}; on `{error, timeout}' the task is cancelled in the worker.
 -spec async_await(async_ref(), timeout()) -> result().
 async_await(Ref, Timeout) when Timeout =:= infinity; is_integer(Timeout), Timeout >= 0 ->
-    pyport_async:await(py_result, Ref, Timeout).
+    pyport_async:await(async_result, Ref, Timeout).
 
-%% @doc Runs calls (`{M, F, Args}' or `{M, F, Args, Kwargs}') concurrently
-%% and returns `{ok, Values}' in the order of `Calls', or the first error in
-%% that order (the calls still running are then cancelled).
--spec async_gather([call_spec()]) -> {ok, [term()]} | {error, term()}.
+%% @doc Runs calls (`{M, F, Args}' or `{M, F, Args, Kwargs}') concurrently,
+%% each awaited at most 30000 ms: `{ok, Values}' in the order of `Calls',
+%% or `{error, {gather_failed, [{Index, Reason}]}}' naming every call that
+%% failed (1-based, in order).
+-spec async_gather([call_spec()]) -> {ok, [term()]} | {error, {gather_failed, [{pos_integer(), term()}]}}.
 async_gather(Calls) ->
-    gather([async_spec(C) || C <- Calls], deadline).
+    async_gather(Calls, 30000).
 
-%% @doc {@link async_gather/1} waiting at most `Timeout' ms in all.
--spec async_gather([call_spec()], timeout()) -> {ok, [term()]} | {error, term()}.
+%% @doc {@link async_gather/1} awaiting each call at most `Timeout' ms.
+-spec async_gather([call_spec()], timeout()) ->
+          {ok, [term()]} | {error, {gather_failed, [{pos_integer(), term()}]}}.
 async_gather(Calls, Timeout) when Timeout =:= infinity; is_integer(Timeout), Timeout >= 0 ->
-    gather([async_spec(C) || C <- Calls], Timeout).
+    Refs = [async_spec(C) || C <- Calls],
+    Results = [pyport_async:await(async_result, Ref, Timeout) || Ref <- Refs],
+    case [{I, R} || {I, {error, R}} <- lists:zip(lists:seq(1, length(Results)), Results)] of
+        [] -> {ok, [V || {ok, V} <- Results]};
+        Failed -> {error, {gather_failed, Failed}}
+    end.
 
 async_spec({M, F, A}) -> async_call(M, F, A);
 async_spec({M, F, A, Kw}) -> async_call(M, F, A, Kw);
 async_spec(Other) -> erlang:error({badarg, Other}).
 
-gather(Refs, Timeout) ->
-    Deadline = case Timeout of
-                   infinity -> infinity;
-                   deadline -> deadline;
-                   _ -> erlang:monotonic_time(millisecond) + Timeout
-               end,
-    gather(Refs, Deadline, []).
-
-gather([], _Deadline, Acc) ->
-    {ok, lists:reverse(Acc)};
-gather([Ref | Rest], Deadline, Acc) ->
-    Wait = case Deadline of
-               infinity -> infinity;
-               deadline -> deadline;
-               _ -> max(0, Deadline - erlang:monotonic_time(millisecond))
-           end,
-    case pyport_async:await(py_result, Ref, Wait) of
-        {ok, Value} ->
-            gather(Rest, Deadline, [Value | Acc]);
-        {error, _} = Error ->
-            [pyport_async:cancel(R) || R <- Rest],
-            [flush_result(R) || R <- Rest],
-            Error
-    end.
-
-flush_result(Ref) ->
-    receive {py_result, Ref, _} -> ok after 0 -> ok end.
-
-start_task(Build) ->
+%% A task whose `Build' fails has its error message in the mailbox at once.
+start_task(Tag, Build) ->
     try Build() of
-        {Target, Fields} -> pyport_async:start_task(Target, py_result, {?CALL, Fields}, default)
+        {Target, Fields, Timeout} -> pyport_async:start_task(Target, Tag, {?CALL, Fields}, Timeout)
     catch
-        throw:{error, Reason} -> pyport_async:failed_task(py_result, Reason)
+        throw:{error, Reason} -> pyport_async:failed_task(Tag, Reason)
     end.
 
 %%%===================================================================
@@ -425,22 +497,28 @@ stream_options(Other) ->
 stream_start(Module, Function, Args) ->
     stream_start(Module, Function, Args, #{}).
 
-%% @doc {@link stream_start/3} with options: `kwargs' (a map) and `pool'.
+%% @doc {@link stream_start/3} with options: `kwargs' (a map), `pool', and
+%% `owner' (the process the messages go to; default the caller).
 -spec stream_start(name(), name(), [term()], map()) -> {ok, stream_ref()} | {error, term()}.
 stream_start(Module, Function, Args, Opts) when is_map(Opts) ->
     request(fun() ->
                     Kwargs = maps:get(kwargs, Opts, #{}),
                     Pool = maps:get(pool, Opts, ?DEFAULT_POOL),
+                    Owner = case maps:get(owner, Opts, self()) of
+                                P when is_pid(P) -> P;
+                                Bad -> throw({error, {invalid_option, owner, Bad}})
+                            end,
                     [throw({error, {bad_option, K}}) || K <- maps:keys(Opts),
-                                                       not lists:member(K, [kwargs, pool])],
+                                                       not lists:member(K, [kwargs, pool, owner])],
                     pyport_async:stream_start({pool, Pool},
                                               {?CALL, call_fields(Module, Function, Args, Kwargs)},
-                                              self())
+                                              Owner)
             end).
 
 %% @doc Stops a stream started by {@link stream_start/3,4}: its producer is
-%% cancelled in the worker and no message of it remains in, or later
-%% reaches, the calling process's mailbox.
+%% cancelled in the worker and its owner gets `{py_stream, Ref, {error,
+%% <<"cancelled">>}}' as its last message; items already delivered stay in
+%% the owner's mailbox (as erlang_python).
 -spec stream_cancel(stream_ref()) -> ok.
 stream_cancel(Ref) ->
     pyport_async:stream_cancel(Ref).
@@ -457,29 +535,32 @@ eval(Code) ->
 %% @doc `eval(Code, Locals)': with local variables (a map); `eval(Ctx, Code)':
 %% through a context.
 -spec eval(context() | code(), map() | code()) -> result().
-eval(#pyport_ctx{} = Ctx, Code) ->
-    eval(Ctx, Code, none, #{});
+eval(Ctx, Code) when ?IS_CTX(Ctx) ->
+    eval(Ctx, Code, none, infinity);
 eval(Code, Locals) when is_map(Locals) ->
     eval(Code, Locals, #{}).
 
 %% @doc `eval(Code, Locals, Opts)': with a timeout or options; `eval(Ctx,
 %% Code, Locals)': through a context.
 -spec eval(context() | code(), map() | none | code(), opts() | map()) -> result().
-eval(#pyport_ctx{} = Ctx, Code, Locals) ->
-    eval(Ctx, Code, Locals, #{});
+eval(Ctx, Code, Locals) when ?IS_CTX(Ctx) ->
+    eval(Ctx, Code, Locals, infinity);
 eval(Code, Locals, Opts) when is_map(Locals); Locals =:= none ->
     request(fun() ->
                     {Target, Timeout, Ns} = code_target(Opts),
                     pyport_objects:call(Target, ?EVAL, eval_fields(Code, Locals, Ns), Timeout, Opts)
             end).
 
-%% @doc Evaluates an expression through a context, with a timeout or options.
--spec eval(context(), code(), map() | none, opts()) -> result().
-eval(#pyport_ctx{} = Ctx, Code, Locals, Opts) when is_map(Locals); Locals =:= none ->
+%% @doc Evaluates an expression through a context, with a timeout (default
+%% `infinity') or options: `timeout', and `namespace': `process' (the
+%% default: the calling process's own globals on that context, as
+%% erlang_python's `py:eval/2,3') or `shared' (the context's shared
+%% globals, as `py_context:eval').
+-spec eval(context(), code(), map() | none, ctx_opts()) -> result().
+eval(Ctx, Code, Locals, Opts) when ?IS_CTX(Ctx), is_map(Locals) orelse Locals =:= none ->
     request(fun() ->
-                    {Target, Timeout} = target(Ctx, Opts),
-                    pyport_objects:call(Target, ?EVAL,
-                                        eval_fields(Code, Locals, ?SHARED_NAMESPACE), Timeout, Opts)
+                    {Target, Timeout, Ns} = ctx_code_target(Ctx, Opts),
+                    pyport_objects:call(Target, ?EVAL, eval_fields(Code, Locals, Ns), Timeout, Opts)
             end).
 
 %% @doc Runs Python statements in the calling process's namespace: a later
@@ -491,21 +572,21 @@ exec(Code) ->
 %% @doc `exec(Ctx, Code)': through a context (a later {@link eval/2} on the
 %% same context sees the names); `exec(Code, Opts)': with options.
 -spec exec(context() | code(), code() | opts()) -> ok | {error, term()}.
-exec(#pyport_ctx{} = Ctx, Code) ->
-    exec(Ctx, Code, #{});
+exec(Ctx, Code) when ?IS_CTX(Ctx) ->
+    exec(Ctx, Code, infinity);
 exec(Code, Opts) ->
     exec_result(request(fun() ->
                                 {Target, Timeout, Ns} = code_target(Opts),
                                 pyport_request:call(Target, ?EXEC, exec_fields(Code, Ns), Timeout)
                         end)).
 
-%% @doc Runs Python statements through a context, with options (a timeout).
--spec exec(context(), code(), opts()) -> ok | {error, term()}.
-exec(#pyport_ctx{} = Ctx, Code, Opts) ->
+%% @doc Runs Python statements through a context, in the calling process's
+%% own globals there (or the shared ones: options as {@link eval/4}).
+-spec exec(context(), code(), ctx_opts()) -> ok | {error, term()}.
+exec(Ctx, Code, Opts) when ?IS_CTX(Ctx) ->
     exec_result(request(fun() ->
-                                {Target, Timeout} = target(Ctx, Opts),
-                                pyport_request:call(Target, ?EXEC,
-                                                    exec_fields(Code, ?SHARED_NAMESPACE), Timeout)
+                                {Target, Timeout, Ns} = ctx_code_target(Ctx, Opts),
+                                pyport_request:call(Target, ?EXEC, exec_fields(Code, Ns), Timeout)
                         end)).
 
 exec_result({ok, _}) -> ok;
@@ -515,34 +596,96 @@ exec_result({error, _} = Error) -> Error.
 %%% Contexts and information
 %%%===================================================================
 
-%% @doc The context of the calling process: always the same worker of the
-%% default pool for the same process.
--spec context() -> context().
+%% @doc The context of the calling process: the pid of the same worker of
+%% the default pool every time for the same process (the one it is bound
+%% to, else one chosen by the process's pid).
+-spec context() -> pid().
 context() ->
-    Size = pool_size(?DEFAULT_POOL),
-    #pyport_ctx{pool = ?DEFAULT_POOL, slot = erlang:phash2(self(), Size) + 1}.
+    Slot = case pyport_affinity:bound_slot(?DEFAULT_POOL) of
+               undefined -> erlang:phash2(self(), pool_size(?DEFAULT_POOL)) + 1;
+               Bound -> Bound
+           end,
+    context_pid(?DEFAULT_POOL, Slot).
 
 %% @doc Context `N' (1-based) of the default pool: one worker, and so one
-%% set of Python globals.
--spec context(pos_integer()) -> context().
+%% interpreter.
+-spec context(pos_integer()) -> pid().
 context(N) when is_integer(N), N >= 1 ->
-    case pool_size(?DEFAULT_POOL) of
-        Size when N =< Size -> #pyport_ctx{pool = ?DEFAULT_POOL, slot = N};
+    context(?DEFAULT_POOL, N).
+
+%% @doc Context `N' (1-based) of pool `Pool'.
+-spec context(atom(), pos_integer()) -> pid().
+context(Pool, N) when is_atom(Pool), is_integer(N), N >= 1 ->
+    case pool_size(Pool) of
+        Size when N =< Size -> context_pid(Pool, N);
         Size -> erlang:error({bad_context, N, {pool_size, Size}})
     end.
 
-%% @doc Context `N' (1-based) of pool `Pool'.
--spec context(atom(), pos_integer()) -> context().
-context(Pool, N) when is_atom(Pool), is_integer(N), N >= 1 ->
-    case pool_size(Pool) of
-        Size when N =< Size -> #pyport_ctx{pool = Pool, slot = N};
-        Size -> erlang:error({bad_context, N, {pool_size, Size}})
+context_pid(Pool, Slot) ->
+    case pyport_contexts:context_pid(Pool, Slot) of
+        {ok, Pid} -> Pid;
+        {error, Reason} -> erlang:error(Reason)
     end.
 
 %% @doc The pool and slot a context routes to.
 -spec context_slot(context()) -> {atom(), pos_integer()}.
-context_slot(#pyport_ctx{pool = Pool, slot = Slot}) ->
-    {Pool, Slot}.
+context_slot(Ctx) ->
+    case request(fun() -> ctx_slot(Ctx) end) of
+        {error, Reason} -> erlang:error(Reason);
+        Slot -> Slot
+    end.
+
+%% @doc `start_contexts(#{})'.
+-spec start_contexts() -> {ok, [pid()]} | {error, term()}.
+start_contexts() ->
+    start_contexts(#{}).
+
+%% @doc Starts pool `default' (if it does not run) with `contexts' workers
+%% (default: the number of schedulers; `mode' `worker' or `owngil' is
+%% accepted: every worker is its own interpreter anyway): `{ok, Contexts}',
+%% the pids of its workers, or `{error, {context_start_failed, default, N,
+%% Reason}}'. A running pool is returned as it is.
+-spec start_contexts(#{contexts => pos_integer(), mode => worker | owngil}) ->
+          {ok, [pid()]} | {error, term()}.
+start_contexts(Opts) when is_map(Opts) ->
+    pyport_contexts:start_pool(?DEFAULT_POOL, maps:get(contexts, Opts, default)).
+
+%% @doc Stops pool `default': `ok'.
+-spec stop_contexts() -> ok.
+stop_contexts() ->
+    _ = pyport:stop_pool(?DEFAULT_POOL),
+    ok.
+
+%% @doc Whether pool `default' runs.
+-spec contexts_started() -> boolean().
+contexts_started() ->
+    element(1, pyport_pool:info(?DEFAULT_POOL)) =:= ok.
+
+%% @doc Context-less `call/3,4,5' (and `spawn_call', `async_call') of
+%% `Module', or of `{Module, Function}', go to pool `Pool'; a function's
+%% registration wins over its module's. `ok'.
+-spec register_pool(atom(), name() | {name(), name()}) -> ok.
+register_pool(Pool, Target) when is_atom(Pool) ->
+    pyport_contexts:register_pool(Pool, Target).
+
+%% @doc Removes a registration of {@link register_pool/2}: `ok'.
+-spec unregister_pool(name() | {name(), name()}) -> ok.
+unregister_pool(Target) ->
+    pyport_contexts:unregister_pool(Target).
+
+%% @doc `owngil': every context is a worker OS process with its own
+%% interpreter and GIL, so contexts run in parallel and share no Python
+%% state, which is what erlang_python's `owngil' mode promises.
+-spec execution_mode() -> owngil.
+execution_mode() ->
+    owngil.
+
+%% @doc `true': the isolation erlang_python gets from subinterpreters
+%% (an interpreter and GIL per context) every pyport context has, on any
+%% Python version, as a process of its own.
+-spec subinterp_supported() -> true.
+subinterp_supported() ->
+    true.
 
 %% @doc Binds the calling process to one worker of the default pool: every
 %% call, eval and exec of the process goes there until {@link unbind/0} or
@@ -648,29 +791,43 @@ recycle_reply({reply, Reply}) -> Reply;
 recycle_reply({error, {Reason, _ServerRef}}) -> {error, {worker_exited, Reason}};
 recycle_reply(timeout) -> {error, timeout}.
 
-%% @doc Memory statistics of every worker of the default pool, by slot:
-%% RSS, Python's garbage collector, tracemalloc figures while it traces,
-%% and how many namespaces exist (see docs/pools.md).
--spec memory_stats() -> {ok, #{pos_integer() => map() | {error, term()}}} | {error, term()}.
+%% @doc Memory statistics of the calling process's context (see {@link
+%% context/0}), as erlang_python gives them: `{ok, #{gc_stats, gc_count,
+%% gc_threshold}}' (`gc_count' and `gc_threshold' tuples; plus
+%% `traced_memory_current' and `traced_memory_peak' while tracemalloc
+%% traces), and pyport's `rss_bytes', `max_rss_bytes', `gc_enabled' and
+%% `namespaces' (how many eval/exec namespaces the worker holds).
+-spec memory_stats() -> {ok, #{atom() => term()}} | {error, term()}.
 memory_stats() ->
-    memory_stats(#{}).
+    memory_stats(context()).
 
-%% @doc {@link memory_stats/0} for a pool (`#{pool => Name}').
--spec memory_stats(opts()) -> {ok, #{pos_integer() => map() | {error, term()}}} | {error, term()}.
+%% @doc `memory_stats(Ctx)': {@link memory_stats/0} of that context;
+%% `memory_stats(Opts)': of every worker of a pool (`#{pool => Name}'),
+%% by slot, as the worker reports them (binary keys).
+-spec memory_stats(context() | opts()) ->
+          {ok, #{atom() => term()} | #{pos_integer() => map() | {error, term()}}} |
+          {error, term()}.
+memory_stats(Ctx) when ?IS_CTX(Ctx) ->
+    case ctx_control(Ctx, <<"memory_stats">>, none) of
+        {ok, Stats} when is_map(Stats) -> {ok, pyport_contexts:memory_stats(Stats)};
+        Other -> Other
+    end;
 memory_stats(Opts) ->
     each_worker(<<"memory_stats">>, none, Opts).
 
-%% @doc Runs Python's garbage collector in every worker of the default
-%% pool: the number of unreachable objects found, by slot.
--spec gc() -> {ok, #{pos_integer() => non_neg_integer() | {error, term()}}} | {error, term()}.
+%% @doc Runs Python's garbage collector in the calling process's context:
+%% `{ok, Unreachable}', the number of unreachable objects found.
+-spec gc() -> {ok, non_neg_integer()} | {error, term()}.
 gc() ->
-    gc(#{}).
+    ctx_control(context(), <<"gc">>, none).
 
-%% @doc `gc(Generation)' (0, 1 or 2) or `gc(Opts)'.
+%% @doc `gc(Generation)' (0, 1 or 2) in the calling process's context;
+%% `gc(Opts)': in every worker of a pool, by slot.
 -spec gc(0..2 | opts()) ->
-          {ok, #{pos_integer() => non_neg_integer() | {error, term()}}} | {error, term()}.
+          {ok, non_neg_integer() | #{pos_integer() => non_neg_integer() | {error, term()}}} |
+          {error, term()}.
 gc(Generation) when is_integer(Generation) ->
-    gc(Generation, #{});
+    ctx_control(context(), <<"gc">>, Generation);
 gc(Opts) ->
     each_worker(<<"gc">>, none, Opts).
 
@@ -679,6 +836,12 @@ gc(Opts) ->
           {ok, #{pos_integer() => non_neg_integer() | {error, term()}}} | {error, term()}.
 gc(Generation, Opts) when is_integer(Generation) ->
     each_worker(<<"gc">>, Generation, Opts).
+
+ctx_control(Ctx, Op, Arg) ->
+    request(fun() ->
+                    {Pool, Slot} = ctx_slot(Ctx),
+                    control(Pool, Slot, Op, Arg, default)
+            end).
 
 %% CONTROL Op on every worker of a pool, concurrently.
 each_worker(Op, Arg, Opts) ->
@@ -835,10 +998,11 @@ enable_tracing() ->
 disable_tracing() ->
     pyport_trace:disable().
 
-%% @doc The spans kept, oldest first (maps, see {@link pyport_trace:spans/0}).
--spec get_traces() -> [map()].
+%% @doc The spans kept, oldest first, as erlang_python gives them: `{ok,
+%% [Span]}' (see {@link pyport_trace:compat_spans/0} for the keys).
+-spec get_traces() -> {ok, [map()]}.
 get_traces() ->
-    pyport_trace:spans().
+    {ok, pyport_trace:compat_spans()}.
 
 %% @doc Forgets the spans kept.
 -spec clear_traces() -> ok.
@@ -912,10 +1076,84 @@ remote(#{node := Node, pool := Pool} = O, _Local) when Node =/= node() ->
 remote(_O, Local) ->
     Local.
 
-%% A context names its pool; `pool' in the options is not used.
-target(#pyport_ctx{pool = Pool, slot = Slot}, Opts) ->
-    #{timeout := Timeout} = O = options(Opts),
+%% A context names its pool and slot; its timeout is `infinity' unless
+%% given (erlang_python's default for context calls).
+target(Ctx, Opts) ->
+    {Pool, Slot} = ctx_slot(Ctx),
+    #{timeout := Timeout} = O = ctx_options(Opts),
     {with_output(O, {slot, Pool, Slot}), Timeout}.
+
+ctx_code_target(Ctx, Opts) ->
+    {Pool, Slot} = ctx_slot(Ctx),
+    #{timeout := Timeout, namespace := Which} = ctx_options(Opts),
+    case Which of
+        shared ->
+            {{slot, Pool, Slot}, Timeout, ?SHARED_NAMESPACE};
+        process ->
+            case pyport_namespaces:namespace(Pool, Slot) of
+                {ok, Ns} -> {{slot, Pool, Slot}, Timeout, Ns};
+                {error, _} = Error -> throw(Error)
+            end
+    end.
+
+ctx_options(Timeout) when Timeout =:= infinity; is_integer(Timeout), Timeout >= 0 ->
+    #{timeout => Timeout, namespace => process};
+ctx_options(Opts) when is_map(Opts) ->
+    maps:fold(fun(timeout, T, Acc) when T =:= infinity; T =:= default;
+                                        is_integer(T), T >= 0 ->
+                      %% default: the pool's call_timeout (pyport's).
+                      Acc#{timeout => T};
+                 (namespace, N, Acc) when N =:= process; N =:= shared ->
+                      Acc#{namespace => N};
+                 (output, W, Acc) when W =:= caller; W =:= logger ->
+                      Acc#{output => W};
+                 (K, V, _Acc) when K =:= timeout; K =:= namespace; K =:= output ->
+                      throw({error, {invalid_option, K, V}});
+                 (K, V, Acc) when K =:= return; K =:= str_fallback; K =:= numpy;
+                                  K =:= traceback ->
+                      %% Conversion options (pyport_objects), checked.
+                      ok = pyport_objects:check_option(K, V),
+                      Acc;
+                 (_K, _V, Acc) ->
+                      %% erlang_python ignores other keys (pool, kwargs...).
+                      Acc
+              end, #{timeout => infinity, namespace => process}, Opts);
+ctx_options(Other) ->
+    throw({error, {bad_option, Other}}).
+
+%% The pool and slot of a context; throws {error, _} for a dead or unknown
+%% one.
+ctx_slot(#pyport_ctx{pool = Pool, slot = Slot}) ->
+    {Pool, Slot};
+ctx_slot(Pid) when is_pid(Pid) ->
+    case pyport_contexts:resolve(Pid) of
+        {ok, Pool, Slot} -> {Pool, Slot};
+        {error, _} = Error -> throw(Error)
+    end;
+ctx_slot(Other) ->
+    throw({error, {invalid_context, Other}}).
+
+%% A context-less call's pool: the `pool' option, else the registration
+%% of its module or function (register_pool/2), else `default'.
+registered_pool(Module, Function, Opts) when is_map(Opts) ->
+    case is_map_key(pool, Opts) of
+        true -> Opts;
+        false -> registered(Module, Function, Opts)
+    end;
+registered_pool(Module, Function, Timeout) ->
+    registered(Module, Function, #{timeout => Timeout}).
+
+registered(Module, Function, Opts) ->
+    case pyport_contexts:lookup_pool(safe_name(Module), safe_name(Function)) of
+        ?DEFAULT_POOL -> Opts;
+        Pool -> Opts#{pool => Pool}
+    end.
+
+safe_name(N) when is_atom(N); is_binary(N) -> N;
+safe_name(N) -> try name(N) catch throw:_ -> <<>> end.
+
+main_route(Target, Fields) ->
+    pyport_namespaces:route_main(Target, Fields).
 
 options(Timeout) when Timeout =:= infinity; is_integer(Timeout), Timeout >= 0 ->
     #{pool => ?DEFAULT_POOL, timeout => Timeout};

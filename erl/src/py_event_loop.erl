@@ -12,11 +12,13 @@
 %%
 %% `create_task' returns a reference whose result also arrives as the
 %% message `{async_result, Ref, Result}'; `await' waits for it (default
-%% 5000 ms) and cancels the task in the worker if it gives up.
+%% 5000 ms) and cancels the task in the worker if it gives up. Module
+%% `'__main__'' is the calling process's namespace on the loop's worker
+%% (what {@link exec/1} defined).
 -module(py_event_loop).
 
 -export([run/3, run/4, create_task/3, create_task/4, await/1, await/2,
-         spawn_task/3, spawn_task/4]).
+         spawn_task/3, spawn_task/4, get_loop/0, exec/1, exec/2, eval/1, eval/2]).
 
 -type name() :: py:name().
 -type ref() :: pyport_async:ref().
@@ -62,6 +64,43 @@ spawn_task(Module, Function, Args) ->
 -spec spawn_task(name(), name(), [term()], map()) -> ok | {error, term()}.
 spawn_task(Module, Function, Args, Kwargs) ->
     py_event_loop_pool:spawn_task_on(target(), Module, Function, Args, Kwargs).
+
+%% @doc The loop: `{ok, LoopRef}' (the pid of its worker, a context).
+-spec get_loop() -> {ok, pid()} | {error, term()}.
+get_loop() ->
+    case py_event_loop_pool:loops() of
+        {ok, Pool, _N} -> pyport_contexts:context_pid(Pool, 1);
+        {error, _} = Error -> Error
+    end.
+
+%% @doc Runs statements in the calling process's namespace on the loop's
+%% worker (what a later {@link create_task/3} of `'__main__'' sees):
+%% `ok' or `{error, _}'.
+-spec exec(py:code()) -> ok | {error, term()}.
+exec(Code) ->
+    case get_loop() of
+        {ok, Loop} -> exec(Loop, Code);
+        {error, _} = Error -> Error
+    end.
+
+%% @doc {@link exec/1} on the loop `LoopRef'.
+-spec exec(pid(), py:code()) -> ok | {error, term()}.
+exec(LoopRef, Code) ->
+    py:exec(LoopRef, Code).
+
+%% @doc Evaluates an expression in the calling process's namespace on the
+%% loop's worker.
+-spec eval(py:code()) -> {ok, term()} | {error, term()}.
+eval(Code) ->
+    case get_loop() of
+        {ok, Loop} -> eval(Loop, Code);
+        {error, _} = Error -> Error
+    end.
+
+%% @doc {@link eval/1} on the loop `LoopRef'.
+-spec eval(pid(), py:code()) -> {ok, term()} | {error, term()}.
+eval(LoopRef, Code) ->
+    py:eval(LoopRef, Code).
 
 target() ->
     case py_event_loop_pool:loops() of

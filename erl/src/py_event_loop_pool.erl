@@ -16,7 +16,8 @@
 -module(py_event_loop_pool).
 
 -export([run/3, run/4, create_task/3, create_task/4, await/1, await/2,
-         spawn_task/3, spawn_task/4, get_loop/0, get_stats/0]).
+         spawn_task/3, spawn_task/4, get_loop/0, get_stats/0, get_all_loops/0,
+         exec/1, exec/2, eval/1, eval/2]).
 -export([loops/0, run_on/5, create_task_on/5, spawn_task_on/5]).
 
 -define(CALL, 1).
@@ -73,23 +74,67 @@ spawn_task(Module, Function, Args) ->
 spawn_task(Module, Function, Args, Kwargs) ->
     spawn_task_on(target(), Module, Function, Args, Kwargs).
 
-%% @doc The loop of the calling process: a context (see {@link py:context/0})
-%% naming its worker, usable with {@link py:call/4} and friends.
--spec get_loop() -> {ok, py:context()} | {error, term()}.
+%% @doc The loop of the calling process: `{ok, LoopRef}', the pid of its
+%% worker (a context, usable with {@link py:call/4} and friends).
+-spec get_loop() -> {ok, pid()} | {error, term()}.
 get_loop() ->
     case loops() of
-        {ok, Pool, N} -> {ok, py:context(Pool, slot(N))};
+        {ok, Pool, N} -> pyport_contexts:context_pid(Pool, slot(N));
         {error, _} = Error -> Error
     end.
 
+%% @doc Every loop: `{ok, [{LoopRef, WorkerPid}]}' (both the worker's pid).
+-spec get_all_loops() -> {ok, [{pid(), pid()}]} | {error, term()}.
+get_all_loops() ->
+    case loops() of
+        {ok, Pool, N} ->
+            Pids = [Pid || Slot <- lists:seq(1, N),
+                           {ok, Pid} <- [pyport_contexts:context_pid(Pool, Slot)]],
+            {ok, [{Pid, Pid} || Pid <- Pids]};
+        {error, _} = Error ->
+            Error
+    end.
+
+%% @doc Runs statements in the calling process's namespace on its loop's
+%% worker: `ok' or `{error, _}'.
+-spec exec(py:code()) -> ok | {error, term()}.
+exec(Code) ->
+    case get_loop() of
+        {ok, Loop} -> py:exec(Loop, Code);
+        {error, _} = Error -> Error
+    end.
+
+%% @doc {@link exec/1} on the loop `LoopRef'.
+-spec exec(pid(), py:code()) -> ok | {error, term()}.
+exec(LoopRef, Code) ->
+    py:exec(LoopRef, Code).
+
+%% @doc Evaluates an expression in the calling process's namespace on its
+%% loop's worker.
+-spec eval(py:code()) -> {ok, term()} | {error, term()}.
+eval(Code) ->
+    case get_loop() of
+        {ok, Loop} -> py:eval(Loop, Code);
+        {error, _} = Error -> Error
+    end.
+
+%% @doc {@link eval/1} on the loop `LoopRef'.
+-spec eval(pid(), py:code()) -> {ok, term()} | {error, term()}.
+eval(LoopRef, Code) ->
+    py:eval(LoopRef, Code).
+
 %% @doc `num_loops', `pool', `supported' (always true: every worker has an
-%% event loop) and `in_flight', the requests in flight on each loop.
+%% event loop), `owngil_enabled' (always true: every loop has an
+%% interpreter and GIL of its own) and `in_flight', the requests in flight
+%% on each loop.
 -spec get_stats() -> #{atom() => term()}.
 get_stats() ->
     case loops() of
         {ok, Pool, N} ->
             {ok, #{counters := C}} = pyport_pool:info(Pool),
-            #{num_loops => N, pool => Pool, supported => true,
+            %% owngil_enabled: every loop runs in an interpreter (and
+            %% process) of its own, what erlang_python's OWN_GIL mode gives.
+            #{num_loops => N, pool => Pool, supported => true, owngil_enabled => true,
               in_flight => [counters:get(C, Slot) || Slot <- lists:seq(1, N)]};
         {error, Reason} ->
             #{num_loops => 0, supported => false, error => Reason}
@@ -121,8 +166,9 @@ run_on({ok, Target}, Module, Function, Args, Opts) when is_map(Opts) ->
     %% caller, which decodes it itself, as for py:call; a caller that gives
     %% up has the worker's owner interrupt it, which cancels the task.
     case fields(Module, Function, Args, maps:get(kwargs, Opts, #{})) of
-        {ok, Fields} ->
-            pyport_request:call(Target, ?CALL, Fields, maps:get(timeout, Opts, ?DEFAULT_TIMEOUT));
+        {ok, Fields0} ->
+            {Target1, Fields} = pyport_namespaces:route_main(Target, Fields0),
+            pyport_request:call(Target1, ?CALL, Fields, maps:get(timeout, Opts, ?DEFAULT_TIMEOUT));
         {error, _} = Error ->
             Error
     end;
@@ -134,10 +180,12 @@ run_on({error, _} = Error, _Module, _Function, _Args, _Opts) ->
                      map()) -> ref().
 create_task_on({ok, Target}, Module, Function, Args, Kwargs) ->
     case fields(Module, Function, Args, Kwargs) of
-        {ok, Fields} ->
+        {ok, Fields0} ->
+            %% '__main__' is the caller's py:exec namespace on that worker.
+            {Target1, Fields} = pyport_namespaces:route_main(Target, Fields0),
             %% No deadline of its own: a task lives until it ends, or until
             %% whoever awaits it gives up.
-            pyport_async:start_task(Target, async_result, {?CALL, Fields}, infinity);
+            pyport_async:start_task(Target1, async_result, {?CALL, Fields}, infinity);
         {error, Reason} ->
             pyport_async:failed_task(async_result, Reason)
     end;

@@ -19,7 +19,7 @@
 %% the old namespace is freed, the new one starts empty.
 -module(pyport_affinity).
 
--export([bind/1, unbind/1, bound_slot/1, namespace/1]).
+-export([bind/1, bind/2, unbind/1, unbind_keep_namespace/1, bound_slot/1, namespace/1, namespace_slot/1]).
 
 -define(BIND(Pool), {'$pyport_bind', Pool}).
 -define(NS(Pool), {'$pyport_ns', Pool}).
@@ -46,12 +46,16 @@ bind(Pool) ->
 unbind(Pool) ->
     _ = erase(?BIND(Pool)),
     case erase(?NS(Pool)) of
-        {_Slot, Ns, Worker} ->
-            Worker ! {'$pyport_ns_drop', Ns},
-            ok;
-        undefined ->
-            ok
+        Slot when is_integer(Slot) -> pyport_namespaces:drop(Pool, Slot);
+        undefined -> ok
     end.
+
+%% @doc Removes the binding only: the process's namespace stays (as
+%% erlang_python's `py_context_router:unbind_context/0,1').
+-spec unbind_keep_namespace(pyport_config:pool_name()) -> ok.
+unbind_keep_namespace(Pool) ->
+    _ = erase(?BIND(Pool)),
+    ok.
 
 %% @doc The slot the calling process is bound to on `Pool', if any; a
 %% binding to a slot the pool no longer has moves to one it has.
@@ -84,50 +88,50 @@ rebind(Pool, Old) ->
 -spec namespace(pyport_config:pool_name()) ->
           {ok, pos_integer(), pos_integer()} | {error, term()}.
 namespace(Pool) ->
-    case pyport_pool:info(Pool) of
-        {ok, Info} ->
-            case get(?NS(Pool)) of
-                {Slot, Ns, Worker} when Slot > map_get(size, Info) ->
+    case get(?NS(Pool)) of
+        Slot when is_integer(Slot) ->
+            case pyport_pool:in_service(Pool, Slot) of
+                true ->
+                    ok;
+                false ->
                     %% The pool shrank below it: freed, and made again.
-                    Worker ! {'$pyport_ns_drop', Ns},
+                    ok = pyport_namespaces:drop(Pool, Slot),
                     _ = erase(?NS(Pool)),
-                    namespace(Pool);
-                {Slot, Ns, Worker} ->
-                    case pyport_pool:worker(Info, Slot) of
-                        {ok, Worker} -> {ok, Slot, Ns};
-                        %% A new gen_server for the slot: register with it.
-                        {ok, New} -> register(Pool, Slot, Ns, New);
-                        error -> {error, {no_worker, Pool, Slot}}
-                    end;
-                undefined ->
-                    case slot_for_new_affinity(Pool) of
-                        {ok, Slot} ->
-                            case pyport_pool:worker(Info, Slot) of
-                                {ok, Worker} ->
-                                    register(Pool, Slot, erlang:unique_integer([positive]), Worker);
-                                error ->
-                                    {error, {no_worker, Pool, Slot}}
-                            end;
-                        {error, _} = Error ->
-                            Error
-                    end
+                    ok
+            end;
+        undefined ->
+            ok
+    end,
+    case slot_for_new_affinity(Pool) of
+        {ok, Slot1} ->
+            case pyport_namespaces:namespace(Pool, Slot1) of
+                {ok, Ns} ->
+                    put(?NS(Pool), Slot1),
+                    {ok, Slot1, Ns};
+                {error, _} = Error ->
+                    Error
             end;
         {error, _} = Error ->
             Error
     end.
 
-%% The message goes before any request of this process to that worker, so
-%% the worker monitors the process before it runs code in the namespace.
-register(Pool, Slot, Ns, Worker) ->
-    Worker ! {'$pyport_ns', self(), Ns},
-    put(?NS(Pool), {Slot, Ns, Worker}),
-    {ok, Slot, Ns}.
+%% @doc The slot of the calling process's namespace on `Pool', if any.
+-spec namespace_slot(pyport_config:pool_name()) -> pos_integer() | undefined.
+namespace_slot(Pool) ->
+    get(?NS(Pool)).
+
+%% @doc Binds the calling process to slot `Slot' of `Pool' (a context it
+%% chose, see py_context_router:bind_context/2).
+-spec bind(pyport_config:pool_name(), pos_integer()) -> ok.
+bind(Pool, Slot) ->
+    put(?BIND(Pool), Slot),
+    ok.
 
 slot_for_new_affinity(Pool) ->
     case {bound_slot(Pool), get(?NS(Pool))} of
         {Slot, _} when is_integer(Slot) ->
             {ok, Slot};
-        {undefined, {Slot, _, _}} ->
+        {undefined, Slot} when is_integer(Slot) ->
             case pyport_pool:in_service(Pool, Slot) of
                 true -> {ok, Slot};
                 false -> least_loaded(Pool)

@@ -16,8 +16,8 @@
 %% mailbox is short, so a slow consumer suspends the Python producer.
 -module(pyport_async).
 
--export([start_task/4, failed_task/2, await/3, cancel/1, stream_start/3, stream_cancel/1, collect/2,
-         collect/3, collect_limits/1]).
+-export([start_task/4, failed_task/2, await/3, cancel/1, task_finished/1, interrupt/1,
+         stream_start/3, stream_cancel/1, collect/2, collect/3, collect_limits/1]).
 
 -export_type([ref/0, stream_ref/0, collect_limits/0]).
 
@@ -26,15 +26,20 @@
 
 -define(STREAM_START, 6).
 
--type deadline() :: integer() | infinity.
+%% Tasks in flight: ref => worker, request id, deadline, owner. A row is
+%% written when a task starts and deleted once its result is sent (by the
+%% worker's gen_server), awaited or cancelled, so the table holds only
+%% tasks in flight (and those of a worker gen_server that was killed, until
+%% they are awaited). Owned by pyport_contexts.
+-define(TASKS, pyport_tasks).
+
 %% How long an await waits before it asks the worker whether the task is
 %% still pending (see await/3).
 -define(UNCHECKED_MS, 10).
 
-%% A task: the alias its result is sent to, the worker and request id to
-%% cancel it, its deadline, and the process that started it.
--opaque ref() :: {pyport_task, reference(), pid() | undefined, non_neg_integer(), deadline(),
-                  Owner :: pid()}.
+%% A task: a plain reference (erlang_python code checks is_reference/1).
+%% It is also the alias its result is sent to, and a monitor of the worker.
+-type ref() :: reference().
 %% A stream: a unique reference, the worker and the request id.
 -opaque stream_ref() :: {pyport_stream, reference(), pid(), pos_integer()}.
 %% How much of a stream {@link collect/3} holds at most: items, and bytes
@@ -57,13 +62,13 @@ start_task(Target, Tag, Request, Timeout) ->
                                              default -> CallTimeout;
                                              _ -> Timeout
                                          end),
-                     Alias = erlang:monitor(process, Pid, [{alias, reply_demonitor}]),
-                     Ref = {pyport_task, Alias, Pid, Id, Deadline, self()},
-                     Pid ! {'$pyport_task', Alias, Tag, Ref, Id, Deadline, Frame},
-                     Ref
+                     Ref = erlang:monitor(process, Pid, [{alias, reply_demonitor}]),
+                     true = ets:insert(?TASKS, {Ref, Pid, Id, Deadline, self()}),
+                     Pid ! {'$pyport_task', Ref, Tag, Ref, Id, Deadline, Frame},
+                     {task, Ref}
              end),
     case Sent of
-        {pyport_task, _, _, _, _, _} = Ref -> Ref;
+        {task, Ref} -> Ref;
         {error, Reason} -> failed_task(Tag, Reason)
     end.
 
@@ -71,56 +76,78 @@ start_task(Target, Tag, Request, Timeout) ->
 %% in the caller's mailbox at once.
 -spec failed_task(atom(), term()) -> ref().
 failed_task(Tag, Reason) ->
-    Ref = {pyport_task, make_ref(), undefined, 0, infinity, self()},
+    Ref = make_ref(),
     self() ! {Tag, Ref, {error, Reason}},
     Ref.
+
+%% @private The worker's gen_server sends a task's result.
+-spec task_finished(term()) -> ok.
+task_finished(Ref) when is_reference(Ref) ->
+    _ = (catch ets:delete(?TASKS, Ref)),
+    ok;
+task_finished(_Ref) ->
+    ok.
 
 %% @doc Waits for a task's `{Tag, Ref, Result}' at most `Timeout' ms
 %% (`deadline': until the task's own deadline). On `{error, timeout}' the
 %% task is cancelled in the worker and its result can no longer arrive.
 %% Only the process that started the task may await it (`{error,
 %% not_owner}' at once, the task goes on); a task whose result was already
-%% taken answers `{error, already_awaited}' at once.
+%% taken answers `{error, already_awaited}'.
 -spec await(atom(), ref(), timeout() | deadline) -> {ok, term()} | {error, term()}.
-await(_Tag, {pyport_task, _, _, _, _, Owner}, _Timeout) when Owner =/= self() ->
-    {error, not_owner};
-await(Tag, {pyport_task, _, _, _, Deadline, _} = Ref, deadline) ->
-    await_until(Tag, Ref, Deadline);
-await(Tag, Ref, Timeout) ->
-    await_until(Tag, Ref, pyport_request:deadline(Timeout)).
+await(Tag, Ref, Timeout) when is_reference(Ref) ->
+    case ets:lookup(?TASKS, Ref) of
+        [{Ref, _, spawn, _, _}] ->
+            %% A py:spawn_call reference (pyport_spawn), not a task.
+            {error, {invalid_ref, Ref}};
+        [{Ref, _Pid, _Id, _Deadline, Owner}] when Owner =/= self() ->
+            {error, not_owner};
+        [{Ref, Pid, Id, Deadline, _}] ->
+            D = case Timeout of
+                    deadline -> Deadline;
+                    _ -> pyport_request:deadline(Timeout)
+                end,
+            Result = await_until(Tag, Ref, Pid, Id, D),
+            true = ets:delete(?TASKS, Ref),
+            Result;
+        [] ->
+            %% Its result was sent before its row went (or it never
+            %% started: the message was there from the start), so it is in
+            %% the mailbox unless it was taken already.
+            receive
+                {Tag, Ref, Result} -> Result
+            after 0 ->
+                    {error, already_awaited}
+            end
+    end;
+await(_Tag, Ref, _Timeout) ->
+    {error, {invalid_ref, Ref}}.
 
-await_until(Tag, {pyport_task, Alias, Pid, _, _, _} = Ref, Deadline) ->
+await_until(Tag, Ref, Pid, Id, Deadline) ->
     receive
         {Tag, Ref, Result} ->
             Result;
-        {'DOWN', Alias, process, _, Reason} ->
+        {'DOWN', Ref, process, _, Reason} ->
             {error, {worker_exited, Reason}}
     after min(?UNCHECKED_MS, pyport_request:wait_ms(Deadline)) ->
             %% Slow, or already taken: the worker's gen_server says
             %% `not_pending' if it no longer has the task, after the result
             %% if it sent one (its messages arrive in order).
-            case Pid of
-                undefined ->
-                    %% A task that never started: its result was in the
-                    %% mailbox from the start.
-                    {error, already_awaited};
-                _ ->
-                    Probe = erlang:alias([reply]),
-                    Pid ! {'$pyport_pending', task_id(Ref), Probe},
-                    Monitor = erlang:monitor(process, Pid),
-                    Result = checked_wait(Tag, Ref, Probe, Monitor, Deadline),
-                    erlang:unalias(Probe),
-                    erlang:demonitor(Monitor, [flush]),
-                    receive {Probe, _} -> ok after 0 -> ok end,
-                    Result
-            end
+            Probe = erlang:alias([reply]),
+            Pid ! {'$pyport_pending', Id, Probe},
+            Monitor = erlang:monitor(process, Pid),
+            Result = checked_wait(Tag, Ref, Pid, Id, Probe, Monitor, Deadline),
+            erlang:unalias(Probe),
+            erlang:demonitor(Monitor, [flush]),
+            receive {Probe, _} -> ok after 0 -> ok end,
+            Result
     end.
 
-checked_wait(Tag, {pyport_task, Alias, _, _, _, _} = Ref, Probe, Monitor, Deadline) ->
+checked_wait(Tag, Ref, Pid, Id, Probe, Monitor, Deadline) ->
     receive
         {Tag, Ref, Result} ->
             Result;
-        {'DOWN', Alias, process, _, Reason} ->
+        {'DOWN', Ref, process, _, Reason} ->
             {error, {worker_exited, Reason}};
         {'DOWN', Monitor, process, _, Reason} ->
             {error, {worker_exited, Reason}};
@@ -129,7 +156,7 @@ checked_wait(Tag, {pyport_task, Alias, _, _, _, _} = Ref, Probe, Monitor, Deadli
     after pyport_request:wait_ms(Deadline) ->
             case Deadline =/= infinity andalso Deadline =< erlang:monotonic_time(millisecond) of
                 true ->
-                    cancel(Ref),
+                    cancel(Ref, Pid, Id),
                     %% A result that arrived just before the alias went
                     %% away still counts.
                     receive
@@ -138,20 +165,33 @@ checked_wait(Tag, {pyport_task, Alias, _, _, _, _} = Ref, Probe, Monitor, Deadli
                             {error, timeout}
                     end;
                 false ->
-                    checked_wait(Tag, Ref, Probe, Monitor, Deadline)
+                    checked_wait(Tag, Ref, Pid, Id, Probe, Monitor, Deadline)
             end
     end.
-
-task_id({pyport_task, _, _, Id, _, _}) -> Id.
 
 %% @doc Gives up on a task: cancels it in the worker and drops its alias (no
 %% result message arrives afterwards, unless it is already queued).
 -spec cancel(ref()) -> ok.
-cancel({pyport_task, Alias, Pid, Id, _, _}) ->
-    erlang:demonitor(Alias, [flush]),
-    case Pid of
-        undefined -> ok;
-        _ -> Pid ! {'$pyport_cancel', Id}, ok
+cancel(Ref) when is_reference(Ref) ->
+    case ets:lookup(?TASKS, Ref) of
+        [{Ref, Pid, Id, _, Owner}] when Owner =:= self(), is_integer(Id) -> cancel(Ref, Pid, Id);
+        _ -> ok
+    end.
+
+cancel(Ref, Pid, Id) ->
+    erlang:demonitor(Ref, [flush]),
+    _ = ets:delete(?TASKS, Ref),
+    Pid ! {'$pyport_cancel', Id},
+    ok.
+
+%% @doc Raises KeyboardInterrupt in a task's (or `py:spawn_call''s) Python
+%% code; it then answers for itself. `ok' also when it has finished.
+-spec interrupt(ref()) -> ok.
+interrupt(Ref) when is_reference(Ref) ->
+    case ets:lookup(?TASKS, Ref) of
+        [{Ref, Pid, Id, _, _}] when is_integer(Id) -> Pid ! {'$pyport_interrupt', Id}, ok;
+        [_] -> ok;
+        [] -> ok
     end.
 
 %% @doc Starts a stream of the items of the value `Request' produces: `{1,
@@ -170,11 +210,16 @@ stream_start(Target, {Kind, Fields}, Consumer) ->
       end).
 
 %% @doc Stops a stream: the worker cancels its producer (a generator is
-%% closed), and no message of it is left in, or arrives later in, the
-%% calling process's mailbox.
+%% closed) and sends its consumer `{py_stream, Ref, {error,
+%% <<"cancelled">>}}' as the last message of the stream (erlang_python's
+%% event); items already delivered stay in the mailbox.
 -spec stream_cancel(stream_ref()) -> ok.
-stream_cancel({pyport_stream, _, Pid, Id} = Ref) ->
-    ok = pyport_worker:stream_cancel(Pid, Id),
+stream_cancel({pyport_stream, _, Pid, Id}) ->
+    ok = pyport_worker:stream_cancel(Pid, Id).
+
+%% Cancels a stream the caller collects, leaving none of its messages.
+cancel_collected(Ref) ->
+    ok = stream_cancel(Ref),
     flush_stream(Ref).
 
 flush_stream(Ref) ->
@@ -221,7 +266,7 @@ next_item(Ref, Monitor, Timeout, Limits, {N, Bytes, Items} = Acc, Deadline) ->
                 false ->
                     collect(Ref, Monitor, Timeout, Limits, Acc1);
                 {Key, Max} ->
-                    stream_cancel(Ref),
+                    cancel_collected(Ref),
                     {error, {stream_too_large, Key, Max}}
             end;
         {py_stream, Ref, done} ->
@@ -233,7 +278,7 @@ next_item(Ref, Monitor, Timeout, Limits, {N, Bytes, Items} = Acc, Deadline) ->
     after pyport_request:wait_ms(Deadline) ->
             case Deadline =/= infinity andalso Deadline =< erlang:monotonic_time(millisecond) of
                 true ->
-                    stream_cancel(Ref),
+                    cancel_collected(Ref),
                     {error, timeout};
                 false ->
                     next_item(Ref, Monitor, Timeout, Limits, Acc, Deadline)

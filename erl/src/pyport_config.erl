@@ -35,6 +35,9 @@
                        init_code := binary() | undefined,
                        venv := binary() | undefined,
                        max_inflight := pos_integer() | infinity,
+                       %% Per-process eval/exec namespaces one worker holds
+                       %% (pyport_namespaces).
+                       max_namespaces := pos_integer(),
                        kill_after := non_neg_integer() | infinity,
                        max_requests := pos_integer() | infinity,
                        max_memory := pos_integer() | infinity,
@@ -263,6 +266,7 @@ defaults() ->
       init_code => undefined,
       venv => undefined,
       max_inflight => infinity,
+      max_namespaces => 10000,
       kill_after => 5000,
       max_requests => infinity,
       max_memory => infinity,
@@ -356,6 +360,7 @@ check(max_open_files, N) when is_integer(N), N >= ?MIN_OPEN_FILES -> {ok, N};
 check(Key, N) when (Key =:= max_inflight orelse Key =:= max_requests orelse
                     Key =:= max_rss orelse Key =:= cpu_seconds), is_integer(N), N > 0 ->
     {ok, N};
+check(max_namespaces, N) when is_integer(N), N > 0, N =< ?MAX_LIMIT -> {ok, N};
 check(_Key, _Value) -> error.
 
 %% An elastic pool (`min' or `max' given): `size' is where it starts,

@@ -23,7 +23,7 @@
 
 -include_lib("kernel/include/logger.hrl").
 
--export([call/4, call/5, start/4, start_failed/1, await/1, await/2, interrupt/1, cast/2]).
+-export([call/4, call/5, start/4, start_failed/1, await/1, await/2, interrupt/1, cast/2, abandon/4]).
 -export([send/3, decode_reply/3]).
 -export([builtin_exception_types/0]).
 -export([deadline/1, wait_ms/1]).
@@ -135,6 +135,17 @@ observed(Pool, Slot, {Kind, Fields}, Start, Result) ->
     pyport_stats:call_done(Pool, Slot, Result, erlang:monotonic_time() - Start),
     pyport_telemetry:call_stop(Pool, Slot, Kind, Fields, Start, Result),
     Result.
+
+%% @doc Gives up on a request another process started and can no longer
+%% await (py:spawn_call's helper, stopped): the worker interrupts it, and it
+%% is counted as a timeout.
+-spec abandon(handle(), pos_integer(), [term()], integer()) -> ok.
+abandon({pyport_call, _, _, Pool, Slot, Pid, Id, _}, Kind, Fields, Start) ->
+    Pid ! {'$pyport_cancel', Id},
+    _ = observed(Pool, Slot, what(Kind, Fields), Start, {error, timeout}),
+    ok;
+abandon(_Handle, _Kind, _Fields, _Start) ->
+    ok.
 
 %% @doc Sends a request and returns at once; {@link await/1} or {@link await/2} collects the
 %% answer, once, in the same process.

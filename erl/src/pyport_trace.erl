@@ -5,8 +5,8 @@
 %% later ones are dropped (and counted) until it is cleared.
 -module(pyport_trace).
 
--export([new_table/0, enable/0, disable/0, enabled/0, record/2, spans/0, clear/0, dropped/0,
-         fields/0]).
+-export([new_table/0, enable/0, disable/0, enabled/0, record/2, spans/0, compat_spans/0, clear/0,
+         dropped/0, fields/0]).
 
 -define(TAB, pyport_traces).
 -define(MAX_SPANS, 100000).
@@ -60,6 +60,45 @@ record(_Other, _Meta) ->
 -spec spans() -> [map()].
 spans() ->
     [Span || {_, Span} <- ets:tab2list(?TAB)].
+
+%% @doc The spans kept, oldest start first, with erlang_python's keys:
+%% `name', `span_id', `parent_id' (`undefined' for a root span),
+%% `attributes', `start_time' and `end_time' (µs), `duration_us', `status'
+%% (`ok' or `error'), `end_attrs' (`#{<<"exception">> => Text}' for a span
+%% that raised, else `#{}'), `events' (`[#{name, attrs, time}]', newest
+%% first); pyport adds `trace_id' and the worker's `pyport_pool',
+%% `pyport_slot' and `os_pid'.
+-spec compat_spans() -> [map()].
+compat_spans() ->
+    [compat(Span) || Span <- spans()].
+
+compat(Span) ->
+    Extra = maps:with([trace_id, pyport_pool, pyport_slot, os_pid, domain], Span),
+    EndAttrs = case Span of
+                   #{error := Text} -> #{<<"exception">> => Text};
+                   #{} -> #{}
+               end,
+    Events = [#{name => maps:get(<<"name">>, E, undefined),
+                attrs => maps:get(<<"attributes">>, E, #{}),
+                time => maps:get(<<"time_us">>, E, undefined)}
+              || E <- maps:get(events, Span, []), is_map(E)],
+    Extra#{name => maps:get(name, Span, undefined),
+           span_id => maps:get(span_id, Span, undefined),
+           parent_id => case maps:get(parent_id, Span, none) of
+                            none -> undefined;
+                            P -> P
+                        end,
+           attributes => maps:get(attributes, Span, #{}),
+           start_time => maps:get(start_us, Span, undefined),
+           end_time => maps:get(end_us, Span, undefined),
+           duration_us => maps:get(duration_us, Span, undefined),
+           status => case maps:get(status, Span, <<"ok">>) of
+                         <<"error">> -> error;
+                         error -> error;
+                         _ -> ok
+                     end,
+           end_attrs => EndAttrs,
+           events => lists:reverse(Events)}.
 
 %% @doc Forgets every span kept.
 -spec clear() -> ok.

@@ -327,12 +327,30 @@ handle_call(recycle, From, #state{recycle_waiters = Waiters} = State) ->
     end;
 handle_call({stream_cancel, Id}, _From, #state{pending = Pending} = State) ->
     case maps:take(Id, Pending) of
-        {{stream, _, _, _, _}, Rest} ->
+        {{stream, Consumer, Ref, _, _}, Rest} ->
             cancel_in_worker(Id, State),
             count_out(State),
+            %% erlang_python's last event of a cancelled stream.
+            Consumer ! {py_stream, Ref, {error, <<"cancelled">>}},
             {reply, ok, State#state{pending = Rest}};
         _ ->
             {reply, ok, drop_queued(Id, State)}
+    end;
+handle_call({'$pyport_ns_register', Owner, Ns}, _From,
+            #state{monitor_by_ns = ByNs, opts = Opts} = State) ->
+    %% The pool's max_namespaces bounds the monitors here and the globals
+    %% in the worker (see pyport_namespaces).
+    Max = maps:get(max_namespaces, Opts, 10000),
+    case is_map_key(Ns, ByNs) orelse map_size(ByNs) < Max of
+        true -> {reply, ok, register_namespace(Owner, Ns, State)};
+        false -> {reply, {error, {too_many_namespaces, Max}}, State}
+    end;
+handle_call('$pyport_interrupt_running', _From, #state{pending = Pending} = State) ->
+    %% py:interrupt(Ctx): the calls running on this worker (not its tasks
+    %% or streams, which are cancelled instead).
+    case [Id || {Id, {Alias, _}} <- maps:to_list(Pending), is_reference(Alias)] of
+        [] -> {reply, not_running, State};
+        Ids -> {reply, ok, lists:foldl(fun interrupt/2, State, Ids)}
     end;
 handle_call(_Request, _From, State) ->
     {reply, {error, unknown_call}, State}.
@@ -586,7 +604,8 @@ finish_entry({Alias, _Deadline}, Result, State) ->
 
 finish_task({task, Alias, Tag, Ref, _}, Result) ->
     Alias ! {Tag, Ref, Result},
-    ok.
+    %% After the message: an await that finds no row finds the message.
+    pyport_async:task_finished(Ref).
 
 stream_end({ok, _}) -> done;
 stream_end({error, _} = Error) -> Error.

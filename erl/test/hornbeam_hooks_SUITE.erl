@@ -205,7 +205,7 @@ handler_kinds_and_kwargs(_Config) ->
     {ok, true} = py:call(ctx(1), ?M, register, [<<"f">>, <<"func">>]),
     {ok, true} = py:call(ctx(1), ?M, register, [<<"i">>, <<"instance">>]),
     ?assertEqual({ok, [<<"echo">>, [1, 2], #{<<"k">> => <<"v">>}]},
-                 py:call(ctx(2), ?M, execute, [<<"f">>, <<"echo">>, 1, 2], #{k => <<"v">>})),
+                 py:call(ctx(2), ?M, execute, [<<"f">>, <<"echo">>, 1, 2], #{kwargs => #{k => <<"v">>}})),
     ?assertEqual({ok, [<<"echo">>, [1], #{k => 2}]},
                  hornbeam_hooks:execute(<<"f">>, <<"echo">>, [1], #{k => 2})),
     ?assertEqual({ok, 5}, hornbeam_hooks:execute(<<"i">>, <<"bump">>, [5], #{})),

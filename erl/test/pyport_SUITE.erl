@@ -338,10 +338,14 @@ exec_then_eval_share_globals(_Config) ->
     ?assertEqual(Ctx, py:context()),
     ok = py:exec(Ctx, <<"def shared_fn(n):\n    return n * shared_k\nshared_k = 6">>),
     ?assertEqual({ok, 42}, py:eval(Ctx, <<"shared_fn(7)">>)),
-    %% Another process on the same context sees the same globals.
+    %% Another process on the same context has globals of its own (as in
+    %% erlang_python); the context's shared globals are reached on request.
     Self = self(),
     spawn_link(fun() -> Self ! {other, py:eval(Ctx, <<"shared_k">>)} end),
-    receive {other, R} -> ?assertEqual({ok, 6}, R) end.
+    receive {other, R} -> ?assertMatch({error, {'NameError', _}}, R) end,
+    ok = py:exec(Ctx, <<"shared_k = 7">>, #{namespace => shared}),
+    spawn_link(fun() -> Self ! {other, py:eval(Ctx, <<"shared_k">>, none, #{namespace => shared})} end),
+    receive {other, R2} -> ?assertEqual({ok, 7}, R2) end.
 
 context_routing(_Config) ->
     {ok, #{os_pid := P1}} = pyport:worker_info(py:context(1)),

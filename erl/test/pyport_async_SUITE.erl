@@ -88,7 +88,7 @@ async_call_and_await(_Config) ->
 async_call_message(_Config) ->
     Ref = py:async_call(?F, double, [5]),
     receive
-        {py_result, Ref, Result} -> ?assertEqual({ok, 10}, Result)
+        {async_result, Ref, Result} -> ?assertEqual({ok, 10}, Result)
     after 10000 -> ct:fail(no_message)
     end.
 
@@ -97,12 +97,12 @@ async_call_errors(_Config) ->
     ?assertMatch({error, {'ModuleNotFoundError', _}}, py:async_await(py:async_call(no_such_module, f, []))),
     ?assertEqual({error, {invalid_args, x}}, py:async_await(py:async_call(?F, double, x))),
     ?assertEqual({error, {no_pool, nope}},
-                 py:async_await(pyport_async:start_task({pool, nope}, py_result, {1, []}, default))).
+                 py:async_await(pyport_async:start_task({pool, nope}, async_result, {1, []}, default))).
 
 async_await_timeout_cancels(_Config) ->
     Ctx = py:context(1),
     [] = events(Ctx),
-    Ref = pyport_async:start_task({slot, default, 1}, py_result,
+    Ref = pyport_async:start_task({slot, default, 1}, async_result,
                                   {1, py:call_fields(?F, wait_forever, [<<"given up">>], #{})},
                                   infinity),
     ?assertEqual({error, timeout}, py:async_await(Ref, 50)),
@@ -120,7 +120,12 @@ async_gather_in_order(_Config) ->
 async_gather_first_error(_Config) ->
     Calls = [{?F, double, [1]}, {?F, fail, [<<"first">>]}, {?F, fail, [<<"second">>]},
              {?F, wait_forever, [<<"gather">>]}],
-    ?assertEqual({error, {'ValueError', <<"first">>}}, py:async_gather(Calls)),
+    %% erlang_python's shape: every failure, by 1-based index; each call is
+    %% awaited at most the timeout, and one that runs longer is cancelled.
+    ?assertEqual({error, {gather_failed, [{2, {'ValueError', <<"first">>}},
+                                          {3, {'ValueError', <<"second">>}},
+                                          {4, timeout}]}},
+                 py:async_gather(Calls, 500)),
     %% The call still running was cancelled, and nothing of it reaches us.
     eventually(fun() -> lists:member([<<"cancelled">>, <<"gather">>], get_all_events()) end,
                gather_cancellation),
@@ -195,7 +200,7 @@ runaway_coroutine_is_interrupted_not_killed(_Config) ->
         Ctx = py:context(async_runaway, 1),
         ?assertEqual({ok, ok}, py:call(Ctx, asyncio, sleep, [0, ok])),
         {ok, #{os_pid := OsPid, restarts := Restarts}} = pyport:worker_info(Ctx),
-        Bystander = pyport_async:start_task({slot, async_runaway, 1}, py_result,
+        Bystander = pyport_async:start_task({slot, async_runaway, 1}, async_result,
                                             {1, py:call_fields(?F, double, [21], #{})}, infinity),
         ?assertEqual({error, timeout}, py:call(Ctx, ?F, runaway, [<<"r">>], #{}, 200)),
         ?assertEqual({ok, 42}, py:async_await(Bystander, 10000)),
@@ -420,12 +425,20 @@ stream_cancel_stops_producer(_Config) ->
     {ok, Ref} = py:stream_start(?F, tracked, [<<"cancel">>, 1000000]),
     receive {py_stream, Ref, {data, 0}} -> ok after 10000 -> ct:fail(no_data) end,
     ok = py:stream_cancel(Ref),
-    %% Nothing of the stream is left in the mailbox, nor arrives later.
-    ?assertEqual([], [M || {py_stream, R, _} = M <- mailbox(), R =:= Ref]),
+    %% As erlang_python: items already delivered stay, then the stream ends
+    %% with {error, <<"cancelled">>}, and nothing of it arrives later.
+    Left = [M || {py_stream, R, _} = M <- mailbox(), R =:= Ref],
+    ?assertEqual({py_stream, Ref, {error, <<"cancelled">>}}, lists:last(Left)),
+    ?assertEqual([], [M || {py_stream, _, Ev} = M <- lists:droplast(Left),
+                           element(1, Ev) =/= data]),
+    flush_stream(Ref),
     {ok, Ctx} = worker_of_stream(<<"cancel">>),
     eventually(fun() -> produced(Ctx, <<"cancel">>) end, closed),
     timer:sleep(50),
     ?assertEqual([], mailbox()).
+
+flush_stream(Ref) ->
+    receive {py_stream, Ref, _} -> flush_stream(Ref) after 0 -> ok end.
 
 %% The context whose worker ran the generator with this tag.
 worker_of_stream(Tag) ->
@@ -484,7 +497,7 @@ worker_exit_answers_tasks_and_streams(_Config) ->
     {ok, Loop} = py_event_loop_pool:get_loop(),
     {_, LoopSlot} = py:context_slot(Loop),
     {default, 2} = py:context_slot(Ctx),
-    Task = pyport_async:start_task({slot, default, 2}, py_result,
+    Task = pyport_async:start_task({slot, default, 2}, async_result,
                                    {1, py:call_fields(?F, wait_forever, [<<"x">>], #{})}, infinity),
     {ok, Stream} = pyport_async:stream_start({slot, default, 2},
                                              {1, py:call_fields(?F, tracked, [<<"dies">>, 1000000], #{})},
@@ -507,7 +520,7 @@ endless_task_and_stream_do_not_block_recycling(_Config) ->
     try
         Ctx = py:context(async_recycle, 1),
         {ok, #{os_pid := OsPid, recycles := 0}} = pyport:worker_info(Ctx),
-        Task = pyport_async:start_task({slot, async_recycle, 1}, py_result,
+        Task = pyport_async:start_task({slot, async_recycle, 1}, async_result,
                                        {1, py:call_fields(?F, wait_forever, [<<"endless">>], #{})},
                                        infinity),
         {ok, Stream} = pyport_async:stream_start({slot, async_recycle, 1},

@@ -210,8 +210,16 @@ memory_stats_and_gc_per_worker(Config) ->
     ?assert(is_integer(G0)),
     {ok, #{1 := {error, {'ValueError', _}}}} = py:gc(5, Opts),
     %% The default pool.
-    {ok, #{1 := #{<<"rss_bytes">> := _}}} = py:memory_stats(),
-    {ok, #{1 := _}} = py:gc().
+    {ok, #{1 := #{<<"rss_bytes">> := _}}} = py:memory_stats(#{}),
+    {ok, #{1 := _}} = py:gc(#{}),
+    %% erlang_python's shapes: the calling process's context, or one given.
+    {ok, #{gc_count := {_, _, _}, gc_threshold := {_, _, _}, gc_stats := [_, _, _],
+           rss_bytes := _}} = py:memory_stats(),
+    {ok, #{namespaces := _}} = py:memory_stats(py:context(mem, 2)),
+    {ok, N} = py:gc(),
+    ?assert(is_integer(N)),
+    {ok, N2} = py:gc(2),
+    ?assert(is_integer(N2)).
 
 sys_config_pools(Config) ->
     %% Pools listed in the environment start with the application.

@@ -150,12 +150,28 @@ namespace_survives_a_new_gen_server(_Config) ->
 
 context_shares_globals_between_processes(_Config) ->
     Ctx = py:context(2),
-    ok = py:exec(Ctx, <<"shared_in_ctx = 41">>),
+    %% This process's own globals on the context exist from here on.
+    ok = py:exec(Ctx, <<"own_name = 1">>),
+    %% The context's shared globals are reached on request; by default a
+    %% process has its own globals on a context (erlang_python's meaning),
+    %% which start as a copy of the shared ones.
+    ok = py:exec(Ctx, <<"shared_in_ctx = 41">>, #{namespace => shared}),
     Self = self(),
-    spawn_link(fun() -> Self ! {other, py:eval(Ctx, <<"shared_in_ctx + 1">>)} end),
-    ?assertEqual({ok, 42}, receive {other, R} -> R after 10000 -> timeout end),
-    %% A process namespace does not see the context's globals.
-    ?assertMatch({error, {'NameError', _}}, py:eval(<<"shared_in_ctx">>)).
+    spawn_link(fun() ->
+                       Self ! {other, py:eval(Ctx, <<"shared_in_ctx + 1">>, none,
+                                              #{namespace => shared}),
+                               py:eval(Ctx, <<"shared_in_ctx">>),
+                               py:eval(Ctx, <<"own_name">>)}
+               end),
+    {other, Shared, Inherited, NotMine} = receive {other, _, _, _} = M -> M
+                                          after 10000 -> timeout
+                                          end,
+    ?assertEqual({ok, 42}, Shared),
+    ?assertEqual({ok, 41}, Inherited),
+    ?assertMatch({error, {'NameError', _}}, NotMine),
+    %% A namespace made before the shared name existed does not see it.
+    ?assertMatch({error, {'NameError', _}}, py:eval(Ctx, <<"shared_in_ctx">>)),
+    ?assertEqual({ok, 1}, py:eval(Ctx, <<"own_name">>)).
 
 eval_locals_in_nested_scopes(_Config) ->
     ?assertEqual({ok, [0, 2, 4]}, py:eval(<<"[x*i for i in range(3)]">>, #{x => 2})),
@@ -212,7 +228,8 @@ shard_with_eval_and_cast(_Config) ->
     ok = py:exec(<<"shard_state = 'kept'">>, #{shard => Key}),
     ?assertEqual({ok, <<"kept">>}, py:eval(<<"shard_state">>, none, #{shard => Key})),
     %% It is the slot's shared namespace: a context to that slot sees it.
-    ?assertEqual({ok, <<"kept">>}, py:eval(py:context(Slot), <<"shard_state">>)),
+    ?assertEqual({ok, <<"kept">>},
+                 py:eval(py:context(Slot), <<"shard_state">>, none, #{namespace => shared})),
     Marker = make_ref(),
     ok = py:cast(?F, remember, [Marker], #{}, #{shard => Key}),
     {ok, Seen} = py:call(?F, remembered, [], #{}, #{shard => Key}),
@@ -223,12 +240,16 @@ shard_with_eval_and_cast(_Config) ->
 %%%===================================================================
 
 parallel_returns_results_in_order(_Config) ->
-    ?assertEqual({ok, [{ok, 4.0}, {ok, 5.0}, {ok, 6.0}]},
+    %% parallel/1 as erlang_python: the values, or the first error.
+    ?assertEqual({ok, [4.0, 5.0, 6.0]},
                  py:parallel([{math, sqrt, [16]}, {math, sqrt, [25]}, {math, sqrt, [36]}])),
+    ?assertMatch({error, {'ValueError', _}},
+                 py:parallel([{?F, add, [1, 2]}, {math, sqrt, [-1]}, {42, f, []}])),
+    %% parallel/2 gives every outcome.
     {ok, [{ok, 3}, {error, {'ValueError', _}}, {error, {invalid_name, 42}},
           {ok, [[1], #{<<"k">> := 2}]}]} =
         py:parallel([{?F, add, [1, 2]}, {math, sqrt, [-1]}, {42, f, []},
-                     {?F, echo_call, [1], #{k => 2}}]),
+                     {?F, echo_call, [1], #{k => 2}}], #{}),
     ?assertEqual({ok, []}, py:parallel([])).
 
 parallel_spreads_over_workers(_Config) ->
@@ -276,7 +297,7 @@ shard_os_slot(Key) ->
 
 %% Namespaces that exist in the workers (CONTROL memory_stats).
 worker_namespaces() ->
-    {ok, Stats} = py:memory_stats(),
+    {ok, Stats} = py:memory_stats(#{}),
     lists:sum([N || #{<<"namespaces">> := N} <- maps:values(Stats)]).
 
 total_monitored_namespaces() ->
