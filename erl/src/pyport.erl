@@ -6,6 +6,8 @@
          run_job/2]).
 -export([resize_pool/2]).
 -export([stats/0, stats/1]).
+%% HTTP pools (pyport_http, docs/http.md).
+-export([start_http/2, stop_http/1, http_info/1]).
 
 %% How long introspection waits for a worker's gen_server.
 -define(INFO_TIMEOUT_MS, 1000).
@@ -191,3 +193,21 @@ busy_status(Pid) ->
         undefined ->
             busy
     end.
+
+%% ---- HTTP pools (docs/http.md) ----
+
+%% @doc Starts an HTTP pool: a pool whose workers serve the ASGI app
+%% `app => "module:attr"' on `bind' (see pyport_http:start/2).
+-spec start_http(atom(), map()) -> {ok, pid()} | {error, pyport_http:error_reason()}.
+start_http(Name, Opts) ->
+    pyport_http:start(Name, Opts).
+
+%% @doc Stops an HTTP pool started by start_http/2.
+-spec stop_http(atom()) -> ok | {error, {no_http, atom()}}.
+stop_http(Name) ->
+    pyport_http:stop(Name).
+
+%% @doc The app, address and workers of an HTTP pool.
+-spec http_info(atom()) -> {ok, map()} | {error, {no_http, atom()}}.
+http_info(Name) ->
+    pyport_http:info(Name).

@@ -12,7 +12,8 @@
 %% `pg' scope `pyport' (cluster-wide pool membership and pub/sub topics),
 %% `pyport_pools_sup' (every pool), then `pyport_handles' (channels, buffers
 %% and shared dicts by token; a worker asking for an unknown token while it
-%% restarts gets an error). The supervisor process owns the
+%% restarts gets an error), last `pyport_http_boot' (the HTTP pools of the
+%% `http' environment, docs/http.md). The supervisor process owns the
 %% table of requests in flight to other nodes (see {@link pyport_cluster}).
 -module(pyport_sup).
 -behaviour(supervisor).
@@ -48,4 +49,8 @@ init(Pools) ->
     %% contexts, pyport_contexts); it stops dedicated contexts' pools, so it
     %% goes after the pools.
     Contexts = #{id => pyport_contexts, start => {pyport_contexts, start_link, []}},
-    {ok, {Flags, [Reaper, State, Registry, Hooks, Objects, Pg, PoolsSup, Contexts, Handles]}}.
+    %% The `http' environment's HTTP pools (pyport_http_boot), after the pools.
+    HttpBoot = #{id => pyport_http_boot, start => {pyport_http_boot, start_link, []},
+                 shutdown => 15000},
+    {ok, {Flags, [Reaper, State, Registry, Hooks, Objects, Pg, PoolsSup, Contexts, Handles,
+                  HttpBoot]}}.

@@ -1,0 +1,252 @@
+"""Hello-world ASGI requests/s, p99 latency and server CPU per request with wrk: a pyport worker
+serving bench/http_hello_app.py (erlang._http, as an HTTP pool's worker
+does) against uvicorn + uvloop + httptools, at 1 and 2 workers, same run,
+same wrk settings. One `NAME VALUE UNIT` line per figure, then the ratio.
+
+    /usr/bin/python3 bench/http_bench.py [SECONDS] [CONNECTIONS] [ROUNDS]
+
+Skips (with a message) when wrk or uvicorn is missing.
+"""
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "tools"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port: int, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+# wrk's script for the POST figure: a 1 KiB JSON body.
+POST_LUA = os.path.join(HERE, "http_post_1k.lua")
+
+
+def wrk(port: int, seconds: int, connections: int, pids: list[int], path: str = "/",
+        post: bool = False) -> tuple[float, float, float]:
+    """(requests/s, p99 ms, servers' CPU µs per request)."""
+    cpu0 = cpu_seconds(pids)
+    script = ["-s", POST_LUA] if post else []
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+                          *script, f"http://127.0.0.1:{port}{path}"], check=True,
+                         capture_output=True, text=True).stdout
+    cpu = cpu_seconds(pids) - cpu0
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    p99 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+    if "Non-2xx" in out or "Socket errors" in out:
+        print(f"# wrk reported errors:\n{out}", file=sys.stderr)
+    return rps, p99, cpu / total * 1e6
+
+
+class Pyport:
+    """`workers` pyport workers serving one port, as an HTTP pool's do."""
+
+    def __init__(self, workers: int, app: str = "http_hello_app:app") -> None:
+        import pyport_proto
+        self.port = free_port()
+        self.ws = []
+        for _ in range(workers):
+            w = pyport_proto.Worker(None, paths=[HERE])
+            self.ws.append(w)
+            w.exec("import erlang._http\n"
+                   f"erlang._http.start({app!r}, '127.0.0.1:{self.port}', {{}})")
+            w.call("erlang._http", "wait_serving")
+        self.pids = [w.hello.os_pid for w in self.ws]
+
+    def close(self) -> None:
+        for w in self.ws:
+            w.kill()
+
+
+class Uvicorn:
+    def __init__(self, workers: int, app: str = "http_hello_app:app",
+                 interface: str = "asgi3") -> None:
+        self.port = free_port()
+        more = ["--workers", str(workers)] if workers > 1 else []
+        more += ["--interface", interface]
+        self.p = subprocess.Popen(["/usr/bin/python3", "-m", "uvicorn", "--loop", "uvloop",
+                                   "--http", "httptools", "--no-access-log", "--log-level",
+                                   "warning", "--port", str(self.port), *more,
+                                   app], cwd=HERE)
+        wait_listening(self.port)
+        self.pids = [self.p.pid]
+        if workers > 1:  # the serving processes are the supervisor's children
+            deadline = time.monotonic() + 20
+            while True:
+                with open(f"/proc/{self.p.pid}/task/{self.p.pid}/children") as f:
+                    kids = [int(x) for x in f.read().split()]
+                if len(kids) >= workers or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            self.pids += kids
+
+    def close(self) -> None:
+        self.p.kill()
+        self.p.wait()
+        # --workers: the children die with their parent's pipe; reap them.
+        for pid in self.pids[1:]:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+
+
+class Gunicorn(Uvicorn):
+    """gunicorn's sync worker (WSGI)."""
+
+    def __init__(self, workers: int, app: str) -> None:
+        self.port = free_port()
+        self.p = subprocess.Popen(["/usr/bin/python3", "-m", "gunicorn", "-k", "sync", "-w",
+                                   str(workers), "-b", f"127.0.0.1:{self.port}",
+                                   "--log-level", "warning", app], cwd=HERE)
+        wait_listening(self.port)
+        deadline = time.monotonic() + 20
+        while True:  # the workers are the arbiter's children
+            with open(f"/proc/{self.p.pid}/task/{self.p.pid}/children") as f:
+                kids = [int(x) for x in f.read().split()]
+            if len(kids) >= workers or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        self.pids = [self.p.pid, *kids]
+
+
+def measure(workers: int, seconds: int, connections: int, rounds: int,
+            figure: str = "hello", app: str = "http_hello_app:app", path: str = "/",
+            post: bool = False, wsgi: bool = False) -> None:
+    if wsgi:
+        servers = {"pyport": Pyport(workers, app),
+                   "uvicorn_uvloop": Uvicorn(workers, app, "wsgi")}
+        if shutil.which("gunicorn") or subprocess.run(
+                ["/usr/bin/python3", "-c", "import gunicorn"], capture_output=True).returncode == 0:
+            servers["gunicorn_sync"] = Gunicorn(workers, app)
+    else:
+        servers = {"pyport": Pyport(workers, app), "uvicorn_uvloop": Uvicorn(workers, app)}
+    try:
+        for s in servers.values():
+            status = urllib.request.urlopen(
+                urllib.request.Request(f"http://127.0.0.1:{s.port}{path}",
+                                       data=b"{}" if post else None)).status
+            assert status == 200, (figure, status)
+            wrk(s.port, 1, connections, s.pids, path, post)  # warm up
+        # Alternating rounds, best of each: the machine is shared, and a
+        # round that another load slowed says nothing about the server.
+        best: dict[str, tuple[float, float, float]] = {}
+        for _ in range(rounds):
+            for name, s in servers.items():
+                r = wrk(s.port, seconds, connections, s.pids, path, post)
+                b = best.get(name)
+                best[name] = r if b is None else (max(b[0], r[0]), min(b[1], r[1]),
+                                                   min(b[2], r[2]))
+    finally:
+        for s in servers.values():
+            s.close()
+    tag = f"http_{figure}_{workers}w"
+    for name in servers:
+        print(f"{tag}_{name} {best[name][0]:.0f} req/s", flush=True)
+    for name in servers:
+        print(f"{tag}_{name}_p99 {best[name][1]:.2f} ms", flush=True)
+    for name in servers:
+        print(f"{tag}_{name}_cpu {best[name][2]:.1f} us/request", flush=True)
+    ours = best["pyport"]
+    for name, peer in (("uvicorn_uvloop", "uvicorn"), ("gunicorn_sync", "gunicorn")):
+        if name in best:
+            theirs = best[name]
+            print(f"{tag}_pyport_vs_{peer} {ours[0] / theirs[0]:.2f} ratio", flush=True)
+            print(f"{tag}_pyport_vs_{peer}_cpu {theirs[2] / ours[2]:.2f} ratio", flush=True)
+
+
+def rss(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) * 1024
+    return total
+
+
+def idle_memory(n: int) -> None:
+    """Bytes of server RSS per idle keep-alive connection (n connections,
+    one request each, then left open), pyport vs uvicorn, 1 worker."""
+    for name, cls in (("pyport", Pyport), ("uvicorn_uvloop", Uvicorn)):
+        s = cls(1)
+        socks = []
+        try:
+            # Warm: one connection and request first, so the first
+            # connection's one-off allocations are not counted.
+            warm = socket.create_connection(("127.0.0.1", s.port))
+            warm.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            warm.recv(65536)
+            before = rss(s.pids)
+            for _ in range(n):
+                c = socket.create_connection(("127.0.0.1", s.port))
+                c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                socks.append(c)
+            for c in socks:
+                c.recv(65536)
+            time.sleep(0.5)
+            per = (rss(s.pids) - before) / n
+            print(f"http_idle_keepalive_{name} {per:.0f} bytes/connection", flush=True)
+        finally:
+            for c in socks:
+                c.close()
+            s.close()
+
+
+def main(argv: list[str]) -> None:
+    seconds = int(argv[0]) if argv else 3
+    connections = int(argv[1]) if len(argv) > 1 else 50
+    rounds = int(argv[2]) if len(argv) > 2 else 3
+    if shutil.which("wrk") is None:
+        print("# http_bench: skipped, wrk not installed (apt-get install wrk)")
+        return
+    probe = subprocess.run(["/usr/bin/python3", "-c", "import uvicorn, uvloop, httptools"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        print("# http_bench: skipped, uvicorn/uvloop/httptools missing "
+              "(apt-get install python3-uvicorn python3-uvloop python3-httptools)")
+        return
+    for workers in (1, 2):
+        measure(workers, seconds, connections, rounds)
+    measure(1, seconds, connections, rounds, "post_1k_echo", "http_hello_app:echo", "/", True)
+    measure(1, seconds, connections, rounds, "wsgi_hello", "http_hello_app:wsgi", wsgi=True)
+    if subprocess.run(["/usr/bin/python3", "-c", "import fastapi"],
+                      capture_output=True).returncode == 0:
+        measure(1, seconds, connections, rounds, "fastapi_json", "http_fastapi_app:app",
+                "/items/42?q=x")
+    else:
+        print("# http_bench: FastAPI figure skipped (apt-get install python3-fastapi)")
+    idle_memory(2000)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

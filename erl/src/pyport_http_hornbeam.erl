@@ -1,0 +1,85 @@
+%% @doc Hornbeam's `hornbeam:start/1,2' and `stop/0' on pyport's HTTP
+%% pools: Hornbeam's option names mapped onto pyport_http's (docs/http.md,
+%% "Hornbeam"). hornbeam.erl delegates here.
+-module(pyport_http_hornbeam).
+
+-export([start/2, stop/0, options/2]).
+
+%% Hornbeam's single listener.
+-define(NAME, hornbeam_http).
+
+%% @doc Starts `AppSpec' (`"module:callable"', the callable `application'
+%% when left out) with Hornbeam's options as HTTP pool `hornbeam_http'.
+-spec start(string() | binary(), map()) -> {ok, pid()} | {error, term()}.
+start(AppSpec, Opts) ->
+    case options(AppSpec, Opts) of
+        {ok, HttpOpts} -> pyport_http:start(?NAME, HttpOpts);
+        {error, _} = Error -> Error
+    end.
+
+%% @doc Stops what start/2 started.
+-spec stop() -> ok | {error, {no_http, hornbeam_http}}.
+stop() ->
+    pyport_http:stop(?NAME).
+
+%% @doc pyport_http's options for Hornbeam's `AppSpec' and `Opts'.
+-spec options(string() | binary(), map()) -> {ok, map()} | {error, term()}.
+options(AppSpec, Opts) when is_map(Opts) ->
+    case pyport_config:to_binary(AppSpec) of
+        {ok, <<_, _/binary>> = Spec} ->
+            App = case binary:match(Spec, <<":">>) of
+                      nomatch -> <<Spec/binary, ":application">>;
+                      _ -> Spec
+                  end,
+            %% Hornbeam's defaults: WSGI, its bind and limits.
+            Base = #{app => App, interface => wsgi, bind => <<"127.0.0.1:8000">>,
+                     max_request_line => 4094, max_header_bytes => 8190, max_headers => 100,
+                     keepalive_timeout => 2000, request_timeout => 30000},
+            map_all(maps:to_list(Opts), Base);
+        _ ->
+            {error, {invalid_hornbeam_app, AppSpec}}
+    end;
+options(_AppSpec, Opts) ->
+    {error, {invalid_hornbeam_options, Opts}}.
+
+map_all([], Acc) ->
+    {ok, Acc};
+map_all([{K, V} | T], Acc) ->
+    case map_one(K, V) of
+        {ok, Pairs} -> map_all(T, maps:merge(Acc, maps:from_list(Pairs)));
+        ignore -> map_all(T, Acc);
+        {error, _} = Error -> Error
+    end.
+
+map_one(bind, V) -> {ok, [{bind, V}]};
+map_one(worker_class, wsgi) -> {ok, [{interface, wsgi}]};
+map_one(worker_class, asgi) -> {ok, [{interface, asgi}]};
+map_one(workers, N) -> {ok, [{workers, N}]};
+map_one(num_contexts, N) -> {ok, [{workers, N}]};
+map_one(pythonpath, Dirs) -> {ok, [{python_path, Dirs}]};
+map_one(venv, Dir) -> {ok, [{venv, Dir}]};
+map_one(lifespan, L) -> {ok, [{lifespan, L}]};
+map_one(max_requests, N) -> {ok, [{max_requests, N}]};
+%% Hornbeam's `timeout' (ms) bounds a request until its reply.
+map_one(timeout, Ms) -> {ok, [{request_timeout, Ms}]};
+%% Hornbeam's `keepalive' is in seconds (cowboy's idle_timeout).
+map_one(keepalive, S) when is_integer(S), S > 0 -> {ok, [{keepalive_timeout, S * 1000}]};
+map_one(max_request_line_size, N) -> {ok, [{max_request_line, N}]};
+map_one(max_header_size, N) -> {ok, [{max_header_bytes, N}]};
+map_one(max_headers, N) -> {ok, [{max_headers, N}]};
+map_one(root_path, P) -> {ok, [{root_path, P}]};
+%% No meaning here: every worker accepts on its own socket, and the app is
+%% always loaded before the worker serves.
+map_one(num_acceptors, N) when is_integer(N), N > 0 -> ignore;
+map_one(preload_app, B) when is_boolean(B) -> ignore;
+map_one(K, V) when K =:= routes; K =:= mounts; K =:= hooks; K =:= ssl; K =:= certfile;
+                   K =:= keyfile; K =:= cacertfile; K =:= max_concurrent;
+                   K =:= context_mode; K =:= websocket_timeout;
+                   K =:= websocket_max_frame_size; K =:= websocket_compress;
+                   K =:= lifespan_timeout ->
+    {error, {unsupported_hornbeam_option, K, V}};
+map_one(K, V) when K =:= worker_class; K =:= keepalive; K =:= num_acceptors;
+                   K =:= preload_app ->
+    {error, {invalid_hornbeam_option, K, V}};
+map_one(K, V) ->
+    {error, {unknown_hornbeam_option, K, V}}.

@@ -1,0 +1,281 @@
+"""WSGI (PEP 3333) apps on the HTTP server of erlang._http.
+
+A WSGI app runs as an ASGI app: ``WsgiAdapter`` builds the environ from
+the ASGI scope and runs the app on a bounded thread pool of the worker
+(``wsgi_threads``), so a slow request does not stop the event loop.
+``wsgi.input`` reads the body through the ASGI ``receive()`` and the
+response goes out through ``send()``, each a hop to the loop that waits
+for it: the server's limits, flow control and timeouts apply unchanged.
+"""
+from __future__ import annotations
+
+import asyncio
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Optional
+from urllib.parse import unquote_to_bytes
+
+__all__ = ["WsgiAdapter", "is_wsgi"]
+
+# Headers that must not reach the client from a WSGI app (PEP 3333:
+# hop-by-hop headers are the server's).
+_HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
+               b"te", b"trailers", b"transfer-encoding", b"upgrade"}
+
+
+def is_wsgi(app: Any) -> bool:
+    """`interface => auto`: an app is WSGI unless it is a coroutine
+    function (or an object whose __call__ is one) or takes 3 arguments."""
+    import inspect
+    target = app
+    if not inspect.isfunction(app) and not inspect.ismethod(app) and hasattr(app, "__call__"):
+        target = app.__call__
+    if inspect.iscoroutinefunction(target):
+        return False
+    try:
+        params = [p for p in inspect.signature(target).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        return False
+    return len(params) == 2
+
+
+class _Input:
+    """wsgi.input: the request body, read from the loop on demand."""
+
+    def __init__(self, call: Callable, receive: Callable) -> None:
+        self._call = call
+        self._receive = receive
+        self._buf = bytearray()
+        self._done = False
+
+    def _fill(self) -> bool:
+        if self._done:
+            return False
+        m = self._call(self._receive())
+        if m["type"] == "http.disconnect":
+            self._done = True
+            raise OSError("the client disconnected before the whole body was read")
+        self._buf += m.get("body", b"")
+        if not m.get("more_body", False):
+            self._done = True
+        return True
+
+    def read(self, size: Optional[int] = -1) -> bytes:
+        if size is None or size < 0:
+            while self._fill():
+                pass
+            out = bytes(self._buf)
+            self._buf.clear()
+            return out
+        while len(self._buf) < size and self._fill():
+            pass
+        out = bytes(self._buf[:size])
+        del self._buf[:size]
+        return out
+
+    def readline(self, size: Optional[int] = -1) -> bytes:
+        while True:
+            i = self._buf.find(b"\n")
+            limit = size if size is not None and size >= 0 else None
+            if i >= 0 and (limit is None or i < limit):
+                n = i + 1
+                break
+            if limit is not None and len(self._buf) >= limit:
+                n = limit
+                break
+            if not self._fill():
+                n = len(self._buf) if limit is None else min(limit, len(self._buf))
+                break
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    def readlines(self, hint: int = -1) -> list:
+        lines = []
+        total = 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                return lines
+
+    def __iter__(self):
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            yield line
+
+
+class FileWrapper:
+    """wsgi.file_wrapper: a file read in blocks (PEP 3333)."""
+
+    def __init__(self, filelike: Any, blksize: int = 65536) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self):
+        while True:
+            data = self.filelike.read(self.blksize)
+            if not data:
+                return
+            yield data
+
+
+def _environ(scope: dict, wsgi_input: _Input) -> dict:
+    server = scope.get("server") or ("localhost", 80)
+    client = scope.get("client")
+    # PEP 3333: PATH_INFO is the percent-decoded path as bytes, carried in
+    # a latin-1 str; SCRIPT_NAME is the mount (root_path).
+    path = unquote_to_bytes(scope["raw_path"]).decode("latin-1")
+    script = scope.get("root_path", "")
+    if script and path.startswith(script):
+        path = path[len(script):]
+    env = {
+        "REQUEST_METHOD": scope["method"],
+        "SCRIPT_NAME": script,
+        "PATH_INFO": path,
+        "QUERY_STRING": scope["query_string"].decode("latin-1"),
+        "SERVER_NAME": str(server[0]),
+        "SERVER_PORT": str(server[1]),
+        "SERVER_PROTOCOL": "HTTP/" + scope["http_version"],
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scope.get("scheme", "http"),
+        "wsgi.input": wsgi_input,
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "wsgi.input_terminated": True,
+        "wsgi.file_wrapper": FileWrapper,
+    }
+    if client:
+        env["REMOTE_ADDR"] = str(client[0])
+        env["REMOTE_PORT"] = str(client[1])
+    for name, value in scope["headers"]:
+        if b"_" in name:
+            continue  # "X_A" would be taken for "X-A" (gunicorn drops them too)
+        if name == b"content-type":
+            key = "CONTENT_TYPE"
+        elif name == b"content-length":
+            key = "CONTENT_LENGTH"
+        else:
+            key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        v = value.decode("latin-1")
+        if key in env:
+            env[key] += (";" if key == "HTTP_COOKIE" else ",") + v
+        else:
+            env[key] = v
+    return env
+
+
+class WsgiAdapter:
+    """A WSGI app as an ASGI app (http scopes; lifespan is not WSGI's)."""
+
+    def __init__(self, app: Callable, threads: int) -> None:
+        self.app = app
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pyport-wsgi")
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return  # lifespan: WSGI has none; the server treats it as unsupported
+        loop = asyncio.get_running_loop()
+
+        def call(coro: Any) -> Any:
+            return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+        run = _Run(self.app, scope, receive, send, call)
+        last = await loop.run_in_executor(self.pool, run.run)
+        # The response's last messages go out from here, on the loop: no
+        # hop back from the thread for them.
+        for message in last:
+            await send(message)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Run:
+    """One request on a pool thread."""
+
+    def __init__(self, app: Callable, scope: dict, receive: Callable, send: Callable,
+                 call: Callable) -> None:
+        self.app = app
+        self.scope = scope
+        self.send = send
+        self.call = call
+        self.input = _Input(call, receive)
+        self.status: Optional[int] = None
+        self.headers: list = []
+        self.head_sent = False
+
+    def start_response(self, status: str, headers: list, exc_info: Any = None) -> Callable:
+        if exc_info is not None:
+            try:
+                if self.head_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None  # no cycle through the traceback
+        elif self.status is not None:
+            raise AssertionError("start_response called twice without exc_info")
+        if type(status) is not str or len(status) < 3 or not status[:3].isdigit():
+            raise ValueError(f"bad WSGI status {status!r}")
+        out = []
+        for name, value in headers:
+            if type(name) is not str or type(value) is not str:
+                raise TypeError("WSGI header names and values must be str")
+            n = name.encode("latin-1")
+            if n.lower() in _HOP_BY_HOP:
+                continue
+            out.append((n, value.encode("latin-1")))
+        self.status = int(status[:3])
+        self.headers = out
+        return self.write
+
+    async def _send_all(self, messages: list) -> None:
+        for m in messages:
+            await self.send(m)
+
+    def _messages(self, body: bytes, more: bool) -> list:
+        messages = []
+        if not self.head_sent:
+            if self.status is None:
+                raise AssertionError("the WSGI app sent a body before start_response")
+            self.head_sent = True
+            messages.append({"type": "http.response.start", "status": self.status,
+                             "headers": self.headers})
+        messages.append({"type": "http.response.body", "body": body, "more_body": more})
+        return messages
+
+    def _send(self, body: bytes, more: bool) -> None:
+        """Sends a piece of the body, the head with it the first time: one
+        hop to the loop for both."""
+        self.call(self._send_all(self._messages(body, more)))
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self._send(bytes(data), True)
+
+    def run(self) -> list:
+        """Runs the app on this thread; returns the response's last
+        messages, for the loop to send."""
+        result: Iterable = self.app(_environ(self.scope, self.input), self.start_response)
+        try:
+            if isinstance(result, (list, tuple)) and not self.head_sent:
+                # The whole body known: one message, so a Content-Length.
+                return self._messages(b"".join(result), False)
+            for chunk in result:
+                if chunk:
+                    self.write(chunk)
+            return self._messages(b"", False)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
