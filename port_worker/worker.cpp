@@ -15,6 +15,7 @@
 #include "utf8.hpp"
 #include "uv_transports.hpp"
 #include "http_request_parser.hpp"
+#include "http_websocket.hpp"
 
 #ifndef PYPORT_PYTHON_PROGRAM
 #define PYPORT_PYTHON_PROGRAM "/usr/bin/python3"
@@ -278,6 +279,10 @@ bool Worker::init_python() {
   }
   if (PyImport_AppendInittab(http_module::kName, http_module::init) < 0) {
     diag("cannot register the _pyport_http module");
+    return false;
+  }
+  if (PyImport_AppendInittab(ws_module::kName, ws_module::init) < 0) {
+    diag("cannot register the _pyport_ws module");
     return false;
   }
   if (!register_erlang_module() || !register_sandbox_module()) {

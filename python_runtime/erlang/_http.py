@@ -24,6 +24,8 @@ from typing import Any, Awaitable, Callable, Optional
 
 from _pyport_http import BODY, END, HEAD, HEAD_CHUNKED, HEAD_CLOSE, Parser, response_head
 
+from . import _websocket
+
 __all__ = ["start", "load_app", "bind_socket", "ClientDisconnected", "server_info"]
 
 log = logging.getLogger("pyport.http")
@@ -48,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "access_log": False,            # one INFO record per response (logger pyport.http.access)
     "interface": "auto",            # asgi | wsgi | auto (erlang._wsgi.is_wsgi)
     "wsgi_threads": 8,              # threads running a WSGI app's requests
+    "websocket_max_message_size": 16 * 1024 * 1024,  # bytes (close 1009 above); 0: no limit
 }
 
 # Flow control: the app's send() waits while the transport holds more than
@@ -463,8 +466,16 @@ class HttpConnection(asyncio.Protocol):
                 self.fail(ev[1], ev[2])
                 return
         if self.parser.upgrade and self.reading is None:
-            # Upgrade/CONNECT: not served in this version; what follows the
-            # request is not HTTP, so the connection ends with its response.
+            if len(self.pipeline) == 1 and self.pipeline[0].task is not None \
+                    and not self.pipeline[0].started_at and _serves_websocket(self) \
+                    and _websocket.is_upgrade(self.pipeline[0].scope):
+                # A WebSocket (erlang._websocket): the transport gets a new
+                # protocol; the request's task, not run yet, is replaced.
+                _websocket.take_over(self, self.pipeline[0])
+                return
+            # Other upgrades, CONNECT, a WebSocket behind pipelined requests
+            # or for a WSGI app: what follows the request is not HTTP, so
+            # the connection ends with its response.
             for item in self.pipeline:
                 item.keep_alive = False
             self._pause()
@@ -671,6 +682,11 @@ class HttpConnection(asyncio.Protocol):
             self.fail(408, "request head not received in time")
         elif not self.pipeline:
             self._close()
+
+
+def _serves_websocket(conn: HttpConnection) -> bool:
+    from ._wsgi import WsgiAdapter
+    return not isinstance(conn.app, WsgiAdapter)
 
 
 access_log = logging.getLogger("pyport.http.access")

@@ -16,7 +16,7 @@ import weakref
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import asyncio
-    from typing import Any
+    from typing import Any, Awaitable
 
 from . import _async, _link
 
@@ -109,10 +109,18 @@ def receive_pubsub(timeout: float | None = None) -> tuple[Any, Any] | None:
     return tuple(message) if got else None
 
 
-async def async_receive_pubsub(timeout: float | None = None) -> tuple[Any, Any] | None:
-    """``receive_pubsub`` for coroutines: waits without blocking the loop."""
-    sub = _subscriber(create=False)
-    if sub is None:
+def async_receive_pubsub(timeout: float | None = None) -> Awaitable[tuple[Any, Any] | None]:
+    """``receive_pubsub`` for coroutines: waits without blocking the loop.
+
+    The subscriber is the caller's, taken when this is called (not when the
+    awaitable first runs), so the awaitable can be wrapped in a task of its
+    own and raced with something else (``asyncio.wait``, e.g. a WebSocket's
+    ``receive()``); cancelling it loses no message."""
+    return _receive_of(_subscriber(create=False), timeout)
+
+
+async def _receive_of(sub: _Subscriber | None, timeout: float | None) -> tuple[Any, Any] | None:
+    if sub is None or sub.mailbox is None:
         return None
     got, message = await _async.receive(sub.mailbox, timeout)
     return tuple(message) if got else None

@@ -1,0 +1,342 @@
+#define PY_SSIZE_T_CLEAN
+#include "http_websocket.hpp"
+
+#include <wslay/wslay.h>
+
+#include <cstring>
+#include <memory>
+#include <new>
+#include <string>
+
+#include "py_ref.hpp"
+
+namespace pyport {
+namespace {
+
+enum Event { kText = 0, kBinary = 1, kClose = 2 };
+
+struct ContextDeleter {
+  void operator()(wslay_event_context* ctx) const { wslay_event_context_free(ctx); }
+};
+using ContextPtr = std::unique_ptr<wslay_event_context, ContextDeleter>;
+
+// The C++ side of a Session. Python objects are only touched from
+// wslay's callbacks while feed() runs, under the GIL.
+struct State {
+  ContextPtr ctx;
+  const uint8_t* in = nullptr;  // the bytes of the feed() in progress
+  size_t in_len = 0;
+  std::string out;                 // frames to write, taken by the caller
+  PyObject* events = nullptr;      // borrowed: the list feed() returns
+  bool python_error = false;       // a callback could not build an event
+};
+
+struct SessionObject {
+  PyObject_HEAD State* st;
+};
+
+ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t* buf, size_t len, int, void* user) noexcept {
+  auto* st = static_cast<State*>(user);
+  if (st->in_len == 0) {
+    wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+    return -1;
+  }
+  size_t n = len < st->in_len ? len : st->in_len;
+  std::memcpy(buf, st->in, n);
+  st->in += n;
+  st->in_len -= n;
+  return static_cast<ssize_t>(n);
+}
+
+ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t* data, size_t len, int,
+                void* user) noexcept {
+  auto* st = static_cast<State*>(user);
+  try {
+    st->out.append(reinterpret_cast<const char*>(data), len);
+  } catch (...) {  // bad_alloc: never across wslay's C frames
+    wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+    return -1;
+  }
+  return static_cast<ssize_t>(len);
+}
+
+void fail_connection(wslay_event_context_ptr ctx, uint16_t code, const char* reason) {
+  wslay_event_queue_close(ctx, code, reinterpret_cast<const uint8_t*>(reason),
+                          std::strlen(reason));
+  wslay_event_shutdown_read(ctx);
+}
+
+bool append(State* st, PyObject* event) {
+  if (!event) return false;
+  int rc = PyList_Append(st->events, event);
+  Py_DECREF(event);
+  return rc == 0;
+}
+
+void on_msg_cb(wslay_event_context_ptr ctx, const wslay_event_on_msg_recv_arg* arg,
+               void* user) noexcept {
+  auto* st = static_cast<State*>(user);
+  if (st->python_error || !st->events) return;
+  const char* data = reinterpret_cast<const char*>(arg->msg);
+  auto len = static_cast<Py_ssize_t>(arg->msg_length);
+  PyObject* event = nullptr;
+  switch (arg->opcode) {
+    case WSLAY_TEXT_FRAME: {
+      PyObject* text = PyUnicode_DecodeUTF8(data, len, nullptr);
+      if (!text) {
+        if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+          st->python_error = true;
+          return;
+        }
+        PyErr_Clear();
+        fail_connection(ctx, WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA, "invalid UTF-8 in a text message");
+        return;
+      }
+      event = Py_BuildValue("(iN)", static_cast<int>(kText), text);
+      break;
+    }
+    case WSLAY_BINARY_FRAME:
+      event = Py_BuildValue("(iy#)", static_cast<int>(kBinary), data, len);
+      break;
+    case WSLAY_CONNECTION_CLOSE: {
+      int code = arg->status_code ? arg->status_code : WSLAY_CODE_NO_STATUS_RCVD;
+      const char* reason = len > 2 ? data + 2 : "";
+      Py_ssize_t reason_len = len > 2 ? len - 2 : 0;
+      event = Py_BuildValue("(iiN)", static_cast<int>(kClose), code,
+                            PyUnicode_DecodeUTF8(reason, reason_len, "replace"));
+      break;
+    }
+    default:  // ping (wslay queued the pong), pong
+      return;
+  }
+  if (!append(st, event)) st->python_error = true;
+}
+
+bool make_context(State* st, unsigned long long max_message) {
+  wslay_event_callbacks callbacks{};
+  callbacks.recv_callback = recv_cb;
+  callbacks.send_callback = send_cb;
+  callbacks.on_msg_recv_callback = on_msg_cb;
+  wslay_event_context_ptr raw = nullptr;
+  if (wslay_event_context_server_init(&raw, &callbacks, st) != 0) return false;
+  st->ctx.reset(raw);
+  // No extension is negotiated: a frame with RSV bits set is a protocol error.
+  wslay_event_config_set_allowed_rsv_bits(raw, WSLAY_RSV_NONE);
+  if (max_message) wslay_event_config_set_max_recv_msg_length(raw, max_message);
+  return true;
+}
+
+// The frames wslay queued, as bytes (b"" when none).
+PyObject* flush(State* st) {
+  if (wslay_event_want_write(st->ctx.get()) && wslay_event_send(st->ctx.get()) != 0) {
+    PyErr_NoMemory();
+    return nullptr;
+  }
+  PyObject* out = PyBytes_FromStringAndSize(st->out.data(), static_cast<Py_ssize_t>(st->out.size()));
+  st->out.clear();
+  return out;
+}
+
+State* state_of(PyObject* obj) {
+  State* st = reinterpret_cast<SessionObject*>(obj)->st;
+  if (!st) PyErr_SetString(PyExc_RuntimeError, "Session not initialised");
+  return st;
+}
+
+int session_init(PyObject* obj, PyObject* args, PyObject* kwargs) {
+  auto* self = reinterpret_cast<SessionObject*>(obj);
+  static const char* kw[] = {"max_message_size", nullptr};
+  unsigned long long max_message = 16ULL << 20;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|K", const_cast<char**>(kw), &max_message)) {
+    return -1;
+  }
+  delete self->st;
+  self->st = new (std::nothrow) State();
+  if (!self->st || !make_context(self->st, max_message)) {
+    delete self->st;
+    self->st = nullptr;
+    PyErr_NoMemory();
+    return -1;
+  }
+  return 0;
+}
+
+void session_dealloc(PyObject* obj) {
+  auto* self = reinterpret_cast<SessionObject*>(obj);
+  delete self->st;  // frees the wslay context
+  PyTypeObject* type = Py_TYPE(obj);
+  type->tp_free(obj);
+  Py_DECREF(type);
+}
+
+PyObject* session_feed(PyObject* obj, PyObject* arg) {
+  State* st = state_of(obj);
+  if (!st) return nullptr;
+  PyRef events = PyRef::steal(PyList_New(0));
+  if (!events) return nullptr;
+  if (!wslay_event_want_read(st->ctx.get())) return events.release();
+  Py_buffer view;
+  if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return nullptr;
+  st->in = static_cast<const uint8_t*>(view.buf);
+  st->in_len = static_cast<size_t>(view.len);
+  st->events = events.get();
+  st->python_error = false;
+  int rc = wslay_event_recv(st->ctx.get());
+  st->events = nullptr;
+  st->in = nullptr;
+  st->in_len = 0;
+  PyBuffer_Release(&view);
+  if (st->python_error) return nullptr;
+  if (rc != 0) {
+    // Only a failed callback or memory: wslay stops reading; the
+    // connection ends as a server error.
+    fail_connection(st->ctx.get(), WSLAY_CODE_INTERNAL_SERVER_ERROR, "");
+  }
+  return events.release();
+}
+
+PyObject* queue(PyObject* obj, uint8_t opcode, const char* data, Py_ssize_t len) {
+  State* st = state_of(obj);
+  if (!st) return nullptr;
+  wslay_event_msg msg{opcode, reinterpret_cast<const uint8_t*>(data), static_cast<size_t>(len)};
+  int rc = wslay_event_queue_msg(st->ctx.get(), &msg);
+  if (rc == WSLAY_ERR_NO_MORE_MSG) {
+    PyErr_SetString(PyExc_RuntimeError, "the WebSocket is closing: no more messages");
+    return nullptr;
+  }
+  if (rc != 0) {
+    PyErr_NoMemory();
+    return nullptr;
+  }
+  return flush(st);
+}
+
+PyObject* session_send_text(PyObject* obj, PyObject* arg) {
+  Py_ssize_t len = 0;
+  const char* data = PyUnicode_AsUTF8AndSize(arg, &len);
+  if (!data) return nullptr;
+  return queue(obj, WSLAY_TEXT_FRAME, data, len);
+}
+
+PyObject* session_send_bytes(PyObject* obj, PyObject* arg) {
+  Py_buffer view;
+  if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return nullptr;
+  PyObject* out = queue(obj, WSLAY_BINARY_FRAME, static_cast<const char*>(view.buf), view.len);
+  PyBuffer_Release(&view);
+  return out;
+}
+
+// close(code, reason) -> bytes: the close frame (b"" if one went already).
+PyObject* session_close(PyObject* obj, PyObject* args) {
+  State* st = state_of(obj);
+  if (!st) return nullptr;
+  int code = 1000;
+  const char* reason = "";
+  Py_ssize_t reason_len = 0;
+  if (!PyArg_ParseTuple(args, "|is#", &code, &reason, &reason_len)) return nullptr;
+  // RFC 6455 7.4: 1005, 1006 and 1015 are never sent; 0 sends no code.
+  if (code != 0 && (code < 1000 || code > 4999 || code == 1005 || code == 1006 || code == 1015)) {
+    PyErr_Format(PyExc_ValueError, "bad WebSocket close code %d", code);
+    return nullptr;
+  }
+  if (reason_len > 123) {
+    PyErr_SetString(PyExc_ValueError, "a close reason is at most 123 bytes of UTF-8");
+    return nullptr;
+  }
+  if (!wslay_event_get_close_sent(st->ctx.get())) {
+    int rc = wslay_event_queue_close(st->ctx.get(), static_cast<uint16_t>(code),
+                                     reinterpret_cast<const uint8_t*>(reason),
+                                     static_cast<size_t>(reason_len));
+    if (rc != 0 && rc != WSLAY_ERR_NO_MORE_MSG) {
+      PyErr_NoMemory();
+      return nullptr;
+    }
+  }
+  return flush(st);
+}
+
+PyObject* session_output(PyObject* obj, PyObject*) {
+  State* st = state_of(obj);
+  return st ? flush(st) : nullptr;
+}
+
+PyObject* session_close_sent(PyObject* obj, void*) {
+  State* st = state_of(obj);
+  return st ? PyBool_FromLong(wslay_event_get_close_sent(st->ctx.get())) : nullptr;
+}
+
+PyObject* session_close_received(PyObject* obj, void*) {
+  State* st = state_of(obj);
+  return st ? PyBool_FromLong(wslay_event_get_close_received(st->ctx.get())) : nullptr;
+}
+
+PyObject* session_code_sent(PyObject* obj, void*) {
+  State* st = state_of(obj);
+  return st ? PyLong_FromLong(wslay_event_get_status_code_sent(st->ctx.get())) : nullptr;
+}
+
+PyObject* session_reading(PyObject* obj, void*) {
+  State* st = state_of(obj);
+  return st ? PyBool_FromLong(wslay_event_want_read(st->ctx.get())) : nullptr;
+}
+
+PyMethodDef session_methods[] = {
+    {"feed", session_feed, METH_O,
+     "feed(data) -> list of events: (0, str), (1, bytes), (2, code, reason)"},
+    {"send_text", session_send_text, METH_O, "send_text(str) -> bytes to write"},
+    {"send_bytes", session_send_bytes, METH_O, "send_bytes(bytes) -> bytes to write"},
+    {"close", session_close, METH_VARARGS, "close(code=1000, reason='') -> bytes to write"},
+    {"output", session_output, METH_NOARGS, "output() -> the frames wslay queued itself"},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyGetSetDef session_getset[] = {
+    {"close_sent", session_close_sent, nullptr, "a close frame was sent", nullptr},
+    {"close_received", session_close_received, nullptr, "the peer's close frame came", nullptr},
+    {"code_sent", session_code_sent, nullptr, "the code of the close frame sent (1006: none)",
+     nullptr},
+    {"reading", session_reading, nullptr, "frames from the peer are still read", nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr}};
+
+PyType_Slot session_slots[] = {
+    {Py_tp_init, reinterpret_cast<void*>(session_init)},
+    {Py_tp_dealloc, reinterpret_cast<void*>(session_dealloc)},
+    {Py_tp_methods, session_methods},
+    {Py_tp_getset, session_getset},
+    {Py_tp_doc, const_cast<char*>("The server side of one WebSocket connection (libwslay).")},
+    {0, nullptr}};
+
+PyType_Spec session_spec = {"_pyport_ws.Session", sizeof(SessionObject), 0, Py_TPFLAGS_DEFAULT,
+                            session_slots};
+
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT,
+                          "_pyport_ws",
+                          "WebSocket framing on libwslay (see port_worker/http_websocket.hpp).",
+                          -1,
+                          nullptr,
+                          nullptr,
+                          nullptr,
+                          nullptr,
+                          nullptr};
+
+}  // namespace
+
+namespace ws_module {
+
+PyObject* init() {
+  PyRef module = PyRef::steal(PyModule_Create(&module_def));
+  if (!module) return nullptr;
+  PyObject* type = PyType_FromSpec(&session_spec);
+  if (!type || PyModule_AddObject(module.get(), "Session", type) < 0) {
+    Py_XDECREF(type);
+    return nullptr;
+  }
+  if (PyModule_AddIntConstant(module.get(), "TEXT", kText) < 0 ||
+      PyModule_AddIntConstant(module.get(), "BINARY", kBinary) < 0 ||
+      PyModule_AddIntConstant(module.get(), "CLOSE", kClose) < 0) {
+    return nullptr;
+  }
+  return module.release();
+}
+
+}  // namespace ws_module
+}  // namespace pyport
