@@ -26,7 +26,8 @@
 %% the same) and checks; every other key is a pool option.
 -define(HTTP_KEYS, [app, bind, workers, max_request_line, max_headers, max_header_bytes,
                     max_body, header_timeout, body_timeout, keepalive_timeout, write_timeout, request_timeout, backlog,
-                    root_path, lifespan, access_log, interface, wsgi_threads]).
+                    root_path, lifespan, access_log, interface, wsgi_threads,
+                    websocket_max_message_size]).
 
 -define(REGISTRY(Name), {?MODULE, Name}).
 -define(START_TIMEOUT_MS, 10000).
@@ -233,6 +234,9 @@ check_server(Name, [{interface, I} | T], Acc) when I =:= asgi; I =:= wsgi; I =:=
     check_server(Name, T, Acc#{interface => atom_to_binary(I)});
 check_server(Name, [{wsgi_threads, N} | T], Acc) when is_integer(N), N > 0, N =< 1024 ->
     check_server(Name, T, Acc#{wsgi_threads => N});
+check_server(Name, [{websocket_max_message_size, N} | T], Acc)
+  when is_integer(N), N >= 0, N < 1 bsl 40 ->
+    check_server(Name, T, Acc#{websocket_max_message_size => N});
 check_server(Name, [{access_log, B} | T], Acc) when is_boolean(B) ->
     check_server(Name, T, Acc#{access_log => B});
 check_server(Name, [{request_timeout, infinity} | T], Acc) ->
