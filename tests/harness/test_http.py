@@ -275,8 +275,9 @@ def test_no_body_statuses(serve, code):
 
 def test_upgrade_is_answered_then_the_connection_closes(serve):
     s = serve()
+    # (A WebSocket upgrade is served: test_http_websocket.py.)
     out = raw_exchange(s, b"GET /stream?n=1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
-                       b"Upgrade: websocket\r\n\r\n\x81\x85not http at all")
+                       b"Upgrade: h2c\r\n\r\n\x81\x85not http at all")
     assert out.startswith(b"HTTP/1.1 200 ") and out.count(b"HTTP/1.1") == 1
     assert b"connection: close" in out
 
