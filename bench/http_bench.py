@@ -91,10 +91,10 @@ class Pyport:
 
 class Uvicorn:
     def __init__(self, workers: int, app: str = "http_hello_app:app",
-                 interface: str = "asgi3") -> None:
+                 interface: str = "asgi3", extra: tuple = ()) -> None:
         self.port = free_port()
         more = ["--workers", str(workers)] if workers > 1 else []
-        more += ["--interface", interface]
+        more += ["--interface", interface, *extra]
         self.p = subprocess.Popen(["/usr/bin/python3", "-m", "uvicorn", "--loop", "uvloop",
                                    "--http", "httptools", "--no-access-log", "--log-level",
                                    "warning", "--port", str(self.port), *more,
@@ -186,6 +186,50 @@ def measure(workers: int, seconds: int, connections: int, rounds: int,
             print(f"{tag}_pyport_vs_{peer}_cpu {theirs[2] / ours[2]:.2f} ratio", flush=True)
 
 
+def ws_echo(seconds: int, connections: int, rounds: int) -> None:
+    """WebSocket echo, 64 B messages, `connections` connections, 1 worker:
+    pyport against uvicorn + websockets (bench/ws_load.py drives both)."""
+    if subprocess.run(["/usr/bin/python3", "-c", "import websockets"],
+                      capture_output=True).returncode != 0:
+        print("# http_bench: WebSocket figure skipped (apt-get install python3-websockets)")
+        return
+    servers = {"pyport": Pyport(1, "http_ws_app:app"),
+               "uvicorn_websockets": Uvicorn(1, "http_ws_app:app", "asgi3",
+                                             ("--ws", "websockets"))}
+    load = os.path.join(HERE, "ws_load.py")
+
+    def one(s, secs: float) -> tuple[float, float]:
+        cpu0 = cpu_seconds(s.pids)
+        out = subprocess.run(["/usr/bin/python3", load, str(s.port), str(secs), str(connections)],
+                             capture_output=True, text=True, timeout=secs + 60)
+        if out.returncode != 0:
+            raise RuntimeError(f"ws_load failed: {out.stderr[-2000:]}")
+        rate = float(out.stdout.strip())
+        cpu = cpu_seconds(s.pids) - cpu0
+        return rate, cpu / max(1.0, rate * secs) * 1e6
+
+    best: dict[str, tuple[float, float]] = {}
+    try:
+        for s in servers.values():
+            one(s, 1)  # warm up
+        for _ in range(rounds):
+            for name, s in servers.items():
+                r = one(s, seconds)
+                b = best.get(name)
+                best[name] = r if b is None else (max(b[0], r[0]), min(b[1], r[1]))
+    finally:
+        for s in servers.values():
+            s.close()
+    tag = "http_ws_echo_64b_1w"
+    for name in servers:
+        print(f"{tag}_{name} {best[name][0]:.0f} msg/s", flush=True)
+    for name in servers:
+        print(f"{tag}_{name}_cpu {best[name][1]:.1f} us/message", flush=True)
+    ours, theirs = best["pyport"], best["uvicorn_websockets"]
+    print(f"{tag}_pyport_vs_uvicorn {ours[0] / theirs[0]:.2f} ratio", flush=True)
+    print(f"{tag}_pyport_vs_uvicorn_cpu {theirs[1] / ours[1]:.2f} ratio", flush=True)
+
+
 def rss(pids: list[int]) -> int:
     total = 0
     for pid in pids:
@@ -245,8 +289,12 @@ def main(argv: list[str]) -> None:
                 "/items/42?q=x")
     else:
         print("# http_bench: FastAPI figure skipped (apt-get install python3-fastapi)")
+    ws_echo(seconds, connections, rounds)
     idle_memory(2000)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] == ["ws"]:  # the WebSocket figure alone
+        ws_echo(3, 50, 3)
+    else:
+        main(sys.argv[1:])
