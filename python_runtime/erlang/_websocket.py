@@ -106,6 +106,11 @@ def take_over(conn: Any, req: Any) -> None:
     conn.server.connections.add(ws)
     conn.transport.set_protocol(ws)
     ws.task = conn.loop.create_task(ws.run(conn.app))
+    if conn.cfg["request_timeout"] > 0:
+        # The app must accept or refuse within request_timeout, as an
+        # HTTP response must start.
+        ws.handshake_timer = conn.loop.call_later(conn.cfg["request_timeout"],
+                                                  ws._handshake_timeout)
 
 
 class WebSocketConnection(asyncio.Protocol):
@@ -145,6 +150,8 @@ class WebSocketConnection(asyncio.Protocol):
         self.close_reason = ""
         self.close_timer: Optional[asyncio.TimerHandle] = None
         self.task: Optional[asyncio.Task] = None
+        self.handshake_timer: Optional[asyncio.TimerHandle] = None
+        self.timed_out = False
         self.transport.pause_reading()
 
     # -- asyncio.Protocol ---------------------------------------------------
@@ -174,7 +181,10 @@ class WebSocketConnection(asyncio.Protocol):
             self._finish()
         self._wake()
         if not self.read_paused and (self.inbox_bytes > INBOX_HIGH_BYTES
-                                     or len(self.inbox) > INBOX_HIGH_COUNT):
+                                     or len(self.inbox) > INBOX_HIGH_COUNT
+                                     or self.write_paused):
+            # An app that does not receive, or a client that does not read
+            # what it asks for (pongs): stop reading until that changes.
             self.read_paused = True
             self.transport.pause_reading()
 
@@ -199,6 +209,14 @@ class WebSocketConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         self._resolve_drains()
+        self._maybe_resume_reading()
+
+    def _maybe_resume_reading(self) -> None:
+        if self.read_paused and self.state == _OPEN and not self.lost and not self.write_paused \
+                and self.inbox_bytes <= INBOX_HIGH_BYTES // 2 \
+                and len(self.inbox) <= INBOX_HIGH_COUNT // 2:
+            self.read_paused = False
+            self.transport.resume_reading()
 
     # -- for HttpServer.stop() ------------------------------------------------
 
@@ -224,11 +242,7 @@ class WebSocketConnection(asyncio.Protocol):
             if self.inbox:
                 message = self.inbox.popleft()
                 self.inbox_bytes -= len(message.get("text") or message.get("bytes") or b"")
-                if self.read_paused and self.state == _OPEN and not self.lost \
-                        and self.inbox_bytes <= INBOX_HIGH_BYTES // 2 \
-                        and len(self.inbox) <= INBOX_HIGH_COUNT // 2:
-                    self.read_paused = False
-                    self.transport.resume_reading()
+                self._maybe_resume_reading()
                 return message
             if self.close_code is not None:
                 return {"type": "websocket.disconnect", "code": self.close_code,
@@ -277,6 +291,11 @@ class WebSocketConnection(asyncio.Protocol):
         except ClientDisconnected:
             pass
         except asyncio.CancelledError:
+            if self.timed_out:
+                log.warning("ASGI app did not accept or refuse the WebSocket %s within %ss: "
+                            "cancelled, 504", self.scope["path"], self.cfg["request_timeout"])
+                self._end_after_app(1001, 504)
+                return
             self._end_after_app(1001)
             raise
         except BaseException:
@@ -286,6 +305,12 @@ class WebSocketConnection(asyncio.Protocol):
         self._end_after_app(1000, 403)
 
     # -- internals --------------------------------------------------------------
+
+    def _handshake_timeout(self) -> None:
+        self.handshake_timer = None
+        if self.state == _CONNECTING and not self.lost and self.task is not None:
+            self.timed_out = True
+            self.task.cancel()
 
     def _accept(self, message: dict) -> None:
         lines = [b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
@@ -307,6 +332,9 @@ class WebSocketConnection(asyncio.Protocol):
         lines.append(b"\r\n")
         self.session = Session(int(self.cfg.get("websocket_max_message_size", 16 << 20)))
         self.state = _OPEN
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+            self.handshake_timer = None
         if self.lost:
             return
         self.transport.write(b"".join(lines))
@@ -318,6 +346,9 @@ class WebSocketConnection(asyncio.Protocol):
         self.state = _CLOSED
         if self.close_code is None:
             self.close_code = 1006
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+            self.handshake_timer = None
         if not self.lost:
             self.transport.write(_error_response(403, "the application refused the WebSocket"))
             self.transport.close()
@@ -354,7 +385,9 @@ class WebSocketConnection(asyncio.Protocol):
             else:
                 from ._http import _error_response
                 self.state = _CLOSED
-                self.transport.write(_error_response(status, "the application failed"))
+                self.transport.write(_error_response(
+                    status, "the application did not respond in time" if status == 504
+                    else "the application failed"))
                 self.transport.close()
         elif self.session is not None and not self.session.close_sent:
             self._send_close(code, "")

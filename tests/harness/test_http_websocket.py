@@ -183,6 +183,40 @@ def test_close_before_accept_is_403(serve, path, status):
     assert server.get("/")[0] == 200
 
 
+def test_handshake_not_answered_in_time_is_504(serve):
+    server = serve(APP, request_timeout=0.5)
+
+    async def go():
+        with pytest.raises(websockets.InvalidStatusCode) as e:
+            async with websockets.connect(url(server, "/hang")):
+                pass
+        assert e.value.status_code == 504
+    run(go())
+
+
+def test_pings_to_a_client_that_does_not_read_pause_reading(serve):
+    # Each ping asks for a pong; a client that reads none cannot make the
+    # server buffer pongs without bound.
+    server = serve(APP)
+    s, _, _ = handshake(server)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    s.settimeout(0.3)
+    ping = frame(9, b"p" * 125)
+    sent = 0
+    deadline = time.monotonic() + 5
+    try:
+        while time.monotonic() < deadline:
+            s.sendall(ping * 64)
+            sent += 64
+    except socket.timeout:
+        pass
+    # 125 B pings: a few MB of socket buffers at most, then reading stopped.
+    assert sent < 200_000, sent
+    rss = int(open(f"/proc/{server.worker.pid}/status").read().split("VmRSS:")[1].split()[0])
+    assert rss < 200_000, rss  # KiB
+    s.close()
+
+
 @pytest.mark.parametrize("headers,status", [
     (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n", 400),
     (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"

@@ -35,6 +35,8 @@ async def app(scope, receive, send):
         return
     if path == "/return":
         return  # neither accept nor close: 403
+    if path == "/hang":
+        await asyncio.sleep(3600)  # neither accepts nor refuses
     if path == "/fail":
         raise RuntimeError("the app failed before accepting")
     if path == "/scope":
