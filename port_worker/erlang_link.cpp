@@ -348,6 +348,11 @@ void ErlangLink::take_loop_completions(std::vector<uint64_t>& out) {
   loop_completions_.clear();
 }
 
+bool ErlangLink::loop_completions_waiting() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return !loop_completions_.empty();
+}
+
 uint64_t ErlangLink::next_completion() {
   uint64_t token = 0;
   PyThreadState* ts = PyEval_SaveThread();

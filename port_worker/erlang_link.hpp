@@ -112,6 +112,8 @@ class ErlangLink {
   // Main thread: the tokens posted for it since the last call (all watched
   // ones once the link is closed: no frame can come for them any more).
   void take_loop_completions(std::vector<uint64_t>& out);
+  // Whether completions for the loop wait (take_loop_completions would give some).
+  bool loop_completions_waiting();
 
   // Counts `percent` of the current request's time slice as used; true
   // when it is all used and requests are waiting (the count starts over).

@@ -691,6 +691,10 @@ MainThread::WaitResult Worker::wait(const std::function<bool()>& ready,
   }
   pthread_sigmask(SIG_SETMASK, &entry_mask, nullptr);
   if (result == WaitResult::kClosed && ready()) result = WaitResult::kReady;
+  // Completions another thread posted for the event loop rang the doorbell
+  // this wait may have cleared: the loop's next wait must not sleep on them
+  // (a task awaiting pub/sub while the loop thread made a blocking request).
+  if (link_->loop_completions_waiting()) loop_completions_ = true;
   if (handle_requests) {
     reader_.main_busy();
   } else if (reader_.queued()) {

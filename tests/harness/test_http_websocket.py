@@ -10,6 +10,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import threading
 import time
 
 import pytest
@@ -442,6 +443,10 @@ def node():
             if not line:
                 break
         assert b"READY" in line, proc.stdout.read() if proc.poll() is not None else line
+        # The node's log, shown by pytest when a test fails.
+        drain = threading.Thread(target=lambda: [print(l.decode(errors="replace"), end="")
+                                                 for l in proc.stdout], daemon=True)
+        drain.start()
         yield port
     finally:
         try:
@@ -477,8 +482,11 @@ def test_two_workers_chat_through_pubsub(node):
             got = json.loads(await asyncio.wait_for(ws.recv(), 10))
             assert got == {"from": pid_a, "text": "hello from a"}
         await b.send("and from b")
-        for ws in (a, b):
-            got = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        for name, ws in (("a", a), ("b", b)):
+            try:
+                got = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            except asyncio.TimeoutError:
+                raise AssertionError(f"{name} got nothing") from None
             assert got == {"from": pid_b, "text": "and from b"}
         await a.close()
         await b.close()
@@ -497,8 +505,17 @@ def test_seed_example_runs_as_written(node):
             r = await asyncio.get_running_loop().run_in_executor(
                 None, lambda: _http_get(port, "/publish/user:u7"))
             assert int(r) >= 1
-            await ws.send("second")
-            got = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            # The message reaches the worker through Erlang, the client's
+            # frames come straight: keep talking until the loop finds it.
+            for _ in range(50):
+                await ws.send("again")
+                try:
+                    got = json.loads(await asyncio.wait_for(ws.recv(), 0.2))
+                    break
+                except asyncio.TimeoutError:
+                    pass
+            else:
+                raise AssertionError("the published message never came")
             assert got == ["user:u7", {"n": 1}]
 
     run(go(), 40)
