@@ -266,6 +266,36 @@ def idle_memory(n: int) -> None:
             s.close()
 
 
+def idle_ws_memory(n: int) -> None:
+    """Bytes of server RSS per idle WebSocket (n accepted, then left open),
+    pyport vs uvicorn + websockets, 1 worker."""
+    upgrade = (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    for name, s in (("pyport", lambda: Pyport(1, "http_ws_app:app")),
+                    ("uvicorn_websockets", lambda: Uvicorn(1, "http_ws_app:app", "asgi3",
+                                                           ("--ws", "websockets")))):
+        s = s()
+        socks = []
+        try:
+            warm = socket.create_connection(("127.0.0.1", s.port))
+            warm.sendall(upgrade)
+            assert warm.recv(65536).startswith(b"HTTP/1.1 101"), name
+            before = rss(s.pids)
+            for _ in range(n):
+                c = socket.create_connection(("127.0.0.1", s.port))
+                c.sendall(upgrade)
+                socks.append(c)
+            for c in socks:
+                c.recv(65536)
+            time.sleep(0.5)
+            per = (rss(s.pids) - before) / n
+            print(f"http_idle_websocket_{name} {per:.0f} bytes/connection", flush=True)
+        finally:
+            for c in socks:
+                c.close()
+            s.close()
+
+
 def main(argv: list[str]) -> None:
     seconds = int(argv[0]) if argv else 3
     connections = int(argv[1]) if len(argv) > 1 else 50
@@ -291,10 +321,12 @@ def main(argv: list[str]) -> None:
         print("# http_bench: FastAPI figure skipped (apt-get install python3-fastapi)")
     ws_echo(seconds, connections, rounds)
     idle_memory(2000)
+    idle_ws_memory(1000)
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["ws"]:  # the WebSocket figure alone
+    if sys.argv[1:2] == ["ws"]:  # the WebSocket figures alone
         ws_echo(3, 50, 3)
+        idle_ws_memory(1000)
     else:
         main(sys.argv[1:])
