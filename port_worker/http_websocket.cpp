@@ -26,9 +26,9 @@ struct State {
   ContextPtr ctx;
   const uint8_t* in = nullptr;  // the bytes of the feed() in progress
   size_t in_len = 0;
-  std::string out;                 // frames to write, taken by the caller
-  PyObject* events = nullptr;      // borrowed: the list feed() returns
-  bool python_error = false;       // a callback could not build an event
+  std::string out;             // frames to write, taken by the caller
+  PyObject* events = nullptr;  // borrowed: the list feed() returns
+  bool python_error = false;   // a callback could not build an event
 };
 
 struct SessionObject {
@@ -61,8 +61,7 @@ ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t* data, size_t len, in
 }
 
 void fail_connection(wslay_event_context_ptr ctx, uint16_t code, const char* reason) {
-  wslay_event_queue_close(ctx, code, reinterpret_cast<const uint8_t*>(reason),
-                          std::strlen(reason));
+  wslay_event_queue_close(ctx, code, reinterpret_cast<const uint8_t*>(reason), std::strlen(reason));
   wslay_event_shutdown_read(ctx);
 }
 
@@ -89,7 +88,8 @@ void on_msg_cb(wslay_event_context_ptr ctx, const wslay_event_on_msg_recv_arg* a
           return;
         }
         PyErr_Clear();
-        fail_connection(ctx, WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA, "invalid UTF-8 in a text message");
+        fail_connection(ctx, WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA,
+                        "invalid UTF-8 in a text message");
         return;
       }
       event = Py_BuildValue("(iN)", static_cast<int>(kText), text);
@@ -132,7 +132,8 @@ PyObject* flush(State* st) {
     PyErr_NoMemory();
     return nullptr;
   }
-  PyObject* out = PyBytes_FromStringAndSize(st->out.data(), static_cast<Py_ssize_t>(st->out.size()));
+  PyObject* out =
+      PyBytes_FromStringAndSize(st->out.data(), static_cast<Py_ssize_t>(st->out.size()));
   st->out.clear();
   return out;
 }

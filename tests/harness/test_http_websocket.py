@@ -430,8 +430,11 @@ def node():
     side = os.path.join(HERE, "worker_side")
     code = (
         "{ok, _} = application:ensure_all_started(pyport), "
+        "{error, {invalid_http_option, bad, websocket_max_message_size, -1}} = "
+        "pyport:start_http(bad, #{app => \"m:a\", websocket_max_message_size => -1}), "
         f"{{ok, _}} = pyport:start_http(chat, #{{app => \"ws_chat_app:app\", "
-        f"bind => \"127.0.0.1:{port}\", workers => 2, python_path => [\"{side}\"]}}), "
+        f"bind => \"127.0.0.1:{port}\", workers => 2, python_path => [\"{side}\"], "
+        "websocket_max_message_size => 65536}), "
         "io:format(\"READY~n\"), io:get_line(\"\"), ok = pyport:stop_http(chat), init:stop().")
     proc = subprocess.Popen([erl, "-noshell", "-pa", ebin, "-eval", code],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -490,6 +493,20 @@ def test_two_workers_chat_through_pubsub(node):
             assert got == {"from": pid_b, "text": "and from b"}
         await a.close()
         await b.close()
+
+    run(go(), 40)
+
+
+def test_max_message_size_from_erlang(node):
+    port = node
+
+    async def go():
+        async with websockets.connect(f"ws://127.0.0.1:{port}/chat/big") as ws:
+            await ws.recv()  # its pid
+            await ws.send("x" * 70_000)
+            with pytest.raises(websockets.ConnectionClosedError):
+                await ws.recv()
+            assert ws.close_code == 1009
 
     run(go(), 40)
 
