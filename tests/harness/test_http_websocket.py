@@ -364,6 +364,17 @@ def test_client_gone_is_websocket_disconnect(serve):
     assert wait_for(lambda: ["disconnect", "gone", 1006] in events(server))
 
 
+def test_stopping_the_server_closes_websockets_1001(serve):
+    server = serve(APP)
+    s, _, rest = handshake(server, "/echo?tag=stop")
+    s.sendall(frame(1, b"hi"))
+    assert read_frames_until(s, rest, lambda fs: fs) == [(1, b"hi")]
+    assert server.worker.call("erlang._http", "stop", [1.0]) is True
+    code, reason = close_code(read_frames(s))
+    assert code == 1001 and reason == b"server shutting down"
+    s.close()
+
+
 # -- backpressure ---------------------------------------------------------------------------
 
 
