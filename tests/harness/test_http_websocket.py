@@ -557,3 +557,61 @@ def _http_get(port, path):
         return c.getresponse().read()
     finally:
         c.close()
+
+
+# -- the C++ session alone -----------------------------------------------------------------
+
+
+SESSION_CHECK = r'''
+import os, random, struct
+from _pyport_ws import Session
+
+def frame(opcode, payload, fin=True):
+    key = os.urandom(4)
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    head += bytes([0x80 | n]) if n < 126 else (bytes([0x80 | 126]) + struct.pack("!H", n)
+                                               if n < 65536 else bytes([0x80 | 127]) + struct.pack("!Q", n))
+    return head + key + bytes(c ^ key[i % 4] for i, c in enumerate(payload))
+
+stream = (frame(1, "héllo".encode()) + frame(2, bytes(range(256)) * 300) + frame(9, b"ping")
+          + frame(1, b"fr", fin=False) + frame(0, b"ag", fin=False) + frame(0, b"ment")
+          + frame(8, struct.pack("!H", 4000) + b"done"))
+
+def events(pieces):
+    s = Session(1 << 20)
+    out, wire = [], b""
+    for p in pieces:
+        out += s.feed(p)
+        wire += s.output()
+    return out, wire, s.close_received, s.close_sent
+
+whole = events([stream])
+rng = random.Random(7)
+cuts = sorted(rng.sample(range(1, len(stream)), 200))
+split = events([stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)])])
+bytewise = events([stream[i:i + 1] for i in range(len(stream))])
+# Garbage after a handshake never crashes: a close with an error code, or nothing yet.
+for seed in range(200):
+    r = random.Random(seed)
+    s = Session(4096)
+    s.feed(bytes(r.randrange(256) for _ in range(r.randrange(1, 2000))))
+    s.output()
+# The events and the close are the same; a pong for a ping read in the same
+# feed as the close is dropped by wslay (the connection is closing).
+same = whole[0] == split[0] == bytewise[0] and whole[2:] == split[2:] == bytewise[2:]
+result = (same, whole[0], bytewise[1], whole[1], whole[2], whole[3])
+'''
+
+
+def test_session_gives_the_same_events_however_the_bytes_are_split(worker):
+    worker.exec(SESSION_CHECK)
+    same, evs, wire, whole_wire, got_close, sent_close = worker.eval("result")
+    assert same
+    assert evs[0] == (0, "héllo") and evs[1] == (1, bytes(range(256)) * 300)
+    assert evs[2] == (0, "fragment") and evs[3] == (2, 4000, "done")
+    # Fed a byte at a time: the pong, then the close echoed (4000) by wslay.
+    close = b"\x88\x06" + struct.pack("!H", 4000) + b"done"
+    assert wire == b"\x8a\x04ping" + close
+    assert whole_wire.endswith(close)
+    assert got_close and sent_close
