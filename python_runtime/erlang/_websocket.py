@@ -173,8 +173,10 @@ class WebSocketConnection(asyncio.Protocol):
         if out:
             self.transport.write(out)
         if session.close_sent and self.close_code is None:
-            # wslay failed the connection (1002, 1007, 1009, ...): that code.
-            self.close_code = session.code_sent
+            # wslay failed the connection (1002, 1007, 1009, ...): that code;
+            # a frame-level violation it closes without one is a 1002.
+            code = session.code_sent
+            self.close_code = 1002 if code == 1005 else code
         if session.close_sent and (session.close_received or not session.reading):
             # The closing handshake is done (or the connection failed):
             # the server closes TCP first (RFC 6455 7.1.1).

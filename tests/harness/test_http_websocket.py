@@ -615,3 +615,28 @@ def test_session_gives_the_same_events_however_the_bytes_are_split(worker):
     assert wire == b"\x8a\x04ping" + close
     assert whole_wire.endswith(close)
     assert got_close and sent_close
+
+
+@pytest.mark.parametrize("frames,code", [
+    ([frame(8, struct.pack("!H", 999))], 1002),              # not a close code
+    ([frame(8, struct.pack("!H", 1005))], 1002),             # never sent on the wire
+    # libwslay fails these with a close frame without a code (the peer
+    # reads 1005), then the connection closes.
+    ([frame(8, b"\x03")], None),                             # a 1-byte close payload
+    ([frame(9, b"p" * 126)], None),                          # a control frame over 125 B
+    ([frame(9, b"p", fin=False)], None),                     # a fragmented control frame
+    ([frame(0, b"orphan")], 1002),                           # continuation of nothing
+    ([frame(1, b"a", fin=False), frame(1, b"b")], 1002),     # a new message mid-message
+    ([frame(3, b"x")], 1002),                                # a reserved opcode
+    ([frame(8, struct.pack("!H", 1000) + b"\xff")], 1007),   # a close reason not UTF-8
+])
+def test_protocol_violations_fail_the_connection(serve, frames, code):
+    server = serve(APP)
+    s, _, rest = handshake(server)
+    s.sendall(b"".join(frames))
+    frames = read_frames(s, rest)  # until the server closes TCP
+    if code is None:
+        assert frames == [(8, b"")]
+    else:
+        assert close_code(frames)[0] == code
+    s.close()
