@@ -640,3 +640,39 @@ def test_protocol_violations_fail_the_connection(serve, frames, code):
     else:
         assert close_code(frames)[0] == code
     s.close()
+
+
+# -- frameworks (Debian's Starlette 0.26, FastAPI 0.92) ---------------------------------------
+
+
+def test_starlette_websocket_route(serve):
+    pytest.importorskip("starlette")
+    server = serve("http_ws_apps:starlette_app", interface="asgi", lifespan="off")
+
+    async def go():
+        async with websockets.connect(url(server, "/json"), subprotocols=["json.v1"]) as ws:
+            assert ws.subprotocol == "json.v1"
+            await ws.send(json.dumps({"a": [1, 2]}))
+            assert json.loads(await ws.recv()) == {"echo": {"a": [1, 2]}, "path": "/json"}
+            await ws.close(4100)
+        with pytest.raises(websockets.InvalidStatusCode) as e:
+            async with websockets.connect(url(server, "/refuse")):
+                pass
+        assert e.value.status_code == 403
+    run(go())
+    assert server.worker.eval("__import__('http_ws_apps').EVENTS") == [["starlette-disconnect", 4100]]
+
+
+def test_fastapi_websocket_endpoint(serve):
+    pytest.importorskip("fastapi")
+    server = serve("http_ws_apps:fastapi_app", interface="asgi", lifespan="off")
+
+    async def go():
+        async with websockets.connect(url(server, "/items/42?q=x")) as ws:
+            assert await ws.recv() == "item 42 q=x"
+            await ws.send("abc")
+            assert await ws.recv() == b"cba"
+            with pytest.raises(websockets.ConnectionClosed):
+                await ws.recv()
+            assert ws.close_code == 4321
+    run(go())

@@ -109,3 +109,55 @@ async def app(scope, receive, send):
     elif path == "/pid":
         await send({"type": "websocket.send", "text": str(os.getpid())})
         await receive()
+
+
+def _starlette():
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    async def echo_json(ws: WebSocket) -> None:
+        await ws.accept(subprotocol="json.v1" if "json.v1" in ws.scope["subprotocols"] else None)
+        try:
+            while True:
+                data = await ws.receive_json()
+                await ws.send_json({"echo": data, "path": ws.url.path})
+        except WebSocketDisconnect as exc:
+            EVENTS.append(["starlette-disconnect", exc.code])
+
+    async def refuse(ws: WebSocket) -> None:
+        await ws.close(code=1008)
+
+    return Starlette(routes=[WebSocketRoute("/json", echo_json), WebSocketRoute("/refuse", refuse)])
+
+
+def _fastapi():
+    from fastapi import FastAPI, WebSocket
+
+    api = FastAPI()
+
+    @api.websocket("/items/{item_id}")
+    async def items(ws: WebSocket, item_id: int, q: str = "") -> None:
+        await ws.accept()
+        await ws.send_text(f"item {item_id} q={q}")
+        text = await ws.receive_text()
+        await ws.send_bytes(text.encode()[::-1])
+        await ws.close(code=4321)
+
+    return api
+
+
+class _Lazy:
+    """Builds the framework app on first use (the module loads without it)."""
+
+    def __init__(self, make):
+        self.make, self.app = make, None
+
+    async def __call__(self, scope, receive, send):
+        if self.app is None:
+            self.app = self.make()
+        await self.app(scope, receive, send)
+
+
+starlette_app = _Lazy(_starlette)
+fastapi_app = _Lazy(_fastapi)
