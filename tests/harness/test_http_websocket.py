@@ -433,19 +433,34 @@ def test_wsgi_app_does_not_take_websockets(serve):
 @pytest.fixture
 def node():
     """An Erlang node serving ws_chat_app on a 2-worker HTTP pool."""
+    yield from start_node("ws_chat_app:app", os.path.join(HERE, "worker_side"),
+                          "websocket_max_message_size => 65536",
+                          "{error, {invalid_http_option, bad, websocket_max_message_size, -1}} = "
+                          "pyport:start_http(bad, #{app => \"m:a\", "
+                          "websocket_max_message_size => -1}), ")
+
+
+@pytest.fixture
+def example_node():
+    """The same for examples/ws_chat (its sys.config's options)."""
+    with open(os.path.join(REPO, "examples", "ws_chat", "sys.config")) as f:
+        assert "workers => 2" in f.read()
+    yield from start_node("chat:app", os.path.join(REPO, "examples", "ws_chat"), "workers => 2",
+                          "{ok, [_]} = file:consult(\"" + os.path.join(REPO, "examples", "ws_chat",
+                                                                       "sys.config") + "\"), ")
+
+
+def start_node(app, path, extra, checks):
     erl = shutil.which("erl")
     ebin = os.path.join(REPO, "erl", "_build", "default", "lib", "pyport", "ebin")
     if erl is None or not os.path.isdir(ebin):
         pytest.skip("needs erl and the built OTP application (make build)")
     port = free_port()
-    side = os.path.join(HERE, "worker_side")
     code = (
-        "{ok, _} = application:ensure_all_started(pyport), "
-        "{error, {invalid_http_option, bad, websocket_max_message_size, -1}} = "
-        "pyport:start_http(bad, #{app => \"m:a\", websocket_max_message_size => -1}), "
-        f"{{ok, _}} = pyport:start_http(chat, #{{app => \"ws_chat_app:app\", "
-        f"bind => \"127.0.0.1:{port}\", workers => 2, python_path => [\"{side}\"], "
-        "websocket_max_message_size => 65536}), "
+        "{ok, _} = application:ensure_all_started(pyport), " + checks +
+        f"{{ok, _}} = pyport:start_http(chat, #{{app => \"{app}\", "
+        f"bind => \"127.0.0.1:{port}\", workers => 2, python_path => [\"{path}\"], "
+        f"{extra}}}), "
         "io:format(\"READY~n\"), io:get_line(\"\"), ok = pyport:stop_http(chat), init:stop().")
     proc = subprocess.Popen([erl, "-noshell", "-pa", ebin, "-eval", code],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -502,6 +517,31 @@ def test_two_workers_chat_through_pubsub(node):
             except asyncio.TimeoutError:
                 raise AssertionError(f"{name} got nothing") from None
             assert got == {"from": pid_b, "text": "and from b"}
+        await a.close()
+        await b.close()
+
+    run(go(), 40)
+
+
+def test_the_chat_example(example_node):
+    port = example_node
+    page = _http_get(port, "/")
+    assert b"new WebSocket" in page
+
+    async def go():
+        a = await websockets.connect(f"ws://127.0.0.1:{port}/ws/room1")
+        wa = json.loads(await a.recv())["worker"]
+        for _ in range(50):
+            b = await websockets.connect(f"ws://127.0.0.1:{port}/ws/room1")
+            wb = json.loads(await b.recv())["worker"]
+            if wb != wa:
+                break
+            await b.close()
+        assert wa != wb
+        await b.send("hi from b")
+        for ws in (a, b):
+            got = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert got == {"from": f"worker {wb}", "text": "hi from b"}
         await a.close()
         await b.close()
 
