@@ -20,13 +20,15 @@
                       | {address_in_use, atom(), binary()}
                       | {already_started, atom()}
                       | {app_failed, atom(), binary()}
+                      | {invalid_mount, term()}
+                      | {duplicate_mount_prefix, binary()}
                       | term().
 
 %% The server's own options, their defaults (`erlang._http.DEFAULTS' has
 %% the same) and checks; every other key is a pool option.
 -define(HTTP_KEYS, [app, bind, workers, max_request_line, max_headers, max_header_bytes,
                     max_body, header_timeout, body_timeout, keepalive_timeout, write_timeout, request_timeout, backlog,
-                    root_path, lifespan, access_log, interface, wsgi_threads]).
+                    root_path, lifespan, access_log, interface, wsgi_threads, mounts]).
 
 -define(REGISTRY(Name), {?MODULE, Name}).
 -define(START_TIMEOUT_MS, 10000).
@@ -189,18 +191,30 @@ each_worker(Name, Workers, Function, Args, Timeout) ->
 
 check_http(Name, #{app := App0} = Http) ->
     Bind0 = maps:get(bind, Http, <<"127.0.0.1:8000">>),
-    case {app(App0), parse_bind(Bind0)} of
+    AppOk = case Http of
+                #{mounts := _} when App0 =:= mounts_only -> {ok, <<>>};
+                #{} -> app(App0)
+            end,
+    case {AppOk, parse_bind(Bind0)} of
         {error, _} ->
             {error, {invalid_http_option, Name, app, App0}};
         {_, {error, Why}} ->
             {error, {bad_bind, Name, Bind0, Why}};
         {{ok, App}, {ok, Bind, _Address}} ->
-            Rest = maps:without([app, bind], Http),
+            Rest = maps:without([app, bind, mounts], Http),
             case check_server(Name, maps:to_list(Rest), #{}) of
-                {ok, Server} -> {ok, App, Bind, Server};
-                {error, _} = Error -> Error
+                {ok, Server0} ->
+                    case pyport_http_mounts:check(maps:get(mounts, Http, []), App) of
+                        {ok, []} -> {ok, App, Bind, Server0};
+                        {ok, Mounts} -> {ok, App, Bind, Server0#{mounts => Mounts}};
+                        {error, _} = Error -> Error
+                    end;
+                {error, _} = Error ->
+                    Error
             end
     end;
+check_http(Name, #{mounts := M} = Http) when M =/= [] ->
+    check_http(Name, Http#{app => mounts_only});
 check_http(Name, _) ->
     {error, {missing_http_option, Name, app}}.
 
@@ -327,7 +341,8 @@ py_value({float, F}) -> float_to_binary(F, [short]);
 py_value(true) -> <<"True">>;
 py_value(false) -> <<"False">>;
 py_value(N) when is_integer(N) -> integer_to_binary(N);
-py_value(B) when is_binary(B) -> py_str(B).
+py_value(B) when is_binary(B) -> py_str(B);
+py_value(L) when is_list(L) -> ["[", [[py_value(V), ", "] || V <- L], "]"].
 
 py_str(B) ->
     ["bytes.fromhex('", binary:encode_hex(B), "').decode()"].

@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "access_log": False,            # one INFO record per response (logger pyport.http.access)
     "interface": "auto",            # asgi | wsgi | auto (erlang._wsgi.is_wsgi)
     "wsgi_threads": 8,              # threads running a WSGI app's requests
+    "mounts": [],                   # [[prefix, "module:attr", interface], ...] (_Mounts)
 }
 
 # Flow control: the app's send() waits while the transport holds more than
@@ -706,31 +707,20 @@ def _address(addr: Any) -> Any:
     return None
 
 
-class HttpServer:
-    """The listener of one worker."""
+class _Lifespan:
+    """The lifespan scope of one ASGI app: startup before the socket is
+    served (a failure stops this worker's listener, its message in the
+    log), shutdown when the server stops."""
 
-    def __init__(self, app: ASGIApp, sock: socket.socket, cfg: dict,
-                 loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, app: ASGIApp, mode: str, loop: asyncio.AbstractEventLoop) -> None:
         self.app = app
-        self.sock = sock
-        self.cfg = cfg
+        self.mode = mode  # auto | on
         self.loop = loop
-        self.connections: set[HttpConnection] = set()
-        self.server: Optional[asyncio.base_events.Server] = None
-        self.state: Optional[dict] = None
-        self.serving: Optional[asyncio.Task] = None
-        self._lifespan_inbox: Optional[asyncio.Queue] = None
-        self._lifespan_task: Optional[asyncio.Task] = None
+        self.inbox: Optional[asyncio.Queue] = None
+        self.task: Optional[asyncio.Task] = None
 
-    async def serve(self) -> None:
-        if self.cfg["lifespan"] != "off":
-            await self._lifespan_startup()
-        self.server = await self.loop.create_server(
-            lambda: HttpConnection(self), sock=self.sock, backlog=self.cfg["backlog"])
-
-    async def _lifespan_startup(self) -> None:
-        # Startup runs here, before the socket is served; a failure stops
-        # this worker's listener (its message in the log).
+    async def startup(self) -> Optional[dict]:
+        """The app's lifespan state, or None when it does no lifespan."""
         state: dict = {}
         scope = {"type": "lifespan", "asgi": ASGI_VERSION, "state": state}
         inbox: asyncio.Queue = asyncio.Queue()
@@ -756,22 +746,109 @@ class HttpServer:
                 outcome.set_exception(RuntimeError("the app returned from the lifespan scope"))
 
         inbox.put_nowait({"type": "lifespan.startup"})
-        self._lifespan_task = self.loop.create_task(run())
+        self.task = self.loop.create_task(run())
         try:
             message = await outcome
         except Exception as exc:
-            if self.cfg["lifespan"] == "on":
+            if self.mode == "on":
                 log.error("lifespan startup failed: %r", exc)
                 raise RuntimeError(f"lifespan startup failed: {exc!r}") from None
-            self.state = None  # auto: the app does not do lifespan
-            return
+            return None  # auto: the app does not do lifespan
         if message["type"] == "lifespan.startup.failed":
             text = message.get("message", "")
             log.error("lifespan startup failed: %s", text)
             raise RuntimeError(f"lifespan startup failed: {text}")
-        self.state = state
-        # Shutdown (stop()) goes to the same task through the same inbox.
-        self._lifespan_inbox = inbox
+        # Shutdown goes to the same task through the same inbox.
+        self.inbox = inbox
+        return state
+
+    async def shutdown(self, timeout: float) -> None:
+        if self.inbox is None or self.task is None:
+            return
+        self.inbox.put_nowait({"type": "lifespan.shutdown"})
+        try:
+            await asyncio.wait_for(self.task, timeout)
+        except BaseException:
+            log.warning("lifespan shutdown did not finish in time")
+
+
+class _Mount:
+    __slots__ = ("prefix", "app", "wsgi", "state")
+
+    def __init__(self, prefix: str, app: ASGIApp, wsgi: bool) -> None:
+        self.prefix = prefix  # "" for "/"
+        self.app = app
+        self.wsgi = wsgi
+        self.state: Optional[dict] = None
+
+
+class _Mounts:
+    """Several apps on one server (`mounts`): the longest prefix that
+    matches whole path segments wins. As the ASGI spec says (its WSGI
+    compatibility section), `root_path` gets the prefix and `path` stays
+    whole; a WSGI mount's SCRIPT_NAME is the prefix, PATH_INFO the rest.
+    No match: 404."""
+
+    def __init__(self, mounts: list[_Mount]) -> None:
+        self.mounts = sorted(mounts, key=lambda m: len(m.prefix), reverse=True)
+
+    def find(self, path: str) -> Optional[_Mount]:
+        for m in self.mounts:
+            p = m.prefix
+            if not p or (path.startswith(p) and (len(path) == len(p) or path[len(p)] == "/")):
+                return m
+        return None
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        mount = self.find(scope["path"])
+        if mount is None:
+            body = b"404 Not Found: no application is mounted at this path\n"
+            await send({"type": "http.response.start", "status": 404,
+                        "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        scope["root_path"] = scope.get("root_path", "") + mount.prefix
+        if mount.state is not None:
+            scope["state"] = mount.state.copy()
+        await mount.app(scope, receive, send)
+
+    def shutdown(self) -> None:
+        for m in self.mounts:
+            stop = getattr(m.app, "shutdown", None)  # a WSGI adapter's threads
+            if stop is not None:
+                stop()
+
+
+class HttpServer:
+    """The listener of one worker."""
+
+    def __init__(self, app: ASGIApp, sock: socket.socket, cfg: dict,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.app = app
+        self.sock = sock
+        self.cfg = cfg
+        self.loop = loop
+        self.connections: set[HttpConnection] = set()
+        self.server: Optional[asyncio.base_events.Server] = None
+        self.state: Optional[dict] = None
+        self.serving: Optional[asyncio.Task] = None
+        self.lifespans: list[_Lifespan] = []
+
+    async def serve(self) -> None:
+        if self.cfg["lifespan"] != "off":
+            mounts = getattr(self.app, "mounts", None)
+            if mounts is None:
+                self.lifespans = [_Lifespan(self.app, self.cfg["lifespan"], self.loop)]
+                self.state = await self.lifespans[0].startup()
+            else:
+                # Every ASGI mount does its own lifespan, with its own state.
+                for mount in mounts:
+                    if not mount.wsgi:
+                        life = _Lifespan(mount.app, self.cfg["lifespan"], self.loop)
+                        self.lifespans.append(life)
+                        mount.state = await life.startup()
+        self.server = await self.loop.create_server(
+            lambda: HttpConnection(self), sock=self.sock, backlog=self.cfg["backlog"])
 
     async def stop(self, grace: float) -> None:
         """Closes the listener, lets requests in flight finish for up to
@@ -793,15 +870,22 @@ class HttpServer:
         shutdown = getattr(self.app, "shutdown", None)  # the WSGI adapter's threads
         if shutdown is not None:
             shutdown()
-        if self._lifespan_inbox is not None:
-            self._lifespan_inbox.put_nowait({"type": "lifespan.shutdown"})
-            try:
-                await asyncio.wait_for(self._lifespan_task, max(0.1, deadline - self.loop.time()))
-            except BaseException:
-                log.warning("lifespan shutdown did not finish in time")
+        for life in self.lifespans:
+            await life.shutdown(max(0.1, deadline - self.loop.time()))
 
 
 _servers: list[HttpServer] = []
+
+
+def _load_mount(prefix: str, spec: str, interface: str, cfg: dict) -> _Mount:
+    """The app named by `spec`, a WSGI one wrapped in the adapter."""
+    from . import _wsgi
+    app = load_app(spec)
+    if interface not in ("asgi", "wsgi", "auto"):
+        raise ValueError(f"app {spec!r}: interface {interface!r}: expected asgi, wsgi or auto")
+    if interface == "wsgi" or (interface == "auto" and _wsgi.is_wsgi(app)):
+        return _Mount(prefix, _wsgi.WsgiAdapter(app, int(cfg["wsgi_threads"]), prefix), True)
+    return _Mount(prefix, app, False)
 
 
 def start(app_spec: str, bind: str, options: Optional[dict] = None) -> None:
@@ -813,16 +897,25 @@ def start(app_spec: str, bind: str, options: Optional[dict] = None) -> None:
         if key not in DEFAULTS:
             raise ValueError(f"unknown HTTP option {key!r}")
         cfg[key] = value
-    app = load_app(app_spec)
     interface = cfg["interface"]
     if interface not in ("asgi", "wsgi", "auto"):
         raise ValueError(f"interface {interface!r}: expected asgi, wsgi or auto")
-    from . import _wsgi
-    if interface == "wsgi" or (interface == "auto" and _wsgi.is_wsgi(app)):
-        if cfg["lifespan"] == "on":
-            raise ValueError(f"app {app_spec!r}: lifespan => on needs an ASGI app (this is WSGI)")
-        cfg["lifespan"] = "off"
-        app = _wsgi.WsgiAdapter(app, int(cfg["wsgi_threads"]))
+    if cfg["mounts"]:
+        mounts = [_load_mount("" if prefix == "/" else prefix, spec, iface or interface, cfg)
+                  for prefix, spec, iface in cfg["mounts"]]
+        if app_spec:
+            mounts.append(_load_mount("", app_spec, interface, cfg))
+        app: ASGIApp = _Mounts(mounts)
+        if cfg["lifespan"] == "on" and all(m.wsgi for m in mounts):
+            raise ValueError("lifespan => on needs an ASGI app (every mount is WSGI)")
+    else:
+        mount = _load_mount("", app_spec, interface, cfg)
+        app = mount.app
+        if mount.wsgi:
+            if cfg["lifespan"] == "on":
+                raise ValueError(f"app {app_spec!r}: lifespan => on needs an ASGI app "
+                                 "(this is WSGI)")
+            cfg["lifespan"] = "off"
     if cfg["access_log"]:
         _enable_access_log()
     sock = bind_socket(bind, cfg["backlog"])
