@@ -28,12 +28,14 @@
 %% the same) and checks; every other key is a pool option.
 -define(HTTP_KEYS, [app, bind, workers, max_request_line, max_headers, max_header_bytes,
                     max_body, header_timeout, body_timeout, keepalive_timeout, write_timeout, request_timeout, backlog,
-                    root_path, lifespan, access_log, interface, wsgi_threads, mounts]).
+                    root_path, lifespan, access_log, interface, wsgi_threads, mounts,
+                    hooks, hook_timeout]).
 
 -define(REGISTRY(Name), {?MODULE, Name}).
 -define(START_TIMEOUT_MS, 10000).
 %% How long stop/1 lets requests in flight finish.
 -define(STOP_GRACE_MS, 5000).
+-define(HOOK_TIMEOUT_MS, 5000).
 
 %% @doc Starts HTTP pool `Name': `Opts' are the pool's options (docs/
 %% configuration.md; `workers' is the pool's `size') plus the server's
@@ -79,7 +81,17 @@ maybe_start(Name, Http, Pool0) ->
                             end,
                     Pool = Pool1#{init_code => init_code(maps:get(init_code, Pool1, undefined),
                                                          App, Bind, Server)},
-                    start_pool(Name, App, Bind, Pool);
+                    case Http of
+                        #{hooks := Hooks} when map_size(Hooks) > 0 ->
+                            pyport_http_hooks:install(Name, Hooks,
+                                                      maps:get(hook_timeout, Http, ?HOOK_TIMEOUT_MS));
+                        #{} ->
+                            ok
+                    end,
+                    case start_pool(Name, App, Bind, Pool) of
+                        {ok, _} = Ok -> Ok;
+                        {error, _} = Error -> pyport_http_hooks:uninstall(Name), Error
+                    end;
                 {error, _} = Error ->
                     Error
             end;
@@ -158,7 +170,7 @@ stop(Name) when is_atom(Name) ->
                     ok
             end,
             _ = pyport:stop_pool(Name),
-            ok
+            pyport_http_hooks:uninstall(Name)
     end.
 
 %% @doc The app, address and workers of HTTP pool `Name'.
@@ -247,6 +259,14 @@ check_server(Name, [{interface, I} | T], Acc) when I =:= asgi; I =:= wsgi; I =:=
     check_server(Name, T, Acc#{interface => atom_to_binary(I)});
 check_server(Name, [{wsgi_threads, N} | T], Acc) when is_integer(N), N > 0, N =< 1024 ->
     check_server(Name, T, Acc#{wsgi_threads => N});
+check_server(Name, [{hooks, Hooks} | T], Acc) ->
+    case pyport_http_hooks:check(Name, Hooks) of
+        {ok, []} -> check_server(Name, T, Acc);
+        {ok, Names} -> check_server(Name, T, Acc#{hooks => Names, hook_pool => atom_to_binary(Name)});
+        {error, _} = Error -> Error
+    end;
+check_server(Name, [{hook_timeout, Ms} | T], Acc) when is_integer(Ms), Ms > 0, Ms =< 600000 ->
+    check_server(Name, T, Acc#{hook_timeout => {float, Ms / 1000}});
 check_server(Name, [{access_log, B} | T], Acc) when is_boolean(B) ->
     check_server(Name, T, Acc#{access_log => B});
 check_server(Name, [{request_timeout, infinity} | T], Acc) ->

@@ -13,7 +13,8 @@ suite() ->
     [{timetrap, {seconds, 60}}].
 
 all() ->
-    [mounts_route, mount_errors].
+    [mounts_route, mount_errors, hook_auth_rejection, hook_rewrites_request, hook_on_response_streamed,
+     hook_on_error, hook_failures, hook_errors].
 
 init_per_suite(Config) ->
     _ = application:load(pyport),
@@ -116,4 +117,131 @@ mount_errors(Config) ->
     {error, {app_failed, web_me, Msg}} = S([{"/a", "http_mount_apps:nope"}]),
     {match, _} = re:run(Msg, "nope"),
     {error, {no_http, web_me}} = pyport:stop_http(web_me),
+    ok.
+
+%% ---- hooks ----------------------------------------------------------------
+
+seen(Name) ->
+    {ok, Seen} = py:call(py:context(Name, 1), http_mount_apps, seen, []),
+    Seen.
+
+hooks_pool(Config, Name, Hooks, More) ->
+    Port = maps:get(bind, More, free_port()),
+    {ok, _} = pyport:start_http(Name, opts(Config, maps:merge(#{
+        bind => Port, hooks => Hooks, mounts => [{"/api", "http_mount_apps:api"}]}, More))),
+    Port.
+
+%% on_request answers without Python: the app never ran.
+hook_auth_rejection(Config) ->
+    Auth = fun(#{headers := H} = Req) ->
+                   case lists:keyfind(<<"authorization">>, 1, H) of
+                       {_, <<"Bearer good">>} -> Req;
+                       _ -> {respond, 401, [{<<"www-authenticate">>, "Bearer"}], <<"no entry">>}
+                   end
+           end,
+    Port = hooks_pool(Config, web_h1, #{on_request => Auth}, #{}),
+    try
+        {401, H, <<"no entry">>} = request(Port, "GET", "/api/secret", []),
+        <<"Bearer">> = proplists:get_value(<<"www-authenticate">>, H),
+        [] = seen(web_h1),
+        {200, _, B} = request(Port, "GET", "/api/secret", [{"Authorization", "Bearer good"}]),
+        <<"api">> = field(B, "app"),
+        [<<"/api/secret">>] = seen(web_h1)
+    after
+        ok = pyport:stop_http(web_h1)
+    end.
+
+%% on_request rewrites method, path (routed after the hook) and headers:
+%% the app sees the result.
+hook_rewrites_request(Config) ->
+    Rewrite = fun(#{path := <<"/old", Rest/binary>>, headers := H} = Req) ->
+                      Req#{path => <<"/api", Rest/binary>>, method => <<"PUT">>,
+                           headers => [{<<"X-User">>, <<"alice">>} | H]};
+                 (Req) -> Req
+              end,
+    Port = hooks_pool(Config, web_h2, #{on_request => {?MODULE, rewrite_hook}}, #{}),
+    ok = pyport:stop_http(web_h2),
+    Port = hooks_pool(Config, web_h2, #{on_request => Rewrite}, #{bind => Port}),
+    try
+        {200, _, B} = request(Port, "GET", "/old/x", []),
+        {<<"api">>, <<"/api/x">>, <<"PUT">>} = {field(B, "app"), field(B, "path"), field(B, "method")},
+        {match, _} = re:run(B, "\\[\"x-user\", \"alice\"\\]")
+    after
+        ok = pyport:stop_http(web_h2)
+    end.
+
+rewrite_hook(Req) -> Req.
+
+%% on_response sees and rewrites status and headers of a streamed
+%% (chunked) ASGI response, and of the 404 of no mount.
+hook_on_response_streamed(Config) ->
+    Self = self(),
+    OnResp = fun(#{status := S, headers := H, path := P} = Resp) ->
+                     Self ! {resp, S, P},
+                     Resp#{status => S + 1, headers => [{<<"x-hooked">>, <<"yes">>} | H]}
+             end,
+    Port = hooks_pool(Config, web_h3, #{on_response => OnResp}, #{}),
+    try
+        {201, H, B} = request(Port, "GET", "/api/stream", []),
+        <<"yes">> = proplists:get_value(<<"x-hooked">>, H),
+        <<"1">> = proplists:get_value(<<"x-app">>, H),
+        <<"chunked">> = proplists:get_value(<<"transfer-encoding">>, H),
+        <<"/api/stream">> = field(B, "path"),
+        receive {resp, 200, <<"/api/stream">>} -> ok after 5000 -> ct:fail(no_hook_call) end,
+        {405, H2, _} = request(Port, "GET", "/nowhere", []),
+        <<"yes">> = proplists:get_value(<<"x-hooked">>, H2)
+    after
+        ok = pyport:stop_http(web_h3)
+    end.
+
+%% on_error turns the app's failure into a response; `default' keeps 500.
+hook_on_error(Config) ->
+    OnError = fun(#{type := <<"RuntimeError">>, message := M}, #{path := <<"/api/fail">>}) ->
+                      {503, [{<<"content-type">>, <<"text/plain">>}], [<<"sorry: ">>, M]};
+                 (_, _) -> default
+              end,
+    Port = hooks_pool(Config, web_h4, #{on_error => OnError}, #{}),
+    try
+        {503, _, <<"sorry: the app failed on purpose">>} = request(Port, "GET", "/api/fail", []),
+        {500, _, _} = request(Port, "GET", "/api/x/fail", []),
+        {200, _, _} = request(Port, "GET", "/api/x", [])
+    after
+        ok = pyport:stop_http(web_h4)
+    end.
+
+%% A hook that crashes, hangs past hook_timeout or answers garbage: 500,
+%% never a hung connection; the pool serves on.
+hook_failures(Config) ->
+    OnReq = fun(#{path := <<"/api/crash">>}) -> error(boom);
+               (#{path := <<"/api/hang">>}) -> timer:sleep(60000);
+               (#{path := <<"/api/garbage">>}) -> {respond, 42, nope, self()};
+               (#{path := <<"/api/badheader">>} = R) -> R#{headers => [{<<"x">>, <<"a\r\nb">>}]};
+               (#{path := <<"/api/badpath">>} = R) -> R#{path => <<"no-slash">>};
+               (R) -> R
+            end,
+    Port = hooks_pool(Config, web_h5, #{on_request => OnReq}, #{hook_timeout => 300}),
+    Procs0 = erlang:system_info(process_count),
+    try
+        [{500, _, _} = request(Port, "GET", P, []) ||
+            P <- ["/api/crash", "/api/hang", "/api/garbage", "/api/badheader", "/api/badpath"]],
+        [] = seen(web_h5),
+        {200, _, _} = request(Port, "GET", "/api/fine", []),
+        %% The hang was killed: no process left behind.
+        ?assert(erlang:system_info(process_count) =< Procs0 + 2)
+    after
+        ok = pyport:stop_http(web_h5)
+    end.
+
+hook_errors(Config) ->
+    Port = free_port(),
+    S = fun(H) -> pyport:start_http(web_he, opts(Config, #{bind => Port, app => "http_mount_apps:api",
+                                                            hooks => H})) end,
+    {error, {invalid_http_option, web_he, hooks, _}} = S(#{on_request => fun(_, _) -> ok end}),
+    {error, {invalid_http_option, web_he, hooks, _}} = S(#{on_error => fun(_) -> ok end}),
+    {error, {invalid_http_option, web_he, hooks, _}} = S(#{on_other => fun(_) -> ok end}),
+    {error, {invalid_http_option, web_he, hooks, _}} = S(#{on_request => "m:f"}),
+    {error, {invalid_http_option, web_he, hooks, _}} = S([]),
+    {error, {invalid_http_option, web_he, hook_timeout, 0}} =
+        pyport:start_http(web_he, opts(Config, #{bind => Port, app => "http_mount_apps:api",
+                                                 hook_timeout => 0})),
     ok.

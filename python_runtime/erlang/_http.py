@@ -22,6 +22,9 @@ import time
 from collections import deque
 from typing import Any, Awaitable, Callable, Optional
 
+from urllib.parse import quote
+
+from . import _callbacks
 from _pyport_http import BODY, END, HEAD, HEAD_CHUNKED, HEAD_CLOSE, Parser, response_head
 
 __all__ = ["start", "load_app", "bind_socket", "ClientDisconnected", "server_info"]
@@ -49,6 +52,9 @@ DEFAULTS: dict[str, Any] = {
     "interface": "auto",            # asgi | wsgi | auto (erlang._wsgi.is_wsgi)
     "wsgi_threads": 8,              # threads running a WSGI app's requests
     "mounts": [],                   # [[prefix, "module:attr", interface], ...] (_Mounts)
+    "hooks": [],                    # the Erlang hooks the pool has (pyport_http_hooks)
+    "hook_pool": "",                # the pool's name, for pyport_http_hooks:dispatch/1
+    "hook_timeout": 5.0,            # s Erlang gives a hook (then 500)
 }
 
 # Flow control: the app's send() waits while the transport holds more than
@@ -169,7 +175,7 @@ class _Request:
     __slots__ = ("conn", "scope", "method_head", "keep_alive", "expect_continue", "chunks",
                  "buffered", "body_done", "delivered_end", "waiter", "started", "complete",
                  "status", "chunked", "no_body", "task", "length_left", "chunked_declared", "_head",
-                 "broken", "timed_out", "started_at", "sent_bytes")
+                 "broken", "timed_out", "started_at", "sent_bytes", "own_response")
 
     def __init__(self, conn: "HttpConnection", scope: dict, keep_alive: bool,
                  expect_continue: bool) -> None:
@@ -196,6 +202,7 @@ class _Request:
         self.timed_out = False  # request_timeout passed before the response started
         self.started_at = 0.0
         self.sent_bytes = 0
+        self.own_response = False  # a hook's answer: on_response does not see it
 
     def wake(self) -> None:
         w = self.waiter
@@ -248,6 +255,16 @@ class _Request:
         if kind == "http.response.start":
             if self.started:
                 raise RuntimeError("http.response.start sent twice")
+            hooks = conn.server.hooks
+            if hooks is not None and "on_response" in hooks and not self.own_response:
+                r = await _hook(conn, "on_response", {
+                    "status": message["status"], "headers": list(message.get("headers", ())),
+                    "method": self.scope["method"], "path": self.scope["path"]})
+                if r is None or conn.lost:
+                    if not conn.lost:
+                        self._write_error(500, "the on_response hook failed")
+                    raise ClientDisconnected("the response was replaced: on_response failed")
+                message = {"type": kind, "status": r[1], "headers": r[2]}
             self._start(message)  # raises on a bad message: nothing started
             self.started = True
             return
@@ -327,11 +344,59 @@ class _Request:
         self.chunked = self.chunked_declared and not self.no_body
         self._head = [head]
 
+    def _hook_request(self) -> dict:
+        scope = self.scope
+        return {"method": scope["method"], "path": scope["path"],
+                "query_string": scope["query_string"], "headers": scope["headers"],
+                "client": self.conn.client, "root_path": scope["root_path"]}
+
+    async def _on_request(self) -> bool:
+        """The on_request hook: True to run the app (on the request as the
+        hook left it), False when the hook answered."""
+        r = await _hook(self.conn, "on_request", self._hook_request())
+        if r is None:
+            self._write_error(500, "the on_request hook failed")
+            return False
+        if r[0] == "respond":
+            await self._respond(r[1], r[2], r[3])
+            return False
+        _, method, path, query, headers = r
+        scope = self.scope
+        if method != scope["method"]:
+            scope["method"] = method
+            self.method_head = method == "HEAD"
+        if path != scope["path"]:
+            scope["path"] = path
+            scope["raw_path"] = quote(path).encode("ascii")
+        scope["query_string"] = query
+        scope["headers"] = headers
+        return True
+
+    async def _on_error(self, exc: BaseException) -> bool:
+        """The on_error hook's answer to the app's failure: True when it
+        answered, False for the server's own 500."""
+        r = await _hook(self.conn, "on_error",
+                        {"type": type(exc).__name__, "message": str(exc)}, self._hook_request())
+        if r is None or r[0] != "respond" or self.conn.lost:
+            return False
+        # What the app started is dropped: nothing of it was written.
+        self.started = False
+        self._head = None
+        await self._respond(r[1], r[2], r[3])
+        return True
+
+    async def _respond(self, status: int, headers: list, body: bytes) -> None:
+        self.own_response = True
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body})
+
     async def run(self, app: ASGIApp) -> None:
         conn = self.conn
         self.started_at = conn.loop.time()
         try:
-            await app(self.scope, self.receive, self.send)
+            hooks = conn.server.hooks
+            if hooks is None or "on_request" not in hooks or await self._on_request():
+                await app(self.scope, self.receive, self.send)
         except ClientDisconnected:
             pass
         except BaseException as exc:
@@ -349,7 +414,16 @@ class _Request:
             if (not self.started or self._head is not None) and not self.conn.lost:
                 # Nothing written yet (a started response's head waits for
                 # its first body): the failure can still be a 500.
-                self._write_error(500, "the application failed")
+                hooks = conn.server.hooks
+                answered = False
+                if hooks is not None and "on_error" in hooks and not self.own_response:
+                    try:
+                        answered = await self._on_error(exc)
+                    except Exception:
+                        log.exception("on_error's answer could not be sent")
+                        answered = self.complete
+                if not answered and not self.complete:
+                    self._write_error(500, "the application failed")
             self.keep_alive = False
         else:
             if self.broken and not self.started:
@@ -674,6 +748,24 @@ class HttpConnection(asyncio.Protocol):
             self._close()
 
 
+async def _hook(conn: "HttpConnection", which: str, *args: Any) -> Optional[list]:
+    """Runs the pool's Erlang hook `which` (pyport_http_hooks:dispatch/1,
+    over the worker's link): its checked answer, or None when it failed,
+    timed out or answered something invalid (Erlang logged why)."""
+    cfg = conn.cfg
+    try:
+        # Erlang bounds the hook by hook_timeout; this bounds the trip.
+        r = await asyncio.wait_for(
+            _callbacks.async_call("pyport.http_hook", cfg["hook_pool"], which, *args),
+            cfg["hook_timeout"] + 2.0)
+    except (asyncio.TimeoutError, Exception) as exc:
+        log.error("HTTP hook %s failed: %r", which, exc)
+        return None
+    if not isinstance(r, (list, tuple)) or not r or r[0] == "error":
+        return None
+    return list(r)
+
+
 access_log = logging.getLogger("pyport.http.access")
 
 
@@ -833,6 +925,8 @@ class HttpServer:
         self.state: Optional[dict] = None
         self.serving: Optional[asyncio.Task] = None
         self.lifespans: list[_Lifespan] = []
+        # The Erlang hooks the pool has; None: no hook, no round trip.
+        self.hooks: Optional[frozenset] = frozenset(cfg["hooks"]) if cfg["hooks"] else None
 
     async def serve(self) -> None:
         if self.cfg["lifespan"] != "off":

@@ -3,6 +3,7 @@ mounts and hooks cases: each answers with what it saw, as JSON."""
 import json
 
 started = []
+calls = []
 
 
 def _make(name):
@@ -17,6 +18,7 @@ def _make(name):
                 else:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+        calls.append(scope["path"])
         body = json.dumps({"app": name, "path": scope["path"], "root_path": scope["root_path"],
                            "state": scope.get("state", {}).get("who"),
                            "method": scope["method"],
@@ -45,6 +47,10 @@ def wsgi(environ, start_response):
                        "PATH_INFO": environ["PATH_INFO"]}).encode()
     start_response("200 OK", [("Content-Type", "application/json")])
     return [body]
+
+
+def seen():
+    return list(calls)
 
 
 def lifespan_started():
