@@ -14,7 +14,7 @@ suite() ->
 
 all() ->
     [mounts_route, mount_errors, hook_auth_rejection, hook_rewrites_request, hook_on_response_streamed,
-     hook_on_error, hook_failures, hook_errors].
+     hook_on_error, hook_failures, hook_errors, hornbeam_mounts_and_hooks].
 
 init_per_suite(Config) ->
     _ = application:load(pyport),
@@ -245,3 +245,22 @@ hook_errors(Config) ->
         pyport:start_http(web_he, opts(Config, #{bind => Port, app => "http_mount_apps:api",
                                                  hook_timeout => 0})),
     ok.
+
+%% Hornbeam's start(#{mounts => ...}) with an ASGI mount and lifespan (the
+%% case Hornbeam itself crashes on) and its hooks.
+hornbeam_mounts_and_hooks(Config) ->
+    Port = free_port(),
+    Hook = fun(#{path := <<"/w/deny">>}) -> {respond, 403, [], <<"denied">>}; (R) -> R end,
+    {ok, _} = hornbeam:start(#{mounts => [{"/api", "http_mount_apps:api", #{worker_class => asgi}},
+                                          {"/w", "http_mount_apps:wsgi"}]},
+                             #{bind => Port, pythonpath => [?config(data_dir, Config)],
+                               workers => 1, lifespan => on, hooks => #{on_request => Hook}}),
+    try
+        {200, _, B} = request(Port, "GET", "/api/x", []),
+        {<<"api">>, <<"api">>} = {field(B, "app"), field(B, "state")},
+        {200, _, B2} = request(Port, "GET", "/w/y", []),
+        {<<"/w">>, <<"/y">>} = {field(B2, "SCRIPT_NAME"), field(B2, "PATH_INFO")},
+        {403, _, <<"denied">>} = request(Port, "GET", "/w/deny", [])
+    after
+        ok = hornbeam:stop()
+    end.
