@@ -9,7 +9,7 @@
 %% restarted by the pool and binds again.
 -module(pyport_http).
 
--export([start/2, stop/1, info/1, parse_bind/1]).
+-export([start/2, stop/1, info/1, parse_bind/1, reload/1]).
 
 -export_type([bind/0, error_reason/0]).
 
@@ -79,8 +79,9 @@ maybe_start(Name, Http, Pool0) ->
                                 #{workers := W} -> Pool0#{size => W};
                                 #{} -> Pool0
                             end,
+                    Handoff = pyport_http_reload:handoff_dir(Name),
                     Pool = Pool1#{init_code => init_code(maps:get(init_code, Pool1, undefined),
-                                                         App, Bind, Server)},
+                                                         App, Bind, Server#{handoff => Handoff})},
                     case Http of
                         #{hooks := Hooks} when map_size(Hooks) > 0 ->
                             pyport_http_hooks:install(Name, Hooks,
@@ -88,9 +89,13 @@ maybe_start(Name, Http, Pool0) ->
                         #{} ->
                             ok
                     end,
-                    case start_pool(Name, App, Bind, Pool) of
-                        {ok, _} = Ok -> Ok;
-                        {error, _} = Error -> pyport_http_hooks:uninstall(Name), Error
+                    case start_pool(Name, App, Bind, Handoff, Pool) of
+                        {ok, _} = Ok ->
+                            Ok;
+                        {error, _} = Error ->
+                            pyport_http_hooks:uninstall(Name),
+                            pyport_http_reload:remove_dir(Handoff),
+                            Error
                     end;
                 {error, _} = Error ->
                     Error
@@ -99,7 +104,7 @@ maybe_start(Name, Http, Pool0) ->
             Error
     end.
 
-start_pool(Name, App, Bind, Pool) ->
+start_pool(Name, App, Bind, Handoff, Pool) ->
     case pyport:start_pool(Name, Pool) of
         {ok, Pid} ->
             %% Each worker listens once its lifespan startup is done: wait
@@ -107,7 +112,8 @@ start_pool(Name, App, Bind, Pool) ->
             Timeout = maps:get(start_timeout, Pool, ?START_TIMEOUT_MS),
             case wait_serving(Name, Timeout) of
                 ok ->
-                    persistent_term:put(?REGISTRY(Name), #{app => App, bind => Bind}),
+                    persistent_term:put(?REGISTRY(Name), #{app => App, bind => Bind,
+                                                           handoff => Handoff}),
                     {ok, Pid};
                 {error, Reason} ->
                     _ = pyport:stop_pool(Name),
@@ -158,7 +164,7 @@ stop(Name) when is_atom(Name) ->
     case persistent_term:get(?REGISTRY(Name), undefined) of
         undefined ->
             {error, {no_http, Name}};
-        _ ->
+        Reg ->
             persistent_term:erase(?REGISTRY(Name)),
             %% Listeners closed, requests in flight finished (up to the
             %% grace period), lifespan shutdown run; then the pool stops.
@@ -170,7 +176,23 @@ stop(Name) when is_atom(Name) ->
                     ok
             end,
             _ = pyport:stop_pool(Name),
+            pyport_http_reload:remove_dir(maps:get(handoff, Reg, undefined)),
             pyport_http_hooks:uninstall(Name)
+    end.
+
+%% @doc Replaces every worker of HTTP pool `Name', one at a time, without
+%% losing a request (pyport_http_reload, docs/http.md "Reload"): the new
+%% OS processes load the app's code afresh.
+-spec reload(atom()) -> ok | {error, {no_http, atom()} | {reload_failed, atom(), pos_integer(), term()}}.
+reload(Name) when is_atom(Name) ->
+    case persistent_term:get(?REGISTRY(Name), undefined) of
+        undefined ->
+            {error, {no_http, Name}};
+        #{handoff := Dir} ->
+            case pyport:workers(Name) of
+                {ok, Workers} -> pyport_http_reload:reload(Name, Workers, Dir);
+                {error, _} -> {error, {no_http, Name}}
+            end
     end.
 
 %% @doc The app, address and workers of HTTP pool `Name'.
@@ -182,7 +204,8 @@ info(Name) when is_atom(Name) ->
             {error, {no_http, Name}};
         Info ->
             case pyport:pool_info(Name) of
-                {ok, #{workers := Workers}} -> {ok, Info#{workers => Workers}};
+                {ok, #{workers := Workers}} ->
+                    {ok, (maps:without([handoff], Info))#{workers => Workers}};
                 {error, _} -> {error, {no_http, Name}}
             end
     end.

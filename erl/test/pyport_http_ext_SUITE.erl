@@ -14,7 +14,8 @@ suite() ->
 
 all() ->
     [mounts_route, mount_errors, hook_auth_rejection, hook_rewrites_request, hook_on_response_streamed,
-     hook_on_error, hook_failures, hook_errors, hornbeam_mounts_and_hooks].
+     hook_on_error, hook_failures, hook_errors, hornbeam_mounts_and_hooks,
+     reload_under_load, reload_one_worker_under_load, reload_errors].
 
 init_per_suite(Config) ->
     _ = application:load(pyport),
@@ -264,3 +265,113 @@ hornbeam_mounts_and_hooks(Config) ->
     after
         ok = hornbeam:stop()
     end.
+
+%% ---- reload ---------------------------------------------------------------
+
+reload_under_load(Config) ->
+    reload_load(Config, web_r2, 2).
+
+%% One worker: while it is replaced nobody accepts, the connections wait in
+%% the held socket's queue, none is refused or reset.
+reload_one_worker_under_load(Config) ->
+    reload_load(Config, web_r1, 1).
+
+reload_load(Config, Name, Workers) ->
+    Port = free_port(),
+    {ok, _} = pyport:start_http(Name, opts(Config, #{bind => Port, workers => Workers,
+                                                     app => "http_mount_apps:api"})),
+    try
+        OsPids0 = os_pids(Name),
+        Self = self(),
+        Clients = [spawn_link(fun() -> client(Self, Port, Kind, 0, 0) end)
+                   || Kind <- [keepalive, keepalive, keepalive, fresh, fresh, fresh]],
+        timer:sleep(500),
+        T0 = erlang:monotonic_time(millisecond),
+        ok = pyport:reload_http(Name),
+        Took = erlang:monotonic_time(millisecond) - T0,
+        timer:sleep(500),
+        [C ! stop || C <- Clients],
+        Results = [receive {C, R} -> R after 20000 -> ct:fail(client_stuck) end || C <- Clients],
+        {Ok, Failed} = lists:foldl(fun({O, F}, {A, B}) -> {A + O, B + F} end, {0, 0}, Results),
+        OsPids1 = os_pids(Name),
+        ct:pal("reload of ~b workers: ~b ms, ~b requests answered, ~b failed", [Workers, Took, Ok, Failed]),
+        ?assertEqual(0, Failed),
+        ?assert(Ok > 100),
+        [?assertNotEqual(A, B) || {A, B} <- lists:zip(OsPids0, OsPids1)],
+        {200, _, _} = request(Port, "GET", "/api/after", [])
+    after
+        ok = pyport:stop_http(Name)
+    end.
+
+os_pids(Name) ->
+    {ok, Ws} = pyport:workers(Name),
+    [pyport_worker:os_pid(P) || {_, P} <- Ws].
+
+%% A client that sends GETs until told to stop: `keepalive' reuses its
+%% connection until the server says `connection: close', `fresh' connects
+%% for each request. Any error, or an answer other than 200, is a failure.
+client(Parent, Port, Kind, Ok, Failed) ->
+    client(Parent, Port, Kind, undefined, Ok, Failed).
+
+client(Parent, Port, Kind, Sock0, Ok, Failed) ->
+    receive
+        stop ->
+            catch gen_tcp:close(Sock0),
+            Parent ! {self(), {Ok, Failed}}
+    after 0 ->
+            Sock = case Sock0 of
+                       undefined ->
+                           case gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {active, false}], 10000) of
+                               {ok, S} -> S;
+                               {error, _} = E -> E
+                           end;
+                       S -> S
+                   end,
+            case one(Sock, Kind) of
+                {ok, keep} -> client(Parent, Port, Kind, Sock, Ok + 1, Failed);
+                {ok, close} -> gen_tcp:close(Sock), client(Parent, Port, Kind, undefined, Ok + 1, Failed);
+                {error, Why} ->
+                    ct:pal("request failed: ~p", [Why]),
+                    catch gen_tcp:close(Sock),
+                    client(Parent, Port, Kind, undefined, Ok, Failed + 1)
+            end
+    end.
+
+one({error, _} = E, _) ->
+    E;
+one(Sock, Kind) ->
+    Conn = case Kind of keepalive -> ""; fresh -> "Connection: close\r\n" end,
+    case gen_tcp:send(Sock, ["GET /api/r HTTP/1.1\r\nHost: t\r\n", Conn, "\r\n"]) of
+        ok -> response(Sock, <<>>);
+        {error, _} = E -> E
+    end.
+
+response(Sock, Acc) ->
+    case binary:split(Acc, <<"\r\n\r\n">>) of
+        [Head, Body] ->
+            Lines = binary:split(Head, <<"\r\n">>, [global]),
+            {match, [Len]} = re:run(Head, "content-length: (\\d+)", [caseless, {capture, [1], binary}]),
+            body(Sock, hd(Lines), Lines, binary_to_integer(Len), Body);
+        [_] ->
+            case gen_tcp:recv(Sock, 0, 10000) of
+                {ok, B} -> response(Sock, <<Acc/binary, B/binary>>);
+                {error, Why} -> {error, {Why, Acc}}
+            end
+    end.
+
+body(Sock, Status, Lines, Len, Body) when byte_size(Body) < Len ->
+    case gen_tcp:recv(Sock, 0, 10000) of
+        {ok, B} -> body(Sock, Status, Lines, Len, <<Body/binary, B/binary>>);
+        {error, Why} -> {error, {Why, body}}
+    end;
+body(_, <<"HTTP/1.1 200 ", _/binary>>, Lines, _, _) ->
+    case lists:member(<<"connection: close">>, Lines) of
+        true -> {ok, close};
+        false -> {ok, keep}
+    end;
+body(_, Status, _, _, _) ->
+    {error, Status}.
+
+reload_errors(_Config) ->
+    {error, {no_http, nope}} = pyport:reload_http(nope),
+    ok.

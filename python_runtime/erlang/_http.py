@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "hooks": [],                    # the Erlang hooks the pool has (pyport_http_hooks)
     "hook_pool": "",                # the pool's name, for pyport_http_hooks:dispatch/1
     "hook_timeout": 5.0,            # s Erlang gives a hook (then 500)
+    "handoff": "",                  # the pool's private directory for listener hand-off (reload)
 }
 
 # Flow control: the app's send() waits while the transport holds more than
@@ -293,6 +294,8 @@ class _Request:
                     self.chunked = True
                 else:
                     self.keep_alive = False  # HTTP/1.0: the end of the body is the close
+            if conn.server.draining:
+                self.keep_alive = False  # a graceful recycle: the client reconnects elsewhere
             if not self.keep_alive:
                 head.append(b"connection: close\r\n")
             head.append(b"\r\n")
@@ -646,7 +649,7 @@ class HttpConnection(asyncio.Protocol):
             _access_log(self, req)
         if self.lost:
             return
-        if req.broken or not req.keep_alive or not req.body_done:
+        if req.broken or not req.keep_alive or not req.body_done or self.server.draining:
             # A body the app did not read to its end would have to be
             # skipped; the connection ends instead.
             self._close()
@@ -925,6 +928,7 @@ class HttpServer:
         self.state: Optional[dict] = None
         self.serving: Optional[asyncio.Task] = None
         self.lifespans: list[_Lifespan] = []
+        self.draining = False  # park(): responses end their connections
         # The Erlang hooks the pool has; None: no hook, no round trip.
         self.hooks: Optional[frozenset] = frozenset(cfg["hooks"]) if cfg["hooks"] else None
 
@@ -1012,7 +1016,7 @@ def start(app_spec: str, bind: str, options: Optional[dict] = None) -> None:
             cfg["lifespan"] = "off"
     if cfg["access_log"]:
         _enable_access_log()
-    sock = bind_socket(bind, cfg["backlog"])
+    sock = _adopt(cfg["handoff"], bind) or bind_socket(bind, cfg["backlog"])
     from . import _worker
     loop = _worker.ensure_loop()
     server = HttpServer(app, sock, cfg, loop)
@@ -1042,6 +1046,145 @@ async def stop(grace: float = 5.0) -> bool:
     servers = list(_servers)
     _servers.clear()
     await asyncio.gather(*(s.stop(grace) for s in servers), return_exceptions=True)
+    return True
+
+
+# -- listener hand-off (pyport_http_reload, docs/http.md "Reload") ---------
+
+# During a reload a worker of a temporary pool (pyport_http_reload) holds
+# the listening socket of the worker being replaced: the socket is never
+# closed, so the connections in its accept queue wait for the replacement
+# instead of being reset (closing one SO_REUSEPORT listener resets its
+# queue). Not a child of the leaving worker: a worker's descendants end
+# with it.
+
+
+def _handoff_path(directory: str) -> str:
+    return os.path.join(directory, "listener.sock")
+
+
+def hold(directory: str) -> bool:
+    """Runs the holder (in the temporary pool's worker): a thread serving
+    the pool's hand-off socket. `P` + a descriptor: hold it; `T`: hand the
+    oldest held one over (`N`: none held)."""
+    import threading
+    path = _handoff_path(directory)
+    tmp = path + ".new"
+    u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o077)
+    try:
+        u.bind(tmp)
+    finally:
+        os.umask(old)
+    u.listen(16)
+    os.rename(tmp, path)  # visible only once it listens
+    held: deque[int] = deque()
+
+    def serve() -> None:
+        while True:
+            try:
+                c, _ = u.accept()
+            except OSError:
+                return
+            with c:
+                try:
+                    c.settimeout(10.0)
+                    msg, fds, _, _ = socket.recv_fds(c, 1, 4)
+                    if msg == b"P" and fds:
+                        held.append(fds[0])
+                        for extra in fds[1:]:
+                            os.close(extra)
+                        c.sendall(b"k")
+                    elif msg == b"T" and held:
+                        fd = held.popleft()
+                        socket.send_fds(c, [b"L"], [fd])
+                        c.recv(1)  # the taker has it: this copy may go
+                        os.close(fd)
+                    else:
+                        for fd in fds:
+                            os.close(fd)
+                        c.sendall(b"N")
+                except OSError:
+                    pass
+
+    threading.Thread(target=serve, name="pyport-http-hold", daemon=True).start()
+    return True
+
+
+def _adopt(directory: str, bind: str) -> Optional[socket.socket]:
+    """The listener a leaving worker of this pool handed off, if one is
+    held: a listening socket on `bind`'s address, else None (bind anew)."""
+    if not directory:
+        return None
+    path = _handoff_path(directory)
+    if not os.path.exists(path):
+        return None
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.settimeout(5.0)
+            c.connect(path)
+            c.sendall(b"T")
+            _, fds, _, _ = socket.recv_fds(c, 1, 1)
+            if fds:
+                c.sendall(b"k")
+    except OSError as exc:
+        log.warning("no listener taken over from %s: %r", path, exc)
+        return None
+    if not fds:
+        return None
+    sock = socket.socket(fileno=fds[0])
+    try:
+        family, address = parse_bind(bind)
+        if sock.family != family or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) \
+                or sock.getsockname()[:2] != address[:2]:
+            raise OSError("not a listener on " + bind)
+    except OSError as exc:
+        log.warning("listener handed off refused: %r", exc)
+        sock.close()
+        return None
+    sock.setblocking(False)
+    return sock
+
+
+def _hand_off(server: "HttpServer") -> bool:
+    """Gives the holder a copy of the server's listener; True once held."""
+    path = _handoff_path(server.cfg["handoff"])
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.settimeout(5.0)
+            c.connect(path)
+            socket.send_fds(c, [b"P"], [server.sock.fileno()])
+            return c.recv(1) == b"k"
+    except OSError as exc:
+        log.warning("listener not handed off (%r): its queued connections are lost", exc)
+        return False
+
+
+async def park(grace: float = 15.0) -> bool:
+    """A graceful recycle's first half (pyport_http:reload/1): this worker
+    hands its listener to a holder process (the next worker of the pool
+    takes it over), stops accepting, lets requests in flight finish and
+    ends every keep-alive connection at its next response (`connection:
+    close`); idle ones at their keep-alive timeout. Returns when no
+    connection is left, or after `grace` seconds (the rest is cut)."""
+    loop = asyncio.get_running_loop()
+    for server in _servers:
+        if server.sock.family != socket.AF_UNIX and server.cfg["handoff"] \
+                and server.sock.fileno() >= 0:
+            _hand_off(server)
+    for server in _servers:
+        server.draining = True
+        if server.server is not None:
+            server.server.close()  # this copy only: the holder keeps the socket open
+        elif server.serving is not None:
+            server.serving.cancel()
+        server.sock.close()
+        for conn in list(server.connections):
+            if not conn.pipeline and not conn.lost and conn.parser.idle and conn.timer is None:
+                conn._close()
+    deadline = loop.time() + grace
+    while any(s.connections for s in _servers) and loop.time() < deadline:
+        await asyncio.sleep(0.02)
     return True
 
 
