@@ -9,7 +9,7 @@
 %% restarted by the pool and binds again.
 -module(pyport_http).
 
--export([start/2, stop/1, info/1, parse_bind/1, reload/1]).
+-export([start/2, stop/1, info/1, parse_bind/1, reload/1, handoff/1]).
 
 -export_type([bind/0, error_reason/0]).
 
@@ -80,8 +80,19 @@ maybe_start(Name, Http, Pool0) ->
                                 #{} -> Pool0
                             end,
                     Handoff = pyport_http_reload:handoff_dir(Name),
-                    Pool = Pool1#{init_code => init_code(maps:get(init_code, Pool1, undefined),
-                                                         App, Bind, Server#{handoff => Handoff})},
+                    %% max_requests counts HTTP requests (the worker asks
+                    %% for its graceful recycle), not the pool's calls.
+                    Server1 = case Pool1 of
+                                  #{max_requests := Max} when is_integer(Max), Max > 0 ->
+                                      pyport_http_reload:install(),
+                                      Server#{max_requests => Max};
+                                  #{} ->
+                                      Server
+                              end,
+                    Pool = (maps:remove(max_requests, Pool1))#{
+                             init_code => init_code(maps:get(init_code, Pool1, undefined), App, Bind,
+                                                    Server1#{handoff => Handoff,
+                                                             pool => atom_to_binary(Name)})},
                     case Http of
                         #{hooks := Hooks} when map_size(Hooks) > 0 ->
                             pyport_http_hooks:install(Name, Hooks,
@@ -389,3 +400,11 @@ py_value(L) when is_list(L) -> ["[", [[py_value(V), ", "] || V <- L], "]"].
 
 py_str(B) ->
     ["bytes.fromhex('", binary:encode_hex(B), "').decode()"].
+
+%% @doc The hand-off directory of HTTP pool `Name' (pyport_http_reload).
+-spec handoff(atom()) -> {ok, binary()} | error.
+handoff(Name) ->
+    case persistent_term:get(?REGISTRY(Name), undefined) of
+        #{handoff := Dir} -> {ok, Dir};
+        _ -> error
+    end.

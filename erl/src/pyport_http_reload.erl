@@ -13,24 +13,33 @@
 %% connections that queued meanwhile.
 -module(pyport_http_reload).
 
--export([reload/3, handoff_dir/1, remove_dir/1]).
+-export([reload/3, handoff_dir/1, remove_dir/1, install/0, recycle_request/1]).
 
 %% How long a worker may take to let its connections end.
 -define(GRACE_MS, 15000).
 
 %% @doc Reloads HTTP pool `Name' (its workers, `Workers'; its hand-off
 %% directory `Dir'), slot by slot.
--spec reload(atom(), [{pos_integer(), pid()}], binary()) -> ok | {error, term()}.
+-spec reload(atom(), [{pos_integer(), pid()} | {pos_integer(), pid(), pos_integer()}], binary()) ->
+          ok | {error, term()}.
 reload(Name, Workers, Dir) ->
+    %% One reload or recycle at a time per pool.
+    global:trans({{?MODULE, Name}, self()}, fun() -> reload_locked(Name, Workers, Dir) end, [node()]).
+
+reload_locked(Name, Workers, Dir) ->
     %% The holder: a worker of a pool of its own (a worker's descendants
     %% end with it, so the leaving worker cannot hold its socket itself).
     Holder = list_to_atom(atom_to_list(Name) ++ "$reload"),
-    _ = pyport:stop_pool(Holder),
+    gone(Holder, 50),
     case pyport:start_pool(Holder, #{size => 1}) of
         {ok, _} ->
             try
-                {ok, true} = py:call(py:context(Holder, 1), 'erlang._http', hold, [Dir]),
-                each(Name, Workers)
+                case hold(Holder, Dir, 5) of
+                    ok ->
+                        each(Name, Workers);
+                    {error, Why} ->
+                        {error, {reload_failed, Name, holder, Why}}
+                end
             after
                 _ = pyport:stop_pool(Holder)
             end;
@@ -38,8 +47,77 @@ reload(Name, Workers, Dir) ->
             {error, {reload_failed, Name, holder, Why}}
     end.
 
+%% @doc Registers what a worker calls when it reached `max_requests'.
+-spec install() -> ok.
+install() ->
+    case pyport_registry:is_registered(<<"pyport.http_recycle">>) of
+        true -> ok;
+        false -> pyport_registry:register(<<"pyport.http_recycle">>, ?MODULE, recycle_request)
+    end.
+
+%% @doc `[Pool, OsPid]' from a worker of HTTP pool `Pool' that served
+%% `max_requests' HTTP requests: that worker is replaced as by
+%% reload_http/1, in a process of its own (one replacement at a time per
+%% pool). The worker's word is checked: only a worker of that pool with
+%% that OS pid is replaced.
+-spec recycle_request([term()]) -> ok | {error, term()}.
+recycle_request([Pool, OsPid]) when is_binary(Pool), is_integer(OsPid) ->
+    case catch binary_to_existing_atom(Pool) of
+        Name when is_atom(Name) ->
+            case {pyport_http:handoff(Name), pyport:workers(Name)} of
+                {{ok, Dir}, {ok, Workers}} ->
+                    case [{S, P, OsPid} || {S, P} <- Workers, catch pyport_worker:os_pid(P) =:= OsPid] of
+                        [W] ->
+                            %% One pending replacement per OS process: a
+                            %% repeated ask ends at once.
+                            _ = spawn(fun() ->
+                                              Lock = {{?MODULE, OsPid}, self()},
+                                              case global:set_lock(Lock, [node()], 0) of
+                                                  true -> reload(Name, [W], Dir);
+                                                  false -> ok
+                                              end
+                                      end),
+                            ok;
+                        [] ->
+                            {error, not_a_worker}
+                    end;
+                _ ->
+                    {error, no_http}
+            end;
+        _ ->
+            {error, no_http}
+    end;
+recycle_request(_) ->
+    {error, badarg}.
+
+%% The holder's worker may still be the previous reload's, stopping.
+hold(Holder, Dir, Tries) ->
+    case catch py:call(py:context(Holder, 1), 'erlang._http', hold, [Dir]) of
+        {ok, true} ->
+            ok;
+        _ when Tries > 1 ->
+            timer:sleep(100),
+            hold(Holder, Dir, Tries - 1);
+        Other ->
+            {error, Other}
+    end.
+
+%% The previous reload's holder pool, stopped, is gone before a new one
+%% of that name starts.
+gone(Holder, Tries) ->
+    _ = pyport:stop_pool(Holder),
+    case lists:member(Holder, pyport:pools()) andalso Tries > 0 of
+        true -> timer:sleep(50), gone(Holder, Tries - 1);
+        false -> ok
+    end.
+
 each(_Name, []) ->
     ok;
+each(Name, [{Slot, Pid, OsPid} | Rest]) ->
+    case catch pyport_worker:os_pid(Pid) of
+        OsPid -> each(Name, [{Slot, Pid} | Rest]);
+        _ -> each(Name, Rest)  % replaced since it asked
+    end;
 each(Name, [{Slot, Pid} | Rest]) ->
     Ctx = py:context(Name, Slot),
     Grace = ?GRACE_MS,

@@ -15,7 +15,7 @@ suite() ->
 all() ->
     [mounts_route, mount_errors, hook_auth_rejection, hook_rewrites_request, hook_on_response_streamed,
      hook_on_error, hook_failures, hook_errors, hornbeam_mounts_and_hooks,
-     reload_under_load, reload_one_worker_under_load, reload_errors].
+     reload_under_load, reload_one_worker_under_load, reload_errors, max_requests_recycles].
 
 init_per_suite(Config) ->
     _ = application:load(pyport),
@@ -331,7 +331,7 @@ client(Parent, Port, Kind, Sock0, Ok, Failed) ->
                 {ok, keep} -> client(Parent, Port, Kind, Sock, Ok + 1, Failed);
                 {ok, close} -> gen_tcp:close(Sock), client(Parent, Port, Kind, undefined, Ok + 1, Failed);
                 {error, Why} ->
-                    ct:pal("request failed: ~p", [Why]),
+                    ct:pal("~p ~p request failed: ~p (fresh connection: ~p)", [erlang:system_time(millisecond) rem 100000, Kind, Why, Sock0 =:= undefined]),
                     catch gen_tcp:close(Sock),
                     client(Parent, Port, Kind, undefined, Ok, Failed + 1)
             end
@@ -375,3 +375,37 @@ body(_, Status, _, _, _) ->
 reload_errors(_Config) ->
     {error, {no_http, nope}} = pyport:reload_http(nope),
     ok.
+
+%% max_requests counts HTTP requests: the worker is replaced as by
+%% reload_http/1, under load, without a failed request.
+max_requests_recycles(Config) ->
+    Port = free_port(),
+    {ok, _} = pyport:start_http(web_mr, opts(Config, #{bind => Port, workers => 2,
+                                                       max_requests => 1500,
+                                                       app => "http_mount_apps:api"})),
+    try
+        OsPids0 = os_pids(web_mr),
+        Self = self(),
+        Clients = [spawn_link(fun() -> client(Self, Port, Kind, 0, 0) end)
+                   || Kind <- [keepalive, keepalive, keepalive, fresh, fresh, fresh]],
+        Deadline = erlang:monotonic_time(millisecond) + 20000,
+        Replaced = fun Wait() ->
+                           Now = os_pids(web_mr),
+                           Changed = length([x || {A, B} <- lists:zip(OsPids0, Now), A =/= B]),
+                           case Changed =:= length(Now) orelse
+                               erlang:monotonic_time(millisecond) > Deadline of
+                               true -> Changed;
+                               false -> timer:sleep(100), Wait()
+                           end
+                   end(),
+        timer:sleep(300),
+        [C ! stop || C <- Clients],
+        Results = [receive {C, R} -> R after 20000 -> ct:fail(client_stuck) end || C <- Clients],
+        {Ok, Failed} = lists:foldl(fun({O, F}, {A, B}) -> {A + O, B + F} end, {0, 0}, Results),
+        ct:pal("max_requests 1500: ~b workers replaced, ~b requests answered, ~b failed",
+               [Replaced, Ok, Failed]),
+        ?assertEqual(2, Replaced),
+        ?assertEqual(0, Failed)
+    after
+        ok = pyport:stop_http(web_mr)
+    end.

@@ -56,6 +56,8 @@ DEFAULTS: dict[str, Any] = {
     "hook_pool": "",                # the pool's name, for pyport_http_hooks:dispatch/1
     "hook_timeout": 5.0,            # s Erlang gives a hook (then 500)
     "handoff": "",                  # the pool's private directory for listener hand-off (reload)
+    "pool": "",                     # the pool's name
+    "max_requests": 0,              # HTTP requests, then a graceful recycle (0: none)
 }
 
 # Flow control: the app's send() waits while the transport holds more than
@@ -647,9 +649,13 @@ class HttpConnection(asyncio.Protocol):
         req.buffered = 0
         if self.cfg["access_log"]:
             _access_log(self, req)
+        server = self.server
+        server.served += 1
+        if server.served == server.cfg["max_requests"]:
+            server.ask_recycle()
         if self.lost:
             return
-        if req.broken or not req.keep_alive or not req.body_done or self.server.draining:
+        if req.broken or not req.keep_alive or not req.body_done:
             # A body the app did not read to its end would have to be
             # skipped; the connection ends instead.
             self._close()
@@ -929,8 +935,20 @@ class HttpServer:
         self.serving: Optional[asyncio.Task] = None
         self.lifespans: list[_Lifespan] = []
         self.draining = False  # park(): responses end their connections
+        self.served = 0  # HTTP requests answered (max_requests)
+        self._recycle_task: Optional[asyncio.Task] = None
         # The Erlang hooks the pool has; None: no hook, no round trip.
         self.hooks: Optional[frozenset] = frozenset(cfg["hooks"]) if cfg["hooks"] else None
+
+    def ask_recycle(self) -> None:
+        """max_requests reached: Erlang replaces this worker as
+        reload_http/1 does (pyport_http_reload:recycle_request/1)."""
+        async def ask() -> None:
+            try:
+                await _callbacks.async_call("pyport.http_recycle", self.cfg["pool"], os.getpid())
+            except Exception as exc:
+                log.error("max_requests reached, but no recycle: %r", exc)
+        self._recycle_task = self.loop.create_task(ask())
 
     async def serve(self) -> None:
         if self.cfg["lifespan"] != "off":
@@ -1179,9 +1197,12 @@ async def park(grace: float = 15.0) -> bool:
         elif server.serving is not None:
             server.serving.cancel()
         server.sock.close()
-        for conn in list(server.connections):
-            if not conn.pipeline and not conn.lost and conn.parser.idle and conn.timer is None:
-                conn._close()
+        # A connection's next response says `connection: close` (a response
+        # already sent without it keeps its connection to the next one);
+        # an idle one closes at its keep-alive timeout, as always.
+    # Connections accepted just before the close become protocols a few
+    # loop turns later (asyncio's accept tasks): let them show up.
+    await asyncio.sleep(0.1)
     deadline = loop.time() + grace
     while any(s.connections for s in _servers) and loop.time() < deadline:
         await asyncio.sleep(0.02)
