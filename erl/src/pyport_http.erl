@@ -82,14 +82,15 @@ maybe_start(Name, Http, Pool0) ->
                     Handoff = pyport_http_reload:handoff_dir(Name),
                     %% max_requests counts HTTP requests (the worker asks
                     %% for its graceful recycle), not the pool's calls.
-                    Server1 = case Pool1 of
-                                  #{max_requests := Max} when is_integer(Max), Max > 0 ->
-                                      pyport_http_reload:install(),
-                                      Server#{max_requests => Max};
-                                  #{} ->
-                                      Server
-                              end,
-                    Pool = (maps:remove(max_requests, Pool1))#{
+                    {Server1, Pool2} =
+                        case Pool1 of
+                            #{max_requests := Max} when is_integer(Max), Max > 0 ->
+                                pyport_http_reload:install(),
+                                {Server#{max_requests => Max}, maps:remove(max_requests, Pool1)};
+                            #{} ->
+                                {Server, Pool1}  % infinity, or a bad value the pool refuses
+                        end,
+                    Pool = Pool2#{
                              init_code => init_code(maps:get(init_code, Pool1, undefined), App, Bind,
                                                     Server1#{handoff => Handoff,
                                                              pool => atom_to_binary(Name)})},
