@@ -255,11 +255,16 @@ hornbeam_mounts_and_hooks(Config) ->
     {ok, _} = hornbeam:start(#{mounts => [{"/api", "http_mount_apps:api", #{worker_class => asgi}},
                                           {"/w", "http_mount_apps:wsgi"}]},
                              #{bind => Port, pythonpath => [?config(data_dir, Config)],
-                               workers => 1, lifespan => on, hooks => #{on_request => Hook}}),
+                               workers => 1, lifespan => on,
+                               hooks => #{on_request => Hook,
+                                          on_response => fun(#{headers := H} = R) ->
+                                                                 R#{headers => [{"x-seen", "1"} | H]}
+                                                         end}}),
     try
         {200, _, B} = request(Port, "GET", "/api/x", []),
         {<<"api">>, <<"api">>} = {field(B, "app"), field(B, "state")},
-        {200, _, B2} = request(Port, "GET", "/w/y", []),
+        {200, H2, B2} = request(Port, "GET", "/w/y", []),
+        <<"1">> = proplists:get_value(<<"x-seen">>, H2),  % on_response on a WSGI response
         {<<"/w">>, <<"/y">>} = {field(B2, "SCRIPT_NAME"), field(B2, "PATH_INFO")},
         {403, _, <<"denied">>} = request(Port, "GET", "/w/deny", [])
     after
