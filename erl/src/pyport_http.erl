@@ -188,6 +188,7 @@ stop(Name) when is_atom(Name) ->
                     ok
             end,
             _ = pyport:stop_pool(Name),
+            pyport_http_reload:stop_holder(Name),
             pyport_http_reload:remove_dir(maps:get(handoff, Reg, undefined)),
             pyport_http_hooks:uninstall(Name)
     end.

@@ -13,7 +13,7 @@
 %% connections that queued meanwhile.
 -module(pyport_http_reload).
 
--export([reload/3, handoff_dir/1, remove_dir/1, install/0, recycle_request/1]).
+-export([reload/3, handoff_dir/1, remove_dir/1, install/0, recycle_request/1, stop_holder/1]).
 
 %% How long a worker may take to let its connections end.
 -define(GRACE_MS, 15000).
@@ -156,3 +156,12 @@ remove_dir(undefined) ->
 remove_dir(Dir) ->
     _ = file:del_dir_r(Dir),
     ok.
+
+%% @doc Stops the holder pool of `Name''s reload, if one is running (the
+%% HTTP pool stops).
+-spec stop_holder(atom()) -> ok.
+stop_holder(Name) ->
+    case catch list_to_existing_atom(atom_to_list(Name) ++ "$reload") of
+        Holder when is_atom(Holder) -> _ = pyport:stop_pool(Holder), ok;
+        _ -> ok
+    end.
