@@ -163,14 +163,15 @@ response(_) ->
 error_info(#{<<"type">> := T, <<"message">> := M}) -> #{type => bin(T), message => bin(M)};
 error_info(_) -> #{type => <<>>, message => <<>>}.
 
+%% Malformed entries are dropped (the worker's own are well-formed).
 headers_in(L) when is_list(L) ->
-    [{bin(K), bin(V)} || H <- L, {K, V} <- [pair(H)]];
+    [{K, V} || H <- L, {K, V} <- pair(H)];
 headers_in(_) ->
     [].
 
-pair({K, V}) -> {K, V};
-pair([K, V]) -> {K, V};
-pair(_) -> {<<>>, <<>>}.
+pair({K, V}) when is_binary(K), is_binary(V), K =/= <<>> -> [{K, V}];
+pair([K, V]) -> pair({K, V});
+pair(_) -> [].
 
 bin(B) when is_binary(B) -> B;
 bin(_) -> <<>>.

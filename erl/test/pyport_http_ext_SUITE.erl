@@ -15,6 +15,7 @@ suite() ->
 all() ->
     [mounts_route, mount_errors, hook_auth_rejection, hook_rewrites_request, hook_on_response_streamed,
      hook_on_error, hook_failures, hook_errors, hornbeam_mounts_and_hooks,
+     hook_dispatch_hostile,
      reload_under_load, reload_one_worker_under_load, reload_errors, max_requests_recycles].
 
 init_per_suite(Config) ->
@@ -413,4 +414,37 @@ max_requests_recycles(Config) ->
         ?assertEqual(0, Failed)
     after
         ok = pyport:stop_http(web_mr)
+    end.
+
+%% What a worker sends pyport.http_hook is hostile: junk is answered with
+%% an error or the hook sees a well-formed request, never a crash, and no
+%% atom is made.
+hook_dispatch_hostile(_Config) ->
+    Self = self(),
+    ok = pyport_http_hooks:install(web_hd, #{on_request => fun(R) -> Self ! {saw, R}, R end,
+                                             on_error => fun(_, _) -> default end}, 1000),
+    try
+        Atoms0 = erlang:system_info(atom_count),
+        Junk = [[], [1, 2, 3], [<<"web_hd">>], [<<"web_hd">>, <<"on_request">>],
+                [<<"nope_pool_xyz">>, <<"on_request">>, #{}],
+                [<<"web_hd">>, <<"on_other_xyz">>, #{}],
+                [<<"web_hd">>, <<"on_error">>, #{}],
+                [<<"web_hd">>, <<"on_response">>, #{}]],
+        [[<<"error">>, _] = pyport_http_hooks:dispatch(J) || J <- Junk],
+        %% Ill-formed requests reach the hook well-formed (unknown keys
+        %% dropped, bad values emptied), and its answer is checked.
+        [<<"error">>, _] = pyport_http_hooks:dispatch([<<"web_hd">>, <<"on_request">>,
+                                                       #{<<"method">> => 1, <<"path">> => self(),
+                                                         <<"evil_key_xyz">> => 1}]),
+        receive {saw, #{method := <<>>, path := <<>>} = R} -> false = maps:is_key(evil_key_xyz, R)
+        after 2000 -> ct:fail(no_hook_call) end,
+        [<<"continue">>, <<"GET">>, <<"/a">>, {bytes, <<"q=1">>}, [{{bytes, <<"h">>}, {bytes, <<"v">>}}]] =
+            pyport_http_hooks:dispatch([<<"web_hd">>, <<"on_request">>,
+                                        #{<<"method">> => <<"GET">>, <<"path">> => <<"/a">>,
+                                          <<"query_string">> => <<"q=1">>,
+                                          <<"headers">> => [{<<"h">>, <<"v">>}, junk]}]),
+        [<<"default">>] = pyport_http_hooks:dispatch([<<"web_hd">>, <<"on_error">>, junk, junk]),
+        ?assertEqual(Atoms0, erlang:system_info(atom_count))
+    after
+        pyport_http_hooks:uninstall(web_hd)
     end.
