@@ -161,7 +161,10 @@ hook_rewrites_request(Config) ->
                            headers => [{<<"X-User">>, <<"alice">>} | H]};
                  (Req) -> Req
               end,
+    %% {M, F}, as sys.config gives it.
     Port = hooks_pool(Config, web_h2, #{on_request => {?MODULE, rewrite_hook}}, #{}),
+    {200, _, B0} = request(Port, "GET", "/api/mf", []),
+    <<"PATCH">> = field(B0, "method"),
     ok = pyport:stop_http(web_h2),
     Port = hooks_pool(Config, web_h2, #{on_request => Rewrite}, #{bind => Port}),
     try
@@ -172,7 +175,7 @@ hook_rewrites_request(Config) ->
         ok = pyport:stop_http(web_h2)
     end.
 
-rewrite_hook(Req) -> Req.
+rewrite_hook(Req) -> Req#{method => <<"PATCH">>}.
 
 %% on_response sees and rewrites status and headers of a streamed
 %% (chunked) ASGI response, and of the 404 of no mount.
