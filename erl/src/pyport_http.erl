@@ -47,7 +47,7 @@ start(Name, Opts) when is_atom(Name), is_map(Opts) ->
     case persistent_term:get(?REGISTRY(Name), undefined) of
         undefined ->
             start_new(Name, Opts);
-        _ ->
+        Reg ->
             case lists:member(Name, pyport:pools()) of
                 true ->
                     {error, {already_started, Name}};
@@ -55,6 +55,7 @@ start(Name, Opts) when is_atom(Name), is_map(Opts) ->
                     %% Its pool is gone (stopped with stop_pool/1, or given
                     %% up by its supervisor): the name is free again.
                     persistent_term:erase(?REGISTRY(Name)),
+                    pyport_http_reload:remove_dir(maps:get(handoff, Reg, undefined)),
                     start_new(Name, Opts)
             end
     end;

@@ -24,14 +24,32 @@
           ok | {error, term()}.
 reload(Name, Workers, Dir) ->
     %% One reload or recycle at a time per pool.
-    global:trans({{?MODULE, Name}, self()}, fun() -> reload_locked(Name, Workers, Dir) end, [node()]).
+    with_lock({{?MODULE, Name}, self()}, fun() -> reload_locked(Name, Workers, Dir) end).
+
+%% global:trans/3 waits with a growing back-off (seconds): a waiting
+%% replacement would lose to the ones asked for after it. Polled instead.
+with_lock(Id, Fun) ->
+    case global:set_lock(Id, [node()], 0) of
+        true ->
+            try Fun() after global:del_lock(Id, [node()]) end;
+        false ->
+            timer:sleep(20),
+            with_lock(Id, Fun)
+    end.
 
 reload_locked(Name, Workers, Dir) ->
     %% The holder: a worker of a pool of its own (a worker's descendants
     %% end with it, so the leaving worker cannot hold its socket itself).
     Holder = list_to_atom(atom_to_list(Name) ++ "$reload"),
     gone(Holder, 50),
-    case pyport:start_pool(Holder, #{size => 1}) of
+    _ = file:del_dir_r(Dir),
+    Private = case file:make_dir(Dir) of
+                  ok -> file:change_mode(Dir, 8#700);
+                  {error, _} = E -> E
+              end,
+    case Private =:= ok andalso pyport:start_pool(Holder, #{size => 1}) of
+        false ->
+            {error, {reload_failed, Name, holder, {handoff_dir, Dir, Private}}};
         {ok, _} ->
             try
                 case hold(Holder, Dir, 5) of
@@ -41,7 +59,8 @@ reload_locked(Name, Workers, Dir) ->
                         {error, {reload_failed, Name, holder, Why}}
                 end
             after
-                _ = pyport:stop_pool(Holder)
+                _ = pyport:stop_pool(Holder),
+                remove_dir(Dir)
             end;
         {error, Why} ->
             {error, {reload_failed, Name, holder, Why}}
@@ -133,8 +152,8 @@ each(Name, [{Slot, Pid} | Rest]) ->
         exit:Why -> {error, {reload_failed, Name, Slot, Why}}
     end.
 
-%% @doc A private directory (mode 0700) for pool `Name''s listener
-%% hand-off.
+%% @doc The path of a private directory for pool `Name''s listener
+%% hand-off: made (mode 0700) for the time of a reload only.
 -spec handoff_dir(atom()) -> binary().
 handoff_dir(Name) ->
     Base = case os:getenv("TMPDIR") of
@@ -145,8 +164,6 @@ handoff_dir(Name) ->
     Dir = filename:join(Base, lists:flatten(io_lib:format("pyport-http-~s-~s-~b",
                                                          [os:getpid(), Name,
                                                           erlang:unique_integer([positive])]))),
-    ok = file:make_dir(Dir),
-    ok = file:change_mode(Dir, 8#700),
     unicode:characters_to_binary(Dir).
 
 %% @doc Removes what handoff_dir/1 made.

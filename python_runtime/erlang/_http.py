@@ -1135,6 +1135,13 @@ def _adopt(directory: str, bind: str) -> Optional[socket.socket]:
     if not directory:
         return None
     path = _handoff_path(directory)
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return None  # no reload under way
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        log.warning("hand-off directory %s is not this user's private one: ignored", directory)
+        return None
     if not os.path.exists(path):
         return None
     try:
