@@ -716,3 +716,47 @@ def test_fastapi_websocket_endpoint(serve):
                 await ws.recv()
             assert ws.close_code == 4321
     run(go())
+
+
+# -- mounts and graceful recycles ---------------------------------------------------------------
+
+
+def test_websocket_follows_the_mount_of_its_path(serve):
+    server = serve("", mounts=[["/ws", APP, ""], ["/legacy", "http_wsgi_apps:app", "wsgi"]],
+                   lifespan="off")
+
+    async def go():
+        async with websockets.connect(url(server, "/ws/echo")) as ws:
+            await ws.send("mounted")
+            assert await ws.recv() == "mounted"
+        async with websockets.connect(url(server, "/ws/scope")) as ws:
+            scope = json.loads(await ws.recv())
+            assert (scope["path"], scope["root_path"]) == ("/ws/scope", "/ws")
+    run(go())
+    # A WSGI mount, and no mount: plain HTTP.
+    for path, status in ((b"/legacy/environ", b"200"), (b"/nothing", b"404")):
+        with server.sock() as s:
+            s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                      b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                      b"Sec-WebSocket-Version: 13\r\n\r\n")
+            out = s.recv(65536)
+        assert out.startswith(b"HTTP/1.1 " + status), out
+
+
+def test_graceful_recycle_tells_websockets_to_go(serve):
+    server = serve(APP)
+    s, _, rest = handshake(server, "/echo?tag=park")
+    s.sendall(frame(1, b"hi"))
+    assert read_frames_until(s, rest, lambda fs: fs) == [(1, b"hi")]
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault(
+        "r", server.worker.call("erlang._http", "park", [10.0])))
+    t.start()
+    frames = read_frames_until(s, b"", lambda fs: any(op == 8 for op, _ in fs))
+    assert close_code(frames) == (1001, b"server shutting down")
+    s.sendall(frame(8, struct.pack("!H", 1001)))  # the client's reply ends it
+    started = time.monotonic()
+    t.join(15)
+    assert result.get("r") is True
+    assert time.monotonic() - started < 8  # not the 10 s grace: the socket closed
+    s.close()

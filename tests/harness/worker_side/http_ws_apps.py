@@ -26,7 +26,7 @@ async def app(scope, receive, send):
         else:
             await _http(scope, receive, send, b"{}")
         return
-    path = scope["path"]
+    path = scope["path"][len(scope.get("root_path", "")):]  # as a mounted app routes
     q = _query(scope)
     first = await receive()
     assert first == {"type": "websocket.connect"}, first
