@@ -93,6 +93,9 @@ def take_over(conn: Any, req: Any) -> None:
     conn._stop_timer()
     scope = req.scope
     error = _handshake_error(scope)
+    if error is None and getattr(conn.server, "draining", False):
+        # A graceful recycle: the client reconnects to the replacement.
+        error = 503, "the worker is being replaced; connect again"
     if error is not None:
         status, why = error
         response = _error_response(status, why)
