@@ -748,12 +748,20 @@ def test_graceful_recycle_tells_websockets_to_go(serve):
     s, _, rest = handshake(server, "/echo?tag=park")
     s.sendall(frame(1, b"hi"))
     assert read_frames_until(s, rest, lambda fs: fs) == [(1, b"hi")]
+    keep = server.sock()  # an HTTP keep-alive connection, open before the recycle
+    keep.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert keep.recv(65536).startswith(b"HTTP/1.1 200")
     result = {}
     t = threading.Thread(target=lambda: result.setdefault(
         "r", server.worker.call("erlang._http", "park", [10.0])))
     t.start()
     frames = read_frames_until(s, b"", lambda fs: any(op == 8 for op, _ in fs))
     assert close_code(frames) == (1001, b"server shutting down")
+    # An upgrade on the open keep-alive connection now: 503, connect again.
+    keep.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    assert keep.recv(65536).startswith(b"HTTP/1.1 503")
+    keep.close()
     s.sendall(frame(8, struct.pack("!H", 1001)))  # the client's reply ends it
     started = time.monotonic()
     t.join(15)
