@@ -90,14 +90,23 @@ map_one(root_path, P) -> {ok, [{root_path, P}]};
 map_one(num_acceptors, N) when is_integer(N), N > 0 -> ignore;
 map_one(preload_app, B) when is_boolean(B) -> ignore;
 map_one(hooks, Hooks) -> {ok, [{hooks, Hooks}]};
+%% Hornbeam's frame limit is cowboy's max_frame_size; libwslay joins
+%% fragments, so the whole message is bounded (a tighter limit, never looser).
+map_one(websocket_max_frame_size, N) when is_integer(N), N > 0 ->
+    {ok, [{websocket_max_message_size, N}]};
+map_one(websocket_max_frame_size, infinity) -> {ok, [{websocket_max_message_size, 0}]};
+%% libwslay does not compress: only "no compression" can be honoured.
+map_one(websocket_compress, false) -> ignore;
+%% Hornbeam's websocket_timeout is cowboy's idle timeout; pyport's
+%% WebSockets have none, so only `infinity' means the same thing.
+map_one(websocket_timeout, infinity) -> ignore;
 map_one(K, V) when K =:= routes; K =:= mounts; K =:= ssl; K =:= certfile;
                    K =:= keyfile; K =:= cacertfile; K =:= max_concurrent;
                    K =:= context_mode; K =:= websocket_timeout;
-                   K =:= websocket_max_frame_size; K =:= websocket_compress;
-                   K =:= lifespan_timeout ->
+                   K =:= websocket_compress; K =:= lifespan_timeout ->
     {error, {unsupported_hornbeam_option, K, V}};
 map_one(K, V) when K =:= worker_class; K =:= keepalive; K =:= num_acceptors;
-                   K =:= preload_app ->
+                   K =:= preload_app; K =:= websocket_max_frame_size ->
     {error, {invalid_hornbeam_option, K, V}};
 map_one(K, V) ->
     {error, {unknown_hornbeam_option, K, V}}.
