@@ -12,7 +12,20 @@ suite() ->
     [{timetrap, {seconds, 60}}].
 
 all() ->
-    [hornbeam_websocket_options, hornbeam_websocket_max_frame_size].
+    [hornbeam_websocket_options, hornbeam_websocket_max_frame_size,
+     {group, runners}].
+
+groups() ->
+    [{runners, [], [run_async_ok, run_async_app_error, run_async_timeout,
+                    run_async_caller_gone, stream_ok, stream_app_error,
+                    stream_flow_control, stream_cancel, stream_owner_gone]}].
+
+init_per_group(runners, Config) ->
+    {ok, _} = pyport:start_pool(rest_run, #{size => 1, python_path => [data_dir(Config)]}),
+    Config.
+
+end_per_group(runners, _Config) ->
+    ok = pyport:stop_pool(rest_run).
 
 init_per_suite(Config) ->
     _ = application:load(pyport),
@@ -116,3 +129,131 @@ ws_recv(S) ->
           end,
     {ok, P} = case Len of 0 -> {ok, <<>>}; _ -> gen_tcp:recv(S, Len, 5000) end,
     {Op, P}.
+
+%%%===================================================================
+%%% py_asgi:run_async/4,5 and stream/4,5
+%%%===================================================================
+
+-define(OPTS, #{pool => rest_run}).
+-define(SCOPE, #{type => <<"http">>, method => <<"POST">>, path => <<"/">>}).
+
+run_async_ok(_Config) ->
+    {ok, Ref} = py_asgi:run_async(<<"rest_apps">>, <<"hello">>, ?SCOPE, <<"body">>, ?OPTS),
+    ?assert(is_reference(Ref)),
+    receive
+        {py_result, Ref, {200, [{<<"content-type">>, <<"text/plain">>}], <<"hello body">>}} -> ok
+    after 10000 -> ct:fail(no_result)
+    end,
+    {ok, Ref2} = py_asgi:run_async(<<"rest_apps">>, <<"hello">>, ?SCOPE, <<"2">>, ?OPTS),
+    ?assertEqual({ok, {200, [{<<"content-type">>, <<"text/plain">>}], <<"hello 2">>}},
+                 py_asgi:await_response(Ref2, 10000)),
+    ?assertEqual({error, timeout}, py_asgi:await_response(make_ref(), 0)).
+
+run_async_app_error(_Config) ->
+    {ok, Ref} = py_asgi:run_async(<<"rest_apps">>, <<"failing">>, ?SCOPE, <<>>, ?OPTS),
+    receive
+        {py_error, Ref, Reason} ->
+            ?assertNotEqual(nomatch, string:find(io_lib:format("~p", [Reason]), "the app broke"))
+    after 10000 -> ct:fail(no_error)
+    end,
+    {ok, Ref2} = py_asgi:run_async(<<"no_such_module_x">>, <<"app">>, ?SCOPE, <<>>, ?OPTS),
+    ?assertMatch({error, _}, py_asgi:await_response(Ref2, 10000)).
+
+run_async_timeout(_Config) ->
+    T0 = erlang:monotonic_time(millisecond),
+    {ok, Ref} = py_asgi:run_async(<<"rest_apps">>, <<"slow">>, ?SCOPE, <<>>,
+                                  ?OPTS#{timeout => 300}),
+    ?assertEqual({error, timeout}, py_asgi:await_response(Ref, 10000)),
+    %% The app's own deadline, not the 30 s sleep.
+    ?assert(erlang:monotonic_time(millisecond) - T0 < 8000),
+    %% The worker goes on serving.
+    {ok, R2} = py_asgi:run_async(<<"rest_apps">>, <<"hello">>, ?SCOPE, <<>>, ?OPTS),
+    ?assertMatch({ok, {200, _, _}}, py_asgi:await_response(R2, 10000)).
+
+run_async_caller_gone(_Config) ->
+    {ok, Before} = py:call(rest_apps, cancelled, [], #{}, ?OPTS),
+    Procs0 = erlang:system_info(process_count),
+    {Caller, Mon} = spawn_monitor(
+                      fun() ->
+                              {ok, _} = py_asgi:run_async(<<"rest_apps">>, <<"forever">>, ?SCOPE,
+                                                          <<>>, ?OPTS#{timeout => infinity}),
+                              timer:sleep(200)
+                      end),
+    receive {'DOWN', Mon, process, Caller, normal} -> ok after 10000 -> ct:fail(caller_stuck) end,
+    %% The app was cancelled in the worker, and the relay is gone.
+    ok = wait_until(fun() -> {ok, Before + 1} =:= py:call(rest_apps, cancelled, [], #{}, ?OPTS) end),
+    ok = wait_until(fun() -> erlang:system_info(process_count) =< Procs0 end).
+
+stream_ok(_Config) ->
+    Scope = ?SCOPE#{query_string => <<"50">>},
+    {ok, Ref} = py_asgi:stream(<<"rest_apps">>, <<"chunks">>, Scope, <<>>, ?OPTS),
+    receive
+        {py_stream, Ref, {data, {start, 200, [{<<"x-n">>, <<"50">>}]}}} -> ok
+    after 10000 -> ct:fail(no_start)
+    end,
+    Chunks = stream_body(Ref, []),
+    ?assertEqual(50, length(Chunks)),
+    ?assertEqual([binary:copy(<<(65 + I rem 26)>>, 1000) || I <- lists:seq(0, 49)], Chunks).
+
+stream_app_error(_Config) ->
+    {ok, Ref} = py_asgi:stream(<<"rest_apps">>, <<"stream_then_fail">>, ?SCOPE, <<>>, ?OPTS),
+    receive {py_stream, Ref, {data, {start, 200, []}}} -> ok after 10000 -> ct:fail(no_start) end,
+    receive {py_stream, Ref, {data, {body, <<"part">>}}} -> ok after 10000 -> ct:fail(no_body) end,
+    receive
+        {py_stream, Ref, {error, Reason}} ->
+            ?assertNotEqual(nomatch, string:find(io_lib:format("~p", [Reason]), "broke mid-stream"))
+    after 10000 -> ct:fail(no_error)
+    end.
+
+%% A consumer that reads nothing suspends the app: its mailbox stays
+%% bounded while the app has 20 MB to send.
+stream_flow_control(_Config) ->
+    Scope = ?SCOPE#{query_string => <<"20000">>},
+    {ok, Ref} = py_asgi:stream(<<"rest_apps">>, <<"chunks">>, Scope, <<>>, ?OPTS),
+    timer:sleep(1500),
+    {message_queue_len, Queued} = process_info(self(), message_queue_len),
+    ct:pal("queued while not reading: ~p messages", [Queued]),
+    ?assert(Queued < 1000),
+    receive {py_stream, Ref, {data, {start, 200, _}}} -> ok after 10000 -> ct:fail(no_start) end,
+    ?assertEqual(20000, length(stream_body(Ref, []))).
+
+stream_cancel(_Config) ->
+    {ok, Before} = py:call(rest_apps, cancelled, [], #{}, ?OPTS),
+    {ok, Ref} = py_asgi:stream(<<"rest_apps">>, <<"forever">>, ?SCOPE, <<>>, ?OPTS),
+    receive {py_stream, Ref, {data, {body, <<"x">>}}} -> ok after 10000 -> ct:fail(no_body) end,
+    ok = py_asgi:stream_cancel(Ref),
+    ok = wait_until(fun() -> {ok, Before + 1} =:= py:call(rest_apps, cancelled, [], #{}, ?OPTS) end),
+    flush_stream(Ref).
+
+stream_owner_gone(_Config) ->
+    {ok, Before} = py:call(rest_apps, cancelled, [], #{}, ?OPTS),
+    {Owner, Mon} = spawn_monitor(
+                     fun() ->
+                             {ok, Ref} = py_asgi:stream(<<"rest_apps">>, <<"forever">>, ?SCOPE,
+                                                        <<>>, ?OPTS),
+                             receive {py_stream, Ref, {data, {body, _}}} -> ok end
+                     end),
+    receive {'DOWN', Mon, process, Owner, normal} -> ok after 10000 -> ct:fail(owner_stuck) end,
+    ok = wait_until(fun() -> {ok, Before + 1} =:= py:call(rest_apps, cancelled, [], #{}, ?OPTS) end).
+
+stream_body(Ref, Acc) ->
+    receive
+        {py_stream, Ref, {data, {body, B}}} -> stream_body(Ref, [B | Acc]);
+        {py_stream, Ref, done} -> lists:reverse(Acc);
+        {py_stream, Ref, Other} -> ct:fail({unexpected, Other})
+    after 10000 -> ct:fail({stream_stuck, length(Acc)})
+    end.
+
+flush_stream(Ref) ->
+    receive {py_stream, Ref, _} -> flush_stream(Ref) after 200 -> ok end.
+
+wait_until(F) ->
+    wait_until(F, 100).
+
+wait_until(_F, 0) ->
+    {error, deadline};
+wait_until(F, N) ->
+    case F() of
+        true -> ok;
+        false -> timer:sleep(100), wait_until(F, N - 1)
+    end.

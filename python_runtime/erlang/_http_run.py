@@ -5,13 +5,15 @@ py_wsgi"). The apps are the same adapters' as the HTTP server's.
 """
 from __future__ import annotations
 
+import asyncio
 import io
 import sys
-from typing import Any
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from ._http import ASGI_VERSION, load_app
+from ._types import atom
 
-__all__ = ["run_asgi", "run_wsgi"]
+__all__ = ["run_asgi", "run_wsgi", "stream_asgi"]
 
 _apps: dict = {}
 
@@ -60,14 +62,16 @@ def _scope(given: dict) -> dict:
     return scope
 
 
-async def run_asgi(module: str, callable_: str, scope: dict, body: Any) -> tuple:
-    """Runs the ASGI app on `scope` with `body`; (status, headers, body)."""
+async def _drive(module: str, callable_: str, scope: dict, body: Any,
+                 on_start: Callable[[int, list], Awaitable[None]],
+                 on_body: Callable[[bytes], Awaitable[None]]) -> None:
+    """Runs the ASGI app once: the request body given whole, the response
+    handed to `on_start`/`on_body` as the app sends it. Shared by the
+    collecting and the streaming runner."""
     app = _app(module, callable_)
     body_bytes = _bytes(body)
     sent_body = False
-    status = None
-    headers: list = []
-    out: list = []
+    started = False
     done = False
 
     async def receive() -> dict:
@@ -80,24 +84,83 @@ async def run_asgi(module: str, callable_: str, scope: dict, body: Any) -> tuple
         return {"type": "http.disconnect"}
 
     async def send(message: dict) -> None:
-        nonlocal status, headers, done
+        nonlocal started, done
         kind = message["type"]
+        if done:
+            raise RuntimeError(f"{kind} after the response ended")
         if kind == "http.response.start":
-            status = int(message["status"])
-            headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", ())]
+            if started:
+                raise RuntimeError("http.response.start sent twice")
+            started = True
+            await on_start(int(message["status"]),
+                           [(bytes(k), bytes(v)) for k, v in message.get("headers", ())])
         elif kind == "http.response.body":
-            if status is None:
+            if not started:
                 raise RuntimeError("http.response.body before http.response.start")
-            out.append(bytes(message.get("body", b"")))
             if not message.get("more_body", False):
                 done = True
+            await on_body(bytes(message.get("body", b"")))
 
     await app(_scope(scope), receive, send)
-    if status is None:
+    if not started:
         raise RuntimeError("the ASGI app sent no response")
     if not done:
         raise RuntimeError("the ASGI app did not finish its response")
-    return (status, headers, b"".join(out))
+
+
+async def run_asgi(module: str, callable_: str, scope: dict, body: Any) -> tuple:
+    """Runs the ASGI app on `scope` with `body`; (status, headers, body)."""
+    head: list = []
+    out: list = []
+
+    async def on_start(status: int, headers: list) -> None:
+        head.extend((status, headers))
+
+    async def on_body(chunk: bytes) -> None:
+        out.append(chunk)
+
+    await _drive(module, callable_, scope, body, on_start, on_body)
+    return (head[0], head[1], b"".join(out))
+
+
+# Pieces the app may have sent ahead of a consumer that has not taken them:
+# the app's send() waits beyond this (the stream's own credit bounds the rest).
+_STREAM_AHEAD = 8
+
+
+async def stream_asgi(module: str, callable_: str, scope: dict,
+                      body: Any) -> AsyncIterator[tuple]:
+    """Runs the ASGI app, yielding ``(start, Status, Headers)`` and then
+    ``(body, Chunk)`` for each non-empty piece as the app sends them
+    (``py_asgi:stream/4,5``). The app is cancelled when the stream is."""
+    queue: asyncio.Queue = asyncio.Queue(_STREAM_AHEAD)
+    start_tag, body_tag = atom("start"), atom("body")
+
+    async def on_start(status: int, headers: list) -> None:
+        await queue.put((start_tag, status, headers))
+
+    async def on_body(chunk: bytes) -> None:
+        if chunk:
+            await queue.put((body_tag, chunk))
+
+    task = asyncio.ensure_future(_drive(module, callable_, scope, body, on_start, on_body))
+    try:
+        while True:
+            get = asyncio.ensure_future(queue.get())
+            try:
+                await asyncio.wait({get, task}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not get.done():
+                    get.cancel()
+            if get.done() and not get.cancelled():
+                yield get.result()
+                continue
+            while not queue.empty():
+                yield queue.get_nowait()
+            task.result()  # the app's exception, if it raised
+            return
+    finally:
+        task.cancel()
 
 
 def run_wsgi(module: str, callable_: str, environ: dict) -> tuple:
