@@ -274,6 +274,9 @@ class _Request:
             self._start(message)  # raises on a bad message: nothing started
             self.started = True
             return
+        if kind == "http.response.zerocopysend":
+            await self._send_file(message)
+            return
         if kind != "http.response.body":
             raise ValueError(f"unexpected ASGI message type {kind!r} for an http scope")
         if not self.started:
@@ -335,6 +338,76 @@ class _Request:
             self.wake()
         elif conn.write_paused:
             await conn.drained()
+
+    async def _send_file(self, message: dict) -> None:
+        """ASGI's zero-copy send extension (``http.response.zerocopysend``:
+        ``file``, ``offset``, ``count``, ``more_body``), what
+        ``wsgi.file_wrapper`` becomes: the file goes to the socket with
+        ``loop.sendfile`` (``os.sendfile``; read and written if the
+        transport cannot), with a Content-Length of ``count`` when the app
+        set none and the response ends with it."""
+        if not self.started or self.complete:
+            raise RuntimeError("http.response.zerocopysend outside a response")
+        conn = self.conn
+        f = message["file"]
+        offset = message.get("offset")
+        if offset is None:
+            offset = f.tell()
+        count = message.get("count")
+        if count is None:
+            count = max(0, os.fstat(f.fileno()).st_size - offset)
+        more = message.get("more_body", False)
+        if self.length_left >= 0:
+            count = min(count, self.length_left)  # never past the app's length
+        elif self._head is not None and not more and not self.chunked_declared:
+            if not self.no_body:
+                self._head.append(b"content-length: %d\r\n" % count)
+                self.length_left = count
+        # The head (and the end, for a bodiless response) through the usual path.
+        bodyless = self.no_body or self.method_head
+        await self.send({"type": "http.response.body", "body": b"",
+                         "more_body": more or (count > 0 and not bodyless)})
+        if bodyless or count == 0:
+            return
+        if self.chunked:
+            # Chunked framing needs the bytes: read them (rare: the app
+            # declared Transfer-Encoding itself).
+            f.seek(offset)
+            left = count
+            while left > 0:
+                data = f.read(min(left, 1 << 16))
+                if not data:
+                    break
+                left -= len(data)
+                await self.send({"type": "http.response.body", "body": data, "more_body": True})
+        else:
+            sent = 0
+            while sent < count:
+                if conn.lost or conn.transport.is_closing():
+                    raise ClientDisconnected("the client has disconnected")
+                try:
+                    # Slices of at most 8 MiB, each bounded by write_timeout:
+                    # a client that reads nothing is cut, as for send().
+                    n = await asyncio.wait_for(
+                        conn.loop.sendfile(conn.transport, f, offset + sent,
+                                           min(count - sent, 8 << 20)),
+                        conn.cfg["write_timeout"])
+                except asyncio.TimeoutError:
+                    log.info("HTTP client %s read nothing for %ss: connection aborted",
+                             conn.client, conn.cfg["write_timeout"])
+                    conn.closing = True
+                    conn.transport.abort()
+                    raise ClientDisconnected("the client read nothing") from None
+                except (ConnectionError, RuntimeError) as e:
+                    raise ClientDisconnected(f"the client has disconnected: {e}") from None
+                if n == 0:
+                    break  # the file is shorter than it said
+                sent += n
+            self.sent_bytes += sent
+            if self.length_left >= 0:
+                self.length_left -= sent
+        if not more:
+            await self.send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _start(self, message: dict) -> None:
         status = message["status"]

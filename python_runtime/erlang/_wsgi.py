@@ -10,6 +10,8 @@ for it: the server's limits, flow control and timeouts apply unchanged.
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Optional
@@ -112,13 +114,34 @@ class _Input:
 
 
 class FileWrapper:
-    """wsgi.file_wrapper: a file read in blocks (PEP 3333)."""
+    """wsgi.file_wrapper (PEP 3333): returned by the app as its body, a
+    regular file is sent with sendfile (``zerocopy``); anything else is
+    read in blocks."""
 
     def __init__(self, filelike: Any, blksize: int = 65536) -> None:
         self.filelike = filelike
         self.blksize = blksize
         if hasattr(filelike, "close"):
             self.close = filelike.close
+
+    def zerocopy(self) -> Optional[dict]:
+        """The ``http.response.zerocopysend`` message for the rest of the
+        file, on a duplicate of its descriptor (the app's file is closed by
+        ``close()`` before the loop sends; the receiver closes the copy);
+        None when it is not a regular file in binary mode."""
+        f = self.filelike
+        try:
+            if "b" not in getattr(f, "mode", "b"):
+                return None
+            fd = f.fileno()
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            offset = f.tell()
+        except (AttributeError, OSError, ValueError):
+            return None
+        return {"type": "http.response.zerocopysend", "file": os.fdopen(os.dup(fd), "rb"),
+                "offset": offset, "count": max(0, st.st_size - offset), "more_body": False}
 
     def __iter__(self):
         while True:
@@ -199,8 +222,13 @@ class WsgiAdapter:
         last = await loop.run_in_executor(self.pool, run.run)
         # The response's last messages go out from here, on the loop: no
         # hop back from the thread for them.
-        for message in last:
-            await send(message)
+        try:
+            for message in last:
+                await send(message)
+        finally:
+            for message in last:
+                if message["type"] == "http.response.zerocopysend":
+                    message["file"].close()  # FileWrapper.zerocopy's duplicate
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -276,6 +304,11 @@ class _Run:
             if isinstance(result, (list, tuple)) and not self.head_sent:
                 # The whole body known: one message, so a Content-Length.
                 return self._messages(b"".join(result), False)
+            if isinstance(result, FileWrapper) and not self.head_sent:
+                message = result.zerocopy()
+                if message is not None:
+                    # A regular file: sendfile from the loop.
+                    return self._messages(b"", True)[:1] + [message]
             for chunk in result:
                 if chunk:
                     self.write(chunk)
