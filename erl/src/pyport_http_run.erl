@@ -24,18 +24,36 @@ asgi(Module, Callable, Scope, Body, Opts) when is_map(Scope), is_binary(Body), i
 -spec asgi_async(binary() | string(), binary() | string(), map(), binary(), opts()) ->
           {ok, reference()} | {error, term()}.
 asgi_async(Module, Callable, Scope, Body, Opts) when is_map(Scope), is_binary(Body), is_map(Opts) ->
-    Pool = maps:get(pool, Opts, default),
-    Timeout = maps:get(timeout, Opts, default),
-    Fields = py:call_fields('erlang._http_run', run_asgi,
-                            [name(Module), name(Callable), Scope, Body], #{}),
-    Caller = self(),
-    Ref = make_ref(),
-    _ = spawn(fun() -> relay(Caller, Ref, {pool, Pool}, Fields, Timeout) end),
-    {ok, Ref}.
+    case async_options(maps:to_list(Opts), default, default) of
+        {ok, Pool, Timeout} ->
+            Fields = py:call_fields('erlang._http_run', run_asgi,
+                                    [name(Module), name(Callable), Scope, Body], #{}),
+            Caller = self(),
+            Ref = make_ref(),
+            _ = spawn(fun() -> relay(Caller, Ref, {pool, Pool}, Fields, Timeout) end),
+            {ok, Ref};
+        {error, _} = Error ->
+            Error
+    end.
+
+%% Checked here, so the relay cannot fail before it answers.
+async_options([], Pool, Timeout) ->
+    {ok, Pool, Timeout};
+async_options([{pool, P} | T], _, Timeout) when is_atom(P) ->
+    async_options(T, P, Timeout);
+async_options([{timeout, To} | T], Pool, _)
+  when To =:= infinity; is_integer(To), To >= 0 ->
+    async_options(T, Pool, To);
+async_options([{K, V} | _], _, _) when K =:= pool; K =:= timeout ->
+    {error, {invalid_option, K, V}};
+async_options([{K, _} | _], _, _) ->
+    {error, {bad_option, K}}.
 
 relay(Caller, Ref, Target, Fields, Timeout) ->
     Mon = erlang:monitor(process, Caller),
-    Task = pyport_async:start_task(Target, async_result, {?CALL, Fields}, Timeout),
+    Task = try pyport_async:start_task(Target, async_result, {?CALL, Fields}, Timeout)
+           catch Class:Crash -> pyport_async:failed_task(async_result, {Class, Crash})
+           end,
     receive
         {async_result, Task, {ok, {Status, Headers, Body}}} when is_list(Headers) ->
             Caller ! {py_result, Ref, {Status, Headers, Body}};

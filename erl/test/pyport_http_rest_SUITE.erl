@@ -157,7 +157,16 @@ run_async_app_error(_Config) ->
     after 10000 -> ct:fail(no_error)
     end,
     {ok, Ref2} = py_asgi:run_async(<<"no_such_module_x">>, <<"app">>, ?SCOPE, <<>>, ?OPTS),
-    ?assertMatch({error, _}, py_asgi:await_response(Ref2, 10000)).
+    ?assertMatch({error, _}, py_asgi:await_response(Ref2, 10000)),
+    %% Bad options: refused at once, nothing started.
+    ?assertEqual({error, {invalid_option, timeout, -1}},
+                 py_asgi:run_async(<<"rest_apps">>, <<"hello">>, ?SCOPE, <<>>, #{timeout => -1})),
+    ?assertEqual({error, {bad_option, colour}},
+                 py_asgi:run_async(<<"rest_apps">>, <<"hello">>, ?SCOPE, <<>>, #{colour => red})),
+    %% No such pool: an answer, not silence.
+    {ok, Ref3} = py_asgi:run_async(<<"rest_apps">>, <<"hello">>, ?SCOPE, <<>>,
+                                   #{pool => no_such_pool_x}),
+    ?assertMatch({error, _}, py_asgi:await_response(Ref3, 10000)).
 
 run_async_timeout(_Config) ->
     T0 = erlang:monotonic_time(millisecond),
