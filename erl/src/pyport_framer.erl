@@ -8,14 +8,11 @@
 %% is kept, so a hostile or broken worker costs the node at most one
 %% frame of `max_frame_size' (plus the read it arrived in).
 %%
-%% A frame that spans reads is appended to as its pieces arrive (the
-%% runtime grows the binary in place), so each piece can be freed at once
-%% and the node holds about one copy of a big frame, not its pieces and
-%% their join (measured: 72-110 MiB of binaries at the peak of a 64 MiB
-%% frame, against 128 MiB when the pieces were joined at the end; see
-%% docs/performance.md). Frames that arrive whole are sub-binaries of the
-%% read. A small frame cut from a much larger read is copied, so that a
-%% caller keeping it does not keep the whole read alive.
+%% Reassembly never copies more than once: the pieces of a frame that spans
+%% reads are kept in a list and joined when the last one arrives; frames
+%% that arrive whole are sub-binaries of the read. A small frame cut from a
+%% much larger read is copied, so that a caller keeping it does not keep
+%% the whole read alive.
 -module(pyport_framer).
 
 -export([new/1, feed/2, frame/1, buffered/1]).
@@ -29,10 +26,10 @@
           max :: non_neg_integer(),
           %% 0: between frames, `head' holds the first bytes (fewer than
           %% 4) of the next header. N > 0: a header of N bytes was read,
-          %% `body' holds the `have' bytes of its body read so far.
+          %% `body' holds `have' bytes of its body, newest first.
           need = 0 :: non_neg_integer(),
           head = <<>> :: binary(),
-          body = <<>> :: binary(),
+          body = [] :: [binary()],
           have = 0 :: non_neg_integer()
          }).
 
@@ -60,15 +57,15 @@ feed(Data, #framer{need = 0, head = Head} = State) ->
     split(<<Head/binary, Data/binary>>, State#framer{head = <<>>}, []);
 feed(Data, #framer{need = Need, have = Have, body = Body} = State)
   when Have + byte_size(Data) < Need ->
-    {ok, [], State#framer{body = <<Body/binary, Data/binary>>, have = Have + byte_size(Data)}};
+    {ok, [], State#framer{body = [Data | Body], have = Have + byte_size(Data)}};
 feed(Data, #framer{need = Need, have = Have, body = Body} = State) ->
     Missing = Need - Have,
     <<Last:Missing/binary, Rest/binary>> = Data,
     Frame = case Body of
-                <<>> -> Last;
-                _ -> <<Body/binary, Last/binary>>
+                [] -> Last;
+                _ -> iolist_to_binary(lists:reverse(Body, [Last]))
             end,
-    split(Rest, State#framer{need = 0, body = <<>>, have = 0}, [keep(Frame)]).
+    split(Rest, State#framer{need = 0, body = [], have = 0}, [keep(Frame)]).
 
 %% @doc The frame bytes for a payload: the 4-byte length, then the payload,
 %% as an iolist (nothing is copied). A payload that no header can express
@@ -96,7 +93,11 @@ split(<<Size:32, _/binary>>, #framer{max = Max}, Acc) when Size > Max ->
 split(<<Size:32, Frame:Size/binary, Rest/binary>>, State, Acc) ->
     split(Rest, State, [keep(Frame) | Acc]);
 split(<<Size:32, Part/binary>>, State, Acc) ->
-    {ok, lists:reverse(Acc), State#framer{need = Size, body = Part, have = byte_size(Part)}};
+    Body = case Part of
+               <<>> -> [];
+               _ -> [Part]
+           end,
+    {ok, lists:reverse(Acc), State#framer{need = Size, body = Body, have = byte_size(Part)}};
 split(Head, State, Acc) ->
     %% At most 3 bytes: not worth keeping the read they came in alive.
     {ok, lists:reverse(Acc), State#framer{head = binary:copy(Head)}}.
