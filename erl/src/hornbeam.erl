@@ -33,12 +33,12 @@ unregister_function(Name) ->
 %%%===================================================================
 
 %% @doc `start(AppSpec, #{})'.
--spec start(string() | binary()) -> {ok, pid()} | {error, term()}.
+-spec start(string() | binary() | map()) -> {ok, pid()} | {error, term()}.
 start(AppSpec) ->
     start(AppSpec, #{}).
 
 %% @doc Serves `AppSpec' (`"module:callable"') with Hornbeam's options.
--spec start(string() | binary(), map()) -> {ok, pid()} | {error, term()}.
+-spec start(string() | binary() | map(), map()) -> {ok, pid()} | {error, term()}.
 start(AppSpec, Opts) ->
     pyport_http_hornbeam:start(AppSpec, Opts).
 

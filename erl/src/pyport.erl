@@ -7,7 +7,7 @@
 -export([resize_pool/2]).
 -export([stats/0, stats/1]).
 %% HTTP pools (pyport_http, docs/http.md).
--export([start_http/2, stop_http/1, http_info/1]).
+-export([start_http/2, stop_http/1, http_info/1, reload_http/1]).
 
 %% How long introspection waits for a worker's gen_server.
 -define(INFO_TIMEOUT_MS, 1000).
@@ -206,6 +206,12 @@ start_http(Name, Opts) ->
 -spec stop_http(atom()) -> ok | {error, {no_http, atom()}}.
 stop_http(Name) ->
     pyport_http:stop(Name).
+
+%% @doc Replaces an HTTP pool's workers one at a time, losing no request
+%% (docs/http.md "Reload").
+-spec reload_http(atom()) -> ok | {error, term()}.
+reload_http(Name) ->
+    pyport_http:reload(Name).
 
 %% @doc The app, address and workers of an HTTP pool.
 -spec http_info(atom()) -> {ok, map()} | {error, {no_http, atom()}}.

@@ -9,7 +9,7 @@
 %% restarted by the pool and binds again.
 -module(pyport_http).
 
--export([start/2, stop/1, info/1, parse_bind/1]).
+-export([start/2, stop/1, info/1, parse_bind/1, reload/1, handoff/1]).
 
 -export_type([bind/0, error_reason/0]).
 
@@ -20,18 +20,22 @@
                       | {address_in_use, atom(), binary()}
                       | {already_started, atom()}
                       | {app_failed, atom(), binary()}
+                      | {invalid_mount, term()}
+                      | {duplicate_mount_prefix, binary()}
                       | term().
 
 %% The server's own options, their defaults (`erlang._http.DEFAULTS' has
 %% the same) and checks; every other key is a pool option.
 -define(HTTP_KEYS, [app, bind, workers, max_request_line, max_headers, max_header_bytes,
                     max_body, header_timeout, body_timeout, keepalive_timeout, write_timeout, request_timeout, backlog,
-                    root_path, lifespan, access_log, interface, wsgi_threads]).
+                    root_path, lifespan, access_log, interface, wsgi_threads, mounts,
+                    hooks, hook_timeout]).
 
 -define(REGISTRY(Name), {?MODULE, Name}).
 -define(START_TIMEOUT_MS, 10000).
 %% How long stop/1 lets requests in flight finish.
 -define(STOP_GRACE_MS, 5000).
+-define(HOOK_TIMEOUT_MS, 5000).
 
 %% @doc Starts HTTP pool `Name': `Opts' are the pool's options (docs/
 %% configuration.md; `workers' is the pool's `size') plus the server's
@@ -43,7 +47,7 @@ start(Name, Opts) when is_atom(Name), is_map(Opts) ->
     case persistent_term:get(?REGISTRY(Name), undefined) of
         undefined ->
             start_new(Name, Opts);
-        _ ->
+        Reg ->
             case lists:member(Name, pyport:pools()) of
                 true ->
                     {error, {already_started, Name}};
@@ -51,6 +55,7 @@ start(Name, Opts) when is_atom(Name), is_map(Opts) ->
                     %% Its pool is gone (stopped with stop_pool/1, or given
                     %% up by its supervisor): the name is free again.
                     persistent_term:erase(?REGISTRY(Name)),
+                    pyport_http_reload:remove_dir(maps:get(handoff, Reg, undefined)),
                     start_new(Name, Opts)
             end
     end;
@@ -75,9 +80,36 @@ maybe_start(Name, Http, Pool0) ->
                                 #{workers := W} -> Pool0#{size => W};
                                 #{} -> Pool0
                             end,
-                    Pool = Pool1#{init_code => init_code(maps:get(init_code, Pool1, undefined),
-                                                         App, Bind, Server)},
-                    start_pool(Name, App, Bind, Pool);
+                    Handoff = pyport_http_reload:handoff_dir(Name),
+                    %% max_requests counts HTTP requests (the worker asks
+                    %% for its graceful recycle), not the pool's calls.
+                    {Server1, Pool2} =
+                        case Pool1 of
+                            #{max_requests := Max} when is_integer(Max), Max > 0 ->
+                                pyport_http_reload:install(),
+                                {Server#{max_requests => Max}, maps:remove(max_requests, Pool1)};
+                            #{} ->
+                                {Server, Pool1}  % infinity, or a bad value the pool refuses
+                        end,
+                    Pool = Pool2#{
+                             init_code => init_code(maps:get(init_code, Pool1, undefined), App, Bind,
+                                                    Server1#{handoff => Handoff,
+                                                             pool => atom_to_binary(Name)})},
+                    case Http of
+                        #{hooks := Hooks} when map_size(Hooks) > 0 ->
+                            pyport_http_hooks:install(Name, Hooks,
+                                                      maps:get(hook_timeout, Http, ?HOOK_TIMEOUT_MS));
+                        #{} ->
+                            ok
+                    end,
+                    case start_pool(Name, App, Bind, Handoff, Pool) of
+                        {ok, _} = Ok ->
+                            Ok;
+                        {error, _} = Error ->
+                            pyport_http_hooks:uninstall(Name),
+                            pyport_http_reload:remove_dir(Handoff),
+                            Error
+                    end;
                 {error, _} = Error ->
                     Error
             end;
@@ -85,7 +117,7 @@ maybe_start(Name, Http, Pool0) ->
             Error
     end.
 
-start_pool(Name, App, Bind, Pool) ->
+start_pool(Name, App, Bind, Handoff, Pool) ->
     case pyport:start_pool(Name, Pool) of
         {ok, Pid} ->
             %% Each worker listens once its lifespan startup is done: wait
@@ -93,7 +125,8 @@ start_pool(Name, App, Bind, Pool) ->
             Timeout = maps:get(start_timeout, Pool, ?START_TIMEOUT_MS),
             case wait_serving(Name, Timeout) of
                 ok ->
-                    persistent_term:put(?REGISTRY(Name), #{app => App, bind => Bind}),
+                    persistent_term:put(?REGISTRY(Name), #{app => App, bind => Bind,
+                                                           handoff => Handoff}),
                     {ok, Pid};
                 {error, Reason} ->
                     _ = pyport:stop_pool(Name),
@@ -144,7 +177,7 @@ stop(Name) when is_atom(Name) ->
     case persistent_term:get(?REGISTRY(Name), undefined) of
         undefined ->
             {error, {no_http, Name}};
-        _ ->
+        Reg ->
             persistent_term:erase(?REGISTRY(Name)),
             %% Listeners closed, requests in flight finished (up to the
             %% grace period), lifespan shutdown run; then the pool stops.
@@ -156,7 +189,24 @@ stop(Name) when is_atom(Name) ->
                     ok
             end,
             _ = pyport:stop_pool(Name),
-            ok
+            pyport_http_reload:stop_holder(Name),
+            pyport_http_reload:remove_dir(maps:get(handoff, Reg, undefined)),
+            pyport_http_hooks:uninstall(Name)
+    end.
+
+%% @doc Replaces every worker of HTTP pool `Name', one at a time, without
+%% losing a request (pyport_http_reload, docs/http.md "Reload"): the new
+%% OS processes load the app's code afresh.
+-spec reload(atom()) -> ok | {error, {no_http, atom()} | {reload_failed, atom(), pos_integer(), term()}}.
+reload(Name) when is_atom(Name) ->
+    case persistent_term:get(?REGISTRY(Name), undefined) of
+        undefined ->
+            {error, {no_http, Name}};
+        #{handoff := Dir} ->
+            case pyport:workers(Name) of
+                {ok, Workers} -> pyport_http_reload:reload(Name, Workers, Dir);
+                {error, _} -> {error, {no_http, Name}}
+            end
     end.
 
 %% @doc The app, address and workers of HTTP pool `Name'.
@@ -168,7 +218,8 @@ info(Name) when is_atom(Name) ->
             {error, {no_http, Name}};
         Info ->
             case pyport:pool_info(Name) of
-                {ok, #{workers := Workers}} -> {ok, Info#{workers => Workers}};
+                {ok, #{workers := Workers}} ->
+                    {ok, (maps:without([handoff], Info))#{workers => Workers}};
                 {error, _} -> {error, {no_http, Name}}
             end
     end.
@@ -189,18 +240,30 @@ each_worker(Name, Workers, Function, Args, Timeout) ->
 
 check_http(Name, #{app := App0} = Http) ->
     Bind0 = maps:get(bind, Http, <<"127.0.0.1:8000">>),
-    case {app(App0), parse_bind(Bind0)} of
+    AppOk = case Http of
+                #{mounts := _} when App0 =:= mounts_only -> {ok, <<>>};
+                #{} -> app(App0)
+            end,
+    case {AppOk, parse_bind(Bind0)} of
         {error, _} ->
             {error, {invalid_http_option, Name, app, App0}};
         {_, {error, Why}} ->
             {error, {bad_bind, Name, Bind0, Why}};
         {{ok, App}, {ok, Bind, _Address}} ->
-            Rest = maps:without([app, bind], Http),
+            Rest = maps:without([app, bind, mounts], Http),
             case check_server(Name, maps:to_list(Rest), #{}) of
-                {ok, Server} -> {ok, App, Bind, Server};
-                {error, _} = Error -> Error
+                {ok, Server0} ->
+                    case pyport_http_mounts:check(maps:get(mounts, Http, []), App) of
+                        {ok, []} -> {ok, App, Bind, Server0};
+                        {ok, Mounts} -> {ok, App, Bind, Server0#{mounts => Mounts}};
+                        {error, _} = Error -> Error
+                    end;
+                {error, _} = Error ->
+                    Error
             end
     end;
+check_http(Name, #{mounts := M} = Http) when M =/= [] ->
+    check_http(Name, Http#{app => mounts_only});
 check_http(Name, _) ->
     {error, {missing_http_option, Name, app}}.
 
@@ -233,6 +296,14 @@ check_server(Name, [{interface, I} | T], Acc) when I =:= asgi; I =:= wsgi; I =:=
     check_server(Name, T, Acc#{interface => atom_to_binary(I)});
 check_server(Name, [{wsgi_threads, N} | T], Acc) when is_integer(N), N > 0, N =< 1024 ->
     check_server(Name, T, Acc#{wsgi_threads => N});
+check_server(Name, [{hooks, Hooks} | T], Acc) ->
+    case pyport_http_hooks:check(Name, Hooks) of
+        {ok, []} -> check_server(Name, T, Acc);
+        {ok, Names} -> check_server(Name, T, Acc#{hooks => Names, hook_pool => atom_to_binary(Name)});
+        {error, _} = Error -> Error
+    end;
+check_server(Name, [{hook_timeout, Ms} | T], Acc) when is_integer(Ms), Ms > 0, Ms =< 600000 ->
+    check_server(Name, T, Acc#{hook_timeout => {float, Ms / 1000}});
 check_server(Name, [{access_log, B} | T], Acc) when is_boolean(B) ->
     check_server(Name, T, Acc#{access_log => B});
 check_server(Name, [{request_timeout, infinity} | T], Acc) ->
@@ -327,7 +398,16 @@ py_value({float, F}) -> float_to_binary(F, [short]);
 py_value(true) -> <<"True">>;
 py_value(false) -> <<"False">>;
 py_value(N) when is_integer(N) -> integer_to_binary(N);
-py_value(B) when is_binary(B) -> py_str(B).
+py_value(B) when is_binary(B) -> py_str(B);
+py_value(L) when is_list(L) -> ["[", [[py_value(V), ", "] || V <- L], "]"].
 
 py_str(B) ->
     ["bytes.fromhex('", binary:encode_hex(B), "').decode()"].
+
+%% @doc The hand-off directory of HTTP pool `Name' (pyport_http_reload).
+-spec handoff(atom()) -> {ok, binary()} | error.
+handoff(Name) ->
+    case persistent_term:get(?REGISTRY(Name), undefined) of
+        #{handoff := Dir} -> {ok, Dir};
+        _ -> error
+    end.

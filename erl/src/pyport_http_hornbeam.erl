@@ -10,7 +10,7 @@
 
 %% @doc Starts `AppSpec' (`"module:callable"', the callable `application'
 %% when left out) with Hornbeam's options as HTTP pool `hornbeam_http'.
--spec start(string() | binary(), map()) -> {ok, pid()} | {error, term()}.
+-spec start(string() | binary() | map(), map()) -> {ok, pid()} | {error, term()}.
 start(AppSpec, Opts) ->
     case options(AppSpec, Opts) of
         {ok, HttpOpts} -> pyport_http:start(?NAME, HttpOpts);
@@ -23,7 +23,13 @@ stop() ->
     pyport_http:stop(?NAME).
 
 %% @doc pyport_http's options for Hornbeam's `AppSpec' and `Opts'.
--spec options(string() | binary(), map()) -> {ok, map()} | {error, term()}.
+-spec options(string() | binary() | map(), map()) -> {ok, map()} | {error, term()}.
+options(#{mounts := _} = AppOpts, Opts) when is_map(Opts) ->
+    %% `start(#{mounts => [...], ...})': no root app.
+    case options("unused:application", maps:merge(AppOpts, Opts)) of
+        {ok, Http} -> {ok, maps:remove(app, Http)};
+        {error, _} = Error -> Error
+    end;
 options(AppSpec, Opts) when is_map(Opts) ->
     case pyport_config:to_binary(AppSpec) of
         {ok, <<_, _/binary>> = Spec} ->
@@ -44,6 +50,17 @@ options(_AppSpec, Opts) ->
 
 map_all([], Acc) ->
     {ok, Acc};
+map_all([{mounts, Mounts} | T], Acc) when is_list(Mounts) ->
+    case mounts(Mounts, [], []) of
+        {ok, Ms, Dirs} ->
+            Path = maps:get(python_path, Acc, []) ++ Dirs,
+            map_all(T, Acc#{mounts => Ms, python_path => Path});
+        {error, _} = Error ->
+            Error
+    end;
+map_all([{pythonpath, Dirs} | T], Acc) when is_list(Dirs) ->
+    %% Before a mount's own directories.
+    map_all(T, Acc#{python_path => Dirs ++ maps:get(python_path, Acc, [])});
 map_all([{K, V} | T], Acc) ->
     case map_one(K, V) of
         {ok, Pairs} -> map_all(T, maps:merge(Acc, maps:from_list(Pairs)));
@@ -72,7 +89,8 @@ map_one(root_path, P) -> {ok, [{root_path, P}]};
 %% always loaded before the worker serves.
 map_one(num_acceptors, N) when is_integer(N), N > 0 -> ignore;
 map_one(preload_app, B) when is_boolean(B) -> ignore;
-map_one(K, V) when K =:= routes; K =:= mounts; K =:= hooks; K =:= ssl; K =:= certfile;
+map_one(hooks, Hooks) -> {ok, [{hooks, Hooks}]};
+map_one(K, V) when K =:= routes; K =:= mounts; K =:= ssl; K =:= certfile;
                    K =:= keyfile; K =:= cacertfile; K =:= max_concurrent;
                    K =:= context_mode; K =:= websocket_timeout;
                    K =:= websocket_max_frame_size; K =:= websocket_compress;
@@ -83,3 +101,37 @@ map_one(K, V) when K =:= worker_class; K =:= keepalive; K =:= num_acceptors;
     {error, {invalid_hornbeam_option, K, V}};
 map_one(K, V) ->
     {error, {unknown_hornbeam_option, K, V}}.
+
+%% Hornbeam's mounts: `{Prefix, AppSpec}' or `{Prefix, AppSpec, Opts}';
+%% `worker_class' is the mount's interface, `pythonpath' joins the pool's
+%% (one sys.path per worker, as in Hornbeam).
+mounts([], Acc, Dirs) ->
+    {ok, lists:reverse(Acc), Dirs};
+mounts([{Prefix, Spec} | T], Acc, Dirs) ->
+    mounts([{Prefix, Spec, #{}} | T], Acc, Dirs);
+mounts([{Prefix, Spec0, MOpts} = M | T], Acc, Dirs) when is_map(MOpts) ->
+    Spec = case pyport_config:to_binary(Spec0) of
+               {ok, <<_, _/binary>> = B} ->
+                   case binary:match(B, <<":">>) of
+                       nomatch -> <<B/binary, ":application">>;
+                       _ -> B
+                   end;
+               _ -> Spec0
+           end,
+    case maps:without([worker_class, pythonpath], MOpts) of
+        Rest when map_size(Rest) > 0 ->
+            [{K, V} | _] = maps:to_list(Rest),
+            {error, {unsupported_hornbeam_option, {mounts, K}, V}};
+        _ ->
+            Iface = case maps:get(worker_class, MOpts, default) of
+                        default -> #{};
+                        WC -> #{interface => WC}
+                    end,
+            MDirs = maps:get(pythonpath, MOpts, []),
+            case is_list(MDirs) of
+                true -> mounts(T, [{Prefix, Spec, Iface} | Acc], Dirs ++ MDirs);
+                false -> {error, {invalid_mount, M}}
+            end
+    end;
+mounts([M | _], _, _) ->
+    {error, {invalid_mount, M}}.

@@ -22,6 +22,9 @@ import time
 from collections import deque
 from typing import Any, Awaitable, Callable, Optional
 
+from urllib.parse import quote
+
+from . import _callbacks
 from _pyport_http import BODY, END, HEAD, HEAD_CHUNKED, HEAD_CLOSE, Parser, response_head
 
 __all__ = ["start", "load_app", "bind_socket", "ClientDisconnected", "server_info"]
@@ -48,6 +51,13 @@ DEFAULTS: dict[str, Any] = {
     "access_log": False,            # one INFO record per response (logger pyport.http.access)
     "interface": "auto",            # asgi | wsgi | auto (erlang._wsgi.is_wsgi)
     "wsgi_threads": 8,              # threads running a WSGI app's requests
+    "mounts": [],                   # [[prefix, "module:attr", interface], ...] (_Mounts)
+    "hooks": [],                    # the Erlang hooks the pool has (pyport_http_hooks)
+    "hook_pool": "",                # the pool's name, for pyport_http_hooks:dispatch/1
+    "hook_timeout": 5.0,            # s Erlang gives a hook (then 500)
+    "handoff": "",                  # the pool's private directory for listener hand-off (reload)
+    "pool": "",                     # the pool's name
+    "max_requests": 0,              # HTTP requests, then a graceful recycle (0: none)
 }
 
 # Flow control: the app's send() waits while the transport holds more than
@@ -168,7 +178,7 @@ class _Request:
     __slots__ = ("conn", "scope", "method_head", "keep_alive", "expect_continue", "chunks",
                  "buffered", "body_done", "delivered_end", "waiter", "started", "complete",
                  "status", "chunked", "no_body", "task", "length_left", "chunked_declared", "_head",
-                 "broken", "timed_out", "started_at", "sent_bytes")
+                 "broken", "timed_out", "started_at", "sent_bytes", "own_response")
 
     def __init__(self, conn: "HttpConnection", scope: dict, keep_alive: bool,
                  expect_continue: bool) -> None:
@@ -195,6 +205,7 @@ class _Request:
         self.timed_out = False  # request_timeout passed before the response started
         self.started_at = 0.0
         self.sent_bytes = 0
+        self.own_response = False  # a hook's answer: on_response does not see it
 
     def wake(self) -> None:
         w = self.waiter
@@ -247,6 +258,16 @@ class _Request:
         if kind == "http.response.start":
             if self.started:
                 raise RuntimeError("http.response.start sent twice")
+            hooks = conn.server.hooks
+            if hooks is not None and "on_response" in hooks and not self.own_response:
+                r = await _hook(conn, "on_response", {
+                    "status": message["status"], "headers": list(message.get("headers", ())),
+                    "method": self.scope["method"], "path": self.scope["path"]})
+                if r is None or conn.lost:
+                    if not conn.lost:
+                        self._write_error(500, "the on_response hook failed")
+                    raise ClientDisconnected("the response was replaced: on_response failed")
+                message = {"type": kind, "status": r[1], "headers": r[2]}
             self._start(message)  # raises on a bad message: nothing started
             self.started = True
             return
@@ -275,6 +296,8 @@ class _Request:
                     self.chunked = True
                 else:
                     self.keep_alive = False  # HTTP/1.0: the end of the body is the close
+            if conn.server.draining:
+                self.keep_alive = False  # a graceful recycle: the client reconnects elsewhere
             if not self.keep_alive:
                 head.append(b"connection: close\r\n")
             head.append(b"\r\n")
@@ -326,11 +349,59 @@ class _Request:
         self.chunked = self.chunked_declared and not self.no_body
         self._head = [head]
 
+    def _hook_request(self) -> dict:
+        scope = self.scope
+        return {"method": scope["method"], "path": scope["path"],
+                "query_string": scope["query_string"], "headers": scope["headers"],
+                "client": self.conn.client, "root_path": scope["root_path"]}
+
+    async def _on_request(self) -> bool:
+        """The on_request hook: True to run the app (on the request as the
+        hook left it), False when the hook answered."""
+        r = await _hook(self.conn, "on_request", self._hook_request())
+        if r is None:
+            self._write_error(500, "the on_request hook failed")
+            return False
+        if r[0] == "respond":
+            await self._respond(r[1], r[2], r[3])
+            return False
+        _, method, path, query, headers = r
+        scope = self.scope
+        if method != scope["method"]:
+            scope["method"] = method
+            self.method_head = method == "HEAD"
+        if path != scope["path"]:
+            scope["path"] = path
+            scope["raw_path"] = quote(path).encode("ascii")
+        scope["query_string"] = query
+        scope["headers"] = headers
+        return True
+
+    async def _on_error(self, exc: BaseException) -> bool:
+        """The on_error hook's answer to the app's failure: True when it
+        answered, False for the server's own 500."""
+        r = await _hook(self.conn, "on_error",
+                        {"type": type(exc).__name__, "message": str(exc)}, self._hook_request())
+        if r is None or r[0] != "respond" or self.conn.lost:
+            return False
+        # What the app started is dropped: nothing of it was written.
+        self.started = False
+        self._head = None
+        await self._respond(r[1], r[2], r[3])
+        return True
+
+    async def _respond(self, status: int, headers: list, body: bytes) -> None:
+        self.own_response = True
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body})
+
     async def run(self, app: ASGIApp) -> None:
         conn = self.conn
         self.started_at = conn.loop.time()
         try:
-            await app(self.scope, self.receive, self.send)
+            hooks = conn.server.hooks
+            if hooks is None or "on_request" not in hooks or await self._on_request():
+                await app(self.scope, self.receive, self.send)
         except ClientDisconnected:
             pass
         except BaseException as exc:
@@ -348,7 +419,16 @@ class _Request:
             if (not self.started or self._head is not None) and not self.conn.lost:
                 # Nothing written yet (a started response's head waits for
                 # its first body): the failure can still be a 500.
-                self._write_error(500, "the application failed")
+                hooks = conn.server.hooks
+                answered = False
+                if hooks is not None and "on_error" in hooks and not self.own_response:
+                    try:
+                        answered = await self._on_error(exc)
+                    except Exception:
+                        log.exception("on_error's answer could not be sent")
+                        answered = self.complete
+                if not answered and not self.complete:
+                    self._write_error(500, "the application failed")
             self.keep_alive = False
         else:
             if self.broken and not self.started:
@@ -569,6 +649,10 @@ class HttpConnection(asyncio.Protocol):
         req.buffered = 0
         if self.cfg["access_log"]:
             _access_log(self, req)
+        server = self.server
+        server.served += 1
+        if server.served == server.cfg["max_requests"]:
+            server.ask_recycle()
         if self.lost:
             return
         if req.broken or not req.keep_alive or not req.body_done:
@@ -673,6 +757,24 @@ class HttpConnection(asyncio.Protocol):
             self._close()
 
 
+async def _hook(conn: "HttpConnection", which: str, *args: Any) -> Optional[list]:
+    """Runs the pool's Erlang hook `which` (pyport_http_hooks:dispatch/1,
+    over the worker's link): its checked answer, or None when it failed,
+    timed out or answered something invalid (Erlang logged why)."""
+    cfg = conn.cfg
+    try:
+        # Erlang bounds the hook by hook_timeout; this bounds the trip.
+        r = await asyncio.wait_for(
+            _callbacks.async_call("pyport.http_hook", cfg["hook_pool"], which, *args),
+            cfg["hook_timeout"] + 2.0)
+    except (asyncio.TimeoutError, Exception) as exc:
+        log.error("HTTP hook %s failed: %r", which, exc)
+        return None
+    if not isinstance(r, (list, tuple)) or not r or r[0] == "error":
+        return None
+    return list(r)
+
+
 access_log = logging.getLogger("pyport.http.access")
 
 
@@ -706,31 +808,20 @@ def _address(addr: Any) -> Any:
     return None
 
 
-class HttpServer:
-    """The listener of one worker."""
+class _Lifespan:
+    """The lifespan scope of one ASGI app: startup before the socket is
+    served (a failure stops this worker's listener, its message in the
+    log), shutdown when the server stops."""
 
-    def __init__(self, app: ASGIApp, sock: socket.socket, cfg: dict,
-                 loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, app: ASGIApp, mode: str, loop: asyncio.AbstractEventLoop) -> None:
         self.app = app
-        self.sock = sock
-        self.cfg = cfg
+        self.mode = mode  # auto | on
         self.loop = loop
-        self.connections: set[HttpConnection] = set()
-        self.server: Optional[asyncio.base_events.Server] = None
-        self.state: Optional[dict] = None
-        self.serving: Optional[asyncio.Task] = None
-        self._lifespan_inbox: Optional[asyncio.Queue] = None
-        self._lifespan_task: Optional[asyncio.Task] = None
+        self.inbox: Optional[asyncio.Queue] = None
+        self.task: Optional[asyncio.Task] = None
 
-    async def serve(self) -> None:
-        if self.cfg["lifespan"] != "off":
-            await self._lifespan_startup()
-        self.server = await self.loop.create_server(
-            lambda: HttpConnection(self), sock=self.sock, backlog=self.cfg["backlog"])
-
-    async def _lifespan_startup(self) -> None:
-        # Startup runs here, before the socket is served; a failure stops
-        # this worker's listener (its message in the log).
+    async def startup(self) -> Optional[dict]:
+        """The app's lifespan state, or None when it does no lifespan."""
         state: dict = {}
         scope = {"type": "lifespan", "asgi": ASGI_VERSION, "state": state}
         inbox: asyncio.Queue = asyncio.Queue()
@@ -756,22 +847,124 @@ class HttpServer:
                 outcome.set_exception(RuntimeError("the app returned from the lifespan scope"))
 
         inbox.put_nowait({"type": "lifespan.startup"})
-        self._lifespan_task = self.loop.create_task(run())
+        self.task = self.loop.create_task(run())
         try:
             message = await outcome
         except Exception as exc:
-            if self.cfg["lifespan"] == "on":
+            if self.mode == "on":
                 log.error("lifespan startup failed: %r", exc)
                 raise RuntimeError(f"lifespan startup failed: {exc!r}") from None
-            self.state = None  # auto: the app does not do lifespan
-            return
+            return None  # auto: the app does not do lifespan
         if message["type"] == "lifespan.startup.failed":
             text = message.get("message", "")
             log.error("lifespan startup failed: %s", text)
             raise RuntimeError(f"lifespan startup failed: {text}")
-        self.state = state
-        # Shutdown (stop()) goes to the same task through the same inbox.
-        self._lifespan_inbox = inbox
+        # Shutdown goes to the same task through the same inbox.
+        self.inbox = inbox
+        return state
+
+    async def shutdown(self, timeout: float) -> None:
+        if self.inbox is None or self.task is None:
+            return
+        self.inbox.put_nowait({"type": "lifespan.shutdown"})
+        try:
+            await asyncio.wait_for(self.task, timeout)
+        except BaseException:
+            log.warning("lifespan shutdown did not finish in time")
+
+
+class _Mount:
+    __slots__ = ("prefix", "app", "wsgi", "state")
+
+    def __init__(self, prefix: str, app: ASGIApp, wsgi: bool) -> None:
+        self.prefix = prefix  # "" for "/"
+        self.app = app
+        self.wsgi = wsgi
+        self.state: Optional[dict] = None
+
+
+class _Mounts:
+    """Several apps on one server (`mounts`): the longest prefix that
+    matches whole path segments wins. As the ASGI spec says (its WSGI
+    compatibility section), `root_path` gets the prefix and `path` stays
+    whole; a WSGI mount's SCRIPT_NAME is the prefix, PATH_INFO the rest.
+    No match: 404."""
+
+    def __init__(self, mounts: list[_Mount]) -> None:
+        self.mounts = sorted(mounts, key=lambda m: len(m.prefix), reverse=True)
+
+    def find(self, path: str) -> Optional[_Mount]:
+        for m in self.mounts:
+            p = m.prefix
+            if not p or (path.startswith(p) and (len(path) == len(p) or path[len(p)] == "/")):
+                return m
+        return None
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        mount = self.find(scope["path"])
+        if mount is None:
+            body = b"404 Not Found: no application is mounted at this path\n"
+            await send({"type": "http.response.start", "status": 404,
+                        "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        scope["root_path"] = scope.get("root_path", "") + mount.prefix
+        if mount.state is not None:
+            scope["state"] = mount.state.copy()
+        await mount.app(scope, receive, send)
+
+    def shutdown(self) -> None:
+        for m in self.mounts:
+            stop = getattr(m.app, "shutdown", None)  # a WSGI adapter's threads
+            if stop is not None:
+                stop()
+
+
+class HttpServer:
+    """The listener of one worker."""
+
+    def __init__(self, app: ASGIApp, sock: socket.socket, cfg: dict,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.app = app
+        self.sock = sock
+        self.cfg = cfg
+        self.loop = loop
+        self.connections: set[HttpConnection] = set()
+        self.server: Optional[asyncio.base_events.Server] = None
+        self.state: Optional[dict] = None
+        self.serving: Optional[asyncio.Task] = None
+        self.lifespans: list[_Lifespan] = []
+        self.draining = False  # park(): responses end their connections
+        self.served = 0  # HTTP requests answered (max_requests)
+        self._recycle_task: Optional[asyncio.Task] = None
+        # The Erlang hooks the pool has; None: no hook, no round trip.
+        self.hooks: Optional[frozenset] = frozenset(cfg["hooks"]) if cfg["hooks"] else None
+
+    def ask_recycle(self) -> None:
+        """max_requests reached: Erlang replaces this worker as
+        reload_http/1 does (pyport_http_reload:recycle_request/1)."""
+        async def ask() -> None:
+            try:
+                await _callbacks.async_call("pyport.http_recycle", self.cfg["pool"], os.getpid())
+            except Exception as exc:
+                log.error("max_requests reached, but no recycle: %r", exc)
+        self._recycle_task = self.loop.create_task(ask())
+
+    async def serve(self) -> None:
+        if self.cfg["lifespan"] != "off":
+            mounts = getattr(self.app, "mounts", None)
+            if mounts is None:
+                self.lifespans = [_Lifespan(self.app, self.cfg["lifespan"], self.loop)]
+                self.state = await self.lifespans[0].startup()
+            else:
+                # Every ASGI mount does its own lifespan, with its own state.
+                for mount in mounts:
+                    if not mount.wsgi:
+                        life = _Lifespan(mount.app, self.cfg["lifespan"], self.loop)
+                        self.lifespans.append(life)
+                        mount.state = await life.startup()
+        self.server = await self.loop.create_server(
+            lambda: HttpConnection(self), sock=self.sock, backlog=self.cfg["backlog"])
 
     async def stop(self, grace: float) -> None:
         """Closes the listener, lets requests in flight finish for up to
@@ -793,15 +986,22 @@ class HttpServer:
         shutdown = getattr(self.app, "shutdown", None)  # the WSGI adapter's threads
         if shutdown is not None:
             shutdown()
-        if self._lifespan_inbox is not None:
-            self._lifespan_inbox.put_nowait({"type": "lifespan.shutdown"})
-            try:
-                await asyncio.wait_for(self._lifespan_task, max(0.1, deadline - self.loop.time()))
-            except BaseException:
-                log.warning("lifespan shutdown did not finish in time")
+        for life in self.lifespans:
+            await life.shutdown(max(0.1, deadline - self.loop.time()))
 
 
 _servers: list[HttpServer] = []
+
+
+def _load_mount(prefix: str, spec: str, interface: str, cfg: dict) -> _Mount:
+    """The app named by `spec`, a WSGI one wrapped in the adapter."""
+    from . import _wsgi
+    app = load_app(spec)
+    if interface not in ("asgi", "wsgi", "auto"):
+        raise ValueError(f"app {spec!r}: interface {interface!r}: expected asgi, wsgi or auto")
+    if interface == "wsgi" or (interface == "auto" and _wsgi.is_wsgi(app)):
+        return _Mount(prefix, _wsgi.WsgiAdapter(app, int(cfg["wsgi_threads"]), prefix), True)
+    return _Mount(prefix, app, False)
 
 
 def start(app_spec: str, bind: str, options: Optional[dict] = None) -> None:
@@ -813,19 +1013,28 @@ def start(app_spec: str, bind: str, options: Optional[dict] = None) -> None:
         if key not in DEFAULTS:
             raise ValueError(f"unknown HTTP option {key!r}")
         cfg[key] = value
-    app = load_app(app_spec)
     interface = cfg["interface"]
     if interface not in ("asgi", "wsgi", "auto"):
         raise ValueError(f"interface {interface!r}: expected asgi, wsgi or auto")
-    from . import _wsgi
-    if interface == "wsgi" or (interface == "auto" and _wsgi.is_wsgi(app)):
-        if cfg["lifespan"] == "on":
-            raise ValueError(f"app {app_spec!r}: lifespan => on needs an ASGI app (this is WSGI)")
-        cfg["lifespan"] = "off"
-        app = _wsgi.WsgiAdapter(app, int(cfg["wsgi_threads"]))
+    if cfg["mounts"]:
+        mounts = [_load_mount("" if prefix == "/" else prefix, spec, iface or interface, cfg)
+                  for prefix, spec, iface in cfg["mounts"]]
+        if app_spec:
+            mounts.append(_load_mount("", app_spec, interface, cfg))
+        app: ASGIApp = _Mounts(mounts)
+        if cfg["lifespan"] == "on" and all(m.wsgi for m in mounts):
+            raise ValueError("lifespan => on needs an ASGI app (every mount is WSGI)")
+    else:
+        mount = _load_mount("", app_spec, interface, cfg)
+        app = mount.app
+        if mount.wsgi:
+            if cfg["lifespan"] == "on":
+                raise ValueError(f"app {app_spec!r}: lifespan => on needs an ASGI app "
+                                 "(this is WSGI)")
+            cfg["lifespan"] = "off"
     if cfg["access_log"]:
         _enable_access_log()
-    sock = bind_socket(bind, cfg["backlog"])
+    sock = _adopt(cfg["handoff"], bind) or bind_socket(bind, cfg["backlog"])
     from . import _worker
     loop = _worker.ensure_loop()
     server = HttpServer(app, sock, cfg, loop)
@@ -855,6 +1064,155 @@ async def stop(grace: float = 5.0) -> bool:
     servers = list(_servers)
     _servers.clear()
     await asyncio.gather(*(s.stop(grace) for s in servers), return_exceptions=True)
+    return True
+
+
+# -- listener hand-off (pyport_http_reload, docs/http.md "Reload") ---------
+
+# During a reload a worker of a temporary pool (pyport_http_reload) holds
+# the listening socket of the worker being replaced: the socket is never
+# closed, so the connections in its accept queue wait for the replacement
+# instead of being reset (closing one SO_REUSEPORT listener resets its
+# queue). Not a child of the leaving worker: a worker's descendants end
+# with it.
+
+
+def _handoff_path(directory: str) -> str:
+    return os.path.join(directory, "listener.sock")
+
+
+def hold(directory: str) -> bool:
+    """Runs the holder (in the temporary pool's worker): a thread serving
+    the pool's hand-off socket. `P` + a descriptor: hold it; `T`: hand the
+    oldest held one over (`N`: none held)."""
+    import threading
+    path = _handoff_path(directory)
+    tmp = path + ".new"
+    u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o077)
+    try:
+        u.bind(tmp)
+    finally:
+        os.umask(old)
+    u.listen(16)
+    os.rename(tmp, path)  # visible only once it listens
+    held: deque[int] = deque()
+
+    def serve() -> None:
+        while True:
+            try:
+                c, _ = u.accept()
+            except OSError:
+                return
+            with c:
+                try:
+                    c.settimeout(10.0)
+                    msg, fds, _, _ = socket.recv_fds(c, 1, 4)
+                    if msg == b"P" and fds:
+                        held.append(fds[0])
+                        for extra in fds[1:]:
+                            os.close(extra)
+                        c.sendall(b"k")
+                    elif msg == b"T" and held:
+                        fd = held.popleft()
+                        socket.send_fds(c, [b"L"], [fd])
+                        c.recv(1)  # the taker has it: this copy may go
+                        os.close(fd)
+                    else:
+                        for fd in fds:
+                            os.close(fd)
+                        c.sendall(b"N")
+                except OSError:
+                    pass
+
+    threading.Thread(target=serve, name="pyport-http-hold", daemon=True).start()
+    return True
+
+
+def _adopt(directory: str, bind: str) -> Optional[socket.socket]:
+    """The listener a leaving worker of this pool handed off, if one is
+    held: a listening socket on `bind`'s address, else None (bind anew)."""
+    if not directory:
+        return None
+    path = _handoff_path(directory)
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return None  # no reload under way
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        log.warning("hand-off directory %s is not this user's private one: ignored", directory)
+        return None
+    if not os.path.exists(path):
+        return None
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.settimeout(5.0)
+            c.connect(path)
+            c.sendall(b"T")
+            _, fds, _, _ = socket.recv_fds(c, 1, 1)
+            if fds:
+                c.sendall(b"k")
+    except OSError as exc:
+        log.warning("no listener taken over from %s: %r", path, exc)
+        return None
+    if not fds:
+        return None
+    sock = socket.socket(fileno=fds[0])
+    try:
+        family, address = parse_bind(bind)
+        if sock.family != family or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) \
+                or sock.getsockname()[:2] != address[:2]:
+            raise OSError("not a listener on " + bind)
+    except OSError as exc:
+        log.warning("listener handed off refused: %r", exc)
+        sock.close()
+        return None
+    sock.setblocking(False)
+    return sock
+
+
+def _hand_off(server: "HttpServer") -> bool:
+    """Gives the holder a copy of the server's listener; True once held."""
+    path = _handoff_path(server.cfg["handoff"])
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.settimeout(5.0)
+            c.connect(path)
+            socket.send_fds(c, [b"P"], [server.sock.fileno()])
+            return c.recv(1) == b"k"
+    except OSError as exc:
+        log.warning("listener not handed off (%r): its queued connections are lost", exc)
+        return False
+
+
+async def park(grace: float = 15.0) -> bool:
+    """A graceful recycle's first half (pyport_http:reload/1): this worker
+    hands its listener to a holder process (the next worker of the pool
+    takes it over), stops accepting, lets requests in flight finish and
+    ends every keep-alive connection at its next response (`connection:
+    close`); idle ones at their keep-alive timeout. Returns when no
+    connection is left, or after `grace` seconds (the rest is cut)."""
+    loop = asyncio.get_running_loop()
+    for server in _servers:
+        if server.sock.family != socket.AF_UNIX and server.cfg["handoff"] \
+                and server.sock.fileno() >= 0:
+            _hand_off(server)
+    for server in _servers:
+        server.draining = True
+        if server.server is not None:
+            server.server.close()  # this copy only: the holder keeps the socket open
+        elif server.serving is not None:
+            server.serving.cancel()
+        server.sock.close()
+        # A connection's next response says `connection: close` (a response
+        # already sent without it keeps its connection to the next one);
+        # an idle one closes at its keep-alive timeout, as always.
+    # Connections accepted just before the close become protocols a few
+    # loop turns later (asyncio's accept tasks): let them show up.
+    await asyncio.sleep(0.1)
+    deadline = loop.time() + grace
+    while any(s.connections for s in _servers) and loop.time() < deadline:
+        await asyncio.sleep(0.02)
     return True
 
 

@@ -128,14 +128,18 @@ class FileWrapper:
             yield data
 
 
-def _environ(scope: dict, wsgi_input: _Input) -> dict:
+def _environ(scope: dict, wsgi_input: _Input, mount: str = "") -> dict:
     server = scope.get("server") or ("localhost", 80)
     client = scope.get("client")
     # PEP 3333: PATH_INFO is the percent-decoded path as bytes, carried in
     # a latin-1 str; SCRIPT_NAME is the mount (root_path).
     path = unquote_to_bytes(scope["raw_path"]).decode("latin-1")
     script = scope.get("root_path", "")
-    if script and path.startswith(script):
+    if mount:
+        # A mount (erlang._http._Mounts): the path keeps the pool's own
+        # root_path out, so the mount's prefix is what PATH_INFO loses.
+        path = path[len(mount.encode("utf-8")):]
+    elif script and path.startswith(script):
         path = path[len(script):]
     env = {
         "REQUEST_METHOD": scope["method"],
@@ -178,8 +182,9 @@ def _environ(scope: dict, wsgi_input: _Input) -> dict:
 class WsgiAdapter:
     """A WSGI app as an ASGI app (http scopes; lifespan is not WSGI's)."""
 
-    def __init__(self, app: Callable, threads: int) -> None:
+    def __init__(self, app: Callable, threads: int, mount: str = "") -> None:
         self.app = app
+        self.mount = mount  # the prefix it is mounted at ("" : none)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pyport-wsgi")
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -190,7 +195,7 @@ class WsgiAdapter:
         def call(coro: Any) -> Any:
             return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
-        run = _Run(self.app, scope, receive, send, call)
+        run = _Run(self.app, scope, receive, send, call, self.mount)
         last = await loop.run_in_executor(self.pool, run.run)
         # The response's last messages go out from here, on the loop: no
         # hop back from the thread for them.
@@ -205,8 +210,9 @@ class _Run:
     """One request on a pool thread."""
 
     def __init__(self, app: Callable, scope: dict, receive: Callable, send: Callable,
-                 call: Callable) -> None:
+                 call: Callable, mount: str = "") -> None:
         self.app = app
+        self.mount = mount
         self.scope = scope
         self.send = send
         self.call = call
@@ -265,7 +271,7 @@ class _Run:
     def run(self) -> list:
         """Runs the app on this thread; returns the response's last
         messages, for the loop to send."""
-        result: Iterable = self.app(_environ(self.scope, self.input), self.start_response)
+        result: Iterable = self.app(_environ(self.scope, self.input, self.mount), self.start_response)
         try:
             if isinstance(result, (list, tuple)) and not self.head_sent:
                 # The whole body known: one message, so a Content-Length.
