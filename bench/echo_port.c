@@ -3,7 +3,9 @@
  * benchmark run through the same Erlang port settings shows what the pipes
  * and the port machinery alone cost. Frames that arrive together go back
  * in one write, as the worker does. Exits 0 at end of input. */
+#define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -34,8 +36,14 @@ static unsigned char* grow(unsigned char* buf, size_t* cap, size_t need) {
   return p;
 }
 
-int main(void) {
+int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
+  /* --grow-pipes: both pipes hold 1 MiB, as a worker's do once big frames
+   * have crossed them (port_worker/frame_writer.hpp). */
+  if (argc > 1 && strcmp(argv[1], "--grow-pipes") == 0) {
+    fcntl(0, F_SETPIPE_SZ, 1 << 20);
+    fcntl(1, F_SETPIPE_SZ, 1 << 20);
+  }
   size_t cap = 1 << 16, len = 0;
   unsigned char* buf = malloc(cap);
   if (!buf) return 1;

@@ -19,6 +19,10 @@ main(["idle_worker"]) ->
 main(["warm_pools"]) ->
     {ok, _} = application:ensure_all_started(pyport),
     warm_pools(),
+    halt(0);
+main(["data"]) ->
+    {ok, _} = application:ensure_all_started(pyport),
+    data(priv_file("echo_port")),
     halt(0).
 
 -define(SEQ_CALLS, 20000).
@@ -32,7 +36,7 @@ main() ->
     concurrent(),
     callbacks(CallRate),
     big_binary(Echo),
-    int_list(),
+    data(Echo),
     codec(),
     coroutines(CallRate),
     idle_worker(),
@@ -283,12 +287,89 @@ big_binary(Echo) ->
     line("call_identity_1mib_bandwidth", Rate, "MiB/s"),
     line("call_identity_1mib_vs_floor", Rate / Floor, "ratio").
 
-%% A list of 10,000 integers through identity.
-int_list() ->
+%% Data through identity (docs/performance.md): bytes of 1 KiB to 64 MiB,
+%% each beside two floors, the same frame echoed by echo_port through a
+%% {packet, 4} port with the pipes' default 64 KiB and with them grown to
+%% 1 MiB as a worker grows its own (`--grow-pipes`); the node's and the
+%% worker's peak RSS around the 64 MiB round trips; a list of 10,000
+%% integers and a map of 1,000 integer keys.
+data(Echo) ->
+    Opts = #{size => 1, python_path => ["bench"], max_frame_size => 128 bsl 20,
+             call_timeout => 120000},
+    %% PYPORT_BENCH_WORKER: another build of the worker, to compare.
+    {ok, _} = pyport:start_pool(bench_data, case os:getenv("PYPORT_BENCH_WORKER") of
+                                                false -> Opts;
+                                                Exe -> Opts#{worker => Exe}
+                                            end),
+    lists:foreach(fun({Name, Size, N}) -> bytes_identity(Echo, Name, Size, N) end,
+                  [{"1kib", 1 bsl 10, 5000}, {"64kib", 1 bsl 16, 2000},
+                   {"1mib", 1 bsl 20, 300}, {"64mib", 64 bsl 20, 6}]),
     L = lists:seq(1, 10000),
-    N = 1000,
-    {Us, _} = timer:tc(fun() -> repeat(N, fun() -> {ok, L} = py:call(pyport_bench_py, identity, [L]) end) end),
-    line("call_identity_10k_int_list_rate", N / (Us / 1.0e6), "calls/s").
+    line("call_identity_10k_int_list_rate",
+         rate(1000, fun() -> {ok, L} = py:call(bench_data, pyport_bench_py, identity, [L]) end),
+         "calls/s"),
+    M = maps:from_list([{I, I} || I <- lists:seq(1, 1000)]),
+    line("call_identity_1k_int_map_rate",
+         rate(1000, fun() -> {ok, M} = py:call(bench_data, pyport_bench_py, identity, [M]) end),
+         "calls/s"),
+    ok = pyport:stop_pool(bench_data).
+
+bytes_identity(Echo, Name, Size, N) ->
+    Bin = binary:copy(<< <<X>> || X <- lists:seq(0, 255) >>, Size div 256),
+    Frame = iolist_to_binary(pyport_codec:encode_frame(1, 1, [<<"pyport_bench_py">>, <<"identity">>,
+                                                              [{bytes, Bin}], #{}])),
+    Default = open(Echo, []),
+    Grown = open(Echo, ["--grow-pipes"]),
+    Call = fun() -> {ok, Bin} = py:call(bench_data, pyport_bench_py, identity, [{bytes, Bin}]) end,
+    Runs = [fun() -> echo(Default, Frame) end, fun() -> echo(Grown, Frame) end, Call],
+    [Run() || Run <- Runs],
+    %% Interleaved rounds, the best of each: the three see the same load.
+    Rounds = 5,
+    Per = max(1, N div Rounds),
+    Rates = [[rate(Per, Run) || Run <- Runs] || _ <- lists:seq(1, Rounds)],
+    [Floor, GrownFloor, Rate] = [lists:max(Column) || Column <- transpose(Rates)],
+    close(Default),
+    close(Grown),
+    MiB = Size / (1 bsl 20),
+    line("floor_echo_bytes_" ++ Name ++ "_rate", Floor, "calls/s"),
+    line("floor_echo_grown_pipes_bytes_" ++ Name ++ "_rate", GrownFloor, "calls/s"),
+    line("call_identity_bytes_" ++ Name ++ "_rate", Rate, "calls/s"),
+    line("call_identity_bytes_" ++ Name ++ "_bandwidth", Rate * MiB, "MiB/s"),
+    line("call_identity_bytes_" ++ Name ++ "_vs_floor", Rate / Floor, "ratio"),
+    line("call_identity_bytes_" ++ Name ++ "_vs_grown_floor", Rate / GrownFloor, "ratio"),
+    case Size >= 64 bsl 20 of
+        true ->
+            %% Peaks of pyport's round trips alone.
+            {Node, Worker} = reset_peaks(),
+            repeat(Per, Call),
+            line("call_identity_bytes_" ++ Name ++ "_node_peak_rss", peak_mib(Node), "MiB"),
+            line("call_identity_bytes_" ++ Name ++ "_worker_peak_rss", peak_mib(Worker), "MiB");
+        false ->
+            ok
+    end.
+
+transpose([[] | _]) -> [];
+transpose(Rows) -> [[hd(R) || R <- Rows] | transpose([tl(R) || R <- Rows])].
+
+rate(N, Fun) ->
+    {Us, _} = timer:tc(fun() -> repeat(N, Fun) end),
+    N / (Us / 1.0e6).
+
+%% Resets the peak RSS (VmHWM) of this node and of bench_data's worker
+%% (writing 5 to clear_refs: this process and its child only), so that
+%% the peak read afterwards is that of what ran in between.
+reset_peaks() ->
+    {ok, #{workers := [#{os_pid := Worker}]}} = pyport:pool_info(bench_data),
+    Node = list_to_integer(os:getpid()),
+    [ok = file:write_file("/proc/" ++ integer_to_list(P) ++ "/clear_refs", <<"5">>)
+     || P <- [Node, Worker]],
+    {Node, Worker}.
+
+peak_mib(OsPid) ->
+    {ok, Status} = file:read_file("/proc/" ++ integer_to_list(OsPid) ++ "/status"),
+    [_, Rest] = binary:split(Status, <<"VmHWM:">>),
+    [Kb | _] = string:lexemes(Rest, " \t\n"),
+    binary_to_integer(Kb) / 1024.
 
 %% The Erlang codec alone, per term, each in a fresh process with nothing
 %% kept alive; the peer is the runtime's own C codec (external term format)

@@ -8,6 +8,17 @@ def identity(value):
     return value
 
 
+def make_list(n):
+    """[1..n]: a big answer for a small request."""
+    return list(range(1, n + 1))
+
+
+def make_list_only(n):
+    """What make_list costs in Python alone."""
+    list(range(1, n + 1))
+    return 0
+
+
 def callback_loop(name, n):
     """n round trips Python -> Erlang (the registered function `name`);
     returns the rate per second, timed here."""

@@ -13,6 +13,11 @@ constexpr size_t kKeepCapacity = 1 << 20;
 constexpr int kWaitSliceMs = 100;  // how often a waiting thread rechecks close/failure
 }  // namespace
 
+void grow_pipe(int fd) {
+  int size = fcntl(fd, F_GETPIPE_SZ);
+  if (size >= 0 && size_t(size) < kBigPipeBytes) (void)fcntl(fd, F_SETPIPE_SZ, int(kBigPipeBytes));
+}
+
 int FrameWriter::open(uv_loop_t* loop, int fd, ErrorCallback on_error, void* ctx) {
   on_error_ = on_error;
   ctx_ = ctx;
@@ -91,6 +96,10 @@ void FrameWriter::write_from_loop() {
 }
 
 void FrameWriter::write_locked() {
+  if (!grown_ && pending_.size() - sent_ > kDefaultPipeBytes && fd_ >= 0) {
+    grown_ = true;
+    grow_pipe(fd_);
+  }
   while (sent_ < pending_.size() && !error_ && !closed_) {
     ssize_t n = write(fd_, pending_.data() + sent_, pending_.size() - sent_);
     if (n < 0) {

@@ -18,6 +18,18 @@
 
 namespace pyport {
 
+// The frame channel's pipes hold 64 KiB by default, so a frame of a few
+// MiB crossed them in 64 KiB steps, each a wake-up of both sides (measured:
+// a third of a 1 MiB round trip, docs/performance.md). Once a frame larger
+// than that crosses a direction, its pipe is grown to kBigPipeBytes, best
+// effort: the kernel refuses past /proc/sys/fs/pipe-max-size or the user's
+// pipe-user-pages-soft, and then the pipe simply stays as it was. Workers
+// that never move big frames keep the default size and cost the user's
+// pipe budget nothing extra.
+constexpr size_t kDefaultPipeBytes = 64 * 1024;
+constexpr size_t kBigPipeBytes = 1 << 20;
+void grow_pipe(int fd);
+
 class FrameWriter {
  public:
   // Called on the loop thread, once, after a write failed (the owner went
@@ -85,6 +97,7 @@ class FrameWriter {
   bool error_reported_ = false;
 
   bool polling_ = false;  // loop thread only
+  bool grown_ = false;    // grow_pipe() was tried (with mu_ held)
 };
 
 }  // namespace pyport

@@ -1,5 +1,7 @@
 #include "input_reader.hpp"
 
+#include "frame_writer.hpp"
+
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -273,6 +275,12 @@ bool InputReader::read_locked(InputBatch& requests) {
     auto [p, room] = assembler_.prepare();
     ssize_t n = read(fd_, p, room);
     if (n > 0) {
+      if (!grown_ && size_t(n) >= kDefaultPipeBytes) {
+        // The pipe was full: big frames come this way, let the owner
+        // write them in fewer steps.
+        grown_ = true;
+        grow_pipe(fd_);
+      }
       assembler_.commit(size_t(n));
       route(requests, from_input);
       if (size_t(n) < room) return true;  // probably all there is

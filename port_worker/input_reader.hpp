@@ -205,6 +205,7 @@ class InputReader {
   InputBatch staged_;  // input thread: what one read produced
   InputBatch shared_;  // queued for the main thread
   bool eof_ = false;
+  bool grown_ = false;  // grow_pipe() was tried on fd_ (frame_writer.hpp)
   std::string error_;
   std::atomic<size_t> queued_{0};
   std::atomic<bool> ended_{false};

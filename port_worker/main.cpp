@@ -143,6 +143,19 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "pyport_worker: %s\n", error.c_str());
     return 1;
   }
+  // A big frame passes through several buffers per request (the read,
+  // the decoded bytes, the encoded answer). glibc's defaults give those
+  // back to the kernel as soon as they are freed (mmap and trim above
+  // 128 KiB at first), so every request page-faulted them in again:
+  // measured, half of the worker's time in a 1 MiB round trip
+  // (docs/performance.md). Blocks up to kHeapBlock come from the heap and
+  // are reused; at most kHeapKeep of free heap top is kept. Larger blocks
+  // are still mmap'd and returned, so a rare huge payload leaves no
+  // lasting RSS behind.
+  constexpr int kHeapBlock = 4 << 20;
+  constexpr int kHeapKeep = 16 << 20;
+  mallopt(M_MMAP_THRESHOLD, kHeapBlock);
+  mallopt(M_TRIM_THRESHOLD, kHeapKeep);
   if (options.max_memory) {
     // glibc reserves 64 MiB of address space per thread arena; under an
     // address-space limit those reservations, not Python's data, would

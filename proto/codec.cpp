@@ -196,27 +196,87 @@ class Codec::Decoder {
     return PyRef::steal(new_string(p, n, kind));
   }
 
+  // The integer forms up to 32 bits, read without the general dispatch
+  // (most elements of big lists and maps are such integers); false, with
+  // nothing consumed, for any other form or a truncated one, which value()
+  // then reads or reports.
+  static bool small_int(mp::Reader& r, long& v) {
+    size_t left = r.remaining();
+    if (left == 0) return false;
+    const uint8_t* p = r.cursor();
+    uint8_t b = p[0];
+    size_t len = 1;
+    if (b <= 0x7f) {
+      v = b;
+    } else if (b >= 0xe0) {
+      v = int8_t(b);
+    } else {
+      switch (b) {
+        case 0xcc:
+        case 0xd0:
+          len = 2;
+          break;
+        case 0xcd:
+        case 0xd1:
+          len = 3;
+          break;
+        case 0xce:
+        case 0xd2:
+          len = 5;
+          break;
+        default:
+          return false;
+      }
+      if (left < len) return false;
+      uint32_t u = len == 2 ? p[1] : len == 3 ? uint32_t(p[1]) << 8 | p[2] : mp::load_be32(p + 1);
+      switch (b) {
+        case 0xd0:
+          v = int8_t(u);
+          break;
+        case 0xd1:
+          v = int16_t(u);
+          break;
+        case 0xd2:
+          v = int32_t(u);
+          break;
+        default:
+          v = long(u);
+      }
+    }
+    const uint8_t* skipped = nullptr;
+    return r.read_raw(len, skipped, "int");
+  }
+
+  // One element of a container: value(), with small integers first.
+  PyObject* element(mp::Reader& r, int depth) {
+    long v;
+    if (small_int(r, v)) return PyLong_FromLong(v);
+    return value(r, depth).release();
+  }
+
   PyRef array(mp::Reader& r, uint64_t n, int depth, size_t start) {
     if (!check_depth(r, depth, start) || !check_count(r, n, 1, "array", start)) return {};
     PyRef list = PyRef::steal(PyList_New(Py_ssize_t(n)));
     if (!list) return {};
     for (uint64_t i = 0; i < n; ++i) {
-      PyRef item = value(r, depth + 1);
+      PyObject* item = element(r, depth + 1);
       if (!item) return {};
-      PyList_SET_ITEM(list.get(), Py_ssize_t(i), item.release());
+      PyList_SET_ITEM(list.get(), Py_ssize_t(i), item);
     }
     return list;
   }
 
   PyRef map(mp::Reader& r, uint64_t n, int depth, size_t start) {
     if (!check_depth(r, depth, start) || !check_count(r, n, 2, "map", start)) return {};
-    PyRef dict = PyRef::steal(PyDict_New());
+    // Sized for n entries (CPython caps what it sets aside), so a big map
+    // is not rehashed as it fills.
+    PyRef dict = PyRef::steal(_PyDict_NewPresized(Py_ssize_t(n)));
     if (!dict) return {};
     for (uint64_t i = 0; i < n; ++i) {
       size_t key_at = r.offset();
-      PyRef key = value(r, depth + 1);
+      PyRef key = PyRef::steal(element(r, depth + 1));
       if (!key) return {};
-      PyRef val = value(r, depth + 1);
+      PyRef val = PyRef::steal(element(r, depth + 1));
       if (!val) return {};
       if (PyDict_SetItem(dict.get(), key.get(), val.get()) < 0) {
         if (!PyErr_ExceptionMatches(PyExc_TypeError)) return {};
@@ -602,6 +662,14 @@ class Codec::Encoder {
     return true;
   }
 
+  // An object whose encoding runs no Python code, so nothing can free it
+  // while it is written: it needs no reference of its own.
+  static bool inert(PyObject* o) {
+    PyTypeObject* t = Py_TYPE(o);
+    return t == &PyLong_Type || t == &PyFloat_Type || t == &PyUnicode_Type || o == Py_None ||
+           t == &PyBool_Type;
+  }
+
   bool list(PyObject* o, int depth) {
     Py_ssize_t n = PyList_GET_SIZE(o);
     if (!container(depth) || !length(size_t(n), "a list")) return false;
@@ -610,8 +678,13 @@ class Codec::Encoder {
       // Python code run by an element (a Term subclass property) may shrink
       // the list: re-check the size and hold the item.
       if (i >= PyList_GET_SIZE(o)) return changed("list");
-      PyRef item = PyRef::borrow(PyList_GET_ITEM(o, i));
-      if (!value(item.get(), depth + 1)) return false;
+      PyObject* item = PyList_GET_ITEM(o, i);
+      if (inert(item)) {
+        if (!value(item, depth + 1)) return false;
+        continue;
+      }
+      PyRef held = PyRef::borrow(item);
+      if (!value(held.get(), depth + 1)) return false;
     }
     return PyList_GET_SIZE(o) == n || changed("list");
   }
@@ -649,6 +722,10 @@ class Codec::Encoder {
     PyObject *k, *v;
     while (PyDict_Next(o, &pos, &k, &v)) {
       if (++count > n) return changed("dict");
+      if (inert(k) && inert(v)) {
+        if (!value(k, depth + 1) || !value(v, depth + 1)) return false;
+        continue;
+      }
       PyRef key = PyRef::borrow(k), val = PyRef::borrow(v);
       if (!value(key.get(), depth + 1) || !value(val.get(), depth + 1)) return false;
     }

@@ -99,3 +99,25 @@ oversized_payload_is_badarg_test() ->
     %% iolist_size only: nothing that large is built.
     Big = binary:copy(<<0>>, 1 bsl 20),
     ?assertError(badarg, pyport_framer:frame(lists:duplicate(4097, Big))).
+
+%% A big frame arriving in pipe-sized reads (the VM's spawn driver reads
+%% 64 KiB at a time) and in odd ones comes out whole, and the small frame
+%% sharing its last read follows it. What a caller keeps of it references
+%% no more than the frame: appending the pieces as they came would leave
+%% up to the frame's size again of spare capacity behind it (measured:
+%% 2 MiB for a 1 MiB frame), given back only by a garbage collection, so
+%% the pieces are joined once at the end instead.
+big_frame_in_many_reads_test() ->
+    Big = << <<(I band 255)>> || I <- lists:seq(1, (1 bsl 20) + 3) >>,
+    Bin = framed([Big, <<"after">>]),
+    Pipe = lists:seq(65536, byte_size(Bin) - 1, 65536),
+    Odd = lists:seq(1, byte_size(Bin) - 1, 9973),
+    [begin
+         {ok, [Frame, After], S} = feed_cut(Bin, Cuts, 2 bsl 20),
+         ?assertEqual(Big, Frame),
+         self() ! {frame, Frame},
+         Sent = receive {frame, F} -> F end,
+         ?assertEqual(byte_size(Frame), binary:referenced_byte_size(Sent)),
+         ?assertEqual(<<"after">>, After),
+         ?assertEqual(0, pyport_framer:buffered(S))
+     end || Cuts <- [Pipe, Odd, [3, 4, 5 | Pipe]]].

@@ -99,6 +99,41 @@ BOOST_AUTO_TEST_CASE(integers_at_every_format_boundary_match_msgpack_c) {
   }
 }
 
+// Elements of lists and maps take a shorter path for integers up to 32
+// bits (codec.cpp, Decoder::small_int): every boundary, inside containers,
+// in shortest and longer forms, and truncated, must read as value() does.
+BOOST_AUTO_TEST_CASE(integers_inside_containers_at_every_boundary) {
+  PyRef list =
+      py("[0, 1, 127, 128, 255, 256, 65535, 65536, 2**32-1, 2**32, 2**63-1, 2**64-1, -1, -32, -33,"
+         " -128, -129, -32768, -32769, -2**31, -2**31-1, -2**63, 1.5, 'x', None, [300, -300]]");
+  round_trip(list.get());
+  PyRef dict =
+      py("{i: -i for i in (0, 127, 128, 255, 256, 65535, 65536, 2**32-1, 2**32, -2**31-1)}");
+  round_trip(dict.get());
+  std::string why;
+  // Longer forms than needed: a decoder accepts any valid form.
+  BOOST_TEST(same_value(decode_ok({0x96, 0xcc, 0x05, 0xcd, 0x00, 0x05, 0xce, 0x00, 0x00, 0x00, 0x05,
+                                   0xd0, 0x05, 0xd1, 0xff, 0xfb, 0xd2, 0x80, 0x00, 0x00, 0x00})
+                            .get(),
+                        py("[5, 5, 5, 5, -5, -2**31]").get(), why),
+             why);
+  BOOST_TEST(
+      same_value(
+          decode_ok({0x82, 0xce, 0xff, 0xff, 0xff, 0xff, 0xe0, 0xd1, 0x80, 0x00, 0xcc, 0xff}).get(),
+          py("{2**32-1: -32, -32768: 255}").get(), why),
+      why);
+  // Truncated inside an array: the same message as for the value alone.
+  for (Bytes b : {Bytes{0xcd, 0x01}, Bytes{0xce, 0x00, 0x00}, Bytes{0xd2, 0x00}, Bytes{0xcc}}) {
+    BOOST_TEST_CONTEXT(hex(b)) {
+      std::string alone = decode_error(b);
+      std::string inside = decode_error(cat({{0x91}, b}));
+      BOOST_TEST(contains(inside, "truncated"), inside);
+      BOOST_TEST(alone.substr(0, alone.find(" at byte")) ==
+                 inside.substr(0, inside.find(" at byte")));
+    }
+  }
+}
+
 BOOST_AUTO_TEST_CASE(big_integers_use_ext3_outside_64_bits) {
   // sign byte + 9 magnitude bytes: ext 8 of 10 bytes
   BOOST_TEST(hex(encode_ok(py("2**64").get())) == "c70a0300010000000000000000");
