@@ -4,6 +4,7 @@ code does, and clients talk to it with http.client and raw sockets."""
 import ast
 import http.client
 import json
+import os
 import socket
 import time
 
@@ -703,4 +704,7 @@ def test_large_upload_and_download_keep_the_worker_small(serve):
             got += len(b)
     assert got == size
     grown = rss() - before
-    assert grown < 64 << 20, grown
+    # Under ASan freed blocks stay resident in its quarantine (256 MB by
+    # default): the bound is only meaningful for a plain build.
+    if os.environ.get("PYPORT_SANITIZED") != "1":
+        assert grown < 64 << 20, grown
