@@ -28,6 +28,7 @@ from . import _callbacks
 from _pyport_http import BODY, END, HEAD, HEAD_CHUNKED, HEAD_CLOSE, Parser, response_head
 
 from . import _websocket
+from ._write_flow import ClientDisconnected, WriteFlow
 
 __all__ = ["start", "load_app", "bind_socket", "ClientDisconnected", "server_info"]
 
@@ -72,10 +73,6 @@ READ_HIGH = 256 * 1024
 PIPELINE_MAX = 128
 
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
-
-
-class ClientDisconnected(OSError):
-    """Raised by send() once the client has gone (ASGI spec 2.4)."""
 
 
 _reasons = {s.value: s.phrase.encode("latin-1") for s in http.HTTPStatus}
@@ -542,7 +539,7 @@ class _Request:
 
 
 
-class HttpConnection(asyncio.Protocol):
+class HttpConnection(WriteFlow, asyncio.Protocol):
     """One client connection: parsing, pipelining, timeouts, flow control."""
 
     def __init__(self, server: "HttpServer") -> None:
@@ -659,42 +656,11 @@ class HttpConnection(asyncio.Protocol):
         self.pipeline = deque(r for r in self.pipeline if r.task is not None)
         for item in self.pipeline:
             item.wake()
-        for w in self.drain_waiters:
-            if not w.done():
-                w.set_result(None)
-        self.drain_waiters.clear()
+        self.resolve_drains()
 
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        for w in self.drain_waiters:
-            if not w.done():
-                w.set_result(None)
-        self.drain_waiters.clear()
-
-    async def drained(self) -> None:
-        if not self.write_paused or self.lost:
-            return
-        w = self.loop.create_future()
-        self.drain_waiters.append(w)
-        timer = self.loop.call_later(self.cfg["write_timeout"], self._write_timeout, w)
-        try:
-            await w
-        finally:
-            timer.cancel()
-        if self.lost:
-            raise ClientDisconnected("the client has disconnected")
-
-    def _write_timeout(self, waiter: asyncio.Future) -> None:
-        # A client that reads nothing for write_timeout: the connection is
-        # cut, the app's send() raises ClientDisconnected.
-        if not waiter.done() and not self.lost:
-            log.info("HTTP client %s read nothing for %ss: connection aborted", self.client,
-                     self.cfg["write_timeout"])
-            self.closing = True
-            self.transport.abort()
+    def abort_slow_reader(self) -> None:
+        self.closing = True
+        self.transport.abort()
 
     # -- requests -----------------------------------------------------------
 

@@ -21,6 +21,8 @@ from typing import Any, Optional
 
 from _pyport_ws import BINARY, CLOSE, TEXT, Session
 
+from ._write_flow import ClientDisconnected, WriteFlow
+
 __all__ = ["is_upgrade", "take_over", "WebSocketConnection"]
 
 log = logging.getLogger("pyport.http")
@@ -116,11 +118,12 @@ def take_over(conn: Any, req: Any) -> None:
                                                   ws._handshake_timeout)
 
 
-class WebSocketConnection(asyncio.Protocol):
+class WebSocketConnection(WriteFlow, asyncio.Protocol):
     """One WebSocket: the protocol of its transport and the ASGI receive
     and send of its app task."""
 
     pipeline = ()  # for HttpServer.stop(): never "in flight" as a request is
+    flow_kind = "WebSocket"
 
     def __init__(self, conn: Any, http_scope: dict) -> None:
         self.server = conn.server
@@ -206,14 +209,10 @@ class WebSocketConnection(asyncio.Protocol):
             self.close_timer = None
         self.server.connections.discard(self)
         self._wake()
-        self._resolve_drains()
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
+        self.resolve_drains()
 
     def resume_writing(self) -> None:
-        self.write_paused = False
-        self._resolve_drains()
+        super().resume_writing()
         self._maybe_resume_reading()
 
     def _maybe_resume_reading(self) -> None:
@@ -259,7 +258,6 @@ class WebSocketConnection(asyncio.Protocol):
                 self.waiter = None
 
     async def send(self, message: dict) -> None:
-        from ._http import ClientDisconnected
         kind = message["type"]
         if self.state == _CONNECTING:
             if kind == "websocket.accept":
@@ -279,7 +277,7 @@ class WebSocketConnection(asyncio.Protocol):
                 else self.session.send_bytes(data)
             self.transport.write(out)
             if self.write_paused:
-                await self._drained()
+                await self.drained()
         elif kind == "websocket.close":
             code = message.get("code", 1000)
             reason = message.get("reason") or ""
@@ -290,7 +288,6 @@ class WebSocketConnection(asyncio.Protocol):
             raise ValueError(f"unexpected ASGI message type {kind!r} for a websocket scope")
 
     async def run(self, app: Any) -> None:
-        from ._http import ClientDisconnected
         try:
             await app(self.scope, self.receive, self.send)
         except ClientDisconnected:
@@ -406,31 +403,6 @@ class WebSocketConnection(asyncio.Protocol):
         if w is not None and not w.done():
             w.set_result(None)
 
-    def _resolve_drains(self) -> None:
-        for w in self.drain_waiters:
-            if not w.done():
-                w.set_result(None)
-        self.drain_waiters.clear()
-
-    async def _drained(self) -> None:
-        from ._http import ClientDisconnected
-        if not self.write_paused or self.lost:
-            return
-        w = self.loop.create_future()
-        self.drain_waiters.append(w)
-        timer = self.loop.call_later(self.cfg["write_timeout"], self._write_timeout, w)
-        try:
-            await w
-        finally:
-            timer.cancel()
-        if self.lost:
-            raise ClientDisconnected("the WebSocket client has disconnected")
-
-    def _write_timeout(self, waiter: asyncio.Future) -> None:
-        if not waiter.done() and not self.lost:
-            log.info("WebSocket client %s read nothing for %ss: connection aborted", self.client,
-                     self.cfg["write_timeout"])
-            self.transport.abort()
 
 
 def _check_value(value: bytes) -> None:
