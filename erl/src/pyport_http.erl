@@ -22,6 +22,7 @@
                       | {app_failed, atom(), binary()}
                       | {invalid_mount, term()}
                       | {duplicate_mount_prefix, binary()}
+                      | pyport_http_tls:error_reason()
                       | term().
 
 %% The server's own options, their defaults (`erlang._http.DEFAULTS' has
@@ -29,7 +30,8 @@
 -define(HTTP_KEYS, [app, bind, workers, max_request_line, max_headers, max_header_bytes,
                     max_body, header_timeout, body_timeout, keepalive_timeout, write_timeout, request_timeout, backlog,
                     root_path, lifespan, access_log, interface, wsgi_threads, mounts,
-                    hooks, hook_timeout, websocket_max_message_size]).
+                    hooks, hook_timeout, websocket_max_message_size,
+                    certfile, keyfile, cacertfile, verify]).
 
 -define(REGISTRY(Name), {?MODULE, Name}).
 -define(START_TIMEOUT_MS, 10000).
@@ -146,7 +148,11 @@ wait_serving(Name, Timeout) ->
 %% The pool reports the init code's exception; say it is the app's start.
 start_error(Name, Reason) ->
     case find_message(Reason, 6) of
-        {ok, Message} -> {app_failed, Name, Message};
+        {ok, Message} ->
+            case pyport_http_tls:start_error(Message) of
+                {ok, TlsError} -> TlsError;
+                error -> {app_failed, Name, Message}
+            end;
         error -> Reason
     end.
 
@@ -164,7 +170,7 @@ find_message([H | T], N) ->
         error -> find_message(T, N)
     end;
 find_message(M, _) when is_binary(M), byte_size(M) > 0 ->
-    case binary:match(M, [<<"app ">>, <<"bind ">>, <<"lifespan">>]) of
+    case binary:match(M, [<<"app ">>, <<"bind ">>, <<"lifespan">>, <<"TLS: ">>]) of
         nomatch -> error;
         _ -> {ok, M}
     end;
@@ -250,13 +256,16 @@ check_http(Name, #{app := App0} = Http) ->
         {_, {error, Why}} ->
             {error, {bad_bind, Name, Bind0, Why}};
         {{ok, App}, {ok, Bind, _Address}} ->
-            Rest = maps:without([app, bind, mounts], Http),
+            Rest = maps:without([app, bind, mounts | pyport_http_tls:keys()], Http),
             case check_server(Name, maps:to_list(Rest), #{}) of
                 {ok, Server0} ->
-                    case pyport_http_mounts:check(maps:get(mounts, Http, []), App) of
-                        {ok, []} -> {ok, App, Bind, Server0};
-                        {ok, Mounts} -> {ok, App, Bind, Server0#{mounts => Mounts}};
-                        {error, _} = Error -> Error
+                    case {pyport_http_mounts:check(maps:get(mounts, Http, []), App),
+                          pyport_http_tls:check(Http)} of
+                        {{error, _} = Error, _} -> Error;
+                        {_, {error, _} = Error} -> Error;
+                        {{ok, []}, {ok, Tls}} -> {ok, App, Bind, maps:merge(Server0, Tls)};
+                        {{ok, Mounts}, {ok, Tls}} ->
+                            {ok, App, Bind, maps:merge(Server0#{mounts => Mounts}, Tls)}
                     end;
                 {error, _} = Error ->
                     Error

@@ -41,7 +41,10 @@ options(AppSpec, Opts) when is_map(Opts) ->
             Base = #{app => App, interface => wsgi, bind => <<"127.0.0.1:8000">>,
                      max_request_line => 4094, max_header_bytes => 8190, max_headers => 100,
                      keepalive_timeout => 2000, request_timeout => 30000},
-            map_all(maps:to_list(Opts), Base);
+            case ssl(Opts) of
+                {ok, Opts1} -> map_all(maps:to_list(Opts1), Base);
+                {error, _} = Error -> Error
+            end;
         _ ->
             {error, {invalid_hornbeam_app, AppSpec}}
     end;
@@ -100,8 +103,8 @@ map_one(websocket_compress, false) -> ignore;
 %% Hornbeam's websocket_timeout is cowboy's idle timeout; pyport's
 %% WebSockets have none, so only `infinity' means the same thing.
 map_one(websocket_timeout, infinity) -> ignore;
-map_one(K, V) when K =:= routes; K =:= mounts; K =:= ssl; K =:= certfile;
-                   K =:= keyfile; K =:= cacertfile; K =:= max_concurrent;
+map_one(K, V) when K =:= certfile; K =:= keyfile; K =:= cacertfile -> {ok, [{K, V}]};
+map_one(K, V) when K =:= routes; K =:= mounts; K =:= max_concurrent;
                    K =:= context_mode; K =:= websocket_timeout;
                    K =:= websocket_compress; K =:= lifespan_timeout ->
     {error, {unsupported_hornbeam_option, K, V}};
@@ -110,6 +113,22 @@ map_one(K, V) when K =:= worker_class; K =:= keepalive; K =:= num_acceptors;
     {error, {invalid_hornbeam_option, K, V}};
 map_one(K, V) ->
     {error, {unknown_hornbeam_option, K, V}}.
+
+%% Hornbeam's `ssl => true' needs `certfile' and `keyfile' (its
+%% `missing_ssl_option' error); `ssl => false' serves plain HTTP, whatever
+%% files are given. pyport_http checks the files themselves.
+ssl(#{ssl := true} = Opts) ->
+    case Opts of
+        #{certfile := _, keyfile := _} -> {ok, maps:remove(ssl, Opts)};
+        #{certfile := _} -> {error, {missing_ssl_option, keyfile}};
+        #{} -> {error, {missing_ssl_option, certfile}}
+    end;
+ssl(#{ssl := false} = Opts) ->
+    {ok, maps:without([ssl, certfile, keyfile, cacertfile], Opts)};
+ssl(#{ssl := V}) ->
+    {error, {invalid_hornbeam_option, ssl, V}};
+ssl(Opts) ->
+    {ok, Opts}.
 
 %% Hornbeam's mounts: `{Prefix, AppSpec}' or `{Prefix, AppSpec, Opts}';
 %% `worker_class' is the mount's interface, `pythonpath' joins the pool's

@@ -18,6 +18,7 @@ import importlib
 import logging
 import os
 import socket
+import ssl
 import time
 from collections import deque
 from typing import Any, Awaitable, Callable, Optional
@@ -62,6 +63,10 @@ DEFAULTS: dict[str, Any] = {
     "pool": "",                     # the pool's name
     "max_requests": 0,              # HTTP requests, then a graceful recycle (0: none)
     "websocket_max_message_size": 16 * 1024 * 1024,  # bytes (close 1009 above); 0: no limit
+    "certfile": "",                 # TLS: PEM certificate chain ("" : plain HTTP)
+    "keyfile": "",                  # TLS: PEM private key of certfile
+    "cacertfile": "",               # TLS: CAs client certificates are checked against
+    "verify": "",                   # verify_none | verify_peer ("": verify_peer with cacertfile)
 }
 
 # Flow control: the app's send() waits while the transport holds more than
@@ -577,7 +582,7 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         template = {
             "type": "http",
             "asgi": ASGI_VERSION,
-            "scheme": "http",
+            "scheme": self.server.scheme,
             "root_path": self.cfg["root_path"],
             "client": self.client,
             "server": self.server_addr,
@@ -985,13 +990,16 @@ class HttpServer:
     """The listener of one worker."""
 
     def __init__(self, app: ASGIApp, sock: socket.socket, cfg: dict,
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop, tls: Optional[ssl.SSLContext] = None) -> None:
         self.app = app
         self.sock = sock
         self.cfg = cfg
         self.loop = loop
         self.connections: set[HttpConnection] = set()
         self.server: Optional[asyncio.base_events.Server] = None
+        # The worker's own TLS context over the (maybe handed-off) listener.
+        self.ssl = tls
+        self.scheme = "https" if self.ssl is not None else "http"
         self.state: Optional[dict] = None
         self.serving: Optional[asyncio.Task] = None
         self.lifespans: list[_Lifespan] = []
@@ -1025,7 +1033,8 @@ class HttpServer:
                         self.lifespans.append(life)
                         mount.state = await life.startup()
         self.server = await self.loop.create_server(
-            lambda: HttpConnection(self), sock=self.sock, backlog=self.cfg["backlog"])
+            lambda: HttpConnection(self), sock=self.sock, backlog=self.cfg["backlog"],
+            ssl=self.ssl, ssl_handshake_timeout=self.cfg["header_timeout"] if self.ssl else None)
 
     async def stop(self, grace: float) -> None:
         """Closes the listener, lets requests in flight finish for up to
@@ -1052,6 +1061,54 @@ class HttpServer:
 
 
 _servers: list[HttpServer] = []
+
+
+def tls_context(cfg: dict) -> Optional[ssl.SSLContext]:
+    """The server's TLS context from ``certfile``/``keyfile`` (and
+    ``cacertfile``/``verify`` for client certificates), or None for plain
+    HTTP. TLS 1.2 at least, ALPN ``http/1.1``. A file that does not load
+    raises ``ValueError("TLS: ...")`` naming it (pyport_http's tls_error)."""
+    certfile, keyfile = cfg["certfile"], cfg["keyfile"]
+    if not certfile and not keyfile:
+        return None
+    if not certfile or not keyfile:
+        raise ValueError("TLS: certfile and keyfile go together")
+    verify = cfg["verify"] or ("verify_peer" if cfg["cacertfile"] else "verify_none")
+    if verify not in ("verify_none", "verify_peer"):
+        raise ValueError(f"TLS: verify {verify!r}: expected verify_none or verify_peer")
+    if verify == "verify_peer" and not cfg["cacertfile"]:
+        raise ValueError("TLS: verify_peer needs cacertfile")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["http/1.1"])
+    try:
+        ctx.load_cert_chain(certfile, keyfile)
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"TLS: {_which_file(certfile, keyfile)}: {exc}") from None
+    if cfg["cacertfile"]:
+        try:
+            ctx.load_verify_locations(cafile=cfg["cacertfile"])
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"TLS: cacertfile {cfg['cacertfile']}: {exc}") from None
+    ctx.verify_mode = ssl.CERT_REQUIRED if verify == "verify_peer" else ssl.CERT_NONE
+    return ctx
+
+
+def _which_file(certfile: str, keyfile: str) -> str:
+    """Which of the two files load_cert_chain refused: the certificate if
+    it does not load alone, else the key (or both: a key of another cert)."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=certfile)
+    except (ssl.SSLError, OSError):
+        return f"certfile {certfile}"
+    try:
+        with open(keyfile, "rb") as f:
+            pem = f.read(1 << 20)
+    except OSError:
+        return f"keyfile {keyfile}"
+    if b"PRIVATE KEY-----" not in pem:
+        return f"keyfile {keyfile}"
+    return f"certfile {certfile} with keyfile {keyfile}"
 
 
 def _load_mount(prefix: str, spec: str, interface: str, cfg: dict) -> _Mount:
@@ -1095,10 +1152,11 @@ def start(app_spec: str, bind: str, options: Optional[dict] = None) -> None:
             cfg["lifespan"] = "off"
     if cfg["access_log"]:
         _enable_access_log()
+    tls = tls_context(cfg)  # before binding: a bad file fails the start, no socket held
     sock = _adopt(cfg["handoff"], bind) or bind_socket(bind, cfg["backlog"])
     from . import _worker
     loop = _worker.ensure_loop()
-    server = HttpServer(app, sock, cfg, loop)
+    server = HttpServer(app, sock, cfg, loop, tls)
     _servers.append(server)
     task = server.serving = loop.create_task(server.serve())
 

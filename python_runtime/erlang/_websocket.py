@@ -136,7 +136,7 @@ class WebSocketConnection(WriteFlow, asyncio.Protocol):
         scope = dict(http_scope)
         scope.pop("method", None)
         scope["type"] = "websocket"
-        scope["scheme"] = "ws"
+        scope["scheme"] = "wss" if http_scope.get("scheme") == "https" else "ws"
         scope["subprotocols"] = [p.decode("latin-1") for p in
                                  (t.strip() for t in
                                   (_header(headers, b"sec-websocket-protocol") or b"").split(b","))
