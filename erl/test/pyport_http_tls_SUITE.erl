@@ -48,16 +48,20 @@ free_port() ->
 bind(Port) ->
     "127.0.0.1:" ++ integer_to_list(Port).
 
-%% One HTTPS request, the server's certificate checked against `Cert'.
+%% One HTTPS request; the server must present `Cert' (compared as DER:
+%% Erlang's ssl refuses a self-signed CA certificate as a server's own).
 https_get(Port, Cert) ->
+    {ok, Pem} = file:read_file(Cert),
+    [{'Certificate', Der, _}] = public_key:pem_decode(Pem),
     case ssl:connect({127, 0, 0, 1}, Port,
-                     [binary, {active, false}, {verify, verify_peer}, {cacertfile, Cert},
-                      {server_name_indication, disable}, {alpn_advertised_protocols, [<<"http/1.1">>]},
-                      {customize_hostname_check, [{match_fun, fun(_, _) -> true end}]}], 5000) of
+                     [binary, {active, false}, {verify, verify_none},
+                      {server_name_indication, disable},
+                      {alpn_advertised_protocols, [<<"http/1.1">>]}], 5000) of
         {ok, S} ->
+            {ok, Der} = ssl:peercert(S),
+            Alpn = ssl:negotiated_protocol(S),
             ok = ssl:send(S, <<"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n">>),
             R = read_all(S, <<>>),
-            Alpn = ssl:negotiated_protocol(S),
             ssl:close(S),
             case R of
                 {ok, <<"HTTP/1.1 ", Code:3/binary, _/binary>> = Resp} ->
@@ -69,11 +73,25 @@ https_get(Port, Cert) ->
             E
     end.
 
+%% The response, read to its Content-Length (as HTTP clients do: Erlang's
+%% ssl does not always report the server's close_notify in passive mode).
 read_all(S, Acc) ->
+    case binary:split(Acc, <<"\r\n\r\n">>) of
+        [Head, Body] ->
+            {match, [Len]} = re:run(Head, "content-length: *([0-9]+)",
+                                    [caseless, {capture, all_but_first, binary}]),
+            case byte_size(Body) >= binary_to_integer(Len) of
+                true -> {ok, Acc};
+                false -> read_more(S, Acc)
+            end;
+        [_] ->
+            read_more(S, Acc)
+    end.
+
+read_more(S, Acc) ->
     case ssl:recv(S, 0, 5000) of
         {ok, B} -> read_all(S, <<Acc/binary, B/binary>>);
-        {error, closed} -> {ok, Acc};
-        {error, _} = E -> E
+        {error, _} = E -> ct:log("after ~p: ~p", [Acc, E]), E
     end.
 
 %%%===================================================================

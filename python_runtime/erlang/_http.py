@@ -651,7 +651,9 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             return True
         if not self.pipeline:
             self.transport.close()
-        return True  # request_done closes after the last response
+        # request_done closes after the last response. Over TLS the close
+        # is SSLProtocol's (no half-close there): say so, or it warns.
+        return self.server.ssl is None
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self.lost = True

@@ -176,3 +176,21 @@ def test_bad_key_fails_the_start_naming_it(spawn, cert, tmp_path):
     # Nothing was bound: the port is free.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", port))
+
+
+@pytest.mark.parametrize("app,opts", [("http_apps:hello", {"lifespan": "off"}),
+                                      ("http_wsgi_apps:app", {"interface": "wsgi"})])
+def test_connection_close_ends_the_tls_connection(serve, cert, app, opts):
+    """Connection: close: the response, then close_notify and EOF."""
+    certfile, keyfile = cert
+    s = serve(app, certfile=certfile, keyfile=keyfile, **opts)
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as raw:
+        with client_ctx(certfile).wrap_socket(raw, server_hostname="127.0.0.1") as t:
+            t.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            got = b""
+            while True:
+                chunk = t.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+    assert got.startswith(b"HTTP/1.1 ") and got.endswith(b"\r\n\r\n" + got.split(b"\r\n\r\n", 1)[1]), got
