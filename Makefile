@@ -2,6 +2,7 @@
 #   make          build everything (worker, tools, tests, the OTP app)
 #   make demo     run examples/demo on a node with the default pool
 #   make shell    an Erlang shell with pyport started
+#   make chat     the WebSocket chat example on http://127.0.0.1:8000/
 #   make test     every test of every language, through CTest
 #   make bench    every benchmark, one `NAME VALUE UNIT` line each
 
@@ -10,7 +11,7 @@ REBAR    ?= rebar3
 ERL_EBIN  = erl/_build/default/lib/pyport/ebin
 DEMO_OUT  = $(BUILD)/examples
 
-.PHONY: all deps build demo shell test bench asan clean
+.PHONY: all deps build demo chat shell test bench asan clean
 
 all: build
 
@@ -29,6 +30,11 @@ $(DEMO_OUT)/demo.beam: examples/demo/demo.erl
 demo: build $(DEMO_OUT)/demo.beam
 	@erl -noshell -pa $(ERL_EBIN) -pa $(DEMO_OUT) \
 	    -config examples/demo/sys.config -run demo main
+
+# examples/ws_chat on its sys.config's 2-worker pool; Ctrl-C twice stops it.
+chat: build
+	@erl -noshell -pa $(ERL_EBIN) -config examples/ws_chat/sys.config \
+	    -eval '{ok, _} = application:ensure_all_started(pyport), io:format("chat: open http://127.0.0.1:8000/#lobby in two browser windows~n")'
 
 shell: build
 	@erl -pa $(ERL_EBIN) -eval 'application:ensure_all_started(pyport)'

@@ -280,6 +280,10 @@ handle_cast(_Msg, State) ->
 
 %% @private
 -spec handle_info(term(), map()) -> {noreply, map()}.
+handle_info({'ETS-TRANSFER', _Tab, _From, pyport_stats}, State) ->
+    %% The pool's stats table, handed over by its first worker (pyport_stats):
+    %% owning it is all there is to do.
+    {noreply, State};
 handle_info(Msg, State) ->
     {noreply, pyport_resize:handle_info(Msg, State)}.
 
