@@ -194,3 +194,16 @@ def test_connection_close_ends_the_tls_connection(serve, cert, app, opts):
                     break
                 got += chunk
     assert got.startswith(b"HTTP/1.1 ") and got.endswith(b"\r\n\r\n" + got.split(b"\r\n\r\n", 1)[1]), got
+
+
+def test_file_wrapper_over_tls_is_read_and_encrypted(serve, cert, tmp_path):
+    """wsgi.file_wrapper (loop.sendfile) over TLS: no os.sendfile (the bytes
+    must be encrypted), the file whole and exact."""
+    certfile, keyfile = cert
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    f = tmp_path / "blob"
+    f.write_bytes(data)
+    s = serve("http_sendfile_apps:app", interface="wsgi", certfile=certfile, keyfile=keyfile)
+    status, body, _, _ = https_get(s.port, certfile, f"/file?path={f}")
+    assert status == 200 and body == data
+    assert https_get(s.port, certfile, "/sent")[1] == b"0 0"  # os.sendfile never called
