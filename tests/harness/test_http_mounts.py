@@ -1,11 +1,16 @@
 """`mounts` (docs/http.md "Mounts"): several apps on one HTTP server,
 longest prefix first, root_path/SCRIPT_NAME set, lifespan per ASGI mount."""
 import json
+import os
 import socket
 
 import pytest
 
 from test_http import free_port, Server
+
+# The mounted apps are the Erlang suite's (pyport_http_ext_SUITE): one copy.
+APPS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "erl", "test",
+                    "pyport_http_ext_SUITE_data")
 
 
 @pytest.fixture
@@ -14,7 +19,8 @@ def serve_mounts(spawn):
         w = spawn()
         port = free_port()
         opts["mounts"] = mounts
-        w.exec("import erlang._http\n"
+        w.exec(f"import sys\nsys.path.insert(0, {os.path.realpath(APPS)!r})\n"
+               "import erlang._http\n"
                f"erlang._http.start({app!r}, '127.0.0.1:{port}', {opts!r})")
         assert w.call("erlang._http", "wait_serving") is True
         return Server(w, port)
