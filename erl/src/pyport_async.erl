@@ -97,7 +97,7 @@ task_finished(_Ref) ->
 -spec await(atom(), ref(), timeout() | deadline) -> {ok, term()} | {error, term()}.
 await(Tag, Ref, Timeout) when is_reference(Ref) ->
     case ets:lookup(?TASKS, Ref) of
-        [{Ref, _, spawn, _, _}] ->
+        [{Ref, _, Spawn, _, _}] when Spawn =:= spawn; element(1, Spawn) =:= spawn ->
             %% A py:spawn_call reference (pyport_spawn), not a task.
             {error, {invalid_ref, Ref}};
         [{Ref, _Pid, _Id, _Deadline, Owner}] when Owner =/= self() ->

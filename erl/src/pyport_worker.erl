@@ -122,6 +122,9 @@
 %% or a stream.
 -type entry() :: {reference() | abandoned, deadline()}
                | {task, reference(), atom(), term(), deadline()}
+               %% py:spawn_call: answered decoded as {py_response, Alias,
+               %% Result}, at its deadline by its timer, counted here.
+               | {reply_msg, reference(), deadline(), reference() | undefined, term()}
                | {stream, pid(), term(), Credit :: non_neg_integer(), Checking :: boolean()}.
 -type status() :: starting      % OS process spawned, waiting for its hello
                 | initializing  % hello received, imports and init_code running
@@ -348,12 +351,16 @@ handle_call({'$pyport_ns_register', Owner, Ns}, _From,
 handle_call('$pyport_interrupt_running', _From, #state{pending = Pending} = State) ->
     %% py:interrupt(Ctx): the calls running on this worker (not its tasks
     %% or streams, which are cancelled instead).
-    case [Id || {Id, {Alias, _}} <- maps:to_list(Pending), is_reference(Alias)] of
+    case [Id || {Id, Entry} <- maps:to_list(Pending), is_call(Entry)] of
         [] -> {reply, not_running, State};
         Ids -> {reply, ok, lists:foldl(fun interrupt/2, State, Ids)}
     end;
 handle_call(_Request, _From, State) ->
     {reply, {error, unknown_call}, State}.
+
+is_call({Alias, _}) -> is_reference(Alias);
+is_call({reply_msg, _, _, _, _}) -> true;
+is_call(_) -> false.
 
 %% @private
 -spec handle_cast(term(), #state{}) -> {noreply, #state{}}.
@@ -387,6 +394,14 @@ handle_info({'$pyport_cast', _Frame}, #state{status = stopping} = State) ->
     {noreply, State};
 handle_info({'$pyport_cast', Frame}, #state{queue = Q} = State) ->
     {noreply, State#state{queue = queue:in({cast, Frame}, Q)}};
+handle_info({'$pyport_msg', Alias, Id, Deadline, Obs, Frame}, State) ->
+    Timer = case Deadline of
+                infinity -> undefined;
+                _ -> erlang:start_timer(Deadline, self(), {reply_deadline, Id}, [{abs, true}])
+            end,
+    {noreply, request(Id, {reply_msg, Alias, Deadline, Timer, Obs}, Frame, State)};
+handle_info({timeout, Timer, {reply_deadline, Id}}, State) ->
+    {noreply, reply_deadline(Id, Timer, State)};
 handle_info({'$pyport_task', Alias, Tag, Ref, Id, Deadline, Frame}, State) ->
     {noreply, request(Id, {task, Alias, Tag, Ref, Deadline}, Frame, State)};
 handle_info({'$pyport_stream', Consumer, Ref, Id, Frame}, State) ->
@@ -599,8 +614,40 @@ finish_entry({task, _, _, _, _} = Entry, Result, State) ->
 finish_entry({stream, Consumer, Ref, _, _}, Result, State) ->
     Consumer ! {py_stream, Ref, stream_end(Result)},
     count_out(State);
+finish_entry({reply_msg, _, _, _, _} = Entry, Result, State) ->
+    finish_reply_msg(Entry, Result, State),
+    count_out(State);
 finish_entry({Alias, _Deadline}, Result, State) ->
     finish(Alias, Result, State).
+
+%% A spawn_call's result, decoded, in erlang_python's message; the call is
+%% counted when it ends, whether or not its caller awaits it.
+finish_reply_msg(Entry, Result, #state{pool = Pool, slot = Slot}) ->
+    finish_reply_msg(Entry, Result, Pool, Slot).
+
+finish_reply_msg({reply_msg, Alias, _, Timer, {What, Start}}, Result, Pool, Slot) ->
+    cancel_timer(Timer),
+    Alias ! {py_response, Alias, Result},
+    %% After the message: an await that finds no row finds the message.
+    pyport_async:task_finished(Alias),
+    _ = pyport_request:observe(Pool, Slot, What, Start, Result),
+    ok.
+
+%% A spawn_call's deadline passed: answered `{error, timeout}' now; if it
+%% was sent, the worker interrupts it (as for a call whose caller gave up).
+reply_deadline(Id, Timer, #state{pending = Pending} = State) ->
+    case Pending of
+        #{Id := {reply_msg, _, _, Timer, _} = Entry} ->
+            finish_reply_msg(Entry, {error, timeout}, State),
+            interrupt(Id, State#state{pending = Pending#{Id := {abandoned, entry_deadline(Entry)}}});
+        #{} ->
+            {Hit, Kept} = lists:partition(fun({req, I, {reply_msg, _, _, T, _}, _}) ->
+                                                  I =:= Id andalso T =:= Timer;
+                                             (_) -> false
+                                          end, queue:to_list(State#state.queue)),
+            [finish_entry(Entry, {error, timeout}, State) || {req, _, Entry, _} <- Hit],
+            State#state{queue = queue:from_list(Kept)}
+    end.
 
 finish_task({task, Alias, Tag, Ref, _}, Result) ->
     Alias ! {Tag, Ref, Result},
@@ -620,6 +667,7 @@ held(#state{pending = Pending, queue = Q, served = Served, sent_here = Sent}) ->
     {map_size(Pending) + Queued, Served + Sent}.
 
 entry_deadline({_Alias, Deadline}) -> Deadline;
+entry_deadline({reply_msg, _, Deadline, _, _}) -> Deadline;
 entry_deadline({task, _, _, _, Deadline}) -> Deadline;
 entry_deadline({stream, _, _, _, _}) -> infinity.
 
@@ -741,6 +789,10 @@ cancel(Id, #state{pending = Pending, queue = Q} = State) ->
             State#state{pending = Pending#{Id := {abandoned, Deadline}}};
         #{Id := {stream, _, _, _, _}} ->
             State;
+        #{Id := {reply_msg, _, Deadline, Timer, _}} ->
+            %% Its caller gave up (and counted it): interrupted like a call.
+            cancel_timer(Timer),
+            interrupt(Id, State#state{pending = Pending#{Id := {abandoned, Deadline}}});
         #{Id := {_Alias, Deadline}} ->
             interrupt(Id, State#state{pending = Pending#{Id := {abandoned, Deadline}}});
         #{} ->
@@ -780,12 +832,12 @@ interrupt_on_request(Id, #state{pending = Pending, queue = Q} = State) ->
             interrupt(Id, State);
         false ->
             {Hit, Kept} = lists:partition(fun({call, _, I, _, _}) -> I =:= Id;
+                                             ({req, I, {reply_msg, _, _, _, _}, _}) -> I =:= Id;
                                              (_) -> false
                                           end, queue:to_list(Q)),
             Message = iolist_to_binary(io_lib:format("request ~b was interrupted before it started",
                                                      [Id])),
-            [finish(Alias, {error, {'KeyboardInterrupt', Message}}, State)
-             || {call, Alias, _, _, _} <- Hit],
+            [finish_queued(Item, {error, {'KeyboardInterrupt', Message}}, State) || Item <- Hit],
             State#state{queue = queue:from_list(Kept)}
     end.
 
@@ -803,6 +855,9 @@ purge_expired(#state{pending = Pending, queue = Q} = State) ->
     Now = now_ms(),
     Expired = maps:fold(fun(_Id, {abandoned, _}, Acc) ->
                                 Acc;
+                           (_Id, {reply_msg, _, _, _, _}, Acc) ->
+                                %% Its own timer answers it at its deadline.
+                                Acc;
                            (Id, Entry, Acc) ->
                                 case expired(entry_deadline(Entry), Now) of
                                     true -> [{Id, Entry} | Acc];
@@ -818,6 +873,7 @@ purge_expired(#state{pending = Pending, queue = Q} = State) ->
                          end, State, Expired),
     {Dropped, Kept} = lists:partition(
                         fun({call, _, _, Deadline, _}) -> expired(Deadline, Now);
+                           ({req, _, {reply_msg, _, _, _, _}, _}) -> false;
                            ({req, _, Entry, _}) -> expired(entry_deadline(Entry), Now);
                            ({cast, _}) -> false
                         end, queue:to_list(Q)),
@@ -1042,6 +1098,17 @@ schedule(Id, Rest, #state{port = Port} = State) ->
                     {noreply, State#state{pending = maps:remove(Id, State#state.pending)}};
                 {stream, _, _, _, _} ->
                     answer(Id, {error, {protocol_error, {schedule_for_a_stream, Id}}}, State);
+                {reply_msg, _, _, Timer, _} = Entry ->
+                    %% As for a task: the function runs in a process of its
+                    %% own, which sends the result.
+                    cancel_timer(Timer),
+                    #state{pool = Pool, slot = Slot} = State,
+                    _ = spawn(fun() ->
+                                      finish_reply_msg(setelement(4, Entry, undefined),
+                                                       pyport_registry:call(Name, Args), Pool, Slot)
+                              end),
+                    count_out(State),
+                    {noreply, State#state{pending = maps:remove(Id, State#state.pending)}};
                 {_Alias, _Deadline} ->
                     %% The request is answered: its caller runs the function
                     %% and takes its result.
