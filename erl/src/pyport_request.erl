@@ -531,8 +531,24 @@ pool_of({pool, Pool}) -> Pool;
 pool_of({slot, Pool, _}) -> Pool;
 pool_of({shard, Pool, _}) -> Pool.
 
-route({pool, _}, Info) ->
-    pyport_pool:pick(Info);
+route({pool, Pool}, #{elastic := true} = Info) ->
+    %% An elastic pool's ties go to its lowest slots (pyport_pool:pick/1).
+    remember_slot(Pool, pyport_pool:pick(Info));
+route({pool, Pool}, #{counters := C, unavailable := U, size := Size} = Info) ->
+    %% A caller whose worker of the last call has nothing in flight, and
+    %% takes least-loaded calls, goes there again: nothing is less loaded,
+    %% and a worker that has just answered answers the next request
+    %% sooner (its thread, its CPU and the owner's scheduler are awake).
+    case get({?MODULE, last_slot, Pool}) of
+        Slot when is_integer(Slot), Slot =< Size ->
+            case counters:get(C, Slot) =:= 0 andalso atomics:get(U, Slot) =:= 0
+                andalso pyport_pool:worker(Info, Slot) of
+                {ok, Pid} -> {ok, Slot, Pid};
+                _ -> remember_slot(Pool, pyport_pool:pick(Info))
+            end;
+        _ ->
+            remember_slot(Pool, pyport_pool:pick(Info))
+    end;
 route({slot, Pool, Slot}, Info) ->
     case pyport_pool:worker(Info, Slot) of
         {ok, Pid} -> {ok, Slot, Pid};
@@ -540,6 +556,13 @@ route({slot, Pool, Slot}, Info) ->
     end;
 route({shard, Pool, Key}, #{size := Size} = Info) ->
     route({slot, Pool, pyport_pool:shard_slot(Key, Size)}, Info).
+
+%% At most one entry per pool name (an atom) in a caller's dictionary.
+remember_slot(Pool, {ok, Slot, _} = Picked) ->
+    put({?MODULE, last_slot, Pool}, Slot),
+    Picked;
+remember_slot(_Pool, Error) ->
+    Error.
 
 %% @doc Routes and encodes a request, counts it in (the worker's gen_server
 %% counts it out when it is finished; `{error, overloaded}' at the pool's
