@@ -85,13 +85,17 @@ maybe_start(Name, Http, Pool0) ->
                     Handoff = pyport_http_reload:handoff_dir(Name),
                     %% max_requests counts HTTP requests (the worker asks
                     %% for its graceful recycle), not the pool's calls.
+                    %% max_rss: the pool's own recycle would close the
+                    %% listener as a crash does; pyport_http_rss replaces
+                    %% the worker through the hand-off instead.
+                    {MaxRss, Pool1b} = pyport_http_rss:split(Pool1),
                     {Server1, Pool2} =
-                        case Pool1 of
+                        case Pool1b of
                             #{max_requests := Max} when is_integer(Max), Max > 0 ->
                                 pyport_http_reload:install(),
-                                {Server#{max_requests => Max}, maps:remove(max_requests, Pool1)};
+                                {Server#{max_requests => Max}, maps:remove(max_requests, Pool1b)};
                             #{} ->
-                                {Server, Pool1}  % infinity, or a bad value the pool refuses
+                                {Server, Pool1b}  % infinity, or a bad value the pool refuses
                         end,
                     Pool = Pool2#{
                              init_code => init_code(maps:get(init_code, Pool1, undefined), App, Bind,
@@ -104,7 +108,7 @@ maybe_start(Name, Http, Pool0) ->
                         #{} ->
                             ok
                     end,
-                    case start_pool(Name, App, Bind, Handoff, Pool) of
+                    case start_pool(Name, App, Bind, Handoff, Pool, MaxRss) of
                         {ok, _} = Ok ->
                             Ok;
                         {error, _} = Error ->
@@ -119,7 +123,7 @@ maybe_start(Name, Http, Pool0) ->
             Error
     end.
 
-start_pool(Name, App, Bind, Handoff, Pool) ->
+start_pool(Name, App, Bind, Handoff, Pool, MaxRss) ->
     case pyport:start_pool(Name, Pool) of
         {ok, Pid} ->
             %% Each worker listens once its lifespan startup is done: wait
@@ -127,8 +131,10 @@ start_pool(Name, App, Bind, Handoff, Pool) ->
             Timeout = maps:get(start_timeout, Pool, ?START_TIMEOUT_MS),
             case wait_serving(Name, Timeout) of
                 ok ->
+                    Watcher = pyport_http_rss:start(Name, Pid, MaxRss, Handoff),
                     persistent_term:put(?REGISTRY(Name), #{app => App, bind => Bind,
-                                                           handoff => Handoff}),
+                                                           handoff => Handoff,
+                                                           rss_watcher => Watcher}),
                     {ok, Pid};
                 {error, Reason} ->
                     _ = pyport:stop_pool(Name),
@@ -194,6 +200,7 @@ stop(Name) when is_atom(Name) ->
                 {error, _} ->
                     ok
             end,
+            pyport_http_rss:stop(maps:get(rss_watcher, Reg, undefined)),
             _ = pyport:stop_pool(Name),
             pyport_http_reload:stop_holder(Name),
             pyport_http_reload:remove_dir(maps:get(handoff, Reg, undefined)),
@@ -225,7 +232,7 @@ info(Name) when is_atom(Name) ->
         Info ->
             case pyport:pool_info(Name) of
                 {ok, #{workers := Workers}} ->
-                    {ok, (maps:without([handoff], Info))#{workers => Workers}};
+                    {ok, (maps:without([handoff, rss_watcher], Info))#{workers => Workers}};
                 {error, _} -> {error, {no_http, Name}}
             end
     end.

@@ -79,6 +79,135 @@ recycle_refused_unless_caller(Config) ->
         ok = pyport:stop_pool(other_rc)
     end.
 
+%% A worker above max_rss is replaced through the listener hand-off: under
+%% load from clients (keep-alive and a connection per request) on a
+%% one-worker pool, no request fails, though for a moment no process
+%% accepts (the connections wait in the held socket's queue).
+max_rss_recycles_through_handoff(Config) ->
+    Port = free_port(),
+    %% The limit: the worker's RSS as started, plus 40 MB; /grow adds 64 MiB.
+    {ok, _} = pyport:start_http(web_rss, opts(Config, #{bind => Port, max_rss => infinity})),
+    [Pid0] = os_pids(web_rss),
+    Base = pyport_os:rss_bytes(Pid0),
+    ok = pyport:stop_http(web_rss),
+    Max = Base + 40000000,
+    {ok, _} = pyport:start_http(web_rss, opts(Config, #{bind => Port, max_rss => Max})),
+    try
+        [OsPid0] = os_pids(web_rss),
+        Procs0 = length(processes()),
+        Self = self(),
+        Clients = [spawn_link(fun() -> client(Self, Port, Kind, undefined, 0, 0) end)
+                   || Kind <- [keepalive, keepalive, fresh, fresh, fresh]],
+        timer:sleep(500),
+        {ok, <<"grown">>} = get(Port, "/grow"),
+        T0 = erlang:monotonic_time(millisecond),
+        ok = wait_until(fun() -> os_pids(web_rss) =/= [OsPid0] end, 20000),
+        Took = erlang:monotonic_time(millisecond) - T0,
+        timer:sleep(500),
+        [C ! stop || C <- Clients],
+        Results = [receive {C, R} -> R after 20000 -> ct:fail(client_stuck) end || C <- Clients],
+        {Ok, Failed} = lists:foldl(fun({O, F}, {A, B}) -> {A + O, B + F} end, {0, 0}, Results),
+        [OsPid1] = os_pids(web_rss),
+        Rss1 = pyport_os:rss_bytes(OsPid1),
+        ct:pal("max_rss ~b (base ~b): replaced ~b ms after /grow, ~b requests answered, "
+               "~b failed; the new worker's RSS ~b", [Max, Base, Took, Ok, Failed, Rss1]),
+        ?assertEqual(0, Failed),
+        ?assert(Ok > 100),
+        ?assert(Rss1 < Max),
+        %% Replaced once (the new worker is below the limit), and the
+        %% watcher and the replacement left no process behind.
+        timer:sleep(1500),
+        ?assertEqual([OsPid1], os_pids(web_rss)),
+        ?assert(length(processes()) =< Procs0 + 2),
+        {ok, <<"ok">>} = get(Port, "/")
+    after
+        ok = pyport:stop_http(web_rss)
+    end,
+    ok.
+
+%% A bad max_rss is the pool's error, as before; the watcher ends with the
+%% pool, stopped either way.
+max_rss_errors(Config) ->
+    Port = free_port(),
+    {error, _} = pyport:start_http(web_rss_bad, opts(Config, #{bind => Port, max_rss => -1})),
+    {error, _} = pyport:start_http(web_rss_bad, opts(Config, #{bind => Port, max_rss => "big"})),
+    {ok, _} = pyport:start_http(web_rss_w, opts(Config, #{bind => Port, max_rss => 1 bsl 40})),
+    #{rss_watcher := W} = persistent_term:get({pyport_http, web_rss_w}),
+    true = is_process_alive(W),
+    {ok, Info} = pyport:http_info(web_rss_w),
+    false = maps:is_key(rss_watcher, Info),
+    %% The pool stopped by stop_pool/1, not stop_http/1: the watcher goes too.
+    Ref = monitor(process, W),
+    ok = pyport:stop_pool(web_rss_w),
+    receive {'DOWN', Ref, process, W, _} -> ok after 5000 -> ct:fail(watcher_left) end,
+    ok.
+
+%% Sends GETs until told to stop: `keepalive' reuses its connection until
+%% the server says `connection: close', `fresh' connects for each request.
+%% Any error, or an answer other than 200, is a failure.
+client(Parent, Port, Kind, Sock0, Ok, Failed) ->
+    receive
+        stop ->
+            catch gen_tcp:close(Sock0),
+            Parent ! {self(), {Ok, Failed}}
+    after 0 ->
+            Sock = case Sock0 of
+                       undefined ->
+                           case gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {active, false}],
+                                                10000) of
+                               {ok, S} -> S;
+                               {error, _} = E -> E
+                           end;
+                       S -> S
+                   end,
+            case one(Sock, Kind) of
+                {ok, keep} -> client(Parent, Port, Kind, Sock, Ok + 1, Failed);
+                {ok, close} ->
+                    gen_tcp:close(Sock),
+                    client(Parent, Port, Kind, undefined, Ok + 1, Failed);
+                {error, Why} ->
+                    ct:pal("~p request failed: ~p", [Kind, Why]),
+                    catch gen_tcp:close(Sock),
+                    client(Parent, Port, Kind, undefined, Ok, Failed + 1)
+            end
+    end.
+
+one({error, _} = E, _) ->
+    E;
+one(Sock, Kind) ->
+    Conn = case Kind of keepalive -> ""; fresh -> "Connection: close\r\n" end,
+    case gen_tcp:send(Sock, ["GET /r HTTP/1.1\r\nHost: t\r\n", Conn, "\r\n"]) of
+        ok -> response(Sock, <<>>);
+        {error, _} = E -> E
+    end.
+
+response(Sock, Acc) ->
+    case binary:split(Acc, <<"\r\n\r\n">>) of
+        [Head, Body] ->
+            Lines = binary:split(Head, <<"\r\n">>, [global]),
+            {match, [Len]} = re:run(Head, "content-length: (\\d+)",
+                                    [caseless, {capture, [1], binary}]),
+            body(Sock, hd(Lines), Lines, binary_to_integer(Len), Body);
+        [_] ->
+            case gen_tcp:recv(Sock, 0, 10000) of
+                {ok, B} -> response(Sock, <<Acc/binary, B/binary>>);
+                {error, Why} -> {error, {Why, Acc}}
+            end
+    end.
+
+body(Sock, Status, Lines, Len, Body) when byte_size(Body) < Len ->
+    case gen_tcp:recv(Sock, 0, 10000) of
+        {ok, B} -> body(Sock, Status, Lines, Len, <<Body/binary, B/binary>>);
+        {error, Why} -> {error, {Why, body}}
+    end;
+body(_, <<"HTTP/1.1 200 ", _/binary>>, Lines, _, _) ->
+    case lists:member(<<"connection: close">>, Lines) of
+        true -> {ok, close};
+        false -> {ok, keep}
+    end;
+body(_, Status, _, _, _) ->
+    {error, Status}.
+
 wait_until(Fun, Ms) when Ms =< 0 ->
     case Fun() of true -> ok; false -> timeout end;
 wait_until(Fun, Ms) ->
