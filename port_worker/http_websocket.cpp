@@ -227,6 +227,24 @@ PyObject* session_send_bytes(PyObject* obj, PyObject* arg) {
   return out;
 }
 
+// ping(payload=b"") -> bytes: a ping frame (the idle check of
+// _websocket.py); RFC 6455 5.5: a control frame's payload is at most 125.
+PyObject* session_ping(PyObject* obj, PyObject* args) {
+  Py_buffer view;
+  view.buf = nullptr;
+  view.len = 0;
+  view.obj = nullptr;
+  if (!PyArg_ParseTuple(args, "|y*", &view)) return nullptr;
+  if (view.len > 125) {
+    PyBuffer_Release(&view);
+    PyErr_SetString(PyExc_ValueError, "a ping payload is at most 125 bytes");
+    return nullptr;
+  }
+  PyObject* out = queue(obj, WSLAY_PING, static_cast<const char*>(view.buf), view.len);
+  if (view.obj) PyBuffer_Release(&view);
+  return out;
+}
+
 // close(code, reason) -> bytes: the close frame (b"" if one went already).
 PyObject* session_close(PyObject* obj, PyObject* args) {
   State* st = state_of(obj);
@@ -287,6 +305,7 @@ PyMethodDef session_methods[] = {
     {"send_text", session_send_text, METH_O, "send_text(str) -> bytes to write"},
     {"send_bytes", session_send_bytes, METH_O, "send_bytes(bytes) -> bytes to write"},
     {"close", session_close, METH_VARARGS, "close(code=1000, reason='') -> bytes to write"},
+    {"ping", session_ping, METH_VARARGS, "ping(payload=b'') -> bytes to write"},
     {"output", session_output, METH_NOARGS, "output() -> the frames wslay queued itself"},
     {nullptr, nullptr, 0, nullptr}};
 

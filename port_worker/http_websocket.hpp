@@ -9,7 +9,8 @@
 //                               UTF-8 checked: invalid -> close 1007)
 //     (BINARY, bytes)           a whole binary message
 //     (CLOSE, code, reason)     the peer's close frame (code 1005: none)
-//   send_text(str) / send_bytes(bytes) / close(code, reason) -> bytes to write
+//   send_text(str) / send_bytes(bytes) / close(code, reason) / ping(payload)
+//                             -> bytes to write
 //   output() -> bytes wslay queued itself (pongs, the close reply, the
 //               close of a protocol error), to write after every feed.
 // wslay enforces masking of client frames (unmasked -> close 1002), control

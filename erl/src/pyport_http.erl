@@ -31,6 +31,7 @@
                     max_body, header_timeout, body_timeout, keepalive_timeout, write_timeout, request_timeout, backlog,
                     root_path, lifespan, access_log, interface, wsgi_threads, mounts,
                     hooks, hook_timeout, websocket_max_message_size,
+                    websocket_ping_interval, websocket_ping_timeout,
                     certfile, keyfile, cacertfile, verify]).
 
 -define(REGISTRY(Name), {?MODULE, Name}).
@@ -315,6 +316,13 @@ check_server(Name, [{wsgi_threads, N} | T], Acc) when is_integer(N), N > 0, N =<
 check_server(Name, [{websocket_max_message_size, N} | T], Acc)
   when is_integer(N), N >= 0, N < 1 bsl 40 ->
     check_server(Name, T, Acc#{websocket_max_message_size => N});
+check_server(Name, [{K, infinity} | T], Acc)
+  when K =:= websocket_ping_interval; K =:= websocket_ping_timeout ->
+    check_server(Name, T, Acc#{K => none});
+check_server(Name, [{K, Ms} | T], Acc)
+  when (K =:= websocket_ping_interval orelse K =:= websocket_ping_timeout),
+       is_integer(Ms), Ms > 0, Ms =< 16#FFFFFFFF ->
+    check_server(Name, T, Acc#{K => {float, Ms / 1000}});
 check_server(Name, [{hooks, Hooks} | T], Acc) ->
     case pyport_http_hooks:check(Name, Hooks) of
         {ok, []} -> check_server(Name, T, Acc);
@@ -403,9 +411,18 @@ probe(Name, Bind) ->
 
 %% The worker's init code: the pool's own first, then the server's start.
 %% Strings travel hex-encoded, so no quoting can break out of the literal.
-init_code(User, App, Bind, Server) ->
+init_code(User, App, Bind, Server0) ->
+    %% The WebSocket idle check is erlang._websocket's, set before the start.
+    Ws = maps:with([websocket_ping_interval, websocket_ping_timeout], Server0),
+    Server = maps:without([websocket_ping_interval, websocket_ping_timeout], Server0),
     Opts = [["'", atom_to_binary(K), "': ", py_value(V), ", "] || {K, V} <- maps:to_list(Server)],
-    Start = iolist_to_binary(["import erlang._http\n",
+    Configure = case map_size(Ws) of
+                    0 -> [];
+                    _ -> ["import erlang._websocket as _ws\n_ws.configure(",
+                          py_value(maps:get(websocket_ping_interval, Ws, {float, 20.0})), ", ",
+                          py_value(maps:get(websocket_ping_timeout, Ws, {float, 20.0})), ")\n"]
+                end,
+    Start = iolist_to_binary([Configure, "import erlang._http\n",
                               "erlang._http.start(", py_str(App), ", ", py_str(Bind), ", {",
                               Opts, "})\n"]),
     case pyport_config:to_binary(User) of
@@ -415,6 +432,7 @@ init_code(User, App, Bind, Server) ->
 
 py_value({float, F}) -> float_to_binary(F, [short]);
 py_value(true) -> <<"True">>;
+py_value(none) -> <<"None">>;
 py_value(false) -> <<"False">>;
 py_value(N) when is_integer(N) -> integer_to_binary(N);
 py_value(B) when is_binary(B) -> py_str(B);

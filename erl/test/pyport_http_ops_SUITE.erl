@@ -9,7 +9,8 @@
 -compile([export_all, nowarn_export_all]).
 
 all() ->
-    [recycle_refused_unless_caller, max_rss_recycles_through_handoff, max_rss_errors].
+    [recycle_refused_unless_caller, max_rss_recycles_through_handoff, max_rss_errors,
+     ws_ping_options, ws_ping_option_errors, hornbeam_websocket_timeout].
 
 init_per_suite(Config) ->
     _ = application:load(pyport),
@@ -207,6 +208,56 @@ body(_, <<"HTTP/1.1 200 ", _/binary>>, Lines, _, _) ->
     end;
 body(_, Status, _, _, _) ->
     {error, Status}.
+
+%% websocket_ping_interval/_timeout reach the workers: a client that
+%% answers nothing gets a ping, then close 1011, then the TCP close.
+ws_ping_options(Config) ->
+    Port = free_port(),
+    {ok, _} = pyport:start_http(web_ping, opts(Config, #{bind => Port,
+                                                         websocket_ping_interval => 300,
+                                                         websocket_ping_timeout => 400})),
+    try
+        silent_client_closed(Port)
+    after
+        ok = pyport:stop_http(web_ping)
+    end.
+
+%% The same through hornbeam:start/2's websocket_timeout (half, half).
+hornbeam_websocket_timeout(Config) ->
+    Port = free_port(),
+    {ok, _} = hornbeam:start("http_ops_app:app",
+                             #{bind => Port, worker_class => asgi, workers => 1,
+                               pythonpath => [?config(data_dir, Config)],
+                               websocket_timeout => 800}),
+    try
+        silent_client_closed(Port)
+    after
+        ok = hornbeam:stop()
+    end.
+
+silent_client_closed(Port) ->
+    {ok, S} = gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {active, false}], 5000),
+    ok = gen_tcp:send(S, "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
+                         "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                         "Sec-WebSocket-Version: 13\r\n\r\n"),
+    T0 = erlang:monotonic_time(millisecond),
+    All = recv_all(S, <<>>),
+    Took = erlang:monotonic_time(millisecond) - T0,
+    gen_tcp:close(S),
+    [<<"HTTP/1.1 101 ", _/binary>>, Frames] = binary:split(All, <<"\r\n\r\n">>),
+    %% A ping (0x89, empty), then close 1011 (0x88, 2 + 22 bytes).
+    <<16#89, 0, 16#88, 24, 1011:16, "keepalive ping timeout">> = Frames,
+    ct:pal("silent client closed after ~b ms", [Took]),
+    ?assert(Took < 8000),
+    ok.
+
+ws_ping_option_errors(Config) ->
+    Port = free_port(),
+    [?assertEqual({error, {invalid_http_option, web_pe, K, V}},
+                  pyport:start_http(web_pe, opts(Config, #{bind => Port, K => V})))
+     || K <- [websocket_ping_interval, websocket_ping_timeout],
+        V <- [0, -1, 1 bsl 33, "20", 1.5]],
+    ok.
 
 wait_until(Fun, Ms) when Ms =< 0 ->
     case Fun() of true -> ok; false -> timeout end;
