@@ -31,7 +31,7 @@
                     max_body, header_timeout, body_timeout, keepalive_timeout, write_timeout, request_timeout, backlog,
                     root_path, lifespan, access_log, interface, wsgi_threads, mounts,
                     hooks, hook_timeout, websocket_max_message_size,
-                    websocket_ping_interval, websocket_ping_timeout,
+                    websocket_ping_interval, websocket_ping_timeout, websocket_compress,
                     certfile, keyfile, cacertfile, verify]).
 
 -define(REGISTRY(Name), {?MODULE, Name}).
@@ -331,6 +331,8 @@ check_server(Name, [{hooks, Hooks} | T], Acc) ->
     end;
 check_server(Name, [{hook_timeout, Ms} | T], Acc) when is_integer(Ms), Ms > 0, Ms =< 600000 ->
     check_server(Name, T, Acc#{hook_timeout => {float, Ms / 1000}});
+check_server(Name, [{websocket_compress, B} | T], Acc) when is_boolean(B) ->
+    check_server(Name, T, Acc#{websocket_compress => B});
 check_server(Name, [{access_log, B} | T], Acc) when is_boolean(B) ->
     check_server(Name, T, Acc#{access_log => B});
 check_server(Name, [{request_timeout, infinity} | T], Acc) ->
@@ -412,15 +414,18 @@ probe(Name, Bind) ->
 %% The worker's init code: the pool's own first, then the server's start.
 %% Strings travel hex-encoded, so no quoting can break out of the literal.
 init_code(User, App, Bind, Server0) ->
-    %% The WebSocket idle check is erlang._websocket's, set before the start.
-    Ws = maps:with([websocket_ping_interval, websocket_ping_timeout], Server0),
-    Server = maps:without([websocket_ping_interval, websocket_ping_timeout], Server0),
+    %% The WebSocket idle check and compression are erlang._websocket's,
+    %% set before the start.
+    WsKeys = [websocket_ping_interval, websocket_ping_timeout, websocket_compress],
+    Ws = maps:with(WsKeys, Server0),
+    Server = maps:without(WsKeys, Server0),
     Opts = [["'", atom_to_binary(K), "': ", py_value(V), ", "] || {K, V} <- maps:to_list(Server)],
     Configure = case map_size(Ws) of
                     0 -> [];
                     _ -> ["import erlang._websocket as _ws\n_ws.configure(",
                           py_value(maps:get(websocket_ping_interval, Ws, {float, 20.0})), ", ",
-                          py_value(maps:get(websocket_ping_timeout, Ws, {float, 20.0})), ")\n"]
+                          py_value(maps:get(websocket_ping_timeout, Ws, {float, 20.0})), ", ",
+                          py_value(maps:get(websocket_compress, Ws, false)), ")\n"]
                 end,
     Start = iolist_to_binary([Configure, "import erlang._http\n",
                               "erlang._http.start(", py_str(App), ", ", py_str(Bind), ", {",

@@ -98,8 +98,8 @@ map_one(hooks, Hooks) -> {ok, [{hooks, Hooks}]};
 map_one(websocket_max_frame_size, N) when is_integer(N), N > 0 ->
     {ok, [{websocket_max_message_size, N}]};
 map_one(websocket_max_frame_size, infinity) -> {ok, [{websocket_max_message_size, 0}]};
-%% libwslay does not compress: only "no compression" can be honoured.
-map_one(websocket_compress, false) -> ignore;
+%% permessage-deflate (zlib over libwslay's RSV1), when the client offers it.
+map_one(websocket_compress, B) when is_boolean(B) -> {ok, [{websocket_compress, B}]};
 %% Hornbeam's websocket_timeout is cowboy's idle timeout: a peer silent
 %% that long is dropped. Here: pinged after half of it, dropped when
 %% silent through the other half too (a live peer answers the ping and
@@ -110,12 +110,11 @@ map_one(websocket_timeout, Ms) when is_integer(Ms), Ms >= 2, Ms =< 16#FFFFFFFF -
     {ok, [{websocket_ping_interval, Ms div 2}, {websocket_ping_timeout, Ms - Ms div 2}]};
 map_one(K, V) when K =:= certfile; K =:= keyfile; K =:= cacertfile -> {ok, [{K, V}]};
 map_one(K, V) when K =:= routes; K =:= mounts; K =:= max_concurrent;
-                   K =:= context_mode;
-                   K =:= websocket_compress; K =:= lifespan_timeout ->
+                   K =:= context_mode; K =:= lifespan_timeout ->
     {error, {unsupported_hornbeam_option, K, V}};
 map_one(K, V) when K =:= worker_class; K =:= keepalive; K =:= num_acceptors;
                    K =:= preload_app; K =:= websocket_max_frame_size;
-                   K =:= websocket_timeout ->
+                   K =:= websocket_timeout; K =:= websocket_compress ->
     {error, {invalid_hornbeam_option, K, V}};
 map_one(K, V) ->
     {error, {unknown_hornbeam_option, K, V}}.

@@ -10,7 +10,7 @@
 
 all() ->
     [recycle_refused_unless_caller, max_rss_recycles_through_handoff, max_rss_errors,
-     ws_ping_options, ws_ping_option_errors, hornbeam_websocket_timeout].
+     ws_ping_options, ws_ping_option_errors, hornbeam_websocket_timeout, ws_compress_option].
 
 init_per_suite(Config) ->
     _ = application:load(pyport),
@@ -250,6 +250,45 @@ silent_client_closed(Port) ->
     ct:pal("silent client closed after ~b ms", [Took]),
     ?assert(Took < 8000),
     ok.
+
+%% websocket_compress => true (and Hornbeam's) answers a client's
+%% permessage-deflate offer; left out, the offer is not taken.
+ws_compress_option(Config) ->
+    Port = free_port(),
+    Offer = fun() -> ws_extensions(Port) end,
+    {ok, _} = pyport:start_http(web_zc, opts(Config, #{bind => Port, websocket_compress => true})),
+    try
+        ?assertEqual([<<"permessage-deflate">>], Offer())
+    after
+        ok = pyport:stop_http(web_zc)
+    end,
+    {ok, _} = pyport:start_http(web_zc, opts(Config, #{bind => Port})),
+    try ?assertEqual([], Offer()) after ok = pyport:stop_http(web_zc) end,
+    {ok, _} = hornbeam:start("http_ops_app:app",
+                             #{bind => Port, worker_class => asgi, workers => 1,
+                               pythonpath => [?config(data_dir, Config)],
+                               websocket_compress => true}),
+    try ?assertEqual([<<"permessage-deflate">>], Offer()) after ok = hornbeam:stop() end,
+    ?assertEqual({error, {invalid_http_option, web_zc, websocket_compress, yes}},
+                 pyport:start_http(web_zc, opts(Config, #{bind => Port, websocket_compress => yes}))),
+    ok.
+
+ws_extensions(Port) ->
+    {ok, S} = gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {active, false}], 5000),
+    ok = gen_tcp:send(S, "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
+                         "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                         "Sec-WebSocket-Version: 13\r\n"
+                         "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"),
+    Head = recv_head(S, <<>>),
+    gen_tcp:close(S),
+    [<<"HTTP/1.1 101 ", _/binary>> | Lines] = binary:split(Head, <<"\r\n">>, [global]),
+    [V || <<"sec-websocket-extensions: ", V/binary>> <- Lines].
+
+recv_head(S, Acc) ->
+    case binary:split(Acc, <<"\r\n\r\n">>) of
+        [Head, _] -> Head;
+        [_] -> {ok, B} = gen_tcp:recv(S, 0, 5000), recv_head(S, <<Acc/binary, B/binary>>)
+    end.
 
 ws_ping_option_errors(Config) ->
     Port = free_port(),

@@ -57,11 +57,12 @@ hornbeam_websocket_options(_Config) ->
                  O(#{websocket_max_frame_size => infinity})),
     ?assertEqual({error, {invalid_hornbeam_option, websocket_max_frame_size, -1}},
                  O(#{websocket_max_frame_size => -1})),
-    %% No compression: only the value that means that.
+    %% websocket_compress: permessage-deflate when offered.
     {ok, Plain} = O(#{}),
-    ?assertEqual({ok, Plain}, O(#{websocket_compress => false})),
-    ?assertEqual({error, {unsupported_hornbeam_option, websocket_compress, true}},
-                 O(#{websocket_compress => true})),
+    ?assertEqual({ok, Plain#{websocket_compress => false}}, O(#{websocket_compress => false})),
+    ?assertEqual({ok, Plain#{websocket_compress => true}}, O(#{websocket_compress => true})),
+    ?assertEqual({error, {invalid_hornbeam_option, websocket_compress, yes}},
+                 O(#{websocket_compress => yes})),
     %% websocket_timeout: pinged after half, dropped after the other half.
     ?assertEqual({ok, Plain#{websocket_ping_interval => 30000, websocket_ping_timeout => 30000}},
                  O(#{websocket_timeout => 60000})),

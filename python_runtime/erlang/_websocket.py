@@ -45,16 +45,75 @@ _CONNECTING, _OPEN, _CLOSED = 0, 1, 2
 # fails (close 1011 sent, TCP dropped, the app told 1006). None: no pings.
 PING_INTERVAL: Optional[float] = 20.0
 PING_TIMEOUT: Optional[float] = 20.0
+# permessage-deflate (RFC 7692) offered by a client is accepted.
+COMPRESS = False
 
 
-def configure(ping_interval: Optional[float], ping_timeout: Optional[float]) -> None:
-    """Sets this worker's idle checks (an HTTP pool's init code calls it
-    with the pool's options, in seconds; None: off)."""
-    global PING_INTERVAL, PING_TIMEOUT
+def configure(ping_interval: Optional[float], ping_timeout: Optional[float],
+              compress: bool = False) -> None:
+    """Sets this worker's idle checks (in seconds; None: off) and whether
+    permessage-deflate is negotiated (an HTTP pool's init code calls it
+    with the pool's options)."""
+    global PING_INTERVAL, PING_TIMEOUT, COMPRESS
     for name, value in (("ping_interval", ping_interval), ("ping_timeout", ping_timeout)):
         if value is not None and not (isinstance(value, (int, float)) and value > 0):
             raise ValueError(f"WebSocket {name} {value!r}: expected seconds > 0 or None")
-    PING_INTERVAL, PING_TIMEOUT = ping_interval, ping_timeout
+    if not isinstance(compress, bool):
+        raise ValueError(f"WebSocket compress {compress!r}: expected True or False")
+    PING_INTERVAL, PING_TIMEOUT, COMPRESS = ping_interval, ping_timeout, compress
+
+
+def negotiate_deflate(offers: Optional[bytes]) -> Optional[tuple[bytes, bool, int]]:
+    """The first acceptable permessage-deflate offer of a
+    Sec-WebSocket-Extensions value (RFC 7692 7.1): (the response's
+    extension, server_no_context_takeover, server_max_window_bits), or None.
+    An offer with an unknown, repeated or bad parameter is skipped, and so
+    is server_max_window_bits=8 (zlib's raw deflate cannot make 256-byte
+    windows)."""
+    if not offers:
+        return None
+    for offer in offers.split(b","):
+        parts = [p.strip() for p in offer.split(b";")]
+        if parts[0].lower() != b"permessage-deflate":
+            continue
+        params: dict[bytes, Optional[bytes]] = {}
+        ok = True
+        for p in parts[1:]:
+            if not p:
+                ok = False
+                break
+            name, eq, value = p.partition(b"=")
+            name = name.strip().lower()
+            value = value.strip().strip(b'"') if eq else None
+            if name in params:
+                ok = False
+                break
+            params[name] = value
+        if not ok:
+            continue
+        response = [b"permessage-deflate"]
+        no_context = False
+        bits = 15
+        for name, value in params.items():
+            if name == b"server_no_context_takeover" and value is None:
+                no_context = True
+                response.append(b"server_no_context_takeover")
+            elif name == b"client_no_context_takeover" and value is None:
+                response.append(b"client_no_context_takeover")
+            elif name == b"server_max_window_bits" and value is not None \
+                    and value.isdigit() and not value.startswith(b"0") and 9 <= int(value) <= 15:
+                bits = int(value)
+                response.append(b"server_max_window_bits=" + value)
+            elif name == b"client_max_window_bits" and (
+                    value is None or (value.isdigit() and not value.startswith(b"0")
+                                      and 8 <= int(value) <= 15)):
+                pass  # our inflater takes any window; nothing to answer
+            else:
+                ok = False
+                break
+        if ok:
+            return b"; ".join(response), no_context, bits
+    return None
 
 
 def _header(headers: list, name: bytes) -> Optional[bytes]:
@@ -350,17 +409,23 @@ class WebSocketConnection(WriteFlow, asyncio.Protocol):
             value = subprotocol.encode("latin-1")
             _check_value(value)
             lines += [b"sec-websocket-protocol: ", value, b"\r\n"]
+        deflate = negotiate_deflate(_header(self.scope["headers"], b"sec-websocket-extensions")) \
+            if self.cfg.get("websocket_compress", COMPRESS) else None
+        if deflate is not None:
+            lines += [b"sec-websocket-extensions: ", deflate[0], b"\r\n"]
         for name, value in message.get("headers") or ():
             name, value = bytes(name), bytes(value)
             _check_value(name)
             _check_value(value)
             lower = name.lower()
             if lower in (b"upgrade", b"connection", b"sec-websocket-accept",
-                         b"sec-websocket-protocol", b"content-length", b"transfer-encoding"):
+                         b"sec-websocket-protocol", b"sec-websocket-extensions",
+                         b"content-length", b"transfer-encoding"):
                 continue  # the handshake's own headers are the server's
             lines += [name, b": ", value, b"\r\n"]
         lines.append(b"\r\n")
-        self.session = Session(int(self.cfg.get("websocket_max_message_size", 16 << 20)))
+        self.session = Session(int(self.cfg.get("websocket_max_message_size", 16 << 20)),
+                               None if deflate is None else deflate[1:])
         self.state = _OPEN
         if self.handshake_timer is not None:
             self.handshake_timer.cancel()
