@@ -37,10 +37,12 @@ options(AppSpec, Opts) when is_map(Opts) ->
                       nomatch -> <<Spec/binary, ":application">>;
                       _ -> Spec
                   end,
-            %% Hornbeam's defaults: WSGI, its bind and limits.
+            %% Hornbeam's defaults: WSGI, its bind and limits, its
+            %% websocket_timeout of 60 s (see map_one/2).
             Base = #{app => App, interface => wsgi, bind => <<"127.0.0.1:8000">>,
                      max_request_line => 4094, max_header_bytes => 8190, max_headers => 100,
-                     keepalive_timeout => 2000, request_timeout => 30000},
+                     keepalive_timeout => 2000, request_timeout => 30000,
+                     websocket_ping_interval => 30000, websocket_ping_timeout => 30000},
             case ssl(Opts) of
                 {ok, Opts1} -> map_all(maps:to_list(Opts1), Base);
                 {error, _} = Error -> Error
