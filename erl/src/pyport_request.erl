@@ -230,7 +230,8 @@ send_call(Pid, Id, Frame, #{pool := Pool, slot := Slot, call_timeout := CallTime
 %% `{error, timeout}' at the deadline itself and counts the call when it
 %% ends. `remote' for a target on another node (the caller must wait there
 %% for it).
--spec start_message(target(), [term()], timeout() | default, fun((reference(), pid(), pos_integer(), deadline(), term()) -> ok)) ->
+-spec start_message(target(), [term()], timeout() | default,
+                    fun((reference(), pid(), pos_integer(), deadline(), term()) -> ok)) ->
           {ok, reference()} | remote | {error, term()}.
 start_message({output, _, _} = Target0, Fields, Timeout, Registered) ->
     case output_target(Target0) of
@@ -531,9 +532,9 @@ pool_of({pool, Pool}) -> Pool;
 pool_of({slot, Pool, _}) -> Pool;
 pool_of({shard, Pool, _}) -> Pool.
 
-route({pool, Pool}, #{elastic := true} = Info) ->
+route({pool, _}, #{elastic := true} = Info) ->
     %% An elastic pool's ties go to its lowest slots (pyport_pool:pick/1).
-    remember_slot(Pool, pyport_pool:pick(Info));
+    pyport_pool:pick(Info);
 route({pool, Pool}, #{counters := C, unavailable := U, size := Size} = Info) ->
     %% A caller whose worker of the last call has nothing in flight, and
     %% takes least-loaded calls, goes there again: nothing is less loaded,
