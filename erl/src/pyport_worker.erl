@@ -308,10 +308,10 @@ handle_info({pubsub, Topic, Msg}, State) ->
 handle_info({'$pyport_pending', Id, Probe}, State) ->
     %% An await asks whether request Id can still be answered (see
     %% pyport_async:await/3); silence means yes.
-    case pyport_worker_requests:pending_for_caller(Id, State) of
-        true -> ok;
-        false -> Probe ! {Probe, not_pending}
-    end,
+    _ = case pyport_worker_requests:pending_for_caller(Id, State) of
+            true -> ok;
+            false -> Probe ! {Probe, not_pending}
+        end,
     {noreply, State};
 handle_info({'$pyport_cancel', Id}, State) ->
     {noreply, pyport_worker_requests:cancel(Id, State)};

@@ -101,7 +101,7 @@
           subs = #{} :: #{term() => [pos_integer()]},
           box_topics = #{} :: #{pos_integer() => [term()]},
           %% The last check of the slot's in-flight counter (pyport_inflight).
-          inflight_check :: pyport_inflight:snapshot(),
+          inflight_check :: pyport_inflight:snapshot() | undefined,
           %% Runs, bounds and ends the processes serving Python's calls
           %% into Erlang (pyport_callback_keeper).
           keeper :: pyport_callback_keeper:keeper() | undefined,
