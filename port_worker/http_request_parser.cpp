@@ -302,7 +302,17 @@ int on_headers_complete(http_parser* p) {
       PyRef::steal(self->scope_template ? PyDict_Copy(self->scope_template) : PyDict_New());
   PyRef raw = PyRef::steal(PyBytes_FromStringAndSize(path, static_cast<Py_ssize_t>(path_len)));
   PyRef qs = PyRef::steal(PyBytes_FromStringAndSize(query, static_cast<Py_ssize_t>(query_len)));
-  PyRef extensions = PyRef::steal(PyDict_New());
+  // Each request its own extensions dict (an app may add to it): the
+  // template's extensions (those the server implements), copied.
+  PyObject* ext_template = self->scope_template
+                               ? PyDict_GetItemWithError(self->scope_template, keys[kKeyExtensions])
+                               : nullptr;
+  if (!ext_template && PyErr_Occurred()) {
+    self->python_error = true;
+    return 1;
+  }
+  PyRef extensions = PyRef::steal(
+      ext_template && PyDict_Check(ext_template) ? PyDict_Copy(ext_template) : PyDict_New());
   PyObject* method = method_name(p->method);
   if (!scope || !raw || !qs || !extensions || !method ||
       PyDict_SetItem(scope.get(), keys[kKeyMethod], method) < 0 ||

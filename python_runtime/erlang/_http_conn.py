@@ -28,6 +28,10 @@ WRITE_LOW = 64 * 1024
 READ_HIGH = 256 * 1024
 PIPELINE_MAX = 128
 
+# ASGI extensions of every http scope (the parser gives each its own copy):
+# zero-copy send is _Request._send_file (sendfile(2); read over TLS).
+HTTP_EXTENSIONS: dict = {"http.response.zerocopysend": {}}
+
 
 class HttpConnection(WriteFlow, asyncio.Protocol):
     """One client connection: parsing, pipelining, timeouts, flow control."""
@@ -71,6 +75,7 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             "root_path": self.cfg["root_path"],
             "client": self.client,
             "server": self.server_addr,
+            "extensions": HTTP_EXTENSIONS,
         }
         cfg = self.cfg
         self.parser = Parser(cfg["max_request_line"], cfg["max_headers"], cfg["max_header_bytes"],
@@ -112,7 +117,10 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
                     and _websocket.is_upgrade(self.pipeline[0].scope):
                 # A WebSocket (erlang._websocket): the transport gets a new
                 # protocol; the request's task, not run yet, is replaced.
-                _websocket.take_over(self, self.pipeline[0])
+                # Its scope is built from this one: no http extension in it.
+                req = self.pipeline[0]
+                req.scope = {k: v for k, v in req.scope.items() if k != "extensions"}
+                _websocket.take_over(self, req)
                 return
             # Other upgrades, CONNECT, a WebSocket behind pipelined requests
             # or for a WSGI app: what follows the request is not HTTP, so

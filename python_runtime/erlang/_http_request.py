@@ -201,12 +201,27 @@ class _Request:
         set none and the response ends with it."""
         if not self.started or self.complete:
             raise RuntimeError("http.response.zerocopysend outside a response")
-        conn = self.conn
         f = message["file"]
+        if type(f) is int:
+            # A bare descriptor: a file object over it that leaves it open.
+            f = open(f, "rb", buffering=0, closefd=False)
+            try:
+                await self._send_file_object(f, message)
+            finally:
+                f.close()
+            return
+        await self._send_file_object(f, message)
+
+    async def _send_file_object(self, f: Any, message: dict) -> None:
+        conn = self.conn
         offset = message.get("offset")
         if offset is None:
             offset = f.tell()
         count = message.get("count")
+        if type(offset) is not int or offset < 0 or \
+                (count is not None and (type(count) is not int or count < 0)):
+            raise ValueError(f"http.response.zerocopysend: bad offset {offset!r} or count "
+                             f"{count!r} (integers >= 0)")
         if count is None:
             count = max(0, os.fstat(f.fileno()).st_size - offset)
         more = message.get("more_body", False)
