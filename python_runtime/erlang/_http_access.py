@@ -31,4 +31,4 @@ def _access_log(conn: HttpConnection, req: _Request) -> None:
         path += "?" + scope["query_string"].decode("latin-1")
     access_log.info('%s "%s %s HTTP/%s" %d %d %.1fms', client, scope["method"], path,
                     scope["http_version"], status, req.sent_bytes,
-                    (conn.loop.time() - req.started_at) * 1000)
+                    (conn._time() - req.started_at) * 1000)

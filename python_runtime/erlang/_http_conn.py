@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from _pyport_http import BODY, END, HEAD, Parser
 
@@ -54,6 +55,11 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         self.drain_waiters: list[asyncio.Future] = []
         self.buffered = 0
         self.timer: Optional[asyncio.TimerHandle] = None
+        self.timer_when = _NEVER  # self.timer's time (no when() call per request)
+        # Per-request settings read once (attribute reads, not cfg lookups).
+        self.request_timeout: float = self.cfg["request_timeout"]
+        self.access_log: bool = bool(self.cfg["access_log"])
+        self._time = _clock(self.loop)
         self.deadline: Optional[float] = None  # loop time, or None: no timeout now
         self.deadline_kind = ""
         self.client: Any = None
@@ -177,8 +183,8 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
 
     def _start(self, req: _Request) -> None:
         req.task = self.loop.create_task(req.run(self.app))
-        if self.cfg["request_timeout"] > 0:
-            self._arm(self.cfg["request_timeout"], "request")
+        if self.request_timeout > 0:
+            self._arm(self.request_timeout, "request")
 
     def unbuffer(self, n: int) -> None:
         self.buffered -= n
@@ -196,13 +202,14 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
     def request_done(self, req: _Request) -> None:
         if self.pipeline and self.pipeline[0] is req:
             self.pipeline.popleft()
-        self.unbuffer(req.buffered)
-        req.buffered = 0
-        if self.cfg["access_log"]:
+        if req.buffered or self.read_paused:
+            self.unbuffer(req.buffered)
+            req.buffered = 0
+        if self.access_log:
             _access_log(self, req)
         server = self.server
         server.served += 1
-        if server.served == server.cfg["max_requests"]:
+        if server.served == server.max_requests:
             server.ask_recycle()
         if self.lost:
             return
@@ -219,7 +226,8 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         elif self.eof:
             self._close()
             return
-        self.unbuffer(0)
+        if self.read_paused:
+            self.unbuffer(0)
         self._update_timer()
 
     def fail(self, status: int, reason: str) -> None:
@@ -270,14 +278,15 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             self._arm(self.cfg["header_timeout"], "header")
 
     def _arm(self, seconds: float, kind: str) -> None:
-        when = self.loop.time() + seconds
+        when = self._time() + seconds
         self.deadline = when
         self.deadline_kind = kind
-        t = self.timer
-        if t is None or t.when() > when:
+        if when < self.timer_when:
+            t = self.timer
             if t is not None:
                 t.cancel()
             self.timer = self.loop.call_at(when, self._on_timer)
+            self.timer_when = when
 
     def _disarm(self) -> None:
         self.deadline = None
@@ -288,14 +297,17 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+            self.timer_when = _NEVER
 
     def _on_timer(self) -> None:
         self.timer = None
+        self.timer_when = _NEVER
         when = self.deadline
         if when is None or self.lost or self.closing:
             return
-        if self.loop.time() < when:
+        if self._time() < when:
             self.timer = self.loop.call_at(when, self._on_timer)
+            self.timer_when = when
             return
         kind = self.deadline_kind
         self._disarm()
@@ -306,6 +318,17 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             self.fail(408, "request head not received in time")
         elif not self.pipeline:
             self._close()
+
+
+_NEVER = float("inf")
+
+
+def _clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    """loop.time, or time.monotonic itself when that is all loop.time
+    does (asyncio's own): one Python call less per timer use."""
+    if type(loop).time is asyncio.BaseEventLoop.time:
+        return time.monotonic
+    return loop.time
 
 
 def _serves_websocket(conn: HttpConnection, scope: dict) -> bool:

@@ -56,7 +56,7 @@ class _Request:
         self.task: Optional[asyncio.Task] = None
         self.length_left = -1
         self.chunked_declared = False
-        self._head: Optional[list] = None
+        self._head: Optional[bytes] = None  # the response head until its first body
         self.broken = False  # the stream broke while its body was read
         self.timed_out = False  # request_timeout passed before the response started
         self.started_at = 0.0
@@ -111,6 +111,25 @@ class _Request:
         if conn.lost:
             raise ClientDisconnected("the client has disconnected")
         kind = message["type"]
+        head = self._head
+        if head is not None and kind == "http.response.body" and self.keep_alive \
+                and self.length_left < 0 and not self.chunked_declared and not self.no_body \
+                and not message.get("more_body", False) and not conn.server.draining:
+            # The common response: a whole body in one message, its length
+            # known now; head and body leave in one write.
+            self._head = None
+            body = message.get("body", b"")
+            if self.method_head:
+                conn.transport.write(b"%bcontent-length: %d\r\n\r\n" % (head, len(body)))
+            else:
+                conn.transport.write(b"%bcontent-length: %d\r\n\r\n%b" % (head, len(body), body))
+                self.sent_bytes = len(body)
+            if conn.deadline_kind == "request":
+                conn._disarm()  # the response started: request_timeout is met
+            self.complete = True
+            if self.waiter is not None:
+                self.wake()
+            return
         if kind == "http.response.start":
             if self.started:
                 raise RuntimeError("http.response.start sent twice")
@@ -141,9 +160,9 @@ class _Request:
         bodyless = self.no_body or self.method_head
         if not bodyless and 0 <= self.length_left < len(body):
             raise RuntimeError("response body longer than its content-length")
-        head = self._head
         if head is not None:
             self._head = None
+            head = [head]
             if not more and self.length_left < 0 and not self.chunked_declared:
                 # The whole body at once: Content-Length rather than chunks
                 # (HEAD: the length the body would have had).
@@ -229,7 +248,7 @@ class _Request:
             count = min(count, self.length_left)  # never past the app's length
         elif self._head is not None and not more and not self.chunked_declared:
             if not self.no_body:
-                self._head.append(b"content-length: %d\r\n" % count)
+                self._head += b"content-length: %d\r\n" % count
                 self.length_left = count
         # The head (and the end, for a bodiless response) through the usual path.
         bodyless = self.no_body or self.method_head
@@ -291,7 +310,7 @@ class _Request:
         if flags & HEAD_CLOSE:
             self.keep_alive = False
         self.chunked = self.chunked_declared and not self.no_body
-        self._head = [head]
+        self._head = head
 
     def _hook_request(self) -> dict:
         scope = self.scope
@@ -341,7 +360,7 @@ class _Request:
 
     async def run(self, app: ASGIApp) -> None:
         conn = self.conn
-        self.started_at = conn.loop.time()
+        self.started_at = conn._time()
         try:
             hooks = conn.server.hooks
             if hooks is None or "on_request" not in hooks or await self._on_request():

@@ -36,6 +36,7 @@ class HttpServer:
         self.lifespans: list[_Lifespan] = []
         self.draining = False  # park(): responses end their connections
         self.served = 0  # HTTP requests answered (max_requests)
+        self.max_requests: int = cfg["max_requests"]
         self._recycle_task: Optional[asyncio.Task] = None
         # The Erlang hooks the pool has; None: no hook, no round trip.
         self.hooks: Optional[frozenset] = frozenset(cfg["hooks"]) if cfg["hooks"] else None
