@@ -113,17 +113,29 @@ class _Request:
         kind = message["type"]
         head = self._head
         if head is not None and kind == "http.response.body" and self.keep_alive \
-                and self.length_left < 0 and not self.chunked_declared and not self.no_body \
+                and not self.chunked_declared and not self.no_body \
                 and not message.get("more_body", False) and not conn.server.draining:
-            # The common response: a whole body in one message, its length
-            # known now; head and body leave in one write.
-            self._head = None
+            # The common response: a whole body in one message; head and
+            # body leave in one write.
             body = message.get("body", b"")
-            if self.method_head:
-                conn.transport.write(b"%bcontent-length: %d\r\n\r\n" % (head, len(body)))
+            declared = self.length_left
+            if declared < 0:  # its length known now
+                if self.method_head:
+                    conn.transport.write(b"%bcontent-length: %d\r\n\r\n" % (head, len(body)))
+                else:
+                    conn.transport.write(b"%bcontent-length: %d\r\n\r\n%b"
+                                         % (head, len(body), body))
+                    self.sent_bytes = len(body)
+            elif declared == len(body) or self.method_head:  # the app's Content-Length
+                if self.method_head:
+                    conn.transport.write(head + b"\r\n")
+                else:
+                    conn.transport.write(b"%b\r\n%b" % (head, body))
+                    self.sent_bytes = declared
+                    self.length_left = 0
             else:
-                conn.transport.write(b"%bcontent-length: %d\r\n\r\n%b" % (head, len(body), body))
-                self.sent_bytes = len(body)
+                return await self._send_body(message, head)
+            self._head = None
             if conn.deadline_kind == "request":
                 conn._disarm()  # the response started: request_timeout is met
             self.complete = True
@@ -151,6 +163,12 @@ class _Request:
             return
         if kind != "http.response.body":
             raise ValueError(f"unexpected ASGI message type {kind!r} for an http scope")
+        await self._send_body(message, head)
+
+    async def _send_body(self, message: dict, head: Optional[bytes]) -> None:
+        """http.response.body, every case: streamed, chunked, HEAD, 204/304,
+        the app's Content-Length checked, the connection's end."""
+        conn = self.conn
         if not self.started:
             raise RuntimeError("http.response.body before http.response.start")
         if self.complete:
