@@ -14,7 +14,7 @@ from urllib.parse import quote
 from _pyport_http import HEAD_CHUNKED, HEAD_CLOSE, response_head
 
 from . import _callbacks
-from ._http_response import _date, _error_response, _reasons
+from ._http_response import _error_response, _reasons
 from ._write_flow import ClientDisconnected
 
 if TYPE_CHECKING:
@@ -322,12 +322,14 @@ class _Request:
         if status < 200:
             raise ValueError("1xx responses are the server's (use 100-continue)")
         self.no_body = status in (204, 304)
+        # The Date header's value is response_head's own (cached per second).
         head, self.length_left, flags = response_head(
-            status, _reasons.get(status, b""), message.get("headers", ()), _date())
-        self.chunked_declared = bool(flags & HEAD_CHUNKED)
-        if flags & HEAD_CLOSE:
-            self.keep_alive = False
-        self.chunked = self.chunked_declared and not self.no_body
+            status, _reasons.get(status, b""), message.get("headers", ()))
+        if flags:
+            self.chunked_declared = bool(flags & HEAD_CHUNKED)
+            if flags & HEAD_CLOSE:
+                self.keep_alive = False
+            self.chunked = self.chunked_declared and not self.no_body
         self._head = head
 
     def _hook_request(self) -> dict:
