@@ -58,6 +58,7 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         self.timer_when = _NEVER  # self.timer's time (no when() call per request)
         # Per-request settings read once (attribute reads, not cfg lookups).
         self.request_timeout: float = self.cfg["request_timeout"]
+        self.keepalive_timeout: float = self.cfg["keepalive_timeout"]
         self.access_log: bool = bool(self.cfg["access_log"])
         self._time = _clock(self.loop)
         self.deadline: Optional[float] = None  # loop time, or None: no timeout now
@@ -134,7 +135,8 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             for item in self.pipeline:
                 item.keep_alive = False
             self._pause()
-        self._update_timer()
+        if self.deadline_kind != "request" or not self.pipeline:
+            self._update_timer()  # (a request in the app keeps request_timeout's)
         if self.buffered > READ_HIGH or len(self.pipeline) > PIPELINE_MAX:
             self._pause()
 
@@ -228,7 +230,10 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             return
         if self.read_paused:
             self.unbuffer(0)
-        self._update_timer()
+        if not self.pipeline and self.parser.idle and not self.closing:
+            self._arm(self.keepalive_timeout, "idle")  # _update_timer's usual case
+        else:
+            self._update_timer()
 
     def fail(self, status: int, reason: str) -> None:
         """The request stream is broken: the requests read whole are
