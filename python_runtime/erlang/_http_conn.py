@@ -126,7 +126,7 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
                 # protocol; the request's task, not run yet, is replaced.
                 # Its scope is built from this one: no http extension in it.
                 req = self.pipeline[0]
-                req.scope = {k: v for k, v in req.scope.items() if k != "extensions"}
+                req.scope = {**req.scope, "extensions": {}}
                 _websocket.take_over(self, req)
                 return
             # Other upgrades, CONNECT, a WebSocket behind pipelined requests
