@@ -101,6 +101,8 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             if kind == BODY:
                 req = self.reading
                 if req is not None:
+                    if req.chunks is None:
+                        req.chunks = deque()
                     req.chunks.append(ev[1])
                     n = len(ev[1])
                     req.buffered += n
