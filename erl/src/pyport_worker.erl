@@ -233,15 +233,9 @@ handle_call({stream_cancel, Id}, _From, #state{pending = Pending} = State) ->
         _ ->
             {reply, ok, pyport_worker_requests:drop_queued(Id, State)}
     end;
-handle_call({'$pyport_ns_register', Owner, Ns}, _From,
-            #state{monitor_by_ns = ByNs, opts = Opts} = State) ->
-    %% The pool's max_namespaces bounds the monitors here and the globals
-    %% in the worker (see pyport_namespaces).
-    Max = maps:get(max_namespaces, Opts, 10000),
-    case is_map_key(Ns, ByNs) orelse map_size(ByNs) < Max of
-        true -> {reply, ok, register_namespace(Owner, Ns, State)};
-        false -> {reply, {error, {too_many_namespaces, Max}}, State}
-    end;
+handle_call({'$pyport_ns_register', Owner, Ns}, _From, State) ->
+    {Reply, State1} = pyport_worker_namespaces:register_checked(Owner, Ns, State),
+    {reply, Reply, State1};
 handle_call('$pyport_interrupt_running', _From, #state{pending = Pending} = State) ->
     %% py:interrupt(Ctx): the calls running on this worker (not its tasks
     %% or streams, which are cancelled instead).
@@ -318,26 +312,11 @@ handle_info({'$pyport_cancel', Id}, State) ->
 handle_info({'$pyport_interrupt', Id}, State) ->
     {noreply, pyport_worker_requests:interrupt_on_request(Id, State)};
 handle_info({'$pyport_ns', Owner, Ns}, State) ->
-    {noreply, register_namespace(Owner, Ns, State)};
-handle_info({'$pyport_ns_drop', Ns}, #state{monitor_by_ns = ByNs} = State) ->
-    case maps:take(Ns, ByNs) of
-        {Mon, Rest} ->
-            erlang:demonitor(Mon, [flush]),
-            {noreply, drop_namespace(Ns, State#state{
-                                           monitor_by_ns = Rest,
-                                           ns_by_monitor = maps:remove(Mon, State#state.ns_by_monitor)})};
-        error ->
-            {noreply, State}
-    end;
-handle_info({'DOWN', Mon, process, _, _}, #state{ns_by_monitor = ByMon} = State) ->
-    case maps:take(Mon, ByMon) of
-        {Ns, Rest} ->
-            {noreply, drop_namespace(Ns, State#state{
-                                           ns_by_monitor = Rest,
-                                           monitor_by_ns = maps:remove(Ns, State#state.monitor_by_ns)})};
-        error ->
-            {noreply, State}
-    end;
+    {noreply, pyport_worker_namespaces:register(Owner, Ns, State)};
+handle_info({'$pyport_ns_drop', Ns}, State) ->
+    {noreply, pyport_worker_namespaces:drop(Ns, State)};
+handle_info({'DOWN', Mon, process, _, _}, State) ->
+    {noreply, pyport_worker_namespaces:owner_down(Mon, State)};
 handle_info({Port, {data, Bin}}, #state{port = Port} = State) ->
     data(Bin, State);
 handle_info({timeout, _Timer, log_note} = Msg, State) ->
@@ -651,11 +630,6 @@ apply_logging(Port) ->
 %%% Requests the gen_server makes: init steps, namespace drops
 %%%===================================================================
 
-internal_request(Kind, Fields, Purpose, #state{port = Port, internal = Internal} = State) ->
-    Id = erlang:unique_integer([positive]),
-    _ = pyport_worker_writer:send_frame(Port, pyport_codec:encode_frame(Kind, Id, Fields)),
-    State#state{internal = Internal#{Id => Purpose}}.
-
 %% @private The answer to a request the owner made itself.
 -spec internal_answer(term(), term(), #state{}) -> {noreply, #state{}} | {stop, term(), #state{}}.
 internal_answer({init, _Step}, {?RESULT, _}, State) ->
@@ -677,22 +651,6 @@ error_text(Rest) ->
     case pyport_codec:decode_fields(3, Rest) of
         {ok, [Type, Message, _]} -> {Type, Message};
         {error, _} = Error -> Error
-    end.
-
-%% Frees a namespace in the worker, if the OS process that has it still
-%% runs (a new one starts with none).
-drop_namespace(Ns, #state{status = Status} = State) when Status =:= up; Status =:= draining ->
-    internal_request(?CONTROL, [<<"drop_namespace">>, Ns], {drop_namespace, Ns}, State);
-drop_namespace(_Ns, State) ->
-    State.
-
-register_namespace(Owner, Ns, #state{monitor_by_ns = ByNs, ns_by_monitor = ByMon} = State) ->
-    case is_map_key(Ns, ByNs) of
-        true ->
-            State;
-        false ->
-            Mon = erlang:monitor(process, Owner),
-            State#state{monitor_by_ns = ByNs#{Ns => Mon}, ns_by_monitor = ByMon#{Mon => Ns}}
     end.
 
 %%%===================================================================
@@ -773,7 +731,7 @@ initialize(#state{opts = #{imports := Imports0, init_code := Code} = Opts} = Sta
             ready(State);
         _ ->
             {noreply, lists:foldl(fun({Step, Src}, S) ->
-                                          internal_request(?EXEC, [Src, 0], {init, Step}, S)
+                                          pyport_worker_requests:internal_request(?EXEC, [Src, 0], {init, Step}, S)
                                   end, State, Steps)}
     end.
 

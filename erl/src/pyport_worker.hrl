@@ -1,7 +1,8 @@
 %% The state of a worker's port owner (pyport_worker), shared with the
 %% modules that do its jobs: request bookkeeping (pyport_worker_requests),
 %% streams (pyport_worker_streams), Python's subscriptions
-%% (pyport_worker_pubsub).
+%% (pyport_worker_pubsub), process-bound namespaces
+%% (pyport_worker_namespaces).
 
 %% Frame kinds (proto/PROTOCOL.md).
 -define(HELLO, 0).

@@ -19,7 +19,7 @@
          drop_queued/2, flush_queue/1, pending_for_caller/2, cancel/2, interrupt/2,
          interrupt_on_request/2, kill_unresponsive/2, purge_expired/1, fail_all/2,
          fail_all_pending/2, answer/3, schedule/3, is_call/1, update_availability/1,
-         cancel_timer/1]).
+         cancel_timer/1, internal_request/4]).
 
 -type noreply() :: {noreply, #state{}} | {stop, term(), #state{}}.
 
@@ -465,3 +465,11 @@ now_ms() ->
     erlang:monotonic_time(millisecond).
 
 max_frame_size(#state{opts = #{max_frame_size := Max}}) -> Max.
+
+%% @doc A request the owner makes itself (an init step, a namespace drop):
+%% its answer goes back to pyport_worker:internal_answer/3.
+-spec internal_request(pos_integer(), [term()], term(), #state{}) -> #state{}.
+internal_request(Kind, Fields, Purpose, #state{port = Port, internal = Internal} = State) ->
+    Id = erlang:unique_integer([positive]),
+    _ = pyport_worker_writer:send_frame(Port, pyport_codec:encode_frame(Kind, Id, Fields)),
+    State#state{internal = Internal#{Id => Purpose}}.
