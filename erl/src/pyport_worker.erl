@@ -57,6 +57,13 @@
 %%
 %% The gen_server's pid stays the same across OS-process restarts, so the
 %% pool's routing table only changes when the gen_server itself restarts.
+%%
+%% This module owns the port and the OS process's life, and routes the
+%% worker's frames; the jobs above are done, on its state
+%% (pyport_worker.hrl), by {@link pyport_worker_requests} (requests in
+%% flight, timeouts, interrupts, answers), {@link pyport_worker_writer}
+%% (port writes and batching), {@link pyport_worker_streams}, {@link
+%% pyport_worker_pubsub} and {@link pyport_worker_namespaces}.
 -module(pyport_worker).
 -behaviour(gen_server).
 
