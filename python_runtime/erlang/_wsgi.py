@@ -10,10 +10,11 @@ for it: the server's limits, flow control and timeouts apply unchanged.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import stat
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from typing import Any, Callable, Iterable, Optional
 from urllib.parse import unquote_to_bytes
 
@@ -203,25 +204,43 @@ def _environ(scope: dict, wsgi_input: _Input, mount: str = "") -> dict:
 
 
 class WsgiAdapter:
-    """A WSGI app as an ASGI app (http scopes; lifespan is not WSGI's)."""
+    """A WSGI app as an ASGI app (http scopes; lifespan is not WSGI's).
+
+    Each request is a job of the worker's C++ thread pool
+    (``_pyport_wsgi.Pool``, port_worker/wsgi_pool.hpp): the loop queues it
+    and awaits a future; a pool thread takes the GIL to run the app, and
+    keeps it while more requests are queued; finished requests come back
+    in one loop callback per batch (an eventfd the loop watches)."""
 
     def __init__(self, app: Callable, threads: int, mount: str = "") -> None:
+        import _pyport_wsgi
         self.app = app
         self.mount = mount  # the prefix it is mounted at ("" : none)
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pyport-wsgi")
+        self.pool = _pyport_wsgi.Pool(threads, thread_hook=_thread_hook)
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Finished requests are handed to `loop` (the one serving)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.pool.fileno())
+        loop.add_reader(self.pool.fileno(), self.pool.drain)
+        self._loop = loop
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return  # lifespan: WSGI has none; the server treats it as unsupported
         loop = asyncio.get_running_loop()
-
-        def call(coro: Any) -> Any:
-            return asyncio.run_coroutine_threadsafe(coro, loop).result()
-
-        run = _Run(self.app, scope, receive, send, call, self.mount)
-        last = await loop.run_in_executor(self.pool, run.run)
+        if loop is not self._loop:
+            self._bind(loop)
+        done = loop.create_future()
+        self.pool.submit(_run, (self, scope, receive, send, loop), done)
+        last = await done
         # The response's last messages go out from here, on the loop: no
         # hop back from the thread for them.
+        if len(last) == 2 and last[1]["type"] == "http.response.body":
+            await send(last[0])
+            await send(last[1])
+            return
         try:
             for message in last:
                 await send(message)
@@ -231,7 +250,32 @@ class WsgiAdapter:
                     message["file"].close()  # FileWrapper.zerocopy's duplicate
 
     def shutdown(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown()
+        loop, self._loop = self._loop, None
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self.pool.fileno())
+
+
+_thread_count = itertools.count(1)
+
+
+def _thread_hook(starting: bool) -> None:
+    """A pool thread starts or ends: `threading` knows it by a name (an
+    app's logs show it), and forgets it when it ends."""
+    if starting:
+        threading.current_thread().name = f"pyport-wsgi_{next(_thread_count)}"
+    else:
+        threading._active.pop(threading.get_ident(), None)  # its _DummyThread
+
+
+def _run(job: tuple) -> list:
+    """One request, on a pool thread: the response's last messages."""
+    adapter, scope, receive, send, loop = job
+
+    def call(coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+    return _Run(adapter.app, scope, receive, send, call, adapter.mount).run()
 
 
 class _Run:

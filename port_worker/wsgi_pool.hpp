@@ -1,0 +1,32 @@
+// The `_pyport_wsgi` builtin module: the thread pool that runs a WSGI app's
+// requests (erlang._wsgi.WsgiAdapter) off the event loop.
+//
+// Pool(threads) keeps up to `threads` threads. submit(fn, arg, future) from
+// the loop thread queues a job; a pool thread takes the GIL only to run
+// fn(arg), and keeps it while more jobs are queued, so a burst of requests
+// costs one GIL hand-over rather than one per request. Finished jobs wait in
+// a list; the first one of a batch writes the pool's eventfd, which the loop
+// watches (add_reader(fileno(), drain)): drain() sets every finished job's
+// future in one loop callback. A job whose future is already done (the
+// request was cancelled) is skipped.
+//
+// One slow request must not hold up the others: a job that has waited
+// `watch_us` without any job being taken from the queue is taken by another
+// thread (a "watcher", parked with a timeout only while jobs are queued), and
+// a job submitted while every awake thread is inside the app (so the app let
+// the GIL go: it blocks) wakes another thread at once. Idle threads sleep
+// on a condition variable with no timeout: an idle pool uses no CPU.
+#pragma once
+
+#include <Python.h>
+
+namespace pyport {
+namespace wsgi_module {
+
+constexpr const char* kName = "_pyport_wsgi";
+
+// For PyImport_AppendInittab, before Py_Initialize.
+PyObject* init();
+
+}  // namespace wsgi_module
+}  // namespace pyport
