@@ -50,8 +50,8 @@ inline void cpu_relax() {
 
 class PoolCore : public std::enable_shared_from_this<PoolCore> {
  public:
-  PoolCore(int max_threads, int watch_us, int spin_us, int efd, PyRef hook)
-      : max_(max_threads), watch_(watch_us), spin_(spin_us), efd_(efd), hook_(std::move(hook)) {}
+  PoolCore(int max_threads, int spin_us, int efd, PyRef hook)
+      : max_(max_threads), spin_(spin_us), efd_(efd), hook_(std::move(hook)) {}
   // The last owner may be a pool thread without the GIL: hook_ was dropped
   // (with the GIL) by the Python object's dealloc.
   ~PoolCore() { close(efd_); }
@@ -60,39 +60,60 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
 
   int fd() const { return efd_; }
 
-  // Loop thread, GIL held. False with a Python exception set when the pool
-  // is shut down or no thread at all could be started.
-  bool submit(Job&& job) {
+  // Loop thread, GIL held. 1 when the job may wait behind another one
+  // (the caller then calls check() now and then while it returns true),
+  // 0 when not, -1 with a Python exception set when the pool is shut down
+  // or no thread at all could be started.
+  int submit(Job&& job) {
     std::lock_guard<std::mutex> g(mu_);
     if (stop_) {
       PyErr_SetString(PyExc_RuntimeError, "the WSGI thread pool is shut down");
-      return false;
+      return -1;
     }
     try {
       queue_.push_back(std::move(job));
     } catch (const std::bad_alloc&) {
       PyErr_NoMemory();
-      return false;
+      return -1;
     }
     queued_.store(queue_.size(), std::memory_order_release);
     ++submitted_;
-    // An awake thread between jobs takes it; otherwise every awake thread
-    // is inside the app (which let the GIL go, or we would not run): wake
-    // or start another.
+    // A thread that is awake between jobs takes it. Otherwise every awake
+    // thread is in a job, and (as this thread holds the GIL) blocked in the
+    // app or waiting for the GIL: wake or start another.
     if (spare_ == 0) {
       if (!parked_.empty()) {
-        wake_one(false);
-      } else if (threads_ < max_ && !start_thread(false, true)) {
+        wake_one();
+      } else if (threads_ < max_ && !start_thread(true)) {
         if (threads_ > 0) {
           PyErr_Clear();  // the threads there are take it after their jobs
         } else {
           job = std::move(queue_.back());
           queue_.pop_back();
           queued_.store(queue_.size(), std::memory_order_release);
-          return false;
+          return -1;
         }
       }
     }
+    return queue_.size() > 1 || spare_ == 0 ? 1 : 0;
+  }
+
+  // Loop thread, GIL held, every millisecond or so while jobs wait. A
+  // thread inside the app while this one holds the GIL let the GIL go: if
+  // no job was taken since the last check, the app blocks (a slow request)
+  // and another thread takes the jobs behind it. True while jobs wait.
+  bool check() {
+    std::lock_guard<std::mutex> g(mu_);
+    if (queue_.empty() || stop_) return false;
+    if (spare_ == 0 && active_ > 0 && popped_ == checked_popped_) {
+      if (!parked_.empty()) {
+        wake_one();
+        ++rescues_;
+      } else if (threads_ < max_ && start_thread(false)) {
+        ++rescues_;
+      }
+    }
+    checked_popped_ = popped_;
     return true;
   }
 
@@ -106,12 +127,10 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
     queued_.store(0, std::memory_order_release);
     for (Parked* p : parked_) {
       p->woken = true;
-      p->watch = false;
       ++spare_;
       p->cv.notify_one();
     }
     parked_.clear();
-    if (watcher_) watcher_->cv.notify_one();
     return left;
   }
 
@@ -141,12 +160,12 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
 
   struct Stats {
     int threads, idle, active, queued;
-    uint64_t submitted, batches, wakes, watcher_takes;
+    uint64_t submitted, batches, wakes, rescues;
   };
   Stats stats() {
     std::lock_guard<std::mutex> g(mu_);
     return {threads_,   int(parked_.size()), active_, int(queue_.size()),
-            submitted_, batches_,            wakes_,  watcher_takes_};
+            submitted_, batches_,            wakes_,  rescues_};
   }
 
  private:
@@ -154,60 +173,33 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   struct Parked {
     std::condition_variable cv;
     bool woken = false;
-    bool watch = false;  // woken to watch the queue rather than to take a job
   };
 
   // mu_ held, parked_ not empty. The most recently parked thread (its
-  // stack and caches are the warmest) takes the job or the watch.
-  void wake_one(bool watch) {
+  // stack and caches are the warmest) is woken to take jobs.
+  void wake_one() {
     Parked* p = parked_.back();
     parked_.pop_back();
     p->woken = true;
-    p->watch = watch;
-    if (watch) {
-      watching_ = true;
-    } else {
-      ++spare_;
-    }
+    ++spare_;
     ++wakes_;
     p->cv.notify_one();
   }
 
-  // mu_ held. False when the system refuses a thread, with a Python
-  // exception set if `report` (the loop thread, in submit()).
-  bool start_thread(bool watch, bool report = false) {
+  // mu_ held, GIL held (the loop thread). False when the system refuses a
+  // thread, with a Python exception set if `report`.
+  bool start_thread(bool report) {
     ++threads_;
-    if (watch) {
-      watching_ = true;
-    } else {
-      ++spare_;
-    }
+    ++spare_;
     try {
-      std::thread([self = shared_from_this(), watch] { self->thread_main(watch); }).detach();
+      std::thread([self = shared_from_this()] { self->thread_main(); }).detach();
     } catch (const std::system_error& e) {
       --threads_;
-      if (watch) {
-        watching_ = false;
-      } else {
-        --spare_;
-      }
-      if (report) {
-        PyErr_Format(PyExc_RuntimeError, "cannot start a WSGI thread: %s", e.what());
-      }
+      --spare_;
+      if (report) PyErr_Format(PyExc_RuntimeError, "cannot start a WSGI thread: %s", e.what());
       return false;
     }
     return true;
-  }
-
-  // mu_ held, after a job was taken: while jobs are still queued and no
-  // awake thread is free for them, one thread watches for a stall.
-  void arm_watcher() {
-    if (queue_.empty() || watching_ || spare_ > 0 || stop_) return;
-    if (!parked_.empty()) {
-      wake_one(true);
-    } else if (threads_ < max_) {
-      start_thread(true);  // from a pool thread: no Python error to set
-    }
   }
 
   // mu_ held, queue_ not empty.
@@ -231,14 +223,13 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
     if (!r) PyErr_WriteUnraisable(hook.get());
   }
 
-  void thread_main(bool watch) {
+  void thread_main() {
     pthread_setname_np(pthread_self(), "pyport-wsgi");
     PyGILState_STATE gil = PyGILState_Ensure();
     call_hook(true);
     PyThreadState* ts = PyEval_SaveThread();
     Parked me;
     std::unique_lock<std::mutex> lk(mu_);
-    if (watch) watch_queue(lk, me);
     for (;;) {
       if (!queue_.empty()) {
         run_jobs(lk, ts);
@@ -258,7 +249,6 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
       if (stop_) break;
       --spare_;
       me.woken = false;
-      me.watch = false;
       try {
         parked_.push_back(&me);
       } catch (const std::bad_alloc&) {
@@ -266,7 +256,6 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
         break;  // this thread ends; the others go on
       }
       while (!me.woken) me.cv.wait(lk);
-      if (me.watch) watch_queue(lk, me);
     }
     --spare_;
     --threads_;
@@ -276,46 +265,28 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
     PyGILState_Release(gil);
   }
 
-  // mu_ held, watching_ set. Returns (mu_ held, counted spare) when the
-  // queue is empty, or when no job was taken for watch_ microseconds: then
-  // the caller takes one (the threads with jobs are stuck in the app).
-  void watch_queue(std::unique_lock<std::mutex>& lk, Parked& me) {
-    watcher_ = &me;
-    uint64_t seen = popped_;
-    while (!stop_ && !queue_.empty()) {
-      me.cv.wait_for(lk, std::chrono::microseconds(watch_));
-      if (stop_ || queue_.empty()) break;
-      if (popped_ == seen) {
-        ++watcher_takes_;
-        break;
-      }
-      seen = popped_;
-    }
-    watcher_ = nullptr;
-    watching_ = false;
-    ++spare_;
-  }
-
-  // mu_ held, queue_ not empty; returns with mu_ held, the GIL released.
-  // Runs jobs while any are queued, keeping the GIL between them.
+  // mu_ held, queue_ not empty, this thread spare; returns with mu_ held,
+  // the GIL released. The thread takes the GIL before it takes a job, so
+  // while it waits for the GIL it still counts as spare and submit() wakes
+  // nobody else. Then it runs jobs while any are queued, keeping the GIL
+  // between them: a burst of requests costs one GIL hand-over, not one each.
   void run_jobs(std::unique_lock<std::mutex>& lk, PyThreadState* ts) {
-    Job job = pop();
-    --spare_;
-    ++active_;
-    ++batches_;
-    arm_watcher();
     lk.unlock();
     PyEval_RestoreThread(ts);
-    for (;;) {
-      run_one(std::move(job));
-      lk.lock();
-      if (queue_.empty() || stop_) break;
-      job = pop();
-      arm_watcher();
-      lk.unlock();
+    lk.lock();
+    if (!queue_.empty()) {
+      --spare_;
+      ++active_;
+      ++batches_;
+      do {
+        Job job = pop();
+        lk.unlock();
+        run_one(std::move(job));
+        lk.lock();
+      } while (!queue_.empty());
+      --active_;
+      ++spare_;
     }
-    --active_;
-    ++spare_;
     lk.unlock();
     PyEval_SaveThread();
     lk.lock();
@@ -360,20 +331,19 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
     }
   }
 
-  const int max_, watch_, spin_;
+  const int max_, spin_;
   const int efd_;
   PyRef hook_;  // called with True/False as a thread starts/ends; mu_
 
   std::mutex mu_;  // everything below to done_mu_
   std::deque<Job> queue_;
   std::vector<Parked*> parked_;
-  Parked* watcher_ = nullptr;
   int threads_ = 0;  // started, not ended
   int spare_ = 0;    // awake, not in a job, will look at the queue before parking
-  int active_ = 0;   // running jobs
-  bool watching_ = false;
+  int active_ = 0;   // running jobs: holding the GIL, unless the app let it go
   bool stop_ = false;
-  uint64_t popped_ = 0, submitted_ = 0, batches_ = 0, wakes_ = 0, watcher_takes_ = 0;
+  uint64_t popped_ = 0, checked_popped_ = 0;
+  uint64_t submitted_ = 0, batches_ = 0, wakes_ = 0, rescues_ = 0;
   std::atomic<size_t> queued_{0};  // queue_.size(), for the spin without mu_
 
   std::mutex done_mu_;
@@ -396,11 +366,11 @@ PoolCore* core_of(PyObject* self) {
 }
 
 int pool_init(PyObject* self, PyObject* args, PyObject* kwargs) {
-  static const char* kwlist[] = {"threads", "watch_us", "spin_us", "thread_hook", nullptr};
-  int threads = 0, watch_us = 1000, spin_us = 0;
+  static const char* kwlist[] = {"threads", "spin_us", "thread_hook", nullptr};
+  int threads = 0, spin_us = 0;
   PyObject* hook = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "i|$iiO", const_cast<char**>(kwlist), &threads,
-                                   &watch_us, &spin_us, &hook)) {
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "i|$iO", const_cast<char**>(kwlist), &threads,
+                                   &spin_us, &hook)) {
     return -1;
   }
   if (hook != Py_None && !PyCallable_Check(hook)) {
@@ -411,8 +381,8 @@ int pool_init(PyObject* self, PyObject* args, PyObject* kwargs) {
     PyErr_Format(PyExc_ValueError, "threads must be 1..1024, not %d", threads);
     return -1;
   }
-  if (watch_us < 1 || spin_us < 0 || spin_us > 1000) {
-    PyErr_SetString(PyExc_ValueError, "watch_us must be >= 1, spin_us 0..1000");
+  if (spin_us < 0 || spin_us > 1000) {
+    PyErr_Format(PyExc_ValueError, "spin_us must be 0..1000, not %d", spin_us);
     return -1;
   }
   auto* p = reinterpret_cast<PoolObject*>(self);
@@ -427,7 +397,7 @@ int pool_init(PyObject* self, PyObject* args, PyObject* kwargs) {
   }
   try {
     p->core = new std::shared_ptr<PoolCore>(
-        std::make_shared<PoolCore>(threads, watch_us, spin_us, efd,
+        std::make_shared<PoolCore>(threads, spin_us, efd,
                                    hook == Py_None ? PyRef() : PyRef::borrow(hook)));
   } catch (const std::bad_alloc&) {
     close(efd);
@@ -469,8 +439,14 @@ PyObject* pool_submit(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
   PoolCore* core = core_of(self);
   if (!core) return nullptr;
   Job job{PyRef::borrow(args[0]), PyRef::borrow(args[1]), PyRef::borrow(args[2])};
-  if (!core->submit(std::move(job))) return nullptr;
-  Py_RETURN_NONE;
+  int r = core->submit(std::move(job));
+  if (r < 0) return nullptr;
+  return PyBool_FromLong(r);
+}
+
+PyObject* pool_check(PyObject* self, PyObject*) {
+  PoolCore* core = core_of(self);
+  return core ? PyBool_FromLong(core->check()) : nullptr;
 }
 
 PyObject* pool_drain(PyObject* self, PyObject*) {
@@ -525,15 +501,19 @@ PyObject* pool_stats(PyObject* self, PyObject*) {
                        "active", s.active, "queued", s.queued, "submitted",
                        static_cast<unsigned long long>(s.submitted), "batches",
                        static_cast<unsigned long long>(s.batches), "wakes",
-                       static_cast<unsigned long long>(s.wakes), "watcher_takes",
-                       static_cast<unsigned long long>(s.watcher_takes));
+                       static_cast<unsigned long long>(s.wakes), "rescues",
+                       static_cast<unsigned long long>(s.rescues));
 }
 
 PyMethodDef pool_methods[] = {
     {"submit", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(pool_submit)),
      METH_FASTCALL,
-     "submit(fn, arg, future): runs fn(arg) on a pool thread; its result or exception goes to "
-     "the asyncio future (in drain()). Loop thread only."},
+     "submit(fn, arg, future) -> bool: runs fn(arg) on a pool thread; its result or exception "
+     "goes to the asyncio future (in drain()). True when the job may wait behind another: call "
+     "check() every millisecond or so while it returns True. Loop thread only."},
+    {"check", pool_check, METH_NOARGS,
+     "check() -> bool: when no job was taken since the last check and the threads with jobs "
+     "are blocked in the app, another thread takes the next job. True while jobs wait."},
     {"drain", pool_drain, METH_NOARGS,
      "drain(): sets the futures of the finished jobs (the reader of fileno())."},
     {"fileno", pool_fileno, METH_NOARGS,
@@ -541,7 +521,7 @@ PyMethodDef pool_methods[] = {
     {"shutdown", pool_shutdown, METH_NOARGS,
      "shutdown(): no more jobs; queued ones are cancelled, running ones finish."},
     {"stats", pool_stats, METH_NOARGS,
-     "stats() -> dict: threads, idle, active, queued, submitted, batches, wakes, watcher_takes."},
+     "stats() -> dict: threads, idle, active, queued, submitted, batches, wakes, rescues."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyType_Slot pool_slots[] = {
@@ -549,7 +529,7 @@ PyType_Slot pool_slots[] = {
     {Py_tp_dealloc, reinterpret_cast<void*>(pool_dealloc)},
     {Py_tp_methods, pool_methods},
     {Py_tp_doc,
-     const_cast<char*>("Pool(threads, *, watch_us=1000, spin_us=0, thread_hook=None): the threads "
+     const_cast<char*>("Pool(threads, *, spin_us=0, thread_hook=None): the threads "
                        "that run a WSGI app (see port_worker/wsgi_pool.hpp).")},
     {0, nullptr}};
 

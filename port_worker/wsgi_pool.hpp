@@ -10,12 +10,15 @@
 // future in one loop callback. A job whose future is already done (the
 // request was cancelled) is skipped.
 //
-// One slow request must not hold up the others: a job that has waited
-// `watch_us` without any job being taken from the queue is taken by another
-// thread (a "watcher", parked with a timeout only while jobs are queued), and
-// a job submitted while every awake thread is inside the app (so the app let
-// the GIL go: it blocks) wakes another thread at once. Idle threads sleep
-// on a condition variable with no timeout: an idle pool uses no CPU.
+// One slow request must not hold up the others. A job submitted while every
+// awake thread is in a job wakes (or starts) another thread: the loop holds
+// the GIL to submit, so those threads are blocked in the app or waiting for
+// the GIL. Jobs queued behind a blocking one are rescued by check(), which
+// the loop calls every millisecond or so while jobs wait: a thread inside
+// the app while the loop holds the GIL let the GIL go, and if no job was
+// taken since the last check, another thread takes the next one. Idle
+// threads sleep on a condition variable with no timeout (and spin_us, 0 by
+// default, is only spent right after a batch): an idle pool uses no CPU.
 #pragma once
 
 #include <Python.h>

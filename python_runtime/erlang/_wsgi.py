@@ -218,6 +218,7 @@ class WsgiAdapter:
         self.mount = mount  # the prefix it is mounted at ("" : none)
         self.pool = _pyport_wsgi.Pool(threads, thread_hook=_thread_hook)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._check: Optional[asyncio.TimerHandle] = None  # while jobs wait
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Finished requests are handed to `loop` (the one serving)."""
@@ -233,7 +234,8 @@ class WsgiAdapter:
         if loop is not self._loop:
             self._bind(loop)
         done = loop.create_future()
-        self.pool.submit(_run, (self, scope, receive, send, loop), done)
+        if self.pool.submit(_run, (self, scope, receive, send, loop), done) and self._check is None:
+            self._check = loop.call_later(_CHECK_EVERY, self._check_pool)
         last = await done
         # The response's last messages go out from here, on the loop: no
         # hop back from the thread for them.
@@ -249,12 +251,28 @@ class WsgiAdapter:
                 if message["type"] == "http.response.zerocopysend":
                     message["file"].close()  # FileWrapper.zerocopy's duplicate
 
+    def _check_pool(self) -> None:
+        """While requests wait for a thread: those behind a request that
+        blocks in the app go to another thread (``Pool.check``)."""
+        loop = self._loop
+        if loop is not None and self.pool.check():
+            self._check = loop.call_later(_CHECK_EVERY, self._check_pool)
+        else:
+            self._check = None
+
     def shutdown(self) -> None:
+        if self._check is not None:
+            self._check.cancel()
+            self._check = None
         self.pool.shutdown()
         loop, self._loop = self._loop, None
         if loop is not None and not loop.is_closed():
             loop.remove_reader(self.pool.fileno())
 
+
+# How often the loop looks for requests stuck behind one that blocks in the
+# app, while requests wait for a thread (seconds).
+_CHECK_EVERY = 0.001
 
 _thread_count = itertools.count(1)
 
