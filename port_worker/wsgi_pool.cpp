@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "py_ref.hpp"
+#include "wsgi_environ.hpp"
 
 namespace pyport {
 namespace {
@@ -536,11 +537,18 @@ PyType_Slot pool_slots[] = {
 PyType_Spec pool_spec = {"_pyport_wsgi.Pool", sizeof(PoolObject), 0, Py_TPFLAGS_DEFAULT,
                          pool_slots};
 
+PyMethodDef module_methods[] = {
+    {"environ", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(wsgi_environ::environ)),
+     METH_FASTCALL,
+     "environ(scope, wsgi_input, mount, base) -> dict: the PEP 3333 environ of an ASGI http "
+     "scope (see port_worker/wsgi_environ.hpp)."},
+    {nullptr, nullptr, 0, nullptr}};
+
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT,
                           "_pyport_wsgi",
-                          "The WSGI thread pool (see port_worker/wsgi_pool.hpp).",
+                          "The WSGI thread pool and environ (see port_worker/wsgi_pool.hpp).",
                           -1,
-                          nullptr,
+                          module_methods,
                           nullptr,
                           nullptr,
                           nullptr,
@@ -559,6 +567,7 @@ PyObject* init() {
                  Name{&s_set_exception, "set_exception"}, Name{&s_cancel, "cancel"}}) {
     if (!*n.slot && !(*n.slot = PyUnicode_InternFromString(n.text))) return nullptr;
   }
+  if (!wsgi_environ::init()) return nullptr;
   PyRef module = PyRef::steal(PyModule_Create(&module_def));
   if (!module) return nullptr;
   PyObject* type = PyType_FromSpec(&pool_spec);

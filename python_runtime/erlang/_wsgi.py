@@ -16,7 +16,8 @@ import stat
 import sys
 import threading
 from typing import Any, Callable, Iterable, Optional
-from urllib.parse import unquote_to_bytes
+
+from _pyport_wsgi import Pool, environ
 
 __all__ = ["WsgiAdapter", "is_wsgi"]
 
@@ -46,8 +47,10 @@ def is_wsgi(app: Any) -> bool:
 class _Input:
     """wsgi.input: the request body, read from the loop on demand."""
 
-    def __init__(self, call: Callable, receive: Callable) -> None:
-        self._call = call
+    __slots__ = ("_loop", "_receive", "_buf", "_done")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, receive: Callable) -> None:
+        self._loop = loop
         self._receive = receive
         self._buf = bytearray()
         self._done = False
@@ -55,7 +58,7 @@ class _Input:
     def _fill(self) -> bool:
         if self._done:
             return False
-        m = self._call(self._receive())
+        m = asyncio.run_coroutine_threadsafe(self._receive(), self._loop).result()
         if m["type"] == "http.disconnect":
             self._done = True
             raise OSError("the client disconnected before the whole body was read")
@@ -152,55 +155,16 @@ class FileWrapper:
             yield data
 
 
-def _environ(scope: dict, wsgi_input: _Input, mount: str = "") -> dict:
-    server = scope.get("server") or ("localhost", 80)
-    client = scope.get("client")
-    # PEP 3333: PATH_INFO is the percent-decoded path as bytes, carried in
-    # a latin-1 str; SCRIPT_NAME is the mount (root_path).
-    path = unquote_to_bytes(scope["raw_path"]).decode("latin-1")
-    script = scope.get("root_path", "")
-    if mount:
-        # A mount (erlang._http._Mounts): the path keeps the pool's own
-        # root_path out, so the mount's prefix is what PATH_INFO loses.
-        path = path[len(mount.encode("utf-8")):]
-    elif script and path.startswith(script):
-        path = path[len(script):]
-    env = {
-        "REQUEST_METHOD": scope["method"],
-        "SCRIPT_NAME": script,
-        "PATH_INFO": path,
-        "QUERY_STRING": scope["query_string"].decode("latin-1"),
-        "SERVER_NAME": str(server[0]),
-        "SERVER_PORT": str(server[1]),
-        "SERVER_PROTOCOL": "HTTP/" + scope["http_version"],
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": scope.get("scheme", "http"),
-        "wsgi.input": wsgi_input,
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": True,
-        "wsgi.run_once": False,
-        "wsgi.input_terminated": True,
-        "wsgi.file_wrapper": FileWrapper,
-    }
-    if client:
-        env["REMOTE_ADDR"] = str(client[0])
-        env["REMOTE_PORT"] = str(client[1])
-    for name, value in scope["headers"]:
-        if b"_" in name:
-            continue  # "X_A" would be taken for "X-A" (gunicorn drops them too)
-        if name == b"content-type":
-            key = "CONTENT_TYPE"
-        elif name == b"content-length":
-            key = "CONTENT_LENGTH"
-        else:
-            key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
-        v = value.decode("latin-1")
-        if key in env:
-            env[key] += (";" if key == "HTTP_COOKIE" else ",") + v
-        else:
-            env[key] = v
-    return env
+# The environ's constant keys (PEP 3333); _pyport_wsgi.environ copies them
+# and adds the request's (port_worker/wsgi_environ.hpp).
+_BASE_ENVIRON = {
+    "wsgi.version": (1, 0),
+    "wsgi.multithread": True,
+    "wsgi.multiprocess": True,
+    "wsgi.run_once": False,
+    "wsgi.input_terminated": True,
+    "wsgi.file_wrapper": FileWrapper,
+}
 
 
 class WsgiAdapter:
@@ -213,10 +177,9 @@ class WsgiAdapter:
     in one loop callback per batch (an eventfd the loop watches)."""
 
     def __init__(self, app: Callable, threads: int, mount: str = "") -> None:
-        import _pyport_wsgi
         self.app = app
         self.mount = mount  # the prefix it is mounted at ("" : none)
-        self.pool = _pyport_wsgi.Pool(threads, thread_hook=_thread_hook)
+        self.pool = Pool(threads, thread_hook=_thread_hook)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._check: Optional[asyncio.TimerHandle] = None  # while jobs wait
 
@@ -287,26 +250,48 @@ def _thread_hook(starting: bool) -> None:
 
 
 def _run(job: tuple) -> list:
-    """One request, on a pool thread: the response's last messages."""
+    """One request, on a pool thread: runs the app, returns the response's
+    last messages (all of it for a list or tuple body), for the loop to
+    send."""
     adapter, scope, receive, send, loop = job
-
-    def call(coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, loop).result()
-
-    return _Run(adapter.app, scope, receive, send, call, adapter.mount).run()
+    run = _Run(loop, send)
+    wsgi_input = _Input(loop, receive)
+    result: Iterable = adapter.app(environ(scope, wsgi_input, adapter.mount, _BASE_ENVIRON),
+                                   run.start_response)
+    try:
+        if isinstance(result, (list, tuple)):
+            if not run.head_sent:
+                # The whole body known: one message, so a Content-Length.
+                if run.status is None:
+                    raise AssertionError("the WSGI app sent a body before start_response")
+                run.head_sent = True
+                return [{"type": "http.response.start", "status": run.status,
+                         "headers": run.headers},
+                        {"type": "http.response.body", "body": b"".join(result),
+                         "more_body": False}]
+        elif isinstance(result, FileWrapper) and not run.head_sent:
+            message = result.zerocopy()
+            if message is not None:
+                # A regular file: sendfile from the loop.
+                return run._messages(b"", True)[:1] + [message]
+        for chunk in result:
+            if chunk:
+                run.write(chunk)
+        return run._messages(b"", False)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
 
 
 class _Run:
-    """One request on a pool thread."""
+    """One request's response on a pool thread: start_response and write."""
 
-    def __init__(self, app: Callable, scope: dict, receive: Callable, send: Callable,
-                 call: Callable, mount: str = "") -> None:
-        self.app = app
-        self.mount = mount
-        self.scope = scope
+    __slots__ = ("loop", "send", "status", "headers", "head_sent")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, send: Callable) -> None:
+        self.loop = loop
         self.send = send
-        self.call = call
-        self.input = _Input(call, receive)
         self.status: Optional[int] = None
         self.headers: list = []
         self.head_sent = False
@@ -352,31 +337,10 @@ class _Run:
     def _send(self, body: bytes, more: bool) -> None:
         """Sends a piece of the body, the head with it the first time: one
         hop to the loop for both."""
-        self.call(self._send_all(self._messages(body, more)))
+        asyncio.run_coroutine_threadsafe(self._send_all(self._messages(body, more)),
+                                         self.loop).result()
 
     def write(self, data: bytes) -> None:
         if data:
             self._send(bytes(data), True)
-
-    def run(self) -> list:
-        """Runs the app on this thread; returns the response's last
-        messages, for the loop to send."""
-        result: Iterable = self.app(_environ(self.scope, self.input, self.mount), self.start_response)
-        try:
-            if isinstance(result, (list, tuple)) and not self.head_sent:
-                # The whole body known: one message, so a Content-Length.
-                return self._messages(b"".join(result), False)
-            if isinstance(result, FileWrapper) and not self.head_sent:
-                message = result.zerocopy()
-                if message is not None:
-                    # A regular file: sendfile from the loop.
-                    return self._messages(b"", True)[:1] + [message]
-            for chunk in result:
-                if chunk:
-                    self.write(chunk)
-            return self._messages(b"", False)
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
 
