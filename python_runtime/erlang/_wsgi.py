@@ -202,9 +202,12 @@ class WsgiAdapter:
         last = await done
         # The response's last messages go out from here, on the loop: no
         # hop back from the thread for them.
-        if len(last) == 2 and last[1]["type"] == "http.response.body":
-            await send(last[0])
-            await send(last[1])
+        if type(last) is tuple:
+            # A whole response (status, headers, body): its messages are
+            # made here, so few objects wait between thread and loop (the
+            # fewer survive, the fewer garbage collections).
+            await send({"type": "http.response.start", "status": last[0], "headers": last[1]})
+            await send({"type": "http.response.body", "body": last[2]})
             return
         try:
             for message in last:
@@ -249,10 +252,10 @@ def _thread_hook(starting: bool) -> None:
         threading._active.pop(threading.get_ident(), None)  # its _DummyThread
 
 
-def _run(job: tuple) -> list:
+def _run(job: tuple) -> Any:
     """One request, on a pool thread: runs the app, returns the response's
-    last messages (all of it for a list or tuple body), for the loop to
-    send."""
+    last messages for the loop to send, or (status, headers, body) for a
+    whole response (a list or tuple body)."""
     adapter, scope, receive, send, loop = job
     run = _Run(loop, send)
     wsgi_input = _Input(loop, receive)
@@ -265,10 +268,7 @@ def _run(job: tuple) -> list:
                 if run.status is None:
                     raise AssertionError("the WSGI app sent a body before start_response")
                 run.head_sent = True
-                return [{"type": "http.response.start", "status": run.status,
-                         "headers": run.headers},
-                        {"type": "http.response.body", "body": b"".join(result),
-                         "more_body": False}]
+                return run.status, run.headers, b"".join(result)
         elif isinstance(result, FileWrapper) and not run.head_sent:
             message = result.zerocopy()
             if message is not None:
