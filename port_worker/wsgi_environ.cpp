@@ -1,6 +1,8 @@
 #define PY_SSIZE_T_CLEAN
 #include "wsgi_environ.hpp"
 
+#include <strings.h>
+
 #include <cstring>
 #include <string>
 
@@ -20,6 +22,36 @@ struct Keys {
   PyObject *empty, *http, *localhost, *port80, *http11, *http10, *upper;
 };
 Keys k{};
+
+// The last value seen and its str(): a server's host and port and the HTTP
+// version repeat request after request. Only exact str/int keys, compared
+// by value (no user code runs). The GIL guards them.
+struct Memo {
+  PyObject* key = nullptr;
+  PyObject* value = nullptr;
+};
+Memo server_host, server_port;
+
+// A new reference to str(obj), from the memo when obj equals its key.
+PyObject* str_memo(Memo& m, PyObject* obj) {
+  bool plain = PyUnicode_CheckExact(obj) || PyLong_CheckExact(obj);
+  if (plain && m.key && Py_TYPE(m.key) == Py_TYPE(obj)) {
+    int eq = PyObject_RichCompareBool(obj, m.key, Py_EQ);
+    if (eq < 0) return nullptr;
+    if (eq) {
+      Py_INCREF(m.value);
+      return m.value;
+    }
+  }
+  PyObject* v = PyObject_Str(obj);
+  if (v && plain) {
+    Py_INCREF(obj);
+    Py_INCREF(v);
+    Py_XSETREF(m.key, obj);
+    Py_XSETREF(m.value, v);
+  }
+  return v;
+}
 
 int hexval(unsigned char c) {
   if (c >= '0' && c <= '9') return c - '0';
@@ -258,8 +290,8 @@ PyObject* environ(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       PyErr_SetString(PyExc_ValueError, "scope['server'] must be (host, port)");
       return nullptr;
     }
-    if (!set_steal(e, k.SERVER_NAME, PyObject_Str(PySequence_Fast_GET_ITEM(seq.get(), 0))) ||
-        !set_steal(e, k.SERVER_PORT, PyObject_Str(PySequence_Fast_GET_ITEM(seq.get(), 1)))) {
+    if (!set_steal(e, k.SERVER_NAME, str_memo(server_host, PySequence_Fast_GET_ITEM(seq.get(), 0))) ||
+        !set_steal(e, k.SERVER_PORT, str_memo(server_port, PySequence_Fast_GET_ITEM(seq.get(), 1)))) {
       return nullptr;
     }
   } else if (!set(e, k.SERVER_NAME, k.localhost) || !set(e, k.SERVER_PORT, k.port80)) {
@@ -268,7 +300,9 @@ PyObject* environ(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 
   PyObject* version = item(scope, k.http_version);
   if (!version) return nullptr;
-  if (PyUnicode_Check(version) && PyUnicode_CompareWithASCIIString(version, "1.1") == 0) {
+  if (PyUnicode_Check(version) && PyUnicode_GET_LENGTH(version) == 3 &&
+      PyUnicode_KIND(version) == PyUnicode_1BYTE_KIND &&
+      std::memcmp(PyUnicode_1BYTE_DATA(version), "1.1", 3) == 0) {
     if (!set(e, k.SERVER_PROTOCOL, k.http11)) return nullptr;
   } else if (PyUnicode_Check(version) && PyUnicode_CompareWithASCIIString(version, "1.0") == 0) {
     if (!set(e, k.SERVER_PROTOCOL, k.http10)) return nullptr;
@@ -328,6 +362,70 @@ PyObject* environ(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     if (PyDict_SetItem(e, key.get(), v.get()) < 0) return nullptr;
   }
   return env.release();
+}
+
+namespace {
+
+// Hop-by-hop headers are the server's (PEP 3333): the app's are dropped.
+bool hop_by_hop(const char* name, Py_ssize_t n) {
+  static const char* const kNames[] = {"connection", "keep-alive", "proxy-authenticate",
+                                       "proxy-authorization", "te", "trailers",
+                                       "transfer-encoding", "upgrade"};
+  for (const char* h : kNames) {
+    if (static_cast<Py_ssize_t>(std::strlen(h)) == n && strncasecmp(h, name, n) == 0) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+PyObject* response_start(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2) {
+    PyErr_SetString(PyExc_TypeError, "response_start(status, headers) takes 2 arguments");
+    return nullptr;
+  }
+  PyObject* status = args[0];
+  bool ok = PyUnicode_CheckExact(status) && PyUnicode_GET_LENGTH(status) >= 3;
+  long code = 0;
+  for (Py_ssize_t i = 0; ok && i < 3; ++i) {
+    Py_UCS4 c = PyUnicode_READ_CHAR(status, i);
+    ok = c >= '0' && c <= '9';
+    code = code * 10 + static_cast<long>(c - '0');
+  }
+  if (!ok) {
+    PyErr_Format(PyExc_ValueError, "bad WSGI status %R", status);
+    return nullptr;
+  }
+  PyRef list = PyRef::steal(PySequence_Fast(args[1], "WSGI headers must be a list of pairs"));
+  if (!list) return nullptr;
+  Py_ssize_t count = PySequence_Fast_GET_SIZE(list.get());
+  PyRef out = PyRef::steal(PyList_New(0));
+  if (!out) return nullptr;
+  for (Py_ssize_t i = 0; i < count; ++i) {
+    PyObject* pair = PySequence_Fast_GET_ITEM(list.get(), i);
+    PyRef seq = PyRef::steal(PySequence_Fast(pair, "a WSGI header is a (name, value) pair"));
+    if (!seq) return nullptr;
+    if (PySequence_Fast_GET_SIZE(seq.get()) != 2) {
+      PyErr_SetString(PyExc_ValueError, "a WSGI header is a (name, value) pair");
+      return nullptr;
+    }
+    PyObject* name = PySequence_Fast_GET_ITEM(seq.get(), 0);
+    PyObject* value = PySequence_Fast_GET_ITEM(seq.get(), 1);
+    if (!PyUnicode_CheckExact(name) || !PyUnicode_CheckExact(value)) {
+      PyErr_SetString(PyExc_TypeError, "WSGI header names and values must be str");
+      return nullptr;
+    }
+    PyRef n = PyRef::steal(PyUnicode_AsLatin1String(name));
+    if (!n) return nullptr;
+    if (hop_by_hop(PyBytes_AS_STRING(n.get()), PyBytes_GET_SIZE(n.get()))) continue;
+    PyRef v = PyRef::steal(PyUnicode_AsLatin1String(value));
+    if (!v) return nullptr;
+    PyRef t = PyRef::steal(PyTuple_Pack(2, n.get(), v.get()));
+    if (!t || PyList_Append(out.get(), t.get()) < 0) return nullptr;
+  }
+  PyRef c = PyRef::steal(PyLong_FromLong(code));
+  if (!c) return nullptr;
+  return PyTuple_Pack(2, c.get(), out.get());
 }
 
 }  // namespace wsgi_environ

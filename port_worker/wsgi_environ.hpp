@@ -1,5 +1,6 @@
 // The PEP 3333 environ of one request, built from its ASGI scope in C++
-// (`_pyport_wsgi.environ`, used by erlang._wsgi on the pool thread).
+// (`_pyport_wsgi.environ`, used by erlang._wsgi on the pool thread), and
+// start_response's status and headers made ASGI's (`response_start`).
 //
 // environ(scope, wsgi_input, mount, base) -> dict: a copy of `base` (the
 // constant wsgi.* keys) plus REQUEST_METHOD, SCRIPT_NAME (root_path),
@@ -22,6 +23,14 @@ bool init();
 
 // The module function (METH_FASTCALL).
 PyObject* environ(PyObject* module, PyObject* const* args, Py_ssize_t nargs);
+
+// response_start(status, headers) -> (code, [(name, value), ...]): the
+// other direction, start_response's arguments as ASGI's http.response.start
+// wants them. status: a str starting with 3 ASCII digits (ValueError
+// otherwise); headers: (str, str) pairs (TypeError otherwise), encoded
+// latin-1 (UnicodeEncodeError otherwise), hop-by-hop ones dropped, repeats
+// kept in order.
+PyObject* response_start(PyObject* module, PyObject* const* args, Py_ssize_t nargs);
 
 }  // namespace wsgi_environ
 }  // namespace pyport

@@ -542,6 +542,11 @@ PyMethodDef module_methods[] = {
      METH_FASTCALL,
      "environ(scope, wsgi_input, mount, base) -> dict: the PEP 3333 environ of an ASGI http "
      "scope (see port_worker/wsgi_environ.hpp)."},
+    {"response_start",
+     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(wsgi_environ::response_start)),
+     METH_FASTCALL,
+     "response_start(status, headers) -> (code, headers as bytes pairs): start_response's "
+     "arguments for http.response.start (see port_worker/wsgi_environ.hpp)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT,

@@ -17,14 +17,9 @@ import sys
 import threading
 from typing import Any, Callable, Iterable, Optional
 
-from _pyport_wsgi import Pool, environ
+from _pyport_wsgi import Pool, environ, response_start
 
 __all__ = ["WsgiAdapter", "is_wsgi"]
-
-# Headers that must not reach the client from a WSGI app (PEP 3333:
-# hop-by-hop headers are the server's).
-_HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
-               b"te", b"trailers", b"transfer-encoding", b"upgrade"}
 
 
 def is_wsgi(app: Any) -> bool:
@@ -305,18 +300,9 @@ class _Run:
                 exc_info = None  # no cycle through the traceback
         elif self.status is not None:
             raise AssertionError("start_response called twice without exc_info")
-        if type(status) is not str or len(status) < 3 or not status[:3].isdigit():
-            raise ValueError(f"bad WSGI status {status!r}")
-        out = []
-        for name, value in headers:
-            if type(name) is not str or type(value) is not str:
-                raise TypeError("WSGI header names and values must be str")
-            n = name.encode("latin-1")
-            if n.lower() in _HOP_BY_HOP:
-                continue
-            out.append((n, value.encode("latin-1")))
-        self.status = int(status[:3])
-        self.headers = out
+        # The status's code, the headers as latin-1 bytes without the
+        # hop-by-hop ones (port_worker/wsgi_environ.hpp).
+        self.status, self.headers = response_start(status, headers)
         return self.write
 
     async def _send_all(self, messages: list) -> None:

@@ -201,3 +201,28 @@ def test_native_environ_refuses_a_bad_scope(worker, bad, error):
                 "        return f'{type(e).__name__}: {e}'\n"
                 "    return 'accepted'\n")
     assert worker.eval(f"attempt({bad})") == error
+
+
+def test_response_start_as_asgi_wants_it(worker):
+    worker.exec("import _pyport_wsgi\n"
+                "def start(status, headers):\n"
+                "    try:\n"
+                "        return _pyport_wsgi.response_start(status, headers)\n"
+                "    except Exception as e:\n"
+                "        return f'{type(e).__name__}: {e}'\n")
+    got = worker.eval(
+        "repr(start('404 Not Found', [('Content-Type', 'text/plain'), ('Set-Cookie', 'a=1'),"
+        " ('CONNECTION', 'close'), ('Transfer-Encoding', 'chunked'), ['Set-Cookie', 'b=2'],"
+        " ('X-Caf\\u00e9', 'cr\\u00e8me'), ('Keep-Alive', '5'), ('Upgrade', 'h2c')]))")
+    # (bytes name, bytes value) tuples, as the server's own messages have.
+    assert got == repr((404, [(b"Content-Type", b"text/plain"), (b"Set-Cookie", b"a=1"),
+                              (b"Set-Cookie", b"b=2"), (b"X-Caf\xe9", b"cr\xe8me")]))
+    assert worker.eval("repr(start('200', ()))") == "(200, [])"
+    assert worker.eval("start('20', [])") == "ValueError: bad WSGI status '20'"
+    assert worker.eval("start(b'200 OK', [])") == "ValueError: bad WSGI status b'200 OK'"
+    assert worker.eval("start('2x0 OK', [])") == "ValueError: bad WSGI status '2x0 OK'"
+    assert worker.eval("start('200 OK', [('A', 1)])") == \
+        "TypeError: WSGI header names and values must be str"
+    assert worker.eval("start('200 OK', [('A',)])") == \
+        "ValueError: a WSGI header is a (name, value) pair"
+    assert worker.eval("start('200 OK', [('A', '\\u20ac')])").startswith("UnicodeEncodeError")
