@@ -226,8 +226,7 @@ bool init() {
 }
 
 PyObject* environ(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 4 || !PyDict_Check(args[0]) || !PyUnicode_Check(args[2]) ||
-      !PyDict_Check(args[3])) {
+  if (nargs != 4 || !PyDict_Check(args[0]) || !PyUnicode_Check(args[2]) || !PyDict_Check(args[3])) {
     PyErr_SetString(PyExc_TypeError, "environ(scope: dict, wsgi_input, mount: str, base: dict)");
     return nullptr;
   }
@@ -267,8 +266,8 @@ PyObject* environ(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       Py_ssize_t starts = PyUnicode_Tailmatch(path.get(), script, 0, slen, -1);
       if (starts < 0) return nullptr;
       if (starts) {
-        path = PyRef::steal(
-            PyUnicode_Substring(path.get(), slen, PyUnicode_GET_LENGTH(path.get())));
+        path =
+            PyRef::steal(PyUnicode_Substring(path.get(), slen, PyUnicode_GET_LENGTH(path.get())));
       }
     }
   }
@@ -290,8 +289,10 @@ PyObject* environ(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       PyErr_SetString(PyExc_ValueError, "scope['server'] must be (host, port)");
       return nullptr;
     }
-    if (!set_steal(e, k.SERVER_NAME, str_memo(server_host, PySequence_Fast_GET_ITEM(seq.get(), 0))) ||
-        !set_steal(e, k.SERVER_PORT, str_memo(server_port, PySequence_Fast_GET_ITEM(seq.get(), 1)))) {
+    if (!set_steal(e, k.SERVER_NAME,
+                   str_memo(server_host, PySequence_Fast_GET_ITEM(seq.get(), 0))) ||
+        !set_steal(e, k.SERVER_PORT,
+                   str_memo(server_port, PySequence_Fast_GET_ITEM(seq.get(), 1)))) {
       return nullptr;
     }
   } else if (!set(e, k.SERVER_NAME, k.localhost) || !set(e, k.SERVER_PORT, k.port80)) {
@@ -368,9 +369,9 @@ namespace {
 
 // Hop-by-hop headers are the server's (PEP 3333): the app's are dropped.
 bool hop_by_hop(const char* name, Py_ssize_t n) {
-  static const char* const kNames[] = {"connection", "keep-alive", "proxy-authenticate",
-                                       "proxy-authorization", "te", "trailers",
-                                       "transfer-encoding", "upgrade"};
+  static const char* const kNames[] = {"connection",          "keep-alive", "proxy-authenticate",
+                                       "proxy-authorization", "te",         "trailers",
+                                       "transfer-encoding",   "upgrade"};
   for (const char* h : kNames) {
     if (static_cast<Py_ssize_t>(std::strlen(h)) == n && strncasecmp(h, name, n) == 0) return true;
   }

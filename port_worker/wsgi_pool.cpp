@@ -165,8 +165,9 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   };
   Stats stats() {
     std::lock_guard<std::mutex> g(mu_);
-    return {threads_,   int(parked_.size()), active_, int(queue_.size()),
-            submitted_, batches_,            wakes_,  rescues_};
+    return {
+        threads_, int(parked_.size()), active_, int(queue_.size()), submitted_, batches_, wakes_,
+        rescues_};
   }
 
  private:
@@ -256,7 +257,8 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
         ++spare_;
         break;  // this thread ends; the others go on
       }
-      while (!me.woken) me.cv.wait(lk);
+      while (!me.woken)
+        me.cv.wait(lk);
     }
     --spare_;
     --threads_;
@@ -397,9 +399,8 @@ int pool_init(PyObject* self, PyObject* args, PyObject* kwargs) {
     return -1;
   }
   try {
-    p->core = new std::shared_ptr<PoolCore>(
-        std::make_shared<PoolCore>(threads, spin_us, efd,
-                                   hook == Py_None ? PyRef() : PyRef::borrow(hook)));
+    p->core = new std::shared_ptr<PoolCore>(std::make_shared<PoolCore>(
+        threads, spin_us, efd, hook == Py_None ? PyRef() : PyRef::borrow(hook)));
   } catch (const std::bad_alloc&) {
     close(efd);
     PyErr_NoMemory();
@@ -463,9 +464,8 @@ PyObject* pool_drain(PyObject* self, PyObject*) {
       continue;
     }
     if (done.get() == Py_True) continue;  // cancelled: the request went away
-    PyRef r = PyRef::steal(
-        d.error ? PyObject_CallMethodOneArg(fut, s_set_exception, d.error.get())
-                : PyObject_CallMethodOneArg(fut, s_set_result, d.result.get()));
+    PyRef r = PyRef::steal(d.error ? PyObject_CallMethodOneArg(fut, s_set_exception, d.error.get())
+                                   : PyObject_CallMethodOneArg(fut, s_set_result, d.result.get()));
     if (!r) {
       if (d.error && PyErr_ExceptionMatches(PyExc_TypeError)) {
         // StopIteration cannot go into a future: the request fails with a
@@ -498,12 +498,11 @@ PyObject* pool_stats(PyObject* self, PyObject*) {
   PoolCore* core = core_of(self);
   if (!core) return nullptr;
   PoolCore::Stats s = core->stats();
-  return Py_BuildValue("{s:i,s:i,s:i,s:i,s:K,s:K,s:K,s:K}", "threads", s.threads, "idle", s.idle,
-                       "active", s.active, "queued", s.queued, "submitted",
-                       static_cast<unsigned long long>(s.submitted), "batches",
-                       static_cast<unsigned long long>(s.batches), "wakes",
-                       static_cast<unsigned long long>(s.wakes), "rescues",
-                       static_cast<unsigned long long>(s.rescues));
+  return Py_BuildValue(
+      "{s:i,s:i,s:i,s:i,s:K,s:K,s:K,s:K}", "threads", s.threads, "idle", s.idle, "active", s.active,
+      "queued", s.queued, "submitted", static_cast<unsigned long long>(s.submitted), "batches",
+      static_cast<unsigned long long>(s.batches), "wakes", static_cast<unsigned long long>(s.wakes),
+      "rescues", static_cast<unsigned long long>(s.rescues));
 }
 
 PyMethodDef pool_methods[] = {
@@ -529,9 +528,8 @@ PyType_Slot pool_slots[] = {
     {Py_tp_init, reinterpret_cast<void*>(pool_init)},
     {Py_tp_dealloc, reinterpret_cast<void*>(pool_dealloc)},
     {Py_tp_methods, pool_methods},
-    {Py_tp_doc,
-     const_cast<char*>("Pool(threads, *, spin_us=0, thread_hook=None): the threads "
-                       "that run a WSGI app (see port_worker/wsgi_pool.hpp).")},
+    {Py_tp_doc, const_cast<char*>("Pool(threads, *, spin_us=0, thread_hook=None): the threads "
+                                  "that run a WSGI app (see port_worker/wsgi_pool.hpp).")},
     {0, nullptr}};
 
 PyType_Spec pool_spec = {"_pyport_wsgi.Pool", sizeof(PoolObject), 0, Py_TPFLAGS_DEFAULT,
