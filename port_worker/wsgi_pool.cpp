@@ -290,7 +290,15 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
       --active_;
       ++spare_;
     }
+    // After shutdown() the loop stops watching the pool once no job runs:
+    // it must look again when the last one ends.
+    bool last = stop_ && active_ == 0;
     lk.unlock();
+    if (last) {
+      const uint64_t one = 1;
+      while (write(efd_, &one, sizeof one) < 0 && errno == EINTR) {
+      }
+    }
     PyEval_SaveThread();
     lk.lock();
   }

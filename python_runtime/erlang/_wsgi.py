@@ -222,13 +222,28 @@ class WsgiAdapter:
             self._check = None
 
     def shutdown(self) -> None:
+        """No more requests: queued ones are cancelled; those running
+        finish and their answers still reach the loop, which then stops
+        watching the pool."""
         if self._check is not None:
             self._check.cancel()
             self._check = None
         self.pool.shutdown()
-        loop, self._loop = self._loop, None
+        loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.remove_reader(self.pool.fileno())
+            loop.add_reader(self.pool.fileno(), self._drain_last)
+            self._drain_last()
+
+    def _drain_last(self) -> None:
+        """The pool's reader after shutdown(): answers until no job runs."""
+        pool = self.pool
+        pool.drain()
+        if pool.stats()["active"] == 0:
+            pool.drain()  # what the last job posted before it ended
+            loop, self._loop = self._loop, None
+            if loop is not None and not loop.is_closed():
+                loop.remove_reader(pool.fileno())
 
 
 # How often the loop looks for requests stuck behind one that blocks in the

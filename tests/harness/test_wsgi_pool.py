@@ -226,3 +226,11 @@ def test_response_start_as_asgi_wants_it(worker):
     assert worker.eval("start('200 OK', [('A',)])") == \
         "ValueError: a WSGI header is a (name, value) pair"
     assert worker.eval("start('200 OK', [('A', '\\u20ac')])").startswith("UnicodeEncodeError")
+
+
+def test_shutdown_answers_the_running_request(worker):
+    worker.exec("import wsgi_pool_apps")
+    sent, outcome, unwatched = worker.call("wsgi_pool_apps", "shutdown_while_running")
+    assert sent == [200, "late"]
+    assert outcome == "cancelled"
+    assert unwatched is True

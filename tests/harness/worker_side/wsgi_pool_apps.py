@@ -129,3 +129,41 @@ def bad_arguments() -> list:
         except (ValueError, TypeError) as e:
             out.append(f"{type(e).__name__}: {e}")
     return out
+
+
+async def shutdown_while_running() -> list:
+    """WsgiAdapter.shutdown() while a request runs: that request is still
+    answered (its task ends), a queued one is cancelled, and the loop
+    stops watching the pool once the running one ended."""
+    from erlang._wsgi import WsgiAdapter
+
+    def slow(environ, start_response):
+        time.sleep(0.3)
+        start_response("200 OK", [])
+        return [b"late"]
+
+    adapter = WsgiAdapter(slow, 1)
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message.get("status", message.get("body")))
+
+    scope = {"type": "http", "method": "GET", "http_version": "1.1", "scheme": "http",
+             "path": "/", "raw_path": b"/", "query_string": b"", "root_path": "",
+             "headers": [], "client": None, "server": None}
+    running = asyncio.ensure_future(adapter(scope, receive, send))
+    await asyncio.sleep(0.1)
+    queued = asyncio.ensure_future(adapter(dict(scope), receive, send))
+    await asyncio.sleep(0)
+    adapter.shutdown()
+    await asyncio.wait_for(running, 5)
+    outcome = "cancelled" if queued.cancelled() else "not cancelled"
+    try:
+        await asyncio.wait_for(queued, 5)
+    except asyncio.CancelledError:
+        pass
+    await asyncio.sleep(0.1)
+    return [sent, outcome, adapter._loop is None]
