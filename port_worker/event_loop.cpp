@@ -27,6 +27,13 @@ namespace {
 constexpr int kRead = 1;
 constexpr int kWrite = 2;
 
+// While callbacks are ready, an iteration runs them without asking libuv
+// for I/O (an epoll_wait that cannot wait, and libuv's own turn): the
+// descriptors are polled again once this long has passed since the last
+// poll, so I/O is never held back longer than that by a busy loop. An idle
+// loop is unaffected: with nothing ready it waits in the kernel as before.
+constexpr int64_t kPollIntervalNs = 50'000;
+
 int uv_events_of(int events) {
   return ((events & kRead) ? UV_READABLE : 0) | ((events & kWrite) ? UV_WRITABLE : 0);
 }
@@ -405,10 +412,11 @@ PyRef native_handle_type(PyObject* module, PyType_Spec* spec, const PyRef& base)
 // What the loop needs from asyncio, looked up once.
 struct LoopNames {
   PyRef stopping, cancelled, remove_reader, remove_writer, run, run_debug, call_at_py,
-      call_later_py, context_kw, task_name;
+      call_later_py, context_kw, task_name, future_name;
   PyRef task_kwnames;      // ("loop", "name", "context")
   PyRef loop_kwnames;      // ("loop",)
   PyRef tasks_dict;        // asyncio.tasks.__dict__: Task is looked up per call, as asyncio does
+  PyRef futures_dict;      // asyncio.futures.__dict__: Future, likewise
   PyRef base_create_task;  // asyncio.BaseEventLoop.create_task, for debug mode and factories
   PyRef callback_failed;   // erlang._loop._callback_failed(handle, exc)
   PyRef base_call_soon;    // asyncio.BaseEventLoop.call_soon, for debug mode
@@ -427,7 +435,8 @@ struct LoopNames {
                  {&call_at_py, "_pyport_call_at"},
                  {&call_later_py, "_pyport_call_later"},
                  {&context_kw, "context"},
-                 {&task_name, "Task"}};
+                 {&task_name, "Task"},
+                 {&future_name, "Future"}};
     for (auto& n : names) {
       *n.slot = PyRef::steal(PyUnicode_InternFromString(n.name));
       if (!*n.slot) return false;
@@ -449,8 +458,10 @@ struct LoopNames {
         base_call_soon ? PyRef::steal(PyObject_GetAttrString(cls.get(), "create_task")) : PyRef();
     PyRef tasks = base_create_task ? PyRef::steal(PyImport_ImportModule("asyncio.tasks")) : PyRef();
     tasks_dict = tasks ? PyRef::borrow(PyModule_GetDict(tasks.get())) : PyRef();
+    PyRef futures = tasks_dict ? PyRef::steal(PyImport_ImportModule("asyncio.futures")) : PyRef();
+    futures_dict = futures ? PyRef::borrow(PyModule_GetDict(futures.get())) : PyRef();
     task_kwnames =
-        tasks_dict ? PyRef::steal(Py_BuildValue("(sss)", "loop", "name", "context")) : PyRef();
+        futures_dict ? PyRef::steal(Py_BuildValue("(sss)", "loop", "name", "context")) : PyRef();
     loop_kwnames = task_kwnames ? PyRef::steal(Py_BuildValue("(s)", "loop")) : PyRef();
     return bool(loop_kwnames);
   }
@@ -733,6 +744,7 @@ struct PollerObject {
   int loop_closed;
   int debug;
   double clock_resolution;
+  int64_t last_poll_ns;  // when run_once last polled for I/O (CLOCK_MONOTONIC)
 };
 
 bool check_usable(PollerObject* self) {
@@ -1182,6 +1194,32 @@ PyObject* Poller_create_task(PollerObject* self, PyObject* const* args, size_t n
                              (defaults ? n.loop_kwnames : n.task_kwnames).get());
 }
 
+// loop.create_future() of the bound loop: asyncio.futures.Future(loop=loop),
+// without BaseEventLoop.create_future's Python frame.
+PyObject* Poller_create_future(PollerObject* self, PyObject*) {
+  PyObject* loop = bound_loop(self);
+  if (!loop) return nullptr;
+  LoopNames& n = *self->names;
+  PyObject* future_type = PyDict_GetItemWithError(n.futures_dict.get(), n.future_name.get());
+  if (!future_type) {
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_AttributeError, "asyncio.futures has no Future");
+    return nullptr;
+  }
+  PyRef hold = PyRef::borrow(future_type);
+  PyObject* call[] = {loop};
+  return PyObject_Vectorcall(future_type, call, 0, n.loop_kwnames.get());
+}
+
+// loop.get_debug(): every Future and Task asks it when made.
+PyObject* Poller_get_debug_method(PollerObject* self, PyObject*) {
+  return PyBool_FromLong(self->debug);
+}
+
+// loop.time(): time.monotonic(), as BaseEventLoop.time.
+PyObject* Poller_time(PollerObject*, PyObject*) {
+  return PyFloat_FromDouble(monotonic_now());
+}
+
 // ---------------------------------------------------------------- run_once
 
 // Truth of obj.name; -1 with an exception set.
@@ -1339,10 +1377,23 @@ PyObject* Poller_run_once(PollerObject* self, PyObject*) {
     timeout = std::min(std::max(0.0, timers.top().when - monotonic_now()), 86400.0);
   }
 
-  bool input = false;
-  if (!wait_for_events(self, timeout, &input)) return nullptr;
-  if (!self->core || self->core->closed()) Py_RETURN_NONE;
-  if (!queue_io(self, loop.get(), ready, input)) return nullptr;
+  // Callbacks are ready and I/O was polled a moment ago: run them at once
+  // (see kPollIntervalNs). Frames the worker has already read still get
+  // their turn, as do signal handlers.
+  if (timeout == 0 && !ready.empty() && monotonic_ns() - self->last_poll_ns < kPollIntervalNs) {
+    if (PyErr_CheckSignals() < 0) return nullptr;
+    LoopHost* host = self->is_root ? self->state->host : nullptr;
+    if (host && self->input_key && host->input_ready() &&
+        !ready.push(PyTuple_GET_ITEM(PyTuple_GET_ITEM(self->input_key, 3), 0))) {
+      return nullptr;
+    }
+  } else {
+    bool input = false;
+    if (!wait_for_events(self, timeout, &input)) return nullptr;
+    if (!self->core || self->core->closed()) Py_RETURN_NONE;
+    self->last_poll_ns = monotonic_ns();
+    if (!queue_io(self, loop.get(), ready, input)) return nullptr;
+  }
 
   // Timers that are due (within the clock's resolution, as asyncio).
   if (!timers.empty()) {
@@ -1481,6 +1532,12 @@ PyMethodDef poller_methods[] = {
     {"create_task", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(Poller_create_task)),
      METH_FASTCALL | METH_KEYWORDS,
      "create_task(coro, *, name=None, context=None): loop.create_task, without Python code."},
+    {"create_future", reinterpret_cast<PyCFunction>(Poller_create_future), METH_NOARGS,
+     "create_future(): loop.create_future, without Python code."},
+    {"get_debug", reinterpret_cast<PyCFunction>(Poller_get_debug_method), METH_NOARGS,
+     "get_debug(): the bound loop's debug flag (loop.get_debug)."},
+    {"time", reinterpret_cast<PyCFunction>(Poller_time), METH_NOARGS,
+     "time(): loop.time (time.monotonic())."},
     {"bind", reinterpret_cast<PyCFunction>(Poller_bind), METH_O,
      "bind(loop): the asyncio loop this poller is the selector, ready queue and timers of."},
     {"call_at", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(Poller_call_at)),
