@@ -455,6 +455,25 @@ async def fastapi_asgi(concurrency):
     return n
 
 
+async def anyio_task_group():
+    """anyio's machinery as Starlette uses it around streaming responses and
+    BaseHTTPMiddleware: a task group with one child, a cancel scope, a
+    memory object stream hand-over."""
+    import anyio
+    n = N_HOT // 20
+    send, receive = anyio.create_memory_object_stream(1)
+
+    async def child():
+        await send.send(1)
+
+    for _ in range(n):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(child)
+            with anyio.CancelScope():
+                await receive.receive()
+    return n
+
+
 HOT = [
     ("call_soon_hot", None, "callbacks/s"),
     ("task_await", task_await, "tasks/s"),
@@ -464,6 +483,7 @@ HOT = [
     ("context_copies", context_copies, "callbacks/s"),
     ("tcp_protocol_echo", tcp_echo_count, "roundtrips/s"),
     ("tcp_streams_echo", tcp_streams_echo, "roundtrips/s"),
+    ("anyio_task_group", anyio_task_group, "groups/s"),
     ("fastapi_asgi_seq", lambda: fastapi_asgi(1), "requests/s"),
     ("fastapi_asgi_16", lambda: fastapi_asgi(16), "requests/s"),
 ]

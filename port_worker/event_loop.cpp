@@ -745,6 +745,7 @@ struct PollerObject {
   int debug;
   double clock_resolution;
   int64_t last_poll_ns;  // when run_once last polled for I/O (CLOCK_MONOTONIC)
+  uint64_t polls;        // run_once iterations that polled (the others ran callbacks only)
 };
 
 bool check_usable(PollerObject* self) {
@@ -1392,6 +1393,7 @@ PyObject* Poller_run_once(PollerObject* self, PyObject*) {
     if (!wait_for_events(self, timeout, &input)) return nullptr;
     if (!self->core || self->core->closed()) Py_RETURN_NONE;
     self->last_poll_ns = monotonic_ns();
+    ++self->polls;
     if (!queue_io(self, loop.get(), ready, input)) return nullptr;
   }
 
@@ -1490,6 +1492,10 @@ PyObject* Poller_get_loop_closed(PollerObject* self, void*) {
   return PyBool_FromLong(self->loop_closed);
 }
 
+PyObject* Poller_get_polls(PollerObject* self, void*) {
+  return PyLong_FromUnsignedLongLong(self->polls);
+}
+
 PyObject* Poller_get_debug(PollerObject* self, void*) {
   return PyBool_FromLong(self->debug);
 }
@@ -1562,6 +1568,9 @@ PyGetSetDef poller_getset[] = {
      "The timer heap (the bound loop's _scheduled).", nullptr},
     {"loop_closed", reinterpret_cast<getter>(Poller_get_loop_closed),
      reinterpret_cast<setter>(Poller_set_loop_closed), "The bound loop's _closed.", nullptr},
+    {"polls", reinterpret_cast<getter>(Poller_get_polls), nullptr,
+     "How many run_once iterations polled for I/O (the rest only ran ready callbacks).",
+     nullptr},
     {"debug", reinterpret_cast<getter>(Poller_get_debug),
      reinterpret_cast<setter>(Poller_set_debug), "The bound loop's _debug.", nullptr},
     {"task_factory", reinterpret_cast<getter>(Poller_get_task_factory),
