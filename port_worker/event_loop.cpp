@@ -732,6 +732,7 @@ struct PollerObject {
   ModuleState* state;
   bool is_root;
   PyObject* input_key;  // root: the pseudo key reported when frames wait
+  PyObject* input_ended;  // root: called once process_input says the worker must stop
   unsigned long owner_thread;
   // The asyncio loop whose selector this is (bind()), its ready queue and
   // timers, and the loop's _closed / _debug flags (kept here so the hot
@@ -778,6 +779,7 @@ void close_poller(PollerObject* self) {
     self->core = nullptr;
   }
   Py_CLEAR(self->input_key);
+  Py_CLEAR(self->input_ended);
 }
 
 PyObject* Poller_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
@@ -841,6 +843,7 @@ PyObject* Poller_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
 int Poller_traverse(PollerObject* self, visitproc visit, void* arg) {
   Py_VISIT(Py_TYPE(self));
   Py_VISIT(self->input_key);
+  Py_VISIT(self->input_ended);
   Py_VISIT(self->loop);
   Py_VISIT(self->ready);
   Py_VISIT(self->timers);
@@ -1355,6 +1358,8 @@ bool queue_io(PollerObject* self, PyObject* loop, ReadyQueue& ready, bool input)
 // timer heap, with the poller's events taken directly (no select() list,
 // no _process_events). Tolerates being re-entered from a callback it runs
 // (erlang.sleep in synchronous code).
+bool run_input(PollerObject* self, PyObject* handle);
+
 PyObject* Poller_run_once(PollerObject* self, PyObject*) {
   PyObject* loop_ptr = bound_loop(self);
   if (!loop_ptr || !check_usable(self)) return nullptr;
@@ -1419,6 +1424,9 @@ PyObject* Poller_run_once(PollerObject* self, PyObject*) {
       PyRef done =
           PyRef::steal(PyObject_CallMethodOneArg(loop.get(), n.run_debug.get(), handle.get()));
       if (!done) return nullptr;
+    } else if (self->input_ended && self->input_key &&
+               handle.get() == PyTuple_GET_ITEM(PyTuple_GET_ITEM(self->input_key, 3), 0)) {
+      if (!run_input(self, handle.get())) return nullptr;
     } else if (!run_handle(n, handle.get())) {
       return nullptr;
     }
@@ -1437,14 +1445,54 @@ PyObject* Poller_bind(PollerObject* self, PyObject* loop) {
   Py_RETURN_NONE;
 }
 
-PyObject* Poller_set_input_key(PollerObject* self, PyObject* key) {
+// set_input_key(key, ended=None): key's data is (handle, None), the
+// handle run_once queues when frames wait. With `ended`, run_once handles
+// the frames itself in C (the handle's own _run is for poll() users and
+// debug mode) and calls ended() once the worker must stop.
+PyObject* Poller_set_input_key(PollerObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs < 1 || nargs > 2) {
+    PyErr_SetString(PyExc_TypeError, "set_input_key(key, ended=None) takes 1 or 2 arguments");
+    return nullptr;
+  }
   if (!self->is_root) {
     PyErr_SetString(PyExc_RuntimeError, "only the worker's poller receives frames");
     return nullptr;
   }
+  PyObject* key = args[0];
+  PyObject* data = PyTuple_Check(key) && PyTuple_GET_SIZE(key) == 4 ? PyTuple_GET_ITEM(key, 3) : nullptr;
+  if (!data || !PyTuple_Check(data) || PyTuple_GET_SIZE(data) != 2) {
+    PyErr_SetString(PyExc_TypeError, "the input key's data must be (handle, None)");
+    return nullptr;
+  }
+  PyObject* ended = nargs == 2 && args[1] != Py_None ? args[1] : nullptr;
   Py_INCREF(key);
   Py_XSETREF(self->input_key, key);
+  Py_XINCREF(ended);
+  Py_XSETREF(self->input_ended, ended);
   Py_RETURN_NONE;
+}
+
+// The input handle's work without its Python frames: the frames that
+// wait are handled; an error other than SystemExit/KeyboardInterrupt goes
+// to handle._pyport_failed(exc) (the loop's exception handler), as the
+// handle's _run would. False with an exception set.
+bool run_input(PollerObject* self, PyObject* handle) {
+  LoopHost* host = self->state->host;
+  if (!host) {
+    PyErr_SetString(PyExc_RuntimeError, "the worker has gone");
+    return false;
+  }
+  PyRef ended = PyRef::borrow(self->input_ended);  // held: a request may replace it
+  bool more = true;
+  bool ok = host->process_input(&more);
+  if (ok && !more) ok = bool(PyRef::steal(PyObject_CallNoArgs(ended.get())));
+  if (ok) return true;
+  if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+    return false;
+  }
+  PyError e = PyError::fetch();
+  return bool(PyRef::steal(
+      PyObject_CallMethod(handle, "_pyport_failed", "O", e.value ? e.value.get() : Py_None)));
 }
 
 PyObject* Poller_close(PollerObject* self, PyObject*) {
@@ -1552,8 +1600,11 @@ PyMethodDef poller_methods[] = {
     {"call_later", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(Poller_call_later)),
      METH_FASTCALL | METH_KEYWORDS,
      "call_later(delay, callback, *args, context=None): loop.call_later, without Python code."},
-    {"set_input_key", reinterpret_cast<PyCFunction>(Poller_set_input_key), METH_O,
-     "set_input_key(key): the worker poller reports key as readable when frames wait."},
+    {"set_input_key",
+     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(Poller_set_input_key)),
+     METH_FASTCALL,
+     "set_input_key(key, ended=None): the worker poller reports key as readable when frames\n"
+     "wait; with ended, run_once handles them itself and calls ended() at the end."},
     {"close", reinterpret_cast<PyCFunction>(Poller_close), METH_NOARGS,
      "close(): stop watching everything and release the libuv handles."},
     {nullptr, nullptr, 0, nullptr}};
