@@ -4,15 +4,16 @@ pyport worker through tools/pyport-run), in interleaved rounds, and prints
 the median of every figure, then the ratios of ErlangEventLoop to each peer
 for the rates (above 1: faster).
 
-    /usr/bin/python3 bench/asyncio_compare.py [--rounds N] [--before DIR] [FIGURE...]
+    /usr/bin/python3 bench/asyncio_compare.py [--rounds N] [--before DIR] [--no-in-worker] [FIGURE...]
 
 FIGURE names a figure of asyncio_bench.py (`hot` for every hot-path one).
---in-worker also runs the stock loop and uvloop inside a pyport worker
-(`stock_w`, `uvloop_w`): the same interpreter as ErlangEventLoop, so their
-ratios are the loops' alone (the worker's statically linked CPython runs
-pure Python code about 12% slower than Debian's /usr/bin/python3, which is
-built with link-time optimisation that libpython3.11.a does not have).
---before DIR adds a fourth loop, `before`: ErlangEventLoop of another
+The stock loop and uvloop also run inside a pyport worker
+(`stock_w`, `uvloop_w`): the same interpreter as ErlangEventLoop, so those
+ratios are the loops' alone. The worker's CPython (Debian's
+libpython3.11.a) runs pure Python code 10-13% slower than /usr/bin/python3;
+a five-line C program embedding the same library is as slow, so that part
+of the ratios to the /usr/bin/python3 peers is the library's build.
+--before DIR adds another loop, `before`: ErlangEventLoop of another
 checkout (DIR/tools/pyport-run with DIR/build/pyport_worker), so a change is
 measured against the code it replaces in the same run. The hot-path figures
 come in two lines: ops per second of wall time, and ops per second of the
@@ -55,8 +56,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--before", metavar="DIR")
-    p.add_argument("--in-worker", action="store_true",
-                   help="also run the stock loop and uvloop inside a worker (stock_w, uvloop_w)")
+    p.add_argument("--no-in-worker", dest="in_worker", action="store_false",
+                   help="skip the stock loop and uvloop inside a worker (stock_w, uvloop_w)")
     p.add_argument("figures", nargs="*")
     args = p.parse_args()
     kinds = ["stock", "uvloop", "erlang"] + (["stock_w", "uvloop_w"] if args.in_worker else []) + (
