@@ -1354,12 +1354,12 @@ bool queue_io(PollerObject* self, PyObject* loop, ReadyQueue& ready, bool input)
   return true;
 }
 
+bool run_input(PollerObject* self, PyObject* handle);
+
 // loop._run_once() of asyncio's BaseEventLoop on the C++ ready queue and
 // timer heap, with the poller's events taken directly (no select() list,
 // no _process_events). Tolerates being re-entered from a callback it runs
 // (erlang.sleep in synchronous code).
-bool run_input(PollerObject* self, PyObject* handle);
-
 PyObject* Poller_run_once(PollerObject* self, PyObject*) {
   PyObject* loop_ptr = bound_loop(self);
   if (!loop_ptr || !check_usable(self)) return nullptr;
@@ -1459,7 +1459,8 @@ PyObject* Poller_set_input_key(PollerObject* self, PyObject* const* args, Py_ssi
     return nullptr;
   }
   PyObject* key = args[0];
-  PyObject* data = PyTuple_Check(key) && PyTuple_GET_SIZE(key) == 4 ? PyTuple_GET_ITEM(key, 3) : nullptr;
+  PyObject* data =
+      PyTuple_Check(key) && PyTuple_GET_SIZE(key) == 4 ? PyTuple_GET_ITEM(key, 3) : nullptr;
   if (!data || !PyTuple_Check(data) || PyTuple_GET_SIZE(data) != 2) {
     PyErr_SetString(PyExc_TypeError, "the input key's data must be (handle, None)");
     return nullptr;
@@ -1620,8 +1621,7 @@ PyGetSetDef poller_getset[] = {
     {"loop_closed", reinterpret_cast<getter>(Poller_get_loop_closed),
      reinterpret_cast<setter>(Poller_set_loop_closed), "The bound loop's _closed.", nullptr},
     {"polls", reinterpret_cast<getter>(Poller_get_polls), nullptr,
-     "How many run_once iterations polled for I/O (the rest only ran ready callbacks).",
-     nullptr},
+     "How many run_once iterations polled for I/O (the rest only ran ready callbacks).", nullptr},
     {"debug", reinterpret_cast<getter>(Poller_get_debug),
      reinterpret_cast<setter>(Poller_set_debug), "The bound loop's _debug.", nullptr},
     {"task_factory", reinterpret_cast<getter>(Poller_get_task_factory),
