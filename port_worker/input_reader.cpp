@@ -125,8 +125,8 @@ uint64_t trimmed_mean(uint64_t* v, int n) {
 }  // namespace
 
 void SpinBudget::restart() {
-  phase_ = kProbeBlock;
-  spin_ = false;
+  phase_ = always_ ? kDecided : kProbeBlock;
+  spin_ = always_;
   count_ = 0;
 }
 
@@ -143,7 +143,12 @@ void SpinBudget::input_after(uint64_t waited_ns) {
     // No spin of ours bridges such a gap. One may be a hiccup; two in a
     // row mean the traffic paused: block, and measure again when it
     // resumes (a probe that blocks costs nothing).
-    if (++long_gaps_ >= 2 && phase_ != kProbeBlock) return restart();
+    if (++long_gaps_ >= 2 && phase_ != kProbeBlock) {
+      restart();
+      // Spinning resumes only once traffic does: a wait that blocks first.
+      if (always_) spin_ = false;
+      return;
+    }
   } else {
     long_gaps_ = 0;
   }
@@ -166,7 +171,11 @@ void SpinBudget::input_after(uint64_t waited_ns) {
       if (count_ == kProbe) decide(trimmed_mean(spun_, kProbe) * 4 <= trimmed_mean(blocked_, kProbe) * 3);
       break;
     case kDecided:
-      if (++count_ >= kCycle) restart();
+      if (always_) {
+        spin_ = true;
+      } else if (++count_ >= kCycle) {
+        restart();
+      }
       break;
   }
 }

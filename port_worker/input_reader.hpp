@@ -105,8 +105,13 @@ class SpinBudget {
   static constexpr int kCycle = 2048;
   static constexpr uint64_t kSlowWakeNs = 20000;
 
-  // max_ns 0: never spin.
-  explicit SpinBudget(uint64_t max_ns = 0) : max_ns_(max_ns) {}
+  // max_ns 0: never spin. always: skip the probes and spin whenever
+  // traffic flows (tests: --spin-test-always), still stopping after two
+  // long gaps.
+  explicit SpinBudget(uint64_t max_ns = 0, bool always = false)
+      : max_ns_(max_ns), always_(always) {
+    if (always_) restart();
+  }
   // How long the next wait may spin (0: block at once).
   uint64_t budget_ns() const {
     return phase_ == kProbeSpin || (phase_ == kDecided && spin_) ? max_ns_ : 0;
@@ -122,6 +127,7 @@ class SpinBudget {
   void decide(bool spin);
 
   uint64_t max_ns_;
+  bool always_;
   Phase phase_ = kProbeBlock;
   bool spin_ = false;
   int count_ = 0;      // waits sampled in this phase

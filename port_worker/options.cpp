@@ -166,6 +166,10 @@ std::string parse_options(int argc, const char* const* argv, Options& out) {
       out.env_stdin = true;
       continue;
     }
+    if (eq == std::string::npos && name == "--spin-test-always") {
+      out.spin_test_always = true;
+      continue;
+    }
     if (eq == std::string::npos && (name == "--sandbox" || name == "--zygote")) {
       out.sandbox = true;
       if (name == "--zygote") out.zygote = true;

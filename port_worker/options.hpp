@@ -60,6 +60,9 @@ struct Options {
   // --spin-us: how long the main thread may poll for the next frame before
   // it sleeps, while frames follow closely (input_reader.hpp, SpinBudget).
   uint64_t spin_us = kDefaultSpinUs;
+  // Test only (--spin-test-always): spin while traffic flows without
+  // measuring first whether it pays.
+  bool spin_test_always = false;
   // Test only (--sandbox-test-unavailable): act as if the kernel lacked
   // this layer ("landlock", "namespaces", "seccomp").
   std::vector<std::string> test_unavailable;

@@ -69,8 +69,8 @@ class Worker : public LoopHost, public MainThread {
       : options_(options),
         sandbox_(sandbox),
         reader_(options.max_frame_size),
-        idle_spin_(options.spin_us * 1000),
-        reply_spin_(options.spin_us * 1000) {}
+        idle_spin_(options.spin_us * 1000, options.spin_test_always),
+        reply_spin_(options.spin_us * 1000, options.spin_test_always) {}
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
