@@ -22,6 +22,17 @@ def cpu_ns(pid: int) -> int:
     return total
 
 
+def main_sleeps(pid: int) -> int:
+    """How often the main thread has blocked so far (voluntary context
+    switches): a wait that polls until its frame comes does not count,
+    however loaded the machine."""
+    with open(f"/proc/{pid}/task/{pid}/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches in /proc status")
+
+
 def cpu_over(pid: int, seconds: float) -> int:
     before = cpu_ns(pid)
     time.sleep(seconds)
@@ -40,17 +51,17 @@ def test_an_idle_worker_uses_no_cpu(worker):
 
 def test_spinning_stops_once_traffic_stops(spawn):
     # Made to spin whenever frames follow closely (no measuring first), for
-    # up to 5 ms a wait: calls 2 ms apart keep it polling between them.
+    # up to 5 ms a wait: calls 2 ms apart find it polling.
     w = spawn(args=["--spin-test-always", "--spin-us", "5000"])
     pid = w.hello.os_pid
     w.call("harness_worker", "identity", [0])
-    started, before = time.monotonic(), cpu_ns(pid)
+    before = main_sleeps(pid)
     for i in range(150):
         assert w.call("harness_worker", "identity", [i]) == i
         time.sleep(0.002)
-    busy = (cpu_ns(pid) - before) / ((time.monotonic() - started) * 1e9)
-    # Blocking between calls, it would use a few percent.
-    assert busy > 0.25, f"the worker did not poll between calls ({busy:.0%} of a CPU)"
+    # Blocking between calls, it would sleep at least once a call.
+    sleeps = main_sleeps(pid) - before
+    assert sleeps < 75, f"the worker slept {sleeps} times in 150 calls: it did not poll"
     # The last wait polls 5 ms at most, then sleeps.
     used = cpu_over(pid, 2)
     assert used < 30_000_000, f"the worker used {used / 1e6:.1f} ms of CPU in 2 s after traffic stopped"
@@ -84,3 +95,20 @@ def test_callbacks_answer_with_spinning_forced(spawn):
     w = spawn(args=["--spin-test-always"], on_request=on_request)
     code = "sum(__import__('erlang').call('f', i) for i in range(2000))"
     assert w.eval(code) == sum(range(2000))
+
+
+def test_the_event_loop_polls_and_stops_polling_too(spawn):
+    # Once the worker's asyncio loop runs, its waits poll the same way.
+    w = spawn(args=["--spin-test-always", "--spin-us", "5000"])
+    pid = w.hello.os_pid
+    w.exec("async def triple(x):\n    return 3 * x")
+    assert w.eval("triple(5)") == 15
+    assert w.eval("__import__('asyncio').get_event_loop().is_running()") is True
+    before = main_sleeps(pid)
+    for i in range(150):
+        assert w.call("harness_worker", "identity", [i]) == i
+        time.sleep(0.002)
+    sleeps = main_sleeps(pid) - before
+    assert sleeps < 75, f"the loop slept {sleeps} times in 150 calls: it did not poll"
+    used = cpu_over(pid, 2)
+    assert used < 30_000_000, f"the loop used {used / 1e6:.1f} ms of CPU in 2 s after traffic stopped"
