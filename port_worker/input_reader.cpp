@@ -168,13 +168,24 @@ void SpinBudget::input_after(uint64_t waited_ns) {
     case kProbeSpin:
       // A spin that ran out counts against spinning.
       spun_[count_++] = waited_ns;
-      if (count_ == kProbe) decide(trimmed_mean(spun_, kProbe) * 4 <= trimmed_mean(blocked_, kProbe) * 3);
+      if (count_ == kProbe) {
+        reference_ns_ = trimmed_mean(blocked_, kProbe);
+        window_ns_ = 0;
+        decide(trimmed_mean(spun_, kProbe) * 4 <= reference_ns_ * 3);
+      }
       break;
     case kDecided:
       if (always_) {
         spin_ = true;
-      } else if (++count_ >= kCycle) {
-        restart();
+        break;
+      }
+      if (++count_ >= kCycle) return restart();
+      if (!spin_) break;
+      // A single long stall weighs twice the maximum at most.
+      window_ns_ += std::min(waited_ns, 2 * max_ns_);
+      if (count_ % kWindow == 0) {
+        if (window_ns_ / kWindow * 4 > reference_ns_ * 3) return restart();
+        window_ns_ = 0;
       }
       break;
   }

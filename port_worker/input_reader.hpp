@@ -95,7 +95,7 @@ struct InputFrame {
 // slow wake-up (kSlowWakeNs) does it try kProbe waits that spin, and it
 // spins for the next kCycle waits only if that shortened the gaps by a
 // quarter (their means without the two longest, so stalls count but a
-// single hiccup does not). Gaps longer than the maximum (traffic paused)
+// single hiccup does not), and only as long as it keeps doing so. Gaps longer than the maximum (traffic paused)
 // are not samples of a blocking wait; two in a row stop any spinning until
 // the next probe, so a worker whose traffic stopped spins at most twice
 // the maximum and an idle one never.
@@ -103,6 +103,10 @@ class SpinBudget {
  public:
   static constexpr int kProbe = 16;
   static constexpr int kCycle = 2048;
+  // While it spins, the mean gap of every kWindow waits is checked against
+  // the probe's: conditions change (the machine gets busy, the owner
+  // needs the CPU), and spinning that stopped paying stops at once.
+  static constexpr int kWindow = 64;
   static constexpr uint64_t kSlowWakeNs = 20000;
 
   // max_ns 0: never spin. always: skip the probes and spin whenever
@@ -132,6 +136,8 @@ class SpinBudget {
   bool spin_ = false;
   int count_ = 0;      // waits sampled in this phase
   int long_gaps_ = 0;  // gaps above max_ns_ in a row
+  uint64_t reference_ns_ = 0;  // the blocking probe's gap, once spinning
+  uint64_t window_ns_ = 0;     // the gaps of this window, summed
   uint64_t blocked_[kProbe] = {};
   uint64_t spun_[kProbe] = {};
 };

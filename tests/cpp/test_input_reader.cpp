@@ -341,6 +341,19 @@ BOOST_AUTO_TEST_CASE(spin_budget_stops_after_two_long_gaps) {
   BOOST_TEST(b.budget_ns() == 0u);
 }
 
+BOOST_AUTO_TEST_CASE(spin_budget_stops_when_spinning_stops_paying) {
+  pyport::SpinBudget b(100 * kUs);
+  feed(b, pyport::SpinBudget::kProbe, 50 * kUs);
+  feed(b, pyport::SpinBudget::kProbe, 10 * kUs);
+  BOOST_TEST(b.spinning());
+  feed(b, 3 * pyport::SpinBudget::kWindow, 12 * kUs);  // still paying
+  BOOST_TEST(b.spinning());
+  // The machine got busy: spinning, the gaps are as long as blocking.
+  feed(b, pyport::SpinBudget::kWindow, 45 * kUs);
+  BOOST_TEST(!b.spinning());
+  BOOST_TEST(b.budget_ns() == 0u);
+}
+
 BOOST_AUTO_TEST_CASE(spin_budget_zero_never_spins) {
   pyport::SpinBudget b(0);
   feed(b, pyport::SpinBudget::kProbe, 50 * kUs);
