@@ -134,6 +134,7 @@ void SpinBudget::decide(bool spin) {
   spin_ = spin;
   phase_ = kDecided;
   count_ = 0;
+  window_ns_ = 0;
 }
 
 void SpinBudget::input_after(uint64_t waited_ns) {
@@ -159,6 +160,7 @@ void SpinBudget::input_after(uint64_t waited_ns) {
       if (count_ == kProbe) {
         if (median(blocked_, kProbe) < kSlowWakeNs) {
           decide(false);  // wake-ups are cheap: nothing to gain
+          backoff_ = 1;
         } else {
           phase_ = kProbeSpin;
           count_ = 0;
@@ -170,8 +172,10 @@ void SpinBudget::input_after(uint64_t waited_ns) {
       spun_[count_++] = waited_ns;
       if (count_ == kProbe) {
         reference_ns_ = trimmed_mean(blocked_, kProbe);
-        window_ns_ = 0;
         decide(trimmed_mean(spun_, kProbe) * 4 <= reference_ns_ * 3);
+        // Slow wake-ups that spinning does not cure: look again later
+        // and later, since each look spins kProbe waits in vain.
+        backoff_ = spin_ ? 1 : std::min(backoff_ * 2, kCycle / kWindow);
       }
       break;
     case kDecided:
@@ -180,12 +184,15 @@ void SpinBudget::input_after(uint64_t waited_ns) {
         break;
       }
       if (++count_ >= kCycle) return restart();
-      if (!spin_) break;
       // A single long stall weighs twice the maximum at most.
       window_ns_ += std::min(waited_ns, 2 * max_ns_);
       if (count_ % kWindow == 0) {
-        if (window_ns_ / kWindow * 4 > reference_ns_ * 3) return restart();
+        uint64_t mean = window_ns_ / kWindow;
         window_ns_ = 0;
+        // Spinning that stopped paying stops; blocking waits that became
+        // slow (the mode changed) are measured again.
+        if (spin_ ? mean * 4 > reference_ns_ * 3 : mean >= kSlowWakeNs && count_ / kWindow >= backoff_)
+          return restart();
       }
       break;
   }

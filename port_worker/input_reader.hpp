@@ -103,9 +103,11 @@ class SpinBudget {
  public:
   static constexpr int kProbe = 16;
   static constexpr int kCycle = 2048;
-  // While it spins, the mean gap of every kWindow waits is checked against
-  // the probe's: conditions change (the machine gets busy, the owner
-  // needs the CPU), and spinning that stopped paying stops at once.
+  // Conditions change (wake-ups get slow or fast, the machine gets busy,
+  // the owner needs the CPU): the mean gap of every kWindow waits is
+  // checked, and spinning that stopped paying stops at once, as blocking
+  // waits that became slow lead to a new probe (after fewer windows the
+  // more often probes found spinning useless).
   static constexpr int kWindow = 64;
   static constexpr uint64_t kSlowWakeNs = 20000;
 
@@ -138,6 +140,7 @@ class SpinBudget {
   int long_gaps_ = 0;  // gaps above max_ns_ in a row
   uint64_t reference_ns_ = 0;  // the blocking probe's gap, once spinning
   uint64_t window_ns_ = 0;     // the gaps of this window, summed
+  int backoff_ = 1;            // windows of slow blocking waits before a probe
   uint64_t blocked_[kProbe] = {};
   uint64_t spun_[kProbe] = {};
 };

@@ -354,6 +354,19 @@ BOOST_AUTO_TEST_CASE(spin_budget_stops_when_spinning_stops_paying) {
   BOOST_TEST(b.budget_ns() == 0u);
 }
 
+BOOST_AUTO_TEST_CASE(spin_budget_probes_again_when_wake_ups_get_slow) {
+  pyport::SpinBudget b(100 * kUs);
+  feed(b, pyport::SpinBudget::kProbe, 8 * kUs);  // fast: blocks
+  feed(b, pyport::SpinBudget::kWindow, 8 * kUs);
+  BOOST_TEST(b.budget_ns() == 0u);
+  // The mode changed: within a window it tries spinning again.
+  feed(b, pyport::SpinBudget::kWindow, 50 * kUs);
+  feed(b, pyport::SpinBudget::kProbe, 50 * kUs);
+  BOOST_TEST(b.budget_ns() == 100 * kUs);
+  feed(b, pyport::SpinBudget::kProbe, 12 * kUs);
+  BOOST_TEST(b.spinning());
+}
+
 BOOST_AUTO_TEST_CASE(spin_budget_zero_never_spins) {
   pyport::SpinBudget b(0);
   feed(b, pyport::SpinBudget::kProbe, 50 * kUs);
