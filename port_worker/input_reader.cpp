@@ -134,11 +134,12 @@ void SpinBudget::decide(bool spin) {
   spin_ = spin;
   phase_ = kDecided;
   count_ = 0;
-  window_ns_ = 0;
+  window_wait_ns_ = window_cycle_ns_ = 0;
 }
 
-void SpinBudget::input_after(uint64_t waited_ns) {
+void SpinBudget::input_after(uint64_t waited_ns, uint64_t cycle_ns) {
   if (max_ns_ == 0) return;
+  if (cycle_ns < waited_ns) cycle_ns = waited_ns;
   bool long_gap = waited_ns > max_ns_;
   if (long_gap) {
     // No spin of ours bridges such a gap. One may be a hiccup; two in a
@@ -153,12 +154,16 @@ void SpinBudget::input_after(uint64_t waited_ns) {
   } else {
     long_gaps_ = 0;
   }
+  // A single long stall weighs twice the maximum at most.
+  uint64_t wait = std::min(waited_ns, 2 * max_ns_);
+  uint64_t cycle = cycle_ns - waited_ns + wait;
   switch (phase_) {
     case kProbeBlock:
       if (long_gap) break;
-      blocked_[count_++] = waited_ns;
+      blocked_wait_[count_] = waited_ns;
+      blocked_[count_++] = cycle;
       if (count_ == kProbe) {
-        if (median(blocked_, kProbe) < kSlowWakeNs) {
+        if (median(blocked_wait_, kProbe) < kSlowWakeNs) {
           decide(false);  // wake-ups are cheap: nothing to gain
           backoff_ = 1;
         } else {
@@ -169,7 +174,7 @@ void SpinBudget::input_after(uint64_t waited_ns) {
       break;
     case kProbeSpin:
       // A spin that ran out counts against spinning.
-      spun_[count_++] = waited_ns;
+      spun_[count_++] = cycle;
       if (count_ == kProbe) {
         reference_ns_ = trimmed_mean(blocked_, kProbe);
         decide(trimmed_mean(spun_, kProbe) * 4 <= reference_ns_ * 3);
@@ -184,15 +189,17 @@ void SpinBudget::input_after(uint64_t waited_ns) {
         break;
       }
       if (++count_ >= kCycle) return restart();
-      // A single long stall weighs twice the maximum at most.
-      window_ns_ += std::min(waited_ns, 2 * max_ns_);
+      window_wait_ns_ += wait;
+      window_cycle_ns_ += cycle;
       if (count_ % kWindow == 0) {
-        uint64_t mean = window_ns_ / kWindow;
-        window_ns_ = 0;
+        uint64_t mean_wait = window_wait_ns_ / kWindow, mean_cycle = window_cycle_ns_ / kWindow;
+        window_wait_ns_ = window_cycle_ns_ = 0;
         // Spinning that stopped paying stops; blocking waits that became
         // slow (the mode changed) are measured again.
-        if (spin_ ? mean * 4 > reference_ns_ * 3 : mean >= kSlowWakeNs && count_ / kWindow >= backoff_)
+        if (spin_ ? mean_cycle * 4 > reference_ns_ * 3
+                  : mean_wait >= kSlowWakeNs && count_ / kWindow >= backoff_) {
           return restart();
+        }
       }
       break;
   }

@@ -93,9 +93,10 @@ struct InputFrame {
 // (worker side)"): the gap from the start of each wait to the input that
 // ended it, over kProbe waits that block. Only if their median shows a
 // slow wake-up (kSlowWakeNs) does it try kProbe waits that spin, and it
-// spins for the next kCycle waits only if that shortened the gaps by a
-// quarter (their means without the two longest, so stalls count but a
-// single hiccup does not), and only as long as it keeps doing so. Gaps longer than the maximum (traffic paused)
+// spins for the next kCycle waits only if that shortened the cycles (from
+// one input to the next) by a quarter (their means without the two
+// longest, so stalls count but a single hiccup does not), and only as
+// long as it keeps doing so. Gaps longer than the maximum (traffic paused)
 // are not samples of a blocking wait; two in a row stop any spinning until
 // the next probe, so a worker whose traffic stopped spins at most twice
 // the maximum and an idle one never.
@@ -122,8 +123,12 @@ class SpinBudget {
   uint64_t budget_ns() const {
     return phase_ == kProbeSpin || (phase_ == kDecided && spin_) ? max_ns_ : 0;
   }
-  // The wait ended with input waited_ns after it began.
-  void input_after(uint64_t waited_ns);
+  // The wait ended with input waited_ns after it began, cycle_ns after
+  // the input that ended the previous wait (the request's work and the
+  // wait: what throughput depends on, which may suffer from spinning
+  // even where the wait alone looks shorter).
+  void input_after(uint64_t waited_ns, uint64_t cycle_ns);
+  void input_after(uint64_t waited_ns) { input_after(waited_ns, waited_ns); }
   // Whether the last probe chose to spin (tests, diagnostics).
   bool spinning() const { return phase_ == kDecided && spin_; }
 
@@ -138,11 +143,13 @@ class SpinBudget {
   bool spin_ = false;
   int count_ = 0;      // waits sampled in this phase
   int long_gaps_ = 0;  // gaps above max_ns_ in a row
-  uint64_t reference_ns_ = 0;  // the blocking probe's gap, once spinning
-  uint64_t window_ns_ = 0;     // the gaps of this window, summed
+  uint64_t reference_ns_ = 0;     // the blocking probe's cycle, once spinning
+  uint64_t window_wait_ns_ = 0;   // this window's waits, summed
+  uint64_t window_cycle_ns_ = 0;  // and cycles
   int backoff_ = 1;            // windows of slow blocking waits before a probe
-  uint64_t blocked_[kProbe] = {};
-  uint64_t spun_[kProbe] = {};
+  uint64_t blocked_wait_[kProbe] = {};  // the blocking probe's waits
+  uint64_t blocked_[kProbe] = {};       // and cycles
+  uint64_t spun_[kProbe] = {};          // the spinning probe's cycles
 };
 
 class InputReader {

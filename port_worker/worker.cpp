@@ -25,6 +25,10 @@ namespace pyport {
 
 namespace {
 
+uint64_t nanos(std::chrono::steady_clock::duration d) {
+  return uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
+}
+
 // Best effort: the descriptor may be gone or full, and nobody can be told.
 void write_all(int fd, const void* data, size_t size) {
   const char* p = static_cast<const char*>(data);
@@ -561,11 +565,12 @@ bool Worker::spin_for_input(double timeout) {
 
 void Worker::after_wait() {
   reader_.main_busy();
-  // What the wait for the next frame took, spin or sleep (SpinBudget).
+  // What the wait for the next frame took, spin or sleep, and the whole
+  // cycle since the previous frame came (SpinBudget).
   if (measuring_wait_ && input_ready_) {
-    idle_spin_.input_after(uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                        std::chrono::steady_clock::now() - wait_began_)
-                                        .count()));
+    auto now = std::chrono::steady_clock::now();
+    idle_spin_.input_after(nanos(now - wait_began_), nanos(now - last_input_));
+    last_input_ = now;
   }
   measuring_wait_ = false;
 }
@@ -719,8 +724,9 @@ MainThread::WaitResult Worker::wait(const std::function<bool()>& ready,
     }
     bool input = n > 0 && (fds[0].revents || fds[1].revents);
     if (input && handle_requests) {
-      reply_spin_.input_after(uint64_t(
-          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - began).count()));
+      auto now = Clock::now();
+      reply_spin_.input_after(nanos(now - began), nanos(now - last_reply_input_));
+      last_reply_input_ = now;
     }
     if (n > 0) {
       if (fds[2].revents) writer_.write_from_loop();

@@ -177,6 +177,7 @@ class Worker : public LoopHost, public MainThread {
   SpinBudget reply_spin_;
   // The loop's current wait began then, with no input ready: measured.
   std::chrono::steady_clock::time_point wait_began_;
+  std::chrono::steady_clock::time_point last_input_, last_reply_input_;
   bool measuring_wait_ = false;
   ByteBuffer replies_;         // answers not yet handed to the writer
   bool input_ready_ = false;   // the reader has frames, or end of input, for process_input

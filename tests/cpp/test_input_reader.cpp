@@ -323,6 +323,17 @@ BOOST_AUTO_TEST_CASE(spin_budget_stops_where_spinning_does_not_pay) {
   BOOST_TEST(b.budget_ns() == 0u);
 }
 
+BOOST_AUTO_TEST_CASE(spin_budget_judges_by_cycles_not_waits) {
+  // Spinning shortens the waits but the owner, short of a CPU, sends the
+  // next request no sooner (the worker's own work got slower instead).
+  pyport::SpinBudget b(100 * kUs);
+  for (int i = 0; i < pyport::SpinBudget::kProbe; ++i)
+    b.input_after(40 * kUs, 60 * kUs);
+  for (int i = 0; i < pyport::SpinBudget::kProbe; ++i)
+    b.input_after(5 * kUs, 58 * kUs);
+  BOOST_TEST(!b.spinning());
+}
+
 BOOST_AUTO_TEST_CASE(spin_budget_stops_after_two_long_gaps) {
   pyport::SpinBudget b(100 * kUs);
   feed(b, pyport::SpinBudget::kProbe, 50 * kUs);
