@@ -134,7 +134,6 @@ void SpinBudget::decide(bool spin) {
   spin_ = spin;
   phase_ = kDecided;
   count_ = 0;
-  window_wait_ns_ = window_cycle_ns_ = 0;
 }
 
 void SpinBudget::input_after(uint64_t waited_ns, uint64_t cycle_ns) {
@@ -189,15 +188,14 @@ void SpinBudget::input_after(uint64_t waited_ns, uint64_t cycle_ns) {
         break;
       }
       if (++count_ >= kCycle) return restart();
-      window_wait_ns_ += wait;
-      window_cycle_ns_ += cycle;
+      window_waits_[(count_ - 1) % kWindow] = wait;
+      window_cycles_[(count_ - 1) % kWindow] = cycle;
       if (count_ % kWindow == 0) {
-        uint64_t mean_wait = window_wait_ns_ / kWindow, mean_cycle = window_cycle_ns_ / kWindow;
-        window_wait_ns_ = window_cycle_ns_ = 0;
         // Spinning that stopped paying stops; blocking waits that became
-        // slow (the mode changed) are measured again.
-        if (spin_ ? mean_cycle * 4 > reference_ns_ * 3
-                  : mean_wait >= kSlowWakeNs && count_ / kWindow >= backoff_) {
+        // slow (the mode changed) are measured again. Medians: on a busy
+        // machine a few waits are long whatever the worker does.
+        if (spin_ ? median(window_cycles_, kWindow) * 4 > reference_ns_ * 3
+                  : count_ / kWindow >= backoff_ && median(window_waits_, kWindow) >= kSlowWakeNs) {
           return restart();
         }
       }

@@ -105,7 +105,7 @@ class SpinBudget {
   static constexpr int kProbe = 16;
   static constexpr int kCycle = 2048;
   // Conditions change (wake-ups get slow or fast, the machine gets busy,
-  // the owner needs the CPU): the mean gap of every kWindow waits is
+  // the owner needs the CPU): the median gap of every kWindow waits is
   // checked, and spinning that stopped paying stops at once, as blocking
   // waits that became slow lead to a new probe (after fewer windows the
   // more often probes found spinning useless).
@@ -144,8 +144,8 @@ class SpinBudget {
   int count_ = 0;      // waits sampled in this phase
   int long_gaps_ = 0;  // gaps above max_ns_ in a row
   uint64_t reference_ns_ = 0;     // the blocking probe's cycle, once spinning
-  uint64_t window_wait_ns_ = 0;   // this window's waits, summed
-  uint64_t window_cycle_ns_ = 0;  // and cycles
+  uint64_t window_waits_[kWindow] = {};   // this window's waits
+  uint64_t window_cycles_[kWindow] = {};  // and cycles
   int backoff_ = 1;            // windows of slow blocking waits before a probe
   uint64_t blocked_wait_[kProbe] = {};  // the blocking probe's waits
   uint64_t blocked_[kProbe] = {};       // and cycles
