@@ -115,8 +115,7 @@ class SpinBudget {
   // max_ns 0: never spin. always: skip the probes and spin whenever
   // traffic flows (tests: --spin-test-always), still stopping after two
   // long gaps.
-  explicit SpinBudget(uint64_t max_ns = 0, bool always = false)
-      : max_ns_(max_ns), always_(always) {
+  explicit SpinBudget(uint64_t max_ns = 0, bool always = false) : max_ns_(max_ns), always_(always) {
     if (always_) restart();
   }
   // How long the next wait may spin (0: block at once).
@@ -141,15 +140,15 @@ class SpinBudget {
   bool always_;
   Phase phase_ = kProbeBlock;
   bool spin_ = false;
-  int count_ = 0;      // waits sampled in this phase
-  int long_gaps_ = 0;  // gaps above max_ns_ in a row
-  uint64_t reference_ns_ = 0;     // the blocking probe's cycle, once spinning
+  int count_ = 0;                         // waits sampled in this phase
+  int long_gaps_ = 0;                     // gaps above max_ns_ in a row
+  uint64_t reference_ns_ = 0;             // the blocking probe's cycle, once spinning
   uint64_t window_waits_[kWindow] = {};   // this window's waits
   uint64_t window_cycles_[kWindow] = {};  // and cycles
-  int backoff_ = 1;            // windows of slow blocking waits before a probe
-  uint64_t blocked_wait_[kProbe] = {};  // the blocking probe's waits
-  uint64_t blocked_[kProbe] = {};       // and cycles
-  uint64_t spun_[kProbe] = {};          // the spinning probe's cycles
+  int backoff_ = 1;                       // windows of slow blocking waits before a probe
+  uint64_t blocked_wait_[kProbe] = {};    // the blocking probe's waits
+  uint64_t blocked_[kProbe] = {};         // and cycles
+  uint64_t spun_[kProbe] = {};            // the spinning probe's cycles
 };
 
 class InputReader {

@@ -12,10 +12,10 @@
 #include <thread>
 #include <vector>
 
-#include "utf8.hpp"
-#include "uv_transports.hpp"
 #include "http_request_parser.hpp"
 #include "http_websocket.hpp"
+#include "utf8.hpp"
+#include "uv_transports.hpp"
 
 #ifndef PYPORT_PYTHON_PROGRAM
 #define PYPORT_PYTHON_PROGRAM "/usr/bin/python3"
@@ -709,11 +709,10 @@ MainThread::WaitResult Worker::wait(const std::function<bool()>& ready,
     // channel, and a backlog of frames to write needs ppoll.
     auto began = Clock::now();
     bool spun = !queued && handle_requests && writer_.idle() &&
-                reader_.spin_for_input(
-                    std::min<uint64_t>(reply_spin_.budget_ns(),
-                                       timeout ? uint64_t(left_ts.tv_sec) * 1000000000u +
-                                                     uint64_t(left_ts.tv_nsec)
-                                               : UINT64_MAX));
+                reader_.spin_for_input(std::min<uint64_t>(
+                    reply_spin_.budget_ns(),
+                    timeout ? uint64_t(left_ts.tv_sec) * 1000000000u + uint64_t(left_ts.tv_nsec)
+                            : UINT64_MAX));
     pollfd fds[3] = {{handle_requests ? reader_.fd() : -1, POLLIN, 0},
                      {reader_.wake_fd(), POLLIN, 0},
                      {writer_.idle() ? -1 : writer_.fd(), POLLOUT, 0}};
