@@ -223,9 +223,9 @@ class InputReader {
   // Makes wake_fd() readable (any thread).
   void wake_main();
   // Main thread, without the GIL, before it blocks: polls the channel (if
-  // `channel`) and the doorbell without blocking, yielding the CPU between
-  // polls to any thread that wants it, for up to budget_ns. True as soon
-  // as either is readable (the wait that follows returns at once).
+  // `channel`) and the doorbell without blocking, for up to budget_ns
+  // (SpinBudget says how long). True as soon as either is readable (the
+  // wait that follows returns at once).
   bool spin_for_input(uint64_t budget_ns, bool channel = true) const;
   // Whether requests are waiting for the main thread: queued, or still
   // unread in the channel.
