@@ -12,10 +12,11 @@
 #include <thread>
 #include <vector>
 
-#include "http_request_parser.hpp"
-#include "http_websocket.hpp"
 #include "utf8.hpp"
 #include "uv_transports.hpp"
+#include "http_request_parser.hpp"
+#include "http_websocket.hpp"
+#include "wsgi_pool.hpp"
 
 #ifndef PYPORT_PYTHON_PROGRAM
 #define PYPORT_PYTHON_PROGRAM "/usr/bin/python3"
@@ -287,6 +288,10 @@ bool Worker::init_python() {
   }
   if (PyImport_AppendInittab(ws_module::kName, ws_module::init) < 0) {
     diag("cannot register the _pyport_ws module");
+    return false;
+  }
+  if (PyImport_AppendInittab(wsgi_module::kName, wsgi_module::init) < 0) {
+    diag("cannot register the _pyport_wsgi module");
     return false;
   }
   if (!register_erlang_module() || !register_sandbox_module()) {
