@@ -195,6 +195,9 @@ class PollerCore {
     return true;
   }
 
+  // Entries collected and not yet returned: the next wait does not block.
+  bool has_ready() const { return !ready_.empty(); }
+
   // Runs one libuv iteration, waiting at most `timeout` seconds (negative:
   // no limit) unless something is ready already. The GIL is released while
   // libuv runs.
@@ -942,7 +945,12 @@ bool wait_for_events(PollerObject* self, double timeout, bool* input) {
   }
   if (host) {
     host->before_wait();
-    if (host->input_ready()) timeout = 0;
+    if (host->input_ready()) {
+      timeout = 0;
+    } else if (timeout != 0 && !self->core->has_ready() && host->spin_for_input(timeout)) {
+      // The worker polled its channel a short while first (input_reader.hpp).
+      timeout = 0;
+    }
   }
   // Keeps self alive while the GIL is released (another thread could drop
   // the last reference otherwise).
