@@ -792,12 +792,15 @@ spawn_os_process(#state{opts = Opts} = State) ->
 os_process_died(Detail, #state{status = stopping} = State) ->
     %% Stopping: no new process; requests it had are answered now.
     remove_workdir(State),
+    ok = pyport_callback_keeper:port_closed(State#state.keeper, State#state.port),
     {noreply, (pyport_worker_pubsub:drop_subscriptions(pyport_worker_requests:fail_all_pending(Detail, State)))#state{port = undefined}};
 os_process_died(Detail0, #state{status = Status, spawned_at = Spawned} = State0) ->
     Detail = case State0#state.kill_reason of
                  undefined -> start_detail(Detail0, State0);
                  Reason -> Reason
              end,
+    %% Its callbacks' runners end before its callers hear of it.
+    ok = pyport_callback_keeper:port_closed(State0#state.keeper, State0#state.port),
     State1 = pyport_worker_pubsub:drop_subscriptions(pyport_worker_requests:fail_all_pending(Detail, State0)),
     %% The objects it kept for Erlang died with it (pyport_objects).
     pyport_objects:worker_exited(self()),
