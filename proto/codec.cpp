@@ -4,6 +4,7 @@
 #include <new>
 #include <string>
 
+#include "payloads.hpp"
 #include "utf8.hpp"
 
 namespace pyport {
@@ -371,6 +372,22 @@ class Codec::Decoder {
         if (!etf) return {};
         return PyRef::steal(PyObject_CallOneArg(cls, etf.get()));
       }
+      case mp::kExtPayload: {
+        // Bytes the node put in the region it lent this request.
+        if (n != Payloads::kPlaceholder) {
+          r.fail_at(start, "payload placeholder is not 17 bytes (form, offset, length)");
+          return {};
+        }
+        uint64_t at = 0, len = 0;
+        for (size_t i = 0; i < 8; ++i) {
+          at = (at << 8) | p[1 + i];
+          len = (len << 8) | p[9 + i];
+        }
+        std::string why;
+        PyObject* v = Payloads::instance().read(p[0], at, len, &why);
+        if (!v && !why.empty()) r.fail_at(start, why);
+        return PyRef::steal(v);
+      }
       default:
         r.fail_at(start, "unknown ext type " + std::to_string(int8_t(type)));
         return {};
@@ -635,6 +652,7 @@ class Codec::Encoder {
   bool str(PyObject* o) {
     Py_ssize_t n;
     const char* s = PyUnicode_AsUTF8AndSize(o, &n);
+    if (s && Payloads::instance().wants(size_t(n)) && placeholder(s, size_t(n))) return true;
     if (!s || !room(size_t(n)) || !length(size_t(n), "a str")) return false;
     mp::write_str_header(out_, uint32_t(n));
     out_.append(s, size_t(n));
@@ -642,9 +660,27 @@ class Codec::Encoder {
   }
 
   bool bin(const void* p, size_t n) {
+    if (Payloads::instance().wants(n) && placeholder(p, n)) return true;
     if (!room(n) || !length(n, "a bytes")) return false;
     mp::write_bin_header(out_, uint32_t(n));
     out_.append(p, n);
+    return true;
+  }
+
+  // An ext 7 in place of the n bytes at p, which go to the answer's
+  // region of the payload file; false (nothing written) when they cannot.
+  bool placeholder(const void* p, size_t n) {
+    if (!room(Payloads::kPlaceholder + 3)) {
+      too_large = false;  // the bytes may still fit in the frame
+      return false;
+    }
+    uint64_t at = Payloads::instance().put(p, n);
+    if (at == UINT64_MAX) return false;
+    mp::write_ext_header(out_, mp::kExtPayload, uint32_t(Payloads::kPlaceholder));
+    uint8_t* d = out_.grow(Payloads::kPlaceholder);
+    d[0] = Payloads::kFormBin;
+    mp::store_be64(d + 1, at);
+    mp::store_be64(d + 9, uint64_t(n));
     return true;
   }
 

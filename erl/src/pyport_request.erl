@@ -419,9 +419,13 @@ cast(Target0, Fields) ->
 %% it, and the target becomes that worker (pyport_objects), at no cost to
 %% requests without handles. `Output0': the call's own output option.
 prepare(Target0, Kind0, Id, Fields0, Output0) ->
+    prepare(Target0, Kind0, Id, Fields0, Output0, false).
+
+prepare(Target0, Kind0, Id, Fields0, Output0, Offload) ->
     Pool0 = pool_of(Target0),
     case pyport_pool:info(Pool0) of
         {ok, #{opts := Opts} = Info0} ->
+            _ = Offload andalso pyport_payloads:encoding(Opts) =:= ok,
             Output = case Output0 of
                          _ when Kind0 =/= ?CALL -> logger;     % eval, exec, control
                          default -> maps:get(output, Opts, logger);
@@ -505,22 +509,33 @@ send(Target, Request, Send) ->
 %% `Output': the call's own output option, `default' for the pool's.
 send(Target, {Kind, Fields}, Send, Output0) ->
     Id = erlang:unique_integer([positive]),
-    case prepare(Target, Kind, Id, Fields, Output0) of
-        {ok, Target1, Pool, Info, Frame, Output} ->
+    %% Big binaries of a call or an eval may go off the pipe (pyport_payloads).
+    Offload = Kind =:= ?CALL orelse Kind =:= ?EVAL,
+    Result = case prepare(Target, Kind, Id, Fields, Output0, Offload) of
+        {ok, Target1, Pool, Info, Frame0, Output} ->
             case route(Target1, Info) of
                 {ok, Slot, Pid} ->
                     case admit(Info, Slot) of
                         ok ->
-                            case Send(Pid, Id, Frame,
-                                      #{pool => Pool, slot => Slot, output => Output,
-                                        call_timeout => maps:get(call_timeout, Info)}) of
-                                {error, _} = NotSent ->
-                                    %% Not sent: the worker will not count it out.
+                            case placed(Pool, Slot, Id, Frame0,
+                                        fun() -> prepare(Target, Kind, Id, Fields, Output0, false) end) of
+                                {ok, Frame} ->
+                                    case Send(Pid, Id, Frame,
+                                              #{pool => Pool, slot => Slot, output => Output,
+                                                call_timeout => maps:get(call_timeout, Info)}) of
+                                        {error, _} = NotSent ->
+                                            %% Not sent: the worker will not count it out.
+                                            #{counters := C} = Info,
+                                            counters:sub(C, Slot, 1),
+                                            pyport_payloads:unplace(Pool, Slot, Id),
+                                            NotSent;
+                                        Sent ->
+                                            Sent
+                                    end;
+                                {error, _} = NotPlaced ->
                                     #{counters := C} = Info,
                                     counters:sub(C, Slot, 1),
-                                    NotSent;
-                                Sent ->
-                                    Sent
+                                    NotPlaced
                             end;
                         {error, _} = Error ->
                             Error
@@ -530,6 +545,21 @@ send(Target, {Kind, Fields}, Send, Output0) ->
             end;
         {error, _} = Error ->
             Error
+    end,
+    pyport_payloads:cancel(),
+    Result.
+
+%% The frame with its big binaries in the worker's payload file, or (none
+%% free) encoded again with them inside.
+placed(Pool, Slot, Id, Frame, Again) ->
+    case pyport_payloads:place(Pool, Slot, Id, Frame) of
+        {ok, _} = Placed ->
+            Placed;
+        inline ->
+            case Again() of
+                {ok, _, _, _, Inline, _} -> {ok, Inline};
+                {error, _} = Error -> Error
+            end
     end.
 
 %% @doc Decodes an answer the worker's gen_server forwarded undecoded:
@@ -539,8 +569,9 @@ send(Target, {Kind, Fields}, Send, Output0) ->
 decode_reply(Reply, Pool, Slot) ->
     reply(Reply, Pool, Slot).
 
-reply({?RESULT, Rest}, Pool, _Slot) ->
-    case pyport_codec:decode_fields(1, Rest, pyport_pool:decode_limits(Pool)) of
+reply({?RESULT, Rest}, Pool, Slot) ->
+    Limits = pyport_payloads:limits(Pool, Slot, pyport_pool:decode_limits(Pool)),
+    case pyport_codec:decode_fields(1, Rest, Limits) of
         {ok, [Value]} -> {ok, Value};
         {error, _} = Error -> Error
     end;

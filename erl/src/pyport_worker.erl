@@ -569,7 +569,8 @@ sent(#state{sent_here = N, opts = #{max_requests := Max}} = State) ->
 
 %% A request is finished: answer its caller (unless it gave up) and count
 %% it out of the slot.
-finish(abandoned, _Reply, #state{info = #{counters := C}, slot = Slot}) ->
+finish(abandoned, Reply, #state{info = #{counters := C}, slot = Slot} = State) ->
+    pyport_payloads:drop(Reply, State#state.pool, Slot),
     counters:sub(C, Slot, 1);
 finish(Alias, Reply, #state{info = #{counters := C}, slot = Slot}) ->
     Alias ! {Alias, Reply},
@@ -998,6 +999,7 @@ log_error_frame(Rest, #state{log = Log} = State) ->
     {noreply, State#state{log = pyport_worker_log:error_frame(Rest, metadata(State), Log)}}.
 
 answer(Id, Reply, State0) ->
+    pyport_payloads:answered(Id),
     State = case maps:take(Id, State0#state.kill_timers) of
                 {Timer, Timers} ->
                     cancel_timer(Timer),
@@ -1367,12 +1369,15 @@ initialize(#state{opts = #{imports := Imports0, init_code := Code} = Opts} = Sta
     Steps = [S || {Tag, _} = S <- pyport_preload:first_steps(Opts), not (Warm andalso Tag =:= venv)]
         ++ [{{import, M}, <<"import ", M/binary>>} || M <- Imports]
         ++ [{init_code, Code} || Code =/= undefined, not Warm]
-        ++ pyport_preload:later_steps(State0#state.pool, Opts),
+        ++ pyport_preload:later_steps(State0#state.pool, Opts)
+        ++ pyport_payloads:setup(State0#state.pool, State0#state.slot, Opts),
     case Steps of
         [] ->
             ready(State);
         _ ->
-            {noreply, lists:foldl(fun({Step, Src}, S) ->
+            {noreply, lists:foldl(fun({Step, {control, Op, Arg}}, S) ->
+                                          internal_request(?CONTROL, [Op, Arg], {init, Step}, S);
+                                     ({Step, Src}, S) ->
                                           internal_request(?EXEC, [Src, 0], {init, Step}, S)
                                   end, State, Steps)}
     end.
@@ -1682,7 +1687,9 @@ info_map(#state{} = S) ->
 
 %% A dead sandboxed worker's private directory, unless it removed it
 %% itself. In another process: a big tree must not hold up requests.
-remove_workdir(#state{capabilities = Caps, opts = Opts}) ->
+remove_workdir(#state{capabilities = Caps, opts = Opts} = State) ->
+    %% The OS process's payload file goes with it (pyport_payloads).
+    pyport_payloads:teardown(State#state.pool, State#state.slot),
     case pyport_sandbox:workdir(pyport_sandbox:report(Caps), Opts) of
         undefined ->
             ok;
