@@ -152,8 +152,12 @@ PyObject* Payloads::view(uint64_t at, uint64_t length) {
   uint64_t page = uint64_t(::sysconf(_SC_PAGESIZE));
   uint64_t start = at - at % page;
   uint64_t skip = at - start;
-  PyObject* map = PyObject_CallFunction(mmap_type_, "iKiiL", fd_, (unsigned long long)(skip + length),
-                                        MAP_SHARED, PROT_READ, (long long)start);
+  PyObject* args = Py_BuildValue("(iKii)", fd_, (unsigned long long)(skip + length), MAP_SHARED,
+                                 PROT_READ);
+  PyObject* kwargs = args ? Py_BuildValue("{s:L}", "offset", (long long)start) : nullptr;
+  PyObject* map = kwargs ? PyObject_Call(mmap_type_, args, kwargs) : nullptr;
+  Py_XDECREF(args);
+  Py_XDECREF(kwargs);
   if (!map) return nullptr;
   PyObject* whole = PyMemoryView_FromObject(map);
   Py_DECREF(map);

@@ -83,10 +83,10 @@ setup(Pool, Slot, Opts) ->
             Max = maps:get(max_frame_size, Opts),
             SlotSize = (Max + 4095) div 4096 * 4096,
             try create(SlotSize) of
-                {Path, Fd} ->
+                {Path, Fds} ->
                     Token = rand:uniform(1 bsl 62),
                     Atomics = atomics:new(?IN_SLOTS, [{signed, false}]),
-                    true = ets:insert(?TABLE, {{Pool, Slot}, Fd, Token, SlotSize, Atomics, Max,
+                    true = ets:insert(?TABLE, {{Pool, Slot}, Fds, Token, SlotSize, Atomics, Max,
                                                Path}),
                     put(?OWNER, Atomics),
                     [{payloads, {control, <<"payloads">>,
@@ -128,7 +128,14 @@ create(SlotSize) ->
         ok = file:change_mode(Path, 8#600),
         {ok, _} = file:position(Fd, ?HEADER + (?IN_SLOTS + ?OUT_SLOTS) * SlotSize),
         ok = file:truncate(Fd),
-        {Path, Fd}
+        %% One descriptor per region: the raw file NIF refuses (einval) an
+        %% operation on a handle another process is using, and a region
+        %% has one user at a time.
+        Fds = list_to_tuple([Fd | [begin
+                                      {ok, F} = file:open(Path, [raw, read, write, binary]),
+                                      F
+                                  end || _ <- lists:seq(2, ?IN_SLOTS + ?OUT_SLOTS)]]),
+        {Path, Fds}
     catch
         error:Why ->
             _ = file:delete(Path),
@@ -142,8 +149,8 @@ create(SlotSize) ->
 teardown(Pool, Slot) ->
     erase(?OWNER),
     case ets:take(?TABLE, {Pool, Slot}) of
-        [{_, Fd, _, _, _, _, Path}] ->
-            _ = file:close(Fd),
+        [{_, Fds, _, _, _, _, Path}] ->
+            _ = [file:close(Fd) || Fd <- tuple_to_list(Fds)],
             %% The worker unlinked them when it opened the file; not if it
             %% died first.
             _ = file:delete(Path),
@@ -232,11 +239,11 @@ place(Pool, Slot, Id, Frame) ->
 
 lent(Pool, Slot, Id, Total, Blobs, Frame) ->
     case ets:lookup(?TABLE, {Pool, Slot}) of
-        [{_, Fd, Token, SlotSize, Atomics, _, _}] when Total =< SlotSize ->
+        [{_, Fds, Token, SlotSize, Atomics, _, _}] when Total =< SlotSize ->
             case claim(Atomics, Id, ?IN_SLOTS) of
                 {ok, I} ->
                     Base = ?HEADER + (I - 1) * SlotSize,
-                    case file:pwrite(as_mine(Fd), Base, Blobs) of
+                    case file:pwrite(as_mine(element(I, Fds)), Base, Blobs) of
                         ok ->
                             Size = iolist_size(Frame),
                             {ok, [<<16#95, ?LENT>>, int(Id), int(Token), int(Base),
@@ -299,7 +306,7 @@ limits(Pool, Slot, Limits) ->
           {ok, binary(), non_neg_integer()} | {error, {bad_frame, term()}}.
 read(Source, Offset, Length, Left0, Mode) ->
     case ets:lookup(?TABLE, Source) of
-        [{_, Fd, _, SlotSize, _, Max, _}] ->
+        [{_, Fds, _, SlotSize, _, Max, _}] ->
             Left = case Left0 of
                        undefined -> Max;
                        _ -> Left0
@@ -314,7 +321,7 @@ read(Source, Offset, Length, Left0, Mode) ->
                 Offset + Length > Lo + (K + 1) * SlotSize ->
                     {error, {bad_frame, {payload_not_lent, Offset, Length}}};
                 true ->
-                    read_region(Fd, K, Offset, Length, Left, Mode)
+                    read_region(element(?IN_SLOTS + K + 1, Fds), K, Offset, Length, Left, Mode)
             end;
         [] ->
             {error, {bad_frame, {payload_without_file, Offset, Length}}}
