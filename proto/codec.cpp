@@ -56,6 +56,26 @@ PyObject* new_string(const uint8_t* p, size_t n, utf8::Kind kind) {
   }
 }
 
+// Integers of int16 and uint16 range, made once and shared: a decoded list
+// of 10,000 such ints then costs no allocation per element, and freeing
+// it none either (each stays referenced here). Ints are immutable, so
+// sharing them is invisible to Python code (CPython shares -5..256 alike).
+// At most 98,304 objects (about 3 MiB), made as values are first seen.
+constexpr long kIntCacheMin = -32768, kIntCacheMax = 65535;
+PyObject* int_cache[kIntCacheMax - kIntCacheMin + 1];
+
+// A new reference to the int v.
+inline PyObject* small_int_object(long v) {
+  if (v < kIntCacheMin || v > kIntCacheMax) return PyLong_FromLong(v);
+  PyObject*& slot = int_cache[v - kIntCacheMin];
+  if (!slot) {
+    slot = PyLong_FromLong(v);
+    if (!slot) return nullptr;
+  }
+  Py_INCREF(slot);
+  return slot;
+}
+
 // Releases a Py_buffer on scope exit.
 struct BufferView {
   Py_buffer view{};
@@ -79,8 +99,8 @@ class Codec::Decoder {
     size_t start = r.offset();
     uint8_t b = 0;
     if (!r.read_byte(b)) return {};
-    if (b <= 0x7f) return PyRef::steal(PyLong_FromLong(b));
-    if (b >= 0xe0) return PyRef::steal(PyLong_FromLong(int8_t(b)));
+    if (b <= 0x7f) return PyRef::steal(small_int_object(b));
+    if (b >= 0xe0) return PyRef::steal(small_int_object(int8_t(b)));
     if (b <= 0x8f) return map(r, b & 0x0f, depth, start);
     if (b <= 0x9f) return array(r, b & 0x0f, depth, start);
     if (b <= 0xbf) return string(r, b & 0x1f, true, start);
@@ -251,7 +271,7 @@ class Codec::Decoder {
   // One element of a container: value(), with small integers first.
   PyObject* element(mp::Reader& r, int depth) {
     long v;
-    if (small_int(r, v)) return PyLong_FromLong(v);
+    if (small_int(r, v)) return small_int_object(v);
     return value(r, depth).release();
   }
 

@@ -557,8 +557,11 @@ ext_header(_, _, Term) -> error({unsupported_term, Term}).
 %% as d/8 goes on with R1. Inline, so that the match context is kept.
 -define(CHARGE(R1, Count, Terms, Words, Frame),
         case (Terms) =< T andalso (Words) =< W of
-            true -> d(R1, Count, [], D + 1, [Frame | S], C, T - (Terms), W - (Words));
-            false -> charge(R1, Count, Terms, Words, Frame, D, S, C, T, W)
+            true ->
+                {IR, IN, IAcc} = ints(R1, Count, []),
+                d(IR, IN, IAcc, D + 1, [Frame | S], C, T - (Terms), W - (Words));
+            false ->
+                charge(R1, Count, Terms, Words, Frame, D, S, C, T, W)
         end).
 %% A float takes 2 heap words.
 -define(FLOAT(V, R1),
@@ -652,6 +655,20 @@ d(<<_, _/binary>>, _, _, _, _, _, _, _) ->
     ?FAIL(too_deep);
 d(<<>>, _, _, _, _, _, _, _) ->
     ?FAIL_SIZE(truncated, 0).
+
+%% The integers of up to 32 bits at the start of a container's values (a
+%% list of numbers is all of them), read in a loop of three arguments
+%% rather than d/8's eight: they take no heap words beyond the cells the
+%% container was charged. Returns where the others start, for d/8.
+ints(<<B, R/binary>>, N, Acc) when B < 16#80, N > 0 -> ints(R, N - 1, [B | Acc]);
+ints(<<16#cd, V:16, R/binary>>, N, Acc) when N > 0 -> ints(R, N - 1, [V | Acc]);
+ints(<<16#cc, V, R/binary>>, N, Acc) when N > 0 -> ints(R, N - 1, [V | Acc]);
+ints(<<16#ce, V:32, R/binary>>, N, Acc) when N > 0 -> ints(R, N - 1, [V | Acc]);
+ints(<<B, R/binary>>, N, Acc) when B >= 16#e0, N > 0 -> ints(R, N - 1, [B - 16#100 | Acc]);
+ints(<<16#d1, V:16/signed, R/binary>>, N, Acc) when N > 0 -> ints(R, N - 1, [V | Acc]);
+ints(<<16#d2, V:32/signed, R/binary>>, N, Acc) when N > 0 -> ints(R, N - 1, [V | Acc]);
+ints(<<16#d0, V:8/signed, R/binary>>, N, Acc) when N > 0 -> ints(R, N - 1, [V | Acc]);
+ints(Bin, N, Acc) -> {Bin, N, Acc}.
 
 %% A container past a budget, unless its header claims more values than
 %% there are bytes left (each takes at least one): then it is truncated,
