@@ -1,11 +1,15 @@
-"""Hello-world ASGI requests/s, p99 latency and server CPU per request with wrk: a pyport worker
-serving bench/http_hello_app.py (erlang._http, as an HTTP pool's worker
-does) against uvicorn + uvloop + httptools, at 1 and 2 workers, same run,
-same wrk settings. One `NAME VALUE UNIT` line per figure, then the ratio.
+"""Requests/s, p99 latency and server CPU per request with wrk: pyport
+workers serving bench/http_*_app.py (erlang._http, as an HTTP pool's
+workers do) against uvicorn + uvloop + httptools, gunicorn with uvicorn's
+worker class (ASGI figures) and gunicorn's sync worker (WSGI figure), each
+at 1 and 2 workers, same run, same wrk settings. One `NAME VALUE UNIT` line
+per figure, beside its peers, then one ratio line per peer.
 
     /usr/bin/python3 bench/http_bench.py [SECONDS] [CONNECTIONS] [ROUNDS]
 
-Skips (with a message) when wrk or uvicorn is missing.
+HTTP_BENCH_ONLY=hello,post,wsgi,fastapi,ws,idle runs only those figures.
+Skips (with a message) when wrk or uvicorn is missing, and leaves out a
+peer (saying why) that is not installed.
 """
 import os
 import re
@@ -125,9 +129,9 @@ class Uvicorn:
 class Gunicorn(Uvicorn):
     """gunicorn's sync worker (WSGI)."""
 
-    def __init__(self, workers: int, app: str) -> None:
+    def __init__(self, workers: int, app: str, worker_class: str = "sync") -> None:
         self.port = free_port()
-        self.p = subprocess.Popen(["/usr/bin/python3", "-m", "gunicorn", "-k", "sync", "-w",
+        self.p = subprocess.Popen(["/usr/bin/python3", "-m", "gunicorn", "-k", worker_class, "-w",
                                    str(workers), "-b", f"127.0.0.1:{self.port}",
                                    "--log-level", "warning", app], cwd=HERE)
         wait_listening(self.port)
@@ -141,17 +145,52 @@ class Gunicorn(Uvicorn):
         self.pids = [self.p.pid, *kids]
 
 
+class GunicornUvicorn(Gunicorn):
+    """gunicorn's arbiter with uvicorn's worker class (ASGI):
+    `-k uvicorn.workers.UvicornWorker` (uvloop and httptools: its `auto')."""
+
+    def __init__(self, workers: int, app: str) -> None:
+        Gunicorn.__init__(self, workers, app, "uvicorn.workers.UvicornWorker")
+
+
+def _importable(code: str) -> bool:
+    return subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True).returncode == 0
+
+
+# Why a peer is left out, once: None when it runs.
+_MISSING: dict[str, str] = {}
+
+
+def missing(peer: str) -> str:
+    if peer not in _MISSING:
+        if peer == "gunicorn_sync":
+            ok = _importable("import gunicorn")
+            why = "gunicorn not installed (apt-get install gunicorn)"
+        else:  # gunicorn_uvicorn
+            ok = _importable("import gunicorn, uvloop, httptools\n"
+                             "from uvicorn.workers import UvicornWorker")
+            why = ("gunicorn + uvicorn.workers.UvicornWorker not importable "
+                   "(apt-get install gunicorn python3-uvicorn)")
+        _MISSING[peer] = "" if ok else why
+    return _MISSING[peer]
+
+
 def measure(workers: int, seconds: int, connections: int, rounds: int,
             figure: str = "hello", app: str = "http_hello_app:app", path: str = "/",
             post: bool = False, wsgi: bool = False) -> None:
+    servers = {"pyport": Pyport(workers, app)}
     if wsgi:
-        servers = {"pyport": Pyport(workers, app),
-                   "uvicorn_uvloop": Uvicorn(workers, app, "wsgi")}
-        if shutil.which("gunicorn") or subprocess.run(
-                ["/usr/bin/python3", "-c", "import gunicorn"], capture_output=True).returncode == 0:
-            servers["gunicorn_sync"] = Gunicorn(workers, app)
+        servers["uvicorn_uvloop"] = Uvicorn(workers, app, "wsgi")
+        peers = [("gunicorn_sync", Gunicorn)]
     else:
-        servers = {"pyport": Pyport(workers, app), "uvicorn_uvloop": Uvicorn(workers, app)}
+        servers["uvicorn_uvloop"] = Uvicorn(workers, app)
+        peers = [("gunicorn_uvicorn", GunicornUvicorn)]
+    for name, cls in peers:
+        why = missing(name)
+        if why:
+            print(f"# http_bench: http_{figure}_{workers}w_{name} skipped: {why}", flush=True)
+        else:
+            servers[name] = cls(workers, app)
     try:
         for s in servers.values():
             status = urllib.request.urlopen(
@@ -179,22 +218,24 @@ def measure(workers: int, seconds: int, connections: int, rounds: int,
     for name in servers:
         print(f"{tag}_{name}_cpu {best[name][2]:.1f} us/request", flush=True)
     ours = best["pyport"]
-    for name, peer in (("uvicorn_uvloop", "uvicorn"), ("gunicorn_sync", "gunicorn")):
+    for name, peer in (("uvicorn_uvloop", "uvicorn"), ("gunicorn_uvicorn", "gunicorn_uvicorn"),
+                       ("gunicorn_sync", "gunicorn")):
         if name in best:
             theirs = best[name]
             print(f"{tag}_pyport_vs_{peer} {ours[0] / theirs[0]:.2f} ratio", flush=True)
             print(f"{tag}_pyport_vs_{peer}_cpu {theirs[2] / ours[2]:.2f} ratio", flush=True)
 
 
-def ws_echo(seconds: int, connections: int, rounds: int) -> None:
-    """WebSocket echo, 64 B messages, `connections` connections, 1 worker:
-    pyport against uvicorn + websockets (bench/ws_load.py drives both)."""
+def ws_echo(seconds: int, connections: int, rounds: int, workers: int = 1) -> None:
+    """WebSocket echo, 64 B messages, `connections` connections, `workers`
+    workers: pyport against uvicorn + websockets (bench/ws_load.py drives
+    both)."""
     if subprocess.run(["/usr/bin/python3", "-c", "import websockets"],
                       capture_output=True).returncode != 0:
         print("# http_bench: WebSocket figure skipped (apt-get install python3-websockets)")
         return
-    servers = {"pyport": Pyport(1, "http_ws_app:app"),
-               "uvicorn_websockets": Uvicorn(1, "http_ws_app:app", "asgi3",
+    servers = {"pyport": Pyport(workers, "http_ws_app:app"),
+               "uvicorn_websockets": Uvicorn(workers, "http_ws_app:app", "asgi3",
                                              ("--ws", "websockets"))}
     load = os.path.join(HERE, "ws_load.py")
 
@@ -220,7 +261,7 @@ def ws_echo(seconds: int, connections: int, rounds: int) -> None:
     finally:
         for s in servers.values():
             s.close()
-    tag = "http_ws_echo_64b_1w"
+    tag = f"http_ws_echo_64b_{workers}w"
     for name in servers:
         print(f"{tag}_{name} {best[name][0]:.0f} msg/s", flush=True)
     for name in servers:
@@ -309,19 +350,32 @@ def main(argv: list[str]) -> None:
         print("# http_bench: skipped, uvicorn/uvloop/httptools missing "
               "(apt-get install python3-uvicorn python3-uvloop python3-httptools)")
         return
-    for workers in (1, 2):
-        measure(workers, seconds, connections, rounds)
-    measure(1, seconds, connections, rounds, "post_1k_echo", "http_hello_app:echo", "/", True)
-    measure(1, seconds, connections, rounds, "wsgi_hello", "http_hello_app:wsgi", wsgi=True)
-    if subprocess.run(["/usr/bin/python3", "-c", "import fastapi"],
-                      capture_output=True).returncode == 0:
-        measure(1, seconds, connections, rounds, "fastapi_json", "http_fastapi_app:app",
-                "/items/42?q=x")
-    else:
+    only = set(filter(None, os.environ.get("HTTP_BENCH_ONLY", "").split(",")))
+
+    def want(figure: str) -> bool:
+        return not only or figure in only
+
+    has_fastapi = _importable("import fastapi")
+    if want("fastapi") and not has_fastapi:
         print("# http_bench: FastAPI figure skipped (apt-get install python3-fastapi)")
-    ws_echo(seconds, connections, rounds)
-    idle_memory(2000)
-    idle_ws_memory(1000)
+    # Every figure at 1 and 2 workers, each beside its peers.
+    for workers in (1, 2):
+        if want("hello"):
+            measure(workers, seconds, connections, rounds)
+        if want("post"):
+            measure(workers, seconds, connections, rounds, "post_1k_echo", "http_hello_app:echo",
+                    "/", True)
+        if want("wsgi"):
+            measure(workers, seconds, connections, rounds, "wsgi_hello", "http_hello_app:wsgi",
+                    wsgi=True)
+        if want("fastapi") and has_fastapi:
+            measure(workers, seconds, connections, rounds, "fastapi_json", "http_fastapi_app:app",
+                    "/items/42?q=x")
+        if want("ws"):
+            ws_echo(seconds, connections, rounds, workers)
+    if want("idle"):
+        idle_memory(2000)
+        idle_ws_memory(1000)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@
 #include <climits>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <new>
 #include <string>
+#include <string_view>
 
 #include "py_ref.hpp"
 
@@ -302,7 +304,17 @@ int on_headers_complete(http_parser* p) {
       PyRef::steal(self->scope_template ? PyDict_Copy(self->scope_template) : PyDict_New());
   PyRef raw = PyRef::steal(PyBytes_FromStringAndSize(path, static_cast<Py_ssize_t>(path_len)));
   PyRef qs = PyRef::steal(PyBytes_FromStringAndSize(query, static_cast<Py_ssize_t>(query_len)));
-  PyRef extensions = PyRef::steal(PyDict_New());
+  // Each request its own extensions dict (an app may add to it): the
+  // template's extensions (those the server implements), copied.
+  PyObject* ext_template = self->scope_template
+                               ? PyDict_GetItemWithError(self->scope_template, keys[kKeyExtensions])
+                               : nullptr;
+  if (!ext_template && PyErr_Occurred()) {
+    self->python_error = true;
+    return 1;
+  }
+  PyRef extensions = PyRef::steal(
+      ext_template && PyDict_Check(ext_template) ? PyDict_Copy(ext_template) : PyDict_New());
   PyObject* method = method_name(p->method);
   if (!scope || !raw || !qs || !extensions || !method ||
       PyDict_SetItem(scope.get(), keys[kKeyMethod], method) < 0 ||
@@ -520,31 +532,65 @@ bool has_crlf(const char* p, Py_ssize_t n) {
 
 enum HeadFlags { kChunkedDeclared = 1, kClose = 2 };
 
-// response_head(status, reason, headers, date) -> (head, content_length, flags):
+// The Date header's value (RFC 9110 5.6.7's IMF-fixdate), formatted once a
+// second. Callers hold the GIL, which guards the cache. Fixed English
+// names: strftime's %a/%b would follow the process's locale.
+std::string_view http_date() {
+  static std::time_t cached = -1;
+  static char buf[40];
+  static size_t len = 0;
+  std::time_t now = std::time(nullptr);
+  if (now != cached) {
+    static const char* const days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+    static const char* const months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                         "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    std::tm tm{};
+    gmtime_r(&now, &tm);
+    int n = std::snprintf(buf, sizeof buf, "%s, %02d %s %04d %02d:%02d:%02d GMT", days[tm.tm_wday],
+                          tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
+                          tm.tm_sec);
+    len = n > 0 && static_cast<size_t>(n) < sizeof buf ? static_cast<size_t>(n) : 0;
+    cached = now;
+  }
+  return std::string_view(buf, len);
+}
+
+// response_head(status, reason, headers[, date]) -> (head, content_length, flags):
 // the status line and header lines of an ASGI http.response.start, without
 // the blank line. `connection` headers are left out (flags & 2: the app
-// asked to close), `date` added unless the app set one; content_length is
-// the app's Content-Length (-1: none); flags & 1: it set Transfer-Encoding.
+// asked to close), `date` added unless the app set one (without the
+// argument: the current time's); content_length is the app's
+// Content-Length (-1: none); flags & 1: it set Transfer-Encoding.
 PyObject* response_head(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 4) {
-    PyErr_SetString(PyExc_TypeError, "response_head(status, reason, headers, date)");
+  if (nargs != 3 && nargs != 4) {
+    PyErr_SetString(PyExc_TypeError, "response_head(status, reason, headers[, date])");
     return nullptr;
   }
   long status = PyLong_AsLong(args[0]);
   if (status == -1 && PyErr_Occurred()) return nullptr;
+  if (status < 100 || status > 999) {
+    PyErr_Format(PyExc_ValueError, "bad status %ld", status);
+    return nullptr;
+  }
   char* reason;
   Py_ssize_t reason_len;
-  char* date;
-  Py_ssize_t date_len;
-  if (PyBytes_AsStringAndSize(args[1], &reason, &reason_len) < 0 ||
-      PyBytes_AsStringAndSize(args[3], &date, &date_len) < 0) {
-    return nullptr;
+  if (PyBytes_AsStringAndSize(args[1], &reason, &reason_len) < 0) return nullptr;
+  std::string_view date;
+  if (nargs == 4) {
+    char* p;
+    Py_ssize_t n;
+    if (PyBytes_AsStringAndSize(args[3], &p, &n) < 0) return nullptr;
+    date = std::string_view(p, static_cast<size_t>(n));
+  } else {
+    date = http_date();
   }
   std::string head;
   head.reserve(256);
-  char line[32];
-  int n = std::snprintf(line, sizeof line, "HTTP/1.1 %ld ", status);
-  head.append(line, static_cast<size_t>(n));
+  head.append("HTTP/1.1 ");
+  head.push_back(static_cast<char>('0' + status / 100));
+  head.push_back(static_cast<char>('0' + status / 10 % 10));
+  head.push_back(static_cast<char>('0' + status % 10));
+  head.push_back(' ');
   head.append(reason, static_cast<size_t>(reason_len));
   head.append("\r\n");
   long long content_length = -1;
@@ -605,17 +651,21 @@ PyObject* response_head(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   }
   if (!has_date) {
     head.append("date: ");
-    head.append(date, static_cast<size_t>(date_len));
+    head.append(date.data(), date.size());
     head.append("\r\n");
   }
-  return Py_BuildValue("(y#Li)", head.data(), static_cast<Py_ssize_t>(head.size()), content_length,
-                       flags);
+  PyRef bytes =
+      PyRef::steal(PyBytes_FromStringAndSize(head.data(), static_cast<Py_ssize_t>(head.size())));
+  PyRef length = PyRef::steal(PyLong_FromLongLong(content_length));
+  PyRef flag_obj = PyRef::steal(PyLong_FromLong(flags));
+  if (!bytes || !length || !flag_obj) return nullptr;
+  return PyTuple_Pack(3, bytes.get(), length.get(), flag_obj.get());
 }
 
 PyMethodDef module_methods[] = {
     {"response_head", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(response_head)),
      METH_FASTCALL,
-     "response_head(status, reason, headers, date) -> (head, content_length, flags)"},
+     "response_head(status, reason, headers[, date]) -> (head, content_length, flags)"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {

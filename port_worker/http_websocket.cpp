@@ -2,6 +2,7 @@
 #include "http_websocket.hpp"
 
 #include <wslay/wslay.h>
+#include <zlib.h>
 
 #include <cstring>
 #include <memory>
@@ -20,10 +21,38 @@ struct ContextDeleter {
 };
 using ContextPtr = std::unique_ptr<wslay_event_context, ContextDeleter>;
 
+// permessage-deflate (RFC 7692) as negotiated by _websocket.py: raw
+// deflate streams (no zlib header), each message ending with a sync flush
+// whose 00 00 FF FF tail is left off the wire. The zlib streams are made
+// on first use (a deflater is ~256 KiB), and the deflater is freed after
+// each message under server_no_context_takeover.
+struct Deflate {
+  bool no_context = false;  // server_no_context_takeover
+  int window_bits = 15;     // server_max_window_bits (9..15)
+  z_stream def{};
+  bool def_open = false;
+  z_stream inf{};
+  bool inf_open = false;
+
+  Deflate() = default;
+  Deflate(const Deflate&) = delete;
+  Deflate& operator=(const Deflate&) = delete;
+  ~Deflate() {
+    if (def_open) deflateEnd(&def);
+    if (inf_open) inflateEnd(&inf);
+  }
+};
+
+// Messages shorter than this go uncompressed (RSV1 clear; RFC 7692 6):
+// deflate would not make them smaller.
+constexpr size_t kDeflateMin = 64;
+
 // The C++ side of a Session. Python objects are only touched from
 // wslay's callbacks while feed() runs, under the GIL.
 struct State {
   ContextPtr ctx;
+  std::unique_ptr<Deflate> pmd;  // null: no permessage-deflate
+  unsigned long long max_message = 0;
   const uint8_t* in = nullptr;  // the bytes of the feed() in progress
   size_t in_len = 0;
   std::string out;             // frames to write, taken by the caller
@@ -72,12 +101,67 @@ bool append(State* st, PyObject* event) {
   return rc == 0;
 }
 
+enum class Inflated { kOk, kTooBig, kBad };
+
+// A compressed message's payload, inflated into `out` (at most `max`
+// bytes when max > 0: a small frame may inflate to gigabytes).
+Inflated inflate_message(Deflate* d, const uint8_t* data, size_t len, unsigned long long max,
+                         std::string* out) noexcept {
+  if (!d->inf_open) {
+    if (inflateInit2(&d->inf, -15) != Z_OK) return Inflated::kBad;
+    d->inf_open = true;
+  }
+  static const uint8_t kTail[4] = {0, 0, 0xff, 0xff};
+  uint8_t buf[16384];
+  for (int part = 0; part < 2; ++part) {
+    d->inf.next_in = const_cast<uint8_t*>(part == 0 ? data : kTail);
+    d->inf.avail_in = static_cast<uInt>(part == 0 ? len : sizeof kTail);
+    do {
+      d->inf.next_out = buf;
+      d->inf.avail_out = sizeof buf;
+      int rc = inflate(&d->inf, Z_SYNC_FLUSH);
+      if (rc != Z_OK && rc != Z_BUF_ERROR && rc != Z_STREAM_END) return Inflated::kBad;
+      size_t got = sizeof buf - d->inf.avail_out;
+      if (max && out->size() + got > max) return Inflated::kTooBig;
+      try {
+        out->append(reinterpret_cast<const char*>(buf), got);
+      } catch (...) {
+        return Inflated::kTooBig;
+      }
+      if (rc == Z_STREAM_END) {
+        // A final block (BFINAL) ended the stream: the next message
+        // starts a new one.
+        inflateReset(&d->inf);
+        return Inflated::kOk;
+      }
+      if (rc == Z_BUF_ERROR && got == 0) break;  // needs more input
+    } while (d->inf.avail_in > 0 || d->inf.avail_out == 0);
+  }
+  return Inflated::kOk;
+}
+
 void on_msg_cb(wslay_event_context_ptr ctx, const wslay_event_on_msg_recv_arg* arg,
                void* user) noexcept {
   auto* st = static_cast<State*>(user);
   if (st->python_error || !st->events) return;
   const char* data = reinterpret_cast<const char*>(arg->msg);
   auto len = static_cast<Py_ssize_t>(arg->msg_length);
+  std::string inflated;
+  if ((arg->rsv & WSLAY_RSV1_BIT) && st->pmd &&
+      (arg->opcode == WSLAY_TEXT_FRAME || arg->opcode == WSLAY_BINARY_FRAME)) {
+    switch (inflate_message(st->pmd.get(), arg->msg, arg->msg_length, st->max_message, &inflated)) {
+      case Inflated::kOk:
+        break;
+      case Inflated::kTooBig:
+        fail_connection(ctx, WSLAY_CODE_MESSAGE_TOO_BIG, "message too big (inflated)");
+        return;
+      case Inflated::kBad:
+        fail_connection(ctx, WSLAY_CODE_PROTOCOL_ERROR, "bad permessage-deflate data");
+        return;
+    }
+    data = inflated.data();
+    len = static_cast<Py_ssize_t>(inflated.size());
+  }
   PyObject* event = nullptr;
   switch (arg->opcode) {
     case WSLAY_TEXT_FRAME: {
@@ -99,7 +183,7 @@ void on_msg_cb(wslay_event_context_ptr ctx, const wslay_event_on_msg_recv_arg* a
       event = Py_BuildValue("(iy#)", static_cast<int>(kBinary), data, len);
       break;
     case WSLAY_CONNECTION_CLOSE: {
-      int code = arg->status_code ? arg->status_code : WSLAY_CODE_NO_STATUS_RCVD;
+      int code = arg->status_code ? arg->status_code : static_cast<int>(WSLAY_CODE_NO_STATUS_RCVD);
       const char* reason = len > 2 ? data + 2 : "";
       Py_ssize_t reason_len = len > 2 ? len - 2 : 0;
       event = Py_BuildValue("(iiN)", static_cast<int>(kClose), code,
@@ -112,7 +196,7 @@ void on_msg_cb(wslay_event_context_ptr ctx, const wslay_event_on_msg_recv_arg* a
   if (!append(st, event)) st->python_error = true;
 }
 
-bool make_context(State* st, unsigned long long max_message) {
+bool make_context(State* st, unsigned long long max_message, bool deflate) {
   wslay_event_callbacks callbacks{};
   callbacks.recv_callback = recv_cb;
   callbacks.send_callback = send_cb;
@@ -120,9 +204,12 @@ bool make_context(State* st, unsigned long long max_message) {
   wslay_event_context_ptr raw = nullptr;
   if (wslay_event_context_server_init(&raw, &callbacks, st) != 0) return false;
   st->ctx.reset(raw);
-  // No extension is negotiated: a frame with RSV bits set is a protocol error.
-  wslay_event_config_set_allowed_rsv_bits(raw, WSLAY_RSV_NONE);
+  // RSV1 only with permessage-deflate; any other RSV bit is a protocol error.
+  wslay_event_config_set_allowed_rsv_bits(raw, deflate ? WSLAY_RSV1_BIT : WSLAY_RSV_NONE);
+  // Compressed, a message is bounded after inflating (inflate_message),
+  // and its frames are not larger than it: the same bound holds.
   if (max_message) wslay_event_config_set_max_recv_msg_length(raw, max_message);
+  st->max_message = max_message;
   return true;
 }
 
@@ -146,14 +233,32 @@ State* state_of(PyObject* obj) {
 
 int session_init(PyObject* obj, PyObject* args, PyObject* kwargs) {
   auto* self = reinterpret_cast<SessionObject*>(obj);
-  static const char* kw[] = {"max_message_size", nullptr};
+  static const char* kw[] = {"max_message_size", "deflate", nullptr};
   unsigned long long max_message = 16ULL << 20;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|K", const_cast<char**>(kw), &max_message)) {
+  PyObject* deflate = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|KO", const_cast<char**>(kw), &max_message,
+                                   &deflate)) {
+    return -1;
+  }
+  // deflate: None, or (server_no_context_takeover, server_max_window_bits).
+  int no_context = 0;
+  int window_bits = 15;
+  bool pmd = deflate != Py_None;
+  if (pmd && !PyArg_ParseTuple(deflate, "pi", &no_context, &window_bits)) return -1;
+  if (pmd && (window_bits < 9 || window_bits > 15)) {
+    PyErr_SetString(PyExc_ValueError, "server_max_window_bits: 9..15 (zlib makes 8 into 9)");
     return -1;
   }
   delete self->st;
   self->st = new (std::nothrow) State();
-  if (!self->st || !make_context(self->st, max_message)) {
+  if (self->st && pmd) {
+    self->st->pmd.reset(new (std::nothrow) Deflate());
+    if (self->st->pmd) {
+      self->st->pmd->no_context = no_context != 0;
+      self->st->pmd->window_bits = window_bits;
+    }
+  }
+  if (!self->st || (pmd && !self->st->pmd) || !make_context(self->st, max_message, pmd)) {
     delete self->st;
     self->st = nullptr;
     PyErr_NoMemory();
@@ -196,11 +301,56 @@ PyObject* session_feed(PyObject* obj, PyObject* arg) {
   return events.release();
 }
 
+// A message deflated into `out`, the sync flush's tail left off.
+bool deflate_message(Deflate* d, const char* data, size_t len, std::string* out) noexcept {
+  if (!d->def_open) {
+    if (deflateInit2(&d->def, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -d->window_bits, 8,
+                     Z_DEFAULT_STRATEGY) != Z_OK) {
+      return false;
+    }
+    d->def_open = true;
+  }
+  d->def.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data));
+  d->def.avail_in = static_cast<uInt>(len);
+  uint8_t buf[16384];
+  do {
+    d->def.next_out = buf;
+    d->def.avail_out = sizeof buf;
+    if (deflate(&d->def, Z_SYNC_FLUSH) == Z_STREAM_ERROR) return false;
+    try {
+      out->append(reinterpret_cast<const char*>(buf), sizeof buf - d->def.avail_out);
+    } catch (...) {
+      return false;
+    }
+  } while (d->def.avail_out == 0);
+  if (out->size() >= 4 && out->compare(out->size() - 4, 4, "\x00\x00\xff\xff", 4) == 0) {
+    out->resize(out->size() - 4);
+  }
+  if (d->no_context) {
+    deflateEnd(&d->def);  // a fresh stream per message: no window kept
+    d->def_open = false;
+  }
+  return true;
+}
+
 PyObject* queue(PyObject* obj, uint8_t opcode, const char* data, Py_ssize_t len) {
   State* st = state_of(obj);
   if (!st) return nullptr;
+  std::string packed;
+  uint8_t rsv = WSLAY_RSV_NONE;
+  if (st->pmd && (opcode == WSLAY_TEXT_FRAME || opcode == WSLAY_BINARY_FRAME) &&
+      static_cast<size_t>(len) >= kDeflateMin &&
+      static_cast<unsigned long long>(len) <= 0xffffffffULL) {
+    if (!deflate_message(st->pmd.get(), data, static_cast<size_t>(len), &packed)) {
+      PyErr_SetString(PyExc_MemoryError, "permessage-deflate: deflate failed");
+      return nullptr;
+    }
+    data = packed.data();
+    len = static_cast<Py_ssize_t>(packed.size());
+    rsv = WSLAY_RSV1_BIT;
+  }
   wslay_event_msg msg{opcode, reinterpret_cast<const uint8_t*>(data), static_cast<size_t>(len)};
-  int rc = wslay_event_queue_msg(st->ctx.get(), &msg);
+  int rc = wslay_event_queue_msg_ex(st->ctx.get(), &msg, rsv);
   if (rc == WSLAY_ERR_NO_MORE_MSG) {
     PyErr_SetString(PyExc_RuntimeError, "the WebSocket is closing: no more messages");
     return nullptr;
@@ -224,6 +374,24 @@ PyObject* session_send_bytes(PyObject* obj, PyObject* arg) {
   if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return nullptr;
   PyObject* out = queue(obj, WSLAY_BINARY_FRAME, static_cast<const char*>(view.buf), view.len);
   PyBuffer_Release(&view);
+  return out;
+}
+
+// ping(payload=b"") -> bytes: a ping frame (the idle check of
+// _websocket.py); RFC 6455 5.5: a control frame's payload is at most 125.
+PyObject* session_ping(PyObject* obj, PyObject* args) {
+  Py_buffer view;
+  view.buf = nullptr;
+  view.len = 0;
+  view.obj = nullptr;
+  if (!PyArg_ParseTuple(args, "|y*", &view)) return nullptr;
+  if (view.len > 125) {
+    PyBuffer_Release(&view);
+    PyErr_SetString(PyExc_ValueError, "a ping payload is at most 125 bytes");
+    return nullptr;
+  }
+  PyObject* out = queue(obj, WSLAY_PING, static_cast<const char*>(view.buf), view.len);
+  if (view.obj) PyBuffer_Release(&view);
   return out;
 }
 
@@ -287,6 +455,7 @@ PyMethodDef session_methods[] = {
     {"send_text", session_send_text, METH_O, "send_text(str) -> bytes to write"},
     {"send_bytes", session_send_bytes, METH_O, "send_bytes(bytes) -> bytes to write"},
     {"close", session_close, METH_VARARGS, "close(code=1000, reason='') -> bytes to write"},
+    {"ping", session_ping, METH_VARARGS, "ping(payload=b'') -> bytes to write"},
     {"output", session_output, METH_NOARGS, "output() -> the frames wslay queued itself"},
     {nullptr, nullptr, 0, nullptr}};
 

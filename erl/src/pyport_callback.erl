@@ -17,6 +17,7 @@
 
 -export([request/3, notify/2, schedule_check/2, schedule_cast/3, schedule_erlang/2,
          encode_reply/2, reply_frame/3]).
+-export([caller/0]).
 
 -export_type([context/0, action/0]).
 
@@ -54,8 +55,12 @@ request(Id, Rest, Ctx) ->
     end.
 
 op(<<"call">>, [Name, Args], Id, Ctx) when is_list(Args) ->
+    Caller = caller_of(Ctx),
     in_process(Id, Ctx, ["erlang.call(", quoted(Name), ")"], infinity,
-               fun() -> call_result(pyport_registry:call(Name, Args)) end);
+               fun() ->
+                       put('$pyport_caller', Caller),
+                       call_result(pyport_registry:call(Name, Args))
+               end);
 op(<<"registered">>, [Name], _Id, #{grants := Grants}) ->
     %% A function the pool is not granted is not there for it.
     {reply, {ok, pyport_grants:function(Name, Grants) =:= ok
@@ -129,6 +134,20 @@ op(<<"handle">>, [Verb, Token, HArgs], Id, Ctx) when is_list(HArgs) ->
     end;
 op(Op, Args, _Id, _Ctx) ->
     {reply, bad_request(<<"unknown request or wrong arguments">>, {Op, Args})}.
+
+%% @doc In a registered function run for `erlang.call' from Python: the
+%% worker whose port the call came through, as its owner knows it (not as
+%% the worker says), so a function can check who asks; `undefined'
+%% elsewhere.
+-spec caller() -> #{pool := atom(), slot := pos_integer(), os_pid := integer() | undefined,
+                    port := port()} | undefined.
+caller() ->
+    get('$pyport_caller').
+
+caller_of(#{port := Port, meta := #{pyport_pool := Pool, pyport_slot := Slot} = Meta}) ->
+    #{pool => Pool, slot => Slot, os_pid => maps:get(os_pid, Meta, undefined), port => Port};
+caller_of(_) ->
+    undefined.
 
 %% @doc Serves `[20, 0, Op, Args]': what needs no answer. The owner ends
 %% the subscriptions of a mailbox when told to.

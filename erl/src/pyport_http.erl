@@ -31,6 +31,7 @@
                     max_body, header_timeout, body_timeout, keepalive_timeout, write_timeout, request_timeout, backlog,
                     root_path, lifespan, access_log, interface, wsgi_threads, mounts,
                     hooks, hook_timeout, websocket_max_message_size,
+                    websocket_ping_interval, websocket_ping_timeout, websocket_compress,
                     certfile, keyfile, cacertfile, verify]).
 
 -define(REGISTRY(Name), {?MODULE, Name}).
@@ -85,13 +86,17 @@ maybe_start(Name, Http, Pool0) ->
                     Handoff = pyport_http_reload:handoff_dir(Name),
                     %% max_requests counts HTTP requests (the worker asks
                     %% for its graceful recycle), not the pool's calls.
+                    %% max_rss: the pool's own recycle would close the
+                    %% listener as a crash does; pyport_http_rss replaces
+                    %% the worker through the hand-off instead.
+                    {MaxRss, Pool1b} = pyport_http_rss:split(Pool1),
                     {Server1, Pool2} =
-                        case Pool1 of
+                        case Pool1b of
                             #{max_requests := Max} when is_integer(Max), Max > 0 ->
                                 pyport_http_reload:install(),
-                                {Server#{max_requests => Max}, maps:remove(max_requests, Pool1)};
+                                {Server#{max_requests => Max}, maps:remove(max_requests, Pool1b)};
                             #{} ->
-                                {Server, Pool1}  % infinity, or a bad value the pool refuses
+                                {Server, Pool1b}  % infinity, or a bad value the pool refuses
                         end,
                     Pool = Pool2#{
                              init_code => init_code(maps:get(init_code, Pool1, undefined), App, Bind,
@@ -104,7 +109,7 @@ maybe_start(Name, Http, Pool0) ->
                         #{} ->
                             ok
                     end,
-                    case start_pool(Name, App, Bind, Handoff, Pool) of
+                    case start_pool(Name, App, Bind, Handoff, Pool, MaxRss) of
                         {ok, _} = Ok ->
                             Ok;
                         {error, _} = Error ->
@@ -119,7 +124,7 @@ maybe_start(Name, Http, Pool0) ->
             Error
     end.
 
-start_pool(Name, App, Bind, Handoff, Pool) ->
+start_pool(Name, App, Bind, Handoff, Pool, MaxRss) ->
     case pyport:start_pool(Name, Pool) of
         {ok, Pid} ->
             %% Each worker listens once its lifespan startup is done: wait
@@ -127,8 +132,10 @@ start_pool(Name, App, Bind, Handoff, Pool) ->
             Timeout = maps:get(start_timeout, Pool, ?START_TIMEOUT_MS),
             case wait_serving(Name, Timeout) of
                 ok ->
+                    Watcher = pyport_http_rss:start(Name, Pid, MaxRss, Handoff),
                     persistent_term:put(?REGISTRY(Name), #{app => App, bind => Bind,
-                                                           handoff => Handoff}),
+                                                           handoff => Handoff,
+                                                           rss_watcher => Watcher}),
                     {ok, Pid};
                 {error, Reason} ->
                     _ = pyport:stop_pool(Name),
@@ -194,6 +201,7 @@ stop(Name) when is_atom(Name) ->
                 {error, _} ->
                     ok
             end,
+            pyport_http_rss:stop(maps:get(rss_watcher, Reg, undefined)),
             _ = pyport:stop_pool(Name),
             pyport_http_reload:stop_holder(Name),
             pyport_http_reload:remove_dir(maps:get(handoff, Reg, undefined)),
@@ -225,7 +233,7 @@ info(Name) when is_atom(Name) ->
         Info ->
             case pyport:pool_info(Name) of
                 {ok, #{workers := Workers}} ->
-                    {ok, (maps:without([handoff], Info))#{workers => Workers}};
+                    {ok, (maps:without([handoff, rss_watcher], Info))#{workers => Workers}};
                 {error, _} -> {error, {no_http, Name}}
             end
     end.
@@ -308,6 +316,13 @@ check_server(Name, [{wsgi_threads, N} | T], Acc) when is_integer(N), N > 0, N =<
 check_server(Name, [{websocket_max_message_size, N} | T], Acc)
   when is_integer(N), N >= 0, N < 1 bsl 40 ->
     check_server(Name, T, Acc#{websocket_max_message_size => N});
+check_server(Name, [{K, infinity} | T], Acc)
+  when K =:= websocket_ping_interval; K =:= websocket_ping_timeout ->
+    check_server(Name, T, Acc#{K => none});
+check_server(Name, [{K, Ms} | T], Acc)
+  when (K =:= websocket_ping_interval orelse K =:= websocket_ping_timeout),
+       is_integer(Ms), Ms > 0, Ms =< 16#FFFFFFFF ->
+    check_server(Name, T, Acc#{K => {float, Ms / 1000}});
 check_server(Name, [{hooks, Hooks} | T], Acc) ->
     case pyport_http_hooks:check(Name, Hooks) of
         {ok, []} -> check_server(Name, T, Acc);
@@ -316,6 +331,8 @@ check_server(Name, [{hooks, Hooks} | T], Acc) ->
     end;
 check_server(Name, [{hook_timeout, Ms} | T], Acc) when is_integer(Ms), Ms > 0, Ms =< 600000 ->
     check_server(Name, T, Acc#{hook_timeout => {float, Ms / 1000}});
+check_server(Name, [{websocket_compress, B} | T], Acc) when is_boolean(B) ->
+    check_server(Name, T, Acc#{websocket_compress => B});
 check_server(Name, [{access_log, B} | T], Acc) when is_boolean(B) ->
     check_server(Name, T, Acc#{access_log => B});
 check_server(Name, [{request_timeout, infinity} | T], Acc) ->
@@ -396,9 +413,21 @@ probe(Name, Bind) ->
 
 %% The worker's init code: the pool's own first, then the server's start.
 %% Strings travel hex-encoded, so no quoting can break out of the literal.
-init_code(User, App, Bind, Server) ->
+init_code(User, App, Bind, Server0) ->
+    %% The WebSocket idle check and compression are erlang._websocket's,
+    %% set before the start.
+    WsKeys = [websocket_ping_interval, websocket_ping_timeout, websocket_compress],
+    Ws = maps:with(WsKeys, Server0),
+    Server = maps:without(WsKeys, Server0),
     Opts = [["'", atom_to_binary(K), "': ", py_value(V), ", "] || {K, V} <- maps:to_list(Server)],
-    Start = iolist_to_binary(["import erlang._http\n",
+    Configure = case map_size(Ws) of
+                    0 -> [];
+                    _ -> ["import erlang._websocket as _ws\n_ws.configure(",
+                          py_value(maps:get(websocket_ping_interval, Ws, {float, 20.0})), ", ",
+                          py_value(maps:get(websocket_ping_timeout, Ws, {float, 20.0})), ", ",
+                          py_value(maps:get(websocket_compress, Ws, false)), ")\n"]
+                end,
+    Start = iolist_to_binary([Configure, "import erlang._http\n",
                               "erlang._http.start(", py_str(App), ", ", py_str(Bind), ", {",
                               Opts, "})\n"]),
     case pyport_config:to_binary(User) of
@@ -408,6 +437,7 @@ init_code(User, App, Bind, Server) ->
 
 py_value({float, F}) -> float_to_binary(F, [short]);
 py_value(true) -> <<"True">>;
+py_value(none) -> <<"None">>;
 py_value(false) -> <<"False">>;
 py_value(N) when is_integer(N) -> integer_to_binary(N);
 py_value(B) when is_binary(B) -> py_str(B);

@@ -37,10 +37,12 @@ options(AppSpec, Opts) when is_map(Opts) ->
                       nomatch -> <<Spec/binary, ":application">>;
                       _ -> Spec
                   end,
-            %% Hornbeam's defaults: WSGI, its bind and limits.
+            %% Hornbeam's defaults: WSGI, its bind and limits, its
+            %% websocket_timeout of 60 s (see map_one/2).
             Base = #{app => App, interface => wsgi, bind => <<"127.0.0.1:8000">>,
                      max_request_line => 4094, max_header_bytes => 8190, max_headers => 100,
-                     keepalive_timeout => 2000, request_timeout => 30000},
+                     keepalive_timeout => 2000, request_timeout => 30000,
+                     websocket_ping_interval => 30000, websocket_ping_timeout => 30000},
             case ssl(Opts) of
                 {ok, Opts1} -> map_all(maps:to_list(Opts1), Base);
                 {error, _} = Error -> Error
@@ -98,18 +100,23 @@ map_one(hooks, Hooks) -> {ok, [{hooks, Hooks}]};
 map_one(websocket_max_frame_size, N) when is_integer(N), N > 0 ->
     {ok, [{websocket_max_message_size, N}]};
 map_one(websocket_max_frame_size, infinity) -> {ok, [{websocket_max_message_size, 0}]};
-%% libwslay does not compress: only "no compression" can be honoured.
-map_one(websocket_compress, false) -> ignore;
-%% Hornbeam's websocket_timeout is cowboy's idle timeout; pyport's
-%% WebSockets have none, so only `infinity' means the same thing.
-map_one(websocket_timeout, infinity) -> ignore;
+%% permessage-deflate (zlib over libwslay's RSV1), when the client offers it.
+map_one(websocket_compress, B) when is_boolean(B) -> {ok, [{websocket_compress, B}]};
+%% Hornbeam's websocket_timeout is cowboy's idle timeout: a peer silent
+%% that long is dropped. Here: pinged after half of it, dropped when
+%% silent through the other half too (a live peer answers the ping and
+%% stays); `infinity': no pings, nobody dropped.
+map_one(websocket_timeout, infinity) ->
+    {ok, [{websocket_ping_interval, infinity}, {websocket_ping_timeout, infinity}]};
+map_one(websocket_timeout, Ms) when is_integer(Ms), Ms >= 2, Ms =< 16#FFFFFFFF ->
+    {ok, [{websocket_ping_interval, Ms div 2}, {websocket_ping_timeout, Ms - Ms div 2}]};
 map_one(K, V) when K =:= certfile; K =:= keyfile; K =:= cacertfile -> {ok, [{K, V}]};
 map_one(K, V) when K =:= routes; K =:= mounts; K =:= max_concurrent;
-                   K =:= context_mode; K =:= websocket_timeout;
-                   K =:= websocket_compress; K =:= lifespan_timeout ->
+                   K =:= context_mode; K =:= lifespan_timeout ->
     {error, {unsupported_hornbeam_option, K, V}};
 map_one(K, V) when K =:= worker_class; K =:= keepalive; K =:= num_acceptors;
-                   K =:= preload_app; K =:= websocket_max_frame_size ->
+                   K =:= preload_app; K =:= websocket_max_frame_size;
+                   K =:= websocket_timeout; K =:= websocket_compress ->
     {error, {invalid_hornbeam_option, K, V}};
 map_one(K, V) ->
     {error, {unknown_hornbeam_option, K, V}}.

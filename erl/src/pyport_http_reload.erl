@@ -13,7 +13,8 @@
 %% connections that queued meanwhile.
 -module(pyport_http_reload).
 
--export([reload/3, handoff_dir/1, remove_dir/1, install/0, recycle_request/1, stop_holder/1]).
+-export([reload/3, handoff_dir/1, remove_dir/1, install/0, recycle_request/1, recycle/3,
+         stop_holder/1]).
 
 %% How long a worker may take to let its connections end.
 -define(GRACE_MS, 15000).
@@ -77,37 +78,65 @@ install() ->
 %% @doc `[Pool, OsPid]' from a worker of HTTP pool `Pool' that served
 %% `max_requests' HTTP requests: that worker is replaced as by
 %% reload_http/1, in a process of its own (one replacement at a time per
-%% pool). The worker's word is checked: only a worker of that pool with
-%% that OS pid is replaced.
--spec recycle_request([term()]) -> ok | {error, term()}.
-recycle_request([Pool, OsPid]) when is_binary(Pool), is_integer(OsPid) ->
-    case catch binary_to_existing_atom(Pool) of
-        Name when is_atom(Name) ->
-            case {pyport_http:handoff(Name), pyport:workers(Name)} of
-                {{ok, Dir}, {ok, Workers}} ->
-                    case [{S, P, OsPid} || {S, P} <- Workers, catch pyport_worker:os_pid(P) =:= OsPid] of
-                        [W] ->
-                            %% One pending replacement per OS process: a
-                            %% repeated ask ends at once.
-                            _ = spawn(fun() ->
-                                              Lock = {{?MODULE, OsPid}, self()},
-                                              case global:set_lock(Lock, [node()], 0) of
-                                                  true -> reload(Name, [W], Dir);
-                                                  false -> ok
-                                              end
-                                      end),
-                            ok;
-                        [] ->
-                            {error, not_a_worker}
-                    end;
-                _ ->
-                    {error, no_http}
+%% pool). The worker's word is checked against what the node knows: the
+%% calling worker (the one whose port the call came through,
+%% pyport_callback:caller/0) must be that pool's worker with that OS pid.
+%% Anything else fails the call (Python gets an `ErlangError') with
+%% `{http_recycle_refused, Why}' and nothing is replaced.
+-spec recycle_request([term()]) -> ok.
+recycle_request(Args) ->
+    case check_request(Args, pyport_callback:caller()) of
+        {ok, Name, W, Dir} ->
+            recycle(Name, W, Dir);
+        {error, Why} ->
+            erlang:error({http_recycle_refused, Why})
+    end.
+
+%% @doc Replaces worker `{Slot, Pid, OsPid}' of HTTP pool `Name' through
+%% the listener hand-off, in a process of its own; a second ask for the
+%% same OS process while one is pending ends at once. (max_requests from
+%% the worker, max_rss from pyport_http_rss.)
+-spec recycle(atom(), {pos_integer(), pid(), integer()}, binary()) -> ok.
+recycle(Name, {_Slot, _Pid, OsPid} = W, Dir) ->
+    _ = spawn(fun() ->
+                      Lock = {{?MODULE, OsPid}, self()},
+                      case global:set_lock(Lock, [node()], 0) of
+                          true -> reload(Name, [W], Dir);
+                          false -> ok
+                      end
+              end),
+    ok.
+
+check_request([Pool, OsPid], #{pool := CallerPool, slot := CallerSlot, os_pid := CallerOsPid})
+  when is_binary(Pool), is_integer(OsPid) ->
+    Name = case catch binary_to_existing_atom(Pool) of
+               A when is_atom(A) -> A;
+               _ -> undefined
+           end,
+    case {Name, pyport_http:handoff(Name), pyport:workers(Name)} of
+        {undefined, _, _} ->
+            {error, {no_http, Pool}};
+        {_, {ok, Dir}, {ok, Workers}} ->
+            case [{S, P, OsPid} || {S, P} <- Workers, catch pyport_worker:os_pid(P) =:= OsPid] of
+                [] ->
+                    {error, {not_a_worker, Name, OsPid}};
+                [{S, _, _} = W] when Name =:= CallerPool, S =:= CallerSlot,
+                                     OsPid =:= CallerOsPid ->
+                    {ok, Name, W, Dir};
+                [{S, _, _}] ->
+                    %% A worker of another pool, or a sibling naming
+                    %% another's OS pid.
+                    {error, {not_the_caller, #{asked => {Name, S, OsPid},
+                                               caller => {CallerPool, CallerSlot,
+                                                          CallerOsPid}}}}
             end;
         _ ->
-            {error, no_http}
+            {error, {no_http, Name}}
     end;
-recycle_request(_) ->
-    {error, badarg}.
+check_request([_, _], undefined) ->
+    {error, no_calling_worker};
+check_request(Args, _) ->
+    {error, {badarg, Args}}.
 
 %% The holder's worker may still be the previous reload's, stopping.
 hold(Holder, Dir, Tries) ->

@@ -57,15 +57,24 @@ hornbeam_websocket_options(_Config) ->
                  O(#{websocket_max_frame_size => infinity})),
     ?assertEqual({error, {invalid_hornbeam_option, websocket_max_frame_size, -1}},
                  O(#{websocket_max_frame_size => -1})),
-    %% No compression and no idle timeout: only the values that mean that.
+    %% websocket_compress: permessage-deflate when offered.
     {ok, Plain} = O(#{}),
-    ?assertEqual({ok, Plain}, O(#{websocket_compress => false, websocket_timeout => infinity})),
-    ?assertEqual({error, {unsupported_hornbeam_option, websocket_compress, true}},
-                 O(#{websocket_compress => true})),
-    ?assertEqual({error, {unsupported_hornbeam_option, websocket_timeout, 60000}},
+    ?assertEqual({ok, Plain#{websocket_compress => false}}, O(#{websocket_compress => false})),
+    ?assertEqual({ok, Plain#{websocket_compress => true}}, O(#{websocket_compress => true})),
+    ?assertEqual({error, {invalid_hornbeam_option, websocket_compress, yes}},
+                 O(#{websocket_compress => yes})),
+    %% websocket_timeout: pinged after half, dropped after the other half.
+    ?assertEqual({ok, Plain#{websocket_ping_interval => 30000, websocket_ping_timeout => 30000}},
                  O(#{websocket_timeout => 60000})),
-    ?assertEqual({error, {unsupported_hornbeam_option, websocket_timeout, 60000}},
-                 hornbeam:start("m:app", #{websocket_timeout => 60000})).
+    ?assertEqual({ok, Plain#{websocket_ping_interval => 1000, websocket_ping_timeout => 1001}},
+                 O(#{websocket_timeout => 2001})),
+    ?assertEqual({ok, Plain#{websocket_ping_interval => infinity,
+                             websocket_ping_timeout => infinity}},
+                 O(#{websocket_timeout => infinity})),
+    [?assertEqual({error, {invalid_hornbeam_option, websocket_timeout, V}},
+                  O(#{websocket_timeout => V})) || V <- [0, 1, -5, "60000", 1 bsl 40]],
+    ?assertEqual({error, {invalid_hornbeam_option, websocket_timeout, 0}},
+                 hornbeam:start("m:app", #{websocket_timeout => 0})).
 
 %% A message above websocket_max_frame_size is refused with close 1009;
 %% one at the limit is echoed.

@@ -23,7 +23,7 @@ from _pyport_ws import BINARY, CLOSE, TEXT, Session
 
 from ._write_flow import ClientDisconnected, WriteFlow
 
-__all__ = ["is_upgrade", "take_over", "WebSocketConnection"]
+__all__ = ["is_upgrade", "take_over", "WebSocketConnection", "configure"]
 
 log = logging.getLogger("pyport.http")
 
@@ -38,6 +38,82 @@ INBOX_HIGH_COUNT = 1024
 CLOSE_TIMEOUT = 5.0
 
 _CONNECTING, _OPEN, _CLOSED = 0, 1, 2
+
+# Idle checks (docs/http.md `websocket_ping_interval`/`_timeout`): after
+# PING_INTERVAL s with nothing from the peer the server pings it; when
+# nothing at all comes within PING_TIMEOUT s of that ping, the connection
+# fails (close 1011 sent, TCP dropped, the app told 1006). None: no pings.
+PING_INTERVAL: Optional[float] = 20.0
+PING_TIMEOUT: Optional[float] = 20.0
+# permessage-deflate (RFC 7692) offered by a client is accepted.
+COMPRESS = False
+
+
+def configure(ping_interval: Optional[float], ping_timeout: Optional[float],
+              compress: bool = False) -> None:
+    """Sets this worker's idle checks (in seconds; None: off) and whether
+    permessage-deflate is negotiated (an HTTP pool's init code calls it
+    with the pool's options)."""
+    global PING_INTERVAL, PING_TIMEOUT, COMPRESS
+    for name, value in (("ping_interval", ping_interval), ("ping_timeout", ping_timeout)):
+        if value is not None and not (isinstance(value, (int, float)) and value > 0):
+            raise ValueError(f"WebSocket {name} {value!r}: expected seconds > 0 or None")
+    if not isinstance(compress, bool):
+        raise ValueError(f"WebSocket compress {compress!r}: expected True or False")
+    PING_INTERVAL, PING_TIMEOUT, COMPRESS = ping_interval, ping_timeout, compress
+
+
+def negotiate_deflate(offers: Optional[bytes]) -> Optional[tuple[bytes, bool, int]]:
+    """The first acceptable permessage-deflate offer of a
+    Sec-WebSocket-Extensions value (RFC 7692 7.1): (the response's
+    extension, server_no_context_takeover, server_max_window_bits), or None.
+    An offer with an unknown, repeated or bad parameter is skipped, and so
+    is server_max_window_bits=8 (zlib's raw deflate cannot make 256-byte
+    windows)."""
+    if not offers:
+        return None
+    for offer in offers.split(b","):
+        parts = [p.strip() for p in offer.split(b";")]
+        if parts[0].lower() != b"permessage-deflate":
+            continue
+        params: dict[bytes, Optional[bytes]] = {}
+        ok = True
+        for p in parts[1:]:
+            if not p:
+                ok = False
+                break
+            name, eq, value = p.partition(b"=")
+            name = name.strip().lower()
+            value = value.strip().strip(b'"') if eq else None
+            if name in params:
+                ok = False
+                break
+            params[name] = value
+        if not ok:
+            continue
+        response = [b"permessage-deflate"]
+        no_context = False
+        bits = 15
+        for name, value in params.items():
+            if name == b"server_no_context_takeover" and value is None:
+                no_context = True
+                response.append(b"server_no_context_takeover")
+            elif name == b"client_no_context_takeover" and value is None:
+                response.append(b"client_no_context_takeover")
+            elif name == b"server_max_window_bits" and value is not None \
+                    and value.isdigit() and not value.startswith(b"0") and 9 <= int(value) <= 15:
+                bits = int(value)
+                response.append(b"server_max_window_bits=" + value)
+            elif name == b"client_max_window_bits" and (
+                    value is None or (value.isdigit() and not value.startswith(b"0")
+                                      and 8 <= int(value) <= 15)):
+                pass  # our inflater takes any window; nothing to answer
+            else:
+                ok = False
+                break
+        if ok:
+            return b"; ".join(response), no_context, bits
+    return None
 
 
 def _header(headers: list, name: bytes) -> Optional[bytes]:
@@ -158,6 +234,13 @@ class WebSocketConnection(WriteFlow, asyncio.Protocol):
         self.task: Optional[asyncio.Task] = None
         self.handshake_timer: Optional[asyncio.TimerHandle] = None
         self.timed_out = False
+        # The idle check: when the peer was last heard, when the
+        # unanswered ping went (None: none), the one timer.
+        self.ping_interval = PING_INTERVAL
+        self.ping_timeout = PING_TIMEOUT or PING_INTERVAL
+        self.last_rx = 0.0
+        self.ping_sent_at: Optional[float] = None
+        self.ping_timer: Optional[asyncio.TimerHandle] = None
         self.transport.pause_reading()
 
     # -- asyncio.Protocol ---------------------------------------------------
@@ -166,6 +249,7 @@ class WebSocketConnection(WriteFlow, asyncio.Protocol):
         session = self.session
         if session is None or self.lost:
             return
+        self.last_rx = self.loop.time()
         for ev in session.feed(data):
             kind = ev[0]
             if kind == TEXT:
@@ -207,6 +291,9 @@ class WebSocketConnection(WriteFlow, asyncio.Protocol):
         if self.close_timer is not None:
             self.close_timer.cancel()
             self.close_timer = None
+        if self.ping_timer is not None:
+            self.ping_timer.cancel()
+            self.ping_timer = None
         self.server.connections.discard(self)
         self._wake()
         self.resolve_drains()
@@ -322,17 +409,23 @@ class WebSocketConnection(WriteFlow, asyncio.Protocol):
             value = subprotocol.encode("latin-1")
             _check_value(value)
             lines += [b"sec-websocket-protocol: ", value, b"\r\n"]
+        deflate = negotiate_deflate(_header(self.scope["headers"], b"sec-websocket-extensions")) \
+            if self.cfg.get("websocket_compress", COMPRESS) else None
+        if deflate is not None:
+            lines += [b"sec-websocket-extensions: ", deflate[0], b"\r\n"]
         for name, value in message.get("headers") or ():
             name, value = bytes(name), bytes(value)
             _check_value(name)
             _check_value(value)
             lower = name.lower()
             if lower in (b"upgrade", b"connection", b"sec-websocket-accept",
-                         b"sec-websocket-protocol", b"content-length", b"transfer-encoding"):
+                         b"sec-websocket-protocol", b"sec-websocket-extensions",
+                         b"content-length", b"transfer-encoding"):
                 continue  # the handshake's own headers are the server's
             lines += [name, b": ", value, b"\r\n"]
         lines.append(b"\r\n")
-        self.session = Session(int(self.cfg.get("websocket_max_message_size", 16 << 20)))
+        self.session = Session(int(self.cfg.get("websocket_max_message_size", 16 << 20)),
+                               None if deflate is None else deflate[1:])
         self.state = _OPEN
         if self.handshake_timer is not None:
             self.handshake_timer.cancel()
@@ -342,6 +435,58 @@ class WebSocketConnection(WriteFlow, asyncio.Protocol):
         self.transport.write(b"".join(lines))
         self.read_paused = False
         self.transport.resume_reading()
+        if self.ping_interval:
+            self.last_rx = self.loop.time()
+            self.ping_timer = self.loop.call_at(self.last_rx + self.ping_interval,
+                                                self._idle_check)
+
+    def _idle_check(self) -> None:
+        """The one timer of the idle check: ping a peer silent for
+        ping_interval; fail the connection when nothing came within
+        ping_timeout of the ping (RFC 6455 5.5.2: the peer must pong)."""
+        self.ping_timer = None
+        session = self.session
+        if self.lost or session is None or session.close_sent:
+            return
+        now = self.loop.time()
+        if self.read_paused:
+            # Our own backpressure stopped reading: the peer's pongs wait
+            # unread, its silence says nothing.
+            self.last_rx, self.ping_sent_at = now, None
+        elif self.ping_sent_at is not None:
+            if self.last_rx >= self.ping_sent_at:
+                self.ping_sent_at = None  # heard from since the ping
+            elif now - self.ping_sent_at >= self.ping_timeout:
+                self._fail_idle()
+                return
+            else:
+                self.ping_timer = self.loop.call_at(self.ping_sent_at + self.ping_timeout,
+                                                    self._idle_check)
+                return
+        due = self.last_rx + self.ping_interval
+        if now < due:
+            self.ping_timer = self.loop.call_at(due, self._idle_check)
+            return
+        self.transport.write(session.ping(b""))
+        self.ping_sent_at = now
+        self.ping_timer = self.loop.call_at(now + self.ping_timeout, self._idle_check)
+
+    def _fail_idle(self) -> None:
+        """No answer to a ping: close 1011 to the peer (RFC 6455 7.4.1,
+        as python3-websockets does), TCP closed without waiting for its
+        close; the app's disconnect says 1006 (no close frame came)."""
+        log.info("WebSocket %s: no answer to a ping within %ss: closed",
+                 self.scope["path"], self.ping_timeout)
+        if self.close_code is None:
+            self.close_code = 1006
+            self.close_reason = ""
+        assert self.session is not None
+        self.transport.write(self.session.close(1011, "keepalive ping timeout"))
+        self._finish()
+        if self.close_timer is None:
+            # A peer that does not read either: what is buffered is dropped.
+            self.close_timer = self.loop.call_later(1.0, self._close_timeout)
+        self._wake()
 
     def _deny(self) -> None:
         from ._http import _error_response
