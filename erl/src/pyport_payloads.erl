@@ -352,13 +352,18 @@ read_region(Fd, K, Offset, Length, Left, Mode) ->
     end.
 
 %% @doc After a decode: the answer regions it read are the worker's again.
+%% Written by a process of its own, so that the caller has its value
+%% without waiting for one more trip to a dirty I/O scheduler; until then
+%% the worker uses another region (or the pipe).
 -spec done() -> ok.
 done() ->
     case erase(?READ) of
         undefined ->
             ok;
         Read ->
-            _ = [file:pwrite(as_mine(Fd), ?STATES_AT + 8 * K, <<0:64>>)
-                 || {Fd, K} <- lists:usort(Read)],
+            _ = spawn(fun() ->
+                              [file:pwrite(as_mine(Fd), ?STATES_AT + 8 * K, <<0:64>>)
+                               || {Fd, K} <- lists:usort(Read)]
+                      end),
             ok
     end.
