@@ -532,8 +532,8 @@ void Dispatcher::lent(mp::Reader& r, uint64_t id, ByteBuffer& out) {
   if (!head.read_array_header(fields, "LENT Frame") || !head.read_uint(kind, "Kind") ||
       !head.read_uint(inner_id, "Id") ||
       (kind != kCall && kind != kCast && kind != kEval && kind != kWith) || inner_id != id) {
-    return frame_error(id, "the Frame of a LENT must be a CALL, CAST, EVAL or WITH with the same Id",
-                       out);
+    return frame_error(
+        id, "the Frame of a LENT must be a CALL, CAST, EVAL or WITH with the same Id", out);
   }
   std::string why;
   Payloads& payloads = Payloads::instance();
@@ -547,7 +547,8 @@ PyRef Dispatcher::open_payloads(PyObject* arg) {
   unsigned long long token = 0, slot = 0, in = 0, outs = 0, threshold = 0;
   const char* path = nullptr;
   if (!PyList_Check(arg) || PyList_GET_SIZE(arg) != 6) {
-    PyErr_SetString(PyExc_ValueError, "payloads needs [Path, Token, SlotSize, InSlots, OutSlots, Threshold]");
+    PyErr_SetString(PyExc_ValueError,
+                    "payloads needs [Path, Token, SlotSize, InSlots, OutSlots, Threshold]");
     return {};
   }
   PyRef t = PyRef::steal(PyList_AsTuple(arg));
@@ -556,7 +557,8 @@ PyRef Dispatcher::open_payloads(PyObject* arg) {
   }
   std::string why;
   if (in > 1024 || outs > 1024 ||
-      !Payloads::instance().open(path, token, slot, uint32_t(in), uint32_t(outs), threshold, &why)) {
+      !Payloads::instance().open(path, token, slot, uint32_t(in), uint32_t(outs), threshold,
+                                 &why)) {
     PyErr_SetString(PyExc_OSError, why.empty() ? "bad payload layout" : why.c_str());
     return {};
   }

@@ -19,7 +19,7 @@ enum ExtType : int8_t {
   kExtBigInt = 3,
   kExtBytes = 4,
   kExtTerm = 5,
-  kExtObject = 6,  // Erlang -> worker only: an object the worker keeps (8-byte id)
+  kExtObject = 6,   // Erlang -> worker only: an object the worker keeps (8-byte id)
   kExtPayload = 7,  // bytes in the payload file: form, offset:64, length:64 (payloads.hpp)
 };
 

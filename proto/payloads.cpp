@@ -53,9 +53,8 @@ Payloads::~Payloads() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-bool Payloads::open(const std::string& path, uint64_t token, uint64_t slot_size,
-                    uint32_t in_slots, uint32_t out_slots, uint64_t threshold,
-                    std::string* error) {
+bool Payloads::open(const std::string& path, uint64_t token, uint64_t slot_size, uint32_t in_slots,
+                    uint32_t out_slots, uint64_t threshold, std::string* error) {
   if (fd_ >= 0) {
     *error = "the payload file is already open";
     return false;
@@ -152,8 +151,8 @@ PyObject* Payloads::view(uint64_t at, uint64_t length) {
   uint64_t page = uint64_t(::sysconf(_SC_PAGESIZE));
   uint64_t start = at - at % page;
   uint64_t skip = at - start;
-  PyObject* args = Py_BuildValue("(iKii)", fd_, (unsigned long long)(skip + length), MAP_SHARED,
-                                 PROT_READ);
+  PyObject* args =
+      Py_BuildValue("(iKii)", fd_, (unsigned long long)(skip + length), MAP_SHARED, PROT_READ);
   PyObject* kwargs = args ? Py_BuildValue("{s:L}", "offset", (long long)start) : nullptr;
   PyObject* map = kwargs ? PyObject_Call(mmap_type_, args, kwargs) : nullptr;
   Py_XDECREF(args);
@@ -178,8 +177,8 @@ PyObject* Payloads::read(uint8_t form, uint64_t offset, uint64_t length, std::st
   }
   if (offset > slot_size_ || length > slot_size_ - offset) {
     *error = "payload placeholder names bytes " + std::to_string(offset) + ".." +
-             std::to_string(offset + length) + " past its region of " +
-             std::to_string(slot_size_) + " bytes";
+             std::to_string(offset + length) + " past its region of " + std::to_string(slot_size_) +
+             " bytes";
     return nullptr;
   }
   uint64_t at = lent_base_ + offset;
@@ -197,7 +196,8 @@ PyObject* Payloads::read(uint8_t form, uint64_t offset, uint64_t length, std::st
   auto* p = reinterpret_cast<const uint8_t*>(PyBytes_AS_STRING(bytes));
   utf8::Kind kind = utf8::classify(p, length);
   if (kind == utf8::Kind::kInvalid) return bytes;
-  PyObject* s = PyUnicode_DecodeUTF8(reinterpret_cast<const char*>(p), Py_ssize_t(length), "strict");
+  PyObject* s =
+      PyUnicode_DecodeUTF8(reinterpret_cast<const char*>(p), Py_ssize_t(length), "strict");
   Py_DECREF(bytes);
   return s;
 }
@@ -221,7 +221,14 @@ void Payloads::punch_released() {
 }
 
 void Payloads::begin_answer() {
-  if (fd_ < 0 || answering_) return;
+  if (fd_ < 0) return;
+  if (answering_) {
+    // An answer written while one is encoded: the outer one owns the
+    // region. (Only the main thread writes answers; another thread's
+    // scope changes nothing.)
+    if (pthread_equal(answerer_, pthread_self())) ++nested_;
+    return;
+  }
   answering_ = true;
   answerer_ = pthread_self();
   slot_ = out_slots_;
@@ -231,6 +238,10 @@ void Payloads::begin_answer() {
 
 void Payloads::end_answer(bool sent) {
   if (!answering_ || !pthread_equal(answerer_, pthread_self())) return;
+  if (nested_ > 0) {
+    --nested_;
+    return;
+  }
   answering_ = false;
   if (slot_ < out_slots_ && !sent) __atomic_store_n(state(slot_), 0, __ATOMIC_RELEASE);
 }

@@ -98,6 +98,7 @@ class Payloads {
   uint64_t lent_base_ = 0;
   // The answer being encoded: its region (out_slots_ when none yet), used.
   bool answering_ = false;
+  int nested_ = 0;
   pthread_t answerer_{};
   uint32_t slot_ = 0;
   uint64_t used_ = 0;

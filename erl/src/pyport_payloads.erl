@@ -116,9 +116,12 @@ create(SlotSize) ->
                false -> "/dev/shm";
                D -> D
            end,
-    Dir = filename:join(Base, lists:flatten(io_lib:format("pyport-~s-~b",
+    %% The random part: a directory left by a VM that had this OS pid
+    %% before (killed before its worker could unlink) is never reused.
+    Dir = filename:join(Base, lists:flatten(io_lib:format("pyport-~s-~b-~.16b",
                                                          [os:getpid(),
-                                                          erlang:unique_integer([positive])]))),
+                                                          erlang:unique_integer([positive]),
+                                                          rand:uniform(1 bsl 48)]))),
     ok = file:make_dir(Dir),
     ok = file:change_mode(Dir, 8#700),
     Path = filename:join(Dir, "payloads"),
