@@ -233,11 +233,19 @@ cancel() ->
 %% the frame wrapped in LENT; `inline' when that cannot be done (no file,
 %% no free region, a write that failed): the caller then encodes the
 %% request again with the binaries in the frame.
--spec place(atom(), pos_integer(), pos_integer(), iodata()) -> {ok, iodata()} | inline.
-place(Pool, Slot, Id, Frame) ->
+%% A slot marked unavailable (its OS process restarting, draining or
+%% stuck) gets the frame whole: a request queued for the next OS process
+%% would name regions of a file that is gone by then.
+-spec place(map(), pos_integer(), pos_integer(), iodata()) -> {ok, iodata()} | inline.
+place(#{name := Pool} = Info, Slot, Id, Frame) ->
     case erase(?BLOBS) of
-        {_, Total, [_ | _] = Blobs} -> lent(Pool, Slot, Id, Total, lists:reverse(Blobs), Frame);
-        _ -> {ok, Frame}
+        {_, Total, [_ | _] = Blobs} ->
+            case pyport_pool:available(Info, Slot) of
+                true -> lent(Pool, Slot, Id, Total, lists:reverse(Blobs), Frame);
+                false -> inline
+            end;
+        _ ->
+            {ok, Frame}
     end.
 
 lent(Pool, Slot, Id, Total, Blobs, Frame) ->

@@ -52,6 +52,8 @@
 %% mark of a call that wants tracebacks in its errors (call/5).
 -define(WITH, 13).
 -define(TRACEBACK, '$pyport_traceback').
+%% Set while a call is sent again with its payloads in the frame.
+-define(NO_OFFLOAD, '$pyport_no_offload').
 
 %% Where a request goes: the least-loaded worker of a pool, one slot, the
 %% slot of a shard key; on another node, or on the least-loaded node of a
@@ -104,6 +106,19 @@ call(Target, Kind, Fields, Timeout, Extra) ->
     call_local(Target, Kind, Fields, Timeout, Extra).
 
 call_local(Target, Kind, Fields, Timeout, Extra) ->
+    case call_local1(Target, Kind, Fields, Timeout, Extra) of
+        {error, {Type, <<"LENT frame for another payload file", _/binary>>}}
+          when Type =:= 'PayloadError'; Type =:= <<"PayloadError">> ->
+            %% Its payloads went to the file of an OS process that was
+            %% replaced before the request was sent (pyport_payloads): once
+            %% more, with them in the frame.
+            put(?NO_OFFLOAD, true),
+            try call_local1(Target, Kind, Fields, Timeout, Extra) after erase(?NO_OFFLOAD) end;
+        Result ->
+            Result
+    end.
+
+call_local1(Target, Kind, Fields, Timeout, Extra) ->
     %% The handle never leaves this function: no owner or await checks.
     Start = erlang:monotonic_time(),
     case start_untracked(Target, Kind, Fields, Timeout, Start, maps:get(before_send, Extra, none)) of
@@ -510,14 +525,14 @@ send(Target, Request, Send) ->
 send(Target, {Kind, Fields}, Send, Output0) ->
     Id = erlang:unique_integer([positive]),
     %% Big binaries of a call or an eval may go off the pipe (pyport_payloads).
-    Offload = Kind =:= ?CALL orelse Kind =:= ?EVAL,
+    Offload = (Kind =:= ?CALL orelse Kind =:= ?EVAL) andalso get(?NO_OFFLOAD) =:= undefined,
     Result = case prepare(Target, Kind, Id, Fields, Output0, Offload) of
         {ok, Target1, Pool, Info, Frame0, Output} ->
             case route(Target1, Info) of
                 {ok, Slot, Pid} ->
                     case admit(Info, Slot) of
                         ok ->
-                            case placed(Pool, Slot, Id, Frame0,
+                            case placed(Info, Slot, Id, Frame0,
                                         fun() -> prepare(Target, Kind, Id, Fields, Output0, false) end) of
                                 {ok, Frame} ->
                                     case Send(Pid, Id, Frame,
@@ -551,8 +566,8 @@ send(Target, {Kind, Fields}, Send, Output0) ->
 
 %% The frame with its big binaries in the worker's payload file, or (none
 %% free) encoded again with them inside.
-placed(Pool, Slot, Id, Frame, Again) ->
-    case pyport_payloads:place(Pool, Slot, Id, Frame) of
+placed(Info, Slot, Id, Frame, Again) ->
+    case pyport_payloads:place(Info, Slot, Id, Frame) of
         {ok, _} = Placed ->
             Placed;
         inline ->

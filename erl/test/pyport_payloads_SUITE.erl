@@ -11,7 +11,7 @@
          no_file_left/1, crashed_worker_leaves_no_file/1, regions_not_lent/1,
          file_shrunk_by_the_worker/1, more_requests_than_regions/1,
          abandoned_answers_give_regions_back/1, sandboxed_pools_keep_the_pipe/1,
-         threshold_option/1]).
+         threshold_option/1, big_payloads_leave_no_memory/1, recycled_worker_new_file/1]).
 
 -define(M, payload_helpers).
 -define(MAX, (16 * 1024 * 1024)).
@@ -21,7 +21,8 @@ all() ->
     [bytes_both_ways, off_the_pipe, pipe_when_off, zero_copy_views, no_file_left,
      crashed_worker_leaves_no_file, regions_not_lent, file_shrunk_by_the_worker,
      more_requests_than_regions, abandoned_answers_give_regions_back,
-     sandboxed_pools_keep_the_pipe, threshold_option].
+     sandboxed_pools_keep_the_pipe, threshold_option, big_payloads_leave_no_memory,
+     recycled_worker_new_file].
 
 init_per_suite(Config) ->
     Data = filename:join(filename:dirname(code:which(?MODULE)), "pyport_payloads_SUITE_data"),
@@ -203,6 +204,38 @@ threshold_option(_Config) ->
     ?assertMatch({ok, #{payload_threshold := infinity}},
                  pyport_config:validate_pool(p, #{payload_threshold => infinity})),
     ?assertMatch({ok, #{payload_threshold := 262144}}, pyport_config:validate_pool(p, #{})).
+
+%% Nothing outlives the request in memory either: the file gives back
+%% what a 12 MiB round trip wrote beyond the warm pages of its regions.
+big_payloads_leave_no_memory(_Config) ->
+    B = crypto:strong_rand_bytes(12 * 1024 * 1024),
+    ?assertEqual({ok, B}, call(echo, [{bytes, B}])),
+    %% The answer region is given back once the caller has read it, and
+    %% emptied when the worker next answers.
+    pyport_test_util:wait_until(
+      fun() ->
+              {ok, Held} = call(payload_file_bytes, []),
+              Held =< 5 * 1024 * 1024
+      end),
+    {ok, Held} = call(payload_file_bytes, []),
+    ct:pal("payload file holds ~b bytes after a 12 MiB round trip", [Held]),
+    ?assert(Held =< 5 * 1024 * 1024).
+
+%% A worker recycled (max_requests) gets a file of its own; the old one is
+%% gone with it.
+recycled_worker_new_file(Config) ->
+    start_pool(recycled, #{max_requests => 3}, Config),
+    B = crypto:strong_rand_bytes(1024 * 1024),
+    Tokens = [begin
+                  ?assertEqual({ok, B}, call(recycled, echo, [{bytes, B}])),
+                  pyport_test_util:wait_until(
+                    fun() -> ets:lookup(pyport_payloads, {recycled, 1}) =/= [] end),
+                  [{_, _, T, _, _, _, _}] = ets:lookup(pyport_payloads, {recycled, 1}),
+                  T
+              end || _ <- lists:seq(1, 7)],
+    ?assert(length(lists:usort(Tokens)) >= 2),
+    _ = pyport:stop_pool(recycled),
+    ?assertEqual([], files_left()).
 
 %%% Helpers
 

@@ -72,3 +72,8 @@ def stubborn(x: object, seconds: float) -> object:
     except KeyboardInterrupt:
         pass
     return x
+
+
+def payload_file_bytes() -> int:
+    """Bytes of memory the payload file holds (its allocated blocks)."""
+    return os.fstat(_payload_fd()).st_blocks * 512
