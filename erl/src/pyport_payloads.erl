@@ -31,7 +31,7 @@
 %%   whole answer is decoded (done/0). An answer nobody waits for any more
 %%   is released unread by the owner (drop/3).
 %%
-%% The file's descriptor is opened by the port owner; callers use it
+%% The file's one descriptor is opened by the port owner; callers use it
 %% through a copy of the handle naming themselves as owner (the raw file
 %% NIF itself checks nothing: the check is in prim_file's Erlang code),
 %% which costs no open per request and cannot outlive the file: a handle
@@ -48,6 +48,9 @@
 -define(STATES_AT, 64).
 -define(IN_SLOTS, 8).
 -define(OUT_SLOTS, 8).
+%% Tries of an operation the file's handle refuses while another process
+%% uses it (see io/1).
+-define(BUSY_TRIES, 10000).
 -define(EXT_PAYLOAD, 7).
 -define(LENT, 14).
 %% The default of the pool option payload_threshold (pyport_config):
@@ -59,6 +62,7 @@
 -define(BLOBS, '$pyport_payload_blobs').
 -define(READ, '$pyport_payload_read').
 -define(OWNER, '$pyport_payload_owner').
+-define(OPENED, '$pyport_payload_opened').
 
 -type source() :: {atom(), pos_integer()}.
 
@@ -85,7 +89,9 @@ setup(Pool, Slot, Opts) ->
             try create(SlotSize) of
                 {Path, Fds} ->
                     Token = rand:uniform(1 bsl 62),
-                    Atomics = atomics:new(?IN_SLOTS, [{signed, false}]),
+                    %% One per request region (the id of the request holding
+                    %% it, or 0), then how many are held.
+                    Atomics = atomics:new(?IN_SLOTS + 1, [{signed, false}]),
                     true = ets:insert(?TABLE, {{Pool, Slot}, Fds, Token, SlotSize, Atomics, Max,
                                                Path}),
                     put(?OWNER, Atomics),
@@ -125,22 +131,21 @@ create(SlotSize) ->
     ok = file:make_dir(Dir),
     ok = file:change_mode(Dir, 8#700),
     Path = filename:join(Dir, "payloads"),
+    Opened = fun(F) -> put(?OPENED, [F | get(?OPENED)]), F end,
+    put(?OPENED, []),
     try
         %% exclusive: O_EXCL, so nothing that was there before is opened.
         {ok, Fd} = file:open(Path, [raw, read, write, binary, exclusive]),
+        Opened(Fd),
         ok = file:change_mode(Path, 8#600),
         {ok, _} = file:position(Fd, ?HEADER + (?IN_SLOTS + ?OUT_SLOTS) * SlotSize),
         ok = file:truncate(Fd),
-        %% One descriptor per region: the raw file NIF refuses (einval) an
-        %% operation on a handle another process is using, and a region
-        %% has one user at a time.
-        Fds = list_to_tuple([Fd | [begin
-                                      {ok, F} = file:open(Path, [raw, read, write, binary]),
-                                      F
-                                  end || _ <- lists:seq(2, ?IN_SLOTS + ?OUT_SLOTS)]]),
-        {Path, Fds}
+        erase(?OPENED),
+        {Path, {Fd}}
     catch
         error:Why ->
+            %% Out of descriptors, say: give back those taken.
+            _ = [file:close(F) || F <- erase(?OPENED)],
             _ = file:delete(Path),
             _ = file:del_dir(Dir),
             error(Why)
@@ -153,7 +158,10 @@ teardown(Pool, Slot) ->
     erase(?OWNER),
     case ets:take(?TABLE, {Pool, Slot}) of
         [{_, Fds, _, _, _, _, Path}] ->
-            _ = [file:close(Fd) || Fd <- tuple_to_list(Fds)],
+            %% Closed by whichever process tears down: a new gen_server of
+            %% the slot finds the row of one that died (and whose handles
+            %% the runtime closed with it: then this fails, harmlessly).
+            _ = [catch file:close(as_mine(Fd)) || Fd <- tuple_to_list(Fds)],
             %% The worker unlinked them when it opened the file; not if it
             %% died first.
             _ = file:delete(Path),
@@ -168,16 +176,25 @@ teardown(Pool, Slot) ->
 -spec answered(pos_integer()) -> ok.
 answered(Id) ->
     case get(?OWNER) of
-        undefined -> ok;
-        Atomics -> release_in(Atomics, Id, ?IN_SLOTS)
+        undefined ->
+            ok;
+        Atomics ->
+            %% Nearly every answer: no region is held, nothing to scan.
+            case atomics:get(Atomics, ?IN_SLOTS + 1) of
+                0 -> ok;
+                _ -> release_in(Atomics, Id, ?IN_SLOTS)
+            end
     end.
 
 release_in(_, _, 0) ->
     ok;
 release_in(Atomics, Id, I) ->
     case atomics:get(Atomics, I) of
-        Id -> atomics:put(Atomics, I, 0);
-        _ -> release_in(Atomics, Id, I - 1)
+        Id ->
+            atomics:put(Atomics, I, 0),
+            atomics:sub(Atomics, ?IN_SLOTS + 1, 1);
+        _ ->
+            release_in(Atomics, Id, I - 1)
     end.
 
 %% @doc An answer nobody waits for (its caller gave up): the answer
@@ -254,13 +271,13 @@ lent(Pool, Slot, Id, Total, Blobs, Frame) ->
             case claim(Atomics, Id, ?IN_SLOTS) of
                 {ok, I} ->
                     Base = ?HEADER + (I - 1) * SlotSize,
-                    case file:pwrite(as_mine(element(I, Fds)), Base, Blobs) of
+                    case io(fun() -> file:pwrite(as_mine(element(1, Fds)), Base, Blobs) end) of
                         ok ->
                             Size = iolist_size(Frame),
                             {ok, [<<16#95, ?LENT>>, int(Id), int(Token), int(Base),
                                   <<16#c6, Size:32>> | Frame]};
                         _ ->
-                            atomics:put(Atomics, I, 0),
+                            release_in(Atomics, Id, ?IN_SLOTS),
                             inline
                     end;
                 none ->
@@ -283,7 +300,7 @@ claim(_, _, 0) ->
     none;
 claim(Atomics, Id, I) ->
     case atomics:compare_exchange(Atomics, I, 0, Id) of
-        ok -> {ok, I};
+        ok -> atomics:add(Atomics, ?IN_SLOTS + 1, 1), {ok, I};
         _ -> claim(Atomics, Id, I - 1)
     end.
 
@@ -332,7 +349,7 @@ read(Source, Offset, Length, Left0, Mode) ->
                 Offset + Length > Lo + (K + 1) * SlotSize ->
                     {error, {bad_frame, {payload_not_lent, Offset, Length}}};
                 true ->
-                    read_region(element(?IN_SLOTS + K + 1, Fds), K, Offset, Length, Left, Mode)
+                    read_region(element(1, Fds), K, Offset, Length, Left, Mode)
             end;
         [] ->
             {error, {bad_frame, {payload_without_file, Offset, Length}}}
@@ -348,7 +365,7 @@ read_region(Fd, K, Offset, Length, Left, Mode) ->
         release ->
             {ok, <<>>, Left - Length};
         read ->
-            case file:pread(as_mine(Fd), Offset, Length) of
+            case io(fun() -> file:pread(as_mine(Fd), Offset, Length) end) of
                 {ok, B} when byte_size(B) =:= Length ->
                     {ok, B, Left - Length};
                 {ok, B} ->
@@ -362,6 +379,24 @@ read_region(Fd, K, Offset, Length, Left, Mode) ->
             end
     end.
 
+%% One operation on the file's one handle. The raw file NIF refuses
+%% (`einval') an operation on a handle while another process's is in
+%% progress, and callers share the handle: tried again after a yield. An
+%% operation always runs to its end in the NIF, so a caller killed
+%% meanwhile holds nothing up. A closed handle fails the same way, and
+%% gives up after ?BUSY_TRIES.
+io(Op) ->
+    io(Op, ?BUSY_TRIES).
+
+io(Op, Tries) ->
+    case Op() of
+        {error, einval} when Tries > 0 ->
+            erlang:yield(),
+            io(Op, Tries - 1);
+        Result ->
+            Result
+    end.
+
 %% @doc After a decode: the answer regions it read are the worker's again.
 %% Written by a process of its own, so that the caller has its value
 %% without waiting for one more trip to a dirty I/O scheduler; until then
@@ -373,7 +408,9 @@ done() ->
             ok;
         Read ->
             _ = spawn(fun() ->
-                              [file:pwrite(as_mine(Fd), ?STATES_AT + 8 * K, <<0:64>>)
+                              [io(fun() -> file:pwrite(as_mine(Fd), ?STATES_AT + 8 * K,
+                                                       <<0:64>>)
+                                  end)
                                || {Fd, K} <- lists:usort(Read)]
                       end),
             ok
