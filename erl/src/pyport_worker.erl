@@ -1403,6 +1403,7 @@ ready(State0) ->
 %% The hello or the init code failed, or never came.
 start_failed(Detail, #state{first = true} = State) ->
     kill_port(State#state.port, State#state.os_pid),
+    pyport_payloads:teardown(State#state.pool, State#state.slot),
     {noreply, State#state{status = failed, port = undefined, last_exit = Detail}};
 start_failed(Detail, State) ->
     kill_port(State#state.port, State#state.os_pid),
