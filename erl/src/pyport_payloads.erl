@@ -17,7 +17,7 @@
 %% have used and against max_frame_size before it reads a byte.
 %%
 %% - Arguments: the encoder leaves an ext 7 placeholder (form, offset in
-%%   the request's region, length) for each big binary (encoding/2);
+%%   the request's region, length) for each big binary (encoding/1);
 %%   place/4, once the request's worker is known, takes a free region
 %%   (atomics, shared by callers), writes the binaries there in one
 %%   `pwrite' and wraps the frame in LENT `[14, Id, Token, Base, Frame]'.
