@@ -11,11 +11,15 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 from urllib.parse import quote
 
-from _pyport_http import HEAD_CHUNKED, HEAD_CLOSE, response_head
+from _pyport_http import HEAD_CHUNKED, HEAD_CLOSE, Receive, Send, response_head, setup_exchange
 
 from . import _callbacks
 from ._http_response import _error_response, _reasons
 from ._write_flow import ClientDisconnected
+
+# The C++ send/receive (port_worker/http_exchange.cpp) take the common
+# cases themselves and call _send_slow/_receive_slow for the rest.
+setup_exchange(_reasons)
 
 if TYPE_CHECKING:
     from ._http_conn import HttpConnection
@@ -66,7 +70,7 @@ class _Request:
         if w is not None and not w.done():
             w.set_result(None)
 
-    async def receive(self) -> dict:
+    async def _receive_slow(self) -> dict:
         conn = self.conn
         while True:
             chunks = self.chunks
@@ -105,7 +109,7 @@ class _Request:
         if not self.body_done and not self.conn.lost:
             self.conn.fail(408, "request body not received in time")
 
-    async def send(self, message: dict) -> None:
+    async def _send_slow(self, message: dict) -> None:
         conn = self.conn
         if conn.lost:
             raise ClientDisconnected("the client has disconnected")
@@ -269,7 +273,7 @@ class _Request:
                 self.length_left = count
         # The head (and the end, for a bodiless response) through the usual path.
         bodyless = self.no_body or self.method_head
-        await self.send({"type": "http.response.body", "body": b"",
+        await self._send_slow({"type": "http.response.body", "body": b"",
                          "more_body": more or (count > 0 and not bodyless)})
         if bodyless or count == 0:
             return
@@ -283,7 +287,7 @@ class _Request:
                 if not data:
                     break
                 left -= len(data)
-                await self.send({"type": "http.response.body", "body": data, "more_body": True})
+                await self._send_slow({"type": "http.response.body", "body": data, "more_body": True})
         else:
             sent = 0
             while sent < count:
@@ -311,7 +315,7 @@ class _Request:
             if self.length_left >= 0:
                 self.length_left -= sent
         if not more:
-            await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self._send_slow({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _start(self, message: dict) -> None:
         status = message["status"]
@@ -374,8 +378,8 @@ class _Request:
 
     async def _respond(self, status: int, headers: list, body: bytes) -> None:
         self.own_response = True
-        await self.send({"type": "http.response.start", "status": status, "headers": headers})
-        await self.send({"type": "http.response.body", "body": body})
+        await self._send_slow({"type": "http.response.start", "status": status, "headers": headers})
+        await self._send_slow({"type": "http.response.body", "body": body})
 
     async def run(self, app: ASGIApp) -> None:
         conn = self.conn
@@ -383,7 +387,7 @@ class _Request:
         try:
             hooks = conn.server.hooks
             if hooks is None or "on_request" not in hooks or await self._on_request():
-                await app(self.scope, self.receive, self.send)
+                await app(self.scope, Receive(self), Send(self))
         except ClientDisconnected:
             pass
         except BaseException as exc:
