@@ -160,6 +160,39 @@ PySendResult ready_send(PyObject* self, PyObject*, PyObject** out) {
   return PYGEN_RETURN;
 }
 
+// send(value) / throw(exc) / close(): the coroutine protocol, for callers
+// that drive it as one (asyncio.create_task, run_coroutine_threadsafe).
+PyObject* ready_send_method(PyObject* self, PyObject*) {
+  return ready_next(self);
+}
+
+PyObject* ready_throw(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs < 1 || nargs > 3) {
+    PyErr_SetString(PyExc_TypeError, "throw(type[, value[, traceback]])");
+    return nullptr;
+  }
+  PyObject* exc = args[0];
+  if (PyExceptionInstance_Check(exc)) {
+    PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc)), exc);
+  } else if (PyExceptionClass_Check(exc)) {
+    PyErr_SetObject(exc, nargs > 1 ? args[1] : nullptr);
+  } else {
+    PyErr_SetString(PyExc_TypeError, "exceptions must derive from BaseException");
+  }
+  return nullptr;
+}
+
+PyObject* ready_close(PyObject*, PyObject*) {
+  Py_RETURN_NONE;
+}
+
+PyMethodDef ready_methods[] = {
+    {"send", ready_send_method, METH_O, "send(value): StopIteration(result)"},
+    {"throw", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(ready_throw)),
+     METH_FASTCALL, "throw(exc): raises it"},
+    {"close", ready_close, METH_NOARGS, "close(): nothing to close"},
+    {nullptr, nullptr, 0, nullptr}};
+
 void ready_dealloc(PyObject* self) {
   PyTypeObject* type = Py_TYPE(self);
   Py_XDECREF(reinterpret_cast<ReadyObject*>(self)->result);
@@ -172,6 +205,7 @@ PyType_Slot ready_slots[] = {{Py_am_await, reinterpret_cast<void*>(ready_await)}
                              {Py_tp_iter, reinterpret_cast<void*>(ready_await)},
                              {Py_tp_iternext, reinterpret_cast<void*>(ready_next)},
                              {Py_tp_dealloc, reinterpret_cast<void*>(ready_dealloc)},
+                             {Py_tp_methods, ready_methods},
                              {0, nullptr}};
 PyType_Spec ready_spec = {"_pyport_http.Ready", sizeof(ReadyObject), 0, Py_TPFLAGS_DEFAULT,
                           ready_slots};
@@ -188,9 +222,12 @@ PyObject* make_ready(PyObject* result) {
 // ---- Send and Receive --------------------------------------------------------
 
 // Both hold the request (a _Request); called through vectorcall.
+// Called from another thread (a WSGI app's wsgi.input), they take the
+// slow path: its coroutine runs on the loop, where the request lives.
 struct BoundObject {
   PyObject_HEAD PyObject* req;
   vectorcallfunc vectorcall;
+  unsigned long thread;  // the loop's thread (the one that made it)
 };
 
 int bound_init(PyObject* self, PyObject* args, PyObject* kwargs);
@@ -339,13 +376,16 @@ PyObject* send_call(PyObject* self, PyObject* const* args, size_t nargsf, PyObje
     PyErr_SetString(PyExc_TypeError, "send(message) takes one message");
     return nullptr;
   }
-  PyObject* req = reinterpret_cast<BoundObject*>(self)->req;
+  auto* b = reinterpret_cast<BoundObject*>(self);
+  PyObject* req = b->req;
   PyObject* message = args[0];
   if (req == nullptr) {
     PyErr_SetString(PyExc_RuntimeError, "send() of a request that is gone");
     return nullptr;
   }
-  if (!PyDict_CheckExact(message)) return slow(req, kSendSlow, message);
+  if (!PyDict_CheckExact(message) || PyThread_get_thread_ident() != b->thread) {
+    return slow(req, kSendSlow, message);
+  }
   PyRef conn = get(req, kConn);
   if (!conn) return nullptr;
   if (truth(conn.get(), kLost) != 0) return slow(req, kSendSlow, message);
@@ -375,6 +415,9 @@ PyObject* receive_call(PyObject* self, PyObject* const*, size_t nargsf, PyObject
   if (req == nullptr) {
     PyErr_SetString(PyExc_RuntimeError, "receive() of a request that is gone");
     return nullptr;
+  }
+  if (PyThread_get_thread_ident() != reinterpret_cast<BoundObject*>(self)->thread) {
+    return slow(req, kReceiveSlow, nullptr);
   }
   PyRef chunks = get(req, kChunks);
   if (!chunks) return nullptr;
@@ -466,6 +509,7 @@ int bound_init(PyObject* self, PyObject* args, PyObject* kwargs) {
   }
   auto* b = reinterpret_cast<BoundObject*>(self);
   Py_XSETREF(b->req, Py_NewRef(req));
+  b->thread = PyThread_get_thread_ident();
   b->vectorcall =
       Py_TYPE(self) == reinterpret_cast<PyTypeObject*>(send_type) ? send_call : receive_call;
   return 0;
@@ -499,6 +543,9 @@ bool add_to(PyObject* module) {
     if (!ready_type) return false;
   }
   if (!done && !(done = make_ready(nullptr))) return false;
+  if (PyModule_AddObjectRef(module, "Ready", reinterpret_cast<PyObject*>(ready_type)) < 0) {
+    return false;
+  }
   PyRef send = PyRef::steal(PyType_FromSpec(&send_spec));
   if (!send || PyModule_AddObjectRef(module, "Send", send.get()) < 0) return false;
   send_type = send.get();  // the module keeps it

@@ -5,13 +5,15 @@ trips (on_request, on_response, on_error)."""
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import logging
 import os
 from collections import deque
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 from urllib.parse import quote
 
-from _pyport_http import HEAD_CHUNKED, HEAD_CLOSE, Receive, Send, response_head, setup_exchange
+from _pyport_http import (HEAD_CHUNKED, HEAD_CLOSE, Ready, Receive, Send, response_head,
+                          setup_exchange)
 
 from . import _callbacks
 from ._http_response import _error_response, _reasons
@@ -19,7 +21,10 @@ from ._write_flow import ClientDisconnected
 
 # The C++ send/receive (port_worker/http_exchange.cpp) take the common
 # cases themselves and call _send_slow/_receive_slow for the rest.
+# Their finished awaitables are coroutines to asyncio (create_task,
+# run_coroutine_threadsafe): send/throw/close, done at the first step.
 setup_exchange(_reasons)
+collections.abc.Coroutine.register(Ready)
 
 if TYPE_CHECKING:
     from ._http_conn import HttpConnection
