@@ -11,6 +11,7 @@
 #include <string>
 #include <string_view>
 
+#include "http_connection.hpp"
 #include "http_exchange.hpp"
 #include "py_ref.hpp"
 
@@ -706,7 +707,7 @@ PyObject* init() {
       PyModule_AddIntConstant(module.get(), "ERROR", kError) < 0 ||
       PyModule_AddIntConstant(module.get(), "HEAD_CHUNKED", kChunkedDeclared) < 0 ||
       PyModule_AddIntConstant(module.get(), "HEAD_CLOSE", kClose) < 0 ||
-      !http_exchange::add_to(module.get())) {
+      !http_exchange::add_to(module.get()) || !http_connection::add_to(module.get())) {
     return nullptr;
   }
   return module.release();

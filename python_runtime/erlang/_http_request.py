@@ -12,8 +12,8 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 from urllib.parse import quote
 
-from _pyport_http import (HEAD_CHUNKED, HEAD_CLOSE, Ready, Receive, Send, response_head,
-                          setup_exchange)
+from _pyport_http import (HEAD_CHUNKED, HEAD_CLOSE, Ready, Receive, Send, request_done,
+                          response_head, setup_exchange)
 
 from . import _callbacks
 from ._http_response import _error_response, _reasons
@@ -430,7 +430,7 @@ class _Request:
                 self._write_error(500, "the application sent no response")
         if not self.complete:
             self.keep_alive = False
-        self.conn.request_done(self)
+        request_done(conn, self)  # conn.request_done(self), its common case in C++
 
     def _timeout(self) -> None:
         # Only while nothing was written: a response that has started
