@@ -1,12 +1,14 @@
 #define PY_SSIZE_T_CLEAN
 #include "http_connection.hpp"
 
+#include <initializer_list>
+
 #include "py_ref.hpp"
 
 namespace pyport {
 namespace {
 
-enum Event { kHead = 0, kEnd = 2 };  // as http_request_parser.cpp's
+enum Event { kHead = 0, kBody = 1, kEnd = 2 };  // as http_request_parser.cpp's
 
 enum Name {
   kClosing,
@@ -55,57 +57,62 @@ enum Name {
   kPopleft,
   kKeepaliveTimeout,
   kRequestDone,
+  kChunks,
   kNameCount
 };
-const char* const kNames[kNameCount] = {"closing",
-                                        "parser",
-                                        "feed",
-                                        "_event",
-                                        "_after_events",
-                                        "upgrade",
-                                        "deadline_kind",
-                                        "deadline",
-                                        "pipeline",
-                                        "buffered",
-                                        "server",
-                                        "state",
-                                        "conn",
-                                        "scope",
-                                        "method",
-                                        "HEAD",
-                                        "method_head",
-                                        "keep_alive",
-                                        "expect_continue",
-                                        "reading",
-                                        "append",
-                                        "app",
-                                        "run",
-                                        "loop",
-                                        "create_task",
-                                        "task",
-                                        "request_timeout",
-                                        "_time",
-                                        "timer_when",
-                                        "_arm",
-                                        "request",
-                                        "idle",
-                                        "body_done",
-                                        "waiter",
-                                        "wake",
-                                        "access_log",
-                                        "read_paused",
-                                        "lost",
-                                        "broken",
-                                        "pending_error",
-                                        "eof",
-                                        "served",
-                                        "max_requests",
-                                        "popleft",
-                                        "keepalive_timeout",
-                                        "request_done"};
+const char* const kNames[] = {"closing",
+                              "parser",
+                              "feed",
+                              "_event",
+                              "_after_events",
+                              "upgrade",
+                              "deadline_kind",
+                              "deadline",
+                              "pipeline",
+                              "buffered",
+                              "server",
+                              "state",
+                              "conn",
+                              "scope",
+                              "method",
+                              "HEAD",
+                              "method_head",
+                              "keep_alive",
+                              "expect_continue",
+                              "reading",
+                              "append",
+                              "app",
+                              "run",
+                              "loop",
+                              "create_task",
+                              "task",
+                              "request_timeout",
+                              "_time",
+                              "timer_when",
+                              "_arm",
+                              "request",
+                              "idle",
+                              "body_done",
+                              "waiter",
+                              "wake",
+                              "access_log",
+                              "read_paused",
+                              "lost",
+                              "broken",
+                              "pending_error",
+                              "eof",
+                              "served",
+                              "max_requests",
+                              "popleft",
+                              "keepalive_timeout",
+                              "request_done",
+                              "chunks"};
+static_assert(sizeof kNames / sizeof kNames[0] == kNameCount, "a name per Name");
 PyObject* names[kNameCount];
 PyObject* empty_tuple;
 PyTypeObject* request_type;  // _Request, from setup_connection()
+PyObject* read_high;         // READ_HIGH, from setup_connection()
+PyObject* deque_type;        // collections.deque
 
 PyRef get(PyObject* o, Name n) {
   return PyRef::steal(PyObject_GetAttr(o, names[n]));
@@ -212,8 +219,37 @@ bool end(PyObject* conn) {
   return set(conn, kReading, Py_None);
 }
 
+// A piece of the body: queued on the request being read, its waiter woken.
+bool body(PyObject* conn, PyObject* ev) {
+  PyRef req = get(conn, kReading);
+  if (!req) return false;
+  if (req.get() == Py_None) return true;
+  PyObject* data = PyTuple_GET_ITEM(ev, 1);
+  PyRef chunks = get(req.get(), kChunks);
+  if (!chunks) return false;
+  if (chunks.get() == Py_None) {
+    chunks = PyRef::steal(PyObject_CallNoArgs(deque_type));
+    if (!chunks || !set(req.get(), kChunks, chunks.get())) return false;
+  }
+  if (!call(chunks.get(), kAppend, data)) return false;
+  Py_ssize_t n = PyObject_Length(data);
+  if (n < 0) return false;
+  PyRef size = PyRef::steal(PyLong_FromSsize_t(n));
+  if (!size) return false;
+  for (PyObject* o : {req.get(), conn}) {
+    PyRef old = get(o, kBuffered);
+    if (!old) return false;
+    PyRef now = PyRef::steal(PyNumber_Add(old.get(), size.get()));
+    if (!now || !set(o, kBuffered, now.get())) return false;
+  }
+  PyRef waiter = get(req.get(), kWaiter);
+  if (!waiter) return false;
+  return waiter.get() == Py_None || static_cast<bool>(call(req.get(), kWake));
+}
+
 // Whether _after_events has nothing to do: no upgrade, the request's
-// timeout armed, one request, no body buffered. -1: error.
+// timeout armed, one request, no more body buffered than READ_HIGH.
+// -1: error.
 int after_events_idle(PyObject* conn, PyObject* parser) {
   int upgrade = truth(parser, kUpgrade);
   if (upgrade != 0) return upgrade < 0 ? -1 : 0;
@@ -225,8 +261,9 @@ int after_events_idle(PyObject* conn, PyObject* parser) {
   if (!pipeline) return -1;
   Py_ssize_t n = PyObject_Length(pipeline.get());
   if (n != 1) return n < 0 ? -1 : 0;
-  int buffered = truth(conn, kBuffered);
-  return buffered < 0 ? -1 : !buffered;
+  PyRef buffered = get(conn, kBuffered);
+  if (!buffered || read_high == nullptr) return buffered ? 0 : -1;
+  return PyObject_RichCompareBool(buffered.get(), read_high, Py_LE);
 }
 
 PyObject* data_received(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
@@ -259,6 +296,8 @@ PyObject* data_received(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       done = head(conn, ev.get());
     } else if (kind == kEnd) {
       done = end(conn) ? 1 : -1;
+    } else if (kind == kBody && PyTuple_GET_SIZE(ev.get()) == 2) {
+      done = body(conn, ev.get()) ? 1 : -1;
     }
     if (done < 0) return nullptr;
     if (done) continue;
@@ -334,13 +373,19 @@ PyObject* request_done(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   return PyObject_CallMethodOneArg(args[0], names[kRequestDone], args[1]);
 }
 
-PyObject* setup(PyObject*, PyObject* arg) {
-  if (!PyType_Check(arg)) {
-    PyErr_SetString(PyExc_TypeError, "setup_connection(request_class): a class");
+PyObject* setup(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2 || !PyType_Check(args[0])) {
+    PyErr_SetString(PyExc_TypeError, "setup_connection(request_class, read_high)");
     return nullptr;
   }
-  Py_INCREF(arg);
-  Py_XSETREF(request_type, reinterpret_cast<PyTypeObject*>(arg));
+  if (deque_type == nullptr) {
+    PyRef collections = PyRef::steal(PyImport_ImportModule("collections"));
+    if (!collections) return nullptr;
+    deque_type = PyObject_GetAttrString(collections.get(), "deque");
+    if (deque_type == nullptr) return nullptr;
+  }
+  Py_XSETREF(request_type, reinterpret_cast<PyTypeObject*>(Py_NewRef(args[0])));
+  Py_XSETREF(read_high, Py_NewRef(args[1]));
   Py_RETURN_NONE;
 }
 
@@ -352,7 +397,8 @@ PyMethodDef data_received_def = {
 PyMethodDef functions[] = {
     {"request_done", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(request_done)),
      METH_FASTCALL, "request_done(conn, req): HttpConnection.request_done(req)"},
-    {"setup_connection", setup, METH_O, "setup_connection(request_class)"},
+    {"setup_connection", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(setup)),
+     METH_FASTCALL, "setup_connection(request_class, read_high)"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

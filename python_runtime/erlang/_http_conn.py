@@ -36,7 +36,7 @@ HTTP_EXTENSIONS: dict = {"http.response.zerocopysend": {}}
 
 # The C++ fast paths make requests of this class (without its __init__:
 # they set the same fields) and start them as _start does.
-setup_connection(_Request)
+setup_connection(_Request, READ_HIGH)
 
 
 class HttpConnection(WriteFlow, asyncio.Protocol):
