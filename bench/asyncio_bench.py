@@ -7,6 +7,9 @@ Prints one ``asyncio_<figure>_<loop> VALUE UNIT`` line per figure (see
 bench/asyncio_compare.py, which runs all three and adds the ratios).
 """
 import asyncio
+import contextvars
+import gc
+import os
 import random
 import socket
 import statistics
@@ -14,6 +17,7 @@ import sys
 import time
 
 SECONDS = 1.5  # per timed figure
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def new_loop(kind):
@@ -273,6 +277,257 @@ async def gather_tasks():
     return n / (time.perf_counter() - start)
 
 
+# ---------------------------------------------------------------- hot paths
+#
+# Each of these returns the number of operations it did; main() times it
+# (wall and this thread's CPU) and prints ops per second of each.
+
+N_HOT = 200_000
+
+
+async def trivial():
+    return 1
+
+
+async def task_await():
+    """create_task of a coroutine that returns at once, then await it."""
+    loop = asyncio.get_running_loop()
+    n = N_HOT // 4
+    for _ in range(n):
+        await loop.create_task(trivial())
+    return n
+
+
+async def future_wake():
+    """A task awaits a future; a callback sets its result (the wake-up of
+    every I/O-bound await)."""
+    loop = asyncio.get_running_loop()
+    n = N_HOT // 4
+    for _ in range(n):
+        fut = loop.create_future()
+        loop.call_soon(fut.set_result, None)
+        await fut
+    return n
+
+
+async def sleep0():
+    n = N_HOT // 2
+    for _ in range(n):
+        await asyncio.sleep(0)
+    return n
+
+
+async def queue_pingpong():
+    """Two tasks pass a token through two asyncio.Queues."""
+    n = N_HOT // 8
+    ping, pong = asyncio.Queue(), asyncio.Queue()
+
+    async def echo():
+        for _ in range(n):
+            pong.put_nowait(await ping.get())
+
+    echoer = asyncio.get_running_loop().create_task(echo())
+    for i in range(n):
+        await ping.put(i)
+        await pong.get()
+    await echoer
+    return n
+
+
+_VARS = [contextvars.ContextVar(f"v{i}") for i in range(16)]
+
+
+async def context_copies():
+    """call_soon with 16 context variables set: each handle copies the
+    context, each callback runs in its copy and reads a variable."""
+    loop = asyncio.get_running_loop()
+    for i, var in enumerate(_VARS):
+        var.set(i)
+    n = N_HOT
+    done = loop.create_future()
+    left = n
+
+    def tick():
+        nonlocal left
+        left -= 1
+        _VARS[3].get()
+        if left <= 0:
+            if not done.done():
+                done.set_result(None)
+        else:
+            loop.call_soon(tick)
+
+    for _ in range(10):
+        loop.call_soon(tick)
+    await done
+    return n
+
+
+async def tcp_streams_echo():
+    """asyncio streams (StreamReader/StreamWriter) echo of 64 bytes over
+    loopback, one connection, one round trip at a time."""
+    async def serve(reader, writer):
+        while data := await reader.read(4096):
+            writer.write(data)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    n = 20_000
+    payload = b"s" * 64
+    for _ in range(n):
+        writer.write(payload)
+        await reader.readexactly(64)
+    writer.close()
+    await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+    return n
+
+
+async def tcp_echo_count():
+    """tcp_echo(1) (protocols, 64 bytes) counted in round trips."""
+    rate_stop = SECONDS
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(EchoServer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    done = loop.create_future()
+    transport, _ = await loop.create_connection(
+        lambda: PingClient(64, time.perf_counter() + rate_stop, done), "127.0.0.1", port)
+    transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    trips = await done
+    server.close()
+    await server.wait_closed()
+    return trips
+
+
+def _fastapi_app():
+    sys.path.insert(0, HERE)
+    from http_fastapi_app import app
+    return app
+
+
+async def fastapi_asgi(concurrency):
+    """The FastAPI JSON endpoint of bench/http_fastapi_app.py driven with
+    synthetic ASGI calls, no sockets: the framework's machinery (Starlette's
+    middleware, routing, FastAPI's validation and JSON) on this loop.
+    `concurrency` requests in flight at once, each a task."""
+    app = _fastapi_app()
+    body_msg = {"type": "http.request", "body": b"", "more_body": False}
+
+    def scope(i):
+        return {
+            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1", "method": "GET", "scheme": "http",
+            "path": f"/items/{i}", "raw_path": f"/items/{i}".encode(), "root_path": "",
+            "query_string": b"q=x", "headers": [(b"host", b"bench"), (b"accept", b"*/*")],
+            "client": ("127.0.0.1", 1234), "server": ("127.0.0.1", 8000),
+        }
+
+    async def receive():
+        return body_msg
+
+    async def one(i):
+        status = []
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+
+        await app(scope(i), receive, send)
+        if status != [200]:
+            raise RuntimeError(f"status {status}")
+
+    for i in range(200):  # warm up (route compilation, pydantic)
+        await one(i)
+    n = 20_000
+    loop = asyncio.get_running_loop()
+    if concurrency == 1:
+        for i in range(n):
+            await one(i)
+    else:
+        async def worker(k):
+            for i in range(k, n, concurrency):
+                await one(i)
+        await asyncio.gather(*(loop.create_task(worker(k)) for k in range(concurrency)))
+    return n
+
+
+async def anyio_task_group():
+    """anyio's machinery as Starlette uses it around streaming responses and
+    BaseHTTPMiddleware: a task group with one child, a cancel scope, a
+    memory object stream hand-over."""
+    import anyio
+    n = N_HOT // 20
+    send, receive = anyio.create_memory_object_stream(1)
+
+    async def child():
+        await send.send(1)
+
+    for _ in range(n):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(child)
+            with anyio.CancelScope():
+                await receive.receive()
+    return n
+
+
+HOT = [
+    ("call_soon_hot", None, "callbacks/s"),
+    ("task_await", task_await, "tasks/s"),
+    ("future_wake", future_wake, "wakes/s"),
+    ("sleep0", sleep0, "sleeps/s"),
+    ("queue_pingpong", queue_pingpong, "roundtrips/s"),
+    ("context_copies", context_copies, "callbacks/s"),
+    ("tcp_protocol_echo", tcp_echo_count, "roundtrips/s"),
+    ("tcp_streams_echo", tcp_streams_echo, "roundtrips/s"),
+    ("anyio_task_group", anyio_task_group, "groups/s"),
+    ("fastapi_asgi_seq", lambda: fastapi_asgi(1), "requests/s"),
+    ("fastapi_asgi_16", lambda: fastapi_asgi(16), "requests/s"),
+]
+
+
+async def call_soon_count():
+    loop = asyncio.get_running_loop()
+    n = N_HOT
+    done = loop.create_future()
+    left = n
+
+    def tick():
+        nonlocal left
+        left -= 1
+        if left <= 0:
+            if not done.done():
+                done.set_result(None)
+        else:
+            loop.call_soon(tick)
+
+    for _ in range(10):
+        loop.call_soon(tick)
+    await done
+    return n
+
+
+HOT[0] = ("call_soon_hot", call_soon_count, "callbacks/s")
+
+
+def run_hot(loop, kind, only):
+    """Each hot-path figure: ops per second of wall time and ops per second
+    of this thread's CPU time (the second is what a loaded machine changes
+    least)."""
+    for name, fn, unit in HOT:
+        if only and name not in only and "hot" not in only:
+            continue
+        gc.collect()
+        wall, cpu = time.perf_counter(), time.thread_time()
+        ops = loop.run_until_complete(fn())
+        wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+        print(f"asyncio_{name}_{kind} {ops / wall:.0f} {unit}", flush=True)
+        print(f"asyncio_{name}_cpu_{kind} {ops / cpu:.0f} {unit.replace('/s', '/cpu_s')}", flush=True)
+
+
 def main(kind):
     figures = [
         ("call_soon", call_soon_rate, "callbacks/s"),
@@ -288,6 +543,7 @@ def main(kind):
     only = set(sys.argv[2:])
     loop = new_loop(kind)
     try:
+        run_hot(loop, kind, only)
         for name, fn, unit in figures:
             if only and name not in only:
                 continue

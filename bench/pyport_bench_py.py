@@ -129,3 +129,11 @@ def fork_exit_rate(seconds):
         os.waitpid(pid, 0)
         count += 1
     return count / seconds
+
+
+def state_get_loop(key, n):
+    """n erlang.state_get round trips in one call (issue 15's table)."""
+    get = erlang.state_get
+    for _ in range(n):
+        get(key)
+    return n

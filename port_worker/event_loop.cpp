@@ -27,6 +27,13 @@ namespace {
 constexpr int kRead = 1;
 constexpr int kWrite = 2;
 
+// While callbacks are ready, an iteration runs them without asking libuv
+// for I/O (an epoll_wait that cannot wait, and libuv's own turn): the
+// descriptors are polled again once this long has passed since the last
+// poll, so I/O is never held back longer than that by a busy loop. An idle
+// loop is unaffected: with nothing ready it waits in the kernel as before.
+constexpr int64_t kPollIntervalNs = 50'000;
+
 int uv_events_of(int events) {
   return ((events & kRead) ? UV_READABLE : 0) | ((events & kWrite) ? UV_WRITABLE : 0);
 }
@@ -187,6 +194,9 @@ class PollerCore {
     close_entry(e);
     return true;
   }
+
+  // Entries collected and not yet returned: the next wait does not block.
+  bool has_ready() const { return !ready_.empty(); }
 
   // Runs one libuv iteration, waiting at most `timeout` seconds (negative:
   // no limit) unless something is ready already. The GIL is released while
@@ -405,10 +415,11 @@ PyRef native_handle_type(PyObject* module, PyType_Spec* spec, const PyRef& base)
 // What the loop needs from asyncio, looked up once.
 struct LoopNames {
   PyRef stopping, cancelled, remove_reader, remove_writer, run, run_debug, call_at_py,
-      call_later_py, context_kw, task_name;
+      call_later_py, context_kw, task_name, future_name;
   PyRef task_kwnames;      // ("loop", "name", "context")
   PyRef loop_kwnames;      // ("loop",)
   PyRef tasks_dict;        // asyncio.tasks.__dict__: Task is looked up per call, as asyncio does
+  PyRef futures_dict;      // asyncio.futures.__dict__: Future, likewise
   PyRef base_create_task;  // asyncio.BaseEventLoop.create_task, for debug mode and factories
   PyRef callback_failed;   // erlang._loop._callback_failed(handle, exc)
   PyRef base_call_soon;    // asyncio.BaseEventLoop.call_soon, for debug mode
@@ -427,7 +438,8 @@ struct LoopNames {
                  {&call_at_py, "_pyport_call_at"},
                  {&call_later_py, "_pyport_call_later"},
                  {&context_kw, "context"},
-                 {&task_name, "Task"}};
+                 {&task_name, "Task"},
+                 {&future_name, "Future"}};
     for (auto& n : names) {
       *n.slot = PyRef::steal(PyUnicode_InternFromString(n.name));
       if (!*n.slot) return false;
@@ -449,8 +461,10 @@ struct LoopNames {
         base_call_soon ? PyRef::steal(PyObject_GetAttrString(cls.get(), "create_task")) : PyRef();
     PyRef tasks = base_create_task ? PyRef::steal(PyImport_ImportModule("asyncio.tasks")) : PyRef();
     tasks_dict = tasks ? PyRef::borrow(PyModule_GetDict(tasks.get())) : PyRef();
+    PyRef futures = tasks_dict ? PyRef::steal(PyImport_ImportModule("asyncio.futures")) : PyRef();
+    futures_dict = futures ? PyRef::borrow(PyModule_GetDict(futures.get())) : PyRef();
     task_kwnames =
-        tasks_dict ? PyRef::steal(Py_BuildValue("(sss)", "loop", "name", "context")) : PyRef();
+        futures_dict ? PyRef::steal(Py_BuildValue("(sss)", "loop", "name", "context")) : PyRef();
     loop_kwnames = task_kwnames ? PyRef::steal(Py_BuildValue("(s)", "loop")) : PyRef();
     return bool(loop_kwnames);
   }
@@ -721,6 +735,7 @@ struct PollerObject {
   ModuleState* state;
   bool is_root;
   PyObject* input_key;  // root: the pseudo key reported when frames wait
+  PyObject* input_ended;  // root: called once process_input says the worker must stop
   unsigned long owner_thread;
   // The asyncio loop whose selector this is (bind()), its ready queue and
   // timers, and the loop's _closed / _debug flags (kept here so the hot
@@ -733,6 +748,8 @@ struct PollerObject {
   int loop_closed;
   int debug;
   double clock_resolution;
+  int64_t last_poll_ns;  // when run_once last polled for I/O (CLOCK_MONOTONIC)
+  uint64_t polls;        // run_once iterations that polled (the others ran callbacks only)
 };
 
 bool check_usable(PollerObject* self) {
@@ -765,6 +782,7 @@ void close_poller(PollerObject* self) {
     self->core = nullptr;
   }
   Py_CLEAR(self->input_key);
+  Py_CLEAR(self->input_ended);
 }
 
 PyObject* Poller_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
@@ -828,6 +846,7 @@ PyObject* Poller_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
 int Poller_traverse(PollerObject* self, visitproc visit, void* arg) {
   Py_VISIT(Py_TYPE(self));
   Py_VISIT(self->input_key);
+  Py_VISIT(self->input_ended);
   Py_VISIT(self->loop);
   Py_VISIT(self->ready);
   Py_VISIT(self->timers);
@@ -926,7 +945,12 @@ bool wait_for_events(PollerObject* self, double timeout, bool* input) {
   }
   if (host) {
     host->before_wait();
-    if (host->input_ready()) timeout = 0;
+    if (host->input_ready()) {
+      timeout = 0;
+    } else if (timeout != 0 && !self->core->has_ready() && host->spin_for_input(timeout)) {
+      // The worker polled its channel a short while first (input_reader.hpp).
+      timeout = 0;
+    }
   }
   // Keeps self alive while the GIL is released (another thread could drop
   // the last reference otherwise).
@@ -1182,6 +1206,32 @@ PyObject* Poller_create_task(PollerObject* self, PyObject* const* args, size_t n
                              (defaults ? n.loop_kwnames : n.task_kwnames).get());
 }
 
+// loop.create_future() of the bound loop: asyncio.futures.Future(loop=loop),
+// without BaseEventLoop.create_future's Python frame.
+PyObject* Poller_create_future(PollerObject* self, PyObject*) {
+  PyObject* loop = bound_loop(self);
+  if (!loop) return nullptr;
+  LoopNames& n = *self->names;
+  PyObject* future_type = PyDict_GetItemWithError(n.futures_dict.get(), n.future_name.get());
+  if (!future_type) {
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_AttributeError, "asyncio.futures has no Future");
+    return nullptr;
+  }
+  PyRef hold = PyRef::borrow(future_type);
+  PyObject* call[] = {loop};
+  return PyObject_Vectorcall(future_type, call, 0, n.loop_kwnames.get());
+}
+
+// loop.get_debug(): every Future and Task asks it when made.
+PyObject* Poller_get_debug_method(PollerObject* self, PyObject*) {
+  return PyBool_FromLong(self->debug);
+}
+
+// loop.time(): time.monotonic(), as BaseEventLoop.time.
+PyObject* Poller_time(PollerObject*, PyObject*) {
+  return PyFloat_FromDouble(monotonic_now());
+}
+
 // ---------------------------------------------------------------- run_once
 
 // Truth of obj.name; -1 with an exception set.
@@ -1312,6 +1362,8 @@ bool queue_io(PollerObject* self, PyObject* loop, ReadyQueue& ready, bool input)
   return true;
 }
 
+bool run_input(PollerObject* self, PyObject* handle);
+
 // loop._run_once() of asyncio's BaseEventLoop on the C++ ready queue and
 // timer heap, with the poller's events taken directly (no select() list,
 // no _process_events). Tolerates being re-entered from a callback it runs
@@ -1339,10 +1391,24 @@ PyObject* Poller_run_once(PollerObject* self, PyObject*) {
     timeout = std::min(std::max(0.0, timers.top().when - monotonic_now()), 86400.0);
   }
 
-  bool input = false;
-  if (!wait_for_events(self, timeout, &input)) return nullptr;
-  if (!self->core || self->core->closed()) Py_RETURN_NONE;
-  if (!queue_io(self, loop.get(), ready, input)) return nullptr;
+  // Callbacks are ready and I/O was polled a moment ago: run them at once
+  // (see kPollIntervalNs). Frames the worker has already read still get
+  // their turn, as do signal handlers.
+  if (timeout == 0 && !ready.empty() && monotonic_ns() - self->last_poll_ns < kPollIntervalNs) {
+    if (PyErr_CheckSignals() < 0) return nullptr;
+    LoopHost* host = self->is_root ? self->state->host : nullptr;
+    if (host && self->input_key && host->input_ready() &&
+        !ready.push(PyTuple_GET_ITEM(PyTuple_GET_ITEM(self->input_key, 3), 0))) {
+      return nullptr;
+    }
+  } else {
+    bool input = false;
+    if (!wait_for_events(self, timeout, &input)) return nullptr;
+    if (!self->core || self->core->closed()) Py_RETURN_NONE;
+    self->last_poll_ns = monotonic_ns();
+    ++self->polls;
+    if (!queue_io(self, loop.get(), ready, input)) return nullptr;
+  }
 
   // Timers that are due (within the clock's resolution, as asyncio).
   if (!timers.empty()) {
@@ -1366,6 +1432,9 @@ PyObject* Poller_run_once(PollerObject* self, PyObject*) {
       PyRef done =
           PyRef::steal(PyObject_CallMethodOneArg(loop.get(), n.run_debug.get(), handle.get()));
       if (!done) return nullptr;
+    } else if (self->input_ended && self->input_key &&
+               handle.get() == PyTuple_GET_ITEM(PyTuple_GET_ITEM(self->input_key, 3), 0)) {
+      if (!run_input(self, handle.get())) return nullptr;
     } else if (!run_handle(n, handle.get())) {
       return nullptr;
     }
@@ -1384,14 +1453,55 @@ PyObject* Poller_bind(PollerObject* self, PyObject* loop) {
   Py_RETURN_NONE;
 }
 
-PyObject* Poller_set_input_key(PollerObject* self, PyObject* key) {
+// set_input_key(key, ended=None): key's data is (handle, None), the
+// handle run_once queues when frames wait. With `ended`, run_once handles
+// the frames itself in C (the handle's own _run is for poll() users and
+// debug mode) and calls ended() once the worker must stop.
+PyObject* Poller_set_input_key(PollerObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs < 1 || nargs > 2) {
+    PyErr_SetString(PyExc_TypeError, "set_input_key(key, ended=None) takes 1 or 2 arguments");
+    return nullptr;
+  }
   if (!self->is_root) {
     PyErr_SetString(PyExc_RuntimeError, "only the worker's poller receives frames");
     return nullptr;
   }
+  PyObject* key = args[0];
+  PyObject* data =
+      PyTuple_Check(key) && PyTuple_GET_SIZE(key) == 4 ? PyTuple_GET_ITEM(key, 3) : nullptr;
+  if (!data || !PyTuple_Check(data) || PyTuple_GET_SIZE(data) != 2) {
+    PyErr_SetString(PyExc_TypeError, "the input key's data must be (handle, None)");
+    return nullptr;
+  }
+  PyObject* ended = nargs == 2 && args[1] != Py_None ? args[1] : nullptr;
   Py_INCREF(key);
   Py_XSETREF(self->input_key, key);
+  Py_XINCREF(ended);
+  Py_XSETREF(self->input_ended, ended);
   Py_RETURN_NONE;
+}
+
+// The input handle's work without its Python frames: the frames that
+// wait are handled; an error other than SystemExit/KeyboardInterrupt goes
+// to handle._pyport_failed(exc) (the loop's exception handler), as the
+// handle's _run would. False with an exception set.
+bool run_input(PollerObject* self, PyObject* handle) {
+  LoopHost* host = self->state->host;
+  if (!host) {
+    PyErr_SetString(PyExc_RuntimeError, "the worker has gone");
+    return false;
+  }
+  PyRef ended = PyRef::borrow(self->input_ended);  // held: a request may replace it
+  bool more = true;
+  bool ok = host->process_input(&more);
+  if (ok && !more) ok = bool(PyRef::steal(PyObject_CallNoArgs(ended.get())));
+  if (ok) return true;
+  if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+    return false;
+  }
+  PyError e = PyError::fetch();
+  return bool(PyRef::steal(
+      PyObject_CallMethod(handle, "_pyport_failed", "O", e.value ? e.value.get() : Py_None)));
 }
 
 PyObject* Poller_close(PollerObject* self, PyObject*) {
@@ -1439,6 +1549,10 @@ PyObject* Poller_get_loop_closed(PollerObject* self, void*) {
   return PyBool_FromLong(self->loop_closed);
 }
 
+PyObject* Poller_get_polls(PollerObject* self, void*) {
+  return PyLong_FromUnsignedLongLong(self->polls);
+}
+
 PyObject* Poller_get_debug(PollerObject* self, void*) {
   return PyBool_FromLong(self->debug);
 }
@@ -1481,6 +1595,12 @@ PyMethodDef poller_methods[] = {
     {"create_task", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(Poller_create_task)),
      METH_FASTCALL | METH_KEYWORDS,
      "create_task(coro, *, name=None, context=None): loop.create_task, without Python code."},
+    {"create_future", reinterpret_cast<PyCFunction>(Poller_create_future), METH_NOARGS,
+     "create_future(): loop.create_future, without Python code."},
+    {"get_debug", reinterpret_cast<PyCFunction>(Poller_get_debug_method), METH_NOARGS,
+     "get_debug(): the bound loop's debug flag (loop.get_debug)."},
+    {"time", reinterpret_cast<PyCFunction>(Poller_time), METH_NOARGS,
+     "time(): loop.time (time.monotonic())."},
     {"bind", reinterpret_cast<PyCFunction>(Poller_bind), METH_O,
      "bind(loop): the asyncio loop this poller is the selector, ready queue and timers of."},
     {"call_at", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(Poller_call_at)),
@@ -1489,8 +1609,11 @@ PyMethodDef poller_methods[] = {
     {"call_later", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(Poller_call_later)),
      METH_FASTCALL | METH_KEYWORDS,
      "call_later(delay, callback, *args, context=None): loop.call_later, without Python code."},
-    {"set_input_key", reinterpret_cast<PyCFunction>(Poller_set_input_key), METH_O,
-     "set_input_key(key): the worker poller reports key as readable when frames wait."},
+    {"set_input_key",
+     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(Poller_set_input_key)),
+     METH_FASTCALL,
+     "set_input_key(key, ended=None): the worker poller reports key as readable when frames\n"
+     "wait; with ended, run_once handles them itself and calls ended() at the end."},
     {"close", reinterpret_cast<PyCFunction>(Poller_close), METH_NOARGS,
      "close(): stop watching everything and release the libuv handles."},
     {nullptr, nullptr, 0, nullptr}};
@@ -1505,6 +1628,8 @@ PyGetSetDef poller_getset[] = {
      "The timer heap (the bound loop's _scheduled).", nullptr},
     {"loop_closed", reinterpret_cast<getter>(Poller_get_loop_closed),
      reinterpret_cast<setter>(Poller_set_loop_closed), "The bound loop's _closed.", nullptr},
+    {"polls", reinterpret_cast<getter>(Poller_get_polls), nullptr,
+     "How many run_once iterations polled for I/O (the rest only ran ready callbacks).", nullptr},
     {"debug", reinterpret_cast<getter>(Poller_get_debug),
      reinterpret_cast<setter>(Poller_set_debug), "The bound loop's _debug.", nullptr},
     {"task_factory", reinterpret_cast<getter>(Poller_get_task_factory),

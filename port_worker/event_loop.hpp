@@ -42,6 +42,13 @@ class LoopHost {
   virtual void after_wait() = 0;
   // Frames (or end of input) wait to be handled.
   virtual bool input_ready() = 0;
+  // Before a wait that would block (timeout in seconds, negative: none):
+  // the worker may poll for frames a short while first; true when some
+  // came (input_ready() then says so).
+  virtual bool spin_for_input(double timeout) {
+    (void)timeout;
+    return false;
+  }
   // Handles every waiting frame; *more is false once the worker must stop
   // (SHUTDOWN, end of input, output gone). False with a Python exception set.
   virtual bool process_input(bool* more) = 0;

@@ -10,7 +10,9 @@
 #include <sys/timerfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <system_error>
 
@@ -102,6 +104,105 @@ void InputBatch::swap(InputBatch& other) noexcept {
   std::swap(taken_, other.taken_);
 }
 
+// ---- SpinBudget ---------------------------------------------------------------
+
+namespace {
+
+uint64_t median(uint64_t* v, int n) {
+  std::nth_element(v, v + n / 2, v + n);
+  return v[n / 2];
+}
+
+// The mean without the two largest values.
+uint64_t trimmed_mean(uint64_t* v, int n) {
+  std::sort(v, v + n);
+  uint64_t sum = 0;
+  for (int i = 0; i < n - 2; ++i)
+    sum += v[i];
+  return sum / uint64_t(n - 2);
+}
+
+}  // namespace
+
+void SpinBudget::restart() {
+  phase_ = always_ ? kDecided : kProbeBlock;
+  spin_ = always_;
+  count_ = 0;
+}
+
+void SpinBudget::decide(bool spin) {
+  spin_ = spin;
+  phase_ = kDecided;
+  count_ = 0;
+}
+
+void SpinBudget::input_after(uint64_t waited_ns, uint64_t cycle_ns) {
+  if (max_ns_ == 0) return;
+  if (cycle_ns < waited_ns) cycle_ns = waited_ns;
+  bool long_gap = waited_ns > max_ns_;
+  if (long_gap) {
+    // No spin of ours bridges such a gap. One may be a hiccup; two in a
+    // row mean the traffic paused: block, and measure again when it
+    // resumes (a probe that blocks costs nothing).
+    if (++long_gaps_ >= 2 && phase_ != kProbeBlock) {
+      restart();
+      // Spinning resumes only once traffic does: a wait that blocks first.
+      if (always_) spin_ = false;
+      return;
+    }
+  } else {
+    long_gaps_ = 0;
+  }
+  // A single long stall weighs twice the maximum at most.
+  uint64_t wait = std::min(waited_ns, 2 * max_ns_);
+  uint64_t cycle = cycle_ns - waited_ns + wait;
+  switch (phase_) {
+    case kProbeBlock:
+      if (long_gap) break;
+      blocked_wait_[count_] = waited_ns;
+      blocked_[count_++] = cycle;
+      if (count_ == kProbe) {
+        if (median(blocked_wait_, kProbe) < kSlowWakeNs) {
+          decide(false);  // wake-ups are cheap: nothing to gain
+          backoff_ = 1;
+        } else {
+          phase_ = kProbeSpin;
+          count_ = 0;
+        }
+      }
+      break;
+    case kProbeSpin:
+      // A spin that ran out counts against spinning.
+      spun_[count_++] = cycle;
+      if (count_ == kProbe) {
+        reference_ns_ = trimmed_mean(blocked_, kProbe);
+        decide(trimmed_mean(spun_, kProbe) * 4 <= reference_ns_ * 3);
+        // Slow wake-ups that spinning does not cure: look again later
+        // and later, since each look spins kProbe waits in vain.
+        backoff_ = spin_ ? 1 : std::min(backoff_ * 2, kCycle / kWindow);
+      }
+      break;
+    case kDecided:
+      if (always_) {
+        spin_ = true;
+        break;
+      }
+      if (++count_ >= kCycle) return restart();
+      window_waits_[(count_ - 1) % kWindow] = wait;
+      window_cycles_[(count_ - 1) % kWindow] = cycle;
+      if (count_ % kWindow == 0) {
+        // Spinning that stopped paying stops; blocking waits that became
+        // slow (the mode changed) are measured again. Medians: on a busy
+        // machine a few waits are long whatever the worker does.
+        if (spin_ ? median(window_cycles_, kWindow) * 4 > reference_ns_ * 3
+                  : count_ / kWindow >= backoff_ && median(window_waits_, kWindow) >= kSlowWakeNs) {
+          return restart();
+        }
+      }
+      break;
+  }
+}
+
 // ---- InputReader --------------------------------------------------------------
 
 InputReader::~InputReader() {
@@ -177,6 +278,20 @@ void InputReader::requeue(InputBatch& frames) {
 
 void InputReader::wake_main() {
   if (!rung_.exchange(true)) ring(wake_fd_);
+}
+
+bool InputReader::spin_for_input(uint64_t budget_ns, bool channel) const {
+  if (budget_ns == 0) return false;
+  auto end = std::chrono::steady_clock::now() + std::chrono::nanoseconds(budget_ns);
+  pollfd fds[2] = {{channel ? fd_ : -1, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+  // No sched_yield() between polls: the owner's scheduler threads yield
+  // while they spin too, and two yielding spinners hand the CPU back and
+  // forth (measured: a round trip 2x slower). SpinBudget stops spinning
+  // where it does not pay.
+  for (;;) {
+    if (rung_.load(std::memory_order_relaxed) || poll(fds, 2, 0) > 0) return true;
+    if (std::chrono::steady_clock::now() >= end) return false;
+  }
 }
 
 bool InputReader::requests_waiting() const {

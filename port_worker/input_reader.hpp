@@ -78,6 +78,79 @@ struct InputFrame {
   size_t rest;  // offset in payload of the first field after Id
 };
 
+// Whether the main thread polls for input before it sleeps, and how long.
+//
+// On a VM, a thread that sleeps and is woken by a write to its pipe may
+// cost tens of µs when its virtual CPU went idle meanwhile (the host must
+// run it again): the "slow wake-up mode" of docs/performance.md, where a
+// sequential round trip pays it on each side. While frames follow each
+// other closely, the main thread can then poll the channel for a while
+// before it blocks, so that the next frame finds it awake. When wake-ups
+// are cheap, spinning gains nothing and takes a CPU the owner may need (a
+// 2-CPU machine, or several workers of a pool spinning at once): it made
+// round trips slower, not faster. So the worker measures rather than
+// guesses (docs/performance.md, "Where a sequential round trip waits
+// (worker side)"): the gap from the start of each wait to the input that
+// ended it, over kProbe waits that block. Only if their median shows a
+// slow wake-up (kSlowWakeNs) does it try kProbe waits that spin, and it
+// spins for the next kCycle waits only if that shortened the cycles (from
+// one input to the next) by a quarter (their means without the two
+// longest, so stalls count but a single hiccup does not), and only as
+// long as it keeps doing so. Gaps longer than the maximum (traffic paused)
+// are not samples of a blocking wait; two in a row stop any spinning until
+// the next probe, so a worker whose traffic stopped spins at most twice
+// the maximum and an idle one never.
+class SpinBudget {
+ public:
+  static constexpr int kProbe = 16;
+  static constexpr int kCycle = 2048;
+  // Conditions change (wake-ups get slow or fast, the machine gets busy,
+  // the owner needs the CPU): the median gap of every kWindow waits is
+  // checked, and spinning that stopped paying stops at once, as blocking
+  // waits that became slow lead to a new probe (after fewer windows the
+  // more often probes found spinning useless).
+  static constexpr int kWindow = 64;
+  static constexpr uint64_t kSlowWakeNs = 20000;
+
+  // max_ns 0: never spin. always: skip the probes and spin whenever
+  // traffic flows (tests: --spin-test-always), still stopping after two
+  // long gaps.
+  explicit SpinBudget(uint64_t max_ns = 0, bool always = false) : max_ns_(max_ns), always_(always) {
+    if (always_) restart();
+  }
+  // How long the next wait may spin (0: block at once).
+  uint64_t budget_ns() const {
+    return phase_ == kProbeSpin || (phase_ == kDecided && spin_) ? max_ns_ : 0;
+  }
+  // The wait ended with input waited_ns after it began, cycle_ns after
+  // the input that ended the previous wait (the request's work and the
+  // wait: what throughput depends on, which may suffer from spinning
+  // even where the wait alone looks shorter).
+  void input_after(uint64_t waited_ns, uint64_t cycle_ns);
+  void input_after(uint64_t waited_ns) { input_after(waited_ns, waited_ns); }
+  // Whether the last probe chose to spin (tests, diagnostics).
+  bool spinning() const { return phase_ == kDecided && spin_; }
+
+ private:
+  enum Phase { kProbeBlock, kProbeSpin, kDecided };
+  void restart();
+  void decide(bool spin);
+
+  uint64_t max_ns_;
+  bool always_;
+  Phase phase_ = kProbeBlock;
+  bool spin_ = false;
+  int count_ = 0;                         // waits sampled in this phase
+  int long_gaps_ = 0;                     // gaps above max_ns_ in a row
+  uint64_t reference_ns_ = 0;             // the blocking probe's cycle, once spinning
+  uint64_t window_waits_[kWindow] = {};   // this window's waits
+  uint64_t window_cycles_[kWindow] = {};  // and cycles
+  int backoff_ = 1;                       // windows of slow blocking waits before a probe
+  uint64_t blocked_wait_[kProbe] = {};    // the blocking probe's waits
+  uint64_t blocked_[kProbe] = {};         // and cycles
+  uint64_t spun_[kProbe] = {};            // the spinning probe's cycles
+};
+
 class InputReader {
  public:
   // Called for each frame of the kind it was registered for, by the thread
@@ -149,6 +222,11 @@ class InputReader {
   void requeue(InputBatch& frames);
   // Makes wake_fd() readable (any thread).
   void wake_main();
+  // Main thread, without the GIL, before it blocks: polls the channel (if
+  // `channel`) and the doorbell without blocking, for up to budget_ns
+  // (SpinBudget says how long). True as soon as either is readable (the
+  // wait that follows returns at once).
+  bool spin_for_input(uint64_t budget_ns, bool channel = true) const;
   // Whether requests are waiting for the main thread: queued, or still
   // unread in the channel.
   bool requests_waiting() const;

@@ -27,7 +27,7 @@ const char* const kUsage =
     "                     [--sandbox | --zygote] [--sandbox-allow WHAT]... [--preload MODULE]...\n"
     "                     [--workdir-parent DIR] [--env NAME=VALUE]... [--env-keep NAME]...\n"
     "                     [--max-output BYTES] [--max-disk BYTES] [--env-stdin]\n"
-    "                     [--log-lines N] [--log-bytes BYTES]\n"
+    "                     [--log-lines N] [--log-bytes BYTES] [--spin-us N]\n"
     "                     [--warm-zygote | --warm-from SOCKET]\n"
     "  --runtime DIR          the python_runtime directory (default: next to the\n"
     "                         executable, else the source tree's)\n"
@@ -53,6 +53,9 @@ const char* const kUsage =
     "  --log-lines N          lines of stdout+stderr sent as LOG frames a second, the\n"
     "                         rest dropped and counted (default: no limit)\n"
     "  --log-bytes BYTES      bytes of them a second (default: no limit)\n"
+    "  --spin-us N            microseconds the main thread may poll for the next frame\n"
+    "                         before it sleeps, while frames follow closely\n"
+    "                         (default 100; 0: never)\n"
     "  --warm-zygote          a warm pool's zygote: reads a prelude and init_code (each\n"
     "                         {packet,4}) on stdin, imports the --preload modules,\n"
     "                         says READY <socket>\n"
@@ -127,6 +130,7 @@ const char* const kValued[] = {"--runtime",
                                "--sandbox-test-unavailable",
                                "--log-lines",
                                "--log-bytes",
+                               "--spin-us",
                                "--warm-from"};
 
 }  // namespace
@@ -160,6 +164,10 @@ std::string parse_options(int argc, const char* const* argv, Options& out) {
     }
     if (eq == std::string::npos && name == "--env-stdin") {
       out.env_stdin = true;
+      continue;
+    }
+    if (eq == std::string::npos && name == "--spin-test-always") {
+      out.spin_test_always = true;
       continue;
     }
     if (eq == std::string::npos && (name == "--sandbox" || name == "--zygote")) {
@@ -234,6 +242,11 @@ std::string parse_options(int argc, const char* const* argv, Options& out) {
       if (!parse_number(value, 1, UINT64_MAX,
                         name == "--log-lines" ? out.log_lines : out.log_bytes)) {
         return name + " must be a positive number, not '" + value + "'";
+      }
+    } else if (name == "--spin-us") {
+      if (!parse_number(value, 0, kMaxSpinUs, out.spin_us)) {
+        return "--spin-us must be a number of microseconds from 0 to " +
+               std::to_string(kMaxSpinUs) + ", not '" + value + "'";
       }
     } else if (name == "--sandbox-test-unavailable") {
       if (value != "landlock" && value != "namespaces" && value != "seccomp") {

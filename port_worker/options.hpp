@@ -23,6 +23,10 @@ enum SandboxAllow : unsigned {
 // The names of the SandboxAllow bits, in bit order.
 extern const char* const kSandboxAllowNames[7];
 
+// The --spin-us default and bound (pyport_config.erl checks the same).
+constexpr uint64_t kDefaultSpinUs = 100;
+constexpr uint64_t kMaxSpinUs = 10000;
+
 struct Options {
   std::string runtime_dir;         // the python_runtime directory
   std::vector<std::string> paths;  // --path entries, in order
@@ -53,6 +57,12 @@ struct Options {
   // What the log relay sends a second (--log-lines, --log-bytes); 0 is no limit.
   uint64_t log_lines = 0;
   uint64_t log_bytes = 0;
+  // --spin-us: how long the main thread may poll for the next frame before
+  // it sleeps, while frames follow closely (input_reader.hpp, SpinBudget).
+  uint64_t spin_us = kDefaultSpinUs;
+  // Test only (--spin-test-always): spin while traffic flows without
+  // measuring first whether it pays.
+  bool spin_test_always = false;
   // Test only (--sandbox-test-unavailable): act as if the kernel lacked
   // this layer ("landlock", "namespaces", "seccomp").
   std::vector<std::string> test_unavailable;

@@ -16,6 +16,7 @@
 #include "uv_transports.hpp"
 #include "http_request_parser.hpp"
 #include "http_websocket.hpp"
+#include "wsgi_pool.hpp"
 
 #ifndef PYPORT_PYTHON_PROGRAM
 #define PYPORT_PYTHON_PROGRAM "/usr/bin/python3"
@@ -24,6 +25,10 @@
 namespace pyport {
 
 namespace {
+
+uint64_t nanos(std::chrono::steady_clock::duration d) {
+  return uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
+}
 
 // Best effort: the descriptor may be gone or full, and nobody can be told.
 void write_all(int fd, const void* data, size_t size) {
@@ -285,6 +290,10 @@ bool Worker::init_python() {
     diag("cannot register the _pyport_ws module");
     return false;
   }
+  if (PyImport_AppendInittab(wsgi_module::kName, wsgi_module::init) < 0) {
+    diag("cannot register the _pyport_wsgi module");
+    return false;
+  }
   if (!register_erlang_module() || !register_sandbox_module()) {
     diag("cannot register the _erlang and _pyport_sandbox modules");
     return false;
@@ -430,7 +439,7 @@ void Worker::idle() {
     before_wait();
     if (!input_ready_ && !loop_requested_.load()) {
       main_thread_ = PyEval_SaveThread();
-      uv_run(&loop_, UV_RUN_ONCE);
+      if (!spin_idle(idle_spin_.budget_ns())) uv_run(&loop_, UV_RUN_ONCE);
       PyEval_RestoreThread(main_thread_);
     }
     after_wait();
@@ -442,6 +451,16 @@ void Worker::idle() {
     start_requested_loop();
     if (input_ready_) handle_frames();
   }
+}
+
+bool Worker::spin_idle(uint64_t budget_ns) {
+  // A backlog of answers waits for the pipe: libuv must watch it.
+  if (budget_ns == 0 || !writer_.idle()) return false;
+  if (!reader_.spin_for_input(budget_ns)) return false;
+  // As on_input() would: the doorbell is cleared before take().
+  reader_.clear_doorbell();
+  input_ready_ = true;
+  return true;
 }
 
 void Worker::request_loop() {
@@ -535,6 +554,30 @@ void Worker::before_wait() {
   // behind it in its batch): handled in this wait's callback.
   if (batch_.remaining() > 0 || loop_completions_) input_ready_ = true;
   reader_.main_idle();
+  measuring_wait_ = !input_ready_;
+  if (measuring_wait_) wait_began_ = std::chrono::steady_clock::now();
+}
+
+bool Worker::spin_for_input(double timeout) {
+  uint64_t budget = idle_spin_.budget_ns();
+  if (timeout > 0 && timeout * 1e9 < double(budget)) budget = uint64_t(timeout * 1e9);
+  if (budget == 0) return false;
+  PyThreadState* ts = PyEval_SaveThread();
+  bool got = spin_idle(budget);
+  PyEval_RestoreThread(ts);
+  return got;
+}
+
+void Worker::after_wait() {
+  reader_.main_busy();
+  // What the wait for the next frame took, spin or sleep, and the whole
+  // cycle since the previous frame came (SpinBudget).
+  if (measuring_wait_ && input_ready_) {
+    auto now = std::chrono::steady_clock::now();
+    idle_spin_.input_after(nanos(now - wait_began_), nanos(now - last_input_));
+    last_input_ = now;
+  }
+  measuring_wait_ = false;
 }
 
 bool Worker::process_input(bool* more) {
@@ -634,7 +677,6 @@ MainThread::WaitResult Worker::wait(const std::function<bool()>& ready,
   pthread_sigmask(SIG_BLOCK, &sigint, &entry_mask);
   WaitResult result = WaitResult::kClosed;
   for (;;) {
-    pthread_sigmask(SIG_BLOCK, &sigint, nullptr);  // requests run meanwhile unblock it
     if (interrupts_.innermost_signalled()) {
       PyEval_RestoreThread(ts);
       int rc = PyErr_CheckSignals();
@@ -667,19 +709,36 @@ MainThread::WaitResult Worker::wait(const std::function<bool()>& ready,
     // that waits) are handled at once.
     bool queued = handle_requests && batch_.remaining() > 0;
     timespec zero{};
+    // While replies come quickly, poll for the next one before sleeping
+    // (SpinBudget). A wait that takes no requests does not read the
+    // channel, and a backlog of frames to write needs ppoll.
+    auto began = Clock::now();
+    bool spun = !queued && handle_requests && writer_.idle() &&
+                reader_.spin_for_input(std::min<uint64_t>(
+                    reply_spin_.budget_ns(),
+                    timeout ? uint64_t(left_ts.tv_sec) * 1000000000u + uint64_t(left_ts.tv_nsec)
+                            : UINT64_MAX));
     pollfd fds[3] = {{handle_requests ? reader_.fd() : -1, POLLIN, 0},
                      {reader_.wake_fd(), POLLIN, 0},
                      {writer_.idle() ? -1 : writer_.fd(), POLLOUT, 0}};
-    int n = ppoll(fds, 3, queued ? &zero : timeout, &entry_mask);
+    int n = ppoll(fds, 3, queued || spun ? &zero : timeout, &entry_mask);
     if (n < 0 && errno != EINTR) {
       diag(std::string("waiting for Erlang failed: ") + std::strerror(errno));
       break;
+    }
+    bool input = n > 0 && (fds[0].revents || fds[1].revents);
+    if (input && handle_requests) {
+      auto now = Clock::now();
+      reply_spin_.input_after(nanos(now - began), nanos(now - last_reply_input_));
+      last_reply_input_ = now;
     }
     if (n > 0) {
       if (fds[2].revents) writer_.write_from_loop();
       if (fds[1].revents) reader_.clear_doorbell();
     }
-    if (handle_requests && (queued || (n > 0 && (fds[0].revents || fds[1].revents)))) {
+    // Replies are delivered to their mailboxes as they are read, without
+    // the GIL; only requests from Erlang (or the end of input) need Python.
+    if (handle_requests && (queued || (input && take_for_wait()))) {
       reader_.main_busy();
       PyEval_RestoreThread(ts);
       start_requested_loop();
@@ -687,6 +746,7 @@ MainThread::WaitResult Worker::wait(const std::function<bool()>& ready,
       writer_.submit_from_loop(replies_);
       ts = PyEval_SaveThread();
       reader_.main_idle();
+      pthread_sigmask(SIG_BLOCK, &sigint, nullptr);  // the requests that ran unblocked it
     }
   }
   pthread_sigmask(SIG_SETMASK, &entry_mask, nullptr);
@@ -704,6 +764,20 @@ MainThread::WaitResult Worker::wait(const std::function<bool()>& ready,
   }
   PyEval_RestoreThread(ts);
   return result;
+}
+
+bool Worker::take_for_wait() {
+  bool eof = false;
+  std::string error;
+  try {
+    reader_.take(batch_, &eof, &error);
+  } catch (const std::bad_alloc&) {
+    // As in handle_frames(): an answer could be lost.
+    diag("cannot handle frames: out of memory; exiting");
+    _exit(1);
+  }
+  // handle_frames() takes again and sees the same end (it is sticky).
+  return eof || batch_.remaining() > 0 || loop_requested_.load();
 }
 
 void Worker::loop_completions_posted() {

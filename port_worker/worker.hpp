@@ -6,6 +6,7 @@
 #include <uv.h>
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -65,7 +66,11 @@ class Worker : public LoopHost, public MainThread {
 
   // `sandbox`: the sandbox main() began (enter_early), or null.
   explicit Worker(const Options& options, Sandbox* sandbox = nullptr)
-      : options_(options), sandbox_(sandbox), reader_(options.max_frame_size) {}
+      : options_(options),
+        sandbox_(sandbox),
+        reader_(options.max_frame_size),
+        idle_spin_(options.spin_us * 1000, options.spin_test_always),
+        reply_spin_(options.spin_us * 1000, options.spin_test_always) {}
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
@@ -84,8 +89,9 @@ class Worker : public LoopHost, public MainThread {
   uv_loop_t* uv_loop() override { return &loop_; }
   bool on_loop_thread() const override;
   void before_wait() override;
-  void after_wait() override { reader_.main_busy(); }
+  void after_wait() override;
   bool input_ready() override { return input_ready_; }
+  bool spin_for_input(double timeout) override;
   bool process_input(bool* more) override;
   bool answer_future(uint64_t id, PyObject* future) override;
   bool stream_chunk(uint64_t id, PyObject* value) override;
@@ -108,6 +114,13 @@ class Worker : public LoopHost, public MainThread {
   // Waits and handles requests on the plain libuv loop until the worker's
   // asyncio loop exists or the worker must stop.
   void idle();
+  // Without the GIL, before the main thread's loop blocks: polls for input
+  // for up to budget_ns; true (input_ready_ set) when some came.
+  bool spin_idle(uint64_t budget_ns);
+  // Takes what the reader has without the GIL, for a wait for Erlang:
+  // replies go to their mailboxes at once; true when requests (or the end
+  // of input) were taken and need handle_frames().
+  bool take_for_wait();
   // Starts the worker's asyncio loop if a thread asked for it.
   void start_requested_loop();
   // Clears asyncio's running loop for the requests handle_frames() runs;
@@ -158,6 +171,14 @@ class Worker : public LoopHost, public MainThread {
   // frames queued behind it run meanwhile.
   InputBatch batch_;
   int depth_ = 0;
+  // How long the main thread polls before it sleeps (input_reader.hpp):
+  // between requests in the idle loop, and for replies from Erlang.
+  SpinBudget idle_spin_;
+  SpinBudget reply_spin_;
+  // The loop's current wait began then, with no input ready: measured.
+  std::chrono::steady_clock::time_point wait_began_;
+  std::chrono::steady_clock::time_point last_input_, last_reply_input_;
+  bool measuring_wait_ = false;
   ByteBuffer replies_;         // answers not yet handed to the writer
   bool input_ready_ = false;   // the reader has frames, or end of input, for process_input
   bool input_done_ = false;    // end of input, a failed read or write: the worker stops

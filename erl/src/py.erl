@@ -219,8 +219,8 @@ cast(Module, Function, Args) ->
 
 %% @doc Starts a call and returns a reference at once; the result arrives
 %% as the message `{py_response, Ref, Result}' ({@link await/1,2} waits for
-%% it, in the same process). The call is made by a helper process (see
-%% {@link pyport_spawn}).
+%% it, in the same process). The worker's gen_server sends the message
+%% itself: no process per call (see {@link pyport_spawn}).
 -spec spawn_call(name(), name(), [term()]) -> reference().
 spawn_call(Module, Function, Args) ->
     spawn_call(Module, Function, Args, #{}, #{}).

@@ -38,7 +38,7 @@
 -define(UNCHECKED_MS, 10).
 
 %% A task: a plain reference (erlang_python code checks is_reference/1).
-%% It is also the alias its result is sent to, and a monitor of the worker.
+%% It is also the alias its result is sent to.
 -type ref() :: reference().
 %% A stream: a unique reference, the worker and the request id.
 -opaque stream_ref() :: {pyport_stream, reference(), pid(), pos_integer()}.
@@ -62,7 +62,10 @@ start_task(Target, Tag, Request, Timeout) ->
                                              default -> CallTimeout;
                                              _ -> Timeout
                                          end),
-                     Ref = erlang:monitor(process, Pid, [{alias, reply_demonitor}]),
+                     %% A one-shot alias; the worker is monitored only by an
+                     %% await that waits (a monitor per task would be two
+                     %% signals more for the worker's gen_server).
+                     Ref = erlang:alias([reply]),
                      true = ets:insert(?TASKS, {Ref, Pid, Id, Deadline, self()}),
                      Pid ! {'$pyport_task', Ref, Tag, Ref, Id, Deadline, Frame},
                      {task, Ref}
@@ -97,7 +100,7 @@ task_finished(_Ref) ->
 -spec await(atom(), ref(), timeout() | deadline) -> {ok, term()} | {error, term()}.
 await(Tag, Ref, Timeout) when is_reference(Ref) ->
     case ets:lookup(?TASKS, Ref) of
-        [{Ref, _, spawn, _, _}] ->
+        [{Ref, _, Spawn, _, _}] when Spawn =:= spawn; element(1, Spawn) =:= spawn ->
             %% A py:spawn_call reference (pyport_spawn), not a task.
             {error, {invalid_ref, Ref}};
         [{Ref, _Pid, _Id, _Deadline, Owner}] when Owner =/= self() ->
@@ -126,9 +129,7 @@ await(_Tag, Ref, _Timeout) ->
 await_until(Tag, Ref, Pid, Id, Deadline) ->
     receive
         {Tag, Ref, Result} ->
-            Result;
-        {'DOWN', Ref, process, _, Reason} ->
-            {error, {worker_exited, Reason}}
+            Result
     after min(?UNCHECKED_MS, pyport_request:wait_ms(Deadline)) ->
             %% Slow, or already taken: the worker's gen_server says
             %% `not_pending' if it no longer has the task, after the result
@@ -147,10 +148,14 @@ checked_wait(Tag, Ref, Pid, Id, Probe, Monitor, Deadline) ->
     receive
         {Tag, Ref, Result} ->
             Result;
-        {'DOWN', Ref, process, _, Reason} ->
-            {error, {worker_exited, Reason}};
         {'DOWN', Monitor, process, _, Reason} ->
-            {error, {worker_exited, Reason}};
+            %% A gen_server that ended sent its answers first.
+            erlang:unalias(Ref),
+            receive
+                {Tag, Ref, Result} -> Result
+            after 0 ->
+                    {error, {worker_exited, Reason}}
+            end;
         {Probe, not_pending} ->
             {error, already_awaited}
     after pyport_request:wait_ms(Deadline) ->
@@ -179,7 +184,7 @@ cancel(Ref) when is_reference(Ref) ->
     end.
 
 cancel(Ref, Pid, Id) ->
-    erlang:demonitor(Ref, [flush]),
+    erlang:unalias(Ref),
     _ = ets:delete(?TASKS, Ref),
     Pid ! {'$pyport_cancel', Id},
     ok.

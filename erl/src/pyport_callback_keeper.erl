@@ -27,7 +27,7 @@
 
 -include_lib("kernel/include/logger.hrl").
 
--export([start_link/2, run/5, cancel/3, count/1, is_keeper/2]).
+-export([start_link/2, run/5, cancel/3, count/1, is_keeper/2, port_closed/2]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
 -export_type([keeper/0, key/0]).
@@ -95,6 +95,19 @@ count({_, Count, _}) ->
 count(Keeper) when is_pid(Keeper) ->
     gen_server:call(Keeper, count).
 
+%% @doc The OS process behind `Port' ended: its runners are killed, and
+%% this returns once they are dead. The owner calls it before it answers
+%% the worker's callers `worker_exited', so a runner still waiting on the
+%% caller's behalf (a buffer read, a channel receive) cannot take what the
+%% caller does next (the keeper's own port monitor comes too late for that).
+-spec port_closed(keeper() | undefined, port() | undefined) -> ok.
+port_closed({Keeper, _, _}, Port) when is_port(Port) ->
+    try gen_server:call(Keeper, {port_closed, Port}, 5000)
+    catch exit:_ -> ok          % the keeper is gone: so are its runners
+    end;
+port_closed(_, _) ->
+    ok.
+
 %% @doc Whether `Pid' is this keeper (for the owner's 'EXIT' handling).
 -spec is_keeper(pid(), keeper() | undefined) -> boolean().
 is_keeper(Pid, {Pid, _, _}) -> true;
@@ -114,6 +127,14 @@ init({Count, Meta}) ->
 
 %% @private
 -spec handle_call(term(), gen_server:from(), #st{}) -> {reply, term(), #st{}}.
+handle_call({port_closed, Port}, _From, #st{runners = R} = St) ->
+    Pids = [Pid || {Pid, #runner{key = {P, Id}}} <- maps:to_list(R), P =:= Port, is_integer(Id)],
+    Mons = [erlang:monitor(process, Pid) || Pid <- Pids],
+    St1 = lists:foldl(fun kill/2, St, Pids),
+    %% `kill' cannot be trapped: each DOWN comes at once.
+    _ = [receive {'DOWN', Mon, process, _, _} -> ok after 1000 -> erlang:demonitor(Mon, [flush]) end
+         || Mon <- Mons],
+    {reply, ok, St1};
 handle_call(count, _From, #st{count = Count} = St) ->
     {reply, atomics:get(Count, 1), St};
 handle_call(_Req, _From, St) ->

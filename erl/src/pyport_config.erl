@@ -49,6 +49,9 @@
                        fresh_worker := boolean(),
                        warm_start := boolean(),
                        log_rate := pyport_worker_log:rate(),
+                       %% µs a worker may poll for its next frame before
+                       %% it sleeps (docs/performance.md); 0: never.
+                       spin_us := 0..10000,
                        %% default: resolved at pool start (pyport_grants:new/2).
                        grants := pyport_grants:spec() | default,
                        max_callbacks := pos_integer(),
@@ -278,6 +281,7 @@ defaults() ->
       fresh_worker => false,
       warm_start => false,
       log_rate => pyport_worker_log:default_rate(),
+      spin_us => 100,
       %% all without a sandbox, nothing with one (pyport_grants).
       grants => default,
       max_callbacks => 4096,
@@ -337,6 +341,7 @@ check(shutdown_timeout, N) when is_integer(N), N >= 0 -> {ok, N};
 check(fresh_worker, B) when is_boolean(B) -> {ok, B};
 check(warm_start, B) when is_boolean(B) -> {ok, B};
 check(log_rate, Rate) -> pyport_worker_log:validate_rate(Rate);
+check(spin_us, N) when is_integer(N), N >= 0, N =< 10000 -> {ok, N};
 check(max_callbacks, N) when is_integer(N), N > 0, N =< 16#FFFFFFF -> {ok, N};
 check(max_objects, N) when is_integer(N), N > 0, N =< 16#FFFFFFF -> {ok, N};
 check(str_fallback, B) when is_boolean(B) -> {ok, B};

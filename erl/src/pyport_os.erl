@@ -56,6 +56,7 @@ args(#{python_path := Path, max_frame_size := Max, venv := Venv} = Opts) ->
         ++ lists:append([["--path", Dir] || Dir <- Dirs])
         ++ ["--max-frame-size", integer_to_list(Max)]
         ++ log_rate(maps:get(log_rate, Opts, default))
+        ++ spin(maps:get(spin_us, Opts, 100))
         ++ limit("--max-memory", pyport_sandbox:effective_limit(max_memory, Opts))
         ++ limit("--cpu-seconds", pyport_sandbox:effective_limit(cpu_seconds, Opts))
         ++ limit("--max-open-files", pyport_sandbox:effective_limit(max_open_files, Opts))
@@ -67,6 +68,10 @@ log_rate(default) -> log_rate(pyport_worker_log:default_rate());
 log_rate(infinity) -> [];
 log_rate(#{lines := Lines, bytes := Bytes}) ->
     limit("--log-lines", Lines) ++ limit("--log-bytes", Bytes).
+
+%% The worker's own default (port_worker/options.hpp) needs no flag.
+spin(100) -> [];
+spin(Us) -> ["--spin-us", integer_to_list(Us)].
 
 limit(_Flag, infinity) -> [];
 limit(Flag, N) -> [Flag, integer_to_list(N)].

@@ -27,6 +27,7 @@
 -export([send/3, decode_reply/3]).
 -export([builtin_exception_types/0]).
 -export([deadline/1, wait_ms/1]).
+-export([start_message/4, observe/5]).
 
 -export_type([target/0, handle/0, result/0]).
 
@@ -221,6 +222,60 @@ send_call(Pid, Id, Frame, #{pool := Pool, slot := Slot, call_timeout := CallTime
         {K, F} -> pyport_telemetry:call_start(Pool, Slot, K, F, Start)
     end,
     {pyport_call, Alias, Deadline, Pool, Slot, Pid, Id, self()}.
+
+%% @doc Sends a CALL whose answer the worker's gen_server decodes and sends
+%% to the caller as the message `{py_response, Ref, Result}' (erlang_python's
+%% `spawn_call' shape), `Ref' being a one-shot alias of the caller: no
+%% process stands between the caller and the worker. The gen_server answers
+%% `{error, timeout}' at the deadline itself and counts the call when it
+%% ends. `remote' for a target on another node (the caller must wait there
+%% for it).
+-spec start_message(target(), [term()], timeout() | default,
+                    fun((reference(), pid(), pos_integer(), deadline(), term()) -> ok)) ->
+          {ok, reference()} | remote | {error, term()}.
+start_message({output, _, _} = Target0, Fields, Timeout, Registered) ->
+    case output_target(Target0) of
+        {output, Output, Local} -> start_message(Local, Output, Fields, Timeout, Registered);
+        Other -> start_message(Other, Fields, Timeout, Registered)
+    end;
+start_message({node, Node, _}, _Fields, _Timeout, _Registered) when Node =/= node() ->
+    remote;
+start_message({node, _Local, Target}, Fields, Timeout, Registered) ->
+    start_message(Target, Fields, Timeout, Registered);
+start_message({cluster, _}, _Fields, _Timeout, _Registered) ->
+    remote;
+start_message(Target, Fields, Timeout, Registered) ->
+    start_message(Target, default, Fields, Timeout, Registered).
+
+start_message(Target, Output, Fields, Timeout0, Registered) ->
+    Start = erlang:monotonic_time(),
+    What = what(?CALL, Fields),
+    send(Target, {?CALL, Fields},
+         fun(Pid, Id, Frame, #{pool := Pool, slot := Slot, call_timeout := CallTimeout} = Where) ->
+                 Deadline = deadline(case Timeout0 of
+                                         default -> CallTimeout;
+                                         _ -> Timeout0
+                                     end),
+                 Alias = erlang:alias([reply]),
+                 %% Known before the gen_server can answer (and forget it).
+                 ok = Registered(Alias, Pid, Id, Deadline, {Pool, Slot, What, Start}),
+                 _ = case Where of
+                         #{output := caller} -> Pid ! {'$pyport_output', Id, group_leader()};
+                         #{} -> ok
+                     end,
+                 Pid ! {'$pyport_msg', Alias, Id, Deadline, {What, Start}, Frame},
+                 {K, F} = What,
+                 pyport_telemetry:call_start(Pool, Slot, K, F, Start),
+                 {ok, Alias}
+         end, Output).
+
+%% @doc Counts a finished call (pyport_stats) and emits its telemetry stop
+%% or exception event: for the worker's gen_server, which ends the calls
+%% of {@link start_message/4}.
+-spec observe(atom(), pos_integer(), {pos_integer(), [term()]} | none, integer(), result()) ->
+          result().
+observe(Pool, Slot, What, Start, Result) ->
+    observed(Pool, Slot, What, Start, Result).
 
 %% A call's own `output' option, if it has one (`default': the pool's).
 output_of({output, Output, Target}) -> {Output, Target};
@@ -477,8 +532,24 @@ pool_of({pool, Pool}) -> Pool;
 pool_of({slot, Pool, _}) -> Pool;
 pool_of({shard, Pool, _}) -> Pool.
 
-route({pool, _}, Info) ->
+route({pool, _}, #{elastic := true} = Info) ->
+    %% An elastic pool's ties go to its lowest slots (pyport_pool:pick/1).
     pyport_pool:pick(Info);
+route({pool, Pool}, #{counters := C, unavailable := U, size := Size} = Info) ->
+    %% A caller whose worker of the last call has nothing in flight, and
+    %% takes least-loaded calls, goes there again: nothing is less loaded,
+    %% and a worker that has just answered answers the next request
+    %% sooner (its thread, its CPU and the owner's scheduler are awake).
+    case get({?MODULE, last_slot, Pool}) of
+        Slot when is_integer(Slot), Slot =< Size ->
+            case counters:get(C, Slot) =:= 0 andalso atomics:get(U, Slot) =:= 0
+                andalso pyport_pool:worker(Info, Slot) of
+                {ok, Pid} -> {ok, Slot, Pid};
+                _ -> remember_slot(Pool, pyport_pool:pick(Info))
+            end;
+        _ ->
+            remember_slot(Pool, pyport_pool:pick(Info))
+    end;
 route({slot, Pool, Slot}, Info) ->
     case pyport_pool:worker(Info, Slot) of
         {ok, Pid} -> {ok, Slot, Pid};
@@ -486,6 +557,13 @@ route({slot, Pool, Slot}, Info) ->
     end;
 route({shard, Pool, Key}, #{size := Size} = Info) ->
     route({slot, Pool, pyport_pool:shard_slot(Key, Size)}, Info).
+
+%% At most one entry per pool name (an atom) in a caller's dictionary.
+remember_slot(Pool, {ok, Slot, _} = Picked) ->
+    put({?MODULE, last_slot, Pool}, Slot),
+    Picked;
+remember_slot(_Pool, Error) ->
+    Error.
 
 %% @doc Routes and encodes a request, counts it in (the worker's gen_server
 %% counts it out when it is finished; `{error, overloaded}' at the pool's

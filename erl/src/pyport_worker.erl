@@ -57,44 +57,28 @@
 %%
 %% The gen_server's pid stays the same across OS-process restarts, so the
 %% pool's routing table only changes when the gen_server itself restarts.
+%%
+%% This module owns the port and the OS process's life, and routes the
+%% worker's frames; the jobs above are done, on its state
+%% (pyport_worker.hrl), by {@link pyport_worker_requests} (requests in
+%% flight, timeouts, interrupts, answers), {@link pyport_worker_writer}
+%% (port writes and batching), {@link pyport_worker_streams}, {@link
+%% pyport_worker_pubsub} and {@link pyport_worker_namespaces}.
 -module(pyport_worker).
 -behaviour(gen_server).
 
 -include_lib("kernel/include/logger.hrl").
+-include("pyport_worker.hrl").
 
 -export([start_link/3, info/1, os_pid/1, recycle/2, recycle_async/2, stop_async/1, stream_cancel/2,
          stream_window/0]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2, format_status/1]).
 -export([exit_detail/1]).
+%% For the modules that do the owner's jobs (pyport_worker_requests and
+%% friends): its logger metadata, its callback context, and the steps of
+%% its OS process's life they trigger.
+-export([metadata/1, callback_context/1, start_drain/2, after_answer/1, internal_answer/3]).
 
-%% Frame kinds (proto/PROTOCOL.md).
--define(HELLO, 0).
--define(CAST, 2).
--define(EXEC, 4).
--define(CANCEL, 5).
--define(STREAM_CREDIT, 7).
--define(INTERRUPT, 8).
--define(MESSAGE, 10).
--define(CONTROL, 11).
--define(SHUTDOWN, 15).
--define(RESULT, 16).
--define(ERROR, 17).
--define(LOG_FRAME, 18).
--define(REQUEST, 19).
--define(NOTIFY, 20).
--define(SCHEDULE, 21).
--define(STREAM_CHUNK, 24).
--define(STREAM_END, 25).
-
-%% Chunks a stream may have in flight (credit granted, not yet delivered),
-%% and how often credit is reconsidered while a consumer is behind.
--define(STREAM_WINDOW, 64).
-%% Requests held to go out together (send_request/3) fit in this many
-%% bytes, and in the pool's max_frame_size.
--define(BATCH_MAX_BYTES, 262144).
--define(HELD, '$pyport_held').
--define(FLUSH_SENT, '$pyport_flush_sent').
--define(STREAM_RECHECK_MS, 10).
 
 -define(PROTOCOL_VERSION, 1).
 %% An OS process that lived this long was healthy: its death does not
@@ -116,86 +100,6 @@
 %% Messages in the mailbox below which the backlog is not even measured.
 -define(BACKLOG_CHECK_MSGS, 64).
 
--type deadline() :: integer() | infinity.
-%% A request written to the OS process: a call answered raw to its alias
-%% (`abandoned' once its caller gave up), a task answered with a message,
-%% or a stream.
--type entry() :: {reference() | abandoned, deadline()}
-               | {task, reference(), atom(), term(), deadline()}
-               | {stream, pid(), term(), Credit :: non_neg_integer(), Checking :: boolean()}.
--type status() :: starting      % OS process spawned, waiting for its hello
-                | initializing  % hello received, imports and init_code running
-                | up            % frames flow
-                | draining      % to be recycled: in-flight requests finish first
-                | recycling     % SHUTDOWN sent, waiting for the exit
-                | waiting       % backing off before the next spawn
-                | stopping      % the pool stops: no new process
-                | failed.       % the first start failed (init/1 only)
-
--record(state, {
-          pool :: pyport_config:pool_name(),
-          slot :: pos_integer(),
-          opts :: pyport_config:pool_opts(),
-          info :: pyport_pool:info(),
-          status = starting :: status(),
-          %% init/1 starts the first OS process synchronously: its failure
-          %% is returned, not retried.
-          first = true :: boolean(),
-          port :: port() | undefined,
-          %% The current port's frames being cut from its bytes
-          %% (`discard' once it broke the protocol and is being killed),
-          %% and how many bytes of it this process has taken.
-          framer :: pyport_framer:state() | discard | undefined,
-          consumed = 0 :: non_neg_integer(),
-          log :: pyport_worker_log:state(),
-          %% OS pid: from the port at spawn, then the one the hello reports.
-          os_pid :: non_neg_integer() | undefined,
-          python_version :: binary() | undefined,
-          capabilities = #{} :: map(),
-          spawned_at = 0 :: integer(),                 % monotonic ms
-          start_timer :: reference() | undefined,      % hello/init or backoff timer
-          %% Requests written to the port (see entry()).
-          pending = #{} :: #{pos_integer() => entry()},
-          %% Requests the gen_server itself made (init steps, namespace drops).
-          internal = #{} :: #{pos_integer() => term()},
-          %% INTERRUPT sent: the OS process dies if no answer comes in time.
-          kill_timers = #{} :: #{pos_integer() => reference()},
-          %% Why the gen_server killed the current OS process, if it did.
-          kill_reason :: term(),
-          %% Why the current OS process cannot start, as it said before its
-          %% hello (see pyport_start_error).
-          start_error :: undefined | pyport_start_error:reported(),
-          %% Held while the OS process restarts: {call, Alias, Id, Deadline,
-          %% Frame}, {req, Id, Entry, Frame} (tasks, streams) or {cast,
-          %% Frame}, in arrival order.
-          queue = queue:new() :: queue:queue(),
-          backoff = 0 :: non_neg_integer(),            % delay of the next quick restart
-          start_failures = 0 :: non_neg_integer(),     % deaths in a row before a hello
-          restarts = 0 :: non_neg_integer(),
-          recycles = 0 :: non_neg_integer(),
-          recycle_reason :: term(),
-          recycle_waiters = [] :: [gen_server:from()],
-          served = 0 :: non_neg_integer(),             % answered, all OS processes
-          sent_here = 0 :: non_neg_integer(),          % requests written to this OS process
-          answered_here = 0 :: non_neg_integer(),      % and answered by it
-          rss_checked_at = 0 :: integer(),
-          %% Process-bound namespaces: monitor => namespace, and back.
-          ns_by_monitor = #{} :: #{reference() => pos_integer()},
-          monitor_by_ns = #{} :: #{pos_integer() => reference()},
-          last_exit :: term(),
-          %% Python's pub/sub subscriptions: the mailboxes (in the worker)
-          %% subscribed to each topic, and the topics of each mailbox. This
-          %% process joins a topic's pg group once per subscription.
-          subs = #{} :: #{term() => [pos_integer()]},
-          box_topics = #{} :: #{pos_integer() => [term()]},
-          %% The last check of the slot's in-flight counter (pyport_inflight).
-          inflight_check :: pyport_inflight:snapshot(),
-          %% Runs, bounds and ends the processes serving Python's calls
-          %% into Erlang (pyport_callback_keeper).
-          keeper :: pyport_callback_keeper:keeper() | undefined,
-          %% Leaving the pool, which shrank below this slot (pyport_drain).
-          leaving = false :: false | pyport_drain:leaving()
-         }).
 
 %%%===================================================================
 %%% API
@@ -328,38 +232,33 @@ handle_call(recycle, From, #state{recycle_waiters = Waiters} = State) ->
 handle_call({stream_cancel, Id}, _From, #state{pending = Pending} = State) ->
     case maps:take(Id, Pending) of
         {{stream, Consumer, Ref, _, _}, Rest} ->
-            cancel_in_worker(Id, State),
-            count_out(State),
+            pyport_worker_requests:cancel_in_worker(Id, State),
+            pyport_worker_requests:count_out(State),
             %% erlang_python's last event of a cancelled stream.
             Consumer ! {py_stream, Ref, {error, <<"cancelled">>}},
             {reply, ok, State#state{pending = Rest}};
         _ ->
-            {reply, ok, drop_queued(Id, State)}
+            {reply, ok, pyport_worker_requests:drop_queued(Id, State)}
     end;
-handle_call({'$pyport_ns_register', Owner, Ns}, _From,
-            #state{monitor_by_ns = ByNs, opts = Opts} = State) ->
-    %% The pool's max_namespaces bounds the monitors here and the globals
-    %% in the worker (see pyport_namespaces).
-    Max = maps:get(max_namespaces, Opts, 10000),
-    case is_map_key(Ns, ByNs) orelse map_size(ByNs) < Max of
-        true -> {reply, ok, register_namespace(Owner, Ns, State)};
-        false -> {reply, {error, {too_many_namespaces, Max}}, State}
-    end;
+handle_call({'$pyport_ns_register', Owner, Ns}, _From, State) ->
+    {Reply, State1} = pyport_worker_namespaces:register_checked(Owner, Ns, State),
+    {reply, Reply, State1};
 handle_call('$pyport_interrupt_running', _From, #state{pending = Pending} = State) ->
     %% py:interrupt(Ctx): the calls running on this worker (not its tasks
     %% or streams, which are cancelled instead).
-    case [Id || {Id, {Alias, _}} <- maps:to_list(Pending), is_reference(Alias)] of
+    case [Id || {Id, Entry} <- maps:to_list(Pending), pyport_worker_requests:is_call(Entry)] of
         [] -> {reply, not_running, State};
-        Ids -> {reply, ok, lists:foldl(fun interrupt/2, State, Ids)}
+        Ids -> {reply, ok, lists:foldl(fun pyport_worker_requests:interrupt/2, State, Ids)}
     end;
 handle_call(_Request, _From, State) ->
     {reply, {error, unknown_call}, State}.
+
 
 %% @private
 -spec handle_cast(term(), #state{}) -> {noreply, #state{}}.
 handle_cast(stop, #state{status = Status, port = Port} = State) ->
     case Port =/= undefined andalso lists:member(Status, [up, draining, initializing]) of
-        true -> _ = send_frame(Port, pyport_codec:encode_frame(?SHUTDOWN, 0, []));
+        true -> _ = pyport_worker_writer:send_frame(Port, pyport_codec:encode_frame(?SHUTDOWN, 0, []));
         false -> ok
     end,
     pyport_pool:set_available(State#state.info, State#state.slot, false),
@@ -372,7 +271,7 @@ handle_cast(_Msg, State) ->
 %% @private
 -spec handle_info(term(), #state{}) -> {noreply, #state{}} | {stop, term(), #state{}}.
 handle_info({'$pyport', Alias, Id, Deadline, Frame}, State) ->
-    {noreply, request(Alias, Id, Deadline, Frame, State)};
+    {noreply, pyport_worker_requests:request(Alias, Id, Deadline, Frame, State)};
 handle_info({'$pyport_output', Id, GroupLeader}, State) ->
     pyport_output:expect(Id, GroupLeader),
     {noreply, State};
@@ -381,58 +280,50 @@ handle_info({io_reply, _, _}, State) ->
     {noreply, State};
 handle_info({'$pyport_cast', Frame}, #state{status = up, port = Port, kill_timers = Timers} = State)
   when map_size(Timers) =:= 0 ->
-    send_request(Port, Frame, State),
-    {noreply, sent(State)};
+    pyport_worker_writer:send_request(Port, Frame, maps:get(max_frame_size, State#state.opts)),
+    {noreply, pyport_worker_requests:sent(State)};
 handle_info({'$pyport_cast', _Frame}, #state{status = stopping} = State) ->
     {noreply, State};
 handle_info({'$pyport_cast', Frame}, #state{queue = Q} = State) ->
     {noreply, State#state{queue = queue:in({cast, Frame}, Q)}};
+handle_info({'$pyport_msg', Alias, Id, Deadline, Obs, Frame}, State) ->
+    Timer = case Deadline of
+                infinity -> undefined;
+                _ -> erlang:start_timer(Deadline, self(), {reply_deadline, Id}, [{abs, true}])
+            end,
+    {noreply, pyport_worker_requests:request(Id, {reply_msg, Alias, Deadline, Timer, Obs}, Frame, State)};
+handle_info({timeout, Timer, {reply_deadline, Id}}, State) ->
+    {noreply, pyport_worker_requests:reply_deadline(Id, Timer, State)};
 handle_info({'$pyport_task', Alias, Tag, Ref, Id, Deadline, Frame}, State) ->
-    {noreply, request(Id, {task, Alias, Tag, Ref, Deadline}, Frame, State)};
+    {noreply, pyport_worker_requests:request(Id, {task, Alias, Tag, Ref, Deadline}, Frame, State)};
 handle_info({'$pyport_stream', Consumer, Ref, Id, Frame}, State) ->
-    {noreply, request(Id, {stream, Consumer, Ref, ?STREAM_WINDOW, false}, Frame, State)};
+    {noreply, pyport_worker_requests:request(Id, {stream, Consumer, Ref, ?STREAM_WINDOW, false}, Frame, State)};
 handle_info('$pyport_flush', State) ->
-    erase(?FLUSH_SENT),
-    flush_held(),
+    pyport_worker_writer:flush(),
     {noreply, State};
 handle_info({stream_recheck, Id}, State) ->
-    {noreply, stream_recheck(Id, State)};
+    {noreply, pyport_worker_streams:stream_recheck(Id, State)};
 handle_info({pubsub, Topic, Msg}, State) ->
-    forward_pubsub(Topic, Msg, State),
+    pyport_worker_pubsub:forward_pubsub(Topic, Msg, State),
     {noreply, State};
 handle_info({'$pyport_pending', Id, Probe}, State) ->
     %% An await asks whether request Id can still be answered (see
     %% pyport_async:await/3); silence means yes.
-    case pending_for_caller(Id, State) of
-        true -> ok;
-        false -> Probe ! {Probe, not_pending}
-    end,
+    _ = case pyport_worker_requests:pending_for_caller(Id, State) of
+            true -> ok;
+            false -> Probe ! {Probe, not_pending}
+        end,
     {noreply, State};
 handle_info({'$pyport_cancel', Id}, State) ->
-    {noreply, cancel(Id, State)};
+    {noreply, pyport_worker_requests:cancel(Id, State)};
 handle_info({'$pyport_interrupt', Id}, State) ->
-    {noreply, interrupt_on_request(Id, State)};
+    {noreply, pyport_worker_requests:interrupt_on_request(Id, State)};
 handle_info({'$pyport_ns', Owner, Ns}, State) ->
-    {noreply, register_namespace(Owner, Ns, State)};
-handle_info({'$pyport_ns_drop', Ns}, #state{monitor_by_ns = ByNs} = State) ->
-    case maps:take(Ns, ByNs) of
-        {Mon, Rest} ->
-            erlang:demonitor(Mon, [flush]),
-            {noreply, drop_namespace(Ns, State#state{
-                                           monitor_by_ns = Rest,
-                                           ns_by_monitor = maps:remove(Mon, State#state.ns_by_monitor)})};
-        error ->
-            {noreply, State}
-    end;
-handle_info({'DOWN', Mon, process, _, _}, #state{ns_by_monitor = ByMon} = State) ->
-    case maps:take(Mon, ByMon) of
-        {Ns, Rest} ->
-            {noreply, drop_namespace(Ns, State#state{
-                                           ns_by_monitor = Rest,
-                                           monitor_by_ns = maps:remove(Ns, State#state.monitor_by_ns)})};
-        error ->
-            {noreply, State}
-    end;
+    {noreply, pyport_worker_namespaces:register(Owner, Ns, State)};
+handle_info({'$pyport_ns_drop', Ns}, State) ->
+    {noreply, pyport_worker_namespaces:drop(Ns, State)};
+handle_info({'DOWN', Mon, process, _, _}, State) ->
+    {noreply, pyport_worker_namespaces:owner_down(Mon, State)};
 handle_info({Port, {data, Bin}}, #state{port = Port} = State) ->
     data(Bin, State);
 handle_info({timeout, _Timer, log_note} = Msg, State) ->
@@ -452,7 +343,7 @@ handle_info({timeout, Timer, respawn}, #state{start_timer = Timer, status = Stat
     end;
 handle_info({timeout, Timer, {kill, Id}}, #state{kill_timers = Timers} = State) ->
     case Timers of
-        #{Id := Timer} -> kill_unresponsive(Id, State);
+        #{Id := Timer} -> pyport_worker_requests:kill_unresponsive(Id, State);
         #{} -> {noreply, State}
     end;
 handle_info({timeout, Timer, drain_timeout}, #state{start_timer = Timer, status = draining} = State) ->
@@ -462,7 +353,7 @@ handle_info({timeout, Timer, drain_timeout}, #state{start_timer = Timer, status 
     %% ignore CANCEL: their callers' timeouts interrupt them).
     ?LOG_INFO("pyport worker ~tp/~b: cancelling ~b requests still running while recycling",
               [State#state.pool, State#state.slot, map_size(State#state.pending)], metadata(State)),
-    _ = [cancel_in_worker(Id, State) || Id <- maps:keys(State#state.pending)],
+    _ = [pyport_worker_requests:cancel_in_worker(Id, State) || Id <- maps:keys(State#state.pending)],
     {noreply, State#state{start_timer = undefined}};
 handle_info({timeout, Timer, recycle_kill}, #state{start_timer = Timer, status = recycling} = State) ->
     %% SHUTDOWN was not honoured in time (e.g. a thread that never ends).
@@ -474,19 +365,19 @@ handle_info('$pyport_rejoin', State) ->
     rejoin(State);
 handle_info({'$pyport_leave_check', Ref}, #state{leaving = {Ref, _} = Leaving} = State) ->
     Idle = queue:is_empty(State#state.queue) andalso map_size(State#state.internal) =:= 0,
-    Checked = pyport_drain:check(Leaving, State#state.info, State#state.slot, {held(State), Idle}),
+    Checked = pyport_drain:check(Leaving, State#state.info, State#state.slot, {pyport_worker_requests:held(State), Idle}),
     {Overdue, Leaving1} = pyport_drain:overdue(Checked, maps:get(shutdown_timeout, State#state.opts)),
     %% Tasks and streams that outlast the grace are cancelled, as when
     %% recycling (synchronous calls ignore CANCEL: their deadlines end them).
-    _ = [cancel_in_worker(Id, State) || Overdue, Id <- maps:keys(State#state.pending)],
+    _ = [pyport_worker_requests:cancel_in_worker(Id, State) || Overdue, Id <- maps:keys(State#state.pending)],
     {noreply, State#state{leaving = Leaving1}};
 handle_info({'$pyport_leave_check', _}, State) ->
     {noreply, State};
 handle_info(purge, State0) ->
     schedule_purge(),
-    State = purge_expired(State0),
-    pyport_output:retain(fun(Id) -> pending_for_caller(Id, State) end),
-    Check = pyport_inflight:check(State#state.info, State#state.slot, held(State),
+    State = pyport_worker_requests:purge_expired(State0),
+    pyport_output:retain(fun(Id) -> pyport_worker_requests:pending_for_caller(Id, State) end),
+    Check = pyport_inflight:check(State#state.info, State#state.slot, pyport_worker_requests:held(State),
                                   State#state.inflight_check),
     {noreply, State#state{inflight_check = Check}};
 handle_info({Port, _}, State) when is_port(Port) ->
@@ -521,7 +412,7 @@ terminate(Reason, #state{info = #{tab := Tab}, slot = Slot} = State0) ->
                  {shutdown, _} -> shutdown;
                  Other -> Other
              end,
-    _ = fail_all(Detail, State),
+    _ = pyport_worker_requests:fail_all(Detail, State),
     [gen_server:reply(From, {error, {worker_exited, Detail}})
      || From <- State#state.recycle_waiters],
     ok.
@@ -535,313 +426,6 @@ format_status(#{state := #state{} = State} = Status) ->
 format_status(Status) ->
     Status.
 
-%%%===================================================================
-%%% Requests
-%%%===================================================================
-
-request(Alias, _Id, _Deadline, _Frame, #state{status = stopping} = State) ->
-    finish(Alias, {error, {worker_exited, shutdown}}, State),
-    State;
-request(Alias, Id, Deadline, Frame, #state{status = Status} = State) ->
-    case expired(Deadline, now_ms()) of
-        true ->
-            %% The caller has given up already; tell it anyway in case it is
-            %% a spawn_call whose await runs longer than the call's timeout.
-            finish(Alias, {error, timeout}, State),
-            State;
-        false when Status =:= up, map_size(State#state.kill_timers) =:= 0 ->
-            send_request(State#state.port, Frame, State),
-            sent(State#state{pending = maps:put(Id, {Alias, Deadline}, State#state.pending)});
-        false ->
-            %% Restarting, draining, or stuck in code whose caller gave up:
-            %% held until the OS process (this one or the next) takes work.
-            State#state{queue = queue:in({call, Alias, Id, Deadline, Frame}, State#state.queue)}
-    end.
-
-%% A request went to the OS process: max_requests reached means it takes
-%% no more (they queue for the next one) and is recycled once idle.
-sent(#state{sent_here = N, opts = #{max_requests := Max}} = State) ->
-    State1 = State#state{sent_here = N + 1},
-    case is_integer(Max) andalso N + 1 >= Max of
-        true -> start_drain({max_requests, Max}, State1);
-        false -> State1
-    end.
-
-%% A request is finished: answer its caller (unless it gave up) and count
-%% it out of the slot.
-finish(abandoned, _Reply, #state{info = #{counters := C}, slot = Slot}) ->
-    counters:sub(C, Slot, 1);
-finish(Alias, Reply, #state{info = #{counters := C}, slot = Slot}) ->
-    Alias ! {Alias, Reply},
-    counters:sub(C, Slot, 1).
-
-%% A task or stream: written at once when the OS process takes work, else
-%% queued. An expired task is answered `{error, timeout}' unsent.
-request(_Id, Entry, _Frame, #state{status = stopping} = State) ->
-    finish_entry(Entry, {error, {worker_exited, shutdown}}, State),
-    State;
-request(Id, Entry, Frame, #state{status = Status} = State) ->
-    case expired(entry_deadline(Entry), now_ms()) of
-        true ->
-            finish_entry(Entry, {error, timeout}, State),
-            State;
-        false when Status =:= up, map_size(State#state.kill_timers) =:= 0 ->
-            send_request(State#state.port, Frame, State),
-            sent(State#state{pending = maps:put(Id, Entry, State#state.pending)});
-        false ->
-            State#state{queue = queue:in({req, Id, Entry, Frame}, State#state.queue)}
-    end.
-
-%% Answers any kind of entry with a final (decoded) outcome.
-finish_entry({task, _, _, _, _} = Entry, Result, State) ->
-    finish_task(Entry, Result),
-    count_out(State);
-finish_entry({stream, Consumer, Ref, _, _}, Result, State) ->
-    Consumer ! {py_stream, Ref, stream_end(Result)},
-    count_out(State);
-finish_entry({Alias, _Deadline}, Result, State) ->
-    finish(Alias, Result, State).
-
-finish_task({task, Alias, Tag, Ref, _}, Result) ->
-    Alias ! {Tag, Ref, Result},
-    %% After the message: an await that finds no row finds the message.
-    pyport_async:task_finished(Ref).
-
-stream_end({ok, _}) -> done;
-stream_end({error, _} = Error) -> Error.
-
-count_out(#state{info = #{counters := C}, slot = Slot}) ->
-    counters:sub(C, Slot, 1).
-
-%% The requests held that callers counted in (casts are not), and a figure
-%% that grows with every request taken: what pyport_inflight:check/4 needs.
-held(#state{pending = Pending, queue = Q, served = Served, sent_here = Sent}) ->
-    Queued = length([E || E <- queue:to_list(Q), element(1, E) =/= cast]),
-    {map_size(Pending) + Queued, Served + Sent}.
-
-entry_deadline({_Alias, Deadline}) -> Deadline;
-entry_deadline({task, _, _, _, Deadline}) -> Deadline;
-entry_deadline({stream, _, _, _, _}) -> infinity.
-
-%% The worker cancels the task or stream (it then answers CancelledError,
-%% which nobody may be waiting for any more).
-cancel_in_worker(Id, #state{port = Port}) when Port =/= undefined ->
-    _ = send_frame(Port, pyport_codec:encode_frame(?CANCEL, Id, [])),
-    ok;
-cancel_in_worker(_Id, _State) ->
-    ok.
-
-%% A queued task or stream that is no longer wanted.
-drop_queued(Id, #state{queue = Q} = State) ->
-    Kept = queue:filter(fun({req, I, _, _}) when I =:= Id -> count_out(State), false;
-                           (_) -> true
-                        end, Q),
-    State#state{queue = Kept}.
-
-%% A closed port raises badarg; its exit status is then already on its way
-%% and will answer the request. Held requests go first.
-send_frame(Port, Frame) ->
-    flush_held(),
-    write(Port, Frame).
-
-write(Port, Frame) ->
-    try port_command(Port, pyport_framer:frame(Frame))
-    catch error:badarg -> false
-    end.
-
-%% Requests that arrive together reach the worker in one write, which it
-%% reads at once: while more messages wait in the mailbox, a request's
-%% frame is held (in the process dictionary: it is not state, only a write
-%% put off within this burst of messages). The held frames go out as one
-%% BATCH frame once the mailbox is empty (the '$pyport_flush' message sent
-%% to self when the first was held), or before any other frame
-%% (send_frame/2), so frames always reach the worker in the order they
-%% were sent.
-send_request(Port, Frame, #state{opts = #{max_frame_size := Max}}) ->
-    case process_info(self(), message_queue_len) of
-        {message_queue_len, 0} ->
-            send_frame(Port, Frame);
-        _ ->
-            hold(Port, Frame, iolist_size(Frame) + 5, min(Max, ?BATCH_MAX_BYTES) - 8)
-    end.
-
-hold(Port, Frame, Size, Limit) ->
-    case get(?HELD) of
-        {Port, Bytes, Frames} when Bytes + Size =< Limit ->
-            put(?HELD, {Port, Bytes + Size, [Frame | Frames]});
-        _ when Size > Limit ->
-            send_frame(Port, Frame);
-        _ ->
-            flush_held(),
-            put(?HELD, {Port, Size, [Frame]}),
-            case get(?FLUSH_SENT) of
-                true -> ok;
-                _ -> put(?FLUSH_SENT, true), self() ! '$pyport_flush'
-            end
-    end,
-    ok.
-
-flush_held() ->
-    case erase(?HELD) of
-        undefined -> ok;
-        {Port, _, [Frame]} -> write(Port, Frame);
-        {Port, _, Frames} -> write(Port, pyport_codec:encode_batch(lists:reverse(Frames)))
-    end.
-
-%% Sends what was queued while the OS process restarted (up to what it
-%% may take before it is recycled; the rest waits for the next one).
-flush_queue(#state{queue = Q} = State) ->
-    flush_queue(queue:out(Q), now_ms(), State#state{queue = queue:new()}).
-
-flush_queue({empty, _}, _Now, State) ->
-    State;
-flush_queue({{value, Item}, Rest}, _Now, #state{status = Status} = State) when Status =/= up ->
-    %% max_requests reached: the rest stays queued, in order.
-    State#state{queue = queue:join(queue:in_r(Item, Rest), State#state.queue)};
-flush_queue({{value, {cast, Frame}}, Rest}, Now, State) ->
-    _ = send_frame(State#state.port, Frame),
-    flush_queue(queue:out(Rest), Now, sent(State));
-flush_queue({{value, {call, Alias, _Id, Deadline, _Frame}}, Rest}, Now, State)
-  when is_integer(Deadline), Deadline < Now ->
-    finish(Alias, {error, timeout}, State),
-    flush_queue(queue:out(Rest), Now, State);
-flush_queue({{value, {call, Alias, Id, Deadline, Frame}}, Rest}, Now, State) ->
-    _ = send_frame(State#state.port, Frame),
-    State1 = State#state{pending = maps:put(Id, {Alias, Deadline}, State#state.pending)},
-    flush_queue(queue:out(Rest), Now, sent(State1));
-flush_queue({{value, {req, Id, Entry, Frame}}, Rest}, Now, State) ->
-    case expired(entry_deadline(Entry), Now) of
-        true ->
-            finish_entry(Entry, {error, timeout}, State),
-            flush_queue(queue:out(Rest), Now, State);
-        false ->
-            _ = send_frame(State#state.port, Frame),
-            State1 = State#state{pending = maps:put(Id, Entry, State#state.pending)},
-            flush_queue(queue:out(Rest), Now, sent(State1))
-    end.
-
-pending_for_caller(Id, #state{pending = Pending, queue = Q}) ->
-    case Pending of
-        #{Id := {abandoned, _}} -> false;
-        #{Id := _} -> true;
-        #{} -> lists:any(fun({call, _, I, _, _}) -> I =:= Id;
-                            ({req, I, _, _}) -> I =:= Id;
-                            (_) -> false
-                         end, queue:to_list(Q))
-    end.
-
-%% The caller of request Id stopped waiting (its timeout passed).
-cancel(Id, #state{pending = Pending, queue = Q} = State) ->
-    case Pending of
-        #{Id := {abandoned, _}} ->
-            State;
-        #{Id := {task, _, _, _, Deadline}} ->
-            %% A coroutine: cancelled, no KeyboardInterrupt (nor kill) needed.
-            cancel_in_worker(Id, State),
-            State#state{pending = Pending#{Id := {abandoned, Deadline}}};
-        #{Id := {stream, _, _, _, _}} ->
-            State;
-        #{Id := {_Alias, Deadline}} ->
-            interrupt(Id, State#state{pending = Pending#{Id := {abandoned, Deadline}}});
-        #{} ->
-            %% Not sent yet: it never will be.
-            {Dropped, Kept} = lists:partition(fun({call, _, I, _, _}) -> I =:= Id;
-                                                 ({req, I, _, _}) -> I =:= Id;
-                                                 (_) -> false
-                                              end, queue:to_list(Q)),
-            [finish(abandoned, none, State) || _ <- Dropped],
-            State#state{queue = queue:from_list(Kept)}
-    end.
-
-%% Asks the worker to raise KeyboardInterrupt in request Id; if it has not
-%% answered within kill_after, the OS process is killed.
-interrupt(Id, #state{pending = Pending, kill_timers = Timers, port = Port} = State) ->
-    case is_map_key(Id, Pending) andalso not is_map_key(Id, Timers) of
-        true ->
-            _ = send_frame(Port, pyport_codec:encode_frame(?INTERRUPT, Id, [])),
-            pyport_stats:interrupted(State#state.pool, State#state.slot),
-            Timer = case State#state.opts of
-                        #{kill_after := infinity} -> undefined;
-                        #{kill_after := Ms} -> erlang:start_timer(Ms, self(), {kill, Id})
-                    end,
-            %% Busy with code its caller gave up on: no least-loaded traffic
-            %% until it answers.
-            pyport_pool:set_available(State#state.info, State#state.slot, false),
-            State#state{kill_timers = Timers#{Id => Timer}};
-        false ->
-            State
-    end.
-
-%% py:interrupt/1: a request still held here is answered without being sent,
-%% as the worker answers one interrupted before it started.
-interrupt_on_request(Id, #state{pending = Pending, queue = Q} = State) ->
-    case is_map_key(Id, Pending) of
-        true ->
-            interrupt(Id, State);
-        false ->
-            {Hit, Kept} = lists:partition(fun({call, _, I, _, _}) -> I =:= Id;
-                                             (_) -> false
-                                          end, queue:to_list(Q)),
-            Message = iolist_to_binary(io_lib:format("request ~b was interrupted before it started",
-                                                     [Id])),
-            [finish(Alias, {error, {'KeyboardInterrupt', Message}}, State)
-             || {call, Alias, _, _, _} <- Hit],
-            State#state{queue = queue:from_list(Kept)}
-    end.
-
-kill_unresponsive(Id, #state{opts = #{kill_after := Ms}} = State) ->
-    ?LOG_WARNING("pyport worker ~tp/~b: request ~b did not stop within ~b ms of its "
-                   "interrupt; killing OS process ~tp",
-                   [State#state.pool, State#state.slot, Id, Ms, State#state.os_pid],
-                   metadata(State)),
-    pyport_os:kill(State#state.port),
-    {noreply, State#state{kill_reason = {interrupt_timeout, Ms}}}.
-
-%% Deadlines that passed: the caller has stopped waiting (a killed caller
-%% could not say so), so the request is abandoned and interrupted.
-purge_expired(#state{pending = Pending, queue = Q} = State) ->
-    Now = now_ms(),
-    Expired = maps:fold(fun(_Id, {abandoned, _}, Acc) ->
-                                Acc;
-                           (Id, Entry, Acc) ->
-                                case expired(entry_deadline(Entry), Now) of
-                                    true -> [{Id, Entry} | Acc];
-                                    false -> Acc
-                                end
-                        end, [], Pending),
-    State1 = lists:foldl(fun({Id, {Alias, _}}, S) ->
-                                 Alias ! {Alias, {error, timeout}},
-                                 cancel(Id, S);
-                            ({Id, {task, _, _, _, _} = Entry}, S) ->
-                                 finish_task(Entry, {error, timeout}),
-                                 cancel(Id, S)
-                         end, State, Expired),
-    {Dropped, Kept} = lists:partition(
-                        fun({call, _, _, Deadline, _}) -> expired(Deadline, Now);
-                           ({req, _, Entry, _}) -> expired(entry_deadline(Entry), Now);
-                           ({cast, _}) -> false
-                        end, queue:to_list(Q)),
-    [finish_queued(Item, {error, timeout}, State1) || Item <- Dropped],
-    State1#state{queue = queue:from_list(Kept)}.
-
-finish_queued({call, Alias, _, _, _}, Reply, State) -> finish(Alias, Reply, State);
-finish_queued({req, _, Entry, _}, Reply, State) -> finish_entry(Entry, Reply, State);
-finish_queued({cast, _}, _Reply, _State) -> ok.
-
-fail_all(Detail, #state{queue = Q} = State0) ->
-    State = fail_all_pending(Detail, State0),
-    Reply = {error, {worker_exited, Detail}},
-    [finish_queued(Item, Reply, State) || Item <- queue:to_list(Q)],
-    State#state{queue = queue:new()}.
-
-%% Only requests already written to the dead process fail; queued ones wait
-%% for the next process.
-fail_all_pending(Detail, #state{pending = Pending, kill_timers = Timers} = State) ->
-    Reply = {error, {worker_exited, Detail}},
-    maps:foreach(fun(_Id, Entry) -> finish_entry(Entry, Reply, State) end, Pending),
-    maps:foreach(fun(_Id, Timer) -> cancel_timer(Timer) end, Timers),
-    pyport_output:retain(fun(Id) -> not is_map_key(Id, Pending) end),
-    State#state{pending = #{}, kill_timers = #{}, internal = #{}}.
 
 %%%===================================================================
 %%% Frames from the worker
@@ -922,13 +506,13 @@ frame(Bin, State) ->
     end.
 
 frame(Kind, Id, 1, Rest, State) when Kind =:= ?RESULT, Id > 0 ->
-    answer(Id, {Kind, Rest}, State);
+    pyport_worker_requests:answer(Id, {Kind, Rest}, State);
 frame(Kind, Id, 3, Rest, State) when Kind =:= ?ERROR, Id > 0 ->
-    answer(Id, {Kind, Rest}, State);
+    pyport_worker_requests:answer(Id, {Kind, Rest}, State);
 frame(?STREAM_CHUNK, Id, 1, Rest, State) when Id > 0 ->
-    {noreply, stream_chunk(Id, Rest, State)};
+    {noreply, pyport_worker_streams:stream_chunk(Id, Rest, State)};
 frame(?STREAM_END, Id, 0, _Rest, State) when Id > 0 ->
-    answer(Id, {?STREAM_END, <<>>}, State);
+    pyport_worker_requests:answer(Id, {?STREAM_END, <<>>}, State);
 frame(?ERROR, 0, 3, Rest, #state{status = starting} = State) ->
     %% Before the hello: why the process is about to exit, if it says so.
     case pyport_start_error:from_frame(Rest, State#state.opts) of
@@ -943,16 +527,16 @@ frame(?REQUEST, Id, 2, Rest, #state{port = Port} = State) when Id > 0 ->
     Ctx = callback_context(State),
     {noreply, case pyport_callback:request(Id, Rest, Ctx) of
                   {reply, Result} ->
-                      _ = send_frame(Port, pyport_callback:reply_frame(Id, Result, Ctx)),
+                      _ = pyport_worker_writer:send_frame(Port, pyport_callback:reply_frame(Id, Result, Ctx)),
                       State;
                   spawned ->
                       State;
                   {subscribe, Topic, Box} ->
-                      _ = send_frame(Port, pyport_callback:encode_reply(Id, {ok, none})),
-                      subscribe(Topic, Box, State);
+                      _ = pyport_worker_writer:send_frame(Port, pyport_callback:encode_reply(Id, {ok, none})),
+                      pyport_worker_pubsub:subscribe(Topic, Box, State);
                   {unsubscribe, Topic, Box} ->
-                      _ = send_frame(Port, pyport_callback:encode_reply(Id, {ok, none})),
-                      unsubscribe(Topic, Box, State)
+                      _ = pyport_worker_writer:send_frame(Port, pyport_callback:encode_reply(Id, {ok, none})),
+                      pyport_worker_pubsub:unsubscribe(Topic, Box, State)
               end};
 frame(?NOTIFY, 0, 2, <<16#a3, "log", _/binary>> = Rest, #state{log = Log} = State) ->
     %% A Python logging record ([<<"log">>, ...]): within the same log_rate.
@@ -968,8 +552,8 @@ frame(?NOTIFY, 0, 2, Rest, State) ->
     notify(Rest, State);
 frame(?SCHEDULE, Id, 2, Rest, State) when Id > 0 ->
     case pyport_callback:schedule_check(Rest, callback_context(State)) of
-        ok -> schedule(Id, Rest, State);
-        {error, _} = Refused -> answer(Id, Refused, State)
+        ok -> pyport_worker_requests:schedule(Id, Rest, State);
+        {error, _} = Refused -> pyport_worker_requests:answer(Id, Refused, State)
     end;
 frame(?HELLO, 0, 4, Rest, #state{status = starting} = State) ->
     case hello(Rest, State) of
@@ -984,12 +568,12 @@ frame(Kind, Id, NFields, _Rest, State) ->
     %% that no request is left hanging.
     Why = {unexpected_frame, Kind, Id, NFields},
     Log = pyport_worker_log:report(error, "~tp", [Why], metadata(State), State#state.log),
-    answer(Id, {error, {protocol_error, Why}}, State#state{log = Log}).
+    pyport_worker_requests:answer(Id, {error, {protocol_error, Why}}, State#state{log = Log}).
 
 notify(Rest, State) ->
     {noreply, case pyport_callback:notify(Rest, callback_context(State)) of
                   ok -> State;
-                  {unsubscribe_all, Box} -> unsubscribe_all(Box, State)
+                  {unsubscribe_all, Box} -> pyport_worker_pubsub:unsubscribe_all(Box, State)
               end}.
 
 %% An error that answers no request (e.g. a frame the worker could not
@@ -997,87 +581,8 @@ notify(Rest, State) ->
 log_error_frame(Rest, #state{log = Log} = State) ->
     {noreply, State#state{log = pyport_worker_log:error_frame(Rest, metadata(State), Log)}}.
 
-answer(Id, Reply, State0) ->
-    State = case maps:take(Id, State0#state.kill_timers) of
-                {Timer, Timers} ->
-                    cancel_timer(Timer),
-                    S = State0#state{kill_timers = Timers},
-                    update_availability(S),
-                    %% No longer stuck: what was held meanwhile goes out.
-                    case map_size(Timers) =:= 0 andalso S#state.status =:= up of
-                        true -> flush_queue(S);
-                        false -> S
-                    end;
-                error ->
-                    State0
-            end,
-    case maps:take(Id, State#state.pending) of
-        {Entry, Rest} ->
-            pyport_output:forget(Id),
-            answer_entry(Id, Entry, Reply, State),
-            after_answer(State#state{pending = Rest, served = State#state.served + 1,
-                                     answered_here = State#state.answered_here + 1});
-        error ->
-            case maps:take(Id, State#state.internal) of
-                {Purpose, Rest} ->
-                    internal_answer(Purpose, Reply, State#state{internal = Rest});
-                error ->
-                    %% It answers a cast (e.g. a FrameError): nobody waits for it.
-                    ?LOG_DEBUG("pyport worker ~tp/~b: answer to request ~b that nobody waits for",
-                               [State#state.pool, State#state.slot, Id], metadata(State)),
-                    {noreply, State}
-            end
-    end.
-
-%% A call answered "continue elsewhere" (erlang.schedule and friends).
-schedule(Id, Rest, #state{port = Port} = State) ->
-    case pyport_codec:decode_fields(2, Rest) of
-        {ok, [<<"erlang">>, [Name, Args]]} when is_list(Args) ->
-            case maps:get(Id, State#state.pending, undefined) of
-                {task, _, _, _, _} = Entry ->
-                    %% Nobody runs code on a task's behalf: its result
-                    %% message comes from a process of its own.
-                    _ = spawn(fun() -> finish_task(Entry, pyport_registry:call(Name, Args)) end),
-                    count_out(State),
-                    {noreply, State#state{pending = maps:remove(Id, State#state.pending)}};
-                {stream, _, _, _, _} ->
-                    answer(Id, {error, {protocol_error, {schedule_for_a_stream, Id}}}, State);
-                {_Alias, _Deadline} ->
-                    %% The request is answered: its caller runs the function
-                    %% and takes its result.
-                    answer(Id, {schedule, Name, Args}, State);
-                undefined ->
-                    %% A cast (or a caller that gave up): run it for nobody.
-                    pyport_callback:schedule_cast(Name, Args, callback_context(State)),
-                    {noreply, State}
-            end;
-        {ok, [<<"py">>, Frame]} when is_binary(Frame) ->
-            %% The continuation goes back to the worker behind everything
-            %% sent so far; the request stays in flight under its id.
-            _ = send_frame(Port, Frame),
-            {noreply, State};
-        Other ->
-            Why = {bad_schedule, Other},
-            ?LOG_ERROR("pyport worker ~tp/~b: ~tp", [State#state.pool, State#state.slot, Why],
-                       metadata(State)),
-            answer(Id, {error, {protocol_error, Why}}, State)
-    end.
-
-
-%% The final answer of a request: raw to a call's alias; decoded for a task
-%% or a stream (whose END is its normal end).
-answer_entry(_Id, {Alias, _Deadline}, Reply, State) ->
-    finish(Alias, Reply, State);
-answer_entry(_Id, {stream, _, _, _, _} = Entry, {?STREAM_END, _}, State) ->
-    finish_entry(Entry, {ok, done}, State);
-answer_entry(Id, {stream, _, _, _, _} = Entry, {?RESULT, _}, State) ->
-    %% A stream is not answered with RESULT: the worker broke the protocol.
-    finish_entry(Entry, {error, {protocol_error, {unexpected_frame, ?RESULT, Id}}}, State);
-answer_entry(_Id, Entry, Reply, State) ->
-    finish_entry(Entry, pyport_request:decode_reply(Reply, State#state.pool, State#state.slot),
-                 State).
-
-%% After each answer: the max_rss check, and the end of a drain.
+%% @private After each answer: the max_rss check, and the end of a drain.
+-spec after_answer(#state{}) -> {noreply, #state{}}.
 after_answer(#state{status = up, opts = #{max_rss := MaxRss}} = State) when is_integer(MaxRss) ->
     Now = now_ms(),
     case Now - State#state.rss_checked_at >= ?RSS_CHECK_INTERVAL_MS of
@@ -1102,138 +607,17 @@ observe_ready(#state{pool = Pool, slot = Slot, os_pid = OsPid, spawned_at = Spaw
                      python_version = Version}) ->
     pyport_telemetry:worker_ready(Pool, Slot, OsPid, Version, now_ms() - Spawned).
 
+%% @private Logger metadata naming the worker.
+-spec metadata(#state{}) -> map().
 metadata(#state{pool = Pool, slot = Slot, os_pid = OsPid}) ->
     #{pyport_pool => Pool, pyport_slot => Slot, os_pid => OsPid, domain => [pyport]}.
 
-%% One chunk for its consumer; then credit, if it keeps up.
-stream_chunk(Id, Rest, #state{pending = Pending} = State) ->
-    case maps:get(Id, Pending, undefined) of
-        {stream, Consumer, Ref, Credit, Checking} ->
-            Msg = case pyport_codec:decode_fields(1, Rest) of
-                      {ok, [Value]} -> {data, Value};
-                      {error, _} = Error -> Error
-                  end,
-            Consumer ! {py_stream, Ref, Msg},
-            Entry = {stream, Consumer, Ref, max(0, Credit - 1), Checking},
-            top_up(Id, Entry, State#state{pending = Pending#{Id := Entry}});
-        _ ->
-            %% Cancelled meanwhile, or not a stream: nobody wants it.
-            State
-    end.
-
-%% Grants credit back up to the window once half of it is used, unless the
-%% consumer has a backlog: then it is looked at again shortly, and the
-%% worker (out of credit) suspends its producer meanwhile.
-top_up(_Id, {stream, _, _, _, true}, State) ->
-    State;
-top_up(Id, {stream, Consumer, Ref, Credit, false} = Entry0, State) when Credit =< ?STREAM_WINDOW div 2 ->
-    case backlog(Consumer) of
-        gone ->
-            %% Nobody will read it: stop the producer.
-            cancel_in_worker(Id, State),
-            count_out(State),
-            State#state{pending = maps:remove(Id, State#state.pending)};
-        Backlog when Backlog < ?STREAM_WINDOW ->
-            _ = send_frame(State#state.port,
-                           pyport_codec:encode_frame(?STREAM_CREDIT, Id, [?STREAM_WINDOW - Credit])),
-            Entry = {stream, Consumer, Ref, ?STREAM_WINDOW, false},
-            State#state{pending = (State#state.pending)#{Id := Entry}};
-        _ ->
-            _ = erlang:send_after(?STREAM_RECHECK_MS, self(), {stream_recheck, Id}),
-            Entry = setelement(5, Entry0, true),
-            State#state{pending = (State#state.pending)#{Id := Entry}}
-    end;
-top_up(_Id, _Entry, State) ->
-    State.
-
-stream_recheck(Id, #state{pending = Pending} = State) ->
-    case maps:get(Id, Pending, undefined) of
-        {stream, Consumer, Ref, Credit, true} when State#state.status =:= up ->
-            top_up(Id, {stream, Consumer, Ref, Credit, false}, State);
-        _ ->
-            State
-    end.
-
-%% Messages waiting in a local consumer's mailbox; `gone' if it exited; 0
-%% on another node, where it cannot be looked at.
-backlog(Pid) when node(Pid) =:= node() ->
-    case erlang:process_info(Pid, message_queue_len) of
-        {message_queue_len, N} -> N;
-        undefined -> gone
-    end;
-backlog(_Pid) ->
-    0.
-
+%% @private What pyport_callback needs to serve Python's requests.
+-spec callback_context(#state{}) -> pyport_callback:context().
 callback_context(#state{port = Port, info = #{grants := Grants}, keeper = Keeper,
                         opts = #{max_frame_size := Max}} = State) ->
     #{port => Port, meta => metadata(State), grants => Grants, keeper => Keeper,
       max_frame_size => Max}.
-
-%%%===================================================================
-%%% Pub/sub for Python subscriptions
-%%%===================================================================
-
-subscribe(Topic, Box, #state{subs = Subs, box_topics = BoxTopics} = State) ->
-    Boxes = maps:get(Topic, Subs, []),
-    case lists:member(Box, Boxes) of
-        true ->
-            State;
-        false ->
-            ok = pyport_pubsub:subscribe(Topic, self()),
-            State#state{subs = Subs#{Topic => [Box | Boxes]},
-                        box_topics = BoxTopics#{Box => [Topic | maps:get(Box, BoxTopics, [])]}}
-    end.
-
-unsubscribe(Topic, Box, #state{subs = Subs, box_topics = BoxTopics} = State) ->
-    Boxes = maps:get(Topic, Subs, []),
-    case lists:member(Box, Boxes) of
-        false ->
-            State;
-        true ->
-            _ = pyport_pubsub:unsubscribe(Topic, self()),
-            Subs1 = case lists:delete(Box, Boxes) of
-                        [] -> maps:remove(Topic, Subs);
-                        Left -> Subs#{Topic := Left}
-                    end,
-            BoxTopics1 = case lists:delete(Topic, maps:get(Box, BoxTopics, [])) of
-                             [] -> maps:remove(Box, BoxTopics);
-                             Topics -> BoxTopics#{Box := Topics}
-                         end,
-            State#state{subs = Subs1, box_topics = BoxTopics1}
-    end.
-
-unsubscribe_all(Box, #state{box_topics = BoxTopics} = State) ->
-    lists:foldl(fun(Topic, S) -> unsubscribe(Topic, Box, S) end, State,
-                maps:get(Box, BoxTopics, [])).
-
-%% The OS process is gone, and with it every Python subscription.
-drop_subscriptions(#state{subs = Subs} = State) ->
-    maps:foreach(fun(Topic, Boxes) ->
-                         [pyport_pubsub:unsubscribe(Topic, self()) || _ <- Boxes]
-                 end, Subs),
-    State#state{subs = #{}, box_topics = #{}}.
-
-%% One MESSAGE frame per subscribed mailbox; the term is encoded once.
-forward_pubsub(Topic, Msg, #state{status = up, port = Port, subs = Subs} = State) ->
-    case maps:get(Topic, Subs, []) of
-        [] ->
-            ok;
-        Boxes ->
-            try pyport_codec:encode({Topic, Msg}) of
-                Term ->
-                    %% [10, Box, {Topic, Msg}]: 16#93 is a 3-element array.
-                    _ = [send_frame(Port, [16#93, ?MESSAGE, pyport_codec:encode(Box), Term])
-                         || Box <- Boxes],
-                    ok
-            catch
-                error:{unsupported_term, T} ->
-                    ?LOG_WARNING("pyport worker ~tp/~b: cannot pass a message on topic ~0tp "
-                                 "to Python: ~0tp cannot be converted",
-                                 [State#state.pool, State#state.slot, Topic, T], metadata(State))
-            end
-    end;
-forward_pubsub(_Topic, _Msg, _State) ->
-    ok.
 
 %% Python logging set up by py:configure_logging/0,1 applies to every new
 %% OS process too.
@@ -1243,7 +627,7 @@ apply_logging(Port) ->
             ok;
         Level ->
             Id = erlang:unique_integer([positive]),
-            _ = send_frame(Port, pyport_codec:encode_frame(
+            _ = pyport_worker_writer:send_frame(Port, pyport_codec:encode_frame(
                                    ?CAST, Id, [<<"erlang._logging">>, <<"setup_logging">>,
                                                [Level], #{}])),
             ok
@@ -1253,11 +637,8 @@ apply_logging(Port) ->
 %%% Requests the gen_server makes: init steps, namespace drops
 %%%===================================================================
 
-internal_request(Kind, Fields, Purpose, #state{port = Port, internal = Internal} = State) ->
-    Id = erlang:unique_integer([positive]),
-    _ = send_frame(Port, pyport_codec:encode_frame(Kind, Id, Fields)),
-    State#state{internal = Internal#{Id => Purpose}}.
-
+%% @private The answer to a request the owner made itself.
+-spec internal_answer(term(), term(), #state{}) -> {noreply, #state{}} | {stop, term(), #state{}}.
 internal_answer({init, _Step}, {?RESULT, _}, State) ->
     init_done(State);
 internal_answer({init, Step}, {?ERROR, Rest}, State) ->
@@ -1277,22 +658,6 @@ error_text(Rest) ->
     case pyport_codec:decode_fields(3, Rest) of
         {ok, [Type, Message, _]} -> {Type, Message};
         {error, _} = Error -> Error
-    end.
-
-%% Frees a namespace in the worker, if the OS process that has it still
-%% runs (a new one starts with none).
-drop_namespace(Ns, #state{status = Status} = State) when Status =:= up; Status =:= draining ->
-    internal_request(?CONTROL, [<<"drop_namespace">>, Ns], {drop_namespace, Ns}, State);
-drop_namespace(_Ns, State) ->
-    State.
-
-register_namespace(Owner, Ns, #state{monitor_by_ns = ByNs, ns_by_monitor = ByMon} = State) ->
-    case is_map_key(Ns, ByNs) of
-        true ->
-            State;
-        false ->
-            Mon = erlang:monitor(process, Owner),
-            State#state{monitor_by_ns = ByNs#{Ns => Mon}, ns_by_monitor = ByMon#{Mon => Ns}}
     end.
 
 %%%===================================================================
@@ -1373,7 +738,7 @@ initialize(#state{opts = #{imports := Imports0, init_code := Code} = Opts} = Sta
             ready(State);
         _ ->
             {noreply, lists:foldl(fun({Step, Src}, S) ->
-                                          internal_request(?EXEC, [Src, 0], {init, Step}, S)
+                                          pyport_worker_requests:internal_request(?EXEC, [Src, 0], {init, Step}, S)
                                   end, State, Steps)}
     end.
 
@@ -1381,17 +746,17 @@ ready(#state{first = true} = State) ->
     %% init/1 publishes the worker.
     observe_ready(State),
     apply_logging(State#state.port),
-    cancel_timer(State#state.start_timer),
+    pyport_worker_requests:cancel_timer(State#state.start_timer),
     {noreply, State#state{status = up, start_timer = undefined, start_failures = 0}};
 ready(State0) ->
     observe_ready(State0),
     apply_logging(State0#state.port),
-    cancel_timer(State0#state.start_timer),
+    pyport_worker_requests:cancel_timer(State0#state.start_timer),
     ?LOG_INFO("pyport worker ~tp/~b: OS process ~b up (Python ~ts)",
                 [State0#state.pool, State0#state.slot, State0#state.os_pid,
                  State0#state.python_version], metadata(State0)),
-    State = flush_queue(State0#state{status = up, start_timer = undefined, start_failures = 0}),
-    update_availability(State),
+    State = pyport_worker_requests:flush_queue(State0#state{status = up, start_timer = undefined, start_failures = 0}),
+    pyport_worker_requests:update_availability(State),
     [gen_server:reply(From, ok) || From <- State#state.recycle_waiters],
     {noreply, State#state{recycle_waiters = []}}.
 
@@ -1401,7 +766,7 @@ start_failed(Detail, #state{first = true} = State) ->
     {noreply, State#state{status = failed, port = undefined, last_exit = Detail}};
 start_failed(Detail, State) ->
     kill_port(State#state.port, State#state.os_pid),
-    cancel_timer(State#state.start_timer),
+    pyport_worker_requests:cancel_timer(State#state.start_timer),
     os_process_died(Detail, State#state{start_timer = undefined}).
 
 spawn_os_process(#state{opts = Opts} = State) ->
@@ -1427,17 +792,20 @@ spawn_os_process(#state{opts = Opts} = State) ->
 os_process_died(Detail, #state{status = stopping} = State) ->
     %% Stopping: no new process; requests it had are answered now.
     remove_workdir(State),
-    {noreply, (drop_subscriptions(fail_all_pending(Detail, State)))#state{port = undefined}};
+    ok = pyport_callback_keeper:port_closed(State#state.keeper, State#state.port),
+    {noreply, (pyport_worker_pubsub:drop_subscriptions(pyport_worker_requests:fail_all_pending(Detail, State)))#state{port = undefined}};
 os_process_died(Detail0, #state{status = Status, spawned_at = Spawned} = State0) ->
     Detail = case State0#state.kill_reason of
                  undefined -> start_detail(Detail0, State0);
                  Reason -> Reason
              end,
-    State1 = drop_subscriptions(fail_all_pending(Detail, State0)),
+    %% Its callbacks' runners end before its callers hear of it.
+    ok = pyport_callback_keeper:port_closed(State0#state.keeper, State0#state.port),
+    State1 = pyport_worker_pubsub:drop_subscriptions(pyport_worker_requests:fail_all_pending(Detail, State0)),
     %% The objects it kept for Erlang died with it (pyport_objects).
     pyport_objects:worker_exited(self()),
     remove_workdir(State1),
-    cancel_timer(State1#state.start_timer),
+    pyport_worker_requests:cancel_timer(State1#state.start_timer),
     WasUp = lists:member(Status, [up, draining, recycling]),
     Failures = case WasUp of
                    true -> 0;
@@ -1537,8 +905,9 @@ respawn(State) ->
 next_backoff(0) -> ?BACKOFF_MIN_MS;
 next_backoff(Ms) -> min(2 * Ms, ?BACKOFF_MAX_MS).
 
-%% Recycling: no new frames for the OS process (they queue), and no
+%% @private Recycling: no new frames for the OS process (they queue), and no
 %% least-loaded traffic, until what it runs has finished.
+-spec start_drain(term(), #state{}) -> #state{}.
 start_drain(Reason, #state{status = up, leaving = false} = State) ->
     ?LOG_INFO("pyport worker ~tp/~b: recycling OS process ~tp (~tp)",
                 [State#state.pool, State#state.slot, State#state.os_pid, Reason],
@@ -1552,20 +921,14 @@ start_drain(_Reason, State) ->
 
 maybe_drained(#state{status = draining, pending = Pending, internal = Internal} = State)
   when map_size(Pending) =:= 0, map_size(Internal) =:= 0 ->
-    cancel_timer(State#state.start_timer),  % the drain_timeout
-    _ = send_frame(State#state.port, pyport_codec:encode_frame(?SHUTDOWN, 0, [])),
+    pyport_worker_requests:cancel_timer(State#state.start_timer),  % the drain_timeout
+    _ = pyport_worker_writer:send_frame(State#state.port, pyport_codec:encode_frame(?SHUTDOWN, 0, [])),
     #{shutdown_timeout := Grace} = State#state.opts,
     Timer = grace_timer(Grace, recycle_kill),
     State#state{status = recycling, start_timer = Timer};
 maybe_drained(State) ->
     State.
 
-%% Least-loaded routing takes the slot while it is up and not stuck in a
-%% request its caller gave up on.
-update_availability(#state{status = Status, kill_timers = Timers, info = Info, slot = Slot,
-                           leaving = Leaving}) ->
-    pyport_pool:set_available(Info, Slot, Status =:= up andalso map_size(Timers) =:= 0
-                              andalso Leaving =:= false).
 
 %% Leaving: see pyport_drain.
 leave(#state{leaving = false, info = Info, pool = Pool, slot = Slot} = State) ->
@@ -1584,7 +947,7 @@ rejoin(#state{leaving = Leaving, pool = Pool} = State0) ->
             %% Its OS process ended in a recycle while leaving.
             respawn(State#state{status = starting});
         _ ->
-            update_availability(State),
+            pyport_worker_requests:update_availability(State),
             {noreply, State}
     end.
 
@@ -1600,7 +963,7 @@ leave_if_beyond_target(#state{info = Info, slot = Slot} = State) ->
 stop_os_process(#state{port = undefined} = State) ->
     State;
 stop_os_process(#state{port = Port, opts = #{shutdown_timeout := Grace}} = State) ->
-    _ = send_frame(Port, pyport_codec:encode_frame(?SHUTDOWN, 0, [])),
+    _ = pyport_worker_writer:send_frame(Port, pyport_codec:encode_frame(?SHUTDOWN, 0, [])),
     case drain_until_exit(Port, now_ms() + Grace, State) of
         {exited, State1} ->
             State1#state{port = undefined};
@@ -1695,11 +1058,7 @@ schedule_purge() ->
     _ = erlang:send_after(?PURGE_INTERVAL_MS, self(), purge),
     ok.
 
-cancel_timer(undefined) -> ok;
-cancel_timer(Timer) -> _ = erlang:cancel_timer(Timer, [{async, true}, {info, false}]), ok.
 
-expired(infinity, _Now) -> false;
-expired(Deadline, Now) -> Deadline < Now.
 
 now_ms() ->
     erlang:monotonic_time(millisecond).

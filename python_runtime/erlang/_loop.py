@@ -155,6 +155,14 @@ class ErlangEventLoop(_unix_events._UnixSelectorEventLoop):
             self._run_once = poller.run_once
         if cls._timer_handle_cancelled is ErlangEventLoop._timer_handle_cancelled:
             self._timer_handle_cancelled = poller.scheduled.note_cancelled
+        # Every Future and Task asks get_debug() when made; futures are made
+        # for every await of I/O.
+        if cls.get_debug is _base_events.BaseEventLoop.get_debug:
+            self.get_debug = poller.get_debug
+        if cls.create_future is _base_events.BaseEventLoop.create_future:
+            self.create_future = poller.create_future
+        if cls.time is _base_events.BaseEventLoop.time:
+            self.time = poller.time
 
     # What a loop whose __init__ failed reads (its __del__ asks is_closed()).
     _pyport_poller = _NoPoller()

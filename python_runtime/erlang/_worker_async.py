@@ -56,14 +56,19 @@ class _InputHandle(asyncio.Handle):
 
     __slots__ = ()
 
+    # The loop's run_once does this handle's work in C (see set_input_key
+    # in port_worker/event_loop.cpp); _run is for debug mode.
     def _run(self) -> None:
         try:
             self._callback(*self._args)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._loop.call_exception_handler(
-                {"message": "pyport: handling frames from Erlang failed", "exception": exc, "handle": self})
+            self._pyport_failed(exc)
+
+    def _pyport_failed(self, exc: BaseException) -> None:
+        self._loop.call_exception_handler(
+            {"message": "pyport: handling frames from Erlang failed", "exception": exc, "handle": self})
 
 
 def start() -> _loop.ErlangEventLoop:
@@ -75,18 +80,22 @@ def start() -> _loop.ErlangEventLoop:
     loop = _loop.ErlangEventLoop(_worker=True)
     request_loop = loop
 
-    def on_input() -> None:
+    def ended() -> None:
         global _shutting_down
-        # Synchronous requests run as plain code, with no running loop (the
-        # worker clears it), so they may start loops of their own.
-        more = _pyport_loop.process_input()
-        if not more and not _shutting_down:
+        if not _shutting_down:
             _shutting_down = True
             loop._pyport_may_stop = True
             loop.stop()
 
+    def on_input() -> None:
+        # Synchronous requests run as plain code, with no running loop (the
+        # worker clears it), so they may start loops of their own.
+        if not _pyport_loop.process_input():
+            ended()
+
     loop._pyport_poller.set_input_key(
-        selectors.SelectorKey(None, -1, selectors.EVENT_READ, (_InputHandle(on_input, (), loop), None))
+        selectors.SelectorKey(None, -1, selectors.EVENT_READ, (_InputHandle(on_input, (), loop), None)),
+        ended,
     )
     # asyncio's default policy becomes the worker's (a policy the code set
     # before, erlang.install()'s included, is kept).

@@ -10,19 +10,16 @@ for it: the server's limits, flow control and timeouts apply unchanged.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import stat
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from typing import Any, Callable, Iterable, Optional
-from urllib.parse import unquote_to_bytes
+
+from _pyport_wsgi import Pool, environ, response_start
 
 __all__ = ["WsgiAdapter", "is_wsgi"]
-
-# Headers that must not reach the client from a WSGI app (PEP 3333:
-# hop-by-hop headers are the server's).
-_HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
-               b"te", b"trailers", b"transfer-encoding", b"upgrade"}
 
 
 def is_wsgi(app: Any) -> bool:
@@ -45,8 +42,10 @@ def is_wsgi(app: Any) -> bool:
 class _Input:
     """wsgi.input: the request body, read from the loop on demand."""
 
-    def __init__(self, call: Callable, receive: Callable) -> None:
-        self._call = call
+    __slots__ = ("_loop", "_receive", "_buf", "_done")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, receive: Callable) -> None:
+        self._loop = loop
         self._receive = receive
         self._buf = bytearray()
         self._done = False
@@ -54,7 +53,7 @@ class _Input:
     def _fill(self) -> bool:
         if self._done:
             return False
-        m = self._call(self._receive())
+        m = asyncio.run_coroutine_threadsafe(self._receive(), self._loop).result()
         if m["type"] == "http.disconnect":
             self._done = True
             raise OSError("the client disconnected before the whole body was read")
@@ -151,77 +150,60 @@ class FileWrapper:
             yield data
 
 
-def _environ(scope: dict, wsgi_input: _Input, mount: str = "") -> dict:
-    server = scope.get("server") or ("localhost", 80)
-    client = scope.get("client")
-    # PEP 3333: PATH_INFO is the percent-decoded path as bytes, carried in
-    # a latin-1 str; SCRIPT_NAME is the mount (root_path).
-    path = unquote_to_bytes(scope["raw_path"]).decode("latin-1")
-    script = scope.get("root_path", "")
-    if mount:
-        # A mount (erlang._http._Mounts): the path keeps the pool's own
-        # root_path out, so the mount's prefix is what PATH_INFO loses.
-        path = path[len(mount.encode("utf-8")):]
-    elif script and path.startswith(script):
-        path = path[len(script):]
-    env = {
-        "REQUEST_METHOD": scope["method"],
-        "SCRIPT_NAME": script,
-        "PATH_INFO": path,
-        "QUERY_STRING": scope["query_string"].decode("latin-1"),
-        "SERVER_NAME": str(server[0]),
-        "SERVER_PORT": str(server[1]),
-        "SERVER_PROTOCOL": "HTTP/" + scope["http_version"],
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": scope.get("scheme", "http"),
-        "wsgi.input": wsgi_input,
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": True,
-        "wsgi.run_once": False,
-        "wsgi.input_terminated": True,
-        "wsgi.file_wrapper": FileWrapper,
-    }
-    if client:
-        env["REMOTE_ADDR"] = str(client[0])
-        env["REMOTE_PORT"] = str(client[1])
-    for name, value in scope["headers"]:
-        if b"_" in name:
-            continue  # "X_A" would be taken for "X-A" (gunicorn drops them too)
-        if name == b"content-type":
-            key = "CONTENT_TYPE"
-        elif name == b"content-length":
-            key = "CONTENT_LENGTH"
-        else:
-            key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
-        v = value.decode("latin-1")
-        if key in env:
-            env[key] += (";" if key == "HTTP_COOKIE" else ",") + v
-        else:
-            env[key] = v
-    return env
+# The environ's constant keys (PEP 3333); _pyport_wsgi.environ copies them
+# and adds the request's (port_worker/wsgi_environ.hpp).
+_BASE_ENVIRON = {
+    "wsgi.version": (1, 0),
+    "wsgi.multithread": True,
+    "wsgi.multiprocess": True,
+    "wsgi.run_once": False,
+    "wsgi.input_terminated": True,
+    "wsgi.file_wrapper": FileWrapper,
+}
 
 
 class WsgiAdapter:
-    """A WSGI app as an ASGI app (http scopes; lifespan is not WSGI's)."""
+    """A WSGI app as an ASGI app (http scopes; lifespan is not WSGI's).
+
+    Each request is a job of the worker's C++ thread pool
+    (``_pyport_wsgi.Pool``, port_worker/wsgi_pool.hpp): the loop queues it
+    and awaits a future; a pool thread takes the GIL to run the app, and
+    keeps it while more requests are queued; finished requests come back
+    in one loop callback per batch (an eventfd the loop watches)."""
 
     def __init__(self, app: Callable, threads: int, mount: str = "") -> None:
         self.app = app
         self.mount = mount  # the prefix it is mounted at ("" : none)
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pyport-wsgi")
+        self.pool = Pool(threads, thread_hook=_thread_hook)
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._check: Optional[asyncio.TimerHandle] = None  # while jobs wait
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Finished requests are handed to `loop` (the one serving)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.pool.fileno())
+        loop.add_reader(self.pool.fileno(), self.pool.drain)
+        self._loop = loop
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return  # lifespan: WSGI has none; the server treats it as unsupported
         loop = asyncio.get_running_loop()
-
-        def call(coro: Any) -> Any:
-            return asyncio.run_coroutine_threadsafe(coro, loop).result()
-
-        run = _Run(self.app, scope, receive, send, call, self.mount)
-        last = await loop.run_in_executor(self.pool, run.run)
+        if loop is not self._loop:
+            self._bind(loop)
+        done = loop.create_future()
+        if self.pool.submit(_run, (self, scope, receive, send, loop), done) and self._check is None:
+            self._check = loop.call_later(_CHECK_EVERY, self._check_pool)
+        last = await done
         # The response's last messages go out from here, on the loop: no
         # hop back from the thread for them.
+        if type(last) is tuple:
+            # A whole response (status, headers, body): its messages are
+            # made here, so few objects wait between thread and loop (the
+            # fewer survive, the fewer garbage collections).
+            await send({"type": "http.response.start", "status": last[0], "headers": last[1]})
+            await send({"type": "http.response.body", "body": last[2]})
+            return
         try:
             for message in last:
                 await send(message)
@@ -230,21 +212,96 @@ class WsgiAdapter:
                 if message["type"] == "http.response.zerocopysend":
                     message["file"].close()  # FileWrapper.zerocopy's duplicate
 
+    def _check_pool(self) -> None:
+        """While requests wait for a thread: those behind a request that
+        blocks in the app go to another thread (``Pool.check``)."""
+        loop = self._loop
+        if loop is not None and self.pool.check():
+            self._check = loop.call_later(_CHECK_EVERY, self._check_pool)
+        else:
+            self._check = None
+
     def shutdown(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        """No more requests: queued ones are cancelled; those running
+        finish and their answers still reach the loop, which then stops
+        watching the pool."""
+        if self._check is not None:
+            self._check.cancel()
+            self._check = None
+        self.pool.shutdown()
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self.pool.fileno())
+            loop.add_reader(self.pool.fileno(), self._drain_last)
+            self._drain_last()
+
+    def _drain_last(self) -> None:
+        """The pool's reader after shutdown(): answers until no job runs."""
+        pool = self.pool
+        pool.drain()
+        if pool.stats()["active"] == 0:
+            pool.drain()  # what the last job posted before it ended
+            loop, self._loop = self._loop, None
+            if loop is not None and not loop.is_closed():
+                loop.remove_reader(pool.fileno())
+
+
+# How often the loop looks for requests stuck behind one that blocks in the
+# app, while requests wait for a thread (seconds).
+_CHECK_EVERY = 0.001
+
+_thread_count = itertools.count(1)
+
+
+def _thread_hook(starting: bool) -> None:
+    """A pool thread starts or ends: `threading` knows it by a name (an
+    app's logs show it), and forgets it when it ends."""
+    if starting:
+        threading.current_thread().name = f"pyport-wsgi_{next(_thread_count)}"
+    else:
+        threading._active.pop(threading.get_ident(), None)  # its _DummyThread
+
+
+def _run(job: tuple) -> Any:
+    """One request, on a pool thread: runs the app, returns the response's
+    last messages for the loop to send, or (status, headers, body) for a
+    whole response (a list or tuple body)."""
+    adapter, scope, receive, send, loop = job
+    run = _Run(loop, send)
+    wsgi_input = _Input(loop, receive)
+    result: Iterable = adapter.app(environ(scope, wsgi_input, adapter.mount, _BASE_ENVIRON),
+                                   run.start_response)
+    try:
+        if isinstance(result, (list, tuple)):
+            if not run.head_sent:
+                # The whole body known: one message, so a Content-Length.
+                if run.status is None:
+                    raise AssertionError("the WSGI app sent a body before start_response")
+                run.head_sent = True
+                return run.status, run.headers, b"".join(result)
+        elif isinstance(result, FileWrapper) and not run.head_sent:
+            message = result.zerocopy()
+            if message is not None:
+                # A regular file: sendfile from the loop.
+                return run._messages(b"", True)[:1] + [message]
+        for chunk in result:
+            if chunk:
+                run.write(chunk)
+        return run._messages(b"", False)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
 
 
 class _Run:
-    """One request on a pool thread."""
+    """One request's response on a pool thread: start_response and write."""
 
-    def __init__(self, app: Callable, scope: dict, receive: Callable, send: Callable,
-                 call: Callable, mount: str = "") -> None:
-        self.app = app
-        self.mount = mount
-        self.scope = scope
+    __slots__ = ("loop", "send", "status", "headers", "head_sent")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, send: Callable) -> None:
+        self.loop = loop
         self.send = send
-        self.call = call
-        self.input = _Input(call, receive)
         self.status: Optional[int] = None
         self.headers: list = []
         self.head_sent = False
@@ -258,18 +315,9 @@ class _Run:
                 exc_info = None  # no cycle through the traceback
         elif self.status is not None:
             raise AssertionError("start_response called twice without exc_info")
-        if type(status) is not str or len(status) < 3 or not status[:3].isdigit():
-            raise ValueError(f"bad WSGI status {status!r}")
-        out = []
-        for name, value in headers:
-            if type(name) is not str or type(value) is not str:
-                raise TypeError("WSGI header names and values must be str")
-            n = name.encode("latin-1")
-            if n.lower() in _HOP_BY_HOP:
-                continue
-            out.append((n, value.encode("latin-1")))
-        self.status = int(status[:3])
-        self.headers = out
+        # The status's code, the headers as latin-1 bytes without the
+        # hop-by-hop ones (port_worker/wsgi_environ.hpp).
+        self.status, self.headers = response_start(status, headers)
         return self.write
 
     async def _send_all(self, messages: list) -> None:
@@ -290,31 +338,10 @@ class _Run:
     def _send(self, body: bytes, more: bool) -> None:
         """Sends a piece of the body, the head with it the first time: one
         hop to the loop for both."""
-        self.call(self._send_all(self._messages(body, more)))
+        asyncio.run_coroutine_threadsafe(self._send_all(self._messages(body, more)),
+                                         self.loop).result()
 
     def write(self, data: bytes) -> None:
         if data:
             self._send(bytes(data), True)
-
-    def run(self) -> list:
-        """Runs the app on this thread; returns the response's last
-        messages, for the loop to send."""
-        result: Iterable = self.app(_environ(self.scope, self.input, self.mount), self.start_response)
-        try:
-            if isinstance(result, (list, tuple)) and not self.head_sent:
-                # The whole body known: one message, so a Content-Length.
-                return self._messages(b"".join(result), False)
-            if isinstance(result, FileWrapper) and not self.head_sent:
-                message = result.zerocopy()
-                if message is not None:
-                    # A regular file: sendfile from the loop.
-                    return self._messages(b"", True)[:1] + [message]
-            for chunk in result:
-                if chunk:
-                    self.write(chunk)
-            return self._messages(b"", False)
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
 

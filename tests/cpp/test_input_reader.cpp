@@ -282,4 +282,143 @@ BOOST_AUTO_TEST_CASE(wake_main_rings_the_doorbell_until_cleared) {
   BOOST_TEST(wait_readable(reader.wake_fd()));
 }
 
+// SpinBudget (input_reader.hpp): spins only where blocking measured slow
+// and spinning measured faster, and stops when traffic pauses.
+namespace {
+constexpr uint64_t kUs = 1000;
+void feed(pyport::SpinBudget& b, int n, uint64_t gap_ns) {
+  for (int i = 0; i < n; ++i)
+    b.input_after(gap_ns);
+}
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(spin_budget_never_spins_where_wake_ups_are_cheap) {
+  pyport::SpinBudget b(100 * kUs);
+  BOOST_TEST(b.budget_ns() == 0u);  // first it measures waits that block
+  feed(b, 10 * pyport::SpinBudget::kProbe, 8 * kUs);
+  BOOST_TEST(b.budget_ns() == 0u);
+  BOOST_TEST(!b.spinning());
+}
+
+BOOST_AUTO_TEST_CASE(spin_budget_spins_where_spinning_pays) {
+  pyport::SpinBudget b(100 * kUs);
+  feed(b, pyport::SpinBudget::kProbe, 50 * kUs);  // slow wake-ups
+  BOOST_TEST(b.budget_ns() == 100 * kUs);         // so it tries spinning
+  feed(b, pyport::SpinBudget::kProbe, 12 * kUs);  // which is faster
+  BOOST_TEST(b.spinning());
+  BOOST_TEST(b.budget_ns() == 100 * kUs);
+  // The next probe starts after kCycle waits, blocking again.
+  feed(b, pyport::SpinBudget::kCycle, 12 * kUs);
+  BOOST_TEST(b.budget_ns() == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(spin_budget_stops_where_spinning_does_not_pay) {
+  pyport::SpinBudget b(100 * kUs);
+  feed(b, pyport::SpinBudget::kProbe, 50 * kUs);
+  // Spinning, the gaps stay as long (the owner lost a CPU to it), or a
+  // few spins run out: no quarter gained.
+  feed(b, pyport::SpinBudget::kProbe - 3, 45 * kUs);
+  feed(b, 3, 150 * kUs);
+  BOOST_TEST(!b.spinning());
+  BOOST_TEST(b.budget_ns() == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(spin_budget_judges_by_cycles_not_waits) {
+  // Spinning shortens the waits but the owner, short of a CPU, sends the
+  // next request no sooner (the worker's own work got slower instead).
+  pyport::SpinBudget b(100 * kUs);
+  for (int i = 0; i < pyport::SpinBudget::kProbe; ++i)
+    b.input_after(40 * kUs, 60 * kUs);
+  for (int i = 0; i < pyport::SpinBudget::kProbe; ++i)
+    b.input_after(5 * kUs, 58 * kUs);
+  BOOST_TEST(!b.spinning());
+}
+
+BOOST_AUTO_TEST_CASE(spin_budget_stops_after_two_long_gaps) {
+  pyport::SpinBudget b(100 * kUs);
+  feed(b, pyport::SpinBudget::kProbe, 50 * kUs);
+  feed(b, pyport::SpinBudget::kProbe, 10 * kUs);
+  BOOST_TEST(b.spinning());
+  b.input_after(5000 * kUs);  // one hiccup: still spinning
+  BOOST_TEST(b.spinning());
+  b.input_after(10 * kUs);
+  b.input_after(5000 * kUs);
+  b.input_after(900000 * kUs);  // traffic paused
+  BOOST_TEST(!b.spinning());
+  BOOST_TEST(b.budget_ns() == 0u);
+  // Long gaps are no samples of a blocking wait: an idle worker never
+  // gets to a probe that spins.
+  feed(b, 100, 1000000 * kUs);
+  BOOST_TEST(b.budget_ns() == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(spin_budget_stops_when_spinning_stops_paying) {
+  pyport::SpinBudget b(100 * kUs);
+  feed(b, pyport::SpinBudget::kProbe, 50 * kUs);
+  feed(b, pyport::SpinBudget::kProbe, 10 * kUs);
+  BOOST_TEST(b.spinning());
+  feed(b, 3 * pyport::SpinBudget::kWindow, 12 * kUs);  // still paying
+  BOOST_TEST(b.spinning());
+  // The machine got busy: spinning, the gaps are as long as blocking.
+  feed(b, pyport::SpinBudget::kWindow, 45 * kUs);
+  BOOST_TEST(!b.spinning());
+  BOOST_TEST(b.budget_ns() == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(spin_budget_probes_again_when_wake_ups_get_slow) {
+  pyport::SpinBudget b(100 * kUs);
+  feed(b, pyport::SpinBudget::kProbe, 8 * kUs);  // fast: blocks
+  feed(b, pyport::SpinBudget::kWindow, 8 * kUs);
+  BOOST_TEST(b.budget_ns() == 0u);
+  // The mode changed: within a window it tries spinning again.
+  feed(b, pyport::SpinBudget::kWindow, 50 * kUs);
+  feed(b, pyport::SpinBudget::kProbe, 50 * kUs);
+  BOOST_TEST(b.budget_ns() == 100 * kUs);
+  feed(b, pyport::SpinBudget::kProbe, 12 * kUs);
+  BOOST_TEST(b.spinning());
+}
+
+BOOST_AUTO_TEST_CASE(spin_budget_zero_never_spins) {
+  pyport::SpinBudget b(0);
+  feed(b, pyport::SpinBudget::kProbe, 50 * kUs);
+  feed(b, pyport::SpinBudget::kProbe, 1 * kUs);
+  BOOST_TEST(b.budget_ns() == 0u);
+  pyport::SpinBudget always(0, true);
+  BOOST_TEST(always.budget_ns() == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(spin_budget_always_spins_until_traffic_pauses) {
+  pyport::SpinBudget b(100 * kUs, true);
+  BOOST_TEST(b.budget_ns() == 100 * kUs);
+  feed(b, 2, 1000 * kUs);
+  BOOST_TEST(b.budget_ns() == 0u);
+  b.input_after(10 * kUs);  // traffic again
+  BOOST_TEST(b.budget_ns() == 100 * kUs);
+}
+
+BOOST_AUTO_TEST_CASE(spin_for_input_returns_when_a_frame_comes) {
+  Pipe p;
+  InputReader reader(1 << 20);
+  BOOST_REQUIRE(reader.start(p.r) == 0);
+  reader.main_idle();
+  // Nothing comes: the spin runs out.
+  BOOST_TEST(!reader.spin_for_input(2 * 1000 * kUs));
+  std::thread writer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    p.write_all(kind_frame(1, 7));
+  });
+  BOOST_TEST(reader.spin_for_input(uint64_t(kHangGuardMs) * 1000 * kUs));
+  writer.join();
+  // The doorbell counts too.
+  InputBatch batch;
+  bool eof = false;
+  std::string error;
+  reader.take(batch, &eof, &error);
+  BOOST_TEST(batch.count() == 1u);
+  BOOST_TEST(!reader.spin_for_input(1000 * kUs));
+  reader.wake_main();
+  BOOST_TEST(reader.spin_for_input(uint64_t(kHangGuardMs) * 1000 * kUs));
+  reader.stop();
+}
+
 BOOST_AUTO_TEST_SUITE_END()

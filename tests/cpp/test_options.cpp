@@ -59,6 +59,24 @@ BOOST_AUTO_TEST_CASE(bad_arguments_are_named) {
   }
 }
 
+BOOST_AUTO_TEST_CASE(spin) {
+  pyport::Options o;
+  BOOST_TEST(parse({}, o) == "");
+  BOOST_TEST(o.spin_us == 100u);
+  BOOST_TEST(!o.spin_test_always);
+  BOOST_TEST(parse({"--spin-us", "0", "--spin-test-always"}, o) == "");
+  BOOST_TEST(o.spin_us == 0u);
+  BOOST_TEST(o.spin_test_always);
+  BOOST_TEST(parse({"--spin-us=10000"}, o) == "");
+  BOOST_TEST(o.spin_us == 10000u);
+  for (const char* bad : {"10001", "-1", "1.5", "x"}) {
+    BOOST_TEST(parse({"--spin-us", bad}, o) ==
+                   "--spin-us must be a number of microseconds from 0 to 10000, not '" +
+                       std::string(bad) + "'",
+               bad);
+  }
+}
+
 BOOST_AUTO_TEST_CASE(limits) {
   pyport::Options o;
   BOOST_TEST(parse({}, o) == "");
