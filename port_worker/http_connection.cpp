@@ -148,8 +148,7 @@ bool arm(PyObject* conn, PyObject* seconds, Name kind) {
   if (earlier < 0) return false;
   if (earlier) {
     PyObject* args[] = {conn, seconds, names[kind]};
-    PyRef r = PyRef::steal(
-        PyObject_VectorcallMethod(names[kArm], args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr));
+    PyRef r = PyRef::steal(PyObject_VectorcallMethod(names[kArm], args, 3, nullptr));
     return static_cast<bool>(r);
   }
   return set(conn, kDeadline, when.get()) && set(conn, kDeadlineKind, names[kind]);

@@ -214,8 +214,7 @@ PyTypeObject* ready_type;
 
 PyObject* make_ready(PyObject* result) {
   ReadyObject* r = PyObject_New(ReadyObject, ready_type);
-  if (r == nullptr) return nullptr;
-  Py_INCREF(ready_type);  // a heap type's instances own a reference to it
+  if (r == nullptr) return nullptr;  // (PyObject_New took the heap type's reference)
   r->result = Py_XNewRef(result);
   return reinterpret_cast<PyObject*>(r);
 }

@@ -88,3 +88,24 @@ def test_backpressure_still_pauses_send(serve):
         assert _seen(s)["stream"] == 64
     finally:
         sock.close()
+
+
+def test_nothing_leaks(serve):
+    s = serve(APP)
+
+    def refs():
+        return ast.literal_eval(s.get("/refs")[2].decode())
+
+    for _ in range(20):
+        s.get("/echo", "POST", b"warm")
+    before = refs()
+    c = s.conn()
+    try:
+        for i in range(400):  # receive()'s finished awaitables, send()'s, keep-alive
+            c.request("POST", "/echo", body=b"x%d" % i)
+            assert c.getresponse().read() == b"1:x%d" % i
+    finally:
+        c.close()
+    after = refs()
+    assert [a - b for a, b in zip(after[:3], before[:3])] == [0, 0, 0], (before, after)
+    assert after[3] - before[3] < 200, (before, after)

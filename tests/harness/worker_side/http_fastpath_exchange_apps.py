@@ -21,6 +21,17 @@ async def app(scope, receive, send):
     path = scope["path"]
     if path == "/seen":
         await _answer(send, repr(sorted(SEEN.items())))
+    elif path == "/refs":
+        # References to the C++ types and the objects the collector sees:
+        # steady across requests when nothing leaks.
+        import gc
+        import sys
+        import _pyport_http
+        gc.collect()
+        await _answer(send, repr([sys.getrefcount(_pyport_http.Ready),
+                                  sys.getrefcount(_pyport_http.Send),
+                                  sys.getrefcount(_pyport_http.Receive),
+                                  len(gc.get_objects())]))
     elif path == "/bad":
         # Bad messages: each raises its error and changes nothing, so a
         # good response follows.
