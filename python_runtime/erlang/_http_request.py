@@ -38,7 +38,10 @@ ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 
 
 class _Request:
-    """One request/response cycle: the ASGI receive and send of its task."""
+    """One request/response cycle: the ASGI receive and send of its task
+    (Receive(self)/Send(self), C++, which call _receive_slow/_send_slow for
+    all but the common cases). port_worker/http_connection.cpp makes
+    requests without __init__, setting the same five fields."""
 
     # The per-request state starts as these class attributes: a request
     # sets only what it changes (half the cost of setting every slot).
