@@ -292,23 +292,30 @@ big_binary(Echo) ->
     line("call_identity_1mib_bandwidth", Rate, "MiB/s"),
     line("call_identity_1mib_vs_floor", Rate / Floor, "ratio").
 
-%% Data through identity (docs/performance.md): bytes of 1 KiB to 64 MiB,
+%% Data through identity (docs/performance.md): bytes of 1 KiB to 256 MiB,
 %% each beside two floors, the same frame echoed by echo_port through a
 %% {packet, 4} port with the pipes' default 64 KiB and with them grown to
-%% 1 MiB as a worker grows its own (`--grow-pipes`); the node's and the
-%% worker's peak RSS around the 64 MiB round trips; a list of 10,000
-%% integers and a map of 1,000 integer keys.
+%% 1 MiB as a worker grows its own (`--grow-pipes`), and beside the same
+%% call in a pool whose payloads all stay on the pipe (`payload_threshold
+%% => infinity': pyport before payloads went off the pipe); the node's and
+%% the worker's peak RSS around the 64 and 256 MiB round trips; a list of
+%% 10,000 integers and a map of 1,000 integer keys.
 data(Echo) ->
-    Opts = #{size => 1, python_path => ["bench"], max_frame_size => 128 bsl 20,
+    Opts = #{size => 1, python_path => ["bench"], max_frame_size => 257 bsl 20,
              call_timeout => 120000},
     %% PYPORT_BENCH_WORKER: another build of the worker, to compare.
-    {ok, _} = pyport:start_pool(bench_data, case os:getenv("PYPORT_BENCH_WORKER") of
-                                                false -> Opts;
-                                                Exe -> Opts#{worker => Exe}
-                                            end),
+    Worker = case os:getenv("PYPORT_BENCH_WORKER") of
+                 false -> #{};
+                 Exe -> #{worker => Exe}
+             end,
+    {ok, _} = pyport:start_pool(bench_data, maps:merge(Opts, Worker)),
+    {ok, _} = pyport:start_pool(bench_data_pipe,
+                                maps:merge(Opts#{payload_threshold => infinity}, Worker)),
     lists:foreach(fun({Name, Size, N}) -> bytes_identity(Echo, Name, Size, N) end,
                   [{"1kib", 1 bsl 10, 5000}, {"64kib", 1 bsl 16, 2000},
-                   {"1mib", 1 bsl 20, 300}, {"64mib", 64 bsl 20, 6}]),
+                   {"1mib", 1 bsl 20, 300}, {"64mib", 64 bsl 20, 6},
+                   {"256mib", 256 bsl 20, 3}]),
+    ok = pyport:stop_pool(bench_data_pipe),
     L = lists:seq(1, 10000),
     line("call_identity_10k_int_list_rate",
          rate(1000, fun() -> {ok, L} = py:call(bench_data, pyport_bench_py, identity, [L]) end),
@@ -325,14 +332,17 @@ bytes_identity(Echo, Name, Size, N) ->
                                                               [{bytes, Bin}], #{}])),
     Default = open(Echo, []),
     Grown = open(Echo, ["--grow-pipes"]),
-    Call = fun() -> {ok, Bin} = py:call(bench_data, pyport_bench_py, identity, [{bytes, Bin}]) end,
-    Runs = [fun() -> echo(Default, Frame) end, fun() -> echo(Grown, Frame) end, Call],
+    Call = fun(Pool) ->
+                   fun() -> {ok, Bin} = py:call(Pool, pyport_bench_py, identity, [{bytes, Bin}]) end
+           end,
+    Runs = [fun() -> echo(Default, Frame) end, fun() -> echo(Grown, Frame) end,
+            Call(bench_data), Call(bench_data_pipe)],
     [Run() || Run <- Runs],
-    %% Interleaved rounds, the best of each: the three see the same load.
-    Rounds = 5,
+    %% Interleaved rounds, the best of each: the four see the same load.
+    Rounds = min(5, N),
     Per = max(1, N div Rounds),
     Rates = [[rate(Per, Run) || Run <- Runs] || _ <- lists:seq(1, Rounds)],
-    [Floor, GrownFloor, Rate] = [lists:max(Column) || Column <- transpose(Rates)],
+    [Floor, GrownFloor, Rate, PipeRate] = [lists:max(Column) || Column <- transpose(Rates)],
     close(Default),
     close(Grown),
     MiB = Size / (1 bsl 20),
@@ -342,13 +352,20 @@ bytes_identity(Echo, Name, Size, N) ->
     line("call_identity_bytes_" ++ Name ++ "_bandwidth", Rate * MiB, "MiB/s"),
     line("call_identity_bytes_" ++ Name ++ "_vs_floor", Rate / Floor, "ratio"),
     line("call_identity_bytes_" ++ Name ++ "_vs_grown_floor", Rate / GrownFloor, "ratio"),
+    line("call_identity_bytes_" ++ Name ++ "_pipe_rate", PipeRate, "calls/s"),
+    line("call_identity_bytes_" ++ Name ++ "_vs_pipe", Rate / PipeRate, "ratio"),
     case Size >= 64 bsl 20 of
         true ->
-            %% Peaks of pyport's round trips alone.
-            {Node, Worker} = reset_peaks(),
-            repeat(Per, Call),
-            line("call_identity_bytes_" ++ Name ++ "_node_peak_rss", peak_mib(Node), "MiB"),
-            line("call_identity_bytes_" ++ Name ++ "_worker_peak_rss", peak_mib(Worker), "MiB");
+            %% Peaks of pyport's round trips alone, each transport.
+            lists:foreach(
+              fun({Pool, Tag}) ->
+                      {NodePid, WorkerPid} = reset_peaks(Pool),
+                      repeat(Per, Call(Pool)),
+                      line("call_identity_bytes_" ++ Name ++ Tag ++ "_node_peak_rss",
+                           peak_mib(NodePid), "MiB"),
+                      line("call_identity_bytes_" ++ Name ++ Tag ++ "_worker_peak_rss",
+                           peak_mib(WorkerPid), "MiB")
+              end, [{bench_data, ""}, {bench_data_pipe, "_pipe"}]);
         false ->
             ok
     end.
@@ -363,8 +380,8 @@ rate(N, Fun) ->
 %% Resets the peak RSS (VmHWM) of this node and of bench_data's worker
 %% (writing 5 to clear_refs: this process and its child only), so that
 %% the peak read afterwards is that of what ran in between.
-reset_peaks() ->
-    {ok, #{workers := [#{os_pid := Worker}]}} = pyport:pool_info(bench_data),
+reset_peaks(Pool) ->
+    {ok, #{workers := [#{os_pid := Worker}]}} = pyport:pool_info(Pool),
     Node = list_to_integer(os:getpid()),
     [ok = file:write_file("/proc/" ++ integer_to_list(P) ++ "/clear_refs", <<"5">>)
      || P <- [Node, Worker]],

@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "frames.hpp"
+#include "payloads.hpp"
 #include "utf8.hpp"
 
 namespace pyport {
@@ -42,6 +43,8 @@ const char* kind_name(uint64_t kind) {
       return "STREAM_START";
     case kWith:
       return "WITH";
+    case kLent:
+      return "LENT";
     case kStreamCredit:
       return "STREAM_CREDIT";
     default:
@@ -66,6 +69,7 @@ uint32_t expected_fields(uint64_t kind) {
     case kCast:
       return 6;
     case kEval:
+    case kLent:
       return 5;
     case kExec:
     case kControl:
@@ -183,6 +187,7 @@ void Dispatcher::dispatch(mp::Reader& r, uint64_t kind, uint64_t id, uint32_t fi
     case kStreamCredit:
     case kShutdown:
     case kWith:
+    case kLent:
       break;
     case kReply:
     case kMessage:
@@ -200,12 +205,6 @@ void Dispatcher::dispatch(mp::Reader& r, uint64_t kind, uint64_t id, uint32_t fi
                          "bins each holding one frame that is not a BATCH",
                          out);
     default:
-      if (kind == 14) {
-        return frame_error(
-            id,
-            "frame kind " + std::to_string(kind) + " is reserved and not supported by this worker",
-            out);
-      }
       return frame_error(id, "unknown frame kind " + std::to_string(kind), out);
   }
   // 0 is the id of frames that answer nothing, so no request may use it.
@@ -246,6 +245,8 @@ void Dispatcher::dispatch(mp::Reader& r, uint64_t kind, uint64_t id, uint32_t fi
       return stream_credit(r, id, out);
     case kWith:
       return with_options(r, id, out);
+    case kLent:
+      return lent(r, id, out);
     default:
       shutdown_ = true;
   }
@@ -514,6 +515,56 @@ void Dispatcher::with_options(mp::Reader& r, uint64_t id, ByteBuffer& out) {
   with_options_.reset();
 }
 
+// LENT: [14, Id, Token, Base, Frame]. The request in Frame (same Id) has
+// its big binaries in the payload file's region at Base (payloads.hpp).
+void Dispatcher::lent(mp::Reader& r, uint64_t id, ByteBuffer& out) {
+  uint64_t token = 0, base = 0;
+  std::string_view inner;
+  if (!r.read_uint(token, "Token") || !r.read_uint(base, "Base") ||
+      !r.read_string(inner, "Frame")) {
+    return frame_error(id, r.error(), out);
+  }
+  if (!r.at_end()) return frame_error(id, "trailing bytes after the LENT frame", out);
+  auto* p = reinterpret_cast<const uint8_t*>(inner.data());
+  mp::Reader head(p, inner.size());
+  uint32_t fields;
+  uint64_t kind = 0, inner_id = 0;
+  if (!head.read_array_header(fields, "LENT Frame") || !head.read_uint(kind, "Kind") ||
+      !head.read_uint(inner_id, "Id") ||
+      (kind != kCall && kind != kCast && kind != kEval && kind != kWith) || inner_id != id) {
+    return frame_error(
+        id, "the Frame of a LENT must be a CALL, CAST, EVAL or WITH with the same Id", out);
+  }
+  std::string why;
+  Payloads& payloads = Payloads::instance();
+  if (!payloads.lend(token, base, &why)) return frame_error_typed(id, "PayloadError", why, out);
+  handle_frame(p, inner.size(), out);
+  payloads.end_lend();
+}
+
+// CONTROL payloads: [Path, Token, SlotSize, InSlots, OutSlots, Threshold].
+PyRef Dispatcher::open_payloads(PyObject* arg) {
+  unsigned long long token = 0, slot = 0, in = 0, outs = 0, threshold = 0;
+  const char* path = nullptr;
+  if (!PyList_Check(arg) || PyList_GET_SIZE(arg) != 6) {
+    PyErr_SetString(PyExc_ValueError,
+                    "payloads needs [Path, Token, SlotSize, InSlots, OutSlots, Threshold]");
+    return {};
+  }
+  PyRef t = PyRef::steal(PyList_AsTuple(arg));
+  if (!t || !PyArg_ParseTuple(t.get(), "sKKKKK", &path, &token, &slot, &in, &outs, &threshold)) {
+    return {};
+  }
+  std::string why;
+  if (in > 1024 || outs > 1024 ||
+      !Payloads::instance().open(path, token, slot, uint32_t(in), uint32_t(outs), threshold,
+                                 &why)) {
+    PyErr_SetString(PyExc_OSError, why.empty() ? "bad payload layout" : why.c_str());
+    return {};
+  }
+  return PyRef::borrow(Py_True);
+}
+
 void Dispatcher::deliver(uint64_t id, PyRef value, ByteBuffer& out) {
   if (with_options_ && with_id_ == id) {
     PyRef options = std::move(with_options_);
@@ -760,6 +811,8 @@ void Dispatcher::control(mp::Reader& r, uint64_t id, ByteBuffer& out) {
         result.reset();
       }
     }
+  } else if (op == "payloads") {
+    result = open_payloads(arg.get());
   } else {
     return frame_error(id, "unknown CONTROL operation '" + std::string(op) + "'", out);
   }
@@ -999,8 +1052,11 @@ EncodeResult Dispatcher::write_value_frame(uint8_t kind, uint64_t id, PyObject* 
 }
 
 void Dispatcher::write_result(uint64_t id, PyObject* value, ByteBuffer& out) {
+  // Big binaries of a RESULT may go off the pipe (payloads.hpp).
+  PayloadAnswer answer;
   switch (write_value_frame(kResult, id, value, out)) {
     case EncodeResult::kOk:
+      answer.sent();
       return;
     case EncodeResult::kTooLarge:
       return frame_error_typed(id, "FrameTooLarge",

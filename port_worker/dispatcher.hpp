@@ -105,6 +105,10 @@ class Dispatcher {
   // WITH: the inner CALL or EVAL, its value passed through
   // erlang._objects.apply(value, Options) (keep it, convert it).
   void with_options(mp::Reader& r, uint64_t id, ByteBuffer& out);
+  // LENT: the inner request decoded with its region of the payload file.
+  void lent(mp::Reader& r, uint64_t id, ByteBuffer& out);
+  // CONTROL payloads: opens the payload file; True, or null with OSError.
+  PyRef open_payloads(PyObject* arg);
 
   // What a CALL (from Module on) or an EVAL (from Code on) produces: its
   // value, or null with either *ferr set (the frame is malformed),

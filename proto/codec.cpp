@@ -4,6 +4,7 @@
 #include <new>
 #include <string>
 
+#include "payloads.hpp"
 #include "utf8.hpp"
 
 namespace pyport {
@@ -55,6 +56,26 @@ PyObject* new_string(const uint8_t* p, size_t n, utf8::Kind kind) {
   }
 }
 
+// Integers of int16 and uint16 range, made once and shared: a decoded list
+// of 10,000 such ints then costs no allocation per element, and freeing
+// it none either (each stays referenced here). Ints are immutable, so
+// sharing them is invisible to Python code (CPython shares -5..256 alike).
+// At most 98,304 objects (about 3 MiB), made as values are first seen.
+constexpr long kIntCacheMin = -32768, kIntCacheMax = 65535;
+PyObject* int_cache[kIntCacheMax - kIntCacheMin + 1];
+
+// A new reference to the int v.
+inline PyObject* small_int_object(long v) {
+  if (v < kIntCacheMin || v > kIntCacheMax) return PyLong_FromLong(v);
+  PyObject*& slot = int_cache[v - kIntCacheMin];
+  if (!slot) {
+    slot = PyLong_FromLong(v);
+    if (!slot) return nullptr;
+  }
+  Py_INCREF(slot);
+  return slot;
+}
+
 // Releases a Py_buffer on scope exit.
 struct BufferView {
   Py_buffer view{};
@@ -78,8 +99,8 @@ class Codec::Decoder {
     size_t start = r.offset();
     uint8_t b = 0;
     if (!r.read_byte(b)) return {};
-    if (b <= 0x7f) return PyRef::steal(PyLong_FromLong(b));
-    if (b >= 0xe0) return PyRef::steal(PyLong_FromLong(int8_t(b)));
+    if (b <= 0x7f) return PyRef::steal(small_int_object(b));
+    if (b >= 0xe0) return PyRef::steal(small_int_object(int8_t(b)));
     if (b <= 0x8f) return map(r, b & 0x0f, depth, start);
     if (b <= 0x9f) return array(r, b & 0x0f, depth, start);
     if (b <= 0xbf) return string(r, b & 0x1f, true, start);
@@ -250,7 +271,7 @@ class Codec::Decoder {
   // One element of a container: value(), with small integers first.
   PyObject* element(mp::Reader& r, int depth) {
     long v;
-    if (small_int(r, v)) return PyLong_FromLong(v);
+    if (small_int(r, v)) return small_int_object(v);
     return value(r, depth).release();
   }
 
@@ -370,6 +391,22 @@ class Codec::Decoder {
         PyRef etf = PyRef::steal(PyBytes_FromStringAndSize(reinterpret_cast<const char*>(p), n));
         if (!etf) return {};
         return PyRef::steal(PyObject_CallOneArg(cls, etf.get()));
+      }
+      case mp::kExtPayload: {
+        // Bytes the node put in the region it lent this request.
+        if (n != Payloads::kPlaceholder) {
+          r.fail_at(start, "payload placeholder is not 17 bytes (form, offset, length)");
+          return {};
+        }
+        uint64_t at = 0, len = 0;
+        for (size_t i = 0; i < 8; ++i) {
+          at = (at << 8) | p[1 + i];
+          len = (len << 8) | p[9 + i];
+        }
+        std::string why;
+        PyObject* v = Payloads::instance().read(p[0], at, len, &why);
+        if (!v && !why.empty()) r.fail_at(start, why);
+        return PyRef::steal(v);
       }
       default:
         r.fail_at(start, "unknown ext type " + std::to_string(int8_t(type)));
@@ -635,6 +672,7 @@ class Codec::Encoder {
   bool str(PyObject* o) {
     Py_ssize_t n;
     const char* s = PyUnicode_AsUTF8AndSize(o, &n);
+    if (s && Payloads::instance().wants(size_t(n)) && placeholder(s, size_t(n))) return true;
     if (!s || !room(size_t(n)) || !length(size_t(n), "a str")) return false;
     mp::write_str_header(out_, uint32_t(n));
     out_.append(s, size_t(n));
@@ -642,9 +680,27 @@ class Codec::Encoder {
   }
 
   bool bin(const void* p, size_t n) {
+    if (Payloads::instance().wants(n) && placeholder(p, n)) return true;
     if (!room(n) || !length(n, "a bytes")) return false;
     mp::write_bin_header(out_, uint32_t(n));
     out_.append(p, n);
+    return true;
+  }
+
+  // An ext 7 in place of the n bytes at p, which go to the answer's
+  // region of the payload file; false (nothing written) when they cannot.
+  bool placeholder(const void* p, size_t n) {
+    if (!room(Payloads::kPlaceholder + 3)) {
+      too_large = false;  // the bytes may still fit in the frame
+      return false;
+    }
+    uint64_t at = Payloads::instance().put(p, n);
+    if (at == UINT64_MAX) return false;
+    mp::write_ext_header(out_, mp::kExtPayload, uint32_t(Payloads::kPlaceholder));
+    uint8_t* d = out_.grow(Payloads::kPlaceholder);
+    d[0] = Payloads::kFormBin;
+    mp::store_be64(d + 1, at);
+    mp::store_be64(d + 9, uint64_t(n));
     return true;
   }
 

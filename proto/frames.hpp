@@ -35,6 +35,7 @@ enum FrameKind : uint8_t {
   kControl = 11,
   kBatch = 12,  // several frames in one: [12, 0, [Frame (bin), ...]]
   kWith = 13,   // a CALL or EVAL with options: [13, Id, Options, Frame (bin)]
+  kLent = 14,   // a request whose payloads are in the payload file: [14, Id, Token, Base, Frame]
   kShutdown = 15,
   kResult = 16,
   kError = 17,

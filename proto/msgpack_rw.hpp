@@ -19,7 +19,8 @@ enum ExtType : int8_t {
   kExtBigInt = 3,
   kExtBytes = 4,
   kExtTerm = 5,
-  kExtObject = 6,  // Erlang -> worker only: an object the worker keeps (8-byte id)
+  kExtObject = 6,   // Erlang -> worker only: an object the worker keeps (8-byte id)
+  kExtPayload = 7,  // bytes in the payload file: form, offset:64, length:64 (payloads.hpp)
 };
 
 inline void store_be16(uint8_t* p, uint16_t v) {

@@ -45,6 +45,8 @@ STREAM_CHUNK, STREAM_END = 24, 25
 
 # Extension types.
 EXT_ATOM, EXT_TUPLE, EXT_BIGINT, EXT_BYTES, EXT_TERM = 1, 2, 3, 4, 5
+# Bytes in a worker's payload file (PROTOCOL.md, "Payloads").
+EXT_PAYLOAD = 7
 
 INT_MIN, UINT_MAX = -(1 << 63), (1 << 64) - 1
 DEFAULT_TIMEOUT = 60.0
@@ -202,7 +204,16 @@ def _ext_hook(code: int, data: bytes) -> Any:
             raise ValueError("term ext payload is not external term format")
         cls = Pid if data[1] in _PID_TAGS else Ref if data[1] in _REF_TAGS else Term
         return cls(bytes(data))
+    if code == EXT_PAYLOAD and len(data) == 17:
+        return Payload(data[0], int.from_bytes(data[1:9], "big"), int.from_bytes(data[9:], "big"))
     raise ValueError(f"unknown ext type {code}")
+
+
+class Payload(NamedTuple):
+    """An ext 7 placeholder: `length` bytes at `offset` of the payload file."""
+    form: int
+    offset: int
+    length: int
 
 
 def decode(data: bytes) -> Any:

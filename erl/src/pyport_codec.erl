@@ -42,6 +42,8 @@
 -define(EXT_TERM, 5).
 %% Erlang -> worker only: an object the worker keeps (8-byte id).
 -define(EXT_OBJECT, 6).
+%% Bytes in the worker's payload file (pyport_payloads): form, offset, length.
+-define(EXT_PAYLOAD, 7).
 
 %% Containers (arrays, maps, tuples) nest at most this deep.
 -define(MAX_DEPTH, 512).
@@ -163,7 +165,15 @@ decode_fields(N, Bin, Limits) when is_integer(N), N >= 0, is_binary(Bin) ->
         {error, _} = Error -> Error
     end.
 
-decode_values(N, Bin, #{max_terms := Terms, max_bytes := Bytes} = Limits) ->
+decode_values(N, Bin, #{payloads := _} = Limits) ->
+    %% The answer regions read are given back, whatever the outcome.
+    try decode_values1(N, Bin, Limits)
+    after pyport_payloads:done()
+    end;
+decode_values(N, Bin, Limits) ->
+    decode_values1(N, Bin, Limits).
+
+decode_values1(N, Bin, #{max_terms := Terms, max_bytes := Bytes} = Limits) ->
     try d(Bin, N, [], 0, [], #{'$limits' => Limits}, budget(Terms), budget(Bytes) bsr 3) of
         {Reversed, <<>>} ->
             {ok, Reversed};
@@ -219,7 +229,10 @@ container(L, Acc, P, X, K) when is_list(L) ->
 container(M, Acc, P, X, K) when is_map(M) ->
     pairs(maps:to_list(M), map_header(map_size(M), Acc), P, X, K);
 container({bytes, B}, Acc, P, X, K) when is_binary(B) ->
-    payload(?EXT_BYTES, B, B, Acc, P, X, K);
+    case offload(B, 1) of
+        false -> payload(?EXT_BYTES, B, B, Acc, P, X, K);
+        Placeholder -> k(K, <<Acc/binary, Placeholder/binary>>, P, X)
+    end;
 container({'$pyport_object', _, _, _, _, _} = H, Acc, P, X, K) ->
     %% A handle the calling process owns (pyport_objects) is its object's
     %% id; anything else shaped like one is refused, never sent.
@@ -239,10 +252,9 @@ container(T, Acc, P, X, K) when is_tuple(T) ->
             k(K, scalars(T, 1, N, tuple_header(Size, N, T, Acc)), P, X)
     end;
 container(B, Acc, P, X, K) when is_binary(B) ->
-    case byte_size(B) of
-        N when N < 16#10000 -> data(B, <<Acc/binary, 16#c5, N:16>>, P, X, K);
-        N when N < 16#100000000 -> data(B, <<Acc/binary, 16#c6, N:32>>, P, X, K);
-        _ -> error({unsupported_term, B})
+    case offload(B, 0) of
+        false -> big_binary(B, Acc, P, X, K);
+        Placeholder -> k(K, <<Acc/binary, Placeholder/binary>>, P, X)
     end;
 container(T, Acc, P, X, K) when is_pid(T); is_reference(T); is_port(T); is_function(T) ->
     %% minor_version 1 is term_to_binary/1's format on OTP 25 and keeps the
@@ -250,6 +262,21 @@ container(T, Acc, P, X, K) when is_pid(T); is_reference(T); is_port(T); is_funct
     payload(?EXT_TERM, term_to_binary(T, [{minor_version, 1}]), T, Acc, P, X, K);
 container(T, _, _, _, _) ->
     error({unsupported_term, T}).
+
+%% A binary of 256 bytes or more in a frame whose big binaries go off the
+%% pipe (pyport_payloads): an ext 7 placeholder instead, or false.
+offload(B, Form) ->
+    case get('$pyport_payload_blobs') of
+        undefined -> false;
+        _ -> pyport_payloads:placeholder(B, Form)
+    end.
+
+big_binary(B, Acc, P, X, K) ->
+    case byte_size(B) of
+        N when N < 16#10000 -> data(B, <<Acc/binary, 16#c5, N:16>>, P, X, K);
+        N when N < 16#100000000 -> data(B, <<Acc/binary, 16#c6, N:32>>, P, X, K);
+        _ -> error({unsupported_term, B})
+    end.
 
 %% The elements of a list. Scalars, the most frequent elements, skip the
 %% trip through K. Neighbouring integers of the same small form (a list of
@@ -530,8 +557,11 @@ ext_header(_, _, Term) -> error({unsupported_term, Term}).
 %% as d/8 goes on with R1. Inline, so that the match context is kept.
 -define(CHARGE(R1, Count, Terms, Words, Frame),
         case (Terms) =< T andalso (Words) =< W of
-            true -> d(R1, Count, [], D + 1, [Frame | S], C, T - (Terms), W - (Words));
-            false -> charge(R1, Count, Terms, Words, Frame, D, S, C, T, W)
+            true ->
+                {IR, IN, IAcc} = ints(R1, Count, []),
+                d(IR, IN, IAcc, D + 1, [Frame | S], C, T - (Terms), W - (Words));
+            false ->
+                charge(R1, Count, Terms, Words, Frame, D, S, C, T, W)
         end).
 %% A float takes 2 heap words.
 -define(FLOAT(V, R1),
@@ -626,6 +656,20 @@ d(<<_, _/binary>>, _, _, _, _, _, _, _) ->
 d(<<>>, _, _, _, _, _, _, _) ->
     ?FAIL_SIZE(truncated, 0).
 
+%% The integers of up to 32 bits at the start of a container's values (a
+%% list of numbers is all of them), read in a loop of three arguments
+%% rather than d/8's eight: they take no heap words beyond the cells the
+%% container was charged. Returns where the others start, for d/8.
+ints(<<B, R/binary>>, N, Acc) when B < 16#80, N > 0 -> ints(R, N - 1, [B | Acc]);
+ints(<<16#cd, V:16, R/binary>>, N, Acc) when N > 0 -> ints(R, N - 1, [V | Acc]);
+ints(<<16#cc, V, R/binary>>, N, Acc) when N > 0 -> ints(R, N - 1, [V | Acc]);
+ints(<<16#ce, V:32, R/binary>>, N, Acc) when N > 0 -> ints(R, N - 1, [V | Acc]);
+ints(<<B, R/binary>>, N, Acc) when B >= 16#e0, N > 0 -> ints(R, N - 1, [B - 16#100 | Acc]);
+ints(<<16#d1, V:16/signed, R/binary>>, N, Acc) when N > 0 -> ints(R, N - 1, [V | Acc]);
+ints(<<16#d2, V:32/signed, R/binary>>, N, Acc) when N > 0 -> ints(R, N - 1, [V | Acc]);
+ints(<<16#d0, V:8/signed, R/binary>>, N, Acc) when N > 0 -> ints(R, N - 1, [V | Acc]);
+ints(Bin, N, Acc) -> {Bin, N, Acc}.
+
 %% A container past a budget, unless its header claims more values than
 %% there are bytes left (each takes at least one): then it is truncated,
 %% and only the values the bytes can hold are charged, so that the decode
@@ -663,6 +707,29 @@ ext(Bin, L, ?EXT_ATOM, Back, N, Acc, D, S, C, T, W) ->
             end;
         _ ->
             ?FAIL_AT(truncated, Bin, Back)
+    end;
+ext(Bin, 17, ?EXT_PAYLOAD, Back, N, Acc, D, S, C, T, W) ->
+    case C of
+        #{'$limits' := #{payloads := Source} = Limits} ->
+            case Bin of
+                <<_Form, Offset:64, Length:64, R/binary>> when W >= 6 ->
+                    %% Bytes the worker put in an answer region: read once
+                    %% checked, within what one frame may carry.
+                    Mode = maps:get(payload_mode, Limits, read),
+                    case pyport_payloads:read(Source, Offset, Length,
+                                              maps:get('$payload_left', C, undefined), Mode) of
+                        {ok, V, Left} ->
+                            d(R, N - 1, [V | Acc], D, S, C#{'$payload_left' => Left}, T, W - 6);
+                        {error, _} = Bad ->
+                            throw({?LIMIT, element(2, Bad)})
+                    end;
+                <<_:17/binary, _/binary>> ->
+                    too_large(max_decoded_bytes, C);
+                _ ->
+                    ?FAIL_AT(truncated, Bin, Back)
+            end;
+        #{} ->
+            ?FAIL({unknown_ext, ?EXT_PAYLOAD})
     end;
 ext(Bin, L, Ty, Back, N, Acc, D, S, C, T, W) ->
     case Bin of

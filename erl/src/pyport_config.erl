@@ -57,6 +57,8 @@
                        max_callbacks := pos_integer(),
                        max_objects := pos_integer(),
                        str_fallback := boolean(),
+                       %% Binaries this big go off the pipe (pyport_payloads).
+                       payload_threshold := pos_integer() | infinity,
                        max_new_atoms := pyport_atoms:pool_setting(),
                        max_result_terms := pos_integer() | infinity | auto,
                        max_decoded_bytes := pos_integer() | infinity | auto,
@@ -287,6 +289,7 @@ defaults() ->
       max_callbacks => 4096,
       max_objects => 10000,
       str_fallback => false,
+      payload_threshold => 256 * 1024,
       max_new_atoms => default,
       max_result_terms => auto,
       max_decoded_bytes => auto,
@@ -345,6 +348,8 @@ check(spin_us, N) when is_integer(N), N >= 0, N =< 10000 -> {ok, N};
 check(max_callbacks, N) when is_integer(N), N > 0, N =< 16#FFFFFFF -> {ok, N};
 check(max_objects, N) when is_integer(N), N > 0, N =< 16#FFFFFFF -> {ok, N};
 check(str_fallback, B) when is_boolean(B) -> {ok, B};
+check(payload_threshold, infinity) -> {ok, infinity};
+check(payload_threshold, N) when is_integer(N), N >= 4096 -> {ok, N};
 check(max_new_atoms, S) when S =:= default; S =:= node -> {ok, S};
 check(max_new_atoms, N) when is_integer(N), N >= 0 ->
     case N =< max_atom_budget() of

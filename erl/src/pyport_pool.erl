@@ -35,6 +35,8 @@
 -export([start_link/2, start_link/3, info/1, pick/1, worker/2, shard_slot/2, set_available/3,
          decode_limits/1, resize/2, in_service/2, target/1, capacity/0]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+%% Whether a slot takes work now (pyport_payloads).
+-export([available/2]).
 
 -export_type([info/0]).
 
@@ -188,6 +190,8 @@ load(#{counters := C} = Info, Slot) ->
         false -> {unavailable, counters:get(C, Slot)}
     end.
 
+%% @doc Whether Slot takes work now: not restarting, draining or stuck.
+-spec available(info(), pos_integer()) -> boolean().
 available(#{unavailable := U}, Slot) ->
     atomics:get(U, Slot) =:= 0.
 

@@ -53,6 +53,8 @@
 %% mark of a call that wants tracebacks in its errors (call/5).
 -define(WITH, 13).
 -define(TRACEBACK, '$pyport_traceback').
+%% Set while a call is sent again with its payloads in the frame.
+-define(NO_OFFLOAD, '$pyport_no_offload').
 
 %% Where a request goes: the least-loaded worker of a pool, one slot, the
 %% slot of a shard key; on another node, or on the least-loaded node of a
@@ -105,6 +107,19 @@ call(Target, Kind, Fields, Timeout, Extra) ->
     call_local(Target, Kind, Fields, Timeout, Extra).
 
 call_local(Target, Kind, Fields, Timeout, Extra) ->
+    case call_local1(Target, Kind, Fields, Timeout, Extra) of
+        {error, {Type, <<"LENT frame for another payload file", _/binary>>}}
+          when Type =:= 'PayloadError'; Type =:= <<"PayloadError">> ->
+            %% Its payloads went to the file of an OS process that was
+            %% replaced before the request was sent (pyport_payloads): once
+            %% more, with them in the frame.
+            put(?NO_OFFLOAD, true),
+            try call_local1(Target, Kind, Fields, Timeout, Extra) after erase(?NO_OFFLOAD) end;
+        Result ->
+            Result
+    end.
+
+call_local1(Target, Kind, Fields, Timeout, Extra) ->
     %% The handle never leaves this function: no owner or await checks.
     Start = erlang:monotonic_time(),
     case start_untracked(Target, Kind, Fields, Timeout, Start, maps:get(before_send, Extra, none)) of
@@ -474,9 +489,13 @@ cast(Target0, Fields) ->
 %% it, and the target becomes that worker (pyport_objects), at no cost to
 %% requests without handles. `Output0': the call's own output option.
 prepare(Target0, Kind0, Id, Fields0, Output0) ->
+    prepare(Target0, Kind0, Id, Fields0, Output0, false).
+
+prepare(Target0, Kind0, Id, Fields0, Output0, Offload) ->
     Pool0 = pool_of(Target0),
     case pyport_pool:info(Pool0) of
         {ok, #{opts := Opts} = Info0} ->
+            _ = Offload andalso pyport_payloads:encoding(Opts) =:= ok,
             Output = case Output0 of
                          _ when Kind0 =/= ?CALL -> logger;     % eval, exec, control
                          default -> maps:get(output, Opts, logger);
@@ -583,22 +602,33 @@ send(Target, Request, Send) ->
 %% `Output': the call's own output option, `default' for the pool's.
 send(Target, {Kind, Fields}, Send, Output0) ->
     Id = erlang:unique_integer([positive]),
-    case prepare(Target, Kind, Id, Fields, Output0) of
-        {ok, Target1, Pool, Info, Frame, Output} ->
+    %% Big binaries of a call or an eval may go off the pipe (pyport_payloads).
+    Offload = (Kind =:= ?CALL orelse Kind =:= ?EVAL) andalso get(?NO_OFFLOAD) =:= undefined,
+    Result = case prepare(Target, Kind, Id, Fields, Output0, Offload) of
+        {ok, Target1, Pool, Info, Frame0, Output} ->
             case route(Target1, Info) of
                 {ok, Slot, Pid} ->
                     case admit(Info, Slot) of
                         ok ->
-                            case Send(Pid, Id, Frame,
-                                      #{pool => Pool, slot => Slot, output => Output,
-                                        call_timeout => maps:get(call_timeout, Info)}) of
-                                {error, _} = NotSent ->
-                                    %% Not sent: the worker will not count it out.
+                            case placed(Info, Slot, Id, Frame0,
+                                        fun() -> prepare(Target, Kind, Id, Fields, Output0, false) end) of
+                                {ok, Frame} ->
+                                    case Send(Pid, Id, Frame,
+                                              #{pool => Pool, slot => Slot, output => Output,
+                                                call_timeout => maps:get(call_timeout, Info)}) of
+                                        {error, _} = NotSent ->
+                                            %% Not sent: the worker will not count it out.
+                                            #{counters := C} = Info,
+                                            counters:sub(C, Slot, 1),
+                                            pyport_payloads:unplace(Pool, Slot, Id),
+                                            NotSent;
+                                        Sent ->
+                                            Sent
+                                    end;
+                                {error, _} = NotPlaced ->
                                     #{counters := C} = Info,
                                     counters:sub(C, Slot, 1),
-                                    NotSent;
-                                Sent ->
-                                    Sent
+                                    NotPlaced
                             end;
                         {error, _} = Error ->
                             Error
@@ -608,6 +638,21 @@ send(Target, {Kind, Fields}, Send, Output0) ->
             end;
         {error, _} = Error ->
             Error
+    end,
+    pyport_payloads:cancel(),
+    Result.
+
+%% The frame with its big binaries in the worker's payload file, or (none
+%% free) encoded again with them inside.
+placed(Info, Slot, Id, Frame, Again) ->
+    case pyport_payloads:place(Info, Slot, Id, Frame) of
+        {ok, _} = Placed ->
+            Placed;
+        inline ->
+            case Again() of
+                {ok, _, _, _, Inline, _} -> {ok, Inline};
+                {error, _} = Error -> Error
+            end
     end.
 
 %% @doc Decodes an answer the worker's gen_server forwarded undecoded:
@@ -617,8 +662,9 @@ send(Target, {Kind, Fields}, Send, Output0) ->
 decode_reply(Reply, Pool, Slot) ->
     reply(Reply, Pool, Slot).
 
-reply({?RESULT, Rest}, Pool, _Slot) ->
-    case pyport_codec:decode_fields(1, Rest, pyport_pool:decode_limits(Pool)) of
+reply({?RESULT, Rest}, Pool, Slot) ->
+    Limits = pyport_payloads:limits(Pool, Slot, pyport_pool:decode_limits(Pool)),
+    case pyport_codec:decode_fields(1, Rest, Limits) of
         {ok, [Value]} -> {ok, Value};
         {error, _} = Error -> Error
     end;

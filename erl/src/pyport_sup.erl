@@ -30,6 +30,7 @@ start_link(Pools) ->
 -spec init(map()) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
 init(Pools) ->
     ok = pyport_cluster:inflight_table(),
+    ok = pyport_payloads:init_table(),
     Flags = #{strategy => rest_for_one, intensity => 3, period => 10},
     Reaper = #{id => pyport_reaper, start => {pyport_reaper, start_link, []}},
     State = #{id => pyport_state, start => {pyport_state, start_link, []}},

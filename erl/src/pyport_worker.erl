@@ -732,12 +732,16 @@ initialize(#state{opts = #{imports := Imports0, init_code := Code} = Opts} = Sta
     Steps = [S || {Tag, _} = S <- pyport_preload:first_steps(Opts), not (Warm andalso Tag =:= venv)]
         ++ [{{import, M}, <<"import ", M/binary>>} || M <- Imports]
         ++ [{init_code, Code} || Code =/= undefined, not Warm]
-        ++ pyport_preload:later_steps(State0#state.pool, Opts),
+        ++ pyport_preload:later_steps(State0#state.pool, Opts)
+        ++ pyport_payloads:setup(State0#state.pool, State0#state.slot, Opts),
     case Steps of
         [] ->
             ready(State);
         _ ->
-            {noreply, lists:foldl(fun({Step, Src}, S) ->
+            {noreply, lists:foldl(fun({Step, {control, Op, Arg}}, S) ->
+                                          pyport_worker_requests:internal_request(
+                                            ?CONTROL, [Op, Arg], {init, Step}, S);
+                                     ({Step, Src}, S) ->
                                           pyport_worker_requests:internal_request(?EXEC, [Src, 0], {init, Step}, S)
                                   end, State, Steps)}
     end.
@@ -763,6 +767,7 @@ ready(State0) ->
 %% The hello or the init code failed, or never came.
 start_failed(Detail, #state{first = true} = State) ->
     kill_port(State#state.port, State#state.os_pid),
+    pyport_payloads:teardown(State#state.pool, State#state.slot),
     {noreply, State#state{status = failed, port = undefined, last_exit = Detail}};
 start_failed(Detail, State) ->
     kill_port(State#state.port, State#state.os_pid),
@@ -1045,7 +1050,9 @@ info_map(#state{} = S) ->
 
 %% A dead sandboxed worker's private directory, unless it removed it
 %% itself. In another process: a big tree must not hold up requests.
-remove_workdir(#state{capabilities = Caps, opts = Opts}) ->
+remove_workdir(#state{capabilities = Caps, opts = Opts} = State) ->
+    %% The OS process's payload file goes with it (pyport_payloads).
+    pyport_payloads:teardown(State#state.pool, State#state.slot),
     case pyport_sandbox:workdir(pyport_sandbox:report(Caps), Opts) of
         undefined ->
             ok;

@@ -57,7 +57,8 @@ sent(#state{sent_here = N, opts = #{max_requests := Max}} = State) ->
 
 %% A request is finished: answer its caller (unless it gave up) and count
 %% it out of the slot.
-finish(abandoned, _Reply, #state{info = #{counters := C}, slot = Slot}) ->
+finish(abandoned, Reply, #state{info = #{counters := C}, slot = Slot} = State) ->
+    pyport_payloads:drop(Reply, State#state.pool, Slot),
     counters:sub(C, Slot, 1);
 finish(Alias, Reply, #state{info = #{counters := C}, slot = Slot}) ->
     Alias ! {Alias, Reply},
@@ -347,6 +348,7 @@ fail_all_pending(Detail, #state{pending = Pending, kill_timers = Timers} = State
 %% waits for it; an init step or namespace drop goes back to the owner.
 -spec answer(integer(), term(), #state{}) -> noreply().
 answer(Id, Reply, State0) ->
+    pyport_payloads:answered(Id),
     State = case maps:take(Id, State0#state.kill_timers) of
                 {Timer, Timers} ->
                     cancel_timer(Timer),

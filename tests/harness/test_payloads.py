@@ -1,0 +1,109 @@
+"""Payloads off the pipe, the worker's side (PROTOCOL.md, "Payloads"): the
+worker opens the owner's file and forgets its name, reads a LENT request's
+placeholders from the region named, writes big results to an answer
+region, and refuses what does not fit the layout it was given."""
+import os
+import struct
+
+import msgpack
+import pyport_proto as P
+from wire import array, expect_error, frame, raw_call, raw_value
+
+HEADER = 4096
+SLOT = 1 << 20
+SLOTS = 8
+THRESHOLD = 4096
+TOKEN = 0x1234_5678_9ABC
+
+
+def placeholder(form: int, offset: int, length: int) -> bytes:
+    return b"\xc7\x11\x07" + bytes([form]) + struct.pack(">QQ", offset, length)
+
+
+def lent(id: int, token: int, base: int, inner: bytes) -> bytes:
+    return frame(array(P.encode(14), P.encode(id), P.encode(token), P.encode(base),
+                       msgpack.packb(inner, use_bin_type=True)))
+
+
+def payload(n: int) -> bytes:
+    return (bytes(range(255, -1, -1)) * (n // 256 + 1))[:n]
+
+
+def open_file(worker, tmp_path):
+    """The owner's part: a private directory, the sparse file, CONTROL."""
+    d = tmp_path / "pyport-test"
+    d.mkdir(mode=0o700)
+    path = d / "payloads"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.ftruncate(fd, HEADER + 2 * SLOTS * SLOT)
+    assert worker.control("payloads", [str(path), TOKEN, SLOT, SLOTS, SLOTS, THRESHOLD]) is True
+    return fd, d, path
+
+
+def test_the_worker_forgets_the_files_name(worker, tmp_path):
+    fd, d, path = open_file(worker, tmp_path)
+    assert not path.exists() and not d.exists()
+    os.close(fd)
+
+
+def test_a_lent_request_reads_its_region_and_answers_through_the_file(worker, tmp_path):
+    fd, _, _ = open_file(worker, tmp_path)
+    data = payload(300_000)
+    base = HEADER + 3 * SLOT
+    os.pwrite(fd, b"x" * 10 + data, base)
+    id = 7001
+    worker.send_bytes(lent(id, TOKEN, base,
+                           raw_call(id, "harness_worker", "identity", placeholder(1, 10, len(data)))))
+    answer = worker.wait(id)
+    assert answer.kind == P.RESULT, answer
+    ph = answer.fields[0]
+    assert isinstance(ph, P.Payload) and ph.length == len(data), ph
+    out_lo = HEADER + SLOTS * SLOT
+    assert out_lo <= ph.offset and ph.offset + ph.length <= out_lo + SLOTS * SLOT
+    assert os.pread(fd, ph.length, ph.offset) == data
+    k = (ph.offset - out_lo) // SLOT
+    (mark,) = struct.unpack("<Q", os.pread(fd, 8, 64 + 8 * k))
+    assert mark != 0, "an answer region in use is marked"
+    # Small values stay in the frame.
+    assert worker.call("harness_worker", "identity", [payload(100)]) == payload(100)
+    os.close(fd)
+
+
+def test_lies_about_regions_are_refused(worker, tmp_path):
+    fd, _, _ = open_file(worker, tmp_path)
+    call = raw_call(7002, "harness_worker", "identity", placeholder(1, 0, 10))
+    worker.send_bytes(lent(7002, TOKEN + 1, HEADER, call))
+    assert "another payload file" in expect_error(worker.wait(7002), "PayloadError", 7002).fields[1]
+    call = raw_call(7003, "harness_worker", "identity", placeholder(1, 0, 10))
+    worker.send_bytes(lent(7003, TOKEN, HEADER + 5, call))
+    expect_error(worker.wait(7003), "PayloadError", 7003)
+    call = raw_call(7004, "harness_worker", "identity", placeholder(1, 0, 10))
+    worker.send_bytes(lent(7004, TOKEN, HEADER + SLOTS * SLOT, call))  # an answer region
+    expect_error(worker.wait(7004), "PayloadError", 7004)
+    call = raw_call(7005, "harness_worker", "identity", placeholder(1, SLOT - 5, 10))
+    worker.send_bytes(lent(7005, TOKEN, HEADER, call))
+    assert "past its region" in expect_error(worker.wait(7005), "FrameError", 7005).fields[1]
+    # A placeholder outside a LENT frame.
+    worker.send_bytes(frame(raw_call(7006, "harness_worker", "identity", placeholder(1, 0, 10))))
+    assert "outside a LENT" in expect_error(worker.wait(7006), "FrameError", 7006).fields[1]
+    os.close(fd)
+
+
+def test_lent_without_a_file_is_refused(worker):
+    call = raw_call(7007, "harness_worker", "identity", placeholder(1, 0, 10))
+    worker.send_bytes(lent(7007, TOKEN, HEADER, call))
+    assert "no payload file" in expect_error(worker.wait(7007), "PayloadError", 7007).fields[1]
+    assert worker.call("harness_worker", "identity", [1]) == 1
+
+
+def test_a_file_that_is_not_one_is_refused(worker, tmp_path):
+    link = tmp_path / "link"
+    target = tmp_path / "target"
+    target.write_bytes(b"")
+    link.symlink_to(target)
+    reply = worker.request(P.CONTROL, "payloads", [str(link), TOKEN, SLOT, SLOTS, SLOTS, THRESHOLD])
+    expect_error(worker.wait(reply), "OSError", reply)
+    small = tmp_path / "small"
+    small.write_bytes(b"\0" * HEADER)
+    reply = worker.request(P.CONTROL, "payloads", [str(small), TOKEN, SLOT, SLOTS, SLOTS, THRESHOLD])
+    assert "is not a payload file" in expect_error(worker.wait(reply), "OSError", reply).fields[1]
