@@ -388,6 +388,125 @@ PyObject* setup(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   Py_RETURN_NONE;
 }
 
+// ---- asyncio's task registry ----
+// Every Task registers itself with _asyncio's all_tasks, a
+// weakref.WeakSet whose add() and weakref callback (_remove) are Python:
+// two Python frames per request. The same set gets both in C, as
+// instance attributes (_asyncio calls all_tasks.add(task), which finds
+// them first), with WeakSet's exact rules: add() commits pending
+// removals, then adds ref(item, _remove); _remove(ref) defers while the
+// set is iterated (_iterating non-empty), else discards. The set stays a
+// WeakSet: all_tasks(), iteration and its other methods are unchanged.
+struct WeakSetOps {
+  PyObject_HEAD
+  PyObject* selfref;  // a weak reference to the set, as WeakSet's closure
+  PyObject* remove;   // the bound _remove, the callback of every ref
+};
+
+PyObject* ws_names[4];  // data, _pending_removals, _iterating, _commit_removals
+enum { kWsData, kWsPending, kWsIterating, kWsCommit };
+
+void WeakSetOps_dealloc(WeakSetOps* self) {
+  Py_CLEAR(self->selfref);
+  Py_CLEAR(self->remove);
+  Py_TYPE(self)->tp_free(self);
+}
+
+PyTypeObject weakset_ops_type = [] {
+  PyTypeObject t{PyVarObject_HEAD_INIT(nullptr, 0)};
+  t.tp_name = "_pyport_http.WeakSetOps";
+  t.tp_basicsize = sizeof(WeakSetOps);
+  t.tp_dealloc = reinterpret_cast<destructor>(WeakSetOps_dealloc);
+  t.tp_flags = Py_TPFLAGS_DEFAULT;
+  return t;
+}();
+
+PyObject* ws_add(PyObject* ops_obj, PyObject* item) {
+  auto* ops = reinterpret_cast<WeakSetOps*>(ops_obj);
+  PyObject* ws = PyWeakref_GetObject(ops->selfref);  // borrowed
+  if (ws == Py_None) {
+    PyErr_SetString(PyExc_ReferenceError, "the WeakSet is gone");
+    return nullptr;
+  }
+  PyRef keep = PyRef::borrow(ws);
+  PyRef pending = PyRef::steal(PyObject_GetAttr(ws, ws_names[kWsPending]));
+  if (!pending) return nullptr;
+  int any = PyObject_IsTrue(pending.get());
+  if (any < 0) return nullptr;
+  if (any) {
+    PyRef r = PyRef::steal(PyObject_CallMethodNoArgs(ws, ws_names[kWsCommit]));
+    if (!r) return nullptr;
+  }
+  PyRef ref = PyRef::steal(PyWeakref_NewRef(item, ops->remove));
+  if (!ref) return nullptr;
+  PyRef data = PyRef::steal(PyObject_GetAttr(ws, ws_names[kWsData]));
+  if (!data) return nullptr;
+  if (PySet_CheckExact(data.get())) {
+    if (PySet_Add(data.get(), ref.get()) < 0) return nullptr;
+  } else {
+    static PyObject* add_name = PyUnicode_InternFromString("add");
+    PyRef r = PyRef::steal(PyObject_CallMethodOneArg(data.get(), add_name, ref.get()));
+    if (!r) return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+PyObject* ws_remove(PyObject* ops_obj, PyObject* item) {
+  auto* ops = reinterpret_cast<WeakSetOps*>(ops_obj);
+  PyObject* ws = PyWeakref_GetObject(ops->selfref);
+  if (ws == Py_None) Py_RETURN_NONE;
+  PyRef keep = PyRef::borrow(ws);
+  PyRef iterating = PyRef::steal(PyObject_GetAttr(ws, ws_names[kWsIterating]));
+  if (!iterating) return nullptr;
+  int busy = PyObject_IsTrue(iterating.get());
+  if (busy < 0) return nullptr;
+  if (busy) {
+    PyRef pending = PyRef::steal(PyObject_GetAttr(ws, ws_names[kWsPending]));
+    if (!pending) return nullptr;
+    static PyObject* append_name = PyUnicode_InternFromString("append");
+    PyRef r = PyRef::steal(PyObject_CallMethodOneArg(pending.get(), append_name, item));
+    if (!r) return nullptr;
+    Py_RETURN_NONE;
+  }
+  PyRef data = PyRef::steal(PyObject_GetAttr(ws, ws_names[kWsData]));
+  if (!data) return nullptr;
+  if (PySet_CheckExact(data.get())) {
+    if (PySet_Discard(data.get(), item) < 0) return nullptr;
+  } else {
+    static PyObject* discard_name = PyUnicode_InternFromString("discard");
+    PyRef r = PyRef::steal(PyObject_CallMethodOneArg(data.get(), discard_name, item));
+    if (!r) return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+PyMethodDef ws_add_def = {"add", ws_add, METH_O, "WeakSet.add, in C"};
+PyMethodDef ws_remove_def = {"_remove", ws_remove, METH_O, "WeakSet's weakref callback, in C"};
+
+// c_weakset(ws): gives the WeakSet ws C add() and _remove (above).
+PyObject* c_weakset(PyObject*, PyObject* ws) {
+  static const char* const names[] = {"data", "_pending_removals", "_iterating",
+                                      "_commit_removals"};
+  for (int i = 0; i < 4; ++i) {
+    if (!ws_names[i] && !(ws_names[i] = PyUnicode_InternFromString(names[i]))) return nullptr;
+  }
+  if (!(weakset_ops_type.tp_flags & Py_TPFLAGS_READY) && PyType_Ready(&weakset_ops_type) < 0)
+    return nullptr;
+  PyRef ops_obj = PyRef::steal(PyType_GenericAlloc(&weakset_ops_type, 0));
+  if (!ops_obj) return nullptr;
+  auto* ops = reinterpret_cast<WeakSetOps*>(ops_obj.get());
+  if (!(ops->selfref = PyWeakref_NewRef(ws, nullptr))) return nullptr;
+  if (!(ops->remove = PyCFunction_New(&ws_remove_def, ops_obj.get()))) return nullptr;
+  PyRef add = PyRef::steal(PyCFunction_New(&ws_add_def, ops_obj.get()));
+  if (!add) return nullptr;
+  static PyObject* add_name = PyUnicode_InternFromString("add");
+  static PyObject* remove_name = PyUnicode_InternFromString("_remove");
+  if (PyObject_SetAttr(ws, add_name, add.get()) < 0 ||
+      PyObject_SetAttr(ws, remove_name, ops->remove) < 0)
+    return nullptr;
+  Py_RETURN_NONE;
+}
+
 PyMethodDef data_received_def = {
     "connection_data_received",
     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(data_received)), METH_FASTCALL,
@@ -398,6 +517,7 @@ PyMethodDef functions[] = {
      METH_FASTCALL, "request_done(conn, req): HttpConnection.request_done(req)"},
     {"setup_connection", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(setup)),
      METH_FASTCALL, "setup_connection(request_class, read_high)"},
+    {"c_weakset", c_weakset, METH_O, "c_weakset(weakset): its add() and _remove in C"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

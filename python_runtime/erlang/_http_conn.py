@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from _pyport_http import BODY, END, HEAD, Parser, connection_data_received, setup_connection
+from _pyport_http import (BODY, END, HEAD, Parser, c_weakset, connection_data_received,
+                          setup_connection)
 
 from . import _websocket
 from ._http_access import _access_log
@@ -37,6 +39,14 @@ HTTP_EXTENSIONS: dict = {"http.response.zerocopysend": {}}
 # The C++ fast paths make requests of this class (without its __init__:
 # they set the same fields) and start them as _start does.
 setup_connection(_Request, READ_HIGH)
+
+# Every request is a Task, and every Task runs WeakSet.add (registering in
+# asyncio.all_tasks()'s set) and, when freed, WeakSet's weakref callback:
+# both Python. The same set gets them in C, same rules (c_weakset in
+# port_worker/http_connection.cpp); only an untouched WeakSet.
+_all_tasks = getattr(asyncio.tasks, "_all_tasks", None)
+if type(_all_tasks) is weakref.WeakSet and "add" not in vars(_all_tasks):
+    c_weakset(_all_tasks)
 
 
 class HttpConnection(WriteFlow, asyncio.Protocol):
