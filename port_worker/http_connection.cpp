@@ -3,6 +3,7 @@
 
 #include <initializer_list>
 
+#include "http_fields.hpp"
 #include "py_ref.hpp"
 
 namespace pyport {
@@ -114,7 +115,17 @@ PyTypeObject* request_type;  // _Request, from setup_connection()
 PyObject* read_high;         // READ_HIGH, from setup_connection()
 PyObject* deque_type;        // collections.deque
 
+// The field itself for a _Request or HttpConnection (http_fields.hpp).
+int request_field[kNameCount];
+int conn_field[kNameCount];
+PyObject** field_of(PyObject* o, Name n) {
+  PyObject** p = http_fields::field(o, http_fields::kRequest, request_field[n]);
+  return p ? p : http_fields::field(o, http_fields::kConn, conn_field[n]);
+}
+
 PyRef get(PyObject* o, Name n) {
+  PyObject** p = field_of(o, n);
+  if (p != nullptr && *p != nullptr) return PyRef::borrow(*p);
   return PyRef::steal(PyObject_GetAttr(o, names[n]));
 }
 
@@ -125,6 +136,10 @@ int truth(PyObject* o, Name n) {
 }
 
 bool set(PyObject* o, Name n, PyObject* v) {
+  if (PyObject** p = field_of(o, n)) {
+    Py_XSETREF(*p, Py_NewRef(v));
+    return true;
+  }
   return PyObject_SetAttr(o, names[n], v) == 0;
 }
 
@@ -413,7 +428,8 @@ void WeakSetOps_dealloc(WeakSetOps* self) {
 }
 
 PyTypeObject weakset_ops_type = [] {
-  PyTypeObject t{PyVarObject_HEAD_INIT(nullptr, 0)};
+  PyTypeObject t{};
+  Py_SET_REFCNT(reinterpret_cast<PyObject*>(&t), 1);
   t.tp_name = "_pyport_http.WeakSetOps";
   t.tp_basicsize = sizeof(WeakSetOps);
   t.tp_dealloc = reinterpret_cast<destructor>(WeakSetOps_dealloc);
@@ -526,6 +542,8 @@ namespace http_connection {
 
 bool add_to(PyObject* module) {
   for (int i = 0; i < kNameCount; ++i) {
+    request_field[i] = http_fields::index_of(http_fields::kRequest, kNames[i]);
+    conn_field[i] = http_fields::index_of(http_fields::kConn, kNames[i]);
     if (!names[i] && !(names[i] = PyUnicode_InternFromString(kNames[i]))) return false;
   }
   if (!empty_tuple && !(empty_tuple = PyTuple_New(0))) return false;

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "http_request_parser.hpp"
+#include "http_fields.hpp"
 #include "py_ref.hpp"
 
 namespace pyport {
@@ -105,7 +106,17 @@ PyObject* empty_tuple;
 PyObject* reasons;  // status -> reason phrase (bytes), from setup()
 PyObject* done;     // the awaitable of a send that completed
 
+// The field itself for a _Request or HttpConnection (http_fields.hpp).
+int request_field[kNameCount];
+int conn_field[kNameCount];
+PyObject** field_of(PyObject* o, Name n) {
+  PyObject** p = http_fields::field(o, http_fields::kRequest, request_field[n]);
+  return p ? p : http_fields::field(o, http_fields::kConn, conn_field[n]);
+}
+
 PyRef get(PyObject* o, Name n) {
+  PyObject** p = field_of(o, n);
+  if (p != nullptr && *p != nullptr) return PyRef::borrow(*p);
   return PyRef::steal(PyObject_GetAttr(o, names[n]));
 }
 
@@ -116,6 +127,10 @@ int truth(PyObject* o, Name n) {
 }
 
 bool set(PyObject* o, Name n, PyObject* v) {
+  if (PyObject** p = field_of(o, n)) {
+    Py_XSETREF(*p, Py_NewRef(v));
+    return true;
+  }
   return PyObject_SetAttr(o, names[n], v) == 0;
 }
 
@@ -534,6 +549,8 @@ namespace http_exchange {
 
 bool add_to(PyObject* module) {
   for (int i = 0; i < kNameCount; ++i) {
+    request_field[i] = http_fields::index_of(http_fields::kRequest, kNames[i]);
+    conn_field[i] = http_fields::index_of(http_fields::kConn, kNames[i]);
     if (!names[i] && !(names[i] = PyUnicode_InternFromString(kNames[i]))) return false;
   }
   if (!empty_bytes && !(empty_bytes = PyBytes_FromStringAndSize("", 0))) return false;

@@ -13,6 +13,7 @@
 
 #include "http_connection.hpp"
 #include "http_exchange.hpp"
+#include "http_fields.hpp"
 #include "py_ref.hpp"
 
 namespace pyport {
@@ -707,7 +708,8 @@ PyObject* init() {
       PyModule_AddIntConstant(module.get(), "ERROR", kError) < 0 ||
       PyModule_AddIntConstant(module.get(), "HEAD_CHUNKED", kChunkedDeclared) < 0 ||
       PyModule_AddIntConstant(module.get(), "HEAD_CLOSE", kClose) < 0 ||
-      !http_exchange::add_to(module.get()) || !http_connection::add_to(module.get())) {
+      !http_exchange::add_to(module.get()) || !http_connection::add_to(module.get()) ||
+      !http_fields::add_to(module.get())) {
     return nullptr;
   }
   return module.release();

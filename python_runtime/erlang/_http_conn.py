@@ -10,8 +10,8 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from _pyport_http import (BODY, END, HEAD, Parser, c_weakset, connection_data_received,
-                          setup_connection)
+from _pyport_http import (BODY, END, HEAD, ConnFields, Parser, c_weakset,
+                          connection_data_received, register_fields, setup_connection)
 
 from . import _websocket
 from ._http_access import _access_log
@@ -49,8 +49,10 @@ if type(_all_tasks) is weakref.WeakSet and "add" not in vars(_all_tasks):
     c_weakset(_all_tasks)
 
 
-class HttpConnection(WriteFlow, asyncio.Protocol):
-    """One client connection: parsing, pipelining, timeouts, flow control."""
+class HttpConnection(ConnFields, WriteFlow, asyncio.Protocol):
+    """One client connection: parsing, pipelining, timeouts, flow control.
+    The attributes its C++ paths read per request are ConnFields' C
+    fields (port_worker/http_fields.cpp), set by __init__."""
 
     def __init__(self, server: "HttpServer") -> None:
         self.server = server
@@ -352,6 +354,9 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
 
 _NEVER = float("inf")
 
+
+
+register_fields(HttpConnection)  # the C++ paths use its fields directly
 
 def _clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
     """loop.time, or time.monotonic itself when that is all loop.time

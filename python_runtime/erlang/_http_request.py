@@ -12,8 +12,8 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 from urllib.parse import quote
 
-from _pyport_http import (HEAD_CHUNKED, HEAD_CLOSE, Ready, Receive, Send, request_done,
-                          response_head, setup_exchange)
+from _pyport_http import (HEAD_CHUNKED, HEAD_CLOSE, Ready, Receive, RequestFields, Send,
+                          register_fields, request_done, response_head, setup_exchange)
 
 from . import _callbacks
 from ._http_response import _error_response, _reasons
@@ -37,33 +37,24 @@ ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaita
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 
 
-class _Request:
+class _Request(RequestFields):
     """One request/response cycle: the ASGI receive and send of its task
     (Receive(self)/Send(self), C++, which call _receive_slow/_send_slow for
     all but the common cases). port_worker/http_connection.cpp makes
-    requests without __init__, setting the same five fields."""
+    requests without __init__, setting the same five fields.
 
-    # The per-request state starts as these class attributes: a request
-    # sets only what it changes (half the cost of setting every slot).
-    chunks: Optional[deque] = None  # body pieces not received yet (made on the first)
-    buffered = 0
-    body_done = False
-    delivered_end = False
-    waiter: Optional[asyncio.Future] = None
-    started = False
-    complete = False
-    status = 0
-    chunked = False
-    no_body = False
-    task: Optional[asyncio.Task] = None
-    length_left = -1
-    chunked_declared = False
-    _head: Optional[bytes] = None  # the response head until its first body
-    broken = False  # the stream broke while its body was read
-    timed_out = False  # request_timeout passed before the response started
-    started_at = 0.0
-    sent_bytes = 0
-    own_response = False  # a hook's answer: on_response does not see it
+    Its state is RequestFields' C fields (port_worker/http_fields.cpp),
+    which the C++ paths read and write directly; each starts as:
+    chunks None (body pieces not received yet, a deque from the first),
+    buffered 0, body_done False, delivered_end False, waiter None,
+    started False, complete False, status 0, chunked False, no_body False,
+    task None, length_left -1, chunked_declared False, _head None (the
+    response head until its first body), broken False (the stream broke
+    while its body was read), timed_out False (request_timeout passed
+    before the response started), started_at 0.0, sent_bytes 0,
+    own_response False (a hook's answer: on_response does not see it).
+    A class attribute of one of these names would hide the field:
+    register_fields refuses it."""
 
     def __init__(self, conn: "HttpConnection", scope: dict, keep_alive: bool,
                  expect_continue: bool) -> None:
@@ -457,6 +448,9 @@ class _Request:
         if not self.conn.lost:
             self.conn.transport.write(_error_response(status, text))
 
+
+
+register_fields(_Request)  # the C++ paths use its fields directly
 
 async def _hook(conn: "HttpConnection", which: str, *args: Any) -> Optional[list]:
     """Runs the pool's Erlang hook `which` (pyport_http_hooks:dispatch/1,
