@@ -4,6 +4,7 @@
 #include <initializer_list>
 
 #include "http_fields.hpp"
+#include "http_request_parser.hpp"
 #include "py_ref.hpp"
 
 namespace pyport {
@@ -265,7 +266,9 @@ bool body(PyObject* conn, PyObject* ev) {
 // timeout armed, one request, no more body buffered than READ_HIGH.
 // -1: error.
 int after_events_idle(PyObject* conn, PyObject* parser) {
-  int upgrade = truth(parser, kUpgrade);
+  bool idle_flag = false, upgrade_flag = false;
+  int upgrade = http_module::state(parser, idle_flag, upgrade_flag) ? upgrade_flag
+                                                                    : truth(parser, kUpgrade);
   if (upgrade != 0) return upgrade < 0 ? -1 : 0;
   PyRef kind = get(conn, kDeadlineKind);
   if (!kind) return -1;
@@ -291,7 +294,7 @@ PyObject* data_received(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (closing) Py_RETURN_NONE;
   PyRef parser = get(conn, kParser);
   if (!parser) return nullptr;
-  PyRef events = call(parser.get(), kFeed, args[1]);
+  PyRef events = PyRef::steal(http_module::feed(parser.get(), args[1]));
   if (!events) return nullptr;
   if (!PyList_CheckExact(events.get())) {
     PyErr_SetString(PyExc_TypeError, "Parser.feed() returned no list");
@@ -356,7 +359,9 @@ int request_done_fast(PyObject* conn, PyObject* req) {
   if (first.get() != req) return 0;
   PyRef parser = get(conn, kParser);
   if (!parser) return -1;
-  int idle = truth(parser.get(), kIdle);
+  bool idle_flag = false, upgrade_flag = false;
+  int idle = http_module::state(parser.get(), idle_flag, upgrade_flag) ? idle_flag
+                                                                       : truth(parser.get(), kIdle);
   if (idle != 1) return idle < 0 ? -1 : 0;
   PyRef server = get(conn, kServer);
   if (!server) return -1;

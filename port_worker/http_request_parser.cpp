@@ -433,6 +433,8 @@ void parser_dealloc(PyObject* obj) {
   Py_DECREF(type);
 }
 
+PyTypeObject* parser_type;  // _pyport_http.Parser, for the C++ callers
+
 // feed(data) -> list of events (see the header).
 PyObject* parser_feed(PyObject* obj, PyObject* arg) {
   auto* self = reinterpret_cast<ParserObject*>(obj);
@@ -698,10 +700,12 @@ PyObject* init() {
     if (!keys[i] && !(keys[i] = PyUnicode_InternFromString(kKeyNames[i]))) return nullptr;
   }
   PyObject* type = PyType_FromSpec(&parser_spec);
-  if (!type || PyModule_AddObject(module.get(), "Parser", type) < 0) {
+  if (!type || PyModule_AddObject(module.get(), "Parser", Py_NewRef(type)) < 0) {
+    Py_XDECREF(type);
     Py_XDECREF(type);
     return nullptr;
   }
+  Py_XSETREF(parser_type, reinterpret_cast<PyTypeObject*>(type));
   if (PyModule_AddIntConstant(module.get(), "HEAD", kHead) < 0 ||
       PyModule_AddIntConstant(module.get(), "BODY", kBody) < 0 ||
       PyModule_AddIntConstant(module.get(), "END", kEnd) < 0 ||
@@ -713,6 +717,23 @@ PyObject* init() {
     return nullptr;
   }
   return module.release();
+}
+
+
+PyObject* feed(PyObject* parser, PyObject* data) {
+  if (parser_type == nullptr || Py_TYPE(parser) != parser_type) {
+    static PyObject* name = PyUnicode_InternFromString("feed");
+    return name ? PyObject_CallMethodOneArg(parser, name, data) : nullptr;
+  }
+  return parser_feed(parser, data);
+}
+
+int state(PyObject* parser, bool& idle, bool& upgrade) {
+  if (parser_type == nullptr || Py_TYPE(parser) != parser_type) return 0;
+  auto* self = reinterpret_cast<ParserObject*>(parser);
+  idle = !self->in_message;
+  upgrade = self->parser.upgrade != 0;
+  return 1;
 }
 
 }  // namespace http_module

@@ -35,5 +35,12 @@ PyObject* init();
 // it: (head, content_length, flags), or null with an exception set.
 PyObject* response_head(PyObject* status, PyObject* reason, PyObject* headers);
 
+// parser.feed(data), called directly when parser is a _pyport_http.Parser.
+PyObject* feed(PyObject* parser, PyObject* data);
+
+// A Parser's idle and upgrade flags (its attributes): 1, or 0 when parser
+// is no Parser (the caller reads the attributes).
+int state(PyObject* parser, bool& idle, bool& upgrade);
+
 }  // namespace http_module
 }  // namespace pyport
