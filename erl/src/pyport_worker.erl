@@ -272,6 +272,9 @@ handle_cast(_Msg, State) ->
 -spec handle_info(term(), #state{}) -> {noreply, #state{}} | {stop, term(), #state{}}.
 handle_info({'$pyport', Alias, Id, Deadline, Frame}, State) ->
     {noreply, pyport_worker_requests:request(Alias, Id, Deadline, Frame, State)};
+handle_info({'$pyport', Alias, Id, Deadline, Frame, Caller}, State) ->
+    pyport_payloads:caller(Alias, Caller),
+    {noreply, pyport_worker_requests:request(Alias, Id, Deadline, Frame, State)};
 handle_info({'$pyport_output', Id, GroupLeader}, State) ->
     pyport_output:expect(Id, GroupLeader),
     {noreply, State};

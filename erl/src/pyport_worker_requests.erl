@@ -29,7 +29,19 @@
 request(Alias, _Id, _Deadline, _Frame, #state{status = stopping} = State) ->
     finish(Alias, {error, {worker_exited, shutdown}}, State),
     State;
-request(Alias, Id, Deadline, Frame, #state{status = Status} = State) ->
+request(Alias, Id, Deadline, Frame, State) ->
+    case pyport_payloads:adopt(Id, Frame) of
+        ok ->
+            request1(Alias, Id, Deadline, Frame, State);
+        lost ->
+            %% Its payload region is gone (pyport_payloads): a caller still
+            %% waiting sends it again with the binaries in the frame.
+            finish(Alias, {error, {'PayloadError', <<"LENT frame for another payload file">>}},
+                   State),
+            State
+    end.
+
+request1(Alias, Id, Deadline, Frame, #state{status = Status} = State) ->
     case expired(Deadline, now_ms()) of
         true ->
             %% The caller has given up already; tell it anyway in case it is
@@ -61,7 +73,7 @@ finish(abandoned, Reply, #state{info = #{counters := C}, slot = Slot} = State) -
     pyport_payloads:drop(Reply, State#state.pool, Slot),
     counters:sub(C, Slot, 1);
 finish(Alias, Reply, #state{info = #{counters := C}, slot = Slot}) ->
-    Alias ! {Alias, Reply},
+    Alias ! {Alias, pyport_payloads:bind(Alias, Reply)},
     counters:sub(C, Slot, 1).
 
 %% A task or stream: written at once when the OS process takes work, else
@@ -70,7 +82,17 @@ finish(Alias, Reply, #state{info = #{counters := C}, slot = Slot}) ->
 request(_Id, Entry, _Frame, #state{status = stopping} = State) ->
     finish_entry(Entry, {error, {worker_exited, shutdown}}, State),
     State;
-request(Id, Entry, Frame, #state{status = Status} = State) ->
+request(Id, Entry, Frame, State) ->
+    case pyport_payloads:adopt(Id, Frame) of
+        ok ->
+            request1(Id, Entry, Frame, State);
+        lost ->
+            finish_entry(Entry, {error, {'PayloadError', <<"LENT frame for another payload file">>}},
+                         State),
+            State
+    end.
+
+request1(Id, Entry, Frame, #state{status = Status} = State) ->
     case expired(entry_deadline(Entry), now_ms()) of
         true ->
             finish_entry(Entry, {error, timeout}, State),
@@ -437,7 +459,8 @@ answer_entry(Id, {stream, _, _, _, _} = Entry, {?RESULT, _}, State) ->
     %% A stream is not answered with RESULT: the worker broke the protocol.
     finish_entry(Entry, {error, {protocol_error, {unexpected_frame, ?RESULT, Id}}}, State);
 answer_entry(_Id, Entry, Reply, State) ->
-    finish_entry(Entry, pyport_request:decode_reply(Reply, State#state.pool, State#state.slot),
+    finish_entry(Entry, pyport_request:decode_reply(pyport_payloads:bind(Reply), State#state.pool,
+                                                    State#state.slot),
                  State).
 
 

@@ -77,3 +77,9 @@ def stubborn(x: object, seconds: float) -> object:
 def payload_file_bytes() -> int:
     """Bytes of memory the payload file holds (its allocated blocks)."""
     return os.fstat(_payload_fd()).st_blocks * 512
+
+
+def resize_payloads(n: int) -> int:
+    """Hostile code growing (sparse) or shrinking the payload file."""
+    os.ftruncate(_payload_fd(), n)
+    return os.fstat(_payload_fd()).st_size
