@@ -422,6 +422,9 @@ read({Server, SlotSize, Max}, Offset, Length, Left0, Mode) ->
         Mode =:= release ->
             note_read(Server, K),
             {ok, <<>>, Left - Length};
+        Length =:= 0 ->
+            %% Nothing to read: no trip to the file server.
+            {ok, <<>>, Left};
         true ->
             note_read(Server, K),
             case ask(Server, read, {K, Offset, Length}) of
@@ -429,8 +432,6 @@ read({Server, SlotSize, Max}, Offset, Length, Left0, Mode) ->
                     {ok, B, Left - Length};
                 {ok, B} ->
                     {error, {bad_frame, {payload_past_end, Offset, Length, byte_size(B)}}};
-                eof when Length =:= 0 ->
-                    {ok, <<>>, Left};
                 eof ->
                     {error, {bad_frame, {payload_past_end, Offset, Length, 0}}};
                 held ->

@@ -14,7 +14,7 @@
          threshold_option/1, big_payloads_leave_no_memory/1, recycled_worker_new_file/1,
          answer_after_restart_reads_no_new_file/1, region_held_by_another_answer/1,
          file_grown_by_the_worker/1, callers_killed_mid_write/1,
-         no_descriptor_left_after_restarts/1]).
+         no_descriptor_left_after_restarts/1, node_end_leaves_nothing/1]).
 
 -define(M, payload_helpers).
 -define(MAX, (16 * 1024 * 1024)).
@@ -28,7 +28,7 @@ all() ->
      sandboxed_pools_keep_the_pipe, threshold_option, big_payloads_leave_no_memory,
      recycled_worker_new_file, answer_after_restart_reads_no_new_file,
      region_held_by_another_answer, file_grown_by_the_worker, callers_killed_mid_write,
-     no_descriptor_left_after_restarts].
+     no_descriptor_left_after_restarts, node_end_leaves_nothing].
 
 init_per_suite(Config) ->
     Data = filename:join(filename:dirname(code:which(?MODULE)), "pyport_payloads_SUITE_data"),
@@ -368,6 +368,49 @@ no_descriptor_left_after_restarts(_Config) ->
     ?assert(Fds1 =< Fds0),
     ?assert(erlang:system_info(process_count) =< Procs0 + 5),
     ?assertEqual([], files_left()).
+
+%% A node that stops, or is killed (kill -9), with a payload file in use
+%% (here in PYPORT_PAYLOAD_DIR) leaves nothing in that directory, and its
+%% workers go with it.
+node_end_leaves_nothing(Config) ->
+    Dir = filename:join(?config(priv_dir, Config), "payload_dir"),
+    ok = filelib:ensure_path(Dir),
+    Paths = lists:append([["-pa", filename:dirname(code:which(M))] || M <- [?MODULE, pyport]]),
+    Data = ?config(data, Config),
+    lists:foreach(
+      fun(How) ->
+              {ok, Peer, _} = peer:start_link(#{connection => standard_io, args => Paths,
+                                             env => [{"PYPORT_PAYLOAD_DIR", Dir}]}),
+              {ok, _} = peer:call(Peer, application, ensure_all_started, [pyport]),
+              {ok, _} = peer:call(Peer, pyport, start_pool,
+                                  [p, #{size => 2, max_frame_size => ?MAX,
+                                        payload_threshold => ?THRESHOLD, python_path => [Data]}]),
+              B = crypto:strong_rand_bytes(1024 * 1024),
+              ?assertEqual({ok, B}, peer:call(Peer, py, call, [?M, echo, [{bytes, B}], #{},
+                                                               #{pool => p}])),
+              {ok, Where} = peer:call(Peer, py, call, [?M, payload_file_path, [], #{},
+                                                        #{pool => p}]),
+              ?assert(lists:prefix(Dir ++ "/pyport-", unicode:characters_to_list(Where))),
+              NodeOs = peer:call(Peer, os, getpid, []),
+              Workers = [pyport_test_util_os_pid(Peer, S) || S <- [1, 2]],
+              %% A request in flight when the node ends.
+              _ = spawn(fun() -> catch peer:call(Peer, py, call, [?M, sleep_then, [{bytes, B}, 5],
+                                                                   #{}, #{pool => p}], 10000) end),
+              timer:sleep(200),
+              case How of
+                  stop -> peer:stop(Peer);
+                  kill -> _ = os:cmd("kill -9 " ++ NodeOs), catch peer:stop(Peer)
+              end,
+              pyport_test_util:wait_until(
+                fun() -> [W || W <- Workers, filelib:is_dir("/proc/" ++ integer_to_list(W))] =:= [] end),
+              ?assertEqual({ok, []}, {ok, element(2, file:list_dir(Dir))}),
+              {ok, Shm} = file:list_dir("/dev/shm"),
+              ?assertEqual([], [N || N <- Shm, lists:prefix("pyport-" ++ NodeOs ++ "-", N)])
+      end, [stop, kill]).
+
+pyport_test_util_os_pid(Peer, Slot) ->
+    {ok, #{os_pid := OsPid}} = peer:call(Peer, pyport, worker_info, [{p, Slot}]),
+    OsPid.
 
 %%% Helpers
 

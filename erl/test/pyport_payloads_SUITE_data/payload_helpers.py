@@ -83,3 +83,8 @@ def resize_payloads(n: int) -> int:
     """Hostile code growing (sparse) or shrinking the payload file."""
     os.ftruncate(_payload_fd(), n)
     return os.fstat(_payload_fd()).st_size
+
+
+def payload_file_path() -> str:
+    """Where the payload file was (its name is unlinked: ' (deleted)')."""
+    return os.readlink(f"/proc/self/fd/{_payload_fd()}")
