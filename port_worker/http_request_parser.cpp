@@ -11,6 +11,8 @@
 #include <string>
 #include <string_view>
 
+#include "http_connection.hpp"
+#include "http_exchange.hpp"
 #include "py_ref.hpp"
 
 namespace pyport {
@@ -683,6 +685,11 @@ PyModuleDef module_def = {
 
 namespace http_module {
 
+PyObject* response_head(PyObject* status, PyObject* reason, PyObject* headers) {
+  PyObject* const args[] = {status, reason, headers};
+  return pyport::response_head(nullptr, args, 3);
+}
+
 PyObject* init() {
   PyRef module = PyRef::steal(PyModule_Create(&module_def));
   if (!module) return nullptr;
@@ -699,7 +706,8 @@ PyObject* init() {
       PyModule_AddIntConstant(module.get(), "END", kEnd) < 0 ||
       PyModule_AddIntConstant(module.get(), "ERROR", kError) < 0 ||
       PyModule_AddIntConstant(module.get(), "HEAD_CHUNKED", kChunkedDeclared) < 0 ||
-      PyModule_AddIntConstant(module.get(), "HEAD_CLOSE", kClose) < 0) {
+      PyModule_AddIntConstant(module.get(), "HEAD_CLOSE", kClose) < 0 ||
+      !http_exchange::add_to(module.get()) || !http_connection::add_to(module.get())) {
     return nullptr;
   }
   return module.release();

@@ -31,5 +31,9 @@ constexpr const char* kName = "_pyport_http";
 // For PyImport_AppendInittab, before Py_Initialize.
 PyObject* init();
 
+// response_head(status, reason, headers) as the module's function computes
+// it: (head, content_length, flags), or null with an exception set.
+PyObject* response_head(PyObject* status, PyObject* reason, PyObject* headers);
+
 }  // namespace http_module
 }  // namespace pyport

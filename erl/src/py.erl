@@ -62,7 +62,6 @@
 %% erlang_python's contexts and pool registrations (pyport_contexts).
 -export([start_contexts/0, start_contexts/1, stop_contexts/0, contexts_started/0,
          register_pool/2, unregister_pool/1, execution_mode/0, subinterp_supported/0]).
--export([call_fields/4]).
 %% Objects kept in the worker: the section at the end of the file.
 -export([call_method/3, call_method/4, getattr/2, to_term/1, is_ref/1, release/1]).
 %% Erlang for Python: registered functions, shared state, pub/sub, logging
@@ -81,18 +80,12 @@
          tracemalloc_start/0, tracemalloc_start/1, tracemalloc_stop/0, dup_fd/1]).
 
 -export_type([context/0, handle/0, name/0, code/0, opts/0, result/0,
-              async_ref/0, stream_ref/0]).
+              async_ref/0, stream_ref/0, stream_opts/0]).
 
--define(CALL, 1).
--define(EVAL, 3).
--define(EXEC, 4).
--define(CONTROL, 11).
 -define(DEFAULT_POOL, default).
-%% eval/exec run in the worker's shared globals (PROTOCOL.md, Namespace).
--define(SHARED_NAMESPACE, 0).
 
--record(pyport_ctx, {pool :: atom(), slot :: pos_integer()}).
--define(IS_CTX(C), (is_pid(C) orelse is_record(C, pyport_ctx))).
+%% The context record and the IS_CTX guard (shared with pyport_contexts).
+-include("pyport_ctx.hrl").
 
 %% A context: a pid (a worker's gen_server, or a dedicated context from
 %% py_context:new/1), or the record older pyport code got from context/1,2.
@@ -155,12 +148,7 @@ call(Pool, Module, Function, Args, Kwargs) when is_atom(Pool), is_atom(Function)
                                                 is_list(Args), is_map(Kwargs) ->
     call(Module, Function, Args, Kwargs, #{pool => Pool});
 call(Module, Function, Args, Kwargs, Opts) ->
-    request(fun() ->
-                    {Target, Timeout} = target(registered_pool(Module, Function, Opts)),
-                    Fields = call_fields(Module, Function, Args, Kwargs),
-                    {Target1, Fields1} = main_route(Target, Fields),
-                    pyport_objects:call(Target1, ?CALL, Fields1, Timeout, Opts)
-            end).
+    pyport_call:call(Module, Function, Args, Kwargs, Opts).
 
 %% @doc Calls through a context, with keyword arguments and options (a
 %% timeout, default `infinity', or a map with `timeout' (also `default':
@@ -170,17 +158,7 @@ call(Module, Function, Args, Kwargs, Opts) ->
 %% {@link exec/2} namespace) or `shared' (the context's shared globals)).
 -spec call(context(), name(), name(), [term()], map(), ctx_opts()) -> result().
 call(Ctx, Module, Function, Args, Kwargs, Opts) when ?IS_CTX(Ctx) ->
-    request(fun() ->
-                    {Target, Timeout} = target(Ctx, Opts),
-                    Fields = call_fields(Module, Function, Args, Kwargs),
-                    {Target1, Fields1} = case ctx_options(Opts) of
-                                             #{namespace := shared} ->
-                                                 pyport_namespaces:route_main_shared(Target, Fields);
-                                             #{} ->
-                                                 main_route(Target, Fields)
-                                         end,
-                    pyport_objects:call(Target1, ?CALL, Fields1, Timeout, Opts)
-            end).
+    pyport_call:ctx_call(Ctx, Module, Function, Args, Kwargs, Opts).
 
 %% @doc Calls `Module.Function(*Args)' without waiting for the result;
 %% `cast(Ctx, M, F, Args)' through a context. An exception is logged.
@@ -197,16 +175,9 @@ cast(Module, Function, Args, Kwargs) ->
 -spec cast(context() | name(), name(), [term()] | name(), map() | [term()], opts() | map()) ->
           ok | {error, term()}.
 cast(Ctx, Module, Function, Args, Kwargs) when ?IS_CTX(Ctx) ->
-    request(fun() ->
-                    {Pool, Slot} = ctx_slot(Ctx),
-                    pyport_request:cast({slot, Pool, Slot},
-                                        call_fields(Module, Function, Args, Kwargs))
-            end);
+    pyport_call:ctx_cast(Ctx, Module, Function, Args, Kwargs);
 cast(Module, Function, Args, Kwargs, Opts) ->
-    request(fun() ->
-                    {Target, _Timeout} = target(Opts),
-                    pyport_request:cast(Target, call_fields(Module, Function, Args, Kwargs))
-            end).
+    pyport_call:cast(Module, Function, Args, Kwargs, Opts).
 
 %% @doc Calls `Module.Function(*Args)' without waiting for the result.
 -spec cast(name(), name(), [term()]) -> ok | {error, term()}.
@@ -239,30 +210,9 @@ spawn_call(Module, Function, Args, Kwargs) ->
 -spec spawn_call(context() | name(), name(), [term()] | name(), map() | [term()],
                  opts() | map()) -> reference().
 spawn_call(Ctx, Module, Function, Args, Kwargs) when ?IS_CTX(Ctx) ->
-    start_spawn(fun() ->
-                        {Target, Timeout} = target(Ctx, infinity),
-                        {Target1, Fields} = main_route(Target,
-                                                       call_fields(Module, Function, Args, Kwargs)),
-                        {Target1, Fields, Timeout}
-                end);
+    pyport_call:ctx_spawn(Ctx, Module, Function, Args, Kwargs);
 spawn_call(Module, Function, Args, Kwargs, Opts) ->
-    start_spawn(fun() ->
-                        {Target, Timeout} = target(registered_pool(Module, Function, Opts)),
-                        {Target1, Fields} = main_route(Target,
-                                                       call_fields(Module, Function, Args, Kwargs)),
-                        {Target1, Fields, Timeout}
-                end).
-
-%% A call whose arguments are wrong answers at once, as a message too.
-start_spawn(Build) ->
-    try Build() of
-        {Target, Fields, Timeout} -> pyport_spawn:start(Target, Fields, Timeout)
-    catch
-        throw:{error, Reason} ->
-            Ref = make_ref(),
-            self() ! {py_response, Ref, {error, Reason}},
-            Ref
-    end.
+    pyport_call:spawn(Module, Function, Args, Kwargs, Opts).
 
 %% @doc Waits for the result of a {@link spawn_call/3} until its deadline.
 %% A call is awaited once, by the process that made it.
@@ -305,14 +255,7 @@ interrupt(Handle) ->
 -spec parallel([{name(), name(), [term()]} | {name(), name(), [term()], map()}]) ->
           {ok, [term()]} | {error, term()}.
 parallel(Calls) ->
-    case parallel(Calls, #{}) of
-        {ok, Results} -> first_error(Results, []);
-        {error, _} = Error -> Error
-    end.
-
-first_error([], Acc) -> {ok, lists:reverse(Acc)};
-first_error([{ok, V} | Rest], Acc) -> first_error(Rest, [V | Acc]);
-first_error([{error, _} = Error | _], _Acc) -> Error.
+    pyport_call:parallel(Calls).
 
 %% @doc {@link parallel/1} with options (`pool', `timeout': the deadline of
 %% every call), answering every call's outcome: `{ok, [{ok, Value} |
@@ -320,24 +263,7 @@ first_error([{error, _} = Error | _], _Acc) -> Error.
 -spec parallel([{name(), name(), [term()]} | {name(), name(), [term()], map()}], opts()) ->
           {ok, [result()]} | {error, term()}.
 parallel(Calls, Opts) when is_list(Calls) ->
-    case request(fun() -> options(Opts) end) of
-        #{pool := Pool, timeout := Timeout} when is_atom(Pool) ->
-            %% Each start counts into its slot, so least-loaded picks spread
-            %% the calls over every worker.
-            Handles = [start_request(fun() ->
-                                             pyport_request:start({pool, Pool}, ?CALL,
-                                                                  parallel_fields(Call), Timeout)
-                                     end) || Call <- Calls],
-            {ok, [pyport_request:await(H) || H <- Handles]};
-        #{pool := Pool} ->
-            {error, {invalid_option, pool, Pool}};
-        {error, _} = Error ->
-            Error
-    end.
-
-parallel_fields({M, F, A}) -> call_fields(M, F, A, #{});
-parallel_fields({M, F, A, Kw}) -> call_fields(M, F, A, Kw);
-parallel_fields(Other) -> throw({error, {invalid_call, Other}}).
+    pyport_call:parallel(Calls, Opts).
 
 %%%===================================================================
 %%% Coroutines
@@ -354,13 +280,7 @@ async_call(Module, Function, Args) ->
 %% @doc {@link async_call/3} with keyword arguments.
 -spec async_call(name(), name(), [term()], map()) -> async_ref().
 async_call(Module, Function, Args, Kwargs) ->
-    start_task(async_result,
-               fun() ->
-                       Pool = pyport_contexts:lookup_pool(safe_name(Module), safe_name(Function)),
-                       {Target, Fields} = main_route({pool, Pool},
-                                                     call_fields(Module, Function, Args, Kwargs)),
-                       {Target, Fields, default}
-               end).
+    pyport_loops:async_call(Module, Function, Args, Kwargs).
 
 %% @doc Waits for the result of an {@link async_call/3} until its deadline
 %% (the pool's `call_timeout', 30000 ms by default). Giving up cancels the
@@ -387,24 +307,7 @@ async_gather(Calls) ->
 -spec async_gather([call_spec()], timeout()) ->
           {ok, [term()]} | {error, {gather_failed, [{pos_integer(), term()}]}}.
 async_gather(Calls, Timeout) when Timeout =:= infinity; is_integer(Timeout), Timeout >= 0 ->
-    Refs = [async_spec(C) || C <- Calls],
-    Results = [pyport_async:await(async_result, Ref, Timeout) || Ref <- Refs],
-    case [{I, R} || {I, {error, R}} <- lists:zip(lists:seq(1, length(Results)), Results)] of
-        [] -> {ok, [V || {ok, V} <- Results]};
-        Failed -> {error, {gather_failed, Failed}}
-    end.
-
-async_spec({M, F, A}) -> async_call(M, F, A);
-async_spec({M, F, A, Kw}) -> async_call(M, F, A, Kw);
-async_spec(Other) -> erlang:error({badarg, Other}).
-
-%% A task whose `Build' fails has its error message in the mailbox at once.
-start_task(Tag, Build) ->
-    try Build() of
-        {Target, Fields, Timeout} -> pyport_async:start_task(Target, Tag, {?CALL, Fields}, Timeout)
-    catch
-        throw:{error, Reason} -> pyport_async:failed_task(Tag, Reason)
-    end.
+    pyport_loops:async_gather(Calls, Timeout).
 
 %%%===================================================================
 %%% Streams
@@ -431,11 +334,7 @@ stream(Module, Function, Args, Kwargs) ->
 %% the worker and the answer is `{error, {stream_too_large, Key, Limit}}'.
 -spec stream(name(), name(), [term()], map(), stream_opts()) -> result().
 stream(Module, Function, Args, Kwargs, Opts) ->
-    collect_stream(Opts, fun(Pool) ->
-                                 pyport_async:stream_start(
-                                   {pool, Pool},
-                                   {?CALL, call_fields(Module, Function, Args, Kwargs)}, self())
-                         end).
+    pyport_stream:collect_call(Module, Function, Args, Kwargs, Opts).
 
 %% @doc Collects the items of a Python expression's value, e.g. a generator
 %% expression: `py:stream_eval(<<"(x * x for x in range(4))">>)'.
@@ -451,43 +350,7 @@ stream_eval(Code, Locals) ->
 %% @doc {@link stream_eval/2} with the options of {@link stream/5}.
 -spec stream_eval(code(), map(), stream_opts()) -> result().
 stream_eval(Code, Locals, Opts) when is_map(Locals) ->
-    collect_stream(Opts, fun(Pool) ->
-                                 pyport_async:stream_start(
-                                   {pool, Pool},
-                                   {?EVAL, eval_fields(Code, Locals, ?SHARED_NAMESPACE)}, self())
-                         end).
-
-collect_stream(Opts, Start) ->
-    request(fun() ->
-                    #{pool := Pool} = O = stream_options(Opts),
-                    case pyport_pool:info(Pool) of
-                        {ok, Info} ->
-                            Limits = maps:merge(pyport_async:collect_limits(Info),
-                                                maps:with([max_items, max_bytes], O)),
-                            Timeout = maps:get(timeout, O, maps:get(call_timeout, Info)),
-                            case Start(Pool) of
-                                {ok, Ref} -> pyport_async:collect(Ref, Timeout, Limits);
-                                {error, _} = Error -> Error
-                            end;
-                        {error, _} = Error ->
-                            Error
-                    end
-            end).
-
-stream_options(Opts) when is_map(Opts) ->
-    maps:fold(fun(pool, P, Acc) when is_atom(P) -> Acc#{pool => P};
-                 (timeout, T, Acc) when T =:= infinity; is_integer(T), T >= 0 -> Acc#{timeout => T};
-                 (K, V, Acc) when (K =:= max_items orelse K =:= max_bytes),
-                                  (V =:= infinity orelse is_integer(V) andalso V > 0) ->
-                      Acc#{K => V};
-                 (K, V, _Acc) when K =:= pool; K =:= timeout; K =:= max_items;
-                                   K =:= max_bytes ->
-                      throw({error, {invalid_option, K, V}});
-                 (K, _V, _Acc) ->
-                      throw({error, {bad_option, K}})
-              end, #{pool => ?DEFAULT_POOL}, Opts);
-stream_options(Other) ->
-    throw({error, {bad_option, Other}}).
+    pyport_stream:collect_eval(Code, Locals, Opts).
 
 %% @doc Starts a stream whose items arrive as messages to the calling
 %% process: `{py_stream, Ref, {data, Item}}' for each, then `{py_stream, Ref,
@@ -501,19 +364,7 @@ stream_start(Module, Function, Args) ->
 %% `owner' (the process the messages go to; default the caller).
 -spec stream_start(name(), name(), [term()], map()) -> {ok, stream_ref()} | {error, term()}.
 stream_start(Module, Function, Args, Opts) when is_map(Opts) ->
-    request(fun() ->
-                    Kwargs = maps:get(kwargs, Opts, #{}),
-                    Pool = maps:get(pool, Opts, ?DEFAULT_POOL),
-                    Owner = case maps:get(owner, Opts, self()) of
-                                P when is_pid(P) -> P;
-                                Bad -> throw({error, {invalid_option, owner, Bad}})
-                            end,
-                    [throw({error, {bad_option, K}}) || K <- maps:keys(Opts),
-                                                       not lists:member(K, [kwargs, pool, owner])],
-                    pyport_async:stream_start({pool, Pool},
-                                              {?CALL, call_fields(Module, Function, Args, Kwargs)},
-                                              Owner)
-            end).
+    pyport_stream:start(Module, Function, Args, Opts).
 
 %% @doc Stops a stream started by {@link stream_start/3,4}: its producer is
 %% cancelled in the worker and its owner gets `{py_stream, Ref, {error,
@@ -546,10 +397,7 @@ eval(Code, Locals) when is_map(Locals) ->
 eval(Ctx, Code, Locals) when ?IS_CTX(Ctx) ->
     eval(Ctx, Code, Locals, infinity);
 eval(Code, Locals, Opts) when is_map(Locals); Locals =:= none ->
-    request(fun() ->
-                    {Target, Timeout, Ns} = code_target(Opts),
-                    pyport_objects:call(Target, ?EVAL, eval_fields(Code, Locals, Ns), Timeout, Opts)
-            end).
+    pyport_eval:eval(Code, Locals, Opts).
 
 %% @doc Evaluates an expression through a context, with a timeout (default
 %% `infinity') or options: `timeout', and `namespace': `process' (the
@@ -558,10 +406,7 @@ eval(Code, Locals, Opts) when is_map(Locals); Locals =:= none ->
 %% globals, as `py_context:eval').
 -spec eval(context(), code(), map() | none, ctx_opts()) -> result().
 eval(Ctx, Code, Locals, Opts) when ?IS_CTX(Ctx), is_map(Locals) orelse Locals =:= none ->
-    request(fun() ->
-                    {Target, Timeout, Ns} = ctx_code_target(Ctx, Opts),
-                    pyport_objects:call(Target, ?EVAL, eval_fields(Code, Locals, Ns), Timeout, Opts)
-            end).
+    pyport_eval:ctx_eval(Ctx, Code, Locals, Opts).
 
 %% @doc Runs Python statements in the calling process's namespace: a later
 %% {@link eval/1} from the same process sees the names they define.
@@ -575,22 +420,13 @@ exec(Code) ->
 exec(Ctx, Code) when ?IS_CTX(Ctx) ->
     exec(Ctx, Code, infinity);
 exec(Code, Opts) ->
-    exec_result(request(fun() ->
-                                {Target, Timeout, Ns} = code_target(Opts),
-                                pyport_request:call(Target, ?EXEC, exec_fields(Code, Ns), Timeout)
-                        end)).
+    pyport_eval:exec(Code, Opts).
 
 %% @doc Runs Python statements through a context, in the calling process's
 %% own globals there (or the shared ones: options as {@link eval/4}).
 -spec exec(context(), code(), ctx_opts()) -> ok | {error, term()}.
 exec(Ctx, Code, Opts) when ?IS_CTX(Ctx) ->
-    exec_result(request(fun() ->
-                                {Target, Timeout, Ns} = ctx_code_target(Ctx, Opts),
-                                pyport_request:call(Target, ?EXEC, exec_fields(Code, Ns), Timeout)
-                        end)).
-
-exec_result({ok, _}) -> ok;
-exec_result({error, _} = Error) -> Error.
+    pyport_eval:ctx_exec(Ctx, Code, Opts).
 
 %%%===================================================================
 %%% Contexts and information
@@ -601,11 +437,7 @@ exec_result({error, _} = Error) -> Error.
 %% to, else one chosen by the process's pid).
 -spec context() -> pid().
 context() ->
-    Slot = case pyport_affinity:bound_slot(?DEFAULT_POOL) of
-               undefined -> erlang:phash2(self(), pool_size(?DEFAULT_POOL)) + 1;
-               Bound -> Bound
-           end,
-    context_pid(?DEFAULT_POOL, Slot).
+    pyport_contexts:caller_context(?DEFAULT_POOL).
 
 %% @doc Context `N' (1-based) of the default pool: one worker, and so one
 %% interpreter.
@@ -616,24 +448,12 @@ context(N) when is_integer(N), N >= 1 ->
 %% @doc Context `N' (1-based) of pool `Pool'.
 -spec context(atom(), pos_integer()) -> pid().
 context(Pool, N) when is_atom(Pool), is_integer(N), N >= 1 ->
-    case pool_size(Pool) of
-        Size when N =< Size -> context_pid(Pool, N);
-        Size -> erlang:error({bad_context, N, {pool_size, Size}})
-    end.
-
-context_pid(Pool, Slot) ->
-    case pyport_contexts:context_pid(Pool, Slot) of
-        {ok, Pid} -> Pid;
-        {error, Reason} -> erlang:error(Reason)
-    end.
+    pyport_contexts:context(Pool, N).
 
 %% @doc The pool and slot a context routes to.
 -spec context_slot(context()) -> {atom(), pos_integer()}.
 context_slot(Ctx) ->
-    case request(fun() -> ctx_slot(Ctx) end) of
-        {error, Reason} -> erlang:error(Reason);
-        Slot -> Slot
-    end.
+    try pyport_contexts:ctx_slot(Ctx) catch throw:{error, Reason} -> erlang:error(Reason) end.
 
 %% @doc `start_contexts(#{})'.
 -spec start_contexts() -> {ok, [pid()]} | {error, term()}.
@@ -653,13 +473,12 @@ start_contexts(Opts) when is_map(Opts) ->
 %% @doc Stops pool `default': `ok'.
 -spec stop_contexts() -> ok.
 stop_contexts() ->
-    _ = pyport:stop_pool(?DEFAULT_POOL),
-    ok.
+    pyport_contexts:stop(?DEFAULT_POOL).
 
 %% @doc Whether pool `default' runs.
 -spec contexts_started() -> boolean().
 contexts_started() ->
-    element(1, pyport_pool:info(?DEFAULT_POOL)) =:= ok.
+    pyport_contexts:started(?DEFAULT_POOL).
 
 %% @doc Context-less `call/3,4,5' (and `spawn_call', `async_call') of
 %% `Module', or of `{Module, Function}', go to pool `Pool'; a function's
@@ -734,62 +553,7 @@ reload(Module) ->
 %% code.
 -spec reload(name(), opts()) -> ok | {error, term()}.
 reload(Module, Opts) ->
-    case request(fun() -> {name(Module), options(Opts)} end) of
-        {Name, #{pool := Pool, timeout := Timeout}} when is_atom(Pool) ->
-            case pyport:workers(Pool) of
-                {ok, Workers} ->
-                    Errors = lists:foldr(
-                               fun({Slot, Pid}, Acc) ->
-                                       case reload_slot(Pool, Slot, Pid, Name, Timeout) of
-                                           ok -> Acc;
-                                           Error -> [{Slot, Error} | Acc]
-                                       end
-                               end, [], Workers),
-                    case Errors of
-                        [] -> ok;
-                        _ -> {error, Errors}
-                    end;
-                {error, _} = Error ->
-                    Error
-            end;
-        {_, #{pool := Pool}} ->
-            {error, {invalid_option, pool, Pool}};
-        {error, _} = Error ->
-            Error
-    end.
-
-reload_slot(Pool, Slot, Pid, Name, Timeout) ->
-    case control(Pool, Slot, <<"reload">>, Name, Timeout) of
-        {ok, <<"needs_restart">>} ->
-            recycle(Pid, pyport_request:deadline(recycle_timeout(Timeout)));
-        {ok, _ReloadedOrNotLoaded} ->
-            ok;
-        {error, _} = Error ->
-            Error
-    end.
-
-recycle_timeout(default) -> 60000;
-recycle_timeout(T) -> T.
-
-%% pyport_worker:recycle/2, with a wait of any length (a gen_server call
-%% takes at most 2^32-1 ms: longer ones are waited in pieces).
-recycle(Pid, Deadline) ->
-    recycle_wait(gen_server:send_request(Pid, recycle), Deadline).
-
-recycle_wait(ReqId, Deadline) ->
-    case pyport_request:wait_ms(Deadline) of
-        Ms when Ms =:= infinity; Ms < 16#FFFFFFFF ->
-            recycle_reply(gen_server:receive_response(ReqId, Ms));
-        Ms ->
-            case gen_server:wait_response(ReqId, Ms) of
-                timeout -> recycle_wait(ReqId, Deadline);
-                Reply -> recycle_reply(Reply)
-            end
-    end.
-
-recycle_reply({reply, Reply}) -> Reply;
-recycle_reply({error, {Reason, _ServerRef}}) -> {error, {worker_exited, Reason}};
-recycle_reply(timeout) -> {error, timeout}.
+    pyport_control:reload(Module, Opts).
 
 %% @doc Memory statistics of the calling process's context (see {@link
 %% context/0}), as erlang_python gives them: `{ok, #{gc_stats, gc_count,
@@ -808,18 +572,15 @@ memory_stats() ->
           {ok, #{atom() => term()} | #{pos_integer() => map() | {error, term()}}} |
           {error, term()}.
 memory_stats(Ctx) when ?IS_CTX(Ctx) ->
-    case ctx_control(Ctx, <<"memory_stats">>, none) of
-        {ok, Stats} when is_map(Stats) -> {ok, pyport_contexts:memory_stats(Stats)};
-        Other -> Other
-    end;
+    pyport_control:ctx_memory_stats(Ctx);
 memory_stats(Opts) ->
-    each_worker(<<"memory_stats">>, none, Opts).
+    pyport_control:each_worker(<<"memory_stats">>, none, Opts).
 
 %% @doc Runs Python's garbage collector in the calling process's context:
 %% `{ok, Unreachable}', the number of unreachable objects found.
 -spec gc() -> {ok, non_neg_integer()} | {error, term()}.
 gc() ->
-    ctx_control(context(), <<"gc">>, none).
+    pyport_control:ctx_gc(context(), none).
 
 %% @doc `gc(Generation)' (0, 1 or 2) in the calling process's context;
 %% `gc(Opts)': in every worker of a pool, by slot.
@@ -827,67 +588,20 @@ gc() ->
           {ok, non_neg_integer() | #{pos_integer() => non_neg_integer() | {error, term()}}} |
           {error, term()}.
 gc(Generation) when is_integer(Generation) ->
-    ctx_control(context(), <<"gc">>, Generation);
+    pyport_control:ctx_gc(context(), Generation);
 gc(Opts) ->
-    each_worker(<<"gc">>, none, Opts).
+    pyport_control:each_worker(<<"gc">>, none, Opts).
 
 %% @doc One generation, in every worker of a pool.
 -spec gc(0..2, opts()) ->
           {ok, #{pos_integer() => non_neg_integer() | {error, term()}}} | {error, term()}.
 gc(Generation, Opts) when is_integer(Generation) ->
-    each_worker(<<"gc">>, Generation, Opts).
-
-ctx_control(Ctx, Op, Arg) ->
-    request(fun() ->
-                    {Pool, Slot} = ctx_slot(Ctx),
-                    control(Pool, Slot, Op, Arg, default)
-            end).
-
-%% CONTROL Op on every worker of a pool, concurrently.
-each_worker(Op, Arg, Opts) ->
-    case request(fun() -> options(Opts) end) of
-        #{pool := Pool, timeout := Timeout} when is_atom(Pool) ->
-            case pyport:workers(Pool) of
-                {ok, Workers} ->
-                    Handles = [{Slot, pyport_request:start({slot, Pool, Slot}, ?CONTROL,
-                                                           [Op, Arg], Timeout)}
-                               || {Slot, _} <- Workers],
-                    {ok, maps:from_list([{Slot, unwrap(pyport_request:await(H))}
-                                         || {Slot, H} <- Handles])};
-                {error, _} = Error ->
-                    Error
-            end;
-        #{pool := Pool} ->
-            {error, {invalid_option, pool, Pool}};
-        {error, _} = Error ->
-            Error
-    end.
-
-unwrap({ok, Value}) -> Value;
-unwrap({error, _} = Error) -> Error.
-
-control(Pool, Slot, Op, Arg, Timeout) ->
-    pyport_request:call({slot, Pool, Slot}, ?CONTROL, [Op, Arg], Timeout).
+    pyport_control:each_worker(<<"gc">>, Generation, Opts).
 
 %% @doc The Python version of the default pool's workers, e.g. `<<"3.11.2">>'.
 -spec version() -> {ok, binary()} | {error, term()}.
 version() ->
-    case pyport_pool:info(?DEFAULT_POOL) of
-        {ok, Info} ->
-            case pyport_pool:pick(Info) of
-                {ok, _Slot, Pid} ->
-                    try pyport_worker:info(Pid) of
-                        #{python_version := V} when is_binary(V) -> {ok, V};
-                        #{} -> {error, worker_restarting}
-                    catch
-                        exit:{Reason, _} -> {error, {worker_exited, Reason}}
-                    end;
-                {error, _} = Error ->
-                    Error
-            end;
-        {error, _} = Error ->
-            Error
-    end.
+    pyport_control:version(?DEFAULT_POOL).
 
 %%%===================================================================
 %%% Erlang for Python
@@ -1009,226 +723,6 @@ get_traces() ->
 clear_traces() ->
     pyport_trace:clear().
 
-%%%===================================================================
-%%% Internals
-%%%===================================================================
-
-%% Argument problems are thrown as {error, Reason} and returned as such.
-request(Fun) ->
-    try Fun()
-    catch throw:{error, _} = Error -> Error
-    end.
-
-start_request(Fun) ->
-    case request(Fun) of
-        {error, Reason} -> pyport_request:start_failed(Reason);
-        Handle -> Handle
-    end.
-
-pool_size(Pool) ->
-    case pyport_pool:info(Pool) of
-        {ok, #{size := Size}} -> Size;
-        {error, Reason} -> erlang:error(Reason)
-    end.
-
-%% Where a call goes, and its timeout.
-target(Opts) ->
-    #{timeout := Timeout} = O = options(Opts),
-    {with_output(O, remote(O, local_call_target(O))), Timeout}.
-
-%% Where an eval/exec goes, its timeout and its namespace: the calling
-%% process's own, unless another route was asked for.
-code_target(Opts) ->
-    #{pool := Pool, timeout := Timeout} = O = options(Opts),
-    case O of
-        #{node := Node} when Node =/= node() ->
-            {remote(O, local_call_target(O)), Timeout, ?SHARED_NAMESPACE};
-        #{shard := _} ->
-            {remote(O, local_call_target(O)), Timeout, ?SHARED_NAMESPACE};
-        _ when not is_atom(Pool) ->
-            {remote(O, local_call_target(O)), Timeout, ?SHARED_NAMESPACE};
-        _ ->
-            case pyport_affinity:namespace(Pool) of
-                {ok, Slot, Ns} -> {{slot, Pool, Slot}, Timeout, Ns};
-                {error, _} = Error -> throw(Error)
-            end
-    end.
-
-local_call_target(#{pool := {cluster, Pool}}) ->
-    {cluster, Pool};
-local_call_target(#{pool := Pool, shard := Key}) ->
-    {shard, Pool, Key};
-local_call_target(#{pool := Pool}) ->
-    case pyport_affinity:bound_slot(Pool) of
-        undefined -> {pool, Pool};
-        Slot -> {slot, Pool, Slot}
-    end.
-
-remote(#{node := Node}, {cluster, _}) ->
-    throw({error, {invalid_option, node, Node}});
-remote(#{node := Node, pool := Pool} = O, _Local) when Node =/= node() ->
-    %% A binding is to a local worker: another node routes by itself.
-    Local = case O of
-                #{shard := Key} -> {shard, Pool, Key};
-                #{} -> {pool, Pool}
-            end,
-    {node, Node, Local};
-remote(_O, Local) ->
-    Local.
-
-%% A context names its pool and slot; its timeout is `infinity' unless
-%% given (erlang_python's default for context calls).
-target(Ctx, Opts) ->
-    {Pool, Slot} = ctx_slot(Ctx),
-    #{timeout := Timeout} = O = ctx_options(Opts),
-    {with_output(O, {slot, Pool, Slot}), Timeout}.
-
-ctx_code_target(Ctx, Opts) ->
-    {Pool, Slot} = ctx_slot(Ctx),
-    #{timeout := Timeout, namespace := Which} = ctx_options(Opts),
-    case Which of
-        shared ->
-            {{slot, Pool, Slot}, Timeout, ?SHARED_NAMESPACE};
-        process ->
-            case pyport_namespaces:namespace(Pool, Slot) of
-                {ok, Ns} -> {{slot, Pool, Slot}, Timeout, Ns};
-                {error, _} = Error -> throw(Error)
-            end
-    end.
-
-ctx_options(Timeout) when Timeout =:= infinity; is_integer(Timeout), Timeout >= 0 ->
-    #{timeout => Timeout, namespace => process};
-ctx_options(Opts) when is_map(Opts) ->
-    maps:fold(fun(timeout, T, Acc) when T =:= infinity; T =:= default;
-                                        is_integer(T), T >= 0 ->
-                      %% default: the pool's call_timeout (pyport's).
-                      Acc#{timeout => T};
-                 (namespace, N, Acc) when N =:= process; N =:= shared ->
-                      Acc#{namespace => N};
-                 (output, W, Acc) when W =:= caller; W =:= logger ->
-                      Acc#{output => W};
-                 (K, V, _Acc) when K =:= timeout; K =:= namespace; K =:= output ->
-                      throw({error, {invalid_option, K, V}});
-                 (K, V, Acc) when K =:= return; K =:= str_fallback; K =:= numpy;
-                                  K =:= traceback ->
-                      %% Conversion options (pyport_objects), checked.
-                      ok = pyport_objects:check_option(K, V),
-                      Acc;
-                 (_K, _V, Acc) ->
-                      %% erlang_python ignores other keys (pool, kwargs...).
-                      Acc
-              end, #{timeout => infinity, namespace => process}, Opts);
-ctx_options(Other) ->
-    throw({error, {bad_option, Other}}).
-
-%% The pool and slot of a context; throws {error, _} for a dead or unknown
-%% one.
-ctx_slot(#pyport_ctx{pool = Pool, slot = Slot}) ->
-    {Pool, Slot};
-ctx_slot(Pid) when is_pid(Pid) ->
-    case pyport_contexts:resolve(Pid) of
-        {ok, Pool, Slot} -> {Pool, Slot};
-        {error, _} = Error -> throw(Error)
-    end;
-ctx_slot(Other) ->
-    throw({error, {invalid_context, Other}}).
-
-%% A context-less call's pool: the `pool' option, else the registration
-%% of its module or function (register_pool/2), else `default'.
-registered_pool(Module, Function, Opts) when is_map(Opts) ->
-    case is_map_key(pool, Opts) of
-        true -> Opts;
-        false -> registered(Module, Function, Opts)
-    end;
-registered_pool(Module, Function, Timeout) ->
-    registered(Module, Function, #{timeout => Timeout}).
-
-registered(Module, Function, Opts) ->
-    case pyport_contexts:lookup_pool(safe_name(Module), safe_name(Function)) of
-        ?DEFAULT_POOL -> Opts;
-        Pool -> Opts#{pool => Pool}
-    end.
-
-safe_name(N) when is_atom(N); is_binary(N) -> N;
-safe_name(N) -> try name(N) catch throw:_ -> <<>> end.
-
-main_route(Target, Fields) ->
-    pyport_namespaces:route_main(Target, Fields).
-
-options(Timeout) when Timeout =:= infinity; is_integer(Timeout), Timeout >= 0 ->
-    #{pool => ?DEFAULT_POOL, timeout => Timeout};
-options(Opts) when is_map(Opts) ->
-    O = maps:fold(fun check_option/3, #{pool => ?DEFAULT_POOL, timeout => default}, Opts),
-    case O of
-        #{pool := {cluster, _}, shard := Key} -> throw({error, {invalid_option, shard, Key}});
-        _ -> O
-    end;
-options(Other) ->
-    throw({error, {bad_option, Other}}).
-
-check_option(timeout, T, Acc) when T =:= infinity; is_integer(T), T >= 0 ->
-    Acc#{timeout => T};
-check_option(pool, P, Acc) when is_atom(P) ->
-    Acc#{pool => P};
-check_option(pool, {cluster, P} = C, Acc) when is_atom(P) ->
-    Acc#{pool => C};
-check_option(shard, Key, Acc) ->
-    Acc#{shard => Key};
-check_option(node, N, Acc) when is_atom(N) ->
-    Acc#{node => N};
-check_option(output, Where, Acc) when Where =:= caller; Where =:= logger ->
-    Acc#{output => Where};
-check_option(Key, Value, Acc) when Key =:= return; Key =:= str_fallback; Key =:= numpy;
-                                   Key =:= traceback ->
-    ok = pyport_objects:check_option(Key, Value),
-    Acc#{Key => Value};
-check_option(Key, Value, _Acc) when Key =:= timeout; Key =:= pool; Key =:= node;
-                                    Key =:= output ->
-    throw({error, {invalid_option, Key, Value}});
-check_option(Key, _Value, _Acc) ->
-    throw({error, {bad_option, Key}}).
-
-%% @private The fields of a CALL frame; throws `{error, Reason}' for a bad
-%% argument.
--spec call_fields(name(), name(), [term()], map()) -> [term()].
-call_fields(Module, Function, Args, Kwargs) when is_list(Args), is_map(Kwargs) ->
-    [name(Module), name(Function), Args, kwargs(Kwargs)];
-call_fields(_Module, _Function, Args, Kwargs) when is_list(Args) ->
-    throw({error, {invalid_kwargs, Kwargs}});
-call_fields(_Module, _Function, Args, _Kwargs) ->
-    throw({error, {invalid_args, Args}}).
-
-eval_fields(Code, Locals, Ns) ->
-    [code(Code), Locals, Ns].
-
-exec_fields(Code, Ns) ->
-    [code(Code), Ns].
-
-name(A) when is_atom(A) -> atom_to_binary(A, utf8);
-name(B) when is_binary(B) -> B;
-name(L) when is_list(L) ->
-    case unicode:characters_to_binary(L) of
-        B when is_binary(B) -> B;
-        _ -> throw({error, {invalid_name, L}})
-    end;
-name(Other) -> throw({error, {invalid_name, Other}}).
-
-%% Python needs str keyword names.
-kwargs(Kwargs) ->
-    maps:fold(fun(K, V, Acc) when is_atom(K) -> Acc#{atom_to_binary(K, utf8) => V};
-                 (K, V, Acc) when is_binary(K) -> Acc#{K => V};
-                 (K, _V, _Acc) -> throw({error, {invalid_kwarg, K}})
-              end, #{}, Kwargs).
-
-code(B) when is_binary(B) -> B;
-code(L) when is_list(L) ->
-    try unicode:characters_to_binary(L) of
-        B when is_binary(B) -> B;
-        _ -> throw({error, {invalid_code, L}})
-    catch
-        error:badarg -> throw({error, {invalid_code, L}})
-    end;
-code(Other) -> throw({error, {invalid_code, Other}}).
 
 %% ---- channels, buffers, shared state, imports and venvs (docs/channels.md) ----
 
@@ -1299,16 +793,12 @@ tracemalloc_start() ->
     tracemalloc_start(1).
 
 -spec tracemalloc_start(pos_integer()) -> ok | {error, term()}.
-tracemalloc_start(NFrames) when is_integer(NFrames), NFrames > 0 ->
-    pyport_preload:everywhere([?DEFAULT_POOL],
-                              iolist_to_binary(["import tracemalloc\ntracemalloc.start(",
-                                                integer_to_list(NFrames), ")\n"]), 30000);
 tracemalloc_start(NFrames) ->
-    {error, {invalid_nframes, NFrames}}.
+    pyport_control:tracemalloc_start(?DEFAULT_POOL, NFrames).
 
 -spec tracemalloc_stop() -> ok | {error, term()}.
 tracemalloc_stop() ->
-    pyport_preload:everywhere([?DEFAULT_POOL], <<"import tracemalloc\ntracemalloc.stop()\n">>, 30000).
+    pyport_control:tracemalloc_stop(?DEFAULT_POOL).
 
 %% @doc Not provided: a descriptor of the node is not one of a worker,
 %% which is another OS process.
@@ -1317,12 +807,6 @@ dup_fd(_Fd) ->
     {error, {not_supported, <<"dup_fd: workers are separate OS processes; a descriptor of the "
                               "node means nothing in them (pass a socket path or a port number "
                               "to Python instead)">>}}.
-
-%% ---- output (pyport_output) ----
-
-%% A call's own `output' option travels with its target.
-with_output(#{output := Where}, Target) -> {output, Where, Target};
-with_output(_Opts, Target) -> Target.
 
 %% ---- objects kept in the worker (pyport_objects) ----
 
@@ -1337,20 +821,17 @@ call_method(Ref, Method, Args) ->
 %% `timeout', `str_fallback', `numpy', `traceback').
 -spec call_method(pyport_objects:ref(), name(), [term()], map()) -> result().
 call_method(Ref, Method, Args, Opts) when is_list(Args), is_map(Opts) ->
-    with_name(Method, fun(M) ->
-                              call(<<"erlang._objects">>, <<"call_method">>, [Ref, M | Args],
-                                   maps:get(kwargs, Opts, #{}), maps:remove(kwargs, Opts))
-                      end).
+    pyport_objects:call_method(Ref, Method, Args, Opts).
 
 %% @doc `getattr(Obj, Name)', converted.
 -spec getattr(pyport_objects:ref(), name()) -> result().
 getattr(Ref, Name) ->
-    with_name(Name, fun(N) -> call(builtins, getattr, [Ref, N]) end).
+    pyport_objects:getattr(Ref, Name).
 
 %% @doc The object itself, converted to a term.
 -spec to_term(pyport_objects:ref()) -> result().
 to_term(Ref) ->
-    call(<<"erlang._objects">>, <<"identity">>, [Ref]).
+    pyport_objects:to_term(Ref).
 
 %% @doc Whether `Term' is a handle (its shape: it may be released, or
 %% another process's).
@@ -1363,6 +844,3 @@ is_ref(Term) ->
 -spec release(pyport_objects:ref()) -> ok | {error, term()}.
 release(Ref) ->
     pyport_objects:release(Ref).
-
-with_name(Name, Fun) ->
-    request(fun() -> Fun(name(Name)) end).

@@ -136,7 +136,7 @@ start_loop(Ctx) ->
 %% stop_loop/1}; its exit ends the ownership.
 -spec start_loop(ctx(), #{owner => pid()}) -> ok | {error, term()}.
 start_loop(Ctx, Opts) when is_map(Opts) ->
-    case py_ctx_check(Ctx) of
+    case pyport_contexts:check(Ctx) of
         ok -> pyport_contexts:start_loop(Ctx, maps:get(owner, Opts, self()));
         {error, _} = Error -> Error
     end.
@@ -156,7 +156,7 @@ stop_loop(Ctx, _GraceMs) ->
 %% and `eval/2' (it is the context itself).
 -spec loop_ref(ctx()) -> {ok, ctx()} | {error, term()}.
 loop_ref(Ctx) ->
-    case py_ctx_check(Ctx) of
+    case pyport_contexts:check(Ctx) of
         ok -> {ok, Ctx};
         {error, _} = Error -> Error
     end.
@@ -170,11 +170,8 @@ submit(Ctx, Module, Function, Args) ->
 %% @doc {@link submit/4} with keyword arguments.
 -spec submit(ctx(), name(), name(), [term()], map()) -> {ok, reference()}.
 submit(Ctx, Module, Function, Args, Kwargs) ->
-    Target = case pyport_contexts:resolve(Ctx) of
-                 {ok, Pool, Slot} -> {ok, {slot, Pool, Slot}};
-                 {error, _} = Error -> Error
-             end,
-    {ok, py_event_loop_pool:create_task_on(Target, Module, Function, Args, Kwargs)}.
+    {ok, pyport_loops:task(pyport_contexts:ctx_target(Ctx), Module, Function, Args, Kwargs,
+                           infinity)}.
 
 %% @doc Submits and waits at most 5000 ms.
 -spec submit_await(ctx(), name(), name(), [term()]) -> result().
@@ -192,9 +189,3 @@ submit_await(Ctx, Module, Function, Args, Kwargs) ->
 submit_await(Ctx, Module, Function, Args, Kwargs, Timeout) ->
     {ok, Ref} = submit(Ctx, Module, Function, Args, Kwargs),
     py_event_loop_pool:await(Ref, Timeout).
-
-py_ctx_check(Ctx) ->
-    case pyport_contexts:resolve(Ctx) of
-        {ok, _, _} -> ok;
-        {error, _} = Error -> Error
-    end.

@@ -54,17 +54,7 @@ get_context() ->
 get_context(N) when is_integer(N) ->
     py:context(N);
 get_context(Pool) when is_atom(Pool) ->
-    Slot = case pyport_affinity:bound_slot(Pool) of
-               undefined ->
-                   Size = num_contexts(Pool),
-                   Size > 0 orelse erlang:error({no_pool, Pool}),
-                   S = (erlang:system_info(scheduler_id) - 1) rem Size + 1,
-                   ok = pyport_affinity:bind(Pool, S),
-                   S;
-               S ->
-                   S
-           end,
-    py:context(Pool, Slot).
+    pyport_contexts:scheduler_context(Pool).
 
 %% @doc The calling process uses `Ctx' for its pool from now on: `ok'.
 -spec bind_context(pid()) -> ok.
@@ -130,13 +120,12 @@ start_pool(Pool, Size, Mode) when is_atom(Pool), Mode =:= worker orelse Mode =:=
 %% @doc Stops pool `Pool': `ok'.
 -spec stop_pool(atom()) -> ok.
 stop_pool(Pool) ->
-    _ = pyport:stop_pool(Pool),
-    ok.
+    pyport_contexts:stop(Pool).
 
 %% @doc Whether pool `Pool' runs.
 -spec pool_started(atom()) -> boolean().
 pool_started(Pool) ->
-    element(1, pyport_pool:info(Pool)) =:= ok.
+    pyport_contexts:started(Pool).
 
 %% @doc Context-less calls of `Module' go to `Pool'.
 -spec register_pool(atom(), atom()) -> ok.

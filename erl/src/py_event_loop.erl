@@ -32,7 +32,7 @@ run(Module, Function, Args) ->
 -spec run(name(), name(), [term()], #{timeout => timeout(), kwargs => map()}) ->
           {ok, term()} | {error, term()}.
 run(Module, Function, Args, Opts) ->
-    py_event_loop_pool:run_on(target(), Module, Function, Args, Opts).
+    pyport_loops:run(pyport_loops:first_loop_target(), Module, Function, Args, Opts).
 
 %% @doc Starts `Module.Function(*Args)' on the loop without waiting.
 -spec create_task(name(), name(), [term()]) -> ref().
@@ -42,7 +42,7 @@ create_task(Module, Function, Args) ->
 %% @doc {@link create_task/3} with keyword arguments.
 -spec create_task(name(), name(), [term()], map()) -> ref().
 create_task(Module, Function, Args, Kwargs) ->
-    py_event_loop_pool:create_task_on(target(), Module, Function, Args, Kwargs).
+    pyport_loops:task(pyport_loops:first_loop_target(), Module, Function, Args, Kwargs, infinity).
 
 %% @doc Waits at most 5000 ms for a task's result.
 -spec await(ref()) -> {ok, term()} | {error, term()}.
@@ -63,15 +63,12 @@ spawn_task(Module, Function, Args) ->
 %% @doc {@link spawn_task/3} with keyword arguments.
 -spec spawn_task(name(), name(), [term()], map()) -> ok | {error, term()}.
 spawn_task(Module, Function, Args, Kwargs) ->
-    py_event_loop_pool:spawn_task_on(target(), Module, Function, Args, Kwargs).
+    pyport_loops:spawn_task(pyport_loops:first_loop_target(), Module, Function, Args, Kwargs).
 
 %% @doc The loop: `{ok, LoopRef}' (the pid of its worker, a context).
 -spec get_loop() -> {ok, pid()} | {error, term()}.
 get_loop() ->
-    case py_event_loop_pool:loops() of
-        {ok, Pool, _N} -> pyport_contexts:context_pid(Pool, 1);
-        {error, _} = Error -> Error
-    end.
+    pyport_loops:first_loop().
 
 %% @doc Runs statements in the calling process's namespace on the loop's
 %% worker (what a later {@link create_task/3} of `'__main__'' sees):
@@ -101,9 +98,3 @@ eval(Code) ->
 -spec eval(pid(), py:code()) -> {ok, term()} | {error, term()}.
 eval(LoopRef, Code) ->
     py:eval(LoopRef, Code).
-
-target() ->
-    case py_event_loop_pool:loops() of
-        {ok, Pool, _N} -> {ok, {slot, Pool, 1}};
-        {error, _} = Error -> Error
-    end.

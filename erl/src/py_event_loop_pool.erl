@@ -18,10 +18,8 @@
 -export([run/3, run/4, create_task/3, create_task/4, await/1, await/2,
          spawn_task/3, spawn_task/4, get_loop/0, get_stats/0, get_all_loops/0,
          exec/1, exec/2, eval/1, eval/2]).
--export([loops/0, run_on/5, create_task_on/5, spawn_task_on/5]).
+-export([loops/0]).
 
--define(CALL, 1).
--define(CAST, 2).
 -define(DEFAULT_TIMEOUT, 5000).
 
 -type name() :: py:name().
@@ -38,7 +36,7 @@ run(Module, Function, Args) ->
 %% 5000) and `kwargs'. On timeout the task is cancelled in the worker.
 -spec run(name(), name(), [term()], opts()) -> {ok, term()} | {error, term()}.
 run(Module, Function, Args, Opts) ->
-    run_on(target(), Module, Function, Args, Opts).
+    pyport_loops:run(pyport_loops:loop_target(), Module, Function, Args, Opts).
 
 %% @doc Starts `Module.Function(*Args)' on the caller's loop; returns a
 %% reference to {@link await/1,2}, or to match in `{async_result, Ref,
@@ -50,7 +48,9 @@ create_task(Module, Function, Args) ->
 %% @doc {@link create_task/3} with keyword arguments.
 -spec create_task(name(), name(), [term()], map()) -> ref().
 create_task(Module, Function, Args, Kwargs) ->
-    create_task_on(target(), Module, Function, Args, Kwargs).
+    %% No deadline of its own: a task lives until it ends, or until whoever
+    %% awaits it gives up.
+    pyport_loops:task(pyport_loops:loop_target(), Module, Function, Args, Kwargs, infinity).
 
 %% @doc Waits at most 5000 ms for a task's result.
 -spec await(ref()) -> {ok, term()} | {error, term()}.
@@ -72,28 +72,18 @@ spawn_task(Module, Function, Args) ->
 %% @doc {@link spawn_task/3} with keyword arguments.
 -spec spawn_task(name(), name(), [term()], map()) -> ok | {error, term()}.
 spawn_task(Module, Function, Args, Kwargs) ->
-    spawn_task_on(target(), Module, Function, Args, Kwargs).
+    pyport_loops:spawn_task(pyport_loops:loop_target(), Module, Function, Args, Kwargs).
 
 %% @doc The loop of the calling process: `{ok, LoopRef}', the pid of its
 %% worker (a context, usable with {@link py:call/4} and friends).
 -spec get_loop() -> {ok, pid()} | {error, term()}.
 get_loop() ->
-    case loops() of
-        {ok, Pool, N} -> pyport_contexts:context_pid(Pool, slot(N));
-        {error, _} = Error -> Error
-    end.
+    pyport_loops:caller_loop().
 
 %% @doc Every loop: `{ok, [{LoopRef, WorkerPid}]}' (both the worker's pid).
 -spec get_all_loops() -> {ok, [{pid(), pid()}]} | {error, term()}.
 get_all_loops() ->
-    case loops() of
-        {ok, Pool, N} ->
-            Pids = [Pid || Slot <- lists:seq(1, N),
-                           {ok, Pid} <- [pyport_contexts:context_pid(Pool, Slot)]],
-            {ok, [{Pid, Pid} || Pid <- Pids]};
-        {error, _} = Error ->
-            Error
-    end.
+    pyport_loops:all_loops().
 
 %% @doc Runs statements in the calling process's namespace on its loop's
 %% worker: `ok' or `{error, _}'.
@@ -129,97 +119,13 @@ eval(LoopRef, Code) ->
 %% on each loop.
 -spec get_stats() -> #{atom() => term()}.
 get_stats() ->
-    case loops() of
-        {ok, Pool, N} ->
-            {ok, #{counters := C}} = pyport_pool:info(Pool),
-            %% owngil_enabled: every loop runs in an interpreter (and
-            %% process) of its own, what erlang_python's OWN_GIL mode gives.
-            #{num_loops => N, pool => Pool, supported => true, owngil_enabled => true,
-              in_flight => [counters:get(C, Slot) || Slot <- lists:seq(1, N)]};
-        {error, Reason} ->
-            #{num_loops => 0, supported => false, error => Reason}
-    end.
+    pyport_loops:stats().
 
 %%%===================================================================
-%%% Shared with py_event_loop
+%%% The loops
 %%%===================================================================
 
 %% @doc The event loop pool and how many of its workers are loops.
 -spec loops() -> {ok, atom(), pos_integer()} | {error, term()}.
 loops() ->
-    Pool = application:get_env(pyport, event_loop_pool, default),
-    case pyport_pool:info(Pool) of
-        {ok, #{size := Size}} ->
-            case application:get_env(pyport, event_loop_pool_size) of
-                {ok, N} when is_integer(N), N > 0 -> {ok, Pool, min(N, Size)};
-                _ -> {ok, Pool, Size}
-            end;
-        {error, _} = Error ->
-            Error
-    end.
-
-%% @private
--spec run_on({ok, pyport_request:target()} | {error, term()}, name(), name(), [term()], opts()) ->
-          {ok, term()} | {error, term()}.
-run_on({ok, Target}, Module, Function, Args, Opts) when is_map(Opts) ->
-    %% No result message is needed: the answer comes undecoded to the
-    %% caller, which decodes it itself, as for py:call; a caller that gives
-    %% up has the worker's owner interrupt it, which cancels the task.
-    case fields(Module, Function, Args, maps:get(kwargs, Opts, #{})) of
-        {ok, Fields0} ->
-            {Target1, Fields} = pyport_namespaces:route_main(Target, Fields0),
-            pyport_request:call(Target1, ?CALL, Fields, maps:get(timeout, Opts, ?DEFAULT_TIMEOUT));
-        {error, _} = Error ->
-            Error
-    end;
-run_on({error, _} = Error, _Module, _Function, _Args, _Opts) ->
-    Error.
-
-%% @private
--spec create_task_on({ok, pyport_request:target()} | {error, term()}, name(), name(), [term()],
-                     map()) -> ref().
-create_task_on({ok, Target}, Module, Function, Args, Kwargs) ->
-    case fields(Module, Function, Args, Kwargs) of
-        {ok, Fields0} ->
-            %% '__main__' is the caller's py:exec namespace on that worker.
-            {Target1, Fields} = pyport_namespaces:route_main(Target, Fields0),
-            %% No deadline of its own: a task lives until it ends, or until
-            %% whoever awaits it gives up.
-            pyport_async:start_task(Target1, async_result, {?CALL, Fields}, infinity);
-        {error, Reason} ->
-            pyport_async:failed_task(async_result, Reason)
-    end;
-create_task_on({error, Reason}, _Module, _Function, _Args, _Kwargs) ->
-    pyport_async:failed_task(async_result, Reason).
-
-%% @private
--spec spawn_task_on({ok, pyport_request:target()} | {error, term()}, name(), name(), [term()],
-                    map()) -> ok | {error, term()}.
-spawn_task_on({ok, Target}, Module, Function, Args, Kwargs) ->
-    case fields(Module, Function, Args, Kwargs) of
-        {ok, Fields} -> pyport_request:cast(Target, Fields);
-        {error, _} = Error -> Error
-    end;
-spawn_task_on({error, _} = Error, _Module, _Function, _Args, _Kwargs) ->
-    Error.
-
-%%%===================================================================
-%%% Internals
-%%%===================================================================
-
-target() ->
-    case loops() of
-        {ok, Pool, N} -> {ok, {slot, Pool, slot(N)}};
-        {error, _} = Error -> Error
-    end.
-
-%% Affinity: the same process, the same loop.
-slot(N) ->
-    erlang:phash2(self(), N) + 1.
-
-fields(Module, Function, Args, Kwargs) ->
-    try
-        {ok, py:call_fields(Module, Function, Args, Kwargs)}
-    catch
-        throw:{error, _} = Error -> Error
-    end.
+    pyport_loops:loops().

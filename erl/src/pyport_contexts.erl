@@ -28,6 +28,11 @@
          interrupt/1, memory_stats/1, start_loop/2, stop_loop/1, loop_running/1,
          register_pool/2, unregister_pool/1, lookup_pool/2, list_pool_registrations/0]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
+%% The contexts of py and py_context_router (section at the end).
+-export([ctx_slot/1, ctx_target/1, check/1, context/2, caller_context/1, scheduler_context/1,
+         pool_size/1, started/1, stop/1]).
+
+-include("pyport_ctx.hrl").
 
 -define(TAB, pyport_contexts).
 -define(ROUTES, pyport_pool_routes).
@@ -370,3 +375,96 @@ key(L) when is_list(L) ->
         B when is_binary(B) -> B;
         _ -> erlang:error({invalid_name, L})
     end.
+
+%% ---- contexts of the compatibility API (py, py_context, py_context_router) ----
+
+%% @doc The pool and slot of a context; throws `{error, Reason}' for a dead
+%% or unknown one (`context_died', `not_a_context', `invalid_context').
+-spec ctx_slot(term()) -> {atom(), pos_integer()}.
+ctx_slot(#pyport_ctx{pool = Pool, slot = Slot}) ->
+    {Pool, Slot};
+ctx_slot(Pid) when is_pid(Pid) ->
+    case resolve(Pid) of
+        {ok, Pool, Slot} -> {Pool, Slot};
+        {error, _} = Error -> throw(Error)
+    end;
+ctx_slot(Other) ->
+    throw({error, {invalid_context, Other}}).
+
+%% @doc The route to a context's slot: `{ok, {slot, Pool, Slot}}' or
+%% `{error, Reason}'.
+-spec ctx_target(pid()) -> {ok, pyport_request:target()} | {error, term()}.
+ctx_target(Ctx) ->
+    case resolve(Ctx) of
+        {ok, Pool, Slot} -> {ok, {slot, Pool, Slot}};
+        {error, _} = Error -> Error
+    end.
+
+%% @doc `ok' if `Ctx' is a live context, else `{error, Reason}'.
+-spec check(pid()) -> ok | {error, term()}.
+check(Ctx) ->
+    case resolve(Ctx) of
+        {ok, _, _} -> ok;
+        {error, _} = Error -> Error
+    end.
+
+%% @doc Context `N' (1-based) of `Pool'; raises `{bad_context, N, {pool_size,
+%% Size}}' past the pool's size, or why the pool has no such worker.
+-spec context(atom(), pos_integer()) -> pid().
+context(Pool, N) when is_atom(Pool), is_integer(N), N >= 1 ->
+    case pool_size(Pool) of
+        Size when N =< Size -> raise_error(context_pid(Pool, N));
+        Size -> erlang:error({bad_context, N, {pool_size, Size}})
+    end.
+
+%% @doc The calling process's context of `Pool': the worker it is bound to,
+%% else one chosen by its pid (the same every time).
+-spec caller_context(atom()) -> pid().
+caller_context(Pool) ->
+    Slot = case pyport_affinity:bound_slot(Pool) of
+               undefined -> erlang:phash2(self(), pool_size(Pool)) + 1;
+               Bound -> Bound
+           end,
+    raise_error(context_pid(Pool, Slot)).
+
+%% @doc The calling process's context of `Pool', chosen on first use by
+%% scheduler (as erlang_python's router) and kept: the process is bound to
+%% it.
+-spec scheduler_context(atom()) -> pid().
+scheduler_context(Pool) ->
+    Slot = case pyport_affinity:bound_slot(Pool) of
+               undefined ->
+                   Size = case pyport_pool:info(Pool) of
+                              {ok, #{size := S0}} -> S0;
+                              {error, _} -> 0
+                          end,
+                   Size > 0 orelse erlang:error({no_pool, Pool}),
+                   S = (erlang:system_info(scheduler_id) - 1) rem Size + 1,
+                   ok = pyport_affinity:bind(Pool, S),
+                   S;
+               S ->
+                   S
+           end,
+    context(Pool, Slot).
+
+%% @doc How many contexts (workers) `Pool' has; raises why it has none.
+-spec pool_size(atom()) -> pos_integer().
+pool_size(Pool) ->
+    case pyport_pool:info(Pool) of
+        {ok, #{size := Size}} -> Size;
+        {error, Reason} -> erlang:error(Reason)
+    end.
+
+%% @doc Whether pool `Pool' runs.
+-spec started(atom()) -> boolean().
+started(Pool) ->
+    element(1, pyport_pool:info(Pool)) =:= ok.
+
+%% @doc Stops pool `Pool' (if it runs): `ok'.
+-spec stop(atom()) -> ok.
+stop(Pool) ->
+    _ = pyport:stop_pool(Pool),
+    ok.
+
+raise_error({ok, Pid}) -> Pid;
+raise_error({error, Reason}) -> erlang:error(Reason).

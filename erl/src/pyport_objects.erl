@@ -32,6 +32,8 @@
 -export([collecting/1, encode_ref/1, target/2]).
 %% For pyport_worker: its OS process exited.
 -export([worker_exited/1]).
+%% py's object functions (section at the end).
+-export([call_method/4, getattr/2, to_term/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
 
 -export_type([ref/0]).
@@ -408,3 +410,28 @@ drop_one(Id, {ByWorker, #{owners := Os, counts := Cs} = S}) ->
         [] ->
             {ByWorker, S}
     end.
+
+%% ---- py's object functions: calls on a kept object ----
+
+%% @doc `Obj.Method(*Args)' in the worker that holds `Obj'; options
+%% `kwargs' and those of `py:call/5'.
+-spec call_method(ref(), py:name(), [term()], map()) -> {ok, term()} | {error, term()}.
+call_method(Ref, Method, Args, Opts) when is_list(Args), is_map(Opts) ->
+    with_name(Method, fun(M) ->
+                              pyport_call:call(<<"erlang._objects">>, <<"call_method">>,
+                                               [Ref, M | Args], maps:get(kwargs, Opts, #{}),
+                                               maps:remove(kwargs, Opts))
+                      end).
+
+%% @doc `getattr(Obj, Name)', converted.
+-spec getattr(ref(), py:name()) -> {ok, term()} | {error, term()}.
+getattr(Ref, Name) ->
+    with_name(Name, fun(N) -> pyport_call:call(builtins, getattr, [Ref, N], #{}, #{}) end).
+
+%% @doc The object itself, converted to a term.
+-spec to_term(ref()) -> {ok, term()} | {error, term()}.
+to_term(Ref) ->
+    pyport_call:call(<<"erlang._objects">>, <<"identity">>, [Ref], #{}, #{}).
+
+with_name(Name, Fun) ->
+    pyport_args:checked(fun() -> Fun(pyport_args:name(Name)) end).

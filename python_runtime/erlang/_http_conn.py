@@ -9,7 +9,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from _pyport_http import BODY, END, HEAD, Parser
+from _pyport_http import BODY, END, HEAD, Parser, connection_data_received, setup_connection
 
 from . import _websocket
 from ._http_access import _access_log
@@ -32,6 +32,11 @@ PIPELINE_MAX = 128
 # ASGI extensions of every http scope (the parser gives each its own copy):
 # zero-copy send is _Request._send_file (sendfile(2); read over TLS).
 HTTP_EXTENSIONS: dict = {"http.response.zerocopysend": {}}
+
+
+# The C++ fast paths make requests of this class (without its __init__:
+# they set the same fields) and start them as _start does.
+setup_connection(_Request, READ_HIGH)
 
 
 class HttpConnection(WriteFlow, asyncio.Protocol):
@@ -93,32 +98,40 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._arm(self.cfg["keepalive_timeout"], "idle")
 
-    def data_received(self, data: bytes) -> None:
-        if self.closing:
-            return
-        for ev in self.parser.feed(data):
-            kind = ev[0]
-            if kind == BODY:
-                req = self.reading
-                if req is not None:
-                    if req.chunks is None:
-                        req.chunks = deque()
-                    req.chunks.append(ev[1])
-                    n = len(ev[1])
-                    req.buffered += n
-                    self.buffered += n
-                    req.wake()
-            elif kind == HEAD:
-                self._head(ev)
-            elif kind == END:
-                req = self.reading
-                if req is not None:
-                    req.body_done = True
-                    req.wake()
-                    self.reading = None
-            else:  # ERROR
-                self.fail(ev[1], ev[2])
-                return
+    # data_received(data) is C++ (port_worker/http_connection.cpp): if not
+    # closing, parser.feed(data), a request's head and end handled there in
+    # the common case and every event else by _event (stopping after an
+    # ERROR), then _after_events() unless it has nothing to do.
+    data_received = connection_data_received
+
+    def _event(self, ev: tuple) -> bool:
+        """One parser event; False when the stream broke (ERROR)."""
+        kind = ev[0]
+        if kind == BODY:
+            req = self.reading
+            if req is not None:
+                if req.chunks is None:
+                    req.chunks = deque()
+                req.chunks.append(ev[1])
+                n = len(ev[1])
+                req.buffered += n
+                self.buffered += n
+                req.wake()
+        elif kind == HEAD:
+            self._head(ev)
+        elif kind == END:
+            req = self.reading
+            if req is not None:
+                req.body_done = True
+                req.wake()
+                self.reading = None
+        else:  # ERROR
+            self.fail(ev[1], ev[2])
+            return False
+        return True
+
+    def _after_events(self) -> None:
+        """After the events of one read: an upgrade, the timer, flow control."""
         if self.parser.upgrade and self.reading is None:
             if len(self.pipeline) == 1 and self.pipeline[0].task is not None \
                     and not self.pipeline[0].started_at \

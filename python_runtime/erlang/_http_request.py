@@ -5,17 +5,26 @@ trips (on_request, on_response, on_error)."""
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import logging
 import os
 from collections import deque
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 from urllib.parse import quote
 
-from _pyport_http import HEAD_CHUNKED, HEAD_CLOSE, response_head
+from _pyport_http import (HEAD_CHUNKED, HEAD_CLOSE, Ready, Receive, Send, request_done,
+                          response_head, setup_exchange)
 
 from . import _callbacks
 from ._http_response import _error_response, _reasons
 from ._write_flow import ClientDisconnected
+
+# The C++ send/receive (port_worker/http_exchange.cpp) take the common
+# cases themselves and call _send_slow/_receive_slow for the rest.
+# Their finished awaitables are coroutines to asyncio (create_task,
+# run_coroutine_threadsafe): send/throw/close, done at the first step.
+setup_exchange(_reasons)
+collections.abc.Coroutine.register(Ready)
 
 if TYPE_CHECKING:
     from ._http_conn import HttpConnection
@@ -29,7 +38,10 @@ ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 
 
 class _Request:
-    """One request/response cycle: the ASGI receive and send of its task."""
+    """One request/response cycle: the ASGI receive and send of its task
+    (Receive(self)/Send(self), C++, which call _receive_slow/_send_slow for
+    all but the common cases). port_worker/http_connection.cpp makes
+    requests without __init__, setting the same five fields."""
 
     # The per-request state starts as these class attributes: a request
     # sets only what it changes (half the cost of setting every slot).
@@ -66,7 +78,7 @@ class _Request:
         if w is not None and not w.done():
             w.set_result(None)
 
-    async def receive(self) -> dict:
+    async def _receive_slow(self) -> dict:
         conn = self.conn
         while True:
             chunks = self.chunks
@@ -105,7 +117,7 @@ class _Request:
         if not self.body_done and not self.conn.lost:
             self.conn.fail(408, "request body not received in time")
 
-    async def send(self, message: dict) -> None:
+    async def _send_slow(self, message: dict) -> None:
         conn = self.conn
         if conn.lost:
             raise ClientDisconnected("the client has disconnected")
@@ -269,7 +281,7 @@ class _Request:
                 self.length_left = count
         # The head (and the end, for a bodiless response) through the usual path.
         bodyless = self.no_body or self.method_head
-        await self.send({"type": "http.response.body", "body": b"",
+        await self._send_slow({"type": "http.response.body", "body": b"",
                          "more_body": more or (count > 0 and not bodyless)})
         if bodyless or count == 0:
             return
@@ -283,7 +295,7 @@ class _Request:
                 if not data:
                     break
                 left -= len(data)
-                await self.send({"type": "http.response.body", "body": data, "more_body": True})
+                await self._send_slow({"type": "http.response.body", "body": data, "more_body": True})
         else:
             sent = 0
             while sent < count:
@@ -311,7 +323,7 @@ class _Request:
             if self.length_left >= 0:
                 self.length_left -= sent
         if not more:
-            await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self._send_slow({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _start(self, message: dict) -> None:
         status = message["status"]
@@ -374,8 +386,8 @@ class _Request:
 
     async def _respond(self, status: int, headers: list, body: bytes) -> None:
         self.own_response = True
-        await self.send({"type": "http.response.start", "status": status, "headers": headers})
-        await self.send({"type": "http.response.body", "body": body})
+        await self._send_slow({"type": "http.response.start", "status": status, "headers": headers})
+        await self._send_slow({"type": "http.response.body", "body": body})
 
     async def run(self, app: ASGIApp) -> None:
         conn = self.conn
@@ -383,7 +395,7 @@ class _Request:
         try:
             hooks = conn.server.hooks
             if hooks is None or "on_request" not in hooks or await self._on_request():
-                await app(self.scope, self.receive, self.send)
+                await app(self.scope, Receive(self), Send(self))
         except ClientDisconnected:
             pass
         except BaseException as exc:
@@ -421,7 +433,7 @@ class _Request:
                 self._write_error(500, "the application sent no response")
         if not self.complete:
             self.keep_alive = False
-        self.conn.request_done(self)
+        request_done(conn, self)  # conn.request_done(self), its common case in C++
 
     def _timeout(self) -> None:
         # Only while nothing was written: a response that has started
