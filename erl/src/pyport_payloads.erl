@@ -23,24 +23,28 @@
 %%   `pwrite' and wraps the frame in LENT `[14, Id, Token, Base, Frame]'.
 %%   Without a free region (or file) the request is encoded again with
 %%   the binaries in the frame.
-%%   The owner gives the region back when the request is answered
-%%   (answered/1) or its OS process exits (teardown/2).
+%%   The region is the caller's until the owner has the request
+%%   (adopt/2; the file server frees it if the caller dies first), then
+%%   the owner's until the answer (answered/1) or the OS process's exit
+%%   (teardown/2).
 %% - Answers: the worker writes big binaries into an answer region, marks
 %%   it busy in the header and sends placeholders with absolute offsets;
 %%   the caller's decoder reads them (read/5) and clears the mark once the
 %%   whole answer is decoded (done/0). An answer nobody waits for any more
-%%   is released unread by the owner (drop/3).
+%%   (its caller timed out, drop/3, or died, bind/2) is released unread by
+%%   the owner.
 %%
 %% The file's one descriptor belongs to a small process of its own per
 %% worker (the file server, file_loop/1), started by the port owner: it
 %% creates the file, and callers ask it to write a request's binaries and
 %% to read an answer's (messages carry the binaries by reference, no
-%% copy). So nobody uses a handle it did not open, callers never wait on
-%% each other's use of a handle (the server queues them), and the
-%% descriptor closes with the server, which ends with its owner. The file
-%% server also holds each answer region for the one decode that reads it,
-%% until that decode is done (or its process dies): another answer naming
-%% the region meanwhile is refused. An answer is bound to the file server
+%% copy). So nobody uses a handle it did not open, callers queue at the
+%% server instead of colliding on a busy handle, a caller killed
+%% mid-operation holds nothing up, and the descriptor closes with the
+%% server, which ends with its owner. The file server also holds each
+%% answer region for the one decode that reads it, until that decode is
+%% done (or its process dies): another answer naming the region meanwhile
+%% is refused. An answer is bound to the file server
 %% of the OS process that sent it (bind/1), not to the slot: read after
 %% that process was replaced, it finds its file gone, not the next one's.
 -module(pyport_payloads).
@@ -480,8 +484,8 @@ ask(Server, Op, Arg) ->
 file_init(Owner, Path, SlotSize, Atomics) ->
     OwnerMon = erlang:monitor(process, Owner),
     Dir = filename:dirname(Path),
-    ok = file:make_dir(Dir),
     try
+        ok = file:make_dir(Dir),
         ok = file:change_mode(Dir, 8#700),
         %% exclusive: O_EXCL, so nothing that was there before is opened.
         {ok, Fd} = file:open(Path, [raw, read, write, binary, exclusive]),

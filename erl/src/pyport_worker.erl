@@ -4,7 +4,7 @@
 %%
 %% <ul>
 %% <li>Requests arrive already encoded by the caller
-%%   (`{'$pyport', Alias, Id, Deadline, Frame}', see {@link pyport_request});
+%%   (`{'$pyport', Alias, Id, Deadline, Frame, Caller}', see {@link pyport_request});
 %%   the frame goes to the port and `Id => {Alias, Deadline}' is remembered.
 %%   An answer is routed by reading only its frame head; the undecoded rest
 %%   goes to the caller's alias, which decodes it on its own scheduler.</li>
@@ -270,8 +270,6 @@ handle_cast(_Msg, State) ->
 
 %% @private
 -spec handle_info(term(), #state{}) -> {noreply, #state{}} | {stop, term(), #state{}}.
-handle_info({'$pyport', Alias, Id, Deadline, Frame}, State) ->
-    {noreply, pyport_worker_requests:request(Alias, Id, Deadline, Frame, State)};
 handle_info({'$pyport', Alias, Id, Deadline, Frame, Caller}, State) ->
     pyport_payloads:caller(Alias, Caller),
     {noreply, pyport_worker_requests:request(Alias, Id, Deadline, Frame, State)};

@@ -46,6 +46,8 @@ request1(Alias, Id, Deadline, Frame, #state{status = Status} = State) ->
         true ->
             %% The caller has given up already; tell it anyway in case it is
             %% a spawn_call whose await runs longer than the call's timeout.
+            %% Not sent: its payload region (if any) is free again.
+            pyport_payloads:answered(Id),
             finish(Alias, {error, timeout}, State),
             State;
         false when Status =:= up, map_size(State#state.kill_timers) =:= 0 ->
@@ -95,6 +97,7 @@ request(Id, Entry, Frame, State) ->
 request1(Id, Entry, Frame, #state{status = Status} = State) ->
     case expired(entry_deadline(Entry), now_ms()) of
         true ->
+            pyport_payloads:answered(Id),
             finish_entry(Entry, {error, timeout}, State),
             State;
         false when Status =:= up, map_size(State#state.kill_timers) =:= 0 ->
@@ -203,8 +206,9 @@ flush_queue({{value, Item}, Rest}, _Now, #state{status = Status} = State) when S
 flush_queue({{value, {cast, Frame}}, Rest}, Now, State) ->
     _ = pyport_worker_writer:send_frame(State#state.port, Frame),
     flush_queue(queue:out(Rest), Now, sent(State));
-flush_queue({{value, {call, Alias, _Id, Deadline, _Frame}}, Rest}, Now, State)
+flush_queue({{value, {call, Alias, Id, Deadline, _Frame}}, Rest}, Now, State)
   when is_integer(Deadline), Deadline < Now ->
+    pyport_payloads:answered(Id),
     finish(Alias, {error, timeout}, State),
     flush_queue(queue:out(Rest), Now, State);
 flush_queue({{value, {call, Alias, Id, Deadline, Frame}}, Rest}, Now, State) ->
@@ -214,6 +218,7 @@ flush_queue({{value, {call, Alias, Id, Deadline, Frame}}, Rest}, Now, State) ->
 flush_queue({{value, {req, Id, Entry, Frame}}, Rest}, Now, State) ->
     case expired(entry_deadline(Entry), Now) of
         true ->
+            pyport_payloads:answered(Id),
             finish_entry(Entry, {error, timeout}, State),
             flush_queue(queue:out(Rest), Now, State);
         false ->
@@ -343,8 +348,13 @@ purge_expired(#state{pending = Pending, queue = Q} = State) ->
     [finish_queued(Item, {error, timeout}, State1) || Item <- Dropped],
     State1#state{queue = queue:from_list(Kept)}.
 
-finish_queued({call, Alias, _, _, _}, Reply, State) -> finish(Alias, Reply, State);
-finish_queued({req, _, Entry, _}, Reply, State) -> finish_entry(Entry, Reply, State);
+%% Never sent: a payload region it holds is free again.
+finish_queued({call, Alias, Id, _, _}, Reply, State) ->
+    pyport_payloads:answered(Id),
+    finish(Alias, Reply, State);
+finish_queued({req, Id, Entry, _}, Reply, State) ->
+    pyport_payloads:answered(Id),
+    finish_entry(Entry, Reply, State);
 finish_queued({cast, _}, _Reply, _State) -> ok.
 
 %% Every request, written or queued, answered `{error, {worker_exited, Detail}}'.

@@ -14,7 +14,8 @@
          threshold_option/1, big_payloads_leave_no_memory/1, recycled_worker_new_file/1,
          answer_after_restart_reads_no_new_file/1, region_held_by_another_answer/1,
          file_grown_by_the_worker/1, callers_killed_mid_write/1,
-         no_descriptor_left_after_restarts/1, node_end_leaves_nothing/1]).
+         no_descriptor_left_after_restarts/1, node_end_leaves_nothing/1,
+         unsent_requests_give_regions_back/1]).
 
 -define(M, payload_helpers).
 -define(MAX, (16 * 1024 * 1024)).
@@ -28,7 +29,8 @@ all() ->
      sandboxed_pools_keep_the_pipe, threshold_option, big_payloads_leave_no_memory,
      recycled_worker_new_file, answer_after_restart_reads_no_new_file,
      region_held_by_another_answer, file_grown_by_the_worker, callers_killed_mid_write,
-     no_descriptor_left_after_restarts, node_end_leaves_nothing].
+     no_descriptor_left_after_restarts, node_end_leaves_nothing,
+     unsent_requests_give_regions_back].
 
 init_per_suite(Config) ->
     Data = filename:join(filename:dirname(code:which(?MODULE)), "pyport_payloads_SUITE_data"),
@@ -407,6 +409,33 @@ node_end_leaves_nothing(Config) ->
               {ok, Shm} = file:list_dir("/dev/shm"),
               ?assertEqual([], [N || N <- Shm, lists:prefix("pyport-" ++ NodeOs ++ "-", N)])
       end, [stop, kill]).
+
+%% A request placed in the file that its owner never sends (its deadline
+%% passed before the owner got it) gives its region back; so does one
+%% whose caller died before the owner got it.
+unsent_requests_give_regions_back(_Config) ->
+    {ok, #{opts := Opts, counters := C} = Info} = pyport_pool:info(payloads),
+    {ok, #{pid := Owner}} = pyport:worker_info({payloads, 1}),
+    [{_, _, _, _, Atomics, _, _}] = ets:lookup(pyport_payloads, {payloads, 1}),
+    B = crypto:strong_rand_bytes(300000),
+    Place = fun(Id) ->
+                    ok = pyport_payloads:encoding(Opts),
+                    P = pyport_payloads:placeholder(B, 1),
+                    {ok, Frame} = pyport_payloads:place(Info, 1, Id, [P]),
+                    Frame
+            end,
+    Id = erlang:unique_integer([positive]),
+    Frame = Place(Id),
+    ?assertEqual(1, atomics:get(Atomics, 9)),
+    counters:add(C, 1, 1),
+    Alias = erlang:alias([reply]),
+    Owner ! {'$pyport', Alias, Id, erlang:monotonic_time(millisecond) - 1000, Frame, self()},
+    receive {Alias, Reply} -> ?assertEqual({error, timeout}, Reply) after 5000 -> ct:fail(no_reply) end,
+    ?assertEqual(0, atomics:get(Atomics, 9)),
+    %% Placed by a caller that dies before sending.
+    {Caller, Mon} = spawn_monitor(fun() -> Place(erlang:unique_integer([positive])) end),
+    receive {'DOWN', Mon, process, Caller, normal} -> ok end,
+    pyport_test_util:wait_until(fun() -> atomics:get(Atomics, 9) =:= 0 end).
 
 pyport_test_util_os_pid(Peer, Slot) ->
     {ok, #{os_pid := OsPid}} = peer:call(Peer, pyport, worker_info, [{p, Slot}]),
