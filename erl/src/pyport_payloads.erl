@@ -50,7 +50,7 @@
 -module(pyport_payloads).
 
 -export([init_table/0, setup/3, teardown/2, adopt/2, answered/1, drop/3, bind/1, bind/2,
-         caller/2]).
+         caller/2, forget/1]).
 -export([encoding/1, place/4, limits/2, read/5, done/0]).
 -export([placeholder/2, cancel/0, unplace/3]).
 
@@ -260,6 +260,13 @@ caller(Alias, Caller) ->
         undefined -> ok;
         _ -> put({?CALLER, Alias}, Caller), ok
     end.
+
+%% @doc The call to Alias was abandoned (its caller timed out): its
+%% answer is dropped (drop/3), not sent.
+-spec forget(reference()) -> ok.
+forget(Alias) ->
+    _ = erase({?CALLER, Alias}),
+    ok.
 
 %% @doc bind/1 for a call's answer to Alias; an answer whose caller died
 %% (killed: one that timed out is handled by drop/3) has its answer

@@ -255,7 +255,8 @@ cancel(Id, #state{pending = Pending, queue = Q} = State) ->
             %% Its caller gave up (and counted it): interrupted like a call.
             cancel_timer(Timer),
             interrupt(Id, State#state{pending = Pending#{Id := {abandoned, Deadline}}});
-        #{Id := {_Alias, Deadline}} ->
+        #{Id := {Alias, Deadline}} ->
+            pyport_payloads:forget(Alias),
             interrupt(Id, State#state{pending = Pending#{Id := {abandoned, Deadline}}});
         #{} ->
             %% Not sent yet: it never will be.

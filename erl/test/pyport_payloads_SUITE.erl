@@ -198,7 +198,11 @@ abandoned_answers_give_regions_back(_Config) ->
     {In, _} = port_bytes(payloads),
     ?assertEqual({ok, pattern(N)}, call(make, [N])),
     {In1, _} = port_bytes(payloads),
-    ?assert(In1 - In < 4096).
+    ?assert(In1 - In < 4096),
+    %% The owner remembers nothing of them.
+    {ok, #{pid := Owner}} = pyport:worker_info({payloads, 1}),
+    {dictionary, Dict} = process_info(Owner, dictionary),
+    ?assertEqual([], [K || {{'$pyport_payload_caller', _} = K, _} <- Dict]).
 
 %% A sandboxed pool keeps the pipe: its workers could not open the file.
 sandboxed_pools_keep_the_pipe(_Config) ->
