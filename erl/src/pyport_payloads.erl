@@ -292,7 +292,7 @@ drop(Reply, _Pool, _Slot) ->
 drop(Reply) ->
     case bind(Reply) of
         {?RESULT, Rest, Source} when is_binary(Rest) ->
-            Limits = (limits(Source, pyport_limits:process()))#{payload_mode => release},
+            Limits = limits(Source, (pyport_limits:process())#{payload_mode => release}),
             _ = pyport_codec:decode_fields(1, Rest, Limits),
             ok;
         _ ->
