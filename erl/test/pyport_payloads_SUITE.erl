@@ -15,7 +15,7 @@
          answer_after_restart_reads_no_new_file/1, region_held_by_another_answer/1,
          file_grown_by_the_worker/1, callers_killed_mid_write/1,
          no_descriptor_left_after_restarts/1, node_end_leaves_nothing/1,
-         unsent_requests_give_regions_back/1]).
+         unsent_requests_give_regions_back/1, all_answer_regions_marked/1]).
 
 -define(M, payload_helpers).
 -define(MAX, (16 * 1024 * 1024)).
@@ -30,7 +30,7 @@ all() ->
      recycled_worker_new_file, answer_after_restart_reads_no_new_file,
      region_held_by_another_answer, file_grown_by_the_worker, callers_killed_mid_write,
      no_descriptor_left_after_restarts, node_end_leaves_nothing,
-     unsent_requests_give_regions_back].
+     unsent_requests_give_regions_back, all_answer_regions_marked].
 
 init_per_suite(Config) ->
     Data = filename:join(filename:dirname(code:which(?MODULE)), "pyport_payloads_SUITE_data"),
@@ -440,6 +440,23 @@ unsent_requests_give_regions_back(_Config) ->
     {Caller, Mon} = spawn_monitor(fun() -> Place(erlang:unique_integer([positive])) end),
     receive {'DOWN', Mon, process, Caller, normal} -> ok end,
     pyport_test_util:wait_until(fun() -> atomics:get(Atomics, 9) =:= 0 end).
+
+%% A worker whose answer regions are all marked busy (and never cleared,
+%% since no answer names them) answers through the pipe: nothing waits
+%% for a free region, in the worker or in the node.
+all_answer_regions_marked(_Config) ->
+    {ok, _} = call(mark_all_answer_regions, []),
+    N = 2 * 1024 * 1024,
+    {In, _} = port_bytes(payloads),
+    ?assertEqual({ok, pattern(N)}, call(make, [N])),
+    {In1, _} = port_bytes(payloads),
+    ?assert(In1 - In > N),
+    %% Arguments still go through the file.
+    B = crypto:strong_rand_bytes(N),
+    {_, Out} = port_bytes(payloads),
+    ?assertEqual({ok, [<<"bytes">>, N]}, call(kind, [{bytes, B}])),
+    {_, Out1} = port_bytes(payloads),
+    ?assert(Out1 - Out < 4096).
 
 pyport_test_util_os_pid(Peer, Slot) ->
     {ok, #{os_pid := OsPid}} = peer:call(Peer, pyport, worker_info, [{p, Slot}]),

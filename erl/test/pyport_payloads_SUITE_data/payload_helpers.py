@@ -88,3 +88,9 @@ def resize_payloads(n: int) -> int:
 def payload_file_path() -> str:
     """Where the payload file was (its name is unlinked: ' (deleted)')."""
     return os.readlink(f"/proc/self/fd/{_payload_fd()}")
+
+
+def mark_all_answer_regions() -> None:
+    """Hostile code marking every answer region busy (the 8-byte words at
+    64 + 8 * k of the header), so that no answer region is ever free."""
+    os.pwrite(_payload_fd(), b"\xff" * 64, 64)
