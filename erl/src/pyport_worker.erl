@@ -670,7 +670,15 @@ error_text(Rest) ->
 first_start(State) ->
     case spawn_os_process(State) of
         {ok, #state{port = Port, opts = #{start_timeout := Ms}} = State1} ->
-            await_ready(Port, now_ms() + Ms, State1);
+            case await_ready(Port, now_ms() + Ms, State1) of
+                {ok, _} = Ready ->
+                    Ready;
+                {error, _} = Error ->
+                    %% No terminate/2 follows a failed init/1: the payload
+                    %% file made at its hello goes now.
+                    pyport_payloads:teardown(State1#state.pool, State1#state.slot),
+                    Error
+            end;
         {error, _} = Error ->
             Error
     end.

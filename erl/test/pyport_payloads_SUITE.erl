@@ -193,16 +193,24 @@ abandoned_answers_give_regions_back(_Config) ->
                   py:call(?M, stubborn, [{bytes, pattern(N)}, 0.2], #{},
                           #{pool => payloads, timeout => 50}))
      || _ <- lists:seq(1, 10)],
-    %% Their answers come late, each after the interrupted one's.
-    timer:sleep(500),
-    {In, _} = port_bytes(payloads),
-    ?assertEqual({ok, pattern(N)}, call(make, [N])),
-    {In1, _} = port_bytes(payloads),
-    ?assert(In1 - In < 4096),
+    %% Their answers come late, each after the interrupted one's, and the
+    %% owner gives their regions back as they come: soon a big answer
+    %% travels through the file again (not through the pipe), however
+    %% loaded the machine is.
+    ?assert(through_the_file(N, 50)),
     %% The owner remembers nothing of them.
     {ok, #{pid := Owner}} = pyport:worker_info({payloads, 1}),
     {dictionary, Dict} = process_info(Owner, dictionary),
     ?assertEqual([], [K || {{'$pyport_payload_caller', _} = K, _} <- Dict]).
+
+through_the_file(_N, 0) ->
+    false;
+through_the_file(N, Tries) ->
+    timer:sleep(100),
+    {In, _} = port_bytes(payloads),
+    ?assertEqual({ok, pattern(N)}, call(make, [N])),
+    {In1, _} = port_bytes(payloads),
+    In1 - In < 4096 orelse through_the_file(N, Tries - 1).
 
 %% A sandboxed pool keeps the pipe: its workers could not open the file.
 sandboxed_pools_keep_the_pipe(_Config) ->
