@@ -62,7 +62,6 @@
 %% erlang_python's contexts and pool registrations (pyport_contexts).
 -export([start_contexts/0, start_contexts/1, stop_contexts/0, contexts_started/0,
          register_pool/2, unregister_pool/1, execution_mode/0, subinterp_supported/0]).
--export([call_fields/4]).
 %% Objects kept in the worker: the section at the end of the file.
 -export([call_method/3, call_method/4, getattr/2, to_term/1, is_ref/1, release/1]).
 %% Erlang for Python: registered functions, shared state, pub/sub, logging
@@ -724,15 +723,6 @@ get_traces() ->
 clear_traces() ->
     pyport_trace:clear().
 
-%%%===================================================================
-%%% For pyport's own modules
-%%%===================================================================
-
-%% @private The fields of a CALL frame; throws `{error, Reason}' for a bad
-%% argument (pyport_args).
--spec call_fields(name(), name(), [term()], map()) -> [term()].
-call_fields(Module, Function, Args, Kwargs) ->
-    pyport_args:call_fields(Module, Function, Args, Kwargs).
 
 %% ---- channels, buffers, shared state, imports and venvs (docs/channels.md) ----
 

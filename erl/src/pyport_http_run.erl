@@ -26,7 +26,7 @@ asgi(Module, Callable, Scope, Body, Opts) when is_map(Scope), is_binary(Body), i
 asgi_async(Module, Callable, Scope, Body, Opts) when is_map(Scope), is_binary(Body), is_map(Opts) ->
     case async_options(maps:to_list(Opts), default, default) of
         {ok, Pool, Timeout} ->
-            Fields = py:call_fields('erlang._http_run', run_asgi,
+            Fields = pyport_args:call_fields('erlang._http_run', run_asgi,
                                     [name(Module), name(Callable), Scope, Body], #{}),
             Caller = self(),
             Ref = make_ref(),

@@ -100,7 +100,7 @@ shape(#{code := Code} = Job, #{call_timeout := DefaultTimeout, fresh_worker := F
                                   infinity -> Options0;
                                   _ -> Options0#{timeout => Timeout}
                               end,
-                    Fields = py:call_fields(<<"erlang._jobs">>, <<"run_job">>,
+                    Fields = pyport_args:call_fields(<<"erlang._jobs">>, <<"run_job">>,
                                             [Src, maps:get(input, Job, none), Options], #{}),
                     {ok, Fields, call_timeout(Timeout)}
             end

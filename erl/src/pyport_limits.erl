@@ -20,7 +20,11 @@
 
 -type limits() :: #{atoms := pyport_atoms:budget(),
                     max_terms := pos_integer() | infinity,
-                    max_bytes := pos_integer() | infinity}.
+                    max_bytes := pos_integer() | infinity,
+                    %% Where an answer's ext 7 placeholders are read
+                    %% (pyport_payloads:limits/2), and whether they are.
+                    payloads => pyport_payloads:source(),
+                    payload_mode => read | release}.
 
 -define(KEY, '$pyport_decode_limits').
 %% The default max_frame_size (pyport_config:defaults/0).

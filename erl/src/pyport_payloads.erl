@@ -23,24 +23,35 @@
 %%   `pwrite' and wraps the frame in LENT `[14, Id, Token, Base, Frame]'.
 %%   Without a free region (or file) the request is encoded again with
 %%   the binaries in the frame.
-%%   The owner gives the region back when the request is answered
-%%   (answered/1) or its OS process exits (teardown/2).
+%%   The region is the caller's until the owner has the request
+%%   (adopt/2; the file server frees it if the caller dies first), then
+%%   the owner's until the answer (answered/1) or the OS process's exit
+%%   (teardown/2).
 %% - Answers: the worker writes big binaries into an answer region, marks
 %%   it busy in the header and sends placeholders with absolute offsets;
 %%   the caller's decoder reads them (read/5) and clears the mark once the
 %%   whole answer is decoded (done/0). An answer nobody waits for any more
-%%   is released unread by the owner (drop/3).
+%%   (its caller timed out, drop/3, or died, bind/2) is released unread by
+%%   the owner.
 %%
-%% The file's one descriptor is opened by the port owner; callers use it
-%% through a copy of the handle naming themselves as owner (the raw file
-%% NIF itself checks nothing: the check is in prim_file's Erlang code),
-%% which costs no open per request and cannot outlive the file: a handle
-%% whose file was closed fails with `{error, _}', and the caller then uses
-%% the pipe (arguments) or reports the answer unreadable.
+%% The file's one descriptor belongs to a small process of its own per
+%% worker (the file server, file_loop/1), started by the port owner: it
+%% creates the file, and callers ask it to write a request's binaries and
+%% to read an answer's (messages carry the binaries by reference, no
+%% copy). So nobody uses a handle it did not open, callers queue at the
+%% server instead of colliding on a busy handle, a caller killed
+%% mid-operation holds nothing up, and the descriptor closes with the
+%% server, which ends with its owner. The file server also holds each
+%% answer region for the one decode that reads it, until that decode is
+%% done (or its process dies): another answer naming the region meanwhile
+%% is refused. An answer is bound to the file server
+%% of the OS process that sent it (bind/1), not to the slot: read after
+%% that process was replaced, it finds its file gone, not the next one's.
 -module(pyport_payloads).
 
--export([init_table/0, setup/3, teardown/2, answered/1, drop/3]).
--export([encoding/1, place/4, limits/3, read/5, done/0]).
+-export([init_table/0, setup/3, teardown/2, adopt/2, answered/1, drop/3, bind/1, bind/2,
+         caller/2, forget/1]).
+-export([encoding/1, place/4, limits/2, read/5, done/0]).
 -export([placeholder/2, cancel/0, unplace/3]).
 
 -define(TABLE, pyport_payloads).
@@ -48,23 +59,31 @@
 -define(STATES_AT, 64).
 -define(IN_SLOTS, 8).
 -define(OUT_SLOTS, 8).
-%% Tries of an operation the file's handle refuses while another process
-%% uses it (see io/1).
--define(BUSY_TRIES, 10000).
+%% How long the owner waits for its file server to create the file.
+-define(CREATE_TIMEOUT, 5000).
 -define(EXT_PAYLOAD, 7).
 -define(LENT, 14).
+-define(RESULT, 16).
+%% A request region's word once the owner has the request (adopt/2): the
+%% request's id with this bit.
+-define(ADOPTED, (1 bsl 63)).
 %% The default of the pool option payload_threshold (pyport_config):
 %% measured, docs/performance.md.
 -define(DEFAULT_THRESHOLD, 256 * 1024).
 %% Process dictionary keys: the encoder's placeholders (a caller, between
 %% encoding/1 and place/4), the answer regions a decode read (done/0), and
-%% the owner's atomics (answered/1).
+%% the owner's atomics and file (answered/1, bind/1).
 -define(BLOBS, '$pyport_payload_blobs').
 -define(READ, '$pyport_payload_read').
 -define(OWNER, '$pyport_payload_owner').
--define(OPENED, '$pyport_payload_opened').
+%% The owner's: {?CALLER, Alias} => the process that decodes that call's
+%% answer.
+-define(CALLER, '$pyport_payload_caller').
 
--type source() :: {atom(), pos_integer()}.
+%% Where an answer's placeholders are read: the file server of the OS
+%% process that sent it, its region size and max_frame_size.
+-type source() :: {pid(), pos_integer(), pos_integer()}.
+-export_type([source/0]).
 
 %% @doc Creates the node's table of payload files (one row per worker that
 %% has one). Called by pyport_sup, which owns it.
@@ -86,20 +105,20 @@ setup(Pool, Slot, Opts) ->
         Threshold ->
             Max = maps:get(max_frame_size, Opts),
             SlotSize = (Max + 4095) div 4096 * 4096,
-            try create(SlotSize) of
-                {Path, Fds} ->
+            %% One per request region (the id of the request holding it,
+            %% with ?ADOPTED once its owner has it; or 0), then how many are
+            %% held.
+            Atomics = atomics:new(?IN_SLOTS + 1, [{signed, false}]),
+            case start_file(SlotSize, Atomics) of
+                {ok, Server, Path} ->
                     Token = rand:uniform(1 bsl 62),
-                    %% One per request region (the id of the request holding
-                    %% it, or 0), then how many are held.
-                    Atomics = atomics:new(?IN_SLOTS + 1, [{signed, false}]),
-                    true = ets:insert(?TABLE, {{Pool, Slot}, Fds, Token, SlotSize, Atomics, Max,
+                    true = ets:insert(?TABLE, {{Pool, Slot}, Server, Token, SlotSize, Atomics, Max,
                                                Path}),
-                    put(?OWNER, Atomics),
+                    put(?OWNER, {Atomics, {Server, SlotSize, Max}}),
                     [{payloads, {control, <<"payloads">>,
                                  [unicode:characters_to_binary(Path), Token, SlotSize,
-                                  ?IN_SLOTS, ?OUT_SLOTS, Threshold]}}]
-            catch
-                error:Why ->
+                                  ?IN_SLOTS, ?OUT_SLOTS, Threshold]}}];
+                {error, Why} ->
                     logger:warning("pyport worker ~tp/~b: no payload file (~tp): big binaries "
                                    "use the pipe", [Pool, Slot, Why],
                                    #{domain => [pyport, payloads]}),
@@ -117,7 +136,9 @@ threshold(Opts) ->
         infinity -> undefined
     end.
 
-create(SlotSize) ->
+%% The file server: created here, the file made by it (so that the
+%% descriptor is its own).
+start_file(SlotSize, Atomics) ->
     Base = case os:getenv("PYPORT_PAYLOAD_DIR") of
                false -> "/dev/shm";
                D -> D
@@ -128,28 +149,28 @@ create(SlotSize) ->
                                                          [os:getpid(),
                                                           erlang:unique_integer([positive]),
                                                           rand:uniform(1 bsl 48)]))),
-    ok = file:make_dir(Dir),
-    ok = file:change_mode(Dir, 8#700),
     Path = filename:join(Dir, "payloads"),
-    Opened = fun(F) -> put(?OPENED, [F | get(?OPENED)]), F end,
-    put(?OPENED, []),
-    try
-        %% exclusive: O_EXCL, so nothing that was there before is opened.
-        {ok, Fd} = file:open(Path, [raw, read, write, binary, exclusive]),
-        Opened(Fd),
-        ok = file:change_mode(Path, 8#600),
-        {ok, _} = file:position(Fd, ?HEADER + (?IN_SLOTS + ?OUT_SLOTS) * SlotSize),
-        ok = file:truncate(Fd),
-        erase(?OPENED),
-        {Path, {Fd}}
-    catch
-        error:Why ->
-            %% Out of descriptors, say: give back those taken.
-            _ = [file:close(F) || F <- erase(?OPENED)],
-            _ = file:delete(Path),
-            _ = file:del_dir(Dir),
-            error(Why)
+    Owner = self(),
+    {Server, Mon} = spawn_monitor(fun() -> file_init(Owner, Path, SlotSize, Atomics) end),
+    receive
+        {Server, created} ->
+            erlang:demonitor(Mon, [flush]),
+            {ok, Server, Path};
+        {'DOWN', Mon, process, Server, Why} ->
+            {error, Why}
+    after ?CREATE_TIMEOUT ->
+            exit(Server, kill),
+            erlang:demonitor(Mon, [flush]),
+            remove(Path),
+            {error, timeout}
     end.
+
+remove(Path) ->
+    %% The worker unlinked them when it opened the file; not if it died
+    %% first.
+    _ = file:delete(Path),
+    _ = file:del_dir(filename:dirname(Path)),
+    ok.
 
 %% @doc The worker's payload file is gone (its OS process exited, or the
 %% owner stops): the regions go with it.
@@ -157,18 +178,41 @@ create(SlotSize) ->
 teardown(Pool, Slot) ->
     erase(?OWNER),
     case ets:take(?TABLE, {Pool, Slot}) of
-        [{_, Fds, _, _, _, _, Path}] ->
-            %% Closed by whichever process tears down: a new gen_server of
-            %% the slot finds the row of one that died (and whose handles
-            %% the runtime closed with it: then this fails, harmlessly).
-            _ = [catch file:close(as_mine(Fd)) || Fd <- tuple_to_list(Fds)],
-            %% The worker unlinked them when it opened the file; not if it
-            %% died first.
-            _ = file:delete(Path),
-            _ = file:del_dir(filename:dirname(Path)),
-            ok;
+        [{_, Server, _, _, _, _, Path}] ->
+            %% A new gen_server of the slot may find the row of one that
+            %% died: its server ended with it.
+            Server ! stop,
+            remove(Path);
         [] ->
             ok
+    end.
+
+%% @doc The port owner got call Id's frame: a region its caller took for
+%% it is the owner's from now on (freed by answered/1), no longer the
+%% caller's (freed by the file server if the caller dies before its
+%% request reaches the owner). `lost': the caller died and the region was
+%% freed, or it belongs to the file of an OS process since replaced; the
+%% frame must not be sent.
+-spec adopt(pos_integer(), iodata()) -> ok | lost.
+adopt(Id, [<<16#95, ?LENT>> | _]) ->
+    case get(?OWNER) of
+        {Atomics, {Server, _, _}} ->
+            case adopt(Atomics, Id, ?IN_SLOTS) of
+                {ok, I} -> Server ! {adopted, I, Id}, ok;
+                lost -> lost
+            end;
+        undefined ->
+            lost
+    end;
+adopt(_, _) ->
+    ok.
+
+adopt(_, _, 0) ->
+    lost;
+adopt(Atomics, Id, I) ->
+    case atomics:compare_exchange(Atomics, I, Id, Id bor ?ADOPTED) of
+        ok -> {ok, I};
+        _ -> adopt(Atomics, Id, I - 1)
     end.
 
 %% @doc The port owner got the answer to request Id: the region its
@@ -178,7 +222,7 @@ answered(Id) ->
     case get(?OWNER) of
         undefined ->
             ok;
-        Atomics ->
+        {Atomics, _} ->
             %% Nearly every answer: no region is held, nothing to scan.
             case atomics:get(Atomics, ?IN_SLOTS + 1) of
                 0 -> ok;
@@ -189,28 +233,71 @@ answered(Id) ->
 release_in(_, _, 0) ->
     ok;
 release_in(Atomics, Id, I) ->
-    case atomics:get(Atomics, I) of
-        Id ->
+    case atomics:get(Atomics, I) bxor Id of
+        X when X =:= 0; X =:= ?ADOPTED ->
             atomics:put(Atomics, I, 0),
             atomics:sub(Atomics, ?IN_SLOTS + 1, 1);
         _ ->
             release_in(Atomics, Id, I - 1)
     end.
 
+%% @doc Called by the port owner on a RESULT it forwards: the answer names
+%% this OS process's file (read/5 later reads that file, or finds it gone,
+%% never the file of the process that replaced it).
+-spec bind(term()) -> term().
+bind({?RESULT, Rest} = Reply) ->
+    case get(?OWNER) of
+        {_, Source} -> {?RESULT, Rest, Source};
+        undefined -> Reply
+    end;
+bind(Reply) ->
+    Reply.
+
+%% @doc The port owner got a call whose answer Caller decodes (bind/2).
+-spec caller(reference(), pid()) -> ok.
+caller(Alias, Caller) ->
+    case get(?OWNER) of
+        undefined -> ok;
+        _ -> put({?CALLER, Alias}, Caller), ok
+    end.
+
+%% @doc The call to Alias was abandoned (its caller timed out): its
+%% answer is dropped (drop/3), not sent.
+-spec forget(reference()) -> ok.
+forget(Alias) ->
+    _ = erase({?CALLER, Alias}),
+    ok.
+
+%% @doc bind/1 for a call's answer to Alias; an answer whose caller died
+%% (killed: one that timed out is handled by drop/3) has its answer
+%% regions released unread.
+-spec bind(reference(), term()) -> term().
+bind(Alias, Reply) ->
+    case erase({?CALLER, Alias}) of
+        Caller when is_pid(Caller) ->
+            case is_process_alive(Caller) of
+                true -> bind(Reply);
+                false -> drop(Reply), Reply
+            end;
+        _ ->
+            bind(Reply)
+    end.
+
 %% @doc An answer nobody waits for (its caller gave up): the answer
 %% regions it names are released without being read.
 -spec drop(term(), atom(), pos_integer()) -> ok.
-drop({16, Rest}, Pool, Slot) when is_binary(Rest) ->
-    case ets:member(?TABLE, {Pool, Slot}) of
-        true ->
-            Limits = limits(Pool, Slot, (pyport_limits:process())#{payload_mode => release}),
+drop(Reply, _Pool, _Slot) ->
+    drop(Reply).
+
+drop(Reply) ->
+    case bind(Reply) of
+        {?RESULT, Rest, Source} when is_binary(Rest) ->
+            Limits = limits(Source, (pyport_limits:process())#{payload_mode => release}),
             _ = pyport_codec:decode_fields(1, Rest, Limits),
             ok;
-        false ->
+        _ ->
             ok
-    end;
-drop(_, _, _) ->
-    ok.
+    end.
 
 %%%===================================================================
 %%% Callers: arguments
@@ -267,11 +354,11 @@ place(#{name := Pool} = Info, Slot, Id, Frame) ->
 
 lent(Pool, Slot, Id, Total, Blobs, Frame) ->
     case ets:lookup(?TABLE, {Pool, Slot}) of
-        [{_, Fds, Token, SlotSize, Atomics, _, _}] when Total =< SlotSize ->
+        [{_, Server, Token, SlotSize, Atomics, _, _}] when Total =< SlotSize ->
             case claim(Atomics, Id, ?IN_SLOTS) of
                 {ok, I} ->
                     Base = ?HEADER + (I - 1) * SlotSize,
-                    case io(fun() -> file:pwrite(as_mine(element(1, Fds)), Base, Blobs) end) of
+                    case ask(Server, write, {I, Id, Base, Blobs}) of
                         ok ->
                             Size = iolist_size(Frame),
                             {ok, [<<16#95, ?LENT>>, int(Id), int(Token), int(Base),
@@ -310,108 +397,193 @@ int(I) when I < 16#10000 -> <<16#cd, I:16>>;
 int(I) when I < 16#100000000 -> <<16#ce, I:32>>;
 int(I) -> <<16#cf, I:64>>.
 
-%% The owner's raw file handle, usable by this process.
-as_mine({file_descriptor, prim_file, #{} = M}) ->
-    {file_descriptor, prim_file, M#{owner => self()}}.
-
 %%%===================================================================
 %%% Callers: answers
 %%%===================================================================
 
-%% @doc Decode limits for an answer of worker Slot of Pool: they name where
-%% its payload placeholders are read from.
--spec limits(atom(), pos_integer(), map()) -> map().
-limits(Pool, Slot, Limits) ->
-    Limits#{payloads => {Pool, Slot}}.
+%% @doc Decode limits for an answer read from Source (bind/1): they name
+%% where its payload placeholders are read from.
+-spec limits(source(), map()) -> map().
+limits(Source, Limits) ->
+    Limits#{payloads => Source}.
 
 %% @doc The binary an answer's placeholder names (called by the decoder),
 %% `{error, {bad_frame, Why}}' for a placeholder no honest worker writes:
-%% outside the answer regions, across two of them, past the file, or more
-%% in one answer than max_frame_size (`Left' is what the answer may still
-%% take). In `release' mode nothing is read.
+%% outside the answer regions, across two of them, past the file, in a
+%% region another answer is reading, or more in one answer than
+%% max_frame_size (`Left' is what the answer may still take). In `release'
+%% mode nothing is read.
 -spec read(source(), non_neg_integer(), non_neg_integer(), non_neg_integer() | undefined,
            read | release) ->
           {ok, binary(), non_neg_integer()} | {error, {bad_frame, term()}}.
-read(Source, Offset, Length, Left0, Mode) ->
-    case ets:lookup(?TABLE, Source) of
-        [{_, Fds, _, SlotSize, _, Max, _}] ->
-            Left = case Left0 of
-                       undefined -> Max;
-                       _ -> Left0
-                   end,
-            Lo = ?HEADER + ?IN_SLOTS * SlotSize,
-            K = (Offset - Lo) div SlotSize,
-            if
-                Length > Left ->
-                    {error, {bad_frame, {payload_too_large, Length, Max}}};
-                Offset < Lo; K >= ?OUT_SLOTS ->
-                    {error, {bad_frame, {payload_not_lent, Offset, Length}}};
-                Offset + Length > Lo + (K + 1) * SlotSize ->
-                    {error, {bad_frame, {payload_not_lent, Offset, Length}}};
-                true ->
-                    read_region(element(1, Fds), K, Offset, Length, Left, Mode)
-            end;
-        [] ->
-            {error, {bad_frame, {payload_without_file, Offset, Length}}}
-    end.
-
-read_region(Fd, K, Offset, Length, Left, Mode) ->
-    Read = case get(?READ) of
-               undefined -> [];
-               L -> L
+read({Server, SlotSize, Max}, Offset, Length, Left0, Mode) ->
+    Left = case Left0 of
+               undefined -> Max;
+               _ -> Left0
            end,
-    put(?READ, [{Fd, K} | Read]),
-    case Mode of
-        release ->
+    Lo = ?HEADER + ?IN_SLOTS * SlotSize,
+    K = (Offset - Lo) div SlotSize,
+    if
+        Length > Left ->
+            {error, {bad_frame, {payload_too_large, Length, Max}}};
+        Offset < Lo; K >= ?OUT_SLOTS ->
+            {error, {bad_frame, {payload_not_lent, Offset, Length}}};
+        Offset + Length > Lo + (K + 1) * SlotSize ->
+            {error, {bad_frame, {payload_not_lent, Offset, Length}}};
+        Mode =:= release ->
+            note_read(Server, K),
             {ok, <<>>, Left - Length};
-        read ->
-            case io(fun() -> file:pread(as_mine(Fd), Offset, Length) end) of
+        Length =:= 0 ->
+            %% Nothing to read: no trip to the file server.
+            {ok, <<>>, Left};
+        true ->
+            note_read(Server, K),
+            case ask(Server, read, {K, Offset, Length}) of
                 {ok, B} when byte_size(B) =:= Length ->
                     {ok, B, Left - Length};
                 {ok, B} ->
                     {error, {bad_frame, {payload_past_end, Offset, Length, byte_size(B)}}};
-                eof when Length =:= 0 ->
-                    {ok, <<>>, Left};
                 eof ->
                     {error, {bad_frame, {payload_past_end, Offset, Length, 0}}};
+                held ->
+                    {error, {bad_frame, {payload_not_lent, Offset, Length}}};
+                {error, gone} ->
+                    {error, {bad_frame, {payload_without_file, Offset, Length}}};
                 {error, Why} ->
                     {error, {bad_frame, {payload_unreadable, Why}}}
             end
     end.
 
-%% One operation on the file's one handle. The raw file NIF refuses
-%% (`einval') an operation on a handle while another process's is in
-%% progress, and callers share the handle: tried again after a yield. An
-%% operation always runs to its end in the NIF, so a caller killed
-%% meanwhile holds nothing up. A closed handle fails the same way, and
-%% gives up after ?BUSY_TRIES.
-io(Op) ->
-    io(Op, ?BUSY_TRIES).
+note_read(Server, K) ->
+    Read = case get(?READ) of
+               undefined -> [];
+               L -> L
+           end,
+    put(?READ, [{Server, K} | Read]).
 
-io(Op, Tries) ->
-    case Op() of
-        {error, einval} when Tries > 0 ->
-            erlang:yield(),
-            io(Op, Tries - 1);
-        Result ->
-            Result
-    end.
-
-%% @doc After a decode: the answer regions it read are the worker's again.
-%% Written by a process of its own, so that the caller has its value
-%% without waiting for one more trip to a dirty I/O scheduler; until then
-%% the worker uses another region (or the pipe).
+%% @doc After a decode: the answer regions it read are the worker's again
+%% (the file server clears their words; the caller does not wait).
 -spec done() -> ok.
 done() ->
     case erase(?READ) of
         undefined ->
             ok;
         Read ->
-            _ = spawn(fun() ->
-                              [io(fun() -> file:pwrite(as_mine(Fd), ?STATES_AT + 8 * K,
-                                                       <<0:64>>)
-                                  end)
-                               || {Fd, K} <- lists:usort(Read)]
-                      end),
+            _ = [Server ! {release, self(), [K || {S, K} <- Read, S =:= Server]}
+                 || Server <- lists:usort([S || {S, _} <- Read])],
             ok
     end.
+
+%%%===================================================================
+%%% The file server
+%%%===================================================================
+
+%% One request to the file server; `{error, gone}' when it has ended (its
+%% OS process exited). The alias drops a late answer.
+ask(Server, Op, Arg) ->
+    Mon = erlang:monitor(process, Server, [{alias, reply_demonitor}]),
+    Server ! {Op, Mon, self(), Arg},
+    receive
+        {Mon, Result} -> Result;
+        {'DOWN', Mon, process, Server, _} -> {error, gone}
+    end.
+
+file_init(Owner, Path, SlotSize, Atomics) ->
+    OwnerMon = erlang:monitor(process, Owner),
+    Dir = filename:dirname(Path),
+    try
+        ok = file:make_dir(Dir),
+        ok = file:change_mode(Dir, 8#700),
+        %% exclusive: O_EXCL, so nothing that was there before is opened.
+        {ok, Fd} = file:open(Path, [raw, read, write, binary, exclusive]),
+        ok = file:change_mode(Path, 8#600),
+        {ok, _} = file:position(Fd, ?HEADER + (?IN_SLOTS + ?OUT_SLOTS) * SlotSize),
+        ok = file:truncate(Fd),
+        Owner ! {self(), created},
+        file_loop(#{fd => Fd, owner => OwnerMon, path => Path, held => #{}, claims => #{},
+                    atomics => Atomics})
+    catch
+        error:Why ->
+            %% Out of descriptors, say: the descriptor closes with this
+            %% process.
+            remove(Path),
+            exit(Why)
+    end.
+
+%% Held: answer region => {the process decoding the answer that read it,
+%% its monitor}, until that decode is done. Claims: request region =>
+%% {the caller that wrote it, the request's id, its monitor}, until the
+%% owner has the request (adopt/2): a caller that dies before frees it.
+file_loop(#{fd := Fd, held := Held, claims := Claims} = S) ->
+    receive
+        {write, Mon, From, {I, Id, Base, Blobs}} ->
+            Mon ! {Mon, file:pwrite(Fd, Base, Blobs)},
+            %% Drop the references to the caller's binaries now.
+            garbage_collect(),
+            _ = unclaim(I, Claims),
+            file_loop(S#{claims := Claims#{I => {From, Id, erlang:monitor(process, From)}}});
+        {adopted, I, Id} ->
+            case Claims of
+                #{I := {_, Id, _}} ->
+                    _ = unclaim(I, Claims),
+                    file_loop(S#{claims := maps:remove(I, Claims)});
+                #{} ->
+                    file_loop(S)
+            end;
+        {read, Mon, From, {K, Offset, Length}} ->
+            case Held of
+                #{K := {Other, _}} when Other =/= From ->
+                    Mon ! {Mon, held},
+                    file_loop(S);
+                _ ->
+                    Mon ! {Mon, file:pread(Fd, Offset, Length)},
+                    garbage_collect(),
+                    Held1 = case Held of
+                                #{K := _} -> Held;
+                                #{} -> Held#{K => {From, erlang:monitor(process, From)}}
+                            end,
+                    file_loop(S#{held := Held1})
+            end;
+        {release, From, Ks} ->
+            file_loop(S#{held := release(Fd, From, lists:usort(Ks), Held)});
+        {'DOWN', Ref, process, _, _} when Ref =:= map_get(owner, S) ->
+            %% The owner died without a teardown.
+            remove(maps:get(path, S)),
+            exit(normal);
+        {'DOWN', _, process, From, _} ->
+            %% A decode that died before it was done; a caller that died
+            %% before its request reached the owner.
+            Mine = [K || {K, {P, _}} <- maps:to_list(Held), P =:= From],
+            Lost = [{I, Id} || {I, {P, Id, _}} <- maps:to_list(Claims), P =:= From],
+            Atomics = maps:get(atomics, S),
+            _ = [atomics:sub(Atomics, ?IN_SLOTS + 1, 1)
+                 || {I, Id} <- Lost, atomics:compare_exchange(Atomics, I, Id, 0) =:= ok],
+            file_loop(S#{held := release(Fd, From, Mine, Held),
+                         claims := maps:without([I || {I, _} <- Lost], Claims)});
+        stop ->
+            exit(normal);
+        _ ->
+            file_loop(S)
+    end.
+
+unclaim(I, Claims) ->
+    case Claims of
+        #{I := {_, _, M}} -> erlang:demonitor(M, [flush]);
+        #{} -> true
+    end.
+
+%% Regions read by From (or by nobody: an abandoned answer's) become the
+%% worker's again: their words are cleared.
+release(Fd, From, Ks, Held) ->
+    lists:foldl(fun(K, H) ->
+                        case H of
+                            #{K := {P, _}} when P =/= From ->
+                                H;
+                            _ ->
+                                _ = file:pwrite(Fd, ?STATES_AT + 8 * K, <<0:64>>),
+                                case maps:take(K, H) of
+                                    {{_, M}, H1} -> erlang:demonitor(M, [flush]), H1;
+                                    error -> H
+                                end
+                        end
+                end, Held, Ks).

@@ -231,7 +231,8 @@ send_call(Pid, Id, Frame, #{pool := Pool, slot := Slot, call_timeout := CallTime
             #{} ->
                 ok
         end,
-    Pid ! {'$pyport', Alias, Id, Deadline, Frame},
+    %% self(): the process that decodes the answer (pyport_payloads:bind/2).
+    Pid ! {'$pyport', Alias, Id, Deadline, Frame, self()},
     case What of
         none -> ok;
         {K, F} -> pyport_telemetry:call_start(Pool, Slot, K, F, Start)
@@ -657,13 +658,21 @@ placed(Info, Slot, Id, Frame, Again) ->
 
 %% @doc Decodes an answer the worker's gen_server forwarded undecoded:
 %% `{Kind, Rest}' of a RESULT or ERROR frame.
--spec decode_reply({pos_integer(), binary()} | {error, term()}, atom(), pos_integer()) ->
+-spec decode_reply({pos_integer(), binary()} | {pos_integer(), binary(), term()} | {error, term()},
+                   atom(), pos_integer()) ->
           result().
 decode_reply(Reply, Pool, Slot) ->
     reply(Reply, Pool, Slot).
 
 reply({?RESULT, Rest}, Pool, Slot) ->
-    Limits = pyport_payloads:limits(Pool, Slot, pyport_pool:decode_limits(Pool)),
+    reply({?RESULT, Rest, none}, Pool, Slot);
+reply({?RESULT, Rest, Payloads}, Pool, _Slot) ->
+    %% Payloads: the payload file of the OS process that answered
+    %% (pyport_payloads:bind/1), if it has one.
+    Limits = case Payloads of
+                 none -> pyport_pool:decode_limits(Pool);
+                 _ -> pyport_payloads:limits(Payloads, pyport_pool:decode_limits(Pool))
+             end,
     case pyport_codec:decode_fields(1, Rest, Limits) of
         {ok, [Value]} -> {ok, Value};
         {error, _} = Error -> Error

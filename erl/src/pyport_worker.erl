@@ -4,7 +4,7 @@
 %%
 %% <ul>
 %% <li>Requests arrive already encoded by the caller
-%%   (`{'$pyport', Alias, Id, Deadline, Frame}', see {@link pyport_request});
+%%   (`{'$pyport', Alias, Id, Deadline, Frame, Caller}', see {@link pyport_request});
 %%   the frame goes to the port and `Id => {Alias, Deadline}' is remembered.
 %%   An answer is routed by reading only its frame head; the undecoded rest
 %%   goes to the caller's alias, which decodes it on its own scheduler.</li>
@@ -270,7 +270,8 @@ handle_cast(_Msg, State) ->
 
 %% @private
 -spec handle_info(term(), #state{}) -> {noreply, #state{}} | {stop, term(), #state{}}.
-handle_info({'$pyport', Alias, Id, Deadline, Frame}, State) ->
+handle_info({'$pyport', Alias, Id, Deadline, Frame, Caller}, State) ->
+    pyport_payloads:caller(Alias, Caller),
     {noreply, pyport_worker_requests:request(Alias, Id, Deadline, Frame, State)};
 handle_info({'$pyport_output', Id, GroupLeader}, State) ->
     pyport_output:expect(Id, GroupLeader),
@@ -669,7 +670,15 @@ error_text(Rest) ->
 first_start(State) ->
     case spawn_os_process(State) of
         {ok, #state{port = Port, opts = #{start_timeout := Ms}} = State1} ->
-            await_ready(Port, now_ms() + Ms, State1);
+            case await_ready(Port, now_ms() + Ms, State1) of
+                {ok, _} = Ready ->
+                    Ready;
+                {error, _} = Error ->
+                    %% No terminate/2 follows a failed init/1: the payload
+                    %% file made at its hello goes now.
+                    pyport_payloads:teardown(State1#state.pool, State1#state.slot),
+                    Error
+            end;
         {error, _} = Error ->
             Error
     end.

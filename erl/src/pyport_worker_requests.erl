@@ -29,11 +29,25 @@
 request(Alias, _Id, _Deadline, _Frame, #state{status = stopping} = State) ->
     finish(Alias, {error, {worker_exited, shutdown}}, State),
     State;
-request(Alias, Id, Deadline, Frame, #state{status = Status} = State) ->
+request(Alias, Id, Deadline, Frame, State) ->
+    case pyport_payloads:adopt(Id, Frame) of
+        ok ->
+            request1(Alias, Id, Deadline, Frame, State);
+        lost ->
+            %% Its payload region is gone (pyport_payloads): a caller still
+            %% waiting sends it again with the binaries in the frame.
+            finish(Alias, {error, {'PayloadError', <<"LENT frame for another payload file">>}},
+                   State),
+            State
+    end.
+
+request1(Alias, Id, Deadline, Frame, #state{status = Status} = State) ->
     case expired(Deadline, now_ms()) of
         true ->
             %% The caller has given up already; tell it anyway in case it is
             %% a spawn_call whose await runs longer than the call's timeout.
+            %% Not sent: its payload region (if any) is free again.
+            pyport_payloads:answered(Id),
             finish(Alias, {error, timeout}, State),
             State;
         false when Status =:= up, map_size(State#state.kill_timers) =:= 0 ->
@@ -61,7 +75,7 @@ finish(abandoned, Reply, #state{info = #{counters := C}, slot = Slot} = State) -
     pyport_payloads:drop(Reply, State#state.pool, Slot),
     counters:sub(C, Slot, 1);
 finish(Alias, Reply, #state{info = #{counters := C}, slot = Slot}) ->
-    Alias ! {Alias, Reply},
+    Alias ! {Alias, pyport_payloads:bind(Alias, Reply)},
     counters:sub(C, Slot, 1).
 
 %% A task or stream: written at once when the OS process takes work, else
@@ -70,9 +84,20 @@ finish(Alias, Reply, #state{info = #{counters := C}, slot = Slot}) ->
 request(_Id, Entry, _Frame, #state{status = stopping} = State) ->
     finish_entry(Entry, {error, {worker_exited, shutdown}}, State),
     State;
-request(Id, Entry, Frame, #state{status = Status} = State) ->
+request(Id, Entry, Frame, State) ->
+    case pyport_payloads:adopt(Id, Frame) of
+        ok ->
+            request1(Id, Entry, Frame, State);
+        lost ->
+            finish_entry(Entry, {error, {'PayloadError', <<"LENT frame for another payload file">>}},
+                         State),
+            State
+    end.
+
+request1(Id, Entry, Frame, #state{status = Status} = State) ->
     case expired(entry_deadline(Entry), now_ms()) of
         true ->
+            pyport_payloads:answered(Id),
             finish_entry(Entry, {error, timeout}, State),
             State;
         false when Status =:= up, map_size(State#state.kill_timers) =:= 0 ->
@@ -181,8 +206,9 @@ flush_queue({{value, Item}, Rest}, _Now, #state{status = Status} = State) when S
 flush_queue({{value, {cast, Frame}}, Rest}, Now, State) ->
     _ = pyport_worker_writer:send_frame(State#state.port, Frame),
     flush_queue(queue:out(Rest), Now, sent(State));
-flush_queue({{value, {call, Alias, _Id, Deadline, _Frame}}, Rest}, Now, State)
+flush_queue({{value, {call, Alias, Id, Deadline, _Frame}}, Rest}, Now, State)
   when is_integer(Deadline), Deadline < Now ->
+    pyport_payloads:answered(Id),
     finish(Alias, {error, timeout}, State),
     flush_queue(queue:out(Rest), Now, State);
 flush_queue({{value, {call, Alias, Id, Deadline, Frame}}, Rest}, Now, State) ->
@@ -192,6 +218,7 @@ flush_queue({{value, {call, Alias, Id, Deadline, Frame}}, Rest}, Now, State) ->
 flush_queue({{value, {req, Id, Entry, Frame}}, Rest}, Now, State) ->
     case expired(entry_deadline(Entry), Now) of
         true ->
+            pyport_payloads:answered(Id),
             finish_entry(Entry, {error, timeout}, State),
             flush_queue(queue:out(Rest), Now, State);
         false ->
@@ -228,7 +255,8 @@ cancel(Id, #state{pending = Pending, queue = Q} = State) ->
             %% Its caller gave up (and counted it): interrupted like a call.
             cancel_timer(Timer),
             interrupt(Id, State#state{pending = Pending#{Id := {abandoned, Deadline}}});
-        #{Id := {_Alias, Deadline}} ->
+        #{Id := {Alias, Deadline}} ->
+            pyport_payloads:forget(Alias),
             interrupt(Id, State#state{pending = Pending#{Id := {abandoned, Deadline}}});
         #{} ->
             %% Not sent yet: it never will be.
@@ -321,8 +349,13 @@ purge_expired(#state{pending = Pending, queue = Q} = State) ->
     [finish_queued(Item, {error, timeout}, State1) || Item <- Dropped],
     State1#state{queue = queue:from_list(Kept)}.
 
-finish_queued({call, Alias, _, _, _}, Reply, State) -> finish(Alias, Reply, State);
-finish_queued({req, _, Entry, _}, Reply, State) -> finish_entry(Entry, Reply, State);
+%% Never sent: a payload region it holds is free again.
+finish_queued({call, Alias, Id, _, _}, Reply, State) ->
+    pyport_payloads:answered(Id),
+    finish(Alias, Reply, State);
+finish_queued({req, Id, Entry, _}, Reply, State) ->
+    pyport_payloads:answered(Id),
+    finish_entry(Entry, Reply, State);
 finish_queued({cast, _}, _Reply, _State) -> ok.
 
 %% Every request, written or queued, answered `{error, {worker_exited, Detail}}'.
@@ -437,7 +470,8 @@ answer_entry(Id, {stream, _, _, _, _} = Entry, {?RESULT, _}, State) ->
     %% A stream is not answered with RESULT: the worker broke the protocol.
     finish_entry(Entry, {error, {protocol_error, {unexpected_frame, ?RESULT, Id}}}, State);
 answer_entry(_Id, Entry, Reply, State) ->
-    finish_entry(Entry, pyport_request:decode_reply(Reply, State#state.pool, State#state.slot),
+    finish_entry(Entry, pyport_request:decode_reply(pyport_payloads:bind(Reply), State#state.pool,
+                                                    State#state.slot),
                  State).
 
 

@@ -77,3 +77,20 @@ def stubborn(x: object, seconds: float) -> object:
 def payload_file_bytes() -> int:
     """Bytes of memory the payload file holds (its allocated blocks)."""
     return os.fstat(_payload_fd()).st_blocks * 512
+
+
+def resize_payloads(n: int) -> int:
+    """Hostile code growing (sparse) or shrinking the payload file."""
+    os.ftruncate(_payload_fd(), n)
+    return os.fstat(_payload_fd()).st_size
+
+
+def payload_file_path() -> str:
+    """Where the payload file was (its name is unlinked: ' (deleted)')."""
+    return os.readlink(f"/proc/self/fd/{_payload_fd()}")
+
+
+def mark_all_answer_regions() -> None:
+    """Hostile code marking every answer region busy (the 8-byte words at
+    64 + 8 * k of the header), so that no answer region is ever free."""
+    os.pwrite(_payload_fd(), b"\xff" * 64, 64)
