@@ -267,8 +267,8 @@ bool body(PyObject* conn, PyObject* ev) {
 // -1: error.
 int after_events_idle(PyObject* conn, PyObject* parser) {
   bool idle_flag = false, upgrade_flag = false;
-  int upgrade = http_module::state(parser, idle_flag, upgrade_flag) ? upgrade_flag
-                                                                    : truth(parser, kUpgrade);
+  int upgrade =
+      http_module::state(parser, idle_flag, upgrade_flag) ? upgrade_flag : truth(parser, kUpgrade);
   if (upgrade != 0) return upgrade < 0 ? -1 : 0;
   PyRef kind = get(conn, kDeadlineKind);
   if (!kind) return -1;
@@ -418,9 +418,8 @@ PyObject* setup(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 // set is iterated (_iterating non-empty), else discards. The set stays a
 // WeakSet: all_tasks(), iteration and its other methods are unchanged.
 struct WeakSetOps {
-  PyObject_HEAD
-  PyObject* selfref;  // a weak reference to the set, as WeakSet's closure
-  PyObject* remove;   // the bound _remove, the callback of every ref
+  PyObject_HEAD PyObject* selfref;  // a weak reference to the set, as WeakSet's closure
+  PyObject* remove;                 // the bound _remove, the callback of every ref
 };
 
 PyObject* ws_names[4];  // data, _pending_removals, _iterating, _commit_removals

@@ -6,8 +6,8 @@
 #include <cstddef>
 #include <cstring>
 
-#include "http_request_parser.hpp"
 #include "http_fields.hpp"
+#include "http_request_parser.hpp"
 #include "py_ref.hpp"
 
 namespace pyport {
@@ -317,7 +317,8 @@ PyObject* send_whole_body(PyObject* req, PyObject* conn, PyObject* message, bool
     } while (v != 0);
     std::memcpy(length_line, "content-length: ", 16);
     length_n = 16;
-    while (k > 0) length_line[length_n++] = digits[--k];
+    while (k > 0)
+      length_line[length_n++] = digits[--k];
     length_line[length_n++] = '\r';
     length_line[length_n++] = '\n';
   }

@@ -19,24 +19,53 @@ struct Spec {
 
 // _Request: __init__'s five, then what were its class defaults.
 const Spec kRequestSpecs[] = {
-    {"conn", kUnset},        {"scope", kUnset},          {"method_head", kUnset},
-    {"keep_alive", kUnset},  {"expect_continue", kUnset}, {"chunks", kNone},
-    {"buffered", kZero},     {"body_done", kFalse},       {"delivered_end", kFalse},
-    {"waiter", kNone},       {"started", kFalse},         {"complete", kFalse},
-    {"status", kZero},       {"chunked", kFalse},         {"no_body", kFalse},
-    {"task", kNone},         {"length_left", kMinusOne},  {"chunked_declared", kFalse},
-    {"_head", kNone},        {"broken", kFalse},          {"timed_out", kFalse},
-    {"started_at", kZeroFloat}, {"sent_bytes", kZero},    {"own_response", kFalse},
+    {"conn", kUnset},
+    {"scope", kUnset},
+    {"method_head", kUnset},
+    {"keep_alive", kUnset},
+    {"expect_continue", kUnset},
+    {"chunks", kNone},
+    {"buffered", kZero},
+    {"body_done", kFalse},
+    {"delivered_end", kFalse},
+    {"waiter", kNone},
+    {"started", kFalse},
+    {"complete", kFalse},
+    {"status", kZero},
+    {"chunked", kFalse},
+    {"no_body", kFalse},
+    {"task", kNone},
+    {"length_left", kMinusOne},
+    {"chunked_declared", kFalse},
+    {"_head", kNone},
+    {"broken", kFalse},
+    {"timed_out", kFalse},
+    {"started_at", kZeroFloat},
+    {"sent_bytes", kZero},
+    {"own_response", kFalse},
 };
 // HttpConnection: what its C++ paths read per request (__init__ sets them).
 const Spec kConnSpecs[] = {
-    {"server", kUnset},        {"app", kUnset},          {"loop", kUnset},
-    {"transport", kUnset},     {"parser", kUnset},       {"pipeline", kUnset},
-    {"pending_error", kUnset}, {"reading", kUnset},      {"lost", kUnset},
-    {"eof", kUnset},           {"closing", kUnset},      {"read_paused", kUnset},
-    {"buffered", kUnset},      {"timer_when", kUnset},   {"request_timeout", kUnset},
-    {"keepalive_timeout", kUnset}, {"access_log", kUnset}, {"_time", kUnset},
-    {"deadline", kUnset},      {"deadline_kind", kUnset},
+    {"server", kUnset},
+    {"app", kUnset},
+    {"loop", kUnset},
+    {"transport", kUnset},
+    {"parser", kUnset},
+    {"pipeline", kUnset},
+    {"pending_error", kUnset},
+    {"reading", kUnset},
+    {"lost", kUnset},
+    {"eof", kUnset},
+    {"closing", kUnset},
+    {"read_paused", kUnset},
+    {"buffered", kUnset},
+    {"timer_when", kUnset},
+    {"request_timeout", kUnset},
+    {"keepalive_timeout", kUnset},
+    {"access_log", kUnset},
+    {"_time", kUnset},
+    {"deadline", kUnset},
+    {"deadline_kind", kUnset},
 };
 constexpr int kRequestCount = sizeof kRequestSpecs / sizeof kRequestSpecs[0];
 constexpr int kConnCount = sizeof kConnSpecs / sizeof kConnSpecs[0];
@@ -65,7 +94,8 @@ PyObject* Fields_new(PyTypeObject* type, PyObject*, PyObject*) {
   for (const BaseInfo& b : bases) {
     if (b.type && PyType_IsSubtype(type, b.type)) {
       auto* fields = reinterpret_cast<Fields*>(self);
-      for (int i = 0; i < b.count; ++i) fields->f[i] = Py_XNewRef(b.defaults[i]);
+      for (int i = 0; i < b.count; ++i)
+        fields->f[i] = Py_XNewRef(b.defaults[i]);
       break;
     }
   }
@@ -75,14 +105,16 @@ PyObject* Fields_new(PyTypeObject* type, PyObject*, PyObject*) {
 int Fields_traverse(PyObject* self, visitproc visit, void* arg) {
   auto* fields = reinterpret_cast<Fields*>(self);
   int n = count_of(Py_TYPE(self));
-  for (int i = 0; i < n; ++i) Py_VISIT(fields->f[i]);
+  for (int i = 0; i < n; ++i)
+    Py_VISIT(fields->f[i]);
   return 0;
 }
 
 int Fields_clear(PyObject* self) {
   auto* fields = reinterpret_cast<Fields*>(self);
   int n = count_of(Py_TYPE(self));
-  for (int i = 0; i < n; ++i) Py_CLEAR(fields->f[i]);
+  for (int i = 0; i < n; ++i)
+    Py_CLEAR(fields->f[i]);
   return 0;
 }
 
@@ -179,13 +211,26 @@ bool add_to(PyObject* module) {
           static_cast<Py_ssize_t>(offsetof(Fields, f) + i * sizeof(PyObject*)), 0, nullptr};
       PyObject* v = nullptr;
       switch (b.specs[i].dflt) {
-        case kUnset: break;
-        case kNone: v = Py_NewRef(Py_None); break;
-        case kFalse: v = Py_NewRef(Py_False); break;
-        case kZero: v = PyLong_FromLong(0); break;
-        case kMinusOne: v = PyLong_FromLong(-1); break;
-        case kZeroFloat: v = PyFloat_FromDouble(0.0); break;
-        case kEmptyStr: v = PyUnicode_FromString(""); break;
+        case kUnset:
+          break;
+        case kNone:
+          v = Py_NewRef(Py_None);
+          break;
+        case kFalse:
+          v = Py_NewRef(Py_False);
+          break;
+        case kZero:
+          v = PyLong_FromLong(0);
+          break;
+        case kMinusOne:
+          v = PyLong_FromLong(-1);
+          break;
+        case kZeroFloat:
+          v = PyFloat_FromDouble(0.0);
+          break;
+        case kEmptyStr:
+          v = PyUnicode_FromString("");
+          break;
       }
       if (b.specs[i].dflt != kUnset && v == nullptr) return false;
       Py_XSETREF(b.defaults[i], v);

@@ -22,8 +22,7 @@ namespace http_fields {
 enum Base { kRequest = 0, kConn = 1 };
 extern PyTypeObject* registered[2];  // by register_fields(cls)
 struct FieldsObject {
-  PyObject_HEAD
-  PyObject* f[1];  // as many as the base has fields
+  PyObject_HEAD PyObject* f[1];  // as many as the base has fields
 };
 inline PyObject** field(PyObject* o, Base base, int index) {
   if (index < 0 || Py_TYPE(o) != registered[base]) return nullptr;

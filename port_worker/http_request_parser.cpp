@@ -719,7 +719,6 @@ PyObject* init() {
   return module.release();
 }
 
-
 PyObject* feed(PyObject* parser, PyObject* data) {
   if (parser_type == nullptr || Py_TYPE(parser) != parser_type) {
     static PyObject* name = PyUnicode_InternFromString("feed");
