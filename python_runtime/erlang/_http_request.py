@@ -8,7 +8,6 @@ import asyncio
 import collections.abc
 import logging
 import os
-from collections import deque
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 from urllib.parse import quote
 
