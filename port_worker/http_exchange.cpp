@@ -100,38 +100,20 @@ const char* const kNames[] = {"conn",
                               "popleft",
                               "clear"};
 static_assert(sizeof kNames / sizeof kNames[0] == kNameCount, "a name per Name");
-PyObject* names[kNameCount];
+http_fields::Names<kNameCount> names;
 PyObject* empty_bytes;
 PyObject* empty_tuple;
 PyObject* reasons;  // status -> reason phrase (bytes), from setup()
 PyObject* done;     // the awaitable of a send that completed
 
-// The field itself for a _Request or HttpConnection (http_fields.hpp).
-int request_field[kNameCount];
-int conn_field[kNameCount];
-PyObject** field_of(PyObject* o, Name n) {
-  PyObject** p = http_fields::field(o, http_fields::kRequest, request_field[n]);
-  return p ? p : http_fields::field(o, http_fields::kConn, conn_field[n]);
-}
-
 PyRef get(PyObject* o, Name n) {
-  PyObject** p = field_of(o, n);
-  if (p != nullptr && *p != nullptr) return PyRef::borrow(*p);
-  return PyRef::steal(PyObject_GetAttr(o, names[n]));
+  return names.get(o, n);
 }
-
-// 1 true, 0 false, -1 error.
 int truth(PyObject* o, Name n) {
-  PyRef v = get(o, n);
-  return v ? PyObject_IsTrue(v.get()) : -1;
-}
-
+  return names.truth(o, n);
+}  // 1, 0, -1 error
 bool set(PyObject* o, Name n, PyObject* v) {
-  if (PyObject** p = field_of(o, n)) {
-    Py_XSETREF(*p, Py_NewRef(v));
-    return true;
-  }
-  return PyObject_SetAttr(o, names[n], v) == 0;
+  return names.set(o, n, v);
 }
 
 bool set_bool(PyObject* o, Name n, bool v) {
@@ -566,11 +548,7 @@ PyMethodDef setup_def = {"setup_exchange", setup, METH_O,
 namespace http_exchange {
 
 bool add_to(PyObject* module) {
-  for (int i = 0; i < kNameCount; ++i) {
-    request_field[i] = http_fields::index_of(http_fields::kRequest, kNames[i]);
-    conn_field[i] = http_fields::index_of(http_fields::kConn, kNames[i]);
-    if (!names[i] && !(names[i] = PyUnicode_InternFromString(kNames[i]))) return false;
-  }
+  if (!names.init(kNames)) return false;
   if (!empty_bytes && !(empty_bytes = PyBytes_FromStringAndSize("", 0))) return false;
   if (!empty_tuple && !(empty_tuple = PyTuple_New(0))) return false;
   if (!ready_type) {

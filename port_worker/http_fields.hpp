@@ -14,6 +14,8 @@
 
 #include <Python.h>
 
+#include "py_ref.hpp"
+
 namespace pyport {
 namespace http_fields {
 
@@ -31,6 +33,51 @@ inline PyObject** field(PyObject* o, Base base, int index) {
 
 // The index of the field named `name` in `base`, or -1.
 int index_of(Base base, const char* name);
+
+// One C++ file's table of attribute names (interned once) with the field
+// each names, if any: get/truth/set use the C field of a registered
+// _Request or HttpConnection and the attribute of any other object.
+template <int N>
+class Names {
+ public:
+  // Interns `spelled` and finds their fields; false on a Python error.
+  bool init(const char* const (&spelled)[N]) {
+    for (int i = 0; i < N; ++i) {
+      request_field_[i] = index_of(kRequest, spelled[i]);
+      conn_field_[i] = index_of(kConn, spelled[i]);
+      if (!str_[i] && !(str_[i] = PyUnicode_InternFromString(spelled[i]))) return false;
+    }
+    return true;
+  }
+  PyObject* operator[](int n) const { return str_[n]; }
+
+  PyRef get(PyObject* o, int n) const {
+    PyObject** p = field_of(o, n);
+    if (p != nullptr && *p != nullptr) return PyRef::borrow(*p);
+    return PyRef::steal(PyObject_GetAttr(o, str_[n]));
+  }
+  // 1 true, 0 false, -1 error.
+  int truth(PyObject* o, int n) const {
+    PyRef v = get(o, n);
+    return v ? PyObject_IsTrue(v.get()) : -1;
+  }
+  bool set(PyObject* o, int n, PyObject* v) const {
+    if (PyObject** p = field_of(o, n)) {
+      Py_XSETREF(*p, Py_NewRef(v));
+      return true;
+    }
+    return PyObject_SetAttr(o, str_[n], v) == 0;
+  }
+
+ private:
+  PyObject** field_of(PyObject* o, int n) const {
+    PyObject** p = field(o, kRequest, request_field_[n]);
+    return p ? p : field(o, kConn, conn_field_[n]);
+  }
+  PyObject* str_[N] = {};
+  int request_field_[N] = {};
+  int conn_field_[N] = {};
+};
 
 // Adds RequestFields, ConnFields and register_fields to the module.
 bool add_to(PyObject* module);

@@ -256,7 +256,7 @@ check_http(Name, #{app := App0} = Http) ->
     Bind0 = maps:get(bind, Http, <<"127.0.0.1:8000">>),
     AppOk = case Http of
                 #{mounts := _} when App0 =:= mounts_only -> {ok, <<>>};
-                #{} -> app(App0)
+                #{} -> pyport_http_mounts:app(App0)
             end,
     case {AppOk, parse_bind(Bind0)} of
         {error, _} ->
@@ -283,17 +283,6 @@ check_http(Name, #{mounts := M} = Http) when M =/= [] ->
     check_http(Name, Http#{app => mounts_only});
 check_http(Name, _) ->
     {error, {missing_http_option, Name, app}}.
-
-app(App) ->
-    case pyport_config:to_binary(App) of
-        {ok, Bin} ->
-            case binary:split(Bin, <<":">>) of
-                [<<_, _/binary>>, <<_, _/binary>>] -> {ok, Bin};
-                _ -> error
-            end;
-        error ->
-            error
-    end.
 
 check_server(_, [], Acc) ->
     {ok, Acc};

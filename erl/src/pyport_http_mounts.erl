@@ -4,7 +4,7 @@
 %% (`erlang._http._Mounts').
 -module(pyport_http_mounts).
 
--export([check/2]).
+-export([check/2, app/1]).
 
 -type mount() :: {Prefix :: iodata(), App :: iodata()}
                | {Prefix :: iodata(), App :: iodata(), #{interface => asgi | wsgi | auto}}.
@@ -75,6 +75,8 @@ prefix(P) ->
             error
     end.
 
+%% @doc An app spec, `"module:attr"' (both parts non-empty), as a binary.
+-spec app(term()) -> {ok, binary()} | error.
 app(App) ->
     case pyport_config:to_binary(App) of
         {ok, Bin} ->
