@@ -292,7 +292,7 @@ reload_load(Config, Name, Workers) ->
     try
         OsPids0 = os_pids(Name),
         Self = self(),
-        Clients = [spawn_link(fun() -> client(Self, Port, Kind, 0, 0) end)
+        Clients = [spawn_link(fun() -> pyport_http_load:client(Self, Port, "/api/r", Kind) end)
                    || Kind <- [keepalive, keepalive, keepalive, fresh, fresh, fresh]],
         timer:sleep(500),
         T0 = erlang:monotonic_time(millisecond),
@@ -319,68 +319,6 @@ os_pids(Name) ->
 %% A client that sends GETs until told to stop: `keepalive' reuses its
 %% connection until the server says `connection: close', `fresh' connects
 %% for each request. Any error, or an answer other than 200, is a failure.
-client(Parent, Port, Kind, Ok, Failed) ->
-    client(Parent, Port, Kind, undefined, Ok, Failed).
-
-client(Parent, Port, Kind, Sock0, Ok, Failed) ->
-    receive
-        stop ->
-            catch gen_tcp:close(Sock0),
-            Parent ! {self(), {Ok, Failed}}
-    after 0 ->
-            Sock = case Sock0 of
-                       undefined ->
-                           case gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {active, false}], 10000) of
-                               {ok, S} -> S;
-                               {error, _} = E -> E
-                           end;
-                       S -> S
-                   end,
-            case one(Sock, Kind) of
-                {ok, keep} -> client(Parent, Port, Kind, Sock, Ok + 1, Failed);
-                {ok, close} -> gen_tcp:close(Sock), client(Parent, Port, Kind, undefined, Ok + 1, Failed);
-                {error, Why} ->
-                    ct:pal("~p ~p request failed: ~p (fresh connection: ~p)", [erlang:system_time(millisecond) rem 100000, Kind, Why, Sock0 =:= undefined]),
-                    catch gen_tcp:close(Sock),
-                    client(Parent, Port, Kind, undefined, Ok, Failed + 1)
-            end
-    end.
-
-one({error, _} = E, _) ->
-    E;
-one(Sock, Kind) ->
-    Conn = case Kind of keepalive -> ""; fresh -> "Connection: close\r\n" end,
-    case gen_tcp:send(Sock, ["GET /api/r HTTP/1.1\r\nHost: t\r\n", Conn, "\r\n"]) of
-        ok -> response(Sock, <<>>);
-        {error, _} = E -> E
-    end.
-
-response(Sock, Acc) ->
-    case binary:split(Acc, <<"\r\n\r\n">>) of
-        [Head, Body] ->
-            Lines = binary:split(Head, <<"\r\n">>, [global]),
-            {match, [Len]} = re:run(Head, "content-length: (\\d+)", [caseless, {capture, [1], binary}]),
-            body(Sock, hd(Lines), Lines, binary_to_integer(Len), Body);
-        [_] ->
-            case gen_tcp:recv(Sock, 0, 10000) of
-                {ok, B} -> response(Sock, <<Acc/binary, B/binary>>);
-                {error, Why} -> {error, {Why, Acc}}
-            end
-    end.
-
-body(Sock, Status, Lines, Len, Body) when byte_size(Body) < Len ->
-    case gen_tcp:recv(Sock, 0, 10000) of
-        {ok, B} -> body(Sock, Status, Lines, Len, <<Body/binary, B/binary>>);
-        {error, Why} -> {error, {Why, body}}
-    end;
-body(_, <<"HTTP/1.1 200 ", _/binary>>, Lines, _, _) ->
-    case lists:member(<<"connection: close">>, Lines) of
-        true -> {ok, close};
-        false -> {ok, keep}
-    end;
-body(_, Status, _, _, _) ->
-    {error, Status}.
-
 reload_errors(_Config) ->
     {error, {no_http, nope}} = pyport:reload_http(nope),
     ok.
@@ -395,7 +333,7 @@ max_requests_recycles(Config) ->
     try
         OsPids0 = os_pids(web_mr),
         Self = self(),
-        Clients = [spawn_link(fun() -> client(Self, Port, Kind, 0, 0) end)
+        Clients = [spawn_link(fun() -> pyport_http_load:client(Self, Port, "/api/r", Kind) end)
                    || Kind <- [keepalive, keepalive, keepalive, fresh, fresh, fresh]],
         Deadline = erlang:monotonic_time(millisecond) + 20000,
         Replaced = fun Wait() ->
