@@ -752,6 +752,10 @@ ints(Bin, N, Acc) -> {Bin, N, Acc}.
 %% and how many values are left go through the process dictionary
 %% (?RUN, taken at once by ?ARRAY), as returning them from every level
 %% would cost a tuple each.
+run(<<16#cd, A:16, 16#cd, B:16, 16#cd, C:16, 16#cd, V:16, R/binary>>, N) when N >= 4 ->
+    [A, B, C, V | run(R, N - 4)];
+run(<<A, B, C, V, R/binary>>, N) when A < 16#80, B < 16#80, C < 16#80, V < 16#80, N >= 4 ->
+    [A, B, C, V | run(R, N - 4)];
 run(<<B, R/binary>>, N) when B < 16#80, N > 0 -> [B | run(R, N - 1)];
 run(<<16#cd, V:16, R/binary>>, N) when N > 0 -> [V | run(R, N - 1)];
 run(<<16#cc, V, R/binary>>, N) when N > 0 -> [V | run(R, N - 1)];
