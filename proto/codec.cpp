@@ -87,26 +87,15 @@ inline bool short_int(PyObject* o, int64_t& v) {
   v = int64_t(PyUnstable_Long_CompactValue(l));
 #else
   static_assert(PyLong_SHIFT == 30, "two digits must fit 60 bits");
-  Py_ssize_t size = Py_SIZE(o);  // digits, negative for a negative int
-  switch (size) {
-    case -1:
-      v = -int64_t(l->ob_digit[0]);
-      return true;
-    case 0:
-      v = 0;
-      return true;
-    case 1:
-      v = int64_t(l->ob_digit[0]);
-      return true;
-    case -2:
-    case 2: {
-      int64_t m = int64_t(l->ob_digit[1]) << PyLong_SHIFT | l->ob_digit[0];
-      v = size < 0 ? -m : m;
-      return true;
-    }
-    default:
-      return false;
+  Py_ssize_t size = Py_SIZE(o);   // digits, negative for a negative int
+  if (size >= -1 && size <= 1) {  // the common case first, without a table
+    v = size == 0 ? 0 : int64_t(size) * int64_t(l->ob_digit[0]);
+    return true;
   }
+  if (size != 2 && size != -2) return false;
+  int64_t m = int64_t(l->ob_digit[1]) << PyLong_SHIFT | l->ob_digit[0];
+  v = size < 0 ? -m : m;
+  return true;
 #endif
   return true;
 }
@@ -298,7 +287,7 @@ class Codec::Decoder {
   }
 
   // One element of a container: value(), with small integers first.
-  PyObject* element(mp::Reader& r, int depth) {
+  __attribute__((always_inline)) PyObject* element(mp::Reader& r, int depth) {
     if (!r.at_end()) {
       const uint8_t* p = r.cursor();
       long v;
