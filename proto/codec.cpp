@@ -286,17 +286,31 @@ class Codec::Decoder {
     return PyRef::steal(new_string(p, n, kind));
   }
 
+  // Reads an integer form of up to 32 bits if one is next (not at the end).
+  static bool int_here(mp::Reader& r, long& v) {
+    const uint8_t* p = r.cursor();
+    const uint8_t* next = read_small_int(p, p + r.remaining(), v);
+    if (next) r.skip(size_t(next - p));
+    return next != nullptr;
+  }
+
   // One element of a container: value(), with small integers first.
   __attribute__((always_inline)) PyObject* element(mp::Reader& r, int depth) {
-    if (!r.at_end()) {
-      const uint8_t* p = r.cursor();
-      long v;
-      if (const uint8_t* next = read_small_int(p, p + r.remaining(), v)) {
-        r.skip(size_t(next - p));
-        return small_int_object(v);
-      }
-    }
+    long v;
+    if (!r.at_end() && int_here(r, v)) return small_int_object(v);
     return value(r, depth).release();
+  }
+
+  // PyDict_SetItem, without hashing an int key read as `small`: an int's
+  // hash is its value below 2**61 - 1, except that -1 hashes to -2.
+  static int set_item(PyObject* dict, PyObject* key, PyObject* val, bool small_key, long small) {
+#if PY_VERSION_HEX < 0x030d0000
+    if (small_key) return _PyDict_SetItem_KnownHash(dict, key, val, small == -1 ? -2 : small);
+#else
+    (void)small_key;
+    (void)small;
+#endif
+    return PyDict_SetItem(dict, key, val);
   }
 
   // Small integers from element i on, read with a cursor of their own into
@@ -346,11 +360,18 @@ class Codec::Decoder {
     if (!dict) return {};
     for (uint64_t i = 0; i < n; ++i) {
       size_t key_at = r.offset();
-      PyRef key = PyRef::steal(element(r, depth + 1));
+      long small;
+      PyRef key;
+      bool small_key = !r.at_end() && int_here(r, small);
+      if (small_key) {
+        key = PyRef::steal(small_int_object(small));
+      } else {
+        key = value(r, depth + 1);
+      }
       if (!key) return {};
       PyRef val = PyRef::steal(element(r, depth + 1));
       if (!val) return {};
-      if (PyDict_SetItem(dict.get(), key.get(), val.get()) < 0) {
+      if (set_item(dict.get(), key.get(), val.get(), small_key, small) < 0) {
         if (!PyErr_ExceptionMatches(PyExc_TypeError)) return {};
         PyErr_Clear();  // an unhashable key (a list): malformed for Python
         r.fail_at(key_at, "map key of type " + type_name(key.get()) + " is unhashable");

@@ -296,6 +296,24 @@ BOOST_AUTO_TEST_CASE(int_runs_decode_every_form_and_stop_at_other_values) {
   BOOST_TEST(same_value(back.get(), wide.get(), why), why);
   // Equal values decode to equal ints whether cached or not.
   BOOST_TEST(same_value(decode_ok(encode_ok(back.get())).get(), wide.get(), why), why);
+  // Small int keys go in with their hash known (Decoder::set_item): lookups
+  // with ints Python made find each one (-1 hashes to -2, not -1).
+  PyRef keys =
+      py("{-1: 'a', -2: 'b', 0: 'c', 1: 'd', -33: 0, 65535: 1, 65536: 2, -32769: 3, 2**31-1: 4,"
+         " -2**31: 5, 2**32-1: 6, 2**40: 7, 2**64: 8, 'k': 9, 1.5: 10}");
+  PyRef keys_back = decode_ok(encode_ok(keys.get()));
+  BOOST_TEST(same_value(keys_back.get(), keys.get(), why), why);
+  BOOST_TEST(PyObject_RichCompareBool(keys_back.get(), keys.get(), Py_EQ) == 1);
+  BOOST_TEST(PyObject_RichCompareBool(keys.get(), keys_back.get(), Py_EQ) == 1);
+  PyRef found =
+      py("[k for k in (-1, -2, 0, 1, -33, 65535, 65536, -32769, 2**31-1, -2**31,"
+         " 2**32-1, 2**40, 2**64, 'k', 1.5)]");
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(found.get()); ++i) {
+    PyObject* k = PyList_GET_ITEM(found.get(), i);
+    BOOST_TEST_CONTEXT(repr(k)) {
+      BOOST_TEST(PyDict_GetItemWithError(keys_back.get(), k) != nullptr);
+    }
+  }
 }
 
 // Python code run while a list is encoded (a Term subclass's etf) may
