@@ -324,8 +324,16 @@ class Codec::Decoder {
     while (i < n && p < end) {
       long v;
       const uint8_t* next = read_small_int(p, end, v);
-      if (!next) break;
-      PyObject* item = small_int_object(v);
+      PyObject* item;
+      if (next) {
+        item = small_int_object(v);
+      } else if ((*p == 0xcf || *p == 0xd3) && end - p >= 9) {  // uint64, int64: as value()
+        uint64_t u = uint64_t(mp::load_be32(p + 1)) << 32 | mp::load_be32(p + 5);
+        item = *p == 0xcf ? PyLong_FromUnsignedLongLong(u) : PyLong_FromLongLong(int64_t(u));
+        next = p + 9;
+      } else {
+        break;
+      }
       if (!item) {
         ok = false;
         break;

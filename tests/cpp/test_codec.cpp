@@ -123,7 +123,8 @@ BOOST_AUTO_TEST_CASE(integers_inside_containers_at_every_boundary) {
           py("{2**32-1: -32, -32768: 255}").get(), why),
       why);
   // Truncated inside an array: the same message as for the value alone.
-  for (Bytes b : {Bytes{0xcd, 0x01}, Bytes{0xce, 0x00, 0x00}, Bytes{0xd2, 0x00}, Bytes{0xcc}}) {
+  for (Bytes b : {Bytes{0xcd, 0x01}, Bytes{0xce, 0x00, 0x00}, Bytes{0xd2, 0x00}, Bytes{0xcc},
+                  Bytes{0xcf, 0, 0, 0, 0, 0, 0, 0}, Bytes{0xd3, 0xff}}) {
     BOOST_TEST_CONTEXT(hex(b)) {
       std::string alone = decode_error(b);
       std::string inside = decode_error(cat({{0x91}, b}));
@@ -289,6 +290,15 @@ BOOST_AUTO_TEST_CASE(int_runs_decode_every_form_and_stop_at_other_values) {
                             .get(),
                         why),
              why);
+  // The 64-bit forms, in runs too (uint64 and int64 holding any value).
+  BOOST_TEST(
+      same_value(decode_ok({0x96, 0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xd3, 0x80,
+                            0,    0,    0,    0,    0,    0,    0,    0xcf, 0,    0,    0,    0,
+                            0,    0,    0,    5,    0xd3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                            0xff, 0x07, 0xd3, 0,    0,    0,    1,    0,    0,    0,    0})
+                     .get(),
+                 py("[2**64-1, -2**63, 5, -1, 7, 2**32]").get(), why),
+      why);
   // Every value of int16 and uint16 range, and past it, in one array.
   PyRef wide = py("list(range(-70000, 70000))");
   Bytes b = encode_ok(wide.get());
