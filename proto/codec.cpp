@@ -78,15 +78,16 @@ inline PyObject* small_int_object(long v) {
 
 // The value of an int of at most two CPython digits (|v| < 2**60; from
 // Python 3.12 on, of one digit: |v| < 2**30), read straight from the
-// object; false for any other int. Nearly every int is one of these, and
-// reading it needs no call. o is an int or an int subclass (same layout).
+// object; false for any other int, which the caller converts the general
+// way. Nearly every int is one of these, and reading it needs no call.
+// o is an int or an int subclass (same layout).
 inline bool short_int(PyObject* o, int64_t& v) {
   auto* l = reinterpret_cast<PyLongObject*>(o);
 #if PY_VERSION_HEX >= 0x030c0000
   if (!PyUnstable_Long_IsCompact(l)) return false;
   v = int64_t(PyUnstable_Long_CompactValue(l));
-#else
-  static_assert(PyLong_SHIFT == 30, "two digits must fit 60 bits");
+  return true;
+#elif PyLong_SHIFT == 30
   Py_ssize_t size = Py_SIZE(o);   // digits, negative for a negative int
   if (size >= -1 && size <= 1) {  // the common case first, without a table
     v = size == 0 ? 0 : int64_t(size) * int64_t(l->ob_digit[0]);
@@ -96,8 +97,11 @@ inline bool short_int(PyObject* o, int64_t& v) {
   int64_t m = int64_t(l->ob_digit[1]) << PyLong_SHIFT | l->ob_digit[0];
   v = size < 0 ? -m : m;
   return true;
+#else
+  (void)l;  // 15-bit digits: always the general way
+  (void)v;
+  return false;
 #endif
-  return true;
 }
 
 // The integer forms of up to 32 bits at p (p < end): stores the value in v
