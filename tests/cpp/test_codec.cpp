@@ -100,7 +100,7 @@ BOOST_AUTO_TEST_CASE(integers_at_every_format_boundary_match_msgpack_c) {
 }
 
 // Elements of lists and maps take a shorter path for integers up to 32
-// bits (codec.cpp, Decoder::small_int): every boundary, inside containers,
+// bits (codec.cpp, read_small_int): every boundary, inside containers,
 // in shortest and longer forms, and truncated, must read as value() does.
 BOOST_AUTO_TEST_CASE(integers_inside_containers_at_every_boundary) {
   PyRef list =
