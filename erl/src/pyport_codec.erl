@@ -507,7 +507,7 @@ ext_header(_, _, Term) -> error({unsupported_term, Term}).
 %% N values are still to be read into Acc (reversed) for the container being
 %% filled, D containers are open, Stack holds the open containers' parents as
 %% {array | map, N, Acc, Prefix} or {tuple, N, Acc, End, Start}, where
-%% Prefix is what run/2 or pair_run/2 read at the container's start: its
+%% Prefix is what run/2, float_run/2 or pair_run/2 read at the container's start: its
 %% first elements, or pairs, in order. The outermost
 %% "container" is the caller's list of N values with an empty Stack.
 %% C is a cache of atoms (see ext/11) which also holds the limits under
@@ -599,6 +599,15 @@ ext_header(_, _, Term) -> error({unsupported_term, Term}).
                             0 -> d(IR, N - 1, [Run | Acc], D, S, C, T - L, W - ?ARRAY_WORDS(L));
                             _ -> d(IR, IN, [], D + 1, [{array, N - 1, Acc, Run} | S], C,
                                    T - L, W - ?ARRAY_WORDS(L))
+                        end;
+                    <<16#cb, _/binary>> when L >= ?RUN_MIN, 2 * ?ARRAY_WORDS(L) =< W ->
+                        %% Floats take 2 words each: read when all L could be.
+                        Run = float_run(R1, L),
+                        {IR, IN} = erase(?RUN),
+                        W1 = W - ?ARRAY_WORDS(L) - 2 * (L - IN),
+                        case IN of
+                            0 -> d(IR, N - 1, [Run | Acc], D, S, C, T - L, W1);
+                            _ -> d(IR, IN, [], D + 1, [{array, N - 1, Acc, Run} | S], C, T - L, W1)
                         end;
                     _ ->
                         {IR, IN, IAcc} = ints(R1, L, []),
@@ -765,6 +774,17 @@ run(<<16#d1, V:16/signed, R/binary>>, N) when N > 0 -> [V | run(R, N - 1)];
 run(<<16#d2, V:32/signed, R/binary>>, N) when N > 0 -> [V | run(R, N - 1)];
 run(<<16#d0, V:8/signed, R/binary>>, N) when N > 0 -> [V | run(R, N - 1)];
 run(Bin, N) ->
+    _ = put(?RUN, {Bin, N}),
+    [].
+
+%% The float 64s at the start of an array's N values, likewise (a list of
+%% numbers from numpy or an embedding). NaN and the infinities do not
+%% match as floats: d/8 reads them, and what follows them.
+float_run(<<16#cb, A/float, 16#cb, B/float, 16#cb, C/float, 16#cb, V/float, R/binary>>, N)
+  when N >= 4 ->
+    [A, B, C, V | float_run(R, N - 4)];
+float_run(<<16#cb, V/float, R/binary>>, N) when N > 0 -> [V | float_run(R, N - 1)];
+float_run(Bin, N) ->
     _ = put(?RUN, {Bin, N}),
     [].
 

@@ -881,6 +881,35 @@ int_run_mixed_test_() ->
              ?assertEqual({ok, B1 ++ [<<"ab">>] ++ A1}, ?C:decode(Bytes))
      end || At <- lists:seq(0, 30)].
 
+%% Arrays that start with float 64s, with NaN, an infinity, a float 32 or
+%% another value at every position, and the budget of their heap words.
+float_run_test_() ->
+    Floats = [I * 0.25 - 3.0 || I <- lists:seq(1, 20)],
+    Odd = [{nan, <<16#cb, 16#7ff8000000000000:64>>}, {infinity, <<16#cb, 16#7ff0000000000000:64>>},
+           {neg_infinity, <<16#cb, 16#fff0000000000000:64>>}, {1.5, <<16#ca, 1.5:32/float>>},
+           {7, <<7>>}, {<<"s">>, <<16#a1, "s">>}],
+    [fun() ->
+             {Before, After} = lists:split(At, Floats),
+             Bytes = iolist_to_binary([array_header(21), [enc(F) || F <- Before], OddBytes,
+                                       [enc(F) || F <- After]]),
+             ?assertEqual({ok, Before ++ [OddTerm] ++ After}, ?C:decode(Bytes))
+     end || At <- lists:seq(0, 20), {OddTerm, OddBytes} <- Odd] ++
+        [?_assertEqual({ok, Floats}, ?C:decode(enc(Floats))),
+         %% 20 cells and 20 floats: 80 words.
+         ?_assertMatch({ok, _}, ?C:decode(enc(Floats), limits(20, 80 * 8))),
+         ?_assertEqual(too_large(max_decoded_bytes, 80 * 8 - 1),
+                       ?C:decode(enc(Floats), limits(20, 80 * 8 - 1))),
+         ?_assertEqual(too_large(max_decoded_bytes, 60 * 8),
+                       ?C:decode(enc(Floats ++ [1, 2]), limits(22, 60 * 8))),
+         ?_assertMatch({ok, _}, ?C:decode(enc(Floats ++ [1, 2]), limits(22, 84 * 8))),
+         %% The run's floats are charged: what follows them has the rest
+         %% (21 cells, 20 floats, then 10 cells: 102 words).
+         ?_assertMatch({ok, _}, ?C:decode(enc(Floats ++ [lists:seq(1, 10)]), limits(31, 102 * 8))),
+         ?_assertEqual(too_large(max_decoded_bytes, 101 * 8),
+                       ?C:decode(enc(Floats ++ [lists:seq(1, 10)]), limits(31, 101 * 8))),
+         ?_assertMatch({error, {bad_msgpack, {truncated, 12}}},
+                       ?C:decode(binary:part(enc(Floats), 0, 15)))].
+
 %% Maps whose pairs are integers, with a non-integer key or value at every
 %% position; a repeated key keeps its last value wherever it is.
 int_pair_run_test_() ->
