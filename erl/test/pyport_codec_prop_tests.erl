@@ -8,7 +8,7 @@
 %% the few macros used here are defined below exactly as proper.hrl does.
 -module(pyport_codec_prop_tests).
 
--export([term/0, normalise/1]).
+-export([term/0, normalise/1, reference/1]).
 
 %% Before eunit.hrl, whose ?LET is only defined when absent.
 -define(FORALL(X, Gen, Prop), proper:forall(Gen, fun(X) -> Prop end)).
@@ -37,12 +37,16 @@ mutation_test_() -> quickcheck(prop_mutation()).
 random_bytes_test_() -> quickcheck(prop_random_bytes()).
 budget_bytes_test_() -> quickcheck(prop_budget_bytes()).
 budget_terms_test_() -> quickcheck(prop_budget_terms()).
+long_list_bytes_test_() -> quickcheck(prop_long_list_bytes(), 150).
 
 %% long_result makes a failing property return its counterexample, which
 %% assertEqual then shows.
 quickcheck(Prop) ->
+    quickcheck(Prop, ?NUMTESTS).
+
+quickcheck(Prop, NumTests) ->
     {timeout, ?TIMEOUT,
-     ?_assertEqual(true, proper:quickcheck(Prop, [{numtests, ?NUMTESTS}, quiet, long_result]))}.
+     ?_assertEqual(true, proper:quickcheck(Prop, [{numtests, NumTests}, quiet, long_result]))}.
 
 %%%===================================================================
 %%% Properties
@@ -67,6 +71,19 @@ prop_frame_bytes() ->
             {proper_types:range(0, 127), frame_id(), proper_types:list(term())},
             iolist_to_binary(?C:encode_frame(Kind, Id, Fields))
             =:= reference([Kind, Id | Fields])).
+
+%% Lists of ?LONG elements or more, whose headers the encoder writes after
+%% their elements: anywhere in a term, as elements of each other, around
+%% large binaries and in tuples (whose ext headers count them), in frames.
+prop_long_list_bytes() ->
+    ?FORALL(T, long_term(),
+            begin
+                Bin = encode(T),
+                Frame = iolist_to_binary(?C:encode_frame(1, 9, [<<"m">>, <<"f">>, [T], #{}])),
+                Bin =:= reference(T) andalso
+                    ?C:decode(Bin) =:= {ok, normalise(T)} andalso
+                    Frame =:= reference([1, 9, <<"m">>, <<"f">>, [T], #{}])
+            end).
 
 %% Nesting up to the protocol's 512 levels survives the trip.
 prop_deep_roundtrip() ->
@@ -185,6 +202,29 @@ term(Size) ->
 elements(Size) ->
     ?LET(N, proper_types:range(0, min(Size, 20)),
          proper_types:vector(N, term(Size div (N + 1)))).
+
+%% A term holding long lists: 250 to 300 elements (either side of the
+%% encoder's ?LONG, 256), some of them containers, long lists among them.
+long_term() ->
+    ?SIZED(Size, long_term(min(Size, 2))).
+
+long_term(Depth) ->
+    Element = case Depth of
+                  0 -> proper_types:frequency([{8, leaf()}, {1, term(4)}]);
+                  _ -> proper_types:frequency([{100, leaf()}, {3, term(4)},
+                                               {1, ?LAZY(long_term(Depth - 1))}])
+              end,
+    Long = ?LET(N, proper_types:range(250, 300), proper_types:vector(N, Element)),
+    proper_types:frequency(
+      [{4, Long},
+       {1, ?LET(L, Long, list_to_tuple(L))},
+       {1, ?LET({L, E}, {Long, Element}, {E, L})},
+       {1, ?LET({L, E}, {Long, Element}, #{L => E, E => L})},
+       {1, ?LET({L, B}, {Long, big_binary()}, [B | L] ++ [B])},
+       {1, ?LET(L, Long, [L])}]).
+
+big_binary() ->
+    ?LET(N, proper_types:range(4097, 9000), binary:copy(<<"b">>, N)).
 
 pairs([K, V | T]) -> [{K, V} | pairs(T)];
 pairs(_) -> [].
