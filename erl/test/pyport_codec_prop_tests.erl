@@ -37,7 +37,7 @@ mutation_test_() -> quickcheck(prop_mutation()).
 random_bytes_test_() -> quickcheck(prop_random_bytes()).
 budget_bytes_test_() -> quickcheck(prop_budget_bytes()).
 budget_terms_test_() -> quickcheck(prop_budget_terms()).
-long_list_bytes_test_() -> quickcheck(prop_long_list_bytes(), 150).
+long_list_bytes_test_() -> quickcheck(prop_long_list_bytes(), 60).
 
 %% long_result makes a failing property return its counterexample, which
 %% assertEqual then shows.
@@ -203,18 +203,18 @@ elements(Size) ->
     ?LET(N, proper_types:range(0, min(Size, 20)),
          proper_types:vector(N, term(Size div (N + 1)))).
 
-%% A term holding long lists: 250 to 300 elements (either side of the
-%% encoder's ?LONG, 256), some of them containers, long lists among them.
+%% A term holding long lists: 1000 to 1060 elements (either side of the
+%% encoder's ?LONG, 1024), some of them containers, long lists among them.
 long_term() ->
     ?SIZED(Size, long_term(min(Size, 2))).
 
 long_term(Depth) ->
     Element = case Depth of
-                  0 -> proper_types:frequency([{8, leaf()}, {1, term(4)}]);
-                  _ -> proper_types:frequency([{100, leaf()}, {3, term(4)},
+                  0 -> proper_types:frequency([{30, leaf()}, {1, term(4)}]);
+                  _ -> proper_types:frequency([{400, leaf()}, {3, term(4)},
                                                {1, ?LAZY(long_term(Depth - 1))}])
               end,
-    Long = ?LET(N, proper_types:range(250, 300), proper_types:vector(N, Element)),
+    Long = ?LET(N, proper_types:range(1000, 1060), proper_types:vector(N, Element)),
     proper_types:frequency(
       [{4, Long},
        {1, ?LET(L, Long, list_to_tuple(L))},

@@ -977,26 +977,26 @@ int_run_dictionary_test() ->
 
 %% The bytes are the canonical ones, the header the shortest (the same
 %% bytes pyport_codec_prop_tests's plain reference encoder writes), on
-%% either side of the encoder's 256 and of every header form, wherever a
+%% either side of the encoder's ?LONG (1024) and of every header form, wherever a
 %% long list is: first in another, in tuples (whose ext header counts the
 %% inserted header), as a map's key, around large binaries.
 long_list_bytes_test_() ->
     L = fun(N) -> lists:seq(1, N) end,
     A = binary:copy(<<"a">>, 100000),
     Cases = [{"seq " ++ integer_to_list(N), L(N)}
-             || N <- [255, 256, 257, 263, 264, 4000, 65535, 65536, 70000]] ++
-        [{"first in a long list", [L(300) | L(300)]},
-         {"first in a first", [[L(256) | L(260)] | L(256)]},
-         {"last in a long list", L(300) ++ [L(400)]},
-         {"in a short list", [[L(300)]]},
-         {"long lists of long lists", [L(256) || _ <- L(300)]},
+             || N <- [1023, 1024, 1025, 1055, 1056, 1057, 4000, 65535, 65536, 70000]] ++
+        [{"first in a long list", [L(1100) | L(1100)]},
+         {"first in a first", [[L(1024) | L(1030)] | L(1024)]},
+         {"last in a long list", L(1100) ++ [L(2000)]},
+         {"in a short list", [[L(1100)]]},
+         {"long lists of long lists", [L(1024) || _ <- L(1100)]},
          {"mixed elements", lists:append([[I, I * 0.5, <<"s">>, [I], #{I => I}, {I}, none]
-                                          || I <- L(100)])},
-         {"tuple", {L(300), #{a => L(400)}}},
-         {"tuple of tuples", {{{L(256)}, x}, [L(257)]}},
-         {"long tuple", list_to_tuple([L(300) || _ <- L(300)])},
-         {"map", #{L(300) => L(256), k => [x | L(300)]}},
-         {"large binaries", [A | L(300)] ++ [A, {A, L(256)}, [A]]}],
+                                          || I <- L(200)])},
+         {"tuple", {L(1100), #{a => L(2000)}}},
+         {"tuple of tuples", {{{L(1024)}, x}, [L(1025)]}},
+         {"long tuple", list_to_tuple([L(1100) || _ <- L(1100)])},
+         {"map", #{L(1100) => L(1024), k => [x | L(1100)]}},
+         {"large binaries", [A | L(1100)] ++ [A, {A, L(1024)}, [A]]}],
     [{Name,
       fun() ->
               IoData = ?C:encode(Term),
@@ -1015,17 +1015,17 @@ long_list_bytes_test_() ->
 long_list_improper_test_() ->
     Improper = fun(Elements, Tail) -> lists:foldr(fun(E, T) -> [E | T] end, Tail, Elements) end,
     Lists = [{integer_to_list(N) ++ " " ++ io_lib:format("~w", [Tail]), Improper(lists:seq(1, N), Tail)}
-             || N <- [255, 256, 257, 300, 1000], Tail <- [tail, 5]] ++
-        [{"lists", Improper([[I] || I <- lists:seq(1, 300)], tail)},
-         {"maps", Improper([#{I => I} || I <- lists:seq(1, 300)], 5)},
+             || N <- [1023, 1024, 1025, 1056, 3000], Tail <- [tail, 5]] ++
+        [{"lists", Improper([[I] || I <- lists:seq(1, 1100)], tail)},
+         {"maps", Improper([#{I => I} || I <- lists:seq(1, 1100)], 5)},
          %% The rest after a container, itself holding one, is an integer.
-         {"list of a list", Improper(lists:seq(1, 300) ++ [[[1]]], 5)},
-         {"tuple of a list", Improper(lists:seq(1, 300) ++ [{[1], 2}], 7)}],
+         {"list of a list", Improper(lists:seq(1, 1100) ++ [[[1]]], 5)},
+         {"tuple of a list", Improper(lists:seq(1, 1100) ++ [{[1], 2}], 7)}],
     [{lists:flatten(Name ++ " " ++ Where), ?_assertError({unsupported_term, Bad}, ?C:encode(Wrap(Bad)))}
      || {Name, Bad} <- Lists,
         {Where, Wrap} <- [{"alone", fun(X) -> X end},
                           {"nested", fun(X) -> #{k => {ok, [X]}} end},
-                          {"in a long list", fun(X) -> lists:seq(1, 300) ++ [X] end}]].
+                          {"in a long list", fun(X) -> lists:seq(1, 1100) ++ [X] end}]].
 
 array_header(N) when N < 16 -> <<(16#90 + N)>>;
 array_header(N) when N < 65536 -> <<16#dc, N:16>>;
