@@ -590,7 +590,8 @@ ext_header(_, _, Term) -> error({unsupported_term, Term}).
 %% that Pattern reads, leaving R1 (taking Words heap words); an ext whose
 %% header Pattern reads (length L, or Len when fixed, and type T) in Back
 %% bytes with the type byte; a container whose header is an L of Bits
-%% bits, holding Count values.
+%% bits, opened by Open (?ARRAY(R1, L) or ?MAP(R1, L): one macro per
+%% kind, so no clause of it is dead code for the other).
 -define(VALUE(Pattern),
         case R of
             Pattern -> d(R1, N - 1, [V | Acc], D, S, C, T, W);
@@ -615,13 +616,10 @@ ext_header(_, _, Term) -> error({unsupported_term, Term}).
             Pattern -> ext(R1, Len, Ty, Back, N, Acc, D, S, C, T, W);
             _ -> ?TRUNC(R)
         end).
--define(OPEN(Bits, Kind),
+-define(OPEN(Bits, Open),
         case R of
             <<L:Bits, R1/binary>> when D < ?MAX_DEPTH ->
-                case Kind of
-                    array -> ?ARRAY(R1, L);
-                    map -> ?MAP(R1, L)
-                end;
+                Open;
             <<_:Bits, _/binary>> ->
                 ?FAIL(too_deep);
             _ ->
@@ -768,10 +766,10 @@ d(<<B, R/binary>>, N, Acc, D, S, C, T, W) when B >= 16#c0 ->
         16#d9 -> ?VALUE(<<L, V:L/binary, R1/binary>>, ?BIN_WORDS(L));
         16#da -> ?VALUE(<<L:16, V:L/binary, R1/binary>>, ?BIN_WORDS(L));
         16#db -> ?VALUE(<<L:32, V:L/binary, R1/binary>>, ?BIN_WORDS(L));
-        16#dc -> ?OPEN(16, array);
-        16#dd -> ?OPEN(32, array);
-        16#de -> ?OPEN(16, map);
-        16#df -> ?OPEN(32, map);
+        16#dc -> ?OPEN(16, ?ARRAY(R1, L));
+        16#dd -> ?OPEN(32, ?ARRAY(R1, L));
+        16#de -> ?OPEN(16, ?MAP(R1, L));
+        16#df -> ?OPEN(32, ?MAP(R1, L));
         16#c1 ->
             ?FAIL({reserved_byte, 16#c1});
         _ ->
