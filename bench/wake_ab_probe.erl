@@ -110,8 +110,12 @@ block(Kind, EchoF, Os) ->
     {WC, WV} = lists:foldl(fun({A, B}, {C, V}) -> {C1, V1} = totals(A, B, Trips), {C + C1, V + V1} end,
                            {0, 0}, lists:zip(W0, W1)),
     Mode = case max(E0, E1) < 20 of true -> fast; false -> case min(E0, E1) >= 20 of true -> slow; false -> mixed end end,
-    io:format("~-9s ~-6w ~9.1f/s  echo ~5.1f ~5.1f  node cpu ~6.2f vcs ~.3f  worker cpu ~6.2f vcs ~.3f~n",
-              [Kind, Mode, Rate, E0, E1, NC, NV, WC, WV]),
+    Aff = case os:getenv("PROBE_SHOW_AFFINITY") of
+              false -> "";
+              _ -> string:trim(os:cmd("taskset -p " ++ hd(Os) ++ " | sed 's/.*: //'"))
+          end,
+    io:format("~-9s ~-6w ~9.1f/s  echo ~5.1f ~5.1f  node cpu ~6.2f vcs ~.3f  worker cpu ~6.2f vcs ~.3f ~s~n",
+              [Kind, Mode, Rate, E0, E1, NC, NV, WC, WV, Aff]),
     {Mode, Kind, [Rate, NC, NV, WC, WV]}.
 
 totals(A, B, Trips) ->

@@ -421,4 +421,72 @@ BOOST_AUTO_TEST_CASE(spin_for_input_returns_when_a_frame_comes) {
   reader.stop();
 }
 
+// SpinBudget with CpuFollow (input_reader.hpp): slow blocking waits are
+// tried on the node's CPU first, kept only where that shortened them.
+namespace {
+struct FakeFollow : pyport::CpuFollow {
+  FakeFollow() : pyport::CpuFollow(NoNode{}) {}
+  bool enabled() const override { return true; }
+  void sample() override {}
+  bool pin(unsigned who) override {
+    ++pins;
+    if (allow) holders |= who;
+    return allow;
+  }
+  void unpin(unsigned who) override { holders &= ~who; }
+  unsigned holders = 0;
+  int pins = 0;
+  bool allow = true;
+};
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(spin_budget_follows_the_node_where_that_is_faster) {
+  FakeFollow f;
+  pyport::SpinBudget b(100 * kUs);
+  b.set_follow(&f, 1);
+  feed(b, pyport::SpinBudget::kProbe, 50 * kUs);  // slow wake-ups
+  BOOST_TEST(f.holders == 1u);                    // tried on the node's CPU
+  BOOST_TEST(b.budget_ns() == 0u);                // blocking there
+  feed(b, pyport::SpinBudget::kProbe, 12 * kUs);  // which is faster
+  BOOST_TEST(b.following());
+  BOOST_TEST(!b.spinning());
+  BOOST_TEST(b.budget_ns() == 0u);
+  feed(b, 2, 500 * kUs);  // traffic paused: back to the original CPUs
+  BOOST_TEST(f.holders == 0u);
+  BOOST_TEST(!b.following());
+}
+
+BOOST_AUTO_TEST_CASE(spin_budget_spins_where_following_does_not_pay) {
+  FakeFollow f;
+  pyport::SpinBudget b(100 * kUs);
+  b.set_follow(&f, 2);
+  feed(b, pyport::SpinBudget::kProbe, 50 * kUs);
+  BOOST_TEST(f.holders == 2u);
+  feed(b, pyport::SpinBudget::kProbe, 48 * kUs);  // no better there
+  BOOST_TEST(f.holders == 0u);
+  BOOST_TEST(b.budget_ns() == 100 * kUs);  // spinning is tried next
+  feed(b, pyport::SpinBudget::kProbe, 12 * kUs);
+  BOOST_TEST(b.spinning());
+  BOOST_TEST(!b.following());
+}
+
+BOOST_AUTO_TEST_CASE(spin_budget_spins_when_it_cannot_follow) {
+  FakeFollow f;
+  f.allow = false;  // e.g. another worker follows on that CPU
+  pyport::SpinBudget b(100 * kUs);
+  b.set_follow(&f, 1);
+  feed(b, pyport::SpinBudget::kProbe, 50 * kUs);
+  BOOST_TEST(f.pins == 1);
+  BOOST_TEST(b.budget_ns() == 100 * kUs);
+}
+
+BOOST_AUTO_TEST_CASE(cpu_follow_is_off_without_a_node) {
+  pyport::CpuFollow f;  // this test's parent is no Erlang node
+  BOOST_TEST(!f.enabled());
+  pyport::SpinBudget b(100 * kUs);
+  b.set_follow(&f, 1);
+  feed(b, pyport::SpinBudget::kProbe, 50 * kUs);
+  BOOST_TEST(b.budget_ns() == 100 * kUs);  // straight to the spin probe
+}
+
 BOOST_AUTO_TEST_SUITE_END()
