@@ -34,22 +34,22 @@ class ByteBuffer {
 
   // Ensures capacity() >= n. Throws std::bad_alloc when memory runs out.
   void reserve(size_t n) {
-    if (n <= capacity_) return;
-    size_t cap = capacity_ ? capacity_ : 256;
-    while (cap < n)
-      cap = cap > SIZE_MAX / 2 ? n : cap * 2;
-    auto* p = static_cast<uint8_t*>(std::realloc(data_, cap));
-    if (!p) throw std::bad_alloc();
-    data_ = p;
-    capacity_ = cap;
+    if (n > capacity_) enlarge(n);
   }
 
   // Appends n uninitialised bytes and returns where they start.
   uint8_t* grow(size_t n) {
-    if (n > capacity_ - size_) reserve(size_ + n);
-    uint8_t* p = data_ + size_;
+    uint8_t* p = space(n);
     size_ += n;
     return p;
+  }
+
+  // Room for n more bytes at the end, not yet counted in size(): the
+  // caller writes up to n bytes there, then commit()s what it wrote. For
+  // writers that keep their own cursor over many small values.
+  uint8_t* space(size_t n) {
+    if (n > capacity_ - size_) enlarge(size_ + n);
+    return data_ + size_;
   }
 
   void push_back(uint8_t byte) { *grow(1) = byte; }
@@ -90,6 +90,17 @@ class ByteBuffer {
   }
 
  private:
+  // Out of line, so the checks above inline to a compare and a branch.
+  __attribute__((noinline)) void enlarge(size_t n) {
+    size_t cap = capacity_ ? capacity_ : 256;
+    while (cap < n)
+      cap = cap > SIZE_MAX / 2 ? n : cap * 2;
+    auto* p = static_cast<uint8_t*>(std::realloc(data_, cap));
+    if (!p) throw std::bad_alloc();
+    data_ = p;
+    capacity_ = cap;
+  }
+
   uint8_t* data_ = nullptr;
   size_t size_ = 0;
   size_t capacity_ = 0;

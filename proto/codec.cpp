@@ -76,6 +76,79 @@ inline PyObject* small_int_object(long v) {
   return slot;
 }
 
+// The value of an int of at most two CPython digits (|v| < 2**60; from
+// Python 3.12 on, of one digit: |v| < 2**30), read straight from the
+// object; false for any other int, which the caller converts the general
+// way. Nearly every int is one of these, and reading it needs no call.
+// o is an int or an int subclass (same layout).
+inline bool short_int(PyObject* o, int64_t& v) {
+  auto* l = reinterpret_cast<PyLongObject*>(o);
+#if PY_VERSION_HEX >= 0x030c0000
+  if (!PyUnstable_Long_IsCompact(l)) return false;
+  v = int64_t(PyUnstable_Long_CompactValue(l));
+  return true;
+#elif PyLong_SHIFT == 30
+  Py_ssize_t size = Py_SIZE(o);   // digits, negative for a negative int
+  if (size >= -1 && size <= 1) {  // the common case first, without a table
+    v = size == 0 ? 0 : int64_t(size) * int64_t(l->ob_digit[0]);
+    return true;
+  }
+  if (size != 2 && size != -2) return false;
+  int64_t m = int64_t(l->ob_digit[1]) << PyLong_SHIFT | l->ob_digit[0];
+  v = size < 0 ? -m : m;
+  return true;
+#else
+  (void)l;  // 15-bit digits: always the general way
+  (void)v;
+  return false;
+#endif
+}
+
+// The integer forms of up to 32 bits at p (p < end): stores the value in v
+// and returns the end of the form; null for any other form or a truncated
+// one, which Decoder::value then reads or reports. Most elements of big
+// lists and maps are such integers, so they skip the general dispatch.
+inline const uint8_t* read_small_int(const uint8_t* p, const uint8_t* end, long& v) {
+  uint8_t b = p[0];
+  if (b <= 0x7f) {
+    v = b;
+    return p + 1;
+  }
+  if (b >= 0xe0) {
+    v = int8_t(b);
+    return p + 1;
+  }
+  size_t left = size_t(end - p);
+  switch (b) {
+    case 0xcc:
+      if (left < 2) return nullptr;
+      v = p[1];
+      return p + 2;
+    case 0xcd:
+      if (left < 3) return nullptr;
+      v = long(p[1]) << 8 | p[2];
+      return p + 3;
+    case 0xce:
+      if (left < 5) return nullptr;
+      v = long(mp::load_be32(p + 1));
+      return p + 5;
+    case 0xd0:
+      if (left < 2) return nullptr;
+      v = int8_t(p[1]);
+      return p + 2;
+    case 0xd1:
+      if (left < 3) return nullptr;
+      v = int16_t(uint16_t(p[1] << 8 | p[2]));
+      return p + 3;
+    case 0xd2:
+      if (left < 5) return nullptr;
+      v = int32_t(mp::load_be32(p + 1));
+      return p + 5;
+    default:
+      return nullptr;
+  }
+}
+
 // Releases a Py_buffer on scope exit.
 struct BufferView {
   Py_buffer view{};
@@ -181,9 +254,9 @@ class Codec::Decoder {
     PyRef t = PyRef::steal(PyTuple_New(Py_ssize_t(n)));
     if (!t) return {};
     for (uint64_t i = 0; i < n; ++i) {
-      PyRef item = value(r, depth);
+      PyObject* item = element(r, depth);
       if (!item) return {};
-      PyTuple_SET_ITEM(t.get(), Py_ssize_t(i), item.release());
+      PyTuple_SET_ITEM(t.get(), Py_ssize_t(i), item);
     }
     return t;
   }
@@ -217,72 +290,76 @@ class Codec::Decoder {
     return PyRef::steal(new_string(p, n, kind));
   }
 
-  // The integer forms up to 32 bits, read without the general dispatch
-  // (most elements of big lists and maps are such integers); false, with
-  // nothing consumed, for any other form or a truncated one, which value()
-  // then reads or reports.
-  static bool small_int(mp::Reader& r, long& v) {
-    size_t left = r.remaining();
-    if (left == 0) return false;
+  // Reads an integer form of up to 32 bits if one is next (not at the end).
+  static bool int_here(mp::Reader& r, long& v) {
     const uint8_t* p = r.cursor();
-    uint8_t b = p[0];
-    size_t len = 1;
-    if (b <= 0x7f) {
-      v = b;
-    } else if (b >= 0xe0) {
-      v = int8_t(b);
-    } else {
-      switch (b) {
-        case 0xcc:
-        case 0xd0:
-          len = 2;
-          break;
-        case 0xcd:
-        case 0xd1:
-          len = 3;
-          break;
-        case 0xce:
-        case 0xd2:
-          len = 5;
-          break;
-        default:
-          return false;
-      }
-      if (left < len) return false;
-      uint32_t u = len == 2 ? p[1] : len == 3 ? uint32_t(p[1]) << 8 | p[2] : mp::load_be32(p + 1);
-      switch (b) {
-        case 0xd0:
-          v = int8_t(u);
-          break;
-        case 0xd1:
-          v = int16_t(u);
-          break;
-        case 0xd2:
-          v = int32_t(u);
-          break;
-        default:
-          v = long(u);
-      }
-    }
-    const uint8_t* skipped = nullptr;
-    return r.read_raw(len, skipped, "int");
+    const uint8_t* next = read_small_int(p, p + r.remaining(), v);
+    if (next) r.skip(size_t(next - p));
+    return next != nullptr;
   }
 
   // One element of a container: value(), with small integers first.
-  PyObject* element(mp::Reader& r, int depth) {
+  __attribute__((always_inline)) PyObject* element(mp::Reader& r, int depth) {
     long v;
-    if (small_int(r, v)) return small_int_object(v);
+    if (!r.at_end() && int_here(r, v)) return small_int_object(v);
     return value(r, depth).release();
+  }
+
+  // PyDict_SetItem, without hashing an int key read as `small`: an int's
+  // hash is its value below 2**61 - 1, except that -1 hashes to -2.
+  static int set_item(PyObject* dict, PyObject* key, PyObject* val, bool small_key, long small) {
+#if PY_VERSION_HEX < 0x030d0000
+    if (small_key) return _PyDict_SetItem_KnownHash(dict, key, val, small == -1 ? -2 : small);
+#else
+    (void)small_key;
+    (void)small;
+#endif
+    return PyDict_SetItem(dict, key, val);
+  }
+
+  // Small integers from element i on, read with a cursor of their own into
+  // items, up to the first other value (or n); i ends past the last one
+  // read. False, with a Python exception set, when making an int fails.
+  static bool int_run(mp::Reader& r, PyObject** items, uint64_t& i, uint64_t n) {
+    const uint8_t* const begin = r.cursor();
+    const uint8_t* const end = begin + r.remaining();
+    const uint8_t* p = begin;
+    bool ok = true;
+    while (i < n && p < end) {
+      long v;
+      const uint8_t* next = read_small_int(p, end, v);
+      PyObject* item;
+      if (next) {
+        item = small_int_object(v);
+      } else if ((*p == 0xcf || *p == 0xd3) && end - p >= 9) {  // uint64, int64: as value()
+        uint64_t u = uint64_t(mp::load_be32(p + 1)) << 32 | mp::load_be32(p + 5);
+        item = *p == 0xcf ? PyLong_FromUnsignedLongLong(u) : PyLong_FromLongLong(int64_t(u));
+        next = p + 9;
+      } else {
+        break;
+      }
+      if (!item) {
+        ok = false;
+        break;
+      }
+      items[i++] = item;
+      p = next;
+    }
+    r.skip(size_t(p - begin));
+    return ok;
   }
 
   PyRef array(mp::Reader& r, uint64_t n, int depth, size_t start) {
     if (!check_depth(r, depth, start) || !check_count(r, n, 1, "array", start)) return {};
     PyRef list = PyRef::steal(PyList_New(Py_ssize_t(n)));
     if (!list) return {};
-    for (uint64_t i = 0; i < n; ++i) {
-      PyObject* item = element(r, depth + 1);
+    for (uint64_t i = 0; i < n;) {
+      if (!int_run(r, reinterpret_cast<PyListObject*>(list.get())->ob_item, i, n)) return {};
+      if (i == n) break;
+      PyObject* item = value(r, depth + 1).release();
       if (!item) return {};
       PyList_SET_ITEM(list.get(), Py_ssize_t(i), item);
+      ++i;
     }
     return list;
   }
@@ -295,11 +372,18 @@ class Codec::Decoder {
     if (!dict) return {};
     for (uint64_t i = 0; i < n; ++i) {
       size_t key_at = r.offset();
-      PyRef key = PyRef::steal(element(r, depth + 1));
+      long small;
+      PyRef key;
+      bool small_key = !r.at_end() && int_here(r, small);
+      if (small_key) {
+        key = PyRef::steal(small_int_object(small));
+      } else {
+        key = value(r, depth + 1);
+      }
       if (!key) return {};
       PyRef val = PyRef::steal(element(r, depth + 1));
       if (!val) return {};
-      if (PyDict_SetItem(dict.get(), key.get(), val.get()) < 0) {
+      if (set_item(dict.get(), key.get(), val.get(), small_key, small) < 0) {
         if (!PyErr_ExceptionMatches(PyExc_TypeError)) return {};
         PyErr_Clear();  // an unhashable key (a list): malformed for Python
         r.fail_at(key_at, "map key of type " + type_name(key.get()) + " is unhashable");
@@ -620,6 +704,11 @@ class Codec::Encoder {
   }
 
   bool integer(PyObject* o) {
+    int64_t small;
+    if (short_int(o, small)) {
+      mp::write_int(out_, small);
+      return true;
+    }
     int overflow;
     long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
     if (!overflow) {
@@ -726,15 +815,42 @@ class Codec::Encoder {
            t == &PyBool_Type;
   }
 
+  // Items per int_run call: bounds the room it sets aside (4,608 bytes).
+  static constexpr Py_ssize_t kRun = 512;
+
+  // Exact short ints (short_int) from items[i] on (below n), written with a
+  // cursor of their own into room set aside once; returns the index of the
+  // first item not written. No Python code runs, so the container cannot
+  // change meanwhile. Bools and int subclasses are left to value().
+  Py_ssize_t int_run(PyObject* const* items, Py_ssize_t i, Py_ssize_t n) {
+    Py_ssize_t stop = n - i > kRun ? i + kRun : n;
+    uint8_t* const begin = out_.space(size_t(stop - i) * mp::kMaxIntSize);
+    uint8_t* p = begin;
+    for (; i < stop; ++i) {
+      PyObject* item = items[i];
+      int64_t v;
+      if (Py_TYPE(item) != &PyLong_Type || !short_int(item, v)) break;
+      p = mp::store_int(p, v);
+    }
+    out_.commit(size_t(p - begin));
+    return i;
+  }
+
   bool list(PyObject* o, int depth) {
     Py_ssize_t n = PyList_GET_SIZE(o);
     if (!container(depth) || !length(size_t(n), "a list")) return false;
     mp::write_array_header(out_, uint32_t(n));
-    for (Py_ssize_t i = 0; i < n; ++i) {
+    for (Py_ssize_t i = 0; i < n;) {
       // Python code run by an element (a Term subclass property) may shrink
-      // the list: re-check the size and hold the item.
-      if (i >= PyList_GET_SIZE(o)) return changed("list");
-      PyObject* item = PyList_GET_ITEM(o, i);
+      // the list or move its items: re-read both, and hold the item.
+      Py_ssize_t now = PyList_GET_SIZE(o);
+      if (i >= now) return changed("list");
+      Py_ssize_t next = int_run(reinterpret_cast<PyListObject*>(o)->ob_item, i, now < n ? now : n);
+      if (next != i) {
+        i = next;
+        continue;
+      }
+      PyObject* item = PyList_GET_ITEM(o, i++);
       if (inert(item)) {
         if (!value(item, depth + 1)) return false;
         continue;
@@ -755,8 +871,13 @@ class Codec::Encoder {
     size_t at = out_.size();
     out_.grow(6);
     mp::write_array_header(out_, uint32_t(n));
-    for (Py_ssize_t i = 0; i < n; ++i) {
-      if (!value(PyTuple_GET_ITEM(o, i), depth + 1)) return false;
+    for (Py_ssize_t i = 0; i < n;) {
+      Py_ssize_t next = int_run(reinterpret_cast<PyTupleObject*>(o)->ob_item, i, n);
+      if (next != i) {
+        i = next;
+        continue;
+      }
+      if (!value(PyTuple_GET_ITEM(o, i++), depth + 1)) return false;
     }
     size_t payload = out_.size() - at - 6;
     if (!length(payload, "a tuple's encoding")) return false;
@@ -778,6 +899,13 @@ class Codec::Encoder {
     PyObject *k, *v;
     while (PyDict_Next(o, &pos, &k, &v)) {
       if (++count > n) return changed("dict");
+      int64_t kv, vv;  // exact short ints: written with no dispatch
+      if (Py_TYPE(k) == &PyLong_Type && Py_TYPE(v) == &PyLong_Type && short_int(k, kv) &&
+          short_int(v, vv)) {
+        uint8_t* p = out_.space(2 * mp::kMaxIntSize);
+        out_.commit(size_t(mp::store_int(mp::store_int(p, kv), vv) - p));
+        continue;
+      }
       if (inert(k) && inert(v)) {
         if (!value(k, depth + 1) || !value(v, depth + 1)) return false;
         continue;

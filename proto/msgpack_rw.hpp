@@ -50,49 +50,71 @@ inline void write_bool(ByteBuffer& b, bool v) {
   b.push_back(v ? 0xc3 : 0xc2);
 }
 
-inline void write_uint(ByteBuffer& b, uint64_t v) {
+// The shortest form of an integer, stored at p (up to 9 bytes); returns
+// the end of what was stored. The writers below and the codec's loops over
+// runs of integers (which keep their own cursor) share these.
+inline uint8_t* store_uint(uint8_t* p, uint64_t v) {
   if (v < 0x80) {
-    b.push_back(uint8_t(v));
-  } else if (v <= 0xff) {
-    uint8_t* p = b.grow(2);
+    p[0] = uint8_t(v);
+    return p + 1;
+  }
+  if (v <= 0xff) {
     p[0] = 0xcc;
     p[1] = uint8_t(v);
-  } else if (v <= 0xffff) {
-    uint8_t* p = b.grow(3);
+    return p + 2;
+  }
+  if (v <= 0xffff) {
     p[0] = 0xcd;
     store_be16(p + 1, uint16_t(v));
-  } else if (v <= 0xffffffffu) {
-    uint8_t* p = b.grow(5);
+    return p + 3;
+  }
+  if (v <= 0xffffffffu) {
     p[0] = 0xce;
     store_be32(p + 1, uint32_t(v));
-  } else {
-    uint8_t* p = b.grow(9);
-    p[0] = 0xcf;
-    store_be64(p + 1, v);
+    return p + 5;
   }
+  p[0] = 0xcf;
+  store_be64(p + 1, v);
+  return p + 9;
+}
+
+inline uint8_t* store_int(uint8_t* p, int64_t v) {
+  if (v >= 0) return store_uint(p, uint64_t(v));
+  if (v >= -32) {
+    p[0] = uint8_t(int8_t(v));
+    return p + 1;
+  }
+  if (v >= INT8_MIN) {
+    p[0] = 0xd0;
+    p[1] = uint8_t(int8_t(v));
+    return p + 2;
+  }
+  if (v >= INT16_MIN) {
+    p[0] = 0xd1;
+    store_be16(p + 1, uint16_t(int16_t(v)));
+    return p + 3;
+  }
+  if (v >= INT32_MIN) {
+    p[0] = 0xd2;
+    store_be32(p + 1, uint32_t(int32_t(v)));
+    return p + 5;
+  }
+  p[0] = 0xd3;
+  store_be64(p + 1, uint64_t(v));
+  return p + 9;
+}
+
+// Most bytes store_int and store_uint write for one value.
+constexpr size_t kMaxIntSize = 9;
+
+inline void write_uint(ByteBuffer& b, uint64_t v) {
+  uint8_t* p = b.space(kMaxIntSize);
+  b.commit(size_t(store_uint(p, v) - p));
 }
 
 inline void write_int(ByteBuffer& b, int64_t v) {
-  if (v >= 0) return write_uint(b, uint64_t(v));
-  if (v >= -32) {
-    b.push_back(uint8_t(int8_t(v)));
-  } else if (v >= INT8_MIN) {
-    uint8_t* p = b.grow(2);
-    p[0] = 0xd0;
-    p[1] = uint8_t(int8_t(v));
-  } else if (v >= INT16_MIN) {
-    uint8_t* p = b.grow(3);
-    p[0] = 0xd1;
-    store_be16(p + 1, uint16_t(int16_t(v)));
-  } else if (v >= INT32_MIN) {
-    uint8_t* p = b.grow(5);
-    p[0] = 0xd2;
-    store_be32(p + 1, uint32_t(int32_t(v)));
-  } else {
-    uint8_t* p = b.grow(9);
-    p[0] = 0xd3;
-    store_be64(p + 1, uint64_t(v));
-  }
+  uint8_t* p = b.space(kMaxIntSize);
+  b.commit(size_t(store_int(p, v) - p));
 }
 
 inline void write_double(ByteBuffer& b, double v) {
@@ -241,6 +263,8 @@ class Reader {
     pos_ += n;
     return true;
   }
+  // Steps over n bytes the caller has checked are there (n <= remaining()).
+  void skip(size_t n) { pos_ += n; }
   // An n-byte (1, 2, 4 or 8) big-endian unsigned integer.
   bool read_be(size_t n, uint64_t& v, const char* what) {
     const uint8_t* p = nullptr;

@@ -195,12 +195,12 @@ stop(Name) when is_atom(Name) ->
             %% Listeners closed, requests in flight finished (up to the
             %% grace period), lifespan shutdown run; then the pool stops.
             Grace = ?STOP_GRACE_MS,
-            case pyport:workers(Name) of
-                {ok, Workers} ->
-                    each_worker(Name, Workers, stop, [Grace / 1000], Grace + 2000);
-                {error, _} ->
-                    ok
-            end,
+            _ = case pyport:workers(Name) of
+                    {ok, Workers} ->
+                        each_worker(Name, Workers, stop, [Grace / 1000], Grace + 2000);
+                    {error, _} ->
+                        ok
+                end,
             pyport_http_rss:stop(maps:get(rss_watcher, Reg, undefined)),
             _ = pyport:stop_pool(Name),
             pyport_http_reload:stop_holder(Name),
@@ -238,7 +238,9 @@ info(Name) when is_atom(Name) ->
             end
     end.
 
-%% Calls erlang._http:Function(Args...) on every worker at once.
+%% Calls erlang._http:Function(Args...) on every worker at once. Each call
+%% runs in a process that exits with its result, on purpose.
+-dialyzer({nowarn_function, each_worker/5}).
 each_worker(Name, Workers, Function, Args, Timeout) ->
     Ctxs = [py:context(Name, Slot) || {Slot, _} <- Workers],
     Monitors = [spawn_monitor(fun() ->

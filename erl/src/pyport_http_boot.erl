@@ -36,7 +36,7 @@ start_all([{Name, Opts} | Rest], Started) ->
         {ok, _} ->
             start_all(Rest, [Name | Started]);
         {error, Reason} ->
-            [pyport_http:stop(N) || N <- Started],
+            _ = [pyport_http:stop(N) || N <- Started],
             {stop, {http, Name, Reason}}
     end.
 
@@ -53,5 +53,5 @@ handle_cast(_Msg, Names) ->
 %% @private
 -spec terminate(term(), [atom()]) -> ok.
 terminate(_Reason, Names) ->
-    [pyport_http:stop(N) || N <- Names],
+    _ = [pyport_http:stop(N) || N <- Names],
     ok.

@@ -100,7 +100,7 @@ BOOST_AUTO_TEST_CASE(integers_at_every_format_boundary_match_msgpack_c) {
 }
 
 // Elements of lists and maps take a shorter path for integers up to 32
-// bits (codec.cpp, Decoder::small_int): every boundary, inside containers,
+// bits (codec.cpp, read_small_int): every boundary, inside containers,
 // in shortest and longer forms, and truncated, must read as value() does.
 BOOST_AUTO_TEST_CASE(integers_inside_containers_at_every_boundary) {
   PyRef list =
@@ -123,7 +123,8 @@ BOOST_AUTO_TEST_CASE(integers_inside_containers_at_every_boundary) {
           py("{2**32-1: -32, -32768: 255}").get(), why),
       why);
   // Truncated inside an array: the same message as for the value alone.
-  for (Bytes b : {Bytes{0xcd, 0x01}, Bytes{0xce, 0x00, 0x00}, Bytes{0xd2, 0x00}, Bytes{0xcc}}) {
+  for (Bytes b : {Bytes{0xcd, 0x01}, Bytes{0xce, 0x00, 0x00}, Bytes{0xd2, 0x00}, Bytes{0xcc},
+                  Bytes{0xcf, 0, 0, 0, 0, 0, 0, 0}, Bytes{0xd3, 0xff}}) {
     BOOST_TEST_CONTEXT(hex(b)) {
       std::string alone = decode_error(b);
       std::string inside = decode_error(cat({{0x91}, b}));
@@ -132,6 +133,211 @@ BOOST_AUTO_TEST_CASE(integers_inside_containers_at_every_boundary) {
                  inside.substr(0, inside.find(" at byte")));
     }
   }
+}
+
+// ---- runs of integers (codec.cpp: Encoder::int_run, Decoder::int_run) ----
+// Lists, tuples and dicts write exact ints of up to two CPython digits
+// straight from the digits, and read the integer forms of up to 32 bits in
+// a loop of their own. Whatever takes those paths must come out byte for
+// byte as each value alone does through the general path, and the runs
+// must stop at anything else: bools, int subclasses, bigints, other types.
+
+namespace {
+
+// Every boundary of the msgpack forms and of CPython's digits (2**30 needs
+// a second digit, 2**60 a third), and bigints past 64 bits.
+const char* const kIntBoundaries[] = {
+    "-32769",   "-32768",   "-129",   "-128",     "-33",    "-32",     "-1",       "0",
+    "1",        "127",      "128",    "255",      "256",    "65535",   "65536",    "2**30-1",
+    "2**30",    "-2**30+1", "-2**30", "2**31-1",  "2**31",  "-2**31",  "-2**31-1", "2**32-1",
+    "2**32",    "2**60-1",  "2**60",  "-2**60+1", "-2**60", "2**63-1", "2**63",    "-2**63",
+    "-2**63-1", "2**64-1",  "2**64",  "-2**64-1", "2**100", "-2**100"};
+
+// The encoding of each element alone, concatenated.
+Bytes each_alone(PyObject* seq) {
+  PyRef fast = PyRef::steal(PySequence_Fast(seq, "not a sequence"));
+  BOOST_REQUIRE(fast);
+  Bytes out;
+  for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fast.get()); ++i) {
+    Bytes one = encode_ok(PySequence_Fast_GET_ITEM(fast.get(), i));
+    out.insert(out.end(), one.begin(), one.end());
+  }
+  return out;
+}
+
+Bytes array_of(PyObject* seq) {
+  ByteBuffer h;
+  pyport::mp::write_array_header(h, uint32_t(PySequence_Size(seq)));
+  return cat({Bytes(h.data(), h.data() + h.size()), each_alone(seq)});
+}
+
+Bytes tuple_of(PyObject* seq) {
+  Bytes array = array_of(seq);
+  ByteBuffer h;
+  pyport::mp::write_ext_header(h, 2, uint32_t(array.size()));
+  return cat({Bytes(h.data(), h.data() + h.size()), array});
+}
+
+// A dict's encoding from its items, in the dict's order.
+Bytes map_of(PyObject* dict) {
+  ByteBuffer h;
+  pyport::mp::write_map_header(h, uint32_t(PyDict_GET_SIZE(dict)));
+  Bytes out(h.data(), h.data() + h.size());
+  Py_ssize_t pos = 0;
+  PyObject *k, *v;
+  while (PyDict_Next(dict, &pos, &k, &v)) {
+    out = cat({out, encode_ok(k), encode_ok(v)});
+  }
+  return out;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(int_runs_encode_every_boundary_as_the_value_alone) {
+  std::string all = "[";
+  for (const char* expr : kIntBoundaries) {
+    BOOST_TEST_CONTEXT(expr) {
+      PyRef v = py(expr);
+      int overflow = 0;
+      long long n = PyLong_AsLongLongAndOverflow(v.get(), &overflow);
+      if (overflow == 0) {
+        BOOST_TEST(hex(encode_ok(v.get())) == hex(msgpack_c_int(n, false)));
+      }
+      // Each value in a list, a tuple and a dict of its own, then after a
+      // short int (the run breaks at a bigint and starts again).
+      PyRef list = py(std::string("[") + expr + ", 5, " + expr + "]");
+      BOOST_TEST(hex(encode_ok(list.get())) == hex(array_of(list.get())));
+      PyRef tuple = py(std::string("(") + expr + ", -7, " + expr + ")");
+      BOOST_TEST(hex(encode_ok(tuple.get())) == hex(tuple_of(tuple.get())));
+      PyRef dict = py(std::string("{") + expr + ": -(" + expr + "), 1: " + expr + "}");
+      BOOST_TEST(hex(encode_ok(dict.get())) == hex(map_of(dict.get())));
+      round_trip(list.get());
+      round_trip(dict.get());
+    }
+    all += std::string(expr) + ", ";
+  }
+  PyRef list = py(all + "]");
+  BOOST_TEST(hex(encode_ok(list.get())) == hex(array_of(list.get())));
+  round_trip(list.get());
+}
+
+BOOST_AUTO_TEST_CASE(int_runs_stop_at_bools_int_subclasses_and_other_types) {
+  py("exec('class IntSub(int): pass', globals())");
+  py("exec('import enum; E = enum.IntEnum(\"E\", \"A B C\")', globals())");
+  PyRef list =
+      py("[1, True, 2, E(2), False, 300, IntSub(-70000), 2**40, IntSub(2**70), 'x', 3.5, None,"
+         " -5, b'\\xff', [7, True], (8, False), 2**61, -32]");
+  Bytes b = encode_ok(list.get());
+  BOOST_TEST(hex(b) == hex(array_of(list.get())));
+  // Bools stay bools; subclasses come back as plain ints.
+  std::string why;
+  BOOST_TEST(same_value(decode_ok(b).get(),
+                        py("[1, True, 2, 2, False, 300, -70000, 2**40, 2**70, 'x', 3.5, None,"
+                           " -5, b'\\xff', [7, True], (8, False), 2**61, -32]")
+                            .get(),
+                        why),
+             why);
+  BOOST_TEST(hex(encode_ok(py("(True, 1, E(3), 2, IntSub(5), False)").get())) ==
+             "c7070296c301030205c2");
+  PyRef dict = py("{True: 2, E(3): False, 7: IntSub(8), 9: 10, IntSub(11): E(1), 12: True}");
+  Bytes d = encode_ok(dict.get());
+  BOOST_TEST(hex(d) == hex(map_of(dict.get())));
+  BOOST_TEST(hex(d) == "86c30203c20708090a0b010cc3");
+  BOOST_TEST(same_value(decode_ok(d).get(),
+                        py("{True: 2, 3: False, 7: 8, 9: 10, 11: 1, 12: True}").get(), why),
+             why);
+}
+
+// Runs are written 512 items at a time: values around those edges, and a
+// list longer than the decoder's cache of small int objects covers.
+BOOST_AUTO_TEST_CASE(int_runs_across_their_chunks_and_nested) {
+  for (const char* expr :
+       {"list(range(-600, 600))", "[i if i % 512 else True for i in range(1600)]",
+        "[i if i not in (511, 512, 1023, 1024) else 'x' for i in range(1100)]",
+        "tuple(range(-40000, 40000, 7))", "[i * 99991 for i in range(-3000, 3000)]",
+        "[2**i for i in range(70)] + [-2**i for i in range(70)]",
+        "{i: -i for i in range(-1000, 1000)}",
+        "{i: (i, [i, 2**62]) for i in range(0, 70000, 999)}"}) {
+    BOOST_TEST_CONTEXT(expr) {
+      PyRef v = py(expr);
+      Bytes b = encode_ok(v.get());
+      if (PyDict_Check(v.get())) {
+        BOOST_TEST(hex(b) == hex(map_of(v.get())));
+      } else if (PyTuple_Check(v.get())) {
+        BOOST_TEST(hex(b) == hex(tuple_of(v.get())));
+      } else {
+        BOOST_TEST(hex(b) == hex(array_of(v.get())));
+      }
+      round_trip(v.get());
+    }
+  }
+  round_trip(py("[[1, [2, [3, -40000, [True, [2**64, [[]]]]]]], (5, 70000, (6,)), {1: [2, 2**61]},"
+                " [], (), {}]")
+                 .get());
+}
+
+// Decoding: runs of every form up to 32 bits, broken by other values, and
+// ints past the decoder's cache ([-32768, 65535]) made as new objects.
+BOOST_AUTO_TEST_CASE(int_runs_decode_every_form_and_stop_at_other_values) {
+  std::string why;
+  BOOST_TEST(same_value(decode_ok({0x9d, 0x05, 0xe0, 0xcc, 0x80, 0xcd, 0xff, 0xff, 0xce, 0x00,
+                                   0x01, 0x00, 0x00, 0xd0, 0x80, 0xd1, 0x80, 0x00, 0xd1, 0x7f,
+                                   0xff, 0xd2, 0xff, 0xff, 0x7f, 0xff, 0xc3, 0xcf, 0,    0,
+                                   0,    1,    0,    0,    0,    0,    0xc0, 0xd0, 0xdf})
+                            .get(),
+                        py("[5, -32, 128, 65535, 65536, -128, -32768, 32767, -32769, True,"
+                           " 2**32, None, -33]")
+                            .get(),
+                        why),
+             why);
+  // The 64-bit forms, in runs too (uint64 and int64 holding any value).
+  BOOST_TEST(
+      same_value(decode_ok({0x96, 0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xd3, 0x80,
+                            0,    0,    0,    0,    0,    0,    0,    0xcf, 0,    0,    0,    0,
+                            0,    0,    0,    5,    0xd3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                            0xff, 0x07, 0xd3, 0,    0,    0,    1,    0,    0,    0,    0})
+                     .get(),
+                 py("[2**64-1, -2**63, 5, -1, 7, 2**32]").get(), why),
+      why);
+  // Every value of int16 and uint16 range, and past it, in one array.
+  PyRef wide = py("list(range(-70000, 70000))");
+  Bytes b = encode_ok(wide.get());
+  PyRef back = decode_ok(b);
+  BOOST_TEST(same_value(back.get(), wide.get(), why), why);
+  // Equal values decode to equal ints whether cached or not.
+  BOOST_TEST(same_value(decode_ok(encode_ok(back.get())).get(), wide.get(), why), why);
+  // Small int keys go in with their hash known (Decoder::set_item): lookups
+  // with ints Python made find each one (-1 hashes to -2, not -1).
+  PyRef keys =
+      py("{-1: 'a', -2: 'b', 0: 'c', 1: 'd', -33: 0, 65535: 1, 65536: 2, -32769: 3, 2**31-1: 4,"
+         " -2**31: 5, 2**32-1: 6, 2**40: 7, 2**64: 8, 'k': 9, 1.5: 10}");
+  PyRef keys_back = decode_ok(encode_ok(keys.get()));
+  BOOST_TEST(same_value(keys_back.get(), keys.get(), why), why);
+  BOOST_TEST(PyObject_RichCompareBool(keys_back.get(), keys.get(), Py_EQ) == 1);
+  BOOST_TEST(PyObject_RichCompareBool(keys.get(), keys_back.get(), Py_EQ) == 1);
+  PyRef found =
+      py("[k for k in (-1, -2, 0, 1, -33, 65535, 65536, -32769, 2**31-1, -2**31,"
+         " 2**32-1, 2**40, 2**64, 'k', 1.5)]");
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(found.get()); ++i) {
+    PyObject* k = PyList_GET_ITEM(found.get(), i);
+    BOOST_TEST_CONTEXT(repr(k)) {
+      BOOST_TEST(PyDict_GetItemWithError(keys_back.get(), k) != nullptr);
+    }
+  }
+}
+
+// Python code run while a list is encoded (a Term subclass's etf) may
+// change it: the encoder re-reads its size and items and reports a change.
+BOOST_AUTO_TEST_CASE(a_list_changed_while_encoded_is_an_error) {
+  py("exec('class Clears(erlang.Term):\\n"
+     "    etf = property(lambda self: (L.clear(), b\"\\\\x83a\\\\x01\")[1])\\n"
+     "class Grows(erlang.Term):\\n"
+     "    etf = property(lambda self: (L.extend(range(1000)), b\"\\\\x83a\\\\x01\")[1])\\n',"
+     " globals())");
+  py("globals().__setitem__('L', [1, 2, Clears.__new__(Clears), 3, 4] + list(range(600)))");
+  BOOST_TEST(encode_error(py("L").get()) == "RuntimeError: list changed size during encoding");
+  py("globals().__setitem__('L', list(range(600)) + [Grows.__new__(Grows), 5])");
+  BOOST_TEST(encode_error(py("L").get()) == "RuntimeError: list changed size during encoding");
 }
 
 BOOST_AUTO_TEST_CASE(big_integers_use_ext3_outside_64_bits) {
