@@ -248,7 +248,6 @@ bool CpuFollow::pin(unsigned who) {
 
 bool CpuFollow::claim(int cpu) {
   if (claim_fd_ >= 0 && claimed_cpu_ == cpu) return true;
-  release();
   // One follower per CPU of a node: two workers (of a pool with concurrent
   // callers) on one CPU would take turns on it while the other idles. The
   // claim is an abstract socket name: gone with the socket, or the process.
@@ -263,6 +262,7 @@ bool CpuFollow::claim(int cpu) {
     close(fd);
     return false;
   }
+  release();  // the CPU followed before, once the new one is ours
   claim_fd_ = fd;
   claimed_cpu_ = cpu;
   return true;
