@@ -350,6 +350,7 @@ void SpinBudget::input_after(uint64_t waited_ns, uint64_t cycle_ns) {
         if (trimmed_mean(followed_, kProbe) * 4 <= reference_ns_ * 3) {
           decide(false);
           follow_on_ = true;
+          follow_misses_ = 0;
           backoff_ = 1;
         } else {
           stop_following();
@@ -382,11 +383,16 @@ void SpinBudget::input_after(uint64_t waited_ns, uint64_t cycle_ns) {
         // slow (the mode changed) are measured again. Medians: on a busy
         // machine a few waits are long whatever the worker does.
         if (follow_on_) {
-          // Following that stopped paying stops; if the node's thread
-          // moved (slow waits again), the worker moves after it.
-          if (median(window_cycles_, kWindow) * 4 > reference_ns_ * 3) return restart();
-          if (median(window_waits_, kWindow) >= kSlowWakeNs && !follow_->pin(who_))
-            return restart();
+          // The node's thread moved (it slept, and woke on an idle CPU):
+          // the waits turned slow; the worker moves after it, and gives up
+          // after kFollowMisses such windows in a row. Fast waits whose
+          // cycles stopped beating blocking end following too.
+          if (median(window_waits_, kWindow) >= kSlowWakeNs) {
+            if (++follow_misses_ >= kFollowMisses || !follow_->pin(who_)) return restart();
+          } else {
+            follow_misses_ = 0;
+            if (median(window_cycles_, kWindow) * 4 > reference_ns_ * 3) return restart();
+          }
         } else if (spin_ ? median(window_cycles_, kWindow) * 4 > reference_ns_ * 3
                          : count_ / kWindow >= backoff_ &&
                                median(window_waits_, kWindow) >= kSlowWakeNs) {

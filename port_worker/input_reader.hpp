@@ -165,6 +165,8 @@ class SpinBudget {
   // more often probes found spinning useless).
   static constexpr int kWindow = 64;
   static constexpr uint64_t kSlowWakeNs = 20000;
+  // Windows of slow waits in a row after which following is given up.
+  static constexpr int kFollowMisses = 4;
 
   // max_ns 0: never spin. always: skip the probes and spin whenever
   // traffic flows (tests: --spin-test-always), still stopping after two
@@ -217,6 +219,7 @@ class SpinBudget {
   CpuFollow* follow_ = nullptr;
   unsigned who_ = 0;
   bool follow_on_ = false;  // decided to follow
+  int follow_misses_ = 0;   // windows of slow waits in a row while following
 };
 
 class InputReader {

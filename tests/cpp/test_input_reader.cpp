@@ -456,6 +456,25 @@ BOOST_AUTO_TEST_CASE(spin_budget_follows_the_node_where_that_is_faster) {
   BOOST_TEST(!b.following());
 }
 
+BOOST_AUTO_TEST_CASE(spin_budget_moves_after_the_node_then_gives_up) {
+  FakeFollow f;
+  pyport::SpinBudget b(100 * kUs);
+  b.set_follow(&f, 1);
+  feed(b, pyport::SpinBudget::kProbe, 50 * kUs);
+  feed(b, pyport::SpinBudget::kProbe, 12 * kUs);
+  BOOST_TEST(b.following());
+  int pins = f.pins;
+  feed(b, pyport::SpinBudget::kWindow, 50 * kUs);  // the node's thread moved
+  BOOST_TEST(b.following());
+  BOOST_TEST(f.pins == pins + 1);                  // pinned again, where it went
+  feed(b, pyport::SpinBudget::kWindow, 12 * kUs);  // and it paid
+  feed(b, (pyport::SpinBudget::kFollowMisses - 1) * pyport::SpinBudget::kWindow, 50 * kUs);
+  BOOST_TEST(b.following());
+  feed(b, pyport::SpinBudget::kWindow, 50 * kUs);  // a miss too many
+  BOOST_TEST(!b.following());
+  BOOST_TEST(f.holders == 0u);
+}
+
 BOOST_AUTO_TEST_CASE(spin_budget_spins_where_following_does_not_pay) {
   FakeFollow f;
   pyport::SpinBudget b(100 * kUs);
