@@ -70,6 +70,8 @@
 -define(FAIL_AT(Tag, At, Back), ?FAIL_SIZE(Tag, byte_size(At) + (Back))).
 %% Thrown with a limit's error, returned as is.
 -define(LIMIT, pyport_codec_limit).
+%% Where run/2 and pair_run/2 leave their end (process dictionary key).
+-define(RUN, '$pyport_codec_run').
 
 %%%===================================================================
 %%% API
@@ -280,14 +282,28 @@ big_binary(B, Acc, P, X, K) ->
 
 %% The elements of a list. Scalars, the most frequent elements, skip the
 %% trip through K. Neighbouring integers of the same small form (a list of
-%% numbers) share a segment: ?CD(A, B) is uint 16 A then uint 16 B.
+%% numbers) and floats share one append: each append costs a few heap
+%% words (the new binary term) and each segment a call into the runtime,
+%% so 8 uint 16 go as four 48-bit segments (?CD(A, B) is uint 16 A then
+%% uint 16 B) and 8 positive fixints as two 32-bit ones.
 -define(CD(A, B), ((16#cd bsl 40) bor (A bsl 24) bor (16#cd bsl 16) bor B):48).
-el([A, B, C, D | T], Acc, P, X, K) when ?IS_U16(A), ?IS_U16(B), ?IS_U16(C), ?IS_U16(D) ->
-    el(T, <<Acc/binary, ?CD(A, B), ?CD(C, D)>>, P, X, K);
+-define(FIX4(A, B, C, D), ((A bsl 24) bor (B bsl 16) bor (C bsl 8) bor D):32).
+el([A, B, C, D, E, F, G, H | T], Acc, P, X, K)
+  when ?IS_U16(A), ?IS_U16(B), ?IS_U16(C), ?IS_U16(D),
+       ?IS_U16(E), ?IS_U16(F), ?IS_U16(G), ?IS_U16(H) ->
+    el(T, <<Acc/binary, ?CD(A, B), ?CD(C, D), ?CD(E, F), ?CD(G, H)>>, P, X, K);
 el([A, B | T], Acc, P, X, K) when ?IS_U16(A), ?IS_U16(B) ->
     el(T, <<Acc/binary, ?CD(A, B)>>, P, X, K);
+el([A, B, C, D, E, F, G, H | T], Acc, P, X, K)
+  when ?IS_FIXINT(A), ?IS_FIXINT(B), ?IS_FIXINT(C), ?IS_FIXINT(D),
+       ?IS_FIXINT(E), ?IS_FIXINT(F), ?IS_FIXINT(G), ?IS_FIXINT(H) ->
+    el(T, <<Acc/binary, ?FIX4(A, B, C, D), ?FIX4(E, F, G, H)>>, P, X, K);
 el([A, B | T], Acc, P, X, K) when ?IS_FIXINT(A), ?IS_FIXINT(B) ->
     el(T, <<Acc/binary, ((A bsl 8) bor B):16>>, P, X, K);
+el([A, B, C, D | T], Acc, P, X, K)
+  when is_float(A), is_float(B), is_float(C), is_float(D) ->
+    el(T, <<Acc/binary, 16#cb, A/float, 16#cb, B/float, 16#cb, C/float, 16#cb, D/float>>,
+       P, X, K);
 el([H | T], Acc, P, X, K) ->
     case scalar(H, Acc) of
         false -> container(H, Acc, P, X, [T | K]);
@@ -296,7 +312,12 @@ el([H | T], Acc, P, X, K) ->
 el([], Acc, P, X, K) ->
     k(K, Acc, P, X).
 
-%% The pairs of a map, likewise.
+%% The pairs of a map, likewise; a pair of uint 16 (a map of numbers) in
+%% one segment.
+pairs([{Key, V} | T], Acc, P, X, K) when ?IS_U16(Key), ?IS_U16(V) ->
+    pairs(T, <<Acc/binary, ?CD(Key, V)>>, P, X, K);
+pairs([{Key, V} | T], Acc, P, X, K) when ?IS_FIXINT(Key), ?IS_FIXINT(V) ->
+    pairs(T, <<Acc/binary, ((Key bsl 8) bor V):16>>, P, X, K);
 pairs([{Key, V} | T], Acc, P, X, K) ->
     case scalar(Key, Acc) of
         false ->
@@ -485,7 +506,9 @@ ext_header(_, _, Term) -> error({unsupported_term, Term}).
 %%
 %% N values are still to be read into Acc (reversed) for the container being
 %% filled, D containers are open, Stack holds the open containers' parents as
-%% {array | map, N, Acc} or {tuple, N, Acc, End, Start}. The outermost
+%% {array | map, N, Acc, Prefix} or {tuple, N, Acc, End, Start}, where
+%% Prefix is what run/2, float_run/2 or pair_run/2 read at the container's start: its
+%% first elements, or pairs, in order. The outermost
 %% "container" is the caller's list of N values with an empty Stack.
 %% C is a cache of atoms (see ext/11) which also holds the limits under
 %% '$limits'; T and W are what is left of the budgets: values (elements
@@ -541,18 +564,78 @@ ext_header(_, _, Term) -> error({unsupported_term, Term}).
 -define(OPEN(Bits, Kind),
         case R of
             <<L:Bits, R1/binary>> when D < ?MAX_DEPTH ->
-                ?CHARGE(R1, ?COUNT(Kind, L), ?COUNT(Kind, L), ?WORDS(Kind, L),
-                        {Kind, N - 1, Acc});
+                case Kind of
+                    array -> ?ARRAY(R1, L);
+                    map -> ?MAP(R1, L)
+                end;
             <<_:Bits, _/binary>> ->
                 ?FAIL(too_deep);
             _ ->
                 ?TRUNC(R)
         end).
-%% Values in a container of L, and the heap words charged for them: a list
-%% cell is 2 words; a flatmap is 2 words a pair and a few, a hash map
-%% nearer 4; a tuple 1 word an element and its header.
--define(COUNT(Kind, L), (case Kind of map -> 2 * (L); _ -> L end)).
--define(WORDS(Kind, L), (case Kind of array -> 2 * (L); map -> 4 * (L) + 4 end)).
+%% Heap words charged for the values of a container of L: a list cell is 2
+%% words; a flatmap is 2 words a pair and a few, a hash map nearer 4; a
+%% tuple 1 word an element and its header.
+-define(ARRAY_WORDS(L), (2 * (L))).
+-define(MAP_WORDS(L), (4 * (L) + 4)).
+%% The first byte of an integer that run/2 reads.
+-define(IS_INT_BYTE(B), (B < 16#80 orelse B >= 16#e0 orelse
+                         (B >= 16#cc andalso B =< 16#d2 andalso B =/= 16#cf))).
+%% Containers this long or longer that start with an integer are read by
+%% run/2 or pair_run/2; shorter ones by ints/3, whose reversed result costs
+%% less than a trip through the process dictionary.
+-define(RUN_MIN, 8).
+%% An array of L values, as ?CHARGE: the integers at its start in order
+%% (run/2); all of it when they are all it holds, the usual list of
+%% numbers, which then needs no frame and no reverse.
+-define(ARRAY(R1, L),
+        case L =< T andalso ?ARRAY_WORDS(L) =< W of
+            true ->
+                case R1 of
+                    <<IB, _/binary>> when L >= ?RUN_MIN, ?IS_INT_BYTE(IB) ->
+                        Run = run(R1, L),
+                        {IR, IN} = erase(?RUN),
+                        case IN of
+                            0 -> d(IR, N - 1, [Run | Acc], D, S, C, T - L, W - ?ARRAY_WORDS(L));
+                            _ -> d(IR, IN, [], D + 1, [{array, N - 1, Acc, Run} | S], C,
+                                   T - L, W - ?ARRAY_WORDS(L))
+                        end;
+                    <<16#cb, _/binary>> when L >= ?RUN_MIN, 2 * ?ARRAY_WORDS(L) =< W ->
+                        %% Floats take 2 words each: read when all L could be.
+                        Run = float_run(R1, L),
+                        {IR, IN} = erase(?RUN),
+                        W1 = W - ?ARRAY_WORDS(L) - 2 * (L - IN),
+                        case IN of
+                            0 -> d(IR, N - 1, [Run | Acc], D, S, C, T - L, W1);
+                            _ -> d(IR, IN, [], D + 1, [{array, N - 1, Acc, Run} | S], C, T - L, W1)
+                        end;
+                    _ ->
+                        {IR, IN, IAcc} = ints(R1, L, []),
+                        d(IR, IN, IAcc, D + 1, [{array, N - 1, Acc, []} | S], C,
+                          T - L, W - ?ARRAY_WORDS(L))
+                end;
+            false ->
+                charge(R1, L, L, ?ARRAY_WORDS(L), {array, N - 1, Acc, []}, D, S, C, T, W)
+        end).
+%% A map of L pairs, likewise: its integer pairs at the start in order
+%% (pair_run/2), given to maps:from_list/1 as they are.
+-define(MAP(R1, L),
+        case 2 * L =< T andalso ?MAP_WORDS(L) =< W of
+            true ->
+                case R1 of
+                    <<IB, _/binary>> when L >= ?RUN_MIN, ?IS_INT_BYTE(IB) ->
+                        Run = pair_run(R1, L),
+                        {IR, IN, IAcc} = erase(?RUN),
+                        d(IR, IN, IAcc, D + 1, [{map, N - 1, Acc, Run} | S], C,
+                          T - 2 * L, W - ?MAP_WORDS(L));
+                    _ ->
+                        {IR, IN, IAcc} = ints(R1, 2 * L, []),
+                        d(IR, IN, IAcc, D + 1, [{map, N - 1, Acc, []} | S], C,
+                          T - 2 * L, W - ?MAP_WORDS(L))
+                end;
+            false ->
+                charge(R1, 2 * L, 2 * L, ?MAP_WORDS(L), {map, N - 1, Acc, []}, D, S, C, T, W)
+        end).
 %% Opens a container of Count values, Terms and Words within the budgets,
 %% as d/8 goes on with R1. Inline, so that the match context is kept.
 -define(CHARGE(R1, Count, Terms, Words, Frame),
@@ -572,10 +655,10 @@ ext_header(_, _, Term) -> error({unsupported_term, Term}).
 
 d(<<_/binary>> = Bin, 0, Acc, _, [], _, _, _) ->
     {Acc, Bin};
-d(<<_/binary>> = Bin, 0, Acc, D, [{array, N, PAcc} | S], C, T, W) ->
-    d(Bin, N, [lists:reverse(Acc) | PAcc], D - 1, S, C, T, W);
-d(<<_/binary>> = Bin, 0, Acc, D, [{map, N, PAcc} | S], C, T, W) ->
-    d(Bin, N, [to_map(Acc, []) | PAcc], D - 1, S, C, T, W);
+d(<<_/binary>> = Bin, 0, Acc, D, [{array, N, PAcc, Prefix} | S], C, T, W) ->
+    d(Bin, N, [Prefix ++ lists:reverse(Acc) | PAcc], D - 1, S, C, T, W);
+d(<<_/binary>> = Bin, 0, Acc, D, [{map, N, PAcc, Prefix} | S], C, T, W) ->
+    d(Bin, N, [to_map(Acc, Prefix) | PAcc], D - 1, S, C, T, W);
 d(<<_/binary>> = Bin, 0, Acc, D, [{tuple, N, PAcc, End, Start} | S], C, T, W) ->
     %% The array must fill the ext payload exactly.
     case byte_size(Bin) of
@@ -647,10 +730,10 @@ d(<<B, R/binary>>, N, Acc, D, S, C, T, W) when B >= 16#a0 ->
     ?VALUE(<<V:L/binary, R1/binary>>, 2 + ((L + 7) bsr 3));
 d(<<B, R/binary>>, N, Acc, D, S, C, T, W) when B < 16#90, D < ?MAX_DEPTH ->
     L = B - 16#80,
-    ?CHARGE(R, 2 * L, 2 * L, 4 * L + 4, {map, N - 1, Acc});
+    ?MAP(R, L);
 d(<<B, R/binary>>, N, Acc, D, S, C, T, W) when D < ?MAX_DEPTH ->
     L = B - 16#90,
-    ?CHARGE(R, L, L, 2 * L, {array, N - 1, Acc});
+    ?ARRAY(R, L);
 d(<<_, _/binary>>, _, _, _, _, _, _, _) ->
     ?FAIL(too_deep);
 d(<<>>, _, _, _, _, _, _, _) ->
@@ -669,6 +752,69 @@ ints(<<16#d1, V:16/signed, R/binary>>, N, Acc) when N > 0 -> ints(R, N - 1, [V |
 ints(<<16#d2, V:32/signed, R/binary>>, N, Acc) when N > 0 -> ints(R, N - 1, [V | Acc]);
 ints(<<16#d0, V:8/signed, R/binary>>, N, Acc) when N > 0 -> ints(R, N - 1, [V | Acc]);
 ints(Bin, N, Acc) -> {Bin, N, Acc}.
+
+%% The integers of up to 32 bits at the start of an array's N values, in
+%% order: built from the front by body recursion, so that a list of
+%% numbers costs its own cells and nothing else (reading them reversed
+%% costs as many cells again, and the garbage collections they bring:
+%% measured, a third of the decode of 10,000 integers). Where they end
+%% and how many values are left go through the process dictionary
+%% (?RUN, taken at once by ?ARRAY), as returning them from every level
+%% would cost a tuple each.
+run(<<16#cd, A:16, 16#cd, B:16, 16#cd, C:16, 16#cd, V:16, R/binary>>, N) when N >= 4 ->
+    [A, B, C, V | run(R, N - 4)];
+run(<<A, B, C, V, R/binary>>, N) when A < 16#80, B < 16#80, C < 16#80, V < 16#80, N >= 4 ->
+    [A, B, C, V | run(R, N - 4)];
+run(<<B, R/binary>>, N) when B < 16#80, N > 0 -> [B | run(R, N - 1)];
+run(<<16#cd, V:16, R/binary>>, N) when N > 0 -> [V | run(R, N - 1)];
+run(<<16#cc, V, R/binary>>, N) when N > 0 -> [V | run(R, N - 1)];
+run(<<16#ce, V:32, R/binary>>, N) when N > 0 -> [V | run(R, N - 1)];
+run(<<B, R/binary>>, N) when B >= 16#e0, N > 0 -> [B - 16#100 | run(R, N - 1)];
+run(<<16#d1, V:16/signed, R/binary>>, N) when N > 0 -> [V | run(R, N - 1)];
+run(<<16#d2, V:32/signed, R/binary>>, N) when N > 0 -> [V | run(R, N - 1)];
+run(<<16#d0, V:8/signed, R/binary>>, N) when N > 0 -> [V | run(R, N - 1)];
+run(Bin, N) ->
+    _ = put(?RUN, {Bin, N}),
+    [].
+
+%% The float 64s at the start of an array's N values, likewise (a list of
+%% numbers from numpy or an embedding). NaN and the infinities do not
+%% match as floats: d/8 reads them, and what follows them.
+float_run(<<16#cb, A/float, 16#cb, B/float, 16#cb, C/float, 16#cb, V/float, R/binary>>, N)
+  when N >= 4 ->
+    [A, B, C, V | float_run(R, N - 4)];
+float_run(<<16#cb, V/float, R/binary>>, N) when N > 0 -> [V | float_run(R, N - 1)];
+float_run(Bin, N) ->
+    _ = put(?RUN, {Bin, N}),
+    [].
+
+%% The pairs of integers at the start of a map's N pairs, in order, as
+%% {Key, Value}, likewise. ?RUN gets where they end, the values left and
+%% the reversed values read past them: [] or a key whose value is not an
+%% integer.
+pair_run(<<B, R/binary>>, N) when B < 16#80, N > 0 -> pair_value(R, B, N);
+pair_run(<<16#cd, K:16, R/binary>>, N) when N > 0 -> pair_value(R, K, N);
+pair_run(<<16#cc, K, R/binary>>, N) when N > 0 -> pair_value(R, K, N);
+pair_run(<<16#ce, K:32, R/binary>>, N) when N > 0 -> pair_value(R, K, N);
+pair_run(<<B, R/binary>>, N) when B >= 16#e0, N > 0 -> pair_value(R, B - 16#100, N);
+pair_run(<<16#d1, K:16/signed, R/binary>>, N) when N > 0 -> pair_value(R, K, N);
+pair_run(<<16#d2, K:32/signed, R/binary>>, N) when N > 0 -> pair_value(R, K, N);
+pair_run(<<16#d0, K:8/signed, R/binary>>, N) when N > 0 -> pair_value(R, K, N);
+pair_run(Bin, N) ->
+    _ = put(?RUN, {Bin, 2 * N, []}),
+    [].
+
+pair_value(<<B, R/binary>>, K, N) when B < 16#80 -> [{K, B} | pair_run(R, N - 1)];
+pair_value(<<16#cd, V:16, R/binary>>, K, N) -> [{K, V} | pair_run(R, N - 1)];
+pair_value(<<16#cc, V, R/binary>>, K, N) -> [{K, V} | pair_run(R, N - 1)];
+pair_value(<<16#ce, V:32, R/binary>>, K, N) -> [{K, V} | pair_run(R, N - 1)];
+pair_value(<<B, R/binary>>, K, N) when B >= 16#e0 -> [{K, B - 16#100} | pair_run(R, N - 1)];
+pair_value(<<16#d1, V:16/signed, R/binary>>, K, N) -> [{K, V} | pair_run(R, N - 1)];
+pair_value(<<16#d2, V:32/signed, R/binary>>, K, N) -> [{K, V} | pair_run(R, N - 1)];
+pair_value(<<16#d0, V:8/signed, R/binary>>, K, N) -> [{K, V} | pair_run(R, N - 1)];
+pair_value(Bin, K, N) ->
+    _ = put(?RUN, {Bin, 2 * N - 1, [K]}),
+    [].
 
 %% A container past a budget, unless its header claims more values than
 %% there are bytes left (each takes at least one): then it is truncated,
@@ -816,11 +962,15 @@ non_finite(_, Fraction) when Fraction =/= 0 -> nan;
 non_finite(0, 0) -> infinity;
 non_finite(1, 0) -> neg_infinity.
 
-%% Map from the reversed alternating values [Vn, Kn, ..., V1, K1]. Pairs go
-%% to maps:from_list in wire order, so a repeated key keeps its last value,
-%% as a Python dict built from the same pairs would.
-to_map([V, K | T], Pairs) -> to_map(T, [{K, V} | Pairs]);
-to_map([], Pairs) -> maps:from_list(Pairs).
+%% Map from the pairs Prefix, then the reversed alternating values [Vn,
+%% Kn, ..., V1, K1] that followed them. Pairs go to maps:from_list in wire
+%% order, so a repeated key keeps its last value, as a Python dict built
+%% from the same pairs would.
+to_map([], Prefix) -> maps:from_list(Prefix);
+to_map(Reversed, Prefix) -> maps:from_list(Prefix ++ pairs_of(Reversed, [])).
+
+pairs_of([V, K | T], Pairs) -> pairs_of(T, [{K, V} | Pairs]);
+pairs_of([], Pairs) -> Pairs.
 
 %% Ext 5 carries only pids, references, ports and funs. Checking the outer
 %% tag first keeps any other (possibly compressed, possibly huge) term from

@@ -790,6 +790,196 @@ random_bytes(N, Rand0, Acc) ->
     random_bytes(N - 1, Rand, [B - 1 | Acc]).
 
 %%%===================================================================
+%%% Lists and maps of integers (the encoder's wide appends, the
+%%% decoder's integer runs and pair runs)
+%%%===================================================================
+
+%% Integers near every form boundary, and floats.
+boundary_ints() ->
+    [0, 1, 126, 127, 128, 200, 255, 256, 257, 4096, 65534, 65535, 65536, 16#FFFFFFFF,
+     16#100000000, -1, -32, -33, -128, -129, -32768, -32769, -16#80000000, -16#80000001].
+
+%% Lists of Len values drawn from Pool, deterministic.
+random_lists(Pool, Seed, Count) ->
+    Rand0 = rand:seed_s(exsss, Seed),
+    {Lists, _} = lists:mapfoldl(
+                   fun(_, R0) ->
+                           {Len, R1} = rand:uniform_s(40, R0),
+                           lists:mapfoldl(fun(_, R) ->
+                                                  {I, R2} = rand:uniform_s(length(Pool), R),
+                                                  {lists:nth(I, Pool), R2}
+                                          end, R1, lists:seq(1, Len - 1))
+                   end, Rand0, lists:seq(1, Count)),
+    Lists.
+
+%% An array or map is its header and then its values one by one, each in
+%% its own shortest form, whatever the encoder groups.
+int_list_bytes_test_() ->
+    Pools = [boundary_ints(), [1, 2, 3, 127], [300, 400, 65535, 256], [0.5, -1.25, 1.0e300],
+             [1, 300, 0.5, <<"a">>, [7], none]],
+    [{lists:flatten(io_lib:format("~w", [L])),
+      fun() ->
+              Expected = iolist_to_binary([array_header(length(L)) | [enc(E) || E <- L]]),
+              ?assertEqual(Expected, enc(L)),
+              ?assertEqual({ok, L}, ?C:decode(Expected))
+      end} || Pool <- Pools, L <- random_lists(Pool, 1, 40)].
+
+int_map_bytes_test_() ->
+    Maps = [maps:from_list(lists:zip(lists:seq(1, length(L)), L))
+            || L <- random_lists(boundary_ints(), 2, 30)] ++
+        [maps:from_list([{I, I} || I <- lists:seq(1, 1000)]),
+         maps:from_list([{I * 300, 100 - I} || I <- lists:seq(1, 50)])],
+    [fun() ->
+             Body = iolist_to_binary([[enc(K), enc(V)] || {K, V} <- maps:to_list(M)]),
+             Bytes = enc(M),
+             ?assertEqual(Body, binary:part(Bytes, byte_size(Bytes), -byte_size(Body))),
+             ?assertEqual({ok, M}, ?C:decode(Bytes))
+     end || M <- Maps].
+
+%% Every integer form a worker may use, shortest or not, in arrays of every
+%% length around the decoder's grouping (4 at a time, runs from 8), with
+%% and without other values after the integers.
+int_forms() ->
+    [{fixint, fun(I) when I >= 0, I < 128 -> <<I>> end, [0, 5, 127]},
+     {negfix, fun(I) when I >= -32, I < 0 -> <<I:8/signed>> end, [-1, -32]},
+     {u8, fun(I) -> <<16#cc, I>> end, [0, 7, 255]},
+     {u16, fun(I) -> <<16#cd, I:16>> end, [0, 9, 65535]},
+     {u32, fun(I) -> <<16#ce, I:32>> end, [0, 11, 16#FFFFFFFF]},
+     {u64, fun(I) -> <<16#cf, I:64>> end, [3, 16#FFFFFFFFFFFFFFFF]},
+     {i8, fun(I) -> <<16#d0, I:8/signed>> end, [-128, 4, 127]},
+     {i16, fun(I) -> <<16#d1, I:16/signed>> end, [-32768, 6, 32767]},
+     {i32, fun(I) -> <<16#d2, I:32/signed>> end, [-16#80000000, 8]},
+     {i64, fun(I) -> <<16#d3, I:64/signed>> end, [-16#8000000000000000, 10]}].
+
+int_run_forms_test_() ->
+    Forms = int_forms(),
+    Tails = [{[], <<>>}, {[<<"x">>], <<16#a1, "x">>}, {[1.5], <<16#cb, 1.5/float>>},
+             {[[1, 2]], <<16#92, 1, 2>>}, {[none, 3], <<16#c0, 3>>}],
+    [{lists:flatten(io_lib:format("~p ~p+~p", [Name, Len, TailTerm])),
+      fun() ->
+              Values = [lists:nth(1 + (I rem length(Samples)), Samples) || I <- lists:seq(1, Len)],
+              Bytes = iolist_to_binary([array_header(Len + length(TailTerm)),
+                                        [Form(V) || V <- Values], TailBytes]),
+              ?assertEqual({ok, Values ++ TailTerm}, ?C:decode(Bytes)),
+              %% The same integers after a non-integer: read one by one.
+              Bytes2 = iolist_to_binary([array_header(Len + 1), 16#c0, [Form(V) || V <- Values]]),
+              ?assertEqual({ok, [none | Values]}, ?C:decode(Bytes2))
+      end} || {Name, Form, Samples} <- Forms, Len <- [3, 4, 5, 7, 8, 9, 12, 17, 100],
+              {TailTerm, TailBytes} <- Tails].
+
+%% Integers of mixed forms, with another value at every position.
+int_run_mixed_test_() ->
+    Forms = int_forms(),
+    Values = [{lists:nth(1 + (I rem length(S)), S), F}
+              || I <- lists:seq(1, 30), {_, F, S} <- [lists:nth(1 + (I * 7) rem length(Forms), Forms)]],
+    Ints = [V || {V, _} <- Values],
+    [fun() ->
+             {Before, After} = lists:split(At, Values),
+             Bytes = iolist_to_binary([array_header(31), [F(V) || {V, F} <- Before],
+                                       16#a2, "ab", [F(V) || {V, F} <- After]]),
+             {B1, A1} = lists:split(At, Ints),
+             ?assertEqual({ok, B1 ++ [<<"ab">>] ++ A1}, ?C:decode(Bytes))
+     end || At <- lists:seq(0, 30)].
+
+%% Arrays that start with float 64s, with NaN, an infinity, a float 32 or
+%% another value at every position, and the budget of their heap words.
+float_run_test_() ->
+    Floats = [I * 0.25 - 3.0 || I <- lists:seq(1, 20)],
+    Odd = [{nan, <<16#cb, 16#7ff8000000000000:64>>}, {infinity, <<16#cb, 16#7ff0000000000000:64>>},
+           {neg_infinity, <<16#cb, 16#fff0000000000000:64>>}, {1.5, <<16#ca, 1.5:32/float>>},
+           {7, <<7>>}, {<<"s">>, <<16#a1, "s">>}],
+    [fun() ->
+             {Before, After} = lists:split(At, Floats),
+             Bytes = iolist_to_binary([array_header(21), [enc(F) || F <- Before], OddBytes,
+                                       [enc(F) || F <- After]]),
+             ?assertEqual({ok, Before ++ [OddTerm] ++ After}, ?C:decode(Bytes))
+     end || At <- lists:seq(0, 20), {OddTerm, OddBytes} <- Odd] ++
+        [?_assertEqual({ok, Floats}, ?C:decode(enc(Floats))),
+         %% 20 cells and 20 floats: 80 words.
+         ?_assertMatch({ok, _}, ?C:decode(enc(Floats), limits(20, 80 * 8))),
+         ?_assertEqual(too_large(max_decoded_bytes, 80 * 8 - 1),
+                       ?C:decode(enc(Floats), limits(20, 80 * 8 - 1))),
+         ?_assertEqual(too_large(max_decoded_bytes, 60 * 8),
+                       ?C:decode(enc(Floats ++ [1, 2]), limits(22, 60 * 8))),
+         ?_assertMatch({ok, _}, ?C:decode(enc(Floats ++ [1, 2]), limits(22, 84 * 8))),
+         %% The run's floats are charged: what follows them has the rest
+         %% (21 cells, 20 floats, then 10 cells: 102 words).
+         ?_assertMatch({ok, _}, ?C:decode(enc(Floats ++ [lists:seq(1, 10)]), limits(31, 102 * 8))),
+         ?_assertEqual(too_large(max_decoded_bytes, 101 * 8),
+                       ?C:decode(enc(Floats ++ [lists:seq(1, 10)]), limits(31, 101 * 8))),
+         ?_assertMatch({error, {bad_msgpack, {truncated, 12}}},
+                       ?C:decode(binary:part(enc(Floats), 0, 15)))].
+
+%% Maps whose pairs are integers, with a non-integer key or value at every
+%% position; a repeated key keeps its last value wherever it is.
+int_pair_run_test_() ->
+    Pairs = [{K, K * 3} || K <- lists:seq(1, 20)],
+    Enc = fun(Ps) -> [[enc(K), enc(V)] || {K, V} <- Ps] end,
+    Cases = [{At, Kind} || At <- lists:seq(0, 20), Kind <- [key, value]],
+    [fun() ->
+             {Before, After} = lists:split(At, Pairs),
+             Odd = case Kind of
+                       key -> {<<"k">>, 7};
+                       value -> {999, <<"v">>}
+                   end,
+             Bytes = iolist_to_binary([map_header(21), Enc(Before), Enc([Odd]), Enc(After)]),
+             ?assertEqual({ok, maps:from_list(Before ++ [Odd] ++ After)}, ?C:decode(Bytes))
+     end || {At, Kind} <- Cases] ++
+        [?_assertEqual({ok, maps:from_list([{K, K} || K <- lists:seq(1, 9)] ++ [{1, 7}])},
+                       ?C:decode(iolist_to_binary([map_header(10), Enc([{K, K} || K <- lists:seq(1, 9)]),
+                                                   Enc([{1, 7}])]))),
+         ?_assertEqual({ok, maps:from_list([{K, K} || K <- lists:seq(1, 9)] ++ [{1, <<"x">>}])},
+                       ?C:decode(iolist_to_binary([map_header(10), Enc([{K, K} || K <- lists:seq(1, 9)]),
+                                                   Enc([{1, <<"x">>}])]))),
+         ?_assertEqual({ok, #{1 => 2}},
+                       ?C:decode(iolist_to_binary([map_header(9), Enc([{1, I} || I <- lists:seq(-6, 2)])])))].
+
+%% A value cut inside a run of integers is truncated where it starts.
+int_run_truncation_test_() ->
+    Values = lists:seq(1, 12) ++ [300, 301, 302, 303, 70000, 70001, -5, -300],
+    Parts = [enc(V) || V <- Values],
+    Whole = iolist_to_binary([array_header(length(Values)) | Parts]),
+    Starts = element(1, lists:mapfoldl(fun(P, Off) -> {Off, Off + byte_size(P)} end,
+                                       byte_size(array_header(length(Values))), Parts)),
+    MapWhole = enc(maps:from_list([{I, I * 1000} || I <- lists:seq(1, 10)])),
+    [?_assertEqual({error, {bad_msgpack, {truncated, lists:last([S || S <- Starts, S =< Cut])}}},
+                   ?C:decode(binary:part(Whole, 0, Cut)))
+     || Cut <- lists:seq(4, byte_size(Whole) - 1)] ++
+        [?_assertMatch({error, {bad_msgpack, {truncated, _}}}, ?C:decode(binary:part(MapWhole, 0, Cut)))
+         || Cut <- lists:seq(1, byte_size(MapWhole) - 1)].
+
+%% Runs are charged like any container, at their header.
+int_run_budget_test_() ->
+    L = enc(lists:seq(1, 100)),
+    M = enc(maps:from_list([{I, I} || I <- lists:seq(1, 20)])),
+    [?_assertMatch({ok, _}, ?C:decode(L, limits(100, 200 * 8))),
+     ?_assertEqual(too_large(max_result_terms, 99), ?C:decode(L, limits(99, infinity))),
+     ?_assertEqual(too_large(max_decoded_bytes, 200 * 8 - 1), ?C:decode(L, limits(100, 200 * 8 - 1))),
+     ?_assertMatch({ok, _}, ?C:decode(M, limits(40, infinity))),
+     ?_assertEqual(too_large(max_result_terms, 39), ?C:decode(M, limits(39, infinity)))].
+
+%% Decoding leaves the caller's process dictionary as it was, whether it
+%% succeeds or fails.
+int_run_dictionary_test() ->
+    Before = lists:sort(get()),
+    L = enc(lists:seq(1, 50)),
+    M = enc(maps:from_list([{I, I} || I <- lists:seq(1, 50)])),
+    {ok, _} = ?C:decode(L),
+    {ok, _} = ?C:decode(M),
+    {error, _} = ?C:decode(binary:part(L, 0, 40)),
+    {error, _} = ?C:decode(binary:part(M, 0, 40)),
+    {error, _} = ?C:decode(L, limits(10, infinity)),
+    ?assertEqual(Before, lists:sort(get())).
+
+array_header(N) when N < 16 -> <<(16#90 + N)>>;
+array_header(N) when N < 65536 -> <<16#dc, N:16>>;
+array_header(N) -> <<16#dd, N:32>>.
+
+map_header(N) when N < 16 -> <<(16#80 + N)>>;
+map_header(N) when N < 65536 -> <<16#de, N:16>>;
+map_header(N) -> <<16#df, N:32>>.
+
+%%%===================================================================
 %%% Helpers
 %%%===================================================================
 
