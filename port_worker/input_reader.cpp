@@ -2,22 +2,17 @@
 
 #include "frame_writer.hpp"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <sched.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
-#include <sys/socket.h>
 #include <sys/timerfd.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
-#include <cstddef>
 #include <cstring>
 #include <system_error>
 
@@ -129,175 +124,10 @@ uint64_t trimmed_mean(uint64_t* v, int n) {
 
 }  // namespace
 
-// ---- CpuFollow ------------------------------------------------------------
-
-namespace {
-
-// The first line of a small /proc file ("" if it cannot be read).
-std::string read_small(const std::string& path) {
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return {};
-  char buf[512];
-  ssize_t n = read(fd, buf, sizeof buf - 1);
-  close(fd);
-  if (n <= 0) return {};
-  return std::string(buf, size_t(n));
-}
-
-// Field `index` (1-based, as proc(5) counts) of a /proc stat line; the
-// command in parentheses may hold spaces.
-long stat_field(const std::string& stat, int index) {
-  size_t at = stat.rfind(')');
-  if (at == std::string::npos || index < 3) return -1;
-  const char* p = stat.c_str() + at + 1;
-  for (int field = 3;; ++field) {
-    while (*p == ' ')
-      ++p;
-    if (*p == '\0') return -1;
-    if (field == index) return std::strtol(p, nullptr, 10);
-    while (*p != ' ' && *p != '\0')
-      ++p;
-  }
-}
-
-std::string trim(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' '))
-    s.pop_back();
-  return s;
-}
-
-bool is_scheduler_name(const std::string& comm) {
-  size_t digits = 0;
-  while (digits < comm.size() && comm[digits] >= '0' && comm[digits] <= '9')
-    ++digits;
-  return digits > 0 && comm.compare(digits, std::string::npos, "_scheduler") == 0;
-}
-
-}  // namespace
-
-CpuFollow::CpuFollow() {
-  // The node is an ancestor: the worker's parent (its keeper process),
-  // erl_child_setup, then beam.
-  long parent = stat_field(read_small("/proc/self/stat"), 4);
-  std::string dir;
-  for (int level = 0;; ++level) {
-    if (parent <= 1 || level == 4) return;
-    dir = "/proc/" + std::to_string(parent);
-    if (trim(read_small(dir + "/comm")).compare(0, 4, "beam") == 0) break;
-    parent = stat_field(read_small(dir + "/stat"), 4);
-  }
-  DIR* tasks = opendir((dir + "/task").c_str());
-  if (!tasks) return;
-  while (dirent* e = readdir(tasks)) {
-    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-    if (!is_scheduler_name(trim(read_small(dir + "/task/" + e->d_name + "/comm")))) continue;
-    threads_.push_back({std::atoi(e->d_name), 0});
-  }
-  closedir(tasks);
-  // A node with many schedulers spreads its work: which one serves this
-  // worker is guesswork there.
-  if (threads_.size() > size_t(kMaxThreads)) threads_.clear();
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof set, &set) != 0) threads_.clear();
-  original_.assign(reinterpret_cast<uint8_t*>(&set), reinterpret_cast<uint8_t*>(&set) + sizeof set);
-  beam_ = int(parent);
-}
-
-void CpuFollow::sample() {
-  for (Thread& t : threads_) {
-    std::string s = read_small("/proc/" + std::to_string(beam_) + "/task/" + std::to_string(t.tid) +
-                               "/schedstat");
-    t.ran_ns = std::strtoull(s.c_str(), nullptr, 10);
-  }
-}
-
-bool CpuFollow::pin(unsigned who) {
-  if (!enabled()) return false;
-  const Thread* busiest = nullptr;
-  uint64_t most = 0, second = 0;
-  std::string base = "/proc/" + std::to_string(beam_) + "/task/";
-  for (Thread& t : threads_) {
-    std::string s = read_small(base + std::to_string(t.tid) + "/schedstat");
-    uint64_t ran = std::strtoull(s.c_str(), nullptr, 10);
-    uint64_t delta = ran > t.ran_ns ? ran - t.ran_ns : 0;
-    if (delta > most) {
-      second = most;
-      most = delta;
-      busiest = &t;
-    } else if (delta > second) {
-      second = delta;
-    }
-    t.ran_ns = ran;
-  }
-  // Only a node whose work runs on one scheduler: where several are busy
-  // (concurrent callers, each worker of a pool served by its own), every
-  // worker would follow the same one onto one CPU.
-  if (!busiest || second * 4 > most) return false;
-  long cpu = stat_field(read_small(base + std::to_string(busiest->tid) + "/stat"), 39);
-  auto original = reinterpret_cast<const cpu_set_t*>(original_.data());
-  if (cpu < 0 || cpu >= CPU_SETSIZE || !CPU_ISSET(int(cpu), original)) return false;
-  if (!claim(int(cpu))) return false;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(int(cpu), &set);
-  if (sched_setaffinity(0, sizeof set, &set) != 0) return false;
-  holders_ |= who;
-  return true;
-}
-
-bool CpuFollow::claim(int cpu) {
-  if (claim_fd_ >= 0 && claimed_cpu_ == cpu) return true;
-  // One follower per CPU of a node: two workers (of a pool with concurrent
-  // callers) on one CPU would take turns on it while the other idles. The
-  // claim is an abstract socket name: gone with the socket, or the process.
-  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return false;
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::string name = "pyport-follow-" + std::to_string(beam_) + "-" + std::to_string(cpu);
-  std::memcpy(addr.sun_path + 1, name.data(), std::min(name.size(), sizeof addr.sun_path - 2));
-  socklen_t len = socklen_t(offsetof(sockaddr_un, sun_path) + 1 + name.size());
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
-    close(fd);
-    return false;
-  }
-  release();  // the CPU followed before, once the new one is ours
-  claim_fd_ = fd;
-  claimed_cpu_ = cpu;
-  return true;
-}
-
-void CpuFollow::release() {
-  if (claim_fd_ >= 0) close(claim_fd_);
-  claim_fd_ = -1;
-  claimed_cpu_ = -1;
-}
-
-void CpuFollow::unpin(unsigned who) {
-  if (!(holders_ & who)) return;
-  holders_ &= ~who;
-  if (holders_ == 0) {
-    (void)sched_setaffinity(0, original_.size(),
-                            reinterpret_cast<const cpu_set_t*>(original_.data()));
-    release();
-  }
-}
-
-// ---- SpinBudget (continued) ---------------------------------------------------
-
-void SpinBudget::stop_following() {
-  if (follow_) follow_->unpin(who_);
-  follow_on_ = false;
-}
-
 void SpinBudget::restart() {
-  stop_following();
   phase_ = always_ ? kDecided : kProbeBlock;
   spin_ = always_;
   count_ = 0;
-  // The blocking probe's waits tell which scheduler serves this worker.
-  if (follow_) follow_->sample();
 }
 
 void SpinBudget::decide(bool spin) {
@@ -336,24 +166,6 @@ void SpinBudget::input_after(uint64_t waited_ns, uint64_t cycle_ns) {
           decide(false);  // wake-ups are cheap: nothing to gain
           backoff_ = 1;
         } else {
-          // Slow wake-ups: first on the node's CPU (no CPU burnt), then
-          // spinning.
-          phase_ = follow_ && follow_->pin(who_) ? kProbeFollow : kProbeSpin;
-          count_ = 0;
-        }
-      }
-      break;
-    case kProbeFollow:
-      followed_[count_++] = cycle;
-      if (count_ == kProbe) {
-        reference_ns_ = trimmed_mean(blocked_, kProbe);
-        if (trimmed_mean(followed_, kProbe) * 4 <= reference_ns_ * 3) {
-          decide(false);
-          follow_on_ = true;
-          follow_misses_ = 0;
-          backoff_ = 1;
-        } else {
-          stop_following();
           phase_ = kProbeSpin;
           count_ = 0;
         }
@@ -382,20 +194,8 @@ void SpinBudget::input_after(uint64_t waited_ns, uint64_t cycle_ns) {
         // Spinning that stopped paying stops; blocking waits that became
         // slow (the mode changed) are measured again. Medians: on a busy
         // machine a few waits are long whatever the worker does.
-        if (follow_on_) {
-          // The node's thread moved (it slept, and woke on an idle CPU):
-          // the waits turned slow; the worker moves after it, and gives up
-          // after kFollowMisses such windows in a row. Fast waits whose
-          // cycles stopped beating blocking end following too.
-          if (median(window_waits_, kWindow) >= kSlowWakeNs) {
-            if (++follow_misses_ >= kFollowMisses || !follow_->pin(who_)) return restart();
-          } else {
-            follow_misses_ = 0;
-            if (median(window_cycles_, kWindow) * 4 > reference_ns_ * 3) return restart();
-          }
-        } else if (spin_ ? median(window_cycles_, kWindow) * 4 > reference_ns_ * 3
-                         : count_ / kWindow >= backoff_ &&
-                               median(window_waits_, kWindow) >= kSlowWakeNs) {
+        if (spin_ ? median(window_cycles_, kWindow) * 4 > reference_ns_ * 3
+                  : count_ / kWindow >= backoff_ && median(window_waits_, kWindow) >= kSlowWakeNs) {
           return restart();
         }
       }

@@ -27,7 +27,6 @@
 #include <mutex>
 #include <string>
 #include <thread>
-#include <vector>
 
 #include "byte_buffer.hpp"
 #include "frames.hpp"
@@ -79,59 +78,6 @@ struct InputFrame {
   size_t rest;  // offset in payload of the first field after Id
 };
 
-// Keeps the calling thread on the CPU of the node's scheduler thread that
-// talks to the worker, while that measurably shortens round trips
-// (SpinBudget decides; docs/performance.md, "Slow mode (h-slow)").
-//
-// On an idle VM the kernel places the two ends of a sequential round trip
-// on different virtual CPUs (each wakes on the idle CPU it last ran on), and
-// every wake-up of a halted virtual CPU costs tens of µs; the worker's
-// spinning hides its own, never the node's. Two threads that share a CPU
-// hand it over in a few µs instead, and the node's thread does not even
-// sleep: the worker's answer is written before it runs again. The node is
-// found as the worker's parent (or erl_child_setup's), its scheduler
-// threads by name (`N_scheduler`, at most kMaxThreads of them); the one
-// that ran most since the previous sample is the one serving this worker.
-// Without such a node (sandboxes, zygotes, a test) it stays disabled.
-class CpuFollow {
- public:
-  static constexpr int kMaxThreads = 16;
-  CpuFollow();
-  virtual ~CpuFollow() { release(); }
-  CpuFollow(const CpuFollow&) = delete;
-  CpuFollow& operator=(const CpuFollow&) = delete;
-  virtual bool enabled() const { return beam_ > 0 && !threads_.empty(); }
-  // Notes each scheduler thread's run time so far (the next pin() picks
-  // the one that ran most since).
-  virtual void sample();
-  // `who` (a bit) wants the calling thread on the busiest scheduler's CPU:
-  // pins it there (again, if it moved). False when that is not possible:
-  // no scheduler dominates (concurrent work), or another worker of the
-  // node follows on that CPU.
-  virtual bool pin(unsigned who);
-  // `who` no longer does; once nobody does, the thread gets back the
-  // affinity it had.
-  virtual void unpin(unsigned who);
-
- protected:
-  struct NoNode {};
-  explicit CpuFollow(NoNode) {}  // tests: a follower of their own
-
- private:
-  struct Thread {
-    int tid;
-    uint64_t ran_ns;
-  };
-  bool claim(int cpu);
-  void release();
-  int beam_ = -1;
-  int claim_fd_ = -1;
-  int claimed_cpu_ = -1;
-  std::vector<Thread> threads_;
-  std::vector<uint8_t> original_;  // cpu_set_t of the thread, as bytes
-  unsigned holders_ = 0;
-};
-
 // Whether the main thread polls for input before it sleeps, and how long.
 //
 // On a VM, a thread that sleeps and is woken by a write to its pipe may
@@ -165,21 +111,12 @@ class SpinBudget {
   // more often probes found spinning useless).
   static constexpr int kWindow = 64;
   static constexpr uint64_t kSlowWakeNs = 20000;
-  // Windows of slow waits in a row after which following is given up.
-  static constexpr int kFollowMisses = 4;
 
   // max_ns 0: never spin. always: skip the probes and spin whenever
   // traffic flows (tests: --spin-test-always), still stopping after two
   // long gaps.
   explicit SpinBudget(uint64_t max_ns = 0, bool always = false) : max_ns_(max_ns), always_(always) {
     if (always_) restart();
-  }
-  // Slow blocking waits are then also tried on the node's CPU (CpuFollow),
-  // before spinning is; `who`: this budget's bit in follow's holders.
-  void set_follow(CpuFollow* follow, unsigned who) {
-    follow_ = max_ns_ > 0 && !always_ && follow && follow->enabled() ? follow : nullptr;
-    who_ = who;
-    if (follow_) follow_->sample();
   }
   // How long the next wait may spin (0: block at once).
   uint64_t budget_ns() const {
@@ -193,13 +130,10 @@ class SpinBudget {
   void input_after(uint64_t waited_ns) { input_after(waited_ns, waited_ns); }
   // Whether the last probe chose to spin (tests, diagnostics).
   bool spinning() const { return phase_ == kDecided && spin_; }
-  // Whether the last probe chose to follow the node's CPU.
-  bool following() const { return phase_ == kDecided && follow_on_; }
 
  private:
-  enum Phase { kProbeBlock, kProbeFollow, kProbeSpin, kDecided };
+  enum Phase { kProbeBlock, kProbeSpin, kDecided };
   void restart();
-  void stop_following();
   void decide(bool spin);
 
   uint64_t max_ns_;
@@ -215,11 +149,6 @@ class SpinBudget {
   uint64_t blocked_wait_[kProbe] = {};    // the blocking probe's waits
   uint64_t blocked_[kProbe] = {};         // and cycles
   uint64_t spun_[kProbe] = {};            // the spinning probe's cycles
-  uint64_t followed_[kProbe] = {};        // the following probe's cycles
-  CpuFollow* follow_ = nullptr;
-  unsigned who_ = 0;
-  bool follow_on_ = false;  // decided to follow
-  int follow_misses_ = 0;   // windows of slow waits in a row while following
 };
 
 class InputReader {

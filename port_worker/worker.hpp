@@ -70,10 +70,7 @@ class Worker : public LoopHost, public MainThread {
         sandbox_(sandbox),
         reader_(options.max_frame_size),
         idle_spin_(options.spin_us * 1000, options.spin_test_always),
-        reply_spin_(options.spin_us * 1000, options.spin_test_always) {
-    idle_spin_.set_follow(&follow_, 1);
-    reply_spin_.set_follow(&follow_, 2);
-  }
+        reply_spin_(options.spin_us * 1000, options.spin_test_always) {}
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
@@ -178,7 +175,6 @@ class Worker : public LoopHost, public MainThread {
   // between requests in the idle loop, and for replies from Erlang.
   SpinBudget idle_spin_;
   SpinBudget reply_spin_;
-  CpuFollow follow_;  // shared by both budgets (the main thread's CPU)
   // The loop's current wait began then, with no input ready: measured.
   std::chrono::steady_clock::time_point wait_began_;
   std::chrono::steady_clock::time_point last_input_, last_reply_input_;
