@@ -90,6 +90,12 @@ conc2(Pool, Secs) ->
            end,
     Pids = [spawn_link(fun() -> Loop(), Parent ! {done, self()} end) || _ <- [1, 2]],
     [receive {done, X} -> ok end || X <- Pids],
+    _ = case os:getenv("WAKE_AB_SHOW_AFFINITY") of
+            false -> ok;
+            _ ->
+                {ok, #{workers := Ws}} = pyport:pool_info(Pool),
+                io:format("~p affinity ~s~n", [Pool, [string:trim(os:cmd("taskset -p " ++ integer_to_list(O) ++ " | sed 's/.*: //'")) ++ " " || #{os_pid := O} <- Ws]])
+        end,
     counters:get(Count, 1) / Secs.
 
 os_pid(P) ->
