@@ -56,17 +56,6 @@
 -define(U64_MAX, 16#FFFFFFFFFFFFFFFF).
 -define(I64_MIN, -16#8000000000000000).
 
-%% Lists this long or longer are counted as they are written (el/6)
-%% instead of a length/1 pass first: inserting their header afterwards
-%% costs a part (see k/4) and a small binary more for
-%% erlang:iolist_to_iovec/1 to merge, together about 0.5-4 us, as much as
-%% length/1 of 400-1000 elements (measured; 256 made a list of 50 lists of
-%% 768 floats a third slower).
--define(LONG, 1024).
-%% The count el/6 keeps for a list whose header is already written: below
-%% any count, and not pushed with its rest when an element is a container.
--define(UNCOUNTED, -16#100000000000).
-
 %% Integers written as a positive fixint, and as a uint 16.
 -define(IS_FIXINT(I), is_integer(I), I >= 0, I < 16#80).
 -define(IS_U16(I), is_integer(I), I >= 16#100, I < 16#10000).
@@ -119,7 +108,7 @@ encode_frame(Kind, Id, Fields)
   when is_integer(Kind), Kind >= 0, Kind =< 127,
        is_integer(Id), Id >= 0, Id =< ?U64_MAX ->
     Head = array_header(list_length(Fields) + 2, <<>>),
-    el(Fields, int(Id, <<Head/binary, Kind>>), [], 0, [], ?UNCOUNTED).
+    el(Fields, int(Id, <<Head/binary, Kind>>), [], 0, []).
 
 %% @doc Several encoded frames as one BATCH frame `[12, 0, [Frame, ...]]',
 %% each frame a bin (proto/PROTOCOL.md): the worker handles them as if
@@ -238,18 +227,7 @@ scalar(F, Acc) when is_float(F) -> <<Acc/binary, 16#cb, F/float>>;
 scalar(_, _) -> false.
 
 container(L, Acc, P, X, K) when is_list(L) ->
-    case short_length(L, 0) of
-        long ->
-            %% Counted as its elements are written, and its header inserted
-            %% in front of them at the end (el/6), rather than a length/1
-            %% pass over the list first. Its parts start afresh, so that
-            %% the header goes before them.
-            el(L, Acc, [], X, [{array, byte_size(Acc), P, L} | K], 0);
-        improper ->
-            error({unsupported_term, L});
-        N ->
-            el(L, array_header(N, Acc), P, X, K, ?UNCOUNTED)
-    end;
+    el(L, array_header(list_length(L), Acc), P, X, K);
 container(M, Acc, P, X, K) when is_map(M) ->
     pairs(maps:to_list(M), map_header(map_size(M), Acc), P, X, K);
 container({bytes, B}, Acc, P, X, K) when is_binary(B) ->
@@ -271,7 +249,7 @@ container(T, Acc, P, X, K) when is_tuple(T) ->
             %% The tuple's parts start afresh, so that k/4 finds them to
             %% put its header in front.
             el(tuple_to_list(T), array_header(N, Acc), [], X,
-               [{tuple, T, byte_size(Acc), X, P} | K], ?UNCOUNTED);
+               [{tuple, T, byte_size(Acc), X, P} | K]);
         Size ->
             k(K, scalars(T, 1, N, tuple_header(Size, N, T, Acc)), P, X)
     end;
@@ -310,38 +288,29 @@ big_binary(B, Acc, P, X, K) ->
 %% uint 16 B) and 8 positive fixints as two 32-bit ones.
 -define(CD(A, B), ((16#cd bsl 40) bor (A bsl 24) bor (16#cd bsl 16) bor B):48).
 -define(FIX4(A, B, C, D), ((A bsl 24) bor (B bsl 16) bor (C bsl 8) bor D):32).
-el([A, B, C, D, E, F, G, H | T], Acc, P, X, K, N)
+el([A, B, C, D, E, F, G, H | T], Acc, P, X, K)
   when ?IS_U16(A), ?IS_U16(B), ?IS_U16(C), ?IS_U16(D),
        ?IS_U16(E), ?IS_U16(F), ?IS_U16(G), ?IS_U16(H) ->
-    el(T, <<Acc/binary, ?CD(A, B), ?CD(C, D), ?CD(E, F), ?CD(G, H)>>, P, X, K, N + 8);
-el([A, B | T], Acc, P, X, K, N) when ?IS_U16(A), ?IS_U16(B) ->
-    el(T, <<Acc/binary, ?CD(A, B)>>, P, X, K, N + 2);
-el([A, B, C, D, E, F, G, H | T], Acc, P, X, K, N)
+    el(T, <<Acc/binary, ?CD(A, B), ?CD(C, D), ?CD(E, F), ?CD(G, H)>>, P, X, K);
+el([A, B | T], Acc, P, X, K) when ?IS_U16(A), ?IS_U16(B) ->
+    el(T, <<Acc/binary, ?CD(A, B)>>, P, X, K);
+el([A, B, C, D, E, F, G, H | T], Acc, P, X, K)
   when ?IS_FIXINT(A), ?IS_FIXINT(B), ?IS_FIXINT(C), ?IS_FIXINT(D),
        ?IS_FIXINT(E), ?IS_FIXINT(F), ?IS_FIXINT(G), ?IS_FIXINT(H) ->
-    el(T, <<Acc/binary, ?FIX4(A, B, C, D), ?FIX4(E, F, G, H)>>, P, X, K, N + 8);
-el([A, B | T], Acc, P, X, K, N) when ?IS_FIXINT(A), ?IS_FIXINT(B) ->
-    el(T, <<Acc/binary, ((A bsl 8) bor B):16>>, P, X, K, N + 2);
-el([A, B, C, D | T], Acc, P, X, K, N)
+    el(T, <<Acc/binary, ?FIX4(A, B, C, D), ?FIX4(E, F, G, H)>>, P, X, K);
+el([A, B | T], Acc, P, X, K) when ?IS_FIXINT(A), ?IS_FIXINT(B) ->
+    el(T, <<Acc/binary, ((A bsl 8) bor B):16>>, P, X, K);
+el([A, B, C, D | T], Acc, P, X, K)
   when is_float(A), is_float(B), is_float(C), is_float(D) ->
     el(T, <<Acc/binary, 16#cb, A/float, 16#cb, B/float, 16#cb, C/float, 16#cb, D/float>>,
-       P, X, K, N + 4);
-el([H | T], Acc, P, X, K, N) ->
+       P, X, K);
+el([H | T], Acc, P, X, K) ->
     case scalar(H, Acc) of
-        false when N < 0 -> container(H, Acc, P, X, [T | K]);
-        false -> container(H, Acc, P, X, [N + 1, T | K]);
-        Acc1 -> el(T, Acc1, P, X, K, N + 1)
+        false -> container(H, Acc, P, X, [T | K]);
+        Acc1 -> el(T, Acc1, P, X, K)
     end;
-el([], Acc, P, X, [{array, Start, OuterP, _} | K], N) ->
-    %% The end of a long list: its header goes in front of it, now that
-    %% its length is known (see container/5).
-    Header = array_header(N, <<>>),
-    k(K, Acc, nest(P, {Start, Header}, OuterP), X + byte_size(Header));
-el([], Acc, P, X, K, _) ->
-    k(K, Acc, P, X);
-el(_, _, _, _, [{array, _, _, L} | _], _) ->
-    %% A long list's improper tail (a short list's fails length/1).
-    error({unsupported_term, L}).
+el([], Acc, P, X, K) ->
+    k(K, Acc, P, X).
 
 %% The pairs of a map, likewise; a pair of uint 16 (a map of numbers) in
 %% one segment.
@@ -363,27 +332,22 @@ pairs([], Acc, P, X, K) ->
     k(K, Acc, P, X).
 
 %% Continue after a complete value with the rest of its container.
-k([N, T | K], Acc, P, X) when is_integer(N) ->
-    %% The rest of a counted list, N elements written (its rest may be
-    %% an improper tail, which el/6 refuses).
-    el(T, Acc, P, X, K, N);
 k([L | K], Acc, P, X) when is_list(L) ->
-    el(L, Acc, P, X, K, ?UNCOUNTED);
+    el(L, Acc, P, X, K);
 k([{pairs, T} | K], Acc, P, X) ->
     pairs(T, Acc, P, X, K);
 k([{tuple, T, Start, StartX, OuterP} | K], Acc, P, X) ->
     Header = ext_header(?EXT_TUPLE, byte_size(Acc) - Start + X - StartX, T),
-    k(K, Acc, nest(P, {Start, Header}, OuterP), X + byte_size(Header));
+    %% Nesting the tuple's parts keeps this O(1); parts/3 flattens them.
+    Inserted = case P of
+                   [] -> [{Start, Header} | OuterP];
+                   _ -> [P, {Start, Header} | OuterP]
+               end,
+    k(K, Acc, Inserted, X + byte_size(Header));
 k([], Acc, [], _) ->
     Acc;
 k([], Acc, P, _) ->
     parts(Acc, 0, oldest_first(P, [])).
-
-%% The parts OuterP, then a container's header at its start, then the
-%% container's own parts P: nesting them keeps this O(1), parts/3
-%% flattens them.
-nest([], Header, OuterP) -> [Header | OuterP];
-nest(P, Header, OuterP) -> [P, Header | OuterP].
 
 %% Acc cut at the parts' offsets, with the parts in between.
 parts(Acc, From, [{From, Part} | T]) ->
@@ -497,24 +461,6 @@ list_length(L) ->
     try length(L)
     catch error:badarg -> error({unsupported_term, L})
     end.
-
-%% The length of L when it is shorter than ?LONG, else `long': a walk
-%% that stops there. 32 cells a call: measured, 8 a call costs half as
-%% much again as length/1 on lists out of the cache (and 64 more).
-short_length([_, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _ | T], N)
-  when N < ?LONG - 32 ->
-    short_length(T, N + 32);
-short_length([_, _, _, _, _, _, _, _ | T], N) when N < ?LONG - 8 -> short_length(T, N + 8);
-short_length([_, _, _, _, _, _, _, _ | _], _) -> long;
-short_length([], N) -> N;
-short_length([_], N) -> N + 1;
-short_length([_, _], N) -> N + 2;
-short_length([_, _, _], N) -> N + 3;
-short_length([_, _, _, _], N) -> N + 4;
-short_length([_, _, _, _, _], N) -> N + 5;
-short_length([_, _, _, _, _, _], N) -> N + 6;
-short_length([_, _, _, _, _, _, _], N) -> N + 7;
-short_length(_, _) -> improper.
 
 array_header(N, Acc) when N < 16#10 -> <<Acc/binary, (16#90 bor N)>>;
 array_header(N, Acc) when N < 16#10000 -> <<Acc/binary, 16#dc, N:16>>;

@@ -72,9 +72,9 @@ prop_frame_bytes() ->
             iolist_to_binary(?C:encode_frame(Kind, Id, Fields))
             =:= reference([Kind, Id | Fields])).
 
-%% Lists of ?LONG elements or more, whose headers the encoder writes after
-%% their elements: anywhere in a term, as elements of each other, around
-%% large binaries and in tuples (whose ext headers count them), in frames.
+%% Lists of about 1024 elements: anywhere in a term, as elements of each
+%% other, around large binaries and in tuples (whose ext headers count
+%% them), in frames.
 prop_long_list_bytes() ->
     ?FORALL(T, long_term(),
             begin
@@ -203,8 +203,7 @@ elements(Size) ->
     ?LET(N, proper_types:range(0, min(Size, 20)),
          proper_types:vector(N, term(Size div (N + 1)))).
 
-%% A term holding long lists: 1000 to 1060 elements (either side of the
-%% encoder's ?LONG, 1024), some of them containers, long lists among them.
+%% A term holding long lists: 1000 to 1060 elements, some of them containers, long lists among them.
 long_term() ->
     ?SIZED(Size, long_term(min(Size, 2))).
 

@@ -972,14 +972,15 @@ int_run_dictionary_test() ->
     ?assertEqual(Before, lists:sort(get())).
 
 %%%===================================================================
-%%% Long lists (counted as they are written, their header inserted after)
+%%% Long lists (their headers and the parts around them)
 %%%===================================================================
 
 %% The bytes are the canonical ones, the header the shortest (the same
 %% bytes pyport_codec_prop_tests's plain reference encoder writes), on
-%% either side of the encoder's ?LONG (1024) and of every header form, wherever a
-%% long list is: first in another, in tuples (whose ext header counts the
-%% inserted header), as a map's key, around large binaries.
+%% either side of every header form and of 1024 (where a header written
+%% after the elements was tried), wherever a long list is: first in
+%% another, in tuples (whose ext header counts what is inside), as a map's
+%% key, around large binaries (parts of the output).
 long_list_bytes_test_() ->
     L = fun(N) -> lists:seq(1, N) end,
     A = binary:copy(<<"a">>, 100000),
@@ -1011,14 +1012,14 @@ long_list_bytes_test_() ->
       end} || {Name, Term} <- Cases].
 
 %% An improper long list is refused by name, as a short one is, wherever
-%% its tail is (after scalars, after containers) and wherever it is.
+%% its tail is (after scalars, after containers, an integer) and wherever
+%% it is.
 long_list_improper_test_() ->
     Improper = fun(Elements, Tail) -> lists:foldr(fun(E, T) -> [E | T] end, Tail, Elements) end,
     Lists = [{integer_to_list(N) ++ " " ++ io_lib:format("~w", [Tail]), Improper(lists:seq(1, N), Tail)}
              || N <- [1023, 1024, 1025, 1056, 3000], Tail <- [tail, 5]] ++
         [{"lists", Improper([[I] || I <- lists:seq(1, 1100)], tail)},
          {"maps", Improper([#{I => I} || I <- lists:seq(1, 1100)], 5)},
-         %% The rest after a container, itself holding one, is an integer.
          {"list of a list", Improper(lists:seq(1, 1100) ++ [[[1]]], 5)},
          {"tuple of a list", Improper(lists:seq(1, 1100) ++ [{[1], 2}], 7)}],
     [{lists:flatten(Name ++ " " ++ Where), ?_assertError({unsupported_term, Bad}, ?C:encode(Wrap(Bad)))}
