@@ -11,10 +11,3 @@ def state_get_loop(key, n):
     for _ in range(n):
         get(key)
     return n / (time.perf_counter() - t)
-
-def callback_loop(name, n):
-    call = erlang.call
-    t = time.perf_counter()
-    for i in range(n):
-        call(name, i)
-    return n / (time.perf_counter() - t)
