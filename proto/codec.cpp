@@ -372,7 +372,7 @@ class Codec::Decoder {
     if (!dict) return {};
     for (uint64_t i = 0; i < n; ++i) {
       size_t key_at = r.offset();
-      long small;
+      long small = 0;  // passed to set_item either way: never indeterminate
       PyRef key;
       bool small_key = !r.at_end() && int_here(r, small);
       if (small_key) {
