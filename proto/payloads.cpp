@@ -60,7 +60,8 @@ bool Payloads::open(const std::string& path, uint64_t token, uint64_t slot_size,
     return false;
   }
   if (slot_size == 0 || slot_size % 4096 != 0 || in_slots == 0 || out_slots == 0 ||
-      kStatesAt + 8 * uint64_t(out_slots) > kHeader || threshold == 0) {
+      kStatesAt + 8 * uint64_t(out_slots) > kHeader || threshold == 0 ||
+      uint64_t(in_slots) + out_slots > (UINT64_MAX - kHeader) / slot_size) {
     *error = "bad payload layout";
     return false;
   }
@@ -72,7 +73,7 @@ bool Payloads::open(const std::string& path, uint64_t token, uint64_t slot_size,
     return false;
   }
   struct stat st {};
-  uint64_t size = kHeader + uint64_t(in_slots + out_slots) * slot_size;
+  uint64_t size = kHeader + (uint64_t(in_slots) + out_slots) * slot_size;
   if (::fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || uint64_t(st.st_size) < size) {
     ::close(fd);
     *error = path + " is not a payload file of " + std::to_string(size) + " bytes";

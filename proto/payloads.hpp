@@ -79,7 +79,7 @@ class Payloads {
  private:
   Payloads() = default;
   uint64_t in_base(uint32_t i) const { return kHeader + uint64_t(i) * slot_size_; }
-  uint64_t out_base(uint32_t k) const { return kHeader + uint64_t(in_slots_ + k) * slot_size_; }
+  uint64_t out_base(uint32_t k) const { return kHeader + (uint64_t(in_slots_) + k) * slot_size_; }
   volatile uint64_t* state(uint32_t k) const {
     return reinterpret_cast<volatile uint64_t*>(header_ + kStatesAt) + k;
   }
