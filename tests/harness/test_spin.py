@@ -39,6 +39,22 @@ def cpu_over(pid: int, seconds: float) -> int:
     return cpu_ns(pid) - before
 
 
+def polls_then_stops(w, who: str) -> None:
+    """Calls 2 ms apart find worker w (spinning forced, 5 ms a wait)
+    polling, and once they stop it sleeps."""
+    pid = w.hello.os_pid
+    before = main_sleeps(pid)
+    for i in range(150):
+        assert w.call("harness_worker", "identity", [i]) == i
+        time.sleep(0.002)
+    # Blocking between calls, it would sleep at least once a call.
+    sleeps = main_sleeps(pid) - before
+    assert sleeps < 75, f"{who} slept {sleeps} times in 150 calls: it did not poll"
+    # The last wait polls 5 ms at most, then sleeps.
+    used = cpu_over(pid, 2)
+    assert used < 30_000_000, f"{who} used {used / 1e6:.1f} ms of CPU in 2 s after traffic stopped"
+
+
 def test_an_idle_worker_uses_no_cpu(worker):
     # Busy first, so that whatever adapts to traffic has seen some.
     for i in range(500):
@@ -53,18 +69,8 @@ def test_spinning_stops_once_traffic_stops(spawn):
     # Made to spin whenever frames follow closely (no measuring first), for
     # up to 5 ms a wait: calls 2 ms apart find it polling.
     w = spawn(args=["--spin-test-always", "--spin-us", "5000"])
-    pid = w.hello.os_pid
     w.call("harness_worker", "identity", [0])
-    before = main_sleeps(pid)
-    for i in range(150):
-        assert w.call("harness_worker", "identity", [i]) == i
-        time.sleep(0.002)
-    # Blocking between calls, it would sleep at least once a call.
-    sleeps = main_sleeps(pid) - before
-    assert sleeps < 75, f"the worker slept {sleeps} times in 150 calls: it did not poll"
-    # The last wait polls 5 ms at most, then sleeps.
-    used = cpu_over(pid, 2)
-    assert used < 30_000_000, f"the worker used {used / 1e6:.1f} ms of CPU in 2 s after traffic stopped"
+    polls_then_stops(w, "the worker")
 
 
 def test_sparse_traffic_stops_the_spinning(spawn):
@@ -100,15 +106,7 @@ def test_callbacks_answer_with_spinning_forced(spawn):
 def test_the_event_loop_polls_and_stops_polling_too(spawn):
     # Once the worker's asyncio loop runs, its waits poll the same way.
     w = spawn(args=["--spin-test-always", "--spin-us", "5000"])
-    pid = w.hello.os_pid
     w.exec("async def triple(x):\n    return 3 * x")
     assert w.eval("triple(5)") == 15
     assert w.eval("__import__('asyncio').get_event_loop().is_running()") is True
-    before = main_sleeps(pid)
-    for i in range(150):
-        assert w.call("harness_worker", "identity", [i]) == i
-        time.sleep(0.002)
-    sleeps = main_sleeps(pid) - before
-    assert sleeps < 75, f"the loop slept {sleeps} times in 150 calls: it did not poll"
-    used = cpu_over(pid, 2)
-    assert used < 30_000_000, f"the loop used {used / 1e6:.1f} ms of CPU in 2 s after traffic stopped"
+    polls_then_stops(w, "the loop")
