@@ -25,10 +25,6 @@ namespace {
 constexpr size_t kEntryHead = 1 + 8 + 8;  // type, id, size
 constexpr size_t kKeepCapacity = 1 << 20;
 
-uint64_t load_be64(const uint8_t* p) {
-  return uint64_t(mp::load_be32(p)) << 32 | mp::load_be32(p + 4);
-}
-
 void ring(int fd) {
   uint64_t one = 1;
   while (write(fd, &one, sizeof one) < 0 && errno == EINTR) {
@@ -81,8 +77,8 @@ bool InputBatch::next(Entry& e) {
   if (read_pos_ >= data_.size()) return false;
   const uint8_t* p = data_.data() + read_pos_;
   e.type = Entry::Type(p[0]);
-  e.id = load_be64(p + 1);
-  e.size = size_t(load_be64(p + 9));
+  e.id = mp::load_be64(p + 1);
+  e.size = size_t(mp::load_be64(p + 9));
   e.payload = e.type == Entry::kFrame ? p + kEntryHead : nullptr;
   read_pos_ += kEntryHead + (e.type == Entry::kFrame ? e.size : 0);
   ++taken_;

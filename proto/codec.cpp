@@ -332,7 +332,7 @@ class Codec::Decoder {
       if (next) {
         item = small_int_object(v);
       } else if ((*p == 0xcf || *p == 0xd3) && end - p >= 9) {  // uint64, int64: as value()
-        uint64_t u = uint64_t(mp::load_be32(p + 1)) << 32 | mp::load_be32(p + 5);
+        uint64_t u = mp::load_be64(p + 1);
         item = *p == 0xcf ? PyLong_FromUnsignedLongLong(u) : PyLong_FromLongLong(int64_t(u));
         next = p + 9;
       } else {
@@ -482,13 +482,9 @@ class Codec::Decoder {
           r.fail_at(start, "payload placeholder is not 17 bytes (form, offset, length)");
           return {};
         }
-        uint64_t at = 0, len = 0;
-        for (size_t i = 0; i < 8; ++i) {
-          at = (at << 8) | p[1 + i];
-          len = (len << 8) | p[9 + i];
-        }
         std::string why;
-        PyObject* v = Payloads::instance().read(p[0], at, len, &why);
+        PyObject* v =
+            Payloads::instance().read(p[0], mp::load_be64(p + 1), mp::load_be64(p + 9), &why);
         if (!v && !why.empty()) r.fail_at(start, why);
         return PyRef::steal(v);
       }

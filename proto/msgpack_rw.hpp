@@ -40,6 +40,9 @@ inline void store_be64(uint8_t* p, uint64_t v) {
 inline uint32_t load_be32(const uint8_t* p) {
   return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | p[3];
 }
+inline uint64_t load_be64(const uint8_t* p) {
+  return uint64_t(load_be32(p)) << 32 | load_be32(p + 4);
+}
 
 // ---- writers: always the shortest form (PROTOCOL.md, "Values") ----------
 
