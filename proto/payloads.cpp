@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -191,8 +192,9 @@ PyObject* Payloads::read(uint8_t form, uint64_t offset, uint64_t length, std::st
     *error = "payload placeholder names bytes past the end of the payload file";
     return nullptr;
   }
-  // Copied: the region's pages beyond the warm ones go back at once.
-  if (offset + length > kWarm) punch(lent_base_ + kWarm, at + length);
+  // Copied: its pages beyond the region's warm ones go back at once. Only
+  // its own: an earlier payload of the request may be a view still in use.
+  if (offset + length > kWarm) punch(std::max(at, lent_base_ + kWarm), at + length);
   if (form == kFormBytes) return bytes;
   auto* p = reinterpret_cast<const uint8_t*>(PyBytes_AS_STRING(bytes));
   utf8::Kind kind = utf8::classify(p, length);

@@ -29,14 +29,14 @@ def payload(n: int) -> bytes:
     return (bytes(range(255, -1, -1)) * (n // 256 + 1))[:n]
 
 
-def open_file(worker, tmp_path):
+def open_file(worker, tmp_path, slot: int = SLOT):
     """The owner's part: a private directory, the sparse file, CONTROL."""
     d = tmp_path / "pyport-test"
     d.mkdir(mode=0o700)
     path = d / "payloads"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    os.ftruncate(fd, HEADER + 2 * SLOTS * SLOT)
-    assert worker.control("payloads", [str(path), TOKEN, SLOT, SLOTS, SLOTS, THRESHOLD]) is True
+    os.ftruncate(fd, HEADER + 2 * SLOTS * slot)
+    assert worker.control("payloads", [str(path), TOKEN, slot, SLOTS, SLOTS, THRESHOLD]) is True
     return fd, d, path
 
 
@@ -66,6 +66,30 @@ def test_a_lent_request_reads_its_region_and_answers_through_the_file(worker, tm
     assert mark != 0, "an answer region in use is marked"
     # Small values stay in the frame.
     assert worker.call("harness_worker", "identity", [payload(100)]) == payload(100)
+    os.close(fd)
+
+
+def test_a_copied_payload_leaves_an_earlier_zero_copy_view_intact(worker, tmp_path):
+    # Past the region's warm 2 MiB, the worker gives back the pages of a
+    # payload it copied (form 0 always is): only that payload's, not those
+    # of a memoryview handed out before it in the same request.
+    slot = 4 << 20
+    fd, _, _ = open_file(worker, tmp_path, slot)
+    warm = 2 << 20
+    a, b = payload(300_000), bytes(reversed(payload(700_000)))
+    os.pwrite(fd, a + b, HEADER + warm)
+    worker.exec("import erlang.payloads\nerlang.payloads.zero_copy(True)")
+    try:
+        id = 7008
+        both = array(placeholder(1, warm, len(a)), placeholder(0, warm + len(a), len(b)))
+        worker.send_bytes(lent(id, TOKEN, HEADER, raw_call(id, "builtins", "list", both)))
+        answer = worker.wait(id)
+    finally:
+        worker.exec("import erlang.payloads\nerlang.payloads.zero_copy(False)")
+    assert answer.kind == P.RESULT, answer
+    got = [os.pread(fd, ph.length, ph.offset) for ph in answer.fields[0]]
+    assert got[1] == b
+    assert got[0] == a, "the view's bytes were given back while it was in use"
     os.close(fd)
 
 
