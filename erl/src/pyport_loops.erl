@@ -116,34 +116,31 @@ loops() ->
 %% @doc The calling process's loop (the same process, the same loop).
 -spec loop_target() -> target().
 loop_target() ->
-    case loops() of
-        {ok, Pool, N} -> {ok, {slot, Pool, slot(N)}};
-        {error, _} = Error -> Error
-    end.
+    loop_target(fun slot/1).
 
 %% @doc The first loop (py_event_loop's one loop).
 -spec first_loop_target() -> target().
 first_loop_target() ->
-    case loops() of
-        {ok, Pool, _N} -> {ok, {slot, Pool, 1}};
-        {error, _} = Error -> Error
-    end.
+    loop_target(fun(_N) -> 1 end).
 
 %% @doc The context pid of the calling process's loop.
 -spec caller_loop() -> {ok, pid()} | {error, term()}.
 caller_loop() ->
-    case loops() of
-        {ok, Pool, N} -> pyport_contexts:context_pid(Pool, slot(N));
-        {error, _} = Error -> Error
-    end.
+    context_pid(loop_target()).
 
 %% @doc The context pid of the first loop.
 -spec first_loop() -> {ok, pid()} | {error, term()}.
 first_loop() ->
+    context_pid(first_loop_target()).
+
+loop_target(Pick) ->
     case loops() of
-        {ok, Pool, _N} -> pyport_contexts:context_pid(Pool, 1);
+        {ok, Pool, N} -> {ok, {slot, Pool, Pick(N)}};
         {error, _} = Error -> Error
     end.
+
+context_pid({ok, {slot, Pool, Slot}}) -> pyport_contexts:context_pid(Pool, Slot);
+context_pid({error, _} = Error) -> Error.
 
 %% @doc Every loop: `{ok, [{LoopRef, WorkerPid}]}' (both the worker's pid).
 -spec all_loops() -> {ok, [{pid(), pid()}]} | {error, term()}.
