@@ -102,12 +102,19 @@ spawn_task({error, _} = Error, _Module, _Function, _Args, _Kwargs) ->
 %% @doc The event loop pool and how many of its workers are loops.
 -spec loops() -> {ok, atom(), pos_integer()} | {error, term()}.
 loops() ->
+    case loops_info() of
+        {ok, Pool, N, _Info} -> {ok, Pool, N};
+        {error, _} = Error -> Error
+    end.
+
+%% loops/0 with the pool's info (read once).
+loops_info() ->
     Pool = application:get_env(pyport, event_loop_pool, default),
     case pyport_pool:info(Pool) of
-        {ok, #{size := Size}} ->
+        {ok, #{size := Size} = Info} ->
             case application:get_env(pyport, event_loop_pool_size) of
-                {ok, N} when is_integer(N), N > 0 -> {ok, Pool, min(N, Size)};
-                _ -> {ok, Pool, Size}
+                {ok, N} when is_integer(N), N > 0 -> {ok, Pool, min(N, Size), Info};
+                _ -> {ok, Pool, Size, Info}
             end;
         {error, _} = Error ->
             Error
@@ -158,9 +165,8 @@ all_loops() ->
 %% (the requests in flight on each loop).
 -spec stats() -> #{atom() => term()}.
 stats() ->
-    case loops() of
-        {ok, Pool, N} ->
-            {ok, #{counters := C}} = pyport_pool:info(Pool),
+    case loops_info() of
+        {ok, Pool, N, #{counters := C}} ->
             %% owngil_enabled: every loop runs in an interpreter (and
             %% process) of its own, what erlang_python's OWN_GIL mode gives.
             #{num_loops => N, pool => Pool, supported => true, owngil_enabled => true,
