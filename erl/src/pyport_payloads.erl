@@ -292,9 +292,17 @@ drop(Reply, _Pool, _Slot) ->
 drop(Reply) ->
     case bind(Reply) of
         {?RESULT, Rest, Source} when is_binary(Rest) ->
-            Limits = limits(Source, (pyport_limits:process())#{payload_mode => release}),
-            _ = pyport_codec:decode_fields(1, Rest, Limits),
-            ok;
+            %% Decoded here, in the owner, only to find its placeholders:
+            %% an answer without an ext 7 header's bytes has none, and
+            %% costs a scan instead of a decode.
+            case binary:match(Rest, <<16#c7, 17, ?EXT_PAYLOAD>>) of
+                nomatch ->
+                    ok;
+                _ ->
+                    Limits = limits(Source, (pyport_limits:process())#{payload_mode => release}),
+                    _ = pyport_codec:decode_fields(1, Rest, Limits),
+                    ok
+            end;
         _ ->
             ok
     end.
