@@ -104,6 +104,16 @@ class RunScope {
   bool started_;
 };
 
+// The Kind of the frame a WITH or LENT wraps, read from its head; false
+// when that is no frame head or its Id is not the wrapper's.
+bool wrapped_kind(const uint8_t* p, size_t n, uint64_t id, const char* what, uint64_t* kind) {
+  mp::Reader head(p, n);
+  uint32_t fields;
+  uint64_t inner_id = 0;
+  return head.read_array_header(fields, what) && head.read_uint(*kind, "Kind") &&
+         head.read_uint(inner_id, "Id") && inner_id == id;
+}
+
 }  // namespace
 
 bool TaskHooks::load(PyObject* module) {
@@ -497,11 +507,8 @@ void Dispatcher::with_options(mp::Reader& r, uint64_t id, ByteBuffer& out) {
   if (!r.read_string(inner, "Frame")) return frame_error(id, r.error(), out);
   if (!r.at_end()) return frame_error(id, "trailing bytes after the WITH frame", out);
   auto* p = reinterpret_cast<const uint8_t*>(inner.data());
-  mp::Reader head(p, inner.size());
-  uint32_t fields;
-  uint64_t kind = 0, inner_id = 0;
-  if (!head.read_array_header(fields, "WITH Frame") || !head.read_uint(kind, "Kind") ||
-      !head.read_uint(inner_id, "Id") || (kind != kCall && kind != kEval) || inner_id != id) {
+  uint64_t kind = 0;
+  if (!wrapped_kind(p, inner.size(), id, "WITH Frame", &kind) || (kind != kCall && kind != kEval)) {
     return frame_error(id, "the Frame of a WITH must be a CALL or an EVAL with the same Id", out);
   }
   if (!objects_apply_) {
@@ -526,12 +533,9 @@ void Dispatcher::lent(mp::Reader& r, uint64_t id, ByteBuffer& out) {
   }
   if (!r.at_end()) return frame_error(id, "trailing bytes after the LENT frame", out);
   auto* p = reinterpret_cast<const uint8_t*>(inner.data());
-  mp::Reader head(p, inner.size());
-  uint32_t fields;
-  uint64_t kind = 0, inner_id = 0;
-  if (!head.read_array_header(fields, "LENT Frame") || !head.read_uint(kind, "Kind") ||
-      !head.read_uint(inner_id, "Id") ||
-      (kind != kCall && kind != kCast && kind != kEval && kind != kWith) || inner_id != id) {
+  uint64_t kind = 0;
+  if (!wrapped_kind(p, inner.size(), id, "LENT Frame", &kind) ||
+      (kind != kCall && kind != kCast && kind != kEval && kind != kWith)) {
     return frame_error(
         id, "the Frame of a LENT must be a CALL, CAST, EVAL or WITH with the same Id", out);
   }

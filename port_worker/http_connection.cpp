@@ -404,8 +404,13 @@ struct WeakSetOps {
   PyObject* remove;                 // the bound _remove, the callback of every ref
 };
 
-PyObject* ws_names[4];  // data, _pending_removals, _iterating, _commit_removals
-enum { kWsData, kWsPending, kWsIterating, kWsCommit };
+// Interned by c_weakset(), before any ops object exists.
+enum { kWsData, kWsPending, kWsIterating, kWsCommit, kWsAdd, kWsAppend, kWsDiscard, kWsRemove };
+constexpr const char* kWsNameText[] = {
+    "data",   "_pending_removals", "_iterating", "_commit_removals", "add",
+    "append", "discard",           "_remove"};
+constexpr int kWsNameCount = sizeof kWsNameText / sizeof kWsNameText[0];
+PyObject* ws_names[kWsNameCount];
 
 void WeakSetOps_dealloc(WeakSetOps* self) {
   Py_CLEAR(self->selfref);
@@ -446,8 +451,7 @@ PyObject* ws_add(PyObject* ops_obj, PyObject* item) {
   if (PySet_CheckExact(data.get())) {
     if (PySet_Add(data.get(), ref.get()) < 0) return nullptr;
   } else {
-    static PyObject* add_name = PyUnicode_InternFromString("add");
-    PyRef r = PyRef::steal(PyObject_CallMethodOneArg(data.get(), add_name, ref.get()));
+    PyRef r = PyRef::steal(PyObject_CallMethodOneArg(data.get(), ws_names[kWsAdd], ref.get()));
     if (!r) return nullptr;
   }
   Py_RETURN_NONE;
@@ -465,8 +469,7 @@ PyObject* ws_remove(PyObject* ops_obj, PyObject* item) {
   if (busy) {
     PyRef pending = PyRef::steal(PyObject_GetAttr(ws, ws_names[kWsPending]));
     if (!pending) return nullptr;
-    static PyObject* append_name = PyUnicode_InternFromString("append");
-    PyRef r = PyRef::steal(PyObject_CallMethodOneArg(pending.get(), append_name, item));
+    PyRef r = PyRef::steal(PyObject_CallMethodOneArg(pending.get(), ws_names[kWsAppend], item));
     if (!r) return nullptr;
     Py_RETURN_NONE;
   }
@@ -475,8 +478,7 @@ PyObject* ws_remove(PyObject* ops_obj, PyObject* item) {
   if (PySet_CheckExact(data.get())) {
     if (PySet_Discard(data.get(), item) < 0) return nullptr;
   } else {
-    static PyObject* discard_name = PyUnicode_InternFromString("discard");
-    PyRef r = PyRef::steal(PyObject_CallMethodOneArg(data.get(), discard_name, item));
+    PyRef r = PyRef::steal(PyObject_CallMethodOneArg(data.get(), ws_names[kWsDiscard], item));
     if (!r) return nullptr;
   }
   Py_RETURN_NONE;
@@ -487,10 +489,8 @@ PyMethodDef ws_remove_def = {"_remove", ws_remove, METH_O, "WeakSet's weakref ca
 
 // c_weakset(ws): gives the WeakSet ws C add() and _remove (above).
 PyObject* c_weakset(PyObject*, PyObject* ws) {
-  static const char* const names[] = {"data", "_pending_removals", "_iterating",
-                                      "_commit_removals"};
-  for (int i = 0; i < 4; ++i) {
-    if (!ws_names[i] && !(ws_names[i] = PyUnicode_InternFromString(names[i]))) return nullptr;
+  for (int i = 0; i < kWsNameCount; ++i) {
+    if (!ws_names[i] && !(ws_names[i] = PyUnicode_InternFromString(kWsNameText[i]))) return nullptr;
   }
   if (!(weakset_ops_type.tp_flags & Py_TPFLAGS_READY) && PyType_Ready(&weakset_ops_type) < 0)
     return nullptr;
@@ -501,10 +501,8 @@ PyObject* c_weakset(PyObject*, PyObject* ws) {
   if (!(ops->remove = PyCFunction_New(&ws_remove_def, ops_obj.get()))) return nullptr;
   PyRef add = PyRef::steal(PyCFunction_New(&ws_add_def, ops_obj.get()));
   if (!add) return nullptr;
-  static PyObject* add_name = PyUnicode_InternFromString("add");
-  static PyObject* remove_name = PyUnicode_InternFromString("_remove");
-  if (PyObject_SetAttr(ws, add_name, add.get()) < 0 ||
-      PyObject_SetAttr(ws, remove_name, ops->remove) < 0)
+  if (PyObject_SetAttr(ws, ws_names[kWsAdd], add.get()) < 0 ||
+      PyObject_SetAttr(ws, ws_names[kWsRemove], ops->remove) < 0)
     return nullptr;
   Py_RETURN_NONE;
 }

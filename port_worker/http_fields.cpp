@@ -11,7 +11,7 @@ namespace {
 
 // A field's name and its default: a kind of constant, or none (unset
 // until the class's __init__ or the C++ maker sets it).
-enum Default { kUnset, kNone, kFalse, kZero, kMinusOne, kZeroFloat, kEmptyStr };
+enum Default { kUnset, kNone, kFalse, kZero, kMinusOne, kZeroFloat };
 struct Spec {
   const char* name;
   Default dflt;
@@ -227,9 +227,6 @@ bool add_to(PyObject* module) {
           break;
         case kZeroFloat:
           v = PyFloat_FromDouble(0.0);
-          break;
-        case kEmptyStr:
-          v = PyUnicode_FromString("");
           break;
       }
       if (b.specs[i].dflt != kUnset && v == nullptr) return false;

@@ -18,7 +18,6 @@
 -export([run/3, run/4, create_task/3, create_task/4, await/1, await/2,
          spawn_task/3, spawn_task/4, get_loop/0, get_stats/0, get_all_loops/0,
          exec/1, exec/2, eval/1, eval/2]).
--export([loops/0]).
 
 -define(DEFAULT_TIMEOUT, 5000).
 
@@ -120,12 +119,3 @@ eval(LoopRef, Code) ->
 -spec get_stats() -> #{atom() => term()}.
 get_stats() ->
     pyport_loops:stats().
-
-%%%===================================================================
-%%% The loops
-%%%===================================================================
-
-%% @doc The event loop pool and how many of its workers are loops.
--spec loops() -> {ok, atom(), pos_integer()} | {error, term()}.
-loops() ->
-    pyport_loops:loops().

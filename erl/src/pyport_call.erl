@@ -36,12 +36,12 @@ call(Module, Function, Args, Kwargs, Opts) ->
 ctx_call(Ctx, Module, Function, Args, Kwargs, Opts) ->
     pyport_args:checked(
       fun() ->
-              {Target, Timeout} = pyport_route:ctx_target(Ctx, Opts),
+              {Target, Timeout, Which} = pyport_route:ctx_target(Ctx, Opts),
               Fields = pyport_args:call_fields(Module, Function, Args, Kwargs),
-              {Target1, Fields1} = case pyport_route:ctx_options(Opts) of
-                                       #{namespace := shared} ->
+              {Target1, Fields1} = case Which of
+                                       shared ->
                                            pyport_namespaces:route_main_shared(Target, Fields);
-                                       #{} ->
+                                       process ->
                                            pyport_namespaces:route_main(Target, Fields)
                                    end,
               pyport_objects:call(Target1, ?CALL, Fields1, Timeout, Opts)
@@ -80,7 +80,7 @@ spawn(Module, Function, Args, Kwargs, Opts) ->
 -spec ctx_spawn(py:context(), py:name(), py:name(), [term()], map()) -> reference().
 ctx_spawn(Ctx, Module, Function, Args, Kwargs) ->
     start_spawn(fun() ->
-                        {Target, Timeout} = pyport_route:ctx_target(Ctx, infinity),
+                        {Target, Timeout, _} = pyport_route:ctx_target(Ctx, infinity),
                         spawn_route(Target, Timeout, Module, Function, Args, Kwargs)
                 end).
 

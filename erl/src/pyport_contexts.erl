@@ -114,12 +114,8 @@ user_keys(Opts) ->
 %% `not_running'.
 -spec interrupt(pid() | term()) -> ok | not_running | {error, term()}.
 interrupt(Ctx) ->
-    Slot = case Ctx of
-               Pid when is_pid(Pid) -> resolve(Pid);
-               _ -> {ok, element(2, Ctx), element(3, Ctx)}   % #pyport_ctx{}
-           end,
-    case Slot of
-        {ok, Pool, N} ->
+    try ctx_slot(Ctx) of
+        {Pool, N} ->
             case current_worker(Pool, N) of
                 {ok, Worker} ->
                     try gen_server:call(Worker, '$pyport_interrupt_running', 5000)
@@ -127,9 +123,9 @@ interrupt(Ctx) ->
                     end;
                 _ ->
                     not_running
-            end;
-        {error, _} ->
-            not_running
+            end
+    catch
+        throw:{error, _} -> not_running
     end.
 
 %% @doc A worker's memory statistics in erlang_python's shape: atom keys,

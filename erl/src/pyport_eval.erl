@@ -16,42 +16,38 @@
 %% @doc Evaluates `Code' with `Locals' (a map or `none').
 -spec eval(py:code(), map() | none, py:opts()) -> result().
 eval(Code, Locals, Opts) ->
-    pyport_args:checked(
-      fun() ->
-              {Target, Timeout, Ns} = pyport_route:code_target(Opts),
-              pyport_objects:call(Target, ?EVAL, pyport_args:eval_fields(Code, Locals, Ns),
-                                  Timeout, Opts)
-      end).
+    eval_on(fun() -> pyport_route:code_target(Opts) end, Code, Locals, Opts).
 
 %% @doc {@link eval/3} through a context.
 -spec ctx_eval(py:context(), py:code(), map() | none, term()) -> result().
 ctx_eval(Ctx, Code, Locals, Opts) ->
-    pyport_args:checked(
-      fun() ->
-              {Target, Timeout, Ns} = pyport_route:ctx_code_target(Ctx, Opts),
-              pyport_objects:call(Target, ?EVAL, pyport_args:eval_fields(Code, Locals, Ns),
-                                  Timeout, Opts)
-      end).
+    eval_on(fun() -> pyport_route:ctx_code_target(Ctx, Opts) end, Code, Locals, Opts).
 
 %% @doc Runs the statements `Code': `ok' or `{error, Reason}'.
 -spec exec(py:code(), py:opts()) -> ok | {error, term()}.
 exec(Code, Opts) ->
-    exec_result(pyport_args:checked(
-                  fun() ->
-                          {Target, Timeout, Ns} = pyport_route:code_target(Opts),
-                          pyport_request:call(Target, ?EXEC, pyport_args:exec_fields(Code, Ns),
-                                              Timeout)
-                  end)).
+    exec_on(fun() -> pyport_route:code_target(Opts) end, Code).
 
 %% @doc {@link exec/2} through a context.
 -spec ctx_exec(py:context(), py:code(), term()) -> ok | {error, term()}.
 ctx_exec(Ctx, Code, Opts) ->
-    exec_result(pyport_args:checked(
-                  fun() ->
-                          {Target, Timeout, Ns} = pyport_route:ctx_code_target(Ctx, Opts),
-                          pyport_request:call(Target, ?EXEC, pyport_args:exec_fields(Code, Ns),
-                                              Timeout)
-                  end)).
+    exec_on(fun() -> pyport_route:ctx_code_target(Ctx, Opts) end, Code).
 
-exec_result({ok, _}) -> ok;
-exec_result({error, _} = Error) -> Error.
+%% Route: where the code goes, its timeout and namespace (pyport_route).
+eval_on(Route, Code, Locals, Opts) ->
+    pyport_args:checked(
+      fun() ->
+              {Target, Timeout, Ns} = Route(),
+              pyport_objects:call(Target, ?EVAL, pyport_args:eval_fields(Code, Locals, Ns),
+                                  Timeout, Opts)
+      end).
+
+exec_on(Route, Code) ->
+    case pyport_args:checked(
+           fun() ->
+                   {Target, Timeout, Ns} = Route(),
+                   pyport_request:call(Target, ?EXEC, pyport_args:exec_fields(Code, Ns), Timeout)
+           end) of
+        {ok, _} -> ok;
+        {error, _} = Error -> Error
+    end.

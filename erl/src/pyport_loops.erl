@@ -102,12 +102,19 @@ spawn_task({error, _} = Error, _Module, _Function, _Args, _Kwargs) ->
 %% @doc The event loop pool and how many of its workers are loops.
 -spec loops() -> {ok, atom(), pos_integer()} | {error, term()}.
 loops() ->
+    case loops_info() of
+        {ok, Pool, N, _Info} -> {ok, Pool, N};
+        {error, _} = Error -> Error
+    end.
+
+%% loops/0 with the pool's info (read once).
+loops_info() ->
     Pool = application:get_env(pyport, event_loop_pool, default),
     case pyport_pool:info(Pool) of
-        {ok, #{size := Size}} ->
+        {ok, #{size := Size} = Info} ->
             case application:get_env(pyport, event_loop_pool_size) of
-                {ok, N} when is_integer(N), N > 0 -> {ok, Pool, min(N, Size)};
-                _ -> {ok, Pool, Size}
+                {ok, N} when is_integer(N), N > 0 -> {ok, Pool, min(N, Size), Info};
+                _ -> {ok, Pool, Size, Info}
             end;
         {error, _} = Error ->
             Error
@@ -116,34 +123,31 @@ loops() ->
 %% @doc The calling process's loop (the same process, the same loop).
 -spec loop_target() -> target().
 loop_target() ->
-    case loops() of
-        {ok, Pool, N} -> {ok, {slot, Pool, slot(N)}};
-        {error, _} = Error -> Error
-    end.
+    loop_target(fun slot/1).
 
 %% @doc The first loop (py_event_loop's one loop).
 -spec first_loop_target() -> target().
 first_loop_target() ->
-    case loops() of
-        {ok, Pool, _N} -> {ok, {slot, Pool, 1}};
-        {error, _} = Error -> Error
-    end.
+    loop_target(fun(_N) -> 1 end).
 
 %% @doc The context pid of the calling process's loop.
 -spec caller_loop() -> {ok, pid()} | {error, term()}.
 caller_loop() ->
-    case loops() of
-        {ok, Pool, N} -> pyport_contexts:context_pid(Pool, slot(N));
-        {error, _} = Error -> Error
-    end.
+    context_pid(loop_target()).
 
 %% @doc The context pid of the first loop.
 -spec first_loop() -> {ok, pid()} | {error, term()}.
 first_loop() ->
+    context_pid(first_loop_target()).
+
+loop_target(Pick) ->
     case loops() of
-        {ok, Pool, _N} -> pyport_contexts:context_pid(Pool, 1);
+        {ok, Pool, N} -> {ok, {slot, Pool, Pick(N)}};
         {error, _} = Error -> Error
     end.
+
+context_pid({ok, {slot, Pool, Slot}}) -> pyport_contexts:context_pid(Pool, Slot);
+context_pid({error, _} = Error) -> Error.
 
 %% @doc Every loop: `{ok, [{LoopRef, WorkerPid}]}' (both the worker's pid).
 -spec all_loops() -> {ok, [{pid(), pid()}]} | {error, term()}.
@@ -161,9 +165,8 @@ all_loops() ->
 %% (the requests in flight on each loop).
 -spec stats() -> #{atom() => term()}.
 stats() ->
-    case loops() of
-        {ok, Pool, N} ->
-            {ok, #{counters := C}} = pyport_pool:info(Pool),
+    case loops_info() of
+        {ok, Pool, N, #{counters := C}} ->
             %% owngil_enabled: every loop runs in an interpreter (and
             %% process) of its own, what erlang_python's OWN_GIL mode gives.
             #{num_loops => N, pool => Pool, supported => true, owngil_enabled => true,

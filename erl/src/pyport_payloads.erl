@@ -53,6 +53,7 @@
          caller/2, forget/1]).
 -export([encoding/1, place/4, limits/2, read/5, done/0]).
 -export([placeholder/2, cancel/0, unplace/3]).
+-export([lost/0, is_lost/1]).
 
 -define(TABLE, pyport_payloads).
 -define(HEADER, 4096).
@@ -215,6 +216,20 @@ adopt(Atomics, Id, I) ->
         _ -> adopt(Atomics, Id, I - 1)
     end.
 
+%% @doc The answer to a request adopt/2 found `lost' (the worker says the
+%% same of a LENT frame naming another file): its caller sends it again
+%% with the binaries in the frame (is_lost/1).
+-spec lost() -> {error, {'PayloadError', binary()}}.
+lost() ->
+    {error, {'PayloadError', <<"LENT frame for another payload file">>}}.
+
+%% @doc Whether an answer is lost/0's, from the owner or the worker.
+-spec is_lost(term()) -> boolean().
+is_lost({error, {Type, <<"LENT frame for another payload file", _/binary>>}}) ->
+    Type =:= 'PayloadError' orelse Type =:= <<"PayloadError">>;
+is_lost(_) ->
+    false.
+
 %% @doc The port owner got the answer to request Id: the region its
 %% arguments used (if any) is free again.
 -spec answered(pos_integer()) -> ok.
@@ -292,9 +307,17 @@ drop(Reply, _Pool, _Slot) ->
 drop(Reply) ->
     case bind(Reply) of
         {?RESULT, Rest, Source} when is_binary(Rest) ->
-            Limits = limits(Source, (pyport_limits:process())#{payload_mode => release}),
-            _ = pyport_codec:decode_fields(1, Rest, Limits),
-            ok;
+            %% Decoded here, in the owner, only to find its placeholders:
+            %% an answer without an ext 7 header's bytes has none, and
+            %% costs a scan instead of a decode.
+            case binary:match(Rest, <<16#c7, 17, ?EXT_PAYLOAD>>) of
+                nomatch ->
+                    ok;
+                _ ->
+                    Limits = limits(Source, (pyport_limits:process())#{payload_mode => release}),
+                    _ = pyport_codec:decode_fields(1, Rest, Limits),
+                    ok
+            end;
         _ ->
             ok
     end.

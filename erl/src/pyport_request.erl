@@ -107,15 +107,15 @@ call(Target, Kind, Fields, Timeout, Extra) ->
     call_local(Target, Kind, Fields, Timeout, Extra).
 
 call_local(Target, Kind, Fields, Timeout, Extra) ->
-    case call_local1(Target, Kind, Fields, Timeout, Extra) of
-        {error, {Type, <<"LENT frame for another payload file", _/binary>>}}
-          when Type =:= 'PayloadError'; Type =:= <<"PayloadError">> ->
+    Result = call_local1(Target, Kind, Fields, Timeout, Extra),
+    case pyport_payloads:is_lost(Result) of
+        true ->
             %% Its payloads went to the file of an OS process that was
             %% replaced before the request was sent (pyport_payloads): once
             %% more, with them in the frame.
             put(?NO_OFFLOAD, true),
             try call_local1(Target, Kind, Fields, Timeout, Extra) after erase(?NO_OFFLOAD) end;
-        Result ->
+        false ->
             Result
     end.
 

@@ -12,7 +12,7 @@
 %% asked for (then the worker's shared globals).
 -module(pyport_route).
 
--export([options/1, target/1, code_target/1, ctx_options/1, ctx_target/2,
+-export([options/1, target/1, code_target/1, ctx_target/2,
          ctx_code_target/2, registered_pool/3]).
 
 -define(DEFAULT_POOL, default).
@@ -66,7 +66,7 @@ code_target(Opts) ->
             end
     end.
 
-%% @doc The options of a request through a context: a timeout, or
+%% The options of a request through a context: a timeout, or
 %% erlang_python's map (its timeout `infinity' unless given, the
 %% erlang_python default for context calls; `namespace' `process').
 -spec ctx_options(term()) -> ctx_opts().
@@ -95,13 +95,14 @@ ctx_options(Opts) when is_map(Opts) ->
 ctx_options(Other) ->
     throw({error, {bad_option, Other}}).
 
-%% @doc Where a call through a context goes (its pool and slot), and its
-%% timeout.
--spec ctx_target(py:context(), term()) -> {pyport_request:target(), timeout() | default}.
+%% @doc Where a call through a context goes (its pool and slot), its
+%% timeout and where its `'__main__'' is (the `namespace' option).
+-spec ctx_target(py:context(), term()) ->
+          {pyport_request:target(), timeout() | default, process | shared}.
 ctx_target(Ctx, Opts) ->
     {Pool, Slot} = pyport_contexts:ctx_slot(Ctx),
-    #{timeout := Timeout} = O = ctx_options(Opts),
-    {with_output(O, {slot, Pool, Slot}), Timeout}.
+    #{timeout := Timeout, namespace := Which} = O = ctx_options(Opts),
+    {with_output(O, {slot, Pool, Slot}), Timeout, Which}.
 
 %% @doc Where an eval/exec through a context goes, its timeout and its
 %% namespace (`process': the caller's own there; `shared': the globals).

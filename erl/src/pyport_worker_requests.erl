@@ -36,8 +36,7 @@ request(Alias, Id, Deadline, Frame, State) ->
         lost ->
             %% Its payload region is gone (pyport_payloads): a caller still
             %% waiting sends it again with the binaries in the frame.
-            finish(Alias, {error, {'PayloadError', <<"LENT frame for another payload file">>}},
-                   State),
+            finish(Alias, pyport_payloads:lost(), State),
             State
     end.
 
@@ -89,8 +88,7 @@ request(Id, Entry, Frame, State) ->
         ok ->
             request1(Id, Entry, Frame, State);
         lost ->
-            finish_entry(Entry, {error, {'PayloadError', <<"LENT frame for another payload file">>}},
-                         State),
+            finish_entry(Entry, pyport_payloads:lost(), State),
             State
     end.
 

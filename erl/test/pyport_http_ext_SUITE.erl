@@ -316,9 +316,6 @@ os_pids(Name) ->
     {ok, Ws} = pyport:workers(Name),
     [pyport_worker:os_pid(P) || {_, P} <- Ws].
 
-%% A client that sends GETs until told to stop: `keepalive' reuses its
-%% connection until the server says `connection: close', `fresh' connects
-%% for each request. Any error, or an answer other than 200, is a failure.
 reload_errors(_Config) ->
     {error, {no_http, nope}} = pyport:reload_http(nope),
     ok.

@@ -143,9 +143,6 @@ max_rss_errors(Config) ->
     receive {'DOWN', Ref, process, W, _} -> ok after 5000 -> ct:fail(watcher_left) end,
     ok.
 
-%% Sends GETs until told to stop: `keepalive' reuses its connection until
-%% the server says `connection: close', `fresh' connects for each request.
-%% Any error, or an answer other than 200, is a failure.
 %% websocket_ping_interval/_timeout reach the workers: a client that
 %% answers nothing gets a ping, then close 1011, then the TCP close.
 ws_ping_options(Config) ->

@@ -355,8 +355,8 @@ class HttpConnection(ConnFields, WriteFlow, asyncio.Protocol):
 _NEVER = float("inf")
 
 
-
 register_fields(HttpConnection)  # the C++ paths use its fields directly
+
 
 def _clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
     """loop.time, or time.monotonic itself when that is all loop.time

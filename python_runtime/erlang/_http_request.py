@@ -272,7 +272,7 @@ class _Request(RequestFields):
         # The head (and the end, for a bodiless response) through the usual path.
         bodyless = self.no_body or self.method_head
         await self._send_slow({"type": "http.response.body", "body": b"",
-                         "more_body": more or (count > 0 and not bodyless)})
+                               "more_body": more or (count > 0 and not bodyless)})
         if bodyless or count == 0:
             return
         if self.chunked:
@@ -448,8 +448,8 @@ class _Request(RequestFields):
             self.conn.transport.write(_error_response(status, text))
 
 
-
 register_fields(_Request)  # the C++ paths use its fields directly
+
 
 async def _hook(conn: "HttpConnection", which: str, *args: Any) -> Optional[list]:
     """Runs the pool's Erlang hook `which` (pyport_http_hooks:dispatch/1,

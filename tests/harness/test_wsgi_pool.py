@@ -51,7 +51,9 @@ def test_requests_behind_a_blocking_one_are_not_held_up(serve):
     assert took["/sleep/3"][0] == 200 and took["/sleep/3"][1] >= 2.9
     for p in paths[1:]:
         assert took[p][0] == 200
-        assert took[p][1] < 2.0, (p, took)  # not after the sleeper (3 s)
+        # Answered before the sleeper was: not queued behind it (the order
+        # of the outcomes, not a latency bound the machine's load decides).
+        assert took[p][1] < took["/sleep/3"][1], (p, took)
     calls = s.worker.call("wsgi_pool_apps", "calls_made")
     sleeper = next(c for c in calls if c[0] == "/sleep/3")
     assert all(c[1].startswith("pyport-wsgi") for c in calls)
