@@ -542,8 +542,12 @@ void Dispatcher::lent(mp::Reader& r, uint64_t id, ByteBuffer& out) {
   std::string why;
   Payloads& payloads = Payloads::instance();
   if (!payloads.lend(token, base, &why)) return frame_error_typed(id, "PayloadError", why, out);
+  // The region is this request's only: ended however handle_frame leaves.
+  struct EndLend {
+    Payloads& payloads;
+    ~EndLend() { payloads.end_lend(); }
+  } end_lend{payloads};
   handle_frame(p, inner.size(), out);
-  payloads.end_lend();
 }
 
 // CONTROL payloads: [Path, Token, SlotSize, InSlots, OutSlots, Threshold].
