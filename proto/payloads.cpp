@@ -83,6 +83,14 @@ bool Payloads::open(const std::string& path, uint64_t token, uint64_t slot_size,
     *error = path + " is not a payload file of " + std::to_string(size) + " bytes";
     return false;
   }
+  // The header is written through a mapping: its page is allocated first,
+  // so that a full tmpfs is this error and never a SIGBUS later.
+  if (::fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, kHeader) != 0) {
+    int e = errno;
+    ::close(fd);
+    *error = "cannot allocate the payload file's header: " + std::string(std::strerror(e));
+    return false;
+  }
   void* h = ::mmap(nullptr, kHeader, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (h == MAP_FAILED) {
     ::close(fd);
@@ -315,6 +323,17 @@ void Payloads::end_answer(bool sent) {
   if (slot_ < out_slots_ && !sent) __atomic_store_n(state(slot_), 0, __ATOMIC_RELEASE);
 }
 
+// A value that could not be written goes in the frame; a region it took
+// and nothing else of the answer uses is given back at once (marked, the
+// node would never read it, so never clear it).
+uint64_t Payloads::unused() {
+  if (slot_ < out_slots_ && used_ == 0) {
+    __atomic_store_n(state(slot_), 0, __ATOMIC_RELEASE);
+    slot_ = out_slots_;
+  }
+  return UINT64_MAX;
+}
+
 uint64_t Payloads::put(const void* p, size_t n) {
   if (slot_ == out_slots_) {
     for (uint32_t k = 0; k < out_slots_; ++k) {
@@ -327,7 +346,7 @@ uint64_t Payloads::put(const void* p, size_t n) {
     __atomic_store_n(state(slot_), ++seq_, __ATOMIC_RELEASE);
     used_ = 0;
   }
-  if (n > slot_size_ - used_) return UINT64_MAX;
+  if (n > slot_size_ - used_) return unused();
   uint64_t at = out_base(slot_) + used_;
   bool copied = false;
   if (used_ + n <= warm()) {
@@ -337,7 +356,7 @@ uint64_t Payloads::put(const void* p, size_t n) {
       copied = true;
     }
   }
-  if (!copied && !pwrite_all(fd_, p, n, at)) return UINT64_MAX;
+  if (!copied && !pwrite_all(fd_, p, n, at)) return unused();  // a full tmpfs, say
   used_ += n;
   if (used_ > dirty_[slot_]) dirty_[slot_] = used_;
   return at;

@@ -99,6 +99,7 @@ class Payloads {
   // Whether the first `upto` bytes of answer region k are allocated
   // (fallocate: a full tmpfs is an error here, not a SIGBUS in memcpy).
   bool allocated(uint32_t k, uint64_t upto);
+  uint64_t unused();
   void punch_released();
   PyObject* view(uint64_t at, uint64_t length);
   bool zero_copy();
