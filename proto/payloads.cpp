@@ -50,6 +50,9 @@ Payloads& Payloads::instance() {
 }
 
 Payloads::~Payloads() {
+  for (uint8_t* m : maps_) {
+    if (m) ::munmap(m, warm());
+  }
   if (header_) ::munmap(header_, kHeader);
   if (fd_ >= 0) ::close(fd_);
 }
@@ -80,6 +83,14 @@ bool Payloads::open(const std::string& path, uint64_t token, uint64_t slot_size,
     *error = path + " is not a payload file of " + std::to_string(size) + " bytes";
     return false;
   }
+  // The header is written through a mapping: its page is allocated first,
+  // so that a full tmpfs is this error and never a SIGBUS later.
+  if (::fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, kHeader) != 0) {
+    int e = errno;
+    ::close(fd);
+    *error = "cannot allocate the payload file's header: " + std::string(std::strerror(e));
+    return false;
+  }
   void* h = ::mmap(nullptr, kHeader, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (h == MAP_FAILED) {
     ::close(fd);
@@ -99,6 +110,61 @@ bool Payloads::open(const std::string& path, uint64_t token, uint64_t slot_size,
   out_slots_ = out_slots;
   threshold_ = threshold;
   dirty_.assign(out_slots, 0);
+  file_size_ = size;
+  maps_.assign(size_t(in_slots) + out_slots, nullptr);
+  unmappable_.assign(size_t(in_slots) + out_slots, false);
+  ready_.assign(out_slots, 0);
+  return true;
+}
+
+// Payloads that fit a region's warm part are copied through a mapping of
+// it instead of pread/pwrite: one memcpy, where the syscalls looked up,
+// locked and marked each 4 KiB page of the file every time (a quarter of
+// the worker's time in a 1 MiB round trip, docs/performance.md). Those
+// pages stay allocated and mapped between requests (nothing punches the
+// warm part), so after the first use there is no fault either. Larger
+// payloads keep pread/pwrite: their pages beyond the warm part are given
+// back after each use, and would fault in again page by page.
+uint8_t* Payloads::warm_map(uint32_t r) {
+  if (maps_[r] || unmappable_[r]) return maps_[r];
+  bool answer = r >= in_slots_;
+  uint64_t base = kHeader + uint64_t(r) * slot_size_;
+  void* m = ::mmap(nullptr, warm(), answer ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd_,
+                   off_t(base));
+  if (m == MAP_FAILED) {
+    unmappable_[r] = true;  // an address-space limit, say: the syscalls do
+    return nullptr;
+  }
+  maps_[r] = static_cast<uint8_t*>(m);
+  return maps_[r];
+}
+
+bool Payloads::intact() const {
+  struct stat st {};
+  return ::fstat(fd_, &st) == 0 && uint64_t(st.st_size) >= file_size_;
+}
+
+bool Payloads::resident(const uint8_t* p, size_t n) {
+  constexpr size_t kPage = 4096;
+  unsigned char vec[kWarm / kPage];
+  auto from = reinterpret_cast<uintptr_t>(p) & ~uintptr_t(kPage - 1);
+  auto to = (reinterpret_cast<uintptr_t>(p) + n + kPage - 1) & ~uintptr_t(kPage - 1);
+  size_t pages = (to - from) / kPage;
+  if (pages > sizeof vec) return false;
+  if (::mincore(reinterpret_cast<void*>(from), to - from, vec) != 0) return false;
+  for (size_t i = 0; i < pages; ++i) {
+    if (!(vec[i] & 1)) return false;
+  }
+  return true;
+}
+
+bool Payloads::allocated(uint32_t k, uint64_t upto) {
+  if (ready_[k] >= upto) return true;
+  if (::fallocate(fd_, FALLOC_FL_KEEP_SIZE, off_t(out_base(k) + ready_[k]),
+                  off_t(upto - ready_[k])) != 0) {
+    return false;
+  }
+  ready_[k] = upto;
   return true;
 }
 
@@ -187,7 +253,15 @@ PyObject* Payloads::read(uint8_t form, uint64_t offset, uint64_t length, std::st
   if (form == kFormBytes && zero_copy()) return view(at, length);
   PyObject* bytes = PyBytes_FromStringAndSize(nullptr, Py_ssize_t(length));
   if (!bytes) return nullptr;
-  if (!pread_all(fd_, PyBytes_AS_STRING(bytes), length, at)) {
+  bool copied = false;
+  if (offset + length <= warm()) {
+    const uint8_t* m = warm_map(uint32_t((lent_base_ - kHeader) / slot_size_));
+    if (m && intact() && resident(m + offset, length)) {
+      std::memcpy(PyBytes_AS_STRING(bytes), m + offset, length);
+      copied = true;
+    }
+  }
+  if (!copied && !pread_all(fd_, PyBytes_AS_STRING(bytes), length, at)) {
     Py_DECREF(bytes);
     *error = "payload placeholder names bytes past the end of the payload file";
     return nullptr;
@@ -249,6 +323,17 @@ void Payloads::end_answer(bool sent) {
   if (slot_ < out_slots_ && !sent) __atomic_store_n(state(slot_), 0, __ATOMIC_RELEASE);
 }
 
+// A value that could not be written goes in the frame; a region it took
+// and nothing else of the answer uses is given back at once (marked, the
+// node would never read it, so never clear it).
+uint64_t Payloads::unused() {
+  if (slot_ < out_slots_ && used_ == 0) {
+    __atomic_store_n(state(slot_), 0, __ATOMIC_RELEASE);
+    slot_ = out_slots_;
+  }
+  return UINT64_MAX;
+}
+
 uint64_t Payloads::put(const void* p, size_t n) {
   if (slot_ == out_slots_) {
     for (uint32_t k = 0; k < out_slots_; ++k) {
@@ -261,9 +346,17 @@ uint64_t Payloads::put(const void* p, size_t n) {
     __atomic_store_n(state(slot_), ++seq_, __ATOMIC_RELEASE);
     used_ = 0;
   }
-  if (n > slot_size_ - used_) return UINT64_MAX;
+  if (n > slot_size_ - used_) return unused();
   uint64_t at = out_base(slot_) + used_;
-  if (!pwrite_all(fd_, p, n, at)) return UINT64_MAX;
+  bool copied = false;
+  if (used_ + n <= warm()) {
+    uint8_t* m = warm_map(in_slots_ + slot_);
+    if (m && intact() && allocated(slot_, used_ + n)) {
+      std::memcpy(m + used_, p, n);
+      copied = true;
+    }
+  }
+  if (!copied && !pwrite_all(fd_, p, n, at)) return unused();  // a full tmpfs, say
   used_ += n;
   if (used_ > dirty_[slot_]) dirty_[slot_] = used_;
   return at;

@@ -85,6 +85,21 @@ class Payloads {
   }
   // Gives back the pages of [from, to) (best effort).
   void punch(uint64_t from, uint64_t to);
+  // The warm part of region r (request regions first, then answer
+  // regions) mapped into this process, or null (not mappable: pread and
+  // pwrite then). Mapped on first use, kept until the process ends.
+  uint8_t* warm_map(uint32_t r);
+  uint64_t warm() const { return slot_size_ < kWarm ? slot_size_ : kWarm; }
+  // Whether the file still has the size it was opened with (the node never
+  // shrinks it; a mapped page past the end would be SIGBUS).
+  bool intact() const;
+  // Whether every page of [p, p + n) of a mapping holds data (a hole would
+  // be allocated by the read fault, SIGBUS on a full tmpfs).
+  static bool resident(const uint8_t* p, size_t n);
+  // Whether the first `upto` bytes of answer region k are allocated
+  // (fallocate: a full tmpfs is an error here, not a SIGBUS in memcpy).
+  bool allocated(uint32_t k, uint64_t upto);
+  uint64_t unused();
   void punch_released();
   PyObject* view(uint64_t at, uint64_t length);
   bool zero_copy();
@@ -104,6 +119,10 @@ class Payloads {
   uint64_t used_ = 0;
   uint64_t seq_ = 0;
   std::vector<uint64_t> dirty_;  // bytes written into each answer region
+  uint64_t file_size_ = 0;
+  std::vector<uint8_t*> maps_;  // warm_map's, per region (null: not yet)
+  std::vector<bool> unmappable_;
+  std::vector<uint64_t> ready_;  // allocated bytes at each answer region's start
   PyObject* zero_copy_module_ = nullptr;
   PyObject* mmap_type_ = nullptr;
 };

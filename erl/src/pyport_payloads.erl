@@ -522,6 +522,10 @@ file_init(Owner, Path, SlotSize, Atomics) ->
         ok = file:change_mode(Path, 8#600),
         {ok, _} = file:position(Fd, ?HEADER + (?IN_SLOTS + ?OUT_SLOTS) * SlotSize),
         ok = file:truncate(Fd),
+        %% The header's page allocated now: the worker writes its words
+        %% through a mapping, where a full tmpfs would be SIGBUS. Full
+        %% here, the pool keeps the pipe.
+        ok = file:pwrite(Fd, 0, <<0:(8 * ?HEADER)>>),
         Owner ! {self(), created},
         file_loop(#{fd => Fd, owner => OwnerMon, path => Path, held => #{}, claims => #{},
                     atomics => Atomics})

@@ -15,7 +15,8 @@
          answer_after_restart_reads_no_new_file/1, region_held_by_another_answer/1,
          file_grown_by_the_worker/1, callers_killed_mid_write/1,
          no_descriptor_left_after_restarts/1, node_end_leaves_nothing/1,
-         unsent_requests_give_regions_back/1, all_answer_regions_marked/1]).
+         unsent_requests_give_regions_back/1, all_answer_regions_marked/1,
+         full_tmpfs_keeps_the_pipe/1]).
 
 -define(M, payload_helpers).
 -define(MAX, (16 * 1024 * 1024)).
@@ -30,7 +31,7 @@ all() ->
      recycled_worker_new_file, answer_after_restart_reads_no_new_file,
      region_held_by_another_answer, file_grown_by_the_worker, callers_killed_mid_write,
      no_descriptor_left_after_restarts, node_end_leaves_nothing,
-     unsent_requests_give_regions_back, all_answer_regions_marked].
+     unsent_requests_give_regions_back, all_answer_regions_marked, full_tmpfs_keeps_the_pipe].
 
 init_per_suite(Config) ->
     Data = filename:join(filename:dirname(code:which(?MODULE)), "pyport_payloads_SUITE_data"),
@@ -465,6 +466,68 @@ all_answer_regions_marked(_Config) ->
     ?assertEqual({ok, [<<"bytes">>, N]}, call(kind, [{bytes, B}])),
     {_, Out1} = port_bytes(payloads),
     ?assert(Out1 - Out < 4096).
+
+%% A full tmpfs: the owner cannot allocate the file's header (the worker
+%% writes it through a mapping, where a full tmpfs would be SIGBUS), so
+%% the pool keeps the pipe; and with the file in place, a full tmpfs sends
+%% answers through the pipe. In a peer node in a mount namespace of its
+%% own, with a small tmpfs as PYPORT_PAYLOAD_DIR (skipped where
+%% `unshare -rm' cannot mount one).
+full_tmpfs_keeps_the_pipe(Config) ->
+    Dir = filename:join(?config(priv_dir, Config), "small_tmpfs"),
+    ok = filelib:ensure_path(Dir),
+    Mount = "mount -t tmpfs -o size=2m tmpfs " ++ Dir,
+    case os:find_executable("unshare") of
+        false ->
+            {skip, "no unshare"};
+        Unshare ->
+            case os:cmd(Unshare ++ " -rm sh -c '" ++ Mount ++ " && echo mounted' 2>&1") of
+                "mounted\n" -> full_tmpfs(Unshare, Mount, Dir, Config);
+                Other -> {skip, "unshare -rm cannot mount a tmpfs here: " ++ Other}
+            end
+    end.
+
+full_tmpfs(Unshare, Mount, Dir, Config) ->
+    Paths = lists:append([["-pa", filename:dirname(code:which(M))] || M <- [?MODULE, pyport]]),
+    Erl = os:find_executable("erl"),
+    {ok, Peer, _} = peer:start_link(#{connection => standard_io, args => Paths,
+                                     exec => {Unshare, ["-rm", "sh", "-c",
+                                                        Mount ++ " && exec \"$0\" \"$@\"", Erl]},
+                                     env => [{"PYPORT_PAYLOAD_DIR", Dir}]}),
+    try
+        Fill = fun() -> fill(Peer, filename:join(Dir, "filler"), 0) end,
+        Free = fun() -> ok = peer:call(Peer, file, delete, [filename:join(Dir, "filler")]) end,
+        Opts = #{size => 1, max_frame_size => ?MAX, payload_threshold => ?THRESHOLD,
+                 python_path => [?config(data, Config)]},
+        {ok, _} = peer:call(Peer, application, ensure_all_started, [pyport]),
+        B = crypto:strong_rand_bytes(1024 * 1024),
+        Call = fun() -> peer:call(Peer, py, call, [?M, echo, [{bytes, B}], #{}, #{pool => p}], 30000) end,
+        %% Full before the pool starts: no payload file, the pipe.
+        Fill(),
+        {ok, _} = peer:call(Peer, pyport, start_pool, [p, Opts]),
+        ?assertEqual({ok, B}, Call()),
+        ?assertMatch({ok, [_]}, peer:call(Peer, file, list_dir, [Dir])),
+        ok = peer:call(Peer, pyport, stop_pool, [p]),
+        %% Room when it starts, full later: answers (and requests) take the pipe.
+        Free(),
+        {ok, _} = peer:call(Peer, pyport, start_pool, [p, Opts]),
+        ?assertEqual({ok, B}, Call()),
+        Fill(),
+        [?assertEqual({ok, B}, Call()) || _ <- lists:seq(1, 3)],
+        OsPid = pyport_test_util_os_pid(Peer, 1),
+        Free(),
+        ?assertEqual({ok, B}, Call()),
+        %% The same OS process answered throughout: no crash.
+        ?assertEqual(OsPid, pyport_test_util_os_pid(Peer, 1))
+    after
+        peer:stop(Peer)
+    end.
+
+fill(Peer, Path, N) ->
+    case peer:call(Peer, file, write_file, [Path, <<0:(8 * 65536)>>, [append]]) of
+        ok when N < 64 -> fill(Peer, Path, N + 1);
+        {error, enospc} -> ok
+    end.
 
 pyport_test_util_os_pid(Peer, Slot) ->
     {ok, #{os_pid := OsPid}} = peer:call(Peer, pyport, worker_info, [{p, Slot}]),

@@ -6,6 +6,7 @@ import os
 import struct
 
 import msgpack
+import pytest
 import pyport_proto as P
 from wire import array, expect_error, frame, raw_call, raw_value
 
@@ -131,3 +132,109 @@ def test_a_file_that_is_not_one_is_refused(worker, tmp_path):
     small.write_bytes(b"\0" * HEADER)
     reply = worker.request(P.CONTROL, "payloads", [str(small), TOKEN, SLOT, SLOTS, SLOTS, THRESHOLD])
     assert "is not a payload file" in expect_error(worker.wait(reply), "OSError", reply).fields[1]
+
+
+def marks(fd) -> list[int]:
+    return list(struct.unpack(f"<{SLOTS}Q", os.pread(fd, 8 * SLOTS, 64)))
+
+
+def test_a_file_the_node_shrank_is_an_error_not_a_crash(worker, tmp_path):
+    # The worker copies small payloads through a mapping of the region:
+    # a mapped page past the end of the file would be SIGBUS. The node
+    # never shrinks the file; if it did, the request is an error and the
+    # worker goes on.
+    fd, _, _ = open_file(worker, tmp_path)
+    data = payload(300_000)
+    base = HEADER + 3 * SLOT
+    os.pwrite(fd, data, base)
+    worker.send_bytes(lent(7010, TOKEN, base,
+                           raw_call(7010, "harness_worker", "identity", placeholder(1, 0, len(data)))))
+    first = worker.wait(7010)
+    assert first.kind == P.RESULT and os.pread(fd, len(data), first.fields[0].offset) == data
+    os.ftruncate(fd, HEADER)
+    worker.send_bytes(lent(7011, TOKEN, base,
+                           raw_call(7011, "harness_worker", "identity", placeholder(1, 0, len(data)))))
+    assert "past the end" in expect_error(worker.wait(7011), "FrameError", 7011).fields[1]
+    # An answer after the shrink: written with pwrite, not through the mapping.
+    answer = worker.wait(worker.request(P.CALL, "harness_worker", "identity", [data], {}))
+    assert answer.kind == P.RESULT, answer
+    ph = answer.fields[0]
+    got = os.pread(fd, ph.length, ph.offset) if isinstance(ph, P.Payload) else ph
+    assert got == data
+    assert worker.call("harness_worker", "identity", [1]) == 1
+    os.close(fd)
+
+
+def test_a_hole_in_a_region_reads_as_zeros(worker, tmp_path):
+    # A placeholder naming bytes the node never wrote: zeros, as pread
+    # gives, and no page allocated by a fault (mincore, then pread).
+    fd, _, _ = open_file(worker, tmp_path)
+    base = HEADER + 6 * SLOT
+    worker.send_bytes(lent(7012, TOKEN, base,
+                           raw_call(7012, "builtins", "len", placeholder(1, 4096, 300_000))))
+    answer = worker.wait(7012)
+    assert answer.kind == P.RESULT and answer.fields[0] == 300_000, answer
+    worker.send_bytes(lent(7013, TOKEN, base,
+                           raw_call(7013, "builtins", "sum", placeholder(1, 4096, 300_000))))
+    assert worker.wait(7013).fields[0] == 0
+    os.close(fd)
+
+
+def in_a_small_tmpfs(tmp_path, size: str) -> tuple[str, str]:
+    """A wrapper that starts the worker in a mount namespace of its own
+    with a tmpfs of `size` at a fresh directory; (wrapper, directory)."""
+    import shutil
+    import subprocess
+    mnt = tmp_path / "small-tmpfs"
+    mnt.mkdir()
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size={size} tmpfs {mnt}"],
+                           capture_output=True)
+    if shutil.which("unshare") is None or probe.returncode != 0:
+        pytest.skip("no unshare -rm with a tmpfs mount here")
+    real = P.locate_worker()
+    wrapper = tmp_path / "worker-in-small-tmpfs"
+    wrapper.write_text("#!/bin/sh\n"
+                       f"exec unshare -rm sh -c 'mount -t tmpfs -o size={size} tmpfs {mnt} && "
+                       f"exec {real} \"$@\"' sh \"$@\"\n")
+    wrapper.chmod(0o755)
+    return str(wrapper), str(mnt)
+
+
+def test_a_full_tmpfs_sends_the_answer_in_the_frame(spawn, tmp_path):
+    # Writing a hole of a mapping on a full tmpfs is SIGBUS: the worker
+    # allocates the answer's pages first (fallocate), and a full tmpfs
+    # makes that an error, the value then going in the frame; the answer
+    # region it took is not left marked.
+    wrapper, mnt = in_a_small_tmpfs(tmp_path, "2m")
+    worker = spawn(executable=wrapper)
+    seen = f"/proc/{worker.pid}/root{mnt}"
+    d = os.path.join(seen, "pyport-test")
+    os.mkdir(d, 0o700)
+    path = os.path.join(d, "payloads")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.ftruncate(fd, HEADER + 2 * SLOTS * SLOT)
+    assert worker.control("payloads", [f"{mnt}/pyport-test/payloads", TOKEN, SLOT, SLOTS, SLOTS,
+                                       THRESHOLD]) is True
+    data = payload(300_000)
+    os.pwrite(fd, data, HEADER)
+    filler = os.open(os.path.join(seen, "filler"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        with pytest.raises(OSError):
+            for _ in range(64):
+                os.write(filler, b"\0" * 65536)
+        worker.send_bytes(lent(7014, TOKEN, HEADER,
+                               raw_call(7014, "harness_worker", "identity", placeholder(1, 0, len(data)))))
+        answer = worker.wait(7014)
+        assert answer.kind == P.RESULT and answer.fields[0] == data, answer
+        assert marks(fd) == [0] * SLOTS
+        # Room again: answers go through the file.
+        os.close(filler)
+        filler = -1
+        os.unlink(os.path.join(seen, "filler"))
+        answer = worker.wait(worker.request(P.CALL, "harness_worker", "identity", [data], {}))
+        ph = answer.fields[0]
+        assert isinstance(ph, P.Payload) and os.pread(fd, ph.length, ph.offset) == data
+    finally:
+        if filler >= 0:
+            os.close(filler)
+    os.close(fd)
