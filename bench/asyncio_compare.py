@@ -4,7 +4,8 @@ pyport worker through tools/pyport-run), in interleaved rounds, and prints
 the median of every figure, then the ratios of ErlangEventLoop to each peer
 for the rates (above 1: faster).
 
-    /usr/bin/python3 bench/asyncio_compare.py [--rounds N] [--before DIR] [--no-in-worker] [FIGURE...]
+    /usr/bin/python3 bench/asyncio_compare.py [--rounds N] [--cost-rounds N] [--before DIR]
+                                              [--no-in-worker] [FIGURE...]
 
 FIGURE names a figure of asyncio_bench.py (`hot` for every hot-path one).
 The stock loop and uvloop also run inside a pyport worker
@@ -18,6 +19,10 @@ checkout (DIR/tools/pyport-run with DIR/build/pyport_worker), so a change is
 measured against the code it replaces in the same run. The hot-path figures
 come in two lines: ops per second of wall time, and ops per second of the
 loop thread's CPU time (`_cpu_`), which a loaded machine disturbs least.
+The timer figures (`timer_latency`, `sleep_1ms_x500`: one sample of each
+per round, whose CPU time on a virtual machine swings by a third with the
+host's wake-up costs) take the median of at least --cost-rounds rounds
+(default 5), the rounds beyond --rounds running those figures alone.
 """
 import argparse
 import os
@@ -30,6 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 BENCH = os.path.join(HERE, "asyncio_bench.py")
 LINE = re.compile(r"^asyncio_(\w+)_(stock|uvloop|erlang) (\S+) (\S+)$")
+COSTS = ["timer_latency", "sleep_1ms_x500"]
 
 
 def run(kind, figures, before):
@@ -55,6 +61,8 @@ def run(kind, figures, before):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--cost-rounds", type=int, default=5,
+                   help="rounds for the timer figures (at least --rounds)")
     p.add_argument("--before", metavar="DIR")
     p.add_argument("--no-in-worker", dest="in_worker", action="store_false",
                    help="skip the stock loop and uvloop inside a worker (stock_w, uvloop_w)")
@@ -63,9 +71,13 @@ def main():
     kinds = ["stock", "uvloop", "erlang"] + (["stock_w", "uvloop_w"] if args.in_worker else []) + (
         ["before"] if args.before else [])
     samples = {kind: {} for kind in kinds}
-    for _ in range(args.rounds):
+    costs = [f for f in COSTS if not args.figures or f in args.figures]
+    rounds = [args.figures] * args.rounds
+    if costs:
+        rounds += [costs] * max(0, args.cost_rounds - args.rounds)
+    for figures in rounds:
         for kind in kinds:
-            for name, (value, unit) in run(kind, args.figures, args.before).items():
+            for name, (value, unit) in run(kind, figures, args.before).items():
                 samples[kind].setdefault(name, ([], unit))[0].append(value)
     medians = {kind: {name: (statistics.median(values), unit)
                       for name, (values, unit) in by_name.items()}
