@@ -438,10 +438,7 @@ class Codec::Decoder {
           r.fail_at(start, "object payload is not an 8-byte id");
           return {};
         }
-        uint64_t oid = 0;
-        for (size_t i = 0; i < 8; ++i)
-          oid = (oid << 8) | p[i];
-        return codec_.kept_object(oid);
+        return codec_.kept_object(mp::load_be64(p));
       }
       case mp::kExtTerm: {
         if (n < 2 || p[0] != 131) {
