@@ -290,8 +290,9 @@ class Codec::Decoder {
     return PyRef::steal(new_string(p, n, kind));
   }
 
-  // Reads an integer form of up to 32 bits if one is next (not at the end).
+  // Reads an integer form of up to 32 bits if one is next.
   static bool int_here(mp::Reader& r, long& v) {
+    if (r.at_end()) return false;
     const uint8_t* p = r.cursor();
     const uint8_t* next = read_small_int(p, p + r.remaining(), v);
     if (next) r.skip(size_t(next - p));
@@ -301,7 +302,7 @@ class Codec::Decoder {
   // One element of a container: value(), with small integers first.
   __attribute__((always_inline)) PyObject* element(mp::Reader& r, int depth) {
     long v;
-    if (!r.at_end() && int_here(r, v)) return small_int_object(v);
+    if (int_here(r, v)) return small_int_object(v);
     return value(r, depth).release();
   }
 
@@ -374,7 +375,7 @@ class Codec::Decoder {
       size_t key_at = r.offset();
       long small = 0;  // passed to set_item either way: never indeterminate
       PyRef key;
-      bool small_key = !r.at_end() && int_here(r, small);
+      bool small_key = int_here(r, small);
       if (small_key) {
         key = PyRef::steal(small_int_object(small));
       } else {
