@@ -104,6 +104,12 @@ inline bool short_int(PyObject* o, int64_t& v) {
 #endif
 }
 
+// short_int for an exact int only: the runs in containers leave bools and
+// int subclasses to Encoder::value().
+inline bool exact_short_int(PyObject* o, int64_t& v) {
+  return Py_TYPE(o) == &PyLong_Type && short_int(o, v);
+}
+
 // The integer forms of up to 32 bits at p (p < end): stores the value in v
 // and returns the end of the form; null for any other form or a truncated
 // one, which Decoder::value then reads or reports. Most elements of big
@@ -821,9 +827,8 @@ class Codec::Encoder {
     uint8_t* const begin = out_.space(size_t(stop - i) * mp::kMaxIntSize);
     uint8_t* p = begin;
     for (; i < stop; ++i) {
-      PyObject* item = items[i];
       int64_t v;
-      if (Py_TYPE(item) != &PyLong_Type || !short_int(item, v)) break;
+      if (!exact_short_int(items[i], v)) break;
       p = mp::store_int(p, v);
     }
     out_.commit(size_t(p - begin));
@@ -894,8 +899,7 @@ class Codec::Encoder {
     while (PyDict_Next(o, &pos, &k, &v)) {
       if (++count > n) return changed("dict");
       int64_t kv, vv;  // exact short ints: written with no dispatch
-      if (Py_TYPE(k) == &PyLong_Type && Py_TYPE(v) == &PyLong_Type && short_int(k, kv) &&
-          short_int(v, vv)) {
+      if (exact_short_int(k, kv) && exact_short_int(v, vv)) {
         uint8_t* p = out_.space(2 * mp::kMaxIntSize);
         out_.commit(size_t(mp::store_int(mp::store_int(p, kv), vv) - p));
         continue;
