@@ -136,8 +136,7 @@ op("call0", _) -> {1, fun() -> {ok, _} = py:call(p0, math, sqrt, [2.0]) end};
 op("call", _) -> {1, fun() -> {ok, _} = py:call(p1, math, sqrt, [2.0]) end};
 op("spawn", _) -> {1, fun() -> {ok, _} = py:await(py:spawn_call(math, sqrt, [2.0], #{}, #{pool => p1})) end};
 op("sg", _) -> {1000, fun() -> {ok, _} = py:call(p1, wake_ab_py, state_get_loop, [<<"wake_ab_key">>, 1000]) end};
-op("task", _) -> {1, fun() -> Ref = py_event_loop:create_task(math, sqrt, [2.0]), {ok, _} = py_event_loop:await(Ref) end};
-op("task_p1", _) -> {1, fun() -> Ref = py_event_loop:create_task(math, sqrt, [2.0]), {ok, _} = py_event_loop:await(Ref) end}.
+op("task", _) -> {1, fun() -> Ref = py_event_loop:create_task(math, sqrt, [2.0]), {ok, _} = py_event_loop:await(Ref) end}.
 
 loop(Fun, Stop, N) ->
     case N rem 64 =:= 0 andalso erlang:monotonic_time(millisecond) >= Stop of
