@@ -24,11 +24,12 @@ main(["roundtrips"]) ->
     {ok, _} = application:ensure_all_started(pyport),
     roundtrips(priv_file("echo_port")),
     halt(0);
-%% The same section under a label of its own (`roundtrip_<Label>_...'):
-%% bench/run runs it as `pinned', the node and its workers on one CPU.
+%% The same section under a label of its own (`roundtrip_<Label>_...',
+%% `wakeup_mode_<Label>_...'): bench/run runs it as `pinned', the node and
+%% its workers on one CPU.
 main(["roundtrips", Label]) ->
     {ok, _} = application:ensure_all_started(pyport),
-    roundtrips(priv_file("echo_port"), "roundtrip_" ++ Label ++ "_"),
+    roundtrips(priv_file("echo_port"), Label ++ "_"),
     halt(0);
 main(["data"]) ->
     {ok, _} = application:ensure_all_started(pyport),
@@ -830,10 +831,11 @@ line(Name, Value, Unit) ->
 -define(RT_FAST_MODE_US, 20).
 
 roundtrips(Echo) ->
-    roundtrips(Echo, "roundtrip_").
+    roundtrips(Echo, "").
 
-%% Prefix: of every line the section prints.
-roundtrips(Echo, Prefix) ->
+%% Label: after `roundtrip_' and `wakeup_mode_' in every line it prints.
+roundtrips(Echo, Label) ->
+    Prefix = "roundtrip_" ++ Label,
     Frame = iolist_to_binary(pyport_codec:encode_frame(1, 1, [<<"math">>, <<"sqrt">>, [2.0], #{}])),
     ok = py:state_store(<<"bench_rt_key">>, 42),
     Port = open(Echo, []),
@@ -849,7 +851,7 @@ roundtrips(Echo, Prefix) ->
       fun(Mode) ->
               In = [B || {M, _, _} = B <- Blocks, M =:= Mode],
               line(Prefix ++ atom_to_list(Mode) ++ "_blocks", length(In), "blocks"),
-              roundtrip_mode(Prefix, Mode, In, Figures)
+              roundtrip_mode(Label, Mode, In, Figures)
       end, [slow, fast, mixed]).
 
 %% One block: the echo floor's p50, every figure once (random order), the
@@ -868,27 +870,23 @@ roundtrip_block(I, EchoP50, Figures) ->
               [I, Before, After, Mode]),
     {Mode, [Before, After], Rates}.
 
-roundtrip_mode(_Prefix, _Mode, [], _Figures) ->
+roundtrip_mode(_Label, _Mode, [], _Figures) ->
     ok;
-roundtrip_mode(_Prefix, mixed, _Blocks, _Figures) ->
+roundtrip_mode(_Label, mixed, _Blocks, _Figures) ->
     io:format("# blocks that changed wake-up mode count for neither~n");
-roundtrip_mode(Prefix, Mode, Blocks, Figures) ->
-    M = atom_to_list(Mode),
+roundtrip_mode(Label, Mode, Blocks, Figures) ->
+    M = Label ++ atom_to_list(Mode),
     Echoes = lists:append([E || {_, E, _} <- Blocks]),
     io:format("# wake-up mode ~s: ~b blocks, echo floor p50 ~.1f-~.1f us (fast below ~b us); medians of the blocks~n",
               [M, length(Blocks), lists:min(Echoes), lists:max(Echoes), ?RT_FAST_MODE_US]),
-    Floor = case Prefix of
-                "roundtrip_" -> "wakeup_mode_";
-                _ -> Prefix ++ "wakeup_mode_"
-            end,
-    line(Floor ++ M ++ "_echo_floor_p50", median(Echoes), "us"),
+    line("wakeup_mode_" ++ M ++ "_echo_floor_p50", median(Echoes), "us"),
     lists:foreach(
       fun({Name, Unit, Peer, _}) ->
               Rate = median([R || {_, _, Rates} <- Blocks, {N, R} <- Rates, N =:= Name]),
-              line(Prefix ++ M ++ "_" ++ Name ++ "_rate", Rate, Unit),
+              line("roundtrip_" ++ M ++ "_" ++ Name ++ "_rate", Rate, Unit),
               io:format("# recorded figure (issue 15, erlang_python 4.1), not measured here~n"),
               line("peer_erlang_python_" ++ Name ++ "_rate", Peer, Unit),
-              line(Prefix ++ M ++ "_" ++ Name ++ "_vs_peer", Rate / Peer, "ratio")
+              line("roundtrip_" ++ M ++ "_" ++ Name ++ "_vs_peer", Rate / Peer, "ratio")
       end, Figures).
 
 %% {Name, Unit, erlang_python's recorded rate, Run}: Run returns a rate.

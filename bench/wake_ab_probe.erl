@@ -47,13 +47,9 @@ main([Kind, SecsS | Rest]) ->
     Extra = case Rest of [W] -> #{worker => W}; [] -> #{} end,
     {ok, _} = pyport:start_pool(p1, maps:merge(Opts, Extra)),
     _ = py:state_store(<<"wake_ab_key">>, 42),
-    Echo = filename:join(code:priv_dir(pyport), "echo_port"),
-    Frame = iolist_to_binary(pyport_codec:encode_frame(1, 1, [<<"wake_ab_py">>, <<"identity">>, [1], #{}])),
-    Port = open_port({spawn_executable, Echo}, [{packet, 4}, binary, exit_status, use_stdio]),
-    EchoF = fun() -> port_command(Port, Frame), receive {Port, {data, _}} -> ok end end,
+    EchoF = echo_fun(),
     {ok, #{workers := [#{os_pid := Os} | _]}} = pyport:pool_info(p1),
-    {ok, EchoOs} = erlang:port_info(Port, os_pid) =/= undefined andalso {ok, element(2, erlang:port_info(Port, os_pid))},
-    io:format("beam ~s worker ~p echo ~p~n", [os:getpid(), Os, EchoOs]),
+    io:format("beam ~s worker ~p~n", [os:getpid(), Os]),
     {Per, Fun} = op(Kind, EchoF),
     Secs = list_to_float(SecsS),
     [Fun() || _ <- lists:seq(1, 200)],
@@ -118,11 +114,18 @@ block(Kind, EchoF, Os) ->
               [Kind, Mode, Rate, E0, E1, NC, NV, WC, WV, Aff]),
     {Mode, Kind, [Rate, NC, NV, WC, WV]}.
 
+%% Per thread between two threads/1 readings: {Name, CPU us, voluntary
+%% switches} per round trip (a thread that started in between counts from
+%% its end reading, i.e. not at all).
+per_thread(A, B, Trips) ->
+    [begin
+         {_, Ns0, V0} = maps:get(T, A, {Name, Ns1, V1}),
+         {Name, (Ns1 - Ns0) / 1000 / Trips, (V1 - V0) / Trips}
+     end || {T, {Name, Ns1, V1}} <- maps:to_list(B)].
+
 totals(A, B, Trips) ->
-    maps:fold(fun(T, {_, Ns1, V1}, {C, V}) ->
-                      {_, Ns0, V0} = maps:get(T, A, {x, Ns1, V1}),
-                      {C + (Ns1 - Ns0) / 1000 / Trips, V + (V1 - V0) / Trips}
-              end, {0, 0}, B).
+    Rows = per_thread(A, B, Trips),
+    {lists:sum([C || {_, C, _} <- Rows]), lists:sum([V || {_, _, V} <- Rows])}.
 
 summary(_, _, []) -> ok;
 summary(Mode, Kind, Rs) ->
@@ -136,8 +139,7 @@ op("call0", _) -> {1, fun() -> {ok, _} = py:call(p0, math, sqrt, [2.0]) end};
 op("call", _) -> {1, fun() -> {ok, _} = py:call(p1, math, sqrt, [2.0]) end};
 op("spawn", _) -> {1, fun() -> {ok, _} = py:await(py:spawn_call(math, sqrt, [2.0], #{}, #{pool => p1})) end};
 op("sg", _) -> {1000, fun() -> {ok, _} = py:call(p1, wake_ab_py, state_get_loop, [<<"wake_ab_key">>, 1000]) end};
-op("task", _) -> {1, fun() -> Ref = py_event_loop:create_task(math, sqrt, [2.0]), {ok, _} = py_event_loop:await(Ref) end};
-op("task_p1", _) -> {1, fun() -> Ref = py_event_loop:create_task(math, sqrt, [2.0]), {ok, _} = py_event_loop:await(Ref) end}.
+op("task", _) -> {1, fun() -> Ref = py_event_loop:create_task(math, sqrt, [2.0]), {ok, _} = py_event_loop:await(Ref) end}.
 
 loop(Fun, Stop, N) ->
     case N rem 64 =:= 0 andalso erlang:monotonic_time(millisecond) >= Stop of
@@ -167,9 +169,8 @@ stat(D) ->
     end.
 
 report(What, A, B, Trips) ->
-    Rows = [{Name, (Ns1 - maps:get(2, element(2, {x, #{2 => element(2, maps:get(T, A, {Name, Ns1, V1}))}}))) / 1000 / Trips,
-             (V1 - element(3, maps:get(T, A, {Name, Ns1, V1}))) / Trips}
-            || {T, {Name, Ns1, V1}} <- maps:to_list(B)],
+    Rows = per_thread(A, B, Trips),
     Busy = [R || {_, C, V} = R <- Rows, C > 0.05 orelse V > 0.01],
-    io:format("  ~s: cpu ~.2f us, vcs ~.3f per trip~n", [What, lists:sum([C || {_, C, _} <- Rows]), lists:sum([V || {_, _, V} <- Rows])]),
+    {Cpu, Vcs} = totals(A, B, Trips),
+    io:format("  ~s: cpu ~.2f us, vcs ~.3f per trip~n", [What, Cpu, Vcs]),
     [io:format("    ~-20s cpu ~6.2f us  vcs ~.3f~n", [N, C, V]) || {N, C, V} <- lists:sort(Busy)].

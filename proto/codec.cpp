@@ -104,6 +104,12 @@ inline bool short_int(PyObject* o, int64_t& v) {
 #endif
 }
 
+// short_int for an exact int only: the runs in containers leave bools and
+// int subclasses to Encoder::value().
+inline bool exact_short_int(PyObject* o, int64_t& v) {
+  return Py_TYPE(o) == &PyLong_Type && short_int(o, v);
+}
+
 // The integer forms of up to 32 bits at p (p < end): stores the value in v
 // and returns the end of the form; null for any other form or a truncated
 // one, which Decoder::value then reads or reports. Most elements of big
@@ -290,8 +296,9 @@ class Codec::Decoder {
     return PyRef::steal(new_string(p, n, kind));
   }
 
-  // Reads an integer form of up to 32 bits if one is next (not at the end).
+  // Reads an integer form of up to 32 bits if one is next.
   static bool int_here(mp::Reader& r, long& v) {
+    if (r.at_end()) return false;
     const uint8_t* p = r.cursor();
     const uint8_t* next = read_small_int(p, p + r.remaining(), v);
     if (next) r.skip(size_t(next - p));
@@ -301,7 +308,7 @@ class Codec::Decoder {
   // One element of a container: value(), with small integers first.
   __attribute__((always_inline)) PyObject* element(mp::Reader& r, int depth) {
     long v;
-    if (!r.at_end() && int_here(r, v)) return small_int_object(v);
+    if (int_here(r, v)) return small_int_object(v);
     return value(r, depth).release();
   }
 
@@ -374,7 +381,7 @@ class Codec::Decoder {
       size_t key_at = r.offset();
       long small = 0;  // passed to set_item either way: never indeterminate
       PyRef key;
-      bool small_key = !r.at_end() && int_here(r, small);
+      bool small_key = int_here(r, small);
       if (small_key) {
         key = PyRef::steal(small_int_object(small));
       } else {
@@ -438,10 +445,7 @@ class Codec::Decoder {
           r.fail_at(start, "object payload is not an 8-byte id");
           return {};
         }
-        uint64_t oid = 0;
-        for (size_t i = 0; i < 8; ++i)
-          oid = (oid << 8) | p[i];
-        return codec_.kept_object(oid);
+        return codec_.kept_object(mp::load_be64(p));
       }
       case mp::kExtTerm: {
         if (n < 2 || p[0] != 131) {
@@ -823,9 +827,8 @@ class Codec::Encoder {
     uint8_t* const begin = out_.space(size_t(stop - i) * mp::kMaxIntSize);
     uint8_t* p = begin;
     for (; i < stop; ++i) {
-      PyObject* item = items[i];
       int64_t v;
-      if (Py_TYPE(item) != &PyLong_Type || !short_int(item, v)) break;
+      if (!exact_short_int(items[i], v)) break;
       p = mp::store_int(p, v);
     }
     out_.commit(size_t(p - begin));
@@ -896,8 +899,7 @@ class Codec::Encoder {
     while (PyDict_Next(o, &pos, &k, &v)) {
       if (++count > n) return changed("dict");
       int64_t kv, vv;  // exact short ints: written with no dispatch
-      if (Py_TYPE(k) == &PyLong_Type && Py_TYPE(v) == &PyLong_Type && short_int(k, kv) &&
-          short_int(v, vv)) {
+      if (exact_short_int(k, kv) && exact_short_int(v, vv)) {
         uint8_t* p = out_.space(2 * mp::kMaxIntSize);
         out_.commit(size_t(mp::store_int(mp::store_int(p, kv), vv) - p));
         continue;

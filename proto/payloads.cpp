@@ -50,8 +50,8 @@ Payloads& Payloads::instance() {
 }
 
 Payloads::~Payloads() {
-  for (uint8_t* m : maps_) {
-    if (m) ::munmap(m, warm());
+  for (void* m : maps_) {
+    if (m && m != MAP_FAILED) ::munmap(m, warm());
   }
   if (header_) ::munmap(header_, kHeader);
   if (fd_ >= 0) ::close(fd_);
@@ -112,7 +112,6 @@ bool Payloads::open(const std::string& path, uint64_t token, uint64_t slot_size,
   dirty_.assign(out_slots, 0);
   file_size_ = size;
   maps_.assign(size_t(in_slots) + out_slots, nullptr);
-  unmappable_.assign(size_t(in_slots) + out_slots, false);
   ready_.assign(out_slots, 0);
   return true;
 }
@@ -126,17 +125,15 @@ bool Payloads::open(const std::string& path, uint64_t token, uint64_t slot_size,
 // payloads keep pread/pwrite: their pages beyond the warm part are given
 // back after each use, and would fault in again page by page.
 uint8_t* Payloads::warm_map(uint32_t r) {
-  if (maps_[r] || unmappable_[r]) return maps_[r];
-  bool answer = r >= in_slots_;
-  uint64_t base = kHeader + uint64_t(r) * slot_size_;
-  void* m = ::mmap(nullptr, warm(), answer ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd_,
-                   off_t(base));
-  if (m == MAP_FAILED) {
-    unmappable_[r] = true;  // an address-space limit, say: the syscalls do
-    return nullptr;
+  if (!maps_[r]) {
+    bool answer = r >= in_slots_;
+    uint64_t base = kHeader + uint64_t(r) * slot_size_;
+    // MAP_FAILED (an address-space limit, say) is kept too: the syscalls
+    // then do, without trying again.
+    maps_[r] = ::mmap(nullptr, warm(), answer ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd_,
+                      off_t(base));
   }
-  maps_[r] = static_cast<uint8_t*>(m);
-  return maps_[r];
+  return maps_[r] == MAP_FAILED ? nullptr : static_cast<uint8_t*>(maps_[r]);
 }
 
 bool Payloads::intact() const {

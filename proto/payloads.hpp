@@ -99,6 +99,8 @@ class Payloads {
   // Whether the first `upto` bytes of answer region k are allocated
   // (fallocate: a full tmpfs is an error here, not a SIGBUS in memcpy).
   bool allocated(uint32_t k, uint64_t upto);
+  // put()'s "not written": UINT64_MAX, and the answer region given back if
+  // nothing of the answer is in it yet.
   uint64_t unused();
   void punch_released();
   PyObject* view(uint64_t at, uint64_t length);
@@ -120,8 +122,7 @@ class Payloads {
   uint64_t seq_ = 0;
   std::vector<uint64_t> dirty_;  // bytes written into each answer region
   uint64_t file_size_ = 0;
-  std::vector<uint8_t*> maps_;  // warm_map's, per region (null: not yet)
-  std::vector<bool> unmappable_;
+  std::vector<void*> maps_;      // warm_map's, per region (null: not yet; MAP_FAILED: not mappable)
   std::vector<uint64_t> ready_;  // allocated bytes at each answer region's start
   PyObject* zero_copy_module_ = nullptr;
   PyObject* mmap_type_ = nullptr;
