@@ -584,55 +584,36 @@ ext_header(_, _, Term) -> error({unsupported_term, Term}).
 %% less than a trip through the process dictionary.
 -define(RUN_MIN, 8).
 %% An array of L values, as ?CHARGE: the integers at its start in order
-%% (run/2); all of it when they are all it holds, the usual list of
-%% numbers, which then needs no frame and no reverse.
+%% (run/2), or its float 64s (float_run/2); all of it when they are all it
+%% holds, the usual list of numbers, which then needs no frame and no
+%% reverse (ran/10).
 -define(ARRAY(R1, L),
-        case L =< T andalso ?ARRAY_WORDS(L) =< W of
-            true ->
-                case R1 of
-                    <<IB, _/binary>> when L >= ?RUN_MIN, ?IS_INT_BYTE(IB) ->
-                        Run = run(R1, L),
-                        {IR, IN} = erase(?RUN),
-                        case IN of
-                            0 -> d(IR, N - 1, [Run | Acc], D, S, C, T - L, W - ?ARRAY_WORDS(L));
-                            _ -> d(IR, IN, [], D + 1, [{array, N - 1, Acc, Run} | S], C,
-                                   T - L, W - ?ARRAY_WORDS(L))
-                        end;
-                    <<16#cb, _/binary>> when L >= ?RUN_MIN, 2 * ?ARRAY_WORDS(L) =< W ->
-                        %% Floats take 2 words each: read when all L could be.
-                        Run = float_run(R1, L),
-                        {IR, IN} = erase(?RUN),
-                        W1 = W - ?ARRAY_WORDS(L) - 2 * (L - IN),
-                        case IN of
-                            0 -> d(IR, N - 1, [Run | Acc], D, S, C, T - L, W1);
-                            _ -> d(IR, IN, [], D + 1, [{array, N - 1, Acc, Run} | S], C, T - L, W1)
-                        end;
-                    _ ->
-                        {IR, IN, IAcc} = ints(R1, L, []),
-                        d(IR, IN, IAcc, D + 1, [{array, N - 1, Acc, []} | S], C,
-                          T - L, W - ?ARRAY_WORDS(L))
-                end;
-            false ->
-                charge(R1, L, L, ?ARRAY_WORDS(L), {array, N - 1, Acc, []}, D, S, C, T, W)
+        case R1 of
+            <<IB, _/binary>> when L >= ?RUN_MIN, ?IS_INT_BYTE(IB),
+                                  L =< T, ?ARRAY_WORDS(L) =< W ->
+                Run = run(R1, L),
+                {IR, IN} = erase(?RUN),
+                ran(Run, IR, IN, N, Acc, D, S, C, T - L, W - ?ARRAY_WORDS(L));
+            <<16#cb, _/binary>> when L >= ?RUN_MIN, L =< T, 2 * ?ARRAY_WORDS(L) =< W ->
+                %% Floats take 2 words each: read when all L could be.
+                Run = float_run(R1, L),
+                {IR, IN} = erase(?RUN),
+                ran(Run, IR, IN, N, Acc, D, S, C, T - L, W - ?ARRAY_WORDS(L) - 2 * (L - IN));
+            _ ->
+                ?CHARGE(R1, L, L, ?ARRAY_WORDS(L), {array, N - 1, Acc, []})
         end).
 %% A map of L pairs, likewise: its integer pairs at the start in order
 %% (pair_run/2), given to maps:from_list/1 as they are.
 -define(MAP(R1, L),
-        case 2 * L =< T andalso ?MAP_WORDS(L) =< W of
-            true ->
-                case R1 of
-                    <<IB, _/binary>> when L >= ?RUN_MIN, ?IS_INT_BYTE(IB) ->
-                        Run = pair_run(R1, L),
-                        {IR, IN, IAcc} = erase(?RUN),
-                        d(IR, IN, IAcc, D + 1, [{map, N - 1, Acc, Run} | S], C,
-                          T - 2 * L, W - ?MAP_WORDS(L));
-                    _ ->
-                        {IR, IN, IAcc} = ints(R1, 2 * L, []),
-                        d(IR, IN, IAcc, D + 1, [{map, N - 1, Acc, []} | S], C,
-                          T - 2 * L, W - ?MAP_WORDS(L))
-                end;
-            false ->
-                charge(R1, 2 * L, 2 * L, ?MAP_WORDS(L), {map, N - 1, Acc, []}, D, S, C, T, W)
+        case R1 of
+            <<IB, _/binary>> when L >= ?RUN_MIN, ?IS_INT_BYTE(IB),
+                                  2 * L =< T, ?MAP_WORDS(L) =< W ->
+                Run = pair_run(R1, L),
+                {IR, IN, IAcc} = erase(?RUN),
+                d(IR, IN, IAcc, D + 1, [{map, N - 1, Acc, Run} | S], C,
+                  T - 2 * L, W - ?MAP_WORDS(L));
+            _ ->
+                ?CHARGE(R1, 2 * L, 2 * L, ?MAP_WORDS(L), {map, N - 1, Acc, []})
         end).
 %% Opens a container of Count values, Terms and Words within the budgets,
 %% as d/8 goes on with R1. Inline, so that the match context is kept.
@@ -774,6 +755,14 @@ run(<<16#d0, V:8/signed, R/binary>>, N) when N > 0 -> [V | run(R, N - 1)];
 run(Bin, N) ->
     _ = put(?RUN, {Bin, N}),
     [].
+
+%% Where an array's run ends, R with Left of its values unread: the
+%% array is the run when none are, else a frame is opened for them with
+%% the run as its prefix.
+ran(Run, R, 0, N, Acc, D, S, C, T, W) ->
+    d(R, N - 1, [Run | Acc], D, S, C, T, W);
+ran(Run, R, Left, N, Acc, D, S, C, T, W) ->
+    d(R, Left, [], D + 1, [{array, N - 1, Acc, Run} | S], C, T, W).
 
 %% The float 64s at the start of an array's N values, likewise (a list of
 %% numbers from numpy or an embedding). NaN and the infinities do not

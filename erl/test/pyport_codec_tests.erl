@@ -563,6 +563,24 @@ claimed_count_test_() ->
      ?_assertEqual(too_large(max_result_terms, 2),
                    ?C:decode(<<16#dd, 30000000:32, 1, 2, 3>>, limits(2, infinity)))].
 
+%% Without budgets, a header claiming 4 G values passes its charge and the
+%% integer, float and pair runs read it: they stop where the bytes end,
+%% having built only what the bytes hold (the heap would be 64 GB).
+claimed_count_run_test_() ->
+    Ints = binary:copy(<<1, 16#cd, 300:16, 16#e0>>, 100),
+    Floats = binary:copy(<<16#cb, 1.5/float>>, 100),
+    Cases = [{<<16#dd, -1:32, Ints/binary>>, 5 + byte_size(Ints)},
+             {<<16#dc, -1:16, Ints/binary>>, 3 + byte_size(Ints)},
+             {<<16#dd, -1:32, Floats/binary>>, 5 + byte_size(Floats)},
+             %% 150 pairs, and a key whose value is missing.
+             {<<16#df, -1:32, Ints/binary, 7>>, 5 + byte_size(Ints) + 1},
+             {<<16#de, -1:16, Ints/binary, 7>>, 3 + byte_size(Ints) + 1}],
+    [?_test(begin
+                {Result, Heap} = in_process(fun() -> ?C:decode(Bin, limits(infinity, infinity)) end),
+                ?assertEqual({error, {bad_msgpack, {truncated, At}}}, Result),
+                ?assert(Heap < 100000, {heap_words, Heap})
+            end) || {Bin, At} <- Cases].
+
 %% A 30 MB list of fixints is refused at its header, before anything is
 %% built: the decoding process's heap stays small (it would be 480 MB).
 refused_before_built_test_() ->
