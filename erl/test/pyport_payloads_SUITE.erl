@@ -331,6 +331,9 @@ file_grown_by_the_worker(_Config) ->
     ?assert(erlang:memory(binary) - Bin0 < 8 * 1024 * 1024),
     B = crypto:strong_rand_bytes(1024 * 1024),
     ?assertEqual({ok, B}, call(echo, [{bytes, B}])),
+    %% The node clears the answer's region word after the decode, without
+    %% the caller waiting: done before the file shrinks, or it grows again.
+    pyport_test_util:wait_until(fun() -> call(answer_regions_free, []) =:= {ok, true} end),
     ?assertEqual({ok, 0}, call(resize_payloads, [0])),
     ?assertEqual({error, {bad_frame, {payload_past_end, Out, 10, 0}}},
                  pyport_codec:decode(iolist_to_binary([16#91, placeholder(Out, 10)]), Limits)).
@@ -454,6 +457,8 @@ unsent_requests_give_regions_back(_Config) ->
 %% since no answer names them) answers through the pipe: nothing waits
 %% for a free region, in the worker or in the node.
 all_answer_regions_marked(_Config) ->
+    %% No release of an earlier answer still on its way to clear a mark.
+    pyport_test_util:wait_until(fun() -> call(answer_regions_free, []) =:= {ok, true} end),
     {ok, _} = call(mark_all_answer_regions, []),
     N = 2 * 1024 * 1024,
     {In, _} = port_bytes(payloads),

@@ -94,3 +94,9 @@ def mark_all_answer_regions() -> None:
     """Hostile code marking every answer region busy (the 8-byte words at
     64 + 8 * k of the header), so that no answer region is ever free."""
     os.pwrite(_payload_fd(), b"\xff" * 64, 64)
+
+
+def answer_regions_free() -> bool:
+    """Whether every answer region's word is clear: the node has released
+    all it read (its file server clears them after the caller's decode)."""
+    return os.pread(_payload_fd(), 64, 64) == bytes(64)
