@@ -74,8 +74,11 @@ finish(abandoned, Reply, #state{info = #{counters := C}, slot = Slot} = State) -
     pyport_payloads:drop(Reply, State#state.pool, Slot),
     counters:sub(C, Slot, 1);
 finish(Alias, Reply, #state{info = #{counters := C}, slot = Slot}) ->
+    %% Counted out first: a caller that has its answer finds the worker
+    %% free for its next request (least-loaded routing, max_inflight).
+    counters:sub(C, Slot, 1),
     Alias ! {Alias, pyport_payloads:bind(Alias, Reply)},
-    counters:sub(C, Slot, 1).
+    ok.
 
 %% A task or stream: written at once when the OS process takes work, else
 %% queued. An expired task is answered `{error, timeout}' unsent.
@@ -107,14 +110,15 @@ request1(Id, Entry, Frame, #state{status = Status} = State) ->
 
 %% Answers any kind of entry with a final (decoded) outcome.
 finish_entry({task, _, _, _, _} = Entry, Result, State) ->
-    finish_task(Entry, Result),
-    count_out(State);
+    ok = count_out(State),
+    finish_task(Entry, Result);
 finish_entry({stream, Consumer, Ref, _, _}, Result, State) ->
+    ok = count_out(State),
     Consumer ! {py_stream, Ref, stream_end(Result)},
-    count_out(State);
+    ok;
 finish_entry({reply_msg, _, _, _, _} = Entry, Result, State) ->
-    finish_reply_msg(Entry, Result, State),
-    count_out(State);
+    ok = count_out(State),
+    finish_reply_msg(Entry, Result, State);
 finish_entry({Alias, _Deadline}, Result, State) ->
     finish(Alias, Result, State).
 
