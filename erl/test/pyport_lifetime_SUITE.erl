@@ -511,8 +511,10 @@ start_pool(Name, Opts, Config) ->
     {ok, _} = pyport:start_pool(Name, pool_opts(Name, Opts, Config)),
     tag(Name).
 
+%% With this node's OS pid: two runs on one machine never count each
+%% other's processes.
 tag(Pool) ->
-    "pyport-lifetime-" ++ atom_to_list(Pool).
+    "pyport-lifetime-" ++ os:getpid() ++ "-" ++ atom_to_list(Pool).
 
 %% The live processes (zombies excepted) that carry a tag.
 -spec tagged(string()) -> [pos_integer()].

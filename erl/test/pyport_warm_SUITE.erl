@@ -229,9 +229,13 @@ venv_activated_in_zygote(Config) ->
     ?assertEqual({ok, list_to_binary(Venv)},
                  py:eval(py:context(warm_venv, 1), <<"__import__('os').environ['VIRTUAL_ENV']">>)).
 
-%% The warm workers' port processes (`pyport_worker --warm-from ...').
+%% This node's warm workers' port processes (`pyport_worker --warm-from
+%% ...'): children of its erl_child_setup, so another node's are not.
 warm_ports() ->
-    [list_to_integer(P) || P <- string:lexemes(os:cmd("pgrep -f -- '--warm-from '"), "\n")].
+    Setup = os:cmd("pgrep -P " ++ os:getpid() ++ " -x erl_child_setup"),
+    [list_to_integer(P)
+     || P <- string:lexemes(os:cmd("pgrep -P " ++ string:trim(Setup) ++ " -f -- '--warm-from '"),
+                            "\n")].
 
 %%%===================================================================
 %%% Helpers
