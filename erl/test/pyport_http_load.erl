@@ -6,6 +6,11 @@
 
 -export([client/4]).
 
+%% How long a response may take: a reload on a loaded 2-CPU machine has
+%% taken 12 s, with connections waiting in the listen queue meanwhile.
+%% Slow is not failed; a refused or reset connection is.
+-define(RECV_MS, 60000).
+
 -spec client(pid(), inet:port_number(), iodata(), keepalive | fresh) -> ok.
 client(Parent, Port, Path, Kind) ->
     loop(Parent, Port, Path, Kind, undefined, 0, 0).
@@ -20,7 +25,7 @@ loop(Parent, Port, Path, Kind, Sock0, Ok, Failed) ->
             Sock = case Sock0 of
                        undefined ->
                            case gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {active, false}],
-                                                10000) of
+                                                ?RECV_MS) of
                                {ok, S} -> S;
                                {error, _} = E -> E
                            end;
@@ -58,14 +63,14 @@ response(Sock, Acc) ->
                                     [caseless, {capture, [1], binary}]),
             body(Sock, hd(Lines), Lines, binary_to_integer(Len), Body);
         [_] ->
-            case gen_tcp:recv(Sock, 0, 10000) of
+            case gen_tcp:recv(Sock, 0, ?RECV_MS) of
                 {ok, B} -> response(Sock, <<Acc/binary, B/binary>>);
                 {error, Why} -> {error, {Why, Acc}}
             end
     end.
 
 body(Sock, Status, Lines, Len, Body) when byte_size(Body) < Len ->
-    case gen_tcp:recv(Sock, 0, 10000) of
+    case gen_tcp:recv(Sock, 0, ?RECV_MS) of
         {ok, B} -> body(Sock, Status, Lines, Len, <<Body/binary, B/binary>>);
         {error, Why} -> {error, {Why, body}}
     end;

@@ -106,7 +106,7 @@ max_rss_recycles_through_handoff(Config) ->
         Took = erlang:monotonic_time(millisecond) - T0,
         timer:sleep(500),
         [C ! stop || C <- Clients],
-        Results = [receive {C, R} -> R after 20000 -> ct:fail(client_stuck) end || C <- Clients],
+        Results = [receive {C, R} -> R after 70000 -> ct:fail(client_stuck) end || C <- Clients],
         {Ok, Failed} = lists:foldl(fun({O, F}, {A, B}) -> {A + O, B + F} end, {0, 0}, Results),
         [OsPid1] = os_pids(web_rss),
         Rss1 = pyport_os:rss_bytes(OsPid1),
