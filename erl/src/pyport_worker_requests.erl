@@ -68,15 +68,15 @@ sent(#state{sent_here = N, opts = #{max_requests := Max}} = State) ->
         false -> State1
     end.
 
-%% A request is finished: answer its caller (unless it gave up) and count
-%% it out of the slot.
-finish(abandoned, Reply, #state{info = #{counters := C}, slot = Slot} = State) ->
-    pyport_payloads:drop(Reply, State#state.pool, Slot),
-    counters:sub(C, Slot, 1);
-finish(Alias, Reply, #state{info = #{counters := C}, slot = Slot}) ->
-    %% Counted out first: a caller that has its answer finds the worker
-    %% free for its next request (least-loaded routing, max_inflight).
-    counters:sub(C, Slot, 1),
+%% A request is finished: count it out of the slot and answer its caller
+%% (unless it gave up). Counted out first, here and in finish_entry/3: a
+%% caller that has its answer finds the worker free for its next request
+%% (least-loaded routing, max_inflight).
+finish(abandoned, Reply, State) ->
+    ok = count_out(State),
+    pyport_payloads:drop(Reply, State#state.pool, State#state.slot);
+finish(Alias, Reply, State) ->
+    ok = count_out(State),
     Alias ! {Alias, pyport_payloads:bind(Alias, Reply)},
     ok.
 
