@@ -124,7 +124,9 @@ per_thread(A, B, Trips) ->
      end || {T, {Name, Ns1, V1}} <- maps:to_list(B)].
 
 totals(A, B, Trips) ->
-    Rows = per_thread(A, B, Trips),
+    sums(per_thread(A, B, Trips)).
+
+sums(Rows) ->
     {lists:sum([C || {_, C, _} <- Rows]), lists:sum([V || {_, _, V} <- Rows])}.
 
 summary(_, _, []) -> ok;
@@ -171,6 +173,6 @@ stat(D) ->
 report(What, A, B, Trips) ->
     Rows = per_thread(A, B, Trips),
     Busy = [R || {_, C, V} = R <- Rows, C > 0.05 orelse V > 0.01],
-    {Cpu, Vcs} = totals(A, B, Trips),
+    {Cpu, Vcs} = sums(Rows),
     io:format("  ~s: cpu ~.2f us, vcs ~.3f per trip~n", [What, Cpu, Vcs]),
     [io:format("    ~-20s cpu ~6.2f us  vcs ~.3f~n", [N, C, V]) || {N, C, V} <- lists:sort(Busy)].
