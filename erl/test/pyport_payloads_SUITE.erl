@@ -331,9 +331,8 @@ file_grown_by_the_worker(_Config) ->
     ?assert(erlang:memory(binary) - Bin0 < 8 * 1024 * 1024),
     B = crypto:strong_rand_bytes(1024 * 1024),
     ?assertEqual({ok, B}, call(echo, [{bytes, B}])),
-    %% The node clears the answer's region word after the decode, without
-    %% the caller waiting: done before the file shrinks, or it grows again.
-    pyport_test_util:wait_until(fun() -> call(answer_regions_free, []) =:= {ok, true} end),
+    %% Its region's word cleared before the file shrinks, or it grows again.
+    wait_answer_regions_free(),
     ?assertEqual({ok, 0}, call(resize_payloads, [0])),
     ?assertEqual({error, {bad_frame, {payload_past_end, Out, 10, 0}}},
                  pyport_codec:decode(iolist_to_binary([16#91, placeholder(Out, 10)]), Limits)).
@@ -458,7 +457,7 @@ unsent_requests_give_regions_back(_Config) ->
 %% for a free region, in the worker or in the node.
 all_answer_regions_marked(_Config) ->
     %% No release of an earlier answer still on its way to clear a mark.
-    pyport_test_util:wait_until(fun() -> call(answer_regions_free, []) =:= {ok, true} end),
+    wait_answer_regions_free(),
     {ok, _} = call(mark_all_answer_regions, []),
     N = 2 * 1024 * 1024,
     {In, _} = port_bytes(payloads),
@@ -559,6 +558,11 @@ start_pool(Pool, Opts, Config) ->
 
 call(F, A) ->
     call(payloads, F, A).
+
+%% The node clears an answer region's word after the caller's decode,
+%% without the caller waiting: this waits until every one is clear.
+wait_answer_regions_free() ->
+    pyport_test_util:wait_until(fun() -> call(answer_regions_free, []) =:= {ok, true} end).
 
 call(Pool, F, A) ->
     py:call(?M, F, A, #{}, #{pool => Pool, timeout => 20000}).

@@ -90,13 +90,19 @@ def payload_file_path() -> str:
     return os.readlink(f"/proc/self/fd/{_payload_fd()}")
 
 
+# The answer regions' words in the header: 8 bytes each, at 64 + 8 * k.
+_ANSWER_WORDS_AT = 64
+_ANSWER_WORDS_SIZE = 8 * 8
+
+
 def mark_all_answer_regions() -> None:
-    """Hostile code marking every answer region busy (the 8-byte words at
-    64 + 8 * k of the header), so that no answer region is ever free."""
-    os.pwrite(_payload_fd(), b"\xff" * 64, 64)
+    """Hostile code marking every answer region busy, so that no answer
+    region is ever free."""
+    os.pwrite(_payload_fd(), b"\xff" * _ANSWER_WORDS_SIZE, _ANSWER_WORDS_AT)
 
 
 def answer_regions_free() -> bool:
     """Whether every answer region's word is clear: the node has released
     all it read (its file server clears them after the caller's decode)."""
-    return os.pread(_payload_fd(), 64, 64) == bytes(64)
+    words = os.pread(_payload_fd(), _ANSWER_WORDS_SIZE, _ANSWER_WORDS_AT)
+    return words == bytes(_ANSWER_WORDS_SIZE)
